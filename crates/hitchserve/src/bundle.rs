@@ -1,0 +1,691 @@
+//! The `Bundle`: named services with a project directory, started as a DAG and stopped together.
+//!
+//! Owns the public handle, validation of definitions (before anything starts), the startup
+//! walk over `needs` (everything that can start in parallel does), startup errors, crash
+//! reporting and shutdown on `Drop`. Spawning and stopping processes is `supervise`'s job.
+//! Invariant: when `startup` returns an error, nothing it started is still running.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, NotReady, Result};
+use crate::guardian::Guardian;
+use crate::logs::{Logs, Source, Stream};
+use crate::rundir::RunDir;
+use crate::service::Service;
+use crate::signal::{ExitStatus, Signal};
+use crate::supervise::{Output, Phase, Plan, Shared, MARKER_VAR};
+
+/// How many of a service's last lines an error message carries.
+const LAST_LINES: usize = 20;
+
+/// A set of named services that start, run and stop together.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use hitchserve::{Bundle, Service};
+///
+/// # fn main() -> hitchserve::Result<()> {
+/// let mut bundle = Bundle::new(".")
+///     .startup_timeout(Duration::from_secs(15))
+///     .shutdown_timeout(Duration::from_secs(5));
+/// bundle.add("Web", Service::new(["python3", "-u", "-m", "http.server", "8000"])
+///     .ready_when(|line| line.contains("Serving HTTP")))?;
+/// bundle.startup()?;
+/// bundle.log("the test begins");
+/// // ... talk to the services ...
+/// bundle.shutdown()?; // also done when the bundle is dropped
+/// # Ok(()) }
+/// ```
+pub struct Bundle {
+    project: PathBuf,
+    startup_timeout: Duration,
+    shutdown_timeout: Duration,
+    defs: Vec<(String, Service)>,
+    output: Arc<Output>,
+    shared: Option<Arc<Shared>>,
+    stopped: bool,
+}
+
+impl Bundle {
+    /// A bundle whose services run in `project_dir` unless told otherwise. Logs go to
+    /// `<project_dir>/.hitchserve/runs/<run>/`.
+    pub fn new(project_dir: impl Into<PathBuf>) -> Bundle {
+        Bundle {
+            project: project_dir.into(),
+            startup_timeout: Duration::from_secs(15),
+            shutdown_timeout: Duration::from_secs(5),
+            defs: Vec::new(),
+            output: Arc::new(Output::new()),
+            shared: None,
+            stopped: false,
+        }
+    }
+
+    /// How long the whole startup may take, every service included (default 15 s).
+    pub fn startup_timeout(mut self, timeout: Duration) -> Bundle {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// How long services get to stop after their stop signal before SIGKILL (default 5 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Bundle {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Add a service. Names are letters, digits, `_`, `-` and `.`, start with a letter or
+    /// digit, are at most 64 characters and unique; `Hitch` is the bundle's own.
+    pub fn add(&mut self, name: impl Into<String>, service: Service) -> Result<()> {
+        let name = name.into();
+        if self.shared.is_some() {
+            return Err(Error::AlreadyStarted);
+        }
+        check_name(&name)?;
+        if self.defs.iter().any(|(n, _)| *n == name) {
+            return Err(Error::DuplicateService { service: name });
+        }
+        self.output.console.fit_label("Err ".len() + name.len());
+        self.defs.push((name, service));
+        Ok(())
+    }
+
+    /// The project directory given to [`Bundle::new`].
+    pub fn project_dir(&self) -> &Path {
+        &self.project
+    }
+
+    /// This run's directory (`.hitchserve/runs/<run>`), once started.
+    pub fn run_dir(&self) -> Option<&Path> {
+        self.shared.as_ref().map(|s| s.run.path.as_path())
+    }
+
+    /// Start every service, each once all it needs is ready, and block until all are ready.
+    ///
+    /// On any failure (a bad definition, a service that exits or doesn't become ready in
+    /// time, a readiness check that panics) everything already started is stopped and the
+    /// error says which service and why.
+    pub fn startup(&mut self) -> Result<()> {
+        if self.shared.is_some() {
+            return Err(Error::AlreadyStarted);
+        }
+        let t0 = Instant::now();
+        let project = std::fs::canonicalize(&self.project).map_err(|source| Error::ProjectDir {
+            path: self.project.clone(),
+            source,
+        })?;
+        let run = RunDir::create(&project)?;
+        let plans = self.plan(&project, &run.id)?;
+        let all_log =
+            std::fs::File::create(run.logs().join("all.log")).map_err(|source| Error::Io {
+                context: format!(
+                    "could not create `{}`",
+                    run.logs().join("all.log").display()
+                ),
+                source,
+            })?;
+        let _ = self
+            .output
+            .store
+            .open_all_log(all_log, self.output.console.width());
+        let guardian = Guardian::start(&run.id).map_err(|source| Error::Io {
+            context:
+                "could not start the guardian process (/bin/sh) that cleans up after a killed test"
+                    .into(),
+            source,
+        })?;
+        let shared = Arc::new(Shared::new(Arc::clone(&self.output), plans, run, guardian));
+        self.shared = Some(Arc::clone(&shared));
+        match self.walk_dag(&shared, t0) {
+            Ok(()) => {
+                self.output
+                    .log(&format!("READY in {:.2} s", t0.elapsed().as_secs_f64()));
+                Ok(())
+            }
+            Err(e) => {
+                shared.stop_all(self.shutdown_timeout);
+                self.stopped = true;
+                Err(e)
+            }
+        }
+    }
+
+    /// Resolve and check every definition; nothing has started yet.
+    fn plan(&self, project: &Path, run_id: &str) -> Result<Vec<Plan>> {
+        let index: HashMap<&str, usize> = self
+            .defs
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.as_str(), i))
+            .collect();
+        let known = || {
+            self.defs
+                .iter()
+                .map(|(n, _)| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let mut plans = Vec::with_capacity(self.defs.len());
+        for (idx, (name, svc)) in self.defs.iter().enumerate() {
+            let Some(program) = svc.argv.first() else {
+                return Err(Error::EmptyCommand {
+                    service: name.clone(),
+                });
+            };
+            let dir = match &svc.directory {
+                Some(d) => project.join(d),
+                None => project.to_path_buf(),
+            };
+            if !dir.is_dir() {
+                return Err(Error::DirectoryMissing {
+                    service: name.clone(),
+                    path: dir,
+                });
+            }
+            let env = service_env(&base_env, &svc.env, run_id);
+            let path_var = env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.as_os_str());
+            let program = resolve_program(program, &dir, path_var).map_err(|searched| {
+                Error::CommandNotFound {
+                    service: name.clone(),
+                    program: program.to_string_lossy().into_owned(),
+                    searched,
+                }
+            })?;
+            let mut needs = Vec::new();
+            for need in &svc.needs {
+                let Some(&n) = index.get(need.as_str()) else {
+                    return Err(Error::UnknownNeed {
+                        service: name.clone(),
+                        need: need.clone(),
+                        known: known(),
+                    });
+                };
+                if !needs.contains(&n) {
+                    needs.push(n);
+                }
+            }
+            plans.push(Plan {
+                name: name.clone(),
+                program,
+                argv: svc.argv.clone(),
+                dir,
+                env,
+                needs,
+                ready: svc.ready.clone(),
+                stop_signal: svc.stop_signal,
+                out: Arc::new(Source::new(Some(idx), name, Stream::Stdout)),
+                err: Arc::new(Source::new(Some(idx), name, Stream::Stderr)),
+            });
+        }
+        if let Some(cycle) = find_cycle(&plans) {
+            return Err(Error::NeedsCycle {
+                cycle: cycle.into_iter().map(|i| plans[i].name.clone()).collect(),
+            });
+        }
+        Ok(plans)
+    }
+
+    /// Start services as their needs become ready; return when all are ready or one failed.
+    fn walk_dag(&self, shared: &Arc<Shared>, t0: Instant) -> Result<()> {
+        let deadline = t0 + self.startup_timeout;
+        let plans = &shared.plans;
+        let mut announced = vec![false; plans.len()];
+        let mut states = shared.lock();
+        loop {
+            let mut to_start = Vec::new();
+            let ready: Vec<bool> = states.iter().map(|s| s.phase == Phase::Ready).collect();
+            for (idx, plan) in plans.iter().enumerate() {
+                let st = &mut states[idx];
+                if let Some(message) = st.check_panic.take() {
+                    return Err(Error::ReadinessPanicked {
+                        service: plan.name.clone(),
+                        message,
+                    });
+                }
+                match st.phase {
+                    Phase::SpawnFailed => {
+                        let source = st
+                            .spawn_error
+                            .take()
+                            .unwrap_or_else(|| std::io::Error::other("unknown error"));
+                        return Err(Error::Spawn {
+                            service: plan.name.clone(),
+                            source,
+                        });
+                    }
+                    Phase::Exited(status) => {
+                        drop(states);
+                        return Err(Error::ExitedBeforeReady {
+                            service: plan.name.clone(),
+                            status,
+                            last_lines: shared.last_lines(idx, LAST_LINES),
+                        });
+                    }
+                    Phase::Ready if !announced[idx] => {
+                        announced[idx] = true;
+                        let took = match (st.started_at, st.ready_at) {
+                            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+                            _ => 0.0,
+                        };
+                        self.output
+                            .log(&format!("{} ready after {took:.2} s", plan.name));
+                    }
+                    Phase::Defined if plan.needs.iter().all(|&n| ready[n]) => {
+                        to_start.push(idx);
+                    }
+                    _ => {}
+                }
+            }
+            for idx in to_start {
+                states[idx].phase = Phase::Starting;
+                self.output.log(&format!("Starting {}", plans[idx].name));
+                if let Err(source) = shared.start(idx) {
+                    return Err(Error::Spawn {
+                        service: plans[idx].name.clone(),
+                        source,
+                    });
+                }
+            }
+            if states.iter().all(|s| s.phase == Phase::Ready) && announced.iter().all(|&a| a) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                drop(states);
+                return Err(self.timeout_error(shared));
+            }
+            states = shared
+                .changed
+                .wait_timeout(states, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn timeout_error(&self, shared: &Shared) -> Error {
+        let waiting: Vec<(usize, String)> = {
+            let states = shared.lock();
+            shared
+                .plans
+                .iter()
+                .enumerate()
+                .filter_map(|(idx, plan)| {
+                    let what = match states[idx].phase {
+                        Phase::Ready => return None,
+                        Phase::Defined => {
+                            let pending: Vec<String> = plan
+                                .needs
+                                .iter()
+                                .filter(|&&n| states[n].phase != Phase::Ready)
+                                .map(|&n| format!("`{}`", shared.plans[n].name))
+                                .collect();
+                            format!("{} to be ready (not started)", pending.join(", "))
+                        }
+                        Phase::Starting => "its process to start".to_owned(),
+                        _ => plan.ready.describe().to_owned(),
+                    };
+                    Some((idx, what))
+                })
+                .collect()
+        };
+        Error::StartupTimeout {
+            timeout: self.startup_timeout,
+            not_ready: waiting
+                .into_iter()
+                .map(|(idx, waiting_for)| NotReady {
+                    service: shared.plans[idx].name.clone(),
+                    waiting_for,
+                    last_lines: shared.last_lines(idx, LAST_LINES),
+                })
+                .collect(),
+        }
+    }
+
+    /// Print a message among the service lines, as `[Hitch] message`, and store it.
+    pub fn log(&self, message: impl AsRef<str>) {
+        self.output.log(message.as_ref());
+    }
+
+    /// Print a warning among the service lines, as `[Hitch] WARNING: message`, and store it.
+    pub fn warn(&self, message: impl AsRef<str>) {
+        self.output.warn(message.as_ref());
+    }
+
+    /// Stop printing log lines to the console (lines are still stored), e.g. to use a
+    /// debugger or REPL in the terminal.
+    pub fn start_interactive_mode(&self) {
+        self.output.console.set_muted(true);
+    }
+
+    /// Print log lines to the console again.
+    pub fn stop_interactive_mode(&self) {
+        let missed = self.output.console.set_muted(false);
+        if missed > 0 {
+            self.log(format!(
+                "{missed} lines were not printed during interactive mode; they are in the logs"
+            ));
+        }
+    }
+
+    /// Whether interactive mode is on (the console is muted).
+    pub fn is_interactive(&self) -> bool {
+        self.output.console.is_muted()
+    }
+
+    /// Every line of every service, and the bundle's own, in arrival order.
+    pub fn logs(&self) -> Logs {
+        Logs::new(Arc::clone(&self.output.store), None)
+    }
+
+    fn running(&self) -> Result<&Arc<Shared>> {
+        self.shared.as_ref().ok_or(Error::NotRunning)
+    }
+
+    /// A handle on one service: its logs, pid and state.
+    ///
+    /// Reports, once, a service of the bundle that exited after it was ready.
+    pub fn service(&self, name: &str) -> Result<ServiceHandle> {
+        let shared = self.running()?;
+        let idx = shared
+            .plans
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| Error::NoSuchService {
+                service: name.to_owned(),
+                known: shared
+                    .plans
+                    .iter()
+                    .map(|p| format!("`{}`", p.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        report_crash(shared, None, true)?;
+        Ok(ServiceHandle {
+            shared: Arc::clone(shared),
+            idx,
+        })
+    }
+
+    /// An error if any service exited after it was ready (every time it is asked).
+    pub fn check(&self) -> Result<()> {
+        match &self.shared {
+            Some(shared) => report_crash(shared, None, false),
+            None => Ok(()),
+        }
+    }
+
+    /// Stop every service: the stop signal to each process group in parallel, SIGKILL to
+    /// those still alive after the shutdown timeout, then every process that left its group.
+    ///
+    /// Returns an error for a crash after startup not yet reported. Also done on drop.
+    pub fn shutdown(&mut self) -> Result<()> {
+        let Some(shared) = self.shared.as_ref() else {
+            return Ok(());
+        };
+        if !self.stopped {
+            self.stopped = true;
+            let crash = report_crash(shared, None, true);
+            shared.stop_all(self.shutdown_timeout);
+            return crash;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.as_ref() {
+            if !self.stopped {
+                self.stopped = true;
+                shared.stop_all(self.shutdown_timeout);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("project", &self.project)
+            .field(
+                "services",
+                &self.defs.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("run_dir", &self.run_dir())
+            .finish()
+    }
+}
+
+/// The error for a service (or any, with `only == None`) that exited after readiness.
+/// With `once`, a crash already reported is not reported again.
+fn report_crash(shared: &Shared, only: Option<usize>, once: bool) -> Result<()> {
+    let found = {
+        let mut states = shared.lock();
+        states
+            .iter_mut()
+            .enumerate()
+            .filter(|(idx, _)| only.is_none_or(|o| o == *idx))
+            .find_map(|(idx, st)| {
+                let status = st.crashed()?;
+                if once && st.crash_reported {
+                    return None;
+                }
+                st.crash_reported = true;
+                Some((idx, status))
+            })
+    };
+    match found {
+        None => Ok(()),
+        Some((idx, status)) => Err(Error::ServiceExited {
+            service: shared.plans[idx].name.clone(),
+            status,
+            last_lines: shared.last_lines(idx, LAST_LINES),
+        }),
+    }
+}
+
+/// One service of a started bundle. Cheap to clone; usable after shutdown to read logs.
+#[derive(Clone)]
+pub struct ServiceHandle {
+    shared: Arc<Shared>,
+    idx: usize,
+}
+
+impl ServiceHandle {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.shared.plans[self.idx].name
+    }
+
+    /// Its log lines (stdout and stderr; `.out()` / `.err()` for one).
+    pub fn logs(&self) -> Logs {
+        Logs::new(Arc::clone(&self.shared.output.store), Some(self.idx))
+    }
+
+    /// The pid of its main process (the leader of its process group), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        let states = self.shared.lock();
+        let st = &states[self.idx];
+        match st.phase {
+            Phase::Running | Phase::Ready => st.pid,
+            _ => None,
+        }
+    }
+
+    /// Whether its main process is still running.
+    pub fn is_running(&self) -> bool {
+        self.pid().is_some()
+    }
+
+    /// How it ended, once it has.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        match self.shared.lock()[self.idx].phase {
+            Phase::Exited(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// An error if this service exited after it was ready (every time it is asked).
+    pub fn check(&self) -> Result<()> {
+        report_crash(&self.shared, Some(self.idx), false)
+    }
+
+    /// Send a signal to the service's whole process group.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        report_crash(&self.shared, Some(self.idx), true)?;
+        if self.shared.signal(self.idx, signal) {
+            Ok(())
+        } else {
+            Err(Error::NotRunning)
+        }
+    }
+}
+
+impl std::fmt::Debug for ServiceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHandle")
+            .field("name", &self.name())
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("it is empty")
+    } else if name.len() > 64 {
+        Some("it is longer than 64 characters")
+    } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        Some("it must start with a letter or digit")
+    } else if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        Some("use only letters, digits, `_`, `-` and `.`")
+    } else if name == "Hitch" {
+        Some("`Hitch` is the bundle's own name in the logs")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The service's whole environment: the test's, then its own changes, then the run marker.
+fn service_env(
+    base: &[(OsString, OsString)],
+    changes: &[(OsString, Option<OsString>)],
+    run_id: &str,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = base.to_vec();
+    let mut set = |key: &OsStr, value: Option<&OsStr>| {
+        env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            env.push((key.to_owned(), v.to_owned()));
+        }
+    };
+    for (k, v) in changes {
+        set(k, v.as_deref());
+    }
+    set(OsStr::new(MARKER_VAR), Some(OsStr::new(run_id)));
+    env
+}
+
+/// Find the program as exec would: a path with `/` from the service's directory, otherwise
+/// on the service's `PATH`. The error text says where we looked.
+fn resolve_program(
+    program: &OsStr,
+    dir: &Path,
+    path_var: Option<&OsStr>,
+) -> Result<PathBuf, String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.as_bytes().contains(&b'/') {
+        let candidate = dir.join(program);
+        return if executable(&candidate) {
+            Ok(candidate)
+        } else {
+            Err(format!(
+                "at `{}` (or it is not executable)",
+                candidate.display()
+            ))
+        };
+    }
+    let Some(path_var) = path_var else {
+        return Err("because the service has no PATH".to_owned());
+    };
+    for entry in std::env::split_paths(path_var) {
+        let base = if entry.as_os_str().is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(entry)
+        };
+        let candidate = base.join(program);
+        if executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(format!("on PATH `{}`", path_var.to_string_lossy()))
+}
+
+/// A cycle in `needs`, as service indices with the first repeated at the end.
+fn find_cycle(plans: &[Plan]) -> Option<Vec<usize>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    fn visit(
+        i: usize,
+        plans: &[Plan],
+        marks: &mut [Mark],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        marks[i] = Mark::OnPath;
+        path.push(i);
+        for &n in &plans[i].needs {
+            match marks[n] {
+                Mark::OnPath => {
+                    let start = path.iter().position(|&p| p == n).unwrap_or(0);
+                    let mut cycle = path[start..].to_vec();
+                    cycle.push(n);
+                    return Some(cycle);
+                }
+                Mark::New => {
+                    if let Some(c) = visit(n, plans, marks, path) {
+                        return Some(c);
+                    }
+                }
+                Mark::Done => {}
+            }
+        }
+        path.pop();
+        marks[i] = Mark::Done;
+        None
+    }
+    let mut marks = vec![Mark::New; plans.len()];
+    for i in 0..plans.len() {
+        if marks[i] == Mark::New {
+            if let Some(c) = visit(i, plans, &mut marks, &mut Vec::new()) {
+                return Some(c);
+            }
+        }
+    }
+    None
+}

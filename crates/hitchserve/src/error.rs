@@ -1,0 +1,211 @@
+//! The one error type of hitchserve.
+//!
+//! Every variant names the service it is about and says what to do next; messages are
+//! lowercase with names in backticks. Errors carry the service's last log lines when they
+//! help (a crash, a timeout), so a failing test shows why without opening a log file.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::signal::ExitStatus;
+
+/// `Result` with hitchserve's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, with enough context to act on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A service name that can't be used.
+    #[error("invalid service name `{name}`: {reason}")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// Two services with one name.
+    #[error("service `{service}` is defined twice: give one of them another name")]
+    DuplicateService {
+        /// The name used twice.
+        service: String,
+    },
+
+    /// `Service::new` was given no program.
+    #[error(
+        "service `{service}` has an empty command: give Service::new at least the program to run"
+    )]
+    EmptyCommand {
+        /// The service.
+        service: String,
+    },
+
+    /// The program can't be found or isn't executable.
+    #[error("service `{service}`: command `{program}` was not found {searched}: install it, fix the service's PATH, or give its full path")]
+    CommandNotFound {
+        /// The service.
+        service: String,
+        /// The program as given.
+        program: String,
+        /// Where we looked.
+        searched: String,
+    },
+
+    /// The service's working directory does not exist.
+    #[error("service `{service}`: directory `{}` does not exist: create it or fix Service::directory", path.display())]
+    DirectoryMissing {
+        /// The service.
+        service: String,
+        /// The directory, resolved against the project directory.
+        path: PathBuf,
+    },
+
+    /// A `needs` entry names no service of the bundle.
+    #[error("service `{service}` needs `{need}`, which is not in the bundle (it has: {known})")]
+    UnknownNeed {
+        /// The service.
+        service: String,
+        /// The missing name.
+        need: String,
+        /// The services the bundle does have.
+        known: String,
+    },
+
+    /// Services that need each other in a loop can never start.
+    #[error("services need each other in a cycle: {}: remove one of these needs", cycle.join(" -> "))]
+    NeedsCycle {
+        /// The cycle, first name repeated at the end.
+        cycle: Vec<String>,
+    },
+
+    /// The project directory is unusable.
+    #[error("project directory `{}` can't be used: {source}", path.display())]
+    ProjectDir {
+        /// The directory given to `Bundle::new`.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    /// A file operation of the bundle itself failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What we were doing.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    /// The operating system refused to start the service.
+    #[error("service `{service}` could not be started: {source}")]
+    Spawn {
+        /// The service.
+        service: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    /// The service exited while the bundle waited for it to become ready.
+    #[error(
+        "service `{service}` exited before it was ready ({status}){}",
+        lines_section(service, last_lines)
+    )]
+    ExitedBeforeReady {
+        /// The service.
+        service: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// Its last log lines (stdout and stderr), oldest first.
+        last_lines: Vec<String>,
+    },
+
+    /// Not everything became ready within the startup timeout.
+    #[error("startup timed out after {:.1} s; not ready:{}", timeout.as_secs_f64(), not_ready_section(not_ready))]
+    StartupTimeout {
+        /// The bundle's startup timeout.
+        timeout: Duration,
+        /// Each service that was not ready, and what it was waiting for.
+        not_ready: Vec<NotReady>,
+    },
+
+    /// A readiness check panicked.
+    #[error("the readiness check of service `{service}` panicked: {message}")]
+    ReadinessPanicked {
+        /// The service.
+        service: String,
+        /// The panic message.
+        message: String,
+    },
+
+    /// A service that was ready has exited on its own.
+    #[error(
+        "service `{service}` exited unexpectedly ({status}){}",
+        lines_section(service, last_lines)
+    )]
+    ServiceExited {
+        /// The service.
+        service: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// Its last log lines, oldest first.
+        last_lines: Vec<String>,
+    },
+
+    /// A name that is not a service of the bundle.
+    #[error("no service `{service}` in this bundle (it has: {known})")]
+    NoSuchService {
+        /// The name asked for.
+        service: String,
+        /// The services the bundle does have.
+        known: String,
+    },
+
+    /// `startup` was called twice, or services were added after it.
+    #[error("the bundle was already started: define every service before calling startup, and call it once")]
+    AlreadyStarted,
+
+    /// Something that needs running services was asked before `startup`.
+    #[error("the bundle is not running: call startup first")]
+    NotRunning,
+}
+
+/// A service that was not ready when startup timed out.
+#[derive(Debug, Clone)]
+pub struct NotReady {
+    /// The service.
+    pub service: String,
+    /// What it was still waiting for, e.g. "its readiness check" or "`Postgres` to be ready".
+    pub waiting_for: String,
+    /// Its last log lines, oldest first.
+    pub last_lines: Vec<String>,
+}
+
+fn lines_section(service: &str, lines: &[String]) -> String {
+    if lines.is_empty() {
+        return format!("; `{service}` printed nothing");
+    }
+    let mut out = format!("; last {} lines of `{service}`:", lines.len());
+    for line in lines {
+        let _ = write!(out, "\n    {line}");
+    }
+    out
+}
+
+fn not_ready_section(not_ready: &[NotReady]) -> String {
+    let mut out = String::new();
+    for n in not_ready {
+        let _ = write!(out, "\n  `{}` was waiting for {}", n.service, n.waiting_for);
+        if n.last_lines.is_empty() {
+            out.push_str(" (it printed nothing)");
+        } else {
+            let _ = write!(out, "; its last {} lines:", n.last_lines.len());
+            for line in &n.last_lines {
+                let _ = write!(out, "\n      {line}");
+            }
+        }
+    }
+    out.push_str("\n  raise Bundle::startup_timeout if the services are just slow");
+    out
+}

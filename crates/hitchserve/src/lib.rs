@@ -1,0 +1,48 @@
+//! hitchserve starts, watches, time-travels and stops the real services an integration test
+//! needs — databases, caches, mail catchers, the application under test — and then gets out
+//! of the way.
+//!
+//! A [`Bundle`] holds named [`Service`]s. [`Bundle::startup`] starts each once everything it
+//! [`needs`](Service::needs) is ready, in parallel where it can, and blocks until all are
+//! ready or returns an [`Error`] that names the service and shows its last log lines. Every
+//! line every service writes is printed live as `[   Name] line` / `[Err Name] line`, stored
+//! (queryable through [`Logs`]) and written to `<project>/.hitchserve/runs/<run>/logs/`.
+//! Every process a service starts dies with the bundle — also when the test process itself
+//! is killed.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use hitchserve::{Bundle, Service};
+//!
+//! # fn main() -> hitchserve::Result<()> {
+//! let mut bundle = Bundle::new("tests/project").startup_timeout(Duration::from_secs(30));
+//! bundle.add("Cache", Service::new(["redis-server", "--port", "6390"])
+//!     .ready_when(|line| line.contains("Ready to accept connections")))?;
+//! bundle.add("App", Service::new(["python3", "-u", "app.py"])
+//!     .ready_when(|line| line == "READY")
+//!     .env("REDIS_URL", "redis://127.0.0.1:6390")
+//!     .needs(["Cache"]))?;
+//! bundle.startup()?;
+//! let app = bundle.service("App")?;
+//! assert!(app.logs().err().is_empty());
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod bundle;
+mod console;
+mod error;
+mod guardian;
+mod logs;
+mod readiness;
+mod rundir;
+mod service;
+mod signal;
+mod supervise;
+
+pub use bundle::{Bundle, ServiceHandle};
+pub use error::{Error, NotReady, Result};
+pub use logs::{LogLine, Logs, Stream};
+pub use readiness::Ready;
+pub use service::Service;
+pub use signal::{ExitStatus, ParseSignalError, Signal};

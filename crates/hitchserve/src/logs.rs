@@ -1,0 +1,425 @@
+//! The log store: every line every service wrote, once, in arrival order, and the queries on it.
+//!
+//! Owns storage (append-only, lines shared as `Arc`s so queries never copy text), the combined
+//! `all.log` in the run directory, and the `Logs` query handle. It does not read pipes
+//! (`supervise` does) nor print (`console` does). Invariant: a line's `seq` is its position in
+//! arrival order across the whole bundle, and lines are never reordered or dropped.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+/// Which output of a service (or of the bundle itself) a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stream {
+    /// The service's standard output.
+    Stdout,
+    /// The service's standard error.
+    Stderr,
+}
+
+/// Where a line came from: a service (or the bundle) and a stream. One per pair, shared.
+#[derive(Debug)]
+pub(crate) struct Source {
+    /// Index of the service in the bundle; `None` for the bundle's own lines.
+    pub service: Option<usize>,
+    /// The service name, or `Hitch`.
+    pub name: String,
+    pub stream: Stream,
+    /// What the console shows between the brackets, e.g. `Err Django`.
+    pub label: String,
+    /// Console colour index.
+    pub colour: usize,
+}
+
+impl Source {
+    pub(crate) fn new(service: Option<usize>, name: &str, stream: Stream) -> Source {
+        let label = match (service, stream) {
+            (_, Stream::Stdout) => name.to_owned(),
+            (Some(_), Stream::Stderr) => format!("Err {name}"),
+            (None, Stream::Stderr) => name.to_owned(),
+        };
+        Source {
+            service,
+            name: name.to_owned(),
+            stream,
+            label,
+            colour: service.map_or(usize::MAX, |i| i),
+        }
+    }
+
+    /// True for the bundle's own warnings.
+    pub(crate) fn is_warning(&self) -> bool {
+        self.service.is_none() && self.stream == Stream::Stderr
+    }
+}
+
+/// One line of output, exactly as written (without its newline).
+#[derive(Debug)]
+pub struct LogLine {
+    seq: u64,
+    source: Arc<Source>,
+    bytes: Box<[u8]>,
+    newline: bool,
+    time: SystemTime,
+}
+
+impl LogLine {
+    /// Position in the bundle's arrival order (0-based, across all services).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The service that wrote it, or `"Hitch"` for the bundle's own lines.
+    pub fn service(&self) -> &str {
+        &self.source.name
+    }
+
+    /// Whether the bundle itself logged it (`Bundle::log` / `Bundle::warn` and status lines).
+    pub fn is_bundle_message(&self) -> bool {
+        self.source.service.is_none()
+    }
+
+    /// Which stream it came from.
+    pub fn stream(&self) -> Stream {
+        self.source.stream
+    }
+
+    /// The raw bytes, without the newline; may be invalid UTF-8 and may end in `\r`.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The text: invalid UTF-8 replaced by U+FFFD and one trailing `\r` removed.
+    pub fn text(&self) -> Cow<'_, str> {
+        let b = self.bytes.strip_suffix(b"\r").unwrap_or(&self.bytes);
+        String::from_utf8_lossy(b)
+    }
+
+    /// False only for a last line that ended without a newline.
+    pub fn had_newline(&self) -> bool {
+        self.newline
+    }
+
+    /// When the bundle read it.
+    pub fn time(&self) -> SystemTime {
+        self.time
+    }
+
+    pub(crate) fn label(&self) -> &str {
+        &self.source.label
+    }
+
+    pub(crate) fn source(&self) -> &Source {
+        &self.source
+    }
+}
+
+impl fmt::Display for LogLine {
+    /// The console format without colour: `[Err Django] text`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = f.width().unwrap_or(0);
+        if self.source.is_warning() {
+            write!(f, "[{:>width$}] WARNING: {}", self.label(), self.text())
+        } else {
+            write!(f, "[{:>width$}] {}", self.label(), self.text())
+        }
+    }
+}
+
+struct Inner {
+    lines: Vec<Arc<LogLine>>,
+    all_log: Option<BufWriter<File>>,
+    label_width: usize,
+}
+
+/// Shared by the bundle, its reader threads and every `Logs` handle.
+pub(crate) struct LogStore {
+    inner: Mutex<Inner>,
+    grown: Condvar,
+}
+
+impl LogStore {
+    pub(crate) fn new() -> LogStore {
+        LogStore {
+            inner: Mutex::new(Inner {
+                lines: Vec::new(),
+                all_log: None,
+                label_width: 0,
+            }),
+            grown: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock can only come from an allocation failure;
+        // the data is append-only and stays consistent, so keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start writing `all.log`; lines stored before now are written first.
+    pub(crate) fn open_all_log(&self, file: File, label_width: usize) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        inner.label_width = label_width;
+        let mut w = BufWriter::new(file);
+        for line in &inner.lines {
+            writeln!(w, "{line:label_width$}")?;
+        }
+        w.flush()?;
+        inner.all_log = Some(w);
+        Ok(())
+    }
+
+    /// Flush and close `all.log`.
+    pub(crate) fn close_all_log(&self) {
+        if let Some(mut w) = self.lock().all_log.take() {
+            let _ = w.flush();
+        }
+    }
+
+    /// Append lines from one source; returns them as stored.
+    pub(crate) fn append(
+        &self,
+        source: &Arc<Source>,
+        lines: Vec<(Box<[u8]>, bool)>,
+    ) -> Vec<Arc<LogLine>> {
+        let time = SystemTime::now();
+        let mut inner = self.lock();
+        let first = inner.lines.len() as u64;
+        let mut stored = Vec::with_capacity(lines.len());
+        for (seq, (bytes, newline)) in (first..).zip(lines) {
+            let line = Arc::new(LogLine {
+                seq,
+                source: Arc::clone(source),
+                bytes,
+                newline,
+                time,
+            });
+            inner.lines.push(Arc::clone(&line));
+            stored.push(line);
+        }
+        let width = inner.label_width;
+        if let Some(w) = inner.all_log.as_mut() {
+            // all.log is a convenience copy; the per-stream files hold the exact bytes.
+            for line in &stored {
+                let _ = writeln!(w, "{line:width$}");
+            }
+            let _ = w.flush();
+        }
+        drop(inner);
+        self.grown.notify_all();
+        stored
+    }
+
+    /// Lines matching `filter`, oldest first.
+    pub(crate) fn select(&self, filter: &Filter) -> Vec<Arc<LogLine>> {
+        self.lock()
+            .lines
+            .iter()
+            .filter(|l| filter.matches(l))
+            .cloned()
+            .collect()
+    }
+
+    /// The last `n` lines matching `filter`, oldest first.
+    pub(crate) fn last(&self, filter: &Filter, n: usize) -> Vec<Arc<LogLine>> {
+        let inner = self.lock();
+        let mut out: Vec<_> = inner
+            .lines
+            .iter()
+            .rev()
+            .filter(|l| filter.matches(l))
+            .take(n)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
+    }
+
+    pub(crate) fn count(&self, filter: &Filter) -> usize {
+        self.lock()
+            .lines
+            .iter()
+            .filter(|l| filter.matches(l))
+            .count()
+    }
+}
+
+/// Which lines a `Logs` handle sees.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Filter {
+    /// `None`: every service and the bundle's own lines.
+    pub service: Option<usize>,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+impl Filter {
+    fn matches(&self, line: &LogLine) -> bool {
+        let src = line.source();
+        if let Some(want) = self.service {
+            if src.service != Some(want) {
+                return false;
+            }
+        }
+        match src.stream {
+            Stream::Stdout => self.stdout,
+            Stream::Stderr => self.stderr,
+        }
+    }
+}
+
+/// A view of stored log lines: of one service or the whole bundle, both streams or one.
+///
+/// Cheap to clone; every query reads the store as it is at that moment.
+///
+/// ```no_run
+/// # fn demo(bundle: &hitchserve::Bundle) -> hitchserve::Result<()> {
+/// let app = bundle.service("App")?;
+/// assert!(app.logs().out().lines().iter().any(|l| l.contains("READY")));
+/// println!("{}", app.logs().err()); // printed like the console shows it
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Logs {
+    store: Arc<LogStore>,
+    filter: Filter,
+}
+
+impl Logs {
+    pub(crate) fn new(store: Arc<LogStore>, service: Option<usize>) -> Logs {
+        Logs {
+            store,
+            filter: Filter {
+                service,
+                stdout: true,
+                stderr: true,
+            },
+        }
+    }
+
+    /// Only standard output (for the bundle view: also the bundle's own log lines).
+    pub fn out(&self) -> Logs {
+        let mut l = self.clone();
+        l.filter.stdout = true;
+        l.filter.stderr = false;
+        l
+    }
+
+    /// Only standard error (for the bundle view: also the bundle's own warnings).
+    pub fn err(&self) -> Logs {
+        let mut l = self.clone();
+        l.filter.stdout = false;
+        l.filter.stderr = true;
+        l
+    }
+
+    /// The text of every line, oldest first (see [`LogLine::text`]).
+    pub fn lines(&self) -> Vec<String> {
+        self.entries()
+            .iter()
+            .map(|l| l.text().into_owned())
+            .collect()
+    }
+
+    /// Every line with its raw bytes, source and time, oldest first.
+    pub fn entries(&self) -> Vec<Arc<LogLine>> {
+        self.store.select(&self.filter)
+    }
+
+    /// The last `n` lines, oldest first.
+    pub fn last(&self, n: usize) -> Vec<Arc<LogLine>> {
+        self.store.last(&self.filter, n)
+    }
+
+    /// How many lines there are now.
+    pub fn len(&self) -> usize {
+        self.store.count(&self.filter)
+    }
+
+    /// True if there are no lines yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Display for Logs {
+    /// Every line in the console format, one per line, labels aligned.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let entries = self.entries();
+        let width = entries.iter().map(|l| l.label().len()).max().unwrap_or(0);
+        for line in entries {
+            writeln!(f, "{line:width$}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Logs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Logs")
+            .field("filter", &self.filter)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// Splits a byte stream into whole lines across reads; keeps every byte.
+#[derive(Default)]
+pub(crate) struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Lines completed by `chunk`, each with `true` for "ended in a newline".
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> Vec<(Box<[u8]>, bool)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', chunk) {
+            let piece = &chunk[start..nl];
+            if self.partial.is_empty() {
+                out.push((Box::from(piece), true));
+            } else {
+                self.partial.extend_from_slice(piece);
+                out.push((std::mem::take(&mut self.partial).into_boxed_slice(), true));
+            }
+            start = nl + 1;
+        }
+        self.partial.extend_from_slice(&chunk[start..]);
+        out
+    }
+
+    /// The unterminated last line, if any bytes are left at end of stream.
+    pub(crate) fn finish(&mut self) -> Option<(Box<[u8]>, bool)> {
+        if self.partial.is_empty() {
+            None
+        } else {
+            Some((std::mem::take(&mut self.partial).into_boxed_slice(), false))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitter_joins_lines_across_reads_and_keeps_the_tail() {
+        let mut s = LineSplitter::default();
+        assert!(s.push(b"hel").is_empty());
+        let got = s.push(b"lo\nwor");
+        assert_eq!(got, vec![(Box::from(&b"hello"[..]), true)]);
+        let got = s.push(b"ld\n\n\xff\r\n");
+        assert_eq!(got.len(), 3);
+        assert_eq!(&*got[0].0, b"world");
+        assert_eq!(&*got[1].0, b"");
+        assert_eq!(&*got[2].0, b"\xff\r");
+        assert!(s.finish().is_none());
+        s.push(b"tail");
+        assert_eq!(s.finish(), Some((Box::from(&b"tail"[..]), false)));
+    }
+}

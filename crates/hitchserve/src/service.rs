@@ -1,0 +1,113 @@
+//! The definition of one service: what to run, where, with what, and when it is ready.
+//!
+//! Owns the `Service` builder only. Nothing here touches the system: checking that the
+//! program and directory exist happens in `bundle` at startup, so a definition can be built
+//! anywhere (even before the project directory exists).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::readiness::Ready;
+use crate::signal::Signal;
+
+/// A service to run: a command (argv, never a shell string) and how to tell it is ready.
+///
+/// ```
+/// use hitchserve::{Service, Signal};
+/// let app = Service::new(["python3", "-u", "app.py"])
+///     .ready_when(|line| line.contains("Quit the server"))
+///     .directory("app")
+///     .env("DEBUG", "1")
+///     .needs(["Postgres"])
+///     .stop_signal(Signal::SIGINT);
+/// # let _ = app;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub(crate) argv: Vec<OsString>,
+    pub(crate) ready: Ready,
+    pub(crate) directory: Option<PathBuf>,
+    pub(crate) env: Vec<(OsString, Option<OsString>)>,
+    pub(crate) needs: Vec<String>,
+    pub(crate) stop_signal: Signal,
+}
+
+impl Service {
+    /// A service running `argv`: the program (looked up on the service's `PATH`, or a path
+    /// relative to its directory) and its arguments.
+    pub fn new<I, S>(argv: I) -> Service
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        Service {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ready: Ready::started(),
+            directory: None,
+            env: Vec::new(),
+            needs: Vec::new(),
+            stop_signal: Signal::SIGTERM,
+        }
+    }
+
+    /// Ready when a line on stdout or stderr makes `pred` true. Shorthand for
+    /// `.ready(Ready::line(pred))`. Without any check a service is ready once started.
+    pub fn ready_when(self, pred: impl Fn(&str) -> bool + Send + Sync + 'static) -> Service {
+        self.ready(Ready::line(pred))
+    }
+
+    /// How to tell the service is ready.
+    pub fn ready(mut self, ready: Ready) -> Service {
+        self.ready = ready;
+        self
+    }
+
+    /// Run in this directory; a relative path is taken from the bundle's project directory
+    /// (which is also the default).
+    pub fn directory(mut self, dir: impl Into<PathBuf>) -> Service {
+        self.directory = Some(dir.into());
+        self
+    }
+
+    /// Set an environment variable (the service inherits the test's environment otherwise).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Service {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Set several environment variables.
+    pub fn envs<I, K, V>(mut self, vars: I) -> Service
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<OsString>,
+        V: Into<OsString>,
+    {
+        for (k, v) in vars {
+            self.env.push((k.into(), Some(v.into())));
+        }
+        self
+    }
+
+    /// Remove an inherited environment variable.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Service {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// Start only after these services are ready. Adds to earlier `needs`.
+    pub fn needs<I, S>(mut self, names: I) -> Service
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.needs.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// The signal that asks the service to stop (default `SIGTERM`), sent to its whole
+    /// process group; after the bundle's shutdown timeout it gets `SIGKILL`.
+    pub fn stop_signal(mut self, signal: Signal) -> Service {
+        self.stop_signal = signal;
+        self
+    }
+}

@@ -10,8 +10,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut bundle = Bundle::new(&project).startup_timeout(Duration::from_secs(20));
     bundle.add(
         "Web",
-        Service::new(["python3", "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
-            .ready_when(|line| line.contains("Serving HTTP")),
+        Service::new([
+            "python3",
+            "-u",
+            "-m",
+            "http.server",
+            "0",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .ready_when(|line| line.contains("Serving HTTP")),
     )?;
     bundle.add(
         "Worker",
@@ -27,7 +35,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     bundle.log("all services are up");
     let web = bundle.service("Web")?;
     println!("Web's pid: {:?}", web.pid());
-    println!("Worker's stderr:\n{}", bundle.service("Worker")?.logs().err());
+    println!(
+        "Worker's stderr:\n{}",
+        bundle.service("Worker")?.logs().err()
+    );
     bundle.shutdown()?;
     Ok(())
 }

@@ -368,8 +368,13 @@ impl Bundle {
     pub fn stop_interactive_mode(&self) {
         let missed = self.output.console.set_muted(false);
         if missed > 0 {
+            let lines = if missed == 1 {
+                "line was"
+            } else {
+                "lines were"
+            };
             self.log(format!(
-                "{missed} lines were not printed during interactive mode; they are in the logs"
+                "{missed} {lines} not printed during interactive mode; see the logs"
             ));
         }
     }
@@ -413,7 +418,8 @@ impl Bundle {
         })
     }
 
-    /// An error if any service exited after it was ready (every time it is asked).
+    /// An error if any service exited after it was ready (every time it is asked; the other
+    /// calls that report a crash do so once).
     pub fn check(&self) -> Result<()> {
         match &self.shared {
             Some(shared) => report_crash(shared, None, false),
@@ -477,7 +483,9 @@ fn report_crash(shared: &Shared, only: Option<usize>, once: bool) -> Result<()> 
                 if once && st.crash_reported {
                     return None;
                 }
-                st.crash_reported = true;
+                if once {
+                    st.crash_reported = true;
+                }
                 Some((idx, status))
             })
     };
@@ -527,6 +535,18 @@ impl ServiceHandle {
     /// How it ended, once it has.
     pub fn exit_status(&self) -> Option<ExitStatus> {
         match self.shared.lock()[self.idx].phase {
+            Phase::Exited(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Wait up to `timeout` for the service's main process to exit; its exit status, or
+    /// `None` if it still runs.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let exited = |s: &[crate::supervise::State]| matches!(s[self.idx].phase, Phase::Exited(_));
+        let (states, _) = self.shared.wait_until(self.shared.lock(), deadline, exited);
+        match states[self.idx].phase {
             Phase::Exited(status) => Some(status),
             _ => None,
         }

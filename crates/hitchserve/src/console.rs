@@ -55,13 +55,13 @@ impl Console {
         self.muted.load(Ordering::SeqCst)
     }
 
+    pub(crate) fn count_missed(&self, n: usize) {
+        self.missed.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// Print lines as one write, so lines of different services never interleave mid-line.
     pub(crate) fn print(&self, lines: &[Arc<LogLine>]) {
         if lines.is_empty() {
-            return;
-        }
-        if self.is_muted() {
-            self.missed.fetch_add(lines.len() as u64, Ordering::Relaxed);
             return;
         }
         let width = self.width();

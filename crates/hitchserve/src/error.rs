@@ -162,6 +162,26 @@ pub enum Error {
         known: String,
     },
 
+    /// A wait on the logs ran out of time.
+    #[error("timed out after {:.1} s waiting for {what}{}", timeout.as_secs_f64(), plain_lines(last_lines))]
+    WaitTimeout {
+        /// What was awaited, and where.
+        what: String,
+        /// How long we waited.
+        timeout: Duration,
+        /// The last lines of the logs waited on, oldest first.
+        last_lines: Vec<String>,
+    },
+
+    /// The service exited (or the bundle stopped) while a wait on its logs was pending.
+    #[error("gave up waiting for {what}: the output ended because the service exited or the bundle stopped{}", plain_lines(last_lines))]
+    EndedWhileWaiting {
+        /// What was awaited, and where.
+        what: String,
+        /// The last lines of the logs waited on, oldest first.
+        last_lines: Vec<String>,
+    },
+
     /// `startup` was called twice, or services were added after it.
     #[error("the bundle was already started: define every service before calling startup, and call it once")]
     AlreadyStarted,
@@ -187,6 +207,17 @@ fn lines_section(service: &str, lines: &[String]) -> String {
         return format!("; `{service}` printed nothing");
     }
     let mut out = format!("; last {} lines of `{service}`:", lines.len());
+    for line in lines {
+        let _ = write!(out, "\n    {line}");
+    }
+    out
+}
+
+fn plain_lines(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return "; nothing was logged there".to_owned();
+    }
+    let mut out = format!("; the last {} lines were:", lines.len());
     for line in lines {
         let _ = write!(out, "\n    {line}");
     }

@@ -42,7 +42,7 @@ mod supervise;
 
 pub use bundle::{Bundle, ServiceHandle};
 pub use error::{Error, NotReady, Result};
-pub use logs::{LogLine, Logs, Stream};
+pub use logs::{LogLine, Logs, Stream, Tail};
 pub use readiness::Ready;
 pub use service::Service;
 pub use signal::{ExitStatus, ParseSignalError, Signal};

@@ -10,7 +10,9 @@ use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::error::{Error, Result};
 
 /// Which output of a service (or of the bundle itself) a line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -135,6 +137,10 @@ struct Inner {
     lines: Vec<Arc<LogLine>>,
     all_log: Option<BufWriter<File>>,
     label_width: usize,
+    /// Services whose output has ended for good (process exited, pipes drained).
+    ended: Vec<usize>,
+    /// The bundle has shut down: no line will ever arrive again.
+    closed: bool,
 }
 
 /// Shared by the bundle, its reader threads and every `Logs` handle.
@@ -150,6 +156,8 @@ impl LogStore {
                 lines: Vec::new(),
                 all_log: None,
                 label_width: 0,
+                ended: Vec::new(),
+                closed: false,
             }),
             grown: Condvar::new(),
         }
@@ -174,11 +182,79 @@ impl LogStore {
         Ok(())
     }
 
-    /// Flush and close `all.log`.
-    pub(crate) fn close_all_log(&self) {
-        if let Some(mut w) = self.lock().all_log.take() {
+    /// The bundle has stopped: flush and close `all.log`, and end every pending wait.
+    pub(crate) fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        if let Some(mut w) = inner.all_log.take() {
             let _ = w.flush();
         }
+        drop(inner);
+        self.grown.notify_all();
+    }
+
+    /// A service's output has ended for good: waits on it can stop.
+    pub(crate) fn mark_ended(&self, service: usize) {
+        self.lock().ended.push(service);
+        self.grown.notify_all();
+    }
+
+    /// Wait for the first line at or after `*pos` that matches `filter` and `pred`;
+    /// `*pos` moves past every line examined.
+    fn wait_for(
+        &self,
+        filter: &Filter,
+        pos: &mut u64,
+        deadline: Instant,
+        pred: &mut dyn FnMut(&Arc<LogLine>) -> bool,
+    ) -> WaitOutcome {
+        let mut inner = self.lock();
+        loop {
+            while let Some(line) = inner.lines.get(*pos as usize) {
+                *pos += 1;
+                if filter.matches(line) && pred(line) {
+                    return WaitOutcome::Found(Arc::clone(line));
+                }
+            }
+            let ended = match filter.service {
+                Some(s) => inner.ended.contains(&s),
+                None => false,
+            };
+            if ended || inner.closed {
+                return WaitOutcome::Ended;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return WaitOutcome::TimedOut;
+            }
+            inner = self
+                .grown
+                .wait_timeout(inner, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.lock().lines.len() as u64
+    }
+
+    /// The seq from which the last `n` lines matching `filter` (before `before`) start.
+    fn back_from(&self, filter: &Filter, before: u64, n: usize) -> u64 {
+        if n == 0 {
+            return before;
+        }
+        let inner = self.lock();
+        let mut seen = 0;
+        for line in inner.lines[..before as usize].iter().rev() {
+            if filter.matches(line) {
+                seen += 1;
+                if seen == n {
+                    return line.seq;
+                }
+            }
+        }
+        0
     }
 
     /// Append lines from one source; returns them as stored.
@@ -247,6 +323,12 @@ impl LogStore {
             .filter(|l| filter.matches(l))
             .count()
     }
+}
+
+enum WaitOutcome {
+    Found(Arc<LogLine>),
+    Ended,
+    TimedOut,
 }
 
 /// Which lines a `Logs` handle sees.
@@ -344,6 +426,95 @@ impl Logs {
     /// True if there are no lines yet.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// A cursor that starts now: it sees only lines that arrive after this call (see
+    /// [`Tail::lines_back`] to start earlier).
+    pub fn tail(&self) -> Tail {
+        Tail {
+            pos: self.store.len(),
+            logs: self.clone(),
+        }
+    }
+
+    /// Which service and streams this view covers, in words, for error messages.
+    fn describe(&self) -> String {
+        let who = match self.filter.service {
+            Some(_) => self
+                .store
+                .lock()
+                .lines
+                .iter()
+                .find(|l| self.filter.matches(l))
+                .map(|l| format!("`{}`", l.service()))
+                .unwrap_or_else(|| "the service".to_owned()),
+            None => "the bundle".to_owned(),
+        };
+        match (self.filter.stdout, self.filter.stderr) {
+            (true, false) => format!("{who}'s stdout"),
+            (false, true) => format!("{who}'s stderr"),
+            _ => format!("{who}'s logs"),
+        }
+    }
+}
+
+/// A cursor over a [`Logs`] view that waits for lines as they arrive.
+///
+/// ```no_run
+/// # fn demo(bundle: &hitchserve::Bundle) -> hitchserve::Result<()> {
+/// use std::time::Duration;
+/// let app = bundle.service("App")?;
+/// let mut tail = app.logs().out().tail();
+/// // ... make the app do something ...
+/// let line = tail.until(|l| l.contains("request handled"), Duration::from_secs(10))?;
+/// println!("{}", line.text());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Tail {
+    logs: Logs,
+    pos: u64,
+}
+
+impl Tail {
+    /// Start `n` matching lines earlier than where the tail is now.
+    pub fn lines_back(mut self, n: usize) -> Tail {
+        self.pos = self.logs.store.back_from(&self.logs.filter, self.pos, n);
+        self
+    }
+
+    /// Wait for the next line whose text makes `pred` true, up to `timeout`.
+    ///
+    /// Lines examined (matching or not) are consumed. Fails at once, never hangs, if the
+    /// service's output ends (it exited) or the bundle shuts down while waiting.
+    pub fn until(
+        &mut self,
+        mut pred: impl FnMut(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<Arc<LogLine>> {
+        let deadline = Instant::now() + timeout;
+        let outcome =
+            self.logs
+                .store
+                .wait_for(&self.logs.filter, &mut self.pos, deadline, &mut |line| {
+                    pred(&line.text())
+                });
+        match outcome {
+            WaitOutcome::Found(line) => Ok(line),
+            WaitOutcome::TimedOut => Err(Error::WaitTimeout {
+                what: format!("a matching line in {}", self.logs.describe()),
+                timeout,
+                last_lines: self.last_lines(),
+            }),
+            WaitOutcome::Ended => Err(Error::EndedWhileWaiting {
+                what: format!("a matching line in {}", self.logs.describe()),
+                last_lines: self.last_lines(),
+            }),
+        }
+    }
+
+    fn last_lines(&self) -> Vec<String> {
+        self.logs.last(20).iter().map(|l| l.to_string()).collect()
     }
 }
 

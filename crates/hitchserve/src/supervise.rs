@@ -64,8 +64,16 @@ impl Output {
         if lines.is_empty() {
             return Vec::new();
         }
+        // Decide before storing: a line a waiter can already see while muted is never
+        // printed later, after interactive mode ends.
+        let muted = self.console.is_muted();
+        if muted {
+            self.console.count_missed(lines.len());
+        }
         let stored = self.store.append(source, lines);
-        self.console.print(&stored);
+        if !muted {
+            self.console.print(&stored);
+        }
         stored
     }
 
@@ -333,7 +341,7 @@ impl Shared {
             self.output
                 .log(&format!("Stopped in {:.2} s", t0.elapsed().as_secs_f64()));
         }
-        self.output.store.close_all_log();
+        self.output.store.close();
     }
 }
 
@@ -461,16 +469,18 @@ fn supervise(shared: &Arc<Shared>, idx: usize) {
             break;
         }
     }
-    let mut unexpected = false;
-    shared.update(idx, |st| {
-        st.phase = Phase::Exited(status);
-        unexpected = st.was_ready && !st.stopping;
-    });
+    let unexpected = {
+        let st = &shared.lock()[idx];
+        st.was_ready && !st.stopping
+    };
     if unexpected {
+        // Said before the state changes, so whoever sees the crash also finds this line.
         shared
             .output
             .warn(&format!("`{}` exited unexpectedly ({status})", plan.name));
     }
+    shared.update(idx, |st| st.phase = Phase::Exited(status));
+    shared.output.store.mark_ended(idx);
 }
 
 /// In the child between fork and exec: die when the spawning thread dies.

@@ -1,0 +1,150 @@
+//! Helpers shared by the integration tests: temporary projects and process liveness.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use hitchserve::{Bundle, Service};
+
+/// Generous: the machine may be loaded; a wait only takes this long when something is wrong.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A temporary project directory, removed on drop.
+pub struct Project {
+    pub dir: PathBuf,
+}
+
+impl Project {
+    pub fn new(tag: &str) -> Project {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "hitchserve-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp project");
+        Project { dir }
+    }
+
+    pub fn bundle(&self) -> Bundle {
+        Bundle::new(&self.dir)
+            .startup_timeout(PATIENCE)
+            .shutdown_timeout(Duration::from_secs(10))
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let p = self.dir.join(rel);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `sh -c script`, ready on a line equal to `READY`.
+pub fn sh(script: &str) -> Service {
+    Service::new(["sh", "-c", script]).ready_when(|line| line == "READY")
+}
+
+/// The run id of a started bundle (the name of its run directory).
+pub fn run_id(bundle: &Bundle) -> String {
+    bundle
+        .run_dir()
+        .and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .expect("a started bundle has a run directory")
+        .to_owned()
+}
+
+/// Live (non-zombie) processes whose environment carries this run's marker.
+pub fn marked_pids(run_id: &str) -> Vec<u32> {
+    let needle = format!("HITCHSERVE_RUN={run_id}");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) && is_alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// True if the process exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("X");
+            state != "Z" && state != "X"
+        }
+    }
+}
+
+/// Field `n` (1-based, as in proc(5)) of /proc/<pid>/stat.
+pub fn stat_field(pid: u32, n: usize) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// Block until the process has exited (it may stay a zombie), up to `timeout`; true if it
+/// did. Uses a pidfd, so it is woken by the exit itself, not by polling.
+pub fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    // SAFETY: plain syscalls on integers we own.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as libc::c_int;
+        if fd < 0 {
+            return true; // ESRCH: already gone and reaped
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let n = libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int);
+        libc::close(fd);
+        n == 1 || !is_alive(pid)
+    }
+}
+
+/// Run one `#[ignore]`d helper test of this binary in a child process with `env` set, its
+/// output captured (`--nocapture`, so what the bundle prints reaches the pipe).
+pub fn helper_process(test: &str, env: &[(&str, &str)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        test,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .envs(env.iter().copied())
+    .stdin(std::process::Stdio::null());
+    cmd
+}

@@ -1,0 +1,62 @@
+//! A crash after startup is not silent.
+
+use hitchserve::{Error, ExitStatus};
+
+use crate::common::{sh, Project, PATIENCE};
+
+#[test]
+fn crash_after_ready_is_reported_by_check_service_and_shutdown() {
+    let p = Project::new("crash");
+    let mut b = p.bundle();
+    b.add("Stable", sh("echo READY; exec sleep 1000")).unwrap();
+    // Dies when told to, after it was ready.
+    b.add(
+        "Fragile",
+        sh("echo READY; while [ ! -e die ]; do sleep 0.02; done; echo 'segfault, sort of' >&2; exit 7"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    b.check().unwrap();
+    let fragile = b.service("Fragile").unwrap();
+    std::fs::write(p.path("die"), "").unwrap();
+    assert_eq!(fragile.wait_exit(PATIENCE), Some(ExitStatus::Code(7)));
+    // The next call on the bundle reports it, once; then the test may look around.
+    assert!(matches!(
+        b.service("Stable"),
+        Err(Error::ServiceExited { .. })
+    ));
+    assert!(b.service("Stable").is_ok());
+    assert!(b.service("Stable").unwrap().check().is_ok());
+    // check() reports it every time it is asked.
+    for _ in 0..2 {
+        let err = b.check().unwrap_err();
+        assert!(
+            matches!(&err, Error::ServiceExited { service, status: ExitStatus::Code(7), last_lines }
+                if service == "Fragile" && last_lines.iter().any(|l| l.contains("segfault"))),
+            "{err:?}"
+        );
+        assert!(fragile.check().is_err());
+    }
+    assert!(b
+        .logs()
+        .err()
+        .lines()
+        .iter()
+        .any(|l| l.contains("`Fragile` exited unexpectedly (exit code 7)")));
+}
+
+#[test]
+fn an_unreported_crash_fails_shutdown() {
+    let p = Project::new("crash-shutdown");
+    let mut b = p.bundle();
+    b.add(
+        "Fragile",
+        sh("echo READY; while [ ! -e die ]; do sleep 0.02; done; exit 1"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let fragile = b.service("Fragile").unwrap();
+    std::fs::write(p.path("die"), "").unwrap();
+    assert!(fragile.wait_exit(PATIENCE).is_some());
+    assert!(matches!(b.shutdown(), Err(Error::ServiceExited { .. })));
+}

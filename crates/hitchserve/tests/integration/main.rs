@@ -1,0 +1,15 @@
+//! Integration tests of hitchserve, one module per capability, linked as one binary.
+//!
+//! Every test runs real processes (shells, Python, sleep); none waits by sleeping.
+
+mod common;
+
+mod console;
+mod crash_after_ready;
+mod definitions;
+mod log_store;
+mod orphans;
+mod parallel_bundles;
+mod shutdown;
+mod startup;
+mod startup_failures;

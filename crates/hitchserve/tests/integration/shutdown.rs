@@ -1,0 +1,135 @@
+//! Shutdown: stop signal to each group, SIGKILL after the timeout, nothing left behind.
+
+use std::time::Duration;
+
+use hitchserve::{Service, Signal};
+
+use crate::common::{is_alive, marked_pids, run_id, sh, wait_gone, Project, PATIENCE};
+
+fn read_pid(p: &Project, file: &str) -> u32 {
+    std::fs::read_to_string(p.path(file))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_service_that_ignores_the_stop_signal_is_killed_after_the_timeout() {
+    let p = Project::new("stubborn");
+    let mut b = p.bundle().shutdown_timeout(Duration::from_secs(1));
+    b.add(
+        "Stubborn",
+        sh("trap '' TERM; echo $$ > pid; echo READY; while :; do sleep 0.05; done"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let pid = read_pid(&p, "pid");
+    b.shutdown().unwrap();
+    assert!(!is_alive(pid));
+    let warnings = b.logs().err().lines();
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l.contains("Stubborn did not stop within 1.0 s: killed with SIGKILL")),
+        "{warnings:?}"
+    );
+    let svc = b.service("Stubborn").unwrap();
+    assert_eq!(svc.exit_status().and_then(|s| s.signal()), Some(9));
+}
+
+#[test]
+fn output_written_while_stopping_is_stored() {
+    let p = Project::new("goodbye");
+    let mut b = p.bundle();
+    b.add(
+        "Polite",
+        sh("trap 'echo bye; echo err-bye >&2; exit 0' TERM; echo READY; while :; do sleep 0.05; done"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    b.shutdown().unwrap();
+    let logs = b.service("Polite").unwrap().logs();
+    assert!(logs.out().lines().contains(&"bye".to_owned()));
+    // (sh may also report its killed `sleep` as "Terminated".)
+    assert!(logs.err().lines().contains(&"err-bye".to_owned()));
+    assert_eq!(
+        b.service("Polite")
+            .unwrap()
+            .exit_status()
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn the_stop_signal_can_be_chosen() {
+    let p = Project::new("sigint");
+    let mut b = p.bundle();
+    b.add(
+        "Django",
+        sh("trap 'echo got INT; exit 0' INT; trap 'echo got TERM; exit 0' TERM; echo READY; while :; do sleep 0.05; done")
+            .stop_signal(Signal::SIGINT),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    b.shutdown().unwrap();
+    let lines = b.service("Django").unwrap().logs().out().lines();
+    assert!(lines.contains(&"got INT".to_owned()), "{lines:?}");
+    assert!(!lines.contains(&"got TERM".to_owned()));
+}
+
+/// Children, grandchildren and a double-forked `setsid` daemon all die with the bundle.
+#[test]
+fn shutdown_leaves_no_process_behind() {
+    let p = Project::new("noorphans");
+    let mut b = p.bundle();
+    b.add(
+        "Forker",
+        sh(concat!(
+            "sleep 1000 & echo $! > child.pid; ",
+            "sh -c 'sleep 1000 & echo $! > grandchild.pid; wait' & ",
+            "(setsid sh -c 'echo $$ > daemon.pid; exec sleep 1000' &); ",
+            "while [ ! -s daemon.pid ] || [ ! -s grandchild.pid ]; do sleep 0.01; done; ",
+            "echo READY; wait"
+        )),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let pids: Vec<u32> = ["child.pid", "grandchild.pid", "daemon.pid"]
+        .iter()
+        .map(|f| read_pid(&p, f))
+        .collect();
+    let daemon = pids[2];
+    let leader = b.service("Forker").unwrap().pid().unwrap();
+    assert!(pids.iter().all(|&pid| is_alive(pid)));
+    assert_ne!(
+        crate::common::stat_field(daemon, 6),
+        crate::common::stat_field(leader, 6),
+        "the daemon must have left the service's session"
+    );
+    let run = run_id(&b);
+    assert!(marked_pids(&run).len() >= 5);
+    b.shutdown().unwrap();
+    for pid in pids.into_iter().chain([leader]) {
+        assert!(
+            wait_gone(pid, PATIENCE),
+            "process {pid} survived the shutdown"
+        );
+    }
+    assert!(marked_pids(&run).is_empty());
+}
+
+#[test]
+fn dropping_the_bundle_shuts_it_down() {
+    let p = Project::new("drop");
+    let leader;
+    {
+        let mut b = p.bundle();
+        b.add("Sleeper", Service::new(["sleep", "1000"])).unwrap();
+        b.startup().unwrap();
+        leader = b.service("Sleeper").unwrap().pid().unwrap();
+        assert!(is_alive(leader));
+    }
+    assert!(wait_gone(leader, PATIENCE));
+}

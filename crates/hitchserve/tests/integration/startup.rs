@@ -1,0 +1,125 @@
+//! Startup honours `needs` and starts in parallel whatever can start in parallel.
+
+use hitchserve::{Ready, Service};
+
+use crate::common::{sh, Project};
+
+/// A -> (B, C) -> D. B and C only become ready once both are running, so the test can
+/// only pass if the two middle services run at the same time; order is read from the
+/// services' own record and from the bundle's log.
+#[test]
+fn diamond_starts_in_dependency_order_with_middle_services_in_parallel() {
+    let p = Project::new("diamond");
+    let mut b = p.bundle();
+    let record = |name: &str| format!("echo {name} >> order.txt");
+    b.add(
+        "A",
+        sh(&format!("{}; echo READY; exec sleep 1000", record("A"))),
+    )
+    .unwrap();
+    for (me, other) in [("B", "C"), ("C", "B")] {
+        let script = format!(
+            "{}; touch {me}.up; while [ ! -e {other}.up ]; do sleep 0.01; done; echo READY; exec sleep 1000",
+            record(me)
+        );
+        b.add(me, sh(&script).needs(["A"])).unwrap();
+    }
+    b.add(
+        "D",
+        sh(&format!("{}; echo READY; exec sleep 1000", record("D"))).needs(["B", "C"]),
+    )
+    .unwrap();
+    b.startup().unwrap();
+
+    let order = std::fs::read_to_string(p.path("order.txt")).unwrap();
+    let order: Vec<&str> = order.lines().collect();
+    assert_eq!(order.len(), 4, "{order:?}");
+    assert_eq!(order[0], "A");
+    assert_eq!(order[3], "D");
+
+    // The bundle's own lines tell the same story.
+    let log = b.logs().lines();
+    let at = |needle: &str| {
+        log.iter()
+            .position(|l| l == needle)
+            .unwrap_or_else(|| panic!("no line `{needle}` in {log:#?}"))
+    };
+    let a_ready = log.iter().position(|l| l.starts_with("A ready")).unwrap();
+    let b_ready = log.iter().position(|l| l.starts_with("B ready")).unwrap();
+    let c_ready = log.iter().position(|l| l.starts_with("C ready")).unwrap();
+    assert!(at("Starting B") > a_ready && at("Starting C") > a_ready);
+    assert!(at("Starting D") > b_ready && at("Starting D") > c_ready);
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn readiness_is_seen_on_stderr_too_and_each_line_is_whole() {
+    let p = Project::new("stderr-ready");
+    let mut b = p.bundle();
+    // The ready line arrives in two writes; the check must see it once, whole.
+    b.add(
+        "Split",
+        Service::new([
+            "sh",
+            "-c",
+            "printf 'REA' >&2; sleep 0.2; printf 'DY\\n' >&2; exec sleep 1000",
+        ])
+        .ready_when(|line| line == "READY"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let svc = b.service("Split").unwrap();
+    assert_eq!(svc.logs().err().lines(), vec!["READY"]);
+    assert!(svc.logs().out().is_empty());
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn a_service_without_a_check_is_ready_once_started_and_gets_its_env_and_directory() {
+    let p = Project::new("env-dir");
+    std::fs::create_dir_all(p.path("sub")).unwrap();
+    let mut b = p.bundle();
+    b.add(
+        "Env",
+        Service::new([
+            "sh",
+            "-c",
+            "echo \"$GREETING from $(pwd)\"; echo done; exec sleep 1000",
+        ])
+        .env("GREETING", "hello")
+        .directory("sub")
+        .ready(Ready::line_contains("done")),
+    )
+    .unwrap();
+    b.add("Plain", Service::new(["sleep", "1000"])).unwrap();
+    b.startup().unwrap();
+    let line = &b.service("Env").unwrap().logs().out().lines()[0];
+    let expected_dir = std::fs::canonicalize(p.path("sub")).unwrap();
+    assert_eq!(line, &format!("hello from {}", expected_dir.display()));
+    assert!(b.service("Plain").unwrap().pid().is_some());
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn commands_are_argv_not_shell_strings() {
+    let p = Project::new("argv");
+    let mut b = p.bundle();
+    // With a shell, `$HOME; echo injected` would expand and run a second command.
+    b.add(
+        "Echo",
+        Service::new([
+            "sh",
+            "-c",
+            "echo \"$1\"; echo READY; exec sleep 1000",
+            "sh",
+            "$HOME; echo injected",
+        ])
+        .ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    assert_eq!(
+        b.service("Echo").unwrap().logs().out().lines(),
+        vec!["$HOME; echo injected", "READY"]
+    );
+}

@@ -1,0 +1,123 @@
+//! Failure during startup stops everything it started and says which service and why.
+
+use std::time::Duration;
+
+use hitchserve::{Error, ExitStatus, Service};
+
+use crate::common::{is_alive, marked_pids, run_id, sh, Project};
+
+#[test]
+fn exit_before_ready_reports_exit_code_and_last_lines_and_stops_the_others() {
+    let p = Project::new("exitearly");
+    let mut b = p.bundle();
+    b.add(
+        "Steady",
+        sh("echo $$ > steady.pid; echo READY; exec sleep 1000"),
+    )
+    .unwrap();
+    b.add(
+        "Crashy",
+        sh("for i in $(seq 1 30); do echo line $i; done; echo 'fatal: no config' >&2; exit 3")
+            .needs(["Steady"]),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    match &err {
+        Error::ExitedBeforeReady {
+            service,
+            status,
+            last_lines,
+        } => {
+            assert_eq!(service, "Crashy");
+            assert_eq!(*status, ExitStatus::Code(3));
+            // stdout and stderr are separate pipes, so where `fatal` falls among the
+            // stdout lines varies; the last stdout line is always among the last 20.
+            assert_eq!(last_lines.len(), 20);
+            assert!(last_lines.iter().any(|l| l.ends_with("line 30")));
+        }
+        other => panic!("wrong error: {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("`Crashy`") && msg.contains("exit code 3") && msg.contains("line 30"),
+        "{msg}"
+    );
+    let steady: u32 = std::fs::read_to_string(p.path("steady.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !is_alive(steady),
+        "the service that was ready must be stopped"
+    );
+    assert!(marked_pids(&run_id(&b)).is_empty());
+}
+
+#[test]
+fn death_by_signal_is_named() {
+    let p = Project::new("signalled");
+    let mut b = p.bundle();
+    b.add(
+        "Doomed",
+        sh("echo going; echo 'fatal: no config' >&2; kill -9 $$"),
+    )
+    .unwrap();
+    let msg = b.startup().unwrap_err().to_string();
+    assert!(
+        msg.contains("signal 9 (SIGKILL)") && msg.contains("going"),
+        "{msg}"
+    );
+    assert!(msg.contains("[Err Doomed] fatal: no config"), "{msg}");
+}
+
+#[test]
+fn timeout_names_what_each_service_waited_for_with_last_lines() {
+    let p = Project::new("timeout");
+    let mut b = p.bundle().startup_timeout(Duration::from_secs(2));
+    b.add("Slow", sh("echo still warming up; exec sleep 1000"))
+        .unwrap();
+    b.add("Waiting", sh("echo READY; exec sleep 1000").needs(["Slow"]))
+        .unwrap();
+    let err = b.startup().unwrap_err();
+    let Error::StartupTimeout { not_ready, .. } = &err else {
+        panic!("wrong error: {err:?}");
+    };
+    assert_eq!(not_ready.len(), 2);
+    assert_eq!(not_ready[0].service, "Slow");
+    assert!(not_ready[0].waiting_for.contains("ready_when"));
+    assert!(not_ready[0].last_lines[0].contains("still warming up"));
+    assert_eq!(not_ready[1].service, "Waiting");
+    assert!(not_ready[1].waiting_for.contains("`Slow`"));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("timed out after 2.0 s") && msg.contains("still warming up"),
+        "{msg}"
+    );
+    assert!(
+        marked_pids(&run_id(&b)).is_empty(),
+        "the slow service must be stopped"
+    );
+}
+
+#[test]
+fn a_panicking_readiness_check_fails_startup() {
+    let p = Project::new("panicky");
+    let mut b = p.bundle();
+    b.add(
+        "Odd",
+        Service::new(["sh", "-c", "echo hello; exec sleep 1000"]).ready_when(|line| {
+            if line == "hello" {
+                panic!("cannot parse {line}");
+            }
+            false
+        }),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    assert!(
+        matches!(&err, Error::ReadinessPanicked { service, message } if service == "Odd" && message.contains("cannot parse hello")),
+        "{err:?}"
+    );
+    assert!(marked_pids(&run_id(&b)).is_empty());
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, NotReady, Result};
-use crate::guardian::Guardian;
+use crate::guardian;
 use crate::logs::{Logs, Source, Stream};
 use crate::rundir::RunDir;
 use crate::service::Service;
@@ -117,8 +117,9 @@ impl Bundle {
             path: self.project.clone(),
             source,
         })?;
-        let run = RunDir::create(&project)?;
+        let run = RunDir::allocate(&project);
         let plans = self.plan(&project, &run.id)?;
+        run.create()?;
         let all_log =
             std::fs::File::create(run.logs().join("all.log")).map_err(|source| Error::Io {
                 context: format!(
@@ -131,13 +132,13 @@ impl Bundle {
             .output
             .store
             .open_all_log(all_log, self.output.console.width());
-        let guardian = Guardian::start(&run.id).map_err(|source| Error::Io {
+        guardian::add_run(&run.id).map_err(|source| Error::Io {
             context:
                 "could not start the guardian process (/bin/sh) that cleans up after a killed test"
                     .into(),
             source,
         })?;
-        let shared = Arc::new(Shared::new(Arc::clone(&self.output), plans, run, guardian));
+        let shared = Arc::new(Shared::new(Arc::clone(&self.output), plans, run));
         self.shared = Some(Arc::clone(&shared));
         match self.walk_dag(&shared, t0) {
             Ok(()) => {

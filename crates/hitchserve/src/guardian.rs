@@ -1,57 +1,79 @@
-//! The guardian: a tiny process per bundle that kills the bundle's services if the process
-//! owning the bundle dies without shutting down (SIGKILL, abort, a crashed test binary).
+//! The guardian: one tiny process per test process that kills every service of every bundle
+//! if the test process dies without shutting them down (SIGKILL, abort, a crashed binary).
 //!
 //! It is `/bin/sh` running a short script, because the library lives inside other people's
-//! test binaries and can't rely on their `main`; forking without exec in a threaded process
-//! is unsafe. It reads commands on stdin: `+PGID` to watch a process group, `-PGID` to forget
-//! one, `q` to exit quietly. End of file on stdin means the bundle's process is gone: it then
-//! SIGKILLs every watched group and sweeps `/proc/*/environ` for the run's marker, which finds
-//! processes that left their group (setsid, double fork). Invariant: the write end of its stdin
-//! is held only by the bundle's process (it is close-on-exec), so EOF means exactly that.
+//! test binaries and can't rely on their `main`, and forking without exec in a threaded
+//! process is unsafe. It reads commands on stdin: `+g PGID` / `-g PGID` to watch or forget a
+//! service's process group, `+r RUN` / `-r RUN` for a run whose marker it should sweep.
+//! End of file on stdin means our process is gone: it then SIGKILLs every watched group and
+//! kills every process whose `/proc/*/environ` carries a watched run's marker, which finds
+//! processes that left their group (setsid, double fork).
+//!
+//! Invariant: the write end of its stdin is held only by our process (it is close-on-exec),
+//! so end of file means exactly that. One guardian serves all bundles of the process, so
+//! its start-up cost is paid once; if it dies, the next command starts a new one and
+//! replays what it must watch.
 
+use std::collections::BTreeSet;
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use crate::supervise::MARKER_VAR;
 
 const SCRIPT: &str = r#"
 trap '' HUP INT PIPE
-run=$1
 groups=' '
+runs=' '
 while IFS= read -r cmd; do
   case $cmd in
-    +*) groups="$groups${cmd#+} " ;;
-    -*) g=${cmd#-}; kept=' '
-        for x in $groups; do [ "$x" = "$g" ] || kept="$kept$x "; done
-        groups=$kept ;;
-    q) exit 0 ;;
+    '+g '*) groups="$groups${cmd#+g } " ;;
+    '-g '*) g=${cmd#-g }; kept=' '
+            for x in $groups; do [ "$x" = "$g" ] || kept="$kept$x "; done
+            groups=$kept ;;
+    '+r '*) runs="$runs${cmd#+r } " ;;
+    '-r '*) r=${cmd#-r }; kept=' '
+            for x in $runs; do [ "$x" = "$r" ] || kept="$kept$x "; done
+            runs=$kept ;;
   esac
 done
 for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
+set --
+for r in $runs; do set -- "$@" -e "HITCHSERVE_RUN=$r"; done
+[ $# -gt 0 ] || exit 0
 i=0
 while [ $i -lt 50 ]; do
-  found=$(grep -lsxzF "HITCHSERVE_RUN=$run" /proc/[0-9]*/environ)
+  found=$(grep -lsxzF "$@" /proc/[0-9]*/environ)
   [ -n "$found" ] || break
   for f in $found; do p=${f#/proc/}; kill -s KILL "${p%/environ}" 2>/dev/null; done
   i=$((i+1))
 done
 "#;
 
-pub(crate) struct Guardian {
-    child: Child,
-    stdin: Mutex<Option<ChildStdin>>,
+struct Guardian {
+    child: Option<(Child, ChildStdin)>,
+    groups: BTreeSet<u32>,
+    runs: BTreeSet<String>,
+}
+
+static GUARDIAN: Mutex<Guardian> = Mutex::new(Guardian {
+    child: None,
+    groups: BTreeSet::new(),
+    runs: BTreeSet::new(),
+});
+
+fn lock() -> MutexGuard<'static, Guardian> {
+    GUARDIAN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Guardian {
-    pub(crate) fn start(run_id: &str) -> std::io::Result<Guardian> {
-        debug_assert_eq!(MARKER_VAR, "HITCHSERVE_RUN");
-        use std::os::unix::process::CommandExt;
+    fn spawn() -> std::io::Result<(Child, ChildStdin)> {
+        debug_assert!(SCRIPT.contains(MARKER_VAR));
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(SCRIPT)
             .arg("hitchserve-guardian")
-            .arg(run_id)
             .env_remove(MARKER_VAR)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -60,33 +82,64 @@ impl Guardian {
             .process_group(0)
             .current_dir("/")
             .spawn()?;
-        let stdin = child.stdin.take();
-        Ok(Guardian {
-            child,
-            stdin: Mutex::new(stdin),
-        })
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdin pipe to the guardian"))?;
+        Ok((child, stdin))
     }
 
-    fn send(&self, line: &str) {
-        let mut guard = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(stdin) = guard.as_mut() {
-            // A dead guardian can't be helped here; shutdown still kills everything itself.
-            let _ = stdin.write_all(line.as_bytes());
+    /// Send one command, (re)starting the guardian and replaying its state if needed.
+    fn send(&mut self, line: &str) -> std::io::Result<()> {
+        if let Some((_, stdin)) = self.child.as_mut() {
+            if stdin.write_all(line.as_bytes()).is_ok() {
+                return Ok(());
+            }
         }
+        // Not started yet, or it died: start afresh and tell it everything.
+        if let Some((mut old, _)) = self.child.take() {
+            let _ = old.wait();
+        }
+        let (child, mut stdin) = Self::spawn()?;
+        let mut replay = String::new();
+        for g in &self.groups {
+            replay.push_str(&format!("+g {g}\n"));
+        }
+        for r in &self.runs {
+            replay.push_str(&format!("+r {r}\n"));
+        }
+        replay.push_str(line);
+        stdin.write_all(replay.as_bytes())?;
+        self.child = Some((child, stdin));
+        Ok(())
     }
+}
 
-    pub(crate) fn watch(&self, pgid: u32) {
-        self.send(&format!("+{pgid}\n"));
-    }
+/// Watch a run's marker. Fails only if the guardian can't be started at all.
+pub(crate) fn add_run(run_id: &str) -> std::io::Result<()> {
+    let mut g = lock();
+    g.runs.insert(run_id.to_owned());
+    g.send(&format!("+r {run_id}\n"))
+}
 
-    pub(crate) fn forget(&self, pgid: u32) {
-        self.send(&format!("-{pgid}\n"));
-    }
+/// The run has stopped everything itself.
+pub(crate) fn remove_run(run_id: &str) {
+    let mut g = lock();
+    g.runs.remove(run_id);
+    let _ = g.send(&format!("-r {run_id}\n"));
+}
 
-    /// Tell the guardian to exit without sweeping (the bundle has stopped everything itself).
-    pub(crate) fn quit(mut self) {
-        self.send("q\n");
-        drop(self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take());
-        let _ = self.child.wait();
-    }
+/// Watch a service's process group.
+pub(crate) fn watch(pgid: u32) {
+    let mut g = lock();
+    g.groups.insert(pgid);
+    // If even a restart fails, the run's marker sweep at shutdown still finds it.
+    let _ = g.send(&format!("+g {pgid}\n"));
+}
+
+/// The group's leader is about to be reaped: its pgid may be reused, so stop watching.
+pub(crate) fn forget(pgid: u32) {
+    let mut g = lock();
+    g.groups.remove(&pgid);
+    let _ = g.send(&format!("-g {pgid}\n"));
 }

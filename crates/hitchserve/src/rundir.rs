@@ -19,7 +19,8 @@ pub(crate) struct RunDir {
 }
 
 impl RunDir {
-    pub(crate) fn create(project: &Path) -> Result<RunDir> {
+    /// Pick a fresh id and path under `project`; nothing is created yet.
+    pub(crate) fn allocate(project: &Path) -> RunDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -31,24 +32,36 @@ impl RunDir {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let base = project.join(".hitchserve");
-        let runs = base.join("runs");
-        let path = runs.join(&id);
-        std::fs::create_dir_all(path.join("logs")).map_err(|source| Error::Io {
+        let path = project.join(".hitchserve").join("runs").join(&id);
+        RunDir { id, path }
+    }
+
+    /// Create the directory, point `latest` at it and prune old runs.
+    pub(crate) fn create(&self) -> Result<()> {
+        let path = &self.path;
+        std::fs::create_dir_all(self.logs()).map_err(|source| Error::Io {
             context: format!("could not create the run directory `{}`", path.display()),
             source,
         })?;
+        let (Some(runs), Some(base)) = (path.parent(), path.parent().and_then(Path::parent)) else {
+            return Ok(());
+        };
         // Logs are evidence for a person, not something to commit.
         let _ = std::fs::write(base.join(".gitignore"), "*\n");
         let latest = base.join("latest");
-        let tmp = base.join(format!(".latest-{id}"));
-        if std::os::unix::fs::symlink(Path::new("runs").join(&id), &tmp).is_ok()
+        let tmp = base.join(format!(".latest-{}", self.id));
+        if std::os::unix::fs::symlink(Path::new("runs").join(&self.id), &tmp).is_ok()
             && std::fs::rename(&tmp, &latest).is_err()
         {
             let _ = std::fs::remove_file(&tmp);
         }
-        prune(&runs);
-        Ok(RunDir { id, path })
+        // Deleting old runs is slow on some filesystems and not needed to start: do it
+        // on the side.
+        let runs = runs.to_path_buf();
+        let _ = std::thread::Builder::new()
+            .name("hitchserve:prune".into())
+            .spawn(move || prune(&runs));
+        Ok(())
     }
 
     pub(crate) fn logs(&self) -> PathBuf {

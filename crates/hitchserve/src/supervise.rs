@@ -2,7 +2,7 @@
 //!
 //! Owns the per-service supervisor thread (spawn, wait, reap), the pipe readers that feed the
 //! log store, process groups, stop/kill, and the no-orphans layers: own process group,
-//! `PR_SET_PDEATHSIG`, the guardian, and the `HITCHSERVE_RUN` marker sweep. It does not decide
+//! the guardian, and the `HITCHSERVE_RUN` marker sweep. It does not decide
 //! *when* to start a service (`bundle` walks the DAG) nor how lines are stored or printed.
 //!
 //! Invariants: a service's pgid is only signalled while its leader is unreaped (phase
@@ -11,21 +11,22 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, killpg, Signal as NixSignal};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
 use crate::console::Console;
-use crate::guardian::Guardian;
+use crate::guardian;
 use crate::logs::{Filter, LineSplitter, LogLine, LogStore, Source, Stream};
 use crate::readiness::{LineChecker, Ready, Verdict};
 use crate::rundir::RunDir;
@@ -175,17 +176,11 @@ pub(crate) struct Shared {
     pub states: Mutex<Vec<State>>,
     pub changed: Condvar,
     pub run: RunDir,
-    guardian: Mutex<Option<Guardian>>,
     supervisors: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
-    pub(crate) fn new(
-        output: Arc<Output>,
-        plans: Vec<Plan>,
-        run: RunDir,
-        guardian: Guardian,
-    ) -> Shared {
+    pub(crate) fn new(output: Arc<Output>, plans: Vec<Plan>, run: RunDir) -> Shared {
         let states = plans.iter().map(|_| State::new()).collect();
         Shared {
             output,
@@ -193,7 +188,6 @@ impl Shared {
             states: Mutex::new(states),
             changed: Condvar::new(),
             run,
-            guardian: Mutex::new(Some(guardian)),
             supervisors: Mutex::new(Vec::new()),
         }
     }
@@ -227,17 +221,6 @@ impl Shared {
                 .wait_timeout(guard, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
-        }
-    }
-
-    fn with_guardian(&self, f: impl FnOnce(&Guardian)) {
-        if let Some(g) = self
-            .guardian
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            f(g);
         }
     }
 
@@ -329,14 +312,7 @@ impl Shared {
         for h in handles {
             let _ = h.join();
         }
-        if let Some(g) = self
-            .guardian
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            g.quit();
-        }
+        guardian::remove_run(&self.run.id);
         if !stopping.is_empty() {
             self.output
                 .log(&format!("Stopped in {:.2} s", t0.elapsed().as_secs_f64()));
@@ -354,10 +330,16 @@ fn signal_locked(st: &State, signal: NixSignal) -> bool {
     }
 }
 
-/// The body of a supervisor thread: spawn, feed readers, wait, reap, report.
+/// The body of a supervisor thread: spawn, read both pipes, notice the exit, reap, report.
+///
+/// One thread per service does it all with `poll` over stdout, stderr and a pidfd: fewer
+/// threads, and the exit is seen while the leader is still an unreaped zombie.
 fn supervise(shared: &Arc<Shared>, idx: usize) {
     let plan = &shared.plans[idx];
     let mut cmd = Command::new(&plan.program);
+    // No `pre_exec` (e.g. for PR_SET_PDEATHSIG): it forces fork() instead of vfork-based
+    // posix_spawn, which made starting 20 services 1.5x slower here. The guardian covers
+    // the death of the bundle's process.
     cmd.arg0(&plan.argv[0])
         .args(&plan.argv[1..])
         .current_dir(&plan.dir)
@@ -367,12 +349,6 @@ fn supervise(shared: &Arc<Shared>, idx: usize) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    let parent = nix::unistd::getpid();
-    // SAFETY: the closure only makes two raw syscalls and allocates nothing, so it is
-    // async-signal-safe as required between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || die_with_parent(parent));
-    }
     shared.update(idx, |st| {
         st.phase = Phase::Starting;
         st.started_at = Some(Instant::now());
@@ -388,7 +364,7 @@ fn supervise(shared: &Arc<Shared>, idx: usize) {
         }
     };
     let pid = child.id();
-    shared.with_guardian(|g| g.watch(pid));
+    guardian::watch(pid);
     let immediate = plan.ready.is_immediate();
     let torn_down = {
         let mut states = shared.lock();
@@ -411,64 +387,47 @@ fn supervise(shared: &Arc<Shared>, idx: usize) {
         let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
     }
 
-    let checker = Arc::new(plan.ready.checker());
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let pipes: [(Option<Pipe>, &Arc<Source>, &str); 2] = [
-        (
-            child.stdout.take().map(|p| Box::new(p) as _),
-            &plan.out,
-            "out",
-        ),
-        (
-            child.stderr.take().map(|p| Box::new(p) as _),
-            &plan.err,
-            "err",
-        ),
-    ];
-    let mut readers = 0;
-    for (pipe, source, ext) in pipes {
-        let Some(pipe) = pipe else { continue };
-        let file_path = shared.run.logs().join(format!("{}.{ext}.log", plan.name));
-        let file = File::create(&file_path).ok();
-        let reader = Reader {
-            shared: Arc::clone(shared),
-            idx,
-            source: Arc::clone(source),
-            checker: Arc::clone(&checker),
-        };
-        let done = done_tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("hitchserve:{}:{ext}", plan.name))
-            .spawn(move || {
-                reader.run(pipe, file);
-                let _ = done.send(());
-            });
-        if spawned.is_ok() {
-            readers += 1;
+    let mut out = StreamReader::new(
+        shared,
+        idx,
+        child.stdout.take().map(OwnedFd::from),
+        &plan.out,
+        "out",
+    );
+    let mut err = StreamReader::new(
+        shared,
+        idx,
+        child.stderr.take().map(OwnedFd::from),
+        &plan.err,
+        "err",
+    );
+    let checker = plan.ready.checker();
+    let pidfd = pidfd_open(pid);
+    // Until the main process exits: read whatever arrives.
+    loop {
+        let exited = poll_once(&mut out, &mut err, &checker, pidfd.as_ref(), pid, None);
+        if exited {
+            break;
         }
     }
-    drop(done_tx);
-
-    wait_exit_unreaped(pid);
     shared.update(idx, |st| st.phase = Phase::Exiting);
     // Whatever it left in its group dies with it; the leader is still unreaped, so the
     // pgid can't have been reused.
     let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
-    shared.with_guardian(|g| g.forget(pid));
+    guardian::forget(pid);
+    // Drain what it wrote before it died. A process that escaped the group may hold a
+    // pipe open; don't wait for it forever.
+    let deadline = Instant::now() + READER_DRAIN;
+    while (out.is_open() || err.is_open()) && Instant::now() < deadline {
+        poll_once(&mut out, &mut err, &checker, None, pid, Some(deadline));
+    }
+    out.finish(&checker);
+    err.finish(&checker);
     let status = child
         .wait()
         .map(ExitStatus::from_std)
         .unwrap_or(ExitStatus::Code(-1));
 
-    let deadline = Instant::now() + READER_DRAIN;
-    for _ in 0..readers {
-        if done_rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .is_err()
-        {
-            break;
-        }
-    }
     let unexpected = {
         let st = &shared.lock()[idx];
         st.was_ready && !st.stopping
@@ -483,19 +442,82 @@ fn supervise(shared: &Arc<Shared>, idx: usize) {
     shared.output.store.mark_ended(idx);
 }
 
-/// In the child between fork and exec: die when the spawning thread dies.
-fn die_with_parent(parent: Pid) -> std::io::Result<()> {
-    nix::sys::prctl::set_pdeathsig(NixSignal::SIGKILL)
-        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
-    // The parent may have died before prctl took effect.
-    if nix::unistd::getppid() != parent {
-        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+/// How often to look for the exit when the kernel has no pidfd (before Linux 5.3).
+const EXIT_POLL_FALLBACK: Duration = Duration::from_millis(20);
+
+/// Wait for output or the exit once. Returns true when the main process has exited.
+fn poll_once(
+    out: &mut StreamReader<'_>,
+    err: &mut StreamReader<'_>,
+    checker: &LineChecker,
+    pidfd: Option<&OwnedFd>,
+    pid: u32,
+    deadline: Option<Instant>,
+) -> bool {
+    let watch_exit = deadline.is_none();
+    let mut fds = Vec::with_capacity(3);
+    let mut which = Vec::with_capacity(3);
+    for (i, r) in [&*out, &*err].into_iter().enumerate() {
+        if let Some(fd) = r.fd.as_ref() {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            which.push(i);
+        }
     }
-    Ok(())
+    if watch_exit {
+        if let Some(fd) = pidfd {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            which.push(2);
+        }
+    }
+    let timeout = match deadline {
+        Some(d) => PollTimeout::try_from(d.saturating_duration_since(Instant::now()))
+            .unwrap_or(PollTimeout::MAX),
+        None if pidfd.is_none() => {
+            PollTimeout::try_from(EXIT_POLL_FALLBACK).unwrap_or(PollTimeout::MAX)
+        }
+        None => PollTimeout::NONE,
+    };
+    if fds.is_empty() && pidfd.is_some() {
+        unreachable_exit_wait(pid);
+        return true;
+    }
+    match poll(&mut fds, timeout) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EINTR) => return false,
+        Err(_) => {
+            // Nothing sensible to wait on any more: wait for the exit plainly.
+            if watch_exit {
+                unreachable_exit_wait(pid);
+                return true;
+            }
+            return false;
+        }
+    }
+    let ready: Vec<(usize, bool)> = fds
+        .iter()
+        .zip(&which)
+        .map(|(fd, &w)| (w, fd.revents().is_some_and(|r| !r.is_empty())))
+        .collect();
+    drop(fds);
+    let mut exited = false;
+    for (w, is_ready) in ready {
+        if !is_ready {
+            continue;
+        }
+        match w {
+            0 => out.read_some(checker),
+            1 => err.read_some(checker),
+            _ => exited = true,
+        }
+    }
+    if watch_exit && pidfd.is_none() {
+        exited = has_exited(pid);
+    }
+    exited
 }
 
-/// Block until `pid` has exited, leaving it a zombie so its pid (and pgid) stay reserved.
-fn wait_exit_unreaped(pid: u32) {
+/// Block until the process exits, leaving it unreaped (used when there is nothing to poll).
+fn unreachable_exit_wait(pid: u32) {
     loop {
         match waitid(
             Id::Pid(Pid::from_raw(pid as i32)),
@@ -507,42 +529,109 @@ fn wait_exit_unreaped(pid: u32) {
     }
 }
 
-type Pipe = Box<dyn Read + Send>;
-
-/// Reads one pipe of one service until end of file.
-struct Reader {
-    shared: Arc<Shared>,
-    idx: usize,
-    source: Arc<Source>,
-    checker: Arc<LineChecker>,
+/// Whether the process has exited, without reaping it.
+fn has_exited(pid: u32) -> bool {
+    matches!(
+        waitid(
+            Id::Pid(Pid::from_raw(pid as i32)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG,
+        ),
+        Ok(status) if status != nix::sys::wait::WaitStatus::StillAlive
+    ) || !Path::new(&format!("/proc/{pid}")).exists()
 }
 
-impl Reader {
-    fn run(self, mut pipe: Pipe, mut file: Option<File>) {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut splitter = LineSplitter::default();
-        loop {
-            let n = match pipe.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            if let Some(f) = file.as_mut() {
-                // The exact bytes, as they arrive, so the file survives a failed test.
-                let _ = f.write_all(&buf[..n]);
-            }
-            let lines = splitter.push(&buf[..n]);
-            self.deliver(lines);
-        }
-        if let Some(last) = splitter.finish() {
-            self.deliver(vec![last]);
+/// A pidfd for `pid`: readable once the process has exited. `None` before Linux 5.3.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: a plain syscall; on success the kernel hands us a new fd that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh, valid descriptor owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// One pipe of a service: read, split into lines, store, check readiness, copy to its file.
+struct StreamReader<'a> {
+    shared: &'a Arc<Shared>,
+    idx: usize,
+    fd: Option<OwnedFd>,
+    source: &'a Arc<Source>,
+    splitter: LineSplitter,
+    file_path: PathBuf,
+    file: Option<File>,
+    buf: Vec<u8>,
+}
+
+impl<'a> StreamReader<'a> {
+    fn new(
+        shared: &'a Arc<Shared>,
+        idx: usize,
+        fd: Option<OwnedFd>,
+        source: &'a Arc<Source>,
+        ext: &str,
+    ) -> StreamReader<'a> {
+        StreamReader {
+            shared,
+            idx,
+            fd,
+            source,
+            splitter: LineSplitter::default(),
+            file_path: shared
+                .run
+                .logs()
+                .join(format!("{}.{ext}.log", shared.plans[idx].name)),
+            file: None,
+            buf: Vec::new(),
         }
     }
 
-    fn deliver(&self, lines: Vec<(Box<[u8]>, bool)>) {
-        let stored = self.shared.output.emit(&self.source, lines);
-        match self.checker.check(&stored) {
+    fn is_open(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// One read. Lines are stored and checked first, then the bytes go to the stream's
+    /// file, created at the first output: creating files is slow on some filesystems and
+    /// must not delay readiness.
+    fn read_some(&mut self, checker: &LineChecker) {
+        let Some(fd) = self.fd.as_ref() else { return };
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; 64 * 1024];
+        }
+        let n = match nix::unistd::read(fd, &mut self.buf) {
+            Ok(0) => {
+                self.finish(checker);
+                return;
+            }
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return,
+            Err(_) => {
+                self.finish(checker);
+                return;
+            }
+        };
+        let lines = self.splitter.push(&self.buf[..n]);
+        self.deliver(lines, checker);
+        if self.file.is_none() {
+            self.file = File::create(&self.file_path).ok();
+        }
+        if let Some(f) = self.file.as_mut() {
+            // The exact bytes, as they arrive, so the file survives a failed test.
+            let _ = f.write_all(&self.buf[..n]);
+        }
+    }
+
+    /// End of the stream: an unterminated last line is still a line.
+    fn finish(&mut self, checker: &LineChecker) {
+        self.fd = None;
+        if let Some(last) = self.splitter.finish() {
+            self.deliver(vec![last], checker);
+        }
+    }
+
+    fn deliver(&self, lines: Vec<(Box<[u8]>, bool)>, checker: &LineChecker) {
+        let stored = self.shared.output.emit(self.source, lines);
+        match checker.check(&stored) {
             Verdict::NotYet => {}
             Verdict::Ready => self.shared.update(self.idx, |st| {
                 if st.phase == Phase::Running {

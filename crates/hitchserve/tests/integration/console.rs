@@ -34,6 +34,13 @@ fn helper_console_bundle() {
     b.log("a message from the test");
     b.warn("something bad");
     let web = b.service("Web").unwrap();
+    // stderr is a separate pipe: make sure `oops` has arrived before muting.
+    web.logs()
+        .err()
+        .tail()
+        .lines_back(1)
+        .until(|l| l == "oops", PATIENCE)
+        .unwrap();
     let mut out = web.logs().out().tail();
     let mut err = web.logs().err().tail();
     b.start_interactive_mode();

@@ -1,0 +1,229 @@
+//! Benchmarks of the core, each against a raw baseline measured in the same run.
+//!
+//! `cargo run --release -p hitchserve --example bench` prints one JSON line per workload:
+//! - W1: ready-detection latency, from the instant a service writes `READY` (it prints its
+//!   own clock in the line) to `startup()` returning; baseline: reading the same line from
+//!   a plain pipe.
+//! - W2: 20 services `sh -c 'echo READY; exec sleep 1000'` in 4 chains of 5: start-to-all-
+//!   ready and shutdown; baseline: 4 threads spawning their chain and reading each first
+//!   line directly, then SIGTERM + wait.
+//! - W4: 10 services that trap SIGTERM and exit 0.1 s later: shutdown time.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hitchserve::{Bundle, Service};
+use serde_json::json;
+
+const W1_RUNS: usize = 20;
+const W2_RUNS: usize = 5;
+const W4_RUNS: usize = 5;
+
+const READY_PY: &str = "import sys, time\nsys.stdout.write('READY %d\\n' % time.time_ns())\nsys.stdout.flush()\ntime.sleep(1000)";
+
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+fn stamp(line: &str) -> i128 {
+    line.trim()
+        .strip_prefix("READY ")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(mut xs: Vec<f64>, p: f64) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let idx = ((xs.len() as f64 - 1.0) * p).round() as usize;
+    xs[idx]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn project() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("hitchserve-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create the bench project directory");
+    dir
+}
+
+fn quiet_bundle(dir: &std::path::Path) -> Bundle {
+    let b = Bundle::new(dir)
+        .startup_timeout(Duration::from_secs(60))
+        .shutdown_timeout(Duration::from_secs(10));
+    // stdout carries the JSON figures: keep the service lines off it.
+    b.start_interactive_mode();
+    b
+}
+
+fn w1(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
+    let mut ours = Vec::new();
+    let mut raw = Vec::new();
+    for _ in 0..W1_RUNS {
+        let mut b = quiet_bundle(dir);
+        b.add(
+            "Py",
+            Service::new(["python3", "-c", READY_PY]).ready_when(|l| l.starts_with("READY ")),
+        )?;
+        b.startup()?;
+        let returned = now_ns();
+        let line = b.service("Py")?.logs().out().lines().remove(0);
+        ours.push((returned - stamp(&line)) as f64 / 1e6);
+        b.shutdown()?;
+
+        let mut child = Command::new("python3")
+            .args(["-c", READY_PY])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("read");
+        let read = now_ns();
+        raw.push((read - stamp(&line)) as f64 / 1e6);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok(json!({
+        "workload": "W1", "what": "ready-detection latency (write READY -> startup() returns)",
+        "runs": W1_RUNS,
+        "median_ms": percentile(ours.clone(), 0.5), "p95_ms": percentile(ours, 0.95),
+        "baseline_median_ms": percentile(raw.clone(), 0.5), "baseline_p95_ms": percentile(raw, 0.95),
+        "target": "median < 1 ms",
+    }))
+}
+
+const CHAIN_SH: &str = "echo READY; exec sleep 1000";
+
+fn w2(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
+    let mut start = Vec::new();
+    let mut stop = Vec::new();
+    let mut raw_start = Vec::new();
+    let mut raw_stop = Vec::new();
+    for _ in 0..W2_RUNS {
+        let mut b = quiet_bundle(dir);
+        for chain in 0..4 {
+            for link in 0..5 {
+                let mut svc = Service::new(["sh", "-c", CHAIN_SH]).ready_when(|l| l == "READY");
+                if link > 0 {
+                    svc = svc.needs([format!("C{chain}L{}", link - 1)]);
+                }
+                b.add(format!("C{chain}L{link}"), svc)?;
+            }
+        }
+        let t = Instant::now();
+        b.startup()?;
+        start.push(ms(t.elapsed()));
+        let t = Instant::now();
+        b.shutdown()?;
+        stop.push(ms(t.elapsed()));
+
+        let t = Instant::now();
+        let children: Vec<std::process::Child> = std::thread::scope(|s| {
+            let chains: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        (0..5)
+                            .map(|_| {
+                                let mut c = Command::new("sh")
+                                    .args(["-c", CHAIN_SH])
+                                    .stdout(Stdio::piped())
+                                    .spawn()
+                                    .expect("spawn sh");
+                                let mut line = String::new();
+                                let mut r = BufReader::new(c.stdout.take().expect("piped"));
+                                r.read_line(&mut line).expect("read");
+                                c
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            chains
+                .into_iter()
+                .flat_map(|h| h.join().expect("chain thread"))
+                .collect()
+        });
+        raw_start.push(ms(t.elapsed()));
+        let t = Instant::now();
+        for c in &children {
+            let _ = nix_term(c.id());
+        }
+        for mut c in children {
+            let _ = c.wait();
+        }
+        raw_stop.push(ms(t.elapsed()));
+    }
+    let (s, rs) = (percentile(start, 0.5), percentile(raw_start, 0.5));
+    let (d, rd) = (percentile(stop, 0.5), percentile(raw_stop, 0.5));
+    Ok(json!({
+        "workload": "W2", "what": "20 services in 4 chains of 5 (median of runs)",
+        "runs": W2_RUNS,
+        "startup_ms": s, "baseline_startup_ms": rs, "startup_ratio": s / rs,
+        "shutdown_ms": d, "baseline_shutdown_ms": rd,
+        "target": "startup <= 1.2x baseline",
+    }))
+}
+
+fn nix_term(pid: u32) -> std::io::Result<()> {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
+
+fn w4(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
+    let mut stop = Vec::new();
+    for _ in 0..W4_RUNS {
+        let mut b = quiet_bundle(dir);
+        for i in 0..10 {
+            b.add(
+                format!("Slow{i}"),
+                Service::new([
+                    "sh",
+                    "-c",
+                    "trap 'sleep 0.1; exit 0' TERM; echo READY; sleep 1000 & wait",
+                ])
+                .ready_when(|l| l == "READY"),
+            )?;
+        }
+        b.startup()?;
+        let t = Instant::now();
+        b.shutdown()?;
+        stop.push(ms(t.elapsed()));
+    }
+    let d = percentile(stop, 0.5);
+    Ok(json!({
+        "workload": "W4", "what": "shutdown of 10 services that exit 0.1 s after SIGTERM (median)",
+        "runs": W4_RUNS,
+        "shutdown_ms": d, "baseline_ms": 100.0, "ratio": d / 100.0,
+        "target": "<= 1.2x 0.1 s",
+    }))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = project();
+    let only = std::env::args().nth(1);
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if run("W1") {
+        println!("{}", w1(&dir)?);
+    }
+    if run("W2") {
+        println!("{}", w2(&dir)?);
+    }
+    if run("W4") {
+        println!("{}", w4(&dir)?);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -5,11 +5,13 @@
 //!   own clock in the line) to `startup()` returning; baseline: reading the same line from
 //!   a plain pipe.
 //! - W2: 20 services `sh -c 'echo READY; exec sleep 1000'` in 4 chains of 5: start-to-all-
-//!   ready and shutdown; baseline: 4 threads spawning their chain and reading each first
-//!   line directly, then SIGTERM + wait.
+//!   ready and shutdown; baseline: 4 threads spawning their chain (own process group, stdout
+//!   and stderr piped, as a service is spawned) and reading each first line directly, then
+//!   SIGTERM + wait.
 //! - W4: 10 services that trap SIGTERM and exit 0.1 s later: shutdown time.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,7 +19,7 @@ use hitchserve::{Bundle, Service};
 use serde_json::json;
 
 const W1_RUNS: usize = 20;
-const W2_RUNS: usize = 5;
+const W2_RUNS: usize = 11;
 const W4_RUNS: usize = 5;
 
 const READY_PY: &str = "import sys, time\nsys.stdout.write('READY %d\\n' % time.time_ns())\nsys.stdout.flush()\ntime.sleep(1000)";
@@ -131,9 +133,13 @@ fn w2(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
                     s.spawn(|| {
                         (0..5)
                             .map(|_| {
+                                // Spawned as a service is: own group, both pipes.
                                 let mut c = Command::new("sh")
                                     .args(["-c", CHAIN_SH])
+                                    .stdin(Stdio::null())
                                     .stdout(Stdio::piped())
+                                    .stderr(Stdio::piped())
+                                    .process_group(0)
                                     .spawn()
                                     .expect("spawn sh");
                                 let mut line = String::new();
@@ -172,13 +178,11 @@ fn w2(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
 }
 
 fn nix_term(pid: u32) -> std::io::Result<()> {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    if status.success() {
+    // SAFETY: sending a signal to a child we spawned and have not reaped.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } == 0 {
         Ok(())
     } else {
-        Err(std::io::Error::other("kill failed"))
+        Err(std::io::Error::last_os_error())
     }
 }
 

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, NotReady, Result};
 use crate::guardian;
+use crate::logfiles::LogFiles;
 use crate::logs::{Logs, Source, Stream};
 use crate::rundir::RunDir;
 use crate::service::Service;
 use crate::signal::{ExitStatus, Signal};
-use crate::supervise::{Output, Phase, Plan, Shared, MARKER_VAR};
+use crate::supervise::{Output, Phase, Plan, Shared, State, MARKER_VAR};
 
 /// How many of a service's last lines an error message carries.
 const LAST_LINES: usize = 20;
@@ -120,18 +121,14 @@ impl Bundle {
         let run = RunDir::allocate(&project);
         let plans = self.plan(&project, &run.id)?;
         run.create()?;
-        let all_log =
-            std::fs::File::create(run.logs().join("all.log")).map_err(|source| Error::Io {
-                context: format!(
-                    "could not create `{}`",
-                    run.logs().join("all.log").display()
-                ),
+        let all_log = run.logs().join("all.log");
+        let files =
+            LogFiles::start(all_log, self.output.console.width()).map_err(|source| Error::Io {
+                context: "could not start the thread that writes log files".into(),
                 source,
             })?;
-        let _ = self
-            .output
-            .store
-            .open_all_log(all_log, self.output.console.width());
+        let files = Arc::new(files);
+        self.output.store.attach_files(Arc::clone(&files));
         guardian::add_run(&run.id).map_err(|source| Error::Io {
             context:
                 "could not start the guardian process (/bin/sh) that cleans up after a killed test"
@@ -233,81 +230,38 @@ impl Bundle {
         Ok(plans)
     }
 
-    /// Start services as their needs become ready; return when all are ready or one failed.
+    /// Start the services that need nothing, then wait: each service's supervisor starts its
+    /// dependents the moment it is ready. Returns when all are ready or one failed.
     fn walk_dag(&self, shared: &Arc<Shared>, t0: Instant) -> Result<()> {
         let deadline = t0 + self.startup_timeout;
-        let plans = &shared.plans;
-        let mut announced = vec![false; plans.len()];
-        let mut states = shared.lock();
-        loop {
-            let mut to_start = Vec::new();
-            let ready: Vec<bool> = states.iter().map(|s| s.phase == Phase::Ready).collect();
-            for (idx, plan) in plans.iter().enumerate() {
-                let st = &mut states[idx];
-                if let Some(message) = st.check_panic.take() {
-                    return Err(Error::ReadinessPanicked {
-                        service: plan.name.clone(),
-                        message,
-                    });
+        shared.start_startable();
+        // While the first services start, make the threads the others will need.
+        shared.prepare_supervisors();
+        let failure = {
+            let mut states = shared.lock();
+            loop {
+                if let Some(failure) = find_failure(&mut states) {
+                    break failure;
                 }
-                match st.phase {
-                    Phase::SpawnFailed => {
-                        let source = st
-                            .spawn_error
-                            .take()
-                            .unwrap_or_else(|| std::io::Error::other("unknown error"));
-                        return Err(Error::Spawn {
-                            service: plan.name.clone(),
-                            source,
-                        });
-                    }
-                    Phase::Exited(status) => {
-                        drop(states);
-                        return Err(Error::ExitedBeforeReady {
-                            service: plan.name.clone(),
-                            status,
-                            last_lines: shared.last_lines(idx, LAST_LINES),
-                        });
-                    }
-                    Phase::Ready if !announced[idx] => {
-                        announced[idx] = true;
-                        let took = match (st.started_at, st.ready_at) {
-                            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
-                            _ => 0.0,
-                        };
-                        self.output
-                            .log(&format!("{} ready after {took:.2} s", plan.name));
-                    }
-                    Phase::Defined if plan.needs.iter().all(|&n| ready[n]) => {
-                        to_start.push(idx);
-                    }
-                    _ => {}
+                if states
+                    .iter()
+                    .all(|s| s.phase == Phase::Ready && s.announced)
+                {
+                    return Ok(());
                 }
-            }
-            for idx in to_start {
-                states[idx].phase = Phase::Starting;
-                self.output.log(&format!("Starting {}", plans[idx].name));
-                if let Err(source) = shared.start(idx) {
-                    return Err(Error::Spawn {
-                        service: plans[idx].name.clone(),
-                        source,
-                    });
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    drop(states);
+                    return Err(self.timeout_error(shared));
                 }
+                states = shared
+                    .changed
+                    .wait_timeout(states, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
-            if states.iter().all(|s| s.phase == Phase::Ready) && announced.iter().all(|&a| a) {
-                return Ok(());
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                drop(states);
-                return Err(self.timeout_error(shared));
-            }
-            states = shared
-                .changed
-                .wait_timeout(states, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        };
+        Err(failure.into_error(shared))
     }
 
     fn timeout_error(&self, shared: &Shared) -> Error {
@@ -706,6 +660,56 @@ fn find_cycle(plans: &[Plan]) -> Option<Vec<usize>> {
             if let Some(c) = visit(i, plans, &mut marks, &mut Vec::new()) {
                 return Some(c);
             }
+        }
+    }
+    None
+}
+
+/// A startup failure seen under the lock; turned into an error once the lock is released
+/// (the error needs the service's last lines).
+enum Failure {
+    Panicked(usize, String),
+    Spawn(usize, std::io::Error),
+    Exited(usize, ExitStatus),
+}
+
+impl Failure {
+    fn into_error(self, shared: &Shared) -> Error {
+        let name = |idx: usize| shared.plans[idx].name.clone();
+        match self {
+            Failure::Panicked(idx, message) => Error::ReadinessPanicked {
+                service: name(idx),
+                message,
+            },
+            Failure::Spawn(idx, source) => Error::Spawn {
+                service: name(idx),
+                source,
+            },
+            Failure::Exited(idx, status) => Error::ExitedBeforeReady {
+                service: name(idx),
+                status,
+                last_lines: shared.last_lines(idx, LAST_LINES),
+            },
+        }
+    }
+}
+
+/// The first startup failure among the services, if any.
+fn find_failure(states: &mut [State]) -> Option<Failure> {
+    for (idx, st) in states.iter_mut().enumerate() {
+        if let Some(message) = st.check_panic.take() {
+            return Some(Failure::Panicked(idx, message));
+        }
+        match st.phase {
+            Phase::SpawnFailed => {
+                let source = st
+                    .spawn_error
+                    .take()
+                    .unwrap_or_else(|| std::io::Error::other("unknown error"));
+                return Some(Failure::Spawn(idx, source));
+            }
+            Phase::Exited(status) => return Some(Failure::Exited(idx, status)),
+            _ => {}
         }
     }
     None

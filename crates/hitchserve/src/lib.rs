@@ -33,6 +33,7 @@ mod bundle;
 mod console;
 mod error;
 mod guardian;
+mod logfiles;
 mod logs;
 mod readiness;
 mod rundir;

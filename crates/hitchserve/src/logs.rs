@@ -7,12 +7,11 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{Error, Result};
+use crate::logfiles::LogFiles;
 
 /// Which output of a service (or of the bundle itself) a line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -135,8 +134,7 @@ impl fmt::Display for LogLine {
 
 struct Inner {
     lines: Vec<Arc<LogLine>>,
-    all_log: Option<BufWriter<File>>,
-    label_width: usize,
+    files: Option<Arc<LogFiles>>,
     /// Services whose output has ended for good (process exited, pipes drained).
     ended: Vec<usize>,
     /// The bundle has shut down: no line will ever arrive again.
@@ -154,8 +152,7 @@ impl LogStore {
         LogStore {
             inner: Mutex::new(Inner {
                 lines: Vec::new(),
-                all_log: None,
-                label_width: 0,
+                files: None,
                 ended: Vec::new(),
                 closed: false,
             }),
@@ -169,28 +166,23 @@ impl LogStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Start writing `all.log`; lines stored before now are written first.
-    pub(crate) fn open_all_log(&self, file: File, label_width: usize) -> std::io::Result<()> {
+    /// Start writing lines to the run's files; lines stored before now are written first.
+    pub(crate) fn attach_files(&self, files: Arc<LogFiles>) {
         let mut inner = self.lock();
-        inner.label_width = label_width;
-        let mut w = BufWriter::new(file);
-        for line in &inner.lines {
-            writeln!(w, "{line:label_width$}")?;
-        }
-        w.flush()?;
-        inner.all_log = Some(w);
-        Ok(())
+        files.lines(inner.lines.clone());
+        inner.files = Some(files);
     }
 
     /// The bundle has stopped: flush and close `all.log`, and end every pending wait.
     pub(crate) fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
-        if let Some(mut w) = inner.all_log.take() {
-            let _ = w.flush();
-        }
+        let files = inner.files.take();
         drop(inner);
         self.grown.notify_all();
+        if let Some(files) = files {
+            files.close();
+        }
     }
 
     /// A service's output has ended for good: waits on it can stop.
@@ -278,13 +270,9 @@ impl LogStore {
             inner.lines.push(Arc::clone(&line));
             stored.push(line);
         }
-        let width = inner.label_width;
-        if let Some(w) = inner.all_log.as_mut() {
-            // all.log is a convenience copy; the per-stream files hold the exact bytes.
-            for line in &stored {
-                let _ = writeln!(w, "{line:width$}");
-            }
-            let _ = w.flush();
+        if let Some(files) = inner.files.as_ref() {
+            // Sent under the lock, so all.log keeps the arrival order.
+            files.lines(stored.clone());
         }
         drop(inner);
         self.grown.notify_all();

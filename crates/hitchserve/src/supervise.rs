@@ -10,12 +10,11 @@
 //! that spawns a child outlives it, because PDEATHSIG fires when the spawning *thread* exits.
 
 use std::ffi::OsString;
-use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -135,6 +134,8 @@ pub(crate) struct State {
     pub phase: Phase,
     pub pid: Option<u32>,
     pub was_ready: bool,
+    /// Its "ready" line has been logged.
+    pub announced: bool,
     /// The bundle asked it to stop, so its exit is expected.
     pub stopping: bool,
     /// A crash after readiness already returned to the user once.
@@ -151,6 +152,7 @@ impl State {
             phase: Phase::Defined,
             pid: None,
             was_ready: false,
+            announced: false,
             stopping: false,
             crash_reported: false,
             spawn_error: None,
@@ -177,11 +179,14 @@ pub(crate) struct Shared {
     pub changed: Condvar,
     pub run: RunDir,
     supervisors: Mutex<Vec<JoinHandle<()>>>,
+    /// Supervisor threads made in advance, waiting for their service's child.
+    workers: Mutex<Vec<Option<mpsc::Sender<Child>>>>,
 }
 
 impl Shared {
     pub(crate) fn new(output: Arc<Output>, plans: Vec<Plan>, run: RunDir) -> Shared {
         let states = plans.iter().map(|_| State::new()).collect();
+        let n = plans.len();
         Shared {
             output,
             plans,
@@ -189,6 +194,7 @@ impl Shared {
             changed: Condvar::new(),
             run,
             supervisors: Mutex::new(Vec::new()),
+            workers: Mutex::new((0..n).map(|_| None).collect()),
         }
     }
 
@@ -236,17 +242,159 @@ impl Shared {
         lines.iter().map(|l| format!("{l:width$}")).collect()
     }
 
-    /// Start service `idx` on a new supervisor thread (which then owns the child).
-    pub(crate) fn start(self: &Arc<Self>, idx: usize) -> std::io::Result<()> {
+    /// Start service `idx` (the caller has marked it `Starting`): spawn its process here,
+    /// then hand it to a new supervisor thread. Spawning first hides the thread's creation
+    /// behind the program's own start-up.
+    pub(crate) fn start(self: &Arc<Self>, idx: usize) {
+        let plan = &self.plans[idx];
+        self.output.log(&format!("Starting {}", plan.name));
+        let child = match spawn_child(plan) {
+            Ok(child) => child,
+            Err(e) => {
+                self.update(idx, |st| {
+                    st.phase = Phase::SpawnFailed;
+                    st.spawn_error = Some(e);
+                });
+                return;
+            }
+        };
+        let pid = child.id();
+        guardian::watch(pid);
+        let torn_down = {
+            let mut states = self.lock();
+            let st = &mut states[idx];
+            st.pid = Some(pid);
+            st.phase = Phase::Running;
+            st.stopping
+        };
+        self.changed.notify_all();
+        if torn_down {
+            // The bundle began stopping while we were spawning: don't leave this one behind.
+            let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
+        }
+        if let Err(e) = self.hand_over(idx, child) {
+            {
+                // Without its thread nobody would reap or read it: kill it, report why.
+                let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
+                self.update(idx, |st| {
+                    st.phase = Phase::SpawnFailed;
+                    st.spawn_error = Some(e);
+                });
+                return;
+            }
+        }
+        if !torn_down && plan.ready.is_immediate() {
+            self.became_ready(idx);
+        }
+    }
+
+    /// Give the child to the service's supervisor thread: the one made in advance by
+    /// `prepare_supervisors`, or a new one.
+    fn hand_over(self: &Arc<Self>, idx: usize, child: Child) -> std::io::Result<()> {
+        let waiting = self.lock_workers().get_mut(idx).and_then(Option::take);
+        let child = match waiting {
+            Some(tx) => match tx.send(child) {
+                Ok(()) => return Ok(()),
+                Err(returned) => returned.0,
+            },
+            None => child,
+        };
         let shared = Arc::clone(self);
         let handle = std::thread::Builder::new()
             .name(format!("hitchserve:{}", self.plans[idx].name))
-            .spawn(move || supervise(&shared, idx))?;
-        self.supervisors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(handle);
+            .spawn(move || supervise(&shared, idx, child))?;
+        self.lock_supervisors().push(handle);
         Ok(())
+    }
+
+    /// Make the supervisor threads of services not started yet, so that starting one later
+    /// doesn't wait for a thread to be created. Each waits for its child, or for the bundle
+    /// to stop (its sender dropped).
+    pub(crate) fn prepare_supervisors(self: &Arc<Self>) {
+        let pending: Vec<usize> = self
+            .lock()
+            .iter()
+            .enumerate()
+            .filter(|(_, st)| st.phase == Phase::Defined)
+            .map(|(idx, _)| idx)
+            .collect();
+        for idx in pending {
+            let (tx, rx) = mpsc::channel::<Child>();
+            let shared = Arc::clone(self);
+            let spawned = std::thread::Builder::new()
+                .name(format!("hitchserve:{}", self.plans[idx].name))
+                .spawn(move || {
+                    if let Ok(child) = rx.recv() {
+                        supervise(&shared, idx, child);
+                    }
+                });
+            if let Ok(handle) = spawned {
+                self.lock_supervisors().push(handle);
+                if let Some(slot) = self.lock_workers().get_mut(idx) {
+                    *slot = Some(tx);
+                }
+            }
+        }
+    }
+
+    fn lock_workers(&self) -> MutexGuard<'_, Vec<Option<mpsc::Sender<Child>>>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_supervisors(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.supervisors.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Start every service whose needs are all ready (and that isn't started yet), unless
+    /// the bundle is stopping. Used for the roots at startup and whenever one gets ready.
+    pub(crate) fn start_startable(self: &Arc<Self>) {
+        let to_start: Vec<usize> = {
+            let mut states = self.lock();
+            let ready: Vec<bool> = states.iter().map(|s| s.phase == Phase::Ready).collect();
+            let mut picked = Vec::new();
+            for (idx, plan) in self.plans.iter().enumerate() {
+                let st = &mut states[idx];
+                if st.phase == Phase::Defined
+                    && !st.stopping
+                    && plan.needs.iter().all(|&n| ready[n])
+                {
+                    st.phase = Phase::Starting;
+                    st.started_at = Some(Instant::now());
+                    picked.push(idx);
+                }
+            }
+            picked
+        };
+        for idx in to_start {
+            self.start(idx);
+        }
+    }
+
+    /// Service `idx` passed its readiness check: say so, then start what waited for it —
+    /// right here, so a chain of services never waits for another thread to wake up.
+    fn became_ready(self: &Arc<Self>, idx: usize) {
+        let took = {
+            let mut states = self.lock();
+            let st = &mut states[idx];
+            if st.phase != Phase::Running {
+                return;
+            }
+            st.phase = Phase::Ready;
+            st.was_ready = true;
+            let now = Instant::now();
+            st.ready_at = Some(now);
+            st.started_at
+                .map(|t| now.duration_since(t))
+                .unwrap_or_default()
+        };
+        self.output.log(&format!(
+            "{} ready after {:.2} s",
+            self.plans[idx].name,
+            took.as_secs_f64()
+        ));
+        // Marked after the line above, so "READY" is never printed before it.
+        self.update(idx, |st| st.announced = true);
+        self.start_startable();
     }
 
     /// Send `signal` to the service's process group, if its process is alive.
@@ -307,6 +455,8 @@ impl Shared {
             })
         };
         let _ = self.wait_until(self.lock(), Instant::now() + READER_DRAIN * 2, all_reaped);
+        // Threads made in advance for services that never started: let them go.
+        self.lock_workers().iter_mut().for_each(|w| *w = None);
         let handles =
             std::mem::take(&mut *self.supervisors.lock().unwrap_or_else(|e| e.into_inner()));
         for h in handles {
@@ -330,17 +480,13 @@ fn signal_locked(st: &State, signal: NixSignal) -> bool {
     }
 }
 
-/// The body of a supervisor thread: spawn, read both pipes, notice the exit, reap, report.
-///
-/// One thread per service does it all with `poll` over stdout, stderr and a pidfd: fewer
-/// threads, and the exit is seen while the leader is still an unreaped zombie.
-fn supervise(shared: &Arc<Shared>, idx: usize) {
-    let plan = &shared.plans[idx];
-    let mut cmd = Command::new(&plan.program);
+/// Spawn a service's main process in its own process group, with its pipes.
+fn spawn_child(plan: &Plan) -> std::io::Result<Child> {
     // No `pre_exec` (e.g. for PR_SET_PDEATHSIG): it forces fork() instead of vfork-based
     // posix_spawn, which made starting 20 services 1.5x slower here. The guardian covers
     // the death of the bundle's process.
-    cmd.arg0(&plan.argv[0])
+    Command::new(&plan.program)
+        .arg0(&plan.argv[0])
         .args(&plan.argv[1..])
         .current_dir(&plan.dir)
         .env_clear()
@@ -348,58 +494,28 @@ fn supervise(shared: &Arc<Shared>, idx: usize) {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0);
-    shared.update(idx, |st| {
-        st.phase = Phase::Starting;
-        st.started_at = Some(Instant::now());
-    });
-    let mut child = match cmd.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            shared.update(idx, |st| {
-                st.phase = Phase::SpawnFailed;
-                st.spawn_error = Some(e);
-            });
-            return;
-        }
-    };
-    let pid = child.id();
-    guardian::watch(pid);
-    let immediate = plan.ready.is_immediate();
-    let torn_down = {
-        let mut states = shared.lock();
-        let st = &mut states[idx];
-        st.pid = Some(pid);
-        st.phase = if immediate {
-            Phase::Ready
-        } else {
-            Phase::Running
-        };
-        if immediate {
-            st.was_ready = true;
-            st.ready_at = Some(Instant::now());
-        }
-        st.stopping
-    };
-    shared.changed.notify_all();
-    if torn_down {
-        // The bundle began stopping while we were spawning: don't leave this one behind.
-        let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
-    }
+        .process_group(0)
+        .spawn()
+}
 
+/// The body of a supervisor thread: read both pipes, notice the exit, reap, report.
+///
+/// One thread per service does it all with `poll` over stdout, stderr and a pidfd: fewer
+/// threads, and the exit is seen while the leader is still an unreaped zombie.
+fn supervise(shared: &Arc<Shared>, idx: usize, mut child: Child) {
+    let plan = &shared.plans[idx];
+    let pid = child.id();
     let mut out = StreamReader::new(
         shared,
         idx,
         child.stdout.take().map(OwnedFd::from),
         &plan.out,
-        "out",
     );
     let mut err = StreamReader::new(
         shared,
         idx,
         child.stderr.take().map(OwnedFd::from),
         &plan.err,
-        "err",
     );
     let checker = plan.ready.checker();
     let pidfd = pidfd_open(pid);
@@ -558,8 +674,6 @@ struct StreamReader<'a> {
     fd: Option<OwnedFd>,
     source: &'a Arc<Source>,
     splitter: LineSplitter,
-    file_path: PathBuf,
-    file: Option<File>,
     buf: Vec<u8>,
 }
 
@@ -569,7 +683,6 @@ impl<'a> StreamReader<'a> {
         idx: usize,
         fd: Option<OwnedFd>,
         source: &'a Arc<Source>,
-        ext: &str,
     ) -> StreamReader<'a> {
         StreamReader {
             shared,
@@ -577,11 +690,6 @@ impl<'a> StreamReader<'a> {
             fd,
             source,
             splitter: LineSplitter::default(),
-            file_path: shared
-                .run
-                .logs()
-                .join(format!("{}.{ext}.log", shared.plans[idx].name)),
-            file: None,
             buf: Vec::new(),
         }
     }
@@ -590,9 +698,7 @@ impl<'a> StreamReader<'a> {
         self.fd.is_some()
     }
 
-    /// One read. Lines are stored and checked first, then the bytes go to the stream's
-    /// file, created at the first output: creating files is slow on some filesystems and
-    /// must not delay readiness.
+    /// One read: its lines are stored (and so written to `all.log`) and checked.
     fn read_some(&mut self, checker: &LineChecker) {
         let Some(fd) = self.fd.as_ref() else { return };
         if self.buf.is_empty() {
@@ -612,13 +718,6 @@ impl<'a> StreamReader<'a> {
         };
         let lines = self.splitter.push(&self.buf[..n]);
         self.deliver(lines, checker);
-        if self.file.is_none() {
-            self.file = File::create(&self.file_path).ok();
-        }
-        if let Some(f) = self.file.as_mut() {
-            // The exact bytes, as they arrive, so the file survives a failed test.
-            let _ = f.write_all(&self.buf[..n]);
-        }
     }
 
     /// End of the stream: an unterminated last line is still a line.
@@ -633,13 +732,7 @@ impl<'a> StreamReader<'a> {
         let stored = self.shared.output.emit(self.source, lines);
         match checker.check(&stored) {
             Verdict::NotYet => {}
-            Verdict::Ready => self.shared.update(self.idx, |st| {
-                if st.phase == Phase::Running {
-                    st.phase = Phase::Ready;
-                    st.was_ready = true;
-                    st.ready_at = Some(Instant::now());
-                }
-            }),
+            Verdict::Ready => self.shared.became_ready(self.idx),
             Verdict::Panicked(message) => self
                 .shared
                 .update(self.idx, |st| st.check_panic = Some(message)),

@@ -77,10 +77,26 @@ fn a_hundred_thousand_lines_with_invalid_utf8_and_no_final_newline_are_stored_ex
     assert_eq!(lines[100_000], "no newline at the end \u{fffd}");
     assert_eq!(big.logs().err().lines(), vec!["DONE"]);
 
-    // The run directory holds the exact bytes too, for a person reading a failed test.
+    // all.log in the run directory holds every line's exact bytes too, labelled, for a
+    // person reading a failed test.
     b.shutdown().unwrap();
-    let file = b.run_dir().unwrap().join("logs/Big.out.log");
-    assert!(std::fs::read(file).unwrap() == expected);
+    let all = std::fs::read(b.run_dir().unwrap().join("logs/all.log")).unwrap();
+    let mut expected_file = Vec::new();
+    for line in &entries {
+        expected_file.extend_from_slice(b"[    Big] ");
+        expected_file.extend_from_slice(line.bytes());
+        expected_file.push(b'\n');
+    }
+    let big_lines: Vec<u8> = all
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"[    Big] "))
+        .flatten()
+        .copied()
+        .collect();
+    assert!(
+        big_lines == expected_file,
+        "all.log does not hold the exact lines"
+    );
 }
 
 #[test]

@@ -1,0 +1,120 @@
+//! The run directory's log file `logs/all.log`, written by one background thread.
+//!
+//! Every line of every service and of the bundle, in arrival order, as the console shows it
+//! (`[Err Name] line`) but with the line's exact bytes (invalid UTF-8 and `\r` kept), so a
+//! failed test leaves its evidence behind. One file per run on purpose: creating files is
+//! slow on some filesystems (ext4 here spends milliseconds allocating inodes after many
+//! deletions), and a file per stream made starting 20 services measurably slower.
+//!
+//! Writing happens on a dedicated, low-priority thread fed by a channel, so no reader and no
+//! readiness check ever waits for the disk. The channel is unbounded on purpose: a slow disk
+//! must never make a service block on its pipe. Lines reach the file within `BATCH` of
+//! arriving. Invariant: lines are written in the order they were sent, and everything sent
+//! before `close` is on disk when it returns.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long lines may wait in memory before they are written out.
+const BATCH: Duration = Duration::from_millis(20);
+
+use crate::logs::LogLine;
+
+pub(crate) struct LogFiles {
+    closing: Arc<AtomicBool>,
+    tx: Mutex<Option<Sender<Vec<Arc<LogLine>>>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl LogFiles {
+    /// Start the writer for `all.log` at `path`, labels padded to `width`.
+    pub(crate) fn start(path: PathBuf, width: usize) -> std::io::Result<LogFiles> {
+        let (tx, rx) = channel::<Vec<Arc<LogLine>>>();
+        let closing = Arc::new(AtomicBool::new(false));
+        let closing_w = Arc::clone(&closing);
+        let writer = std::thread::Builder::new()
+            .name("hitchserve:logfiles".into())
+            .spawn(move || {
+                lower_priority();
+                let Ok(file) = File::create(&path) else {
+                    // Nowhere to write: still drain, so senders never notice.
+                    while rx.recv().is_ok() {}
+                    return;
+                };
+                let mut w = BufWriter::with_capacity(256 * 1024, file);
+                // Wake at most every BATCH: a wake-up per line would take CPU from services.
+                // `close` unparks us, so stopping never waits for a batch.
+                while let Ok(first) = rx.recv() {
+                    // The flag, not just the unpark, says we are closing: the channel's own
+                    // blocking may have consumed the unpark token already.
+                    let until = Instant::now() + BATCH;
+                    while !closing_w.load(Ordering::Acquire) {
+                        let left = until.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            break;
+                        }
+                        std::thread::park_timeout(left);
+                    }
+                    let mut lines = first;
+                    loop {
+                        for line in &lines {
+                            let _ = write_line(&mut w, line, width);
+                        }
+                        match rx.try_recv() {
+                            Ok(more) => lines = more,
+                            Err(_) => break,
+                        }
+                    }
+                    let _ = w.flush();
+                }
+                let _ = w.flush();
+            })?;
+        Ok(LogFiles {
+            closing,
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    pub(crate) fn lines(&self, lines: Vec<Arc<LogLine>>) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = tx.send(lines);
+        }
+    }
+
+    /// Write out everything sent so far and stop the writer.
+    pub(crate) fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        drop(self.tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(handle) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            handle.thread().unpark();
+            let _ = handle.join();
+        }
+    }
+}
+
+fn write_line(w: &mut impl Write, line: &LogLine, width: usize) -> std::io::Result<()> {
+    let warning = if line.source().is_warning() {
+        "WARNING: "
+    } else {
+        ""
+    };
+    write!(w, "[{:>width$}] {warning}", line.label())?;
+    w.write_all(line.bytes())?;
+    w.write_all(b"\n")
+}
+
+/// Make the calling thread yield to services and readers: on Linux, nice applies per thread.
+fn lower_priority() {
+    // SAFETY: plain syscalls on our own thread id.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}

@@ -120,13 +120,16 @@ impl Bundle {
         })?;
         let run = RunDir::allocate(&project);
         let plans = self.plan(&project, &run.id)?;
-        run.create()?;
-        let all_log = run.logs().join("all.log");
-        let files =
-            LogFiles::start(all_log, self.output.console.width()).map_err(|source| Error::Io {
-                context: "could not start the thread that writes log files".into(),
-                source,
-            })?;
+        let output = Arc::downgrade(&self.output);
+        let files = LogFiles::start(run.clone(), self.output.console.width(), move |msg| {
+            if let Some(output) = output.upgrade() {
+                output.warn(&msg);
+            }
+        })
+        .map_err(|source| Error::Io {
+            context: "could not start the thread that writes log files".into(),
+            source,
+        })?;
         let files = Arc::new(files);
         self.output.store.attach_files(Arc::clone(&files));
         guardian::add_run(&run.id).map_err(|source| Error::Io {

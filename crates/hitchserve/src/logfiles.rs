@@ -14,7 +14,6 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
@@ -25,6 +24,7 @@ use std::time::{Duration, Instant};
 const BATCH: Duration = Duration::from_millis(20);
 
 use crate::logs::LogLine;
+use crate::rundir::RunDir;
 
 pub(crate) struct LogFiles {
     closing: Arc<AtomicBool>,
@@ -33,8 +33,13 @@ pub(crate) struct LogFiles {
 }
 
 impl LogFiles {
-    /// Start the writer for `all.log` at `path`, labels padded to `width`.
-    pub(crate) fn start(path: PathBuf, width: usize) -> std::io::Result<LogFiles> {
+    /// Start the writer: it sets up the run directory, writes `logs/all.log` with labels
+    /// padded to `width`, then prunes old runs. `warn` reports a directory it can't create.
+    pub(crate) fn start(
+        run: RunDir,
+        width: usize,
+        warn: impl FnOnce(String) + Send + 'static,
+    ) -> std::io::Result<LogFiles> {
         let (tx, rx) = channel::<Vec<Arc<LogLine>>>();
         let closing = Arc::new(AtomicBool::new(false));
         let closing_w = Arc::clone(&closing);
@@ -42,10 +47,20 @@ impl LogFiles {
             .name("hitchserve:logfiles".into())
             .spawn(move || {
                 lower_priority();
-                let Ok(file) = File::create(&path) else {
-                    // Nowhere to write: still drain, so senders never notice.
-                    while rx.recv().is_ok() {}
-                    return;
+                let path = run.logs().join("all.log");
+                let file = run.set_up().and_then(|()| File::create(&path));
+                run.prune_old();
+                let file = match file {
+                    Ok(file) => file,
+                    Err(e) => {
+                        warn(format!(
+                            "could not write `{}` ({e}): the logs are only kept in memory",
+                            path.display()
+                        ));
+                        // Still drain, so senders never notice.
+                        while rx.recv().is_ok() {}
+                        return;
+                    }
                 };
                 let mut w = BufWriter::with_capacity(256 * 1024, file);
                 // Wake at most every BATCH: a wake-up per line would take CPU from services.

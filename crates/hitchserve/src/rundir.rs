@@ -1,6 +1,7 @@
 //! The run directory: `<project>/.hitchserve/runs/<run id>/`, one per bundle run.
 //!
-//! Owns its creation, the `latest` link and pruning of old runs. Parallel bundles, in one
+//! Owns its creation, the `latest` link and pruning of old runs (done by the log writer
+//! thread, off the startup path: directory operations are slow on some filesystems). Parallel bundles, in one
 //! process or many, never share a folder: the id holds the time, the pid and a counter.
 //! A run whose owning process is still alive is never pruned.
 
@@ -8,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::{Error, Result};
-
 /// Runs kept in `.hitchserve/runs` besides live ones.
 const KEEP: usize = 20;
 
+#[derive(Clone)]
 pub(crate) struct RunDir {
     pub id: String,
     pub path: PathBuf,
@@ -36,18 +36,17 @@ impl RunDir {
         RunDir { id, path }
     }
 
-    /// Create the directory, point `latest` at it and prune old runs.
-    pub(crate) fn create(&self) -> Result<()> {
-        let path = &self.path;
-        std::fs::create_dir_all(self.logs()).map_err(|source| Error::Io {
-            context: format!("could not create the run directory `{}`", path.display()),
-            source,
-        })?;
-        let (Some(runs), Some(base)) = (path.parent(), path.parent().and_then(Path::parent)) else {
+    /// Create the directory (with `logs/`) and point `latest` at it.
+    pub(crate) fn set_up(&self) -> std::io::Result<()> {
+        std::fs::create_dir_all(self.logs())?;
+        let Some(base) = self.path.parent().and_then(Path::parent) else {
             return Ok(());
         };
-        // Logs are evidence for a person, not something to commit.
-        let _ = std::fs::write(base.join(".gitignore"), "*\n");
+        let ignore = base.join(".gitignore");
+        if !ignore.exists() {
+            // Logs are evidence for a person, not something to commit.
+            let _ = std::fs::write(ignore, "*\n");
+        }
         let latest = base.join("latest");
         let tmp = base.join(format!(".latest-{}", self.id));
         if std::os::unix::fs::symlink(Path::new("runs").join(&self.id), &tmp).is_ok()
@@ -55,13 +54,14 @@ impl RunDir {
         {
             let _ = std::fs::remove_file(&tmp);
         }
-        // Deleting old runs is slow on some filesystems and not needed to start: do it
-        // on the side.
-        let runs = runs.to_path_buf();
-        let _ = std::thread::Builder::new()
-            .name("hitchserve:prune".into())
-            .spawn(move || prune(&runs));
         Ok(())
+    }
+
+    /// Delete old runs, keeping the last `KEEP` and any whose process is alive.
+    pub(crate) fn prune_old(&self) {
+        if let Some(runs) = self.path.parent() {
+            prune(runs);
+        }
     }
 
     pub(crate) fn logs(&self) -> PathBuf {

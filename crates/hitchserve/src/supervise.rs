@@ -180,7 +180,7 @@ pub(crate) struct Shared {
     pub run: RunDir,
     supervisors: Mutex<Vec<JoinHandle<()>>>,
     /// Supervisor threads made in advance, waiting for their service's child.
-    workers: Mutex<Vec<Option<mpsc::Sender<Child>>>>,
+    workers: Mutex<Vec<Option<mpsc::Sender<Task>>>>,
 }
 
 impl Shared {
@@ -242,10 +242,9 @@ impl Shared {
         lines.iter().map(|l| format!("{l:width$}")).collect()
     }
 
-    /// Start service `idx` (the caller has marked it `Starting`): spawn its process here,
-    /// then hand it to a new supervisor thread. Spawning first hides the thread's creation
-    /// behind the program's own start-up.
-    pub(crate) fn start(self: &Arc<Self>, idx: usize) {
+    /// Spawn service `idx` (marked `Starting` by the caller) and record it as running.
+    /// `None` if it could not be spawned (the state says why).
+    fn spawn_registered(&self, idx: usize) -> Option<Child> {
         let plan = &self.plans[idx];
         self.output.log(&format!("Starting {}", plan.name));
         let child = match spawn_child(plan) {
@@ -255,7 +254,7 @@ impl Shared {
                     st.phase = Phase::SpawnFailed;
                     st.spawn_error = Some(e);
                 });
-                return;
+                return None;
             }
         };
         let pid = child.id();
@@ -272,43 +271,68 @@ impl Shared {
             // The bundle began stopping while we were spawning: don't leave this one behind.
             let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
         }
-        if let Err(e) = self.hand_over(idx, child) {
-            {
-                // Without its thread nobody would reap or read it: kill it, report why.
-                let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
-                self.update(idx, |st| {
-                    st.phase = Phase::SpawnFailed;
-                    st.spawn_error = Some(e);
-                });
-                return;
-            }
-        }
-        if !torn_down && plan.ready.is_immediate() {
+        Some(child)
+    }
+
+    /// A service without a readiness check is ready once running.
+    fn ready_if_immediate(self: &Arc<Self>, idx: usize) {
+        if self.plans[idx].ready.is_immediate() {
             self.became_ready(idx);
         }
     }
 
-    /// Give the child to the service's supervisor thread: the one made in advance by
+    /// Start service `idx` on this thread: spawn it here, then hand the child to its
+    /// supervisor thread. Spawning first hides that thread's wake-up or creation behind
+    /// the program's own start-up, so a chain of services never waits on a thread.
+    fn start_here(self: &Arc<Self>, idx: usize) {
+        let Some(child) = self.spawn_registered(idx) else {
+            return;
+        };
+        let pid = child.id();
+        if let Err(e) = self.give(idx, Task::Supervise(child)) {
+            // Without its thread nobody would reap or read it: kill it, report why.
+            let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
+            self.update(idx, |st| {
+                st.phase = Phase::SpawnFailed;
+                st.spawn_error = Some(e);
+            });
+            return;
+        }
+        self.ready_if_immediate(idx);
+    }
+
+    /// Start service `idx` on its own supervisor thread (spawn included), so several
+    /// services start in parallel.
+    fn start_elsewhere(self: &Arc<Self>, idx: usize) {
+        if let Err(e) = self.give(idx, Task::Spawn) {
+            self.update(idx, |st| {
+                st.phase = Phase::SpawnFailed;
+                st.spawn_error = Some(e);
+            });
+        }
+    }
+
+    /// Give a task to the service's supervisor thread: the one made in advance by
     /// `prepare_supervisors`, or a new one.
-    fn hand_over(self: &Arc<Self>, idx: usize, child: Child) -> std::io::Result<()> {
+    fn give(self: &Arc<Self>, idx: usize, task: Task) -> std::io::Result<()> {
         let waiting = self.lock_workers().get_mut(idx).and_then(Option::take);
-        let child = match waiting {
-            Some(tx) => match tx.send(child) {
+        let task = match waiting {
+            Some(tx) => match tx.send(task) {
                 Ok(()) => return Ok(()),
                 Err(returned) => returned.0,
             },
-            None => child,
+            None => task,
         };
         let shared = Arc::clone(self);
         let handle = std::thread::Builder::new()
             .name(format!("hitchserve:{}", self.plans[idx].name))
-            .spawn(move || supervise(&shared, idx, child))?;
+            .spawn(move || run_task(&shared, idx, task))?;
         self.lock_supervisors().push(handle);
         Ok(())
     }
 
     /// Make the supervisor threads of services not started yet, so that starting one later
-    /// doesn't wait for a thread to be created. Each waits for its child, or for the bundle
+    /// doesn't wait for a thread to be created. Each waits for its task, or for the bundle
     /// to stop (its sender dropped).
     pub(crate) fn prepare_supervisors(self: &Arc<Self>) {
         let pending: Vec<usize> = self
@@ -319,13 +343,13 @@ impl Shared {
             .map(|(idx, _)| idx)
             .collect();
         for idx in pending {
-            let (tx, rx) = mpsc::channel::<Child>();
+            let (tx, rx) = mpsc::channel::<Task>();
             let shared = Arc::clone(self);
             let spawned = std::thread::Builder::new()
                 .name(format!("hitchserve:{}", self.plans[idx].name))
                 .spawn(move || {
-                    if let Ok(child) = rx.recv() {
-                        supervise(&shared, idx, child);
+                    if let Ok(task) = rx.recv() {
+                        run_task(&shared, idx, task);
                     }
                 });
             if let Ok(handle) = spawned {
@@ -337,7 +361,7 @@ impl Shared {
         }
     }
 
-    fn lock_workers(&self) -> MutexGuard<'_, Vec<Option<mpsc::Sender<Child>>>> {
+    fn lock_workers(&self) -> MutexGuard<'_, Vec<Option<mpsc::Sender<Task>>>> {
         self.workers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -365,8 +389,12 @@ impl Shared {
             }
             picked
         };
-        for idx in to_start {
-            self.start(idx);
+        // The first starts right here (no thread to wake); the others in parallel.
+        if let Some((&first, rest)) = to_start.split_first() {
+            for &idx in rest {
+                self.start_elsewhere(idx);
+            }
+            self.start_here(first);
         }
     }
 
@@ -478,6 +506,28 @@ fn signal_locked(st: &State, signal: NixSignal) -> bool {
         }
         _ => false,
     }
+}
+
+/// What a supervisor thread is given to do.
+enum Task {
+    /// Spawn the service, then supervise it.
+    Spawn,
+    /// Supervise a child already spawned.
+    Supervise(Child),
+}
+
+fn run_task(shared: &Arc<Shared>, idx: usize, task: Task) {
+    let child = match task {
+        Task::Supervise(child) => child,
+        Task::Spawn => {
+            let Some(child) = shared.spawn_registered(idx) else {
+                return;
+            };
+            shared.ready_if_immediate(idx);
+            child
+        }
+    };
+    supervise(shared, idx, child);
 }
 
 /// Spawn a service's main process in its own process group, with its pipes.

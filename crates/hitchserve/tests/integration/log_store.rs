@@ -151,7 +151,9 @@ fn lines_are_kept_per_stream_and_in_order_and_interleaved_for_the_bundle() {
     // Sequence numbers give one arrival order across the bundle.
     let seqs: Vec<u64> = all.entries().iter().map(|l| l.seq()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
-    assert!(p.dir.join(".hitchserve/latest/logs/all.log").exists());
+    b.shutdown().unwrap();
+    let all = std::fs::read_to_string(p.dir.join(".hitchserve/latest/logs/all.log")).unwrap();
+    assert!(all.contains("[Err Mixed] e2\n") && all.contains("[    Hitch] WARNING: a worry\n"), "{all}");
 }
 
 #[test]

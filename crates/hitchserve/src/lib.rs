@@ -47,3 +47,8 @@ pub use logs::{LogLine, Logs, Stream, Tail};
 pub use readiness::Ready;
 pub use service::Service;
 pub use signal::{ExitStatus, ParseSignalError, Signal};
+
+/// The README's examples, compiled as doc tests so they stay true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

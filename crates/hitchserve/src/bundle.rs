@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, NotReady, Result};
 use crate::guardian;
 use crate::logfiles::LogFiles;
-use crate::logs::{Logs, Source, Stream};
+use crate::logs::{Logs, Stream};
 use crate::rundir::RunDir;
 use crate::service::Service;
 use crate::signal::{ExitStatus, Signal};
@@ -78,6 +78,14 @@ impl Bundle {
         self
     }
 
+    /// How many bytes of log lines to keep in memory (default 64 MiB for the whole bundle).
+    /// Older lines beyond it live only in the run's `all.log`, from which queries read them
+    /// back: nothing is lost, memory stays bounded for chatty services.
+    pub fn log_memory_limit(self, bytes: usize) -> Bundle {
+        self.output.store.set_limit(bytes);
+        self
+    }
+
     /// Add a service. Names are letters, digits, `_`, `-` and `.`, start with a letter or
     /// digit, are at most 64 characters and unique; `Hitch` is the bundle's own.
     pub fn add(&mut self, name: impl Into<String>, service: Service) -> Result<()> {
@@ -121,7 +129,7 @@ impl Bundle {
         let run = RunDir::allocate(&project);
         let plans = self.plan(&project, &run.id)?;
         let output = Arc::downgrade(&self.output);
-        let files = LogFiles::start(run.clone(), self.output.console.width(), move |msg| {
+        let files = LogFiles::start(run.clone(), move |msg| {
             if let Some(output) = output.upgrade() {
                 output.warn(&msg);
             }
@@ -130,8 +138,11 @@ impl Bundle {
             context: "could not start the thread that writes log files".into(),
             source,
         })?;
-        let files = Arc::new(files);
-        self.output.store.attach_files(Arc::clone(&files));
+        self.output.store.attach_files(
+            Arc::new(files),
+            run.logs().join("all.log"),
+            self.output.console.width(),
+        );
         guardian::add_run(&run.id).map_err(|source| Error::Io {
             context:
                 "could not start the guardian process (/bin/sh) that cleans up after a killed test"
@@ -221,8 +232,8 @@ impl Bundle {
                 needs,
                 ready: svc.ready.clone(),
                 stop_signal: svc.stop_signal,
-                out: Arc::new(Source::new(Some(idx), name, Stream::Stdout)),
-                err: Arc::new(Source::new(Some(idx), name, Stream::Stderr)),
+                out: self.output.store.source(Some(idx), name, Stream::Stdout),
+                err: self.output.store.source(Some(idx), name, Stream::Stderr),
             });
         }
         if let Some(cycle) = find_cycle(&plans) {

@@ -7,7 +7,6 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 
 use crate::logs::LogLine;
 
@@ -60,7 +59,7 @@ impl Console {
     }
 
     /// Print lines as one write, so lines of different services never interleave mid-line.
-    pub(crate) fn print(&self, lines: &[Arc<LogLine>]) {
+    pub(crate) fn print(&self, lines: &[LogLine]) {
         if lines.is_empty() {
             return;
         }
@@ -80,10 +79,9 @@ impl Console {
             return;
         }
         let src = line.source();
-        let colour = if src.service.is_none() {
-            "1"
-        } else {
-            PALETTE[src.colour % PALETTE.len()]
+        let colour = match src.service {
+            None => "1",
+            Some(i) => PALETTE[i % PALETTE.len()],
         };
         let text = line.text();
         let label = line.label();

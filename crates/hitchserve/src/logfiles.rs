@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,26 +23,28 @@ use std::time::{Duration, Instant};
 /// How long lines may wait in memory before they are written out.
 const BATCH: Duration = Duration::from_millis(20);
 
-use crate::logs::LogLine;
 use crate::rundir::RunDir;
 
 pub(crate) struct LogFiles {
     closing: Arc<AtomicBool>,
-    tx: Mutex<Option<Sender<Vec<Arc<LogLine>>>>>,
+    /// Bytes of all.log written out so far: lines below this offset can be read back.
+    written: Arc<AtomicU64>,
+    tx: Mutex<Option<Sender<Vec<u8>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl LogFiles {
-    /// Start the writer: it sets up the run directory, writes `logs/all.log` with labels
-    /// padded to `width`, then prunes old runs. `warn` reports a directory it can't create.
+    /// Start the writer: it sets up the run directory, creates `logs/all.log`, then prunes
+    /// old runs. `warn` reports a file it can't create.
     pub(crate) fn start(
         run: RunDir,
-        width: usize,
         warn: impl FnOnce(String) + Send + 'static,
     ) -> std::io::Result<LogFiles> {
-        let (tx, rx) = channel::<Vec<Arc<LogLine>>>();
+        let (tx, rx) = channel::<Vec<u8>>();
         let closing = Arc::new(AtomicBool::new(false));
         let closing_w = Arc::clone(&closing);
+        let written = Arc::new(AtomicU64::new(0));
+        let written_w = Arc::clone(&written);
         let writer = std::thread::Builder::new()
             .name("hitchserve:logfiles".into())
             .spawn(move || {
@@ -76,31 +78,45 @@ impl LogFiles {
                         }
                         std::thread::park_timeout(left);
                     }
-                    let mut lines = first;
+                    let mut chunk = first;
+                    let mut total = 0u64;
+                    let mut ok = true;
                     loop {
-                        for line in &lines {
-                            let _ = write_line(&mut w, line, width);
-                        }
+                        ok &= w.write_all(&chunk).is_ok();
+                        total += chunk.len() as u64;
                         match rx.try_recv() {
-                            Ok(more) => lines = more,
+                            Ok(more) => chunk = more,
                             Err(_) => break,
                         }
                     }
-                    let _ = w.flush();
+                    ok &= w.flush().is_ok();
+                    if ok {
+                        written_w.fetch_add(total, Ordering::Release);
+                    }
                 }
                 let _ = w.flush();
             })?;
         Ok(LogFiles {
             closing,
+            written,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
     }
 
-    pub(crate) fn lines(&self, lines: Vec<Arc<LogLine>>) {
-        if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            let _ = tx.send(lines);
+    /// Append rendered lines (see the store) to all.log.
+    pub(crate) fn write(&self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
         }
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = tx.send(bytes);
+        }
+    }
+
+    /// How many bytes of all.log are on disk (only ever grows; stops on a write error).
+    pub(crate) fn written(&self) -> u64 {
+        self.written.load(Ordering::Acquire)
     }
 
     /// Write out everything sent so far and stop the writer.
@@ -112,17 +128,6 @@ impl LogFiles {
             let _ = handle.join();
         }
     }
-}
-
-fn write_line(w: &mut impl Write, line: &LogLine, width: usize) -> std::io::Result<()> {
-    let warning = if line.source().is_warning() {
-        "WARNING: "
-    } else {
-        ""
-    };
-    write!(w, "[{:>width$}] {warning}", line.label())?;
-    w.write_all(line.bytes())?;
-    w.write_all(b"\n")
 }
 
 /// Make the calling thread yield to services and readers: on Linux, nice applies per thread.

@@ -98,7 +98,7 @@ pub(crate) enum Verdict {
 pub(crate) struct LineChecker(Mutex<Option<LinePredicate>>);
 
 impl LineChecker {
-    pub(crate) fn check(&self, lines: &[Arc<LogLine>]) -> Verdict {
+    pub(crate) fn check(&self, lines: &[LogLine]) -> Verdict {
         let Some(pred) = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             return Verdict::NotYet;
         };

@@ -47,20 +47,17 @@ pub(crate) struct Output {
 
 impl Output {
     pub(crate) fn new() -> Output {
+        let store = Arc::new(LogStore::new());
         Output {
-            store: Arc::new(LogStore::new()),
+            hitch_out: store.source(None, "Hitch", Stream::Stdout),
+            hitch_err: store.source(None, "Hitch", Stream::Stderr),
+            store,
             console: Console::new(),
-            hitch_out: Arc::new(Source::new(None, "Hitch", Stream::Stdout)),
-            hitch_err: Arc::new(Source::new(None, "Hitch", Stream::Stderr)),
         }
     }
 
     /// Store and print lines from one source.
-    pub(crate) fn emit(
-        &self,
-        source: &Arc<Source>,
-        lines: Vec<(Box<[u8]>, bool)>,
-    ) -> Vec<Arc<LogLine>> {
+    pub(crate) fn emit(&self, source: &Arc<Source>, lines: &[(&[u8], bool)]) -> Vec<LogLine> {
         if lines.is_empty() {
             return Vec::new();
         }
@@ -78,11 +75,8 @@ impl Output {
     }
 
     fn message(&self, source: &Arc<Source>, msg: &str) {
-        let lines = msg
-            .split('\n')
-            .map(|l| (Box::from(l.as_bytes()), true))
-            .collect();
-        self.emit(source, lines);
+        let lines: Vec<(&[u8], bool)> = msg.split('\n').map(|l| (l.as_bytes(), true)).collect();
+        self.emit(source, &lines);
     }
 
     pub(crate) fn log(&self, msg: &str) {
@@ -766,27 +760,40 @@ impl<'a> StreamReader<'a> {
                 return;
             }
         };
-        let lines = self.splitter.push(&self.buf[..n]);
-        self.deliver(lines, checker);
+        let (shared, source, idx) = (self.shared, self.source, self.idx);
+        self.splitter.split(&self.buf[..n], |lines| {
+            deliver(shared, source, idx, lines, checker);
+        });
     }
 
     /// End of the stream: an unterminated last line is still a line.
     fn finish(&mut self, checker: &LineChecker) {
         self.fd = None;
         if let Some(last) = self.splitter.finish() {
-            self.deliver(vec![last], checker);
+            deliver(
+                self.shared,
+                self.source,
+                self.idx,
+                &[(&last, false)],
+                checker,
+            );
         }
     }
+}
 
-    fn deliver(&self, lines: Vec<(Box<[u8]>, bool)>, checker: &LineChecker) {
-        let stored = self.shared.output.emit(self.source, lines);
-        match checker.check(&stored) {
-            Verdict::NotYet => {}
-            Verdict::Ready => self.shared.became_ready(self.idx),
-            Verdict::Panicked(message) => self
-                .shared
-                .update(self.idx, |st| st.check_panic = Some(message)),
-        }
+/// Store and print a service's lines, and check them for readiness.
+fn deliver(
+    shared: &Arc<Shared>,
+    source: &Arc<Source>,
+    idx: usize,
+    lines: &[(&[u8], bool)],
+    checker: &LineChecker,
+) {
+    let stored = shared.output.emit(source, lines);
+    match checker.check(&stored) {
+        Verdict::NotYet => {}
+        Verdict::Ready => shared.became_ready(idx),
+        Verdict::Panicked(message) => shared.update(idx, |st| st.check_panic = Some(message)),
     }
 }
 

@@ -153,7 +153,10 @@ fn lines_are_kept_per_stream_and_in_order_and_interleaved_for_the_bundle() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
     b.shutdown().unwrap();
     let all = std::fs::read_to_string(p.dir.join(".hitchserve/latest/logs/all.log")).unwrap();
-    assert!(all.contains("[Err Mixed] e2\n") && all.contains("[    Hitch] WARNING: a worry\n"), "{all}");
+    assert!(
+        all.contains("[Err Mixed] e2\n") && all.contains("[    Hitch] WARNING: a worry\n"),
+        "{all}"
+    );
 }
 
 #[test]

@@ -1,0 +1,541 @@
+//! Logs as test evidence: every line every service wrote, and the queries on them.
+//!
+//! Owns the public query API — [`Logs`] views (a service or the whole bundle, both streams
+//! or one), [`Tail`] cursors that wait for lines (`until`, `until_json`, `follow`, `grep`)
+//! and JSON parsing — on top of the store (`store`) and the line splitter (`split`). It does
+//! not read pipes (`supervise` does) nor print (`console` does).
+//!
+//! Waiting is done by notification, never by polling, and never hangs: a wait ends when
+//! its line arrives, its timeout passes, or the service's output ends.
+
+mod split;
+mod store;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+pub(crate) use split::LineSplitter;
+pub(crate) use store::LogStore;
+
+/// Which output of a service (or of the bundle itself) a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Stream {
+    /// The service's standard output (for the bundle: its log lines).
+    Stdout,
+    /// The service's standard error (for the bundle: its warnings).
+    Stderr,
+}
+
+impl Stream {
+    /// The label prefix for a service's lines on this stream, e.g. `Err ` for stderr.
+    fn prefix(self) -> &'static str {
+        match self {
+            Stream::Stdout => "",
+            Stream::Stderr => "Err ",
+        }
+    }
+}
+
+/// Where a line came from: a service (or the bundle) and a stream. One per pair, shared.
+#[derive(Debug)]
+pub(crate) struct Source {
+    /// Index in the store's source table.
+    pub id: u16,
+    /// Index of the service in the bundle; `None` for the bundle's own lines.
+    pub service: Option<usize>,
+    /// The service name, or `Hitch`.
+    pub name: String,
+    pub stream: Stream,
+    /// What the console shows between the brackets, e.g. `Err Django`.
+    pub label: String,
+}
+
+impl Source {
+    pub(crate) fn new(id: u16, service: Option<usize>, name: &str, stream: Stream) -> Source {
+        let label = match service {
+            Some(_) => format!("{}{name}", stream.prefix()),
+            None => name.to_owned(),
+        };
+        Source {
+            id,
+            service,
+            name: name.to_owned(),
+            stream,
+            label,
+        }
+    }
+
+    /// True for the bundle's own warnings.
+    pub(crate) fn is_warning(&self) -> bool {
+        self.service.is_none() && self.stream == Stream::Stderr
+    }
+}
+
+/// One line of output, exactly as written (without its newline). Cheap to clone: the
+/// bytes are shared with the store.
+#[derive(Clone)]
+pub struct LogLine {
+    seq: u64,
+    source: Arc<Source>,
+    data: Arc<Vec<u8>>,
+    start: u32,
+    len: u32,
+    newline: bool,
+    time: u64,
+}
+
+impl LogLine {
+    pub(crate) fn new(
+        seq: u64,
+        source: Arc<Source>,
+        data: Arc<Vec<u8>>,
+        start: u32,
+        len: u32,
+        newline: bool,
+        time: u64,
+    ) -> LogLine {
+        LogLine {
+            seq,
+            source,
+            data,
+            start,
+            len,
+            newline,
+            time,
+        }
+    }
+
+    /// Position in the bundle's arrival order (0-based, across all services).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The service that wrote it, or `"Hitch"` for the bundle's own lines.
+    pub fn service(&self) -> &str {
+        &self.source.name
+    }
+
+    /// Whether the bundle itself logged it (`Bundle::log` / `Bundle::warn` and status lines).
+    pub fn is_bundle_message(&self) -> bool {
+        self.source.service.is_none()
+    }
+
+    /// Which stream it came from.
+    pub fn stream(&self) -> Stream {
+        self.source.stream
+    }
+
+    /// The raw bytes, without the newline; may be invalid UTF-8 and may end in `\r`.
+    pub fn bytes(&self) -> &[u8] {
+        let start = self.start as usize;
+        self.data
+            .get(start..start + self.len as usize)
+            .unwrap_or_default()
+    }
+
+    /// The text: invalid UTF-8 replaced by U+FFFD and one trailing `\r` removed.
+    pub fn text(&self) -> Cow<'_, str> {
+        let b = self.bytes();
+        String::from_utf8_lossy(b.strip_suffix(b"\r").unwrap_or(b))
+    }
+
+    /// The line parsed as JSON, if it is JSON.
+    pub fn json(&self) -> Option<Value> {
+        serde_json::from_slice(self.bytes()).ok()
+    }
+
+    /// False only for a last line that ended without a newline.
+    pub fn had_newline(&self) -> bool {
+        self.newline
+    }
+
+    /// When the bundle read it.
+    pub fn time(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(self.time)
+    }
+
+    pub(crate) fn label(&self) -> &str {
+        &self.source.label
+    }
+
+    pub(crate) fn source(&self) -> &Source {
+        &self.source
+    }
+}
+
+impl fmt::Display for LogLine {
+    /// The console format without colour: `[Err Django] text`; a width pads the label.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let width = f.width().unwrap_or(0);
+        let warning = if self.source.is_warning() {
+            "WARNING: "
+        } else {
+            ""
+        };
+        write!(f, "[{:>width$}] {warning}{}", self.label(), self.text())
+    }
+}
+
+impl fmt::Debug for LogLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogLine")
+            .field("seq", &self.seq)
+            .field("label", &self.label())
+            .field("text", &self.text())
+            .finish()
+    }
+}
+
+/// Which lines a `Logs` handle sees.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Filter {
+    /// `None`: every service and the bundle's own lines.
+    pub service: Option<usize>,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+impl Filter {
+    pub(crate) fn service(service: Option<usize>) -> Filter {
+        Filter {
+            service,
+            stdout: true,
+            stderr: true,
+        }
+    }
+
+    pub(crate) fn matches(&self, src: &Source) -> bool {
+        if self.service.is_some() && src.service != self.service {
+            return false;
+        }
+        match src.stream {
+            Stream::Stdout => self.stdout,
+            Stream::Stderr => self.stderr,
+        }
+    }
+}
+
+/// A view of stored log lines: of one service or the whole bundle, both streams or one.
+///
+/// Cheap to clone; every query reads the store as it is at that moment.
+///
+/// ```no_run
+/// # fn demo(bundle: &hitchserve::Bundle) -> hitchserve::Result<()> {
+/// let app = bundle.service("App")?;
+/// assert!(app.logs().out().lines().iter().any(|l| l.contains("READY")));
+/// let requests = app.logs().json();          // every line that is JSON
+/// println!("{}", app.logs().err());          // printed as the console shows it
+/// # let _ = requests; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Logs {
+    store: Arc<LogStore>,
+    filter: Filter,
+}
+
+impl Logs {
+    pub(crate) fn new(store: Arc<LogStore>, service: Option<usize>) -> Logs {
+        Logs {
+            store,
+            filter: Filter::service(service),
+        }
+    }
+
+    /// Only standard output (for the bundle view: also the bundle's own log lines).
+    pub fn out(&self) -> Logs {
+        let mut l = self.clone();
+        l.filter.stdout = true;
+        l.filter.stderr = false;
+        l
+    }
+
+    /// Only standard error (for the bundle view: also the bundle's own warnings).
+    pub fn err(&self) -> Logs {
+        let mut l = self.clone();
+        l.filter.stdout = false;
+        l.filter.stderr = true;
+        l
+    }
+
+    /// The text of every line, oldest first (see [`LogLine::text`]).
+    pub fn lines(&self) -> Vec<String> {
+        self.entries()
+            .iter()
+            .map(|l| l.text().into_owned())
+            .collect()
+    }
+
+    /// Every line with its raw bytes, source and time, oldest first.
+    pub fn entries(&self) -> Vec<LogLine> {
+        self.store.select(&self.filter, 0, None)
+    }
+
+    /// The last `n` lines, oldest first.
+    pub fn last(&self, n: usize) -> Vec<LogLine> {
+        self.store.last(&self.filter, n)
+    }
+
+    /// How many lines there are now.
+    pub fn len(&self) -> usize {
+        self.store.count(&self.filter)
+    }
+
+    /// True if there are no lines yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The lines whose text makes `pred` true, oldest first.
+    pub fn grep(&self, mut pred: impl FnMut(&str) -> bool) -> Vec<LogLine> {
+        self.entries()
+            .into_iter()
+            .filter(|l| pred(&l.text()))
+            .collect()
+    }
+
+    /// Every line that parses as JSON, parsed, in order; other lines are skipped.
+    pub fn json(&self) -> Vec<Value> {
+        self.entries().iter().filter_map(LogLine::json).collect()
+    }
+
+    /// Every line that parses as JSON into a `T`, in order; other lines (not JSON, or JSON
+    /// of another shape) are skipped.
+    pub fn json_as<T: DeserializeOwned>(&self) -> Vec<T> {
+        self.entries()
+            .iter()
+            .filter_map(|l| serde_json::from_slice(l.bytes()).ok())
+            .collect()
+    }
+
+    /// A cursor that starts now: it sees only lines that arrive after this call (see
+    /// [`Tail::lines_back`] to start earlier).
+    pub fn tail(&self) -> Tail {
+        Tail {
+            pos: self.store.len(),
+            logs: self.clone(),
+        }
+    }
+
+    /// Which service and streams this view covers, in words, for error messages.
+    fn describe(&self) -> String {
+        let who = match self.filter.service {
+            Some(s) => self
+                .store
+                .service_name(s)
+                .map_or_else(|| "the service".to_owned(), |n| format!("`{n}`")),
+            None => "the bundle".to_owned(),
+        };
+        match (self.filter.stdout, self.filter.stderr) {
+            (true, false) => format!("{who}'s stdout"),
+            (false, true) => format!("{who}'s stderr"),
+            _ => format!("{who}'s logs"),
+        }
+    }
+}
+
+impl fmt::Display for Logs {
+    /// Every line in the console format, one per line, labels aligned.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let entries = self.entries();
+        let width = entries.iter().map(|l| l.label().len()).max().unwrap_or(0);
+        for line in entries {
+            writeln!(f, "{line:width$}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Logs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Logs")
+            .field("filter", &self.filter)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// A cursor over a [`Logs`] view that waits for lines as they arrive.
+///
+/// A line is consumed once the cursor has looked at it: `until` moves past the line it
+/// returns (and every line before it), so the next wait starts after it.
+///
+/// ```no_run
+/// # fn demo(bundle: &hitchserve::Bundle) -> hitchserve::Result<()> {
+/// use std::time::Duration;
+/// let smtp = bundle.service("Smtp")?;
+/// let mut tail = smtp.logs().out().tail();
+/// // ... make the app send an email ...
+/// let email = tail.until_json(|m| m["subject"] == "Reminder", Duration::from_secs(10))?;
+/// assert_eq!(email["sent_to"][0], "you@example.com");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Tail {
+    logs: Logs,
+    pos: u64,
+}
+
+impl Tail {
+    /// Start `n` matching lines earlier than where the tail is now.
+    pub fn lines_back(mut self, n: usize) -> Tail {
+        self.pos = self.logs.store.back_from(&self.logs.filter, self.pos, n);
+        self
+    }
+
+    /// Wait for the next line whose text makes `pred` true, up to `timeout`.
+    ///
+    /// Fails at once, never hangs, if the service's output ends (it exited) or the bundle
+    /// shuts down while waiting; the error carries the last lines of the view.
+    pub fn until(
+        &mut self,
+        mut pred: impl FnMut(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<LogLine> {
+        self.wait(
+            |line| pred(&line.text()).then(|| line.clone()),
+            timeout,
+            "a matching line",
+        )
+    }
+
+    /// Wait for the next line that is JSON and makes `pred` true; returns the value.
+    /// Lines that are not JSON are skipped.
+    pub fn until_json(
+        &mut self,
+        mut pred: impl FnMut(&Value) -> bool,
+        timeout: Duration,
+    ) -> Result<Value> {
+        self.wait(
+            |line| line.json().filter(|v| pred(v)),
+            timeout,
+            "a matching JSON line",
+        )
+    }
+
+    /// The next line, whatever it is, waiting up to `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Result<LogLine> {
+        self.until(|_| true, timeout)
+    }
+
+    /// The lines after the cursor that make `pred` true, without waiting or moving it.
+    pub fn grep(&self, mut pred: impl FnMut(&str) -> bool) -> Vec<LogLine> {
+        self.logs
+            .store
+            .select(&self.logs.filter, self.pos, None)
+            .into_iter()
+            .filter(|l| pred(&l.text()))
+            .collect()
+    }
+
+    /// A blocking iterator over lines as they arrive; it ends when the service's output
+    /// ends (or the bundle stops). The seed's `tail.follow(lines_back=2)` is
+    /// `logs.tail().lines_back(2).follow()`.
+    pub fn follow(self) -> Follow {
+        Follow {
+            tail: self,
+            pending: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn wait<T>(
+        &mut self,
+        mut found: impl FnMut(&LogLine) -> Option<T>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut pos = self.pos;
+            match self
+                .logs
+                .store
+                .next_batch(&self.logs.filter, &mut pos, Some(deadline))
+            {
+                store::Batch::Lines(lines) => {
+                    for line in lines {
+                        if let Some(hit) = found(&line) {
+                            self.pos = line.seq() + 1;
+                            return Ok(hit);
+                        }
+                    }
+                    self.pos = pos;
+                }
+                store::Batch::TimedOut => {
+                    return Err(Error::WaitTimeout {
+                        what: format!("{what} in {}", self.logs.describe()),
+                        timeout,
+                        last_lines: self.last_lines(),
+                    })
+                }
+                store::Batch::Ended => {
+                    return Err(Error::EndedWhileWaiting {
+                        what: format!("{what} in {}", self.logs.describe()),
+                        last_lines: self.last_lines(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn last_lines(&self) -> Vec<String> {
+        self.logs.last(20).iter().map(|l| l.to_string()).collect()
+    }
+}
+
+impl fmt::Debug for Tail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tail")
+            .field("filter", &self.logs.filter)
+            .field("pos", &self.pos)
+            .finish()
+    }
+}
+
+/// Lines as they arrive, from [`Tail::follow`]. Blocks in `next` until a line arrives;
+/// ends when the service's output ends or the bundle stops.
+pub struct Follow {
+    tail: Tail,
+    pending: std::collections::VecDeque<LogLine>,
+}
+
+impl Follow {
+    /// Print every line as the console does (`[Err Name] line`) until the output ends: a
+    /// debugging aid that works even in interactive mode.
+    pub fn print(self) {
+        for line in self {
+            println!("{line}");
+        }
+    }
+}
+
+impl Iterator for Follow {
+    type Item = LogLine;
+
+    fn next(&mut self) -> Option<LogLine> {
+        if let Some(line) = self.pending.pop_front() {
+            return Some(line);
+        }
+        let t = &mut self.tail;
+        match t.logs.store.next_batch(&t.logs.filter, &mut t.pos, None) {
+            store::Batch::Lines(lines) => {
+                self.pending.extend(lines);
+                self.pending.pop_front()
+            }
+            store::Batch::Ended | store::Batch::TimedOut => None,
+        }
+    }
+}
+
+impl fmt::Debug for Follow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Follow").field("tail", &self.tail).finish()
+    }
+}

@@ -1,0 +1,495 @@
+//! The log store: every line of a bundle, once, in arrival order, within a memory budget.
+//!
+//! Line bytes live in shared blocks of about 64 KiB (a line never spans two), and each line
+//! has a 32-byte index entry. Queries hand out `LogLine`s that share a block (no copy). When
+//! the blocks in memory exceed the limit, the oldest ones are dropped from memory once
+//! `all.log` holds their lines — every line's offset there is known — and queries read them
+//! back from the file. So memory stays bounded and nothing is lost.
+//!
+//! Invariants: `entries[i]` is the line with seq `i`; a block is only appended to while the
+//! store holds its only reference (`Arc::get_mut`); a block is only spilled once the log
+//! writer reports its bytes written; user code (predicates) never runs under the lock.
+
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::logfiles::LogFiles;
+use crate::logs::{Filter, LogLine, Source, Stream};
+
+/// Usual block size; a longer line gets a block of its own.
+const BLOCK: usize = 64 * 1024;
+/// `Entry::file` of a line not (yet) in `all.log`.
+const NO_FILE: u64 = u64::MAX;
+/// At most this many lines are handed out per wake-up of a waiter.
+const WAIT_BATCH: usize = 4096;
+
+/// Default for `Bundle::log_memory_limit`.
+const DEFAULT_LIMIT: usize = 64 * 1024 * 1024;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    block: u32,
+    start: u32,
+    len: u32,
+    source: u16,
+    newline: bool,
+    /// Offset of the line's bytes in `all.log`.
+    file: u64,
+    /// Arrival time, nanoseconds since the Unix epoch.
+    time: u64,
+}
+
+struct Slot {
+    /// `None` once spilled.
+    data: Option<Arc<Vec<u8>>>,
+    /// Still taking lines.
+    open: bool,
+    /// The file range holding this block's lines (contiguous: the file is in seq order).
+    file_start: u64,
+    file_end: u64,
+}
+
+struct Inner {
+    sources: Vec<Arc<Source>>,
+    entries: Vec<Entry>,
+    blocks: Vec<Slot>,
+    /// Bytes of block capacity in memory.
+    held: usize,
+    limit: usize,
+    /// No block before this one is in memory any more.
+    spill_from: usize,
+    files: Option<Arc<LogFiles>>,
+    file_path: Option<PathBuf>,
+    /// Bytes handed to the writer so far (the next line's prefix starts here).
+    file_pos: u64,
+    width: usize,
+    /// Services whose output has ended for good (process exited, pipes drained).
+    ended: Vec<usize>,
+    /// The bundle has shut down: no line will ever arrive again.
+    closed: bool,
+}
+
+/// Shared by the bundle, its supervisor threads and every `Logs` handle.
+pub(crate) struct LogStore {
+    inner: Mutex<Inner>,
+    grown: Condvar,
+}
+
+/// What a waiter gets.
+pub(crate) enum Batch {
+    Lines(Vec<LogLine>),
+    Ended,
+    TimedOut,
+}
+
+/// A line picked under the lock, materialised after it (maybe from the file).
+struct Picked {
+    seq: u64,
+    entry: Entry,
+    data: Option<Arc<Vec<u8>>>,
+    file_range: (u64, u64),
+}
+
+impl LogStore {
+    pub(crate) fn new() -> LogStore {
+        LogStore {
+            inner: Mutex::new(Inner {
+                sources: Vec::new(),
+                entries: Vec::new(),
+                blocks: Vec::new(),
+                held: 0,
+                limit: DEFAULT_LIMIT,
+                spill_from: 0,
+                files: None,
+                file_path: None,
+                file_pos: 0,
+                width: 0,
+                ended: Vec::new(),
+                closed: false,
+            }),
+            grown: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The data is append-only and stays consistent even if a panic interrupted us.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Register where lines can come from; returns the shared source to append with.
+    pub(crate) fn source(&self, service: Option<usize>, name: &str, stream: Stream) -> Arc<Source> {
+        let mut inner = self.lock();
+        let id = inner.sources.len() as u16;
+        let source = Arc::new(Source::new(id, service, name, stream));
+        inner.sources.push(Arc::clone(&source));
+        source
+    }
+
+    pub(crate) fn set_limit(&self, bytes: usize) {
+        self.lock().limit = bytes;
+    }
+
+    /// Start writing lines to `all.log` (at `path`, through `files`); lines stored before
+    /// now are written first. Labels are padded to `width` from now on.
+    pub(crate) fn attach_files(&self, files: Arc<LogFiles>, path: PathBuf, width: usize) {
+        let mut inner = self.lock();
+        inner.width = width;
+        if let Some(last) = inner.blocks.last_mut() {
+            last.open = false;
+        }
+        let mut rendered = Vec::new();
+        for i in 0..inner.entries.len() {
+            let e = inner.entries[i];
+            let bytes = match &inner.blocks[e.block as usize].data {
+                Some(d) => d[e.start as usize..(e.start + e.len) as usize].to_vec(),
+                None => Vec::new(),
+            };
+            let source = Arc::clone(&inner.sources[e.source as usize]);
+            let file = render(&mut rendered, &mut inner.file_pos, &source, &bytes, width);
+            inner.entries[i].file = file;
+            note_file_range(&mut inner.blocks[e.block as usize], file, e.len);
+        }
+        files.write(rendered);
+        inner.files = Some(files);
+        inner.file_path = Some(path);
+    }
+
+    /// Append lines from one source; returns them as stored.
+    pub(crate) fn append(&self, source: &Arc<Source>, lines: &[(&[u8], bool)]) -> Vec<LogLine> {
+        if lines.is_empty() {
+            return Vec::new();
+        }
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let first_seq = inner.entries.len() as u64;
+        let mut rendered = Vec::new();
+        for &(bytes, newline) in lines {
+            let (block, start) = put(inner, bytes);
+            let file = if inner.files.is_some() {
+                render(
+                    &mut rendered,
+                    &mut inner.file_pos,
+                    source,
+                    bytes,
+                    inner.width,
+                )
+            } else {
+                NO_FILE
+            };
+            note_file_range(&mut inner.blocks[block as usize], file, bytes.len() as u32);
+            inner.entries.push(Entry {
+                block,
+                start,
+                len: bytes.len() as u32,
+                source: source.id,
+                newline,
+                file,
+                time,
+            });
+        }
+        let stored = (first_seq..inner.entries.len() as u64)
+            .map(|seq| {
+                let e = inner.entries[seq as usize];
+                let data = inner.blocks[e.block as usize]
+                    .data
+                    .clone()
+                    .unwrap_or_default();
+                LogLine::new(
+                    seq,
+                    Arc::clone(source),
+                    data,
+                    e.start,
+                    e.len,
+                    e.newline,
+                    e.time,
+                )
+            })
+            .collect();
+        if let Some(files) = inner.files.as_ref() {
+            // Sent under the lock, so all.log keeps the arrival order the offsets assume.
+            files.write(rendered);
+            let written = files.written();
+            spill(inner, written);
+        }
+        self.grown.notify_all();
+        stored
+    }
+
+    /// The bundle has stopped: flush and close `all.log`, and end every pending wait.
+    pub(crate) fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        let files = inner.files.clone();
+        drop(inner);
+        self.grown.notify_all();
+        if let Some(files) = files {
+            files.close();
+        }
+    }
+
+    /// A service's output has ended for good: waits on it can stop.
+    pub(crate) fn mark_ended(&self, service: usize) {
+        self.lock().ended.push(service);
+        self.grown.notify_all();
+    }
+
+    /// The number of lines stored so far (the next line's seq).
+    pub(crate) fn len(&self) -> u64 {
+        self.lock().entries.len() as u64
+    }
+
+    /// Lines matching `filter` with seq in `from..to` (`to` = now if `None`), oldest first.
+    pub(crate) fn select(&self, filter: &Filter, from: u64, to: Option<u64>) -> Vec<LogLine> {
+        let (picked, path) = {
+            let inner = self.lock();
+            let end = to.map_or(inner.entries.len(), |t| {
+                (t as usize).min(inner.entries.len())
+            });
+            let start = (from as usize).min(end);
+            let picked = (start..end)
+                .filter(|&i| filter.matches(&inner.sources[inner.entries[i].source as usize]))
+                .map(|i| pick(&inner, i))
+                .collect::<Vec<_>>();
+            (picked, inner.file_path.clone())
+        };
+        self.materialise(picked, path)
+    }
+
+    /// The last `n` lines matching `filter`, oldest first.
+    pub(crate) fn last(&self, filter: &Filter, n: usize) -> Vec<LogLine> {
+        let (mut picked, path) = {
+            let inner = self.lock();
+            let picked = (0..inner.entries.len())
+                .rev()
+                .filter(|&i| filter.matches(&inner.sources[inner.entries[i].source as usize]))
+                .take(n)
+                .map(|i| pick(&inner, i))
+                .collect::<Vec<_>>();
+            (picked, inner.file_path.clone())
+        };
+        picked.reverse();
+        self.materialise(picked, path)
+    }
+
+    pub(crate) fn count(&self, filter: &Filter) -> usize {
+        let inner = self.lock();
+        inner
+            .entries
+            .iter()
+            .filter(|e| filter.matches(&inner.sources[e.source as usize]))
+            .count()
+    }
+
+    /// The seq from which the last `n` lines matching `filter` (before `before`) start.
+    pub(crate) fn back_from(&self, filter: &Filter, before: u64, n: usize) -> u64 {
+        if n == 0 {
+            return before;
+        }
+        let inner = self.lock();
+        let before = (before as usize).min(inner.entries.len());
+        let mut seen = 0;
+        for i in (0..before).rev() {
+            if filter.matches(&inner.sources[inner.entries[i].source as usize]) {
+                seen += 1;
+                if seen == n {
+                    return i as u64;
+                }
+            }
+        }
+        0
+    }
+
+    /// The name of a service as its lines are labelled, for messages.
+    pub(crate) fn service_name(&self, service: usize) -> Option<String> {
+        self.lock()
+            .sources
+            .iter()
+            .find(|s| s.service == Some(service))
+            .map(|s| s.name.clone())
+    }
+
+    /// Wait for lines matching `filter` at or after `*pos`; `*pos` moves past every line
+    /// examined. Returns at most `WAIT_BATCH` lines at a time.
+    pub(crate) fn next_batch(
+        &self,
+        filter: &Filter,
+        pos: &mut u64,
+        deadline: Option<Instant>,
+    ) -> Batch {
+        let mut inner = self.lock();
+        loop {
+            let end = inner.entries.len();
+            let mut picked = Vec::new();
+            let mut i = *pos as usize;
+            while i < end && picked.len() < WAIT_BATCH {
+                if filter.matches(&inner.sources[inner.entries[i].source as usize]) {
+                    picked.push(pick(&inner, i));
+                }
+                i += 1;
+            }
+            *pos = i as u64;
+            if !picked.is_empty() {
+                let path = inner.file_path.clone();
+                drop(inner);
+                return Batch::Lines(self.materialise(picked, path));
+            }
+            let ended = filter.service.is_some_and(|s| inner.ended.contains(&s));
+            if ended || inner.closed {
+                return Batch::Ended;
+            }
+            inner = match deadline {
+                None => self.grown.wait(inner).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Batch::TimedOut;
+                    }
+                    self.grown
+                        .wait_timeout(inner, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Turn picked lines into `LogLine`s, reading spilled blocks back from `all.log` (one
+    /// read per block, outside the lock).
+    fn materialise(&self, picked: Vec<Picked>, path: Option<PathBuf>) -> Vec<LogLine> {
+        let sources = self.lock().sources.clone();
+        let mut loaded: Option<(u64, Arc<Vec<u8>>)> = None;
+        let mut file = None;
+        picked
+            .into_iter()
+            .map(|p| {
+                let e = p.entry;
+                let source = Arc::clone(&sources[e.source as usize]);
+                if let Some(data) = p.data {
+                    return LogLine::new(p.seq, source, data, e.start, e.len, e.newline, e.time);
+                }
+                let (from, to) = p.file_range;
+                let block = match &loaded {
+                    Some((start, data)) if *start == from => Arc::clone(data),
+                    _ => {
+                        let data = Arc::new(read_back(&mut file, path.as_ref(), from, to));
+                        loaded = Some((from, Arc::clone(&data)));
+                        data
+                    }
+                };
+                let start = e.file.saturating_sub(from) as u32;
+                if (start as usize + e.len as usize) <= block.len() {
+                    LogLine::new(p.seq, source, block, start, e.len, e.newline, e.time)
+                } else {
+                    let note = format!(
+                        "[hitchserve: line {} was moved to all.log to save memory and could not be read back]",
+                        p.seq
+                    )
+                    .into_bytes();
+                    let len = note.len() as u32;
+                    LogLine::new(p.seq, source, Arc::new(note), 0, len, e.newline, e.time)
+                }
+            })
+            .collect()
+    }
+}
+
+fn pick(inner: &Inner, i: usize) -> Picked {
+    let e = inner.entries[i];
+    let slot = &inner.blocks[e.block as usize];
+    Picked {
+        seq: i as u64,
+        entry: e,
+        data: slot.data.clone(),
+        file_range: (slot.file_start, slot.file_end),
+    }
+}
+
+/// Copy a line's bytes into the open block if there is room and nobody else holds it,
+/// else into a new block. Returns (block, start).
+fn put(inner: &mut Inner, bytes: &[u8]) -> (u32, u32) {
+    let id = inner.blocks.len().saturating_sub(1) as u32;
+    if let Some(slot) = inner.blocks.last_mut().filter(|s| s.open) {
+        if let Some(v) = slot.data.as_mut().and_then(Arc::get_mut) {
+            if v.len() + bytes.len() <= v.capacity() {
+                let start = v.len() as u32;
+                v.extend_from_slice(bytes);
+                return (id, start);
+            }
+        }
+        slot.open = false;
+    }
+    let capacity = BLOCK.max(bytes.len());
+    let mut v = Vec::with_capacity(capacity);
+    v.extend_from_slice(bytes);
+    inner.held += capacity;
+    inner.blocks.push(Slot {
+        data: Some(Arc::new(v)),
+        open: true,
+        file_start: NO_FILE,
+        file_end: 0,
+    });
+    (inner.blocks.len() as u32 - 1, 0)
+}
+
+fn note_file_range(slot: &mut Slot, file: u64, len: u32) {
+    if file == NO_FILE {
+        return;
+    }
+    slot.file_start = slot.file_start.min(file);
+    slot.file_end = slot.file_end.max(file + u64::from(len));
+}
+
+/// Render a line as all.log has it; returns the offset of its bytes in the file.
+fn render(out: &mut Vec<u8>, pos: &mut u64, source: &Source, bytes: &[u8], width: usize) -> u64 {
+    use std::io::Write;
+    let before = out.len();
+    let warning = if source.is_warning() { "WARNING: " } else { "" };
+    let _ = write!(out, "[{:>width$}] {warning}", source.label);
+    let at = *pos + (out.len() - before) as u64;
+    out.extend_from_slice(bytes);
+    out.push(b'\n');
+    *pos += (out.len() - before) as u64;
+    at
+}
+
+/// Drop the oldest blocks from memory while over the limit, if their lines are on disk.
+fn spill(inner: &mut Inner, written: u64) {
+    let last = inner.blocks.len().saturating_sub(1);
+    while inner.held > inner.limit && inner.spill_from < last {
+        let slot = &mut inner.blocks[inner.spill_from];
+        if let Some(data) = slot.data.as_ref() {
+            if slot.file_start == NO_FILE || slot.file_end > written {
+                // all.log doesn't have these lines yet: keep them until it does.
+                return;
+            }
+            inner.held = inner.held.saturating_sub(data.capacity());
+            slot.data = None;
+        }
+        inner.spill_from += 1;
+    }
+}
+
+/// Read a spilled block's file range back; empty on failure (callers mark such lines).
+fn read_back(
+    file: &mut Option<std::fs::File>,
+    path: Option<&PathBuf>,
+    from: u64,
+    to: u64,
+) -> Vec<u8> {
+    if file.is_none() {
+        *file = path.and_then(|p| std::fs::File::open(p).ok());
+    }
+    let Some(f) = file.as_ref() else {
+        return Vec::new();
+    };
+    let mut buf = vec![0u8; to.saturating_sub(from) as usize];
+    match f.read_exact_at(&mut buf, from) {
+        Ok(()) => buf,
+        Err(_) => Vec::new(),
+    }
+}

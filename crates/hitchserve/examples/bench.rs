@@ -8,6 +8,10 @@
 //!   ready and shutdown; baseline: 4 threads spawning their chain (own process group, stdout
 //!   and stderr piped, as a service is spawned) and reading each first line directly, then
 //!   SIGTERM + wait.
+//! - W3: a service writes 200,000 lines of about 80 bytes as fast as it can, then `DONE`:
+//!   lines/s until a waiting tail sees `DONE` with all lines queryable, the bundle process's
+//!   peak RSS (measured in a child process of its own) against the bytes held; baseline:
+//!   the same producer piped into a plain line reader.
 //! - W4: 10 services that trap SIGTERM and exit 0.1 s later: shutdown time.
 
 use std::io::{BufRead, BufReader};
@@ -215,7 +219,113 @@ fn w4(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
     }))
 }
 
+const W3_LINES: usize = 200_000;
+const W3_RUNS: usize = 5;
+
+fn w3_producer() -> String {
+    // 79 characters + newline.
+    let line = "0123456789".repeat(8)[..79].to_owned();
+    format!("yes {line} | head -n {W3_LINES}; echo DONE; exec sleep 1000")
+}
+
+/// One W3 run in this process: (lines/s, peak RSS bytes, bytes held).
+fn w3_once(dir: &std::path::Path) -> Result<(f64, u64, usize), hitchserve::Error> {
+    let mut b = quiet_bundle(dir);
+    b.add("Producer", Service::new(["sh", "-c", &w3_producer()]))?;
+    let mut tail = b.logs().out().tail();
+    let t = Instant::now();
+    b.startup()?;
+    tail.until(|l| l == "DONE", Duration::from_secs(60))?;
+    let secs = t.elapsed().as_secs_f64();
+    let stored = b.service("Producer")?.logs().out().len();
+    assert_eq!(stored, W3_LINES + 1, "every line must be queryable");
+    let held = b.log_stats().bytes_in_memory;
+    let rss = peak_rss();
+    b.shutdown()?;
+    Ok((W3_LINES as f64 / secs, rss, held))
+}
+
+fn w3_raw() -> f64 {
+    let t = Instant::now();
+    let mut child = Command::new("sh")
+        .args(["-c", &w3_producer()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    let mut r = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = Vec::new();
+    let mut n = 0usize;
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line).unwrap_or(0) == 0 || line == b"DONE\n" {
+            break;
+        }
+        n += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    n as f64 / secs
+}
+
+/// VmHWM of this process, in bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
+}
+
+fn w3(dir: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let mut ours = Vec::new();
+    let mut raw = Vec::new();
+    let mut rss = 0;
+    let mut held = 0;
+    for _ in 0..W3_RUNS {
+        // A process of its own, so the peak RSS is this workload's alone.
+        let out = Command::new(std::env::current_exe()?)
+            .arg("W3-once")
+            .arg(dir)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = serde_json::from_str(text.trim())?;
+        ours.push(v["lines_per_s"].as_f64().unwrap_or(0.0));
+        rss = rss.max(v["peak_rss"].as_u64().unwrap_or(0));
+        held = held.max(v["held"].as_u64().unwrap_or(0));
+        raw.push(w3_raw());
+    }
+    let (o, r) = (percentile(ours, 0.5), percentile(raw, 0.5));
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    Ok(json!({
+        "workload": "W3", "what": "200,000 lines of 80 bytes then DONE (median of runs)",
+        "runs": W3_RUNS,
+        "lines_per_s": o, "baseline_lines_per_s": r, "rate_ratio": o / r,
+        "peak_rss_mib": mib(rss), "bytes_held_mib": mib(held),
+        "rss_budget_mib": 2.0 * mib(held) + 16.0,
+        "target": "rate >= 50% of baseline; RSS <= 2x bytes held + 16 MB",
+    }))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    if let Some("W3-once") = args.next().as_deref() {
+        let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| ".".into()));
+        let (rate, rss, held) = w3_once(&dir)?;
+        println!(
+            "{}",
+            json!({"lines_per_s": rate, "peak_rss": rss, "held": held})
+        );
+        return Ok(());
+    }
+    run_all()
+}
+
+fn run_all() -> Result<(), Box<dyn std::error::Error>> {
     let dir = project();
     let only = std::env::args().nth(1);
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
@@ -224,6 +334,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if run("W2") {
         println!("{}", w2(&dir)?);
+    }
+    if run("W3") {
+        println!("{}", w3(&dir)?);
     }
     if run("W4") {
         println!("{}", w4(&dir)?);

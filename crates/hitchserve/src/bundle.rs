@@ -129,12 +129,18 @@ impl Bundle {
         let run = RunDir::allocate(&project);
         let plans = self.plan(&project, &run.id)?;
         let output = Arc::downgrade(&self.output);
-        let files = LogFiles::start(run.clone(), move |msg| {
+        let store = Arc::downgrade(&self.output.store);
+        let on_written = move || {
+            if let Some(store) = store.upgrade() {
+                store.relieve();
+            }
+        };
+        let warn = move |msg: String| {
             if let Some(output) = output.upgrade() {
                 output.warn(&msg);
             }
-        })
-        .map_err(|source| Error::Io {
+        };
+        let files = LogFiles::start(run.clone(), warn, on_written).map_err(|source| Error::Io {
             context: "could not start the thread that writes log files".into(),
             source,
         })?;
@@ -356,6 +362,17 @@ impl Bundle {
     /// Every line of every service, and the bundle's own, in arrival order.
     pub fn logs(&self) -> Logs {
         Logs::new(Arc::clone(&self.output.store), None)
+    }
+
+    /// How many log lines the bundle holds, and how many bytes of them are in memory (the
+    /// rest are read back from `all.log` when asked for).
+    pub fn log_stats(&self) -> LogStats {
+        let (lines, bytes_in_memory, memory_limit) = self.output.store.stats();
+        LogStats {
+            lines,
+            bytes_in_memory,
+            memory_limit,
+        }
     }
 
     fn running(&self) -> Result<&Arc<Shared>> {
@@ -727,4 +744,16 @@ fn find_failure(states: &mut [State]) -> Option<Failure> {
         }
     }
     None
+}
+
+/// Figures about the log store, from [`Bundle::log_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogStats {
+    /// Lines stored (every service and the bundle's own).
+    pub lines: u64,
+    /// Bytes of line storage in memory now.
+    pub bytes_in_memory: usize,
+    /// The limit set by [`Bundle::log_memory_limit`].
+    pub memory_limit: usize,
 }

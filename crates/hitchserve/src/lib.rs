@@ -41,7 +41,7 @@ mod service;
 mod signal;
 mod supervise;
 
-pub use bundle::{Bundle, ServiceHandle};
+pub use bundle::{Bundle, LogStats, ServiceHandle};
 pub use error::{Error, NotReady, Result};
 pub use logs::{LogLine, Logs, Stream, Tail};
 pub use readiness::Ready;

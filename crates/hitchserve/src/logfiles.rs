@@ -36,9 +36,12 @@ pub(crate) struct LogFiles {
 impl LogFiles {
     /// Start the writer: it sets up the run directory, creates `logs/all.log`, then prunes
     /// old runs. `warn` reports a file it can't create.
+    /// `written` is called after each batch reaches the file, so memory held for lines
+    /// now on disk can be released.
     pub(crate) fn start(
         run: RunDir,
         warn: impl FnOnce(String) + Send + 'static,
+        on_written: impl Fn() + Send + 'static,
     ) -> std::io::Result<LogFiles> {
         let (tx, rx) = channel::<Vec<u8>>();
         let closing = Arc::new(AtomicBool::new(false));
@@ -92,6 +95,7 @@ impl LogFiles {
                     ok &= w.flush().is_ok();
                     if ok {
                         written_w.fetch_add(total, Ordering::Release);
+                        on_written();
                     }
                 }
                 let _ = w.flush();

@@ -98,6 +98,11 @@ pub(crate) enum Verdict {
 pub(crate) struct LineChecker(Mutex<Option<LinePredicate>>);
 
 impl LineChecker {
+    /// Whether it still waits for its line (so lines must be shown to it).
+    pub(crate) fn is_pending(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
     pub(crate) fn check(&self, lines: &[LogLine]) -> Verdict {
         let Some(pred) = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
             return Verdict::NotYet;

@@ -34,6 +34,11 @@ use crate::signal::{ExitStatus, Signal};
 /// Environment variable that marks every process of a run, so escapees can be found.
 pub(crate) const MARKER_VAR: &str = "HITCHSERVE_RUN";
 
+/// Bytes asked for in one read of a service's pipe.
+const READ_BUF: usize = 256 * 1024;
+/// Capacity asked for each service's stdout and stderr pipe.
+const PIPE_SIZE: i32 = 1024 * 1024;
+
 /// How long a dead service's pipes may take to deliver what it wrote before it died.
 const READER_DRAIN: Duration = Duration::from_secs(2);
 
@@ -56,8 +61,13 @@ impl Output {
         }
     }
 
-    /// Store and print lines from one source.
-    pub(crate) fn emit(&self, source: &Arc<Source>, lines: &[(&[u8], bool)]) -> Vec<LogLine> {
+    /// Store and print lines from one source; returns them if `checking` or printed.
+    pub(crate) fn emit(
+        &self,
+        source: &Arc<Source>,
+        lines: &[(&[u8], bool)],
+        checking: bool,
+    ) -> Vec<LogLine> {
         if lines.is_empty() {
             return Vec::new();
         }
@@ -67,7 +77,7 @@ impl Output {
         if muted {
             self.console.count_missed(lines.len());
         }
-        let stored = self.store.append(source, lines);
+        let stored = self.store.append(source, lines, checking || !muted);
         if !muted {
             self.console.print(&stored);
         }
@@ -76,7 +86,7 @@ impl Output {
 
     fn message(&self, source: &Arc<Source>, msg: &str) {
         let lines: Vec<(&[u8], bool)> = msg.split('\n').map(|l| (l.as_bytes(), true)).collect();
-        self.emit(source, &lines);
+        self.emit(source, &lines, false);
     }
 
     pub(crate) fn log(&self, msg: &str) {
@@ -728,6 +738,12 @@ impl<'a> StreamReader<'a> {
         fd: Option<OwnedFd>,
         source: &'a Arc<Source>,
     ) -> StreamReader<'a> {
+        if let Some(fd) = fd.as_ref() {
+            // A bigger pipe lets a chatty service run ahead of us instead of blocking, and
+            // lets us take its output in fewer, larger reads. Best effort: the system may
+            // cap it (fs.pipe-max-size).
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+        }
         StreamReader {
             shared,
             idx,
@@ -746,7 +762,7 @@ impl<'a> StreamReader<'a> {
     fn read_some(&mut self, checker: &LineChecker) {
         let Some(fd) = self.fd.as_ref() else { return };
         if self.buf.is_empty() {
-            self.buf = vec![0u8; 64 * 1024];
+            self.buf = vec![0u8; READ_BUF];
         }
         let n = match nix::unistd::read(fd, &mut self.buf) {
             Ok(0) => {
@@ -789,7 +805,7 @@ fn deliver(
     lines: &[(&[u8], bool)],
     checker: &LineChecker,
 ) {
-    let stored = shared.output.emit(source, lines);
+    let stored = shared.output.emit(source, lines, checker.is_pending());
     match checker.check(&stored) {
         Verdict::NotYet => {}
         Verdict::Ready => shared.became_ready(idx),

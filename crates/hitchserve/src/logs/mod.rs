@@ -144,7 +144,12 @@ impl LogLine {
     /// The text: invalid UTF-8 replaced by U+FFFD and one trailing `\r` removed.
     pub fn text(&self) -> Cow<'_, str> {
         let b = self.bytes();
-        String::from_utf8_lossy(b.strip_suffix(b"\r").unwrap_or(b))
+        let b = b.strip_suffix(b"\r").unwrap_or(b);
+        // `from_utf8` is much faster than the lossy walk for the usual, valid, line.
+        match std::str::from_utf8(b) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(b),
+        }
     }
 
     /// The line parsed as JSON, if it is JSON.

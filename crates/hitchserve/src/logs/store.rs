@@ -65,6 +65,8 @@ struct Inner {
     /// Bytes handed to the writer so far (the next line's prefix starts here).
     file_pos: u64,
     width: usize,
+    /// Each source's all.log prefix (`[   Err Name] `), by source id.
+    prefixes: Vec<Vec<u8>>,
     /// Services whose output has ended for good (process exited, pipes drained).
     ended: Vec<usize>,
     /// The bundle has shut down: no line will ever arrive again.
@@ -106,6 +108,7 @@ impl LogStore {
                 file_path: None,
                 file_pos: 0,
                 width: 0,
+                prefixes: Vec::new(),
                 ended: Vec::new(),
                 closed: false,
             }),
@@ -124,6 +127,8 @@ impl LogStore {
         let id = inner.sources.len() as u16;
         let source = Arc::new(Source::new(id, service, name, stream));
         inner.sources.push(Arc::clone(&source));
+        let prefix = prefix(&source, inner.width);
+        inner.prefixes.push(prefix);
         source
     }
 
@@ -136,6 +141,7 @@ impl LogStore {
     pub(crate) fn attach_files(&self, files: Arc<LogFiles>, path: PathBuf, width: usize) {
         let mut inner = self.lock();
         inner.width = width;
+        inner.prefixes = inner.sources.iter().map(|s| prefix(s, width)).collect();
         if let Some(last) = inner.blocks.last_mut() {
             last.open = false;
         }
@@ -146,8 +152,9 @@ impl LogStore {
                 Some(d) => d[e.start as usize..(e.start + e.len) as usize].to_vec(),
                 None => Vec::new(),
             };
-            let source = Arc::clone(&inner.sources[e.source as usize]);
-            let file = render(&mut rendered, &mut inner.file_pos, &source, &bytes, width);
+            let prefix = std::mem::take(&mut inner.prefixes[e.source as usize]);
+            let file = render(&mut rendered, &mut inner.file_pos, &prefix, &bytes);
+            inner.prefixes[e.source as usize] = prefix;
             inner.entries[i].file = file;
             note_file_range(&mut inner.blocks[e.block as usize], file, e.len);
         }
@@ -156,8 +163,14 @@ impl LogStore {
         inner.file_path = Some(path);
     }
 
-    /// Append lines from one source; returns them as stored.
-    pub(crate) fn append(&self, source: &Arc<Source>, lines: &[(&[u8], bool)]) -> Vec<LogLine> {
+    /// Append lines from one source; returns them as stored if `want` (building them costs
+    /// time a fast producer would notice).
+    pub(crate) fn append(
+        &self,
+        source: &Arc<Source>,
+        lines: &[(&[u8], bool)],
+        want: bool,
+    ) -> Vec<LogLine> {
         if lines.is_empty() {
             return Vec::new();
         }
@@ -171,13 +184,8 @@ impl LogStore {
         for &(bytes, newline) in lines {
             let (block, start) = put(inner, bytes);
             let file = if inner.files.is_some() {
-                render(
-                    &mut rendered,
-                    &mut inner.file_pos,
-                    source,
-                    bytes,
-                    inner.width,
-                )
+                let prefix = &inner.prefixes[source.id as usize];
+                render(&mut rendered, &mut inner.file_pos, prefix, bytes)
             } else {
                 NO_FILE
             };
@@ -192,7 +200,12 @@ impl LogStore {
                 time,
             });
         }
-        let stored = (first_seq..inner.entries.len() as u64)
+        let wanted = if want {
+            inner.entries.len() as u64
+        } else {
+            first_seq
+        };
+        let stored = (first_seq..wanted)
             .map(|seq| {
                 let e = inner.entries[seq as usize];
                 let data = inner.blocks[e.block as usize]
@@ -218,6 +231,19 @@ impl LogStore {
         }
         self.grown.notify_all();
         stored
+    }
+
+    /// The writer has put more on disk: release what memory that allows.
+    pub(crate) fn relieve(&self) {
+        let mut inner = self.lock();
+        let written = inner.files.as_ref().map_or(0, |f| f.written());
+        spill(&mut inner, written);
+    }
+
+    /// Lines stored, and bytes of them held in memory.
+    pub(crate) fn stats(&self) -> (u64, usize, usize) {
+        let inner = self.lock();
+        (inner.entries.len() as u64, inner.held, inner.limit)
     }
 
     /// The bundle has stopped: flush and close `all.log`, and end every pending wait.
@@ -444,16 +470,19 @@ fn note_file_range(slot: &mut Slot, file: u64, len: u32) {
     slot.file_end = slot.file_end.max(file + u64::from(len));
 }
 
-/// Render a line as all.log has it; returns the offset of its bytes in the file.
-fn render(out: &mut Vec<u8>, pos: &mut u64, source: &Source, bytes: &[u8], width: usize) -> u64 {
-    use std::io::Write;
-    let before = out.len();
+/// A source's all.log prefix for labels padded to `width`: `[   Err Name] `.
+fn prefix(source: &Source, width: usize) -> Vec<u8> {
     let warning = if source.is_warning() { "WARNING: " } else { "" };
-    let _ = write!(out, "[{:>width$}] {warning}", source.label);
-    let at = *pos + (out.len() - before) as u64;
+    format!("[{:>width$}] {warning}", source.label).into_bytes()
+}
+
+/// Render a line as all.log has it; returns the offset of its bytes in the file.
+fn render(out: &mut Vec<u8>, pos: &mut u64, prefix: &[u8], bytes: &[u8]) -> u64 {
+    out.extend_from_slice(prefix);
     out.extend_from_slice(bytes);
     out.push(b'\n');
-    *pos += (out.len() - before) as u64;
+    let at = *pos + prefix.len() as u64;
+    *pos += (prefix.len() + bytes.len() + 1) as u64;
     at
 }
 

@@ -1,0 +1,244 @@
+//! Logs as test evidence: JSON, tails (`until`, `until_json`, `follow`, `grep`), waits that
+//! end early or time out with the last lines, and a store that spills without losing lines.
+
+use std::time::Duration;
+
+use hitchserve::{Error, Service};
+use serde::Deserialize;
+
+use crate::common::{sh, Project, PATIENCE};
+
+/// Prints a mix of JSON and text, one line per `tick` file written by the test.
+const MIXED: &str = r#"
+import json, os, sys, time
+print("READY", flush=True)
+n = 0
+while True:
+    if os.path.exists("go-%d" % n):
+        print("plain text %d" % n, flush=True)
+        print(json.dumps({"n": n, "kind": "tick", "subject": "Tick %d" % n}), flush=True)
+        print("{not json", flush=True)
+        n += 1
+    else:
+        time.sleep(0.01)
+"#;
+
+fn mixed(p: &Project) -> hitchserve::Bundle {
+    p.write("mixed.py", MIXED);
+    let mut b = p.bundle();
+    b.add(
+        "Mixed",
+        Service::new(["python3", "-u", "mixed.py"]).ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    b
+}
+
+fn go(p: &Project, n: usize) {
+    std::fs::write(p.path(&format!("go-{n}")), "").unwrap();
+}
+
+#[test]
+fn until_json_skips_text_and_returns_the_matching_value() {
+    let p = Project::new("until-json");
+    let b = mixed(&p);
+    let logs = b.service("Mixed").unwrap().logs().out();
+    let mut tail = logs.tail();
+    go(&p, 0);
+    go(&p, 1);
+    let v = tail.until_json(|v| v["n"] == 1, PATIENCE).unwrap();
+    assert_eq!(v["subject"], "Tick 1");
+    // The cursor moved past tick 1: waiting again sees only later lines.
+    go(&p, 2);
+    let v = tail.until_json(|v| v["kind"] == "tick", PATIENCE).unwrap();
+    assert_eq!(v["n"], 2);
+}
+
+#[derive(Deserialize, Debug, PartialEq)]
+struct Tick {
+    n: u32,
+    kind: String,
+}
+
+#[test]
+fn json_parses_every_json_line_in_order_and_json_as_gives_typed_values() {
+    let p = Project::new("json");
+    let b = mixed(&p);
+    let logs = b.service("Mixed").unwrap().logs().out();
+    let mut tail = logs.tail();
+    for n in 0..3 {
+        go(&p, n);
+    }
+    tail.until_json(|v| v["n"] == 2, PATIENCE).unwrap();
+    let values = logs.json();
+    assert_eq!(values.len(), 3, "{values:?}");
+    assert!(values.iter().enumerate().all(|(i, v)| v["n"] == i));
+    let ticks: Vec<Tick> = logs.json_as();
+    assert_eq!(
+        ticks,
+        (0..3)
+            .map(|n| Tick {
+                n,
+                kind: "tick".into()
+            })
+            .collect::<Vec<_>>()
+    );
+    // Lines that are JSON but not a Tick are skipped, not an error.
+    b.log("{\"other\": true}");
+    assert_eq!(b.logs().json_as::<Tick>().len(), 3);
+    assert_eq!(b.logs().json().len(), 4);
+}
+
+#[test]
+fn a_tail_taken_before_a_line_sees_it_and_one_taken_after_does_not() {
+    let p = Project::new("tail-before-after");
+    let b = mixed(&p);
+    let logs = b.service("Mixed").unwrap().logs().out();
+    let mut before = logs.tail();
+    go(&p, 0);
+    before.until(|l| l == "plain text 0", PATIENCE).unwrap();
+    let mut after = logs.tail();
+    go(&p, 1);
+    // `after` never sees tick 0: the first matching line it gets is tick 1's.
+    let first = after
+        .until(|l| l.starts_with("plain text"), PATIENCE)
+        .unwrap();
+    assert_eq!(first.text(), "plain text 1");
+    // ... unless it starts earlier.
+    let mut back = logs.tail().lines_back(6);
+    let first = back
+        .until(|l| l.starts_with("plain text"), PATIENCE)
+        .unwrap();
+    assert_eq!(first.text(), "plain text 0");
+}
+
+#[test]
+fn grep_returns_matching_lines_seen_so_far_without_moving_the_tail() {
+    let p = Project::new("grep");
+    let b = mixed(&p);
+    let logs = b.service("Mixed").unwrap().logs().out();
+    let tail = logs.tail();
+    go(&p, 0);
+    go(&p, 1);
+    tail.clone().until_json(|v| v["n"] == 1, PATIENCE).unwrap();
+    let seen = tail.grep(|l| l.starts_with("plain"));
+    let seen: Vec<_> = seen.iter().map(|l| l.text().into_owned()).collect();
+    assert_eq!(seen, vec!["plain text 0", "plain text 1"]);
+    assert_eq!(
+        tail.grep(|l| l.starts_with("plain")).len(),
+        2,
+        "grep doesn't consume"
+    );
+    assert_eq!(logs.grep(|l| l == "READY").len(), 1);
+}
+
+#[test]
+fn follow_yields_lines_as_they_arrive_and_ends_when_the_service_exits() {
+    let p = Project::new("follow");
+    let mut b = p.bundle();
+    b.add(
+        "Counter",
+        sh("echo READY; for i in 1 2 3; do while [ ! -e go-$i ]; do sleep 0.01; done; echo line $i; done"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let logs = b.service("Counter").unwrap().logs().out();
+    let mut follow = logs.tail().lines_back(1).follow();
+    assert_eq!(follow.next().unwrap().text(), "READY");
+    for i in 1..=3 {
+        std::fs::write(p.path(&format!("go-{i}")), "").unwrap();
+        assert_eq!(follow.next().unwrap().text(), format!("line {i}"));
+    }
+    // The service exits after line 3: the iterator ends instead of blocking forever.
+    assert!(follow.next().is_none());
+}
+
+#[test]
+fn a_wait_ends_at_once_when_the_service_dies() {
+    let p = Project::new("dies-while-waiting");
+    let mut b = p.bundle();
+    b.add(
+        "Doomed",
+        sh("echo READY; while [ ! -e die ]; do sleep 0.01; done; echo 'about to die'; exit 4"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let mut tail = b.service("Doomed").unwrap().logs().tail();
+    std::fs::write(p.path("die"), "").unwrap();
+    // Far longer than the test may take: only the service's exit can end this wait.
+    let err = tail
+        .until(|l| l == "never printed", Duration::from_secs(3600))
+        .unwrap_err();
+    match &err {
+        Error::EndedWhileWaiting { what, last_lines } => {
+            assert!(what.contains("`Doomed`"), "{what}");
+            assert!(last_lines.iter().any(|l| l.contains("about to die")));
+        }
+        other => panic!("wrong error: {other:?}"),
+    }
+}
+
+#[test]
+fn a_timeout_says_what_was_awaited_and_carries_the_last_lines() {
+    let p = Project::new("wait-timeout");
+    let b = mixed(&p);
+    let logs = b.service("Mixed").unwrap().logs().out();
+    let err = logs
+        .tail()
+        .until(|l| l == "never printed", Duration::from_millis(300))
+        .unwrap_err();
+    match &err {
+        Error::WaitTimeout {
+            what,
+            timeout,
+            last_lines,
+        } => {
+            assert!(what.contains("`Mixed`'s stdout"), "{what}");
+            assert_eq!(*timeout, Duration::from_millis(300));
+            assert_eq!(last_lines, &vec!["[Mixed] READY".to_owned()]);
+        }
+        other => panic!("wrong error: {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("timed out after 0.3 s") && msg.contains("READY"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_million_lines_past_a_small_memory_limit_are_all_queryable_in_order() {
+    let p = Project::new("spill");
+    let mut b = p.bundle().log_memory_limit(1 << 20);
+    b.add(
+        "Chatty",
+        Service::new([
+            "python3",
+            "-c",
+            "import sys\nw = sys.stdout.write\nfor i in range(1_000_000): w('line %07d\\n' % i)\nsys.stdout.flush()\nsys.stderr.write('DONE\\n')\nimport time; time.sleep(1000)",
+        ])
+        .ready_when(|l| l == "DONE"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let out = b.service("Chatty").unwrap().logs().out();
+    out.tail()
+        .lines_back(1)
+        .until(|l| l == "line 0999999", PATIENCE)
+        .unwrap();
+    let lines = out.lines();
+    assert_eq!(lines.len(), 1_000_000);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line, &format!("line {i:07}"));
+    }
+    drop(lines);
+    // Old lines come back from all.log, recent ones from memory; `last` and tails work too.
+    assert_eq!(out.last(1)[0].text(), "line 0999999");
+    let back = out
+        .tail()
+        .lines_back(1_000_000)
+        .next_line(PATIENCE)
+        .unwrap();
+    assert_eq!(back.text(), "line 0000000");
+}

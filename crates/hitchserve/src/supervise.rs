@@ -34,8 +34,9 @@ use crate::signal::{ExitStatus, Signal};
 /// Environment variable that marks every process of a run, so escapees can be found.
 pub(crate) const MARKER_VAR: &str = "HITCHSERVE_RUN";
 
-/// Bytes asked for in one read of a service's pipe.
-const READ_BUF: usize = 256 * 1024;
+/// Bytes asked for in one read of a service's pipe; more once it fills a read.
+const READ_BUF_START: usize = 16 * 1024;
+const READ_BUF_MAX: usize = 256 * 1024;
 /// Capacity asked for each service's stdout and stderr pipe.
 const PIPE_SIZE: i32 = 1024 * 1024;
 
@@ -762,12 +763,17 @@ impl<'a> StreamReader<'a> {
     fn read_some(&mut self, checker: &LineChecker) {
         let Some(fd) = self.fd.as_ref() else { return };
         if self.buf.is_empty() {
-            self.buf = vec![0u8; READ_BUF];
+            self.buf = vec![0u8; READ_BUF_START];
         }
         let n = match nix::unistd::read(fd, &mut self.buf) {
             Ok(0) => {
                 self.finish(checker);
                 return;
+            }
+            Ok(n) if n == self.buf.len() && n < READ_BUF_MAX => {
+                // A chatty service: take bigger bites from now on.
+                self.buf.resize(READ_BUF_MAX, 0);
+                n
             }
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return,

@@ -90,6 +90,7 @@ pub(crate) enum Batch {
 struct Picked {
     seq: u64,
     entry: Entry,
+    source: Arc<Source>,
     data: Option<Arc<Vec<u8>>>,
     file_range: (u64, u64),
 }
@@ -387,14 +388,13 @@ impl LogStore {
     /// Turn picked lines into `LogLine`s, reading spilled blocks back from `all.log` (one
     /// read per block, outside the lock).
     fn materialise(&self, picked: Vec<Picked>, path: Option<PathBuf>) -> Vec<LogLine> {
-        let sources = self.lock().sources.clone();
         let mut loaded: Option<(u64, Arc<Vec<u8>>)> = None;
         let mut file = None;
         picked
             .into_iter()
             .map(|p| {
                 let e = p.entry;
-                let source = Arc::clone(&sources[e.source as usize]);
+                let source = p.source;
                 if let Some(data) = p.data {
                     return LogLine::new(p.seq, source, data, e.start, e.len, e.newline, e.time);
                 }
@@ -430,6 +430,7 @@ fn pick(inner: &Inner, i: usize) -> Picked {
     Picked {
         seq: i as u64,
         entry: e,
+        source: Arc::clone(&inner.sources[e.source as usize]),
         data: slot.data.clone(),
         file_range: (slot.file_start, slot.file_end),
     }

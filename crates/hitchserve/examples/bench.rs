@@ -200,7 +200,7 @@ fn w4(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
                 Service::new([
                     "sh",
                     "-c",
-                    "trap 'sleep 0.1; exit 0' TERM; echo READY; sleep 1000 & wait",
+                    "trap 'sleep 0.1; exit 0' TERM; sleep 1000 & echo READY; wait",
                 ])
                 .ready_when(|l| l == "READY"),
             )?;

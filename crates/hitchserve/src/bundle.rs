@@ -18,7 +18,7 @@ use crate::logs::{Logs, Stream};
 use crate::rundir::RunDir;
 use crate::service::Service;
 use crate::signal::{ExitStatus, Signal};
-use crate::supervise::{Output, Phase, Plan, Shared, State, MARKER_VAR};
+use crate::supervise::{deadline_after, Output, Phase, Plan, Shared, State, MARKER_VAR};
 
 /// How many of a service's last lines an error message carries.
 const LAST_LINES: usize = 20;
@@ -121,6 +121,18 @@ impl Bundle {
         if self.shared.is_some() {
             return Err(Error::AlreadyStarted);
         }
+        let result = self.start_run();
+        if result.is_err() {
+            // Nothing runs (any more): waits on the logs must end rather than hang.
+            self.stopped = true;
+            if self.shared.is_none() {
+                self.output.store.close();
+            }
+        }
+        result
+    }
+
+    fn start_run(&mut self) -> Result<()> {
         let t0 = Instant::now();
         let project = std::fs::canonicalize(&self.project).map_err(|source| Error::ProjectDir {
             path: self.project.clone(),
@@ -128,6 +140,12 @@ impl Bundle {
         })?;
         let run = RunDir::allocate(&project);
         let plans = self.plan(&project, &run.id)?;
+        guardian::add_run(&run.id).map_err(|source| Error::Io {
+            context:
+                "could not start the guardian process (/bin/sh) that cleans up after a killed test"
+                    .into(),
+            source,
+        })?;
         let output = Arc::downgrade(&self.output);
         let store = Arc::downgrade(&self.output.store);
         let on_written = move || {
@@ -140,21 +158,21 @@ impl Bundle {
                 output.warn(&msg);
             }
         };
-        let files = LogFiles::start(run.clone(), warn, on_written).map_err(|source| Error::Io {
-            context: "could not start the thread that writes log files".into(),
-            source,
-        })?;
+        let files = match LogFiles::start(run.clone(), warn, on_written) {
+            Ok(files) => files,
+            Err(source) => {
+                guardian::remove_run(&run.id);
+                return Err(Error::Io {
+                    context: "could not start the thread that writes log files".into(),
+                    source,
+                });
+            }
+        };
         self.output.store.attach_files(
             Arc::new(files),
             run.logs().join("all.log"),
             self.output.console.width(),
         );
-        guardian::add_run(&run.id).map_err(|source| Error::Io {
-            context:
-                "could not start the guardian process (/bin/sh) that cleans up after a killed test"
-                    .into(),
-            source,
-        })?;
         let shared = Arc::new(Shared::new(Arc::clone(&self.output), plans, run));
         self.shared = Some(Arc::clone(&shared));
         match self.walk_dag(&shared, t0) {
@@ -165,7 +183,6 @@ impl Bundle {
             }
             Err(e) => {
                 shared.stop_all(self.shutdown_timeout);
-                self.stopped = true;
                 Err(e)
             }
         }
@@ -253,7 +270,7 @@ impl Bundle {
     /// Start the services that need nothing, then wait: each service's supervisor starts its
     /// dependents the moment it is ready. Returns when all are ready or one failed.
     fn walk_dag(&self, shared: &Arc<Shared>, t0: Instant) -> Result<()> {
-        let deadline = t0 + self.startup_timeout;
+        let deadline = deadline_after(t0, self.startup_timeout);
         shared.start_startable();
         // While the first services start, make the threads the others will need.
         shared.prepare_supervisors();
@@ -269,16 +286,24 @@ impl Bundle {
                 {
                     return Ok(());
                 }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    drop(states);
-                    return Err(self.timeout_error(shared));
-                }
-                states = shared
-                    .changed
-                    .wait_timeout(states, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
+                states = match deadline {
+                    None => shared
+                        .changed
+                        .wait(states)
+                        .unwrap_or_else(|e| e.into_inner()),
+                    Some(deadline) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if left.is_zero() {
+                            drop(states);
+                            return Err(self.timeout_error(shared));
+                        }
+                        shared
+                            .changed
+                            .wait_timeout(states, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                };
             }
         };
         Err(failure.into_error(shared))
@@ -423,9 +448,9 @@ impl Bundle {
         };
         if !self.stopped {
             self.stopped = true;
-            let crash = report_crash(shared, None, true);
             shared.stop_all(self.shutdown_timeout);
-            return crash;
+            // After stopping, every exit is known and classified as asked for or not.
+            return report_crash(shared, None, true);
         }
         Ok(())
     }
@@ -433,11 +458,14 @@ impl Bundle {
 
 impl Drop for Bundle {
     fn drop(&mut self) {
-        if let Some(shared) = self.shared.as_ref() {
-            if !self.stopped {
+        match self.shared.as_ref() {
+            Some(shared) if !self.stopped => {
                 self.stopped = true;
                 shared.stop_all(self.shutdown_timeout);
             }
+            Some(_) => {}
+            // Never started: still end any wait on its logs (e.g. a follow on another thread).
+            None => self.output.store.close(),
         }
     }
 }
@@ -529,7 +557,7 @@ impl ServiceHandle {
     /// Wait up to `timeout` for the service's main process to exit; its exit status, or
     /// `None` if it still runs.
     pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline_after(Instant::now(), timeout);
         let exited = |s: &[crate::supervise::State]| matches!(s[self.idx].phase, Phase::Exited(_));
         let (states, _) = self.shared.wait_until(self.shared.lock(), deadline, exited);
         match states[self.idx].phase {
@@ -702,6 +730,7 @@ enum Failure {
     Panicked(usize, String),
     Spawn(usize, std::io::Error),
     Exited(usize, ExitStatus),
+    ExitedAfterReady(usize, ExitStatus),
 }
 
 impl Failure {
@@ -717,6 +746,11 @@ impl Failure {
                 source,
             },
             Failure::Exited(idx, status) => Error::ExitedBeforeReady {
+                service: name(idx),
+                status,
+                last_lines: shared.last_lines(idx, LAST_LINES),
+            },
+            Failure::ExitedAfterReady(idx, status) => Error::ServiceExited {
                 service: name(idx),
                 status,
                 last_lines: shared.last_lines(idx, LAST_LINES),
@@ -738,6 +772,9 @@ fn find_failure(states: &mut [State]) -> Option<Failure> {
                     .take()
                     .unwrap_or_else(|| std::io::Error::other("unknown error"));
                 return Some(Failure::Spawn(idx, source));
+            }
+            Phase::Exited(status) if st.was_ready => {
+                return Some(Failure::ExitedAfterReady(idx, status))
             }
             Phase::Exited(status) => return Some(Failure::Exited(idx, status)),
             _ => {}

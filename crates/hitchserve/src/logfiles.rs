@@ -68,6 +68,7 @@ impl LogFiles {
                     }
                 };
                 let mut w = BufWriter::with_capacity(256 * 1024, file);
+                let mut failed = false;
                 // Wake at most every BATCH: a wake-up per line would take CPU from services.
                 // `close` unparks us, so stopping never waits for a batch.
                 while let Ok(first) = rx.recv() {
@@ -83,17 +84,18 @@ impl LogFiles {
                     }
                     let mut chunk = first;
                     let mut total = 0u64;
-                    let mut ok = true;
                     loop {
-                        ok &= w.write_all(&chunk).is_ok();
+                        failed |= w.write_all(&chunk).is_err();
                         total += chunk.len() as u64;
                         match rx.try_recv() {
                             Ok(more) => chunk = more,
                             Err(_) => break,
                         }
                     }
-                    ok &= w.flush().is_ok();
-                    if ok {
+                    failed |= w.flush().is_err();
+                    // After a failed write the file no longer matches the offsets the store
+                    // computed: stop vouching for it, so no line leaves memory for it.
+                    if !failed {
                         written_w.fetch_add(total, Ordering::Release);
                         on_written();
                     }
@@ -118,7 +120,8 @@ impl LogFiles {
         }
     }
 
-    /// How many bytes of all.log are on disk (only ever grows; stops on a write error).
+    /// How many bytes of all.log are on disk (only ever grows; stops for good at the first
+    /// write error).
     pub(crate) fn written(&self) -> u64 {
         self.written.load(Ordering::Acquire)
     }

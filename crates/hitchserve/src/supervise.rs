@@ -5,9 +5,9 @@
 //! the guardian, and the `HITCHSERVE_RUN` marker sweep. It does not decide
 //! *when* to start a service (`bundle` walks the DAG) nor how lines are stored or printed.
 //!
-//! Invariants: a service's pgid is only signalled while its leader is unreaped (phase
-//! `Running`/`Ready`), because an unreaped leader keeps the pid from being reused; the thread
-//! that spawns a child outlives it, because PDEATHSIG fires when the spawning *thread* exits.
+//! Invariants: a service's pgid is only signalled while its leader is unreaped (phases
+//! `Running`, `Ready`, `Exiting`), because an unreaped leader keeps the pid from being
+//! reused; whether an exit was expected is decided when the exit is seen, never later.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
@@ -39,6 +39,9 @@ const READ_BUF_START: usize = 16 * 1024;
 const READ_BUF_MAX: usize = 256 * 1024;
 /// Capacity asked for each service's stdout and stderr pipe.
 const PIPE_SIZE: i32 = 1024 * 1024;
+
+/// After SIGKILL, how long processes may take to die before shutdown stops waiting.
+const KILLED_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a dead service's pipes may take to deliver what it wrote before it died.
 const READER_DRAIN: Duration = Duration::from_secs(2);
@@ -122,17 +125,12 @@ pub(crate) enum Phase {
     /// Running, readiness not yet seen.
     Running,
     Ready,
-    /// The main process has exited and is being reaped; never signal it now.
-    Exiting,
+    /// The main process has exited (this status) but is not reaped yet, so its pgid is
+    /// still ours: what is left of its group is being drained or stopped.
+    Exiting(ExitStatus),
     Exited(ExitStatus),
     /// The OS refused to start it; see `spawn_error`.
     SpawnFailed,
-}
-
-impl Phase {
-    pub(crate) fn is_live(self) -> bool {
-        matches!(self, Phase::Starting | Phase::Running | Phase::Ready)
-    }
 }
 
 pub(crate) struct State {
@@ -141,8 +139,15 @@ pub(crate) struct State {
     pub was_ready: bool,
     /// Its "ready" line has been logged.
     pub announced: bool,
-    /// The bundle asked it to stop, so its exit is expected.
+    /// The bundle asked it to stop (or is stopping): its exit from now on is expected.
     pub stopping: bool,
+    /// When stopping: when its group gets SIGKILL (`None`: no limit).
+    pub stop_deadline: Option<Instant>,
+    /// Whether the bundle was stopping it when its main process exited.
+    pub exit_expected: bool,
+    /// Its main process has exited and its process group has been killed: only draining
+    /// its pipes and reaping remain.
+    pub group_done: bool,
     /// A crash after readiness already returned to the user once.
     pub crash_reported: bool,
     pub spawn_error: Option<std::io::Error>,
@@ -159,6 +164,9 @@ impl State {
             was_ready: false,
             announced: false,
             stopping: false,
+            stop_deadline: None,
+            exit_expected: false,
+            group_done: false,
             crash_reported: false,
             spawn_error: None,
             check_panic: None,
@@ -170,7 +178,7 @@ impl State {
     /// It exited on its own after it was ready.
     pub(crate) fn crashed(&self) -> Option<ExitStatus> {
         match self.phase {
-            Phase::Exited(status) if self.was_ready && !self.stopping => Some(status),
+            Phase::Exited(status) if self.was_ready && !self.exit_expected => Some(status),
             _ => None,
         }
     }
@@ -216,22 +224,26 @@ impl Shared {
     pub(crate) fn wait_until<'a>(
         &'a self,
         mut guard: MutexGuard<'a, Vec<State>>,
-        deadline: Instant,
+        deadline: Option<Instant>,
         mut done: impl FnMut(&[State]) -> bool,
     ) -> (MutexGuard<'a, Vec<State>>, bool) {
         loop {
             if done(&guard) {
                 return (guard, true);
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return (guard, false);
-            }
-            guard = self
-                .changed
-                .wait_timeout(guard, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            guard = match deadline {
+                None => self.changed.wait(guard).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return (guard, false);
+                    }
+                    self.changed
+                        .wait_timeout(guard, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
         }
     }
 
@@ -295,8 +307,11 @@ impl Shared {
         };
         let pid = child.id();
         if let Err(e) = self.give(idx, Task::Supervise(child)) {
-            // Without its thread nobody would reap or read it: kill it, report why.
+            // Without its thread nobody would reap or read it: kill it, reap it (only then
+            // forget its pgid), report why.
             let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
+            guardian::forget(pid);
             self.update(idx, |st| {
                 st.phase = Phase::SpawnFailed;
                 st.spawn_error = Some(e);
@@ -436,26 +451,50 @@ impl Shared {
         signal_locked(&states[idx], signal.to_nix())
     }
 
-    /// Stop every service: stop signal to each group in parallel, SIGKILL after `timeout`,
-    /// then kill whatever left its group. Returns once all are reaped.
+    /// Stop every service: stop signal to each group in parallel, SIGKILL to what is left
+    /// of each group after `timeout` (the main process exiting first doesn't cut its group's
+    /// grace short), then kill whatever left its group. Returns once all are reaped.
     pub(crate) fn stop_all(&self, timeout: Duration) {
         let t0 = Instant::now();
+        let deadline = deadline_after(t0, timeout);
         let mut stopping = Vec::new();
         {
             let mut states = self.lock();
             for (idx, st) in states.iter_mut().enumerate() {
-                st.stopping = true;
+                // A main process that already exited did so unasked: a crash, even if its
+                // supervisor hasn't noticed yet.
+                let exited_unasked = matches!(st.phase, Phase::Running | Phase::Ready)
+                    && st.pid.is_some_and(has_exited);
+                st.stopping = !exited_unasked;
+                st.stop_deadline = deadline;
                 if signal_locked(st, self.plans[idx].stop_signal.to_nix()) {
                     stopping.push(self.plans[idx].name.as_str());
                 }
             }
         }
+        self.changed.notify_all();
         if !stopping.is_empty() {
             self.output
                 .log(&format!("Stopping {}", stopping.join(", ")));
         }
-        let leaders_gone = |s: &[State]| s.iter().all(|st| !st.phase.is_live());
-        let (states, done) = self.wait_until(self.lock(), t0 + timeout, leaders_gone);
+        let all_done = |s: &[State]| {
+            s.iter().all(|st| {
+                !matches!(
+                    st.phase,
+                    Phase::Exiting(_) | Phase::Starting | Phase::Running | Phase::Ready
+                )
+            })
+        };
+        // First until every group is gone (escapees may still hold pipes open: the sweep
+        // below is for them), then until every supervisor has drained and reaped.
+        let groups_gone = |s: &[State]| {
+            s.iter().all(|st| match st.phase {
+                Phase::Starting | Phase::Running | Phase::Ready => false,
+                Phase::Exiting(_) => st.group_done,
+                _ => true,
+            })
+        };
+        let (states, done) = self.wait_until(self.lock(), deadline, groups_gone);
         if !done {
             let mut killed = Vec::new();
             for (idx, st) in states.iter().enumerate() {
@@ -464,34 +503,23 @@ impl Shared {
                 }
             }
             drop(states);
-            self.output.warn(&format!(
-                "{} did not stop within {:.1} s: killed with SIGKILL",
-                killed.join(", "),
-                timeout.as_secs_f64()
-            ));
-            let (_states, _) = self.wait_until(
-                self.lock(),
-                Instant::now() + Duration::from_secs(10),
-                leaders_gone,
-            );
+            if !killed.is_empty() {
+                self.output.warn(&format!(
+                    "{} did not stop within {:.1} s: killed with SIGKILL",
+                    killed.join(", "),
+                    timeout.as_secs_f64()
+                ));
+            }
         } else {
             drop(states);
         }
         // Processes that left their group (setsid, double fork) still carry the marker.
         sweep(&self.run.id);
-        let all_reaped = |s: &[State]| {
-            s.iter().all(|st| {
-                !matches!(
-                    st.phase,
-                    Phase::Exiting | Phase::Starting | Phase::Running | Phase::Ready
-                )
-            })
-        };
-        let _ = self.wait_until(self.lock(), Instant::now() + READER_DRAIN * 2, all_reaped);
+        let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
+        let _ = self.wait_until(self.lock(), grace, all_done);
         // Threads made in advance for services that never started: let them go.
         self.lock_workers().iter_mut().for_each(|w| *w = None);
-        let handles =
-            std::mem::take(&mut *self.supervisors.lock().unwrap_or_else(|e| e.into_inner()));
+        let handles = std::mem::take(&mut *self.lock_supervisors());
         for h in handles {
             let _ = h.join();
         }
@@ -504,9 +532,14 @@ impl Shared {
     }
 }
 
+/// `from + d`, or `None` (no deadline) if that is beyond what `Instant` can hold.
+pub(crate) fn deadline_after(from: Instant, d: Duration) -> Option<Instant> {
+    from.checked_add(d)
+}
+
 fn signal_locked(st: &State, signal: NixSignal) -> bool {
     match (st.phase, st.pid) {
-        (Phase::Running | Phase::Ready, Some(pid)) => {
+        (Phase::Running | Phase::Ready | Phase::Exiting(_), Some(pid)) => {
             killpg(Pid::from_raw(pid as i32), signal).is_ok()
         }
         _ => false,
@@ -581,11 +614,32 @@ fn supervise(shared: &Arc<Shared>, idx: usize, mut child: Child) {
             break;
         }
     }
-    shared.update(idx, |st| st.phase = Phase::Exiting);
-    // Whatever it left in its group dies with it; the leader is still unreaped, so the
-    // pgid can't have been reused.
+    let status = exit_status_unreaped(pid);
+    // Expected or not is decided now: a shutdown that starts during the drain below must
+    // not turn a crash into a clean stop.
+    let (expected, stop_deadline) = {
+        let mut states = shared.lock();
+        let st = &mut states[idx];
+        st.phase = Phase::Exiting(status);
+        st.exit_expected = st.stopping;
+        (st.stopping, st.stop_deadline)
+    };
+    shared.changed.notify_all();
+    if expected {
+        // Stopping: the rest of its group (a server under a wrapper shell, say) gets the
+        // remaining grace to finish. Nothing signals "group empty", so look at /proc now
+        // and then, reading output meanwhile.
+        while group_has_others(pid) && stop_deadline.is_none_or(|d| Instant::now() < d) {
+            let next = Instant::now() + GROUP_CHECK;
+            let wake = stop_deadline.map_or(next, |d| d.min(next));
+            poll_once(&mut out, &mut err, &checker, None, pid, Some(wake));
+        }
+    }
+    // Whatever is left of its group dies now; the leader is still unreaped, so the pgid
+    // can't have been reused.
     let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
     guardian::forget(pid);
+    shared.update(idx, |st| st.group_done = true);
     // Drain what it wrote before it died. A process that escaped the group may hold a
     // pipe open; don't wait for it forever.
     let deadline = Instant::now() + READER_DRAIN;
@@ -594,16 +648,8 @@ fn supervise(shared: &Arc<Shared>, idx: usize, mut child: Child) {
     }
     out.finish(&checker);
     err.finish(&checker);
-    let status = child
-        .wait()
-        .map(ExitStatus::from_std)
-        .unwrap_or(ExitStatus::Code(-1));
-
-    let unexpected = {
-        let st = &shared.lock()[idx];
-        st.was_ready && !st.stopping
-    };
-    if unexpected {
+    let status = child.wait().map(ExitStatus::from_std).unwrap_or(status);
+    if !expected && shared.lock()[idx].was_ready {
         // Said before the state changes, so whoever sees the crash also finds this line.
         shared
             .output
@@ -611,6 +657,53 @@ fn supervise(shared: &Arc<Shared>, idx: usize, mut child: Child) {
     }
     shared.update(idx, |st| st.phase = Phase::Exited(status));
     shared.output.store.mark_ended(idx);
+}
+
+/// How often a stopping service's group is looked at once its main process has exited.
+const GROUP_CHECK: Duration = Duration::from_millis(10);
+
+/// Whether a live process other than the (exited) leader is still in process group `pgid`.
+fn group_has_others(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|entry| {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        if pid == pgid {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // After the command name in parentheses: state, ppid, pgrp.
+        let mut fields = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .unwrap_or("")
+            .split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
+        pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
+    })
+}
+
+/// How an exited, not yet reaped, process ended (without reaping it).
+fn exit_status_unreaped(pid: u32) -> ExitStatus {
+    use nix::sys::wait::WaitStatus;
+    match waitid(
+        Id::Pid(Pid::from_raw(pid as i32)),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG,
+    ) {
+        Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => ExitStatus::Signaled(sig as i32),
+        _ => ExitStatus::Code(-1),
+    }
 }
 
 /// How often to look for the exit when the kernel has no pidfd (before Linux 5.3).

@@ -442,7 +442,8 @@ impl Tail {
 
     /// A blocking iterator over lines as they arrive; it ends when the service's output
     /// ends (or the bundle stops). The seed's `tail.follow(lines_back=2)` is
-    /// `logs.tail().lines_back(2).follow()`.
+    /// `logs.tail().lines_back(2).follow()`. A follow of the whole bundle's logs ends only
+    /// when the bundle stops, so run it on another thread than the one that stops it.
     pub fn follow(self) -> Follow {
         Follow {
             tail: self,
@@ -456,14 +457,18 @@ impl Tail {
         timeout: Duration,
         what: &str,
     ) -> Result<T> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             let mut pos = self.pos;
-            match self
-                .logs
-                .store
-                .next_batch(&self.logs.filter, &mut pos, Some(deadline))
-            {
+            let batch = if deadline.is_some_and(|d| Instant::now() >= d) {
+                // A backlog of lines must not stretch the timeout.
+                store::Batch::TimedOut
+            } else {
+                self.logs
+                    .store
+                    .next_batch(&self.logs.filter, &mut pos, deadline)
+            };
+            match batch {
                 store::Batch::Lines(lines) => {
                     for line in lines {
                         if let Some(hit) = found(&line) {

@@ -60,3 +60,33 @@ fn an_unreported_crash_fails_shutdown() {
     assert!(fragile.wait_exit(PATIENCE).is_some());
     assert!(matches!(b.shutdown(), Err(Error::ServiceExited { .. })));
 }
+
+/// A crash is still a crash when shutdown begins before its pipes are drained (here a
+/// daemon it left behind keeps its stdout open).
+#[test]
+fn a_crash_just_before_shutdown_is_still_reported() {
+    let p = Project::new("crash-then-stop");
+    let mut b = p.bundle();
+    b.add(
+        "Leaky",
+        sh(concat!(
+            "(setsid sh -c 'exec sleep 1000' &); ",
+            "echo READY; while [ ! -e die ]; do sleep 0.02; done; exit 3"
+        )),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let leaky = b.service("Leaky").unwrap();
+    let pid = leaky.pid().unwrap();
+    std::fs::write(p.path("die"), "").unwrap();
+    assert!(crate::common::wait_gone(pid, PATIENCE));
+    let err = b.shutdown().unwrap_err();
+    assert!(
+        matches!(&err, Error::ServiceExited { service, status: ExitStatus::Code(3), .. } if service == "Leaky"),
+        "{err:?}"
+    );
+    assert!(
+        b.check().is_err(),
+        "check() reports it every time, also after shutdown"
+    );
+}

@@ -242,3 +242,24 @@ fn a_million_lines_past_a_small_memory_limit_are_all_queryable_in_order() {
         .unwrap();
     assert_eq!(back.text(), "line 0000000");
 }
+
+/// A wait's timeout holds even while lines pour in faster than they are examined.
+#[test]
+fn a_timeout_holds_under_a_flood_of_lines() {
+    let p = Project::new("flood");
+    let mut b = p.bundle();
+    b.add(
+        "Flood",
+        sh("echo READY; exec yes 'a line that never matches'"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let err = b
+        .service("Flood")
+        .unwrap()
+        .logs()
+        .tail()
+        .until(|l| l == "never", Duration::from_millis(500))
+        .unwrap_err();
+    assert!(matches!(err, Error::WaitTimeout { .. }), "{err:?}");
+}

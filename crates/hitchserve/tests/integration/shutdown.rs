@@ -133,3 +133,45 @@ fn dropping_the_bundle_shuts_it_down() {
     }
     assert!(wait_gone(leader, PATIENCE));
 }
+
+/// A wrapper shell dies at once on SIGTERM; the server under it still gets the rest of the
+/// shutdown timeout to finish, instead of being SIGKILLed with its wrapper.
+#[test]
+fn the_group_keeps_its_grace_when_the_main_process_exits_first() {
+    let p = Project::new("wrapper");
+    let mut b = p.bundle();
+    b.add(
+        "Wrapped",
+        sh(concat!(
+            "sh -c 'trap \"sleep 0.2; echo graceful goodbye; exit 0\" TERM; ",
+            "sleep 1000 & echo READY; wait' & wait"
+        )),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    b.shutdown().unwrap();
+    let lines = b.service("Wrapped").unwrap().logs().out().lines();
+    assert!(lines.contains(&"graceful goodbye".to_owned()), "{lines:?}");
+    assert!(!b
+        .logs()
+        .err()
+        .lines()
+        .iter()
+        .any(|l| l.contains("killed with SIGKILL")));
+}
+
+/// Timeouts as long as `Duration::MAX` mean "no limit", never an overflow.
+#[test]
+fn unlimited_timeouts_are_accepted() {
+    let p = Project::new("maxtimeouts");
+    let mut b = hitchserve::Bundle::new(&p.dir)
+        .startup_timeout(Duration::MAX)
+        .shutdown_timeout(Duration::MAX);
+    b.add("Svc", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let svc = b.service("Svc").unwrap();
+    let mut tail = svc.logs().tail().lines_back(1);
+    assert_eq!(tail.next_line(Duration::MAX).unwrap().text(), "READY");
+    b.shutdown().unwrap();
+    assert!(svc.wait_exit(Duration::MAX).is_some());
+}

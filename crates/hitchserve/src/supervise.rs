@@ -627,9 +627,12 @@ fn supervise(shared: &Arc<Shared>, idx: usize, mut child: Child) {
     shared.changed.notify_all();
     if expected {
         // Stopping: the rest of its group (a server under a wrapper shell, say) gets the
-        // remaining grace to finish. Nothing signals "group empty", so look at /proc now
-        // and then, reading output meanwhile.
-        while group_has_others(pid) && stop_deadline.is_none_or(|d| Instant::now() < d) {
+        // remaining grace to finish. Nothing signals "group empty": when both pipes have
+        // closed, whoever held them is gone; otherwise look at /proc now and then.
+        while (out.is_open() || err.is_open())
+            && group_has_others(pid)
+            && stop_deadline.is_none_or(|d| Instant::now() < d)
+        {
             let next = Instant::now() + GROUP_CHECK;
             let wake = stop_deadline.map_or(next, |d| d.min(next));
             poll_once(&mut out, &mut err, &checker, None, pid, Some(wake));

@@ -13,6 +13,8 @@
 //!   peak RSS (measured in a child process of its own) against the bytes held; baseline:
 //!   the same producer piped into a plain line reader.
 //! - W4: 10 services that trap SIGTERM and exit 0.1 s later: shutdown time.
+//! - W5: 1,000,000 `time.time()` calls in a Python service: on real time, under
+//!   hitchserve's time travel (after a jump), and under libfaketime's default cached mode.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -59,9 +61,11 @@ fn project() -> std::path::PathBuf {
 }
 
 fn quiet_bundle(dir: &std::path::Path) -> Bundle {
+    // W1-W4 measure the core: services on real time, like their baselines.
     let b = Bundle::new(dir)
         .startup_timeout(Duration::from_secs(60))
-        .shutdown_timeout(Duration::from_secs(10));
+        .shutdown_timeout(Duration::from_secs(10))
+        .without_time_travel();
     // stdout carries the JSON figures: keep the service lines off it.
     b.start_interactive_mode();
     b
@@ -311,6 +315,67 @@ fn w3(dir: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Er
     }))
 }
 
+const W5_PY: &str = "import time\nt = time.perf_counter()\nf = time.time\nfor _ in range(1_000_000): f()\nprint('ELAPSED %.6f' % (time.perf_counter() - t), flush=True)\ntime.sleep(1000)";
+const W5_RUNS: usize = 5;
+
+/// Seconds for 1M `time.time()` calls in a service set up by `make`.
+fn w5_once(
+    dir: &std::path::Path,
+    faked: bool,
+    make: impl Fn(Service) -> Service,
+) -> Result<f64, hitchserve::Error> {
+    let mut b = Bundle::new(dir).startup_timeout(Duration::from_secs(60));
+    b.start_interactive_mode();
+    b.add("Py", make(Service::new(["python3", "-c", W5_PY])))?;
+    if faked {
+        b.time_travel(Duration::from_secs(2 * 86_400))?;
+    }
+    let mut tail = b.logs().out().tail();
+    b.startup()?;
+    let line = tail.until(|l| l.starts_with("ELAPSED "), Duration::from_secs(120))?;
+    let secs = line.text()["ELAPSED ".len()..]
+        .trim()
+        .parse()
+        .unwrap_or(f64::NAN);
+    b.shutdown()?;
+    Ok(secs)
+}
+
+fn w5(dir: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let libfaketime = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .ok_or("W5 needs libfaketime (apt-get install faketime)")?;
+    let rc = dir.join("w5-faketime.rc");
+    std::fs::write(&rc, "+172800\n")?;
+    let (mut real, mut ours, mut cached) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..W5_RUNS {
+        real.push(w5_once(dir, false, |s| s.no_libfaketime())?);
+        ours.push(w5_once(dir, true, |s| s)?);
+        cached.push(w5_once(dir, false, |s| {
+            s.no_libfaketime()
+                .env("LD_PRELOAD", libfaketime)
+                .env("FAKETIME_TIMESTAMP_FILE", &rc)
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        })?);
+    }
+    let (r, o, c) = (
+        percentile(real, 0.5),
+        percentile(ours, 0.5),
+        percentile(cached, 0.5),
+    );
+    Ok(json!({
+        "workload": "W5", "what": "1M time.time() calls in Python (median of runs, seconds)",
+        "runs": W5_RUNS,
+        "real_time_s": r, "hitchserve_faked_s": o, "libfaketime_cached_s": c,
+        "faked_vs_cached": o / c, "faked_vs_real": o / r,
+        "target": "faked <= 2x libfaketime cached mode",
+    }))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     if let Some("W3-once") = args.next().as_deref() {
@@ -340,6 +405,9 @@ fn run_all() -> Result<(), Box<dyn std::error::Error>> {
     }
     if run("W4") {
         println!("{}", w4(&dir)?);
+    }
+    if run("W5") {
+        println!("{}", w5(&dir)?);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -19,6 +19,7 @@ use crate::rundir::RunDir;
 use crate::service::Service;
 use crate::signal::{ExitStatus, Signal};
 use crate::supervise::{deadline_after, Output, Phase, Plan, Shared, State, MARKER_VAR};
+use crate::timetravel::{describe_jump, show, Clock};
 
 /// How many of a service's last lines an error message carries.
 const LAST_LINES: usize = 20;
@@ -49,6 +50,8 @@ pub struct Bundle {
     output: Arc<Output>,
     shared: Option<Arc<Shared>>,
     stopped: bool,
+    time_travel: bool,
+    clock: Clock,
 }
 
 impl Bundle {
@@ -63,6 +66,8 @@ impl Bundle {
             output: Arc::new(Output::new()),
             shared: None,
             stopped: false,
+            time_travel: true,
+            clock: Clock::new(),
         }
     }
 
@@ -139,7 +144,24 @@ impl Bundle {
             source,
         })?;
         let run = RunDir::allocate(&project);
-        let plans = self.plan(&project, &run.id)?;
+        let mut plans = self.plan(&project, &run.id)?;
+        let faked: Vec<&str> = plans
+            .iter()
+            .filter(|p| p.faked)
+            .map(|p| p.name.as_str())
+            .collect();
+        let clock = if faked.is_empty() {
+            None
+        } else {
+            let paths = Clock::plan(&project, &run.path, &faked)?;
+            for plan in plans.iter_mut().filter(|p| p.faked) {
+                paths.apply(&mut plan.env);
+            }
+            Some(paths)
+        };
+        if let Some(paths) = clock {
+            self.clock.start(paths)?;
+        }
         guardian::add_run(&run.id).map_err(|source| Error::Io {
             context:
                 "could not start the guardian process (/bin/sh) that cleans up after a killed test"
@@ -255,6 +277,7 @@ impl Bundle {
                 needs,
                 ready: svc.ready.clone(),
                 stop_signal: svc.stop_signal,
+                faked: self.time_travel && !svc.no_libfaketime,
                 out: self.output.store.source(Some(idx), name, Stream::Stdout),
                 err: self.output.store.source(Some(idx), name, Stream::Stderr),
             });
@@ -346,6 +369,61 @@ impl Bundle {
                 })
                 .collect(),
         }
+    }
+
+    /// Run every service on real time: no libfaketime anywhere, and time travel is off.
+    pub fn without_time_travel(mut self) -> Bundle {
+        self.time_travel = false;
+        self
+    }
+
+    /// Move every faked service's clock forward by `by` (jumps add up). Seen by the
+    /// services on their very next clock read; their clocks keep ticking from there.
+    ///
+    /// ```no_run
+    /// # fn demo(bundle: &hitchserve::Bundle) -> hitchserve::Result<()> {
+    /// use std::time::Duration;
+    /// bundle.time_travel(Duration::from_secs(30 * 24 * 3600))?; // 30 days later
+    /// println!("the services think it is {}", bundle.now());
+    /// # Ok(()) }
+    /// ```
+    pub fn time_travel(&self, by: Duration) -> Result<()> {
+        self.jump(|clock| clock.advance(by))
+    }
+
+    /// Make every faked service's clock say `moment` now (and tick on from there).
+    ///
+    /// ```no_run
+    /// # fn demo(bundle: &hitchserve::Bundle) -> hitchserve::Result<()> {
+    /// let new_year: hitchserve::jiff::Timestamp = "2030-01-01T09:00:00Z".parse().unwrap();
+    /// bundle.time_travel_to(new_year)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn time_travel_to(&self, moment: jiff::Timestamp) -> Result<()> {
+        self.jump(|clock| clock.set_now(moment))
+    }
+
+    fn jump(&self, how: impl FnOnce(&Clock) -> Result<i128>) -> Result<()> {
+        if !self.time_travel {
+            return Err(Error::TimeTravelDisabled);
+        }
+        if let Some(shared) = &self.shared {
+            report_crash(shared, None, true)?;
+        }
+        let from = self.clock.now();
+        how(&self.clock)?;
+        let to = self.clock.now();
+        self.log(format!(
+            "Time travelling to {} ({})",
+            describe_jump(from, to),
+            show(to)
+        ));
+        Ok(())
+    }
+
+    /// What time the faked services think it is.
+    pub fn now(&self) -> jiff::Timestamp {
+        self.clock.now()
     }
 
     /// Print a message among the service lines, as `[Hitch] message`, and store it.

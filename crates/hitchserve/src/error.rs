@@ -182,6 +182,23 @@ pub enum Error {
         last_lines: Vec<String>,
     },
 
+    /// Some service is to run with fake time, and libfaketime is not installed.
+    #[error("services {} run with fake time, but libfaketime was not found (looked at {}): install the `faketime` package (apt-get install faketime), point HITCHSERVE_LIBFAKETIME at libfaketime.so.1, or opt out with Service::no_libfaketime() or Bundle::without_time_travel()", services.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "), searched.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", "))]
+    LibfaketimeMissing {
+        /// The services that would use it.
+        services: Vec<String>,
+        /// Where we looked.
+        searched: Vec<PathBuf>,
+    },
+
+    /// Time travel on a bundle built with `Bundle::without_time_travel`.
+    #[error("time travel is off for this bundle (Bundle::without_time_travel): remove that to travel in time")]
+    TimeTravelDisabled,
+
+    /// A moment too far from now for the clock offset (about ±292 years).
+    #[error("that moment is too far from now to travel to (at most about 292 years either way)")]
+    TimeOutOfRange,
+
     /// `startup` was called twice, or services were added after it.
     #[error("the bundle was already started: define every service before calling startup, and call it once")]
     AlreadyStarted,

@@ -40,6 +40,7 @@ mod rundir;
 mod service;
 mod signal;
 mod supervise;
+mod timetravel;
 
 pub use bundle::{Bundle, LogStats, ServiceHandle};
 pub use error::{Error, NotReady, Result};
@@ -47,6 +48,9 @@ pub use logs::{LogLine, Logs, Stream, Tail};
 pub use readiness::Ready;
 pub use service::Service;
 pub use signal::{ExitStatus, ParseSignalError, Signal};
+
+/// The time crate whose `Timestamp` [`Bundle::now`] and [`Bundle::time_travel_to`] use.
+pub use jiff;
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[doc = include_str!("../../../README.md")]

@@ -30,6 +30,7 @@ pub struct Service {
     pub(crate) env: Vec<(OsString, Option<OsString>)>,
     pub(crate) needs: Vec<String>,
     pub(crate) stop_signal: Signal,
+    pub(crate) no_libfaketime: bool,
 }
 
 impl Service {
@@ -47,6 +48,7 @@ impl Service {
             env: Vec::new(),
             needs: Vec::new(),
             stop_signal: Signal::SIGTERM,
+            no_libfaketime: false,
         }
     }
 
@@ -101,6 +103,13 @@ impl Service {
         S: Into<String>,
     {
         self.needs.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Run this service on real time: no libfaketime, so time travel doesn't touch it.
+    /// For programs libfaketime upsets (the seed names node.js and Java on some platforms).
+    pub fn no_libfaketime(mut self) -> Service {
+        self.no_libfaketime = true;
         self
     }
 

@@ -112,6 +112,8 @@ pub(crate) struct Plan {
     pub needs: Vec<usize>,
     pub ready: Ready,
     pub stop_signal: Signal,
+    /// Runs under the bundle's fake clock.
+    pub faked: bool,
     pub out: Arc<Source>,
     pub err: Arc<Source>,
 }
@@ -457,6 +459,16 @@ impl Shared {
     pub(crate) fn stop_all(&self, timeout: Duration) {
         let t0 = Instant::now();
         let deadline = deadline_after(t0, timeout);
+        // libfaketime leaves a file in /dev/shm for each process killed by a signal: note
+        // every process of the run now, to clean up after them once they are gone.
+        let faked_pids = if self.plans.iter().any(|p| p.faked) {
+            let mut pids =
+                marked_pids(&format!("{MARKER_VAR}={}", self.run.id), std::process::id());
+            pids.extend(self.lock().iter().filter_map(|st| st.pid));
+            pids
+        } else {
+            Vec::new()
+        };
         let mut stopping = Vec::new();
         {
             let mut states = self.lock();
@@ -524,6 +536,7 @@ impl Shared {
             let _ = h.join();
         }
         guardian::remove_run(&self.run.id);
+        crate::timetravel::remove_shm_leftovers(&faked_pids);
         if !stopping.is_empty() {
             self.output
                 .log(&format!("Stopped in {:.2} s", t0.elapsed().as_secs_f64()));

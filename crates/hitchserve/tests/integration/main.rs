@@ -14,3 +14,4 @@ mod parallel_bundles;
 mod shutdown;
 mod startup;
 mod startup_failures;
+mod time_travel;

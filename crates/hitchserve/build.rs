@@ -1,0 +1,28 @@
+//! Builds the time-travel shim (`src/timetravel/shim.c`) into a shared library that the
+//! crate embeds and writes out at run time. Needs a C compiler (`$CC`, else `cc`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    let src = "src/timetravel/shim.c";
+    println!("cargo:rerun-if-changed={src}");
+    println!("cargo:rerun-if-env-changed=CC");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let so = out.join("hitchserve-timeshim.so");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let status = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-o"])
+        .arg(&so)
+        .arg(src)
+        .arg("-ldl")
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("building the time-travel shim with `{cc}` failed ({s})"),
+        Err(e) => panic!(
+            "hitchserve needs a C compiler to build its time-travel shim: `{cc}` could not run \
+             ({e}); install gcc or clang, or set CC"
+        ),
+    }
+}

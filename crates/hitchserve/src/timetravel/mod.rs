@@ -1,0 +1,323 @@
+//! Time travel: every faked service believes the clock says what the bundle says.
+//!
+//! Owns the bundle's clock offset, its two run-directory files, and the environment that
+//! makes a service faked. libfaketime (Debian's `faketime` package) is preloaded into each
+//! faked service and reads a relative offset from `<run>/faketime.rc`; a small shim of ours
+//! (`shim.c`), preloaded just before it, serves wall-clock reads from `<run>/clock.offset`,
+//! 8 bytes of shared memory, so a jump shows on the very next read at no cost per read.
+//!
+//! What a faked service sees: `CLOCK_REALTIME` (`time.time()`, `datetime.now()`, `now()`
+//! in SQL) moves with every jump and keeps ticking; `CLOCK_MONOTONIC` is never faked, so
+//! timeouts, sleeps and `time.monotonic()` behave as without time travel. Programs that
+//! ignore `LD_PRELOAD` (Go binaries, static or setuid ones) keep real time.
+//!
+//! Invariant: both files exist and say the current offset before any service starts, so
+//! a user's `~/.faketimerc` or `/etc/faketimerc` never applies.
+
+use std::ffi::{OsStr, OsString};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jiff::Timestamp;
+
+use crate::error::{Error, Result};
+
+/// The shim, built by `build.rs`.
+const SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hitchserve-timeshim.so"));
+
+/// Environment variable that overrides where libfaketime is.
+pub(crate) const LIBFAKETIME_VAR: &str = "HITCHSERVE_LIBFAKETIME";
+
+/// Variables of libfaketime's that would change what we set up: never inherited.
+const FOREIGN_VARS: [&str; 5] = [
+    "FAKETIME",
+    "FAKETIME_CACHE_DURATION",
+    "FAKETIME_FOLLOW_FILE",
+    "FAKETIME_START_AFTER_SECONDS",
+    "FAKETIME_START_AFTER_NUMCALLS",
+];
+
+/// The bundle's clock: an offset from real time, in nanoseconds.
+pub(crate) struct Clock {
+    offset_ns: Mutex<i128>,
+    live: Mutex<Option<LiveFiles>>,
+}
+
+/// Where a started bundle keeps its offset.
+pub(crate) struct ClockPaths {
+    pub offset_file: PathBuf,
+    pub faketime_file: PathBuf,
+    pub libfaketime: PathBuf,
+    pub shim: PathBuf,
+}
+
+struct LiveFiles {
+    paths: ClockPaths,
+    map: SharedOffset,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Clock {
+        Clock {
+            offset_ns: Mutex::new(0),
+            live: Mutex::new(None),
+        }
+    }
+
+    fn offset(&self) -> i128 {
+        *self.offset_ns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The faked current time.
+    pub(crate) fn now(&self) -> Timestamp {
+        let real = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        Timestamp::from_nanosecond(real + self.offset()).unwrap_or(Timestamp::MAX)
+    }
+
+    /// Set the offset so that now is `moment`; returns the new offset.
+    pub(crate) fn set_now(&self, moment: Timestamp) -> Result<i128> {
+        let real = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        self.set_offset(moment.as_nanosecond() - real)
+    }
+
+    /// Move forward by `by`; returns the new offset.
+    pub(crate) fn advance(&self, by: Duration) -> Result<i128> {
+        let by = i128::try_from(by.as_nanos()).unwrap_or(i128::MAX);
+        self.set_offset(self.offset().saturating_add(by))
+    }
+
+    fn set_offset(&self, offset: i128) -> Result<i128> {
+        let offset = i64::try_from(offset).map_err(|_| Error::TimeOutOfRange)?;
+        let mut current = self.offset_ns.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(live) = self.live.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            write_faketime_file(&live.paths.faketime_file, offset)?;
+            live.map.store(offset);
+        }
+        *current = i128::from(offset);
+        Ok(*current)
+    }
+
+    /// Find libfaketime and decide where the run's files go; nothing is written yet.
+    pub(crate) fn plan(project: &Path, run_dir: &Path, services: &[&str]) -> Result<ClockPaths> {
+        let libfaketime = find_libfaketime().map_err(|searched| Error::LibfaketimeMissing {
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+            searched,
+        })?;
+        Ok(ClockPaths {
+            offset_file: run_dir.join("clock.offset"),
+            faketime_file: run_dir.join("faketime.rc"),
+            libfaketime,
+            shim: shim_path(project),
+        })
+    }
+
+    /// Write the shim and both offset files (services may start right after).
+    pub(crate) fn start(&self, paths: ClockPaths) -> Result<()> {
+        let io = |what: &str, path: &Path| {
+            let context = format!("could not write {what} `{}`", path.display());
+            move |source| Error::Io { context, source }
+        };
+        install_shim(&paths.shim).map_err(io("the time-travel shim", &paths.shim))?;
+        if let Some(dir) = paths.offset_file.parent() {
+            std::fs::create_dir_all(dir).map_err(io("the run directory", dir))?;
+        }
+        let offset = i64::try_from(self.offset()).map_err(|_| Error::TimeOutOfRange)?;
+        write_faketime_file(&paths.faketime_file, offset)?;
+        let map = SharedOffset::create(&paths.offset_file, offset)
+            .map_err(io("the clock offset", &paths.offset_file))?;
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(LiveFiles { paths, map });
+        Ok(())
+    }
+}
+
+impl ClockPaths {
+    /// Make `env` (a service's whole environment) run under the bundle's clock.
+    pub(crate) fn apply(&self, env: &mut Vec<(OsString, OsString)>) {
+        env.retain(|(k, _)| !FOREIGN_VARS.iter().any(|v| k == v));
+        // Ours first, then libfaketime, then whatever the service preloaded already.
+        let mut preload = OsString::from(&self.shim);
+        preload.push(":");
+        preload.push(&self.libfaketime);
+        if let Some((_, user)) = env.iter().find(|(k, _)| k == "LD_PRELOAD") {
+            if !user.is_empty() {
+                preload.push(":");
+                preload.push(user);
+            }
+        }
+        let mut set = |k: &str, v: &OsStr| {
+            env.retain(|(key, _)| key != k);
+            env.push((k.into(), v.to_owned()));
+        };
+        set("LD_PRELOAD", &preload);
+        set("HITCHSERVE_CLOCK_OFFSET", self.offset_file.as_os_str());
+        set("FAKETIME_TIMESTAMP_FILE", self.faketime_file.as_os_str());
+        set("FAKETIME_NO_CACHE", OsStr::new("1"));
+        set("FAKETIME_DONT_FAKE_MONOTONIC", OsStr::new("1"));
+    }
+}
+
+/// libfaketime's relative form, e.g. `+172800.000000000`: validated by construction (garbage
+/// in this file makes a faked process exit). Replaced atomically.
+fn write_faketime_file(path: &Path, offset_ns: i64) -> Result<()> {
+    let sign = if offset_ns < 0 { '-' } else { '+' };
+    let abs = offset_ns.unsigned_abs();
+    let text = format!("{sign}{}.{:09}\n", abs / 1_000_000_000, abs % 1_000_000_000);
+    let tmp = path.with_extension("rc.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|source| Error::Io {
+            context: format!("could not write the time offset to `{}`", path.display()),
+            source,
+        })
+}
+
+fn find_libfaketime() -> std::result::Result<PathBuf, Vec<PathBuf>> {
+    if let Some(path) = std::env::var_os(LIBFAKETIME_VAR) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(vec![path])
+        };
+    }
+    let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
+    let candidates: Vec<PathBuf> = [
+        format!("/usr/lib/{multiarch}/faketime/libfaketime.so.1"),
+        "/usr/lib/faketime/libfaketime.so.1".to_owned(),
+        "/usr/lib64/faketime/libfaketime.so.1".to_owned(),
+        "/usr/local/lib/faketime/libfaketime.so.1".to_owned(),
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .collect();
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(candidates)
+}
+
+/// The shim's path: in the project's `.hitchserve`, named after its content so different
+/// builds never overwrite each other's.
+fn shim_path(project: &Path) -> PathBuf {
+    // FNV-1a: stable across builds and platforms.
+    let hash = SHIM.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    project
+        .join(".hitchserve")
+        .join("lib")
+        .join(format!("timeshim-{hash:016x}.so"))
+}
+
+fn install_shim(path: &Path) -> std::io::Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == SHIM.len() as u64) {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    std::fs::write(&tmp, SHIM)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The 8-byte offset file, mapped shared: a store here is what every faked process reads.
+struct SharedOffset {
+    ptr: NonNull<std::ffi::c_void>,
+}
+
+// SAFETY: the mapping is only accessed through an `AtomicI64`, from any thread.
+unsafe impl Send for SharedOffset {}
+// SAFETY: as above; concurrent atomic stores are fine.
+unsafe impl Sync for SharedOffset {}
+
+impl SharedOffset {
+    fn create(path: &Path, offset: i64) -> std::io::Result<SharedOffset> {
+        use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        std::fs::write(path, offset.to_ne_bytes())?;
+        let len = std::num::NonZeroUsize::new(8).ok_or_else(|| std::io::Error::other("size"))?;
+        // SAFETY: a fresh shared mapping of a file we just sized to 8 bytes.
+        let ptr = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                file.as_fd(),
+                0,
+            )
+        }
+        .map_err(std::io::Error::from)?;
+        Ok(SharedOffset { ptr })
+    }
+
+    fn store(&self, offset: i64) {
+        // SAFETY: the mapping is 8 bytes, page-aligned, and lives as long as `self`.
+        let atomic = unsafe { AtomicI64::from_ptr(self.ptr.as_ptr().cast()) };
+        atomic.store(offset, Ordering::SeqCst);
+    }
+}
+
+impl Drop for SharedOffset {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `create` mapped, once.
+        unsafe {
+            let _ = nix::sys::mman::munmap(self.ptr, 8);
+        }
+    }
+}
+
+/// "2 days from now", "3 hours ago": how a jump reads in the log.
+pub(crate) fn describe_jump(from: Timestamp, to: Timestamp) -> String {
+    let secs = (to.as_nanosecond() - from.as_nanosecond()) / 1_000_000_000;
+    let (n, ago) = (secs.unsigned_abs(), secs < 0);
+    let (amount, unit) = match n {
+        0..=59 => (n, "second"),
+        60..=3599 => (n / 60, "minute"),
+        3600..=86_399 => (n / 3600, "hour"),
+        _ => (n / 86_400, "day"),
+    };
+    if n == 0 {
+        return "now".to_owned();
+    }
+    let plural = if amount == 1 { "" } else { "s" };
+    let when = if ago { "ago" } else { "from now" };
+    format!("{amount} {unit}{plural} {when}")
+}
+
+/// A moment as the log shows it: local time if the system knows its zone, else UTC.
+pub(crate) fn show(moment: Timestamp) -> String {
+    let zoned = moment.to_zoned(jiff::tz::TimeZone::system());
+    zoned.strftime("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// Remove the files libfaketime leaves in `/dev/shm` for these processes, once each is gone
+/// (it only removes them itself when a process exits normally).
+pub(crate) fn remove_shm_leftovers(pids: &[u32]) {
+    for &pid in pids {
+        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "Z" || state == "X")
+        });
+        if gone {
+            let _ = std::fs::remove_file(format!("/dev/shm/faketime_shm_{pid}"));
+            let _ = std::fs::remove_file(format!("/dev/shm/sem.faketime_sem_{pid}"));
+        }
+    }
+}

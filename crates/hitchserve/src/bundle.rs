@@ -15,6 +15,7 @@ use crate::error::{Error, NotReady, Result};
 use crate::guardian;
 use crate::logfiles::LogFiles;
 use crate::logs::{Logs, Stream};
+use crate::process::Process;
 use crate::rundir::RunDir;
 use crate::service::Service;
 use crate::signal::{ExitStatus, Signal};
@@ -467,6 +468,52 @@ impl Bundle {
         Logs::new(Arc::clone(&self.output.store), None)
     }
 
+    /// Every running service with its process tree, memory and CPU time: the bundle's
+    /// `ps`. Its `Display` is a compact text tree.
+    pub fn pstree(&self) -> Result<ProcessTree> {
+        let shared = self.running()?;
+        let mut services = Vec::new();
+        for (idx, plan) in shared.plans.iter().enumerate() {
+            let pid = {
+                let states = shared.lock();
+                match states[idx].phase {
+                    Phase::Running | Phase::Ready => states[idx].pid,
+                    _ => None,
+                }
+            };
+            let mut processes = Vec::new();
+            if let Some(root) = pid.and_then(|p| Process::new(p).ok()) {
+                let mut all = vec![(0, root.clone())];
+                let mut stack = vec![(root, 0usize)];
+                while let Some((p, depth)) = stack.pop() {
+                    let kids = p.children(false).unwrap_or_default();
+                    for kid in kids.into_iter().rev() {
+                        stack.push((kid.clone(), depth + 1));
+                    }
+                    if depth > 0 {
+                        all.push((depth, p));
+                    }
+                }
+                for (depth, p) in all {
+                    let Ok(mem) = p.memory_info() else { continue };
+                    let cpu = p.cpu_times().map(|c| c.user + c.system).unwrap_or_default();
+                    processes.push(TreeProcess {
+                        depth,
+                        pid: p.pid(),
+                        command: p.cmdline().unwrap_or_default().join(" "),
+                        rss: mem.rss,
+                        cpu,
+                    });
+                }
+            }
+            services.push(TreeService {
+                name: plan.name.clone(),
+                processes,
+            });
+        }
+        Ok(ProcessTree { services })
+    }
+
     /// How many log lines the bundle holds, and how many bytes of them are in memory (the
     /// rest are read back from `all.log` when asked for).
     pub fn log_stats(&self) -> LogStats {
@@ -617,6 +664,12 @@ impl ServiceHandle {
             Phase::Running | Phase::Ready => st.pid,
             _ => None,
         }
+    }
+
+    /// Its main process, to inspect or signal (see [`Process`]).
+    pub fn process(&self) -> Result<Process> {
+        let pid = self.pid().ok_or(Error::NotRunning)?;
+        Process::new(pid)
     }
 
     /// Whether its main process is still running.
@@ -871,4 +924,60 @@ pub struct LogStats {
     pub bytes_in_memory: usize,
     /// The limit set by [`Bundle::log_memory_limit`].
     pub memory_limit: usize,
+}
+
+/// Every service's processes, from [`Bundle::pstree`].
+#[derive(Debug, Clone)]
+pub struct ProcessTree {
+    /// One entry per service, in definition order.
+    pub services: Vec<TreeService>,
+}
+
+/// A service in a [`ProcessTree`].
+#[derive(Debug, Clone)]
+pub struct TreeService {
+    /// Its name.
+    pub name: String,
+    /// Its main process first, then its descendants depth first; empty if it isn't running.
+    pub processes: Vec<TreeProcess>,
+}
+
+/// A process in a [`ProcessTree`].
+#[derive(Debug, Clone)]
+pub struct TreeProcess {
+    /// 0 for the service's main process, 1 for its children, ...
+    pub depth: usize,
+    /// Its pid.
+    pub pid: u32,
+    /// Its command line.
+    pub command: String,
+    /// Resident memory, bytes.
+    pub rss: u64,
+    /// CPU time used so far.
+    pub cpu: Duration,
+}
+
+impl std::fmt::Display for ProcessTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for svc in &self.services {
+            if svc.processes.is_empty() {
+                writeln!(f, "{} (not running)", svc.name)?;
+                continue;
+            }
+            writeln!(f, "{}", svc.name)?;
+            for p in &svc.processes {
+                writeln!(
+                    f,
+                    "  {:indent$}{} {} (rss {:.1} MiB, cpu {:.2} s)",
+                    "",
+                    p.pid,
+                    p.command,
+                    p.rss as f64 / (1024.0 * 1024.0),
+                    p.cpu.as_secs_f64(),
+                    indent = p.depth * 2
+                )?;
+            }
+        }
+        Ok(())
+    }
 }

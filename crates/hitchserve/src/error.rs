@@ -199,6 +199,24 @@ pub enum Error {
     #[error("that moment is too far from now to travel to (at most about 292 years either way)")]
     TimeOutOfRange,
 
+    /// The process has ended (or its pid now belongs to another process).
+    #[error("process {pid} no longer exists")]
+    NoSuchProcess {
+        /// Its pid.
+        pid: u32,
+    },
+
+    /// Something about a process could not be read or done (e.g. permission denied).
+    #[error("could not get the {what} of process {pid}: {message}")]
+    ProcessInfo {
+        /// Its pid.
+        pid: u32,
+        /// What was asked.
+        what: &'static str,
+        /// Why it failed.
+        message: String,
+    },
+
     /// `startup` was called twice, or services were added after it.
     #[error("the bundle was already started: define every service before calling startup, and call it once")]
     AlreadyStarted,

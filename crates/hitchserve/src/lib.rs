@@ -35,6 +35,7 @@ mod error;
 mod guardian;
 mod logfiles;
 mod logs;
+mod process;
 mod readiness;
 mod rundir;
 mod service;
@@ -42,9 +43,13 @@ mod signal;
 mod supervise;
 mod timetravel;
 
-pub use bundle::{Bundle, LogStats, ServiceHandle};
+pub use bundle::{Bundle, LogStats, ProcessTree, ServiceHandle, TreeProcess, TreeService};
 pub use error::{Error, NotReady, Result};
 pub use logs::{LogLine, Logs, Stream, Tail};
+pub use process::{
+    Connection, ConnectionKind, CpuTimes, CtxSwitches, Ids, IoCounters, MemoryInfo, OpenFile,
+    Process, Resource, Rlimit, Status, ThreadInfo,
+};
 pub use readiness::Ready;
 pub use service::Service;
 pub use signal::{ExitStatus, ParseSignalError, Signal};

@@ -11,6 +11,7 @@ mod log_queries;
 mod log_store;
 mod orphans;
 mod parallel_bundles;
+mod process_api;
 mod shutdown;
 mod startup;
 mod startup_failures;

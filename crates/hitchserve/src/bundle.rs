@@ -19,6 +19,7 @@ use crate::process::Process;
 use crate::rundir::RunDir;
 use crate::service::Service;
 use crate::signal::{ExitStatus, Signal};
+use crate::subcommand::Subcommand;
 use crate::supervise::{deadline_after, Output, Phase, Plan, Shared, State, MARKER_VAR};
 use crate::timetravel::{describe_jump, show, Clock};
 
@@ -666,6 +667,21 @@ impl ServiceHandle {
         }
     }
 
+    /// A command to run in this service's environment, directory and fake time.
+    pub fn subcommand<I, S>(&self, argv: I) -> Subcommand
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString>,
+    {
+        let plan = &self.shared.plans[self.idx];
+        Subcommand::new(
+            &plan.name,
+            argv.into_iter().map(Into::into).collect(),
+            plan.dir.clone(),
+            plan.env.clone(),
+        )
+    }
+
     /// Its main process, to inspect or signal (see [`Process`]).
     pub fn process(&self) -> Result<Process> {
         let pid = self.pid().ok_or(Error::NotRunning)?;
@@ -770,7 +786,7 @@ fn service_env(
 
 /// Find the program as exec would: a path with `/` from the service's directory, otherwise
 /// on the service's `PATH`. The error text says where we looked.
-fn resolve_program(
+pub(crate) fn resolve_program(
     program: &OsStr,
     dir: &Path,
     path_var: Option<&OsStr>,

@@ -217,6 +217,19 @@ pub enum Error {
         message: String,
     },
 
+    /// A sub-command exited with a failure.
+    #[error("sub-command `{command}` of service `{service}` failed ({status}){}", if stderr.is_empty() { String::new() } else { format!("; its stderr:\n{}", stderr.trim_end()) })]
+    SubcommandFailed {
+        /// The service it ran for.
+        service: String,
+        /// The command line.
+        command: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// What it wrote to stderr, when captured.
+        stderr: String,
+    },
+
     /// `startup` was called twice, or services were added after it.
     #[error("the bundle was already started: define every service before calling startup, and call it once")]
     AlreadyStarted,

@@ -40,6 +40,7 @@ mod readiness;
 mod rundir;
 mod service;
 mod signal;
+mod subcommand;
 mod supervise;
 mod timetravel;
 
@@ -53,6 +54,7 @@ pub use process::{
 pub use readiness::Ready;
 pub use service::Service;
 pub use signal::{ExitStatus, ParseSignalError, Signal};
+pub use subcommand::{Output, Subcommand};
 
 /// The time crate whose `Timestamp` [`Bundle::now`] and [`Bundle::time_travel_to`] use.
 pub use jiff;

@@ -15,4 +15,5 @@ mod process_api;
 mod shutdown;
 mod startup;
 mod startup_failures;
+mod subcommands;
 mod time_travel;

@@ -1,0 +1,213 @@
+//! Sub-commands: programs run in a service's environment — its variables, directory, fake
+//! clock and marker — such as `manage.py`, `psql` or `redis-cli`.
+//!
+//! Owns the `Subcommand` builder. A sub-command carries the run's marker, so one still
+//! running at shutdown is swept with the services. The caller's working directory is never
+//! touched: only the child's is set.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+use crate::signal::ExitStatus;
+
+/// A command to run like the service it belongs to; from
+/// [`ServiceHandle::subcommand`](crate::ServiceHandle::subcommand).
+///
+/// ```no_run
+/// # fn demo(bundle: &hitchserve::Bundle) -> hitchserve::Result<()> {
+/// let django = bundle.service("Django")?;
+/// django.subcommand(["python3", "manage.py", "migrate"]).run()?;
+/// let out = django.subcommand(["python3", "manage.py", "shell"])
+///     .stdin("print(1 + 1)")
+///     .output()?;
+/// assert_eq!(out.stdout_text().trim(), "2");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Subcommand {
+    service: String,
+    argv: Vec<OsString>,
+    dir: PathBuf,
+    env: Vec<(OsString, OsString)>,
+    stdin: Option<Vec<u8>>,
+}
+
+/// What a finished sub-command left behind.
+#[derive(Clone, Debug)]
+pub struct Output {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything it wrote to stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl Output {
+    /// Stdout as text (invalid UTF-8 replaced).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Stderr as text (invalid UTF-8 replaced).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+impl Subcommand {
+    pub(crate) fn new(
+        service: &str,
+        argv: Vec<OsString>,
+        dir: PathBuf,
+        env: Vec<(OsString, OsString)>,
+    ) -> Subcommand {
+        Subcommand {
+            service: service.to_owned(),
+            argv,
+            dir,
+            env,
+            stdin: None,
+        }
+    }
+
+    /// Add an argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Subcommand {
+        self.argv.push(arg.into());
+        self
+    }
+
+    /// Add arguments.
+    pub fn args<I, S>(mut self, args: I) -> Subcommand
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.argv.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Set an environment variable, over the service's.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Subcommand {
+        let key = key.into();
+        self.env.retain(|(k, _)| *k != key);
+        self.env.push((key, value.into()));
+        self
+    }
+
+    /// Feed these bytes to its standard input (otherwise it reads nothing).
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Subcommand {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    fn describe(&self) -> String {
+        self.argv
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn command(&self) -> Result<Command> {
+        let Some(program) = self.argv.first() else {
+            return Err(Error::EmptyCommand {
+                service: self.service.clone(),
+            });
+        };
+        let path = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_os_str());
+        let program =
+            crate::bundle::resolve_program(program, &self.dir, path).map_err(|searched| {
+                Error::CommandNotFound {
+                    service: self.service.clone(),
+                    program: program.to_string_lossy().into_owned(),
+                    searched,
+                }
+            })?;
+        let mut cmd = Command::new(program);
+        cmd.args(&self.argv[1..])
+            .current_dir(&self.dir)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())));
+        Ok(cmd)
+    }
+
+    fn spawn_and_wait(&self, mut cmd: Command, capture: bool) -> Result<Output> {
+        let spawn_err = |source| Error::Spawn {
+            service: self.service.clone(),
+            source,
+        };
+        cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        if capture {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        let feeder = match (self.stdin.clone(), child.stdin.take()) {
+            // Fed from a thread: a child that writes a lot before reading must not deadlock.
+            (Some(bytes), Some(mut pipe)) => Some(std::thread::spawn(move || {
+                let _ = pipe.write_all(&bytes);
+            })),
+            _ => None,
+        };
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if let Some(f) = feeder {
+            let _ = f.join();
+        }
+        Ok(Output {
+            status: ExitStatus::from_std(out.status),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+
+    /// Run it with its output going where the test's goes; an error if it exits non-zero.
+    pub fn run(&self) -> Result<()> {
+        let out = self.spawn_and_wait(self.command()?, false)?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Error::SubcommandFailed {
+                service: self.service.clone(),
+                command: self.describe(),
+                status: out.status,
+                stderr: String::new(),
+            })
+        }
+    }
+
+    /// Run it and capture what it wrote, whatever its exit status.
+    pub fn output(&self) -> Result<Output> {
+        self.spawn_and_wait(self.command()?, true)
+    }
+
+    /// Run it, capture what it wrote, and fail (with its stderr) unless it exits 0.
+    pub fn checked_output(&self) -> Result<Output> {
+        let out = self.output()?;
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(Error::SubcommandFailed {
+                service: self.service.clone(),
+                command: self.describe(),
+                status: out.status,
+                stderr: out.stderr_text(),
+            })
+        }
+    }
+
+    /// The program and arguments.
+    pub fn argv(&self) -> impl Iterator<Item = &OsStr> {
+        self.argv.iter().map(OsString::as_os_str)
+    }
+}

@@ -14,7 +14,8 @@ for i in range(2):
         ballast = bytearray(20 * 1024 * 1024)
         for j in range(0, len(ballast), 4096):
             ballast[j] = 1
-        print("worker %d up" % i, flush=True)
+        # One write per line: two processes share the pipe.
+        os.write(1, b"worker %d up\n" % i)
         time.sleep(1000)
         os._exit(0)
     kids.append(pid)

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, NotReady, Result};
 use crate::guardian;
 use crate::logfiles::LogFiles;
-use crate::logs::{Logs, Stream};
+use crate::logs::{Logs, Part, Stream};
 use crate::process::Process;
 use crate::rundir::RunDir;
 use crate::service::Service;
@@ -104,7 +104,14 @@ impl Bundle {
         if self.defs.iter().any(|(n, _)| *n == name) {
             return Err(Error::DuplicateService { service: name });
         }
-        self.output.console.fit_label("Err ".len() + name.len());
+        let hook_label = if service.setup.is_some() {
+            "Err Setup ".len()
+        } else if service.poststart.is_some() {
+            "Err Post ".len()
+        } else {
+            "Err ".len()
+        };
+        self.output.console.fit_label(hook_label + name.len());
         self.defs.push((name, service));
         Ok(())
     }
@@ -228,6 +235,7 @@ impl Bundle {
                 .join(", ")
         };
         let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let store = &self.output.store;
         let mut plans = Vec::with_capacity(self.defs.len());
         for (idx, (name, svc)) in self.defs.iter().enumerate() {
             let Some(program) = svc.argv.first() else {
@@ -280,8 +288,18 @@ impl Bundle {
                 ready: svc.ready.clone(),
                 stop_signal: svc.stop_signal,
                 faked: self.time_travel && !svc.no_libfaketime,
-                out: self.output.store.source(Some(idx), name, Stream::Stdout),
-                err: self.output.store.source(Some(idx), name, Stream::Stderr),
+                setup: svc.setup.clone(),
+                poststart: svc.poststart.clone(),
+                out: store.source(Some(idx), name, Part::Main, Stream::Stdout),
+                err: store.source(Some(idx), name, Part::Main, Stream::Stderr),
+                setup_sources: (
+                    store.source(Some(idx), name, Part::Setup, Stream::Stdout),
+                    store.source(Some(idx), name, Part::Setup, Stream::Stderr),
+                ),
+                post_sources: (
+                    store.source(Some(idx), name, Part::Poststart, Stream::Stdout),
+                    store.source(Some(idx), name, Part::Poststart, Stream::Stderr),
+                ),
             });
         }
         if let Some(cycle) = find_cycle(&plans) {
@@ -354,6 +372,8 @@ impl Bundle {
                             format!("{} to be ready (not started)", pending.join(", "))
                         }
                         Phase::Starting => "its process to start".to_owned(),
+                        Phase::Setup => "its setup hook to finish".to_owned(),
+                        Phase::PostStart => "its poststart hook to finish".to_owned(),
                         _ => plan.ready.describe().to_owned(),
                     };
                     Some((idx, what))
@@ -478,7 +498,7 @@ impl Bundle {
             let pid = {
                 let states = shared.lock();
                 match states[idx].phase {
-                    Phase::Running | Phase::Ready => states[idx].pid,
+                    Phase::Running | Phase::PostStart | Phase::Ready => states[idx].pid,
                     _ => None,
                 }
             };
@@ -662,7 +682,7 @@ impl ServiceHandle {
         let states = self.shared.lock();
         let st = &states[self.idx];
         match st.phase {
-            Phase::Running | Phase::Ready => st.pid,
+            Phase::Running | Phase::PostStart | Phase::Ready => st.pid,
             _ => None,
         }
     }
@@ -878,6 +898,7 @@ enum Failure {
     Spawn(usize, std::io::Error),
     Exited(usize, ExitStatus),
     ExitedAfterReady(usize, ExitStatus),
+    Hook(usize, Part, String),
 }
 
 impl Failure {
@@ -897,6 +918,23 @@ impl Failure {
                 status,
                 last_lines: shared.last_lines(idx, LAST_LINES),
             },
+            Failure::Hook(idx, part, message) => {
+                let filter = crate::logs::Filter {
+                    part: Some(part),
+                    ..crate::logs::Filter::service(Some(idx))
+                };
+                let lines = shared.output.store.last(&filter, LAST_LINES);
+                Error::HookFailed {
+                    service: name(idx),
+                    hook: if part == Part::Setup {
+                        "setup"
+                    } else {
+                        "poststart"
+                    },
+                    message,
+                    last_lines: lines.iter().map(|l| l.to_string()).collect(),
+                }
+            }
             Failure::ExitedAfterReady(idx, status) => Error::ServiceExited {
                 service: name(idx),
                 status,
@@ -911,6 +949,9 @@ fn find_failure(states: &mut [State]) -> Option<Failure> {
     for (idx, st) in states.iter_mut().enumerate() {
         if let Some(message) = st.check_panic.take() {
             return Some(Failure::Panicked(idx, message));
+        }
+        if let Some((part, message)) = st.hook_error.take() {
+            return Some(Failure::Hook(idx, part, message));
         }
         match st.phase {
             Phase::SpawnFailed => {

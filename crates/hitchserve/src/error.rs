@@ -139,6 +139,19 @@ pub enum Error {
         message: String,
     },
 
+    /// A setup or poststart hook returned an error or panicked.
+    #[error("the {hook} hook of service `{service}` failed: {message}{}", if last_lines.is_empty() { String::new() } else { lines_section(service, last_lines) })]
+    HookFailed {
+        /// The service.
+        service: String,
+        /// `setup` or `poststart`.
+        hook: &'static str,
+        /// Its error, or what it panicked with.
+        message: String,
+        /// The last lines of what the hook ran, oldest first.
+        last_lines: Vec<String>,
+    },
+
     /// A service that was ready has exited on its own.
     #[error(
         "service `{service}` exited unexpectedly ({status}){}",

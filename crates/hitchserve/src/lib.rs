@@ -33,6 +33,7 @@ mod bundle;
 mod console;
 mod error;
 mod guardian;
+mod hooks;
 mod logfiles;
 mod logs;
 mod process;
@@ -46,7 +47,8 @@ mod timetravel;
 
 pub use bundle::{Bundle, LogStats, ProcessTree, ServiceHandle, TreeProcess, TreeService};
 pub use error::{Error, NotReady, Result};
-pub use logs::{LogLine, Logs, Stream, Tail};
+pub use hooks::{HookContext, HookResult};
+pub use logs::{Follow, LogLine, Logs, Part, Stream, Tail};
 pub use process::{
     Connection, ConnectionKind, CpuTimes, CtxSwitches, Ids, IoCounters, MemoryInfo, OpenFile,
     Process, Resource, Rlimit, Status, ThreadInfo,

@@ -7,6 +7,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use crate::hooks::{Hook, HookContext, HookResult};
 use crate::readiness::Ready;
 use crate::signal::Signal;
 
@@ -31,6 +32,8 @@ pub struct Service {
     pub(crate) needs: Vec<String>,
     pub(crate) stop_signal: Signal,
     pub(crate) no_libfaketime: bool,
+    pub(crate) setup: Option<Hook>,
+    pub(crate) poststart: Option<Hook>,
 }
 
 impl Service {
@@ -49,6 +52,8 @@ impl Service {
             needs: Vec::new(),
             stop_signal: Signal::SIGTERM,
             no_libfaketime: false,
+            setup: None,
+            poststart: None,
         }
     }
 
@@ -103,6 +108,28 @@ impl Service {
         S: Into<String>,
     {
         self.needs.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Code to run before the service starts (e.g. `initdb`), in the startup timeout and in
+    /// the service's environment; see [`HookContext`] for what it can do. Its output is
+    /// labelled `Setup Name`. An error or a panic fails startup.
+    pub fn setup(
+        mut self,
+        hook: impl Fn(&HookContext<'_>) -> HookResult + Send + Sync + 'static,
+    ) -> Service {
+        self.setup = Some(Hook::new(hook));
+        self
+    }
+
+    /// Code to run once the service is ready (e.g. `CREATE USER`); services that need this
+    /// one start only after it has finished. Its output is labelled `Post Name`. An error
+    /// or a panic fails startup.
+    pub fn poststart(
+        mut self,
+        hook: impl Fn(&HookContext<'_>) -> HookResult + Send + Sync + 'static,
+    ) -> Service {
+        self.poststart = Some(Hook::new(hook));
         self
     }
 

@@ -104,7 +104,7 @@ impl Subcommand {
         self
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         self.argv
             .iter()
             .map(|a| a.to_string_lossy())
@@ -169,6 +169,28 @@ impl Subcommand {
             stdout: out.stdout,
             stderr: out.stderr,
         })
+    }
+
+    /// Start it with stdout and stderr piped (stdin fed from a thread if given).
+    pub(crate) fn spawn_piped(&self) -> Result<std::process::Child> {
+        let mut cmd = self.command()?;
+        cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn {
+            service: self.service.clone(),
+            source,
+        })?;
+        if let (Some(bytes), Some(mut pipe)) = (self.stdin.clone(), child.stdin.take()) {
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(&bytes);
+            });
+        }
+        Ok(child)
     }
 
     /// Run it with its output going where the test's goes; an error if it exits non-zero.

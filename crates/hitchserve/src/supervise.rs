@@ -26,7 +26,8 @@ use nix::unistd::Pid;
 
 use crate::console::Console;
 use crate::guardian;
-use crate::logs::{Filter, LineSplitter, LogLine, LogStore, Source, Stream};
+use crate::hooks::{Hook, HookContext};
+use crate::logs::{Filter, LineSplitter, LogLine, LogStore, Part, Source, Stream};
 use crate::readiness::{LineChecker, Ready, Verdict};
 use crate::rundir::RunDir;
 use crate::signal::{ExitStatus, Signal};
@@ -58,8 +59,8 @@ impl Output {
     pub(crate) fn new() -> Output {
         let store = Arc::new(LogStore::new());
         Output {
-            hitch_out: store.source(None, "Hitch", Stream::Stdout),
-            hitch_err: store.source(None, "Hitch", Stream::Stderr),
+            hitch_out: store.source(None, "Hitch", Part::Main, Stream::Stdout),
+            hitch_err: store.source(None, "Hitch", Part::Main, Stream::Stderr),
             store,
             console: Console::new(),
         }
@@ -114,18 +115,27 @@ pub(crate) struct Plan {
     pub stop_signal: Signal,
     /// Runs under the bundle's fake clock.
     pub faked: bool,
+    pub setup: Option<Hook>,
+    pub poststart: Option<Hook>,
     pub out: Arc<Source>,
     pub err: Arc<Source>,
+    /// Labels for what the hooks run: (stdout, stderr) of setup, then of poststart.
+    pub setup_sources: (Arc<Source>, Arc<Source>),
+    pub post_sources: (Arc<Source>, Arc<Source>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// Not started: waiting for its needs.
     Defined,
-    /// Its supervisor thread is spawning it.
+    /// Its supervisor thread is spawning it (running its setup hook first, if any).
     Starting,
+    /// Its setup hook is running.
+    Setup,
     /// Running, readiness not yet seen.
     Running,
+    /// Its readiness check passed; its poststart hook is running.
+    PostStart,
     Ready,
     /// The main process has exited (this status) but is not reaped yet, so its pgid is
     /// still ours: what is left of its group is being drained or stopped.
@@ -133,6 +143,8 @@ pub(crate) enum Phase {
     Exited(ExitStatus),
     /// The OS refused to start it; see `spawn_error`.
     SpawnFailed,
+    /// Never started: its setup hook failed, or the bundle stopped while it ran.
+    Abandoned,
 }
 
 pub(crate) struct State {
@@ -154,6 +166,8 @@ pub(crate) struct State {
     pub crash_reported: bool,
     pub spawn_error: Option<std::io::Error>,
     pub check_panic: Option<String>,
+    /// A hook failed: which one and why.
+    pub hook_error: Option<(Part, String)>,
     pub started_at: Option<Instant>,
     pub ready_at: Option<Instant>,
 }
@@ -172,6 +186,7 @@ impl State {
             crash_reported: false,
             spawn_error: None,
             check_panic: None,
+            hook_error: None,
             started_at: None,
             ready_at: None,
         }
@@ -251,11 +266,7 @@ impl Shared {
 
     /// The last `n` lines of a service, in the console format.
     pub(crate) fn last_lines(&self, idx: usize, n: usize) -> Vec<String> {
-        let filter = Filter {
-            service: Some(idx),
-            stdout: true,
-            stderr: true,
-        };
+        let filter = Filter::service(Some(idx));
         let lines = self.output.store.last(&filter, n);
         let width = lines.iter().map(|l| l.label().len()).max().unwrap_or(0);
         lines.iter().map(|l| format!("{l:width$}")).collect()
@@ -263,8 +274,33 @@ impl Shared {
 
     /// Spawn service `idx` (marked `Starting` by the caller) and record it as running.
     /// `None` if it could not be spawned (the state says why).
-    fn spawn_registered(&self, idx: usize) -> Option<Child> {
+    fn spawn_registered(self: &Arc<Self>, idx: usize) -> Option<Child> {
         let plan = &self.plans[idx];
+        if let Some(setup) = &plan.setup {
+            self.update(idx, |st| st.phase = Phase::Setup);
+            self.output.log(&format!("Setting up {}", plan.name));
+            if let Err(message) = self.run_hook(idx, setup, &plan.setup_sources) {
+                self.update(idx, |st| {
+                    st.hook_error = Some((Part::Setup, message));
+                    st.phase = Phase::Abandoned;
+                });
+                return None;
+            }
+            let stopping = {
+                let mut states = self.lock();
+                let st = &mut states[idx];
+                st.phase = if st.stopping {
+                    Phase::Abandoned
+                } else {
+                    Phase::Starting
+                };
+                st.stopping
+            };
+            self.changed.notify_all();
+            if stopping {
+                return None;
+            }
+        }
         self.output.log(&format!("Starting {}", plan.name));
         let child = match spawn_child(plan) {
             Ok(child) => child,
@@ -411,8 +447,16 @@ impl Shared {
             }
             picked
         };
-        // The first starts right here (no thread to wake); the others in parallel.
-        if let Some((&first, rest)) = to_start.split_first() {
+        // Services with a setup hook start on their own thread (a hook may take long, and
+        // this may be another service's reader); of the rest, the first starts right here
+        // (no thread to wake) and the others in parallel.
+        let (hooked, plain): (Vec<usize>, Vec<usize>) = to_start
+            .into_iter()
+            .partition(|&idx| self.plans[idx].setup.is_some());
+        for idx in hooked {
+            self.start_elsewhere(idx);
+        }
+        if let Some((&first, rest)) = plain.split_first() {
             for &idx in rest {
                 self.start_elsewhere(idx);
             }
@@ -420,16 +464,81 @@ impl Shared {
         }
     }
 
-    /// Service `idx` passed its readiness check: say so, then start what waited for it —
-    /// right here, so a chain of services never waits for another thread to wake up.
+    /// Service `idx` passed its readiness check: run its poststart hook (on a thread of
+    /// its own: this is its reader, which must keep draining its pipes), then say so and
+    /// start what waited for it — right here, so a chain of services never waits for
+    /// another thread to wake up.
     fn became_ready(self: &Arc<Self>, idx: usize) {
-        let took = {
+        let has_poststart = self.plans[idx].poststart.is_some();
+        {
             let mut states = self.lock();
             let st = &mut states[idx];
             if st.phase != Phase::Running {
                 return;
             }
-            st.phase = Phase::Ready;
+            st.phase = if has_poststart {
+                Phase::PostStart
+            } else {
+                Phase::Ready
+            };
+        }
+        if !has_poststart {
+            self.announce_ready(idx);
+            return;
+        }
+        let shared = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("hitchserve:{}:post", self.plans[idx].name))
+            .spawn(move || {
+                let plan = &shared.plans[idx];
+                if let Some(hook) = &plan.poststart {
+                    if let Err(message) = shared.run_hook(idx, hook, &plan.post_sources) {
+                        shared.update(idx, |st| st.hook_error = Some((Part::Poststart, message)));
+                        return;
+                    }
+                }
+                let ok = {
+                    let mut states = shared.lock();
+                    let st = &mut states[idx];
+                    let ok = st.phase == Phase::PostStart;
+                    if ok {
+                        st.phase = Phase::Ready;
+                    }
+                    ok
+                };
+                if ok {
+                    shared.announce_ready(idx);
+                }
+            });
+        match spawned {
+            Ok(handle) => self.lock_supervisors().push(handle),
+            Err(e) => self.update(idx, |st| {
+                st.hook_error = Some((Part::Poststart, format!("could not start its thread: {e}")))
+            }),
+        }
+    }
+
+    /// Run a hook with its labelled output; a failure as a message.
+    fn run_hook(
+        self: &Arc<Self>,
+        idx: usize,
+        hook: &Hook,
+        sources: &(Arc<Source>, Arc<Source>),
+    ) -> std::result::Result<(), String> {
+        let ctx = HookContext {
+            shared: self,
+            idx,
+            out: Arc::clone(&sources.0),
+            err: Arc::clone(&sources.1),
+        };
+        hook.call(&ctx)
+    }
+
+    /// It is ready (poststart included): log it, then start what waited for it.
+    fn announce_ready(self: &Arc<Self>, idx: usize) {
+        let took = {
+            let mut states = self.lock();
+            let st = &mut states[idx];
             st.was_ready = true;
             let now = Instant::now();
             st.ready_at = Some(now);
@@ -475,8 +584,9 @@ impl Shared {
             for (idx, st) in states.iter_mut().enumerate() {
                 // A main process that already exited did so unasked: a crash, even if its
                 // supervisor hasn't noticed yet.
-                let exited_unasked = matches!(st.phase, Phase::Running | Phase::Ready)
-                    && st.pid.is_some_and(has_exited);
+                let exited_unasked =
+                    matches!(st.phase, Phase::Running | Phase::PostStart | Phase::Ready)
+                        && st.pid.is_some_and(has_exited);
                 st.stopping = !exited_unasked;
                 st.stop_deadline = deadline;
                 if signal_locked(st, self.plans[idx].stop_signal.to_nix()) {
@@ -493,7 +603,12 @@ impl Shared {
             s.iter().all(|st| {
                 !matches!(
                     st.phase,
-                    Phase::Exiting(_) | Phase::Starting | Phase::Running | Phase::Ready
+                    Phase::Exiting(_)
+                        | Phase::Starting
+                        | Phase::Setup
+                        | Phase::Running
+                        | Phase::PostStart
+                        | Phase::Ready
                 )
             })
         };
@@ -501,7 +616,11 @@ impl Shared {
         // below is for them), then until every supervisor has drained and reaped.
         let groups_gone = |s: &[State]| {
             s.iter().all(|st| match st.phase {
-                Phase::Starting | Phase::Running | Phase::Ready => false,
+                Phase::Starting
+                | Phase::Setup
+                | Phase::Running
+                | Phase::PostStart
+                | Phase::Ready => false,
                 Phase::Exiting(_) => st.group_done,
                 _ => true,
             })
@@ -552,7 +671,7 @@ pub(crate) fn deadline_after(from: Instant, d: Duration) -> Option<Instant> {
 
 fn signal_locked(st: &State, signal: NixSignal) -> bool {
     match (st.phase, st.pid) {
-        (Phase::Running | Phase::Ready | Phase::Exiting(_), Some(pid)) => {
+        (Phase::Running | Phase::PostStart | Phase::Ready | Phase::Exiting(_), Some(pid)) => {
             killpg(Pid::from_raw(pid as i32), signal).is_ok()
         }
         _ => false,

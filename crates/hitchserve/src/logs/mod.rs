@@ -44,7 +44,30 @@ impl Stream {
     }
 }
 
-/// Where a line came from: a service (or the bundle) and a stream. One per pair, shared.
+/// Which part of a service's life a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Part {
+    /// Its main process (and whatever it started).
+    Main,
+    /// Its setup hook, before it started (labelled `Setup Name`).
+    Setup,
+    /// Its poststart hook, after it was ready (labelled `Post Name`).
+    Poststart,
+}
+
+impl Part {
+    fn prefix(self) -> &'static str {
+        match self {
+            Part::Main => "",
+            Part::Setup => "Setup ",
+            Part::Poststart => "Post ",
+        }
+    }
+}
+
+/// Where a line came from: a service (or the bundle), a part of its life and a stream.
+/// One per combination, shared by its lines. A new kind of source is one more `Part`.
 #[derive(Debug)]
 pub(crate) struct Source {
     /// Index in the store's source table.
@@ -53,21 +76,29 @@ pub(crate) struct Source {
     pub service: Option<usize>,
     /// The service name, or `Hitch`.
     pub name: String,
+    pub part: Part,
     pub stream: Stream,
-    /// What the console shows between the brackets, e.g. `Err Django`.
+    /// What the console shows between the brackets, e.g. `Err Setup Postgres`.
     pub label: String,
 }
 
 impl Source {
-    pub(crate) fn new(id: u16, service: Option<usize>, name: &str, stream: Stream) -> Source {
+    pub(crate) fn new(
+        id: u16,
+        service: Option<usize>,
+        name: &str,
+        part: Part,
+        stream: Stream,
+    ) -> Source {
         let label = match service {
-            Some(_) => format!("{}{name}", stream.prefix()),
+            Some(_) => format!("{}{}{name}", stream.prefix(), part.prefix()),
             None => name.to_owned(),
         };
         Source {
             id,
             service,
             name: name.to_owned(),
+            part,
             stream,
             label,
         }
@@ -131,6 +162,11 @@ impl LogLine {
     /// Which stream it came from.
     pub fn stream(&self) -> Stream {
         self.source.stream
+    }
+
+    /// Which part of the service's life wrote it (main process, setup or poststart hook).
+    pub fn part(&self) -> Part {
+        self.source.part
     }
 
     /// The raw bytes, without the newline; may be invalid UTF-8 and may end in `\r`.
@@ -206,6 +242,8 @@ pub(crate) struct Filter {
     pub service: Option<usize>,
     pub stdout: bool,
     pub stderr: bool,
+    /// `None`: every part.
+    pub part: Option<Part>,
 }
 
 impl Filter {
@@ -214,11 +252,15 @@ impl Filter {
             service,
             stdout: true,
             stderr: true,
+            part: None,
         }
     }
 
     pub(crate) fn matches(&self, src: &Source) -> bool {
         if self.service.is_some() && src.service != self.service {
+            return false;
+        }
+        if self.part.is_some_and(|p| p != src.part) {
             return false;
         }
         match src.stream {
@@ -267,6 +309,27 @@ impl Logs {
         let mut l = self.clone();
         l.filter.stdout = false;
         l.filter.stderr = true;
+        l
+    }
+
+    /// Only what the setup hook ran (lines labelled `Setup Name` / `Err Setup Name`).
+    pub fn setup(&self) -> Logs {
+        let mut l = self.clone();
+        l.filter.part = Some(Part::Setup);
+        l
+    }
+
+    /// Only what the poststart hook ran (lines labelled `Post Name` / `Err Post Name`).
+    pub fn poststart(&self) -> Logs {
+        let mut l = self.clone();
+        l.filter.part = Some(Part::Poststart);
+        l
+    }
+
+    /// Only the service's own process (no hook output).
+    pub fn main(&self) -> Logs {
+        let mut l = self.clone();
+        l.filter.part = Some(Part::Main);
         l
     }
 

@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::logfiles::LogFiles;
-use crate::logs::{Filter, LogLine, Source, Stream};
+use crate::logs::{Filter, LogLine, Part, Source, Stream};
 
 /// Usual block size; a longer line gets a block of its own.
 const BLOCK: usize = 64 * 1024;
@@ -123,10 +123,16 @@ impl LogStore {
     }
 
     /// Register where lines can come from; returns the shared source to append with.
-    pub(crate) fn source(&self, service: Option<usize>, name: &str, stream: Stream) -> Arc<Source> {
+    pub(crate) fn source(
+        &self,
+        service: Option<usize>,
+        name: &str,
+        part: Part,
+        stream: Stream,
+    ) -> Arc<Source> {
         let mut inner = self.lock();
         let id = inner.sources.len() as u16;
-        let source = Arc::new(Source::new(id, service, name, stream));
+        let source = Arc::new(Source::new(id, service, name, part, stream));
         inner.sources.push(Arc::clone(&source));
         let prefix = prefix(&source, inner.width);
         inner.prefixes.push(prefix);

@@ -7,6 +7,7 @@ mod common;
 mod console;
 mod crash_after_ready;
 mod definitions;
+mod hooks;
 mod log_queries;
 mod log_store;
 mod orphans;

@@ -1,0 +1,195 @@
+//! Setup and poststart hooks: code a service needs run before it starts (e.g. `initdb`)
+//! and after it is ready (e.g. `CREATE USER`), inside the startup timeout.
+//!
+//! Owns the hook type and the `HookContext` a hook gets. Hooks are closures on the
+//! `Service` builder — one way to do it. What a hook runs through its context is labelled
+//! `Setup Name` / `Err Setup Name` or `Post Name` / `Err Post Name` in the console and the
+//! logs (`logs().setup()`, `logs().poststart()`). A hook that returns an error or panics
+//! fails startup with an error naming the service and the hook; dependents of a service
+//! start only once its poststart hook has finished.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::logs::{LineSplitter, Source};
+use crate::signal::ExitStatus;
+use crate::subcommand::Subcommand;
+use crate::supervise::Shared;
+
+/// What a hook returns: any error, which then fails startup with its message.
+pub type HookResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+type HookFn = dyn Fn(&HookContext<'_>) -> HookResult + Send + Sync;
+
+/// A setup or poststart hook (see [`Service::setup`](crate::Service::setup)).
+#[derive(Clone)]
+pub(crate) struct Hook(Arc<HookFn>);
+
+impl Hook {
+    pub(crate) fn new(f: impl Fn(&HookContext<'_>) -> HookResult + Send + Sync + 'static) -> Hook {
+        Hook(Arc::new(f))
+    }
+
+    /// Run it; a panic becomes an error message.
+    pub(crate) fn call(&self, ctx: &HookContext<'_>) -> std::result::Result<(), String> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(ctx))) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(payload) => Err(format!(
+                "it panicked: {}",
+                crate::readiness::panic_message(&payload)
+            )),
+        }
+    }
+}
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hook")
+    }
+}
+
+/// What a hook can do: run commands in the service's environment with labelled output,
+/// log, and find the service's directories.
+///
+/// ```no_run
+/// use hitchserve::{Service, Signal};
+/// let db = Service::new(["postgres", "-D", "data", "-k", "."])
+///     .ready_when(|l| l.contains("ready to accept connections"))
+///     .setup(|ctx| {
+///         ctx.run(["initdb", "-D", "data", "-U", "postgres"])?;
+///         Ok(())
+///     })
+///     .poststart(|ctx| {
+///         ctx.run(["psql", "-h", ".", "-U", "postgres", "-c", "CREATE USER app"])?;
+///         ctx.log("user app created");
+///         Ok(())
+///     })
+///     .stop_signal(Signal::SIGINT);
+/// # let _ = db;
+/// ```
+pub struct HookContext<'a> {
+    pub(crate) shared: &'a Arc<Shared>,
+    pub(crate) idx: usize,
+    pub(crate) out: Arc<Source>,
+    pub(crate) err: Arc<Source>,
+}
+
+impl HookContext<'_> {
+    /// The service's name.
+    pub fn service(&self) -> &str {
+        &self.shared.plans[self.idx].name
+    }
+
+    /// The service's working directory.
+    pub fn directory(&self) -> &Path {
+        &self.shared.plans[self.idx].dir
+    }
+
+    /// This run's directory (`.hitchserve/runs/<run>`): a place for per-run data.
+    pub fn run_dir(&self) -> &Path {
+        &self.shared.run.path
+    }
+
+    /// Print and store a line under the hook's label.
+    pub fn log(&self, message: &str) {
+        let lines: Vec<(&[u8], bool)> = message.split('\n').map(|l| (l.as_bytes(), true)).collect();
+        self.shared.output.emit(&self.out, &lines, false);
+    }
+
+    /// A command in the service's environment, directory and fake time, to run yourself
+    /// (its output is not labelled; use [`HookContext::run`] for that).
+    pub fn subcommand<I, S>(&self, argv: I) -> Subcommand
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let plan = &self.shared.plans[self.idx];
+        Subcommand::new(
+            &plan.name,
+            argv.into_iter().map(Into::into).collect(),
+            plan.dir.clone(),
+            plan.env.clone(),
+        )
+    }
+
+    /// Run a command in the service's environment; its stdout and stderr are printed and
+    /// stored under the hook's labels as they come. An error if it exits non-zero.
+    pub fn run<I, S>(&self, argv: I) -> Result<()>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.run_command(self.subcommand(argv))
+    }
+
+    /// Like [`HookContext::run`], for a sub-command built with extra arguments,
+    /// environment or stdin.
+    pub fn run_command(&self, sub: Subcommand) -> Result<()> {
+        let status = self.run_labelled(&sub)?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::SubcommandFailed {
+                service: self.service().to_owned(),
+                command: sub.describe(),
+                status,
+                stderr: String::new(),
+            })
+        }
+    }
+
+    fn run_labelled(&self, sub: &Subcommand) -> Result<ExitStatus> {
+        let mut child = sub.spawn_piped()?;
+        let readers: Vec<_> = [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .zip([Arc::clone(&self.out), Arc::clone(&self.err)])
+        .filter_map(|(pipe, source)| {
+            let pipe = pipe?;
+            let output = Arc::clone(&self.shared.output);
+            Some(std::thread::spawn(move || pump(pipe, &output, &source)))
+        })
+        .collect();
+        let status = child.wait().map_err(|source| Error::Spawn {
+            service: self.service().to_owned(),
+            source,
+        })?;
+        for r in readers {
+            let _ = r.join();
+        }
+        Ok(ExitStatus::from_std(status))
+    }
+}
+
+/// Copy a pipe's lines into the logs under `source` until end of file.
+fn pump(mut pipe: Box<dyn Read + Send>, output: &crate::supervise::Output, source: &Arc<Source>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut splitter = LineSplitter::default();
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                splitter.split(&buf[..n], |lines| {
+                    output.emit(source, lines, false);
+                });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    if let Some(last) = splitter.finish() {
+        output.emit(source, &[(&last, false)], false);
+    }
+}

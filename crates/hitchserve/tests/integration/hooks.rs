@@ -1,0 +1,152 @@
+//! setup / poststart hooks: run in order, labelled, and fail startup clearly.
+
+use hitchserve::{Error, Service};
+
+use crate::common::{sh, Project, PATIENCE};
+
+/// A service that needs a file made by setup, and a poststart that talks to it over HTTP.
+const SERVER: &str = r#"
+import http.server, sys
+open("config.txt").read()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b"hello from server")
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("127.0.0.1", 0), H)
+open("port.txt", "w").write(str(s.server_port))
+print("LISTENING", flush=True)
+s.serve_forever()
+"#;
+
+const CLIENT: &str = r#"
+import urllib.request
+port = open("port.txt").read()
+print(urllib.request.urlopen("http://127.0.0.1:%s/" % port).read().decode())
+"#;
+
+#[test]
+fn hooks_run_in_order_with_labelled_output_and_dependents_wait_for_poststart() {
+    let p = Project::new("hooks-order");
+    p.write("server.py", SERVER);
+    p.write("client.py", CLIENT);
+    let mut b = p.bundle();
+    b.add(
+        "Web",
+        Service::new(["python3", "-u", "server.py"])
+            .ready_when(|l| l == "LISTENING")
+            .setup(|ctx| {
+                ctx.run([
+                    "sh",
+                    "-c",
+                    "echo config > config.txt; echo init done; echo a warning >&2",
+                ])?;
+                ctx.log("setup finished");
+                Ok(())
+            })
+            .poststart(|ctx| {
+                ctx.run(["python3", "client.py"])?;
+                Ok(())
+            }),
+    )
+    .unwrap();
+    b.add("After", sh("echo READY; exec sleep 1000").needs(["Web"]))
+        .unwrap();
+    b.startup().unwrap();
+    let web = b.service("Web").unwrap();
+    assert_eq!(
+        web.logs().setup().out().lines(),
+        vec!["init done", "setup finished"]
+    );
+    assert_eq!(web.logs().setup().err().lines(), vec!["a warning"]);
+    assert_eq!(web.logs().poststart().lines(), vec!["hello from server"]);
+    assert_eq!(web.logs().main().lines(), vec!["LISTENING"]);
+    let shown = web.logs().to_string();
+    for expected in [
+        "Setup Web] init done",
+        "[Err Setup Web] a warning",
+        " Post Web] hello from server",
+    ] {
+        assert!(shown.contains(expected), "{shown}");
+    }
+    // Order in the bundle's log: setup output, the service, poststart, then the dependent.
+    let all = b.logs().lines();
+    let at = |needle: &str| {
+        all.iter()
+            .position(|l| l == needle)
+            .unwrap_or_else(|| panic!("{needle}: {all:#?}"))
+    };
+    assert!(at("init done") < at("LISTENING"));
+    assert!(at("LISTENING") < at("hello from server"));
+    assert!(at("hello from server") < at("Starting After"));
+}
+
+#[test]
+fn a_failing_setup_stops_startup_and_the_service_never_starts() {
+    let p = Project::new("hooks-setup-fail");
+    let mut b = p.bundle();
+    b.add("Good", sh("echo READY; exec sleep 1000")).unwrap();
+    b.add(
+        "Db",
+        sh("touch started; echo READY; exec sleep 1000").setup(|ctx| {
+            ctx.run(["sh", "-c", "echo initdb: disk full >&2; exit 1"])?;
+            Ok(())
+        }),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    match &err {
+        Error::HookFailed {
+            service,
+            hook,
+            last_lines,
+            ..
+        } => {
+            assert_eq!(service, "Db");
+            assert_eq!(*hook, "setup");
+            assert!(
+                last_lines.iter().any(|l| l.contains("disk full")),
+                "{last_lines:?}"
+            );
+        }
+        other => panic!("wrong error: {other:?}"),
+    }
+    assert!(
+        err.to_string().contains("setup hook of service `Db`"),
+        "{err}"
+    );
+    assert!(!p.path("started").exists());
+}
+
+#[test]
+fn a_failing_or_panicking_poststart_stops_startup() {
+    let p = Project::new("hooks-post-fail");
+    let mut b = p.bundle();
+    b.add(
+        "Db",
+        sh("echo READY; exec sleep 1000")
+            .poststart(|_ctx| Err("CREATE USER failed: role exists".into())),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    assert!(
+        matches!(&err, Error::HookFailed { service, hook: "poststart", message, .. } if service == "Db" && message.contains("role exists")),
+        "{err:?}"
+    );
+    assert!(
+        b.service("Db").unwrap().wait_exit(PATIENCE).is_some(),
+        "the service was stopped"
+    );
+
+    let mut b = p.bundle();
+    b.add(
+        "Db",
+        sh("echo READY; exec sleep 1000").poststart(|_ctx| panic!("unexpected state")),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    assert!(
+        matches!(&err, Error::HookFailed { message, .. } if message.contains("unexpected state")),
+        "{err:?}"
+    );
+}

@@ -135,6 +135,10 @@ impl Bundle {
         if self.shared.is_some() {
             return Err(Error::AlreadyStarted);
         }
+        // A startup that failed before starting anything (a bad definition, say) may be
+        // tried again once the cause is fixed.
+        self.stopped = false;
+        self.output.store.reopen();
         let result = self.start_run();
         if result.is_err() {
             // Nothing runs (any more): waits on the logs must end rather than hang.

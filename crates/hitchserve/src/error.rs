@@ -204,6 +204,13 @@ pub enum Error {
         searched: Vec<PathBuf>,
     },
 
+    /// A library that must be preloaded sits at a path `LD_PRELOAD` can't hold.
+    #[error("`{}` can't be preloaded: its path has a space or a colon; move it (or the project), or set HITCHSERVE_LIBFAKETIME", path.display())]
+    Unpreloadable {
+        /// The path.
+        path: PathBuf,
+    },
+
     /// Time travel on a bundle built with `Bundle::without_time_travel`.
     #[error("time travel is off for this bundle (Bundle::without_time_travel): remove that to travel in time")]
     TimeTravelDisabled,

@@ -521,16 +521,19 @@ impl Tail {
         what: &str,
     ) -> Result<T> {
         let deadline = Instant::now().checked_add(timeout);
+        let mut first = true;
         loop {
             let mut pos = self.pos;
-            let batch = if deadline.is_some_and(|d| Instant::now() >= d) {
-                // A backlog of lines must not stretch the timeout.
-                store::Batch::TimedOut
-            } else {
-                self.logs
-                    .store
-                    .next_batch(&self.logs.filter, &mut pos, deadline)
-            };
+            // Lines already there are always looked at, even with a zero timeout.
+            let batch =
+                if !std::mem::take(&mut first) && deadline.is_some_and(|d| Instant::now() >= d) {
+                    // A backlog of lines must not stretch the timeout.
+                    store::Batch::TimedOut
+                } else {
+                    self.logs
+                        .store
+                        .next_batch(&self.logs.filter, &mut pos, deadline)
+                };
             match batch {
                 store::Batch::Lines(lines) => {
                     for line in lines {

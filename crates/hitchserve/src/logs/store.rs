@@ -20,6 +20,8 @@ use crate::logs::{Filter, LogLine, Part, Source, Stream};
 
 /// Usual block size; a longer line gets a block of its own.
 const BLOCK: usize = 64 * 1024;
+/// Most lines in one block.
+const BLOCK_LINES: u32 = 2048;
 /// `Entry::file` of a line not (yet) in `all.log`.
 const NO_FILE: u64 = u64::MAX;
 /// At most this many lines are handed out per wake-up of a waiter.
@@ -44,6 +46,9 @@ struct Entry {
 struct Slot {
     /// `None` once spilled.
     data: Option<Arc<Vec<u8>>>,
+    /// Lines in it: bounded, so the file range read back for one spilled line stays small
+    /// even when lines are short or empty.
+    lines: u32,
     /// Still taking lines.
     open: bool,
     /// The file range holding this block's lines (contiguous: the file is in seq order).
@@ -265,6 +270,11 @@ impl LogStore {
         }
     }
 
+    /// Waits may block again (a new startup attempt after one that started nothing).
+    pub(crate) fn reopen(&self) {
+        self.lock().closed = false;
+    }
+
     /// A service's output has ended for good: waits on it can stop.
     pub(crate) fn mark_ended(&self, service: usize) {
         self.lock().ended.push(service);
@@ -447,11 +457,14 @@ fn pick(inner: &Inner, i: usize) -> Picked {
 fn put(inner: &mut Inner, bytes: &[u8]) -> (u32, u32) {
     let id = inner.blocks.len().saturating_sub(1) as u32;
     if let Some(slot) = inner.blocks.last_mut().filter(|s| s.open) {
-        if let Some(v) = slot.data.as_mut().and_then(Arc::get_mut) {
-            if v.len() + bytes.len() <= v.capacity() {
-                let start = v.len() as u32;
-                v.extend_from_slice(bytes);
-                return (id, start);
+        if slot.lines < BLOCK_LINES {
+            if let Some(v) = slot.data.as_mut().and_then(Arc::get_mut) {
+                if v.len() + bytes.len() <= v.capacity() {
+                    let start = v.len() as u32;
+                    v.extend_from_slice(bytes);
+                    slot.lines += 1;
+                    return (id, start);
+                }
             }
         }
         slot.open = false;
@@ -462,6 +475,7 @@ fn put(inner: &mut Inner, bytes: &[u8]) -> (u32, u32) {
     inner.held += capacity;
     inner.blocks.push(Slot {
         data: Some(Arc::new(v)),
+        lines: 1,
         open: true,
         file_start: NO_FILE,
         file_end: 0,

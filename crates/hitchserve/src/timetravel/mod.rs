@@ -32,14 +32,22 @@ const SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hitchserve-timeshi
 /// Environment variable that overrides where libfaketime is.
 pub(crate) const LIBFAKETIME_VAR: &str = "HITCHSERVE_LIBFAKETIME";
 
-/// Variables of libfaketime's that would change what we set up: never inherited.
-const FOREIGN_VARS: [&str; 5] = [
-    "FAKETIME",
-    "FAKETIME_CACHE_DURATION",
-    "FAKETIME_FOLLOW_FILE",
-    "FAKETIME_START_AFTER_SECONDS",
-    "FAKETIME_START_AFTER_NUMCALLS",
-];
+/// Whether an inherited variable would change how libfaketime behaves: every `FAKETIME*`
+/// one and a few others. Never inherited by a faked service.
+fn is_foreign(key: &OsStr) -> bool {
+    let k = key.as_encoded_bytes();
+    k.starts_with(b"FAKETIME")
+        || matches!(k, b"NO_FAKE_STAT" | b"FAKE_UTIME" | b"DONT_FAKE_MONOTONIC")
+}
+
+/// The dynamic loader splits `LD_PRELOAD` on spaces and colons.
+fn preloadable(path: &Path) -> bool {
+    !path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .any(|b| matches!(b, b' ' | b':' | b'\t' | b'\n'))
+}
 
 /// The bundle's clock: an offset from real time, in nanoseconds.
 pub(crate) struct Clock {
@@ -111,11 +119,15 @@ impl Clock {
             services: services.iter().map(|s| (*s).to_owned()).collect(),
             searched,
         })?;
+        if !preloadable(&libfaketime) {
+            return Err(Error::Unpreloadable { path: libfaketime });
+        }
+        let shim = shim_path(project)?;
         Ok(ClockPaths {
             offset_file: run_dir.join("clock.offset"),
             faketime_file: run_dir.join("faketime.rc"),
             libfaketime,
-            shim: shim_path(project),
+            shim,
         })
     }
 
@@ -141,7 +153,7 @@ impl Clock {
 impl ClockPaths {
     /// Make `env` (a service's whole environment) run under the bundle's clock.
     pub(crate) fn apply(&self, env: &mut Vec<(OsString, OsString)>) {
-        env.retain(|(k, _)| !FOREIGN_VARS.iter().any(|v| k == v));
+        env.retain(|(k, _)| !is_foreign(k));
         // Ours first, then libfaketime, then whatever the service preloaded already.
         let mut preload = OsString::from(&self.shim);
         preload.push(":");
@@ -206,16 +218,28 @@ fn find_libfaketime() -> std::result::Result<PathBuf, Vec<PathBuf>> {
 }
 
 /// The shim's path: in the project's `.hitchserve`, named after its content so different
-/// builds never overwrite each other's.
-fn shim_path(project: &Path) -> PathBuf {
+/// builds never overwrite each other's. If the project's path can't go in `LD_PRELOAD`
+/// (a space or a colon), a per-user directory under the temporary directory instead.
+fn shim_path(project: &Path) -> Result<PathBuf> {
     // FNV-1a: stable across builds and platforms.
     let hash = SHIM.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
-    project
-        .join(".hitchserve")
-        .join("lib")
-        .join(format!("timeshim-{hash:016x}.so"))
+    let name = format!("timeshim-{hash:016x}.so");
+    let in_project = project.join(".hitchserve").join("lib").join(&name);
+    if preloadable(&in_project) {
+        return Ok(in_project);
+    }
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let fallback = std::env::temp_dir()
+        .join(format!("hitchserve-{uid}"))
+        .join(&name);
+    if preloadable(&fallback) {
+        Ok(fallback)
+    } else {
+        Err(Error::Unpreloadable { path: in_project })
+    }
 }
 
 fn install_shim(path: &Path) -> std::io::Result<()> {

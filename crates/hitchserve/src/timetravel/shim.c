@@ -52,11 +52,11 @@ __attribute__((constructor)) static void hitchserve_shim_init(void) {
 }
 
 static int is_wall_clock(clockid_t clk) {
-    return clk == CLOCK_REALTIME || clk == CLOCK_REALTIME_COARSE;
+    return clk == CLOCK_REALTIME || clk == CLOCK_REALTIME_COARSE || clk == CLOCK_TAI ||
+           clk == CLOCK_REALTIME_ALARM;
 }
 
-static void add_offset(struct timespec *ts) {
-    int64_t off = __atomic_load_n((const int64_t *)offset_ns, __ATOMIC_RELAXED);
+static void shift(struct timespec *ts, int64_t off) {
     int64_t ns = (int64_t)ts->tv_nsec + off % 1000000000LL;
     ts->tv_sec += off / 1000000000LL + ns / 1000000000LL;
     ns %= 1000000000LL;
@@ -66,6 +66,12 @@ static void add_offset(struct timespec *ts) {
     }
     ts->tv_nsec = ns;
 }
+
+static int64_t offset(void) {
+    return offset_ns ? __atomic_load_n((const int64_t *)offset_ns, __ATOMIC_RELAXED) : 0;
+}
+
+static void add_offset(struct timespec *ts) { shift(ts, offset()); }
 
 int clock_gettime(clockid_t clk, struct timespec *ts) {
     if (offset_ns) {
@@ -82,7 +88,11 @@ int clock_gettime(clockid_t clk, struct timespec *ts) {
 /* Some callers pass a null `tv` (only wanting the time zone), whatever the headers say. */
 #pragma GCC diagnostic ignored "-Wnonnull-compare"
 int gettimeofday(struct timeval *tv, void *tz) {
-    (void)tz;
+    if (tz) {
+        /* What glibc does: the obsolete time zone is all zeros. */
+        ((int *)tz)[0] = 0;
+        ((int *)tz)[1] = 0;
+    }
     struct timespec ts;
     int r = clock_gettime(CLOCK_REALTIME, &ts);
     if (r == 0 && tv) {
@@ -108,4 +118,55 @@ int clock_nanosleep(clockid_t clk, int flags, const struct timespec *req, struct
         return r == -1 ? errno : 0;
     }
     return next_clock_nanosleep(clk, flags, req, rem);
+}
+
+/*
+ * Waits with an absolute deadline on a chosen clock (glibc 2.30+), which libfaketime 0.9.10
+ * does not intercept: a deadline on the faked wall clock is turned back into a real one.
+ */
+#define NEXT(name) static __typeof__(name) *next = 0; \
+    if (!next) next = (__typeof__(name) *)dlsym(RTLD_NEXT, #name); \
+    if (!next) return ENOSYS;
+
+static const struct timespec *real_deadline(clockid_t clk, const struct timespec *abs,
+                                            struct timespec *buf) {
+    if (!abs || !offset_ns || !is_wall_clock(clk))
+        return abs;
+    *buf = *abs;
+    shift(buf, -offset());
+    return buf;
+}
+
+#include <pthread.h>
+#include <semaphore.h>
+
+int pthread_cond_clockwait(pthread_cond_t *c, pthread_mutex_t *m, clockid_t clk,
+                           const struct timespec *abs) {
+    NEXT(pthread_cond_clockwait);
+    struct timespec buf;
+    return next(c, m, clk, real_deadline(clk, abs, &buf));
+}
+
+int sem_clockwait(sem_t *s, clockid_t clk, const struct timespec *abs) {
+    NEXT(sem_clockwait);
+    struct timespec buf;
+    return next(s, clk, real_deadline(clk, abs, &buf));
+}
+
+int pthread_mutex_clocklock(pthread_mutex_t *m, clockid_t clk, const struct timespec *abs) {
+    NEXT(pthread_mutex_clocklock);
+    struct timespec buf;
+    return next(m, clk, real_deadline(clk, abs, &buf));
+}
+
+int pthread_rwlock_clockrdlock(pthread_rwlock_t *l, clockid_t clk, const struct timespec *abs) {
+    NEXT(pthread_rwlock_clockrdlock);
+    struct timespec buf;
+    return next(l, clk, real_deadline(clk, abs, &buf));
+}
+
+int pthread_rwlock_clockwrlock(pthread_rwlock_t *l, clockid_t clk, const struct timespec *abs) {
+    NEXT(pthread_rwlock_clockwrlock);
+    struct timespec buf;
+    return next(l, clk, real_deadline(clk, abs, &buf));
 }

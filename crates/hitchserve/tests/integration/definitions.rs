@@ -174,3 +174,27 @@ fn a_missing_project_directory_is_refused() {
     b.add("App", Service::new(["true"])).unwrap();
     assert!(matches!(b.startup(), Err(Error::ProjectDir { .. })));
 }
+
+/// A startup refused for a bad definition can be tried again once the cause is fixed, and
+/// that run works fully: waits, shutdown, no process left.
+#[test]
+fn startup_can_be_retried_after_a_bad_definition_is_fixed() {
+    let p = Project::new("retry");
+    let mut b = p.bundle();
+    b.add("App", sh("echo READY; exec sleep 1000").directory("sub"))
+        .unwrap();
+    assert!(matches!(b.startup(), Err(Error::DirectoryMissing { .. })));
+    std::fs::create_dir_all(p.path("sub")).unwrap();
+    b.startup().unwrap();
+    let app = b.service("App").unwrap();
+    let line = app
+        .logs()
+        .tail()
+        .lines_back(1)
+        .until(|l| l == "READY", crate::common::PATIENCE)
+        .unwrap();
+    assert_eq!(line.text(), "READY");
+    let pid = app.pid().unwrap();
+    b.shutdown().unwrap();
+    assert!(crate::common::wait_gone(pid, crate::common::PATIENCE));
+}

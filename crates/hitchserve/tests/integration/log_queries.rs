@@ -263,3 +263,19 @@ fn a_timeout_holds_under_a_flood_of_lines() {
         .unwrap_err();
     assert!(matches!(err, Error::WaitTimeout { .. }), "{err:?}");
 }
+
+#[test]
+fn a_zero_timeout_still_looks_at_lines_already_there() {
+    let p = Project::new("zero-timeout");
+    let mut b = p.bundle();
+    b.add("Hi", sh("echo hello; echo READY; exec sleep 1000"))
+        .unwrap();
+    b.startup().unwrap();
+    let logs = b.service("Hi").unwrap().logs();
+    let line = logs
+        .tail()
+        .lines_back(2)
+        .until(|l| l == "hello", Duration::ZERO)
+        .unwrap();
+    assert_eq!(line.text(), "hello");
+}

@@ -212,3 +212,23 @@ fn a_missing_libfaketime_is_a_clear_error_unless_time_travel_is_off() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("HELPER OK"), "{text}");
 }
+
+/// The shim must load even when the project's path has a space (LD_PRELOAD splits on it),
+/// and a user's libfaketime variables (here one that would switch it off for python3) are
+/// not inherited; sleeps and lock timeouts keep working.
+#[test]
+fn time_travel_works_from_a_path_with_a_space_and_ignores_foreign_faketime_variables() {
+    let p = Project::new("tt space");
+    let b = started(
+        &p,
+        &[(
+            "Clock",
+            ticker()
+                .env("FAKETIME_SKIP_CMDS", "python3")
+                .env("FAKETIME_STOP_AFTER_SECONDS", "0"),
+        )],
+    );
+    b.time_travel(Duration::from_secs(86_400)).unwrap();
+    let tick = tick_at_or_after(&b, "Clock", secs(b.now()) - 1.0);
+    assert!((tick["t"].as_f64().unwrap() - secs(b.now())).abs() < 1.0);
+}

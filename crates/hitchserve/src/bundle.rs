@@ -116,6 +116,10 @@ impl Bundle {
         Ok(())
     }
 
+    pub(crate) fn startup_timeout_value(&self) -> Duration {
+        self.startup_timeout
+    }
+
     /// The project directory given to [`Bundle::new`].
     pub fn project_dir(&self) -> &Path {
         &self.project
@@ -704,6 +708,15 @@ impl ServiceHandle {
             plan.dir.clone(),
             plan.env.clone(),
         )
+    }
+
+    /// A variable of the service's environment (as it was started with).
+    pub fn env_var(&self, key: &str) -> Option<String> {
+        self.shared.plans[self.idx]
+            .env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.to_string_lossy().into_owned())
     }
 
     /// Its main process, to inspect or signal (see [`Process`]).

@@ -34,6 +34,7 @@ mod console;
 mod error;
 mod guardian;
 mod hooks;
+mod kernel;
 mod logfiles;
 mod logs;
 mod process;

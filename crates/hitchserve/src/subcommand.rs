@@ -208,6 +208,31 @@ impl Subcommand {
         }
     }
 
+    /// Run it with the terminal handed over (stdin, stdout and stderr inherited).
+    pub(crate) fn run_in_terminal(&self) -> Result<()> {
+        let mut cmd = self.command()?;
+        cmd.stdin(Stdio::inherit())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit());
+        let status = cmd
+            .status()
+            .map_err(|source| Error::Spawn {
+                service: self.service.clone(),
+                source,
+            })
+            .map(ExitStatus::from_std)?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(Error::SubcommandFailed {
+                service: self.service.clone(),
+                command: self.describe(),
+                status,
+                stderr: String::new(),
+            })
+        }
+    }
+
     /// Run it and capture what it wrote, whatever its exit status.
     pub fn output(&self) -> Result<Output> {
         self.spawn_and_wait(self.command()?, true)

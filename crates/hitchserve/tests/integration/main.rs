@@ -8,6 +8,7 @@ mod console;
 mod crash_after_ready;
 mod definitions;
 mod hooks;
+mod kernel;
 mod log_queries;
 mod log_store;
 mod orphans;

@@ -382,7 +382,10 @@ impl Bundle {
                         Phase::Starting => "its process to start".to_owned(),
                         Phase::Setup => "its setup hook to finish".to_owned(),
                         Phase::PostStart => "its poststart hook to finish".to_owned(),
-                        _ => plan.ready.describe().to_owned(),
+                        _ => match &states[idx].probe_failure {
+                            Some(why) => format!("{} (last try: {why})", plan.ready.describe()),
+                            None => plan.ready.describe(),
+                        },
                     };
                     Some((idx, what))
                 })

@@ -204,6 +204,15 @@ pub enum Error {
         searched: Vec<PathBuf>,
     },
 
+    /// A regular expression that doesn't parse.
+    #[error("invalid regular expression `{pattern}`: {message}")]
+    InvalidPattern {
+        /// The pattern.
+        pattern: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// A library that must be preloaded sits at a path `LD_PRELOAD` can't hold.
     #[error("`{}` can't be preloaded: its path has a space or a colon; move it (or the project), or set HITCHSERVE_LIBFAKETIME", path.display())]
     Unpreloadable {

@@ -654,22 +654,29 @@ impl Process {
         if !self.is_running() {
             return true;
         }
-        // SAFETY: plain syscalls on integers and a descriptor we own and close.
-        unsafe {
-            let fd = libc::syscall(libc::SYS_pidfd_open, self.pid as libc::pid_t, 0) as libc::c_int;
-            if fd < 0 {
-                return !self.is_running();
-            }
-            let mut pfd = libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-            libc::poll(&mut pfd, 1, ms);
-            libc::close(fd);
-        }
+        wait_pid(self.pid, timeout);
         !self.is_running()
+    }
+}
+
+/// Block until process `pid` exits (it may stay a zombie) or `timeout` passes; true if it
+/// exited.
+pub(crate) fn wait_pid(pid: u32, timeout: Duration) -> bool {
+    // SAFETY: plain syscalls on integers and a descriptor we own and close.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as libc::c_int;
+        if fd < 0 {
+            return true;
+        }
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+        let n = libc::poll(&mut pfd, 1, ms);
+        libc::close(fd);
+        n == 1
     }
 }
 

@@ -1,16 +1,29 @@
 //! When a service counts as ready.
 //!
-//! Owns the `Ready` vocabulary and the per-run checker that sees each log line exactly once.
-//! It does not read pipes or change service state itself: `supervise` feeds it lines and acts
-//! on the verdict. A checker that panics is reported, never propagated into a reader thread.
+//! Owns the `Ready` vocabulary — log lines (text, regex, JSON), TCP, HTTP, a command, a
+//! file, and `all` / `any` of those — and the per-run `Checker` that evaluates it. Line
+//! checks see each log line exactly once, in the service's reader; probes (TCP, HTTP,
+//! command, file) are tried by a prober thread at an interval that starts at a few
+//! milliseconds and backs off. Once a part of the check has passed it stays passed. It
+//! does not change service state: `supervise` acts on the verdicts. A check that panics
+//! is reported, never propagated.
 
+use std::ffi::OsString;
 use std::fmt;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 use crate::logs::LogLine;
 
 type LinePredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+type JsonPredicate = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
+type StatusPredicate = Arc<dyn Fn(u16) -> bool + Send + Sync>;
 
 /// How to tell that a service is ready.
 ///
@@ -18,8 +31,10 @@ type LinePredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 /// use hitchserve::Ready;
 /// let on_line = Ready::line(|line| line.contains("Quit the server"));
 /// let simple = Ready::line_contains("READY");
+/// let both = Ready::all([Ready::line_contains("listening"), Ready::tcp(8000)]);
+/// let web = Ready::http("http://127.0.0.1:8000/health").status(|s| s == 200);
 /// let at_once = Ready::started();
-/// # let _ = (on_line, simple, at_once);
+/// # let _ = (on_line, simple, both, web, at_once);
 /// ```
 #[derive(Clone)]
 pub struct Ready(Kind);
@@ -28,6 +43,20 @@ pub struct Ready(Kind);
 enum Kind {
     Started,
     Line { pred: LinePredicate, what: String },
+    Json { pred: JsonPredicate, what: String },
+    Tcp { addr: String },
+    Http(Http),
+    Exec { argv: Vec<OsString> },
+    File { path: PathBuf },
+    All(Vec<Ready>),
+    Any(Vec<Ready>),
+}
+
+#[derive(Clone)]
+struct Http {
+    url: String,
+    status: StatusPredicate,
+    body: Option<LinePredicate>,
 }
 
 impl Ready {
@@ -55,18 +84,136 @@ impl Ready {
         })
     }
 
-    /// What a service with this check waits for, for error messages.
-    pub(crate) fn describe(&self) -> &str {
-        match &self.0 {
-            Kind::Started => "its process to start",
-            Kind::Line { what, .. } => what,
+    /// Ready when a line matches the regular expression `pattern` (see the `regex-lite`
+    /// syntax); an invalid pattern is an error here, not at startup.
+    pub fn line_regex(pattern: &str) -> Result<Ready, crate::Error> {
+        let re = regex_lite::Regex::new(pattern).map_err(|e| crate::Error::InvalidPattern {
+            pattern: pattern.to_owned(),
+            message: e.to_string(),
+        })?;
+        Ok(Ready(Kind::Line {
+            pred: Arc::new(move |line: &str| re.is_match(line)),
+            what: format!("a log line matching /{pattern}/"),
+        }))
+    }
+
+    /// Ready when a log line is JSON and makes `pred` true (other lines are skipped).
+    pub fn json(pred: impl Fn(&Value) -> bool + Send + Sync + 'static) -> Ready {
+        Ready(Kind::Json {
+            pred: Arc::new(pred),
+            what: "a JSON log line that its check accepts".to_owned(),
+        })
+    }
+
+    /// Ready when a TCP connection to `127.0.0.1:port` succeeds.
+    pub fn tcp(port: u16) -> Ready {
+        Ready(Kind::Tcp {
+            addr: format!("127.0.0.1:{port}"),
+        })
+    }
+
+    /// Ready when a TCP connection to `addr` (`host:port`) succeeds.
+    pub fn tcp_addr(addr: impl Into<String>) -> Ready {
+        Ready(Kind::Tcp { addr: addr.into() })
+    }
+
+    /// Ready when an HTTP GET of `url` (plain `http://`) answers with a status below 500
+    /// (narrow it with [`Ready::status`], check the body with [`Ready::body`]).
+    pub fn http(url: impl Into<String>) -> Ready {
+        Ready(Kind::Http(Http {
+            url: url.into(),
+            status: Arc::new(|s| s < 500),
+            body: None,
+        }))
+    }
+
+    /// For an HTTP check: which statuses count as ready.
+    pub fn status(self, pred: impl Fn(u16) -> bool + Send + Sync + 'static) -> Ready {
+        match self.0 {
+            Kind::Http(h) => Ready(Kind::Http(Http {
+                status: Arc::new(pred),
+                ..h
+            })),
+            other => Ready(other),
         }
     }
 
-    pub(crate) fn checker(&self) -> LineChecker {
+    /// For an HTTP check: what the body must satisfy.
+    pub fn body(self, pred: impl Fn(&str) -> bool + Send + Sync + 'static) -> Ready {
+        match self.0 {
+            Kind::Http(h) => Ready(Kind::Http(Http {
+                body: Some(Arc::new(pred)),
+                ..h
+            })),
+            other => Ready(other),
+        }
+    }
+
+    /// Ready when this command, run in the service's environment and directory, exits 0
+    /// (e.g. `pg_isready`).
+    pub fn exec<I, S>(argv: I) -> Ready
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        Ready(Kind::Exec {
+            argv: argv.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    /// Ready when this file exists (a relative path is taken from the service's directory).
+    pub fn file(path: impl Into<PathBuf>) -> Ready {
+        Ready(Kind::File { path: path.into() })
+    }
+
+    /// Ready when every one of these is (each counts once it has passed).
+    pub fn all(checks: impl IntoIterator<Item = Ready>) -> Ready {
+        Ready(Kind::All(checks.into_iter().collect()))
+    }
+
+    /// Ready when any one of these is.
+    pub fn any(checks: impl IntoIterator<Item = Ready>) -> Ready {
+        Ready(Kind::Any(checks.into_iter().collect()))
+    }
+
+    /// What a service with this check waits for, for error messages.
+    pub(crate) fn describe(&self) -> String {
         match &self.0 {
-            Kind::Started => LineChecker(Mutex::new(None)),
-            Kind::Line { pred, .. } => LineChecker(Mutex::new(Some(Arc::clone(pred)))),
+            Kind::Started => "its process to start".to_owned(),
+            Kind::Line { what, .. } | Kind::Json { what, .. } => what.clone(),
+            Kind::Tcp { addr } => format!("a TCP connection to {addr}"),
+            Kind::Http(h) => format!("an HTTP answer from {}", h.url),
+            Kind::Exec { argv } => format!(
+                "`{}` to exit 0",
+                argv.iter()
+                    .map(|a| a.to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            Kind::File { path } => format!("the file `{}`", path.display()),
+            Kind::All(v) => format!(
+                "all of: {}",
+                v.iter().map(Ready::describe).collect::<Vec<_>>().join("; ")
+            ),
+            Kind::Any(v) => format!(
+                "any of: {}",
+                v.iter().map(Ready::describe).collect::<Vec<_>>().join("; ")
+            ),
+        }
+    }
+
+    pub(crate) fn checker(&self) -> Checker {
+        let mut leaves = Vec::new();
+        let tree = flatten(self, &mut leaves);
+        let n = leaves.len();
+        Checker {
+            tree,
+            leaves,
+            state: Mutex::new(CheckState {
+                passed: vec![false; n],
+                done: false,
+                last_failure: None,
+            }),
         }
     }
 
@@ -83,45 +230,284 @@ impl Default for Ready {
 
 impl fmt::Debug for Ready {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.describe())
+        f.write_str(&self.describe())
     }
 }
 
-/// The verdict on a batch of lines.
+/// The verdict after new lines or a round of probes.
 pub(crate) enum Verdict {
     NotYet,
     Ready,
     Panicked(String),
 }
 
-/// A line predicate in use; cleared once it has said yes, so later lines cost nothing.
-pub(crate) struct LineChecker(Mutex<Option<LinePredicate>>);
+/// The check as a tree over numbered leaves.
+enum Node {
+    Leaf(usize),
+    Always,
+    All(Vec<Node>),
+    Any(Vec<Node>),
+}
 
-impl LineChecker {
-    /// Whether it still waits for its line (so lines must be shown to it).
-    pub(crate) fn is_pending(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+enum Leaf {
+    Line(LinePredicate),
+    Json(JsonPredicate),
+    Probe(Kind),
+}
+
+fn flatten(ready: &Ready, leaves: &mut Vec<Leaf>) -> Node {
+    let mut leaf = |l: Leaf| {
+        leaves.push(l);
+        Node::Leaf(leaves.len() - 1)
+    };
+    match &ready.0 {
+        Kind::Started => Node::Always,
+        Kind::Line { pred, .. } => leaf(Leaf::Line(Arc::clone(pred))),
+        Kind::Json { pred, .. } => leaf(Leaf::Json(Arc::clone(pred))),
+        Kind::All(v) => Node::All(v.iter().map(|r| flatten(r, leaves)).collect()),
+        Kind::Any(v) => Node::Any(v.iter().map(|r| flatten(r, leaves)).collect()),
+        probe => leaf(Leaf::Probe(probe.clone())),
+    }
+}
+
+fn holds(node: &Node, passed: &[bool]) -> bool {
+    match node {
+        Node::Leaf(i) => passed[*i],
+        Node::Always => true,
+        Node::All(v) => v.iter().all(|n| holds(n, passed)),
+        Node::Any(v) => v.iter().any(|n| holds(n, passed)),
+    }
+}
+
+struct CheckState {
+    passed: Vec<bool>,
+    /// The whole check has passed (or panicked): nothing more to look at.
+    done: bool,
+    last_failure: Option<String>,
+}
+
+/// Where probes run: the service's directory and environment.
+pub(crate) struct ProbeEnv<'a> {
+    pub service: &'a str,
+    pub dir: &'a std::path::Path,
+    pub env: &'a [(OsString, OsString)],
+    /// No probe may take longer than this.
+    pub limit: Duration,
+}
+
+/// A `Ready` in use for one run of a service.
+pub(crate) struct Checker {
+    tree: Node,
+    leaves: Vec<Leaf>,
+    state: Mutex<CheckState>,
+}
+
+impl Checker {
+    fn lock(&self) -> MutexGuard<'_, CheckState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether a line check still waits (so lines must be shown to it).
+    pub(crate) fn is_pending(&self) -> bool {
+        let st = self.lock();
+        !st.done
+            && self
+                .leaves
+                .iter()
+                .enumerate()
+                .any(|(i, l)| !st.passed[i] && matches!(l, Leaf::Line(_) | Leaf::Json(_)))
+    }
+
+    /// Whether some part of the check is a probe (TCP, HTTP, command, file).
+    pub(crate) fn has_probes(&self) -> bool {
+        self.leaves.iter().any(|l| matches!(l, Leaf::Probe(_)))
+    }
+
+    /// The last probe failure, for a timeout message.
+    pub(crate) fn last_failure(&self) -> Option<String> {
+        self.lock().last_failure.clone()
+    }
+
+    fn settle(&self, st: &mut CheckState) -> Verdict {
+        if !st.done && holds(&self.tree, &st.passed) {
+            st.done = true;
+            Verdict::Ready
+        } else {
+            Verdict::NotYet
+        }
+    }
+
+    /// Show new lines to the line checks.
     pub(crate) fn check(&self, lines: &[LogLine]) -> Verdict {
-        let Some(pred) = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        if !self.is_pending() {
             return Verdict::NotYet;
-        };
+        }
         for line in lines {
-            match catch_unwind(AssertUnwindSafe(|| pred(&line.text()))) {
-                Ok(false) => {}
-                Ok(true) => {
-                    *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                    return Verdict::Ready;
+            let text = line.text();
+            for (i, leaf) in self.leaves.iter().enumerate() {
+                if self.lock().passed[i] {
+                    continue;
                 }
+                let hit = match leaf {
+                    Leaf::Line(pred) => catch_unwind(AssertUnwindSafe(|| pred(&text))),
+                    Leaf::Json(pred) => {
+                        catch_unwind(AssertUnwindSafe(|| line.json().is_some_and(|v| pred(&v))))
+                    }
+                    Leaf::Probe(_) => continue,
+                };
+                let mut st = self.lock();
+                match hit {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        st.passed[i] = true;
+                        if let Verdict::Ready = self.settle(&mut st) {
+                            return Verdict::Ready;
+                        }
+                    }
+                    Err(payload) => {
+                        st.done = true;
+                        return Verdict::Panicked(panic_message(&payload));
+                    }
+                }
+            }
+        }
+        Verdict::NotYet
+    }
+
+    /// Try every probe not passed yet, once.
+    pub(crate) fn probe(&self, env: &ProbeEnv<'_>) -> Verdict {
+        for (i, leaf) in self.leaves.iter().enumerate() {
+            let Leaf::Probe(kind) = leaf else { continue };
+            if self.lock().passed[i] {
+                continue;
+            }
+            let result = catch_unwind(AssertUnwindSafe(|| run_probe(kind, env)));
+            let mut st = self.lock();
+            match result {
+                Ok(Ok(())) => {
+                    st.passed[i] = true;
+                    if let Verdict::Ready = self.settle(&mut st) {
+                        return Verdict::Ready;
+                    }
+                }
+                Ok(Err(why)) => st.last_failure = Some(why),
                 Err(payload) => {
-                    *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    st.done = true;
                     return Verdict::Panicked(panic_message(&payload));
                 }
             }
         }
         Verdict::NotYet
     }
+}
+
+fn run_probe(kind: &Kind, env: &ProbeEnv<'_>) -> Result<(), String> {
+    match kind {
+        Kind::Tcp { addr } => connect(addr, env.limit).map(drop),
+        Kind::Http(h) => http_get(h, env.limit),
+        Kind::Exec { argv } => {
+            let sub = crate::subcommand::Subcommand::new(
+                env.service,
+                argv.clone(),
+                env.dir.to_path_buf(),
+                env.env.to_vec(),
+            );
+            match sub.output_within(env.limit) {
+                Ok(out) if out.status.success() => Ok(()),
+                Ok(out) => Err(format!(
+                    "`{}` exited with {}{}",
+                    sub.describe(),
+                    out.status,
+                    last_line(&out.stderr_text())
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Kind::File { path } => {
+            let path = env.dir.join(path);
+            if path.exists() {
+                Ok(())
+            } else {
+                Err(format!("`{}` does not exist yet", path.display()))
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+fn last_line(text: &str) -> String {
+    text.lines()
+        .last()
+        .map(|l| format!(": {l}"))
+        .unwrap_or_default()
+}
+
+fn connect(addr: &str, limit: Duration) -> Result<TcpStream, String> {
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("can't resolve {addr}: {e}"))?
+        .collect();
+    let mut last = format!("no address for {addr}");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, limit.max(Duration::from_millis(1))) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = format!("{e} on {a}"),
+        }
+    }
+    Err(last)
+}
+
+fn http_get(h: &Http, limit: Duration) -> Result<(), String> {
+    let rest = h
+        .url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("only http:// URLs can be checked, not {}", h.url))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:80")
+    };
+    let deadline = Instant::now() + limit;
+    let mut stream = connect(&addr, limit)?;
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    let _ = stream.set_write_timeout(Some(left()));
+    let _ = stream.set_read_timeout(Some(left()));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nUser-Agent: hitchserve\r\n\r\n"
+    )
+    .map_err(|e| format!("{e} sending to {}", h.url))?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .map_err(|e| format!("{e} reading from {}", h.url))?;
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no HTTP status from {}", h.url))?;
+    if !(h.status)(status) {
+        return Err(format!("{} answered {status}", h.url));
+    }
+    if let Some(body_ok) = &h.body {
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        if !body_ok(body) {
+            return Err(format!(
+                "{} answered {status} with a body its check refused",
+                h.url
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {

@@ -208,6 +208,46 @@ impl Subcommand {
         }
     }
 
+    /// Run it, capture what it wrote, and kill it if it takes longer than `limit`.
+    pub(crate) fn output_within(&self, limit: std::time::Duration) -> Result<Output> {
+        let mut child = self.spawn_piped()?;
+        let readers: Vec<_> = [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .map(|pipe| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut buf);
+                }
+                buf
+            })
+        })
+        .collect();
+        let pid = child.id();
+        if !crate::process::wait_pid(pid, limit) {
+            let _ = child.kill();
+        }
+        let status = child.wait().map_err(|source| Error::Spawn {
+            service: self.service.clone(),
+            source,
+        })?;
+        let mut outs = readers.into_iter().map(|r| r.join().unwrap_or_default());
+        Ok(Output {
+            status: ExitStatus::from_std(status),
+            stdout: outs.next().unwrap_or_default(),
+            stderr: outs.next().unwrap_or_default(),
+        })
+    }
+
     /// Run it with the terminal handed over (stdin, stdout and stderr inherited).
     pub(crate) fn run_in_terminal(&self) -> Result<()> {
         let mut cmd = self.command()?;

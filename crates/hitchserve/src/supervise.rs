@@ -28,7 +28,7 @@ use crate::console::Console;
 use crate::guardian;
 use crate::hooks::{Hook, HookContext};
 use crate::logs::{Filter, LineSplitter, LogLine, LogStore, Part, Source, Stream};
-use crate::readiness::{LineChecker, Ready, Verdict};
+use crate::readiness::{Checker, ProbeEnv, Ready, Verdict};
 use crate::rundir::RunDir;
 use crate::signal::{ExitStatus, Signal};
 
@@ -166,6 +166,8 @@ pub(crate) struct State {
     pub crash_reported: bool,
     pub spawn_error: Option<std::io::Error>,
     pub check_panic: Option<String>,
+    /// The last failure of a readiness probe ("connection refused on 127.0.0.1:5432").
+    pub probe_failure: Option<String>,
     /// A hook failed: which one and why.
     pub hook_error: Option<(Part, String)>,
     pub started_at: Option<Instant>,
@@ -187,6 +189,7 @@ impl State {
             spawn_error: None,
             check_panic: None,
             hook_error: None,
+            probe_failure: None,
             started_at: None,
             ready_at: None,
         }
@@ -737,7 +740,16 @@ fn supervise(shared: &Arc<Shared>, idx: usize, mut child: Child) {
         child.stderr.take().map(OwnedFd::from),
         &plan.err,
     );
-    let checker = plan.ready.checker();
+    let checker = Arc::new(plan.ready.checker());
+    if checker.has_probes() {
+        let (prober_shared, prober_checker) = (Arc::clone(shared), Arc::clone(&checker));
+        let spawned = std::thread::Builder::new()
+            .name(format!("hitchserve:{}:probe", plan.name))
+            .spawn(move || probe_until_ready(&prober_shared, idx, &prober_checker));
+        if let Ok(handle) = spawned {
+            shared.lock_supervisors().push(handle);
+        }
+    }
     let pidfd = pidfd_open(pid);
     // Until the main process exits: read whatever arrives.
     loop {
@@ -841,6 +853,46 @@ fn exit_status_unreaped(pid: u32) -> ExitStatus {
     }
 }
 
+/// First pause between two rounds of readiness probes; it grows to `PROBE_MAX_PAUSE`.
+const PROBE_FIRST_PAUSE: Duration = Duration::from_millis(5);
+const PROBE_MAX_PAUSE: Duration = Duration::from_millis(250);
+/// Longest one probe may take.
+const PROBE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Try a service's probes until its check passes or it is no longer waiting for them.
+fn probe_until_ready(shared: &Arc<Shared>, idx: usize, checker: &Checker) {
+    let plan = &shared.plans[idx];
+    let env = ProbeEnv {
+        service: &plan.name,
+        dir: &plan.dir,
+        env: &plan.env,
+        limit: PROBE_LIMIT,
+    };
+    let mut pause = PROBE_FIRST_PAUSE;
+    loop {
+        if shared.lock()[idx].phase != Phase::Running {
+            return;
+        }
+        match checker.probe(&env) {
+            Verdict::Ready => {
+                shared.became_ready(idx);
+                return;
+            }
+            Verdict::Panicked(message) => {
+                shared.update(idx, |st| st.check_panic = Some(message));
+                return;
+            }
+            Verdict::NotYet => {
+                let failure = checker.last_failure();
+                shared.update(idx, |st| st.probe_failure = failure);
+            }
+        }
+        // Probing is asking again and again by nature: the pause is the probe interval.
+        std::thread::sleep(pause);
+        pause = (pause * 3 / 2).min(PROBE_MAX_PAUSE);
+    }
+}
+
 /// How often to look for the exit when the kernel has no pidfd (before Linux 5.3).
 const EXIT_POLL_FALLBACK: Duration = Duration::from_millis(20);
 
@@ -848,7 +900,7 @@ const EXIT_POLL_FALLBACK: Duration = Duration::from_millis(20);
 fn poll_once(
     out: &mut StreamReader<'_>,
     err: &mut StreamReader<'_>,
-    checker: &LineChecker,
+    checker: &Checker,
     pidfd: Option<&OwnedFd>,
     pid: u32,
     deadline: Option<Instant>,
@@ -988,7 +1040,7 @@ impl<'a> StreamReader<'a> {
     }
 
     /// One read: its lines are stored (and so written to `all.log`) and checked.
-    fn read_some(&mut self, checker: &LineChecker) {
+    fn read_some(&mut self, checker: &Checker) {
         let Some(fd) = self.fd.as_ref() else { return };
         if self.buf.is_empty() {
             self.buf = vec![0u8; READ_BUF_START];
@@ -1017,7 +1069,7 @@ impl<'a> StreamReader<'a> {
     }
 
     /// End of the stream: an unterminated last line is still a line.
-    fn finish(&mut self, checker: &LineChecker) {
+    fn finish(&mut self, checker: &Checker) {
         self.fd = None;
         if let Some(last) = self.splitter.finish() {
             deliver(
@@ -1037,7 +1089,7 @@ fn deliver(
     source: &Arc<Source>,
     idx: usize,
     lines: &[(&[u8], bool)],
-    checker: &LineChecker,
+    checker: &Checker,
 ) {
     let stored = shared.output.emit(source, lines, checker.is_pending());
     match checker.check(&stored) {

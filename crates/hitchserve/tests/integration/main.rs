@@ -14,6 +14,7 @@ mod log_store;
 mod orphans;
 mod parallel_bundles;
 mod process_api;
+mod readiness;
 mod shutdown;
 mod startup;
 mod startup_failures;

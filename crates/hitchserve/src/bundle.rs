@@ -17,7 +17,7 @@ use crate::logfiles::LogFiles;
 use crate::logs::{Logs, Part, Stream};
 use crate::process::Process;
 use crate::rundir::RunDir;
-use crate::service::Service;
+use crate::service::{Condition, Service};
 use crate::signal::{ExitStatus, Signal};
 use crate::subcommand::Subcommand;
 use crate::supervise::{deadline_after, Output, Phase, Plan, Shared, State, MARKER_VAR};
@@ -222,6 +222,11 @@ impl Bundle {
             }
             Err(e) => {
                 shared.stop_all(self.shutdown_timeout);
+                // The startup error already told of any service that exited.
+                shared
+                    .lock()
+                    .iter_mut()
+                    .for_each(|st| st.crash_reported = true);
                 Err(e)
             }
         }
@@ -273,8 +278,8 @@ impl Bundle {
                     searched,
                 }
             })?;
-            let mut needs = Vec::new();
-            for need in &svc.needs {
+            let mut needs: Vec<(usize, Condition)> = Vec::new();
+            for (need, condition) in &svc.needs {
                 let Some(&n) = index.get(need.as_str()) else {
                     return Err(Error::UnknownNeed {
                         service: name.clone(),
@@ -282,8 +287,8 @@ impl Bundle {
                         known: known(),
                     });
                 };
-                if !needs.contains(&n) {
-                    needs.push(n);
+                if !needs.contains(&(n, *condition)) {
+                    needs.push((n, *condition));
                 }
             }
             plans.push(Plan {
@@ -293,6 +298,7 @@ impl Bundle {
                 dir,
                 env,
                 needs,
+                one_shot: svc.one_shot,
                 ready: svc.ready.clone(),
                 stop_signal: svc.stop_signal,
                 faked: self.time_travel && !svc.no_libfaketime,
@@ -309,6 +315,16 @@ impl Bundle {
                     store.source(Some(idx), name, Part::Poststart, Stream::Stderr),
                 ),
             });
+        }
+        // A service others wait on to complete is one-shot.
+        let completed: Vec<usize> = plans
+            .iter()
+            .flat_map(|p| p.needs.iter())
+            .filter(|(_, c)| *c == Condition::CompletedSuccessfully)
+            .map(|&(n, _)| n)
+            .collect();
+        for n in completed {
+            plans[n].one_shot = true;
         }
         if let Some(cycle) = find_cycle(&plans) {
             return Err(Error::NeedsCycle {
@@ -331,10 +347,13 @@ impl Bundle {
                 if let Some(failure) = find_failure(&mut states) {
                     break failure;
                 }
-                if states
-                    .iter()
-                    .all(|s| s.phase == Phase::Ready && s.announced)
-                {
+                if states.iter().all(|s| {
+                    if s.one_shot {
+                        s.phase == Phase::Exited(ExitStatus::Code(0))
+                    } else {
+                        s.phase == Phase::Ready && s.announced
+                    }
+                }) {
                     return Ok(());
                 }
                 states = match deadline {
@@ -369,16 +388,26 @@ impl Bundle {
                 .enumerate()
                 .filter_map(|(idx, plan)| {
                     let what = match states[idx].phase {
+                        Phase::Running | Phase::Ready if states[idx].one_shot => {
+                            "its one-shot run to complete".to_owned()
+                        }
                         Phase::Ready => return None,
                         Phase::Defined => {
                             let pending: Vec<String> = plan
                                 .needs
                                 .iter()
-                                .filter(|&&n| states[n].phase != Phase::Ready)
-                                .map(|&n| format!("`{}`", shared.plans[n].name))
+                                .filter(|&&(n, c)| match c {
+                                    Condition::Ready => states[n].phase != Phase::Ready,
+                                    Condition::Started => states[n].pid.is_none(),
+                                    Condition::CompletedSuccessfully => {
+                                        states[n].phase != Phase::Exited(ExitStatus::Code(0))
+                                    }
+                                })
+                                .map(|&(n, c)| format!("`{}` {}", shared.plans[n].name, c.words()))
                                 .collect();
-                            format!("{} to be ready (not started)", pending.join(", "))
+                            format!("{} (not started)", pending.join(", "))
                         }
+                        Phase::Exited(ExitStatus::Code(0)) if states[idx].one_shot => return None,
                         Phase::Starting => "its process to start".to_owned(),
                         Phase::Setup => "its setup hook to finish".to_owned(),
                         Phase::PostStart => "its poststart hook to finish".to_owned(),
@@ -880,7 +909,7 @@ fn find_cycle(plans: &[Plan]) -> Option<Vec<usize>> {
     ) -> Option<Vec<usize>> {
         marks[i] = Mark::OnPath;
         path.push(i);
-        for &n in &plans[i].needs {
+        for &(n, _) in &plans[i].needs {
             match marks[n] {
                 Mark::OnPath => {
                     let start = path.iter().position(|&p| p == n).unwrap_or(0);
@@ -981,7 +1010,8 @@ fn find_failure(states: &mut [State]) -> Option<Failure> {
                     .unwrap_or_else(|| std::io::Error::other("unknown error"));
                 return Some(Failure::Spawn(idx, source));
             }
-            Phase::Exited(status) if st.was_ready => {
+            Phase::Exited(status) if st.one_shot && status.success() => {}
+            Phase::Exited(status) if st.was_ready && !st.one_shot => {
                 return Some(Failure::ExitedAfterReady(idx, status))
             }
             Phase::Exited(status) => return Some(Failure::Exited(idx, status)),

@@ -55,7 +55,7 @@ pub use process::{
     Process, Resource, Rlimit, Status, ThreadInfo,
 };
 pub use readiness::Ready;
-pub use service::Service;
+pub use service::{Condition, Service};
 pub use signal::{ExitStatus, ParseSignalError, Signal};
 pub use subcommand::{Output, Subcommand};
 

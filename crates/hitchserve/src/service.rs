@@ -11,6 +11,28 @@ use crate::hooks::{Hook, HookContext, HookResult};
 use crate::readiness::Ready;
 use crate::signal::Signal;
 
+/// What a service waits for in a service it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Condition {
+    /// Its readiness check passed (and its poststart hook finished). The default.
+    Ready,
+    /// Its process has started.
+    Started,
+    /// It exited 0 (a one-shot service).
+    CompletedSuccessfully,
+}
+
+impl Condition {
+    pub(crate) fn words(self) -> &'static str {
+        match self {
+            Condition::Ready => "to be ready",
+            Condition::Started => "to start",
+            Condition::CompletedSuccessfully => "to complete successfully",
+        }
+    }
+}
+
 /// A service to run: a command (argv, never a shell string) and how to tell it is ready.
 ///
 /// ```
@@ -29,7 +51,8 @@ pub struct Service {
     pub(crate) ready: Ready,
     pub(crate) directory: Option<PathBuf>,
     pub(crate) env: Vec<(OsString, Option<OsString>)>,
-    pub(crate) needs: Vec<String>,
+    pub(crate) needs: Vec<(String, Condition)>,
+    pub(crate) one_shot: bool,
     pub(crate) stop_signal: Signal,
     pub(crate) no_libfaketime: bool,
     pub(crate) setup: Option<Hook>,
@@ -50,6 +73,7 @@ impl Service {
             directory: None,
             env: Vec::new(),
             needs: Vec::new(),
+            one_shot: false,
             stop_signal: Signal::SIGTERM,
             no_libfaketime: false,
             setup: None,
@@ -102,12 +126,50 @@ impl Service {
     }
 
     /// Start only after these services are ready. Adds to earlier `needs`.
-    pub fn needs<I, S>(mut self, names: I) -> Service
+    pub fn needs<I, S>(self, names: I) -> Service
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.needs.extend(names.into_iter().map(Into::into));
+        self.needs_when(names, Condition::Ready)
+    }
+
+    /// Start as soon as these services' processes have started (not waiting for ready).
+    pub fn needs_started<I, S>(self, names: I) -> Service
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.needs_when(names, Condition::Started)
+    }
+
+    /// Start only after these one-shot services (a migration, say) have exited 0. They
+    /// become one-shot: exiting 0 is their success, not a crash; any other exit fails
+    /// startup with their last lines.
+    pub fn needs_completed<I, S>(self, names: I) -> Service
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.needs_when(names, Condition::CompletedSuccessfully)
+    }
+
+    /// Start after these services meet `condition`.
+    pub fn needs_when<I, S>(mut self, names: I, condition: Condition) -> Service
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.needs
+            .extend(names.into_iter().map(|n| (n.into(), condition)));
+        self
+    }
+
+    /// A service that does its job and exits 0 (a migration, a seed script): startup waits
+    /// for that exit, and it is not a crash. Implied for services others
+    /// [`needs_completed`](Service::needs_completed).
+    pub fn one_shot(mut self) -> Service {
+        self.one_shot = true;
         self
     }
 

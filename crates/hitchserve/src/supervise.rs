@@ -30,6 +30,7 @@ use crate::hooks::{Hook, HookContext};
 use crate::logs::{Filter, LineSplitter, LogLine, LogStore, Part, Source, Stream};
 use crate::readiness::{Checker, ProbeEnv, Ready, Verdict};
 use crate::rundir::RunDir;
+use crate::service::Condition;
 use crate::signal::{ExitStatus, Signal};
 
 /// Environment variable that marks every process of a run, so escapees can be found.
@@ -110,7 +111,9 @@ pub(crate) struct Plan {
     pub argv: Vec<OsString>,
     pub dir: PathBuf,
     pub env: Vec<(OsString, OsString)>,
-    pub needs: Vec<usize>,
+    pub needs: Vec<(usize, Condition)>,
+    /// Done once it has exited 0 (see `Service::one_shot`).
+    pub one_shot: bool,
     pub ready: Ready,
     pub stop_signal: Signal,
     /// Runs under the bundle's fake clock.
@@ -166,6 +169,8 @@ pub(crate) struct State {
     pub crash_reported: bool,
     pub spawn_error: Option<std::io::Error>,
     pub check_panic: Option<String>,
+    /// Copied from its plan: exiting 0 is its success.
+    pub one_shot: bool,
     /// The last failure of a readiness probe ("connection refused on 127.0.0.1:5432").
     pub probe_failure: Option<String>,
     /// A hook failed: which one and why.
@@ -189,6 +194,7 @@ impl State {
             spawn_error: None,
             check_panic: None,
             hook_error: None,
+            one_shot: false,
             probe_failure: None,
             started_at: None,
             ready_at: None,
@@ -198,6 +204,7 @@ impl State {
     /// It exited on its own after it was ready.
     pub(crate) fn crashed(&self) -> Option<ExitStatus> {
         match self.phase {
+            Phase::Exited(status) if self.one_shot && status.success() => None,
             Phase::Exited(status) if self.was_ready && !self.exit_expected => Some(status),
             _ => None,
         }
@@ -218,7 +225,13 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(output: Arc<Output>, plans: Vec<Plan>, run: RunDir) -> Shared {
-        let states = plans.iter().map(|_| State::new()).collect();
+        let states = plans
+            .iter()
+            .map(|p| State {
+                one_shot: p.one_shot,
+                ..State::new()
+            })
+            .collect();
         let n = plans.len();
         Shared {
             output,
@@ -328,6 +341,13 @@ impl Shared {
         if torn_down {
             // The bundle began stopping while we were spawning: don't leave this one behind.
             let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
+        } else if self
+            .plans
+            .iter()
+            .any(|p| p.needs.contains(&(idx, Condition::Started)))
+        {
+            // Some service waited only for this one's process to start.
+            self.start_startable();
         }
         Some(child)
     }
@@ -435,13 +455,27 @@ impl Shared {
     pub(crate) fn start_startable(self: &Arc<Self>) {
         let to_start: Vec<usize> = {
             let mut states = self.lock();
-            let ready: Vec<bool> = states.iter().map(|s| s.phase == Phase::Ready).collect();
+            let met: Vec<[bool; 3]> = states
+                .iter()
+                .map(|s| {
+                    [
+                        s.phase == Phase::Ready,
+                        s.pid.is_some(),
+                        s.phase == Phase::Exited(ExitStatus::Code(0)),
+                    ]
+                })
+                .collect();
+            let meets = |n: usize, c: Condition| match c {
+                Condition::Ready => met[n][0],
+                Condition::Started => met[n][1],
+                Condition::CompletedSuccessfully => met[n][2],
+            };
             let mut picked = Vec::new();
             for (idx, plan) in self.plans.iter().enumerate() {
                 let st = &mut states[idx];
                 if st.phase == Phase::Defined
                     && !st.stopping
-                    && plan.needs.iter().all(|&n| ready[n])
+                    && plan.needs.iter().all(|&(n, c)| meets(n, c))
                 {
                     st.phase = Phase::Starting;
                     st.started_at = Some(Instant::now());
@@ -796,7 +830,8 @@ fn supervise(shared: &Arc<Shared>, idx: usize, mut child: Child) {
     out.finish(&checker);
     err.finish(&checker);
     let status = child.wait().map(ExitStatus::from_std).unwrap_or(status);
-    if !expected && shared.lock()[idx].was_ready {
+    let done_right = plan.one_shot && status.success();
+    if !expected && !done_right && shared.lock()[idx].was_ready {
         // Said before the state changes, so whoever sees the crash also finds this line.
         shared
             .output
@@ -804,6 +839,11 @@ fn supervise(shared: &Arc<Shared>, idx: usize, mut child: Child) {
     }
     shared.update(idx, |st| st.phase = Phase::Exited(status));
     shared.output.store.mark_ended(idx);
+    if done_right {
+        shared.output.log(&format!("{} completed", plan.name));
+        // Services waiting for this one to complete may start now.
+        shared.start_startable();
+    }
 }
 
 /// How often a stopping service's group is looked at once its main process has exited.

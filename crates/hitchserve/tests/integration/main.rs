@@ -4,6 +4,7 @@
 
 mod common;
 
+mod conditions;
 mod console;
 mod crash_after_ready;
 mod definitions;

@@ -1,0 +1,87 @@
+//! Dependency conditions: wait for ready (default), for started, or for a one-shot service
+//! (a migration) to complete successfully.
+
+use hitchserve::{Error, ExitStatus, Service};
+
+use crate::common::{sh, Project};
+
+#[test]
+fn a_migration_runs_to_completion_before_the_app_and_is_no_crash() {
+    let p = Project::new("cond-completed");
+    let mut b = p.bundle();
+    b.add(
+        "Migrate",
+        Service::new([
+            "sh",
+            "-c",
+            "echo migrating; sleep 0.2; echo 'CREATE TABLE done' > schema.txt; echo migrated",
+        ]),
+    )
+    .unwrap();
+    b.add(
+        "App",
+        sh("cat schema.txt; echo READY; exec sleep 1000").needs_completed(["Migrate"]),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let app = b.service("App").unwrap();
+    assert_eq!(app.logs().lines(), vec!["CREATE TABLE done", "READY"]);
+    let migrate = b.service("Migrate").unwrap();
+    assert_eq!(migrate.exit_status(), Some(ExitStatus::Code(0)));
+    b.check().unwrap();
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn a_failing_migration_fails_startup_with_its_last_lines() {
+    let p = Project::new("cond-failed");
+    let mut b = p.bundle();
+    b.add(
+        "Migrate",
+        Service::new(["sh", "-c", "echo 'ERROR: relation exists' >&2; exit 3"]),
+    )
+    .unwrap();
+    b.add(
+        "App",
+        sh("echo READY; exec sleep 1000").needs_completed(["Migrate"]),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    match &err {
+        Error::ExitedBeforeReady {
+            service,
+            status,
+            last_lines,
+        } => {
+            assert_eq!(service, "Migrate");
+            assert_eq!(*status, ExitStatus::Code(3));
+            assert!(last_lines.iter().any(|l| l.contains("relation exists")));
+        }
+        other => panic!("wrong error: {other:?}"),
+    }
+    assert!(
+        b.service("App").unwrap().exit_status().is_none(),
+        "App never started"
+    );
+}
+
+#[test]
+fn needs_started_does_not_wait_for_readiness() {
+    let p = Project::new("cond-started");
+    let mut b = p.bundle();
+    // Slow only becomes ready once Eager has run: with `needs` this could never start.
+    b.add(
+        "Slow",
+        sh("while [ ! -e eager.ran ]; do sleep 0.01; done; echo READY; exec sleep 1000"),
+    )
+    .unwrap();
+    b.add(
+        "Eager",
+        sh("touch eager.ran; echo READY; exec sleep 1000").needs_started(["Slow"]),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let all = b.logs().lines();
+    let at = |needle: &str| all.iter().position(|l| l.starts_with(needle)).unwrap();
+    assert!(at("Starting Eager") < at("Slow ready"));
+}

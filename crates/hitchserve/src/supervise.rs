@@ -459,7 +459,8 @@ impl Shared {
                 .iter()
                 .map(|s| {
                     [
-                        s.phase == Phase::Ready,
+                        // Announced too: its "ready" line comes before its dependents start.
+                        s.phase == Phase::Ready && s.announced,
                         s.pid.is_some(),
                         s.phase == Phase::Exited(ExitStatus::Code(0)),
                     ]

@@ -142,9 +142,12 @@ fn the_group_keeps_its_grace_when_the_main_process_exits_first() {
     let mut b = p.bundle();
     b.add(
         "Wrapped",
+        // The server under the wrapper is one process, so no fork can race the signal.
         sh(concat!(
-            "sh -c 'trap \"sleep 0.2; echo graceful goodbye; exit 0\" TERM; ",
-            "sleep 1000 & echo READY; wait' & wait"
+            "python3 -c 'import signal, sys, time\n",
+            "def bye(*a):\n    time.sleep(0.2); print(\"graceful goodbye\", flush=True); sys.exit(0)\n",
+            "signal.signal(signal.SIGTERM, bye)\nprint(\"READY\", flush=True)\n",
+            "while True: time.sleep(1)' & wait"
         )),
     )
     .unwrap();

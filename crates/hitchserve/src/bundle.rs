@@ -54,6 +54,8 @@ pub struct Bundle {
     stopped: bool,
     time_travel: bool,
     clock: Clock,
+    ports: crate::ports::PortTable,
+    held_ports: Vec<crate::ports::HeldPort>,
 }
 
 impl Bundle {
@@ -70,6 +72,8 @@ impl Bundle {
             stopped: false,
             time_travel: true,
             clock: Clock::new(),
+            ports: crate::ports::PortTable::new(),
+            held_ports: Vec::new(),
         }
     }
 
@@ -161,6 +165,7 @@ impl Bundle {
             source,
         })?;
         let run = RunDir::allocate(&project);
+        self.allocate_ports()?;
         let mut plans = self.plan(&project, &run.id)?;
         let faked: Vec<&str> = plans
             .iter()
@@ -232,6 +237,57 @@ impl Bundle {
         }
     }
 
+    /// Reserve every declared port (once: a retried startup keeps them).
+    fn allocate_ports(&mut self) -> Result<()> {
+        for (name, svc) in &self.defs {
+            for port_name in &svc.ports {
+                let key = (name.clone(), port_name.clone());
+                if self.ports.contains_key(&key) {
+                    continue;
+                }
+                let held = crate::ports::allocate().map_err(|source| Error::Io {
+                    context: format!("could not reserve port `{port_name}` for `{name}`"),
+                    source,
+                })?;
+                self.ports.insert(key, held.port);
+                self.held_ports.push(held);
+            }
+        }
+        Ok(())
+    }
+
+    /// The service with its port templates filled in.
+    fn expand_ports(&self, name: &str, svc: &Service) -> Result<Service> {
+        let f = |text: &str| crate::ports::expand(text, name, &self.ports);
+        let os = |a: &std::ffi::OsString| -> Result<std::ffi::OsString> {
+            match a.to_str() {
+                Some(s) => Ok(f(s)?.into()),
+                None => Ok(a.clone()),
+            }
+        };
+        let mut out = svc.clone();
+        out.argv = svc.argv.iter().map(os).collect::<Result<_>>()?;
+        out.env = svc
+            .env
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_ref().map(os).transpose()?)))
+            .collect::<Result<_>>()?;
+        out.ready = svc.ready.expand(&f)?;
+        Ok(out)
+    }
+
+    /// The port reserved as `name` for `service` (see [`Service::port`]); ports are
+    /// reserved at startup.
+    pub fn port(&self, service: &str, name: &str) -> Result<u16> {
+        self.ports
+            .get(&(service.to_owned(), name.to_owned()))
+            .copied()
+            .ok_or_else(|| Error::UnknownPort {
+                service: service.to_owned(),
+                template: format!("{{{service}.port.{name}}}"),
+            })
+    }
+
     /// Resolve and check every definition; nothing has started yet.
     fn plan(&self, project: &Path, run_id: &str) -> Result<Vec<Plan>> {
         let index: HashMap<&str, usize> = self
@@ -251,6 +307,7 @@ impl Bundle {
         let store = &self.output.store;
         let mut plans = Vec::with_capacity(self.defs.len());
         for (idx, (name, svc)) in self.defs.iter().enumerate() {
+            let svc = &self.expand_ports(name, svc)?;
             let Some(program) = svc.argv.first() else {
                 return Err(Error::EmptyCommand {
                     service: name.clone(),

@@ -204,6 +204,15 @@ pub enum Error {
         searched: Vec<PathBuf>,
     },
 
+    /// A `{port.NAME}` or `{Service.port.NAME}` template names no port.
+    #[error("service `{service}` uses {template}, but no such port was declared: add Service::port(\"NAME\") to the service that owns it")]
+    UnknownPort {
+        /// The service whose definition has the template.
+        service: String,
+        /// The template.
+        template: String,
+    },
+
     /// A regular expression that doesn't parse.
     #[error("invalid regular expression `{pattern}`: {message}")]
     InvalidPattern {

@@ -37,6 +37,7 @@ mod hooks;
 mod kernel;
 mod logfiles;
 mod logs;
+mod ports;
 mod process;
 mod readiness;
 mod rundir;

@@ -202,6 +202,39 @@ impl Ready {
         }
     }
 
+    /// The same check with `f` applied to its addresses, URLs, commands and paths (for
+    /// port templates).
+    pub(crate) fn expand(
+        &self,
+        f: &dyn Fn(&str) -> Result<String, crate::Error>,
+    ) -> Result<Ready, crate::Error> {
+        let os = |a: &OsString| -> Result<OsString, crate::Error> {
+            match a.to_str() {
+                Some(s) => Ok(f(s)?.into()),
+                None => Ok(a.clone()),
+            }
+        };
+        Ok(Ready(match &self.0 {
+            Kind::Tcp { addr } => Kind::Tcp { addr: f(addr)? },
+            Kind::Http(h) => Kind::Http(Http {
+                url: f(&h.url)?,
+                ..h.clone()
+            }),
+            Kind::Exec { argv } => Kind::Exec {
+                argv: argv.iter().map(os).collect::<Result<_, _>>()?,
+            },
+            Kind::File { path } => Kind::File {
+                path: match path.to_str() {
+                    Some(p) => PathBuf::from(f(p)?),
+                    None => path.clone(),
+                },
+            },
+            Kind::All(v) => Kind::All(v.iter().map(|r| r.expand(f)).collect::<Result<_, _>>()?),
+            Kind::Any(v) => Kind::Any(v.iter().map(|r| r.expand(f)).collect::<Result<_, _>>()?),
+            other => other.clone(),
+        }))
+    }
+
     pub(crate) fn checker(&self) -> Checker {
         let mut leaves = Vec::new();
         let tree = flatten(self, &mut leaves);

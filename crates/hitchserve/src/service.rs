@@ -53,6 +53,7 @@ pub struct Service {
     pub(crate) env: Vec<(OsString, Option<OsString>)>,
     pub(crate) needs: Vec<(String, Condition)>,
     pub(crate) one_shot: bool,
+    pub(crate) ports: Vec<String>,
     pub(crate) stop_signal: Signal,
     pub(crate) no_libfaketime: bool,
     pub(crate) setup: Option<Hook>,
@@ -74,6 +75,7 @@ impl Service {
             env: Vec::new(),
             needs: Vec::new(),
             one_shot: false,
+            ports: Vec::new(),
             stop_signal: Signal::SIGTERM,
             no_libfaketime: false,
             setup: None,
@@ -162,6 +164,27 @@ impl Service {
     {
         self.needs
             .extend(names.into_iter().map(|n| (n.into(), condition)));
+        self
+    }
+
+    /// Reserve a free TCP port named `name` for this service. Its number goes wherever
+    /// `{port.NAME}` appears in this service's command, environment values and readiness
+    /// check, and wherever `{Service.port.NAME}` appears in another service's; the bundle
+    /// tells it with [`Bundle::port`](crate::Bundle::port). No two bundles get the same port,
+    /// even in parallel test processes.
+    ///
+    /// ```
+    /// use hitchserve::{Ready, Service};
+    /// let web = Service::new(["python3", "-m", "http.server", "{port.http}"])
+    ///     .port("http")
+    ///     .ready(Ready::tcp_addr("127.0.0.1:{port.http}"));
+    /// let client = Service::new(["python3", "client.py"])
+    ///     .env("WEB_URL", "http://127.0.0.1:{Web.port.http}/")
+    ///     .needs(["Web"]);
+    /// # let _ = (web, client);
+    /// ```
+    pub fn port(mut self, name: impl Into<String>) -> Service {
+        self.ports.push(name.into());
         self
     }
 

@@ -14,6 +14,7 @@ mod log_queries;
 mod log_store;
 mod orphans;
 mod parallel_bundles;
+mod ports;
 mod process_api;
 mod readiness;
 mod shutdown;

@@ -1,0 +1,118 @@
+//! Free TCP ports for services, and the `{port.NAME}` / `{Service.port.NAME}` templates that
+//! put them into commands, environments and readiness checks.
+//!
+//! Owns allocation: a port the kernel says is free (bind to port 0) that no other
+//! hitchserve bundle, in this or any process, holds — each held port has a lock file under
+//! the temporary directory, `flock`ed for the bundle's life. A lock dies with its process,
+//! so a crashed test never leaks a port. A program outside hitchserve could still take the
+//! port between allocation and the service binding it; that window is the service's start.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// A port held for a service until the bundle goes.
+pub(crate) struct HeldPort {
+    pub port: u16,
+    _lock: File,
+}
+
+fn lock_dir() -> PathBuf {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    std::env::temp_dir().join(format!("hitchserve-ports-{uid}"))
+}
+
+/// A free port, held against other hitchserve bundles.
+pub(crate) fn allocate() -> std::io::Result<HeldPort> {
+    let dir = lock_dir();
+    std::fs::create_dir_all(&dir)?;
+    for _ in 0..200 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let file = File::create(dir.join(format!("{port}.lock")))?;
+        // SAFETY: a valid descriptor we own; flock has no other preconditions.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if locked {
+            return Ok(HeldPort { port, _lock: file });
+        }
+    }
+    Err(std::io::Error::other("no free port found after 200 tries"))
+}
+
+/// Ports by (service, name).
+pub(crate) type PortTable = HashMap<(String, String), u16>;
+
+/// Replace `{port.NAME}` (of `service`) and `{Other.port.NAME}` in `text`. Anything else in
+/// braces is left alone, so JSON or shell arguments pass through.
+pub(crate) fn expand(text: &str, service: &str, ports: &PortTable) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            return Ok(out);
+        };
+        let inner = &after[..close];
+        let parts: Vec<&str> = inner.split('.').collect();
+        let key = match parts.as_slice() {
+            ["port", name] => Some((service, *name)),
+            [svc, "port", name] => Some((*svc, *name)),
+            _ => None,
+        };
+        match key {
+            Some((svc, name)) => match ports.get(&(svc.to_owned(), name.to_owned())) {
+                Some(port) => out.push_str(&port.to_string()),
+                None => {
+                    return Err(Error::UnknownPort {
+                        service: service.to_owned(),
+                        template: format!("{{{inner}}}"),
+                    })
+                }
+            },
+            None => {
+                out.push('{');
+                out.push_str(inner);
+                out.push('}');
+            }
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expands_own_and_other_ports_and_leaves_other_braces() {
+        let mut ports = PortTable::new();
+        ports.insert(("App".into(), "http".into()), 8123);
+        ports.insert(("Db".into(), "pg".into()), 5499);
+        assert_eq!(
+            expand(
+                "--port={port.http} --db={Db.port.pg} {\"a\": 1}",
+                "App",
+                &ports
+            )
+            .unwrap(),
+            "--port=8123 --db=5499 {\"a\": 1}"
+        );
+        assert!(expand("{port.nope}", "App", &ports).is_err());
+        assert_eq!(expand("{unclosed", "App", &ports).unwrap(), "{unclosed");
+    }
+
+    #[test]
+    fn allocated_ports_differ_while_held() {
+        let a = allocate().unwrap();
+        let b = allocate().unwrap();
+        assert_ne!(a.port, b.port);
+    }
+}

@@ -217,9 +217,13 @@ impl Bundle {
             run.logs().join("all.log"),
             self.output.console.width(),
         );
-        let shared = Arc::new(Shared::new(Arc::clone(&self.output), plans, run));
+        let shared = Arc::new(Shared::new(Arc::clone(&self.output), plans, run, t0));
         self.shared = Some(Arc::clone(&shared));
-        match self.walk_dag(&shared, t0) {
+        let result = self.walk_dag(&shared, t0);
+        // Evidence for a person: which service made startup slow (or failed it).
+        let svg = shared.run.path.join("timeline.svg");
+        let _ = crate::timeline::of(&shared).save_svg(&svg);
+        match result {
             Ok(()) => {
                 self.output
                     .log(&format!("READY in {:.2} s", t0.elapsed().as_secs_f64()));
@@ -630,6 +634,13 @@ impl Bundle {
             });
         }
         Ok(ProcessTree { services })
+    }
+
+    /// When each service reached each step of its startup: set up, started, ready, done
+    /// with poststart. `Display` draws a text Gantt chart; [`Timeline::save_svg`] a picture
+    /// (startup also writes one to the run directory as `timeline.svg`).
+    pub fn timeline(&self) -> Result<crate::timeline::Timeline> {
+        Ok(crate::timeline::of(self.running()?))
     }
 
     /// How many log lines the bundle holds, and how many bytes of them are in memory (the

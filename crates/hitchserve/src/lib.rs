@@ -45,6 +45,7 @@ mod service;
 mod signal;
 mod subcommand;
 mod supervise;
+mod timeline;
 mod timetravel;
 
 pub use bundle::{Bundle, LogStats, ProcessTree, ServiceHandle, TreeProcess, TreeService};
@@ -59,6 +60,7 @@ pub use readiness::Ready;
 pub use service::{Condition, Service};
 pub use signal::{ExitStatus, ParseSignalError, Signal};
 pub use subcommand::{Output, Subcommand};
+pub use timeline::{ServiceTimeline, Timeline};
 
 /// The time crate whose `Timestamp` [`Bundle::now`] and [`Bundle::time_travel_to`] use.
 pub use jiff;

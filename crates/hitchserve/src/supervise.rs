@@ -177,6 +177,10 @@ pub(crate) struct State {
     pub hook_error: Option<(Part, String)>,
     pub started_at: Option<Instant>,
     pub ready_at: Option<Instant>,
+    /// For the timeline: setup hook start and end, process spawned, readiness check passed.
+    pub setup_span: Option<(Instant, Instant)>,
+    pub spawned_at: Option<Instant>,
+    pub checked_at: Option<Instant>,
 }
 
 impl State {
@@ -198,6 +202,9 @@ impl State {
             probe_failure: None,
             started_at: None,
             ready_at: None,
+            setup_span: None,
+            spawned_at: None,
+            checked_at: None,
         }
     }
 
@@ -213,6 +220,8 @@ impl State {
 
 /// One running bundle: shared by the bundle handle, service handles and all threads.
 pub(crate) struct Shared {
+    /// When startup began: the timeline's zero.
+    pub t0: Instant,
     pub output: Arc<Output>,
     pub plans: Vec<Plan>,
     pub states: Mutex<Vec<State>>,
@@ -224,7 +233,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(output: Arc<Output>, plans: Vec<Plan>, run: RunDir) -> Shared {
+    pub(crate) fn new(output: Arc<Output>, plans: Vec<Plan>, run: RunDir, t0: Instant) -> Shared {
         let states = plans
             .iter()
             .map(|p| State {
@@ -234,6 +243,7 @@ impl Shared {
             .collect();
         let n = plans.len();
         Shared {
+            t0,
             output,
             plans,
             states: Mutex::new(states),
@@ -295,7 +305,10 @@ impl Shared {
         if let Some(setup) = &plan.setup {
             self.update(idx, |st| st.phase = Phase::Setup);
             self.output.log(&format!("Setting up {}", plan.name));
-            if let Err(message) = self.run_hook(idx, setup, &plan.setup_sources) {
+            let began = Instant::now();
+            let result = self.run_hook(idx, setup, &plan.setup_sources);
+            self.update(idx, |st| st.setup_span = Some((began, Instant::now())));
+            if let Err(message) = result {
                 self.update(idx, |st| {
                     st.hook_error = Some((Part::Setup, message));
                     st.phase = Phase::Abandoned;
@@ -335,6 +348,7 @@ impl Shared {
             let st = &mut states[idx];
             st.pid = Some(pid);
             st.phase = Phase::Running;
+            st.spawned_at = Some(Instant::now());
             st.stopping
         };
         self.changed.notify_all();
@@ -514,6 +528,7 @@ impl Shared {
             if st.phase != Phase::Running {
                 return;
             }
+            st.checked_at = Some(Instant::now());
             st.phase = if has_poststart {
                 Phase::PostStart
             } else {

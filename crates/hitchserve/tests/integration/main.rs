@@ -22,3 +22,4 @@ mod startup;
 mod startup_failures;
 mod subcommands;
 mod time_travel;
+mod timeline;

@@ -1,0 +1,242 @@
+//! The startup timeline: when each service reached each step, as data, a text Gantt chart
+//! and an SVG picture, so a user sees at a glance which service makes startup slow.
+//!
+//! Owns turning the instants the supervisor records into offsets from the start of
+//! startup, and drawing them. It records nothing itself.
+
+use std::fmt::{self, Write as _};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::supervise::Shared;
+
+/// Every service's startup steps, from [`Bundle::timeline`](crate::Bundle::timeline).
+#[derive(Clone, Debug)]
+pub struct Timeline {
+    /// One per service, in definition order.
+    pub services: Vec<ServiceTimeline>,
+}
+
+/// One service's steps, as offsets from the start of startup.
+#[derive(Clone, Debug, Default)]
+pub struct ServiceTimeline {
+    /// The service.
+    pub name: String,
+    /// What it needed (by name).
+    pub needs: Vec<String>,
+    /// When its start began (its needs were met).
+    pub started: Option<Duration>,
+    /// Its setup hook ran from .. to.
+    pub setup: Option<(Duration, Duration)>,
+    /// When its process was started.
+    pub process_started: Option<Duration>,
+    /// When its readiness check passed.
+    pub check_passed: Option<Duration>,
+    /// Its poststart hook ran from .. to.
+    pub poststart: Option<(Duration, Duration)>,
+    /// When it was ready for its dependents (after its poststart hook, if any).
+    pub ready: Option<Duration>,
+}
+
+pub(crate) fn of(shared: &Shared) -> Timeline {
+    let states = shared.lock();
+    let since = |i: Option<Instant>| i.map(|i| i.saturating_duration_since(shared.t0));
+    Timeline {
+        services: shared
+            .plans
+            .iter()
+            .zip(states.iter())
+            .map(|(plan, st)| ServiceTimeline {
+                name: plan.name.clone(),
+                needs: plan
+                    .needs
+                    .iter()
+                    .map(|&(n, _)| shared.plans[n].name.clone())
+                    .collect(),
+                started: since(st.started_at),
+                setup: st.setup_span.map(|(a, b)| {
+                    (
+                        a.saturating_duration_since(shared.t0),
+                        b.saturating_duration_since(shared.t0),
+                    )
+                }),
+                process_started: since(st.spawned_at),
+                check_passed: since(st.checked_at),
+                poststart: plan
+                    .poststart
+                    .as_ref()
+                    .and(since(st.checked_at).zip(since(st.ready_at))),
+                ready: since(st.ready_at),
+            })
+            .collect(),
+    }
+}
+
+impl Timeline {
+    /// The latest moment in it.
+    pub fn total(&self) -> Duration {
+        self.services
+            .iter()
+            .flat_map(|s| {
+                [
+                    s.started,
+                    s.setup.map(|x| x.1),
+                    s.process_started,
+                    s.check_passed,
+                    s.ready,
+                ]
+            })
+            .flatten()
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// Write the timeline as an SVG picture.
+    pub fn save_svg(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, self.to_svg())
+    }
+
+    /// The timeline as an SVG picture: a row per service; bars for waiting on needs,
+    /// setup, starting until ready, and poststart.
+    pub fn to_svg(&self) -> String {
+        const LABEL: f64 = 150.0;
+        const CHART: f64 = 640.0;
+        const ROW: f64 = 26.0;
+        const TOP: f64 = 44.0;
+        let total = self.total().as_secs_f64().max(0.001);
+        let x = |d: Duration| LABEL + CHART * d.as_secs_f64() / total;
+        let height = TOP + ROW * self.services.len() as f64 + 40.0;
+        let width = LABEL + CHART + 70.0;
+        let mut svg = String::new();
+        let _ = write!(
+            svg,
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="#ffffff"/>
+<text x="10" y="20" font-size="14" font-weight="bold">Startup timeline ({total:.2} s)</text>
+"##
+        );
+        // Time axis: five ticks.
+        for i in 0..=5 {
+            let t = total * f64::from(i) / 5.0;
+            let tx = LABEL + CHART * f64::from(i) / 5.0;
+            let _ = write!(
+                svg,
+                r##"<line x1="{tx:.1}" y1="{TOP}" x2="{tx:.1}" y2="{:.1}" stroke="#dddddd"/>
+<text x="{tx:.1}" y="{:.1}" text-anchor="middle" fill="#555555">{t:.2} s</text>
+"##,
+                height - 30.0,
+                height - 14.0
+            );
+        }
+        for (row, s) in self.services.iter().enumerate() {
+            let y = TOP + ROW * row as f64 + 4.0;
+            let h = ROW - 8.0;
+            let _ = writeln!(
+                svg,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                LABEL - 8.0,
+                y + h - 4.0,
+                escape(&s.name)
+            );
+            let mut bar = |from: Option<Duration>,
+                           to: Option<Duration>,
+                           colour: &str,
+                           what: &str| {
+                if let (Some(a), Some(b)) = (from, to) {
+                    let w = (x(b) - x(a)).max(1.0);
+                    let _ = writeln!(
+                        svg,
+                        r##"<rect x="{:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{colour}"><title>{} {what}: {:.3} s to {:.3} s</title></rect>"##,
+                        x(a),
+                        escape(&s.name),
+                        a.as_secs_f64(),
+                        b.as_secs_f64()
+                    );
+                }
+            };
+            bar(
+                Some(Duration::ZERO),
+                s.started,
+                "#e8e8e8",
+                "waiting for its needs",
+            );
+            bar(
+                s.setup.map(|x| x.0),
+                s.setup.map(|x| x.1),
+                "#f0a040",
+                "setup",
+            );
+            bar(s.process_started, s.check_passed, "#4a90d9", "starting");
+            bar(
+                s.poststart.map(|x| x.0),
+                s.poststart.map(|x| x.1),
+                "#9b59b6",
+                "poststart",
+            );
+            if let Some(r) = s.ready {
+                let _ = writeln!(
+                    svg,
+                    r##"<text x="{:.1}" y="{:.1}" fill="#333333">{:.2} s</text>"##,
+                    x(r) + 4.0,
+                    y + h - 4.0,
+                    r.as_secs_f64()
+                );
+            }
+        }
+        let ly = height - 2.0;
+        let _ = write!(
+            svg,
+            r##"<text x="10" y="{ly:.1}" fill="#555555">grey: waiting for needs · orange: setup · blue: starting until ready · purple: poststart</text>
+</svg>
+"##
+        );
+        svg
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+impl fmt::Display for Timeline {
+    /// A compact Gantt chart: `.` waiting for needs, `s` setup, `=` starting, `p` poststart.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const COLS: usize = 50;
+        let total = self.total().as_secs_f64().max(0.001);
+        let col = |d: Duration| ((d.as_secs_f64() / total) * COLS as f64).round() as usize;
+        let width = self
+            .services
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(0);
+        writeln!(f, "startup timeline, {total:.2} s")?;
+        for s in &self.services {
+            let mut row = vec![' '; COLS + 1];
+            let mut paint = |from: Option<Duration>, to: Option<Duration>, c: char| {
+                if let (Some(a), Some(b)) = (from, to) {
+                    for cell in row
+                        .iter_mut()
+                        .take(col(b).max(col(a) + 1).min(COLS + 1))
+                        .skip(col(a))
+                    {
+                        *cell = c;
+                    }
+                }
+            };
+            paint(Some(Duration::ZERO), s.started, '.');
+            paint(s.setup.map(|x| x.0), s.setup.map(|x| x.1), 's');
+            paint(s.process_started, s.check_passed, '=');
+            paint(s.poststart.map(|x| x.0), s.poststart.map(|x| x.1), 'p');
+            let row: String = row.into_iter().collect();
+            let done = s.ready.map_or_else(
+                || "not ready".to_owned(),
+                |r| format!("{:.2} s", r.as_secs_f64()),
+            );
+            writeln!(f, "  {:>width$} |{}| {done}", s.name, row.trim_end())?;
+        }
+        Ok(())
+    }
+}

@@ -801,13 +801,7 @@ impl ServiceHandle {
         I: IntoIterator<Item = S>,
         S: Into<std::ffi::OsString>,
     {
-        let plan = &self.shared.plans[self.idx];
-        Subcommand::new(
-            &plan.name,
-            argv.into_iter().map(Into::into).collect(),
-            plan.dir.clone(),
-            plan.env.clone(),
-        )
+        self.shared.plans[self.idx].subcommand(argv.into_iter().map(Into::into).collect())
     }
 
     /// A variable of the service's environment (as it was started with).

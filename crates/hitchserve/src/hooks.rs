@@ -107,13 +107,7 @@ impl HookContext<'_> {
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
-        let plan = &self.shared.plans[self.idx];
-        Subcommand::new(
-            &plan.name,
-            argv.into_iter().map(Into::into).collect(),
-            plan.dir.clone(),
-            plan.env.clone(),
-        )
+        self.shared.plans[self.idx].subcommand(argv.into_iter().map(Into::into).collect())
     }
 
     /// Run a command in the service's environment; its stdout and stderr are printed and

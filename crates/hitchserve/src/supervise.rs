@@ -731,6 +731,13 @@ fn signal_locked(st: &State, signal: NixSignal) -> bool {
     }
 }
 
+impl Plan {
+    /// A command to run like this service: its environment, directory and fake time.
+    pub(crate) fn subcommand(&self, argv: Vec<OsString>) -> crate::subcommand::Subcommand {
+        crate::subcommand::Subcommand::new(&self.name, argv, self.dir.clone(), self.env.clone())
+    }
+}
+
 /// What a supervisor thread is given to do.
 enum Task {
     /// Spawn the service, then supervise it.
@@ -867,33 +874,12 @@ const GROUP_CHECK: Duration = Duration::from_millis(10);
 
 /// Whether a live process other than the (exited) leader is still in process group `pgid`.
 fn group_has_others(pgid: u32) -> bool {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
+    let Ok(all) = procfs::process::all_processes() else {
         return false;
     };
-    dir.flatten().any(|entry| {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            return false;
-        };
-        if pid == pgid {
-            return false;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            return false;
-        };
-        // After the command name in parentheses: state, ppid, pgrp.
-        let mut fields = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r)
-            .unwrap_or("")
-            .split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
-        pgrp == Some(pgid) && !matches!(state, Some("Z" | "X"))
-    })
+    all.flatten()
+        .filter_map(|p| p.stat().ok())
+        .any(|st| st.pgrp == pgid as i32 && st.pid != pgid as i32 && !matches!(st.state, 'Z' | 'X'))
 }
 
 /// How an exited, not yet reaped, process ended (without reaping it).

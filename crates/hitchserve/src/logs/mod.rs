@@ -314,22 +314,23 @@ impl Logs {
 
     /// Only what the setup hook ran (lines labelled `Setup Name` / `Err Setup Name`).
     pub fn setup(&self) -> Logs {
-        let mut l = self.clone();
-        l.filter.part = Some(Part::Setup);
-        l
+        self.part(Part::Setup)
     }
 
     /// Only what the poststart hook ran (lines labelled `Post Name` / `Err Post Name`).
     pub fn poststart(&self) -> Logs {
-        let mut l = self.clone();
-        l.filter.part = Some(Part::Poststart);
-        l
+        self.part(Part::Poststart)
     }
 
     /// Only the service's own process (no hook output).
     pub fn main(&self) -> Logs {
+        self.part(Part::Main)
+    }
+
+    /// Only lines from this part of the service's life.
+    pub fn part(&self, part: Part) -> Logs {
         let mut l = self.clone();
-        l.filter.part = Some(Part::Main);
+        l.filter.part = Some(part);
         l
     }
 

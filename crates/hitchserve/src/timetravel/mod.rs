@@ -337,11 +337,9 @@ pub(crate) fn show(moment: Timestamp) -> String {
 /// (it only removes them itself when a process exits normally).
 pub(crate) fn remove_shm_leftovers(pids: &[u32]) {
     for &pid in pids {
-        let gone = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|state| state == "Z" || state == "X")
-        });
+        let gone = procfs::process::Process::new(pid as i32)
+            .and_then(|p| p.stat())
+            .map_or(true, |st| matches!(st.state, 'Z' | 'X'));
         if gone {
             let _ = std::fs::remove_file(format!("/dev/shm/faketime_shm_{pid}"));
             let _ = std::fs::remove_file(format!("/dev/shm/sem.faketime_sem_{pid}"));

@@ -327,7 +327,28 @@ impl Bundle {
                     path: dir,
                 });
             }
-            let env = service_env(&base_env, &svc.env, run_id);
+            let mut env = service_env(&base_env, &svc.env, run_id);
+            let run_as = match &svc.user {
+                None => None,
+                Some(user) => {
+                    let found = nix::unistd::User::from_name(user)
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| Error::NoSuchUser {
+                            service: name.clone(),
+                            user: user.clone(),
+                        })?;
+                    for (k, v) in [
+                        ("HOME", found.dir.as_os_str().to_owned()),
+                        ("USER", user.into()),
+                        ("LOGNAME", user.into()),
+                    ] {
+                        env.retain(|(key, _)| key != k);
+                        env.push((k.into(), v));
+                    }
+                    Some((found.uid.as_raw(), found.gid.as_raw()))
+                }
+            };
             let path_var = env
                 .iter()
                 .find(|(k, _)| k == "PATH")
@@ -360,6 +381,7 @@ impl Bundle {
                 env,
                 needs,
                 one_shot: svc.one_shot,
+                run_as,
                 ready: svc.ready.clone(),
                 stop_signal: svc.stop_signal,
                 faked: self.time_travel && !svc.no_libfaketime,

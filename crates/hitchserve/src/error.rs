@@ -204,6 +204,15 @@ pub enum Error {
         searched: Vec<PathBuf>,
     },
 
+    /// `Service::user` names a user this system doesn't have.
+    #[error("service `{service}` is to run as user `{user}`, who does not exist here: create the user (e.g. `useradd --system {user}`) or pick another")]
+    NoSuchUser {
+        /// The service.
+        service: String,
+        /// The user name.
+        user: String,
+    },
+
     /// A `{port.NAME}` or `{Service.port.NAME}` template names no port.
     #[error("service `{service}` uses {template}, but no such port was declared: add Service::port(\"NAME\") to the service that owns it")]
     UnknownPort {

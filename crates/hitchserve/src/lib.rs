@@ -42,6 +42,7 @@ mod process;
 mod readiness;
 mod rundir;
 mod service;
+pub mod services;
 mod signal;
 mod subcommand;
 mod supervise;

@@ -54,6 +54,7 @@ pub struct Service {
     pub(crate) needs: Vec<(String, Condition)>,
     pub(crate) one_shot: bool,
     pub(crate) ports: Vec<String>,
+    pub(crate) user: Option<String>,
     pub(crate) stop_signal: Signal,
     pub(crate) no_libfaketime: bool,
     pub(crate) setup: Option<Hook>,
@@ -76,6 +77,7 @@ impl Service {
             needs: Vec::new(),
             one_shot: false,
             ports: Vec::new(),
+            user: None,
             stop_signal: Signal::SIGTERM,
             no_libfaketime: false,
             setup: None,
@@ -185,6 +187,15 @@ impl Service {
     /// ```
     pub fn port(mut self, name: impl Into<String>) -> Service {
         self.ports.push(name.into());
+        self
+    }
+
+    /// Run the service — and its hooks' commands and its sub-commands — as this user (and
+    /// that user's group), with `HOME`, `USER` and `LOGNAME` set to match. Needs root.
+    /// Nothing is created: a user that doesn't exist is an error at startup. PostgreSQL,
+    /// for one, refuses to run as root.
+    pub fn user(mut self, name: impl Into<String>) -> Service {
+        self.user = Some(name.into());
         self
     }
 

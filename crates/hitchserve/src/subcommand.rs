@@ -33,6 +33,7 @@ pub struct Subcommand {
     dir: PathBuf,
     env: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
+    run_as: Option<(u32, u32)>,
 }
 
 /// What a finished sub-command left behind.
@@ -71,7 +72,14 @@ impl Subcommand {
             dir,
             env,
             stdin: None,
+            run_as: None,
         }
+    }
+
+    /// Run as this uid and gid (the service's user).
+    pub(crate) fn run_as(mut self, run_as: Option<(u32, u32)>) -> Subcommand {
+        self.run_as = run_as;
+        self
     }
 
     /// Add an argument.
@@ -132,6 +140,10 @@ impl Subcommand {
                 }
             })?;
         let mut cmd = Command::new(program);
+        if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
+        }
         cmd.args(&self.argv[1..])
             .current_dir(&self.dir)
             .env_clear()

@@ -17,6 +17,8 @@ mod parallel_bundles;
 mod ports;
 mod process_api;
 mod readiness;
+mod redis;
+mod run_as_user;
 mod shutdown;
 mod startup;
 mod startup_failures;

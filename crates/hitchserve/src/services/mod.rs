@@ -1,0 +1,10 @@
+//! Ready-made services: real servers in a few lines, built on the generic API.
+//!
+//! Each is a function returning a configured [`Service`](crate::Service) (so it can still be
+//! adjusted with the builder) and a handle type for what a test does with the running
+//! server. Ports are reserved with [`Service::port`](crate::Service::port), so parallel
+//! tests never collide.
+
+pub mod redis;
+
+pub use redis::{Redis, RedisHandle};

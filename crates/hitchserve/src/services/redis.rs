@@ -1,0 +1,120 @@
+//! Redis (`redis-server` from Debian's `redis-server` package): on a free port, in memory
+//! only, ready when it says so and answers on its port. It runs on real time (see
+//! `Redis::service`): time travel does not reach it.
+
+use crate::bundle::{Bundle, ServiceHandle};
+use crate::error::Result;
+use crate::readiness::Ready;
+use crate::service::Service;
+use crate::subcommand::Subcommand;
+
+/// The name of Redis's port (see [`Service::port`]).
+pub const PORT: &str = "redis";
+
+/// A Redis server to add to a bundle.
+///
+/// ```no_run
+/// use hitchserve::{services::Redis, Bundle};
+/// # fn main() -> hitchserve::Result<()> {
+/// let mut bundle = Bundle::new(".");
+/// bundle.add("Redis", Redis::new().service())?;
+/// bundle.startup()?;
+/// let redis = Redis::handle(&bundle, "Redis")?;
+/// redis.cli(["SET", "greeting", "hello"]).run()?;
+/// assert_eq!(redis.cli(["GET", "greeting"]).output()?.stdout_text().trim(), "hello");
+/// println!("connect with {}", redis.url());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Redis {
+    args: Vec<String>,
+}
+
+impl Redis {
+    /// Redis with its defaults: a free port on 127.0.0.1, no persistence.
+    pub fn new() -> Redis {
+        Redis::default()
+    }
+
+    /// Pass a configuration directive, e.g. `.config("maxmemory", "10mb")`.
+    pub fn config(mut self, key: &str, value: &str) -> Redis {
+        self.args.push(format!("--{key}"));
+        self.args.push(value.to_owned());
+        self
+    }
+
+    /// The service to add to a bundle.
+    pub fn service(self) -> Service {
+        let mut argv: Vec<String> = [
+            "redis-server",
+            "--port",
+            "{port.redis}",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        argv.extend(self.args);
+        Service::new(argv)
+            .port(PORT)
+            .ready(Ready::all([
+                Ready::line_contains("Ready to accept connections"),
+                Ready::tcp_addr("127.0.0.1:{port.redis}"),
+            ]))
+            // Debian's redis-server uses jemalloc, which reads the clock while it sets
+            // itself up: under libfaketime 0.9.10 it fails ("recursive calls to
+            // clock_gettime") or hangs. So Redis keeps real time.
+            .no_libfaketime()
+    }
+
+    /// What a test uses of the running Redis named `name`.
+    pub fn handle(bundle: &Bundle, name: &str) -> Result<RedisHandle> {
+        Ok(RedisHandle {
+            port: bundle.port(name, PORT)?,
+            service: bundle.service(name)?,
+        })
+    }
+}
+
+/// A running Redis, from [`Redis::handle`].
+#[derive(Debug, Clone)]
+pub struct RedisHandle {
+    port: u16,
+    service: ServiceHandle,
+}
+
+impl RedisHandle {
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `redis-cli` against it, as a sub-command (run it, or take its output).
+    pub fn cli<I, S>(&self, args: I) -> Subcommand
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString>,
+    {
+        self.service
+            .subcommand(["redis-cli", "-h", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args(args)
+    }
+
+    /// The service itself (logs, process, ...).
+    pub fn service(&self) -> &ServiceHandle {
+        &self.service
+    }
+}

@@ -1,0 +1,43 @@
+//! The ready-made Redis, for real: SET and GET through redis-cli.
+
+use hitchserve::services::Redis;
+
+use crate::common::Project;
+
+#[test]
+fn set_and_get_through_the_cli() {
+    let p = Project::new("redis");
+    let mut b = p.bundle();
+    b.add("Redis", Redis::new().config("maxmemory", "10mb").service())
+        .unwrap();
+    b.add("Cache2", Redis::new().service()).unwrap();
+    b.startup().unwrap();
+    let redis = Redis::handle(&b, "Redis").unwrap();
+    let other = Redis::handle(&b, "Cache2").unwrap();
+    assert_ne!(redis.port(), other.port());
+    redis.cli(["SET", "greeting", "hello"]).run().unwrap();
+    let got = redis.cli(["GET", "greeting"]).checked_output().unwrap();
+    assert_eq!(got.stdout_text().trim(), "hello");
+    // The other server is a different one.
+    let none = other.cli(["GET", "greeting"]).checked_output().unwrap();
+    assert_eq!(none.stdout_text().trim(), "");
+    let cfg = redis
+        .cli(["CONFIG", "GET", "maxmemory"])
+        .checked_output()
+        .unwrap();
+    assert!(
+        cfg.stdout_text().contains("10485760"),
+        "{}",
+        cfg.stdout_text()
+    );
+    assert_eq!(redis.url(), format!("redis://127.0.0.1:{}", redis.port()));
+    let listening = redis
+        .service()
+        .process()
+        .unwrap()
+        .connections()
+        .unwrap()
+        .iter()
+        .any(|c| c.state == "LISTEN" && c.local.map(|a| a.port()) == Some(redis.port()));
+    assert!(listening);
+}

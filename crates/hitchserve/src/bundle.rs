@@ -261,8 +261,12 @@ impl Bundle {
     }
 
     /// The service with its port templates filled in.
-    fn expand_ports(&self, name: &str, svc: &Service) -> Result<Service> {
-        let f = |text: &str| crate::ports::expand(text, name, &self.ports);
+    fn expand_ports(&self, name: &str, svc: &Service, run_dir: &Path) -> Result<Service> {
+        let run = run_dir.to_string_lossy();
+        let f = |text: &str| {
+            crate::ports::expand(text, name, &self.ports)
+                .map(|t| t.replace("{run}", &run).replace("{service}", name))
+        };
         let os = |a: &std::ffi::OsString| -> Result<std::ffi::OsString> {
             match a.to_str() {
                 Some(s) => Ok(f(s)?.into()),
@@ -311,7 +315,11 @@ impl Bundle {
         let store = &self.output.store;
         let mut plans = Vec::with_capacity(self.defs.len());
         for (idx, (name, svc)) in self.defs.iter().enumerate() {
-            let svc = &self.expand_ports(name, svc)?;
+            let svc = &self.expand_ports(
+                name,
+                svc,
+                &project.join(".hitchserve").join("runs").join(run_id),
+            )?;
             let Some(program) = svc.argv.first() else {
                 return Err(Error::EmptyCommand {
                     service: name.clone(),

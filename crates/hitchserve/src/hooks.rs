@@ -94,6 +94,25 @@ impl HookContext<'_> {
         &self.shared.run.path
     }
 
+    /// Create a directory (and its parents) owned by the service's user (see
+    /// [`Service::user`](crate::Service::user)), e.g. a database's data directory.
+    pub fn make_dir(&self, path: &Path) -> Result<()> {
+        let io = |source| Error::Io {
+            context: format!("could not create `{}`", path.display()),
+            source,
+        };
+        std::fs::create_dir_all(path).map_err(io)?;
+        if let Some((uid, gid)) = self.shared.plans[self.idx].run_as {
+            nix::unistd::chown(
+                path,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| io(std::io::Error::from(e)))?;
+        }
+        Ok(())
+    }
+
     /// Print and store a line under the hook's label.
     pub fn log(&self, message: &str) {
         let lines: Vec<(&[u8], bool)> = message.split('\n').map(|l| (l.as_bytes(), true)).collect();

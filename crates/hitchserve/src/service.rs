@@ -169,7 +169,9 @@ impl Service {
         self
     }
 
-    /// Reserve a free TCP port named `name` for this service. Its number goes wherever
+    /// Reserve a free TCP port named `name` for this service. (Besides port templates,
+    /// `{run}` stands for the run directory and `{service}` for the service's name.)
+    /// Its number goes wherever
     /// `{port.NAME}` appears in this service's command, environment values and readiness
     /// check, and wherever `{Service.port.NAME}` appears in another service's; the bundle
     /// tells it with [`Bundle::port`](crate::Bundle::port). No two bundles get the same port,

@@ -5,6 +5,8 @@
 //! server. Ports are reserved with [`Service::port`](crate::Service::port), so parallel
 //! tests never collide.
 
+pub mod postgres;
 pub mod redis;
 
+pub use postgres::{Postgres, PostgresHandle};
 pub use redis::{Redis, RedisHandle};

@@ -15,6 +15,7 @@ mod log_store;
 mod orphans;
 mod parallel_bundles;
 mod ports;
+mod postgres;
 mod process_api;
 mod readiness;
 mod redis;

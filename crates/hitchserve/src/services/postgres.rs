@@ -1,0 +1,307 @@
+//! PostgreSQL (Debian's `postgresql-15`, found through `pg_config` or known paths): a fresh
+//! cluster per run in the run directory (initdb in the setup hook), on a free port, with
+//! users and databases created (and dumps loaded) in the poststart hook.
+//!
+//! PostgreSQL refuses to run as root: run as root, the service runs as the `postgres` user
+//! (it must exist: Debian's server package creates it); otherwise as the current user.
+//! It works with time travel: `select now()` follows the bundle's clock.
+
+use std::path::{Path, PathBuf};
+
+use crate::bundle::{Bundle, ServiceHandle};
+use crate::error::{Error, Result};
+use crate::readiness::Ready;
+use crate::service::Service;
+use crate::signal::Signal;
+use crate::subcommand::Subcommand;
+
+/// The name of PostgreSQL's port (see [`Service::port`]).
+pub const PORT: &str = "postgres";
+
+/// The superuser of the cluster (trust authentication on the local socket and 127.0.0.1).
+pub const SUPERUSER: &str = "postgres";
+
+/// A PostgreSQL server to add to a bundle.
+///
+/// ```no_run
+/// use hitchserve::{services::Postgres, Bundle};
+/// # fn main() -> hitchserve::Result<()> {
+/// let mut bundle = Bundle::new(".");
+/// bundle.add("Postgres", Postgres::new()
+///     .user("app", "secret")
+///     .database("app", "app")
+///     .service()?)?;
+/// bundle.startup()?;
+/// let pg = Postgres::handle(&bundle, "Postgres")?;
+/// pg.psql("app", "CREATE TABLE t (x int)").run()?;
+/// println!("DATABASE_URL={}", pg.connection_url("app"));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Postgres {
+    users: Vec<(String, String)>,
+    databases: Vec<(String, String, Option<PathBuf>)>,
+    bin_dir: Option<PathBuf>,
+    os_user: Option<String>,
+}
+
+impl Postgres {
+    /// A cluster with only the `postgres` superuser.
+    pub fn new() -> Postgres {
+        Postgres::default()
+    }
+
+    /// Create this user (login, with this password) once the server is ready.
+    pub fn user(mut self, name: &str, password: &str) -> Postgres {
+        self.users.push((name.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Create this database, owned by `owner`, once the users exist.
+    pub fn database(mut self, name: &str, owner: &str) -> Postgres {
+        self.databases
+            .push((name.to_owned(), owner.to_owned(), None));
+        self
+    }
+
+    /// Create this database and load an SQL dump into it (as its owner).
+    pub fn database_from_dump(
+        mut self,
+        name: &str,
+        owner: &str,
+        dump: impl Into<PathBuf>,
+    ) -> Postgres {
+        self.databases
+            .push((name.to_owned(), owner.to_owned(), Some(dump.into())));
+        self
+    }
+
+    /// Where `initdb`, `postgres` and `psql` are (default: `pg_config --bindir`, then
+    /// `/usr/lib/postgresql/<newest>/bin`).
+    pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> Postgres {
+        self.bin_dir = Some(dir.into());
+        self
+    }
+
+    /// The operating-system user to run as (default: `postgres` when run as root).
+    pub fn os_user(mut self, name: &str) -> Postgres {
+        self.os_user = Some(name.to_owned());
+        self
+    }
+
+    /// The service to add to a bundle. An error if PostgreSQL's programs can't be found.
+    pub fn service(self) -> Result<Service> {
+        let bin = match self.bin_dir.clone() {
+            Some(dir) => dir,
+            None => find_bin_dir().ok_or_else(|| Error::CommandNotFound {
+                service: "postgres".into(),
+                program: "postgres".into(),
+                searched: "through pg_config or in /usr/lib/postgresql/*/bin: install postgresql, or use Postgres::bin_dir".into(),
+            })?,
+        };
+        let tool = |name: &str| bin.join(name).to_string_lossy().into_owned();
+        let dir = "{run}/{service}".to_owned();
+        let data = format!("{dir}/data");
+        let postgres = tool("postgres");
+        let mut svc = Service::new([
+            postgres.as_str(),
+            "-D",
+            &data,
+            "-p",
+            "{port.postgres}",
+            "-k",
+            &dir,
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ])
+        .port(PORT)
+        .env("PGHOST", &dir)
+        .env("PGPORT", "{port.postgres}")
+        .ready(Ready::all([
+            Ready::line_contains("database system is ready to accept connections"),
+            Ready::tcp_addr("127.0.0.1:{port.postgres}"),
+        ]))
+        // PostgreSQL's "fast shutdown": roll back and stop at once.
+        .stop_signal(Signal::SIGINT);
+        // SAFETY: getuid has no preconditions.
+        let root = unsafe { libc::getuid() } == 0;
+        if let Some(user) = self
+            .os_user
+            .clone()
+            .or_else(|| root.then(|| "postgres".into()))
+        {
+            svc = svc.user(user);
+        }
+        let initdb = tool("initdb");
+        let psql = tool("psql");
+        let users = self.users;
+        let databases = self.databases;
+        Ok(svc
+            .setup(move |ctx| {
+                let dir = ctx.run_dir().join(ctx.service());
+                ctx.make_dir(&dir)?;
+                let data = dir.join("data");
+                ctx.run([
+                    initdb.as_str(),
+                    "-D",
+                    &data.to_string_lossy(),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "--no-instructions",
+                ])?;
+                Ok(())
+            })
+            .poststart(move |ctx| {
+                let sql = |db: &str, statement: &str| {
+                    ctx.subcommand([
+                        psql.as_str(),
+                        "-v",
+                        "ON_ERROR_STOP=1",
+                        "-U",
+                        SUPERUSER,
+                        "-d",
+                        db,
+                        "-c",
+                        statement,
+                    ])
+                };
+                for (name, password) in &users {
+                    let statement = format!(
+                        "CREATE USER {} PASSWORD '{}'",
+                        ident(name),
+                        password.replace('\'', "''")
+                    );
+                    ctx.run_command(sql("postgres", &statement))?;
+                }
+                for (name, owner, dump) in &databases {
+                    let statement =
+                        format!("CREATE DATABASE {} OWNER {}", ident(name), ident(owner));
+                    ctx.run_command(sql("postgres", &statement))?;
+                    if let Some(dump) = dump {
+                        let dump = ctx.directory().join(dump);
+                        ctx.run_command(ctx.subcommand([
+                            psql.as_str(),
+                            "-v",
+                            "ON_ERROR_STOP=1",
+                            "-q",
+                            "-U",
+                            owner,
+                            "-d",
+                            name,
+                            "-f",
+                            &dump.to_string_lossy(),
+                        ]))?;
+                    }
+                }
+                ctx.log("users and databases created");
+                Ok(())
+            }))
+    }
+
+    /// What a test uses of the running PostgreSQL named `name`.
+    pub fn handle(bundle: &Bundle, name: &str) -> Result<PostgresHandle> {
+        let service = bundle.service(name)?;
+        let argv0 = service
+            .process()
+            .ok()
+            .and_then(|p| p.exe().ok())
+            .and_then(|exe| exe.parent().map(Path::to_path_buf));
+        Ok(PostgresHandle {
+            port: bundle.port(name, PORT)?,
+            bin: argv0.unwrap_or_default(),
+            service,
+        })
+    }
+}
+
+/// A double-quoted SQL identifier.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn find_bin_dir() -> Option<PathBuf> {
+    let from_pg_config = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .filter(|p| p.join("postgres").is_file() && p.join("initdb").is_file());
+    from_pg_config.or_else(|| {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("postgres").is_file())
+            .collect();
+        versions.sort();
+        versions.pop()
+    })
+}
+
+/// A running PostgreSQL, from [`Postgres::handle`].
+#[derive(Debug, Clone)]
+pub struct PostgresHandle {
+    port: u16,
+    bin: PathBuf,
+    service: ServiceHandle,
+}
+
+impl PostgresHandle {
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgresql://postgres@127.0.0.1:PORT/DB` (trust authentication: no password).
+    pub fn connection_url(&self, database: &str) -> String {
+        format!(
+            "postgresql://{SUPERUSER}@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+
+    /// `psql -c SQL` against `database`, as the superuser (stops at the first error).
+    pub fn psql(&self, database: &str, sql: &str) -> Subcommand {
+        self.psql_base(database).args(["-c", sql])
+    }
+
+    /// `psql -f FILE` against `database`, as the superuser (stops at the first error).
+    pub fn psql_file(&self, database: &str, file: impl AsRef<Path>) -> Subcommand {
+        self.psql_base(database)
+            .arg("-f")
+            .arg(file.as_ref().as_os_str())
+    }
+
+    fn psql_base(&self, database: &str) -> Subcommand {
+        self.service
+            .subcommand([self.bin.join("psql").as_os_str()])
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-U",
+                SUPERUSER,
+                "-d",
+                database,
+            ])
+    }
+
+    /// The service itself (logs, process, ...).
+    pub fn service(&self) -> &ServiceHandle {
+        &self.service
+    }
+}

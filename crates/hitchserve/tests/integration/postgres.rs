@@ -1,0 +1,70 @@
+//! The ready-made PostgreSQL, for real: initdb, users, databases, a dump, psql, fake time.
+
+use std::time::Duration;
+
+use hitchserve::services::Postgres;
+
+use crate::common::Project;
+
+#[test]
+fn postgres_starts_with_users_databases_and_a_dump_and_follows_time_travel() {
+    let p = Project::new("postgres");
+    p.write(
+        "dump.sql",
+        "CREATE TABLE reminders (id int, note text);\nINSERT INTO reminders VALUES (1, 'call mum'), (2, 'pay rent');\n",
+    );
+    let mut b = p.bundle();
+    b.add(
+        "Postgres",
+        Postgres::new()
+            .user("app", "s3cret")
+            .database("app", "app")
+            .database_from_dump("seeded", "app", "dump.sql")
+            .service()
+            .unwrap(),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let pg = Postgres::handle(&b, "Postgres").unwrap();
+    let count = pg
+        .psql("seeded", "SELECT count(*) FROM reminders")
+        .checked_output()
+        .unwrap();
+    assert_eq!(count.stdout_text().trim(), "2");
+    let owner = pg
+        .psql(
+            "postgres",
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'app'",
+        )
+        .checked_output()
+        .unwrap();
+    assert_eq!(owner.stdout_text().trim(), "app");
+    assert!(pg
+        .connection_url("app")
+        .ends_with(&format!(":{}/app", pg.port())));
+    let svc = pg.service();
+    assert!(
+        !svc.logs().setup().is_empty(),
+        "initdb's output is labelled as setup"
+    );
+    assert!(svc
+        .logs()
+        .poststart()
+        .lines()
+        .contains(&"users and databases created".to_owned()));
+    // Not root, even when the test runs as root.
+    assert_ne!(svc.process().unwrap().uids().unwrap().real, 0);
+
+    b.time_travel(Duration::from_secs(30 * 86_400)).unwrap();
+    let now = pg
+        .psql("postgres", "SELECT extract(epoch from now())")
+        .checked_output()
+        .unwrap();
+    let db_now: f64 = now.stdout_text().trim().parse().unwrap();
+    let bundle_now = b.now().as_nanosecond() as f64 / 1e9;
+    assert!(
+        (db_now - bundle_now).abs() < 5.0,
+        "db {db_now}, bundle {bundle_now}"
+    );
+    b.shutdown().unwrap();
+}

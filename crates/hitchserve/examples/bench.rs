@@ -13,6 +13,7 @@
 //!   peak RSS (measured in a child process of its own) against the bytes held; baseline:
 //!   the same producer piped into a plain line reader.
 //! - W4: 10 services that trap SIGTERM and exit 0.1 s later: shutdown time.
+//! - W6: PostgreSQL startup-to-ready, with initdb each time and with the template cluster.
 //! - W5: 1,000,000 `time.time()` calls in a Python service: on real time, under
 //!   hitchserve's time travel (after a jump), and under libfaketime's default cached mode.
 
@@ -376,6 +377,38 @@ fn w5(dir: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Er
     }))
 }
 
+const W6_RUNS: usize = 3;
+
+fn w6_once(dir: &std::path::Path, fresh: bool) -> Result<f64, hitchserve::Error> {
+    let mut b = quiet_bundle(dir);
+    let mut pg = hitchserve::services::Postgres::new();
+    if fresh {
+        pg = pg.fresh_initdb();
+    }
+    b.add("Postgres", pg.service()?)?;
+    let t = Instant::now();
+    b.startup()?;
+    let took = ms(t.elapsed());
+    b.shutdown()?;
+    Ok(took)
+}
+
+fn w6(dir: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    // The first template run makes the template: not what is measured.
+    w6_once(dir, false)?;
+    let (mut fresh, mut template) = (Vec::new(), Vec::new());
+    for _ in 0..W6_RUNS {
+        fresh.push(w6_once(dir, true)?);
+        template.push(w6_once(dir, false)?);
+    }
+    Ok(json!({
+        "workload": "W6", "what": "PostgreSQL startup to ready (median of runs, ms)",
+        "runs": W6_RUNS,
+        "with_initdb_ms": percentile(fresh, 0.5),
+        "with_template_ms": percentile(template, 0.5),
+    }))
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     if let Some("W3-once") = args.next().as_deref() {
@@ -408,6 +441,9 @@ fn run_all() -> Result<(), Box<dyn std::error::Error>> {
     }
     if run("W5") {
         println!("{}", w5(&dir)?);
+    }
+    if run("W6") {
+        println!("{}", w6(&dir)?);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

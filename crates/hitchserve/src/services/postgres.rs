@@ -43,6 +43,7 @@ pub struct Postgres {
     databases: Vec<(String, String, Option<PathBuf>)>,
     bin_dir: Option<PathBuf>,
     os_user: Option<String>,
+    fresh: bool,
 }
 
 impl Postgres {
@@ -80,6 +81,13 @@ impl Postgres {
     /// `/usr/lib/postgresql/<newest>/bin`).
     pub fn bin_dir(mut self, dir: impl Into<PathBuf>) -> Postgres {
         self.bin_dir = Some(dir.into());
+        self
+    }
+
+    /// Run `initdb` for every run instead of copying a template cluster (made once per
+    /// PostgreSQL installation and user, with `initdb`) — slower, but nothing is shared.
+    pub fn fresh_initdb(mut self) -> Postgres {
+        self.fresh = true;
         self
     }
 
@@ -142,23 +150,59 @@ impl Postgres {
         let psql = tool("psql");
         let users = self.users;
         let databases = self.databases;
+        let fresh = self.fresh;
         Ok(svc
             .setup(move |ctx| {
                 let dir = ctx.run_dir().join(ctx.service());
                 ctx.make_dir(&dir)?;
                 let data = dir.join("data");
+                let run_initdb = |target: &Path| {
+                    ctx.run([
+                        initdb.as_str(),
+                        "-D",
+                        &target.to_string_lossy(),
+                        "-U",
+                        SUPERUSER,
+                        "--auth=trust",
+                        "-E",
+                        "UTF8",
+                        "--no-sync",
+                        "--no-instructions",
+                    ])
+                };
+                if fresh {
+                    run_initdb(&data)?;
+                    return Ok(());
+                }
+                // One template cluster per installation (and user), made once with initdb
+                // and copied for each run: copying takes a fraction of initdb's time.
+                let templates = std::env::temp_dir().join(format!(
+                    "hitchserve-pg-templates-{}",
+                    // SAFETY: getuid has no preconditions.
+                    unsafe { libc::getuid() }
+                ));
+                ctx.make_dir(&templates)?;
+                let template = templates.join(template_name(&initdb));
+                if !template.join("PG_VERSION").exists() {
+                    // Made under a name of our own, then renamed: parallel runs may race.
+                    let tmp =
+                        templates.join(format!("tmp-{}-{}", std::process::id(), ctx.service()));
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    run_initdb(&tmp)?;
+                    if std::fs::rename(&tmp, &template).is_err() {
+                        let _ = std::fs::remove_dir_all(&tmp);
+                    }
+                }
                 ctx.run([
-                    initdb.as_str(),
-                    "-D",
+                    "cp",
+                    "-a",
+                    &template.to_string_lossy(),
                     &data.to_string_lossy(),
-                    "-U",
-                    SUPERUSER,
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--no-sync",
-                    "--no-instructions",
                 ])?;
+                ctx.log(&format!(
+                    "copied the template cluster {}",
+                    template.display()
+                ));
                 Ok(())
             })
             .poststart(move |ctx| {
@@ -222,6 +266,14 @@ impl Postgres {
             service,
         })
     }
+}
+
+/// The template's name: which initdb made it (different installations, different clusters).
+fn template_name(initdb: &str) -> String {
+    let hash = initdb.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("cluster-{hash:016x}")
 }
 
 /// A double-quoted SQL identifier.

@@ -68,3 +68,22 @@ fn postgres_starts_with_users_databases_and_a_dump_and_follows_time_travel() {
     );
     b.shutdown().unwrap();
 }
+
+#[test]
+fn a_fresh_initdb_cluster_works_too() {
+    let p = Project::new("postgres-fresh");
+    let mut b = p.bundle();
+    b.add("Db", Postgres::new().fresh_initdb().service().unwrap())
+        .unwrap();
+    b.startup().unwrap();
+    let pg = Postgres::handle(&b, "Db").unwrap();
+    let one = pg.psql("postgres", "SELECT 1").checked_output().unwrap();
+    assert_eq!(one.stdout_text().trim(), "1");
+    assert!(pg
+        .service()
+        .logs()
+        .setup()
+        .lines()
+        .iter()
+        .any(|l| l.contains("initdb") || l.contains("database cluster")));
+}

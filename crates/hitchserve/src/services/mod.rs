@@ -5,8 +5,10 @@
 //! server. Ports are reserved with [`Service::port`](crate::Service::port), so parallel
 //! tests never collide.
 
+pub mod cron;
 pub mod postgres;
 pub mod redis;
 
+pub use cron::Cron;
 pub use postgres::{Postgres, PostgresHandle};
 pub use redis::{Redis, RedisHandle};

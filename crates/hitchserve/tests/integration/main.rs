@@ -7,6 +7,7 @@ mod common;
 mod conditions;
 mod console;
 mod crash_after_ready;
+mod cron;
 mod definitions;
 mod hooks;
 mod kernel;

@@ -1,0 +1,40 @@
+//! Cron runs its command on fake time: a jump triggers it.
+
+use std::time::Duration;
+
+use hitchserve::services::Cron;
+
+use crate::common::{Project, PATIENCE};
+
+#[test]
+fn a_time_jump_past_the_interval_runs_the_command() {
+    let p = Project::new("cron");
+    let mut b = p.bundle();
+    b.add(
+        "Hourly",
+        Cron::every(
+            Duration::from_secs(3600),
+            ["sh", "-c", "echo tick >> ticks.txt; echo ran"],
+        )
+        .service(),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let logs = b.service("Hourly").unwrap().logs();
+    assert!(!p.path("ticks.txt").exists(), "nothing is due yet");
+    let mut tail = logs.tail();
+    b.time_travel(Duration::from_secs(2 * 3600)).unwrap();
+    tail.until(|l| l == "cron: exit 0", PATIENCE).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(p.path("ticks.txt")).unwrap(),
+        "tick\n"
+    );
+    assert!(logs.lines().contains(&"ran".to_owned()));
+    // One jump, one run: another jump runs it again.
+    b.time_travel(Duration::from_secs(2 * 3600)).unwrap();
+    tail.until(|l| l == "cron: exit 0", PATIENCE).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(p.path("ticks.txt")).unwrap(),
+        "tick\ntick\n"
+    );
+}

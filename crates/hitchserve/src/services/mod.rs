@@ -8,7 +8,9 @@
 pub mod cron;
 pub mod postgres;
 pub mod redis;
+pub mod smtp;
 
 pub use cron::Cron;
 pub use postgres::{Postgres, PostgresHandle};
 pub use redis::{Redis, RedisHandle};
+pub use smtp::{Smtp, SmtpHandle};

@@ -22,6 +22,7 @@ mod readiness;
 mod redis;
 mod run_as_user;
 mod shutdown;
+mod smtp;
 mod startup;
 mod startup_failures;
 mod subcommands;

@@ -1,0 +1,63 @@
+//! The binary, spoken to over a real socket: it prints its ready line only once bound, and
+//! one JSON line per message.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+#[test]
+fn a_raw_smtp_conversation_becomes_a_json_line() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hitchsmtp"))
+        .args(["--port", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("hitchsmtp: listening on ")
+        .unwrap()
+        .to_owned();
+    // Bound before it said so: connecting works at once.
+    let stream = TcpStream::connect(&addr).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    let mut reply = || {
+        let mut r = String::new();
+        loop {
+            let mut l = String::new();
+            reader.read_line(&mut l).unwrap();
+            r.push_str(&l);
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return r;
+            }
+        }
+    };
+    assert!(reply().starts_with("220"));
+    for (cmd, code) in [
+        ("EHLO test", "250"),
+        ("MAIL FROM:<a@example.com>", "250"),
+        ("RCPT TO:<b@example.com>", "250"),
+        ("RCPT TO:<451-mailbox-busy@smtperrors.com>", "451"),
+        ("DATA", "354"),
+    ] {
+        write!(w, "{cmd}\r\n").unwrap();
+        let r = reply();
+        assert!(r.starts_with(code), "{cmd}: {r}");
+    }
+    write!(w, "Subject: Hello\r\nFrom: a@example.com\r\n\r\n..dotted\r\nSee http://example.org/x\r\n.\r\n").unwrap();
+    assert!(reply().starts_with("250"));
+    write!(w, "QUIT\r\n").unwrap();
+    assert!(reply().starts_with("221"));
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["subject"], "Hello");
+    assert_eq!(v["sent_to"], serde_json::json!(["b@example.com"]));
+    assert!(v["payload"].as_str().unwrap().starts_with(".dotted"));
+    assert_eq!(v["links"][0], "http://example.org/x");
+    let _ = child.kill();
+    let _ = child.wait();
+}

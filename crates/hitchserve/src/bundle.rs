@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,7 +52,7 @@ pub struct Bundle {
     defs: Vec<(String, Service)>,
     output: Arc<Output>,
     shared: Option<Arc<Shared>>,
-    stopped: bool,
+    stopped: std::sync::atomic::AtomicBool,
     time_travel: bool,
     clock: Clock,
     ports: crate::ports::PortTable,
@@ -69,7 +70,7 @@ impl Bundle {
             defs: Vec::new(),
             output: Arc::new(Output::new()),
             shared: None,
-            stopped: false,
+            stopped: std::sync::atomic::AtomicBool::new(false),
             time_travel: true,
             clock: Clock::new(),
             ports: crate::ports::PortTable::new(),
@@ -124,6 +125,11 @@ impl Bundle {
         self.startup_timeout
     }
 
+    /// The names of its services, in the order they were added.
+    pub fn service_names(&self) -> Vec<String> {
+        self.defs.iter().map(|(n, _)| n.clone()).collect()
+    }
+
     /// The project directory given to [`Bundle::new`].
     pub fn project_dir(&self) -> &Path {
         &self.project
@@ -145,12 +151,12 @@ impl Bundle {
         }
         // A startup that failed before starting anything (a bad definition, say) may be
         // tried again once the cause is fixed.
-        self.stopped = false;
+        self.stopped.store(false, Ordering::SeqCst);
         self.output.store.reopen();
         let result = self.start_run();
         if result.is_err() {
             // Nothing runs (any more): waits on the logs must end rather than hang.
-            self.stopped = true;
+            self.stopped.store(true, Ordering::SeqCst);
             if self.shared.is_none() {
                 self.output.store.close();
             }
@@ -726,12 +732,12 @@ impl Bundle {
     /// those still alive after the shutdown timeout, then every process that left its group.
     ///
     /// Returns an error for a crash after startup not yet reported. Also done on drop.
-    pub fn shutdown(&mut self) -> Result<()> {
+    /// Only the first call stops anything; it may come from any thread.
+    pub fn shutdown(&self) -> Result<()> {
         let Some(shared) = self.shared.as_ref() else {
             return Ok(());
         };
-        if !self.stopped {
-            self.stopped = true;
+        if !self.stopped.swap(true, Ordering::SeqCst) {
             shared.stop_all(self.shutdown_timeout);
             // After stopping, every exit is known and classified as asked for or not.
             return report_crash(shared, None, true);
@@ -743,8 +749,7 @@ impl Bundle {
 impl Drop for Bundle {
     fn drop(&mut self) {
         match self.shared.as_ref() {
-            Some(shared) if !self.stopped => {
-                self.stopped = true;
+            Some(shared) if !self.stopped.swap(true, Ordering::SeqCst) => {
                 shared.stop_all(self.shutdown_timeout);
             }
             Some(_) => {}
@@ -832,6 +837,21 @@ impl ServiceHandle {
         S: Into<std::ffi::OsString>,
     {
         self.shared.plans[self.idx].subcommand(argv.into_iter().map(Into::into).collect())
+    }
+
+    /// The service's whole environment (as it was started with: fake time included).
+    pub fn environment(&self) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        self.shared.plans[self.idx].env.clone()
+    }
+
+    /// The service's working directory.
+    pub fn directory(&self) -> &Path {
+        &self.shared.plans[self.idx].dir
+    }
+
+    /// Whether it is ready (its readiness check passed, and its poststart hook finished).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.shared.lock()[self.idx].phase, Phase::Ready)
     }
 
     /// A variable of the service's environment (as it was started with).

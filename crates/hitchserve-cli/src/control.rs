@@ -1,0 +1,607 @@
+//! `up` and the control socket, and the client side of every other command.
+//!
+//! The socket (`.hitchserve/control.sock`, 0600 in a 0700 directory) speaks JSON lines: one
+//! request object, then one reply object — or, for `logs`, a stream of line objects ended
+//! by an `end` object. A lock file held by the running `up` refuses a second `up`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hitchserve::jiff::Timestamp;
+use hitchserve::{Bundle, Error as HsError, Logs};
+use serde_json::{json, Value};
+
+use crate::config;
+use crate::Command;
+
+fn state_dir(project: &Path) -> PathBuf {
+    project.join(".hitchserve")
+}
+
+fn socket_path(project: &Path) -> PathBuf {
+    state_dir(project).join("control.sock")
+}
+
+/// `hitchserve up`.
+pub fn up(
+    file: &Path,
+    project: &Path,
+    detach: bool,
+    timeline: bool,
+    daemon_child: bool,
+) -> Result<ExitCode, String> {
+    let dir = state_dir(project);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    if detach && !daemon_child {
+        return detach_up(file, project, timeline);
+    }
+    let lock_path = dir.join("up.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .map_err(|e| format!("cannot create `{}`: {e}", lock_path.display()))?;
+    // SAFETY: a valid descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "a bundle is already running in `{}`: see `hitchserve status`, stop it with `hitchserve down`",
+            project.display()
+        ));
+    }
+    // Signals are taken by one thread with sigwait: block them before any thread exists,
+    // so every thread (and no service: spawning resets the mask) inherits the block.
+    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    // SAFETY: plain signal-mask calls on a set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    // To the waiting parent, one line: `ok`, or `failed: "<the error as a JSON string>"`.
+    let report = |line: &str| {
+        if daemon_child {
+            match line.strip_prefix("failed: ") {
+                Some(why) => println!("failed: {}", Value::from(why)),
+                None => println!("{line}"),
+            }
+        }
+    };
+    let cfg = match config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&format!("failed: {e}"));
+            return Err(e);
+        }
+    };
+    let mut bundle = match config::bundle(&cfg, project) {
+        Ok(b) => b,
+        Err(e) => {
+            report(&format!("failed: {e}"));
+            return Err(e);
+        }
+    };
+    if daemon_child {
+        bundle.start_interactive_mode();
+    }
+    if let Err(e) = bundle.startup() {
+        report(&format!("failed: {e}"));
+        return Err(e.to_string());
+    }
+    if timeline {
+        if let Ok(t) = bundle.timeline() {
+            print!("{t}");
+        }
+    }
+    let bundle = Arc::new(bundle);
+    let (stop_tx, stop_rx) = mpsc::channel::<&'static str>();
+    let sock = socket_path(project);
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock)
+        .map_err(|e| format!("cannot listen on `{}`: {e}", sock.display()))?;
+    let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
+    {
+        let (bundle, stop_tx) = (Arc::clone(&bundle), stop_tx.clone());
+        let cfg_ports: Vec<(String, Vec<String>)> = cfg
+            .services
+            .iter()
+            .map(|(n, s)| (n.clone(), ports_of(s)))
+            .collect();
+        let cfg_ports = Arc::new(cfg_ports);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (bundle, stop_tx, cfg_ports) =
+                    (Arc::clone(&bundle), stop_tx.clone(), Arc::clone(&cfg_ports));
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &bundle, &stop_tx, &cfg_ports);
+                });
+            }
+        });
+    }
+    std::thread::spawn(move || {
+        // SAFETY: waiting on the blocked set.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in signals {
+                libc::sigaddset(&mut set, s);
+            }
+            let mut sig = 0;
+            libc::sigwait(&set, &mut sig);
+        }
+        let _ = stop_tx.send("signal");
+    });
+    report("ok");
+    if daemon_child {
+        // The parent has its answer; from now on nothing reads our stdout.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            // SAFETY: replacing our own stdout with /dev/null.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), 1);
+            }
+        }
+    }
+    let _ = stop_rx.recv();
+    let result = bundle.shutdown();
+    let _ = std::fs::remove_file(&sock);
+    drop(lock);
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn ports_of(s: &config::ServiceConfig) -> Vec<String> {
+    let mut ports = s.ports.clone();
+    match s.kind.as_deref() {
+        Some("postgres") => ports.push(hitchserve::services::postgres::PORT.into()),
+        Some("redis") => ports.push(hitchserve::services::redis::PORT.into()),
+        Some("smtp") => ports.push(hitchserve::services::smtp::PORT.into()),
+        _ => {}
+    }
+    ports
+}
+
+/// Start `up` in the background and wait for its verdict.
+fn detach_up(file: &Path, project: &Path, timeline: bool) -> Result<ExitCode, String> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let log_path = state_dir(project).join("up.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("-f").arg(&file).args(["up", "--daemon-child"]);
+    if timeline {
+        cmd.arg("--timeline");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .current_dir(project);
+    // SAFETY: setsid is async-signal-safe; it detaches the bundle from our terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the bundle: {e}"))?;
+    let mut first = String::new();
+    if let Some(out) = child.stdout.take() {
+        let mut r = BufReader::new(out);
+        loop {
+            first.clear();
+            if r.read_line(&mut first).unwrap_or(0) == 0 {
+                break;
+            }
+            if first.starts_with("ok") || first.starts_with("failed") {
+                break;
+            }
+        }
+    }
+    if first.starts_with("ok") {
+        println!(
+            "READY (hitchserve running in the background, pid {})",
+            child.id()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let _ = child.wait();
+    let why = first
+        .strip_prefix("failed: ")
+        .and_then(|j| serde_json::from_str::<String>(j.trim()).ok())
+        .unwrap_or_else(|| std::fs::read_to_string(&log_path).unwrap_or_default());
+    let why = why.trim();
+    Err(why.strip_prefix("hitchserve: ").unwrap_or(why).to_owned())
+}
+
+fn reply(conn: &mut UnixStream, v: &Value) -> std::io::Result<()> {
+    conn.write_all(format!("{v}\n").as_bytes())
+}
+
+/// One control connection: one request.
+fn serve(
+    conn: UnixStream,
+    bundle: &Bundle,
+    stop: &mpsc::Sender<&'static str>,
+    cfg_ports: &[(String, Vec<String>)],
+) -> std::io::Result<()> {
+    let mut out = conn.try_clone()?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+    let err = |e: HsError| json!({"ok": false, "error": e.to_string()});
+    let service = |key: &str| req[key].as_str().unwrap_or("").to_owned();
+    let answer = match req["cmd"].as_str().unwrap_or("") {
+        "status" => status(bundle, cfg_ports),
+        "now" => json!({"ok": true, "now": bundle.now().to_string()}),
+        "time_travel" => {
+            let r = if let Some(to) = req["to"].as_str() {
+                match to.parse::<Timestamp>() {
+                    Ok(ts) => bundle.time_travel_to(ts),
+                    Err(e) => {
+                        return reply(
+                            &mut out,
+                            &json!({"ok": false, "error": format!("`{to}` is not a moment (RFC 3339, e.g. 2030-01-01T09:00:00Z): {e}")}),
+                        )
+                    }
+                }
+            } else {
+                bundle.time_travel(Duration::from_secs_f64(req["by"].as_f64().unwrap_or(0.0)))
+            };
+            match r {
+                Ok(()) => json!({"ok": true, "now": bundle.now().to_string()}),
+                Err(e) => err(e),
+            }
+        }
+        "exec_env" => match bundle.service(&service("service")) {
+            Ok(svc) => {
+                let env: Vec<Value> = svc
+                    .environment()
+                    .iter()
+                    .map(|(k, v)| json!([k.to_string_lossy(), v.to_string_lossy()]))
+                    .collect();
+                json!({"ok": true, "env": env, "dir": svc.directory().to_string_lossy()})
+            }
+            Err(e) => err(e),
+        },
+        "signal" => {
+            let sig = match req["signal"]
+                .as_str()
+                .unwrap_or("")
+                .parse::<hitchserve::Signal>()
+            {
+                Ok(s) => s,
+                Err(e) => return reply(&mut out, &json!({"ok": false, "error": e.to_string()})),
+            };
+            match bundle
+                .service(&service("service"))
+                .and_then(|s| s.signal(sig))
+            {
+                Ok(()) => json!({"ok": true}),
+                Err(e) => err(e),
+            }
+        }
+        "down" => {
+            let _ = stop.send("down");
+            json!({"ok": true})
+        }
+        "logs" => return logs(&mut out, bundle, &req),
+        other => json!({"ok": false, "error": format!("unknown request `{other}`")}),
+    };
+    reply(&mut out, &answer)
+}
+
+fn status(bundle: &Bundle, cfg_ports: &[(String, Vec<String>)]) -> Value {
+    let services: Vec<Value> = bundle
+        .service_names()
+        .iter()
+        .map(|name| {
+            let svc = bundle.service(name).ok();
+            let pid = svc.as_ref().and_then(|s| s.pid());
+            let state = match &svc {
+                None => "unknown".to_owned(),
+                Some(s) => match (s.is_ready(), s.pid(), s.exit_status()) {
+                    (true, _, _) => "ready".to_owned(),
+                    (false, Some(_), _) => "starting".to_owned(),
+                    (false, None, Some(st)) => format!("exited ({st})"),
+                    (false, None, None) => "not started".to_owned(),
+                },
+            };
+            let proc = svc.as_ref().and_then(|s| s.process().ok());
+            let rss = proc.as_ref().and_then(|p| p.memory_info().ok()).map(|m| m.rss);
+            let cpu = proc
+                .as_ref()
+                .and_then(|p| p.cpu_times().ok())
+                .map(|c| (c.user + c.system).as_secs_f64());
+            let ports: serde_json::Map<String, Value> = cfg_ports
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, ps)| {
+                    ps.iter()
+                        .filter_map(|p| bundle.port(name, p).ok().map(|n| (p.clone(), json!(n))))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({"name": name, "state": state, "pid": pid, "rss": rss, "cpu_seconds": cpu, "ports": ports})
+        })
+        .collect();
+    json!({"ok": true, "services": services, "now": bundle.now().to_string()})
+}
+
+/// Stream log lines: the last N (or all), then, with follow or until, new ones.
+fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<()> {
+    let mut view: Logs = match req["service"].as_str() {
+        Some(name) => match bundle.service(name) {
+            Ok(s) => s.logs(),
+            Err(e) => return reply(out, &json!({"end": "error", "error": e.to_string()})),
+        },
+        None => bundle.logs(),
+    };
+    match req["stream"].as_str() {
+        Some("out") => view = view.out(),
+        Some("err") => view = view.err(),
+        _ => {}
+    }
+    let json_only = req["json"].as_bool().unwrap_or(false);
+    let emit = |out: &mut UnixStream, line: &hitchserve::LogLine| -> std::io::Result<()> {
+        if json_only {
+            match line.json() {
+                Some(v) => reply(out, &json!({"json": v})),
+                None => Ok(()),
+            }
+        } else {
+            reply(out, &json!({"line": line.to_string()}))
+        }
+    };
+    let timeout = Duration::from_secs_f64(req["timeout"].as_f64().unwrap_or(10.0));
+    if let Some(pattern) = req["until"].as_str() {
+        let re = match regex_lite::Regex::new(pattern) {
+            Ok(r) => r,
+            Err(e) => return reply(out, &json!({"end": "error", "error": e.to_string()})),
+        };
+        // Lines already there count too: the line may have come before we asked.
+        let found = view
+            .tail()
+            .lines_back(usize::MAX)
+            .until(|l| re.is_match(l), timeout);
+        let written = found.map(|l| emit(out, &l));
+        return finish(out, written, timeout);
+    }
+    if let Some(expr) = req["until_json"].as_str() {
+        let matcher = config::JsonMatch::parse(expr);
+        let found = view
+            .tail()
+            .lines_back(usize::MAX)
+            .until_json(|v| matcher.matches(v), timeout);
+        let written = found.map(|v| reply(out, &json!({"json": v})));
+        return finish(out, written, timeout);
+    }
+    let existing = match req["n"].as_u64() {
+        Some(n) => view.last(n as usize),
+        None => view.entries(),
+    };
+    let mut tail = view.tail();
+    for line in &existing {
+        emit(out, line)?;
+    }
+    if req["follow"].as_bool().unwrap_or(false) {
+        while let Ok(line) = tail.next_line(Duration::from_secs(3600)) {
+            emit(out, &line)?;
+        }
+    }
+    reply(out, &json!({"end": "ok"}))
+}
+
+fn finish(
+    out: &mut UnixStream,
+    found: Result<std::io::Result<()>, HsError>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    match found {
+        Ok(written) => {
+            written?;
+            reply(out, &json!({"end": "ok"}))
+        }
+        Err(HsError::WaitTimeout { .. }) => reply(
+            out,
+            &json!({"end": "timeout", "error": format!("nothing matched within {:.1} s", timeout.as_secs_f64())}),
+        ),
+        Err(e) => reply(out, &json!({"end": "error", "error": e.to_string()})),
+    }
+}
+
+/// Whether an `up` holds the project's lock (it may still be starting).
+fn up_is_running(project: &Path) -> bool {
+    let Ok(lock) = std::fs::File::open(state_dir(project).join("up.lock")) else {
+        return false;
+    };
+    // SAFETY: a valid descriptor we own; a shared, non-blocking try.
+    let free = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    !free
+}
+
+fn connect(project: &Path) -> Result<UnixStream, String> {
+    // A bundle still starting has no socket yet: wait for it while its `up` lives.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if let Ok(conn) = UnixStream::connect(socket_path(project)) {
+            return Ok(conn);
+        }
+        if !up_is_running(project) || Instant::now() > deadline {
+            return Err(format!(
+                "no bundle is running in `{}`: start one with `hitchserve up`",
+                project.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn request(project: &Path, req: &Value) -> Result<BufReader<UnixStream>, String> {
+    let mut conn = connect(project)?;
+    conn.write_all(format!("{req}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(BufReader::new(conn))
+}
+
+fn one_reply(project: &Path, req: &Value) -> Result<Value, String> {
+    let mut r = request(project, req)?;
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    let v: Value =
+        serde_json::from_str(&line).map_err(|_| "no answer from the bundle".to_owned())?;
+    if v["ok"] == false {
+        return Err(v["error"].as_str().unwrap_or("failed").to_owned());
+    }
+    Ok(v)
+}
+
+/// Every command but `up`.
+pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Up { .. } => unreachable!("handled by up"),
+        Command::Down => {
+            one_reply(project, &json!({"cmd": "down"}))?;
+            // Wait for the bundle to be gone: its socket closes when it has stopped.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while socket_path(project).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } | Command::Ps { json } => {
+            let v = one_reply(project, &json!({"cmd": "status"}))?;
+            if json {
+                println!("{v}");
+            } else {
+                println!(
+                    "{:<16} {:<24} {:>8} {:>10} {:>8}  PORTS",
+                    "SERVICE", "STATE", "PID", "RSS", "CPU"
+                );
+                for s in v["services"].as_array().cloned().unwrap_or_default() {
+                    let rss = s["rss"]
+                        .as_u64()
+                        .map_or("-".to_owned(), |r| format!("{:.1}M", r as f64 / 1048576.0));
+                    let cpu = s["cpu_seconds"]
+                        .as_f64()
+                        .map_or("-".to_owned(), |c| format!("{c:.2}s"));
+                    let pid = s["pid"].as_u64().map_or("-".to_owned(), |p| p.to_string());
+                    let ports: Vec<String> = s["ports"]
+                        .as_object()
+                        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                        .unwrap_or_default();
+                    println!(
+                        "{:<16} {:<24} {:>8} {:>10} {:>8}  {}",
+                        s["name"].as_str().unwrap_or(""),
+                        s["state"].as_str().unwrap_or(""),
+                        pid,
+                        rss,
+                        cpu,
+                        ports.join(" ")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Now { json } => {
+            let v = one_reply(project, &json!({"cmd": "now"}))?;
+            if json {
+                println!("{}", json!({"now": v["now"]}));
+            } else {
+                println!("{}", v["now"].as_str().unwrap_or(""));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::TimeTravel { by, to } => {
+            let req = match (by, to) {
+                (_, Some(to)) => json!({"cmd": "time_travel", "to": to}),
+                (Some(by), None) => {
+                    let d = config::duration(by.trim_start_matches('+'))?;
+                    json!({"cmd": "time_travel", "by": d.as_secs_f64()})
+                }
+                (None, None) => return Err("say how far (+2d) or to when (--to ...)".into()),
+            };
+            let v = one_reply(project, &req)?;
+            println!("{}", v["now"].as_str().unwrap_or(""));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Signal { service, signal } => {
+            one_reply(
+                project,
+                &json!({"cmd": "signal", "service": service, "signal": signal}),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec { service, command } => {
+            let v = one_reply(project, &json!({"cmd": "exec_env", "service": service}))?;
+            let env: Vec<(String, String)> = v["env"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| Some((p[0].as_str()?.to_owned(), p[1].as_str()?.to_owned())))
+                .collect();
+            let dir = v["dir"].as_str().unwrap_or(".");
+            let status = std::process::Command::new(&command[0])
+                .args(&command[1..])
+                .env_clear()
+                .envs(env)
+                .current_dir(dir)
+                .status()
+                .map_err(|e| format!("cannot run `{}`: {e}", command[0]))?;
+            Ok(ExitCode::from(
+                status.code().unwrap_or(1).clamp(0, 255) as u8
+            ))
+        }
+        Command::Logs {
+            service,
+            out,
+            err,
+            json,
+            lines,
+            follow,
+            until,
+            until_json,
+            timeout,
+        } => {
+            let stream = if out {
+                Some("out")
+            } else if err {
+                Some("err")
+            } else {
+                None
+            };
+            let req = json!({
+                "cmd": "logs", "service": service, "stream": stream, "json": json, "n": lines,
+                "follow": follow, "until": until, "until_json": until_json,
+                "timeout": config::duration(&timeout)?.as_secs_f64(),
+            });
+            let r = request(project, &req)?;
+            for line in r.lines() {
+                let line = line.map_err(|e| e.to_string())?;
+                let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                if let Some(text) = v["line"].as_str() {
+                    println!("{text}");
+                } else if !v["json"].is_null() {
+                    println!("{}", v["json"]);
+                } else if let Some(end) = v["end"].as_str() {
+                    return match end {
+                        "ok" => Ok(ExitCode::SUCCESS),
+                        _ => Err(v["error"].as_str().unwrap_or(end).to_owned()),
+                    };
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! `hitchserve`: run a bundle defined in `hitchserve.toml` and drive it from anywhere.
+//!
+//! `up` starts the bundle (in the foreground, or `--detach`ed) and serves control requests
+//! on a Unix socket in the project's `.hitchserve/` (0600 in a 0700 directory); every other
+//! command is a client of that socket. The CLI is a thin client of the library's public API.
+
+mod config;
+mod control;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hitchserve",
+    version,
+    about = "Start, watch, time-travel and stop the services a test needs."
+)]
+struct Cli {
+    /// The bundle's file (its directory is the project directory).
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        default_value = "hitchserve.toml"
+    )]
+    file: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the bundle, print the services' logs, stop cleanly on Ctrl-C, SIGTERM or `down`.
+    Up {
+        /// Return once every service is ready, leaving the bundle running in the background
+        /// (its logs are in .hitchserve/latest/logs/all.log). Exit code 0 means ready.
+        #[arg(long)]
+        detach: bool,
+        /// Print the startup timeline once ready (an SVG is in the run directory).
+        #[arg(long)]
+        timeline: bool,
+        #[arg(long, hide = true)]
+        daemon_child: bool,
+    },
+    /// Stop the running bundle cleanly.
+    Down,
+    /// Each service: state, pid, CPU, memory, ports.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The same as `status`.
+    Ps {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print logs; wait for a line with --until / --until-json (exit 1 on timeout).
+    Logs {
+        /// One service (default: all, and the bundle's own lines).
+        service: Option<String>,
+        /// Only standard output.
+        #[arg(long, conflicts_with = "err")]
+        out: bool,
+        /// Only standard error.
+        #[arg(long)]
+        err: bool,
+        /// Only lines that are JSON, printed as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Only the last N lines.
+        #[arg(short = 'n', long)]
+        lines: Option<usize>,
+        /// Keep printing lines as they come.
+        #[arg(long)]
+        follow: bool,
+        /// Wait until a line matches this regular expression, print it, exit 0.
+        #[arg(long)]
+        until: Option<String>,
+        /// Wait until a JSON line matches `field=value` (or has `field`), print it, exit 0.
+        #[arg(long)]
+        until_json: Option<String>,
+        /// How long --until / --until-json wait (e.g. 10s, 2m).
+        #[arg(long, default_value = "10s")]
+        timeout: String,
+    },
+    /// Move the services' clock: `+2d`, `+3h30m`, or `--to 2030-01-01T09:00:00Z`.
+    TimeTravel {
+        /// How far forward, e.g. +2d.
+        by: Option<String>,
+        /// An absolute moment (RFC 3339, e.g. 2030-01-01T09:00:00Z).
+        #[arg(long, conflicts_with = "by")]
+        to: Option<String>,
+    },
+    /// The services' current (faked) time.
+    Now {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a service's environment, directory and fake time; its exit code
+    /// is ours.
+    Exec {
+        service: String,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Send a signal (TERM, INT, HUP, KILL, USR1, ...) to a service's process group.
+    Signal { service: String, signal: String },
+}
+
+fn project_dir(file: &Path) -> PathBuf {
+    let parent = file.parent().filter(|p| !p.as_os_str().is_empty());
+    let dir = parent.map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    std::fs::canonicalize(&dir).unwrap_or(dir)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let project = project_dir(&cli.file);
+    let result = match cli.command {
+        Command::Up {
+            detach,
+            timeline,
+            daemon_child,
+        } => control::up(&cli.file, &project, detach, timeline, daemon_child),
+        other => control::client(&project, other),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("hitchserve: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -90,6 +90,9 @@ pub fn up(
     };
     if daemon_child {
         bundle.start_interactive_mode();
+    } else if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        // On a terminal, say now and then which services are still starting.
+        bundle = bundle.progress_every(Duration::from_secs(1));
     }
     if let Err(e) = bundle.startup() {
         report(&format!("failed: {e}"));

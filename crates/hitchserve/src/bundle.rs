@@ -57,6 +57,7 @@ pub struct Bundle {
     clock: Clock,
     ports: crate::ports::PortTable,
     held_ports: Vec<crate::ports::HeldPort>,
+    progress: Option<Duration>,
 }
 
 impl Bundle {
@@ -75,6 +76,7 @@ impl Bundle {
             clock: Clock::new(),
             ports: crate::ports::PortTable::new(),
             held_ports: Vec::new(),
+            progress: None,
         }
     }
 
@@ -87,6 +89,13 @@ impl Bundle {
     /// How long services get to stop after their stop signal before SIGKILL (default 5 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Bundle {
         self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// While starting up, log which services are still starting every `every` (off by
+    /// default; `hitchserve up` turns it on on a terminal).
+    pub fn progress_every(mut self, every: Duration) -> Bundle {
+        self.progress = Some(every);
         self
     }
 
@@ -438,32 +447,58 @@ impl Bundle {
         shared.start_startable();
         // While the first services start, make the threads the others will need.
         shared.prepare_supervisors();
+        let done = |s: &State| {
+            if s.one_shot {
+                s.phase == Phase::Exited(ExitStatus::Code(0))
+            } else {
+                s.phase == Phase::Ready && s.announced
+            }
+        };
+        let mut next_progress = self.progress.map(|every| Instant::now() + every);
         let failure = {
             let mut states = shared.lock();
             loop {
                 if let Some(failure) = find_failure(&mut states) {
                     break failure;
                 }
-                if states.iter().all(|s| {
-                    if s.one_shot {
-                        s.phase == Phase::Exited(ExitStatus::Code(0))
-                    } else {
-                        s.phase == Phase::Ready && s.announced
-                    }
-                }) {
+                if states.iter().all(done) {
                     return Ok(());
                 }
-                states = match deadline {
+                if let (Some(at), Some(every)) = (next_progress, self.progress) {
+                    if Instant::now() >= at {
+                        let waiting: Vec<&str> = states
+                            .iter()
+                            .zip(&shared.plans)
+                            .filter(|(s, _)| !done(s))
+                            .map(|(_, p)| p.name.as_str())
+                            .collect();
+                        let line = format!(
+                            "still starting after {:.1} s: {}",
+                            t0.elapsed().as_secs_f64(),
+                            waiting.join(", ")
+                        );
+                        drop(states);
+                        self.output.log(&line);
+                        states = shared.lock();
+                        next_progress = Some(Instant::now() + every);
+                        continue;
+                    }
+                }
+                let wake = match (deadline, next_progress) {
+                    (Some(d), Some(p)) => Some(d.min(p)),
+                    (d, p) => d.or(p),
+                };
+                states = match wake {
                     None => shared
                         .changed
                         .wait(states)
                         .unwrap_or_else(|e| e.into_inner()),
-                    Some(deadline) => {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
+                    Some(wake) => {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
                             drop(states);
                             return Err(self.timeout_error(shared));
                         }
+                        let left = wake.saturating_duration_since(Instant::now());
                         shared
                             .changed
                             .wait_timeout(states, left)

@@ -326,3 +326,19 @@ mod tests {
         assert!(e.contains(":2:1") && e.contains("comand"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod readme {
+    /// The README's `hitchserve.toml` example must parse and describe a valid bundle.
+    #[test]
+    fn the_readme_example_is_a_valid_config() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("a toml block") + 8;
+        let end = start + readme[start..].find("```").expect("its end");
+        let cfg: super::Config = toml::from_str(&readme[start..end]).unwrap();
+        assert_eq!(cfg.services.len(), 2);
+        let dir = std::env::temp_dir();
+        let bundle = super::bundle(&cfg, &dir).unwrap();
+        assert_eq!(bundle.service_names(), vec!["App", "Postgres"]);
+    }
+}

@@ -175,10 +175,14 @@ impl HookContext<'_> {
             Some(std::thread::spawn(move || pump(pipe, &output, &source)))
         })
         .collect();
+        let pid = child.id();
         let status = child.wait().map_err(|source| Error::Spawn {
             service: self.service().to_owned(),
             source,
         })?;
+        // A hook's command must finish: whatever it left running in the background would
+        // hold its output open (and the hook) forever.
+        crate::subcommand::kill_group(pid);
         for r in readers {
             let _ = r.join();
         }

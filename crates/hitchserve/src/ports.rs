@@ -49,39 +49,43 @@ pub(crate) type PortTable = HashMap<(String, String), u16>;
 /// Replace `{port.NAME}` (of `service`) and `{Other.port.NAME}` in `text`. Anything else in
 /// braces is left alone, so JSON or shell arguments pass through.
 pub(crate) fn expand(text: &str, service: &str, ports: &PortTable) -> Result<String> {
+    let ident = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+    };
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            out.push_str(&rest[open..]);
-            return Ok(out);
-        };
-        let inner = &after[..close];
-        let parts: Vec<&str> = inner.split('.').collect();
-        let key = match parts.as_slice() {
-            ["port", name] => Some((service, *name)),
-            [svc, "port", name] => Some((*svc, *name)),
-            _ => None,
-        };
+        let inner = after.find('}').map(|close| &after[..close]);
+        let key = inner.and_then(|inner| {
+            let parts: Vec<&str> = inner.split('.').collect();
+            match parts.as_slice() {
+                ["port", name] if ident(name) => Some((service, *name, inner)),
+                [svc, "port", name] if ident(svc) && ident(name) => Some((*svc, *name, inner)),
+                _ => None,
+            }
+        });
         match key {
-            Some((svc, name)) => match ports.get(&(svc.to_owned(), name.to_owned())) {
-                Some(port) => out.push_str(&port.to_string()),
-                None => {
-                    return Err(Error::UnknownPort {
+            Some((svc, name, inner)) => {
+                let port = ports
+                    .get(&(svc.to_owned(), name.to_owned()))
+                    .ok_or_else(|| Error::UnknownPort {
                         service: service.to_owned(),
                         template: format!("{{{inner}}}"),
-                    })
-                }
-            },
+                    })?;
+                out.push_str(&port.to_string());
+                rest = &after[inner.len() + 1..];
+            }
             None => {
+                // Not a template: keep the brace and look again from the next character,
+                // so `{"port": {port.http}}` still finds the inner template.
                 out.push('{');
-                out.push_str(inner);
-                out.push('}');
+                rest = after;
             }
         }
-        rest = &after[close + 1..];
     }
     out.push_str(rest);
     Ok(out)
@@ -107,6 +111,14 @@ mod tests {
         );
         assert!(expand("{port.nope}", "App", &ports).is_err());
         assert_eq!(expand("{unclosed", "App", &ports).unwrap(), "{unclosed");
+        assert_eq!(
+            expand("{\"port\": {port.http}}", "App", &ports).unwrap(),
+            "{\"port\": 8123}"
+        );
+        assert_eq!(
+            expand("{\"db.port.main\": 1}", "App", &ports).unwrap(),
+            "{\"db.port.main\": 1}"
+        );
     }
 
     #[test]

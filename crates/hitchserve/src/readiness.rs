@@ -324,6 +324,8 @@ pub(crate) struct ProbeEnv<'a> {
     pub service: &'a str,
     pub dir: &'a std::path::Path,
     pub env: &'a [(OsString, OsString)],
+    /// The service's user, if it has one.
+    pub run_as: Option<(u32, u32)>,
     /// No probe may take longer than this.
     pub limit: Duration,
 }
@@ -444,7 +446,8 @@ fn run_probe(kind: &Kind, env: &ProbeEnv<'_>) -> Result<(), String> {
                 argv.clone(),
                 env.dir.to_path_buf(),
                 env.env.to_vec(),
-            );
+            )
+            .run_as(env.run_as);
             match sub.output_within(env.limit) {
                 Ok(out) if out.status.success() => Ok(()),
                 Ok(out) => Err(format!(

@@ -183,9 +183,12 @@ impl Subcommand {
         })
     }
 
-    /// Start it with stdout and stderr piped (stdin fed from a thread if given).
+    /// Start it with stdout and stderr piped (stdin fed from a thread if given), in a
+    /// process group of its own so that what it leaves behind can be killed with it.
     pub(crate) fn spawn_piped(&self) -> Result<std::process::Child> {
+        use std::os::unix::process::CommandExt;
         let mut cmd = self.command()?;
+        cmd.process_group(0);
         cmd.stdin(if self.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -252,6 +255,7 @@ impl Subcommand {
             service: self.service.clone(),
             source,
         })?;
+        kill_group(pid);
         let mut outs = readers.into_iter().map(|r| r.join().unwrap_or_default());
         Ok(Output {
             status: ExitStatus::from_std(status),
@@ -308,5 +312,14 @@ impl Subcommand {
     /// The program and arguments.
     pub fn argv(&self) -> impl Iterator<Item = &OsStr> {
         self.argv.iter().map(OsString::as_os_str)
+    }
+}
+
+/// SIGKILL what is left in the process group a piped sub-command led (background children
+/// that would keep its pipes open); its leader has been reaped already.
+pub(crate) fn kill_group(pgid: u32) {
+    // SAFETY: signalling a process group we created; ESRCH when it is empty is fine.
+    unsafe {
+        libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
     }
 }

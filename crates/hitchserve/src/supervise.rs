@@ -474,11 +474,13 @@ impl Shared {
             let met: Vec<[bool; 3]> = states
                 .iter()
                 .map(|s| {
+                    let completed = s.phase == Phase::Exited(ExitStatus::Code(0));
                     [
                         // Announced too: its "ready" line comes before its dependents start.
-                        s.phase == Phase::Ready && s.announced,
+                        // A one-shot service that completed counts as ready too.
+                        (s.phase == Phase::Ready && s.announced) || (s.one_shot && completed),
                         s.pid.is_some(),
-                        s.phase == Phase::Exited(ExitStatus::Code(0)),
+                        completed,
                     ]
                 })
                 .collect();
@@ -915,6 +917,7 @@ fn probe_until_ready(shared: &Arc<Shared>, idx: usize, checker: &Checker) {
         service: &plan.name,
         dir: &plan.dir,
         env: &plan.env,
+        run_as: plan.run_as,
         limit: PROBE_LIMIT,
     };
     let mut pause = PROBE_FIRST_PAUSE;

@@ -58,12 +58,13 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
     let mut from = String::new();
     let mut to: Vec<String> = Vec::new();
     out.write_all(b"220 hitchsmtp ESMTP ready\r\n")?;
-    let mut line = String::new();
+    let mut raw_line = Vec::new();
     loop {
-        line.clear();
-        if input.read_line(&mut line)? == 0 {
+        raw_line.clear();
+        if input.read_until(b'\n', &mut raw_line)? == 0 {
             return Ok(());
         }
+        let line = String::from_utf8_lossy(&raw_line);
         let command = line.trim_end();
         let upper = command.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
@@ -83,9 +84,14 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
                     "250 OK".into()
                 }
             }
+        } else if upper == "DATA" && to.is_empty() {
+            "503 Need MAIL FROM and RCPT TO first".into()
         } else if upper == "DATA" {
             out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")?;
-            let raw = read_data(&mut input)?;
+            // A client that hangs up before the final `.` sent no message.
+            let Some(raw) = read_data(&mut input)? else {
+                return Ok(());
+            };
             let message = describe(&raw, &from, &to);
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{message}")?;
@@ -102,6 +108,21 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
             out.write_all(b"221 Bye\r\n")?;
             return Ok(());
         } else if upper.starts_with("AUTH") {
+            // Any credentials do; answer the challenges clients wait for.
+            let words: Vec<&str> = upper.split_whitespace().collect();
+            let challenges: &[&[u8]] = match words.as_slice() {
+                [_, "LOGIN"] => &[b"334 VXNlcm5hbWU6\r\n", b"334 UGFzc3dvcmQ6\r\n"],
+                [_, "LOGIN", _] => &[b"334 UGFzc3dvcmQ6\r\n"],
+                [_, "PLAIN"] => &[b"334 \r\n"],
+                _ => &[],
+            };
+            for challenge in challenges {
+                out.write_all(challenge)?;
+                let mut answer = Vec::new();
+                if input.read_until(b'\n', &mut answer)? == 0 {
+                    return Ok(());
+                }
+            }
             "235 Authentication successful".into()
         } else if upper.starts_with("VRFY") {
             "252 Cannot VRFY user, but will accept message".into()
@@ -137,26 +158,23 @@ fn canned_error(rcpt: &str) -> Option<String> {
     Some(format!("{code} {}", text.replace('-', " ")))
 }
 
-/// The message lines up to the lone `.`, dot-unstuffed, with CRLF endings.
-fn read_data(input: &mut impl BufRead) -> std::io::Result<Vec<u8>> {
+/// The message lines up to the lone `.`, dot-unstuffed, with CRLF endings; `None` if the
+/// client hung up first.
+fn read_data(input: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
     let mut raw = Vec::new();
     let mut line = Vec::new();
     loop {
         line.clear();
         if input.read_until(b'\n', &mut line)? == 0 {
-            return Ok(raw);
+            return Ok(None);
         }
         let content = line.strip_suffix(b"\n").unwrap_or(&line);
         let content = content.strip_suffix(b"\r").unwrap_or(content);
         if content == b"." {
-            return Ok(raw);
+            return Ok(Some(raw));
         }
-        raw.extend_from_slice(
-            content
-                .strip_prefix(b".")
-                .filter(|_| content.starts_with(b".."))
-                .unwrap_or(content),
-        );
+        // RFC 5321 4.5.2: a leading dot was added by the client; take it away.
+        raw.extend_from_slice(content.strip_prefix(b".").unwrap_or(content));
         raw.extend_from_slice(b"\r\n");
     }
 }
@@ -217,8 +235,11 @@ fn describe(raw: &[u8], from: &str, to: &[String]) -> Value {
                     .headers()
                     .iter()
                     .map(|h| {
-                        let value = h.value().as_text().map_or(Value::Null, |t| json!(t));
-                        (h.name().to_owned(), value)
+                        // The header as written (parsed values lose it for structured ones).
+                        let raw_value = raw
+                            .get(h.offset_start as usize..h.offset_end as usize)
+                            .map(|b| String::from_utf8_lossy(b).trim().to_owned());
+                        (h.name().to_owned(), json!(raw_value))
                     })
                     .collect();
                 let text = part.text_contents().map(str::to_owned);
@@ -235,10 +256,12 @@ fn describe(raw: &[u8], from: &str, to: &[String]) -> Value {
             .collect();
         Value::Array(parts)
     } else {
-        let text = message
-            .body_text(0)
-            .map(|t| t.into_owned())
-            .unwrap_or_default();
+        // The body as sent (HTML stays HTML, so its links are found).
+        let root = message.root_part();
+        let text = root
+            .text_contents()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(root.contents()).into_owned());
         all_links = links(&text);
         json!(text)
     };

@@ -61,3 +61,37 @@ fn a_raw_smtp_conversation_becomes_a_json_line() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_client_that_hangs_up_mid_message_sends_nothing() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hitchsmtp"))
+        .args(["--port", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("hitchsmtp: listening on ")
+        .unwrap()
+        .to_owned();
+    {
+        let mut w = TcpStream::connect(&addr).unwrap();
+        write!(
+            w,
+            "HELO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nSubject: cut\r\n\r\nhalf"
+        )
+        .unwrap();
+    }
+    // A complete message afterwards is the first (and only) line printed.
+    let mut w = TcpStream::connect(&addr).unwrap();
+    write!(w, "HELO x\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nSubject: whole\r\n\r\nbody\r\n.\r\nQUIT\r\n").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["subject"], "whole");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -108,8 +108,7 @@ impl Postgres {
             })?,
         };
         let tool = |name: &str| bin.join(name).to_string_lossy().into_owned();
-        let dir = "{run}/{service}".to_owned();
-        let data = format!("{dir}/data");
+        let data = "{run}/{service}/data".to_owned();
         let postgres = tool("postgres");
         let mut svc = Service::new([
             postgres.as_str(),
@@ -117,8 +116,9 @@ impl Postgres {
             &data,
             "-p",
             "{port.postgres}",
-            "-k",
-            &dir,
+            // TCP only: a Unix socket path under the project could pass the 107-byte limit.
+            "-c",
+            "unix_socket_directories=",
             "-c",
             "listen_addresses=127.0.0.1",
             "-c",
@@ -129,7 +129,7 @@ impl Postgres {
             "full_page_writes=off",
         ])
         .port(PORT)
-        .env("PGHOST", &dir)
+        .env("PGHOST", "127.0.0.1")
         .env("PGPORT", "{port.postgres}")
         .ready(Ready::all([
             Ready::line_contains("database system is ready to accept connections"),
@@ -139,13 +139,18 @@ impl Postgres {
         .stop_signal(Signal::SIGINT);
         // SAFETY: getuid has no preconditions.
         let root = unsafe { libc::getuid() } == 0;
-        if let Some(user) = self
+        let run_as = self
             .os_user
             .clone()
-            .or_else(|| root.then(|| "postgres".into()))
-        {
-            svc = svc.user(user);
+            .or_else(|| root.then(|| "postgres".into()));
+        if let Some(user) = &run_as {
+            svc = svc.user(user.clone());
         }
+        // Templates belong to the user the clusters run as.
+        let owner = run_as.unwrap_or_else(|| {
+            // SAFETY: getuid has no preconditions.
+            unsafe { libc::getuid() }.to_string()
+        });
         let initdb = tool("initdb");
         let psql = tool("psql");
         let users = self.users;
@@ -176,17 +181,15 @@ impl Postgres {
                 }
                 // One template cluster per installation (and user), made once with initdb
                 // and copied for each run: copying takes a fraction of initdb's time.
-                let templates = std::env::temp_dir().join(format!(
-                    "hitchserve-pg-templates-{}",
-                    // SAFETY: getuid has no preconditions.
-                    unsafe { libc::getuid() }
-                ));
+                let templates =
+                    std::env::temp_dir().join(format!("hitchserve-pg-templates-{owner}"));
                 ctx.make_dir(&templates)?;
                 let template = templates.join(template_name(&initdb));
                 if !template.join("PG_VERSION").exists() {
                     // Made under a name of our own, then renamed: parallel runs may race.
-                    let tmp =
-                        templates.join(format!("tmp-{}-{}", std::process::id(), ctx.service()));
+                    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let tmp = templates.join(format!("tmp-{}-{n}", std::process::id()));
                     let _ = std::fs::remove_dir_all(&tmp);
                     run_initdb(&tmp)?;
                     if std::fs::rename(&tmp, &template).is_err() {

@@ -85,3 +85,21 @@ fn needs_started_does_not_wait_for_readiness() {
     let at = |needle: &str| all.iter().position(|l| l.starts_with(needle)).unwrap();
     assert!(at("Starting Eager") < at("Slow ready"));
 }
+
+/// A one-shot service that completed counts as ready for a plain `needs`, even when the
+/// dependent's other needs come later.
+#[test]
+fn a_completed_one_shot_satisfies_a_plain_need() {
+    let p = Project::new("cond-oneshot-needs");
+    let mut b = p.bundle();
+    b.add("Migrate", Service::new(["true"]).one_shot()).unwrap();
+    b.add("Db", sh("sleep 0.3; echo READY; exec sleep 1000"))
+        .unwrap();
+    b.add(
+        "App",
+        sh("echo READY; exec sleep 1000").needs(["Migrate", "Db"]),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    assert!(b.service("App").unwrap().is_ready());
+}

@@ -150,3 +150,24 @@ fn a_failing_or_panicking_poststart_stops_startup() {
         "{err:?}"
     );
 }
+
+/// What a hook's command leaves running in the background is stopped with it, so the hook
+/// finishes instead of waiting for its output to close.
+#[test]
+fn a_hook_command_with_a_background_child_still_finishes() {
+    let p = Project::new("hooks-background");
+    let mut b = p.bundle();
+    b.add(
+        "Svc",
+        sh("echo READY; exec sleep 1000").setup(|ctx| {
+            ctx.run(["sh", "-c", "sleep 1000 & echo started in background"])?;
+            Ok(())
+        }),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    assert_eq!(
+        b.service("Svc").unwrap().logs().setup().lines(),
+        vec!["started in background"]
+    );
+}

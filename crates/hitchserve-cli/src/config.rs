@@ -32,8 +32,10 @@ pub struct BundleConfig {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// A ready-made service: `postgres`, `redis` or `smtp`.
+    /// A ready-made service: `postgres`, `redis`, `smtp` or `cron`.
     pub kind: Option<String>,
+    /// Cron: how often (of fake time) to run `command`, e.g. `5m`.
+    pub every: Option<String>,
     pub command: Option<Vec<String>>,
     pub ready: Option<ReadyConfig>,
     pub directory: Option<PathBuf>,
@@ -259,9 +261,19 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
             }
             Some("redis") => Redis::new().service(),
             Some("smtp") => Smtp::new().service(),
+            Some("cron") => {
+                let every = s.every.as_deref().ok_or_else(|| {
+                    format!("service `{name}`: a cron needs `every` (e.g. \"5m\")")
+                })?;
+                let command = s
+                    .command
+                    .clone()
+                    .ok_or_else(|| format!("service `{name}`: a cron needs a `command`"))?;
+                hitchserve::services::Cron::every(duration(every)?, command).service()
+            }
             Some(other) => {
                 return Err(format!(
-                    "service `{name}`: unknown kind `{other}` (postgres, redis or smtp)"
+                    "service `{name}`: unknown kind `{other}` (postgres, redis, smtp or cron)"
                 ))
             }
             None => {

@@ -255,3 +255,17 @@ fn kill_9_of_a_detached_bundle_leaves_no_service_behind() {
         );
     }
 }
+
+/// examples/reminders/scenario.sh: the reminders scenario with the command line only.
+#[test]
+fn the_reminders_scenario_passes_with_the_command_line_only() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/reminders/scenario.sh");
+    let out = Command::new("sh")
+        .arg(&script)
+        .env("HITCHSERVE", BIN)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("scenario passed"));
+}

@@ -20,6 +20,7 @@ mod postgres;
 mod process_api;
 mod readiness;
 mod redis;
+mod reminders;
 mod run_as_user;
 mod shutdown;
 mod smtp;

@@ -1,0 +1,24 @@
+#!/bin/sh
+# The reminders scenario with the command line only. HITCHSERVE names the binary.
+set -eu
+cd "$(dirname "$0")"
+hs="${HITCHSERVE:-hitchserve}"
+trap '"$hs" down >/dev/null 2>&1 || true' EXIT
+
+"$hs" up --detach
+"$hs" exec App -- python3 app.py add ann@example.com 30 "Call mum"
+
+# 29 days on, cron runs send-due at once; nothing is due yet.
+"$hs" time-travel +29d
+"$hs" logs SendDue --until '^cron: exit 0$' --timeout 30s
+if [ -n "$("$hs" logs Smtp --json)" ]; then
+    echo "an email was sent too early" >&2
+    exit 1
+fi
+
+# Past 30 days: the reminder goes out.
+"$hs" time-travel +2d
+"$hs" logs Smtp --until-json 'subject=Reminder: Call mum' --timeout 30s
+"$hs" logs App --until 'sent reminder 1 to ann@example.com' --timeout 30s
+"$hs" down
+echo "scenario passed"

@@ -7,40 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hitchserve::services::{Cron, Smtp};
-use hitchserve::{Bundle, Ready, Service};
+use hitchserve::services::Smtp;
+
+include!("../../../examples/reminders/bundle.rs");
 
 const DAY: u64 = 86_400;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/reminders");
-    let mut bundle = Bundle::new(&project).startup_timeout(PATIENCE);
-    let env = [
-        ("REMINDERS_DB", "{run}/reminders.sqlite"),
-        ("SMTP_PORT", "{Smtp.port.smtp}"),
-    ];
-    bundle.add("Smtp", Smtp::new().program(hitchsmtp()?).service())?;
-    bundle.add(
-        "App",
-        Service::new(["python3", "-u", "app.py", "serve"])
-            .port("http")
-            .env("APP_PORT", "{port.http}")
-            .envs(env)
-            .ready(Ready::all([
-                Ready::line_contains("READY"),
-                Ready::tcp_addr("127.0.0.1:{port.http}"),
-            ]))
-            .needs(["Smtp"]),
-    )?;
-    bundle.add(
-        "SendDue",
-        Cron::every(Duration::from_secs(300), ["python3", "app.py", "send-due"])
-            .service()
-            .env("APP_PORT", "{App.port.http}")
-            .envs(env)
-            .needs(["App"]),
-    )?;
+    let mut bundle = reminders_bundle(&project, Smtp::new().program(hitchsmtp()?))?;
     bundle.startup()?;
 
     let app = bundle.service("App")?;

@@ -5,8 +5,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
-#[test]
-fn a_raw_smtp_conversation_becomes_a_json_line() {
+/// Start the binary on a free port; its stdout and the address it listens on.
+fn start() -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    String,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hitchsmtp"))
         .args(["--port", "0"])
         .stdout(Stdio::piped())
@@ -20,6 +24,13 @@ fn a_raw_smtp_conversation_becomes_a_json_line() {
         .strip_prefix("hitchsmtp: listening on ")
         .unwrap()
         .to_owned();
+    (child, out, addr)
+}
+
+#[test]
+fn a_raw_smtp_conversation_becomes_a_json_line() {
+    let (mut child, mut out, addr) = start();
+    let mut line = String::new();
     // Bound before it said so: connecting works at once.
     let stream = TcpStream::connect(&addr).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -64,19 +75,8 @@ fn a_raw_smtp_conversation_becomes_a_json_line() {
 
 #[test]
 fn a_client_that_hangs_up_mid_message_sends_nothing() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hitchsmtp"))
-        .args(["--port", "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut child, mut out, addr) = start();
     let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("hitchsmtp: listening on ")
-        .unwrap()
-        .to_owned();
     {
         let mut w = TcpStream::connect(&addr).unwrap();
         write!(

@@ -5,44 +5,17 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hitchserve::services::{Cron, Smtp};
-use hitchserve::{Bundle, Ready, Service};
+use hitchserve::services::Smtp;
 
 use crate::common::PATIENCE;
 
 const DAY: u64 = 86_400;
 
-fn reminders() -> Bundle {
+include!("../../../../examples/reminders/bundle.rs");
+
+fn reminders() -> hitchserve::Bundle {
     let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/reminders");
-    let mut b = Bundle::new(project).startup_timeout(PATIENCE);
-    let env = [
-        ("REMINDERS_DB", "{run}/reminders.sqlite"),
-        ("SMTP_PORT", "{Smtp.port.smtp}"),
-    ];
-    b.add("Smtp", Smtp::new().service()).unwrap();
-    b.add(
-        "App",
-        Service::new(["python3", "-u", "app.py", "serve"])
-            .port("http")
-            .env("APP_PORT", "{port.http}")
-            .envs(env)
-            .ready(Ready::all([
-                Ready::line_contains("READY"),
-                Ready::tcp_addr("127.0.0.1:{port.http}"),
-            ]))
-            .needs(["Smtp"]),
-    )
-    .unwrap();
-    b.add(
-        "SendDue",
-        Cron::every(Duration::from_secs(300), ["python3", "app.py", "send-due"])
-            .service()
-            .env("APP_PORT", "{App.port.http}")
-            .envs(env)
-            .needs(["App"]),
-    )
-    .unwrap();
-    b
+    reminders_bundle(&project, Smtp::new()).unwrap()
 }
 
 #[test]

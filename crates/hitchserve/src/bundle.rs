@@ -449,7 +449,7 @@ impl Bundle {
         shared.prepare_supervisors();
         let done = |s: &State| {
             if s.one_shot {
-                s.phase == Phase::Exited(ExitStatus::Code(0))
+                s.phase == Phase::Exited(ExitStatus::Code(0)) && !s.post_running
             } else {
                 s.phase == Phase::Ready && s.announced
             }

@@ -173,6 +173,8 @@ pub(crate) struct State {
     pub check_panic: Option<String>,
     /// Copied from its plan: exiting 0 is its success.
     pub one_shot: bool,
+    /// Its poststart hook is running (a one-shot service isn't complete until it is done).
+    pub post_running: bool,
     /// The last failure of a readiness probe ("connection refused on 127.0.0.1:5432").
     pub probe_failure: Option<String>,
     /// A hook failed: which one and why.
@@ -201,6 +203,7 @@ impl State {
             check_panic: None,
             hook_error: None,
             one_shot: false,
+            post_running: false,
             probe_failure: None,
             started_at: None,
             ready_at: None,
@@ -474,7 +477,8 @@ impl Shared {
             let met: Vec<[bool; 3]> = states
                 .iter()
                 .map(|s| {
-                    let completed = s.phase == Phase::Exited(ExitStatus::Code(0));
+                    let completed =
+                        s.phase == Phase::Exited(ExitStatus::Code(0)) && !s.post_running;
                     [
                         // Announced too: its "ready" line comes before its dependents start.
                         // A one-shot service that completed counts as ready too.
@@ -538,6 +542,7 @@ impl Shared {
             } else {
                 Phase::Ready
             };
+            st.post_running = has_poststart;
         }
         if !has_poststart {
             self.announce_ready(idx);
@@ -550,21 +555,29 @@ impl Shared {
                 let plan = &shared.plans[idx];
                 if let Some(hook) = &plan.poststart {
                     if let Err(message) = shared.run_hook(idx, hook, &plan.post_sources) {
-                        shared.update(idx, |st| st.hook_error = Some((Part::Poststart, message)));
+                        shared.update(idx, |st| {
+                            st.hook_error = Some((Part::Poststart, message));
+                            st.post_running = false;
+                        });
                         return;
                     }
                 }
                 let ok = {
                     let mut states = shared.lock();
                     let st = &mut states[idx];
+                    st.post_running = false;
                     let ok = st.phase == Phase::PostStart;
                     if ok {
                         st.phase = Phase::Ready;
                     }
                     ok
                 };
+                shared.changed.notify_all();
                 if ok {
                     shared.announce_ready(idx);
+                } else {
+                    // A one-shot service may have completed meanwhile: now it counts.
+                    shared.start_startable();
                 }
             });
         match spawned {

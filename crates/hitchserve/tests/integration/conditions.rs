@@ -103,3 +103,25 @@ fn a_completed_one_shot_satisfies_a_plain_need() {
     b.startup().unwrap();
     assert!(b.service("App").unwrap().is_ready());
 }
+
+/// A one-shot service with a poststart hook is complete only once the hook has finished.
+#[test]
+fn a_one_shot_is_complete_only_after_its_poststart() {
+    let p = Project::new("cond-oneshot-post");
+    let mut b = p.bundle();
+    b.add(
+        "Seed",
+        Service::new(["true"]).one_shot().poststart(|ctx| {
+            ctx.run(["sh", "-c", "sleep 0.3; touch seeded"])?;
+            Ok(())
+        }),
+    )
+    .unwrap();
+    b.add(
+        "App",
+        sh("test -e seeded && echo READY; exec sleep 1000").needs_completed(["Seed"]),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    assert!(b.service("App").unwrap().is_ready());
+}

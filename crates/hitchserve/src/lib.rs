@@ -3,12 +3,17 @@
 //! of the way.
 //!
 //! A [`Bundle`] holds named [`Service`]s. [`Bundle::startup`] starts each once everything it
-//! [`needs`](Service::needs) is ready, in parallel where it can, and blocks until all are
-//! ready or returns an [`Error`] that names the service and shows its last log lines. Every
-//! line every service writes is printed live as `[   Name] line` / `[Err Name] line`, stored
-//! (queryable through [`Logs`]) and written to `<project>/.hitchserve/runs/<run>/logs/`.
-//! Every process a service starts dies with the bundle — also when the test process itself
-//! is killed.
+//! [`needs`](Service::needs) is ready (see [`Ready`] for readiness checks and
+//! [`Condition`] for other dependency conditions), in parallel where it can, and blocks until
+//! all are ready or returns an [`Error`] that names the service and shows its last log lines.
+//! Every line every service writes is printed live as `[   Name] line` / `[Err Name] line`,
+//! kept (queryable through [`Logs`] and [`Tail`]: `until`, `until_json`, `follow`, JSON) and
+//! written to `<project>/.hitchserve/runs/<run>/logs/all.log`. [`Bundle::time_travel`] moves
+//! the services' clocks through libfaketime; [`ServiceHandle::process`] inspects a service's
+//! processes; [`ServiceHandle::subcommand`] runs commands in its environment;
+//! [`Service::setup`] and [`Service::poststart`] run code around its start; [`services`] has
+//! PostgreSQL, Redis, a mock SMTP server and a fake-time cron ready-made. Every process a
+//! service starts dies with the bundle — also when the test process itself is killed.
 //!
 //! ```no_run
 //! use std::time::Duration;

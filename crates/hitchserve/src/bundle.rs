@@ -708,7 +708,7 @@ impl Bundle {
     }
 
     /// When each service reached each step of its startup: set up, started, ready, done
-    /// with poststart. `Display` draws a text Gantt chart; [`Timeline::save_svg`] a picture
+    /// with poststart. `Display` draws a text Gantt chart; [`Timeline::save_svg`](crate::Timeline::save_svg) a picture
     /// (startup also writes one to the run directory as `timeline.svg`).
     pub fn timeline(&self) -> Result<crate::timeline::Timeline> {
         Ok(crate::timeline::of(self.running()?))

@@ -53,18 +53,10 @@ pub fn up(
             project.display()
         ));
     }
-    // Signals are taken by one thread with sigwait: block them before any thread exists,
-    // so every thread (and no service: spawning resets the mask) inherits the block.
-    let signals = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
-    // SAFETY: plain signal-mask calls on a set we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in signals {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+    // Ctrl-C, SIGTERM and SIGHUP stop the bundle cleanly. A handler (not a blocked signal
+    // mask: services would inherit the mask and ignore their stop signal) writes to a pipe
+    // that a thread waits on; exec resets handlers, so services get the default actions.
+    let signal_pipe = install_signal_pipe()?;
     // To the waiting parent, one line: `ok`, or `failed: "<the error as a JSON string>"`.
     let report = |line: &str| {
         if daemon_child {
@@ -129,16 +121,9 @@ pub fn up(
         });
     }
     std::thread::spawn(move || {
-        // SAFETY: waiting on the blocked set.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            for s in signals {
-                libc::sigaddset(&mut set, s);
-            }
-            let mut sig = 0;
-            libc::sigwait(&set, &mut sig);
-        }
+        let mut byte = [0u8; 1];
+        // SAFETY: reading one byte from the pipe's read end, which we own.
+        unsafe { while libc::read(signal_pipe, byte.as_mut_ptr().cast(), 1) < 0 {} }
         let _ = stop_tx.send("signal");
     });
     report("ok");
@@ -159,6 +144,43 @@ pub fn up(
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// The write end of the signal pipe, for the handler.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: write(2) is async-signal-safe; one byte to a pipe we own.
+        unsafe {
+            libc::write(fd, b"x".as_ptr().cast(), 1);
+        }
+    }
+}
+
+/// Route SIGINT, SIGTERM and SIGHUP to a pipe; returns its read end.
+fn install_signal_pipe() -> Result<libc::c_int, String> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 fills the two descriptors; sigaction installs a handler that only
+    // makes an async-signal-safe write.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err(format!(
+                "cannot make a pipe: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        SIGNAL_PIPE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        action.sa_flags = libc::SA_RESTART;
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaction(s, &action, std::ptr::null_mut());
+        }
+    }
+    Ok(fds[0])
 }
 
 fn ports_of(s: &config::ServiceConfig) -> Vec<String> {

@@ -128,7 +128,16 @@ fn main() -> ExitCode {
             timeline,
             daemon_child,
         } => control::up(&cli.file, &project, detach, timeline, daemon_child),
-        other => control::client(&project, other),
+        other => {
+            // Like other Unix filters, a client dies quietly when its reader goes away
+            // (`hitchserve logs | head`). `up` keeps Rust's ignored SIGPIPE: a closed
+            // console must not kill the bundle, which only stops printing.
+            // SAFETY: restoring the default action of one signal before any thread exists.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            }
+            control::client(&project, other)
+        }
     };
     match result {
         Ok(code) => code,

@@ -256,6 +256,44 @@ fn kill_9_of_a_detached_bundle_leaves_no_service_behind() {
     }
 }
 
+#[test]
+fn sigterm_to_a_foreground_bundle_stops_it_and_its_services_keep_default_signals() {
+    let p = Project::new("sigterm", DAYS);
+    let mut up = p.cmd(&["up"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    assert!(lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("Hitch] READY in")));
+    let run = std::fs::read_link(Path::new(&p.0).join(".hitchserve/latest")).unwrap();
+    let run = run.file_name().unwrap().to_str().unwrap().to_owned();
+    let pids = marked(&run);
+    assert!(pids.len() >= 2, "{pids:?}");
+    for pid in &pids {
+        // A service must not inherit a blocked signal mask: it would ignore its stop signal.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if let Some(blocked) = status.lines().find(|l| l.starts_with("SigBlk:")) {
+            let mask = u64::from_str_radix(blocked[7..].trim(), 16).unwrap();
+            let stop_signals = (1 << (libc::SIGTERM - 1)) | (1 << (libc::SIGINT - 1));
+            assert_eq!(mask & stop_signals, 0, "process {pid}: {blocked}");
+        }
+    }
+    // Drain the console so the bundle never blocks on a full pipe while stopping.
+    let drain = std::thread::spawn(move || lines.count());
+    // SAFETY: signalling the bundle process this test started.
+    unsafe {
+        libc::kill(up.id() as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(up.wait().unwrap().success());
+    drain.join().unwrap();
+    for pid in pids {
+        assert!(
+            wait_gone(pid),
+            "service process {pid} survived SIGTERM of its bundle"
+        );
+    }
+}
+
 /// examples/reminders/scenario.sh: the reminders scenario with the command line only.
 #[test]
 fn the_reminders_scenario_passes_with_the_command_line_only() {

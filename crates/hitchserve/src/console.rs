@@ -19,6 +19,8 @@ pub(crate) struct Console {
     muted: AtomicBool,
     /// Lines not printed while muted, reported when printing resumes.
     missed: AtomicU64,
+    /// Stdout was closed (a reader went away): printing stopped; lines are still stored.
+    closed: AtomicBool,
 }
 
 impl Console {
@@ -29,6 +31,7 @@ impl Console {
             colour: !no_colour && std::io::stdout().is_terminal(),
             muted: AtomicBool::new(false),
             missed: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -60,7 +63,7 @@ impl Console {
 
     /// Print lines as one write, so lines of different services never interleave mid-line.
     pub(crate) fn print(&self, lines: &[LogLine]) {
-        if lines.is_empty() {
+        if lines.is_empty() || self.closed.load(Ordering::Relaxed) {
             return;
         }
         let width = self.width();
@@ -68,8 +71,11 @@ impl Console {
         for line in lines {
             self.format_into(&mut out, line, width);
         }
-        // `print!` panics when stdout is closed; the reader thread calling us must live on.
-        let _ = std::panic::catch_unwind(|| print!("{out}"));
+        // `print!` (which test harnesses capture) panics when stdout is closed; the reader
+        // thread calling us must live on, and one report of it is enough.
+        if std::panic::catch_unwind(|| print!("{out}")).is_err() {
+            self.closed.store(true, Ordering::Relaxed);
+        }
     }
 
     fn format_into(&self, out: &mut String, line: &LogLine, width: usize) {

@@ -148,6 +148,7 @@ impl Subcommand {
             .current_dir(&self.dir)
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())));
+        crate::signal::unblock_signals_in_child(&mut cmd);
         Ok(cmd)
     }
 

@@ -782,7 +782,7 @@ fn run_task(shared: &Arc<Shared>, idx: usize, task: Task) {
 fn spawn_child(plan: &Plan) -> std::io::Result<Child> {
     // No `pre_exec` (e.g. for PR_SET_PDEATHSIG): it forces fork() instead of vfork-based
     // posix_spawn, which made starting 20 services 1.5x slower here. The guardian covers
-    // the death of the bundle's process.
+    // the death of the bundle's process. (Only a caller with blocked signals gets one.)
     let mut cmd = Command::new(&plan.program);
     if let Some((uid, gid)) = plan.run_as {
         // (std then drops root's supplementary groups too.)
@@ -796,8 +796,9 @@ fn spawn_child(plan: &Plan) -> std::io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
+        .process_group(0);
+    crate::signal::unblock_signals_in_child(&mut cmd);
+    cmd.spawn()
 }
 
 /// The body of a supervisor thread: read both pipes, notice the exit, reap, report.

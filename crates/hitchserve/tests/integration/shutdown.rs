@@ -178,3 +178,42 @@ fn unlimited_timeouts_are_accepted() {
     b.shutdown().unwrap();
     assert!(svc.wait_exit(Duration::MAX).is_some());
 }
+
+#[test]
+fn signals_blocked_by_the_caller_are_not_passed_on_to_services() {
+    // A program that blocks SIGTERM (to sigwait for it) starts a bundle from that thread.
+    std::thread::spawn(|| {
+        // SAFETY: blocking one signal in this thread only, with a set we own.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        let p = Project::new("blockedmask");
+        let mut b = p.bundle().shutdown_timeout(PATIENCE);
+        b.add(
+            "Polite",
+            // Not sh: dash clears its signal mask when it starts.
+            Service::new([
+                "python3",
+                "-u",
+                "-c",
+                "import signal, sys\n\
+                 signal.signal(signal.SIGTERM, lambda *_: (print('got TERM'), sys.exit(0)))\n\
+                 print('READY')\n\
+                 while True: signal.pause()",
+            ])
+            .ready_when(|l| l == "READY"),
+        )
+        .unwrap();
+        b.startup().unwrap();
+        b.shutdown().unwrap();
+        let svc = b.service("Polite").unwrap();
+        let lines = svc.logs().out().lines();
+        assert!(lines.contains(&"got TERM".to_owned()), "{lines:?}");
+        assert_eq!(svc.exit_status().and_then(|s| s.code()), Some(0));
+    })
+    .join()
+    .unwrap();
+}

@@ -86,6 +86,18 @@ pub fn up(
         // On a terminal, say now and then which services are still starting.
         bundle = bundle.progress_every(Duration::from_secs(1));
     }
+    let (stop_tx, stop_rx) = mpsc::channel::<&'static str>();
+    {
+        // A signal during startup ends the startup; after it, the bundle.
+        let (interrupter, stop_tx) = (bundle.interrupter(), stop_tx.clone());
+        std::thread::spawn(move || {
+            let mut byte = [0u8; 1];
+            // SAFETY: reading one byte from the pipe's read end, which we own.
+            unsafe { while libc::read(signal_pipe, byte.as_mut_ptr().cast(), 1) < 0 {} }
+            interrupter.interrupt();
+            let _ = stop_tx.send("signal");
+        });
+    }
     if let Err(e) = bundle.startup() {
         report(&format!("failed: {e}"));
         return Err(e.to_string());
@@ -96,7 +108,6 @@ pub fn up(
         }
     }
     let bundle = Arc::new(bundle);
-    let (stop_tx, stop_rx) = mpsc::channel::<&'static str>();
     let sock = socket_path(project);
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock)
@@ -120,12 +131,6 @@ pub fn up(
             }
         });
     }
-    std::thread::spawn(move || {
-        let mut byte = [0u8; 1];
-        // SAFETY: reading one byte from the pipe's read end, which we own.
-        unsafe { while libc::read(signal_pipe, byte.as_mut_ptr().cast(), 1) < 0 {} }
-        let _ = stop_tx.send("signal");
-    });
     report("ok");
     if daemon_child {
         // The parent has its answer; from now on nothing reads our stdout.

@@ -58,6 +58,56 @@ pub struct Bundle {
     ports: crate::ports::PortTable,
     held_ports: Vec<crate::ports::HeldPort>,
     progress: Option<Duration>,
+    interrupt: Arc<InterruptState>,
+}
+
+/// Ends a [`Bundle::startup`] that is under way from another thread: a signal handler's
+/// thread, say, so that Ctrl-C during a slow startup stops at once instead of at the
+/// startup timeout. Get one with [`Bundle::interrupter`] before calling `startup`.
+///
+/// ```no_run
+/// # fn main() -> hitchserve::Result<()> {
+/// use hitchserve::{Bundle, Error};
+/// let mut bundle = Bundle::new(".");
+/// let interrupter = bundle.interrupter();
+/// std::thread::spawn(move || {
+///     // ... wait for Ctrl-C here ...
+///     interrupter.interrupt();
+/// });
+/// match bundle.startup() {
+///     Err(Error::Interrupted) => println!("stopped before it was ready"),
+///     other => other?,
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Interrupter(Arc<InterruptState>);
+
+#[derive(Debug, Default)]
+struct InterruptState {
+    requested: std::sync::atomic::AtomicBool,
+    /// The run being started, to wake its wait.
+    run: std::sync::Mutex<Option<std::sync::Weak<Shared>>>,
+}
+
+impl Interrupter {
+    /// Make the current (or next) `startup` fail with [`Error::Interrupted`] and stop what
+    /// it started. No effect on a bundle that is already up: call `shutdown` for that.
+    pub fn interrupt(&self) {
+        self.0.requested.store(true, Ordering::SeqCst);
+        let run = self
+            .0
+            .run
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade);
+        if let Some(shared) = run {
+            // Under the state lock, so the startup wait can't miss the flag.
+            let _states = shared.lock();
+            shared.changed.notify_all();
+        }
+    }
 }
 
 impl Bundle {
@@ -77,7 +127,14 @@ impl Bundle {
             ports: crate::ports::PortTable::new(),
             held_ports: Vec::new(),
             progress: None,
+            interrupt: Arc::default(),
         }
+    }
+
+    /// A handle that can end this bundle's `startup` from another thread; see
+    /// [`Interrupter`].
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter(Arc::clone(&self.interrupt))
     }
 
     /// How long the whole startup may take, every service included (default 15 s).
@@ -444,6 +501,8 @@ impl Bundle {
     /// dependents the moment it is ready. Returns when all are ready or one failed.
     fn walk_dag(&self, shared: &Arc<Shared>, t0: Instant) -> Result<()> {
         let deadline = deadline_after(t0, self.startup_timeout);
+        *self.interrupt.run.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::downgrade(shared));
         shared.start_startable();
         // While the first services start, make the threads the others will need.
         shared.prepare_supervisors();
@@ -458,6 +517,9 @@ impl Bundle {
         let failure = {
             let mut states = shared.lock();
             loop {
+                if self.interrupt.requested.load(Ordering::SeqCst) {
+                    return Err(Error::Interrupted);
+                }
                 if let Some(failure) = find_failure(&mut states) {
                     break failure;
                 }

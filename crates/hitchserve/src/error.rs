@@ -281,6 +281,11 @@ pub enum Error {
     #[error("the bundle was already started: define every service before calling startup, and call it once")]
     AlreadyStarted,
 
+    /// `startup` was stopped by [`Interrupter::interrupt`](crate::Interrupter::interrupt)
+    /// (Ctrl-C, say); what had started was stopped again.
+    #[error("startup was interrupted: every service started so far was stopped")]
+    Interrupted,
+
     /// Something that needs running services was asked before `startup`.
     #[error("the bundle is not running: call startup first")]
     NotRunning,

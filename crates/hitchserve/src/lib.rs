@@ -54,7 +54,9 @@ mod supervise;
 mod timeline;
 mod timetravel;
 
-pub use bundle::{Bundle, LogStats, ProcessTree, ServiceHandle, TreeProcess, TreeService};
+pub use bundle::{
+    Bundle, Interrupter, LogStats, ProcessTree, ServiceHandle, TreeProcess, TreeService,
+};
 pub use error::{Error, NotReady, Result};
 pub use hooks::{HookContext, HookResult};
 pub use logs::{Follow, LogLine, Logs, Part, Stream, Tail};

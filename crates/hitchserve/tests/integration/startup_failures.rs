@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use hitchserve::{Error, ExitStatus, Service};
 
-use crate::common::{is_alive, marked_pids, run_id, sh, Project};
+use crate::common::{is_alive, marked_pids, run_id, sh, wait_gone, Project, PATIENCE};
 
 #[test]
 fn exit_before_ready_reports_exit_code_and_last_lines_and_stops_the_others() {
@@ -120,4 +120,31 @@ fn a_panicking_readiness_check_fails_startup() {
         "{err:?}"
     );
     assert!(marked_pids(&run_id(&b)).is_empty());
+}
+
+#[test]
+fn an_interrupted_startup_stops_what_it_started_and_says_so() {
+    let p = Project::new("interrupted");
+    let mut b = p.bundle();
+    b.add(
+        "Slow",
+        sh("echo $$ > pid; echo started; while :; do sleep 0.05; done")
+            .ready_when(|l| l == "never"),
+    )
+    .unwrap();
+    let interrupter = b.interrupter();
+    let mut tail = b.logs().tail();
+    let waiter = std::thread::spawn(move || {
+        tail.until(|l| l == "started", PATIENCE).unwrap();
+        interrupter.interrupt();
+    });
+    let err = b.startup().unwrap_err();
+    waiter.join().unwrap();
+    assert!(matches!(err, Error::Interrupted), "{err}");
+    let pid: u32 = std::fs::read_to_string(p.path("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(wait_gone(pid, PATIENCE), "Slow survived the interrupt");
 }

@@ -40,7 +40,16 @@ pub fn up(
     let dir = state_dir(project);
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
     let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    let refusal = || {
+        format!(
+            "a bundle is already running in `{}`: see `hitchserve status`, stop it with `hitchserve down`",
+            project.display()
+        )
+    };
     if detach && !daemon_child {
+        if up_is_running(project) {
+            return Err(refusal());
+        }
         return detach_up(file, project, timeline);
     }
     let lock_path = dir.join("up.lock");
@@ -48,10 +57,15 @@ pub fn up(
         .map_err(|e| format!("cannot create `{}`: {e}", lock_path.display()))?;
     // SAFETY: a valid descriptor we own.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(format!(
-            "a bundle is already running in `{}`: see `hitchserve status`, stop it with `hitchserve down`",
-            project.display()
-        ));
+        return Err(refusal());
+    }
+    if daemon_child {
+        // Our stderr is `up.log`, opened without truncating so that a refused second `up`
+        // can't wipe the running bundle's log: now that the lock is ours, start it afresh.
+        // SAFETY: truncating our own stderr; it is opened for appending, so writes follow.
+        unsafe {
+            libc::ftruncate(2, 0);
+        }
     }
     // Ctrl-C, SIGTERM and SIGHUP stop the bundle cleanly. A handler (not a blocked signal
     // mask: services would inherit the mask and ignore their stop signal) writes to a pipe
@@ -204,7 +218,11 @@ fn detach_up(file: &Path, project: &Path, timeline: bool) -> Result<ExitCode, St
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let log_path = state_dir(project).join("up.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open `{}`: {e}", log_path.display()))?;
     let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("-f").arg(&file).args(["up", "--daemon-child"]);

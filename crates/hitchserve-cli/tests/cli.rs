@@ -131,13 +131,23 @@ fn detached_bundle_answers_every_control_command_then_goes_down() {
     let unknown = p.run(&["logs", "Nope"]);
     assert!(!unknown.status.success() && text(&unknown).contains("`Nope`"));
 
-    // A second `up` in the same project is refused.
-    let second = p.run(&["up", "--detach"]);
-    assert!(
-        !second.status.success() && text(&second).contains("already running"),
-        "{}",
-        text(&second)
-    );
+    // A second `up` in the same project is refused, and leaves the running one's log alone.
+    let up_log = p.0.join(".hitchserve/up.log");
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&up_log)
+        .unwrap();
+    std::io::Write::write_all(&mut log, b"written by the running bundle\n").unwrap();
+    for args in [&["up", "--detach"][..], &["up"][..]] {
+        let second = p.run(args);
+        assert!(
+            !second.status.success() && text(&second).contains("already running"),
+            "{}",
+            text(&second)
+        );
+    }
+    let kept = std::fs::read_to_string(&up_log).unwrap();
+    assert!(kept.contains("written by the running bundle"), "{kept}");
 
     assert!(p.run(&["down"]).status.success());
     let after = p.run(&["status"]);

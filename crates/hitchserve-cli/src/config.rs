@@ -23,7 +23,9 @@ pub struct Config {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct BundleConfig {
+    #[serde(default, deserialize_with = "checked_duration")]
     pub startup_timeout: Option<String>,
+    #[serde(default, deserialize_with = "checked_duration")]
     pub shutdown_timeout: Option<String>,
     #[serde(default)]
     pub without_time_travel: bool,
@@ -33,8 +35,10 @@ pub struct BundleConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// A ready-made service: `postgres`, `redis`, `smtp` or `cron`.
+    #[serde(default, deserialize_with = "checked_kind")]
     pub kind: Option<String>,
     /// Cron: how often (of fake time) to run `command`, e.g. `5m`.
+    #[serde(default, deserialize_with = "checked_duration")]
     pub every: Option<String>,
     pub command: Option<Vec<String>>,
     pub ready: Option<ReadyConfig>,
@@ -52,6 +56,7 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub ports: Vec<String>,
     pub user: Option<String>,
+    #[serde(default, deserialize_with = "checked_signal")]
     pub stop_signal: Option<String>,
     /// Postgres: users to create.
     #[serde(default)]
@@ -90,6 +95,35 @@ pub struct ReadyConfig {
     pub file: Option<PathBuf>,
 }
 
+// Values are checked while parsing, so that a bad one is reported at its line and column.
+
+/// A string that [`duration`] accepts.
+fn checked_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    duration(&text).map_err(serde::de::Error::custom)?;
+    Ok(Some(text))
+}
+
+/// The kinds of ready-made service.
+const KINDS: [&str; 4] = ["postgres", "redis", "smtp", "cron"];
+
+fn checked_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    if !KINDS.contains(&text.as_str()) {
+        return Err(serde::de::Error::custom(format!(
+            "unknown kind `{text}` (postgres, redis, smtp or cron)"
+        )));
+    }
+    Ok(Some(text))
+}
+
+fn checked_signal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse::<hitchserve::Signal>()
+        .map_err(serde::de::Error::custom)?;
+    Ok(Some(text))
+}
+
 /// Read and parse a config file; errors carry the file, line and column.
 pub fn load(path: &Path) -> Result<Config, String> {
     let text = std::fs::read_to_string(path)
@@ -125,6 +159,9 @@ pub fn duration(text: &str) -> Result<Duration, String> {
             number.push(c);
             continue;
         }
+        if c.is_whitespace() {
+            continue;
+        }
         let mut unit = c.to_string();
         while let Some(&n) = chars.peek() {
             if n.is_ascii_alphabetic() {
@@ -139,11 +176,11 @@ pub fn duration(text: &str) -> Result<Duration, String> {
             .map_err(|_| format!("`{text}` is not a duration (try 15s, 500ms, 2m, 1h30m, 2d)"))?;
         number.clear();
         total += n * match unit.as_str() {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86_400.0,
+            "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => 0.001,
+            "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+            "h" | "hour" | "hours" => 3600.0,
+            "d" | "day" | "days" => 86_400.0,
             _ => return Err(format!("`{text}`: unknown unit `{unit}` (ms, s, m, h, d)")),
         };
     }
@@ -322,7 +359,11 @@ mod tests {
         assert_eq!(duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(duration("2d").unwrap(), Duration::from_secs(172_800));
         assert_eq!(duration("3").unwrap(), Duration::from_secs(3));
-        assert!(duration("3 weeks").is_err());
+        assert_eq!(duration("5 minutes").unwrap(), Duration::from_secs(300));
+        assert_eq!(duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        let err = duration("3 weeks").unwrap_err();
+        assert!(err.contains("unknown unit `weeks`"), "{err}");
+        assert!(duration("5m3").is_err());
     }
 
     #[test]
@@ -336,6 +377,33 @@ mod tests {
         std::fs::write(&f, "[services.App]\ncomand = [\"true\"]\n").unwrap();
         let e = load(&f).unwrap_err();
         assert!(e.contains(":2:1") && e.contains("comand"), "{e}");
+        // Bad values, not only bad types, are placed.
+        for (toml, place, words) in [
+            (
+                "[bundle]\nstartup_timeout = \"soon\"\n",
+                ":2:19",
+                "not a duration",
+            ),
+            (
+                "[services.C]\nkind = \"cron\"\nevery = \"5 fortnights\"\n",
+                ":3:9",
+                "unknown unit `fortnights`",
+            ),
+            (
+                "[services.D]\nkind = \"mysql\"\n",
+                ":2:8",
+                "unknown kind `mysql`",
+            ),
+            (
+                "[services.A]\ncommand = [\"true\"]\nstop_signal = \"SIGFOO\"\n",
+                ":3:15",
+                "SIGFOO",
+            ),
+        ] {
+            std::fs::write(&f, toml).unwrap();
+            let e = load(&f).unwrap_err();
+            assert!(e.contains(place) && e.contains(words), "{toml}: {e}");
+        }
     }
 }
 

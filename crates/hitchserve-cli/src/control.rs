@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::mpsc;
@@ -434,20 +435,45 @@ fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<(
         let written = found.map(|v| reply(out, &json!({"json": v})));
         return finish(out, written, timeout);
     }
-    let existing = match req["n"].as_u64() {
-        Some(n) => view.last(n as usize),
-        None => view.entries(),
-    };
-    let mut tail = view.tail();
-    for line in &existing {
-        emit(out, line)?;
+    let back = req["n"].as_u64().map_or(usize::MAX, |n| n as usize);
+    if !req["follow"].as_bool().unwrap_or(false) {
+        let existing = match back {
+            usize::MAX => view.entries(),
+            n => view.last(n),
+        };
+        for line in &existing {
+            emit(out, line)?;
+        }
+        return reply(out, &json!({"end": "ok"}));
     }
-    if req["follow"].as_bool().unwrap_or(false) {
-        while let Ok(line) = tail.next_line(Duration::from_secs(3600)) {
-            emit(out, &line)?;
+    // One cursor for the old lines and the new, so none is lost or repeated in between.
+    let mut tail = view.tail().lines_back(back);
+    loop {
+        match tail.next_line(Duration::from_secs(1)) {
+            Ok(line) => emit(out, &line)?,
+            // Quiet for a while: go on following, as long as someone is listening.
+            Err(HsError::WaitTimeout { .. }) if !peer_gone(out) => {}
+            Err(HsError::WaitTimeout { .. }) => return Ok(()),
+            // The output ended (the bundle is stopping).
+            Err(_) => break,
         }
     }
     reply(out, &json!({"end": "ok"}))
+}
+
+/// Whether the client hung up: its end of the socket is closed.
+fn peer_gone(conn: &UnixStream) -> bool {
+    let mut byte = [0u8; 1];
+    // SAFETY: a non-blocking peek of one byte into a buffer we own.
+    let n = unsafe {
+        libc::recv(
+            conn.as_raw_fd(),
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
 }
 
 fn finish(
@@ -519,13 +545,29 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Up { .. } => unreachable!("handled by up"),
         Command::Down => {
+            // Hold the lock file open first: `up` drops its lock only when it has stopped.
+            let lock = std::fs::File::open(state_dir(project).join("up.lock"))
+                .map_err(|e| format!("cannot open the bundle's lock file: {e}"))?;
             one_reply(project, &json!({"cmd": "down"}))?;
-            // Wait for the bundle to be gone: its socket closes when it has stopped.
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while socket_path(project).exists() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+            let (done_tx, done_rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                // SAFETY: a blocking shared lock on a descriptor this thread owns.
+                let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) };
+                let _ = done_tx.send(r);
+            });
+            // Shutdown is bounded by each service's stop timeout; this is a last resort.
+            let patience = Duration::from_secs(600);
+            match done_rx.recv_timeout(patience) {
+                Ok(0) => Ok(ExitCode::SUCCESS),
+                Ok(_) => Err(format!(
+                    "cannot wait for the bundle to stop: {}",
+                    std::io::Error::last_os_error()
+                )),
+                Err(_) => Err(format!(
+                    "the bundle did not stop within {} s: see `.hitchserve/up.log`",
+                    patience.as_secs()
+                )),
             }
-            Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } | Command::Ps { json } => {
             let v = one_reply(project, &json!({"cmd": "status"}))?;
@@ -607,9 +649,13 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                 .current_dir(dir)
                 .status()
                 .map_err(|e| format!("cannot run `{}`: {e}", command[0]))?;
-            Ok(ExitCode::from(
-                status.code().unwrap_or(1).clamp(0, 255) as u8
-            ))
+            // Like a shell: the command's exit code, or 128 + the signal that killed it.
+            let code = match (status.code(), status.signal()) {
+                (Some(code), _) => code,
+                (None, Some(sig)) => 128 + sig,
+                (None, None) => 1,
+            };
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
         }
         Command::Logs {
             service,
@@ -649,7 +695,7 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                     };
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Err("the bundle went away before answering (it stopped or crashed)".to_owned())
         }
     }
 }

@@ -119,6 +119,8 @@ fn detached_bundle_answers_every_control_command_then_goes_down() {
     assert!(!missing.status.success() && text(&missing).contains("nothing matched"));
 
     // exec passes the exit code through and runs in the service's directory.
+    let killed = p.run(&["exec", "Clock", "--", "sh", "-c", "kill -KILL $$"]);
+    assert_eq!(killed.status.code(), Some(128 + 9), "as a shell reports it");
     let exec = p.run(&["exec", "Clock", "--", "sh", "-c", "pwd; exit 3"]);
     assert_eq!(exec.status.code(), Some(3));
     let dir = std::fs::canonicalize(&p.0).unwrap();
@@ -254,10 +256,23 @@ fn kill_9_of_a_detached_bundle_leaves_no_service_behind() {
     let run = run.file_name().unwrap().to_str().unwrap().to_owned();
     let pids = marked(&run);
     assert!(pids.len() >= 2, "{pids:?}");
+    // A client following the logs learns that the bundle went away.
+    let mut follow = p
+        .cmd(&["logs", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    assert!(lines.next().is_some_and(|l| l.is_ok()));
     // SAFETY: killing the detached bundle process we started.
     unsafe {
         libc::kill(pid, libc::SIGKILL);
     }
+    let _ = lines.count();
+    let followed = follow.wait_with_output().unwrap();
+    assert!(!followed.status.success());
+    assert!(String::from_utf8_lossy(&followed.stderr).contains("went away"));
     for pid in pids {
         assert!(
             wait_gone(pid),
@@ -331,6 +346,28 @@ fn a_signal_during_startup_ends_it_without_waiting_for_the_timeout() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("interrupted"), "{err}");
+}
+
+#[test]
+fn logs_follow_streams_new_lines_and_ends_when_the_bundle_goes_down() {
+    let p = Project::new("follow", DAYS);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let mut follow = p
+        .cmd(&["logs", "Clock", "--out", "--follow", "-n", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    // Clock prints a line every 50 ms: more than the one asked for means it follows.
+    let firsts: Vec<String> = lines.by_ref().take(3).map(Result::unwrap).collect();
+    assert!(
+        firsts.iter().all(|l| l.starts_with("[Clock] {\"day\"")),
+        "{firsts:?}"
+    );
+    assert!(p.run(&["down"]).status.success());
+    let rest = lines.count();
+    assert!(follow.wait().unwrap().success(), "after {rest} more lines");
 }
 
 /// examples/reminders/scenario.sh: the reminders scenario with the command line only.

@@ -8,7 +8,12 @@ trap '"$hs" down >/dev/null 2>&1 || true' EXIT
 "$hs" up --detach
 "$hs" exec App -- python3 app.py add ann@example.com 30 "Call mum"
 
-# 29 days on, cron runs send-due at once; nothing is due yet.
+# 29 days on, cron runs send-due at once; nothing is due yet. (It has not run before:
+# every 5 minutes of fake time, so the run awaited below is the one after the travel.)
+if "$hs" logs SendDue | grep -q 'cron: running'; then
+    echo "cron ran before the time travel" >&2
+    exit 1
+fi
 "$hs" time-travel +29d
 "$hs" logs SendDue --until '^cron: exit 0$' --timeout 30s
 if [ -n "$("$hs" logs Smtp --json)" ]; then

@@ -241,9 +241,22 @@ fn detach_up(file: &Path, project: &Path, timeline: bool) -> Result<ExitCode, St
             Ok(())
         });
     }
+    let signal_pipe = install_signal_pipe()?;
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start the bundle: {e}"))?;
+    // Ctrl-C while we wait: pass it on, so the bundle's startup ends instead of going on
+    // in the background. (Once the bundle is up, we are gone.)
+    let bundle_pid = child.id() as libc::pid_t;
+    std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        // SAFETY: reading one byte from the pipe's read end, which we own; then signalling
+        // the child we started and have not reaped.
+        unsafe {
+            while libc::read(signal_pipe, byte.as_mut_ptr().cast(), 1) < 0 {}
+            libc::kill(bundle_pid, libc::SIGTERM);
+        }
+    });
     let mut first = String::new();
     if let Some(out) = child.stdout.take() {
         let mut r = BufReader::new(out);

@@ -130,10 +130,10 @@ pub fn up(
     let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
     {
         let (bundle, stop_tx) = (Arc::clone(&bundle), stop_tx.clone());
-        let cfg_ports: Vec<(String, Vec<String>)> = cfg
+        let cfg_ports: Vec<ServiceInfo> = cfg
             .services
             .iter()
-            .map(|(n, s)| (n.clone(), ports_of(s)))
+            .map(|(n, s)| (n.clone(), ports_of(s), s.user.clone()))
             .collect();
         let cfg_ports = Arc::new(cfg_ports);
         std::thread::spawn(move || {
@@ -202,6 +202,9 @@ fn install_signal_pipe() -> Result<libc::c_int, String> {
     }
     Ok(fds[0])
 }
+
+/// What the control server knows of each service from the file: name, ports, user.
+type ServiceInfo = (String, Vec<String>, Option<String>);
 
 fn ports_of(s: &config::ServiceConfig) -> Vec<String> {
     let mut ports = s.ports.clone();
@@ -295,7 +298,7 @@ fn serve(
     conn: UnixStream,
     bundle: &Bundle,
     stop: &mpsc::Sender<&'static str>,
-    cfg_ports: &[(String, Vec<String>)],
+    cfg_ports: &[ServiceInfo],
 ) -> std::io::Result<()> {
     let mut out = conn.try_clone()?;
     let mut line = String::new();
@@ -332,7 +335,15 @@ fn serve(
                     .iter()
                     .map(|(k, v)| json!([k.to_string_lossy(), v.to_string_lossy()]))
                     .collect();
-                json!({"ok": true, "env": env, "dir": svc.directory().to_string_lossy()})
+                // A service with a `user` has its commands run as that user too.
+                let user = cfg_ports
+                    .iter()
+                    .find(|(n, _, _)| *n == service("service"))
+                    .and_then(|(_, _, u)| u.as_deref());
+                let ids = user
+                    .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+                    .map(|u| json!([u.uid.as_raw(), u.gid.as_raw()]));
+                json!({"ok": true, "env": env, "dir": svc.directory().to_string_lossy(), "user": user, "ids": ids})
             }
             Err(e) => err(e),
         },
@@ -363,7 +374,7 @@ fn serve(
     reply(&mut out, &answer)
 }
 
-fn status(bundle: &Bundle, cfg_ports: &[(String, Vec<String>)]) -> Value {
+fn status(bundle: &Bundle, cfg_ports: &[ServiceInfo]) -> Value {
     let services: Vec<Value> = bundle
         .service_names()
         .iter()
@@ -387,8 +398,8 @@ fn status(bundle: &Bundle, cfg_ports: &[(String, Vec<String>)]) -> Value {
                 .map(|c| (c.user + c.system).as_secs_f64());
             let ports: serde_json::Map<String, Value> = cfg_ports
                 .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, ps)| {
+                .find(|(n, _, _)| n == name)
+                .map(|(_, ps, _)| {
                     ps.iter()
                         .filter_map(|p| bundle.port(name, p).ok().map(|n| (p.clone(), json!(n))))
                         .collect()
@@ -655,13 +666,29 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                 .filter_map(|p| Some((p[0].as_str()?.to_owned(), p[1].as_str()?.to_owned())))
                 .collect();
             let dir = v["dir"].as_str().unwrap_or(".");
-            let status = std::process::Command::new(&command[0])
-                .args(&command[1..])
+            let mut cmd = std::process::Command::new(&command[0]);
+            cmd.args(&command[1..])
                 .env_clear()
                 .envs(env)
-                .current_dir(dir)
-                .status()
-                .map_err(|e| format!("cannot run `{}`: {e}", command[0]))?;
+                .current_dir(dir);
+            let as_user = match (v["ids"][0].as_u64(), v["ids"][1].as_u64()) {
+                (Some(uid), Some(gid)) => Some((uid as u32, gid as u32)),
+                _ => None,
+            };
+            if let Some((uid, gid)) = as_user {
+                // SAFETY: geteuid has no preconditions.
+                if uid != unsafe { libc::geteuid() } {
+                    use std::os::unix::process::CommandExt;
+                    cmd.uid(uid).gid(gid);
+                }
+            }
+            let status = cmd.status().map_err(|e| match v["user"].as_str() {
+                Some(user) if as_user.is_some() => format!(
+                    "cannot run `{}` as `{user}`, the service's user (that takes root): {e}",
+                    command[0]
+                ),
+                _ => format!("cannot run `{}`: {e}", command[0]),
+            })?;
             // Like a shell: the command's exit code, or 128 + the signal that killed it.
             let code = match (status.code(), status.signal()) {
                 (Some(code), _) => code,

@@ -370,6 +370,24 @@ fn logs_follow_streams_new_lines_and_ends_when_the_bundle_goes_down() {
     assert!(follow.wait().unwrap().success(), "after {rest} more lines");
 }
 
+#[test]
+fn exec_runs_as_the_services_user() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return; // only root can start a service as another user
+    }
+    let p = Project::new(
+        "execuser",
+        "[services.Db]\ncommand = [\"sh\", \"-c\", \"echo READY; exec tail -f /dev/null\"]\nready = { line_contains = \"READY\" }\nuser = \"nobody\"\n",
+    );
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let id = p.run(&["exec", "Db", "--", "id", "-un"]);
+    assert!(id.status.success(), "{}", text(&id));
+    assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), "nobody");
+    assert!(p.run(&["down"]).status.success());
+}
+
 /// examples/reminders/scenario.sh: the reminders scenario with the command line only.
 #[test]
 fn the_reminders_scenario_passes_with_the_command_line_only() {

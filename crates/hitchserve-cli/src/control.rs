@@ -11,6 +11,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +54,11 @@ pub fn up(
         }
         return detach_up(file, project, timeline);
     }
+    // Ctrl-C, SIGTERM and SIGHUP stop the bundle cleanly, from the start. A handler (not a
+    // blocked signal mask: services would inherit the mask and ignore their stop signal)
+    // writes to a pipe that a thread waits on; exec resets handlers, so services get the
+    // default actions.
+    let signal_pipe = install_signal_pipe()?;
     let lock_path = dir.join("up.lock");
     let lock = std::fs::File::create(&lock_path)
         .map_err(|e| format!("cannot create `{}`: {e}", lock_path.display()))?;
@@ -68,10 +74,6 @@ pub fn up(
             libc::ftruncate(2, 0);
         }
     }
-    // Ctrl-C, SIGTERM and SIGHUP stop the bundle cleanly. A handler (not a blocked signal
-    // mask: services would inherit the mask and ignore their stop signal) writes to a pipe
-    // that a thread waits on; exec resets handlers, so services get the default actions.
-    let signal_pipe = install_signal_pipe()?;
     // To the waiting parent, one line: `ok`, or `failed: "<the error as a JSON string>"`.
     let report = |line: &str| {
         if daemon_child {
@@ -106,15 +108,18 @@ pub fn up(
         // A signal during startup ends the startup; after it, the bundle.
         let (interrupter, stop_tx) = (bundle.interrupter(), stop_tx.clone());
         std::thread::spawn(move || {
-            let mut byte = [0u8; 1];
-            // SAFETY: reading one byte from the pipe's read end, which we own.
-            unsafe { while libc::read(signal_pipe, byte.as_mut_ptr().cast(), 1) < 0 {} }
+            RECEIVED.store(next_signal(signal_pipe), Ordering::SeqCst);
             interrupter.interrupt();
             let _ = stop_tx.send("signal");
         });
     }
     if let Err(e) = bundle.startup() {
         report(&format!("failed: {e}"));
+        if matches!(e, HsError::Interrupted) {
+            // Stopped on purpose: say so, and exit as a shell reports the signal.
+            eprintln!("hitchserve: {e}");
+            return Ok(signal_exit(RECEIVED.load(Ordering::SeqCst)));
+        }
         return Err(e.to_string());
     }
     if timeline {
@@ -158,6 +163,8 @@ pub fn up(
     }
     let _ = stop_rx.recv();
     let result = bundle.shutdown();
+    // Followers learn that the logs ended; give them the moment to say so.
+    OpenStream::wait_all(Duration::from_secs(5));
     let _ = std::fs::remove_file(&sock);
     drop(lock);
     match result {
@@ -166,24 +173,31 @@ pub fn up(
     }
 }
 
+/// The signal that asked us to stop, once one did.
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
 /// The write end of the signal pipe, for the handler.
 static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(sig: libc::c_int) {
     let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
     if fd >= 0 {
-        // SAFETY: write(2) is async-signal-safe; one byte to a pipe we own.
+        // SAFETY: only async-signal-safe calls: a non-blocking write of the signal number
+        // to a pipe we own, with errno kept for the interrupted code.
         unsafe {
-            libc::write(fd, b"x".as_ptr().cast(), 1);
+            let errno = *libc::__errno_location();
+            libc::write(fd, [sig as u8].as_ptr().cast(), 1);
+            *libc::__errno_location() = errno;
         }
     }
 }
 
-/// Route SIGINT, SIGTERM and SIGHUP to a pipe; returns its read end.
+/// Route SIGINT, SIGTERM and SIGHUP to a pipe; returns its read end (see [`next_signal`]).
+/// A signal our parent set to be ignored (`nohup`, a background job) stays ignored.
 fn install_signal_pipe() -> Result<libc::c_int, String> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 fills the two descriptors; sigaction installs a handler that only
-    // makes an async-signal-safe write.
+    // makes async-signal-safe calls.
     unsafe {
         if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
             return Err(format!(
@@ -191,16 +205,42 @@ fn install_signal_pipe() -> Result<libc::c_int, String> {
                 std::io::Error::last_os_error()
             ));
         }
+        let flags = libc::fcntl(fds[1], libc::F_GETFL);
+        libc::fcntl(fds[1], libc::F_SETFL, flags | libc::O_NONBLOCK);
         SIGNAL_PIPE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
         libc::sigemptyset(&mut action.sa_mask);
         action.sa_flags = libc::SA_RESTART;
         for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaction(s, &action, std::ptr::null_mut());
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(s, std::ptr::null(), &mut old);
+            if old.sa_sigaction != libc::SIG_IGN {
+                libc::sigaction(s, &action, std::ptr::null_mut());
+            }
         }
     }
     Ok(fds[0])
+}
+
+/// Block until a signal arrives on the pipe; returns its number.
+fn next_signal(pipe: libc::c_int) -> libc::c_int {
+    let mut byte = [0u8; 1];
+    loop {
+        // SAFETY: reading one byte from the pipe's read end, which we own.
+        let n = unsafe { libc::read(pipe, byte.as_mut_ptr().cast(), 1) };
+        if n == 1 {
+            return libc::c_int::from(byte[0]);
+        }
+        if n == 0 {
+            return libc::SIGTERM;
+        }
+    }
+}
+
+/// The exit code of a process stopped by `sig`, as shells report it.
+fn signal_exit(sig: libc::c_int) -> ExitCode {
+    ExitCode::from((128 + sig).clamp(0, 255) as u8)
 }
 
 /// What the control server knows of each service from the file: name, ports, user.
@@ -251,15 +291,22 @@ fn detach_up(file: &Path, project: &Path, timeline: bool) -> Result<ExitCode, St
     // Ctrl-C while we wait: pass it on, so the bundle's startup ends instead of going on
     // in the background. (Once the bundle is up, we are gone.)
     let bundle_pid = child.id() as libc::pid_t;
-    std::thread::spawn(move || {
-        let mut byte = [0u8; 1];
-        // SAFETY: reading one byte from the pipe's read end, which we own; then signalling
-        // the child we started and have not reaped.
-        unsafe {
-            while libc::read(signal_pipe, byte.as_mut_ptr().cast(), 1) < 0 {}
-            libc::kill(bundle_pid, libc::SIGTERM);
-        }
-    });
+    // Set once we stop waiting: from then on a signal is not the bundle's business (and
+    // its pid may be reaped and reused).
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let sig = next_signal(signal_pipe);
+            RECEIVED.store(sig, Ordering::SeqCst);
+            if !done.load(Ordering::SeqCst) {
+                // SAFETY: signalling the child we started and have not reaped.
+                unsafe {
+                    libc::kill(bundle_pid, libc::SIGTERM);
+                }
+            }
+        });
+    }
     let mut first = String::new();
     if let Some(out) = child.stdout.take() {
         let mut r = BufReader::new(out);
@@ -273,6 +320,7 @@ fn detach_up(file: &Path, project: &Path, timeline: bool) -> Result<ExitCode, St
             }
         }
     }
+    done.store(true, Ordering::SeqCst);
     if first.starts_with("ok") {
         println!(
             "READY (hitchserve running in the background, pid {})",
@@ -280,13 +328,34 @@ fn detach_up(file: &Path, project: &Path, timeline: bool) -> Result<ExitCode, St
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let _ = child.wait();
-    let why = first
+    let status = child.wait().ok();
+    let received = RECEIVED.load(Ordering::SeqCst);
+    let reported = first
         .strip_prefix("failed: ")
-        .and_then(|j| serde_json::from_str::<String>(j.trim()).ok())
-        .unwrap_or_else(|| std::fs::read_to_string(&log_path).unwrap_or_default());
+        .and_then(|j| serde_json::from_str::<String>(j.trim()).ok());
+    let why = match (reported, status.and_then(|s| s.signal())) {
+        (Some(why), _) => why,
+        // Killed before it could report (by our forwarded signal, say): up.log may hold
+        // an older run's words, so don't read it.
+        (None, Some(sig)) => format!("the bundle was stopped by signal {sig} while starting"),
+        (None, None) => {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            match log.trim() {
+                "" => format!(
+                    "the bundle exited ({}) without saying why",
+                    status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string())
+                ),
+                log => log.to_owned(),
+            }
+        }
+    };
     let why = why.trim();
-    Err(why.strip_prefix("hitchserve: ").unwrap_or(why).to_owned())
+    let why = why.strip_prefix("hitchserve: ").unwrap_or(why);
+    if received != 0 {
+        eprintln!("hitchserve: {why}");
+        return Ok(signal_exit(received));
+    }
+    Err(why.to_owned())
 }
 
 fn reply(conn: &mut UnixStream, v: &Value) -> std::io::Result<()> {
@@ -470,6 +539,7 @@ fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<(
         }
         return reply(out, &json!({"end": "ok"}));
     }
+    let _open = OpenStream::new();
     // One cursor for the old lines and the new, so none is lost or repeated in between.
     let mut tail = view.tail().lines_back(back);
     loop {
@@ -485,19 +555,47 @@ fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<(
     reply(out, &json!({"end": "ok"}))
 }
 
-/// Whether the client hung up: its end of the socket is closed.
+/// `logs --follow` streams still being served: `up` lets them send their last line
+/// before it exits.
+static OPEN_STREAMS: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// Counts one open stream while it lives.
+struct OpenStream;
+
+impl OpenStream {
+    fn new() -> OpenStream {
+        *OPEN_STREAMS.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        OpenStream
+    }
+
+    /// Wait, up to `patience`, until every stream has ended.
+    fn wait_all(patience: Duration) {
+        let open = OPEN_STREAMS.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = OPEN_STREAMS
+            .1
+            .wait_timeout_while(open, patience, |n| *n > 0);
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        *OPEN_STREAMS.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        OPEN_STREAMS.1.notify_all();
+    }
+}
+
+/// Whether the client hung up. Only a closed socket counts: a client that just shut its
+/// writing side (`socat`, `nc -N`) still reads.
 fn peer_gone(conn: &UnixStream) -> bool {
-    let mut byte = [0u8; 1];
-    // SAFETY: a non-blocking peek of one byte into a buffer we own.
-    let n = unsafe {
-        libc::recv(
-            conn.as_raw_fd(),
-            byte.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
+    let mut pfd = libc::pollfd {
+        fd: conn.as_raw_fd(),
+        events: 0,
+        revents: 0,
     };
-    n == 0
+    // SAFETY: polling one descriptor we own, without waiting.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
 }
 
 fn finish(
@@ -569,24 +667,25 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Up { .. } => unreachable!("handled by up"),
         Command::Down => {
-            // Hold the lock file open first: `up` drops its lock only when it has stopped.
+            one_reply(project, &json!({"cmd": "down"}))?;
+            // `up` holds its lock file (which is never removed) until it has stopped.
             let lock = std::fs::File::open(state_dir(project).join("up.lock"))
                 .map_err(|e| format!("cannot open the bundle's lock file: {e}"))?;
-            one_reply(project, &json!({"cmd": "down"}))?;
             let (done_tx, done_rx) = mpsc::channel();
             std::thread::spawn(move || {
                 // SAFETY: a blocking shared lock on a descriptor this thread owns.
                 let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) };
-                let _ = done_tx.send(r);
+                let _ = done_tx.send(
+                    (r == 0)
+                        .then_some(())
+                        .ok_or_else(std::io::Error::last_os_error),
+                );
             });
             // Shutdown is bounded by each service's stop timeout; this is a last resort.
             let patience = Duration::from_secs(600);
             match done_rx.recv_timeout(patience) {
-                Ok(0) => Ok(ExitCode::SUCCESS),
-                Ok(_) => Err(format!(
-                    "cannot wait for the bundle to stop: {}",
-                    std::io::Error::last_os_error()
-                )),
+                Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+                Ok(Err(e)) => Err(format!("cannot wait for the bundle to stop: {e}")),
                 Err(_) => Err(format!(
                     "the bundle did not stop within {} s: see `.hitchserve/up.log`",
                     patience.as_secs()

@@ -343,7 +343,11 @@ fn a_signal_during_startup_ends_it_without_waiting_for_the_timeout() {
     }
     let out = up.wait_with_output().unwrap();
     drain.join().unwrap();
-    assert!(!out.status.success());
+    assert_eq!(
+        out.status.code(),
+        Some(128 + libc::SIGINT),
+        "as shells report it"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("interrupted"), "{err}");
 }
@@ -365,9 +369,32 @@ fn logs_follow_streams_new_lines_and_ends_when_the_bundle_goes_down() {
         firsts.iter().all(|l| l.starts_with("[Clock] {\"day\"")),
         "{firsts:?}"
     );
+    // A client of the socket that shuts its writing side after the request still reads.
+    let mut raw =
+        std::os::unix::net::UnixStream::connect(p.0.join(".hitchserve/control.sock")).unwrap();
+    std::io::Write::write_all(
+        &mut raw,
+        b"{\"cmd\":\"logs\",\"service\":\"Clock\",\"follow\":true,\"n\":0}\n",
+    )
+    .unwrap();
+    raw.shutdown(std::net::Shutdown::Write).unwrap();
+    // Clock prints every 50 ms: 60 lines span well over the 1 s between peer checks.
+    let got = BufReader::new(raw)
+        .lines()
+        .take(60)
+        .map_while(Result::ok)
+        .count();
+    assert_eq!(got, 60);
+
     assert!(p.run(&["down"]).status.success());
     let rest = lines.count();
     assert!(follow.wait().unwrap().success(), "after {rest} more lines");
+    let again = p.run(&["down"]);
+    assert!(
+        !again.status.success() && text(&again).contains("no bundle is running"),
+        "{}",
+        text(&again)
+    );
 }
 
 #[test]

@@ -180,7 +180,7 @@ pub(crate) fn unblock_signals_in_child(cmd: &mut std::process::Command) {
     let blocked = unsafe {
         let mut current: libc::sigset_t = std::mem::zeroed();
         libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current);
-        (1..libc::SIGRTMAX()).any(|s| libc::sigismember(&current, s) == 1)
+        (1..=libc::SIGRTMAX()).any(|s| libc::sigismember(&current, s) == 1)
     };
     if blocked {
         // SAFETY: between fork and exec the hook only calls sigemptyset and

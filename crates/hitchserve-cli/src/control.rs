@@ -66,6 +66,8 @@ pub fn up(
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(refusal());
     }
+    // Our pid, for a `down` that comes while we are still starting (no socket yet).
+    let _ = (&lock).write_all(std::process::id().to_string().as_bytes());
     if daemon_child {
         // Our stderr is `up.log`, opened without truncating so that a refused second `up`
         // can't wipe the running bundle's log: now that the lock is ours, start it afresh.
@@ -667,7 +669,20 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Up { .. } => unreachable!("handled by up"),
         Command::Down => {
-            one_reply(project, &json!({"cmd": "down"}))?;
+            let starting = up_is_running(project) && !socket_path(project).exists();
+            let pid = std::fs::read_to_string(state_dir(project).join("up.lock"))
+                .ok()
+                .and_then(|p| p.trim().parse::<libc::pid_t>().ok());
+            match (starting, pid) {
+                // Still starting: interrupt the startup, as Ctrl-C would.
+                // SAFETY: signalling the `up` that holds the project's lock.
+                (true, Some(pid)) if pid > 0 => unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                },
+                _ => {
+                    one_reply(project, &json!({"cmd": "down"}))?;
+                }
+            }
             // `up` holds its lock file (which is never removed) until it has stopped.
             let lock = std::fs::File::open(state_dir(project).join("up.lock"))
                 .map_err(|e| format!("cannot open the bundle's lock file: {e}"))?;

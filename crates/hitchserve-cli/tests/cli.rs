@@ -415,6 +415,33 @@ fn exec_runs_as_the_services_user() {
     assert!(p.run(&["down"]).status.success());
 }
 
+#[test]
+fn down_during_startup_ends_it_without_waiting_for_the_timeout() {
+    let p = Project::new(
+        "downstartup",
+        "[bundle]\nstartup_timeout = \"10m\"\n\n[services.Slow]\ncommand = [\"sh\", \"-c\", \"echo started; exec tail -f /dev/null\"]\nready = { line_contains = \"never\" }\n",
+    );
+    let mut up = p
+        .cmd(&["up"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    assert!(lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("Slow] started")));
+    let drain = std::thread::spawn(move || lines.count());
+    let down = p.run(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    let out = up.wait_with_output().unwrap();
+    drain.join().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("interrupted"), "{err}");
+}
+
 /// examples/reminders/scenario.sh: the reminders scenario with the command line only.
 #[test]
 fn the_reminders_scenario_passes_with_the_command_line_only() {

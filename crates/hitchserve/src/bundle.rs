@@ -92,7 +92,8 @@ struct InterruptState {
 
 impl Interrupter {
     /// Make the current (or next) `startup` fail with [`Error::Interrupted`] and stop what
-    /// it started. No effect on a bundle that is already up: call `shutdown` for that.
+    /// it started. It can't be taken back: every later `startup` of this bundle fails the
+    /// same way. No effect on a bundle that is already up: call `shutdown` for that.
     pub fn interrupt(&self) {
         self.0.requested.store(true, Ordering::SeqCst);
         let run = self
@@ -503,6 +504,9 @@ impl Bundle {
         let deadline = deadline_after(t0, self.startup_timeout);
         *self.interrupt.run.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Arc::downgrade(shared));
+        if self.interrupt.requested.load(Ordering::SeqCst) {
+            return Err(Error::Interrupted);
+        }
         shared.start_startable();
         // While the first services start, make the threads the others will need.
         shared.prepare_supervisors();

@@ -319,10 +319,11 @@ fn sigterm_to_a_foreground_bundle_stops_it_and_its_services_keep_default_signals
     }
 }
 
-#[test]
-fn a_signal_during_startup_ends_it_without_waiting_for_the_timeout() {
+/// A foreground `up` whose one service has started but will never be ready; the
+/// thread drains its console.
+fn starting_forever(tag: &str) -> (Project, std::process::Child, std::thread::JoinHandle<usize>) {
     let p = Project::new(
-        "sigstartup",
+        tag,
         "[bundle]\nstartup_timeout = \"10m\"\n\n[services.Slow]\ncommand = [\"sh\", \"-c\", \"echo started; exec tail -f /dev/null\"]\nready = { line_contains = \"never\" }\n",
     );
     let mut up = p
@@ -337,6 +338,12 @@ fn a_signal_during_startup_ends_it_without_waiting_for_the_timeout() {
         .map_while(Result::ok)
         .any(|l| l.contains("Slow] started")));
     let drain = std::thread::spawn(move || lines.count());
+    (p, up, drain)
+}
+
+#[test]
+fn a_signal_during_startup_ends_it_without_waiting_for_the_timeout() {
+    let (_p, up, drain) = starting_forever("sigstartup");
     // SAFETY: signalling the bundle process this test started.
     unsafe {
         libc::kill(up.id() as libc::pid_t, libc::SIGINT);
@@ -417,22 +424,7 @@ fn exec_runs_as_the_services_user() {
 
 #[test]
 fn down_during_startup_ends_it_without_waiting_for_the_timeout() {
-    let p = Project::new(
-        "downstartup",
-        "[bundle]\nstartup_timeout = \"10m\"\n\n[services.Slow]\ncommand = [\"sh\", \"-c\", \"echo started; exec tail -f /dev/null\"]\nready = { line_contains = \"never\" }\n",
-    );
-    let mut up = p
-        .cmd(&["up"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
-    assert!(lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.contains("Slow] started")));
-    let drain = std::thread::spawn(move || lines.count());
+    let (p, up, drain) = starting_forever("downstartup");
     let down = p.run(&["down"]);
     assert!(down.status.success(), "{}", text(&down));
     let out = up.wait_with_output().unwrap();

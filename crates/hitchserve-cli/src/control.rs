@@ -179,10 +179,10 @@ pub fn up(
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
 /// The write end of the signal pipe, for the handler.
-static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
 extern "C" fn on_signal(sig: libc::c_int) {
-    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::Relaxed);
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
     if fd >= 0 {
         // SAFETY: only async-signal-safe calls: a non-blocking write of the signal number
         // to a pipe we own, with errno kept for the interrupted code.
@@ -209,7 +209,7 @@ fn install_signal_pipe() -> Result<libc::c_int, String> {
         }
         let flags = libc::fcntl(fds[1], libc::F_GETFL);
         libc::fcntl(fds[1], libc::F_SETFL, flags | libc::O_NONBLOCK);
-        SIGNAL_PIPE.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+        SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
         libc::sigemptyset(&mut action.sa_mask);

@@ -631,16 +631,27 @@ fn up_is_running(project: &Path) -> bool {
 fn connect(project: &Path) -> Result<UnixStream, String> {
     // A bundle still starting has no socket yet: wait for it while its `up` lives.
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut waited = false;
     loop {
         if let Ok(conn) = UnixStream::connect(socket_path(project)) {
             return Ok(conn);
         }
-        if !up_is_running(project) || Instant::now() > deadline {
-            return Err(format!(
-                "no bundle is running in `{}`: start one with `hitchserve up`",
-                project.display()
-            ));
+        if !up_is_running(project) {
+            return Err(if waited {
+                "the bundle stopped before it was ready: its error is in `.hitchserve/up.log` \
+                 (or on the console of `hitchserve up`)"
+                    .to_owned()
+            } else {
+                format!(
+                    "no bundle is running in `{}`: start one with `hitchserve up`",
+                    project.display()
+                )
+            });
         }
+        if Instant::now() > deadline {
+            return Err("the bundle is still starting after 10 minutes".to_owned());
+        }
+        waited = true;
         std::thread::sleep(Duration::from_millis(20));
     }
 }

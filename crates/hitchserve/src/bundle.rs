@@ -248,15 +248,30 @@ impl Bundle {
         let clock = if faked.is_empty() {
             None
         } else {
-            let paths = Clock::plan(&project, &run.path, &faked)?;
+            let paths = Clock::plan(&run.path, &faked)?;
             for plan in plans.iter_mut().filter(|p| p.faked) {
                 paths.apply(&mut plan.env);
             }
             Some(paths)
         };
+        if clock.is_some() || plans.iter().any(|p| p.run_as.is_some()) {
+            run.create().map_err(|source| Error::Io {
+                context: format!(
+                    "could not create the run directory `{}`",
+                    run.path.display()
+                ),
+                source,
+            })?;
+        }
+        let must_reach: Vec<PathBuf> = clock
+            .iter()
+            .flat_map(|c| [&c.shim, &c.libfaketime, &c.faketime_file, &c.offset_file])
+            .cloned()
+            .collect();
         if let Some(paths) = clock {
             self.clock.start(paths)?;
         }
+        prepare_other_users(&plans, &run.path, &must_reach)?;
         guardian::add_run(&run.id).map_err(|source| Error::Io {
             context:
                 "could not start the guardian process (/bin/sh) that cleans up after a killed test"
@@ -322,10 +337,7 @@ impl Bundle {
                 if self.ports.contains_key(&key) {
                     continue;
                 }
-                let held = crate::ports::allocate().map_err(|source| Error::Io {
-                    context: format!("could not reserve port `{port_name}` for `{name}`"),
-                    source,
-                })?;
+                let held = crate::ports::allocate(name)?;
                 self.ports.insert(key, held.port);
                 self.held_ports.push(held);
             }
@@ -1068,6 +1080,60 @@ fn service_env(
 
 /// Find the program as exec would: a path with `/` from the service's directory, otherwise
 /// on the service's `PATH`. The error text says where we looked.
+/// For each service that runs as another user: its own directory `<run>/<Name>/` (mode 0700,
+/// owned by that user, inside a run directory it can only pass through), and a check that it
+/// can reach its working directory, that directory and, if its clock is faked, the shim,
+/// libfaketime and the clock files — so a blocked path is an error before anything starts,
+/// not a "Permission denied" later or, worse, a service that silently keeps real time
+/// (the dynamic loader only warns when it can't preload a library).
+fn prepare_other_users(plans: &[Plan], run_dir: &Path, clock_files: &[PathBuf]) -> Result<()> {
+    for plan in plans {
+        let Some((uid, gid)) = plan.run_as else {
+            continue;
+        };
+        let own = run_dir.join(&plan.name);
+        crate::safepath::make_dir_for(&own, 0o700, Some((uid, gid)))?;
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten();
+        let user_name = user
+            .as_ref()
+            .map_or_else(|| uid.to_string(), |u| u.name.clone());
+        let groups: Vec<u32> = user
+            .and_then(|u| {
+                let name = std::ffi::CString::new(u.name).ok()?;
+                nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok()
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        let mut needed: Vec<(&Path, &str)> = vec![
+            (plan.dir.as_path(), "its working directory"),
+            (own.as_path(), "its directory in the run directory"),
+        ];
+        if plan.faked {
+            needed.extend(
+                clock_files
+                    .iter()
+                    .map(|p| (p.as_path(), "to fake its clock (or use no_libfaketime)")),
+            );
+        }
+        for (path, why) in needed {
+            if !crate::safepath::user_can_read(path, uid, gid, &groups) {
+                return Err(Error::UnreachableForUser {
+                    service: plan.name.clone(),
+                    user: user_name,
+                    path: path.to_path_buf(),
+                    blocked: crate::safepath::first_blocked(path, uid, gid, &groups),
+                    why: why.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn resolve_program(
     program: &OsStr,
     dir: &Path,

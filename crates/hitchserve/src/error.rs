@@ -232,10 +232,35 @@ pub enum Error {
     },
 
     /// A library that must be preloaded sits at a path `LD_PRELOAD` can't hold.
-    #[error("`{}` can't be preloaded: its path has a space or a colon; move it (or the project), or set HITCHSERVE_LIBFAKETIME", path.display())]
+    #[error("`{}` can't be preloaded: its path has a space or a colon, which LD_PRELOAD splits on; set HITCHSERVE_LIBFAKETIME (for libfaketime) or TMPDIR (for our shim) to a path without them", path.display())]
     Unpreloadable {
         /// The path.
         path: PathBuf,
+    },
+
+    /// A path under a shared directory (the temporary directory) is not safely ours: another
+    /// local user may have planted it to take over what we would write or load there.
+    #[error("refusing to use `{}`: it {problem}; another local user may be trying to take over this bundle. Remove it (it may need root), or set TMPDIR to a directory only you can write", path.display())]
+    UnsafePath {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A service that runs as another user can't reach a file or directory it needs.
+    #[error("service `{service}` runs as `{user}`, who cannot reach `{}` ({why}): `{}` is not searchable or readable for that user; move the project somewhere `{user}` can reach (e.g. not under a private home directory) or give it access", path.display(), blocked.display())]
+    UnreachableForUser {
+        /// The service.
+        service: String,
+        /// The user it runs as.
+        user: String,
+        /// What it must reach.
+        path: PathBuf,
+        /// The first directory on the way that stops it.
+        blocked: PathBuf,
+        /// Why it needs the path.
+        why: String,
     },
 
     /// Time travel on a bundle built with `Bundle::without_time_travel`.

@@ -95,22 +95,11 @@ impl HookContext<'_> {
     }
 
     /// Create a directory (and its parents) owned by the service's user (see
-    /// [`Service::user`](crate::Service::user)), e.g. a database's data directory.
+    /// [`Service::user`](crate::Service::user)), e.g. a database's data directory. A symlink
+    /// at `path` is refused rather than followed. A service that runs as another user already
+    /// has `<run>/<Name>/`, private to that user.
     pub fn make_dir(&self, path: &Path) -> Result<()> {
-        let io = |source| Error::Io {
-            context: format!("could not create `{}`", path.display()),
-            source,
-        };
-        std::fs::create_dir_all(path).map_err(io)?;
-        if let Some((uid, gid)) = self.shared.plans[self.idx].run_as {
-            nix::unistd::chown(
-                path,
-                Some(nix::unistd::Uid::from_raw(uid)),
-                Some(nix::unistd::Gid::from_raw(gid)),
-            )
-            .map_err(|e| io(std::io::Error::from(e)))?;
-        }
-        Ok(())
+        crate::safepath::make_dir_for(path, 0o755, self.shared.plans[self.idx].run_as)
     }
 
     /// Print and store a line under the hook's label.

@@ -46,6 +46,7 @@ mod ports;
 mod process;
 mod readiness;
 mod rundir;
+mod safepath;
 mod service;
 pub mod services;
 mod signal;

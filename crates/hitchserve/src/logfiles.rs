@@ -12,8 +12,8 @@
 //! arriving. Invariant: lines are written in the order they were sent, and everything sent
 //! before `close` is on disk when it returns.
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
@@ -53,7 +53,15 @@ impl LogFiles {
             .spawn(move || {
                 lower_priority();
                 let path = run.logs().join("all.log");
-                let file = run.set_up().and_then(|()| File::create(&path));
+                // 0600 (in a 0700 directory): logs can hold secrets.
+                let file = run.set_up().and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .mode(0o600)
+                        .open(&path)
+                });
                 run.prune_old();
                 let file = match file {
                     Ok(file) => file,

@@ -2,16 +2,17 @@
 //! put them into commands, environments and readiness checks.
 //!
 //! Owns allocation: a port the kernel says is free (bind to port 0) that no other
-//! hitchserve bundle, in this or any process, holds — each held port has a lock file under
-//! the temporary directory, `flock`ed for the bundle's life. A lock dies with its process,
+//! hitchserve bundle of this user, in this or any process, holds — each held port has a lock
+//! file in the user's private directory under the temporary directory, `flock`ed for the
+//! bundle's life. A lock dies with its process,
 //! so a crashed test never leaks a port. A program outside hitchserve could still take the
 //! port between allocation and the service binding it; that window is the service's start.
 
 use std::collections::HashMap;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
 
 use crate::error::{Error, Result};
 
@@ -21,26 +22,44 @@ pub(crate) struct HeldPort {
     _lock: File,
 }
 
-fn lock_dir() -> PathBuf {
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    std::env::temp_dir().join(format!("hitchserve-ports-{uid}"))
-}
-
-/// A free port, held against other hitchserve bundles.
-pub(crate) fn allocate() -> std::io::Result<HeldPort> {
-    let dir = lock_dir();
-    std::fs::create_dir_all(&dir)?;
+/// A free port, held against other hitchserve bundles of this user. The lock files live in
+/// the per-user directory (see `safepath`): a lock directory shared with other users would
+/// let them plant symlinks there (our open would truncate their target) or hold every lock.
+/// Bundles of different users do not see each other's locks; the kernel's choice of a free
+/// port (bind to port 0) keeps them apart but for the moment before a service binds.
+pub(crate) fn allocate(service: &str) -> Result<HeldPort> {
+    let dir = crate::safepath::user_subdir("ports", 0o700)?;
+    let io = |source| Error::Io {
+        context: format!(
+            "could not reserve a port for `{service}` (lock files in `{}`)",
+            dir.display()
+        ),
+        source,
+    };
     for _ in 0..200 {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let file = File::create(dir.join(format!("{port}.lock")))?;
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(io)?
+            .port();
+        // No truncation and no following links, even in our own directory.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dir.join(format!("{port}.lock")))
+            .map_err(io)?;
         // SAFETY: a valid descriptor we own; flock has no other preconditions.
         let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
         if locked {
             return Ok(HeldPort { port, _lock: file });
         }
     }
-    Err(std::io::Error::other("no free port found after 200 tries"))
+    Err(io(std::io::Error::other(
+        "no free port found after 200 tries",
+    )))
 }
 
 /// Ports by (service, name).
@@ -123,8 +142,8 @@ mod tests {
 
     #[test]
     fn allocated_ports_differ_while_held() {
-        let a = allocate().unwrap();
-        let b = allocate().unwrap();
+        let a = allocate("a").unwrap();
+        let b = allocate("b").unwrap();
         assert_ne!(a.port, b.port);
     }
 }

@@ -1,10 +1,13 @@
 //! The run directory: `<project>/.hitchserve/runs/<run id>/`, one per bundle run.
 //!
-//! Owns its creation, the `latest` link and pruning of old runs (done by the log writer
+//! Owns its creation (with modes that keep its logs private to the user: `.hitchserve/`,
+//! `runs/` and the run are 0711, `logs/` 0700), the `latest` link and pruning of old runs (done by the log writer
 //! thread, off the startup path: directory operations are slow on some filesystems). Parallel bundles, in one
 //! process or many, never share a folder: the id holds the time, the pid and a counter.
 //! A run whose owning process is still alive is never pruned.
 
+use std::fs::DirBuilder;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -36,9 +39,27 @@ impl RunDir {
         RunDir { id, path }
     }
 
-    /// Create the directory (with `logs/`) and point `latest` at it.
+    /// Create the run directory and its parents, `.hitchserve/` and `runs/`, with mode 0711:
+    /// services that run as another user (a database under root, say) must pass through
+    /// them to their own directory and the clock files, but nobody else may list or write
+    /// them. Safe to call from several threads.
+    pub(crate) fn create(&self) -> std::io::Result<()> {
+        let runs = self.path.parent().unwrap_or(&self.path);
+        let base = runs.parent().unwrap_or(runs);
+        if let Some(project) = base.parent() {
+            // The project itself is the user's: it must exist, we make nothing above it.
+            std::fs::metadata(project)?;
+        }
+        for dir in [base, runs, self.path.as_path()] {
+            make_dir(dir, 0o711)?;
+        }
+        Ok(())
+    }
+
+    /// Create the directory (with `logs/`, private to us) and point `latest` at it.
     pub(crate) fn set_up(&self) -> std::io::Result<()> {
-        std::fs::create_dir_all(self.logs())?;
+        self.create()?;
+        make_dir(&self.logs(), 0o700)?;
         let Some(base) = self.path.parent().and_then(Path::parent) else {
             return Ok(());
         };
@@ -67,6 +88,27 @@ impl RunDir {
     pub(crate) fn logs(&self) -> PathBuf {
         self.path.join("logs")
     }
+}
+
+/// `dir` with exactly `mode` (whatever the umask), if it is ours; an existing directory of
+/// another owner is left as it is.
+fn make_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
+    match DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "`{}` is not a directory",
+            dir.display()
+        )));
+    }
+    if meta.uid() == crate::safepath::euid() && meta.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 fn prune(runs: &Path) {

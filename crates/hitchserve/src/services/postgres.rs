@@ -181,8 +181,9 @@ impl Postgres {
                 }
                 // One template cluster per installation (and user), made once with initdb
                 // and copied for each run: copying takes a fraction of initdb's time.
-                let templates =
-                    std::env::temp_dir().join(format!("hitchserve-pg-templates-{owner}"));
+                // In our private per-user directory: a shared path under /tmp could be a
+                // symlink planted by another user, and we hand this directory to `owner`.
+                let templates = crate::safepath::user_subdir("pg-templates", 0o711)?.join(&owner);
                 ctx.make_dir(&templates)?;
                 let template = templates.join(template_name(&initdb));
                 if !template.join("PG_VERSION").exists() {
@@ -209,18 +210,26 @@ impl Postgres {
                 Ok(())
             })
             .poststart(move |ctx| {
+                // Statements go to psql's stdin, never its command line (visible to every
+                // user in /proc while it runs), and the server is told not to log a failing
+                // statement: a password must not reach a log, an error or argv.
                 let sql = |db: &str, statement: &str| {
                     ctx.subcommand([
                         psql.as_str(),
+                        "-X",
+                        "-q",
                         "-v",
                         "ON_ERROR_STOP=1",
+                        "-v",
+                        "VERBOSITY=terse",
                         "-U",
                         SUPERUSER,
                         "-d",
                         db,
-                        "-c",
-                        statement,
                     ])
+                    .stdin(format!(
+                        "SET log_min_error_statement TO panic;\n{statement};\n"
+                    ))
                 };
                 for (name, password) in &users {
                     let statement = format!(

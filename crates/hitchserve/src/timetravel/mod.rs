@@ -15,7 +15,9 @@
 //! a user's `~/.faketimerc` or `/etc/faketimerc` never applies.
 
 use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -114,7 +116,7 @@ impl Clock {
     }
 
     /// Find libfaketime and decide where the run's files go; nothing is written yet.
-    pub(crate) fn plan(project: &Path, run_dir: &Path, services: &[&str]) -> Result<ClockPaths> {
+    pub(crate) fn plan(run_dir: &Path, services: &[&str]) -> Result<ClockPaths> {
         let libfaketime = find_libfaketime().map_err(|searched| Error::LibfaketimeMissing {
             services: services.iter().map(|s| (*s).to_owned()).collect(),
             searched,
@@ -122,7 +124,7 @@ impl Clock {
         if !preloadable(&libfaketime) {
             return Err(Error::Unpreloadable { path: libfaketime });
         }
-        let shim = shim_path(project)?;
+        let shim = shim_path()?;
         Ok(ClockPaths {
             offset_file: run_dir.join("clock.offset"),
             faketime_file: run_dir.join("faketime.rc"),
@@ -131,16 +133,14 @@ impl Clock {
         })
     }
 
-    /// Write the shim and both offset files (services may start right after).
+    /// Write the shim and both offset files into the existing run directory (services may
+    /// start right after).
     pub(crate) fn start(&self, paths: ClockPaths) -> Result<()> {
         let io = |what: &str, path: &Path| {
             let context = format!("could not write {what} `{}`", path.display());
             move |source| Error::Io { context, source }
         };
-        install_shim(&paths.shim).map_err(io("the time-travel shim", &paths.shim))?;
-        if let Some(dir) = paths.offset_file.parent() {
-            std::fs::create_dir_all(dir).map_err(io("the run directory", dir))?;
-        }
+        install_shim(&paths.shim)?;
         let offset = i64::try_from(self.offset()).map_err(|_| Error::TimeOutOfRange)?;
         write_faketime_file(&paths.faketime_file, offset)?;
         let map = SharedOffset::create(&paths.offset_file, offset)
@@ -183,7 +183,9 @@ fn write_faketime_file(path: &Path, offset_ns: i64) -> Result<()> {
     let abs = offset_ns.unsigned_abs();
     let text = format!("{sign}{}.{:09}\n", abs / 1_000_000_000, abs % 1_000_000_000);
     let tmp = path.with_extension("rc.tmp");
+    // Readable by services that run as another user, whatever the umask.
     std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)))
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|source| Error::Io {
             context: format!("could not write the time offset to `{}`", path.display()),
@@ -217,44 +219,70 @@ fn find_libfaketime() -> std::result::Result<PathBuf, Vec<PathBuf>> {
         .ok_or(candidates)
 }
 
-/// The shim's path: in the project's `.hitchserve`, named after its content so different
-/// builds never overwrite each other's. If the project's path can't go in `LD_PRELOAD`
-/// (a space or a colon), a per-user directory under the temporary directory instead.
-fn shim_path(project: &Path) -> Result<PathBuf> {
+/// The shim's path: in the per-user directory under the temporary directory (see
+/// `safepath`: ours, writable by nobody else), in `lib/` (mode 0755, so services run as
+/// another user can load it), named after its content so different builds never overwrite
+/// each other's. Never in the project: its path may hold a space or a colon, which
+/// `LD_PRELOAD` splits on, and a per-user fallback for those cases would mean two places
+/// code is loaded from.
+fn shim_path() -> Result<PathBuf> {
     // FNV-1a: stable across builds and platforms.
     let hash = SHIM.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
-    let name = format!("timeshim-{hash:016x}.so");
-    let in_project = project.join(".hitchserve").join("lib").join(&name);
-    if preloadable(&in_project) {
-        return Ok(in_project);
-    }
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    let fallback = std::env::temp_dir()
-        .join(format!("hitchserve-{uid}"))
-        .join(&name);
-    if preloadable(&fallback) {
-        Ok(fallback)
+    let path = crate::safepath::user_subdir("lib", 0o755)?.join(format!("timeshim-{hash:016x}.so"));
+    if preloadable(&path) {
+        Ok(path)
     } else {
-        Err(Error::Unpreloadable { path: in_project })
+        Err(Error::Unpreloadable { path })
     }
 }
 
-fn install_shim(path: &Path) -> std::io::Result<()> {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == SHIM.len() as u64) {
+/// Write the shim unless the file there is already exactly it, ours and unwritable by others
+/// (checked on the open file, not following a link, so what we checked is what is loaded).
+fn install_shim(path: &Path) -> Result<()> {
+    if shim_is_intact(path) {
         return Ok(());
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let io = |source| Error::Io {
+        context: format!("could not write the time-travel shim `{}`", path.display()),
+        source,
+    };
     // Bundles in other threads and processes may be installing it too: a tmp name of our own.
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
-    std::fs::write(&tmp, SHIM)?;
-    std::fs::rename(&tmp, path)
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(io)?;
+    let written = file
+        .write_all(SHIM)
+        .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(0o644)))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(())
+}
+
+fn shim_is_intact(path: &Path) -> bool {
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    else {
+        return false;
+    };
+    let ours = file.metadata().is_ok_and(|m| {
+        crate::safepath::check_ours(path, &m, false).is_ok() && m.len() == SHIM.len() as u64
+    });
+    let mut content = Vec::with_capacity(SHIM.len());
+    ours && file.read_to_end(&mut content).is_ok() && content == SHIM
 }
 
 /// The 8-byte offset file, mapped shared: a store here is what every faked process reads.
@@ -275,8 +303,11 @@ impl SharedOffset {
             .write(true)
             .create(true)
             .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
-        std::fs::write(path, offset.to_ne_bytes())?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        (&file).write_all(&offset.to_ne_bytes())?;
         let len = std::num::NonZeroUsize::new(8).ok_or_else(|| std::io::Error::other("size"))?;
         // SAFETY: a fresh shared mapping of a file we just sized to 8 bytes.
         let ptr = unsafe {

@@ -17,6 +17,7 @@ mod orphans;
 mod parallel_bundles;
 mod ports;
 mod postgres;
+mod private_run_dir;
 mod process_api;
 mod readiness;
 mod redis;

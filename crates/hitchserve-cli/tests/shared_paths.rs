@@ -1,0 +1,350 @@
+//! Another local user attacks a root-run bundle through the temporary directory, and the
+//! command line's own PostgreSQL example works as root. Run as root (as CI is): the attacker
+//! is a real second user, created here if missing, acting through `runuser`.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+const BIN: &str = env!("CARGO_BIN_EXE_hitchserve");
+const ATTACKER: &str = "hs-attacker";
+
+fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
+/// A fresh directory; `sticky_tmp` makes it world-writable and sticky, as `/tmp` is.
+fn fresh_dir(tag: &str, sticky_tmp: bool) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "hs-sec-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    if sticky_tmp {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    dir
+}
+
+/// The attacker's uid, creating the user if needed (once: tests run in parallel).
+fn attacker() -> u32 {
+    static MADE: std::sync::Once = std::sync::Once::new();
+    MADE.call_once(|| {
+        if nix::unistd::User::from_name(ATTACKER).unwrap().is_none() {
+            let made = Command::new("useradd")
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/bin/sh",
+                    ATTACKER,
+                ])
+                .status()
+                .unwrap();
+            assert!(made.success(), "useradd {ATTACKER} failed");
+        }
+    });
+    let id = Command::new("id").args(["-u", ATTACKER]).output().unwrap();
+    String::from_utf8_lossy(&id.stdout).trim().parse().unwrap()
+}
+
+/// Run a shell script as the attacker.
+fn as_attacker(script: &str) {
+    let ok = Command::new("runuser")
+        .args(["-u", ATTACKER, "--", "sh", "-c", script])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "the attacker's script failed: {script}");
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+struct Project {
+    dir: PathBuf,
+    tmpdir: PathBuf,
+}
+
+impl Project {
+    fn new(dir: PathBuf, tmpdir: &Path, toml: &str) -> Project {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hitchserve.toml"), toml).unwrap();
+        Project {
+            dir,
+            tmpdir: tmpdir.to_path_buf(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(&self.dir)
+            .env("TMPDIR", &self.tmpdir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const CLOCK: &str = r#"
+[bundle]
+startup_timeout = "30s"
+
+[services.Clock]
+command = ["sh", "-c", "date +%Y; echo READY; exec sleep 1000"]
+ready = { line_contains = "READY" }
+"#;
+
+/// A shared library whose constructor leaves a file behind: proof that it was loaded.
+fn build_evil_so(dir: &Path, marker: &Path) -> PathBuf {
+    let src = dir.join("evil.c");
+    std::fs::write(
+        &src,
+        format!(
+            "#include <stdio.h>\n__attribute__((constructor)) static void pwn(void) {{ \
+             FILE *f = fopen(\"{}\", \"w\"); if (f) fclose(f); }}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let so = dir.join("evil.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(built.success());
+    so
+}
+
+#[test]
+fn a_planted_time_shim_is_never_loaded() {
+    if !is_root() {
+        eprintln!("skipped: the attack needs a second user, made by root");
+        return;
+    }
+    let uid = attacker();
+    let work = fresh_dir("shim-work", false);
+    // Learn the shim's file name from a clean run.
+    let clean_tmp = fresh_dir("shim-clean", true);
+    let clean = Project::new(work.join("clean"), &clean_tmp, CLOCK);
+    let up = clean.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let lib = clean_tmp.join("hitchserve-0").join("lib");
+    let shim_name = std::fs::read_dir(&lib)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .find(|n| n.to_string_lossy().starts_with("timeshim-"))
+        .expect("the shim is in the per-user directory");
+    // The attacker pads to the real shim's length: an old version trusted any file of it.
+    let shim_len = std::fs::metadata(lib.join(&shim_name)).unwrap().len();
+    drop(clean);
+    let _ = std::fs::remove_dir_all(&clean_tmp);
+
+    // The attacker prepares the per-user directory of root, with their library in it,
+    // and the same in the old fallback place, for a project path with a space and a colon.
+    let tmp = fresh_dir("shim-attack", true);
+    let marker = fresh_dir("shim-marker", true).join("pwned");
+    let evil = build_evil_so(&work, &marker);
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let planted = tmp.join("hitchserve-0");
+    as_attacker(&format!(
+        "set -e; mkdir -m 777 {p} {p}/lib; for f in {p}/{name} {p}/lib/{name}; do \
+         cp {evil} $f; truncate -s {shim_len} $f; chmod 666 $f; done",
+        p = planted.display(),
+        evil = evil.display(),
+        name = shim_name.to_string_lossy()
+    ));
+    assert_eq!(std::fs::metadata(&planted).unwrap().uid(), uid);
+    let p = Project::new(work.join("my project:1"), &tmp, CLOCK);
+    let up = p.run(&["up", "--detach"]);
+    let out = text(&up);
+    assert!(!up.status.success(), "{out}");
+    assert!(out.contains("refusing to use"), "{out}");
+    assert!(out.contains(&planted.display().to_string()), "{out}");
+    assert!(out.contains(&format!("owned by uid {uid}")), "{out}");
+    assert!(!marker.exists(), "the planted library was loaded");
+
+    // Once the planted directory is gone, the same project (space, colon) time-travels.
+    std::fs::remove_dir_all(&planted).unwrap();
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let tt = p.run(&["time-travel", "+3660d"]);
+    assert!(tt.status.success(), "{}", text(&tt));
+    let year = p.run(&["exec", "Clock", "--", "date", "+%Y"]);
+    let year: i32 = String::from_utf8_lossy(&year.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let now: i32 = hitchserve::jiff::Zoned::now().year().into();
+    assert!(year >= now + 9, "{year}");
+    assert!(!marker.exists());
+    drop(p);
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn symlinks_planted_in_the_temporary_directory_are_refused_not_followed() {
+    if !is_root() {
+        eprintln!("skipped: the attack needs a second user, made by root");
+        return;
+    }
+    attacker();
+    let tmp = fresh_dir("links", true);
+    let victims = fresh_dir("victims", false);
+    // Root's files that the attacker would like to change.
+    let victim_file = victims.join("precious");
+    std::fs::write(&victim_file, "keep me").unwrap();
+    let root_only = victims.join("root-only");
+    std::fs::create_dir(&root_only).unwrap();
+    std::fs::set_permissions(&root_only, std::fs::Permissions::from_mode(0o700)).unwrap();
+    // Every port lock and the PostgreSQL template directory where the old versions put them,
+    // and the per-user directory itself, as links to root's things.
+    as_attacker(&format!(
+        "set -e; mkdir -m 777 {t}/hitchserve-ports-0; \
+         python3 -c 'import os\nfor p in range(1024, 65536): os.symlink(\"{v}\", \"{t}/hitchserve-ports-0/%d.lock\" % p)'; \
+         ln -s {r} {t}/hitchserve-pg-templates-postgres",
+        t = tmp.display(),
+        v = victim_file.display(),
+        r = root_only.display()
+    ));
+    let toml = r#"
+[bundle]
+startup_timeout = "60s"
+
+[services.Postgres]
+kind = "postgres"
+
+[services.Web]
+command = ["python3", "-m", "http.server", "{port.http}", "--bind", "127.0.0.1"]
+ports = ["http"]
+ready = { tcp = "{port.http}" }
+"#;
+    let work = fresh_dir("links-work", false);
+    let p = Project::new(work.join("proj"), &tmp, toml);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    assert_eq!(std::fs::read_to_string(&victim_file).unwrap(), "keep me");
+    assert_eq!(std::fs::metadata(&root_only).unwrap().uid(), 0);
+    drop(p);
+
+    // The per-user directory itself as a link: refused, with what to do.
+    let tmp2 = fresh_dir("links2", true);
+    as_attacker(&format!(
+        "ln -s {} {}/hitchserve-0",
+        victims.display(),
+        tmp2.display()
+    ));
+    let p = Project::new(work.join("proj2"), &tmp2, CLOCK);
+    let up = p.run(&["up", "--detach"]);
+    let out = text(&up);
+    assert!(!up.status.success(), "{out}");
+    assert!(out.contains("symbolic link"), "{out}");
+    assert!(out.contains("TMPDIR"), "{out}");
+    drop(p);
+    for d in [&tmp, &tmp2, &victims, &work] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn the_postgres_example_and_a_user_service_work_as_root() {
+    let toml = r#"
+[bundle]
+startup_timeout = "60s"
+
+[services.Postgres]
+kind = "postgres"
+users = [{ name = "app", password = "secret" }]
+databases = [{ name = "app", owner = "app" }]
+
+[services.Clock]
+command = ["sh", "-c", "id -un; date +%Y; echo READY; exec sleep 1000"]
+ready = { line_contains = "READY" }
+user = "nobody"
+"#;
+    let work = fresh_dir("pg-root", false);
+    let tmp = std::env::temp_dir();
+    let mut toml = toml.to_owned();
+    if !is_root() {
+        // Only root can switch users; the PostgreSQL half still runs.
+        toml = toml.replace("user = \"nobody\"\n", "");
+    }
+    let p = Project::new(work.join("proj"), &tmp, &toml);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let sql = p.run(&[
+        "exec",
+        "Postgres",
+        "--",
+        "psql",
+        "-X",
+        "-A",
+        "-t",
+        "-U",
+        "app",
+        "-d",
+        "app",
+        "-c",
+        "select current_user",
+    ]);
+    assert!(sql.status.success(), "{}", text(&sql));
+    assert_eq!(String::from_utf8_lossy(&sql.stdout).trim(), "app");
+    let tt = p.run(&["time-travel", "+3660d"]);
+    assert!(tt.status.success(), "{}", text(&tt));
+    let now: i32 = hitchserve::jiff::Zoned::now().year().into();
+    let pg_year = p.run(&[
+        "exec",
+        "Postgres",
+        "--",
+        "psql",
+        "-X",
+        "-A",
+        "-t",
+        "-U",
+        "app",
+        "-d",
+        "app",
+        "-c",
+        "select extract(year from now())::int",
+    ]);
+    let pg_year: i32 = String::from_utf8_lossy(&pg_year.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pg_year >= now + 9, "{pg_year}");
+    let year = p.run(&["exec", "Clock", "--", "date", "+%Y"]);
+    let year: i32 = String::from_utf8_lossy(&year.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(year >= now + 9, "{year}");
+    if is_root() {
+        let who = p.run(&["exec", "Clock", "--", "id", "-un"]);
+        assert_eq!(String::from_utf8_lossy(&who.stdout).trim(), "nobody");
+    }
+    drop(p);
+    let _ = std::fs::remove_dir_all(&work);
+}

@@ -1,0 +1,229 @@
+//! Paths that other local users might tamper with: the per-user directory under the temporary
+//! directory, and directories and files made inside trees that must stay ours.
+//!
+//! Owns the rule that the library never trusts or follows a path another user can write.
+//! `/tmp` is shared and, on many machines (`fs.protected_symlinks = 0`), a root process that
+//! follows a symlink planted there can be made to truncate, chown or load any file. So every
+//! shared path hangs off one per-user directory, `$TMPDIR/hitchserve-<uid>`, that is created
+//! here or checked to be a real directory (not a link), owned by us and writable by nobody
+//! else; below it, nothing can be planted. A hostile pre-existing path is an error that says
+//! what is wrong with it and what to do, never something to work around silently.
+//!
+//! Invariant: everything this module returns is a directory that only the current user can
+//! write to, reached through directories that only the current user (or root) can change.
+
+use std::fs::{DirBuilder, Metadata};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The effective user id of this process.
+pub(crate) fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// `$TMPDIR/hitchserve-<uid>` (mode 0711: other users, e.g. a database's own user, may reach
+/// what is inside only where a subdirectory lets them), created or checked.
+pub(crate) fn user_dir() -> Result<PathBuf> {
+    let tmp = std::env::temp_dir();
+    check_shared_parent(&tmp)?;
+    let dir = tmp.join(format!("hitchserve-{}", euid()));
+    ensure_dir(&dir, 0o711)?;
+    Ok(dir)
+}
+
+/// `user_dir()/name`, created or checked, with this mode (0700 keeps it to us; 0755 lets
+/// service users read it).
+pub(crate) fn user_subdir(name: &str, mode: u32) -> Result<PathBuf> {
+    let dir = user_dir()?.join(name);
+    ensure_dir(&dir, mode)?;
+    Ok(dir)
+}
+
+/// A directory the temporary directory hangs off: anyone may write to `/tmp`, but then the
+/// sticky bit must keep them from renaming or deleting what we make there.
+fn check_shared_parent(dir: &Path) -> Result<()> {
+    let meta = std::fs::metadata(dir).map_err(|source| Error::Io {
+        context: format!("the temporary directory `{}` can't be used", dir.display()),
+        source,
+    })?;
+    let mode = meta.permissions().mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(unsafe_path(
+            dir,
+            "is writable by every user but not sticky, so anyone could replace what we make there",
+        ));
+    }
+    Ok(())
+}
+
+/// Make `dir` with `mode` (its parent must exist), or check that the existing one is ours:
+/// a real directory, not a symlink, owned by us, writable by nobody else. Its mode is then
+/// set to `mode` exactly (the umask may have narrowed it).
+pub(crate) fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    match DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(Error::Io {
+                context: format!("could not create `{}`", dir.display()),
+                source,
+            })
+        }
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| Error::Io {
+        context: format!("could not inspect `{}`", dir.display()),
+        source,
+    })?;
+    check_ours(dir, &meta, true)?;
+    if meta.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+            Error::Io {
+                context: format!("could not set the mode of `{}`", dir.display()),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether `meta` (from `lstat`) describes something of ours that nobody else can change.
+pub(crate) fn check_ours(path: &Path, meta: &Metadata, want_dir: bool) -> Result<()> {
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_path(
+            path,
+            "is a symbolic link, which we never follow there",
+        ));
+    }
+    if want_dir && !meta.is_dir() {
+        return Err(unsafe_path(path, "is not a directory"));
+    }
+    if !want_dir && !meta.is_file() {
+        return Err(unsafe_path(path, "is not a regular file"));
+    }
+    if meta.uid() != euid() {
+        return Err(unsafe_path(
+            path,
+            &format!("is owned by uid {}, not by us (uid {})", meta.uid(), euid()),
+        ));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(unsafe_path(path, "is writable by other users"));
+    }
+    Ok(())
+}
+
+fn unsafe_path(path: &Path, problem: &str) -> Error {
+    Error::UnsafePath {
+        path: path.to_path_buf(),
+        problem: problem.to_owned(),
+    }
+}
+
+/// Create `path` (and missing parents) and, if `owner` is given, hand the directory itself to
+/// that uid and gid. The ownership change is made on the opened directory (`O_DIRECTORY |
+/// O_NOFOLLOW`, then `fchown`), so a symlink or a hard link swapped in at that name can never
+/// redirect it to another file. A final component that is a symlink is refused.
+pub(crate) fn make_dir_for(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+    let io = |source| Error::Io {
+        context: format!("could not create `{}`", path.display()),
+        source,
+    };
+    match DirBuilder::new().mode(mode).recursive(false).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            DirBuilder::new()
+                .mode(mode)
+                .recursive(true)
+                .create(path)
+                .map_err(io)?;
+        }
+        Err(e) => return Err(io(e)),
+    }
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) {
+                unsafe_path(path, "is a symbolic link or not a directory")
+            } else {
+                io(e)
+            }
+        })?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&dir, Some(uid), Some(gid)).map_err(|source| Error::Io {
+            context: format!("could not give `{}` to uid {uid}", path.display()),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether the user `uid` (primary group `gid`, supplementary `groups`) may search every
+/// directory on the way to `path` and open `path` itself for reading. Root may do anything.
+/// Used before starting a service as another user, so that a data directory or the time
+/// shim it can't reach is an error up front, not a "Permission denied" or a silently real
+/// clock later.
+pub(crate) fn user_can_read(path: &Path, uid: u32, gid: u32, groups: &[u32]) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let allowed = |meta: &Metadata, bit: u32| {
+        let mode = meta.permissions().mode();
+        if meta.uid() == uid {
+            mode & (bit << 6) != 0
+        } else if meta.gid() == gid || groups.contains(&meta.gid()) {
+            mode & (bit << 3) != 0
+        } else {
+            mode & bit != 0
+        }
+    };
+    let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
+    ancestors.reverse();
+    for dir in ancestors {
+        match std::fs::metadata(dir) {
+            Ok(meta) if allowed(&meta, 0o1) => {}
+            _ => return false,
+        }
+    }
+    std::fs::metadata(path).is_ok_and(|meta| allowed(&meta, if meta.is_dir() { 0o5 } else { 0o4 }))
+}
+
+/// The first directory on the way to `path` that `uid` can't search, for an error message.
+pub(crate) fn first_blocked(path: &Path, uid: u32, gid: u32, groups: &[u32]) -> PathBuf {
+    let mut ancestors: Vec<&Path> = path.ancestors().collect();
+    ancestors.reverse();
+    for p in ancestors {
+        if !user_can_read(p, uid, gid, groups) {
+            return p.to_path_buf();
+        }
+    }
+    path.to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_of_ours_is_accepted_and_a_symlink_is_not() {
+        let base = std::env::temp_dir().join(format!("hs-safepath-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        ensure_dir(&base, 0o700).unwrap();
+        ensure_dir(&base, 0o700).unwrap();
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&base, &link).unwrap();
+        let err = ensure_dir(&link, 0o700).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        let err = make_dir_for(&link, 0o700, None).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let meta = std::fs::symlink_metadata(&base).unwrap();
+        assert!(check_ours(&base, &meta, true).is_err());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+}

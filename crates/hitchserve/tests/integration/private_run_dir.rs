@@ -1,0 +1,162 @@
+//! The run directory is private to the user, but for what a service that runs as another user
+//! must reach; secrets never reach a log or an error.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+use std::time::Duration;
+
+use hitchserve::{services::Postgres, Error};
+
+use crate::common::{sh, Project, PATIENCE};
+
+fn is_root() -> bool {
+    // SAFETY: getuid has no preconditions.
+    unsafe { libc::getuid() == 0 }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Whether `nobody` can read `path` (with `runuser`, as root).
+fn nobody_can_read(path: &std::path::Path) -> bool {
+    Command::new("runuser")
+        .args(["-u", "nobody", "--", "cat"])
+        .arg(path)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn logs_are_private_to_the_user_who_runs_the_bundle() {
+    let p = Project::new("private-logs");
+    let mut b = p.bundle();
+    b.add(
+        "Talk",
+        sh("echo 'the secret is 42'; echo READY; exec sleep 1000"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let run = b.run_dir().unwrap().to_path_buf();
+    b.shutdown().unwrap();
+    let all_log = run.join("logs").join("all.log");
+    assert!(std::fs::read_to_string(&all_log)
+        .unwrap()
+        .contains("the secret is 42"));
+    assert_eq!(mode(&all_log), 0o600);
+    assert_eq!(mode(&run.join("logs")), 0o700);
+    // Others may pass through (a database run as `postgres` must), never list.
+    assert_eq!(mode(&run), 0o711);
+    assert_eq!(mode(run.parent().unwrap()), 0o711);
+    assert_eq!(mode(&p.path(".hitchserve")), 0o711);
+    if is_root() {
+        assert!(!nobody_can_read(&all_log));
+    }
+}
+
+#[test]
+fn a_service_run_as_another_user_has_its_own_directory_and_fake_time() {
+    if !is_root() {
+        eprintln!("skipped: only root can run a service as another user");
+        return;
+    }
+    let p = Project::new("user-dir");
+    let mut b = p.bundle();
+    b.add(
+        "Nobody",
+        sh("date +%Y > {run}/{service}/year && cat {run}/{service}/year; echo READY; exec sleep 1000")
+            .user("nobody"),
+    )
+    .unwrap();
+    let year_now: i32 = jiff::Zoned::now().year().into();
+    b.time_travel(Duration::from_secs(3660 * 86_400)).unwrap();
+    b.startup().unwrap();
+    let own = b.run_dir().unwrap().join("Nobody");
+    let meta = std::fs::metadata(&own).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!(meta.uid(), nobody.uid.as_raw());
+    let year: i32 = b.service("Nobody").unwrap().logs().lines()[0]
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        year >= year_now + 9,
+        "the service saw {year}, not a faked year"
+    );
+}
+
+#[test]
+fn a_project_the_service_user_cannot_reach_is_refused_before_anything_starts() {
+    if !is_root() {
+        eprintln!("skipped: only root can run a service as another user");
+        return;
+    }
+    let p = Project::new("unreachable");
+    let private = p.path("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut b = hitchserve::Bundle::new(private.join(".")).startup_timeout(PATIENCE);
+    std::fs::create_dir(private.join("app")).unwrap();
+    b.add("First", sh("echo READY; exec sleep 1000")).unwrap();
+    b.add(
+        "Nobody",
+        sh("echo READY; exec sleep 1000")
+            .user("nobody")
+            .directory("app")
+            .needs(["First"]),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    match &err {
+        Error::UnreachableForUser {
+            service,
+            user,
+            blocked,
+            ..
+        } => {
+            assert_eq!(service, "Nobody");
+            assert_eq!(user, "nobody");
+            assert_eq!(blocked, &std::fs::canonicalize(&private).unwrap());
+        }
+        other => panic!("expected UnreachableForUser, got {other:?}"),
+    }
+    // Refused before anything started: no line from the first service.
+    assert!(b.logs().lines().iter().all(|l| !l.contains("READY")));
+}
+
+#[test]
+fn a_failing_create_user_never_shows_the_password() {
+    let p = Project::new("pg-secret");
+    let mut b = p.bundle();
+    let pw = "s3cret-Pa55word";
+    // The second CREATE USER fails: the role exists.
+    b.add(
+        "Postgres",
+        Postgres::new()
+            .user("app", pw)
+            .user("app", pw)
+            .service()
+            .unwrap(),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("Postgres"), "{message}");
+    assert!(
+        !message.contains(pw),
+        "the password is in the error: {message}"
+    );
+    let run = b.run_dir().unwrap().to_path_buf();
+    let logged = b.logs().lines().join("\n");
+    assert!(logged.contains("already exists"), "{logged}");
+    assert!(
+        !logged.contains(pw),
+        "the password is in the logs: {logged}"
+    );
+    drop(b);
+    let all_log = std::fs::read(run.join("logs").join("all.log")).unwrap();
+    assert!(!String::from_utf8_lossy(&all_log).contains(pw));
+}

@@ -447,10 +447,19 @@ impl Bundle {
                 .find(|(k, _)| k == "PATH")
                 .map(|(_, v)| v.as_os_str());
             let program = resolve_program(program, &dir, path_var).map_err(|searched| {
-                Error::CommandNotFound {
-                    service: name.clone(),
-                    program: program.to_string_lossy().into_owned(),
-                    searched,
+                let program = program.to_string_lossy().into_owned();
+                match &svc.install {
+                    Some(install) => Error::NotInstalled {
+                        service: name.clone(),
+                        program,
+                        searched: format!("{}, and on the service's PATH", install.searched),
+                        install: install.command.clone(),
+                    },
+                    None => Error::CommandNotFound {
+                        service: name.clone(),
+                        program,
+                        searched,
+                    },
                 }
             })?;
             let mut needs: Vec<(usize, Condition)> = Vec::new();

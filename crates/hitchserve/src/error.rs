@@ -53,6 +53,19 @@ pub enum Error {
         searched: String,
     },
 
+    /// The program of a ready-made service (such as the `hitchsmtp` mock) is not installed.
+    #[error("service `{service}`: `{program}` is not installed (looked {searched}): install it with `{install}`")]
+    NotInstalled {
+        /// The service.
+        service: String,
+        /// The missing program.
+        program: String,
+        /// Where we looked.
+        searched: String,
+        /// The command that installs it.
+        install: String,
+    },
+
     /// The service's working directory does not exist.
     #[error("service `{service}`: directory `{}` does not exist: create it or fix Service::directory", path.display())]
     DirectoryMissing {

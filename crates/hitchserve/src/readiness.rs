@@ -4,13 +4,12 @@
 //! file, and `all` / `any` of those — and the per-run `Checker` that evaluates it. Line
 //! checks see each log line exactly once, in the service's reader; probes (TCP, HTTP,
 //! command, file) are tried by a prober thread at an interval that starts at a few
-//! milliseconds and backs off. Once a part of the check has passed it stays passed. It
-//! does not change service state: `supervise` acts on the verdicts. A check that panics
-//! is reported, never propagated.
+//! milliseconds and backs off (the HTTP exchange itself is in `http`). Once a part of the
+//! check has passed it stays passed. It does not change service state: `supervise` acts on
+//! the verdicts. A check that panics is reported, never propagated.
 
 use std::ffi::OsString;
 use std::fmt;
-use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -20,6 +19,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::logs::LogLine;
+
+mod http;
 
 type LinePredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 type JsonPredicate = Arc<dyn Fn(&Value) -> bool + Send + Sync>;
@@ -502,41 +503,37 @@ fn http_get(h: &Http, limit: Duration) -> Result<(), String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr = if hostport.contains(':') {
+    // A port is what follows the last `:`, unless that is inside an IPv6 `[..]`.
+    let addr = if hostport
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| !p.contains(']'))
+    {
         hostport.to_owned()
     } else {
         format!("{hostport}:80")
     };
     let deadline = Instant::now() + limit;
     let mut stream = connect(&addr, limit)?;
-    let left = || {
+    let _ = stream.set_write_timeout(Some(
         deadline
             .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1))
-    };
-    let _ = stream.set_write_timeout(Some(left()));
-    let _ = stream.set_read_timeout(Some(left()));
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nUser-Agent: hitchserve\r\n\r\n"
+            .max(Duration::from_millis(1)),
+    ));
+    let response = http::get(
+        &mut stream,
+        hostport,
+        path,
+        h.body.is_some(),
+        deadline,
+        limit,
     )
-    .map_err(|e| format!("{e} sending to {}", h.url))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .map_err(|e| format!("{e} reading from {}", h.url))?;
-    let text = String::from_utf8_lossy(&response);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no HTTP status from {}", h.url))?;
+    .map_err(|e| format!("{}: {e}", h.url))?;
+    let status = response.status;
     if !(h.status)(status) {
         return Err(format!("{} answered {status}", h.url));
     }
-    if let Some(body_ok) = &h.body {
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        if !body_ok(body) {
+    if let (Some(body_ok), Some(body)) = (&h.body, response.body) {
+        if !body_ok(&String::from_utf8_lossy(&body)) {
             return Err(format!(
                 "{} answered {status} with a body its check refused",
                 h.url

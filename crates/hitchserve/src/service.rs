@@ -59,6 +59,17 @@ pub struct Service {
     pub(crate) no_libfaketime: bool,
     pub(crate) setup: Option<Hook>,
     pub(crate) poststart: Option<Hook>,
+    /// Set by a ready-made service whose program was not found when it was defined.
+    pub(crate) install: Option<Install>,
+}
+
+/// How to get a ready-made service's missing program, for the startup error.
+#[derive(Clone, Debug)]
+pub(crate) struct Install {
+    /// Where it was looked for.
+    pub searched: String,
+    /// The one command that installs it.
+    pub command: String,
 }
 
 impl Service {
@@ -82,6 +93,7 @@ impl Service {
             no_libfaketime: false,
             setup: None,
             poststart: None,
+            install: None,
         }
     }
 

@@ -360,7 +360,7 @@ pub(crate) fn describe_jump(from: Timestamp, to: Timestamp) -> String {
 
 /// A moment as the log shows it: local time if the system knows its zone, else UTC.
 pub(crate) fn show(moment: Timestamp) -> String {
-    let zoned = moment.to_zoned(jiff::tz::TimeZone::system());
+    let zoned = moment.to_zoned_datetime(jiff::tz::TimeZone::system());
     zoned.strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
 

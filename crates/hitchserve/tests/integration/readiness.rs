@@ -146,3 +146,111 @@ fn a_probe_that_never_succeeds_shows_its_last_failure_in_the_timeout() {
     assert!(waiting.contains(&format!("127.0.0.1:{port}")), "{waiting}");
     assert!(waiting.to_lowercase().contains("refused"), "{waiting}");
 }
+
+/// A one-file HTTP server on `{port.http}` (argv[1]) for the HTTP probe's tests.
+fn python_server(script: &str) -> Service {
+    Service::new(["python3", "-c", script, "{port.http}"]).port("http")
+}
+
+/// Answers every GET with `OK` sent in two chunks, as HTTP/1.1 servers do for streamed
+/// bodies.
+const CHUNKED_OK: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for part in (b"O", b"K"):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// Answers with a `Content-Length` body, then keeps the connection open despite
+/// `Connection: close` (one connection at a time, each held until the next arrives).
+const KEEPS_OPEN: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(16)
+held = None
+while True:
+    c, _ = s.accept()
+    request = b""
+    while b"\r\n\r\n" not in request:
+        data = c.recv(4096)
+        if not data:
+            break
+        request += data
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+    if held is not None:
+        held.close()
+    held = c
+"#;
+
+/// Accepts connections and never says a word.
+const SILENT: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(16)
+held = []
+while True:
+    c, _ = s.accept()
+    held.append(c)
+    del held[:-8]
+"#;
+
+#[test]
+fn http_readiness_decodes_a_chunked_body() {
+    let p = Project::new("ready-http-chunked");
+    let b = started(
+        &p,
+        "Web",
+        python_server(CHUNKED_OK).ready(
+            Ready::http("http://127.0.0.1:{port.http}/health")
+                .status(|s| s == 200)
+                .body(|b| b == "OK"),
+        ),
+    );
+    drop(b);
+}
+
+#[test]
+fn http_readiness_reads_a_content_length_body_without_waiting_for_the_close() {
+    let p = Project::new("ready-http-length");
+    let b = started(
+        &p,
+        "Web",
+        python_server(KEEPS_OPEN).ready(
+            Ready::http("http://127.0.0.1:{port.http}/")
+                .status(|s| s == 200)
+                .body(|b| b == "OK"),
+        ),
+    );
+    drop(b);
+}
+
+#[test]
+fn a_silent_http_server_is_reported_as_no_response_within_the_probe_limit() {
+    let p = Project::new("ready-http-silent");
+    // Longer than one probe (2 s), so at least one has given up when startup does.
+    let mut b = p.bundle().startup_timeout(Duration::from_secs(8));
+    b.add(
+        "Mute",
+        python_server(SILENT).ready(Ready::http("http://127.0.0.1:{port.http}/")),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    let Error::StartupTimeout { not_ready, .. } = &err else {
+        panic!("{err:?}");
+    };
+    let waiting = &not_ready[0].waiting_for;
+    assert!(waiting.contains("no response within 2.0 s"), "{waiting}");
+    assert!(!waiting.contains("os error"), "{waiting}");
+}

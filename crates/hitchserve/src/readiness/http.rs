@@ -1,0 +1,395 @@
+//! The one HTTP/1.1 exchange behind `Ready::http`: a `GET` with `Connection: close`, and
+//! the response framed as RFC 9112 §6.3 says — no body (1xx, 204, 304), chunked,
+//! `Content-Length`, or until the server closes — so a body check sees the decoded body.
+//!
+//! It owns the wire format only; `readiness` decides what a status or body means. Why not
+//! a client crate: even `ureq` without TLS brings `ureq-proto`, `http`, `base64`, `log` and
+//! `percent-encoding` for one local GET, so the head is parsed by `httparse` (no
+//! dependencies, the parser under hyper) and the framing, a few dozen lines, is here. The
+//! invariant: every
+//! read is bounded by the one deadline of the probe, so a silent or trickling server ends
+//! as "no response within ...", never as a hang or a raw `EAGAIN`.
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant};
+
+/// The most a head may take; a status check needs no more.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most of a body a body check reads (a health endpoint answers far less).
+const MAX_BODY: usize = 1024 * 1024;
+const MAX_HEADERS: usize = 100;
+
+/// What a probe learned from one response.
+pub(super) struct Response {
+    pub status: u16,
+    /// The decoded body, when asked for.
+    pub body: Option<Vec<u8>>,
+}
+
+/// A byte source whose reads can be bounded in time (a socket; a slow reader in tests).
+pub(super) trait Source: Read {
+    fn set_timeout(&mut self, timeout: Duration) -> io::Result<()>;
+}
+
+impl Source for std::net::TcpStream {
+    fn set_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+}
+
+/// Send `GET path` on `stream` and read the answer, all before `deadline`.
+pub(super) fn get(
+    stream: &mut (impl Source + Write),
+    host: &str,
+    path: &str,
+    want_body: bool,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<Response, String> {
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: hitchserve\r\n\r\n"
+    )
+    .map_err(|e| format!("sending the request failed: {e}"))?;
+    read_response(stream, want_body, deadline, limit)
+}
+
+/// Read one response (after any interim 1xx ones).
+pub(super) fn read_response(
+    source: &mut impl Source,
+    want_body: bool,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<Response, String> {
+    let mut conn = Conn {
+        source,
+        buf: Vec::new(),
+        pos: 0,
+        deadline,
+        limit,
+    };
+    loop {
+        let head = conn.head()?;
+        // 101 switches protocols: there is no further response to wait for.
+        if (100..200).contains(&head.status) && head.status != 101 {
+            continue;
+        }
+        if !want_body {
+            return Ok(Response {
+                status: head.status,
+                body: None,
+            });
+        }
+        let body = match head.framing {
+            _ if head.status < 200 || head.status == 204 || head.status == 304 => Vec::new(),
+            Framing::Chunked => conn.chunked()?,
+            Framing::Length(n) => conn.exactly(n)?,
+            Framing::UntilClose => conn.until_close()?,
+        };
+        return Ok(Response {
+            status: head.status,
+            body: Some(body),
+        });
+    }
+}
+
+enum Framing {
+    Chunked,
+    Length(usize),
+    UntilClose,
+}
+
+struct Head {
+    status: u16,
+    framing: Framing,
+}
+
+/// Bytes read so far and where decoding stands in them.
+struct Conn<'a, S> {
+    source: &'a mut S,
+    buf: Vec<u8>,
+    pos: usize,
+    deadline: Instant,
+    limit: Duration,
+}
+
+impl<S: Source> Conn<'_, S> {
+    /// Read more; `Ok(false)` at the end of the stream.
+    fn fill(&mut self) -> Result<bool, String> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.too_slow());
+        }
+        self.source
+            .set_timeout(left)
+            .map_err(|e| format!("can't bound the read: {e}"))?;
+        let mut chunk = [0u8; 8192];
+        loop {
+            match self.source.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // A read timeout shows as EAGAIN (WouldBlock) on Unix sockets.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(self.too_slow())
+                }
+                Err(e) => return Err(format!("reading the response failed: {e}")),
+            }
+        }
+    }
+
+    fn too_slow(&self) -> String {
+        let limit = format!("{:.1} s", self.limit.as_secs_f64());
+        if self.buf.is_empty() {
+            format!("no response within {limit} (the connection was accepted, then nothing came)")
+        } else {
+            format!(
+                "no complete response within {limit} ({} bytes came)",
+                self.buf.len()
+            )
+        }
+    }
+
+    fn closed_early(&self, what: &str) -> String {
+        format!(
+            "the server closed the connection in the middle of {what} ({} bytes came)",
+            self.buf.len()
+        )
+    }
+
+    fn head(&mut self) -> Result<Head, String> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut parsed = httparse::Response::new(&mut headers);
+            match parsed.parse(&self.buf[self.pos..]) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = parsed.code.unwrap_or(0);
+                    let framing = framing(parsed.headers)?;
+                    self.pos += len;
+                    return Ok(Head { status, framing });
+                }
+                Ok(httparse::Status::Partial) => {
+                    if self.buf.len() - self.pos > MAX_HEAD {
+                        return Err(format!("the response head is over {} KiB", MAX_HEAD / 1024));
+                    }
+                    if !self.fill()? {
+                        return Err(if self.buf.is_empty() {
+                            "the server closed the connection without answering".to_owned()
+                        } else {
+                            self.closed_early("the response head")
+                        });
+                    }
+                }
+                Err(e) => return Err(format!("not an HTTP response: {e}")),
+            }
+        }
+    }
+
+    /// Make at least `n` unread bytes available.
+    fn want(&mut self, n: usize, what: &str) -> Result<(), String> {
+        while self.buf.len() - self.pos < n {
+            if !self.fill()? {
+                return Err(self.closed_early(what));
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, n: usize) -> &[u8] {
+        let start = self.pos;
+        self.pos += n;
+        &self.buf[start..self.pos]
+    }
+
+    fn exactly(&mut self, n: usize) -> Result<Vec<u8>, String> {
+        check_size(n)?;
+        self.want(n, "the body")?;
+        Ok(self.take(n).to_vec())
+    }
+
+    fn until_close(&mut self) -> Result<Vec<u8>, String> {
+        while self.fill()? {
+            check_size(self.buf.len() - self.pos)?;
+        }
+        let n = self.buf.len() - self.pos;
+        Ok(self.take(n).to_vec())
+    }
+
+    fn chunked(&mut self) -> Result<Vec<u8>, String> {
+        let mut body = Vec::new();
+        loop {
+            let size = loop {
+                match httparse::parse_chunk_size(&self.buf[self.pos..]) {
+                    Ok(httparse::Status::Complete((len, size))) => {
+                        self.pos += len;
+                        break size;
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if !self.fill()? {
+                            return Err(self.closed_early("a chunk size"));
+                        }
+                    }
+                    Err(_) => return Err("a malformed chunk size in a chunked body".to_owned()),
+                }
+            };
+            if size == 0 {
+                // Trailers may follow; nothing in them matters to a readiness check.
+                return Ok(body);
+            }
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            check_size(body.len().saturating_add(size))?;
+            self.want(size + 2, "a chunk")?;
+            body.extend_from_slice(self.take(size));
+            if self.take(2) != b"\r\n" {
+                return Err("a chunk of a chunked body does not end in CRLF".to_owned());
+            }
+        }
+    }
+}
+
+fn check_size(n: usize) -> Result<(), String> {
+    if n > MAX_BODY {
+        Err(format!(
+            "the body is over {} MiB, more than a body check reads",
+            MAX_BODY / (1024 * 1024)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn framing(headers: &[httparse::Header<'_>]) -> Result<Framing, String> {
+    let mut length: Option<usize> = None;
+    let mut chunked = None;
+    for h in headers {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only a last coding of `chunked` frames the body (RFC 9112 §6.3).
+            let last = value.rsplit(',').next().unwrap_or("").trim();
+            chunked = Some(last.eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let n: usize = value
+                .parse()
+                .map_err(|_| format!("an invalid Content-Length `{value}`"))?;
+            if length.is_some_and(|m| m != n) {
+                return Err("two different Content-Length headers".to_owned());
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match (chunked, length) {
+        (Some(true), _) => Framing::Chunked,
+        (Some(false), _) | (None, None) => Framing::UntilClose,
+        (None, Some(n)) => Framing::Length(n),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The framing on byte streams cut into the smallest pieces; the whole probe against
+    //! real servers is in tests/integration/readiness.rs.
+    use super::*;
+
+    /// Hands out one byte per read, then the end (or, if `hang`, a read timeout).
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        hang: bool,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            match self.data.get(self.at) {
+                Some(&b) if !out.is_empty() => {
+                    out[0] = b;
+                    self.at += 1;
+                    Ok(1)
+                }
+                _ if self.hang => Err(io::ErrorKind::WouldBlock.into()),
+                _ => Ok(0),
+            }
+        }
+    }
+
+    impl Source for Trickle {
+        fn set_timeout(&mut self, _: Duration) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn read(data: &str, hang: bool) -> Result<Response, String> {
+        let mut t = Trickle {
+            data: data.as_bytes().to_vec(),
+            at: 0,
+            hang,
+        };
+        let limit = Duration::from_secs(60);
+        read_response(&mut t, true, Instant::now() + limit, limit)
+    }
+
+    fn body(data: &str, hang: bool) -> String {
+        let r = read(data, hang).unwrap();
+        String::from_utf8(r.body.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn chunked_bodies_are_decoded_with_extensions_and_trailers() {
+        let wire = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                    1;ext=1\r\nO\r\n1\r\nK\r\n0\r\nX-Trailer: t\r\n\r\n";
+        assert_eq!(body(wire, true), "OK");
+    }
+
+    #[test]
+    fn a_content_length_body_ends_without_waiting_for_the_close() {
+        assert_eq!(
+            body(
+                "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOKtrailing",
+                true
+            ),
+            "OK"
+        );
+    }
+
+    #[test]
+    fn without_framing_the_body_runs_until_the_close() {
+        assert_eq!(body("HTTP/1.0 200 OK\r\n\r\nOK", false), "OK");
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_204_has_no_body() {
+        let r = read(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            true,
+        )
+        .unwrap();
+        assert_eq!((r.status, r.body.unwrap().len()), (204, 0));
+    }
+
+    #[test]
+    fn silence_and_early_close_are_named() {
+        let silent = read("", true).err().unwrap();
+        assert!(silent.starts_with("no response within 60.0 s"), "{silent}");
+        let cut = read("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nOK", false)
+            .err()
+            .unwrap();
+        assert!(
+            cut.contains("closed the connection in the middle of the body"),
+            "{cut}"
+        );
+        let bad = read(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            false,
+        )
+        .err()
+        .unwrap();
+        assert!(bad.contains("malformed chunk size"), "{bad}");
+    }
+}

@@ -197,7 +197,7 @@ fn a_planted_time_shim_is_never_loaded() {
         .trim()
         .parse()
         .unwrap();
-    let now: i32 = hitchserve::jiff::Zoned::now().year().into();
+    let now: i32 = hitchserve::jiff::ZonedDateTime::now().year().into();
     assert!(year >= now + 9, "{year}");
     assert!(!marker.exists());
     drop(p);
@@ -314,7 +314,7 @@ user = "nobody"
     assert_eq!(String::from_utf8_lossy(&sql.stdout).trim(), "app");
     let tt = p.run(&["time-travel", "+3660d"]);
     assert!(tt.status.success(), "{}", text(&tt));
-    let now: i32 = hitchserve::jiff::Zoned::now().year().into();
+    let now: i32 = hitchserve::jiff::ZonedDateTime::now().year().into();
     let pg_year = p.run(&[
         "exec",
         "Postgres",

@@ -70,7 +70,7 @@ fn a_service_run_as_another_user_has_its_own_directory_and_fake_time() {
             .user("nobody"),
     )
     .unwrap();
-    let year_now: i32 = jiff::Zoned::now().year().into();
+    let year_now: i32 = jiff::ZonedDateTime::now().year().into();
     b.time_travel(Duration::from_secs(3660 * 86_400)).unwrap();
     b.startup().unwrap();
     let own = b.run_dir().unwrap().join("Nobody");

@@ -635,6 +635,13 @@ impl Bundle {
                             None => plan.ready.describe(),
                         },
                     };
+                    let what = match shared.in_user_code(idx) {
+                        Some(code) => format!(
+                            "{what}; its {} has not returned (is it blocked?)",
+                            code.words()
+                        ),
+                        None => what,
+                    };
                     Some((idx, what))
                 })
                 .collect()

@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering as AtomicOrdering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -235,6 +236,47 @@ pub(crate) struct Shared {
     supervisors: Mutex<Vec<JoinHandle<()>>>,
     /// Supervisor threads made in advance, waiting for their service's child.
     workers: Mutex<Vec<Option<mpsc::Sender<Task>>>>,
+    /// Per service, which user code (a readiness closure, a hook) one of its threads is
+    /// running now: `UserCode as u8`, 0 for none. User code may block forever; stopping must
+    /// then neither wait for that thread nor for what only that thread would report.
+    user_code: Vec<AtomicU8>,
+}
+
+/// User code a service's thread may be stuck in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum UserCode {
+    Readiness = 1,
+    Setup = 2,
+    Poststart = 3,
+}
+
+impl UserCode {
+    fn from_u8(v: u8) -> Option<UserCode> {
+        match v {
+            1 => Some(UserCode::Readiness),
+            2 => Some(UserCode::Setup),
+            3 => Some(UserCode::Poststart),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn words(self) -> &'static str {
+        match self {
+            UserCode::Readiness => "readiness check",
+            UserCode::Setup => "setup hook",
+            UserCode::Poststart => "poststart hook",
+        }
+    }
+}
+
+/// Marks a service's thread as inside user code until dropped.
+struct InUserCode<'a>(&'a AtomicU8);
+
+impl Drop for InUserCode<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, AtomicOrdering::Release);
+    }
 }
 
 impl Shared {
@@ -256,7 +298,19 @@ impl Shared {
             run,
             supervisors: Mutex::new(Vec::new()),
             workers: Mutex::new((0..n).map(|_| None).collect()),
+            user_code: (0..n).map(|_| AtomicU8::new(0)).collect(),
         }
+    }
+
+    /// Say that this thread runs `what` of service `idx` until the guard is dropped.
+    fn entering(&self, idx: usize, what: UserCode) -> InUserCode<'_> {
+        self.user_code[idx].store(what as u8, AtomicOrdering::Release);
+        InUserCode(&self.user_code[idx])
+    }
+
+    /// The user code a thread of service `idx` is running now, if any.
+    pub(crate) fn in_user_code(&self, idx: usize) -> Option<UserCode> {
+        UserCode::from_u8(self.user_code[idx].load(AtomicOrdering::Acquire))
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<State>> {
@@ -292,6 +346,29 @@ impl Shared {
                         .0
                 }
             };
+        }
+    }
+
+    /// `wait_until` for stopping: while a thread is stuck in user code, nobody will signal
+    /// that its group is gone, so look again every `GROUP_CHECK`.
+    fn wait_stopped(
+        &self,
+        deadline: Option<Instant>,
+        mut done: impl FnMut(&[State]) -> bool,
+    ) -> (MutexGuard<'_, Vec<State>>, bool) {
+        let mut guard = self.lock();
+        loop {
+            let any_stuck = (0..self.plans.len()).any(|idx| self.in_user_code(idx).is_some());
+            if !any_stuck {
+                return self.wait_until(guard, deadline, done);
+            }
+            let soon = Instant::now() + GROUP_CHECK;
+            let wake = deadline.map_or(soon, |d| d.min(soon));
+            let (g, ok) = self.wait_until(guard, Some(wake), &mut done);
+            if ok || deadline.is_some_and(|d| Instant::now() >= d) {
+                return (g, ok);
+            }
+            guard = g;
         }
     }
 
@@ -601,6 +678,12 @@ impl Shared {
             out: Arc::clone(&sources.0),
             err: Arc::clone(&sources.1),
         };
+        let what = if Arc::ptr_eq(&sources.0, &self.plans[idx].setup_sources.0) {
+            UserCode::Setup
+        } else {
+            UserCode::Poststart
+        };
+        let _user = self.entering(idx, what);
         hook.call(&ctx)
     }
 
@@ -669,8 +752,14 @@ impl Shared {
             self.output
                 .log(&format!("Stopping {}", stopping.join(", ")));
         }
+        // A service whose thread is stuck in user code (a readiness closure or a hook that
+        // never returns) can't report its own end: it counts as done once nothing of its
+        // group is alive (a setup hook has no group yet), and nobody waits for that thread.
+        let stuck_and_gone = |idx: usize, st: &State| {
+            self.in_user_code(idx).is_some() && st.pid.is_none_or(|pid| !group_alive(pid))
+        };
         let all_done = |s: &[State]| {
-            s.iter().all(|st| {
+            s.iter().enumerate().all(|(idx, st)| {
                 !matches!(
                     st.phase,
                     Phase::Exiting(_)
@@ -679,23 +768,23 @@ impl Shared {
                         | Phase::Running
                         | Phase::PostStart
                         | Phase::Ready
-                )
+                ) || stuck_and_gone(idx, st)
             })
         };
         // First until every group is gone (escapees may still hold pipes open: the sweep
         // below is for them), then until every supervisor has drained and reaped.
         let groups_gone = |s: &[State]| {
-            s.iter().all(|st| match st.phase {
+            s.iter().enumerate().all(|(idx, st)| match st.phase {
                 Phase::Starting
                 | Phase::Setup
                 | Phase::Running
                 | Phase::PostStart
-                | Phase::Ready => false,
-                Phase::Exiting(_) => st.group_done,
+                | Phase::Ready => stuck_and_gone(idx, st),
+                Phase::Exiting(_) => st.group_done || stuck_and_gone(idx, st),
                 _ => true,
             })
         };
-        let (states, done) = self.wait_until(self.lock(), deadline, groups_gone);
+        let (states, done) = self.wait_stopped(deadline, groups_gone);
         if !done {
             let mut killed = Vec::new();
             for (idx, st) in states.iter().enumerate() {
@@ -717,12 +806,26 @@ impl Shared {
         // Processes that left their group (setsid, double fork) still carry the marker.
         sweep(&self.run.id);
         let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
-        let _ = self.wait_until(self.lock(), grace, all_done);
+        drop(self.wait_stopped(grace, all_done));
         // Threads made in advance for services that never started: let them go.
         self.lock_workers().iter_mut().for_each(|w| *w = None);
+        let stuck: Vec<(usize, UserCode)> = (0..self.plans.len())
+            .filter_map(|idx| self.in_user_code(idx).map(|what| (idx, what)))
+            .collect();
+        for &(idx, what) in &stuck {
+            self.output.warn(&format!(
+                "the {} of `{}` has not returned (is it blocked?): its thread is left behind",
+                what.words(),
+                self.plans[idx].name
+            ));
+        }
         let handles = std::mem::take(&mut *self.lock_supervisors());
         for h in handles {
-            let _ = h.join();
+            // With a thread stuck in user code, join only threads that have ended: the
+            // stuck one may never end, and every other one has done its work by now.
+            if stuck.is_empty() || h.is_finished() {
+                let _ = h.join();
+            }
         }
         guardian::remove_run(&self.run.id);
         crate::timetravel::remove_shm_leftovers(&faked_pids);
@@ -894,6 +997,16 @@ fn supervise(shared: &Arc<Shared>, idx: usize, mut child: Child) {
 
 /// How often a stopping service's group is looked at once its main process has exited.
 const GROUP_CHECK: Duration = Duration::from_millis(10);
+
+/// Whether any live (not zombie) process is in process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(all) = procfs::process::all_processes() else {
+        return false;
+    };
+    all.flatten()
+        .filter_map(|p| p.stat().ok())
+        .any(|st| st.pgrp == pgid as i32 && !matches!(st.state, 'Z' | 'X'))
+}
 
 /// Whether a live process other than the (exited) leader is still in process group `pgid`.
 fn group_has_others(pgid: u32) -> bool {
@@ -1157,8 +1270,16 @@ fn deliver(
     lines: &[(&[u8], bool)],
     checker: &Checker,
 ) {
-    let stored = shared.output.emit(source, lines, checker.is_pending());
-    match checker.check(&stored) {
+    let pending = checker.is_pending();
+    let stored = shared.output.emit(source, lines, pending);
+    if !pending {
+        return;
+    }
+    let verdict = {
+        let _user = shared.entering(idx, UserCode::Readiness);
+        checker.check(&stored)
+    };
+    match verdict {
         Verdict::NotYet => {}
         Verdict::Ready => shared.became_ready(idx),
         Verdict::Panicked(message) => shared.update(idx, |st| st.check_panic = Some(message)),

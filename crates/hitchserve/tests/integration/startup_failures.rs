@@ -148,3 +148,63 @@ fn an_interrupted_startup_stops_what_it_started_and_says_so() {
         .unwrap();
     assert!(wait_gone(pid, PATIENCE), "Slow survived the interrupt");
 }
+
+/// A closure that blocks until the test ends (its sender is dropped).
+fn blocker() -> (
+    std::sync::mpsc::Sender<()>,
+    impl Fn() + Send + Sync + 'static,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let rx = std::sync::Mutex::new(rx);
+    (tx, move || {
+        let _ = rx.lock().map(|rx| rx.recv());
+    })
+}
+
+#[test]
+fn a_readiness_check_that_blocks_is_ended_by_the_startup_timeout() {
+    let p = Project::new("blocked-ready");
+    let mut b = p.bundle().startup_timeout(Duration::from_millis(300));
+    let (_release, block) = blocker();
+    b.add(
+        "Stuck",
+        sh("echo hello; exec sleep 1000").ready_when(move |_| {
+            block();
+            false
+        }),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    assert!(matches!(&err, Error::StartupTimeout { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("Stuck"), "{text}");
+    assert!(text.contains("readiness check"), "{text}");
+}
+
+#[test]
+fn a_hook_that_blocks_is_ended_by_the_startup_timeout() {
+    for poststart in [false, true] {
+        let p = Project::new("blocked-hook");
+        let mut b = p.bundle().startup_timeout(Duration::from_millis(300));
+        let (_release, block) = blocker();
+        let svc = sh("echo READY; exec sleep 1000");
+        let svc = if poststart {
+            svc.poststart(move |_| {
+                block();
+                Ok(())
+            })
+        } else {
+            svc.setup(move |_| {
+                block();
+                Ok(())
+            })
+        };
+        b.add("Hooked", svc).unwrap();
+        let err = b.startup().unwrap_err();
+        assert!(matches!(&err, Error::StartupTimeout { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("Hooked"), "{text}");
+        let hook = if poststart { "poststart" } else { "setup" };
+        assert!(text.contains(hook), "{text}");
+    }
+}

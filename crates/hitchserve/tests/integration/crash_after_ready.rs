@@ -5,7 +5,7 @@ use hitchserve::{Error, ExitStatus};
 use crate::common::{sh, Project, PATIENCE};
 
 #[test]
-fn crash_after_ready_is_reported_by_check_service_and_shutdown() {
+fn crash_after_ready_is_reported_by_check_time_travel_and_shutdown_and_its_logs_stay_readable() {
     let p = Project::new("crash");
     let mut b = p.bundle();
     b.add("Stable", sh("echo READY; exec sleep 1000")).unwrap();
@@ -20,13 +20,21 @@ fn crash_after_ready_is_reported_by_check_service_and_shutdown() {
     let fragile = b.service("Fragile").unwrap();
     std::fs::write(p.path("die"), "").unwrap();
     assert_eq!(fragile.wait_exit(PATIENCE), Some(ExitStatus::Code(7)));
-    // The next call on the bundle reports it, once; then the test may look around.
+    // The crashed service's handle comes at once, to read its logs.
+    let crashed = b.service("Fragile").unwrap();
+    assert!(crashed
+        .logs()
+        .err()
+        .lines()
+        .iter()
+        .any(|l| l.contains("segfault")));
+    assert!(b.service("Stable").unwrap().check().is_ok());
+    // The next time travel reports it, once; then the test may go on.
     assert!(matches!(
-        b.service("Stable"),
+        b.time_travel(std::time::Duration::from_secs(60)),
         Err(Error::ServiceExited { .. })
     ));
-    assert!(b.service("Stable").is_ok());
-    assert!(b.service("Stable").unwrap().check().is_ok());
+    b.time_travel(std::time::Duration::from_secs(60)).unwrap();
     // check() reports it every time it is asked.
     for _ in 0..2 {
         let err = b.check().unwrap_err();

@@ -250,7 +250,10 @@ impl Bundle {
         } else {
             let paths = Clock::plan(&run.path, &faked)?;
             for plan in plans.iter_mut().filter(|p| p.faked) {
-                paths.apply(&mut plan.env);
+                let uid = plan
+                    .run_as
+                    .map_or_else(crate::safepath::euid, |(uid, _)| uid);
+                paths.apply(&mut plan.env, uid);
             }
             Some(paths)
         };
@@ -269,7 +272,16 @@ impl Bundle {
             .cloned()
             .collect();
         if let Some(paths) = clock {
-            self.clock.start(paths)?;
+            let users: Vec<(u32, u32)> = plans
+                .iter()
+                .filter(|p| p.faked)
+                .map(|p| {
+                    p.run_as.unwrap_or_else(|| {
+                        (crate::safepath::euid(), nix::unistd::getegid().as_raw())
+                    })
+                })
+                .collect();
+            self.clock.start(paths, &users)?;
         }
         prepare_other_users(&plans, &run.path, &must_reach)?;
         guardian::add_run(&run.id).map_err(|source| Error::Io {
@@ -319,6 +331,7 @@ impl Bundle {
             }
             Err(e) => {
                 shared.stop_all(self.shutdown_timeout);
+                self.clock.stop();
                 // The startup error already told of any service that exited.
                 shared
                     .lock()
@@ -869,6 +882,7 @@ impl Bundle {
         };
         if !self.stopped.swap(true, Ordering::SeqCst) {
             shared.stop_all(self.shutdown_timeout);
+            self.clock.stop();
             // After stopping, every exit is known and classified as asked for or not.
             return report_crash(shared, None, true);
         }
@@ -881,6 +895,7 @@ impl Drop for Bundle {
         match self.shared.as_ref() {
             Some(shared) if !self.stopped.swap(true, Ordering::SeqCst) => {
                 shared.stop_all(self.shutdown_timeout);
+                self.clock.stop();
             }
             Some(_) => {}
             // Never started: still end any wait on its logs (e.g. a follow on another thread).

@@ -28,6 +28,8 @@ use jiff::Timestamp;
 
 use crate::error::{Error, Result};
 
+mod shm;
+
 /// The shim, built by `build.rs`.
 const SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hitchserve-timeshim.so"));
 
@@ -63,11 +65,15 @@ pub(crate) struct ClockPaths {
     pub faketime_file: PathBuf,
     pub libfaketime: PathBuf,
     pub shim: PathBuf,
+    /// Names libfaketime's shared state (see `shm`).
+    shared_token: String,
 }
 
 struct LiveFiles {
     paths: ClockPaths,
     map: SharedOffset,
+    /// Removed from `/dev/shm` when the bundle's clock stops.
+    _shared: Vec<shm::SharedPair>,
 }
 
 impl Clock {
@@ -130,12 +136,20 @@ impl Clock {
             faketime_file: run_dir.join("faketime.rc"),
             libfaketime,
             shim,
+            shared_token: format!(
+                "{}-{}",
+                run_dir
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                shm::token()
+            ),
         })
     }
 
     /// Write the shim and both offset files into the existing run directory (services may
     /// start right after).
-    pub(crate) fn start(&self, paths: ClockPaths) -> Result<()> {
+    /// `users`: the (uid, gid) of every faked service.
+    pub(crate) fn start(&self, paths: ClockPaths, users: &[(u32, u32)]) -> Result<()> {
         let io = |what: &str, path: &Path| {
             let context = format!("could not write {what} `{}`", path.display());
             move |source| Error::Io { context, source }
@@ -145,14 +159,40 @@ impl Clock {
         write_faketime_file(&paths.faketime_file, offset)?;
         let map = SharedOffset::create(&paths.offset_file, offset)
             .map_err(io("the clock offset", &paths.offset_file))?;
-        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(LiveFiles { paths, map });
+        let mut shared: Vec<shm::SharedPair> = Vec::new();
+        let mut seen: Vec<u32> = Vec::new();
+        for &(uid, gid) in users {
+            if seen.contains(&uid) {
+                continue;
+            }
+            seen.push(uid);
+            let pair =
+                shm::SharedPair::create(&paths.shared_token, uid, gid).map_err(|source| {
+                    Error::Io {
+                        context: "could not make libfaketime's shared memory in /dev/shm".into(),
+                        source,
+                    }
+                })?;
+            shared.push(pair);
+        }
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(LiveFiles {
+            paths,
+            map,
+            _shared: shared,
+        });
         Ok(())
+    }
+
+    /// The services are gone: remove what `start` made outside the run directory.
+    pub(crate) fn stop(&self) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
 impl ClockPaths {
     /// Make `env` (a service's whole environment) run under the bundle's clock.
-    pub(crate) fn apply(&self, env: &mut Vec<(OsString, OsString)>) {
+    /// `uid`: the user the service runs as.
+    pub(crate) fn apply(&self, env: &mut Vec<(OsString, OsString)>, uid: u32) {
         env.retain(|(k, _)| !is_foreign(k));
         // Ours first, then libfaketime, then whatever the service preloaded already.
         let mut preload = OsString::from(&self.shim);
@@ -173,6 +213,10 @@ impl ClockPaths {
         set("FAKETIME_TIMESTAMP_FILE", self.faketime_file.as_os_str());
         set("FAKETIME_NO_CACHE", OsStr::new("1"));
         set("FAKETIME_DONT_FAKE_MONOTONIC", OsStr::new("1"));
+        set(
+            "FAKETIME_SHARED",
+            OsStr::new(&shm::env_value(&self.shared_token, uid)),
+        );
     }
 }
 

@@ -6,7 +6,7 @@ use hitchserve::jiff::Timestamp;
 use hitchserve::{Bundle, Error, Service};
 use serde_json::Value;
 
-use crate::common::{helper_process, Project, PATIENCE};
+use crate::common::{helper_process, sh, Project, PATIENCE};
 
 /// Prints its clocks as JSON every 20 ms. Sleeping and a queue timeout each round prove
 /// that sleeps and timeouts still work in a faked process.
@@ -231,4 +231,42 @@ fn time_travel_works_from_a_path_with_a_space_and_ignores_foreign_faketime_varia
     b.time_travel(Duration::from_secs(86_400)).unwrap();
     let tick = tick_at_or_after(&b, "Clock", secs(b.now()) - 1.0);
     assert!((tick["t"].as_f64().unwrap() - secs(b.now())).abs() < 1.0);
+}
+
+#[test]
+fn libfaketime_shares_one_private_state_per_bundle_and_leaves_nothing_in_dev_shm() {
+    let p = Project::new("shm");
+    let mut b = p.bundle();
+    b.add("Faked", sh("sleep 1000 & echo READY; wait")).unwrap();
+    b.startup().unwrap();
+    let pid = b.service("Faked").unwrap().pid().unwrap();
+    let run_id = b
+        .run_dir()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let ours = || -> Vec<String> {
+        std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(&format!("hitchserve-{run_id}-")))
+            .collect()
+    };
+    // No pid-named pair (predictable, so another user could plant it first)...
+    assert!(!std::path::Path::new(&format!("/dev/shm/faketime_shm_{pid}")).exists());
+    // ...but one of ours, private.
+    let made = ours();
+    assert_eq!(made.len(), 2, "{made:?}");
+    for name in &made {
+        let meta = std::fs::metadata(format!("/dev/shm/{name}")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o600
+        );
+    }
+    b.shutdown().unwrap();
+    assert!(ours().is_empty(), "{:?}", ours());
 }

@@ -1,7 +1,11 @@
 //! `hitchserve.toml`: a bundle defined in a file, for tests in any language.
 //!
 //! Owns parsing (serde + toml; unknown keys are errors, and every error names the file,
-//! line and column) and turning the file into a `hitchserve::Bundle`.
+//! line and column) and turning the file into a `hitchserve::Bundle`, and the duration
+//! syntax the command line shares (jiff's friendly format, bounded).
+//!
+//! Invariant: every value is checked while parsing, so that nothing the file says can fail
+//! only once some services have started (no NUL byte in any string, no `=` in an env name).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,12 +1,17 @@
 //! `hitchserve.toml`: a bundle defined in a file, for tests in any language.
 //!
 //! Owns parsing (serde + toml; unknown keys are errors, and every error names the file,
-//! line and column) and turning the file into a `hitchserve::Bundle`.
+//! line and column) and turning the file into a `hitchserve::Bundle`, and the duration
+//! syntax the command line shares (jiff's friendly format, bounded).
+//!
+//! Invariant: every value is checked while parsing, so that nothing the file says can fail
+//! only once some services have started (no NUL byte in any string, no `=` in an env name).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hitchserve::jiff::{self, SignedDuration, Span, SpanRelativeTo};
 use hitchserve::services::{Postgres, Redis, Smtp};
 use hitchserve::{Bundle, Ready, Service};
 use serde::Deserialize;
@@ -17,16 +22,16 @@ pub struct Config {
     #[serde(default)]
     pub bundle: BundleConfig,
     #[serde(default)]
-    pub services: BTreeMap<String, ServiceConfig>,
+    pub services: BTreeMap<Text, ServiceConfig>,
 }
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct BundleConfig {
     #[serde(default, deserialize_with = "checked_duration")]
-    pub startup_timeout: Option<String>,
+    pub startup_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "checked_duration")]
-    pub shutdown_timeout: Option<String>,
+    pub shutdown_timeout: Option<Duration>,
     #[serde(default)]
     pub without_time_travel: bool,
 }
@@ -39,23 +44,23 @@ pub struct ServiceConfig {
     pub kind: Option<String>,
     /// Cron: how often (of fake time) to run `command`, e.g. `5m`.
     #[serde(default, deserialize_with = "checked_duration")]
-    pub every: Option<String>,
-    pub command: Option<Vec<String>>,
+    pub every: Option<Duration>,
+    pub command: Option<Vec<Text>>,
     pub ready: Option<ReadyConfig>,
-    pub directory: Option<PathBuf>,
+    pub directory: Option<Text>,
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<EnvKey, Text>,
     #[serde(default)]
-    pub needs: Vec<String>,
+    pub needs: Vec<Text>,
     #[serde(default)]
-    pub needs_started: Vec<String>,
+    pub needs_started: Vec<Text>,
     #[serde(default)]
-    pub needs_completed: Vec<String>,
+    pub needs_completed: Vec<Text>,
     #[serde(default)]
     pub no_libfaketime: bool,
     #[serde(default)]
-    pub ports: Vec<String>,
-    pub user: Option<String>,
+    pub ports: Vec<Text>,
+    pub user: Option<Text>,
     #[serde(default, deserialize_with = "checked_signal")]
     pub stop_signal: Option<String>,
     /// Postgres: users to create.
@@ -69,38 +74,103 @@ pub struct ServiceConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PgUser {
-    pub name: String,
-    pub password: String,
+    pub name: Text,
+    pub password: Text,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PgDatabase {
-    pub name: String,
-    pub owner: String,
-    pub dump: Option<PathBuf>,
+    pub name: Text,
+    pub owner: Text,
+    pub dump: Option<Text>,
 }
 
 /// How a service from the file tells it is ready; several keys mean all of them.
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ReadyConfig {
-    pub line_contains: Option<String>,
-    pub line_regex: Option<String>,
+    pub line_contains: Option<Text>,
+    pub line_regex: Option<Text>,
     /// `field=value` on a JSON log line, or just `field` (present).
-    pub json: Option<String>,
-    pub tcp: Option<String>,
-    pub http: Option<String>,
-    pub exec: Option<Vec<String>>,
-    pub file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "checked_json_match")]
+    pub json: Option<Text>,
+    pub tcp: Option<Text>,
+    pub http: Option<Text>,
+    pub exec: Option<Vec<Text>>,
+    pub file: Option<Text>,
 }
 
-// Values are checked while parsing, so that a bad one is reported at its line and column.
+// Values are checked while parsing, so that a bad one is reported at its line and column,
+// and before anything starts.
+
+/// A string from the file. None may hold a NUL byte: no command line, path or environment
+/// can carry one, and the OS would refuse it only once other services had started.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Text(String);
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn to_path(&self) -> PathBuf {
+        PathBuf::from(&self.0)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.contains('\0') {
+            return Err(serde::de::Error::custom(format!(
+                "{:?} holds a NUL byte (\\u0000), which no command, path or environment \
+                 variable can carry: remove it",
+                text
+            )));
+        }
+        Ok(Text(text))
+    }
+}
+
+/// An environment variable's name: not empty, no `=` (it would end the name), no NUL.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EnvKey(Text);
+
+impl<'de> Deserialize<'de> for EnvKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<EnvKey, D::Error> {
+        let key = Text::deserialize(d)?;
+        if key.0.is_empty() || key.0.contains('=') {
+            return Err(serde::de::Error::custom(format!(
+                "`{key}` can't be an environment variable's name: a name is not empty and \
+                 has no `=`"
+            )));
+        }
+        Ok(EnvKey(key))
+    }
+}
+
+pub fn strings(texts: &[Text]) -> Vec<String> {
+    texts.iter().map(|t| t.0.clone()).collect()
+}
 
 /// A string that [`duration`] accepts.
-fn checked_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let text = String::deserialize(d)?;
-    duration(&text).map_err(serde::de::Error::custom)?;
+fn checked_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = Text::deserialize(d)?;
+    duration(text.as_str())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+fn checked_json_match<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Text>, D::Error> {
+    let text = Text::deserialize(d)?;
+    JsonMatch::parse(text.as_str()).map_err(serde::de::Error::custom)?;
     Ok(Some(text))
 }
 
@@ -126,6 +196,12 @@ fn checked_signal<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
 
 /// Read and parse a config file; errors carry the file, line and column.
 pub fn load(path: &Path) -> Result<Config, String> {
+    if path.is_dir() {
+        return Err(format!(
+            "`{}` is a directory, not a file: give --file the bundle's TOML file",
+            path.display()
+        ));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
@@ -145,79 +221,94 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-/// `15s`, `500ms`, `2m`, `1h30m`, or a bare number of seconds.
+/// The longest duration accepted anywhere: past it, a timeout or an interval is a typo.
+const LONGEST_DAYS: i64 = 36_500;
+
+/// What a duration may look like, for error messages.
+const ACCEPTED: &str = "a number and a unit, such as 500ms, 15s, 2m, 1h30m, 2d, 1w or \
+                        \"5 minutes\" (a bare number is seconds)";
+
+/// A timeout or an interval: more than zero, at most 100 years. `15s`, `500ms`, `2m`,
+/// `1h30m`, `1.5h`, `2d`, `5 minutes`, or a bare number of seconds.
 pub fn duration(text: &str) -> Result<Duration, String> {
+    let d = signed_duration(text)?;
+    if d.is_negative() || d.is_zero() {
+        return Err(format!(
+            "`{text}` is not a duration: it must be more than 0"
+        ));
+    }
+    Duration::try_from(d).map_err(|e| format!("`{text}` is not a duration: {e}"))
+}
+
+/// A length of time that may point back (`-3h`, `3h ago`), as time travel takes; at most
+/// 100 years either way.
+pub fn signed_duration(text: &str) -> Result<SignedDuration, String> {
     let t = text.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        return Ok(Duration::from_secs_f64(secs.max(0.0)));
+    let bad = |why: &str| format!("`{text}` is not a duration{why}: write {ACCEPTED}");
+    // Jiff's friendly format wants a unit; ours has always taken plain seconds.
+    let seconds;
+    let t = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        seconds = format!("{t}s");
+        seconds.as_str()
+    } else {
+        t
+    };
+    // Jiff's own words name units (years) and formats (ISO 8601) we don't take here.
+    let span: Span = t.parse().map_err(|_: jiff::Error| bad(""))?;
+    if span.get_years() != 0 || span.get_months() != 0 {
+        return Err(bad(" (months and years have no fixed length)"));
     }
-    let mut total = 0.0;
-    let mut number = String::new();
-    let mut chars = t.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            number.push(c);
-            continue;
-        }
-        if c.is_whitespace() {
-            continue;
-        }
-        let mut unit = c.to_string();
-        while let Some(&n) = chars.peek() {
-            if n.is_ascii_alphabetic() {
-                unit.push(n);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        let n: f64 = number
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration (try 15s, 500ms, 2m, 1h30m, 2d)"))?;
-        number.clear();
-        total += n * match unit.as_str() {
-            "ms" | "msec" | "msecs" | "millisecond" | "milliseconds" => 0.001,
-            "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
-            "h" | "hour" | "hours" => 3600.0,
-            "d" | "day" | "days" => 86_400.0,
-            _ => return Err(format!("`{text}`: unknown unit `{unit}` (ms, s, m, h, d)")),
-        };
+    let d = span
+        .to_duration(SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| bad(&format!(" ({e})")))?;
+    if d.abs() > SignedDuration::from_hours(24 * LONGEST_DAYS) {
+        return Err(format!(
+            "`{text}` is too long: at most {LONGEST_DAYS}d (100 years)"
+        ));
     }
-    if !number.is_empty() {
-        return Err(format!("`{text}`: a number without a unit at the end"));
+    Ok(d)
+}
+
+/// A number of seconds from a control request, held to [`signed_duration`]'s bounds.
+pub fn from_seconds(secs: f64) -> Result<SignedDuration, String> {
+    let longest = SignedDuration::from_hours(24 * LONGEST_DAYS);
+    match SignedDuration::try_from_secs_f64(secs) {
+        Ok(d) if d.abs() <= longest => Ok(d),
+        _ => Err(format!(
+            "{secs} s is not a usable length of time: at most {} s either way",
+            longest.as_secs()
+        )),
     }
-    Ok(Duration::from_secs_f64(total))
 }
 
 fn ready(name: &str, r: &ReadyConfig) -> Result<Ready, String> {
     let mut all = Vec::new();
     if let Some(s) = &r.line_contains {
-        all.push(Ready::line_contains(s.clone()));
+        all.push(Ready::line_contains(s.as_str()));
     }
     if let Some(p) = &r.line_regex {
-        all.push(Ready::line_regex(p).map_err(|e| format!("service `{name}`: {e}"))?);
+        all.push(Ready::line_regex(p.as_str()).map_err(|e| format!("service `{name}`: {e}"))?);
     }
     if let Some(j) = &r.json {
-        let matcher = JsonMatch::parse(j);
+        let matcher = JsonMatch::parse(j.as_str()).map_err(|e| format!("service `{name}`: {e}"))?;
         all.push(Ready::json(move |v| matcher.matches(v)));
     }
     if let Some(t) = &r.tcp {
-        let addr = if t.contains(':') {
-            t.clone()
+        let addr = if t.as_str().contains(':') {
+            t.to_string()
         } else {
             format!("127.0.0.1:{t}")
         };
         all.push(Ready::tcp_addr(addr));
     }
     if let Some(u) = &r.http {
-        all.push(Ready::http(u.clone()));
+        all.push(Ready::http(u.to_string()));
     }
     if let Some(argv) = &r.exec {
-        all.push(Ready::exec(argv.clone()));
+        all.push(Ready::exec(strings(argv)));
     }
     if let Some(f) = &r.file {
-        all.push(Ready::file(f.clone()));
+        all.push(Ready::file(f.to_path()));
     }
     Ok(match all.len() {
         0 => Ready::started(),
@@ -235,17 +326,27 @@ pub struct JsonMatch {
 }
 
 impl JsonMatch {
-    pub fn parse(expr: &str) -> JsonMatch {
-        match expr.split_once('=') {
-            Some((f, v)) => JsonMatch {
-                pointer: pointer(f.trim()),
-                want: Some(v.trim().to_owned()),
-            },
-            None => JsonMatch {
-                pointer: pointer(expr.trim()),
-                want: None,
-            },
+    pub fn parse(expr: &str) -> Result<JsonMatch, String> {
+        let (field, want) = match expr.split_once('=') {
+            Some((f, v)) => (f.trim(), Some(v.trim().to_owned())),
+            None => (expr.trim(), None),
+        };
+        // A pointer may name any key; a dotted path can't have an empty step.
+        let usable = if field.starts_with('/') {
+            true
+        } else {
+            !field.is_empty() && field.split('.').all(|step| !step.is_empty())
+        };
+        if !usable {
+            return Err(format!(
+                "`{expr}` is not a JSON match: write `field=value` or `field`, where the field \
+                 is a dotted path (`user.name`) or a JSON pointer (`/user/name`)"
+            ));
         }
+        Ok(JsonMatch {
+            pointer: pointer(field),
+            want,
+        })
     }
 
     pub fn matches(&self, v: &serde_json::Value) -> bool {
@@ -272,11 +373,11 @@ pub fn pointer(field: &str) -> String {
 /// The bundle the file describes, for the project directory `project`.
 pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
     let mut b = Bundle::new(project);
-    if let Some(t) = &config.bundle.startup_timeout {
-        b = b.startup_timeout(duration(t)?);
+    if let Some(t) = config.bundle.startup_timeout {
+        b = b.startup_timeout(t);
     }
-    if let Some(t) = &config.bundle.shutdown_timeout {
-        b = b.shutdown_timeout(duration(t)?);
+    if let Some(t) = config.bundle.shutdown_timeout {
+        b = b.shutdown_timeout(t);
     }
     if config.bundle.without_time_travel {
         b = b.without_time_travel();
@@ -286,12 +387,13 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
             Some("postgres") => {
                 let mut pg = Postgres::new();
                 for u in &s.users {
-                    pg = pg.user(&u.name, &u.password);
+                    pg = pg.user(u.name.as_str(), u.password.as_str());
                 }
                 for d in &s.databases {
+                    let (db, owner) = (d.name.as_str(), d.owner.as_str());
                     pg = match &d.dump {
-                        Some(dump) => pg.database_from_dump(&d.name, &d.owner, dump.clone()),
-                        None => pg.database(&d.name, &d.owner),
+                        Some(dump) => pg.database_from_dump(db, owner, dump.to_path()),
+                        None => pg.database(db, owner),
                     };
                 }
                 pg.service().map_err(|e| format!("service `{name}`: {e}"))?
@@ -299,14 +401,15 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
             Some("redis") => Redis::new().service(),
             Some("smtp") => Smtp::new().service(),
             Some("cron") => {
-                let every = s.every.as_deref().ok_or_else(|| {
+                let every = s.every.ok_or_else(|| {
                     format!("service `{name}`: a cron needs `every` (e.g. \"5m\")")
                 })?;
                 let command = s
                     .command
-                    .clone()
+                    .as_deref()
+                    .map(strings)
                     .ok_or_else(|| format!("service `{name}`: a cron needs a `command`"))?;
-                hitchserve::services::Cron::every(duration(every)?, command).service()
+                hitchserve::services::Cron::every(every, command).service()
             }
             Some(other) => {
                 return Err(format!(
@@ -314,36 +417,36 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
                 ))
             }
             None => {
-                let command = s.command.clone().ok_or_else(|| {
+                let command = s.command.as_deref().map(strings).ok_or_else(|| {
                     format!("service `{name}` has no `command` (or a `kind` of ready-made service)")
                 })?;
                 Service::new(command)
             }
         };
         if let Some(r) = &s.ready {
-            svc = svc.ready(ready(name, r)?);
+            svc = svc.ready(ready(name.as_str(), r)?);
         }
         if let Some(d) = &s.directory {
-            svc = svc.directory(d.clone());
+            svc = svc.directory(d.to_path());
         }
         svc = svc
-            .envs(s.env.clone())
-            .needs(s.needs.clone())
-            .needs_started(s.needs_started.clone())
-            .needs_completed(s.needs_completed.clone());
+            .envs(s.env.iter().map(|(k, v)| (k.0.as_str(), v.as_str())))
+            .needs(strings(&s.needs))
+            .needs_started(strings(&s.needs_started))
+            .needs_completed(strings(&s.needs_completed));
         for p in &s.ports {
-            svc = svc.port(p.clone());
+            svc = svc.port(p.to_string());
         }
         if s.no_libfaketime {
             svc = svc.no_libfaketime();
         }
         if let Some(u) = &s.user {
-            svc = svc.user(u.clone());
+            svc = svc.user(u.to_string());
         }
         if let Some(sig) = &s.stop_signal {
             svc = svc.stop_signal(sig.parse().map_err(|e| format!("service `{name}`: {e}"))?);
         }
-        b.add(name.clone(), svc).map_err(|e| e.to_string())?;
+        b.add(name.to_string(), svc).map_err(|e| e.to_string())?;
     }
     Ok(b)
 }
@@ -356,14 +459,88 @@ mod tests {
     fn durations() {
         assert_eq!(duration("15s").unwrap(), Duration::from_secs(15));
         assert_eq!(duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(duration("1.5h").unwrap(), Duration::from_secs(5400));
         assert_eq!(duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert_eq!(duration("1w").unwrap(), Duration::from_secs(7 * 86_400));
         assert_eq!(duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(duration("2.5").unwrap(), Duration::from_millis(2500));
         assert_eq!(duration("5 minutes").unwrap(), Duration::from_secs(300));
         assert_eq!(duration("1h 30m").unwrap(), Duration::from_secs(5400));
-        let err = duration("3 weeks").unwrap_err();
-        assert!(err.contains("unknown unit `weeks`"), "{err}");
+        assert_eq!(duration("+30d").unwrap(), Duration::from_secs(30 * 86_400));
         assert!(duration("5m3").is_err());
+        let err = duration("3 fortnights").unwrap_err();
+        assert!(
+            err.contains("not a duration") && err.contains("15s"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn absurd_durations_are_errors_that_say_what_is_accepted() {
+        for text in [
+            "inf",
+            "1e300",
+            "",
+            " ",
+            "-5",
+            "+",
+            "+nan",
+            "nan",
+            "-3h",
+            "0",
+            "0s",
+            "1 month",
+            "2 years",
+            "1.5d",
+            "99999999999h",
+            "100000d",
+            "1..2",
+            "10000000000000000000s",
+        ] {
+            let err = duration(text).unwrap_err();
+            assert!(err.contains(&format!("`{text}`")), "{text:?}: {err}");
+            assert!(
+                err.contains("e.g.")
+                    || err.contains("such as")
+                    || err.contains("more than 0")
+                    || err.contains("at most"),
+                "{text:?}: {err}"
+            );
+        }
+        // Time travel may go back, and no further than a timeout may.
+        assert_eq!(
+            signed_duration("-3h").unwrap(),
+            SignedDuration::from_hours(-3)
+        );
+        assert_eq!(
+            signed_duration("3h ago").unwrap(),
+            SignedDuration::from_hours(-3)
+        );
+        for text in ["inf", "1e300", "", "-5", "+", "+nan", "-", "-100000d"] {
+            assert!(signed_duration(text).is_err(), "{text:?}");
+        }
+        for secs in [f64::INFINITY, f64::NAN, -1e300, 1e300, 4e9] {
+            assert!(from_seconds(secs).is_err(), "{secs}");
+        }
+        assert_eq!(
+            from_seconds(-1.5).unwrap(),
+            SignedDuration::from_millis(-1500)
+        );
+    }
+
+    #[test]
+    fn json_matches_need_a_field() {
+        for bad in ["", "=", "=x", "a..b", ".a", "a.", "  "] {
+            let err = JsonMatch::parse(bad).err().unwrap_or_default();
+            assert!(err.contains("not a JSON match"), "{bad:?}: {err}");
+        }
+        let m = JsonMatch::parse("user.name=ann").unwrap();
+        assert!(m.matches(&serde_json::json!({"user": {"name": "ann"}})));
+        assert!(
+            JsonMatch::parse("/a/").is_ok(),
+            "a pointer may name an empty key"
+        );
     }
 
     #[test]
@@ -387,7 +564,7 @@ mod tests {
             (
                 "[services.C]\nkind = \"cron\"\nevery = \"5 fortnights\"\n",
                 ":3:9",
-                "unknown unit `fortnights`",
+                "`5 fortnights` is not a duration: write a number and a unit",
             ),
             (
                 "[services.D]\nkind = \"mysql\"\n",

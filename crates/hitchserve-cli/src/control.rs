@@ -3,9 +3,14 @@
 //! The socket (`.hitchserve/control.sock`, 0600 in a 0700 directory) speaks JSON lines: one
 //! request object, then one reply object — or, for `logs`, a stream of line objects ended
 //! by an `end` object. A lock file held by the running `up` refuses a second `up`.
+//!
+//! The socket is bound before any service starts (as `control.sock.starting`, renamed once
+//! all are ready), and reached through `/proc/self/fd` when the project is too deep for
+//! `sun_path`: it never lives outside the project's private `.hitchserve/`. Requests are
+//! checked as untrusted input: a bad one gets an error reply, never a panicked handler.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
@@ -17,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hitchserve::jiff::Timestamp;
-use hitchserve::{Bundle, Error as HsError, Logs};
+use hitchserve::{Bundle, Error as HsError, Logs, ServiceHandle};
+use nix::fcntl::OFlag;
 use serde_json::{json, Value};
 
 use crate::config;
@@ -27,8 +33,44 @@ fn state_dir(project: &Path) -> PathBuf {
     project.join(".hitchserve")
 }
 
+/// The control socket's name in the state directory, once the bundle is ready.
+const SOCKET: &str = "control.sock";
+/// Its name while the bundle starts: bound before any service starts (so a socket that
+/// can't be made fails the `up` at once), renamed to [`SOCKET`] once all are ready.
+const SOCKET_STARTING: &str = "control.sock.starting";
+
 fn socket_path(project: &Path) -> PathBuf {
-    state_dir(project).join("control.sock")
+    state_dir(project).join(SOCKET)
+}
+
+/// The state directory, open, to reach its sockets by a path that fits in `sun_path`.
+struct StateDir {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl StateDir {
+    fn open(project: &Path) -> Result<StateDir, String> {
+        let path = state_dir(project);
+        let fd = nix::fcntl::open(
+            &path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("cannot open `{}`: {e}", path.display()))?;
+        Ok(StateDir { path, fd })
+    }
+
+    /// An address for the socket `name`: its own path if that fits in `sun_path` (107
+    /// bytes), else the same file reached through our descriptor of the directory
+    /// (`/proc/self/fd/N/name`), so deep project paths work without a socket elsewhere.
+    fn address(&self, name: &str) -> PathBuf {
+        let direct = self.path.join(name);
+        if direct.as_os_str().len() <= 107 {
+            return direct;
+        }
+        PathBuf::from(format!("/proc/self/fd/{}/{name}", self.fd.as_raw_fd()))
+    }
 }
 
 /// `hitchserve up`.
@@ -40,6 +82,12 @@ pub fn up(
     daemon_child: bool,
 ) -> Result<ExitCode, String> {
     let dir = state_dir(project);
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!(
+            "`{}` is a file, not a directory: hitchserve keeps its state there; move the file",
+            dir.display()
+        ));
+    }
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
     let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
     let refusal = || {
@@ -60,13 +108,31 @@ pub fn up(
     // default actions.
     let signal_pipe = install_signal_pipe()?;
     let lock_path = dir.join("up.lock");
-    let lock = std::fs::File::create(&lock_path)
+    // Not truncated before it is ours: a refused `up` must leave the running one's pid.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
         .map_err(|e| format!("cannot create `{}`: {e}", lock_path.display()))?;
     // SAFETY: a valid descriptor we own.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(refusal());
     }
-    // Our pid, for a `down` that comes while we are still starting (no socket yet).
+    let _ = lock.set_len(0);
+    // The socket first, before anything starts: a project too deep for a socket path, or
+    // a directory we can't bind in, fails now rather than once every service is up.
+    let state = StateDir::open(project)?;
+    let starting = dir.join(SOCKET_STARTING);
+    let sock = socket_path(project);
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&starting);
+    let listener = UnixListener::bind(state.address(SOCKET_STARTING))
+        .map_err(|e| format!("cannot listen on `{}`: {e}", starting.display()))?;
+    let _ = std::fs::set_permissions(&starting, std::fs::Permissions::from_mode(0o600));
+    let _socket_file = RemoveOnDrop([starting.clone(), sock.clone()]);
+    // Our pid, for a `down` that comes while we are still starting (no socket yet). Once
+    // it is written, a client that finds neither socket knows that ours was removed.
     let _ = (&lock).write_all(std::process::id().to_string().as_bytes());
     if daemon_child {
         // Our stderr is `up.log`, opened without truncating so that a refused second `up`
@@ -130,17 +196,25 @@ pub fn up(
         }
     }
     let bundle = Arc::new(bundle);
-    let sock = socket_path(project);
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock)
-        .map_err(|e| format!("cannot listen on `{}`: {e}", sock.display()))?;
-    let _ = std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600));
+    // Clients wait for this name: from now on they are answered.
+    std::fs::rename(&starting, &sock).map_err(|e| {
+        format!(
+            "cannot put the control socket in place at `{}`: {e}",
+            sock.display()
+        )
+    })?;
     {
         let (bundle, stop_tx) = (Arc::clone(&bundle), stop_tx.clone());
         let cfg_ports: Vec<ServiceInfo> = cfg
             .services
             .iter()
-            .map(|(n, s)| (n.clone(), ports_of(s), s.user.clone()))
+            .map(|(n, s)| {
+                (
+                    n.to_string(),
+                    ports_of(s),
+                    s.user.as_ref().map(|u| u.to_string()),
+                )
+            })
             .collect();
         let cfg_ports = Arc::new(cfg_ports);
         std::thread::spawn(move || {
@@ -167,11 +241,23 @@ pub fn up(
     let result = bundle.shutdown();
     // Followers learn that the logs ended; give them the moment to say so.
     OpenStream::wait_all(Duration::from_secs(5));
-    let _ = std::fs::remove_file(&sock);
+    drop(_socket_file);
     drop(lock);
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Files removed when `up` ends, however it ends (before its lock is released, so never a
+/// later `up`'s).
+struct RemoveOnDrop<const N: usize>([PathBuf; N]);
+
+impl<const N: usize> Drop for RemoveOnDrop<N> {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -249,7 +335,7 @@ fn signal_exit(sig: libc::c_int) -> ExitCode {
 type ServiceInfo = (String, Vec<String>, Option<String>);
 
 fn ports_of(s: &config::ServiceConfig) -> Vec<String> {
-    let mut ports = s.ports.clone();
+    let mut ports = config::strings(&s.ports);
     match s.kind.as_deref() {
         Some("postgres") => ports.push(hitchserve::services::postgres::PORT.into()),
         Some("redis") => ports.push(hitchserve::services::redis::PORT.into()),
@@ -364,6 +450,9 @@ fn reply(conn: &mut UnixStream, v: &Value) -> std::io::Result<()> {
     conn.write_all(format!("{v}\n").as_bytes())
 }
 
+/// The longest request line read.
+const MAX_REQUEST: u64 = 1 << 20;
+
 /// One control connection: one request.
 fn serve(
     conn: UnixStream,
@@ -372,9 +461,18 @@ fn serve(
     cfg_ports: &[ServiceInfo],
 ) -> std::io::Result<()> {
     let mut out = conn.try_clone()?;
-    let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line)?;
-    let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+    let mut line = Vec::new();
+    // A request is small: a line without end can't grow without bound.
+    BufReader::new(std::io::Read::take(conn, MAX_REQUEST)).read_until(b'\n', &mut line)?;
+    let req: Value = match serde_json::from_slice(&line) {
+        Ok(req @ Value::Object(_)) => req,
+        _ => {
+            return reply(
+                &mut out,
+                &json!({"ok": false, "error": format!("a request is one JSON object on one line, of at most {MAX_REQUEST} bytes")}),
+            )
+        }
+    };
     let err = |e: HsError| json!({"ok": false, "error": e.to_string()});
     let service = |key: &str| req[key].as_str().unwrap_or("").to_owned();
     let answer = match req["cmd"].as_str().unwrap_or("") {
@@ -392,14 +490,31 @@ fn serve(
                     }
                 }
             } else {
-                bundle.time_travel(Duration::from_secs_f64(req["by"].as_f64().unwrap_or(0.0)))
+                let by = match req["by"].as_f64().map(config::from_seconds) {
+                    Some(Ok(by)) => by,
+                    Some(Err(e)) => return reply(&mut out, &json!({"ok": false, "error": e})),
+                    None => {
+                        return reply(
+                            &mut out,
+                            &json!({"ok": false, "error": "`by` must be a number of seconds (negative to go back), or give `to`"}),
+                        )
+                    }
+                };
+                match Duration::try_from(by) {
+                    Ok(forward) => bundle.time_travel(forward),
+                    // Back in time: to a moment before now, as the clock allows.
+                    Err(_) => match bundle.now().checked_add(by) {
+                        Ok(moment) => bundle.time_travel_to(moment),
+                        Err(_) => Err(HsError::TimeOutOfRange),
+                    },
+                }
             };
             match r {
                 Ok(()) => json!({"ok": true, "now": bundle.now().to_string()}),
                 Err(e) => err(e),
             }
         }
-        "exec_env" => match bundle.service(&service("service")) {
+        "exec_env" => match handle(bundle, &service("service")) {
             Ok(svc) => {
                 let env: Vec<Value> = svc
                     .environment()
@@ -427,17 +542,16 @@ fn serve(
                 Ok(s) => s,
                 Err(e) => return reply(&mut out, &json!({"ok": false, "error": e.to_string()})),
             };
-            match bundle
-                .service(&service("service"))
-                .and_then(|s| s.signal(sig))
-            {
+            match handle(bundle, &service("service")).and_then(|s| s.signal(sig)) {
                 Ok(()) => json!({"ok": true}),
                 Err(e) => err(e),
             }
         }
         "down" => {
+            // The answer first: once told to stop, `up` may exit before this thread writes.
+            let answered = reply(&mut out, &json!({"ok": true}));
             let _ = stop.send("down");
-            json!({"ok": true})
+            return answered;
         }
         "logs" => return logs(&mut out, bundle, &req),
         other => json!({"ok": false, "error": format!("unknown request `{other}`")}),
@@ -445,12 +559,25 @@ fn serve(
     reply(&mut out, &answer)
 }
 
+/// A service's handle, also when it crashed: `Bundle::service` reports a crash once, as an
+/// error, to whoever asks first; here the asker wants the service (its state, its logs).
+fn handle(bundle: &Bundle, name: &str) -> Result<ServiceHandle, HsError> {
+    // Each call reports at most one crash, and there are only so many services.
+    for _ in 0..bundle.service_names().len() {
+        match bundle.service(name) {
+            Err(HsError::ServiceExited { .. }) => continue,
+            other => return other,
+        }
+    }
+    bundle.service(name)
+}
+
 fn status(bundle: &Bundle, cfg_ports: &[ServiceInfo]) -> Value {
     let services: Vec<Value> = bundle
         .service_names()
         .iter()
         .map(|name| {
-            let svc = bundle.service(name).ok();
+            let svc = handle(bundle, name).ok();
             let pid = svc.as_ref().and_then(|s| s.pid());
             let state = match &svc {
                 None => "unknown".to_owned(),
@@ -485,7 +612,7 @@ fn status(bundle: &Bundle, cfg_ports: &[ServiceInfo]) -> Value {
 /// Stream log lines: the last N (or all), then, with follow or until, new ones.
 fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<()> {
     let mut view: Logs = match req["service"].as_str() {
-        Some(name) => match bundle.service(name) {
+        Some(name) => match handle(bundle, name) {
             Ok(s) => s.logs(),
             Err(e) => return reply(out, &json!({"end": "error", "error": e.to_string()})),
         },
@@ -507,30 +634,37 @@ fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<(
             reply(out, &json!({"line": line.to_string()}))
         }
     };
-    let timeout = Duration::from_secs_f64(req["timeout"].as_f64().unwrap_or(10.0));
+    let (timeout, back) = match logs_numbers(req) {
+        Ok(numbers) => numbers,
+        Err(e) => return reply(out, &json!({"end": "error", "error": e})),
+    };
+    // Like the library's tails, --until starts now: the line looked for is one that comes
+    // next, or one of the last `n` (`-n`) if the caller knows it may have come already.
     if let Some(pattern) = req["until"].as_str() {
         let re = match regex_lite::Regex::new(pattern) {
             Ok(r) => r,
             Err(e) => return reply(out, &json!({"end": "error", "error": e.to_string()})),
         };
-        // Lines already there count too: the line may have come before we asked.
         let found = view
             .tail()
-            .lines_back(usize::MAX)
+            .lines_back(back.unwrap_or(0))
             .until(|l| re.is_match(l), timeout);
         let written = found.map(|l| emit(out, &l));
         return finish(out, written, timeout);
     }
     if let Some(expr) = req["until_json"].as_str() {
-        let matcher = config::JsonMatch::parse(expr);
+        let matcher = match config::JsonMatch::parse(expr) {
+            Ok(m) => m,
+            Err(e) => return reply(out, &json!({"end": "error", "error": e})),
+        };
         let found = view
             .tail()
-            .lines_back(usize::MAX)
+            .lines_back(back.unwrap_or(0))
             .until_json(|v| matcher.matches(v), timeout);
         let written = found.map(|v| reply(out, &json!({"json": v})));
         return finish(out, written, timeout);
     }
-    let back = req["n"].as_u64().map_or(usize::MAX, |n| n as usize);
+    let back = back.unwrap_or(usize::MAX);
     if !req["follow"].as_bool().unwrap_or(false) {
         let existing = match back {
             usize::MAX => view.entries(),
@@ -555,6 +689,33 @@ fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<(
         }
     }
     reply(out, &json!({"end": "ok"}))
+}
+
+/// A logs request's `timeout` (seconds, default 10) and `n` (lines back), checked: a
+/// client may send anything.
+fn logs_numbers(req: &Value) -> Result<(Duration, Option<usize>), String> {
+    let timeout = match &req["timeout"] {
+        Value::Null => Duration::from_secs(10),
+        v => v
+            .as_f64()
+            .ok_or_else(|| format!("`timeout` must be a number of seconds, not {v}"))
+            .and_then(config::from_seconds)
+            .and_then(|d| {
+                Duration::try_from(d)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| format!("`timeout` must be more than 0 s, not {v}"))
+            })?,
+    };
+    let back = match &req["n"] {
+        Value::Null => None,
+        v => Some(
+            v.as_u64()
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .ok_or_else(|| format!("`n` must be a number of lines (0 or more), not {v}"))?,
+        ),
+    };
+    Ok((timeout, back))
 }
 
 /// `logs --follow` streams still being served: `up` lets them send their last line
@@ -628,13 +789,29 @@ fn up_is_running(project: &Path) -> bool {
     !free
 }
 
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// The pid an `up` wrote in its lock file once its socket was bound (see [`up`]).
+fn up_pid(project: &Path) -> Option<libc::pid_t> {
+    std::fs::read_to_string(state_dir(project).join("up.lock"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .filter(|&pid| pid > 0)
+}
+
 fn connect(project: &Path) -> Result<UnixStream, String> {
     // A bundle still starting has no socket yet: wait for it while its `up` lives.
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut waited = false;
+    let dir = state_dir(project);
     loop {
-        if let Ok(conn) = UnixStream::connect(socket_path(project)) {
-            return Ok(conn);
+        if let Ok(state) = StateDir::open(project) {
+            if let Ok(conn) = UnixStream::connect(state.address(SOCKET)) {
+                return Ok(conn);
+            }
         }
         if !up_is_running(project) {
             return Err(if waited {
@@ -647,6 +824,22 @@ fn connect(project: &Path) -> Result<UnixStream, String> {
                     project.display()
                 )
             });
+        }
+        // Bound and renamed in place atomically: once the pid is written one of the two
+        // names exists, unless someone removed it. (Checked in this order, so that a
+        // rename in between is seen.)
+        if let Some(pid) = up_pid(project) {
+            if !is_socket(&dir.join(SOCKET_STARTING))
+                && !is_socket(&dir.join(SOCKET))
+                && up_is_running(project)
+            {
+                return Err(format!(
+                    "the bundle's socket is gone: `{}` was removed while the bundle (pid {pid}) \
+                     ran, so it can't be reached; stop it with `hitchserve down` (or `kill {pid}`) \
+                     and start it again",
+                    dir.join(SOCKET).display()
+                ));
+            }
         }
         if Instant::now() > deadline {
             return Err("the bundle is still starting after 10 minutes".to_owned());
@@ -680,14 +873,18 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
     match command {
         Command::Up { .. } => unreachable!("handled by up"),
         Command::Down => {
-            let starting = up_is_running(project) && !socket_path(project).exists();
-            let pid = std::fs::read_to_string(state_dir(project).join("up.lock"))
-                .ok()
-                .and_then(|p| p.trim().parse::<libc::pid_t>().ok());
-            match (starting, pid) {
-                // Still starting: interrupt the startup, as Ctrl-C would.
+            if !up_is_running(project) {
+                println!(
+                    "no bundle is running in `{}`: nothing to stop",
+                    project.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let unreachable = !is_socket(&socket_path(project));
+            match (unreachable, up_pid(project)) {
+                // Still starting, or its socket was removed: stop it as Ctrl-C would.
                 // SAFETY: signalling the `up` that holds the project's lock.
-                (true, Some(pid)) if pid > 0 => unsafe {
+                (true, Some(pid)) => unsafe {
                     libc::kill(pid, libc::SIGTERM);
                 },
                 _ => {
@@ -765,7 +962,8 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
             let req = match (by, to) {
                 (_, Some(to)) => json!({"cmd": "time_travel", "to": to}),
                 (Some(by), None) => {
-                    let d = config::duration(by.trim_start_matches('+'))?;
+                    let d = config::signed_duration(&by)
+                        .map_err(|e| format!("{e} (`-3h` or `3h ago` goes back)"))?;
                     json!({"cmd": "time_travel", "by": d.as_secs_f64()})
                 }
                 (None, None) => return Err("say how far (+2d) or to when (--to ...)".into()),
@@ -840,10 +1038,18 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
             } else {
                 None
             };
+            // Checked here too, so that a mistake is told before waiting on a bundle.
+            let timeout = config::duration(&timeout).map_err(|e| format!("--timeout: {e}"))?;
+            if let Some(pattern) = &until {
+                regex_lite::Regex::new(pattern).map_err(|e| format!("--until: {e}"))?;
+            }
+            if let Some(expr) = &until_json {
+                config::JsonMatch::parse(expr).map_err(|e| format!("--until-json: {e}"))?;
+            }
             let req = json!({
                 "cmd": "logs", "service": service, "stream": stream, "json": json, "n": lines,
                 "follow": follow, "until": until, "until_json": until_json,
-                "timeout": config::duration(&timeout)?.as_secs_f64(),
+                "timeout": timeout.as_secs_f64(),
             });
             let r = request(project, &req)?;
             for line in r.lines() {

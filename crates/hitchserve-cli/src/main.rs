@@ -19,13 +19,9 @@ use clap::{Parser, Subcommand};
     about = "Start, watch, time-travel and stop the services a test needs."
 )]
 struct Cli {
-    /// The bundle's file (its directory is the project directory).
-    #[arg(
-        short = 'f',
-        long = "file",
-        global = true,
-        default_value = "hitchserve.toml"
-    )]
+    /// The bundle's file (its directory is the project directory). Given before the
+    /// command, as in `hitchserve -f other.toml up`: after it, `-f` is `logs --follow`.
+    #[arg(short = 'f', long = "file", default_value = "hitchserve.toml")]
     file: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -72,25 +68,28 @@ enum Command {
         /// Only lines that are JSON, printed as JSON.
         #[arg(long)]
         json: bool,
-        /// Only the last N lines.
+        /// Only the last N lines; with --until / --until-json, also look at the last N.
         #[arg(short = 'n', long)]
         lines: Option<usize>,
         /// Keep printing lines as they come.
-        #[arg(long)]
+        #[arg(short = 'f', long)]
         follow: bool,
-        /// Wait until a line matches this regular expression, print it, exit 0.
+        /// Wait until a line that comes next (or one of the last -n N) matches this regular
+        /// expression, print it, exit 0.
         #[arg(long)]
         until: Option<String>,
-        /// Wait until a JSON line matches `field=value` (or has `field`), print it, exit 0.
+        /// Wait until a JSON line that comes next (or one of the last -n N) matches
+        /// `field=value` (or has `field`), print it, exit 0.
         #[arg(long)]
         until_json: Option<String>,
         /// How long --until / --until-json wait (e.g. 10s, 2m).
-        #[arg(long, default_value = "10s")]
+        #[arg(long, default_value = "10s", allow_hyphen_values = true)]
         timeout: String,
     },
-    /// Move the services' clock: `+2d`, `+3h30m`, or `--to 2030-01-01T09:00:00Z`.
+    /// Move the services' clock: `+2d`, `+3h30m`, `-1h`, or `--to 2030-01-01T09:00:00Z`.
     TimeTravel {
-        /// How far forward, e.g. +2d.
+        /// How far: forward (`+2d`, `2d`) or back (`-3h`, `3h ago`).
+        #[arg(allow_hyphen_values = true)]
         by: Option<String>,
         /// An absolute moment (RFC 3339, e.g. 2030-01-01T09:00:00Z).
         #[arg(long, conflicts_with = "by")]

@@ -7,20 +7,28 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hitchserve");
 
-struct Project(PathBuf);
+/// A temporary project: its directory (where `hitchserve.toml` is), and the directory
+/// removed at the end (the same, or one above it).
+struct Project(PathBuf, PathBuf);
 
 impl Project {
     fn new(tag: &str, toml: &str) -> Project {
+        Project::under(tag, "", toml)
+    }
+
+    /// A project `sub` below the temporary directory.
+    fn under(tag: &str, sub: &str, toml: &str) -> Project {
         static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
+        let root = std::env::temp_dir().join(format!(
             "hitchserve-cli-{tag}-{}-{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join(sub);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("hitchserve.toml"), toml).unwrap();
-        Project(dir)
+        Project(dir, root)
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
@@ -37,7 +45,7 @@ impl Project {
 impl Drop for Project {
     fn drop(&mut self) {
         let _ = self.cmd(&["down"]).output();
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.1);
     }
 }
 
@@ -103,9 +111,17 @@ fn detached_bundle_answers_every_control_command_then_goes_down() {
     assert!(seen.status.success(), "{}", text(&seen));
     assert!(String::from_utf8_lossy(&seen.stdout).contains(day));
 
-    // --until: found (exit 0) and not found (exit non-zero).
+    // Back in time, by a negative duration.
+    let back = p.run(&["time-travel", "-1d"]);
+    assert!(back.status.success(), "{}", text(&back));
+    let then: serde_json::Value =
+        serde_json::from_slice(&p.run(&["now", "--json"]).stdout).unwrap();
+    let then = &then["now"].as_str().unwrap()[..10];
+    assert!(then < day, "{then} is not before {day}");
+
+    // --until: found (exit 0, among the old lines with -n) and not found (exit non-zero).
     assert!(p
-        .run(&["logs", "Clock", "--until", "^READY$"])
+        .run(&["logs", "Clock", "--until", "^READY$", "-n", "1000000000"])
         .status
         .success());
     let missing = p.run(&[
@@ -151,7 +167,7 @@ fn detached_bundle_answers_every_control_command_then_goes_down() {
     let kept = std::fs::read_to_string(&up_log).unwrap();
     assert!(kept.contains("written by the running bundle"), "{kept}");
 
-    assert!(p.run(&["down"]).status.success());
+    down(&p);
     let after = p.run(&["status"]);
     assert!(!after.status.success() && text(&after).contains("no bundle is running"));
 }
@@ -365,7 +381,7 @@ fn logs_follow_streams_new_lines_and_ends_when_the_bundle_goes_down() {
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
     let mut follow = p
-        .cmd(&["logs", "Clock", "--out", "--follow", "-n", "1"])
+        .cmd(&["logs", "Clock", "--out", "-f", "-n", "1"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -393,15 +409,9 @@ fn logs_follow_streams_new_lines_and_ends_when_the_bundle_goes_down() {
         .count();
     assert_eq!(got, 60);
 
-    assert!(p.run(&["down"]).status.success());
+    down(&p);
     let rest = lines.count();
     assert!(follow.wait().unwrap().success(), "after {rest} more lines");
-    let again = p.run(&["down"]);
-    assert!(
-        !again.status.success() && text(&again).contains("no bundle is running"),
-        "{}",
-        text(&again)
-    );
 }
 
 #[test]
@@ -419,7 +429,7 @@ fn exec_runs_as_the_services_user() {
     let id = p.run(&["exec", "Db", "--", "id", "-un"]);
     assert!(id.status.success(), "{}", text(&id));
     assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), "nobody");
-    assert!(p.run(&["down"]).status.success());
+    down(&p);
 }
 
 #[test]
@@ -446,4 +456,363 @@ fn the_reminders_scenario_passes_with_the_command_line_only() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("scenario passed"));
+}
+
+/// Whether a file named `started` appeared in the project: its services write it.
+fn anything_started(p: &Project) -> bool {
+    p.0.join("started").exists()
+}
+
+/// A service that says it started (by a file) and is ready at once.
+const STARTER: &str = "[services.First]\ncommand = [\"sh\", \"-c\", \"touch started; echo READY; exec tail -f /dev/null\"]\nready = { line_contains = \"READY\" }\n";
+
+#[test]
+fn absurd_durations_in_the_file_are_errors_at_their_line_and_column() {
+    for value in [
+        "inf", "1e300", "", "-5", "+", "+nan", "0s", "1 month", "100000d",
+    ] {
+        for (toml, place) in [
+            (
+                format!("[bundle]\nstartup_timeout = \"{value}\"\n"),
+                ":2:19",
+            ),
+            (
+                format!("[bundle]\nshutdown_timeout = \"{value}\"\n"),
+                ":2:20",
+            ),
+            (
+                format!(
+                    "[services.C]\nkind = \"cron\"\ncommand = [\"true\"]\nevery = \"{value}\"\n"
+                ),
+                ":4:9",
+            ),
+        ] {
+            let p = Project::new("badduration", &format!("{STARTER}\n{toml}"));
+            let o = p.run(&["up", "--detach"]);
+            let t = text(&o);
+            assert!(!o.status.success(), "{toml}: {t}");
+            assert!(t.contains(&format!("`{value}`")), "{toml}: {t}");
+            // Where, and what would do.
+            let line = place.rsplit(':').nth(1).unwrap().parse::<usize>().unwrap()
+                + STARTER.lines().count()
+                + 1;
+            let col = place.rsplit(':').next().unwrap();
+            assert!(
+                t.contains(&format!("hitchserve.toml:{line}:{col}")),
+                "{toml}: {t}"
+            );
+            assert!(
+                t.contains("such as 500ms, 15s")
+                    || t.contains("more than 0")
+                    || t.contains("at most"),
+                "{toml}: {t}"
+            );
+            assert!(!t.contains("panicked"), "{t}");
+            assert!(!anything_started(&p));
+        }
+    }
+}
+
+#[test]
+fn absurd_durations_on_the_command_line_are_errors_before_asking_the_bundle() {
+    // No bundle runs: a bad value must be named, not "no bundle is running" (nor a panic).
+    let p = Project::new("badflags", STARTER);
+    for value in ["inf", "1e300", "", "-5", "+", "+nan", "0"] {
+        let o = p.run(&["logs", "--until", "x", "--timeout", value]);
+        let t = text(&o);
+        assert!(!o.status.success(), "--timeout {value:?}: {t}");
+        assert!(
+            t.contains("--timeout") && t.contains(&format!("`{value}`")),
+            "{t}"
+        );
+        assert!(!t.contains("panicked") && !t.contains("no bundle"), "{t}");
+    }
+    for value in ["inf", "1e300", "", "-5", "+", "+nan", "1 month", "-100000d"] {
+        let o = p.run(&["time-travel", value]);
+        let t = text(&o);
+        assert!(!o.status.success(), "time-travel {value:?}: {t}");
+        assert!(
+            t.contains(&format!("`{value}`")) && t.contains("goes back"),
+            "{t}"
+        );
+        assert!(!t.contains("panicked") && !t.contains("no bundle"), "{t}");
+    }
+}
+
+/// Send one raw request line to the bundle's socket; every reply line.
+fn raw(p: &Project, request: &str) -> Vec<serde_json::Value> {
+    let mut conn =
+        std::os::unix::net::UnixStream::connect(p.0.join(".hitchserve/control.sock")).unwrap();
+    std::io::Write::write_all(&mut conn, format!("{request}\n").as_bytes()).unwrap();
+    BufReader::new(conn)
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn control_requests_with_absurd_numbers_get_an_error_reply_and_the_bundle_serves_on() {
+    let p = Project::new("rawnumbers", STARTER);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let before = raw(&p, r#"{"cmd":"now"}"#)[0]["now"].clone();
+    for request in [
+        r#"{"cmd":"time_travel","by":-1e300}"#,
+        r#"{"cmd":"time_travel","by":1e300}"#,
+        r#"{"cmd":"time_travel","by":"soon"}"#,
+        r#"{"cmd":"time_travel"}"#,
+        r#"{"cmd":"time_travel","by":-1e10}"#,
+        r#"{"cmd":"logs","until":"x","timeout":-5}"#,
+        r#"{"cmd":"logs","until":"x","timeout":1e300}"#,
+        r#"{"cmd":"logs","until":"x","timeout":0}"#,
+        r#"{"cmd":"logs","until":"x","timeout":"10s"}"#,
+        r#"{"cmd":"logs","n":-1}"#,
+        r#"{"cmd":"logs","n":1.5}"#,
+        r#"{"cmd":"logs","until_json":"a..b"}"#,
+        r#"not json"#,
+        r#"[1, 2]"#,
+    ] {
+        let replies = raw(&p, request);
+        let last = replies
+            .last()
+            .unwrap_or_else(|| panic!("{request}: no reply"));
+        assert!(
+            last["ok"] == false || last["end"] == "error",
+            "{request}: {replies:?}"
+        );
+        assert!(
+            last["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{last}"
+        );
+    }
+    // Nothing moved the clock, and the bundle still answers.
+    let after = raw(&p, r#"{"cmd":"now"}"#)[0]["now"].clone();
+    assert!(after.as_str().unwrap()[..10] == before.as_str().unwrap()[..10]);
+    let status = p.run(&["status", "--json"]);
+    assert!(status.status.success(), "{}", text(&status));
+    let up_log = std::fs::read_to_string(p.0.join(".hitchserve/up.log")).unwrap();
+    assert!(!up_log.contains("panicked"), "{up_log}");
+    down(&p);
+}
+
+/// Run `cmd`; its output, or a failure if it has not ended after a generous while (the
+/// bug this guards against waited ten minutes).
+fn output_within(mut cmd: Command, patience: std::time::Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(patience) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            // SAFETY: killing the child this function started (not yet reaped: its waiter
+            // is still blocked).
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+            panic!("still waiting after {patience:?}");
+        }
+    }
+}
+
+#[test]
+fn a_removed_control_socket_is_reported_at_once_and_down_still_works() {
+    let p = Project::new("sockgone", STARTER);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let out = String::from_utf8_lossy(&up.stdout).into_owned();
+    let pid: u32 = out
+        .split("pid ")
+        .nth(1)
+        .and_then(|r| r.trim_end_matches([')', '\n']).parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    std::fs::remove_file(p.0.join(".hitchserve/control.sock")).unwrap();
+    let patience = std::time::Duration::from_secs(60);
+    for args in [&["status"][..], &["logs"][..], &["now"][..]] {
+        let o = output_within(p.cmd(args), patience);
+        let t = text(&o);
+        assert!(!o.status.success(), "{args:?}: {t}");
+        assert!(
+            t.contains("the bundle's socket is gone") && t.contains("hitchserve down"),
+            "{t}"
+        );
+    }
+    let down = output_within(p.cmd(&["down"]), patience);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(wait_gone(pid), "the bundle survived `down`");
+}
+
+#[test]
+fn logs_until_starts_now_and_n_looks_back() {
+    let p = Project::new(
+        "untilnow",
+        "[services.Once]\ncommand = [\"sh\", \"-c\", \"echo '{\\\"n\\\": 1}'; echo READY; exec tail -f /dev/null\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    // The lines came before we asked: not seen from now on...
+    for until in [&["--until", "READY"][..], &["--until-json", "n=1"][..]] {
+        let args = [&["logs", "Once"][..], until, &["--timeout", "300ms"]].concat();
+        let o = p.run(&args);
+        assert!(
+            !o.status.success() && text(&o).contains("nothing matched"),
+            "{args:?}: {}",
+            text(&o)
+        );
+        // ... but among the last 2 lines.
+        let args = [&args[..], &["-n", "2"]].concat();
+        let o = p.run(&args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+    }
+    down(&p);
+}
+
+#[test]
+fn down_with_nothing_running_is_not_an_error() {
+    let p = Project::new("downidle", STARTER);
+    let o = p.run(&["down"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("nothing to stop"), "{}", text(&o));
+}
+
+#[test]
+fn status_right_after_a_crash_says_exited() {
+    let p = Project::new(
+        "crashstatus",
+        "[services.App]\ncommand = [\"sh\", \"-c\", \"echo READY; read x < crash.fifo; exit 3\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    let fifo = std::ffi::CString::new(p.0.join("crash.fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    // Opening blocks until App reads; writing a line makes it exit 3.
+    std::fs::write(p.0.join("crash.fifo"), "now\n").unwrap();
+    // The bundle says so (on its own lines: no service's handle asked for yet)...
+    let said = p.run(&[
+        "logs",
+        "--until",
+        "exited unexpectedly",
+        "-n",
+        "100",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(said.status.success(), "{}", text(&said));
+    // ... just before it records the exit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let state = loop {
+        let st = p.run(&["status", "--json"]);
+        assert!(st.status.success(), "{}", text(&st));
+        let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        let state = v["services"][0]["state"].as_str().unwrap().to_owned();
+        if state != "ready" || std::time::Instant::now() > deadline {
+            break state;
+        }
+    };
+    assert!(
+        state.starts_with("exited") && state.contains('3'),
+        "{state}"
+    );
+    // Its logs are there at the first ask too.
+    let logs = p.run(&["logs", "App"]);
+    assert!(
+        logs.status.success() && text(&logs).contains("READY"),
+        "{}",
+        text(&logs)
+    );
+}
+
+#[test]
+fn a_project_too_deep_for_a_socket_path_works() {
+    let deep = format!("{}/{}", "d".repeat(60), "e".repeat(60));
+    let p = Project::under("deep", &deep, STARTER);
+    assert!(p.0.join(".hitchserve/control.sock").as_os_str().len() > 107);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let status = p.run(&["status"]);
+    assert!(
+        status.status.success() && text(&status).contains("ready"),
+        "{}",
+        text(&status)
+    );
+    let logs = p.run(&["logs", "First", "--until", "READY", "-n", "5"]);
+    assert!(logs.status.success(), "{}", text(&logs));
+    down(&p);
+}
+
+#[test]
+fn a_control_socket_that_cannot_be_made_fails_before_anything_starts() {
+    let p = Project::new("nosocket", STARTER);
+    // A directory where the socket goes: it can't be bound there.
+    std::fs::create_dir_all(p.0.join(".hitchserve/control.sock.starting/busy")).unwrap();
+    let o = p.run(&["up", "--detach"]);
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("cannot listen"), "{t}");
+    assert!(!anything_started(&p), "a service started first: {t}");
+}
+
+#[test]
+fn loose_inputs_are_errors_before_anything_starts() {
+    for (extra, words) in [
+        (
+            "[services.App]\ncommand = [\"true\"]\nenv = { \"A=B\" = \"1\" }\n",
+            "`A=B` can't be an environment variable's name",
+        ),
+        (
+            "[services.App]\ncommand = [\"true\"]\nenv = { \"\" = \"1\" }\n",
+            "can't be an environment variable's name",
+        ),
+        ("[services.App]\ncommand = [\"tr\\u0000ue\"]\n", "NUL byte"),
+        (
+            "[services.App]\ncommand = [\"true\"]\nenv = { A = \"x\\u0000\" }\n",
+            "NUL byte",
+        ),
+        (
+            "[services.App]\ncommand = [\"true\"]\ndirectory = \"a\\u0000b\"\n",
+            "NUL byte",
+        ),
+        (
+            "[services.App]\ncommand = [\"true\"]\nready = { json = \"a..b\" }\n",
+            "not a JSON match",
+        ),
+        (
+            "[services.App]\ncommand = [\"true\"]\ndirectory = \"hitchserve.toml\"\n",
+            "is a file, not a directory",
+        ),
+    ] {
+        let p = Project::new("loose", &format!("{STARTER}\n{extra}"));
+        let o = p.run(&["up", "--detach"]);
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains(words), "{extra}: {t}");
+        assert!(!anything_started(&p), "{extra}: a service started first");
+    }
+    // And on the command line, before asking any bundle.
+    let p = Project::new("looseflags", STARTER);
+    for expr in ["", "=x", "a..b"] {
+        let o = p.run(&["logs", "--until-json", expr]);
+        let t = text(&o);
+        assert!(
+            !o.status.success() && t.contains("not a JSON match"),
+            "{expr:?}: {t}"
+        );
+    }
+    let o = p.run(&["logs", "--until", "("]);
+    assert!(
+        !o.status.success() && text(&o).contains("--until"),
+        "{}",
+        text(&o)
+    );
+}
+
+/// `hitchserve down`, which must succeed.
+fn down(p: &Project) {
+    let o = p.run(&["down"]);
+    assert!(o.status.success(), "down: {}", text(&o));
 }

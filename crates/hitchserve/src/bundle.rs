@@ -428,9 +428,10 @@ impl Bundle {
                 None => project.to_path_buf(),
             };
             if !dir.is_dir() {
-                return Err(Error::DirectoryMissing {
-                    service: name.clone(),
-                    path: dir,
+                let service = name.clone();
+                return Err(match dir.exists() {
+                    true => Error::NotADirectory { service, path: dir },
+                    false => Error::DirectoryMissing { service, path: dir },
                 });
             }
             let mut env = service_env(&base_env, &svc.env, run_id);

@@ -75,6 +75,15 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The service's working directory is a file (or another non-directory).
+    #[error("service `{service}`: `{}` is a file, not a directory: give Service::directory a directory", path.display())]
+    NotADirectory {
+        /// The service.
+        service: String,
+        /// The path, resolved against the project directory.
+        path: PathBuf,
+    },
+
     /// A `needs` entry names no service of the bundle.
     #[error("service `{service}` needs `{need}`, which is not in the bundle (it has: {known})")]
     UnknownNeed {

@@ -96,6 +96,25 @@ fn missing_directory_is_refused() {
 }
 
 #[test]
+fn a_file_given_as_a_directory_is_refused_as_such() {
+    let p = Project::new("fileasdir");
+    std::fs::write(p.path("notes.txt"), "not a directory").unwrap();
+    let mut b = p.bundle();
+    b.add("Good", starter(&p)).unwrap();
+    b.add("Odd", Service::new(["true"]).directory("notes.txt"))
+        .unwrap();
+    let msg = fails_before_starting(
+        &p,
+        &mut b,
+        |e| matches!(e, Error::NotADirectory { service, .. } if service == "Odd"),
+    );
+    assert!(
+        msg.contains("notes.txt` is a file, not a directory"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn unknown_need_is_refused() {
     let p = Project::new("unknownneed");
     let mut b = p.bundle();

@@ -1,6 +1,8 @@
 //! `up` and the control socket, and the client side of every other command.
 //!
-//! The socket (`.hitchserve/control.sock`, 0600 in a 0700 directory) speaks JSON lines: one
+//! The socket (`.hitchserve/control/control.sock`, 0600 in a 0700 directory of its own:
+//! `.hitchserve/` itself is 0711, as the library makes it, so that services run as another
+//! user reach their run directories; `up.log` and `up.lock` there are 0600) speaks JSON lines: one
 //! request object, then one reply object — or, for `logs`, a stream of line objects ended
 //! by an `end` object. A lock file held by the running `up` refuses a second `up`.
 //!
@@ -11,7 +13,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hitchserve::jiff::Timestamp;
-use hitchserve::{Bundle, Error as HsError, Logs, ServiceHandle};
+use hitchserve::{Bundle, Error as HsError, Logs};
 use nix::fcntl::OFlag;
 use serde_json::{json, Value};
 
@@ -39,8 +41,13 @@ const SOCKET: &str = "control.sock";
 /// can't be made fails the `up` at once), renamed to [`SOCKET`] once all are ready.
 const SOCKET_STARTING: &str = "control.sock.starting";
 
+/// The sockets' directory, private to us (0700).
+fn socket_dir(project: &Path) -> PathBuf {
+    state_dir(project).join("control")
+}
+
 fn socket_path(project: &Path) -> PathBuf {
-    state_dir(project).join(SOCKET)
+    socket_dir(project).join(SOCKET)
 }
 
 /// The state directory, open, to reach its sockets by a path that fits in `sun_path`.
@@ -51,7 +58,7 @@ struct StateDir {
 
 impl StateDir {
     fn open(project: &Path) -> Result<StateDir, String> {
-        let path = state_dir(project);
+        let path = socket_dir(project);
         let fd = nix::fcntl::open(
             &path,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -89,7 +96,13 @@ pub fn up(
         ));
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
-    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+    let sockets = socket_dir(project);
+    std::fs::create_dir_all(&sockets)
+        .map_err(|e| format!("cannot create `{}`: {e}", sockets.display()))?;
+    // Nobody else may reach the socket, not even while it is being bound: a directory of
+    // its own, 0700 (`.hitchserve/` is 0711: see the module header).
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot make `{}` private: {e}", sockets.display()))?;
     let refusal = || {
         format!(
             "a bundle is already running in `{}`: see `hitchserve status`, stop it with `hitchserve down`",
@@ -113,6 +126,7 @@ pub fn up(
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&lock_path)
         .map_err(|e| format!("cannot create `{}`: {e}", lock_path.display()))?;
     // SAFETY: a valid descriptor we own.
@@ -123,7 +137,7 @@ pub fn up(
     // The socket first, before anything starts: a project too deep for a socket path, or
     // a directory we can't bind in, fails now rather than once every service is up.
     let state = StateDir::open(project)?;
-    let starting = dir.join(SOCKET_STARTING);
+    let starting = sockets.join(SOCKET_STARTING);
     let sock = socket_path(project);
     let _ = std::fs::remove_file(&sock);
     let _ = std::fs::remove_file(&starting);
@@ -350,9 +364,11 @@ fn detach_up(file: &Path, project: &Path, timeline: bool) -> Result<ExitCode, St
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let log_path = state_dir(project).join("up.log");
+    // The bundle's whole console, secrets included: ours only.
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .map_err(|e| format!("cannot open `{}`: {e}", log_path.display()))?;
     let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
@@ -514,7 +530,7 @@ fn serve(
                 Err(e) => err(e),
             }
         }
-        "exec_env" => match handle(bundle, &service("service")) {
+        "exec_env" => match bundle.service(&service("service")) {
             Ok(svc) => {
                 let env: Vec<Value> = svc
                     .environment()
@@ -542,7 +558,7 @@ fn serve(
                 Ok(s) => s,
                 Err(e) => return reply(&mut out, &json!({"ok": false, "error": e.to_string()})),
             };
-            match handle(bundle, &service("service")).and_then(|s| s.signal(sig)) {
+            match bundle.service(&service("service")).and_then(|s| s.signal(sig)) {
                 Ok(()) => json!({"ok": true}),
                 Err(e) => err(e),
             }
@@ -559,25 +575,12 @@ fn serve(
     reply(&mut out, &answer)
 }
 
-/// A service's handle, also when it crashed: `Bundle::service` reports a crash once, as an
-/// error, to whoever asks first; here the asker wants the service (its state, its logs).
-fn handle(bundle: &Bundle, name: &str) -> Result<ServiceHandle, HsError> {
-    // Each call reports at most one crash, and there are only so many services.
-    for _ in 0..bundle.service_names().len() {
-        match bundle.service(name) {
-            Err(HsError::ServiceExited { .. }) => continue,
-            other => return other,
-        }
-    }
-    bundle.service(name)
-}
-
 fn status(bundle: &Bundle, cfg_ports: &[ServiceInfo]) -> Value {
     let services: Vec<Value> = bundle
         .service_names()
         .iter()
         .map(|name| {
-            let svc = handle(bundle, name).ok();
+            let svc = bundle.service(name).ok();
             let pid = svc.as_ref().and_then(|s| s.pid());
             let state = match &svc {
                 None => "unknown".to_owned(),
@@ -612,7 +615,7 @@ fn status(bundle: &Bundle, cfg_ports: &[ServiceInfo]) -> Value {
 /// Stream log lines: the last N (or all), then, with follow or until, new ones.
 fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<()> {
     let mut view: Logs = match req["service"].as_str() {
-        Some(name) => match handle(bundle, name) {
+        Some(name) => match bundle.service(name) {
             Ok(s) => s.logs(),
             Err(e) => return reply(out, &json!({"end": "error", "error": e.to_string()})),
         },
@@ -806,7 +809,7 @@ fn connect(project: &Path) -> Result<UnixStream, String> {
     // A bundle still starting has no socket yet: wait for it while its `up` lives.
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut waited = false;
-    let dir = state_dir(project);
+    let dir = socket_dir(project);
     loop {
         if let Ok(state) = StateDir::open(project) {
             if let Ok(conn) = UnixStream::connect(state.address(SOCKET)) {

@@ -394,7 +394,8 @@ fn logs_follow_streams_new_lines_and_ends_when_the_bundle_goes_down() {
     );
     // A client of the socket that shuts its writing side after the request still reads.
     let mut raw =
-        std::os::unix::net::UnixStream::connect(p.0.join(".hitchserve/control.sock")).unwrap();
+        std::os::unix::net::UnixStream::connect(p.0.join(".hitchserve/control/control.sock"))
+            .unwrap();
     std::io::Write::write_all(
         &mut raw,
         b"{\"cmd\":\"logs\",\"service\":\"Clock\",\"follow\":true,\"n\":0}\n",
@@ -542,7 +543,8 @@ fn absurd_durations_on_the_command_line_are_errors_before_asking_the_bundle() {
 /// Send one raw request line to the bundle's socket; every reply line.
 fn raw(p: &Project, request: &str) -> Vec<serde_json::Value> {
     let mut conn =
-        std::os::unix::net::UnixStream::connect(p.0.join(".hitchserve/control.sock")).unwrap();
+        std::os::unix::net::UnixStream::connect(p.0.join(".hitchserve/control/control.sock"))
+            .unwrap();
     std::io::Write::write_all(&mut conn, format!("{request}\n").as_bytes()).unwrap();
     BufReader::new(conn)
         .lines()
@@ -632,7 +634,7 @@ fn a_removed_control_socket_is_reported_at_once_and_down_still_works() {
         .nth(1)
         .and_then(|r| r.trim_end_matches([')', '\n']).parse().ok())
         .unwrap_or_else(|| panic!("{out}"));
-    std::fs::remove_file(p.0.join(".hitchserve/control.sock")).unwrap();
+    std::fs::remove_file(p.0.join(".hitchserve/control/control.sock")).unwrap();
     let patience = std::time::Duration::from_secs(60);
     for args in [&["status"][..], &["logs"][..], &["now"][..]] {
         let o = output_within(p.cmd(args), patience);
@@ -733,7 +735,12 @@ fn status_right_after_a_crash_says_exited() {
 fn a_project_too_deep_for_a_socket_path_works() {
     let deep = format!("{}/{}", "d".repeat(60), "e".repeat(60));
     let p = Project::under("deep", &deep, STARTER);
-    assert!(p.0.join(".hitchserve/control.sock").as_os_str().len() > 107);
+    assert!(
+        p.0.join(".hitchserve/control/control.sock")
+            .as_os_str()
+            .len()
+            > 107
+    );
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
     let status = p.run(&["status"]);
@@ -751,7 +758,7 @@ fn a_project_too_deep_for_a_socket_path_works() {
 fn a_control_socket_that_cannot_be_made_fails_before_anything_starts() {
     let p = Project::new("nosocket", STARTER);
     // A directory where the socket goes: it can't be bound there.
-    std::fs::create_dir_all(p.0.join(".hitchserve/control.sock.starting/busy")).unwrap();
+    std::fs::create_dir_all(p.0.join(".hitchserve/control/control.sock.starting/busy")).unwrap();
     let o = p.run(&["up", "--detach"]);
     let t = text(&o);
     assert!(!o.status.success() && t.contains("cannot listen"), "{t}");

@@ -295,6 +295,18 @@ user = "nobody"
     let p = Project::new(work.join("proj"), &tmp, &toml);
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
+    // What the CLI keeps is private, but for what service users must pass through.
+    let mode = |rel: &str| {
+        std::fs::metadata(p.dir.join(rel))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode(".hitchserve"), 0o711);
+    assert_eq!(mode(".hitchserve/control"), 0o700);
+    assert_eq!(mode(".hitchserve/up.log"), 0o600);
+    assert_eq!(mode(".hitchserve/up.lock"), 0o600);
     let sql = p.run(&[
         "exec",
         "Postgres",

@@ -6,12 +6,18 @@
 //! `all.log` holds their lines — every line's offset there is known — and queries read them
 //! back from the file. So memory stays bounded and nothing is lost.
 //!
+//! Unless `all.log` fails (a full disk, the run directory deleted): then lines not on disk
+//! can only live in memory, and past the limit the oldest of them are dropped — counted, said
+//! in a warning and in an error from the bundle's next call, and shown by queries as lost
+//! lines (`LogLine::is_lost`), never as wrong data. The newest lines are kept: they are the
+//! ones a failing test's error quotes.
+//!
 //! Invariants: `entries[i]` is the line with seq `i`; a block is only appended to while the
 //! store holds its only reference (`Arc::get_mut`); a block is only spilled once the log
 //! writer reports its bytes written; user code (predicates) never runs under the lock.
 
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +50,8 @@ struct Entry {
 }
 
 struct Slot {
+    /// Seq of its first line (its lines have consecutive seqs).
+    first: u64,
     /// `None` once spilled.
     data: Option<Arc<Vec<u8>>>,
     /// Lines in it: bounded, so the file range read back for one spilled line stays small
@@ -76,6 +84,30 @@ struct Inner {
     ended: Vec<usize>,
     /// The bundle has shut down: no line will ever arrive again.
     closed: bool,
+    /// `all.log` could not be written: lines past `durable` only live in memory.
+    failure: Option<FileFailure>,
+    /// Lines (and their bytes) that are not in `all.log` because it failed.
+    unwritten: (u64, u64),
+    /// Of those, lines (and bytes) also dropped from memory: gone.
+    lost: (u64, u64),
+}
+
+struct FileFailure {
+    /// What went wrong, for messages.
+    reason: String,
+    /// Bytes of `all.log` that can still be read back: lines ending past it are not there.
+    durable: u64,
+    /// The error was returned by a call on the bundle already.
+    reported: bool,
+}
+
+/// What the store knows of lines that did not reach `all.log`, for `Bundle::log_stats`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Losses {
+    pub unwritten_lines: u64,
+    pub unwritten_bytes: u64,
+    pub lost_lines: u64,
+    pub lost_bytes: u64,
 }
 
 /// Shared by the bundle, its supervisor threads and every `Logs` handle.
@@ -97,7 +129,10 @@ struct Picked {
     entry: Entry,
     source: Arc<Source>,
     data: Option<Arc<Vec<u8>>>,
+    /// The part of all.log to read back for it (up to what is readable there).
     file_range: (u64, u64),
+    /// Neither in memory nor in all.log.
+    lost: bool,
 }
 
 impl LogStore {
@@ -117,6 +152,9 @@ impl LogStore {
                 prefixes: Vec::new(),
                 ended: Vec::new(),
                 closed: false,
+                failure: None,
+                unwritten: (0, 0),
+                lost: (0, 0),
             }),
             grown: Condvar::new(),
         }
@@ -193,12 +231,17 @@ impl LogStore {
         let inner = &mut *inner;
         let first_seq = inner.entries.len() as u64;
         let mut rendered = Vec::new();
+        let writing = inner.files.is_some() && inner.failure.is_none();
         for &(bytes, newline) in lines {
             let (block, start) = put(inner, bytes);
-            let file = if inner.files.is_some() {
+            let file = if writing {
                 let prefix = &inner.prefixes[source.id as usize];
                 render(&mut rendered, &mut inner.file_pos, prefix, bytes)
             } else {
+                if inner.failure.is_some() {
+                    inner.unwritten.0 += 1;
+                    inner.unwritten.1 += bytes.len() as u64;
+                }
                 NO_FILE
             };
             note_file_range(&mut inner.blocks[block as usize], file, bytes.len() as u32);
@@ -252,10 +295,67 @@ impl LogStore {
         spill(&mut inner, written);
     }
 
-    /// Lines stored, and bytes of them held in memory.
-    pub(crate) fn stats(&self) -> (u64, usize, usize) {
+    /// Lines stored, bytes of them held in memory, the limit, and what `all.log` misses.
+    pub(crate) fn stats(&self) -> (u64, usize, usize, Losses) {
         let inner = self.lock();
-        (inner.entries.len() as u64, inner.held, inner.limit)
+        (
+            inner.entries.len() as u64,
+            inner.held,
+            inner.limit,
+            losses(&inner),
+        )
+    }
+
+    /// `all.log` failed for good (`reason`): from now on lines live in memory only. Returns
+    /// the warning to give, with what is missing from the file so far.
+    pub(crate) fn files_failed(&self, reason: String) -> String {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let durable = inner.files.as_ref().map_or(0, |f| f.written());
+        // The file is in seq order: the lines it misses are the last ones.
+        let mut i = inner.entries.len();
+        while i > 0 && !is_durable(&inner.entries[i - 1], durable) {
+            i -= 1;
+            inner.unwritten.0 += 1;
+            inner.unwritten.1 += u64::from(inner.entries[i].len);
+        }
+        inner.failure = Some(FileFailure {
+            reason,
+            durable,
+            reported: false,
+        });
+        spill(inner, durable);
+        let path = inner.file_path.as_deref().unwrap_or(Path::new("all.log"));
+        let f = inner.failure.as_ref().map_or("", |f| f.reason.as_str());
+        format!(
+            "could not write `{}` ({f}): {} missing from it so far; later lines are kept in memory only, and beyond the log memory limit ({}) the oldest of them are dropped (Bundle::log_stats counts them)",
+            path.display(),
+            amount(inner.unwritten.0, inner.unwritten.1),
+            bytes(inner.limit as u64),
+        )
+    }
+
+    /// The failure of `all.log` as an error, if any (with `once`, only if not returned
+    /// before).
+    pub(crate) fn file_failure(&self, once: bool) -> Option<crate::error::Error> {
+        let mut inner = self.lock();
+        let losses = losses(&inner);
+        let path = inner.file_path.clone().unwrap_or_default();
+        let f = inner.failure.as_mut()?;
+        if once && f.reported {
+            return None;
+        }
+        if once {
+            f.reported = true;
+        }
+        Some(crate::error::Error::LogFileFailed {
+            path,
+            reason: f.reason.clone(),
+            lines_not_written: losses.unwritten_lines,
+            bytes_not_written: losses.unwritten_bytes,
+            lines_lost: losses.lost_lines,
+            bytes_lost: losses.lost_bytes,
+        })
     }
 
     /// The bundle has stopped: flush and close `all.log`, and end every pending wait.
@@ -298,7 +398,7 @@ impl LogStore {
                 .filter(|&i| filter.matches(&inner.sources[inner.entries[i].source as usize]))
                 .map(|i| pick(&inner, i))
                 .collect::<Vec<_>>();
-            (picked, inner.file_path.clone())
+            (picked, inner.files.clone())
         };
         self.materialise(picked, path)
     }
@@ -313,7 +413,7 @@ impl LogStore {
                 .take(n)
                 .map(|i| pick(&inner, i))
                 .collect::<Vec<_>>();
-            (picked, inner.file_path.clone())
+            (picked, inner.files.clone())
         };
         picked.reverse();
         self.materialise(picked, path)
@@ -377,7 +477,7 @@ impl LogStore {
             }
             *pos = i as u64;
             if !picked.is_empty() {
-                let path = inner.file_path.clone();
+                let path = inner.files.clone();
                 drop(inner);
                 return Batch::Lines(self.materialise(picked, path));
             }
@@ -403,9 +503,9 @@ impl LogStore {
 
     /// Turn picked lines into `LogLine`s, reading spilled blocks back from `all.log` (one
     /// read per block, outside the lock).
-    fn materialise(&self, picked: Vec<Picked>, path: Option<PathBuf>) -> Vec<LogLine> {
+    fn materialise(&self, picked: Vec<Picked>, files: Option<Arc<LogFiles>>) -> Vec<LogLine> {
         let mut loaded: Option<(u64, Arc<Vec<u8>>)> = None;
-        let mut file = None;
+        let file = files.as_deref().and_then(LogFiles::file);
         picked
             .into_iter()
             .map(|p| {
@@ -414,26 +514,33 @@ impl LogStore {
                 if let Some(data) = p.data {
                     return LogLine::new(p.seq, source, data, e.start, e.len, e.newline, e.time);
                 }
+                let lost = |why: &str| {
+                    let note = format!("[hitchserve: this line ({} bytes) is lost: {why}]", e.len)
+                        .into_bytes();
+                    let len = note.len() as u32;
+                    let note = Arc::new(note);
+                    let source = Arc::clone(&source);
+                    LogLine::new(p.seq, source, note, 0, len, e.newline, e.time).into_lost()
+                };
+                if p.lost {
+                    return lost(
+                        "all.log could not be written and the log memory limit was reached",
+                    );
+                }
                 let (from, to) = p.file_range;
                 let block = match &loaded {
                     Some((start, data)) if *start == from => Arc::clone(data),
                     _ => {
-                        let data = Arc::new(read_back(&mut file, path.as_ref(), from, to));
+                        let data = Arc::new(read_back(file, from, to));
                         loaded = Some((from, Arc::clone(&data)));
                         data
                     }
                 };
                 let start = e.file.saturating_sub(from) as u32;
-                if (start as usize + e.len as usize) <= block.len() {
+                if e.file >= from && (start as usize + e.len as usize) <= block.len() {
                     LogLine::new(p.seq, source, block, start, e.len, e.newline, e.time)
                 } else {
-                    let note = format!(
-                        "[hitchserve: line {} was moved to all.log to save memory and could not be read back]",
-                        p.seq
-                    )
-                    .into_bytes();
-                    let len = note.len() as u32;
-                    LogLine::new(p.seq, source, Arc::new(note), 0, len, e.newline, e.time)
+                    lost("it was moved to all.log to save memory and could not be read back")
                 }
             })
             .collect()
@@ -443,12 +550,44 @@ impl LogStore {
 fn pick(inner: &Inner, i: usize) -> Picked {
     let e = inner.entries[i];
     let slot = &inner.blocks[e.block as usize];
+    // Without a failure, a line leaves memory only once all.log has it.
+    let durable = inner.failure.as_ref().map_or(u64::MAX, |f| f.durable);
     Picked {
         seq: i as u64,
         entry: e,
         source: Arc::clone(&inner.sources[e.source as usize]),
         data: slot.data.clone(),
-        file_range: (slot.file_start, slot.file_end),
+        file_range: (slot.file_start, slot.file_end.min(durable)),
+        lost: slot.data.is_none() && !is_durable(&e, durable),
+    }
+}
+
+/// Whether all.log holds the line, given how much of it is readable.
+fn is_durable(e: &Entry, durable: u64) -> bool {
+    e.file != NO_FILE && e.file.saturating_add(u64::from(e.len)) <= durable
+}
+
+fn losses(inner: &Inner) -> Losses {
+    Losses {
+        unwritten_lines: inner.unwritten.0,
+        unwritten_bytes: inner.unwritten.1,
+        lost_lines: inner.lost.0,
+        lost_bytes: inner.lost.1,
+    }
+}
+
+/// `3 lines (120 bytes)`, for messages.
+pub(crate) fn amount(lines: u64, n: u64) -> String {
+    let l = if lines == 1 { "line" } else { "lines" };
+    format!("{lines} {l} ({})", bytes(n))
+}
+
+/// A byte count for people: `512 bytes`, `3.0 KiB`, `8.0 MiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} bytes"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
     }
 }
 
@@ -474,6 +613,7 @@ fn put(inner: &mut Inner, bytes: &[u8]) -> (u32, u32) {
     v.extend_from_slice(bytes);
     inner.held += capacity;
     inner.blocks.push(Slot {
+        first: inner.entries.len() as u64,
         data: Some(Arc::new(v)),
         lines: 1,
         open: true,
@@ -507,34 +647,40 @@ fn render(out: &mut Vec<u8>, pos: &mut u64, prefix: &[u8], bytes: &[u8]) -> u64 
     at
 }
 
-/// Drop the oldest blocks from memory while over the limit, if their lines are on disk.
+/// Drop the oldest blocks from memory while over the limit, if their lines are on disk —
+/// or, once all.log has failed, whether they are or not (counting the lines lost).
 fn spill(inner: &mut Inner, written: u64) {
+    let durable = inner.failure.as_ref().map(|f| f.durable);
     let last = inner.blocks.len().saturating_sub(1);
     while inner.held > inner.limit && inner.spill_from < last {
-        let slot = &mut inner.blocks[inner.spill_from];
-        if let Some(data) = slot.data.as_ref() {
-            if slot.file_start == NO_FILE || slot.file_end > written {
-                // all.log doesn't have these lines yet: keep them until it does.
-                return;
+        let slot = &inner.blocks[inner.spill_from];
+        if let Some(capacity) = slot.data.as_ref().map(|d| d.capacity()) {
+            match durable {
+                None if slot.file_start == NO_FILE || slot.file_end > written => {
+                    // all.log doesn't have these lines yet: keep them until it does.
+                    return;
+                }
+                None => {}
+                Some(durable) => {
+                    for seq in slot.first..slot.first + u64::from(slot.lines) {
+                        let e = inner.entries[seq as usize];
+                        if !is_durable(&e, durable) {
+                            inner.lost.0 += 1;
+                            inner.lost.1 += u64::from(e.len);
+                        }
+                    }
+                }
             }
-            inner.held = inner.held.saturating_sub(data.capacity());
-            slot.data = None;
+            inner.held = inner.held.saturating_sub(capacity);
+            inner.blocks[inner.spill_from].data = None;
         }
         inner.spill_from += 1;
     }
 }
 
 /// Read a spilled block's file range back; empty on failure (callers mark such lines).
-fn read_back(
-    file: &mut Option<std::fs::File>,
-    path: Option<&PathBuf>,
-    from: u64,
-    to: u64,
-) -> Vec<u8> {
-    if file.is_none() {
-        *file = path.and_then(|p| std::fs::File::open(p).ok());
-    }
-    let Some(f) = file.as_ref() else {
+fn read_back(file: Option<&std::fs::File>, from: u64, to: u64) -> Vec<u8> {
+    let Some(f) = file else {
         return Vec::new();
     };
     let mut buf = vec![0u8; to.saturating_sub(from) as usize];

@@ -791,6 +791,7 @@ impl Bundle {
             lines,
             bytes_in_memory,
             memory_limit,
+            peak_bytes_in_memory: losses.peak,
             lines_not_written: losses.unwritten_lines,
             bytes_not_written: losses.unwritten_bytes,
             lines_lost: losses.lost_lines,
@@ -1259,6 +1260,9 @@ pub struct LogStats {
     pub bytes_in_memory: usize,
     /// The limit set by [`Bundle::log_memory_limit`].
     pub memory_limit: usize,
+    /// The most bytes of line storage there have been in memory at once. It can pass the
+    /// limit by what the log writer has not yet put on disk.
+    pub peak_bytes_in_memory: usize,
     /// Lines not written to the run's `all.log` because it failed (a full disk, the run
     /// directory deleted); 0 while all is well.
     pub lines_not_written: u64,

@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 
 /// How long lines may wait in memory before they are written out.
 const BATCH: Duration = Duration::from_millis(20);
+/// Bytes waiting to be written past which the writer starts at once: a fast producer (a
+/// huge line, say) must not pile up a whole `BATCH` worth of output in memory.
+const URGENT: u64 = 1 << 20;
 
 use crate::rundir::RunDir;
 
@@ -37,6 +40,10 @@ pub(crate) struct LogFiles {
     closing: Arc<AtomicBool>,
     /// Bytes of all.log written out so far: lines below this offset can be read back.
     written: Arc<AtomicU64>,
+    /// Bytes sent to the writer so far.
+    sent: Arc<AtomicU64>,
+    /// The writer thread, to wake it early.
+    thread: std::thread::Thread,
     /// The open all.log, for reading spilled lines back (set once the writer created it).
     file: Arc<OnceLock<File>>,
     tx: Mutex<Option<Sender<Vec<u8>>>>,
@@ -58,6 +65,8 @@ impl LogFiles {
         let closing_w = Arc::clone(&closing);
         let written = Arc::new(AtomicU64::new(0));
         let written_w = Arc::clone(&written);
+        let sent = Arc::new(AtomicU64::new(0));
+        let sent_w = Arc::clone(&sent);
         let file_cell = Arc::new(OnceLock::new());
         let file_w = Arc::clone(&file_cell);
         let writer = std::thread::Builder::new()
@@ -91,7 +100,11 @@ impl LogFiles {
                     // The flag, not just the unpark, says we are closing: the channel's own
                     // blocking may have consumed the unpark token already.
                     let until = Instant::now() + BATCH;
-                    while !closing_w.load(Ordering::Acquire) {
+                    let backlog = || {
+                        let sent = sent_w.load(Ordering::Acquire);
+                        sent.saturating_sub(written_w.load(Ordering::Acquire))
+                    };
+                    while !closing_w.load(Ordering::Acquire) && backlog() < URGENT {
                         let left = until.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             break;
@@ -149,7 +162,9 @@ impl LogFiles {
             })?;
         Ok(LogFiles {
             closing,
+            thread: writer.thread().clone(),
             written,
+            sent,
             file: file_cell,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
@@ -161,8 +176,13 @@ impl LogFiles {
         if bytes.is_empty() {
             return;
         }
+        let len = bytes.len() as u64;
         if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             let _ = tx.send(bytes);
+        }
+        let sent = self.sent.fetch_add(len, Ordering::AcqRel) + len;
+        if sent.saturating_sub(self.written()) >= URGENT {
+            self.thread.unpark();
         }
     }
 

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-pub(crate) use split::LineSplitter;
+pub(crate) use split::{End, LineSplitter};
 pub(crate) use store::{amount, LogStore};
 
 /// Which output of a service (or of the bundle itself) a line came from.

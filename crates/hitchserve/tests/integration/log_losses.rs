@@ -2,12 +2,9 @@
 //! bundle says so at once, its next call returns an error, memory stays within the limit,
 //! and what was lost is counted and shown as lost — never as wrong data.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use hitchserve::{Error, LogLine, Service};
 
-use crate::common::{Project, PATIENCE};
+use crate::common::{Project, Tmpfs, PATIENCE};
 
 /// Lines the filler writes, each `line NNNNNN ` padded with dots to 99 bytes.
 const LINES: usize = 40_000;
@@ -31,39 +28,6 @@ time.sleep(1000)
 
 fn expected(i: usize) -> String {
     format!("{:.<99}", format!("line {i:06} "))
-}
-
-/// A small tmpfs mounted for one test, unmounted (lazily: a service may still hold a file
-/// there) when dropped.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// `None` (with the reason printed) when it can't be done here: only root may mount.
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        // SAFETY: a plain syscall without arguments.
-        if unsafe { libc::geteuid() } != 0 {
-            println!("skipped: mounting a small tmpfs to fill needs root (CI runs as root)");
-            return None;
-        }
-        std::fs::create_dir_all(dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "mount -t tmpfs failed as root");
-        Some(Tmpfs {
-            dir: dir.to_owned(),
-        })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
 }
 
 /// Waits for the warning, the filler's last line and DONE; returns the error the next call

@@ -39,7 +39,7 @@ const NO_FILE: u64 = u64::MAX;
 const LONG: u32 = u32::MAX;
 /// `Slot::long` of a block that is not a piece of a long line.
 const NOT_LONG: u32 = u32::MAX;
-/// How long a reader waits, past 1.5 times the limit, for the log writer to make progress
+/// How long a reader waits, past twice the limit, for the log writer to make progress
 /// before going on without it (a stuck disk must slow services down, never hang them).
 const WRITER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Smallest piece a long line is cut into.
@@ -375,7 +375,7 @@ impl LogStore {
     }
 
     /// The writer is far behind a fast producer (a slow disk): hold this reader back until
-    /// memory is within 1.5 times the limit again, so it stays bounded, or the writer has
+    /// memory is within twice the limit again, so it stays bounded, or the writer has
     /// made no progress for `WRITER_PATIENCE` (then not again until it does: a stalled disk
     /// costs a service one such wait, and memory grows as it must). The service only notices
     /// once its pipe is full. Not when all.log has failed: then memory is bounded by
@@ -781,10 +781,10 @@ fn append_piece(
     None
 }
 
-/// Memory is past 1.5 times the limit because the writer is behind (waiting for it would
+/// Memory is past twice the limit because the writer is behind (waiting for it would
 /// help: it has not written everything yet).
 fn over_bound(inner: &Inner, written: u64) -> bool {
-    inner.held > inner.limit.saturating_add(inner.limit / 2)
+    inner.held > inner.limit.saturating_mul(2)
         && written < inner.file_pos
         && inner.stuck_at != Some(written)
 }

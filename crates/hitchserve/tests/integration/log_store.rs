@@ -211,7 +211,7 @@ time.sleep(1000)
 
 #[test]
 fn a_huge_line_is_stored_in_pieces_within_the_memory_limit_and_read_back_exactly() {
-    const LIMIT: usize = 1 << 20;
+    const LIMIT: usize = 4 << 20;
     let p = Project::new("huge-line");
     // On a tmpfs, so that the peak measures the store, not how busy the disk is.
     let Some(disk) = Tmpfs::mount(&p.path("disk"), "256m") else {
@@ -250,7 +250,7 @@ fn a_huge_line_is_stored_in_pieces_within_the_memory_limit_and_read_back_exactly
     // The line was never whole in memory (as one block it would be 24 MiB at once): only
     // the pieces the log writer had not put on disk yet, a few MiB.
     let peak = b.log_stats().peak_bytes_in_memory;
-    assert!(peak <= 12 << 20, "{peak} bytes were held at once");
+    assert!(peak <= 16 << 20, "{peak} bytes were held at once");
     // Everything is on disk once the bundle stops: memory is back within the limit (give or
     // take one piece and a block), the huge line's pieces included.
     b.shutdown().unwrap();

@@ -28,11 +28,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long lines may wait in memory before they are written out.
+/// How long lines may wait in memory before they are written out (unless a reader waits
+/// for the writer: see `hurry`).
 const BATCH: Duration = Duration::from_millis(20);
-/// Bytes waiting to be written past which the writer starts at once: a fast producer (a
-/// huge line, say) must not pile up a whole `BATCH` worth of output in memory.
-const URGENT: u64 = 1 << 20;
 
 use crate::rundir::RunDir;
 
@@ -40,8 +38,8 @@ pub(crate) struct LogFiles {
     closing: Arc<AtomicBool>,
     /// Bytes of all.log written out so far: lines below this offset can be read back.
     written: Arc<AtomicU64>,
-    /// Bytes sent to the writer so far.
-    sent: Arc<AtomicU64>,
+    /// Set to make the writer start its batch at once.
+    hurry: Arc<AtomicBool>,
     /// The writer thread, to wake it early.
     thread: std::thread::Thread,
     /// The open all.log, for reading spilled lines back (set once the writer created it).
@@ -65,8 +63,8 @@ impl LogFiles {
         let closing_w = Arc::clone(&closing);
         let written = Arc::new(AtomicU64::new(0));
         let written_w = Arc::clone(&written);
-        let sent = Arc::new(AtomicU64::new(0));
-        let sent_w = Arc::clone(&sent);
+        let hurry = Arc::new(AtomicBool::new(false));
+        let hurry_w = Arc::clone(&hurry);
         let file_cell = Arc::new(OnceLock::new());
         let file_w = Arc::clone(&file_cell);
         let writer = std::thread::Builder::new()
@@ -100,11 +98,9 @@ impl LogFiles {
                     // The flag, not just the unpark, says we are closing: the channel's own
                     // blocking may have consumed the unpark token already.
                     let until = Instant::now() + BATCH;
-                    let backlog = || {
-                        let sent = sent_w.load(Ordering::Acquire);
-                        sent.saturating_sub(written_w.load(Ordering::Acquire))
-                    };
-                    while !closing_w.load(Ordering::Acquire) && backlog() < URGENT {
+                    while !closing_w.load(Ordering::Acquire)
+                        && !hurry_w.swap(false, Ordering::AcqRel)
+                    {
                         let left = until.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             break;
@@ -164,7 +160,7 @@ impl LogFiles {
             closing,
             thread: writer.thread().clone(),
             written,
-            sent,
+            hurry,
             file: file_cell,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
@@ -176,13 +172,8 @@ impl LogFiles {
         if bytes.is_empty() {
             return;
         }
-        let len = bytes.len() as u64;
         if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             let _ = tx.send(bytes);
-        }
-        let sent = self.sent.fetch_add(len, Ordering::AcqRel) + len;
-        if sent.saturating_sub(self.written()) >= URGENT {
-            self.thread.unpark();
         }
     }
 
@@ -190,6 +181,13 @@ impl LogFiles {
     /// write error, at what the file holds then).
     pub(crate) fn written(&self) -> u64 {
         self.written.load(Ordering::Acquire)
+    }
+
+    /// A reader is waiting for the writer (memory is far past the limit): write now rather
+    /// than at the end of the batch.
+    pub(crate) fn hurry(&self) {
+        self.hurry.store(true, Ordering::Release);
+        self.thread.unpark();
     }
 
     /// The open all.log, to read spilled lines back from (`None` before it is created or if

@@ -300,13 +300,16 @@ impl LogStore {
         let first_seq = inner.entries.len() as u64;
         let mut rendered = Vec::new();
         let writing = inner.files.is_some() && inner.failure.is_none();
-        // Only the first of them can end a long line: after it comes a newline.
-        let mut long = inner.open_long[source.id as usize];
-        for &(bytes, end) in lines {
-            if long.is_some() || end == End::Piece {
-                long = append_piece(inner, source, bytes, end, writing, &mut rendered, time);
-                continue;
+        // Only the first of them can be (or end) a long line: a piece comes alone, and
+        // after the end of a long line comes a newline.
+        let mut rest = lines;
+        if let Some(&(bytes, end)) = lines.first() {
+            if end == End::Piece || inner.open_long[source.id as usize].is_some() {
+                append_piece(inner, source, bytes, end, writing, &mut rendered, time);
+                rest = &lines[1..];
             }
+        }
+        for &(bytes, end) in rest {
             let newline = end == End::Newline;
             let (block, start) = put(inner, bytes);
             let file = if writing {
@@ -339,10 +342,7 @@ impl LogStore {
             .map(|seq| {
                 let e = inner.entries[seq as usize];
                 if e.block == LONG {
-                    // Rare: join it now (its last pieces are still in memory).
-                    let picked = vec![pick(inner, seq as usize)];
-                    let files = inner.files.clone();
-                    return self.materialise(picked, files).remove(0);
+                    return self.join_now(inner, seq);
                 }
                 let data = inner.blocks[e.block as usize]
                     .data
@@ -374,6 +374,15 @@ impl LogStore {
         stored
     }
 
+    /// A long line just stored, joined (its last pieces are still in memory).
+    #[cold]
+    #[inline(never)]
+    fn join_now(&self, inner: &Inner, seq: u64) -> LogLine {
+        let picked = vec![pick(inner, seq as usize)];
+        let files = inner.files.clone();
+        self.materialise(picked, files).remove(0)
+    }
+
     /// The writer is far behind a fast producer (a slow disk): hold this reader back until
     /// memory is within twice the limit again, so it stays bounded, or the writer has
     /// made no progress for `WRITER_PATIENCE` (then not again until it does: a stalled disk
@@ -385,6 +394,9 @@ impl LogStore {
             let written = inner.files.as_ref().map_or(0, |f| f.written());
             if !over_bound(&inner, written) || inner.failure.is_some() || inner.closed {
                 return;
+            }
+            if let Some(files) = inner.files.as_ref() {
+                files.hurry();
             }
             let held = inner.held;
             let (guard, timeout) = self
@@ -667,11 +679,32 @@ impl LogStore {
     }
 }
 
+#[inline]
 fn pick(inner: &Inner, i: usize) -> Picked {
     let e = inner.entries[i];
+    if e.block == LONG {
+        return pick_long(inner, i);
+    }
     // Without a failure, a line leaves memory only once all.log has it.
     let durable = inner.failure.as_ref().map_or(u64::MAX, |f| f.durable);
-    if e.block == LONG {
+    let slot = &inner.blocks[e.block as usize];
+    Picked {
+        seq: i as u64,
+        entry: e,
+        source: Arc::clone(&inner.sources[e.source as usize]),
+        data: slot.data.clone(),
+        file_range: (slot.file_start, slot.file_end.min(durable)),
+        lost: slot.data.is_none() && !is_durable(&e, durable),
+        pieces: None,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn pick_long(inner: &Inner, i: usize) -> Picked {
+    let e = inner.entries[i];
+    let durable = inner.failure.as_ref().map_or(u64::MAX, |f| f.durable);
+    {
         let long = &inner.longs[e.start as usize];
         let pieces = long
             .pieces
@@ -684,7 +717,7 @@ fn pick(inner: &Inner, i: usize) -> Picked {
                 )
             })
             .collect();
-        return Picked {
+        Picked {
             seq: i as u64,
             entry: e,
             source: Arc::clone(&inner.sources[e.source as usize]),
@@ -692,17 +725,7 @@ fn pick(inner: &Inner, i: usize) -> Picked {
             file_range: (0, 0),
             lost: long.lost,
             pieces: Some(pieces),
-        };
-    }
-    let slot = &inner.blocks[e.block as usize];
-    Picked {
-        seq: i as u64,
-        entry: e,
-        source: Arc::clone(&inner.sources[e.source as usize]),
-        data: slot.data.clone(),
-        file_range: (slot.file_start, slot.file_end.min(durable)),
-        lost: slot.data.is_none() && !is_durable(&e, durable),
-        pieces: None,
+        }
     }
 }
 
@@ -719,7 +742,9 @@ fn entry_durable(inner: &Inner, e: &Entry, durable: u64) -> bool {
 }
 
 /// Store one piece of a long line from `source` (rendered as an all.log line of its own);
-/// with the last piece, the line gets its entry. Returns the long line still open, if any.
+/// with the last piece, the line gets its entry.
+#[cold]
+#[inline(never)]
 fn append_piece(
     inner: &mut Inner,
     source: &Source,
@@ -728,7 +753,7 @@ fn append_piece(
     writing: bool,
     rendered: &mut Vec<u8>,
     time: u64,
-) -> Option<u32> {
+) {
     let sid = source.id as usize;
     let k = *inner.open_long[sid].get_or_insert_with(|| {
         inner.longs.push(Long::default());
@@ -761,7 +786,7 @@ fn append_piece(
     long.pieces.push((inner.blocks.len() - 1) as u32);
     long.len += bytes.len() as u64;
     if end == End::Piece {
-        return Some(k);
+        return;
     }
     inner.open_long[sid] = None;
     let len = long.len as u32;
@@ -778,7 +803,6 @@ fn append_piece(
         file: NO_FILE,
         time,
     });
-    None
 }
 
 /// Memory is past twice the limit because the writer is behind (waiting for it would

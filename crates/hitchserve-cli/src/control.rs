@@ -558,7 +558,10 @@ fn serve(
                 Ok(s) => s,
                 Err(e) => return reply(&mut out, &json!({"ok": false, "error": e.to_string()})),
             };
-            match bundle.service(&service("service")).and_then(|s| s.signal(sig)) {
+            match bundle
+                .service(&service("service"))
+                .and_then(|s| s.signal(sig))
+            {
                 Ok(()) => json!({"ok": true}),
                 Err(e) => err(e),
             }

@@ -159,7 +159,9 @@ impl Bundle {
 
     /// How many bytes of log lines to keep in memory (default 64 MiB for the whole bundle).
     /// Older lines beyond it live only in the run's `all.log`, from which queries read them
-    /// back: nothing is lost, memory stays bounded for chatty services.
+    /// back: nothing is lost, memory stays bounded for chatty services. If `all.log` can't be
+    /// written (a full disk), memory still stays bounded: the oldest lines not on disk are
+    /// dropped, with a warning and an error ([`Error::LogFileFailed`]).
     pub fn log_memory_limit(self, bytes: usize) -> Bundle {
         self.output.store.set_limit(bytes);
         self
@@ -297,12 +299,13 @@ impl Bundle {
                 store.relieve();
             }
         };
-        let warn = move |msg: String| {
+        let on_failed = move |reason: String| {
             if let Some(output) = output.upgrade() {
-                output.warn(&msg);
+                let warning = output.store.files_failed(reason);
+                output.warn(&warning);
             }
         };
-        let files = match LogFiles::start(run.clone(), warn, on_written) {
+        let files = match LogFiles::start(run.clone(), on_failed, on_written) {
             Ok(files) => files,
             Err(source) => {
                 guardian::remove_run(&run.id);
@@ -825,11 +828,16 @@ impl Bundle {
     /// How many log lines the bundle holds, and how many bytes of them are in memory (the
     /// rest are read back from `all.log` when asked for).
     pub fn log_stats(&self) -> LogStats {
-        let (lines, bytes_in_memory, memory_limit) = self.output.store.stats();
+        let (lines, bytes_in_memory, memory_limit, losses) = self.output.store.stats();
         LogStats {
             lines,
             bytes_in_memory,
             memory_limit,
+            peak_bytes_in_memory: losses.peak,
+            lines_not_written: losses.unwritten_lines,
+            bytes_not_written: losses.unwritten_bytes,
+            lines_lost: losses.lost_lines,
+            bytes_lost: losses.lost_bytes,
         }
     }
 
@@ -837,9 +845,9 @@ impl Bundle {
         self.shared.as_ref().ok_or(Error::NotRunning)
     }
 
-    /// A handle on one service: its logs, pid and state.
-    ///
-    /// Reports, once, a service of the bundle that exited after it was ready.
+    /// A handle on one service: its logs, pid and state — also after it crashed (a crash,
+    /// or the run's `all.log` failing, [`Error::LogFileFailed`], is reported by
+    /// [`Bundle::check`], the next time travel, `signal` or `shutdown`).
     pub fn service(&self, name: &str) -> Result<ServiceHandle> {
         let shared = self.running()?;
         let idx = shared
@@ -863,8 +871,9 @@ impl Bundle {
         })
     }
 
-    /// An error if any service exited after it was ready (every time it is asked; the other
-    /// calls that report a crash do so once).
+    /// An error if any service exited after it was ready, or else if the run's `all.log`
+    /// could not be written (every time it is asked; the other calls that report these do
+    /// so once).
     pub fn check(&self) -> Result<()> {
         match &self.shared {
             Some(shared) => report_crash(shared, None, false),
@@ -918,7 +927,8 @@ impl std::fmt::Debug for Bundle {
     }
 }
 
-/// The error for a service (or any, with `only == None`) that exited after readiness.
+/// The error for a service (or any, with `only == None`) that exited after readiness, or
+/// (for the whole bundle) for its log file failing.
 /// With `once`, a crash already reported is not reported again.
 fn report_crash(shared: &Shared, only: Option<usize>, once: bool) -> Result<()> {
     let found = {
@@ -939,7 +949,11 @@ fn report_crash(shared: &Shared, only: Option<usize>, once: bool) -> Result<()> 
             })
     };
     match found {
-        None => Ok(()),
+        // A crash first: it is what the test most needs to hear of.
+        None => match only {
+            None => shared.output.store.file_failure(once).map_or(Ok(()), Err),
+            Some(_) => Ok(()),
+        },
         Some((idx, status)) => Err(Error::ServiceExited {
             service: shared.plans[idx].name.clone(),
             status,
@@ -1343,6 +1357,19 @@ pub struct LogStats {
     pub bytes_in_memory: usize,
     /// The limit set by [`Bundle::log_memory_limit`].
     pub memory_limit: usize,
+    /// The most bytes of line storage there have been in memory at once. It can pass the
+    /// limit by what the log writer has not yet put on disk.
+    pub peak_bytes_in_memory: usize,
+    /// Lines not written to the run's `all.log` because it failed (a full disk, the run
+    /// directory deleted); 0 while all is well.
+    pub lines_not_written: u64,
+    /// Bytes of those lines (without labels).
+    pub bytes_not_written: u64,
+    /// Of those, lines also dropped from memory, past the memory limit: queries show them
+    /// as lost ([`LogLine::is_lost`](crate::LogLine::is_lost)).
+    pub lines_lost: u64,
+    /// Bytes of the lost lines.
+    pub bytes_lost: u64,
 }
 
 /// Every service's processes, from [`Bundle::pstree`].

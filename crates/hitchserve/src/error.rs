@@ -188,6 +188,31 @@ pub enum Error {
         last_lines: Vec<String>,
     },
 
+    /// The run's `all.log` could not be written (a full disk, the run directory deleted):
+    /// lines are kept in memory only from then on, and beyond the log memory limit the
+    /// oldest are dropped. Returned once, by the next call on the bundle.
+    #[error(
+        "the bundle's log file `{}` could not be written ({reason}): {} are not in it, of which {} were also dropped from memory (past the log memory limit); free disk space (or leave the run directory in place) and run again",
+        path.display(),
+        crate::logs::amount(*lines_not_written, *bytes_not_written),
+        crate::logs::amount(*lines_lost, *bytes_lost)
+    )]
+    LogFileFailed {
+        /// The file, `<run dir>/logs/all.log`.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+        /// Lines (every service's and the bundle's) not written to it, so far.
+        lines_not_written: u64,
+        /// Their bytes.
+        bytes_not_written: u64,
+        /// Lines neither in the file nor in memory any more: queries show them as lost
+        /// (`LogLine::is_lost`).
+        lines_lost: u64,
+        /// Their bytes.
+        bytes_lost: u64,
+    },
+
     /// A name that is not a service of the bundle.
     #[error("no service `{service}` in this bundle (it has: {known})")]
     NoSuchService {

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::logs::{LineSplitter, Source};
+use crate::logs::{End, LineSplitter, Source};
 use crate::signal::ExitStatus;
 use crate::subcommand::Subcommand;
 use crate::supervise::Shared;
@@ -104,7 +104,10 @@ impl HookContext<'_> {
 
     /// Print and store a line under the hook's label.
     pub fn log(&self, message: &str) {
-        let lines: Vec<(&[u8], bool)> = message.split('\n').map(|l| (l.as_bytes(), true)).collect();
+        let lines: Vec<(&[u8], End)> = message
+            .split('\n')
+            .map(|l| (l.as_bytes(), End::Newline))
+            .collect();
         self.shared.output.emit(&self.out, &lines, false);
     }
 
@@ -182,7 +185,7 @@ impl HookContext<'_> {
 /// Copy a pipe's lines into the logs under `source` until end of file.
 fn pump(mut pipe: Box<dyn Read + Send>, output: &crate::supervise::Output, source: &Arc<Source>) {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut splitter = LineSplitter::default();
+    let mut splitter = LineSplitter::new(output.store.piece_size());
     loop {
         match pipe.read(&mut buf) {
             Ok(0) => break,
@@ -196,6 +199,6 @@ fn pump(mut pipe: Box<dyn Read + Send>, output: &crate::supervise::Output, sourc
         }
     }
     if let Some(last) = splitter.finish() {
-        output.emit(source, &[(&last, false)], false);
+        output.emit(source, &[(&last, End::Unterminated)], false);
     }
 }

@@ -11,16 +11,25 @@
 //! must never make a service block on its pipe. Lines reach the file within `BATCH` of
 //! arriving. Invariant: lines are written in the order they were sent, and everything sent
 //! before `close` is on disk when it returns.
+//!
+//! The file can fail under us: a full disk, or the run directory deleted mid-run (writes to
+//! a deleted file still succeed, so each batch checks the file is still linked). Either way
+//! the writer stops for good, vouches only for the bytes written before, and says so once
+//! through `on_failed`; the store then keeps lines in memory only (see the store).
+//! Spilled lines are read back through the writer's own descriptor, so they stay readable
+//! even after the file is deleted.
 
+use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long lines may wait in memory before they are written out.
+/// How long lines may wait in memory before they are written out (unless a reader waits
+/// for the writer: see `hurry`).
 const BATCH: Duration = Duration::from_millis(20);
 
 use crate::rundir::RunDir;
@@ -29,18 +38,24 @@ pub(crate) struct LogFiles {
     closing: Arc<AtomicBool>,
     /// Bytes of all.log written out so far: lines below this offset can be read back.
     written: Arc<AtomicU64>,
+    /// Set to make the writer start its batch at once.
+    hurry: Arc<AtomicBool>,
+    /// The writer thread, to wake it early.
+    thread: std::thread::Thread,
+    /// The open all.log, for reading spilled lines back (set once the writer created it).
+    file: Arc<OnceLock<File>>,
     tx: Mutex<Option<Sender<Vec<u8>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl LogFiles {
     /// Start the writer: it sets up the run directory, creates `logs/all.log`, then prunes
-    /// old runs. `warn` reports a file it can't create.
-    /// `written` is called after each batch reaches the file, so memory held for lines
-    /// now on disk can be released.
+    /// old runs. `on_failed` is called once, with what went wrong, if the file can't be
+    /// created or written (then `written` stops for good). `on_written` is called after
+    /// each batch reaches the file, so memory held for lines now on disk can be released.
     pub(crate) fn start(
         run: RunDir,
-        warn: impl FnOnce(String) + Send + 'static,
+        on_failed: impl FnOnce(String) + Send + 'static,
         on_written: impl Fn() + Send + 'static,
     ) -> std::io::Result<LogFiles> {
         let (tx, rx) = channel::<Vec<u8>>();
@@ -48,6 +63,10 @@ impl LogFiles {
         let closing_w = Arc::clone(&closing);
         let written = Arc::new(AtomicU64::new(0));
         let written_w = Arc::clone(&written);
+        let hurry = Arc::new(AtomicBool::new(false));
+        let hurry_w = Arc::clone(&hurry);
+        let file_cell = Arc::new(OnceLock::new());
+        let file_w = Arc::clone(&file_cell);
         let writer = std::thread::Builder::new()
             .name("hitchserve:logfiles".into())
             .spawn(move || {
@@ -55,7 +74,8 @@ impl LogFiles {
                 let path = run.logs().join("all.log");
                 // 0600 (in a 0700 directory): logs can hold secrets.
                 let file = run.set_up().and_then(|()| {
-                    std::fs::OpenOptions::new()
+                    OpenOptions::new()
+                        .read(true)
                         .write(true)
                         .create(true)
                         .truncate(true)
@@ -63,27 +83,26 @@ impl LogFiles {
                         .open(&path)
                 });
                 run.prune_old();
-                let file = match file {
-                    Ok(file) => file,
+                let file: &File = match file {
+                    Ok(file) => file_w.get_or_init(|| file),
                     Err(e) => {
-                        warn(format!(
-                            "could not write `{}` ({e}): the logs are only kept in memory",
-                            path.display()
-                        ));
+                        on_failed(format!("could not create it: {e}"));
                         // Still drain, so senders never notice.
                         while rx.recv().is_ok() {}
                         return;
                     }
                 };
                 let mut w = BufWriter::with_capacity(256 * 1024, file);
-                let mut failed = false;
+                let mut on_failed = Some(on_failed);
                 // Wake at most every BATCH: a wake-up per line would take CPU from services.
                 // `close` unparks us, so stopping never waits for a batch.
                 while let Ok(first) = rx.recv() {
                     // The flag, not just the unpark, says we are closing: the channel's own
                     // blocking may have consumed the unpark token already.
                     let until = Instant::now() + BATCH;
-                    while !closing_w.load(Ordering::Acquire) {
+                    while !closing_w.load(Ordering::Acquire)
+                        && !hurry_w.swap(false, Ordering::AcqRel)
+                    {
                         let left = until.saturating_duration_since(Instant::now());
                         if left.is_zero() {
                             break;
@@ -92,27 +111,59 @@ impl LogFiles {
                     }
                     let mut chunk = first;
                     let mut total = 0u64;
+                    let mut result = Ok(());
                     loop {
-                        failed |= w.write_all(&chunk).is_err();
+                        if on_failed.is_some() && result.is_ok() {
+                            result = w.write_all(&chunk);
+                        }
                         total += chunk.len() as u64;
                         match rx.try_recv() {
                             Ok(more) => chunk = more,
                             Err(_) => break,
                         }
                     }
-                    failed |= w.flush().is_err();
-                    // After a failed write the file no longer matches the offsets the store
-                    // computed: stop vouching for it, so no line leaves memory for it.
-                    if !failed {
-                        written_w.fetch_add(total, Ordering::Release);
+                    let Some(report) = on_failed.take() else {
+                        // Failed before: drain only, so senders never notice.
+                        continue;
+                    };
+                    let result = result.and_then(|()| w.flush()).map(|()| unlinked(file));
+                    // A deleted file still takes writes (and disk space nobody can see),
+                    // and what is in it stays readable through our descriptor: count this
+                    // batch as written, and stop. After a failed write, what reached the
+                    // file is what it holds: we are its only writer, from offset 0.
+                    let before = written_w.load(Ordering::Acquire);
+                    let now = match result {
+                        Ok(_) => before + total,
+                        Err(_) => file.metadata().map_or(before, |m| m.len()),
+                    };
+                    if now > before {
+                        written_w.store(now.min(before + total), Ordering::Release);
                         on_written();
                     }
+                    match result {
+                        Ok(false) => on_failed = Some(report),
+                        // After a failed write the file no longer matches the offsets the
+                        // store computed: stop vouching for it, so no line leaves memory
+                        // for it and nothing more is written.
+                        Ok(true) => {
+                            report("it was deleted (was the run directory removed?)".to_owned())
+                        }
+                        Err(e) => report(e.to_string()),
+                    }
                 }
-                let _ = w.flush();
+                if on_failed.is_some() {
+                    let _ = w.flush();
+                } else {
+                    // Don't let the buffer's drop write more after a failure.
+                    let _ = w.into_parts();
+                }
             })?;
         Ok(LogFiles {
             closing,
+            thread: writer.thread().clone(),
             written,
+            hurry,
+            file: file_cell,
             tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(writer)),
         })
@@ -129,9 +180,22 @@ impl LogFiles {
     }
 
     /// How many bytes of all.log are on disk (only ever grows; stops for good at the first
-    /// write error).
+    /// write error, at what the file holds then).
     pub(crate) fn written(&self) -> u64 {
         self.written.load(Ordering::Acquire)
+    }
+
+    /// A reader is waiting for the writer (memory is far past the limit): write now rather
+    /// than at the end of the batch.
+    pub(crate) fn hurry(&self) {
+        self.hurry.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+
+    /// The open all.log, to read spilled lines back from (`None` before it is created or if
+    /// it could not be).
+    pub(crate) fn file(&self) -> Option<&File> {
+        self.file.get()
     }
 
     /// Write out everything sent so far and stop the writer.
@@ -143,6 +207,11 @@ impl LogFiles {
             let _ = handle.join();
         }
     }
+}
+
+/// Whether the file has been deleted (it has no name left in any directory).
+fn unlinked(file: &File) -> bool {
+    file.metadata().is_ok_and(|m| m.nlink() == 0)
 }
 
 /// Make the calling thread yield to services and readers: on Linux, nice applies per thread.

@@ -28,7 +28,7 @@ use nix::unistd::Pid;
 use crate::console::Console;
 use crate::guardian;
 use crate::hooks::{Hook, HookContext};
-use crate::logs::{Filter, LineSplitter, LogLine, LogStore, Part, Source, Stream};
+use crate::logs::{End, Filter, LineSplitter, LogLine, LogStore, Part, Source, Stream};
 use crate::readiness::{Checker, ProbeEnv, Ready, Verdict};
 use crate::rundir::RunDir;
 use crate::service::Condition;
@@ -72,7 +72,7 @@ impl Output {
     pub(crate) fn emit(
         &self,
         source: &Arc<Source>,
-        lines: &[(&[u8], bool)],
+        lines: &[(&[u8], End)],
         checking: bool,
     ) -> Vec<LogLine> {
         if lines.is_empty() {
@@ -92,7 +92,10 @@ impl Output {
     }
 
     fn message(&self, source: &Arc<Source>, msg: &str) {
-        let lines: Vec<(&[u8], bool)> = msg.split('\n').map(|l| (l.as_bytes(), true)).collect();
+        let lines: Vec<(&[u8], End)> = msg
+            .split('\n')
+            .map(|l| (l.as_bytes(), End::Newline))
+            .collect();
         self.emit(source, &lines, false);
     }
 
@@ -1209,7 +1212,7 @@ impl<'a> StreamReader<'a> {
             idx,
             fd,
             source,
-            splitter: LineSplitter::default(),
+            splitter: LineSplitter::new(shared.output.store.piece_size()),
             buf: Vec::new(),
         }
     }
@@ -1255,7 +1258,7 @@ impl<'a> StreamReader<'a> {
                 self.shared,
                 self.source,
                 self.idx,
-                &[(&last, false)],
+                &[(&last, End::Unterminated)],
                 checker,
             );
         }
@@ -1267,7 +1270,7 @@ fn deliver(
     shared: &Arc<Shared>,
     source: &Arc<Source>,
     idx: usize,
-    lines: &[(&[u8], bool)],
+    lines: &[(&[u8], End)],
     checker: &Checker,
 ) {
     let pending = checker.is_pending();

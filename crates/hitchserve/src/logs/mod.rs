@@ -21,8 +21,8 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-pub(crate) use split::LineSplitter;
-pub(crate) use store::LogStore;
+pub(crate) use split::{End, LineSplitter};
+pub(crate) use store::{amount, LogStore};
 
 /// Which output of a service (or of the bundle itself) a line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -121,6 +121,7 @@ pub struct LogLine {
     len: u32,
     newline: bool,
     time: u64,
+    lost: bool,
 }
 
 impl LogLine {
@@ -141,7 +142,21 @@ impl LogLine {
             len,
             newline,
             time,
+            lost: false,
         }
+    }
+
+    /// This line stands for one that is gone: its text says why instead of what it was.
+    pub(crate) fn into_lost(mut self) -> LogLine {
+        self.lost = true;
+        self
+    }
+
+    /// True if the line is gone (the run's `all.log` could not be written and the log
+    /// memory limit was reached): its seq, source and time are right, and its text is a note
+    /// saying so (`[hitchserve: this line (N bytes) is lost: ...]`), never the line's bytes.
+    pub fn is_lost(&self) -> bool {
+        self.lost
     }
 
     /// Position in the bundle's arrival order (0-based, across all services).

@@ -1,31 +1,64 @@
 //! Splitting a pipe's byte stream into whole lines across reads, keeping every byte.
+//!
+//! A line is held back until its newline arrives, up to a size (`piece`): past it, the
+//! bytes so far are handed on as a piece of a line that goes on (`End::Piece`), so one huge
+//! line without a newline never piles up here; the store joins the pieces into one line.
 
-/// Longest unterminated line kept waiting for its newline: the store indexes lengths as
-/// `u32` (leaving room for one more read). Longer "lines" are stored in parts, each marked as
-/// having no newline, so no byte is lost.
+/// Longest line the store can index (`u32` lengths, leaving room for one more read). A
+/// longer "line" is cut there, the part marked as having no newline, so no byte is lost.
 const MAX_LINE: usize = u32::MAX as usize - (1 << 20);
 
-#[derive(Default)]
+/// How a piece of the stream handed on by the splitter ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// A newline (not included in the bytes).
+    Newline,
+    /// No newline: the end of the stream, or a line cut at the longest size.
+    Unterminated,
+    /// The line goes on in the next piece.
+    Piece,
+}
+
 pub(crate) struct LineSplitter {
     carry: Vec<u8>,
+    /// Held-back bytes past which they are handed on as a piece.
+    piece: usize,
+    /// Bytes of the current line already handed on as pieces.
+    sent: usize,
 }
 
 impl LineSplitter {
-    /// Hand the lines completed by `chunk` to `take` — each as its bytes without the `\n`,
-    /// and whether a newline ended it — then keep the unterminated rest for next time.
-    pub(crate) fn split<R>(&mut self, chunk: &[u8], take: impl FnOnce(&[(&[u8], bool)]) -> R) -> R {
+    /// A splitter that holds back at most about `piece` bytes of an unfinished line.
+    pub(crate) fn new(piece: usize) -> LineSplitter {
+        LineSplitter {
+            carry: Vec::new(),
+            piece: piece.clamp(1, MAX_LINE),
+            sent: 0,
+        }
+    }
+
+    /// Hand what `chunk` completes to `take` — each line or piece as its bytes (without the
+    /// `\n`) and how it ends — then keep the unterminated rest for next time.
+    pub(crate) fn split<R>(&mut self, chunk: &[u8], take: impl FnOnce(&[(&[u8], End)]) -> R) -> R {
         let mut ends = memchr::memchr_iter(b'\n', chunk);
         let Some(first_nl) = ends.next() else {
             self.carry.extend_from_slice(chunk);
-            let r = if self.carry.len() >= MAX_LINE {
-                let long = std::mem::take(&mut self.carry);
-                take(&[(&long, false)])
+            if self.carry.len() < self.piece {
+                return take(&[]);
+            }
+            let end = if self.sent + self.carry.len() >= MAX_LINE {
+                self.sent = 0;
+                End::Unterminated
             } else {
-                take(&[])
+                self.sent += self.carry.len();
+                End::Piece
             };
+            let r = take(&[(&self.carry, end)]);
+            self.carry.clear();
             return r;
         };
-        let mut lines: Vec<(&[u8], bool)> = Vec::new();
+        self.sent = 0;
+        let mut lines: Vec<(&[u8], End)> = Vec::new();
         if !self.carry.is_empty() {
             self.carry.extend_from_slice(&chunk[..first_nl]);
         }
@@ -34,10 +67,10 @@ impl LineSplitter {
         } else {
             &self.carry
         };
-        lines.push((first, true));
+        lines.push((first, End::Newline));
         let mut start = first_nl + 1;
         for nl in ends {
-            lines.push((&chunk[start..nl], true));
+            lines.push((&chunk[start..nl], End::Newline));
             start = nl + 1;
         }
         let r = take(&lines);
@@ -49,6 +82,7 @@ impl LineSplitter {
 
     /// The unterminated last line at end of stream, if any bytes are left.
     pub(crate) fn finish(&mut self) -> Option<Vec<u8>> {
+        self.sent = 0;
         if self.carry.is_empty() {
             None
         } else {
@@ -61,28 +95,49 @@ impl LineSplitter {
 mod tests {
     use super::*;
 
-    fn collect(s: &mut LineSplitter, chunk: &[u8]) -> Vec<(Vec<u8>, bool)> {
+    fn collect(s: &mut LineSplitter, chunk: &[u8]) -> Vec<(Vec<u8>, End)> {
         s.split(chunk, |lines| {
-            lines.iter().map(|(b, nl)| (b.to_vec(), *nl)).collect()
+            lines.iter().map(|(b, end)| (b.to_vec(), *end)).collect()
         })
     }
 
     #[test]
     fn joins_lines_across_reads_and_keeps_the_tail() {
-        let mut s = LineSplitter::default();
+        let mut s = LineSplitter::new(1 << 20);
         assert!(collect(&mut s, b"hel").is_empty());
-        assert_eq!(collect(&mut s, b"lo\nwor"), vec![(b"hello".to_vec(), true)]);
+        assert_eq!(
+            collect(&mut s, b"lo\nwor"),
+            vec![(b"hello".to_vec(), End::Newline)]
+        );
         let got = collect(&mut s, b"ld\n\n\xff\r\n");
         assert_eq!(
             got,
             vec![
-                (b"world".to_vec(), true),
-                (vec![], true),
-                (b"\xff\r".to_vec(), true)
+                (b"world".to_vec(), End::Newline),
+                (vec![], End::Newline),
+                (b"\xff\r".to_vec(), End::Newline)
             ]
         );
         assert!(s.finish().is_none());
         collect(&mut s, b"tail");
         assert_eq!(s.finish(), Some(b"tail".to_vec()));
+    }
+
+    #[test]
+    fn a_long_line_is_handed_on_in_pieces_that_join_exactly() {
+        let mut s = LineSplitter::new(4);
+        assert!(collect(&mut s, b"ab").is_empty());
+        assert_eq!(
+            collect(&mut s, b"cde"),
+            vec![(b"abcde".to_vec(), End::Piece)]
+        );
+        assert!(collect(&mut s, b"f").is_empty());
+        assert_eq!(
+            collect(&mut s, b"g\nhi\n"),
+            vec![
+                (b"fg".to_vec(), End::Newline),
+                (b"hi".to_vec(), End::Newline)
+            ]
+        );
     }
 }

@@ -6,17 +6,28 @@
 //! `all.log` holds their lines — every line's offset there is known — and queries read them
 //! back from the file. So memory stays bounded and nothing is lost.
 //!
+//! Unless `all.log` fails (a full disk, the run directory deleted): then lines not on disk
+//! can only live in memory, and past the limit the oldest of them are dropped — counted, said
+//! in a warning and in an error from the bundle's next call, and shown by queries as lost
+//! lines (`LogLine::is_lost`), never as wrong data. The newest lines are kept: they are the
+//! ones a failing test's error quotes.
+//!
+//! A line longer than a quarter of the limit arrives in pieces (see `split`), so it never
+//! has to be whole in memory: each piece gets a block of its own and an `all.log` line of
+//! its own (written before the line's end is known), and the line's entry lists its pieces,
+//! which queries join back into the exact bytes.
+//!
 //! Invariants: `entries[i]` is the line with seq `i`; a block is only appended to while the
 //! store holds its only reference (`Arc::get_mut`); a block is only spilled once the log
 //! writer reports its bytes written; user code (predicates) never runs under the lock.
 
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::logfiles::LogFiles;
-use crate::logs::{Filter, LogLine, Part, Source, Stream};
+use crate::logs::{End, Filter, LogLine, Part, Source, Stream};
 
 /// Usual block size; a longer line gets a block of its own.
 const BLOCK: usize = 64 * 1024;
@@ -24,6 +35,15 @@ const BLOCK: usize = 64 * 1024;
 const BLOCK_LINES: u32 = 2048;
 /// `Entry::file` of a line not (yet) in `all.log`.
 const NO_FILE: u64 = u64::MAX;
+/// `Entry::block` of a line stored in pieces; its `start` indexes `Inner::longs`.
+const LONG: u32 = u32::MAX;
+/// `Slot::long` of a block that is not a piece of a long line.
+const NOT_LONG: u32 = u32::MAX;
+/// How long a reader waits, past twice the limit, for the log writer to make progress
+/// before going on without it (a stuck disk must slow services down, never hang them).
+const WRITER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Smallest piece a long line is cut into.
+const MIN_PIECE: usize = 64 * 1024;
 /// At most this many lines are handed out per wake-up of a waiter.
 const WAIT_BATCH: usize = 4096;
 
@@ -44,6 +64,8 @@ struct Entry {
 }
 
 struct Slot {
+    /// Seq of its first line (its lines have consecutive seqs).
+    first: u64,
     /// `None` once spilled.
     data: Option<Arc<Vec<u8>>>,
     /// Lines in it: bounded, so the file range read back for one spilled line stays small
@@ -54,6 +76,18 @@ struct Slot {
     /// The file range holding this block's lines (contiguous: the file is in seq order).
     file_start: u64,
     file_end: u64,
+    /// For a piece of a long line: its index in `Inner::longs`, else `NOT_LONG`.
+    long: u32,
+}
+
+/// A line stored in pieces.
+#[derive(Default)]
+struct Long {
+    /// Its pieces' blocks, in order.
+    pieces: Vec<u32>,
+    len: u64,
+    /// A piece of it was dropped from memory without being in all.log.
+    lost: bool,
 }
 
 struct Inner {
@@ -62,6 +96,11 @@ struct Inner {
     blocks: Vec<Slot>,
     /// Bytes of block capacity in memory.
     held: usize,
+    /// The most `held` has been.
+    peak: usize,
+    /// The writer made no progress from this offset within `WRITER_PATIENCE`: don't hold
+    /// readers back again until it does.
+    stuck_at: Option<u64>,
     limit: usize,
     /// No block before this one is in memory any more.
     spill_from: usize,
@@ -76,12 +115,42 @@ struct Inner {
     ended: Vec<usize>,
     /// The bundle has shut down: no line will ever arrive again.
     closed: bool,
+    /// `all.log` could not be written: lines past `durable` only live in memory.
+    failure: Option<FileFailure>,
+    /// Lines (and their bytes) that are not in `all.log` because it failed.
+    unwritten: (u64, u64),
+    /// Of those, lines (and bytes) also dropped from memory: gone.
+    lost: (u64, u64),
+    longs: Vec<Long>,
+    /// By source id: the long line it is in the middle of, if any (an index in `longs`).
+    open_long: Vec<Option<u32>>,
+}
+
+struct FileFailure {
+    /// What went wrong, for messages.
+    reason: String,
+    /// Bytes of `all.log` that can still be read back: lines ending past it are not there.
+    durable: u64,
+    /// The error was returned by a call on the bundle already.
+    reported: bool,
+}
+
+/// What the store knows of lines that did not reach `all.log`, for `Bundle::log_stats`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Losses {
+    pub peak: usize,
+    pub unwritten_lines: u64,
+    pub unwritten_bytes: u64,
+    pub lost_lines: u64,
+    pub lost_bytes: u64,
 }
 
 /// Shared by the bundle, its supervisor threads and every `Logs` handle.
 pub(crate) struct LogStore {
     inner: Mutex<Inner>,
     grown: Condvar,
+    /// Notified when memory was released (lines reached all.log).
+    relieved: Condvar,
 }
 
 /// What a waiter gets.
@@ -97,7 +166,25 @@ struct Picked {
     entry: Entry,
     source: Arc<Source>,
     data: Option<Arc<Vec<u8>>>,
+    /// The part of all.log to read back for it (up to what is readable there).
     file_range: (u64, u64),
+    /// Neither in memory nor in all.log.
+    lost: bool,
+    /// For a line stored in pieces: each piece's bytes in memory, or where to read it.
+    pieces: Option<Vec<PickedPiece>>,
+}
+
+/// A piece's bytes if in memory, and its range in all.log.
+type PickedPiece = (Option<Arc<Vec<u8>>>, (u64, u64));
+
+const LOST_UNWRITTEN: &str = "all.log could not be written and the log memory limit was reached";
+const LOST_UNREADABLE: &str = "it was moved to all.log to save memory and could not be read back";
+
+/// What a query returns for a line that is gone: a note saying so, marked lost.
+fn lost_line(e: &Entry, seq: u64, source: Arc<Source>, why: &str) -> LogLine {
+    let note = format!("[hitchserve: this line ({} bytes) is lost: {why}]", e.len).into_bytes();
+    let len = note.len() as u32;
+    LogLine::new(seq, source, Arc::new(note), 0, len, e.newline, e.time).into_lost()
 }
 
 impl LogStore {
@@ -108,6 +195,8 @@ impl LogStore {
                 entries: Vec::new(),
                 blocks: Vec::new(),
                 held: 0,
+                peak: 0,
+                stuck_at: None,
                 limit: DEFAULT_LIMIT,
                 spill_from: 0,
                 files: None,
@@ -117,8 +206,14 @@ impl LogStore {
                 prefixes: Vec::new(),
                 ended: Vec::new(),
                 closed: false,
+                failure: None,
+                unwritten: (0, 0),
+                lost: (0, 0),
+                longs: Vec::new(),
+                open_long: Vec::new(),
             }),
             grown: Condvar::new(),
+            relieved: Condvar::new(),
         }
     }
 
@@ -141,11 +236,18 @@ impl LogStore {
         inner.sources.push(Arc::clone(&source));
         let prefix = prefix(&source, inner.width);
         inner.prefixes.push(prefix);
+        inner.open_long.push(None);
         source
     }
 
     pub(crate) fn set_limit(&self, bytes: usize) {
         self.lock().limit = bytes;
+    }
+
+    /// How much of an unfinished line a reader may hold back before handing it on as a
+    /// piece: a quarter of the limit, so a huge line stays within it too.
+    pub(crate) fn piece_size(&self) -> usize {
+        (self.lock().limit / 4).max(MIN_PIECE)
     }
 
     /// Start writing lines to `all.log` (at `path`, through `files`); lines stored before
@@ -160,6 +262,10 @@ impl LogStore {
         let mut rendered = Vec::new();
         for i in 0..inner.entries.len() {
             let e = inner.entries[i];
+            if e.block == LONG {
+                // Not before any service runs; left out of all.log rather than joined here.
+                continue;
+            }
             let bytes = match &inner.blocks[e.block as usize].data {
                 Some(d) => d[e.start as usize..(e.start + e.len) as usize].to_vec(),
                 None => Vec::new(),
@@ -180,7 +286,7 @@ impl LogStore {
     pub(crate) fn append(
         &self,
         source: &Arc<Source>,
-        lines: &[(&[u8], bool)],
+        lines: &[(&[u8], End)],
         want: bool,
     ) -> Vec<LogLine> {
         if lines.is_empty() {
@@ -189,16 +295,31 @@ impl LogStore {
         let time = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let mut inner = self.lock();
-        let inner = &mut *inner;
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let first_seq = inner.entries.len() as u64;
         let mut rendered = Vec::new();
-        for &(bytes, newline) in lines {
+        let writing = inner.files.is_some() && inner.failure.is_none();
+        // Only the first of them can be (or end) a long line: a piece comes alone, and
+        // after the end of a long line comes a newline.
+        let mut rest = lines;
+        if let Some(&(bytes, end)) = lines.first() {
+            if end == End::Piece || inner.open_long[source.id as usize].is_some() {
+                append_piece(inner, source, bytes, end, writing, &mut rendered, time);
+                rest = &lines[1..];
+            }
+        }
+        for &(bytes, end) in rest {
+            let newline = end == End::Newline;
             let (block, start) = put(inner, bytes);
-            let file = if inner.files.is_some() {
+            let file = if writing {
                 let prefix = &inner.prefixes[source.id as usize];
                 render(&mut rendered, &mut inner.file_pos, prefix, bytes)
             } else {
+                if inner.failure.is_some() {
+                    inner.unwritten.0 += 1;
+                    inner.unwritten.1 += bytes.len() as u64;
+                }
                 NO_FILE
             };
             note_file_range(&mut inner.blocks[block as usize], file, bytes.len() as u32);
@@ -220,6 +341,9 @@ impl LogStore {
         let stored = (first_seq..wanted)
             .map(|seq| {
                 let e = inner.entries[seq as usize];
+                if e.block == LONG {
+                    return self.join_now(inner, seq);
+                }
                 let data = inner.blocks[e.block as usize]
                     .data
                     .clone()
@@ -235,14 +359,56 @@ impl LogStore {
                 )
             })
             .collect();
+        let mut behind = false;
         if let Some(files) = inner.files.as_ref() {
             // Sent under the lock, so all.log keeps the arrival order the offsets assume.
             files.write(rendered);
             let written = files.written();
             spill(inner, written);
+            behind = over_bound(inner, written);
         }
         self.grown.notify_all();
+        if behind {
+            self.wait_for_writer(guard);
+        }
         stored
+    }
+
+    /// A long line just stored, joined (its last pieces are still in memory).
+    #[cold]
+    #[inline(never)]
+    fn join_now(&self, inner: &Inner, seq: u64) -> LogLine {
+        let picked = vec![pick(inner, seq as usize)];
+        let files = inner.files.clone();
+        self.materialise(picked, files).remove(0)
+    }
+
+    /// The writer is far behind a fast producer (a slow disk): hold this reader back until
+    /// memory is within twice the limit again, so it stays bounded, or the writer has
+    /// made no progress for `WRITER_PATIENCE` (then not again until it does: a stalled disk
+    /// costs a service one such wait, and memory grows as it must). The service only notices
+    /// once its pipe is full. Not when all.log has failed: then memory is bounded by
+    /// dropping lines.
+    fn wait_for_writer(&self, mut inner: MutexGuard<'_, Inner>) {
+        loop {
+            let written = inner.files.as_ref().map_or(0, |f| f.written());
+            if !over_bound(&inner, written) || inner.failure.is_some() || inner.closed {
+                return;
+            }
+            if let Some(files) = inner.files.as_ref() {
+                files.hurry();
+            }
+            let held = inner.held;
+            let (guard, timeout) = self
+                .relieved
+                .wait_timeout(inner, WRITER_PATIENCE)
+                .unwrap_or_else(|e| e.into_inner());
+            inner = guard;
+            if timeout.timed_out() && inner.held >= held {
+                inner.stuck_at = Some(written);
+                return;
+            }
+        }
     }
 
     /// The writer has put more on disk: release what memory that allows.
@@ -250,12 +416,71 @@ impl LogStore {
         let mut inner = self.lock();
         let written = inner.files.as_ref().map_or(0, |f| f.written());
         spill(&mut inner, written);
+        drop(inner);
+        self.relieved.notify_all();
     }
 
-    /// Lines stored, and bytes of them held in memory.
-    pub(crate) fn stats(&self) -> (u64, usize, usize) {
+    /// Lines stored, bytes of them held in memory, the limit, and what `all.log` misses.
+    pub(crate) fn stats(&self) -> (u64, usize, usize, Losses) {
         let inner = self.lock();
-        (inner.entries.len() as u64, inner.held, inner.limit)
+        (
+            inner.entries.len() as u64,
+            inner.held,
+            inner.limit,
+            losses(&inner),
+        )
+    }
+
+    /// `all.log` failed for good (`reason`): from now on lines live in memory only. Returns
+    /// the warning to give, with what is missing from the file so far.
+    pub(crate) fn files_failed(&self, reason: String) -> String {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let durable = inner.files.as_ref().map_or(0, |f| f.written());
+        // The file is in seq order: the lines it misses are the last ones.
+        let mut i = inner.entries.len();
+        while i > 0 && !entry_durable(inner, &inner.entries[i - 1], durable) {
+            i -= 1;
+            inner.unwritten.0 += 1;
+            inner.unwritten.1 += u64::from(inner.entries[i].len);
+        }
+        inner.failure = Some(FileFailure {
+            reason,
+            durable,
+            reported: false,
+        });
+        spill(inner, durable);
+        let path = inner.file_path.as_deref().unwrap_or(Path::new("all.log"));
+        let f = inner.failure.as_ref().map_or("", |f| f.reason.as_str());
+        format!(
+            "could not write `{}` ({f}): {} missing from it so far; later lines are kept in memory only, and beyond the log memory limit ({}) the oldest of them are dropped (Bundle::log_stats counts them)",
+            path.display(),
+            amount(inner.unwritten.0, inner.unwritten.1),
+            bytes(inner.limit as u64),
+        )
+    }
+
+    /// The failure of `all.log` as an error, if any (with `once`, only if not returned
+    /// before).
+    pub(crate) fn file_failure(&self, once: bool) -> Option<crate::error::Error> {
+        let mut inner = self.lock();
+        let losses = losses(&inner);
+        let path = inner.file_path.clone().unwrap_or_default();
+        let f = inner.failure.as_mut()?;
+        if once && f.reported {
+            return None;
+        }
+        if once {
+            f.reported = true;
+        }
+        Some(crate::error::Error::LogFileFailed {
+            path,
+            reason: f.reason.clone(),
+            lines_not_written: losses.unwritten_lines,
+            bytes_not_written: losses.unwritten_bytes,
+            lines_lost: losses.lost_lines,
+            bytes_lost: losses.lost_bytes,
+        })
     }
 
     /// The bundle has stopped: flush and close `all.log`, and end every pending wait.
@@ -298,7 +523,7 @@ impl LogStore {
                 .filter(|&i| filter.matches(&inner.sources[inner.entries[i].source as usize]))
                 .map(|i| pick(&inner, i))
                 .collect::<Vec<_>>();
-            (picked, inner.file_path.clone())
+            (picked, inner.files.clone())
         };
         self.materialise(picked, path)
     }
@@ -313,7 +538,7 @@ impl LogStore {
                 .take(n)
                 .map(|i| pick(&inner, i))
                 .collect::<Vec<_>>();
-            (picked, inner.file_path.clone())
+            (picked, inner.files.clone())
         };
         picked.reverse();
         self.materialise(picked, path)
@@ -377,7 +602,7 @@ impl LogStore {
             }
             *pos = i as u64;
             if !picked.is_empty() {
-                let path = inner.file_path.clone();
+                let path = inner.files.clone();
                 drop(inner);
                 return Batch::Lines(self.materialise(picked, path));
             }
@@ -403,9 +628,9 @@ impl LogStore {
 
     /// Turn picked lines into `LogLine`s, reading spilled blocks back from `all.log` (one
     /// read per block, outside the lock).
-    fn materialise(&self, picked: Vec<Picked>, path: Option<PathBuf>) -> Vec<LogLine> {
+    fn materialise(&self, picked: Vec<Picked>, files: Option<Arc<LogFiles>>) -> Vec<LogLine> {
         let mut loaded: Option<(u64, Arc<Vec<u8>>)> = None;
-        let mut file = None;
+        let file = files.as_deref().and_then(LogFiles::file);
         picked
             .into_iter()
             .map(|p| {
@@ -414,41 +639,207 @@ impl LogStore {
                 if let Some(data) = p.data {
                     return LogLine::new(p.seq, source, data, e.start, e.len, e.newline, e.time);
                 }
+                if let Some(pieces) = p.pieces {
+                    if p.lost {
+                        return lost_line(&p.entry, p.seq, source, LOST_UNWRITTEN);
+                    }
+                    let mut joined = Vec::with_capacity(e.len as usize);
+                    for (data, (from, to)) in pieces {
+                        match data {
+                            Some(d) => joined.extend_from_slice(&d),
+                            None => joined.extend_from_slice(&read_back(file, from, to)),
+                        }
+                    }
+                    if joined.len() != e.len as usize {
+                        return lost_line(&p.entry, p.seq, source, LOST_UNREADABLE);
+                    }
+                    let data = Arc::new(joined);
+                    return LogLine::new(p.seq, source, data, 0, e.len, e.newline, e.time);
+                }
+                if p.lost {
+                    return lost_line(&p.entry, p.seq, source, LOST_UNWRITTEN);
+                }
                 let (from, to) = p.file_range;
                 let block = match &loaded {
                     Some((start, data)) if *start == from => Arc::clone(data),
                     _ => {
-                        let data = Arc::new(read_back(&mut file, path.as_ref(), from, to));
+                        let data = Arc::new(read_back(file, from, to));
                         loaded = Some((from, Arc::clone(&data)));
                         data
                     }
                 };
                 let start = e.file.saturating_sub(from) as u32;
-                if (start as usize + e.len as usize) <= block.len() {
+                if e.file >= from && (start as usize + e.len as usize) <= block.len() {
                     LogLine::new(p.seq, source, block, start, e.len, e.newline, e.time)
                 } else {
-                    let note = format!(
-                        "[hitchserve: line {} was moved to all.log to save memory and could not be read back]",
-                        p.seq
-                    )
-                    .into_bytes();
-                    let len = note.len() as u32;
-                    LogLine::new(p.seq, source, Arc::new(note), 0, len, e.newline, e.time)
+                    lost_line(&p.entry, p.seq, source, LOST_UNREADABLE)
                 }
             })
             .collect()
     }
 }
 
+#[inline]
 fn pick(inner: &Inner, i: usize) -> Picked {
     let e = inner.entries[i];
+    if e.block == LONG {
+        return pick_long(inner, i);
+    }
+    // Without a failure, a line leaves memory only once all.log has it.
+    let durable = inner.failure.as_ref().map_or(u64::MAX, |f| f.durable);
     let slot = &inner.blocks[e.block as usize];
     Picked {
         seq: i as u64,
         entry: e,
         source: Arc::clone(&inner.sources[e.source as usize]),
         data: slot.data.clone(),
-        file_range: (slot.file_start, slot.file_end),
+        file_range: (slot.file_start, slot.file_end.min(durable)),
+        lost: slot.data.is_none() && !is_durable(&e, durable),
+        pieces: None,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn pick_long(inner: &Inner, i: usize) -> Picked {
+    let e = inner.entries[i];
+    let durable = inner.failure.as_ref().map_or(u64::MAX, |f| f.durable);
+    {
+        let long = &inner.longs[e.start as usize];
+        let pieces = long
+            .pieces
+            .iter()
+            .map(|&b| {
+                let slot = &inner.blocks[b as usize];
+                (
+                    slot.data.clone(),
+                    (slot.file_start, slot.file_end.min(durable)),
+                )
+            })
+            .collect();
+        Picked {
+            seq: i as u64,
+            entry: e,
+            source: Arc::clone(&inner.sources[e.source as usize]),
+            data: None,
+            file_range: (0, 0),
+            lost: long.lost,
+            pieces: Some(pieces),
+        }
+    }
+}
+
+/// Whether all.log holds the whole line (a long one: its last piece, so all of them).
+fn entry_durable(inner: &Inner, e: &Entry, durable: u64) -> bool {
+    if e.block != LONG {
+        return is_durable(e, durable);
+    }
+    let long = &inner.longs[e.start as usize];
+    long.pieces.last().is_some_and(|&b| {
+        let slot = &inner.blocks[b as usize];
+        slot.file_start != NO_FILE && slot.file_end <= durable
+    })
+}
+
+/// Store one piece of a long line from `source` (rendered as an all.log line of its own);
+/// with the last piece, the line gets its entry.
+#[cold]
+#[inline(never)]
+fn append_piece(
+    inner: &mut Inner,
+    source: &Source,
+    bytes: &[u8],
+    end: End,
+    writing: bool,
+    rendered: &mut Vec<u8>,
+    time: u64,
+) {
+    let sid = source.id as usize;
+    let k = *inner.open_long[sid].get_or_insert_with(|| {
+        inner.longs.push(Long::default());
+        (inner.longs.len() - 1) as u32
+    });
+    // Blocks stay in file order, so spilling them in order stays right.
+    if let Some(last) = inner.blocks.last_mut() {
+        last.open = false;
+    }
+    let file = if writing {
+        let prefix = &inner.prefixes[sid];
+        render(rendered, &mut inner.file_pos, prefix, bytes)
+    } else {
+        NO_FILE
+    };
+    let mut slot = Slot {
+        first: inner.entries.len() as u64,
+        data: Some(Arc::new(bytes.to_vec())),
+        lines: 0,
+        open: false,
+        file_start: NO_FILE,
+        file_end: 0,
+        long: k,
+    };
+    note_file_range(&mut slot, file, bytes.len() as u32);
+    inner.held += bytes.len();
+    inner.peak = inner.peak.max(inner.held);
+    inner.blocks.push(slot);
+    let long = &mut inner.longs[k as usize];
+    long.pieces.push((inner.blocks.len() - 1) as u32);
+    long.len += bytes.len() as u64;
+    if end == End::Piece {
+        return;
+    }
+    inner.open_long[sid] = None;
+    let len = long.len as u32;
+    if inner.failure.is_some() {
+        inner.unwritten.0 += 1;
+        inner.unwritten.1 += long.len;
+    }
+    inner.entries.push(Entry {
+        block: LONG,
+        start: k,
+        len,
+        source: source.id,
+        newline: end == End::Newline,
+        file: NO_FILE,
+        time,
+    });
+}
+
+/// Memory is past twice the limit because the writer is behind (waiting for it would
+/// help: it has not written everything yet).
+fn over_bound(inner: &Inner, written: u64) -> bool {
+    inner.held > inner.limit.saturating_mul(2)
+        && written < inner.file_pos
+        && inner.stuck_at != Some(written)
+}
+
+/// Whether all.log holds the line, given how much of it is readable.
+fn is_durable(e: &Entry, durable: u64) -> bool {
+    e.file != NO_FILE && e.file.saturating_add(u64::from(e.len)) <= durable
+}
+
+fn losses(inner: &Inner) -> Losses {
+    Losses {
+        peak: inner.peak,
+        unwritten_lines: inner.unwritten.0,
+        unwritten_bytes: inner.unwritten.1,
+        lost_lines: inner.lost.0,
+        lost_bytes: inner.lost.1,
+    }
+}
+
+/// `3 lines (120 bytes)`, for messages.
+pub(crate) fn amount(lines: u64, n: u64) -> String {
+    let l = if lines == 1 { "line" } else { "lines" };
+    format!("{lines} {l} ({})", bytes(n))
+}
+
+/// A byte count for people: `512 bytes`, `3.0 KiB`, `8.0 MiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} bytes"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
     }
 }
 
@@ -473,12 +864,15 @@ fn put(inner: &mut Inner, bytes: &[u8]) -> (u32, u32) {
     let mut v = Vec::with_capacity(capacity);
     v.extend_from_slice(bytes);
     inner.held += capacity;
+    inner.peak = inner.peak.max(inner.held);
     inner.blocks.push(Slot {
+        first: inner.entries.len() as u64,
         data: Some(Arc::new(v)),
         lines: 1,
         open: true,
         file_start: NO_FILE,
         file_end: 0,
+        long: NOT_LONG,
     });
     (inner.blocks.len() as u32 - 1, 0)
 }
@@ -507,34 +901,52 @@ fn render(out: &mut Vec<u8>, pos: &mut u64, prefix: &[u8], bytes: &[u8]) -> u64 
     at
 }
 
-/// Drop the oldest blocks from memory while over the limit, if their lines are on disk.
+/// Drop the oldest blocks from memory while over the limit, if their lines are on disk —
+/// or, once all.log has failed, whether they are or not (counting the lines lost).
 fn spill(inner: &mut Inner, written: u64) {
+    let durable = inner.failure.as_ref().map(|f| f.durable);
     let last = inner.blocks.len().saturating_sub(1);
     while inner.held > inner.limit && inner.spill_from < last {
-        let slot = &mut inner.blocks[inner.spill_from];
-        if let Some(data) = slot.data.as_ref() {
-            if slot.file_start == NO_FILE || slot.file_end > written {
-                // all.log doesn't have these lines yet: keep them until it does.
-                return;
+        let slot = &inner.blocks[inner.spill_from];
+        if let Some(capacity) = slot.data.as_ref().map(|d| d.capacity()) {
+            match durable {
+                None if slot.file_start == NO_FILE || slot.file_end > written => {
+                    // all.log doesn't have these lines yet: keep them until it does.
+                    return;
+                }
+                None => {}
+                Some(durable)
+                    if slot.long != NOT_LONG
+                        && (slot.file_start == NO_FILE || slot.file_end > durable) =>
+                {
+                    inner.lost.1 += capacity as u64;
+                    let long = &mut inner.longs[slot.long as usize];
+                    if !std::mem::replace(&mut long.lost, true) {
+                        inner.lost.0 += 1;
+                    }
+                }
+                // A piece on disk: nothing lost.
+                Some(_) if slot.long != NOT_LONG => {}
+                Some(durable) => {
+                    for seq in slot.first..slot.first + u64::from(slot.lines) {
+                        let e = inner.entries[seq as usize];
+                        if !is_durable(&e, durable) {
+                            inner.lost.0 += 1;
+                            inner.lost.1 += u64::from(e.len);
+                        }
+                    }
+                }
             }
-            inner.held = inner.held.saturating_sub(data.capacity());
-            slot.data = None;
+            inner.held = inner.held.saturating_sub(capacity);
+            inner.blocks[inner.spill_from].data = None;
         }
         inner.spill_from += 1;
     }
 }
 
 /// Read a spilled block's file range back; empty on failure (callers mark such lines).
-fn read_back(
-    file: &mut Option<std::fs::File>,
-    path: Option<&PathBuf>,
-    from: u64,
-    to: u64,
-) -> Vec<u8> {
-    if file.is_none() {
-        *file = path.and_then(|p| std::fs::File::open(p).ok());
-    }
-    let Some(f) = file.as_ref() else {
+fn read_back(file: Option<&std::fs::File>, from: u64, to: u64) -> Vec<u8> {
+    let Some(f) = file else {
         return Vec::new();
     };
     let mut buf = vec![0u8; to.saturating_sub(from) as usize];

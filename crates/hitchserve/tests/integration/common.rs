@@ -148,3 +148,39 @@ pub fn helper_process(test: &str, env: &[(&str, &str)]) -> std::process::Command
     .stdin(std::process::Stdio::null());
     cmd
 }
+
+/// A small tmpfs mounted for one test, unmounted (lazily: a service may still hold a file
+/// there) when dropped.
+pub struct Tmpfs {
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// `None` (with the reason printed) when it can't be done here: only root may mount.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        // SAFETY: a plain syscall without arguments.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: mounting a tmpfs needs root (CI runs as root)");
+            return None;
+        }
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t tmpfs failed as root");
+        Some(Tmpfs {
+            dir: dir.to_owned(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}

@@ -2,7 +2,7 @@
 
 use hitchserve::{Service, Stream};
 
-use crate::common::{Project, PATIENCE};
+use crate::common::{Project, Tmpfs, PATIENCE};
 
 /// Writes 100,000 lines mixing invalid UTF-8, `\r\n` and a 10 MB line, then a last line
 /// without newline, and records the exact bytes it wrote.
@@ -191,4 +191,83 @@ fn a_tail_sees_only_new_lines_and_ends_when_the_service_exits() {
         matches!(err, hitchserve::Error::EndedWhileWaiting { .. }),
         "{err}"
     );
+}
+
+/// Writes one 24 MiB line (bytes varying) without a newline and closes stdout, then DONE
+/// on stderr: the line is a last line, the one a store keeps in memory longest.
+const HUGE_LINE: &str = r#"
+import os, sys, time
+pattern = bytes(b for b in range(256) if b != 10) * 4
+line = (pattern * (24 * 1024 * 1024 // len(pattern) + 1))[: 24 * 1024 * 1024]
+view = memoryview(line)
+while view:
+    n = os.write(1, view[:1 << 20])
+    view = view[n:]
+os.close(1)
+sys.stderr.write("DONE\n")
+sys.stderr.flush()
+time.sleep(1000)
+"#;
+
+#[test]
+fn a_huge_line_is_stored_in_pieces_within_the_memory_limit_and_read_back_exactly() {
+    const LIMIT: usize = 4 << 20;
+    let p = Project::new("huge-line");
+    // On a tmpfs, so that the peak measures the store, not how busy the disk is.
+    let Some(disk) = Tmpfs::mount(&p.path("disk"), "256m") else {
+        return;
+    };
+    std::fs::write(disk.dir.join("huge.py"), HUGE_LINE).unwrap();
+    let mut b = hitchserve::Bundle::new(&disk.dir)
+        .startup_timeout(PATIENCE)
+        .log_memory_limit(LIMIT);
+    // Printing 24 MiB to the captured console is not what this is about.
+    b.start_interactive_mode();
+    b.add(
+        "Huge",
+        Service::new(["python3", "huge.py"]).ready_when(|l| l == "DONE"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let out = b.service("Huge").unwrap().logs().out();
+    // Stored when stdout reaches its end.
+    let line = out
+        .tail()
+        .lines_back(1)
+        .next_line(PATIENCE)
+        .unwrap_or_else(|e| panic!("{e}; {:?}", b.log_stats()));
+    let pattern: Vec<u8> = (0..=255u8)
+        .filter(|&b| b != b'\n')
+        .collect::<Vec<_>>()
+        .repeat(4);
+    let expected: Vec<u8> = pattern.iter().copied().cycle().take(24 << 20).collect();
+    assert!(
+        line.bytes() == expected.as_slice(),
+        "the huge line differs ({} bytes)",
+        line.bytes().len()
+    );
+    drop(line);
+    // The line was never whole in memory (as one block it would be 24 MiB at once): only
+    // the pieces the log writer had not put on disk yet, a few MiB.
+    let peak = b.log_stats().peak_bytes_in_memory;
+    assert!(peak <= 16 << 20, "{peak} bytes were held at once");
+    // Everything is on disk once the bundle stops: memory is back within the limit (give or
+    // take one piece and a block), the huge line's pieces included.
+    b.shutdown().unwrap();
+    let stats = b.log_stats();
+    assert!(
+        stats.bytes_in_memory <= LIMIT + LIMIT / 4 + 64 * 1024,
+        "{stats:?}"
+    );
+    // Read back from all.log, exactly.
+    let entries = out.entries();
+    assert_eq!(entries.len(), 1);
+    assert!(
+        entries[0].bytes() == expected.as_slice(),
+        "the huge line read back differs ({} bytes)",
+        entries[0].bytes().len()
+    );
+    assert!(!entries[0].had_newline() && !entries[0].is_lost());
+    drop(b);
+    drop(disk);
 }

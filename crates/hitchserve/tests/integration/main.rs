@@ -11,6 +11,7 @@ mod cron;
 mod definitions;
 mod hooks;
 mod kernel;
+mod log_losses;
 mod log_queries;
 mod log_store;
 mod orphans;

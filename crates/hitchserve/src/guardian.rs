@@ -1,31 +1,45 @@
 //! The guardian: one tiny process per test process that kills every service of every bundle
-//! if the test process dies without shutting them down (SIGKILL, abort, a crashed binary).
+//! if the test process dies without shutting them down (SIGKILL, abort, a crashed binary),
+//! and the thread in our process that keeps it alive and fills the bundles' cgroups.
 //!
 //! It is `/bin/sh` running a short script, because the library lives inside other people's
 //! test binaries and can't rely on their `main`, and forking without exec in a threaded
 //! process is unsafe. It reads commands on stdin: `+g PGID` / `-g PGID` to watch or forget a
-//! service's process group, `+r RUN` / `-r RUN` for a run whose marker it should sweep.
-//! End of file on stdin means our process is gone: it then SIGKILLs every watched group and
-//! kills every process whose `/proc/*/environ` carries a watched run's marker, which finds
-//! processes that left their group (setsid, double fork).
+//! service's process group, `+r RUN` / `-r RUN` for a run whose marker it should sweep,
+//! `+c DIR` / `-c DIR` for a run's cgroup (see `cgroup`). End of file on stdin means our
+//! process is gone: it then kills every watched cgroup, SIGKILLs every watched group, kills
+//! every process whose `/proc/*/environ` carries a watched run's marker (which finds processes
+//! that left their group: setsid, double fork), and removes the cgroups.
+//!
+//! One thread per process (not per bundle), the watcher, sleeps in `poll` on the guardian's
+//! pidfd: if the guardian dies (killed by someone, the OOM killer), it starts a new one at
+//! once and replays what it must watch, or says loudly that it can't. The same thread moves
+//! each new service into its run's cgroup, because a move may wait for the kernel for
+//! milliseconds and must not delay a spawn.
 //!
 //! Invariant: the write end of its stdin is held only by our process (it is close-on-exec),
 //! so end of file means exactly that. One guardian serves all bundles of the process, so
-//! its start-up cost is paid once; if it dies, the next command starts a new one and
-//! replays what it must watch.
+//! its start-up cost is paid once.
 
-use std::collections::BTreeSet;
-use std::io::Write;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::cgroup::Cgroup;
 use crate::supervise::MARKER_VAR;
 
 const SCRIPT: &str = r#"
 trap '' HUP INT PIPE
 groups=' '
 runs=' '
+cgroups=' '
 while IFS= read -r cmd; do
   case $cmd in
     '+g '*) groups="$groups${cmd#+g } " ;;
@@ -36,39 +50,96 @@ while IFS= read -r cmd; do
     '-r '*) r=${cmd#-r }; kept=' '
             for x in $runs; do [ "$x" = "$r" ] || kept="$kept$x "; done
             runs=$kept ;;
+    '+c '*) cgroups="$cgroups${cmd#+c } " ;;
+    '-c '*) c=${cmd#-c }; kept=' '
+            for x in $cgroups; do [ "$x" = "$c" ] || kept="$kept$x "; done
+            cgroups=$kept ;;
   esac
 done
+for c in $cgroups; do
+  echo 1 > "$c/cgroup.kill"
+  i=0
+  while [ $i -lt 50 ]; do
+    left=
+    while read -r p; do left=1; kill -s KILL "$p"; done < "$c/cgroup.procs"
+    [ -n "$left" ] || break
+    i=$((i+1))
+  done
+done 2>/dev/null
 for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
 set --
 for r in $runs; do set -- "$@" -e "HITCHSERVE_RUN=$r"; done
-[ $# -gt 0 ] || exit 0
-i=0
-while [ $i -lt 50 ]; do
-  found=$(grep -lsxzF "$@" /proc/[0-9]*/environ)
-  [ -n "$found" ] || break
-  for f in $found; do p=${f#/proc/}; kill -s KILL "${p%/environ}" 2>/dev/null; done
-  i=$((i+1))
+if [ $# -gt 0 ]; then
+  i=0
+  while [ $i -lt 50 ]; do
+    found=$(grep -lsxzF "$@" /proc/[0-9]*/environ)
+    [ -n "$found" ] || break
+    for f in $found; do p=${f#/proc/}; kill -s KILL "${p%/environ}" 2>/dev/null; done
+    i=$((i+1))
+  done
+fi
+for c in $cgroups; do
+  i=0
+  while [ -d "$c" ] && ! rmdir "$c" 2>/dev/null && [ $i -lt 100 ]; do
+    sleep 0.05; i=$((i+1))
+  done
 done
 "#;
 
+/// How long a run's cgroup may take to empty once everything in it was killed.
+const EMPTY_WAIT: Duration = Duration::from_secs(10);
+
+/// The guardian process and our end of its stdin.
+struct Running {
+    child: Child,
+    stdin: ChildStdin,
+    /// Readable once it has exited. `None` before Linux 5.3 (then it is only noticed at
+    /// the next command).
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
 struct Guardian {
-    child: Option<(Child, ChildStdin)>,
+    running: Option<Running>,
     groups: BTreeSet<u32>,
     runs: BTreeSet<String>,
+    cgroups: BTreeMap<String, Arc<Cgroup>>,
+    /// Our end of the pipe that wakes the watcher thread, once it is started.
+    wake: Option<UnixStream>,
+    /// Why the last restart failed, while no guardian runs.
+    failure: Option<String>,
 }
 
 static GUARDIAN: Mutex<Guardian> = Mutex::new(Guardian {
-    child: None,
+    running: None,
     groups: BTreeSet::new(),
     runs: BTreeSet::new(),
+    cgroups: BTreeMap::new(),
+    wake: None,
+    failure: None,
 });
+
+/// Services waiting to be moved into their run's cgroup, and the one being moved.
+struct Placements {
+    queue: VecDeque<(u32, Arc<Cgroup>)>,
+    moving: Option<u32>,
+}
+
+static PLACEMENTS: Mutex<Placements> = Mutex::new(Placements {
+    queue: VecDeque::new(),
+    moving: None,
+});
+static PLACED: Condvar = Condvar::new();
 
 fn lock() -> MutexGuard<'static, Guardian> {
     GUARDIAN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn lock_placements() -> MutexGuard<'static, Placements> {
+    PLACEMENTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Guardian {
-    fn spawn() -> std::io::Result<(Child, ChildStdin)> {
+    fn spawn() -> std::io::Result<Running> {
         debug_assert!(SCRIPT.contains(MARKER_VAR));
         let mut child = Command::new("/bin/sh")
             .arg("-c")
@@ -86,21 +157,23 @@ impl Guardian {
             .stdin
             .take()
             .ok_or_else(|| std::io::Error::other("no stdin pipe to the guardian"))?;
-        Ok((child, stdin))
+        // Unreaped, so the pid is still this child's.
+        let pidfd = pidfd_open(child.id()).map(Arc::new);
+        Ok(Running {
+            child,
+            stdin,
+            pidfd,
+        })
     }
 
-    /// Send one command, (re)starting the guardian and replaying its state if needed.
-    fn send(&mut self, line: &str) -> std::io::Result<()> {
-        if let Some((_, stdin)) = self.child.as_mut() {
-            if stdin.write_all(line.as_bytes()).is_ok() {
-                return Ok(());
-            }
+    /// Start a new guardian (reaping a dead one) and tell it everything it must watch.
+    fn restart(&mut self) -> std::io::Result<()> {
+        if let Some(mut old) = self.running.take() {
+            // Dropping its stdin ends it if it still runs; then it has exited or will.
+            drop(old.stdin);
+            let _ = old.child.wait();
         }
-        // Not started yet, or it died: start afresh and tell it everything.
-        if let Some((mut old, _)) = self.child.take() {
-            let _ = old.wait();
-        }
-        let (child, mut stdin) = Self::spawn()?;
+        let mut running = Self::spawn()?;
         let mut replay = String::new();
         for g in &self.groups {
             replay.push_str(&format!("+g {g}\n"));
@@ -108,38 +181,190 @@ impl Guardian {
         for r in &self.runs {
             replay.push_str(&format!("+r {r}\n"));
         }
-        replay.push_str(line);
-        stdin.write_all(replay.as_bytes())?;
-        self.child = Some((child, stdin));
+        for c in self.cgroups.values() {
+            replay.push_str(&format!("+c {}\n", c.path().display()));
+        }
+        running.stdin.write_all(replay.as_bytes())?;
+        self.running = Some(running);
+        self.failure = None;
+        self.start_watcher()
+    }
+
+    /// Send one command, (re)starting the guardian if needed (it replays all state, this
+    /// command included, since the caller changed the state first).
+    fn send(&mut self, line: &str) -> std::io::Result<()> {
+        if let Some(running) = self.running.as_mut() {
+            if running.stdin.write_all(line.as_bytes()).is_ok() {
+                return Ok(());
+            }
+        }
+        self.restart()
+    }
+
+    fn start_watcher(&mut self) -> std::io::Result<()> {
+        if self.wake.is_some() {
+            return Ok(());
+        }
+        let (ours, theirs) = UnixStream::pair()?;
+        theirs.set_nonblocking(true)?;
+        std::thread::Builder::new()
+            .name("hitchserve:guardian".into())
+            .spawn(move || watch_guardian(theirs))?;
+        self.wake = Some(ours);
         Ok(())
     }
 }
 
-/// Watch a run's marker. Fails only if the guardian can't be started at all.
+/// The watcher thread: restart the guardian when it dies, move services into cgroups.
+fn watch_guardian(wake: UnixStream) {
+    loop {
+        let (pidfd, pid) = {
+            let g = lock();
+            match g.running.as_ref() {
+                Some(r) => (r.pidfd.clone(), Some(r.child.id())),
+                None => (None, None),
+            }
+        };
+        let mut fds = vec![PollFd::new(wake.as_fd(), PollFlags::POLLIN)];
+        if let Some(fd) = pidfd.as_ref() {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            // Nothing sensible left to wait on: the next command still restarts it.
+            Err(_) => return,
+        }
+        let died = fds
+            .get(1)
+            .and_then(PollFd::revents)
+            .is_some_and(|r| !r.is_empty());
+        let woken = fds[0].revents().is_some_and(|r| !r.is_empty());
+        drop(fds);
+        if woken {
+            let mut buf = [0u8; 64];
+            while matches!((&wake).read(&mut buf), Ok(n) if n > 0) {}
+            place_queued();
+        }
+        if died {
+            let mut g = lock();
+            // Unless a command already restarted it meanwhile.
+            if g.running.as_ref().map(|r| r.child.id()) == pid {
+                if let Err(e) = g.restart() {
+                    let message = format!(
+                        "[Hitch] WARNING: the guardian process died and could not be restarted \
+                         ({e}): if this process is killed now, its services are left running; \
+                         new bundles will refuse to start"
+                    );
+                    eprintln!("{message}");
+                    g.failure = Some(message);
+                    g.running = None;
+                }
+            }
+        }
+    }
+}
+
+/// Move every queued service into its cgroup, one at a time (see `forget`).
+fn place_queued() {
+    loop {
+        let (pid, cgroup) = {
+            let mut p = lock_placements();
+            let Some(next) = p.queue.pop_front() else {
+                return;
+            };
+            p.moving = Some(next.0);
+            next
+        };
+        cgroup.place(pid);
+        lock_placements().moving = None;
+        PLACED.notify_all();
+    }
+}
+
+/// Watch a run: its marker, and its cgroup if one can be made. Fails only if the guardian
+/// can't be started at all.
 pub(crate) fn add_run(run_id: &str) -> std::io::Result<()> {
+    let cgroup = Cgroup::create(run_id).map(Arc::new);
     let mut g = lock();
     g.runs.insert(run_id.to_owned());
-    g.send(&format!("+r {run_id}\n"))
+    let mut line = format!("+r {run_id}\n");
+    if let Some(c) = cgroup {
+        line.push_str(&format!("+c {}\n", c.path().display()));
+        g.cgroups.insert(run_id.to_owned(), c);
+    }
+    let sent = g.send(&line);
+    if sent.is_err() {
+        // Nothing watches it: don't leave the directory behind.
+        if let Some(c) = g.cgroups.remove(run_id) {
+            c.remove(Some(Instant::now()));
+        }
+        g.runs.remove(run_id);
+    }
+    sent
 }
 
-/// The run has stopped everything itself.
+/// SIGKILL whatever is left in the run's cgroup (processes that left their group and shed
+/// the marker). Returns whether anything was there.
+pub(crate) fn kill_cgroup(run_id: &str) -> bool {
+    let cgroup = lock().cgroups.get(run_id).cloned();
+    cgroup.is_some_and(|c| c.kill())
+}
+
+/// The run has stopped everything itself: remove its cgroup once empty and stop watching it.
 pub(crate) fn remove_run(run_id: &str) {
+    let cgroup = lock().cgroups.get(run_id).cloned();
+    // Waited for without the lock: others may spawn meanwhile. Processes just killed are
+    // gone within a moment; one stuck in the kernel keeps its cgroup for the guardian.
+    let deadline = Instant::now().checked_add(EMPTY_WAIT);
+    let gone = cgroup.as_ref().is_none_or(|c| c.remove(deadline));
     let mut g = lock();
     g.runs.remove(run_id);
-    let _ = g.send(&format!("-r {run_id}\n"));
+    let mut line = format!("-r {run_id}\n");
+    if gone {
+        if let Some(c) = g.cgroups.remove(run_id) {
+            line.push_str(&format!("-c {}\n", c.path().display()));
+        }
+    }
+    let _ = g.send(&line);
 }
 
-/// Watch a service's process group.
-pub(crate) fn watch(pgid: u32) {
+/// Watch a service's process group, and move it into its run's cgroup (off this thread).
+pub(crate) fn watch(run_id: &str, pgid: u32) {
     let mut g = lock();
     g.groups.insert(pgid);
     // If even a restart fails, the run's marker sweep at shutdown still finds it.
     let _ = g.send(&format!("+g {pgid}\n"));
+    let Some(cgroup) = g.cgroups.get(run_id).cloned() else {
+        return;
+    };
+    if let Some(mut wake) = g.wake.as_ref() {
+        lock_placements().queue.push_back((pgid, cgroup));
+        let _ = wake.write_all(b"p");
+    }
 }
 
-/// The group's leader is about to be reaped: its pgid may be reused, so stop watching.
+/// The group's leader is about to be reaped: its pgid may be reused, so stop watching, and
+/// don't move it (or let a move in progress finish first).
 pub(crate) fn forget(pgid: u32) {
+    {
+        let mut p = lock_placements();
+        p.queue.retain(|(pid, _)| *pid != pgid);
+        while p.moving == Some(pgid) {
+            p = PLACED.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
     let mut g = lock();
     g.groups.remove(&pgid);
     let _ = g.send(&format!("-g {pgid}\n"));
+}
+
+/// A pidfd for `pid`: readable once the process has exited. `None` before Linux 5.3.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: a plain syscall; on success the kernel hands us a new fd that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh, valid descriptor owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }

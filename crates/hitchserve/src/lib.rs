@@ -35,6 +35,7 @@
 #![warn(missing_docs)]
 
 mod bundle;
+mod cgroup;
 mod console;
 mod error;
 mod guardian;

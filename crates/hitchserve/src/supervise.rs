@@ -427,7 +427,7 @@ impl Shared {
             }
         };
         let pid = child.id();
-        guardian::watch(pid);
+        guardian::watch(&self.run.id, pid);
         let torn_down = {
             let mut states = self.lock();
             let st = &mut states[idx];
@@ -467,11 +467,11 @@ impl Shared {
         };
         let pid = child.id();
         if let Err(e) = self.give(idx, Task::Supervise(child)) {
-            // Without its thread nobody would reap or read it: kill it, reap it (only then
-            // forget its pgid), report why.
+            // Without its thread nobody would reap or read it: kill it, forget its pgid
+            // (it is about to be reaped), reap it, report why.
             let _ = killpg(Pid::from_raw(pid as i32), NixSignal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
             guardian::forget(pid);
+            let _ = nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None);
             self.update(idx, |st| {
                 st.phase = Phase::SpawnFailed;
                 st.spawn_error = Some(e);
@@ -806,7 +806,9 @@ impl Shared {
         } else {
             drop(states);
         }
-        // Processes that left their group (setsid, double fork) still carry the marker.
+        // Processes that left their group (setsid, double fork) are still in the run's
+        // cgroup, where there is one, and still carry the marker unless they cleared it.
+        guardian::kill_cgroup(&self.run.id);
         sweep(&self.run.id);
         let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
         drop(self.wait_stopped(grace, all_done));

@@ -184,3 +184,40 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// Check `condition` until it holds, up to `timeout`; true if it did. For conditions the
+/// kernel has no event for (a process appearing, a cgroup move): each look is cheap, and the
+/// pause between looks only sets how soon after the change we notice it.
+pub fn wait_for(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The process's cgroup v2 path (the `0::` line of /proc/<pid>/cgroup).
+pub fn cgroup_of(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+/// Whether this test runs as root (the bundle's cgroup needs it here, as in CI).
+pub fn is_root() -> bool {
+    // SAFETY: a plain syscall without arguments.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether `var=value` is in the process's environment.
+pub fn has_env(pid: u32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|&b| b == 0).any(|v| v == entry.as_bytes()))
+        .unwrap_or(false)
+}

@@ -156,6 +156,9 @@ fn a_deleted_run_directory_is_reported_like_a_full_disk() {
     .unwrap();
     let mut warning = b.logs().err().tail();
     b.startup().unwrap();
+    // The log writer makes all.log in the background: delete it once it is there.
+    let all_log = b.run_dir().unwrap().join("logs/all.log");
+    assert!(crate::common::wait_for(PATIENCE, || all_log.exists()));
     std::fs::remove_dir_all(b.run_dir().unwrap()).unwrap();
     std::fs::write(p.path("go"), "").unwrap();
     let err = wait_for_the_loss(&b, &mut warning, "deleted");

@@ -1,10 +1,15 @@
 //! No orphans, ever: when the process owning a bundle is SIGKILLed, the guardian kills every
-//! process the bundle started — grandchildren and `setsid` daemons included.
+//! process the bundle started — grandchildren and `setsid` daemons included, even when the
+//! guardian itself was killed first, and even a daemon that cleared its environment.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 
-use crate::common::{helper_process, marked_pids, sh, stat_field, wait_gone, Project, PATIENCE};
+use crate::common::{
+    cgroup_of, has_env, helper_process, is_alive, is_root, marked_pids, sh, stat_field, wait_for,
+    wait_gone, Project, PATIENCE,
+};
 
 const PROJECT_VAR: &str = "HITCHSERVE_TEST_ORPHAN_PROJECT";
 
@@ -74,4 +79,179 @@ fn sigkilled_owner_leaves_no_process_behind() {
         );
     }
     assert!(marked_pids(&run).is_empty());
+}
+
+/// A helper process that owns a bundle; killed on drop, so a failed test leaves no owner.
+struct Owner(Child);
+
+impl Owner {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGKILL it: no destructor, no shutdown runs in it.
+    fn kill(&mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start a helper test in a child process; return it and the `KEY value` lines it printed
+/// up to its `RUN` line.
+fn start_owner(helper: &str, p: &Project) -> (Owner, HashMap<String, String>) {
+    let dir = p.dir.to_str().unwrap().to_owned();
+    let mut owner = helper_process(helper, &[(PROJECT_VAR, &dir)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = HashMap::new();
+    for line in BufReader::new(owner.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some((key, value)) = line.split_once(' ') {
+            if key.chars().all(|c| c.is_ascii_uppercase()) {
+                said.insert(key.to_owned(), value.to_owned());
+            }
+        }
+        if said.contains_key("RUN") {
+            break;
+        }
+    }
+    assert!(
+        said.contains_key("RUN"),
+        "the helper never reported its run"
+    );
+    (Owner(owner), said)
+}
+
+/// The live guardian process of `owner`: its child running the guardian script.
+fn guardian_of(owner: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let is_guardian = cmdline
+                .split(|&b| b == 0)
+                .any(|arg| arg == b"hitchserve-guardian");
+            (is_guardian && stat_field(pid, 4) == Some(owner as i64) && is_alive(pid))
+                .then_some(pid)
+        })
+}
+
+#[test]
+fn a_killed_guardian_is_replaced_and_still_cleans_up_after_a_killed_owner() {
+    let p = Project::new("guardian-killed");
+    let (mut owner, said) = start_owner("orphans::helper_bundle_owner", &p);
+    let pids = marked_pids(&said["RUN"]);
+    assert!(pids.len() >= 5, "{pids:?}");
+
+    let first = guardian_of(owner.id()).expect("the owner has a guardian");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut second = None;
+    assert!(
+        wait_for(PATIENCE, || {
+            second = guardian_of(owner.id()).filter(|&g| g != first);
+            second.is_some()
+        }),
+        "no new guardian replaced the killed one"
+    );
+
+    owner.kill();
+    for pid in &pids {
+        assert!(
+            wait_gone(*pid, PATIENCE),
+            "process {pid} outlived its killed owner and guardian"
+        );
+    }
+    assert!(marked_pids(&said["RUN"]).is_empty());
+}
+
+/// A service that, when told to (the file `go` appears), starts a daemon in a new session
+/// with an empty environment: no process group, no session, no marker, no parent in common.
+pub fn escaping_service() -> hitchserve::Service {
+    sh(concat!(
+        "echo READY; ",
+        "while [ ! -e go ]; do sleep 0.01; done; ",
+        "setsid -f env -i sh -c 'echo $$ > escapee.tmp; mv escapee.tmp escapee.pid; ",
+        "exec sleep 1000'; ",
+        "exec sleep 1000"
+    ))
+}
+
+/// Let the escaping service escape once the bundle holds it, and return the escapee's pid.
+/// Waits for the move into the bundle's cgroup first: a process that escapes before that
+/// (within milliseconds of its start) is not covered — see the README.
+pub fn let_it_escape(p: &Project, leader: u32, run: &str) -> u32 {
+    assert!(
+        wait_for(PATIENCE, || cgroup_of(leader)
+            .is_some_and(|c| c.ends_with(&format!("/hitchserve-{run}")))),
+        "the service never got into the bundle's cgroup: {:?}",
+        cgroup_of(leader)
+    );
+    std::fs::write(p.path("go"), "").unwrap();
+    let pid_file = p.path("escapee.pid");
+    assert!(wait_for(PATIENCE, || pid_file.exists()), "it never escaped");
+    let escapee: u32 = std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(is_alive(escapee));
+    assert!(!has_env(escapee, &format!("HITCHSERVE_RUN={run}")));
+    assert_ne!(
+        stat_field(escapee, 6),
+        stat_field(leader, 6),
+        "same session"
+    );
+    assert_ne!(stat_field(escapee, 5), stat_field(leader, 5), "same group");
+    escapee
+}
+
+/// Runs in a child process: starts a bundle with an escaping service, says its run id and
+/// its main process, then waits to be killed.
+#[test]
+#[ignore = "helper: run by an_escapee_without_group_or_marker_dies_with_its_killed_owner"]
+fn helper_escapee_owner() {
+    let Some(dir) = std::env::var_os(PROJECT_VAR) else {
+        return;
+    };
+    let mut b = hitchserve::Bundle::new(&dir).startup_timeout(PATIENCE);
+    b.add("Escaper", escaping_service()).unwrap();
+    b.startup().unwrap();
+    println!("LEADER {}", b.service("Escaper").unwrap().pid().unwrap());
+    println!("RUN {}", crate::common::run_id(&b));
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn an_escapee_without_group_or_marker_dies_with_its_killed_owner() {
+    if !is_root() {
+        eprintln!("skipped: the bundle's cgroup needs root here (CI runs as root)");
+        return;
+    }
+    let p = Project::new("escapee-owner");
+    let (mut owner, said) = start_owner("orphans::helper_escapee_owner", &p);
+    let leader: u32 = said["LEADER"].parse().unwrap();
+    let escapee = let_it_escape(&p, leader, &said["RUN"]);
+
+    owner.kill();
+    assert!(
+        wait_gone(escapee, PATIENCE),
+        "the escapee {escapee} outlived its killed owner"
+    );
+    assert!(wait_gone(leader, PATIENCE));
 }

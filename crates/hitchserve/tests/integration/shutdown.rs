@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use hitchserve::{Service, Signal};
 
-use crate::common::{is_alive, marked_pids, run_id, sh, wait_gone, Project, PATIENCE};
+use crate::common::{is_alive, is_root, marked_pids, run_id, sh, wait_gone, Project, PATIENCE};
 
 fn read_pid(p: &Project, file: &str) -> u32 {
     std::fs::read_to_string(p.path(file))
@@ -118,6 +118,52 @@ fn shutdown_leaves_no_process_behind() {
         );
     }
     assert!(marked_pids(&run).is_empty());
+}
+
+/// A daemon in a new session with an empty environment shares nothing with the service but
+/// the bundle's cgroup: shutdown finds it there.
+#[test]
+fn shutdown_kills_an_escapee_without_group_or_marker() {
+    if !is_root() {
+        eprintln!("skipped: the bundle's cgroup needs root here (CI runs as root)");
+        return;
+    }
+    let p = Project::new("escapee");
+    let mut b = p.bundle();
+    b.add("Escaper", crate::orphans::escaping_service())
+        .unwrap();
+    b.startup().unwrap();
+    let leader = b.service("Escaper").unwrap().pid().unwrap();
+    let run = run_id(&b);
+    let escapee = crate::orphans::let_it_escape(&p, leader, &run);
+    b.shutdown().unwrap();
+    assert!(
+        wait_gone(escapee, PATIENCE),
+        "the escapee {escapee} survived the shutdown"
+    );
+    // Nothing of the run is left, its cgroup included.
+    let cgroup = format!("/hitchserve-{run}");
+    let left = std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" cgroup2 "))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .any(|mount| walk_has(std::path::Path::new(&mount), &cgroup, 4));
+    assert!(!left, "the run's cgroup was not removed");
+}
+
+/// Whether a directory ending in `suffix` is under `dir`, `depth` levels down at most.
+fn walk_has(dir: &std::path::Path, suffix: &str, depth: usize) -> bool {
+    if dir.to_str().is_some_and(|d| d.ends_with(suffix)) {
+        return true;
+    }
+    depth > 0
+        && std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .any(|e| walk_has(&e.path(), suffix, depth - 1))
+        })
 }
 
 #[test]

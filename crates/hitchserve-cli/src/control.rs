@@ -129,6 +129,7 @@ pub fn up(
         .mode(0o600)
         .open(&lock_path)
         .map_err(|e| format!("cannot create `{}`: {e}", lock_path.display()))?;
+    let _ = lock.set_permissions(std::fs::Permissions::from_mode(0o600));
     // SAFETY: a valid descriptor we own.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(refusal());
@@ -371,6 +372,9 @@ fn detach_up(file: &Path, project: &Path, timeline: bool) -> Result<ExitCode, St
         .mode(0o600)
         .open(&log_path)
         .map_err(|e| format!("cannot open `{}`: {e}", log_path.display()))?;
+    // Also one made 0644 by an older version, in the 0700 directory of those days.
+    log.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot make `{}` private: {e}", log_path.display()))?;
     let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("-f").arg(&file).args(["up", "--daemon-child"]);

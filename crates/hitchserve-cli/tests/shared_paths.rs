@@ -264,7 +264,22 @@ ready = { tcp = "{port.http}" }
     assert!(out.contains("symbolic link"), "{out}");
     assert!(out.contains("TMPDIR"), "{out}");
     drop(p);
-    for d in [&tmp, &tmp2, &victims, &work] {
+
+    // A temporary directory the attacker owns (sticky or not, its owner may rename what we
+    // make there): refused.
+    let tmp3 = fresh_dir("links3", false);
+    std::os::unix::fs::chown(&tmp3, Some(attacker()), None).unwrap();
+    std::fs::set_permissions(&tmp3, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let p = Project::new(work.join("proj3"), &tmp3, CLOCK);
+    let up = p.run(&["up", "--detach"]);
+    let out = text(&up);
+    assert!(!up.status.success(), "{out}");
+    assert!(
+        out.contains(&format!("owned by uid {}", attacker())),
+        "{out}"
+    );
+    drop(p);
+    for d in [&tmp, &tmp2, &tmp3, &victims, &work] {
         let _ = std::fs::remove_dir_all(d);
     }
 }
@@ -293,6 +308,14 @@ user = "nobody"
         toml = toml.replace("user = \"nobody\"\n", "");
     }
     let p = Project::new(work.join("proj"), &tmp, &toml);
+    // An up.log left readable by an older version is made private.
+    std::fs::create_dir_all(p.dir.join(".hitchserve")).unwrap();
+    std::fs::write(p.dir.join(".hitchserve/up.log"), "old\n").unwrap();
+    std::fs::set_permissions(
+        p.dir.join(".hitchserve/up.log"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
     // What the CLI keeps is private, but for what service users must pass through.

@@ -1140,39 +1140,36 @@ fn prepare_other_users(plans: &[Plan], run_dir: &Path, clock_files: &[PathBuf]) 
         };
         let own = run_dir.join(&plan.name);
         crate::safepath::make_dir_for(&own, 0o700, Some((uid, gid)))?;
-        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        let user_name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
-            .flatten();
-        let user_name = user
-            .as_ref()
-            .map_or_else(|| uid.to_string(), |u| u.name.clone());
-        let groups: Vec<u32> = user
-            .and_then(|u| {
-                let name = std::ffi::CString::new(u.name).ok()?;
-                nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(gid)).ok()
-            })
-            .unwrap_or_default()
-            .into_iter()
-            .map(|g| g.as_raw())
-            .collect();
-        let mut needed: Vec<(&Path, &str)> = vec![
-            (plan.dir.as_path(), "its working directory"),
-            (own.as_path(), "its directory in the run directory"),
+            .flatten()
+            .map_or_else(|| uid.to_string(), |u| u.name);
+        use crate::safepath::Access;
+        let mut needed: Vec<(&Path, Access, &str)> = vec![
+            (plan.program.as_path(), Access::Execute, "its program"),
+            (plan.dir.as_path(), Access::Search, "its working directory"),
+            (
+                own.as_path(),
+                Access::Search,
+                "its directory in the run directory",
+            ),
         ];
         if plan.faked {
-            needed.extend(
-                clock_files
-                    .iter()
-                    .map(|p| (p.as_path(), "to fake its clock (or use no_libfaketime)")),
-            );
+            needed.extend(clock_files.iter().map(|p| {
+                (
+                    p.as_path(),
+                    Access::Read,
+                    "to fake its clock (or use no_libfaketime)",
+                )
+            }));
         }
-        for (path, why) in needed {
-            if !crate::safepath::user_can_read(path, uid, gid, &groups) {
+        for (path, access, why) in needed {
+            if !crate::safepath::user_can(path, access, uid, gid) {
                 return Err(Error::UnreachableForUser {
                     service: plan.name.clone(),
                     user: user_name,
                     path: path.to_path_buf(),
-                    blocked: crate::safepath::first_blocked(path, uid, gid, &groups),
+                    blocked: crate::safepath::first_blocked(path, uid, gid),
                     why: why.to_owned(),
                 });
             }

@@ -287,7 +287,7 @@ pub enum Error {
 
     /// A path under a shared directory (the temporary directory) is not safely ours: another
     /// local user may have planted it to take over what we would write or load there.
-    #[error("refusing to use `{}`: it {problem}; another local user may be trying to take over this bundle. Remove it (it may need root), or set TMPDIR to a directory only you can write", path.display())]
+    #[error("refusing to use `{}`: it {problem}; another local user may be trying to take over this bundle. Remove or fix it (it may need root), or set TMPDIR to a directory only you (or root) can change", path.display())]
     UnsafePath {
         /// The path.
         path: PathBuf,
@@ -296,7 +296,7 @@ pub enum Error {
     },
 
     /// A service that runs as another user can't reach a file or directory it needs.
-    #[error("service `{service}` runs as `{user}`, who cannot reach `{}` ({why}): `{}` is not searchable or readable for that user; move the project somewhere `{user}` can reach (e.g. not under a private home directory) or give it access", path.display(), blocked.display())]
+    #[error("service `{service}` runs as `{user}`, who cannot reach `{}` ({why}): `{}` does not let that user through; give `{user}` access to it (e.g. `chmod o+x` on a directory), or move what is there somewhere `{user}` can reach (the project out of a private home directory; TMPDIR, where the time shim lives, to a directory others can pass through)", path.display(), blocked.display())]
     UnreachableForUser {
         /// The service.
         service: String,

@@ -121,6 +121,16 @@ fn prune(runs: &Path) {
     // Ids start with a fixed-width timestamp, so name order is age order.
     names.sort();
     let excess = names.len().saturating_sub(KEEP);
+    // Runs of older versions kept their logs in 0755 directories, in a `.hitchserve/` that
+    // was then 0700 and is now 0711: close them.
+    for name in names.iter().skip(excess) {
+        let logs = runs.join(name).join("logs");
+        if std::fs::metadata(&logs).is_ok_and(|m| {
+            m.uid() == crate::safepath::euid() && m.permissions().mode() & 0o077 != 0
+        }) {
+            let _ = std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o700));
+        }
+    }
     for name in names.into_iter().take(excess) {
         let owner_alive = name
             .split('-')

@@ -42,19 +42,31 @@ pub(crate) fn user_subdir(name: &str, mode: u32) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// A directory the temporary directory hangs off: anyone may write to `/tmp`, but then the
-/// sticky bit must keep them from renaming or deleting what we make there.
+/// The temporary directory and every directory above it must be owned by root or us, and
+/// any that others may write to must be sticky: else someone else could rename what we make
+/// there and put their own in its place (the sticky bit does not stop a directory's owner).
 fn check_shared_parent(dir: &Path) -> Result<()> {
-    let meta = std::fs::metadata(dir).map_err(|source| Error::Io {
-        context: format!("the temporary directory `{}` can't be used", dir.display()),
-        source,
-    })?;
-    let mode = meta.permissions().mode();
-    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-        return Err(unsafe_path(
-            dir,
-            "is writable by every user but not sticky, so anyone could replace what we make there",
-        ));
+    for d in dir.ancestors() {
+        let meta = std::fs::metadata(d).map_err(|source| Error::Io {
+            context: format!("the temporary directory `{}` can't be used", dir.display()),
+            source,
+        })?;
+        let mode = meta.permissions().mode();
+        if meta.uid() != 0 && meta.uid() != euid() {
+            return Err(unsafe_path(
+                d,
+                &format!(
+                    "is owned by uid {}, who could replace what we make below it",
+                    meta.uid()
+                ),
+            ));
+        }
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Err(unsafe_path(
+                d,
+                "is writable by other users but not sticky (`chmod +t` it), so they could replace what we make there",
+            ));
+        }
     }
     Ok(())
 }
@@ -123,7 +135,8 @@ fn unsafe_path(path: &Path, problem: &str) -> Error {
 }
 
 /// Create `path` (and missing parents) and, if `owner` is given, hand the directory itself to
-/// that uid and gid. The ownership change is made on the opened directory (`O_DIRECTORY |
+/// that uid and gid. An existing directory is used only if it is ours (or the owner's) and
+/// not writable by others. The ownership change is made on the opened directory (`O_DIRECTORY |
 /// O_NOFOLLOW`, then `fchown`), so a symlink or a hard link swapped in at that name can never
 /// redirect it to another file. A final component that is a symlink is refused.
 pub(crate) fn make_dir_for(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
@@ -154,6 +167,19 @@ pub(crate) fn make_dir_for(path: &Path, mode: u32, owner: Option<(u32, u32)>) ->
                 io(e)
             }
         })?;
+    // An existing directory must be ours (or already the target user's) and closed to
+    // others: else whoever made it could keep files there that we would adopt.
+    let meta = dir.metadata().map_err(io)?;
+    let target = owner.map(|(uid, _)| uid);
+    if meta.uid() != euid() && Some(meta.uid()) != target {
+        return Err(unsafe_path(
+            path,
+            &format!("exists and is owned by uid {}, not by us", meta.uid()),
+        ));
+    }
+    if meta.permissions().mode() & 0o022 != 0 {
+        return Err(unsafe_path(path, "exists and is writable by other users"));
+    }
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(&dir, Some(uid), Some(gid)).map_err(|source| Error::Io {
             context: format!("could not give `{}` to uid {uid}", path.display()),
@@ -163,24 +189,46 @@ pub(crate) fn make_dir_for(path: &Path, mode: u32, owner: Option<(u32, u32)>) ->
     Ok(())
 }
 
-/// Whether the user `uid` (primary group `gid`, supplementary `groups`) may search every
-/// directory on the way to `path` and open `path` itself for reading. Root may do anything.
-/// Used before starting a service as another user, so that a data directory or the time
-/// shim it can't reach is an error up front, not a "Permission denied" or a silently real
-/// clock later.
-pub(crate) fn user_can_read(path: &Path, uid: u32, gid: u32, groups: &[u32]) -> bool {
+/// What a service needs to do with a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Read a file (the shim, the clock files).
+    Read,
+    /// Enter a directory (its working directory).
+    Search,
+    /// Run a program.
+    Execute,
+}
+
+impl Access {
+    fn bits(self) -> u32 {
+        match self {
+            Access::Read => 0o4,
+            Access::Search | Access::Execute => 0o1,
+        }
+    }
+}
+
+/// Whether the user `uid` with group `gid` may search every directory on the way to `path`
+/// and do `access` to it. Services started as another user run with that one group only
+/// (std drops supplementary groups when root switches users), so no other group counts.
+/// Root may do anything. Used before starting a service as another user, so that a path it
+/// can't reach is an error up front, not a "Permission denied" or, worse, a silently real
+/// clock later (the loader only warns when it can't preload a library).
+pub(crate) fn user_can(path: &Path, access: Access, uid: u32, gid: u32) -> bool {
     if uid == 0 {
         return true;
     }
-    let allowed = |meta: &Metadata, bit: u32| {
+    let allowed = |meta: &Metadata, bits: u32| {
         let mode = meta.permissions().mode();
-        if meta.uid() == uid {
-            mode & (bit << 6) != 0
-        } else if meta.gid() == gid || groups.contains(&meta.gid()) {
-            mode & (bit << 3) != 0
+        let have = if meta.uid() == uid {
+            mode >> 6
+        } else if meta.gid() == gid {
+            mode >> 3
         } else {
-            mode & bit != 0
-        }
+            mode
+        };
+        have & bits == bits
     };
     let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
     ancestors.reverse();
@@ -190,19 +238,18 @@ pub(crate) fn user_can_read(path: &Path, uid: u32, gid: u32, groups: &[u32]) -> 
             _ => return false,
         }
     }
-    std::fs::metadata(path).is_ok_and(|meta| allowed(&meta, if meta.is_dir() { 0o5 } else { 0o4 }))
+    std::fs::metadata(path).is_ok_and(|meta| allowed(&meta, access.bits()))
 }
 
-/// The first directory on the way to `path` that `uid` can't search, for an error message.
-pub(crate) fn first_blocked(path: &Path, uid: u32, gid: u32, groups: &[u32]) -> PathBuf {
-    let mut ancestors: Vec<&Path> = path.ancestors().collect();
+/// The first directory on the way to `path` that `uid` can't search, or `path` itself, for
+/// a message.
+pub(crate) fn first_blocked(path: &Path, uid: u32, gid: u32) -> PathBuf {
+    let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
     ancestors.reverse();
-    for p in ancestors {
-        if !user_can_read(p, uid, gid, groups) {
-            return p.to_path_buf();
-        }
-    }
-    path.to_path_buf()
+    ancestors
+        .into_iter()
+        .find(|p| !user_can(p, Access::Search, uid, gid))
+        .map_or_else(|| path.to_path_buf(), Path::to_path_buf)
 }
 
 #[cfg(test)]
@@ -221,6 +268,15 @@ mod tests {
         assert!(err.contains("symbolic link"), "{err}");
         let err = make_dir_for(&link, 0o700, None).unwrap_err().to_string();
         assert!(err.contains("symbolic link"), "{err}");
+        // Someone else's directory is not adopted (as root: chown it to `nobody`).
+        if euid() == 0 {
+            let theirs = base.join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            let err = make_dir_for(&theirs, 0o700, None).unwrap_err().to_string();
+            assert!(err.contains("owned by uid 65534"), "{err}");
+            make_dir_for(&theirs, 0o700, Some((65534, 65534))).unwrap();
+        }
         std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o777)).unwrap();
         let meta = std::fs::symlink_metadata(&base).unwrap();
         assert!(check_ours(&base, &meta, true).is_err());

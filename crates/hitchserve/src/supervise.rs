@@ -724,16 +724,6 @@ impl Shared {
     pub(crate) fn stop_all(&self, timeout: Duration) {
         let t0 = Instant::now();
         let deadline = deadline_after(t0, timeout);
-        // libfaketime leaves a file in /dev/shm for each process killed by a signal: note
-        // every process of the run now, to clean up after them once they are gone.
-        let faked_pids = if self.plans.iter().any(|p| p.faked) {
-            let mut pids =
-                marked_pids(&format!("{MARKER_VAR}={}", self.run.id), std::process::id());
-            pids.extend(self.lock().iter().filter_map(|st| st.pid));
-            pids
-        } else {
-            Vec::new()
-        };
         let mut stopping = Vec::new();
         {
             let mut states = self.lock();
@@ -833,7 +823,6 @@ impl Shared {
             }
         }
         guardian::remove_run(&self.run.id);
-        crate::timetravel::remove_shm_leftovers(&faked_pids);
         if !stopping.is_empty() {
             self.output
                 .log(&format!("Stopped in {:.2} s", t0.elapsed().as_secs_f64()));

@@ -407,17 +407,3 @@ pub(crate) fn show(moment: Timestamp) -> String {
     let zoned = moment.to_zoned_datetime(jiff::tz::TimeZone::system());
     zoned.strftime("%Y-%m-%d %H:%M:%S").to_string()
 }
-
-/// Remove the files libfaketime leaves in `/dev/shm` for these processes, once each is gone
-/// (it only removes them itself when a process exits normally).
-pub(crate) fn remove_shm_leftovers(pids: &[u32]) {
-    for &pid in pids {
-        let gone = procfs::process::Process::new(pid as i32)
-            .and_then(|p| p.stat())
-            .map_or(true, |st| matches!(st.state, 'Z' | 'X'));
-        if gone {
-            let _ = std::fs::remove_file(format!("/dev/shm/faketime_shm_{pid}"));
-            let _ = std::fs::remove_file(format!("/dev/shm/sem.faketime_sem_{pid}"));
-        }
-    }
-}

@@ -63,6 +63,8 @@ fn a_service_run_as_another_user_has_its_own_directory_and_fake_time() {
         return;
     }
     let p = Project::new("user-dir");
+    // Passing through is enough: the project need not be readable by the service's user.
+    std::fs::set_permissions(&p.dir, std::fs::Permissions::from_mode(0o711)).unwrap();
     let mut b = p.bundle();
     b.add(
         "Nobody",
@@ -159,4 +161,53 @@ fn a_failing_create_user_never_shows_the_password() {
     drop(b);
     let all_log = std::fs::read(run.join("logs").join("all.log")).unwrap();
     assert!(!String::from_utf8_lossy(&all_log).contains(pw));
+}
+
+/// A user whose only way into a directory would be a supplementary group (made once).
+fn member_of_a_group() -> (u32, u32) {
+    static MADE: std::sync::Once = std::sync::Once::new();
+    MADE.call_once(|| {
+        if nix::unistd::Group::from_name("hs-grp").unwrap().is_none() {
+            assert!(Command::new("groupadd")
+                .args(["--system", "hs-grp"])
+                .status()
+                .unwrap()
+                .success());
+        }
+        if nix::unistd::User::from_name("hs-member").unwrap().is_none() {
+            assert!(Command::new("useradd")
+                .args(["--system", "--no-create-home", "-G", "hs-grp", "hs-member"])
+                .status()
+                .unwrap()
+                .success());
+        }
+    });
+    let grp = nix::unistd::Group::from_name("hs-grp").unwrap().unwrap();
+    let user = nix::unistd::User::from_name("hs-member").unwrap().unwrap();
+    (user.uid.as_raw(), grp.gid.as_raw())
+}
+
+#[test]
+fn a_supplementary_group_does_not_count_services_run_without_one() {
+    if !is_root() {
+        eprintln!("skipped: only root can run a service as another user");
+        return;
+    }
+    let (_, grp) = member_of_a_group();
+    let p = Project::new("supplementary");
+    let dir = p.path("grouped");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(0), Some(grp)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let mut b = hitchserve::Bundle::new(&dir).startup_timeout(PATIENCE);
+    b.add(
+        "Member",
+        sh("echo READY; exec sleep 1000").user("hs-member"),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    assert!(
+        matches!(&err, Error::UnreachableForUser { service, .. } if service == "Member"),
+        "{err:?}"
+    );
 }

@@ -58,8 +58,9 @@ fn sigkilled_owner_leaves_no_process_behind() {
     }
     let run = run.expect("the helper never reported its run");
     let pids = marked_pids(&run);
-    // sh, sleep, sh + its sleep, the daemon: at least five processes of the bundle.
-    assert!(pids.len() >= 5, "{pids:?}");
+    // sh, sleep, sh (its own sleep may not be forked yet under load), the daemon: at least
+    // four processes of the bundle; any that comes later is caught by the check at the end.
+    assert!(pids.len() >= 4, "{pids:?}");
     let daemon: u32 = std::fs::read_to_string(p.path("daemon.pid"))
         .unwrap()
         .trim()

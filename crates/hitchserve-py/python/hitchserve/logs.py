@@ -87,6 +87,11 @@ class Logs:
         return Logs(self._native.poststart(), self._what + ".poststart")
 
     @property
+    def main(self) -> "Logs":
+        """Only the service's own process (no hook output)."""
+        return Logs(self._native.main(), self._what + ".main")
+
+    @property
     def tail(self) -> "Tail":
         """A cursor that starts now: ``tail.until(...)``, ``tail.until_json(...)``,
         ``tail.follow(lines_back=2)``."""

@@ -250,3 +250,32 @@ def test_bundles_services_and_logs_have_useful_reprs(project):
         assert repr(line).startswith("LogLine(")
         assert line.service in ("Django",)
         assert "tail" in dir(bundle["Django"].logs)
+
+
+def test_services_of_a_bundle_never_shut_down_die_with_the_python_process(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    import psutil
+
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, hitchserve
+            bundle = hitchserve.ServiceBundle({str(tmp_path)!r}, quiet=True)
+            bundle["Orphan"] = hitchserve.Service(
+                command=[sys.executable, "-c", "import time; print('READY', flush=True); time.sleep(3600)"],
+                log_line_ready_checker=lambda line: line == "READY")
+            bundle.startup()
+            print(bundle["Orphan"].pid, flush=True)
+        """)],
+        capture_output=True, text=True, timeout=PATIENCE,
+    )
+    assert child.returncode == 0, child.stderr
+    pid = int(child.stdout.split()[-1])
+    try:
+        orphan = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    gone, alive = psutil.wait_procs([orphan], timeout=PATIENCE)
+    assert not alive

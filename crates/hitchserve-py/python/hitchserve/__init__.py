@@ -1,0 +1,59 @@
+"""hitchserve: start, watch, time-travel and stop the real services an integration test needs.
+
+The generic service API of the original Python hitchserve, on the Rust engine::
+
+    import hitchserve
+
+    bundle = hitchserve.ServiceBundle(project_directory=".", startup_timeout=15.0)
+    bundle["Web"] = hitchserve.Service(
+        command=["python3", "-u", "-m", "http.server", "8000"],
+        log_line_ready_checker=lambda line: "Serving HTTP" in line,
+    )
+    with bundle:
+        bundle.startup()
+        print(bundle["Web"].logs)
+
+Ready-made services are in :mod:`hitchserve.services`; the pytest fixture
+``service_bundle`` comes with the package.
+"""
+
+from . import _native
+from .bundle import ServiceBundle
+from .errors import (
+    DefinitionError,
+    LogEnded,
+    LogTimeout,
+    NoSuchProcess,
+    NoSuchService,
+    NotRunning,
+    ServiceError,
+    ServiceExited,
+    StartupError,
+    StartupTimeout,
+    SubcommandFailed,
+    TimeTravelError,
+)
+from .logs import Follow, LogLine, Logs, Tail
+from .service import Service, Subcommand
+
+__all__ = [
+    "ServiceBundle",
+    "Service",
+    "Subcommand",
+    "Logs",
+    "LogLine",
+    "Tail",
+    "Follow",
+    "ServiceError",
+    "DefinitionError",
+    "StartupError",
+    "StartupTimeout",
+    "ServiceExited",
+    "LogTimeout",
+    "LogEnded",
+    "SubcommandFailed",
+    "NotRunning",
+    "NoSuchService",
+    "NoSuchProcess",
+    "TimeTravelError",
+]

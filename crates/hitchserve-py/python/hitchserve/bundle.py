@@ -1,0 +1,266 @@
+"""``ServiceBundle``: named services started, watched, time-travelled and stopped together.
+
+A thin shape over the engine's ``Bundle`` (``hitchserve._native.NativeBundle``): startup,
+readiness, logs, time travel, kernels and shutdown all happen in Rust.
+"""
+
+import datetime as _dt
+import os
+from typing import Any, Dict, Iterator, List, Optional, Union
+
+from . import _native
+from .errors import DefinitionError, NoSuchService
+from .logs import Logs
+from .service import PathLike, Service
+
+__all__ = ["ServiceBundle"]
+
+
+class ServiceBundle:
+    """Services that start, run and stop together.
+
+    ``project_directory`` is where services run unless told otherwise (and where the run's
+    logs go: ``.hitchserve/runs/<run>/logs/all.log``); ``startup_timeout`` bounds the whole
+    startup, ``shutdown_timeout`` how long services get to stop before SIGKILL. The 0.5.x
+    keywords ``hitch_dir`` (ignored) and ``quiet`` (start with the console muted) are
+    accepted so existing code runs unchanged.
+
+    Use it like a dict of services: ``bundle["Django"] = Service(...)``, then
+    ``bundle.startup()``, ``bundle["Django"].logs``, ``bundle.shutdown()`` (or a ``with``
+    block, which shuts down at its end).
+    """
+
+    def __init__(
+        self,
+        project_directory: Optional[PathLike] = None,
+        startup_timeout: float = 15.0,
+        shutdown_timeout: float = 5.0,
+        hitch_dir: Optional[PathLike] = None,
+        quiet: bool = False,
+        *,
+        time_travel: bool = True,
+        log_memory_limit: Optional[int] = None,
+    ) -> None:
+        if project_directory is None:
+            project_directory = os.getcwd()
+        self.project_directory = os.fspath(project_directory)
+        self.startup_timeout = float(startup_timeout)
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.hitch_dir = hitch_dir
+        self._native = _native.NativeBundle(
+            self.project_directory,
+            self.startup_timeout,
+            self.shutdown_timeout,
+            time_travel,
+            log_memory_limit,
+        )
+        self._services: Dict[str, Service] = {}
+        self._started = False
+        self._added = False
+        if quiet:
+            self._native.start_interactive_mode()
+
+    # -- the services, as a dict ----------------------------------------------------------
+
+    def __setitem__(self, name: str, service: Service) -> None:
+        if not isinstance(service, Service):
+            raise TypeError(f"bundle[{name!r}] must be a hitchserve.Service, not {type(service).__name__}")
+        if self._added:
+            raise DefinitionError(
+                "the bundle was already started: define every service before calling startup"
+            )
+        if service._bundle is not None and service._bundle is not self:
+            raise DefinitionError(f"this service is already in another bundle as {service.name!r}")
+        service.name = name
+        service._bundle = self
+        self._services[name] = service
+
+    def __getitem__(self, name: str) -> Service:
+        try:
+            return self._services[name]
+        except KeyError:
+            known = ", ".join(f"`{n}`" for n in self._services)
+            err = NoSuchService(f"no service `{name}` in this bundle (it has: {known})")
+            err.service = name
+            raise err from None
+
+    def __delitem__(self, name: str) -> None:
+        if self._added:
+            raise DefinitionError("services can't be removed from a started bundle")
+        self[name]._bundle = None
+        del self._services[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._services
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._services)
+
+    def __len__(self) -> int:
+        return len(self._services)
+
+    def keys(self) -> List[str]:
+        return list(self._services)
+
+    def values(self) -> List[Service]:
+        return list(self._services.values())
+
+    def items(self) -> List[tuple]:
+        return list(self._services.items())
+
+    # -- starting and stopping ------------------------------------------------------------
+
+    def startup(self, interactive: bool = False) -> None:
+        """Start every service, each once all it needs is ready, and wait until all are.
+
+        ``interactive=False`` (for tests) prints the logs as they come;
+        ``interactive=True`` (in IPython) leaves the console alone. On failure everything
+        already started is stopped and a :class:`StartupError` (or the exception a hook or
+        readiness check raised) says which service and why. Ctrl-C stops it too.
+        """
+        if interactive:
+            self._native.start_interactive_mode()
+        if not self._added:
+            definitions = [(name, svc._definition()) for name, svc in self._services.items()]
+            self._added = True
+            for name, definition in definitions:
+                self._native.add(name, definition)
+        self._native.startup()
+        self._started = True
+
+    def shutdown(self) -> None:
+        """Stop every service (stop signal, then SIGKILL after ``shutdown_timeout``).
+        Raises :class:`ServiceExited` for a crash after startup not reported yet."""
+        self._native.shutdown()
+
+    def check(self) -> None:
+        """Raise :class:`ServiceExited` if any service exited after it was ready."""
+        self._native.check()
+
+    def __enter__(self) -> "ServiceBundle":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            self.shutdown()
+        except Exception:
+            if exc_type is None:
+                raise
+
+    # -- the console ----------------------------------------------------------------------
+
+    def log(self, message: Any) -> None:
+        """Print a message among the service lines (``[Hitch] message``) and store it."""
+        self._native.log(str(message))
+
+    def warn(self, message: Any) -> None:
+        """Print a warning among the service lines and store it."""
+        self._native.warn(str(message))
+
+    def start_interactive_mode(self) -> None:
+        """Stop printing log lines (they are still stored), e.g. to use IPython."""
+        self._native.start_interactive_mode()
+
+    def stop_interactive_mode(self) -> None:
+        """Print log lines again."""
+        self._native.stop_interactive_mode()
+
+    @property
+    def interactive(self) -> bool:
+        return self._native.is_interactive()
+
+    @property
+    def logs(self) -> Logs:
+        """Every line of every service, and the bundle's own."""
+        return Logs(self._native.logs(), "bundle.logs")
+
+    @property
+    def run_directory(self) -> Optional[str]:
+        """This run's directory (``.hitchserve/runs/<run>``), once started."""
+        path = self._native.run_dir()
+        return os.fspath(path) if path is not None else None
+
+    @property
+    def all_log(self) -> Optional[str]:
+        """The path of this run's ``all.log`` (every line of every service), once started."""
+        run = self.run_directory
+        return os.path.join(run, "logs", "all.log") if run else None
+
+    def port(self, service: str, name: str) -> int:
+        """The port reserved for ``service`` as ``name`` (see ``Service(ports=[...])``)."""
+        return self._native.port(service, name)
+
+    def pstree(self) -> str:
+        """Every running service's process tree, with memory and CPU time."""
+        return self._native.pstree()
+
+    def timeline(self) -> str:
+        """When each service was set up, started and ready, as a text chart."""
+        return self._native.timeline()
+
+    # -- time travel ----------------------------------------------------------------------
+
+    def time_travel(
+        self,
+        datetime: Optional[_dt.datetime] = None,
+        timedelta: Optional[_dt.timedelta] = None,
+        seconds: float = 0,
+        minutes: float = 0,
+        hours: float = 0,
+        days: float = 0,
+    ) -> None:
+        """Move every service's clock: to ``datetime`` (naive means local time), or by
+        ``timedelta`` plus ``days``/``hours``/``minutes``/``seconds`` (negative goes back)."""
+        if datetime is not None:
+            self._native.time_travel_to(_micros(datetime))
+            return
+        delta = _dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        if timedelta is not None:
+            delta += timedelta
+        if delta >= _dt.timedelta(0):
+            self._native.time_travel(delta.total_seconds())
+        else:
+            self._native.time_travel_to(self._native.now() + _delta_micros(delta))
+
+    def now(self) -> _dt.datetime:
+        """What time the services think it is (local time, naive, as ``datetime.now()``)."""
+        return _from_micros(self._native.now())
+
+    # -- IPython kernels ------------------------------------------------------------------
+
+    def wait_for_kernel(self, service_name: str, timeout: Optional[float] = None) -> str:
+        """Wait for ``service_name`` to embed an IPython kernel
+        (``IPython.embed_kernel()``); the kernel's connection file, for ``jupyter_client``."""
+        if timeout is None:
+            timeout = self.startup_timeout
+        return os.fspath(self._native.wait_for_kernel(service_name, float(timeout)))
+
+    def connect_to_kernel(self, service_name: str) -> None:
+        """Wait for ``service_name`` to embed an IPython kernel, then hand the terminal to
+        ``jupyter console`` on it (logs muted meanwhile)."""
+        self._native.connect_to_kernel(service_name)
+
+    def __repr__(self) -> str:
+        if self._native.is_starting():
+            state = "starting"
+        elif self._started:
+            state = f"started, run {self.run_directory}"
+        else:
+            state = "not started"
+        return f"<ServiceBundle {self.project_directory!r} {list(self._services)} {state}>"
+
+
+def _micros(moment: _dt.datetime) -> int:
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # naive: local time
+    delta = moment - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+    return _delta_micros(delta)
+
+
+def _delta_micros(delta: _dt.timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_micros(us: int) -> _dt.datetime:
+    aware = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(microseconds=us)
+    return aware.astimezone().replace(tzinfo=None)

@@ -1,0 +1,98 @@
+"""The exceptions of hitchserve.
+
+Every error the engine reports is a :class:`ServiceError`; its message is the engine's, word for
+word: which service, what happened, its last log lines, what to do. Attributes:
+
+* ``service`` -- the service it is about (or ``None``),
+* ``last_lines`` -- the last log lines it carries (oldest first),
+* ``kind`` -- the engine's name for it (``"ExitedBeforeReady"``, ``"WaitTimeout"``, ...).
+
+A Python exception raised by your own code (a ``log_line_ready_checker``, a ``setup`` or
+``poststart`` hook, a ``tail.until`` predicate) is raised as itself, not wrapped.
+"""
+
+from typing import List, Optional
+
+__all__ = [
+    "ServiceError",
+    "DefinitionError",
+    "StartupError",
+    "StartupTimeout",
+    "ServiceExited",
+    "LogTimeout",
+    "LogEnded",
+    "SubcommandFailed",
+    "NotRunning",
+    "NoSuchService",
+    "NoSuchProcess",
+    "TimeTravelError",
+]
+
+
+class ServiceError(Exception):
+    """Anything hitchserve reports about a bundle or its services."""
+
+    service: Optional[str] = None
+    last_lines: List[str] = []
+    kind: Optional[str] = None
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DefinitionError(ServiceError):
+    """A bad definition (unknown program, missing directory, unknown need, a needs cycle, a
+    duplicate or invalid name...): found before anything starts."""
+
+
+class StartupError(ServiceError):
+    """A service failed to start: it exited before it was ready, its hook failed, or it could
+    not be spawned. Everything already started has been stopped."""
+
+    returncode: Optional[int] = None
+    status: Optional[str] = None
+
+
+class StartupTimeout(StartupError, TimeoutError):
+    """Not every service was ready within the bundle's ``startup_timeout``."""
+
+
+class ServiceExited(ServiceError):
+    """A service that was ready has exited on its own (reported by ``check()``, the next
+    time travel, signal or ``shutdown()``)."""
+
+    returncode: Optional[int] = None
+    status: Optional[str] = None
+
+
+class LogTimeout(ServiceError, TimeoutError):
+    """A ``tail.until`` / ``until_json`` wait ran out of time."""
+
+
+class LogEnded(ServiceError):
+    """The service's output ended (it exited, or the bundle stopped) while a wait on its logs
+    was pending."""
+
+
+class SubcommandFailed(ServiceError):
+    """A sub-command exited with a failure."""
+
+    returncode: Optional[int] = None
+    status: Optional[str] = None
+
+
+class NotRunning(ServiceError):
+    """Something that needs running services was asked before ``startup()`` (or of a service
+    that is not running)."""
+
+
+class NoSuchService(ServiceError, KeyError):
+    """No service of that name in the bundle."""
+
+
+class NoSuchProcess(ServiceError):
+    """The process has ended."""
+
+
+class TimeTravelError(ServiceError):
+    """Time travel is off for this bundle, or the moment is out of range."""

@@ -1,0 +1,216 @@
+"""Log lines of a service (or of the whole bundle): printing, querying, waiting.
+
+Everything here asks the engine (``hitchserve._native``): lines are stored, parsed as JSON and
+waited for in Rust; these classes give them their Python shape.
+"""
+
+import collections.abc
+import datetime as _dt
+from typing import Any, Callable, Iterator, List, Optional
+
+from . import _native
+
+__all__ = ["Logs", "LogLine", "Tail", "Follow"]
+
+#: How long ``tail.until`` / ``until_json`` wait when no ``timeout`` is given, in seconds.
+DEFAULT_TIMEOUT = 60.0
+
+
+class LogLine(str):
+    """One log line: the text itself (a ``str``), with where and when it came from.
+
+    ``service`` (``"Hitch"`` for the bundle's own lines), ``stream`` (``"stdout"`` or
+    ``"stderr"``), ``part`` (``"main"``, ``"setup"`` or ``"poststart"``), ``seq`` (its place
+    among all lines of the bundle), ``time`` (a ``datetime``, real time) and ``console``
+    (the line as it is printed: ``[   Django] text``).
+    """
+
+    service: str
+    stream: str
+    part: str
+    seq: int
+    console: str
+
+    def __new__(cls, entry: tuple) -> "LogLine":
+        text, service, stream, part, seq, time, console = entry
+        self = super().__new__(cls, text)
+        self.service = service
+        self.stream = stream
+        self.part = part
+        self.seq = seq
+        self._time = time
+        self.console = console
+        return self
+
+    @property
+    def time(self) -> _dt.datetime:
+        return _dt.datetime.fromtimestamp(self._time)
+
+    @property
+    def text(self) -> str:
+        return str(self)
+
+    def __repr__(self) -> str:
+        return f"LogLine({self.console!r})"
+
+
+class Logs:
+    """A view of stored log lines: ``.out`` and ``.err`` narrow it to one stream.
+
+    Printed (or shown in IPython) in the console format. ``lines()`` gives the texts,
+    ``json()`` every line that is JSON (parsed), ``len()`` how many there are, and ``tail``
+    a cursor that waits for new lines.
+    """
+
+    def __init__(self, native: "_native.Logs", what: str = "logs") -> None:
+        self._native = native
+        self._what = what
+
+    @property
+    def out(self) -> "Logs":
+        """Only standard output."""
+        return Logs(self._native.out(), self._what + ".out")
+
+    @property
+    def err(self) -> "Logs":
+        """Only standard error."""
+        return Logs(self._native.err(), self._what + ".err")
+
+    @property
+    def setup(self) -> "Logs":
+        """Only what the setup hook ran."""
+        return Logs(self._native.setup(), self._what + ".setup")
+
+    @property
+    def poststart(self) -> "Logs":
+        """Only what the poststart hook ran."""
+        return Logs(self._native.poststart(), self._what + ".poststart")
+
+    @property
+    def main(self) -> "Logs":
+        """Only the service's own process (no hook output)."""
+        return Logs(self._native.main(), self._what + ".main")
+
+    @property
+    def tail(self) -> "Tail":
+        """A cursor that starts now: ``tail.until(...)``, ``tail.until_json(...)``,
+        ``tail.follow(lines_back=2)``."""
+        return Tail(self._native.tail(0))
+
+    def lines(self) -> List[str]:
+        """The text of every line, oldest first."""
+        return self._native.lines()
+
+    def entries(self) -> List[LogLine]:
+        """Every line with its service, stream and time, oldest first."""
+        return [LogLine(e) for e in self._native.entries()]
+
+    def last(self, n: int = 20) -> List[LogLine]:
+        """The last ``n`` lines, oldest first."""
+        return [LogLine(e) for e in self._native.last(n)]
+
+    def json(self) -> List[Any]:
+        """Every line that parses as JSON, parsed (dicts, lists...), in order."""
+        return self._native.json()
+
+    def __len__(self) -> int:
+        return len(self._native)
+
+    def __iter__(self) -> Iterator[LogLine]:
+        return iter(self.entries())
+
+    def __str__(self) -> str:
+        return self._native.console()
+
+    def __repr__(self) -> str:
+        text = self._native.console()
+        return text.rstrip("\n") if text else f"<{self._what}: no lines yet>"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+
+class Tail:
+    """A cursor over a log view. It starts where it was made (``logs.tail`` starts now) and
+    moves past each line it returns, so successive waits see successive lines."""
+
+    def __init__(self, native: "_native.Tail") -> None:
+        self._native = native
+
+    def until(
+        self,
+        condition: Callable[[str], Any],
+        timeout: Optional[float] = None,
+        lines_back: int = 0,
+    ) -> LogLine:
+        """Wait for the next line making ``condition(line)`` true, up to ``timeout`` seconds
+        (default 60); start ``lines_back`` lines earlier. Raises :class:`LogTimeout` (with the
+        last lines), :class:`LogEnded` if the service exits meanwhile, or whatever
+        ``condition`` raised."""
+        if lines_back:
+            self._native.back(lines_back)
+        return LogLine(self._native.until(condition, _timeout(timeout)))
+
+    def until_json(
+        self,
+        condition: Callable[[Any], Any],
+        timeout: Optional[float] = None,
+        lines_back: int = 0,
+    ) -> Any:
+        """Wait for the next JSON line whose value makes ``condition(value)`` true, and
+        return the value (lines that are not JSON are skipped)."""
+        if lines_back:
+            self._native.back(lines_back)
+        return self._native.until_json(condition, _timeout(timeout))
+
+    def follow(self, lines_back: int = 0) -> "Follow":
+        """The lines as they arrive, starting ``lines_back`` lines earlier: iterate over it
+        (it ends when the service's output ends; Ctrl-C raises ``KeyboardInterrupt``), or
+        show it in IPython to print lines until Ctrl-C."""
+        if lines_back:
+            self._native.back(lines_back)
+        return Follow(self._native)
+
+    def __repr__(self) -> str:
+        return "<Tail: until(condition), until_json(condition), follow(lines_back=0)>"
+
+
+class Follow(collections.abc.Generator):
+    """Lines as they arrive (a generator of :class:`LogLine`)."""
+
+    def __init__(self, native: "_native.Tail") -> None:
+        self._native = native
+
+    def send(self, value: Any) -> LogLine:
+        entry = self._native.next_line()
+        if entry is None:
+            raise StopIteration
+        return LogLine(entry)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> LogLine:
+        if val is None:
+            val = typ() if isinstance(typ, type) else typ
+        raise val.with_traceback(tb) if tb is not None else val
+
+    def print(self) -> None:
+        """Print each line in the console format until the output ends (or Ctrl-C)."""
+        for line in self:
+            print(line.console, flush=True)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        # The seed's `In [4]: logs.tail.follow(lines_back=2)`: print until Ctrl-C.
+        try:
+            self.print()
+        except KeyboardInterrupt:
+            pass
+
+    def __repr__(self) -> str:
+        return "<Follow: iterate over it, or call print()>"
+
+
+def _timeout(timeout: Optional[float]) -> float:
+    if timeout is None:
+        return DEFAULT_TIMEOUT
+    if isinstance(timeout, _dt.timedelta):
+        return timeout.total_seconds()
+    return float(timeout)

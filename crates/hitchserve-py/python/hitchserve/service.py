@@ -1,0 +1,347 @@
+"""Services: how one is defined (``Service(command=..., log_line_ready_checker=...)``, or a
+subclass with ``setup``/``poststart``), and what a started one gives (logs, pid, a
+``psutil.Process``, sub-commands).
+
+A definition becomes the engine's ``Service`` at ``startup()``; hooks and readiness checks
+are Python callables the engine calls (on its own threads, taking the GIL for the call).
+"""
+
+import datetime as _dt
+import os
+import subprocess
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+
+import psutil
+
+from . import _native
+from .errors import NotRunning
+from .logs import Logs
+
+__all__ = ["Service", "Subcommand"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class Subcommand:
+    """A command run like its service: its environment, directory and fake time."""
+
+    def __init__(self, native: "_native.Subcommand", ctx: Any = None) -> None:
+        self._native = native
+        self._ctx = ctx
+
+    @property
+    def argv(self) -> List[str]:
+        return [os.fsdecode(a) for a in self._native.argv()]
+
+    def with_args(self, *args: Any) -> "Subcommand":
+        """A copy with more arguments."""
+        return Subcommand(self._native.args([str(a) for a in args]), self._ctx)
+
+    def with_env(self, **env: Any) -> "Subcommand":
+        """A copy with these environment variables set (over the service's)."""
+        native = self._native
+        for k, v in env.items():
+            native = native.env(k, str(v))
+        return Subcommand(native, self._ctx)
+
+    def run(
+        self,
+        ignore_errors: bool = False,
+        stdin: Union[None, str, bytes] = None,
+        check_output: bool = False,
+    ) -> Optional[str]:
+        """Run it, its output going where the test's goes (inside a hook: stored under the
+        hook's label). Raises :class:`SubcommandFailed` if it fails, unless
+        ``ignore_errors``. With ``check_output``, capture stdout and return it as text."""
+        native = self._stdin(stdin)
+        if check_output:
+            out = self._output(native, check=not ignore_errors)
+            return out.stdout.decode(errors="replace")
+        if self._ctx is not None:
+            try:
+                self._ctx.run_command(native)
+            except Exception:
+                if not ignore_errors:
+                    raise
+            return None
+        try:
+            native.run()
+        except Exception:
+            if not ignore_errors:
+                raise
+        return None
+
+    def output(self, stdin: Union[None, str, bytes] = None) -> "subprocess.CompletedProcess[bytes]":
+        """Run it and capture its output, whatever its exit status."""
+        return self._output(self._stdin(stdin), check=False)
+
+    def checked_output(self, stdin: Union[None, str, bytes] = None) -> "subprocess.CompletedProcess[bytes]":
+        """Run it and capture its output; raises :class:`SubcommandFailed` (with its stderr)
+        unless it exits 0."""
+        return self._output(self._stdin(stdin), check=True)
+
+    def _stdin(self, stdin: Union[None, str, bytes]) -> "_native.Subcommand":
+        if stdin is None:
+            return self._native
+        data = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
+        return self._native.stdin(data)
+
+    def _output(self, native: "_native.Subcommand", check: bool) -> "subprocess.CompletedProcess[bytes]":
+        status, code, out, err = native.output(check)
+        returncode = code if code is not None else -1
+        return subprocess.CompletedProcess(self.argv, returncode, bytes(out), bytes(err))
+
+    def __repr__(self) -> str:
+        return f"Subcommand({self.argv!r})"
+
+
+class Service:
+    """A service to run in a :class:`~hitchserve.ServiceBundle`.
+
+    ``command`` is the argv to run (never a shell string); ``log_line_ready_checker`` is
+    called with each line of stdout and stderr until it returns true (without one, the
+    service is ready once started). ``directory`` is where it runs (relative to the
+    bundle's project directory), ``env_vars`` its extra environment (values converted with
+    ``str()``), ``needs`` the services (objects or names) that must be ready first.
+    ``no_libfaketime=True`` keeps it on real time.
+
+    Beyond the original's arguments: ``ports`` (names of ports to reserve, used as
+    ``{port.NAME}`` in the command and environment), ``needs_started``,
+    ``needs_completed``, ``stop_signal`` (e.g. ``"SIGINT"``), ``user`` and ``one_shot``.
+
+    Subclass it and override ``setup(self)`` (before the service starts) or
+    ``poststart(self)`` (once it is ready); inside them, ``self.log(...)``,
+    ``self.run(...)`` and ``self.subcommand(...)`` work, their output stored under the
+    hook's label.
+    """
+
+    def __init__(
+        self,
+        command: Optional[Sequence[Any]] = None,
+        log_line_ready_checker: Optional[Callable[[str], Any]] = None,
+        directory: Optional[PathLike] = None,
+        no_libfaketime: bool = False,
+        env_vars: Optional[Dict[str, Any]] = None,
+        needs: Optional[Iterable[Union["Service", str]]] = None,
+        *,
+        needs_started: Optional[Iterable[Union["Service", str]]] = None,
+        needs_completed: Optional[Iterable[Union["Service", str]]] = None,
+        ports: Optional[Iterable[str]] = None,
+        stop_signal: Optional[Union[str, int]] = None,
+        user: Optional[str] = None,
+        one_shot: bool = False,
+    ) -> None:
+        self.command = [str(c) for c in command] if command is not None else None
+        self.log_line_ready_checker = log_line_ready_checker
+        self.directory = directory
+        self.no_libfaketime = no_libfaketime
+        self.env_vars = dict(env_vars or {})
+        self.needs = list(needs or [])
+        self.needs_started = list(needs_started or [])
+        self.needs_completed = list(needs_completed or [])
+        self.ports = list(ports or [])
+        self.stop_signal = stop_signal
+        self.user = user
+        self.one_shot = one_shot
+        self.name: Optional[str] = None
+        self._bundle: Any = None
+        self._ctx: Any = None
+        self._native_handle: Any = None
+
+    # -- hooks: override in a subclass ----------------------------------------------------
+
+    def setup(self) -> None:
+        """Code to run before the service starts (override it)."""
+
+    def poststart(self) -> None:
+        """Code to run once the service is ready (override it)."""
+
+    # -- definition -----------------------------------------------------------------------
+
+    def _base_definition(self) -> "_native.ServiceDef":
+        if not self.command:
+            raise TypeError(f"service {self.name!r} needs a command=[...] to run")
+        return _native.ServiceDef(self.command)
+
+    def _overrides(self, hook: str) -> bool:
+        return getattr(type(self), hook) is not getattr(Service, hook)
+
+    def _definition(self) -> "_native.ServiceDef":
+        d = self._base_definition()
+        if self.log_line_ready_checker is not None:
+            d.ready_when(self.log_line_ready_checker)
+        if self.directory is not None:
+            d.directory(os.fspath(self.directory))
+        for key, value in self.env_vars.items():
+            d.env(str(key), str(value))
+        for method, names in (
+            (d.needs, self.needs),
+            (d.needs_started, self.needs_started),
+            (d.needs_completed, self.needs_completed),
+        ):
+            if names:
+                method([_name_of(n) for n in names])
+        for port in self.ports:
+            d.port(port)
+        if self.stop_signal is not None:
+            d.stop_signal(_signal_name(self.stop_signal))
+        if self.user is not None:
+            d.user(self.user)
+        if self.one_shot:
+            d.one_shot()
+        if self.no_libfaketime:
+            d.no_libfaketime()
+        if self._overrides("setup"):
+            d.set_setup(self._hook(lambda: self.setup()))
+        if self._overrides("poststart"):
+            d.set_poststart(self._hook(lambda: self.poststart()))
+        return d
+
+    def _hook(self, method: Callable[[], Any]) -> Callable[[Any], None]:
+        def call(ctx: Any) -> None:
+            self._ctx = ctx
+            try:
+                method()
+            finally:
+                self._ctx = None
+
+        return call
+
+    # -- a started service ----------------------------------------------------------------
+
+    def _handle(self) -> "_native.ServiceHandle":
+        if self._bundle is None:
+            raise NotRunning(f"service {self.name or '(unnamed)'!r} is not in a bundle")
+        if self._native_handle is None:
+            self._native_handle = self._bundle._native.service(self.name)
+        return self._native_handle
+
+    @property
+    def logs(self) -> Logs:
+        """Its log lines (``.out``, ``.err``, ``.tail``, ``.json()``...)."""
+        return Logs(self._handle().logs(), f"{self.name}.logs")
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The pid of its main process, while it runs."""
+        return self._handle().pid()
+
+    @property
+    def process(self) -> psutil.Process:
+        """Its main process, as a ``psutil.Process``."""
+        pid = self.pid
+        if pid is None:
+            raise NotRunning(f"service `{self.name}` is not running")
+        return psutil.Process(pid)
+
+    @property
+    def environment(self) -> Dict[str, str]:
+        """The whole environment it was started with (fake time included)."""
+        return {os.fsdecode(k): os.fsdecode(v) for k, v in self._handle().environment()}
+
+    @property
+    def working_directory(self) -> str:
+        """The directory it runs in."""
+        if self._ctx is not None:
+            return os.fspath(self._ctx.directory())
+        return os.fspath(self._handle().directory())
+
+    @property
+    def is_ready(self) -> bool:
+        return self._handle().is_ready()
+
+    @property
+    def is_running(self) -> bool:
+        return self._handle().is_running()
+
+    @property
+    def exit_status(self) -> Optional[str]:
+        """How it ended (e.g. ``"exit code 1"``), once it has."""
+        status = self._handle().exit_status()
+        return status[0] if status else None
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """Its exit code, once it has exited with one."""
+        status = self._handle().exit_status()
+        return status[1] if status else None
+
+    def wait_exit(self, timeout: float = 10.0) -> Optional[str]:
+        """Wait up to ``timeout`` seconds for it to exit; how it ended, or ``None``."""
+        status = self._handle().wait_exit(float(timeout))
+        return status[0] if status else None
+
+    def check(self) -> None:
+        """Raise :class:`ServiceExited` if it exited after it was ready."""
+        self._handle().check()
+
+    def signal(self, sig: Union[str, int]) -> None:
+        """Send a signal (``"SIGHUP"``, ``signal.SIGHUP``) to its whole process group."""
+        self._handle().signal(_signal_name(sig))
+
+    def port(self, name: str) -> int:
+        """The port reserved for it as ``name`` (see ``ports=``)."""
+        return self._bundle._native.port(self.name, name)
+
+    def subcommand(self, *args: Any) -> Subcommand:
+        """A command to run in its environment, directory and fake time:
+        ``service.subcommand("manage.py", "help").run()``."""
+        argv = [str(a) for a in args]
+        if self._ctx is not None:
+            return Subcommand(self._ctx.subcommand(argv), self._ctx)
+        return Subcommand(self._handle().subcommand(argv))
+
+    def run(self, *args: Any) -> None:
+        """Run a sub-command and raise if it fails (in a hook: output stored under the
+        hook's label)."""
+        self.subcommand(*args).run()
+
+    def log(self, message: str) -> None:
+        """Print and store a message (in a hook: under the hook's label)."""
+        if self._ctx is not None:
+            self._ctx.log(str(message))
+        elif self._bundle is not None:
+            self._bundle.log(f"{self.name}: {message}")
+        else:
+            print(message)
+
+    def __repr__(self) -> str:
+        name = self.name or "(unnamed)"
+        if self._bundle is not None and self._bundle._started:
+            try:
+                handle = self._handle()
+            except Exception:
+                handle = None
+            if handle is not None:
+                pid = handle.pid()
+                status = handle.exit_status()
+                if status:
+                    state = status[0]
+                elif handle.is_ready():
+                    state = f"ready, pid {pid}"
+                else:
+                    state = f"running, pid {pid}" if pid else "not running"
+                return f"<{type(self).__name__} {name!r}: {state}>"
+        return f"<{type(self).__name__} {name!r} (not started) command={self.command!r}>"
+
+
+def _name_of(need: Union[Service, str]) -> str:
+    if isinstance(need, Service):
+        if need.name is None:
+            raise TypeError("a service in needs=[...] must be added to the bundle first")
+        return need.name
+    return str(need)
+
+
+def _signal_name(sig: Union[str, int]) -> str:
+    if isinstance(sig, int):
+        import signal
+
+        return signal.Signals(sig).name
+    return str(sig)
+
+
+def _seconds(value: Union[float, _dt.timedelta]) -> float:
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    return float(value)

@@ -1,0 +1,151 @@
+"""Ready-made services over the engine's: PostgreSQL, Redis, a mock SMTP server and a cron
+that runs on fake time. Each is a :class:`~hitchserve.Service` (so ``env_vars``,
+``directory``, ``needs`` and the rest still apply) whose program, readiness and hooks are the
+engine's; once started, each gives what a test uses (``psql``, ``cli``, ``messages``...).
+
+Their hooks are the engine's: overriding ``setup``/``poststart`` on them is refused.
+"""
+
+import datetime as _dt
+import os
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
+
+from . import _native
+from .service import PathLike, Service, Subcommand, _seconds
+
+__all__ = ["Postgres", "PostgresUser", "PostgresDatabase", "Redis", "Smtp", "Cron"]
+
+
+class _ReadyMade(Service):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+
+    def _definition(self) -> "_native.ServiceDef":
+        for hook in ("setup", "poststart"):
+            if self._overrides(hook):
+                raise TypeError(
+                    f"{type(self).__name__} has its own {hook} hook: wrap a plain Service instead of overriding it"
+                )
+        return super()._definition()
+
+
+class PostgresUser(NamedTuple):
+    name: str
+    password: str
+
+
+class PostgresDatabase(NamedTuple):
+    name: str
+    owner: str
+    dump: Optional[PathLike] = None
+
+
+class Postgres(_ReadyMade):
+    """PostgreSQL: a fresh cluster per run on a free port, with these users and databases
+    (``PostgresUser(name, password)``, ``PostgresDatabase(name, owner, dump=None)``, or
+    plain tuples) created once it is ready. Run as root, it runs as the ``postgres`` user."""
+
+    def __init__(
+        self,
+        users: Iterable[Union[PostgresUser, Sequence[str]]] = (),
+        databases: Iterable[Union[PostgresDatabase, Sequence[Any]]] = (),
+        *,
+        bin_dir: Optional[PathLike] = None,
+        fresh_initdb: bool = False,
+        os_user: Optional[str] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.users = [PostgresUser(*u) for u in users]
+        self.databases = [PostgresDatabase(*d) for d in databases]
+        self.bin_dir = bin_dir
+        self.fresh_initdb = fresh_initdb
+        self.os_user = os_user
+
+    def _base_definition(self) -> "_native.ServiceDef":
+        return _native.ServiceDef.postgres(
+            [(u.name, u.password) for u in self.users],
+            [(d.name, d.owner, os.fspath(d.dump) if d.dump else None) for d in self.databases],
+            os.fspath(self.bin_dir) if self.bin_dir else None,
+            self.fresh_initdb,
+            self.os_user,
+        )
+
+    def _pg(self) -> "_native.PostgresHandle":
+        return self._bundle._native.postgres(self.name)
+
+    @property
+    def postgres_port(self) -> int:
+        return self._pg().port()
+
+    def connection_url(self, database: str) -> str:
+        return self._pg().connection_url(database)
+
+    def psql(self, database: str, sql: str) -> Subcommand:
+        """``psql`` on ``database`` running ``sql`` (sent on stdin): ``.run()`` or
+        ``.checked_output()``."""
+        return Subcommand(self._pg().psql(database, sql))
+
+    def psql_file(self, database: str, file: PathLike) -> Subcommand:
+        return Subcommand(self._pg().psql_file(database, os.fspath(file)))
+
+
+class Redis(_ReadyMade):
+    """Redis on a free port, in memory only (on real time: Debian's build breaks under
+    libfaketime). ``config={"maxmemory": "10mb"}`` passes directives."""
+
+    def __init__(self, config: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config = dict(config or {})
+
+    def _base_definition(self) -> "_native.ServiceDef":
+        return _native.ServiceDef.redis([(str(k), str(v)) for k, v in self.config.items()])
+
+    @property
+    def redis_port(self) -> int:
+        return self._bundle._native.redis(self.name).port()
+
+    @property
+    def url(self) -> str:
+        return self._bundle._native.redis(self.name).url()
+
+    def cli(self, *args: Any) -> Subcommand:
+        """``redis-cli`` against it: ``redis.cli("SET", "k", "v").run()``."""
+        return Subcommand(self._bundle._native.redis(self.name).cli([str(a) for a in args]))
+
+
+class Smtp(_ReadyMade):
+    """The mock SMTP server (``hitchsmtp``): every message is a JSON line in its logs
+    (``sent_from``, ``sent_to``, ``subject``, ``payload``, ``links``...), for
+    ``logs.json()`` and ``logs.out.tail.until_json(...)``. The binary is looked for in
+    ``$HITCHSMTP``, on ``PATH`` and in ``~/.cargo/bin`` (``cargo install hitchsmtp``)."""
+
+    def __init__(self, program: Optional[PathLike] = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.program = program
+
+    def _base_definition(self) -> "_native.ServiceDef":
+        return _native.ServiceDef.smtp(os.fspath(self.program) if self.program else None)
+
+    @property
+    def smtp_port(self) -> int:
+        return self._bundle._native.smtp(self.name).port()
+
+    def messages(self) -> List[Any]:
+        """Every message received so far, as a dict."""
+        return self.logs.out.json()
+
+
+class Cron(_ReadyMade):
+    """Run ``command`` every ``every`` (seconds or a ``timedelta``) of the bundle's fake
+    time, so a time jump runs it at once."""
+
+    def __init__(
+        self, every: Union[float, _dt.timedelta], command: Sequence[Any], **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.every = every
+        self.cron_command = [str(c) for c in command]
+
+    def _base_definition(self) -> "_native.ServiceDef":
+        return _native.ServiceDef.cron(_seconds(self.every), self.cron_command)

@@ -1,0 +1,1292 @@
+//! `hitchserve._native`: the Python extension module, a thin layer over the `hitchserve` crate.
+//!
+//! Owns the conversions between Python and the engine (callables as readiness checks, hooks
+//! and predicates; JSON values; engine errors as the exceptions of `hitchserve.errors`) and
+//! the discipline that keeps Python responsive: the GIL is released whenever Rust waits, and
+//! every wait runs in short slices with `check_signals` between, so Ctrl-C is answered within
+//! a fraction of a second. It owns no engine behaviour: readiness, logs, time travel, hooks and
+//! shutdown are the crate's. The Pythonic surface (`ServiceBundle`, `Service`, `Logs`, psutil)
+//! is the pure-Python package around it.
+//!
+//! Invariant: never call into Python while holding one of our locks (a lock held by a thread
+//! waiting for the GIL, wanted by the thread holding it, is a deadlock).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use hitchserve::services::{Cron, Postgres, Redis, Smtp};
+use hitchserve::{Bundle, Error, HookContext, Interrupter, LogLine, Service, Signal, Stream};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyString};
+use serde_json::Value;
+
+/// How long one slice of a wait lasts before Python's signal handlers get a turn.
+const SLICE: Duration = Duration::from_millis(50);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn secs(s: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| PyValueError::new_err(format!("not a duration in seconds: {s}")))
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+/// The `hitchserve.errors` class for an engine error.
+fn class_of(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidName { .. }
+        | Error::DuplicateService { .. }
+        | Error::EmptyCommand { .. }
+        | Error::CommandNotFound { .. }
+        | Error::NotInstalled { .. }
+        | Error::DirectoryMissing { .. }
+        | Error::UnknownNeed { .. }
+        | Error::NeedsCycle { .. }
+        | Error::ProjectDir { .. }
+        | Error::LibfaketimeMissing { .. }
+        | Error::NoSuchUser { .. }
+        | Error::UnknownPort { .. }
+        | Error::InvalidPattern { .. }
+        | Error::Unpreloadable { .. }
+        | Error::UnsafePath { .. }
+        | Error::UnreachableForUser { .. }
+        | Error::AlreadyStarted => "DefinitionError",
+        Error::ExitedBeforeReady { .. }
+        | Error::HookFailed { .. }
+        | Error::ReadinessPanicked { .. }
+        | Error::Spawn { .. }
+        | Error::Interrupted => "StartupError",
+        Error::StartupTimeout { .. } => "StartupTimeout",
+        Error::ServiceExited { .. } => "ServiceExited",
+        Error::WaitTimeout { .. } => "LogTimeout",
+        Error::EndedWhileWaiting { .. } => "LogEnded",
+        Error::SubcommandFailed { .. } => "SubcommandFailed",
+        Error::NotRunning => "NotRunning",
+        Error::NoSuchService { .. } => "NoSuchService",
+        Error::TimeTravelDisabled | Error::TimeOutOfRange => "TimeTravelError",
+        Error::NoSuchProcess { .. } => "NoSuchProcess",
+        _ => "ServiceError",
+    }
+}
+
+/// The service an error is about, and the last lines it carries.
+fn context_of(e: &Error) -> (Option<String>, Vec<String>) {
+    match e {
+        Error::ExitedBeforeReady {
+            service,
+            last_lines,
+            ..
+        }
+        | Error::ServiceExited {
+            service,
+            last_lines,
+            ..
+        }
+        | Error::HookFailed {
+            service,
+            last_lines,
+            ..
+        } => (Some(service.clone()), last_lines.clone()),
+        Error::StartupTimeout { not_ready, .. } => (
+            not_ready.first().map(|n| n.service.clone()),
+            not_ready
+                .iter()
+                .flat_map(|n| n.last_lines.iter().cloned())
+                .collect(),
+        ),
+        Error::WaitTimeout { last_lines, .. } | Error::EndedWhileWaiting { last_lines, .. } => {
+            (None, last_lines.clone())
+        }
+        Error::InvalidName { name: service, .. }
+        | Error::DuplicateService { service }
+        | Error::EmptyCommand { service }
+        | Error::CommandNotFound { service, .. }
+        | Error::NotInstalled { service, .. }
+        | Error::DirectoryMissing { service, .. }
+        | Error::UnknownNeed { service, .. }
+        | Error::Spawn { service, .. }
+        | Error::ReadinessPanicked { service, .. }
+        | Error::NoSuchService { service, .. }
+        | Error::NoSuchUser { service, .. }
+        | Error::UnknownPort { service, .. }
+        | Error::UnreachableForUser { service, .. }
+        | Error::SubcommandFailed { service, .. } => (Some(service.clone()), Vec::new()),
+        _ => (None, Vec::new()),
+    }
+}
+
+/// The engine's error as the matching `hitchserve.errors` exception: the message is the
+/// engine's, word for word; `service`, `last_lines` and `kind` are attributes.
+fn py_err(e: Error) -> PyErr {
+    Python::attach(|py| {
+        let (service, last_lines) = context_of(&e);
+        let class = class_of(&e);
+        let kind = format!("{e:?}");
+        let kind = kind
+            .split([' ', '{', '('])
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let message = e.to_string();
+        let build = || -> PyResult<PyErr> {
+            let module = py.import("hitchserve.errors")?;
+            let exc = module.getattr(class)?.call1((message.clone(),))?;
+            exc.setattr("service", service.clone())?;
+            exc.setattr("last_lines", last_lines.clone())?;
+            exc.setattr("kind", kind.clone())?;
+            if let Error::SubcommandFailed { status, .. }
+            | Error::ExitedBeforeReady { status, .. }
+            | Error::ServiceExited { status, .. } = &e
+            {
+                exc.setattr("returncode", status.code())?;
+                exc.setattr("status", status.to_string())?;
+            }
+            Ok(PyErr::from_value(exc))
+        };
+        build().unwrap_or_else(|import_failed| {
+            let err = PyRuntimeError::new_err(message);
+            err.set_cause(py, Some(import_failed));
+            err
+        })
+    })
+}
+
+trait OrRaise<T> {
+    fn or_raise(self) -> PyResult<T>;
+}
+
+impl<T> OrRaise<T> for hitchserve::Result<T> {
+    fn or_raise(self) -> PyResult<T> {
+        self.map_err(py_err)
+    }
+}
+
+/// Python exceptions raised by callbacks the engine called (readiness checks, hooks), kept
+/// until the engine's error comes back so the caller gets the Python exception itself.
+#[derive(Default)]
+struct Raised(Mutex<Vec<(String, PyErr)>>);
+
+impl Raised {
+    fn keep(&self, service: &str, err: PyErr) {
+        lock(&self.0).push((service.to_owned(), err));
+    }
+
+    fn take(&self, service: &str) -> Option<PyErr> {
+        let mut all = lock(&self.0);
+        let at = all.iter().position(|(s, _)| s == service)?;
+        Some(all.remove(at).1)
+    }
+}
+
+/// Describe a Python exception in one line, for the engine's messages.
+fn describe(py: Python<'_>, err: &PyErr) -> String {
+    let name = err
+        .get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    format!("{name}: {}", err.value(py))
+}
+
+// ---------------------------------------------------------------------------------------
+// Values
+
+fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any()
+            } else {
+                PyFloat::new(py, n.as_f64().unwrap_or(f64::NAN)).into_any()
+            }
+        }
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(items) => {
+            let list = PyList::empty(py);
+            for item in items {
+                list.append(json_to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(map) => {
+            let dict = PyDict::new(py);
+            for (k, item) in map {
+                dict.set_item(k, json_to_py(py, item)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
+
+/// A log line for Python: `(text, service, stream, part, seq, unix time, console form)`.
+type Entry = (String, String, &'static str, &'static str, u64, f64, String);
+
+fn entry(line: &LogLine) -> Entry {
+    let stream = match line.stream() {
+        Stream::Stdout => "stdout",
+        _ => "stderr",
+    };
+    let part = match line.part() {
+        hitchserve::Part::Setup => "setup",
+        hitchserve::Part::Poststart => "poststart",
+        _ => "main",
+    };
+    let time = line
+        .time()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    (
+        line.text().into_owned(),
+        line.service().to_owned(),
+        stream,
+        part,
+        line.seq(),
+        time,
+        line.to_string(),
+    )
+}
+
+fn signal(name: &str) -> PyResult<Signal> {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<Signal>()
+        .map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+// ---------------------------------------------------------------------------------------
+// Service definitions
+
+/// A service definition being built; added to a bundle with `Bundle.add`.
+#[pyclass(module = "hitchserve._native", frozen)]
+struct ServiceDef {
+    service: Mutex<Option<Service>>,
+    ready: Mutex<Option<Py<PyAny>>>,
+    setup: Mutex<Option<Py<PyAny>>>,
+    poststart: Mutex<Option<Py<PyAny>>>,
+}
+
+impl ServiceDef {
+    fn of(service: Service) -> ServiceDef {
+        ServiceDef {
+            service: Mutex::new(Some(service)),
+            ready: Mutex::new(None),
+            setup: Mutex::new(None),
+            poststart: Mutex::new(None),
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(Service) -> Service) -> PyResult<()> {
+        let mut slot = lock(&self.service);
+        let svc = slot
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("this definition was already added"))?;
+        *slot = Some(f(svc));
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl ServiceDef {
+    /// A service running `command` (an argv list).
+    #[new]
+    fn new(command: Vec<OsString>) -> ServiceDef {
+        ServiceDef::of(Service::new(command))
+    }
+
+    /// The ready-made PostgreSQL.
+    #[staticmethod]
+    #[pyo3(signature = (users=Vec::new(), databases=Vec::new(), bin_dir=None, fresh_initdb=false, os_user=None))]
+    fn postgres(
+        users: Vec<(String, String)>,
+        databases: Vec<(String, String, Option<PathBuf>)>,
+        bin_dir: Option<PathBuf>,
+        fresh_initdb: bool,
+        os_user: Option<String>,
+    ) -> PyResult<ServiceDef> {
+        let mut pg = Postgres::new();
+        for (name, password) in &users {
+            pg = pg.user(name, password);
+        }
+        for (name, owner, dump) in databases {
+            pg = match dump {
+                Some(dump) => pg.database_from_dump(&name, &owner, dump),
+                None => pg.database(&name, &owner),
+            };
+        }
+        if let Some(dir) = bin_dir {
+            pg = pg.bin_dir(dir);
+        }
+        if fresh_initdb {
+            pg = pg.fresh_initdb();
+        }
+        if let Some(user) = os_user {
+            pg = pg.os_user(&user);
+        }
+        Ok(ServiceDef::of(pg.service().or_raise()?))
+    }
+
+    /// The ready-made Redis, with `--key value` configuration directives.
+    #[staticmethod]
+    #[pyo3(signature = (config=Vec::new()))]
+    fn redis(config: Vec<(String, String)>) -> ServiceDef {
+        let mut redis = Redis::new();
+        for (k, v) in &config {
+            redis = redis.config(k, v);
+        }
+        ServiceDef::of(redis.service())
+    }
+
+    /// The ready-made mock SMTP server.
+    #[staticmethod]
+    #[pyo3(signature = (program=None))]
+    fn smtp(program: Option<PathBuf>) -> ServiceDef {
+        let smtp = match program {
+            Some(p) => Smtp::new().program(p),
+            None => Smtp::new(),
+        };
+        ServiceDef::of(smtp.service())
+    }
+
+    /// The ready-made cron: `command` every `every` seconds of fake time.
+    #[staticmethod]
+    fn cron(every: f64, command: Vec<String>) -> PyResult<ServiceDef> {
+        Ok(ServiceDef::of(Cron::every(secs(every)?, command).service()))
+    }
+
+    /// Ready when `pred(line)` is true for a line of stdout or stderr.
+    fn ready_when(&self, pred: Py<PyAny>) {
+        *lock(&self.ready) = Some(pred);
+    }
+
+    /// Ready when a line contains `needle`.
+    fn ready_line_contains(&self, needle: String) -> PyResult<()> {
+        self.update(|s| s.ready(hitchserve::Ready::line_contains(needle)))
+    }
+
+    /// Ready when the TCP address (`host:port`, templates allowed) accepts connections.
+    fn ready_tcp(&self, addr: String) -> PyResult<()> {
+        self.update(|s| s.ready(hitchserve::Ready::tcp_addr(addr)))
+    }
+
+    /// Run `hook(ctx)` before the service starts.
+    fn set_setup(&self, hook: Py<PyAny>) {
+        *lock(&self.setup) = Some(hook);
+    }
+
+    /// Run `hook(ctx)` once the service is ready.
+    fn set_poststart(&self, hook: Py<PyAny>) {
+        *lock(&self.poststart) = Some(hook);
+    }
+
+    fn directory(&self, dir: PathBuf) -> PyResult<()> {
+        self.update(|s| s.directory(dir))
+    }
+
+    fn env(&self, key: OsString, value: OsString) -> PyResult<()> {
+        self.update(|s| s.env(key, value))
+    }
+
+    fn needs(&self, names: Vec<String>) -> PyResult<()> {
+        self.update(|s| s.needs(names))
+    }
+
+    fn needs_started(&self, names: Vec<String>) -> PyResult<()> {
+        self.update(|s| s.needs_started(names))
+    }
+
+    fn needs_completed(&self, names: Vec<String>) -> PyResult<()> {
+        self.update(|s| s.needs_completed(names))
+    }
+
+    fn port(&self, name: String) -> PyResult<()> {
+        self.update(|s| s.port(name))
+    }
+
+    fn user(&self, name: String) -> PyResult<()> {
+        self.update(|s| s.user(name))
+    }
+
+    fn one_shot(&self) -> PyResult<()> {
+        self.update(Service::one_shot)
+    }
+
+    fn no_libfaketime(&self) -> PyResult<()> {
+        self.update(Service::no_libfaketime)
+    }
+
+    fn stop_signal(&self, name: &str) -> PyResult<()> {
+        let sig = signal(name)?;
+        self.update(|s| s.stop_signal(sig))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Hooks
+
+/// What a Python `setup`/`poststart` hook can do while it runs (the engine's `HookContext`).
+/// Usable only during the hook: afterwards every method raises.
+#[pyclass(module = "hitchserve._native", frozen)]
+struct HookCtx {
+    /// The address of the `HookContext` the running hook was given; 0 once it returned.
+    ctx: Mutex<usize>,
+}
+
+impl HookCtx {
+    fn with<R>(&self, f: impl FnOnce(&HookContext<'_>) -> R) -> PyResult<R> {
+        let addr = lock(&self.ctx);
+        if *addr == 0 {
+            return Err(PyRuntimeError::new_err(
+                "this hook context belongs to a hook that has returned",
+            ));
+        }
+        // SAFETY: the address is set by `run_hook` from a `&HookContext` that outlives the
+        // hook call, and cleared (under this lock) before that call returns; holding the lock
+        // here keeps it from being cleared while we use it. `HookContext` is `Sync`.
+        let ctx = unsafe { &*(*addr as *const HookContext<'static>) };
+        Ok(f(ctx))
+    }
+}
+
+#[pymethods]
+impl HookCtx {
+    /// The service's name.
+    fn service(&self) -> PyResult<String> {
+        self.with(|c| c.service().to_owned())
+    }
+
+    /// The service's working directory.
+    fn directory(&self) -> PyResult<PathBuf> {
+        self.with(|c| c.directory().to_path_buf())
+    }
+
+    /// The run directory.
+    fn run_dir(&self) -> PyResult<PathBuf> {
+        self.with(|c| c.run_dir().to_path_buf())
+    }
+
+    /// Print and store a line under the hook's label.
+    fn log(&self, message: &str) -> PyResult<()> {
+        self.with(|c| c.log(message))
+    }
+
+    /// Create a directory owned by the service's user.
+    fn make_dir(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        py.detach(|| self.with(|c| c.make_dir(&path)))?.or_raise()
+    }
+
+    /// Run a command in the service's environment, its output labelled as the hook's.
+    fn run(&self, py: Python<'_>, command: Vec<OsString>) -> PyResult<()> {
+        py.detach(|| self.with(|c| c.run(command)))?.or_raise()
+    }
+
+    /// Run a sub-command (with its extra arguments, environment and stdin), labelled.
+    fn run_command(&self, py: Python<'_>, sub: &Subcommand) -> PyResult<()> {
+        let sub = sub.sub.clone();
+        py.detach(|| self.with(|c| c.run_command(sub)))?.or_raise()
+    }
+
+    /// A command in the service's environment, to run yourself.
+    fn subcommand(&self, command: Vec<OsString>) -> PyResult<Subcommand> {
+        self.with(|c| Subcommand {
+            sub: c.subcommand(command),
+        })
+    }
+}
+
+/// Call a Python hook with a context valid for the call only.
+fn run_hook(hook: &Py<PyAny>, ctx: &HookContext<'_>, raised: &Raised) -> hitchserve::HookResult {
+    Python::attach(|py| {
+        let handle = Py::new(
+            py,
+            HookCtx {
+                ctx: Mutex::new(ctx as *const HookContext<'_> as usize),
+            },
+        )
+        .map_err(|e| describe(py, &e))?;
+        let result = hook.call1(py, (handle.clone_ref(py),));
+        // Waits for any use of the context still under way (on another Python thread).
+        py.detach(|| *lock(&handle.get().ctx) = 0);
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => {
+                let message = describe(py, &err);
+                raised.keep(ctx.service(), err);
+                Err(message.into())
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The bundle
+
+/// A bundle of services (the engine's `Bundle`).
+#[pyclass(module = "hitchserve._native", frozen)]
+struct NativeBundle {
+    /// `None` while `startup` runs (on its own thread).
+    bundle: Mutex<Option<Bundle>>,
+    interrupter: Interrupter,
+    raised: Arc<Raised>,
+}
+
+impl NativeBundle {
+    /// Run `f` on the bundle with the GIL released.
+    fn with<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&Bundle) -> R + Send) -> PyResult<R> {
+        py.detach(|| {
+            let guard = lock(&self.bundle);
+            guard.as_ref().map(f)
+        })
+        .ok_or_else(starting)
+    }
+
+    /// Run `f` on the bundle, for calls that never wait (the GIL stays held).
+    fn quick<R>(&self, f: impl FnOnce(&Bundle) -> R) -> PyResult<R> {
+        lock(&self.bundle).as_ref().map(f).ok_or_else(starting)
+    }
+
+    fn handle(&self, name: &str) -> PyResult<hitchserve::ServiceHandle> {
+        self.quick(|b| b.service(name))?.or_raise()
+    }
+
+    /// The startup error, or the Python exception behind it (a hook or readiness check that
+    /// raised), with the engine's message as a note.
+    fn startup_error(&self, py: Python<'_>, e: Error) -> PyErr {
+        let service = match &e {
+            Error::HookFailed { service, .. } | Error::ReadinessPanicked { service, .. } => {
+                Some(service.clone())
+            }
+            _ => None,
+        };
+        match service.and_then(|s| self.raised.take(&s)) {
+            Some(original) => {
+                let note = match &e {
+                    Error::ReadinessPanicked { service, .. } => format!(
+                        "hitchserve: raised by the readiness check (log_line_ready_checker) of service `{service}`; startup stopped every service it had started"
+                    ),
+                    other => format!("hitchserve: {other}"),
+                };
+                let _ = original.add_note(py, note);
+                original
+            }
+            None => py_err(e),
+        }
+    }
+}
+
+fn starting() -> PyErr {
+    Python::attach(|py| {
+        let build = || -> PyResult<PyErr> {
+            let exc = py.import("hitchserve.errors")?.getattr("ServiceError")?.call1((
+                "the bundle is starting up (startup() is running): wait for it to return; inside a setup or poststart hook use the service's own log() and subcommand()",
+            ))?;
+            Ok(PyErr::from_value(exc))
+        };
+        build().unwrap_or_else(|e| e)
+    })
+}
+
+#[pymethods]
+impl NativeBundle {
+    #[new]
+    #[pyo3(signature = (project_directory, startup_timeout=15.0, shutdown_timeout=5.0, time_travel=true, log_memory_limit=None))]
+    fn new(
+        project_directory: PathBuf,
+        startup_timeout: f64,
+        shutdown_timeout: f64,
+        time_travel: bool,
+        log_memory_limit: Option<usize>,
+    ) -> PyResult<NativeBundle> {
+        let mut bundle = Bundle::new(project_directory)
+            .startup_timeout(secs(startup_timeout)?)
+            .shutdown_timeout(secs(shutdown_timeout)?);
+        if !time_travel {
+            bundle = bundle.without_time_travel();
+        }
+        if let Some(bytes) = log_memory_limit {
+            bundle = bundle.log_memory_limit(bytes);
+        }
+        Ok(NativeBundle {
+            interrupter: bundle.interrupter(),
+            bundle: Mutex::new(Some(bundle)),
+            raised: Arc::default(),
+        })
+    }
+
+    /// Add a service under `name`.
+    fn add(&self, py: Python<'_>, name: String, def: &ServiceDef) -> PyResult<()> {
+        let mut svc = lock(&def.service)
+            .take()
+            .ok_or_else(|| PyRuntimeError::new_err("this definition was already added"))?;
+        if let Some(pred) = lock(&def.ready).take() {
+            let raised = Arc::clone(&self.raised);
+            let service = name.clone();
+            svc = svc.ready_when(move |line| {
+                Python::attach(|py| {
+                    match pred.call1(py, (line,)).and_then(|r| r.is_truthy(py)) {
+                        Ok(ready) => ready,
+                        Err(err) => {
+                            let message = describe(py, &err);
+                            raised.keep(&service, err);
+                            // Without the panic hook: the engine reports it, we raise it.
+                            std::panic::resume_unwind(Box::new(message))
+                        }
+                    }
+                })
+            });
+        }
+        if let Some(hook) = lock(&def.setup).take() {
+            let raised = Arc::clone(&self.raised);
+            svc = svc.setup(move |ctx| run_hook(&hook, ctx, &raised));
+        }
+        if let Some(hook) = lock(&def.poststart).take() {
+            let raised = Arc::clone(&self.raised);
+            svc = svc.poststart(move |ctx| run_hook(&hook, ctx, &raised));
+        }
+        py.detach(|| lock(&self.bundle).as_mut().map(|b| b.add(name, svc)))
+            .ok_or_else(starting)?
+            .or_raise()
+    }
+
+    /// Start every service and wait until all are ready; Ctrl-C interrupts it (everything
+    /// started is stopped, then `KeyboardInterrupt` is raised).
+    fn startup(&self, py: Python<'_>) -> PyResult<()> {
+        let mut bundle = py
+            .detach(|| lock(&self.bundle).take())
+            .ok_or_else(starting)?;
+        let (tx, rx) = mpsc::channel();
+        // Its own thread, so this one can take Python's signals while the startup waits; the
+        // engine spawns services from its supervisor threads, so this thread may end.
+        let spawned = std::thread::Builder::new()
+            .name("hitchserve-startup".into())
+            .spawn(move || {
+                let result = bundle.startup();
+                let _ = tx.send((bundle, result));
+            });
+        if let Err(e) = spawned {
+            return Err(PyRuntimeError::new_err(format!(
+                "could not start the startup thread: {e}"
+            )));
+        }
+        let rx = Mutex::new(rx);
+        let mut interrupted: Option<PyErr> = None;
+        loop {
+            match py.detach(|| lock(&rx).recv_timeout(SLICE)) {
+                Ok((bundle, result)) => {
+                    py.detach(|| *lock(&self.bundle) = Some(bundle));
+                    if let Some(signal) = interrupted {
+                        return Err(signal);
+                    }
+                    return result.map_err(|e| self.startup_error(py, e));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if interrupted.is_none() {
+                        if let Err(signal) = py.check_signals() {
+                            self.interrupter.interrupt();
+                            interrupted = Some(signal);
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(PyRuntimeError::new_err(
+                        "the startup thread ended without an answer",
+                    ))
+                }
+            }
+        }
+    }
+
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(py, Bundle::shutdown)?.or_raise()
+    }
+
+    fn check(&self) -> PyResult<()> {
+        self.quick(Bundle::check)?.or_raise()
+    }
+
+    /// Move the clocks forward by `seconds`.
+    fn time_travel(&self, py: Python<'_>, seconds: f64) -> PyResult<()> {
+        let by = secs(seconds)?;
+        self.with(py, |b| b.time_travel(by))?.or_raise()
+    }
+
+    /// Make the clocks say this moment (microseconds since the Unix epoch).
+    fn time_travel_to(&self, py: Python<'_>, micros: i64) -> PyResult<()> {
+        let moment = hitchserve::jiff::Timestamp::from_microsecond(micros)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        self.with(py, |b| b.time_travel_to(moment))?.or_raise()
+    }
+
+    /// What time the services think it is, in microseconds since the Unix epoch.
+    fn now(&self) -> PyResult<i64> {
+        Ok(self.quick(Bundle::now)?.as_microsecond())
+    }
+
+    fn log(&self, message: &str) -> PyResult<()> {
+        self.quick(|b| b.log(message))
+    }
+
+    fn warn(&self, message: &str) -> PyResult<()> {
+        self.quick(|b| b.warn(message))
+    }
+
+    fn start_interactive_mode(&self) -> PyResult<()> {
+        self.quick(Bundle::start_interactive_mode)
+    }
+
+    fn stop_interactive_mode(&self) -> PyResult<()> {
+        self.quick(Bundle::stop_interactive_mode)
+    }
+
+    fn is_interactive(&self) -> PyResult<bool> {
+        self.quick(Bundle::is_interactive)
+    }
+
+    fn is_starting(&self) -> bool {
+        lock(&self.bundle).is_none()
+    }
+
+    fn logs(&self) -> PyResult<Logs> {
+        Ok(Logs {
+            logs: self.quick(Bundle::logs)?,
+        })
+    }
+
+    fn service(&self, name: &str) -> PyResult<ServiceHandle> {
+        Ok(ServiceHandle {
+            handle: self.handle(name)?,
+        })
+    }
+
+    fn service_names(&self) -> PyResult<Vec<String>> {
+        self.quick(Bundle::service_names)
+    }
+
+    fn project_dir(&self) -> PyResult<PathBuf> {
+        self.quick(|b| b.project_dir().to_path_buf())
+    }
+
+    fn run_dir(&self) -> PyResult<Option<PathBuf>> {
+        self.quick(|b| b.run_dir().map(PathBuf::from))
+    }
+
+    fn port(&self, service: &str, name: &str) -> PyResult<u16> {
+        self.quick(|b| b.port(service, name))?.or_raise()
+    }
+
+    fn pstree(&self) -> PyResult<String> {
+        Ok(self.quick(Bundle::pstree)?.or_raise()?.to_string())
+    }
+
+    fn timeline(&self) -> PyResult<String> {
+        Ok(self.quick(Bundle::timeline)?.or_raise()?.to_string())
+    }
+
+    /// `(lines, bytes_in_memory, memory_limit)`.
+    fn log_stats(&self) -> PyResult<(u64, usize, usize)> {
+        let s = self.quick(Bundle::log_stats)?;
+        Ok((s.lines, s.bytes_in_memory, s.memory_limit))
+    }
+
+    /// Wait for the service to embed an IPython kernel; its connection file.
+    fn wait_for_kernel(&self, py: Python<'_>, name: &str, timeout: f64) -> PyResult<PathBuf> {
+        let full = secs(timeout)?;
+        let deadline = Instant::now() + full;
+        loop {
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(SLICE);
+            match self.with(py, |b| b.wait_for_kernel(name, slice))? {
+                Ok(path) => return Ok(path),
+                Err(Error::WaitTimeout {
+                    what, last_lines, ..
+                }) => {
+                    py.check_signals()?;
+                    if Instant::now() >= deadline {
+                        return Err(py_err(Error::WaitTimeout {
+                            what,
+                            timeout: full,
+                            last_lines,
+                        }));
+                    }
+                }
+                Err(e) => return Err(py_err(e)),
+            }
+        }
+    }
+
+    /// Hand the terminal to `jupyter console` on the service's kernel.
+    fn connect_to_kernel(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        self.with(py, |b| b.connect_to_kernel(name))?.or_raise()
+    }
+
+    /// The ready-made PostgreSQL's port.
+    fn postgres(&self, name: &str) -> PyResult<PostgresHandle> {
+        Ok(PostgresHandle {
+            handle: self.quick(|b| Postgres::handle(b, name))?.or_raise()?,
+        })
+    }
+
+    /// The ready-made Redis of a started bundle.
+    fn redis(&self, name: &str) -> PyResult<RedisHandle> {
+        Ok(RedisHandle {
+            handle: self.quick(|b| Redis::handle(b, name))?.or_raise()?,
+        })
+    }
+
+    /// The ready-made mock SMTP server of a started bundle.
+    fn smtp(&self, name: &str) -> PyResult<SmtpHandle> {
+        Ok(SmtpHandle {
+            handle: self.quick(|b| Smtp::handle(b, name))?.or_raise()?,
+        })
+    }
+}
+
+impl Drop for NativeBundle {
+    fn drop(&mut self) {
+        // Stopping waits for the services: not with the GIL held.
+        let bundle = lock(&self.bundle).take();
+        if let Some(bundle) = bundle {
+            Python::attach(|py| py.detach(move || drop(bundle)));
+        }
+    }
+}
+
+/// The ready-made PostgreSQL of a started bundle.
+#[pyclass(module = "hitchserve._native", frozen)]
+struct PostgresHandle {
+    handle: hitchserve::services::PostgresHandle,
+}
+
+#[pymethods]
+impl PostgresHandle {
+    fn port(&self) -> u16 {
+        self.handle.port()
+    }
+
+    fn connection_url(&self, database: &str) -> String {
+        self.handle.connection_url(database)
+    }
+
+    fn psql(&self, database: &str, sql: &str) -> Subcommand {
+        Subcommand {
+            sub: self.handle.psql(database, sql),
+        }
+    }
+
+    fn psql_file(&self, database: &str, file: PathBuf) -> Subcommand {
+        Subcommand {
+            sub: self.handle.psql_file(database, file),
+        }
+    }
+}
+
+/// The ready-made Redis of a started bundle.
+#[pyclass(module = "hitchserve._native", frozen)]
+struct RedisHandle {
+    handle: hitchserve::services::RedisHandle,
+}
+
+#[pymethods]
+impl RedisHandle {
+    fn port(&self) -> u16 {
+        self.handle.port()
+    }
+
+    fn url(&self) -> String {
+        self.handle.url()
+    }
+
+    fn cli(&self, args: Vec<OsString>) -> Subcommand {
+        Subcommand {
+            sub: self.handle.cli(args),
+        }
+    }
+}
+
+/// The ready-made mock SMTP server of a started bundle.
+#[pyclass(module = "hitchserve._native", frozen)]
+struct SmtpHandle {
+    handle: hitchserve::services::SmtpHandle,
+}
+
+#[pymethods]
+impl SmtpHandle {
+    fn port(&self) -> u16 {
+        self.handle.port()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Services, logs, sub-commands
+
+/// One service of a started bundle.
+#[pyclass(module = "hitchserve._native", frozen)]
+struct ServiceHandle {
+    handle: hitchserve::ServiceHandle,
+}
+
+#[pymethods]
+impl ServiceHandle {
+    fn name(&self) -> String {
+        self.handle.name().to_owned()
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.handle.pid()
+    }
+
+    fn logs(&self) -> Logs {
+        Logs {
+            logs: self.handle.logs(),
+        }
+    }
+
+    fn subcommand(&self, command: Vec<OsString>) -> Subcommand {
+        Subcommand {
+            sub: self.handle.subcommand(command),
+        }
+    }
+
+    fn environment(&self) -> Vec<(OsString, OsString)> {
+        self.handle.environment()
+    }
+
+    fn directory(&self) -> PathBuf {
+        self.handle.directory().to_path_buf()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.handle.is_ready()
+    }
+
+    fn is_running(&self) -> bool {
+        self.handle.is_running()
+    }
+
+    /// `(description, exit code or None)` once it has exited.
+    fn exit_status(&self) -> Option<(String, Option<i32>)> {
+        self.handle.exit_status().map(|s| (s.to_string(), s.code()))
+    }
+
+    /// Wait for the main process to exit (Ctrl-C answered); as `exit_status`.
+    fn wait_exit(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<(String, Option<i32>)>> {
+        let deadline = Instant::now() + secs(timeout)?;
+        loop {
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(SLICE);
+            let handle = self.handle.clone();
+            if let Some(s) = py.detach(move || handle.wait_exit(slice)) {
+                return Ok(Some((s.to_string(), s.code())));
+            }
+            py.check_signals()?;
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn check(&self) -> PyResult<()> {
+        self.handle.check().or_raise()
+    }
+
+    fn signal(&self, name: &str) -> PyResult<()> {
+        self.handle.signal(signal(name)?).or_raise()
+    }
+}
+
+/// A view of stored log lines (the engine's `Logs`).
+#[pyclass(module = "hitchserve._native", frozen)]
+struct Logs {
+    logs: hitchserve::Logs,
+}
+
+#[pymethods]
+impl Logs {
+    fn out(&self) -> Logs {
+        Logs {
+            logs: self.logs.out(),
+        }
+    }
+
+    fn err(&self) -> Logs {
+        Logs {
+            logs: self.logs.err(),
+        }
+    }
+
+    fn setup(&self) -> Logs {
+        Logs {
+            logs: self.logs.setup(),
+        }
+    }
+
+    fn poststart(&self) -> Logs {
+        Logs {
+            logs: self.logs.poststart(),
+        }
+    }
+
+    fn main(&self) -> Logs {
+        Logs {
+            logs: self.logs.main(),
+        }
+    }
+
+    fn lines(&self, py: Python<'_>) -> Vec<String> {
+        let logs = self.logs.clone();
+        py.detach(move || logs.lines())
+    }
+
+    fn entries(&self, py: Python<'_>) -> Vec<Entry> {
+        let logs = self.logs.clone();
+        py.detach(move || logs.entries().iter().map(entry).collect())
+    }
+
+    fn last(&self, py: Python<'_>, n: usize) -> Vec<Entry> {
+        let logs = self.logs.clone();
+        py.detach(move || logs.last(n).iter().map(entry).collect())
+    }
+
+    fn __len__(&self, py: Python<'_>) -> usize {
+        let logs = self.logs.clone();
+        py.detach(move || logs.len())
+    }
+
+    /// Every line in the console format.
+    fn console(&self, py: Python<'_>) -> String {
+        let logs = self.logs.clone();
+        py.detach(move || logs.to_string())
+    }
+
+    fn json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let logs = self.logs.clone();
+        let values = py.detach(move || logs.json());
+        let list = PyList::empty(py);
+        for v in &values {
+            list.append(json_to_py(py, v)?)?;
+        }
+        Ok(list)
+    }
+
+    /// A cursor starting now, or `lines_back` matching lines earlier.
+    #[pyo3(signature = (lines_back=0))]
+    fn tail(&self, lines_back: usize) -> Tail {
+        Tail {
+            tail: Mutex::new(self.logs.tail().lines_back(lines_back)),
+        }
+    }
+}
+
+/// A cursor over a log view that waits for lines (the engine's `Tail`).
+#[pyclass(module = "hitchserve._native", frozen)]
+struct Tail {
+    tail: Mutex<hitchserve::Tail>,
+}
+
+impl Tail {
+    /// Wait in slices for `found` to return a value: between slices Python's signal handlers
+    /// run (Ctrl-C), and an exception a predicate raised ends the wait with it.
+    fn wait<T: Send>(
+        &self,
+        py: Python<'_>,
+        timeout: f64,
+        raised: &Mutex<Option<PyErr>>,
+        attempt: impl Fn(&mut hitchserve::Tail, Duration) -> hitchserve::Result<T> + Sync,
+    ) -> PyResult<T> {
+        let full = secs(timeout)?;
+        let deadline = Instant::now() + full;
+        loop {
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(SLICE);
+            // Work on a copy: the predicate takes the GIL, so no lock may be held meanwhile.
+            let mut cursor = py.detach(|| lock(&self.tail).clone());
+            let result = py.detach(|| attempt(&mut cursor, slice));
+            py.detach(|| *lock(&self.tail) = cursor);
+            if let Some(err) = lock(raised).take() {
+                return Err(err);
+            }
+            match result {
+                Ok(v) => return Ok(v),
+                Err(Error::WaitTimeout {
+                    what, last_lines, ..
+                }) => {
+                    py.check_signals()?;
+                    if Instant::now() >= deadline {
+                        return Err(py_err(Error::WaitTimeout {
+                            what,
+                            timeout: full,
+                            last_lines,
+                        }));
+                    }
+                }
+                Err(e) => return Err(py_err(e)),
+            }
+        }
+    }
+}
+
+/// Call a Python predicate; an exception is kept (and ends the wait) instead of answered.
+fn ask(
+    pred: &Py<PyAny>,
+    raised: &Mutex<Option<PyErr>>,
+    arg: impl FnOnce(Python<'_>) -> PyResult<Bound<'_, PyAny>>,
+) -> bool {
+    Python::attach(|py| {
+        let answer = arg(py)
+            .and_then(|a| pred.call1(py, (a,)))
+            .and_then(|r| r.is_truthy(py));
+        answer.unwrap_or_else(|err| {
+            *lock(raised) = Some(err);
+            true
+        })
+    })
+}
+
+#[pymethods]
+impl Tail {
+    /// Wait up to `timeout` seconds for a line making `pred(line)` true.
+    fn until(&self, py: Python<'_>, pred: Py<PyAny>, timeout: f64) -> PyResult<Entry> {
+        let raised = Mutex::new(None);
+        let line = self.wait(py, timeout, &raised, |tail, slice| {
+            tail.until(
+                |text| ask(&pred, &raised, |py| Ok(PyString::new(py, text).into_any())),
+                slice,
+            )
+        })?;
+        Ok(entry(&line))
+    }
+
+    /// Wait up to `timeout` seconds for a JSON line making `pred(value)` true; the value.
+    fn until_json(&self, py: Python<'_>, pred: Py<PyAny>, timeout: f64) -> PyResult<Py<PyAny>> {
+        let raised = Mutex::new(None);
+        let value = self.wait(py, timeout, &raised, |tail, slice| {
+            tail.until_json(|v| ask(&pred, &raised, |py| json_to_py(py, v)), slice)
+        })?;
+        Ok(json_to_py(py, &value)?.unbind())
+    }
+
+    /// Move the cursor `n` matching lines back.
+    fn back(&self, py: Python<'_>, n: usize) {
+        py.detach(|| {
+            let mut tail = lock(&self.tail);
+            *tail = tail.clone().lines_back(n);
+        })
+    }
+
+    /// The next line, waiting for it (Ctrl-C answered); `None` once the output has ended.
+    fn next_line(&self, py: Python<'_>) -> PyResult<Option<Entry>> {
+        loop {
+            let mut cursor = py.detach(|| lock(&self.tail).clone());
+            let result = py.detach(|| cursor.next_line(SLICE).map(|l| (entry(&l), cursor)));
+            match result {
+                Ok((line, cursor)) => {
+                    py.detach(|| *lock(&self.tail) = cursor);
+                    return Ok(Some(line));
+                }
+                Err(Error::WaitTimeout { .. }) => py.check_signals()?,
+                Err(Error::EndedWhileWaiting { .. }) => return Ok(None),
+                Err(e) => return Err(py_err(e)),
+            }
+        }
+    }
+}
+
+/// A command run like its service (the engine's `Subcommand`).
+#[pyclass(module = "hitchserve._native", frozen)]
+struct Subcommand {
+    sub: hitchserve::Subcommand,
+}
+
+#[pymethods]
+impl Subcommand {
+    fn args(&self, args: Vec<OsString>) -> Subcommand {
+        Subcommand {
+            sub: self.sub.clone().args(args),
+        }
+    }
+
+    fn env(&self, key: OsString, value: OsString) -> Subcommand {
+        Subcommand {
+            sub: self.sub.clone().env(key, value),
+        }
+    }
+
+    fn stdin(&self, data: Vec<u8>) -> Subcommand {
+        Subcommand {
+            sub: self.sub.clone().stdin(data),
+        }
+    }
+
+    fn argv(&self) -> Vec<OsString> {
+        self.sub.argv().map(OsString::from).collect()
+    }
+
+    /// Run it with its output going where the test's goes; raises on failure.
+    fn run(&self, py: Python<'_>) -> PyResult<()> {
+        let sub = self.sub.clone();
+        py.detach(move || sub.run()).or_raise()
+    }
+
+    /// Run it, capturing output: `(description, code or None, stdout, stderr)`.
+    #[pyo3(signature = (check=false))]
+    fn output<'py>(&self, py: Python<'py>, check: bool) -> PyResult<Captured<'py>> {
+        let sub = self.sub.clone();
+        let out = py
+            .detach(move || {
+                if check {
+                    sub.checked_output()
+                } else {
+                    sub.output()
+                }
+            })
+            .or_raise()?;
+        Ok((
+            out.status.to_string(),
+            out.status.code(),
+            PyBytes::new(py, &out.stdout),
+            PyBytes::new(py, &out.stderr),
+        ))
+    }
+}
+
+/// A finished sub-command: how it ended, its code, its stdout and stderr.
+type Captured<'py> = (
+    String,
+    Option<i32>,
+    Bound<'py, PyBytes>,
+    Bound<'py, PyBytes>,
+);
+
+/// The native half of the `hitchserve` package.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<NativeBundle>()?;
+    m.add_class::<ServiceDef>()?;
+    m.add_class::<HookCtx>()?;
+    m.add_class::<ServiceHandle>()?;
+    m.add_class::<Logs>()?;
+    m.add_class::<Tail>()?;
+    m.add_class::<Subcommand>()?;
+    m.add_class::<PostgresHandle>()?;
+    m.add_class::<RedisHandle>()?;
+    m.add_class::<SmtpHandle>()?;
+    Ok(())
+}

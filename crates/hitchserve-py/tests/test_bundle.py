@@ -1,0 +1,281 @@
+"""ServiceBundle and Service as the seed defines them: definitions, startup, needs, console,
+interactive mode, context manager, and the errors startup raises."""
+
+import os
+
+import pytest
+
+import hitchserve
+from conftest import PATIENCE, READY_THEN_WAIT, py
+
+# The seed's Django console session, printed by a stand-in server.
+DJANGO = """
+    import sys, time
+    print("Performing system checks...")
+    print("System check identified no issues (0 silenced).")
+    print("July 11, 2015 - 10:36:58")
+    print("Django version 1.8, using settings 'remindme.settings'")
+    print("Starting development server at http://127.0.0.1:18080/")
+    print("Quit the server with CONTROL-C.")
+    print('[11/Jul/2015 10:36:59]"GET / HTTP/1.1" 500 99545', file=sys.stderr)
+    print('[11/Jul/2015 10:36:59]"GET /favicon.ico HTTP/1.1" 404 2416', file=sys.stderr)
+    print("DONE", file=sys.stderr)
+    while True:
+        time.sleep(3600)
+"""
+
+
+def django_bundle(project, **kwargs):
+    bundle = hitchserve.ServiceBundle(
+        project_directory=str(project),
+        startup_timeout=PATIENCE,
+        shutdown_timeout=5.0,
+        **kwargs,
+    )
+    bundle["Django"] = hitchserve.Service(
+        command=py(DJANGO),
+        log_line_ready_checker=lambda line: "Quit the server with CONTROL-C." in line,
+    )
+    return bundle
+
+
+def test_the_seeds_django_lines_are_printed_and_kept_per_stream(project, capfd):
+    with django_bundle(project) as bundle:
+        bundle.startup()
+        django = bundle["Django"]
+        django.logs.err.tail.until(lambda line: line == "DONE", timeout=PATIENCE, lines_back=10)
+        printed = capfd.readouterr().out
+        assert "[    Django] Quit the server with CONTROL-C." in printed
+        assert '[Err Django] [11/Jul/2015 10:36:59]"GET / HTTP/1.1" 500 99545' in printed
+
+        assert django.logs.out.lines()[0] == "Performing system checks..."
+        assert len(django.logs.out) == 6
+        assert django.logs.err.lines()[-1] == "DONE"
+        assert len(django.logs) == len(django.logs.out) + len(django.logs.err)
+        shown = repr(django.logs)
+        assert "[    Django] Performing system checks..." in shown
+        assert "[Err Django] DONE" in shown
+        assert str(django.logs.out).count("\n") == 6
+
+
+def test_needs_take_service_objects_or_names_and_start_in_order(project):
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Db"] = hitchserve.Service(command=py(READY_THEN_WAIT), log_line_ready_checker=lambda l: l == "READY")
+    bundle["Cache"] = hitchserve.Service(command=py(READY_THEN_WAIT), log_line_ready_checker=lambda l: l == "READY")
+    bundle["App"] = hitchserve.Service(
+        command=py(READY_THEN_WAIT),
+        log_line_ready_checker=lambda l: l == "READY",
+        needs=[bundle["Db"], "Cache"],
+    )
+    with bundle:
+        bundle.startup()
+        hitch = bundle.logs.lines()
+        started = [l for l in hitch if l.startswith("Starting ")]
+        assert started.index("Starting App") > started.index("Starting Db")
+        ready = [i for i, l in enumerate(hitch) if l.startswith("Db ready") or l.startswith("Cache ready")]
+        assert all(i < hitch.index("Starting App") for i in ready)
+        assert all(bundle[name].is_ready for name in bundle)
+
+
+def test_env_vars_are_converted_with_str_and_directory_is_relative_to_the_project(project):
+    (project / "sub").mkdir()
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Env"] = hitchserve.Service(
+        command=py("""
+            import os, time
+            print("A=%s B=%s CWD=%s" % (os.environ["A"], os.environ["B"], os.getcwd()))
+            print("READY")
+            time.sleep(3600)
+        """),
+        log_line_ready_checker=lambda line: line == "READY",
+        directory="sub",
+        env_vars={"A": 1, "B": 2.5},
+    )
+    with bundle:
+        bundle.startup()
+        first = bundle["Env"].logs.out.lines()[0]
+        assert first == f"A=1 B=2.5 CWD={os.path.realpath(project / 'sub')}"
+
+
+def test_the_original_keywords_hitch_dir_and_quiet_are_accepted(project, capfd):
+    with django_bundle(project, hitch_dir=str(project / ".hitch"), quiet=True) as bundle:
+        bundle.startup()
+        assert bundle.interactive
+    assert "Quit the server" not in capfd.readouterr().out
+
+
+def test_interactive_startup_leaves_the_console_alone_and_log_and_warn_print(project, capfd):
+    bundle = django_bundle(project)
+    with bundle:
+        bundle.startup(interactive=True)
+        bundle.log("not printed while interactive")
+        assert capfd.readouterr().out == ""
+        bundle.stop_interactive_mode()
+        bundle.log("Your message here")
+        bundle.warn("A bad thing just happened")
+        out = capfd.readouterr().out
+        assert "] Your message here" in out
+        assert "WARNING: A bad thing just happened" in out
+        assert "not printed during interactive mode" in out
+        bundle.start_interactive_mode()
+        assert bundle.interactive
+        # Nothing is lost: the muted lines are stored.
+        assert "not printed while interactive" in bundle.logs.lines()
+
+
+def test_the_context_manager_stops_every_service(project):
+    with django_bundle(project) as bundle:
+        bundle.startup()
+        process = bundle["Django"].process
+        assert process.is_running()
+    assert process.wait(timeout=PATIENCE) is not None or not process.is_running()
+    assert bundle["Django"].pid is None
+
+
+def test_a_service_that_exits_before_it_is_ready_fails_startup_with_its_last_lines(project):
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Broken"] = hitchserve.Service(
+        command=py("""
+            import sys
+            print("loading settings")
+            print("ImproperlyConfigured: SECRET_KEY", file=sys.stderr)
+            sys.exit(3)
+        """),
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    with pytest.raises(hitchserve.StartupError) as raised:
+        bundle.startup()
+    err = raised.value
+    assert isinstance(err, hitchserve.ServiceError)
+    assert err.service == "Broken"
+    assert err.kind == "ExitedBeforeReady"
+    assert err.returncode == 3
+    assert "service `Broken` exited before it was ready" in str(err)
+    assert any("ImproperlyConfigured: SECRET_KEY" in l for l in err.last_lines)
+    assert "ImproperlyConfigured: SECRET_KEY" in str(err)
+
+
+def test_a_startup_timeout_is_a_startup_error_and_a_timeout_error(project):
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=0.5)
+    bundle["Slow"] = hitchserve.Service(
+        command=py("""
+            import time
+            print("still loading")
+            time.sleep(3600)
+        """),
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    with pytest.raises(hitchserve.StartupTimeout) as raised:
+        bundle.startup()
+    assert isinstance(raised.value, TimeoutError)
+    assert isinstance(raised.value, hitchserve.StartupError)
+    assert raised.value.service == "Slow"
+    assert "`Slow` was waiting for" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "define, words",
+    [
+        (lambda b: b.__setitem__("A", hitchserve.Service(command=["no-such-program-hs"])), "was not found"),
+        (lambda b: b.__setitem__("A", hitchserve.Service(command=["true"], directory="missing")), "does not exist"),
+        (lambda b: b.__setitem__("A", hitchserve.Service(command=["true"], needs=["Nope"])), "needs `Nope`"),
+        (lambda b: b.__setitem__("bad name", hitchserve.Service(command=["true"])), "invalid service name"),
+    ],
+)
+def test_bad_definitions_are_definition_errors_before_anything_starts(project, define, words):
+    bundle = hitchserve.ServiceBundle(str(project))
+    define(bundle)
+    with pytest.raises(hitchserve.DefinitionError, match=words):
+        bundle.startup()
+
+
+def test_an_unknown_service_is_a_key_error_naming_the_known_ones(project):
+    bundle = django_bundle(project)
+    with pytest.raises(KeyError) as raised:
+        bundle["Celery"]
+    assert isinstance(raised.value, hitchserve.NoSuchService)
+    assert "it has: `Django`" in str(raised.value)
+
+
+def test_a_ready_checker_that_raises_fails_startup_with_that_exception(project):
+    class Boom(Exception):
+        pass
+
+    def checker(line):
+        if line == "READY":
+            raise Boom("the checker broke on " + line)
+        return False
+
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["App"] = hitchserve.Service(command=py(READY_THEN_WAIT), log_line_ready_checker=checker)
+    with pytest.raises(Boom, match="the checker broke on READY") as raised:
+        bundle.startup()
+    assert any("`App`" in note for note in raised.value.__notes__)
+
+
+def test_a_crash_after_startup_is_reported_by_check_and_shutdown(project):
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Flaky"] = hitchserve.Service(
+        command=py("""
+            import sys
+            print("READY")
+            sys.stdin.read()
+            print("lost the database", file=sys.stderr)
+            sys.exit(7)
+        """),
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    bundle.startup()
+    flaky = bundle["Flaky"]
+    assert flaky.wait_exit(timeout=PATIENCE) is not None  # stdin is empty: it exits at once
+    with pytest.raises(hitchserve.ServiceExited) as raised:
+        bundle.check()
+    assert raised.value.service == "Flaky"
+    assert raised.value.returncode == 7
+    assert "lost the database" in str(raised.value)
+    assert flaky.returncode == 7
+    with pytest.raises(hitchserve.ServiceExited):
+        bundle.shutdown()
+
+
+def test_bundles_services_and_logs_have_useful_reprs(project):
+    bundle = django_bundle(project)
+    assert "not started" in repr(bundle)
+    assert "'Django'" in repr(bundle["Django"])
+    with bundle:
+        bundle.startup()
+        assert "started" in repr(bundle)
+        assert "ready, pid" in repr(bundle["Django"])
+        line = bundle["Django"].logs.last(1)[0]
+        assert repr(line).startswith("LogLine(")
+        assert line.service in ("Django",)
+        assert "tail" in dir(bundle["Django"].logs)
+
+
+def test_services_of_a_bundle_never_shut_down_die_with_the_python_process(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    import psutil
+
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, hitchserve
+            bundle = hitchserve.ServiceBundle({str(tmp_path)!r}, quiet=True)
+            bundle["Orphan"] = hitchserve.Service(
+                command=[sys.executable, "-c", "import time; print('READY', flush=True); time.sleep(3600)"],
+                log_line_ready_checker=lambda line: line == "READY")
+            bundle.startup()
+            print(bundle["Orphan"].pid, flush=True)
+        """)],
+        capture_output=True, text=True, timeout=PATIENCE,
+    )
+    assert child.returncode == 0, child.stderr
+    pid = int(child.stdout.split()[-1])
+    try:
+        orphan = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    gone, alive = psutil.wait_procs([orphan], timeout=PATIENCE)
+    assert not alive

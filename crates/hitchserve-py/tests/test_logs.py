@@ -1,0 +1,130 @@
+"""Logs as the seed queries them: tail.until, tail.until_json, tail.follow(lines_back=2),
+json(), and waits that fail clearly or with the predicate's own exception."""
+
+import collections.abc
+
+import pytest
+
+import hitchserve
+from conftest import PATIENCE, py
+
+# Prints a numbered line (and a JSON line) for each line it reads on stdin... which it never
+# gets: the tests drive it with a sub-command that writes into a FIFO it reads.
+ECHO = """
+    import json, os, sys
+    fifo = sys.argv[1]
+    os.mkfifo(fifo)
+    print("READY")
+    while True:
+        with open(fifo) as f:
+            for line in f:
+                line = line.rstrip("\\n")
+                print(line)
+                if line.startswith("{"):
+                    continue
+                print(json.dumps({"echo": line}))
+"""
+
+
+@pytest.fixture
+def echo(service_bundle, project):
+    fifo = str(project / "in.fifo")
+    service_bundle["Echo"] = hitchserve.Service(
+        command=py(ECHO) + [fifo],
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    service_bundle.startup()
+    echo = service_bundle["Echo"]
+
+    def say(*lines):
+        with open(fifo, "w") as f:
+            f.write("".join(l + "\n" for l in lines))
+
+    echo.say = say
+    return echo
+
+
+def test_tail_until_returns_the_matching_line_and_moves_past_it(echo):
+    tail = echo.logs.out.tail
+    echo.say("one", "two", "three")
+    line = tail.until(lambda l: l.startswith("t"), timeout=PATIENCE)
+    assert line == "two"
+    assert isinstance(line, hitchserve.LogLine)
+    assert (line.service, line.stream) == ("Echo", "stdout")
+    assert tail.until(lambda l: l.startswith("t"), timeout=PATIENCE) == "three"
+
+
+def test_tail_until_with_lines_back_sees_lines_already_there(echo):
+    echo.say("early bird")
+    echo.logs.tail.until(lambda l: l == '{"echo": "early bird"}', timeout=PATIENCE, lines_back=5)
+    assert echo.logs.tail.until(lambda l: l == "early bird", timeout=PATIENCE, lines_back=5) == "early bird"
+
+
+def test_until_json_returns_the_dict(echo):
+    tail = echo.logs.out.tail
+    echo.say("hello", '{"subject": "Reminder", "payload": "Remind me about upcoming gig."}')
+    email = tail.until_json(lambda d: d.get("subject") == "Reminder", timeout=PATIENCE)
+    assert email == {"subject": "Reminder", "payload": "Remind me about upcoming gig."}
+    assert {"echo": "hello"} in echo.logs.json()
+
+
+def test_follow_lines_back_2_is_a_generator_of_the_two_last_lines_then_new_ones(echo):
+    tail = echo.logs.out.tail
+    echo.say("a", "b")
+    tail.until(lambda l: l == '{"echo": "b"}', timeout=PATIENCE)
+    follow = echo.logs.out.tail.follow(lines_back=2)
+    assert isinstance(follow, collections.abc.Generator)
+    assert next(follow) == "b"
+    assert next(follow) == '{"echo": "b"}'
+    echo.say("c")
+    assert next(follow) == "c"
+
+
+def test_follow_ends_when_the_service_stops(echo, service_bundle):
+    follow = echo.logs.tail.follow(lines_back=1)
+    service_bundle.shutdown()
+    assert list(follow) == [echo.logs.last(1)[0]]
+
+
+def test_a_wait_that_times_out_says_what_it_waited_for_and_shows_the_last_lines(echo):
+    echo.say("the last thing said")
+    echo.logs.tail.until(lambda l: l == "the last thing said", timeout=PATIENCE, lines_back=3)
+    with pytest.raises(hitchserve.LogTimeout) as raised:
+        echo.logs.tail.until(lambda l: l == "never", timeout=0.2)
+    assert isinstance(raised.value, TimeoutError)
+    assert "timed out after 0.2 s waiting for a matching line in `Echo`'s logs" in str(raised.value)
+    assert any("the last thing said" in l for l in raised.value.last_lines)
+
+
+def test_a_predicate_that_raises_fails_the_wait_with_that_exception(echo):
+    tail = echo.logs.out.tail
+    echo.say("x")
+    with pytest.raises(KeyError, match="subject"):
+        tail.until_json(lambda d: d["subject"] == "Reminder", timeout=PATIENCE)
+
+
+def test_a_wait_on_a_service_that_exits_ends_at_once(service_bundle):
+    service_bundle["Short"] = hitchserve.Service(
+        command=py("""
+            import sys
+            print("READY")
+            sys.stdin.read()
+        """),
+        log_line_ready_checker=lambda l: l == "READY",
+    )
+    service_bundle.startup()
+    with pytest.raises(hitchserve.LogEnded):
+        service_bundle["Short"].logs.tail.until(lambda l: l == "never", timeout=PATIENCE)
+    with pytest.raises(hitchserve.ServiceExited):
+        service_bundle.check()
+    # Reported: the fixture's shutdown must not fail the test for it.
+    with pytest.raises(hitchserve.ServiceExited):
+        service_bundle.shutdown()
+
+
+def test_the_bundles_logs_hold_every_service_and_its_own_lines(echo, service_bundle):
+    service_bundle.log("a note from the test")
+    lines = service_bundle.logs.entries()
+    assert any(l.service == "Echo" and l == "READY" for l in lines)
+    assert any(l == "a note from the test" for l in lines)
+    assert service_bundle.all_log.endswith("logs/all.log")

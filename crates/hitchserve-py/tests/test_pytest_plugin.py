@@ -1,0 +1,69 @@
+"""The pytest plugin: a bundle per test (and per xdist worker), torn down after it, and a
+failure report with the bundle's last lines and the kept all.log."""
+
+import re
+
+INNER = '''
+import sys
+import hitchserve
+
+SERVICE = [sys.executable, "-u", "-c",
+           "import sys, time; print('READY'); print('port', sys.argv[1]); time.sleep(3600)", "{port.http}"]
+
+def start(bundle):
+    bundle["Web"] = hitchserve.Service(command=SERVICE, ports=["http"],
+                                       log_line_ready_checker=lambda line: line == "READY")
+    bundle.startup()
+    return bundle["Web"]
+
+def test_fails_and_reports(service_bundle):
+    web = start(service_bundle)
+    assert web.logs.out.lines() == ["nothing like this"]
+
+def test_has_its_own_port_a(service_bundle):
+    web = start(service_bundle)
+    print("PORT", web.port("http"), "PID", web.pid)
+
+def test_has_its_own_port_b(service_bundle):
+    web = start(service_bundle)
+    print("PORT", web.port("http"), "PID", web.pid)
+'''
+
+
+def test_a_failed_test_reports_the_bundles_last_lines_and_all_log(pytester):
+    pytester.makepyfile(test_inner=INNER)
+    result = pytester.runpytest_subprocess("-k", "fails_and_reports", "-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "hitchserve bundle" in out
+    assert re.search(r"\[\s*Web\] READY", out)
+    match = re.search(r"all\.log: (\S+)", out)
+    assert match, out
+    with open(match.group(1)) as log:
+        assert "READY" in log.read()
+
+
+def test_each_xdist_worker_gets_its_own_bundle_and_ports_and_stops_it(pytester):
+    pytester.makepyfile(test_inner=INNER)
+    result = pytester.runpytest_subprocess("-n", "2", "-k", "own_port", "-p", "no:cacheprovider",
+                                           "-rP")
+    result.assert_outcomes(passed=2)
+    found = re.findall(r"PORT (\d+) PID (\d+)", result.stdout.str())
+    assert len(found) == 2, result.stdout.str()
+    assert found[0][0] != found[1][0]
+    import psutil
+    for _, pid in found:
+        assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_readmes_fixture_example(service_bundle):
+    import hitchserve
+
+    service_bundle["Web"] = hitchserve.Service(
+        command=["python3", "-u", "-m", "http.server", "{port.http}"],
+        ports=["http"],
+        log_line_ready_checker=lambda line: "Serving HTTP" in line,
+    )
+    service_bundle.startup()
+    assert service_bundle["Web"].process.is_running()
+    assert str(service_bundle["Web"].port("http")) in service_bundle["Web"].logs.out.lines()[0]

@@ -1,0 +1,184 @@
+"""The rest of the seed, section by section, written as the seed writes it: time travel,
+the process API through psutil, sub-commands, subclassed services with setup/poststart."""
+
+import os
+import signal
+import stat
+import sys
+from datetime import datetime, timedelta
+
+import psutil
+import pytest
+
+import hitchserve
+from hitchserve import Service
+from conftest import PATIENCE, READY_THEN_WAIT, py
+
+CLOCK = "import time; print(int(time.time()))"
+
+
+@pytest.fixture
+def started(service_bundle):
+    service_bundle["Django"] = Service(
+        command=py(READY_THEN_WAIT),
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    service_bundle["Plain"] = Service(
+        command=py(READY_THEN_WAIT),
+        log_line_ready_checker=lambda line: line == "READY",
+        no_libfaketime=True,
+    )
+    service_bundle.startup()
+    return service_bundle
+
+
+def service_clock(bundle, name):
+    out = bundle[name].subcommand(sys.executable, "-c", CLOCK).run(check_output=True)
+    return datetime.fromtimestamp(int(out))
+
+
+def test_the_seeds_time_travel_session(started):
+    bundle = started
+    real = datetime.now()
+    bundle.time_travel(hours=23)
+    assert bundle.now() - real >= timedelta(hours=23)
+    bundle.time_travel(days=1)
+    bundle.time_travel(timedelta=timedelta(days=1))
+    now = bundle.now()
+    assert isinstance(now, datetime)
+    assert now - real >= timedelta(days=2, hours=23)
+    # The service sees it; a service with no_libfaketime does not.
+    assert service_clock(bundle, "Django") - real >= timedelta(days=2, hours=22, minutes=59)
+    assert service_clock(bundle, "Plain") - real < timedelta(hours=1)
+
+    bundle.time_travel(datetime=datetime(2030, 6, 1, 9, 0))
+    assert bundle.now().replace(second=0, microsecond=0) >= datetime(2030, 6, 1, 9, 0)
+    assert service_clock(bundle, "Django").date() == datetime(2030, 6, 1).date()
+
+    before = bundle.now()
+    bundle.time_travel(days=-1)
+    assert bundle.now() < before - timedelta(hours=23)
+    printed = [l for l in bundle.logs.lines() if l.startswith("Time travelling to")]
+    assert len(printed) == 5
+
+
+def test_the_process_api_is_psutil(started):
+    django = started["Django"]
+    assert isinstance(django.pid, int)
+    process = django.process
+    assert isinstance(process, psutil.Process)
+    assert process.pid == django.pid
+    assert process.is_running()
+    assert process.cmdline()[0] == sys.executable
+    assert process.memory_info().rss > 0
+    assert process.cwd() == os.path.realpath(started.project_directory)
+    assert process.as_dict(attrs=["pid"])["pid"] == django.pid
+    process.send_signal(signal.SIGKILL)
+    assert django.wait_exit(timeout=PATIENCE) is not None
+    with pytest.raises(hitchserve.ServiceExited, match="SIGKILL|signal 9"):
+        started.check()
+    with pytest.raises(hitchserve.NotRunning):
+        django.process
+    with pytest.raises(hitchserve.ServiceExited):
+        started.shutdown()
+
+
+def test_subcommands_run_in_the_services_environment_and_directory(service_bundle, project):
+    manage = project / "manage.py"
+    manage.write_text(
+        "#!/usr/bin/env python3\n"
+        "import os, sys\n"
+        "print('manage', ' '.join(sys.argv[1:]), os.environ['SETTINGS'], os.getcwd())\n"
+        "sys.exit(2 if sys.argv[1:] == ['fail'] else 0)\n"
+    )
+    manage.chmod(manage.stat().st_mode | stat.S_IXUSR)
+    service_bundle["Django"] = Service(
+        command=py(READY_THEN_WAIT),
+        log_line_ready_checker=lambda line: line == "READY",
+        env_vars={"SETTINGS": "remindme.settings"},
+    )
+    service_bundle.startup()
+    django = service_bundle["Django"]
+    django.subcommand("./manage.py", "help").run()
+    out = django.subcommand("./manage.py", "help").run(check_output=True)
+    assert out.strip() == f"manage help remindme.settings {os.path.realpath(project)}"
+    done = django.subcommand("./manage.py", "fail").output()
+    assert done.returncode == 2
+    with pytest.raises(hitchserve.SubcommandFailed) as raised:
+        django.subcommand("./manage.py", "fail").run()
+    assert raised.value.returncode == 2
+    assert raised.value.service == "Django"
+    django.subcommand("./manage.py", "fail").run(ignore_errors=True)
+    assert django.subcommand("cat").output(stdin="to stdin").stdout == b"to stdin"
+
+
+class MyService(Service):
+    """The seed's last section: a service with setup and poststart."""
+
+    def __init__(self, **kwargs):
+        kwargs["log_line_ready_checker"] = lambda line: "line in logs that signals readiness" in line
+        kwargs["command"] = py("""
+            import sys, time
+            print(open("prepared.txt").read().strip())
+            print("line in logs that signals readiness")
+            time.sleep(3600)
+        """)
+        super(MyService, self).__init__(**kwargs)
+
+    def setup(self):
+        """This is where you run all of the code you want run before starting the service."""
+        self.log("preparing")
+        self.run(sys.executable, "-c", "open('prepared.txt', 'w').write('prepared by setup')")
+
+    def poststart(self):
+        """This is where you put all of the code you want run after the service is ready."""
+        self.subcommand(sys.executable, "-c", "print('created the users')").run()
+        self.poststarted = True
+
+
+def test_a_subclassed_service_runs_setup_before_and_poststart_after_it_is_ready(service_bundle):
+    service_bundle["Mine"] = MyService()
+    service_bundle["After"] = Service(
+        command=py(READY_THEN_WAIT),
+        log_line_ready_checker=lambda line: line == "READY",
+        needs=[service_bundle["Mine"]],
+    )
+    service_bundle.startup()
+    mine = service_bundle["Mine"]
+    assert mine.poststarted
+    assert mine.logs.main.out.lines()[0] == "prepared by setup"
+    assert mine.logs.setup.lines() == ["preparing"]
+    assert mine.logs.poststart.lines() == ["created the users"]
+    hitch = service_bundle.logs.lines()
+    assert hitch.index("Starting After") > max(
+        i for i, l in enumerate(service_bundle.logs.entries()) if l == "created the users"
+    )
+
+
+class Exploding(Service):
+    def __init__(self, **kwargs):
+        super().__init__(command=py(READY_THEN_WAIT), log_line_ready_checker=lambda l: l == "READY", **kwargs)
+
+    def poststart(self):
+        raise RuntimeError("CREATE USER failed")
+
+
+def test_a_hook_that_raises_fails_startup_with_that_exception_and_stops_everything(service_bundle):
+    service_bundle["Db"] = Exploding()
+    with pytest.raises(RuntimeError, match="CREATE USER failed") as raised:
+        service_bundle.startup()
+    assert any("poststart hook of service `Db`" in n for n in raised.value.__notes__)
+    assert service_bundle["Db"].pid is None
+
+
+def test_a_hook_context_is_only_usable_during_the_hook(service_bundle):
+    kept = []
+
+    class Keeper(Service):
+        def setup(self):
+            kept.append(self._ctx)
+
+    service_bundle["K"] = Keeper(command=py(READY_THEN_WAIT), log_line_ready_checker=lambda l: l == "READY")
+    service_bundle.startup()
+    with pytest.raises(RuntimeError, match="hook that has returned"):
+        kept[0].log("too late")

@@ -1,0 +1,131 @@
+"""The ready-made services from hitchserve.services, real servers; the seed's HitchSMTP
+example; the reminders scenario as a Python team would write it."""
+
+import os
+import shutil
+import tempfile
+import smtplib
+import sys
+import urllib.request
+from email.message import EmailMessage
+
+import pytest
+
+import hitchserve
+from hitchserve.services import Cron, Postgres, PostgresDatabase, PostgresUser, Redis, Smtp
+from conftest import PATIENCE, REPO
+
+
+def send_email(port, subject, body, to="ann@example.com"):
+    msg = EmailMessage()
+    msg["From"] = "noreply@localhost"
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg.set_content(body)
+    with smtplib.SMTP("127.0.0.1", port, timeout=PATIENCE) as smtp:
+        smtp.send_message(msg)
+
+
+def test_the_seeds_hitchsmtp_until_json(service_bundle_factory):
+    bundle = service_bundle_factory(startup_timeout=PATIENCE)
+    bundle["HitchSMTP"] = Smtp()
+    bundle.startup()
+    containing = "upcoming gig"
+    inbox = bundle["HitchSMTP"].logs.out.tail
+    send_email(bundle["HitchSMTP"].smtp_port, "Reminder", "Remind me about upcoming gig.")
+    email = inbox.until_json(
+        lambda email: containing in email["payload"] or containing in email["subject"],
+        timeout=PATIENCE,
+    )
+    assert email["subject"] == "Reminder"
+    assert email["sent_to"] == ["ann@example.com"]
+    assert bundle["HitchSMTP"].logs.json()[-1] == email
+    assert bundle["HitchSMTP"].messages() == [email]
+
+
+def test_redis_cli_and_url(service_bundle):
+    service_bundle["Redis"] = Redis(config={"maxmemory": "10mb"})
+    service_bundle.startup()
+    redis = service_bundle["Redis"]
+    redis.cli("SET", "greeting", "hello").run()
+    assert redis.cli("GET", "greeting").run(check_output=True).strip() == "hello"
+    assert redis.url == f"redis://127.0.0.1:{redis.redis_port}"
+
+
+@pytest.fixture
+def reachable_project():
+    """PostgreSQL runs as `postgres` when the tests run as root: pytest's tmp_path (0700
+    under /tmp/pytest-of-root) is out of its reach, so the project lives elsewhere."""
+    path = tempfile.mkdtemp(prefix="hitchserve-py-pg-")
+    os.chmod(path, 0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_postgres_users_databases_and_psql_follow_time_travel(reachable_project, service_bundle_factory):
+    service_bundle = service_bundle_factory(reachable_project, startup_timeout=PATIENCE)
+    service_bundle["Postgres"] = Postgres(
+        users=[PostgresUser("app", "secret")],
+        databases=[PostgresDatabase("app", "app")],
+    )
+    service_bundle.startup()
+    pg = service_bundle["Postgres"]
+    pg.psql("app", "CREATE TABLE reminders (id int); INSERT INTO reminders VALUES (42);").run()
+    out = pg.psql("app", "SELECT id FROM reminders;").checked_output()
+    assert b"42" in out.stdout
+    assert pg.connection_url("app").startswith("postgresql://")
+    service_bundle.time_travel(datetime=__import__("datetime").datetime(2031, 1, 2, 12, 0))
+    year = pg.psql("app", "SELECT extract(year from now())::int AS y;").checked_output()
+    assert b"2031" in year.stdout
+
+
+def test_ready_made_hooks_cannot_be_overridden(service_bundle):
+    class MyRedis(Redis):
+        def poststart(self):
+            pass
+
+    service_bundle["Redis"] = MyRedis()
+    with pytest.raises(TypeError, match="its own poststart hook"):
+        service_bundle.startup()
+
+
+def test_the_reminders_scenario(service_bundle_factory):
+    """A reminder due in 30 days: nothing after 29 days, the email after 31."""
+    app_dir = REPO / "examples" / "reminders"
+    bundle = service_bundle_factory(startup_timeout=PATIENCE)
+    env = {
+        "REMINDERS_DB": "{run}/reminders.sqlite",
+        "SMTP_PORT": "{Smtp.port.smtp}",
+    }
+    bundle["Smtp"] = Smtp()
+    bundle["App"] = hitchserve.Service(
+        command=[sys.executable, "-u", "app.py", "serve"],
+        log_line_ready_checker=lambda line: "READY" in line,
+        directory=str(app_dir),
+        env_vars=dict(env, APP_PORT="{port.http}"),
+        ports=["http"],
+        needs=[bundle["Smtp"]],
+    )
+    bundle["SendDue"] = Cron(
+        every=300,
+        command=[sys.executable, "app.py", "send-due"],
+        directory=str(app_dir),
+        env_vars=dict(env, APP_PORT="{App.port.http}"),
+        needs=[bundle["App"]],
+    )
+    bundle.startup()
+    app, smtp, cron = bundle["App"], bundle["Smtp"], bundle["SendDue"]
+
+    app.subcommand(sys.executable, "app.py", "add", "ann@example.com", "30", "Call mum").run()
+
+    cron_runs = cron.logs.tail
+    bundle.time_travel(days=29)
+    cron_runs.until(lambda line: line == "cron: exit 0", timeout=PATIENCE)
+    assert smtp.messages() == []
+
+    inbox = smtp.logs.out.tail
+    bundle.time_travel(days=2)
+    email = inbox.until_json(lambda m: m["subject"] == "Reminder: Call mum", timeout=PATIENCE)
+    assert email["sent_to"] == ["ann@example.com"]
+    assert email["links"]
+    app.logs.tail.until(lambda l: l == "sent reminder 1 to ann@example.com", timeout=PATIENCE, lines_back=100)

@@ -1,0 +1,105 @@
+"""Ctrl-C answered while Rust waits (startup, tail.until, tail.follow), in a real child
+Python process that gets a real SIGINT; and waiting for an embedded IPython kernel."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import hitchserve
+from conftest import PATIENCE, py
+
+# The child prints ARMED just before the blocking call; a wait that did not answer Ctrl-C
+# would run into its 120 s timeout, past the parent's patience.
+CHILD = """
+    import sys, hitchserve
+    bundle = hitchserve.ServiceBundle(sys.argv[1], startup_timeout=120)
+    bundle["Quiet"] = hitchserve.Service(
+        command=[sys.executable, "-u", "-c", "import time; print('up'); time.sleep(3600)"],
+        log_line_ready_checker=lambda line: line == {ready!r},
+    )
+    try:
+        {body}
+    except KeyboardInterrupt:
+        print("INTERRUPTED", flush=True)
+        raise
+"""
+
+BODIES = {
+    "startup": "print('ARMED', flush=True); bundle.startup()",
+    "until": "bundle.startup(); print('ARMED', flush=True); bundle['Quiet'].logs.tail.until(lambda l: l == 'never', timeout=120)",
+    "follow": "bundle.startup(); print('ARMED', flush=True); [l for l in bundle['Quiet'].logs.tail.follow()]",
+}
+
+
+@pytest.mark.parametrize("what", sorted(BODIES))
+def test_ctrl_c_interrupts_a_wait_in_rust(what, tmp_path):
+    ready = "never" if what == "startup" else "up"
+    code = textwrap.dedent(CHILD).format(ready=ready, body=BODIES[what])
+    child = subprocess.Popen(
+        [sys.executable, "-u", "-c", code, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for line in child.stdout:
+            if line.strip() == "ARMED":
+                break
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=PATIENCE)
+    finally:
+        child.kill()
+    assert "KeyboardInterrupt" in err, err
+    assert "INTERRUPTED" in out, out
+    assert "LogTimeout" not in err and "StartupTimeout" not in err
+
+
+KERNEL = """
+    import IPython
+    secret = 6 * 7
+    IPython.embed_kernel()
+"""
+
+
+def test_wait_for_kernel_gives_the_connection_file_of_an_embedded_kernel(service_bundle, project):
+    jupyter_client = pytest.importorskip("jupyter_client")
+    service_bundle["Celery"] = hitchserve.Service(
+        command=py(KERNEL),
+        env_vars={"JUPYTER_RUNTIME_DIR": str(project / "runtime")},
+        no_libfaketime=True,
+    )
+    service_bundle.startup()
+    connection_file = service_bundle.wait_for_kernel("Celery", timeout=PATIENCE)
+    assert os.path.isfile(connection_file)
+    client = jupyter_client.BlockingKernelClient(connection_file=connection_file)
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=PATIENCE)
+        reply = client.execute_interactive("print(secret)", timeout=PATIENCE, output_hook=_collect)
+        assert reply["content"]["status"] == "ok"
+        assert _collected == ["42\n"]
+    finally:
+        client.stop_channels()
+
+
+_collected = []
+
+
+def _collect(msg):
+    if msg["msg_type"] == "stream":
+        _collected.append(msg["content"]["text"])
+
+
+def test_wait_for_kernel_times_out_naming_the_service(service_bundle):
+    service_bundle["NoKernel"] = hitchserve.Service(
+        command=py("import time; print('READY'); time.sleep(3600)"),
+        log_line_ready_checker=lambda l: l == "READY",
+    )
+    service_bundle.startup()
+    with pytest.raises(hitchserve.LogTimeout, match="`NoKernel` to embed an IPython kernel"):
+        service_bundle.wait_for_kernel("NoKernel", timeout=0.2)

@@ -94,6 +94,11 @@ impl HookContext<'_> {
         &self.shared.run.path
     }
 
+    /// The uid and gid the service runs as, if another user's.
+    pub(crate) fn run_as(&self) -> Option<(u32, u32)> {
+        self.shared.plans[self.idx].run_as
+    }
+
     /// Create a directory (and its parents) owned by the service's user (see
     /// [`Service::user`](crate::Service::user)), e.g. a database's data directory. A symlink
     /// at `path` is refused rather than followed. A service that runs as another user already

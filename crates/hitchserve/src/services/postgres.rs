@@ -5,6 +5,11 @@
 //! PostgreSQL refuses to run as root: run as root, the service runs as the `postgres` user
 //! (it must exist: Debian's server package creates it); otherwise as the current user.
 //! It works with time travel: `select now()` follows the bundle's clock.
+//!
+//! Who may connect: the superuser only through the server's Unix socket, in a directory
+//! private to the server's OS user (0700, under a random name in our per-user temporary
+//! directory: short enough for a socket path), so only that user and root can; over TCP on
+//! 127.0.0.1, which every local user can reach, only users with a password (scram-sha-256).
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +23,7 @@ use crate::subcommand::Subcommand;
 /// The name of PostgreSQL's port (see [`Service::port`]).
 pub const PORT: &str = "postgres";
 
-/// The superuser of the cluster (trust authentication on the local socket and 127.0.0.1).
+/// The superuser of the cluster (reachable only through the server's private Unix socket).
 pub const SUPERUSER: &str = "postgres";
 
 /// A PostgreSQL server to add to a bundle.
@@ -110,15 +115,34 @@ impl Postgres {
         let tool = |name: &str| bin.join(name).to_string_lossy().into_owned();
         let data = "{run}/{service}/data".to_owned();
         let postgres = tool("postgres");
+        // The superuser connects only through a Unix socket in a directory private to the
+        // server's user (so only that user and root can: trust is safe there); over TCP,
+        // which every local user can reach, only users with a password (scram-sha-256). The
+        // directory is short (a socket path must fit in 107 bytes): in our per-user
+        // temporary directory, under a random name, made by the setup hook.
+        let sockets = std::env::temp_dir()
+            .join(format!("hitchserve-{}", crate::safepath::euid()))
+            .join("pg-sock");
+        let socket_dir = sockets.join(crate::timetravel::shm::token());
+        let socket_dir_text = socket_dir.to_string_lossy().into_owned();
+        if socket_dir_text.len() + "/.s.PGSQL.65535".len() > 107 {
+            return Err(Error::Io {
+                context: format!(
+                    "PostgreSQL's socket directory `{socket_dir_text}` is too long for a Unix \
+                     socket path (107 bytes): set TMPDIR to a shorter directory"
+                ),
+                source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            });
+        }
+        let socket_option = format!("unix_socket_directories={socket_dir_text}");
         let mut svc = Service::new([
             postgres.as_str(),
             "-D",
             &data,
             "-p",
             "{port.postgres}",
-            // TCP only: a Unix socket path under the project could pass the 107-byte limit.
             "-c",
-            "unix_socket_directories=",
+            &socket_option,
             "-c",
             "listen_addresses=127.0.0.1",
             "-c",
@@ -129,7 +153,7 @@ impl Postgres {
             "full_page_writes=off",
         ])
         .port(PORT)
-        .env("PGHOST", "127.0.0.1")
+        .env("PGHOST", &socket_dir_text)
         .env("PGPORT", "{port.postgres}")
         .ready(Ready::all([
             Ready::line_contains("database system is ready to accept connections"),
@@ -158,6 +182,9 @@ impl Postgres {
         let fresh = self.fresh;
         Ok(svc
             .setup(move |ctx| {
+                crate::safepath::user_subdir("pg-sock", 0o711)?;
+                prune_socket_dirs(&sockets);
+                crate::safepath::make_dir_for(&socket_dir, 0o700, ctx.run_as())?;
                 let dir = ctx.run_dir().join(ctx.service());
                 ctx.make_dir(&dir)?;
                 let data = dir.join("data");
@@ -168,7 +195,8 @@ impl Postgres {
                         &target.to_string_lossy(),
                         "-U",
                         SUPERUSER,
-                        "--auth=trust",
+                        "--auth-local=trust",
+                        "--auth-host=scram-sha-256",
                         "-E",
                         "UTF8",
                         "--no-sync",
@@ -272,9 +300,14 @@ impl Postgres {
             .ok()
             .and_then(|p| p.exe().ok())
             .and_then(|exe| exe.parent().map(Path::to_path_buf));
+        let socket_dir = service
+            .env_var("PGHOST")
+            .map(PathBuf::from)
+            .unwrap_or_default();
         Ok(PostgresHandle {
             port: bundle.port(name, PORT)?,
             bin: argv0.unwrap_or_default(),
+            socket_dir,
             service,
         })
     }
@@ -285,7 +318,27 @@ fn template_name(initdb: &str) -> String {
     let hash = initdb.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
     });
-    format!("cluster-{hash:016x}")
+    // v2: trust only on the private socket (v1 clusters trusted every TCP connection).
+    format!("cluster-v2-{hash:016x}")
+}
+
+/// Remove socket directories of servers long gone: empty (a live server keeps its socket
+/// and lock file there) and older than a minute (not one a starting server is about to use).
+fn prune_socket_dirs(sockets: &Path) {
+    let Ok(entries) = std::fs::read_dir(sockets) else {
+        return;
+    };
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < old);
+        if stale {
+            // Fails, as it should, on a directory that isn't empty.
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
 }
 
 /// A double-quoted SQL identifier.
@@ -318,6 +371,7 @@ fn find_bin_dir() -> Option<PathBuf> {
 pub struct PostgresHandle {
     port: u16,
     bin: PathBuf,
+    socket_dir: PathBuf,
     service: ServiceHandle,
 }
 
@@ -327,12 +381,21 @@ impl PostgresHandle {
         self.port
     }
 
-    /// `postgresql://postgres@127.0.0.1:PORT/DB` (trust authentication: no password).
+    /// The superuser's URL, through the server's private Unix socket:
+    /// `postgresql://postgres@/DB?host=SOCKET_DIR&port=PORT`. Only the server's OS user and
+    /// root may use it; an application connects over TCP as a user made with
+    /// [`Postgres::user`]: `postgresql://USER:PASSWORD@127.0.0.1:PORT/DB`.
     pub fn connection_url(&self, database: &str) -> String {
         format!(
-            "postgresql://{SUPERUSER}@127.0.0.1:{}/{database}",
+            "postgresql://{SUPERUSER}@/{database}?host={}&port={}",
+            self.socket_dir.display(),
             self.port
         )
+    }
+
+    /// The directory of the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
     }
 
     /// `psql -c SQL` against `database`, as the superuser (stops at the first error).

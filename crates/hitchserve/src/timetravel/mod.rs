@@ -28,7 +28,7 @@ use jiff::Timestamp;
 
 use crate::error::{Error, Result};
 
-mod shm;
+pub(crate) mod shm;
 
 /// The shim, built by `build.rs`.
 const SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hitchserve-timeshim.so"));

@@ -17,7 +17,7 @@ use std::ffi::CString;
 use std::io;
 
 /// A random token for this bundle's names.
-pub(super) fn token() -> String {
+pub(crate) fn token() -> String {
     let mut bytes = [0u8; 8];
     // SAFETY: a valid buffer of the given length; getrandom has no other preconditions.
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };

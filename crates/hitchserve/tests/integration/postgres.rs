@@ -39,9 +39,46 @@ fn postgres_starts_with_users_databases_and_a_dump_and_follows_time_travel() {
         .checked_output()
         .unwrap();
     assert_eq!(owner.stdout_text().trim(), "app");
-    assert!(pg
-        .connection_url("app")
-        .ends_with(&format!(":{}/app", pg.port())));
+    assert_eq!(
+        pg.connection_url("app"),
+        format!(
+            "postgresql://postgres@/app?host={}&port={}",
+            pg.socket_dir().display(),
+            pg.port()
+        )
+    );
+    // Over TCP, which every local user can reach: a password, never trust.
+    let psql = |user: &str, password: &str| {
+        pg.service()
+            .subcommand([
+                "psql",
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                user,
+                "-d",
+                "app",
+            ])
+            .args(["-c", "SELECT current_user"])
+            .env("PGPASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let superuser = psql("postgres", "");
+    assert!(!superuser.status.success(), "the superuser got in over TCP");
+    assert!(!psql("app", "wrong").status.success());
+    let app = psql("app", "s3cret");
+    assert!(app.status.success(), "{}", app.stderr_text());
+    assert_eq!(app.stdout_text().trim(), "app");
+    // The socket's directory is the server's own.
+    let meta = std::fs::metadata(pg.socket_dir()).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o700
+    );
     let svc = pg.service();
     assert!(
         !svc.logs().setup().is_empty(),

@@ -15,8 +15,11 @@
 //! spawn path. A move takes effect only after an RCU grace period when the kernel is idle
 //! (measured 7-12 ms here; 40 µs when warm), so it must never block a spawn.
 //!
-//! Invariant: a pid is written to `cgroup.procs` only while its process is our unreaped
-//! child (see `guardian::forget`), so a reused pid is never moved in and killed.
+//! Invariant: a service's main process is written to `cgroup.procs` only while it is our
+//! unreaped child (see `guardian::forget`), so its reused pid is never moved in and killed.
+//! Its descendants found at that moment (`/proc/*/task/*/children`) are not our children: one
+//! that exits and whose pid is reused between that read and the write would move a stranger
+//! in — a window of microseconds, accepted.
 
 use std::fs::File;
 use std::io::Write;
@@ -123,7 +126,17 @@ impl Cgroup {
     /// the deadline passes, then remove the directory. Returns whether it is gone.
     pub(crate) fn remove(&self, deadline: Option<Instant>) -> bool {
         if let Ok(events) = File::open(self.path.join("cgroup.events")) {
-            while self.is_populated() {
+            // Read through the polled descriptor itself: that read re-arms the kernfs
+            // notification (read another way, poll returns at once, forever: a busy loop).
+            let populated = || {
+                let mut buf = [0u8; 256];
+                std::os::unix::fs::FileExt::read_at(&events, &mut buf, 0).is_ok_and(|n| {
+                    !String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .any(|l| l == "populated 0")
+                })
+            };
+            while populated() {
                 let timeout = match deadline {
                     None => PollTimeout::NONE,
                     Some(d) => {

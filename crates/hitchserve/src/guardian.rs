@@ -18,7 +18,8 @@
 //! each new service into its run's cgroup, because a move may wait for the kernel for
 //! milliseconds and must not delay a spawn.
 //!
-//! Invariant: the write end of its stdin is held only by our process (it is close-on-exec),
+//! Invariant: the write end of its stdin is held only by our process (it is close-on-exec,
+//! and a child made by `fork` without exec lets go of its copy when it first uses a bundle),
 //! so end of file means exactly that. One guardian serves all bundles of the process, so
 //! its start-up cost is paid once.
 
@@ -109,6 +110,9 @@ struct Guardian {
     wake: Option<UnixStream>,
     /// Why the last restart failed, while no guardian runs.
     failure: Option<String>,
+    /// The process this state belongs to (0 before first use): a child made by `fork`
+    /// inherits it but neither the watcher thread nor the right to the parent's guardian.
+    owner: u32,
 }
 
 static GUARDIAN: Mutex<Guardian> = Mutex::new(Guardian {
@@ -118,6 +122,7 @@ static GUARDIAN: Mutex<Guardian> = Mutex::new(Guardian {
     cgroups: BTreeMap::new(),
     wake: None,
     failure: None,
+    owner: 0,
 });
 
 /// Services waiting to be moved into their run's cgroup, and the one being moved.
@@ -133,7 +138,26 @@ static PLACEMENTS: Mutex<Placements> = Mutex::new(Placements {
 static PLACED: Condvar = Condvar::new();
 
 fn lock() -> MutexGuard<'static, Guardian> {
-    GUARDIAN.lock().unwrap_or_else(|e| e.into_inner())
+    let mut g = GUARDIAN.lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id();
+    if g.owner != me {
+        if g.owner != 0 {
+            // Forked from a process that used bundles: its guardian, services and watcher
+            // thread are the parent's. Let go of our copies (closing our copy of its stdin
+            // is right: the parent still holds its own) and start afresh when needed.
+            g.running = None;
+            g.groups.clear();
+            g.runs.clear();
+            g.cgroups.clear();
+            g.wake = None;
+            g.failure = None;
+            let mut p = lock_placements();
+            p.queue.clear();
+            p.moving = None;
+        }
+        g.owner = me;
+    }
+    g
 }
 
 fn lock_placements() -> MutexGuard<'static, Placements> {

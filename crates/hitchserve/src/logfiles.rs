@@ -2,13 +2,17 @@
 //!
 //! Every line of every service and of the bundle, in arrival order, as the console shows it
 //! (`[Err Name] line`) but with the line's exact bytes (invalid UTF-8 and `\r` kept), so a
-//! failed test leaves its evidence behind. One file per run on purpose: creating files is
+//! failed test leaves its evidence behind. One exception: a line longer than a quarter of the
+//! log memory limit is written in pieces as they arrive, each under the same prefix, so a
+//! piece break looks like a newline there (and may split a UTF-8 character); queries join the
+//! pieces back into the exact line. One file per run on purpose: creating files is
 //! slow on some filesystems (ext4 here spends milliseconds allocating inodes after many
 //! deletions), and a file per stream made starting 20 services measurably slower.
 //!
 //! Writing happens on a dedicated, low-priority thread fed by a channel, so no reader and no
-//! readiness check ever waits for the disk. The channel is unbounded on purpose: a slow disk
-//! must never make a service block on its pipe. Lines reach the file within `BATCH` of
+//! readiness check waits for the disk — unless memory is past twice the log memory limit
+//! with the writer behind: then the store holds the readers back, at most a second per stall
+//! (see the store), and batches end at `MAX_BATCH` so progress is published meanwhile. Lines reach the file within `BATCH` of
 //! arriving. Invariant: lines are written in the order they were sent, and everything sent
 //! before `close` is on disk when it returns.
 //!
@@ -31,6 +35,9 @@ use std::time::{Duration, Instant};
 /// How long lines may wait in memory before they are written out (unless a reader waits
 /// for the writer: see `hurry`).
 const BATCH: Duration = Duration::from_millis(20);
+
+/// Most bytes written before what is written is published (see the writer loop).
+const MAX_BATCH: u64 = 4 << 20;
 
 use crate::rundir::RunDir;
 
@@ -96,11 +103,14 @@ impl LogFiles {
                 let mut on_failed = Some(on_failed);
                 // Wake at most every BATCH: a wake-up per line would take CPU from services.
                 // `close` unparks us, so stopping never waits for a batch.
+                let mut backlog = false;
                 while let Ok(first) = rx.recv() {
                     // The flag, not just the unpark, says we are closing: the channel's own
-                    // blocking may have consumed the unpark token already.
+                    // blocking may have consumed the unpark token already. With a backlog
+                    // (the last batch stopped at MAX_BATCH), no waiting.
                     let until = Instant::now() + BATCH;
-                    while !closing_w.load(Ordering::Acquire)
+                    while !std::mem::take(&mut backlog)
+                        && !closing_w.load(Ordering::Acquire)
                         && !hurry_w.swap(false, Ordering::AcqRel)
                     {
                         let left = until.saturating_duration_since(Instant::now());
@@ -117,6 +127,14 @@ impl LogFiles {
                             result = w.write_all(&chunk);
                         }
                         total += chunk.len() as u64;
+                        // A batch ends at MAX_BATCH even if more is queued: what is written
+                        // must be published (and its memory released) while a slow disk
+                        // still works through a backlog, or readers waiting for the writer
+                        // would give up on it and memory would grow without bound.
+                        if total >= MAX_BATCH {
+                            backlog = true;
+                            break;
+                        }
                         match rx.try_recv() {
                             Ok(more) => chunk = more,
                             Err(_) => break,

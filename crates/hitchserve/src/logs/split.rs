@@ -80,10 +80,12 @@ impl LineSplitter {
         r
     }
 
-    /// The unterminated last line at end of stream, if any bytes are left.
+    /// The unterminated last line at end of stream, if any bytes are left — or an empty end
+    /// for a long line whose pieces were all handed on already (it must still be closed).
     pub(crate) fn finish(&mut self) -> Option<Vec<u8>> {
+        let open_pieces = self.sent > 0;
         self.sent = 0;
-        if self.carry.is_empty() {
+        if self.carry.is_empty() && !open_pieces {
             None
         } else {
             Some(std::mem::take(&mut self.carry))
@@ -99,6 +101,20 @@ mod tests {
         s.split(chunk, |lines| {
             lines.iter().map(|(b, end)| (b.to_vec(), *end)).collect()
         })
+    }
+
+    #[test]
+    fn a_long_line_whose_last_piece_ends_the_stream_is_still_closed() {
+        let mut s = LineSplitter::new(8);
+        let pieces = collect(&mut s, b"0123456789abcdef");
+        assert!(!pieces.is_empty());
+        assert!(
+            pieces.iter().all(|(_, end)| *end == End::Piece),
+            "{pieces:?}"
+        );
+        // Every byte went out as a piece: the end of the stream must still end the line.
+        assert_eq!(s.finish(), Some(Vec::new()));
+        assert_eq!(s.finish(), None);
     }
 
     #[test]

@@ -450,6 +450,8 @@ impl LogStore {
             reported: false,
         });
         spill(inner, durable);
+        // A reader waiting for the writer must not wait for it any more.
+        self.relieved.notify_all();
         let path = inner.file_path.as_deref().unwrap_or(Path::new("all.log"));
         let f = inner.failure.as_ref().map_or("", |f| f.reason.as_str());
         format!(
@@ -490,6 +492,7 @@ impl LogStore {
         let files = inner.files.clone();
         drop(inner);
         self.grown.notify_all();
+        self.relieved.notify_all();
         if let Some(files) = files {
             files.close();
         }

@@ -271,3 +271,31 @@ fn a_huge_line_is_stored_in_pieces_within_the_memory_limit_and_read_back_exactly
     drop(b);
     drop(disk);
 }
+
+#[test]
+fn a_long_last_line_without_newline_that_ends_on_a_piece_boundary_is_kept() {
+    // A 256 KiB limit hands long lines on in 64 KiB pieces: lines of exactly one and four
+    // pieces, and one between, each the whole output of a service that then exits.
+    for n in [65_536usize, 70_000, 262_144] {
+        let p = Project::new("piece-end");
+        let mut b = p.bundle().log_memory_limit(256 << 10);
+        b.start_interactive_mode();
+        b.add(
+            "Writer",
+            hitchserve::Service::new([
+                "python3",
+                "-c",
+                &format!("import os; os.write(1, b'x' * {n}); os.close(1)"),
+            ])
+            .one_shot(),
+        )
+        .unwrap();
+        b.startup().unwrap();
+        let svc = b.service("Writer").unwrap();
+        svc.wait_exit(PATIENCE).unwrap();
+        let entries = svc.logs().out().entries();
+        assert_eq!(entries.len(), 1, "{n} bytes: {} lines", entries.len());
+        assert_eq!(entries[0].bytes().len(), n);
+        assert!(entries[0].bytes().iter().all(|&b| b == b'x'));
+    }
+}

@@ -80,6 +80,12 @@ impl LineSplitter {
         r
     }
 
+    /// The start of a line held back for its newline, if it has not been handed on in
+    /// pieces: what may be shown as a partial line while the stream is quiet.
+    pub(crate) fn pending(&self) -> Option<&[u8]> {
+        (self.sent == 0 && !self.carry.is_empty()).then_some(self.carry.as_slice())
+    }
+
     /// The unterminated last line at end of stream, if any bytes are left.
     pub(crate) fn finish(&mut self) -> Option<Vec<u8>> {
         self.sent = 0;
@@ -119,7 +125,9 @@ mod tests {
             ]
         );
         assert!(s.finish().is_none());
+        assert_eq!(s.pending(), None);
         collect(&mut s, b"tail");
+        assert_eq!(s.pending(), Some(&b"tail"[..]));
         assert_eq!(s.finish(), Some(b"tail".to_vec()));
     }
 
@@ -132,6 +140,8 @@ mod tests {
             vec![(b"abcde".to_vec(), End::Piece)]
         );
         assert!(collect(&mut s, b"f").is_empty());
+        // Part of the line is gone as a piece: what is held back is not its start.
+        assert_eq!(s.pending(), None);
         assert_eq!(
             collect(&mut s, b"g\nhi\n"),
             vec![

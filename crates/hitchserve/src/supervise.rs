@@ -380,12 +380,11 @@ impl Shared {
         }
     }
 
-    /// The last `n` lines of a service, in the console format.
+    /// The last `n` lines of a service, in the console format, and the line it has started
+    /// but not ended, if any.
     pub(crate) fn last_lines(&self, idx: usize, n: usize) -> Vec<String> {
         let filter = Filter::service(Some(idx));
-        let lines = self.output.store.last(&filter, n);
-        let width = lines.iter().map(|l| l.label().len()).max().unwrap_or(0);
-        lines.iter().map(|l| format!("{l:width$}")).collect()
+        crate::logs::last_lines(&self.output.store, &filter, n, true)
     }
 
     /// Spawn service `idx` (marked `Starting` by the caller) and record it as running.

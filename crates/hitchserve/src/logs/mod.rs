@@ -463,7 +463,8 @@ impl Logs {
     }
 
     /// A cursor that starts now: it sees only lines that arrive after this call (see
-    /// [`Tail::lines_back`] to start earlier).
+    /// [`Tail::lines_back`] to start earlier), and the start of a line not ended yet
+    /// (a partial line, see [`Tail`]) even if it was written before.
     pub fn tail(&self) -> Tail {
         Tail {
             pos: self.store.len(),
@@ -739,8 +740,27 @@ impl Tail {
     }
 
     fn last_lines(&self) -> Vec<String> {
-        self.logs.last(20).iter().map(|l| l.to_string()).collect()
+        last_lines(&self.logs.store, &self.logs.filter, 20, false)
     }
+}
+
+/// The last `n` lines of `filter` in the console format (with `pad`, labels padded alike),
+/// then the lines its sources have started but not ended, so that an error shows a service
+/// stuck at a prompt.
+pub(crate) fn last_lines(store: &LogStore, filter: &Filter, n: usize, pad: bool) -> Vec<String> {
+    let lines = store.last(filter, n);
+    let partials = store.partial_lines(filter);
+    let all = lines.iter().chain(&partials);
+    let width = if pad {
+        all.clone().map(|l| l.label().len()).max().unwrap_or(0)
+    } else {
+        0
+    };
+    let whole = lines.iter().map(|l| format!("{l:width$}"));
+    let started = partials
+        .iter()
+        .map(|l| format!("{l:width$} [hitchserve: no newline yet]"));
+    whole.chain(started).collect()
 }
 
 impl fmt::Debug for Tail {

@@ -688,6 +688,19 @@ impl LogStore {
         }
     }
 
+    /// The partial lines of sources matching `filter`, oldest publication first.
+    pub(crate) fn partial_lines(&self, filter: &Filter) -> Vec<LogLine> {
+        let inner = self.lock();
+        let mut partials: Vec<&Partial> = inner
+            .partials
+            .iter()
+            .flatten()
+            .filter(|p| filter.matches(&p.source))
+            .collect();
+        partials.sort_by_key(|p| p.stamp);
+        partials.iter().map(|p| LogLine::partial(p, 0)).collect()
+    }
+
     /// Turn picked lines into `LogLine`s, reading spilled blocks back from `all.log` (one
     /// read per block, outside the lock).
     fn materialise(&self, picked: Vec<Picked>, files: Option<Arc<LogFiles>>) -> Vec<LogLine> {

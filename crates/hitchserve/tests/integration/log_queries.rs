@@ -369,3 +369,27 @@ fn follow_yields_a_prompt_as_a_partial_line_then_the_rest_of_its_line() {
     b.shutdown().unwrap();
     reader.join().unwrap();
 }
+
+#[test]
+fn a_timeout_shows_the_line_the_service_has_started_but_not_ended() {
+    let p = Project::new("partial-timeout");
+    let b = login(&p);
+    let logs = b.service("Login").unwrap().logs().out();
+    logs.tail()
+        .until(|l| l.starts_with("Password:"), PATIENCE)
+        .unwrap();
+    let err = logs
+        .tail()
+        .until(|l| l == "never printed", Duration::from_millis(200))
+        .unwrap_err();
+    match &err {
+        Error::WaitTimeout { last_lines, .. } => assert_eq!(
+            last_lines,
+            &vec![
+                "[Login] READY".to_owned(),
+                "[Login] Password:  [hitchserve: no newline yet]".to_owned()
+            ]
+        ),
+        other => panic!("wrong error: {other:?}"),
+    }
+}

@@ -86,10 +86,11 @@ impl LineSplitter {
         (self.sent == 0 && !self.carry.is_empty()).then_some(self.carry.as_slice())
     }
 
-    /// The unterminated last line at end of stream, if any bytes are left.
+    /// The unterminated last line at end of stream, if any bytes are left — or, if the
+    /// line was handed on in pieces, its end (maybe no bytes): the line must still end.
     pub(crate) fn finish(&mut self) -> Option<Vec<u8>> {
-        self.sent = 0;
-        if self.carry.is_empty() {
+        let in_pieces = std::mem::take(&mut self.sent) > 0;
+        if self.carry.is_empty() && !in_pieces {
             None
         } else {
             Some(std::mem::take(&mut self.carry))
@@ -149,5 +150,17 @@ mod tests {
                 (b"hi".to_vec(), End::Newline)
             ]
         );
+    }
+
+    #[test]
+    fn a_stream_that_ends_right_after_a_piece_still_ends_its_line() {
+        let mut s = LineSplitter::new(4);
+        assert_eq!(
+            collect(&mut s, b"abcd"),
+            vec![(b"abcd".to_vec(), End::Piece)]
+        );
+        // Nothing is held back, but the line handed on in pieces has not ended yet.
+        assert_eq!(s.finish(), Some(Vec::new()));
+        assert_eq!(s.finish(), None);
     }
 }

@@ -830,6 +830,13 @@ fn append_piece(
     time: u64,
 ) {
     let sid = source.id as usize;
+    if bytes.is_empty() && end != End::Piece {
+        // The stream ended right after a piece: the line ends with no more bytes.
+        if let Some(k) = inner.open_long[sid] {
+            end_long(inner, source, k, end, time);
+        }
+        return;
+    }
     let k = *inner.open_long[sid].get_or_insert_with(|| {
         inner.longs.push(Long::default());
         (inner.longs.len() - 1) as u32
@@ -863,7 +870,13 @@ fn append_piece(
     if end == End::Piece {
         return;
     }
-    inner.open_long[sid] = None;
+    end_long(inner, source, k, end, time);
+}
+
+/// The last piece of long line `k` from `source` is in: give the line its entry.
+fn end_long(inner: &mut Inner, source: &Source, k: u32, end: End, time: u64) {
+    inner.open_long[source.id as usize] = None;
+    let long = &inner.longs[k as usize];
     let len = long.len as u32;
     if inner.failure.is_some() {
         inner.unwritten.0 += 1;

@@ -1,7 +1,7 @@
 //! Spawning, watching and stopping service processes, and the state they are in.
 //!
 //! Owns the per-service supervisor thread (spawn, wait, reap), the pipe readers that feed the
-//! log store, process groups, stop/kill, and the no-orphans layers: own process group,
+//! log store (and publish a quiet line's start as a partial line for tails), process groups, stop/kill, and the no-orphans layers: own process group,
 //! the guardian, and the `HITCHSERVE_RUN` marker sweep. It does not decide
 //! *when* to start a service (`bundle` walks the DAG) nor how lines are stored or printed.
 //!

@@ -3,6 +3,8 @@
 //! A line is held back until its newline arrives, up to a size (`piece`): past it, the
 //! bytes so far are handed on as a piece of a line that goes on (`End::Piece`), so one huge
 //! line without a newline never piles up here; the store joins the pieces into one line.
+//! The held-back start of a line can be looked at (`pending`), so that a reader can show
+//! it as a partial line while the stream is quiet.
 
 /// Longest line the store can index (`u32` lengths, leaving room for one more read). A
 /// longer "line" is cut there, the part marked as having no newline, so no byte is lost.

@@ -128,3 +128,37 @@ def test_the_bundles_logs_hold_every_service_and_its_own_lines(echo, service_bun
     assert any(l.service == "Echo" and l == "READY" for l in lines)
     assert any(l == "a note from the test" for l in lines)
     assert service_bundle.all_log.endswith("logs/all.log")
+
+
+# Asks for a password without a newline, then waits for the test to answer (a file).
+LOGIN = """
+    import os, sys, time
+    answer = sys.argv[1]
+    print("READY")
+    sys.stdout.write("Password: ")
+    sys.stdout.flush()
+    while not os.path.exists(answer):
+        time.sleep(0.01)
+    print("accepted")
+    print("welcome")
+    while True:
+        time.sleep(3600)
+"""
+
+
+def test_tail_until_sees_a_prompt_without_a_newline_then_the_rest_of_its_line(service_bundle, project):
+    answer = project / "answer"
+    service_bundle["Login"] = hitchserve.Service(
+        command=py(LOGIN) + [str(answer)],
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    service_bundle.startup()
+    logs = service_bundle["Login"].logs.out
+    tail = logs.tail
+    assert tail.until(lambda l: l.startswith("Password:"), timeout=PATIENCE) == "Password: "
+    assert logs.lines() == ["READY"]
+    answer.touch()
+    # The same tail goes on with the rest of the prompt's line, not the prompt again.
+    assert tail.until(lambda l: True, timeout=PATIENCE) == "accepted"
+    assert tail.until(lambda l: True, timeout=PATIENCE) == "welcome"
+    assert logs.lines() == ["READY", "Password: accepted", "welcome"]

@@ -1,7 +1,7 @@
 //! Spawning, watching and stopping service processes, and the state they are in.
 //!
 //! Owns the per-service supervisor thread (spawn, wait, reap), the pipe readers that feed the
-//! log store, process groups, stop/kill, and the no-orphans layers: own process group,
+//! log store (and publish a quiet line's start as a partial line for tails), process groups, stop/kill, and the no-orphans layers: own process group,
 //! the guardian, and the `HITCHSERVE_RUN` marker sweep. It does not decide
 //! *when* to start a service (`bundle` walks the DAG) nor how lines are stored or printed.
 //!
@@ -48,6 +48,11 @@ const KILLED_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a dead service's pipes may take to deliver what it wrote before it died.
 const READER_DRAIN: Duration = Duration::from_secs(2);
+
+/// How long a stream must stay quiet before the start of a line it has not ended is shown
+/// to tails as a partial line: long enough that a line written in a few quick writes is
+/// seen whole, short enough to feel at once to a test waiting for a prompt.
+const PARTIAL_QUIET: Duration = Duration::from_millis(50);
 
 /// The bundle's own voice and the sinks every line goes to.
 pub(crate) struct Output {
@@ -375,12 +380,11 @@ impl Shared {
         }
     }
 
-    /// The last `n` lines of a service, in the console format.
+    /// The last `n` lines of a service, in the console format, and the line it has started
+    /// but not ended, if any.
     pub(crate) fn last_lines(&self, idx: usize, n: usize) -> Vec<String> {
         let filter = Filter::service(Some(idx));
-        let lines = self.output.store.last(&filter, n);
-        let width = lines.iter().map(|l| l.label().len()).max().unwrap_or(0);
-        lines.iter().map(|l| format!("{l:width$}")).collect()
+        crate::logs::last_lines(&self.output.store, &filter, n, true)
     }
 
     /// Spawn service `idx` (marked `Starting` by the caller) and record it as running.
@@ -1101,6 +1105,26 @@ fn poll_once(
         }
         None => PollTimeout::NONE,
     };
+    // A held-back line start is due to be shown: wake for it (no timer when there is none,
+    // so a busy stream pays nothing).
+    let partial_due = match (out.partial_due, err.partial_due) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let timeout = match partial_due {
+        Some(due) => {
+            // Rounded up: poll counts whole milliseconds, and 0 would spin until it is due.
+            let wait = due.saturating_duration_since(Instant::now());
+            let wait =
+                PollTimeout::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX);
+            if timeout == PollTimeout::NONE {
+                wait
+            } else {
+                timeout.min(wait)
+            }
+        }
+        None => timeout,
+    };
     if fds.is_empty() && pidfd.is_some() {
         unreachable_exit_wait(pid);
         return true;
@@ -1136,6 +1160,11 @@ fn poll_once(
     }
     if watch_exit && pidfd.is_none() {
         exited = has_exited(pid);
+    }
+    if partial_due.is_some() {
+        let now = Instant::now();
+        out.publish_partial_if_due(now);
+        err.publish_partial_if_due(now);
     }
     exited
 }
@@ -1183,6 +1212,9 @@ struct StreamReader<'a> {
     source: &'a Arc<Source>,
     splitter: LineSplitter,
     buf: Vec<u8>,
+    /// When the start of a line held back now is to be shown as a partial line, if the
+    /// stream stays quiet until then.
+    partial_due: Option<Instant>,
 }
 
 impl<'a> StreamReader<'a> {
@@ -1205,6 +1237,7 @@ impl<'a> StreamReader<'a> {
             source,
             splitter: LineSplitter::new(shared.output.store.piece_size()),
             buf: Vec::new(),
+            partial_due: None,
         }
     }
 
@@ -1239,11 +1272,27 @@ impl<'a> StreamReader<'a> {
         self.splitter.split(&self.buf[..n], |lines| {
             deliver(shared, source, idx, lines, checker);
         });
+        self.partial_due = self
+            .splitter
+            .pending()
+            .map(|_| Instant::now() + PARTIAL_QUIET);
+    }
+
+    /// Show the held-back start of a line to tails once the stream has been quiet long
+    /// enough. Readiness does not see it: it only ever sees whole lines.
+    fn publish_partial_if_due(&mut self, now: Instant) {
+        if self.partial_due.is_some_and(|due| due <= now) {
+            self.partial_due = None;
+            if let Some(bytes) = self.splitter.pending() {
+                self.shared.output.store.publish_partial(self.source, bytes);
+            }
+        }
     }
 
     /// End of the stream: an unterminated last line is still a line.
     fn finish(&mut self, checker: &Checker) {
         self.fd = None;
+        self.partial_due = None;
         if let Some(last) = self.splitter.finish() {
             deliver(
                 self.shared,

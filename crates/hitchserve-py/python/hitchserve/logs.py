@@ -132,7 +132,13 @@ class Logs:
 
 class Tail:
     """A cursor over a log view. It starts where it was made (``logs.tail`` starts now) and
-    moves past each line it returns, so successive waits see successive lines."""
+    moves past each line it returns, so successive waits see successive lines.
+
+    A line a service has started but not ended (a prompt such as ``Password: ``, written
+    without a newline) is seen as a partial line once the service has been quiet for a
+    moment (about 50 ms). Once a tail returns such a partial line, it goes on with only the
+    rest of that line (``"accepted"`` after ``"Password: "``); ``logs.lines()`` holds the
+    whole line, once."""
 
     def __init__(self, native: "_native.Tail") -> None:
         self._native = native

@@ -7,6 +7,11 @@
 //!
 //! Waiting is done by notification, never by polling, and never hangs: a wait ends when
 //! its line arrives, its timeout passes, or the service's output ends.
+//!
+//! A tail also sees a line a service has started but not ended, once the service has been
+//! quiet for a moment (a partial line: a prompt such as `Password: `), and never hands out
+//! the same bytes twice: after a partial, it hands out only the rest of that line. Stored
+//! lines, queries on them and readiness only ever see whole lines.
 
 mod split;
 mod store;
@@ -122,6 +127,17 @@ pub struct LogLine {
     newline: bool,
     time: u64,
     lost: bool,
+    shape: Shape,
+}
+
+/// Which part of a line a `LogLine` holds: tails may hand out a line in two parts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Whole,
+    /// The start of a line not ended yet.
+    Partial,
+    /// The bytes of a line after the partial the same tail handed out before.
+    Rest,
 }
 
 impl LogLine {
@@ -143,7 +159,38 @@ impl LogLine {
             newline,
             time,
             lost: false,
+            shape: Shape::Whole,
         }
+    }
+
+    /// The start of a line that has not ended yet, as a tail shows it.
+    pub(crate) fn partial(p: &store::Partial, skip: usize) -> LogLine {
+        let skip = skip.min(p.bytes.len());
+        let mut line = LogLine::new(
+            p.from_seq,
+            Arc::clone(&p.source),
+            Arc::clone(&p.bytes),
+            skip as u32,
+            (p.bytes.len() - skip) as u32,
+            false,
+            p.time,
+        );
+        line.shape = Shape::Partial;
+        line
+    }
+
+    /// What is left of this line after its first `skip` bytes, which a tail handed out
+    /// as a partial line before.
+    fn rest_after(mut self, skip: usize) -> LogLine {
+        if self.lost {
+            // Its text is a note, not its bytes: nothing to cut.
+            return self;
+        }
+        let skip = (skip as u32).min(self.len);
+        self.start += skip;
+        self.len -= skip;
+        self.shape = Shape::Rest;
+        self
     }
 
     /// This line stands for one that is gone: its text says why instead of what it was.
@@ -208,9 +255,25 @@ impl LogLine {
         serde_json::from_slice(self.bytes()).ok()
     }
 
-    /// False only for a last line that ended without a newline.
+    /// False for a last line that ended without a newline, and for a partial line.
     pub fn had_newline(&self) -> bool {
         self.newline
+    }
+
+    /// True if this is the start of a line that has not ended yet: a tail hands one out
+    /// when the service has written no more for a moment (about 50 ms) after it, as a
+    /// prompt such as `Password: ` does. The same tail then hands out only what follows
+    /// (see [`LogLine::is_rest`]). [`Logs`] queries never return partial lines. Its `seq`
+    /// is the lowest the whole line can get.
+    pub fn is_partial(&self) -> bool {
+        self.shape == Shape::Partial
+    }
+
+    /// True if this is the rest of a line whose start the same tail handed out before as a
+    /// partial line: only the bytes after that start (maybe none, if the line ended right
+    /// there). `seq` and `time` are the whole line's.
+    pub fn is_rest(&self) -> bool {
+        self.shape == Shape::Rest
     }
 
     /// When the bundle read it.
@@ -400,11 +463,13 @@ impl Logs {
     }
 
     /// A cursor that starts now: it sees only lines that arrive after this call (see
-    /// [`Tail::lines_back`] to start earlier).
+    /// [`Tail::lines_back`] to start earlier), and the start of a line not ended yet
+    /// (a partial line, see [`Tail`]) even if it was written before.
     pub fn tail(&self) -> Tail {
         Tail {
             pos: self.store.len(),
             logs: self.clone(),
+            taken: Vec::new(),
         }
     }
 
@@ -451,6 +516,31 @@ impl fmt::Debug for Logs {
 /// A line is consumed once the cursor has looked at it: `until` moves past the line it
 /// returns (and every line before it), so the next wait starts after it.
 ///
+/// A line a service has started but not ended — a prompt such as `Password: `, written
+/// without a newline — is handed out as a partial line ([`LogLine::is_partial`]) once the
+/// service has written nothing more for a moment (about 50 ms), and only after every
+/// stored line before it. A partial line that does not match is looked at again as it
+/// grows and, once it ends, as the whole line. A partial line the tail hands out (`until`
+/// returns it, `follow` yields it) is never handed out again: for that line the tail then
+/// gives only the rest, the bytes after the partial up to the newline
+/// ([`LogLine::is_rest`]; empty if the line ended right there), as a terminal would show
+/// it. Stored lines (`Logs::lines`, `entries`, `len`, `all.log`) hold the whole line, once,
+/// and readiness checks only ever see whole lines.
+///
+/// ```no_run
+/// # fn demo(bundle: &hitchserve::Bundle) -> hitchserve::Result<()> {
+/// use std::time::Duration;
+/// let login = bundle.service("Login")?;
+/// let mut tail = login.logs().out().tail();
+/// let prompt = tail.until(|l| l.starts_with("Password:"), Duration::from_secs(10))?;
+/// assert!(prompt.is_partial()); // "Password: ", no newline yet
+/// // ... let the service go on; it ends the line with "accepted" ...
+/// let rest = tail.next_line(Duration::from_secs(10))?;
+/// assert_eq!((rest.text(), rest.is_rest()), ("accepted".into(), true));
+/// assert!(login.logs().lines().contains(&"Password: accepted".to_owned()));
+/// # Ok(()) }
+/// ```
+///
 /// ```no_run
 /// # fn demo(bundle: &hitchserve::Bundle) -> hitchserve::Result<()> {
 /// use std::time::Duration;
@@ -465,6 +555,58 @@ impl fmt::Debug for Logs {
 pub struct Tail {
     logs: Logs,
     pos: u64,
+    /// Starts of lines handed out as partial lines whose end has not been looked at yet.
+    taken: Vec<Taken>,
+}
+
+/// A partial line a tail handed out: `len` bytes that start the first line of `source`
+/// stored at or after `from_seq`.
+#[derive(Clone, Copy, Debug)]
+struct Taken {
+    source: u16,
+    from_seq: u64,
+    len: usize,
+}
+
+/// `line`, or what is left of it once the start `taken` records is cut (which is then
+/// forgotten).
+fn rest_of(taken: &mut Vec<Taken>, line: LogLine) -> LogLine {
+    if taken.is_empty() {
+        return line;
+    }
+    let source = line.source().id;
+    match taken
+        .iter()
+        .position(|t| t.source == source && line.seq() >= t.from_seq)
+    {
+        Some(i) => line.rest_after(taken.swap_remove(i).len),
+        None => line,
+    }
+}
+
+/// The part of partial `p` not handed out yet (`None` if nothing new); with `take`,
+/// recorded as handed out.
+fn unseen_part(taken: &mut Vec<Taken>, p: &store::Partial, take: bool) -> Option<LogLine> {
+    let source = p.source.id;
+    // A start taken of an earlier line whose end was looked at is gone already, so one of
+    // this source is this line's.
+    let i = taken.iter().position(|t| t.source == source);
+    let skip = i.map_or(0, |i| taken[i].len);
+    if skip >= p.bytes.len() {
+        return None;
+    }
+    if take {
+        let t = Taken {
+            source,
+            from_seq: p.from_seq,
+            len: p.bytes.len(),
+        };
+        match i {
+            Some(i) => taken[i] = t,
+            None => taken.push(t),
+        }
+    }
+    Some(LogLine::partial(p, skip))
 }
 
 impl Tail {
@@ -474,7 +616,8 @@ impl Tail {
         self
     }
 
-    /// Wait for the next line whose text makes `pred` true, up to `timeout`.
+    /// Wait for the next line whose text makes `pred` true, up to `timeout`. Once the
+    /// stored lines are looked at, the partial lines (see [`Tail`]) are too.
     ///
     /// Fails at once, never hangs, if the service's output ends (it exited) or the bundle
     /// shuts down while waiting; the error carries the last lines of the view.
@@ -509,24 +652,29 @@ impl Tail {
         self.until(|_| true, timeout)
     }
 
-    /// The lines after the cursor that make `pred` true, without waiting or moving it.
+    /// The stored lines after the cursor that make `pred` true, without waiting or moving
+    /// it (a line whose start the tail handed out as a partial: its rest).
     pub fn grep(&self, mut pred: impl FnMut(&str) -> bool) -> Vec<LogLine> {
+        let mut taken = self.taken.clone();
         self.logs
             .store
             .select(&self.logs.filter, self.pos, None)
             .into_iter()
+            .map(|l| rest_of(&mut taken, l))
             .filter(|l| pred(&l.text()))
             .collect()
     }
 
     /// A blocking iterator over lines as they arrive; it ends when the service's output
-    /// ends (or the bundle stops). The seed's `tail.follow(lines_back=2)` is
+    /// ends (or the bundle stops). A line that stays unfinished for a moment comes in two
+    /// parts: the partial line, then its rest (see [`Tail`]). The seed's `tail.follow(lines_back=2)` is
     /// `logs.tail().lines_back(2).follow()`. A follow of the whole bundle's logs ends only
     /// when the bundle stops, so run it on another thread than the one that stops it.
     pub fn follow(self) -> Follow {
         Follow {
             tail: self,
             pending: std::collections::VecDeque::new(),
+            seen: 0,
         }
     }
 
@@ -538,6 +686,8 @@ impl Tail {
     ) -> Result<T> {
         let deadline = Instant::now().checked_add(timeout);
         let mut first = true;
+        // Partials this wait has looked at: each is looked at again only once it changes.
+        let mut seen = 0;
         loop {
             let mut pos = self.pos;
             // Lines already there are always looked at, even with a zero timeout.
@@ -548,17 +698,29 @@ impl Tail {
                 } else {
                     self.logs
                         .store
-                        .next_batch(&self.logs.filter, &mut pos, deadline)
+                        .next_batch(&self.logs.filter, &mut pos, &mut seen, deadline)
                 };
             match batch {
                 store::Batch::Lines(lines) => {
                     for line in lines {
+                        let line = rest_of(&mut self.taken, line);
                         if let Some(hit) = found(&line) {
                             self.pos = line.seq() + 1;
                             return Ok(hit);
                         }
                     }
                     self.pos = pos;
+                }
+                store::Batch::Partials(partials) => {
+                    for p in &partials {
+                        let Some(line) = unseen_part(&mut self.taken, p, false) else {
+                            continue;
+                        };
+                        if let Some(hit) = found(&line) {
+                            unseen_part(&mut self.taken, p, true);
+                            return Ok(hit);
+                        }
+                    }
                 }
                 store::Batch::TimedOut => {
                     return Err(Error::WaitTimeout {
@@ -578,8 +740,27 @@ impl Tail {
     }
 
     fn last_lines(&self) -> Vec<String> {
-        self.logs.last(20).iter().map(|l| l.to_string()).collect()
+        last_lines(&self.logs.store, &self.logs.filter, 20, false)
     }
+}
+
+/// The last `n` lines of `filter` in the console format (with `pad`, labels padded alike),
+/// then the lines its sources have started but not ended, so that an error shows a service
+/// stuck at a prompt.
+pub(crate) fn last_lines(store: &LogStore, filter: &Filter, n: usize, pad: bool) -> Vec<String> {
+    let lines = store.last(filter, n);
+    let partials = store.partial_lines(filter);
+    let all = lines.iter().chain(&partials);
+    let width = if pad {
+        all.clone().map(|l| l.label().len()).max().unwrap_or(0)
+    } else {
+        0
+    };
+    let whole = lines.iter().map(|l| format!("{l:width$}"));
+    let started = partials
+        .iter()
+        .map(|l| format!("{l:width$} [hitchserve: no newline yet]"));
+    whole.chain(started).collect()
 }
 
 impl fmt::Debug for Tail {
@@ -596,6 +777,8 @@ impl fmt::Debug for Tail {
 pub struct Follow {
     tail: Tail,
     pending: std::collections::VecDeque<LogLine>,
+    /// Stamp of the last partial looked at.
+    seen: u64,
 }
 
 impl Follow {
@@ -612,16 +795,25 @@ impl Iterator for Follow {
     type Item = LogLine;
 
     fn next(&mut self) -> Option<LogLine> {
-        if let Some(line) = self.pending.pop_front() {
-            return Some(line);
-        }
-        let t = &mut self.tail;
-        match t.logs.store.next_batch(&t.logs.filter, &mut t.pos, None) {
-            store::Batch::Lines(lines) => {
-                self.pending.extend(lines);
-                self.pending.pop_front()
+        loop {
+            if let Some(line) = self.pending.pop_front() {
+                return Some(line);
             }
-            store::Batch::Ended | store::Batch::TimedOut => None,
+            let t = &mut self.tail;
+            let taken = &mut t.taken;
+            match t
+                .logs
+                .store
+                .next_batch(&t.logs.filter, &mut t.pos, &mut self.seen, None)
+            {
+                store::Batch::Lines(lines) => self
+                    .pending
+                    .extend(lines.into_iter().map(|l| rest_of(taken, l))),
+                store::Batch::Partials(partials) => self
+                    .pending
+                    .extend(partials.iter().filter_map(|p| unseen_part(taken, p, true))),
+                store::Batch::Ended | store::Batch::TimedOut => return None,
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 //! A line is held back until its newline arrives, up to a size (`piece`): past it, the
 //! bytes so far are handed on as a piece of a line that goes on (`End::Piece`), so one huge
 //! line without a newline never piles up here; the store joins the pieces into one line.
+//! The held-back start of a line can be looked at (`pending`), so that a reader can show
+//! it as a partial line while the stream is quiet.
 
 /// Longest line the store can index (`u32` lengths, leaving room for one more read). A
 /// longer "line" is cut there, the part marked as having no newline, so no byte is lost.
@@ -80,12 +82,17 @@ impl LineSplitter {
         r
     }
 
-    /// The unterminated last line at end of stream, if any bytes are left — or an empty end
-    /// for a long line whose pieces were all handed on already (it must still be closed).
+    /// The start of a line held back for its newline, if it has not been handed on in
+    /// pieces: what may be shown as a partial line while the stream is quiet.
+    pub(crate) fn pending(&self) -> Option<&[u8]> {
+        (self.sent == 0 && !self.carry.is_empty()).then_some(self.carry.as_slice())
+    }
+
+    /// The unterminated last line at end of stream, if any bytes are left — or, if the
+    /// line was handed on in pieces, its end (maybe no bytes): the line must still end.
     pub(crate) fn finish(&mut self) -> Option<Vec<u8>> {
-        let open_pieces = self.sent > 0;
-        self.sent = 0;
-        if self.carry.is_empty() && !open_pieces {
+        let in_pieces = std::mem::take(&mut self.sent) > 0;
+        if self.carry.is_empty() && !in_pieces {
             None
         } else {
             Some(std::mem::take(&mut self.carry))
@@ -101,20 +108,6 @@ mod tests {
         s.split(chunk, |lines| {
             lines.iter().map(|(b, end)| (b.to_vec(), *end)).collect()
         })
-    }
-
-    #[test]
-    fn a_long_line_whose_last_piece_ends_the_stream_is_still_closed() {
-        let mut s = LineSplitter::new(8);
-        let pieces = collect(&mut s, b"0123456789abcdef");
-        assert!(!pieces.is_empty());
-        assert!(
-            pieces.iter().all(|(_, end)| *end == End::Piece),
-            "{pieces:?}"
-        );
-        // Every byte went out as a piece: the end of the stream must still end the line.
-        assert_eq!(s.finish(), Some(Vec::new()));
-        assert_eq!(s.finish(), None);
     }
 
     #[test]
@@ -135,7 +128,9 @@ mod tests {
             ]
         );
         assert!(s.finish().is_none());
+        assert_eq!(s.pending(), None);
         collect(&mut s, b"tail");
+        assert_eq!(s.pending(), Some(&b"tail"[..]));
         assert_eq!(s.finish(), Some(b"tail".to_vec()));
     }
 
@@ -148,6 +143,8 @@ mod tests {
             vec![(b"abcde".to_vec(), End::Piece)]
         );
         assert!(collect(&mut s, b"f").is_empty());
+        // Part of the line is gone as a piece: what is held back is not its start.
+        assert_eq!(s.pending(), None);
         assert_eq!(
             collect(&mut s, b"g\nhi\n"),
             vec![
@@ -155,5 +152,17 @@ mod tests {
                 (b"hi".to_vec(), End::Newline)
             ]
         );
+    }
+
+    #[test]
+    fn a_stream_that_ends_right_after_a_piece_still_ends_its_line() {
+        let mut s = LineSplitter::new(4);
+        assert_eq!(
+            collect(&mut s, b"abcd"),
+            vec![(b"abcd".to_vec(), End::Piece)]
+        );
+        // Nothing is held back, but the line handed on in pieces has not ended yet.
+        assert_eq!(s.finish(), Some(Vec::new()));
+        assert_eq!(s.finish(), None);
     }
 }

@@ -17,6 +17,11 @@
 //! its own (written before the line's end is known), and the line's entry lists its pieces,
 //! which queries join back into the exact bytes.
 //!
+//! A line a live service has started but not ended (a prompt such as `Password: `) is not a
+//! line yet: its reader publishes the held-back start here after a quiet period (a
+//! `Partial`, one per source at most), for tails only. It is never an entry nor in all.log,
+//! and the source's next append (the line ending, or a piece of it) withdraws it.
+//!
 //! Invariants: `entries[i]` is the line with seq `i`; a block is only appended to while the
 //! store holds its only reference (`Arc::get_mut`); a block is only spilled once the log
 //! writer reports its bytes written; user code (predicates) never runs under the lock.
@@ -124,6 +129,24 @@ struct Inner {
     longs: Vec<Long>,
     /// By source id: the long line it is in the middle of, if any (an index in `longs`).
     open_long: Vec<Option<u32>>,
+    /// By source id: the start of the line it is in the middle of, if published.
+    partials: Vec<Option<Partial>>,
+    /// Partials published so far (the last one's stamp).
+    partial_stamp: u64,
+}
+
+/// The start of a line a source has not ended, as published after a quiet period.
+#[derive(Clone)]
+pub(crate) struct Partial {
+    pub source: Arc<Source>,
+    pub bytes: Arc<Vec<u8>>,
+    /// Lines stored when it was published: the line it starts is the first line of its
+    /// source stored at or after this seq.
+    pub from_seq: u64,
+    /// Publication order across the store, from 1.
+    pub stamp: u64,
+    /// When it was published, nanoseconds since the Unix epoch.
+    pub time: u64,
 }
 
 struct FileFailure {
@@ -156,6 +179,8 @@ pub(crate) struct LogStore {
 /// What a waiter gets.
 pub(crate) enum Batch {
     Lines(Vec<LogLine>),
+    /// No line is waiting, but these lines have started (oldest publication first).
+    Partials(Vec<Partial>),
     Ended,
     TimedOut,
 }
@@ -211,6 +236,8 @@ impl LogStore {
                 lost: (0, 0),
                 longs: Vec::new(),
                 open_long: Vec::new(),
+                partials: Vec::new(),
+                partial_stamp: 0,
             }),
             grown: Condvar::new(),
             relieved: Condvar::new(),
@@ -237,6 +264,7 @@ impl LogStore {
         let prefix = prefix(&source, inner.width);
         inner.prefixes.push(prefix);
         inner.open_long.push(None);
+        inner.partials.push(None);
         source
     }
 
@@ -292,11 +320,11 @@ impl LogStore {
         if lines.is_empty() {
             return Vec::new();
         }
-        let time = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let time = now_nanos();
         let mut guard = self.lock();
         let inner = &mut *guard;
+        // Whatever comes next from a source continues its published partial: withdrawn.
+        inner.partials[source.id as usize] = None;
         let first_seq = inner.entries.len() as u64;
         let mut rendered = Vec::new();
         let writing = inner.files.is_some() && inner.failure.is_none();
@@ -372,6 +400,24 @@ impl LogStore {
             self.wait_for_writer(guard);
         }
         stored
+    }
+
+    /// Show `bytes`, the start of a line `source` has not ended, to tails (replacing what
+    /// was shown of it before).
+    pub(crate) fn publish_partial(&self, source: &Arc<Source>, bytes: &[u8]) {
+        let time = now_nanos();
+        let mut inner = self.lock();
+        inner.partial_stamp += 1;
+        let partial = Partial {
+            source: Arc::clone(source),
+            bytes: Arc::new(bytes.to_vec()),
+            from_seq: inner.entries.len() as u64,
+            stamp: inner.partial_stamp,
+            time,
+        };
+        inner.partials[source.id as usize] = Some(partial);
+        drop(inner);
+        self.grown.notify_all();
     }
 
     /// A long line just stored, joined (its last pieces are still in memory).
@@ -585,11 +631,13 @@ impl LogStore {
     }
 
     /// Wait for lines matching `filter` at or after `*pos`; `*pos` moves past every line
-    /// examined. Returns at most `WAIT_BATCH` lines at a time.
+    /// examined. Returns at most `WAIT_BATCH` lines at a time. Once there are none, returns
+    /// the partials of matching sources published after stamp `*seen` (which moves on).
     pub(crate) fn next_batch(
         &self,
         filter: &Filter,
         pos: &mut u64,
+        seen: &mut u64,
         deadline: Option<Instant>,
     ) -> Batch {
         let mut inner = self.lock();
@@ -609,6 +657,20 @@ impl LogStore {
                 drop(inner);
                 return Batch::Lines(self.materialise(picked, path));
             }
+            if inner.partial_stamp > *seen {
+                let mut partials: Vec<Partial> = inner
+                    .partials
+                    .iter()
+                    .flatten()
+                    .filter(|p| p.stamp > *seen && filter.matches(&p.source))
+                    .cloned()
+                    .collect();
+                *seen = inner.partial_stamp;
+                if !partials.is_empty() {
+                    partials.sort_by_key(|p| p.stamp);
+                    return Batch::Partials(partials);
+                }
+            }
             let ended = filter.service.is_some_and(|s| inner.ended.contains(&s));
             if ended || inner.closed {
                 return Batch::Ended;
@@ -627,6 +689,19 @@ impl LogStore {
                 }
             };
         }
+    }
+
+    /// The partial lines of sources matching `filter`, oldest publication first.
+    pub(crate) fn partial_lines(&self, filter: &Filter) -> Vec<LogLine> {
+        let inner = self.lock();
+        let mut partials: Vec<&Partial> = inner
+            .partials
+            .iter()
+            .flatten()
+            .filter(|p| filter.matches(&p.source))
+            .collect();
+        partials.sort_by_key(|p| p.stamp);
+        partials.iter().map(|p| LogLine::partial(p, 0)).collect()
     }
 
     /// Turn picked lines into `LogLine`s, reading spilled blocks back from `all.log` (one
@@ -758,6 +833,13 @@ fn append_piece(
     time: u64,
 ) {
     let sid = source.id as usize;
+    if bytes.is_empty() && end != End::Piece {
+        // The stream ended right after a piece: the line ends with no more bytes.
+        if let Some(k) = inner.open_long[sid] {
+            end_long(inner, source, k, end, time);
+        }
+        return;
+    }
     let k = *inner.open_long[sid].get_or_insert_with(|| {
         inner.longs.push(Long::default());
         (inner.longs.len() - 1) as u32
@@ -791,7 +873,13 @@ fn append_piece(
     if end == End::Piece {
         return;
     }
-    inner.open_long[sid] = None;
+    end_long(inner, source, k, end, time);
+}
+
+/// The last piece of long line `k` from `source` is in: give the line its entry.
+fn end_long(inner: &mut Inner, source: &Source, k: u32, end: End, time: u64) {
+    inner.open_long[source.id as usize] = None;
+    let long = &inner.longs[k as usize];
     let len = long.len as u32;
     if inner.failure.is_some() {
         inner.unwritten.0 += 1;
@@ -814,6 +902,12 @@ fn over_bound(inner: &Inner, written: u64) -> bool {
     inner.held > inner.limit.saturating_mul(2)
         && written < inner.file_pos
         && inner.stuck_at != Some(written)
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Whether all.log holds the line, given how much of it is readable.

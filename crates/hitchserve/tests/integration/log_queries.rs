@@ -279,3 +279,117 @@ fn a_zero_timeout_still_looks_at_lines_already_there() {
         .unwrap();
     assert_eq!(line.text(), "hello");
 }
+
+/// Asks for a password without a newline, then waits for the test to answer (a file).
+const LOGIN: &str = r#"
+import os, sys, time
+print("READY", flush=True)
+sys.stdout.write("Password: ")
+sys.stdout.flush()
+while not os.path.exists("answer"):
+    time.sleep(0.01)
+sys.stdout.write("accepted\n")
+print("welcome", flush=True)
+time.sleep(1000)
+"#;
+
+fn login(p: &Project) -> hitchserve::Bundle {
+    p.write("login.py", LOGIN);
+    let mut b = p.bundle();
+    b.add(
+        "Login",
+        Service::new(["python3", "login.py"]).ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    b
+}
+
+#[test]
+fn until_sees_a_prompt_without_a_newline_and_then_only_the_rest_of_its_line() {
+    let p = Project::new("partial-until");
+    let b = login(&p);
+    let logs = b.service("Login").unwrap().logs().out();
+    let mut tail = logs.tail();
+    let prompt = tail
+        .until(|l| l.starts_with("Password:"), PATIENCE)
+        .unwrap();
+    assert_eq!(prompt.text(), "Password: ");
+    assert!(prompt.is_partial() && !prompt.is_rest() && !prompt.had_newline());
+    // Not a stored line: queries only ever hold whole lines.
+    assert_eq!(logs.lines(), vec!["READY"]);
+    std::fs::write(p.path("answer"), "").unwrap();
+    // The tail does not hand out `Password: ` again: the rest of that line, then on.
+    let rest = tail.next_line(PATIENCE).unwrap();
+    assert_eq!(rest.text(), "accepted");
+    assert!(rest.is_rest() && !rest.is_partial() && rest.had_newline());
+    let next = tail.next_line(PATIENCE).unwrap();
+    assert_eq!(next.text(), "welcome");
+    assert!(!next.is_rest() && !next.is_partial());
+    assert_eq!(rest.seq() + 1, next.seq());
+    // The whole line is stored once, in the logs and in all.log.
+    assert_eq!(logs.lines(), vec!["READY", "Password: accepted", "welcome"]);
+    assert_eq!(logs.len(), 3);
+    b.shutdown().unwrap();
+    let all = std::fs::read_to_string(b.run_dir().unwrap().join("logs/all.log")).unwrap();
+    let password: Vec<&str> = all.lines().filter(|l| l.contains("Password")).collect();
+    assert_eq!(password.len(), 1, "{all}");
+    assert!(password[0].ends_with("Login] Password: accepted"), "{all}");
+}
+
+#[test]
+fn follow_yields_a_prompt_as_a_partial_line_then_the_rest_of_its_line() {
+    let p = Project::new("partial-follow");
+    let b = login(&p);
+    let logs = b.service("Login").unwrap().logs().out();
+    // Another tail that matched nothing in the partial sees the line whole when it ends.
+    let whole = {
+        let mut other = logs.tail();
+        std::thread::spawn(move || other.until(|l| l.contains("accepted"), PATIENCE))
+    };
+    // `follow` blocks without a limit: read it on a thread, wait here with one. It ends
+    // when the bundle stops.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let follow = logs.tail().lines_back(1).follow();
+    let reader = std::thread::spawn(move || {
+        for line in follow {
+            let _ = tx.send((line.text().into_owned(), line.is_partial(), line.is_rest()));
+        }
+    });
+    let next = || rx.recv_timeout(PATIENCE).expect("a line from follow");
+    assert_eq!(next(), ("READY".into(), false, false));
+    assert_eq!(next(), ("Password: ".into(), true, false));
+    std::fs::write(p.path("answer"), "").unwrap();
+    assert_eq!(next(), ("accepted".into(), false, true));
+    assert_eq!(next(), ("welcome".into(), false, false));
+    let whole = whole.join().unwrap().unwrap();
+    assert_eq!(whole.text(), "Password: accepted");
+    assert!(!whole.is_partial() && !whole.is_rest());
+    assert_eq!(logs.grep(|l| l.starts_with("Password")).len(), 1);
+    b.shutdown().unwrap();
+    reader.join().unwrap();
+}
+
+#[test]
+fn a_timeout_shows_the_line_the_service_has_started_but_not_ended() {
+    let p = Project::new("partial-timeout");
+    let b = login(&p);
+    let logs = b.service("Login").unwrap().logs().out();
+    logs.tail()
+        .until(|l| l.starts_with("Password:"), PATIENCE)
+        .unwrap();
+    let err = logs
+        .tail()
+        .until(|l| l == "never printed", Duration::from_millis(200))
+        .unwrap_err();
+    match &err {
+        Error::WaitTimeout { last_lines, .. } => assert_eq!(
+            last_lines,
+            &vec![
+                "[Login] READY".to_owned(),
+                "[Login] Password:  [hitchserve: no newline yet]".to_owned()
+            ]
+        ),
+        other => panic!("wrong error: {other:?}"),
+    }
+}

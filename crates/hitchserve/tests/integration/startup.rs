@@ -2,7 +2,7 @@
 
 use hitchserve::{Ready, Service};
 
-use crate::common::{sh, Project};
+use crate::common::{sh, Project, PATIENCE};
 
 /// A -> (B, C) -> D. B and C only become ready once both are running, so the test can
 /// only pass if the two middle services run at the same time; order is read from the
@@ -122,4 +122,42 @@ fn commands_are_argv_not_shell_strings() {
         b.service("Echo").unwrap().logs().out().lines(),
         vec!["$HOME; echo injected", "READY"]
     );
+}
+
+/// The ready line's two writes are further apart than the quiet period after which tails
+/// see a partial line (the service waits for a file the test writes only once a tail has
+/// seen that partial): readiness still sees the line once, whole, and only it.
+#[test]
+fn a_ready_line_split_by_a_long_pause_is_still_seen_whole() {
+    use std::sync::{Arc, Mutex};
+    let p = Project::new("ready-split-pause");
+    let mut b = p.bundle();
+    let checked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen_by_check = Arc::clone(&checked);
+    b.add(
+        "Slow",
+        Service::new([
+            "python3",
+            "-c",
+            "import os, sys, time\nsys.stdout.write('READY '); sys.stdout.flush()\nwhile not os.path.exists('rest'): time.sleep(0.01)\nsys.stdout.write('NOW\\n'); sys.stdout.flush()\ntime.sleep(1000)",
+        ])
+        .ready_when(move |line| {
+            seen_by_check.lock().unwrap().push(line.to_owned());
+            line == "READY NOW"
+        }),
+    )
+    .unwrap();
+    let logs = b.logs();
+    let rest = p.path("rest");
+    let writer = std::thread::spawn(move || {
+        let partial = logs.tail().until(|l| l == "READY ", PATIENCE);
+        // Written even if the partial never showed, so startup ends either way.
+        std::fs::write(rest, "").unwrap();
+        partial.map(|l| l.is_partial())
+    });
+    b.startup().unwrap();
+    assert!(writer.join().unwrap().unwrap(), "a tail saw `READY ` first");
+    assert_eq!(*checked.lock().unwrap(), vec!["READY NOW"]);
+    assert_eq!(b.service("Slow").unwrap().logs().lines(), vec!["READY NOW"]);
+    b.shutdown().unwrap();
 }

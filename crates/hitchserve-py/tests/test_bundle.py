@@ -2,6 +2,7 @@
 interactive mode, context manager, and the errors startup raises."""
 
 import os
+import time
 
 import pytest
 
@@ -44,7 +45,12 @@ def test_the_seeds_django_lines_are_printed_and_kept_per_stream(project, capfd):
         bundle.startup()
         django = bundle["Django"]
         django.logs.err.tail.until(lambda line: line == "DONE", timeout=PATIENCE, lines_back=10)
-        printed = capfd.readouterr().out
+        # A line is stored (and seen by tails) just before its reader prints it: wait for
+        # the print, looking again as the captured output grows.
+        printed = ""
+        deadline = time.monotonic() + PATIENCE
+        while "[Err Django] DONE" not in printed and time.monotonic() < deadline:
+            printed += capfd.readouterr().out
         assert "[    Django] Quit the server with CONTROL-C." in printed
         assert '[Err Django] [11/Jul/2015 10:36:59]"GET / HTTP/1.1" 500 99545' in printed
 

@@ -1,9 +1,6 @@
 """The ready-made services from hitchserve.services, real servers; the seed's HitchSMTP
 example; the reminders scenario as a Python team would write it."""
 
-import os
-import shutil
-import tempfile
 import smtplib
 import sys
 import urllib.request
@@ -52,18 +49,10 @@ def test_redis_cli_and_url(service_bundle):
     assert redis.url == f"redis://127.0.0.1:{redis.redis_port}"
 
 
-@pytest.fixture
-def reachable_project():
-    """PostgreSQL runs as `postgres` when the tests run as root: pytest's tmp_path (0700
-    under /tmp/pytest-of-root) is out of its reach, so the project lives elsewhere."""
-    path = tempfile.mkdtemp(prefix="hitchserve-py-pg-")
-    os.chmod(path, 0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_postgres_users_databases_and_psql_follow_time_travel(reachable_project, service_bundle_factory):
-    service_bundle = service_bundle_factory(reachable_project, startup_timeout=PATIENCE)
+def test_postgres_users_databases_and_psql_follow_time_travel(service_bundle_factory):
+    # As root, PostgreSQL runs as `postgres`: the fixture's project directory must be in its
+    # reach (pytest's tmp_path, under a 0700 directory, is not).
+    service_bundle = service_bundle_factory(startup_timeout=PATIENCE)
     service_bundle["Postgres"] = Postgres(
         users=[PostgresUser("app", "secret")],
         databases=[PostgresDatabase("app", "app")],

@@ -87,15 +87,3 @@ def test_each_xdist_worker_gets_its_own_bundle_and_ports_and_stops_it(pytester):
     for _, pid in found:
         assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
 
-
-def test_the_readmes_fixture_example(service_bundle):
-    import hitchserve
-
-    service_bundle["Web"] = hitchserve.Service(
-        command=["python3", "-u", "-m", "http.server", "{port.http}"],
-        ports=["http"],
-        log_line_ready_checker=lambda line: "Serving HTTP" in line,
-    )
-    service_bundle.startup()
-    assert service_bundle["Web"].process.is_running()
-    assert str(service_bundle["Web"].port("http")) in service_bundle["Web"].logs.out.lines()[0]

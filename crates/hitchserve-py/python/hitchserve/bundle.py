@@ -202,7 +202,7 @@ class ServiceBundle:
 
     def time_travel(
         self,
-        datetime: Optional[_dt.datetime] = None,
+        datetime: Union[_dt.datetime, _dt.timedelta, None] = None,
         timedelta: Optional[_dt.timedelta] = None,
         seconds: float = 0,
         minutes: float = 0,
@@ -210,14 +210,23 @@ class ServiceBundle:
         days: float = 0,
     ) -> None:
         """Move every service's clock: to ``datetime`` (naive means local time), or by
-        ``timedelta`` plus ``days``/``hours``/``minutes``/``seconds`` (negative goes back)."""
-        if datetime is not None:
-            self._native.time_travel_to(_micros(datetime))
-            return
+        ``timedelta`` plus ``days``/``hours``/``minutes``/``seconds`` (negative goes back).
+        A ``timedelta`` given first, ``bundle.time_travel(timedelta(days=1))``, is a delta;
+        with ``datetime``, the deltas are added to it."""
+        if isinstance(datetime, _dt.timedelta):
+            timedelta = datetime if timedelta is None else _check_delta(timedelta) + datetime
+            datetime = None
+        if datetime is not None and not isinstance(datetime, _dt.datetime):
+            raise TypeError(
+                "time_travel(datetime=...) takes a datetime.datetime (or, first, a "
+                f"datetime.timedelta), not {type(datetime).__name__}: {datetime!r}"
+            )
         delta = _dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
         if timedelta is not None:
-            delta += timedelta
-        if delta >= _dt.timedelta(0):
+            delta += _check_delta(timedelta)
+        if datetime is not None:
+            self._native.time_travel_to(_micros(datetime + delta))
+        elif delta >= _dt.timedelta(0):
             self._native.time_travel(delta.total_seconds())
         else:
             self._native.time_travel_to(self._native.now() + _delta_micros(delta))
@@ -248,6 +257,14 @@ class ServiceBundle:
         else:
             state = "not started"
         return f"<ServiceBundle {self.project_directory!r} {list(self._services)} {state}>"
+
+
+def _check_delta(delta: Any) -> _dt.timedelta:
+    if not isinstance(delta, _dt.timedelta):
+        raise TypeError(
+            f"time_travel(timedelta=...) takes a datetime.timedelta, not {type(delta).__name__}: {delta!r}"
+        )
+    return delta
 
 
 def _micros(moment: _dt.datetime) -> int:

@@ -1275,9 +1275,18 @@ type Captured<'py> = (
     Bound<'py, PyBytes>,
 );
 
+/// Run the mock SMTP server (the `hitchsmtp` crate) in this process with the command line
+/// `args`, until the process is killed; returns the exit code of a failure to start. The
+/// GIL is released: the server never calls into Python.
+#[pyfunction]
+fn smtp_main(py: Python<'_>, args: Vec<String>) -> i32 {
+    py.detach(move || hitchsmtp::run(args))
+}
+
 /// The native half of the `hitchserve` package.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(smtp_main, m)?)?;
     m.add_class::<NativeBundle>()?;
     m.add_class::<ServiceDef>()?;
     m.add_class::<HookCtx>()?;

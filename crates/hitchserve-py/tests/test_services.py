@@ -1,6 +1,7 @@
 """The ready-made services from hitchserve.services, real servers; the seed's HitchSMTP
 example; the reminders scenario as a Python team would write it."""
 
+import os
 import smtplib
 import sys
 import urllib.request
@@ -38,6 +39,34 @@ def test_the_seeds_hitchsmtp_until_json(service_bundle_factory):
     assert email["sent_to"] == ["ann@example.com"]
     assert bundle["HitchSMTP"].logs.json()[-1] == email
     assert bundle["HitchSMTP"].messages() == [email]
+
+
+def test_smtp_runs_the_mock_this_package_installed(service_bundle, monkeypatch, tmp_path):
+    # Nothing but the package: no $HITCHSMTP, no cargo-built hitchsmtp on PATH or in cargo's bin.
+    monkeypatch.delenv("HITCHSMTP", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("CARGO_HOME", str(tmp_path))
+    service_bundle["HitchSMTP"] = Smtp()
+    service_bundle.startup()
+    smtp = service_bundle["HitchSMTP"]
+    assert any(os.path.basename(arg) == "hitchsmtp" for arg in smtp.process.cmdline()[:2])
+    assert "python" in os.path.basename(smtp.process.exe())
+    inbox = smtp.logs.out.tail
+    send_email(smtp.smtp_port, "Hello", "From the wheel's own mock.")
+    assert inbox.until_json(lambda m: m["subject"] == "Hello", timeout=PATIENCE)["payload"]
+
+
+def test_python_m_hitchserve_smtp_is_the_mock(service_bundle):
+    service_bundle["Mock"] = hitchserve.Service(
+        command=[sys.executable, "-m", "hitchserve.smtp", "--port", "{port.smtp}"],
+        ports=["smtp"],
+        log_line_ready_checker=lambda line: line.startswith("hitchsmtp: listening on 127.0.0.1:"),
+    )
+    service_bundle.startup()
+    mock = service_bundle["Mock"]
+    inbox = mock.logs.out.tail
+    send_email(mock.port("smtp"), "Hi", "Hello", to="550-unknown-user@example.com")
+    assert inbox.until_json(lambda m: True, timeout=PATIENCE)["sent_to"] == ["550-unknown-user@example.com"]
 
 
 def test_redis_cli_and_url(service_bundle):

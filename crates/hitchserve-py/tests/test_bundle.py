@@ -189,6 +189,12 @@ def test_bad_definitions_are_definition_errors_before_anything_starts(project, d
         bundle.startup()
 
 
+def test_a_command_given_as_one_string_is_a_type_error_suggesting_the_list():
+    with pytest.raises(TypeError, match=r"command must be a list of arguments, not a str: "
+                       r"write command=\['python3', '-c', 'print\(1\)'\]"):
+        hitchserve.Service(command="python3 -c 'print(1)'")
+
+
 def test_an_unknown_service_is_a_key_error_naming_the_known_ones(project):
     bundle = django_bundle(project)
     with pytest.raises(KeyError) as raised:

@@ -8,6 +8,7 @@ are Python callables the engine calls (on its own threads, taking the GIL for th
 
 import datetime as _dt
 import os
+import shlex
 import subprocess
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -131,6 +132,11 @@ class Service:
         user: Optional[str] = None,
         one_shot: bool = False,
     ) -> None:
+        if isinstance(command, (str, bytes)):
+            raise TypeError(
+                f"command must be a list of arguments, not a {type(command).__name__}: "
+                f"write command={shlex.split(os.fsdecode(command))!r} (no shell runs it)"
+            )
         self.command = [str(c) for c in command] if command is not None else None
         self.log_line_ready_checker = log_line_ready_checker
         self.directory = directory

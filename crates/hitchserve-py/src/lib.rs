@@ -719,10 +719,11 @@ impl NativeBundle {
         self.quick(Bundle::check)?.or_raise()
     }
 
-    /// Move the clocks forward by `seconds`.
-    fn time_travel(&self, py: Python<'_>, seconds: f64) -> PyResult<()> {
-        let by = secs(seconds)?;
-        self.with(py, |b| b.time_travel(by))?.or_raise()
+    /// Move the clocks by `micros` microseconds (negative: back), as one relative jump so
+    /// the log says it exactly ("3 days ago").
+    fn time_travel_by(&self, py: Python<'_>, micros: i64) -> PyResult<()> {
+        let by = hitchserve::jiff::SignedDuration::from_micros(micros);
+        self.with(py, |b| b.time_travel_by(by))?.or_raise()
     }
 
     /// Make the clocks say this moment (microseconds since the Unix epoch).

@@ -62,6 +62,21 @@ def test_the_seeds_time_travel_session(started):
     assert len(printed) == 5
 
 
+def test_a_jump_back_is_said_exactly_as_asked(started):
+    bundle = started
+    before = bundle.now()
+    bundle.time_travel(days=-3)
+    assert bundle.now() < before - timedelta(days=2, hours=23)
+    bundle.time_travel(days=-1)
+    bundle.time_travel(timedelta(hours=-2), minutes=-30)
+    said = [l.split(" (")[0] for l in bundle.logs.lines() if l.startswith("Time travelling")]
+    assert said == [
+        "Time travelling to 3 days ago",
+        "Time travelling to 1 day ago",
+        "Time travelling to 2 hours ago",
+    ]
+
+
 def test_a_timedelta_given_first_is_a_delta(started):
     bundle = started
     real = datetime.now()

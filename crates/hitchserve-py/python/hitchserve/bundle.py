@@ -226,10 +226,8 @@ class ServiceBundle:
             delta += _check_delta(timedelta)
         if datetime is not None:
             self._native.time_travel_to(_micros(datetime + delta))
-        elif delta >= _dt.timedelta(0):
-            self._native.time_travel(delta.total_seconds())
         else:
-            self._native.time_travel_to(self._native.now() + _delta_micros(delta))
+            self._native.time_travel_by(_delta_micros(delta))
 
     def now(self) -> _dt.datetime:
         """What time the services think it is (local time, naive, as ``datetime.now()``)."""

@@ -96,6 +96,16 @@ def test_a_wait_that_times_out_says_what_it_waited_for_and_shows_the_last_lines(
     assert any("the last thing said" in l for l in raised.value.last_lines)
 
 
+def test_a_wait_that_times_out_names_its_service(echo, service_bundle):
+    for logs in (echo.logs, echo.logs.err, echo.logs.out):
+        with pytest.raises(hitchserve.LogTimeout) as raised:
+            logs.tail.until_json(lambda v: False, timeout=0.05)
+        assert raised.value.service == "Echo"
+    with pytest.raises(hitchserve.LogTimeout) as raised:
+        service_bundle.logs.tail.until(lambda l: False, timeout=0.05)
+    assert raised.value.service is None  # the whole bundle's logs
+
+
 def test_a_predicate_that_raises_fails_the_wait_with_that_exception(echo):
     tail = echo.logs.out.tail
     echo.say("x")
@@ -113,8 +123,12 @@ def test_a_wait_on_a_service_that_exits_ends_at_once(service_bundle):
         log_line_ready_checker=lambda l: l == "READY",
     )
     service_bundle.startup()
-    with pytest.raises(hitchserve.LogEnded):
+    with pytest.raises(hitchserve.LogEnded) as ended:
         service_bundle["Short"].logs.tail.until(lambda l: l == "never", timeout=PATIENCE)
+    assert ended.value.service == "Short"
+    with pytest.raises(hitchserve.LogEnded) as ended:
+        service_bundle["Short"].logs.out.tail.until_json(lambda v: False, timeout=PATIENCE)
+    assert ended.value.service == "Short"
     with pytest.raises(hitchserve.ServiceExited):
         service_bundle.check()
     # Reported: the fixture's shutdown must not fail the test for it.

@@ -5,10 +5,12 @@ waited for in Rust; these classes give them their Python shape.
 """
 
 import collections.abc
+import contextlib
 import datetime as _dt
 from typing import Any, Callable, Iterator, List, Optional
 
 from . import _native
+from .errors import ServiceError
 
 __all__ = ["Logs", "LogLine", "Tail", "Follow"]
 
@@ -62,40 +64,43 @@ class Logs:
     a cursor that waits for new lines.
     """
 
-    def __init__(self, native: "_native.Logs", what: str = "logs") -> None:
+    def __init__(
+        self, native: "_native.Logs", what: str = "logs", service: Optional[str] = None
+    ) -> None:
         self._native = native
         self._what = what
+        self._service = service  # None: the whole bundle's
 
     @property
     def out(self) -> "Logs":
         """Only standard output."""
-        return Logs(self._native.out(), self._what + ".out")
+        return Logs(self._native.out(), self._what + ".out", self._service)
 
     @property
     def err(self) -> "Logs":
         """Only standard error."""
-        return Logs(self._native.err(), self._what + ".err")
+        return Logs(self._native.err(), self._what + ".err", self._service)
 
     @property
     def setup(self) -> "Logs":
         """Only what the setup hook ran."""
-        return Logs(self._native.setup(), self._what + ".setup")
+        return Logs(self._native.setup(), self._what + ".setup", self._service)
 
     @property
     def poststart(self) -> "Logs":
         """Only what the poststart hook ran."""
-        return Logs(self._native.poststart(), self._what + ".poststart")
+        return Logs(self._native.poststart(), self._what + ".poststart", self._service)
 
     @property
     def main(self) -> "Logs":
         """Only the service's own process (no hook output)."""
-        return Logs(self._native.main(), self._what + ".main")
+        return Logs(self._native.main(), self._what + ".main", self._service)
 
     @property
     def tail(self) -> "Tail":
         """A cursor that starts now: ``tail.until(...)``, ``tail.until_json(...)``,
         ``tail.follow(lines_back=2)``."""
-        return Tail(self._native.tail(0))
+        return Tail(self._native.tail(0), self._service)
 
     def lines(self) -> List[str]:
         """The text of every line, oldest first."""
@@ -134,8 +139,9 @@ class Tail:
     """A cursor over a log view. It starts where it was made (``logs.tail`` starts now) and
     moves past each line it returns, so successive waits see successive lines."""
 
-    def __init__(self, native: "_native.Tail") -> None:
+    def __init__(self, native: "_native.Tail", service: Optional[str] = None) -> None:
         self._native = native
+        self._service = service
 
     def until(
         self,
@@ -149,7 +155,8 @@ class Tail:
         ``condition`` raised."""
         if lines_back:
             self._native.back(lines_back)
-        return LogLine(self._native.until(condition, _timeout(timeout)))
+        with self._naming_the_service():
+            return LogLine(self._native.until(condition, _timeout(timeout)))
 
     def until_json(
         self,
@@ -161,7 +168,8 @@ class Tail:
         return the value (lines that are not JSON are skipped)."""
         if lines_back:
             self._native.back(lines_back)
-        return self._native.until_json(condition, _timeout(timeout))
+        with self._naming_the_service():
+            return self._native.until_json(condition, _timeout(timeout))
 
     def follow(self, lines_back: int = 0) -> "Follow":
         """The lines as they arrive, starting ``lines_back`` lines earlier: iterate over it
@@ -170,6 +178,16 @@ class Tail:
         if lines_back:
             self._native.back(lines_back)
         return Follow(self._native)
+
+    @contextlib.contextmanager
+    def _naming_the_service(self) -> Iterator[None]:
+        # The engine's wait errors name the service in their message only.
+        try:
+            yield
+        except ServiceError as e:
+            if e.service is None:
+                e.service = self._service
+            raise
 
     def __repr__(self) -> str:
         return "<Tail: until(condition), until_json(condition), follow(lines_back=0)>"

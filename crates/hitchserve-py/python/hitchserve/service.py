@@ -225,7 +225,7 @@ class Service:
     @property
     def logs(self) -> Logs:
         """Its log lines (``.out``, ``.err``, ``.tail``, ``.json()``...)."""
-        return Logs(self._handle().logs(), f"{self.name}.logs")
+        return Logs(self._handle().logs(), f"{self.name}.logs", self.name)
 
     @property
     def pid(self) -> Optional[int]:

@@ -123,7 +123,8 @@ fn context_of(e: &Error) -> (Option<String>, Vec<String>) {
 }
 
 /// The engine's error as the matching `hitchserve.errors` exception: the message is the
-/// engine's, word for word; `service`, `last_lines` and `kind` are attributes.
+/// engine's, word for word but for the advice naming its Rust API (see
+/// `hitchserve.errors._pythonic`); `service`, `last_lines` and `kind` are attributes.
 fn py_err(e: Error) -> PyErr {
     Python::attach(|py| {
         let (service, last_lines) = context_of(&e);
@@ -137,7 +138,9 @@ fn py_err(e: Error) -> PyErr {
         let message = e.to_string();
         let build = || -> PyResult<PyErr> {
             let module = py.import("hitchserve.errors")?;
-            let exc = module.getattr(class)?.call1((message.clone(),))?;
+            // The advice in Python terms ("Service(directory=...)", not "Service::directory").
+            let text = module.getattr("_pythonic")?.call1((message.as_str(),))?;
+            let exc = module.getattr(class)?.call1((text,))?;
             exc.setattr("service", service.clone())?;
             exc.setattr("last_lines", last_lines.clone())?;
             exc.setattr("kind", kind.clone())?;

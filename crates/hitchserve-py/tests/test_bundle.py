@@ -171,6 +171,7 @@ def test_a_startup_timeout_is_a_startup_error_and_a_timeout_error(project):
     assert isinstance(raised.value, hitchserve.StartupError)
     assert raised.value.service == "Slow"
     assert "`Slow` was waiting for" in str(raised.value)
+    assert "raise ServiceBundle(startup_timeout=...) if the services are just slow" in str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -187,6 +188,22 @@ def test_bad_definitions_are_definition_errors_before_anything_starts(project, d
     define(bundle)
     with pytest.raises(hitchserve.DefinitionError, match=words):
         bundle.startup()
+
+
+@pytest.mark.parametrize(
+    "service, advice",
+    [
+        (hitchserve.Service(command=["true"], directory="missing"), "or fix Service(directory=...)"),
+        (hitchserve.Service(command=["true", "{port.web}"]), 'add Service(ports=["NAME"]) to the service'),
+    ],
+)
+def test_error_advice_names_the_python_arguments_not_the_rust_api(project, service, advice):
+    bundle = hitchserve.ServiceBundle(str(project))
+    bundle["A"] = service
+    with pytest.raises(hitchserve.DefinitionError) as raised:
+        bundle.startup()
+    assert advice in str(raised.value)
+    assert "::" not in str(raised.value)
 
 
 def test_a_command_given_as_one_string_is_a_type_error_suggesting_the_list():

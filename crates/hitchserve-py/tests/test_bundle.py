@@ -206,6 +206,27 @@ def test_error_advice_names_the_python_arguments_not_the_rust_api(project, servi
     assert "::" not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "env_vars, error, words",
+    [
+        ({"A=B": 1}, hitchserve.DefinitionError, "env_vars: 'A=B' is not an environment variable name"),
+        ({"": 2}, hitchserve.DefinitionError, "env_vars: '' is not an environment variable name"),
+        ({3: "x"}, TypeError, "env_vars: variable names are strings, not int: 3"),
+        ({"A": "x\0y"}, hitchserve.DefinitionError, "the value of 'A' contains a NUL"),
+    ],
+)
+def test_bad_env_vars_are_refused_when_the_service_is_defined(env_vars, error, words):
+    with pytest.raises(error, match=words):
+        hitchserve.Service(command=["true"], env_vars=env_vars)
+
+
+def test_a_service_name_that_is_not_a_string_is_refused_when_added(project):
+    bundle = hitchserve.ServiceBundle(str(project))
+    with pytest.raises(TypeError, match="service names are strings, not int: 1"):
+        bundle[1] = hitchserve.Service(command=["true"])
+    assert len(bundle) == 0
+
+
 def test_a_command_given_as_one_string_is_a_type_error_suggesting_the_list():
     with pytest.raises(TypeError, match=r"command must be a list of arguments, not a str: "
                        r"write command=\['python3', '-c', 'print\(1\)'\]"):

@@ -106,6 +106,20 @@ def test_a_wait_that_times_out_names_its_service(echo, service_bundle):
     assert raised.value.service is None  # the whole bundle's logs
 
 
+@pytest.mark.parametrize("bad, error", [(-5, ValueError), ("2", TypeError), (1.5, TypeError)])
+def test_a_bad_lines_back_is_refused_naming_the_argument(echo, bad, error):
+    tail = echo.logs.tail
+    for call in (
+        lambda: tail.until(lambda l: True, timeout=PATIENCE, lines_back=bad),
+        lambda: tail.until_json(lambda v: True, timeout=PATIENCE, lines_back=bad),
+        lambda: tail.follow(lines_back=bad),
+    ):
+        with pytest.raises(error, match="lines_back is a number of lines"):
+            call()
+    with pytest.raises(error, match="n is a number of lines"):
+        echo.logs.last(bad)
+
+
 def test_a_predicate_that_raises_fails_the_wait_with_that_exception(echo):
     tail = echo.logs.out.tail
     echo.say("x")

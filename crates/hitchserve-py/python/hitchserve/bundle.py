@@ -63,6 +63,8 @@ class ServiceBundle:
     # -- the services, as a dict ----------------------------------------------------------
 
     def __setitem__(self, name: str, service: Service) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"service names are strings, not {type(name).__name__}: {name!r}")
         if not isinstance(service, Service):
             raise TypeError(f"bundle[{name!r}] must be a hitchserve.Service, not {type(service).__name__}")
         if self._added:

@@ -112,7 +112,7 @@ class Logs:
 
     def last(self, n: int = 20) -> List[LogLine]:
         """The last ``n`` lines, oldest first."""
-        return [LogLine(e) for e in self._native.last(n)]
+        return [LogLine(e) for e in self._native.last(_count(n, "n"))]
 
     def json(self) -> List[Any]:
         """Every line that parses as JSON, parsed (dicts, lists...), in order."""
@@ -153,7 +153,7 @@ class Tail:
         (default 60); start ``lines_back`` lines earlier. Raises :class:`LogTimeout` (with the
         last lines), :class:`LogEnded` if the service exits meanwhile, or whatever
         ``condition`` raised."""
-        if lines_back:
+        if _count(lines_back, "lines_back"):
             self._native.back(lines_back)
         with self._naming_the_service():
             return LogLine(self._native.until(condition, _timeout(timeout)))
@@ -166,7 +166,7 @@ class Tail:
     ) -> Any:
         """Wait for the next JSON line whose value makes ``condition(value)`` true, and
         return the value (lines that are not JSON are skipped)."""
-        if lines_back:
+        if _count(lines_back, "lines_back"):
             self._native.back(lines_back)
         with self._naming_the_service():
             return self._native.until_json(condition, _timeout(timeout))
@@ -175,7 +175,7 @@ class Tail:
         """The lines as they arrive, starting ``lines_back`` lines earlier: iterate over it
         (it ends when the service's output ends; Ctrl-C raises ``KeyboardInterrupt``), or
         show it in IPython to print lines until Ctrl-C."""
-        if lines_back:
+        if _count(lines_back, "lines_back"):
             self._native.back(lines_back)
         return Follow(self._native)
 
@@ -224,6 +224,14 @@ class Follow(collections.abc.Generator):
 
     def __repr__(self) -> str:
         return "<Follow: iterate over it, or call print()>"
+
+
+def _count(n: int, what: str) -> int:
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"{what} is a number of lines, not {type(n).__name__}: {n!r}")
+    if n < 0:
+        raise ValueError(f"{what} is a number of lines, 0 or more, not {n}")
+    return n
 
 
 def _timeout(timeout: Optional[float]) -> float:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Unio
 import psutil
 
 from . import _native
-from .errors import NotRunning
+from .errors import DefinitionError, NotRunning
 from .logs import Logs
 
 __all__ = ["Service", "Subcommand"]
@@ -142,6 +142,7 @@ class Service:
         self.directory = directory
         self.no_libfaketime = no_libfaketime
         self.env_vars = dict(env_vars or {})
+        _check_env_vars(self.env_vars)
         self.needs = list(needs or [])
         self.needs_started = list(needs_started or [])
         self.needs_completed = list(needs_completed or [])
@@ -178,8 +179,8 @@ class Service:
             d.ready_when(self.log_line_ready_checker)
         if self.directory is not None:
             d.directory(os.fspath(self.directory))
-        for key, value in self.env_vars.items():
-            d.env(str(key), str(value))
+        for key, value in _check_env_vars(self.env_vars).items():
+            d.env(key, value)
         for method, names in (
             (d.needs, self.needs),
             (d.needs_started, self.needs_started),
@@ -329,6 +330,26 @@ class Service:
                     state = f"running, pid {pid}" if pid else "not running"
                 return f"<{type(self).__name__} {name!r}: {state}>"
         return f"<{type(self).__name__} {name!r} (not started) command={self.command!r}>"
+
+
+def _check_env_vars(env_vars: Dict[str, Any]) -> Dict[str, str]:
+    """``env_vars`` as the strings to set; a name that is not one is refused up front."""
+    checked = {}
+    for key, value in env_vars.items():
+        if not isinstance(key, str):
+            raise TypeError(
+                f"env_vars: variable names are strings, not {type(key).__name__}: {key!r}"
+            )
+        if not key or "=" in key or "\0" in key:
+            raise DefinitionError(
+                f"env_vars: {key!r} is not an environment variable name "
+                "(it must be non-empty, without '=' or NUL)"
+            )
+        text = str(value)
+        if "\0" in text:
+            raise DefinitionError(f"env_vars: the value of {key!r} contains a NUL character")
+        checked[key] = text
+    return checked
 
 
 def _name_of(need: Union[Service, str]) -> str:

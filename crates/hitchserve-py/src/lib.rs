@@ -563,6 +563,36 @@ impl NativeBundle {
         lock(&self.bundle).as_ref().map(f).ok_or_else(starting)
     }
 
+    /// Run `f`, and in interactive mode (the console muted) also return the bundle's own
+    /// lines it logged, in the console format, for Python to print: what the user asked for
+    /// at the prompt (a time travel, a log message) is shown; only service lines stay muted.
+    fn said<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Bundle) -> R + Send,
+    ) -> PyResult<(R, Vec<String>)> {
+        self.with(py, |b| {
+            if !b.is_interactive() {
+                return (f(b), Vec::new());
+            }
+            let tail = b.logs().tail();
+            let result = f(b);
+            // The console's label width, for a bundle without hooks ("Err " + the name).
+            let width = b
+                .service_names()
+                .iter()
+                .map(|n| "Err ".len() + n.len())
+                .fold("Hitch".len(), usize::max);
+            let said = tail
+                .grep(|_| true)
+                .iter()
+                .filter(|l| l.is_bundle_message())
+                .map(|l| format!("{l:width$}"))
+                .collect();
+            (result, said)
+        })
+    }
+
     fn handle(&self, name: &str) -> PyResult<hitchserve::ServiceHandle> {
         self.quick(|b| b.service(name))?.or_raise()
     }
@@ -724,16 +754,22 @@ impl NativeBundle {
 
     /// Move the clocks by `micros` microseconds (negative: back), as one relative jump so
     /// the log says it exactly ("3 days ago").
-    fn time_travel_by(&self, py: Python<'_>, micros: i64) -> PyResult<()> {
+    /// In interactive mode, the lines it logged (see `said`).
+    fn time_travel_by(&self, py: Python<'_>, micros: i64) -> PyResult<Vec<String>> {
         let by = hitchserve::jiff::SignedDuration::from_micros(micros);
-        self.with(py, |b| b.time_travel_by(by))?.or_raise()
+        let (result, said) = self.said(py, |b| b.time_travel_by(by))?;
+        result.or_raise()?;
+        Ok(said)
     }
 
-    /// Make the clocks say this moment (microseconds since the Unix epoch).
-    fn time_travel_to(&self, py: Python<'_>, micros: i64) -> PyResult<()> {
+    /// Make the clocks say this moment (microseconds since the Unix epoch). In interactive
+    /// mode, the lines it logged (see `said`).
+    fn time_travel_to(&self, py: Python<'_>, micros: i64) -> PyResult<Vec<String>> {
         let moment = hitchserve::jiff::Timestamp::from_microsecond(micros)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        self.with(py, |b| b.time_travel_to(moment))?.or_raise()
+        let (result, said) = self.said(py, |b| b.time_travel_to(moment))?;
+        result.or_raise()?;
+        Ok(said)
     }
 
     /// What time the services think it is, in microseconds since the Unix epoch.
@@ -741,12 +777,14 @@ impl NativeBundle {
         Ok(self.quick(Bundle::now)?.as_microsecond())
     }
 
-    fn log(&self, message: &str) -> PyResult<()> {
-        self.quick(|b| b.log(message))
+    /// Log `message`; in interactive mode, its lines to print (see `said`).
+    fn log(&self, py: Python<'_>, message: &str) -> PyResult<Vec<String>> {
+        Ok(self.said(py, |b| b.log(message))?.1)
     }
 
-    fn warn(&self, message: &str) -> PyResult<()> {
-        self.quick(|b| b.warn(message))
+    /// Log `message` as a warning; in interactive mode, its lines to print (see `said`).
+    fn warn(&self, py: Python<'_>, message: &str) -> PyResult<Vec<String>> {
+        Ok(self.said(py, |b| b.warn(message))?.1)
     }
 
     fn start_interactive_mode(&self) -> PyResult<()> {

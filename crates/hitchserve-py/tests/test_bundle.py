@@ -108,8 +108,8 @@ def test_interactive_startup_leaves_the_console_alone_and_log_and_warn_print(pro
     bundle = django_bundle(project)
     with bundle:
         bundle.startup(interactive=True)
-        bundle.log("not printed while interactive")
-        assert capfd.readouterr().out == ""
+        bundle["Django"].logs.err.tail.until(lambda l: l == "DONE", timeout=PATIENCE, lines_back=10)
+        assert "Django]" not in capfd.readouterr().out
         bundle.stop_interactive_mode()
         bundle.log("Your message here")
         bundle.warn("A bad thing just happened")
@@ -120,7 +120,24 @@ def test_interactive_startup_leaves_the_console_alone_and_log_and_warn_print(pro
         bundle.start_interactive_mode()
         assert bundle.interactive
         # Nothing is lost: the muted lines are stored.
-        assert "not printed while interactive" in bundle.logs.lines()
+        assert "Quit the server with CONTROL-C." in bundle.logs.lines()
+
+
+def test_interactive_mode_shows_what_the_user_asked_for_and_mutes_only_service_lines(project, capfd):
+    bundle = django_bundle(project)
+    with bundle:
+        bundle.startup(interactive=True)
+        capfd.readouterr()
+        bundle.time_travel(days=2)
+        bundle.log("Your message here")
+        bundle.warn("A bad thing just happened")
+        out = capfd.readouterr().out.splitlines()
+        # As the console prints them (the label padded to "Err Django").
+        assert out[0].startswith("[     Hitch] Time travelling to 2 days from now (")
+        assert out[1:] == [
+            "[     Hitch] Your message here",
+            "[     Hitch] WARNING: A bad thing just happened",
+        ]
 
 
 def test_the_context_manager_stops_every_service(project):

@@ -152,12 +152,13 @@ class ServiceBundle:
     # -- the console ----------------------------------------------------------------------
 
     def log(self, message: Any) -> None:
-        """Print a message among the service lines (``[Hitch] message``) and store it."""
-        self._native.log(str(message))
+        """Print a message among the service lines (``[Hitch] message``) and store it (printed
+        in interactive mode too: you asked for it)."""
+        _print(self._native.log(str(message)))
 
     def warn(self, message: Any) -> None:
-        """Print a warning among the service lines and store it."""
-        self._native.warn(str(message))
+        """Print a warning among the service lines and store it (in interactive mode too)."""
+        _print(self._native.warn(str(message)))
 
     def start_interactive_mode(self) -> None:
         """Stop printing log lines (they are still stored), e.g. to use IPython."""
@@ -213,6 +214,7 @@ class ServiceBundle:
     ) -> None:
         """Move every service's clock: to ``datetime`` (naive means local time), or by
         ``timedelta`` plus ``days``/``hours``/``minutes``/``seconds`` (negative goes back).
+        The jump is logged ("Time travelling to 2 days from now"), in interactive mode too.
         A ``timedelta`` given first, ``bundle.time_travel(timedelta(days=1))``, is a delta;
         with ``datetime``, the deltas are added to it."""
         if isinstance(datetime, _dt.timedelta):
@@ -227,9 +229,9 @@ class ServiceBundle:
         if timedelta is not None:
             delta += _check_delta(timedelta)
         if datetime is not None:
-            self._native.time_travel_to(_micros(datetime + delta))
+            _print(self._native.time_travel_to(_micros(datetime + delta)))
         else:
-            self._native.time_travel_by(_delta_micros(delta))
+            _print(self._native.time_travel_by(_delta_micros(delta)))
 
     def now(self) -> _dt.datetime:
         """What time the services think it is (local time, naive, as ``datetime.now()``)."""
@@ -257,6 +259,12 @@ class ServiceBundle:
         else:
             state = "not started"
         return f"<ServiceBundle {self.project_directory!r} {list(self._services)} {state}>"
+
+
+def _print(said: List[str]) -> None:
+    # What the engine logged for a command given in interactive mode (the console is muted).
+    for line in said:
+        print(line, flush=True)
 
 
 def _check_delta(delta: Any) -> _dt.timedelta:

@@ -140,6 +140,23 @@ def test_interactive_mode_shows_what_the_user_asked_for_and_mutes_only_service_l
         ]
 
 
+def test_ipython_completes_service_names(project):
+    IPython = pytest.importorskip("IPython")
+    from IPython.core.completer import provisionalcompleter
+
+    bundle = django_bundle(project)
+    bundle["HitchSMTP"] = hitchserve.Service(command=["true"])
+    shell = IPython.InteractiveShell.instance()
+    try:
+        shell.user_ns["bundle"] = bundle
+        with provisionalcompleter():
+            found = {c.text for c in shell.Completer.completions('bundle["Hi', len('bundle["Hi'))}
+    finally:
+        IPython.InteractiveShell.clear_instance()
+    assert "HitchSMTP" in found
+    assert "Django" not in found
+
+
 def test_the_context_manager_stops_every_service(project):
     with django_bundle(project) as bundle:
         bundle.startup()

@@ -101,6 +101,10 @@ class ServiceBundle:
     def __len__(self) -> int:
         return len(self._services)
 
+    def _ipython_key_completions_(self) -> List[str]:
+        # IPython completes `bundle["Dj<TAB>` from these.
+        return list(self._services)
+
     def keys(self) -> List[str]:
         return list(self._services)
 

@@ -235,7 +235,22 @@ fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
 /// A log line for Python: `(text, service, stream, part, seq, unix time, console form)`.
 type Entry = (String, String, &'static str, &'static str, u64, f64, String);
 
-fn entry(line: &LogLine) -> Entry {
+/// The console's label width for a bundle with these services: room for "Err NAME" (the
+/// console widens it further for services with hooks, whose labels are longer).
+fn console_width(names: &[String]) -> usize {
+    names
+        .iter()
+        .map(|n| "Err ".len() + n.len())
+        .fold("Hitch".len(), usize::max)
+}
+
+/// The length of a line's label (`[label] text`; labels never contain `]`).
+fn label_len(line: &LogLine) -> usize {
+    line.to_string().find(']').map_or(0, |end| end - 1)
+}
+
+/// `width`: the label width of the console form (see `console_width`).
+fn entry(line: &LogLine, width: usize) -> Entry {
     let stream = match line.stream() {
         Stream::Stdout => "stdout",
         _ => "stderr",
@@ -257,7 +272,7 @@ fn entry(line: &LogLine) -> Entry {
         part,
         line.seq(),
         time,
-        line.to_string(),
+        format!("{line:width$}"),
     )
 }
 
@@ -577,12 +592,7 @@ impl NativeBundle {
             }
             let tail = b.logs().tail();
             let result = f(b);
-            // The console's label width, for a bundle without hooks ("Err " + the name).
-            let width = b
-                .service_names()
-                .iter()
-                .map(|n| "Err ".len() + n.len())
-                .fold("Hitch".len(), usize::max);
+            let width = console_width(&b.service_names());
             let said = tail
                 .grep(|_| true)
                 .iter()
@@ -804,14 +814,16 @@ impl NativeBundle {
     }
 
     fn logs(&self) -> PyResult<Logs> {
-        Ok(Logs {
-            logs: self.quick(Bundle::logs)?,
+        self.quick(|b| Logs {
+            logs: b.logs(),
+            width: console_width(&b.service_names()),
         })
     }
 
     fn service(&self, name: &str) -> PyResult<ServiceHandle> {
         Ok(ServiceHandle {
             handle: self.handle(name)?,
+            width: self.quick(|b| console_width(&b.service_names()))?,
         })
     }
 
@@ -981,6 +993,8 @@ impl SmtpHandle {
 #[pyclass(module = "hitchserve._native", frozen)]
 struct ServiceHandle {
     handle: hitchserve::ServiceHandle,
+    /// The console's label width (see `console_width`).
+    width: usize,
 }
 
 #[pymethods]
@@ -996,6 +1010,7 @@ impl ServiceHandle {
     fn logs(&self) -> Logs {
         Logs {
             logs: self.handle.logs(),
+            width: self.width,
         }
     }
 
@@ -1057,6 +1072,8 @@ impl ServiceHandle {
 #[pyclass(module = "hitchserve._native", frozen)]
 struct Logs {
     logs: hitchserve::Logs,
+    /// The console's label width (see `console_width`).
+    width: usize,
 }
 
 #[pymethods]
@@ -1064,30 +1081,35 @@ impl Logs {
     fn out(&self) -> Logs {
         Logs {
             logs: self.logs.out(),
+            width: self.width,
         }
     }
 
     fn err(&self) -> Logs {
         Logs {
             logs: self.logs.err(),
+            width: self.width,
         }
     }
 
     fn setup(&self) -> Logs {
         Logs {
             logs: self.logs.setup(),
+            width: self.width,
         }
     }
 
     fn poststart(&self) -> Logs {
         Logs {
             logs: self.logs.poststart(),
+            width: self.width,
         }
     }
 
     fn main(&self) -> Logs {
         Logs {
             logs: self.logs.main(),
+            width: self.width,
         }
     }
 
@@ -1098,12 +1120,14 @@ impl Logs {
 
     fn entries(&self, py: Python<'_>) -> Vec<Entry> {
         let logs = self.logs.clone();
-        py.detach(move || logs.entries().iter().map(entry).collect())
+        let width = self.width;
+        py.detach(move || logs.entries().iter().map(|l| entry(l, width)).collect())
     }
 
     fn last(&self, py: Python<'_>, n: usize) -> Vec<Entry> {
         let logs = self.logs.clone();
-        py.detach(move || logs.last(n).iter().map(entry).collect())
+        let width = self.width;
+        py.detach(move || logs.last(n).iter().map(|l| entry(l, width)).collect())
     }
 
     fn __len__(&self, py: Python<'_>) -> usize {
@@ -1111,10 +1135,15 @@ impl Logs {
         py.detach(move || logs.len())
     }
 
-    /// Every line in the console format.
+    /// Every line in the console format, labels padded as the console pads them.
     fn console(&self, py: Python<'_>) -> String {
         let logs = self.logs.clone();
-        py.detach(move || logs.to_string())
+        let width = self.width;
+        py.detach(move || {
+            let entries = logs.entries();
+            let width = entries.iter().map(label_len).fold(width, usize::max);
+            entries.iter().map(|l| format!("{l:width$}\n")).collect()
+        })
     }
 
     fn json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
@@ -1132,6 +1161,7 @@ impl Logs {
     fn tail(&self, lines_back: usize) -> Tail {
         Tail {
             tail: Mutex::new(self.logs.tail().lines_back(lines_back)),
+            width: self.width,
         }
     }
 }
@@ -1140,6 +1170,8 @@ impl Logs {
 #[pyclass(module = "hitchserve._native", frozen)]
 struct Tail {
     tail: Mutex<hitchserve::Tail>,
+    /// The console's label width (see `console_width`).
+    width: usize,
 }
 
 impl Tail {
@@ -1213,7 +1245,7 @@ impl Tail {
                 slice,
             )
         })?;
-        Ok(entry(&line))
+        Ok(entry(&line, self.width))
     }
 
     /// Wait up to `timeout` seconds for a JSON line making `pred(value)` true; the value.
@@ -1237,7 +1269,11 @@ impl Tail {
     fn next_line(&self, py: Python<'_>) -> PyResult<Option<Entry>> {
         loop {
             let mut cursor = py.detach(|| lock(&self.tail).clone());
-            let result = py.detach(|| cursor.next_line(SLICE).map(|l| (entry(&l), cursor)));
+            let result = py.detach(|| {
+                cursor
+                    .next_line(SLICE)
+                    .map(|l| (entry(&l, self.width), cursor))
+            });
             match result {
                 Ok((line, cursor)) => {
                     py.detach(|| *lock(&self.tail) = cursor);

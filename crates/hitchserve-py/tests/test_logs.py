@@ -80,6 +80,28 @@ def test_follow_lines_back_2_is_a_generator_of_the_two_last_lines_then_new_ones(
     assert next(follow) == "c"
 
 
+def test_a_closed_follow_returns_no_more_lines(echo):
+    follow = echo.logs.out.tail.follow()
+    echo.say("a")
+    assert next(follow) == "a"
+    follow.close()
+    echo.say("b")
+    echo.logs.out.tail.until(lambda l: l == "b", timeout=PATIENCE, lines_back=2)
+    assert next(follow, None) is None
+
+
+def test_printed_logs_and_lines_are_padded_as_the_console_pads_them(echo, service_bundle):
+    echo.say("x")
+    echo.logs.out.tail.until(lambda l: l == "x", timeout=PATIENCE, lines_back=3)
+    # The console's width here: "Err Echo" (8).
+    assert "[    Echo] x\n" in str(echo.logs.out)
+    assert repr(echo.logs.out).splitlines()[0] == "[    Echo] READY"
+    assert echo.logs.out.last(1)[0].console == '[    Echo] {"echo": "x"}'
+    assert "[   Hitch] Starting Echo" in str(service_bundle.logs)
+    with pytest.raises(hitchserve.NoSuchService, match=r"\(it has: none yet\)"):
+        hitchserve.ServiceBundle(".")["Echo"]
+
+
 def test_follow_ends_when_the_service_stops(echo, service_bundle):
     follow = echo.logs.tail.follow(lines_back=1)
     service_bundle.shutdown()

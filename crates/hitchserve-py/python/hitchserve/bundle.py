@@ -81,7 +81,7 @@ class ServiceBundle:
         try:
             return self._services[name]
         except KeyError:
-            known = ", ".join(f"`{n}`" for n in self._services)
+            known = ", ".join(f"`{n}`" for n in self._services) or "none yet"
             err = NoSuchService(f"no service `{name}` in this bundle (it has: {known})")
             err.service = name
             raise err from None

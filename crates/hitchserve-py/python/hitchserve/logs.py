@@ -4,10 +4,9 @@ Everything here asks the engine (``hitchserve._native``): lines are stored, pars
 waited for in Rust; these classes give them their Python shape.
 """
 
-import collections.abc
 import contextlib
 import datetime as _dt
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Generator, Iterator, List, Optional
 
 from . import _native
 from .errors import ServiceError
@@ -24,7 +23,7 @@ class LogLine(str):
     ``service`` (``"Hitch"`` for the bundle's own lines), ``stream`` (``"stdout"`` or
     ``"stderr"``), ``part`` (``"main"``, ``"setup"`` or ``"poststart"``), ``seq`` (its place
     among all lines of the bundle), ``time`` (a ``datetime``, real time) and ``console``
-    (the line as it is printed: ``[   Django] text``).
+    (the line as the console prints it, the label padded: ``[    Django] text``).
     """
 
     service: str
@@ -193,19 +192,25 @@ class Tail:
         return "<Tail: until(condition), until_json(condition), follow(lines_back=0)>"
 
 
-class Follow(collections.abc.Generator):
-    """Lines as they arrive (a generator of :class:`LogLine`)."""
+class Follow(Generator[LogLine, None, None]):
+    """Lines as they arrive (a generator of :class:`LogLine`); ``close()`` ends it."""
 
     def __init__(self, native: "_native.Tail") -> None:
         self._native = native
+        self._closed = False
 
-    def send(self, value: Any) -> LogLine:
+    def send(self, value: None) -> LogLine:
+        if self._closed:
+            raise StopIteration
         entry = self._native.next_line()
         if entry is None:
+            self._closed = True
             raise StopIteration
         return LogLine(entry)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> LogLine:
+        # As a generator function's: what is thrown in ends it (close() throws GeneratorExit).
+        self._closed = True
         if val is None:
             val = typ() if isinstance(typ, type) else typ
         raise val.with_traceback(tb) if tb is not None else val

@@ -6,7 +6,7 @@ readiness, logs, time travel, kernels and shutdown all happen in Rust.
 
 import datetime as _dt
 import os
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _native
 from .errors import DefinitionError, NoSuchService
@@ -111,7 +111,7 @@ class ServiceBundle:
     def values(self) -> List[Service]:
         return list(self._services.values())
 
-    def items(self) -> List[tuple]:
+    def items(self) -> List[Tuple[str, Service]]:
         return list(self._services.items())
 
     # -- starting and stopping ------------------------------------------------------------

@@ -6,7 +6,7 @@ waited for in Rust; these classes give them their Python shape.
 
 import contextlib
 import datetime as _dt
-from typing import Any, Callable, Generator, Iterator, List, Optional
+from typing import Any, Callable, Generator, Iterator, List, Optional, Tuple
 
 from . import _native
 from .errors import ServiceError
@@ -31,8 +31,9 @@ class LogLine(str):
     part: str
     seq: int
     console: str
+    _time: float
 
-    def __new__(cls, entry: tuple) -> "LogLine":
+    def __new__(cls, entry: Tuple[str, str, str, str, int, float, str]) -> "LogLine":
         text, service, stream, part, seq, time, console = entry
         self = super().__new__(cls, text)
         self.service = service

@@ -90,7 +90,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
     report = yield
     if report.failed:
         item.stash[_FAILED] = True
-        for n, bundle in enumerate(item.stash.get(_BUNDLES, [])):
+        bundles: List[ServiceBundle] = item.stash.get(_BUNDLES, [])
+        for n, bundle in enumerate(bundles):
             title = "hitchserve bundle" + (f" {n + 1}" if n else "")
             report.sections.append((f"{title} ({bundle.project_directory})", _section(bundle)))
     return report

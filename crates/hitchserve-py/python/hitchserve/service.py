@@ -216,12 +216,18 @@ class Service:
 
     # -- a started service ----------------------------------------------------------------
 
-    def _handle(self) -> "_native.ServiceHandle":
+    def _engine(self) -> "_native.NativeBundle":
+        """The native bundle this service is in."""
         if self._bundle is None:
             raise NotRunning(f"service {self.name or '(unnamed)'!r} is not in a bundle")
+        native: _native.NativeBundle = self._bundle._native
+        return native
+
+    def _handle(self) -> "_native.ServiceHandle":
         if self._native_handle is None:
-            self._native_handle = self._bundle._native.service(self.name)
-        return self._native_handle
+            self._native_handle = self._engine().service(str(self.name))
+        handle: _native.ServiceHandle = self._native_handle
+        return handle
 
     @property
     def logs(self) -> Logs:
@@ -250,7 +256,7 @@ class Service:
     def working_directory(self) -> str:
         """The directory it runs in."""
         if self._ctx is not None:
-            return os.fspath(self._ctx.directory())
+            return os.fspath(self._ctx.directory())  # type: ignore[no-any-return]
         return os.fspath(self._handle().directory())
 
     @property
@@ -288,7 +294,7 @@ class Service:
 
     def port(self, name: str) -> int:
         """The port reserved for it as ``name`` (see ``ports=``)."""
-        return self._bundle._native.port(self.name, name)
+        return self._engine().port(str(self.name), name)
 
     def subcommand(self, *args: Any) -> Subcommand:
         """A command to run in its environment, directory and fake time:

@@ -74,7 +74,7 @@ class Postgres(_ReadyMade):
         )
 
     def _pg(self) -> "_native.PostgresHandle":
-        return self._bundle._native.postgres(self.name)
+        return self._engine().postgres(str(self.name))
 
     @property
     def postgres_port(self) -> int:
@@ -105,15 +105,15 @@ class Redis(_ReadyMade):
 
     @property
     def redis_port(self) -> int:
-        return self._bundle._native.redis(self.name).port()
+        return self._engine().redis(str(self.name)).port()
 
     @property
     def url(self) -> str:
-        return self._bundle._native.redis(self.name).url()
+        return self._engine().redis(str(self.name)).url()
 
     def cli(self, *args: Any) -> Subcommand:
         """``redis-cli`` against it: ``redis.cli("SET", "k", "v").run()``."""
-        return Subcommand(self._bundle._native.redis(self.name).cli([str(a) for a in args]))
+        return Subcommand(self._engine().redis(str(self.name)).cli([str(a) for a in args]))
 
 
 class Smtp(_ReadyMade):
@@ -135,7 +135,7 @@ class Smtp(_ReadyMade):
 
     @property
     def smtp_port(self) -> int:
-        return self._bundle._native.smtp(self.name).port()
+        return self._engine().smtp(str(self.name)).port()
 
     def messages(self) -> List[Any]:
         """Every message received so far, as a dict."""

@@ -9,5 +9,5 @@ cargo test --workspace --locked
 # The Python package, built by pip with maturin (its PEP 517 backend), with what its tests use.
 python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --root-user-action=ignore \
     pytest pytest-xdist psutil ./crates/hitchserve-py
-# The SMTP mock the Python tests start is the one `cargo test` just built.
+# The SMTP mock the Python tests start is the package's own (its `hitchsmtp` command).
 python3 -m pytest crates/hitchserve-py/tests -n 2 -p no:cacheprovider

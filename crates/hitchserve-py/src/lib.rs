@@ -123,7 +123,8 @@ fn context_of(e: &Error) -> (Option<String>, Vec<String>) {
 }
 
 /// The engine's error as the matching `hitchserve.errors` exception: the message is the
-/// engine's, word for word; `service`, `last_lines` and `kind` are attributes.
+/// engine's, word for word but for the advice naming its Rust API (see
+/// `hitchserve.errors._pythonic`); `service`, `last_lines` and `kind` are attributes.
 fn py_err(e: Error) -> PyErr {
     Python::attach(|py| {
         let (service, last_lines) = context_of(&e);
@@ -137,7 +138,9 @@ fn py_err(e: Error) -> PyErr {
         let message = e.to_string();
         let build = || -> PyResult<PyErr> {
             let module = py.import("hitchserve.errors")?;
-            let exc = module.getattr(class)?.call1((message.clone(),))?;
+            // The advice in Python terms ("Service(directory=...)", not "Service::directory").
+            let text = module.getattr("_pythonic")?.call1((message.as_str(),))?;
+            let exc = module.getattr(class)?.call1((text,))?;
             exc.setattr("service", service.clone())?;
             exc.setattr("last_lines", last_lines.clone())?;
             exc.setattr("kind", kind.clone())?;
@@ -232,7 +235,22 @@ fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
 /// A log line for Python: `(text, service, stream, part, seq, unix time, console form)`.
 type Entry = (String, String, &'static str, &'static str, u64, f64, String);
 
-fn entry(line: &LogLine) -> Entry {
+/// The console's label width for a bundle with these services: room for "Err NAME" (the
+/// console widens it further for services with hooks, whose labels are longer).
+fn console_width(names: &[String]) -> usize {
+    names
+        .iter()
+        .map(|n| "Err ".len() + n.len())
+        .fold("Hitch".len(), usize::max)
+}
+
+/// The length of a line's label (`[label] text`; labels never contain `]`).
+fn label_len(line: &LogLine) -> usize {
+    line.to_string().find(']').map_or(0, |end| end - 1)
+}
+
+/// `width`: the label width of the console form (see `console_width`).
+fn entry(line: &LogLine, width: usize) -> Entry {
     let stream = match line.stream() {
         Stream::Stdout => "stdout",
         _ => "stderr",
@@ -254,7 +272,7 @@ fn entry(line: &LogLine) -> Entry {
         part,
         line.seq(),
         time,
-        line.to_string(),
+        format!("{line:width$}"),
     )
 }
 
@@ -560,6 +578,31 @@ impl NativeBundle {
         lock(&self.bundle).as_ref().map(f).ok_or_else(starting)
     }
 
+    /// Run `f`, and in interactive mode (the console muted) also return the bundle's own
+    /// lines it logged, in the console format, for Python to print: what the user asked for
+    /// at the prompt (a time travel, a log message) is shown; only service lines stay muted.
+    fn said<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Bundle) -> R + Send,
+    ) -> PyResult<(R, Vec<String>)> {
+        self.with(py, |b| {
+            if !b.is_interactive() {
+                return (f(b), Vec::new());
+            }
+            let tail = b.logs().tail();
+            let result = f(b);
+            let width = console_width(&b.service_names());
+            let said = tail
+                .grep(|_| true)
+                .iter()
+                .filter(|l| l.is_bundle_message())
+                .map(|l| format!("{l:width$}"))
+                .collect();
+            (result, said)
+        })
+    }
+
     fn handle(&self, name: &str) -> PyResult<hitchserve::ServiceHandle> {
         self.quick(|b| b.service(name))?.or_raise()
     }
@@ -719,17 +762,24 @@ impl NativeBundle {
         self.quick(Bundle::check)?.or_raise()
     }
 
-    /// Move the clocks forward by `seconds`.
-    fn time_travel(&self, py: Python<'_>, seconds: f64) -> PyResult<()> {
-        let by = secs(seconds)?;
-        self.with(py, |b| b.time_travel(by))?.or_raise()
+    /// Move the clocks by `micros` microseconds (negative: back), as one relative jump so
+    /// the log says it exactly ("3 days ago").
+    /// In interactive mode, the lines it logged (see `said`).
+    fn time_travel_by(&self, py: Python<'_>, micros: i64) -> PyResult<Vec<String>> {
+        let by = hitchserve::jiff::SignedDuration::from_micros(micros);
+        let (result, said) = self.said(py, |b| b.time_travel_by(by))?;
+        result.or_raise()?;
+        Ok(said)
     }
 
-    /// Make the clocks say this moment (microseconds since the Unix epoch).
-    fn time_travel_to(&self, py: Python<'_>, micros: i64) -> PyResult<()> {
+    /// Make the clocks say this moment (microseconds since the Unix epoch). In interactive
+    /// mode, the lines it logged (see `said`).
+    fn time_travel_to(&self, py: Python<'_>, micros: i64) -> PyResult<Vec<String>> {
         let moment = hitchserve::jiff::Timestamp::from_microsecond(micros)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        self.with(py, |b| b.time_travel_to(moment))?.or_raise()
+        let (result, said) = self.said(py, |b| b.time_travel_to(moment))?;
+        result.or_raise()?;
+        Ok(said)
     }
 
     /// What time the services think it is, in microseconds since the Unix epoch.
@@ -737,12 +787,14 @@ impl NativeBundle {
         Ok(self.quick(Bundle::now)?.as_microsecond())
     }
 
-    fn log(&self, message: &str) -> PyResult<()> {
-        self.quick(|b| b.log(message))
+    /// Log `message`; in interactive mode, its lines to print (see `said`).
+    fn log(&self, py: Python<'_>, message: &str) -> PyResult<Vec<String>> {
+        Ok(self.said(py, |b| b.log(message))?.1)
     }
 
-    fn warn(&self, message: &str) -> PyResult<()> {
-        self.quick(|b| b.warn(message))
+    /// Log `message` as a warning; in interactive mode, its lines to print (see `said`).
+    fn warn(&self, py: Python<'_>, message: &str) -> PyResult<Vec<String>> {
+        Ok(self.said(py, |b| b.warn(message))?.1)
     }
 
     fn start_interactive_mode(&self) -> PyResult<()> {
@@ -762,14 +814,16 @@ impl NativeBundle {
     }
 
     fn logs(&self) -> PyResult<Logs> {
-        Ok(Logs {
-            logs: self.quick(Bundle::logs)?,
+        self.quick(|b| Logs {
+            logs: b.logs(),
+            width: console_width(&b.service_names()),
         })
     }
 
     fn service(&self, name: &str) -> PyResult<ServiceHandle> {
         Ok(ServiceHandle {
             handle: self.handle(name)?,
+            width: self.quick(|b| console_width(&b.service_names()))?,
         })
     }
 
@@ -939,6 +993,8 @@ impl SmtpHandle {
 #[pyclass(module = "hitchserve._native", frozen)]
 struct ServiceHandle {
     handle: hitchserve::ServiceHandle,
+    /// The console's label width (see `console_width`).
+    width: usize,
 }
 
 #[pymethods]
@@ -954,6 +1010,7 @@ impl ServiceHandle {
     fn logs(&self) -> Logs {
         Logs {
             logs: self.handle.logs(),
+            width: self.width,
         }
     }
 
@@ -1015,6 +1072,8 @@ impl ServiceHandle {
 #[pyclass(module = "hitchserve._native", frozen)]
 struct Logs {
     logs: hitchserve::Logs,
+    /// The console's label width (see `console_width`).
+    width: usize,
 }
 
 #[pymethods]
@@ -1022,30 +1081,35 @@ impl Logs {
     fn out(&self) -> Logs {
         Logs {
             logs: self.logs.out(),
+            width: self.width,
         }
     }
 
     fn err(&self) -> Logs {
         Logs {
             logs: self.logs.err(),
+            width: self.width,
         }
     }
 
     fn setup(&self) -> Logs {
         Logs {
             logs: self.logs.setup(),
+            width: self.width,
         }
     }
 
     fn poststart(&self) -> Logs {
         Logs {
             logs: self.logs.poststart(),
+            width: self.width,
         }
     }
 
     fn main(&self) -> Logs {
         Logs {
             logs: self.logs.main(),
+            width: self.width,
         }
     }
 
@@ -1056,12 +1120,14 @@ impl Logs {
 
     fn entries(&self, py: Python<'_>) -> Vec<Entry> {
         let logs = self.logs.clone();
-        py.detach(move || logs.entries().iter().map(entry).collect())
+        let width = self.width;
+        py.detach(move || logs.entries().iter().map(|l| entry(l, width)).collect())
     }
 
     fn last(&self, py: Python<'_>, n: usize) -> Vec<Entry> {
         let logs = self.logs.clone();
-        py.detach(move || logs.last(n).iter().map(entry).collect())
+        let width = self.width;
+        py.detach(move || logs.last(n).iter().map(|l| entry(l, width)).collect())
     }
 
     fn __len__(&self, py: Python<'_>) -> usize {
@@ -1069,10 +1135,15 @@ impl Logs {
         py.detach(move || logs.len())
     }
 
-    /// Every line in the console format.
+    /// Every line in the console format, labels padded as the console pads them.
     fn console(&self, py: Python<'_>) -> String {
         let logs = self.logs.clone();
-        py.detach(move || logs.to_string())
+        let width = self.width;
+        py.detach(move || {
+            let entries = logs.entries();
+            let width = entries.iter().map(label_len).fold(width, usize::max);
+            entries.iter().map(|l| format!("{l:width$}\n")).collect()
+        })
     }
 
     fn json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
@@ -1090,6 +1161,7 @@ impl Logs {
     fn tail(&self, lines_back: usize) -> Tail {
         Tail {
             tail: Mutex::new(self.logs.tail().lines_back(lines_back)),
+            width: self.width,
         }
     }
 }
@@ -1098,6 +1170,8 @@ impl Logs {
 #[pyclass(module = "hitchserve._native", frozen)]
 struct Tail {
     tail: Mutex<hitchserve::Tail>,
+    /// The console's label width (see `console_width`).
+    width: usize,
 }
 
 impl Tail {
@@ -1171,7 +1245,7 @@ impl Tail {
                 slice,
             )
         })?;
-        Ok(entry(&line))
+        Ok(entry(&line, self.width))
     }
 
     /// Wait up to `timeout` seconds for a JSON line making `pred(value)` true; the value.
@@ -1195,7 +1269,11 @@ impl Tail {
     fn next_line(&self, py: Python<'_>) -> PyResult<Option<Entry>> {
         loop {
             let mut cursor = py.detach(|| lock(&self.tail).clone());
-            let result = py.detach(|| cursor.next_line(SLICE).map(|l| (entry(&l), cursor)));
+            let result = py.detach(|| {
+                cursor
+                    .next_line(SLICE)
+                    .map(|l| (entry(&l, self.width), cursor))
+            });
             match result {
                 Ok((line, cursor)) => {
                     py.detach(|| *lock(&self.tail) = cursor);
@@ -1275,9 +1353,18 @@ type Captured<'py> = (
     Bound<'py, PyBytes>,
 );
 
+/// Run the mock SMTP server (the `hitchsmtp` crate) in this process with the command line
+/// `args`, until the process is killed; returns the exit code of a failure to start. The
+/// GIL is released: the server never calls into Python.
+#[pyfunction]
+fn smtp_main(py: Python<'_>, args: Vec<String>) -> i32 {
+    py.detach(move || hitchsmtp::run(args))
+}
+
 /// The native half of the `hitchserve` package.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(smtp_main, m)?)?;
     m.add_class::<NativeBundle>()?;
     m.add_class::<ServiceDef>()?;
     m.add_class::<HookCtx>()?;

@@ -1,6 +1,5 @@
 """Shared helpers: real processes only (small Python programs run as services)."""
 
-import os
 import pathlib
 import sys
 import textwrap
@@ -12,20 +11,6 @@ pytest_plugins = ["pytester"]
 REPO = pathlib.Path(__file__).resolve().parents[3]
 #: Generous: the machine may be loaded (2 cores, other builds, `nice`).
 PATIENCE = 60.0
-
-
-def _hitchsmtp() -> None:
-    """Point the ready-made Smtp at this workspace's hitchsmtp (built by `cargo build`)."""
-    if os.environ.get("HITCHSMTP"):
-        return
-    for profile in ("debug", "release"):
-        candidate = REPO / "target" / profile / "hitchsmtp"
-        if candidate.is_file():
-            os.environ["HITCHSMTP"] = str(candidate)
-            return
-
-
-_hitchsmtp()
 
 
 def py(code: str) -> list:

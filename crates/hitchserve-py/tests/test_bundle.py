@@ -114,8 +114,8 @@ def test_interactive_startup_leaves_the_console_alone_and_log_and_warn_print(pro
     bundle = django_bundle(project)
     with bundle:
         bundle.startup(interactive=True)
-        bundle.log("not printed while interactive")
-        assert capfd.readouterr().out == ""
+        bundle["Django"].logs.err.tail.until(lambda l: l == "DONE", timeout=PATIENCE, lines_back=10)
+        assert "Django]" not in capfd.readouterr().out
         bundle.stop_interactive_mode()
         bundle.log("Your message here")
         bundle.warn("A bad thing just happened")
@@ -126,7 +126,41 @@ def test_interactive_startup_leaves_the_console_alone_and_log_and_warn_print(pro
         bundle.start_interactive_mode()
         assert bundle.interactive
         # Nothing is lost: the muted lines are stored.
-        assert "not printed while interactive" in bundle.logs.lines()
+        assert "Quit the server with CONTROL-C." in bundle.logs.lines()
+
+
+def test_interactive_mode_shows_what_the_user_asked_for_and_mutes_only_service_lines(project, capfd):
+    bundle = django_bundle(project)
+    with bundle:
+        bundle.startup(interactive=True)
+        capfd.readouterr()
+        bundle.time_travel(days=2)
+        bundle.log("Your message here")
+        bundle.warn("A bad thing just happened")
+        out = capfd.readouterr().out.splitlines()
+        # As the console prints them (the label padded to "Err Django").
+        assert out[0].startswith("[     Hitch] Time travelling to 2 days from now (")
+        assert out[1:] == [
+            "[     Hitch] Your message here",
+            "[     Hitch] WARNING: A bad thing just happened",
+        ]
+
+
+def test_ipython_completes_service_names(project):
+    IPython = pytest.importorskip("IPython")
+    from IPython.core.completer import provisionalcompleter
+
+    bundle = django_bundle(project)
+    bundle["HitchSMTP"] = hitchserve.Service(command=["true"])
+    shell = IPython.InteractiveShell.instance()
+    try:
+        shell.user_ns["bundle"] = bundle
+        with provisionalcompleter():
+            found = {c.text for c in shell.Completer.completions('bundle["Hi', len('bundle["Hi'))}
+    finally:
+        IPython.InteractiveShell.clear_instance()
+    assert "HitchSMTP" in found
+    assert "Django" not in found
 
 
 def test_the_context_manager_stops_every_service(project):
@@ -177,6 +211,7 @@ def test_a_startup_timeout_is_a_startup_error_and_a_timeout_error(project):
     assert isinstance(raised.value, hitchserve.StartupError)
     assert raised.value.service == "Slow"
     assert "`Slow` was waiting for" in str(raised.value)
+    assert "raise ServiceBundle(startup_timeout=...) if the services are just slow" in str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -193,6 +228,49 @@ def test_bad_definitions_are_definition_errors_before_anything_starts(project, d
     define(bundle)
     with pytest.raises(hitchserve.DefinitionError, match=words):
         bundle.startup()
+
+
+@pytest.mark.parametrize(
+    "service, advice",
+    [
+        (hitchserve.Service(command=["true"], directory="missing"), "or fix Service(directory=...)"),
+        (hitchserve.Service(command=["true", "{port.web}"]), 'add Service(ports=["NAME"]) to the service'),
+    ],
+)
+def test_error_advice_names_the_python_arguments_not_the_rust_api(project, service, advice):
+    bundle = hitchserve.ServiceBundle(str(project))
+    bundle["A"] = service
+    with pytest.raises(hitchserve.DefinitionError) as raised:
+        bundle.startup()
+    assert advice in str(raised.value)
+    assert "::" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "env_vars, error, words",
+    [
+        ({"A=B": 1}, hitchserve.DefinitionError, "env_vars: 'A=B' is not an environment variable name"),
+        ({"": 2}, hitchserve.DefinitionError, "env_vars: '' is not an environment variable name"),
+        ({3: "x"}, TypeError, "env_vars: variable names are strings, not int: 3"),
+        ({"A": "x\0y"}, hitchserve.DefinitionError, "the value of 'A' contains a NUL"),
+    ],
+)
+def test_bad_env_vars_are_refused_when_the_service_is_defined(env_vars, error, words):
+    with pytest.raises(error, match=words):
+        hitchserve.Service(command=["true"], env_vars=env_vars)
+
+
+def test_a_service_name_that_is_not_a_string_is_refused_when_added(project):
+    bundle = hitchserve.ServiceBundle(str(project))
+    with pytest.raises(TypeError, match="service names are strings, not int: 1"):
+        bundle[1] = hitchserve.Service(command=["true"])
+    assert len(bundle) == 0
+
+
+def test_a_command_given_as_one_string_is_a_type_error_suggesting_the_list():
+    with pytest.raises(TypeError, match=r"command must be a list of arguments, not a str: "
+                       r"write command=\['python3', '-c', 'print\(1\)'\]"):
+        hitchserve.Service(command="python3 -c 'print(1)'")
 
 
 def test_an_unknown_service_is_a_key_error_naming_the_known_ones(project):

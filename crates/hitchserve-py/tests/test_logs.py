@@ -80,6 +80,28 @@ def test_follow_lines_back_2_is_a_generator_of_the_two_last_lines_then_new_ones(
     assert next(follow) == "c"
 
 
+def test_a_closed_follow_returns_no_more_lines(echo):
+    follow = echo.logs.out.tail.follow()
+    echo.say("a")
+    assert next(follow) == "a"
+    follow.close()
+    echo.say("b")
+    echo.logs.out.tail.until(lambda l: l == "b", timeout=PATIENCE, lines_back=2)
+    assert next(follow, None) is None
+
+
+def test_printed_logs_and_lines_are_padded_as_the_console_pads_them(echo, service_bundle):
+    echo.say("x")
+    echo.logs.out.tail.until(lambda l: l == "x", timeout=PATIENCE, lines_back=3)
+    # The console's width here: "Err Echo" (8).
+    assert "[    Echo] x\n" in str(echo.logs.out)
+    assert repr(echo.logs.out).splitlines()[0] == "[    Echo] READY"
+    assert echo.logs.out.last(1)[0].console == '[    Echo] {"echo": "x"}'
+    assert "[   Hitch] Starting Echo" in str(service_bundle.logs)
+    with pytest.raises(hitchserve.NoSuchService, match=r"\(it has: none yet\)"):
+        hitchserve.ServiceBundle(".")["Echo"]
+
+
 def test_follow_ends_when_the_service_stops(echo, service_bundle):
     follow = echo.logs.tail.follow(lines_back=1)
     service_bundle.shutdown()
@@ -94,6 +116,30 @@ def test_a_wait_that_times_out_says_what_it_waited_for_and_shows_the_last_lines(
     assert isinstance(raised.value, TimeoutError)
     assert "timed out after 0.2 s waiting for a matching line in `Echo`'s logs" in str(raised.value)
     assert any("the last thing said" in l for l in raised.value.last_lines)
+
+
+def test_a_wait_that_times_out_names_its_service(echo, service_bundle):
+    for logs in (echo.logs, echo.logs.err, echo.logs.out):
+        with pytest.raises(hitchserve.LogTimeout) as raised:
+            logs.tail.until_json(lambda v: False, timeout=0.05)
+        assert raised.value.service == "Echo"
+    with pytest.raises(hitchserve.LogTimeout) as raised:
+        service_bundle.logs.tail.until(lambda l: False, timeout=0.05)
+    assert raised.value.service is None  # the whole bundle's logs
+
+
+@pytest.mark.parametrize("bad, error", [(-5, ValueError), ("2", TypeError), (1.5, TypeError)])
+def test_a_bad_lines_back_is_refused_naming_the_argument(echo, bad, error):
+    tail = echo.logs.tail
+    for call in (
+        lambda: tail.until(lambda l: True, timeout=PATIENCE, lines_back=bad),
+        lambda: tail.until_json(lambda v: True, timeout=PATIENCE, lines_back=bad),
+        lambda: tail.follow(lines_back=bad),
+    ):
+        with pytest.raises(error, match="lines_back is a number of lines"):
+            call()
+    with pytest.raises(error, match="n is a number of lines"):
+        echo.logs.last(bad)
 
 
 def test_a_predicate_that_raises_fails_the_wait_with_that_exception(echo):
@@ -113,8 +159,12 @@ def test_a_wait_on_a_service_that_exits_ends_at_once(service_bundle):
         log_line_ready_checker=lambda l: l == "READY",
     )
     service_bundle.startup()
-    with pytest.raises(hitchserve.LogEnded):
+    with pytest.raises(hitchserve.LogEnded) as ended:
         service_bundle["Short"].logs.tail.until(lambda l: l == "never", timeout=PATIENCE)
+    assert ended.value.service == "Short"
+    with pytest.raises(hitchserve.LogEnded) as ended:
+        service_bundle["Short"].logs.out.tail.until_json(lambda v: False, timeout=PATIENCE)
+    assert ended.value.service == "Short"
     with pytest.raises(hitchserve.ServiceExited):
         service_bundle.check()
     # Reported: the fixture's shutdown must not fail the test for it.

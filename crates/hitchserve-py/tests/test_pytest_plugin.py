@@ -1,7 +1,10 @@
 """The pytest plugin: a bundle per test (and per xdist worker), torn down after it, and a
 failure report with the bundle's last lines and the kept all.log."""
 
+import os
 import re
+
+import pytest
 
 INNER = '''
 import sys
@@ -27,6 +30,10 @@ def test_has_its_own_port_a(service_bundle):
 def test_has_its_own_port_b(service_bundle):
     web = start(service_bundle)
     print("PORT", web.port("http"), "PID", web.pid)
+
+def test_passes_and_cleans_up(service_bundle, hitchserve_project_directory):
+    start(service_bundle)
+    print("PROJECT", hitchserve_project_directory)
 '''
 
 
@@ -39,8 +46,33 @@ def test_a_failed_test_reports_the_bundles_last_lines_and_all_log(pytester):
     assert re.search(r"\[\s*Web\] READY", out)
     match = re.search(r"all\.log: (\S+)", out)
     assert match, out
-    with open(match.group(1)) as log:
+    with open(match.group(1)) as log:  # kept after the failed test
         assert "READY" in log.read()
+
+
+def test_a_passed_tests_project_directory_is_removed_after_it(pytester):
+    pytester.makepyfile(test_inner=INNER)
+    result = pytester.runpytest_subprocess("-k", "cleans_up", "-p", "no:cacheprovider", "-rP")
+    result.assert_outcomes(passed=1)
+    match = re.search(r"PROJECT (\S+)", result.stdout.str())
+    assert match, result.stdout.str()
+    assert not os.path.exists(match.group(1))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a service as another user needs root")
+def test_the_fixtures_project_directory_is_reachable_by_a_service_of_another_user(service_bundle):
+    import hitchserve
+
+    service_bundle["Nobody"] = hitchserve.Service(
+        command=["/bin/sh", "-c", "echo READY; pwd; exec sleep 3600"],
+        user="nobody",
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    service_bundle.startup()
+    assert service_bundle["Nobody"].process.username() == "nobody"
+    assert service_bundle["Nobody"].logs.out.tail.until(
+        lambda line: line.startswith("/"), lines_back=2, timeout=60
+    ) == service_bundle.project_directory
 
 
 def test_each_xdist_worker_gets_its_own_bundle_and_ports_and_stops_it(pytester):
@@ -55,15 +87,3 @@ def test_each_xdist_worker_gets_its_own_bundle_and_ports_and_stops_it(pytester):
     for _, pid in found:
         assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
 
-
-def test_the_readmes_fixture_example(service_bundle):
-    import hitchserve
-
-    service_bundle["Web"] = hitchserve.Service(
-        command=["python3", "-u", "-m", "http.server", "{port.http}"],
-        ports=["http"],
-        log_line_ready_checker=lambda line: "Serving HTTP" in line,
-    )
-    service_bundle.startup()
-    assert service_bundle["Web"].process.is_running()
-    assert str(service_bundle["Web"].port("http")) in service_bundle["Web"].logs.out.lines()[0]

@@ -62,6 +62,44 @@ def test_the_seeds_time_travel_session(started):
     assert len(printed) == 5
 
 
+def test_a_jump_back_is_said_exactly_as_asked(started):
+    bundle = started
+    before = bundle.now()
+    bundle.time_travel(days=-3)
+    assert bundle.now() < before - timedelta(days=2, hours=23)
+    bundle.time_travel(days=-1)
+    bundle.time_travel(timedelta(hours=-2), minutes=-30)
+    said = [l.split(" (")[0] for l in bundle.logs.lines() if l.startswith("Time travelling")]
+    assert said == [
+        "Time travelling to 3 days ago",
+        "Time travelling to 1 day ago",
+        "Time travelling to 2 hours ago",
+    ]
+
+
+def test_a_timedelta_given_first_is_a_delta(started):
+    bundle = started
+    real = datetime.now()
+    bundle.time_travel(timedelta(days=1))
+    assert bundle.now() - real >= timedelta(days=1)
+    assert bundle.logs.lines()[-1].startswith("Time travelling to 1 day from now")
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda b: b.time_travel("2015-01-01"), "takes a datetime.datetime"),
+        (lambda b: b.time_travel(datetime="2015-01-01"), "not str: '2015-01-01'"),
+        (lambda b: b.time_travel(timedelta=3), "takes a datetime.timedelta, not int"),
+    ],
+)
+def test_time_travel_to_something_not_a_datetime_is_a_type_error(started, call, words):
+    before = len(started.logs)
+    with pytest.raises(TypeError, match=words):
+        call(started)
+    assert not [l for l in started.logs.lines()[before:] if l.startswith("Time travelling")]
+
+
 def test_the_process_api_is_psutil(started):
     django = started["Django"]
     assert isinstance(django.pid, int)

@@ -2,8 +2,6 @@
 example; the reminders scenario as a Python team would write it."""
 
 import os
-import shutil
-import tempfile
 import smtplib
 import sys
 import urllib.request
@@ -43,6 +41,34 @@ def test_the_seeds_hitchsmtp_until_json(service_bundle_factory):
     assert bundle["HitchSMTP"].messages() == [email]
 
 
+def test_smtp_runs_the_mock_this_package_installed(service_bundle, monkeypatch, tmp_path):
+    # Nothing but the package: no $HITCHSMTP, no cargo-built hitchsmtp on PATH or in cargo's bin.
+    monkeypatch.delenv("HITCHSMTP", raising=False)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setenv("CARGO_HOME", str(tmp_path))
+    service_bundle["HitchSMTP"] = Smtp()
+    service_bundle.startup()
+    smtp = service_bundle["HitchSMTP"]
+    assert any(os.path.basename(arg) == "hitchsmtp" for arg in smtp.process.cmdline()[:2])
+    assert "python" in os.path.basename(smtp.process.exe())
+    inbox = smtp.logs.out.tail
+    send_email(smtp.smtp_port, "Hello", "From the wheel's own mock.")
+    assert inbox.until_json(lambda m: m["subject"] == "Hello", timeout=PATIENCE)["payload"]
+
+
+def test_python_m_hitchserve_smtp_is_the_mock(service_bundle):
+    service_bundle["Mock"] = hitchserve.Service(
+        command=[sys.executable, "-m", "hitchserve.smtp", "--port", "{port.smtp}"],
+        ports=["smtp"],
+        log_line_ready_checker=lambda line: line.startswith("hitchsmtp: listening on 127.0.0.1:"),
+    )
+    service_bundle.startup()
+    mock = service_bundle["Mock"]
+    inbox = mock.logs.out.tail
+    send_email(mock.port("smtp"), "Hi", "Hello", to="550-unknown-user@example.com")
+    assert inbox.until_json(lambda m: True, timeout=PATIENCE)["sent_to"] == ["550-unknown-user@example.com"]
+
+
 def test_redis_cli_and_url(service_bundle):
     service_bundle["Redis"] = Redis(config={"maxmemory": "10mb"})
     service_bundle.startup()
@@ -52,18 +78,10 @@ def test_redis_cli_and_url(service_bundle):
     assert redis.url == f"redis://127.0.0.1:{redis.redis_port}"
 
 
-@pytest.fixture
-def reachable_project():
-    """PostgreSQL runs as `postgres` when the tests run as root: pytest's tmp_path (0700
-    under /tmp/pytest-of-root) is out of its reach, so the project lives elsewhere."""
-    path = tempfile.mkdtemp(prefix="hitchserve-py-pg-")
-    os.chmod(path, 0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def test_postgres_users_databases_and_psql_follow_time_travel(reachable_project, service_bundle_factory):
-    service_bundle = service_bundle_factory(reachable_project, startup_timeout=PATIENCE)
+def test_postgres_users_databases_and_psql_follow_time_travel(service_bundle_factory):
+    # As root, PostgreSQL runs as `postgres`: the fixture's project directory must be in its
+    # reach (pytest's tmp_path, under a 0700 directory, is not).
+    service_bundle = service_bundle_factory(startup_timeout=PATIENCE)
     service_bundle["Postgres"] = Postgres(
         users=[PostgresUser("app", "secret")],
         databases=[PostgresDatabase("app", "app")],

@@ -22,7 +22,7 @@ use crate::service::{Condition, Service};
 use crate::signal::{ExitStatus, Signal};
 use crate::subcommand::Subcommand;
 use crate::supervise::{deadline_after, Output, Phase, Plan, Shared, State, MARKER_VAR};
-use crate::timetravel::{describe_jump, show, Clock};
+use crate::timetravel::{describe_jump, describe_shift, show, Clock};
 
 /// How many of a service's last lines an error message carries.
 const LAST_LINES: usize = 20;
@@ -693,7 +693,23 @@ impl Bundle {
     /// # Ok(()) }
     /// ```
     pub fn time_travel(&self, by: Duration) -> Result<()> {
-        self.jump(|clock| clock.advance(by))
+        let ns = i128::try_from(by.as_nanos()).unwrap_or(i128::MAX);
+        self.jump(Some(ns), |clock| clock.shift(ns))
+    }
+
+    /// Move every faked service's clock by `by`: forward, or back when it is negative (jumps
+    /// add up). The log says the jump as asked ("3 days ago"), not as measured between two
+    /// clock reads.
+    ///
+    /// ```no_run
+    /// # fn demo(bundle: &hitchserve::Bundle) -> hitchserve::Result<()> {
+    /// use hitchserve::jiff::SignedDuration;
+    /// bundle.time_travel_by(SignedDuration::from_hours(-3 * 24))?; // logs "3 days ago"
+    /// # Ok(()) }
+    /// ```
+    pub fn time_travel_by(&self, by: jiff::SignedDuration) -> Result<()> {
+        let ns = by.as_nanos();
+        self.jump(Some(ns), |clock| clock.shift(ns))
     }
 
     /// Make every faked service's clock say `moment` now (and tick on from there).
@@ -705,10 +721,11 @@ impl Bundle {
     /// # Ok(()) }
     /// ```
     pub fn time_travel_to(&self, moment: jiff::Timestamp) -> Result<()> {
-        self.jump(|clock| clock.set_now(moment))
+        self.jump(None, |clock| clock.set_now(moment))
     }
 
-    fn jump(&self, how: impl FnOnce(&Clock) -> Result<i128>) -> Result<()> {
+    /// `by_ns`: the relative jump asked for, if it was one (said as asked in the log).
+    fn jump(&self, by_ns: Option<i128>, how: impl FnOnce(&Clock) -> Result<i128>) -> Result<()> {
         if !self.time_travel {
             return Err(Error::TimeTravelDisabled);
         }
@@ -718,11 +735,8 @@ impl Bundle {
         let from = self.clock.now();
         how(&self.clock)?;
         let to = self.clock.now();
-        self.log(format!(
-            "Time travelling to {} ({})",
-            describe_jump(from, to),
-            show(to)
-        ));
+        let jump = by_ns.map_or_else(|| describe_jump(from, to), describe_shift);
+        self.log(format!("Time travelling to {jump} ({})", show(to)));
         Ok(())
     }
 

@@ -6,7 +6,7 @@ readiness, logs, time travel, kernels and shutdown all happen in Rust.
 
 import datetime as _dt
 import os
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _native
 from .errors import DefinitionError, NoSuchService
@@ -63,6 +63,8 @@ class ServiceBundle:
     # -- the services, as a dict ----------------------------------------------------------
 
     def __setitem__(self, name: str, service: Service) -> None:
+        if not isinstance(name, str):
+            raise TypeError(f"service names are strings, not {type(name).__name__}: {name!r}")
         if not isinstance(service, Service):
             raise TypeError(f"bundle[{name!r}] must be a hitchserve.Service, not {type(service).__name__}")
         if self._added:
@@ -79,7 +81,7 @@ class ServiceBundle:
         try:
             return self._services[name]
         except KeyError:
-            known = ", ".join(f"`{n}`" for n in self._services)
+            known = ", ".join(f"`{n}`" for n in self._services) or "none yet"
             err = NoSuchService(f"no service `{name}` in this bundle (it has: {known})")
             err.service = name
             raise err from None
@@ -99,13 +101,17 @@ class ServiceBundle:
     def __len__(self) -> int:
         return len(self._services)
 
+    def _ipython_key_completions_(self) -> List[str]:
+        # IPython completes `bundle["Dj<TAB>` from these.
+        return list(self._services)
+
     def keys(self) -> List[str]:
         return list(self._services)
 
     def values(self) -> List[Service]:
         return list(self._services.values())
 
-    def items(self) -> List[tuple]:
+    def items(self) -> List[Tuple[str, Service]]:
         return list(self._services.items())
 
     # -- starting and stopping ------------------------------------------------------------
@@ -150,12 +156,13 @@ class ServiceBundle:
     # -- the console ----------------------------------------------------------------------
 
     def log(self, message: Any) -> None:
-        """Print a message among the service lines (``[Hitch] message``) and store it."""
-        self._native.log(str(message))
+        """Print a message among the service lines (``[Hitch] message``) and store it (printed
+        in interactive mode too: you asked for it)."""
+        _print(self._native.log(str(message)))
 
     def warn(self, message: Any) -> None:
-        """Print a warning among the service lines and store it."""
-        self._native.warn(str(message))
+        """Print a warning among the service lines and store it (in interactive mode too)."""
+        _print(self._native.warn(str(message)))
 
     def start_interactive_mode(self) -> None:
         """Stop printing log lines (they are still stored), e.g. to use IPython."""
@@ -202,7 +209,7 @@ class ServiceBundle:
 
     def time_travel(
         self,
-        datetime: Optional[_dt.datetime] = None,
+        datetime: Union[_dt.datetime, _dt.timedelta, None] = None,
         timedelta: Optional[_dt.timedelta] = None,
         seconds: float = 0,
         minutes: float = 0,
@@ -210,17 +217,25 @@ class ServiceBundle:
         days: float = 0,
     ) -> None:
         """Move every service's clock: to ``datetime`` (naive means local time), or by
-        ``timedelta`` plus ``days``/``hours``/``minutes``/``seconds`` (negative goes back)."""
-        if datetime is not None:
-            self._native.time_travel_to(_micros(datetime))
-            return
+        ``timedelta`` plus ``days``/``hours``/``minutes``/``seconds`` (negative goes back).
+        The jump is logged ("Time travelling to 2 days from now"), in interactive mode too.
+        A ``timedelta`` given first, ``bundle.time_travel(timedelta(days=1))``, is a delta;
+        with ``datetime``, the deltas are added to it."""
+        if isinstance(datetime, _dt.timedelta):
+            timedelta = datetime if timedelta is None else _check_delta(timedelta) + datetime
+            datetime = None
+        if datetime is not None and not isinstance(datetime, _dt.datetime):
+            raise TypeError(
+                "time_travel(datetime=...) takes a datetime.datetime (or, first, a "
+                f"datetime.timedelta), not {type(datetime).__name__}: {datetime!r}"
+            )
         delta = _dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
         if timedelta is not None:
-            delta += timedelta
-        if delta >= _dt.timedelta(0):
-            self._native.time_travel(delta.total_seconds())
+            delta += _check_delta(timedelta)
+        if datetime is not None:
+            _print(self._native.time_travel_to(_micros(datetime + delta)))
         else:
-            self._native.time_travel_to(self._native.now() + _delta_micros(delta))
+            _print(self._native.time_travel_by(_delta_micros(delta)))
 
     def now(self) -> _dt.datetime:
         """What time the services think it is (local time, naive, as ``datetime.now()``)."""
@@ -248,6 +263,20 @@ class ServiceBundle:
         else:
             state = "not started"
         return f"<ServiceBundle {self.project_directory!r} {list(self._services)} {state}>"
+
+
+def _print(said: List[str]) -> None:
+    # What the engine logged for a command given in interactive mode (the console is muted).
+    for line in said:
+        print(line, flush=True)
+
+
+def _check_delta(delta: Any) -> _dt.timedelta:
+    if not isinstance(delta, _dt.timedelta):
+        raise TypeError(
+            f"time_travel(timedelta=...) takes a datetime.timedelta, not {type(delta).__name__}: {delta!r}"
+        )
+    return delta
 
 
 def _micros(moment: _dt.datetime) -> int:

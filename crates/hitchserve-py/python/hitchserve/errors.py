@@ -7,11 +7,14 @@ word: which service, what happened, its last log lines, what to do. Attributes:
 * ``last_lines`` -- the last log lines it carries (oldest first),
 * ``kind`` -- the engine's name for it (``"ExitedBeforeReady"``, ``"WaitTimeout"``, ...).
 
+Where the engine's advice names its Rust API (``Service::directory``), the message names the
+Python argument instead (``Service(directory=...)``); the rest is word for word.
+
 A Python exception raised by your own code (a ``log_line_ready_checker``, a ``setup`` or
 ``poststart`` hook, a ``tail.until`` predicate) is raised as itself, not wrapped.
 """
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 __all__ = [
     "ServiceError",
@@ -96,3 +99,23 @@ class NoSuchProcess(ServiceError):
 
 class TimeTravelError(ServiceError):
     """Time travel is off for this bundle, or the moment is out of range."""
+
+
+#: The engine's advice in Rust terms, and the same in this package's terms.
+_RUST_TO_PYTHON: Tuple[Tuple[str, str], ...] = (
+    ("Bundle::startup_timeout", "ServiceBundle(startup_timeout=...)"),
+    ("Bundle::without_time_travel()", "ServiceBundle(time_travel=False)"),
+    ("Bundle::without_time_travel", "ServiceBundle(time_travel=False)"),
+    ("Service::new", "Service(command=[...])"),
+    ("Service::directory", "Service(directory=...)"),
+    ("Service::no_libfaketime()", "Service(no_libfaketime=True)"),
+    ('Service::port("NAME")', 'Service(ports=["NAME"])'),
+    ("Postgres::bin_dir", "Postgres(bin_dir=...)"),
+)
+
+
+def _pythonic(message: str) -> str:
+    """The engine's message with its advice in Python terms (called by the native module)."""
+    for rust, python in _RUST_TO_PYTHON:
+        message = message.replace(rust, python)
+    return message

@@ -4,11 +4,12 @@ Everything here asks the engine (``hitchserve._native``): lines are stored, pars
 waited for in Rust; these classes give them their Python shape.
 """
 
-import collections.abc
+import contextlib
 import datetime as _dt
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Generator, Iterator, List, Optional, Tuple
 
 from . import _native
+from .errors import ServiceError
 
 __all__ = ["Logs", "LogLine", "Tail", "Follow"]
 
@@ -22,7 +23,7 @@ class LogLine(str):
     ``service`` (``"Hitch"`` for the bundle's own lines), ``stream`` (``"stdout"`` or
     ``"stderr"``), ``part`` (``"main"``, ``"setup"`` or ``"poststart"``), ``seq`` (its place
     among all lines of the bundle), ``time`` (a ``datetime``, real time) and ``console``
-    (the line as it is printed: ``[   Django] text``).
+    (the line as the console prints it, the label padded: ``[    Django] text``).
     """
 
     service: str
@@ -30,8 +31,9 @@ class LogLine(str):
     part: str
     seq: int
     console: str
+    _time: float
 
-    def __new__(cls, entry: tuple) -> "LogLine":
+    def __new__(cls, entry: Tuple[str, str, str, str, int, float, str]) -> "LogLine":
         text, service, stream, part, seq, time, console = entry
         self = super().__new__(cls, text)
         self.service = service
@@ -62,40 +64,43 @@ class Logs:
     a cursor that waits for new lines.
     """
 
-    def __init__(self, native: "_native.Logs", what: str = "logs") -> None:
+    def __init__(
+        self, native: "_native.Logs", what: str = "logs", service: Optional[str] = None
+    ) -> None:
         self._native = native
         self._what = what
+        self._service = service  # None: the whole bundle's
 
     @property
     def out(self) -> "Logs":
         """Only standard output."""
-        return Logs(self._native.out(), self._what + ".out")
+        return Logs(self._native.out(), self._what + ".out", self._service)
 
     @property
     def err(self) -> "Logs":
         """Only standard error."""
-        return Logs(self._native.err(), self._what + ".err")
+        return Logs(self._native.err(), self._what + ".err", self._service)
 
     @property
     def setup(self) -> "Logs":
         """Only what the setup hook ran."""
-        return Logs(self._native.setup(), self._what + ".setup")
+        return Logs(self._native.setup(), self._what + ".setup", self._service)
 
     @property
     def poststart(self) -> "Logs":
         """Only what the poststart hook ran."""
-        return Logs(self._native.poststart(), self._what + ".poststart")
+        return Logs(self._native.poststart(), self._what + ".poststart", self._service)
 
     @property
     def main(self) -> "Logs":
         """Only the service's own process (no hook output)."""
-        return Logs(self._native.main(), self._what + ".main")
+        return Logs(self._native.main(), self._what + ".main", self._service)
 
     @property
     def tail(self) -> "Tail":
         """A cursor that starts now: ``tail.until(...)``, ``tail.until_json(...)``,
         ``tail.follow(lines_back=2)``."""
-        return Tail(self._native.tail(0))
+        return Tail(self._native.tail(0), self._service)
 
     def lines(self) -> List[str]:
         """The text of every line, oldest first."""
@@ -107,7 +112,7 @@ class Logs:
 
     def last(self, n: int = 20) -> List[LogLine]:
         """The last ``n`` lines, oldest first."""
-        return [LogLine(e) for e in self._native.last(n)]
+        return [LogLine(e) for e in self._native.last(_count(n, "n"))]
 
     def json(self) -> List[Any]:
         """Every line that parses as JSON, parsed (dicts, lists...), in order."""
@@ -140,8 +145,9 @@ class Tail:
     rest of that line (``"accepted"`` after ``"Password: "``); ``logs.lines()`` holds the
     whole line, once."""
 
-    def __init__(self, native: "_native.Tail") -> None:
+    def __init__(self, native: "_native.Tail", service: Optional[str] = None) -> None:
         self._native = native
+        self._service = service
 
     def until(
         self,
@@ -153,9 +159,10 @@ class Tail:
         (default 60); start ``lines_back`` lines earlier. Raises :class:`LogTimeout` (with the
         last lines), :class:`LogEnded` if the service exits meanwhile, or whatever
         ``condition`` raised."""
-        if lines_back:
+        if _count(lines_back, "lines_back"):
             self._native.back(lines_back)
-        return LogLine(self._native.until(condition, _timeout(timeout)))
+        with self._naming_the_service():
+            return LogLine(self._native.until(condition, _timeout(timeout)))
 
     def until_json(
         self,
@@ -165,35 +172,52 @@ class Tail:
     ) -> Any:
         """Wait for the next JSON line whose value makes ``condition(value)`` true, and
         return the value (lines that are not JSON are skipped)."""
-        if lines_back:
+        if _count(lines_back, "lines_back"):
             self._native.back(lines_back)
-        return self._native.until_json(condition, _timeout(timeout))
+        with self._naming_the_service():
+            return self._native.until_json(condition, _timeout(timeout))
 
     def follow(self, lines_back: int = 0) -> "Follow":
         """The lines as they arrive, starting ``lines_back`` lines earlier: iterate over it
         (it ends when the service's output ends; Ctrl-C raises ``KeyboardInterrupt``), or
         show it in IPython to print lines until Ctrl-C."""
-        if lines_back:
+        if _count(lines_back, "lines_back"):
             self._native.back(lines_back)
         return Follow(self._native)
+
+    @contextlib.contextmanager
+    def _naming_the_service(self) -> Iterator[None]:
+        # The engine's wait errors name the service in their message only.
+        try:
+            yield
+        except ServiceError as e:
+            if e.service is None:
+                e.service = self._service
+            raise
 
     def __repr__(self) -> str:
         return "<Tail: until(condition), until_json(condition), follow(lines_back=0)>"
 
 
-class Follow(collections.abc.Generator):
-    """Lines as they arrive (a generator of :class:`LogLine`)."""
+class Follow(Generator[LogLine, None, None]):
+    """Lines as they arrive (a generator of :class:`LogLine`); ``close()`` ends it."""
 
     def __init__(self, native: "_native.Tail") -> None:
         self._native = native
+        self._closed = False
 
-    def send(self, value: Any) -> LogLine:
+    def send(self, value: None) -> LogLine:
+        if self._closed:
+            raise StopIteration
         entry = self._native.next_line()
         if entry is None:
+            self._closed = True
             raise StopIteration
         return LogLine(entry)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> LogLine:
+        # As a generator function's: what is thrown in ends it (close() throws GeneratorExit).
+        self._closed = True
         if val is None:
             val = typ() if isinstance(typ, type) else typ
         raise val.with_traceback(tb) if tb is not None else val
@@ -212,6 +236,14 @@ class Follow(collections.abc.Generator):
 
     def __repr__(self) -> str:
         return "<Follow: iterate over it, or call print()>"
+
+
+def _count(n: int, what: str) -> int:
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise TypeError(f"{what} is a number of lines, not {type(n).__name__}: {n!r}")
+    if n < 0:
+        raise ValueError(f"{what} is a number of lines, 0 or more, not {n}")
+    return n
 
 
 def _timeout(timeout: Optional[float]) -> float:

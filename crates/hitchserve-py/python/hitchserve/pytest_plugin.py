@@ -3,18 +3,22 @@
 Fixtures:
 
 * ``service_bundle`` -- a fresh :class:`~hitchserve.ServiceBundle` per test, in the test's
-  own project directory (``hitchserve_project_directory``, by default the test's
-  ``tmp_path``), shut down after the test. Ports reserved with ``Service(ports=[...])`` are
+  own project directory (``hitchserve_project_directory``), shut down after the test. Ports reserved with ``Service(ports=[...])`` are
   unique across every test and every pytest-xdist worker.
 * ``service_bundle_factory`` -- ``service_bundle_factory(startup_timeout=30, ...)`` for more
   bundles, or other options; each is shut down after the test.
-* ``hitchserve_project_directory`` -- override it to run the services in your project.
+* ``hitchserve_project_directory`` -- by default a fresh directory of the test's own, mode
+  0711 outside pytest's 0700 ``tmp_path`` tree, so services that run as another user
+  (``Postgres`` as root runs as ``postgres``; ``Service(user=...)``) can reach it; removed
+  after a test that passed. Override it to run the services in your project.
 
 When a test fails, its report gets a section per bundle with the bundle's last lines and the
-path of the run's ``all.log`` (kept after the test).
+path of the run's ``all.log``, and the project directory is kept.
 """
 
 import os
+import shutil
+import tempfile
 from typing import Any, Callable, Iterator, List
 
 import pytest
@@ -25,12 +29,20 @@ from .bundle import ServiceBundle
 REPORT_LINES = 40
 
 _BUNDLES = pytest.StashKey[List[ServiceBundle]]()
+#: Set when the test failed in any phase: its project directory (and all.log) is kept.
+_FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture
-def hitchserve_project_directory(tmp_path: Any) -> str:
-    """The project directory the test's bundles use: the test's own ``tmp_path``."""
-    return os.fspath(tmp_path)
+def hitchserve_project_directory(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The project directory the test's bundles use: a fresh one, reachable by services
+    that run as other users (pytest's own ``tmp_path`` is under a 0700 directory), removed
+    after the test unless it failed."""
+    path = tempfile.mkdtemp(prefix="hitchserve-test-")
+    os.chmod(path, 0o711)  # others may pass through (not list): services run as other users
+    yield path
+    if not request.node.stash.get(_FAILED, False):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -54,6 +66,7 @@ def service_bundle_factory(
         except Exception as e:  # a crash after startup: fail the test's teardown with it
             errors.append(e)
     if errors:
+        request.node.stash[_FAILED] = True  # keep the project directory and its all.log
         raise errors[0]
 
 
@@ -76,7 +89,9 @@ def _section(bundle: ServiceBundle) -> str:
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
     report = yield
     if report.failed:
-        for n, bundle in enumerate(item.stash.get(_BUNDLES, [])):
+        item.stash[_FAILED] = True
+        bundles: List[ServiceBundle] = item.stash.get(_BUNDLES, [])
+        for n, bundle in enumerate(bundles):
             title = "hitchserve bundle" + (f" {n + 1}" if n else "")
             report.sections.append((f"{title} ({bundle.project_directory})", _section(bundle)))
     return report

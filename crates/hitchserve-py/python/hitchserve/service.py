@@ -8,13 +8,14 @@ are Python callables the engine calls (on its own threads, taking the GIL for th
 
 import datetime as _dt
 import os
+import shlex
 import subprocess
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import psutil
 
 from . import _native
-from .errors import NotRunning
+from .errors import DefinitionError, NotRunning
 from .logs import Logs
 
 __all__ = ["Service", "Subcommand"]
@@ -131,11 +132,17 @@ class Service:
         user: Optional[str] = None,
         one_shot: bool = False,
     ) -> None:
+        if isinstance(command, (str, bytes)):
+            raise TypeError(
+                f"command must be a list of arguments, not a {type(command).__name__}: "
+                f"write command={shlex.split(os.fsdecode(command))!r} (no shell runs it)"
+            )
         self.command = [str(c) for c in command] if command is not None else None
         self.log_line_ready_checker = log_line_ready_checker
         self.directory = directory
         self.no_libfaketime = no_libfaketime
         self.env_vars = dict(env_vars or {})
+        _check_env_vars(self.env_vars)
         self.needs = list(needs or [])
         self.needs_started = list(needs_started or [])
         self.needs_completed = list(needs_completed or [])
@@ -172,8 +179,8 @@ class Service:
             d.ready_when(self.log_line_ready_checker)
         if self.directory is not None:
             d.directory(os.fspath(self.directory))
-        for key, value in self.env_vars.items():
-            d.env(str(key), str(value))
+        for key, value in _check_env_vars(self.env_vars).items():
+            d.env(key, value)
         for method, names in (
             (d.needs, self.needs),
             (d.needs_started, self.needs_started),
@@ -209,17 +216,23 @@ class Service:
 
     # -- a started service ----------------------------------------------------------------
 
-    def _handle(self) -> "_native.ServiceHandle":
+    def _engine(self) -> "_native.NativeBundle":
+        """The native bundle this service is in."""
         if self._bundle is None:
             raise NotRunning(f"service {self.name or '(unnamed)'!r} is not in a bundle")
+        native: _native.NativeBundle = self._bundle._native
+        return native
+
+    def _handle(self) -> "_native.ServiceHandle":
         if self._native_handle is None:
-            self._native_handle = self._bundle._native.service(self.name)
-        return self._native_handle
+            self._native_handle = self._engine().service(str(self.name))
+        handle: _native.ServiceHandle = self._native_handle
+        return handle
 
     @property
     def logs(self) -> Logs:
         """Its log lines (``.out``, ``.err``, ``.tail``, ``.json()``...)."""
-        return Logs(self._handle().logs(), f"{self.name}.logs")
+        return Logs(self._handle().logs(), f"{self.name}.logs", self.name)
 
     @property
     def pid(self) -> Optional[int]:
@@ -243,7 +256,7 @@ class Service:
     def working_directory(self) -> str:
         """The directory it runs in."""
         if self._ctx is not None:
-            return os.fspath(self._ctx.directory())
+            return os.fspath(self._ctx.directory())  # type: ignore[no-any-return]
         return os.fspath(self._handle().directory())
 
     @property
@@ -281,7 +294,7 @@ class Service:
 
     def port(self, name: str) -> int:
         """The port reserved for it as ``name`` (see ``ports=``)."""
-        return self._bundle._native.port(self.name, name)
+        return self._engine().port(str(self.name), name)
 
     def subcommand(self, *args: Any) -> Subcommand:
         """A command to run in its environment, directory and fake time:
@@ -323,6 +336,26 @@ class Service:
                     state = f"running, pid {pid}" if pid else "not running"
                 return f"<{type(self).__name__} {name!r}: {state}>"
         return f"<{type(self).__name__} {name!r} (not started) command={self.command!r}>"
+
+
+def _check_env_vars(env_vars: Dict[str, Any]) -> Dict[str, str]:
+    """``env_vars`` as the strings to set; a name that is not one is refused up front."""
+    checked = {}
+    for key, value in env_vars.items():
+        if not isinstance(key, str):
+            raise TypeError(
+                f"env_vars: variable names are strings, not {type(key).__name__}: {key!r}"
+            )
+        if not key or "=" in key or "\0" in key:
+            raise DefinitionError(
+                f"env_vars: {key!r} is not an environment variable name "
+                "(it must be non-empty, without '=' or NUL)"
+            )
+        text = str(value)
+        if "\0" in text:
+            raise DefinitionError(f"env_vars: the value of {key!r} contains a NUL character")
+        checked[key] = text
+    return checked
 
 
 def _name_of(need: Union[Service, str]) -> str:

@@ -7,6 +7,8 @@ Their hooks are the engine's: overriding ``setup``/``poststart`` on them is refu
 """
 
 import datetime as _dt
+import functools
+import importlib.metadata
 import os
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
 
@@ -72,7 +74,7 @@ class Postgres(_ReadyMade):
         )
 
     def _pg(self) -> "_native.PostgresHandle":
-        return self._bundle._native.postgres(self.name)
+        return self._engine().postgres(str(self.name))
 
     @property
     def postgres_port(self) -> int:
@@ -103,37 +105,58 @@ class Redis(_ReadyMade):
 
     @property
     def redis_port(self) -> int:
-        return self._bundle._native.redis(self.name).port()
+        return self._engine().redis(str(self.name)).port()
 
     @property
     def url(self) -> str:
-        return self._bundle._native.redis(self.name).url()
+        return self._engine().redis(str(self.name)).url()
 
     def cli(self, *args: Any) -> Subcommand:
         """``redis-cli`` against it: ``redis.cli("SET", "k", "v").run()``."""
-        return Subcommand(self._bundle._native.redis(self.name).cli([str(a) for a in args]))
+        return Subcommand(self._engine().redis(str(self.name)).cli([str(a) for a in args]))
 
 
 class Smtp(_ReadyMade):
     """The mock SMTP server (``hitchsmtp``): every message is a JSON line in its logs
     (``sent_from``, ``sent_to``, ``subject``, ``payload``, ``links``...), for
-    ``logs.json()`` and ``logs.out.tail.until_json(...)``. The binary is looked for in
-    ``$HITCHSMTP``, on ``PATH`` and in ``~/.cargo/bin`` (``cargo install hitchsmtp``)."""
+    ``logs.json()`` and ``logs.out.tail.until_json(...)``. It is in this package (the
+    ``hitchsmtp`` command it installs, ``python -m hitchserve.smtp``); ``program=`` or
+    ``$HITCHSMTP`` runs another ``hitchsmtp`` instead (e.g. one built with cargo)."""
 
     def __init__(self, program: Optional[PathLike] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.program = program
 
     def _base_definition(self) -> "_native.ServiceDef":
-        return _native.ServiceDef.smtp(os.fspath(self.program) if self.program else None)
+        program = self.program
+        if program is None and not os.environ.get("HITCHSMTP"):
+            program = _packaged_hitchsmtp()
+        return _native.ServiceDef.smtp(os.fspath(program) if program else None)
 
     @property
     def smtp_port(self) -> int:
-        return self._bundle._native.smtp(self.name).port()
+        return self._engine().smtp(str(self.name)).port()
 
     def messages(self) -> List[Any]:
         """Every message received so far, as a dict."""
         return self.logs.out.json()
+
+
+@functools.lru_cache(maxsize=None)
+def _packaged_hitchsmtp() -> Optional[str]:
+    """The ``hitchsmtp`` command installed with this package (wherever the installer put its
+    scripts: a venv, ``--user``, ``/usr/local/bin``...), from the package's own record; without
+    it (a broken install), the engine looks on ``PATH`` and says how to install one."""
+    try:
+        files = importlib.metadata.distribution("hitchserve").files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == "hitchsmtp" and file.parent.name == "bin":
+            path = os.path.abspath(os.fspath(file.locate()))
+            if os.access(path, os.X_OK):
+                return path
+    return None
 
 
 class Cron(_ReadyMade):

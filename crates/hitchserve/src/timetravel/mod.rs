@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jiff::Timestamp;
 
@@ -104,10 +104,9 @@ impl Clock {
         self.set_offset(moment.as_nanosecond() - real)
     }
 
-    /// Move forward by `by`; returns the new offset.
-    pub(crate) fn advance(&self, by: Duration) -> Result<i128> {
-        let by = i128::try_from(by.as_nanos()).unwrap_or(i128::MAX);
-        self.set_offset(self.offset().saturating_add(by))
+    /// Move by `by_ns` nanoseconds (negative: back); returns the new offset.
+    pub(crate) fn shift(&self, by_ns: i128) -> Result<i128> {
+        self.set_offset(self.offset().saturating_add(by_ns))
     }
 
     fn set_offset(&self, offset: i128) -> Result<i128> {
@@ -386,7 +385,12 @@ impl Drop for SharedOffset {
 
 /// "2 days from now", "3 hours ago": how a jump reads in the log.
 pub(crate) fn describe_jump(from: Timestamp, to: Timestamp) -> String {
-    let secs = (to.as_nanosecond() - from.as_nanosecond()) / 1_000_000_000;
+    describe_shift(to.as_nanosecond() - from.as_nanosecond())
+}
+
+/// How a jump by `ns` nanoseconds reads: whole units, rounded towards zero.
+pub(crate) fn describe_shift(ns: i128) -> String {
+    let secs = ns / 1_000_000_000;
     let (n, ago) = (secs.unsigned_abs(), secs < 0);
     let (amount, unit) = match n {
         0..=59 => (n, "second"),

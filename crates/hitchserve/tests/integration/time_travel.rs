@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hitchserve::jiff::Timestamp;
+use hitchserve::jiff::{SignedDuration, Timestamp};
 use hitchserve::{Bundle, Error, Service};
 use serde_json::Value;
 
@@ -92,6 +92,48 @@ fn a_jump_forward_is_seen_by_the_service_and_its_clock_keeps_ticking() {
         .lines()
         .iter()
         .any(|l| l.starts_with("Time travelling to 2 days from now (")));
+}
+
+#[test]
+fn a_signed_jump_back_is_seen_by_the_service_and_logged_as_asked() {
+    let p = Project::new("tt-back");
+    let b = started(&p, &[("Clock", ticker())]);
+    let before = secs(b.now());
+    b.time_travel_by(SignedDuration::from_hours(-3 * 24))
+        .unwrap();
+    assert!(secs(b.now()) < before - 2.0 * 86_400.0);
+    let three_days_ago = real_now() - 2.0 * 86_400.0;
+    let tick = b
+        .service("Clock")
+        .unwrap()
+        .logs()
+        .out()
+        .tail()
+        .until_json(
+            |v| v["t"].as_f64().is_some_and(|t| t < three_days_ago),
+            PATIENCE,
+        )
+        .unwrap();
+    assert!(tick["dt"].as_f64().unwrap() < three_days_ago);
+    b.time_travel_by(SignedDuration::from_hours(-24)).unwrap();
+    b.time_travel_by(SignedDuration::from_hours(4 * 24))
+        .unwrap();
+    let said: Vec<String> = b
+        .logs()
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("Time travelling to "))
+        .map(|l| l.split(" (").next().unwrap_or_default().to_owned())
+        .collect();
+    // Said as asked, not as two clock reads a moment apart measure it ("2 days ago").
+    assert_eq!(
+        said,
+        [
+            "Time travelling to 3 days ago",
+            "Time travelling to 1 day ago",
+            "Time travelling to 4 days from now"
+        ]
+    );
 }
 
 #[test]

@@ -1,0 +1,326 @@
+//! hitchsmtp: a mock SMTP server for tests. It accepts every message and prints one JSON
+//! line per message on stdout (the fields of the original's HitchSMTP: `sent_from`,
+//! `sent_to`, `header_from`, `header_to`, `header_from_name`, `header_from_email`,
+//! `header_to_name`, `header_to_email`, `subject`, `date`, `contenttype`, `multipart`,
+//! `payload`, `links`). A recipient at `smtperrors.com` whose local part starts with an SMTP
+//! code gets that error back: `550-unknown-user@smtperrors.com` → `550 unknown user`.
+//!
+//! Usage: `hitchsmtp [--host 127.0.0.1] [--port 1025]`. It prints
+//! `hitchsmtp: listening on HOST:PORT` once the socket is bound (not before).
+//!
+//! The server is this library's [`run`], so that other programs can carry the mock in
+//! themselves (the Python package runs it as `python -m hitchserve.smtp`); the `hitchsmtp`
+//! binary is a `main` over it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+
+use mail_parser::{MessageParser, MimeHeaders};
+use serde_json::{json, Value};
+
+/// The domain whose recipients get canned errors.
+const ERROR_DOMAIN: &str = "smtperrors.com";
+
+/// Run the mock with the command line `args` (without the program name): listen and serve
+/// until the process is killed. Returns only on a failure, with the exit code to use (2 for
+/// a bad command line, 1 when the address can't be bound), the reason printed on stderr.
+///
+/// ```no_run
+/// std::process::exit(hitchsmtp::run(["--port".to_owned(), "2525".to_owned()]));
+/// ```
+pub fn run(args: impl IntoIterator<Item = String>) -> i32 {
+    let mut host = "127.0.0.1".to_owned();
+    let mut port = "1025".to_owned();
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--host", Some(v)) => host = v,
+            ("--port", Some(v)) => port = v,
+            _ => {
+                eprintln!("usage: hitchsmtp [--host HOST] [--port PORT]");
+                return 2;
+            }
+        }
+    }
+    let listener = match TcpListener::bind(format!("{host}:{port}")) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("hitchsmtp: cannot listen on {host}:{port}: {e}");
+            return 1;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| format!("{host}:{port}"), |a| a.to_string());
+    println!("hitchsmtp: listening on {addr}");
+    loop {
+        // `incoming()` never ends; a failed accept (out of descriptors...) is retried.
+        if let Ok((stream, _)) = listener.accept() {
+            std::thread::spawn(move || {
+                if let Err(e) = serve(stream) {
+                    eprintln!("hitchsmtp: connection ended: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// One SMTP conversation.
+fn serve(stream: TcpStream) -> std::io::Result<()> {
+    let mut out = stream.try_clone()?;
+    let mut input = BufReader::new(stream);
+    let mut from = String::new();
+    let mut to: Vec<String> = Vec::new();
+    out.write_all(b"220 hitchsmtp ESMTP ready\r\n")?;
+    let mut raw_line = Vec::new();
+    loop {
+        raw_line.clear();
+        if input.read_until(b'\n', &mut raw_line)? == 0 {
+            return Ok(());
+        }
+        let line = String::from_utf8_lossy(&raw_line);
+        let command = line.trim_end();
+        let upper = command.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            "250-hitchsmtp\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 AUTH PLAIN LOGIN".into()
+        } else if upper.starts_with("HELO") {
+            "250 hitchsmtp".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            from = address(&command[10..]);
+            to.clear();
+            "250 OK".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let rcpt = address(&command[8..]);
+            match canned_error(&rcpt) {
+                Some(error) => error,
+                None => {
+                    to.push(rcpt);
+                    "250 OK".into()
+                }
+            }
+        } else if upper == "DATA" && to.is_empty() {
+            "503 Need MAIL FROM and RCPT TO first".into()
+        } else if upper == "DATA" {
+            out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")?;
+            // A client that hangs up before the final `.` sent no message.
+            let Some(raw) = read_data(&mut input)? else {
+                return Ok(());
+            };
+            let message = describe(&raw, &from, &to);
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{message}")?;
+            stdout.flush()?;
+            to.clear();
+            "250 OK: queued".into()
+        } else if upper == "RSET" {
+            from.clear();
+            to.clear();
+            "250 OK".into()
+        } else if upper == "NOOP" {
+            "250 OK".into()
+        } else if upper == "QUIT" {
+            out.write_all(b"221 Bye\r\n")?;
+            return Ok(());
+        } else if upper.starts_with("AUTH") {
+            // Any credentials do; answer the challenges clients wait for.
+            let words: Vec<&str> = upper.split_whitespace().collect();
+            let challenges: &[&[u8]] = match words.as_slice() {
+                [_, "LOGIN"] => &[b"334 VXNlcm5hbWU6\r\n", b"334 UGFzc3dvcmQ6\r\n"],
+                [_, "LOGIN", _] => &[b"334 UGFzc3dvcmQ6\r\n"],
+                [_, "PLAIN"] => &[b"334 \r\n"],
+                _ => &[],
+            };
+            for challenge in challenges {
+                out.write_all(challenge)?;
+                let mut answer = Vec::new();
+                if input.read_until(b'\n', &mut answer)? == 0 {
+                    return Ok(());
+                }
+            }
+            "235 Authentication successful".into()
+        } else if upper.starts_with("VRFY") {
+            "252 Cannot VRFY user, but will accept message".into()
+        } else if upper == "STARTTLS" {
+            "454 TLS not available".into()
+        } else {
+            "500 Command not recognised".into()
+        };
+        out.write_all(reply.as_bytes())?;
+        out.write_all(b"\r\n")?;
+    }
+}
+
+/// `<a@b>` or `a@b` (with optional parameters after) → `a@b`.
+fn address(arg: &str) -> String {
+    let arg = arg.trim();
+    match (arg.find('<'), arg.find('>')) {
+        (Some(a), Some(b)) if a < b => arg[a + 1..b].to_owned(),
+        _ => arg.split_whitespace().next().unwrap_or("").to_owned(),
+    }
+}
+
+/// `550-unknown-user@smtperrors.com` → `550 unknown user`.
+fn canned_error(rcpt: &str) -> Option<String> {
+    let (local, domain) = rcpt.rsplit_once('@')?;
+    if !domain.eq_ignore_ascii_case(ERROR_DOMAIN) {
+        return None;
+    }
+    let (code, text) = local.split_once('-').unwrap_or((local, "error"));
+    let valid =
+        code.len() == 3 && code.starts_with(['4', '5']) && code.bytes().all(|b| b.is_ascii_digit());
+    let code = if valid { code } else { "550" };
+    Some(format!("{code} {}", text.replace('-', " ")))
+}
+
+/// The message lines up to the lone `.`, dot-unstuffed, with CRLF endings; `None` if the
+/// client hung up first.
+fn read_data(input: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
+    let mut raw = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            return Ok(None);
+        }
+        let content = line.strip_suffix(b"\n").unwrap_or(&line);
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        if content == b"." {
+            return Ok(Some(raw));
+        }
+        // RFC 5321 4.5.2: a leading dot was added by the client; take it away.
+        raw.extend_from_slice(content.strip_prefix(b".").unwrap_or(content));
+        raw.extend_from_slice(b"\r\n");
+    }
+}
+
+fn now_rfc822() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    mail_parser::DateTime::from_timestamp(secs).to_rfc822()
+}
+
+fn links(text: &str) -> Vec<String> {
+    let re = regex_lite::Regex::new(r#"https?://[^\s<>"')\]]+"#).expect("a valid pattern");
+    re.find_iter(text)
+        .map(|m| {
+            m.as_str()
+                .trim_end_matches(['.', ',', ';', ':', '!', '?'])
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The JSON line for one message.
+fn describe(raw: &[u8], from: &str, to: &[String]) -> Value {
+    let Some(message) = MessageParser::default().parse(raw) else {
+        let text = String::from_utf8_lossy(raw).into_owned();
+        return json!({
+            "sent_from": from, "sent_to": to, "subject": null, "payload": text,
+            "links": links(&text), "multipart": false,
+        });
+    };
+    let first = |a: Option<&mail_parser::Address>| -> (Value, Value) {
+        match a.and_then(|a| a.first()) {
+            Some(addr) => (json!(addr.name()), json!(addr.address())),
+            None => (Value::Null, Value::Null),
+        }
+    };
+    let (from_name, from_email) = first(message.from());
+    let (to_name, to_email) = first(message.to());
+    let content_type = |ct: Option<&mail_parser::ContentType>| -> String {
+        ct.map_or_else(
+            || "text/plain".to_owned(),
+            |c| match c.subtype() {
+                Some(sub) => format!("{}/{}", c.ctype(), sub),
+                None => c.ctype().to_owned(),
+            },
+        )
+    };
+    let multipart = message.parts.len() > 1;
+    let mut all_links = Vec::new();
+    let payload = if multipart {
+        let parts: Vec<Value> = message
+            .parts
+            .iter()
+            .filter(|p| !p.is_multipart())
+            .map(|part| {
+                let headers: serde_json::Map<String, Value> = part
+                    .headers()
+                    .iter()
+                    .map(|h| {
+                        // The header as written (parsed values lose it for structured ones).
+                        let raw_value = raw
+                            .get(h.offset_start as usize..h.offset_end as usize)
+                            .map(|b| String::from_utf8_lossy(b).trim().to_owned());
+                        (h.name().to_owned(), json!(raw_value))
+                    })
+                    .collect();
+                let text = part.text_contents().map(str::to_owned);
+                let part_links = text.as_deref().map(links).unwrap_or_default();
+                all_links.extend(part_links.iter().cloned());
+                json!({
+                    "contenttype": content_type(part.content_type()),
+                    "filename": part.attachment_name(),
+                    "headers": headers,
+                    "content": text.unwrap_or_else(|| String::from_utf8_lossy(part.contents()).into_owned()),
+                    "links": part_links,
+                })
+            })
+            .collect();
+        Value::Array(parts)
+    } else {
+        // The body as sent (HTML stays HTML, so its links are found).
+        let root = message.root_part();
+        let text = root
+            .text_contents()
+            .map(str::to_owned)
+            .unwrap_or_else(|| String::from_utf8_lossy(root.contents()).into_owned());
+        all_links = links(&text);
+        json!(text)
+    };
+    json!({
+        "sent_from": from,
+        "sent_to": to,
+        "header_from": message.header_raw("From").map(str::trim),
+        "header_to": message.header_raw("To").map(str::trim),
+        "header_from_name": from_name,
+        "header_from_email": from_email,
+        "header_to_name": to_name,
+        "header_to_email": to_email,
+        "subject": message.subject(),
+        // Without a Date header, when it arrived (on the service's clock: fake time too).
+        "date": message.date().map_or_else(now_rfc822, |d| d.to_rfc822()),
+        "contenttype": content_type(message.content_type()),
+        "multipart": multipart,
+        "payload": payload,
+        "links": all_links,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canned_errors_come_from_the_local_part() {
+        assert_eq!(
+            canned_error("550-unknown-user@smtperrors.com").as_deref(),
+            Some("550 unknown user")
+        );
+        assert_eq!(
+            canned_error("451-try-later@SMTPERRORS.com").as_deref(),
+            Some("451 try later")
+        );
+        assert_eq!(canned_error("someone@example.com"), None);
+    }
+
+    #[test]
+    fn addresses_and_links_are_extracted() {
+        assert_eq!(address("<a@b.com> SIZE=100"), "a@b.com");
+        assert_eq!(
+            links("go to https://x.test/c?d=1, or http://y.test."),
+            vec!["https://x.test/c?d=1", "http://y.test"]
+        );
+    }
+}

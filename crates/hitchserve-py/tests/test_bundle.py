@@ -301,9 +301,10 @@ def test_a_crash_after_startup_is_reported_by_check_and_shutdown(project):
     bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
     bundle["Flaky"] = hitchserve.Service(
         command=py("""
-            import sys
-            print("READY")
-            sys.stdin.read()
+            import os, sys, time
+            print("READY", flush=True)
+            while not os.path.exists("die"):
+                time.sleep(0.01)
             print("lost the database", file=sys.stderr)
             sys.exit(7)
         """),
@@ -311,7 +312,9 @@ def test_a_crash_after_startup_is_reported_by_check_and_shutdown(project):
     )
     bundle.startup()
     flaky = bundle["Flaky"]
-    assert flaky.wait_exit(timeout=PATIENCE) is not None  # stdin is empty: it exits at once
+    # It crashes after startup, when told to (not during it: that would fail startup).
+    (project / "die").write_text("")
+    assert flaky.wait_exit(timeout=PATIENCE) is not None
     with pytest.raises(hitchserve.ServiceExited) as raised:
         bundle.check()
     assert raised.value.service == "Flaky"

@@ -92,7 +92,8 @@ def test_a_closed_follow_returns_no_more_lines(echo):
 
 def test_printed_logs_and_lines_are_padded_as_the_console_pads_them(echo, service_bundle):
     echo.say("x")
-    echo.logs.out.tail.until(lambda l: l == "x", timeout=PATIENCE, lines_back=3)
+    # The echo prints the line, then its JSON: wait for the second.
+    echo.logs.out.tail.until(lambda l: l == '{"echo": "x"}', timeout=PATIENCE, lines_back=3)
     # The console's width here: "Err Echo" (8).
     assert "[    Echo] x\n" in str(echo.logs.out)
     assert repr(echo.logs.out).splitlines()[0] == "[    Echo] READY"

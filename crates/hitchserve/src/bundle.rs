@@ -323,9 +323,10 @@ impl Bundle {
         let shared = Arc::new(Shared::new(Arc::clone(&self.output), plans, run, t0));
         self.shared = Some(Arc::clone(&shared));
         let result = self.walk_dag(&shared, t0);
-        // Evidence for a person: which service made startup slow (or failed it).
-        let svg = shared.run.path.join("timeline.svg");
-        let _ = crate::timeline::of(&shared).save_svg(&svg);
+        if result.is_err() {
+            // Evidence for a person: which service failed startup (or made it slow).
+            save_timeline(&shared);
+        }
         match result {
             Ok(()) => {
                 self.output
@@ -834,7 +835,8 @@ impl Bundle {
 
     /// When each service reached each step of its startup: set up, started, ready, done
     /// with poststart. `Display` draws a text Gantt chart; [`Timeline::save_svg`](crate::Timeline::save_svg) a picture
-    /// (startup also writes one to the run directory as `timeline.svg`).
+    /// (the bundle also writes one to the run directory as `timeline.svg` when it stops, or
+    /// when its startup fails).
     pub fn timeline(&self) -> Result<crate::timeline::Timeline> {
         Ok(crate::timeline::of(self.running()?))
     }
@@ -907,6 +909,7 @@ impl Bundle {
         if !self.stopped.swap(true, Ordering::SeqCst) {
             shared.stop_all(self.shutdown_timeout);
             self.clock.stop();
+            save_timeline(shared);
             // After stopping, every exit is known and classified as asked for or not.
             return report_crash(shared, None, true);
         }
@@ -920,6 +923,7 @@ impl Drop for Bundle {
             Some(shared) if !self.stopped.swap(true, Ordering::SeqCst) => {
                 shared.stop_all(self.shutdown_timeout);
                 self.clock.stop();
+                save_timeline(shared);
             }
             Some(_) => {}
             // Never started: still end any wait on its logs (e.g. a follow on another thread).
@@ -1141,6 +1145,14 @@ fn service_env(
 
 /// Find the program as exec would: a path with `/` from the service's directory, otherwise
 /// on the service's `PATH`. The error text says where we looked.
+/// `timeline.svg` in the run directory: which service made startup slow. Written when the
+/// bundle stops (or its startup fails), not before `startup()` returns: drawing it took a
+/// good part of the time between a service's ready line and `startup()` returning.
+fn save_timeline(shared: &Shared) {
+    let svg = shared.run.path.join("timeline.svg");
+    let _ = crate::timeline::of(shared).save_svg(&svg);
+}
+
 /// For each service that runs as another user: its own directory `<run>/<Name>/` (mode 0700,
 /// owned by that user, inside a run directory it can only pass through), and a check that it
 /// can reach its working directory, that directory and, if its clock is faked, the shim,

@@ -470,6 +470,10 @@ impl Shared {
             return;
         };
         let pid = child.id();
+        // Ready (if it needs no check) before its supervisor can see it exit: a one-shot
+        // that exits at once must still run its poststart hook before it counts as complete.
+        // (`run_task` does the same, in the same order.)
+        self.ready_if_immediate(idx);
         if let Err(e) = self.give(idx, Task::Supervise(child)) {
             // Without its thread nobody would reap or read it: kill it, forget its pgid
             // (it is about to be reaped), reap it, report why.
@@ -482,7 +486,6 @@ impl Shared {
             });
             return;
         }
-        self.ready_if_immediate(idx);
     }
 
     /// Start service `idx` on its own supervisor thread (spawn included), so several

@@ -53,7 +53,11 @@ fn the_timeline_follows_the_dag_and_is_drawn() {
         text.lines().count() == 5 && text.contains("Worker |"),
         "{text}"
     );
-    let svg = std::fs::read_to_string(b.run_dir().unwrap().join("timeline.svg")).unwrap();
+    // Drawn when the bundle stops, not before startup() returns.
+    let svg_path = b.run_dir().unwrap().join("timeline.svg");
+    assert!(!svg_path.exists());
+    b.shutdown().unwrap();
+    let svg = std::fs::read_to_string(svg_path).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains(">Worker<"), "{svg}");
     let path = p.path("mine.svg");
     t.save_svg(&path).unwrap();

@@ -430,9 +430,11 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
                     .ok_or_else(|| format!("service `{name}`: a cron needs a `command`"))?;
                 hitchserve::services::Cron::every(every, command).service()
             }
-            Some(other) => return Err(format!(
+            Some(other) => {
+                return Err(format!(
                 "service `{name}`: unknown kind `{other}` (postgres, mariadb, redis, smtp or cron)"
-            )),
+            ))
+            }
             None => {
                 let command = s.command.as_deref().map(strings).ok_or_else(|| {
                     format!("service `{name}` has no `command` (or a `kind` of ready-made service)")

@@ -9,12 +9,12 @@
 //! bundle's clock.
 //!
 //! Who may connect: the admin (a MariaDB account named after the server's OS user,
-//! authenticated by `unix_socket`: only that OS user may log in as it; likewise `root` for
-//! the OS root) only through the server's Unix socket, in a directory private to that OS user (0700, under a random name in
-//! our per-user temporary directory, short enough for a socket path); over TCP on 127.0.0.1,
-//! which every local user can reach, only the users made with [`MariaDb::user`], which have
-//! passwords. Passwords go to the client's stdin, never its command line, and a failing
-//! statement is not echoed by the client nor logged by the server.
+//! authenticated by `unix_socket`: only that OS user may log in as it; likewise `root` for the
+//! OS root) only through the server's Unix socket, in a directory private to that OS user
+//! (0700, under a random name in our per-user temporary directory, short enough for a socket
+//! path); over TCP on 127.0.0.1, which every local user can reach, only the users made with
+//! [`MariaDb::user`], which have passwords. Passwords go to the client's stdin, never its
+//! command line, and a failing statement is not echoed by the client nor logged by the server.
 
 use std::path::{Path, PathBuf};
 

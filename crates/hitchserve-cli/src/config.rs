@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hitchserve::jiff::{self, SignedDuration, Span, SpanRelativeTo};
-use hitchserve::services::{Postgres, Redis, Smtp};
+use hitchserve::services::{MariaDb, Postgres, Redis, Smtp};
 use hitchserve::{Bundle, Ready, Service};
 use serde::Deserialize;
 
@@ -39,7 +39,7 @@ pub struct BundleConfig {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// A ready-made service: `postgres`, `redis`, `smtp` or `cron`.
+    /// A ready-made service: `postgres`, `mariadb`, `redis`, `smtp` or `cron`.
     #[serde(default, deserialize_with = "checked_kind")]
     pub kind: Option<String>,
     /// Cron: how often (of fake time) to run `command`, e.g. `5m`.
@@ -63,12 +63,14 @@ pub struct ServiceConfig {
     pub user: Option<Text>,
     #[serde(default, deserialize_with = "checked_signal")]
     pub stop_signal: Option<String>,
-    /// Postgres: users to create.
+    /// Postgres, MariaDB: users to create.
     #[serde(default)]
     pub users: Vec<PgUser>,
-    /// Postgres: databases to create.
+    /// Postgres, MariaDB: databases to create.
     #[serde(default)]
     pub databases: Vec<PgDatabase>,
+    /// MariaDB: the installation to use (default `/usr`).
+    pub basedir: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,13 +177,13 @@ fn checked_json_match<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<T
 }
 
 /// The kinds of ready-made service.
-const KINDS: [&str; 4] = ["postgres", "redis", "smtp", "cron"];
+const KINDS: [&str; 5] = ["postgres", "mariadb", "redis", "smtp", "cron"];
 
 fn checked_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let text = String::deserialize(d)?;
     if !KINDS.contains(&text.as_str()) {
         return Err(serde::de::Error::custom(format!(
-            "unknown kind `{text}` (postgres, redis, smtp or cron)"
+            "unknown kind `{text}` (postgres, mariadb, redis, smtp or cron)"
         )));
     }
     Ok(Some(text))
@@ -398,6 +400,23 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
                 }
                 pg.service().map_err(|e| format!("service `{name}`: {e}"))?
             }
+            Some("mariadb") => {
+                let mut db = MariaDb::new();
+                if let Some(dir) = &s.basedir {
+                    db = db.basedir(dir.to_path());
+                }
+                for u in &s.users {
+                    db = db.user(u.name.as_str(), u.password.as_str());
+                }
+                for d in &s.databases {
+                    let (name, owner) = (d.name.as_str(), d.owner.as_str());
+                    db = match &d.dump {
+                        Some(dump) => db.database_from_dump(name, owner, dump.to_path()),
+                        None => db.database(name, owner),
+                    };
+                }
+                db.service().map_err(|e| format!("service `{name}`: {e}"))?
+            }
             Some("redis") => Redis::new().service(),
             Some("smtp") => Smtp::new().service(),
             Some("cron") => {
@@ -413,8 +432,8 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
             }
             Some(other) => {
                 return Err(format!(
-                    "service `{name}`: unknown kind `{other}` (postgres, redis, smtp or cron)"
-                ))
+                "service `{name}`: unknown kind `{other}` (postgres, mariadb, redis, smtp or cron)"
+            ))
             }
             None => {
                 let command = s.command.as_deref().map(strings).ok_or_else(|| {

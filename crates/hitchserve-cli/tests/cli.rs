@@ -434,6 +434,31 @@ fn exec_runs_as_the_services_user() {
 }
 
 #[test]
+fn a_mariadb_kind_makes_its_users_and_databases() {
+    let p = Project::new(
+        "mariadb",
+        "[bundle]\nstartup_timeout = \"60s\"\n\n[services.Db]\nkind = \"mariadb\"\n\
+         users = [{ name = \"app\", password = \"pw\" }]\n\
+         databases = [{ name = \"shop\", owner = \"app\" }]\n",
+    );
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    // Over TCP as the app user (the service's environment has the port), in its database.
+    let sql = p.run(&[
+        "exec",
+        "Db",
+        "--",
+        "sh",
+        "-c",
+        "MYSQL_PWD=pw mariadb --no-defaults --protocol=tcp -h 127.0.0.1 -u app -D shop -B -N \
+         -e 'CREATE TABLE t (x int); INSERT INTO t VALUES (42); SELECT x FROM t'",
+    ]);
+    assert!(sql.status.success(), "{}", text(&sql));
+    assert_eq!(String::from_utf8_lossy(&sql.stdout).trim(), "42");
+    down(&p);
+}
+
+#[test]
 fn down_during_startup_ends_it_without_waiting_for_the_timeout() {
     let (p, up, drain) = starting_forever("downstartup");
     let down = p.run(&["down"]);

@@ -6,11 +6,13 @@
 //! tests never collide.
 
 pub mod cron;
+pub mod mariadb;
 pub mod postgres;
 pub mod redis;
 pub mod smtp;
 
 pub use cron::Cron;
+pub use mariadb::{MariaDb, MariaDbHandle};
 pub use postgres::{Postgres, PostgresHandle};
 pub use redis::{Redis, RedisHandle};
 pub use smtp::{Smtp, SmtpHandle};

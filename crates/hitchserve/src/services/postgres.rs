@@ -324,7 +324,7 @@ fn template_name(initdb: &str) -> String {
 
 /// Remove socket directories of servers long gone: empty (a live server keeps its socket
 /// and lock file there) and older than a minute (not one a starting server is about to use).
-fn prune_socket_dirs(sockets: &Path) {
+pub(super) fn prune_socket_dirs(sockets: &Path) {
     let Ok(entries) = std::fs::read_dir(sockets) else {
         return;
     };

@@ -5,7 +5,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::Duration;
 
-use hitchserve::{services::Postgres, Error};
+use hitchserve::{
+    services::{MariaDb, Postgres},
+    Error,
+};
 
 use crate::common::{sh, Project, PATIENCE};
 
@@ -154,6 +157,40 @@ fn a_failing_create_user_never_shows_the_password() {
     let run = b.run_dir().unwrap().to_path_buf();
     let logged = b.logs().lines().join("\n");
     assert!(logged.contains("already exists"), "{logged}");
+    assert!(
+        !logged.contains(pw),
+        "the password is in the logs: {logged}"
+    );
+    drop(b);
+    let all_log = std::fs::read(run.join("logs").join("all.log")).unwrap();
+    assert!(!String::from_utf8_lossy(&all_log).contains(pw));
+}
+
+#[test]
+fn a_failing_mariadb_create_user_never_shows_the_password() {
+    let p = Project::new("mariadb-secret");
+    let mut b = p.bundle();
+    let pw = "s3cret-Pa55word";
+    // The second CREATE USER fails: the user exists.
+    b.add(
+        "MariaDb",
+        MariaDb::new()
+            .user("app", pw)
+            .user("app", pw)
+            .service()
+            .unwrap(),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("MariaDb"), "{message}");
+    assert!(
+        !message.contains(pw),
+        "the password is in the error: {message}"
+    );
+    let run = b.run_dir().unwrap().to_path_buf();
+    let logged = b.logs().lines().join("\n");
+    assert!(logged.contains("CREATE USER failed"), "{logged}");
     assert!(
         !logged.contains(pw),
         "the password is in the logs: {logged}"

@@ -6,11 +6,13 @@
 //! tests never collide.
 
 pub mod cron;
+pub mod memcached;
 pub mod postgres;
 pub mod redis;
 pub mod smtp;
 
 pub use cron::Cron;
+pub use memcached::{Memcached, MemcachedClient, MemcachedHandle};
 pub use postgres::{Postgres, PostgresHandle};
 pub use redis::{Redis, RedisHandle};
 pub use smtp::{Smtp, SmtpHandle};

@@ -14,6 +14,7 @@ mod kernel;
 mod log_losses;
 mod log_queries;
 mod log_store;
+mod memcached;
 mod orphans;
 mod parallel_bundles;
 mod ports;

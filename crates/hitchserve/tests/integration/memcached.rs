@@ -67,3 +67,27 @@ fn memcached_answers_set_get_and_stats_and_keeps_real_time() {
     assert!(!is_alive(pid));
     assert_eq!(marked_pids(&run), Vec::<u32>::new());
 }
+
+/// Startup-to-ready, median of 3: `cargo test --release -p hitchserve --test integration
+/// memcached_startup_figures -- --ignored --nocapture`.
+#[test]
+#[ignore = "a figure for the docs, not a check"]
+fn memcached_startup_figures() {
+    let mut times: Vec<f64> = (0..3)
+        .map(|_| {
+            let p = Project::new("memcached-bench");
+            let mut b = p.bundle();
+            b.add("Cache", Memcached::new().service()).unwrap();
+            let t = std::time::Instant::now();
+            b.startup().unwrap();
+            let took = t.elapsed().as_secs_f64() * 1000.0;
+            b.shutdown().unwrap();
+            took
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    println!(
+        "memcached startup-to-ready: median {:.0} ms of {times:?}",
+        times[1]
+    );
+}

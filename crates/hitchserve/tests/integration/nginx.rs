@@ -107,3 +107,31 @@ fn nginx_proxies_to_the_app_and_leaves_no_worker() {
         );
     }
 }
+
+/// Startup-to-ready of nginx alone (its app already up), median of 3: `cargo test --release
+/// -p hitchserve --test integration nginx_startup_figures -- --ignored --nocapture`.
+#[test]
+#[ignore = "a figure for the docs, not a check"]
+fn nginx_startup_figures() {
+    let mut times: Vec<f64> = (0..3)
+        .map(|_| {
+            let p = Project::new("nginx-bench");
+            let mut b = p.bundle();
+            b.add(
+                "Proxy",
+                Nginx::servers("server { listen 127.0.0.1:{port.http}; return 204; }").service(),
+            )
+            .unwrap();
+            let t = std::time::Instant::now();
+            b.startup().unwrap();
+            let took = t.elapsed().as_secs_f64() * 1000.0;
+            b.shutdown().unwrap();
+            took
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    println!(
+        "nginx startup-to-ready: median {:.0} ms of {times:?}",
+        times[1]
+    );
+}

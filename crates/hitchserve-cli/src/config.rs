@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hitchserve::jiff::{self, SignedDuration, Span, SpanRelativeTo};
-use hitchserve::services::{MariaDb, Postgres, Redis, Smtp};
+use hitchserve::services::{MariaDb, Memcached, Nginx, Postgres, Redis, Smtp};
 use hitchserve::{Bundle, Ready, Service};
 use serde::Deserialize;
 
@@ -39,7 +39,7 @@ pub struct BundleConfig {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// A ready-made service: `postgres`, `mariadb`, `redis`, `smtp` or `cron`.
+    /// A ready-made service: one of `KINDS`.
     #[serde(default, deserialize_with = "checked_kind")]
     pub kind: Option<String>,
     /// Cron: how often (of fake time) to run `command`, e.g. `5m`.
@@ -71,6 +71,31 @@ pub struct ServiceConfig {
     pub databases: Vec<PgDatabase>,
     /// MariaDB: the installation to use (default `/usr`).
     pub basedir: Option<Text>,
+    /// Postgres: where `initdb`, `postgres` and `psql` are.
+    pub bin_dir: Option<Text>,
+    /// Redis, memcached, nginx, smtp: the server's binary.
+    pub program: Option<Text>,
+    /// Memcached: memory for items, in megabytes.
+    pub memory_mb: Option<u32>,
+    /// Nginx: a reverse proxy to this service's port.
+    pub proxy: Option<ProxyTarget>,
+    /// Nginx: `server` blocks of your own (a template), inside the generated `http` block.
+    pub servers: Option<Text>,
+    /// Nginx: a whole `nginx.conf` template of your own (a file, from the project directory).
+    pub config_file: Option<Text>,
+}
+
+/// Where an nginx service proxies to: `{ service = "App", port = "http" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyTarget {
+    pub service: Text,
+    #[serde(default = "http_port")]
+    pub port: Text,
+}
+
+fn http_port() -> Text {
+    Text("http".to_owned())
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,13 +202,28 @@ fn checked_json_match<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<T
 }
 
 /// The kinds of ready-made service.
-const KINDS: [&str; 5] = ["postgres", "mariadb", "redis", "smtp", "cron"];
+const KINDS: [&str; 7] = [
+    "postgres",
+    "mariadb",
+    "redis",
+    "smtp",
+    "cron",
+    "memcached",
+    "nginx",
+];
+
+/// `a, b or c`, for messages.
+fn kinds_list() -> String {
+    let (last, rest) = KINDS.split_last().unwrap_or((&"", &[]));
+    format!("{} or {last}", rest.join(", "))
+}
 
 fn checked_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let text = String::deserialize(d)?;
     if !KINDS.contains(&text.as_str()) {
         return Err(serde::de::Error::custom(format!(
-            "unknown kind `{text}` (postgres, mariadb, redis, smtp or cron)"
+            "unknown kind `{text}` ({})",
+            kinds_list()
         )));
     }
     Ok(Some(text))
@@ -372,6 +412,52 @@ pub fn pointer(field: &str) -> String {
     }
 }
 
+/// A program given in the file: a path (relative to the project) if it has a `/`, else a
+/// name looked up on the service's `PATH`.
+fn program(project: &Path, p: &Text) -> PathBuf {
+    if p.as_str().contains('/') {
+        project.join(p.as_str())
+    } else {
+        p.to_path()
+    }
+}
+
+/// Options of one kind of ready-made service given to another are mistakes: say so rather
+/// than ignore them.
+fn kind_options(name: &str, s: &ServiceConfig) -> Result<(), String> {
+    let kind = s.kind.as_deref().unwrap_or("");
+    let given: [(&str, bool, &[&str]); 6] = [
+        ("bin_dir", s.bin_dir.is_some(), &["postgres"]),
+        (
+            "program",
+            s.program.is_some(),
+            &["redis", "memcached", "nginx", "smtp"],
+        ),
+        ("memory_mb", s.memory_mb.is_some(), &["memcached"]),
+        ("proxy", s.proxy.is_some(), &["nginx"]),
+        ("servers", s.servers.is_some(), &["nginx"]),
+        ("config_file", s.config_file.is_some(), &["nginx"]),
+    ];
+    for (key, present, kinds) in given {
+        if present && !kinds.contains(&kind) {
+            return Err(format!(
+                "service `{name}`: `{key}` is an option of kind {}, not of {}",
+                kinds
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                if kind.is_empty() {
+                    "a service without a kind".to_owned()
+                } else {
+                    format!("`{kind}`")
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The bundle the file describes, for the project directory `project`.
 pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
     let mut b = Bundle::new(project);
@@ -385,6 +471,7 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
         b = b.without_time_travel();
     }
     for (name, s) in &config.services {
+        kind_options(name.as_str(), s)?;
         let mut svc = match s.kind.as_deref() {
             Some("postgres") => {
                 let mut pg = Postgres::new();
@@ -397,6 +484,9 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
                         Some(dump) => pg.database_from_dump(db, owner, dump.to_path()),
                         None => pg.database(db, owner),
                     };
+                }
+                if let Some(dir) = &s.bin_dir {
+                    pg = pg.bin_dir(project.join(dir.as_str()));
                 }
                 pg.service().map_err(|e| format!("service `{name}`: {e}"))?
             }
@@ -417,8 +507,52 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
                 }
                 db.service().map_err(|e| format!("service `{name}`: {e}"))?
             }
-            Some("redis") => Redis::new().service(),
-            Some("smtp") => Smtp::new().service(),
+            Some("redis") => match &s.program {
+                Some(p) => Redis::new().program(program(project, p)),
+                None => Redis::new(),
+            }
+            .service(),
+            Some("smtp") => match &s.program {
+                Some(p) => Smtp::new().program(program(project, p)),
+                None => Smtp::new(),
+            }
+            .service(),
+            Some("memcached") => {
+                let mut m = Memcached::new();
+                if let Some(p) = &s.program {
+                    m = m.program(program(project, p));
+                }
+                if let Some(mb) = s.memory_mb {
+                    m = m.memory_mb(mb);
+                }
+                m.service()
+            }
+            Some("nginx") => {
+                let mut n = match (&s.proxy, &s.servers, &s.config_file) {
+                    (Some(to), None, None) => Nginx::proxy(to.service.as_str(), to.port.as_str()),
+                    (None, Some(servers), None) => Nginx::servers(servers.as_str()),
+                    (None, None, Some(file)) => {
+                        let path = project.join(file.as_str());
+                        let text = std::fs::read_to_string(&path).map_err(|e| {
+                            format!(
+                                "service `{name}`: can't read its `config_file` `{}`: {e}",
+                                path.display()
+                            )
+                        })?;
+                        Nginx::config(text)
+                    }
+                    _ => {
+                        return Err(format!(
+                            "service `{name}`: an nginx needs one of `proxy` (e.g. \
+                             {{ service = \"App\", port = \"http\" }}), `servers` or `config_file`"
+                        ))
+                    }
+                };
+                if let Some(p) = &s.program {
+                    n = n.program(program(project, p));
+                }
+                n.service()
+            }
             Some("cron") => {
                 let every = s.every.ok_or_else(|| {
                     format!("service `{name}`: a cron needs `every` (e.g. \"5m\")")
@@ -432,8 +566,9 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
             }
             Some(other) => {
                 return Err(format!(
-                "service `{name}`: unknown kind `{other}` (postgres, mariadb, redis, smtp or cron)"
-            ))
+                    "service `{name}`: unknown kind `{other}` ({})",
+                    kinds_list()
+                ))
             }
             None => {
                 let command = s.command.as_deref().map(strings).ok_or_else(|| {
@@ -600,6 +735,66 @@ mod tests {
             let e = load(&f).unwrap_err();
             assert!(e.contains(place) && e.contains(words), "{toml}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod kinds {
+    use super::*;
+
+    fn parse(toml: &str) -> Result<Bundle, String> {
+        let cfg: Config = toml::from_str(toml).map_err(|e| e.to_string())?;
+        bundle(&cfg, &std::env::temp_dir())
+    }
+
+    #[test]
+    fn memcached_and_nginx_kinds_take_their_options() {
+        let b = parse(
+            "[services.App]\ncommand = [\"true\"]\nports = [\"web\"]\n\
+             [services.Cache]\nkind = \"memcached\"\nmemory_mb = 8\nprogram = \"/usr/bin/memcached\"\n\
+             [services.Proxy]\nkind = \"nginx\"\nproxy = { service = \"App\", port = \"web\" }\n\
+             [services.Own]\nkind = \"nginx\"\nservers = \"server { listen 127.0.0.1:{port.http}; }\"\n\
+             [services.Pg]\nkind = \"postgres\"\nbin_dir = \"/usr/lib/postgresql/15/bin\"\n\
+             [services.Redis]\nkind = \"redis\"\nprogram = \"redis-server\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            b.service_names(),
+            vec!["App", "Cache", "Own", "Pg", "Proxy", "Redis"]
+        );
+    }
+
+    #[test]
+    fn options_of_another_kind_and_a_bare_nginx_are_errors() {
+        for (toml, words) in [
+            (
+                "[services.R]\nkind = \"redis\"\nbin_dir = \"/x\"\n",
+                "`bin_dir` is an option of kind `postgres`, not of `redis`",
+            ),
+            (
+                "[services.A]\ncommand = [\"true\"]\nprogram = \"x\"\n",
+                "not of a service without a kind",
+            ),
+            (
+                "[services.N]\nkind = \"nginx\"\n",
+                "an nginx needs one of `proxy`",
+            ),
+            (
+                "[services.N]\nkind = \"nginx\"\nservers = \"\"\nconfig_file = \"n.conf\"\n",
+                "an nginx needs one of `proxy`",
+            ),
+            (
+                "[services.N]\nkind = \"nginx\"\nconfig_file = \"no-such-nginx.conf\"\n",
+                "can't read its `config_file`",
+            ),
+        ] {
+            let e = parse(toml).unwrap_err();
+            assert!(e.contains(words), "{toml}: {e}");
+        }
+        let e: String = toml::from_str::<Config>("[services.D]\nkind = \"mysql\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("memcached") && e.contains("nginx"), "{e}");
     }
 }
 

@@ -355,6 +355,8 @@ fn ports_of(s: &config::ServiceConfig) -> Vec<String> {
         Some("postgres") => ports.push(hitchserve::services::postgres::PORT.into()),
         Some("redis") => ports.push(hitchserve::services::redis::PORT.into()),
         Some("smtp") => ports.push(hitchserve::services::smtp::PORT.into()),
+        Some("memcached") => ports.push(hitchserve::services::memcached::PORT.into()),
+        Some("nginx") => ports.push(hitchserve::services::nginx::PORT.into()),
         _ => {}
     }
     ports

@@ -848,3 +848,60 @@ fn down(p: &Project) {
     let o = p.run(&["down"]);
     assert!(o.status.success(), "down: {}", text(&o));
 }
+
+#[test]
+fn memcached_and_an_nginx_proxy_from_the_file_answer_on_their_ports() {
+    use std::io::{Read, Write};
+    let p = Project::new(
+        "web-kinds",
+        r#"
+[bundle]
+startup_timeout = "30s"
+
+[services.App]
+command = ["python3", "-m", "http.server", "{port.http}", "--bind", "127.0.0.1"]
+ports = ["http"]
+ready = { tcp = "{port.http}" }
+
+[services.Proxy]
+kind = "nginx"
+proxy = { service = "App", port = "http" }
+
+[services.Cache]
+kind = "memcached"
+memory_mb = 8
+"#,
+    );
+    std::fs::write(p.0.join("hello.txt"), "through the proxy\n").unwrap();
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let status = p.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let port = |service: &str, name: &str| -> u16 {
+        let s = v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == service)
+            .unwrap();
+        s["ports"][name].as_u64().unwrap() as u16
+    };
+    let ask = |port: u16, request: &str| -> String {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    let page = ask(
+        port("Proxy", "http"),
+        "GET /hello.txt HTTP/1.0\r\nHost: x\r\n\r\n",
+    );
+    assert!(page.ends_with("\r\n\r\nthrough the proxy\n"), "{page}");
+    let version = ask(port("Cache", "memcached"), "version\r\nquit\r\n");
+    assert!(version.starts_with("VERSION 1."), "{version}");
+    down(&p);
+}

@@ -99,6 +99,17 @@ impl HookContext<'_> {
         self.shared.plans[self.idx].run_as
     }
 
+    /// A variable of the service's environment, with its templates filled in: a way for a
+    /// hook to learn its ports (`.env("ADDR", "127.0.0.1:{port.http}")`, then
+    /// `ctx.env_var("ADDR")`) or to expand a whole template the same way.
+    pub fn env_var(&self, key: &str) -> Option<String> {
+        self.shared.plans[self.idx]
+            .env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.to_string_lossy().into_owned())
+    }
+
     /// Create a directory (and its parents) owned by the service's user (see
     /// [`Service::user`](crate::Service::user)), e.g. a database's data directory. A symlink
     /// at `path` is refused rather than followed. A service that runs as another user already

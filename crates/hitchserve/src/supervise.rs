@@ -484,7 +484,6 @@ impl Shared {
                 st.phase = Phase::SpawnFailed;
                 st.spawn_error = Some(e);
             });
-            return;
         }
     }
 

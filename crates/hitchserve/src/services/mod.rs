@@ -7,12 +7,16 @@
 
 pub mod cron;
 pub mod mariadb;
+pub mod memcached;
+pub mod nginx;
 pub mod postgres;
 pub mod redis;
 pub mod smtp;
 
 pub use cron::Cron;
 pub use mariadb::{MariaDb, MariaDbHandle};
+pub use memcached::{Memcached, MemcachedClient, MemcachedHandle};
+pub use nginx::{Nginx, NginxHandle};
 pub use postgres::{Postgres, PostgresHandle};
 pub use redis::{Redis, RedisHandle};
 pub use smtp::{Smtp, SmtpHandle};

@@ -2,6 +2,8 @@
 //! only, ready when it says so and answers on its port. It runs on real time (see
 //! `Redis::service`): time travel does not reach it.
 
+use std::path::PathBuf;
+
 use crate::bundle::{Bundle, ServiceHandle};
 use crate::error::Result;
 use crate::readiness::Ready;
@@ -25,15 +27,32 @@ pub const PORT: &str = "redis";
 /// println!("connect with {}", redis.url());
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Redis {
+    program: PathBuf,
     args: Vec<String>,
+}
+
+impl Default for Redis {
+    fn default() -> Redis {
+        Redis {
+            program: PathBuf::from("redis-server"),
+            args: Vec::new(),
+        }
+    }
 }
 
 impl Redis {
     /// Redis with its defaults: a free port on 127.0.0.1, no persistence.
     pub fn new() -> Redis {
         Redis::default()
+    }
+
+    /// The `redis-server` binary to run (default: `redis-server` on the service's `PATH`),
+    /// e.g. another version's.
+    pub fn program(mut self, path: impl Into<PathBuf>) -> Redis {
+        self.program = path.into();
+        self
     }
 
     /// Pass a configuration directive, e.g. `.config("maxmemory", "10mb")`.
@@ -45,23 +64,24 @@ impl Redis {
 
     /// The service to add to a bundle.
     pub fn service(self) -> Service {
-        let mut argv: Vec<String> = [
-            "redis-server",
-            "--port",
-            "{port.redis}",
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        argv.extend(self.args);
+        let mut argv: Vec<std::ffi::OsString> = vec![self.program.into_os_string()];
+        argv.extend(
+            [
+                "--port",
+                "{port.redis}",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+            ]
+            .iter()
+            .map(Into::into),
+        );
+        argv.extend(self.args.into_iter().map(Into::into));
         Service::new(argv)
             .port(PORT)
             .ready(Ready::all([

@@ -15,6 +15,8 @@ mod log_losses;
 mod log_queries;
 mod log_store;
 mod mariadb;
+mod memcached;
+mod nginx;
 mod orphans;
 mod parallel_bundles;
 mod ports;

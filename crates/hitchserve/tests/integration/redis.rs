@@ -41,3 +41,29 @@ fn set_and_get_through_the_cli() {
         .any(|c| c.state == "LISTEN" && c.local.map(|a| a.port()) == Some(redis.port()));
     assert!(listening);
 }
+
+#[test]
+fn redis_runs_the_program_it_is_given() {
+    let installed = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+        .map(|d| d.join("redis-server"))
+        .find(|p| p.is_file())
+        .expect("redis-server on PATH");
+    let p = Project::new("redis-program");
+    let mut b = p.bundle();
+    b.add("Redis", Redis::new().program(&installed).service())
+        .unwrap();
+    b.startup().unwrap();
+    let redis = Redis::handle(&b, "Redis").unwrap();
+    let pong = redis.cli(["PING"]).checked_output().unwrap();
+    assert_eq!(pong.stdout_text().trim(), "PONG");
+    b.shutdown().unwrap();
+
+    let mut b = p.bundle();
+    b.add(
+        "Redis",
+        Redis::new().program("/nonexistent/redis-server").service(),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/redis-server"), "{err}");
+}

@@ -7,10 +7,12 @@
 
 pub mod cron;
 pub mod postgres;
+pub mod rabbitmq;
 pub mod redis;
 pub mod smtp;
 
 pub use cron::Cron;
 pub use postgres::{Postgres, PostgresHandle};
+pub use rabbitmq::{RabbitMq, RabbitMqHandle};
 pub use redis::{Redis, RedisHandle};
 pub use smtp::{Smtp, SmtpHandle};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hitchserve::jiff::{self, SignedDuration, Span, SpanRelativeTo};
-use hitchserve::services::{Postgres, Redis, Smtp};
+use hitchserve::services::{Postgres, RabbitMq, Redis, Smtp};
 use hitchserve::{Bundle, Ready, Service};
 use serde::Deserialize;
 
@@ -39,7 +39,7 @@ pub struct BundleConfig {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// A ready-made service: `postgres`, `redis`, `smtp` or `cron`.
+    /// A ready-made service: `postgres`, `rabbitmq`, `redis`, `smtp` or `cron`.
     #[serde(default, deserialize_with = "checked_kind")]
     pub kind: Option<String>,
     /// Cron: how often (of fake time) to run `command`, e.g. `5m`.
@@ -63,9 +63,12 @@ pub struct ServiceConfig {
     pub user: Option<Text>,
     #[serde(default, deserialize_with = "checked_signal")]
     pub stop_signal: Option<String>,
-    /// Postgres: users to create.
+    /// Postgres, RabbitMQ: users to create.
     #[serde(default)]
     pub users: Vec<PgUser>,
+    /// RabbitMQ: vhosts to create (besides `/`).
+    #[serde(default)]
+    pub vhosts: Vec<Text>,
     /// Postgres: databases to create.
     #[serde(default)]
     pub databases: Vec<PgDatabase>,
@@ -175,13 +178,13 @@ fn checked_json_match<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<T
 }
 
 /// The kinds of ready-made service.
-const KINDS: [&str; 4] = ["postgres", "redis", "smtp", "cron"];
+const KINDS: [&str; 5] = ["postgres", "rabbitmq", "redis", "smtp", "cron"];
 
 fn checked_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let text = String::deserialize(d)?;
     if !KINDS.contains(&text.as_str()) {
         return Err(serde::de::Error::custom(format!(
-            "unknown kind `{text}` (postgres, redis, smtp or cron)"
+            "unknown kind `{text}` (postgres, rabbitmq, redis, smtp or cron)"
         )));
     }
     Ok(Some(text))
@@ -398,6 +401,16 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
                 }
                 pg.service().map_err(|e| format!("service `{name}`: {e}"))?
             }
+            Some("rabbitmq") => {
+                let mut rabbit = RabbitMq::new();
+                for v in &s.vhosts {
+                    rabbit = rabbit.vhost(v.as_str());
+                }
+                for u in &s.users {
+                    rabbit = rabbit.user(u.name.as_str(), u.password.as_str());
+                }
+                rabbit.service().map_err(|e| format!("service `{name}`: {e}"))?
+            }
             Some("redis") => Redis::new().service(),
             Some("smtp") => Smtp::new().service(),
             Some("cron") => {
@@ -413,7 +426,7 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
             }
             Some(other) => {
                 return Err(format!(
-                    "service `{name}`: unknown kind `{other}` (postgres, redis, smtp or cron)"
+                    "service `{name}`: unknown kind `{other}` (postgres, rabbitmq, redis, smtp or cron)"
                 ))
             }
             None => {
@@ -541,6 +554,27 @@ mod tests {
             JsonMatch::parse("/a/").is_ok(),
             "a pointer may name an empty key"
         );
+    }
+
+    #[test]
+    fn rabbitmq_kind_takes_users_and_vhosts() {
+        let dir = std::env::temp_dir().join(format!("hs-cfg-rmq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("hitchserve.toml");
+        std::fs::write(
+            &f,
+            "[services.Rabbit]\nkind = \"rabbitmq\"\nvhosts = [\"orders\"]\n\
+             [[services.Rabbit.users]]\nname = \"app\"\npassword = \"pw\"\n",
+        )
+        .unwrap();
+        let config = load(&f).unwrap();
+        let rabbit = &config.services.values().next().unwrap();
+        assert_eq!(rabbit.vhosts.len(), 1);
+        assert_eq!(rabbit.users.len(), 1);
+        // Built, not started (needs rabbitmq-server installed, as CI has it).
+        let bundle = bundle(&config, &dir).unwrap();
+        assert_eq!(bundle.service_names(), ["Rabbit"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -137,3 +137,29 @@ fn rabbitmq_round_trips_a_message_and_leaves_no_node_or_epmd_behind() {
     assert!(group_members(pgid).is_empty());
     assert!(common::marked_pids(&run_id).is_empty());
 }
+
+/// Startup-to-ready of a fresh node, median of 3 (a figure for the docs, not a test):
+/// `cargo test -p hitchserve --test integration rabbitmq_startup_figures -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn rabbitmq_startup_figures() {
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let p = Project::new("rabbitmq-bench");
+        let mut b = p.bundle();
+        b.add(
+            "Rabbit",
+            RabbitMq::new().user("app", "pw").service().unwrap(),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        b.startup().unwrap();
+        times.push(started.elapsed());
+        b.shutdown().unwrap();
+    }
+    times.sort();
+    println!(
+        "RabbitMQ startup-to-ready: {times:.2?}, median {:.2?}",
+        times[1]
+    );
+}

@@ -95,7 +95,7 @@ exec "$HITCHSERVE_RABBITMQ_BIN/rabbitmq-server"
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct RabbitMq {
-    users: Vec<(String, String)>,
+    users: Vec<User>,
     vhosts: Vec<String>,
     bin_dir: Option<PathBuf>,
     os_user: Option<String>,
@@ -110,7 +110,21 @@ impl RabbitMq {
 
     /// Create this user (with this password) at boot, with every permission on every vhost.
     pub fn user(mut self, name: &str, password: &str) -> RabbitMq {
-        self.users.push((name.to_owned(), password.to_owned()));
+        self.users.push(User {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            administrator: false,
+        });
+        self
+    }
+
+    /// Like [`RabbitMq::user`], tagged `administrator` (what the management API asks for).
+    pub fn administrator(mut self, name: &str, password: &str) -> RabbitMq {
+        self.users.push(User {
+            name: name.to_owned(),
+            password: password.to_owned(),
+            administrator: true,
+        });
         self
     }
 
@@ -277,17 +291,25 @@ impl RabbitMq {
     }
 }
 
+/// A user to create at boot.
+#[derive(Debug, Clone)]
+struct User {
+    name: String,
+    password: String,
+    administrator: bool,
+}
+
 /// The definitions file: vhosts, users, and every user's permissions on every vhost.
-fn definitions(users: &[(String, String)], vhosts: &[String]) -> String {
+fn definitions(users: &[User], vhosts: &[String]) -> String {
     let vhosts: Vec<&str> = std::iter::once("/")
         .chain(vhosts.iter().map(String::as_str))
         .collect();
     let permissions: Vec<serde_json::Value> = users
         .iter()
-        .flat_map(|(user, _)| {
+        .flat_map(|user| {
             vhosts.iter().map(move |vhost| {
                 serde_json::json!({
-                    "user": user, "vhost": vhost,
+                    "user": user.name, "vhost": vhost,
                     "configure": ".*", "write": ".*", "read": ".*",
                 })
             })
@@ -297,7 +319,10 @@ fn definitions(users: &[(String, String)], vhosts: &[String]) -> String {
         "vhosts": vhosts.iter().map(|v| serde_json::json!({"name": v})).collect::<Vec<_>>(),
         "users": users
             .iter()
-            .map(|(name, password)| serde_json::json!({"name": name, "password": password, "tags": ""}))
+            .map(|u| {
+                let tags = if u.administrator { "administrator" } else { "" };
+                serde_json::json!({"name": u.name, "password": u.password, "tags": tags})
+            })
             .collect::<Vec<_>>(),
         "permissions": permissions,
     })
@@ -415,13 +440,15 @@ mod tests {
 
     #[test]
     fn every_user_gets_every_vhost_and_slash_always_exists() {
-        let defs: serde_json::Value = serde_json::from_str(&definitions(
-            &[("app".into(), "p\"w".into())],
-            &["v1".into()],
-        ))
-        .unwrap();
+        let app = RabbitMq::new()
+            .user("app", "p\"w")
+            .administrator("boss", "x");
+        let defs: serde_json::Value =
+            serde_json::from_str(&definitions(&app.users, &["v1".into()])).unwrap();
         assert_eq!(defs["vhosts"].as_array().unwrap().len(), 2);
         assert_eq!(defs["users"][0]["password"], "p\"w");
-        assert_eq!(defs["permissions"].as_array().unwrap().len(), 2);
+        assert_eq!(defs["users"][0]["tags"], "");
+        assert_eq!(defs["users"][1]["tags"], "administrator");
+        assert_eq!(defs["permissions"].as_array().unwrap().len(), 4);
     }
 }

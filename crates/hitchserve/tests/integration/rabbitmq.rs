@@ -8,9 +8,10 @@ use hitchserve::services::RabbitMq;
 
 use crate::common::{self, Project, PATIENCE};
 
-/// Publishes `hello` to a fresh queue and gets it back; then tries `guest`, which must fail.
+/// Publishes `hello` to a fresh queue and gets it back; then tries `guest`, which must fail;
+/// then lists the vhosts through the management API.
 const CLIENT: &str = r#"
-import os, sys, pika
+import base64, json, os, urllib.request, pika
 params = pika.URLParameters(os.environ["AMQP_URL"])
 with pika.BlockingConnection(params) as conn:
     ch = conn.channel()
@@ -27,6 +28,10 @@ try:
     print("guest got in")
 except pika.exceptions.ProbableAuthenticationError:
     print("guest refused")
+req = urllib.request.Request(os.environ["MANAGEMENT_URL"] + "/api/vhosts")
+req.add_header("Authorization", "Basic " + base64.b64encode(os.environ["MANAGEMENT_AUTH"].encode()).decode())
+with urllib.request.urlopen(req, timeout=30) as resp:
+    print("vhosts", sorted(v["name"] for v in json.load(resp)))
 "#;
 
 /// Pids of every process in `pgid`'s group (zombies excluded).
@@ -57,6 +62,8 @@ fn rabbitmq_round_trips_a_message_and_leaves_no_node_or_epmd_behind() {
         RabbitMq::new()
             .vhost("orders")
             .user("app", "s3cret word")
+            .administrator("boss", "b0ss")
+            .management()
             .service()
             .unwrap(),
     )
@@ -80,6 +87,11 @@ fn rabbitmq_round_trips_a_message_and_leaves_no_node_or_epmd_behind() {
         .args(["-c", CLIENT])
         .env("AMQP_URL", &url)
         .env("GUEST_URL", rabbit.amqp_url("guest", "guest", "/"))
+        .env(
+            "MANAGEMENT_URL",
+            format!("http://127.0.0.1:{}", rabbit.management_port().unwrap()),
+        )
+        .env("MANAGEMENT_AUTH", "boss:b0ss")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -90,6 +102,7 @@ fn rabbitmq_round_trips_a_message_and_leaves_no_node_or_epmd_behind() {
     );
     assert!(stdout.contains("got hello"), "{stdout}");
     assert!(stdout.contains("guest refused"), "{stdout}");
+    assert!(stdout.contains("vhosts ['/', 'orders']"), "{stdout}");
 
     // rabbitmqctl reaches this node (and only through the run's cookie).
     let queues = rabbit
@@ -120,6 +133,10 @@ fn rabbitmq_round_trips_a_message_and_leaves_no_node_or_epmd_behind() {
     assert_eq!(cookie.permissions().mode() & 0o777, 0o400);
     let server = rabbit.service().process().unwrap();
     assert_eq!(cookie.uid(), server.uids().unwrap().effective);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(server.username().unwrap(), "rabbitmq");
+    }
     // The passwords were only needed at boot.
     assert!(!home.join("definitions.json").exists());
 
@@ -129,6 +146,10 @@ fn rabbitmq_round_trips_a_message_and_leaves_no_node_or_epmd_behind() {
     let names: Vec<&str> = members.iter().map(|(_, n)| n.as_str()).collect();
     assert!(names.contains(&"epmd"), "{names:?}");
     assert!(names.contains(&"beam.smp"), "{names:?}");
+    let epmd_port = b
+        .port("Rabbit", hitchserve::services::rabbitmq::EPMD_PORT)
+        .unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", epmd_port)).is_ok());
     let run_id = common::run_id(&b);
     b.shutdown().unwrap();
     for (pid, name) in &members {
@@ -136,6 +157,10 @@ fn rabbitmq_round_trips_a_message_and_leaves_no_node_or_epmd_behind() {
     }
     assert!(group_members(pgid).is_empty());
     assert!(common::marked_pids(&run_id).is_empty());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", epmd_port)).is_err(),
+        "something still answers on the run's epmd port"
+    );
 }
 
 /// Startup-to-ready of a fresh node, median of 3 (a figure for the docs, not a test):

@@ -137,7 +137,10 @@ impl RabbitMq {
     }
 
     /// Also run the management plugin (its HTTP API and UI) on a free port on 127.0.0.1,
-    /// [`MANAGEMENT_PORT`]. It makes startup slower.
+    /// [`MANAGEMENT_PORT`]; log in as a user made with [`RabbitMq::administrator`]. It adds
+    /// little to startup but about 5 s to a graceful stop (the plugin's own wait, measured
+    /// with epmd alive or not): give the bundle a `shutdown_timeout` above that, or the node
+    /// is killed at the default 5 s (harmless here: its data belongs to the run) with a warning.
     pub fn management(mut self) -> RabbitMq {
         self.management = true;
         self

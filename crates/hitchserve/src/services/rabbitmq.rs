@@ -201,6 +201,8 @@ impl RabbitMq {
                 format!("{dir}/enabled_plugins"),
             )
             .env("RABBITMQ_PID_FILE", format!("{dir}/rabbitmq.pid"))
+            // Not in the project's directory (the service's working directory).
+            .env("ERL_CRASH_DUMP", format!("{dir}/erl_crash.dump"))
             // Not a regular file: the machine's /etc/rabbitmq/rabbitmq-env.conf is not read.
             .env("RABBITMQ_CONF_ENV_FILE", "/dev/null")
             // rabbitmqctl: connect out only; listening would take a port of a fixed range.
@@ -254,7 +256,8 @@ impl RabbitMq {
                 let defs_path = dir.join("definitions.json");
                 write_private(&defs_path, definitions.as_bytes(), 0o600, owner)?;
                 let conf = format!(
-                    "log.console = true\nlog.console.level = info\nlog.file = false\n\
+                    "log.console = true\nlog.console.level = info\n\
+                     log.console.use_colors = off\nlog.file = false\n\
                      load_definitions = {}\n",
                     defs_path.display()
                 );

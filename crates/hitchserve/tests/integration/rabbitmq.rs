@@ -71,6 +71,13 @@ fn rabbitmq_round_trips_a_message_and_leaves_no_node_or_epmd_behind() {
     b.startup().unwrap();
     let rabbit = RabbitMq::handle(&b, "Rabbit").unwrap();
     assert!(rabbit.service().is_ready());
+    // Plain lines in the logs: the console's colours are off.
+    let lines = rabbit.service().logs().lines();
+    assert!(lines.iter().any(|l| l.contains("Server startup complete")));
+    assert!(
+        !lines.iter().any(|l| l.contains("\u{1b}[")),
+        "coloured log lines"
+    );
     assert!(rabbit.node().ends_with("@localhost"), "{}", rabbit.node());
     assert_eq!(rabbit.url(), format!("amqp://127.0.0.1:{}", rabbit.port()));
     let url = rabbit.amqp_url("app", "s3cret word", "orders");

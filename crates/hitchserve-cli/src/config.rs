@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hitchserve::jiff::{self, SignedDuration, Span, SpanRelativeTo};
-use hitchserve::services::{MariaDb, Memcached, Nginx, Postgres, Redis, Smtp};
+use hitchserve::services::{MariaDb, Memcached, Nginx, Postgres, RabbitMq, Redis, Smtp};
 use hitchserve::{Bundle, Ready, Service};
 use serde::Deserialize;
 
@@ -63,9 +63,12 @@ pub struct ServiceConfig {
     pub user: Option<Text>,
     #[serde(default, deserialize_with = "checked_signal")]
     pub stop_signal: Option<String>,
-    /// Postgres, MariaDB: users to create.
+    /// Postgres, MariaDB, RabbitMQ: users to create.
     #[serde(default)]
     pub users: Vec<PgUser>,
+    /// RabbitMQ: vhosts to create (besides `/`).
+    #[serde(default)]
+    pub vhosts: Vec<Text>,
     /// Postgres, MariaDB: databases to create.
     #[serde(default)]
     pub databases: Vec<PgDatabase>,
@@ -202,9 +205,10 @@ fn checked_json_match<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<T
 }
 
 /// The kinds of ready-made service.
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     "postgres",
     "mariadb",
+    "rabbitmq",
     "redis",
     "smtp",
     "cron",
@@ -490,6 +494,18 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
                 }
                 pg.service().map_err(|e| format!("service `{name}`: {e}"))?
             }
+            Some("rabbitmq") => {
+                let mut rabbit = RabbitMq::new();
+                for v in &s.vhosts {
+                    rabbit = rabbit.vhost(v.as_str());
+                }
+                for u in &s.users {
+                    rabbit = rabbit.user(u.name.as_str(), u.password.as_str());
+                }
+                rabbit
+                    .service()
+                    .map_err(|e| format!("service `{name}`: {e}"))?
+            }
             Some("mariadb") => {
                 let mut db = MariaDb::new();
                 if let Some(dir) = &s.basedir {
@@ -695,6 +711,27 @@ mod tests {
             JsonMatch::parse("/a/").is_ok(),
             "a pointer may name an empty key"
         );
+    }
+
+    #[test]
+    fn rabbitmq_kind_takes_users_and_vhosts() {
+        let dir = std::env::temp_dir().join(format!("hs-cfg-rmq-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("hitchserve.toml");
+        std::fs::write(
+            &f,
+            "[services.Rabbit]\nkind = \"rabbitmq\"\nvhosts = [\"orders\"]\n\
+             [[services.Rabbit.users]]\nname = \"app\"\npassword = \"pw\"\n",
+        )
+        .unwrap();
+        let config = load(&f).unwrap();
+        let rabbit = &config.services.values().next().unwrap();
+        assert_eq!(rabbit.vhosts.len(), 1);
+        assert_eq!(rabbit.users.len(), 1);
+        // Built, not started (needs rabbitmq-server installed, as CI has it).
+        let bundle = bundle(&config, &dir).unwrap();
+        assert_eq!(bundle.service_names(), ["Rabbit"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod mariadb;
 pub mod memcached;
 pub mod nginx;
 pub mod postgres;
+pub mod rabbitmq;
 pub mod redis;
 pub mod smtp;
 
@@ -18,5 +19,6 @@ pub use mariadb::{MariaDb, MariaDbHandle};
 pub use memcached::{Memcached, MemcachedClient, MemcachedHandle};
 pub use nginx::{Nginx, NginxHandle};
 pub use postgres::{Postgres, PostgresHandle};
+pub use rabbitmq::{RabbitMq, RabbitMqHandle};
 pub use redis::{Redis, RedisHandle};
 pub use smtp::{Smtp, SmtpHandle};

@@ -23,6 +23,7 @@ mod ports;
 mod postgres;
 mod private_run_dir;
 mod process_api;
+mod rabbitmq;
 mod readiness;
 mod redis;
 mod reminders;

@@ -5,11 +5,13 @@
 //! server. Ports are reserved with [`Service::port`](crate::Service::port), so parallel
 //! tests never collide.
 
+pub mod chromium;
 pub mod cron;
 pub mod postgres;
 pub mod redis;
 pub mod smtp;
 
+pub use chromium::{Chromium, ChromiumHandle, ChromiumSession};
 pub use cron::Cron;
 pub use postgres::{Postgres, PostgresHandle};
 pub use redis::{Redis, RedisHandle};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hitchserve::jiff::{self, SignedDuration, Span, SpanRelativeTo};
-use hitchserve::services::{Postgres, Redis, Smtp};
+use hitchserve::services::{Chromium, Postgres, Redis, Smtp};
 use hitchserve::{Bundle, Ready, Service};
 use serde::Deserialize;
 
@@ -39,7 +39,7 @@ pub struct BundleConfig {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
-    /// A ready-made service: `postgres`, `redis`, `smtp` or `cron`.
+    /// A ready-made service: `postgres`, `redis`, `smtp`, `cron` or `chromium`.
     #[serde(default, deserialize_with = "checked_kind")]
     pub kind: Option<String>,
     /// Cron: how often (of fake time) to run `command`, e.g. `5m`.
@@ -69,6 +69,13 @@ pub struct ServiceConfig {
     /// Postgres: databases to create.
     #[serde(default)]
     pub databases: Vec<PgDatabase>,
+    /// Chromium: the chromedriver to run (default `/usr/bin/chromedriver`).
+    pub driver: Option<Text>,
+    /// Chromium: the browser sessions start (default `/usr/bin/chromium`).
+    pub browser: Option<Text>,
+    /// Chromium: more flags for every session's browser.
+    #[serde(default)]
+    pub browser_args: Vec<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,13 +182,13 @@ fn checked_json_match<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<T
 }
 
 /// The kinds of ready-made service.
-const KINDS: [&str; 4] = ["postgres", "redis", "smtp", "cron"];
+const KINDS: [&str; 5] = ["postgres", "redis", "smtp", "cron", "chromium"];
 
 fn checked_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let text = String::deserialize(d)?;
     if !KINDS.contains(&text.as_str()) {
         return Err(serde::de::Error::custom(format!(
-            "unknown kind `{text}` (postgres, redis, smtp or cron)"
+            "unknown kind `{text}` (postgres, redis, smtp, cron or chromium)"
         )));
     }
     Ok(Some(text))
@@ -400,6 +407,19 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
             }
             Some("redis") => Redis::new().service(),
             Some("smtp") => Smtp::new().service(),
+            Some("chromium") => {
+                let mut c = Chromium::new();
+                if let Some(driver) = &s.driver {
+                    c = c.driver(driver.to_path());
+                }
+                if let Some(browser) = &s.browser {
+                    c = c.browser(browser.to_path());
+                }
+                for flag in &s.browser_args {
+                    c = c.arg(flag.as_str());
+                }
+                c.service()
+            }
             Some("cron") => {
                 let every = s.every.ok_or_else(|| {
                     format!("service `{name}`: a cron needs `every` (e.g. \"5m\")")
@@ -413,7 +433,7 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
             }
             Some(other) => {
                 return Err(format!(
-                    "service `{name}`: unknown kind `{other}` (postgres, redis, smtp or cron)"
+                    "service `{name}`: unknown kind `{other}` (postgres, redis, smtp, cron or chromium)"
                 ))
             }
             None => {
@@ -581,6 +601,30 @@ mod tests {
             let e = load(&f).unwrap_err();
             assert!(e.contains(place) && e.contains(words), "{toml}: {e}");
         }
+    }
+
+    #[test]
+    fn a_chromium_kind_takes_its_driver_browser_and_flags() {
+        let dir = std::env::temp_dir().join(format!("hs-cfg-chromium-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("hitchserve.toml");
+        std::fs::write(
+            &f,
+            "[services.Browser]\nkind = \"chromium\"\ndriver = \"/usr/bin/chromedriver\"\n\
+             browser = \"/usr/lib/chromium/chromium\"\nbrowser_args = [\"--window-size=800,600\"]\n",
+        )
+        .unwrap();
+        let config = load(&f).unwrap();
+        let b = bundle(&config, &dir).unwrap();
+        assert_eq!(b.service_names(), ["Browser"]);
+        std::fs::write(
+            &f,
+            "[services.B]\nkind = \"chromium\"\nbrowser_args = \"--x\"\n",
+        )
+        .unwrap();
+        let e = load(&f).unwrap_err();
+        assert!(e.contains(":3:16"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

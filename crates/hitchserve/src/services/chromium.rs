@@ -165,11 +165,12 @@ impl Chromium {
                         .is_ok_and(|v| v["value"]["ready"] == Value::Bool(true))
                 }),
         )
-        // Chromium keeps real time: under libfaketime its processes fail as they start
-        // (each one reads the clock before it has set itself up; a session is refused
-        // with "Chrome failed to start: crashed"), and a page's clock can be moved from
-        // the test instead (CDP's `Emulation.setVirtualTimePolicy`, or a clock in the
-        // app) without faking the browser's timers, which its scheduler depends on.
+        // Chromium keeps real time. Under libfaketime (checked with 0.9.10) chromedriver
+        // starts, but a new session never answers: the browser's child processes never
+        // connect back to it ("Terminating current process after 15 seconds with no
+        // connection") and the zygote dies. A page's clock can be moved from the test
+        // instead (a clock in the app, or CDP's virtual time) without faking the browser's
+        // own timers, which its scheduler and IPC depend on.
         .no_libfaketime()
         .setup(move |ctx| {
             crate::safepath::user_subdir("chromium-tmp", 0o711)?;

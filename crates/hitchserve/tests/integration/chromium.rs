@@ -96,6 +96,31 @@ fn a_browser_loads_the_apps_page_and_clicks_and_nothing_outlives_shutdown() {
     assert_eq!(session.text("#greeting").unwrap(), "Hello from the app");
     session.click("#go").unwrap();
     assert_eq!(session.text("#result").unwrap(), "clicked");
+    // Chromium keeps real time: a day's jump of the bundle's clock doesn't reach the page.
+    let uses_libfaketime = chromium
+        .service()
+        .env_var("LD_PRELOAD")
+        .is_some_and(|p| p.contains("faketime"));
+    assert!(!uses_libfaketime);
+    b.time_travel(std::time::Duration::from_secs(86_400))
+        .unwrap();
+    let page_now = session
+        .command(
+            "POST",
+            "execute/sync",
+            Some(&serde_json::json!({ "script": "return Date.now()", "args": [] })),
+        )
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    let real_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
+    assert!(
+        (page_now - real_now).abs() < 3_600_000.0,
+        "the page's clock moved: {page_now} vs {real_now}"
+    );
     // The profile is fresh, in the service's run directory.
     let caps = chromium.capabilities();
     let args = caps["capabilities"]["alwaysMatch"]["goog:chromeOptions"]["args"]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hitchserve::jiff::{self, SignedDuration, Span, SpanRelativeTo};
-use hitchserve::services::{MariaDb, Memcached, Nginx, Postgres, RabbitMq, Redis, Smtp};
+use hitchserve::services::{Chromium, MariaDb, Memcached, Nginx, Postgres, RabbitMq, Redis, Smtp};
 use hitchserve::{Bundle, Ready, Service};
 use serde::Deserialize;
 
@@ -86,6 +86,13 @@ pub struct ServiceConfig {
     pub servers: Option<Text>,
     /// Nginx: a whole `nginx.conf` template of your own (a file, from the project directory).
     pub config_file: Option<Text>,
+    /// Chromium: the chromedriver to run (default `/usr/bin/chromedriver`).
+    pub driver: Option<Text>,
+    /// Chromium: the browser sessions start (default `/usr/bin/chromium`).
+    pub browser: Option<Text>,
+    /// Chromium: more flags for every session's browser.
+    #[serde(default)]
+    pub browser_args: Vec<Text>,
 }
 
 /// Where an nginx service proxies to: `{ service = "App", port = "http" }`.
@@ -205,7 +212,7 @@ fn checked_json_match<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<T
 }
 
 /// The kinds of ready-made service.
-const KINDS: [&str; 8] = [
+const KINDS: [&str; 9] = [
     "postgres",
     "mariadb",
     "rabbitmq",
@@ -214,6 +221,7 @@ const KINDS: [&str; 8] = [
     "cron",
     "memcached",
     "nginx",
+    "chromium",
 ];
 
 /// `a, b or c`, for messages.
@@ -569,6 +577,19 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
                 }
                 n.service()
             }
+            Some("chromium") => {
+                let mut c = Chromium::new();
+                if let Some(driver) = &s.driver {
+                    c = c.driver(driver.to_path());
+                }
+                if let Some(browser) = &s.browser {
+                    c = c.browser(browser.to_path());
+                }
+                for flag in &s.browser_args {
+                    c = c.arg(flag.as_str());
+                }
+                c.service()
+            }
             Some("cron") => {
                 let every = s.every.ok_or_else(|| {
                     format!("service `{name}`: a cron needs `every` (e.g. \"5m\")")
@@ -772,6 +793,30 @@ mod tests {
             let e = load(&f).unwrap_err();
             assert!(e.contains(place) && e.contains(words), "{toml}: {e}");
         }
+    }
+
+    #[test]
+    fn a_chromium_kind_takes_its_driver_browser_and_flags() {
+        let dir = std::env::temp_dir().join(format!("hs-cfg-chromium-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("hitchserve.toml");
+        std::fs::write(
+            &f,
+            "[services.Browser]\nkind = \"chromium\"\ndriver = \"/usr/bin/chromedriver\"\n\
+             browser = \"/usr/lib/chromium/chromium\"\nbrowser_args = [\"--window-size=800,600\"]\n",
+        )
+        .unwrap();
+        let config = load(&f).unwrap();
+        let b = bundle(&config, &dir).unwrap();
+        assert_eq!(b.service_names(), ["Browser"]);
+        std::fs::write(
+            &f,
+            "[services.B]\nkind = \"chromium\"\nbrowser_args = \"--x\"\n",
+        )
+        .unwrap();
+        let e = load(&f).unwrap_err();
+        assert!(e.contains(":3:16"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

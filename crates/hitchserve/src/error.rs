@@ -361,6 +361,26 @@ pub enum Error {
     /// Something that needs running services was asked before `startup`.
     #[error("the bundle is not running: call startup first")]
     NotRunning,
+
+    /// A ready-made service's handle was asked of a service of another kind.
+    #[error("service `{service}` is not a {kind} service (it was not made by `{kind}::service`): ask for the handle of the right service")]
+    NotAService {
+        /// The service.
+        service: String,
+        /// The kind asked for, e.g. `Chromium`.
+        kind: String,
+    },
+
+    /// A WebDriver command failed (the browser's error, or no answer).
+    #[error("service `{service}`: WebDriver command `{command}` failed: {message}")]
+    WebDriver {
+        /// The WebDriver service (e.g. a `Chromium`).
+        service: String,
+        /// The HTTP method and path.
+        command: String,
+        /// What went wrong: WebDriver's error code and message, or the transport's.
+        message: String,
+    },
 }
 
 /// A service that was not ready when startup timed out.

@@ -20,7 +20,7 @@ use serde_json::Value;
 
 use crate::logs::LogLine;
 
-mod http;
+pub(crate) mod http;
 
 type LinePredicate = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 type JsonPredicate = Arc<dyn Fn(&Value) -> bool + Send + Sync>;

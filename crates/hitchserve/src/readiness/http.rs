@@ -1,10 +1,12 @@
-//! The one HTTP/1.1 exchange behind `Ready::http`: a `GET` with `Connection: close`, and
-//! the response framed as RFC 9112 §6.3 says — no body (1xx, 204, 304), chunked,
-//! `Content-Length`, or until the server closes — so a body check sees the decoded body.
+//! The one HTTP/1.1 exchange behind `Ready::http` (a `GET`) and the WebDriver client of
+//! `services::chromium` (`GET`, `POST` with a JSON body, `DELETE`): one request with
+//! `Connection: close`, and the response framed as RFC 9112 §6.3 says — no body (1xx, 204,
+//! 304), chunked, `Content-Length`, or until the server closes — so callers see the decoded
+//! body.
 //!
-//! It owns the wire format only; `readiness` decides what a status or body means. Why not
+//! It owns the wire format only; its callers decide what a status or body means. Why not
 //! a client crate: even `ureq` without TLS brings `ureq-proto`, `http`, `base64`, `log` and
-//! `percent-encoding` for one local GET, so the head is parsed by `httparse` (no
+//! `percent-encoding` for a few local requests, so the head is parsed by `httparse` (no
 //! dependencies, the parser under hyper) and the framing, a few dozen lines, is here. The
 //! invariant: every
 //! read is bounded by the one deadline of the probe, so a silent or trickling server ends
@@ -20,14 +22,14 @@ const MAX_BODY: usize = 1024 * 1024;
 const MAX_HEADERS: usize = 100;
 
 /// What a probe learned from one response.
-pub(super) struct Response {
+pub(crate) struct Response {
     pub status: u16,
     /// The decoded body, when asked for.
     pub body: Option<Vec<u8>>,
 }
 
 /// A byte source whose reads can be bounded in time (a socket; a slow reader in tests).
-pub(super) trait Source: Read {
+pub(crate) trait Source: Read {
     fn set_timeout(&mut self, timeout: Duration) -> io::Result<()>;
 }
 
@@ -38,7 +40,7 @@ impl Source for std::net::TcpStream {
 }
 
 /// Send `GET path` on `stream` and read the answer, all before `deadline`.
-pub(super) fn get(
+pub(crate) fn get(
     stream: &mut (impl Source + Write),
     host: &str,
     path: &str,
@@ -46,16 +48,43 @@ pub(super) fn get(
     deadline: Instant,
     limit: Duration,
 ) -> Result<Response, String> {
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: hitchserve\r\n\r\n"
-    )
-    .map_err(|e| format!("sending the request failed: {e}"))?;
+    request(stream, "GET", host, path, None, want_body, deadline, limit)
+}
+
+/// Send `method path` (with `json` as an `application/json` body, if any) on `stream` and
+/// read the answer, all before `deadline`.
+#[expect(clippy::too_many_arguments, reason = "one call's parts, each plain")]
+pub(crate) fn request(
+    stream: &mut (impl Source + Write),
+    method: &str,
+    host: &str,
+    path: &str,
+    json: Option<&[u8]>,
+    want_body: bool,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<Response, String> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: hitchserve\r\n"
+    );
+    if let Some(body) = json {
+        head.push_str(&format!(
+            "Content-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    // One write where it fits: a request split over two segments costs a delayed ACK.
+    let mut wire = head.into_bytes();
+    wire.extend_from_slice(json.unwrap_or_default());
+    stream
+        .write_all(&wire)
+        .map_err(|e| format!("sending the request failed: {e}"))?;
     read_response(stream, want_body, deadline, limit)
 }
 
 /// Read one response (after any interim 1xx ones).
-pub(super) fn read_response(
+pub(crate) fn read_response(
     source: &mut impl Source,
     want_body: bool,
     deadline: Instant,

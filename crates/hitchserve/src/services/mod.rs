@@ -5,6 +5,7 @@
 //! server. Ports are reserved with [`Service::port`](crate::Service::port), so parallel
 //! tests never collide.
 
+pub mod chromium;
 pub mod cron;
 pub mod mariadb;
 pub mod memcached;
@@ -14,6 +15,7 @@ pub mod rabbitmq;
 pub mod redis;
 pub mod smtp;
 
+pub use chromium::{Chromium, ChromiumHandle, ChromiumSession};
 pub use cron::Cron;
 pub use mariadb::{MariaDb, MariaDbHandle};
 pub use memcached::{Memcached, MemcachedClient, MemcachedHandle};

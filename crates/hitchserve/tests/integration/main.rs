@@ -4,6 +4,7 @@
 
 mod common;
 
+mod chromium;
 mod conditions;
 mod console;
 mod crash_after_ready;

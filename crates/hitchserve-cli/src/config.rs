@@ -198,11 +198,22 @@ pub fn strings(texts: &[Text]) -> Vec<String> {
 }
 
 /// A string that [`duration`] accepts.
+/// A duration as written in the file: a string (`"15s"`), or a bare number of seconds.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Text(Text),
+    Int(i64),
+    Float(f64),
+}
+
 fn checked_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let text = Text::deserialize(d)?;
-    duration(text.as_str())
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    let text = match DurationValue::deserialize(d)? {
+        DurationValue::Text(text) => text.0,
+        DurationValue::Int(n) => n.to_string(),
+        DurationValue::Float(f) => f.to_string(),
+    };
+    duration(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
 fn checked_json_match<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Text>, D::Error> {
@@ -718,6 +729,25 @@ mod tests {
             from_seconds(-1.5).unwrap(),
             SignedDuration::from_millis(-1500)
         );
+    }
+
+    #[test]
+    fn a_bare_number_in_the_file_is_seconds() {
+        for (toml, secs) in [("15", 15.0), ("2.5", 2.5), ("\"15\"", 15.0)] {
+            let cfg: Config =
+                toml::from_str(&format!("[bundle]\nstartup_timeout = {toml}\n")).unwrap();
+            assert_eq!(
+                cfg.bundle.startup_timeout,
+                Some(Duration::from_secs_f64(secs))
+            );
+        }
+        for bad in ["0", "-5", "1e300", "nan", "inf"] {
+            let err = toml::from_str::<Config>(&format!("[bundle]\nstartup_timeout = {bad}\n"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("line 2"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -119,22 +119,46 @@ pub fn up(
     // blocked signal mask: services would inherit the mask and ignore their stop signal)
     // writes to a pipe that a thread waits on; exec resets handlers, so services get the
     // default actions.
-    let signal_pipe = install_signal_pipe()?;
+    // Until the lock is ours, a daemon child's stderr may be a running bundle's `up.log`:
+    // an early failure goes to the waiting parent on stdout, never into that log.
+    let early = |why: String| -> Result<ExitCode, String> {
+        if daemon_child {
+            println!("failed: {}", Value::from(why));
+            Ok(ExitCode::FAILURE)
+        } else {
+            Err(why)
+        }
+    };
+    let signal_pipe = match install_signal_pipe() {
+        Ok(pipe) => pipe,
+        Err(e) => return early(e),
+    };
     let lock_path = dir.join("up.lock");
     // Not truncated before it is ours: a refused `up` must leave the running one's pid.
-    let lock = std::fs::OpenOptions::new()
+    let lock = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .open(&lock_path)
-        .map_err(|e| format!("cannot create `{}`: {e}", lock_path.display()))?;
+    {
+        Ok(lock) => lock,
+        Err(e) => return early(format!("cannot create `{}`: {e}", lock_path.display())),
+    };
     let _ = lock.set_permissions(std::fs::Permissions::from_mode(0o600));
     // SAFETY: a valid descriptor we own.
     if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(refusal());
+        return early(refusal());
     }
     let _ = lock.set_len(0);
+    if daemon_child {
+        // Our stderr is `up.log`, opened without truncating so that a refused second `up`
+        // can't wipe the running bundle's log: now that the lock is ours, start it afresh.
+        // SAFETY: truncating our own stderr; it is opened for appending, so writes follow.
+        unsafe {
+            libc::ftruncate(2, 0);
+        }
+    }
     // The socket first, before anything starts: a project too deep for a socket path, or
     // a directory we can't bind in, fails now rather than once every service is up.
     let state = StateDir::open(project)?;
@@ -149,14 +173,6 @@ pub fn up(
     // Our pid, for a `down` that comes while we are still starting (no socket yet). Once
     // it is written, a client that finds neither socket knows that ours was removed.
     let _ = (&lock).write_all(std::process::id().to_string().as_bytes());
-    if daemon_child {
-        // Our stderr is `up.log`, opened without truncating so that a refused second `up`
-        // can't wipe the running bundle's log: now that the lock is ours, start it afresh.
-        // SAFETY: truncating our own stderr; it is opened for appending, so writes follow.
-        unsafe {
-            libc::ftruncate(2, 0);
-        }
-    }
     // To the waiting parent, one line: `ok`, or `failed: "<the error as a JSON string>"`.
     let report = |line: &str| {
         if daemon_child {

@@ -35,7 +35,7 @@ enum Command {
         /// (its logs are in .hitchserve/latest/logs/all.log). Exit code 0 means ready.
         #[arg(long)]
         detach: bool,
-        /// Print the startup timeline once ready (an SVG is in the run directory).
+        /// Print the startup timeline once ready (an SVG is written to the run directory when the bundle stops).
         #[arg(long)]
         timeline: bool,
         #[arg(long, hide = true)]

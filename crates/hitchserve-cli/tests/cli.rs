@@ -164,8 +164,26 @@ fn detached_bundle_answers_every_control_command_then_goes_down() {
             text(&second)
         );
     }
+    // One that passed that check but lost the race for the lock (as several `up --detach`
+    // at once do) reports to its parent only: nothing of it lands in the running one's log.
+    let loser = p
+        .cmd(&["up", "--daemon-child"])
+        .stderr(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&up_log)
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&loser.stdout);
+    assert!(
+        !loser.status.success() && said.starts_with("failed: ") && said.contains("already running"),
+        "{said}"
+    );
     let kept = std::fs::read_to_string(&up_log).unwrap();
     assert!(kept.contains("written by the running bundle"), "{kept}");
+    assert!(!kept.contains("already running"), "{kept}");
 
     down(&p);
     let after = p.run(&["status"]);

@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 /// The most a head may take; a status check needs no more.
 const MAX_HEAD: usize = 64 * 1024;
+/// Most interim (1xx) responses taken before the final one.
+const MAX_INTERIM: usize = 16;
+/// Longest chunk size line (size, extensions, spaces).
+const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// The most of a body a body check reads (a health endpoint answers far less).
 const MAX_BODY: usize = 1024 * 1024;
 const MAX_HEADERS: usize = 100;
@@ -97,10 +101,19 @@ pub(crate) fn read_response(
         deadline,
         limit,
     };
+    let mut interim = 0;
     loop {
         let head = conn.head()?;
         // 101 switches protocols: there is no further response to wait for.
         if (100..200).contains(&head.status) && head.status != 101 {
+            // A server may send a few; one that never stops must not fill memory.
+            interim += 1;
+            if interim > MAX_INTERIM {
+                return Err(format!(
+                    "over {MAX_INTERIM} interim (1xx) responses and no final one"
+                ));
+            }
+            conn.discard_read();
             continue;
         }
         if !want_body {
@@ -222,6 +235,12 @@ impl<S: Source> Conn<'_, S> {
         }
     }
 
+    /// Forget what has been read (an interim response's head): memory stays bounded.
+    fn discard_read(&mut self) {
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+    }
+
     /// Make at least `n` unread bytes available.
     fn want(&mut self, n: usize, what: &str) -> Result<(), String> {
         while self.buf.len() - self.pos < n {
@@ -262,6 +281,14 @@ impl<S: Source> Conn<'_, S> {
                         break size;
                     }
                     Ok(httparse::Status::Partial) => {
+                        // httparse takes extensions and spaces of any length: a size line
+                        // that never ends would be parsed again after every read.
+                        if self.buf.len() - self.pos > MAX_CHUNK_LINE {
+                            return Err(format!(
+                                "a chunk size line over {} KiB",
+                                MAX_CHUNK_LINE / 1024
+                            ));
+                        }
                         if !self.fill()? {
                             return Err(self.closed_early("a chunk size"));
                         }
@@ -400,6 +427,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!((r.status, r.body.unwrap().len()), (204, 0));
+    }
+
+    #[test]
+    fn endless_interim_responses_and_chunk_size_lines_are_refused() {
+        let flood = "HTTP/1.1 100 Continue\r\n\r\n".repeat(MAX_INTERIM + 5);
+        let err = read(&flood, true).err().unwrap();
+        assert!(err.contains("interim (1xx) responses"), "{err}");
+        let endless = format!(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;{}",
+            "x".repeat(MAX_CHUNK_LINE + 10)
+        );
+        let err = read(&endless, true).err().unwrap();
+        assert!(err.contains("chunk size line over"), "{err}");
     }
 
     #[test]

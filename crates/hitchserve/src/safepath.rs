@@ -9,8 +9,13 @@
 //! else; below it, nothing can be planted. A hostile pre-existing path is an error that says
 //! what is wrong with it and what to do, never something to work around silently.
 //!
-//! Invariant: everything this module returns is a directory that only the current user can
-//! write to, reached through directories that only the current user (or root) can change.
+//! Also owns making directories for services that run as another user (handed over through
+//! the opened directory, never a path) and checking, before anything starts, that such a user
+//! can reach what it needs.
+//!
+//! Invariant: every directory this module makes or accepts can be written only by the current
+//! user (or the service user it was handed to), and is reached through directories that only
+//! the current user or root can change.
 
 use std::fs::{DirBuilder, Metadata};
 use std::io;

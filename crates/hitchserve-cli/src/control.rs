@@ -695,6 +695,10 @@ fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<(
         for line in &existing {
             emit(out, line)?;
         }
+        // Where is it stuck? A prompt still waiting for its newline is shown too.
+        for line in &view.pending() {
+            emit(out, line)?;
+        }
         return reply(out, &json!({"end": "ok"}));
     }
     let _open = OpenStream::new();

@@ -328,7 +328,18 @@ fn sigterm_to_a_foreground_bundle_stops_it_and_its_services_keep_default_signals
     let run = run.file_name().unwrap().to_str().unwrap().to_owned();
     let pids = marked(&run);
     assert!(pids.len() >= 2, "{pids:?}");
-    for pid in &pids {
+    // The services' main processes (not any marked process: one caught inside a fork, before
+    // its exec, has every signal blocked for that moment).
+    let st = p.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let mains: Vec<u64> = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["pid"].as_u64())
+        .collect();
+    assert_eq!(mains.len(), 2, "{v}");
+    for pid in &mains {
         // A service must not inherit a blocked signal mask: it would ignore its stop signal.
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         if let Some(blocked) = status.lines().find(|l| l.starts_with("SigBlk:")) {
@@ -921,5 +932,25 @@ memory_mb = 8
     assert!(page.ends_with("\r\n\r\nthrough the proxy\n"), "{page}");
     let version = ask(port("Cache", "memcached"), "version\r\nquit\r\n");
     assert!(version.starts_with("VERSION 1."), "{version}");
+    down(&p);
+}
+
+#[test]
+fn plain_logs_show_a_prompt_still_waiting_for_its_newline() {
+    let p = Project::new(
+        "prompt",
+        "[services.Login]\ncommand = [\"sh\", \"-c\", \"echo READY; printf 'Password: '; exec tail -f /dev/null\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    // Once the prompt has been seen by a tail (it shows after a quiet moment)...
+    let seen = p.run(&["logs", "Login", "--until", "^Password", "-n", "5"]);
+    assert!(seen.status.success(), "{}", text(&seen));
+    // ... plain `logs` shows it too, after the whole lines: where the service is stuck.
+    let o = p.run(&["logs", "Login"]);
+    let shown = String::from_utf8_lossy(&o.stdout).into_owned();
+    let last = shown.lines().last().unwrap_or_default().to_owned();
+    assert!(o.status.success() && last.contains("Password:"), "{shown}");
+    assert!(shown.contains("READY"), "{shown}");
     down(&p);
 }

@@ -239,10 +239,16 @@ impl LogLine {
             .unwrap_or_default()
     }
 
-    /// The text: invalid UTF-8 replaced by U+FFFD and one trailing `\r` removed.
+    /// The text: invalid UTF-8 replaced by U+FFFD and, from a line that ended with `\r\n`,
+    /// the `\r` removed (a `\r` before no newline — a partial line's progress counter, say —
+    /// is kept).
     pub fn text(&self) -> Cow<'_, str> {
         let b = self.bytes();
-        let b = b.strip_suffix(b"\r").unwrap_or(b);
+        let b = if self.newline {
+            b.strip_suffix(b"\r").unwrap_or(b)
+        } else {
+            b
+        };
         // `from_utf8` is much faster than the lossy walk for the usual, valid, line.
         match std::str::from_utf8(b) {
             Ok(s) => Cow::Borrowed(s),
@@ -428,6 +434,13 @@ impl Logs {
     /// The last `n` lines, oldest first.
     pub fn last(&self, n: usize) -> Vec<LogLine> {
         self.store.last(&self.filter, n)
+    }
+
+    /// Lines a service has started but not ended — a prompt waiting without a newline — once
+    /// it has been quiet for a moment, oldest first ([`LogLine::is_partial`]). Not among the
+    /// stored lines (`entries`, `lines`, `len`) until their newline comes.
+    pub fn pending(&self) -> Vec<LogLine> {
+        self.store.partial_lines(&self.filter)
     }
 
     /// How many lines there are now.

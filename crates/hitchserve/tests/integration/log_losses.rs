@@ -30,15 +30,20 @@ fn expected(i: usize) -> String {
     format!("{:.<99}", format!("line {i:06} "))
 }
 
-/// Waits for the warning, the filler's last line and DONE; returns the error the next call
-/// gave, after checking that the call after it succeeds.
+/// Waits for the warning, then returns the error `check` gives.
 fn wait_for_the_loss(b: &hitchserve::Bundle, warning: &mut hitchserve::Tail, what: &str) -> Error {
     let line = warning
         .until(
             |l| l.contains("could not write") && l.contains("all.log"),
             PATIENCE,
         )
-        .unwrap();
+        .unwrap_or_else(|e| {
+            panic!(
+                "no warning about all.log: {e}\nstats: {:?}\nbundle's last lines: {:?}",
+                b.log_stats(),
+                b.logs().last(10).iter().map(|l| l.to_string()).collect::<Vec<_>>()
+            )
+        });
     assert!(
         line.to_string()
             .contains("[Hitch] WARNING: could not write"),

@@ -373,6 +373,9 @@ fn ports_of(s: &config::ServiceConfig) -> Vec<String> {
         Some("smtp") => ports.push(hitchserve::services::smtp::PORT.into()),
         Some("memcached") => ports.push(hitchserve::services::memcached::PORT.into()),
         Some("nginx") => ports.push(hitchserve::services::nginx::PORT.into()),
+        Some("mariadb") => ports.push(hitchserve::services::mariadb::PORT.into()),
+        Some("rabbitmq") => ports.push(hitchserve::services::rabbitmq::PORT.into()),
+        Some("chromium") => ports.push(hitchserve::services::chromium::PORT.into()),
         _ => {}
     }
     ports
@@ -553,14 +556,30 @@ fn serve(
                     .iter()
                     .map(|(k, v)| json!([k.to_string_lossy(), v.to_string_lossy()]))
                     .collect();
-                // A service with a `user` has its commands run as that user too.
+                // Commands run as the service's user: the one its process runs as (a
+                // ready-made kind picks its own, e.g. `postgres`), or the `user` it was given.
                 let user = cfg_ports
                     .iter()
                     .find(|(n, _, _)| *n == service("service"))
                     .and_then(|(_, _, u)| u.as_deref());
-                let ids = user
-                    .and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
-                    .map(|u| json!([u.uid.as_raw(), u.gid.as_raw()]));
+                let running = svc
+                    .process()
+                    .ok()
+                    .and_then(|p| Some((p.uids().ok()?.effective, p.gids().ok()?.effective)));
+                let ids = running
+                    .or_else(|| {
+                        user.and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+                            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+                    })
+                    .map(|(uid, gid)| json!([uid, gid]));
+                let user = user.map(str::to_owned).or_else(|| {
+                    running.and_then(|(uid, _)| {
+                        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                            .ok()
+                            .flatten()
+                            .map(|u| u.name)
+                    })
+                });
                 json!({"ok": true, "env": env, "dir": svc.directory().to_string_lossy(), "user": user, "ids": ids})
             }
             Err(e) => err(e),

@@ -379,6 +379,9 @@ user = "nobody"
     if is_root() {
         let who = p.run(&["exec", "Clock", "--", "id", "-un"]);
         assert_eq!(String::from_utf8_lossy(&who.stdout).trim(), "nobody");
+        // A ready-made kind's own user too (PostgreSQL runs as `postgres` under root).
+        let who = p.run(&["exec", "Postgres", "--", "id", "-un"]);
+        assert_eq!(String::from_utf8_lossy(&who.stdout).trim(), "postgres");
     }
     drop(p);
     let _ = std::fs::remove_dir_all(&work);

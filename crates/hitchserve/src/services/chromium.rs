@@ -141,7 +141,12 @@ impl Chromium {
         let temps = std::env::temp_dir()
             .join(format!("hitchserve-{}", crate::safepath::euid()))
             .join("chromium-tmp");
-        let tmp = temps.join(crate::timetravel::shm::token());
+        // Named after the process that owns the bundle: pruning leaves a live one alone.
+        let tmp = temps.join(format!(
+            "{}-{}",
+            std::process::id(),
+            crate::timetravel::shm::token()
+        ));
         let mut svc = Service::new([
             driver.into_os_string(),
             "--port={port.webdriver}".into(),
@@ -174,7 +179,7 @@ impl Chromium {
         .no_libfaketime()
         .setup(move |ctx| {
             crate::safepath::user_subdir("chromium-tmp", 0o711)?;
-            prune_empty_dirs(&temps);
+            prune_dead_dirs(&temps);
             crate::safepath::make_dir_for(&tmp, 0o700, ctx.run_as())?;
             let dir = ctx.run_dir().join(ctx.service());
             for sub in ["home", "profiles"] {
@@ -224,21 +229,25 @@ impl Chromium {
     }
 }
 
-/// Remove the empty temporary directories of earlier runs (a browser that was killed
-/// leaves its singleton directory behind, and its run's directory with it).
-fn prune_empty_dirs(parent: &Path) {
+/// Remove the temporary directories of earlier runs whose owning process is gone (a
+/// browser leaves its singleton and scoped directories behind): `<pid>-<random>`; a live
+/// owner's directory is left alone, even when it is empty between two sessions.
+fn prune_dead_dirs(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return;
     };
-    let old = std::time::SystemTime::now() - Duration::from_secs(60);
     for entry in entries.flatten() {
-        let stale = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t < old);
-        if stale {
-            // Fails, as it should, on a directory that isn't empty.
-            let _ = std::fs::remove_dir(entry.path());
+        let name = entry.file_name();
+        let owner = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let Some(owner) = owner else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{owner}")).exists() {
+            // Never follows a link inside (std's remove_dir_all works through descriptors).
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

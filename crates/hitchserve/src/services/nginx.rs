@@ -14,9 +14,8 @@
 //! (`HITCHSERVE_NGINX_CONF`), the one place the bundle fills in port templates; the file
 //! is created anew (never through a link someone planted).
 //!
-//! nginx runs with fake time: its `Date` headers and logs follow the bundle's clock. A jump
-//! also moves its monotonic clock, so a jump longer than a proxy timeout (60 s) ends a
-//! request that is in flight at that moment.
+//! nginx runs with fake time: its `Date` headers and logs follow the bundle's clock. Its
+//! timeouts run on the monotonic clock, which time travel never moves.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -41,7 +41,11 @@ fn wait_for_the_loss(b: &hitchserve::Bundle, warning: &mut hitchserve::Tail, wha
             panic!(
                 "no warning about all.log: {e}\nstats: {:?}\nbundle's last lines: {:?}",
                 b.log_stats(),
-                b.logs().last(10).iter().map(|l| l.to_string()).collect::<Vec<_>>()
+                b.logs()
+                    .last(10)
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
             )
         });
     assert!(

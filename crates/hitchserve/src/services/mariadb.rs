@@ -203,6 +203,9 @@ impl MariaDb {
             format!("--socket={socket_text}"),
         ];
         argv.extend(TRIMMED.iter().map(|s| (*s).to_owned()));
+        // The data directory is made with the same options (some, such as the page size,
+        // shape its files), and a template is kept per set of options.
+        let options = self.options.clone();
         argv.extend(self.options);
         let mut svc = Service::new(argv)
             .port(PORT)
@@ -246,6 +249,7 @@ impl MariaDb {
                         "--cross-bootstrap".into(),
                     ];
                     argv.extend(TRIMMED.iter().map(|s| (*s).to_owned()));
+                    argv.extend(options.iter().cloned());
                     // Without a bootstrap server of its own choosing: the one we run.
                     ctx.run_command(ctx.subcommand(argv).env("MYSQLD_BOOTSTRAP", &mariadbd))
                 };
@@ -260,7 +264,7 @@ impl MariaDb {
                 let templates =
                     crate::safepath::user_subdir("mariadb-templates", 0o711)?.join(&owner);
                 ctx.make_dir(&templates)?;
-                let template = templates.join(template_name(&mariadbd, &setup_admin));
+                let template = templates.join(template_name(&mariadbd, &setup_admin, &options));
                 if !template.is_dir() {
                     // Made under a name of our own, then renamed (only a complete template
                     // ever has the final name): parallel runs may race.
@@ -378,7 +382,7 @@ fn find_tool(basedir: &Path, dirs: &[&str], names: &[&str]) -> Result<PathBuf> {
 
 /// The template's name: which server made it (its path, size and time, so an upgrade makes
 /// a new one), for which admin.
-fn template_name(mariadbd: &Path, admin: &str) -> String {
+fn template_name(mariadbd: &Path, admin: &str, options: &[String]) -> String {
     let stamp = std::fs::metadata(mariadbd)
         .map(|m| {
             use std::os::unix::fs::MetadataExt;
@@ -386,9 +390,10 @@ fn template_name(mariadbd: &Path, admin: &str) -> String {
         })
         .unwrap_or_default();
     let key = format!(
-        "{}\0{stamp}\0{admin}\0{}",
+        "{}\0{stamp}\0{admin}\0{}\0{}",
         mariadbd.display(),
-        TRIMMED.join(" ")
+        TRIMMED.join(" "),
+        options.join(" ")
     );
     let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)

@@ -449,8 +449,23 @@ fn program(project: &Path, p: &Text) -> PathBuf {
 /// than ignore them.
 fn kind_options(name: &str, s: &ServiceConfig) -> Result<(), String> {
     let kind = s.kind.as_deref().unwrap_or("");
-    let given: [(&str, bool, &[&str]); 6] = [
+    let given: [(&str, bool, &[&str]); 13] = [
         ("bin_dir", s.bin_dir.is_some(), &["postgres"]),
+        (
+            "users",
+            !s.users.is_empty(),
+            &["postgres", "mariadb", "rabbitmq"],
+        ),
+        (
+            "databases",
+            !s.databases.is_empty(),
+            &["postgres", "mariadb"],
+        ),
+        ("vhosts", !s.vhosts.is_empty(), &["rabbitmq"]),
+        ("basedir", s.basedir.is_some(), &["mariadb"]),
+        ("driver", s.driver.is_some(), &["chromium"]),
+        ("browser", s.browser.is_some(), &["chromium"]),
+        ("browser_args", !s.browser_args.is_empty(), &["chromium"]),
         (
             "program",
             s.program.is_some(),
@@ -528,7 +543,7 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
             Some("mariadb") => {
                 let mut db = MariaDb::new();
                 if let Some(dir) = &s.basedir {
-                    db = db.basedir(dir.to_path());
+                    db = db.basedir(project.join(dir.as_str()));
                 }
                 for u in &s.users {
                     db = db.user(u.name.as_str(), u.password.as_str());
@@ -591,10 +606,10 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
             Some("chromium") => {
                 let mut c = Chromium::new();
                 if let Some(driver) = &s.driver {
-                    c = c.driver(driver.to_path());
+                    c = c.driver(program(project, driver));
                 }
                 if let Some(browser) = &s.browser {
-                    c = c.browser(browser.to_path());
+                    c = c.browser(program(project, browser));
                 }
                 for flag in &s.browser_args {
                     c = c.arg(flag.as_str());
@@ -729,6 +744,21 @@ mod tests {
             from_seconds(-1.5).unwrap(),
             SignedDuration::from_millis(-1500)
         );
+    }
+
+    #[test]
+    fn options_of_the_new_kinds_given_to_another_are_errors() {
+        for (toml, key) in [
+            ("[services.C]\nkind = \"memcached\"\nusers = [{ name = \"a\", password = \"b\" }]\n", "users"),
+            ("[services.C]\nkind = \"redis\"\nvhosts = [\"v\"]\n", "vhosts"),
+            ("[services.C]\nkind = \"postgres\"\ndriver = \"x\"\n", "driver"),
+            ("[services.C]\ncommand = [\"true\"]\nbasedir = \"/usr\"\n", "basedir"),
+        ] {
+            let cfg: Config = toml::from_str(toml).unwrap();
+            let (name, svc) = cfg.services.iter().next().unwrap();
+            let err = kind_options(name.as_str(), svc).unwrap_err();
+            assert!(err.contains(&format!("`{key}` is an option of kind")), "{err}");
+        }
     }
 
     #[test]

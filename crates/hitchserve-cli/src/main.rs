@@ -1,7 +1,7 @@
 //! `hitchserve`: run a bundle defined in `hitchserve.toml` and drive it from anywhere.
 //!
 //! `up` starts the bundle (in the foreground, or `--detach`ed) and serves control requests
-//! on a Unix socket in the project's `.hitchserve/` (0600 in a 0700 directory); every other
+//! on a Unix socket in the project's `.hitchserve/control/` (0600 in a 0700 directory); every other
 //! command is a client of that socket. The CLI is a thin client of the library's public API.
 
 mod config;

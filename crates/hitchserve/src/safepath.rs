@@ -29,12 +29,23 @@ pub(crate) fn euid() -> u32 {
     nix::unistd::geteuid().as_raw()
 }
 
+/// Where the per-user directory is: `$TMPDIR/hitchserve-<uid>`. Only a name: use it through
+/// [`user_dir`] or [`user_subdir`], which create or check it.
+fn user_dir_path() -> PathBuf {
+    std::env::temp_dir().join(format!("hitchserve-{}", euid()))
+}
+
+/// Where `user_subdir(name, ..)` is, for a path a service must know when it is defined; the
+/// directory itself is made (and checked) by `user_subdir` before anything uses it.
+pub(crate) fn user_subdir_path(name: &str) -> PathBuf {
+    user_dir_path().join(name)
+}
+
 /// `$TMPDIR/hitchserve-<uid>` (mode 0711: other users, e.g. a database's own user, may reach
 /// what is inside only where a subdirectory lets them), created or checked.
 pub(crate) fn user_dir() -> Result<PathBuf> {
-    let tmp = std::env::temp_dir();
-    check_shared_parent(&tmp)?;
-    let dir = tmp.join(format!("hitchserve-{}", euid()));
+    check_shared_parent(&std::env::temp_dir())?;
+    let dir = user_dir_path();
     ensure_dir(&dir, 0o711)?;
     Ok(dir)
 }
@@ -45,6 +56,24 @@ pub(crate) fn user_subdir(name: &str, mode: u32) -> Result<PathBuf> {
     let dir = user_dir()?.join(name);
     ensure_dir(&dir, mode)?;
     Ok(dir)
+}
+
+/// A random name (16 hex digits) for something made where others could guess and plant a
+/// predictable one: `/dev/shm` objects, per-run directories.
+pub(crate) fn random_name() -> String {
+    let mut bytes = [0u8; 8];
+    // SAFETY: a valid buffer of the given length; getrandom has no other preconditions.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let value = if n == 8 {
+        u64::from_ne_bytes(bytes)
+    } else {
+        // No getrandom (very old kernels): std's per-process random hasher keys.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
+        h.finish()
+    };
+    format!("{value:016x}")
 }
 
 /// The temporary directory and every directory above it must be owned by root or us, and

@@ -138,14 +138,12 @@ impl Chromium {
         // Chromium's singleton socket goes in TMPDIR, and a socket path must fit in 107
         // bytes: the run directory can be too deep, so TMPDIR is a short directory private
         // to the service's user, under a random name in our per-user temporary directory.
-        let temps = std::env::temp_dir()
-            .join(format!("hitchserve-{}", crate::safepath::euid()))
-            .join("chromium-tmp");
+        let temps = crate::safepath::user_subdir_path("chromium-tmp");
         // Named after the process that owns the bundle: pruning leaves a live one alone.
         let tmp = temps.join(format!(
             "{}-{}",
             std::process::id(),
-            crate::timetravel::shm::token()
+            crate::safepath::random_name()
         ));
         let mut svc = Service::new([
             driver.into_os_string(),

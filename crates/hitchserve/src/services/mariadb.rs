@@ -152,10 +152,8 @@ impl MariaDb {
         let client = find_tool(&basedir, &["bin"], &["mariadb", "mysql"])?;
         // The socket lives in a short directory private to the server's user: a socket path
         // must fit in 107 bytes, and only that user (and root) may use it.
-        let sockets = std::env::temp_dir()
-            .join(format!("hitchserve-{}", crate::safepath::euid()))
-            .join("mariadb-sock");
-        let socket_dir = sockets.join(crate::timetravel::shm::token());
+        let sockets = crate::safepath::user_subdir_path("mariadb-sock");
+        let socket_dir = sockets.join(crate::safepath::random_name());
         let socket = socket_dir.join("mysqld.sock");
         let socket_text = socket.to_string_lossy().into_owned();
         if socket_text.len() > 107 {
@@ -229,7 +227,7 @@ impl MariaDb {
         Ok(svc
             .setup(move |ctx| {
                 crate::safepath::user_subdir("mariadb-sock", 0o711)?;
-                super::postgres::prune_socket_dirs(&sockets);
+                super::prune_socket_dirs(&sockets);
                 crate::safepath::make_dir_for(&socket_dir, 0o700, ctx.run_as())?;
                 let dir = ctx.run_dir().join(ctx.service());
                 ctx.make_dir(&dir)?;

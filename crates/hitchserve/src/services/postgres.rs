@@ -120,10 +120,8 @@ impl Postgres {
         // which every local user can reach, only users with a password (scram-sha-256). The
         // directory is short (a socket path must fit in 107 bytes): in our per-user
         // temporary directory, under a random name, made by the setup hook.
-        let sockets = std::env::temp_dir()
-            .join(format!("hitchserve-{}", crate::safepath::euid()))
-            .join("pg-sock");
-        let socket_dir = sockets.join(crate::timetravel::shm::token());
+        let sockets = crate::safepath::user_subdir_path("pg-sock");
+        let socket_dir = sockets.join(crate::safepath::random_name());
         let socket_dir_text = socket_dir.to_string_lossy().into_owned();
         if socket_dir_text.len() + "/.s.PGSQL.65535".len() > 107 {
             return Err(Error::Io {
@@ -183,7 +181,7 @@ impl Postgres {
         Ok(svc
             .setup(move |ctx| {
                 crate::safepath::user_subdir("pg-sock", 0o711)?;
-                prune_socket_dirs(&sockets);
+                super::prune_socket_dirs(&sockets);
                 crate::safepath::make_dir_for(&socket_dir, 0o700, ctx.run_as())?;
                 let dir = ctx.run_dir().join(ctx.service());
                 ctx.make_dir(&dir)?;
@@ -320,25 +318,6 @@ fn template_name(initdb: &str) -> String {
     });
     // v2: trust only on the private socket (v1 clusters trusted every TCP connection).
     format!("cluster-v2-{hash:016x}")
-}
-
-/// Remove socket directories of servers long gone: empty (a live server keeps its socket
-/// and lock file there) and older than a minute (not one a starting server is about to use).
-pub(super) fn prune_socket_dirs(sockets: &Path) {
-    let Ok(entries) = std::fs::read_dir(sockets) else {
-        return;
-    };
-    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
-    for entry in entries.flatten() {
-        let stale = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t < old);
-        if stale {
-            // Fails, as it should, on a directory that isn't empty.
-            let _ = std::fs::remove_dir(entry.path());
-        }
-    }
 }
 
 /// A double-quoted SQL identifier.

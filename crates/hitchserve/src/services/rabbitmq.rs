@@ -175,7 +175,7 @@ impl RabbitMq {
         let dir = "{run}/{service}";
         let node = format!(
             "hitchserve-{{port.amqp}}-{}@localhost",
-            crate::timetravel::shm::token()
+            crate::safepath::random_name()
         );
         // Distribution (rabbitmqctl's way in) on 127.0.0.1 only.
         let mut erl_args = String::from("-kernel inet_dist_use_interface {127,0,0,1}");
@@ -247,10 +247,10 @@ impl RabbitMq {
                 // A cookie for this run only: whoever holds it controls the node.
                 let cookie = format!(
                     "{}{}{}{}",
-                    crate::timetravel::shm::token(),
-                    crate::timetravel::shm::token(),
-                    crate::timetravel::shm::token(),
-                    crate::timetravel::shm::token()
+                    crate::safepath::random_name(),
+                    crate::safepath::random_name(),
+                    crate::safepath::random_name(),
+                    crate::safepath::random_name()
                 );
                 write_private(&dir.join(".erlang.cookie"), cookie.as_bytes(), 0o400, owner)?;
                 let defs_path = dir.join("definitions.json");

@@ -28,7 +28,7 @@ use jiff::Timestamp;
 
 use crate::error::{Error, Result};
 
-pub(crate) mod shm;
+mod shm;
 
 /// The shim, built by `build.rs`.
 const SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hitchserve-timeshim.so"));
@@ -140,7 +140,7 @@ impl Clock {
                 run_dir
                     .file_name()
                     .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                shm::token()
+                crate::safepath::random_name()
             ),
         })
     }

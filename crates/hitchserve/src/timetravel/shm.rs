@@ -16,23 +16,6 @@
 use std::ffi::CString;
 use std::io;
 
-/// A random token for this bundle's names.
-pub(crate) fn token() -> String {
-    let mut bytes = [0u8; 8];
-    // SAFETY: a valid buffer of the given length; getrandom has no other preconditions.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    let value = if n == 8 {
-        u64::from_ne_bytes(bytes)
-    } else {
-        // No getrandom (very old kernels): std's per-process random hasher keys.
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
-        h.finish()
-    };
-    format!("{value:016x}")
-}
-
 /// `FAKETIME_SHARED` for the services of `uid`: "SEM SHM" (names for `sem_open`/`shm_open`).
 pub(super) fn env_value(token: &str, uid: u32) -> String {
     let (sem, shm) = names(token, uid);

@@ -10,7 +10,8 @@
 //! can only live in memory, and past the limit the oldest of them are dropped — counted, said
 //! in a warning and in an error from the bundle's next call, and shown by queries as lost
 //! lines (`LogLine::is_lost`), never as wrong data. The newest lines are kept: they are the
-//! ones a failing test's error quotes.
+//! ones a failing test's error quotes. The bundle's own lines are never dropped (they are
+//! few, and one of them is the warning that says what happened).
 //!
 //! A line longer than a quarter of the limit arrives in pieces (see `split`), so it never
 //! has to be whole in memory: each piece gets a block of its own and an `all.log` line of
@@ -26,6 +27,7 @@
 //! store holds its only reference (`Arc::get_mut`); a block is only spilled once the log
 //! writer reports its bytes written; user code (predicates) never runs under the lock.
 
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -133,6 +135,10 @@ struct Inner {
     partials: Vec<Option<Partial>>,
     /// Partials published so far (the last one's stamp).
     partial_stamp: u64,
+    /// The bundle's own lines (its warnings, "Starting X") from blocks dropped from memory
+    /// while all.log could not take them: never lost — they are few, small, and say what
+    /// happened (the warning about all.log among them). By seq.
+    kept: HashMap<u64, Arc<Vec<u8>>>,
 }
 
 /// The start of a line a source has not ended, as published after a quiet period.
@@ -238,6 +244,7 @@ impl LogStore {
                 open_long: Vec::new(),
                 partials: Vec::new(),
                 partial_stamp: 0,
+                kept: HashMap::new(),
             }),
             grown: Condvar::new(),
             relieved: Condvar::new(),
@@ -766,6 +773,19 @@ fn pick(inner: &Inner, i: usize) -> Picked {
     // Without a failure, a line leaves memory only once all.log has it.
     let durable = inner.failure.as_ref().map_or(u64::MAX, |f| f.durable);
     let slot = &inner.blocks[e.block as usize];
+    if slot.data.is_none() {
+        if let Some(kept) = inner.kept.get(&(i as u64)) {
+            return Picked {
+                seq: i as u64,
+                entry: Entry { start: 0, ..e },
+                source: Arc::clone(&inner.sources[e.source as usize]),
+                data: Some(Arc::clone(kept)),
+                file_range: (slot.file_start, slot.file_end.min(durable)),
+                lost: false,
+                pieces: None,
+            };
+        }
+    }
     Picked {
         seq: i as u64,
         entry: e,
@@ -1025,9 +1045,18 @@ fn spill(inner: &mut Inner, written: u64) {
                 // A piece on disk: nothing lost.
                 Some(_) if slot.long != NOT_LONG => {}
                 Some(durable) => {
+                    let data = slot.data.clone().unwrap_or_default();
                     for seq in slot.first..slot.first + u64::from(slot.lines) {
                         let e = inner.entries[seq as usize];
-                        if !is_durable(&e, durable) {
+                        if is_durable(&e, durable) {
+                            continue;
+                        }
+                        if inner.sources[e.source as usize].service.is_none() {
+                            let bytes = data
+                                .get(e.start as usize..e.start as usize + e.len as usize)
+                                .unwrap_or_default();
+                            inner.kept.insert(seq, Arc::new(bytes.to_vec()));
+                        } else {
                             inner.lost.0 += 1;
                             inner.lost.1 += u64::from(e.len);
                         }

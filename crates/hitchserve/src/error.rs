@@ -194,8 +194,8 @@ pub enum Error {
     #[error(
         "the bundle's log file `{}` could not be written ({reason}): {} are not in it, of which {} were also dropped from memory (past the log memory limit); free disk space (or leave the run directory in place) and run again",
         path.display(),
-        crate::logs::amount(*lines_not_written, *bytes_not_written),
-        crate::logs::amount(*lines_lost, *bytes_lost)
+        amount(*lines_not_written, *bytes_not_written),
+        amount(*lines_lost, *bytes_lost)
     )]
     LogFileFailed {
         /// The file, `<run dir>/logs/all.log`.
@@ -431,4 +431,30 @@ fn not_ready_section(not_ready: &[NotReady]) -> String {
     }
     out.push_str("\n  raise Bundle::startup_timeout if the services are just slow");
     out
+}
+
+/// `3 lines (120 bytes)`, for messages.
+pub(crate) fn amount(lines: u64, n: u64) -> String {
+    let l = if lines == 1 { "line" } else { "lines" };
+    format!("{lines} {l} ({})", bytes(n))
+}
+
+/// A byte count for people: `512 bytes`, `3.0 KiB`, `8.0 MiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    match n {
+        0..1024 => format!("{n} bytes"),
+        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
+        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
+    }
+}
+
+/// The message of a panic caught from user code (a readiness closure, a hook).
+pub(crate) fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-text payload".to_owned()
+    }
 }

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::cgroup::Cgroup;
-use crate::supervise::MARKER_VAR;
+use crate::exec::MARKER_VAR;
 
 const SCRIPT: &str = r#"
 trap '' HUP INT PIPE

@@ -9,15 +9,14 @@
 //! start only once its poststart hook has finished.
 
 use std::ffi::OsString;
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
-use crate::logs::{End, LineSplitter, Source};
+use crate::error::{panic_message, Error, Result};
+use crate::exec::ExecEnv;
+use crate::logs::{Sink, Source};
 use crate::signal::ExitStatus;
 use crate::subcommand::Subcommand;
-use crate::supervise::Shared;
 
 /// What a hook returns: any error, which then fails startup with its message.
 pub type HookResult = std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -38,10 +37,7 @@ impl Hook {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(ctx))) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(payload) => Err(format!(
-                "it panicked: {}",
-                crate::readiness::panic_message(&payload)
-            )),
+            Err(payload) => Err(format!("it panicked: {}", panic_message(&payload))),
         }
     }
 }
@@ -72,42 +68,40 @@ impl std::fmt::Debug for Hook {
 /// # let _ = db;
 /// ```
 pub struct HookContext<'a> {
-    pub(crate) shared: &'a Arc<Shared>,
-    pub(crate) idx: usize,
-    pub(crate) out: Arc<Source>,
-    pub(crate) err: Arc<Source>,
+    pub(crate) exec: &'a ExecEnv,
+    pub(crate) run_dir: &'a Path,
+    pub(crate) sink: &'a Arc<Sink>,
+    /// The hook's labels: what it runs and logs goes to the logs under these.
+    pub(crate) out: &'a Arc<Source>,
+    pub(crate) err: &'a Arc<Source>,
 }
 
 impl HookContext<'_> {
     /// The service's name.
     pub fn service(&self) -> &str {
-        &self.shared.plans[self.idx].name
+        &self.exec.service
     }
 
     /// The service's working directory.
     pub fn directory(&self) -> &Path {
-        &self.shared.plans[self.idx].dir
+        &self.exec.dir
     }
 
     /// This run's directory (`.hitchserve/runs/<run>`): a place for per-run data.
     pub fn run_dir(&self) -> &Path {
-        &self.shared.run.path
+        self.run_dir
     }
 
     /// The uid and gid the service runs as, if another user's.
     pub(crate) fn run_as(&self) -> Option<(u32, u32)> {
-        self.shared.plans[self.idx].run_as
+        self.exec.run_as
     }
 
     /// A variable of the service's environment, with its templates filled in: a way for a
     /// hook to learn its ports (`.env("ADDR", "127.0.0.1:{port.http}")`, then
     /// `ctx.env_var("ADDR")`) or to expand a whole template the same way.
     pub fn env_var(&self, key: &str) -> Option<String> {
-        self.shared.plans[self.idx]
-            .env
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.to_string_lossy().into_owned())
+        self.exec.var(key)
     }
 
     /// Create a directory (and its parents) owned by the service's user (see
@@ -115,16 +109,12 @@ impl HookContext<'_> {
     /// at `path` is refused rather than followed. A service that runs as another user already
     /// has `<run>/<Name>/`, private to that user.
     pub fn make_dir(&self, path: &Path) -> Result<()> {
-        crate::safepath::make_dir_for(path, 0o755, self.shared.plans[self.idx].run_as)
+        crate::safepath::make_dir_for(path, 0o755, self.exec.run_as)
     }
 
     /// Print and store a line under the hook's label.
     pub fn log(&self, message: &str) {
-        let lines: Vec<(&[u8], End)> = message
-            .split('\n')
-            .map(|l| (l.as_bytes(), End::Newline))
-            .collect();
-        self.shared.output.emit(&self.out, &lines, false);
+        self.sink.message(self.out, message);
     }
 
     /// A command in the service's environment, directory and fake time, to run yourself
@@ -134,7 +124,7 @@ impl HookContext<'_> {
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
-        self.shared.plans[self.idx].subcommand(argv.into_iter().map(Into::into).collect())
+        Subcommand::new(self.exec, argv.into_iter().map(Into::into).collect())
     }
 
     /// Run a command in the service's environment; its stdout and stderr are printed and
@@ -165,24 +155,15 @@ impl HookContext<'_> {
 
     fn run_labelled(&self, sub: &Subcommand) -> Result<ExitStatus> {
         let mut child = sub.spawn_piped()?;
-        let readers: Vec<_> = [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .zip([Arc::clone(&self.out), Arc::clone(&self.err)])
-        .filter_map(|(pipe, source)| {
-            let pipe = pipe?;
-            let output = Arc::clone(&self.shared.output);
-            Some(std::thread::spawn(move || pump(pipe, &output, &source)))
-        })
-        .collect();
+        let mut readers = Vec::with_capacity(2);
+        if let Some(pipe) = child.stdout.take() {
+            let (sink, source) = (Arc::clone(self.sink), Arc::clone(self.out));
+            readers.push(std::thread::spawn(move || sink.pump(pipe, &source)));
+        }
+        if let Some(pipe) = child.stderr.take() {
+            let (sink, source) = (Arc::clone(self.sink), Arc::clone(self.err));
+            readers.push(std::thread::spawn(move || sink.pump(pipe, &source)));
+        }
         let pid = child.id();
         let status = child.wait().map_err(|source| Error::Spawn {
             service: self.service().to_owned(),
@@ -195,26 +176,5 @@ impl HookContext<'_> {
             let _ = r.join();
         }
         Ok(ExitStatus::from_std(status))
-    }
-}
-
-/// Copy a pipe's lines into the logs under `source` until end of file.
-fn pump(mut pipe: Box<dyn Read + Send>, output: &crate::supervise::Output, source: &Arc<Source>) {
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut splitter = LineSplitter::new(output.store.piece_size());
-    loop {
-        match pipe.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                splitter.split(&buf[..n], |lines| {
-                    output.emit(source, lines, false);
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    if let Some(last) = splitter.finish() {
-        output.emit(source, &[(&last, End::Unterminated)], false);
     }
 }

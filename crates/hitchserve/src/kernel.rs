@@ -9,8 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::bundle::{Bundle, ServiceHandle};
+use crate::bundle::Bundle;
 use crate::error::{Error, Result};
+use crate::handle::ServiceHandle;
 
 /// The connection file named in a line like `    --existing kernel-30003.json`.
 fn connection_file_in(line: &str) -> Option<&str> {

@@ -34,34 +34,46 @@
 //! ```
 #![warn(missing_docs)]
 
+// Layers, each importing only from those below it (kept so by `tests/layers.rs`):
+// 1. leaves: error, signal, safepath, cgroup, process, rundir, ports, timetravel, exec,
+//    guardian;
+// 2. logs (store, splitter, sink, console, log files), subcommand;
+// 3. what the user declares: service, readiness (the `Ready` vocabulary), hooks;
+// 4. plan: definitions checked and resolved;
+// 5. runtime: the running bundle, its state machine and its threads;
+// 6. inspect: read-only views (process tree, timeline);
+// 7. the public façade: bundle, handle;
+// 8. built on the façade: kernel, services.
 mod bundle;
 mod cgroup;
-mod console;
 mod error;
+mod exec;
 mod guardian;
+mod handle;
 mod hooks;
+mod inspect;
 mod kernel;
-mod logfiles;
 mod logs;
+mod plan;
 mod ports;
 mod process;
 mod readiness;
 mod rundir;
+mod runtime;
 mod safepath;
 mod service;
 pub mod services;
 mod signal;
 mod subcommand;
-mod supervise;
-mod timeline;
 mod timetravel;
 
-pub use bundle::{
-    Bundle, Interrupter, LogStats, ProcessTree, ServiceHandle, TreeProcess, TreeService,
-};
+pub use bundle::{Bundle, Interrupter};
 pub use error::{Error, NotReady, Result};
+pub use handle::ServiceHandle;
 pub use hooks::{HookContext, HookResult};
-pub use logs::{Follow, LogLine, Logs, Part, Stream, Tail};
+pub use inspect::timeline::{ServiceTimeline, Timeline};
+pub use inspect::{ProcessTree, TreeProcess, TreeService};
+pub use logs::{Follow, LogLine, LogStats, Logs, Part, Stream, Tail};
 pub use process::{
     Connection, ConnectionKind, CpuTimes, CtxSwitches, Ids, IoCounters, MemoryInfo, OpenFile,
     Process, Resource, Rlimit, Status, ThreadInfo,
@@ -70,7 +82,6 @@ pub use readiness::Ready;
 pub use service::{Condition, Service};
 pub use signal::{ExitStatus, ParseSignalError, Signal};
 pub use subcommand::{Output, Subcommand};
-pub use timeline::{ServiceTimeline, Timeline};
 
 /// The time crate whose `Timestamp` [`Bundle::now`] and [`Bundle::time_travel_to`] use.
 pub use jiff;

@@ -5,7 +5,7 @@
 //! checks see each log line exactly once, in the service's reader; probes (TCP, HTTP,
 //! command, file) are tried by a prober thread at an interval that starts at a few
 //! milliseconds and backs off (the HTTP exchange itself is in `http`). Once a part of the
-//! check has passed it stays passed. It does not change service state: `supervise` acts on
+//! check has passed it stays passed. It does not change service state: the runtime acts on
 //! the verdicts. A check that panics is reported, never propagated.
 
 use std::ffi::OsString;
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::error::panic_message;
 use crate::logs::LogLine;
 
 pub(crate) mod http;
@@ -320,13 +321,9 @@ struct CheckState {
     last_failure: Option<String>,
 }
 
-/// Where probes run: the service's directory and environment.
+/// Where probes run: the service's directory, environment and user.
 pub(crate) struct ProbeEnv<'a> {
-    pub service: &'a str,
-    pub dir: &'a std::path::Path,
-    pub env: &'a [(OsString, OsString)],
-    /// The service's user, if it has one.
-    pub run_as: Option<(u32, u32)>,
+    pub exec: &'a crate::exec::ExecEnv,
     /// No probe may take longer than this.
     pub limit: Duration,
 }
@@ -442,13 +439,7 @@ fn run_probe(kind: &Kind, env: &ProbeEnv<'_>) -> Result<(), String> {
         Kind::Tcp { addr } => connect(addr, env.limit).map(drop),
         Kind::Http(h) => http_get(h, env.limit),
         Kind::Exec { argv } => {
-            let sub = crate::subcommand::Subcommand::new(
-                env.service,
-                argv.clone(),
-                env.dir.to_path_buf(),
-                env.env.to_vec(),
-            )
-            .run_as(env.run_as);
+            let sub = crate::subcommand::Subcommand::new(env.exec, argv.clone());
             match sub.output_within(env.limit) {
                 Ok(out) if out.status.success() => Ok(()),
                 Ok(out) => Err(format!(
@@ -461,7 +452,7 @@ fn run_probe(kind: &Kind, env: &ProbeEnv<'_>) -> Result<(), String> {
             }
         }
         Kind::File { path } => {
-            let path = env.dir.join(path);
+            let path = env.exec.dir.join(path);
             if path.exists() {
                 Ok(())
             } else {
@@ -541,14 +532,4 @@ fn http_get(h: &Http, limit: Duration) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-pub(crate) fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "a panic with a non-text payload".to_owned()
-    }
 }

@@ -1,7 +1,7 @@
 //! The definition of one service: what to run, where, with what, and when it is ready.
 //!
 //! Owns the `Service` builder only. Nothing here touches the system: checking that the
-//! program and directory exist happens in `bundle` at startup, so a definition can be built
+//! program and directory exist happens in `plan` at startup, so a definition can be built
 //! anywhere (even before the project directory exists).
 
 use std::ffi::OsString;

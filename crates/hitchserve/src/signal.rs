@@ -1,7 +1,7 @@
 //! Signals a service can be stopped with or sent, and how a process ended.
 //!
 //! Owns our own `Signal` enum and `ExitStatus` so the public API never exposes nix or libc
-//! types (we can bump those freely). It does not send anything: `supervise` and `process` do.
+//! types (we can bump those freely). It does not send anything: `exec` and `process` do.
 
 use std::fmt;
 use std::str::FromStr;
@@ -164,34 +164,6 @@ impl fmt::Display for ExitStatus {
                 Ok(sig) => write!(f, "signal {s} ({})", sig.as_str()),
                 Err(_) => write!(f, "signal {s}"),
             },
-        }
-    }
-}
-
-/// Start the child with no blocked signals, whatever the spawning thread had blocked.
-///
-/// A signal mask is inherited across `exec`, and std does not reset it: a program that
-/// blocks SIGTERM to `sigwait` for it would pass that on, and its services would ignore
-/// their stop signal. The reset needs a `pre_exec` hook, which makes std fork instead of
-/// using the faster posix_spawn, so it is added only when something is blocked.
-pub(crate) fn unblock_signals_in_child(cmd: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: reading the calling thread's mask into a set we own.
-    let blocked = unsafe {
-        let mut current: libc::sigset_t = std::mem::zeroed();
-        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current);
-        (1..=libc::SIGRTMAX()).any(|s| libc::sigismember(&current, s) == 1)
-    };
-    if blocked {
-        // SAFETY: between fork and exec the hook only calls sigemptyset and
-        // pthread_sigmask, both async-signal-safe, on a set of its own.
-        unsafe {
-            cmd.pre_exec(|| {
-                let mut empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut empty);
-                libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                Ok(())
-            });
         }
     }
 }

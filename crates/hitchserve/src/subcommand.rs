@@ -7,10 +7,10 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
+use crate::exec::ExecEnv;
 use crate::signal::ExitStatus;
 
 /// A command to run like the service it belongs to; from
@@ -28,12 +28,9 @@ use crate::signal::ExitStatus;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Subcommand {
-    service: String,
+    exec: ExecEnv,
     argv: Vec<OsString>,
-    dir: PathBuf,
-    env: Vec<(OsString, OsString)>,
     stdin: Option<Vec<u8>>,
-    run_as: Option<(u32, u32)>,
 }
 
 /// What a finished sub-command left behind.
@@ -60,26 +57,13 @@ impl Output {
 }
 
 impl Subcommand {
-    pub(crate) fn new(
-        service: &str,
-        argv: Vec<OsString>,
-        dir: PathBuf,
-        env: Vec<(OsString, OsString)>,
-    ) -> Subcommand {
+    /// `argv` run like the service `exec` describes (its user included).
+    pub(crate) fn new(exec: &ExecEnv, argv: Vec<OsString>) -> Subcommand {
         Subcommand {
-            service: service.to_owned(),
+            exec: exec.clone(),
             argv,
-            dir,
-            env,
             stdin: None,
-            run_as: None,
         }
-    }
-
-    /// Run as this uid and gid (the service's user).
-    pub(crate) fn run_as(mut self, run_as: Option<(u32, u32)>) -> Subcommand {
-        self.run_as = run_as;
-        self
     }
 
     /// Add an argument.
@@ -101,8 +85,8 @@ impl Subcommand {
     /// Set an environment variable, over the service's.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Subcommand {
         let key = key.into();
-        self.env.retain(|(k, _)| *k != key);
-        self.env.push((key, value.into()));
+        self.exec.env.retain(|(k, _)| *k != key);
+        self.exec.env.push((key, value.into()));
         self
     }
 
@@ -123,38 +107,25 @@ impl Subcommand {
     fn command(&self) -> Result<Command> {
         let Some(program) = self.argv.first() else {
             return Err(Error::EmptyCommand {
-                service: self.service.clone(),
+                service: self.exec.service.clone(),
             });
         };
-        let path = self
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_os_str());
-        let program =
-            crate::bundle::resolve_program(program, &self.dir, path).map_err(|searched| {
-                Error::CommandNotFound {
-                    service: self.service.clone(),
-                    program: program.to_string_lossy().into_owned(),
-                    searched,
-                }
+        let program = self
+            .exec
+            .resolve(program)
+            .map_err(|searched| Error::CommandNotFound {
+                service: self.exec.service.clone(),
+                program: program.to_string_lossy().into_owned(),
+                searched,
             })?;
-        let mut cmd = Command::new(program);
-        if let Some((uid, gid)) = self.run_as {
-            use std::os::unix::process::CommandExt;
-            cmd.uid(uid).gid(gid);
-        }
-        cmd.args(&self.argv[1..])
-            .current_dir(&self.dir)
-            .env_clear()
-            .envs(self.env.iter().map(|(k, v)| (k.as_os_str(), v.as_os_str())));
-        crate::signal::unblock_signals_in_child(&mut cmd);
-        Ok(cmd)
+        Ok(self
+            .exec
+            .command(&program, program.as_os_str(), &self.argv[1..]))
     }
 
     fn spawn_and_wait(&self, mut cmd: Command, capture: bool) -> Result<Output> {
         let spawn_err = |source| Error::Spawn {
-            service: self.service.clone(),
+            service: self.exec.service.clone(),
             source,
         };
         cmd.stdin(if self.stdin.is_some() {
@@ -198,7 +169,7 @@ impl Subcommand {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|source| Error::Spawn {
-            service: self.service.clone(),
+            service: self.exec.service.clone(),
             source,
         })?;
         if let (Some(bytes), Some(mut pipe)) = (self.stdin.clone(), child.stdin.take()) {
@@ -216,7 +187,7 @@ impl Subcommand {
             Ok(())
         } else {
             Err(Error::SubcommandFailed {
-                service: self.service.clone(),
+                service: self.exec.service.clone(),
                 command: self.describe(),
                 status: out.status,
                 stderr: String::new(),
@@ -253,7 +224,7 @@ impl Subcommand {
             let _ = child.kill();
         }
         let status = child.wait().map_err(|source| Error::Spawn {
-            service: self.service.clone(),
+            service: self.exec.service.clone(),
             source,
         })?;
         kill_group(pid);
@@ -274,7 +245,7 @@ impl Subcommand {
         let status = cmd
             .status()
             .map_err(|source| Error::Spawn {
-                service: self.service.clone(),
+                service: self.exec.service.clone(),
                 source,
             })
             .map(ExitStatus::from_std)?;
@@ -282,7 +253,7 @@ impl Subcommand {
             Ok(())
         } else {
             Err(Error::SubcommandFailed {
-                service: self.service.clone(),
+                service: self.exec.service.clone(),
                 command: self.describe(),
                 status,
                 stderr: String::new(),
@@ -302,7 +273,7 @@ impl Subcommand {
             Ok(out)
         } else {
             Err(Error::SubcommandFailed {
-                service: self.service.clone(),
+                service: self.exec.service.clone(),
                 command: self.describe(),
                 status: out.status,
                 stderr: out.stderr_text(),

@@ -2,8 +2,9 @@
 //!
 //! Owns the public query API — [`Logs`] views (a service or the whole bundle, both streams
 //! or one), [`Tail`] cursors that wait for lines (`until`, `until_json`, `follow`, `grep`)
-//! and JSON parsing — on top of the store (`store`) and the line splitter (`split`). It does
-//! not read pipes (`supervise` does) nor print (`console` does).
+//! and JSON parsing — on top of the store (`store`) the line splitter (`split`), the sink
+//! that stores and prints (`sink`), live printing (`console`) and the run's `all.log`
+//! (`files`). It does not read service pipes (the runtime's supervisor does).
 //!
 //! Waiting is done by notification, never by polling, and never hangs: a wait ends when
 //! its line arrives, its timeout passes, or the service's output ends.
@@ -13,6 +14,9 @@
 //! the same bytes twice: after a partial, it hands out only the rest of that line. Stored
 //! lines, queries on them and readiness only ever see whole lines.
 
+pub(crate) mod console;
+pub(crate) mod files;
+mod sink;
 mod split;
 mod store;
 
@@ -26,8 +30,50 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+pub(crate) use sink::Sink;
 pub(crate) use split::{End, LineSplitter};
-pub(crate) use store::{amount, LogStore};
+pub(crate) use store::LogStore;
+
+/// Figures about the log store, from [`Bundle::log_stats`](crate::Bundle::log_stats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogStats {
+    /// Lines stored (every service and the bundle's own).
+    pub lines: u64,
+    /// Bytes of line storage in memory now.
+    pub bytes_in_memory: usize,
+    /// The limit set by [`Bundle::log_memory_limit`](crate::Bundle::log_memory_limit).
+    pub memory_limit: usize,
+    /// The most bytes of line storage there have been in memory at once. It can pass the
+    /// limit by what the log writer has not yet put on disk.
+    pub peak_bytes_in_memory: usize,
+    /// Lines not written to the run's `all.log` because it failed (a full disk, the run
+    /// directory deleted); 0 while all is well.
+    pub lines_not_written: u64,
+    /// Bytes of those lines (without labels).
+    pub bytes_not_written: u64,
+    /// Of those, lines also dropped from memory, past the memory limit: queries show them
+    /// as lost ([`LogLine::is_lost`]).
+    pub lines_lost: u64,
+    /// Bytes of the lost lines.
+    pub bytes_lost: u64,
+}
+
+impl LogStats {
+    pub(crate) fn of(store: &LogStore) -> LogStats {
+        let (lines, bytes_in_memory, memory_limit, losses) = store.stats();
+        LogStats {
+            lines,
+            bytes_in_memory,
+            memory_limit,
+            peak_bytes_in_memory: losses.peak,
+            lines_not_written: losses.unwritten_lines,
+            bytes_not_written: losses.unwritten_bytes,
+            lines_lost: losses.lost_lines,
+            bytes_lost: losses.lost_bytes,
+        }
+    }
+}
 
 /// Which output of a service (or of the bundle itself) a line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -33,7 +33,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::logfiles::LogFiles;
+use crate::error::{amount, bytes};
+use crate::logs::files::LogFiles;
 use crate::logs::{End, Filter, LogLine, Part, Source, Stream};
 
 /// Usual block size; a longer line gets a block of its own.
@@ -942,21 +943,6 @@ fn losses(inner: &Inner) -> Losses {
         unwritten_bytes: inner.unwritten.1,
         lost_lines: inner.lost.0,
         lost_bytes: inner.lost.1,
-    }
-}
-
-/// `3 lines (120 bytes)`, for messages.
-pub(crate) fn amount(lines: u64, n: u64) -> String {
-    let l = if lines == 1 { "line" } else { "lines" };
-    format!("{lines} {l} ({})", bytes(n))
-}
-
-/// A byte count for people: `512 bytes`, `3.0 KiB`, `8.0 MiB`.
-pub(crate) fn bytes(n: u64) -> String {
-    match n {
-        0..1024 => format!("{n} bytes"),
-        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
-        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
     }
 }
 

@@ -30,8 +30,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::bundle::{Bundle, ServiceHandle};
+use crate::bundle::Bundle;
 use crate::error::{Error, Result};
+use crate::handle::ServiceHandle;
 use crate::readiness::http;
 use crate::readiness::Ready;
 use crate::service::Service;

@@ -18,8 +18,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::bundle::{Bundle, ServiceHandle};
+use crate::bundle::Bundle;
 use crate::error::{Error, Result};
+use crate::handle::ServiceHandle;
 use crate::readiness::Ready;
 use crate::service::Service;
 use crate::subcommand::Subcommand;

@@ -19,8 +19,9 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::bundle::{Bundle, ServiceHandle};
+use crate::bundle::Bundle;
 use crate::error::{Error, Result};
+use crate::handle::ServiceHandle;
 use crate::readiness::Ready;
 use crate::service::Service;
 

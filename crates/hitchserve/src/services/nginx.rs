@@ -21,8 +21,9 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use crate::bundle::{Bundle, ServiceHandle};
+use crate::bundle::Bundle;
 use crate::error::{Error, Result};
+use crate::handle::ServiceHandle;
 use crate::readiness::Ready;
 use crate::service::Service;
 

@@ -4,8 +4,9 @@
 
 use std::path::PathBuf;
 
-use crate::bundle::{Bundle, ServiceHandle};
+use crate::bundle::Bundle;
 use crate::error::Result;
+use crate::handle::ServiceHandle;
 use crate::readiness::Ready;
 use crate::service::Service;
 use crate::subcommand::Subcommand;

@@ -12,8 +12,9 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::bundle::{Bundle, ServiceHandle};
+use crate::bundle::Bundle;
 use crate::error::Result;
+use crate::handle::ServiceHandle;
 use crate::readiness::Ready;
 use crate::service::{Install, Service};
 

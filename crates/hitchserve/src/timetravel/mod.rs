@@ -60,6 +60,7 @@ pub(crate) struct Clock {
 }
 
 /// Where a started bundle keeps its offset.
+#[derive(Clone, Debug)]
 pub(crate) struct ClockPaths {
     pub offset_file: PathBuf,
     pub faketime_file: PathBuf,

@@ -12,6 +12,7 @@ mod cron;
 mod definitions;
 mod hooks;
 mod kernel;
+mod layers;
 mod log_losses;
 mod log_queries;
 mod log_store;

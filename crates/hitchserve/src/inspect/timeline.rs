@@ -1,14 +1,14 @@
 //! The startup timeline: when each service reached each step, as data, a text Gantt chart
 //! and an SVG picture, so a user sees at a glance which service makes startup slow.
 //!
-//! Owns turning the instants the supervisor records into offsets from the start of
-//! startup, and drawing them. It records nothing itself.
+//! Owns turning the instants the runtime records (`state::Steps`) into offsets from the
+//! start of startup, and drawing them. It records nothing itself.
 
 use std::fmt::{self, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::supervise::Shared;
+use crate::runtime::Runtime;
 
 /// Every service's startup steps, from [`Bundle::timeline`](crate::Bundle::timeline).
 #[derive(Clone, Debug)]
@@ -38,35 +38,39 @@ pub struct ServiceTimeline {
     pub ready: Option<Duration>,
 }
 
-pub(crate) fn of(shared: &Shared) -> Timeline {
-    let states = shared.lock();
-    let since = |i: Option<Instant>| i.map(|i| i.saturating_duration_since(shared.t0));
+pub(crate) fn of(runtime: &Runtime) -> Timeline {
+    let states = runtime.lock();
+    let t0 = runtime.t0;
+    let since = |i: Option<Instant>| i.map(|i| i.saturating_duration_since(t0));
+    let services = runtime.services();
     Timeline {
-        services: shared
-            .plans
+        services: services
             .iter()
             .zip(states.iter())
-            .map(|(plan, st)| ServiceTimeline {
-                name: plan.name.clone(),
-                needs: plan
-                    .needs
-                    .iter()
-                    .map(|&(n, _)| shared.plans[n].name.clone())
-                    .collect(),
-                started: since(st.started_at),
-                setup: st.setup_span.map(|(a, b)| {
-                    (
-                        a.saturating_duration_since(shared.t0),
-                        b.saturating_duration_since(shared.t0),
-                    )
-                }),
-                process_started: since(st.spawned_at),
-                check_passed: since(st.checked_at),
-                poststart: plan
-                    .poststart
-                    .as_ref()
-                    .and(since(st.checked_at).zip(since(st.ready_at))),
-                ready: since(st.ready_at),
+            .map(|(plan, st)| {
+                let steps = st.steps;
+                ServiceTimeline {
+                    name: plan.name.clone(),
+                    needs: plan
+                        .needs
+                        .iter()
+                        .map(|&(n, _)| services[n].name.clone())
+                        .collect(),
+                    started: since(steps.started),
+                    setup: steps.setup.map(|(a, b)| {
+                        (
+                            a.saturating_duration_since(t0),
+                            b.saturating_duration_since(t0),
+                        )
+                    }),
+                    process_started: since(steps.spawned),
+                    check_passed: since(steps.checked),
+                    poststart: plan
+                        .poststart
+                        .as_ref()
+                        .and(since(steps.checked).zip(since(steps.ready))),
+                    ready: since(steps.ready),
+                }
             })
             .collect(),
     }

@@ -1,0 +1,183 @@
+//! What every process the bundle starts shares: the run marker, how a program is found, the
+//! service's environment, the `Command` built from them, and the process group it runs in.
+//!
+//! Owns `ExecEnv` (a service's directory, environment and user — used alike by the service
+//! itself, its sub-commands, its probe commands and its hooks), program resolution, the
+//! environment a service gets, and `ProcessGroup`, the only kill target. It starts nothing
+//! itself and knows nothing of bundles or states.
+//!
+//! Invariant: a `ProcessGroup` is signalled only while its leader is our unreaped child (the
+//! caller's lock or ownership of the child guarantees it), so its pgid can't have been reused.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::signal::Signal;
+
+/// Environment variable that marks every process of a run, so escapees can be found.
+pub(crate) const MARKER_VAR: &str = "HITCHSERVE_RUN";
+
+/// Where and as whom a service's processes run, and with what environment.
+#[derive(Clone, Debug)]
+pub(crate) struct ExecEnv {
+    /// The service's name, for error messages.
+    pub service: String,
+    pub dir: PathBuf,
+    pub env: Vec<(OsString, OsString)>,
+    /// Uid and gid to run as (see `Service::user`).
+    pub run_as: Option<(u32, u32)>,
+}
+
+impl ExecEnv {
+    /// A variable of the environment, as text.
+    pub(crate) fn var(&self, key: &str) -> Option<String> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.to_string_lossy().into_owned())
+    }
+
+    /// Find `program` as exec would, from this directory and on this `PATH`; the error says
+    /// where we looked.
+    pub(crate) fn resolve(&self, program: &OsStr) -> Result<PathBuf, String> {
+        let path = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_os_str());
+        resolve_program(program, &self.dir, path)
+    }
+
+    /// A command running `program` (already resolved) as `arg0` with `args` in this
+    /// directory, environment and user, with no blocked signals.
+    pub(crate) fn command(&self, program: &Path, arg0: &OsStr, args: &[OsString]) -> Command {
+        let mut cmd = Command::new(program);
+        if let Some((uid, gid)) = self.run_as {
+            // (std then drops root's supplementary groups too.)
+            cmd.uid(uid).gid(gid);
+        }
+        cmd.arg0(arg0)
+            .args(args)
+            .current_dir(&self.dir)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        unblock_signals_in_child(&mut cmd);
+        cmd
+    }
+}
+
+/// The service's whole environment: the test's, then its own changes, then the run marker.
+pub(crate) fn service_env(
+    base: &[(OsString, OsString)],
+    changes: &[(OsString, Option<OsString>)],
+    run_id: &str,
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = base.to_vec();
+    let mut set = |key: &OsStr, value: Option<&OsStr>| {
+        env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            env.push((key.to_owned(), v.to_owned()));
+        }
+    };
+    for (k, v) in changes {
+        set(k, v.as_deref());
+    }
+    set(OsStr::new(MARKER_VAR), Some(OsStr::new(run_id)));
+    env
+}
+
+/// Find the program as exec would: a path with `/` from the service's directory, otherwise
+/// on the service's `PATH`. The error text says where we looked.
+pub(crate) fn resolve_program(
+    program: &OsStr,
+    dir: &Path,
+    path_var: Option<&OsStr>,
+) -> Result<PathBuf, String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.as_bytes().contains(&b'/') {
+        let candidate = dir.join(program);
+        return if executable(&candidate) {
+            Ok(candidate)
+        } else {
+            Err(format!(
+                "at `{}` (or it is not executable)",
+                candidate.display()
+            ))
+        };
+    }
+    let Some(path_var) = path_var else {
+        return Err("because the service has no PATH".to_owned());
+    };
+    for entry in std::env::split_paths(path_var) {
+        let base = if entry.as_os_str().is_empty() {
+            dir.to_path_buf()
+        } else {
+            dir.join(entry)
+        };
+        let candidate = base.join(program);
+        if executable(&candidate) {
+            return Ok(candidate);
+        }
+    }
+    Err(format!("on PATH `{}`", path_var.to_string_lossy()))
+}
+
+/// The process group a service (or a piped sub-command) leads: what gets signalled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProcessGroup(u32);
+
+impl ProcessGroup {
+    /// The group led by `pid` (spawned with `process_group(0)`).
+    pub(crate) fn led_by(pid: u32) -> ProcessGroup {
+        ProcessGroup(pid)
+    }
+
+    /// Its leader's pid, which is also its pgid.
+    pub(crate) fn leader(self) -> u32 {
+        self.0
+    }
+
+    /// Send `signal` to every process in the group; false if none got it.
+    pub(crate) fn signal(self, signal: Signal) -> bool {
+        let pgid = nix::unistd::Pid::from_raw(self.0 as i32);
+        nix::sys::signal::killpg(pgid, signal.to_nix()).is_ok()
+    }
+
+    /// SIGKILL what is left in it (ESRCH when it is empty is fine).
+    pub(crate) fn kill(self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+/// Start the child with no blocked signals, whatever the spawning thread had blocked.
+///
+/// A signal mask is inherited across `exec`, and std does not reset it: a program that
+/// blocks SIGTERM to `sigwait` for it would pass that on, and its services would ignore
+/// their stop signal. The reset needs a `pre_exec` hook, which makes std fork instead of
+/// using the faster posix_spawn, so it is added only when something is blocked.
+pub(crate) fn unblock_signals_in_child(cmd: &mut Command) {
+    // SAFETY: reading the calling thread's mask into a set we own.
+    let blocked = unsafe {
+        let mut current: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current);
+        (1..=libc::SIGRTMAX()).any(|s| libc::sigismember(&current, s) == 1)
+    };
+    if blocked {
+        // SAFETY: between fork and exec the hook only calls sigemptyset and
+        // pthread_sigmask, both async-signal-safe, on a set of its own.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The sink every line goes through: stored (and so written to `all.log`), then printed.
+//!
+//! Owns the bundle's own voice (`[Hitch] ...` lines and warnings), the order "decide whether
+//! to print, store, print", and copying a pipe's lines into the logs (`pump`, for what hooks
+//! run). It does not read service pipes (the runtime's supervisor does) nor decide what a
+//! line means (readiness does).
+//!
+//! Invariant: a line is stored before it is printed, and a line that a waiter could already
+//! see while the console was muted is never printed later.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use crate::logs::console::Console;
+use crate::logs::{last_lines, End, Filter, LineSplitter, LogLine, LogStore, Part, Source, Stream};
+
+/// The bundle's own voice and the sinks every line goes to.
+pub(crate) struct Sink {
+    pub store: Arc<LogStore>,
+    pub console: Console,
+    hitch_out: Arc<Source>,
+    hitch_err: Arc<Source>,
+}
+
+impl Sink {
+    pub(crate) fn new() -> Sink {
+        let store = Arc::new(LogStore::new());
+        Sink {
+            hitch_out: store.source(None, "Hitch", Part::Main, Stream::Stdout),
+            hitch_err: store.source(None, "Hitch", Part::Main, Stream::Stderr),
+            store,
+            console: Console::new(),
+        }
+    }
+
+    /// Store and print lines from one source; returns them if `checking` or printed.
+    pub(crate) fn emit(
+        &self,
+        source: &Arc<Source>,
+        lines: &[(&[u8], End)],
+        checking: bool,
+    ) -> Vec<LogLine> {
+        if lines.is_empty() {
+            return Vec::new();
+        }
+        // Decide before storing: a line a waiter can already see while muted is never
+        // printed later, after interactive mode ends.
+        let muted = self.console.is_muted();
+        if muted {
+            self.console.count_missed(lines.len());
+        }
+        let stored = self.store.append(source, lines, checking || !muted);
+        if !muted {
+            self.console.print(&stored);
+        }
+        stored
+    }
+
+    /// Store and print a message (one line per `\n`) under `source`.
+    pub(crate) fn message(&self, source: &Arc<Source>, msg: &str) {
+        let lines: Vec<(&[u8], End)> = msg
+            .split('\n')
+            .map(|l| (l.as_bytes(), End::Newline))
+            .collect();
+        self.emit(source, &lines, false);
+    }
+
+    /// `[Hitch] msg`.
+    pub(crate) fn log(&self, msg: &str) {
+        self.message(&self.hitch_out, msg);
+    }
+
+    /// `[Hitch] WARNING: msg`.
+    pub(crate) fn warn(&self, msg: &str) {
+        self.message(&self.hitch_err, msg);
+    }
+
+    /// The last `n` lines of service `idx`, in the console format, and the line it has
+    /// started but not ended, if any: for error messages.
+    pub(crate) fn last_lines(&self, idx: usize, n: usize) -> Vec<String> {
+        last_lines(&self.store, &Filter::service(Some(idx)), n, true)
+    }
+
+    /// Copy a pipe's lines into the logs under `source` until end of file.
+    pub(crate) fn pump(&self, mut pipe: impl Read, source: &Arc<Source>) {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut splitter = LineSplitter::new(self.store.piece_size());
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    splitter.split(&buf[..n], |lines| {
+                        self.emit(source, lines, false);
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        if let Some(last) = splitter.finish() {
+            self.emit(source, &[(&last, End::Unterminated)], false);
+        }
+    }
+}

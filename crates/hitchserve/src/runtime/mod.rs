@@ -1,0 +1,187 @@
+//! The running bundle: its services' states, the threads that watch them, and the one place
+//! where a state changes.
+//!
+//! Owns `Runtime`, shared by the bundle handle, service handles and every thread of a run.
+//! Threads report what they saw as an `Event`; `dispatch` applies it under the lock through
+//! `state::apply` (pure) and carries out the `Action`s it returns — signals before the lock
+//! is let go, everything else after. Around it, one file per job: `launch` (setting up a
+//! run), `spawn` (which thread starts a service, setup hook, spawn), `supervisor` (reading
+//! pipes, noticing the exit, reaping), `probe` (readiness probes), `stop` (stopping
+//! everything, the marker sweep), `report` (waiting for startup, and the errors it and a
+//! crash give), `usercode` (which thread runs user code that may never return), `threads`
+//! (the threads of a run), and `schedule` (pure: what may start now).
+//!
+//! This file imports only the leaves of the runtime (`state`, `threads`, `usercode`); the
+//! files around it extend `Runtime` and import it. Carrying out an action calls their
+//! methods (`start_startable`, `run_poststart`), which dispatch events in turn: that
+//! recursion is how one service's readiness starts the next without a thread hop.
+//! It does not know the public API (`bundle`, `handle`) nor draw anything (`inspect`).
+//! Invariant: `states` changes only in `dispatch`/`apply_locked`.
+
+mod launch;
+mod probe;
+pub(crate) mod report;
+pub(crate) mod schedule;
+mod spawn;
+pub(crate) mod state;
+mod stop;
+mod supervisor;
+mod threads;
+mod usercode;
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::logs::Sink;
+use crate::plan::{Plan, ServicePlan};
+use crate::rundir::RunDir;
+
+use crate::runtime::state::{Action, Event, ServiceState};
+use crate::runtime::threads::Threads;
+use crate::runtime::usercode::UserCodes;
+
+/// One running bundle.
+pub(crate) struct Runtime {
+    /// When startup began: the timeline's zero.
+    pub t0: Instant,
+    pub sink: Arc<Sink>,
+    pub plan: Plan,
+    pub run: RunDir,
+    states: Mutex<Vec<ServiceState>>,
+    changed: Condvar,
+    threads: Threads,
+    user_code: UserCodes,
+}
+
+/// `from + d`, or `None` (no deadline) if that is beyond what `Instant` can hold.
+pub(crate) fn deadline_after(from: Instant, d: Duration) -> Option<Instant> {
+    from.checked_add(d)
+}
+
+impl Runtime {
+    fn new(sink: Arc<Sink>, plan: Plan, run: RunDir, t0: Instant) -> Runtime {
+        let n = plan.services.len();
+        Runtime {
+            t0,
+            sink,
+            states: Mutex::new((0..n).map(|_| ServiceState::new()).collect()),
+            changed: Condvar::new(),
+            run,
+            threads: Threads::new(n),
+            user_code: UserCodes::new(n),
+            plan,
+        }
+    }
+
+    /// Every service's plan, in definition order.
+    pub(crate) fn services(&self) -> &[ServicePlan] {
+        &self.plan.services
+    }
+
+    /// The index of the service called `name`.
+    pub(crate) fn index(&self, name: &str) -> Option<usize> {
+        self.services().iter().position(|p| p.name == name)
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<ServiceState>> {
+        self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read service `idx`'s state.
+    pub(crate) fn read<R>(&self, idx: usize, f: impl FnOnce(&ServiceState) -> R) -> R {
+        f(&self.lock()[idx])
+    }
+
+    /// Wake every wait on the states (to look at something outside them: an interrupt).
+    pub(crate) fn wake(&self) {
+        let _states = self.lock();
+        self.changed.notify_all();
+    }
+
+    /// Wait until `done` holds or the deadline passes; returns the guard either way.
+    pub(crate) fn wait_until<'a>(
+        &'a self,
+        mut guard: MutexGuard<'a, Vec<ServiceState>>,
+        deadline: Option<Instant>,
+        mut done: impl FnMut(&[ServiceState]) -> bool,
+    ) -> (MutexGuard<'a, Vec<ServiceState>>, bool) {
+        loop {
+            if done(&guard) {
+                return (guard, true);
+            }
+            guard = match deadline {
+                None => self.changed.wait(guard).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return (guard, false);
+                    }
+                    self.changed
+                        .wait_timeout(guard, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Apply `event` to service `idx` under the held lock and send the signals it asks for
+    /// right now, while the lock keeps every leader unreaped. The other actions are returned,
+    /// to be carried out once the lock is let go; `signalled` says whether a signal was sent.
+    fn apply_locked(
+        &self,
+        states: &mut [ServiceState],
+        idx: usize,
+        event: Event,
+    ) -> (Vec<Action>, bool) {
+        let mut actions = state::apply(&mut states[idx], &self.services()[idx].traits, event);
+        let mut signalled = false;
+        actions.retain(|action| match action {
+            Action::Signal(group, signal) => {
+                signalled |= group.signal(*signal);
+                false
+            }
+            _ => true,
+        });
+        (actions, signalled)
+    }
+
+    /// Apply `event` to service `idx` and carry out what follows. Returns true if the
+    /// caller is to spawn the service now (`Action::Spawn`).
+    pub(crate) fn dispatch(self: &Arc<Self>, idx: usize, event: Event) -> bool {
+        let (actions, _) = {
+            let mut states = self.lock();
+            self.apply_locked(&mut states, idx, event)
+        };
+        self.changed.notify_all();
+        self.carry_out(idx, actions)
+    }
+
+    /// Carry out actions that need no lock. True if one of them is `Spawn`.
+    fn carry_out(self: &Arc<Self>, idx: usize, actions: Vec<Action>) -> bool {
+        let mut spawn = false;
+        for action in actions {
+            match action {
+                Action::Signal(..) => {}
+                Action::Spawn => spawn = true,
+                Action::RunPoststart => self.run_poststart(idx),
+                Action::Announce { took } => {
+                    self.sink.log(&format!(
+                        "{} ready after {:.2} s",
+                        self.services()[idx].name,
+                        took.as_secs_f64()
+                    ));
+                    // Marked after the line above, so "READY" is never printed before it.
+                    self.dispatch(idx, Event::Announced);
+                }
+                Action::Schedule => self.start_startable(),
+                Action::Completed => {
+                    self.sink
+                        .log(&format!("{} completed", self.services()[idx].name));
+                    self.start_startable();
+                }
+            }
+        }
+        spawn
+    }
+}

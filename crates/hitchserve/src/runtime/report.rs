@@ -1,0 +1,238 @@
+//! Waiting for a run to start up, and the errors a run gives: a startup failure, a startup
+//! timeout (what each service is still waiting for), a crash after readiness.
+//!
+//! Owns turning states into `Error`s with each service's last lines. It reads states (and
+//! takes a startup failure from its mailbox, so it is reported once); it never moves one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, NotReady, Result};
+use crate::logs::{Filter, Part};
+use crate::runtime::state::{Failure, ServiceState, StartupFailure, Waiting};
+use crate::runtime::Runtime;
+use crate::service::Condition;
+
+/// How many of a service's last lines an error message carries.
+pub(crate) const LAST_LINES: usize = 20;
+
+impl Runtime {
+    /// Start the services that need nothing, then wait: each service's supervisor starts its
+    /// dependents the moment it is ready. Returns when all are ready, one failed, `timeout`
+    /// (from `t0`) passed or `interrupted` was set (then `wake` is called).
+    pub(crate) fn start_up(
+        self: &Arc<Self>,
+        timeout: Duration,
+        progress: Option<Duration>,
+        interrupted: &AtomicBool,
+    ) -> Result<()> {
+        let deadline = super::deadline_after(self.t0, timeout);
+        if interrupted.load(Ordering::SeqCst) {
+            return Err(Error::Interrupted);
+        }
+        self.start_startable();
+        // While the first services start, make the threads the others will need.
+        self.prepare_supervisors();
+        let services = self.services();
+        let mut next_progress = progress.map(|every| Instant::now() + every);
+        let failure = {
+            let mut states = self.lock();
+            loop {
+                if interrupted.load(Ordering::SeqCst) {
+                    return Err(Error::Interrupted);
+                }
+                let found = states.iter_mut().enumerate().find_map(|(idx, st)| {
+                    Some((idx, st.take_startup_failure(&services[idx].traits)?))
+                });
+                if let Some(failure) = found {
+                    break failure;
+                }
+                let done = |(idx, st): (usize, &ServiceState)| st.started_up(&services[idx].traits);
+                if states.iter().enumerate().all(done) {
+                    return Ok(());
+                }
+                if let (Some(at), Some(every)) = (next_progress, progress) {
+                    if Instant::now() >= at {
+                        let waiting: Vec<&str> = states
+                            .iter()
+                            .enumerate()
+                            .filter(|&(idx, st)| !done((idx, st)))
+                            .map(|(idx, _)| services[idx].name.as_str())
+                            .collect();
+                        let line = format!(
+                            "still starting after {:.1} s: {}",
+                            self.t0.elapsed().as_secs_f64(),
+                            waiting.join(", ")
+                        );
+                        drop(states);
+                        self.sink.log(&line);
+                        states = self.lock();
+                        next_progress = Some(Instant::now() + every);
+                        continue;
+                    }
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    drop(states);
+                    return Err(self.timeout_error(timeout));
+                }
+                let wake = match (deadline, next_progress) {
+                    (Some(d), Some(p)) => Some(d.min(p)),
+                    (d, p) => d.or(p),
+                };
+                states = match wake {
+                    None => self.changed.wait(states).unwrap_or_else(|e| e.into_inner()),
+                    Some(wake) => {
+                        let left = wake.saturating_duration_since(Instant::now());
+                        self.changed
+                            .wait_timeout(states, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
+                    }
+                };
+            }
+        };
+        Err(self.failure_error(failure.0, failure.1))
+    }
+
+    /// After a failed startup, every exit is already told of: don't report one again.
+    pub(crate) fn mark_crashes_reported(&self) {
+        self.lock()
+            .iter_mut()
+            .for_each(|st| st.crash_reported = true);
+    }
+
+    fn failure_error(&self, idx: usize, failure: StartupFailure) -> Error {
+        let service = self.services()[idx].name.clone();
+        match failure {
+            StartupFailure::Failed(Failure::CheckPanicked(message)) => {
+                Error::ReadinessPanicked { service, message }
+            }
+            StartupFailure::Failed(Failure::Spawn(source)) => Error::Spawn { service, source },
+            StartupFailure::Failed(Failure::Hook(part, message)) => {
+                let filter = Filter {
+                    part: Some(part),
+                    ..Filter::service(Some(idx))
+                };
+                let lines = self.sink.store.last(&filter, LAST_LINES);
+                Error::HookFailed {
+                    service,
+                    hook: if part == Part::Setup {
+                        "setup"
+                    } else {
+                        "poststart"
+                    },
+                    message,
+                    last_lines: lines.iter().map(|l| l.to_string()).collect(),
+                }
+            }
+            StartupFailure::ExitedBeforeReady(status) => Error::ExitedBeforeReady {
+                service,
+                status,
+                last_lines: self.sink.last_lines(idx, LAST_LINES),
+            },
+            StartupFailure::ExitedAfterReady(status) => Error::ServiceExited {
+                service,
+                status,
+                last_lines: self.sink.last_lines(idx, LAST_LINES),
+            },
+        }
+    }
+
+    fn timeout_error(&self, timeout: Duration) -> Error {
+        let services = self.services();
+        let waiting: Vec<(usize, String)> = {
+            let states = self.lock();
+            services
+                .iter()
+                .enumerate()
+                .filter_map(|(idx, plan)| {
+                    let what = match states[idx].waiting_for(&plan.traits)? {
+                        Waiting::OneShot => "its one-shot run to complete".to_owned(),
+                        Waiting::Needs => {
+                            let pending: Vec<String> = plan
+                                .needs
+                                .iter()
+                                .filter(|&&(n, c)| !needs_met(&states[n], c))
+                                .map(|&(n, c)| format!("`{}` {}", services[n].name, c.words()))
+                                .collect();
+                            format!("{} (not started)", pending.join(", "))
+                        }
+                        Waiting::Spawn => "its process to start".to_owned(),
+                        Waiting::Setup => "its setup hook to finish".to_owned(),
+                        Waiting::Poststart => "its poststart hook to finish".to_owned(),
+                        Waiting::Check(Some(why)) => {
+                            format!("{} (last try: {why})", plan.ready.describe())
+                        }
+                        Waiting::Check(None) => plan.ready.describe(),
+                    };
+                    let what = match self.user_code.get(idx) {
+                        Some(code) => format!(
+                            "{what}; its {} has not returned (is it blocked?)",
+                            code.words()
+                        ),
+                        None => what,
+                    };
+                    Some((idx, what))
+                })
+                .collect()
+        };
+        Error::StartupTimeout {
+            timeout,
+            not_ready: waiting
+                .into_iter()
+                .map(|(idx, waiting_for)| NotReady {
+                    service: services[idx].name.clone(),
+                    waiting_for,
+                    last_lines: self.sink.last_lines(idx, LAST_LINES),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Whether a need is met, in the words of a timeout message (ready means ready, whether or
+/// not its line was logged yet).
+fn needs_met(st: &ServiceState, c: Condition) -> bool {
+    match c {
+        Condition::Ready => st.is_ready(),
+        Condition::Started => st.has_started(),
+        Condition::CompletedSuccessfully => st.completed(),
+    }
+}
+
+/// The error for a service (or any, with `only == None`) that exited after readiness, or
+/// (for the whole bundle) for its log file failing.
+/// With `once`, a crash already reported is not reported again.
+pub(crate) fn report_crash(runtime: &Runtime, only: Option<usize>, once: bool) -> Result<()> {
+    let services = runtime.services();
+    let found = {
+        let mut states = runtime.lock();
+        states
+            .iter_mut()
+            .enumerate()
+            .filter(|(idx, _)| only.is_none_or(|o| o == *idx))
+            .find_map(|(idx, st)| {
+                let status = st.crashed(&services[idx].traits)?;
+                if once && st.crash_reported {
+                    return None;
+                }
+                if once {
+                    st.crash_reported = true;
+                }
+                Some((idx, status))
+            })
+    };
+    match found {
+        // A crash first: it is what the test most needs to hear of.
+        None => match only {
+            None => runtime.sink.store.file_failure(once).map_or(Ok(()), Err),
+            Some(_) => Ok(()),
+        },
+        Some((idx, status)) => Err(Error::ServiceExited {
+            service: services[idx].name.clone(),
+            status,
+            last_lines: runtime.sink.last_lines(idx, LAST_LINES),
+        }),
+    }
+}

@@ -1,0 +1,656 @@
+//! One service's lifecycle as data: the phase it is in (holding what is valid only there),
+//! the events that move it, and `apply`, the only function that changes it.
+//!
+//! Owns the rules "may it be signalled, is it ready, has it completed, did it crash, what
+//! failed its startup". Pure: it spawns, signals and waits for nothing. `apply` returns the
+//! `Action`s the runtime carries out (outside the lock, but signals before the lock is let
+//! go), so every transition has a table test that starts no process.
+//!
+//! Invariants: a pid exists only in the phases where the service's process group may be
+//! signalled — its leader is not reaped yet (`Running`, `Exiting`); whether an exit was
+//! expected is decided when the exit is seen (`MainExited`), never later.
+
+use std::time::{Duration, Instant};
+
+use crate::exec::ProcessGroup;
+use crate::logs::Part;
+use crate::plan::Traits;
+use crate::service::Condition;
+use crate::signal::{ExitStatus, Signal};
+
+/// Where a service is in its life.
+#[derive(Debug)]
+pub(crate) enum Phase {
+    /// Not started: waiting for its needs.
+    Waiting,
+    /// Its needs are met; its setup hook is running. `stop`: the bundle asked it to stop
+    /// meanwhile, so it will not be spawned.
+    SettingUp { stop: Option<Stop> },
+    /// Its process is being spawned. `stop`: asked to stop meanwhile: killed once spawned.
+    Spawning { stop: Option<Stop> },
+    /// Its main process runs (and is the unreaped leader of `group`).
+    Running {
+        group: ProcessGroup,
+        readiness: Readiness,
+        /// Asked to stop: its exit from now on is expected.
+        stop: Option<Stop>,
+    },
+    /// Its main process has exited but is not reaped, so the group is still ours: what is
+    /// left of it gets the rest of the grace (`deadline`) if the exit was `expected`.
+    Exiting {
+        group: ProcessGroup,
+        status: ExitStatus,
+        expected: bool,
+        deadline: Option<Instant>,
+        readiness: Readiness,
+    },
+    /// Its group has been killed; its pipes are being drained and its leader reaped.
+    Draining {
+        status: ExitStatus,
+        expected: bool,
+        readiness: Readiness,
+    },
+    /// Done: reaped, every line it wrote stored.
+    Exited {
+        status: ExitStatus,
+        expected: bool,
+        readiness: Readiness,
+    },
+    /// It never ran and never will in this run: the bundle stopped before it started, its
+    /// setup hook failed, or the OS refused to start it (its `failure` says which).
+    NotStarted,
+}
+
+/// How far a running (or once running) service got towards ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    /// Its readiness check has not passed yet; the last probe failure, if any, says why.
+    Checking { last_failure: Option<String> },
+    /// Its check passed; its poststart hook is running.
+    PostStart,
+    /// Its check passed and its poststart hook ended, but it exited before it was ready
+    /// (a one-shot service that completed while its poststart hook ran, or a hook failed).
+    Checked,
+    /// Ready; `announced` once its "ready" line is logged (dependents start after that).
+    Ready { announced: bool },
+}
+
+/// A request to stop, with when its group gets SIGKILL (`None`: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stop {
+    pub deadline: Option<Instant>,
+}
+
+/// A failure that ends startup, kept until `startup` reports it (the first one wins).
+/// Exits before readiness are not here: the phase says those.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Spawn(std::io::Error),
+    CheckPanicked(String),
+    Hook(Part, String),
+}
+
+/// When the service reached each step, for the timeline.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Steps {
+    pub started: Option<Instant>,
+    pub setup: Option<(Instant, Instant)>,
+    pub spawned: Option<Instant>,
+    pub checked: Option<Instant>,
+    pub ready: Option<Instant>,
+}
+
+/// One service's state.
+#[derive(Debug)]
+pub(crate) struct ServiceState {
+    pub phase: Phase,
+    pub failure: Option<Failure>,
+    /// A crash after readiness already returned to the user once.
+    pub crash_reported: bool,
+    pub steps: Steps,
+}
+
+/// What happened to a service: reported by the thread that saw it.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The scheduler found its needs met.
+    Picked {
+        at: Instant,
+    },
+    /// Its setup hook ended.
+    SetupDone {
+        span: (Instant, Instant),
+        result: Result<(), String>,
+    },
+    Spawned {
+        pid: u32,
+        at: Instant,
+    },
+    SpawnFailed(std::io::Error),
+    /// Spawned, but no thread could be made to supervise it: it was killed and reaped.
+    Unsupervised(std::io::Error),
+    ReadinessPassed {
+        at: Instant,
+    },
+    ProbeFailed(String),
+    CheckPanicked(String),
+    PoststartDone {
+        result: Result<(), String>,
+        at: Instant,
+    },
+    /// Its "ready" line has been logged.
+    Announced,
+    /// Its main process exited (seen before reaping).
+    MainExited(ExitStatus),
+    /// What was left of its group has been killed.
+    GroupKilled,
+    /// Reaped, pipes drained.
+    Reaped(ExitStatus),
+    /// Stop it: its stop signal now, SIGKILL at `deadline`. `main_exited`: its main process
+    /// had already exited when the stop was asked (a crash its supervisor has not seen yet).
+    Stop {
+        deadline: Option<Instant>,
+        main_exited: bool,
+    },
+}
+
+/// What the runtime must do after a transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Signal the group — before the lock is let go (only the lock keeps the leader unreaped).
+    Signal(ProcessGroup, Signal),
+    /// Go on to spawn it (the thread that reported the event does).
+    Spawn,
+    /// Run its poststart hook on a thread of its own.
+    RunPoststart,
+    /// Log that it is ready after `took`, then report `Announced`.
+    Announce { took: Duration },
+    /// Start whatever may start now.
+    Schedule,
+    /// A one-shot service completed: say so, then start what waited for it.
+    Completed,
+}
+
+impl ServiceState {
+    pub(crate) fn new() -> ServiceState {
+        ServiceState {
+            phase: Phase::Waiting,
+            failure: None,
+            crash_reported: false,
+            steps: Steps::default(),
+        }
+    }
+
+    fn fail(&mut self, failure: Failure) {
+        self.failure.get_or_insert(failure);
+    }
+
+    /// The group to signal, while its leader is unreaped.
+    pub(crate) fn group(&self) -> Option<ProcessGroup> {
+        match self.phase {
+            Phase::Running { group, .. } | Phase::Exiting { group, .. } => Some(group),
+            _ => None,
+        }
+    }
+
+    /// Its main process's pid, while that runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match self.phase {
+            Phase::Running { group, .. } => Some(group.leader()),
+            _ => None,
+        }
+    }
+
+    fn readiness(&self) -> Option<&Readiness> {
+        match &self.phase {
+            Phase::Running { readiness, .. }
+            | Phase::Exiting { readiness, .. }
+            | Phase::Draining { readiness, .. }
+            | Phase::Exited { readiness, .. } => Some(readiness),
+            _ => None,
+        }
+    }
+
+    /// Ready now (its main process runs and its check passed, poststart included).
+    pub(crate) fn is_ready(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Running {
+                readiness: Readiness::Ready { .. },
+                ..
+            }
+        )
+    }
+
+    /// It was ready at some point.
+    pub(crate) fn was_ready(&self) -> bool {
+        matches!(self.readiness(), Some(Readiness::Ready { .. }))
+    }
+
+    /// How it ended, once reaped.
+    pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
+        match self.phase {
+            Phase::Exited { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Its process has been spawned (it may have exited since).
+    pub(crate) fn has_started(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Running { .. }
+                | Phase::Exiting { .. }
+                | Phase::Draining { .. }
+                | Phase::Exited { .. }
+        )
+    }
+
+    /// It exited 0 and its poststart hook, if any, has ended.
+    pub(crate) fn completed(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Exited {
+                status: ExitStatus::Code(0),
+                ref readiness,
+                ..
+            } if *readiness != Readiness::PostStart
+        )
+    }
+
+    /// Whether `condition` on this service holds, for a service that needs it.
+    pub(crate) fn meets(&self, condition: Condition, t: &Traits) -> bool {
+        match condition {
+            // Announced too: its "ready" line comes before its dependents start. A one-shot
+            // service that completed counts as ready too.
+            Condition::Ready => {
+                matches!(
+                    self.phase,
+                    Phase::Running {
+                        readiness: Readiness::Ready { announced: true },
+                        ..
+                    }
+                ) || (t.one_shot && self.completed())
+            }
+            Condition::Started => self.has_started(),
+            Condition::CompletedSuccessfully => self.completed(),
+        }
+    }
+
+    /// Its startup is done: ready and announced, or (one-shot) completed.
+    pub(crate) fn started_up(&self, t: &Traits) -> bool {
+        if t.one_shot {
+            self.completed()
+        } else {
+            matches!(
+                self.phase,
+                Phase::Running {
+                    readiness: Readiness::Ready { announced: true },
+                    ..
+                }
+            )
+        }
+    }
+
+    /// It exited on its own after it was ready: its exit status.
+    pub(crate) fn crashed(&self, t: &Traits) -> Option<ExitStatus> {
+        match self.phase {
+            Phase::Exited { status, .. } if t.one_shot && status.success() => None,
+            Phase::Exited {
+                status,
+                expected: false,
+                readiness: Readiness::Ready { .. },
+            } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Draining an exit that will be a crash once reaped (said in the log before it counts).
+    pub(crate) fn draining_a_crash(&self, t: &Traits) -> bool {
+        match self.phase {
+            Phase::Draining { status, .. } if t.one_shot && status.success() => false,
+            Phase::Draining {
+                expected: false,
+                readiness: Readiness::Ready { .. },
+                ..
+            } => true,
+            _ => false,
+        }
+    }
+
+    /// Nothing of it runs or will run without being started again: nobody need wait for it.
+    pub(crate) fn is_settled(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Waiting | Phase::NotStarted | Phase::Exited { .. }
+        )
+    }
+
+    /// Its process group is gone (or it never had one).
+    pub(crate) fn group_gone(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Waiting | Phase::NotStarted | Phase::Draining { .. } | Phase::Exited { .. }
+        )
+    }
+}
+
+/// Apply `event` to a service with traits `t`; the actions to carry out.
+pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Action> {
+    let mut actions = Vec::new();
+    // Take the phase to move its data; every arm puts one back.
+    let phase = std::mem::replace(&mut st.phase, Phase::Waiting);
+    st.phase = match (phase, event) {
+        (Phase::Waiting, Event::Picked { at }) => {
+            st.steps.started = Some(at);
+            if t.setup {
+                Phase::SettingUp { stop: None }
+            } else {
+                Phase::Spawning { stop: None }
+            }
+        }
+        (Phase::SettingUp { stop }, Event::SetupDone { span, result }) => {
+            st.steps.setup = Some(span);
+            match (result, stop) {
+                (Err(message), _) => {
+                    st.fail(Failure::Hook(Part::Setup, message));
+                    Phase::NotStarted
+                }
+                (Ok(()), Some(_)) => Phase::NotStarted,
+                (Ok(()), None) => {
+                    actions.push(Action::Spawn);
+                    Phase::Spawning { stop: None }
+                }
+            }
+        }
+        (Phase::Spawning { stop }, Event::Spawned { pid, at }) => {
+            st.steps.spawned = Some(at);
+            let group = ProcessGroup::led_by(pid);
+            if stop.is_some() {
+                // The bundle began stopping while it was spawned: don't leave it behind.
+                actions.push(Action::Signal(group, Signal::SIGKILL));
+                Phase::Running {
+                    group,
+                    readiness: Readiness::Checking { last_failure: None },
+                    stop,
+                }
+            } else {
+                if t.started_dependents {
+                    actions.push(Action::Schedule);
+                }
+                let readiness = if t.immediate {
+                    passed(st, t, at, &mut actions)
+                } else {
+                    Readiness::Checking { last_failure: None }
+                };
+                Phase::Running {
+                    group,
+                    readiness,
+                    stop,
+                }
+            }
+        }
+        (phase, Event::Spawned { pid, .. }) => {
+            // Spawned outside `Spawning` can't happen; if it did, nobody would supervise it.
+            actions.push(Action::Signal(ProcessGroup::led_by(pid), Signal::SIGKILL));
+            phase
+        }
+        (Phase::SettingUp { .. } | Phase::Spawning { .. }, Event::SpawnFailed(e))
+        | (Phase::Running { .. }, Event::Unsupervised(e)) => {
+            st.fail(Failure::Spawn(e));
+            Phase::NotStarted
+        }
+        (
+            Phase::Running {
+                group,
+                readiness: Readiness::Checking { .. },
+                stop,
+            },
+            Event::ReadinessPassed { at },
+        ) => Phase::Running {
+            group,
+            readiness: passed(st, t, at, &mut actions),
+            stop,
+        },
+        (
+            Phase::Running {
+                group,
+                readiness: Readiness::Checking { .. },
+                stop,
+            },
+            Event::ProbeFailed(why),
+        ) => Phase::Running {
+            group,
+            readiness: Readiness::Checking {
+                last_failure: Some(why),
+            },
+            stop,
+        },
+        (phase, Event::CheckPanicked(message)) => {
+            st.fail(Failure::CheckPanicked(message));
+            phase
+        }
+        (mut phase, Event::PoststartDone { result, at }) => {
+            let running = matches!(phase, Phase::Running { .. });
+            if let Some(readiness) = readiness_mut(&mut phase) {
+                if *readiness == Readiness::PostStart {
+                    *readiness = match result {
+                        Err(message) => {
+                            st.fail(Failure::Hook(Part::Poststart, message));
+                            Readiness::Checked
+                        }
+                        Ok(()) if running => {
+                            st.steps.ready = Some(at);
+                            actions.push(Action::Announce { took: took(st, at) });
+                            Readiness::Ready { announced: false }
+                        }
+                        Ok(()) => {
+                            // It exited meanwhile: a one-shot service may count as complete now.
+                            actions.push(Action::Schedule);
+                            Readiness::Checked
+                        }
+                    };
+                }
+            }
+            phase
+        }
+        (mut phase, Event::Announced) => {
+            if let Some(readiness @ Readiness::Ready { .. }) = readiness_mut(&mut phase) {
+                *readiness = Readiness::Ready { announced: true };
+                actions.push(Action::Schedule);
+            }
+            phase
+        }
+        (
+            Phase::Running {
+                group,
+                readiness,
+                stop,
+            },
+            Event::MainExited(status),
+        ) => Phase::Exiting {
+            group,
+            status,
+            expected: stop.is_some(),
+            deadline: stop.and_then(|s| s.deadline),
+            readiness,
+        },
+        (
+            Phase::Exiting {
+                status,
+                expected,
+                readiness,
+                ..
+            },
+            Event::GroupKilled,
+        ) => Phase::Draining {
+            status,
+            expected,
+            readiness,
+        },
+        (
+            Phase::Draining {
+                expected,
+                readiness,
+                ..
+            },
+            Event::Reaped(status),
+        ) => {
+            if t.one_shot && status.success() {
+                actions.push(Action::Completed);
+            }
+            Phase::Exited {
+                status,
+                expected,
+                readiness,
+            }
+        }
+        (
+            phase,
+            Event::Stop {
+                deadline,
+                main_exited,
+            },
+        ) => stop(phase, t, Stop { deadline }, main_exited, &mut actions),
+        // Anything else is news that no longer applies (a readiness pass after the process
+        // exited, a probe failure after it passed): ignored.
+        (phase, _) => phase,
+    };
+    actions
+}
+
+/// Its readiness check passed at `at`: on to its poststart hook, or ready.
+fn passed(st: &mut ServiceState, t: &Traits, at: Instant, actions: &mut Vec<Action>) -> Readiness {
+    st.steps.checked = Some(at);
+    if t.poststart {
+        actions.push(Action::RunPoststart);
+        Readiness::PostStart
+    } else {
+        st.steps.ready = Some(at);
+        actions.push(Action::Announce { took: took(st, at) });
+        Readiness::Ready { announced: false }
+    }
+}
+
+fn took(st: &ServiceState, at: Instant) -> Duration {
+    st.steps
+        .started
+        .map(|t| at.saturating_duration_since(t))
+        .unwrap_or_default()
+}
+
+fn readiness_mut(phase: &mut Phase) -> Option<&mut Readiness> {
+    match phase {
+        Phase::Running { readiness, .. }
+        | Phase::Exiting { readiness, .. }
+        | Phase::Draining { readiness, .. }
+        | Phase::Exited { readiness, .. } => Some(readiness),
+        _ => None,
+    }
+}
+
+fn stop(
+    phase: Phase,
+    t: &Traits,
+    asked: Stop,
+    main_exited: bool,
+    actions: &mut Vec<Action>,
+) -> Phase {
+    match phase {
+        Phase::Waiting => Phase::NotStarted,
+        Phase::SettingUp { stop } => Phase::SettingUp {
+            stop: stop.or(Some(asked)),
+        },
+        Phase::Spawning { stop } => Phase::Spawning {
+            stop: stop.or(Some(asked)),
+        },
+        Phase::Running {
+            group,
+            readiness,
+            stop,
+        } => {
+            actions.push(Action::Signal(group, t.stop_signal));
+            // A main process that already exited did so unasked: a crash, even if its
+            // supervisor hasn't noticed yet.
+            let stop = match stop {
+                None if main_exited => None,
+                None => Some(asked),
+                kept => kept,
+            };
+            Phase::Running {
+                group,
+                readiness,
+                stop,
+            }
+        }
+        Phase::Exiting { group, .. } => {
+            // The rest of its group gets the stop signal; whether the exit was expected was
+            // decided when it was seen.
+            actions.push(Action::Signal(group, t.stop_signal));
+            phase
+        }
+        other => other,
+    }
+}
+
+/// The startup failure a service shows, if any: taken from its mailbox, or read from its
+/// phase (an exit before it was ready, or after, during startup).
+pub(crate) enum StartupFailure {
+    Failed(Failure),
+    ExitedBeforeReady(ExitStatus),
+    ExitedAfterReady(ExitStatus),
+}
+
+impl ServiceState {
+    /// The failure that ends startup, if this service has one (taken: reported once).
+    pub(crate) fn take_startup_failure(&mut self, t: &Traits) -> Option<StartupFailure> {
+        if let Some(f) = self.failure.take() {
+            return Some(StartupFailure::Failed(f));
+        }
+        match self.phase {
+            Phase::Exited { status, .. } if t.one_shot && status.success() => None,
+            Phase::Exited { status, .. } if self.was_ready() && !t.one_shot => {
+                Some(StartupFailure::ExitedAfterReady(status))
+            }
+            Phase::Exited { status, .. } => Some(StartupFailure::ExitedBeforeReady(status)),
+            _ => None,
+        }
+    }
+
+    /// What its startup is waiting for, in words, or `None` if it is done.
+    pub(crate) fn waiting_for(&self, t: &Traits) -> Option<Waiting> {
+        Some(match &self.phase {
+            Phase::Waiting => Waiting::Needs,
+            Phase::SettingUp { .. } => Waiting::Setup,
+            Phase::Spawning { .. } => Waiting::Spawn,
+            Phase::Running {
+                readiness: Readiness::PostStart,
+                ..
+            } => Waiting::Poststart,
+            Phase::Running { .. } if t.one_shot => Waiting::OneShot,
+            Phase::Running {
+                readiness: Readiness::Ready { .. },
+                ..
+            } => return None,
+            Phase::Exited { .. } if self.completed() && t.one_shot => return None,
+            Phase::Running {
+                readiness: Readiness::Checking { last_failure },
+                ..
+            } => Waiting::Check(last_failure.clone()),
+            _ => Waiting::Check(None),
+        })
+    }
+}
+
+/// What a service's startup waits for.
+pub(crate) enum Waiting {
+    Needs,
+    Setup,
+    Spawn,
+    Check(Option<String>),
+    Poststart,
+    OneShot,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! Stopping a run: every service's stop signal in parallel, SIGKILL to what is left after
+//! the grace, then whatever left its group (the run's cgroup, the marker sweep), then waiting
+//! until every supervisor has drained and reaped.
+//!
+//! Owns the shutdown order and the marker sweep (`sweep`). A service whose thread is stuck in
+//! user code (a readiness closure or a hook that never returns) can't report its own end: it
+//! counts as done once nothing of its group is alive, and nobody waits for that thread.
+
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal as NixSignal};
+use nix::unistd::Pid;
+
+use crate::exec::MARKER_VAR;
+use crate::guardian;
+use crate::runtime::state::{Event, ServiceState};
+use crate::runtime::supervisor::{group_alive, has_exited, GROUP_CHECK, READER_DRAIN};
+use crate::runtime::usercode::UserCode;
+use crate::runtime::{deadline_after, Runtime};
+use crate::signal::Signal;
+
+/// After SIGKILL, how long processes may take to die before shutdown stops waiting.
+const KILLED_GRACE: Duration = Duration::from_secs(10);
+
+impl Runtime {
+    /// Stop every service: stop signal to each group in parallel, SIGKILL to what is left
+    /// of each group after `timeout` (the main process exiting first doesn't cut its group's
+    /// grace short), then kill whatever left its group. Returns once all are reaped.
+    pub(crate) fn stop_all(&self, timeout: Duration) {
+        let t0 = Instant::now();
+        let deadline = deadline_after(t0, timeout);
+        let mut stopping = Vec::new();
+        {
+            let mut states = self.lock();
+            for idx in 0..states.len() {
+                let main_exited = states[idx].pid().is_some_and(has_exited);
+                let event = Event::Stop {
+                    deadline,
+                    main_exited,
+                };
+                // Stopping asks for nothing but signals (sent here, under the lock).
+                let (_, signalled) = self.apply_locked(&mut states, idx, event);
+                if signalled {
+                    stopping.push(self.services()[idx].name.as_str());
+                }
+            }
+        }
+        self.changed.notify_all();
+        if !stopping.is_empty() {
+            self.sink.log(&format!("Stopping {}", stopping.join(", ")));
+        }
+        let stuck_and_gone = |idx: usize, st: &ServiceState| {
+            self.user_code.get(idx).is_some() && st.group().is_none_or(|g| !group_alive(g.leader()))
+        };
+        // First until every group is gone (escapees may still hold pipes open: the sweep
+        // below is for them), then until every supervisor has drained and reaped.
+        let groups_gone = |s: &[ServiceState]| {
+            s.iter()
+                .enumerate()
+                .all(|(idx, st)| st.group_gone() || stuck_and_gone(idx, st))
+        };
+        let all_done = |s: &[ServiceState]| {
+            s.iter()
+                .enumerate()
+                .all(|(idx, st)| st.is_settled() || stuck_and_gone(idx, st))
+        };
+        let (states, done) = self.wait_stopped(deadline, groups_gone);
+        if !done {
+            let mut killed = Vec::new();
+            for (idx, st) in states.iter().enumerate() {
+                if st.group().is_some_and(|g| g.signal(Signal::SIGKILL)) {
+                    killed.push(self.services()[idx].name.as_str());
+                }
+            }
+            drop(states);
+            if !killed.is_empty() {
+                self.sink.warn(&format!(
+                    "{} did not stop within {:.1} s: killed with SIGKILL",
+                    killed.join(", "),
+                    timeout.as_secs_f64()
+                ));
+            }
+        } else {
+            drop(states);
+        }
+        // Processes that left their group (setsid, double fork) are still in the run's
+        // cgroup, where there is one, and still carry the marker unless they cleared it.
+        guardian::kill_cgroup(&self.run.id);
+        sweep(&self.run.id);
+        let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
+        drop(self.wait_stopped(grace, all_done));
+        self.threads.release_workers();
+        let stuck: Vec<(usize, UserCode)> = (0..self.services().len())
+            .filter_map(|idx| self.user_code.get(idx).map(|what| (idx, what)))
+            .collect();
+        for &(idx, what) in &stuck {
+            self.sink.warn(&format!(
+                "the {} of `{}` has not returned (is it blocked?): its thread is left behind",
+                what.words(),
+                self.services()[idx].name
+            ));
+        }
+        let handles = std::mem::take(&mut *self.threads.handles());
+        for h in handles {
+            // With a thread stuck in user code, join only threads that have ended: the
+            // stuck one may never end, and every other one has done its work by now.
+            if stuck.is_empty() || h.is_finished() {
+                let _ = h.join();
+            }
+        }
+        guardian::remove_run(&self.run.id);
+        if !stopping.is_empty() {
+            self.sink
+                .log(&format!("Stopped in {:.2} s", t0.elapsed().as_secs_f64()));
+        }
+        self.sink.store.close();
+    }
+
+    /// `wait_until` for stopping: while a thread is stuck in user code, nobody will signal
+    /// that its group is gone, so look again every `GROUP_CHECK`.
+    fn wait_stopped(
+        &self,
+        deadline: Option<Instant>,
+        mut done: impl FnMut(&[ServiceState]) -> bool,
+    ) -> (MutexGuard<'_, Vec<ServiceState>>, bool) {
+        let mut guard = self.lock();
+        loop {
+            if !self.user_code.any() {
+                return self.wait_until(guard, deadline, done);
+            }
+            let soon = Instant::now() + GROUP_CHECK;
+            let wake = deadline.map_or(soon, |d| d.min(soon));
+            let (g, ok) = self.wait_until(guard, Some(wake), &mut done);
+            if ok || deadline.is_some_and(|d| Instant::now() >= d) {
+                return (g, ok);
+            }
+            guard = g;
+        }
+    }
+}
+
+/// SIGKILL every process whose environment carries this run's marker; repeat until none is
+/// left (a process may fork between two scans). Returns how many were killed.
+fn sweep(run_id: &str) -> usize {
+    let needle = format!("{MARKER_VAR}={run_id}");
+    let me = std::process::id();
+    let mut killed = 0;
+    for _ in 0..50 {
+        let found = marked_pids(&needle, me);
+        if found.is_empty() {
+            break;
+        }
+        for pid in found {
+            if kill(Pid::from_raw(pid as i32), NixSignal::SIGKILL).is_ok() {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+fn marked_pids(needle: &str, me: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        // Zombies and kernel threads have an empty environ: nothing to kill there.
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ
+            .split(|&b| b == 0)
+            .any(|var| var == needle.as_bytes())
+        {
+            out.push(pid);
+        }
+    }
+    out
+}

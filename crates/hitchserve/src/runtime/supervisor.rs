@@ -1,0 +1,430 @@
+//! A service's supervisor: the thread that reads its pipes, checks readiness on its lines,
+//! notices its exit, stops what is left of its group, drains and reaps it.
+//!
+//! One thread per service does it all with `poll` over stdout, stderr and a pidfd: fewer
+//! threads, and the exit is seen while the leader is still an unreaped zombie. Each line is
+//! stored (so written to `all.log`), printed, and shown to the readiness check; a quiet
+//! line's start is published to tails as a partial line. What the thread sees becomes an
+//! `Event`; it never changes a state itself.
+//!
+//! Invariant: whether an exit was expected is decided when the exit is seen (the
+//! `MainExited` event), before the group is drained: a shutdown that starts during the
+//! drain does not turn a crash into a clean stop.
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::process::Child;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::wait::{waitid, Id, WaitPidFlag};
+use nix::unistd::Pid;
+
+use crate::exec::ProcessGroup;
+use crate::guardian;
+use crate::logs::{End, LineSplitter, Source};
+use crate::readiness::{Checker, Verdict};
+use crate::runtime::probe::probe_until_ready;
+use crate::runtime::state::{Event, Phase};
+use crate::runtime::usercode::UserCode;
+use crate::runtime::Runtime;
+use crate::signal::ExitStatus;
+
+/// Bytes asked for in one read of a service's pipe; more once it fills a read.
+const READ_BUF_START: usize = 16 * 1024;
+const READ_BUF_MAX: usize = 256 * 1024;
+/// Capacity asked for each service's stdout and stderr pipe.
+const PIPE_SIZE: i32 = 1024 * 1024;
+
+/// How long a dead service's pipes may take to deliver what it wrote before it died.
+pub(crate) const READER_DRAIN: Duration = Duration::from_secs(2);
+
+/// How long a stream must stay quiet before the start of a line it has not ended is shown
+/// to tails as a partial line: long enough that a line written in a few quick writes is
+/// seen whole, short enough to feel at once to a test waiting for a prompt.
+const PARTIAL_QUIET: Duration = Duration::from_millis(50);
+
+/// The body of a supervisor thread: read both pipes, notice the exit, reap, report.
+pub(crate) fn supervise(runtime: &Arc<Runtime>, idx: usize, mut child: Child) {
+    let plan = &runtime.services()[idx];
+    let pid = child.id();
+    let group = ProcessGroup::led_by(pid);
+    let mut out = StreamReader::new(
+        runtime,
+        idx,
+        child.stdout.take().map(OwnedFd::from),
+        &plan.sources.out,
+    );
+    let mut err = StreamReader::new(
+        runtime,
+        idx,
+        child.stderr.take().map(OwnedFd::from),
+        &plan.sources.err,
+    );
+    let checker = Arc::new(plan.ready.checker());
+    if checker.has_probes() {
+        let (prober, prober_checker) = (Arc::clone(runtime), Arc::clone(&checker));
+        let spawned = std::thread::Builder::new()
+            .name(format!("hitchserve:{}:probe", plan.name))
+            .spawn(move || probe_until_ready(&prober, idx, &prober_checker));
+        if let Ok(handle) = spawned {
+            runtime.threads.keep(handle);
+        }
+    }
+    let pidfd = pidfd_open(pid);
+    // Until the main process exits: read whatever arrives.
+    loop {
+        let exited = poll_once(&mut out, &mut err, &checker, pidfd.as_ref(), pid, None);
+        if exited {
+            break;
+        }
+    }
+    let status = exit_status_unreaped(pid);
+    // Expected or not is decided now: a shutdown that starts during the drain below must
+    // not turn a crash into a clean stop.
+    runtime.dispatch(idx, Event::MainExited(status));
+    let (expected, stop_deadline) = runtime.read(idx, |st| match st.phase {
+        Phase::Exiting {
+            expected, deadline, ..
+        } => (expected, deadline),
+        _ => (false, None),
+    });
+    if expected {
+        // Stopping: the rest of its group (a server under a wrapper shell, say) gets the
+        // remaining grace to finish. Nothing signals "group empty": when both pipes have
+        // closed, whoever held them is gone; otherwise look at /proc now and then.
+        while (out.is_open() || err.is_open())
+            && group_has_others(pid)
+            && stop_deadline.is_none_or(|d| Instant::now() < d)
+        {
+            let next = Instant::now() + GROUP_CHECK;
+            let wake = stop_deadline.map_or(next, |d| d.min(next));
+            poll_once(&mut out, &mut err, &checker, None, pid, Some(wake));
+        }
+    }
+    // Whatever is left of its group dies now; the leader is still unreaped, so the pgid
+    // can't have been reused.
+    group.kill();
+    guardian::forget(pid);
+    runtime.dispatch(idx, Event::GroupKilled);
+    // Drain what it wrote before it died. A process that escaped the group may hold a
+    // pipe open; don't wait for it forever.
+    let deadline = Instant::now() + READER_DRAIN;
+    while (out.is_open() || err.is_open()) && Instant::now() < deadline {
+        poll_once(&mut out, &mut err, &checker, None, pid, Some(deadline));
+    }
+    out.finish(&checker);
+    err.finish(&checker);
+    let status = child.wait().map(ExitStatus::from_std).unwrap_or(status);
+    if runtime.read(idx, |st| st.draining_a_crash(&plan.traits)) {
+        // Said before the state changes, so whoever sees the crash also finds this line.
+        runtime
+            .sink
+            .warn(&format!("`{}` exited unexpectedly ({status})", plan.name));
+    }
+    runtime.dispatch(idx, Event::Reaped(status));
+    // Its output has ended for good: waits on its lines can stop (after it counts as
+    // exited, so a wait that ends this way finds its exit status).
+    runtime.sink.store.mark_ended(idx);
+}
+
+/// How often a stopping service's group is looked at once its main process has exited.
+pub(crate) const GROUP_CHECK: Duration = Duration::from_millis(10);
+
+/// Whether any live (not zombie) process is in process group `pgid`.
+pub(crate) fn group_alive(pgid: u32) -> bool {
+    let Ok(all) = procfs::process::all_processes() else {
+        return false;
+    };
+    all.flatten()
+        .filter_map(|p| p.stat().ok())
+        .any(|st| st.pgrp == pgid as i32 && !matches!(st.state, 'Z' | 'X'))
+}
+
+/// Whether a live process other than the (exited) leader is still in process group `pgid`.
+fn group_has_others(pgid: u32) -> bool {
+    let Ok(all) = procfs::process::all_processes() else {
+        return false;
+    };
+    all.flatten()
+        .filter_map(|p| p.stat().ok())
+        .any(|st| st.pgrp == pgid as i32 && st.pid != pgid as i32 && !matches!(st.state, 'Z' | 'X'))
+}
+
+/// How an exited, not yet reaped, process ended (without reaping it).
+fn exit_status_unreaped(pid: u32) -> ExitStatus {
+    use nix::sys::wait::WaitStatus;
+    match waitid(
+        Id::Pid(Pid::from_raw(pid as i32)),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG,
+    ) {
+        Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => ExitStatus::Signaled(sig as i32),
+        _ => ExitStatus::Code(-1),
+    }
+}
+
+/// How often to look for the exit when the kernel has no pidfd (before Linux 5.3).
+const EXIT_POLL_FALLBACK: Duration = Duration::from_millis(20);
+
+/// Wait for output or the exit once. Returns true when the main process has exited.
+fn poll_once(
+    out: &mut StreamReader<'_>,
+    err: &mut StreamReader<'_>,
+    checker: &Checker,
+    pidfd: Option<&OwnedFd>,
+    pid: u32,
+    deadline: Option<Instant>,
+) -> bool {
+    let watch_exit = deadline.is_none();
+    let mut fds = Vec::with_capacity(3);
+    let mut which = Vec::with_capacity(3);
+    for (i, r) in [&*out, &*err].into_iter().enumerate() {
+        if let Some(fd) = r.fd.as_ref() {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            which.push(i);
+        }
+    }
+    if watch_exit {
+        if let Some(fd) = pidfd {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            which.push(2);
+        }
+    }
+    let timeout = match deadline {
+        Some(d) => PollTimeout::try_from(d.saturating_duration_since(Instant::now()))
+            .unwrap_or(PollTimeout::MAX),
+        None if pidfd.is_none() => {
+            PollTimeout::try_from(EXIT_POLL_FALLBACK).unwrap_or(PollTimeout::MAX)
+        }
+        None => PollTimeout::NONE,
+    };
+    // A held-back line start is due to be shown: wake for it (no timer when there is none,
+    // so a busy stream pays nothing).
+    let partial_due = match (out.partial_due, err.partial_due) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let timeout = match partial_due {
+        Some(due) => {
+            // Rounded up: poll counts whole milliseconds, and 0 would spin until it is due.
+            let wait = due.saturating_duration_since(Instant::now());
+            let wait =
+                PollTimeout::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(PollTimeout::MAX);
+            if timeout == PollTimeout::NONE {
+                wait
+            } else {
+                timeout.min(wait)
+            }
+        }
+        None => timeout,
+    };
+    if fds.is_empty() && pidfd.is_some() {
+        unreachable_exit_wait(pid);
+        return true;
+    }
+    match poll(&mut fds, timeout) {
+        Ok(_) => {}
+        Err(nix::errno::Errno::EINTR) => return false,
+        Err(_) => {
+            // Nothing sensible to wait on any more: wait for the exit plainly.
+            if watch_exit {
+                unreachable_exit_wait(pid);
+                return true;
+            }
+            return false;
+        }
+    }
+    let ready: Vec<(usize, bool)> = fds
+        .iter()
+        .zip(&which)
+        .map(|(fd, &w)| (w, fd.revents().is_some_and(|r| !r.is_empty())))
+        .collect();
+    drop(fds);
+    let mut exited = false;
+    for (w, is_ready) in ready {
+        if !is_ready {
+            continue;
+        }
+        match w {
+            0 => out.read_some(checker),
+            1 => err.read_some(checker),
+            _ => exited = true,
+        }
+    }
+    if watch_exit && pidfd.is_none() {
+        exited = has_exited(pid);
+    }
+    if partial_due.is_some() {
+        let now = Instant::now();
+        out.publish_partial_if_due(now);
+        err.publish_partial_if_due(now);
+    }
+    exited
+}
+
+/// Block until the process exits, leaving it unreaped (used when there is nothing to poll).
+fn unreachable_exit_wait(pid: u32) {
+    loop {
+        match waitid(
+            Id::Pid(Pid::from_raw(pid as i32)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Whether the process has exited, without reaping it.
+pub(crate) fn has_exited(pid: u32) -> bool {
+    matches!(
+        waitid(
+            Id::Pid(Pid::from_raw(pid as i32)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG,
+        ),
+        Ok(status) if status != nix::sys::wait::WaitStatus::StillAlive
+    ) || !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A pidfd for `pid`: readable once the process has exited. `None` before Linux 5.3.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: a plain syscall; on success the kernel hands us a new fd that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh, valid descriptor owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// One pipe of a service: read, split into lines, store, check readiness, copy to its file.
+struct StreamReader<'a> {
+    runtime: &'a Arc<Runtime>,
+    idx: usize,
+    fd: Option<OwnedFd>,
+    source: &'a Arc<Source>,
+    splitter: LineSplitter,
+    buf: Vec<u8>,
+    /// When the start of a line held back now is to be shown as a partial line, if the
+    /// stream stays quiet until then.
+    partial_due: Option<Instant>,
+}
+
+impl<'a> StreamReader<'a> {
+    fn new(
+        runtime: &'a Arc<Runtime>,
+        idx: usize,
+        fd: Option<OwnedFd>,
+        source: &'a Arc<Source>,
+    ) -> StreamReader<'a> {
+        if let Some(fd) = fd.as_ref() {
+            // A bigger pipe lets a chatty service run ahead of us instead of blocking, and
+            // lets us take its output in fewer, larger reads. Best effort: the system may
+            // cap it (fs.pipe-max-size).
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+        }
+        StreamReader {
+            runtime,
+            idx,
+            fd,
+            source,
+            splitter: LineSplitter::new(runtime.sink.store.piece_size()),
+            buf: Vec::new(),
+            partial_due: None,
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// One read: its lines are stored (and so written to `all.log`) and checked.
+    fn read_some(&mut self, checker: &Checker) {
+        let Some(fd) = self.fd.as_ref() else { return };
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; READ_BUF_START];
+        }
+        let n = match nix::unistd::read(fd, &mut self.buf) {
+            Ok(0) => {
+                self.finish(checker);
+                return;
+            }
+            Ok(n) if n == self.buf.len() && n < READ_BUF_MAX => {
+                // A chatty service: take bigger bites from now on.
+                self.buf.resize(READ_BUF_MAX, 0);
+                n
+            }
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return,
+            Err(_) => {
+                self.finish(checker);
+                return;
+            }
+        };
+        let (runtime, source, idx) = (self.runtime, self.source, self.idx);
+        self.splitter.split(&self.buf[..n], |lines| {
+            deliver(runtime, source, idx, lines, checker);
+        });
+        self.partial_due = self
+            .splitter
+            .pending()
+            .map(|_| Instant::now() + PARTIAL_QUIET);
+    }
+
+    /// Show the held-back start of a line to tails once the stream has been quiet long
+    /// enough. Readiness does not see it: it only ever sees whole lines.
+    fn publish_partial_if_due(&mut self, now: Instant) {
+        if self.partial_due.is_some_and(|due| due <= now) {
+            self.partial_due = None;
+            if let Some(bytes) = self.splitter.pending() {
+                self.runtime.sink.store.publish_partial(self.source, bytes);
+            }
+        }
+    }
+
+    /// End of the stream: an unterminated last line is still a line.
+    fn finish(&mut self, checker: &Checker) {
+        self.fd = None;
+        self.partial_due = None;
+        if let Some(last) = self.splitter.finish() {
+            deliver(
+                self.runtime,
+                self.source,
+                self.idx,
+                &[(&last, End::Unterminated)],
+                checker,
+            );
+        }
+    }
+}
+
+/// Store and print a service's lines, and check them for readiness.
+fn deliver(
+    runtime: &Arc<Runtime>,
+    source: &Arc<Source>,
+    idx: usize,
+    lines: &[(&[u8], End)],
+    checker: &Checker,
+) {
+    let pending = checker.is_pending();
+    let stored = runtime.sink.emit(source, lines, pending);
+    if !pending {
+        return;
+    }
+    let verdict = {
+        let _user = runtime.user_code.entering(idx, UserCode::Readiness);
+        checker.check(&stored)
+    };
+    match verdict {
+        Verdict::NotYet => {}
+        Verdict::Ready => {
+            let at = Instant::now();
+            runtime.dispatch(idx, Event::ReadinessPassed { at });
+        }
+        Verdict::Panicked(message) => {
+            runtime.dispatch(idx, Event::CheckPanicked(message));
+        }
+    }
+}

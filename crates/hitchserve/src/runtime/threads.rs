@@ -1,0 +1,48 @@
+//! The threads of a run: every one made (joined at shutdown), and the supervisor threads
+//! made in advance, each waiting for its service's task.
+
+use std::process::Child;
+use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+/// What a supervisor thread is given to do.
+pub(crate) enum Task {
+    /// Start the service (setup hook, spawn), then supervise it.
+    Start,
+    /// Supervise a child already spawned.
+    Supervise(Child),
+}
+
+/// The threads of a run: every one made, and those made in advance waiting for a task.
+pub(crate) struct Threads {
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    workers: Mutex<Vec<Option<mpsc::Sender<Task>>>>,
+}
+
+impl Threads {
+    pub(crate) fn new(n: usize) -> Threads {
+        Threads {
+            handles: Mutex::new(Vec::new()),
+            workers: Mutex::new((0..n).map(|_| None).collect()),
+        }
+    }
+
+    pub(crate) fn workers(&self) -> MutexGuard<'_, Vec<Option<mpsc::Sender<Task>>>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn handles(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Threads made in advance for services that never started: let them go.
+    pub(crate) fn release_workers(&self) {
+        self.workers().iter_mut().for_each(|w| *w = None);
+    }
+
+    /// Keep a thread's handle, to join it at shutdown.
+    pub(crate) fn keep(&self, handle: JoinHandle<()>) {
+        self.handles().push(handle);
+    }
+}

@@ -202,10 +202,15 @@ fn w4(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
         for i in 0..10 {
             b.add(
                 format!("Slow{i}"),
+                // READY only once the background `sleep` has exec'd: a stop signal that
+                // lands between dash's fork and exec is lost, and that child then lives
+                // on until the shutdown timeout (1 shutdown in ~30 took 10 s).
                 Service::new([
                     "sh",
                     "-c",
-                    "trap 'sleep 0.1; exit 0' TERM; sleep 1000 & echo READY; wait",
+                    "trap 'sleep 0.1; exit 0' TERM; sleep 1000 & \
+                     until [ \"$(cat /proc/$!/comm 2>/dev/null)\" = sleep ]; do :; done; \
+                     echo READY; wait",
                 ])
                 .ready_when(|l| l == "READY"),
             )?;

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, NotReady, Result};
 use crate::logs::{Filter, Part};
-use crate::runtime::state::{Failure, ServiceState, StartupFailure, Waiting};
+use crate::plan::Traits;
+use crate::runtime::state::{Failure, Phase, Readiness, ServiceState};
 use crate::runtime::Runtime;
 use crate::service::Condition;
+use crate::signal::ExitStatus;
 
 /// How many of a service's last lines an error message carries.
 pub(crate) const LAST_LINES: usize = 20;
@@ -189,6 +191,65 @@ impl Runtime {
                 .collect(),
         }
     }
+}
+
+/// The startup failure a service shows, if any: taken from its mailbox, or read from its
+/// phase (an exit before it was ready, or after, during startup).
+pub(crate) enum StartupFailure {
+    Failed(Failure),
+    ExitedBeforeReady(ExitStatus),
+    ExitedAfterReady(ExitStatus),
+}
+
+impl ServiceState {
+    /// The failure that ends startup, if this service has one (taken: reported once).
+    pub(crate) fn take_startup_failure(&mut self, t: &Traits) -> Option<StartupFailure> {
+        if let Some(f) = self.failure.take() {
+            return Some(StartupFailure::Failed(f));
+        }
+        match self.phase {
+            Phase::Exited { status, .. } if t.one_shot && status.success() => None,
+            Phase::Exited { status, .. } if self.was_ready() && !t.one_shot => {
+                Some(StartupFailure::ExitedAfterReady(status))
+            }
+            Phase::Exited { status, .. } => Some(StartupFailure::ExitedBeforeReady(status)),
+            _ => None,
+        }
+    }
+
+    /// What its startup is waiting for, in words, or `None` if it is done.
+    pub(crate) fn waiting_for(&self, t: &Traits) -> Option<Waiting> {
+        Some(match &self.phase {
+            Phase::Waiting => Waiting::Needs,
+            Phase::SettingUp { .. } => Waiting::Setup,
+            Phase::Spawning { .. } => Waiting::Spawn,
+            Phase::Running {
+                readiness: Readiness::PostStart,
+                ..
+            } => Waiting::Poststart,
+            Phase::Running { .. } if t.one_shot => Waiting::OneShot,
+            Phase::Running {
+                readiness: Readiness::Ready { .. },
+                ..
+            } => return None,
+            Phase::Exited { .. } if self.completed() && t.one_shot => return None,
+            Phase::Running {
+                readiness: Readiness::Checking { last_failure },
+                ..
+            } => Waiting::Check(last_failure.clone()),
+            _ => Waiting::Check(None),
+        })
+    }
+}
+
+/// What a service's startup waits for.
+pub(crate) enum Waiting {
+    Needs,
+    Setup,
+    Spawn,
+    Check(Option<String>),
+    Poststart,
+    OneShot,
 }
 
 /// Whether a need is met, in the words of a timeout message (ready means ready, whether or

@@ -1,5 +1,6 @@
 //! Every rule of a service's lifecycle, one table row each; nothing here starts a process.
 use super::*;
+use crate::runtime::report::{StartupFailure, Waiting};
 
 const PID: u32 = 4242;
 

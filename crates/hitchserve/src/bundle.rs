@@ -20,7 +20,7 @@ use crate::plan::Plan;
 use crate::ports::{HeldPort, PortTable};
 use crate::rundir::RunDir;
 use crate::runtime::report::report_crash;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, Timeouts};
 use crate::service::Service;
 use crate::timetravel::{describe_jump, describe_shift, show, Clock};
 
@@ -245,7 +245,11 @@ impl Bundle {
             self.time_travel,
             &self.sink.store,
         )?;
-        let runtime = match Runtime::launch(&self.sink, plan, run, &self.clock, t0) {
+        let timeouts = Timeouts {
+            startup: self.startup_timeout,
+            shutdown: self.shutdown_timeout,
+        };
+        let runtime = match Runtime::launch(&self.sink, plan, run, &self.clock, t0, timeouts) {
             Ok(runtime) => runtime,
             Err(e) => {
                 self.clock.stop();
@@ -440,6 +444,12 @@ impl Bundle {
         // No crash report here: after a crash the test wants exactly this handle, to read
         // the crashed service's logs (`check`, the next time travel or shutdown report it).
         Ok(ServiceHandle::new(Arc::clone(runtime), idx))
+    }
+
+    /// Wait until the service called `name` is ready: after a start, restart or a restart by
+    /// its policy (see [`ServiceHandle::start`]); within the startup timeout.
+    pub fn wait_until_ready(&self, name: &str) -> Result<()> {
+        self.service(name)?.wait_until_ready()
     }
 
     /// An error if any service exited after it was ready, or else if the run's `all.log`

@@ -8,7 +8,7 @@
 //!
 //! Owns making, filling, killing and removing that directory. It does not decide when: the
 //! guardian places services (off the spawn path) and kills the cgroup if our process dies;
-//! `supervise` kills it at shutdown.
+//! the runtime's `stop` kills it at shutdown.
 //!
 //! Placing happens after the spawn, because neither std nor glibc's `posix_spawn` can start
 //! a child in a cgroup (`clone3(CLONE_INTO_CGROUP)`) and a `pre_exec` would cost the fast

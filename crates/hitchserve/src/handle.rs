@@ -107,6 +107,90 @@ impl ServiceHandle {
         report_crash(&self.runtime, Some(self.idx), false)
     }
 
+    /// Stop it: its stop signal to its whole process group, `SIGKILL` to what is left after
+    /// the bundle's shutdown timeout; returns once it has exited and every line it wrote is
+    /// stored. Services that need it keep running (a test checks what they do without it);
+    /// processes that left its group are caught when the bundle stops. Its exit is expected:
+    /// no crash. Nothing happens if it isn't running.
+    ///
+    /// ```no_run
+    /// # fn demo(bundle: &hitchserve::Bundle) -> hitchserve::Result<()> {
+    /// let db = bundle.service("Postgres")?;
+    /// db.stop()?;
+    /// // ... the app reports the database as down ...
+    /// db.start()?; // waits until it is ready again
+    /// # Ok(()) }
+    /// ```
+    pub fn stop(&self) -> Result<()> {
+        self.runtime.stop_one(self.idx);
+        Ok(())
+    }
+
+    /// Start it again after it stopped (by [`stop`](Self::stop), a crash or a `kill`), with
+    /// the same definition, reserved ports and environment, on the bundle's current fake
+    /// time, and wait until it is ready (its readiness check and poststart hook, within the
+    /// bundle's startup timeout) — or an error as at startup. Its setup hook does not run
+    /// again (see [`start_with_setup`](Self::start_with_setup)). A service that runs is left
+    /// as it is (this waits until it is ready). Its log goes on: lines of this start have
+    /// [`LogLine::incarnation`](crate::LogLine::incarnation) one more.
+    pub fn start(&self) -> Result<()> {
+        self.runtime.start_again(self.idx, false)?;
+        self.runtime.wait_ready(self.idx)
+    }
+
+    /// [`start`](Self::start), with its setup hook run again first.
+    pub fn start_with_setup(&self) -> Result<()> {
+        self.runtime.start_again(self.idx, true)?;
+        self.runtime.wait_ready(self.idx)
+    }
+
+    /// [`stop`](Self::stop), then [`start`](Self::start): one call, waited on.
+    pub fn restart(&self) -> Result<()> {
+        self.stop()?;
+        self.start()
+    }
+
+    /// [`stop`](Self::stop), then [`start_with_setup`](Self::start_with_setup).
+    pub fn restart_with_setup(&self) -> Result<()> {
+        self.stop()?;
+        self.start_with_setup()
+    }
+
+    /// Freeze it: `SIGSTOP` to its whole process group — the "hung dependency" fault (its
+    /// port still accepts connections; nothing answers). [`resume`](Self::resume) thaws it;
+    /// stopping a paused service resumes it first.
+    pub fn pause(&self) -> Result<()> {
+        self.runtime.pause(self.idx, true)
+    }
+
+    /// Thaw it after [`pause`](Self::pause): `SIGCONT` to its whole process group.
+    pub fn resume(&self) -> Result<()> {
+        self.runtime.pause(self.idx, false)
+    }
+
+    /// Whether it is paused (see [`pause`](Self::pause)).
+    pub fn is_paused(&self) -> bool {
+        self.runtime.read(self.idx, |st| st.is_paused())
+    }
+
+    /// Deliver `signal` to its whole process group without making its exit expected — the
+    /// "crash" fault: if it dies, the crash is reported as any crash after readiness is (by
+    /// [`check`](Self::check), the next time travel or shutdown), unless it is started again.
+    pub fn kill(&self, signal: Signal) -> Result<()> {
+        self.signal(signal)
+    }
+
+    /// Wait until it is ready (after a start, a restart, or a restart by its policy), within
+    /// the bundle's startup timeout; an error if it exits or fails first.
+    pub fn wait_until_ready(&self) -> Result<()> {
+        self.runtime.wait_ready(self.idx)
+    }
+
+    /// How many times its process has been started (1 after startup, 2 after one restart).
+    pub fn incarnation(&self) -> u32 {
+        self.runtime.read(self.idx, |st| st.incarnation)
+    }
+
     /// Send a signal to the service's whole process group.
     pub fn signal(&self, signal: Signal) -> Result<()> {
         report_crash(&self.runtime, Some(self.idx), true)?;

@@ -79,7 +79,7 @@ pub use process::{
     Process, Resource, Rlimit, Status, ThreadInfo,
 };
 pub use readiness::Ready;
-pub use service::{Condition, Service};
+pub use service::{Condition, Restart, Service};
 pub use signal::{ExitStatus, ParseSignalError, Signal};
 pub use subcommand::{Output, Subcommand};
 

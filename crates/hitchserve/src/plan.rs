@@ -20,7 +20,7 @@ use crate::logs::{LogStore, Part, Source, Stream};
 use crate::ports::{HeldPort, PortTable};
 use crate::readiness::Ready;
 use crate::rundir::RunDir;
-use crate::service::{Condition, Service};
+use crate::service::{Condition, Restart, Service};
 use crate::signal::Signal;
 use crate::timetravel::{Clock, ClockPaths};
 
@@ -45,6 +45,7 @@ pub(crate) struct Traits {
     pub stop_signal: Signal,
     /// Some service waits only for this one's process to start.
     pub started_dependents: bool,
+    pub restart: Restart,
 }
 
 /// Everything needed to start one service.
@@ -63,7 +64,8 @@ pub(crate) struct ServicePlan {
     pub sources: Sources,
 }
 
-/// Where a service's lines go, by what wrote them.
+/// Where a service's lines go, by what wrote them (for one start of it).
+#[derive(Clone)]
 pub(crate) struct Sources {
     pub out: Arc<Source>,
     pub err: Arc<Source>,
@@ -405,6 +407,7 @@ fn resolve_one(
             immediate: svc.ready.is_immediate(),
             stop_signal: svc.stop_signal,
             started_dependents: false,
+            restart: svc.restart,
         },
         ready: svc.ready.clone(),
         faked: time_travel && !svc.no_libfaketime,

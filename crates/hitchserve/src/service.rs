@@ -59,6 +59,7 @@ pub struct Service {
     pub(crate) no_libfaketime: bool,
     pub(crate) setup: Option<Hook>,
     pub(crate) poststart: Option<Hook>,
+    pub(crate) restart: Restart,
     /// Set by a ready-made service whose program was not found when it was defined.
     pub(crate) install: Option<Install>,
 }
@@ -93,6 +94,7 @@ impl Service {
             no_libfaketime: false,
             setup: None,
             poststart: None,
+            restart: Restart::Never,
             install: None,
         }
     }
@@ -255,5 +257,104 @@ impl Service {
     pub fn stop_signal(mut self, signal: Signal) -> Service {
         self.stop_signal = signal;
         self
+    }
+
+    /// What to do when it exits unasked (default [`Restart::Never`]: the exit is reported,
+    /// which is what a test wants). For long-running bundles such as `hitchserve up` as a
+    /// development environment. Each restart is logged; giving up is reported as a crash;
+    /// services that need this one are not restarted.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use hitchserve::{Restart, Service};
+    /// let worker = Service::new(["python3", "-u", "worker.py"])
+    ///     .restart(Restart::on_failure(3).backoff(Duration::from_millis(200)));
+    /// # let _ = worker;
+    /// ```
+    pub fn restart(mut self, policy: Restart) -> Service {
+        self.restart = policy;
+        self
+    }
+}
+
+/// When a service that exits unasked is started again (see [`Service::restart`]).
+///
+/// Restarts wait `backoff` (100 ms unless set), doubled after each restart up to 30 s. A
+/// restart keeps the service's ports, environment and the bundle's fake time; its setup hook
+/// does not run again. Counted from the bundle's start (a `start()` by hand starts the count
+/// again); past `max`, the exit is reported like a crash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Restart {
+    /// Never: an exit is reported (a crash after readiness, a failure during startup).
+    Never,
+    /// After an exit with a non-zero status or by a signal, at most `max` times.
+    OnFailure {
+        /// How many restarts at most.
+        max: u32,
+        /// The wait before the first restart.
+        backoff: std::time::Duration,
+    },
+    /// After any exit (also status 0), at most `max` times.
+    Always {
+        /// How many restarts at most.
+        max: u32,
+        /// The wait before the first restart.
+        backoff: std::time::Duration,
+    },
+}
+
+/// The first wait before a restart, unless set.
+const RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest wait between two restarts.
+const RESTART_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Restart {
+    /// Restart after a failed exit (non-zero or by a signal), at most `max` times.
+    pub fn on_failure(max: u32) -> Restart {
+        Restart::OnFailure {
+            max,
+            backoff: RESTART_BACKOFF,
+        }
+    }
+
+    /// Restart after any exit, at most `max` times.
+    pub fn always(max: u32) -> Restart {
+        Restart::Always {
+            max,
+            backoff: RESTART_BACKOFF,
+        }
+    }
+
+    /// Wait `first` before the first restart (doubled after each, up to 30 s).
+    pub fn backoff(self, first: std::time::Duration) -> Restart {
+        match self {
+            Restart::Never => Restart::Never,
+            Restart::OnFailure { max, .. } => Restart::OnFailure {
+                max,
+                backoff: first,
+            },
+            Restart::Always { max, .. } => Restart::Always {
+                max,
+                backoff: first,
+            },
+        }
+    }
+
+    /// The wait before restart number `n + 1` after an exit with `success`, if the policy
+    /// restarts after `n` restarts.
+    pub(crate) fn next(self, success: bool, n: u32) -> Option<std::time::Duration> {
+        let (max, backoff) = match self {
+            Restart::Never => return None,
+            Restart::OnFailure { .. } if success => return None,
+            Restart::OnFailure { max, backoff } | Restart::Always { max, backoff } => {
+                (max, backoff)
+            }
+        };
+        if n >= max {
+            return None;
+        }
+        let doubled = backoff.saturating_mul(1u32 << n.min(16));
+        Some(doubled.min(RESTART_BACKOFF_MAX.max(backoff)))
     }
 }

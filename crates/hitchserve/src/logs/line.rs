@@ -67,6 +67,8 @@ pub(crate) struct Source {
     pub stream: Stream,
     /// What the console shows between the brackets, e.g. `Err Setup Postgres`.
     pub label: String,
+    /// Which start of the service wrote through it (1 for the first; 0 for the bundle's own).
+    pub incarnation: u32,
 }
 
 impl Source {
@@ -76,6 +78,7 @@ impl Source {
         name: &str,
         part: Part,
         stream: Stream,
+        incarnation: u32,
     ) -> Source {
         let label = match service {
             Some(_) => format!("{}{}{name}", stream.prefix(), part.prefix()),
@@ -88,6 +91,7 @@ impl Source {
             part,
             stream,
             label,
+            incarnation,
         }
     }
 
@@ -211,6 +215,13 @@ impl LogLine {
     /// Which part of the service's life wrote it (main process, setup or poststart hook).
     pub fn part(&self) -> Part {
         self.source.part
+    }
+
+    /// Which start of its service wrote it: 1 for the first, 2 after the first restart
+    /// (see [`ServiceHandle::restart`](crate::ServiceHandle::restart)), and so on; 0 for the
+    /// bundle's own lines.
+    pub fn incarnation(&self) -> u32 {
+        self.source.incarnation
     }
 
     /// The raw bytes, without the newline; may be invalid UTF-8 and may end in `\r`.

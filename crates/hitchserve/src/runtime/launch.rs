@@ -13,7 +13,7 @@ use crate::logs::files::LogFiles;
 use crate::logs::Sink;
 use crate::plan::Plan;
 use crate::rundir::RunDir;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, Timeouts};
 use crate::timetravel::Clock;
 
 impl Runtime {
@@ -25,6 +25,7 @@ impl Runtime {
         run: RunDir,
         clock: &Clock,
         t0: Instant,
+        timeouts: Timeouts,
     ) -> Result<Arc<Runtime>> {
         if plan.needs_run_dir() {
             run.create().map_err(|source| Error::Io {
@@ -73,6 +74,12 @@ impl Runtime {
             run.logs().join("all.log"),
             sink.console.width(),
         );
-        Ok(Arc::new(Runtime::new(Arc::clone(sink), plan, run, t0)))
+        Ok(Arc::new(Runtime::new(
+            Arc::clone(sink),
+            plan,
+            run,
+            t0,
+            timeouts,
+        )))
     }
 }

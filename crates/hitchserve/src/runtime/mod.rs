@@ -16,8 +16,11 @@
 //! methods (`start_startable`, `run_poststart`), which dispatch events in turn: that
 //! recursion is how one service's readiness starts the next without a thread hop.
 //! It does not know the public API (`bundle`, `handle`) nor draw anything (`inspect`).
-//! Invariant: `states` changes only in `dispatch`/`apply_locked`.
+//! Invariant: a service's phase changes only in `apply_locked` (through `state::apply`);
+//! outside it only two marks change: a failure is taken from its mailbox by the wait that
+//! reports it, and `crash_reported` is set by the report of a crash.
 
+mod control;
 mod launch;
 mod probe;
 pub(crate) mod report;
@@ -29,11 +32,12 @@ mod supervisor;
 mod threads;
 mod usercode;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::logs::Sink;
-use crate::plan::{Plan, ServicePlan};
+use crate::plan::{Plan, ServicePlan, Sources};
 use crate::rundir::RunDir;
 
 use crate::runtime::state::{Action, Event, ServiceState};
@@ -47,10 +51,23 @@ pub(crate) struct Runtime {
     pub sink: Arc<Sink>,
     pub plan: Plan,
     pub run: RunDir,
+    /// How long a start may take, and how long a stop may take before SIGKILL.
+    pub timeouts: Timeouts,
     states: Mutex<Vec<ServiceState>>,
     changed: Condvar,
+    /// Set under the state lock when the bundle begins to stop: nothing starts after that.
+    stopping: AtomicBool,
+    /// Per service, where its current start's lines go.
+    sources: Mutex<Vec<Arc<Sources>>>,
     threads: Threads,
     user_code: UserCodes,
+}
+
+/// The bundle's timeouts, as the runtime applies them to one service as to all.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub startup: Duration,
+    pub shutdown: Duration,
 }
 
 /// `from + d`, or `None` (no deadline) if that is beyond what `Instant` can hold.
@@ -59,13 +76,21 @@ pub(crate) fn deadline_after(from: Instant, d: Duration) -> Option<Instant> {
 }
 
 impl Runtime {
-    fn new(sink: Arc<Sink>, plan: Plan, run: RunDir, t0: Instant) -> Runtime {
+    fn new(sink: Arc<Sink>, plan: Plan, run: RunDir, t0: Instant, timeouts: Timeouts) -> Runtime {
         let n = plan.services.len();
+        let sources = plan
+            .services
+            .iter()
+            .map(|p| Arc::new(p.sources.clone()))
+            .collect();
         Runtime {
             t0,
             sink,
+            timeouts,
             states: Mutex::new((0..n).map(|_| ServiceState::new()).collect()),
             changed: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            sources: Mutex::new(sources),
             run,
             threads: Threads::new(n),
             user_code: UserCodes::new(n),
@@ -85,6 +110,11 @@ impl Runtime {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<ServiceState>> {
         self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the bundle has begun to stop (read under the state lock to be sure).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     /// Read service `idx`'s state.
@@ -180,6 +210,7 @@ impl Runtime {
                         .log(&format!("{} completed", self.services()[idx].name));
                     self.start_startable();
                 }
+                Action::RestartAfter(after) => self.restart_later(idx, after),
             }
         }
         spawn

@@ -76,7 +76,7 @@ impl Runtime {
                 }
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     drop(states);
-                    return Err(self.timeout_error(timeout));
+                    return Err(self.timeout_error_for(timeout, None));
                 }
                 let wake = match (deadline, next_progress) {
                     (Some(d), Some(p)) => Some(d.min(p)),
@@ -95,6 +95,36 @@ impl Runtime {
             }
         };
         Err(self.failure_error(failure.0, failure.1))
+    }
+
+    /// Wait until service `idx` is ready again (or, one-shot, complete), within the startup
+    /// timeout: after a start by hand, a restart, or a restart by its policy.
+    pub(crate) fn wait_ready(&self, idx: usize) -> Result<()> {
+        let timeout = self.timeouts.startup;
+        let deadline = super::deadline_after(Instant::now(), timeout);
+        let t = &self.services()[idx].traits;
+        let failure = {
+            let (mut states, _) = self.wait_until(self.lock(), deadline, |s| {
+                let st = &s[idx];
+                st.started_up(t) || st.failure.is_some() || st.is_settled() || self.is_stopping()
+            });
+            let st = &mut states[idx];
+            if st.started_up(t) {
+                return Ok(());
+            }
+            if self.is_stopping() {
+                return Err(Error::NotRunning);
+            }
+            match st.take_startup_failure(t) {
+                Some(failure) => failure,
+                None if st.is_settled() => return Err(Error::NotRunning),
+                None => {
+                    drop(states);
+                    return Err(self.timeout_error_for(timeout, Some(idx)));
+                }
+            }
+        };
+        Err(self.failure_error(idx, failure))
     }
 
     /// After a failed startup, every exit is already told of: don't report one again.
@@ -141,13 +171,15 @@ impl Runtime {
         }
     }
 
-    fn timeout_error(&self, timeout: Duration) -> Error {
+    /// The startup timeout error for every service not ready yet (or only `only`).
+    fn timeout_error_for(&self, timeout: Duration, only: Option<usize>) -> Error {
         let services = self.services();
         let waiting: Vec<(usize, String)> = {
             let states = self.lock();
             services
                 .iter()
                 .enumerate()
+                .filter(|(idx, _)| only.is_none_or(|o| o == *idx))
                 .filter_map(|(idx, plan)| {
                     let what = match states[idx].waiting_for(&plan.traits)? {
                         Waiting::OneShot => "its one-shot run to complete".to_owned(),

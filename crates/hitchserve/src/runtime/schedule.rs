@@ -66,6 +66,7 @@ mod tests {
             immediate: false,
             stop_signal: Signal::SIGTERM,
             started_dependents: false,
+            restart: crate::service::Restart::Never,
         }
     }
 
@@ -81,6 +82,7 @@ mod tests {
             group: ProcessGroup::led_by(1),
             readiness,
             stop: None,
+            paused: false,
         })
     }
 

@@ -8,27 +8,63 @@
 //! Spawning has no `pre_exec` unless signals are blocked (see `exec`): it keeps std on the
 //! fast posix_spawn path.
 
+use std::cell::Cell;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::guardian;
 use crate::hooks::{Hook, HookContext};
-use crate::logs::Source;
-use crate::plan::ServicePlan;
+use crate::logs::{Part, Source, Stream};
+use crate::plan::{ServicePlan, Sources};
 use crate::runtime::schedule;
-use crate::runtime::state::Event;
+use crate::runtime::state::{Event, Phase};
 use crate::runtime::supervisor::supervise;
 use crate::runtime::threads::Task;
 use crate::runtime::usercode::UserCode;
 use crate::runtime::Runtime;
 
+thread_local! {
+    /// The runtime this thread runs a scheduling round for (its address, 0 for none), and
+    /// whether another round was asked for meanwhile.
+    static SCHEDULING: Cell<(usize, bool)> = const { Cell::new((0, false)) };
+}
+
 impl Runtime {
     /// Start every service whose needs are met (and that isn't started yet). Used for the
     /// roots at startup and whenever a service changes in a way a dependent may wait for.
+    ///
+    /// Called again on this thread while a round runs (a service started here got ready at
+    /// once, and the next of a chain may start), it asks the running round for another
+    /// instead of recursing: a chain of any length starts in constant stack.
     pub(crate) fn start_startable(self: &Arc<Self>) {
+        let me = Arc::as_ptr(self) as usize;
+        let outer = SCHEDULING.get();
+        if outer.0 == me {
+            SCHEDULING.set((me, true));
+            return;
+        }
+        /// Puts back the round this thread was in (maybe another bundle's), even on a panic.
+        struct Restore((usize, bool));
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                SCHEDULING.set(self.0);
+            }
+        }
+        let _restore = Restore(outer);
+        loop {
+            SCHEDULING.set((me, false));
+            self.schedule_round();
+            if !SCHEDULING.get().1 {
+                return;
+            }
+        }
+    }
+
+    /// Pick what may start now and start it.
+    fn schedule_round(self: &Arc<Self>) {
         let picked = {
             let mut states = self.lock();
             let picked = schedule::startable(self.services(), &states);
@@ -64,23 +100,24 @@ impl Runtime {
     /// supervisor thread. Spawning first hides that thread's wake-up or creation behind
     /// the program's own start-up, so a chain of services never waits on a thread.
     fn start_here(self: &Arc<Self>, idx: usize) {
-        let Some(child) = self.start(idx) else {
+        let Some((child, sources)) = self.start(idx) else {
             return;
         };
         let pid = child.id();
-        if let Err(e) = self.give(idx, Task::Supervise(child)) {
+        if let Err(e) = self.give(idx, Task::Supervise(child, sources)) {
             // Without its thread nobody would reap or read it: kill it, forget its pgid
             // (it is about to be reaped), reap it, report why.
             crate::exec::ProcessGroup::led_by(pid).kill();
             guardian::forget(pid);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+            // Out of `Running` before it is reaped: nobody may signal its group after.
             self.dispatch(idx, Event::Unsupervised(e));
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
         }
     }
 
     /// Start service `idx` on its own supervisor thread (spawn included), so several
     /// services start in parallel.
-    fn start_elsewhere(self: &Arc<Self>, idx: usize) {
+    pub(crate) fn start_elsewhere(self: &Arc<Self>, idx: usize) {
         if let Err(e) = self.give(idx, Task::Start) {
             self.dispatch(idx, Event::SpawnFailed(e));
         }
@@ -113,7 +150,7 @@ impl Runtime {
             .lock()
             .iter()
             .enumerate()
-            .filter(|(_, st)| matches!(st.phase, crate::runtime::state::Phase::Waiting))
+            .filter(|(_, st)| matches!(st.phase, Phase::Waiting))
             .map(|(idx, _)| idx)
             .collect();
         for idx in pending {
@@ -136,43 +173,124 @@ impl Runtime {
     }
 
     fn run_task(self: &Arc<Self>, idx: usize, task: Task) {
-        let child = match task {
-            Task::Supervise(child) => child,
+        let (child, sources) = match task {
+            Task::Supervise(child, sources) => (child, sources),
             Task::Start => {
-                let Some(child) = self.start(idx) else {
+                let Some(started) = self.start(idx) else {
                     return;
                 };
-                child
+                started
             }
         };
-        supervise(self, idx, child);
+        supervise(self, idx, child, &sources);
     }
 
-    /// Run service `idx`'s setup hook, if any, then spawn it. `None` if it is not to run
-    /// (its state says why).
-    fn start(self: &Arc<Self>, idx: usize) -> Option<Child> {
+    /// Run service `idx`'s setup hook if its phase says so, then spawn it. `None` if it is
+    /// not to run (its state says why); else the child and where its lines go.
+    fn start(self: &Arc<Self>, idx: usize) -> Option<(Child, Arc<Sources>)> {
         let plan = &self.services()[idx];
-        if let Some(setup) = &plan.setup {
+        let (setting_up, incarnation) = self.read(idx, |st| {
+            (
+                matches!(st.phase, Phase::SettingUp { .. }),
+                st.incarnation + 1,
+            )
+        });
+        let sources = self.sources_for(idx, incarnation);
+        if let (true, Some(setup)) = (setting_up, &plan.setup) {
             self.sink.log(&format!("Setting up {}", plan.name));
             let began = Instant::now();
-            let result = self.run_hook(idx, setup, &plan.sources.setup, UserCode::Setup);
+            let result = self.run_hook(idx, setup, &sources.setup, UserCode::Setup);
             let span = (began, Instant::now());
             if !self.dispatch(idx, Event::SetupDone { span, result }) {
                 return None;
             }
         }
-        self.sink.log(&format!("Starting {}", plan.name));
+        if incarnation > 1 {
+            // Its log marks where each start begins.
+            self.sink.log(&format!(
+                "Starting {} (incarnation {incarnation})",
+                plan.name
+            ));
+        } else {
+            self.sink.log(&format!("Starting {}", plan.name));
+        }
         match spawn_child(plan) {
             Ok(child) => {
                 let pid = child.id();
                 guardian::watch(&self.run.id, pid);
                 let at = Instant::now();
                 self.dispatch(idx, Event::Spawned { pid, at });
-                Some(child)
+                Some((child, sources))
             }
             Err(e) => {
                 self.dispatch(idx, Event::SpawnFailed(e));
                 None
+            }
+        }
+    }
+
+    /// Where the lines of start number `incarnation` of service `idx` go: new sources for a
+    /// later start (its lines say which start wrote them), kept as the service's current.
+    fn sources_for(&self, idx: usize, incarnation: u32) -> Arc<Sources> {
+        let mut table = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if incarnation <= table[idx].out.incarnation {
+            return Arc::clone(&table[idx]);
+        }
+        let store = &self.sink.store;
+        let name = &self.services()[idx].name;
+        let source = |part, stream| store.source_for(idx, name, part, stream, incarnation);
+        let made = (|| {
+            Some(Sources {
+                out: source(Part::Main, Stream::Stdout)?,
+                err: source(Part::Main, Stream::Stderr)?,
+                setup: (
+                    source(Part::Setup, Stream::Stdout)?,
+                    source(Part::Setup, Stream::Stderr)?,
+                ),
+                post: (
+                    source(Part::Poststart, Stream::Stdout)?,
+                    source(Part::Poststart, Stream::Stderr)?,
+                ),
+            })
+        })();
+        if let Some(made) = made {
+            table[idx] = Arc::new(made);
+        }
+        Arc::clone(&table[idx])
+    }
+
+    /// The sources service `idx`'s current start writes to.
+    pub(crate) fn current_sources(&self, idx: usize) -> Arc<Sources> {
+        let table = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(&table[idx])
+    }
+
+    /// Its restart policy restarts service `idx` after `after`: wait on a thread of its own
+    /// (a stop or a start by hand meanwhile calls it off), then start and supervise it there.
+    pub(crate) fn restart_later(self: &Arc<Self>, idx: usize, after: Duration) {
+        let runtime = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("hitchserve:{}:restart", self.services()[idx].name))
+            .spawn(move || {
+                let due = Instant::now().checked_add(after);
+                let (states, _) = runtime.wait_until(runtime.lock(), due, |s| {
+                    !matches!(s[idx].phase, Phase::Restarting { .. })
+                });
+                drop(states);
+                let at = Instant::now();
+                if runtime.dispatch(idx, Event::RestartDue { at }) {
+                    runtime.run_task(idx, Task::Start);
+                }
+            });
+        match spawned {
+            Ok(handle) => self.threads.keep(handle),
+            Err(e) => {
+                // No thread, no restart: the exit stands (and is reported as a crash).
+                self.sink.warn(&format!(
+                    "could not restart `{}`: no thread for it ({e})",
+                    self.services()[idx].name
+                ));
+                self.dispatch(idx, Event::GiveUp);
             }
         }
     }
@@ -205,10 +323,9 @@ impl Runtime {
             .name(format!("hitchserve:{}:post", self.services()[idx].name))
             .spawn(move || {
                 let plan = &runtime.services()[idx];
+                let sources = runtime.current_sources(idx);
                 let result = match &plan.poststart {
-                    Some(hook) => {
-                        runtime.run_hook(idx, hook, &plan.sources.post, UserCode::Poststart)
-                    }
+                    Some(hook) => runtime.run_hook(idx, hook, &sources.post, UserCode::Poststart),
                     None => Ok(()),
                 };
                 let at = Instant::now();

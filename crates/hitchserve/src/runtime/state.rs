@@ -6,9 +6,10 @@
 //! `Action`s the runtime carries out (outside the lock, but signals before the lock is let
 //! go), so every transition has a table test that starts no process.
 //!
-//! Invariants: a pid exists only in the phases where the service's process group may be
-//! signalled — its leader is not reaped yet (`Running`, `Exiting`); whether an exit was
-//! expected is decided when the exit is seen (`MainExited`), never later.
+//! Invariants: a process group exists only in the phases where it may be signalled — its
+//! leader is not reaped yet (`Running`, `Exiting`; the main process's pid is shown only while
+//! it runs); whether an exit was expected is decided when the exit is seen (`MainExited`),
+//! never later.
 
 use std::time::{Duration, Instant};
 
@@ -34,19 +35,19 @@ pub(crate) enum Phase {
         readiness: Readiness,
         /// Asked to stop: its exit from now on is expected.
         stop: Option<Stop>,
+        /// Its group is stopped with SIGSTOP (see `ServiceHandle::pause`).
+        paused: bool,
     },
     /// Its main process has exited but is not reaped, so the group is still ours: what is
     /// left of it gets the rest of the grace (`deadline`) if the exit was `expected`.
     Exiting {
         group: ProcessGroup,
-        status: ExitStatus,
         expected: bool,
         deadline: Option<Instant>,
         readiness: Readiness,
     },
     /// Its group has been killed; its pipes are being drained and its leader reaped.
     Draining {
-        status: ExitStatus,
         expected: bool,
         readiness: Readiness,
     },
@@ -56,8 +57,11 @@ pub(crate) enum Phase {
         expected: bool,
         readiness: Readiness,
     },
-    /// It never ran and never will in this run: the bundle stopped before it started, its
-    /// setup hook failed, or the OS refused to start it (its `failure` says which).
+    /// It exited unasked and its restart policy starts it again once `backoff` has passed.
+    Restarting { status: ExitStatus },
+    /// It did not run: the bundle stopped before it started, its setup hook failed, the OS
+    /// refused to start it, or no thread could supervise it (killed at once); its `failure`
+    /// says which.
     NotStarted,
 }
 
@@ -107,7 +111,12 @@ pub(crate) struct ServiceState {
     pub failure: Option<Failure>,
     /// A crash after readiness already returned to the user once.
     pub crash_reported: bool,
+    /// The steps of its latest start.
     pub steps: Steps,
+    /// How many times its process has been spawned.
+    pub incarnation: u32,
+    /// How many times its restart policy has restarted it (since it was last started by hand).
+    pub restarts: u32,
 }
 
 /// What happened to a service: reported by the thread that saw it.
@@ -140,8 +149,22 @@ pub(crate) enum Event {
     },
     /// Its "ready" line has been logged.
     Announced,
+    /// Start it again (it is settled): its setup hook too if `setup`.
+    StartAgain {
+        at: Instant,
+        setup: bool,
+    },
+    /// Its restart policy's wait is over.
+    RestartDue {
+        at: Instant,
+    },
+    /// SIGSTOP / SIGCONT its group.
+    Pause,
+    Resume,
+    /// Its restart can't happen (no thread for it): the exit stands.
+    GiveUp,
     /// Its main process exited (seen before reaping).
-    MainExited(ExitStatus),
+    MainExited,
     /// What was left of its group has been killed.
     GroupKilled,
     /// Reaped, pipes drained.
@@ -169,6 +192,8 @@ pub(crate) enum Action {
     Schedule,
     /// A one-shot service completed: say so, then start what waited for it.
     Completed,
+    /// Its restart policy restarts it once this much time has passed.
+    RestartAfter(Duration),
 }
 
 impl ServiceState {
@@ -178,6 +203,8 @@ impl ServiceState {
             failure: None,
             crash_reported: false,
             steps: Steps::default(),
+            incarnation: 0,
+            restarts: 0,
         }
     }
 
@@ -292,30 +319,36 @@ impl ServiceState {
         }
     }
 
-    /// It exited on its own after it was ready: its exit status.
+    /// It exited on its own after it was ready (or after its restart policy gave up): its
+    /// exit status.
     pub(crate) fn crashed(&self, t: &Traits) -> Option<ExitStatus> {
         match self.phase {
             Phase::Exited { status, .. } if t.one_shot && status.success() => None,
             Phase::Exited {
                 status,
                 expected: false,
-                readiness: Readiness::Ready { .. },
-            } => Some(status),
+                ref readiness,
+            } if matches!(readiness, Readiness::Ready { .. }) || self.restarts > 0 => Some(status),
             _ => None,
         }
     }
 
-    /// Draining an exit that will be a crash once reaped (said in the log before it counts).
-    pub(crate) fn draining_a_crash(&self, t: &Traits) -> bool {
+    /// What reaping the main process it is draining will mean (said in the log before the
+    /// state changes, so whoever sees the change finds the line).
+    pub(crate) fn on_reap(&self, t: &Traits, status: ExitStatus) -> Reap {
         match self.phase {
-            Phase::Draining { status, .. } if t.one_shot && status.success() => false,
             Phase::Draining {
-                expected: false,
-                readiness: Readiness::Ready { .. },
+                expected,
+                ref readiness,
                 ..
-            } => true,
-            _ => false,
+            } => reap(t, status, expected, readiness, self.restarts),
+            _ => Reap::Quiet,
         }
+    }
+
+    /// Its group is stopped by `pause`.
+    pub(crate) fn is_paused(&self) -> bool {
+        matches!(self.phase, Phase::Running { paused: true, .. })
     }
 
     /// Nothing of it runs or will run without being started again: nobody need wait for it.
@@ -330,7 +363,11 @@ impl ServiceState {
     pub(crate) fn group_gone(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Waiting | Phase::NotStarted | Phase::Draining { .. } | Phase::Exited { .. }
+            Phase::Waiting
+                | Phase::NotStarted
+                | Phase::Draining { .. }
+                | Phase::Exited { .. }
+                | Phase::Restarting { .. }
         )
     }
 }
@@ -365,6 +402,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
         }
         (Phase::Spawning { stop }, Event::Spawned { pid, at }) => {
             st.steps.spawned = Some(at);
+            st.incarnation += 1;
             let group = ProcessGroup::led_by(pid);
             if stop.is_some() {
                 // The bundle began stopping while it was spawned: don't leave it behind.
@@ -373,6 +411,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                     group,
                     readiness: Readiness::Checking { last_failure: None },
                     stop,
+                    paused: false,
                 }
             } else {
                 if t.started_dependents {
@@ -387,6 +426,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                     group,
                     readiness,
                     stop,
+                    paused: false,
                 }
             }
         }
@@ -405,18 +445,21 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 group,
                 readiness: Readiness::Checking { .. },
                 stop,
+                paused,
             },
             Event::ReadinessPassed { at },
         ) => Phase::Running {
             group,
             readiness: passed(st, t, at, &mut actions),
             stop,
+            paused,
         },
         (
             Phase::Running {
                 group,
                 readiness: Readiness::Checking { .. },
                 stop,
+                paused,
             },
             Event::ProbeFailed(why),
         ) => Phase::Running {
@@ -425,7 +468,64 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 last_failure: Some(why),
             },
             stop,
+            paused,
         },
+        (
+            Phase::Running {
+                group,
+                readiness,
+                stop,
+                paused,
+            },
+            event @ (Event::Pause | Event::Resume),
+        ) => {
+            let pause = matches!(event, Event::Pause);
+            if pause != paused {
+                let signal = if pause {
+                    Signal::SIGSTOP
+                } else {
+                    Signal::SIGCONT
+                };
+                actions.push(Action::Signal(group, signal));
+            }
+            Phase::Running {
+                group,
+                readiness,
+                stop,
+                paused: pause,
+            }
+        }
+        (
+            Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. },
+            Event::StartAgain { at, setup },
+        ) => {
+            // A start by hand: a fresh start, a fresh count of restarts.
+            st.restarts = 0;
+            st.failure = None;
+            st.crash_reported = false;
+            st.steps = Steps {
+                started: Some(at),
+                ..Steps::default()
+            };
+            if setup && t.setup {
+                Phase::SettingUp { stop: None }
+            } else {
+                Phase::Spawning { stop: None }
+            }
+        }
+        (Phase::Restarting { status }, Event::GiveUp) => Phase::Exited {
+            status,
+            expected: false,
+            readiness: Readiness::Checking { last_failure: None },
+        },
+        (Phase::Restarting { .. }, Event::RestartDue { at }) => {
+            st.steps = Steps {
+                started: Some(at),
+                ..Steps::default()
+            };
+            actions.push(Action::Spawn);
+            Phase::Spawning { stop: None }
+        }
         (phase, Event::CheckPanicked(message)) => {
             st.fail(Failure::CheckPanicked(message));
             phase
@@ -466,25 +566,23 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 group,
                 readiness,
                 stop,
+                ..
             },
-            Event::MainExited(status),
+            Event::MainExited,
         ) => Phase::Exiting {
             group,
-            status,
             expected: stop.is_some(),
             deadline: stop.and_then(|s| s.deadline),
             readiness,
         },
         (
             Phase::Exiting {
-                status,
                 expected,
                 readiness,
                 ..
             },
             Event::GroupKilled,
         ) => Phase::Draining {
-            status,
             expected,
             readiness,
         },
@@ -496,13 +594,20 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             },
             Event::Reaped(status),
         ) => {
-            if t.one_shot && status.success() {
-                actions.push(Action::Completed);
-            }
-            Phase::Exited {
-                status,
-                expected,
-                readiness,
+            if let Reap::Restart { after, .. } = reap(t, status, expected, &readiness, st.restarts)
+            {
+                st.restarts += 1;
+                actions.push(Action::RestartAfter(after));
+                Phase::Restarting { status }
+            } else {
+                if t.one_shot && status.success() {
+                    actions.push(Action::Completed);
+                }
+                Phase::Exited {
+                    status,
+                    expected,
+                    readiness,
+                }
             }
         }
         (
@@ -568,8 +673,13 @@ fn stop(
             group,
             readiness,
             stop,
+            paused,
         } => {
             actions.push(Action::Signal(group, t.stop_signal));
+            if paused {
+                // A stopped process can't act on its stop signal until it runs again.
+                actions.push(Action::Signal(group, Signal::SIGCONT));
+            }
             // A main process that already exited did so unasked: a crash, even if its
             // supervisor hasn't noticed yet.
             let stop = match stop {
@@ -581,6 +691,7 @@ fn stop(
                 group,
                 readiness,
                 stop,
+                paused: false,
             }
         }
         Phase::Exiting { group, .. } => {
@@ -589,8 +700,49 @@ fn stop(
             actions.push(Action::Signal(group, t.stop_signal));
             phase
         }
+        // Its restart policy's restart is called off: the bundle (or the test) stops it.
+        Phase::Restarting { status } => Phase::Exited {
+            status,
+            expected: true,
+            readiness: Readiness::Checking { last_failure: None },
+        },
         other => other,
     }
+}
+
+/// What reaping a main process that exited with `status` means.
+fn reap(
+    t: &Traits,
+    status: ExitStatus,
+    expected: bool,
+    readiness: &Readiness,
+    restarts: u32,
+) -> Reap {
+    if expected || (t.one_shot && status.success()) {
+        return Reap::Quiet;
+    }
+    match t.restart.next(status.success(), restarts) {
+        Some(after) => Reap::Restart {
+            after,
+            n: restarts + 1,
+        },
+        None if matches!(readiness, Readiness::Ready { .. }) || restarts > 0 => {
+            Reap::Crash { restarts }
+        }
+        None => Reap::Quiet,
+    }
+}
+
+/// What reaping a service's main process means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reap {
+    /// An exit nobody need hear of: asked for, a one-shot's completion, or before readiness
+    /// (startup reports that one).
+    Quiet,
+    /// A crash (after readiness, or its restart policy gave up after `restarts`).
+    Crash { restarts: u32 },
+    /// Its restart policy starts it again (restart number `n`) after `after`.
+    Restart { after: Duration, n: u32 },
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! the grace, then whatever left its group (the run's cgroup, the marker sweep), then waiting
 //! until every supervisor has drained and reaped.
 //!
-//! Owns the shutdown order and the marker sweep (`sweep`). A service whose thread is stuck in
+//! Owns the shutdown order, stopping one service (`stop_one`: the same steps for its group
+//! alone; what left its group is caught at shutdown) and the marker sweep (`sweep`). A service whose thread is stuck in
 //! user code (a readiness closure or a hook that never returns) can't report its own end: it
 //! counts as done once nothing of its group is alive, and nobody waits for that thread.
 
@@ -33,6 +34,9 @@ impl Runtime {
         let mut stopping = Vec::new();
         {
             let mut states = self.lock();
+            // Under the lock: a start by hand checks it under the same lock.
+            self.stopping
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             for idx in 0..states.len() {
                 let main_exited = states[idx].pid().is_some_and(has_exited);
                 let event = Event::Stop {
@@ -115,6 +119,54 @@ impl Runtime {
                 .log(&format!("Stopped in {:.2} s", t0.elapsed().as_secs_f64()));
         }
         self.sink.store.close();
+    }
+
+    /// Stop service `idx` alone: its stop signal to its group, SIGKILL to what is left after
+    /// the shutdown timeout; returns once it is reaped. What needs it keeps running.
+    pub(crate) fn stop_one(&self, idx: usize) {
+        let t0 = Instant::now();
+        let timeout = self.timeouts.shutdown;
+        let deadline = deadline_after(t0, timeout);
+        let signalled = {
+            let mut states = self.lock();
+            let main_exited = states[idx].pid().is_some_and(has_exited);
+            let event = Event::Stop {
+                deadline,
+                main_exited,
+            };
+            self.apply_locked(&mut states, idx, event).1
+        };
+        self.changed.notify_all();
+        let name = &self.services()[idx].name;
+        if signalled {
+            self.sink.log(&format!("Stopping {name}"));
+        }
+        let stuck_and_gone = |st: &ServiceState| {
+            self.user_code.get(idx).is_some() && st.group().is_none_or(|g| !group_alive(g.leader()))
+        };
+        let (states, gone) =
+            self.wait_stopped(deadline, |s| s[idx].group_gone() || stuck_and_gone(&s[idx]));
+        if !gone
+            && states[idx]
+                .group()
+                .is_some_and(|g| g.signal(Signal::SIGKILL))
+        {
+            drop(states);
+            self.sink.warn(&format!(
+                "{name} did not stop within {:.1} s: killed with SIGKILL",
+                timeout.as_secs_f64()
+            ));
+        } else {
+            drop(states);
+        }
+        let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
+        drop(self.wait_stopped(grace, |s| s[idx].is_settled() || stuck_and_gone(&s[idx])));
+        if signalled {
+            self.sink.log(&format!(
+                "Stopped {name} in {:.2} s",
+                t0.elapsed().as_secs_f64()
+            ));
+        }
     }
 
     /// `wait_until` for stopping: while a thread is stuck in user code, nobody will signal

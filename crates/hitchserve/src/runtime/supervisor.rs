@@ -24,9 +24,10 @@ use nix::unistd::Pid;
 use crate::exec::ProcessGroup;
 use crate::guardian;
 use crate::logs::{End, LineSplitter, Source};
+use crate::plan::Sources;
 use crate::readiness::{Checker, Verdict};
 use crate::runtime::probe::probe_until_ready;
-use crate::runtime::state::{Event, Phase};
+use crate::runtime::state::{Event, Phase, Reap};
 use crate::runtime::usercode::UserCode;
 use crate::runtime::Runtime;
 use crate::signal::ExitStatus;
@@ -46,7 +47,12 @@ pub(crate) const READER_DRAIN: Duration = Duration::from_secs(2);
 const PARTIAL_QUIET: Duration = Duration::from_millis(50);
 
 /// The body of a supervisor thread: read both pipes, notice the exit, reap, report.
-pub(crate) fn supervise(runtime: &Arc<Runtime>, idx: usize, mut child: Child) {
+pub(crate) fn supervise(
+    runtime: &Arc<Runtime>,
+    idx: usize,
+    mut child: Child,
+    sources: &Arc<Sources>,
+) {
     let plan = &runtime.services()[idx];
     let pid = child.id();
     let group = ProcessGroup::led_by(pid);
@@ -54,13 +60,13 @@ pub(crate) fn supervise(runtime: &Arc<Runtime>, idx: usize, mut child: Child) {
         runtime,
         idx,
         child.stdout.take().map(OwnedFd::from),
-        &plan.sources.out,
+        &sources.out,
     );
     let mut err = StreamReader::new(
         runtime,
         idx,
         child.stderr.take().map(OwnedFd::from),
-        &plan.sources.err,
+        &sources.err,
     );
     let checker = Arc::new(plan.ready.checker());
     if checker.has_probes() {
@@ -83,7 +89,7 @@ pub(crate) fn supervise(runtime: &Arc<Runtime>, idx: usize, mut child: Child) {
     let status = exit_status_unreaped(pid);
     // Expected or not is decided now: a shutdown that starts during the drain below must
     // not turn a crash into a clean stop.
-    runtime.dispatch(idx, Event::MainExited(status));
+    runtime.dispatch(idx, Event::MainExited);
     let (expected, stop_deadline) = runtime.read(idx, |st| match st.phase {
         Phase::Exiting {
             expected, deadline, ..
@@ -117,16 +123,37 @@ pub(crate) fn supervise(runtime: &Arc<Runtime>, idx: usize, mut child: Child) {
     out.finish(&checker);
     err.finish(&checker);
     let status = child.wait().map(ExitStatus::from_std).unwrap_or(status);
-    if runtime.read(idx, |st| st.draining_a_crash(&plan.traits)) {
-        // Said before the state changes, so whoever sees the crash also finds this line.
-        runtime
+    // Said before the state changes, so whoever sees the crash (or the restart) also finds
+    // this line.
+    match runtime.read(idx, |st| st.on_reap(&plan.traits, status)) {
+        Reap::Quiet => {}
+        Reap::Crash { restarts: 0 } => runtime
             .sink
-            .warn(&format!("`{}` exited unexpectedly ({status})", plan.name));
+            .warn(&format!("`{}` exited unexpectedly ({status})", plan.name)),
+        Reap::Crash { restarts } => runtime.sink.warn(&format!(
+            "`{}` exited unexpectedly ({status}) and was restarted {restarts} time{}: giving up",
+            plan.name,
+            if restarts == 1 { "" } else { "s" }
+        )),
+        Reap::Restart { after, n } => runtime.sink.warn(&format!(
+            "`{}` exited unexpectedly ({status}): restart {n} in {:.2} s",
+            plan.name,
+            after.as_secs_f64()
+        )),
     }
-    runtime.dispatch(idx, Event::Reaped(status));
-    // Its output has ended for good: waits on its lines can stop (after it counts as
-    // exited, so a wait that ends this way finds its exit status).
-    runtime.sink.store.mark_ended(idx);
+    let (actions, settled) = {
+        let mut states = runtime.lock();
+        let (actions, _) = runtime.apply_locked(&mut states, idx, Event::Reaped(status));
+        (actions, states[idx].is_settled())
+    };
+    runtime.changed.notify_all();
+    // Its output has ended for good, unless it restarts: waits on its lines can stop — after
+    // it counts as exited (a wait that ends this way finds its exit status), before what
+    // follows from its exit (what waited for it to complete) starts.
+    if settled {
+        runtime.sink.store.mark_ended(idx);
+    }
+    runtime.carry_out(idx, actions);
 }
 
 /// How often a stopping service's group is looked at once its main process has exited.

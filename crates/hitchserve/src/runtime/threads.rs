@@ -3,15 +3,17 @@
 
 use std::process::Child;
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+
+use crate::plan::Sources;
 
 /// What a supervisor thread is given to do.
 pub(crate) enum Task {
     /// Start the service (setup hook, spawn), then supervise it.
     Start,
-    /// Supervise a child already spawned.
-    Supervise(Child),
+    /// Supervise a child already spawned, whose lines go to these sources.
+    Supervise(Child, Arc<Sources>),
 }
 
 /// The threads of a run: every one made, and those made in advance waiting for a task.

@@ -161,3 +161,54 @@ fn a_ready_line_split_by_a_long_pause_is_still_seen_whole() {
     assert_eq!(b.service("Slow").unwrap().logs().lines(), vec!["READY NOW"]);
     b.shutdown().unwrap();
 }
+
+/// How many services `a_long_chain_of_immediate_services_starts_on_a_2_mib_thread` chains.
+/// Each is started by the previous one's readiness on the same thread (no thread hop): that
+/// must not recurse once per service (it did: the first redesign overflowed at 650).
+const LONG_CHAIN: usize = 750;
+
+/// The body of the test below, run in a child test process (a stack overflow aborts the
+/// whole process): `S0` is ready on a line, read by its supervisor thread (2 MiB, as set by
+/// `RUST_MIN_STACK`), which then starts `S1`..`S749`, each ready at once, one after another.
+#[test]
+#[ignore = "helper: run by a_long_chain_of_immediate_services_starts_on_a_2_mib_thread"]
+fn long_chain_child() {
+    let p = Project::new("long-chain");
+    let mut b = p.bundle();
+    b.add("S0", sh("echo READY; exec sleep 1000")).unwrap();
+    for i in 1..LONG_CHAIN {
+        b.add(
+            format!("S{i}"),
+            Service::new(["sleep", "1000"]).needs([format!("S{}", i - 1)]),
+        )
+        .unwrap();
+    }
+    b.startup().unwrap();
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn a_long_chain_of_immediate_services_starts_on_a_2_mib_thread() {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "startup::long_chain_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("RUST_MIN_STACK", (2 * 1024 * 1024).to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "a chain of {LONG_CHAIN} services failed to start ({}): {}",
+        out.status,
+        stderr
+            .lines()
+            .filter(|l| l.contains("overflow"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}

@@ -235,6 +235,7 @@ impl LogStore {
     }
 
     /// Register where lines can come from; returns the shared source to append with.
+    /// A source for lines of `service` (its first start), or of the bundle itself (`None`).
     pub(crate) fn source(
         &self,
         service: Option<usize>,
@@ -242,15 +243,52 @@ impl LogStore {
         part: Part,
         stream: Stream,
     ) -> Arc<Source> {
+        let incarnation = u32::from(service.is_some());
         let mut inner = self.lock();
-        let id = inner.sources.len() as u16;
-        let source = Arc::new(Source::new(id, service, name, part, stream));
+        // The table is indexed by u16: past that, reuse the newest source of this kind.
+        self.add_source(&mut inner, service, name, part, stream, incarnation)
+            .or_else(|| {
+                inner
+                    .sources
+                    .iter()
+                    .rev()
+                    .find(|s| s.service == service && s.part == part && s.stream == stream)
+                    .cloned()
+            })
+            .unwrap_or_else(|| Arc::clone(&inner.sources[0]))
+    }
+
+    /// A source for lines of a later start (`incarnation`) of `service`; `None` once the
+    /// store holds 65,535 sources (the caller then keeps the previous start's).
+    pub(crate) fn source_for(
+        &self,
+        service: usize,
+        name: &str,
+        part: Part,
+        stream: Stream,
+        incarnation: u32,
+    ) -> Option<Arc<Source>> {
+        let mut inner = self.lock();
+        self.add_source(&mut inner, Some(service), name, part, stream, incarnation)
+    }
+
+    fn add_source(
+        &self,
+        inner: &mut Inner,
+        service: Option<usize>,
+        name: &str,
+        part: Part,
+        stream: Stream,
+        incarnation: u32,
+    ) -> Option<Arc<Source>> {
+        let id = u16::try_from(inner.sources.len()).ok()?;
+        let source = Arc::new(Source::new(id, service, name, part, stream, incarnation));
         inner.sources.push(Arc::clone(&source));
         let prefix = prefix(&source, inner.width);
         inner.prefixes.push(prefix);
         inner.open_long.push(None);
         inner.partials.push(None);
-        source
+        Some(source)
     }
 
     pub(crate) fn set_limit(&self, bytes: usize) {
@@ -532,6 +570,11 @@ impl LogStore {
     /// Waits may block again (a new startup attempt after one that started nothing).
     pub(crate) fn reopen(&self) {
         self.lock().closed = false;
+    }
+
+    /// A service's output goes on (it was started again): waits on it block again.
+    pub(crate) fn mark_restarted(&self, service: usize) {
+        self.lock().ended.retain(|&s| s != service);
     }
 
     /// A service's output has ended for good: waits on it can stop.

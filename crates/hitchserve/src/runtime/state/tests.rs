@@ -1,6 +1,7 @@
 //! Every rule of a service's lifecycle, one table row each; nothing here starts a process.
 use super::*;
 use crate::runtime::report::{StartupFailure, Waiting};
+use crate::service::Restart;
 
 const PID: u32 = 4242;
 
@@ -22,6 +23,7 @@ fn plain() -> Traits {
         immediate: false,
         stop_signal: Signal::SIGTERM,
         started_dependents: false,
+        restart: Restart::Never,
     }
 }
 
@@ -58,8 +60,9 @@ fn stop() -> Event {
         main_exited: false,
     }
 }
-fn exit(code: i32) -> Event {
-    Event::MainExited(ExitStatus::Code(code))
+/// The main process exits (its status is known once reaped: `reaped`).
+fn exit(_code: i32) -> Event {
+    Event::MainExited
 }
 fn reaped(code: i32) -> Event {
     Event::Reaped(ExitStatus::Code(code))
@@ -146,12 +149,7 @@ fn cases() -> Vec<Case> {
         Case {
             what: "the exit of a process killed that way is expected",
             traits: plain(),
-            events: vec![
-                picked(),
-                stop(),
-                spawned(),
-                Event::MainExited(ExitStatus::Signaled(9)),
-            ],
+            events: vec![picked(), stop(), spawned(), Event::MainExited],
             actions: vec![],
             holds: |st, _| matches!(st.phase, Phase::Exiting { expected: true, .. }),
         },
@@ -301,7 +299,9 @@ fn cases() -> Vec<Case> {
             ],
             actions: vec![],
             holds: |st, t| {
-                st.draining_a_crash(t) && st.crashed(t).is_none() && st.group().is_none()
+                st.on_reap(t, ExitStatus::Code(1)) == Reap::Crash { restarts: 0 }
+                    && st.crashed(t).is_none()
+                    && st.group().is_none()
             },
         },
         Case {
@@ -383,6 +383,218 @@ fn cases() -> Vec<Case> {
             holds: |st, _| {
                 st.group().is_none() && st.pid().is_none() && st.group_gone() && !st.is_settled()
             },
+        },
+        Case {
+            what: "pause: SIGSTOP to its group, once",
+            traits: plain(),
+            events: vec![picked(), spawned(), Event::Pause],
+            actions: vec![Action::Signal(group(), Signal::SIGSTOP)],
+            holds: |st, _| st.is_paused(),
+        },
+        Case {
+            what: "a second pause sends nothing",
+            traits: plain(),
+            events: vec![picked(), spawned(), Event::Pause, Event::Pause],
+            actions: vec![],
+            holds: |st, _| st.is_paused(),
+        },
+        Case {
+            what: "resume: SIGCONT",
+            traits: plain(),
+            events: vec![picked(), spawned(), Event::Pause, Event::Resume],
+            actions: vec![Action::Signal(group(), Signal::SIGCONT)],
+            holds: |st, _| !st.is_paused(),
+        },
+        Case {
+            what: "stopping a paused service thaws it so it can act on its stop signal",
+            traits: plain(),
+            events: vec![picked(), spawned(), Event::Pause, stop()],
+            actions: vec![
+                Action::Signal(group(), Signal::SIGTERM),
+                Action::Signal(group(), Signal::SIGCONT),
+            ],
+            holds: |st, _| !st.is_paused(),
+        },
+        Case {
+            what: "a crash with a restart policy: restart later, not a crash",
+            traits: with(|t| t.restart = Restart::on_failure(2)),
+            events: vec![
+                picked(),
+                spawned(),
+                passed(),
+                Event::Announced,
+                exit(1),
+                Event::GroupKilled,
+                reaped(1),
+            ],
+            actions: vec![Action::RestartAfter(Duration::from_millis(100))],
+            holds: |st, t| {
+                matches!(st.phase, Phase::Restarting { .. })
+                    && st.crashed(t).is_none()
+                    && st.restarts == 1
+                    && st.group_gone()
+                    && !st.is_settled()
+            },
+        },
+        Case {
+            what: "the restart is due: spawn it again, a new incarnation",
+            traits: with(|t| t.restart = Restart::on_failure(2)),
+            events: vec![
+                picked(),
+                spawned(),
+                exit(1),
+                Event::GroupKilled,
+                reaped(1),
+                Event::RestartDue { at: at() },
+                spawned(),
+            ],
+            actions: vec![],
+            holds: |st, _| st.incarnation == 2 && st.pid() == Some(PID),
+        },
+        Case {
+            what: "the backoff doubles",
+            traits: with(|t| t.restart = Restart::on_failure(3)),
+            events: vec![
+                picked(),
+                spawned(),
+                exit(1),
+                Event::GroupKilled,
+                reaped(1),
+                Event::RestartDue { at: at() },
+                spawned(),
+                exit(1),
+                Event::GroupKilled,
+                reaped(1),
+            ],
+            actions: vec![Action::RestartAfter(Duration::from_millis(200))],
+            holds: |st, _| st.restarts == 2,
+        },
+        Case {
+            what: "past its maximum the policy gives up: a crash",
+            traits: with(|t| t.restart = Restart::on_failure(1)),
+            events: vec![
+                picked(),
+                spawned(),
+                exit(1),
+                Event::GroupKilled,
+                reaped(1),
+                Event::RestartDue { at: at() },
+                spawned(),
+                exit(1),
+                Event::GroupKilled,
+                reaped(1),
+            ],
+            actions: vec![],
+            holds: |st, t| st.crashed(t) == Some(ExitStatus::Code(1)) && st.is_settled(),
+        },
+        Case {
+            what: "on-failure leaves an exit 0 alone",
+            traits: with(|t| t.restart = Restart::on_failure(3)),
+            events: vec![picked(), spawned(), exit(0), Event::GroupKilled, reaped(0)],
+            actions: vec![],
+            holds: |st, _| st.is_settled(),
+        },
+        Case {
+            what: "always restarts after an exit 0 too",
+            traits: with(|t| t.restart = Restart::always(3)),
+            events: vec![picked(), spawned(), exit(0), Event::GroupKilled, reaped(0)],
+            actions: vec![Action::RestartAfter(Duration::from_millis(100))],
+            holds: |st, _| matches!(st.phase, Phase::Restarting { .. }),
+        },
+        Case {
+            what: "a one-shot that completes is not restarted",
+            traits: with(|t| {
+                t.one_shot = true;
+                t.restart = Restart::always(3);
+            }),
+            events: vec![picked(), spawned(), exit(0), Event::GroupKilled, reaped(0)],
+            actions: vec![Action::Completed],
+            holds: |st, _| st.completed(),
+        },
+        Case {
+            what: "an asked-for stop is never restarted",
+            traits: with(|t| t.restart = Restart::always(3)),
+            events: vec![
+                picked(),
+                spawned(),
+                stop(),
+                exit(0),
+                Event::GroupKilled,
+                reaped(0),
+            ],
+            actions: vec![],
+            holds: |st, t| st.is_settled() && st.crashed(t).is_none(),
+        },
+        Case {
+            what: "a stop while a restart waits calls it off",
+            traits: with(|t| t.restart = Restart::on_failure(3)),
+            events: vec![
+                picked(),
+                spawned(),
+                exit(1),
+                Event::GroupKilled,
+                reaped(1),
+                stop(),
+                Event::RestartDue { at: at() },
+            ],
+            actions: vec![],
+            holds: |st, t| st.is_settled() && st.crashed(t).is_none(),
+        },
+        Case {
+            what: "a start by hand after a crash: spawned again, the crash forgotten",
+            traits: plain(),
+            events: vec![
+                picked(),
+                spawned(),
+                passed(),
+                Event::Announced,
+                exit(1),
+                Event::GroupKilled,
+                reaped(1),
+                Event::StartAgain {
+                    at: at(),
+                    setup: false,
+                },
+            ],
+            actions: vec![],
+            holds: |st, t| {
+                matches!(st.phase, Phase::Spawning { stop: None })
+                    && st.crashed(t).is_none()
+                    && !st.crash_reported
+            },
+        },
+        Case {
+            what: "a start by hand with its setup hook",
+            traits: with(|t| t.setup = true),
+            events: vec![
+                picked(),
+                setup(Ok(())),
+                spawned(),
+                stop(),
+                exit(0),
+                Event::GroupKilled,
+                reaped(0),
+                Event::StartAgain {
+                    at: at(),
+                    setup: true,
+                },
+            ],
+            actions: vec![],
+            holds: |st, _| matches!(st.phase, Phase::SettingUp { stop: None }),
+        },
+        Case {
+            what: "a start by hand of a running service does nothing",
+            traits: plain(),
+            events: vec![
+                picked(),
+                spawned(),
+                Event::StartAgain {
+                    at: at(),
+                    setup: false,
+                },
+            ],
+            actions: vec![],
+            holds: |st, _| st.pid() == Some(PID) && st.incarnation == 1,
         },
         Case {
             what: "a stop once exiting signals what is left of the group",

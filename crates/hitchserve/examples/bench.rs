@@ -14,6 +14,8 @@
 //!   the same producer piped into a plain line reader.
 //! - W4: 10 services that trap SIGTERM and exit 0.1 s later: shutdown time.
 //! - W6: PostgreSQL startup-to-ready, with initdb each time and with the template cluster.
+//! - W9: restarting one service of a running bundle (`ServiceHandle::restart`, and `start`
+//!   after `stop`) against its first startup, for a trivial service (`echo READY; exec sleep`).
 //! - W5: 1,000,000 `time.time()` calls in a Python service: on real time, under
 //!   hitchserve's time travel (after a jump), and under libfaketime's default cached mode.
 
@@ -382,6 +384,42 @@ fn w5(dir: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Er
     }))
 }
 
+const W9_RUNS: usize = 11;
+
+fn w9(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
+    let (mut first, mut restart, mut start) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..W9_RUNS {
+        let mut b = quiet_bundle(dir);
+        b.add(
+            "Trivial",
+            Service::new(["sh", "-c", "echo READY; exec sleep 1000"]).ready_when(|l| l == "READY"),
+        )?;
+        let t = Instant::now();
+        b.startup()?;
+        first.push(ms(t.elapsed()));
+        let svc = b.service("Trivial")?;
+        let t = Instant::now();
+        svc.restart()?;
+        restart.push(ms(t.elapsed()));
+        svc.stop()?;
+        let t = Instant::now();
+        svc.start()?;
+        start.push(ms(t.elapsed()));
+        b.shutdown()?;
+    }
+    let (first, restart, start) = (
+        percentile(first, 0.5),
+        percentile(restart, 0.5),
+        percentile(start, 0.5),
+    );
+    Ok(json!({
+        "workload": "W9", "what": "restart of a trivial service vs its first startup (median of runs, ms)",
+        "runs": W9_RUNS,
+        "first_startup_ms": first, "restart_ms": restart, "start_after_stop_ms": start,
+        "restart_ratio": restart / first, "start_ratio": start / first,
+    }))
+}
+
 const W6_RUNS: usize = 3;
 
 fn w6_once(dir: &std::path::Path, fresh: bool) -> Result<f64, hitchserve::Error> {
@@ -446,6 +484,9 @@ fn run_all() -> Result<(), Box<dyn std::error::Error>> {
     }
     if run("W5") {
         println!("{}", w5(&dir)?);
+    }
+    if run("W9") {
+        println!("{}", w9(&dir)?);
     }
     if run("W6") {
         println!("{}", w6(&dir)?);

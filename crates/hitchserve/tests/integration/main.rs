@@ -10,6 +10,7 @@ mod console;
 mod crash_after_ready;
 mod cron;
 mod definitions;
+mod fault_injection;
 mod hooks;
 mod kernel;
 mod layers;

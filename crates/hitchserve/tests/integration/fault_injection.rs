@@ -1,0 +1,434 @@
+//! One service at a time on a running bundle: stop, start, restart, pause, resume, kill,
+//! and restart policies — with real servers and clients.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use hitchserve::{Error, ExitStatus, Restart, Service, Signal};
+
+use crate::common::{marked_pids, run_id, sh, Project, PATIENCE};
+
+/// A TCP server on its `{port.tcp}` that answers each connection with `pong <pid>` once it
+/// has read a line; READY once it listens.
+const SERVER: &str = "import os, socket, sys\n\
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen()\n\
+print('READY', flush=True)\n\
+while True:\n    c, _ = s.accept()\n    c.makefile().readline()\n    c.sendall(b'pong %d\\n' % os.getpid()); c.close()\n";
+
+/// A client that asks the server every 20 ms and prints each answer, or `down`.
+const CLIENT: &str = "import socket, sys, time\n\
+while True:\n    try:\n        c = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)\n        c.sendall(b'ping\\n'); print(c.makefile().readline().strip(), flush=True)\n    except OSError:\n        print('down', flush=True)\n    time.sleep(0.02)\n";
+
+fn server() -> Service {
+    Service::new(["python3", "-u", "-c", SERVER, "{port.tcp}"])
+        .port("tcp")
+        .ready_when(|l| l == "READY")
+}
+
+fn ask(port: u16, read_timeout: Duration) -> std::io::Result<String> {
+    let mut c = TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(read_timeout))?;
+    c.write_all(b"ping\n")?;
+    let mut answer = String::new();
+    c.read_to_string(&mut answer)?;
+    Ok(answer.trim().to_owned())
+}
+
+#[test]
+fn a_client_reconnects_after_its_server_restarts_on_the_same_port() {
+    let p = Project::new("fi-reconnect");
+    let mut b = p.bundle();
+    b.add("Server", server()).unwrap();
+    b.add(
+        "Client",
+        Service::new(["python3", "-u", "-c", CLIENT, "{Server.port.tcp}"])
+            .ready_when(|l| l.starts_with("pong"))
+            .needs(["Server"]),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let server = b.service("Server").unwrap();
+    let client = b.service("Client").unwrap();
+    let (old_pid, client_pid) = (server.pid().unwrap(), client.pid().unwrap());
+    let port = b.port("Server", "tcp").unwrap();
+    let mut tail = client.logs().tail();
+
+    server.restart().unwrap();
+
+    let new_pid = server.pid().unwrap();
+    assert_ne!(new_pid, old_pid, "a new process");
+    assert_eq!(server.incarnation(), 2);
+    assert_eq!(b.port("Server", "tcp").unwrap(), port, "the same port");
+    let pong = format!("pong {new_pid}");
+    tail.until(|l| l == pong, PATIENCE)
+        .expect("the client talks to the new server");
+    assert_eq!(
+        client.pid(),
+        Some(client_pid),
+        "the client was not restarted"
+    );
+    let logs = b.logs().lines();
+    assert!(logs.iter().any(|l| l == "Stopping Server"), "{logs:?}");
+    assert!(
+        logs.iter().any(|l| l == "Starting Server (incarnation 2)"),
+        "{logs:?}"
+    );
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn a_stopped_service_stays_down_and_what_needs_it_keeps_running() {
+    let p = Project::new("fi-stop");
+    let mut b = p.bundle();
+    b.add("Server", server()).unwrap();
+    b.add(
+        "Client",
+        Service::new(["python3", "-u", "-c", CLIENT, "{Server.port.tcp}"])
+            .ready_when(|l| l.starts_with("pong"))
+            .needs(["Server"]),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let server = b.service("Server").unwrap();
+    let client = b.service("Client").unwrap();
+    let old_pid = server.pid().unwrap();
+    let mut tail = client.logs().tail();
+
+    server.stop().unwrap();
+
+    assert!(!server.is_running());
+    assert!(!crate::common::is_alive(old_pid));
+    assert!(server.exit_status().is_some());
+    tail.until(|l| l == "down", PATIENCE)
+        .expect("the client sees the server gone");
+    assert!(client.is_running(), "the client keeps running");
+    b.check().expect("a stop asked for is not a crash");
+    server.start().unwrap();
+    assert!(server.is_ready());
+    b.shutdown().expect("no crash to report");
+}
+
+#[test]
+fn a_paused_server_times_out_its_client_and_resume_lets_it_answer() {
+    let p = Project::new("fi-pause");
+    let mut b = p.bundle();
+    b.add("Server", server()).unwrap();
+    b.startup().unwrap();
+    let server = b.service("Server").unwrap();
+    let port = b.port("Server", "tcp").unwrap();
+    let pid = server.pid().unwrap();
+    assert_eq!(ask(port, PATIENCE).unwrap(), format!("pong {pid}"));
+
+    server.pause().unwrap();
+    assert!(server.is_paused());
+    let process = server.process().unwrap();
+    assert!(
+        crate::common::wait_for(PATIENCE, || {
+            process.status().ok() == Some(hitchserve::Status::Stopped)
+        }),
+        "SIGSTOP reaches it"
+    );
+    // The kernel still accepts the connection; nobody answers it.
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    c.write_all(b"ping\n").unwrap();
+    let mut buf = [0u8; 64];
+    let err = c
+        .read(&mut buf)
+        .expect_err("a paused server answers nothing");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+
+    server.resume().unwrap();
+    assert!(!server.is_paused());
+    c.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert_eq!(
+        answer.trim(),
+        format!("pong {pid}"),
+        "the same request, answered"
+    );
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn a_paused_service_still_stops() {
+    let p = Project::new("fi-pause-stop");
+    let mut b = p.bundle();
+    b.add(
+        "Paused",
+        sh("trap 'echo bye; exit 0' TERM; echo READY; while :; do sleep 1; done"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let svc = b.service("Paused").unwrap();
+    svc.pause().unwrap();
+    svc.stop().unwrap();
+    assert_eq!(
+        svc.exit_status(),
+        Some(ExitStatus::Code(0)),
+        "it ran its trap"
+    );
+    assert!(svc.logs().lines().contains(&"bye".to_owned()));
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn kill_with_sigkill_after_ready_is_reported_as_a_crash() {
+    let p = Project::new("fi-kill");
+    let mut b = p.bundle();
+    b.add("Victim", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let victim = b.service("Victim").unwrap();
+    victim.kill(Signal::SIGKILL).unwrap();
+    assert_eq!(victim.wait_exit(PATIENCE), Some(ExitStatus::Signaled(9)));
+    match b.check() {
+        Err(Error::ServiceExited {
+            service, status, ..
+        }) => {
+            assert_eq!(service, "Victim");
+            assert_eq!(status, ExitStatus::Signaled(9));
+        }
+        other => panic!("expected the crash, got {other:?}"),
+    }
+    assert!(matches!(b.shutdown(), Err(Error::ServiceExited { .. })));
+}
+
+#[test]
+fn a_killed_service_started_again_is_no_longer_a_crash() {
+    let p = Project::new("fi-kill-start");
+    let mut b = p.bundle();
+    b.add("Victim", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let victim = b.service("Victim").unwrap();
+    victim.kill(Signal::SIGKILL).unwrap();
+    victim.wait_exit(PATIENCE).unwrap();
+    victim.start().unwrap();
+    b.check().unwrap();
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn a_restarted_service_sees_the_clock_as_time_travel_left_it() {
+    let p = Project::new("fi-clock");
+    let mut b = Project::bundle(&p);
+    b.add(
+        "Clock",
+        Service::new([
+            "python3",
+            "-c",
+            "import time; print('NOW', int(time.time()), flush=True); time.sleep(1000)",
+        ])
+        .ready_when(|l| l.starts_with("NOW")),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let month = Duration::from_secs(30 * 24 * 3600);
+    b.time_travel(month).unwrap();
+    let clock = b.service("Clock").unwrap();
+    clock.restart().unwrap();
+    let seen: Vec<(u32, i64)> = clock
+        .logs()
+        .entries()
+        .iter()
+        .filter_map(|l| {
+            let t = l.text().strip_prefix("NOW ")?.parse().ok()?;
+            Some((l.incarnation(), t))
+        })
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!((seen[0].0, seen[1].0), (1, 2));
+    let moved = seen[1].1 - seen[0].1;
+    assert!(
+        moved >= month.as_secs() as i64 - 60,
+        "the new process starts on the travelled clock ({moved} s later)"
+    );
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn a_tail_taken_before_a_restart_sees_both_incarnations_in_order() {
+    let p = Project::new("fi-tail");
+    let mut b = p.bundle();
+    b.add(
+        "Talker",
+        sh("echo \"hello from $$\"; echo READY; exec sleep 1000"),
+    )
+    .unwrap();
+    let mut tail = b.logs().tail();
+    b.startup().unwrap();
+    let talker = b.service("Talker").unwrap();
+    let first = talker.pid().unwrap();
+    let mut service_tail = talker.logs().tail();
+    talker.restart().unwrap();
+    let second = talker.pid().unwrap();
+
+    let hello2 = format!("hello from {second}");
+    let line = service_tail.until(|l| l == hello2, PATIENCE).unwrap();
+    assert_eq!(line.incarnation(), 2);
+    // The whole bundle's tail, from before startup: both starts, in order, each marked.
+    let mut seen = Vec::new();
+    while let Ok(l) = tail.next_line(Duration::ZERO) {
+        seen.push((
+            l.service().to_owned(),
+            l.text().into_owned(),
+            l.incarnation(),
+        ));
+    }
+    let pos = |what: &str| {
+        seen.iter()
+            .position(|(_, t, _)| t == what)
+            .unwrap_or_else(|| panic!("{what} not in {seen:?}"))
+    };
+    let hello1 = format!("hello from {first}");
+    assert!(pos(&hello1) < pos("Stopping Talker"));
+    assert!(pos("Stopping Talker") < pos("Starting Talker (incarnation 2)"));
+    assert!(pos("Starting Talker (incarnation 2)") < pos(&hello2));
+    assert_eq!(seen[pos(&hello1)].2, 1);
+    assert_eq!(seen[pos(&hello2)].2, 2);
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn a_restart_policy_restarts_a_crashing_service_n_times_then_reports_it() {
+    let p = Project::new("fi-policy");
+    let mut b = p.bundle();
+    // Ready, then it crashes once the test says so: every later start crashes at once.
+    b.add(
+        "Flaky",
+        sh("echo READY; until [ -e crash ]; do sleep 0.01; done; exit 3")
+            .restart(Restart::on_failure(2).backoff(Duration::from_millis(10))),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let flaky = b.service("Flaky").unwrap();
+    let mut tail = b.logs().tail();
+    p.write("crash", "");
+    tail.until(|l| l.contains("giving up"), PATIENCE)
+        .expect("the policy gives up after 2 restarts");
+    assert_eq!(flaky.wait_exit(PATIENCE), Some(ExitStatus::Code(3)));
+    assert_eq!(flaky.incarnation(), 3, "started once, restarted twice");
+    let logs = b.logs().lines();
+    let restarts: Vec<&String> = logs.iter().filter(|l| l.contains("restart ")).collect();
+    assert_eq!(restarts.len(), 2, "{logs:?}");
+    match b.check() {
+        Err(Error::ServiceExited { service, .. }) => assert_eq!(service, "Flaky"),
+        other => panic!("giving up is reported like a crash, got {other:?}"),
+    }
+    let _ = b.shutdown();
+}
+
+#[test]
+fn a_restart_policy_brings_a_crashed_service_back_ready() {
+    let p = Project::new("fi-policy-back");
+    let mut b = p.bundle();
+    // It crashes once (the first start leaves a mark), then runs.
+    b.add(
+        "Worker",
+        sh(
+            "echo READY; if [ -e crashed ]; then exec sleep 1000; fi; touch crashed; \
+            until [ -e go ]; do sleep 0.01; done; exit 1",
+        )
+        .restart(Restart::on_failure(3).backoff(Duration::from_millis(10))),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let worker = b.service("Worker").unwrap();
+    let mut tail = b.logs().tail();
+    p.write("go", "");
+    tail.until(|l| l == "Starting Worker (incarnation 2)", PATIENCE)
+        .unwrap();
+    worker.wait_until_ready().unwrap();
+    b.wait_until_ready("Worker").unwrap();
+    assert!(worker.is_ready());
+    b.check().expect("a restart that worked is not a crash");
+    b.shutdown().unwrap();
+}
+
+#[test]
+fn no_process_is_left_behind_by_a_service_killed_while_it_restarts() {
+    let p = Project::new("fi-kill-restart");
+    let mut b = p.bundle();
+    b.add(
+        "Slow",
+        sh("sleep 1000 & echo started; read x < slow-fifo; echo READY; exec sleep 1000"),
+    )
+    .unwrap();
+    let fifo = p.path("slow-fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // The first start reads end-of-file once this writer (opened when it reads) closes.
+    let opener = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || drop(std::fs::OpenOptions::new().write(true).open(fifo)))
+    };
+    b.startup().unwrap();
+    opener.join().unwrap();
+    let run = run_id(&b);
+    let slow = b.service("Slow").unwrap();
+    let mut tail = slow.logs().tail();
+    let restarter = {
+        let slow = slow.clone();
+        std::thread::spawn(move || slow.restart())
+    };
+    // The new start waits on the fifo: kill it there, before it is ready.
+    let started = tail.until(|l| l == "started", PATIENCE).unwrap();
+    assert_eq!(started.incarnation(), 2);
+    slow.kill(Signal::SIGKILL).unwrap();
+    match restarter.join().unwrap() {
+        Err(Error::ExitedBeforeReady { service, .. }) => assert_eq!(service, "Slow"),
+        other => panic!("the restart reports the kill, got {other:?}"),
+    }
+    b.shutdown().unwrap();
+    assert!(marked_pids(&run).is_empty(), "{:?}", marked_pids(&run));
+}
+
+#[test]
+fn a_start_after_shutdown_is_refused() {
+    let p = Project::new("fi-after");
+    let mut b = p.bundle();
+    b.add("Svc", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let svc = b.service("Svc").unwrap();
+    b.shutdown().unwrap();
+    assert!(matches!(svc.start(), Err(Error::NotRunning)));
+    assert!(svc.stop().is_ok(), "stopping what is stopped does nothing");
+    assert!(matches!(svc.pause(), Err(Error::NotRunning)));
+}
+
+#[test]
+fn a_setup_hook_runs_again_only_when_asked() {
+    let p = Project::new("fi-setup");
+    let mut b = p.bundle();
+    b.add(
+        "Db",
+        sh("echo READY; exec sleep 1000").setup(|ctx| {
+            ctx.run(["sh", "-c", "echo initialised >> setup-runs"])?;
+            Ok(())
+        }),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let db = b.service("Db").unwrap();
+    let runs = || {
+        std::fs::read_to_string(p.path("setup-runs"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!(runs(), 1);
+    db.restart().unwrap();
+    assert_eq!(runs(), 1, "a plain restart keeps what setup made");
+    db.restart_with_setup().unwrap();
+    assert_eq!(runs(), 2);
+    assert_eq!(db.incarnation(), 3);
+    b.shutdown().unwrap();
+}

@@ -122,7 +122,7 @@ impl ServiceHandle {
     /// # Ok(()) }
     /// ```
     pub fn stop(&self) -> Result<()> {
-        self.runtime.stop_one(self.idx);
+        self.runtime.stop_one(self.idx, None);
         Ok(())
     }
 
@@ -144,16 +144,15 @@ impl ServiceHandle {
         self.runtime.wait_ready(self.idx)
     }
 
-    /// [`stop`](Self::stop), then [`start`](Self::start): one call, waited on.
+    /// [`stop`](Self::stop), then [`start`](Self::start): one call, waited on. Its logs
+    /// never end in between: a wait on its lines under way goes on with the new process's.
     pub fn restart(&self) -> Result<()> {
-        self.stop()?;
-        self.start()
+        self.runtime.restart_one(self.idx, false)
     }
 
-    /// [`stop`](Self::stop), then [`start_with_setup`](Self::start_with_setup).
+    /// [`restart`](Self::restart), with its setup hook run again before the new start.
     pub fn restart_with_setup(&self) -> Result<()> {
-        self.stop()?;
-        self.start_with_setup()
+        self.runtime.restart_one(self.idx, true)
     }
 
     /// Freeze it: `SIGSTOP` to its whole process group — the "hung dependency" fault (its

@@ -17,26 +17,36 @@ impl Runtime {
     /// Start service `idx` again if it has stopped (its setup hook too if `setup`); then the
     /// caller waits for it to be ready. A service that runs or is starting is left as it is.
     pub(crate) fn start_again(self: &Arc<Self>, idx: usize, setup: bool) -> Result<()> {
-        let started = {
+        let actions = {
             let mut states = self.lock();
             if self.is_stopping() {
                 return Err(Error::NotRunning);
             }
-            let st = &states[idx];
-            let stopped = st.is_settled() || matches!(st.phase, Phase::Restarting { .. });
-            if stopped {
-                let at = Instant::now();
-                let _ = self.apply_locked(&mut states, idx, Event::StartAgain { at, setup });
+            // Waiting for its needs (a start during startup): the scheduler starts it.
+            let stopped = matches!(
+                states[idx].phase,
+                Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. }
+            );
+            if !stopped {
+                return Ok(());
             }
-            stopped
+            let at = Instant::now();
+            self.apply_locked(&mut states, idx, Event::StartAgain { at, setup })
+                .0
         };
-        if started {
-            self.changed.notify_all();
-            // Waits on its lines block again: more are coming.
-            self.sink.store.mark_restarted(idx);
-            self.start_elsewhere(idx);
-        }
+        self.changed.notify_all();
+        self.carry_out(idx, actions);
         Ok(())
+    }
+
+    /// Stop service `idx` and start it again once reaped (its setup hook too if `setup`), or
+    /// just start it if it isn't running; then wait until the new start is ready.
+    pub(crate) fn restart_one(self: &Arc<Self>, idx: usize, setup: bool) -> Result<()> {
+        let before = self.read(idx, |st| st.incarnation);
+        if !self.stop_one(idx, Some(setup)) {
+            return Err(Error::NotRunning);
+        }
+        self.wait_ready_after(idx, before)
     }
 
     /// SIGSTOP (`pause`) or SIGCONT its whole group; an error if its process isn't running.

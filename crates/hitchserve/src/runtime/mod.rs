@@ -211,6 +211,11 @@ impl Runtime {
                     self.start_startable();
                 }
                 Action::RestartAfter(after) => self.restart_later(idx, after),
+                Action::Start => {
+                    // Waits on its lines block again: more are coming.
+                    self.sink.store.mark_restarted(idx);
+                    self.start_elsewhere(idx);
+                }
             }
         }
         spawn

@@ -100,16 +100,22 @@ impl Runtime {
     /// Wait until service `idx` is ready again (or, one-shot, complete), within the startup
     /// timeout: after a start by hand, a restart, or a restart by its policy.
     pub(crate) fn wait_ready(&self, idx: usize) -> Result<()> {
+        self.wait_ready_after(idx, 0)
+    }
+
+    /// `wait_ready` for a start later than start number `before` (a restart).
+    pub(crate) fn wait_ready_after(&self, idx: usize, before: u32) -> Result<()> {
         let timeout = self.timeouts.startup;
         let deadline = super::deadline_after(Instant::now(), timeout);
         let t = &self.services()[idx].traits;
+        let ready = |st: &ServiceState| st.incarnation > before && st.started_up(t);
         let failure = {
             let (mut states, _) = self.wait_until(self.lock(), deadline, |s| {
                 let st = &s[idx];
-                st.started_up(t) || st.failure.is_some() || st.is_settled() || self.is_stopping()
+                ready(st) || st.failure.is_some() || st.is_settled() || self.is_stopping()
             });
             let st = &mut states[idx];
-            if st.started_up(t) {
+            if ready(st) {
                 return Ok(());
             }
             if self.is_stopping() {

@@ -83,6 +83,7 @@ mod tests {
             readiness,
             stop: None,
             paused: false,
+            then_start: None,
         })
     }
 

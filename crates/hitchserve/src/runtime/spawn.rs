@@ -173,28 +173,40 @@ impl Runtime {
     }
 
     fn run_task(self: &Arc<Self>, idx: usize, task: Task) {
-        let (child, sources) = match task {
-            Task::Supervise(child, sources) => (child, sources),
-            Task::Start => {
-                let Some(started) = self.start(idx) else {
-                    return;
-                };
-                started
+        let mut task = task;
+        loop {
+            let (child, sources) = match task {
+                Task::Supervise(child, sources) => (child, sources),
+                Task::Start => {
+                    let Some(started) = self.start(idx) else {
+                        return;
+                    };
+                    started
+                }
+            };
+            // A restart by hand starts the next process on this same thread.
+            if !supervise(self, idx, child, &sources) {
+                return;
             }
-        };
-        supervise(self, idx, child, &sources);
+            task = Task::Start;
+        }
     }
 
     /// Run service `idx`'s setup hook if its phase says so, then spawn it. `None` if it is
     /// not to run (its state says why); else the child and where its lines go.
     fn start(self: &Arc<Self>, idx: usize) -> Option<(Child, Arc<Sources>)> {
         let plan = &self.services()[idx];
-        let (setting_up, incarnation) = self.read(idx, |st| {
+        let (setting_up, spawning, incarnation) = self.read(idx, |st| {
             (
                 matches!(st.phase, Phase::SettingUp { .. }),
+                matches!(st.phase, Phase::Spawning { .. }),
                 st.incarnation + 1,
             )
         });
+        if !setting_up && !spawning {
+            // Nothing asked for this start (or it was called off meanwhile).
+            return None;
+        }
         let sources = self.sources_for(idx, incarnation);
         if let (true, Some(setup)) = (setting_up, &plan.setup) {
             self.sink.log(&format!("Setting up {}", plan.name));
@@ -273,12 +285,25 @@ impl Runtime {
             .name(format!("hitchserve:{}:restart", self.services()[idx].name))
             .spawn(move || {
                 let due = Instant::now().checked_add(after);
-                let (states, _) = runtime.wait_until(runtime.lock(), due, |s| {
-                    !matches!(s[idx].phase, Phase::Restarting { .. })
+                let (mut states, _) = runtime.wait_until(runtime.lock(), due, |s| {
+                    !matches!(s[idx].phase, Phase::Restarting { .. }) || runtime.is_stopping()
                 });
+                // Under the lock that `stop_all` sets `stopping` under: a bundle that has
+                // begun to stop gets no new process (its stop pass may have missed this
+                // service, reaped after it).
+                let event = if runtime.is_stopping() {
+                    Event::Stop {
+                        deadline: None,
+                        main_exited: true,
+                        then_start: None,
+                    }
+                } else {
+                    Event::RestartDue { at: Instant::now() }
+                };
+                let (actions, _) = runtime.apply_locked(&mut states, idx, event);
                 drop(states);
-                let at = Instant::now();
-                if runtime.dispatch(idx, Event::RestartDue { at }) {
+                runtime.changed.notify_all();
+                if runtime.carry_out(idx, actions) {
                     runtime.run_task(idx, Task::Start);
                 }
             });

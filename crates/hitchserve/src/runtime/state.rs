@@ -37,6 +37,8 @@ pub(crate) enum Phase {
         stop: Option<Stop>,
         /// Its group is stopped with SIGSTOP (see `ServiceHandle::pause`).
         paused: bool,
+        /// Start it again once reaped (a restart by hand), with its setup hook if `true`.
+        then_start: Option<bool>,
     },
     /// Its main process has exited but is not reaped, so the group is still ours: what is
     /// left of it gets the rest of the grace (`deadline`) if the exit was `expected`.
@@ -45,11 +47,13 @@ pub(crate) enum Phase {
         expected: bool,
         deadline: Option<Instant>,
         readiness: Readiness,
+        then_start: Option<bool>,
     },
     /// Its group has been killed; its pipes are being drained and its leader reaped.
     Draining {
         expected: bool,
         readiness: Readiness,
+        then_start: Option<bool>,
     },
     /// Done: reaped, every line it wrote stored.
     Exited {
@@ -168,12 +172,18 @@ pub(crate) enum Event {
     /// What was left of its group has been killed.
     GroupKilled,
     /// Reaped, pipes drained.
-    Reaped(ExitStatus),
+    Reaped {
+        status: ExitStatus,
+        at: Instant,
+    },
     /// Stop it: its stop signal now, SIGKILL at `deadline`. `main_exited`: its main process
     /// had already exited when the stop was asked (a crash its supervisor has not seen yet).
+    /// `then_start`: start it again once reaped (a restart), with its setup hook if `true`;
+    /// `None` calls off a restart asked before.
     Stop {
         deadline: Option<Instant>,
         main_exited: bool,
+        then_start: Option<bool>,
     },
 }
 
@@ -194,6 +204,8 @@ pub(crate) enum Action {
     Completed,
     /// Its restart policy restarts it once this much time has passed.
     RestartAfter(Duration),
+    /// Start it (again) on a thread of its own: its logs go on.
+    Start,
 }
 
 impl ServiceState {
@@ -340,7 +352,7 @@ impl ServiceState {
             Phase::Draining {
                 expected,
                 ref readiness,
-                ..
+                then_start: None,
             } => reap(t, status, expected, readiness, self.restarts),
             _ => Reap::Quiet,
         }
@@ -412,6 +424,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                     readiness: Readiness::Checking { last_failure: None },
                     stop,
                     paused: false,
+                    then_start: None,
                 }
             } else {
                 if t.started_dependents {
@@ -427,6 +440,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                     readiness,
                     stop,
                     paused: false,
+                    then_start: None,
                 }
             }
         }
@@ -446,6 +460,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 readiness: Readiness::Checking { .. },
                 stop,
                 paused,
+                then_start,
             },
             Event::ReadinessPassed { at },
         ) => Phase::Running {
@@ -453,6 +468,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             readiness: passed(st, t, at, &mut actions),
             stop,
             paused,
+            then_start,
         },
         (
             Phase::Running {
@@ -460,6 +476,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 readiness: Readiness::Checking { .. },
                 stop,
                 paused,
+                then_start,
             },
             Event::ProbeFailed(why),
         ) => Phase::Running {
@@ -469,6 +486,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             },
             stop,
             paused,
+            then_start,
         },
         (
             Phase::Running {
@@ -476,6 +494,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 readiness,
                 stop,
                 paused,
+                then_start,
             },
             event @ (Event::Pause | Event::Resume),
         ) => {
@@ -493,26 +512,13 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 readiness,
                 stop,
                 paused: pause,
+                then_start,
             }
         }
         (
             Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. },
             Event::StartAgain { at, setup },
-        ) => {
-            // A start by hand: a fresh start, a fresh count of restarts.
-            st.restarts = 0;
-            st.failure = None;
-            st.crash_reported = false;
-            st.steps = Steps {
-                started: Some(at),
-                ..Steps::default()
-            };
-            if setup && t.setup {
-                Phase::SettingUp { stop: None }
-            } else {
-                Phase::Spawning { stop: None }
-            }
-        }
+        ) => start_again(st, t, at, setup, &mut actions),
         (Phase::Restarting { status }, Event::GiveUp) => Phase::Exited {
             status,
             expected: false,
@@ -566,6 +572,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 group,
                 readiness,
                 stop,
+                then_start,
                 ..
             },
             Event::MainExited,
@@ -574,25 +581,44 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             expected: stop.is_some(),
             deadline: stop.and_then(|s| s.deadline),
             readiness,
+            then_start,
         },
         (
             Phase::Exiting {
                 expected,
                 readiness,
+                then_start,
                 ..
             },
             Event::GroupKilled,
         ) => Phase::Draining {
             expected,
             readiness,
+            then_start,
         },
+        (
+            Phase::Draining {
+                then_start: Some(setup),
+                ..
+            },
+            Event::Reaped { at, .. },
+        ) => {
+            // A restart by hand: a fresh start, on this (the supervisor's) thread.
+            fresh_start(st, at);
+            actions.push(Action::Spawn);
+            if setup && t.setup {
+                Phase::SettingUp { stop: None }
+            } else {
+                Phase::Spawning { stop: None }
+            }
+        }
         (
             Phase::Draining {
                 expected,
                 readiness,
-                ..
+                then_start: None,
             },
-            Event::Reaped(status),
+            Event::Reaped { status, .. },
         ) => {
             if let Reap::Restart { after, .. } = reap(t, status, expected, &readiness, st.restarts)
             {
@@ -615,13 +641,50 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             Event::Stop {
                 deadline,
                 main_exited,
+                then_start,
             },
-        ) => stop(phase, t, Stop { deadline }, main_exited, &mut actions),
+        ) => stop(
+            st,
+            phase,
+            t,
+            Stop { deadline },
+            main_exited,
+            then_start,
+            &mut actions,
+        ),
         // Anything else is news that no longer applies (a readiness pass after the process
         // exited, a probe failure after it passed): ignored.
         (phase, _) => phase,
     };
     actions
+}
+
+/// A start by hand of a stopped service, on a thread of its own.
+fn start_again(
+    st: &mut ServiceState,
+    t: &Traits,
+    at: Instant,
+    setup: bool,
+    actions: &mut Vec<Action>,
+) -> Phase {
+    fresh_start(st, at);
+    actions.push(Action::Start);
+    if setup && t.setup {
+        Phase::SettingUp { stop: None }
+    } else {
+        Phase::Spawning { stop: None }
+    }
+}
+
+/// A start by hand at `at`: a fresh count of restarts, no failure or crash kept.
+fn fresh_start(st: &mut ServiceState, at: Instant) {
+    st.restarts = 0;
+    st.failure = None;
+    st.crash_reported = false;
+    st.steps = Steps {
+        started: Some(at),
+        ..Steps::default()
+    };
 }
 
 /// Its readiness check passed at `at`: on to its poststart hook, or ready.
@@ -655,10 +718,12 @@ fn readiness_mut(phase: &mut Phase) -> Option<&mut Readiness> {
 }
 
 fn stop(
+    st: &mut ServiceState,
     phase: Phase,
     t: &Traits,
     asked: Stop,
     main_exited: bool,
+    then: Option<bool>,
     actions: &mut Vec<Action>,
 ) -> Phase {
     match phase {
@@ -674,6 +739,7 @@ fn stop(
             readiness,
             stop,
             paused,
+            ..
         } => {
             actions.push(Action::Signal(group, t.stop_signal));
             if paused {
@@ -692,13 +758,39 @@ fn stop(
                 readiness,
                 stop,
                 paused: false,
+                then_start: then,
             }
         }
-        Phase::Exiting { group, .. } => {
+        Phase::Exiting {
+            group,
+            expected,
+            deadline,
+            readiness,
+            ..
+        } => {
             // The rest of its group gets the stop signal; whether the exit was expected was
             // decided when it was seen.
             actions.push(Action::Signal(group, t.stop_signal));
-            phase
+            Phase::Exiting {
+                group,
+                expected,
+                deadline,
+                readiness,
+                then_start: then,
+            }
+        }
+        Phase::Draining {
+            expected,
+            readiness,
+            ..
+        } => Phase::Draining {
+            expected,
+            readiness,
+            then_start: then,
+        },
+        // A restart of a service that is not running: just a start.
+        Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. } if then.is_some() => {
+            start_again(st, t, Instant::now(), then == Some(true), actions)
         }
         // Its restart policy's restart is called off: the bundle (or the test) stops it.
         Phase::Restarting { status } => Phase::Exited {

@@ -7,7 +7,7 @@
 //! user code (a readiness closure or a hook that never returns) can't report its own end: it
 //! counts as done once nothing of its group is alive, and nobody waits for that thread.
 
-use std::sync::MutexGuard;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal as NixSignal};
@@ -42,6 +42,7 @@ impl Runtime {
                 let event = Event::Stop {
                     deadline,
                     main_exited,
+                    then_start: None,
                 };
                 // Stopping asks for nothing but signals (sent here, under the lock).
                 let (_, signalled) = self.apply_locked(&mut states, idx, event);
@@ -122,31 +123,46 @@ impl Runtime {
     }
 
     /// Stop service `idx` alone: its stop signal to its group, SIGKILL to what is left after
-    /// the shutdown timeout; returns once it is reaped. What needs it keeps running.
-    pub(crate) fn stop_one(&self, idx: usize) {
+    /// the shutdown timeout; returns once it is reaped. What needs it keeps running. With
+    /// `then_start`, it is started again once reaped (a restart; its setup hook too if
+    /// `Some(true)`) and this returns once the new start has begun. False if the bundle
+    /// is stopping (then nothing was done).
+    pub(crate) fn stop_one(self: &Arc<Self>, idx: usize, then_start: Option<bool>) -> bool {
         let t0 = Instant::now();
         let timeout = self.timeouts.shutdown;
         let deadline = deadline_after(t0, timeout);
-        let signalled = {
+        let (actions, signalled, before) = {
             let mut states = self.lock();
+            if self.is_stopping() {
+                return false;
+            }
             let main_exited = states[idx].pid().is_some_and(has_exited);
+            let before = states[idx].incarnation;
             let event = Event::Stop {
                 deadline,
                 main_exited,
+                then_start,
             };
-            self.apply_locked(&mut states, idx, event).1
+            let (actions, signalled) = self.apply_locked(&mut states, idx, event);
+            (actions, signalled, before)
         };
         self.changed.notify_all();
         let name = &self.services()[idx].name;
         if signalled {
             self.sink.log(&format!("Stopping {name}"));
         }
+        // (Starting again a service that wasn't running.)
+        self.carry_out(idx, actions);
         let stuck_and_gone = |st: &ServiceState| {
             self.user_code.get(idx).is_some() && st.group().is_none_or(|g| !group_alive(g.leader()))
         };
-        let (states, gone) =
-            self.wait_stopped(deadline, |s| s[idx].group_gone() || stuck_and_gone(&s[idx]));
+        // Its group as it was: with `then_start`, the next process may run by now — not
+        // a process to wait for, nor to kill.
+        let old_gone =
+            |st: &ServiceState| st.group_gone() || st.incarnation > before || stuck_and_gone(st);
+        let (states, gone) = self.wait_stopped(deadline, |s| old_gone(&s[idx]));
         if !gone
+            && states[idx].incarnation == before
             && states[idx]
                 .group()
                 .is_some_and(|g| g.signal(Signal::SIGKILL))
@@ -160,13 +176,17 @@ impl Runtime {
             drop(states);
         }
         let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
-        drop(self.wait_stopped(grace, |s| s[idx].is_settled() || stuck_and_gone(&s[idx])));
+        drop(self.wait_stopped(grace, |s| {
+            let st = &s[idx];
+            st.is_settled() || st.incarnation > before || stuck_and_gone(st)
+        }));
         if signalled {
             self.sink.log(&format!(
                 "Stopped {name} in {:.2} s",
                 t0.elapsed().as_secs_f64()
             ));
         }
+        true
     }
 
     /// `wait_until` for stopping: while a thread is stuck in user code, nobody will signal

@@ -46,13 +46,14 @@ pub(crate) const READER_DRAIN: Duration = Duration::from_secs(2);
 /// seen whole, short enough to feel at once to a test waiting for a prompt.
 const PARTIAL_QUIET: Duration = Duration::from_millis(50);
 
-/// The body of a supervisor thread: read both pipes, notice the exit, reap, report.
+/// The body of a supervisor thread: read both pipes, notice the exit, reap, report. True
+/// if the service is to be started again on this thread (a restart by hand).
 pub(crate) fn supervise(
     runtime: &Arc<Runtime>,
     idx: usize,
     mut child: Child,
     sources: &Arc<Sources>,
-) {
+) -> bool {
     let plan = &runtime.services()[idx];
     let pid = child.id();
     let group = ProcessGroup::led_by(pid);
@@ -143,7 +144,8 @@ pub(crate) fn supervise(
     }
     let (actions, settled) = {
         let mut states = runtime.lock();
-        let (actions, _) = runtime.apply_locked(&mut states, idx, Event::Reaped(status));
+        let at = Instant::now();
+        let (actions, _) = runtime.apply_locked(&mut states, idx, Event::Reaped { status, at });
         (actions, states[idx].is_settled())
     };
     runtime.changed.notify_all();
@@ -153,7 +155,7 @@ pub(crate) fn supervise(
     if settled {
         runtime.sink.store.mark_ended(idx);
     }
-    runtime.carry_out(idx, actions);
+    runtime.carry_out(idx, actions)
 }
 
 /// How often a stopping service's group is looked at once its main process has exited.

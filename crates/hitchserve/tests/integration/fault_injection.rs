@@ -432,3 +432,25 @@ fn a_setup_hook_runs_again_only_when_asked() {
     assert_eq!(db.incarnation(), 3);
     b.shutdown().unwrap();
 }
+
+#[test]
+fn shutdown_calls_off_a_pending_restart() {
+    let p = Project::new("fi-pending");
+    let mut b = p.bundle();
+    b.add(
+        "Flaky",
+        sh("echo READY; until [ -e crash ]; do sleep 0.01; done; exit 3")
+            .restart(Restart::on_failure(5).backoff(Duration::from_secs(3600))),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let run = run_id(&b);
+    let flaky = b.service("Flaky").unwrap();
+    let mut tail = b.logs().tail();
+    p.write("crash", "");
+    tail.until(|l| l.contains("restart 1 in"), PATIENCE)
+        .unwrap();
+    b.shutdown().expect("a restart called off is not a crash");
+    assert_eq!(flaky.incarnation(), 1, "no new process during shutdown");
+    assert!(marked_pids(&run).is_empty());
+}

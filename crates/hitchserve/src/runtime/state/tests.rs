@@ -58,6 +58,7 @@ fn stop() -> Event {
     Event::Stop {
         deadline: None,
         main_exited: false,
+        then_start: None,
     }
 }
 /// The main process exits (its status is known once reaped: `reaped`).
@@ -65,7 +66,17 @@ fn exit(_code: i32) -> Event {
     Event::MainExited
 }
 fn reaped(code: i32) -> Event {
-    Event::Reaped(ExitStatus::Code(code))
+    Event::Reaped {
+        status: ExitStatus::Code(code),
+        at: at(),
+    }
+}
+fn restart(setup: bool) -> Event {
+    Event::Stop {
+        deadline: None,
+        main_exited: false,
+        then_start: Some(setup),
+    }
 }
 
 /// Apply `events` in order; the final state and the actions of the last event.
@@ -255,6 +266,7 @@ fn cases() -> Vec<Case> {
                 Event::Stop {
                     deadline: None,
                     main_exited: true,
+                    then_start: None,
                 },
                 exit(3),
                 Event::GroupKilled,
@@ -556,7 +568,7 @@ fn cases() -> Vec<Case> {
                     setup: false,
                 },
             ],
-            actions: vec![],
+            actions: vec![Action::Start],
             holds: |st, t| {
                 matches!(st.phase, Phase::Spawning { stop: None })
                     && st.crashed(t).is_none()
@@ -579,7 +591,7 @@ fn cases() -> Vec<Case> {
                     setup: true,
                 },
             ],
-            actions: vec![],
+            actions: vec![Action::Start],
             holds: |st, _| matches!(st.phase, Phase::SettingUp { stop: None }),
         },
         Case {
@@ -595,6 +607,101 @@ fn cases() -> Vec<Case> {
             ],
             actions: vec![],
             holds: |st, _| st.pid() == Some(PID) && st.incarnation == 1,
+        },
+        Case {
+            what: "a restart by hand: the stop signal now",
+            traits: plain(),
+            events: vec![
+                picked(),
+                spawned(),
+                passed(),
+                Event::Announced,
+                restart(false),
+            ],
+            actions: vec![Action::Signal(group(), Signal::SIGTERM)],
+            holds: |st, _| st.is_ready(),
+        },
+        Case {
+            what: "a restart by hand: spawned again on its supervisor's thread once reaped",
+            traits: plain(),
+            events: vec![
+                picked(),
+                spawned(),
+                passed(),
+                Event::Announced,
+                restart(false),
+                exit(0),
+                Event::GroupKilled,
+                reaped(0),
+            ],
+            actions: vec![Action::Spawn],
+            holds: |st, t| {
+                matches!(st.phase, Phase::Spawning { stop: None })
+                    && st.crashed(t).is_none()
+                    && !st.is_settled()
+            },
+        },
+        Case {
+            what: "a restart by hand with its setup hook",
+            traits: with(|t| t.setup = true),
+            events: vec![
+                picked(),
+                setup(Ok(())),
+                spawned(),
+                restart(true),
+                exit(0),
+                Event::GroupKilled,
+                reaped(0),
+            ],
+            actions: vec![Action::Spawn],
+            holds: |st, _| matches!(st.phase, Phase::SettingUp { stop: None }),
+        },
+        Case {
+            what: "a plain stop calls off a restart asked before",
+            traits: plain(),
+            events: vec![
+                picked(),
+                spawned(),
+                restart(false),
+                stop(),
+                exit(0),
+                Event::GroupKilled,
+                reaped(0),
+            ],
+            actions: vec![],
+            holds: |st, _| st.is_settled(),
+        },
+        Case {
+            what: "a restart of a crashed service is a start on a thread of its own",
+            traits: plain(),
+            events: vec![
+                picked(),
+                spawned(),
+                passed(),
+                Event::Announced,
+                exit(1),
+                Event::GroupKilled,
+                reaped(1),
+                restart(false),
+            ],
+            actions: vec![Action::Start],
+            holds: |st, t| matches!(st.phase, Phase::Spawning { .. }) && st.crashed(t).is_none(),
+        },
+        Case {
+            what: "a restart asked after its main process exited unasked still restarts it",
+            traits: plain(),
+            events: vec![
+                picked(),
+                spawned(),
+                passed(),
+                Event::Announced,
+                exit(1),
+                restart(false),
+                Event::GroupKilled,
+                reaped(1),
+            ],
+            actions: vec![Action::Spawn],
+            holds: |st, _| matches!(st.phase, Phase::Spawning { .. }),
         },
         Case {
             what: "a stop once exiting signals what is left of the group",

@@ -738,7 +738,7 @@ fn down_with_nothing_running_is_not_an_error() {
 }
 
 #[test]
-fn status_right_after_a_crash_says_exited() {
+fn status_right_after_a_crash_says_crashed() {
     let p = Project::new(
         "crashstatus",
         "[services.App]\ncommand = [\"sh\", \"-c\", \"echo READY; read x < crash.fifo; exit 3\"]\nready = { line_contains = \"READY\" }\n",
@@ -773,7 +773,7 @@ fn status_right_after_a_crash_says_exited() {
         }
     };
     assert!(
-        state.starts_with("exited") && state.contains('3'),
+        state.starts_with("crashed") && state.contains("exit code 3"),
         "{state}"
     );
     // Its logs are there at the first ask too.

@@ -708,12 +708,28 @@ fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<(
     let _open = OpenStream::new();
     // One cursor for the old lines and the new, so none is lost or repeated in between.
     let mut tail = view.tail().lines_back(back);
+    // Following one service: its output ends when it stops, and goes on if it is started
+    // again (the bundle logs that start). Meanwhile, wait on the bundle's whole log, whose
+    // end is the bundle's.
+    let mut whole: Option<hitchserve::Tail> = None;
+    let one_service = req["service"].is_string();
     loop {
         match tail.next_line(Duration::from_secs(1)) {
             Ok(line) => emit(out, &line)?,
             // Quiet for a while: go on following, as long as someone is listening.
             Err(HsError::WaitTimeout { .. }) if !peer_gone(out) => {}
             Err(HsError::WaitTimeout { .. }) => return Ok(()),
+            Err(HsError::EndedWhileWaiting { .. }) if one_service => {
+                let whole = whole.get_or_insert_with(|| bundle.logs().tail().lines_back(0));
+                // Any line may be its start; a second at most, for one logged before
+                // `whole` began.
+                match whole.next_line(Duration::from_secs(1)) {
+                    Ok(_) => {}
+                    Err(HsError::WaitTimeout { .. }) if !peer_gone(out) => {}
+                    Err(HsError::WaitTimeout { .. }) => return Ok(()),
+                    Err(_) => break,
+                }
+            }
             // The output ended (the bundle is stopping).
             Err(_) => break,
         }

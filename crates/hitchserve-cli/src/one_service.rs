@@ -51,6 +51,11 @@ pub fn serve(bundle: &Bundle, req: &Value, verb: &str, infos: &[ServiceInfo]) ->
         )
     };
     let said = |e: HsError| match e {
+        // From a start: it was stopped again before it was ready, or the bundle is stopping.
+        HsError::NotRunning if verb == "start" || verb == "restart" => format!(
+            "service `{name}` stopped before it was ready: another request stopped it, or the \
+             bundle is going down (see `hitchserve status`)"
+        ),
         HsError::NotRunning if !svc.is_running() => not_running(),
         e => e.to_string(),
     };

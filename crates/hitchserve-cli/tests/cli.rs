@@ -986,10 +986,15 @@ fn status_of(p: &Project, name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no {name} in {v}"))
 }
 
-/// The name of the project's current run (what its services' marker says).
-fn run_of(p: &Project) -> String {
-    let run = std::fs::read_link(p.0.join(".hitchserve/latest")).unwrap();
-    run.file_name().unwrap().to_str().unwrap().to_owned()
+/// The marker of the project's current run, from the environment of its service `name`
+/// (not `.hitchserve/latest`: the log writer makes that link, in its own time).
+fn run_of(p: &Project, name: &str) -> String {
+    let pid = status_of(p, name)["pid"].as_u64().unwrap();
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    env.split(|&b| b == 0)
+        .find_map(|v| v.strip_prefix(b"HITCHSERVE_RUN="))
+        .map(|run| String::from_utf8_lossy(run).into_owned())
+        .unwrap_or_else(|| panic!("no HITCHSERVE_RUN in the environment of {name}"))
 }
 
 /// Every process of the run is gone once `down` has returned.
@@ -1035,7 +1040,7 @@ fn stop_then_start_gives_a_new_ready_process_while_its_dependent_keeps_running()
     let p = Project::new("stopstart", WEB_AND_DEP);
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
-    let run = run_of(&p);
+    let run = run_of(&p, "Dep");
     let (web, dep) = (status_of(&p, "Web"), status_of(&p, "Dep"));
     let port = web["ports"]["http"].as_u64().unwrap();
     let (web_pid, dep_pid) = (web["pid"].as_u64().unwrap(), dep["pid"].as_u64().unwrap());
@@ -1128,7 +1133,7 @@ fn pause_makes_a_client_time_out_and_resume_lets_it_answer() {
     let p = Project::new("pause", WEB_AND_DEP);
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
-    let run = run_of(&p);
+    let run = run_of(&p, "Web");
     let port = status_of(&p, "Web")["ports"]["http"].as_u64().unwrap();
 
     let paused = p.run(&["pause", "Web"]);
@@ -1170,7 +1175,7 @@ fn kill_after_ready_shows_as_a_crash_in_status_and_makes_down_exit_non_zero() {
     let p = Project::new("killcrash", WEB_AND_DEP);
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
-    let run = run_of(&p);
+    let run = run_of(&p, "Web");
     let dep_pid = status_of(&p, "Dep")["pid"].as_u64().unwrap();
 
     // SIGKILL by default; `kill` returns once the process has exited.
@@ -1225,7 +1230,7 @@ ready = { line_contains = "READY" }
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
-    let run = run_of(&p);
+    let run = run_of(&p, "Other");
     assert_eq!(status_of(&p, "Worker")["state"], "ready");
     // Opening blocks until Worker reads; the line makes it exit 3.
     std::fs::write(p.0.join("crash.fifo"), "now\n").unwrap();
@@ -1304,7 +1309,7 @@ fn one_service_commands_given_a_mistake_fail_clearly_and_at_once() {
 
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
-    let run = run_of(&p);
+    let run = run_of(&p, "Dep");
     for verb in ["stop", "start", "restart", "pause", "resume", "kill"] {
         let o = output_within(p.cmd(&[verb, "Nope"]), patience);
         assert!(

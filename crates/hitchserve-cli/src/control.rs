@@ -4,7 +4,9 @@
 //! `.hitchserve/` itself is 0711, as the library makes it, so that services run as another
 //! user reach their run directories; `up.log` and `up.lock` there are 0600) speaks JSON lines: one
 //! request object, then one reply object — or, for `logs`, a stream of line objects ended
-//! by an `end` object. A lock file held by the running `up` refuses a second `up`.
+//! by an `end` object. A lock file held by the running `up` refuses a second `up`. Requests
+//! on one service (`stop`, `start`, ...) are answered in `one_service`; `down` is answered
+//! once every service has stopped, with the error of a crash not reported before.
 //!
 //! The socket is bound before any service starts (as `control.sock.starting`, renamed once
 //! all are ready), and reached through `/proc/self/fd` when the project is too deep for

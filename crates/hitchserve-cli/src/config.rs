@@ -6,6 +6,21 @@
 //!
 //! Invariant: every value is checked while parsing, so that nothing the file says can fail
 //! only once some services have started (no NUL byte in any string, no `=` in an env name).
+//!
+//! A service's restart policy (what to do when it exits unasked):
+//!
+//! ```toml
+//! [services.Worker]
+//! command = ["python3", "-u", "worker.py"]
+//! restart = "on-failure"      # "never" (the default), "on-failure" (non-zero exit or a
+//!                             # signal) or "always" (any exit, also status 0)
+//! max_restarts = 3            # needed by on-failure and always: how many restarts at most
+//! restart_backoff = "200ms"   # the first wait (default 100ms), doubled each time up to 30s
+//! ```
+//!
+//! Each restart is logged; past `max_restarts` the exit is reported like a crash; services
+//! that need it are not restarted. `max_restarts` or `restart_backoff` without a policy that
+//! uses them is an error at its line and column, as a kind's option given to another is.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,8 +28,9 @@ use std::time::Duration;
 
 use hitchserve::jiff::{self, SignedDuration, Span, SpanRelativeTo};
 use hitchserve::services::{Chromium, MariaDb, Memcached, Nginx, Postgres, RabbitMq, Redis, Smtp};
-use hitchserve::{Bundle, Ready, Service};
+use hitchserve::{Bundle, Ready, Restart, Service};
 use serde::Deserialize;
+use toml::Spanned;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -93,6 +109,120 @@ pub struct ServiceConfig {
     /// Chromium: more flags for every session's browser.
     #[serde(default)]
     pub browser_args: Vec<Text>,
+    /// What to do when it exits unasked (default `never`).
+    pub restart: Option<Spanned<RestartPolicy>>,
+    /// `on-failure`, `always`: how many restarts at most.
+    pub max_restarts: Option<Spanned<u32>>,
+    /// `on-failure`, `always`: the first wait before a restart.
+    pub restart_backoff: Option<Spanned<Backoff>>,
+}
+
+/// `restart = "never" | "on-failure" | "always"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Never,
+    OnFailure,
+    Always,
+}
+
+impl RestartPolicy {
+    fn name(self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        }
+    }
+}
+
+/// A `restart_backoff`: a duration as the file's others are written.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff(Duration);
+
+impl<'de> Deserialize<'de> for Backoff {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Backoff, D::Error> {
+        let d = checked_duration(d)?.ok_or_else(|| serde::de::Error::custom("no duration"))?;
+        Ok(Backoff(d))
+    }
+}
+
+impl ServiceConfig {
+    /// Whether it is started again when it exits unasked.
+    pub fn restarts(&self) -> bool {
+        self.restart
+            .as_ref()
+            .is_some_and(|p| *p.get_ref() != RestartPolicy::Never)
+    }
+}
+
+/// A service's restart policy, checked: an error says what is wrong and where (the byte
+/// offset of the key's value in the file, for its line and column).
+fn restart_policy(name: &str, s: &ServiceConfig) -> Result<Restart, (String, usize)> {
+    let policy = s.restart.as_ref().map(|p| (*p.get_ref(), p.span().start));
+    let max = s
+        .max_restarts
+        .as_ref()
+        .map(|m| (*m.get_ref(), m.span().start));
+    let backoff = s
+        .restart_backoff
+        .as_ref()
+        .map(|b| (b.get_ref().0, b.span().start));
+    let (policy, at) = match policy {
+        Some((p @ (RestartPolicy::OnFailure | RestartPolicy::Always), at)) => (p, at),
+        other => {
+            // Options of a policy that restarts, given without one: a mistake, not a no-op.
+            let without = match other {
+                Some(_) => "`restart = \"never\"`".to_owned(),
+                None => "a service without `restart`".to_owned(),
+            };
+            let stray = match (max, backoff) {
+                (Some((_, at)), _) => Some(("max_restarts", at)),
+                (None, Some((_, at))) => Some(("restart_backoff", at)),
+                (None, None) => None,
+            };
+            return match stray {
+                Some((key, at)) => Err((
+                    format!(
+                        "service `{name}`: `{key}` is an option of `restart = \"on-failure\"` \
+                         or `\"always\"`, not of {without}"
+                    ),
+                    at,
+                )),
+                None => Ok(Restart::Never),
+            };
+        }
+    };
+    let max = match max {
+        Some((0, at)) => {
+            return Err((
+                format!(
+                    "service `{name}`: `max_restarts` must be 1 or more (`restart = \"never\"` \
+                     restarts nothing)"
+                ),
+                at,
+            ))
+        }
+        Some((n, _)) => n,
+        None => {
+            return Err((
+                format!(
+                    "service `{name}`: `restart = \"{}\"` needs `max_restarts`, how many \
+                     restarts at most (e.g. `max_restarts = 3`)",
+                    policy.name()
+                ),
+                at,
+            ))
+        }
+    };
+    let mut restart = match policy {
+        RestartPolicy::Always => Restart::always(max),
+        _ => Restart::on_failure(max),
+    };
+    if let Some((first, _)) = backoff {
+        restart = restart.backoff(first);
+    }
+    Ok(restart)
 }
 
 /// Where an nginx service proxies to: `{ service = "App", port = "http" }`.
@@ -269,14 +399,22 @@ pub fn load(path: &Path) -> Result<Config, String> {
     }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| {
+    let config: Config = toml::from_str(&text).map_err(|e| {
         let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
         format!(
             "{}:{line}:{col}: {}",
             path.display(),
             e.message().trim_end()
         )
-    })
+    })?;
+    // Checks across keys, placed as a parse error is.
+    for (name, s) in &config.services {
+        if let Err((why, at)) = restart_policy(name.as_str(), s) {
+            let (line, col) = line_col(&text, at);
+            return Err(format!("{}:{line}:{col}: {why}", path.display()));
+        }
+    }
+    Ok(config)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -663,6 +801,7 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
         if let Some(sig) = &s.stop_signal {
             svc = svc.stop_signal(sig.parse().map_err(|e| format!("service `{name}`: {e}"))?);
         }
+        svc = svc.restart(restart_policy(name.as_str(), s).map_err(|(why, _)| why)?);
         b.add(name.to_string(), svc).map_err(|e| e.to_string())?;
     }
     Ok(b)
@@ -853,6 +992,78 @@ mod tests {
             let e = load(&f).unwrap_err();
             assert!(e.contains(place) && e.contains(words), "{toml}: {e}");
         }
+    }
+
+    #[test]
+    fn restart_policies_and_their_mistakes_name_line_and_column() {
+        let dir = std::env::temp_dir().join(format!("hs-cfg-restart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("hitchserve.toml");
+        let head = "[services.W]\ncommand = [\"true\"]\n";
+        for (keys, policy) in [
+            ("", Restart::Never),
+            ("restart = \"never\"\n", Restart::Never),
+            (
+                "restart = \"on-failure\"\nmax_restarts = 3\nrestart_backoff = \"200ms\"\n",
+                Restart::on_failure(3).backoff(Duration::from_millis(200)),
+            ),
+            (
+                "restart = \"always\"\nmax_restarts = 2\n",
+                Restart::always(2),
+            ),
+            (
+                "restart = \"always\"\nmax_restarts = 1\nrestart_backoff = 2\n",
+                Restart::always(1).backoff(Duration::from_secs(2)),
+            ),
+        ] {
+            std::fs::write(&f, format!("{head}{keys}")).unwrap();
+            let config = load(&f).unwrap_or_else(|e| panic!("{keys}: {e}"));
+            let (name, svc) = config.services.iter().next().unwrap();
+            assert_eq!(
+                restart_policy(name.as_str(), svc).unwrap(),
+                policy,
+                "{keys}"
+            );
+            bundle(&config, &dir).unwrap();
+        }
+        for (keys, place, words) in [
+            (
+                "restart = \"sometimes\"\n",
+                ":3:11",
+                "unknown variant `sometimes`",
+            ),
+            (
+                "max_restarts = 3\n",
+                ":3:16",
+                "not of a service without `restart`",
+            ),
+            (
+                "restart = \"never\"\nrestart_backoff = \"1s\"\n",
+                ":4:19",
+                "`restart_backoff` is an option of `restart = \"on-failure\"`",
+            ),
+            (
+                "restart = \"on-failure\"\n",
+                ":3:11",
+                "`restart = \"on-failure\"` needs `max_restarts`",
+            ),
+            (
+                "restart = \"always\"\nmax_restarts = 0\n",
+                ":4:16",
+                "must be 1 or more",
+            ),
+            ("restart = \"always\"\nmax_restarts = -1\n", ":4:16", ""),
+            (
+                "restart = \"always\"\nmax_restarts = 3\nrestart_backoff = \"soon\"\n",
+                ":5:19",
+                "`soon` is not a duration",
+            ),
+        ] {
+            std::fs::write(&f, format!("{head}{keys}")).unwrap();
+            let e = load(&f).unwrap_err();
+            assert!(e.contains(place) && e.contains(words), "{keys}: {e}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! `.hitchserve/` itself is 0711, as the library makes it, so that services run as another
 //! user reach their run directories; `up.log` and `up.lock` there are 0600) speaks JSON lines: one
 //! request object, then one reply object — or, for `logs`, a stream of line objects ended
-//! by an `end` object. A lock file held by the running `up` refuses a second `up`.
+//! by an `end` object. A lock file held by the running `up` refuses a second `up`. Requests
+//! on one service (`stop`, `start`, ...) are answered in `one_service`; `down` is answered
+//! once every service has stopped, with the error of a crash not reported before.
 //!
 //! The socket is bound before any service starts (as `control.sock.starting`, renamed once
 //! all are ready), and reached through `/proc/self/fd` when the project is too deep for
@@ -29,6 +31,7 @@ use nix::fcntl::OFlag;
 use serde_json::{json, Value};
 
 use crate::config;
+use crate::one_service::{self, ServiceInfo};
 use crate::Command;
 
 fn state_dir(project: &Path) -> PathBuf {
@@ -202,14 +205,16 @@ pub fn up(
         // On a terminal, say now and then which services are still starting.
         bundle = bundle.progress_every(Duration::from_secs(1));
     }
-    let (stop_tx, stop_rx) = mpsc::channel::<&'static str>();
+    // What stops the bundle: a signal (None) or a `down` (its connection, answered once
+    // everything has stopped).
+    let (stop_tx, stop_rx) = mpsc::channel::<Option<UnixStream>>();
     {
         // A signal during startup ends the startup; after it, the bundle.
         let (interrupter, stop_tx) = (bundle.interrupter(), stop_tx.clone());
         std::thread::spawn(move || {
             RECEIVED.store(next_signal(signal_pipe), Ordering::SeqCst);
             interrupter.interrupt();
-            let _ = stop_tx.send("signal");
+            let _ = stop_tx.send(None);
         });
     }
     if let Err(e) = bundle.startup() {
@@ -239,12 +244,11 @@ pub fn up(
         let cfg_ports: Vec<ServiceInfo> = cfg
             .services
             .iter()
-            .map(|(n, s)| {
-                (
-                    n.to_string(),
-                    ports_of(s),
-                    s.user.as_ref().map(|u| u.to_string()),
-                )
+            .map(|(n, s)| ServiceInfo {
+                name: n.to_string(),
+                ports: ports_of(s),
+                user: s.user.as_ref().map(|u| u.to_string()),
+                restarts: s.restarts(),
             })
             .collect();
         let cfg_ports = Arc::new(cfg_ports);
@@ -268,8 +272,16 @@ pub fn up(
             }
         }
     }
-    let _ = stop_rx.recv();
+    let first = stop_rx.recv().ok().flatten();
     let result = bundle.shutdown();
+    // Each `down` hears how the bundle ended: a crash not reported before is its error too.
+    let verdict = match &result {
+        Ok(()) => json!({"ok": true}),
+        Err(e) => json!({"ok": true, "error": e.to_string()}),
+    };
+    for mut asker in first.into_iter().chain(stop_rx.try_iter().flatten()) {
+        let _ = reply(&mut asker, &verdict);
+    }
     // Followers learn that the logs ended; give them the moment to say so.
     OpenStream::wait_all(Duration::from_secs(5));
     drop(_socket_file);
@@ -361,9 +373,6 @@ fn next_signal(pipe: libc::c_int) -> libc::c_int {
 fn signal_exit(sig: libc::c_int) -> ExitCode {
     ExitCode::from((128 + sig).clamp(0, 255) as u8)
 }
-
-/// What the control server knows of each service from the file: name, ports, user.
-type ServiceInfo = (String, Vec<String>, Option<String>);
 
 fn ports_of(s: &config::ServiceConfig) -> Vec<String> {
     let mut ports = config::strings(&s.ports);
@@ -498,7 +507,7 @@ const MAX_REQUEST: u64 = 1 << 20;
 fn serve(
     conn: UnixStream,
     bundle: &Bundle,
-    stop: &mpsc::Sender<&'static str>,
+    stop: &mpsc::Sender<Option<UnixStream>>,
     cfg_ports: &[ServiceInfo],
 ) -> std::io::Result<()> {
     let mut out = conn.try_clone()?;
@@ -517,7 +526,10 @@ fn serve(
     let err = |e: HsError| json!({"ok": false, "error": e.to_string()});
     let service = |key: &str| req[key].as_str().unwrap_or("").to_owned();
     let answer = match req["cmd"].as_str().unwrap_or("") {
-        "status" => status(bundle, cfg_ports),
+        "status" => one_service::status(bundle, cfg_ports),
+        verb if one_service::VERBS.contains(&verb) => {
+            one_service::serve(bundle, &req, verb, cfg_ports)
+        }
         "now" => json!({"ok": true, "now": bundle.now().to_string()}),
         "time_travel" => {
             let r = if let Some(to) = req["to"].as_str() {
@@ -560,8 +572,8 @@ fn serve(
                 // ready-made kind picks its own, e.g. `postgres`), or the `user` it was given.
                 let user = cfg_ports
                     .iter()
-                    .find(|(n, _, _)| *n == service("service"))
-                    .and_then(|(_, _, u)| u.as_deref());
+                    .find(|i| i.name == service("service"))
+                    .and_then(|i| i.user.as_deref());
                 let running = svc
                     .process()
                     .ok()
@@ -598,56 +610,25 @@ fn serve(
                 .and_then(|s| s.signal(sig))
             {
                 Ok(()) => json!({"ok": true}),
+                // The library's words speak of the bundle; here it is one service.
+                Err(HsError::NotRunning) => json!({"ok": false, "error": format!(
+                    "service `{0}` is not running (stopped, crashed or exited): start it with \
+                     `hitchserve start {0}`", service("service"))}),
                 Err(e) => err(e),
             }
         }
         "down" => {
-            // The answer first: once told to stop, `up` may exit before this thread writes.
-            let answered = reply(&mut out, &json!({"ok": true}));
-            let _ = stop.send("down");
-            return answered;
+            // Answered by `up` once every service has stopped (or here, if `up` is already
+            // past reading its requests: the client then waits for its lock as ever).
+            if let Err(mpsc::SendError(Some(mut out))) = stop.send(Some(out)) {
+                return reply(&mut out, &json!({"ok": true}));
+            }
+            return Ok(());
         }
         "logs" => return logs(&mut out, bundle, &req),
         other => json!({"ok": false, "error": format!("unknown request `{other}`")}),
     };
     reply(&mut out, &answer)
-}
-
-fn status(bundle: &Bundle, cfg_ports: &[ServiceInfo]) -> Value {
-    let services: Vec<Value> = bundle
-        .service_names()
-        .iter()
-        .map(|name| {
-            let svc = bundle.service(name).ok();
-            let pid = svc.as_ref().and_then(|s| s.pid());
-            let state = match &svc {
-                None => "unknown".to_owned(),
-                Some(s) => match (s.is_ready(), s.pid(), s.exit_status()) {
-                    (true, _, _) => "ready".to_owned(),
-                    (false, Some(_), _) => "starting".to_owned(),
-                    (false, None, Some(st)) => format!("exited ({st})"),
-                    (false, None, None) => "not started".to_owned(),
-                },
-            };
-            let proc = svc.as_ref().and_then(|s| s.process().ok());
-            let rss = proc.as_ref().and_then(|p| p.memory_info().ok()).map(|m| m.rss);
-            let cpu = proc
-                .as_ref()
-                .and_then(|p| p.cpu_times().ok())
-                .map(|c| (c.user + c.system).as_secs_f64());
-            let ports: serde_json::Map<String, Value> = cfg_ports
-                .iter()
-                .find(|(n, _, _)| n == name)
-                .map(|(_, ps, _)| {
-                    ps.iter()
-                        .filter_map(|p| bundle.port(name, p).ok().map(|n| (p.clone(), json!(n))))
-                        .collect()
-                })
-                .unwrap_or_default();
-            json!({"name": name, "state": state, "pid": pid, "rss": rss, "cpu_seconds": cpu, "ports": ports})
-        })
-        .collect();
-    json!({"ok": true, "services": services, "now": bundle.now().to_string()})
 }
 
 /// Stream log lines: the last N (or all), then, with follow or until, new ones.
@@ -666,13 +647,19 @@ fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<(
     }
     let json_only = req["json"].as_bool().unwrap_or(false);
     let emit = |out: &mut UnixStream, line: &hitchserve::LogLine| -> std::io::Result<()> {
+        // Which of the service's processes wrote it (1 until it is started again; 0 for the
+        // bundle's own lines), for clients of the socket; the CLI prints the line as it was.
+        let incarnation = line.incarnation();
         if json_only {
             match line.json() {
-                Some(v) => reply(out, &json!({"json": v})),
+                Some(v) => reply(out, &json!({"json": v, "incarnation": incarnation})),
                 None => Ok(()),
             }
         } else {
-            reply(out, &json!({"line": line.to_string()}))
+            reply(
+                out,
+                &json!({"line": line.to_string(), "incarnation": incarnation}),
+            )
         }
     };
     let (timeout, back) = match logs_numbers(req) {
@@ -723,12 +710,28 @@ fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<(
     let _open = OpenStream::new();
     // One cursor for the old lines and the new, so none is lost or repeated in between.
     let mut tail = view.tail().lines_back(back);
+    // Following one service: its output ends when it stops, and goes on if it is started
+    // again (the bundle logs that start). Meanwhile, wait on the bundle's whole log, whose
+    // end is the bundle's.
+    let mut whole: Option<hitchserve::Tail> = None;
+    let one_service = req["service"].is_string();
     loop {
         match tail.next_line(Duration::from_secs(1)) {
             Ok(line) => emit(out, &line)?,
             // Quiet for a while: go on following, as long as someone is listening.
             Err(HsError::WaitTimeout { .. }) if !peer_gone(out) => {}
             Err(HsError::WaitTimeout { .. }) => return Ok(()),
+            Err(HsError::EndedWhileWaiting { .. }) if one_service => {
+                let whole = whole.get_or_insert_with(|| bundle.logs().tail().lines_back(0));
+                // Any line may be its start; a second at most, for one logged before
+                // `whole` began.
+                match whole.next_line(Duration::from_secs(1)) {
+                    Ok(_) => {}
+                    Err(HsError::WaitTimeout { .. }) if !peer_gone(out) => {}
+                    Err(HsError::WaitTimeout { .. }) => return Ok(()),
+                    Err(_) => break,
+                }
+            }
             // The output ended (the bundle is stopping).
             Err(_) => break,
         }
@@ -913,6 +916,13 @@ fn one_reply(project: &Path, req: &Value) -> Result<Value, String> {
     Ok(v)
 }
 
+/// A request of `one_service`, waited on; prints the service's state afterwards.
+fn one_service(project: &Path, req: Value) -> Result<ExitCode, String> {
+    let v = one_reply(project, &req)?;
+    println!("{}", one_service::summary(&v["service"]));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Every command but `up`.
 pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
     match command {
@@ -926,6 +936,7 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                 return Ok(ExitCode::SUCCESS);
             }
             let unreachable = !is_socket(&socket_path(project));
+            let mut crashed = None;
             match (unreachable, up_pid(project)) {
                 // Still starting, or its socket was removed: stop it as Ctrl-C would.
                 // SAFETY: signalling the `up` that holds the project's lock.
@@ -933,7 +944,16 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                     libc::kill(pid, libc::SIGTERM);
                 },
                 _ => {
-                    one_reply(project, &json!({"cmd": "down"}))?;
+                    // The reply comes once the bundle has stopped: with the error of a crash
+                    // it had not reported yet. No reply (it went away first) is no news.
+                    let mut r = request(project, &json!({"cmd": "down"}))?;
+                    let mut line = String::new();
+                    let _ = r.read_line(&mut line);
+                    let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                    if v["ok"] == false {
+                        return Err(v["error"].as_str().unwrap_or("failed").to_owned());
+                    }
+                    crashed = v["error"].as_str().map(str::to_owned);
                 }
             }
             // `up` holds its lock file (which is never removed) until it has stopped.
@@ -952,7 +972,10 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
             // Shutdown is bounded by each service's stop timeout; this is a last resort.
             let patience = Duration::from_secs(600);
             match done_rx.recv_timeout(patience) {
-                Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+                Ok(Ok(())) => match crashed {
+                    None => Ok(ExitCode::SUCCESS),
+                    Some(why) => Err(format!("the bundle stopped; before that, {why}")),
+                },
                 Ok(Err(e)) => Err(format!("cannot wait for the bundle to stop: {e}")),
                 Err(_) => Err(format!(
                     "the bundle did not stop within {} s: see `.hitchserve/up.log`",
@@ -966,7 +989,7 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                 println!("{v}");
             } else {
                 println!(
-                    "{:<16} {:<24} {:>8} {:>10} {:>8}  PORTS",
+                    "{:<16} {:<32} {:>8} {:>10} {:>8}  PORTS",
                     "SERVICE", "STATE", "PID", "RSS", "CPU"
                 );
                 for s in v["services"].as_array().cloned().unwrap_or_default() {
@@ -982,9 +1005,9 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                         .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
                         .unwrap_or_default();
                     println!(
-                        "{:<16} {:<24} {:>8} {:>10} {:>8}  {}",
+                        "{:<16} {:<32} {:>8} {:>10} {:>8}  {}",
                         s["name"].as_str().unwrap_or(""),
-                        s["state"].as_str().unwrap_or(""),
+                        one_service::state_column(&s),
                         pid,
                         rss,
                         cpu,
@@ -1016,6 +1039,33 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
             let v = one_reply(project, &req)?;
             println!("{}", v["now"].as_str().unwrap_or(""));
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop { service } => {
+            one_service(project, json!({"cmd": "stop", "service": service}))
+        }
+        Command::Start { service, setup } => one_service(
+            project,
+            json!({"cmd": "start", "service": service, "setup": setup}),
+        ),
+        Command::Restart { service, setup } => one_service(
+            project,
+            json!({"cmd": "restart", "service": service, "setup": setup}),
+        ),
+        Command::Pause { service } => {
+            one_service(project, json!({"cmd": "pause", "service": service}))
+        }
+        Command::Resume { service } => {
+            one_service(project, json!({"cmd": "resume", "service": service}))
+        }
+        Command::Kill { service, signal } => {
+            // Checked here too, so that a mistake is told before asking a bundle.
+            signal
+                .parse::<hitchserve::Signal>()
+                .map_err(|e| format!("--signal: {e}"))?;
+            one_service(
+                project,
+                json!({"cmd": "kill", "service": service, "signal": signal}),
+            )
         }
         Command::Signal { service, signal } => {
             one_reply(

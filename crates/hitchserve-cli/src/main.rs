@@ -6,6 +6,7 @@
 
 mod config;
 mod control;
+mod one_service;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -110,6 +111,37 @@ enum Command {
     },
     /// Send a signal (TERM, INT, HUP, KILL, USR1, ...) to a service's process group.
     Signal { service: String, signal: String },
+    /// Stop one service (its stop signal, then SIGKILL after the shutdown timeout); returns
+    /// once it has exited. Services that need it keep running.
+    Stop { service: String },
+    /// Start a stopped (or crashed) service again: same definition, ports and fake time;
+    /// returns once it is ready (exit 1 with the error if it fails to start).
+    Start {
+        service: String,
+        /// Run its setup hook again first.
+        #[arg(long)]
+        setup: bool,
+    },
+    /// `stop`, then `start`: returns once it is ready again.
+    Restart {
+        service: String,
+        /// Run its setup hook again first.
+        #[arg(long)]
+        setup: bool,
+    },
+    /// Freeze a service (SIGSTOP to its process group): its ports accept, nothing answers.
+    Pause { service: String },
+    /// Thaw a paused service (SIGCONT to its process group).
+    Resume { service: String },
+    /// Send a signal whose effect is a crash (not a stop): its exit is reported like any
+    /// crash after ready, or restarts it under its restart policy. After SIGKILL (the
+    /// default) returns once the process has exited.
+    Kill {
+        service: String,
+        /// The signal (KILL, TERM, SEGV, 9, ...).
+        #[arg(long, short = 's', default_value = "KILL")]
+        signal: String,
+    },
 }
 
 fn project_dir(file: &Path) -> PathBuf {

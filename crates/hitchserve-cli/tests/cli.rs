@@ -738,7 +738,7 @@ fn down_with_nothing_running_is_not_an_error() {
 }
 
 #[test]
-fn status_right_after_a_crash_says_exited() {
+fn status_right_after_a_crash_says_crashed() {
     let p = Project::new(
         "crashstatus",
         "[services.App]\ncommand = [\"sh\", \"-c\", \"echo READY; read x < crash.fifo; exit 3\"]\nready = { line_contains = \"READY\" }\n",
@@ -773,7 +773,7 @@ fn status_right_after_a_crash_says_exited() {
         }
     };
     assert!(
-        state.starts_with("exited") && state.contains('3'),
+        state.starts_with("crashed") && state.contains("exit code 3"),
         "{state}"
     );
     // Its logs are there at the first ask too.
@@ -953,4 +953,392 @@ fn plain_logs_show_a_prompt_still_waiting_for_its_newline() {
     assert!(o.status.success() && last.contains("Password:"), "{shown}");
     assert!(shown.contains("READY"), "{shown}");
     down(&p);
+}
+
+/// A web server and a service that needs it, for the one-service commands.
+const WEB_AND_DEP: &str = r#"
+[bundle]
+startup_timeout = "30s"
+shutdown_timeout = "10s"
+
+[services.Web]
+command = ["python3", "-u", "-m", "http.server", "{port.http}", "--bind", "127.0.0.1"]
+ports = ["http"]
+ready = { tcp = "{port.http}" }
+
+[services.Dep]
+command = ["sh", "-c", "echo READY; exec sleep 100000"]
+ready = { line_contains = "READY" }
+needs = ["Web"]
+"#;
+
+/// One service's entry in `status --json`.
+fn status_of(p: &Project, name: &str) -> serde_json::Value {
+    let st = p.run(&["status", "--json"]);
+    assert!(st.status.success(), "{}", text(&st));
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in {v}"))
+}
+
+/// The marker of the project's current run, from the environment of its service `name`
+/// (not `.hitchserve/latest`: the log writer makes that link, in its own time).
+fn run_of(p: &Project, name: &str) -> String {
+    let pid = status_of(p, name)["pid"].as_u64().unwrap();
+    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    env.split(|&b| b == 0)
+        .find_map(|v| v.strip_prefix(b"HITCHSERVE_RUN="))
+        .map(|run| String::from_utf8_lossy(run).into_owned())
+        .unwrap_or_else(|| panic!("no HITCHSERVE_RUN in the environment of {name}"))
+}
+
+/// Every process of the run is gone once `down` has returned.
+fn assert_nothing_left(run: &str) {
+    for pid in marked(run) {
+        assert!(wait_gone(pid), "process {pid} of run {run} outlived `down`");
+    }
+}
+
+fn is_alive(pid: u64) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+/// A request to `port` on localhost, its whole answer (the server closes after one).
+fn http_get(port: u64, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    write!(conn, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// Lines of a running `hitchserve logs -f`, read on a thread: the first that contains
+/// `needle` within a generous while, or a failure.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no line with {needle:?} from `logs -f`: {e}"),
+        }
+    }
+}
+
+#[test]
+fn stop_then_start_gives_a_new_ready_process_while_its_dependent_keeps_running() {
+    let p = Project::new("stopstart", WEB_AND_DEP);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let run = run_of(&p, "Dep");
+    let (web, dep) = (status_of(&p, "Web"), status_of(&p, "Dep"));
+    let port = web["ports"]["http"].as_u64().unwrap();
+    let (web_pid, dep_pid) = (web["pid"].as_u64().unwrap(), dep["pid"].as_u64().unwrap());
+    assert_eq!(web["incarnation"], 1);
+
+    // A follower started before the restart sees the new process's lines too.
+    let mut follow = p
+        .cmd(&["logs", "Web", "-f", "-n", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, followed) = std::sync::mpsc::channel();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // It follows (its request line is shown): from now on nothing is missed.
+    loop {
+        http_get(port, "/before-stop");
+        if followed
+            .recv_timeout(std::time::Duration::from_secs(1))
+            .is_ok_and(|l| l.contains("/before-stop"))
+        {
+            break;
+        }
+    }
+
+    let stopped = p.run(&["stop", "Web"]);
+    assert!(stopped.status.success(), "{}", text(&stopped));
+    assert!(!is_alive(web_pid), "`stop` returned before Web exited");
+    let web = status_of(&p, "Web");
+    assert!(
+        web["state"].as_str().unwrap().starts_with("stopped") && web["pid"].is_null(),
+        "{web}"
+    );
+    let dep = status_of(&p, "Dep");
+    assert_eq!(
+        (dep["state"].as_str(), dep["pid"].as_u64()),
+        (Some("ready"), Some(dep_pid))
+    );
+    assert!(is_alive(dep_pid));
+
+    let started = p.run(&["start", "Web"]);
+    assert!(started.status.success(), "{}", text(&started));
+    assert!(text(&started).contains("Web: ready"), "{}", text(&started));
+    let web = status_of(&p, "Web");
+    let new_pid = web["pid"].as_u64().unwrap();
+    assert_ne!(new_pid, web_pid);
+    assert_eq!(
+        (web["state"].as_str(), web["incarnation"].as_u64()),
+        (Some("ready"), Some(2))
+    );
+    assert_eq!(web["restarts"], 1);
+    // Ready means it answers, on the same port.
+    assert_eq!(web["ports"]["http"].as_u64(), Some(port));
+    assert!(http_get(port, "/after-restart").starts_with("HTTP/1.0 404"));
+    wait_for_line(&followed, "/after-restart");
+    assert_eq!(status_of(&p, "Dep")["pid"].as_u64(), Some(dep_pid));
+    let table = p.run(&["status"]);
+    assert!(
+        text(&table).contains("ready, restarts: 1"),
+        "{}",
+        text(&table)
+    );
+
+    // `restart` is both, in one command.
+    let restarted = p.run(&["restart", "Web"]);
+    assert!(restarted.status.success(), "{}", text(&restarted));
+    assert_eq!(status_of(&p, "Web")["incarnation"], 3);
+
+    // Each stop and start is in the bundle's log.
+    let logs = text(&p.run(&["logs"]));
+    for said in [
+        "Stopping Web",
+        "Stopped Web",
+        "Starting Web (incarnation 2)",
+    ] {
+        assert!(logs.contains(said), "{said:?} not in:\n{logs}");
+    }
+    down(&p);
+    assert!(follow.wait().unwrap().success());
+    assert_nothing_left(&run);
+}
+
+#[test]
+fn pause_makes_a_client_time_out_and_resume_lets_it_answer() {
+    use std::io::{Read, Write};
+    let p = Project::new("pause", WEB_AND_DEP);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let run = run_of(&p, "Web");
+    let port = status_of(&p, "Web")["ports"]["http"].as_u64().unwrap();
+
+    let paused = p.run(&["pause", "Web"]);
+    assert!(paused.status.success(), "{}", text(&paused));
+    assert_eq!(status_of(&p, "Web")["state"], "paused");
+    // The kernel still accepts the connection; nobody answers.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port as u16)).unwrap();
+    write!(conn, "GET /while-paused HTTP/1.0\r\n\r\n").unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let mut first = [0u8; 1];
+    let err = conn.read(&mut first).unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+
+    let resumed = p.run(&["resume", "Web"]);
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert_eq!(status_of(&p, "Web")["state"], "ready");
+    // The same request, waiting since, is answered now.
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 404"), "{answer}");
+
+    // Paused, then brought down: `down` resumes it to stop it.
+    assert!(p.run(&["pause", "Web"]).status.success());
+    down(&p);
+    assert_nothing_left(&run);
+}
+
+#[test]
+fn kill_after_ready_shows_as_a_crash_in_status_and_makes_down_exit_non_zero() {
+    let p = Project::new("killcrash", WEB_AND_DEP);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let run = run_of(&p, "Web");
+    let dep_pid = status_of(&p, "Dep")["pid"].as_u64().unwrap();
+
+    // SIGKILL by default; `kill` returns once the process has exited.
+    let killed = p.run(&["kill", "Web"]);
+    assert!(killed.status.success(), "{}", text(&killed));
+    let web = status_of(&p, "Web");
+    assert_eq!(web["state"], "crashed (signal 9 (SIGKILL))", "{web}");
+    assert!(web["pid"].is_null());
+    assert!(is_alive(dep_pid), "Dep is not stopped because Web crashed");
+
+    // What a crash means is what the library says of it: `down` stops everything, then
+    // reports the crash it had not reported yet.
+    let o = p.run(&["down"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let said = text(&o);
+    assert!(
+        said.contains("the bundle stopped") && said.contains("`Web` exited unexpectedly"),
+        "{said}"
+    );
+    assert!(!up_running(&p), "down returned before the bundle stopped");
+    assert_nothing_left(&run);
+}
+
+fn up_running(p: &Project) -> bool {
+    let st = p.run(&["status"]);
+    !text(&st).contains("no bundle is running")
+}
+
+#[test]
+fn a_restart_policy_from_the_file_restarts_a_crashing_service_n_times_then_reports_it() {
+    // The first process crashes when the test says so, each one after it at once.
+    let p = Project::new(
+        "policy",
+        r#"
+[bundle]
+startup_timeout = "30s"
+
+[services.Worker]
+command = ["sh", "-c", "n=$(( $(cat starts 2>/dev/null || echo 0) + 1 )); echo $n > starts; echo READY $n; if [ $n = 1 ]; then read x < crash.fifo; fi; exit 3"]
+ready = { line_contains = "READY" }
+restart = "on-failure"
+max_restarts = 2
+restart_backoff = "50ms"
+
+[services.Other]
+command = ["sh", "-c", "echo READY; exec sleep 100000"]
+ready = { line_contains = "READY" }
+"#,
+    );
+    let fifo = std::ffi::CString::new(p.0.join("crash.fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let run = run_of(&p, "Other");
+    assert_eq!(status_of(&p, "Worker")["state"], "ready");
+    // Opening blocks until Worker reads; the line makes it exit 3.
+    std::fs::write(p.0.join("crash.fifo"), "now\n").unwrap();
+    let gave_up = p.run(&[
+        "logs",
+        "--until",
+        "giving up",
+        "-n",
+        "1000",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(gave_up.status.success(), "{}", text(&gave_up));
+    assert!(
+        text(&gave_up).contains("was restarted 2 times"),
+        "{}",
+        text(&gave_up)
+    );
+    let logs = text(&p.run(&["logs"]));
+    for said in [
+        "restart 1 in",
+        "restart 2 in",
+        "Starting Worker (incarnation 3)",
+    ] {
+        assert!(logs.contains(said), "{said:?} not in:\n{logs}");
+    }
+    assert!(!logs.contains("incarnation 4"), "{logs}");
+    // The give-up is logged just before the exit is recorded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let worker = loop {
+        let worker = status_of(&p, "Worker");
+        if worker["state"] != "restarting" || std::time::Instant::now() > deadline {
+            break worker;
+        }
+    };
+    assert_eq!(worker["state"], "crashed (exit code 3)", "{worker}");
+    assert_eq!(worker["incarnation"], 3);
+    assert_eq!(
+        std::fs::read_to_string(p.0.join("starts")).unwrap().trim(),
+        "3"
+    );
+    assert_eq!(status_of(&p, "Other")["state"], "ready");
+
+    let o = p.run(&["down"]);
+    assert!(
+        !o.status.success() && text(&o).contains("`Worker` exited unexpectedly"),
+        "{}",
+        text(&o)
+    );
+    assert_nothing_left(&run);
+}
+
+#[test]
+fn one_service_commands_given_a_mistake_fail_clearly_and_at_once() {
+    let p = Project::new("onemistakes", WEB_AND_DEP);
+    let patience = std::time::Duration::from_secs(60);
+    // Nothing running: told so, never a wait.
+    for args in [
+        &["stop", "Web"][..],
+        &["start", "Web"],
+        &["restart", "Web", "--setup"],
+        &["pause", "Web"],
+        &["resume", "Web"],
+        &["kill", "Web"],
+    ] {
+        let o = output_within(p.cmd(args), patience);
+        assert!(
+            !o.status.success() && text(&o).contains("no bundle is running"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+    // A bad signal is told before asking any bundle.
+    let o = output_within(p.cmd(&["kill", "Web", "--signal", "SIGFOO"]), patience);
+    assert!(!o.status.success() && text(&o).contains("unknown signal `SIGFOO`"));
+
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let run = run_of(&p, "Dep");
+    for verb in ["stop", "start", "restart", "pause", "resume", "kill"] {
+        let o = output_within(p.cmd(&[verb, "Nope"]), patience);
+        assert!(
+            !o.status.success() && text(&o).contains("no service `Nope`"),
+            "{verb}: {}",
+            text(&o)
+        );
+    }
+    // A stopped service can't be paused, resumed, killed or signalled: says so and how to
+    // start it again; stopping it again is nothing to do.
+    assert!(p.run(&["stop", "Web"]).status.success());
+    for args in [
+        &["pause", "Web"][..],
+        &["resume", "Web"],
+        &["kill", "Web"],
+        &["signal", "Web", "HUP"],
+    ] {
+        let o = output_within(p.cmd(args), patience);
+        assert!(
+            !o.status.success()
+                && text(&o).contains("service `Web` is not running")
+                && text(&o).contains("hitchserve start Web"),
+            "{args:?}: {}",
+            text(&o)
+        );
+    }
+    let again = p.run(&["stop", "Web"]);
+    assert!(again.status.success(), "{}", text(&again));
+    // A stopped service is no crash: `down` exits 0.
+    down(&p);
+    assert_nothing_left(&run);
 }

@@ -171,6 +171,24 @@ def test_stop_then_start_runs_the_same_service_again_and_only_setup_true_reruns_
         assert counted.logs.setup.lines() == ["setting up", "setting up"]
 
 
+def test_a_ready_checker_that_raises_during_start_fails_it_with_that_exception(service_bundle):
+    answers = iter([True])  # ready the first time; raises the second
+
+    def checker(line):
+        if next(answers, None) is None:
+            raise ValueError("no second chance")
+        return True
+
+    service_bundle["Once"] = hitchserve.Service(
+        command=py(READY_THEN_WAIT), log_line_ready_checker=checker
+    )
+    service_bundle.startup()
+    service_bundle["Once"].stop()
+    with pytest.raises(ValueError, match="no second chance") as raised:
+        service_bundle["Once"].start()
+    assert any("`Once`" in note for note in raised.value.__notes__)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="engine: wait_ready takes an expected exit (by stop()) for a startup failure and "

@@ -4,8 +4,10 @@
 //! and predicates; JSON values; engine errors as the exceptions of `hitchserve.errors`) and
 //! the discipline that keeps Python responsive: the GIL is released whenever Rust waits, and
 //! every wait runs in short slices with `check_signals` between, so Ctrl-C is answered within
-//! a fraction of a second. It owns no engine behaviour: readiness, logs, time travel, hooks and
-//! shutdown are the crate's. The Pythonic surface (`ServiceBundle`, `Service`, `Logs`, psutil)
+//! a fraction of a second (an engine call that waits without a timeout of its own, such as a
+//! service's `start` or `stop`, runs on a thread of its own while this one takes the signals).
+//! It owns no engine behaviour: readiness, logs, time travel, hooks, restarts and shutdown are
+//! the crate's. The Pythonic surface (`ServiceBundle`, `Service`, `Logs`, psutil)
 //! is the pure-Python package around it.
 //!
 //! Invariant: never call into Python while holding one of our locks (a lock held by a thread
@@ -17,7 +19,9 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use hitchserve::services::{Cron, Postgres, Redis, Smtp};
-use hitchserve::{Bundle, Error, HookContext, Interrupter, LogLine, Service, Signal, Stream};
+use hitchserve::{
+    Bundle, Error, HookContext, Interrupter, LogLine, Restart, Service, Signal, Stream,
+};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyString};
@@ -232,8 +236,18 @@ fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
     })
 }
 
-/// A log line for Python: `(text, service, stream, part, seq, unix time, console form)`.
-type Entry = (String, String, &'static str, &'static str, u64, f64, String);
+/// A log line for Python: `(text, service, stream, part, seq, unix time, console form,
+/// incarnation)`.
+type Entry = (
+    String,
+    String,
+    &'static str,
+    &'static str,
+    u64,
+    f64,
+    String,
+    u32,
+);
 
 /// The console's label width for a bundle with these services: room for "Err NAME" (the
 /// console widens it further for services with hooks, whose labels are longer).
@@ -273,7 +287,41 @@ fn entry(line: &LogLine, width: usize) -> Entry {
         line.seq(),
         time,
         format!("{line:width$}"),
+        line.incarnation(),
     )
+}
+
+/// Run `call` (an engine call that waits with no timeout of its own to slice, such as a
+/// service's `start` or `stop`) on a thread of its own, and wait for its answer with the GIL
+/// released, Python's signal handlers running between slices: Ctrl-C raises
+/// `KeyboardInterrupt` at once. The call then goes on to its end in the background (the engine
+/// bounds it by the bundle's startup or shutdown timeout, and a shutdown ends it at once).
+fn interruptible<R: Send + 'static>(
+    py: Python<'_>,
+    what: &str,
+    call: impl FnOnce() -> R + Send + 'static,
+) -> PyResult<R> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("hitchserve-{what}"))
+        .spawn(move || {
+            let _ = tx.send(call());
+        })
+        .map_err(|e| {
+            PyRuntimeError::new_err(format!("could not start a thread for {what}: {e}"))
+        })?;
+    let rx = Mutex::new(rx);
+    loop {
+        match py.detach(|| lock(&rx).recv_timeout(SLICE)) {
+            Ok(answer) => return Ok(answer),
+            Err(mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(PyRuntimeError::new_err(format!(
+                    "the thread of {what} ended without an answer"
+                )))
+            }
+        }
+    }
 }
 
 fn signal(name: &str) -> PyResult<Signal> {
@@ -452,6 +500,27 @@ impl ServiceDef {
         let sig = signal(name)?;
         self.update(|s| s.stop_signal(sig))
     }
+
+    /// The restart policy: `"never"`, `"on-failure"` or `"always"`, at most `max` restarts,
+    /// the first after `backoff` seconds (the engine's default if `None`), doubled after each.
+    #[pyo3(signature = (policy, max, backoff=None))]
+    fn restart(&self, policy: &str, max: u32, backoff: Option<f64>) -> PyResult<()> {
+        let restart = match policy {
+            "never" => Restart::Never,
+            "on-failure" => Restart::on_failure(max),
+            "always" => Restart::always(max),
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "not a restart policy: {other:?} (\"never\", \"on-failure\" or \"always\")"
+                )))
+            }
+        };
+        let restart = match backoff {
+            Some(first) => restart.backoff(secs(first)?),
+            None => restart,
+        };
+        self.update(|s| s.restart(restart))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -607,28 +676,38 @@ impl NativeBundle {
         self.quick(|b| b.service(name))?.or_raise()
     }
 
-    /// The startup error, or the Python exception behind it (a hook or readiness check that
-    /// raised), with the engine's message as a note.
+    /// The startup error, or the Python exception behind it (see `raised_error`).
     fn startup_error(&self, py: Python<'_>, e: Error) -> PyErr {
-        let service = match &e {
-            Error::HookFailed { service, .. } | Error::ReadinessPanicked { service, .. } => {
-                Some(service.clone())
-            }
-            _ => None,
-        };
-        match service.and_then(|s| self.raised.take(&s)) {
-            Some(original) => {
-                let note = match &e {
-                    Error::ReadinessPanicked { service, .. } => format!(
-                        "hitchserve: raised by the readiness check (log_line_ready_checker) of service `{service}`; startup stopped every service it had started"
-                    ),
-                    other => format!("hitchserve: {other}"),
-                };
-                let _ = original.add_note(py, note);
-                original
-            }
-            None => py_err(e),
+        raised_error(
+            py,
+            &self.raised,
+            e,
+            "startup stopped every service it had started",
+        )
+    }
+}
+
+/// The engine's error, or the Python exception behind it (a hook or readiness check that
+/// raised), with the engine's message as a note; `then` says what became of the services.
+fn raised_error(py: Python<'_>, raised: &Raised, e: Error, then: &str) -> PyErr {
+    let service = match &e {
+        Error::HookFailed { service, .. } | Error::ReadinessPanicked { service, .. } => {
+            Some(service.clone())
         }
+        _ => None,
+    };
+    match service.and_then(|s| raised.take(&s)) {
+        Some(original) => {
+            let note = match &e {
+                Error::ReadinessPanicked { service, .. } => format!(
+                    "hitchserve: raised by the readiness check (log_line_ready_checker) of service `{service}`; {then}"
+                ),
+                other => format!("hitchserve: {other}"),
+            };
+            let _ = original.add_note(py, note);
+            original
+        }
+        None => py_err(e),
     }
 }
 
@@ -824,7 +903,14 @@ impl NativeBundle {
         Ok(ServiceHandle {
             handle: self.handle(name)?,
             width: self.quick(|b| console_width(&b.service_names()))?,
+            raised: Arc::clone(&self.raised),
         })
+    }
+
+    /// Wait until service `name` is ready (after a start, a restart or a restart by its
+    /// policy), within the startup timeout; Ctrl-C answered.
+    fn wait_until_ready(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        self.service(name)?.wait_until_ready(py)
     }
 
     fn service_names(&self) -> PyResult<Vec<String>> {
@@ -995,6 +1081,29 @@ struct ServiceHandle {
     handle: hitchserve::ServiceHandle,
     /// The console's label width (see `console_width`).
     width: usize,
+    /// The bundle's: what a readiness check or hook raised while the service started again.
+    raised: Arc<Raised>,
+}
+
+impl ServiceHandle {
+    /// Run `call` on the engine's handle (see `interruptible`); a readiness check or hook
+    /// that raised is raised as itself.
+    fn waiting(
+        &self,
+        py: Python<'_>,
+        what: &str,
+        call: impl FnOnce(&hitchserve::ServiceHandle) -> hitchserve::Result<()> + Send + 'static,
+    ) -> PyResult<()> {
+        let handle = self.handle.clone();
+        interruptible(py, what, move || call(&handle))?.map_err(|e| {
+            raised_error(
+                py,
+                &self.raised,
+                e,
+                "the service did not become ready again",
+            )
+        })
+    }
 }
 
 #[pymethods]
@@ -1065,6 +1174,69 @@ impl ServiceHandle {
 
     fn signal(&self, name: &str) -> PyResult<()> {
         self.handle.signal(signal(name)?).or_raise()
+    }
+
+    /// Stop it (stop signal, grace, SIGKILL); its exit is expected. Ctrl-C answered.
+    fn stop(&self, py: Python<'_>) -> PyResult<()> {
+        self.waiting(py, "stop", hitchserve::ServiceHandle::stop)
+    }
+
+    /// Start it again if it stopped (its setup hook too if `setup`) and wait until it is
+    /// ready, within the startup timeout. Ctrl-C answered.
+    #[pyo3(signature = (setup=false))]
+    fn start(&self, py: Python<'_>, setup: bool) -> PyResult<()> {
+        self.waiting(py, "start", move |h| {
+            if setup {
+                h.start_with_setup()
+            } else {
+                h.start()
+            }
+        })
+    }
+
+    /// `stop`, then `start`. Ctrl-C answered.
+    #[pyo3(signature = (setup=false))]
+    fn restart(&self, py: Python<'_>, setup: bool) -> PyResult<()> {
+        self.waiting(py, "restart", move |h| {
+            if setup {
+                h.restart_with_setup()
+            } else {
+                h.restart()
+            }
+        })
+    }
+
+    /// SIGSTOP to its process group.
+    fn pause(&self) -> PyResult<()> {
+        self.handle.pause().or_raise()
+    }
+
+    /// SIGCONT to its process group.
+    fn resume(&self) -> PyResult<()> {
+        self.handle.resume().or_raise()
+    }
+
+    fn is_paused(&self) -> bool {
+        self.handle.is_paused()
+    }
+
+    /// A signal to its process group, its exit not expected (a crash is reported).
+    fn kill(&self, name: &str) -> PyResult<()> {
+        self.handle.kill(signal(name)?).or_raise()
+    }
+
+    /// Wait until it is ready, within the startup timeout. Ctrl-C answered.
+    fn wait_until_ready(&self, py: Python<'_>) -> PyResult<()> {
+        self.waiting(
+            py,
+            "wait_until_ready",
+            hitchserve::ServiceHandle::wait_until_ready,
+        )
+    }
+
+    /// How many times its process has been started.
+    fn incarnation(&self) -> u32 {
+        self.handle.incarnation()
     }
 }
 

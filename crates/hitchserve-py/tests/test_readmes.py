@@ -67,3 +67,12 @@ def test_the_readmes_fixture_example_runs(readme, service_bundle):
     test = next(v for k, v in namespace.items() if k.startswith("test_"))
     test(service_bundle)
     assert service_bundle["Web"].is_ready
+
+
+def test_the_fault_injection_example_runs(service_bundle):
+    blocks = python_blocks("crates/hitchserve-py/README.md", "## Fault injection")
+    namespace = {}
+    exec(compile(blocks[0], "crates/hitchserve-py/README.md", "exec"), namespace)
+    test = next(v for k, v in namespace.items() if k.startswith("test_"))
+    test(service_bundle)
+    assert service_bundle["Web"].incarnation == 2

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from . import _native
 from .errors import DefinitionError, NoSuchService
 from .logs import Logs
-from .service import PathLike, Service
+from .service import PathLike, Service, _name_of
 
 __all__ = ["ServiceBundle"]
 
@@ -142,6 +142,12 @@ class ServiceBundle:
     def check(self) -> None:
         """Raise :class:`ServiceExited` if any service exited after it was ready."""
         self._native.check()
+
+    def wait_until_ready(self, service: Union[str, Service]) -> None:
+        """Wait until ``service`` (a name or the service) is ready: after its ``start()``,
+        ``restart()`` or a restart by its ``restart`` policy, within ``startup_timeout``.
+        Raises as ``startup()`` does if it exits or fails first. Ctrl-C stops the wait."""
+        self._native.wait_until_ready(_name_of(service))
 
     def __enter__(self) -> "ServiceBundle":
         return self

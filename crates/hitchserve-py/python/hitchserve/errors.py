@@ -61,8 +61,9 @@ class StartupTimeout(StartupError, TimeoutError):
 
 
 class ServiceExited(ServiceError):
-    """A service that was ready has exited on its own (reported by ``check()``, the next
-    time travel, signal or ``shutdown()``)."""
+    """A service that was ready has exited on its own or by ``kill()`` (reported by
+    ``check()``, the next time travel, signal or ``shutdown()``); with a ``restart`` policy,
+    once the policy gave up. An exit by ``stop()`` is expected: not reported."""
 
     returncode: Optional[int] = None
     status: Optional[str] = None

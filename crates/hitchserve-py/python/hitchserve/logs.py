@@ -21,24 +21,28 @@ class LogLine(str):
     """One log line: the text itself (a ``str``), with where and when it came from.
 
     ``service`` (``"Hitch"`` for the bundle's own lines), ``stream`` (``"stdout"`` or
-    ``"stderr"``), ``part`` (``"main"``, ``"setup"`` or ``"poststart"``), ``seq`` (its place
-    among all lines of the bundle), ``time`` (a ``datetime``, real time) and ``console``
-    (the line as the console prints it, the label padded: ``[    Django] text``).
+    ``"stderr"``), ``part`` (``"main"``, ``"setup"`` or ``"poststart"``), ``incarnation``
+    (which start of its service wrote it: 1 for the first, 2 after one restart...; 0 for the
+    bundle's own lines), ``seq`` (its place among all lines of the bundle), ``time`` (a
+    ``datetime``, real time) and ``console`` (the line as the console prints it, the label
+    padded: ``[    Django] text``).
     """
 
     service: str
     stream: str
     part: str
+    incarnation: int
     seq: int
     console: str
     _time: float
 
-    def __new__(cls, entry: Tuple[str, str, str, str, int, float, str]) -> "LogLine":
-        text, service, stream, part, seq, time, console = entry
+    def __new__(cls, entry: Tuple[str, str, str, str, int, float, str, int]) -> "LogLine":
+        text, service, stream, part, seq, time, console, incarnation = entry
         self = super().__new__(cls, text)
         self.service = service
         self.stream = stream
         self.part = part
+        self.incarnation = incarnation
         self.seq = seq
         self._time = time
         self.console = console

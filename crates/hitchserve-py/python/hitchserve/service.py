@@ -1,6 +1,7 @@
 """Services: how one is defined (``Service(command=..., log_line_ready_checker=...)``, or a
 subclass with ``setup``/``poststart``), and what a started one gives (logs, pid, a
-``psutil.Process``, sub-commands).
+``psutil.Process``, sub-commands, and the faults a test injects: ``stop``, ``start``,
+``restart``, ``pause``, ``resume``, ``kill``).
 
 A definition becomes the engine's ``Service`` at ``startup()``; hooks and readiness checks
 are Python callables the engine calls (on its own threads, taking the GIL for the call).
@@ -10,7 +11,7 @@ import datetime as _dt
 import os
 import shlex
 import subprocess
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import psutil
 
@@ -110,6 +111,16 @@ class Service:
     ``{port.NAME}`` in the command and environment), ``needs_started``,
     ``needs_completed``, ``stop_signal`` (e.g. ``"SIGINT"``), ``user`` and ``one_shot``.
 
+    ``restart`` is what happens when it exits unasked after startup: ``"never"`` (the
+    default: the exit is reported by ``check()``, the next time travel or ``shutdown()``,
+    which is what a test wants), ``"on-failure"`` (after an exit with a non-zero status or by
+    a signal) or ``"always"``, at most ``max_restarts`` times (required with those two), the
+    first after ``restart_backoff`` seconds (default 0.1; a ``timedelta`` works too), doubled
+    after each up to 30 s. Each restart is logged and keeps its ports, environment and the
+    bundle's fake time; its setup hook does not run again; services that need it are not
+    restarted. Past ``max_restarts`` the exit is reported like any crash. Kept as the
+    attributes ``restart_policy``, ``max_restarts`` and ``restart_backoff``.
+
     Subclass it and override ``setup(self)`` (before the service starts) or
     ``poststart(self)`` (once it is ready); inside them, ``self.log(...)``,
     ``self.run(...)`` and ``self.subcommand(...)`` work, their output stored under the
@@ -131,6 +142,9 @@ class Service:
         stop_signal: Optional[Union[str, int]] = None,
         user: Optional[str] = None,
         one_shot: bool = False,
+        restart: str = "never",
+        max_restarts: Optional[int] = None,
+        restart_backoff: Union[None, float, _dt.timedelta] = None,
     ) -> None:
         if isinstance(command, (str, bytes)):
             raise TypeError(
@@ -150,6 +164,11 @@ class Service:
         self.stop_signal = stop_signal
         self.user = user
         self.one_shot = one_shot
+        # Not `self.restart`: that is the method that restarts it.
+        self.restart_policy = restart
+        self.max_restarts = max_restarts
+        self.restart_backoff = restart_backoff
+        _check_restart(restart, max_restarts, restart_backoff)
         self.name: Optional[str] = None
         self._bundle: Any = None
         self._ctx: Any = None
@@ -198,6 +217,11 @@ class Service:
             d.one_shot()
         if self.no_libfaketime:
             d.no_libfaketime()
+        max_restarts, backoff = _check_restart(
+            self.restart_policy, self.max_restarts, self.restart_backoff
+        )
+        if self.restart_policy != "never":
+            d.restart(self.restart_policy, max_restarts, backoff)
         if self._overrides("setup"):
             d.set_setup(self._hook(lambda: self.setup()))
         if self._overrides("poststart"):
@@ -292,6 +316,66 @@ class Service:
         """Send a signal (``"SIGHUP"``, ``signal.SIGHUP``) to its whole process group."""
         self._handle().signal(_signal_name(sig))
 
+    # -- faults to inject: one service at a time ------------------------------------------
+
+    def stop(self) -> None:
+        """Stop it: its stop signal to its whole process group, SIGKILL to what is left after
+        the bundle's ``shutdown_timeout``; returns once it has exited and its last lines are
+        stored (a ``[Hitch] Stopping ...`` line says so). Its exit is expected: no crash is
+        reported. Services that need it keep running. Nothing happens if it isn't running.
+        Ctrl-C stops the wait (the stop goes on)."""
+        self._handle().stop()
+
+    def start(self, setup: bool = False) -> None:
+        """Start it again after it stopped (by :meth:`stop`, a crash or :meth:`kill`): the same
+        command, environment and reserved ports, on the bundle's current fake time. Waits until
+        it is ready (its ``log_line_ready_checker`` and ``poststart``) within the bundle's
+        ``startup_timeout``, or raises as ``startup()`` does (:class:`StartupError`,
+        :class:`StartupTimeout`, or what your checker or hook raised). The ``setup`` hook runs
+        again only with ``setup=True``. A service that runs is left as it is. Its log goes on:
+        lines of the new process have ``incarnation`` one more. Ctrl-C stops the wait (the
+        service goes on starting)."""
+        self._handle().start(bool(setup))
+
+    def restart(self, setup: bool = False) -> None:
+        """:meth:`stop`, then :meth:`start` (``setup=True`` runs the setup hook again)."""
+        self._handle().restart(bool(setup))
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP to its whole process group): the "hung dependency" fault. Its
+        port still accepts connections, nothing answers. :meth:`resume` thaws it; stopping a
+        paused service resumes it first. Raises :class:`NotRunning` if it isn't running."""
+        self._handle().pause()
+
+    def resume(self) -> None:
+        """Thaw it after :meth:`pause` (SIGCONT to its whole process group)."""
+        self._handle().resume()
+
+    @property
+    def is_paused(self) -> bool:
+        """Whether it is paused (see :meth:`pause`)."""
+        return self._handle().is_paused()
+
+    def kill(self, signal: Union[str, int] = "SIGKILL") -> None:
+        """Send ``signal`` (``"SIGKILL"``, ``signal.SIGSEGV``...) to its whole process group,
+        its exit *not* expected: the "crash" fault. If it dies, that is reported as any crash
+        after readiness (:class:`ServiceExited` from ``check()``, the next time travel or
+        ``shutdown()``), unless its restart policy or :meth:`start` starts it again."""
+        self._handle().kill(_signal_name(signal))
+
+    def wait_until_ready(self) -> None:
+        """Wait until it is ready (after :meth:`start`, :meth:`restart` or a restart by its
+        ``restart`` policy), within the bundle's ``startup_timeout``; raises as
+        :meth:`start` does if it exits or fails first, :class:`NotRunning` if it is stopped.
+        Ctrl-C stops the wait."""
+        self._handle().wait_until_ready()
+
+    @property
+    def incarnation(self) -> int:
+        """How many times its process has been started: 1 after ``startup()``, 2 after one
+        restart (by hand or by its policy), and so on."""
+        return self._handle().incarnation()
+
     def port(self, name: str) -> int:
         """The port reserved for it as ``name`` (see ``ports=``)."""
         return self._engine().port(str(self.name), name)
@@ -330,6 +414,8 @@ class Service:
                 status = handle.exit_status()
                 if status:
                     state = status[0]
+                elif handle.is_paused():
+                    state = f"paused, pid {pid}"
                 elif handle.is_ready():
                     state = f"ready, pid {pid}"
                 else:
@@ -356,6 +442,54 @@ def _check_env_vars(env_vars: Dict[str, Any]) -> Dict[str, str]:
             raise DefinitionError(f"env_vars: the value of {key!r} contains a NUL character")
         checked[key] = text
     return checked
+
+
+#: The values of ``Service(restart=...)``.
+RESTART_POLICIES = ("never", "on-failure", "always")
+
+
+def _check_restart(
+    restart: Any, max_restarts: Any, backoff: Any
+) -> Tuple[int, Optional[float]]:
+    """The restart policy's count and first backoff in seconds, checked; refused up front."""
+    if not isinstance(restart, str):
+        raise TypeError(
+            f"restart= is one of {', '.join(map(repr, RESTART_POLICIES))}, not "
+            f"{type(restart).__name__}: {restart!r}"
+        )
+    if restart not in RESTART_POLICIES:
+        raise DefinitionError(
+            f"restart={restart!r} is not a restart policy: use one of "
+            f"{', '.join(map(repr, RESTART_POLICIES))}"
+        )
+    if restart == "never":
+        if max_restarts is not None or backoff is not None:
+            raise DefinitionError(
+                "max_restarts= and restart_backoff= apply to restart='on-failure' or "
+                "restart='always' only (the default, restart='never', reports the exit)"
+            )
+        return 0, None
+    if max_restarts is None:
+        raise DefinitionError(
+            f"restart={restart!r} needs max_restarts=N: how many restarts at most before "
+            "the exit is reported like a crash"
+        )
+    if not isinstance(max_restarts, int) or isinstance(max_restarts, bool):
+        raise TypeError(
+            f"max_restarts= is a number of restarts, not {type(max_restarts).__name__}: {max_restarts!r}"
+        )
+    if not 0 <= max_restarts <= 0xFFFF_FFFF:
+        raise DefinitionError(f"max_restarts= is a number of restarts, 0 or more, not {max_restarts}")
+    if backoff is None:
+        return max_restarts, None
+    if not isinstance(backoff, (int, float, _dt.timedelta)) or isinstance(backoff, bool):
+        raise TypeError(
+            f"restart_backoff= is in seconds (or a timedelta), not {type(backoff).__name__}: {backoff!r}"
+        )
+    seconds = _seconds(backoff)
+    if not 0 <= seconds < float("inf"):
+        raise DefinitionError(f"restart_backoff= is a duration, 0 or more seconds, not {seconds}")
+    return max_restarts, seconds
 
 
 def _name_of(need: Union[Service, str]) -> str:

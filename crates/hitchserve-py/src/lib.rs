@@ -72,7 +72,7 @@ fn class_of(e: &Error) -> &'static str {
         Error::WaitTimeout { .. } => "LogTimeout",
         Error::EndedWhileWaiting { .. } => "LogEnded",
         Error::SubcommandFailed { .. } => "SubcommandFailed",
-        Error::NotRunning => "NotRunning",
+        Error::NotRunning | Error::ServiceNotRunning { .. } => "NotRunning",
         Error::NoSuchService { .. } => "NoSuchService",
         Error::TimeTravelDisabled | Error::TimeOutOfRange => "TimeTravelError",
         Error::NoSuchProcess { .. } => "NoSuchProcess",

@@ -189,11 +189,6 @@ def test_a_ready_checker_that_raises_during_start_fails_it_with_that_exception(s
     assert any("`Once`" in note for note in raised.value.__notes__)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: wait_ready takes an expected exit (by stop()) for a startup failure and "
-    "reports it as ServiceExited 'exited unexpectedly' (runtime/report.rs take_startup_failure)",
-)
 def test_wait_until_ready_on_a_stopped_service_says_it_is_not_running(service_bundle):
     service_bundle["Stopped"] = hitchserve.Service(
         command=py(READY_THEN_WAIT), log_line_ready_checker=lambda line: line == "READY"

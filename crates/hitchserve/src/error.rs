@@ -362,6 +362,15 @@ pub enum Error {
     #[error("the bundle is not running: call startup first")]
     NotRunning,
 
+    /// What was asked of one service needs its process, and it has none now.
+    #[error("service `{service}` is not running: it {state}")]
+    ServiceNotRunning {
+        /// The service.
+        service: String,
+        /// Where it is and what to do, e.g. "was stopped: start it again first (`start()`)".
+        state: String,
+    },
+
     /// A ready-made service's handle was asked of a service of another kind.
     #[error("service `{service}` is not a {kind} service (it was not made by `{kind}::service`): ask for the handle of the right service")]
     NotAService {

@@ -176,7 +176,13 @@ impl ServiceHandle {
     /// "crash" fault: if it dies, the crash is reported as any crash after readiness is (by
     /// [`check`](Self::check), the next time travel or shutdown), unless it is started again.
     pub fn kill(&self, signal: Signal) -> Result<()> {
-        self.signal(signal)
+        report_crash(&self.runtime, Some(self.idx), true)?;
+        // Under the lock: it keeps the group's leader unreaped while the signal is sent.
+        let states = self.runtime.lock();
+        match states[self.idx].group() {
+            Some(group) if group.signal(signal) => Ok(()),
+            _ => Err(self.runtime.not_running(self.idx, &states[self.idx])),
+        }
     }
 
     /// Wait until it is ready (after a start, a restart, or a restart by its policy), within

@@ -49,12 +49,16 @@ impl Runtime {
         self.wait_ready_after(idx, before)
     }
 
-    /// SIGSTOP (`pause`) or SIGCONT its whole group; an error if its process isn't running.
+    /// SIGSTOP (`pause`) or SIGCONT its whole group; an error if its process isn't running
+    /// (or, for a pause, is being stopped).
     pub(crate) fn pause(&self, idx: usize, pause: bool) -> Result<()> {
         {
             let mut states = self.lock();
-            if states[idx].pid().is_none() {
-                return Err(Error::NotRunning);
+            let st = &states[idx];
+            // A pause would freeze a stop under way (it could not act on its stop signal).
+            let stopping = matches!(st.phase, Phase::Running { stop: Some(_), .. });
+            if st.pid().is_none() || (pause && stopping) {
+                return Err(self.not_running(idx, st));
             }
             let event = if pause { Event::Pause } else { Event::Resume };
             let _ = self.apply_locked(&mut states, idx, event);

@@ -156,7 +156,8 @@ impl Runtime {
     }
 
     /// Apply `event` to service `idx` under the held lock and send the signals it asks for
-    /// right now, while the lock keeps every leader unreaped. The other actions are returned,
+    /// right now, while the lock keeps every leader unreaped (and end or reopen its logs, so
+    /// that can't pass a transition that follows). The other actions are returned,
     /// to be carried out once the lock is let go; `signalled` says whether a signal was sent.
     fn apply_locked(
         &self,
@@ -169,6 +170,14 @@ impl Runtime {
         actions.retain(|action| match action {
             Action::Signal(group, signal) => {
                 signalled |= group.signal(*signal);
+                false
+            }
+            Action::LogsEnded => {
+                self.sink.store.mark_ended(idx);
+                false
+            }
+            Action::LogsGoOn => {
+                self.sink.store.mark_restarted(idx);
                 false
             }
             _ => true,
@@ -192,9 +201,9 @@ impl Runtime {
         let mut spawn = false;
         for action in actions {
             match action {
-                Action::Signal(..) => {}
+                Action::Signal(..) | Action::LogsEnded | Action::LogsGoOn => {}
                 Action::Spawn => spawn = true,
-                Action::RunPoststart => self.run_poststart(idx),
+                Action::RunPoststart { start } => self.run_poststart(idx, start),
                 Action::Announce { took } => {
                     self.sink.log(&format!(
                         "{} ready after {:.2} s",
@@ -211,11 +220,7 @@ impl Runtime {
                     self.start_startable();
                 }
                 Action::RestartAfter(after) => self.restart_later(idx, after),
-                Action::Start => {
-                    // Waits on its lines block again: more are coming.
-                    self.sink.store.mark_restarted(idx);
-                    self.start_elsewhere(idx);
-                }
+                Action::Start => self.start_elsewhere(idx),
             }
         }
         spawn

@@ -16,7 +16,9 @@ const PROBE_MAX_PAUSE: Duration = Duration::from_millis(250);
 const PROBE_LIMIT: Duration = Duration::from_secs(2);
 
 /// Try a service's probes until its check passes or it is no longer waiting for them.
-pub(crate) fn probe_until_ready(runtime: &Arc<Runtime>, idx: usize, checker: &Checker) {
+/// `start`: the start number of the process the probes are for; they end once it is not the
+/// service's current one.
+pub(crate) fn probe_until_ready(runtime: &Arc<Runtime>, idx: usize, checker: &Checker, start: u32) {
     let env = ProbeEnv {
         exec: &runtime.services()[idx].exec,
         limit: PROBE_LIMIT,
@@ -24,13 +26,14 @@ pub(crate) fn probe_until_ready(runtime: &Arc<Runtime>, idx: usize, checker: &Ch
     let mut pause = PROBE_FIRST_PAUSE;
     loop {
         let checking = runtime.read(idx, |st| {
-            matches!(
-                st.phase,
-                Phase::Running {
-                    readiness: Readiness::Checking { .. },
-                    ..
-                }
-            )
+            st.incarnation == start
+                && matches!(
+                    st.phase,
+                    Phase::Running {
+                        readiness: Readiness::Checking { .. },
+                        ..
+                    }
+                )
         });
         if !checking {
             return;
@@ -38,16 +41,16 @@ pub(crate) fn probe_until_ready(runtime: &Arc<Runtime>, idx: usize, checker: &Ch
         match checker.probe(&env) {
             Verdict::Ready => {
                 let at = std::time::Instant::now();
-                runtime.dispatch(idx, Event::ReadinessPassed { at });
+                runtime.dispatch(idx, Event::ReadinessPassed { at }.of(start));
                 return;
             }
             Verdict::Panicked(message) => {
-                runtime.dispatch(idx, Event::CheckPanicked(message));
+                runtime.dispatch(idx, Event::CheckPanicked(message).of(start));
                 return;
             }
             Verdict::NotYet => {
                 if let Some(why) = checker.last_failure() {
-                    runtime.dispatch(idx, Event::ProbeFailed(why));
+                    runtime.dispatch(idx, Event::ProbeFailed(why).of(start));
                 }
             }
         }

@@ -123,7 +123,10 @@ impl Runtime {
             }
             match st.take_startup_failure(t) {
                 Some(failure) => failure,
-                None if st.is_settled() => return Err(Error::NotRunning),
+                None if st.is_settled() => {
+                    let error = self.not_running(idx, st);
+                    return Err(error);
+                }
                 None => {
                     drop(states);
                     return Err(self.timeout_error_for(timeout, Some(idx)));
@@ -131,6 +134,33 @@ impl Runtime {
             }
         };
         Err(self.failure_error(idx, failure))
+    }
+
+    /// The error for asking service `idx` (in state `st`) for something only a running
+    /// process can do.
+    pub(crate) fn not_running(&self, idx: usize, st: &ServiceState) -> Error {
+        let state = match &st.phase {
+            Phase::Exited { expected: true, .. } => {
+                "was stopped: start it again first (`start()`)".to_owned()
+            }
+            Phase::Exited { status, .. } => {
+                format!("exited ({status}): start it again first (`start()`)")
+            }
+            Phase::Restarting { .. } => "waits for its restart policy to start it again \
+                (`wait_until_ready()`)"
+                .to_owned(),
+            Phase::NotStarted => "was never started (see the startup error)".to_owned(),
+            Phase::Waiting | Phase::SettingUp { .. } | Phase::Spawning { .. } => {
+                "is starting (`wait_until_ready()`)".to_owned()
+            }
+            Phase::Exiting { .. } | Phase::Draining { .. } => "is exiting".to_owned(),
+            Phase::Running { stop: Some(_), .. } => "is being stopped".to_owned(),
+            Phase::Running { .. } => "is running".to_owned(),
+        };
+        Error::ServiceNotRunning {
+            service: self.services()[idx].name.clone(),
+            state,
+        }
     }
 
     /// After a failed startup, every exit is already told of: don't report one again.
@@ -246,6 +276,8 @@ impl ServiceState {
             return Some(StartupFailure::Failed(f));
         }
         match self.phase {
+            // A stop asked for is no failure.
+            Phase::Exited { expected: true, .. } => None,
             Phase::Exited { status, .. } if t.one_shot && status.success() => None,
             Phase::Exited { status, .. } if self.was_ready() && !t.one_shot => {
                 Some(StartupFailure::ExitedAfterReady(status))

@@ -83,7 +83,7 @@ mod tests {
             readiness,
             stop: None,
             paused: false,
-            then_start: None,
+            after: crate::runtime::state::AfterExit::Policy,
         })
     }
 

@@ -265,8 +265,13 @@ impl Runtime {
                 ),
             })
         })();
-        if let Some(made) = made {
-            table[idx] = Arc::new(made);
+        match made {
+            Some(made) => table[idx] = Arc::new(made),
+            None => self.sink.warn(&format!(
+                "the log store can name no more sources: lines of `{name}` from its start \
+                 {incarnation} on are marked as start {}",
+                table[idx].out.incarnation
+            )),
         }
         Arc::clone(&table[idx])
     }
@@ -342,7 +347,7 @@ impl Runtime {
 
     /// Run service `idx`'s poststart hook on a thread of its own (the thread that saw it
     /// pass its check may be its reader, which must keep draining its pipes).
-    pub(crate) fn run_poststart(self: &Arc<Self>, idx: usize) {
+    pub(crate) fn run_poststart(self: &Arc<Self>, idx: usize, start: u32) {
         let runtime = Arc::clone(self);
         let spawned = std::thread::Builder::new()
             .name(format!("hitchserve:{}:post", self.services()[idx].name))
@@ -354,14 +359,14 @@ impl Runtime {
                     None => Ok(()),
                 };
                 let at = Instant::now();
-                runtime.dispatch(idx, Event::PoststartDone { result, at });
+                runtime.dispatch(idx, Event::PoststartDone { result, at }.of(start));
             });
         match spawned {
             Ok(handle) => self.threads.keep(handle),
             Err(e) => {
                 let result = Err(format!("could not start its thread: {e}"));
                 let at = Instant::now();
-                self.dispatch(idx, Event::PoststartDone { result, at });
+                self.dispatch(idx, Event::PoststartDone { result, at }.of(start));
             }
         }
     }

@@ -37,8 +37,8 @@ pub(crate) enum Phase {
         stop: Option<Stop>,
         /// Its group is stopped with SIGSTOP (see `ServiceHandle::pause`).
         paused: bool,
-        /// Start it again once reaped (a restart by hand), with its setup hook if `true`.
-        then_start: Option<bool>,
+        /// What is to happen once its main process is reaped.
+        after: AfterExit,
     },
     /// Its main process has exited but is not reaped, so the group is still ours: what is
     /// left of it gets the rest of the grace (`deadline`) if the exit was `expected`.
@@ -47,13 +47,13 @@ pub(crate) enum Phase {
         expected: bool,
         deadline: Option<Instant>,
         readiness: Readiness,
-        then_start: Option<bool>,
+        after: AfterExit,
     },
     /// Its group has been killed; its pipes are being drained and its leader reaped.
     Draining {
         expected: bool,
         readiness: Readiness,
-        then_start: Option<bool>,
+        after: AfterExit,
     },
     /// Done: reaped, every line it wrote stored.
     Exited {
@@ -87,6 +87,24 @@ pub(crate) enum Readiness {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stop {
     pub deadline: Option<Instant>,
+}
+
+/// What is to happen to a service once its main process is reaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterExit {
+    /// Its restart policy decides (nobody has asked for anything).
+    Policy,
+    /// It stays down: a stop was asked (after an exit nobody asked for, that is still a
+    /// crash; it is just not restarted).
+    Stay,
+    /// It starts again: a restart by hand, with its setup hook if `setup`.
+    Start { setup: bool },
+}
+
+impl AfterExit {
+    fn asked(then_start: Option<bool>) -> AfterExit {
+        then_start.map_or(AfterExit::Stay, |setup| AfterExit::Start { setup })
+    }
 }
 
 /// A failure that ends startup, kept until `startup` reports it (the first one wins).
@@ -153,6 +171,12 @@ pub(crate) enum Event {
     },
     /// Its "ready" line has been logged.
     Announced,
+    /// News from a thread of start number `start` (its reader, prober or poststart hook):
+    /// ignored if the service has been started again since.
+    OfStart {
+        start: u32,
+        event: Box<Event>,
+    },
     /// Start it again (it is settled): its setup hook too if `setup`.
     StartAgain {
         at: Instant,
@@ -194,8 +218,8 @@ pub(crate) enum Action {
     Signal(ProcessGroup, Signal),
     /// Go on to spawn it (the thread that reported the event does).
     Spawn,
-    /// Run its poststart hook on a thread of its own.
-    RunPoststart,
+    /// Run its poststart hook (for start number `start`) on a thread of its own.
+    RunPoststart { start: u32 },
     /// Log that it is ready after `took`, then report `Announced`.
     Announce { took: Duration },
     /// Start whatever may start now.
@@ -204,8 +228,23 @@ pub(crate) enum Action {
     Completed,
     /// Its restart policy restarts it once this much time has passed.
     RestartAfter(Duration),
-    /// Start it (again) on a thread of its own: its logs go on.
+    /// Start it (again) on a thread of its own.
     Start,
+    /// Its output has ended for good (it exited and stays down): waits on its lines end.
+    /// Done under the lock, like signals, so it can't pass a start that follows.
+    LogsEnded,
+    /// Its output goes on (it starts again): waits on its lines block again. Under the lock.
+    LogsGoOn,
+}
+
+impl Event {
+    /// This news, from a thread of start number `start`.
+    pub(crate) fn of(self, start: u32) -> Event {
+        Event::OfStart {
+            start,
+            event: Box::new(self),
+        }
+    }
 }
 
 impl ServiceState {
@@ -352,8 +391,18 @@ impl ServiceState {
             Phase::Draining {
                 expected,
                 ref readiness,
-                then_start: None,
+                after: AfterExit::Policy,
             } => reap(t, status, expected, readiness, self.restarts),
+            // Asked to stay down: only a crash is news (no restart).
+            Phase::Draining {
+                expected,
+                ref readiness,
+                after: AfterExit::Stay,
+            } => match reap(t, status, expected, readiness, self.restarts) {
+                // The restart its policy would make is called off: no news.
+                Reap::Restart { .. } => Reap::Quiet,
+                other => other,
+            },
             _ => Reap::Quiet,
         }
     }
@@ -386,6 +435,11 @@ impl ServiceState {
 
 /// Apply `event` to a service with traits `t`; the actions to carry out.
 pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Action> {
+    let event = match event {
+        Event::OfStart { start, .. } if start != st.incarnation => return Vec::new(),
+        Event::OfStart { event, .. } => *event,
+        event => event,
+    };
     let mut actions = Vec::new();
     // Take the phase to move its data; every arm puts one back.
     let phase = std::mem::replace(&mut st.phase, Phase::Waiting);
@@ -424,7 +478,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                     readiness: Readiness::Checking { last_failure: None },
                     stop,
                     paused: false,
-                    then_start: None,
+                    after: AfterExit::Policy,
                 }
             } else {
                 if t.started_dependents {
@@ -440,7 +494,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                     readiness,
                     stop,
                     paused: false,
-                    then_start: None,
+                    after: AfterExit::Policy,
                 }
             }
         }
@@ -460,7 +514,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 readiness: Readiness::Checking { .. },
                 stop,
                 paused,
-                then_start,
+                after,
             },
             Event::ReadinessPassed { at },
         ) => Phase::Running {
@@ -468,7 +522,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             readiness: passed(st, t, at, &mut actions),
             stop,
             paused,
-            then_start,
+            after,
         },
         (
             Phase::Running {
@@ -476,7 +530,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 readiness: Readiness::Checking { .. },
                 stop,
                 paused,
-                then_start,
+                after,
             },
             Event::ProbeFailed(why),
         ) => Phase::Running {
@@ -486,7 +540,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             },
             stop,
             paused,
-            then_start,
+            after,
         },
         (
             Phase::Running {
@@ -494,11 +548,12 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 readiness,
                 stop,
                 paused,
-                then_start,
+                after,
             },
             event @ (Event::Pause | Event::Resume),
         ) => {
-            let pause = matches!(event, Event::Pause);
+            // Never frozen while it is being stopped: it must act on its stop signal.
+            let pause = matches!(event, Event::Pause) && stop.is_none();
             if pause != paused {
                 let signal = if pause {
                     Signal::SIGSTOP
@@ -512,18 +567,21 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 readiness,
                 stop,
                 paused: pause,
-                then_start,
+                after,
             }
         }
         (
             Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. },
             Event::StartAgain { at, setup },
         ) => start_again(st, t, at, setup, &mut actions),
-        (Phase::Restarting { status }, Event::GiveUp) => Phase::Exited {
-            status,
-            expected: false,
-            readiness: Readiness::Checking { last_failure: None },
-        },
+        (Phase::Restarting { status }, Event::GiveUp) => {
+            actions.push(Action::LogsEnded);
+            Phase::Exited {
+                status,
+                expected: false,
+                readiness: Readiness::Checking { last_failure: None },
+            }
+        }
         (Phase::Restarting { .. }, Event::RestartDue { at }) => {
             st.steps = Steps {
                 started: Some(at),
@@ -572,7 +630,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
                 group,
                 readiness,
                 stop,
-                then_start,
+                after,
                 ..
             },
             Event::MainExited,
@@ -581,24 +639,24 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             expected: stop.is_some(),
             deadline: stop.and_then(|s| s.deadline),
             readiness,
-            then_start,
+            after,
         },
         (
             Phase::Exiting {
                 expected,
                 readiness,
-                then_start,
+                after,
                 ..
             },
             Event::GroupKilled,
         ) => Phase::Draining {
             expected,
             readiness,
-            then_start,
+            after,
         },
         (
             Phase::Draining {
-                then_start: Some(setup),
+                after: AfterExit::Start { setup },
                 ..
             },
             Event::Reaped { at, .. },
@@ -616,23 +674,36 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             Phase::Draining {
                 expected,
                 readiness,
-                then_start: None,
+                after,
             },
             Event::Reaped { status, .. },
         ) => {
-            if let Reap::Restart { after, .. } = reap(t, status, expected, &readiness, st.restarts)
-            {
-                st.restarts += 1;
-                actions.push(Action::RestartAfter(after));
-                Phase::Restarting { status }
-            } else {
-                if t.one_shot && status.success() {
-                    actions.push(Action::Completed);
+            match (reap(t, status, expected, &readiness, st.restarts), after) {
+                (Reap::Restart { after: wait, .. }, AfterExit::Policy) => {
+                    st.restarts += 1;
+                    actions.push(Action::RestartAfter(wait));
+                    Phase::Restarting { status }
                 }
-                Phase::Exited {
-                    status,
-                    expected,
-                    readiness,
+                // A restart its policy would make, called off by a stop: the same as a stop
+                // while it waits for that restart (no crash: the policy took the exit in hand).
+                (Reap::Restart { .. }, _) => {
+                    actions.push(Action::LogsEnded);
+                    Phase::Exited {
+                        status,
+                        expected: true,
+                        readiness,
+                    }
+                }
+                _ => {
+                    if t.one_shot && status.success() {
+                        actions.push(Action::Completed);
+                    }
+                    actions.push(Action::LogsEnded);
+                    Phase::Exited {
+                        status,
+                        expected,
+                        readiness,
+                    }
                 }
             }
         }
@@ -668,6 +739,7 @@ fn start_again(
     actions: &mut Vec<Action>,
 ) -> Phase {
     fresh_start(st, at);
+    actions.push(Action::LogsGoOn);
     actions.push(Action::Start);
     if setup && t.setup {
         Phase::SettingUp { stop: None }
@@ -691,7 +763,9 @@ fn fresh_start(st: &mut ServiceState, at: Instant) {
 fn passed(st: &mut ServiceState, t: &Traits, at: Instant, actions: &mut Vec<Action>) -> Readiness {
     st.steps.checked = Some(at);
     if t.poststart {
-        actions.push(Action::RunPoststart);
+        actions.push(Action::RunPoststart {
+            start: st.incarnation,
+        });
         Readiness::PostStart
     } else {
         st.steps.ready = Some(at);
@@ -758,7 +832,7 @@ fn stop(
                 readiness,
                 stop,
                 paused: false,
-                then_start: then,
+                after: AfterExit::asked(then),
             }
         }
         Phase::Exiting {
@@ -776,7 +850,7 @@ fn stop(
                 expected,
                 deadline,
                 readiness,
-                then_start: then,
+                after: AfterExit::asked(then),
             }
         }
         Phase::Draining {
@@ -786,18 +860,21 @@ fn stop(
         } => Phase::Draining {
             expected,
             readiness,
-            then_start: then,
+            after: AfterExit::asked(then),
         },
         // A restart of a service that is not running: just a start.
         Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. } if then.is_some() => {
             start_again(st, t, Instant::now(), then == Some(true), actions)
         }
         // Its restart policy's restart is called off: the bundle (or the test) stops it.
-        Phase::Restarting { status } => Phase::Exited {
-            status,
-            expected: true,
-            readiness: Readiness::Checking { last_failure: None },
-        },
+        Phase::Restarting { status } => {
+            actions.push(Action::LogsEnded);
+            Phase::Exited {
+                status,
+                expected: true,
+                readiness: Readiness::Checking { last_failure: None },
+            }
+        }
         other => other,
     }
 }

@@ -57,15 +57,17 @@ pub(crate) fn supervise(
     let plan = &runtime.services()[idx];
     let pid = child.id();
     let group = ProcessGroup::led_by(pid);
+    // This process's start number: what its reader and prober report is about it alone.
+    let start = runtime.read(idx, |st| st.incarnation);
     let mut out = StreamReader::new(
         runtime,
-        idx,
+        (idx, start),
         child.stdout.take().map(OwnedFd::from),
         &sources.out,
     );
     let mut err = StreamReader::new(
         runtime,
-        idx,
+        (idx, start),
         child.stderr.take().map(OwnedFd::from),
         &sources.err,
     );
@@ -74,7 +76,7 @@ pub(crate) fn supervise(
         let (prober, prober_checker) = (Arc::clone(runtime), Arc::clone(&checker));
         let spawned = std::thread::Builder::new()
             .name(format!("hitchserve:{}:probe", plan.name))
-            .spawn(move || probe_until_ready(&prober, idx, &prober_checker));
+            .spawn(move || probe_until_ready(&prober, idx, &prober_checker, start));
         if let Ok(handle) = spawned {
             runtime.threads.keep(handle);
         }
@@ -142,20 +144,11 @@ pub(crate) fn supervise(
             after.as_secs_f64()
         )),
     }
-    let (actions, settled) = {
-        let mut states = runtime.lock();
-        let at = Instant::now();
-        let (actions, _) = runtime.apply_locked(&mut states, idx, Event::Reaped { status, at });
-        (actions, states[idx].is_settled())
-    };
-    runtime.changed.notify_all();
-    // Its output has ended for good, unless it restarts: waits on its lines can stop — after
-    // it counts as exited (a wait that ends this way finds its exit status), before what
+    // Its logs end (unless it starts again) with the transition, under the lock: after it
+    // counts as exited (a wait that ends this way finds its exit status), before what
     // follows from its exit (what waited for it to complete) starts.
-    if settled {
-        runtime.sink.store.mark_ended(idx);
-    }
-    runtime.carry_out(idx, actions)
+    let at = Instant::now();
+    runtime.dispatch(idx, Event::Reaped { status, at })
 }
 
 /// How often a stopping service's group is looked at once its main process has exited.
@@ -331,7 +324,8 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 /// One pipe of a service: read, split into lines, store, check readiness, copy to its file.
 struct StreamReader<'a> {
     runtime: &'a Arc<Runtime>,
-    idx: usize,
+    /// The service, and the start number of the process whose pipe this is.
+    who: (usize, u32),
     fd: Option<OwnedFd>,
     source: &'a Arc<Source>,
     splitter: LineSplitter,
@@ -344,7 +338,7 @@ struct StreamReader<'a> {
 impl<'a> StreamReader<'a> {
     fn new(
         runtime: &'a Arc<Runtime>,
-        idx: usize,
+        who: (usize, u32),
         fd: Option<OwnedFd>,
         source: &'a Arc<Source>,
     ) -> StreamReader<'a> {
@@ -356,7 +350,7 @@ impl<'a> StreamReader<'a> {
         }
         StreamReader {
             runtime,
-            idx,
+            who,
             fd,
             source,
             splitter: LineSplitter::new(runtime.sink.store.piece_size()),
@@ -392,9 +386,9 @@ impl<'a> StreamReader<'a> {
                 return;
             }
         };
-        let (runtime, source, idx) = (self.runtime, self.source, self.idx);
+        let (runtime, source, who) = (self.runtime, self.source, self.who);
         self.splitter.split(&self.buf[..n], |lines| {
-            deliver(runtime, source, idx, lines, checker);
+            deliver(runtime, source, who, lines, checker);
         });
         self.partial_due = self
             .splitter
@@ -421,7 +415,7 @@ impl<'a> StreamReader<'a> {
             deliver(
                 self.runtime,
                 self.source,
-                self.idx,
+                self.who,
                 &[(&last, End::Unterminated)],
                 checker,
             );
@@ -433,7 +427,7 @@ impl<'a> StreamReader<'a> {
 fn deliver(
     runtime: &Arc<Runtime>,
     source: &Arc<Source>,
-    idx: usize,
+    (idx, start): (usize, u32),
     lines: &[(&[u8], End)],
     checker: &Checker,
 ) {
@@ -450,10 +444,10 @@ fn deliver(
         Verdict::NotYet => {}
         Verdict::Ready => {
             let at = Instant::now();
-            runtime.dispatch(idx, Event::ReadinessPassed { at });
+            runtime.dispatch(idx, Event::ReadinessPassed { at }.of(start));
         }
         Verdict::Panicked(message) => {
-            runtime.dispatch(idx, Event::CheckPanicked(message));
+            runtime.dispatch(idx, Event::CheckPanicked(message).of(start));
         }
     }
 }

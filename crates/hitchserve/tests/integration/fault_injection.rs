@@ -401,7 +401,7 @@ fn a_start_after_shutdown_is_refused() {
     b.shutdown().unwrap();
     assert!(matches!(svc.start(), Err(Error::NotRunning)));
     assert!(svc.stop().is_ok(), "stopping what is stopped does nothing");
-    assert!(matches!(svc.pause(), Err(Error::NotRunning)));
+    assert!(matches!(svc.pause(), Err(Error::ServiceNotRunning { .. })));
 }
 
 #[test]

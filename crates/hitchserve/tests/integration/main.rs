@@ -11,6 +11,7 @@ mod crash_after_ready;
 mod cron;
 mod definitions;
 mod fault_injection;
+mod fault_races;
 mod hooks;
 mod kernel;
 mod layers;

@@ -209,7 +209,7 @@ fn cases() -> Vec<Case> {
             what: "check passed with a poststart hook: the hook runs, not ready yet",
             traits: with(|t| t.poststart = true),
             events: vec![picked(), spawned(), passed()],
-            actions: vec![Action::RunPoststart],
+            actions: vec![Action::RunPoststart { start: 1 }],
             holds: |st, _| !st.is_ready(),
         },
         Case {
@@ -272,7 +272,7 @@ fn cases() -> Vec<Case> {
                 Event::GroupKilled,
                 reaped(3),
             ],
-            actions: vec![],
+            actions: vec![Action::LogsEnded],
             holds: |st, t| st.crashed(t) == Some(ExitStatus::Code(3)),
         },
         Case {
@@ -288,7 +288,7 @@ fn cases() -> Vec<Case> {
                 Event::GroupKilled,
                 reaped(0),
             ],
-            actions: vec![],
+            actions: vec![Action::LogsEnded],
             holds: |st, t| st.crashed(t).is_none() && st.exit_status() == Some(ExitStatus::Code(0)),
         },
         Case {
@@ -320,7 +320,7 @@ fn cases() -> Vec<Case> {
             what: "a one-shot that exited 0 with its poststart still running is not done",
             traits: one_shot_with_poststart(),
             events: vec![picked(), spawned(), exit(0), Event::GroupKilled, reaped(0)],
-            actions: vec![Action::Completed],
+            actions: vec![Action::Completed, Action::LogsEnded],
             holds: |st, t| {
                 !st.completed()
                     && !st.started_up(t)
@@ -348,7 +348,7 @@ fn cases() -> Vec<Case> {
                 t.immediate = true;
             }),
             events: vec![picked(), spawned(), exit(1), Event::GroupKilled, reaped(1)],
-            actions: vec![],
+            actions: vec![Action::LogsEnded],
             holds: |st, t| !st.completed() && st.crashed(t) == Some(ExitStatus::Code(1)),
         },
         Case {
@@ -496,14 +496,14 @@ fn cases() -> Vec<Case> {
                 Event::GroupKilled,
                 reaped(1),
             ],
-            actions: vec![],
+            actions: vec![Action::LogsEnded],
             holds: |st, t| st.crashed(t) == Some(ExitStatus::Code(1)) && st.is_settled(),
         },
         Case {
             what: "on-failure leaves an exit 0 alone",
             traits: with(|t| t.restart = Restart::on_failure(3)),
             events: vec![picked(), spawned(), exit(0), Event::GroupKilled, reaped(0)],
-            actions: vec![],
+            actions: vec![Action::LogsEnded],
             holds: |st, _| st.is_settled(),
         },
         Case {
@@ -520,7 +520,7 @@ fn cases() -> Vec<Case> {
                 t.restart = Restart::always(3);
             }),
             events: vec![picked(), spawned(), exit(0), Event::GroupKilled, reaped(0)],
-            actions: vec![Action::Completed],
+            actions: vec![Action::Completed, Action::LogsEnded],
             holds: |st, _| st.completed(),
         },
         Case {
@@ -534,7 +534,7 @@ fn cases() -> Vec<Case> {
                 Event::GroupKilled,
                 reaped(0),
             ],
-            actions: vec![],
+            actions: vec![Action::LogsEnded],
             holds: |st, t| st.is_settled() && st.crashed(t).is_none(),
         },
         Case {
@@ -568,7 +568,7 @@ fn cases() -> Vec<Case> {
                     setup: false,
                 },
             ],
-            actions: vec![Action::Start],
+            actions: vec![Action::LogsGoOn, Action::Start],
             holds: |st, t| {
                 matches!(st.phase, Phase::Spawning { stop: None })
                     && st.crashed(t).is_none()
@@ -591,7 +591,7 @@ fn cases() -> Vec<Case> {
                     setup: true,
                 },
             ],
-            actions: vec![Action::Start],
+            actions: vec![Action::LogsGoOn, Action::Start],
             holds: |st, _| matches!(st.phase, Phase::SettingUp { stop: None }),
         },
         Case {
@@ -668,7 +668,7 @@ fn cases() -> Vec<Case> {
                 Event::GroupKilled,
                 reaped(0),
             ],
-            actions: vec![],
+            actions: vec![Action::LogsEnded],
             holds: |st, _| st.is_settled(),
         },
         Case {
@@ -684,7 +684,7 @@ fn cases() -> Vec<Case> {
                 reaped(1),
                 restart(false),
             ],
-            actions: vec![Action::Start],
+            actions: vec![Action::LogsGoOn, Action::Start],
             holds: |st, t| matches!(st.phase, Phase::Spawning { .. }) && st.crashed(t).is_none(),
         },
         Case {
@@ -702,6 +702,58 @@ fn cases() -> Vec<Case> {
             ],
             actions: vec![Action::Spawn],
             holds: |st, _| matches!(st.phase, Phase::Spawning { .. }),
+        },
+        Case {
+            what: "a stop while a crash drains: the policy's restart is called off, no crash",
+            traits: with(|t| t.restart = Restart::on_failure(3)),
+            events: vec![
+                picked(),
+                spawned(),
+                passed(),
+                Event::Announced,
+                exit(1),
+                Event::GroupKilled,
+                stop(),
+                reaped(1),
+            ],
+            actions: vec![Action::LogsEnded],
+            holds: |st, t| st.is_settled() && st.crashed(t).is_none() && st.restarts == 0,
+        },
+        Case {
+            what: "a stop while a crash drains, with no policy: still a crash",
+            traits: plain(),
+            events: vec![
+                picked(),
+                spawned(),
+                passed(),
+                Event::Announced,
+                exit(1),
+                Event::GroupKilled,
+                stop(),
+                reaped(1),
+            ],
+            actions: vec![Action::LogsEnded],
+            holds: |st, t| st.crashed(t) == Some(ExitStatus::Code(1)),
+        },
+        Case {
+            what: "news from an earlier start is ignored",
+            traits: with(|t| t.poststart = true),
+            events: vec![
+                picked(),
+                spawned(),
+                stop(),
+                exit(0),
+                Event::GroupKilled,
+                reaped(0),
+                Event::StartAgain {
+                    at: at(),
+                    setup: false,
+                },
+                spawned(),
+                Event::ReadinessPassed { at: at() }.of(1),
+            ],
+            actions: vec![],
+            holds: |st, _| st.incarnation == 2 && st.steps.checked.is_none(),
         },
         Case {
             what: "a stop once exiting signals what is left of the group",

@@ -8,7 +8,7 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use crate::logs::LogLine;
+use crate::logs::line::LogLine;
 
 const PALETTE: [&str; 6] = ["36", "32", "33", "34", "35", "96"];
 const RESET: &str = "\x1b[0m";

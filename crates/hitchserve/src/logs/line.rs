@@ -149,18 +149,18 @@ impl LogLine {
         }
     }
 
-    /// The start of a line that has not ended yet, as a tail shows it.
-    pub(crate) fn partial(p: &super::store::Partial, skip: usize) -> LogLine {
-        let skip = skip.min(p.bytes.len());
-        let mut line = LogLine::new(
-            p.from_seq,
-            Arc::clone(&p.source),
-            Arc::clone(&p.bytes),
-            skip as u32,
-            (p.bytes.len() - skip) as u32,
-            false,
-            p.time,
-        );
+    /// The start of a line that has not ended yet (`bytes`, from its `skip`th on), as a
+    /// tail shows it.
+    pub(crate) fn partial(
+        seq: u64,
+        source: Arc<Source>,
+        bytes: Arc<Vec<u8>>,
+        skip: usize,
+        time: u64,
+    ) -> LogLine {
+        let skip = skip.min(bytes.len());
+        let len = (bytes.len() - skip) as u32;
+        let mut line = LogLine::new(seq, source, bytes, skip as u32, len, false, time);
         line.shape = Shape::Partial;
         line
     }

@@ -12,7 +12,9 @@ use std::io::Read;
 use std::sync::Arc;
 
 use crate::logs::console::Console;
-use crate::logs::{last_lines, End, Filter, LineSplitter, LogLine, LogStore, Part, Source, Stream};
+use crate::logs::line::{Filter, LogLine, Part, Source, Stream};
+use crate::logs::split::{End, LineSplitter};
+use crate::logs::store::LogStore;
 
 /// The bundle's own voice and the sinks every line goes to.
 pub(crate) struct Sink {
@@ -78,7 +80,7 @@ impl Sink {
     /// The last `n` lines of service `idx`, in the console format, and the line it has
     /// started but not ended, if any: for error messages.
     pub(crate) fn last_lines(&self, idx: usize, n: usize) -> Vec<String> {
-        last_lines(&self.store, &Filter::service(Some(idx)), n, true)
+        self.store.last_lines(&Filter::service(Some(idx)), n, true)
     }
 
     /// Copy a pipe's lines into the logs under `source` until end of file.

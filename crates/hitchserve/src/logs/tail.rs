@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::logs::{last_lines, store, LogLine, Logs};
+use crate::logs::line::LogLine;
+use crate::logs::store;
+use crate::logs::view::Logs;
 
 /// A cursor over a [`Logs`] view that waits for lines as they arrive.
 ///
@@ -106,7 +108,16 @@ fn unseen_part(taken: &mut Vec<Taken>, p: &store::Partial, take: bool) -> Option
             None => taken.push(t),
         }
     }
-    Some(LogLine::partial(p, skip))
+    Some(p.line(skip))
+}
+
+impl Logs {
+    /// A cursor that starts now: it sees only lines that arrive after this call (see
+    /// [`Tail::lines_back`] to start earlier), and the start of a line not ended yet
+    /// (a partial line, see [`Tail`]) even if it was written before.
+    pub fn tail(&self) -> Tail {
+        Tail::new(self.clone(), self.store.len())
+    }
 }
 
 impl Tail {
@@ -203,14 +214,14 @@ impl Tail {
             let batch =
                 if !std::mem::take(&mut first) && deadline.is_some_and(|d| Instant::now() >= d) {
                     // A backlog of lines must not stretch the timeout.
-                    store::Batch::TimedOut
+                    store::read::Batch::TimedOut
                 } else {
                     self.logs
                         .store
                         .next_batch(&self.logs.filter, &mut pos, &mut seen, deadline)
                 };
             match batch {
-                store::Batch::Lines(lines) => {
+                store::read::Batch::Lines(lines) => {
                     for line in lines {
                         let line = rest_of(&mut self.taken, line);
                         if let Some(hit) = found(&line) {
@@ -220,7 +231,7 @@ impl Tail {
                     }
                     self.pos = pos;
                 }
-                store::Batch::Partials(partials) => {
+                store::read::Batch::Partials(partials) => {
                     for p in &partials {
                         let Some(line) = unseen_part(&mut self.taken, p, false) else {
                             continue;
@@ -231,14 +242,14 @@ impl Tail {
                         }
                     }
                 }
-                store::Batch::TimedOut => {
+                store::read::Batch::TimedOut => {
                     return Err(Error::WaitTimeout {
                         what: format!("{what} in {}", self.logs.describe()),
                         timeout,
                         last_lines: self.last_lines(),
                     })
                 }
-                store::Batch::Ended => {
+                store::read::Batch::Ended => {
                     return Err(Error::EndedWhileWaiting {
                         what: format!("{what} in {}", self.logs.describe()),
                         last_lines: self.last_lines(),
@@ -249,7 +260,7 @@ impl Tail {
     }
 
     fn last_lines(&self) -> Vec<String> {
-        last_lines(&self.logs.store, &self.logs.filter, 20, false)
+        self.logs.store.last_lines(&self.logs.filter, 20, false)
     }
 }
 
@@ -296,13 +307,13 @@ impl Iterator for Follow {
                 .store
                 .next_batch(&t.logs.filter, &mut t.pos, &mut self.seen, None)
             {
-                store::Batch::Lines(lines) => self
+                store::read::Batch::Lines(lines) => self
                     .pending
                     .extend(lines.into_iter().map(|l| rest_of(taken, l))),
-                store::Batch::Partials(partials) => self
+                store::read::Batch::Partials(partials) => self
                     .pending
                     .extend(partials.iter().filter_map(|p| unseen_part(taken, p, true))),
-                store::Batch::Ended | store::Batch::TimedOut => return None,
+                store::read::Batch::Ended | store::read::Batch::TimedOut => return None,
             }
         }
     }

@@ -5,16 +5,18 @@
 //! Threads report what they saw as an `Event`; `dispatch` applies it under the lock through
 //! `state::apply` (pure) and carries out the `Action`s it returns — signals before the lock
 //! is let go, everything else after. Around it, one file per job: `launch` (setting up a
-//! run), `spawn` (which thread starts a service, setup hook, spawn), `supervisor` (reading
-//! pipes, noticing the exit, reaping), `probe` (readiness probes), `stop` (stopping
-//! everything, the marker sweep), `report` (waiting for startup, and the errors it and a
-//! crash give), `usercode` (which thread runs user code that may never return), `threads`
-//! (the threads of a run), and `schedule` (pure: what may start now).
+//! run), `spawn` (which thread starts a service, setup hook, spawn, restarts by policy),
+//! `supervisor` (reading pipes, noticing the exit, reaping), `probe` (readiness probes),
+//! `stop` (stopping one service or everything, the marker sweep), `control` (starting one
+//! service again, pausing it), `report` (waiting until ready, and the errors it and a crash
+//! give), `usercode` (which thread runs user code that may never return), `threads` (the
+//! threads of a run), and `schedule` (pure: what may start now).
 //!
 //! This file imports only the leaves of the runtime (`state`, `threads`, `usercode`); the
 //! files around it extend `Runtime` and import it. Carrying out an action calls their
-//! methods (`start_startable`, `run_poststart`), which dispatch events in turn: that
-//! recursion is how one service's readiness starts the next without a thread hop.
+//! methods (`start_startable`, `run_poststart`), which dispatch events in turn: that is how
+//! one service's readiness starts the next without a thread hop (a scheduling round asked
+//! for during a round runs after it, not inside it, so a chain takes constant stack).
 //! It does not know the public API (`bundle`, `handle`) nor draw anything (`inspect`).
 //! Invariant: a service's phase changes only in `apply_locked` (through `state::apply`);
 //! outside it only two marks change: a failure is taken from its mailbox by the wait that
@@ -165,7 +167,8 @@ impl Runtime {
         idx: usize,
         event: Event,
     ) -> (Vec<Action>, bool) {
-        let mut actions = state::apply(&mut states[idx], &self.services()[idx].traits, event);
+        let mut actions =
+            state::apply::apply(&mut states[idx], &self.services()[idx].traits, event);
         let mut signalled = false;
         actions.retain(|action| match action {
             Action::Signal(group, signal) => {

@@ -182,7 +182,7 @@ impl Postgres {
         Ok(svc
             .setup(move |ctx| {
                 crate::safepath::user_subdir("pg-sock", 0o711)?;
-                super::prune_socket_dirs(&sockets);
+                super::socket_dirs::prune(&sockets);
                 crate::safepath::make_dir_for(&socket_dir, 0o700, ctx.run_as())?;
                 let dir = ctx.run_dir().join(ctx.service());
                 ctx.make_dir(&dir)?;

@@ -75,13 +75,19 @@ fn resolve(path: &[&str], known: &BTreeMap<String, PathBuf>) -> Option<String> {
 }
 
 /// The modules `module` (in `text`) refers to, by `crate::`, `super::` and (in a `mod.rs`)
-/// its children's names. Comments and doc comments are skipped: links there are not imports.
+/// its children's names. Comments and doc comments are skipped (links there are not
+/// imports), and so is an inline `#[cfg(test)]` module at the end.
 fn references(module: &str, text: &str, known: &BTreeMap<String, PathBuf>) -> BTreeSet<String> {
     let own: Vec<&str> = module.split("::").collect();
     let mut out = BTreeSet::new();
     let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
     for line in text.lines() {
         let code = line.trim_start();
+        if code.starts_with("#[cfg(test)]") {
+            // Inline test modules come last; their `super` is this module, and what they
+            // use is not what the module imports. (Test files of their own are scanned.)
+            break;
+        }
         if code.starts_with("//") {
             continue;
         }
@@ -97,7 +103,8 @@ fn references(module: &str, text: &str, known: &BTreeMap<String, PathBuf>) -> BT
             let parts: Vec<&str> = word.split("::").filter(|p| !p.is_empty()).collect();
             let absolute: Vec<&str> = match parts.first() {
                 Some(&"crate") => parts[1..].to_vec(),
-                Some(&"super") => {
+                // (`pub(super)` is a visibility, not a path.)
+                Some(&"super") if parts.len() > 1 || word.ends_with("::") => {
                     let mut base = own.clone();
                     let mut tail = &parts[..];
                     while tail.first() == Some(&"super") {
@@ -107,11 +114,14 @@ fn references(module: &str, text: &str, known: &BTreeMap<String, PathBuf>) -> BT
                     base.extend_from_slice(tail);
                     base
                 }
-                Some(&first) if parts.len() > 1 => {
-                    // A child of this module named relatively (`use state::Event` in a mod.rs).
+                Some(&first) if parts.len() > 1 || word.ends_with("::") => {
+                    // A child of this module named relatively (`use state::Event`,
+                    // `pub(crate) use read::{..}` in a mod.rs).
                     let mut child = own.clone();
                     child.push(first);
-                    if known.contains_key(&child.join("::")) && code.starts_with("use ") {
+                    let is_use = code.starts_with("use ")
+                        || (code.starts_with("pub") && code.contains(" use "));
+                    if known.contains_key(&child.join("::")) && is_use {
                         child.extend_from_slice(&parts[1..]);
                         child
                     } else {
@@ -223,4 +233,14 @@ fn the_layer_test_sees_imports() {
         g["runtime"]
     );
     assert!(g["runtime::state::tests"].contains("runtime::state"));
+    // `pub(crate) use child::{..}` and `use child::{..}` forms are seen too.
+    let parent = "use crate::x;\npub(crate) use read::{Batch, Other};\nuse write::{a, b};\n";
+    let known: BTreeMap<String, PathBuf> =
+        ["logs::store", "logs::store::read", "logs::store::write"]
+            .iter()
+            .map(|m| ((*m).to_owned(), PathBuf::new()))
+            .collect();
+    let refs = references("logs::store", parent, &known);
+    assert!(refs.contains("logs::store::read"), "{refs:?}");
+    assert!(refs.contains("logs::store::write"), "{refs:?}");
 }

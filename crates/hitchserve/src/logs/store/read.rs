@@ -47,6 +47,25 @@ fn lost_line(e: &Entry, seq: u64, source: Arc<Source>, why: &str) -> LogLine {
 }
 
 impl LogStore {
+    /// The last `n` lines of `filter` in the console format (with `pad`, labels padded alike),
+    /// then the lines its sources have started but not ended, so that an error shows a service
+    /// stuck at a prompt.
+    pub(crate) fn last_lines(&self, filter: &Filter, n: usize, pad: bool) -> Vec<String> {
+        let lines = self.last(filter, n);
+        let partials = self.partial_lines(filter);
+        let all = lines.iter().chain(&partials);
+        let width = if pad {
+            all.clone().map(|l| l.label().len()).max().unwrap_or(0)
+        } else {
+            0
+        };
+        let whole = lines.iter().map(|l| format!("{l:width$}"));
+        let started = partials
+            .iter()
+            .map(|l| format!("{l:width$} [hitchserve: no newline yet]"));
+        whole.chain(started).collect()
+    }
+
     /// The number of lines stored so far (the next line's seq).
     pub(crate) fn len(&self) -> u64 {
         self.lock().entries.len() as u64
@@ -193,7 +212,7 @@ impl LogStore {
             .filter(|p| filter.matches(&p.source))
             .collect();
         partials.sort_by_key(|p| p.stamp);
-        partials.iter().map(|p| LogLine::partial(p, 0)).collect()
+        partials.iter().map(|p| p.line(0)).collect()
     }
 
     /// Turn picked lines into `LogLine`s, reading spilled blocks back from `all.log` (one
@@ -314,18 +333,6 @@ fn pick_long(inner: &Inner, i: usize) -> Picked {
             pieces: Some(pieces),
         }
     }
-}
-
-/// Whether all.log holds the whole line (a long one: its last piece, so all of them).
-pub(super) fn entry_durable(inner: &Inner, e: &Entry, durable: u64) -> bool {
-    if e.block != LONG {
-        return is_durable(e, durable);
-    }
-    let long = &inner.longs[e.start as usize];
-    long.pieces.last().is_some_and(|&b| {
-        let slot = &inner.blocks[b as usize];
-        slot.file_start != NO_FILE && slot.file_end <= durable
-    })
 }
 
 /// Read a spilled block's file range back; empty on failure (callers mark such lines).

@@ -1,4 +1,5 @@
 //! Every rule of a service's lifecycle, one table row each; nothing here starts a process.
+use super::apply::apply;
 use super::*;
 use crate::runtime::report::{StartupFailure, Waiting};
 use crate::service::Restart;

@@ -1,0 +1,544 @@
+//! The write side of the log store: sources, appending lines (copying them into blocks,
+//! long lines in pieces, rendering them as `all.log` has them), publishing partial lines,
+//! holding readers back when the writer is far behind, and spilling the oldest blocks once
+//! the writer has them on disk (or, once `all.log` failed, dropping them and counting the
+//! loss).
+
+use std::path::PathBuf;
+use std::sync::{Arc, MutexGuard};
+
+use super::read::pick;
+use super::*;
+
+impl LogStore {
+    /// Register where lines can come from; returns the shared source to append with.
+    /// A source for lines of `service` (its first start), or of the bundle itself (`None`).
+    pub(crate) fn source(
+        &self,
+        service: Option<usize>,
+        name: &str,
+        part: Part,
+        stream: Stream,
+    ) -> Arc<Source> {
+        let incarnation = u32::from(service.is_some());
+        let mut inner = self.lock();
+        // The table is indexed by u16: past that, reuse the newest source of this kind.
+        self.add_source(&mut inner, service, name, part, stream, incarnation)
+            .or_else(|| {
+                inner
+                    .sources
+                    .iter()
+                    .rev()
+                    .find(|s| s.service == service && s.part == part && s.stream == stream)
+                    .cloned()
+            })
+            .unwrap_or_else(|| Arc::clone(&inner.sources[0]))
+    }
+
+    /// A source for lines of a later start (`incarnation`) of `service`; `None` once the
+    /// store holds 65,535 sources (the caller then keeps the previous start's).
+    pub(crate) fn source_for(
+        &self,
+        service: usize,
+        name: &str,
+        part: Part,
+        stream: Stream,
+        incarnation: u32,
+    ) -> Option<Arc<Source>> {
+        let mut inner = self.lock();
+        self.add_source(&mut inner, Some(service), name, part, stream, incarnation)
+    }
+
+    fn add_source(
+        &self,
+        inner: &mut Inner,
+        service: Option<usize>,
+        name: &str,
+        part: Part,
+        stream: Stream,
+        incarnation: u32,
+    ) -> Option<Arc<Source>> {
+        let id = u16::try_from(inner.sources.len()).ok()?;
+        let source = Arc::new(Source::new(id, service, name, part, stream, incarnation));
+        inner.sources.push(Arc::clone(&source));
+        let prefix = prefix(&source, inner.width);
+        inner.prefixes.push(prefix);
+        inner.open_long.push(None);
+        inner.partials.push(None);
+        Some(source)
+    }
+
+    pub(crate) fn set_limit(&self, bytes: usize) {
+        self.lock().limit = bytes;
+    }
+
+    /// How much of an unfinished line a reader may hold back before handing it on as a
+    /// piece: a quarter of the limit, so a huge line stays within it too.
+    pub(crate) fn piece_size(&self) -> usize {
+        (self.lock().limit / 4).max(MIN_PIECE)
+    }
+
+    /// Start writing lines to `all.log` (at `path`, through `files`); lines stored before
+    /// now are written first. Labels are padded to `width` from now on.
+    pub(crate) fn attach_files(&self, files: Arc<LogFiles>, path: PathBuf, width: usize) {
+        let mut inner = self.lock();
+        inner.width = width;
+        inner.prefixes = inner.sources.iter().map(|s| prefix(s, width)).collect();
+        if let Some(last) = inner.blocks.last_mut() {
+            last.open = false;
+        }
+        let mut rendered = Vec::new();
+        for i in 0..inner.entries.len() {
+            let e = inner.entries[i];
+            if e.block == LONG {
+                // Not before any service runs; left out of all.log rather than joined here.
+                continue;
+            }
+            let bytes = match &inner.blocks[e.block as usize].data {
+                Some(d) => d[e.start as usize..(e.start + e.len) as usize].to_vec(),
+                None => Vec::new(),
+            };
+            let prefix = std::mem::take(&mut inner.prefixes[e.source as usize]);
+            let file = render(&mut rendered, &mut inner.file_pos, &prefix, &bytes);
+            inner.prefixes[e.source as usize] = prefix;
+            inner.entries[i].file = file;
+            note_file_range(&mut inner.blocks[e.block as usize], file, e.len);
+        }
+        files.write(rendered);
+        inner.files = Some(files);
+        inner.file_path = Some(path);
+    }
+
+    /// Append lines from one source; returns them as stored if `want` (building them costs
+    /// time a fast producer would notice).
+    pub(crate) fn append(
+        &self,
+        source: &Arc<Source>,
+        lines: &[(&[u8], End)],
+        want: bool,
+    ) -> Vec<LogLine> {
+        if lines.is_empty() {
+            return Vec::new();
+        }
+        let time = now_nanos();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        // Whatever comes next from a source continues its published partial: withdrawn.
+        inner.partials[source.id as usize] = None;
+        let first_seq = inner.entries.len() as u64;
+        let mut rendered = Vec::new();
+        let writing = inner.files.is_some() && inner.failure.is_none();
+        // Only the first of them can be (or end) a long line: a piece comes alone, and
+        // after the end of a long line comes a newline.
+        let mut rest = lines;
+        if let Some(&(bytes, end)) = lines.first() {
+            if end == End::Piece || inner.open_long[source.id as usize].is_some() {
+                append_piece(inner, source, bytes, end, writing, &mut rendered, time);
+                rest = &lines[1..];
+            }
+        }
+        for &(bytes, end) in rest {
+            let newline = end == End::Newline;
+            let (block, start) = put(inner, bytes);
+            let file = if writing {
+                let prefix = &inner.prefixes[source.id as usize];
+                render(&mut rendered, &mut inner.file_pos, prefix, bytes)
+            } else {
+                if inner.failure.is_some() {
+                    inner.unwritten.0 += 1;
+                    inner.unwritten.1 += bytes.len() as u64;
+                }
+                NO_FILE
+            };
+            note_file_range(&mut inner.blocks[block as usize], file, bytes.len() as u32);
+            inner.entries.push(Entry {
+                block,
+                start,
+                len: bytes.len() as u32,
+                source: source.id,
+                newline,
+                file,
+                time,
+            });
+        }
+        let wanted = if want {
+            inner.entries.len() as u64
+        } else {
+            first_seq
+        };
+        let stored = (first_seq..wanted)
+            .map(|seq| {
+                let e = inner.entries[seq as usize];
+                if e.block == LONG {
+                    return self.join_now(inner, seq);
+                }
+                let data = inner.blocks[e.block as usize]
+                    .data
+                    .clone()
+                    .unwrap_or_default();
+                LogLine::new(
+                    seq,
+                    Arc::clone(source),
+                    data,
+                    e.start,
+                    e.len,
+                    e.newline,
+                    e.time,
+                )
+            })
+            .collect();
+        let mut behind = false;
+        if let Some(files) = inner.files.as_ref() {
+            // Sent under the lock, so all.log keeps the arrival order the offsets assume.
+            files.write(rendered);
+            let written = files.written();
+            spill(inner, written);
+            behind = over_bound(inner, written);
+        }
+        self.grown.notify_all();
+        if behind {
+            self.wait_for_writer(guard);
+        }
+        stored
+    }
+
+    /// Show `bytes`, the start of a line `source` has not ended, to tails (replacing what
+    /// was shown of it before).
+    pub(crate) fn publish_partial(&self, source: &Arc<Source>, bytes: &[u8]) {
+        let time = now_nanos();
+        let mut inner = self.lock();
+        inner.partial_stamp += 1;
+        let partial = Partial {
+            source: Arc::clone(source),
+            bytes: Arc::new(bytes.to_vec()),
+            from_seq: inner.entries.len() as u64,
+            stamp: inner.partial_stamp,
+            time,
+        };
+        inner.partials[source.id as usize] = Some(partial);
+        drop(inner);
+        self.grown.notify_all();
+    }
+
+    /// A long line just stored, joined (its last pieces are still in memory).
+    #[cold]
+    #[inline(never)]
+    fn join_now(&self, inner: &Inner, seq: u64) -> LogLine {
+        let picked = vec![pick(inner, seq as usize)];
+        let files = inner.files.clone();
+        self.materialise(picked, files).remove(0)
+    }
+
+    /// The writer is far behind a fast producer (a slow disk): hold this reader back until
+    /// memory is within twice the limit again, so it stays bounded, or the writer has
+    /// made no progress for `WRITER_PATIENCE` (then not again until it does: a stalled disk
+    /// costs a service one such wait, and memory grows as it must). The service only notices
+    /// once its pipe is full. Not when all.log has failed: then memory is bounded by
+    /// dropping lines.
+    fn wait_for_writer(&self, mut inner: MutexGuard<'_, Inner>) {
+        loop {
+            let written = inner.files.as_ref().map_or(0, |f| f.written());
+            if !over_bound(&inner, written) || inner.failure.is_some() || inner.closed {
+                return;
+            }
+            if let Some(files) = inner.files.as_ref() {
+                files.hurry();
+            }
+            let held = inner.held;
+            let (guard, timeout) = self
+                .relieved
+                .wait_timeout(inner, WRITER_PATIENCE)
+                .unwrap_or_else(|e| e.into_inner());
+            inner = guard;
+            if timeout.timed_out() && inner.held >= held {
+                inner.stuck_at = Some(written);
+                return;
+            }
+        }
+    }
+
+    /// The writer has put more on disk: release what memory that allows.
+    pub(crate) fn relieve(&self) {
+        let mut inner = self.lock();
+        let written = inner.files.as_ref().map_or(0, |f| f.written());
+        spill(&mut inner, written);
+        drop(inner);
+        self.relieved.notify_all();
+    }
+
+    /// Lines stored, bytes of them held in memory, the limit, and what `all.log` misses.
+    pub(crate) fn stats(&self) -> (u64, usize, usize, Losses) {
+        let inner = self.lock();
+        (
+            inner.entries.len() as u64,
+            inner.held,
+            inner.limit,
+            losses(&inner),
+        )
+    }
+
+    /// `all.log` failed for good (`reason`): from now on lines live in memory only. Returns
+    /// the warning to give, with what is missing from the file so far.
+    pub(crate) fn files_failed(&self, reason: String) -> String {
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let durable = inner.files.as_ref().map_or(0, |f| f.written());
+        // The file is in seq order: the lines it misses are the last ones.
+        let mut i = inner.entries.len();
+        while i > 0 && !entry_durable(inner, &inner.entries[i - 1], durable) {
+            i -= 1;
+            inner.unwritten.0 += 1;
+            inner.unwritten.1 += u64::from(inner.entries[i].len);
+        }
+        inner.failure = Some(FileFailure {
+            reason,
+            durable,
+            reported: false,
+        });
+        spill(inner, durable);
+        // A reader waiting for the writer must not wait for it any more.
+        self.relieved.notify_all();
+        let path = inner.file_path.as_deref().unwrap_or(Path::new("all.log"));
+        let f = inner.failure.as_ref().map_or("", |f| f.reason.as_str());
+        format!(
+            "could not write `{}` ({f}): {} missing from it so far; later lines are kept in memory only, and beyond the log memory limit ({}) the oldest of them are dropped (Bundle::log_stats counts them)",
+            path.display(),
+            amount(inner.unwritten.0, inner.unwritten.1),
+            bytes(inner.limit as u64),
+        )
+    }
+
+    /// The failure of `all.log` as an error, if any (with `once`, only if not returned
+    /// before).
+    pub(crate) fn file_failure(&self, once: bool) -> Option<crate::error::Error> {
+        let mut inner = self.lock();
+        let losses = losses(&inner);
+        let path = inner.file_path.clone().unwrap_or_default();
+        let f = inner.failure.as_mut()?;
+        if once && f.reported {
+            return None;
+        }
+        if once {
+            f.reported = true;
+        }
+        Some(crate::error::Error::LogFileFailed {
+            path,
+            reason: f.reason.clone(),
+            lines_not_written: losses.unwritten_lines,
+            bytes_not_written: losses.unwritten_bytes,
+            lines_lost: losses.lost_lines,
+            bytes_lost: losses.lost_bytes,
+        })
+    }
+}
+
+/// Store one piece of a long line from `source` (rendered as an all.log line of its own);
+/// with the last piece, the line gets its entry.
+#[cold]
+#[inline(never)]
+pub(super) fn append_piece(
+    inner: &mut Inner,
+    source: &Source,
+    bytes: &[u8],
+    end: End,
+    writing: bool,
+    rendered: &mut Vec<u8>,
+    time: u64,
+) {
+    let sid = source.id as usize;
+    if bytes.is_empty() && end != End::Piece {
+        // The stream ended right after a piece: the line ends with no more bytes.
+        if let Some(k) = inner.open_long[sid] {
+            end_long(inner, source, k, end, time);
+        }
+        return;
+    }
+    let k = *inner.open_long[sid].get_or_insert_with(|| {
+        inner.longs.push(Long::default());
+        (inner.longs.len() - 1) as u32
+    });
+    // Blocks stay in file order, so spilling them in order stays right.
+    if let Some(last) = inner.blocks.last_mut() {
+        last.open = false;
+    }
+    let file = if writing {
+        let prefix = &inner.prefixes[sid];
+        render(rendered, &mut inner.file_pos, prefix, bytes)
+    } else {
+        NO_FILE
+    };
+    let mut slot = Slot {
+        first: inner.entries.len() as u64,
+        data: Some(Arc::new(bytes.to_vec())),
+        lines: 0,
+        open: false,
+        file_start: NO_FILE,
+        file_end: 0,
+        long: k,
+    };
+    note_file_range(&mut slot, file, bytes.len() as u32);
+    inner.held += bytes.len();
+    inner.peak = inner.peak.max(inner.held);
+    inner.blocks.push(slot);
+    let long = &mut inner.longs[k as usize];
+    long.pieces.push((inner.blocks.len() - 1) as u32);
+    long.len += bytes.len() as u64;
+    if end == End::Piece {
+        return;
+    }
+    end_long(inner, source, k, end, time);
+}
+
+/// The last piece of long line `k` from `source` is in: give the line its entry.
+fn end_long(inner: &mut Inner, source: &Source, k: u32, end: End, time: u64) {
+    inner.open_long[source.id as usize] = None;
+    let long = &inner.longs[k as usize];
+    let len = long.len as u32;
+    if inner.failure.is_some() {
+        inner.unwritten.0 += 1;
+        inner.unwritten.1 += long.len;
+    }
+    inner.entries.push(Entry {
+        block: LONG,
+        start: k,
+        len,
+        source: source.id,
+        newline: end == End::Newline,
+        file: NO_FILE,
+        time,
+    });
+}
+
+/// Memory is past twice the limit because the writer is behind (waiting for it would
+/// help: it has not written everything yet).
+pub(super) fn over_bound(inner: &Inner, written: u64) -> bool {
+    inner.held > inner.limit.saturating_mul(2)
+        && written < inner.file_pos
+        && inner.stuck_at != Some(written)
+}
+
+pub(super) fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+pub(super) fn losses(inner: &Inner) -> Losses {
+    Losses {
+        peak: inner.peak,
+        unwritten_lines: inner.unwritten.0,
+        unwritten_bytes: inner.unwritten.1,
+        lost_lines: inner.lost.0,
+        lost_bytes: inner.lost.1,
+    }
+}
+
+/// Copy a line's bytes into the open block if there is room and nobody else holds it,
+/// else into a new block. Returns (block, start).
+pub(super) fn put(inner: &mut Inner, bytes: &[u8]) -> (u32, u32) {
+    let id = inner.blocks.len().saturating_sub(1) as u32;
+    if let Some(slot) = inner.blocks.last_mut().filter(|s| s.open) {
+        if slot.lines < BLOCK_LINES {
+            if let Some(v) = slot.data.as_mut().and_then(Arc::get_mut) {
+                if v.len() + bytes.len() <= v.capacity() {
+                    let start = v.len() as u32;
+                    v.extend_from_slice(bytes);
+                    slot.lines += 1;
+                    return (id, start);
+                }
+            }
+        }
+        slot.open = false;
+    }
+    let capacity = BLOCK.max(bytes.len());
+    let mut v = Vec::with_capacity(capacity);
+    v.extend_from_slice(bytes);
+    inner.held += capacity;
+    inner.peak = inner.peak.max(inner.held);
+    inner.blocks.push(Slot {
+        first: inner.entries.len() as u64,
+        data: Some(Arc::new(v)),
+        lines: 1,
+        open: true,
+        file_start: NO_FILE,
+        file_end: 0,
+        long: NOT_LONG,
+    });
+    (inner.blocks.len() as u32 - 1, 0)
+}
+
+pub(super) fn note_file_range(slot: &mut Slot, file: u64, len: u32) {
+    if file == NO_FILE {
+        return;
+    }
+    slot.file_start = slot.file_start.min(file);
+    slot.file_end = slot.file_end.max(file + u64::from(len));
+}
+
+/// A source's all.log prefix for labels padded to `width`: `[   Err Name] `.
+pub(super) fn prefix(source: &Source, width: usize) -> Vec<u8> {
+    let warning = if source.is_warning() { "WARNING: " } else { "" };
+    format!("[{:>width$}] {warning}", source.label).into_bytes()
+}
+
+/// Render a line as all.log has it; returns the offset of its bytes in the file.
+pub(super) fn render(out: &mut Vec<u8>, pos: &mut u64, prefix: &[u8], bytes: &[u8]) -> u64 {
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(bytes);
+    out.push(b'\n');
+    let at = *pos + prefix.len() as u64;
+    *pos += (prefix.len() + bytes.len() + 1) as u64;
+    at
+}
+
+/// Drop the oldest blocks from memory while over the limit, if their lines are on disk —
+/// or, once all.log has failed, whether they are or not (counting the lines lost).
+pub(super) fn spill(inner: &mut Inner, written: u64) {
+    let durable = inner.failure.as_ref().map(|f| f.durable);
+    let last = inner.blocks.len().saturating_sub(1);
+    while inner.held > inner.limit && inner.spill_from < last {
+        let slot = &inner.blocks[inner.spill_from];
+        if let Some(capacity) = slot.data.as_ref().map(|d| d.capacity()) {
+            match durable {
+                None if slot.file_start == NO_FILE || slot.file_end > written => {
+                    // all.log doesn't have these lines yet: keep them until it does.
+                    return;
+                }
+                None => {}
+                Some(durable)
+                    if slot.long != NOT_LONG
+                        && (slot.file_start == NO_FILE || slot.file_end > durable) =>
+                {
+                    inner.lost.1 += capacity as u64;
+                    let long = &mut inner.longs[slot.long as usize];
+                    if !std::mem::replace(&mut long.lost, true) {
+                        inner.lost.0 += 1;
+                    }
+                }
+                // A piece on disk: nothing lost.
+                Some(_) if slot.long != NOT_LONG => {}
+                Some(durable) => {
+                    let data = slot.data.clone().unwrap_or_default();
+                    for seq in slot.first..slot.first + u64::from(slot.lines) {
+                        let e = inner.entries[seq as usize];
+                        if is_durable(&e, durable) {
+                            continue;
+                        }
+                        if inner.sources[e.source as usize].service.is_none() {
+                            let bytes = data
+                                .get(e.start as usize..e.start as usize + e.len as usize)
+                                .unwrap_or_default();
+                            inner.kept.insert(seq, Arc::new(bytes.to_vec()));
+                        } else {
+                            inner.lost.0 += 1;
+                            inner.lost.1 += u64::from(e.len);
+                        }
+                    }
+                }
+            }
+            inner.held = inner.held.saturating_sub(capacity);
+            inner.blocks[inner.spill_from].data = None;
+        }
+        inner.spill_from += 1;
+    }
+}

@@ -262,7 +262,7 @@ impl LogLine {
     /// True if this is the start of a line that has not ended yet: a tail hands one out
     /// when the service has written no more for a moment (about 50 ms) after it, as a
     /// prompt such as `Password: ` does. The same tail then hands out only what follows
-    /// (see [`LogLine::is_rest`]). [`Logs`] queries never return partial lines. Its `seq`
+    /// (see [`LogLine::is_rest`]). [`Logs`](crate::Logs) queries never return partial lines. Its `seq`
     /// is the lowest the whole line can get.
     pub fn is_partial(&self) -> bool {
         self.shape == Shape::Partial

@@ -611,9 +611,11 @@ fn serve(
             {
                 Ok(()) => json!({"ok": true}),
                 // The library's words speak of the bundle; here it is one service.
-                Err(HsError::NotRunning) => json!({"ok": false, "error": format!(
+                Err(HsError::NotRunning | HsError::ServiceNotRunning { .. }) => {
+                    json!({"ok": false, "error": format!(
                     "service `{0}` is not running (stopped, crashed or exited): start it with \
-                     `hitchserve start {0}`", service("service"))}),
+                     `hitchserve start {0}`", service("service"))})
+                }
                 Err(e) => err(e),
             }
         }
@@ -673,10 +675,10 @@ fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<(
             Ok(r) => r,
             Err(e) => return reply(out, &json!({"end": "error", "error": e.to_string()})),
         };
-        let found = view
-            .tail()
-            .lines_back(back.unwrap_or(0))
-            .until(|l| re.is_match(l), timeout);
+        let mut tail = view.tail().lines_back(back.unwrap_or(0));
+        let found = across_restarts(bundle, req, timeout, |left| {
+            tail.until(|l| re.is_match(l), left)
+        });
         let written = found.map(|l| emit(out, &l));
         return finish(out, written, timeout);
     }
@@ -685,10 +687,10 @@ fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<(
             Ok(m) => m,
             Err(e) => return reply(out, &json!({"end": "error", "error": e})),
         };
-        let found = view
-            .tail()
-            .lines_back(back.unwrap_or(0))
-            .until_json(|v| matcher.matches(v), timeout);
+        let mut tail = view.tail().lines_back(back.unwrap_or(0));
+        let found = across_restarts(bundle, req, timeout, |left| {
+            tail.until_json(|v| matcher.matches(v), left)
+        });
         let written = found.map(|v| reply(out, &json!({"json": v})));
         return finish(out, written, timeout);
     }
@@ -726,7 +728,9 @@ fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<(
                 // Any line may be its start; a second at most, for one logged before
                 // `whole` began.
                 match whole.next_line(Duration::from_secs(1)) {
-                    Ok(_) => {}
+                    // Another service's line: is anyone still listening?
+                    Ok(_) if !peer_gone(out) => {}
+                    Ok(_) => return Ok(()),
                     Err(HsError::WaitTimeout { .. }) if !peer_gone(out) => {}
                     Err(HsError::WaitTimeout { .. }) => return Ok(()),
                     Err(_) => break,
@@ -1162,6 +1166,34 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                 }
             }
             Err("the bundle went away before answering (it stopped or crashed)".to_owned())
+        }
+    }
+}
+
+/// A wait on one service's lines that goes on while the service is stopped, as `logs -f`
+/// does: its line may come once it is started again. It ends with the line, the timeout, or
+/// the bundle's end. (For the whole bundle's lines, the wait is just `wait`.)
+fn across_restarts<T>(
+    bundle: &Bundle,
+    req: &Value,
+    timeout: Duration,
+    mut wait: impl FnMut(Duration) -> hitchserve::Result<T>,
+) -> hitchserve::Result<T> {
+    let one_service = req["service"].is_string();
+    let deadline = Instant::now().checked_add(timeout);
+    let mut whole: Option<hitchserve::Tail> = None;
+    loop {
+        let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
+        match wait(left) {
+            Err(HsError::EndedWhileWaiting { .. }) if one_service && !left.is_zero() => {
+                // Stopped: wait for the bundle's next line (its start is one), then look again.
+                let whole = whole.get_or_insert_with(|| bundle.logs().tail().lines_back(0));
+                match whole.next_line(left.min(Duration::from_secs(1))) {
+                    Ok(_) | Err(HsError::WaitTimeout { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            other => return other,
         }
     }
 }

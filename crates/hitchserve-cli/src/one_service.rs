@@ -114,7 +114,7 @@ fn kill(svc: &ServiceHandle, sig: Signal, restarts: bool) -> Result<(), String> 
 }
 
 /// A service's state in words.
-fn state(svc: &ServiceHandle, info: Option<&ServiceInfo>) -> String {
+fn state(svc: &ServiceHandle) -> String {
     if let Some(status) = svc.exit_status() {
         // The library's own verdict: an exit it reports (after ready, or once its restart
         // policy gave up) is a crash; one asked for (`stop`) is not.
@@ -127,8 +127,8 @@ fn state(svc: &ServiceHandle, info: Option<&ServiceInfo>) -> String {
         (Some(_), _, true) => "paused".to_owned(),
         (Some(_), true, false) => "ready".to_owned(),
         (Some(_), false, false) => "starting".to_owned(),
+        (None, _, _) if svc.restart_pending() => "restarting".to_owned(),
         (None, _, _) if svc.incarnation() == 0 => "not started".to_owned(),
-        (None, _, _) if info.is_some_and(|i| i.restarts) => "restarting".to_owned(),
         (None, _, _) => "not running".to_owned(),
     }
 }
@@ -156,7 +156,7 @@ fn entry(bundle: &Bundle, svc: &ServiceHandle, info: Option<&ServiceInfo>) -> Va
     let incarnation = svc.incarnation();
     json!({
         "name": name,
-        "state": state(svc, info),
+        "state": state(svc),
         "pid": svc.pid(),
         "paused": svc.is_paused(),
         "incarnation": incarnation,

@@ -1342,3 +1342,120 @@ fn one_service_commands_given_a_mistake_fail_clearly_and_at_once() {
     down(&p);
     assert_nothing_left(&run);
 }
+
+/// A service run from a copy of `sleep` in the project, which a test can remove so that
+/// its next start fails (the OS refuses to spawn it), with the restart policy `policy`.
+fn removable_program(tag: &str, policy: &str) -> Project {
+    let p = Project::new(
+        tag,
+        &format!(
+            r#"
+[bundle]
+startup_timeout = "30s"
+
+[services.App]
+command = ["./prog", "100000"]
+{policy}
+
+[services.Other]
+command = ["sh", "-c", "echo READY; exec sleep 100000"]
+ready = {{ line_contains = "READY" }}
+"#
+        ),
+    );
+    std::fs::copy("/bin/sleep", p.0.join("prog")).unwrap();
+    p
+}
+
+#[test]
+fn a_service_whose_start_failed_is_not_shown_as_restarting() {
+    let p = removable_program("startfailed", "restart = \"on-failure\"\nmax_restarts = 2");
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let run = run_of(&p, "Other");
+    assert!(p.run(&["stop", "App"]).status.success());
+    std::fs::remove_file(p.0.join("prog")).unwrap();
+    let o = output_within(p.cmd(&["start", "App"]), std::time::Duration::from_secs(60));
+    assert!(
+        !o.status.success() && text(&o).contains("could not be started"),
+        "{}",
+        text(&o)
+    );
+    // Nothing is going to start it again: its policy restarts exits, not a start by
+    // hand that the OS refused. `restarting` would have a test wait for nothing.
+    let app = status_of(&p, "App");
+    assert_ne!(app["state"], "restarting", "{app}");
+    let table = text(&p.run(&["status"]));
+    assert!(!table.contains("restarting"), "{table}");
+    down(&p);
+    assert_nothing_left(&run);
+}
+
+#[test]
+fn a_policy_restart_the_os_refuses_is_reported_not_left_restarting() {
+    let p = removable_program(
+        "respawnfailed",
+        "restart = \"on-failure\"\nmax_restarts = 2\nrestart_backoff = \"50ms\"",
+    );
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let run = run_of(&p, "Other");
+    std::fs::remove_file(p.0.join("prog")).unwrap();
+    let killed = p.run(&["kill", "App"]);
+    assert!(killed.status.success(), "{}", text(&killed));
+    // The policy's start (after 50 ms) fails at once; wait, generously, for the state
+    // to say so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let app = loop {
+        let app = status_of(&p, "App");
+        if app["state"] != "restarting" || std::time::Instant::now() > deadline {
+            break app;
+        }
+    };
+    assert_ne!(app["state"], "restarting", "{app}");
+    // The service is gone for good: that is a crash nobody reported yet.
+    let o = p.run(&["down"]);
+    assert!(
+        !o.status.success() && text(&o).contains("App"),
+        "`down` exited 0 though App was lost: {}",
+        text(&o)
+    );
+    assert_nothing_left(&run);
+}
+
+#[test]
+fn logs_until_on_a_stopped_service_waits_for_its_next_start() {
+    let p = Project::new(
+        "untilstopped",
+        r#"
+[bundle]
+startup_timeout = "30s"
+
+[services.App]
+command = ["sh", "-c", "echo READY; while true; do echo tick; sleep 0.1; done"]
+ready = { line_contains = "READY" }
+"#,
+    );
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let run = run_of(&p, "App");
+    assert!(p.run(&["stop", "App"]).status.success());
+    // As `logs App -f` does, a wait for App's next line goes on while it is stopped: the
+    // line comes once it is started again (its ticks, whenever the wait began).
+    let waiting = p
+        .cmd(&["logs", "App", "--until", "tick", "--timeout", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = p.run(&["start", "App"]);
+    assert!(started.status.success(), "{}", text(&started));
+    let o = waiting.wait_with_output().unwrap();
+    assert!(
+        o.status.success() && text(&o).contains("tick"),
+        "{}",
+        text(&o)
+    );
+    down(&p);
+    assert_nothing_left(&run);
+}

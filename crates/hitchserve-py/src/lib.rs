@@ -121,6 +121,7 @@ fn context_of(e: &Error) -> (Option<String>, Vec<String>) {
         | Error::NoSuchUser { service, .. }
         | Error::UnknownPort { service, .. }
         | Error::UnreachableForUser { service, .. }
+        | Error::ServiceNotRunning { service, .. }
         | Error::SubcommandFailed { service, .. } => (Some(service.clone()), Vec::new()),
         _ => (None, Vec::new()),
     }
@@ -189,6 +190,12 @@ impl Raised {
         let mut all = lock(&self.0);
         let at = all.iter().position(|(s, _)| s == service)?;
         Some(all.remove(at).1)
+    }
+
+    /// Drop what `service`'s earlier starts raised (a restart by its policy, a start whose
+    /// caller pressed Ctrl-C): a new start reports only its own.
+    fn forget(&self, service: &str) {
+        lock(&self.0).retain(|(s, _)| s != service);
     }
 }
 
@@ -1185,6 +1192,7 @@ impl ServiceHandle {
     /// ready, within the startup timeout. Ctrl-C answered.
     #[pyo3(signature = (setup=false))]
     fn start(&self, py: Python<'_>, setup: bool) -> PyResult<()> {
+        self.raised.forget(self.handle.name());
         self.waiting(py, "start", move |h| {
             if setup {
                 h.start_with_setup()
@@ -1197,6 +1205,7 @@ impl ServiceHandle {
     /// `stop`, then `start`. Ctrl-C answered.
     #[pyo3(signature = (setup=false))]
     fn restart(&self, py: Python<'_>, setup: bool) -> PyResult<()> {
+        self.raised.forget(self.handle.name());
         self.waiting(py, "restart", move |h| {
             if setup {
                 h.restart_with_setup()

@@ -176,13 +176,7 @@ impl ServiceHandle {
     /// "crash" fault: if it dies, the crash is reported as any crash after readiness is (by
     /// [`check`](Self::check), the next time travel or shutdown), unless it is started again.
     pub fn kill(&self, signal: Signal) -> Result<()> {
-        report_crash(&self.runtime, Some(self.idx), true)?;
-        // Under the lock: it keeps the group's leader unreaped while the signal is sent.
-        let states = self.runtime.lock();
-        match states[self.idx].group() {
-            Some(group) if group.signal(signal) => Ok(()),
-            _ => Err(self.runtime.not_running(self.idx, &states[self.idx])),
-        }
+        self.signal(signal)
     }
 
     /// Wait until it is ready (after a start, a restart, or a restart by its policy), within
@@ -196,15 +190,28 @@ impl ServiceHandle {
         self.runtime.read(self.idx, |st| st.incarnation)
     }
 
-    /// Send a signal to the service's whole process group.
+    /// Send a signal to the service's whole process group. `SIGSTOP` and `SIGCONT` are
+    /// [`pause`](Self::pause) and [`resume`](Self::resume), so that [`is_paused`](Self::is_paused)
+    /// and a later stop stay true.
     pub fn signal(&self, signal: Signal) -> Result<()> {
         report_crash(&self.runtime, Some(self.idx), true)?;
+        match signal {
+            Signal::SIGSTOP => return self.pause(),
+            Signal::SIGCONT => return self.resume(),
+            _ => {}
+        }
         // Under the lock: it keeps the group's leader unreaped while the signal is sent.
         let states = self.runtime.lock();
         match states[self.idx].group() {
             Some(group) if group.signal(signal) => Ok(()),
-            _ => Err(Error::NotRunning),
+            _ => Err(self.runtime.not_running(self.idx, &states[self.idx])),
         }
+    }
+
+    /// Whether it has exited and its restart policy will start it again (see
+    /// [`Service::restart`](crate::Service::restart)).
+    pub fn restart_pending(&self) -> bool {
+        self.runtime.read(self.idx, |st| st.restart_pending())
     }
 }
 

@@ -268,7 +268,9 @@ class Service:
         """Its main process, as a ``psutil.Process``."""
         pid = self.pid
         if pid is None:
-            raise NotRunning(f"service `{self.name}` is not running")
+            err = NotRunning(f"service `{self.name}` is not running")
+            err.service = self.name
+            raise err
         return psutil.Process(pid)
 
     @property
@@ -487,8 +489,11 @@ def _check_restart(
             f"restart_backoff= is in seconds (or a timedelta), not {type(backoff).__name__}: {backoff!r}"
         )
     seconds = _seconds(backoff)
-    if not 0 <= seconds < float("inf"):
-        raise DefinitionError(f"restart_backoff= is a duration, 0 or more seconds, not {seconds}")
+    # The engine holds a duration as 64-bit seconds: refuse now what it would refuse later.
+    if not 0 <= seconds < 2.0**63:
+        raise DefinitionError(
+            f"restart_backoff= is a duration, 0 or more seconds (less than 2**63), not {seconds}"
+        )
     return max_restarts, seconds
 
 

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::runtime::state::{Event, Phase};
 use crate::runtime::Runtime;
 
@@ -20,7 +20,7 @@ impl Runtime {
         let actions = {
             let mut states = self.lock();
             if self.is_stopping() {
-                return Err(Error::NotRunning);
+                return Err(self.shut_down(idx));
             }
             // Waiting for its needs (a start during startup): the scheduler starts it.
             let stopped = matches!(
@@ -44,7 +44,7 @@ impl Runtime {
     pub(crate) fn restart_one(self: &Arc<Self>, idx: usize, setup: bool) -> Result<()> {
         let before = self.read(idx, |st| st.incarnation);
         if !self.stop_one(idx, Some(setup)) {
-            return Err(Error::NotRunning);
+            return Err(self.shut_down(idx));
         }
         self.wait_ready_after(idx, before)
     }

@@ -119,7 +119,7 @@ impl Runtime {
                 return Ok(());
             }
             if self.is_stopping() {
-                return Err(Error::NotRunning);
+                return Err(self.shut_down(idx));
             }
             match st.take_startup_failure(t) {
                 Some(failure) => failure,
@@ -160,6 +160,14 @@ impl Runtime {
         Error::ServiceNotRunning {
             service: self.services()[idx].name.clone(),
             state,
+        }
+    }
+
+    /// The error for starting (or waiting for) service `idx` once the bundle stops.
+    pub(crate) fn shut_down(&self, idx: usize) -> Error {
+        Error::ServiceNotRunning {
+            service: self.services()[idx].name.clone(),
+            state: "can't start: the bundle has been shut down".to_owned(),
         }
     }
 

@@ -25,6 +25,7 @@ use crate::runtime::supervisor::supervise;
 use crate::runtime::threads::Task;
 use crate::runtime::usercode::UserCode;
 use crate::runtime::Runtime;
+use crate::signal::ExitStatus;
 
 thread_local! {
     /// The runtime this thread runs a scheduling round for (its address, 0 for none), and
@@ -305,24 +306,48 @@ impl Runtime {
                 } else {
                     Event::RestartDue { at: Instant::now() }
                 };
+                let exited = match states[idx].phase {
+                    Phase::Restarting { status } => Some(status),
+                    _ => None,
+                };
                 let (actions, _) = runtime.apply_locked(&mut states, idx, event);
                 drop(states);
                 runtime.changed.notify_all();
                 if runtime.carry_out(idx, actions) {
                     runtime.run_task(idx, Task::Start);
+                    // Nobody waits for this start to hear that the OS refused it: say so,
+                    // and let the exit stand, reported like a crash.
+                    let refused = runtime.read(idx, |st| match (&st.phase, &st.failure) {
+                        (Phase::NotStarted, Some(failure)) => Some(failure.describe()),
+                        _ => None,
+                    });
+                    if let (Some(why), Some(status)) = (refused, exited) {
+                        runtime.give_up(idx, status, &why);
+                    }
                 }
             });
         match spawned {
             Ok(handle) => self.threads.keep(handle),
             Err(e) => {
-                // No thread, no restart: the exit stands (and is reported as a crash).
-                self.sink.warn(&format!(
-                    "could not restart `{}`: no thread for it ({e})",
-                    self.services()[idx].name
-                ));
-                self.dispatch(idx, Event::GiveUp);
+                let status = self.read(idx, |st| match st.phase {
+                    Phase::Restarting { status } => Some(status),
+                    _ => None,
+                });
+                if let Some(status) = status {
+                    self.give_up(idx, status, &format!("no thread for it ({e})"));
+                }
             }
         }
+    }
+
+    /// Its restart policy can't restart service `idx` (`why`): its exit (`status`) stands,
+    /// reported like a crash.
+    fn give_up(self: &Arc<Self>, idx: usize, status: ExitStatus, why: &str) {
+        self.sink.warn(&format!(
+            "could not restart `{}`: {why}; its exit ({status}) stands",
+            self.services()[idx].name
+        ));
+        self.dispatch(idx, Event::GiveUp { status });
     }
 
     /// Run a hook of service `idx` with its labelled output; a failure as a message.

@@ -89,6 +89,18 @@ pub(crate) struct Stop {
     pub deadline: Option<Instant>,
 }
 
+impl Failure {
+    /// In words, for a log line.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Failure::Spawn(e) => format!("could not be started: {e}"),
+            Failure::CheckPanicked(m) => format!("its readiness check panicked: {m}"),
+            Failure::Hook(Part::Setup, m) => format!("its setup hook failed: {m}"),
+            Failure::Hook(_, m) => format!("its poststart hook failed: {m}"),
+        }
+    }
+}
+
 /// What is to happen to a service once its main process is reaped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AfterExit {
@@ -189,8 +201,11 @@ pub(crate) enum Event {
     /// SIGSTOP / SIGCONT its group.
     Pause,
     Resume,
-    /// Its restart can't happen (no thread for it): the exit stands.
-    GiveUp,
+    /// Its restart can't happen (no thread for it, or the OS refused the new process): the
+    /// exit (`status`) stands, reported like a crash.
+    GiveUp {
+        status: ExitStatus,
+    },
     /// Its main process exited (seen before reaping).
     MainExited,
     /// What was left of its group has been killed.
@@ -382,6 +397,11 @@ impl ServiceState {
             } if matches!(readiness, Readiness::Ready { .. }) || self.restarts > 0 => Some(status),
             _ => None,
         }
+    }
+
+    /// It has exited and its restart policy will start it again.
+    pub(crate) fn restart_pending(&self) -> bool {
+        matches!(self.phase, Phase::Restarting { .. })
     }
 
     /// Its group is stopped by `pause`.

@@ -399,7 +399,12 @@ fn a_start_after_shutdown_is_refused() {
     b.startup().unwrap();
     let svc = b.service("Svc").unwrap();
     b.shutdown().unwrap();
-    assert!(matches!(svc.start(), Err(Error::NotRunning)));
+    match svc.start() {
+        Err(e @ Error::ServiceNotRunning { .. }) => {
+            assert!(e.to_string().contains("shut down"), "{e}")
+        }
+        other => panic!("a start after shutdown is refused, got {other:?}"),
+    }
     assert!(svc.stop().is_ok(), "stopping what is stopped does nothing");
     assert!(matches!(svc.pause(), Err(Error::ServiceNotRunning { .. })));
 }
@@ -453,4 +458,34 @@ fn shutdown_calls_off_a_pending_restart() {
     b.shutdown().expect("a restart called off is not a crash");
     assert_eq!(flaky.incarnation(), 1, "no new process during shutdown");
     assert!(marked_pids(&run).is_empty());
+}
+
+#[test]
+fn a_policy_restart_the_os_refuses_is_reported_like_a_crash() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new("fi-refused");
+    let script = p.write("svc.sh", "#!/bin/sh\necho READY\nexec sleep 1000\n");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut b = p.bundle();
+    b.add(
+        "Gone",
+        Service::new(["./svc.sh"])
+            .ready_when(|l| l == "READY")
+            .restart(Restart::on_failure(3).backoff(Duration::from_millis(10))),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let gone = b.service("Gone").unwrap();
+    let mut tail = b.logs().tail();
+    std::fs::remove_file(&script).unwrap();
+    gone.kill(Signal::SIGKILL).unwrap();
+    tail.until(|l| l.contains("could not restart `Gone`"), PATIENCE)
+        .expect("a refused restart is said");
+    assert!(!gone.restart_pending());
+    assert_eq!(gone.wait_exit(PATIENCE), Some(ExitStatus::Signaled(9)));
+    match b.check() {
+        Err(Error::ServiceExited { service, .. }) => assert_eq!(service, "Gone"),
+        other => panic!("the exit stands as a crash, got {other:?}"),
+    }
+    let _ = b.shutdown();
 }

@@ -146,7 +146,10 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. },
             Event::StartAgain { at, setup },
         ) => start_again(st, t, at, setup, &mut actions),
-        (Phase::Restarting { status }, Event::GiveUp) => {
+        (Phase::Restarting { .. } | Phase::NotStarted, Event::GiveUp { status }) => {
+            // (From `NotStarted`: its policy's start was refused; that error is in the
+            // warning, not kept for a later start to report.)
+            st.failure = None;
             actions.push(Action::LogsEnded);
             Phase::Exited {
                 status,

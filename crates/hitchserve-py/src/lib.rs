@@ -134,12 +134,7 @@ fn py_err(e: Error) -> PyErr {
     Python::attach(|py| {
         let (service, last_lines) = context_of(&e);
         let class = class_of(&e);
-        let kind = format!("{e:?}");
-        let kind = kind
-            .split([' ', '{', '('])
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let kind = e.kind().to_owned();
         let message = e.to_string();
         let build = || -> PyResult<PyErr> {
             let module = py.import("hitchserve.errors")?;

@@ -14,7 +14,11 @@ use crate::signal::ExitStatus;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What went wrong, with enough context to act on it.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same human message as `Display` (the service, what happened, its last
+/// lines, what to do): that is what a test returning [`Result`] prints when it fails, and
+/// what `unwrap()` and `expect()` show. Match on the variants for the details.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A service name that can't be used.
@@ -440,6 +444,60 @@ fn not_ready_section(not_ready: &[NotReady]) -> String {
     }
     out.push_str("\n  raise Bundle::startup_timeout if the services are just slow");
     out
+}
+
+impl Error {
+    /// The variant's name (`"ServiceExited"`, `"StartupTimeout"`...): a stable word for
+    /// programs that sort errors, e.g. bindings to other languages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidName { .. } => "InvalidName",
+            Error::DuplicateService { .. } => "DuplicateService",
+            Error::EmptyCommand { .. } => "EmptyCommand",
+            Error::CommandNotFound { .. } => "CommandNotFound",
+            Error::NotInstalled { .. } => "NotInstalled",
+            Error::DirectoryMissing { .. } => "DirectoryMissing",
+            Error::NotADirectory { .. } => "NotADirectory",
+            Error::UnknownNeed { .. } => "UnknownNeed",
+            Error::NeedsCycle { .. } => "NeedsCycle",
+            Error::ProjectDir { .. } => "ProjectDir",
+            Error::Io { .. } => "Io",
+            Error::Spawn { .. } => "Spawn",
+            Error::ExitedBeforeReady { .. } => "ExitedBeforeReady",
+            Error::StartupTimeout { .. } => "StartupTimeout",
+            Error::ReadinessPanicked { .. } => "ReadinessPanicked",
+            Error::HookFailed { .. } => "HookFailed",
+            Error::ServiceExited { .. } => "ServiceExited",
+            Error::LogFileFailed { .. } => "LogFileFailed",
+            Error::NoSuchService { .. } => "NoSuchService",
+            Error::WaitTimeout { .. } => "WaitTimeout",
+            Error::EndedWhileWaiting { .. } => "EndedWhileWaiting",
+            Error::LibfaketimeMissing { .. } => "LibfaketimeMissing",
+            Error::NoSuchUser { .. } => "NoSuchUser",
+            Error::UnknownPort { .. } => "UnknownPort",
+            Error::InvalidPattern { .. } => "InvalidPattern",
+            Error::Unpreloadable { .. } => "Unpreloadable",
+            Error::UnsafePath { .. } => "UnsafePath",
+            Error::UnreachableForUser { .. } => "UnreachableForUser",
+            Error::TimeTravelDisabled => "TimeTravelDisabled",
+            Error::TimeOutOfRange => "TimeOutOfRange",
+            Error::NoSuchProcess { .. } => "NoSuchProcess",
+            Error::ProcessInfo { .. } => "ProcessInfo",
+            Error::SubcommandFailed { .. } => "SubcommandFailed",
+            Error::AlreadyStarted => "AlreadyStarted",
+            Error::Interrupted => "Interrupted",
+            Error::NotRunning => "NotRunning",
+            Error::ServiceNotRunning { .. } => "ServiceNotRunning",
+            Error::NotAService { .. } => "NotAService",
+            Error::WebDriver { .. } => "WebDriver",
+        }
+    }
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 /// `3 lines (120 bytes)`, for messages.

@@ -208,3 +208,20 @@ fn a_hook_that_blocks_is_ended_by_the_startup_timeout() {
         assert!(text.contains(hook), "{text}");
     }
 }
+
+#[test]
+fn an_error_debug_prints_the_human_message_a_failing_test_shows() {
+    let p = Project::new("debug-msg");
+    let mut b = p.bundle();
+    b.add("Quitter", sh("echo 'boom on stderr' >&2; exit 3"))
+        .unwrap();
+    let err = b.startup().unwrap_err();
+    // `fn t() -> hitchserve::Result<()>` prints `Error: {err:?}`: the message, not a struct.
+    let debug = format!("{err:?}");
+    assert_eq!(debug, err.to_string());
+    assert!(
+        debug.contains("`Quitter`") && debug.contains("boom on stderr"),
+        "{debug}"
+    );
+    assert_eq!(err.kind(), "ExitedBeforeReady");
+}

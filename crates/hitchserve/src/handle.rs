@@ -1,7 +1,8 @@
 //! `ServiceHandle`: one service of a started bundle, for a test to read and poke.
 //!
 //! Owns the public per-service API (logs, pid, process, environment, sub-commands, exit,
-//! signals). A façade: it reads the runtime's states and asks the runtime to act.
+//! signals, and the fault-injection steps: stop, start, restart, pause, resume, kill). A
+//! façade: it reads the runtime's states and asks the runtime to act.
 
 use std::ffi::OsString;
 use std::path::Path;

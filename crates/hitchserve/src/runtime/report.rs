@@ -1,5 +1,6 @@
-//! Waiting for a run to start up, and the errors a run gives: a startup failure, a startup
-//! timeout (what each service is still waiting for), a crash after readiness.
+//! Waiting for a run to start up (and for one service to be ready again: `wait_ready`), and
+//! the errors a run gives: a startup failure, a startup timeout (what each service is still
+//! waiting for), a crash after readiness, a service that isn't running.
 //!
 //! Owns turning states into `Error`s with each service's last lines. It reads states (and
 //! takes a startup failure from its mailbox, so it is reported once); it never moves one.

@@ -1,10 +1,13 @@
-//! Starting services: which thread starts each, its setup hook, the spawn itself, and its
-//! poststart hook.
+//! Starting services: which thread starts each, its setup hook, the spawn itself, its
+//! poststart hook, the log sources of each start (so a line says which start wrote it), and
+//! the wait before a restart by its policy.
 //!
 //! Owns making the supervisor threads (in advance for services that will start later, so a
-//! chain of services never waits for a thread to be created; see `threads`) and the rule "the first
-//! service that may start runs on the thread that found it may, the others on their own".
-//! What may start is `schedule`'s decision; what happens to a service's state is `state`'s.
+//! chain of services never waits for a thread to be created; see `threads`), the rule "the
+//! first service that may start runs on the thread that found it may, the others on their
+//! own", and scheduling rounds that loop rather than nest (a chain takes constant stack). A
+//! restart by hand starts the next process on the same supervisor thread. What may start is
+//! `schedule`'s decision; what happens to a service's state is `state`'s.
 //! Spawning has no `pre_exec` unless signals are blocked (see `exec`): it keeps std on the
 //! fast posix_spawn path.
 

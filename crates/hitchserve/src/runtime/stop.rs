@@ -3,9 +3,10 @@
 //! until every supervisor has drained and reaped.
 //!
 //! Owns the shutdown order, stopping one service (`stop_one`: the same steps for its group
-//! alone; what left its group is caught at shutdown) and the marker sweep (`sweep`). A service whose thread is stuck in
-//! user code (a readiness closure or a hook that never returns) can't report its own end: it
-//! counts as done once nothing of its group is alive, and nobody waits for that thread.
+//! alone, and a restart by hand; what left its group is caught at shutdown) and the marker
+//! sweep (`sweep`). A service whose thread is stuck in user code (a readiness closure or a
+//! hook that never returns) can't report its own end: it counts as done once nothing of its
+//! group is alive, and nobody waits for that thread.
 
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};

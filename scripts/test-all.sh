@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --workspace --locked
+cargo test --workspace --locked --features hitchserve/tokio
 
 # The Python package, built by pip with maturin (its PEP 517 backend), with what its tests use.
 python3 -m pip install --quiet --disable-pip-version-check --break-system-packages --root-user-action=ignore \

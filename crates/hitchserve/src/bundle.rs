@@ -88,6 +88,11 @@ struct InterruptState {
 }
 
 impl Interrupter {
+    /// Whether `interrupt` was called.
+    pub(crate) fn flag(&self) -> &AtomicBool {
+        &self.0.requested
+    }
+
     /// Make the current (or next) `startup` fail with [`Error::Interrupted`] and stop what
     /// it started. It can't be taken back: every later `startup` of this bundle fails the
     /// same way. No effect on a bundle that is already up: call `shutdown` for that.
@@ -211,6 +216,20 @@ impl Bundle {
     /// time, a readiness check that panics) everything already started is stopped and the
     /// error says which service and why.
     pub fn startup(&mut self) -> Result<()> {
+        let (runtime, t0) = self.begin_startup()?;
+        let result = wait_started(
+            &runtime,
+            self.startup_timeout,
+            self.shutdown_timeout,
+            self.progress,
+            &self.interrupt.requested,
+        );
+        self.end_startup(t0, result)
+    }
+
+    /// The part of `startup` that doesn't wait: check and resolve the definitions, set the
+    /// run up, start nothing yet.
+    pub(crate) fn begin_startup(&mut self) -> Result<(Arc<Runtime>, Instant)> {
         if self.runtime.is_some() {
             return Err(Error::AlreadyStarted);
         }
@@ -218,19 +237,36 @@ impl Bundle {
         // tried again once the cause is fixed.
         self.stopped.store(false, Ordering::SeqCst);
         self.sink.store.reopen();
-        let result = self.start_run();
-        if result.is_err() {
-            // Nothing runs (any more): waits on the logs must end rather than hang.
-            self.stopped.store(true, Ordering::SeqCst);
-            if self.runtime.is_none() {
+        let t0 = Instant::now();
+        match self.launch(t0) {
+            Ok(runtime) => Ok((runtime, t0)),
+            Err(e) => {
+                // Nothing runs: waits on the logs must end rather than hang.
+                self.stopped.store(true, Ordering::SeqCst);
                 self.sink.store.close();
+                Err(e)
             }
         }
-        result
     }
 
-    fn start_run(&mut self) -> Result<()> {
-        let t0 = Instant::now();
+    /// The part of `startup` after its wait (see `wait_started`).
+    pub(crate) fn end_startup(&mut self, t0: Instant, result: Result<()>) -> Result<()> {
+        match result {
+            Ok(()) => {
+                self.sink
+                    .log(&format!("READY in {:.2} s", t0.elapsed().as_secs_f64()));
+                Ok(())
+            }
+            Err(e) => {
+                self.clock.stop();
+                // Nothing runs any more.
+                self.stopped.store(true, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+
+    fn launch(&mut self, t0: Instant) -> Result<Arc<Runtime>> {
         let project = std::fs::canonicalize(&self.project).map_err(|source| Error::ProjectDir {
             path: self.project.clone(),
             source,
@@ -259,26 +295,17 @@ impl Bundle {
         self.runtime = Some(Arc::clone(&runtime));
         *self.interrupt.run.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Arc::downgrade(&runtime));
-        match runtime.start_up(
+        Ok(runtime)
+    }
+
+    /// What `startup` waits with, for a thread of its own (the async version's).
+    pub(crate) fn startup_wait_args(&self) -> (Duration, Duration, Option<Duration>, Interrupter) {
+        (
             self.startup_timeout,
+            self.shutdown_timeout,
             self.progress,
-            &self.interrupt.requested,
-        ) {
-            Ok(()) => {
-                self.sink
-                    .log(&format!("READY in {:.2} s", t0.elapsed().as_secs_f64()));
-                Ok(())
-            }
-            Err(e) => {
-                // Evidence for a person: which service failed startup (or made it slow).
-                save_timeline(&runtime);
-                runtime.stop_all(self.shutdown_timeout);
-                self.clock.stop();
-                // The startup error already told of any service that exited.
-                runtime.mark_crashes_reported();
-                Err(e)
-            }
-        }
+            self.interrupter(),
+        )
     }
 
     /// The port reserved as `name` for `service` (see [`Service::port`]); ports are
@@ -468,17 +495,33 @@ impl Bundle {
     /// Returns an error for a crash after startup not yet reported. Also done on drop.
     /// Only the first call stops anything; it may come from any thread.
     pub fn shutdown(&self) -> Result<()> {
-        let Some(runtime) = self.runtime.as_ref() else {
-            return Ok(());
-        };
-        if !self.stopped.swap(true, Ordering::SeqCst) {
-            runtime.stop_all(self.shutdown_timeout);
-            self.clock.stop();
-            save_timeline(runtime);
-            // After stopping, every exit is known and classified as asked for or not.
-            return report_crash(runtime, None, true);
+        match self.begin_shutdown() {
+            Some(runtime) => {
+                runtime.stop_all(self.shutdown_timeout);
+                self.end_shutdown(&runtime)
+            }
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The runtime to stop, if this is the first call that stops it.
+    pub(crate) fn begin_shutdown(&self) -> Option<Arc<Runtime>> {
+        let runtime = self.runtime.as_ref()?;
+        (!self.stopped.swap(true, Ordering::SeqCst)).then(|| Arc::clone(runtime))
+    }
+
+    /// After `stop_all`: the clock's files go, the timeline is drawn, a crash not reported
+    /// yet is.
+    pub(crate) fn end_shutdown(&self, runtime: &Runtime) -> Result<()> {
+        self.clock.stop();
+        save_timeline(runtime);
+        // After stopping, every exit is known and classified as asked for or not.
+        report_crash(runtime, None, true)
+    }
+
+    /// The shutdown timeout, for the async version's thread.
+    pub(crate) fn shutdown_timeout_value(&self) -> Duration {
+        self.shutdown_timeout
     }
 }
 
@@ -508,6 +551,26 @@ impl std::fmt::Debug for Bundle {
             .field("run_dir", &self.run_dir())
             .finish()
     }
+}
+
+/// The part of `startup` that waits: until every service is ready, one fails, the timeout
+/// passes or `interrupted` is set; after a failure, everything started is stopped.
+pub(crate) fn wait_started(
+    runtime: &Arc<Runtime>,
+    startup_timeout: Duration,
+    shutdown_timeout: Duration,
+    progress: Option<Duration>,
+    interrupted: &AtomicBool,
+) -> Result<()> {
+    let result = runtime.start_up(startup_timeout, progress, interrupted);
+    if result.is_err() {
+        // Evidence for a person: which service failed startup (or made it slow).
+        save_timeline(runtime);
+        runtime.stop_all(shutdown_timeout);
+        // The startup error already told of any service that exited.
+        runtime.mark_crashes_reported();
+    }
+    result
 }
 
 /// `timeline.svg` in the run directory: which service made startup slow. Written when the

@@ -42,8 +42,10 @@
 // 4. plan: definitions checked and resolved;
 // 5. runtime: the running bundle, its state machine and its threads;
 // 6. inspect: read-only views (process tree, timeline);
-// 7. the public façade: bundle, handle;
+// 7. the public façade: bundle, handle, and (feature `tokio`) asynch;
 // 8. built on the façade: kernel, services.
+#[cfg(feature = "tokio")]
+mod asynch;
 mod bundle;
 mod cgroup;
 mod error;
@@ -67,6 +69,8 @@ mod signal;
 mod subcommand;
 mod timetravel;
 
+#[cfg(feature = "tokio")]
+pub use asynch::FollowAsync;
 pub use bundle::{Bundle, Interrupter};
 pub use error::{Error, NotReady, Result};
 pub use handle::ServiceHandle;

@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["plan"],
     &["runtime"],
     &["inspect"],
-    &["bundle", "handle"],
+    &["bundle", "handle", "asynch"],
     &["kernel", "services"],
 ];
 

@@ -4,6 +4,9 @@
 
 mod common;
 
+#[cfg(feature = "tokio")]
+mod async_api;
+
 mod chromium;
 mod conditions;
 mod console;

@@ -1,0 +1,172 @@
+//! Async versions of the calls that wait, for tests on tokio (feature `tokio`).
+//!
+//! Owns the bridge only: each wait is the sync call, run on tokio's blocking pool (or, for
+//! a `follow`, on a thread of its own feeding a channel), so no runtime thread is ever
+//! blocked — also on a current-thread runtime, the one `#[tokio::test]` makes. The sync API
+//! is unchanged and remains the reference; these add nothing but the `await`.
+//!
+//! A future dropped before it is done leaves its wait running to its own end (its timeout,
+//! its line, or the bundle's stop), as a thread of the blocking pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::bundle::{wait_started, Bundle};
+use crate::error::Result;
+use crate::handle::ServiceHandle;
+use crate::logs::{LogLine, Tail};
+
+/// Run `f` on tokio's blocking pool and await it; a panic in it is resumed here.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only a runtime shutting down cancels a blocking task: nothing left to await.
+            Err(e) => panic!("hitchserve: the blocking task was cancelled: {e}"),
+        },
+    }
+}
+
+impl Bundle {
+    /// [`startup`](Bundle::startup) for async code: the same, but the wait does not block
+    /// the runtime's thread (other tasks run meanwhile).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hitchserve::Result<()> {
+    /// use hitchserve::{Bundle, Service};
+    /// let mut bundle = Bundle::new(".");
+    /// bundle.add("Web", Service::new(["python3", "-m", "http.server", "8000"])
+    ///     .ready_when(|l| l.contains("Serving HTTP")))?;
+    /// bundle.startup_async().await?;
+    /// bundle.shutdown_async().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn startup_async(&mut self) -> Result<()> {
+        let (runtime, t0) = self.begin_startup()?;
+        let (startup, shutdown, progress, interrupter) = self.startup_wait_args();
+        let waiting = Arc::clone(&runtime);
+        let result = blocking(move || {
+            wait_started(&waiting, startup, shutdown, progress, interrupter.flag())
+        })
+        .await;
+        self.end_startup(t0, result)
+    }
+
+    /// [`shutdown`](Bundle::shutdown) for async code.
+    pub async fn shutdown_async(&self) -> Result<()> {
+        let Some(runtime) = self.begin_shutdown() else {
+            return Ok(());
+        };
+        let timeout = self.shutdown_timeout_value();
+        let stopping = Arc::clone(&runtime);
+        blocking(move || stopping.stop_all(timeout)).await;
+        self.end_shutdown(&runtime)
+    }
+}
+
+impl Tail {
+    /// [`until`](Tail::until) for async code.
+    pub async fn until_async(
+        &mut self,
+        pred: impl FnMut(&str) -> bool + Send + 'static,
+        timeout: Duration,
+    ) -> Result<LogLine> {
+        let mut tail = self.clone();
+        let (tail, result) = blocking(move || {
+            let result = tail.until(pred, timeout);
+            (tail, result)
+        })
+        .await;
+        *self = tail;
+        result
+    }
+
+    /// [`until_json`](Tail::until_json) for async code.
+    pub async fn until_json_async(
+        &mut self,
+        pred: impl FnMut(&Value) -> bool + Send + 'static,
+        timeout: Duration,
+    ) -> Result<Value> {
+        let mut tail = self.clone();
+        let (tail, result) = blocking(move || {
+            let result = tail.until_json(pred, timeout);
+            (tail, result)
+        })
+        .await;
+        *self = tail;
+        result
+    }
+
+    /// [`next_line`](Tail::next_line) for async code.
+    pub async fn next_line_async(&mut self, timeout: Duration) -> Result<LogLine> {
+        self.until_async(|_| true, timeout).await
+    }
+
+    /// [`follow`](Tail::follow) for async code: lines as they arrive, from
+    /// [`FollowAsync::next`]. A thread of its own follows; it ends with the service's
+    /// output, the bundle's stop, or once this is dropped and a line arrives.
+    pub fn follow_async(self) -> FollowAsync {
+        // Enough to absorb a burst without holding the follower back for every line.
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let follow = self.follow();
+        let spawned = std::thread::Builder::new()
+            .name("hitchserve:follow".into())
+            .spawn(move || {
+                for line in follow {
+                    if tx.blocking_send(line).is_err() {
+                        return;
+                    }
+                }
+            });
+        // Without its thread the stream just ends at once (the sender is gone).
+        drop(spawned);
+        FollowAsync { rx }
+    }
+}
+
+/// Lines as they arrive, from [`Tail::follow_async`].
+pub struct FollowAsync {
+    rx: tokio::sync::mpsc::Receiver<LogLine>,
+}
+
+impl FollowAsync {
+    /// The next line; `None` once the service's output has ended or the bundle stopped.
+    pub async fn next(&mut self) -> Option<LogLine> {
+        self.rx.recv().await
+    }
+}
+
+impl std::fmt::Debug for FollowAsync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FollowAsync")
+    }
+}
+
+impl ServiceHandle {
+    /// [`wait_until_ready`](ServiceHandle::wait_until_ready) for async code.
+    pub async fn wait_until_ready_async(&self) -> Result<()> {
+        let handle = self.clone();
+        blocking(move || handle.wait_until_ready()).await
+    }
+
+    /// [`start`](ServiceHandle::start) for async code.
+    pub async fn start_async(&self) -> Result<()> {
+        let handle = self.clone();
+        blocking(move || handle.start()).await
+    }
+
+    /// [`stop`](ServiceHandle::stop) for async code.
+    pub async fn stop_async(&self) -> Result<()> {
+        let handle = self.clone();
+        blocking(move || handle.stop()).await
+    }
+
+    /// [`restart`](ServiceHandle::restart) for async code.
+    pub async fn restart_async(&self) -> Result<()> {
+        let handle = self.clone();
+        blocking(move || handle.restart()).await
+    }
+}

@@ -1,0 +1,99 @@
+//! The async versions of the waiting calls (feature `tokio`) never block the runtime's
+//! thread: on a current-thread runtime (what `#[tokio::test]` makes), another task must run
+//! while they wait — here that task is what makes the awaited line happen, so a blocked
+//! thread would turn into a timeout.
+
+use hitchserve::Error;
+
+use crate::common::{sh, Project, PATIENCE};
+
+/// A service that is ready at once and says `went` once the file `go` exists.
+fn waiter() -> hitchserve::Service {
+    sh("echo READY; until [ -e go ]; do sleep 0.01; done; echo went; exec sleep 1000")
+}
+
+#[tokio::test]
+async fn an_async_wait_for_a_line_leaves_the_runtime_thread_free() {
+    let p = Project::new("async-until");
+    let mut b = p.bundle();
+    b.add("Waiter", waiter()).unwrap();
+    b.startup_async().await.unwrap();
+    let mut tail = b.service("Waiter").unwrap().logs().tail();
+    let go = p.path("go");
+    let maker = tokio::spawn(async move { std::fs::write(go, "").unwrap() });
+    let line = tail.until_async(|l| l == "went", PATIENCE).await.unwrap();
+    assert_eq!(line.text(), "went");
+    maker.await.unwrap();
+    b.shutdown_async().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_async_startup_leaves_the_runtime_thread_free() {
+    let p = Project::new("async-startup");
+    let mut b = p.bundle();
+    b.add(
+        "Gated",
+        sh("until [ -e go ]; do sleep 0.01; done; echo READY; exec sleep 1000"),
+    )
+    .unwrap();
+    let go = p.path("go");
+    let maker = tokio::spawn(async move { std::fs::write(go, "").unwrap() });
+    b.startup_async().await.unwrap();
+    maker.await.unwrap();
+    assert!(b.service("Gated").unwrap().is_ready());
+    b.shutdown_async().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_async_startup_failure_is_the_usual_error_and_leaves_nothing_running() {
+    let p = Project::new("async-fail");
+    let mut b = p.bundle();
+    b.add("Quitter", sh("echo bye; exit 4")).unwrap();
+    match b.startup_async().await {
+        Err(Error::ExitedBeforeReady { service, .. }) => assert_eq!(service, "Quitter"),
+        other => panic!("expected the usual startup error, got {other:?}"),
+    }
+    assert!(matches!(
+        b.startup_async().await,
+        Err(Error::AlreadyStarted)
+    ));
+}
+
+#[tokio::test]
+async fn an_async_follow_yields_lines_as_they_come_and_ends_with_the_service() {
+    let p = Project::new("async-follow");
+    let mut b = p.bundle();
+    b.add(
+        "Talker",
+        sh("echo READY; until [ -e go ]; do sleep 0.01; done; echo one; echo two; exit 0"),
+    )
+    .unwrap();
+    b.startup_async().await.unwrap();
+    let talker = b.service("Talker").unwrap();
+    let mut lines = talker.logs().out().tail().follow_async();
+    std::fs::write(p.path("go"), "").unwrap();
+    let mut seen = Vec::new();
+    while let Some(line) = lines.next().await {
+        seen.push(line.text().into_owned());
+    }
+    assert_eq!(seen, ["one", "two"]);
+    let _ = b.shutdown_async().await;
+}
+
+#[tokio::test]
+async fn an_async_restart_waits_until_the_service_is_ready_again() {
+    let p = Project::new("async-restart");
+    let mut b = p.bundle();
+    b.add("Svc", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup_async().await.unwrap();
+    let svc = b.service("Svc").unwrap();
+    let first = svc.pid();
+    svc.restart_async().await.unwrap();
+    assert!(svc.is_ready());
+    assert_ne!(svc.pid(), first);
+    svc.stop_async().await.unwrap();
+    svc.start_async().await.unwrap();
+    svc.wait_until_ready_async().await.unwrap();
+    assert_eq!(svc.incarnation(), 3);
+    b.shutdown_async().await.unwrap();
+}

@@ -1,0 +1,342 @@
+//! Every command but `up`: each a client of the control socket, which it connects to
+//! (waiting while a bundle is still starting), sends one request and prints the reply.
+//!
+//! Owns the commands' output (the `status` table, `now`, `exec`'s exit code as a shell's)
+//! and the checks made before asking a bundle (durations, signals, patterns), not what the
+//! bundle does. Invariant: `down` returns only once the bundle has stopped (its `up` has
+//! released the lock), and says a crash it had not reported.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::state_dir::{
+    is_socket, socket_dir, socket_path, state_dir, up_is_running, up_pid, StateDir, SOCKET,
+    SOCKET_STARTING,
+};
+use crate::config;
+use crate::one_service;
+use crate::Command;
+
+fn connect(project: &Path) -> Result<UnixStream, String> {
+    // A bundle still starting has no socket yet: wait for it while its `up` lives.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut waited = false;
+    let dir = socket_dir(project);
+    loop {
+        if let Ok(state) = StateDir::open(project) {
+            if let Ok(conn) = UnixStream::connect(state.address(SOCKET)) {
+                return Ok(conn);
+            }
+        }
+        if !up_is_running(project) {
+            return Err(if waited {
+                "the bundle stopped before it was ready: its error is in `.hitchserve/up.log` \
+                 (or on the console of `hitchserve up`)"
+                    .to_owned()
+            } else {
+                format!(
+                    "no bundle is running in `{}`: start one with `hitchserve up`",
+                    project.display()
+                )
+            });
+        }
+        // Bound and renamed in place atomically: once the pid is written one of the two
+        // names exists, unless someone removed it. (Checked in this order, so that a
+        // rename in between is seen.)
+        if let Some(pid) = up_pid(project) {
+            if !is_socket(&dir.join(SOCKET_STARTING))
+                && !is_socket(&dir.join(SOCKET))
+                && up_is_running(project)
+            {
+                return Err(format!(
+                    "the bundle's socket is gone: `{}` was removed while the bundle (pid {pid}) \
+                     ran, so it can't be reached; stop it with `hitchserve down` (or `kill {pid}`) \
+                     and start it again",
+                    dir.join(SOCKET).display()
+                ));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("the bundle is still starting after 10 minutes".to_owned());
+        }
+        waited = true;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn request(project: &Path, req: &Value) -> Result<BufReader<UnixStream>, String> {
+    let mut conn = connect(project)?;
+    conn.write_all(format!("{req}\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(BufReader::new(conn))
+}
+
+fn one_reply(project: &Path, req: &Value) -> Result<Value, String> {
+    let mut r = request(project, req)?;
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    let v: Value =
+        serde_json::from_str(&line).map_err(|_| "no answer from the bundle".to_owned())?;
+    if v["ok"] == false {
+        return Err(v["error"].as_str().unwrap_or("failed").to_owned());
+    }
+    Ok(v)
+}
+
+/// A request of `one_service`, waited on; prints the service's state afterwards.
+fn one_service(project: &Path, req: Value) -> Result<ExitCode, String> {
+    let v = one_reply(project, &req)?;
+    println!("{}", one_service::summary(&v["service"]));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every command but `up`.
+pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Up { .. } => unreachable!("handled by up"),
+        Command::Down => {
+            if !up_is_running(project) {
+                println!(
+                    "no bundle is running in `{}`: nothing to stop",
+                    project.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let unreachable = !is_socket(&socket_path(project));
+            let mut crashed = None;
+            match (unreachable, up_pid(project)) {
+                // Still starting, or its socket was removed: stop it as Ctrl-C would.
+                // SAFETY: signalling the `up` that holds the project's lock.
+                (true, Some(pid)) => unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                },
+                _ => {
+                    // The reply comes once the bundle has stopped: with the error of a crash
+                    // it had not reported yet. No reply (it went away first) is no news.
+                    let mut r = request(project, &json!({"cmd": "down"}))?;
+                    let mut line = String::new();
+                    let _ = r.read_line(&mut line);
+                    let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                    if v["ok"] == false {
+                        return Err(v["error"].as_str().unwrap_or("failed").to_owned());
+                    }
+                    crashed = v["error"].as_str().map(str::to_owned);
+                }
+            }
+            // `up` holds its lock file (which is never removed) until it has stopped.
+            let lock = std::fs::File::open(state_dir(project).join("up.lock"))
+                .map_err(|e| format!("cannot open the bundle's lock file: {e}"))?;
+            let (done_tx, done_rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                // SAFETY: a blocking shared lock on a descriptor this thread owns.
+                let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) };
+                let _ = done_tx.send(
+                    (r == 0)
+                        .then_some(())
+                        .ok_or_else(std::io::Error::last_os_error),
+                );
+            });
+            // Shutdown is bounded by each service's stop timeout; this is a last resort.
+            let patience = Duration::from_secs(600);
+            match done_rx.recv_timeout(patience) {
+                Ok(Ok(())) => match crashed {
+                    None => Ok(ExitCode::SUCCESS),
+                    Some(why) => Err(format!("the bundle stopped; before that, {why}")),
+                },
+                Ok(Err(e)) => Err(format!("cannot wait for the bundle to stop: {e}")),
+                Err(_) => Err(format!(
+                    "the bundle did not stop within {} s: see `.hitchserve/up.log`",
+                    patience.as_secs()
+                )),
+            }
+        }
+        Command::Status { json } | Command::Ps { json } => {
+            let v = one_reply(project, &json!({"cmd": "status"}))?;
+            if json {
+                println!("{v}");
+            } else {
+                println!(
+                    "{:<16} {:<32} {:>8} {:>10} {:>8}  PORTS",
+                    "SERVICE", "STATE", "PID", "RSS", "CPU"
+                );
+                for s in v["services"].as_array().cloned().unwrap_or_default() {
+                    let rss = s["rss"]
+                        .as_u64()
+                        .map_or("-".to_owned(), |r| format!("{:.1}M", r as f64 / 1048576.0));
+                    let cpu = s["cpu_seconds"]
+                        .as_f64()
+                        .map_or("-".to_owned(), |c| format!("{c:.2}s"));
+                    let pid = s["pid"].as_u64().map_or("-".to_owned(), |p| p.to_string());
+                    let ports: Vec<String> = s["ports"]
+                        .as_object()
+                        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+                        .unwrap_or_default();
+                    println!(
+                        "{:<16} {:<32} {:>8} {:>10} {:>8}  {}",
+                        s["name"].as_str().unwrap_or(""),
+                        one_service::state_column(&s),
+                        pid,
+                        rss,
+                        cpu,
+                        ports.join(" ")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Now { json } => {
+            let v = one_reply(project, &json!({"cmd": "now"}))?;
+            if json {
+                println!("{}", json!({"now": v["now"]}));
+            } else {
+                println!("{}", v["now"].as_str().unwrap_or(""));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::TimeTravel { by, to } => {
+            let req = match (by, to) {
+                (_, Some(to)) => json!({"cmd": "time_travel", "to": to}),
+                (Some(by), None) => {
+                    let d = config::signed_duration(&by)
+                        .map_err(|e| format!("{e} (`-3h` or `3h ago` goes back)"))?;
+                    json!({"cmd": "time_travel", "by": d.as_secs_f64()})
+                }
+                (None, None) => return Err("say how far (+2d) or to when (--to ...)".into()),
+            };
+            let v = one_reply(project, &req)?;
+            println!("{}", v["now"].as_str().unwrap_or(""));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stop { service } => {
+            one_service(project, json!({"cmd": "stop", "service": service}))
+        }
+        Command::Start { service, setup } => one_service(
+            project,
+            json!({"cmd": "start", "service": service, "setup": setup}),
+        ),
+        Command::Restart { service, setup } => one_service(
+            project,
+            json!({"cmd": "restart", "service": service, "setup": setup}),
+        ),
+        Command::Pause { service } => {
+            one_service(project, json!({"cmd": "pause", "service": service}))
+        }
+        Command::Resume { service } => {
+            one_service(project, json!({"cmd": "resume", "service": service}))
+        }
+        Command::Kill { service, signal } => {
+            // Checked here too, so that a mistake is told before asking a bundle.
+            signal
+                .parse::<hitchserve::Signal>()
+                .map_err(|e| format!("--signal: {e}"))?;
+            one_service(
+                project,
+                json!({"cmd": "kill", "service": service, "signal": signal}),
+            )
+        }
+        Command::Signal { service, signal } => {
+            one_reply(
+                project,
+                &json!({"cmd": "signal", "service": service, "signal": signal}),
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Exec { service, command } => {
+            let v = one_reply(project, &json!({"cmd": "exec_env", "service": service}))?;
+            let env: Vec<(String, String)> = v["env"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| Some((p[0].as_str()?.to_owned(), p[1].as_str()?.to_owned())))
+                .collect();
+            let dir = v["dir"].as_str().unwrap_or(".");
+            let mut cmd = std::process::Command::new(&command[0]);
+            cmd.args(&command[1..])
+                .env_clear()
+                .envs(env)
+                .current_dir(dir);
+            let as_user = match (v["ids"][0].as_u64(), v["ids"][1].as_u64()) {
+                (Some(uid), Some(gid)) => Some((uid as u32, gid as u32)),
+                _ => None,
+            };
+            if let Some((uid, gid)) = as_user {
+                // SAFETY: geteuid has no preconditions.
+                if uid != unsafe { libc::geteuid() } {
+                    use std::os::unix::process::CommandExt;
+                    cmd.uid(uid).gid(gid);
+                }
+            }
+            let status = cmd.status().map_err(|e| match v["user"].as_str() {
+                Some(user) if as_user.is_some() => format!(
+                    "cannot run `{}` as `{user}`, the service's user (that takes root): {e}",
+                    command[0]
+                ),
+                _ => format!("cannot run `{}`: {e}", command[0]),
+            })?;
+            // Like a shell: the command's exit code, or 128 + the signal that killed it.
+            let code = match (status.code(), status.signal()) {
+                (Some(code), _) => code,
+                (None, Some(sig)) => 128 + sig,
+                (None, None) => 1,
+            };
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Command::Logs {
+            service,
+            out,
+            err,
+            json,
+            lines,
+            follow,
+            until,
+            until_json,
+            timeout,
+        } => {
+            let stream = if out {
+                Some("out")
+            } else if err {
+                Some("err")
+            } else {
+                None
+            };
+            // Checked here too, so that a mistake is told before waiting on a bundle.
+            let timeout = config::duration(&timeout).map_err(|e| format!("--timeout: {e}"))?;
+            if let Some(pattern) = &until {
+                regex_lite::Regex::new(pattern).map_err(|e| format!("--until: {e}"))?;
+            }
+            if let Some(expr) = &until_json {
+                config::JsonMatch::parse(expr).map_err(|e| format!("--until-json: {e}"))?;
+            }
+            let req = json!({
+                "cmd": "logs", "service": service, "stream": stream, "json": json, "n": lines,
+                "follow": follow, "until": until, "until_json": until_json,
+                "timeout": timeout.as_secs_f64(),
+            });
+            let r = request(project, &req)?;
+            for line in r.lines() {
+                let line = line.map_err(|e| e.to_string())?;
+                let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+                if let Some(text) = v["line"].as_str() {
+                    println!("{text}");
+                } else if !v["json"].is_null() {
+                    println!("{}", v["json"]);
+                } else if let Some(end) = v["end"].as_str() {
+                    return match end {
+                        "ok" => Ok(ExitCode::SUCCESS),
+                        _ => Err(v["error"].as_str().unwrap_or(end).to_owned()),
+                    };
+                }
+            }
+            Err("the bundle went away before answering (it stopped or crashed)".to_owned())
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The `logs` request on the server side: the last lines, or all, then with `--follow` new
+//! ones as they come, or with `--until` / `--until-json` the one line waited for, as a
+//! stream of line objects ended by an `end` object.
+//!
+//! Owns the streaming, the wait that goes on across a service's stop and start, and the
+//! count of open follow streams that `up` waits on before it exits. Invariant: a stream
+//! ends with one `end` object unless the client left first; a follower whose client hung
+//! up is noticed within a second, even while the bundle is quiet.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use hitchserve::{Bundle, Error as HsError, Logs};
+use serde_json::{json, Value};
+
+use super::protocol::reply;
+use crate::config;
+
+/// Stream log lines: the last N (or all), then, with follow or until, new ones.
+pub(super) fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::io::Result<()> {
+    let mut view: Logs = match req["service"].as_str() {
+        Some(name) => match bundle.service(name) {
+            Ok(s) => s.logs(),
+            Err(e) => return reply(out, &json!({"end": "error", "error": e.to_string()})),
+        },
+        None => bundle.logs(),
+    };
+    match req["stream"].as_str() {
+        Some("out") => view = view.out(),
+        Some("err") => view = view.err(),
+        _ => {}
+    }
+    let json_only = req["json"].as_bool().unwrap_or(false);
+    let emit = |out: &mut UnixStream, line: &hitchserve::LogLine| -> std::io::Result<()> {
+        // Which of the service's processes wrote it (1 until it is started again; 0 for the
+        // bundle's own lines), for clients of the socket; the CLI prints the line as it was.
+        let incarnation = line.incarnation();
+        if json_only {
+            match line.json() {
+                Some(v) => reply(out, &json!({"json": v, "incarnation": incarnation})),
+                None => Ok(()),
+            }
+        } else {
+            reply(
+                out,
+                &json!({"line": line.to_string(), "incarnation": incarnation}),
+            )
+        }
+    };
+    let (timeout, back) = match logs_numbers(req) {
+        Ok(numbers) => numbers,
+        Err(e) => return reply(out, &json!({"end": "error", "error": e})),
+    };
+    // Like the library's tails, --until starts now: the line looked for is one that comes
+    // next, or one of the last `n` (`-n`) if the caller knows it may have come already.
+    if let Some(pattern) = req["until"].as_str() {
+        let re = match regex_lite::Regex::new(pattern) {
+            Ok(r) => r,
+            Err(e) => return reply(out, &json!({"end": "error", "error": e.to_string()})),
+        };
+        let mut tail = view.tail().lines_back(back.unwrap_or(0));
+        let found = across_restarts(bundle, req, timeout, |left| {
+            tail.until(|l| re.is_match(l), left)
+        });
+        let written = found.map(|l| emit(out, &l));
+        return finish(out, written, timeout);
+    }
+    if let Some(expr) = req["until_json"].as_str() {
+        let matcher = match config::JsonMatch::parse(expr) {
+            Ok(m) => m,
+            Err(e) => return reply(out, &json!({"end": "error", "error": e})),
+        };
+        let mut tail = view.tail().lines_back(back.unwrap_or(0));
+        let found = across_restarts(bundle, req, timeout, |left| {
+            tail.until_json(|v| matcher.matches(v), left)
+        });
+        let written = found.map(|v| reply(out, &json!({"json": v})));
+        return finish(out, written, timeout);
+    }
+    let back = back.unwrap_or(usize::MAX);
+    if !req["follow"].as_bool().unwrap_or(false) {
+        let existing = match back {
+            usize::MAX => view.entries(),
+            n => view.last(n),
+        };
+        for line in &existing {
+            emit(out, line)?;
+        }
+        // Where is it stuck? A prompt still waiting for its newline is shown too.
+        for line in &view.pending() {
+            emit(out, line)?;
+        }
+        return reply(out, &json!({"end": "ok"}));
+    }
+    let _open = OpenStream::new();
+    // One cursor for the old lines and the new, so none is lost or repeated in between.
+    let mut tail = view.tail().lines_back(back);
+    // Following one service: its output ends when it stops, and goes on if it is started
+    // again (the bundle logs that start). Meanwhile, wait on the bundle's whole log, whose
+    // end is the bundle's.
+    let mut whole: Option<hitchserve::Tail> = None;
+    let one_service = req["service"].is_string();
+    loop {
+        match tail.next_line(Duration::from_secs(1)) {
+            Ok(line) => emit(out, &line)?,
+            // Quiet for a while: go on following, as long as someone is listening.
+            Err(HsError::WaitTimeout { .. }) if !peer_gone(out) => {}
+            Err(HsError::WaitTimeout { .. }) => return Ok(()),
+            Err(HsError::EndedWhileWaiting { .. }) if one_service => {
+                let whole = whole.get_or_insert_with(|| bundle.logs().tail().lines_back(0));
+                // Any line may be its start; a second at most, for one logged before
+                // `whole` began.
+                match whole.next_line(Duration::from_secs(1)) {
+                    // Another service's line: is anyone still listening?
+                    Ok(_) if !peer_gone(out) => {}
+                    Ok(_) => return Ok(()),
+                    Err(HsError::WaitTimeout { .. }) if !peer_gone(out) => {}
+                    Err(HsError::WaitTimeout { .. }) => return Ok(()),
+                    Err(_) => break,
+                }
+            }
+            // The output ended (the bundle is stopping).
+            Err(_) => break,
+        }
+    }
+    reply(out, &json!({"end": "ok"}))
+}
+
+/// A logs request's `timeout` (seconds, default 10) and `n` (lines back), checked: a
+/// client may send anything.
+fn logs_numbers(req: &Value) -> Result<(Duration, Option<usize>), String> {
+    let timeout = match &req["timeout"] {
+        Value::Null => Duration::from_secs(10),
+        v => v
+            .as_f64()
+            .ok_or_else(|| format!("`timeout` must be a number of seconds, not {v}"))
+            .and_then(config::from_seconds)
+            .and_then(|d| {
+                Duration::try_from(d)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| format!("`timeout` must be more than 0 s, not {v}"))
+            })?,
+    };
+    let back = match &req["n"] {
+        Value::Null => None,
+        v => Some(
+            v.as_u64()
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .ok_or_else(|| format!("`n` must be a number of lines (0 or more), not {v}"))?,
+        ),
+    };
+    Ok((timeout, back))
+}
+
+/// `logs --follow` streams still being served: `up` lets them send their last line
+/// before it exits.
+static OPEN_STREAMS: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// Counts one open stream while it lives.
+pub(super) struct OpenStream;
+
+impl OpenStream {
+    pub(super) fn new() -> OpenStream {
+        *OPEN_STREAMS.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        OpenStream
+    }
+
+    /// Wait, up to `patience`, until every stream has ended.
+    pub(super) fn wait_all(patience: Duration) {
+        let open = OPEN_STREAMS.0.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = OPEN_STREAMS
+            .1
+            .wait_timeout_while(open, patience, |n| *n > 0);
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        *OPEN_STREAMS.0.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        OPEN_STREAMS.1.notify_all();
+    }
+}
+
+/// Whether the client hung up. Only a closed socket counts: a client that just shut its
+/// writing side (`socat`, `nc -N`) still reads.
+fn peer_gone(conn: &UnixStream) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: conn.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: polling one descriptor we own, without waiting.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+}
+
+fn finish(
+    out: &mut UnixStream,
+    found: Result<std::io::Result<()>, HsError>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    match found {
+        Ok(written) => {
+            written?;
+            reply(out, &json!({"end": "ok"}))
+        }
+        Err(HsError::WaitTimeout { .. }) => reply(
+            out,
+            &json!({"end": "timeout", "error": format!("nothing matched within {:.1} s", timeout.as_secs_f64())}),
+        ),
+        Err(e) => reply(out, &json!({"end": "error", "error": e.to_string()})),
+    }
+}
+
+/// A wait on one service's lines that goes on while the service is stopped, as `logs -f`
+/// does: its line may come once it is started again. It ends with the line, the timeout, or
+/// the bundle's end. (For the whole bundle's lines, the wait is just `wait`.)
+fn across_restarts<T>(
+    bundle: &Bundle,
+    req: &Value,
+    timeout: Duration,
+    mut wait: impl FnMut(Duration) -> hitchserve::Result<T>,
+) -> hitchserve::Result<T> {
+    let one_service = req["service"].is_string();
+    let deadline = Instant::now().checked_add(timeout);
+    let mut whole: Option<hitchserve::Tail> = None;
+    loop {
+        let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
+        match wait(left) {
+            Err(HsError::EndedWhileWaiting { .. }) if one_service && !left.is_zero() => {
+                // Stopped: wait for the bundle's next line (its start is one), then look again.
+                let whole = whole.get_or_insert_with(|| bundle.logs().tail().lines_back(0));
+                match whole.next_line(left.min(Duration::from_secs(1))) {
+                    Ok(_) | Err(HsError::WaitTimeout { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            other => return other,
+        }
+    }
+}

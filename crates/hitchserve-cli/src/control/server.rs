@@ -1,0 +1,154 @@
+//! The control server's side of one connection: read one request, checked as untrusted
+//! input, and answer it (`status`, `now`, `time_travel`, `exec_env`, `signal`, `down`, and
+//! through `one_service` the requests on one service; `logs` streams from `logs`).
+//!
+//! Owns the requests' parsing and their replies, not the socket (that is `up`'s).
+//! Invariant: a bad request gets an error reply, never a panicked handler; a request line
+//! is at most [`MAX_REQUEST`] bytes.
+
+use std::io::BufRead;
+use std::io::BufReader;
+use std::os::unix::net::UnixStream;
+use std::sync::mpsc;
+
+use hitchserve::jiff::Timestamp;
+use hitchserve::{Bundle, Error as HsError};
+use serde_json::{json, Value};
+
+use super::logs::logs;
+use super::protocol::reply;
+use crate::config;
+use crate::one_service::{self, ServiceInfo};
+
+/// The longest request line read.
+const MAX_REQUEST: u64 = 1 << 20;
+
+/// One control connection: one request.
+pub(super) fn serve(
+    conn: UnixStream,
+    bundle: &Bundle,
+    stop: &mpsc::Sender<Option<UnixStream>>,
+    cfg_ports: &[ServiceInfo],
+) -> std::io::Result<()> {
+    let mut out = conn.try_clone()?;
+    let mut line = Vec::new();
+    // A request is small: a line without end can't grow without bound.
+    BufReader::new(std::io::Read::take(conn, MAX_REQUEST)).read_until(b'\n', &mut line)?;
+    let req: Value = match serde_json::from_slice(&line) {
+        Ok(req @ Value::Object(_)) => req,
+        _ => {
+            return reply(
+                &mut out,
+                &json!({"ok": false, "error": format!("a request is one JSON object on one line, of at most {MAX_REQUEST} bytes")}),
+            )
+        }
+    };
+    let err = |e: HsError| json!({"ok": false, "error": e.to_string()});
+    let service = |key: &str| req[key].as_str().unwrap_or("").to_owned();
+    let answer = match req["cmd"].as_str().unwrap_or("") {
+        "status" => one_service::status(bundle, cfg_ports),
+        verb if one_service::VERBS.contains(&verb) => {
+            one_service::serve(bundle, &req, verb, cfg_ports)
+        }
+        "now" => json!({"ok": true, "now": bundle.now().to_string()}),
+        "time_travel" => {
+            let r = if let Some(to) = req["to"].as_str() {
+                match to.parse::<Timestamp>() {
+                    Ok(ts) => bundle.time_travel_to(ts),
+                    Err(e) => {
+                        return reply(
+                            &mut out,
+                            &json!({"ok": false, "error": format!("`{to}` is not a moment (RFC 3339, e.g. 2030-01-01T09:00:00Z): {e}")}),
+                        )
+                    }
+                }
+            } else {
+                let by = match req["by"].as_f64().map(config::from_seconds) {
+                    Some(Ok(by)) => by,
+                    Some(Err(e)) => return reply(&mut out, &json!({"ok": false, "error": e})),
+                    None => {
+                        return reply(
+                            &mut out,
+                            &json!({"ok": false, "error": "`by` must be a number of seconds (negative to go back), or give `to`"}),
+                        )
+                    }
+                };
+                // Forward or back, logged as asked ("3 hours ago").
+                bundle.time_travel_by(by)
+            };
+            match r {
+                Ok(()) => json!({"ok": true, "now": bundle.now().to_string()}),
+                Err(e) => err(e),
+            }
+        }
+        "exec_env" => match bundle.service(&service("service")) {
+            Ok(svc) => {
+                let env: Vec<Value> = svc
+                    .environment()
+                    .iter()
+                    .map(|(k, v)| json!([k.to_string_lossy(), v.to_string_lossy()]))
+                    .collect();
+                // Commands run as the service's user: the one its process runs as (a
+                // ready-made kind picks its own, e.g. `postgres`), or the `user` it was given.
+                let user = cfg_ports
+                    .iter()
+                    .find(|i| i.name == service("service"))
+                    .and_then(|i| i.user.as_deref());
+                let running = svc
+                    .process()
+                    .ok()
+                    .and_then(|p| Some((p.uids().ok()?.effective, p.gids().ok()?.effective)));
+                let ids = running
+                    .or_else(|| {
+                        user.and_then(|u| nix::unistd::User::from_name(u).ok().flatten())
+                            .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+                    })
+                    .map(|(uid, gid)| json!([uid, gid]));
+                let user = user.map(str::to_owned).or_else(|| {
+                    running.and_then(|(uid, _)| {
+                        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                            .ok()
+                            .flatten()
+                            .map(|u| u.name)
+                    })
+                });
+                json!({"ok": true, "env": env, "dir": svc.directory().to_string_lossy(), "user": user, "ids": ids})
+            }
+            Err(e) => err(e),
+        },
+        "signal" => {
+            let sig = match req["signal"]
+                .as_str()
+                .unwrap_or("")
+                .parse::<hitchserve::Signal>()
+            {
+                Ok(s) => s,
+                Err(e) => return reply(&mut out, &json!({"ok": false, "error": e.to_string()})),
+            };
+            match bundle
+                .service(&service("service"))
+                .and_then(|s| s.signal(sig))
+            {
+                Ok(()) => json!({"ok": true}),
+                // The library's words speak of the bundle; here it is one service.
+                Err(HsError::NotRunning | HsError::ServiceNotRunning { .. }) => {
+                    json!({"ok": false, "error": format!(
+                    "service `{0}` is not running (stopped, crashed or exited): start it with \
+                     `hitchserve start {0}`", service("service"))})
+                }
+                Err(e) => err(e),
+            }
+        }
+        "down" => {
+            // Answered by `up` once every service has stopped (or here, if `up` is already
+            // past reading its requests: the client then waits for its lock as ever).
+            if let Err(mpsc::SendError(Some(mut out))) = stop.send(Some(out)) {
+                return reply(&mut out, &json!({"ok": true}));
+            }
+            return Ok(());
+        }
+        "logs" => return logs(&mut out, bundle, &req),
+        other => json!({"ok": false, "error": format!("unknown request `{other}`")}),
+    };
+    reply(&mut out, &answer)
+}

@@ -1,0 +1,84 @@
+//! Where `up` keeps its state in the project (`.hitchserve/`), and what a client reads
+//! there: the control sockets' private directory and names, the lock file that says an `up`
+//! is running, and the pid it writes there.
+//!
+//! Owns the names and the reading, not the making (that is `up`'s). Invariant: a socket is
+//! only ever reached inside the project's `.hitchserve/control/` (through `/proc/self/fd`
+//! when the path is too long for `sun_path`), never from a copy elsewhere.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+
+pub(super) fn state_dir(project: &Path) -> PathBuf {
+    project.join(".hitchserve")
+}
+
+/// The control socket's name in the state directory, once the bundle is ready.
+pub(super) const SOCKET: &str = "control.sock";
+/// Its name while the bundle starts: bound before any service starts (so a socket that
+/// can't be made fails the `up` at once), renamed to [`SOCKET`] once all are ready.
+pub(super) const SOCKET_STARTING: &str = "control.sock.starting";
+
+/// The sockets' directory, private to us (0700).
+pub(super) fn socket_dir(project: &Path) -> PathBuf {
+    state_dir(project).join("control")
+}
+
+pub(super) fn socket_path(project: &Path) -> PathBuf {
+    socket_dir(project).join(SOCKET)
+}
+
+/// The state directory, open, to reach its sockets by a path that fits in `sun_path`.
+pub(super) struct StateDir {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl StateDir {
+    pub(super) fn open(project: &Path) -> Result<StateDir, String> {
+        let path = socket_dir(project);
+        let fd = nix::fcntl::open(
+            &path,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("cannot open `{}`: {e}", path.display()))?;
+        Ok(StateDir { path, fd })
+    }
+
+    /// An address for the socket `name`: its own path if that fits in `sun_path` (107
+    /// bytes), else the same file reached through our descriptor of the directory
+    /// (`/proc/self/fd/N/name`), so deep project paths work without a socket elsewhere.
+    pub(super) fn address(&self, name: &str) -> PathBuf {
+        let direct = self.path.join(name);
+        if direct.as_os_str().len() <= 107 {
+            return direct;
+        }
+        PathBuf::from(format!("/proc/self/fd/{}/{name}", self.fd.as_raw_fd()))
+    }
+}
+
+/// Whether an `up` holds the project's lock (it may still be starting).
+pub(super) fn up_is_running(project: &Path) -> bool {
+    let Ok(lock) = std::fs::File::open(state_dir(project).join("up.lock")) else {
+        return false;
+    };
+    // SAFETY: a valid descriptor we own; a shared, non-blocking try.
+    let free = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
+    !free
+}
+
+pub(super) fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+/// The pid an `up` wrote in its lock file once its socket was bound (see [`up`](super::up::up)).
+pub(super) fn up_pid(project: &Path) -> Option<libc::pid_t> {
+    std::fs::read_to_string(state_dir(project).join("up.lock"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .filter(|&pid| pid > 0)
+}

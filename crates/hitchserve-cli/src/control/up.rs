@@ -1,0 +1,377 @@
+//! `hitchserve up`: take the project's lock, bind the control socket, start the bundle
+//! (in the foreground, or `--detach`ed as a daemon child whose parent waits for its verdict),
+//! serve control connections, and stop cleanly on a signal or a `down`.
+//!
+//! Owns the state directory's making and permissions, the lock, the socket's life (bound as
+//! `control.sock.starting` before any service starts, renamed once all are ready, removed
+//! when `up` ends) and the detaching. Invariant: the socket and `up.log` are ours only
+//! (0600 in a 0700 directory), and a refused second `up` leaves the running one's lock
+//! pid and log untouched.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hitchserve::Error as HsError;
+use serde_json::{json, Value};
+
+use super::logs::OpenStream;
+use super::protocol::reply;
+use super::server::serve;
+use super::signals::{install_signal_pipe, next_signal, signal_exit, RECEIVED};
+use super::state_dir::{
+    socket_dir, socket_path, state_dir, up_is_running, StateDir, SOCKET_STARTING,
+};
+use crate::config;
+use crate::one_service::ServiceInfo;
+
+/// `hitchserve up`.
+pub fn up(
+    file: &Path,
+    project: &Path,
+    detach: bool,
+    timeline: bool,
+    daemon_child: bool,
+) -> Result<ExitCode, String> {
+    let dir = state_dir(project);
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!(
+            "`{}` is a file, not a directory: hitchserve keeps its state there; move the file",
+            dir.display()
+        ));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+    let sockets = socket_dir(project);
+    std::fs::create_dir_all(&sockets)
+        .map_err(|e| format!("cannot create `{}`: {e}", sockets.display()))?;
+    // Nobody else may reach the socket, not even while it is being bound: a directory of
+    // its own, 0700 (`.hitchserve/` is 0711: see the module header).
+    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot make `{}` private: {e}", sockets.display()))?;
+    let refusal = || {
+        format!(
+            "a bundle is already running in `{}`: see `hitchserve status`, stop it with `hitchserve down`",
+            project.display()
+        )
+    };
+    if detach && !daemon_child {
+        if up_is_running(project) {
+            return Err(refusal());
+        }
+        return detach_up(file, project, timeline);
+    }
+    // Ctrl-C, SIGTERM and SIGHUP stop the bundle cleanly, from the start. A handler (not a
+    // blocked signal mask: services would inherit the mask and ignore their stop signal)
+    // writes to a pipe that a thread waits on; exec resets handlers, so services get the
+    // default actions.
+    // Until the lock is ours, a daemon child's stderr may be a running bundle's `up.log`:
+    // an early failure goes to the waiting parent on stdout, never into that log.
+    let early = |why: String| -> Result<ExitCode, String> {
+        if daemon_child {
+            println!("failed: {}", Value::from(why));
+            Ok(ExitCode::FAILURE)
+        } else {
+            Err(why)
+        }
+    };
+    let signal_pipe = match install_signal_pipe() {
+        Ok(pipe) => pipe,
+        Err(e) => return early(e),
+    };
+    let lock_path = dir.join("up.lock");
+    // Not truncated before it is ours: a refused `up` must leave the running one's pid.
+    let lock = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+    {
+        Ok(lock) => lock,
+        Err(e) => return early(format!("cannot create `{}`: {e}", lock_path.display())),
+    };
+    let _ = lock.set_permissions(std::fs::Permissions::from_mode(0o600));
+    // SAFETY: a valid descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return early(refusal());
+    }
+    let _ = lock.set_len(0);
+    if daemon_child {
+        // Our stderr is `up.log`, opened without truncating so that a refused second `up`
+        // can't wipe the running bundle's log: now that the lock is ours, start it afresh.
+        // SAFETY: truncating our own stderr; it is opened for appending, so writes follow.
+        unsafe {
+            libc::ftruncate(2, 0);
+        }
+    }
+    // The socket first, before anything starts: a project too deep for a socket path, or
+    // a directory we can't bind in, fails now rather than once every service is up.
+    let state = StateDir::open(project)?;
+    let starting = sockets.join(SOCKET_STARTING);
+    let sock = socket_path(project);
+    let _ = std::fs::remove_file(&sock);
+    let _ = std::fs::remove_file(&starting);
+    let listener = UnixListener::bind(state.address(SOCKET_STARTING))
+        .map_err(|e| format!("cannot listen on `{}`: {e}", starting.display()))?;
+    let _ = std::fs::set_permissions(&starting, std::fs::Permissions::from_mode(0o600));
+    let _socket_file = RemoveOnDrop([starting.clone(), sock.clone()]);
+    // Our pid, for a `down` that comes while we are still starting (no socket yet). Once
+    // it is written, a client that finds neither socket knows that ours was removed.
+    let _ = (&lock).write_all(std::process::id().to_string().as_bytes());
+    // To the waiting parent, one line: `ok`, or `failed: "<the error as a JSON string>"`.
+    let report = |line: &str| {
+        if daemon_child {
+            match line.strip_prefix("failed: ") {
+                Some(why) => println!("failed: {}", Value::from(why)),
+                None => println!("{line}"),
+            }
+        }
+    };
+    let cfg = match config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&format!("failed: {e}"));
+            return Err(e);
+        }
+    };
+    let mut bundle = match config::bundle(&cfg, project) {
+        Ok(b) => b,
+        Err(e) => {
+            report(&format!("failed: {e}"));
+            return Err(e);
+        }
+    };
+    if daemon_child {
+        bundle.start_interactive_mode();
+    } else if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        // On a terminal, say now and then which services are still starting.
+        bundle = bundle.progress_every(Duration::from_secs(1));
+    }
+    // What stops the bundle: a signal (None) or a `down` (its connection, answered once
+    // everything has stopped).
+    let (stop_tx, stop_rx) = mpsc::channel::<Option<UnixStream>>();
+    {
+        // A signal during startup ends the startup; after it, the bundle.
+        let (interrupter, stop_tx) = (bundle.interrupter(), stop_tx.clone());
+        std::thread::spawn(move || {
+            RECEIVED.store(next_signal(signal_pipe), Ordering::SeqCst);
+            interrupter.interrupt();
+            let _ = stop_tx.send(None);
+        });
+    }
+    if let Err(e) = bundle.startup() {
+        report(&format!("failed: {e}"));
+        if matches!(e, HsError::Interrupted) {
+            // Stopped on purpose: say so, and exit as a shell reports the signal.
+            eprintln!("hitchserve: {e}");
+            return Ok(signal_exit(RECEIVED.load(Ordering::SeqCst)));
+        }
+        return Err(e.to_string());
+    }
+    if timeline {
+        if let Ok(t) = bundle.timeline() {
+            print!("{t}");
+        }
+    }
+    let bundle = Arc::new(bundle);
+    // Clients wait for this name: from now on they are answered.
+    std::fs::rename(&starting, &sock).map_err(|e| {
+        format!(
+            "cannot put the control socket in place at `{}`: {e}",
+            sock.display()
+        )
+    })?;
+    {
+        let (bundle, stop_tx) = (Arc::clone(&bundle), stop_tx.clone());
+        let cfg_ports: Vec<ServiceInfo> = cfg
+            .services
+            .iter()
+            .map(|(n, s)| ServiceInfo {
+                name: n.to_string(),
+                ports: ports_of(s),
+                user: s.user.as_ref().map(|u| u.to_string()),
+                restarts: s.restarts(),
+            })
+            .collect();
+        let cfg_ports = Arc::new(cfg_ports);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (bundle, stop_tx, cfg_ports) =
+                    (Arc::clone(&bundle), stop_tx.clone(), Arc::clone(&cfg_ports));
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &bundle, &stop_tx, &cfg_ports);
+                });
+            }
+        });
+    }
+    report("ok");
+    if daemon_child {
+        // The parent has its answer; from now on nothing reads our stdout.
+        if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+            // SAFETY: replacing our own stdout with /dev/null.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), 1);
+            }
+        }
+    }
+    let first = stop_rx.recv().ok().flatten();
+    let result = bundle.shutdown();
+    // Each `down` hears how the bundle ended: a crash not reported before is its error too.
+    let verdict = match &result {
+        Ok(()) => json!({"ok": true}),
+        Err(e) => json!({"ok": true, "error": e.to_string()}),
+    };
+    for mut asker in first.into_iter().chain(stop_rx.try_iter().flatten()) {
+        let _ = reply(&mut asker, &verdict);
+    }
+    // Followers learn that the logs ended; give them the moment to say so.
+    OpenStream::wait_all(Duration::from_secs(5));
+    drop(_socket_file);
+    drop(lock);
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Files removed when `up` ends, however it ends (before its lock is released, so never a
+/// later `up`'s).
+struct RemoveOnDrop<const N: usize>([PathBuf; N]);
+
+impl<const N: usize> Drop for RemoveOnDrop<N> {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+fn ports_of(s: &config::ServiceConfig) -> Vec<String> {
+    let mut ports = config::strings(&s.ports);
+    match s.kind.as_deref() {
+        Some("postgres") => ports.push(hitchserve::services::postgres::PORT.into()),
+        Some("redis") => ports.push(hitchserve::services::redis::PORT.into()),
+        Some("smtp") => ports.push(hitchserve::services::smtp::PORT.into()),
+        Some("memcached") => ports.push(hitchserve::services::memcached::PORT.into()),
+        Some("nginx") => ports.push(hitchserve::services::nginx::PORT.into()),
+        Some("mariadb") => ports.push(hitchserve::services::mariadb::PORT.into()),
+        Some("rabbitmq") => ports.push(hitchserve::services::rabbitmq::PORT.into()),
+        Some("chromium") => ports.push(hitchserve::services::chromium::PORT.into()),
+        _ => {}
+    }
+    ports
+}
+
+/// Start `up` in the background and wait for its verdict.
+fn detach_up(file: &Path, project: &Path, timeline: bool) -> Result<ExitCode, String> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let log_path = state_dir(project).join("up.log");
+    // The bundle's whole console, secrets included: ours only.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open `{}`: {e}", log_path.display()))?;
+    // Also one made 0644 by an older version, in the 0700 directory of those days.
+    log.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot make `{}` private: {e}", log_path.display()))?;
+    let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("-f").arg(&file).args(["up", "--daemon-child"]);
+    if timeline {
+        cmd.arg("--timeline");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .current_dir(project);
+    // SAFETY: setsid is async-signal-safe; it detaches the bundle from our terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let signal_pipe = install_signal_pipe()?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the bundle: {e}"))?;
+    // Ctrl-C while we wait: pass it on, so the bundle's startup ends instead of going on
+    // in the background. (Once the bundle is up, we are gone.)
+    let bundle_pid = child.id() as libc::pid_t;
+    // Set once we stop waiting: from then on a signal is not the bundle's business (and
+    // its pid may be reaped and reused).
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let sig = next_signal(signal_pipe);
+            RECEIVED.store(sig, Ordering::SeqCst);
+            if !done.load(Ordering::SeqCst) {
+                // SAFETY: signalling the child we started and have not reaped.
+                unsafe {
+                    libc::kill(bundle_pid, libc::SIGTERM);
+                }
+            }
+        });
+    }
+    let mut first = String::new();
+    if let Some(out) = child.stdout.take() {
+        let mut r = BufReader::new(out);
+        loop {
+            first.clear();
+            if r.read_line(&mut first).unwrap_or(0) == 0 {
+                break;
+            }
+            if first.starts_with("ok") || first.starts_with("failed") {
+                break;
+            }
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    if first.starts_with("ok") {
+        println!(
+            "READY (hitchserve running in the background, pid {})",
+            child.id()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let status = child.wait().ok();
+    let received = RECEIVED.load(Ordering::SeqCst);
+    let reported = first
+        .strip_prefix("failed: ")
+        .and_then(|j| serde_json::from_str::<String>(j.trim()).ok());
+    let why = match (reported, status.and_then(|s| s.signal())) {
+        (Some(why), _) => why,
+        // Killed before it could report (by our forwarded signal, say): up.log may hold
+        // an older run's words, so don't read it.
+        (None, Some(sig)) => format!("the bundle was stopped by signal {sig} while starting"),
+        (None, None) => {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            match log.trim() {
+                "" => format!(
+                    "the bundle exited ({}) without saying why",
+                    status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string())
+                ),
+                log => log.to_owned(),
+            }
+        }
+    };
+    let why = why.trim();
+    let why = why.strip_prefix("hitchserve: ").unwrap_or(why);
+    if received != 0 {
+        eprintln!("hitchserve: {why}");
+        return Ok(signal_exit(received));
+    }
+    Err(why.to_owned())
+}

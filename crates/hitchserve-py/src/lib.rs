@@ -15,228 +15,22 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hitchserve::services::{Cron, Postgres, Redis, Smtp};
-use hitchserve::{
-    Bundle, Error, HookContext, Interrupter, LogLine, Restart, Service, Signal, Stream,
-};
+use hitchserve::{Bundle, Error, HookContext, Interrupter, LogLine, Restart, Service, Stream};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyList, PyString};
-use serde_json::Value;
+use pyo3::types::{PyBytes, PyList, PyString};
 
-/// How long one slice of a wait lasts before Python's signal handlers get a turn.
-const SLICE: Duration = Duration::from_millis(50);
+mod errors;
+mod values;
+mod wait;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn secs(s: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(s)
-        .map_err(|_| PyValueError::new_err(format!("not a duration in seconds: {s}")))
-}
-
-// ---------------------------------------------------------------------------------------
-// Errors
-
-/// The `hitchserve.errors` class for an engine error.
-fn class_of(e: &Error) -> &'static str {
-    match e {
-        Error::InvalidName { .. }
-        | Error::DuplicateService { .. }
-        | Error::EmptyCommand { .. }
-        | Error::CommandNotFound { .. }
-        | Error::NotInstalled { .. }
-        | Error::DirectoryMissing { .. }
-        | Error::UnknownNeed { .. }
-        | Error::NeedsCycle { .. }
-        | Error::ProjectDir { .. }
-        | Error::LibfaketimeMissing { .. }
-        | Error::NoSuchUser { .. }
-        | Error::UnknownPort { .. }
-        | Error::InvalidPattern { .. }
-        | Error::Unpreloadable { .. }
-        | Error::UnsafePath { .. }
-        | Error::UnreachableForUser { .. }
-        | Error::AlreadyStarted => "DefinitionError",
-        Error::ExitedBeforeReady { .. }
-        | Error::HookFailed { .. }
-        | Error::ReadinessPanicked { .. }
-        | Error::Spawn { .. }
-        | Error::Interrupted => "StartupError",
-        Error::StartupTimeout { .. } => "StartupTimeout",
-        Error::ServiceExited { .. } => "ServiceExited",
-        Error::WaitTimeout { .. } => "LogTimeout",
-        Error::EndedWhileWaiting { .. } => "LogEnded",
-        Error::SubcommandFailed { .. } => "SubcommandFailed",
-        Error::NotRunning | Error::ServiceNotRunning { .. } => "NotRunning",
-        Error::NoSuchService { .. } => "NoSuchService",
-        Error::TimeTravelDisabled | Error::TimeOutOfRange => "TimeTravelError",
-        Error::NoSuchProcess { .. } => "NoSuchProcess",
-        _ => "ServiceError",
-    }
-}
-
-/// The service an error is about, and the last lines it carries.
-fn context_of(e: &Error) -> (Option<String>, Vec<String>) {
-    match e {
-        Error::ExitedBeforeReady {
-            service,
-            last_lines,
-            ..
-        }
-        | Error::ServiceExited {
-            service,
-            last_lines,
-            ..
-        }
-        | Error::HookFailed {
-            service,
-            last_lines,
-            ..
-        } => (Some(service.clone()), last_lines.clone()),
-        Error::StartupTimeout { not_ready, .. } => (
-            not_ready.first().map(|n| n.service.clone()),
-            not_ready
-                .iter()
-                .flat_map(|n| n.last_lines.iter().cloned())
-                .collect(),
-        ),
-        Error::WaitTimeout { last_lines, .. } | Error::EndedWhileWaiting { last_lines, .. } => {
-            (None, last_lines.clone())
-        }
-        Error::InvalidName { name: service, .. }
-        | Error::DuplicateService { service }
-        | Error::EmptyCommand { service }
-        | Error::CommandNotFound { service, .. }
-        | Error::NotInstalled { service, .. }
-        | Error::DirectoryMissing { service, .. }
-        | Error::UnknownNeed { service, .. }
-        | Error::Spawn { service, .. }
-        | Error::ReadinessPanicked { service, .. }
-        | Error::NoSuchService { service, .. }
-        | Error::NoSuchUser { service, .. }
-        | Error::UnknownPort { service, .. }
-        | Error::UnreachableForUser { service, .. }
-        | Error::ServiceNotRunning { service, .. }
-        | Error::SubcommandFailed { service, .. } => (Some(service.clone()), Vec::new()),
-        _ => (None, Vec::new()),
-    }
-}
-
-/// The engine's error as the matching `hitchserve.errors` exception: the message is the
-/// engine's, word for word but for the advice naming its Rust API (see
-/// `hitchserve.errors._pythonic`); `service`, `last_lines` and `kind` are attributes.
-fn py_err(e: Error) -> PyErr {
-    Python::attach(|py| {
-        let (service, last_lines) = context_of(&e);
-        let class = class_of(&e);
-        let kind = e.kind().to_owned();
-        let message = e.to_string();
-        let build = || -> PyResult<PyErr> {
-            let module = py.import("hitchserve.errors")?;
-            // The advice in Python terms ("Service(directory=...)", not "Service::directory").
-            let text = module.getattr("_pythonic")?.call1((message.as_str(),))?;
-            let exc = module.getattr(class)?.call1((text,))?;
-            exc.setattr("service", service.clone())?;
-            exc.setattr("last_lines", last_lines.clone())?;
-            exc.setattr("kind", kind.clone())?;
-            if let Error::SubcommandFailed { status, .. }
-            | Error::ExitedBeforeReady { status, .. }
-            | Error::ServiceExited { status, .. } = &e
-            {
-                exc.setattr("returncode", status.code())?;
-                exc.setattr("status", status.to_string())?;
-            }
-            Ok(PyErr::from_value(exc))
-        };
-        build().unwrap_or_else(|import_failed| {
-            let err = PyRuntimeError::new_err(message);
-            err.set_cause(py, Some(import_failed));
-            err
-        })
-    })
-}
-
-trait OrRaise<T> {
-    fn or_raise(self) -> PyResult<T>;
-}
-
-impl<T> OrRaise<T> for hitchserve::Result<T> {
-    fn or_raise(self) -> PyResult<T> {
-        self.map_err(py_err)
-    }
-}
-
-/// Python exceptions raised by callbacks the engine called (readiness checks, hooks), kept
-/// until the engine's error comes back so the caller gets the Python exception itself.
-#[derive(Default)]
-struct Raised(Mutex<Vec<(String, PyErr)>>);
-
-impl Raised {
-    fn keep(&self, service: &str, err: PyErr) {
-        lock(&self.0).push((service.to_owned(), err));
-    }
-
-    fn take(&self, service: &str) -> Option<PyErr> {
-        let mut all = lock(&self.0);
-        let at = all.iter().position(|(s, _)| s == service)?;
-        Some(all.remove(at).1)
-    }
-
-    /// Drop what `service`'s earlier starts raised (a restart by its policy, a start whose
-    /// caller pressed Ctrl-C): a new start reports only its own.
-    fn forget(&self, service: &str) {
-        lock(&self.0).retain(|(s, _)| s != service);
-    }
-}
-
-/// Describe a Python exception in one line, for the engine's messages.
-fn describe(py: Python<'_>, err: &PyErr) -> String {
-    let name = err
-        .get_type(py)
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "Exception".into());
-    format!("{name}: {}", err.value(py))
-}
-
-// ---------------------------------------------------------------------------------------
-// Values
-
-fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
-    Ok(match v {
-        Value::Null => py.None().into_bound(py),
-        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.into_pyobject(py)?.into_any()
-            } else if let Some(u) = n.as_u64() {
-                u.into_pyobject(py)?.into_any()
-            } else {
-                PyFloat::new(py, n.as_f64().unwrap_or(f64::NAN)).into_any()
-            }
-        }
-        Value::String(s) => PyString::new(py, s).into_any(),
-        Value::Array(items) => {
-            let list = PyList::empty(py);
-            for item in items {
-                list.append(json_to_py(py, item)?)?;
-            }
-            list.into_any()
-        }
-        Value::Object(map) => {
-            let dict = PyDict::new(py);
-            for (k, item) in map {
-                dict.set_item(k, json_to_py(py, item)?)?;
-            }
-            dict.into_any()
-        }
-    })
-}
+use errors::{describe, py_err, raised_error, OrRaise, Raised};
+use values::{json_to_py, secs, signal};
+use wait::{interruptible, lock, SLICE};
 
 /// A log line for Python: `(text, service, stream, part, seq, unix time, console form,
 /// incarnation)`.
@@ -291,50 +85,6 @@ fn entry(line: &LogLine, width: usize) -> Entry {
         format!("{line:width$}"),
         line.incarnation(),
     )
-}
-
-/// Run `call` (an engine call that waits with no timeout of its own to slice, such as a
-/// service's `start` or `stop`) on a thread of its own, and wait for its answer with the GIL
-/// released, Python's signal handlers running between slices: Ctrl-C raises
-/// `KeyboardInterrupt` at once. The call then goes on to its end in the background (the engine
-/// bounds it by the bundle's startup or shutdown timeout, and a shutdown ends it at once).
-fn interruptible<R: Send + 'static>(
-    py: Python<'_>,
-    what: &str,
-    call: impl FnOnce() -> R + Send + 'static,
-) -> PyResult<R> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("hitchserve-{what}"))
-        .spawn(move || {
-            let _ = tx.send(call());
-        })
-        .map_err(|e| {
-            PyRuntimeError::new_err(format!("could not start a thread for {what}: {e}"))
-        })?;
-    let rx = Mutex::new(rx);
-    loop {
-        match py.detach(|| lock(&rx).recv_timeout(SLICE)) {
-            Ok(answer) => return Ok(answer),
-            Err(mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(PyRuntimeError::new_err(format!(
-                    "the thread of {what} ended without an answer"
-                )))
-            }
-        }
-    }
-}
-
-fn signal(name: &str) -> PyResult<Signal> {
-    let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
-        upper
-    } else {
-        format!("SIG{upper}")
-    };
-    full.parse::<Signal>()
-        .map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -686,30 +436,6 @@ impl NativeBundle {
             e,
             "startup stopped every service it had started",
         )
-    }
-}
-
-/// The engine's error, or the Python exception behind it (a hook or readiness check that
-/// raised), with the engine's message as a note; `then` says what became of the services.
-fn raised_error(py: Python<'_>, raised: &Raised, e: Error, then: &str) -> PyErr {
-    let service = match &e {
-        Error::HookFailed { service, .. } | Error::ReadinessPanicked { service, .. } => {
-            Some(service.clone())
-        }
-        _ => None,
-    };
-    match service.and_then(|s| raised.take(&s)) {
-        Some(original) => {
-            let note = match &e {
-                Error::ReadinessPanicked { service, .. } => format!(
-                    "hitchserve: raised by the readiness check (log_line_ready_checker) of service `{service}`; {then}"
-                ),
-                other => format!("hitchserve: {other}"),
-            };
-            let _ = original.add_note(py, note);
-            original
-        }
-        None => py_err(e),
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! It holds the callables as they are and wraps them only when the definition is taken
 //! (`callbacks` says how they are called). Invariant: a definition is taken once; after that
-//! every method raises "this definition was already added".
+//! a method that changes the engine's `Service`, and a second take, raise "this definition was
+//! already added".
 
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -4,7 +4,9 @@
 //!
 //! The message is the engine's (its advice put in Python terms by
 //! `hitchserve.errors._pythonic`); the class, `service`, `last_lines`, `kind` and, for an
-//! exit, `returncode` and `status` are attributes. This module chooses no wording of its own.
+//! exit, `returncode` and `status` are attributes. The only wording of its own is the note it
+//! adds to a kept exception, saying where the exception was raised and what became of the
+//! services.
 
 use std::sync::Mutex;
 

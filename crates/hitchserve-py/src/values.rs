@@ -2,7 +2,7 @@
 //! `Signal`, a JSON value as Python's dict, list, str, number, bool or `None`.
 //!
 //! Pure conversions: nothing here waits, locks or knows a class of this module. A value
-//! Python passed that the engine cannot take raises `ValueError` with the value in it.
+//! Python passed that the engine cannot take raises `ValueError`.
 
 use std::time::Duration;
 

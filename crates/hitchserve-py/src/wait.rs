@@ -2,8 +2,8 @@
 //! get a turn, the poison-tolerant lock every class uses, and `interruptible`, which runs an
 //! engine call that has no timeout of its own to slice on a thread of its own.
 //!
-//! It knows nothing of the engine's errors or of Python's exceptions beyond
-//! `KeyboardInterrupt` (what `check_signals` raises). Invariant: the GIL is released while
+//! It knows nothing of the engine's errors: what it raises is `KeyboardInterrupt` (from
+//! `check_signals`) or its own failure to wait. Invariant: the GIL is released while
 //! Rust waits, and no lock of ours is held while calling into Python.
 
 use std::sync::{mpsc, Mutex, MutexGuard};

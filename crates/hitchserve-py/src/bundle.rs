@@ -1,0 +1,358 @@
+//! `NativeBundle`: the engine's `Bundle` as a Python class, from adding definitions through
+//! `startup` (on a thread of its own, Ctrl-C interrupting it) to shutdown when it is dropped;
+//! and what a started bundle hands out: service handles, log views, the ready-made services'
+//! handles, time travel, the kernel of a service.
+//!
+//! The engine's bundle is `None` while `startup` runs, and a call meanwhile raises "the bundle
+//! is starting up"; a call that waits releases the GIL (`with`), one that never waits keeps
+//! it (`quick`). Invariant: the bundle is never dropped, nor stopped, with the GIL held.
+
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Instant;
+
+use hitchserve::services::{Postgres, Redis, Smtp};
+use hitchserve::{Bundle, Error, Interrupter};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::definition::ServiceDef;
+use crate::errors::{py_err, raised_error, OrRaise, Raised};
+use crate::handle::ServiceHandle;
+use crate::logs::{console_width, Logs};
+use crate::services::{PostgresHandle, RedisHandle, SmtpHandle};
+use crate::values::secs;
+use crate::wait::{lock, SLICE};
+
+/// A bundle of services (the engine's `Bundle`).
+#[pyclass(module = "hitchserve._native", frozen)]
+pub(crate) struct NativeBundle {
+    /// `None` while `startup` runs (on its own thread).
+    bundle: Mutex<Option<Bundle>>,
+    interrupter: Interrupter,
+    raised: Arc<Raised>,
+}
+
+impl NativeBundle {
+    /// Run `f` on the bundle with the GIL released.
+    fn with<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&Bundle) -> R + Send) -> PyResult<R> {
+        py.detach(|| {
+            let guard = lock(&self.bundle);
+            guard.as_ref().map(f)
+        })
+        .ok_or_else(starting)
+    }
+
+    /// Run `f` on the bundle, for calls that never wait (the GIL stays held).
+    fn quick<R>(&self, f: impl FnOnce(&Bundle) -> R) -> PyResult<R> {
+        lock(&self.bundle).as_ref().map(f).ok_or_else(starting)
+    }
+
+    /// Run `f`, and in interactive mode (the console muted) also return the bundle's own
+    /// lines it logged, in the console format, for Python to print: what the user asked for
+    /// at the prompt (a time travel, a log message) is shown; only service lines stay muted.
+    fn said<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Bundle) -> R + Send,
+    ) -> PyResult<(R, Vec<String>)> {
+        self.with(py, |b| {
+            if !b.is_interactive() {
+                return (f(b), Vec::new());
+            }
+            let tail = b.logs().tail();
+            let result = f(b);
+            let width = console_width(&b.service_names());
+            let said = tail
+                .grep(|_| true)
+                .iter()
+                .filter(|l| l.is_bundle_message())
+                .map(|l| format!("{l:width$}"))
+                .collect();
+            (result, said)
+        })
+    }
+
+    fn handle(&self, name: &str) -> PyResult<hitchserve::ServiceHandle> {
+        self.quick(|b| b.service(name))?.or_raise()
+    }
+
+    /// The startup error, or the Python exception behind it (see `raised_error`).
+    fn startup_error(&self, py: Python<'_>, e: Error) -> PyErr {
+        raised_error(
+            py,
+            &self.raised,
+            e,
+            "startup stopped every service it had started",
+        )
+    }
+}
+
+fn starting() -> PyErr {
+    Python::attach(|py| {
+        let build = || -> PyResult<PyErr> {
+            let exc = py.import("hitchserve.errors")?.getattr("ServiceError")?.call1((
+                "the bundle is starting up (startup() is running): wait for it to return; inside a setup or poststart hook use the service's own log() and subcommand()",
+            ))?;
+            Ok(PyErr::from_value(exc))
+        };
+        build().unwrap_or_else(|e| e)
+    })
+}
+
+#[pymethods]
+impl NativeBundle {
+    #[new]
+    #[pyo3(signature = (project_directory, startup_timeout=15.0, shutdown_timeout=5.0, time_travel=true, log_memory_limit=None))]
+    fn new(
+        project_directory: PathBuf,
+        startup_timeout: f64,
+        shutdown_timeout: f64,
+        time_travel: bool,
+        log_memory_limit: Option<usize>,
+    ) -> PyResult<NativeBundle> {
+        let mut bundle = Bundle::new(project_directory)
+            .startup_timeout(secs(startup_timeout)?)
+            .shutdown_timeout(secs(shutdown_timeout)?);
+        if !time_travel {
+            bundle = bundle.without_time_travel();
+        }
+        if let Some(bytes) = log_memory_limit {
+            bundle = bundle.log_memory_limit(bytes);
+        }
+        Ok(NativeBundle {
+            interrupter: bundle.interrupter(),
+            bundle: Mutex::new(Some(bundle)),
+            raised: Arc::default(),
+        })
+    }
+
+    /// Add a service under `name`.
+    fn add(&self, py: Python<'_>, name: String, def: &ServiceDef) -> PyResult<()> {
+        let svc = def.take(&name, &self.raised)?;
+        py.detach(|| lock(&self.bundle).as_mut().map(|b| b.add(name, svc)))
+            .ok_or_else(starting)?
+            .or_raise()
+    }
+
+    /// Start every service and wait until all are ready; Ctrl-C interrupts it (everything
+    /// started is stopped, then `KeyboardInterrupt` is raised).
+    fn startup(&self, py: Python<'_>) -> PyResult<()> {
+        let mut bundle = py
+            .detach(|| lock(&self.bundle).take())
+            .ok_or_else(starting)?;
+        let (tx, rx) = mpsc::channel();
+        // Its own thread, so this one can take Python's signals while the startup waits; the
+        // engine spawns services from its supervisor threads, so this thread may end.
+        let spawned = std::thread::Builder::new()
+            .name("hitchserve-startup".into())
+            .spawn(move || {
+                let result = bundle.startup();
+                let _ = tx.send((bundle, result));
+            });
+        if let Err(e) = spawned {
+            return Err(PyRuntimeError::new_err(format!(
+                "could not start the startup thread: {e}"
+            )));
+        }
+        let rx = Mutex::new(rx);
+        let mut interrupted: Option<PyErr> = None;
+        loop {
+            match py.detach(|| lock(&rx).recv_timeout(SLICE)) {
+                Ok((bundle, result)) => {
+                    py.detach(|| *lock(&self.bundle) = Some(bundle));
+                    if let Some(signal) = interrupted {
+                        return Err(signal);
+                    }
+                    return result.map_err(|e| self.startup_error(py, e));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if interrupted.is_none() {
+                        if let Err(signal) = py.check_signals() {
+                            self.interrupter.interrupt();
+                            interrupted = Some(signal);
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(PyRuntimeError::new_err(
+                        "the startup thread ended without an answer",
+                    ))
+                }
+            }
+        }
+    }
+
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(py, Bundle::shutdown)?.or_raise()
+    }
+
+    fn check(&self) -> PyResult<()> {
+        self.quick(Bundle::check)?.or_raise()
+    }
+
+    /// Move the clocks by `micros` microseconds (negative: back), as one relative jump so
+    /// the log says it exactly ("3 days ago").
+    /// In interactive mode, the lines it logged (see `said`).
+    fn time_travel_by(&self, py: Python<'_>, micros: i64) -> PyResult<Vec<String>> {
+        let by = hitchserve::jiff::SignedDuration::from_micros(micros);
+        let (result, said) = self.said(py, |b| b.time_travel_by(by))?;
+        result.or_raise()?;
+        Ok(said)
+    }
+
+    /// Make the clocks say this moment (microseconds since the Unix epoch). In interactive
+    /// mode, the lines it logged (see `said`).
+    fn time_travel_to(&self, py: Python<'_>, micros: i64) -> PyResult<Vec<String>> {
+        let moment = hitchserve::jiff::Timestamp::from_microsecond(micros)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let (result, said) = self.said(py, |b| b.time_travel_to(moment))?;
+        result.or_raise()?;
+        Ok(said)
+    }
+
+    /// What time the services think it is, in microseconds since the Unix epoch.
+    fn now(&self) -> PyResult<i64> {
+        Ok(self.quick(Bundle::now)?.as_microsecond())
+    }
+
+    /// Log `message`; in interactive mode, its lines to print (see `said`).
+    fn log(&self, py: Python<'_>, message: &str) -> PyResult<Vec<String>> {
+        Ok(self.said(py, |b| b.log(message))?.1)
+    }
+
+    /// Log `message` as a warning; in interactive mode, its lines to print (see `said`).
+    fn warn(&self, py: Python<'_>, message: &str) -> PyResult<Vec<String>> {
+        Ok(self.said(py, |b| b.warn(message))?.1)
+    }
+
+    fn start_interactive_mode(&self) -> PyResult<()> {
+        self.quick(Bundle::start_interactive_mode)
+    }
+
+    fn stop_interactive_mode(&self) -> PyResult<()> {
+        self.quick(Bundle::stop_interactive_mode)
+    }
+
+    fn is_interactive(&self) -> PyResult<bool> {
+        self.quick(Bundle::is_interactive)
+    }
+
+    fn is_starting(&self) -> bool {
+        lock(&self.bundle).is_none()
+    }
+
+    fn logs(&self) -> PyResult<Logs> {
+        self.quick(|b| Logs {
+            logs: b.logs(),
+            width: console_width(&b.service_names()),
+        })
+    }
+
+    fn service(&self, name: &str) -> PyResult<ServiceHandle> {
+        Ok(ServiceHandle {
+            handle: self.handle(name)?,
+            width: self.quick(|b| console_width(&b.service_names()))?,
+            raised: Arc::clone(&self.raised),
+        })
+    }
+
+    /// Wait until service `name` is ready (after a start, a restart or a restart by its
+    /// policy), within the startup timeout; Ctrl-C answered.
+    fn wait_until_ready(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        self.service(name)?.wait_until_ready(py)
+    }
+
+    fn service_names(&self) -> PyResult<Vec<String>> {
+        self.quick(Bundle::service_names)
+    }
+
+    fn project_dir(&self) -> PyResult<PathBuf> {
+        self.quick(|b| b.project_dir().to_path_buf())
+    }
+
+    fn run_dir(&self) -> PyResult<Option<PathBuf>> {
+        self.quick(|b| b.run_dir().map(PathBuf::from))
+    }
+
+    fn port(&self, service: &str, name: &str) -> PyResult<u16> {
+        self.quick(|b| b.port(service, name))?.or_raise()
+    }
+
+    fn pstree(&self) -> PyResult<String> {
+        Ok(self.quick(Bundle::pstree)?.or_raise()?.to_string())
+    }
+
+    fn timeline(&self) -> PyResult<String> {
+        Ok(self.quick(Bundle::timeline)?.or_raise()?.to_string())
+    }
+
+    /// `(lines, bytes_in_memory, memory_limit)`.
+    fn log_stats(&self) -> PyResult<(u64, usize, usize)> {
+        let s = self.quick(Bundle::log_stats)?;
+        Ok((s.lines, s.bytes_in_memory, s.memory_limit))
+    }
+
+    /// Wait for the service to embed an IPython kernel; its connection file.
+    fn wait_for_kernel(&self, py: Python<'_>, name: &str, timeout: f64) -> PyResult<PathBuf> {
+        let full = secs(timeout)?;
+        let deadline = Instant::now() + full;
+        loop {
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(SLICE);
+            match self.with(py, |b| b.wait_for_kernel(name, slice))? {
+                Ok(path) => return Ok(path),
+                Err(Error::WaitTimeout {
+                    what, last_lines, ..
+                }) => {
+                    py.check_signals()?;
+                    if Instant::now() >= deadline {
+                        return Err(py_err(Error::WaitTimeout {
+                            what,
+                            timeout: full,
+                            last_lines,
+                        }));
+                    }
+                }
+                Err(e) => return Err(py_err(e)),
+            }
+        }
+    }
+
+    /// Hand the terminal to `jupyter console` on the service's kernel.
+    fn connect_to_kernel(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        self.with(py, |b| b.connect_to_kernel(name))?.or_raise()
+    }
+
+    /// The ready-made PostgreSQL's port.
+    fn postgres(&self, name: &str) -> PyResult<PostgresHandle> {
+        Ok(PostgresHandle {
+            handle: self.quick(|b| Postgres::handle(b, name))?.or_raise()?,
+        })
+    }
+
+    /// The ready-made Redis of a started bundle.
+    fn redis(&self, name: &str) -> PyResult<RedisHandle> {
+        Ok(RedisHandle {
+            handle: self.quick(|b| Redis::handle(b, name))?.or_raise()?,
+        })
+    }
+
+    /// The ready-made mock SMTP server of a started bundle.
+    fn smtp(&self, name: &str) -> PyResult<SmtpHandle> {
+        Ok(SmtpHandle {
+            handle: self.quick(|b| Smtp::handle(b, name))?.or_raise()?,
+        })
+    }
+}
+
+impl Drop for NativeBundle {
+    fn drop(&mut self) {
+        // Stopping waits for the services: not with the GIL held.
+        let bundle = lock(&self.bundle).take();
+        if let Some(bundle) = bundle {
+            Python::attach(|py| py.detach(move || drop(bundle)));
+        }
+    }
+}

@@ -27,6 +27,21 @@ fn server() -> Service {
         .ready_when(|l| l == "READY")
 }
 
+/// `Server`, and `Client` asking it every 20 ms; started.
+fn server_and_client(p: &Project) -> hitchserve::Bundle {
+    let mut b = p.bundle();
+    b.add("Server", server()).unwrap();
+    b.add(
+        "Client",
+        Service::new(["python3", "-u", "-c", CLIENT, "{Server.port.tcp}"])
+            .ready_when(|l| l.starts_with("pong"))
+            .needs(["Server"]),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    b
+}
+
 fn ask(port: u16, read_timeout: Duration) -> std::io::Result<String> {
     let mut c = TcpStream::connect(("127.0.0.1", port))?;
     c.set_read_timeout(Some(read_timeout))?;
@@ -39,16 +54,7 @@ fn ask(port: u16, read_timeout: Duration) -> std::io::Result<String> {
 #[test]
 fn a_client_reconnects_after_its_server_restarts_on_the_same_port() {
     let p = Project::new("fi-reconnect");
-    let mut b = p.bundle();
-    b.add("Server", server()).unwrap();
-    b.add(
-        "Client",
-        Service::new(["python3", "-u", "-c", CLIENT, "{Server.port.tcp}"])
-            .ready_when(|l| l.starts_with("pong"))
-            .needs(["Server"]),
-    )
-    .unwrap();
-    b.startup().unwrap();
+    let b = server_and_client(&p);
     let server = b.service("Server").unwrap();
     let client = b.service("Client").unwrap();
     let (old_pid, client_pid) = (server.pid().unwrap(), client.pid().unwrap());
@@ -81,16 +87,7 @@ fn a_client_reconnects_after_its_server_restarts_on_the_same_port() {
 #[test]
 fn a_stopped_service_stays_down_and_what_needs_it_keeps_running() {
     let p = Project::new("fi-stop");
-    let mut b = p.bundle();
-    b.add("Server", server()).unwrap();
-    b.add(
-        "Client",
-        Service::new(["python3", "-u", "-c", CLIENT, "{Server.port.tcp}"])
-            .ready_when(|l| l.starts_with("pong"))
-            .needs(["Server"]),
-    )
-    .unwrap();
-    b.startup().unwrap();
+    let b = server_and_client(&p);
     let server = b.service("Server").unwrap();
     let client = b.service("Client").unwrap();
     let old_pid = server.pid().unwrap();

@@ -115,6 +115,9 @@ fn kill(svc: &ServiceHandle, sig: Signal, restarts: bool) -> Result<(), String> 
 
 /// A service's state in words.
 fn state(svc: &ServiceHandle) -> String {
+    if svc.restart_pending() {
+        return "restarting".to_owned();
+    }
     if let Some(status) = svc.exit_status() {
         // The library's own verdict: an exit it reports (after ready, or once its restart
         // policy gave up) is a crash; one asked for (`stop`) is not.
@@ -127,7 +130,6 @@ fn state(svc: &ServiceHandle) -> String {
         (Some(_), _, true) => "paused".to_owned(),
         (Some(_), true, false) => "ready".to_owned(),
         (Some(_), false, false) => "starting".to_owned(),
-        (None, _, _) if svc.restart_pending() => "restarting".to_owned(),
         (None, _, _) if svc.incarnation() == 0 => "not started".to_owned(),
         (None, _, _) => "not running".to_owned(),
     }

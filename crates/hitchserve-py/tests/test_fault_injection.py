@@ -266,9 +266,12 @@ def test_a_restart_policy_restarts_a_crashing_service_n_times_then_reports_it(pr
     bundle.startup()
     worker, dependent = bundle["Worker"], bundle["Dependent"]
 
+    tail = bundle.logs.tail
     worker.kill("KILL")
 
-    # Exited only once its policy gave up: restarts leave it restarting, not exited.
+    # Its policy restarts it twice (each start crashes), then gives up.
+    tail.until(lambda line: "giving up" in line, timeout=PATIENCE)
+    assert not worker.is_running
     assert worker.wait_exit(timeout=PATIENCE) == "exit code 3"
     assert worker.returncode == 3
     assert worker.incarnation == 3

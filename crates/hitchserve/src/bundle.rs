@@ -89,6 +89,7 @@ struct InterruptState {
 
 impl Interrupter {
     /// Whether `interrupt` was called.
+    #[cfg(feature = "tokio")]
     pub(crate) fn flag(&self) -> &AtomicBool {
         &self.0.requested
     }
@@ -299,6 +300,7 @@ impl Bundle {
     }
 
     /// What `startup` waits with, for a thread of its own (the async version's).
+    #[cfg(feature = "tokio")]
     pub(crate) fn startup_wait_args(&self) -> (Duration, Duration, Option<Duration>, Interrupter) {
         (
             self.startup_timeout,
@@ -520,6 +522,7 @@ impl Bundle {
     }
 
     /// The shutdown timeout, for the async version's thread.
+    #[cfg(feature = "tokio")]
     pub(crate) fn shutdown_timeout_value(&self) -> Duration {
         self.shutdown_timeout
     }

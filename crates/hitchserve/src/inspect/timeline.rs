@@ -48,7 +48,7 @@ pub(crate) fn of(runtime: &Runtime) -> Timeline {
             .iter()
             .zip(states.iter())
             .map(|(plan, st)| {
-                let steps = st.steps;
+                let steps = st.startup_steps.unwrap_or(st.steps);
                 ServiceTimeline {
                     name: plan.name.clone(),
                     needs: plan

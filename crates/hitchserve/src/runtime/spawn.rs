@@ -6,7 +6,8 @@
 //! chain of services never waits for a thread to be created; see `threads`), the rule "the
 //! first service that may start runs on the thread that found it may, the others on their
 //! own", and scheduling rounds that loop rather than nest (a chain takes constant stack). A
-//! restart by hand starts the next process on the same supervisor thread. What may start is
+//! restart by hand of a running service starts the next process on its supervisor thread
+//! (of a stopped one: on a thread of its own). What may start is
 //! `schedule`'s decision; what happens to a service's state is `state`'s.
 //! Spawning has no `pre_exec` unless signals are blocked (see `exec`): it keeps std on the
 //! fast posix_spawn path.
@@ -23,7 +24,7 @@ use crate::hooks::{Hook, HookContext};
 use crate::logs::{Part, Source, Stream};
 use crate::plan::{ServicePlan, Sources};
 use crate::runtime::schedule;
-use crate::runtime::state::{Event, Phase};
+use crate::runtime::state::{Event, Phase, ServiceState};
 use crate::runtime::supervisor::supervise;
 use crate::runtime::threads::Task;
 use crate::runtime::usercode::UserCode;
@@ -294,9 +295,18 @@ impl Runtime {
             .name(format!("hitchserve:{}:restart", self.services()[idx].name))
             .spawn(move || {
                 let due = Instant::now().checked_add(after);
+                // This restart's wait only: a later one (after a start by hand and another
+                // crash) has a timer of its own.
+                let n = runtime.read(idx, |st| st.restarts);
+                let mine = |st: &ServiceState| {
+                    matches!(st.phase, Phase::Restarting { .. }) && st.restarts == n
+                };
                 let (mut states, _) = runtime.wait_until(runtime.lock(), due, |s| {
-                    !matches!(s[idx].phase, Phase::Restarting { .. }) || runtime.is_stopping()
+                    !mine(&s[idx]) || runtime.is_stopping()
                 });
+                if !mine(&states[idx]) {
+                    return;
+                }
                 // Under the lock that `stop_all` sets `stopping` under: a bundle that has
                 // begun to stop gets no new process (its stop pass may have missed this
                 // service, reaped after it).
@@ -316,16 +326,23 @@ impl Runtime {
                 let (actions, _) = runtime.apply_locked(&mut states, idx, event);
                 drop(states);
                 runtime.changed.notify_all();
-                if runtime.carry_out(idx, actions) {
-                    runtime.run_task(idx, Task::Start);
-                    // Nobody waits for this start to hear that the OS refused it: say so,
-                    // and let the exit stand, reported like a crash.
-                    let refused = runtime.read(idx, |st| match (&st.phase, &st.failure) {
-                        (Phase::NotStarted, Some(failure)) => Some(failure.describe()),
-                        _ => None,
-                    });
-                    if let (Some(why), Some(status)) = (refused, exited) {
-                        runtime.give_up(idx, status, &why);
+                if !runtime.carry_out(idx, actions) {
+                    return;
+                }
+                match runtime.start(idx) {
+                    Some((child, sources)) => {
+                        runtime.run_task(idx, Task::Supervise(child, sources))
+                    }
+                    None => {
+                        // Nobody waits for this start to hear that it failed: say so, and
+                        // let the exit stand, reported like a crash.
+                        let refused = runtime.read(idx, |st| match (&st.phase, &st.failure) {
+                            (Phase::NotStarted, Some(failure)) => Some(failure.describe()),
+                            _ => None,
+                        });
+                        if let (Some(why), Some(status)) = (refused, exited) {
+                            runtime.give_up(idx, status, &why);
+                        }
                     }
                 }
             });

@@ -147,6 +147,9 @@ pub(crate) struct ServiceState {
     pub crash_reported: bool,
     /// The steps of its latest start.
     pub steps: Steps,
+    /// The steps of its first start, once it has been started again (the startup timeline
+    /// shows these).
+    pub startup_steps: Option<Steps>,
     /// How many times its process has been spawned.
     pub incarnation: u32,
     /// How many times its restart policy has restarted it (since it was last started by hand).
@@ -269,6 +272,7 @@ impl ServiceState {
             failure: None,
             crash_reported: false,
             steps: Steps::default(),
+            startup_steps: None,
             incarnation: 0,
             restarts: 0,
         }
@@ -323,7 +327,8 @@ impl ServiceState {
     /// How it ended, once reaped.
     pub(crate) fn exit_status(&self) -> Option<ExitStatus> {
         match self.phase {
-            Phase::Exited { status, .. } => Some(status),
+            // Also while its restart policy waits to start it again: this process has ended.
+            Phase::Exited { status, .. } | Phase::Restarting { status } => Some(status),
             _ => None,
         }
     }

@@ -176,6 +176,8 @@ impl Runtime {
         } else {
             drop(states);
         }
+        // Its group is gone: that is the stop (a restart's next start is not part of it).
+        let stopped_in = t0.elapsed();
         let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
         drop(self.wait_stopped(grace, |s| {
             let st = &s[idx];
@@ -184,7 +186,7 @@ impl Runtime {
         if signalled {
             self.sink.log(&format!(
                 "Stopped {name} in {:.2} s",
-                t0.elapsed().as_secs_f64()
+                stopped_in.as_secs_f64()
             ));
         }
         true

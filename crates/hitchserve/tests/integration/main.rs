@@ -15,6 +15,7 @@ mod cron;
 mod definitions;
 mod fault_injection;
 mod fault_races;
+mod fault_review3;
 mod hooks;
 mod kernel;
 mod layers;

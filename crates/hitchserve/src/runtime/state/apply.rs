@@ -8,7 +8,22 @@ use super::*;
 /// Apply `event` to a service with traits `t`; the actions to carry out.
 pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Action> {
     let event = match event {
-        Event::OfStart { start, .. } if start != st.incarnation => return Vec::new(),
+        // News from a start that is no longer the service's: dropped. Between a reaped
+        // process and the next one's spawn, the start number is still the old one, so the
+        // phase tells too: a new start is under way.
+        Event::OfStart { start, .. }
+            if start != st.incarnation
+                || matches!(
+                    st.phase,
+                    Phase::Waiting
+                        | Phase::SettingUp { .. }
+                        | Phase::Spawning { .. }
+                        | Phase::Restarting { .. }
+                        | Phase::NotStarted
+                ) =>
+        {
+            return Vec::new()
+        }
         Event::OfStart { event, .. } => *event,
         event => event,
     };
@@ -29,9 +44,13 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             match (result, stop) {
                 (Err(message), _) => {
                     st.fail(Failure::Hook(Part::Setup, message));
+                    actions.push(Action::LogsEnded);
                     Phase::NotStarted
                 }
-                (Ok(()), Some(_)) => Phase::NotStarted,
+                (Ok(()), Some(_)) => {
+                    actions.push(Action::LogsEnded);
+                    Phase::NotStarted
+                }
                 (Ok(()), None) => {
                     actions.push(Action::Spawn);
                     Phase::Spawning { stop: None }
@@ -78,6 +97,7 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
         (Phase::SettingUp { .. } | Phase::Spawning { .. }, Event::SpawnFailed(e))
         | (Phase::Running { .. }, Event::Unsupervised(e)) => {
             st.fail(Failure::Spawn(e));
+            actions.push(Action::LogsEnded);
             Phase::NotStarted
         }
         (
@@ -158,14 +178,17 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             }
         }
         (Phase::Restarting { .. }, Event::RestartDue { at }) => {
-            st.steps = Steps {
-                started: Some(at),
-                ..Steps::default()
-            };
+            new_steps(st, at);
             actions.push(Action::Spawn);
             Phase::Spawning { stop: None }
         }
-        (phase, Event::CheckPanicked(message)) => {
+        (
+            phase @ Phase::Running {
+                readiness: Readiness::Checking { .. },
+                ..
+            },
+            Event::CheckPanicked(message),
+        ) => {
             st.fail(Failure::CheckPanicked(message));
             phase
         }
@@ -328,10 +351,20 @@ fn fresh_start(st: &mut ServiceState, at: Instant) {
     st.restarts = 0;
     st.failure = None;
     st.crash_reported = false;
-    st.steps = Steps {
-        started: Some(at),
-        ..Steps::default()
-    };
+    new_steps(st, at);
+}
+
+/// The steps of a new start, begun at `at`; the first start's are kept for the startup
+/// timeline.
+fn new_steps(st: &mut ServiceState, at: Instant) {
+    let previous = std::mem::replace(
+        &mut st.steps,
+        Steps {
+            started: Some(at),
+            ..Steps::default()
+        },
+    );
+    st.startup_steps.get_or_insert(previous);
 }
 
 /// Its readiness check passed at `at`: on to its poststart hook, or ready.
@@ -376,7 +409,14 @@ fn stop(
     actions: &mut Vec<Action>,
 ) -> Phase {
     match phase {
-        Phase::Waiting => Phase::NotStarted,
+        Phase::Waiting => {
+            actions.push(Action::LogsEnded);
+            Phase::NotStarted
+        }
+        // A restart of a service being started is that start (a fresh one already); a stop
+        // asked before is called off by it.
+        Phase::SettingUp { .. } if then.is_some() => Phase::SettingUp { stop: None },
+        Phase::Spawning { .. } if then.is_some() => Phase::Spawning { stop: None },
         Phase::SettingUp { stop } => Phase::SettingUp {
             stop: stop.or(Some(asked)),
         },
@@ -471,7 +511,11 @@ pub(super) fn reap(
             n: restarts + 1,
         },
         None if matches!(readiness, Readiness::Ready { .. }) || restarts > 0 => {
-            Reap::Crash { restarts }
+            // "Restarted N times: giving up" only when the policy would restart this exit.
+            let applies = t.restart.next(status.success(), 0).is_some();
+            Reap::Crash {
+                restarts: if applies { restarts } else { 0 },
+            }
         }
         None => Reap::Quiet,
     }

@@ -138,7 +138,7 @@ fn cases() -> Vec<Case> {
             what: "setup failed: never started, the failure kept for startup",
             traits: with(|t| t.setup = true),
             events: vec![picked(), setup(Err("initdb failed".into()))],
-            actions: vec![],
+            actions: vec![Action::LogsEnded],
             holds: |st, _| {
                 matches!(st.phase, Phase::NotStarted)
                     && matches!(&st.failure, Some(Failure::Hook(Part::Setup, m)) if m == "initdb failed")
@@ -148,7 +148,7 @@ fn cases() -> Vec<Case> {
             what: "a stop asked during setup: not spawned at all",
             traits: with(|t| t.setup = true),
             events: vec![picked(), stop(), setup(Ok(()))],
-            actions: vec![],
+            actions: vec![Action::LogsEnded],
             holds: |st, _| matches!(st.phase, Phase::NotStarted) && st.failure.is_none(),
         },
         Case {
@@ -366,7 +366,7 @@ fn cases() -> Vec<Case> {
                 picked(),
                 Event::SpawnFailed(std::io::Error::other("ENOENT")),
             ],
-            actions: vec![],
+            actions: vec![Action::LogsEnded],
             holds: |st, _| matches!(st.failure, Some(Failure::Spawn(_))) && st.is_settled(),
         },
         Case {
@@ -764,6 +764,144 @@ fn cases() -> Vec<Case> {
             holds: |st, _| st.pid().is_none() && st.group() == Some(group()),
         },
     ]
+}
+
+/// Review 3 of #15: rows that failed when they were written (see the report).
+fn review3_cases() -> Vec<Case> {
+    vec![
+        Case {
+            what: "a restart asked while its setup hook runs: spawned once the hook is done",
+            traits: with(|t| t.setup = true),
+            events: vec![picked(), restart(false), setup(Ok(()))],
+            actions: vec![Action::Spawn],
+            holds: |st, _| matches!(st.phase, Phase::Spawning { stop: None }),
+        },
+        Case {
+            what: "a restart asked while it is being spawned: that is the fresh start, nothing stops it",
+            traits: plain(),
+            events: vec![picked(), stop(), restart(false), spawned()],
+            actions: vec![],
+            holds: |st, _| {
+                matches!(
+                    st.phase,
+                    Phase::Running {
+                        stop: None,
+                        after: AfterExit::Policy,
+                        ..
+                    }
+                )
+            },
+        },
+        Case {
+            what: "a start by hand whose setup hook fails: its output has ended again",
+            traits: with(|t| t.setup = true),
+            events: vec![
+                picked(),
+                setup(Ok(())),
+                spawned(),
+                stop(),
+                exit(0),
+                Event::GroupKilled,
+                reaped(0),
+                Event::StartAgain {
+                    at: at(),
+                    setup: true,
+                },
+                setup(Err("no".into())),
+            ],
+            actions: vec![Action::LogsEnded],
+            holds: |st, _| matches!(st.phase, Phase::NotStarted),
+        },
+        Case {
+            what: "a start by hand the OS refuses: its output has ended again",
+            traits: plain(),
+            events: vec![
+                picked(),
+                spawned(),
+                stop(),
+                exit(0),
+                Event::GroupKilled,
+                reaped(0),
+                Event::StartAgain {
+                    at: at(),
+                    setup: false,
+                },
+                Event::SpawnFailed(std::io::Error::from(std::io::ErrorKind::NotFound)),
+            ],
+            actions: vec![Action::LogsEnded],
+            holds: |st, _| matches!(st.phase, Phase::NotStarted),
+        },
+        Case {
+            what: "a start by hand stopped during its setup hook: its output has ended again",
+            traits: with(|t| t.setup = true),
+            events: vec![
+                picked(),
+                setup(Ok(())),
+                spawned(),
+                stop(),
+                exit(0),
+                Event::GroupKilled,
+                reaped(0),
+                Event::StartAgain {
+                    at: at(),
+                    setup: true,
+                },
+                stop(),
+                setup(Ok(())),
+            ],
+            actions: vec![Action::LogsEnded],
+            holds: |st, _| matches!(st.phase, Phase::NotStarted),
+        },
+        Case {
+            what: "a panic of the previous start's check, once a restart by hand began, is ignored",
+            traits: with(|t| t.setup = true),
+            events: vec![
+                picked(),
+                setup(Ok(())),
+                spawned(),
+                passed(),
+                Event::Announced,
+                restart(true),
+                exit(0),
+                Event::GroupKilled,
+                reaped(0),
+                Event::CheckPanicked("old probe".into()).of(1),
+            ],
+            actions: vec![],
+            holds: |st, _| matches!(st.phase, Phase::SettingUp { .. }) && st.failure.is_none(),
+        },
+        Case {
+            what: "a panic of a crashed start's check is not kept for the policy's next start",
+            traits: with(|t| t.restart = Restart::on_failure(3)),
+            events: vec![
+                picked(),
+                spawned(),
+                passed(),
+                Event::Announced,
+                exit(1),
+                Event::GroupKilled,
+                reaped(1),
+                Event::CheckPanicked("old probe".into()).of(1),
+            ],
+            actions: vec![],
+            holds: |st, _| st.restart_pending() && st.failure.is_none(),
+        },
+    ]
+}
+
+#[test]
+fn review3_transitions_follow_the_table() {
+    let mut failed = Vec::new();
+    for case in review3_cases() {
+        let (st, actions) = drive(&case.traits, case.events);
+        if actions != case.actions || !(case.holds)(&st, &case.traits) {
+            failed.push(format!(
+                "{}: actions {actions:?} (want {:?}), state {st:?}",
+                case.what, case.actions
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
 #[test]

@@ -19,21 +19,27 @@ def start(bundle):
     bundle.startup()
     return bundle["Web"]
 
+def say(text):
+    # One write: the bundle prints its services' lines from other threads meanwhile, and
+    # `print` writes its parts one by one, so another line could land in the middle.
+    sys.stdout.write(text + "\\n")
+    sys.stdout.flush()
+
 def test_fails_and_reports(service_bundle):
     web = start(service_bundle)
     assert web.logs.out.lines() == ["nothing like this"]
 
 def test_has_its_own_port_a(service_bundle):
     web = start(service_bundle)
-    print("PORT", web.port("http"), "PID", web.pid)
+    say(f"PORT {web.port('http')} PID {web.pid}")
 
 def test_has_its_own_port_b(service_bundle):
     web = start(service_bundle)
-    print("PORT", web.port("http"), "PID", web.pid)
+    say(f"PORT {web.port('http')} PID {web.pid}")
 
 def test_passes_and_cleans_up(service_bundle, hitchserve_project_directory):
     start(service_bundle)
-    print("PROJECT", hitchserve_project_directory)
+    say(f"PROJECT {hitchserve_project_directory}")
 '''
 
 

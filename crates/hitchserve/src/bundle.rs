@@ -8,13 +8,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::handle::ServiceHandle;
 use crate::inspect::timeline::Timeline;
 use crate::inspect::ProcessTree;
+use crate::interrupt::{InterruptState, Interrupter};
 use crate::logs::{LogStats, Logs, Sink};
 use crate::plan::Plan;
 use crate::ports::{HeldPort, PortTable};
@@ -56,61 +57,6 @@ pub struct Bundle {
     held_ports: Vec<HeldPort>,
     progress: Option<Duration>,
     interrupt: Arc<InterruptState>,
-}
-
-/// Ends a [`Bundle::startup`] that is under way from another thread: a signal handler's
-/// thread, say, so that Ctrl-C during a slow startup stops at once instead of at the
-/// startup timeout. Get one with [`Bundle::interrupter`] before calling `startup`.
-///
-/// ```no_run
-/// # fn main() -> hitchserve::Result<()> {
-/// use hitchserve::{Bundle, Error};
-/// let mut bundle = Bundle::new(".");
-/// let interrupter = bundle.interrupter();
-/// std::thread::spawn(move || {
-///     // ... wait for Ctrl-C here ...
-///     interrupter.interrupt();
-/// });
-/// match bundle.startup() {
-///     Err(Error::Interrupted) => println!("stopped before it was ready"),
-///     other => other?,
-/// }
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug)]
-pub struct Interrupter(Arc<InterruptState>);
-
-#[derive(Debug, Default)]
-struct InterruptState {
-    requested: AtomicBool,
-    /// The run being started, to wake its wait.
-    run: Mutex<Option<Weak<Runtime>>>,
-}
-
-impl Interrupter {
-    /// Whether `interrupt` was called.
-    #[cfg(feature = "tokio")]
-    pub(crate) fn flag(&self) -> &AtomicBool {
-        &self.0.requested
-    }
-
-    /// Make the current (or next) `startup` fail with [`Error::Interrupted`] and stop what
-    /// it started. It can't be taken back: every later `startup` of this bundle fails the
-    /// same way. No effect on a bundle that is already up: call `shutdown` for that.
-    pub fn interrupt(&self) {
-        self.0.requested.store(true, Ordering::SeqCst);
-        let run = self
-            .0
-            .run
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(Weak::upgrade);
-        if let Some(runtime) = run {
-            // Under the state lock, so the startup wait can't miss the flag.
-            runtime.wake();
-        }
-    }
 }
 
 impl Bundle {

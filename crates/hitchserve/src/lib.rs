@@ -42,7 +42,7 @@
 // 4. plan: definitions checked and resolved;
 // 5. runtime: the running bundle, its state machine and its threads;
 // 6. inspect: read-only views (process tree, timeline);
-// 7. the public façade: bundle, handle, and (feature `tokio`) asynch;
+// 7. the public façade: bundle, handle, interrupt, and (feature `tokio`) asynch;
 // 8. built on the façade: kernel, services.
 #[cfg(feature = "tokio")]
 mod asynch;
@@ -54,6 +54,7 @@ mod guardian;
 mod handle;
 mod hooks;
 mod inspect;
+mod interrupt;
 mod kernel;
 mod logs;
 mod plan;
@@ -71,12 +72,13 @@ mod timetravel;
 
 #[cfg(feature = "tokio")]
 pub use asynch::FollowAsync;
-pub use bundle::{Bundle, Interrupter};
+pub use bundle::Bundle;
 pub use error::{Error, NotReady, Result};
 pub use handle::ServiceHandle;
 pub use hooks::{HookContext, HookResult};
 pub use inspect::timeline::{ServiceTimeline, Timeline};
 pub use inspect::{ProcessTree, TreeProcess, TreeService};
+pub use interrupt::Interrupter;
 pub use logs::{Follow, LogLine, LogStats, Logs, Part, Stream, Tail};
 pub use process::{
     Connection, ConnectionKind, CpuTimes, CtxSwitches, Ids, IoCounters, MemoryInfo, OpenFile,

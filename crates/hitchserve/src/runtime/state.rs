@@ -450,4 +450,6 @@ pub(crate) enum Reap {
 }
 
 #[cfg(test)]
+mod restart_tests;
+#[cfg(test)]
 mod tests;

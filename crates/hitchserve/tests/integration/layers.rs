@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["plan"],
     &["runtime"],
     &["inspect"],
-    &["bundle", "handle", "asynch"],
+    &["bundle", "handle", "interrupt", "asynch"],
     &["kernel", "services"],
 ];
 

@@ -1,22 +1,23 @@
-//! Every rule of a service's lifecycle, one table row each; nothing here starts a process.
+//! Every rule of a service's lifecycle from its start to its stop, one table row each;
+//! nothing here starts a process. Restarts, pauses and policies: `restart_tests`.
 use super::apply::apply;
 use super::*;
 use crate::runtime::report::{StartupFailure, Waiting};
 use crate::service::Restart;
 
-const PID: u32 = 4242;
+pub(super) const PID: u32 = 4242;
 
 /// One instant for every event, so durations come out exact.
-fn at() -> Instant {
+pub(super) fn at() -> Instant {
     static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     *T0.get_or_init(Instant::now)
 }
 
-fn group() -> ProcessGroup {
+pub(super) fn group() -> ProcessGroup {
     ProcessGroup::led_by(PID)
 }
 
-fn plain() -> Traits {
+pub(super) fn plain() -> Traits {
     Traits {
         one_shot: false,
         setup: false,
@@ -28,34 +29,34 @@ fn plain() -> Traits {
     }
 }
 
-fn with(f: impl FnOnce(&mut Traits)) -> Traits {
+pub(super) fn with(f: impl FnOnce(&mut Traits)) -> Traits {
     let mut t = plain();
     f(&mut t);
     t
 }
 
-fn picked() -> Event {
+pub(super) fn picked() -> Event {
     Event::Picked { at: at() }
 }
-fn spawned() -> Event {
+pub(super) fn spawned() -> Event {
     Event::Spawned { pid: PID, at: at() }
 }
-fn passed() -> Event {
+pub(super) fn passed() -> Event {
     Event::ReadinessPassed { at: at() }
 }
-fn setup(result: Result<(), String>) -> Event {
+pub(super) fn setup(result: Result<(), String>) -> Event {
     Event::SetupDone {
         span: (at(), at()),
         result,
     }
 }
-fn post_ok() -> Event {
+pub(super) fn post_ok() -> Event {
     Event::PoststartDone {
         result: Ok(()),
         at: at(),
     }
 }
-fn stop() -> Event {
+pub(super) fn stop() -> Event {
     Event::Stop {
         deadline: None,
         main_exited: false,
@@ -63,16 +64,16 @@ fn stop() -> Event {
     }
 }
 /// The main process exits (its status is known once reaped: `reaped`).
-fn exit(_code: i32) -> Event {
+pub(super) fn exit(_code: i32) -> Event {
     Event::MainExited
 }
-fn reaped(code: i32) -> Event {
+pub(super) fn reaped(code: i32) -> Event {
     Event::Reaped {
         status: ExitStatus::Code(code),
         at: at(),
     }
 }
-fn restart(setup: bool) -> Event {
+pub(super) fn restart(setup: bool) -> Event {
     Event::Stop {
         deadline: None,
         main_exited: false,
@@ -81,7 +82,7 @@ fn restart(setup: bool) -> Event {
 }
 
 /// Apply `events` in order; the final state and the actions of the last event.
-fn drive(t: &Traits, events: Vec<Event>) -> (ServiceState, Vec<Action>) {
+pub(super) fn drive(t: &Traits, events: Vec<Event>) -> (ServiceState, Vec<Action>) {
     let mut st = ServiceState::new();
     let mut last = Vec::new();
     for event in events {
@@ -90,20 +91,20 @@ fn drive(t: &Traits, events: Vec<Event>) -> (ServiceState, Vec<Action>) {
     (st, last)
 }
 
-struct Case {
-    what: &'static str,
-    traits: Traits,
-    events: Vec<Event>,
+pub(super) struct Case {
+    pub what: &'static str,
+    pub traits: Traits,
+    pub events: Vec<Event>,
     /// The actions the last event asks for.
-    actions: Vec<Action>,
-    holds: fn(&ServiceState, &Traits) -> bool,
+    pub actions: Vec<Action>,
+    pub holds: fn(&ServiceState, &Traits) -> bool,
 }
 
-fn ready_announced(st: &ServiceState, t: &Traits) -> bool {
+pub(super) fn ready_announced(st: &ServiceState, t: &Traits) -> bool {
     st.is_ready() && st.started_up(t)
 }
 
-fn one_shot_with_poststart() -> Traits {
+pub(super) fn one_shot_with_poststart() -> Traits {
     with(|t| {
         t.one_shot = true;
         t.immediate = true;
@@ -398,365 +399,6 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
-            what: "pause: SIGSTOP to its group, once",
-            traits: plain(),
-            events: vec![picked(), spawned(), Event::Pause],
-            actions: vec![Action::Signal(group(), Signal::SIGSTOP)],
-            holds: |st, _| st.is_paused(),
-        },
-        Case {
-            what: "a second pause sends nothing",
-            traits: plain(),
-            events: vec![picked(), spawned(), Event::Pause, Event::Pause],
-            actions: vec![],
-            holds: |st, _| st.is_paused(),
-        },
-        Case {
-            what: "resume: SIGCONT",
-            traits: plain(),
-            events: vec![picked(), spawned(), Event::Pause, Event::Resume],
-            actions: vec![Action::Signal(group(), Signal::SIGCONT)],
-            holds: |st, _| !st.is_paused(),
-        },
-        Case {
-            what: "stopping a paused service thaws it so it can act on its stop signal",
-            traits: plain(),
-            events: vec![picked(), spawned(), Event::Pause, stop()],
-            actions: vec![
-                Action::Signal(group(), Signal::SIGTERM),
-                Action::Signal(group(), Signal::SIGCONT),
-            ],
-            holds: |st, _| !st.is_paused(),
-        },
-        Case {
-            what: "a crash with a restart policy: restart later, not a crash",
-            traits: with(|t| t.restart = Restart::on_failure(2)),
-            events: vec![
-                picked(),
-                spawned(),
-                passed(),
-                Event::Announced,
-                exit(1),
-                Event::GroupKilled,
-                reaped(1),
-            ],
-            actions: vec![Action::RestartAfter(Duration::from_millis(100))],
-            holds: |st, t| {
-                matches!(st.phase, Phase::Restarting { .. })
-                    && st.crashed(t).is_none()
-                    && st.restarts == 1
-                    && st.group_gone()
-                    && !st.is_settled()
-            },
-        },
-        Case {
-            what: "the restart is due: spawn it again, a new incarnation",
-            traits: with(|t| t.restart = Restart::on_failure(2)),
-            events: vec![
-                picked(),
-                spawned(),
-                exit(1),
-                Event::GroupKilled,
-                reaped(1),
-                Event::RestartDue { at: at() },
-                spawned(),
-            ],
-            actions: vec![],
-            holds: |st, _| st.incarnation == 2 && st.pid() == Some(PID),
-        },
-        Case {
-            what: "the backoff doubles",
-            traits: with(|t| t.restart = Restart::on_failure(3)),
-            events: vec![
-                picked(),
-                spawned(),
-                exit(1),
-                Event::GroupKilled,
-                reaped(1),
-                Event::RestartDue { at: at() },
-                spawned(),
-                exit(1),
-                Event::GroupKilled,
-                reaped(1),
-            ],
-            actions: vec![Action::RestartAfter(Duration::from_millis(200))],
-            holds: |st, _| st.restarts == 2,
-        },
-        Case {
-            what: "past its maximum the policy gives up: a crash",
-            traits: with(|t| t.restart = Restart::on_failure(1)),
-            events: vec![
-                picked(),
-                spawned(),
-                exit(1),
-                Event::GroupKilled,
-                reaped(1),
-                Event::RestartDue { at: at() },
-                spawned(),
-                exit(1),
-                Event::GroupKilled,
-                reaped(1),
-            ],
-            actions: vec![Action::LogsEnded],
-            holds: |st, t| st.crashed(t) == Some(ExitStatus::Code(1)) && st.is_settled(),
-        },
-        Case {
-            what: "on-failure leaves an exit 0 alone",
-            traits: with(|t| t.restart = Restart::on_failure(3)),
-            events: vec![picked(), spawned(), exit(0), Event::GroupKilled, reaped(0)],
-            actions: vec![Action::LogsEnded],
-            holds: |st, _| st.is_settled(),
-        },
-        Case {
-            what: "always restarts after an exit 0 too",
-            traits: with(|t| t.restart = Restart::always(3)),
-            events: vec![picked(), spawned(), exit(0), Event::GroupKilled, reaped(0)],
-            actions: vec![Action::RestartAfter(Duration::from_millis(100))],
-            holds: |st, _| matches!(st.phase, Phase::Restarting { .. }),
-        },
-        Case {
-            what: "a one-shot that completes is not restarted",
-            traits: with(|t| {
-                t.one_shot = true;
-                t.restart = Restart::always(3);
-            }),
-            events: vec![picked(), spawned(), exit(0), Event::GroupKilled, reaped(0)],
-            actions: vec![Action::Completed, Action::LogsEnded],
-            holds: |st, _| st.completed(),
-        },
-        Case {
-            what: "an asked-for stop is never restarted",
-            traits: with(|t| t.restart = Restart::always(3)),
-            events: vec![
-                picked(),
-                spawned(),
-                stop(),
-                exit(0),
-                Event::GroupKilled,
-                reaped(0),
-            ],
-            actions: vec![Action::LogsEnded],
-            holds: |st, t| st.is_settled() && st.crashed(t).is_none(),
-        },
-        Case {
-            what: "a stop while a restart waits calls it off",
-            traits: with(|t| t.restart = Restart::on_failure(3)),
-            events: vec![
-                picked(),
-                spawned(),
-                exit(1),
-                Event::GroupKilled,
-                reaped(1),
-                stop(),
-                Event::RestartDue { at: at() },
-            ],
-            actions: vec![],
-            holds: |st, t| st.is_settled() && st.crashed(t).is_none(),
-        },
-        Case {
-            what: "a start by hand after a crash: spawned again, the crash forgotten",
-            traits: plain(),
-            events: vec![
-                picked(),
-                spawned(),
-                passed(),
-                Event::Announced,
-                exit(1),
-                Event::GroupKilled,
-                reaped(1),
-                Event::StartAgain {
-                    at: at(),
-                    setup: false,
-                },
-            ],
-            actions: vec![Action::LogsGoOn, Action::Start],
-            holds: |st, t| {
-                matches!(st.phase, Phase::Spawning { stop: None })
-                    && st.crashed(t).is_none()
-                    && !st.crash_reported
-            },
-        },
-        Case {
-            what: "a start by hand with its setup hook",
-            traits: with(|t| t.setup = true),
-            events: vec![
-                picked(),
-                setup(Ok(())),
-                spawned(),
-                stop(),
-                exit(0),
-                Event::GroupKilled,
-                reaped(0),
-                Event::StartAgain {
-                    at: at(),
-                    setup: true,
-                },
-            ],
-            actions: vec![Action::LogsGoOn, Action::Start],
-            holds: |st, _| matches!(st.phase, Phase::SettingUp { stop: None }),
-        },
-        Case {
-            what: "a start by hand of a running service does nothing",
-            traits: plain(),
-            events: vec![
-                picked(),
-                spawned(),
-                Event::StartAgain {
-                    at: at(),
-                    setup: false,
-                },
-            ],
-            actions: vec![],
-            holds: |st, _| st.pid() == Some(PID) && st.incarnation == 1,
-        },
-        Case {
-            what: "a restart by hand: the stop signal now",
-            traits: plain(),
-            events: vec![
-                picked(),
-                spawned(),
-                passed(),
-                Event::Announced,
-                restart(false),
-            ],
-            actions: vec![Action::Signal(group(), Signal::SIGTERM)],
-            holds: |st, _| st.is_ready(),
-        },
-        Case {
-            what: "a restart by hand: spawned again on its supervisor's thread once reaped",
-            traits: plain(),
-            events: vec![
-                picked(),
-                spawned(),
-                passed(),
-                Event::Announced,
-                restart(false),
-                exit(0),
-                Event::GroupKilled,
-                reaped(0),
-            ],
-            actions: vec![Action::Spawn],
-            holds: |st, t| {
-                matches!(st.phase, Phase::Spawning { stop: None })
-                    && st.crashed(t).is_none()
-                    && !st.is_settled()
-            },
-        },
-        Case {
-            what: "a restart by hand with its setup hook",
-            traits: with(|t| t.setup = true),
-            events: vec![
-                picked(),
-                setup(Ok(())),
-                spawned(),
-                restart(true),
-                exit(0),
-                Event::GroupKilled,
-                reaped(0),
-            ],
-            actions: vec![Action::Spawn],
-            holds: |st, _| matches!(st.phase, Phase::SettingUp { stop: None }),
-        },
-        Case {
-            what: "a plain stop calls off a restart asked before",
-            traits: plain(),
-            events: vec![
-                picked(),
-                spawned(),
-                restart(false),
-                stop(),
-                exit(0),
-                Event::GroupKilled,
-                reaped(0),
-            ],
-            actions: vec![Action::LogsEnded],
-            holds: |st, _| st.is_settled(),
-        },
-        Case {
-            what: "a restart of a crashed service is a start on a thread of its own",
-            traits: plain(),
-            events: vec![
-                picked(),
-                spawned(),
-                passed(),
-                Event::Announced,
-                exit(1),
-                Event::GroupKilled,
-                reaped(1),
-                restart(false),
-            ],
-            actions: vec![Action::LogsGoOn, Action::Start],
-            holds: |st, t| matches!(st.phase, Phase::Spawning { .. }) && st.crashed(t).is_none(),
-        },
-        Case {
-            what: "a restart asked after its main process exited unasked still restarts it",
-            traits: plain(),
-            events: vec![
-                picked(),
-                spawned(),
-                passed(),
-                Event::Announced,
-                exit(1),
-                restart(false),
-                Event::GroupKilled,
-                reaped(1),
-            ],
-            actions: vec![Action::Spawn],
-            holds: |st, _| matches!(st.phase, Phase::Spawning { .. }),
-        },
-        Case {
-            what: "a stop while a crash drains: the policy's restart is called off, no crash",
-            traits: with(|t| t.restart = Restart::on_failure(3)),
-            events: vec![
-                picked(),
-                spawned(),
-                passed(),
-                Event::Announced,
-                exit(1),
-                Event::GroupKilled,
-                stop(),
-                reaped(1),
-            ],
-            actions: vec![Action::LogsEnded],
-            holds: |st, t| st.is_settled() && st.crashed(t).is_none() && st.restarts == 0,
-        },
-        Case {
-            what: "a stop while a crash drains, with no policy: still a crash",
-            traits: plain(),
-            events: vec![
-                picked(),
-                spawned(),
-                passed(),
-                Event::Announced,
-                exit(1),
-                Event::GroupKilled,
-                stop(),
-                reaped(1),
-            ],
-            actions: vec![Action::LogsEnded],
-            holds: |st, t| st.crashed(t) == Some(ExitStatus::Code(1)),
-        },
-        Case {
-            what: "news from an earlier start is ignored",
-            traits: with(|t| t.poststart = true),
-            events: vec![
-                picked(),
-                spawned(),
-                stop(),
-                exit(0),
-                Event::GroupKilled,
-                reaped(0),
-                Event::StartAgain {
-                    at: at(),
-                    setup: false,
-                },
-                spawned(),
-                Event::ReadinessPassed { at: at() }.of(1),
-            ],
-            actions: vec![],
-            holds: |st, _| st.incarnation == 2 && st.steps.checked.is_none(),
-        },
-        Case {
             what: "a stop once exiting signals what is left of the group",
             traits: plain(),
             events: vec![picked(), spawned(), exit(0), stop()],
@@ -764,144 +406,6 @@ fn cases() -> Vec<Case> {
             holds: |st, _| st.pid().is_none() && st.group() == Some(group()),
         },
     ]
-}
-
-/// Review 3 of #15: rows that failed when they were written (see the report).
-fn review3_cases() -> Vec<Case> {
-    vec![
-        Case {
-            what: "a restart asked while its setup hook runs: spawned once the hook is done",
-            traits: with(|t| t.setup = true),
-            events: vec![picked(), restart(false), setup(Ok(()))],
-            actions: vec![Action::Spawn],
-            holds: |st, _| matches!(st.phase, Phase::Spawning { stop: None }),
-        },
-        Case {
-            what: "a restart asked while it is being spawned: that is the fresh start, nothing stops it",
-            traits: plain(),
-            events: vec![picked(), stop(), restart(false), spawned()],
-            actions: vec![],
-            holds: |st, _| {
-                matches!(
-                    st.phase,
-                    Phase::Running {
-                        stop: None,
-                        after: AfterExit::Policy,
-                        ..
-                    }
-                )
-            },
-        },
-        Case {
-            what: "a start by hand whose setup hook fails: its output has ended again",
-            traits: with(|t| t.setup = true),
-            events: vec![
-                picked(),
-                setup(Ok(())),
-                spawned(),
-                stop(),
-                exit(0),
-                Event::GroupKilled,
-                reaped(0),
-                Event::StartAgain {
-                    at: at(),
-                    setup: true,
-                },
-                setup(Err("no".into())),
-            ],
-            actions: vec![Action::LogsEnded],
-            holds: |st, _| matches!(st.phase, Phase::NotStarted),
-        },
-        Case {
-            what: "a start by hand the OS refuses: its output has ended again",
-            traits: plain(),
-            events: vec![
-                picked(),
-                spawned(),
-                stop(),
-                exit(0),
-                Event::GroupKilled,
-                reaped(0),
-                Event::StartAgain {
-                    at: at(),
-                    setup: false,
-                },
-                Event::SpawnFailed(std::io::Error::from(std::io::ErrorKind::NotFound)),
-            ],
-            actions: vec![Action::LogsEnded],
-            holds: |st, _| matches!(st.phase, Phase::NotStarted),
-        },
-        Case {
-            what: "a start by hand stopped during its setup hook: its output has ended again",
-            traits: with(|t| t.setup = true),
-            events: vec![
-                picked(),
-                setup(Ok(())),
-                spawned(),
-                stop(),
-                exit(0),
-                Event::GroupKilled,
-                reaped(0),
-                Event::StartAgain {
-                    at: at(),
-                    setup: true,
-                },
-                stop(),
-                setup(Ok(())),
-            ],
-            actions: vec![Action::LogsEnded],
-            holds: |st, _| matches!(st.phase, Phase::NotStarted),
-        },
-        Case {
-            what: "a panic of the previous start's check, once a restart by hand began, is ignored",
-            traits: with(|t| t.setup = true),
-            events: vec![
-                picked(),
-                setup(Ok(())),
-                spawned(),
-                passed(),
-                Event::Announced,
-                restart(true),
-                exit(0),
-                Event::GroupKilled,
-                reaped(0),
-                Event::CheckPanicked("old probe".into()).of(1),
-            ],
-            actions: vec![],
-            holds: |st, _| matches!(st.phase, Phase::SettingUp { .. }) && st.failure.is_none(),
-        },
-        Case {
-            what: "a panic of a crashed start's check is not kept for the policy's next start",
-            traits: with(|t| t.restart = Restart::on_failure(3)),
-            events: vec![
-                picked(),
-                spawned(),
-                passed(),
-                Event::Announced,
-                exit(1),
-                Event::GroupKilled,
-                reaped(1),
-                Event::CheckPanicked("old probe".into()).of(1),
-            ],
-            actions: vec![],
-            holds: |st, _| st.restart_pending() && st.failure.is_none(),
-        },
-    ]
-}
-
-#[test]
-fn review3_transitions_follow_the_table() {
-    let mut failed = Vec::new();
-    for case in review3_cases() {
-        let (st, actions) = drive(&case.traits, case.events);
-        if actions != case.actions || !(case.holds)(&st, &case.traits) {
-            failed.push(format!(
-                "{}: actions {actions:?} (want {:?}), state {st:?}",
-                case.what, case.actions
-            ));
-        }
-    }
-    assert!(failed.is_empty(), "{}", failed.join("\n"));
 }
 
 #[test]

@@ -233,6 +233,11 @@ impl Guardian {
         }
         let (ours, theirs) = UnixStream::pair()?;
         theirs.set_nonblocking(true)?;
+        // Ours too: a wake is written under the guardian's lock, which the watcher needs
+        // before it can drain them, so a full socket (a few hundred one-byte writes: each
+        // costs a whole buffer's worth of accounting) must never block the writer. A wake
+        // that doesn't fit is not needed: the ones queued already wake the watcher.
+        ours.set_nonblocking(true)?;
         std::thread::Builder::new()
             .name("hitchserve:guardian".into())
             .spawn(move || watch_guardian(theirs))?;
@@ -365,7 +370,8 @@ pub(crate) fn watch(run_id: &str, pgid: u32) {
     };
     if let Some(mut wake) = g.wake.as_ref() {
         lock_placements().queue.push_back((pgid, cgroup));
-        let _ = wake.write_all(b"p");
+        // (Non-blocking: a full socket already holds a wake; see `start_watcher`.)
+        let _ = wake.write(b"p");
     }
 }
 

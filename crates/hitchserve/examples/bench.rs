@@ -18,6 +18,12 @@
 //!   after `stop`) against its first startup, for a trivial service (`echo READY; exec sleep`).
 //! - W5: 1,000,000 `time.time()` calls in a Python service: on real time, under
 //!   hitchserve's time travel (after a jump), and under libfaketime's default cached mode.
+//!
+//! `cargo run ... --example bench W2` runs one workload. Every workload but W5 runs its
+//! services without time travel (`Bundle::without_time_travel`, the core alone) unless
+//! `HITCHSERVE_BENCH_TIME_TRAVEL` says `on` (the default `Bundle`: libfaketime and the C shim
+//! in every service) or `both` (off, then on); each line says which in `time_travel`. The
+//! baselines never time-travel. W5 compares both itself and runs once.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
@@ -63,22 +69,26 @@ fn project() -> std::path::PathBuf {
     dir
 }
 
-fn quiet_bundle(dir: &std::path::Path) -> Bundle {
-    // W1-W4 measure the core: services on real time, like their baselines.
-    let b = Bundle::new(dir)
+/// The bundle every workload but W5 uses: with `time_travel` off the services run on real
+/// time, like their baselines, and the figures are the core's alone; with it on (the default
+/// `Bundle`) they also carry libfaketime and the C shim.
+fn quiet_bundle(dir: &std::path::Path, time_travel: bool) -> Bundle {
+    let mut b = Bundle::new(dir)
         .startup_timeout(Duration::from_secs(60))
-        .shutdown_timeout(Duration::from_secs(10))
-        .without_time_travel();
+        .shutdown_timeout(Duration::from_secs(10));
+    if !time_travel {
+        b = b.without_time_travel();
+    }
     // stdout carries the JSON figures: keep the service lines off it.
     b.start_interactive_mode();
     b
 }
 
-fn w1(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
+fn w1(dir: &std::path::Path, tt: bool) -> Result<serde_json::Value, hitchserve::Error> {
     let mut ours = Vec::new();
     let mut raw = Vec::new();
     for _ in 0..W1_RUNS {
-        let mut b = quiet_bundle(dir);
+        let mut b = quiet_bundle(dir, tt);
         b.add(
             "Py",
             Service::new(["python3", "-c", READY_PY]).ready_when(|l| l.starts_with("READY ")),
@@ -114,13 +124,13 @@ fn w1(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
 
 const CHAIN_SH: &str = "echo READY; exec sleep 1000";
 
-fn w2(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
+fn w2(dir: &std::path::Path, tt: bool) -> Result<serde_json::Value, hitchserve::Error> {
     let mut start = Vec::new();
     let mut stop = Vec::new();
     let mut raw_start = Vec::new();
     let mut raw_stop = Vec::new();
     for _ in 0..W2_RUNS {
-        let mut b = quiet_bundle(dir);
+        let mut b = quiet_bundle(dir, tt);
         for chain in 0..4 {
             for link in 0..5 {
                 let mut svc = Service::new(["sh", "-c", CHAIN_SH]).ready_when(|l| l == "READY");
@@ -197,10 +207,10 @@ fn nix_term(pid: u32) -> std::io::Result<()> {
     }
 }
 
-fn w4(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
+fn w4(dir: &std::path::Path, tt: bool) -> Result<serde_json::Value, hitchserve::Error> {
     let mut stop = Vec::new();
     for _ in 0..W4_RUNS {
-        let mut b = quiet_bundle(dir);
+        let mut b = quiet_bundle(dir, tt);
         for i in 0..10 {
             b.add(
                 format!("Slow{i}"),
@@ -241,8 +251,8 @@ fn w3_producer() -> String {
 }
 
 /// One W3 run in this process: (lines/s, peak RSS bytes, bytes held).
-fn w3_once(dir: &std::path::Path) -> Result<(f64, u64, usize), hitchserve::Error> {
-    let mut b = quiet_bundle(dir);
+fn w3_once(dir: &std::path::Path, tt: bool) -> Result<(f64, u64, usize), hitchserve::Error> {
+    let mut b = quiet_bundle(dir, tt);
     b.add("Producer", Service::new(["sh", "-c", &w3_producer()]))?;
     let mut tail = b.logs().out().tail();
     let t = Instant::now();
@@ -293,7 +303,7 @@ fn peak_rss() -> u64 {
         * 1024
 }
 
-fn w3(dir: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+fn w3(dir: &std::path::Path, tt: bool) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let mut ours = Vec::new();
     let mut raw = Vec::new();
     let mut rss = 0;
@@ -303,6 +313,7 @@ fn w3(dir: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Er
         let out = Command::new(std::env::current_exe()?)
             .arg("W3-once")
             .arg(dir)
+            .arg(on_off(tt))
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         let v: serde_json::Value = serde_json::from_str(text.trim())?;
@@ -386,10 +397,10 @@ fn w5(dir: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Er
 
 const W9_RUNS: usize = 11;
 
-fn w9(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
+fn w9(dir: &std::path::Path, tt: bool) -> Result<serde_json::Value, hitchserve::Error> {
     let (mut first, mut restart, mut start) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..W9_RUNS {
-        let mut b = quiet_bundle(dir);
+        let mut b = quiet_bundle(dir, tt);
         b.add(
             "Trivial",
             Service::new(["sh", "-c", "echo READY; exec sleep 1000"]).ready_when(|l| l == "READY"),
@@ -422,8 +433,8 @@ fn w9(dir: &std::path::Path) -> Result<serde_json::Value, hitchserve::Error> {
 
 const W6_RUNS: usize = 3;
 
-fn w6_once(dir: &std::path::Path, fresh: bool) -> Result<f64, hitchserve::Error> {
-    let mut b = quiet_bundle(dir);
+fn w6_once(dir: &std::path::Path, fresh: bool, tt: bool) -> Result<f64, hitchserve::Error> {
+    let mut b = quiet_bundle(dir, tt);
     let mut pg = hitchserve::services::Postgres::new();
     if fresh {
         pg = pg.fresh_initdb();
@@ -436,13 +447,13 @@ fn w6_once(dir: &std::path::Path, fresh: bool) -> Result<f64, hitchserve::Error>
     Ok(took)
 }
 
-fn w6(dir: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+fn w6(dir: &std::path::Path, tt: bool) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     // The first template run makes the template: not what is measured.
-    w6_once(dir, false)?;
+    w6_once(dir, false, tt)?;
     let (mut fresh, mut template) = (Vec::new(), Vec::new());
     for _ in 0..W6_RUNS {
-        fresh.push(w6_once(dir, true)?);
-        template.push(w6_once(dir, false)?);
+        fresh.push(w6_once(dir, true, tt)?);
+        template.push(w6_once(dir, false, tt)?);
     }
     Ok(json!({
         "workload": "W6", "what": "PostgreSQL startup to ready (median of runs, ms)",
@@ -452,11 +463,35 @@ fn w6(dir: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Er
     }))
 }
 
+/// `HITCHSERVE_BENCH_TIME_TRAVEL`: `on`, `off` or `both`; unset (or empty): off, what every
+/// workload measured before the switch. W5 compares both itself and ignores it.
+fn time_travel_modes() -> Result<Vec<bool>, String> {
+    match std::env::var("HITCHSERVE_BENCH_TIME_TRAVEL").as_deref() {
+        Err(_) | Ok("") | Ok("off") => Ok(vec![false]),
+        Ok("on") => Ok(vec![true]),
+        Ok("both") => Ok(vec![false, true]),
+        Ok(other) => Err(format!(
+            "HITCHSERVE_BENCH_TIME_TRAVEL={other}: expected on, off or both"
+        )),
+    }
+}
+
+fn on_off(tt: bool) -> &'static str {
+    if tt {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+type Workload = fn(&std::path::Path, bool) -> Result<serde_json::Value, Box<dyn std::error::Error>>;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     if let Some("W3-once") = args.next().as_deref() {
         let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| ".".into()));
-        let (rate, rss, held) = w3_once(&dir)?;
+        let tt = args.next().as_deref() == Some("on");
+        let (rate, rss, held) = w3_once(&dir, tt)?;
         println!(
             "{}",
             json!({"lines_per_s": rate, "peak_rss": rss, "held": held})
@@ -467,29 +502,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn run_all() -> Result<(), Box<dyn std::error::Error>> {
+    let modes = time_travel_modes()?;
     let dir = project();
     let only = std::env::args().nth(1);
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
-    if run("W1") {
-        println!("{}", w1(&dir)?);
-    }
-    if run("W2") {
-        println!("{}", w2(&dir)?);
-    }
-    if run("W3") {
-        println!("{}", w3(&dir)?);
-    }
-    if run("W4") {
-        println!("{}", w4(&dir)?);
-    }
-    if run("W5") {
-        println!("{}", w5(&dir)?);
-    }
-    if run("W9") {
-        println!("{}", w9(&dir)?);
-    }
-    if run("W6") {
-        println!("{}", w6(&dir)?);
+    // In the order they have always run: W6 (PostgreSQL) last, it is the slowest. W5
+    // compares real and faked time itself: it runs once, whatever the switch says.
+    let workloads: [(&str, Workload); 7] = [
+        ("W1", |d, tt| Ok(w1(d, tt)?)),
+        ("W2", |d, tt| Ok(w2(d, tt)?)),
+        ("W3", w3),
+        ("W4", |d, tt| Ok(w4(d, tt)?)),
+        ("W5", |d, _| w5(d)),
+        ("W9", |d, tt| Ok(w9(d, tt)?)),
+        ("W6", w6),
+    ];
+    for (name, workload) in workloads {
+        if !run(name) {
+            continue;
+        }
+        if name == "W5" {
+            println!("{}", workload(&dir, true)?);
+            continue;
+        }
+        for &tt in &modes {
+            let mut v = workload(&dir, tt)?;
+            v["time_travel"] = json!(on_off(tt));
+            println!("{v}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -16,6 +16,16 @@
 //! - W6: PostgreSQL startup-to-ready, with initdb each time and with the template cluster.
 //! - W9: restarting one service of a running bundle (`ServiceHandle::restart`, and `start`
 //!   after `stop`) against its first startup, for a trivial service (`echo READY; exec sleep`).
+//! - W7: startup of 20, 100, 500 and 1,000 independent services `sh -c 'echo READY; exec
+//!   sleep 1000'`: startup() time per service, and how it grows with the count; baseline:
+//!   as many children spawned as services are (own process group, stdout and stderr piped),
+//!   then each first line read. All killed and reaped after each run.
+//! - W8: 50 services each write 20,000 lines of 17 bytes then `DONE`: the bundle process's
+//!   peak RSS (a child process of its own, as W3) with the default 64 MiB log memory limit
+//!   and with 8 MiB, beside the bytes the store says it holds (`Bundle::log_stats`).
+//! - W10: startup of 100 trivial services with SIGTERM blocked in the calling thread
+//!   (`pthread_sigmask`, restored after) against the same with nothing blocked: a blocked
+//!   signal that needs unblocking in the child must not cost a fork() per service.
 //! - W5: 1,000,000 `time.time()` calls in a Python service: on real time, under
 //!   hitchserve's time travel (after a jump), and under libfaketime's default cached mode.
 //!
@@ -431,6 +441,205 @@ fn w9(dir: &std::path::Path, tt: bool) -> Result<serde_json::Value, hitchserve::
     }))
 }
 
+/// W7's points: (services, runs). Never more than 1,000 children alive at once.
+const W7_POINTS: [(usize, usize); 4] = [(20, 5), (100, 5), (500, 3), (1_000, 3)];
+
+/// Children spawned by a baseline: killed and reaped when dropped, whatever happened.
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Spawns `n` children as a service is spawned (own process group, stdout and stderr
+/// piped), then reads each one's first line: the wall time.
+fn spawn_raw(n: usize, script: &str) -> Duration {
+    let t = Instant::now();
+    let mut children = Children(Vec::with_capacity(n));
+    for _ in 0..n {
+        let c = Command::new("sh")
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("spawn sh");
+        children.0.push(c);
+    }
+    for c in &mut children.0 {
+        let mut line = String::new();
+        BufReader::new(c.stdout.as_mut().expect("piped"))
+            .read_line(&mut line)
+            .expect("read");
+    }
+    let took = t.elapsed();
+    drop(children);
+    took
+}
+
+/// Startup of `n` independent trivial services: the wall time.
+fn startup_n(dir: &std::path::Path, tt: bool, n: usize) -> Result<Duration, hitchserve::Error> {
+    let mut b = quiet_bundle(dir, tt);
+    for i in 0..n {
+        b.add(
+            format!("S{i}"),
+            Service::new(["sh", "-c", CHAIN_SH]).ready_when(|l| l == "READY"),
+        )?;
+    }
+    let t = Instant::now();
+    b.startup()?;
+    let took = t.elapsed();
+    b.shutdown()?;
+    Ok(took)
+}
+
+fn w7(dir: &std::path::Path, tt: bool) -> Result<serde_json::Value, hitchserve::Error> {
+    let mut points = Vec::new();
+    let mut per = Vec::new();
+    for (n, runs) in W7_POINTS {
+        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            ours.push(ms(startup_n(dir, tt, n)?) / n as f64);
+            raw.push(ms(spawn_raw(n, CHAIN_SH)) / n as f64);
+        }
+        let (o, r) = (percentile(ours, 0.5), percentile(raw, 0.5));
+        per.push((o, r));
+        points.push(json!({
+            "services": n, "runs": runs,
+            "per_service_ms": o, "baseline_per_spawn_ms": r, "ratio": o / r,
+        }));
+    }
+    let (first, last) = (per[0], per[per.len() - 1]);
+    Ok(json!({
+        "workload": "W7",
+        "what": "startup() per service, 20 to 1,000 independent `echo READY; exec sleep` (median of runs)",
+        "points": points,
+        "growth_1000_vs_20": last.0 / first.0,
+        "baseline_growth_1000_vs_20": last.1 / first.1,
+        "target": "per-service cost flat as the count grows (growth ~1x, like the baseline's)",
+    }))
+}
+
+const W8_SERVICES: usize = 50;
+const W8_LINES: usize = 20_000;
+/// The limits W8 measures: the default (`None`, 64 MiB) and 8 MiB.
+const W8_LIMITS: [Option<usize>; 2] = [None, Some(8 << 20)];
+
+/// One W8 run in this process: 50 services each write 20,000 short lines then `DONE`.
+fn w8_once(
+    dir: &std::path::Path,
+    tt: bool,
+    limit: Option<usize>,
+) -> Result<serde_json::Value, hitchserve::Error> {
+    let mut b = quiet_bundle(dir, tt);
+    if let Some(limit) = limit {
+        b = b.log_memory_limit(limit);
+    }
+    // 16 characters + newline.
+    let script = format!("yes 0123456789abcdef | head -n {W8_LINES}; echo DONE; exec sleep 1000");
+    for i in 0..W8_SERVICES {
+        b.add(
+            format!("Chatty{i}"),
+            Service::new(["sh", "-c", &script]).ready_when(|l| l == "DONE"),
+        )?;
+    }
+    let t = Instant::now();
+    // Ready once each has written DONE: every line before it is stored by then.
+    b.startup()?;
+    let secs = t.elapsed().as_secs_f64();
+    let stats = b.log_stats();
+    let rss = peak_rss();
+    b.shutdown()?;
+    Ok(json!({
+        "secs": secs, "peak_rss": rss, "lines": stats.lines,
+        "held": stats.bytes_in_memory, "peak_held": stats.peak_bytes_in_memory,
+        "limit": stats.memory_limit, "lost": stats.lines_lost,
+    }))
+}
+
+fn w8(dir: &std::path::Path, tt: bool) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let mib = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as f64 / (1024.0 * 1024.0);
+    let mut points = Vec::new();
+    for limit in W8_LIMITS {
+        // A process of its own, so the peak RSS is this point's alone.
+        let out = Command::new(std::env::current_exe()?)
+            .arg("W8-once")
+            .arg(dir)
+            .arg(on_off(tt))
+            .arg(limit.map_or("default".to_owned(), |l| l.to_string()))
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("W8-once: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())?;
+        points.push(json!({
+            "log_memory_limit_mib": mib(&v["limit"]),
+            "peak_rss_mib": mib(&v["peak_rss"]),
+            "bytes_held_mib": mib(&v["held"]), "peak_bytes_held_mib": mib(&v["peak_held"]),
+            "lines_stored": v["lines"], "lines_lost": v["lost"],
+            "secs_to_all_done": v["secs"],
+        }));
+    }
+    Ok(json!({
+        "workload": "W8",
+        "what": "50 services x 20,000 lines of 17 bytes, peak RSS at the default and an 8 MiB log memory limit",
+        "points": points,
+        "raw_bytes_written_mib": (W8_SERVICES * W8_LINES * 17) as f64 / (1024.0 * 1024.0),
+        "target": "RSS bounded by the limit, not by the lines written",
+    }))
+}
+
+/// W10's runs (each: one with SIGTERM blocked, one with nothing blocked).
+const W10_RUNS: usize = 5;
+const W10_SERVICES: usize = 100;
+
+/// Restores the calling thread's signal mask when dropped.
+struct MaskGuard(nix::sys::signal::SigSet);
+
+impl Drop for MaskGuard {
+    fn drop(&mut self) {
+        use nix::sys::signal::{pthread_sigmask, SigmaskHow};
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.0), None);
+    }
+}
+
+fn block_sigterm() -> nix::Result<MaskGuard> {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))?;
+    Ok(MaskGuard(old))
+}
+
+fn w10(dir: &std::path::Path, tt: bool) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let (mut blocked, mut clear) = (Vec::new(), Vec::new());
+    for _ in 0..W10_RUNS {
+        clear.push(ms(startup_n(dir, tt, W10_SERVICES)?));
+        let guard = block_sigterm()?;
+        let took = startup_n(dir, tt, W10_SERVICES);
+        drop(guard);
+        blocked.push(ms(took?));
+    }
+    let (b, c) = (percentile(blocked, 0.5), percentile(clear, 0.5));
+    Ok(json!({
+        "workload": "W10",
+        "what": "startup of 100 services with SIGTERM blocked in the calling thread vs nothing blocked (median of runs, ms)",
+        "runs": W10_RUNS,
+        "blocked_startup_ms": b, "unblocked_startup_ms": c, "ratio": b / c,
+        "target": "ratio ~1 (no fork() cliff)",
+    }))
+}
+
 const W6_RUNS: usize = 3;
 
 fn w6_once(dir: &std::path::Path, fresh: bool, tt: bool) -> Result<f64, hitchserve::Error> {
@@ -498,6 +707,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         return Ok(());
     }
+    if let Some("W8-once") = std::env::args().nth(1).as_deref() {
+        let mut args = std::env::args().skip(2);
+        let dir = std::path::PathBuf::from(args.next().unwrap_or_else(|| ".".into()));
+        let tt = args.next().as_deref() == Some("on");
+        let limit = args.next().and_then(|l| l.parse().ok());
+        println!("{}", w8_once(&dir, tt, limit)?);
+        return Ok(());
+    }
     run_all()
 }
 
@@ -508,13 +725,16 @@ fn run_all() -> Result<(), Box<dyn std::error::Error>> {
     let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
     // In the order they have always run: W6 (PostgreSQL) last, it is the slowest. W5
     // compares real and faked time itself: it runs once, whatever the switch says.
-    let workloads: [(&str, Workload); 7] = [
+    let workloads: [(&str, Workload); 10] = [
         ("W1", |d, tt| Ok(w1(d, tt)?)),
         ("W2", |d, tt| Ok(w2(d, tt)?)),
         ("W3", w3),
         ("W4", |d, tt| Ok(w4(d, tt)?)),
         ("W5", |d, _| w5(d)),
         ("W9", |d, tt| Ok(w9(d, tt)?)),
+        ("W7", |d, tt| Ok(w7(d, tt)?)),
+        ("W8", w8),
+        ("W10", w10),
         ("W6", w6),
     ];
     for (name, workload) in workloads {

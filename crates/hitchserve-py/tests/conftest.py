@@ -31,3 +31,27 @@ READY_THEN_WAIT = """
 @pytest.fixture
 def project(hitchserve_project_directory):
     return pathlib.Path(hitchserve_project_directory)
+
+
+def interrupt_when_armed(code: str, project: str) -> "tuple[str, str]":
+    """Run ``code`` (Python) in a child with ``project`` as its argument; once it prints
+    ``ARMED`` (the line before its blocking call), send it SIGINT; its (stdout, stderr)."""
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(
+        [sys.executable, "-u", "-c", code, project],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        # (The bundle prints its services' lines from other threads: ARMED may share a line.)
+        for line in child.stdout:
+            if "ARMED" in line:
+                break
+        child.send_signal(signal.SIGINT)
+        return child.communicate(timeout=PATIENCE)
+    finally:
+        child.kill()

@@ -4,15 +4,13 @@ behind. Real servers and a real client (a TCP line server, a socket with a timeo
 
 import signal
 import socket
-import subprocess
-import sys
 import textwrap
 
 import psutil
 import pytest
 
 import hitchserve
-from conftest import PATIENCE, READY_THEN_WAIT, py
+from conftest import PATIENCE, READY_THEN_WAIT, interrupt_when_armed, py
 
 # Answers each connection's one line with its pid and that line, one connection at a time.
 # (No braces in it: the command is a template, `{port.line}` is the port.)
@@ -372,21 +370,7 @@ BODIES = {
 @pytest.mark.parametrize("what", sorted(BODIES))
 def test_ctrl_c_interrupts_a_start_restart_or_wait_until_ready(what, tmp_path):
     code = textwrap.dedent(CHILD).format(body=BODIES[what])
-    child = subprocess.Popen(
-        [sys.executable, "-u", "-c", code, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        # (The bundle prints its services' lines from other threads: ARMED may share a line.)
-        for line in child.stdout:
-            if "ARMED" in line:
-                break
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=PATIENCE)
-    finally:
-        child.kill()
+    out, err = interrupt_when_armed(code, str(tmp_path))
     assert "KeyboardInterrupt" in err, err
     assert "INTERRUPTED" in out, out
     assert "StartupTimeout" not in err

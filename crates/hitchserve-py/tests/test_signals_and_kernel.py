@@ -2,15 +2,12 @@
 Python process that gets a real SIGINT; and waiting for an embedded IPython kernel."""
 
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 import hitchserve
-from conftest import PATIENCE, py
+from conftest import PATIENCE, interrupt_when_armed, py
 
 # The child prints ARMED just before the blocking call; a wait that did not answer Ctrl-C
 # would run into its 120 s timeout, past the parent's patience.
@@ -39,21 +36,7 @@ BODIES = {
 def test_ctrl_c_interrupts_a_wait_in_rust(what, tmp_path):
     ready = "never" if what == "startup" else "up"
     code = textwrap.dedent(CHILD).format(ready=ready, body=BODIES[what])
-    child = subprocess.Popen(
-        [sys.executable, "-u", "-c", code, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        # (The bundle prints its services' lines from other threads: ARMED may share a line.)
-        for line in child.stdout:
-            if "ARMED" in line:
-                break
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=PATIENCE)
-    finally:
-        child.kill()
+    out, err = interrupt_when_armed(code, str(tmp_path))
     assert "KeyboardInterrupt" in err, err
     assert "INTERRUPTED" in out, out
     assert "LogTimeout" not in err and "StartupTimeout" not in err

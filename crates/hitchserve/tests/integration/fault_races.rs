@@ -112,24 +112,33 @@ fn a_start_is_not_made_ready_by_the_previous_starts_poststart_hook() {
     let p = Project::new("rv-poststart");
     let mut b = p.bundle();
     let calls = Arc::new(AtomicUsize::new(0));
-    let dir = p.dir.clone();
     let hook_calls = Arc::clone(&calls);
+    // The hooks of starts 2 and 3 say what they do on `said`, and end when released.
+    let (say, said) = mpsc::channel::<String>();
+    let (release2, released2) = mpsc::channel::<()>();
+    let (release3, released3) = mpsc::channel::<()>();
+    let released = [
+        std::sync::Mutex::new(released2),
+        std::sync::Mutex::new(released3),
+    ];
     b.add(
         "Db",
         sh("echo READY; exec sleep 1000").poststart(move |_ctx| {
             let n = hook_calls.fetch_add(1, Ordering::SeqCst) + 1;
             if n > 1 {
                 // Later calls end when the test says so (user code: it may wait as it likes).
-                std::fs::write(dir.join(format!("hook{n}-running")), "").unwrap();
-                while !dir.join(format!("release{n}")).exists() {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                std::fs::write(dir.join(format!("hook{n}-done")), "").unwrap();
+                let _ = say.send(format!("hook{n}-running"));
+                let _ = released[n - 2]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .recv_timeout(PATIENCE);
+                let _ = say.send(format!("hook{n}-done"));
             }
             Ok(())
         }),
     )
     .unwrap();
+    let heard = |what: &str| said.recv_timeout(PATIENCE).ok().as_deref() == Some(what);
     b.startup().unwrap();
     let db = b.service("Db").unwrap();
     // Start 2: stopped while its poststart hook runs.
@@ -137,7 +146,7 @@ fn a_start_is_not_made_ready_by_the_previous_starts_poststart_hook() {
         let db = db.clone();
         std::thread::spawn(move || db.restart())
     };
-    assert!(wait_for(PATIENCE, || p.path("hook2-running").exists()));
+    assert!(heard("hook2-running"));
     db.stop().unwrap();
     let _ = second.join().unwrap();
     // Start 3: its poststart hook waits; then the old one (of start 2) ends.
@@ -145,12 +154,12 @@ fn a_start_is_not_made_ready_by_the_previous_starts_poststart_hook() {
         let db = db.clone();
         std::thread::spawn(move || db.start())
     };
-    assert!(wait_for(PATIENCE, || p.path("hook3-running").exists()));
-    p.write("release2", "");
-    assert!(wait_for(PATIENCE, || p.path("hook2-done").exists()));
+    assert!(heard("hook3-running"));
+    release2.send(()).unwrap();
+    assert!(heard("hook2-done"));
     // Whatever happened, let start 3's hook end so that the test ends.
     let ready_before_own_hook = wait_for(Duration::from_secs(3), || db.is_ready());
-    p.write("release3", "");
+    release3.send(()).unwrap();
     let result = third.join().unwrap();
     assert!(
         !ready_before_own_hook,

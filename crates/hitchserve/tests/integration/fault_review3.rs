@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use hitchserve::{Error, ExitStatus, Restart, Service, Signal};
@@ -80,7 +80,11 @@ fn a_failed_restart_by_hand_after_a_policy_restart_is_not_taken_for_the_policys(
     // Its restart below outlasts this: nobody waits on that start any more when it fails.
     let mut b = p.bundle().startup_timeout(Duration::from_secs(10));
     let calls = Arc::new(AtomicUsize::new(0));
-    let (hook_calls, dir) = (Arc::clone(&calls), p.dir.clone());
+    let hook_calls = Arc::clone(&calls);
+    // The second setup hook ends (and fails) when released, and says so.
+    let (release, released) = mpsc::channel::<()>();
+    let (done, hook_done) = mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
     b.add(
         "Svc",
         sh("echo READY; exec sleep 1000")
@@ -90,10 +94,11 @@ fn a_failed_restart_by_hand_after_a_policy_restart_is_not_taken_for_the_policys(
                     return Ok(());
                 }
                 // User code: it may wait as it likes. Fails when the test says so.
-                while !dir.join("release").exists() {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                std::fs::write(dir.join("hook-done"), "").unwrap();
+                let _ = released
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .recv_timeout(PATIENCE);
+                let _ = done.send(());
                 Err("the second setup fails".into())
             }),
     )
@@ -113,8 +118,8 @@ fn a_failed_restart_by_hand_after_a_policy_restart_is_not_taken_for_the_policys(
         matches!(restarted, Err(Error::StartupTimeout { .. })),
         "{restarted:?}"
     );
-    p.write("release", "");
-    assert!(wait_for(PATIENCE, || p.path("hook-done").exists()));
+    release.send(()).unwrap();
+    assert!(hook_done.recv_timeout(PATIENCE).is_ok());
     let _ = b.shutdown();
     let said = b.logs().grep(|l| l.contains("could not restart"));
     assert!(

@@ -28,7 +28,7 @@ use crate::runtime::state::{Event, Phase, ServiceState};
 use crate::runtime::supervisor::supervise;
 use crate::runtime::threads::Task;
 use crate::runtime::usercode::UserCode;
-use crate::runtime::Runtime;
+use crate::runtime::{deadline_after, Runtime};
 use crate::signal::ExitStatus;
 
 thread_local! {
@@ -294,7 +294,7 @@ impl Runtime {
         let spawned = std::thread::Builder::new()
             .name(format!("hitchserve:{}:restart", self.services()[idx].name))
             .spawn(move || {
-                let due = Instant::now().checked_add(after);
+                let due = deadline_after(Instant::now(), after);
                 // This restart's wait only: a later one (after a start by hand and another
                 // crash) has a timer of its own.
                 let n = runtime.read(idx, |st| st.restarts);

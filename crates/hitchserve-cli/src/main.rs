@@ -39,8 +39,43 @@ enum Command {
         /// Print the startup timeline once ready (an SVG is written to the run directory when the bundle stops).
         #[arg(long)]
         timeline: bool,
+        /// Share the bundle between processes (test processes under nextest, pytest-xdist
+        /// workers, scripts): start it unless it runs — started from this same file — and
+        /// take a lease for --pid. It stops once no lease has been held for --idle; a lease
+        /// ends on `release` or when its process dies. Implies --detach.
+        #[arg(long)]
+        shared: bool,
+        /// With --shared: how long the bundle runs with no lease held (`0`: stop at once).
+        #[arg(long, default_value = "10s", requires = "shared")]
+        idle: String,
+        /// With --shared: the process that holds the lease (default: the one that ran us).
+        #[arg(long, requires = "shared")]
+        pid: Option<i32>,
+        /// With --shared: say the lease as JSON (`lease`, `seq`, `all_log`, `holders`,
+        /// `started`, `pid`).
+        #[arg(long, requires = "shared")]
+        json: bool,
         #[arg(long, hide = true)]
         daemon_child: bool,
+    },
+    /// Take a lease on the running shared bundle (see `up --shared`), for --pid.
+    Attach {
+        /// The process that holds the lease (default: the one that ran us, e.g. the shell).
+        #[arg(long)]
+        pid: Option<i32>,
+        /// Say the lease as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End leases on the shared bundle: one by its id, or every lease of --pid (default:
+    /// the process that ran us). The bundle stops once none is left for its idle time.
+    Release {
+        /// The process whose leases end (default: the one that ran us).
+        #[arg(long, conflicts_with = "lease")]
+        pid: Option<i32>,
+        /// One lease, by the id `up --shared` or `attach` gave.
+        #[arg(long)]
+        lease: Option<u64>,
     },
     /// Stop the running bundle cleanly.
     Down,
@@ -157,8 +192,27 @@ fn main() -> ExitCode {
         Command::Up {
             detach,
             timeline,
+            shared,
+            idle,
+            pid,
+            json,
             daemon_child,
-        } => control::up(&cli.file, &project, detach, timeline, daemon_child),
+        } => match (shared, control::idle_time(&idle)) {
+            (_, Err(e)) => Err(e),
+            (true, Ok(idle)) if !daemon_child => {
+                control::up_shared(&cli.file, &project, pid, idle, timeline, json)
+            }
+            (shared, Ok(idle)) => control::up(
+                &cli.file,
+                &project,
+                detach,
+                timeline,
+                daemon_child,
+                shared.then_some(idle),
+            ),
+        },
+        Command::Attach { pid, json } => control::attach(&cli.file, &project, pid, json),
+        Command::Release { pid, lease } => control::release(&project, pid, lease),
         other => {
             // Like other Unix filters, a client dies quietly when its reader goes away
             // (`hitchserve logs | head`). `up` keeps Rust's ignored SIGPIPE: a closed

@@ -72,14 +72,14 @@ fn connect(project: &Path) -> Result<UnixStream, String> {
     }
 }
 
-fn request(project: &Path, req: &Value) -> Result<BufReader<UnixStream>, String> {
+pub(super) fn request(project: &Path, req: &Value) -> Result<BufReader<UnixStream>, String> {
     let mut conn = connect(project)?;
     conn.write_all(format!("{req}\n").as_bytes())
         .map_err(|e| e.to_string())?;
     Ok(BufReader::new(conn))
 }
 
-fn one_reply(project: &Path, req: &Value) -> Result<Value, String> {
+pub(super) fn one_reply(project: &Path, req: &Value) -> Result<Value, String> {
     let mut r = request(project, req)?;
     let mut line = String::new();
     r.read_line(&mut line).map_err(|e| e.to_string())?;
@@ -98,66 +98,71 @@ fn one_service(project: &Path, req: Value) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Stop the running bundle, and wait until it has: `down`.
+pub(super) fn down(project: &Path) -> Result<ExitCode, String> {
+    if !up_is_running(project) {
+        println!(
+            "no bundle is running in `{}`: nothing to stop",
+            project.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let unreachable = !is_socket(&socket_path(project));
+    let mut crashed = None;
+    match (unreachable, up_pid(project)) {
+        // Still starting, or its socket was removed: stop it as Ctrl-C would.
+        // SAFETY: signalling the `up` that holds the project's lock.
+        (true, Some(pid)) => unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        },
+        _ => {
+            // The reply comes once the bundle has stopped: with the error of a crash
+            // it had not reported yet. No reply (it went away first) is no news.
+            let mut r = request(project, &json!({"cmd": "down"}))?;
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["ok"] == false {
+                return Err(v["error"].as_str().unwrap_or("failed").to_owned());
+            }
+            crashed = v["error"].as_str().map(str::to_owned);
+        }
+    }
+    // `up` holds its lock file (which is never removed) until it has stopped.
+    let lock = std::fs::File::open(state_dir(project).join("up.lock"))
+        .map_err(|e| format!("cannot open the bundle's lock file: {e}"))?;
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: a blocking shared lock on a descriptor this thread owns.
+        let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) };
+        let _ = done_tx.send(
+            (r == 0)
+                .then_some(())
+                .ok_or_else(std::io::Error::last_os_error),
+        );
+    });
+    // Shutdown is bounded by each service's stop timeout; this is a last resort.
+    let patience = Duration::from_secs(600);
+    match done_rx.recv_timeout(patience) {
+        Ok(Ok(())) => match crashed {
+            None => Ok(ExitCode::SUCCESS),
+            Some(why) => Err(format!("the bundle stopped; before that, {why}")),
+        },
+        Ok(Err(e)) => Err(format!("cannot wait for the bundle to stop: {e}")),
+        Err(_) => Err(format!(
+            "the bundle did not stop within {} s: see `.hitchserve/up.log`",
+            patience.as_secs()
+        )),
+    }
+}
+
 /// Every command but `up`.
 pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
     match command {
-        Command::Up { .. } => unreachable!("handled by up"),
-        Command::Down => {
-            if !up_is_running(project) {
-                println!(
-                    "no bundle is running in `{}`: nothing to stop",
-                    project.display()
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            let unreachable = !is_socket(&socket_path(project));
-            let mut crashed = None;
-            match (unreachable, up_pid(project)) {
-                // Still starting, or its socket was removed: stop it as Ctrl-C would.
-                // SAFETY: signalling the `up` that holds the project's lock.
-                (true, Some(pid)) => unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                },
-                _ => {
-                    // The reply comes once the bundle has stopped: with the error of a crash
-                    // it had not reported yet. No reply (it went away first) is no news.
-                    let mut r = request(project, &json!({"cmd": "down"}))?;
-                    let mut line = String::new();
-                    let _ = r.read_line(&mut line);
-                    let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                    if v["ok"] == false {
-                        return Err(v["error"].as_str().unwrap_or("failed").to_owned());
-                    }
-                    crashed = v["error"].as_str().map(str::to_owned);
-                }
-            }
-            // `up` holds its lock file (which is never removed) until it has stopped.
-            let lock = std::fs::File::open(state_dir(project).join("up.lock"))
-                .map_err(|e| format!("cannot open the bundle's lock file: {e}"))?;
-            let (done_tx, done_rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                // SAFETY: a blocking shared lock on a descriptor this thread owns.
-                let r = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH) };
-                let _ = done_tx.send(
-                    (r == 0)
-                        .then_some(())
-                        .ok_or_else(std::io::Error::last_os_error),
-                );
-            });
-            // Shutdown is bounded by each service's stop timeout; this is a last resort.
-            let patience = Duration::from_secs(600);
-            match done_rx.recv_timeout(patience) {
-                Ok(Ok(())) => match crashed {
-                    None => Ok(ExitCode::SUCCESS),
-                    Some(why) => Err(format!("the bundle stopped; before that, {why}")),
-                },
-                Ok(Err(e)) => Err(format!("cannot wait for the bundle to stop: {e}")),
-                Err(_) => Err(format!(
-                    "the bundle did not stop within {} s: see `.hitchserve/up.log`",
-                    patience.as_secs()
-                )),
-            }
+        Command::Up { .. } | Command::Attach { .. } | Command::Release { .. } => {
+            unreachable!("handled by up, attach and release")
         }
+        Command::Down => down(project),
         Command::Status { json } | Command::Ps { json } => {
             let v = one_reply(project, &json!({"cmd": "status"}))?;
             if json {

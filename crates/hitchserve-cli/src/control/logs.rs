@@ -36,22 +36,44 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::i
         // Which of the service's processes wrote it (1 until it is started again; 0 for the
         // bundle's own lines), for clients of the socket; the CLI prints the line as it was.
         let incarnation = line.incarnation();
+        let seq = line.seq();
         if json_only {
             match line.json() {
-                Some(v) => reply(out, &json!({"json": v, "incarnation": incarnation})),
+                Some(v) => reply(
+                    out,
+                    &json!({"json": v, "incarnation": incarnation, "seq": seq}),
+                ),
                 None => Ok(()),
             }
         } else {
             reply(
                 out,
-                &json!({"line": line.to_string(), "incarnation": incarnation}),
+                &json!({"line": line.to_string(), "text": line.text(), "service": line.service(), "incarnation": incarnation, "seq": seq}),
             )
         }
     };
-    let (timeout, back) = match logs_numbers(req) {
+    let (timeout, mut back) = match logs_numbers(req) {
         Ok(numbers) => numbers,
         Err(e) => return reply(out, &json!({"end": "error", "error": e})),
     };
+    // A holder's own view (a shared bundle's test): only the lines after `after_seq`.
+    let after = match &req["after_seq"] {
+        Value::Null => None,
+        v => match v.as_u64() {
+            Some(seq) => Some(seq),
+            None => {
+                let e = format!("`after_seq` must be a line's `seq` (0 or more), not {v}");
+                return reply(out, &json!({"end": "error", "error": e}));
+            }
+        },
+    };
+    if let Some(after) = after {
+        // Looked back far enough to reach the first line after `after`: a tail counts back
+        // from its own start, so leave room for lines written meanwhile (found by seq).
+        let since = view.entries().iter().filter(|l| l.seq() > after).count();
+        back = Some(back.map_or(since, |n| n.min(since)).saturating_add(1024));
+    }
+    let mine = |line: &hitchserve::LogLine| after.is_none_or(|a| line.seq() > a);
     // Like the library's tails, --until starts now: the line looked for is one that comes
     // next, or one of the last `n` (`-n`) if the caller knows it may have come already.
     if let Some(pattern) = req["until"].as_str() {
@@ -60,8 +82,11 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::i
             Err(e) => return reply(out, &json!({"end": "error", "error": e.to_string()})),
         };
         let mut tail = view.tail().lines_back(back.unwrap_or(0));
-        let found = across_restarts(bundle, req, timeout, |left| {
-            tail.until(|l| re.is_match(l), left)
+        let found = across_restarts(bundle, req, timeout, |left| loop {
+            let line = tail.until(|l| re.is_match(l), left)?;
+            if mine(&line) {
+                return Ok(line);
+            }
         });
         let written = found.map(|l| emit(out, &l));
         return finish(out, written, timeout);
@@ -72,8 +97,18 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::i
             Err(e) => return reply(out, &json!({"end": "error", "error": e})),
         };
         let mut tail = view.tail().lines_back(back.unwrap_or(0));
-        let found = across_restarts(bundle, req, timeout, |left| {
-            tail.until_json(|v| matcher.matches(v), left)
+        let found = across_restarts(bundle, req, timeout, |left| match after {
+            None => tail.until_json(|v| matcher.matches(v), left),
+            // Line by line, to skip those before the holder's view begins.
+            Some(_) => {
+                let until = Instant::now() + left;
+                loop {
+                    let line = tail.next_line(until.saturating_duration_since(Instant::now()))?;
+                    if let Some(v) = line.json().filter(|v| mine(&line) && matcher.matches(v)) {
+                        return Ok(v);
+                    }
+                }
+            }
         });
         let written = found.map(|v| reply(out, &json!({"json": v})));
         return finish(out, written, timeout);
@@ -84,7 +119,7 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::i
             usize::MAX => view.entries(),
             n => view.last(n),
         };
-        for line in &existing {
+        for line in existing.iter().filter(|l| mine(l)) {
             emit(out, line)?;
         }
         // Where is it stuck? A prompt still waiting for its newline is shown too.
@@ -103,6 +138,7 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::i
     let one_service = req["service"].is_string();
     loop {
         match tail.next_line(Duration::from_secs(1)) {
+            Ok(line) if !mine(&line) => {}
             Ok(line) => emit(out, &line)?,
             // Quiet for a while: go on following, as long as someone is listening.
             Err(HsError::WaitTimeout { .. }) if !peer_gone(out) => {}

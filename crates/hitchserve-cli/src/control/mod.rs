@@ -13,19 +13,26 @@
 //! `sun_path`: it never lives outside the project's private `.hitchserve/`. Requests are
 //! checked as untrusted input: a bad one gets an error reply, never a panicked handler.
 //!
+//! A shared bundle (`up --shared`) is such an `up` that also keeps leases: it stops once no
+//! lease has been held for its idle time, and holders die without leaking it.
+//!
 //! One file per idea, importing each other only downwards: the state directory's names,
 //! lock and pid (`state_dir`), the stop signals' pipe (`signals`), the wire format
-//! (`protocol`), the `logs` stream (`logs`), one connection's request and reply (`server`),
-//! `up` itself (`up`) and every other command (`client`). This file only re-exports the two
-//! entry points.
+//! (`protocol`), a shared bundle's leases and definition (`leases`), the `logs` stream
+//! (`logs`), one connection's request and reply (`server`), `up` itself (`up`), every other
+//! command (`client`) and the holders' side of a shared bundle (`shared`). This file only
+//! re-exports the entry points.
 
 mod client;
+mod leases;
 mod logs;
 mod protocol;
 mod server;
+mod shared;
 mod signals;
 mod state_dir;
 mod up;
 
 pub use client::client;
+pub use shared::{attach, idle_time, release, up_shared};
 pub use up::up;

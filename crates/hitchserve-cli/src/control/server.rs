@@ -1,6 +1,7 @@
 //! The control server's side of one connection: read one request, checked as untrusted
 //! input, and answer it (`status`, `now`, `time_travel`, `exec_env`, `signal`, `down`, and
-//! through `one_service` the requests on one service; `logs` streams from `logs`).
+//! through `one_service` the requests on one service; `logs` streams from `logs`; a shared
+//! bundle's `lease` and `release` go to `leases`).
 //!
 //! Owns the requests' parsing and their replies, not the socket (that is `up`'s).
 //! Invariant: a bad request gets an error reply, never a panicked handler; a request line
@@ -10,11 +11,13 @@ use std::io::BufRead;
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
+use std::sync::Arc;
 
 use hitchserve::jiff::Timestamp;
 use hitchserve::{Bundle, Error as HsError};
 use serde_json::{json, Value};
 
+use super::leases::{differences, Definition, Leases, STOPPING};
 use super::logs::logs;
 use super::protocol::reply;
 use crate::config;
@@ -29,6 +32,7 @@ pub(super) fn serve(
     bundle: &Bundle,
     stop: &mpsc::Sender<Option<UnixStream>>,
     cfg_ports: &[ServiceInfo],
+    shared: Option<&Arc<Leases>>,
 ) -> std::io::Result<()> {
     let mut out = conn.try_clone()?;
     let mut line = Vec::new();
@@ -46,12 +50,34 @@ pub(super) fn serve(
     let err = |e: HsError| json!({"ok": false, "error": e.to_string()});
     let service = |key: &str| req[key].as_str().unwrap_or("").to_owned();
     let answer = match req["cmd"].as_str().unwrap_or("") {
-        "status" => one_service::status(bundle, cfg_ports),
+        "status" => {
+            let mut status = one_service::status(bundle, cfg_ports);
+            if let Some(leases) = shared {
+                status["shared"] = leases.status();
+            }
+            status
+        }
+        "lease" => lease(bundle, shared, &req),
+        "release" => match shared {
+            Some(leases) => {
+                let id = req["lease"].as_u64();
+                let pid = req["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
+                if id.is_none() && pid.is_none() {
+                    json!({"ok": false, "error": "say which lease to release: `lease` (its id) or `pid` (every lease of that process)"})
+                } else {
+                    json!({"ok": true, "released": leases.release(id, pid)})
+                }
+            }
+            None => not_shared(),
+        },
         verb if one_service::VERBS.contains(&verb) => {
             one_service::serve(bundle, &req, verb, cfg_ports)
         }
         "now" => json!({"ok": true, "now": bundle.now().to_string()}),
         "time_travel" => {
+            if let Some(refused) = shared.and_then(|l| clock_refused(l, &req)) {
+                return reply(&mut out, &json!({"ok": false, "error": refused}));
+            }
             let r = if let Some(to) = req["to"].as_str() {
                 match to.parse::<Timestamp>() {
                     Ok(ts) => bundle.time_travel_to(ts),
@@ -151,4 +177,81 @@ pub(super) fn serve(
         other => json!({"ok": false, "error": format!("unknown request `{other}`")}),
     };
     reply(&mut out, &answer)
+}
+
+fn not_shared() -> Value {
+    json!({"ok": false, "kind": "not_shared", "error": "this bundle was started without `--shared`: it has no leases, and stops on `hitchserve down` only"})
+}
+
+/// A `lease` request: `pid` (the holder) and `definition` (what the holder was given, see
+/// [`Definition`]), answered with the lease's id and where the bundle's lines stand now (a
+/// holder's own view of the logs starts after `seq`).
+fn lease(bundle: &Bundle, shared: Option<&Arc<Leases>>, req: &Value) -> Value {
+    let Some(leases) = shared else {
+        return not_shared();
+    };
+    let Some(pid) = req["pid"].as_i64().and_then(|p| i32::try_from(p).ok()) else {
+        return json!({"ok": false, "error": "a lease needs `pid`: the process that holds it"});
+    };
+    if !req["definition"].is_null() {
+        let asked: Definition = match serde_json::from_value(req["definition"].clone()) {
+            Ok(def) => def,
+            Err(e) => {
+                return json!({"ok": false, "error": format!("`definition` must map names to texts: {e}")})
+            }
+        };
+        let changed = differences(&leases.definition, &asked);
+        if !changed.is_empty() {
+            let holders = leases.holders();
+            return json!({
+                "ok": false, "kind": "changed", "holders": holders,
+                "error": format!(
+                    "the running shared bundle was started from another definition ({}){}",
+                    changed.join(", "),
+                    match holders.len() {
+                        0 => String::new(),
+                        n => format!(
+                            ", and {n} lease(s) still hold it (pids {}): let them finish, or stop it with `hitchserve down`",
+                            holders.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+                        ),
+                    }
+                ),
+            });
+        }
+    }
+    match leases.take(pid) {
+        Ok(id) => {
+            let seq = bundle.logs().last(1).first().map_or(0, |l| l.seq());
+            let all_log = bundle.run_dir().map(|d| {
+                d.join("logs")
+                    .join("all.log")
+                    .to_string_lossy()
+                    .into_owned()
+            });
+            json!({"ok": true, "lease": id, "seq": seq, "all_log": all_log, "holders": leases.holders()})
+        }
+        Err(e) if e == STOPPING => json!({"ok": false, "kind": "stopping", "error": e}),
+        Err(e) => json!({"ok": false, "error": e}),
+    }
+}
+
+/// Why a `time_travel` request must be refused: the clock is the whole shared bundle's, so
+/// only a process that holds it alone may move it.
+fn clock_refused(leases: &Leases, req: &Value) -> Option<String> {
+    let me = req["pid"].as_i64();
+    let others: Vec<String> = leases
+        .holders()
+        .into_iter()
+        .filter(|&p| Some(i64::from(p)) != me)
+        .map(|p| p.to_string())
+        .collect();
+    (!others.is_empty()).then(|| {
+        format!(
+            "time travel moves the clock of every holder of this shared bundle, and {} other \
+             process(es) hold it (pids {}): a test that travels in time needs a bundle to \
+             itself (one of its own, or run it alone: e.g. a nextest test group of max-threads 1)",
+            others.len(),
+            others.join(", ")
+        )
+    })
 }

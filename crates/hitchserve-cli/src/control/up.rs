@@ -23,6 +23,7 @@ use std::time::Duration;
 use hitchserve::Error as HsError;
 use serde_json::{json, Value};
 
+use super::leases::{definition, Definition, Leases};
 use super::logs::OpenStream;
 use super::protocol::reply;
 use super::server::serve;
@@ -40,6 +41,7 @@ pub fn up(
     detach: bool,
     timeline: bool,
     daemon_child: bool,
+    shared: Option<Duration>,
 ) -> Result<ExitCode, String> {
     let dir = state_dir(project);
     if dir.exists() && !dir.is_dir() {
@@ -66,7 +68,7 @@ pub fn up(
         if up_is_running(project) {
             return Err(refusal());
         }
-        return detach_up(file, project, timeline);
+        return detach_up(file, project, timeline, shared);
     }
     // Ctrl-C, SIGTERM and SIGHUP stop the bundle cleanly, from the start. A handler (not a
     // blocked signal mask: services would inherit the mask and ignore their stop signal)
@@ -142,6 +144,21 @@ pub fn up(
             return Err(e);
         }
     };
+    // Shared: what it was started from, for the holders to come to compare with theirs.
+    let definition = match shared {
+        Some(_) => match std::fs::read_to_string(file)
+            .map_err(|e| e.to_string())
+            .and_then(|text| definition(&text))
+        {
+            Ok(def) => def,
+            Err(e) => {
+                let e = format!("cannot read `{}`: {e}", file.display());
+                report(&format!("failed: {e}"));
+                return Err(e);
+            }
+        },
+        None => Definition::new(),
+    };
     let mut bundle = match config::bundle(&cfg, project) {
         Ok(b) => b,
         Err(e) => {
@@ -182,6 +199,19 @@ pub fn up(
         }
     }
     let bundle = Arc::new(bundle);
+    // Shared: leases from now on, and a stop once none has been held for the idle time.
+    let leases = shared.map(|idle| Leases::new(idle, definition));
+    if let Some(leases) = &leases {
+        let (leases, bundle, stop_tx) = (Arc::clone(leases), Arc::clone(&bundle), stop_tx.clone());
+        std::thread::spawn(move || {
+            leases.wait_idle();
+            bundle.log(format!(
+                "No lease held for {:.1} s: stopping the shared bundle",
+                leases.idle.as_secs_f64()
+            ));
+            let _ = stop_tx.send(None);
+        });
+    }
     // Clients wait for this name: from now on they are answered.
     std::fs::rename(&starting, &sock).map_err(|e| {
         format!(
@@ -190,7 +220,7 @@ pub fn up(
         )
     })?;
     {
-        let (bundle, stop_tx) = (Arc::clone(&bundle), stop_tx.clone());
+        let (bundle, stop_tx, leases) = (Arc::clone(&bundle), stop_tx.clone(), leases.clone());
         let cfg_ports: Vec<ServiceInfo> = cfg
             .services
             .iter()
@@ -204,10 +234,14 @@ pub fn up(
         let cfg_ports = Arc::new(cfg_ports);
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (bundle, stop_tx, cfg_ports) =
-                    (Arc::clone(&bundle), stop_tx.clone(), Arc::clone(&cfg_ports));
+                let (bundle, stop_tx, cfg_ports, leases) = (
+                    Arc::clone(&bundle),
+                    stop_tx.clone(),
+                    Arc::clone(&cfg_ports),
+                    leases.clone(),
+                );
                 std::thread::spawn(move || {
-                    let _ = serve(conn, &bundle, &stop_tx, &cfg_ports);
+                    let _ = serve(conn, &bundle, &stop_tx, &cfg_ports, leases.as_ref());
                 });
             }
         });
@@ -271,7 +305,12 @@ fn ports_of(s: &config::ServiceConfig) -> Vec<String> {
 }
 
 /// Start `up` in the background and wait for its verdict.
-fn detach_up(file: &Path, project: &Path, timeline: bool) -> Result<ExitCode, String> {
+pub(super) fn detach_up(
+    file: &Path,
+    project: &Path,
+    timeline: bool,
+    shared: Option<Duration>,
+) -> Result<ExitCode, String> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let log_path = state_dir(project).join("up.log");
@@ -290,6 +329,14 @@ fn detach_up(file: &Path, project: &Path, timeline: bool) -> Result<ExitCode, St
     cmd.arg("-f").arg(&file).args(["up", "--daemon-child"]);
     if timeline {
         cmd.arg("--timeline");
+    }
+    if let Some(idle) = shared {
+        cmd.arg("--shared")
+            .arg("--idle")
+            .arg(match idle.as_millis() {
+                0 => "0".to_owned(),
+                ms => format!("{ms}ms"),
+            });
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -340,6 +387,10 @@ fn detach_up(file: &Path, project: &Path, timeline: bool) -> Result<ExitCode, St
     }
     done.store(true, Ordering::SeqCst);
     if first.starts_with("ok") {
+        if shared.is_some() {
+            // `up --shared` says what it holds once it holds it.
+            return Ok(ExitCode::SUCCESS);
+        }
         println!(
             "READY (hitchserve running in the background, pid {})",
             child.id()

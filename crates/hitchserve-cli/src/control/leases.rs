@@ -1,0 +1,251 @@
+//! The leases of a shared bundle (`up --shared`): who holds it, and when it stops.
+//!
+//! A lease is held by a process (a pid): the test process that asked, or the shell that ran
+//! `hitchserve attach`. It ends when that process releases it (`release`) or dies — SIGKILL
+//! included: each lease's thread waits on a pidfd of its holder, so no holder has to say
+//! goodbye. Once no lease is held for the idle time, the bundle stops, as after a `down`.
+//!
+//! Also owns the definition the bundle was started from (one text per service and one for
+//! the `[bundle]` table), which a new holder's must equal: a changed service is told, never
+//! silently served from the old definition.
+//!
+//! Invariant: the idle timer runs exactly while no lease is held; a lease whose holder is
+//! already gone is refused, never counted.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The definition of a bundle, as a new holder compares it: each service's table, and the
+/// `[bundle]` table under the name `[bundle]`, as canonical JSON text.
+pub type Definition = BTreeMap<String, String>;
+
+/// The error of a lease asked for while the bundle stops for want of one: the asker waits
+/// for the stop to end and starts the bundle again.
+pub const STOPPING: &str = "the shared bundle is stopping: no lease was held for its idle time";
+
+/// The name the `[bundle]` table has in a [`Definition`].
+pub const BUNDLE_TABLE: &str = "[bundle]";
+
+/// What a `hitchserve.toml` defines, for comparing: read as TOML, each service's table and
+/// the `[bundle]` table turned into JSON (whose maps are sorted), so that formatting,
+/// comments and key order don't count as a change.
+pub fn definition(text: &str) -> Result<Definition, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+    let mut def = Definition::new();
+    if let Some(bundle) = table.get("bundle") {
+        def.insert(BUNDLE_TABLE.to_owned(), canonical(bundle));
+    }
+    if let Some(services) = table.get("services").and_then(toml::Value::as_table) {
+        for (name, service) in services {
+            def.insert(name.clone(), canonical(service));
+        }
+    }
+    Ok(def)
+}
+
+fn canonical(v: &toml::Value) -> String {
+    serde_json::to_string(v).unwrap_or_else(|e| format!("(unreadable: {e})"))
+}
+
+/// How two definitions differ, in words: the services added, removed and changed.
+pub fn differences(running: &Definition, asked: &Definition) -> Vec<String> {
+    let mut said = Vec::new();
+    for (name, text) in asked {
+        match running.get(name) {
+            None => said.push(format!("`{name}` is new")),
+            Some(old) if old != text => said.push(format!("`{name}` changed")),
+            Some(_) => {}
+        }
+    }
+    for name in running.keys().filter(|n| !asked.contains_key(*n)) {
+        said.push(format!("`{name}` was removed"));
+    }
+    said
+}
+
+struct Lease {
+    pid: i32,
+    /// Dropped to end the lease's watcher thread (it polls the other end).
+    _release: OwnedFd,
+}
+
+/// How long a shared bundle waits for its first lease, whatever its idle time: its starter
+/// asks for one once the bundle is ready, and may be slow to (a loaded machine).
+const FIRST_LEASE_GRACE: Duration = Duration::from_secs(30);
+
+struct Held {
+    next: u64,
+    /// Whether any lease was ever taken (before that, the idle time is at least
+    /// [`FIRST_LEASE_GRACE`]).
+    taken: bool,
+    /// Set once the idle timer has decided to stop the bundle: no lease is granted after.
+    closing: bool,
+    leases: BTreeMap<u64, Lease>,
+    /// Set when the last lease ended (or at start): the idle timer counts from it.
+    idle_since: Option<Instant>,
+}
+
+/// The leases of one shared bundle.
+pub struct Leases {
+    held: Mutex<Held>,
+    changed: Condvar,
+    /// How long the bundle runs with no lease before it stops.
+    pub idle: Duration,
+    /// The definition it was started from.
+    pub definition: Definition,
+}
+
+impl Leases {
+    pub fn new(idle: Duration, definition: Definition) -> Arc<Leases> {
+        Arc::new(Leases {
+            held: Mutex::new(Held {
+                next: 1,
+                taken: false,
+                closing: false,
+                leases: BTreeMap::new(),
+                idle_since: Some(Instant::now()),
+            }),
+            changed: Condvar::new(),
+            idle,
+            definition,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pids holding a lease, one per lease, in the order they were taken.
+    pub fn holders(&self) -> Vec<i32> {
+        self.lock().leases.values().map(|l| l.pid).collect()
+    }
+
+    /// A new lease for `pid`, ended when it dies: its id.
+    pub fn take(self: &Arc<Self>, pid: i32) -> Result<u64, String> {
+        if pid <= 0 {
+            return Err(format!("`{pid}` is not a process id"));
+        }
+        // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(format!(
+                "process {pid} can't hold a lease: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: a descriptor the kernel just gave us, owned from here on.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let (wake, release) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| format!("cannot make a lease: {e}"))?;
+        let id = {
+            let mut held = self.lock();
+            if held.closing {
+                return Err(STOPPING.to_owned());
+            }
+            held.taken = true;
+            let id = held.next;
+            held.next += 1;
+            held.leases.insert(
+                id,
+                Lease {
+                    pid,
+                    _release: release,
+                },
+            );
+            held.idle_since = None;
+            id
+        };
+        self.changed.notify_all();
+        let me = Arc::clone(self);
+        std::thread::spawn(move || {
+            wait_either(&pidfd, &wake);
+            me.end(id);
+        });
+        Ok(id)
+    }
+
+    fn end(&self, id: u64) -> bool {
+        let mut held = self.lock();
+        let found = held.leases.remove(&id).is_some();
+        if held.leases.is_empty() && held.idle_since.is_none() {
+            held.idle_since = Some(Instant::now());
+        }
+        drop(held);
+        self.changed.notify_all();
+        found
+    }
+
+    /// Release a lease by its id, or every lease of a pid: how many were released.
+    pub fn release(&self, id: Option<u64>, pid: Option<i32>) -> usize {
+        let ids: Vec<u64> = {
+            let held = self.lock();
+            held.leases
+                .iter()
+                .filter(|(i, l)| id.is_none_or(|id| id == **i) && pid.is_none_or(|p| p == l.pid))
+                .map(|(i, _)| *i)
+                .collect()
+        };
+        ids.into_iter().filter(|&i| self.end(i)).count()
+    }
+
+    /// Block until no lease has been held for the idle time; from then on, none is granted.
+    pub fn wait_idle(&self) {
+        let mut held = self.lock();
+        loop {
+            match held.idle_since {
+                Some(since) => {
+                    let idle = match held.taken {
+                        true => self.idle,
+                        false => self.idle.max(FIRST_LEASE_GRACE),
+                    };
+                    let left = idle.saturating_sub(since.elapsed());
+                    if left.is_zero() {
+                        held.closing = true;
+                        return;
+                    }
+                    held = self
+                        .changed
+                        .wait_timeout(held, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+                None => {
+                    held = self.changed.wait(held).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+
+    /// What `status` says of the leases.
+    pub fn status(&self) -> Value {
+        json!({"holders": self.holders(), "idle_seconds": self.idle.as_secs_f64()})
+    }
+}
+
+/// Wait until the holder dies (its pidfd is readable) or the lease is released (the pipe's
+/// writing end was dropped).
+fn wait_either(pidfd: &OwnedFd, wake: &OwnedFd) {
+    let mut fds = [
+        libc::pollfd {
+            fd: pidfd.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: polling two descriptors we own, for as long as it takes.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n > 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! A shared bundle from the holders' side: `up --shared` (start the bundle unless it runs,
+//! then take a lease), `attach` (take a lease on the running one) and `release`.
+//!
+//! Owns the start-or-attach decision, made under the project's `shared.lock` so that racing
+//! first users start exactly one bundle, and what happens when the running bundle was started
+//! from another definition: replaced if nobody holds it, else an error that says what changed
+//! and who holds it. Invariant: a command that succeeds has taken a lease for its holder (by
+//! default the process that ran it: the shell, the test) on a bundle that runs the file's
+//! definition.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::client::{down, request};
+use super::leases::{definition, Definition};
+use super::state_dir::{state_dir, up_is_running};
+use super::up::detach_up;
+use crate::config;
+
+/// Who holds a lease: the given pid, else the process that ran us.
+fn holder(pid: Option<i32>) -> i32 {
+    pid.unwrap_or_else(|| nix::unistd::getppid().as_raw())
+}
+
+/// `--idle`: `0` (stop as soon as the last lease ends) or a duration (`10s`, `2m`).
+pub fn idle_time(text: &str) -> Result<Duration, String> {
+    match text.trim() {
+        "0" | "0s" | "0ms" => Ok(Duration::ZERO),
+        other => config::duration(other).map_err(|e| format!("--idle: {e}")),
+    }
+}
+
+/// The file's definition, for the running bundle to compare with its own.
+fn file_definition(file: &Path) -> Result<Definition, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read `{}`: {e}", file.display()))?;
+    definition(&text).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// The project's start-or-attach lock, held while one holder decides (and starts).
+struct SharedLock {
+    _held: File,
+}
+
+impl SharedLock {
+    fn take(project: &Path) -> Result<SharedLock, String> {
+        let dir = state_dir(project);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        let path = dir.join("shared.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot open `{}`: {e}", path.display()))?;
+        // Blocking: another holder is starting the bundle (bounded by its startup timeout).
+        // SAFETY: a valid descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(format!(
+                "cannot lock `{}`: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(SharedLock { _held: file })
+    }
+}
+
+/// Wait until the `up` of the project has ended (it holds its lock until then).
+fn wait_up_ended(project: &Path) {
+    if let Ok(lock) = File::open(state_dir(project).join("up.lock")) {
+        // SAFETY: a blocking shared lock on a descriptor we own, released when it closes.
+        unsafe {
+            libc::flock(lock.as_raw_fd(), libc::LOCK_SH);
+        }
+    }
+}
+
+/// Why a lease was refused, as the server said it.
+enum Refused {
+    /// Started from another definition; `holders` hold it.
+    Changed {
+        holders: usize,
+        why: String,
+    },
+    /// Stopping for want of a lease: start it again once it has stopped.
+    Stopping,
+    /// Not running (any more).
+    Gone,
+    Other(String),
+}
+
+fn lease(project: &Path, pid: i32, def: Option<&Definition>) -> Result<Value, Refused> {
+    let req = json!({"cmd": "lease", "pid": pid, "definition": def});
+    let mut r = request(project, &req).map_err(|e| {
+        if up_is_running(project) {
+            Refused::Other(e)
+        } else {
+            Refused::Gone
+        }
+    })?;
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(&mut r, &mut line);
+    let v: Value = match serde_json::from_str(&line) {
+        Ok(v) => v,
+        Err(_) if !up_is_running(project) => return Err(Refused::Gone),
+        Err(_) => return Err(Refused::Other("no answer from the bundle".to_owned())),
+    };
+    if v["ok"] == true {
+        return Ok(v);
+    }
+    let why = v["error"].as_str().unwrap_or("failed").to_owned();
+    Err(match v["kind"].as_str() {
+        Some("changed") => Refused::Changed {
+            holders: v["holders"].as_array().map_or(0, Vec::len),
+            why,
+        },
+        Some("stopping") => Refused::Stopping,
+        _ => Refused::Other(why),
+    })
+}
+
+fn said(v: &Value, pid: i32, json_out: bool, started: bool) -> ExitCode {
+    if json_out {
+        let mut v = v.clone();
+        v["started"] = json!(started);
+        v["pid"] = json!(pid);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("ok");
+        }
+        println!("{v}");
+    } else {
+        let holders = v["holders"].as_array().map_or(1, Vec::len);
+        println!(
+            "READY ({} shared bundle; lease {} held by pid {pid}, {holders} lease(s) in all; \
+             `hitchserve release` ends it)",
+            if started {
+                "started the"
+            } else {
+                "attached to the"
+            },
+            v["lease"]
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `up --shared`: start the bundle unless it runs, then take a lease.
+pub fn up_shared(
+    file: &Path,
+    project: &Path,
+    pid: Option<i32>,
+    idle: Duration,
+    timeline: bool,
+    json_out: bool,
+) -> Result<ExitCode, String> {
+    let pid = holder(pid);
+    let def = file_definition(file)?;
+    // Checked before waiting on anyone: a broken file is the asker's to hear about.
+    config::load(file)?;
+    let _decide = SharedLock::take(project)?;
+    // A few rounds: a bundle may stop for want of a lease (or be replaced) meanwhile.
+    for _ in 0..4 {
+        if up_is_running(project) {
+            match lease(project, pid, Some(&def)) {
+                Ok(v) => return Ok(said(&v, pid, json_out, false)),
+                Err(Refused::Changed { holders: 0, .. }) => {
+                    // Nobody holds the old one: replace it.
+                    down(project)?;
+                    continue;
+                }
+                Err(Refused::Changed { why, .. }) => return Err(why),
+                Err(Refused::Stopping | Refused::Gone) => {
+                    wait_up_ended(project);
+                    continue;
+                }
+                Err(Refused::Other(why)) => return Err(why),
+            }
+        }
+        detach_up(file, project, timeline, Some(idle))?;
+        match lease(project, pid, Some(&def)) {
+            Ok(v) => return Ok(said(&v, pid, json_out, true)),
+            Err(Refused::Stopping | Refused::Gone) => wait_up_ended(project),
+            Err(Refused::Changed { why, .. } | Refused::Other(why)) => return Err(why),
+        }
+    }
+    Err(
+        "the shared bundle kept stopping while a lease was asked for: see `.hitchserve/up.log`"
+            .into(),
+    )
+}
+
+/// `attach`: a lease on the running shared bundle (started from the same file).
+pub fn attach(
+    file: &Path,
+    project: &Path,
+    pid: Option<i32>,
+    json_out: bool,
+) -> Result<ExitCode, String> {
+    let pid = holder(pid);
+    let def = file_definition(file)?;
+    let _decide = SharedLock::take(project)?;
+    match lease(project, pid, Some(&def)) {
+        Ok(v) => Ok(said(&v, pid, json_out, false)),
+        Err(Refused::Changed { why, .. } | Refused::Other(why)) => Err(why),
+        Err(Refused::Stopping | Refused::Gone) => Err(format!(
+            "no shared bundle is running in `{}`: start one with `hitchserve up --shared`",
+            project.display()
+        )),
+    }
+}
+
+/// `release`: end a lease (by id), or every lease of a process (by default, ours).
+pub fn release(project: &Path, pid: Option<i32>, lease: Option<u64>) -> Result<ExitCode, String> {
+    if !up_is_running(project) {
+        println!(
+            "no bundle is running in `{}`: nothing to release",
+            project.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let req = match lease {
+        Some(id) => json!({"cmd": "release", "lease": id}),
+        None => json!({"cmd": "release", "pid": holder(pid)}),
+    };
+    let v = super::client::one_reply(project, &req)?;
+    println!("released {} lease(s)", v["released"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_time_takes_zero_and_durations() {
+        assert_eq!(idle_time("0").unwrap(), Duration::ZERO);
+        assert_eq!(idle_time("10s").unwrap(), Duration::from_secs(10));
+        assert!(idle_time("soon").unwrap_err().contains("--idle"));
+    }
+}

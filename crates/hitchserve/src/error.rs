@@ -384,6 +384,16 @@ pub enum Error {
         kind: String,
     },
 
+    /// A shared bundle (see [`SharedBundle`](crate::SharedBundle)) could not be started,
+    /// attached to or asked.
+    #[error("shared bundle `{}`: {message}", file.display())]
+    Shared {
+        /// The bundle's file (`hitchserve.toml`).
+        file: PathBuf,
+        /// What went wrong, and what to do.
+        message: String,
+    },
+
     /// A WebDriver command failed (the browser's error, or no answer).
     #[error("service `{service}`: WebDriver command `{command}` failed: {message}")]
     WebDriver {
@@ -490,6 +500,7 @@ impl Error {
             Error::ServiceNotRunning { .. } => "ServiceNotRunning",
             Error::NotAService { .. } => "NotAService",
             Error::WebDriver { .. } => "WebDriver",
+            Error::Shared { .. } => "Shared",
         }
     }
 }

@@ -43,7 +43,8 @@
 // 5. runtime: the running bundle, its state machine and its threads;
 // 6. inspect: read-only views (process tree, timeline);
 // 7. the public façade: bundle, handle, interrupt, and (feature `tokio`) asynch;
-// 8. built on the façade: kernel, services.
+// 8. built on the façade: kernel, services; and shared (a bundle run by the `hitchserve`
+//    command for many processes, through its control socket).
 #[cfg(feature = "tokio")]
 mod asynch;
 mod bundle;
@@ -66,6 +67,7 @@ mod runtime;
 mod safepath;
 mod service;
 pub mod services;
+mod shared;
 mod signal;
 mod subcommand;
 mod timetravel;
@@ -86,6 +88,7 @@ pub use process::{
 };
 pub use readiness::Ready;
 pub use service::{Condition, Restart, Service};
+pub use shared::{SharedBuilder, SharedBundle, SharedLine, SharedService, SharedTail};
 pub use signal::{ExitStatus, ParseSignalError, Signal};
 pub use subcommand::{Output, Subcommand};
 

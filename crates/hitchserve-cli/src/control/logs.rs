@@ -98,19 +98,21 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::i
         };
         let mut tail = view.tail().lines_back(back.unwrap_or(0));
         let found = across_restarts(bundle, req, timeout, |left| match after {
-            None => tail.until_json(|v| matcher.matches(v), left),
+            None => tail
+                .until_json(|v| matcher.matches(v), left)
+                .map(|v| (v, None)),
             // Line by line, to skip those before the holder's view begins.
             Some(_) => {
                 let until = Instant::now() + left;
                 loop {
                     let line = tail.next_line(until.saturating_duration_since(Instant::now()))?;
                     if let Some(v) = line.json().filter(|v| mine(&line) && matcher.matches(v)) {
-                        return Ok(v);
+                        return Ok((v, Some(line.seq())));
                     }
                 }
             }
         });
-        let written = found.map(|v| reply(out, &json!({"json": v})));
+        let written = found.map(|(v, seq)| reply(out, &json!({"json": v, "seq": seq})));
         return finish(out, written, timeout);
     }
     let back = back.unwrap_or(usize::MAX);

@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["runtime"],
     &["inspect"],
     &["bundle", "handle", "interrupt", "asynch"],
-    &["kernel", "services"],
+    &["kernel", "services", "shared"],
 ];
 
 fn layer(top: &str) -> usize {

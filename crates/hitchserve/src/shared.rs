@@ -45,6 +45,8 @@ use crate::error::{Error, Result};
 pub struct SharedBuilder {
     file: PathBuf,
     program: Option<PathBuf>,
+    /// Arguments before the `hitchserve` command's own (`-m hitchserve.cli` for Python's).
+    program_args: Vec<std::ffi::OsString>,
     idle: Option<Duration>,
 }
 
@@ -117,6 +119,18 @@ impl SharedBuilder {
         self
     }
 
+    /// The `hitchserve` command as a program and its first arguments, e.g. a Python with
+    /// `-m hitchserve.cli` (what the Python package does).
+    pub fn program_with_args<I, S>(mut self, program: impl Into<PathBuf>, args: I) -> SharedBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString>,
+    {
+        self.program = Some(program.into());
+        self.program_args = args.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// How long the bundle runs once no lease is held (default 10 s): long enough to
     /// bridge the gap between one test process and the next. Used by the process that
     /// starts the bundle.
@@ -139,7 +153,8 @@ impl SharedBuilder {
             .parent()
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         let mut cmd = Command::new(&program);
-        cmd.arg("-f")
+        cmd.args(&self.program_args)
+            .arg("-f")
             .arg(&file)
             .args(["up", "--shared", "--json", "--pid"])
             .arg(std::process::id().to_string())
@@ -203,6 +218,7 @@ impl SharedBundle {
         SharedBuilder {
             file: file.into(),
             program: None,
+            program_args: Vec::new(),
             idle: None,
         }
     }

@@ -304,7 +304,10 @@ impl NativeBundle {
             match self.with(py, |b| b.wait_for_kernel(name, slice))? {
                 Ok(path) => return Ok(path),
                 Err(Error::WaitTimeout {
-                    what, last_lines, ..
+                    what,
+                    last_lines,
+                    log,
+                    ..
                 }) => {
                     py.check_signals()?;
                     if Instant::now() >= deadline {
@@ -312,6 +315,7 @@ impl NativeBundle {
                             what,
                             timeout: full,
                             last_lines,
+                            log,
                         }));
                     }
                 }

@@ -205,7 +205,10 @@ impl Tail {
             match result {
                 Ok(v) => return Ok(v),
                 Err(Error::WaitTimeout {
-                    what, last_lines, ..
+                    what,
+                    last_lines,
+                    log,
+                    ..
                 }) => {
                     py.check_signals()?;
                     if Instant::now() >= deadline {
@@ -213,6 +216,7 @@ impl Tail {
                             what,
                             timeout: full,
                             last_lines,
+                            log,
                         }));
                     }
                 }

@@ -135,8 +135,9 @@ pub enum Error {
 
     /// The service exited while the bundle waited for it to become ready.
     #[error(
-        "service `{service}` exited before it was ready ({status}){}",
-        lines_section(service, last_lines)
+        "service `{service}` exited before it was ready ({status}){}{}",
+        lines_section(service, last_lines),
+        log_section(log)
     )]
     ExitedBeforeReady {
         /// The service.
@@ -145,15 +146,19 @@ pub enum Error {
         status: ExitStatus,
         /// Its last log lines (stdout and stderr), oldest first.
         last_lines: Vec<String>,
+        /// The run's `all.log`, where every line is.
+        log: Option<PathBuf>,
     },
 
     /// Not everything became ready within the startup timeout.
-    #[error("startup timed out after {:.1} s; not ready:{}", timeout.as_secs_f64(), not_ready_section(not_ready))]
+    #[error("startup timed out after {:.1} s; not ready:{}{}", timeout.as_secs_f64(), not_ready_section(not_ready), log_section(log))]
     StartupTimeout {
         /// The bundle's startup timeout.
         timeout: Duration,
         /// Each service that was not ready, and what it was waiting for.
         not_ready: Vec<NotReady>,
+        /// The run's `all.log`, where every line is.
+        log: Option<PathBuf>,
     },
 
     /// A readiness check panicked.
@@ -166,7 +171,7 @@ pub enum Error {
     },
 
     /// A setup or poststart hook returned an error or panicked.
-    #[error("the {hook} hook of service `{service}` failed: {message}{}", if last_lines.is_empty() { String::new() } else { lines_section(service, last_lines) })]
+    #[error("the {hook} hook of service `{service}` failed: {message}{}{}", if last_lines.is_empty() { String::new() } else { lines_section(service, last_lines) }, log_section(log))]
     HookFailed {
         /// The service.
         service: String,
@@ -176,12 +181,15 @@ pub enum Error {
         message: String,
         /// The last lines of what the hook ran, oldest first.
         last_lines: Vec<String>,
+        /// The run's `all.log`, where every line is.
+        log: Option<PathBuf>,
     },
 
     /// A service that was ready has exited on its own.
     #[error(
-        "service `{service}` exited unexpectedly ({status}){}",
-        lines_section(service, last_lines)
+        "service `{service}` exited unexpectedly ({status}){}{}",
+        lines_section(service, last_lines),
+        log_section(log)
     )]
     ServiceExited {
         /// The service.
@@ -190,6 +198,8 @@ pub enum Error {
         status: ExitStatus,
         /// Its last log lines, oldest first.
         last_lines: Vec<String>,
+        /// The run's `all.log`, where every line is.
+        log: Option<PathBuf>,
     },
 
     /// The run's `all.log` could not be written (a full disk, the run directory deleted):
@@ -227,7 +237,7 @@ pub enum Error {
     },
 
     /// A wait on the logs ran out of time.
-    #[error("timed out after {:.1} s waiting for {what}{}", timeout.as_secs_f64(), plain_lines(last_lines))]
+    #[error("timed out after {:.1} s waiting for {what}{}{}", timeout.as_secs_f64(), plain_lines(last_lines), log_section(log))]
     WaitTimeout {
         /// What was awaited, and where.
         what: String,
@@ -235,15 +245,19 @@ pub enum Error {
         timeout: Duration,
         /// The last lines of the logs waited on, oldest first.
         last_lines: Vec<String>,
+        /// The run's `all.log`, where every line is.
+        log: Option<PathBuf>,
     },
 
     /// The service exited (or the bundle stopped) while a wait on its logs was pending.
-    #[error("gave up waiting for {what}: the output ended because the service exited or the bundle stopped{}", plain_lines(last_lines))]
+    #[error("gave up waiting for {what}: the output ended because the service exited or the bundle stopped{}{}", plain_lines(last_lines), log_section(log))]
     EndedWhileWaiting {
         /// What was awaited, and where.
         what: String,
         /// The last lines of the logs waited on, oldest first.
         last_lines: Vec<String>,
+        /// The run's `all.log`, where every line is.
+        log: Option<PathBuf>,
     },
 
     /// Some service is to run with fake time, and libfaketime is not installed.
@@ -426,6 +440,14 @@ fn lines_section(service: &str, lines: &[String]) -> String {
         let _ = write!(out, "\n    {line}");
     }
     out
+}
+
+/// Where every line of the run is: what a failing test's output should point at.
+fn log_section(log: &Option<PathBuf>) -> String {
+    match log {
+        Some(path) => format!("\n  every line of the run: {}", path.display()),
+        None => String::new(),
+    }
 }
 
 fn plain_lines(lines: &[String]) -> String {

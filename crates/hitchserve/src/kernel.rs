@@ -75,12 +75,15 @@ impl Bundle {
             .tail()
             .until(|l| connection_file_in(l).is_some(), timeout)
             .map_err(|e| match e {
-                Error::WaitTimeout { last_lines, .. } => Error::WaitTimeout {
+                Error::WaitTimeout {
+                    last_lines, log, ..
+                } => Error::WaitTimeout {
                     what: format!(
                         "`{name}` to embed an IPython kernel (a `--existing kernel-….json` line)"
                     ),
                     timeout,
                     last_lines,
+                    log,
                 },
                 other => other,
             })?;

@@ -591,6 +591,7 @@ impl SharedTail<'_> {
                         l[skip..].iter().map(|l| l.console.clone()).collect()
                     })
                     .unwrap_or_default(),
+                log: bundle.all_log.clone(),
             }),
             _ => Err(bundle.error(format!(
                 "service `{}`: {}",

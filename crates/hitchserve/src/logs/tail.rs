@@ -247,12 +247,14 @@ impl Tail {
                         what: format!("{what} in {}", self.logs.describe()),
                         timeout,
                         last_lines: self.last_lines(),
+                        log: self.logs.store.file_path(),
                     })
                 }
                 store::read::Batch::Ended => {
                     return Err(Error::EndedWhileWaiting {
                         what: format!("{what} in {}", self.logs.describe()),
                         last_lines: self.last_lines(),
+                        log: self.logs.store.file_path(),
                     })
                 }
             }

@@ -201,17 +201,20 @@ impl Runtime {
                     },
                     message,
                     last_lines: lines.iter().map(|l| l.to_string()).collect(),
+                    log: self.sink.store.file_path(),
                 }
             }
             StartupFailure::ExitedBeforeReady(status) => Error::ExitedBeforeReady {
                 service,
                 status,
                 last_lines: self.sink.last_lines(idx, LAST_LINES),
+                log: self.sink.store.file_path(),
             },
             StartupFailure::ExitedAfterReady(status) => Error::ServiceExited {
                 service,
                 status,
                 last_lines: self.sink.last_lines(idx, LAST_LINES),
+                log: self.sink.store.file_path(),
             },
         }
     }
@@ -266,6 +269,7 @@ impl Runtime {
                     last_lines: self.sink.last_lines(idx, LAST_LINES),
                 })
                 .collect(),
+            log: self.sink.store.file_path(),
         }
     }
 }
@@ -373,6 +377,7 @@ pub(crate) fn report_crash(runtime: &Runtime, only: Option<usize>, once: bool) -
             service: services[idx].name.clone(),
             status,
             last_lines: runtime.sink.last_lines(idx, LAST_LINES),
+            log: runtime.sink.store.file_path(),
         }),
     }
 }

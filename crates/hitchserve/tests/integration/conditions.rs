@@ -52,6 +52,7 @@ fn a_failing_migration_fails_startup_with_its_last_lines() {
             service,
             status,
             last_lines,
+            ..
         } => {
             assert_eq!(service, "Migrate");
             assert_eq!(*status, ExitStatus::Code(3));

@@ -39,7 +39,7 @@ fn crash_after_ready_is_reported_by_check_time_travel_and_shutdown_and_its_logs_
     for _ in 0..2 {
         let err = b.check().unwrap_err();
         assert!(
-            matches!(&err, Error::ServiceExited { service, status: ExitStatus::Code(7), last_lines }
+            matches!(&err, Error::ServiceExited { service, status: ExitStatus::Code(7), last_lines, .. }
                 if service == "Fragile" && last_lines.iter().any(|l| l.contains("segfault"))),
             "{err:?}"
         );

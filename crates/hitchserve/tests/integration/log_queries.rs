@@ -171,7 +171,9 @@ fn a_wait_ends_at_once_when_the_service_dies() {
         .until(|l| l == "never printed", Duration::from_secs(3600))
         .unwrap_err();
     match &err {
-        Error::EndedWhileWaiting { what, last_lines } => {
+        Error::EndedWhileWaiting {
+            what, last_lines, ..
+        } => {
             assert!(what.contains("`Doomed`"), "{what}");
             assert!(last_lines.iter().any(|l| l.contains("about to die")));
         }
@@ -193,8 +195,16 @@ fn a_timeout_says_what_was_awaited_and_carries_the_last_lines() {
             what,
             timeout,
             last_lines,
+            log,
         } => {
             assert!(what.contains("`Mixed`'s stdout"), "{what}");
+            // And where every line is, in the message a failing test prints.
+            let log = log.as_ref().expect("the run's all.log");
+            assert!(log.ends_with("logs/all.log"), "{}", log.display());
+            assert!(
+                err.to_string().contains(&log.display().to_string()),
+                "{err}"
+            );
             assert_eq!(*timeout, Duration::from_millis(300));
             assert_eq!(last_lines, &vec!["[Mixed] READY".to_owned()]);
         }

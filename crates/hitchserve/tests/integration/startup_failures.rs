@@ -27,6 +27,7 @@ fn exit_before_ready_reports_exit_code_and_last_lines_and_stops_the_others() {
             service,
             status,
             last_lines,
+            ..
         } => {
             assert_eq!(service, "Crashy");
             assert_eq!(*status, ExitStatus::Code(3));
@@ -223,5 +224,8 @@ fn an_error_debug_prints_the_human_message_a_failing_test_shows() {
         debug.contains("`Quitter`") && debug.contains("boom on stderr"),
         "{debug}"
     );
+    // ... and where the run's every line is.
+    let all_log = b.run_dir().unwrap().join("logs").join("all.log");
+    assert!(debug.contains(&all_log.display().to_string()), "{debug}");
     assert_eq!(err.kind(), "ExitedBeforeReady");
 }

@@ -71,6 +71,11 @@ impl LogStore {
         self.lock().entries.len() as u64
     }
 
+    /// The run's `all.log` once it is open: where every line is, for errors to point at.
+    pub(crate) fn file_path(&self) -> Option<std::path::PathBuf> {
+        self.lock().file_path.clone()
+    }
+
     /// Lines matching `filter` with seq in `from..to` (`to` = now if `None`), oldest first.
     pub(crate) fn select(&self, filter: &Filter, from: u64, to: Option<u64>) -> Vec<LogLine> {
         let (picked, path) = {

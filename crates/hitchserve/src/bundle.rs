@@ -157,12 +157,19 @@ impl Bundle {
         self.runtime.as_ref().map(|r| r.run.path.as_path())
     }
 
+    /// Live lines go to the output of the thread (the test) calling the bundle now: see
+    /// `logs::console`. Called by the calls a test makes first.
+    fn claim_console(&self) {
+        self.sink.console.claim();
+    }
+
     /// Start every service, each once all it needs is ready, and block until all are ready.
     ///
     /// On any failure (a bad definition, a service that exits or doesn't become ready in
     /// time, a readiness check that panics) everything already started is stopped and the
     /// error says which service and why.
     pub fn startup(&mut self) -> Result<()> {
+        self.claim_console();
         let (runtime, t0) = self.begin_startup()?;
         let result = wait_started(
             &runtime,
@@ -259,6 +266,7 @@ impl Bundle {
     /// The port reserved as `name` for `service` (see [`Service::port`]); ports are
     /// reserved at startup.
     pub fn port(&self, service: &str, name: &str) -> Result<u16> {
+        self.claim_console();
         self.ports
             .get(&(service.to_owned(), name.to_owned()))
             .copied()
@@ -300,6 +308,7 @@ impl Bundle {
     /// # Ok(()) }
     /// ```
     pub fn time_travel_by(&self, by: jiff::SignedDuration) -> Result<()> {
+        self.claim_console();
         let ns = by.as_nanos();
         self.jump(Some(ns), |clock| clock.shift(ns))
     }
@@ -313,6 +322,7 @@ impl Bundle {
     /// # Ok(()) }
     /// ```
     pub fn time_travel_to(&self, moment: jiff::Timestamp) -> Result<()> {
+        self.claim_console();
         self.jump(None, |clock| clock.set_now(moment))
     }
 
@@ -334,6 +344,7 @@ impl Bundle {
 
     /// What time the faked services think it is.
     pub fn now(&self) -> jiff::Timestamp {
+        self.claim_console();
         self.clock.now()
     }
 
@@ -375,6 +386,7 @@ impl Bundle {
 
     /// Every line of every service, and the bundle's own, in arrival order.
     pub fn logs(&self) -> Logs {
+        self.claim_console();
         Logs::new(Arc::clone(&self.sink.store), None)
     }
 
@@ -406,6 +418,7 @@ impl Bundle {
     /// or the run's `all.log` failing, [`Error::LogFileFailed`], is reported by
     /// [`Bundle::check`], the next time travel, `signal` or `shutdown`).
     pub fn service(&self, name: &str) -> Result<ServiceHandle> {
+        self.claim_console();
         let runtime = self.running()?;
         let idx = runtime.index(name).ok_or_else(|| Error::NoSuchService {
             service: name.to_owned(),
@@ -424,6 +437,7 @@ impl Bundle {
     /// Wait until the service called `name` is ready: after a start, restart or a restart by
     /// its policy (see [`ServiceHandle::start`]); within the startup timeout.
     pub fn wait_until_ready(&self, name: &str) -> Result<()> {
+        self.claim_console();
         self.service(name)?.wait_until_ready()
     }
 
@@ -431,6 +445,7 @@ impl Bundle {
     /// could not be written (every time it is asked; the other calls that report these do
     /// so once).
     pub fn check(&self) -> Result<()> {
+        self.claim_console();
         match &self.runtime {
             Some(runtime) => report_crash(runtime, None, false),
             None => Ok(()),

@@ -4,9 +4,20 @@
 //! and muting. It never stores anything: a muted line is still in the log store, so nothing is
 //! lost. Printing goes through `print!` so `cargo test` captures it per test; a closed stdout
 //! must never stop a reader thread, so a failed print is swallowed.
+//!
+//! Also owns *whose* output the lines go to. Under `cargo test`, `print!` writes to the
+//! capture of the test whose thread spawned the printing thread — so a bundle kept in a
+//! `static` for many tests would print every line into the first test's output, shown (if
+//! ever) with the wrong test. So the console is *claimed* by the thread that calls the bundle:
+//! the first claimer (the one that started it) gets lines printed straight from the reader
+//! threads, as before; once another thread claims it, lines go to a printer thread spawned by
+//! that thread (which inherits its capture), and so on: the lines go to the test that is
+//! running when they arrive (with tests in parallel, the one that called the bundle last).
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::Mutex;
 
 use crate::logs::line::LogLine;
 
@@ -21,6 +32,22 @@ pub(crate) struct Console {
     missed: AtomicU64,
     /// Stdout was closed (a reader went away): printing stopped; lines are still stored.
     closed: AtomicBool,
+    /// The thread that claimed the console last ([`thread_token`]), 0 before any did.
+    owner: AtomicUsize,
+    /// Once a second thread claimed the console: the printer thread it spawned.
+    printer: Mutex<Option<SyncSender<String>>>,
+    /// Whether `printer` was ever set (read without its lock on every print).
+    redirected: AtomicBool,
+}
+
+/// A number that tells this thread from every other thread of the process, past and
+/// present (not an address: a new thread may reuse an ended one's).
+fn thread_token() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    thread_local! {
+        static TOKEN: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    TOKEN.with(|t| *t)
 }
 
 impl Console {
@@ -32,6 +59,46 @@ impl Console {
             muted: AtomicBool::new(false),
             missed: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            owner: AtomicUsize::new(0),
+            printer: Mutex::new(None),
+            redirected: AtomicBool::new(false),
+        }
+    }
+
+    /// Send the lines printed from now on to the calling thread's output (see the module
+    /// header). Cheap when this thread has the console already.
+    pub(crate) fn claim(&self) {
+        let me = thread_token();
+        let owner = self.owner.load(Ordering::Relaxed);
+        if owner == me {
+            return;
+        }
+        if owner == 0
+            && self
+                .owner
+                .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            // The first: the reader threads it spawns print into its output themselves.
+            return;
+        }
+        // A rendezvous: a reader's next batch is taken only once the last one is printed,
+        // so a line a test has waited for is in its output before the next one is stored —
+        // as when the reader prints it itself.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(0);
+        let spawned = std::thread::Builder::new()
+            .name("hitchserve-console".into())
+            .spawn(move || {
+                for out in rx {
+                    // As in `print`: a closed stdout must not end the thread with a panic.
+                    let _ = std::panic::catch_unwind(|| print!("{out}"));
+                }
+            });
+        if spawned.is_ok() {
+            // The old printer ends once it has printed what it was sent.
+            *self.printer.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+            self.redirected.store(true, Ordering::SeqCst);
+            self.owner.store(me, Ordering::SeqCst);
         }
     }
 
@@ -70,6 +137,20 @@ impl Console {
         let mut out = String::new();
         for line in lines {
             self.format_into(&mut out, line, width);
+        }
+        let printer = match self.redirected.load(Ordering::Relaxed) {
+            true => self
+                .printer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            false => None,
+        };
+        if let Some(printer) = printer {
+            // Claimed by a later thread: its printer prints (if it is gone, nothing does —
+            // the lines are stored all the same).
+            let _ = printer.send(out);
+            return;
         }
         // `print!` (which test harnesses capture) panics when stdout is closed; the reader
         // thread calling us must live on, and one report of it is enough.

@@ -1,6 +1,7 @@
 //! The console: `[   Name] line` / `[Err Name] line` aligned, `[Hitch]` lines, interactive mode.
 
 use std::process::Stdio;
+use std::sync::OnceLock;
 
 use hitchserve::Service;
 
@@ -94,4 +95,101 @@ fn console_prints_aligned_prefixed_lines_and_interactive_mode_mutes_it() {
         !text.contains('\x1b'),
         "no colour when stdout is not a terminal"
     );
+}
+
+const SHARED_VAR: &str = "HITCHSERVE_TEST_CONSOLE_SHARED_PROJECT";
+
+/// The bundle the two helpers below share, as tests share one kept in a `static`.
+fn shared_bundle(dir: &str) -> &'static hitchserve::Bundle {
+    static SHARED: OnceLock<hitchserve::Bundle> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        std::fs::write(std::path::Path::new(dir).join("said"), "").unwrap();
+        let mut b = hitchserve::Bundle::new(dir).startup_timeout(PATIENCE);
+        b.add(
+            "Echo",
+            Service::new(["sh", "-c", "echo READY; exec tail -n +1 -F said"])
+                .ready_when(|l| l == "READY"),
+        )
+        .unwrap();
+        b.startup().unwrap();
+        b
+    })
+}
+
+/// Make the shared service print `word`, and return once it is in this test's output: the
+/// line after it was stored only once `word` was printed (a reader prints a batch before it
+/// reads the next).
+fn say(dir: &str, word: &str) {
+    let echo = shared_bundle(dir).service("Echo").unwrap();
+    let mut tail = echo.logs().tail();
+    for line in [word.to_owned(), format!("{word} (after)")] {
+        let mut said = std::fs::OpenOptions::new()
+            .append(true)
+            .open(std::path::Path::new(dir).join("said"))
+            .unwrap();
+        std::io::Write::write_all(&mut said, format!("{line}\n").as_bytes()).unwrap();
+        tail.until(|l| l == line, PATIENCE).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "helper: run by live_lines_go_to_the_test_running_when_they_arrive"]
+fn helper_shared_console_1() {
+    let Some(dir) = std::env::var(SHARED_VAR).ok() else {
+        return;
+    };
+    say(&dir, "said during the first test");
+    panic!("failing on purpose, so that the harness shows this test's output");
+}
+
+#[test]
+#[ignore = "helper: run by live_lines_go_to_the_test_running_when_they_arrive"]
+fn helper_shared_console_2() {
+    let Some(dir) = std::env::var(SHARED_VAR).ok() else {
+        return;
+    };
+    say(&dir, "said during the second test");
+    panic!("failing on purpose, so that the harness shows this test's output");
+}
+
+#[test]
+fn live_lines_go_to_the_test_running_when_they_arrive() {
+    let p = Project::new("console-shared");
+    // Two tests, one after the other, sharing a bundle kept in a `static`; the harness
+    // captures each one's output and shows it because each fails.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--test-threads=1",
+            "--exact",
+            "console::helper_shared_console_1",
+            "console::helper_shared_console_2",
+        ])
+        .env(SHARED_VAR, p.dir.to_str().unwrap())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let section = |test: &str| -> String {
+        let start = text
+            .find(&format!("---- console::{test} stdout ----"))
+            .unwrap_or_else(|| panic!("no output of {test}: {text}"));
+        let rest = &text[start + 1..];
+        let end = rest.find("\n---- ").map_or(rest.len(), |e| e + 1);
+        rest[..end].to_owned()
+    };
+    let (first, second) = (
+        section("helper_shared_console_1"),
+        section("helper_shared_console_2"),
+    );
+    assert!(
+        first.contains("Echo] said during the first test"),
+        "{first}"
+    );
+    assert!(!first.contains("second test"), "{first}");
+    assert!(
+        second.contains("Echo] said during the second test"),
+        "{second}"
+    );
+    assert!(!second.contains("first test"), "{second}");
 }

@@ -37,6 +37,7 @@ mod redis;
 mod reminders;
 mod run_as_user;
 mod shutdown;
+mod signal_mask;
 mod smtp;
 mod startup;
 mod startup_failures;

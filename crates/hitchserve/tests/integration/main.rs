@@ -19,6 +19,7 @@ mod fault_review3;
 mod hooks;
 mod kernel;
 mod layers;
+mod log_index_memory;
 mod log_losses;
 mod log_queries;
 mod log_store;

@@ -3,8 +3,9 @@
 //!
 //! Owns `ExecEnv` (a service's directory, environment and user — used alike by the service
 //! itself, its sub-commands, its probe commands and its hooks), program resolution, the
-//! environment a service gets, and `ProcessGroup`, the only kill target. It starts nothing
-//! itself and knows nothing of bundles or states.
+//! environment a service gets, how a service's main process is spawned (`spawn_service`:
+//! posix_spawn with an empty signal mask, see `spawn`), and `ProcessGroup`, the only kill
+//! target. It knows nothing of bundles or states.
 //!
 //! Invariant: a `ProcessGroup` is signalled only while its leader is our unreaped child (the
 //! caller's lock or ownership of the child guarantees it), so its pgid can't have been reused.
@@ -12,9 +13,12 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::signal::Signal;
+
+mod spawn;
+pub(crate) use spawn::ServiceChild;
 
 /// Environment variable that marks every process of a run, so escapees can be found.
 pub(crate) const MARKER_VAR: &str = "HITCHSERVE_RUN";
@@ -65,6 +69,37 @@ impl ExecEnv {
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         unblock_signals_in_child(&mut cmd);
         cmd
+    }
+
+    /// Start a service's main process: `program` (already resolved) as `arg0` with `args`, in
+    /// this directory and environment, in a process group it leads, stdin on `/dev/null`,
+    /// stdout and stderr piped, with no blocked signal. The error names the program.
+    ///
+    /// Without `fork()` even when the calling thread blocks signals (posix_spawn resets the
+    /// mask itself). Only a service that runs as another user goes through std's `Command`:
+    /// posix_spawn can't switch users, and std forks for that anyway.
+    pub(crate) fn spawn_service(
+        &self,
+        program: &Path,
+        arg0: &OsStr,
+        args: &[OsString],
+    ) -> std::io::Result<ServiceChild> {
+        let spawned = if self.run_as.is_none() && spawn::available() {
+            let argv: Vec<&OsStr> = std::iter::once(arg0)
+                .chain(args.iter().map(OsString::as_os_str))
+                .collect();
+            spawn::posix_spawn_service(program, &argv, &self.dir, &self.env)
+        } else {
+            let mut cmd = self.command(program, arg0, args);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0);
+            cmd.spawn().map(ServiceChild::from_std)
+        };
+        spawned.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("running `{}`: {e}", program.display()))
+        })
     }
 }
 
@@ -160,7 +195,9 @@ impl ProcessGroup {
 /// A signal mask is inherited across `exec`, and std does not reset it: a program that
 /// blocks SIGTERM to `sigwait` for it would pass that on, and its services would ignore
 /// their stop signal. The reset needs a `pre_exec` hook, which makes std fork instead of
-/// using the faster posix_spawn, so it is added only when something is blocked.
+/// using the faster posix_spawn, so it is added only when something is blocked. (A
+/// service's main process doesn't come here unless it runs as another user: see
+/// `ExecEnv::spawn_service`.)
 pub(crate) fn unblock_signals_in_child(cmd: &mut Command) {
     // SAFETY: reading the calling thread's mask into a set we own.
     let blocked = unsafe {

@@ -39,7 +39,7 @@ pub use view::Logs;
 pub struct LogStats {
     /// Lines stored (every service and the bundle's own).
     pub lines: u64,
-    /// Bytes of line storage in memory now.
+    /// Bytes of line storage in memory now: line bytes and the index that finds them.
     pub bytes_in_memory: usize,
     /// The limit set by [`Bundle::log_memory_limit`](crate::Bundle::log_memory_limit).
     pub memory_limit: usize,

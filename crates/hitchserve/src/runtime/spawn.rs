@@ -9,16 +9,15 @@
 //! restart by hand of a running service starts the next process on its supervisor thread
 //! (of a stopped one: on a thread of its own). What may start is
 //! `schedule`'s decision; what happens to a service's state is `state`'s.
-//! Spawning has no `pre_exec` unless signals are blocked (see `exec`): it keeps std on the
-//! fast posix_spawn path.
+//! The spawn itself is `ExecEnv::spawn_service`: posix_spawn with no `pre_exec`, even when
+//! the caller blocks signals (see `exec::spawn`).
 
 use std::cell::Cell;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::exec::ServiceChild;
 use crate::guardian;
 use crate::hooks::{Hook, HookContext};
 use crate::logs::{Part, Source, Stream};
@@ -199,7 +198,7 @@ impl Runtime {
 
     /// Run service `idx`'s setup hook if its phase says so, then spawn it. `None` if it is
     /// not to run (its state says why); else the child and where its lines go.
-    fn start(self: &Arc<Self>, idx: usize) -> Option<(Child, Arc<Sources>)> {
+    fn start(self: &Arc<Self>, idx: usize) -> Option<(ServiceChild, Arc<Sources>)> {
         let plan = &self.services()[idx];
         let (setting_up, spawning, incarnation) = self.read(idx, |st| {
             (
@@ -418,16 +417,10 @@ impl Runtime {
 }
 
 /// Spawn a service's main process in its own process group, with its pipes.
-fn spawn_child(plan: &ServicePlan) -> std::io::Result<Child> {
-    // No `pre_exec` (e.g. for PR_SET_PDEATHSIG): it forces fork() instead of vfork-based
+fn spawn_child(plan: &ServicePlan) -> std::io::Result<ServiceChild> {
+    // No `pre_exec` (e.g. for PR_SET_PDEATHSIG): it would force fork() instead of vfork-based
     // posix_spawn, which made starting 20 services 1.5x slower here. The guardian covers
-    // the death of the bundle's process. (Only a caller with blocked signals gets one.)
-    let mut cmd: Command = plan
-        .exec
-        .command(&plan.program, &plan.argv[0], &plan.argv[1..]);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    cmd.spawn()
+    // the death of the bundle's process.
+    plan.exec
+        .spawn_service(&plan.program, &plan.argv[0], &plan.argv[1..])
 }

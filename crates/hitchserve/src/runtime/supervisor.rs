@@ -13,7 +13,6 @@
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
-use crate::exec::ProcessGroup;
+use crate::exec::{ProcessGroup, ServiceChild};
 use crate::guardian;
 use crate::logs::{End, LineSplitter, Source};
 use crate::plan::Sources;
@@ -51,7 +50,7 @@ const PARTIAL_QUIET: Duration = Duration::from_millis(50);
 pub(crate) fn supervise(
     runtime: &Arc<Runtime>,
     idx: usize,
-    mut child: Child,
+    mut child: ServiceChild,
     sources: &Arc<Sources>,
 ) -> bool {
     let plan = &runtime.services()[idx];
@@ -59,18 +58,8 @@ pub(crate) fn supervise(
     let group = ProcessGroup::led_by(pid);
     // This process's start number: what its reader and prober report is about it alone.
     let start = runtime.read(idx, |st| st.incarnation);
-    let mut out = StreamReader::new(
-        runtime,
-        (idx, start),
-        child.stdout.take().map(OwnedFd::from),
-        &sources.out,
-    );
-    let mut err = StreamReader::new(
-        runtime,
-        (idx, start),
-        child.stderr.take().map(OwnedFd::from),
-        &sources.err,
-    );
+    let mut out = StreamReader::new(runtime, (idx, start), child.stdout.take(), &sources.out);
+    let mut err = StreamReader::new(runtime, (idx, start), child.stderr.take(), &sources.err);
     let checker = Arc::new(plan.ready.checker());
     if checker.has_probes() {
         let (prober, prober_checker) = (Arc::clone(runtime), Arc::clone(&checker));

@@ -1,11 +1,11 @@
 //! The threads of a run: every one made (joined at shutdown), and the supervisor threads
 //! made in advance, each waiting for its service's task.
 
-use std::process::Child;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use crate::exec::ServiceChild;
 use crate::plan::Sources;
 
 /// What a supervisor thread is given to do.
@@ -13,7 +13,7 @@ pub(crate) enum Task {
     /// Start the service (setup hook, spawn), then supervise it.
     Start,
     /// Supervise a child already spawned, whose lines go to these sources.
-    Supervise(Child, Arc<Sources>),
+    Supervise(ServiceChild, Arc<Sources>),
 }
 
 /// The threads of a run: every one made, and those made in advance waiting for a task.

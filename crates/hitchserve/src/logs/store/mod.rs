@@ -1,10 +1,12 @@
 //! The log store: every line of a bundle, once, in arrival order, within a memory budget.
 //!
 //! Line bytes live in shared blocks of about 64 KiB (a line never spans two), and each line
-//! has a 32-byte index entry. Queries hand out `LogLine`s that share a block (no copy). When
-//! the blocks in memory exceed the limit, the oldest ones are dropped from memory once
-//! `all.log` holds their lines — every line's offset there is known — and queries read them
-//! back from the file. So memory stays bounded and nothing is lost.
+//! of a block in memory has a 32-byte index entry. Queries hand out `LogLine`s that share a
+//! block (no copy). When the blocks and the index in memory exceed the limit, the oldest
+//! blocks are dropped from memory once `all.log` holds their lines, their lines' entries
+//! folded into a few runs (see `index`: a line's place in all.log is found by cutting the
+//! block read back), and queries read them back from the file. So memory stays bounded
+//! whatever the number of lines, and nothing is lost.
 //!
 //! Unless `all.log` fails (a full disk, the run directory deleted): then lines not on disk
 //! can only live in memory, and past the limit the oldest of them are dropped — counted, said
@@ -25,9 +27,10 @@
 //!
 //! This file holds the store's data and its life (made, closed, reopened, a service's output
 //! ended or going on); `write` appending, sources, long lines' pieces and spilling; `read`
-//! the queries and the batches tails take.
+//! the queries and the batches tails take; `index` what is known of each line by seq.
 //!
-//! Invariants: `entries[i]` is the line with seq `i`; a block is only appended to while the
+//! Invariants: `index` knows the line with seq `i` as the `i`th; what the store counts
+//! against the limit (`Inner::memory`) is every byte it holds per line or block; a block is only appended to while the
 //! store holds its only reference (`Arc::get_mut`); a block is only spilled once the log
 //! writer reports its bytes written; user code (predicates) never runs under the lock.
 
@@ -41,8 +44,11 @@ use crate::logs::files::LogFiles;
 use crate::logs::line::{Filter, LogLine, Part, Source, Stream};
 use crate::logs::split::End;
 
+mod index;
 pub(crate) mod read;
 mod write;
+
+use index::{Entry, Index, Layout, LONG};
 
 /// Usual block size; a longer line gets a block of its own.
 const BLOCK: usize = 64 * 1024;
@@ -50,8 +56,6 @@ const BLOCK: usize = 64 * 1024;
 const BLOCK_LINES: u32 = 2048;
 /// `Entry::file` of a line not (yet) in `all.log`.
 const NO_FILE: u64 = u64::MAX;
-/// `Entry::block` of a line stored in pieces; its `start` indexes `Inner::longs`.
-const LONG: u32 = u32::MAX;
 /// `Slot::long` of a block that is not a piece of a long line.
 const NOT_LONG: u32 = u32::MAX;
 /// How long a reader waits, past twice the limit, for the log writer to make progress
@@ -64,19 +68,6 @@ const WAIT_BATCH: usize = 4096;
 
 /// Default for `Bundle::log_memory_limit`.
 const DEFAULT_LIMIT: usize = 64 * 1024 * 1024;
-
-#[derive(Clone, Copy)]
-struct Entry {
-    block: u32,
-    start: u32,
-    len: u32,
-    source: u16,
-    newline: bool,
-    /// Offset of the line's bytes in `all.log`.
-    file: u64,
-    /// Arrival time, nanoseconds since the Unix epoch.
-    time: u64,
-}
 
 struct Slot {
     /// Seq of its first line (its lines have consecutive seqs).
@@ -93,6 +84,8 @@ struct Slot {
     file_end: u64,
     /// For a piece of a long line: its index in `Inner::longs`, else `NOT_LONG`.
     long: u32,
+    /// Once spilled: how its range of all.log is cut into its lines.
+    layout: Option<Layout>,
 }
 
 /// A line stored in pieces.
@@ -107,11 +100,13 @@ struct Long {
 
 struct Inner {
     sources: Vec<Arc<Source>>,
-    entries: Vec<Entry>,
+    index: Index,
     blocks: Vec<Slot>,
     /// Bytes of block capacity in memory.
     held: usize,
-    /// The most `held` has been.
+    /// Bytes of the spilled blocks' layouts.
+    layouts: usize,
+    /// The most `memory()` has been.
     peak: usize,
     /// The writer made no progress from this offset within `WRITER_PATIENCE`: don't hold
     /// readers back again until it does.
@@ -208,9 +203,10 @@ impl LogStore {
         LogStore {
             inner: Mutex::new(Inner {
                 sources: Vec::new(),
-                entries: Vec::new(),
+                index: Index::new(),
                 blocks: Vec::new(),
                 held: 0,
+                layouts: 0,
                 peak: 0,
                 stuck_at: None,
                 limit: DEFAULT_LIMIT,
@@ -268,6 +264,18 @@ impl LogStore {
     pub(crate) fn mark_ended(&self, service: usize) {
         self.lock().ended.push(service);
         self.grown.notify_all();
+    }
+}
+
+impl Inner {
+    /// Bytes the store holds for its lines: blocks in memory, the index, the blocks' table.
+    fn memory(&self) -> usize {
+        self.held + self.index.bytes() + self.blocks.capacity() * size_of::<Slot>() + self.layouts
+    }
+
+    /// Note the memory held now in the peak.
+    fn note_peak(&mut self) {
+        self.peak = self.peak.max(self.memory());
     }
 }
 

@@ -8,6 +8,7 @@
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use super::index::{cut, Known};
 use super::*;
 
 /// What a waiter gets.
@@ -31,7 +32,13 @@ pub(super) struct Picked {
     lost: bool,
     /// For a line stored in pieces: each piece's bytes in memory, or where to read it.
     pieces: Option<Vec<PickedPiece>>,
+    /// For a line known only by its run: its block's layout and its place among the
+    /// block's lines (it is cut from the block read back).
+    cut: Option<(Layout, u32)>,
 }
+
+/// Where each line of a block read back is in it: (start, length).
+type Cuts = Vec<(u32, u32)>;
 
 /// A piece's bytes if in memory, and its range in all.log.
 type PickedPiece = (Option<Arc<Vec<u8>>>, (u64, u64));
@@ -68,7 +75,7 @@ impl LogStore {
 
     /// The number of lines stored so far (the next line's seq).
     pub(crate) fn len(&self) -> u64 {
-        self.lock().entries.len() as u64
+        self.lock().index.len() as u64
     }
 
     /// The run's `all.log` once it is open: where every line is, for errors to point at.
@@ -80,12 +87,10 @@ impl LogStore {
     pub(crate) fn select(&self, filter: &Filter, from: u64, to: Option<u64>) -> Vec<LogLine> {
         let (picked, path) = {
             let inner = self.lock();
-            let end = to.map_or(inner.entries.len(), |t| {
-                (t as usize).min(inner.entries.len())
-            });
+            let end = to.map_or(inner.index.len(), |t| (t as usize).min(inner.index.len()));
             let start = (from as usize).min(end);
             let picked = (start..end)
-                .filter(|&i| filter.matches(&inner.sources[inner.entries[i].source as usize]))
+                .filter(|&i| filter.matches(&inner.sources[inner.index.source(i) as usize]))
                 .map(|i| pick(&inner, i))
                 .collect::<Vec<_>>();
             (picked, inner.files.clone())
@@ -97,9 +102,9 @@ impl LogStore {
     pub(crate) fn last(&self, filter: &Filter, n: usize) -> Vec<LogLine> {
         let (mut picked, path) = {
             let inner = self.lock();
-            let picked = (0..inner.entries.len())
+            let picked = (0..inner.index.len())
                 .rev()
-                .filter(|&i| filter.matches(&inner.sources[inner.entries[i].source as usize]))
+                .filter(|&i| filter.matches(&inner.sources[inner.index.source(i) as usize]))
                 .take(n)
                 .map(|i| pick(&inner, i))
                 .collect::<Vec<_>>();
@@ -112,10 +117,8 @@ impl LogStore {
     pub(crate) fn count(&self, filter: &Filter) -> usize {
         let inner = self.lock();
         inner
-            .entries
-            .iter()
-            .filter(|e| filter.matches(&inner.sources[e.source as usize]))
-            .count()
+            .index
+            .count(|source| filter.matches(&inner.sources[source as usize]))
     }
 
     /// The seq from which the last `n` lines matching `filter` (before `before`) start.
@@ -124,10 +127,10 @@ impl LogStore {
             return before;
         }
         let inner = self.lock();
-        let before = (before as usize).min(inner.entries.len());
+        let before = (before as usize).min(inner.index.len());
         let mut seen = 0;
         for i in (0..before).rev() {
-            if filter.matches(&inner.sources[inner.entries[i].source as usize]) {
+            if filter.matches(&inner.sources[inner.index.source(i) as usize]) {
                 seen += 1;
                 if seen == n {
                     return i as u64;
@@ -158,11 +161,11 @@ impl LogStore {
     ) -> Batch {
         let mut inner = self.lock();
         loop {
-            let end = inner.entries.len();
+            let end = inner.index.len();
             let mut picked = Vec::new();
             let mut i = *pos as usize;
             while i < end && picked.len() < WAIT_BATCH {
-                if filter.matches(&inner.sources[inner.entries[i].source as usize]) {
+                if filter.matches(&inner.sources[inner.index.source(i) as usize]) {
                     picked.push(pick(&inner, i));
                 }
                 i += 1;
@@ -227,7 +230,9 @@ impl LogStore {
         picked: Vec<Picked>,
         files: Option<Arc<LogFiles>>,
     ) -> Vec<LogLine> {
+        // The last block read back, and (once needed) where its lines are in it.
         let mut loaded: Option<(u64, Arc<Vec<u8>>)> = None;
+        let mut cuts: Option<(u64, Option<Cuts>)> = None;
         let file = files.as_deref().and_then(LogFiles::file);
         picked
             .into_iter()
@@ -266,9 +271,27 @@ impl LogStore {
                         data
                     }
                 };
-                let start = e.file.saturating_sub(from) as u32;
-                if e.file >= from && (start as usize + e.len as usize) <= block.len() {
-                    LogLine::new(p.seq, source, block, start, e.len, e.newline, e.time)
+                let (start, len) = match &p.cut {
+                    None => (e.file.saturating_sub(from), u64::from(e.len)),
+                    Some((layout, at)) => {
+                        if cuts.as_ref().is_none_or(|(start, _)| *start != from) {
+                            cuts = Some((from, cut(&block, layout)));
+                        }
+                        let found = cuts
+                            .as_ref()
+                            .and_then(|(_, c)| c.as_ref())
+                            .and_then(|c| c.get(*at as usize));
+                        match found {
+                            Some(&(start, len)) => (u64::from(start), u64::from(len)),
+                            None => return lost_line(&p.entry, p.seq, source, LOST_UNREADABLE),
+                        }
+                    }
+                };
+                let inside = (p.cut.is_some() || e.file >= from)
+                    && start.saturating_add(len) <= block.len() as u64;
+                if inside {
+                    let (start, len) = (start as u32, len as u32);
+                    LogLine::new(p.seq, source, block, start, len, e.newline, e.time)
                 } else {
                     lost_line(&p.entry, p.seq, source, LOST_UNREADABLE)
                 }
@@ -279,10 +302,11 @@ impl LogStore {
 
 #[inline]
 pub(super) fn pick(inner: &Inner, i: usize) -> Picked {
-    let e = inner.entries[i];
-    if e.block == LONG {
-        return pick_long(inner, i);
-    }
+    let e = match inner.index.known(i, |b| inner.blocks[b as usize].first) {
+        Known::Entry(e) if e.block == LONG => return pick_long(inner, i, e),
+        Known::Entry(e) => e,
+        Known::Old(run, at) => return pick_old(inner, i, run, at),
+    };
     // Without a failure, a line leaves memory only once all.log has it.
     let durable = inner.failure.as_ref().map_or(u64::MAX, |f| f.durable);
     let slot = &inner.blocks[e.block as usize];
@@ -296,6 +320,7 @@ pub(super) fn pick(inner: &Inner, i: usize) -> Picked {
                 file_range: (slot.file_start, slot.file_end.min(durable)),
                 lost: false,
                 pieces: None,
+                cut: None,
             };
         }
     }
@@ -307,36 +332,78 @@ pub(super) fn pick(inner: &Inner, i: usize) -> Picked {
         file_range: (slot.file_start, slot.file_end.min(durable)),
         lost: slot.data.is_none() && !is_durable(&e, durable),
         pieces: None,
+        cut: None,
+    }
+}
+
+/// A line of a spilled block, known by its run: the `at`th line of its block.
+#[cold]
+#[inline(never)]
+fn pick_old(inner: &Inner, i: usize, run: index::Run, at: u32) -> Picked {
+    let durable = inner.failure.as_ref().map_or(u64::MAX, |f| f.durable);
+    let slot = &inner.blocks[run.block as usize];
+    let source = Arc::clone(&inner.sources[run.source as usize]);
+    let entry = Entry {
+        block: run.block,
+        start: 0,
+        len: run.len,
+        source: run.source,
+        newline: run.newline,
+        file: NO_FILE,
+        time: run.time,
+    };
+    if let Some(kept) = inner.kept.get(&(i as u64)) {
+        return Picked {
+            seq: i as u64,
+            entry: Entry {
+                len: kept.len() as u32,
+                ..entry
+            },
+            source,
+            data: Some(Arc::clone(kept)),
+            file_range: (0, 0),
+            lost: false,
+            pieces: None,
+            cut: None,
+        };
+    }
+    Picked {
+        seq: i as u64,
+        entry,
+        source,
+        data: None,
+        file_range: (slot.file_start, slot.file_end.min(durable)),
+        lost: run.lost,
+        pieces: None,
+        cut: slot.layout.clone().map(|layout| (layout, at)),
     }
 }
 
 #[cold]
 #[inline(never)]
-fn pick_long(inner: &Inner, i: usize) -> Picked {
-    let e = inner.entries[i];
+fn pick_long(inner: &Inner, i: usize, e: Entry) -> Picked {
     let durable = inner.failure.as_ref().map_or(u64::MAX, |f| f.durable);
-    {
-        let long = &inner.longs[e.start as usize];
-        let pieces = long
-            .pieces
-            .iter()
-            .map(|&b| {
-                let slot = &inner.blocks[b as usize];
-                (
-                    slot.data.clone(),
-                    (slot.file_start, slot.file_end.min(durable)),
-                )
-            })
-            .collect();
-        Picked {
-            seq: i as u64,
-            entry: e,
-            source: Arc::clone(&inner.sources[e.source as usize]),
-            data: None,
-            file_range: (0, 0),
-            lost: long.lost,
-            pieces: Some(pieces),
-        }
+    let long = &inner.longs[e.start as usize];
+    let pieces = long
+        .pieces
+        .iter()
+        .map(|&b| {
+            let slot = &inner.blocks[b as usize];
+            (
+                slot.data.clone(),
+                (slot.file_start, slot.file_end.min(durable)),
+            )
+        })
+        .collect();
+    Picked {
+        seq: i as u64,
+        entry: e,
+        source: Arc::clone(&inner.sources[e.source as usize]),
+        data: None,
+        file_range: (0, 0),
+        lost: long.lost,
+        pieces: Some(pieces),
+        cut: None,
     }
 }
 

@@ -88,8 +88,11 @@ impl LogStore {
             last.open = false;
         }
         let mut rendered = Vec::new();
-        for i in 0..inner.entries.len() {
-            let e = inner.entries[i];
+        let base = inner.index.base() as usize;
+        for i in base..inner.index.len() {
+            let Some(&e) = inner.index.entry(i) else {
+                continue;
+            };
             if e.block == LONG {
                 // Not before any service runs; left out of all.log rather than joined here.
                 continue;
@@ -101,7 +104,9 @@ impl LogStore {
             let prefix = std::mem::take(&mut inner.prefixes[e.source as usize]);
             let file = render(&mut rendered, &mut inner.file_pos, &prefix, &bytes);
             inner.prefixes[e.source as usize] = prefix;
-            inner.entries[i].file = file;
+            if let Some(entry) = inner.index.entry_mut(i) {
+                entry.file = file;
+            }
             note_file_range(&mut inner.blocks[e.block as usize], file, e.len);
         }
         files.write(rendered);
@@ -125,7 +130,7 @@ impl LogStore {
         let inner = &mut *guard;
         // Whatever comes next from a source continues its published partial: withdrawn.
         inner.partials[source.id as usize] = None;
-        let first_seq = inner.entries.len() as u64;
+        let first_seq = inner.index.len() as u64;
         let mut rendered = Vec::new();
         let writing = inner.files.is_some() && inner.failure.is_none();
         // Only the first of them can be (or end) a long line: a piece comes alone, and
@@ -151,7 +156,7 @@ impl LogStore {
                 NO_FILE
             };
             note_file_range(&mut inner.blocks[block as usize], file, bytes.len() as u32);
-            inner.entries.push(Entry {
+            inner.index.push(Entry {
                 block,
                 start,
                 len: bytes.len() as u32,
@@ -161,14 +166,18 @@ impl LogStore {
                 time,
             });
         }
+        inner.note_peak();
         let wanted = if want {
-            inner.entries.len() as u64
+            inner.index.len() as u64
         } else {
             first_seq
         };
         let stored = (first_seq..wanted)
             .map(|seq| {
-                let e = inner.entries[seq as usize];
+                // Just stored: not spilled (the block in use never is).
+                let Some(&e) = inner.index.entry(seq as usize) else {
+                    return self.join_now(inner, seq);
+                };
                 if e.block == LONG {
                     return self.join_now(inner, seq);
                 }
@@ -211,7 +220,7 @@ impl LogStore {
         let partial = Partial {
             source: Arc::clone(source),
             bytes: Arc::new(bytes.to_vec()),
-            from_seq: inner.entries.len() as u64,
+            from_seq: inner.index.len() as u64,
             stamp: inner.partial_stamp,
             time,
         };
@@ -244,13 +253,13 @@ impl LogStore {
             if let Some(files) = inner.files.as_ref() {
                 files.hurry();
             }
-            let held = inner.held;
+            let held = inner.memory();
             let (guard, timeout) = self
                 .relieved
                 .wait_timeout(inner, WRITER_PATIENCE)
                 .unwrap_or_else(|e| e.into_inner());
             inner = guard;
-            if timeout.timed_out() && inner.held >= held {
+            if timeout.timed_out() && inner.memory() >= held {
                 inner.stuck_at = Some(written);
                 return;
             }
@@ -266,12 +275,13 @@ impl LogStore {
         self.relieved.notify_all();
     }
 
-    /// Lines stored, bytes of them held in memory, the limit, and what `all.log` misses.
+    /// Lines stored, bytes held in memory for lines (blocks and index), the limit, and what
+    /// `all.log` misses.
     pub(crate) fn stats(&self) -> (u64, usize, usize, Losses) {
         let inner = self.lock();
         (
-            inner.entries.len() as u64,
-            inner.held,
+            inner.index.len() as u64,
+            inner.memory(),
             inner.limit,
             losses(&inner),
         )
@@ -284,11 +294,15 @@ impl LogStore {
         let inner = &mut *inner;
         let durable = inner.files.as_ref().map_or(0, |f| f.written());
         // The file is in seq order: the lines it misses are the last ones.
-        let mut i = inner.entries.len();
-        while i > 0 && !entry_durable(inner, &inner.entries[i - 1], durable) {
+        // (Lines without entries any more are in spilled blocks, all written.)
+        let mut i = inner.index.len();
+        while let Some(&e) = i.checked_sub(1).and_then(|k| inner.index.entry(k)) {
+            if entry_durable(inner, &e, durable) {
+                break;
+            }
             i -= 1;
             inner.unwritten.0 += 1;
-            inner.unwritten.1 += u64::from(inner.entries[i].len);
+            inner.unwritten.1 += u64::from(e.len);
         }
         inner.failure = Some(FileFailure {
             reason,
@@ -368,17 +382,18 @@ pub(super) fn append_piece(
         NO_FILE
     };
     let mut slot = Slot {
-        first: inner.entries.len() as u64,
+        first: inner.index.len() as u64,
         data: Some(Arc::new(bytes.to_vec())),
         lines: 0,
         open: false,
         file_start: NO_FILE,
         file_end: 0,
         long: k,
+        layout: None,
     };
     note_file_range(&mut slot, file, bytes.len() as u32);
     inner.held += bytes.len();
-    inner.peak = inner.peak.max(inner.held);
+    inner.note_peak();
     inner.blocks.push(slot);
     let long = &mut inner.longs[k as usize];
     long.pieces.push((inner.blocks.len() - 1) as u32);
@@ -392,13 +407,17 @@ pub(super) fn append_piece(
 /// The last piece of long line `k` from `source` is in: give the line its entry.
 fn end_long(inner: &mut Inner, source: &Source, k: u32, end: End, time: u64) {
     inner.open_long[source.id as usize] = None;
+    // A block's lines have consecutive seqs: the entry taken here ends the open block.
+    if let Some(last) = inner.blocks.last_mut() {
+        last.open = false;
+    }
     let long = &inner.longs[k as usize];
     let len = long.len as u32;
     if inner.failure.is_some() {
         inner.unwritten.0 += 1;
         inner.unwritten.1 += long.len;
     }
-    inner.entries.push(Entry {
+    inner.index.push(Entry {
         block: LONG,
         start: k,
         len,
@@ -412,7 +431,7 @@ fn end_long(inner: &mut Inner, source: &Source, k: u32, end: End, time: u64) {
 /// Memory is past twice the limit because the writer is behind (waiting for it would
 /// help: it has not written everything yet).
 pub(super) fn over_bound(inner: &Inner, written: u64) -> bool {
-    inner.held > inner.limit.saturating_mul(2)
+    inner.memory() > inner.limit.saturating_mul(2)
         && written < inner.file_pos
         && inner.stuck_at != Some(written)
 }
@@ -454,15 +473,16 @@ pub(super) fn put(inner: &mut Inner, bytes: &[u8]) -> (u32, u32) {
     let mut v = Vec::with_capacity(capacity);
     v.extend_from_slice(bytes);
     inner.held += capacity;
-    inner.peak = inner.peak.max(inner.held);
+    inner.note_peak();
     inner.blocks.push(Slot {
-        first: inner.entries.len() as u64,
+        first: inner.index.len() as u64,
         data: Some(Arc::new(v)),
         lines: 1,
         open: true,
         file_start: NO_FILE,
         file_end: 0,
         long: NOT_LONG,
+        layout: None,
     });
     (inner.blocks.len() as u32 - 1, 0)
 }
@@ -496,7 +516,7 @@ pub(super) fn render(out: &mut Vec<u8>, pos: &mut u64, prefix: &[u8], bytes: &[u
 pub(super) fn spill(inner: &mut Inner, written: u64) {
     let durable = inner.failure.as_ref().map(|f| f.durable);
     let last = inner.blocks.len().saturating_sub(1);
-    while inner.held > inner.limit && inner.spill_from < last {
+    while inner.memory() > inner.limit && inner.spill_from < last {
         let slot = &inner.blocks[inner.spill_from];
         if let Some(capacity) = slot.data.as_ref().map(|d| d.capacity()) {
             match durable {
@@ -520,7 +540,9 @@ pub(super) fn spill(inner: &mut Inner, written: u64) {
                 Some(durable) => {
                     let data = slot.data.clone().unwrap_or_default();
                     for seq in slot.first..slot.first + u64::from(slot.lines) {
-                        let e = inner.entries[seq as usize];
+                        let Some(&e) = inner.index.entry(seq as usize) else {
+                            continue;
+                        };
                         if is_durable(&e, durable) {
                             continue;
                         }
@@ -537,7 +559,15 @@ pub(super) fn spill(inner: &mut Inner, written: u64) {
                 }
             }
             inner.held = inner.held.saturating_sub(capacity);
-            inner.blocks[inner.spill_from].data = None;
+            let b = inner.spill_from;
+            inner.blocks[b].data = None;
+            if inner.blocks[b].long == NOT_LONG {
+                // Its lines' entries become runs; all.log (or `kept`) has the rest.
+                let not_in_file = |e: &Entry| durable.is_some_and(|d| !is_durable(e, d));
+                let layout = inner.index.fold(b as u32, not_in_file);
+                inner.layouts += layout.len() * size_of::<(u32, u32)>();
+                inner.blocks[b].layout = Some(layout);
+            }
         }
         inner.spill_from += 1;
     }

@@ -44,6 +44,8 @@ impl Project {
 [services.App]
 command = ["sh", "-c", "echo start >> '{}'; echo {ready_word}; exec sleep 1000"]
 ready = {{ line_contains = "{ready_word}" }}
+ports = ["http"]
+env = {{ GREETING = "hello from App" }}
 "#,
                 starts.display()
             ),
@@ -363,4 +365,45 @@ fn each_holder_sees_the_lines_since_it_attached() {
     let report = late.report(40);
     assert!(report.contains("App] READY"), "{report}");
     assert!(report.contains("all.log: "), "{report}");
+}
+
+#[test]
+fn a_shared_service_answers_as_a_local_one_does() {
+    let p = Project::new("query");
+    let shared = SharedBundle::builder(p.file())
+        .program(BIN)
+        .attach()
+        .unwrap();
+    let app = shared.service("App").unwrap();
+    assert_eq!(app.state().unwrap(), "ready");
+    let pid = app.pid().unwrap().unwrap();
+    assert_eq!(app.process().unwrap().pid(), pid);
+    assert!(app.port("http").unwrap() > 0);
+    let env = app.environment().unwrap();
+    assert!(
+        env.contains(&("GREETING".to_owned(), "hello from App".to_owned())),
+        "{env:?}"
+    );
+    let out = app
+        .command("sh")
+        .unwrap()
+        .args(["-c", "echo $GREETING"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from App"
+    );
+    let err = app.port("https").unwrap_err().to_string();
+    assert!(err.contains("`https`") && err.contains("`http`"), "{err}");
+    let err = shared.service("Nope").unwrap_err().to_string();
+    assert!(err.contains("`Nope`") && err.contains("App"), "{err}");
+    // A stopped service has no process, and says how to get one.
+    let out = p.run(&["stop", "App"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let err = app.process().unwrap_err().to_string();
+    assert!(
+        err.contains("`App`") && err.contains("hitchserve start App"),
+        "{err}"
+    );
 }

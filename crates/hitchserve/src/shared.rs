@@ -459,6 +459,21 @@ impl<'a> SharedService<'a> {
         Ok(self.status()?["pid"].as_u64().map(|p| p as u32))
     }
 
+    /// Its main process, to inspect (memory, CPU, children, open files, connections...).
+    pub fn process(&self) -> Result<crate::Process> {
+        match self.pid()? {
+            Some(pid) => crate::Process::new(pid),
+            None => Err(Error::ServiceNotRunning {
+                service: self.name.clone(),
+                state: format!(
+                    "is {} in the shared bundle: start it again first (`hitchserve start {}`)",
+                    self.state().unwrap_or_else(|_| "not running".to_owned()),
+                    self.name
+                ),
+            }),
+        }
+    }
+
     /// The state the CLI's `status` says: `ready`, `starting`, `stopped`, `crashed`...
     pub fn state(&self) -> Result<String> {
         Ok(self.status()?["state"]

@@ -14,6 +14,8 @@
 //! [`Service::setup`] and [`Service::poststart`] run code around its start; [`services`] has
 //! PostgreSQL, Redis, a mock SMTP server and a fake-time cron ready-made. Every process a
 //! service starts dies with the bundle — also when the test process itself is killed.
+//! [`SharedBundle`] shares one bundle among every process of a test run (nextest's, pytest-xdist's
+//! workers), started once and stopped when the last holder is gone.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -50,7 +50,23 @@ pub struct SharedBuilder {
     idle: Option<Duration>,
 }
 
-/// A lease on a bundle shared by many processes (see the [module](self) docs).
+/// A lease on a bundle shared by many processes.
+///
+/// Test runners run a suite in many processes — nextest one per test, pytest-xdist one per
+/// worker — so a bundle kept in a `static` is started once per process. A shared bundle is
+/// started once for all of them, in the background, by the `hitchserve` command (`hitchserve
+/// up --shared`, from the `hitchserve-cli` crate) from a `hitchserve.toml`: the first process
+/// that asks starts it, the others attach. Each holds a lease until it drops its
+/// `SharedBundle` or dies (SIGKILL too). Once no lease has been held for the idle time (10 s
+/// unless [`SharedBuilder::idle`] says otherwise), the bundle stops, and every process it
+/// started with it. Racing first users start one bundle; one started from another definition
+/// is replaced when nobody holds it, else [`SharedBundle::attach`] fails naming what changed
+/// and who holds it. Time travel is everybody's: [`SharedBundle::time_travel_by`] is refused
+/// while another process holds the bundle.
+///
+/// A file, not closures as a [`Bundle`](crate::Bundle) takes: the bundle outlives the process
+/// that starts it and is attached to from others (and from the CLI and Python), so its
+/// definition has to be data they can all read and compare.
 ///
 /// ```no_run
 /// use std::sync::OnceLock;

@@ -57,14 +57,19 @@ env = {{ GREETING = "hello from App" }}
         self.dir.join("hitchserve.toml")
     }
 
+    /// Replace the definition.
+    fn write(&self, toml: &str) {
+        std::fs::write(self.file(), toml).unwrap();
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("-f").arg(self.file()).args(args).stdin(Stdio::null());
+        c
+    }
+
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .arg("-f")
-            .arg(self.file())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        self.command(args).output().unwrap()
     }
 
     fn starts(&self) -> usize {
@@ -317,6 +322,19 @@ fn time_travel_needs_the_shared_bundle_to_itself() {
         .unwrap();
     let after = mine.now().unwrap();
     assert!(after.duration_since(before) >= hitchserve::jiff::SignedDuration::from_hours(24));
+    // Its travel ends with its lease: the next holder finds the real clock.
+    mine.release().unwrap();
+    let next = SharedBundle::builder(p.file())
+        .program(BIN)
+        .attach()
+        .unwrap();
+    assert!(!next.started_it(), "the same bundle");
+    let now = next.now().unwrap();
+    let real = hitchserve::jiff::Timestamp::now();
+    assert!(
+        now.duration_since(real).abs() < hitchserve::jiff::SignedDuration::from_hours(1),
+        "the next holder inherited the travel: {now} (real time {real})"
+    );
 }
 
 #[test]
@@ -405,5 +423,236 @@ fn a_shared_service_answers_as_a_local_one_does() {
     assert!(
         err.contains("`App`") && err.contains("hitchserve start App"),
         "{err}"
+    );
+}
+
+// Found by a review: each failed before its fix.
+
+// Was: the CLI's `time-travel` sends no `pid` (client.rs, Command::TimeTravel), so the
+// server's clock_refused (server.rs) counts every holder as "another" process, the caller
+// included: the shell (here: this test process) that holds the only lease can't move the
+// clock with `hitchserve time-travel`, though the README says it may like the library.
+// Failed with: "the only holder's time travel was refused: hitchserve: time travel moves the
+// clock of every holder of this shared bundle, and 1 other process(es) hold it (pids <this
+// test's pid>)".
+#[test]
+fn cli_time_travel_by_the_only_holder_is_allowed() {
+    let p = Project::new("cli-clock");
+    // No --pid: the lease is held by the process that ran the command, this one.
+    let out = p.run(&["up", "--shared", "--json", "--idle", "0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(p.holders(), [u64::from(std::process::id())]);
+    let out = p.run(&["time-travel", "+1h"]);
+    assert!(
+        out.status.success(),
+        "the only holder's time travel was refused: {}",
+        text(&out)
+    );
+}
+
+// Was: lease ids start at 1 in every bundle (leases.rs, `Held { next: 1 }`) and a
+// SharedBundle's release/Drop sends only `{"cmd":"release","lease":N}` to whatever bundle
+// now answers on the project's socket (hitchserve/src/shared.rs, `Drop for SharedBundle`;
+// server.rs "release"). A holder whose bundle was stopped (a `down`, a crash) and started
+// again by another process releases the *new* bundle's lease 1 — another process's —
+// when it is dropped; the new holder's bundle then stops for want of a lease.
+// Failed with: "a holder of the old bundle released the new bundle's lease of another
+// process; left: [], right: [<other's pid>]".
+#[test]
+fn dropping_a_holder_of_a_stopped_bundle_leaves_the_next_bundles_leases_alone() {
+    let p = Project::new("stale");
+    let stale = SharedBundle::builder(p.file())
+        .program(BIN)
+        .idle(Duration::from_secs(60))
+        .attach()
+        .unwrap();
+    let out = p.run(&["down"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let other = Holder::new();
+    let v = up_shared(&p, other.pid(), "60s");
+    assert_eq!(v["started"], true);
+    assert_eq!(v["lease"], stale.lease(), "the new bundle reuses the id");
+    drop(stale);
+    assert_eq!(
+        p.holders(),
+        [u64::from(other.pid())],
+        "a holder of the old bundle released the new bundle's lease of another process"
+    );
+}
+
+// Was: a lease is granted while the bundle is being stopped by a `down` (or a SIGTERM to
+// its `up`): Leases::take (leases.rs) refuses only when the *idle* timer has set `closing`;
+// a stop that comes from `down`/a signal (up.rs, `stop_rx.recv()` then `bundle.shutdown()`)
+// never sets it, and the listener thread keeps answering `lease` during the shutdown. So
+// `up --shared` says READY (attached, `started: false`) on a bundle that is going away, and
+// its holder is left attached to a dead bundle.
+// Failed with: "`up --shared` said READY during a `down`, and its bundle is gone:
+// {.."holders":[<first>,<second>],"lease":2,..,"started":false}; left: [], right: [<second>]".
+#[test]
+fn up_shared_during_a_down_gets_a_running_bundle() {
+    let p = Project::new("down-race");
+    let gate = p.dir.join("let-it-stop");
+    p.write(&format!(
+        r#"
+[bundle]
+shutdown_timeout = "120s"
+
+[services.App]
+command = ["sh", "-c", "trap 'echo GOT-TERM; while [ ! -e {gate} ]; do sleep 0.05; done; exit 0' TERM; echo READY; while :; do sleep 1 & wait $!; done"]
+ready = {{ line_contains = "READY" }}
+"#,
+        gate = gate.display()
+    ));
+    let (first, second) = (Holder::new(), Holder::new());
+    up_shared(&p, first.pid(), "60s");
+    // A `down` under way: the service has its stop signal and holds the shutdown open.
+    let down = p
+        .command(&["down"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let seen = p.run(&[
+        "logs",
+        "App",
+        "--until",
+        "GOT-TERM",
+        "-n",
+        "100",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(seen.status.success(), "{}", text(&seen));
+    let asker = p
+        .command(&[
+            "up",
+            "--shared",
+            "--json",
+            "--pid",
+            &second.pid().to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Refused a lease on the stopping bundle, it waits for the stop to end (blocked on the
+    // `up`'s lock, as /proc/locks shows), to start a new one.
+    let waiter = format!(" {} ", asker.id());
+    wait_for("`up --shared` to wait for the stopping bundle", || {
+        std::fs::read_to_string("/proc/locks")
+            .is_ok_and(|l| l.lines().any(|l| l.contains("->") && l.contains(&waiter)))
+    });
+    std::fs::write(&gate, "").unwrap();
+    let _ = down.wait_with_output();
+    let out = asker.wait_with_output().unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["started"], true,
+        "a new bundle, not the stopping one: {said}"
+    );
+    assert_eq!(
+        p.holders(),
+        [u64::from(second.pid())],
+        "`up --shared` said READY during a `down`, and its bundle is gone: {said}"
+    );
+}
+
+// Was: a lease taken without --pid is held by getppid() (shared.rs `holder`). When the
+// process that ran `hitchserve up --shared` has already exited (a backgrounded command, a
+// script that has moved on), getppid() is the reaper — pid 1 (or a subreaper) — and the
+// lease is granted to it: it never dies, so the bundle and its services never stop. Leases
+// for pid 1 (`--pid 1`) are accepted alike (leases.rs `take` checks only pid <= 0).
+// Failed with: "a lease was granted for a caller that had exited (holders [1]):
+// {.."holders":[1],"lease":1,"pid":1,..,"started":true}".
+#[test]
+fn up_shared_whose_caller_is_gone_is_not_held_by_init() {
+    let p = Project::new("orphan");
+    let go = p.dir.join("go.fifo");
+    let said = p.dir.join("said.txt");
+    assert!(Command::new("mkfifo").arg(&go).status().unwrap().success());
+    // The shell starts `up --shared` in the background and exits; `up --shared` waits on
+    // the fifo until the shell is gone.
+    let script = format!(
+        "( read x < '{go}'; exec '{BIN}' -f '{file}' up --shared --json --idle 0 > '{said}' 2>&1 ) < /dev/null > /dev/null 2>&1 &",
+        go = go.display(),
+        file = p.file().display(),
+        said = said.display(),
+    );
+    let status = Command::new("sh").args(["-c", &script]).status().unwrap();
+    assert!(status.success());
+    std::fs::write(&go, "go\n").unwrap();
+    wait_for("`up --shared` to answer", || {
+        std::fs::read_to_string(&said).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let answer = std::fs::read_to_string(&said).unwrap();
+    let holders = p.holders();
+    assert!(
+        !answer.contains("\"lease\""),
+        "a lease was granted for a caller that had exited (holders {holders:?}): {answer}"
+    );
+}
+
+// Was: Leases::take (leases.rs) promises "a lease whose holder is already gone is refused,
+// never counted", but pidfd_open succeeds on a process that has exited and not yet been
+// reaped (a zombie): the lease is granted, `up --shared` says READY and counts it, and it
+// ends at once.
+// Failed with: "a lease was granted to a process that had exited:
+// {.."holders":[<zombie pid>],"lease":1,..,"started":true}".
+#[test]
+fn a_process_that_has_exited_cannot_hold_a_lease() {
+    let p = Project::new("zombie");
+    let mut dead = Command::new("true").spawn().unwrap();
+    let pid = dead.id();
+    wait_for("the child to exit", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('Z'))
+        })
+    });
+    let out = p.run(&[
+        "up",
+        "--shared",
+        "--json",
+        "--idle",
+        "0",
+        "--pid",
+        &pid.to_string(),
+    ]);
+    let _ = dead.wait();
+    assert!(
+        !out.status.success(),
+        "a lease was granted to a process that had exited: {}",
+        text(&out)
+    );
+}
+
+// Was: a SharedBundle remembers no identity of the bundle it attached to: every request
+// (hitchserve/src/shared.rs `connect`/`ask`) goes to whatever bundle now listens on the
+// project's socket. Once its bundle was stopped and another process started a new one, the
+// old holder is silently served by a bundle it holds no lease on (its services, ports and
+// its `seq`-based view of the logs are the new run's), instead of hearing that its bundle
+// is gone.
+// Failed with: "the stopped bundle's holder got an answer from the next bundle (App was
+// Some(<old pid>), now Ok(Some(<new pid>)))".
+#[test]
+fn a_holder_whose_bundle_stopped_is_told_so_not_served_by_the_next_one() {
+    let p = Project::new("stale-view");
+    let stale = SharedBundle::builder(p.file())
+        .program(BIN)
+        .idle(Duration::from_secs(60))
+        .attach()
+        .unwrap();
+    let old_pid = stale.service("App").unwrap().pid().unwrap();
+    let out = p.run(&["down"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let other = Holder::new();
+    up_shared(&p, other.pid(), "60s");
+    let answer = stale.service("App").and_then(|s| s.pid());
+    assert!(
+        answer.is_err(),
+        "the stopped bundle's holder got an answer from the next bundle (App was {old_pid:?}, now {answer:?})"
     );
 }

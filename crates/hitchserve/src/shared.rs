@@ -96,6 +96,9 @@ pub struct SharedBundle {
     seq: u64,
     all_log: Option<PathBuf>,
     started: bool,
+    /// The run attached to: named in every request, so that a bundle started since (after
+    /// ours stopped) doesn't answer for it.
+    run: Option<String>,
 }
 
 /// One service of a [`SharedBundle`].
@@ -199,6 +202,14 @@ impl SharedBuilder {
             let why = why.strip_prefix("hitchserve: ").unwrap_or(why);
             return Err(self.error(match why {
                 "" => format!("`hitchserve up --shared` failed ({})", out.status),
+                // clap's words for an option it doesn't know: a `hitchserve` from before
+                // shared bundles.
+                why if why.contains("unexpected argument '--shared'") => format!(
+                    "`{}` is a hitchserve command without shared bundles: install the one of \
+                     this library's version ({}), e.g. `cargo install hitchserve-cli`",
+                    program.display(),
+                    env!("CARGO_PKG_VERSION")
+                ),
                 why => why.to_owned(),
             }));
         }
@@ -214,6 +225,7 @@ impl SharedBuilder {
             seq: said["seq"].as_u64().unwrap_or(0),
             all_log: said["all_log"].as_str().map(PathBuf::from),
             started: said["started"].as_bool().unwrap_or(false),
+            run: said["run"].as_str().map(str::to_owned),
             file,
             project,
         })
@@ -273,7 +285,8 @@ impl SharedBundle {
     }
 
     /// One request, one reply (`{"ok": true, ...}`), over a new connection.
-    fn ask(&self, req: Value) -> Result<Value> {
+    fn ask(&self, mut req: Value) -> Result<Value> {
+        req["run"] = json!(self.run);
         let mut conn = self.connect()?;
         let lost = |e: std::io::Error| self.error(format!("the shared bundle went away: {e}"));
         conn.write_all(format!("{req}\n").as_bytes())
@@ -290,7 +303,8 @@ impl SharedBundle {
     }
 
     /// A request answered by a stream of lines ended by `{"end": ...}`.
-    fn stream(&self, req: Value) -> Result<(Vec<Value>, Value)> {
+    fn stream(&self, mut req: Value) -> Result<(Vec<Value>, Value)> {
+        req["run"] = json!(self.run);
         let mut conn = self.connect()?;
         let lost = |e: std::io::Error| self.error(format!("the shared bundle went away: {e}"));
         conn.write_all(format!("{req}\n").as_bytes())

@@ -216,6 +216,9 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                 }
                 (None, None) => return Err("say how far (+2d) or to when (--to ...)".into()),
             };
+            // On a shared bundle, it speaks for our caller, as `attach` does: the holder.
+            let mut req = req;
+            req["pid"] = json!(nix::unistd::getppid().as_raw());
             let v = one_reply(project, &req)?;
             println!("{}", v["now"].as_str().unwrap_or(""));
             Ok(ExitCode::SUCCESS)

@@ -9,8 +9,13 @@
 //! the `[bundle]` table), which a new holder's must equal: a changed service is told, never
 //! silently served from the old definition.
 //!
+//! The clock is the whole bundle's: a holder may move it only while it holds the bundle
+//! alone, and its travel is undone (the clock set back to real time) once its leases end, so
+//! the next test to attach doesn't inherit it.
+//!
 //! Invariant: the idle timer runs exactly while no lease is held; a lease whose holder is
-//! already gone is refused, never counted.
+//! already gone (exited, even if not yet reaped) is refused, never counted; none is granted
+//! once the bundle has begun to stop (`close`).
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -82,8 +87,11 @@ struct Held {
     /// Whether any lease was ever taken (before that, the idle time is at least
     /// [`FIRST_LEASE_GRACE`]).
     taken: bool,
-    /// Set once the idle timer has decided to stop the bundle: no lease is granted after.
+    /// Set once the bundle began to stop (the idle timer, a `down`, a signal): no lease is
+    /// granted after.
     closing: bool,
+    /// The holder that moved the clock, while it held the bundle alone.
+    traveller: Option<i32>,
     leases: BTreeMap<u64, Lease>,
     /// Set when the last lease ended (or at start): the idle timer counts from it.
     idle_since: Option<Instant>,
@@ -97,21 +105,29 @@ pub struct Leases {
     pub idle: Duration,
     /// The definition it was started from.
     pub definition: Definition,
+    /// Sets the clock back to real time (once a traveller's leases have ended).
+    reset_clock: Box<dyn Fn(i32) + Send + Sync>,
 }
 
 impl Leases {
-    pub fn new(idle: Duration, definition: Definition) -> Arc<Leases> {
+    pub fn new(
+        idle: Duration,
+        definition: Definition,
+        reset_clock: Box<dyn Fn(i32) + Send + Sync>,
+    ) -> Arc<Leases> {
         Arc::new(Leases {
             held: Mutex::new(Held {
                 next: 1,
                 taken: false,
                 closing: false,
+                traveller: None,
                 leases: BTreeMap::new(),
                 idle_since: Some(Instant::now()),
             }),
             changed: Condvar::new(),
             idle,
             definition,
+            reset_clock,
         })
     }
 
@@ -129,6 +145,13 @@ impl Leases {
         if pid <= 0 {
             return Err(format!("`{pid}` is not a process id"));
         }
+        if pid == 1 || pid == std::process::id() as i32 {
+            return Err(format!(
+                "process {pid} can't hold a lease: it lives as long as the machine (or the \
+                 bundle) does, so the bundle would never stop; give the process of the test \
+                 or script (--pid)"
+            ));
+        }
         // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if fd < 0 {
@@ -139,6 +162,10 @@ impl Leases {
         }
         // SAFETY: a descriptor the kernel just gave us, owned from here on.
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // A pidfd is readable once its process has exited — also before it is reaped.
+        if readable(&pidfd) {
+            return Err(format!("process {pid} can't hold a lease: it has exited"));
+        }
         let (wake, release) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| format!("cannot make a lease: {e}"))?;
         let id = {
@@ -170,13 +197,54 @@ impl Leases {
 
     fn end(&self, id: u64) -> bool {
         let mut held = self.lock();
-        let found = held.leases.remove(&id).is_some();
+        let ended = held.leases.remove(&id);
         if held.leases.is_empty() && held.idle_since.is_none() {
             held.idle_since = Some(Instant::now());
         }
+        // The traveller's last lease: its travel is undone for those to come.
+        let back = ended.as_ref().map(|l| l.pid).filter(|&pid| {
+            held.traveller == Some(pid) && !held.leases.values().any(|l| l.pid == pid)
+        });
+        if back.is_some() {
+            held.traveller = None;
+        }
         drop(held);
+        if let Some(pid) = back {
+            (self.reset_clock)(pid);
+        }
         self.changed.notify_all();
-        found
+        ended.is_some()
+    }
+
+    /// No lease is granted from now on: the bundle is stopping.
+    pub fn close(&self) {
+        self.lock().closing = true;
+        self.changed.notify_all();
+    }
+
+    /// May `pid` move the clock? Only while no other process holds a lease; if it holds one,
+    /// its travel is undone once its leases end. The error names the other holders.
+    pub fn travel(&self, pid: Option<i32>) -> Result<(), String> {
+        let mut held = self.lock();
+        let others: Vec<String> = held
+            .leases
+            .values()
+            .filter(|l| Some(l.pid) != pid)
+            .map(|l| l.pid.to_string())
+            .collect();
+        if !others.is_empty() {
+            return Err(format!(
+                "time travel moves the clock of every holder of this shared bundle, and {} other \
+                 process(es) hold it (pids {}): a test that travels in time needs a bundle to \
+                 itself (one of its own, or run it alone: e.g. a nextest test group of max-threads 1)",
+                others.len(),
+                others.join(", ")
+            ));
+        }
+        if let Some(pid) = pid.filter(|p| held.leases.values().any(|l| l.pid == *p)) {
+            held.traveller = Some(pid);
+        }
+        Ok(())
     }
 
     /// Release a lease by its id, or every lease of a pid: how many were released.
@@ -224,6 +292,17 @@ impl Leases {
     pub fn status(&self) -> Value {
         json!({"holders": self.holders(), "idle_seconds": self.idle.as_secs_f64()})
     }
+}
+
+/// Whether a descriptor is readable now (for a pidfd: its process has exited).
+fn readable(fd: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polling one descriptor we own, without waiting.
+    unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
 }
 
 /// Wait until the holder dies (its pidfd is readable) or the lease is released (the pipe's

@@ -125,7 +125,7 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::i
             emit(out, line)?;
         }
         // Where is it stuck? A prompt still waiting for its newline is shown too.
-        for line in &view.pending() {
+        for line in view.pending().iter().filter(|l| mine(l)) {
             emit(out, line)?;
         }
         return reply(out, &json!({"end": "ok"}));

@@ -47,6 +47,21 @@ pub(super) fn serve(
             )
         }
     };
+    // A holder of a shared bundle names the run it attached to: another run (the bundle
+    // was stopped, and maybe started again since) is not the one it holds.
+    if let Some(run) = req["run"].as_str() {
+        if Some(run) != run_id(bundle).as_deref() {
+            let e = "the shared bundle this holder attached to has stopped (another run, or none, \
+                     is there now): attach again";
+            return reply(
+                &mut out,
+                &match req["cmd"].as_str() {
+                    Some("logs") => json!({"end": "error", "kind": "gone", "error": e}),
+                    _ => json!({"ok": false, "kind": "gone", "error": e}),
+                },
+            );
+        }
+    }
     let err = |e: HsError| json!({"ok": false, "error": e.to_string()});
     let service = |key: &str| req[key].as_str().unwrap_or("").to_owned();
     let answer = match req["cmd"].as_str().unwrap_or("") {
@@ -75,7 +90,8 @@ pub(super) fn serve(
         }
         "now" => json!({"ok": true, "now": bundle.now().to_string()}),
         "time_travel" => {
-            if let Some(refused) = shared.and_then(|l| clock_refused(l, &req)) {
+            let pid = req["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
+            if let Some(Err(refused)) = shared.map(|l| l.travel(pid)) {
                 return reply(&mut out, &json!({"ok": false, "error": refused}));
             }
             let r = if let Some(to) = req["to"].as_str() {
@@ -228,30 +244,20 @@ fn lease(bundle: &Bundle, shared: Option<&Arc<Leases>>, req: &Value) -> Value {
                     .to_string_lossy()
                     .into_owned()
             });
-            json!({"ok": true, "lease": id, "seq": seq, "all_log": all_log, "holders": leases.holders()})
+            json!({
+                "ok": true, "lease": id, "seq": seq, "all_log": all_log, "run": run_id(bundle),
+                "holders": leases.holders(), "idle_seconds": leases.idle.as_secs_f64(),
+            })
         }
         Err(e) if e == STOPPING => json!({"ok": false, "kind": "stopping", "error": e}),
         Err(e) => json!({"ok": false, "error": e}),
     }
 }
 
-/// Why a `time_travel` request must be refused: the clock is the whole shared bundle's, so
-/// only a process that holds it alone may move it.
-fn clock_refused(leases: &Leases, req: &Value) -> Option<String> {
-    let me = req["pid"].as_i64();
-    let others: Vec<String> = leases
-        .holders()
-        .into_iter()
-        .filter(|&p| Some(i64::from(p)) != me)
-        .map(|p| p.to_string())
-        .collect();
-    (!others.is_empty()).then(|| {
-        format!(
-            "time travel moves the clock of every holder of this shared bundle, and {} other \
-             process(es) hold it (pids {}): a test that travels in time needs a bundle to \
-             itself (one of its own, or run it alone: e.g. a nextest test group of max-threads 1)",
-            others.len(),
-            others.join(", ")
-        )
-    })
+/// This run's id (its run directory's name): what a holder names in its requests.
+fn run_id(bundle: &Bundle) -> Option<String> {
+    bundle
+        .run_dir()
+        .and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
 }

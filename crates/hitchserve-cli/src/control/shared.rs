@@ -23,9 +23,20 @@ use super::state_dir::{state_dir, up_is_running};
 use super::up::detach_up;
 use crate::config;
 
-/// Who holds a lease: the given pid, else the process that ran us.
-fn holder(pid: Option<i32>) -> i32 {
-    pid.unwrap_or_else(|| nix::unistd::getppid().as_raw())
+/// Who holds a lease: the given pid, else the process that ran us — unless that one has
+/// exited already (we were handed to init): nobody would ever release it.
+fn holder(pid: Option<i32>) -> Result<i32, String> {
+    match pid {
+        Some(pid) => Ok(pid),
+        None => match nix::unistd::getppid().as_raw() {
+            1 => Err(
+                "the process that ran `hitchserve` has exited, so it can't hold the lease: \
+                      give the process that should hold it with --pid"
+                    .to_owned(),
+            ),
+            ppid => Ok(ppid),
+        },
+    }
 }
 
 /// `--idle`: `0` (stop as soon as the last lease ends) or a duration (`10s`, `2m`).
@@ -74,14 +85,29 @@ impl SharedLock {
     }
 }
 
+/// How long a holder waits for a stopping bundle to end before it gives up: the stop is
+/// bounded by each service's shutdown timeout, so this is a last resort.
+const STOP_PATIENCE: Duration = Duration::from_secs(600);
+
 /// Wait until the `up` of the project has ended (it holds its lock until then).
-fn wait_up_ended(project: &Path) {
-    if let Ok(lock) = File::open(state_dir(project).join("up.lock")) {
-        // SAFETY: a blocking shared lock on a descriptor we own, released when it closes.
+fn wait_up_ended(project: &Path) -> Result<(), String> {
+    let Ok(lock) = File::open(state_dir(project).join("up.lock")) else {
+        return Ok(());
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: a blocking shared lock on a descriptor this thread owns.
         unsafe {
             libc::flock(lock.as_raw_fd(), libc::LOCK_SH);
         }
-    }
+        let _ = done_tx.send(());
+    });
+    done_rx.recv_timeout(STOP_PATIENCE).map_err(|_| {
+        format!(
+            "the shared bundle did not finish stopping within {} s: see `.hitchserve/up.log`",
+            STOP_PATIENCE.as_secs()
+        )
+    })
 }
 
 /// Why a lease was refused, as the server said it.
@@ -100,12 +126,11 @@ enum Refused {
 
 fn lease(project: &Path, pid: i32, def: Option<&Definition>) -> Result<Value, Refused> {
     let req = json!({"cmd": "lease", "pid": pid, "definition": def});
-    let mut r = request(project, &req).map_err(|e| {
-        if up_is_running(project) {
-            Refused::Other(e)
-        } else {
-            Refused::Gone
-        }
+    // No socket while its `up` runs: it is in its last moments (the socket goes just before
+    // the lock), so wait for the end as for a stop.
+    let mut r = request(project, &req).map_err(|_| match up_is_running(project) {
+        true => Refused::Stopping,
+        false => Refused::Gone,
     })?;
     let mut line = String::new();
     let _ = std::io::BufRead::read_line(&mut r, &mut line);
@@ -162,7 +187,7 @@ pub fn up_shared(
     timeline: bool,
     json_out: bool,
 ) -> Result<ExitCode, String> {
-    let pid = holder(pid);
+    let pid = holder(pid)?;
     let def = file_definition(file)?;
     // Checked before waiting on anyone: a broken file is the asker's to hear about.
     config::load(file)?;
@@ -179,7 +204,7 @@ pub fn up_shared(
                 }
                 Err(Refused::Changed { why, .. }) => return Err(why),
                 Err(Refused::Stopping | Refused::Gone) => {
-                    wait_up_ended(project);
+                    wait_up_ended(project)?;
                     continue;
                 }
                 Err(Refused::Other(why)) => return Err(why),
@@ -188,7 +213,7 @@ pub fn up_shared(
         detach_up(file, project, timeline, Some(idle))?;
         match lease(project, pid, Some(&def)) {
             Ok(v) => return Ok(said(&v, pid, json_out, true)),
-            Err(Refused::Stopping | Refused::Gone) => wait_up_ended(project),
+            Err(Refused::Stopping | Refused::Gone) => wait_up_ended(project)?,
             Err(Refused::Changed { why, .. } | Refused::Other(why)) => return Err(why),
         }
     }
@@ -205,13 +230,19 @@ pub fn attach(
     pid: Option<i32>,
     json_out: bool,
 ) -> Result<ExitCode, String> {
-    let pid = holder(pid);
+    let pid = holder(pid)?;
     let def = file_definition(file)?;
     let _decide = SharedLock::take(project)?;
     match lease(project, pid, Some(&def)) {
         Ok(v) => Ok(said(&v, pid, json_out, false)),
+        Err(Refused::Changed { holders: 0, why }) => Err(format!(
+            "{why}; nobody holds it: `hitchserve up --shared` replaces it"
+        )),
         Err(Refused::Changed { why, .. } | Refused::Other(why)) => Err(why),
-        Err(Refused::Stopping | Refused::Gone) => Err(format!(
+        Err(Refused::Stopping) => Err(
+            "the shared bundle is stopping: `hitchserve up --shared` starts a new one".to_owned(),
+        ),
+        Err(Refused::Gone) => Err(format!(
             "no shared bundle is running in `{}`: start one with `hitchserve up --shared`",
             project.display()
         )),
@@ -229,7 +260,7 @@ pub fn release(project: &Path, pid: Option<i32>, lease: Option<u64>) -> Result<E
     }
     let req = match lease {
         Some(id) => json!({"cmd": "release", "lease": id}),
-        None => json!({"cmd": "release", "pid": holder(pid)}),
+        None => json!({"cmd": "release", "pid": holder(pid)?}),
     };
     let v = super::client::one_reply(project, &req)?;
     println!("released {} lease(s)", v["released"]);

@@ -200,7 +200,20 @@ pub fn up(
     }
     let bundle = Arc::new(bundle);
     // Shared: leases from now on, and a stop once none has been held for the idle time.
-    let leases = shared.map(|idle| Leases::new(idle, definition));
+    let leases = shared.map(|idle| {
+        let bundle = Arc::clone(&bundle);
+        let reset = move |pid: i32| {
+            // Exactly real time, and said in the log, as any travel is.
+            match bundle.time_travel_to(hitchserve::jiff::Timestamp::now()) {
+                Ok(()) => bundle.log(format!(
+                    "The clock is back to real time: process {pid}, which moved it, holds the \
+                     shared bundle no more"
+                )),
+                Err(e) => bundle.warn(format!("could not set the clock back to real time: {e}")),
+            }
+        };
+        Leases::new(idle, definition, Box::new(reset))
+    });
     if let Some(leases) = &leases {
         let (leases, bundle, stop_tx) = (Arc::clone(leases), Arc::clone(&bundle), stop_tx.clone());
         std::thread::spawn(move || {
@@ -257,6 +270,10 @@ pub fn up(
         }
     }
     let first = stop_rx.recv().ok().flatten();
+    if let Some(leases) = &leases {
+        // Stopping: a holder asking now waits for the stop and starts a new bundle.
+        leases.close();
+    }
     let result = bundle.shutdown();
     // Each `down` hears how the bundle ended: a crash not reported before is its error too.
     let verdict = match &result {

@@ -20,8 +20,10 @@ many pytest-xdist workers or other test processes use it), from a ``hitchserve.t
 in the ini file::
 
     [pytest]
-    hitchserve_shared_file = tests/hitchserve.toml   # relative to the rootdir
-    hitchserve_shared_idle = 10                      # seconds it outlives its last user
+    hitchserve_shared_file = tests/hitchserve.toml
+    hitchserve_shared_idle = 10
+
+(the file relative to the rootdir; the seconds the bundle outlives its last user)
 
 * ``hitchserve_shared_bundle`` -- session scope: this process's lease (one per xdist worker,
   every worker attached to the one bundle), released at the end of the session.

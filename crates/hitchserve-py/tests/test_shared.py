@@ -20,10 +20,10 @@ from conftest import PATIENCE
 CLI = [sys.executable, "-m", "hitchserve.cli"]
 
 #: `App` appends a line to starts.txt each time it starts, says `{ready}`, then prints each
-#: line appended to said.txt (a test's way to make it write a line).
+#: line appended to said.txt, from its first (a test's way to make it write a line).
 DEFINITION = """
 [services.App]
-command = ["sh", "-c", "echo start >> starts.txt; : >> said.txt; echo {ready}; exec tail -n 0 -f said.txt"]
+command = ["sh", "-c", "echo start >> starts.txt; : >> said.txt; echo {ready}; exec tail -n +1 -f said.txt"]
 ready = {{ line_contains = "{ready}" }}
 ports = ["http"]
 env = {{ APP_PORT = "{{port.http}}" }}

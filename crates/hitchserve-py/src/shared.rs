@@ -41,6 +41,8 @@ pub(crate) fn cli_main(py: Python<'_>, relaunch: Vec<OsString>, argv: Vec<OsStri
 pub(crate) struct NativeShared {
     /// `None` once released. An `Arc` so that a wait on a thread of its own can use it.
     bundle: Mutex<Option<Arc<SharedBundle>>>,
+    /// The bundle's file, for errors of our own.
+    file: PathBuf,
     /// What it said when it attached (kept for after the release).
     all_log: Option<PathBuf>,
     project: PathBuf,
@@ -53,7 +55,7 @@ impl NativeShared {
     fn get(&self) -> PyResult<Arc<SharedBundle>> {
         lock(&self.bundle).clone().ok_or_else(|| {
             py_err(hitchserve::Error::Shared {
-                file: self.project.join("hitchserve.toml"),
+                file: self.file.clone(),
                 message: "this lease was released: attach again (SharedBundle(...))".into(),
             })
         })
@@ -94,12 +96,13 @@ impl NativeShared {
         args: Vec<OsString>,
         idle: Option<f64>,
     ) -> PyResult<NativeShared> {
-        let mut builder = SharedBundle::builder(file).program_with_args(program, args);
+        let mut builder = SharedBundle::builder(&file).program_with_args(program, args);
         if let Some(idle) = idle {
             builder = builder.idle(secs(idle)?);
         }
         let bundle = interruptible(py, "attach", move || builder.attach())?.or_raise()?;
         Ok(NativeShared {
+            file,
             all_log: bundle.all_log().map(PathBuf::from),
             project: bundle.project_dir().to_path_buf(),
             lease: bundle.lease(),
@@ -217,12 +220,12 @@ impl NativeShared {
             .split_first()
             .ok_or_else(|| PyValueError::new_err("run() needs a command"))?;
         let (program, rest) = (program.clone(), rest.to_vec());
-        let what = format!("run-{name}");
+        let (what, file) = (format!("run-{name}"), self.file.clone());
         self.waiting(py, &what, move |b| {
             let mut cmd = b.service(&name)?.command(&program)?;
             cmd.args(&rest);
             let failed = |e: std::io::Error| hitchserve::Error::Shared {
-                file: b.project_dir().join("hitchserve.toml"),
+                file,
                 message: format!(
                     "service `{name}`: cannot run `{}`: {e}",
                     program.to_string_lossy()

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 from . import _native
 from .bundle import _delta_micros, _from_micros, _micros
-from .errors import SubcommandFailed
+from .errors import ServiceError, SubcommandFailed
 
 __all__ = ["SharedBundle", "SharedService", "SharedTail", "SharedLine"]
 
@@ -178,7 +178,13 @@ class SharedBundle:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.release()
+        try:
+            self.release()
+        except ServiceError:
+            if exc[0] is None:
+                raise
+            # The block's own exception says more than a bundle gone meanwhile (its lease
+            # went with it).
 
     def __repr__(self) -> str:
         state = "released" if self._native.released() else f"lease {self.lease}"

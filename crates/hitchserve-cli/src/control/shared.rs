@@ -188,7 +188,11 @@ pub fn up_shared(
                 Err(Refused::Other(why)) => return Err(why),
             }
         }
-        detach_up(file, project, timeline, Some(idle), relaunch)?;
+        let started = detach_up(file, project, timeline, Some(idle), relaunch)?;
+        if started != ExitCode::SUCCESS {
+            // Stopped by a signal while it started (Ctrl-C): not a bundle to start again.
+            return Ok(started);
+        }
         match lease(project, pid, Some(&def)) {
             Ok(v) => return Ok(said(&v, pid, json_out, true)),
             Err(Refused::Stopping | Refused::Gone) => wait_up_ended(project),

@@ -100,7 +100,11 @@ impl NativeShared {
         if let Some(idle) = idle {
             builder = builder.idle(secs(idle)?);
         }
-        let bundle = interruptible(py, "attach", move || builder.attach())?.or_raise()?;
+        let attached = interruptible(py, "attach", move || builder.attach())?;
+        // Ctrl-C also reaches the `hitchserve` command, which may answer first ("startup was
+        // interrupted"): the user's Ctrl-C is the news.
+        py.check_signals()?;
+        let bundle = attached.or_raise()?;
         Ok(NativeShared {
             file,
             all_log: bundle.all_log().map(PathBuf::from),

@@ -8,6 +8,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -228,3 +229,49 @@ def test_the_hitchserve_command_of_the_package(tmp_path):
     finally:
         cli(file, "down")
     assert starts(tmp_path) == 1
+
+
+#: `Slow` counts its starts, tells the test its pid through a FIFO once it runs, and is never
+#: ready.
+SLOW = """
+[services.Slow]
+command = ["sh", "-c", "echo start >> starts.txt; echo $$ > running.fifo; exec sleep 1000"]
+ready = { line_contains = "NEVER" }
+"""
+
+ATTACH_UNTIL_INTERRUPTED = """
+import sys
+import hitchserve
+try:
+    hitchserve.SharedBundle(sys.argv[1] + "/hitchserve.toml", idle=0)
+except KeyboardInterrupt:
+    print("INTERRUPTED", flush=True)
+"""
+
+
+def test_ctrl_c_while_attaching_stops_the_bundle_it_was_starting(project):
+    file = project / "hitchserve.toml"
+    file.write_text(SLOW)
+    os.mkfifo(project / "running.fifo")
+    # Its own session, as a terminal's foreground job: Ctrl-C reaches the command too.
+    child = subprocess.Popen(
+        [sys.executable, "-u", "-c", ATTACH_UNTIL_INTERRUPTED, str(project)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        with (project / "running.fifo").open() as fifo:  # the service runs: startup is under way
+            service = psutil.Process(int(fifo.read().strip()))
+        # The `hitchserve up --shared` it runs, and the bundle's daemon that one started.
+        commands = psutil.Process(child.pid).children(recursive=True)
+        os.killpg(child.pid, signal.SIGINT)
+        out, _ = child.communicate(timeout=PATIENCE)
+        assert "INTERRUPTED" in out
+        _, alive = psutil.wait_procs(commands + [service], timeout=PATIENCE)
+        assert alive == []
+        assert starts(project) == 1  # stopped, not started again
+    finally:
+        child.kill()
+        child.wait()
+        cli(file, "down")

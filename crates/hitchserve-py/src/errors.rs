@@ -50,6 +50,7 @@ pub(crate) fn class_of(e: &Error) -> &'static str {
         Error::NoSuchService { .. } => "NoSuchService",
         Error::TimeTravelDisabled | Error::TimeOutOfRange => "TimeTravelError",
         Error::NoSuchProcess { .. } => "NoSuchProcess",
+        Error::Shared { .. } => "SharedBundleError",
         _ => "ServiceError",
     }
 }

@@ -14,8 +14,9 @@
 //! `interruptible`), `values` (seconds, signal names, JSON), `errors` (engine errors as
 //! Python's, and what callbacks raised), `subcommand`, `logs` (`Logs`, `Tail`), `callbacks`
 //! (readiness checks, hooks and their `HookCtx`), `definition` (`ServiceDef`), `services` (the
-//! ready-made services' handles), `handle` (`ServiceHandle`), `bundle` (`NativeBundle`). This
-//! file only registers the classes and `smtp_main`.
+//! ready-made services' handles), `handle` (`ServiceHandle`), `bundle` (`NativeBundle`),
+//! `shared` (`NativeShared`, a lease on a shared bundle, and `cli_main`, the `hitchserve`
+//! command). This file only registers the classes and `smtp_main`.
 //!
 //! Invariant: never call into Python while holding one of our locks (a lock held by a thread
 //! waiting for the GIL, wanted by the thread holding it, is a deadlock).
@@ -29,6 +30,7 @@ mod errors;
 mod handle;
 mod logs;
 mod services;
+mod shared;
 mod subcommand;
 mod values;
 mod wait;
@@ -39,6 +41,7 @@ use definition::ServiceDef;
 use handle::ServiceHandle;
 use logs::{Logs, Tail};
 use services::{PostgresHandle, RedisHandle, SmtpHandle};
+use shared::NativeShared;
 use subcommand::Subcommand;
 
 /// Run the mock SMTP server (the `hitchsmtp` crate) in this process with the command line
@@ -53,6 +56,8 @@ fn smtp_main(py: Python<'_>, args: Vec<String>) -> i32 {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(smtp_main, m)?)?;
+    m.add_function(wrap_pyfunction!(shared::cli_main, m)?)?;
+    m.add_class::<NativeShared>()?;
     m.add_class::<NativeBundle>()?;
     m.add_class::<ServiceDef>()?;
     m.add_class::<HookCtx>()?;

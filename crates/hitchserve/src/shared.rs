@@ -591,6 +591,18 @@ impl<'a> SharedService<'a> {
 }
 
 impl SharedTail<'_> {
+    /// Where it is: the `seq` of the last line it has passed (a wait finds only later ones).
+    pub fn position(&self) -> u64 {
+        self.after
+    }
+
+    /// The same cursor put just after the line `seq` (a [`SharedTail::position`]): for a
+    /// cursor that outlives its [`SharedService`] (the Python package's keeps the number).
+    pub fn from_position(mut self, seq: u64) -> Self {
+        self.after = seq;
+        self
+    }
+
     /// Wait up to `timeout` for a line that matches the regular expression `pattern`.
     pub fn until(&mut self, pattern: &str, timeout: Duration) -> Result<SharedLine> {
         let v = self.wait(json!({"until": pattern}), timeout)?;

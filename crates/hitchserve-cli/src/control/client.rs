@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::ExitCode;
+
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use super::state_dir::{
 use crate::config;
 use crate::one_service;
 use crate::Command;
+use crate::ExitCode;
 
 fn connect(project: &Path) -> Result<UnixStream, String> {
     // A bundle still starting has no socket yet: wait for it while its `up` lives.

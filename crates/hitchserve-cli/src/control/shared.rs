@@ -8,11 +8,12 @@
 //! default the process that ran it: the shell, the test) on a bundle that runs the file's
 //! definition.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::ExitCode;
+
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -22,6 +23,7 @@ use super::leases::{definition, Definition};
 use super::state_dir::{state_dir, up_is_running};
 use super::up::detach_up;
 use crate::config;
+use crate::ExitCode;
 
 /// Who holds a lease: the given pid, else the process that ran us — unless that one has
 /// exited already (we were handed to init): nobody would ever release it.
@@ -186,6 +188,7 @@ pub fn up_shared(
     idle: Duration,
     timeline: bool,
     json_out: bool,
+    relaunch: &[OsString],
 ) -> Result<ExitCode, String> {
     let pid = holder(pid)?;
     let def = file_definition(file)?;
@@ -210,7 +213,11 @@ pub fn up_shared(
                 Err(Refused::Other(why)) => return Err(why),
             }
         }
-        detach_up(file, project, timeline, Some(idle))?;
+        let started = detach_up(file, project, timeline, Some(idle), relaunch)?;
+        if started != ExitCode::SUCCESS {
+            // Stopped by a signal while it started (Ctrl-C): not a bundle to start again.
+            return Ok(started);
+        }
         match lease(project, pid, Some(&def)) {
             Ok(v) => return Ok(said(&v, pid, json_out, true)),
             Err(Refused::Stopping | Refused::Gone) => wait_up_ended(project)?,

@@ -5,8 +5,9 @@
 //! handler makes only async-signal-safe calls, and exec resets it, so services get the
 //! default actions (a blocked signal mask would be inherited instead).
 
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
+
+use crate::ExitCode;
 
 /// The signal that asked us to stop, once one did.
 pub(super) static RECEIVED: AtomicI32 = AtomicI32::new(0);

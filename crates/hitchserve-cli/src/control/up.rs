@@ -8,13 +8,14 @@
 //! (0600 in a 0700 directory), and a refused second `up` leaves the running one's lock
 //! pid and log untouched.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use super::state_dir::{
 };
 use crate::config;
 use crate::one_service::ServiceInfo;
+use crate::ExitCode;
 
 /// `hitchserve up`.
 pub fn up(
@@ -42,6 +44,7 @@ pub fn up(
     timeline: bool,
     daemon_child: bool,
     shared: Option<Duration>,
+    relaunch: &[OsString],
 ) -> Result<ExitCode, String> {
     let dir = state_dir(project);
     if dir.exists() && !dir.is_dir() {
@@ -68,7 +71,7 @@ pub fn up(
         if up_is_running(project) {
             return Err(refusal());
         }
-        return detach_up(file, project, timeline, shared);
+        return detach_up(file, project, timeline, shared, relaunch);
     }
     // Ctrl-C, SIGTERM and SIGHUP stop the bundle cleanly, from the start. A handler (not a
     // blocked signal mask: services would inherit the mask and ignore their stop signal)
@@ -321,15 +324,27 @@ fn ports_of(s: &config::ServiceConfig) -> Vec<String> {
     ports
 }
 
-/// Start `up` in the background and wait for its verdict.
+/// Start `up` in the background and wait for its verdict. `relaunch` runs this command
+/// again (see [`crate::run`]); empty: this executable.
 pub(super) fn detach_up(
     file: &Path,
     project: &Path,
     timeline: bool,
     shared: Option<Duration>,
+    relaunch: &[OsString],
 ) -> Result<ExitCode, String> {
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (program, first_args) = match relaunch.split_first() {
+        Some((program, args)) => (PathBuf::from(program), args),
+        None => (
+            std::env::current_exe().map_err(|e| {
+                format!(
+                    "cannot find the hitchserve program to run the bundle in the background: {e}"
+                )
+            })?,
+            &[][..],
+        ),
+    };
     let log_path = state_dir(project).join("up.log");
     // The bundle's whole console, secrets included: ours only.
     let log = std::fs::OpenOptions::new()
@@ -342,8 +357,11 @@ pub(super) fn detach_up(
     log.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot make `{}` private: {e}", log_path.display()))?;
     let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("-f").arg(&file).args(["up", "--daemon-child"]);
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(first_args)
+        .arg("-f")
+        .arg(&file)
+        .args(["up", "--daemon-child"]);
     if timeline {
         cmd.arg("--timeline");
     }

@@ -14,7 +14,9 @@ The generic service API of the original Python hitchserve, on the Rust engine::
         print(bundle["Web"].logs)
 
 Ready-made services are in :mod:`hitchserve.services`; the pytest fixture
-``service_bundle`` comes with the package.
+``service_bundle`` comes with the package. A bundle shared by every test process of a run
+(pytest-xdist workers, other languages' tests) is a :class:`SharedBundle`, from a
+``hitchserve.toml`` (the ``hitchserve`` command's file).
 """
 
 from . import _native
@@ -28,6 +30,7 @@ from .errors import (
     NotRunning,
     ServiceError,
     ServiceExited,
+    SharedBundleError,
     StartupError,
     StartupTimeout,
     SubcommandFailed,
@@ -35,6 +38,7 @@ from .errors import (
 )
 from .logs import Follow, LogLine, Logs, Tail
 from .service import Service, Subcommand
+from .shared import SharedBundle, SharedLine, SharedService, SharedTail
 
 __all__ = [
     "ServiceBundle",
@@ -44,6 +48,10 @@ __all__ = [
     "LogLine",
     "Tail",
     "Follow",
+    "SharedBundle",
+    "SharedService",
+    "SharedTail",
+    "SharedLine",
     "ServiceError",
     "DefinitionError",
     "StartupError",
@@ -56,4 +64,5 @@ __all__ = [
     "NoSuchService",
     "NoSuchProcess",
     "TimeTravelError",
+    "SharedBundleError",
 ]

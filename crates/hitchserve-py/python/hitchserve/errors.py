@@ -29,6 +29,7 @@ __all__ = [
     "NoSuchService",
     "NoSuchProcess",
     "TimeTravelError",
+    "SharedBundleError",
 ]
 
 
@@ -100,6 +101,12 @@ class NoSuchProcess(ServiceError):
 
 class TimeTravelError(ServiceError):
     """Time travel is off for this bundle, or the moment is out of range."""
+
+
+class SharedBundleError(ServiceError):
+    """A shared bundle (:class:`hitchserve.SharedBundle`) could not be started, attached to
+    or asked: its definition changed while others hold it, it stopped, a time travel was
+    refused while other processes hold it... The message says which and what to do."""
 
 
 #: The engine's advice in Rust terms, and the same in this package's terms.

@@ -14,16 +14,36 @@ Fixtures:
 
 When a test fails, its report gets a section per bundle with the bundle's last lines and the
 path of the run's ``all.log``, and the project directory is kept.
+
+A bundle shared by the whole run (:class:`~hitchserve.SharedBundle`: started once, however
+many pytest-xdist workers or other test processes use it), from a ``hitchserve.toml`` named
+in the ini file::
+
+    [pytest]
+    hitchserve_shared_file = tests/hitchserve.toml
+    hitchserve_shared_idle = 10
+
+(the file relative to the rootdir; the seconds the bundle outlives its last user)
+
+* ``hitchserve_shared_bundle`` -- session scope: this process's lease (one per xdist worker,
+  every worker attached to the one bundle), released at the end of the session.
+* ``shared_bundle`` -- the test's own view of it: a lease taken when the test starts, so its
+  ``logs()``, tails and ``report()`` see only the lines written during the test. When the
+  test fails, its report gets those lines and the path of the run's ``all.log``.
+
+Time travel in a shared bundle moves every worker's clock: it is refused while another
+process holds the bundle.
 """
 
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
 from .bundle import ServiceBundle
+from .shared import SharedBundle
 
 #: Lines of a bundle's logs shown in the report of a failed test.
 REPORT_LINES = 40
@@ -31,6 +51,56 @@ REPORT_LINES = 40
 _BUNDLES = pytest.StashKey[List[ServiceBundle]]()
 #: Set when the test failed in any phase: its project directory (and all.log) is kept.
 _FAILED = pytest.StashKey[bool]()
+#: The test's own view of the shared bundle (``shared_bundle``), for its failure report.
+_SHARED = pytest.StashKey[SharedBundle]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "hitchserve_shared_file",
+        "the hitchserve.toml of the bundle shared by the run (fixtures hitchserve_shared_bundle "
+        "and shared_bundle), relative to the rootdir",
+    )
+    parser.addini(
+        "hitchserve_shared_idle",
+        "seconds the shared bundle runs on once no test process holds it (default 10)",
+    )
+
+
+def _shared_file(config: pytest.Config) -> str:
+    name = config.getini("hitchserve_shared_file")
+    if not name:
+        raise pytest.UsageError(
+            "the hitchserve_shared_file ini option names no file: set it to the "
+            "hitchserve.toml of the shared bundle (relative to the rootdir)"
+        )
+    return os.path.join(str(config.rootpath), name)
+
+
+def _shared_idle(config: pytest.Config) -> Optional[float]:
+    idle = config.getini("hitchserve_shared_idle")
+    return float(idle) if idle else None
+
+
+@pytest.fixture(scope="session")
+def hitchserve_shared_bundle(pytestconfig: pytest.Config) -> Iterator[SharedBundle]:
+    """This process's lease on the bundle shared by the run (``hitchserve_shared_file``):
+    started by the first process that asks, attached to by the others (every pytest-xdist
+    worker), released at the end of the session."""
+    with SharedBundle(_shared_file(pytestconfig), idle=_shared_idle(pytestconfig)) as shared:
+        yield shared
+
+
+@pytest.fixture
+def shared_bundle(
+    request: pytest.FixtureRequest, hitchserve_shared_bundle: SharedBundle
+) -> Iterator[SharedBundle]:
+    """The test's own view of the shared bundle: a lease taken as it starts, so its logs,
+    tails and failure report hold only the lines written during the test."""
+    config = request.config
+    with SharedBundle(_shared_file(config), idle=_shared_idle(config)) as view:
+        request.node.stash[_SHARED] = view
+        yield view
 
 
 @pytest.fixture
@@ -94,4 +164,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
         for n, bundle in enumerate(bundles):
             title = "hitchserve bundle" + (f" {n + 1}" if n else "")
             report.sections.append((f"{title} ({bundle.project_directory})", _section(bundle)))
+        shared = item.stash.get(_SHARED, None)
+        if shared is not None:
+            try:
+                said = shared.report(REPORT_LINES)
+            except Exception as e:  # released already (a failed teardown): never hide the failure
+                said = f"(could not read the shared bundle's lines: {e})\nall.log: {shared.all_log}"
+            report.sections.append((f"hitchserve shared bundle ({shared.file})", said))
     return report

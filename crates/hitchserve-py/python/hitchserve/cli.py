@@ -1,0 +1,33 @@
+"""The ``hitchserve`` command (the ``hitchserve-cli`` crate, carried in ``hitchserve._native``):
+``python -m hitchserve.cli up --detach``, or the ``hitchserve`` command this package
+installs. The same command as ``cargo install hitchserve-cli`` gives: ``hitchserve --help``.
+
+A bundle it starts in the background (``up --detach``, ``up --shared``: what
+:class:`hitchserve.SharedBundle` does) runs as ``python -m hitchserve.cli`` too, with this
+Python, so the package needs no other install.
+"""
+
+import signal
+import sys
+from typing import List, Optional
+
+from . import _native
+from .shared import RELAUNCH
+
+__all__ = ["main"]
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Run the command with ``argv`` (default: this process's arguments); raises
+    :class:`SystemExit` with its exit code."""
+    # The command runs in Rust without the GIL, where Python's own SIGINT handler would only
+    # set a flag nobody reads: Ctrl-C must end a client command as it ends the binary (`up`
+    # installs handlers of its own, which stop the bundle cleanly).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.stdout.flush()
+    code = _native.cli_main(RELAUNCH, list(sys.argv[1:] if argv is None else argv))
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

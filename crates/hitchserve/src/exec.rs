@@ -98,7 +98,15 @@ impl ExecEnv {
             cmd.spawn().map(ServiceChild::from_std)
         };
         spawned.map_err(|e| {
-            std::io::Error::new(e.kind(), format!("running `{}`: {e}", program.display()))
+            // The directory is entered before the program is run: tell which one was missing.
+            let what = match std::fs::metadata(&self.dir) {
+                Err(_) => format!(
+                    "entering its directory `{}` (it does not exist now)",
+                    self.dir.display()
+                ),
+                Ok(_) => format!("running `{}`", program.display()),
+            };
+            std::io::Error::new(e.kind(), format!("{what}: {e}"))
         })
     }
 }
@@ -190,13 +198,15 @@ impl ProcessGroup {
     }
 }
 
-/// Start the child with no blocked signals, whatever the spawning thread had blocked.
+/// Start the child with no blocked signal and every signal at its default action, whatever
+/// the spawning thread had blocked or the test process ignores.
 ///
-/// A signal mask is inherited across `exec`, and std does not reset it: a program that
-/// blocks SIGTERM to `sigwait` for it would pass that on, and its services would ignore
-/// their stop signal. The reset needs a `pre_exec` hook, which makes std fork instead of
-/// using the faster posix_spawn, so it is added only when something is blocked. (A
-/// service's main process doesn't come here unless it runs as another user: see
+/// A signal mask and ignored signals are inherited across `exec`, and std resets only
+/// SIGPIPE: a program that blocks SIGTERM to `sigwait` for it, or runs under `nohup` (SIGINT
+/// and SIGQUIT ignored), would pass that on, and its services would ignore their stop
+/// signal. The reset needs a `pre_exec` hook, which makes std fork instead of using the
+/// faster posix_spawn, so it is added only when there is something to reset. (A service's
+/// main process doesn't come here unless it runs as another user: see
 /// `ExecEnv::spawn_service`.)
 pub(crate) fn unblock_signals_in_child(cmd: &mut Command) {
     // SAFETY: reading the calling thread's mask into a set we own.
@@ -205,14 +215,25 @@ pub(crate) fn unblock_signals_in_child(cmd: &mut Command) {
         libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current);
         (1..=libc::SIGRTMAX()).any(|s| libc::sigismember(&current, s) == 1)
     };
-    if blocked {
-        // SAFETY: between fork and exec the hook only calls sigemptyset and
-        // pthread_sigmask, both async-signal-safe, on a set of its own.
+    // SAFETY: reading each signal's action into a struct we own.
+    let ignored: Vec<libc::c_int> = (1..=libc::SIGRTMAX())
+        .filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP && s != libc::SIGPIPE)
+        .filter(|&s| unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(s, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+        })
+        .collect();
+    if blocked || !ignored.is_empty() {
+        // SAFETY: between fork and exec the hook only calls sigemptyset, pthread_sigmask
+        // and signal, all async-signal-safe, on data of its own (no allocation).
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 let mut empty: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut empty);
                 libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                for &s in &ignored {
+                    libc::signal(s, libc::SIG_DFL);
+                }
                 Ok(())
             });
         }

@@ -206,10 +206,12 @@ pub(crate) fn posix_spawn_service(
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         check(libc::posix_spawnattr_setsigmask(&mut attr.0, &empty))?;
-        // As std does: a Rust (or Python) parent ignores SIGPIPE, and ignoring survives exec.
+        // Every signal at its default action: ignoring survives exec, and a test process
+        // may ignore some (SIGPIPE as Rust and Python do, SIGINT and SIGQUIT under `nohup`
+        // or a shell's `&`, SIGTERM by choice) — a service that inherited that would not
+        // stop on its stop signal. (Handled signals are reset by exec anyway.)
         let mut default: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut default);
-        libc::sigaddset(&mut default, libc::SIGPIPE);
+        libc::sigfillset(&mut default);
         check(libc::posix_spawnattr_setsigdefault(&mut attr.0, &default))?;
         // Its own group, led by itself (pgid 0 = its pid): what stop and kill signal.
         check(libc::posix_spawnattr_setpgroup(&mut attr.0, 0))?;

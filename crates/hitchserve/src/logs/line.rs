@@ -275,7 +275,9 @@ impl LogLine {
         self.shape == Shape::Rest
     }
 
-    /// When the bundle read it.
+    /// When the bundle read it. For a line moved out of memory to `all.log` (past
+    /// [`Bundle::log_memory_limit`](crate::Bundle::log_memory_limit)): when the bundle read the
+    /// first of the stretch of lines its service wrote before it (within one block of lines).
     pub fn time(&self) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_nanos(self.time)
     }

@@ -36,6 +36,8 @@ mod rabbitmq;
 mod readiness;
 mod redis;
 mod reminders;
+mod review17_logs;
+mod review17_spawn;
 mod run_as_user;
 mod shutdown;
 mod signal_mask;

@@ -3,12 +3,15 @@
 //!
 //! Lines whose block is in memory have a 32-byte `Entry` each (`recent`). When a block is
 //! spilled, its lines' entries are folded into runs (`old`): consecutive lines of one block,
-//! one source, one arrival time, that all ended with a newline, and whose all.log prefixes
-//! have one length. A run doesn't record where each line is: `all.log` does, since a line
+//! one source, that all ended with a newline, and whose all.log prefixes have one length.
+//! A run keeps the arrival time of its first line only: a spilled line's time is its run's
+//! (when its service began writing that stretch of lines) — per-line times would cost memory
+//! per line again, and a service writing one line per write (an unbuffered logger) would grow
+//! the index without bound. A run doesn't record where each line is: `all.log` does, since a line
 //! there is its prefix, its bytes (never a newline: the splitter cut there) and a newline.
 //! The spilled block keeps a `Layout` (how many lines, after which prefix length) from which
 //! a block read back is cut into its lines. So a spilled line costs nothing per line unless
-//! it arrived on its own (a run each), and the index counts against the memory limit.
+//! its source or newline changes (a run each), and the index counts against the memory limit.
 //!
 //! Once `all.log` has failed, a line dropped from memory (lost) is not in the file either: its
 //! run says how long its lines were (the note a query shows says it), so lost lines share a
@@ -41,7 +44,7 @@ pub(super) struct Entry {
 pub(super) struct Run {
     /// Seq of its first line.
     pub first: u64,
-    /// Arrival time of its lines, nanoseconds since the Unix epoch.
+    /// Arrival time of its first line, nanoseconds since the Unix epoch (its lines' time).
     pub time: u64,
     pub lines: u32,
     /// Their block; `LONG` for a long line (its entry is in `old_longs`).
@@ -206,7 +209,6 @@ impl Index {
             if let Some(r) = self.old.last_mut() {
                 let joins = r.block == e.block
                     && r.source == e.source
-                    && r.time == e.time
                     && r.newline == e.newline
                     && r.lost == lost
                     && (!lost || r.len == e.len);

@@ -95,8 +95,10 @@ pub(crate) fn supervise(
     if expected {
         // Stopping: the rest of its group (a server under a wrapper shell, say) gets the
         // remaining grace to finish. Nothing signals "group empty": when both pipes have
-        // closed, whoever held them is gone; otherwise look at /proc now and then.
+        // hung up, whoever held them is gone (what they hold is read below); otherwise look
+        // at /proc now and then.
         while (out.is_open() || err.is_open())
+            && !hung_up(&out, &err)
             && group_has_others(pid)
             && stop_deadline.is_none_or(|d| Instant::now() < d)
         {
@@ -165,6 +167,20 @@ fn group_has_others(pgid: u32) -> bool {
     all.flatten()
         .filter_map(|p| p.stat().ok())
         .any(|st| st.pgrp == pgid as i32 && st.pid != pgid as i32 && !matches!(st.state, 'Z' | 'X'))
+}
+
+/// Whether every writer of each pipe still open is gone (its unread bytes may remain): the
+/// kernel's own "group gone" for a group whose processes all held them, without /proc.
+fn hung_up(out: &StreamReader<'_>, err: &StreamReader<'_>) -> bool {
+    let mut fds: Vec<PollFd> = [out, err]
+        .into_iter()
+        .filter_map(|r| r.fd.as_ref())
+        .map(|fd| PollFd::new(fd.as_fd(), PollFlags::empty()))
+        .collect();
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n as usize == fds.len())
+        && fds
+            .iter()
+            .all(|fd| fd.revents().is_some_and(|r| r.contains(PollFlags::POLLHUP)))
 }
 
 /// How an exited, not yet reaped, process ended (without reaping it).

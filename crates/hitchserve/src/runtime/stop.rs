@@ -305,6 +305,15 @@ mod tests {
                 .stdin(Stdio::null())
                 .spawn()
                 .expect("spawn sleep");
+            // The spawn returns once exec has replaced the child's memory, a moment before
+            // exec sets where its environment is: until then, /proc shows it empty.
+            let environ = format!("/proc/{}/environ", child.id());
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::fs::read(&environ).is_ok_and(|e| e.is_empty())
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::yield_now();
+            }
             Sleeper(child)
         }
     }

@@ -10,10 +10,10 @@
 //! deletions), and a file per stream made starting 20 services measurably slower.
 //!
 //! Writing happens on a dedicated, low-priority thread fed by a channel, so no reader and no
-//! readiness check waits for the disk — unless memory is past twice the log memory limit
-//! with the writer behind: then the store holds the readers back, at most a second per stall
-//! (see the store), and batches end at `MAX_BATCH` so progress is published meanwhile. Lines reach the file within `BATCH` of
-//! arriving. Invariant: lines are written in the order they were sent, and everything sent
+//! readiness check waits for the disk — unless memory is past the log memory limit with the
+//! writer behind: then the store holds the readers back, at most a second per stall (see the
+//! store), and batches end at `MAX_BATCH` so progress is published meanwhile. Lines reach
+//! the file within `BATCH` of arriving. Invariant: lines are written in the order they were sent, and everything sent
 //! before `close` is on disk when it returns.
 //!
 //! The file can fail under us: a full disk, or the run directory deleted mid-run (writes to

@@ -21,6 +21,12 @@ pub(crate) enum End {
     Piece,
 }
 
+/// Most lines handed on at once: what a read's lines cost downstream in passing (the list of
+/// them here, their rendering for all.log, the lines handed to readiness and the console)
+/// stays small whatever one read brings. Left in as many malloc arenas as there are chatty
+/// services, big passing buffers made a run's RSS far exceed what the store holds.
+const GROUP: usize = 1024;
+
 pub(crate) struct LineSplitter {
     carry: Vec<u8>,
     /// Held-back bytes past which they are handed on as a piece.
@@ -39,14 +45,15 @@ impl LineSplitter {
         }
     }
 
-    /// Hand what `chunk` completes to `take` — each line or piece as its bytes (without the
-    /// `\n`) and how it ends — then keep the unterminated rest for next time.
-    pub(crate) fn split<R>(&mut self, chunk: &[u8], take: impl FnOnce(&[(&[u8], End)]) -> R) -> R {
+    /// Hand what `chunk` completes to `take`, `GROUP` lines at most at a time — each line or
+    /// piece as its bytes (without the `\n`) and how it ends — then keep the unterminated
+    /// rest for next time.
+    pub(crate) fn split(&mut self, chunk: &[u8], mut take: impl FnMut(&[(&[u8], End)])) {
         let mut ends = memchr::memchr_iter(b'\n', chunk);
         let Some(first_nl) = ends.next() else {
             self.carry.extend_from_slice(chunk);
             if self.carry.len() < self.piece {
-                return take(&[]);
+                return;
             }
             let end = if self.sent + self.carry.len() >= MAX_LINE {
                 self.sent = 0;
@@ -55,9 +62,9 @@ impl LineSplitter {
                 self.sent += self.carry.len();
                 End::Piece
             };
-            let r = take(&[(&self.carry, end)]);
+            take(&[(&self.carry, end)]);
             self.carry.clear();
-            return r;
+            return;
         };
         self.sent = 0;
         let mut lines: Vec<(&[u8], End)> = Vec::new();
@@ -72,14 +79,17 @@ impl LineSplitter {
         lines.push((first, End::Newline));
         let mut start = first_nl + 1;
         for nl in ends {
+            if lines.len() == GROUP {
+                take(&lines);
+                lines.clear();
+            }
             lines.push((&chunk[start..nl], End::Newline));
             start = nl + 1;
         }
-        let r = take(&lines);
+        take(&lines);
         drop(lines);
         self.carry.clear();
         self.carry.extend_from_slice(&chunk[start..]);
-        r
     }
 
     /// The start of a line held back for its newline, if it has not been handed on in
@@ -105,9 +115,32 @@ mod tests {
     use super::*;
 
     fn collect(s: &mut LineSplitter, chunk: &[u8]) -> Vec<(Vec<u8>, End)> {
+        let mut got = Vec::new();
         s.split(chunk, |lines| {
-            lines.iter().map(|(b, end)| (b.to_vec(), *end)).collect()
-        })
+            got.extend(lines.iter().map(|(b, end)| (b.to_vec(), *end)));
+        });
+        got
+    }
+
+    #[test]
+    fn many_lines_are_handed_on_in_groups_in_order() {
+        let mut s = LineSplitter::new(1 << 20);
+        let text: String = (0..2 * GROUP + 5).map(|i| format!("{i}\n")).collect();
+        let mut groups = Vec::new();
+        // Cut mid-line, so the first line of the second read is joined to the carry.
+        let (a, b) = text.as_bytes().split_at(text.len() / 2 + 1);
+        for chunk in [a, b] {
+            s.split(chunk, |lines| {
+                groups.push(lines.iter().map(|(l, _)| l.to_vec()).collect::<Vec<_>>());
+            });
+        }
+        assert!(groups.iter().all(|g| !g.is_empty() && g.len() <= GROUP));
+        let all: Vec<Vec<u8>> = groups.concat();
+        let want: Vec<Vec<u8>> = (0..2 * GROUP + 5)
+            .map(|i| i.to_string().into_bytes())
+            .collect();
+        assert_eq!(all, want);
+        assert_eq!(s.finish(), None);
     }
 
     #[test]

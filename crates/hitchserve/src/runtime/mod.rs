@@ -63,6 +63,8 @@ pub(crate) struct Runtime {
     sources: Mutex<Vec<Arc<Sources>>>,
     threads: Threads,
     user_code: UserCodes,
+    /// The big read buffers its services' readers share.
+    read_buffers: supervisor::ReadBuffers,
 }
 
 /// The bundle's timeouts, as the runtime applies them to one service as to all.
@@ -96,6 +98,7 @@ impl Runtime {
             run,
             threads: Threads::new(n),
             user_code: UserCodes::new(n),
+            read_buffers: supervisor::ReadBuffers::new(),
             plan,
         }
     }

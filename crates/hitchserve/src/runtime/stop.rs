@@ -235,32 +235,113 @@ fn sweep(run_id: &str) -> usize {
     killed
 }
 
+/// The processes (other than us) whose environment holds `needle` as a whole entry.
+///
+/// Every process on the machine is looked at, so each look is kept to an open, a read into
+/// a buffer used for all of them, and a close: no per-process path, allocation or `stat`.
 fn marked_pids(needle: &str, me: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let mut out = Vec::new();
+    let mut path = String::with_capacity(32);
+    let mut buf = vec![0u8; 16 * 1024];
+    let finder = memchr::memmem::Finder::new(needle.as_bytes());
     for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
         if pid == me {
             continue;
         }
+        path.clear();
+        path.push_str("/proc/");
+        path.push_str(name.to_str().unwrap_or_default());
+        path.push_str("/environ");
         // Zombies and kernel threads have an empty environ: nothing to kill there.
-        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+        let Ok(mut file) = std::fs::File::open(&path) else {
             continue;
         };
-        if environ
-            .split(|&b| b == 0)
-            .any(|var| var == needle.as_bytes())
-        {
+        let mut len = 0;
+        loop {
+            if len == buf.len() {
+                buf.resize(buf.len() * 2, 0);
+            }
+            match std::io::Read::read(&mut file, &mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let environ = &buf[..len];
+        // A whole entry: at the start or after a NUL, and ending at a NUL or the end.
+        let whole = finder.find_iter(environ).any(|at| {
+            (at == 0 || environ[at - 1] == 0)
+                && environ.get(at + needle.len()).is_none_or(|&b| b == 0)
+        });
+        if whole {
             out.push(pid);
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// A `sleep` with `vars` as its whole environment, killed and reaped when dropped.
+    struct Sleeper(std::process::Child);
+
+    impl Sleeper {
+        fn with(vars: &[(&str, &str)]) -> Sleeper {
+            let child = Command::new("/bin/sleep")
+                .arg("1000")
+                .env_clear()
+                .envs(vars.iter().copied())
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("spawn sleep");
+            // The spawn returns once exec has replaced the child's memory, a moment before
+            // exec sets where its environment is: until then, /proc shows it empty.
+            let environ = format!("/proc/{}/environ", child.id());
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::fs::read(&environ).is_ok_and(|e| e.is_empty())
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::yield_now();
+            }
+            Sleeper(child)
+        }
+    }
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn the_sweep_finds_the_marker_only_as_a_whole_entry() {
+        let run = format!("sweep-test-{}", std::process::id());
+        let needle = format!("{MARKER_VAR}={run}");
+        let longer = format!("{run}x");
+        let marked = Sleeper::with(&[("A", "1"), (MARKER_VAR, &run), ("B", "2")]);
+        let alone = Sleeper::with(&[(MARKER_VAR, &run)]);
+        let other_run = Sleeper::with(&[(MARKER_VAR, &longer)]);
+        let in_a_value = Sleeper::with(&[("X", &needle)]);
+        // A big environment: read in more than one go.
+        let big = "v".repeat(40 * 1024);
+        let after_a_big_one = Sleeper::with(&[("BIG", &big), (MARKER_VAR, &run)]);
+        let mut found = marked_pids(&needle, std::process::id());
+        found.sort_unstable();
+        let mut want = vec![marked.0.id(), alone.0.id(), after_a_big_one.0.id()];
+        want.sort_unstable();
+        assert_eq!(found, want);
+        drop((other_run, in_a_value));
+    }
 }

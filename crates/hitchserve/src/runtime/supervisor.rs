@@ -13,7 +13,7 @@
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -31,9 +31,13 @@ use crate::runtime::usercode::UserCode;
 use crate::runtime::Runtime;
 use crate::signal::ExitStatus;
 
-/// Bytes asked for in one read of a service's pipe; more once it fills a read.
+/// Bytes asked for in one read of a service's pipe; more (a shared big buffer, see
+/// `ReadBuffers`) once it fills a read.
 const READ_BUF_START: usize = 16 * 1024;
 const READ_BUF_MAX: usize = 256 * 1024;
+/// Big read buffers a run makes at most: two cores read no faster with more, and 50 chatty
+/// services each with its own would hold 12.5 MiB for nothing.
+const BIG_BUFFERS: usize = 4;
 /// Capacity asked for each service's stdout and stderr pipe.
 const PIPE_SIZE: i32 = 1024 * 1024;
 
@@ -91,8 +95,10 @@ pub(crate) fn supervise(
     if expected {
         // Stopping: the rest of its group (a server under a wrapper shell, say) gets the
         // remaining grace to finish. Nothing signals "group empty": when both pipes have
-        // closed, whoever held them is gone; otherwise look at /proc now and then.
+        // hung up, whoever held them is gone (what they hold is read below); otherwise look
+        // at /proc now and then.
         while (out.is_open() || err.is_open())
+            && !hung_up(&out, &err)
             && group_has_others(pid)
             && stop_deadline.is_none_or(|d| Instant::now() < d)
         {
@@ -161,6 +167,20 @@ fn group_has_others(pgid: u32) -> bool {
     all.flatten()
         .filter_map(|p| p.stat().ok())
         .any(|st| st.pgrp == pgid as i32 && st.pid != pgid as i32 && !matches!(st.state, 'Z' | 'X'))
+}
+
+/// Whether every writer of each pipe still open is gone (its unread bytes may remain): the
+/// kernel's own "group gone" for a group whose processes all held them, without /proc.
+fn hung_up(out: &StreamReader<'_>, err: &StreamReader<'_>) -> bool {
+    let mut fds: Vec<PollFd> = [out, err]
+        .into_iter()
+        .filter_map(|r| r.fd.as_ref())
+        .map(|fd| PollFd::new(fd.as_fd(), PollFlags::empty()))
+        .collect();
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n as usize == fds.len())
+        && fds
+            .iter()
+            .all(|fd| fd.revents().is_some_and(|r| r.contains(PollFlags::POLLHUP)))
 }
 
 /// How an exited, not yet reaped, process ended (without reaping it).
@@ -310,6 +330,39 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// The big read buffers of a run, lent to a chatty stream for one read at a time.
+pub(crate) struct ReadBuffers {
+    /// Buffers not lent out, and how many were made.
+    spare: Mutex<(Vec<Vec<u8>>, usize)>,
+}
+
+impl ReadBuffers {
+    pub(crate) fn new() -> ReadBuffers {
+        ReadBuffers {
+            spare: Mutex::new((Vec::new(), 0)),
+        }
+    }
+
+    /// A big buffer, unless `BIG_BUFFERS` are lent out already.
+    fn take(&self) -> Option<Vec<u8>> {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(buf) = spare.0.pop() {
+            return Some(buf);
+        }
+        if spare.1 == BIG_BUFFERS {
+            return None;
+        }
+        spare.1 += 1;
+        drop(spare);
+        Some(vec![0u8; READ_BUF_MAX])
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.0.push(buf);
+    }
+}
+
 /// One pipe of a service: read, split into lines, store, check readiness, copy to its file.
 struct StreamReader<'a> {
     runtime: &'a Arc<Runtime>,
@@ -318,7 +371,10 @@ struct StreamReader<'a> {
     fd: Option<OwnedFd>,
     source: &'a Arc<Source>,
     splitter: LineSplitter,
+    /// Its own buffer, for reads while it is not chatty.
     buf: Vec<u8>,
+    /// Its last read filled the buffer: the next one takes a big buffer if one is spare.
+    chatty: bool,
     /// When the start of a line held back now is to be shown as a partial line, if the
     /// stream stays quiet until then.
     partial_due: Option<Instant>,
@@ -344,6 +400,7 @@ impl<'a> StreamReader<'a> {
             source,
             splitter: LineSplitter::new(runtime.sink.store.piece_size()),
             buf: Vec::new(),
+            chatty: false,
             partial_due: None,
         }
     }
@@ -355,34 +412,46 @@ impl<'a> StreamReader<'a> {
     /// One read: its lines are stored (and so written to `all.log`) and checked.
     fn read_some(&mut self, checker: &Checker) {
         let Some(fd) = self.fd.as_ref() else { return };
-        if self.buf.is_empty() {
-            self.buf = vec![0u8; READ_BUF_START];
-        }
-        let n = match nix::unistd::read(fd, &mut self.buf) {
-            Ok(0) => {
-                self.finish(checker);
-                return;
-            }
-            Ok(n) if n == self.buf.len() && n < READ_BUF_MAX => {
-                // A chatty service: take bigger bites from now on.
-                self.buf.resize(READ_BUF_MAX, 0);
-                n
-            }
-            Ok(n) => n,
-            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return,
-            Err(_) => {
-                self.finish(checker);
-                return;
+        let pool = &self.runtime.read_buffers;
+        let mut big = if self.chatty { pool.take() } else { None };
+        let buf = match big.as_mut() {
+            Some(big) => big,
+            None => {
+                if self.buf.is_empty() {
+                    self.buf = vec![0u8; READ_BUF_START];
+                }
+                &mut self.buf
             }
         };
-        let (runtime, source, who) = (self.runtime, self.source, self.who);
-        self.splitter.split(&self.buf[..n], |lines| {
-            deliver(runtime, source, who, lines, checker);
-        });
-        self.partial_due = self
-            .splitter
-            .pending()
-            .map(|_| Instant::now() + PARTIAL_QUIET);
+        let read = nix::unistd::read(fd, buf);
+        let n = match read {
+            Ok(0) => None,
+            Ok(n) => {
+                // A chatty service: bigger bites next time, if a big buffer is spare.
+                self.chatty = n == buf.len();
+                Some(n)
+            }
+            // Nothing this time.
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => Some(0),
+            Err(_) => None,
+        };
+        match n {
+            None => self.finish(checker),
+            Some(0) => {}
+            Some(n) => {
+                let (runtime, source, who) = (self.runtime, self.source, self.who);
+                self.splitter.split(&buf[..n], |lines| {
+                    deliver(runtime, source, who, lines, checker);
+                });
+                self.partial_due = self
+                    .splitter
+                    .pending()
+                    .map(|_| Instant::now() + PARTIAL_QUIET);
+            }
+        }
+        if let Some(big) = big {
+            pool.give_back(big);
+        }
     }
 
     /// Show the held-back start of a line to tails once the stream has been quiet long

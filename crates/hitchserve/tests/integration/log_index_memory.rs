@@ -1,5 +1,6 @@
 //! The log store's memory, its line index included, stays within the limit whatever the
-//! number of lines, and every line stays queryable: millions of tiny lines, a small limit.
+//! number of lines, and every line stays queryable: millions of tiny lines, a small limit;
+//! many chatty services at once.
 
 use hitchserve::Service;
 
@@ -59,4 +60,43 @@ fn millions_of_tiny_lines_keep_log_memory_within_the_limit_index_included() {
     assert!(stats.lines >= 2 * HALF + 2, "{stats:?}");
     assert!(stats.bytes_in_memory <= LIMIT, "{stats:?}");
     assert_eq!(stats.lines_lost, 0, "{stats:?}");
+}
+
+const CHATTY: usize = 20;
+const CHATTY_LINES: usize = 20_000;
+const CHATTY_LIMIT: usize = 8 << 20;
+
+#[test]
+fn many_chatty_services_are_held_back_at_the_limit_and_lose_nothing() {
+    let p = Project::new("chatty-memory");
+    let mut b = p.bundle().log_memory_limit(CHATTY_LIMIT);
+    // 20 services writing 20,000 numbered lines as fast as they can, at once: about 40 MB
+    // of lines and index for an 8 MiB limit, so the log writer is behind most of the time.
+    let script = format!("seq 1 {CHATTY_LINES}; echo DONE; exec sleep 1000");
+    for i in 0..CHATTY {
+        b.add(
+            format!("Chatty{i}"),
+            Service::new(["sh", "-c", &script]).ready_when(|l| l == "DONE"),
+        )
+        .unwrap();
+    }
+    // Ready once each has written DONE: every line before it is stored by then.
+    b.startup().unwrap();
+    let stats = b.log_stats();
+    // Readers wait for the writer once memory passes the limit: what passes it is at most
+    // one batch of lines per reader (it was twice the limit and more, before).
+    assert!(
+        stats.peak_bytes_in_memory < CHATTY_LIMIT + CHATTY_LIMIT / 2,
+        "{stats:?}"
+    );
+    assert_eq!(stats.lines_lost, 0, "{stats:?}");
+    for i in 0..CHATTY {
+        let out = b.service(&format!("Chatty{i}")).unwrap().logs().out();
+        let lines = out.lines();
+        assert_eq!(lines.len(), CHATTY_LINES + 1, "Chatty{i}");
+        for (n, line) in lines.iter().take(CHATTY_LINES).enumerate() {
+            assert_eq!(line, &(n + 1).to_string(), "Chatty{i}, line {n}");
+        }
+    }
+    b.shutdown().unwrap();
 }

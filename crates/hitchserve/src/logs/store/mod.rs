@@ -58,7 +58,7 @@ const BLOCK_LINES: u32 = 2048;
 const NO_FILE: u64 = u64::MAX;
 /// `Slot::long` of a block that is not a piece of a long line.
 const NOT_LONG: u32 = u32::MAX;
-/// How long a reader waits, past twice the limit, for the log writer to make progress
+/// How long a reader waits, past the limit, for the log writer to make progress
 /// before going on without it (a stuck disk must slow services down, never hang them).
 const WRITER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Smallest piece a long line is cut into.

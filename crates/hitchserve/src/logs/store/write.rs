@@ -131,8 +131,14 @@ impl LogStore {
         // Whatever comes next from a source continues its published partial: withdrawn.
         inner.partials[source.id as usize] = None;
         let first_seq = inner.index.len() as u64;
-        let mut rendered = Vec::new();
         let writing = inner.files.is_some() && inner.failure.is_none();
+        // Sized once: grown by doubling, it would leave a trail of freed buffers behind.
+        let mut rendered = Vec::with_capacity(if writing {
+            let prefix = inner.prefixes[source.id as usize].len();
+            lines.iter().map(|(b, _)| prefix + b.len() + 1).sum()
+        } else {
+            0
+        });
         // Only the first of them can be (or end) a long line: a piece comes alone, and
         // after the end of a long line comes a newline.
         let mut rest = lines;
@@ -238,8 +244,9 @@ impl LogStore {
         self.materialise(picked, files).remove(0)
     }
 
-    /// The writer is far behind a fast producer (a slow disk): hold this reader back until
-    /// memory is within twice the limit again, so it stays bounded, or the writer has
+    /// The writer is behind a fast producer (a slow disk, or many chatty services): hold
+    /// this reader back until
+    /// memory is within the limit again, so it stays bounded, or the writer has
     /// made no progress for `WRITER_PATIENCE` (then not again until it does: a stalled disk
     /// costs a service one such wait, and memory grows as it must). The service only notices
     /// once its pipe is full. Not when all.log has failed: then memory is bounded by
@@ -428,12 +435,12 @@ fn end_long(inner: &mut Inner, source: &Source, k: u32, end: End, time: u64) {
     });
 }
 
-/// Memory is past twice the limit because the writer is behind (waiting for it would
-/// help: it has not written everything yet).
+/// Memory is past the limit because the writer is behind (waiting for it would help: it
+/// has not written everything yet). At the limit, not past a margin: every chatty reader
+/// may add a batch (the splitter's `GROUP` of lines) before it notices, and 50 of them
+/// past a margin of the limit again made the peak three times the limit.
 pub(super) fn over_bound(inner: &Inner, written: u64) -> bool {
-    inner.memory() > inner.limit.saturating_mul(2)
-        && written < inner.file_pos
-        && inner.stuck_at != Some(written)
+    inner.memory() > inner.limit && written < inner.file_pos && inner.stuck_at != Some(written)
 }
 
 pub(super) fn now_nanos() -> u64 {

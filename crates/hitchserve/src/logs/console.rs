@@ -138,7 +138,11 @@ impl Console {
         for line in lines {
             self.format_into(&mut out, line, width);
         }
-        let printer = match self.redirected.load(Ordering::Relaxed) {
+        // The claiming thread itself (`log`, `warn`, a time travel's line) prints at once,
+        // in order with what it prints itself; other threads through its printer.
+        let through_printer = self.redirected.load(Ordering::Relaxed)
+            && thread_token() != self.owner.load(Ordering::Relaxed);
+        let printer = match through_printer {
             true => self
                 .printer
                 .lock()

@@ -33,7 +33,17 @@ fn line(l: SharedLine) -> Line {
 /// program and its first arguments. The GIL is released: the command never calls Python.
 #[pyfunction]
 pub(crate) fn cli_main(py: Python<'_>, relaunch: Vec<OsString>, argv: Vec<OsString>) -> i32 {
-    py.detach(move || i32::from(hitchserve_cli::run(relaunch, argv).code()))
+    // The command sets SIGPIPE to its default for its client commands (a `logs | head` ends
+    // quietly); run inside a Python process, it must leave Python's (ignored) as it was.
+    // SAFETY: reading and then restoring one signal's action, with structs we own.
+    let mut saved: libc::sigaction = unsafe { std::mem::zeroed() };
+    let had = unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut saved) } == 0;
+    let code = py.detach(move || i32::from(hitchserve_cli::run(relaunch, argv).code()));
+    if had {
+        // SAFETY: as above.
+        unsafe { libc::sigaction(libc::SIGPIPE, &saved, std::ptr::null_mut()) };
+    }
+    code
 }
 
 /// A lease on a shared bundle (the engine's `SharedBundle`).

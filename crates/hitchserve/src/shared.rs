@@ -388,18 +388,24 @@ impl SharedBundle {
     }
 
     /// Move every service's clock by `by` (negative: back). Refused while another process
-    /// holds the bundle: the clock is everybody's.
+    /// holds the bundle: the clock is everybody's. Undone (the clock set back to real time)
+    /// once this lease ends, so the next holder doesn't inherit it.
     pub fn time_travel_by(&self, by: jiff::SignedDuration) -> Result<()> {
         let secs = by.as_secs_f64();
-        self.ask(json!({"cmd": "time_travel", "by": secs, "pid": std::process::id()}))
-            .map(drop)
+        self.ask(json!({
+            "cmd": "time_travel", "by": secs, "pid": std::process::id(), "lease": self.lease,
+        }))
+        .map(drop)
     }
 
     /// Move every service's clock to `moment`. Refused while another process holds the
     /// bundle, as [`SharedBundle::time_travel_by`] is.
     pub fn time_travel_to(&self, moment: jiff::Timestamp) -> Result<()> {
-        self.ask(json!({"cmd": "time_travel", "to": moment.to_string(), "pid": std::process::id()}))
-            .map(drop)
+        self.ask(json!({
+            "cmd": "time_travel", "to": moment.to_string(), "pid": std::process::id(),
+            "lease": self.lease,
+        }))
+        .map(drop)
     }
 
     /// This holder's lines: every line of every service written since it attached (what a
@@ -441,11 +447,21 @@ impl SharedBundle {
         said
     }
 
-    /// End this lease now (dropping the `SharedBundle` does too, quietly).
+    /// End this lease now (dropping the `SharedBundle` does too, quietly). A bundle that has
+    /// stopped meanwhile holds no lease any more: that is not an error.
     pub fn release(mut self) -> Result<()> {
         let lease = std::mem::take(&mut self.lease);
-        self.ask(json!({"cmd": "release", "lease": lease}))
-            .map(drop)
+        match self.ask(json!({"cmd": "release", "lease": lease})) {
+            Ok(_) => Ok(()),
+            Err(_) if !self.is_running() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the bundle this holder attached to still runs (it may have been stopped by a
+    /// `hitchserve down`, or crashed).
+    pub fn is_running(&self) -> bool {
+        self.ask(json!({"cmd": "now"})).is_ok()
     }
 }
 

@@ -72,6 +72,14 @@ pub fn differences(running: &Definition, asked: &Definition) -> Vec<String> {
     said
 }
 
+/// Who moved the clock: one lease (a test's own view, in a process that also holds the
+/// session's), or every lease of a process (the CLI's `time-travel`, which knows no lease).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Traveller {
+    Lease(u64),
+    Pid(i32),
+}
+
 struct Lease {
     pid: i32,
     /// Dropped to end the lease's watcher thread (it polls the other end).
@@ -90,8 +98,8 @@ struct Held {
     /// Set once the bundle began to stop (the idle timer, a `down`, a signal): no lease is
     /// granted after.
     closing: bool,
-    /// The holder that moved the clock, while it held the bundle alone.
-    traveller: Option<i32>,
+    /// Who moved the clock, while holding the bundle alone.
+    traveller: Option<Traveller>,
     leases: BTreeMap<u64, Lease>,
     /// Set when the last lease ended (or at start): the idle timer counts from it.
     idle_since: Option<Instant>,
@@ -201,10 +209,15 @@ impl Leases {
         if held.leases.is_empty() && held.idle_since.is_none() {
             held.idle_since = Some(Instant::now());
         }
-        // The traveller's last lease: its travel is undone for those to come.
-        let back = ended.as_ref().map(|l| l.pid).filter(|&pid| {
-            held.traveller == Some(pid) && !held.leases.values().any(|l| l.pid == pid)
-        });
+        // The traveller's (last) lease: its travel is undone for those to come.
+        let back = ended
+            .as_ref()
+            .map(|l| l.pid)
+            .filter(|&pid| match held.traveller {
+                Some(Traveller::Lease(lease)) => lease == id,
+                Some(Traveller::Pid(p)) => p == pid && !held.leases.values().any(|l| l.pid == pid),
+                None => false,
+            });
         if back.is_some() {
             held.traveller = None;
         }
@@ -222,9 +235,10 @@ impl Leases {
         self.changed.notify_all();
     }
 
-    /// May `pid` move the clock? Only while no other process holds a lease; if it holds one,
-    /// its travel is undone once its leases end. The error names the other holders.
-    pub fn travel(&self, pid: Option<i32>) -> Result<(), String> {
+    /// May `pid` move the clock? Only while no other process holds a lease. Its travel is
+    /// undone once `lease` ends if given (and its own), else once every lease of `pid` has.
+    /// The error names the other holders.
+    pub fn travel(&self, pid: Option<i32>, lease: Option<u64>) -> Result<(), String> {
         let mut held = self.lock();
         let others: Vec<String> = held
             .leases
@@ -241,9 +255,13 @@ impl Leases {
                 others.join(", ")
             ));
         }
-        if let Some(pid) = pid.filter(|p| held.leases.values().any(|l| l.pid == *p)) {
-            held.traveller = Some(pid);
-        }
+        let own = lease.filter(|id| held.leases.get(id).is_some_and(|l| Some(l.pid) == pid));
+        held.traveller = match (own, pid) {
+            (Some(id), _) => Some(Traveller::Lease(id)),
+            (None, Some(p)) if held.leases.values().any(|l| l.pid == p) => Some(Traveller::Pid(p)),
+            // Nobody holds it: the travel stays, as in a bundle that isn't shared.
+            _ => held.traveller,
+        };
         Ok(())
     }
 

@@ -91,7 +91,8 @@ pub(super) fn serve(
         "now" => json!({"ok": true, "now": bundle.now().to_string()}),
         "time_travel" => {
             let pid = req["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
-            if let Some(Err(refused)) = shared.map(|l| l.travel(pid)) {
+            let lease = req["lease"].as_u64();
+            if let Some(Err(refused)) = shared.map(|l| l.travel(pid, lease)) {
                 return reply(&mut out, &json!({"ok": false, "error": refused}));
             }
             let r = if let Some(to) = req["to"].as_str() {

@@ -377,10 +377,16 @@ pub(super) fn detach_up(
         .stdout(Stdio::piped())
         .stderr(log)
         .current_dir(project);
-    // SAFETY: setsid is async-signal-safe; it detaches the bundle from our terminal.
+    // SAFETY: setsid and close_range are system calls, async-signal-safe. setsid detaches
+    // the bundle from our terminal; close_range marks every descriptor past stdio
+    // close-on-exec (std's own included, which it needs open until exec), so that the
+    // bundle, the long-lived daemon, holds none its caller inherited — a harness reading a
+    // pipe until it closes (a make jobserver, a `pass_fds`) would wait for the bundle's end.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
+            // Linux 5.11+; on older kernels (EINVAL, ENOSYS) descriptors stay as they were.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
             Ok(())
         });
     }

@@ -19,11 +19,14 @@ __all__ = ["main"]
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Run the command with ``argv`` (default: this process's arguments); raises
-    :class:`SystemExit` with its exit code."""
-    # The command runs in Rust without the GIL, where Python's own SIGINT handler would only
-    # set a flag nobody reads: Ctrl-C must end a client command as it ends the binary (`up`
-    # installs handlers of its own, which stop the bundle cleanly).
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    :class:`SystemExit` with its exit code. Given ``argv`` (called from a Python program),
+    the process's signal handling is left as it was."""
+    if argv is None:
+        # This process is the command. It runs in Rust without the GIL, where Python's own
+        # SIGINT handler would only set a flag nobody reads: Ctrl-C must end a client command
+        # as it ends the binary (`up` installs handlers of its own, which stop the bundle
+        # cleanly).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     sys.stdout.flush()
     code = _native.cli_main(RELAUNCH, list(sys.argv[1:] if argv is None else argv))
     raise SystemExit(code)

@@ -63,7 +63,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "hitchserve_shared_idle",
-        "seconds the shared bundle runs on once no test process holds it (default 10)",
+        "how long the shared bundle runs on once no test process holds it: seconds or a "
+        "duration such as 500ms, 10s, 2m (default 10s)",
     )
 
 
@@ -77,9 +78,31 @@ def _shared_file(config: pytest.Config) -> str:
     return os.path.join(str(config.rootpath), name)
 
 
+#: Seconds in one of each unit ``hitchserve_shared_idle`` takes (as the CLI's ``--idle``).
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 def _shared_idle(config: pytest.Config) -> Optional[float]:
-    idle = config.getini("hitchserve_shared_idle")
-    return float(idle) if idle else None
+    """``hitchserve_shared_idle``: seconds (``10``, ``2.5``) or a number and a unit (``500ms``,
+    ``10s``, ``2m``, ``1h``), as the CLI's ``--idle`` takes."""
+    idle = str(config.getini("hitchserve_shared_idle") or "").strip()
+    if not idle:
+        return None
+    number, unit = idle, "s"
+    for suffix in sorted(_UNITS, key=len, reverse=True):
+        if idle.endswith(suffix):
+            number, unit = idle[: -len(suffix)].strip(), suffix
+            break
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise pytest.UsageError(
+            f"hitchserve_shared_idle = {idle!r}: give seconds (10, 2.5) or a number and a unit "
+            "(500ms, 10s, 2m, 1h), 0 or more"
+        )
+    return seconds
 
 
 @pytest.fixture(scope="session")

@@ -38,9 +38,22 @@ from .errors import ServiceError, SubcommandFailed
 
 __all__ = ["SharedBundle", "SharedService", "SharedTail", "SharedLine"]
 
+#: Where this package is imported from: the command runs *this* hitchserve, however it was
+#: found (``sys.path`` changed by pytest's ``pythonpath``, a conftest, a zipapp), never
+#: another one installed for the same Python.
+_HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 #: How to run the ``hitchserve`` command (this package's: :mod:`hitchserve.cli`), as the
-#: program and its first arguments: it starts the bundle, and runs it.
-RELAUNCH: List[str] = [sys.executable, "-m", "hitchserve.cli"]
+#: program and its first arguments: it starts the bundle, and runs it. Not ``-m``: that puts
+#: the working directory (the project's) first on ``sys.path``, where a ``signal.py`` of the
+#: project would shadow the standard library's.
+RELAUNCH: List[str] = [
+    sys.executable,
+    "-c",
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    f"sys.path.insert(0, {_HOME!r}); "
+    "import hitchserve.cli; hitchserve.cli.main()",
+]
 
 #: How long a tail waits unless told.
 DEFAULT_TIMEOUT = 10.0

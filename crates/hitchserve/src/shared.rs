@@ -82,7 +82,7 @@ pub struct SharedBuilder {
 /// # fn main() -> hitchserve::Result<()> {
 /// let db = services().service("Postgres")?;
 /// let port = db.port("postgres")?;
-/// // Only the lines written since this process attached: another test's don't count.
+/// // Only the lines written since this process attached: an earlier test's don't count.
 /// let line = services().service("App")?.tail().until("listening", Duration::from_secs(10))?;
 /// println!("{port} {}", line.text);
 /// # Ok(()) }

@@ -18,8 +18,9 @@ raises :class:`~hitchserve.SharedBundleError` naming what changed::
 
 Each :class:`SharedBundle` is its own view: its :meth:`SharedBundle.logs`, tails and
 :meth:`SharedBundle.report` see only the lines written since it attached (an earlier test's
-don't count; a test running at the same time in another process writes into the same window); the whole run's are in :attr:`SharedBundle.all_log`. Time travel moves the
-clock of every holder, so it is refused while another process holds the bundle.
+don't count; a test running at the same time in another process writes into the same
+window); the whole run's are in :attr:`SharedBundle.all_log`. Time travel moves the clock of
+every holder, so it is refused while another process holds the bundle.
 
 The bundle runs as ``python -m hitchserve.cli`` (this package's ``hitchserve`` command),
 with this Python. This module owns the Pythonic surface only; leases, the start-or-attach

@@ -62,7 +62,7 @@ impl Bundle {
         };
         let timeout = self.shutdown_timeout_value();
         let stopping = Arc::clone(&runtime);
-        blocking(move || stopping.stop_all(timeout)).await;
+        blocking(move || crate::bundle::stop_all(&stopping, timeout)).await;
         self.end_shutdown(&runtime)
     }
 }

@@ -462,7 +462,7 @@ impl Bundle {
     pub fn shutdown(&self) -> Result<()> {
         match self.begin_shutdown() {
             Some(runtime) => {
-                runtime.stop_all(self.shutdown_timeout);
+                stop_all(&runtime, self.shutdown_timeout);
                 self.end_shutdown(&runtime)
             }
             None => Ok(()),
@@ -475,11 +475,9 @@ impl Bundle {
         (!self.stopped.swap(true, Ordering::SeqCst)).then(|| Arc::clone(runtime))
     }
 
-    /// After `stop_all`: the clock's files go, the timeline is drawn, a crash not reported
-    /// yet is.
+    /// After [`stop_all`]: the clock's files go, a crash not reported yet is.
     pub(crate) fn end_shutdown(&self, runtime: &Runtime) -> Result<()> {
         self.clock.stop();
-        save_timeline(runtime);
         // After stopping, every exit is known and classified as asked for or not.
         report_crash(runtime, None, true)
     }
@@ -495,9 +493,8 @@ impl Drop for Bundle {
     fn drop(&mut self) {
         match self.runtime.as_ref() {
             Some(runtime) if !self.stopped.swap(true, Ordering::SeqCst) => {
-                runtime.stop_all(self.shutdown_timeout);
+                stop_all(runtime, self.shutdown_timeout);
                 self.clock.stop();
-                save_timeline(runtime);
             }
             Some(_) => {}
             // Never started: still end any wait on its logs (e.g. a follow on another thread).
@@ -531,17 +528,35 @@ pub(crate) fn wait_started(
     let result = runtime.start_up(startup_timeout, progress, interrupted);
     if result.is_err() {
         // Evidence for a person: which service failed startup (or made it slow).
-        save_timeline(runtime);
-        runtime.stop_all(shutdown_timeout);
+        stop_all(runtime, shutdown_timeout);
         // The startup error already told of any service that exited.
         runtime.mark_crashes_reported();
     }
     result
 }
 
-/// `timeline.svg` in the run directory: which service made startup slow. Written when the
-/// bundle stops (or its startup fails), not before `startup()` returns: drawing it took a
-/// good part of the time between a service's ready line and `startup()` returning.
+/// Stop every service, and meanwhile write `timeline.svg` in the run directory: which
+/// service made startup slow. Written when the bundle stops (or its startup fails), not
+/// before `startup()` returns: drawing it took a good part of the time between a service's
+/// ready line and `startup()` returning. Drawn on a thread of its own while the services
+/// stop (mostly a wait for their exits), so that it costs the shutdown nothing either.
+pub(crate) fn stop_all(runtime: &Arc<Runtime>, timeout: Duration) {
+    let drawing = {
+        let runtime = Arc::clone(runtime);
+        std::thread::Builder::new()
+            .name("hitchserve-timeline".into())
+            .spawn(move || save_timeline(&runtime))
+    };
+    runtime.stop_all(timeout);
+    match drawing {
+        Ok(thread) => {
+            let _ = thread.join();
+        }
+        // No thread to be had: draw it here.
+        Err(_) => save_timeline(runtime),
+    }
+}
+
 fn save_timeline(runtime: &Runtime) {
     let svg = runtime.run.path.join("timeline.svg");
     let _ = crate::inspect::timeline::of(runtime).save_svg(&svg);

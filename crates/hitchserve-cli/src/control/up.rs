@@ -386,7 +386,12 @@ pub(super) fn detach_up(
         cmd.pre_exec(|| {
             libc::setsid();
             // Linux 5.11+; on older kernels (EINVAL, ENOSYS) descriptors stay as they were.
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
             Ok(())
         });
     }

@@ -656,3 +656,32 @@ fn a_holder_whose_bundle_stopped_is_told_so_not_served_by_the_next_one() {
         "the stopped bundle's holder got an answer from the next bundle (App was {old_pid:?}, now {answer:?})"
     );
 }
+
+#[test]
+fn a_view_is_a_lease_of_its_own_whose_lines_and_travel_are_its_own() {
+    let p = Project::new("view");
+    let session = SharedBundle::builder(p.file())
+        .program(BIN)
+        .attach()
+        .unwrap();
+    let out = p.run(&["restart", "App"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let view = session.view().unwrap();
+    assert_eq!(p.holders().len(), 2, "a lease of its own");
+    assert!(
+        view.logs().unwrap().iter().all(|l| l.text != "READY"),
+        "a view starts when it is taken"
+    );
+    assert!(session.logs().unwrap().iter().any(|l| l.text == "READY"));
+    // The view's travel is undone when it goes; the session's lease keeps the bundle.
+    view.time_travel_by(hitchserve::jiff::SignedDuration::from_hours(48))
+        .unwrap();
+    drop(view);
+    assert_eq!(p.holders(), [u64::from(std::process::id())]);
+    let now = session.now().unwrap();
+    let real = hitchserve::jiff::Timestamp::now();
+    assert!(
+        now.duration_since(real).abs() < hitchserve::jiff::SignedDuration::from_hours(1),
+        "the view's travel outlived it: {now} (real time {real})"
+    );
+}

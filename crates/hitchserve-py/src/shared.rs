@@ -125,6 +125,19 @@ impl NativeShared {
         })
     }
 
+    /// Another lease on the same bundle, over its socket: a test's own view.
+    fn view(&self, py: Python<'_>) -> PyResult<NativeShared> {
+        let view = self.with(py, |b| b.view())?;
+        Ok(NativeShared {
+            file: self.file.clone(),
+            all_log: view.all_log().map(PathBuf::from),
+            project: view.project_dir().to_path_buf(),
+            lease: view.lease(),
+            started: false,
+            bundle: Mutex::new(Some(Arc::new(view))),
+        })
+    }
+
     #[getter]
     fn all_log(&self) -> Option<PathBuf> {
         self.all_log.clone()

@@ -257,6 +257,23 @@ impl SharedBundle {
         SharedBundle::builder(file).attach()
     }
 
+    /// Another lease on the same bundle for this process, taken over its socket (no command
+    /// is run): a test's own view — its lines, tails and failure report start now, and a time
+    /// travel it makes is undone when it is dropped — while the process's first lease (a
+    /// session's, in a `static`) keeps the bundle.
+    pub fn view(&self) -> Result<SharedBundle> {
+        let v = self.ask(json!({"cmd": "lease", "pid": std::process::id()}))?;
+        Ok(SharedBundle {
+            file: self.file.clone(),
+            project: self.project.clone(),
+            lease: v["lease"].as_u64().unwrap_or(0),
+            seq: v["seq"].as_u64().unwrap_or(0),
+            all_log: v["all_log"].as_str().map(PathBuf::from),
+            started: false,
+            run: self.run.clone(),
+        })
+    }
+
     /// The project directory (the file's).
     pub fn project_dir(&self) -> &Path {
         &self.project

@@ -118,10 +118,10 @@ def hitchserve_shared_bundle(pytestconfig: pytest.Config) -> Iterator[SharedBund
 def shared_bundle(
     request: pytest.FixtureRequest, hitchserve_shared_bundle: SharedBundle
 ) -> Iterator[SharedBundle]:
-    """The test's own view of the shared bundle: a lease taken as it starts, so its logs,
-    tails and failure report hold only the lines written during the test."""
-    config = request.config
-    with SharedBundle(_shared_file(config), idle=_shared_idle(config)) as view:
+    """The test's own view of the shared bundle: a lease taken as it starts (over the
+    session's socket: no command is run), so its logs, tails and failure report hold only
+    the lines written since, and a time travel it makes is undone after it."""
+    with hitchserve_shared_bundle.view() as view:
         request.node.stash[_SHARED] = view
         yield view
 

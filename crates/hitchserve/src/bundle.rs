@@ -351,12 +351,14 @@ impl Bundle {
     /// Print a message among the service lines, as `[Hitch] message`, and store it.
     pub fn log(&self, message: impl AsRef<str>) {
         self.claim_console();
+        self.sink.console.settle();
         self.sink.log(message.as_ref());
     }
 
     /// Print a warning among the service lines, as `[Hitch] WARNING: message`, and store it.
     pub fn warn(&self, message: impl AsRef<str>) {
         self.claim_console();
+        self.sink.console.settle();
         self.sink.warn(message.as_ref());
     }
 

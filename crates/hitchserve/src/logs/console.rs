@@ -13,6 +13,11 @@
 //! threads, as before; once another thread claims it, lines go to a printer thread spawned by
 //! that thread (which inherits its capture), and so on: the lines go to the test that is
 //! running when they arrive (with tests in parallel, the one that called the bundle last).
+//!
+//! A line is visible to waiters once stored, a moment before it is printed: each reader
+//! stores and prints a batch under a shared gate, and a message the test logs waits for the
+//! gate first ([`Console::settle`]), so it never comes on the console before a line the test
+//! saw.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -35,7 +40,9 @@ pub(crate) struct Console {
     /// The thread that claimed the console last ([`thread_token`]), 0 before any did.
     owner: AtomicUsize,
     /// Once a second thread claimed the console: the printer thread it spawned.
-    printer: Mutex<Option<SyncSender<String>>>,
+    printer: Mutex<Option<SyncSender<Option<String>>>>,
+    /// See [`Console::printing`] and [`Console::settle`].
+    gate: std::sync::RwLock<()>,
     /// Whether `printer` was ever set (read without its lock on every print).
     redirected: AtomicBool,
 }
@@ -61,6 +68,7 @@ impl Console {
             closed: AtomicBool::new(false),
             owner: AtomicUsize::new(0),
             printer: Mutex::new(None),
+            gate: std::sync::RwLock::new(()),
             redirected: AtomicBool::new(false),
         }
     }
@@ -82,24 +90,43 @@ impl Console {
             // The first: the reader threads it spawns print into its output themselves.
             return;
         }
-        // A rendezvous: a reader's next batch is taken only once the last one is printed,
-        // so a line a test has waited for is in its output before the next one is stored —
-        // as when the reader prints it itself.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(0);
+        // Rendezvous: a reader hands over a batch (`Some`), then a barrier (`None`) that the
+        // printer takes only once it has printed the batch — so a reader's `print` returns
+        // once its lines are printed, as when it prints them itself.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<String>>(0);
         let spawned = std::thread::Builder::new()
             .name("hitchserve-console".into())
             .spawn(move || {
-                for out in rx {
-                    // As in `print`: a closed stdout must not end the thread with a panic.
-                    let _ = std::panic::catch_unwind(|| print!("{out}"));
+                for out in rx.into_iter().flatten() {
+                    // As in `print`: a closed stdout must not end the thread with a panic —
+                    // but once is enough: the printer ends, and the next send says so.
+                    if std::panic::catch_unwind(|| print!("{out}")).is_err() {
+                        return;
+                    }
                 }
             });
         if spawned.is_ok() {
-            // The old printer ends once it has printed what it was sent.
-            *self.printer.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+            // Printer and owner change together (racing claims leave a consistent pair);
+            // the old printer ends once it has printed what it was sent.
+            let mut printer = self.printer.lock().unwrap_or_else(|e| e.into_inner());
+            *printer = Some(tx);
             self.redirected.store(true, Ordering::SeqCst);
             self.owner.store(me, Ordering::SeqCst);
         }
+    }
+
+    /// Held (shared) by each reader while it stores a batch and prints it: see [`settle`].
+    ///
+    /// [`settle`]: Console::settle
+    pub(crate) fn printing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait until every batch stored so far is printed: a message the test logs after it
+    /// saw a service's line (stored, and so visible, just before it is printed) comes after
+    /// that line on the console.
+    pub(crate) fn settle(&self) {
+        drop(self.gate.write().unwrap_or_else(|e| e.into_inner()));
     }
 
     /// Make room for a label of this length.
@@ -153,7 +180,10 @@ impl Console {
         if let Some(printer) = printer {
             // Claimed by a later thread: its printer prints (if it is gone, nothing does —
             // the lines are stored all the same).
-            let _ = printer.send(out);
+            if printer.send(Some(out)).is_err() || printer.send(None).is_err() {
+                // Its stdout was closed: printing stopped; lines are still stored.
+                self.closed.store(true, Ordering::Relaxed);
+            }
             return;
         }
         // `print!` (which test harnesses capture) panics when stdout is closed; the reader

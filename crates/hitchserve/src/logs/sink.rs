@@ -47,6 +47,8 @@ impl Sink {
         }
         // Decide before storing: a line a waiter can already see while muted is never
         // printed later, after interactive mode ends.
+        // Stored and printed as one step for `Console::settle`.
+        let _printing = self.console.printing();
         let muted = self.console.is_muted();
         if muted {
             self.console.count_missed(lines.len());

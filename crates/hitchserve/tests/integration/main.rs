@@ -38,6 +38,7 @@ mod redis;
 mod reminders;
 mod review17_logs;
 mod review17_spawn;
+mod review_misc;
 mod run_as_user;
 mod shutdown;
 mod signal_mask;

@@ -11,8 +11,19 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let so = out.join("hitchserve-timeshim.so");
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    // `-z noseparate-code`: two loadable segments instead of four, so two mmaps fewer in
+    // every exec'd faked process (measured: about 20 us of the shim's 50 us per exec). The
+    // cost, headers and constants mapped executable in a library that only tests load, is
+    // the layout every library had before binutils 2.31.
     let status = Command::new(&cc)
-        .args(["-shared", "-fPIC", "-O2", "-Wall", "-o"])
+        .args([
+            "-shared",
+            "-fPIC",
+            "-O2",
+            "-Wall",
+            "-Wl,-z,noseparate-code",
+            "-o",
+        ])
         .arg(&so)
         .arg(src)
         .arg("-ldl")

@@ -163,6 +163,13 @@ static const struct timespec *real_deadline(clockid_t clk, const struct timespec
         return abs;
     *buf = *abs;
     shift(buf, -offset());
+    /* A deadline before the real epoch (one long past on a clock moved far forward) is
+     * simply past: some calls refuse a negative one (EINVAL) where the caller expects
+     * ETIMEDOUT. */
+    if (buf->tv_sec < 0) {
+        buf->tv_sec = 0;
+        buf->tv_nsec = 1;
+    }
     return buf;
 }
 
@@ -389,6 +396,11 @@ static const struct itimerspec *real_itimer(clockid_t clk, const struct itimersp
         return in;
     *buf = *in;
     shift(&buf->it_value, -offset());
+    /* As in real_deadline; not zero, which would disarm the timer. */
+    if (buf->it_value.tv_sec < 0) {
+        buf->it_value.tv_sec = 0;
+        buf->it_value.tv_nsec = 1;
+    }
     return buf;
 }
 

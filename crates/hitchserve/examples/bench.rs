@@ -31,8 +31,8 @@
 //!
 //! `cargo run ... --example bench W2` runs one workload. Every workload but W5 runs its
 //! services without time travel (`Bundle::without_time_travel`, the core alone) unless
-//! `HITCHSERVE_BENCH_TIME_TRAVEL` says `on` (the default `Bundle`: libfaketime and the C shim
-//! in every service) or `both` (off, then on); each line says which in `time_travel`. The
+//! `HITCHSERVE_BENCH_TIME_TRAVEL` says `on` (the default `Bundle`: the time-travel shim in
+//! every service) or `both` (off, then on); each line says which in `time_travel`. The
 //! baselines never time-travel. W5 compares both itself and runs once.
 
 use std::io::{BufRead, BufReader};
@@ -81,7 +81,7 @@ fn project() -> std::path::PathBuf {
 
 /// The bundle every workload but W5 uses: with `time_travel` off the services run on real
 /// time, like their baselines, and the figures are the core's alone; with it on (the default
-/// `Bundle`) they also carry libfaketime and the C shim.
+/// `Bundle`) they also carry the time-travel shim.
 fn quiet_bundle(dir: &std::path::Path, time_travel: bool) -> Bundle {
     let mut b = Bundle::new(dir)
         .startup_timeout(Duration::from_secs(60))

@@ -276,7 +276,7 @@ impl Bundle {
             })
     }
 
-    /// Run every service on real time: no libfaketime anywhere, and time travel is off.
+    /// Run every service on real time: no time-travel shim anywhere, and time travel is off.
     pub fn without_time_travel(mut self) -> Bundle {
         self.time_travel = false;
         self

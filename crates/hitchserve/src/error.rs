@@ -260,7 +260,8 @@ pub enum Error {
         log: Option<PathBuf>,
     },
 
-    /// Some service is to run with fake time, and libfaketime is not installed.
+    /// Some service is to run with fake time, and libfaketime is not installed. No longer
+    /// returned: time travel needs no libfaketime since 2026-12 (kept so matches compile).
     #[error("services {} run with fake time, but libfaketime was not found (looked at {}): install the `faketime` package (apt-get install faketime), point HITCHSERVE_LIBFAKETIME at libfaketime.so.1, or opt out with Service::no_libfaketime() or Bundle::without_time_travel()", services.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "), searched.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", "))]
     LibfaketimeMissing {
         /// The services that would use it.
@@ -297,7 +298,7 @@ pub enum Error {
     },
 
     /// A library that must be preloaded sits at a path `LD_PRELOAD` can't hold.
-    #[error("`{}` can't be preloaded: its path has a space or a colon, which LD_PRELOAD splits on; set HITCHSERVE_LIBFAKETIME (for libfaketime) or TMPDIR (for our shim) to a path without them", path.display())]
+    #[error("`{}` can't be preloaded: its path has a space or a colon, which LD_PRELOAD splits on; set TMPDIR (where our time-travel shim is written) to a path without them", path.display())]
     Unpreloadable {
         /// The path.
         path: PathBuf,

@@ -9,8 +9,7 @@
 //! `+c DIR` / `-c DIR` for a run's cgroup (see `cgroup`). End of file on stdin means our
 //! process is gone: it then kills every watched cgroup, SIGKILLs every watched group, kills
 //! every process whose `/proc/*/environ` carries a watched run's marker (which finds processes
-//! that left their group: setsid, double fork), removes each run's libfaketime state from
-//! `/dev/shm` (see `timetravel::shm`) and removes the cgroups.
+//! that left their group: setsid, double fork) and removes the cgroups.
 //!
 //! One thread per process (not per bundle), the watcher, sleeps in `poll` on the guardian's
 //! pidfd: if the guardian dies (killed by someone, the OOM killer), it starts a new one at
@@ -80,7 +79,6 @@ if [ $# -gt 0 ]; then
     i=$((i+1))
   done
 fi
-for r in $runs; do rm -f "/dev/shm/hitchserve-$r-"* "/dev/shm/sem.hitchserve-$r-"*; done
 for c in $cgroups; do
   i=0
   while [ -d "$c" ] && ! rmdir "$c" 2>/dev/null && [ $i -lt 100 ]; do

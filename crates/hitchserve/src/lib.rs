@@ -9,7 +9,7 @@
 //! Every line every service writes is printed live as `[   Name] line` / `[Err Name] line`,
 //! kept (queryable through [`Logs`] and [`Tail`]: `until`, `until_json`, `follow`, JSON) and
 //! written to `<project>/.hitchserve/runs/<run>/logs/all.log`. [`Bundle::time_travel`] moves
-//! the services' clocks through libfaketime; [`ServiceHandle::process`] inspects a service's
+//! the services' clocks through a small preloaded shim; [`ServiceHandle::process`] inspects a service's
 //! processes; [`ServiceHandle::subcommand`] runs commands in its environment;
 //! [`Service::setup`] and [`Service::poststart`] run code around its start; [`services`] has
 //! PostgreSQL, Redis, a mock SMTP server and a fake-time cron ready-made. Every process a

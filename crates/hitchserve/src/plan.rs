@@ -199,38 +199,16 @@ impl Plan {
                     .collect(),
             });
         }
-        let faked: Vec<&str> = services
-            .iter()
-            .filter(|p| p.faked)
-            .map(|p| p.name.as_str())
-            .collect();
-        let clock = if faked.is_empty() {
-            None
-        } else {
-            let paths = Clock::plan(&run.path, &faked)?;
+        let clock = if services.iter().any(|p| p.faked) {
+            let paths = Clock::plan(&run.path)?;
             for plan in services.iter_mut().filter(|p| p.faked) {
-                let uid = plan
-                    .exec
-                    .run_as
-                    .map_or_else(crate::safepath::euid, |(uid, _)| uid);
-                paths.apply(&mut plan.exec.env, uid);
+                paths.apply(&mut plan.exec.env);
             }
             Some(paths)
+        } else {
+            None
         };
         Ok(Plan { services, clock })
-    }
-
-    /// The users (uid, gid) of the services on the fake clock.
-    pub(crate) fn faked_users(&self) -> Vec<(u32, u32)> {
-        self.services
-            .iter()
-            .filter(|p| p.faked)
-            .map(|p| {
-                p.exec
-                    .run_as
-                    .unwrap_or_else(|| (crate::safepath::euid(), nix::unistd::getegid().as_raw()))
-            })
-            .collect()
     }
 
     /// Whether the run directory must exist before anything starts.
@@ -241,7 +219,7 @@ impl Plan {
     /// For each service that runs as another user: its own directory `<run>/<Name>/` (mode
     /// 0700, owned by that user, inside a run directory it can only pass through), and a
     /// check that it can reach its program, its working directory, that directory and, if
-    /// its clock is faked, the shim, libfaketime and the clock files — so a blocked path is
+    /// its clock is faked, the shim and the clock offset — so a blocked path is
     /// an error before anything starts, not a "Permission denied" later or, worse, a service
     /// that silently keeps real time (the dynamic loader only warns when it can't preload a
     /// library).
@@ -250,7 +228,7 @@ impl Plan {
         let clock_files: Vec<&Path> = self
             .clock
             .iter()
-            .flat_map(|c| [&c.shim, &c.libfaketime, &c.faketime_file, &c.offset_file])
+            .flat_map(|c| [&c.shim, &c.offset_file])
             .map(PathBuf::as_path)
             .collect();
         for plan in &self.services {

@@ -245,8 +245,9 @@ impl Service {
         self
     }
 
-    /// Run this service on real time: no libfaketime, so time travel doesn't touch it.
-    /// For programs libfaketime upsets (the seed names node.js and Java on some platforms).
+    /// Run this service on real time: nothing preloaded, so time travel doesn't touch it.
+    /// For programs a preloaded library upsets. (Named for libfaketime, which time travel
+    /// used until 2026-12.)
     pub fn no_libfaketime(mut self) -> Service {
         self.no_libfaketime = true;
         self

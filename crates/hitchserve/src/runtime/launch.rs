@@ -37,7 +37,7 @@ impl Runtime {
             })?;
         }
         if let Some(paths) = &plan.clock {
-            clock.start(paths.clone(), &plan.faked_users())?;
+            clock.start(paths)?;
         }
         plan.prepare_users(&run.path)?;
         guardian::add_run(&run.id).map_err(|source| Error::Io {

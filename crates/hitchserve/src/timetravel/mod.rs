@@ -1,18 +1,29 @@
 //! Time travel: every faked service believes the clock says what the bundle says.
 //!
-//! Owns the bundle's clock offset, its two run-directory files, and the environment that
-//! makes a service faked. libfaketime (Debian's `faketime` package) is preloaded into each
-//! faked service and reads a relative offset from `<run>/faketime.rc`; a small shim of ours
-//! (`shim.c`), preloaded just before it, serves wall-clock reads from `<run>/clock.offset`,
-//! 8 bytes of shared memory, so a jump shows on the very next read at no cost per read.
+//! Owns the bundle's clock offset, its run-directory file, and the environment that makes a
+//! service faked. A small shim of ours (`shim.c`, built by `build.rs`), the only library
+//! preloaded for it, serves wall-clock reads from `<run>/clock.offset`, 8 bytes of shared
+//! memory, so a jump shows on the very next read at no cost per read, and takes the offset off
+//! absolute wall-clock deadlines (timed waits, `clock_nanosleep`, absolute timers) so a wait
+//! lasts what the service computed.
 //!
 //! What a faked service sees: `CLOCK_REALTIME` (`time.time()`, `datetime.now()`, `now()`
-//! in SQL) moves with every jump and keeps ticking; `CLOCK_MONOTONIC` is never faked, so
-//! timeouts, sleeps and `time.monotonic()` behave as without time travel. Programs that
-//! ignore `LD_PRELOAD` (Go binaries, static or setuid ones) keep real time.
+//! in SQL, `date`, Java's and Node's clocks) moves with every jump and keeps ticking;
+//! `CLOCK_MONOTONIC` is never faked, so timeouts, sleeps and `time.monotonic()` behave as
+//! without time travel; file times (`stat`) are real. Programs that ignore `LD_PRELOAD` (Go
+//! binaries, static or setuid ones) keep real time.
 //!
-//! Invariant: both files exist and say the current offset before any service starts, so
-//! a user's `~/.faketimerc` or `/etc/faketimerc` never applies.
+//! Why no libfaketime (it was preloaded after the shim until 2026-12): its start-up cost
+//! each exec'd process about 0.2 ms here (0.5 ms on a loaded machine; `callgrind`: 289k
+//! instructions for `/bin/true` against 138k with the shim alone), which doubled the
+//! startup time of bundles of small services, and with our flags (a relative offset,
+//! monotonic time real, no rate) every call it still faked on glibc 2.33 and later is now
+//! the shim's (file times it never reached: glibc's `stat` family no longer goes through the
+//! `__xstat` calls it wrapped). Not offered as an opt-in: preloaded beside the shim, both
+//! would shift the same deadlines. Its `FAKETIME*` variables are still never inherited, so a
+//! user's libfaketime in `LD_PRELOAD` can't move a service's clock behind the bundle's back.
+//!
+//! Invariant: the offset file exists and says the current offset before any service starts.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
@@ -28,16 +39,11 @@ use jiff::Timestamp;
 
 use crate::error::{Error, Result};
 
-mod shm;
-
 /// The shim, built by `build.rs`.
 const SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hitchserve-timeshim.so"));
 
-/// Environment variable that overrides where libfaketime is.
-pub(crate) const LIBFAKETIME_VAR: &str = "HITCHSERVE_LIBFAKETIME";
-
-/// Whether an inherited variable would change how libfaketime behaves: every `FAKETIME*`
-/// one and a few others. Never inherited by a faked service.
+/// Whether an inherited variable would change how a libfaketime the user preloads behaves:
+/// every `FAKETIME*` one and a few others. Never inherited by a faked service.
 fn is_foreign(key: &OsStr) -> bool {
     let k = key.as_encoded_bytes();
     k.starts_with(b"FAKETIME")
@@ -56,25 +62,14 @@ fn preloadable(path: &Path) -> bool {
 /// The bundle's clock: an offset from real time, in nanoseconds.
 pub(crate) struct Clock {
     offset_ns: Mutex<i128>,
-    live: Mutex<Option<LiveFiles>>,
+    live: Mutex<Option<SharedOffset>>,
 }
 
 /// Where a started bundle keeps its offset.
 #[derive(Clone, Debug)]
 pub(crate) struct ClockPaths {
     pub offset_file: PathBuf,
-    pub faketime_file: PathBuf,
-    pub libfaketime: PathBuf,
     pub shim: PathBuf,
-    /// Names libfaketime's shared state (see `shm`).
-    shared_token: String,
-}
-
-struct LiveFiles {
-    paths: ClockPaths,
-    map: SharedOffset,
-    /// Removed from `/dev/shm` when the bundle's clock stops.
-    _shared: Vec<shm::SharedPair>,
 }
 
 impl Clock {
@@ -113,77 +108,38 @@ impl Clock {
     fn set_offset(&self, offset: i128) -> Result<i128> {
         let offset = i64::try_from(offset).map_err(|_| Error::TimeOutOfRange)?;
         let mut current = self.offset_ns.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(live) = self.live.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            write_faketime_file(&live.paths.faketime_file, offset)?;
-            live.map.store(offset);
+        if let Some(map) = self.live.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            map.store(offset);
         }
         *current = i128::from(offset);
         Ok(*current)
     }
 
-    /// Find libfaketime and decide where the run's files go; nothing is written yet.
-    pub(crate) fn plan(run_dir: &Path, services: &[&str]) -> Result<ClockPaths> {
-        let libfaketime = find_libfaketime().map_err(|searched| Error::LibfaketimeMissing {
-            services: services.iter().map(|s| (*s).to_owned()).collect(),
-            searched,
-        })?;
-        if !preloadable(&libfaketime) {
-            return Err(Error::Unpreloadable { path: libfaketime });
-        }
-        let shim = shim_path()?;
+    /// Decide where the run's files go; nothing is written yet.
+    pub(crate) fn plan(run_dir: &Path) -> Result<ClockPaths> {
         Ok(ClockPaths {
             offset_file: run_dir.join("clock.offset"),
-            faketime_file: run_dir.join("faketime.rc"),
-            libfaketime,
-            shim,
-            shared_token: format!(
-                "{}-{}",
-                run_dir
-                    .file_name()
-                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
-                crate::safepath::random_name()
-            ),
+            shim: shim_path()?,
         })
     }
 
-    /// Write the shim and both offset files into the existing run directory (services may
+    /// Write the shim and the offset file into the existing run directory (services may
     /// start right after).
-    /// `users`: the (uid, gid) of every faked service.
-    pub(crate) fn start(&self, paths: ClockPaths, users: &[(u32, u32)]) -> Result<()> {
-        let io = |what: &str, path: &Path| {
-            let context = format!("could not write {what} `{}`", path.display());
-            move |source| Error::Io { context, source }
-        };
+    pub(crate) fn start(&self, paths: &ClockPaths) -> Result<()> {
         install_shim(&paths.shim)?;
         let offset = i64::try_from(self.offset()).map_err(|_| Error::TimeOutOfRange)?;
-        write_faketime_file(&paths.faketime_file, offset)?;
-        let map = SharedOffset::create(&paths.offset_file, offset)
-            .map_err(io("the clock offset", &paths.offset_file))?;
-        let mut shared: Vec<shm::SharedPair> = Vec::new();
-        let mut seen: Vec<u32> = Vec::new();
-        for &(uid, gid) in users {
-            if seen.contains(&uid) {
-                continue;
-            }
-            seen.push(uid);
-            let pair =
-                shm::SharedPair::create(&paths.shared_token, uid, gid).map_err(|source| {
-                    Error::Io {
-                        context: "could not make libfaketime's shared memory in /dev/shm".into(),
-                        source,
-                    }
-                })?;
-            shared.push(pair);
-        }
-        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(LiveFiles {
-            paths,
-            map,
-            _shared: shared,
-        });
+        let map = SharedOffset::create(&paths.offset_file, offset).map_err(|source| Error::Io {
+            context: format!(
+                "could not write the clock offset `{}`",
+                paths.offset_file.display()
+            ),
+            source,
+        })?;
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(map);
         Ok(())
     }
 
-    /// The services are gone: remove what `start` made outside the run directory.
+    /// The services are gone: unmap the offset.
     pub(crate) fn stop(&self) {
         self.live.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
@@ -191,13 +147,10 @@ impl Clock {
 
 impl ClockPaths {
     /// Make `env` (a service's whole environment) run under the bundle's clock.
-    /// `uid`: the user the service runs as.
-    pub(crate) fn apply(&self, env: &mut Vec<(OsString, OsString)>, uid: u32) {
+    pub(crate) fn apply(&self, env: &mut Vec<(OsString, OsString)>) {
         env.retain(|(k, _)| !is_foreign(k));
-        // Ours first, then libfaketime, then whatever the service preloaded already.
+        // Ours first, then whatever the service preloaded already.
         let mut preload = OsString::from(&self.shim);
-        preload.push(":");
-        preload.push(&self.libfaketime);
         if let Some((_, user)) = env.iter().find(|(k, _)| k == "LD_PRELOAD") {
             if !user.is_empty() {
                 preload.push(":");
@@ -210,57 +163,7 @@ impl ClockPaths {
         };
         set("LD_PRELOAD", &preload);
         set("HITCHSERVE_CLOCK_OFFSET", self.offset_file.as_os_str());
-        set("FAKETIME_TIMESTAMP_FILE", self.faketime_file.as_os_str());
-        set("FAKETIME_NO_CACHE", OsStr::new("1"));
-        set("FAKETIME_DONT_FAKE_MONOTONIC", OsStr::new("1"));
-        set(
-            "FAKETIME_SHARED",
-            OsStr::new(&shm::env_value(&self.shared_token, uid)),
-        );
     }
-}
-
-/// libfaketime's relative form, e.g. `+172800.000000000`: validated by construction (garbage
-/// in this file makes a faked process exit). Replaced atomically.
-fn write_faketime_file(path: &Path, offset_ns: i64) -> Result<()> {
-    let sign = if offset_ns < 0 { '-' } else { '+' };
-    let abs = offset_ns.unsigned_abs();
-    let text = format!("{sign}{}.{:09}\n", abs / 1_000_000_000, abs % 1_000_000_000);
-    let tmp = path.with_extension("rc.tmp");
-    // Readable by services that run as another user, whatever the umask.
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)))
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|source| Error::Io {
-            context: format!("could not write the time offset to `{}`", path.display()),
-            source,
-        })
-}
-
-fn find_libfaketime() -> std::result::Result<PathBuf, Vec<PathBuf>> {
-    if let Some(path) = std::env::var_os(LIBFAKETIME_VAR) {
-        let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(vec![path])
-        };
-    }
-    let multiarch = format!("{}-linux-gnu", std::env::consts::ARCH);
-    let candidates: Vec<PathBuf> = [
-        format!("/usr/lib/{multiarch}/faketime/libfaketime.so.1"),
-        "/usr/lib/faketime/libfaketime.so.1".to_owned(),
-        "/usr/lib64/faketime/libfaketime.so.1".to_owned(),
-        "/usr/local/lib/faketime/libfaketime.so.1".to_owned(),
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .collect();
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .cloned()
-        .ok_or(candidates)
 }
 
 /// The shim's path: in the per-user directory under the temporary directory (see

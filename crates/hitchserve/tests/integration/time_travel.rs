@@ -3,10 +3,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hitchserve::jiff::{SignedDuration, Timestamp};
-use hitchserve::{Bundle, Error, Service};
+use hitchserve::{Bundle, Service};
 use serde_json::Value;
 
-use crate::common::{helper_process, sh, Project, PATIENCE};
+use crate::common::{sh, Project, PATIENCE};
 
 /// Prints its clocks as JSON every 20 ms. Sleeping and a queue timeout each round prove
 /// that sleeps and timeouts still work in a faked process.
@@ -203,58 +203,6 @@ fn time_travel_before_startup_starts_services_in_the_future() {
     assert!((tick["t"].as_f64().unwrap() - secs(b.now())).abs() < 1.0);
 }
 
-const LIB_VAR: &str = "HITCHSERVE_LIBFAKETIME";
-
-/// Runs in a child process whose HITCHSERVE_LIBFAKETIME points nowhere.
-#[test]
-#[ignore = "helper: run by a_missing_libfaketime_is_a_clear_error_unless_time_travel_is_off"]
-fn helper_without_libfaketime() {
-    if std::env::var_os(LIB_VAR).is_none() {
-        return;
-    }
-    let p = Project::new("tt-nolib");
-    let mut b = p.bundle();
-    b.add("App", Service::new(["sleep", "1000"])).unwrap();
-    let err = b.startup().unwrap_err();
-    assert!(
-        matches!(&err, Error::LibfaketimeMissing { services, .. } if services == &["App"]),
-        "{err:?}"
-    );
-    let msg = err.to_string();
-    assert!(
-        msg.contains("`faketime` package") && msg.contains("`App`"),
-        "{msg}"
-    );
-
-    // Opting out works without libfaketime...
-    let mut b = p.bundle().without_time_travel();
-    b.add("App", Service::new(["sleep", "1000"])).unwrap();
-    b.startup().unwrap();
-    assert!(matches!(
-        b.time_travel(Duration::from_secs(1)),
-        Err(Error::TimeTravelDisabled)
-    ));
-    b.shutdown().unwrap();
-    // ... and so does a bundle whose every service opted out.
-    let mut b = p.bundle();
-    b.add("App", Service::new(["sleep", "1000"]).no_libfaketime())
-        .unwrap();
-    b.startup().unwrap();
-    println!("HELPER OK");
-}
-
-#[test]
-fn a_missing_libfaketime_is_a_clear_error_unless_time_travel_is_off() {
-    let out = helper_process(
-        "time_travel::helper_without_libfaketime",
-        &[(LIB_VAR, "/nonexistent/libfaketime.so.1")],
-    )
-    .output()
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("HELPER OK"), "{text}");
-}
-
 /// The shim must load even when the project's path has a space (LD_PRELOAD splits on it),
 /// and a user's libfaketime variables (here one that would switch it off for python3) are
 /// not inherited; sleeps and lock timeouts keep working.
@@ -275,40 +223,181 @@ fn time_travel_works_from_a_path_with_a_space_and_ignores_foreign_faketime_varia
     assert!((tick["t"].as_f64().unwrap() - secs(b.now())).abs() < 1.0);
 }
 
+/// A faked service carries our shim and nothing else: no libfaketime (its start-up cost
+/// each exec'd process more than the rest of the preload), and so nothing in `/dev/shm`.
 #[test]
-fn libfaketime_shares_one_private_state_per_bundle_and_leaves_nothing_in_dev_shm() {
-    let p = Project::new("shm");
+fn a_faked_service_preloads_only_our_shim_and_makes_nothing_in_dev_shm() {
+    let p = Project::new("shim-only");
     let mut b = p.bundle();
+    // A shell that forks a child: both exec'd under the preload.
     b.add("Faked", sh("sleep 1000 & echo READY; wait")).unwrap();
     b.startup().unwrap();
     let pid = b.service("Faked").unwrap().pid().unwrap();
-    let run_id = b
-        .run_dir()
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(
+        maps.contains("timeshim-"),
+        "the shim is not loaded:\n{maps}"
+    );
+    assert!(
+        !maps.contains("libfaketime"),
+        "libfaketime is loaded:\n{maps}"
+    );
+    let run_id = crate::common::run_id(&b);
+    let shm: Vec<String> = std::fs::read_dir("/dev/shm")
         .unwrap()
-        .file_name()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&run_id) || n.ends_with(&format!("_{pid}")))
+        .collect();
+    assert!(shm.is_empty(), "{shm:?}");
+    b.time_travel(Duration::from_secs(86_400)).unwrap();
+    let out = b
+        .service("Faked")
         .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let ours = || -> Vec<String> {
-        std::fs::read_dir("/dev/shm")
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(&format!("hitchserve-{run_id}-")))
-            .collect()
-    };
-    // No pid-named pair (predictable, so another user could plant it first)...
-    assert!(!std::path::Path::new(&format!("/dev/shm/faketime_shm_{pid}")).exists());
-    // ...but one of ours, private.
-    let made = ours();
-    assert_eq!(made.len(), 2, "{made:?}");
-    for name in &made {
-        let meta = std::fs::metadata(format!("/dev/shm/{name}")).unwrap();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
-            0o600
-        );
+        .subcommand(["date", "+%s"])
+        .output()
+        .unwrap();
+    let date: f64 = out.stdout_text().trim().parse().unwrap();
+    assert!((date - secs(b.now())).abs() < 5.0, "date says {date}");
+}
+
+/// Waits with an absolute deadline on the wall clock, computed from the faked clock: each
+/// must last its relative time (300 ms), after a jump forward (a deadline left as it is
+/// would wait 30 days: the tail below gives up) and after a jump back (it would return at
+/// once, before the faked clock reaches the deadline: `reached` false).
+const DEADLINES_C: &str = include_str!("deadlines.c");
+
+/// The calls `deadlines.c` makes each round, in order.
+const DEADLINE_CALLS: [&str; 8] = [
+    "pthread_cond_timedwait",
+    "pthread_cond_timedwait_monotonic",
+    "sem_timedwait",
+    "pthread_mutex_timedlock",
+    "pthread_rwlock_timedrdlock",
+    "clock_nanosleep",
+    "timer_settime",
+    "timerfd_settime",
+];
+
+/// The first whole round of `deadlines.c` whose deadlines are from `now` (faked) on, not
+/// from before the last jump.
+fn deadline_round(b: &Bundle, tail: &mut hitchserve::Tail, now: f64) -> Vec<Value> {
+    let first = tail
+        .until_json(
+            |v| {
+                v["call"] == DEADLINE_CALLS[0]
+                    && v["t"]
+                        .as_f64()
+                        .is_some_and(|t| t >= now - 1.0 && t < now + 3600.0)
+            },
+            PATIENCE,
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "no wait returned after the jump: {e}\n{:?}",
+                b.logs().lines()
+            )
+        });
+    let round = first["round"].clone();
+    let mut lines = vec![first];
+    for call in &DEADLINE_CALLS[1..] {
+        let line = tail
+            .until_json(|v| v["round"] == round, PATIENCE)
+            .unwrap_or_else(|e| panic!("`{call}` never returned after the jump: {e}"));
+        assert_eq!(line["call"], *call, "{line}");
+        lines.push(line);
     }
-    b.shutdown().unwrap();
-    assert!(ours().is_empty(), "{:?}", ours());
+    lines
+}
+
+#[test]
+fn absolute_deadlines_on_the_faked_clock_wait_their_relative_time_after_jumps() {
+    let p = Project::new("tt-deadlines");
+    let src = p.write("deadlines.c", DEADLINES_C);
+    let bin = p.path("deadlines");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let built = std::process::Command::new(&cc)
+        .args(["-O2", "-Wall", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .arg("-lrt")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut b = p.bundle();
+    b.add(
+        "Waits",
+        Service::new([bin.as_os_str()]).ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let mut tail = b.service("Waits").unwrap().logs().out().tail();
+    for jump in [
+        SignedDuration::from_hours(30 * 24),
+        SignedDuration::from_hours(-30 * 24 - 3),
+    ] {
+        b.time_travel_by(jump).unwrap();
+        let round = deadline_round(&b, &mut tail, secs(b.now()));
+        for line in &round {
+            assert!(
+                line["timed_out"] == true && line["reached"] == true,
+                "after a jump by {jump}: {line}"
+            );
+        }
+    }
+    assert!((secs(b.now()) - (real_now() - 3.0 * 3600.0)).abs() < 5.0);
+}
+
+/// Python's clocks follow, and its sleeps and timed waits (on the monotonic clock) last
+/// their time, after a jump forward and a jump back.
+#[test]
+fn python_sleeps_and_timed_waits_last_their_time_after_jumps() {
+    let p = Project::new("tt-python-waits");
+    p.write(
+        "waits.py",
+        r#"
+import datetime, json, queue, threading, time
+print("READY", flush=True)
+while True:
+    t0 = time.monotonic()
+    threading.Event().wait(0.1)
+    try:
+        queue.Queue().get(timeout=0.1)
+    except queue.Empty:
+        pass
+    c = threading.Condition()
+    with c:
+        c.wait(0.1)
+    time.sleep(0.1)
+    print(json.dumps({"t": time.time(), "dt": datetime.datetime.now().timestamp(),
+                      "waited": time.monotonic() - t0}), flush=True)
+"#,
+    );
+    let mut b = p.bundle();
+    b.add(
+        "Py",
+        Service::new(["python3", "-u", "waits.py"]).ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    for jump in [
+        SignedDuration::from_hours(30 * 24),
+        SignedDuration::from_hours(-30 * 24 - 3),
+    ] {
+        b.time_travel_by(jump).unwrap();
+        let now = secs(b.now());
+        // A round that started after the jump: its waits ran wholly on the new clock.
+        let mut tail = b.service("Py").unwrap().logs().out().tail();
+        tail.until_json(|v| v.get("t").is_some(), PATIENCE).unwrap();
+        let line = tail.until_json(|v| v.get("t").is_some(), PATIENCE).unwrap();
+        let t = line["t"].as_f64().unwrap();
+        assert!((t - now).abs() < 5.0, "after {jump}: {line}, bundle {now}");
+        assert!((line["dt"].as_f64().unwrap() - t).abs() < 1.0, "{line}");
+        // Four waits of 0.1 s: none returned early.
+        assert!(line["waited"].as_f64().unwrap() >= 0.4, "{line}");
+    }
 }

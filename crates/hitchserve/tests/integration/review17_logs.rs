@@ -164,6 +164,11 @@ fn review17_lines_written_one_write_each_keep_log_memory_within_the_limit() {
     .unwrap();
     b.startup().unwrap();
     let out = b.service("Echoes").unwrap().logs().out();
+    // DONE comes on stderr: stdout may still be on its way (another pipe).
+    out.tail()
+        .lines_back(1)
+        .until(|l| l == "1000000", PATIENCE)
+        .unwrap();
     assert_eq!(out.len(), 1_000_000);
     assert_eq!(out.last(1)[0].text(), "1000000");
     let first = out

@@ -27,7 +27,15 @@
  * Rules for every wrapper: the next definition comes from dlsym(RTLD_NEXT) (a user's own
  * preload after ours still works); no allocation; the ones POSIX lists as async-signal-safe
  * (clock_gettime, clock_nanosleep, time, timer_settime) resolve their next definition in the
- * constructor and take no lock; the rest resolve lazily, once, through an atomic pointer.
+ * one-time set-up (the constructor, or the first such call before it: see `set_up`) and take
+ * no lock; the rest resolve lazily, once, through an atomic pointer. A deadline the kernel
+ * would refuse (tv_nsec out of range) is passed on unchanged, for it to refuse; one past
+ * time_t's range after the shift stays at its end ("never" stays never).
+ *
+ * Not faked (documented): a clock read that doesn't go through these symbols — a direct
+ * system call, a function pointer taken from libc's own handle (`dlsym(libc, ...)`, Python's
+ * ctypes), glibc's internal reads (syslog's timestamps) — and programs that ignore
+ * LD_PRELOAD (Go, static or setuid binaries).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -35,10 +43,12 @@
 #include <fcntl.h>
 #include <mqueue.h>
 #include <pthread.h>
+#include <sched.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -55,36 +65,80 @@ static clock_gettime_fn next_clock_gettime;
 static clock_nanosleep_fn next_clock_nanosleep;
 static timer_settime_fn next_timer_settime;
 
-__attribute__((constructor)) static void hitchserve_shim_init(void) {
-    next_clock_gettime = (clock_gettime_fn)dlsym(RTLD_NEXT, "clock_gettime");
-    next_clock_nanosleep = (clock_nanosleep_fn)dlsym(RTLD_NEXT, "clock_nanosleep");
-    next_timer_settime = (timer_settime_fn)dlsym(RTLD_NEXT, "timer_settime");
-    const char *path = getenv("HITCHSERVE_CLOCK_OFFSET");
-    if (!path || !next_clock_gettime)
-        return;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    void *p = mmap(0, sizeof(int64_t), PROT_READ, MAP_SHARED, fd, 0);
-    close(fd);
-    if (p != MAP_FAILED)
-        offset_ns = (const volatile int64_t *)p;
+/* 0: not set up; 1: being set up; 2: set up. */
+static int state;
+/* Set while this thread sets up: a wrapper it enters meanwhile (from a signal handler) must
+ * not wait for itself. */
+static __thread int setting_up;
+
+/*
+ * Set up once: the next definitions and the offset's mapping. Run by our constructor, and
+ * also by the first call of a wrapper made before it: the loader runs the constructors of a
+ * program's own libraries before a preloaded one's, and those may read the clock. A thread
+ * that finds another one setting up waits for it (a few microseconds, once per process);
+ * 0 only for a wrapper entered from within the set-up itself (it then uses the system call).
+ */
+static int set_up(void) {
+    if (__atomic_load_n(&state, __ATOMIC_ACQUIRE) == 2)
+        return 1;
+    if (setting_up)
+        return 0;
+    setting_up = 1;
+    int expected = 0;
+    if (__atomic_compare_exchange_n(&state, &expected, 1, 0, __ATOMIC_ACQ_REL,
+                                    __ATOMIC_ACQUIRE)) {
+        next_clock_gettime = (clock_gettime_fn)dlsym(RTLD_NEXT, "clock_gettime");
+        next_clock_nanosleep = (clock_nanosleep_fn)dlsym(RTLD_NEXT, "clock_nanosleep");
+        next_timer_settime = (timer_settime_fn)dlsym(RTLD_NEXT, "timer_settime");
+        const char *path = getenv("HITCHSERVE_CLOCK_OFFSET");
+        if (path && next_clock_gettime) {
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd >= 0) {
+                void *p = mmap(0, sizeof(int64_t), PROT_READ, MAP_SHARED, fd, 0);
+                close(fd);
+                if (p != MAP_FAILED)
+                    offset_ns = (const volatile int64_t *)p;
+            }
+        }
+        __atomic_store_n(&state, 2, __ATOMIC_RELEASE);
+    } else {
+        while (__atomic_load_n(&state, __ATOMIC_ACQUIRE) != 2)
+            sched_yield();
+    }
+    setting_up = 0;
+    return 1;
 }
+
+__attribute__((constructor)) static void hitchserve_shim_init(void) { set_up(); }
 
 static int is_wall_clock(clockid_t clk) {
     return clk == CLOCK_REALTIME || clk == CLOCK_REALTIME_COARSE || clk == CLOCK_TAI ||
            clk == CLOCK_REALTIME_ALARM;
 }
 
+/* `ts` moved by `off` ns; a second count past time_t's range stays at its end (a deadline of
+ * "never", {LONG_MAX, 0}, stays never after a jump back, rather than wrapping to the past). */
 static void shift(struct timespec *ts, int64_t off) {
     int64_t ns = (int64_t)ts->tv_nsec + off % 1000000000LL;
-    ts->tv_sec += off / 1000000000LL + ns / 1000000000LL;
+    int64_t secs = off / 1000000000LL + ns / 1000000000LL;
     ns %= 1000000000LL;
     if (ns < 0) {
         ns += 1000000000LL;
-        ts->tv_sec -= 1;
+        secs -= 1;
     }
+    time_t moved;
+    if (__builtin_add_overflow(ts->tv_sec, (time_t)secs, &moved)) {
+        ts->tv_sec = secs > 0 ? (time_t)INT64_MAX : (time_t)INT64_MIN;
+        ts->tv_nsec = secs > 0 ? 999999999L : 0;
+        return;
+    }
+    ts->tv_sec = moved;
     ts->tv_nsec = ns;
+}
+
+/* A timespec the kernel would refuse (EINVAL): passed on as it is, for it to say so. */
+static int valid(const struct timespec *ts) {
+    return ts->tv_nsec >= 0 && ts->tv_nsec < 1000000000L;
 }
 
 static int64_t offset(void) {
@@ -94,7 +148,7 @@ static int64_t offset(void) {
 /* ---- Reads ---------------------------------------------------------------------------- */
 
 int clock_gettime(clockid_t clk, struct timespec *ts) {
-    if (!next_clock_gettime)
+    if (!set_up() || !next_clock_gettime)
         return (int)syscall(SYS_clock_gettime, clk, ts);
     int r = next_clock_gettime(clk, ts);
     if (r == 0 && offset_ns && is_wall_clock(clk))
@@ -159,7 +213,7 @@ int ftime(struct hitchserve_timeb *tb) {
 /* `abs`, a deadline on the faked `clk`, as the kernel's deadline (in `buf` if changed). */
 static const struct timespec *real_deadline(clockid_t clk, const struct timespec *abs,
                                             struct timespec *buf) {
-    if (!abs || !offset_ns || !is_wall_clock(clk))
+    if (!abs || !set_up() || !offset_ns || !is_wall_clock(clk) || !valid(abs))
         return abs;
     *buf = *abs;
     shift(buf, -offset());
@@ -189,7 +243,7 @@ int clock_nanosleep(clockid_t clk, int flags, const struct timespec *req, struct
     struct timespec buf;
     if (flags & TIMER_ABSTIME)
         req = real_deadline(clk, req, &buf);
-    if (next_clock_nanosleep)
+    if (set_up() && next_clock_nanosleep)
         return next_clock_nanosleep(clk, flags, req, rem);
     long r = syscall(SYS_clock_nanosleep, clk, flags, req, rem);
     return r == -1 ? errno : 0;
@@ -337,31 +391,41 @@ int mq_timedsend(mqd_t q, const char *msg, size_t len, unsigned int prio,
 /* ---- Timers --------------------------------------------------------------------------- */
 
 /*
- * A timer's clock can't be read back from it either: the timers made on a wall clock are
- * remembered here, in fixed tables (no allocation; lock-free, so timer_settime stays
- * async-signal-safe). A timer these tables could not hold (more than WALL_TIMERS POSIX
- * timers on wall clocks alive at once, or a timerfd numbered WALL_TIMERFDS or above) keeps
- * real absolute deadlines; a timerfd duplicated with dup() is not known under its new number.
+ * A POSIX timer's clock can't be read back from it: the timers made on a wall clock are
+ * remembered here, in a fixed table (no allocation; lock-free, so timer_settime stays
+ * async-signal-safe), which belongs to one process: a child after fork() has none of its
+ * parent's timers (and numbers its own from 0 again), so it starts with an empty table. A
+ * timer the table could not hold (more than WALL_TIMERS on wall clocks alive at once) keeps
+ * real absolute deadlines.
  */
 #define WALL_TIMERS 64
 static timer_t wall_timers[WALL_TIMERS];
 static unsigned char wall_timer_used[WALL_TIMERS];
+/* The process the table is about. */
+static pid_t table_pid;
 
-/* 2 KiB: small enough for the bss to fit in the data segment's last page, so loading the
- * shim needs no extra anonymous mapping (one mmap fewer per exec). */
-#define WALL_TIMERFDS 16384
-static unsigned char wall_timerfds[WALL_TIMERFDS / 8];
+/* Make the table this process's: emptied in a child after fork(). */
+static void own_table(void) {
+    pid_t me = getpid();
+    if (__atomic_load_n(&table_pid, __ATOMIC_ACQUIRE) == me)
+        return;
+    for (int i = 0; i < WALL_TIMERS; i++)
+        __atomic_store_n(&wall_timer_used[i], 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&table_pid, me, __ATOMIC_RELEASE);
+}
 
 int timer_create(clockid_t clk, struct sigevent *sev, timer_t *id) {
     NEXT_ERRNO(timer_create);
     int r = next(clk, sev, id);
     if (r == 0 && is_wall_clock(clk)) {
+        own_table();
         for (int i = 0; i < WALL_TIMERS; i++) {
             unsigned char free_slot = 0;
-            /* Claim the slot, then publish the id (readers check the id, not the claim). */
+            /* Claimed as 1 (id not yet written: never matched), published as 2. */
             if (__atomic_compare_exchange_n(&wall_timer_used[i], &free_slot, 1, 0,
                                             __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
                 __atomic_store_n(&wall_timers[i], *id, __ATOMIC_RELEASE);
+                __atomic_store_n(&wall_timer_used[i], 2, __ATOMIC_RELEASE);
                 break;
             }
         }
@@ -370,8 +434,10 @@ int timer_create(clockid_t clk, struct sigevent *sev, timer_t *id) {
 }
 
 static int wall_timer_slot(timer_t id) {
+    if (__atomic_load_n(&table_pid, __ATOMIC_ACQUIRE) != getpid())
+        return -1;
     for (int i = 0; i < WALL_TIMERS; i++)
-        if (__atomic_load_n(&wall_timer_used[i], __ATOMIC_ACQUIRE) &&
+        if (__atomic_load_n(&wall_timer_used[i], __ATOMIC_ACQUIRE) == 2 &&
             __atomic_load_n(&wall_timers[i], __ATOMIC_ACQUIRE) == id)
             return i;
     return -1;
@@ -380,16 +446,14 @@ static int wall_timer_slot(timer_t id) {
 int timer_delete(timer_t id) {
     NEXT_ERRNO(timer_delete);
     int slot = wall_timer_slot(id);
-    if (slot >= 0) {
-        __atomic_store_n(&wall_timers[slot], (timer_t)0, __ATOMIC_RELEASE);
+    if (slot >= 0)
         __atomic_store_n(&wall_timer_used[slot], 0, __ATOMIC_RELEASE);
-    }
     return next(id);
 }
 
 static const struct itimerspec *real_itimer(clockid_t clk, const struct itimerspec *in,
                                             struct itimerspec *buf) {
-    if (!in || !offset_ns || !is_wall_clock(clk))
+    if (!in || !set_up() || !offset_ns || !is_wall_clock(clk) || !valid(&in->it_value))
         return in;
     /* An all-zero it_value disarms the timer: not a deadline. */
     if (in->it_value.tv_sec == 0 && in->it_value.tv_nsec == 0)
@@ -405,7 +469,7 @@ static const struct itimerspec *real_itimer(clockid_t clk, const struct itimersp
 }
 
 int timer_settime(timer_t id, int flags, const struct itimerspec *val, struct itimerspec *old) {
-    if (!next_timer_settime) {
+    if (!set_up() || !next_timer_settime) {
         errno = ENOSYS;
         return -1;
     }
@@ -415,25 +479,54 @@ int timer_settime(timer_t id, int flags, const struct itimerspec *val, struct it
     return next_timer_settime(id, flags, val, old);
 }
 
-int timerfd_create(clockid_t clk, int flags) {
-    NEXT_ERRNO(timerfd_create);
-    int fd = next(clk, flags);
-    if (fd >= 0 && fd < WALL_TIMERFDS) {
-        unsigned char bit = (unsigned char)(1u << (fd % 8));
-        /* A number reused from a closed timerfd: set or clear, whatever it was. */
-        if (is_wall_clock(clk))
-            __atomic_fetch_or(&wall_timerfds[fd / 8], bit, __ATOMIC_RELAXED);
-        else
-            __atomic_fetch_and(&wall_timerfds[fd / 8], (unsigned char)~bit, __ATOMIC_RELAXED);
-    }
-    return fd;
+/*
+ * A timerfd's clock, from the kernel itself (/proc/self/fdinfo/N, "clockid:"): right for a
+ * descriptor duplicated, passed over a socket, inherited, or reusing a closed one's number.
+ * Read only for an absolute deadline; -1 if it can't be read (then the deadline stays real).
+ */
+static clockid_t timerfd_clock(int fd) {
+    char path[40] = "/proc/self/fdinfo/";
+    char digits[12];
+    int n = 0;
+    unsigned int v = (unsigned int)fd;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && n < (int)sizeof digits);
+    int at = 18;
+    while (n)
+        path[at++] = digits[--n];
+    path[at] = 0;
+    int f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0)
+        return -1;
+    char buf[512];
+    ssize_t got = read(f, buf, sizeof buf - 1);
+    close(f);
+    if (got <= 0)
+        return -1;
+    buf[got] = 0;
+    const char *p = strstr(buf, "\nclockid:");
+    if (!p)
+        return -1;
+    p += 9;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (*p < '0' || *p > '9')
+        return -1;
+    int clk = 0;
+    while (*p >= '0' && *p <= '9')
+        clk = clk * 10 + (*p++ - '0');
+    return (clockid_t)clk;
 }
 
 int timerfd_settime(int fd, int flags, const struct itimerspec *val, struct itimerspec *old) {
     NEXT_ERRNO(timerfd_settime);
     struct itimerspec buf;
-    if ((flags & TFD_TIMER_ABSTIME) && fd >= 0 && fd < WALL_TIMERFDS &&
-        (__atomic_load_n(&wall_timerfds[fd / 8], __ATOMIC_RELAXED) & (1u << (fd % 8))))
-        val = real_itimer(CLOCK_REALTIME, val, &buf);
+    if ((flags & TFD_TIMER_ABSTIME) && fd >= 0 && set_up() && offset_ns) {
+        clockid_t clk = timerfd_clock(fd);
+        if (clk >= 0)
+            val = real_itimer(clk, val, &buf);
+    }
     return next(fd, flags, val, old);
 }

@@ -39,6 +39,7 @@ mod reminders;
 mod review17_logs;
 mod review17_spawn;
 mod review_misc;
+mod review_tt;
 mod run_as_user;
 mod shutdown;
 mod signal_mask;

@@ -60,7 +60,7 @@ enum Command {
         #[arg(long, requires = "shared")]
         pid: Option<i32>,
         /// With --shared: say the lease as JSON (`lease`, `seq`, `all_log`, `holders`,
-        /// `started`, `pid`).
+        /// `started`, `pid`, `run`, `idle_seconds`).
         #[arg(long, requires = "shared")]
         json: bool,
         #[arg(long, hide = true)]

@@ -189,7 +189,7 @@ impl SharedBuilder {
             self.error(match e.kind() {
                 std::io::ErrorKind::NotFound => format!(
                     "the `{}` command was not found: a shared bundle is run by the hitchserve \
-                     CLI; install it (`cargo install hitchserve-cli`) or set HITCHSERVE_BIN",
+                     CLI; install it (`cargo install hitchserve-cli`, or `cargo install --path crates/hitchserve-cli` from a checkout) or set HITCHSERVE_BIN",
                     program.display()
                 ),
                 _ => format!("cannot run `{}`: {e}", program.display()),
@@ -262,7 +262,8 @@ impl SharedBundle {
     /// travel it makes is undone when it is dropped — while the process's first lease (a
     /// session's, in a `static`) keeps the bundle.
     pub fn view(&self) -> Result<SharedBundle> {
-        let v = self.ask(json!({"cmd": "lease", "pid": std::process::id()}))?;
+        // Waits (as `up --shared` does) while another process's time travel is under way.
+        let v = self.ask(json!({"cmd": "lease", "pid": std::process::id(), "wait": 600}))?;
         Ok(SharedBundle {
             file: self.file.clone(),
             project: self.project.clone(),
@@ -670,7 +671,12 @@ impl SharedTail<'_> {
             Some("timeout") => Err(Error::WaitTimeout {
                 what: format!(
                     "{} in the lines of shared service `{}`",
-                    what, self.service.name
+                    match (what["until"].as_str(), what["until_json"].as_str()) {
+                        (Some(pattern), _) => format!("a line matching `{pattern}`"),
+                        (_, Some(expr)) => format!("a JSON line with `{expr}`"),
+                        _ => "a line".to_owned(),
+                    },
+                    self.service.name
                 ),
                 timeout,
                 last_lines: self

@@ -195,6 +195,22 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                         ports.join(" ")
                     );
                 }
+                // A shared bundle: who holds it, and when it stops.
+                if let Some(shared) = v["shared"].as_object() {
+                    let holders: Vec<String> = shared["holders"]
+                        .as_array()
+                        .map(|h| h.iter().map(|p| p.to_string()).collect())
+                        .unwrap_or_default();
+                    let idle = shared["idle_seconds"].as_f64().unwrap_or(0.0);
+                    println!(
+                        "shared: {} lease(s){}; stops {idle:.1} s after the last one ends",
+                        holders.len(),
+                        match holders.is_empty() {
+                            true => String::new(),
+                            false => format!(", held by pid(s) {}", holders.join(", ")),
+                        }
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -10,8 +10,10 @@
 //! silently served from the old definition.
 //!
 //! The clock is the whole bundle's: a holder may move it only while it holds the bundle
-//! alone, and its travel is undone (the clock set back to real time) once its leases end, so
-//! the next test to attach doesn't inherit it.
+//! alone, and its travel is undone (the clock set back to what it was) once its lease ends,
+//! so the next test to attach doesn't inherit it; a process asking for a lease meanwhile
+//! waits for that (or is refused, naming the traveller). Travels nest: a test's own view may
+//! travel on top of its session's travel, and its end restores the session's clock.
 //!
 //! Invariant: the idle timer runs exactly while no lease is held; a lease whose holder is
 //! already gone (exited, even if not yet reaped) is refused, never counted; none is granted
@@ -80,6 +82,16 @@ enum Traveller {
     Pid(i32),
 }
 
+/// A travel under way.
+struct Travel {
+    by: Traveller,
+    pid: i32,
+    /// The clock's offset from real time before it, in nanoseconds.
+    before_ns: i128,
+    /// Its traveller's lease(s) ended while a later travel was under way: undone with it.
+    ended: bool,
+}
+
 struct Lease {
     pid: i32,
     /// Dropped to end the lease's watcher thread (it polls the other end).
@@ -98,8 +110,9 @@ struct Held {
     /// Set once the bundle began to stop (the idle timer, a `down`, a signal): no lease is
     /// granted after.
     closing: bool,
-    /// Who moved the clock, while holding the bundle alone.
-    traveller: Option<Traveller>,
+    /// The travels under way, oldest first: who made each, and the clock's offset before it
+    /// (what its end restores) — a session's travel, then a test's own view's on top.
+    travels: Vec<Travel>,
     leases: BTreeMap<u64, Lease>,
     /// Set when the last lease ended (or at start): the idle timer counts from it.
     idle_since: Option<Instant>,
@@ -113,22 +126,23 @@ pub struct Leases {
     pub idle: Duration,
     /// The definition it was started from.
     pub definition: Definition,
-    /// Sets the clock back to real time (once a traveller's leases have ended).
-    reset_clock: Box<dyn Fn(i32) + Send + Sync>,
+    /// Sets the clock's offset back (pid of the traveller, offset in ns) once a travel's
+    /// leases have ended.
+    reset_clock: Box<dyn Fn(i32, i128) + Send + Sync>,
 }
 
 impl Leases {
     pub fn new(
         idle: Duration,
         definition: Definition,
-        reset_clock: Box<dyn Fn(i32) + Send + Sync>,
+        reset_clock: Box<dyn Fn(i32, i128) + Send + Sync>,
     ) -> Arc<Leases> {
         Arc::new(Leases {
             held: Mutex::new(Held {
                 next: 1,
                 taken: false,
                 closing: false,
-                traveller: None,
+                travels: Vec::new(),
                 leases: BTreeMap::new(),
                 idle_since: Some(Instant::now()),
             }),
@@ -148,8 +162,11 @@ impl Leases {
         self.lock().leases.values().map(|l| l.pid).collect()
     }
 
-    /// A new lease for `pid`, ended when it dies: its id.
-    pub fn take(self: &Arc<Self>, pid: i32) -> Result<u64, String> {
+    /// A new lease for `pid`, ended when it dies: its id. While another process has moved
+    /// the clock (a test that travels, holding the bundle alone), waits up to `wait` for its
+    /// travel to end — a holder attaching meanwhile would see the clock jump back under it —
+    /// then refuses, naming it.
+    pub fn take(self: &Arc<Self>, pid: i32, wait: Duration) -> Result<u64, String> {
         if pid <= 0 {
             return Err(format!("`{pid}` is not a process id"));
         }
@@ -178,8 +195,35 @@ impl Leases {
             .map_err(|e| format!("cannot make a lease: {e}"))?;
         let id = {
             let mut held = self.lock();
-            if held.closing {
-                return Err(STOPPING.to_owned());
+            let deadline = Instant::now() + wait;
+            loop {
+                if held.closing {
+                    return Err(STOPPING.to_owned());
+                }
+                let travellers: Vec<String> = held
+                    .travels
+                    .iter()
+                    .filter(|t| !t.ended && t.pid != pid)
+                    .map(|t| t.pid.to_string())
+                    .collect();
+                if travellers.is_empty() {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(format!(
+                        "process {} moved the clock of this shared bundle and holds it alone (a \
+                         test that travels in time): a holder attaching now would see the clock \
+                         jump back when it finishes; try again once it has (`hitchserve up \
+                         --shared` waits for it)",
+                        travellers.join(", ")
+                    ));
+                }
+                held = self
+                    .changed
+                    .wait_timeout(held, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
             held.taken = true;
             let id = held.next;
@@ -209,21 +253,26 @@ impl Leases {
         if held.leases.is_empty() && held.idle_since.is_none() {
             held.idle_since = Some(Instant::now());
         }
-        // The traveller's (last) lease: its travel is undone for those to come.
-        let back = ended
-            .as_ref()
-            .map(|l| l.pid)
-            .filter(|&pid| match held.traveller {
-                Some(Traveller::Lease(lease)) => lease == id,
-                Some(Traveller::Pid(p)) => p == pid && !held.leases.values().any(|l| l.pid == pid),
-                None => false,
-            });
-        if back.is_some() {
-            held.traveller = None;
+        // A travel whose lease (or whose process's last lease) ended is undone for those to
+        // come: the clock goes back to what it was before it — once no later travel is under
+        // way on top of it.
+        if let Some(lease) = &ended {
+            let pid = lease.pid;
+            let pid_gone = !held.leases.values().any(|l| l.pid == pid);
+            for t in held.travels.iter_mut() {
+                t.ended |= match t.by {
+                    Traveller::Lease(l) => l == id,
+                    Traveller::Pid(p) => p == pid && pid_gone,
+                };
+            }
+        }
+        let mut back = None;
+        while held.travels.last().is_some_and(|t| t.ended) {
+            back = held.travels.pop().map(|t| (t.pid, t.before_ns));
         }
         drop(held);
-        if let Some(pid) = back {
-            (self.reset_clock)(pid);
+        if let Some((pid, before_ns)) = back {
+            (self.reset_clock)(pid, before_ns);
         }
         self.changed.notify_all();
         ended.is_some()
@@ -235,10 +284,16 @@ impl Leases {
         self.changed.notify_all();
     }
 
-    /// May `pid` move the clock? Only while no other process holds a lease. Its travel is
-    /// undone once `lease` ends if given (and its own), else once every lease of `pid` has.
-    /// The error names the other holders.
-    pub fn travel(&self, pid: Option<i32>, lease: Option<u64>) -> Result<(), String> {
+    /// May `pid` move the clock (now `offset_ns` from real time)? Only while it holds a lease
+    /// and no other process does. Its travel is undone once `lease` ends if given (and its
+    /// own), else once every lease of `pid` has: the clock goes back to `offset_ns`. The error
+    /// says why not.
+    pub fn travel(
+        &self,
+        pid: Option<i32>,
+        lease: Option<u64>,
+        offset_ns: i128,
+    ) -> Result<(), String> {
         let mut held = self.lock();
         let others: Vec<String> = held
             .leases
@@ -255,13 +310,27 @@ impl Leases {
                 others.join(", ")
             ));
         }
-        let own = lease.filter(|id| held.leases.get(id).is_some_and(|l| Some(l.pid) == pid));
-        held.traveller = match (own, pid) {
-            (Some(id), _) => Some(Traveller::Lease(id)),
-            (None, Some(p)) if held.leases.values().any(|l| l.pid == p) => Some(Traveller::Pid(p)),
-            // Nobody holds it: the travel stays, as in a bundle that isn't shared.
-            _ => held.traveller,
+        let Some(pid) = pid.filter(|p| held.leases.values().any(|l| l.pid == *p)) else {
+            return Err(
+                "time travel in a shared bundle needs a lease, so that it is undone when \
+                        the lease ends and no later holder inherits it: take one first \
+                        (`hitchserve attach`), then travel"
+                    .to_owned(),
+            );
         };
+        let by = match lease.filter(|id| held.leases.get(id).is_some_and(|l| l.pid == pid)) {
+            Some(id) => Traveller::Lease(id),
+            None => Traveller::Pid(pid),
+        };
+        // A second travel by the same traveller restores, in the end, what was before its first.
+        if !held.travels.last().is_some_and(|t| t.by == by && !t.ended) {
+            held.travels.push(Travel {
+                by,
+                pid,
+                before_ns: offset_ns,
+                ended: false,
+            });
+        }
         Ok(())
     }
 

@@ -92,7 +92,9 @@ pub(super) fn serve(
         "time_travel" => {
             let pid = req["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
             let lease = req["lease"].as_u64();
-            if let Some(Err(refused)) = shared.map(|l| l.travel(pid, lease)) {
+            // Where the clock stands now, for the travel's end to restore.
+            let offset_ns = bundle.now().duration_since(Timestamp::now()).as_nanos();
+            if let Some(Err(refused)) = shared.map(|l| l.travel(pid, lease, offset_ns)) {
                 return reply(&mut out, &json!({"ok": false, "error": refused}));
             }
             let r = if let Some(to) = req["to"].as_str() {
@@ -236,7 +238,15 @@ fn lease(bundle: &Bundle, shared: Option<&Arc<Leases>>, req: &Value) -> Value {
             });
         }
     }
-    match leases.take(pid) {
+    // How long to wait for another process's travel to end: `up --shared` and views wait,
+    // `attach` (a shell's) is told at once.
+    let wait = req["wait"]
+        .as_f64()
+        .filter(|w| w.is_finite() && *w >= 0.0)
+        .map_or(std::time::Duration::ZERO, |w| {
+            std::time::Duration::from_secs_f64(w.min(3600.0))
+        });
+    match leases.take(pid, wait) {
         Ok(id) => {
             let seq = bundle.logs().last(1).first().map_or(0, |l| l.seq());
             let all_log = bundle.run_dir().map(|d| {

@@ -126,8 +126,17 @@ enum Refused {
     Other(String),
 }
 
-fn lease(project: &Path, pid: i32, def: Option<&Definition>) -> Result<Value, Refused> {
-    let req = json!({"cmd": "lease", "pid": pid, "definition": def});
+/// How long `up --shared` waits for another process's time travel to end before its lease
+/// is refused (see `Leases::take`); `attach` doesn't wait.
+const CLOCK_PATIENCE: Duration = Duration::from_secs(600);
+
+fn lease(
+    project: &Path,
+    pid: i32,
+    def: Option<&Definition>,
+    wait: Duration,
+) -> Result<Value, Refused> {
+    let req = json!({"cmd": "lease", "pid": pid, "definition": def, "wait": wait.as_secs_f64()});
     // No socket while its `up` runs: it is in its last moments (the socket goes just before
     // the lock), so wait for the end as for a stop.
     let mut r = request(project, &req).map_err(|_| match up_is_running(project) {
@@ -198,7 +207,7 @@ pub fn up_shared(
     // A few rounds: a bundle may stop for want of a lease (or be replaced) meanwhile.
     for _ in 0..4 {
         if up_is_running(project) {
-            match lease(project, pid, Some(&def)) {
+            match lease(project, pid, Some(&def), CLOCK_PATIENCE) {
                 Ok(v) => return Ok(said(&v, pid, json_out, false)),
                 Err(Refused::Changed { holders: 0, .. }) => {
                     // Nobody holds the old one: replace it.
@@ -218,7 +227,7 @@ pub fn up_shared(
             // Stopped by a signal while it started (Ctrl-C): not a bundle to start again.
             return Ok(started);
         }
-        match lease(project, pid, Some(&def)) {
+        match lease(project, pid, Some(&def), CLOCK_PATIENCE) {
             Ok(v) => return Ok(said(&v, pid, json_out, true)),
             Err(Refused::Stopping | Refused::Gone) => wait_up_ended(project)?,
             Err(Refused::Changed { why, .. } | Refused::Other(why)) => return Err(why),
@@ -240,7 +249,7 @@ pub fn attach(
     let pid = holder(pid)?;
     let def = file_definition(file)?;
     let _decide = SharedLock::take(project)?;
-    match lease(project, pid, Some(&def)) {
+    match lease(project, pid, Some(&def), Duration::ZERO) {
         Ok(v) => Ok(said(&v, pid, json_out, false)),
         Err(Refused::Changed { holders: 0, why }) => Err(format!(
             "{why}; nobody holds it: `hitchserve up --shared` replaces it"

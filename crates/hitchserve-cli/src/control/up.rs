@@ -205,14 +205,30 @@ pub fn up(
     // Shared: leases from now on, and a stop once none has been held for the idle time.
     let leases = shared.map(|idle| {
         let bundle = Arc::clone(&bundle);
-        let reset = move |pid: i32| {
-            // Exactly real time, and said in the log, as any travel is.
-            match bundle.time_travel_to(hitchserve::jiff::Timestamp::now()) {
-                Ok(()) => bundle.log(format!(
-                    "The clock is back to real time: process {pid}, which moved it, holds the \
-                     shared bundle no more"
+        let reset = move |pid: i32, before_ns: i128| {
+            // Back to what the clock was before the travel (real time, unless the travel was
+            // made on top of another holder's of the same process), said in the log.
+            let before = hitchserve::jiff::SignedDuration::from_nanos(
+                i64::try_from(before_ns).unwrap_or(i64::MAX),
+            );
+            let real = before.abs() < hitchserve::jiff::SignedDuration::from_millis(1);
+            let to = match real {
+                true => Ok(hitchserve::jiff::Timestamp::now()),
+                false => hitchserve::jiff::Timestamp::now().checked_add(before),
+            };
+            match to
+                .map_err(|e| e.to_string())
+                .and_then(|to| bundle.time_travel_to(to).map_err(|e| e.to_string()))
+            {
+                Ok(()) if real => bundle.log(format!(
+                    "The clock is back to real time: the lease of process {pid} that moved it \
+                     has ended"
                 )),
-                Err(e) => bundle.warn(format!("could not set the clock back to real time: {e}")),
+                Ok(()) => bundle.log(format!(
+                    "The clock is back to where it was before the travel of process {pid}, \
+                     whose lease that made it has ended"
+                )),
+                Err(e) => bundle.warn(format!("could not set the clock back: {e}")),
             }
         };
         Leases::new(idle, definition, Box::new(reset))

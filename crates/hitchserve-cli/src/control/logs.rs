@@ -89,7 +89,7 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::i
             }
         });
         let written = found.map(|l| emit(out, &l));
-        return finish(out, written, timeout, &format!("line matching `{pattern}`"));
+        return finish(out, written, timeout, &format!("`{pattern}`"));
     }
     if let Some(expr) = req["until_json"].as_str() {
         let matcher = match config::JsonMatch::parse(expr) {
@@ -113,7 +113,7 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::i
             }
         });
         let written = found.map(|(v, seq)| reply(out, &json!({"json": v, "seq": seq})));
-        return finish(out, written, timeout, &format!("JSON line with `{expr}`"));
+        return finish(out, written, timeout, &format!("`{expr}` (a JSON line)"));
     }
     let back = back.unwrap_or(usize::MAX);
     if !req["follow"].as_bool().unwrap_or(false) {
@@ -248,7 +248,7 @@ fn finish(
         }
         Err(HsError::WaitTimeout { what, .. }) => reply(
             out,
-            &json!({"end": "timeout", "error": format!("no {looked_for} within {:.1} s (waited for {what})", timeout.as_secs_f64())}),
+            &json!({"end": "timeout", "error": format!("nothing matched {looked_for} within {:.1} s (waited for {what})", timeout.as_secs_f64())}),
         ),
         Err(e) => reply(out, &json!({"end": "error", "error": e.to_string()})),
     }

@@ -556,12 +556,15 @@ ready = {{ line_contains = "READY" }}
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Refused a lease on the stopping bundle, it waits for the stop to end (blocked on the
-    // `up`'s lock, as /proc/locks shows), to start a new one.
-    let waiter = format!(" {} ", asker.id());
+    // Refused a lease on the stopping bundle, it waits for the stop to end (on a pidfd of
+    // the stopping `up`, as its descriptors show), to start a new one.
+    let fds = format!("/proc/{}/fd", asker.id());
     wait_for("`up --shared` to wait for the stopping bundle", || {
-        std::fs::read_to_string("/proc/locks")
-            .is_ok_and(|l| l.lines().any(|l| l.contains("->") && l.contains(&waiter)))
+        std::fs::read_dir(&fds).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("pidfd"))
+            })
+        })
     });
     std::fs::write(&gate, "").unwrap();
     let _ = down.wait_with_output();

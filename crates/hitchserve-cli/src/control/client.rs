@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::state_dir::{
-    is_socket, socket_dir, socket_path, state_dir, up_is_running, up_pid, StateDir, SOCKET,
-    SOCKET_STARTING,
+    is_socket, socket_dir, socket_path, state_dir, up_is_running, up_pid, RunningUp, StateDir,
+    SOCKET, SOCKET_STARTING,
 };
 use crate::config;
 use crate::one_service;
@@ -108,6 +108,9 @@ pub(super) fn down(project: &Path) -> Result<ExitCode, String> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    // The `up` that runs now, to wait for its own end below (its lock may be taken by the
+    // next `up` at once: a shared bundle started again by a holder).
+    let running = RunningUp::of(project);
     let unreachable = !is_socket(&socket_path(project));
     let mut crashed = None;
     match (unreachable, up_pid(project)) {
@@ -129,7 +132,23 @@ pub(super) fn down(project: &Path) -> Result<ExitCode, String> {
             crashed = v["error"].as_str().map(str::to_owned);
         }
     }
-    // `up` holds its lock file (which is never removed) until it has stopped.
+    // Shutdown is bounded by each service's stop timeout; this is a last resort.
+    let patience = Duration::from_secs(600);
+    let stopped = |crashed: Option<String>| match crashed {
+        None => Ok(ExitCode::SUCCESS),
+        Some(why) => Err(format!("the bundle stopped; before that, {why}")),
+    };
+    if let Some(up) = running {
+        return match up.wait(patience) {
+            true => stopped(crashed),
+            false => Err(format!(
+                "the bundle did not stop within {} s: see `.hitchserve/up.log`",
+                patience.as_secs()
+            )),
+        };
+    }
+    // No pid written yet (a bundle still starting): `up` holds its lock file (which is never
+    // removed) until it has stopped.
     let lock = std::fs::File::open(state_dir(project).join("up.lock"))
         .map_err(|e| format!("cannot open the bundle's lock file: {e}"))?;
     let (done_tx, done_rx) = mpsc::channel();
@@ -142,13 +161,8 @@ pub(super) fn down(project: &Path) -> Result<ExitCode, String> {
                 .ok_or_else(std::io::Error::last_os_error),
         );
     });
-    // Shutdown is bounded by each service's stop timeout; this is a last resort.
-    let patience = Duration::from_secs(600);
     match done_rx.recv_timeout(patience) {
-        Ok(Ok(())) => match crashed {
-            None => Ok(ExitCode::SUCCESS),
-            Some(why) => Err(format!("the bundle stopped; before that, {why}")),
-        },
+        Ok(Ok(())) => stopped(crashed),
         Ok(Err(e)) => Err(format!("cannot wait for the bundle to stop: {e}")),
         Err(_) => Err(format!(
             "the bundle did not stop within {} s: see `.hitchserve/up.log`",

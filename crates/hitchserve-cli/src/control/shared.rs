@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::client::{down, request};
 use super::leases::{definition, Definition};
-use super::state_dir::{state_dir, up_is_running};
+use super::state_dir::{state_dir, up_is_running, RunningUp};
 use super::up::detach_up;
 use crate::config;
 use crate::ExitCode;
@@ -91,25 +91,19 @@ impl SharedLock {
 /// bounded by each service's shutdown timeout, so this is a last resort.
 const STOP_PATIENCE: Duration = Duration::from_secs(600);
 
-/// Wait until the `up` of the project has ended (it holds its lock until then).
+/// Wait until the `up` of the project that runs now has ended (not for its lock: the next
+/// `up` may take it at once).
 fn wait_up_ended(project: &Path) -> Result<(), String> {
-    let Ok(lock) = File::open(state_dir(project).join("up.lock")) else {
+    let Some(up) = RunningUp::of(project) else {
         return Ok(());
     };
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        // SAFETY: a blocking shared lock on a descriptor this thread owns.
-        unsafe {
-            libc::flock(lock.as_raw_fd(), libc::LOCK_SH);
-        }
-        let _ = done_tx.send(());
-    });
-    done_rx.recv_timeout(STOP_PATIENCE).map_err(|_| {
-        format!(
+    match up.wait(STOP_PATIENCE) {
+        true => Ok(()),
+        false => Err(format!(
             "the shared bundle did not finish stopping within {} s: see `.hitchserve/up.log`",
             STOP_PATIENCE.as_secs()
-        )
-    })
+        )),
+    }
 }
 
 /// Why a lease was refused, as the server said it.

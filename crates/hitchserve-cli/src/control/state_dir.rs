@@ -2,12 +2,14 @@
 //! there: the control sockets' private directory and names, the lock file that says an `up`
 //! is running, and the pid it writes there.
 //!
-//! Owns the names and the reading, not the making (that is `up`'s). Invariant: a socket is
+//! Owns the names and the reading, not the making (that is `up`'s), and the wait for a
+//! running `up`'s end (`RunningUp`). Invariant: a socket is
 //! only ever reached inside the project's `.hitchserve/control/` (through `/proc/self/fd`
 //! when the path is too long for `sun_path`), never from a copy elsewhere.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 
@@ -81,4 +83,41 @@ pub(super) fn up_pid(project: &Path) -> Option<libc::pid_t> {
         .ok()
         .and_then(|p| p.trim().parse().ok())
         .filter(|&pid| pid > 0)
+}
+
+/// The running `up` of a project, to wait for its end — its own, not the lock's: once it has
+/// released the lock, another `up` (a shared bundle started again) may take it at once.
+pub(super) struct RunningUp(OwnedFd);
+
+impl RunningUp {
+    /// The `up` that holds the project's lock now, if any (and it has written its pid).
+    pub(super) fn of(project: &Path) -> Option<RunningUp> {
+        let pid = up_pid(project)?;
+        // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a descriptor the kernel just gave us, owned from here on.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // Opened while an `up` holds the lock: the pid in the lock file is that one's.
+        up_is_running(project).then_some(RunningUp(pidfd))
+    }
+
+    /// Wait up to `patience` for it to exit: whether it did.
+    pub(super) fn wait(&self, patience: Duration) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(patience.as_millis()).unwrap_or(i32::MAX);
+        loop {
+            // SAFETY: polling one descriptor we own.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return n == 1;
+            }
+        }
+    }
 }

@@ -93,8 +93,8 @@ class Postgres(_ReadyMade):
 
 
 class Redis(_ReadyMade):
-    """Redis on a free port, in memory only (on real time: Debian's build breaks under
-    libfaketime). ``config={"maxmemory": "10mb"}`` passes directives."""
+    """Redis on a free port, in memory only; it follows time travel (a key's TTL runs out on a
+    jump). ``config={"maxmemory": "10mb"}`` passes directives."""
 
     def __init__(self, config: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -67,3 +67,38 @@ fn redis_runs_the_program_it_is_given() {
     let err = b.startup().unwrap_err().to_string();
     assert!(err.contains("/nonexistent/redis-server"), "{err}");
 }
+
+#[test]
+fn a_keys_ttl_runs_out_when_the_bundle_travels_in_time() {
+    let p = Project::new("redis-ttl");
+    let mut b = p.bundle();
+    b.add("Redis", Redis::new().service()).unwrap();
+    b.startup().unwrap();
+    let redis = Redis::handle(&b, "Redis").unwrap();
+    let unix_time = |redis: &hitchserve::services::redis::RedisHandle| -> i64 {
+        let out = redis.cli(["TIME"]).checked_output().unwrap();
+        out.stdout_text()
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    redis
+        .cli(["SET", "session", "alive", "EX", "3600"])
+        .run()
+        .unwrap();
+    let before = unix_time(&redis);
+    b.time_travel(std::time::Duration::from_secs(2 * 3600))
+        .unwrap();
+    // Redis's own clock moved with the bundle's...
+    let after = unix_time(&redis);
+    assert!(
+        after - before >= 2 * 3600,
+        "TIME went from {before} to {after}"
+    );
+    // ... so the key's hour is over.
+    let got = redis.cli(["GET", "session"]).checked_output().unwrap();
+    assert_eq!(got.stdout_text().trim(), "", "the key outlived its TTL");
+}

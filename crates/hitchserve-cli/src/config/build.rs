@@ -243,8 +243,7 @@ mod tests {
 
     #[test]
     fn rabbitmq_kind_takes_users_and_vhosts() {
-        let dir = std::env::temp_dir().join(format!("hs-cfg-rmq-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::config::test_dir("rmq");
         let f = dir.join("hitchserve.toml");
         std::fs::write(
             &f,
@@ -264,8 +263,7 @@ mod tests {
 
     #[test]
     fn a_chromium_kind_takes_its_driver_browser_and_flags() {
-        let dir = std::env::temp_dir().join(format!("hs-cfg-chromium-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::config::test_dir("chromium");
         let f = dir.join("hitchserve.toml");
         std::fs::write(
             &f,
@@ -293,7 +291,7 @@ mod kinds {
 
     fn parse(toml: &str) -> Result<Bundle, String> {
         let cfg: Config = toml::from_str(toml).map_err(|e| e.to_string())?;
-        bundle(&cfg, &std::env::temp_dir())
+        bundle(&cfg, &crate::config::test_dir("parse"))
     }
 
     #[test]
@@ -357,7 +355,7 @@ mod readme {
         let end = start + readme[start..].find("```").expect("its end");
         let cfg: super::Config = toml::from_str(&readme[start..end]).unwrap();
         assert_eq!(cfg.services.len(), 2);
-        let dir = std::env::temp_dir();
+        let dir = crate::config::test_dir("readme");
         let bundle = super::bundle(&cfg, &dir).unwrap();
         assert_eq!(bundle.service_names(), vec!["App", "Postgres"]);
     }

@@ -155,8 +155,7 @@ mod tests {
 
     #[test]
     fn restart_policies_and_their_mistakes_name_line_and_column() {
-        let dir = std::env::temp_dir().join(format!("hs-cfg-restart-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::config::test_dir("restart");
         let f = dir.join("hitchserve.toml");
         let head = "[services.W]\ncommand = [\"true\"]\n";
         for (keys, policy) in [

@@ -50,8 +50,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_wrong_types_name_line_and_column() {
-        let dir = std::env::temp_dir().join(format!("hs-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::config::test_dir("load");
         let f = dir.join("hitchserve.toml");
         std::fs::write(&f, "[services.App]\ncommand = [\"true\"]\nneeds = 3\n").unwrap();
         let e = load(&f).unwrap_err();

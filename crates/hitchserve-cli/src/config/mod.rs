@@ -43,3 +43,15 @@ pub use json_match::JsonMatch;
 pub use load::load;
 pub use schema::ServiceConfig;
 pub use text::strings;
+
+/// A fresh directory of one test's own under the shared temp directory: made, never found
+/// (`create_dir` fails on anything in its place, a symlink another user planted included).
+#[cfg(test)]
+fn test_dir(tag: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("hs-cfg-{tag}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}

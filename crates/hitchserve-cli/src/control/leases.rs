@@ -94,6 +94,8 @@ struct Travel {
 
 struct Lease {
     pid: i32,
+    /// Its holder's pidfd (shared with the watcher thread): readable once the holder died.
+    pidfd: Arc<OwnedFd>,
     /// Dropped to end the lease's watcher thread (it polls the other end).
     _release: OwnedFd,
 }
@@ -159,7 +161,23 @@ impl Leases {
 
     /// The pids holding a lease, one per lease, in the order they were taken.
     pub fn holders(&self) -> Vec<i32> {
+        self.prune();
         self.lock().leases.values().map(|l| l.pid).collect()
+    }
+
+    /// End at once the leases whose holder has died, rather than when their watcher thread
+    /// gets to it: what a query answers right after a holder's death is true.
+    fn prune(&self) {
+        let dead: Vec<u64> = self
+            .lock()
+            .leases
+            .iter()
+            .filter(|(_, l)| readable(&l.pidfd))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.end(id);
+        }
     }
 
     /// A new lease for `pid`, ended when it dies: its id. While another process has moved
@@ -186,13 +204,14 @@ impl Leases {
             ));
         }
         // SAFETY: a descriptor the kernel just gave us, owned from here on.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let pidfd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd as i32) });
         // A pidfd is readable once its process has exited — also before it is reaped.
         if readable(&pidfd) {
             return Err(format!("process {pid} can't hold a lease: it has exited"));
         }
         let (wake, release) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| format!("cannot make a lease: {e}"))?;
+        self.prune();
         let id = {
             let mut held = self.lock();
             let deadline = Instant::now() + wait;
@@ -232,6 +251,7 @@ impl Leases {
                 id,
                 Lease {
                     pid,
+                    pidfd: Arc::clone(&pidfd),
                     _release: release,
                 },
             );
@@ -294,6 +314,7 @@ impl Leases {
         lease: Option<u64>,
         offset_ns: i128,
     ) -> Result<(), String> {
+        self.prune();
         let mut held = self.lock();
         let others: Vec<String> = held
             .leases

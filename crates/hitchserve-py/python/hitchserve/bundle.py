@@ -227,19 +227,9 @@ class ServiceBundle:
         The jump is logged ("Time travelling to 2 days from now"), in interactive mode too.
         A ``timedelta`` given first, ``bundle.time_travel(timedelta(days=1))``, is a delta;
         with ``datetime``, the deltas are added to it."""
-        if isinstance(datetime, _dt.timedelta):
-            timedelta = datetime if timedelta is None else _check_delta(timedelta) + datetime
-            datetime = None
-        if datetime is not None and not isinstance(datetime, _dt.datetime):
-            raise TypeError(
-                "time_travel(datetime=...) takes a datetime.datetime (or, first, a "
-                f"datetime.timedelta), not {type(datetime).__name__}: {datetime!r}"
-            )
-        delta = _dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-        if timedelta is not None:
-            delta += _check_delta(timedelta)
-        if datetime is not None:
-            _print(self._native.time_travel_to(_micros(datetime + delta)))
+        moment, delta = _travel(datetime, timedelta, seconds, minutes, hours, days)
+        if moment is not None:
+            _print(self._native.time_travel_to(_micros(moment)))
         else:
             _print(self._native.time_travel_by(_delta_micros(delta)))
 
@@ -275,6 +265,30 @@ def _print(said: List[str]) -> None:
     # What the engine logged for a command given in interactive mode (the console is muted).
     for line in said:
         print(line, flush=True)
+
+
+def _travel(
+    datetime: Union[_dt.datetime, _dt.timedelta, None],
+    timedelta: Optional[_dt.timedelta],
+    seconds: float,
+    minutes: float,
+    hours: float,
+    days: float,
+) -> Tuple[Optional[_dt.datetime], _dt.timedelta]:
+    """``time_travel``'s arguments, checked: the moment to travel to (``datetime`` plus the
+    deltas), or ``None`` and the delta to travel by. A ``timedelta`` given first is a delta."""
+    if isinstance(datetime, _dt.timedelta):
+        timedelta = datetime if timedelta is None else _check_delta(timedelta) + datetime
+        datetime = None
+    if datetime is not None and not isinstance(datetime, _dt.datetime):
+        raise TypeError(
+            "time_travel(datetime=...) takes a datetime.datetime (or, first, a "
+            f"datetime.timedelta), not {type(datetime).__name__}: {datetime!r}"
+        )
+    delta = _dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    if timedelta is not None:
+        delta += _check_delta(timedelta)
+    return (None if datetime is None else datetime + delta), delta
 
 
 def _check_delta(delta: Any) -> _dt.timedelta:

@@ -34,7 +34,7 @@ import sys
 from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 from . import _native
-from .bundle import _delta_micros, _from_micros, _micros
+from .bundle import _delta_micros, _from_micros, _micros, _travel
 from .errors import ServiceError, SubcommandFailed
 
 __all__ = ["SharedBundle", "SharedService", "SharedTail", "SharedLine"]
@@ -170,24 +170,9 @@ class SharedBundle:
         """Move every service's clock, as :meth:`hitchserve.ServiceBundle.time_travel` does.
         The clock is every holder's: refused (:class:`~hitchserve.SharedBundleError`) while
         another process holds the bundle."""
-        if isinstance(datetime, _dt.timedelta):
-            timedelta = datetime if timedelta is None else timedelta + datetime
-            datetime = None
-        if datetime is not None and not isinstance(datetime, _dt.datetime):
-            raise TypeError(
-                "time_travel(datetime=...) takes a datetime.datetime (or, first, a "
-                f"datetime.timedelta), not {type(datetime).__name__}: {datetime!r}"
-            )
-        if timedelta is not None and not isinstance(timedelta, _dt.timedelta):
-            raise TypeError(
-                "time_travel(timedelta=...) takes a datetime.timedelta, not "
-                f"{type(timedelta).__name__}: {timedelta!r}"
-            )
-        delta = _dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-        if timedelta is not None:
-            delta += timedelta
-        if datetime is not None:
-            self._native.time_travel_to(_micros(datetime + delta))
+        moment, delta = _travel(datetime, timedelta, seconds, minutes, hours, days)
+        if moment is not None:
+            self._native.time_travel_to(_micros(moment))
         else:
             self._native.time_travel_by(_delta_micros(delta))
 

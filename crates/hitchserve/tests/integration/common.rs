@@ -221,3 +221,24 @@ pub fn has_env(pid: u32, entry: &str) -> bool {
         .map(|env| env.split(|&b| b == 0).any(|v| v == entry.as_bytes()))
         .unwrap_or(false)
 }
+
+/// Compile the C program `source` (a test's own, as text) into the project as `name`, with
+/// pthreads and librt; its path.
+pub fn compile_c(p: &Project, name: &str, source: &str) -> PathBuf {
+    let src = p.write(&format!("{name}.c"), source);
+    let bin = p.path(name);
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let built = std::process::Command::new(&cc)
+        .args(["-O2", "-Wall", "-pthread", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .arg("-lrt")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    bin
+}

@@ -10,7 +10,7 @@ use hitchserve::jiff::SignedDuration;
 use hitchserve::{Bundle, Service};
 use serde_json::Value;
 
-use crate::common::{Project, PATIENCE};
+use crate::common::{compile_c, Project, PATIENCE};
 
 const REVIEW_TT_C: &str = include_str!("review_tt.c");
 
@@ -22,22 +22,7 @@ fn real_now() -> f64 {
 }
 
 fn build(p: &Project) -> PathBuf {
-    let src = p.write("review_tt.c", REVIEW_TT_C);
-    let bin = p.path("review_tt");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-    let built = std::process::Command::new(&cc)
-        .args(["-O2", "-Wall", "-pthread", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .arg("-lrt")
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    bin
+    compile_c(p, "review_tt", REVIEW_TT_C)
 }
 
 /// The program in `mode` as service "Probe", started.

@@ -6,7 +6,7 @@ use hitchserve::jiff::{SignedDuration, Timestamp};
 use hitchserve::{Bundle, Service};
 use serde_json::Value;
 
-use crate::common::{sh, Project, PATIENCE};
+use crate::common::{compile_c, sh, Project, PATIENCE};
 
 /// Prints its clocks as JSON every 20 ms. Sleeping and a queue timeout each round prove
 /// that sleeps and timeouts still work in a faked process.
@@ -313,21 +313,7 @@ fn deadline_round(b: &Bundle, tail: &mut hitchserve::Tail, now: f64) -> Vec<Valu
 #[test]
 fn absolute_deadlines_on_the_faked_clock_wait_their_relative_time_after_jumps() {
     let p = Project::new("tt-deadlines");
-    let src = p.write("deadlines.c", DEADLINES_C);
-    let bin = p.path("deadlines");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-    let built = std::process::Command::new(&cc)
-        .args(["-O2", "-Wall", "-pthread", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .arg("-lrt")
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let bin = compile_c(&p, "deadlines", DEADLINES_C);
     let mut b = p.bundle();
     b.add(
         "Waits",

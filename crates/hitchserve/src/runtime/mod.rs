@@ -198,7 +198,12 @@ impl Runtime {
             let mut states = self.lock();
             self.apply_locked(&mut states, idx, event)
         };
-        self.changed.notify_all();
+        // Ready but not yet announced: nobody waits for that. The `Announced` that follows
+        // at once wakes the waiters, once (a wake-up is a good part of a ready line's way
+        // to the test that waits for it).
+        if !actions.iter().any(|a| matches!(a, Action::Announce { .. })) {
+            self.changed.notify_all();
+        }
         self.carry_out(idx, actions)
     }
 

@@ -490,7 +490,9 @@ fn deliver(
     checker: &Checker,
 ) {
     let pending = checker.is_pending();
-    let stored = runtime.sink.emit(source, lines, pending);
+    // The writer is woken after the verdict is out (when `_wake` goes): a test waiting for
+    // this line hears of it first.
+    let (stored, _wake) = runtime.sink.emit(source, lines, pending);
     if !pending {
         return;
     }

@@ -9,6 +9,7 @@ use std::sync::{Arc, MutexGuard};
 
 use super::read::pick;
 use super::*;
+use crate::logs::files::WriterWake;
 
 impl LogStore {
     /// Register where lines can come from; returns the shared source to append with.
@@ -109,21 +110,22 @@ impl LogStore {
             }
             note_file_range(&mut inner.blocks[e.block as usize], file, e.len);
         }
-        files.write(rendered);
+        drop(files.write(rendered));
         inner.files = Some(files);
         inner.file_path = Some(path);
     }
 
     /// Append lines from one source; returns them as stored if `want` (building them costs
-    /// time a fast producer would notice).
+    /// time a fast producer would notice), and the writer's wake-up, to drop when it suits
+    /// (see `files`).
     pub(crate) fn append(
         &self,
         source: &Arc<Source>,
         lines: &[(&[u8], End)],
         want: bool,
-    ) -> Vec<LogLine> {
+    ) -> (Vec<LogLine>, WriterWake) {
         if lines.is_empty() {
-            return Vec::new();
+            return (Vec::new(), WriterWake::none());
         }
         let time = now_nanos();
         let mut guard = self.lock();
@@ -203,18 +205,21 @@ impl LogStore {
             })
             .collect();
         let mut behind = false;
+        let mut wake = WriterWake::none();
         if let Some(files) = inner.files.as_ref() {
             // Sent under the lock, so all.log keeps the arrival order the offsets assume.
-            files.write(rendered);
+            wake = files.write(rendered);
             let written = files.written();
             spill(inner, written);
             behind = over_bound(inner, written);
         }
         self.grown.notify_all();
         if behind {
+            drop(wake);
             self.wait_for_writer(guard);
+            return (stored, WriterWake::none());
         }
-        stored
+        (stored, wake)
     }
 
     /// Show `bytes`, the start of a line `source` has not ended, to tails (replacing what

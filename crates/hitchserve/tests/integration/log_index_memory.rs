@@ -52,6 +52,22 @@ fn millions_of_tiny_lines_keep_log_memory_within_the_limit_index_included() {
         .next_line(PATIENCE)
         .unwrap();
     assert_eq!(first.text(), "1");
+    // A tail from the first line sees every line once, in order, across the spilled blocks
+    // (read back from all.log) and the ones still in memory (made at once).
+    let mut next = 1u64;
+    let last = out
+        .tail()
+        .lines_back(2 * HALF as usize)
+        .until(
+            |l| {
+                assert_eq!(l, next.to_string(), "the tail's line {next}");
+                next += 1;
+                next > 2 * HALF
+            },
+            PATIENCE,
+        )
+        .unwrap();
+    assert_eq!(last.text(), (2 * HALF).to_string());
 
     // Once everything is on disk (shutdown flushes all.log), memory is within the limit. A
     // 32-byte entry per line kept in memory would alone take 64 MB here, 15 times the limit.

@@ -163,14 +163,26 @@ impl LogStore {
         loop {
             let end = inner.index.len();
             let mut picked = Vec::new();
+            // Lines still in memory, the usual case for a tail that keeps up, are made here
+            // at once (no `Picked`, no `materialise`): a batch of them ends at the first line
+            // that is not, and a batch of the others at the first that is.
+            let mut lines = Vec::new();
             let mut i = *pos as usize;
-            while i < end && picked.len() < WAIT_BATCH {
+            while i < end && picked.len() + lines.len() < WAIT_BATCH {
                 if filter.matches(&inner.sources[inner.index.source(i) as usize]) {
-                    picked.push(pick(&inner, i));
+                    match in_memory(&inner, i) {
+                        Some(line) if picked.is_empty() => lines.push(line),
+                        Some(_) => break,
+                        None if lines.is_empty() => picked.push(pick(&inner, i)),
+                        None => break,
+                    }
                 }
                 i += 1;
             }
             *pos = i as u64;
+            if !lines.is_empty() {
+                return Batch::Lines(lines);
+            }
             if !picked.is_empty() {
                 let path = inner.files.clone();
                 drop(inner);
@@ -194,19 +206,21 @@ impl LogStore {
             if ended || inner.closed {
                 return Batch::Ended;
             }
-            inner = match deadline {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|left| left.is_zero()) {
+                return Batch::TimedOut;
+            }
+            inner.sleeping_tails += 1;
+            inner = match left {
                 None => self.grown.wait(inner).unwrap_or_else(|e| e.into_inner()),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Batch::TimedOut;
-                    }
+                Some(left) => {
                     self.grown
                         .wait_timeout(inner, left)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
                 }
             };
+            inner.sleeping_tails -= 1;
         }
     }
 
@@ -298,6 +312,28 @@ impl LogStore {
             })
             .collect()
     }
+}
+
+/// Line `i` made from memory, if it is an ordinary line held there (not one in pieces, nor
+/// of a spilled block, nor kept after a failure).
+#[inline]
+fn in_memory(inner: &Inner, i: usize) -> Option<LogLine> {
+    let Known::Entry(e) = inner.index.known(i, |b| inner.blocks[b as usize].first) else {
+        return None;
+    };
+    if e.block == LONG {
+        return None;
+    }
+    let data = inner.blocks[e.block as usize].data.as_ref()?;
+    Some(LogLine::new(
+        i as u64,
+        Arc::clone(&inner.sources[e.source as usize]),
+        Arc::clone(data),
+        e.start,
+        e.len,
+        e.newline,
+        e.time,
+    ))
 }
 
 #[inline]

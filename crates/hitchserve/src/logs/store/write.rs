@@ -213,7 +213,9 @@ impl LogStore {
             spill(inner, written);
             behind = over_bound(inner, written);
         }
-        self.grown.notify_all();
+        if inner.sleeping_tails > 0 {
+            self.grown.notify_all();
+        }
         if behind {
             drop(wake);
             self.wait_for_writer(guard);

@@ -537,29 +537,14 @@ pub(crate) fn wait_started(
     result
 }
 
-/// Stop every service, and meanwhile write `timeline.svg` in the run directory: which
-/// service made startup slow. Written when the bundle stops (or its startup fails), not
-/// before `startup()` returns: drawing it took a good part of the time between a service's
-/// ready line and `startup()` returning. Drawn on a thread of its own while the services
-/// stop (mostly a wait for their exits), so that it costs the shutdown nothing either.
+/// Stop every service, then write `timeline.svg` in the run directory: which service made
+/// startup slow. Written when the bundle stops (or its startup fails), not before
+/// `startup()` returns: it took a good part of the time between a service's ready line and
+/// `startup()` returning. What cost was making the file, not drawing it (microseconds):
+/// all.log's writer makes it when the run starts, and this only fills it.
 pub(crate) fn stop_all(runtime: &Arc<Runtime>, timeout: Duration) {
-    let drawing = {
-        let runtime = Arc::clone(runtime);
-        std::thread::Builder::new()
-            .name("hitchserve-timeline".into())
-            .spawn(move || save_timeline(&runtime))
-    };
     runtime.stop_all(timeout);
-    match drawing {
-        Ok(thread) => {
-            let _ = thread.join();
-        }
-        // No thread to be had: draw it here.
-        Err(_) => save_timeline(runtime),
-    }
-}
-
-fn save_timeline(runtime: &Runtime) {
-    let svg = runtime.run.path.join("timeline.svg");
-    let _ = crate::inspect::timeline::of(runtime).save_svg(&svg);
+    let svg = crate::inspect::timeline::of(runtime).to_svg();
+    let path = runtime.run.path.join(crate::logs::files::TIMELINE);
+    let _ = runtime.sink.store.write_timeline(&path, svg.as_bytes());
 }

@@ -83,6 +83,15 @@ impl LogStore {
         self.lock().file_path.clone()
     }
 
+    /// Write the run's `timeline.svg` at `path` (through all.log's writer, which made it).
+    pub(crate) fn write_timeline(&self, path: &std::path::Path, svg: &[u8]) -> std::io::Result<()> {
+        let files = self.lock().files.clone();
+        match files {
+            Some(files) => files.write_timeline(path, svg),
+            None => std::fs::write(path, svg),
+        }
+    }
+
     /// Lines matching `filter` with seq in `from..to` (`to` = now if `None`), oldest first.
     pub(crate) fn select(&self, filter: &Filter, from: u64, to: Option<u64>) -> Vec<LogLine> {
         let (picked, path) = {

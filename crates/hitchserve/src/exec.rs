@@ -46,12 +46,15 @@ impl ExecEnv {
     /// Find `program` as exec would, from this directory and on this `PATH`; the error says
     /// where we looked.
     pub(crate) fn resolve(&self, program: &OsStr) -> Result<PathBuf, String> {
-        let path = self
-            .env
+        resolve_program(program, &self.dir, self.path_var())
+    }
+
+    /// Its `PATH`, if it has one.
+    pub(crate) fn path_var(&self) -> Option<&OsStr> {
+        self.env
             .iter()
             .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_os_str());
-        resolve_program(program, &self.dir, path)
+            .map(|(_, v)| v.as_os_str())
     }
 
     /// A command running `program` (already resolved) as `arg0` with `args` in this

@@ -9,7 +9,7 @@
 //! (`prepare_users`), on the way to starting.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -163,6 +163,7 @@ impl Plan {
             .map(|(i, (n, _))| (n.as_str(), i))
             .collect();
         let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let mut lookups = Lookups::default();
         let mut services = Vec::with_capacity(defs.len());
         for (idx, (name, svc)) in defs.iter().enumerate() {
             let svc = expand(name, svc, &run.path, ports)?;
@@ -176,6 +177,7 @@ impl Plan {
                 &index,
                 time_travel,
                 store,
+                &mut lookups,
             )?);
         }
         // A service others wait on to complete is one-shot; one others wait on to start
@@ -291,6 +293,7 @@ fn resolve_one(
     index: &HashMap<&str, usize>,
     time_travel: bool,
     store: &LogStore,
+    lookups: &mut Lookups,
 ) -> Result<ServicePlan> {
     let Some(program) = svc.argv.first() else {
         return Err(Error::EmptyCommand {
@@ -301,7 +304,11 @@ fn resolve_one(
         Some(d) => project.join(d),
         None => project.to_path_buf(),
     };
-    if !dir.is_dir() {
+    if !*lookups
+        .dirs
+        .entry(dir.clone())
+        .or_insert_with(|| dir.is_dir())
+    {
         let service = name.to_owned();
         return Err(match dir.exists() {
             true => Error::NotADirectory { service, path: dir },
@@ -336,7 +343,17 @@ fn resolve_one(
         env,
         run_as,
     };
-    let program = exec.resolve(program).map_err(|searched| {
+    let key = (
+        program.clone(),
+        exec.dir.clone(),
+        exec.path_var().map(OsStr::to_owned),
+    );
+    let found = lookups
+        .programs
+        .entry(key)
+        .or_insert_with(|| exec.resolve(program))
+        .clone();
+    let program = found.map_err(|searched| {
         let program = program.to_string_lossy().into_owned();
         match &svc.install {
             Some(install) => Error::NotInstalled {
@@ -404,6 +421,18 @@ fn resolve_one(
             ),
         },
     })
+}
+
+/// What resolving a run found on the file system, looked up once per run for each
+/// directory and each program (with its directory and `PATH`): twenty services running
+/// `sh` looked along `PATH` twenty times, eight `statx` each here, a fifth of the time
+/// `startup()` took before starting anything.
+#[derive(Default)]
+struct Lookups {
+    /// Whether each directory is one.
+    dirs: HashMap<PathBuf, bool>,
+    /// Each (program, directory, `PATH`): where it is, or where it was looked for.
+    programs: HashMap<(OsString, PathBuf, Option<OsString>), std::result::Result<PathBuf, String>>,
 }
 
 /// A cycle in `needs`, as service indices with the first repeated at the end.

@@ -4,9 +4,10 @@
 //!
 //! It is `/bin/sh` running a short script, because the library lives inside other people's
 //! test binaries and can't rely on their `main`, and forking without exec in a threaded
-//! process is unsafe. It reads commands on stdin: `+g PGID` / `-g PGID` to watch or forget a
-//! service's process group, `+r RUN` / `-r RUN` for a run whose marker it should sweep,
-//! `+c DIR` / `-c DIR` for a run's cgroup (see `cgroup`). End of file on stdin means our
+//! process is unsafe. It reads commands on stdin: `+r RUN` / `-r RUN` for a run whose marker it should
+//! sweep, `+c DIR` / `-c DIR` for a run's cgroup (see `cgroup`); the services' process
+//! groups it finds in a table we keep in memory (`table`: changing it wakes nobody), or as
+//! `+g PGID` / `-g PGID` lines once the table is full. End of file on stdin means our
 //! process is gone: it then kills every watched cgroup, SIGKILLs every watched group, kills
 //! every process whose `/proc/*/environ` carries a watched run's marker (which finds processes
 //! that left their group: setsid, double fork) and removes the cgroups.
@@ -36,8 +37,12 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use crate::cgroup::Cgroup;
 use crate::exec::MARKER_VAR;
 
+mod table;
+use table::GroupTable;
+
 const SCRIPT: &str = r#"
 trap '' HUP INT PIPE
+table=$1
 groups=' '
 runs=' '
 cgroups=' '
@@ -68,6 +73,11 @@ for c in $cgroups; do
   done
 done 2>/dev/null
 for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
+if [ -n "$table" ]; then
+  while read -r v g; do
+    [ "$v" = + ] && kill -s KILL -- "-$g" 2>/dev/null
+  done < "$table"
+fi
 set --
 for r in $runs; do set -- "$@" -e "HITCHSERVE_RUN=$r"; done
 if [ $# -gt 0 ]; then
@@ -85,6 +95,7 @@ for c in $cgroups; do
     sleep 0.05; i=$((i+1))
   done
 done
+[ -z "$table" ] || rm -f "$table"
 "#;
 
 /// How long a run's cgroup may take to empty once everything in it was killed.
@@ -101,6 +112,9 @@ struct Running {
 
 struct Guardian {
     running: Option<Running>,
+    /// The groups it watches, while there is room (made with the first guardian).
+    table: Option<GroupTable>,
+    /// Groups watched by lines on its stdin: none unless the table is full or missing.
     groups: BTreeSet<u32>,
     runs: BTreeSet<String>,
     cgroups: BTreeMap<String, Arc<Cgroup>>,
@@ -115,6 +129,7 @@ struct Guardian {
 
 static GUARDIAN: Mutex<Guardian> = Mutex::new(Guardian {
     running: None,
+    table: None,
     groups: BTreeSet::new(),
     runs: BTreeSet::new(),
     cgroups: BTreeMap::new(),
@@ -144,6 +159,7 @@ fn lock() -> MutexGuard<'static, Guardian> {
             // thread are the parent's. Let go of our copies (closing our copy of its stdin
             // is right: the parent still holds its own) and start afresh when needed.
             g.running = None;
+            g.table = None;
             g.groups.clear();
             g.runs.clear();
             g.cgroups.clear();
@@ -163,12 +179,13 @@ fn lock_placements() -> MutexGuard<'static, Placements> {
 }
 
 impl Guardian {
-    fn spawn() -> std::io::Result<Running> {
+    fn spawn(table: Option<&std::path::Path>) -> std::io::Result<Running> {
         debug_assert!(SCRIPT.contains(MARKER_VAR));
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(SCRIPT)
             .arg("hitchserve-guardian")
+            .args(table)
             .env_remove(MARKER_VAR)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -197,7 +214,13 @@ impl Guardian {
             drop(old.stdin);
             let _ = old.child.wait();
         }
-        let mut running = Self::spawn()?;
+        if self.table.is_none() {
+            // Without one (no private directory to make it in), groups go as lines.
+            self.table = crate::safepath::user_subdir("guardian", 0o700)
+                .ok()
+                .and_then(|dir| GroupTable::create(&dir).ok());
+        }
+        let mut running = Self::spawn(self.table.as_ref().map(GroupTable::path))?;
         let mut replay = String::new();
         for g in &self.groups {
             replay.push_str(&format!("+g {g}\n"));
@@ -360,9 +383,11 @@ pub(crate) fn remove_run(run_id: &str) {
 /// Watch a service's process group, and move it into its run's cgroup (off this thread).
 pub(crate) fn watch(run_id: &str, pgid: u32) {
     let mut g = lock();
-    g.groups.insert(pgid);
-    // If even a restart fails, the run's marker sweep at shutdown still finds it.
-    let _ = g.send(&format!("+g {pgid}\n"));
+    if !g.table.as_mut().is_some_and(|t| t.add(pgid)) {
+        g.groups.insert(pgid);
+        // If even a restart fails, the run's marker sweep at shutdown still finds it.
+        let _ = g.send(&format!("+g {pgid}\n"));
+    }
     let Some(cgroup) = g.cgroups.get(run_id).cloned() else {
         return;
     };
@@ -384,8 +409,9 @@ pub(crate) fn forget(pgid: u32) {
         }
     }
     let mut g = lock();
-    g.groups.remove(&pgid);
-    let _ = g.send(&format!("-g {pgid}\n"));
+    if !g.table.as_mut().is_some_and(|t| t.remove(pgid)) && g.groups.remove(&pgid) {
+        let _ = g.send(&format!("-g {pgid}\n"));
+    }
 }
 
 /// A pidfd for `pid`: readable once the process has exited. `None` before Linux 5.3.
@@ -397,4 +423,62 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     }
     // SAFETY: `fd` is a fresh, valid descriptor owned by nobody else.
     Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// The guardian's own end, run for real: once its stdin ends it kills the groups marked
+    /// `+` in its table, not the ones marked `-` (freed: their numbers may be reused), and
+    /// removes the table.
+    #[test]
+    fn at_its_end_the_guardian_kills_the_groups_its_table_watches() {
+        /// A `sleep` in a group of its own, killed and reaped when dropped (a failing
+        /// assertion must not leave it behind).
+        struct Sleeper(Child);
+        impl Drop for Sleeper {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let sleeper = || {
+            Sleeper(
+                Command::new("sleep")
+                    .arg("1000")
+                    .process_group(0)
+                    .env_remove(MARKER_VAR)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn sleep"),
+            )
+        };
+        let (mut watched, mut freed) = (sleeper(), sleeper());
+        let (watched_pid, freed_pid) = (watched.0.id(), freed.0.id());
+        let dir = crate::safepath::user_subdir("guardian", 0o700).expect("our directory");
+        let mut table = GroupTable::create(&dir).expect("a table");
+        assert!(table.add(watched_pid));
+        assert!(table.add(freed_pid));
+        assert!(table.remove(freed_pid));
+        let path = table.path().to_owned();
+        // Ours is dropped below without removing the file: the guardian does.
+        std::mem::forget(table);
+        let mut guardian = Guardian::spawn(Some(&path)).expect("spawn the guardian");
+        drop(guardian.stdin);
+        let ended = guardian.child.wait().expect("the guardian ends");
+        assert!(ended.success(), "{ended:?}");
+        // Dead within the patience (its pidfd readable), not waited for forever.
+        let pidfd = pidfd_open(watched_pid).expect("a pidfd");
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        let left = poll(&mut fds, PollTimeout::from(30_000u16)).expect("poll");
+        assert_eq!(left, 1, "the watched group was not killed");
+        let status = watched.0.wait().expect("reap the watched sleep");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+        assert!(freed.0.try_wait().expect("look at the freed one").is_none());
+        assert!(!path.exists(), "the guardian removes its table");
+    }
 }

@@ -179,6 +179,56 @@ fn a_killed_guardian_is_replaced_and_still_cleans_up_after_a_killed_owner() {
     assert!(marked_pids(&said["RUN"]).is_empty());
 }
 
+/// The groups the guardian of this test process would kill if it died, read from the table
+/// it was given (its argument after `hitchserve-guardian`).
+fn groups_in_guardian_table() -> Vec<u32> {
+    let guardian = guardian_of(std::process::id()).expect("this process has a guardian");
+    let cmdline = std::fs::read(format!("/proc/{guardian}/cmdline")).unwrap();
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let at = args
+        .iter()
+        .position(|a| *a == b"hitchserve-guardian")
+        .unwrap();
+    let table = String::from_utf8(args[at + 1].to_vec()).expect("a table path");
+    std::fs::read_to_string(table)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("+ "))
+        .map(|pgid| pgid.trim().parse().unwrap())
+        .collect()
+}
+
+/// Each service's process group is in the guardian's table while the service runs, and out
+/// of it once the service is stopped (before its leader is reaped, so a number the kernel
+/// gives out again is never killed).
+#[test]
+fn the_guardian_watches_each_running_services_group_from_its_table() {
+    let p = Project::new("guardian-table");
+    let mut b = p.bundle();
+    b.add("One", sh("echo READY; exec sleep 1000")).unwrap();
+    b.add("Two", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let one = b.service("One").unwrap().pid().unwrap();
+    let two = b.service("Two").unwrap().pid().unwrap();
+    let watched = groups_in_guardian_table();
+    assert!(
+        watched.contains(&one) && watched.contains(&two),
+        "{watched:?}"
+    );
+    b.service("One").unwrap().stop().unwrap();
+    let watched = groups_in_guardian_table();
+    assert!(
+        !watched.contains(&one) && watched.contains(&two),
+        "{watched:?}"
+    );
+    b.shutdown().unwrap();
+    let watched = groups_in_guardian_table();
+    assert!(
+        !watched.contains(&one) && !watched.contains(&two),
+        "{watched:?}"
+    );
+}
+
 /// A service that, when told to (the file `go` appears), starts a daemon in a new session
 /// with an empty environment: no process group, no session, no marker, no parent in common.
 pub fn escaping_service() -> hitchserve::Service {

@@ -24,6 +24,7 @@
 
 mod control;
 mod launch;
+mod pool;
 mod probe;
 pub(crate) mod report;
 pub(crate) mod schedule;

@@ -139,11 +139,10 @@ impl Runtime {
             None => task,
         };
         let runtime = Arc::clone(self);
-        let handle = std::thread::Builder::new()
-            .name(format!("hitchserve:{}", self.services()[idx].name))
-            .spawn(move || runtime.run_task(idx, task))?;
-        self.threads.keep(handle);
-        Ok(())
+        self.threads.spawn(
+            format!("hitchserve:{}", self.services()[idx].name),
+            move || runtime.run_task(idx, task),
+        )
     }
 
     /// Make the supervisor threads of services not started yet, so that starting one later
@@ -160,15 +159,15 @@ impl Runtime {
         for idx in pending {
             let (tx, rx) = mpsc::channel::<Task>();
             let runtime = Arc::clone(self);
-            let spawned = std::thread::Builder::new()
-                .name(format!("hitchserve:{}", self.services()[idx].name))
-                .spawn(move || {
+            let spawned = self.threads.spawn(
+                format!("hitchserve:{}", self.services()[idx].name),
+                move || {
                     if let Ok(task) = rx.recv() {
                         runtime.run_task(idx, task);
                     }
-                });
-            if let Ok(handle) = spawned {
-                self.threads.keep(handle);
+                },
+            );
+            if spawned.is_ok() {
                 if let Some(slot) = self.threads.workers().get_mut(idx) {
                     *slot = Some(tx);
                 }
@@ -290,63 +289,60 @@ impl Runtime {
     /// (a stop or a start by hand meanwhile calls it off), then start and supervise it there.
     pub(crate) fn restart_later(self: &Arc<Self>, idx: usize, after: Duration) {
         let runtime = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name(format!("hitchserve:{}:restart", self.services()[idx].name))
-            .spawn(move || {
-                let due = deadline_after(Instant::now(), after);
-                // This restart's wait only: a later one (after a start by hand and another
-                // crash) has a timer of its own.
-                let n = runtime.read(idx, |st| st.restarts);
-                let mine = |st: &ServiceState| {
-                    matches!(st.phase, Phase::Restarting { .. }) && st.restarts == n
-                };
-                let (mut states, _) = runtime.wait_until(runtime.lock(), due, |s| {
-                    !mine(&s[idx]) || runtime.is_stopping()
-                });
-                if !mine(&states[idx]) {
-                    return;
-                }
-                // Under the lock that `stop_all` sets `stopping` under: a bundle that has
-                // begun to stop gets no new process (its stop pass may have missed this
-                // service, reaped after it).
-                let event = if runtime.is_stopping() {
-                    Event::Stop {
-                        deadline: None,
-                        main_exited: true,
-                        then_start: None,
-                    }
-                } else {
-                    Event::RestartDue { at: Instant::now() }
-                };
-                let exited = match states[idx].phase {
-                    Phase::Restarting { status } => Some(status),
-                    _ => None,
-                };
-                let (actions, _) = runtime.apply_locked(&mut states, idx, event);
-                drop(states);
-                runtime.changed.notify_all();
-                if !runtime.carry_out(idx, actions) {
-                    return;
-                }
-                match runtime.start(idx) {
-                    Some((child, sources)) => {
-                        runtime.run_task(idx, Task::Supervise(child, sources))
-                    }
-                    None => {
-                        // Nobody waits for this start to hear that it failed: say so, and
-                        // let the exit stand, reported like a crash.
-                        let refused = runtime.read(idx, |st| match (&st.phase, &st.failure) {
-                            (Phase::NotStarted, Some(failure)) => Some(failure.describe()),
-                            _ => None,
-                        });
-                        if let (Some(why), Some(status)) = (refused, exited) {
-                            runtime.give_up(idx, status, &why);
-                        }
-                    }
-                }
+        let name = format!("hitchserve:{}:restart", self.services()[idx].name);
+        let spawned = self.threads.spawn(name, move || {
+            let due = deadline_after(Instant::now(), after);
+            // This restart's wait only: a later one (after a start by hand and another
+            // crash) has a timer of its own.
+            let n = runtime.read(idx, |st| st.restarts);
+            let mine = |st: &ServiceState| {
+                matches!(st.phase, Phase::Restarting { .. }) && st.restarts == n
+            };
+            let (mut states, _) = runtime.wait_until(runtime.lock(), due, |s| {
+                !mine(&s[idx]) || runtime.is_stopping()
             });
+            if !mine(&states[idx]) {
+                return;
+            }
+            // Under the lock that `stop_all` sets `stopping` under: a bundle that has
+            // begun to stop gets no new process (its stop pass may have missed this
+            // service, reaped after it).
+            let event = if runtime.is_stopping() {
+                Event::Stop {
+                    deadline: None,
+                    main_exited: true,
+                    then_start: None,
+                }
+            } else {
+                Event::RestartDue { at: Instant::now() }
+            };
+            let exited = match states[idx].phase {
+                Phase::Restarting { status } => Some(status),
+                _ => None,
+            };
+            let (actions, _) = runtime.apply_locked(&mut states, idx, event);
+            drop(states);
+            runtime.changed.notify_all();
+            if !runtime.carry_out(idx, actions) {
+                return;
+            }
+            match runtime.start(idx) {
+                Some((child, sources)) => runtime.run_task(idx, Task::Supervise(child, sources)),
+                None => {
+                    // Nobody waits for this start to hear that it failed: say so, and
+                    // let the exit stand, reported like a crash.
+                    let refused = runtime.read(idx, |st| match (&st.phase, &st.failure) {
+                        (Phase::NotStarted, Some(failure)) => Some(failure.describe()),
+                        _ => None,
+                    });
+                    if let (Some(why), Some(status)) = (refused, exited) {
+                        runtime.give_up(idx, status, &why);
+                    }
+                }
+            }
+        });
         match spawned {
-            Ok(handle) => self.threads.keep(handle),
+            Ok(()) => {}
             Err(e) => {
                 let status = self.read(idx, |st| match st.phase {
                     Phase::Restarting { status } => Some(status),
@@ -393,20 +389,19 @@ impl Runtime {
     /// pass its check may be its reader, which must keep draining its pipes).
     pub(crate) fn run_poststart(self: &Arc<Self>, idx: usize, start: u32) {
         let runtime = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name(format!("hitchserve:{}:post", self.services()[idx].name))
-            .spawn(move || {
-                let plan = &runtime.services()[idx];
-                let sources = runtime.current_sources(idx);
-                let result = match &plan.poststart {
-                    Some(hook) => runtime.run_hook(idx, hook, &sources.post, UserCode::Poststart),
-                    None => Ok(()),
-                };
-                let at = Instant::now();
-                runtime.dispatch(idx, Event::PoststartDone { result, at }.of(start));
-            });
+        let name = format!("hitchserve:{}:post", self.services()[idx].name);
+        let spawned = self.threads.spawn(name, move || {
+            let plan = &runtime.services()[idx];
+            let sources = runtime.current_sources(idx);
+            let result = match &plan.poststart {
+                Some(hook) => runtime.run_hook(idx, hook, &sources.post, UserCode::Poststart),
+                None => Ok(()),
+            };
+            let at = Instant::now();
+            runtime.dispatch(idx, Event::PoststartDone { result, at }.of(start));
+        });
         match spawned {
-            Ok(handle) => self.threads.keep(handle),
+            Ok(()) => {}
             Err(e) => {
                 let result = Err(format!("could not start its thread: {e}"));
                 let at = Instant::now();

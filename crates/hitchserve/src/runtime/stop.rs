@@ -112,7 +112,7 @@ impl Runtime {
             // With a thread stuck in user code, join only threads that have ended: the
             // stuck one may never end, and every other one has done its work by now.
             if stuck.is_empty() || h.is_finished() {
-                let _ = h.join();
+                h.wait();
             }
         }
         guardian::remove_run(&self.run.id);

@@ -67,12 +67,11 @@ pub(crate) fn supervise(
     let checker = Arc::new(plan.ready.checker());
     if checker.has_probes() {
         let (prober, prober_checker) = (Arc::clone(runtime), Arc::clone(&checker));
-        let spawned = std::thread::Builder::new()
-            .name(format!("hitchserve:{}:probe", plan.name))
-            .spawn(move || probe_until_ready(&prober, idx, &prober_checker, start));
-        if let Ok(handle) = spawned {
-            runtime.threads.keep(handle);
-        }
+        let _ = runtime
+            .threads
+            .spawn(format!("hitchserve:{}:probe", plan.name), move || {
+                probe_until_ready(&prober, idx, &prober_checker, start)
+            });
     }
     let pidfd = pidfd_open(pid);
     // Until the main process exits: read whatever arrives.

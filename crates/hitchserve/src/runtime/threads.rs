@@ -1,12 +1,13 @@
-//! The threads of a run: every one made (joined at shutdown), and the supervisor threads
-//! made in advance, each waiting for its service's task.
+//! The threads of a run: every job it gave the process's thread pool (`pool`; waited for at
+//! shutdown), and the supervisor threads taken in advance, each waiting for its service's
+//! task.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 
 use crate::exec::ServiceChild;
 use crate::plan::Sources;
+use crate::runtime::pool::{self, Done};
 
 /// What a supervisor thread is given to do.
 pub(crate) enum Task {
@@ -18,7 +19,7 @@ pub(crate) enum Task {
 
 /// The threads of a run: every one made, and those made in advance waiting for a task.
 pub(crate) struct Threads {
-    handles: Mutex<Vec<JoinHandle<()>>>,
+    handles: Mutex<Vec<Done>>,
     workers: Mutex<Vec<Option<mpsc::Sender<Task>>>>,
 }
 
@@ -34,7 +35,7 @@ impl Threads {
         self.workers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn handles(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+    pub(crate) fn handles(&self) -> MutexGuard<'_, Vec<Done>> {
         self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -43,8 +44,14 @@ impl Threads {
         self.workers().iter_mut().for_each(|w| *w = None);
     }
 
-    /// Keep a thread's handle, to join it at shutdown.
-    pub(crate) fn keep(&self, handle: JoinHandle<()>) {
-        self.handles().push(handle);
+    /// Run `job` on a thread of the pool named `name`, to be waited for at shutdown.
+    pub(crate) fn spawn(
+        &self,
+        name: String,
+        job: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<()> {
+        let done = pool::run(&name, job)?;
+        self.handles().push(done);
+        Ok(())
     }
 }

@@ -40,6 +40,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::logs::Sink;
+use crate::pidwindow::PidMark;
 use crate::plan::{Plan, ServicePlan, Sources};
 use crate::rundir::RunDir;
 
@@ -66,6 +67,9 @@ pub(crate) struct Runtime {
     user_code: UserCodes,
     /// The big read buffers its services' readers share.
     read_buffers: supervisor::ReadBuffers,
+    /// The kernel's pid counters before its first service started: processes it made have
+    /// pids in their window (see `pidwindow`), where the marker sweep looks first.
+    born_after: Option<PidMark>,
 }
 
 /// The bundle's timeouts, as the runtime applies them to one service as to all.
@@ -100,6 +104,7 @@ impl Runtime {
             threads: Threads::new(n),
             user_code: UserCodes::new(n),
             read_buffers: supervisor::ReadBuffers::new(),
+            born_after: PidMark::now(),
             plan,
         }
     }

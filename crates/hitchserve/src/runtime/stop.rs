@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 
 use crate::exec::MARKER_VAR;
 use crate::guardian;
+use crate::pidwindow::{PidMark, PidWindow};
 use crate::runtime::state::{Event, ServiceState};
 use crate::runtime::supervisor::{group_alive, has_exited, GROUP_CHECK, READER_DRAIN};
 use crate::runtime::usercode::UserCode;
@@ -93,7 +94,7 @@ impl Runtime {
         // Processes that left their group (setsid, double fork) are still in the run's
         // cgroup, where there is one, and still carry the marker unless they cleared it.
         guardian::kill_cgroup(&self.run.id);
-        sweep(&self.run.id);
+        sweep(&self.run.id, self.born_after.as_ref());
         let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
         drop(self.wait_stopped(grace, all_done));
         self.threads.release_workers();
@@ -216,13 +217,16 @@ impl Runtime {
 }
 
 /// SIGKILL every process whose environment carries this run's marker; repeat until none is
-/// left (a process may fork between two scans). Returns how many were killed.
-fn sweep(run_id: &str) -> usize {
+/// left (a process may fork between two scans). Returns how many were killed. Only the
+/// processes made since `born_after` can carry it: where the kernel's counters say which
+/// pids those have (see `pidwindow`), only those are looked at.
+fn sweep(run_id: &str, born_after: Option<&PidMark>) -> usize {
     let needle = format!("{MARKER_VAR}={run_id}");
     let me = std::process::id();
     let mut killed = 0;
     for _ in 0..50 {
-        let found = marked_pids(&needle, me);
+        let window = born_after.and_then(PidMark::window);
+        let found = marked_pids(&needle, me, window.as_ref());
         if found.is_empty() {
             break;
         }
@@ -235,30 +239,40 @@ fn sweep(run_id: &str) -> usize {
     killed
 }
 
-/// The processes (other than us) whose environment holds `needle` as a whole entry.
+/// Windows up to this many pids are looked at pid by pid (a missing one costs a failed
+/// open), wider ones through a listing of `/proc`.
+const PROBE_AT_MOST: u32 = 1024;
+
+/// The processes (other than us) whose environment holds `needle` as a whole entry: every
+/// process on the machine, or those with a pid in `window`.
 ///
-/// Every process on the machine is looked at, so each look is kept to an open, a read into
-/// a buffer used for all of them, and a close: no per-process path, allocation or `stat`.
-fn marked_pids(needle: &str, me: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+/// Each look is kept to an open, a read into a buffer used for all of them, and a close: no
+/// per-process allocation or `stat`.
+fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>) -> Vec<u32> {
+    let candidates: Box<dyn Iterator<Item = u32>> = match window {
+        Some(w) if w.len() <= PROBE_AT_MOST => Box::new(w.pids()),
+        _ => {
+            let Ok(dir) = std::fs::read_dir("/proc") else {
+                return Vec::new();
+            };
+            Box::new(
+                dir.flatten()
+                    .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+                    .filter(move |&pid| window.is_none_or(|w| w.contains(pid))),
+            )
+        }
     };
     let mut out = Vec::new();
     let mut path = String::with_capacity(32);
     let mut buf = vec![0u8; 16 * 1024];
     let finder = memchr::memmem::Finder::new(needle.as_bytes());
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
+    for pid in candidates {
         if pid == me {
             continue;
         }
         path.clear();
-        path.push_str("/proc/");
-        path.push_str(name.to_str().unwrap_or_default());
-        path.push_str("/environ");
+        // (Writing to a String can't fail.)
+        let _ = std::fmt::Write::write_fmt(&mut path, format_args!("/proc/{pid}/environ"));
         // Zombies and kernel threads have an empty environ: nothing to kill there.
         let Ok(mut file) = std::fs::File::open(&path) else {
             continue;
@@ -325,6 +339,30 @@ mod tests {
         }
     }
 
+    /// With the run's pid mark, the sweep kills a marked process made since, and does not
+    /// even look at one made before (no process of the run can be that old).
+    #[test]
+    fn the_sweep_looks_at_the_processes_made_since_the_run_began() {
+        let run = format!("sweep-window-{}", std::process::id());
+        let older = Sleeper::with(&[(MARKER_VAR, &run)]);
+        let mark = PidMark::now().expect("the kernel's counters");
+        let mut newer = Sleeper::with(&[(MARKER_VAR, &run)]);
+        // (Counted per kill: a process is found again until it has died.)
+        assert!(sweep(&run, Some(&mark)) >= 1);
+        let status = newer.0.wait().expect("reap it");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+        let needle = format!("{MARKER_VAR}={run}");
+        assert_eq!(
+            marked_pids(&needle, std::process::id(), None),
+            [older.0.id()]
+        );
+        // Without a mark, every process is looked at.
+        assert!(sweep(&run, None) >= 1);
+    }
+
     #[test]
     fn the_sweep_finds_the_marker_only_as_a_whole_entry() {
         let run = format!("sweep-test-{}", std::process::id());
@@ -337,7 +375,7 @@ mod tests {
         // A big environment: read in more than one go.
         let big = "v".repeat(40 * 1024);
         let after_a_big_one = Sleeper::with(&[("BIG", &big), (MARKER_VAR, &run)]);
-        let mut found = marked_pids(&needle, std::process::id());
+        let mut found = marked_pids(&needle, std::process::id(), None);
         found.sort_unstable();
         let mut want = vec![marked.0.id(), alone.0.id(), after_a_big_one.0.id()];
         want.sort_unstable();

@@ -13,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
         "safepath",
         "cgroup",
         "process",
+        "pidwindow",
         "rundir",
         "ports",
         "timetravel",

@@ -237,6 +237,19 @@ impl Guardian {
         self.start_watcher()
     }
 
+    /// Start a guardian again if none runs, or (with no pidfd to watch it by) if ours has
+    /// died: what `send` finds out by writing, for changes that write nothing (the table).
+    fn keep_alive(&mut self) {
+        let dead = match self.running.as_mut() {
+            None => true,
+            Some(r) => r.pidfd.is_none() && !matches!(r.child.try_wait(), Ok(None)),
+        };
+        if dead {
+            // If even a restart fails, the run's marker sweep at shutdown still finds it.
+            let _ = self.restart();
+        }
+    }
+
     /// Send one command, (re)starting the guardian if needed (it replays all state, this
     /// command included, since the caller changed the state first).
     fn send(&mut self, line: &str) -> std::io::Result<()> {
@@ -383,6 +396,7 @@ pub(crate) fn remove_run(run_id: &str) {
 /// Watch a service's process group, and move it into its run's cgroup (off this thread).
 pub(crate) fn watch(run_id: &str, pgid: u32) {
     let mut g = lock();
+    g.keep_alive();
     if !g.table.as_mut().is_some_and(|t| t.add(pgid)) {
         g.groups.insert(pgid);
         // If even a restart fails, the run's marker sweep at shutdown still finds it.
@@ -409,6 +423,7 @@ pub(crate) fn forget(pgid: u32) {
         }
     }
     let mut g = lock();
+    g.keep_alive();
     if !g.table.as_mut().is_some_and(|t| t.remove(pgid)) && g.groups.remove(&pgid) {
         let _ = g.send(&format!("-g {pgid}\n"));
     }

@@ -49,9 +49,12 @@ pub(super) struct GroupTable {
 unsafe impl Send for GroupTable {}
 
 impl GroupTable {
-    /// Make a new, empty table in `dir` (our private directory).
+    /// Make a new, empty table in `dir` (our private directory), removing the tables of
+    /// processes long gone (their guardian removes a table when it ends; a guardian killed
+    /// with its owner can't).
     pub(super) fn create(dir: &Path) -> std::io::Result<GroupTable> {
         use nix::sys::mman::{mmap, MapFlags, ProtFlags};
+        prune(dir);
         let path = dir.join(format!(
             "groups-{}-{}",
             std::process::id(),
@@ -103,10 +106,10 @@ impl GroupTable {
         &self.path
     }
 
-    /// Watch `pgid`; false if the table is full (or it was there already).
+    /// Watch `pgid` (again, if it is there already); false if the table is full.
     pub(super) fn add(&mut self, pgid: u32) -> bool {
         if self.used.contains_key(&pgid) {
-            return false;
+            return true;
         }
         let slot = match self.free.pop() {
             Some(slot) => slot,
@@ -151,6 +154,40 @@ impl GroupTable {
     }
 }
 
+/// How long after its last change a table whose owner is gone is left alone: its guardian
+/// may still be reading it.
+const LEFT_ALONE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Remove the tables in `dir` whose owner process is gone and which nobody changed for a
+/// while (a pid reused since keeps a table: a file left, nothing worse).
+fn prune(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("groups-"))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(owner), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        let idle = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > LEFT_ALONE));
+        if gone && idle {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl Drop for GroupTable {
     fn drop(&mut self) {
         // SAFETY: unmapping what `create` mapped, once.
@@ -173,7 +210,7 @@ mod tests {
         let dir = crate::safepath::user_subdir("guardian", 0o700).expect("our directory");
         let mut table = GroupTable::create(&dir).expect("a table");
         assert!(table.add(12345));
-        assert!(!table.add(12345), "already there");
+        assert!(table.add(12345), "already there: still watched, once");
         assert!(table.add(7));
         assert!(table.add(4_194_304));
         assert!(table.remove(7));
@@ -197,5 +234,32 @@ mod tests {
         let path = table.path().to_owned();
         drop(table);
         assert!(!path.exists(), "removed with the table");
+    }
+
+    /// A table is removed when its owner is gone and nobody changed it for a while — not
+    /// while its owner lives, nor right after it died (its guardian may be reading it).
+    #[test]
+    fn old_tables_of_processes_gone_are_removed() {
+        let dir = crate::safepath::user_subdir("guardian", 0o700).expect("our directory");
+        let mut gone = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let dead = gone.id();
+        gone.wait().expect("reap it");
+        let old = std::time::SystemTime::now() - 2 * LEFT_ALONE;
+        let make = |owner: u32, tag: &str, modified: std::time::SystemTime| {
+            let path = dir.join(format!("groups-{owner}-test{tag}"));
+            let file = std::fs::File::create(&path).expect("make a table file");
+            file.set_modified(modified).expect("set its time");
+            path
+        };
+        let stale = make(dead, "stale", old);
+        let fresh = make(dead, "fresh", std::time::SystemTime::now());
+        let alive = make(std::process::id(), "alive", old);
+        prune(&dir);
+        assert!(!stale.exists(), "an old table of a process gone stays");
+        assert!(fresh.exists() && alive.exists());
+        let _ = std::fs::remove_file(fresh);
+        let _ = std::fs::remove_file(alive);
     }
 }

@@ -14,11 +14,13 @@
 //! readiness check waits for the disk — unless memory is past the log memory limit with the
 //! writer behind: then the store holds the readers back, at most a second per stall (see the
 //! store), and batches end at `MAX_BATCH` so progress is published meanwhile. Lines reach
-//! the file within `BATCH` of arriving. Waking the sleeping writer is the costly part of a
-//! write (a wake-up of another core: measured ~18 µs for the sender here), so `write` hands
-//! it back as a [`WriterWake`] for the caller to drop when it suits: a reader that has just
-//! seen a ready line tells the waiting test first. Invariant: lines are written in the order
-//! they were sent, and everything sent before `close` is on disk when it returns.
+//! the file within `BATCH` of arriving. Waking a sleeping thread is the costly part of a
+//! write (a wake-up of another core: measured ~18 µs for the sender here, on the way from a
+//! ready line to the test waiting for it), so the writer doesn't sleep until woken as long
+//! as lines keep coming: for `AWAKE_FOR` after its last batch it looks at its queue every
+//! `BATCH` by itself, and only then sleeps until a write wakes it. Invariant: lines are
+//! written in the order they were sent, and everything sent before `close` is on disk when
+//! it returns.
 //!
 //! The file can fail under us: a full disk, or the run directory deleted mid-run (writes to
 //! a deleted file still succeed, so each batch checks the file is still linked). Either way
@@ -44,6 +46,10 @@ use std::time::{Duration, Instant};
 /// for the writer: see `hurry`).
 const BATCH: Duration = Duration::from_millis(20);
 
+/// How long after its last batch the writer keeps looking for lines by itself (see the
+/// module's header) before it sleeps until woken.
+const AWAKE_FOR: Duration = Duration::from_secs(1);
+
 /// Most bytes written before what is written is published (see the writer loop).
 const MAX_BATCH: u64 = 4 << 20;
 
@@ -60,25 +66,6 @@ struct Queue {
     closed: bool,
     /// The writer found the queue empty and sleeps until woken: the next sender wakes it.
     asleep: bool,
-}
-
-/// The writer has to be woken for what was just sent: done when this is dropped (see the
-/// module's header). Holding it delays the write by as long, no more.
-#[must_use = "dropping it wakes the writer; hold it only to delay that"]
-pub(crate) struct WriterWake(Option<std::thread::Thread>);
-
-impl WriterWake {
-    pub(crate) fn none() -> WriterWake {
-        WriterWake(None)
-    }
-}
-
-impl Drop for WriterWake {
-    fn drop(&mut self) {
-        if let Some(writer) = self.0.take() {
-            writer.unpark();
-        }
-    }
 }
 
 pub(crate) struct LogFiles {
@@ -101,22 +88,30 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
     queue.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The writer's next chunk: waits (parked) while the queue is empty; `None` once it is
-/// empty and closed.
-fn next_chunk(queue: &Mutex<Queue>) -> Option<Vec<u8>> {
+/// The writer's next chunk, and whether the writer slept until woken for it: it looks at
+/// the queue every `BATCH` until `awake_until`, then sleeps until a write wakes it. `None`
+/// once the queue is empty and closed.
+fn next_chunk(queue: &Mutex<Queue>, awake_until: Instant) -> Option<(Vec<u8>, bool)> {
     let mut q = lock(queue);
+    let mut slept = false;
     loop {
         if let Some(chunk) = q.chunks.pop_front() {
             q.asleep = false;
-            return Some(chunk);
+            return Some((chunk, slept));
         }
         if q.closed {
             return None;
         }
-        q.asleep = true;
+        let awake = Instant::now() < awake_until;
+        q.asleep = !awake;
         drop(q);
-        // A wake sent between the unlock and here is kept by the thread's token.
-        std::thread::park();
+        if awake {
+            std::thread::park_timeout(BATCH);
+        } else {
+            // A wake sent between the unlock and here is kept by the thread's token.
+            std::thread::park();
+            slept = true;
+        }
         q = lock(queue);
     }
 }
@@ -130,6 +125,16 @@ impl LogFiles {
         run: RunDir,
         on_failed: impl FnOnce(String) + Send + 'static,
         on_written: impl Fn() + Send + 'static,
+    ) -> std::io::Result<LogFiles> {
+        Self::start_awake_for(run, on_failed, on_written, AWAKE_FOR)
+    }
+
+    /// `start`, with the writer looking for lines by itself for `awake_for` after a batch.
+    fn start_awake_for(
+        run: RunDir,
+        on_failed: impl FnOnce(String) + Send + 'static,
+        on_written: impl Fn() + Send + 'static,
+        awake_for: Duration,
     ) -> std::io::Result<LogFiles> {
         let queue = Arc::new(Mutex::new(Queue::default()));
         let queue_w = Arc::clone(&queue);
@@ -176,21 +181,24 @@ impl LogFiles {
                     Err(e) => {
                         on_failed(format!("could not create it: {e}"));
                         // Still drain, so senders never notice.
-                        while next_chunk(&queue_w).is_some() {}
+                        while next_chunk(&queue_w, Instant::now()).is_some() {}
                         return;
                     }
                 };
                 let mut w = BufWriter::with_capacity(256 * 1024, file);
                 let mut on_failed = Some(on_failed);
-                // Wake at most every BATCH: a wake-up per line would take CPU from services.
+                // Write at most every BATCH: a wake-up per line would take CPU from services.
                 // `close` unparks us, so stopping never waits for a batch.
                 let mut backlog = false;
-                while let Some(first) = next_chunk(&queue_w) {
-                    // The flag, not just the unpark, says we are closing: the wait for the
-                    // first chunk may have consumed the unpark token already. With a backlog
-                    // (the last batch stopped at MAX_BATCH), no waiting.
+                let mut awake_until = Instant::now() + awake_for;
+                while let Some((first, slept)) = next_chunk(&queue_w, awake_until) {
+                    // Woken by this chunk: let the lines of the moment join it. The flag, not
+                    // just the unpark, says we are closing: the wait for the first chunk may
+                    // have consumed the unpark token already. With a backlog (the last batch
+                    // stopped at MAX_BATCH), no waiting.
                     let until = Instant::now() + BATCH;
-                    while !std::mem::take(&mut backlog)
+                    while slept
+                        && !std::mem::take(&mut backlog)
                         && !closing_w.load(Ordering::Acquire)
                         && !hurry_w.swap(false, Ordering::AcqRel)
                     {
@@ -221,6 +229,7 @@ impl LogFiles {
                             None => break,
                         }
                     }
+                    awake_until = Instant::now() + awake_for;
                     let Some(report) = on_failed.take() else {
                         // Failed before: drain only, so senders never notice.
                         continue;
@@ -269,19 +278,22 @@ impl LogFiles {
         })
     }
 
-    /// Append rendered lines (see the store) to all.log. The writer, if asleep, is woken
-    /// when the returned `WriterWake` is dropped.
-    pub(crate) fn write(&self, bytes: Vec<u8>) -> WriterWake {
+    /// Append rendered lines (see the store) to all.log; wakes the writer only if it sleeps
+    /// until woken (see the module's header).
+    pub(crate) fn write(&self, bytes: Vec<u8>) {
         if bytes.is_empty() {
-            return WriterWake::none();
+            return;
         }
         let mut q = lock(&self.queue);
         if q.closed {
-            return WriterWake::none();
+            return;
         }
         q.chunks.push_back(bytes);
         let wake = std::mem::take(&mut q.asleep);
-        WriterWake(wake.then(|| self.thread.clone()))
+        drop(q);
+        if wake {
+            self.thread.unpark();
+        }
     }
 
     /// How many bytes of all.log are on disk (only ever grows; stops for good at the first
@@ -369,37 +381,47 @@ mod tests {
         }
     }
 
-    /// The writer sleeps while nothing comes; a write wakes it when its `WriterWake` goes,
-    /// and what was sent reaches the file while the writer runs on — not only at `close`.
-    /// (Failed with a lost wake-up as: the second batch never reported written.)
+    /// Two lines written one at a time reach the file while the writer runs on — not only
+    /// at `close` — whether it looks for lines by itself or sleeps until a write wakes it.
+    /// (Failed with a lost wake-up as: batch 1 was never written.)
     #[test]
-    fn a_write_reaches_the_file_once_its_wake_is_dropped() {
-        let project = Project::new("hs-files-wake");
-        let run = RunDir::allocate(&project.0);
-        let log = run.logs().join("all.log");
-        let (tx, rx) = mpsc::channel();
-        let files = LogFiles::start(
-            run,
-            |why| panic!("all.log failed: {why}"),
-            move || {
-                let _ = tx.send(());
-            },
-        )
-        .expect("start the writer");
-        let patience = Duration::from_secs(30);
-        for (i, line) in ["first\n", "second\n"].into_iter().enumerate() {
-            // After the first batch the writer has found the queue empty: asleep.
-            let wake = files.write(line.as_bytes().to_vec());
-            drop(wake);
-            rx.recv_timeout(patience)
-                .unwrap_or_else(|_| panic!("batch {i} was never written"));
+    fn a_write_reaches_the_file_whether_the_writer_looks_or_sleeps() {
+        for (mode, awake_for) in [("sleeping", Duration::ZERO), ("looking", AWAKE_FOR)] {
+            let project = Project::new(&format!("hs-files-{mode}"));
+            let run = RunDir::allocate(&project.0);
+            let log = run.logs().join("all.log");
+            let (tx, rx) = mpsc::channel();
+            let files = LogFiles::start_awake_for(
+                run,
+                |why| panic!("all.log failed: {why}"),
+                move || {
+                    let _ = tx.send(());
+                },
+                awake_for,
+            )
+            .expect("start the writer");
+            let patience = Duration::from_secs(30);
+            for (i, line) in ["first\n", "second\n"].into_iter().enumerate() {
+                if awake_for.is_zero() {
+                    // Only once it sleeps does this write have to wake it. It announces
+                    // nothing as it falls asleep: look (bounded) until it does.
+                    let deadline = std::time::Instant::now() + patience;
+                    while !lock(&files.queue).asleep && std::time::Instant::now() < deadline {
+                        std::thread::yield_now();
+                    }
+                    assert!(lock(&files.queue).asleep, "{mode}: the writer never slept");
+                }
+                files.write(line.as_bytes().to_vec());
+                rx.recv_timeout(patience)
+                    .unwrap_or_else(|_| panic!("{mode}: batch {i} was never written"));
+            }
+            let written = std::fs::read_to_string(&log).expect("read all.log");
+            assert_eq!(written, "first\nsecond\n", "{mode}");
+            assert_eq!(files.written(), written.len() as u64);
+            // Nothing is written after close, and close ends the writer.
+            files.close();
+            files.write(b"late\n".to_vec());
+            assert_eq!(std::fs::read_to_string(&log).unwrap(), written);
         }
-        let written = std::fs::read_to_string(&log).expect("read all.log");
-        assert_eq!(written, "first\nsecond\n");
-        assert_eq!(files.written(), written.len() as u64);
-        // Nothing is sent after close, and close ends the writer.
-        files.close();
-        assert!(files.write(b"late\n".to_vec()).0.is_none());
-        assert_eq!(std::fs::read_to_string(&log).unwrap(), written);
     }
 }

@@ -12,7 +12,6 @@ use std::io::Read;
 use std::sync::Arc;
 
 use crate::logs::console::Console;
-use crate::logs::files::WriterWake;
 use crate::logs::line::{Filter, LogLine, Part, Source, Stream};
 use crate::logs::split::{End, LineSplitter};
 use crate::logs::store::LogStore;
@@ -36,16 +35,15 @@ impl Sink {
         }
     }
 
-    /// Store and print lines from one source; returns them if `checking` or printed, and
-    /// the all.log writer's wake-up (dropping it wakes the writer: see `files`).
+    /// Store and print lines from one source; returns them if `checking` or printed.
     pub(crate) fn emit(
         &self,
         source: &Arc<Source>,
         lines: &[(&[u8], End)],
         checking: bool,
-    ) -> (Vec<LogLine>, WriterWake) {
+    ) -> Vec<LogLine> {
         if lines.is_empty() {
-            return (Vec::new(), WriterWake::none());
+            return Vec::new();
         }
         // Decide before storing: a line a waiter can already see while muted is never
         // printed later, after interactive mode ends.
@@ -55,11 +53,11 @@ impl Sink {
         if muted {
             self.console.count_missed(lines.len());
         }
-        let (stored, wake) = self.store.append(source, lines, checking || !muted);
+        let stored = self.store.append(source, lines, checking || !muted);
         if !muted {
             self.console.print(&stored);
         }
-        (stored, wake)
+        stored
     }
 
     /// Store and print a message (one line per `\n`) under `source`.
@@ -68,7 +66,7 @@ impl Sink {
             .split('\n')
             .map(|l| (l.as_bytes(), End::Newline))
             .collect();
-        drop(self.emit(source, &lines, false));
+        self.emit(source, &lines, false);
     }
 
     /// `[Hitch] msg`.
@@ -96,7 +94,7 @@ impl Sink {
                 Ok(0) => break,
                 Ok(n) => {
                     splitter.split(&buf[..n], |lines| {
-                        drop(self.emit(source, lines, false));
+                        self.emit(source, lines, false);
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -104,7 +102,7 @@ impl Sink {
             }
         }
         if let Some(last) = splitter.finish() {
-            drop(self.emit(source, &[(&last, End::Unterminated)], false));
+            self.emit(source, &[(&last, End::Unterminated)], false);
         }
     }
 }

@@ -205,21 +205,25 @@ impl Tail {
         what: &str,
     ) -> Result<T> {
         let deadline = Instant::now().checked_add(timeout);
+        // Lines stored before the wait began are all looked at, even with a zero timeout
+        // (however many batches they take); lines that come later only until the deadline:
+        // a service that keeps writing must not stretch the timeout.
+        let stored = self.logs.store.len();
         let mut first = true;
         // Partials this wait has looked at: each is looked at again only once it changes.
         let mut seen = 0;
         loop {
             let mut pos = self.pos;
-            // Lines already there are always looked at, even with a zero timeout.
-            let batch =
-                if !std::mem::take(&mut first) && deadline.is_some_and(|d| Instant::now() >= d) {
-                    // A backlog of lines must not stretch the timeout.
-                    store::read::Batch::TimedOut
-                } else {
-                    self.logs
-                        .store
-                        .next_batch(&self.logs.filter, &mut pos, &mut seen, deadline)
-                };
+            let batch = if !std::mem::take(&mut first)
+                && pos >= stored
+                && deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                store::read::Batch::TimedOut
+            } else {
+                self.logs
+                    .store
+                    .next_batch(&self.logs.filter, &mut pos, &mut seen, deadline)
+            };
             match batch {
                 store::read::Batch::Lines(lines) => {
                     for line in lines {

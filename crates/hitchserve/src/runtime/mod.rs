@@ -205,8 +205,10 @@ impl Runtime {
             self.apply_locked(&mut states, idx, event)
         };
         // Ready but not yet announced: nobody waits for that. The `Announced` that follows
-        // at once wakes the waiters, once (a wake-up is a good part of a ready line's way
-        // to the test that waits for it).
+        // wakes the waiters, once (a wake-up is a good part of a ready line's way to the test
+        // that waits for it). Invariant: `Announce` is carried out below, on this thread,
+        // with only its log line before that dispatch (which may wait for all.log's writer
+        // at the memory limit: then the waiters hear later, never not at all).
         if !actions.iter().any(|a| matches!(a, Action::Announce { .. })) {
             self.changed.notify_all();
         }

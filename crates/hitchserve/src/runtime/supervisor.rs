@@ -490,9 +490,7 @@ fn deliver(
     checker: &Checker,
 ) {
     let pending = checker.is_pending();
-    // The writer is woken after the verdict is out (when `_wake` goes): a test waiting for
-    // this line hears of it first.
-    let (stored, _wake) = runtime.sink.emit(source, lines, pending);
+    let stored = runtime.sink.emit(source, lines, pending);
     if !pending {
         return;
     }

@@ -165,9 +165,13 @@ fn a_deleted_run_directory_is_reported_like_a_full_disk() {
     .unwrap();
     let mut warning = b.logs().err().tail();
     b.startup().unwrap();
-    // The log writer makes all.log in the background: delete it once it is there.
+    // The log writer makes all.log in the background: delete it once the startup's lines
+    // are in it (else the first batch after the deletion, which finds it, may be only
+    // those, and the filler's first lines come after what all.log vouches for).
     let all_log = b.run_dir().unwrap().join("logs/all.log");
-    assert!(crate::common::wait_for(PATIENCE, || all_log.exists()));
+    assert!(crate::common::wait_for(PATIENCE, || {
+        std::fs::read_to_string(&all_log).is_ok_and(|text| text.contains("READY in"))
+    }));
     std::fs::remove_dir_all(b.run_dir().unwrap()).unwrap();
     std::fs::write(p.path("go"), "").unwrap();
     let err = wait_for_the_loss(&b, &mut warning, "deleted");

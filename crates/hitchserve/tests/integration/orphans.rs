@@ -132,7 +132,7 @@ fn start_owner(helper: &str, p: &Project) -> (Owner, HashMap<String, String>) {
 }
 
 /// The live guardian process of `owner`: its child running the guardian script.
-fn guardian_of(owner: u32) -> Option<u32> {
+pub fn guardian_of(owner: u32) -> Option<u32> {
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()

@@ -9,7 +9,6 @@ use std::sync::{Arc, MutexGuard};
 
 use super::read::pick;
 use super::*;
-use crate::logs::files::WriterWake;
 
 impl LogStore {
     /// Register where lines can come from; returns the shared source to append with.
@@ -110,22 +109,21 @@ impl LogStore {
             }
             note_file_range(&mut inner.blocks[e.block as usize], file, e.len);
         }
-        drop(files.write(rendered));
+        files.write(rendered);
         inner.files = Some(files);
         inner.file_path = Some(path);
     }
 
     /// Append lines from one source; returns them as stored if `want` (building them costs
-    /// time a fast producer would notice), and the writer's wake-up, to drop when it suits
-    /// (see `files`).
+    /// time a fast producer would notice).
     pub(crate) fn append(
         &self,
         source: &Arc<Source>,
         lines: &[(&[u8], End)],
         want: bool,
-    ) -> (Vec<LogLine>, WriterWake) {
+    ) -> Vec<LogLine> {
         if lines.is_empty() {
-            return (Vec::new(), WriterWake::none());
+            return Vec::new();
         }
         let time = now_nanos();
         let mut guard = self.lock();
@@ -205,10 +203,9 @@ impl LogStore {
             })
             .collect();
         let mut behind = false;
-        let mut wake = WriterWake::none();
         if let Some(files) = inner.files.as_ref() {
             // Sent under the lock, so all.log keeps the arrival order the offsets assume.
-            wake = files.write(rendered);
+            files.write(rendered);
             let written = files.written();
             spill(inner, written);
             behind = over_bound(inner, written);
@@ -217,11 +214,9 @@ impl LogStore {
             self.grown.notify_all();
         }
         if behind {
-            drop(wake);
             self.wait_for_writer(guard);
-            return (stored, WriterWake::none());
         }
-        (stored, wake)
+        stored
     }
 
     /// Show `bytes`, the start of a line `source` has not ended, to tails (replacing what

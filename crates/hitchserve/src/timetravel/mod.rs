@@ -218,6 +218,32 @@ fn install_shim(path: &Path) -> Result<()> {
 }
 
 fn shim_is_intact(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    /// The file this process last found intact (path, device, inode, change time): the
+    /// same file unchanged since needs no second read. Its content can only have changed
+    /// through our own user, in a directory only we may write (we replace it, a new inode;
+    /// a change in place shows in its change time, unless made within the same clock tick).
+    type Identity = (PathBuf, u64, u64, i64, i64);
+    static CHECKED: Mutex<Option<Identity>> = Mutex::new(None);
+    let identity = |m: &std::fs::Metadata| {
+        (
+            path.to_path_buf(),
+            m.dev(),
+            m.ino(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+    };
+    let ours = |m: &std::fs::Metadata| {
+        crate::safepath::check_ours(path, m, false).is_ok() && m.len() == SHIM.len() as u64
+    };
+    // Without opening it: a look at it (not through a link) is a tenth of a read.
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        let checked = CHECKED.lock().unwrap_or_else(|e| e.into_inner());
+        if ours(&m) && checked.as_ref() == Some(&identity(&m)) {
+            return true;
+        }
+    }
     let Ok(mut file) = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -225,11 +251,15 @@ fn shim_is_intact(path: &Path) -> bool {
     else {
         return false;
     };
-    let ours = file.metadata().is_ok_and(|m| {
-        crate::safepath::check_ours(path, &m, false).is_ok() && m.len() == SHIM.len() as u64
-    });
+    let Ok(meta) = file.metadata() else {
+        return false;
+    };
     let mut content = Vec::with_capacity(SHIM.len());
-    ours && file.read_to_end(&mut content).is_ok() && content == SHIM
+    let intact = ours(&meta) && file.read_to_end(&mut content).is_ok() && content == SHIM;
+    if intact {
+        *CHECKED.lock().unwrap_or_else(|e| e.into_inner()) = Some(identity(&meta));
+    }
+    intact
 }
 
 /// The 8-byte offset file, mapped shared: a store here is what every faked process reads.
@@ -314,4 +344,33 @@ pub(crate) fn describe_shift(ns: i128) -> String {
 pub(crate) fn show(moment: Timestamp) -> String {
     let zoned = moment.to_zoned_datetime(jiff::tz::TimeZone::system());
     zoned.strftime("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shim found intact once is not read again while it is the same file unchanged; one
+    /// replaced, or gone, is found out and written again.
+    #[test]
+    fn a_changed_or_missing_shim_is_written_again() {
+        let dir = crate::safepath::user_subdir("lib", 0o755).expect("our directory");
+        let path = dir.join(format!("timeshim-test-{}.so", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        assert!(!shim_is_intact(&path));
+        install_shim(&path).expect("install");
+        assert!(shim_is_intact(&path));
+        assert!(shim_is_intact(&path), "still, from what was checked");
+        // Replaced by a file of the same size (another inode).
+        let mut other = SHIM.to_vec();
+        other[SHIM.len() / 2] ^= 0xff;
+        let tmp = path.with_extension("other");
+        std::fs::write(&tmp, &other).expect("write another");
+        std::fs::rename(&tmp, &path).expect("replace it");
+        assert!(!shim_is_intact(&path));
+        install_shim(&path).expect("install again");
+        assert_eq!(std::fs::read(&path).expect("read it"), SHIM);
+        std::fs::remove_file(&path).expect("remove it");
+        assert!(!shim_is_intact(&path));
+    }
 }

@@ -537,14 +537,16 @@ pub(crate) fn wait_started(
     result
 }
 
-/// Stop every service, then write `timeline.svg` in the run directory: which service made
-/// startup slow. Written when the bundle stops (or its startup fails), not before
-/// `startup()` returns: it took a good part of the time between a service's ready line and
-/// `startup()` returning. What cost was making the file, not drawing it (microseconds):
-/// all.log's writer makes it when the run starts, and this only fills it.
+/// Stop every service, and meanwhile write `timeline.svg` in the run directory: which
+/// service made startup slow. Written when the bundle stops (or its startup fails), not
+/// before `startup()` returns: it took a good part of the time between a service's ready
+/// line and `startup()` returning. Written once the stop signals are out, while the
+/// services stop (mostly a wait for their exits); all.log's writer made the file when the
+/// run started (making a file is what cost, not drawing it), and this only fills it.
 pub(crate) fn stop_all(runtime: &Arc<Runtime>, timeout: Duration) {
-    runtime.stop_all(timeout);
-    let svg = crate::inspect::timeline::of(runtime).to_svg();
-    let path = runtime.run.path.join(crate::logs::files::TIMELINE);
-    let _ = runtime.sink.store.write_timeline(&path, svg.as_bytes());
+    runtime.stop_all(timeout, || {
+        let svg = crate::inspect::timeline::of(runtime).to_svg();
+        let path = runtime.run.path.join(crate::logs::files::TIMELINE);
+        let _ = runtime.sink.store.write_timeline(&path, svg.as_bytes());
+    });
 }

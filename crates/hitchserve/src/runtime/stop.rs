@@ -30,7 +30,8 @@ impl Runtime {
     /// Stop every service: stop signal to each group in parallel, SIGKILL to what is left
     /// of each group after `timeout` (the main process exiting first doesn't cut its group's
     /// grace short), then kill whatever left its group. Returns once all are reaped.
-    pub(crate) fn stop_all(&self, timeout: Duration) {
+    /// `meanwhile` runs once the stop signals are sent, while the services stop.
+    pub(crate) fn stop_all(&self, timeout: Duration, meanwhile: impl FnOnce()) {
         let t0 = Instant::now();
         let deadline = deadline_after(t0, timeout);
         let mut stopping = Vec::new();
@@ -57,6 +58,7 @@ impl Runtime {
         if !stopping.is_empty() {
             self.sink.log(&format!("Stopping {}", stopping.join(", ")));
         }
+        meanwhile();
         let stuck_and_gone = |idx: usize, st: &ServiceState| {
             self.user_code.get(idx).is_some() && st.group().is_none_or(|g| !group_alive(g.leader()))
         };

@@ -116,6 +116,9 @@ struct Guardian {
     table: Option<GroupTable>,
     /// Groups watched by lines on its stdin: none unless the table is full or missing.
     groups: BTreeSet<u32>,
+    /// Lines that can wait for the next command (a run's end: until then the guardian
+    /// would only look for what is gone already), so ending a run wakes it not.
+    later: String,
     runs: BTreeSet<String>,
     cgroups: BTreeMap<String, Arc<Cgroup>>,
     /// Our end of the pipe that wakes the watcher thread, once it is started.
@@ -131,6 +134,7 @@ static GUARDIAN: Mutex<Guardian> = Mutex::new(Guardian {
     running: None,
     table: None,
     groups: BTreeSet::new(),
+    later: String::new(),
     runs: BTreeSet::new(),
     cgroups: BTreeMap::new(),
     wake: None,
@@ -161,6 +165,7 @@ fn lock() -> MutexGuard<'static, Guardian> {
             g.running = None;
             g.table = None;
             g.groups.clear();
+            g.later.clear();
             g.runs.clear();
             g.cgroups.clear();
             g.wake = None;
@@ -214,6 +219,8 @@ impl Guardian {
             drop(old.stdin);
             let _ = old.child.wait();
         }
+        // What waited to be told is in the state replayed below.
+        self.later.clear();
         if self.table.is_none() {
             // Without one (no private directory to make it in), groups go as lines.
             self.table = crate::safepath::user_subdir("guardian", 0o700)
@@ -253,11 +260,13 @@ impl Guardian {
     /// Send one command, (re)starting the guardian if needed (it replays all state, this
     /// command included, since the caller changed the state first).
     fn send(&mut self, line: &str) -> std::io::Result<()> {
+        let later = std::mem::take(&mut self.later);
         if let Some(running) = self.running.as_mut() {
-            if running.stdin.write_all(line.as_bytes()).is_ok() {
+            if running.stdin.write_all(format!("{later}{line}").as_bytes()).is_ok() {
                 return Ok(());
             }
         }
+        // (A restart tells it what is watched now: what waited is in that.)
         self.restart()
     }
 
@@ -390,7 +399,9 @@ pub(crate) fn remove_run(run_id: &str) {
             line.push_str(&format!("-c {}\n", c.path().display()));
         }
     }
-    let _ = g.send(&line);
+    // Told with the next command: if we die first, the guardian looks for this run's
+    // marker and cgroup in vain (both unique to it), nothing worse.
+    g.later.push_str(&line);
 }
 
 /// Watch a service's process group, and move it into its run's cgroup (off this thread).

@@ -40,8 +40,14 @@ pub(crate) struct PidWindow {
 }
 
 impl PidMark {
-    /// The counters now; `None` where they can't be read.
+    /// The counters now; `None` where they can't be read, or where `/proc` is not of our
+    /// pid namespace (it names us by another pid than ours): its pids are not the ones
+    /// `ns_last_pid` counts.
     pub(crate) fn now() -> Option<PidMark> {
+        let me = std::fs::read_link("/proc/self").ok()?;
+        if me.to_str()?.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
         let tasks = std::fs::read_to_string("/proc/loadavg")
             .ok()?
             .split_whitespace()

@@ -545,8 +545,11 @@ pub(crate) fn wait_started(
 /// run started (making a file is what cost, not drawing it), and this only fills it.
 pub(crate) fn stop_all(runtime: &Arc<Runtime>, timeout: Duration) {
     runtime.stop_all(timeout, || {
-        let svg = crate::inspect::timeline::of(runtime).to_svg();
-        let path = runtime.run.path.join(crate::logs::files::TIMELINE);
-        let _ = runtime.sink.store.write_timeline(&path, svg.as_bytes());
+        // A panic here must not cut the stop short (the services would be left running).
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let svg = crate::inspect::timeline::of(runtime).to_svg();
+            let path = runtime.run.path.join(crate::logs::files::TIMELINE);
+            let _ = runtime.sink.store.write_timeline(&path, svg.as_bytes());
+        }));
     });
 }

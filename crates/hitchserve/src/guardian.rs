@@ -262,7 +262,11 @@ impl Guardian {
     fn send(&mut self, line: &str) -> std::io::Result<()> {
         let later = std::mem::take(&mut self.later);
         if let Some(running) = self.running.as_mut() {
-            if running.stdin.write_all(format!("{later}{line}").as_bytes()).is_ok() {
+            if running
+                .stdin
+                .write_all(format!("{later}{line}").as_bytes())
+                .is_ok()
+            {
                 return Ok(());
             }
         }

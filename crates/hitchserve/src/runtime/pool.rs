@@ -1,19 +1,32 @@
 //! The process's spare threads: a thread that has finished its job (a service it
-//! supervised, a bundle's run over) waits a while for another instead of ending, so that a
-//! test suite starting a bundle per test doesn't make and end a thread per service each
-//! time (~35 µs of the machine's time apiece here, at startup and again at shutdown).
+//! supervised, a bundle's run over) waits a while for another instead of ending, so that
+//! bundles started one after another from the same thread (a benchmark, a Python test
+//! session) don't make and end a thread per service each time (~35 µs of the machine's time
+//! apiece here, at startup and again at shutdown).
 //!
 //! Owns the idle threads and handing a job to one (or to a new thread when none is idle).
 //! What a job does is the caller's; a job's end is told through its `Done`, which the run
 //! waits for at shutdown as it joined its threads before.
 //!
-//! Invariant: an idle thread is in `IDLE` exactly while it waits there for a job; one that
-//! stops waiting (it waited long enough) first takes itself out under the lock — and if a
-//! caller took it out already, that caller's job is on its way, and the thread runs it.
-//! After a `fork`, the child's copy of the list names the parent's threads: it is emptied.
+//! A thread keeps what it got from the thread it was made from: above all, under `cargo
+//! test`, the output capture of the test that made it (where its prints go), and its name.
+//! So idle threads are kept per *owner* — the thread outside the pool whose bundles made
+//! them (a test's thread, or a job's owner for threads jobs make) — and only its own jobs
+//! get them: another test's services never print into a finished test's output. The
+//! threads of an owner that has ended are let go at the next use of the pool. Their name is
+//! plain `hitchserve` (a name `std` keeps can't be changed); each job sets the kernel's
+//! name for the thread (`ps`, `top`, `perf`) to its own.
+//!
+//! Invariant: an idle thread is in its owner's list exactly while it waits there for a job;
+//! one that stops waiting (it waited long enough) first takes itself out under the lock —
+//! and if a caller took it out already, that caller's job is on its way, and the thread runs
+//! it. After a `fork`, the child's copy of the lists names the parent's threads: emptied.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::thread::ThreadId;
 use std::time::Duration;
 
 /// A job for a thread of the pool.
@@ -21,31 +34,73 @@ pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// How long a thread with nothing to do waits for a job before it ends.
 const IDLE_FOR: Duration = Duration::from_secs(10);
-/// Most threads kept idle: past that a thread ends with its job.
+/// Most threads kept idle, all owners together: past that a thread ends with its job.
 const MOST_IDLE: usize = 256;
+
+/// The thread outside the pool that jobs are run for: its id, and a token that dies with it.
+#[derive(Clone)]
+struct Owner {
+    id: ThreadId,
+    alive: Weak<()>,
+}
+
+thread_local! {
+    /// Dropped when the thread ends: its idle threads can go.
+    static TOKEN: Arc<()> = Arc::new(());
+    /// In a pool thread: the owner of the job it runs now.
+    static RUNNING_FOR: RefCell<Option<Owner>> = const { RefCell::new(None) };
+}
+
+/// Whom a job given from this thread is for: this thread's job's owner in a pool thread,
+/// else this thread.
+fn owner() -> Owner {
+    RUNNING_FOR
+        .with(|r| r.borrow().clone())
+        .unwrap_or_else(|| Owner {
+            id: std::thread::current().id(),
+            alive: TOKEN.with(Arc::downgrade),
+        })
+}
+
+/// An owner's idle threads: whether the owner still runs, and each idle thread's id and
+/// where to send it a job.
+type OwnersIdle = (Weak<()>, Vec<(u64, Sender<Job>)>);
 
 struct Idle {
     /// The process these threads are of (0 before first use).
-    owner: u32,
-    /// Each idle thread: its id and where to send it a job.
-    waiting: Vec<(u64, Sender<Job>)>,
+    process: u32,
+    /// By owner.
+    lists: HashMap<ThreadId, OwnersIdle>,
+    count: usize,
     next_id: u64,
 }
 
-static IDLE: Mutex<Idle> = Mutex::new(Idle {
-    owner: 0,
-    waiting: Vec::new(),
-    next_id: 0,
-});
-
 fn idle() -> MutexGuard<'static, Idle> {
-    let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+    static IDLE: OnceLock<Mutex<Idle>> = OnceLock::new();
+    let mut idle = IDLE
+        .get_or_init(|| {
+            Mutex::new(Idle {
+                process: 0,
+                lists: HashMap::new(),
+                count: 0,
+                next_id: 0,
+            })
+        })
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let me = std::process::id();
-    if idle.owner != me {
+    if idle.process != me {
         // Forked: the threads listed are the parent's. (Forgotten, not dropped: dropping
         // a sender is harmless, but nothing of theirs needs doing here.)
-        std::mem::forget(std::mem::take(&mut idle.waiting));
-        idle.owner = me;
+        std::mem::forget(std::mem::take(&mut idle.lists));
+        idle.count = 0;
+        idle.process = me;
+    }
+    // Owners gone: their idle threads end (their senders dropped).
+    let before = idle.lists.len();
+    idle.lists.retain(|_, (alive, _)| alive.strong_count() > 0);
+    if idle.lists.len() != before {
+        idle.count = idle.lists.values().map(|(_, l)| l.len()).sum();
     }
     idle
 }
@@ -66,24 +121,36 @@ impl Done {
     }
 }
 
-/// Run `job` on an idle thread of the pool, or on a new one named `name`. Fails only if no
-/// thread can be made.
+/// Run `job` on an idle thread of this thread's owner, or on a new one; the thread goes by
+/// `name` in the kernel while it runs it. Fails only if no thread can be made.
 pub(crate) fn run(name: &str, job: impl FnOnce() + Send + 'static) -> std::io::Result<Done> {
     let (ended, done) = mpsc::channel::<()>();
     let named = std::ffi::CString::new(name).ok();
-    let job: Job = Box::new(move || {
+    let owner = owner();
+    let for_whom = owner.clone();
+    let mut job: Job = Box::new(move || {
         let _ended = ended;
         if let Some(name) = named {
-            // A thread that served another job before goes by this one's name now (the
-            // kernel keeps the first 15 bytes).
+            // The kernel keeps the first 15 bytes.
             // SAFETY: PR_SET_NAME reads a NUL-terminated string from a valid pointer.
             unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
         }
+        RUNNING_FOR.with(|r| *r.borrow_mut() = Some(for_whom));
         job();
     });
-    let mut job = job;
     loop {
-        let Some((_, thread)) = idle().waiting.pop() else {
+        let thread = {
+            let mut idle = idle();
+            let taken = idle
+                .lists
+                .get_mut(&owner.id)
+                .and_then(|(_, list)| list.pop());
+            if taken.is_some() {
+                idle.count -= 1;
+            }
+            taken
+        };
+        let Some((_, thread)) = thread else {
             break;
         };
         match thread.send(job) {
@@ -93,36 +160,42 @@ pub(crate) fn run(name: &str, job: impl FnOnce() + Send + 'static) -> std::io::R
         }
     }
     std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || work(job))?;
+        .name("hitchserve".to_owned())
+        .spawn(move || work(owner, job))?;
     Ok(Done(done))
 }
 
-/// A pool thread's life: run its job, then wait for another or end.
-fn work(first: Job) {
+/// A pool thread's life: run its job, then wait for another of its owner's or end.
+fn work(owner: Owner, first: Job) {
     let mut job = first;
     loop {
         // A panic is the job's (and already reported by the hook): the thread goes on.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-        let Some(next) = wait_for_job() else {
+        RUNNING_FOR.with(|r| *r.borrow_mut() = None);
+        let Some(next) = wait_for_job(&owner) else {
             return;
         };
         job = next;
     }
 }
 
-/// Wait in the idle list for the next job; `None` once waited `IDLE_FOR` (or the list is
-/// full).
-fn wait_for_job() -> Option<Job> {
+/// Wait in the owner's idle list for its next job; `None` once waited `IDLE_FOR`, or if
+/// the owner has ended or too many threads are idle.
+fn wait_for_job(owner: &Owner) -> Option<Job> {
     let (tx, rx) = mpsc::channel::<Job>();
     let id = {
         let mut idle = idle();
-        if idle.waiting.len() >= MOST_IDLE {
+        if idle.count >= MOST_IDLE || owner.alive.strong_count() == 0 {
             return None;
         }
         idle.next_id += 1;
         let id = idle.next_id;
-        idle.waiting.push((id, tx));
+        idle.lists
+            .entry(owner.id)
+            .or_insert_with(|| (owner.alive.clone(), Vec::new()))
+            .1
+            .push((id, tx));
+        idle.count += 1;
         id
     };
     match rx.recv_timeout(IDLE_FOR) {
@@ -130,9 +203,13 @@ fn wait_for_job() -> Option<Job> {
         Err(RecvTimeoutError::Disconnected) => None,
         Err(RecvTimeoutError::Timeout) => {
             let mut idle = idle();
-            match idle.waiting.iter().position(|(i, _)| *i == id) {
-                Some(at) => {
-                    idle.waiting.swap_remove(at);
+            let list = idle.lists.get_mut(&owner.id).map(|(_, list)| list);
+            match list.and_then(|list| {
+                let at = list.iter().position(|(i, _)| *i == id)?;
+                Some(list.swap_remove(at))
+            }) {
+                Some(_) => {
+                    idle.count -= 1;
                     None
                 }
                 // Taken by a caller just now: its job is coming.
@@ -149,44 +226,28 @@ fn wait_for_job() -> Option<Job> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_finished_thread_runs_the_next_job_and_panics_stay_in_their_job() {
+    fn on_pool() -> ThreadId {
         let (tx, rx) = mpsc::channel();
-        let first = {
-            let tx = tx.clone();
-            run("hs-pool-test", move || {
-                let _ = tx.send(std::thread::current().id());
-            })
-            .expect("a thread")
-        };
-        let a = rx.recv().expect("the first job ran");
-        first.wait();
-        // A job that panics ends (its Done says so) without taking its thread along.
-        let panicking = run("hs-pool-test", || panic!("a job's own panic")).expect("a thread");
-        panicking.wait();
-        let second = run("hs-pool-test", move || {
+        run("hs-pool-test", move || {
             let _ = tx.send(std::thread::current().id());
         })
-        .expect("a thread");
-        let b = rx.recv().expect("the second job ran");
-        second.wait();
-        // Other tests use the pool at the same time: any idle thread may take a job, so
-        // only that each ran, and ended, is certain; that threads are reused is shown by
-        // the same thread id coming back at least once over a few jobs.
-        let mut seen = vec![a, b];
-        for _ in 0..8 {
-            let (tx, rx) = mpsc::channel();
-            run("hs-pool-test", move || {
-                let _ = tx.send(std::thread::current().id());
-            })
+        .expect("a thread")
+        .wait();
+        rx.recv().expect("it ran")
+    }
+
+    #[test]
+    fn a_finished_thread_runs_its_owners_next_job_and_panics_stay_in_their_job() {
+        // This test's own thread is the owner: nothing else gives the pool jobs for it.
+        let first = on_pool();
+        // A job that panics ends (its Done says so) without taking its thread along.
+        run("hs-pool-test", || panic!("a job's own panic"))
             .expect("a thread")
             .wait();
-            seen.push(rx.recv().expect("ran"));
-        }
-        let distinct: std::collections::HashSet<_> = seen.iter().collect();
-        assert!(
-            distinct.len() < seen.len(),
-            "no thread was reused: {seen:?}"
-        );
+        let second = on_pool();
+        assert_eq!(first, second, "the owner's idle thread was not reused");
+        // Another thread is another owner: it gets a thread of its own.
+        let other = std::thread::spawn(on_pool).join().expect("the other owner");
+        assert_ne!(other, first);
     }
 }

@@ -264,12 +264,21 @@ fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>) -> Vec<u32> {
             )
         }
     };
+    // Our own threads' ids are in a window too (read by id, each shows our environment).
+    let ours: Vec<u32> = std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| t.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     let mut out = Vec::new();
     let mut path = String::with_capacity(32);
     let mut buf = vec![0u8; 16 * 1024];
     let finder = memchr::memmem::Finder::new(needle.as_bytes());
     for pid in candidates {
-        if pid == me {
+        if pid == me || ours.contains(&pid) {
             continue;
         }
         path.clear();

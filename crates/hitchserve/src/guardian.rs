@@ -43,6 +43,8 @@ use table::GroupTable;
 const SCRIPT: &str = r#"
 trap '' HUP INT PIPE
 table=$1
+# Held open from now on: read at the end even if its name is gone by then.
+if [ -n "$table" ] && [ -r "$table" ]; then exec 3<"$table"; else table=; fi
 groups=' '
 runs=' '
 cgroups=' '
@@ -76,7 +78,7 @@ for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
 if [ -n "$table" ]; then
   while read -r v g; do
     [ "$v" = + ] && kill -s KILL -- "-$g" 2>/dev/null
-  done < "$table"
+  done <&3
 fi
 set --
 for r in $runs; do set -- "$@" -e "HITCHSERVE_RUN=$r"; done

@@ -17,10 +17,13 @@
 //! Invariant: a pgid is in the table (as `+`) from `watch` until `forget`, which comes
 //! before its leader is reaped — so the number can't have been reused while it is there.
 //! The file lives in our private per-user directory (0700): no other user can write it.
+//! Its owner holds an exclusive `flock` on it for life, so a table whose lock can be taken
+//! is an ended process's, whatever pid namespace it ran in; the guardian opens the table
+//! when it starts, so it reads it even once another process has removed its name.
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -42,6 +45,8 @@ pub(super) struct GroupTable {
     fresh: usize,
     /// This process made the file (a forked child's copy of the table is its parent's).
     owner: u32,
+    /// The file, held open with its lock: the lock says we live.
+    _locked: std::fs::File,
 }
 
 // SAFETY: the mapping is only touched through `&mut self` (the guardian's lock), and the
@@ -67,7 +72,13 @@ impl GroupTable {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)?;
-        let written = file.write_all(&FREE_SLOT.repeat(SLOTS));
+        // SAFETY: a valid descriptor we own; flock has no other preconditions.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let written = if locked == 0 {
+            file.write_all(&FREE_SLOT.repeat(SLOTS))
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
         let len = std::num::NonZeroUsize::new(SLOT * SLOTS)
             .ok_or_else(|| std::io::Error::other("an empty table"))?;
         // SAFETY: a fresh shared mapping of a file we just wrote `len` bytes to; only this
@@ -93,6 +104,7 @@ impl GroupTable {
                 free: Vec::new(),
                 fresh: 0,
                 owner: std::process::id(),
+                _locked: file,
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
@@ -154,35 +166,29 @@ impl GroupTable {
     }
 }
 
-/// How long after its last change a table whose owner is gone is left alone: its guardian
-/// may still be reading it.
-const LEFT_ALONE: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Remove the tables in `dir` whose owner process is gone and which nobody changed for a
-/// while (a pid reused since keeps a table: a file left, nothing worse).
+/// Remove the tables in `dir` whose owner has ended: their lock can be taken. (A forked
+/// child still holding its parent's descriptor keeps the lock: a file left, nothing worse.)
 fn prune(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(owner) = name
+        if !entry
+            .file_name()
             .to_str()
-            .and_then(|n| n.strip_prefix("groups-"))
-            .and_then(|rest| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+            .is_some_and(|n| n.starts_with("groups-"))
+        {
+            continue;
+        }
+        let Ok(file) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(entry.path())
         else {
             continue;
         };
-        let gone = matches!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(owner), None),
-            Err(nix::errno::Errno::ESRCH)
-        );
-        let idle = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > LEFT_ALONE));
-        if gone && idle {
+        // SAFETY: a valid descriptor we own; flock has no other preconditions.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -236,30 +242,16 @@ mod tests {
         assert!(!path.exists(), "removed with the table");
     }
 
-    /// A table is removed when its owner is gone and nobody changed it for a while — not
-    /// while its owner lives, nor right after it died (its guardian may be reading it).
+    /// A table is removed once its owner has ended (its lock is free), never while its
+    /// owner lives (it holds the lock).
     #[test]
-    fn old_tables_of_processes_gone_are_removed() {
+    fn tables_of_ended_processes_are_removed() {
         let dir = crate::safepath::user_subdir("guardian", 0o700).expect("our directory");
-        let mut gone = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
-        let dead = gone.id();
-        gone.wait().expect("reap it");
-        let old = std::time::SystemTime::now() - 2 * LEFT_ALONE;
-        let make = |owner: u32, tag: &str, modified: std::time::SystemTime| {
-            let path = dir.join(format!("groups-{owner}-test{tag}"));
-            let file = std::fs::File::create(&path).expect("make a table file");
-            file.set_modified(modified).expect("set its time");
-            path
-        };
-        let stale = make(dead, "stale", old);
-        let fresh = make(dead, "fresh", std::time::SystemTime::now());
-        let alive = make(std::process::id(), "alive", old);
+        let live = GroupTable::create(&dir).expect("a table of ours");
+        let ended = dir.join(format!("groups-0-test-ended-{}", std::process::id()));
+        std::fs::write(&ended, FREE_SLOT).expect("a table nobody holds");
         prune(&dir);
-        assert!(!stale.exists(), "an old table of a process gone stays");
-        assert!(fresh.exists() && alive.exists());
-        let _ = std::fs::remove_file(fresh);
-        let _ = std::fs::remove_file(alive);
+        assert!(!ended.exists(), "the ended process's table stays");
+        assert!(live.path().exists(), "our own table went");
     }
 }

@@ -10,7 +10,8 @@
 //! `stop` (stopping one service or everything, the marker sweep), `control` (starting one
 //! service again, pausing it), `report` (waiting until ready, and the errors it and a crash
 //! give), `usercode` (which thread runs user code that may never return), `threads` (the
-//! threads of a run), and `schedule` (pure: what may start now).
+//! threads of a run), `pool` (the process's spare threads, which a run's threads come
+//! from), and `schedule` (pure: what may start now).
 //!
 //! This file imports only the leaves of the runtime (`state`, `threads`, `usercode`); the
 //! files around it extend `Runtime` and import it. Carrying out an action calls their

@@ -1,8 +1,8 @@
-//! Review 5, issue #17 (1): all.log's writer is woken only when the `WriterWake` of the
-//! write that found it asleep is dropped, and the supervisor holds that wake across its
-//! readiness check. Every other write in the meantime finds the writer "not asleep" and
-//! wakes nobody, so for as long as one service's line check runs, no line of any service
-//! reaches all.log.
+//! Review 5, issue #17 (1): lines of every service reach all.log while one service's
+//! readiness check runs. (Before the fix all.log's writer was woken only when the
+//! `WriterWake` of the write that found it asleep was dropped, and the supervisor held that
+//! wake across its readiness check: every other write found the writer "not asleep" and woke
+//! nobody. The writer now looks for lines by itself every 20 ms while lines come.)
 
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;

@@ -20,12 +20,13 @@
 //! Invariant: an idle thread is in its owner's list exactly while it waits there for a job;
 //! one that stops waiting (it waited long enough) first takes itself out under the lock —
 //! and if a caller took it out already, that caller's job is on its way, and the thread runs
-//! it. After a `fork`, the child's copy of the lists names the parent's threads: emptied.
+//! it. After a `fork`, the child makes a pool of its own (see `PerProcess`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -66,36 +67,50 @@ fn owner() -> Owner {
 /// where to send it a job.
 type OwnersIdle = (Weak<()>, Vec<(u64, Sender<Job>)>);
 
+#[derive(Default)]
 struct Idle {
-    /// The process these threads are of (0 before first use).
-    process: u32,
     /// By owner.
     lists: HashMap<ThreadId, OwnersIdle>,
     count: usize,
     next_id: u64,
 }
 
-fn idle() -> MutexGuard<'static, Idle> {
-    static IDLE: OnceLock<Mutex<Idle>> = OnceLock::new();
-    let mut idle = IDLE
-        .get_or_init(|| {
-            Mutex::new(Idle {
-                process: 0,
-                lists: HashMap::new(),
-                count: 0,
-                next_id: 0,
-            })
-        })
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+/// The pool of one process. A forked child makes its own: the parent's lock may have been
+/// held, at the fork, by a thread that doesn't exist in the child, and its lists name the
+/// parent's threads. (A child's copy of the parent's is left as it is: a few bytes.)
+struct PerProcess {
+    pid: u32,
+    idle: Mutex<Idle>,
+}
+
+static STATE: AtomicPtr<PerProcess> = AtomicPtr::new(std::ptr::null_mut());
+
+fn state() -> &'static PerProcess {
     let me = std::process::id();
-    if idle.process != me {
-        // Forked: the threads listed are the parent's. (Forgotten, not dropped: dropping
-        // a sender is harmless, but nothing of theirs needs doing here.)
-        std::mem::forget(std::mem::take(&mut idle.lists));
-        idle.count = 0;
-        idle.process = me;
+    loop {
+        let current = STATE.load(Ordering::Acquire);
+        // SAFETY: what STATE points to comes from `Box::into_raw` below and is never freed.
+        if let Some(state) = unsafe { current.as_ref() } {
+            if state.pid == me {
+                return state;
+            }
+        }
+        let fresh = Box::into_raw(Box::new(PerProcess {
+            pid: me,
+            idle: Mutex::new(Idle::default()),
+        }));
+        match STATE.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
+            // SAFETY: just made, never freed.
+            Ok(_) => return unsafe { &*fresh },
+            // Another thread of this process made it first: use that one.
+            // SAFETY: ours was never shared; freed once.
+            Err(_) => drop(unsafe { Box::from_raw(fresh) }),
+        }
     }
+}
+
+fn idle() -> MutexGuard<'static, Idle> {
+    let mut idle = state().idle.lock().unwrap_or_else(|e| e.into_inner());
     // Owners gone: their idle threads end (their senders dropped).
     let before = idle.lists.len();
     idle.lists.retain(|_, (alive, _)| alive.strong_count() > 0);
@@ -234,6 +249,53 @@ mod tests {
         .expect("a thread")
         .wait();
         rx.recv().expect("it ran")
+    }
+
+    /// A child forked while a thread of its parent held the pool's lock still has a pool
+    /// (the lock is the parent's; the thread that held it doesn't exist in the child).
+    /// (Failed before as: the child hung at its first use of the pool.)
+    #[test]
+    fn a_forked_child_has_a_pool_of_its_own() {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::os::unix::io::AsFd;
+        let held = idle();
+        // SAFETY: the child only uses the pool (threads, channels: glibc's allocator is
+        // ready for a fork) and then leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let (tx, rx) = mpsc::channel();
+            let ran = run("hs-fork-test", move || {
+                let _ = tx.send(());
+            })
+            .map(Done::wait)
+            .is_ok()
+                && rx.recv_timeout(Duration::from_secs(30)).is_ok();
+            // SAFETY: ends the child at once, as a child of fork should.
+            unsafe { libc::_exit(if ran { 0 } else { 1 }) };
+        }
+        drop(held);
+        assert!(pid > 0, "fork failed");
+        // SAFETY: a plain syscall; on success we own the new descriptor.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(fd >= 0, "pidfd_open");
+        // SAFETY: a fresh descriptor nobody else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut fds = [nix::poll::PollFd::new(
+            pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ended = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(30_000u16));
+        if !matches!(ended, Ok(1)) {
+            // SAFETY: our own child, not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            matches!(ended, Ok(1)) && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the forked child could not use a pool: {ended:?}, status {status}"
+        );
     }
 
     #[test]

@@ -45,13 +45,18 @@ pub use schema::ServiceConfig;
 pub use text::strings;
 
 /// A fresh directory of one test's own under the shared temp directory: made, never found
-/// (`create_dir` fails on anything in its place, a symlink another user planted included).
+/// (`create` fails on anything in its place, a symlink another user planted included), and
+/// 0700 whatever the umask, so nothing can be planted inside it either.
 #[cfg(test)]
 fn test_dir(tag: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("hs-cfg-{tag}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     dir
 }

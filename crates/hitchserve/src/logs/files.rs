@@ -362,15 +362,20 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    /// A fresh project directory under the shared temp directory (made with `create_dir`,
-    /// which fails on anything planted there), removed when dropped.
+    /// A fresh project directory under the shared temp directory (made, never found: the
+    /// create fails on anything planted there; 0700 whatever the umask), removed when
+    /// dropped.
     struct Project(std::path::PathBuf);
 
     impl Project {
         fn new(name: &str) -> Project {
+            use std::os::unix::fs::DirBuilderExt;
             let path = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir(&path).expect("a fresh project directory");
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&path)
+                .expect("a fresh project directory");
             Project(path)
         }
     }

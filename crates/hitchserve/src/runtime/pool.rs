@@ -6,7 +6,9 @@
 //!
 //! Owns the idle threads and handing a job to one (or to a new thread when none is idle).
 //! What a job does is the caller's; a job's end is told through its `Done`, which the run
-//! waits for at shutdown as it joined its threads before.
+//! waits for at shutdown as it joined its threads before. `Done` fires once the thread is
+//! back in its owner's idle list (or has decided to end), so a job given right after
+//! another's `Done` finds that thread waiting.
 //!
 //! A thread keeps what it got from the thread it was made from: above all, under `cargo
 //! test`, the output capture of the test that made it (where its prints go), and its name.
@@ -30,8 +32,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::ThreadId;
 use std::time::Duration;
 
-/// A job for a thread of the pool.
-pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
+/// A job for a thread of the pool, and what tells its `Done` (dropped, never sent on).
+pub(crate) struct Job {
+    work: Box<dyn FnOnce() + Send + 'static>,
+    ended: Sender<()>,
+}
 
 /// How long a thread with nothing to do waits for a job before it ends.
 const IDLE_FOR: Duration = Duration::from_secs(10);
@@ -143,8 +148,7 @@ pub(crate) fn run(name: &str, job: impl FnOnce() + Send + 'static) -> std::io::R
     let named = std::ffi::CString::new(name).ok();
     let owner = owner();
     let for_whom = owner.clone();
-    let mut job: Job = Box::new(move || {
-        let _ended = ended;
+    let named_job = Box::new(move || {
         if let Some(name) = named {
             // The kernel keeps the first 15 bytes.
             // SAFETY: PR_SET_NAME reads a NUL-terminated string from a valid pointer.
@@ -153,6 +157,10 @@ pub(crate) fn run(name: &str, job: impl FnOnce() + Send + 'static) -> std::io::R
         RUNNING_FOR.with(|r| *r.borrow_mut() = Some(for_whom));
         job();
     });
+    let mut job = Job {
+        work: named_job,
+        ended,
+    };
     loop {
         let thread = {
             let mut idle = idle();
@@ -184,10 +192,11 @@ pub(crate) fn run(name: &str, job: impl FnOnce() + Send + 'static) -> std::io::R
 fn work(owner: Owner, first: Job) {
     let mut job = first;
     loop {
+        let Job { work, ended } = job;
         // A panic is the job's (and already reported by the hook): the thread goes on.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
         RUNNING_FOR.with(|r| *r.borrow_mut() = None);
-        let Some(next) = wait_for_job(&owner) else {
+        let Some(next) = wait_for_job(&owner, ended) else {
             return;
         };
         job = next;
@@ -195,12 +204,15 @@ fn work(owner: Owner, first: Job) {
 }
 
 /// Wait in the owner's idle list for its next job; `None` once waited `IDLE_FOR`, or if
-/// the owner has ended or too many threads are idle.
-fn wait_for_job(owner: &Owner) -> Option<Job> {
+/// the owner has ended or too many threads are idle. `ended` (the last job's) is dropped
+/// once the thread is in the list, or has decided to end.
+fn wait_for_job(owner: &Owner, ended: Sender<()>) -> Option<Job> {
     let (tx, rx) = mpsc::channel::<Job>();
     let id = {
         let mut idle = idle();
         if idle.count >= MOST_IDLE || owner.alive.strong_count() == 0 {
+            drop(idle);
+            drop(ended);
             return None;
         }
         idle.next_id += 1;
@@ -213,6 +225,7 @@ fn wait_for_job(owner: &Owner) -> Option<Job> {
         idle.count += 1;
         id
     };
+    drop(ended);
     match rx.recv_timeout(IDLE_FOR) {
         Ok(job) => Some(job),
         Err(RecvTimeoutError::Disconnected) => None,

@@ -19,23 +19,25 @@
 //! milliseconds and must not delay a spawn.
 //!
 //! Invariant: the write end of its stdin is held only by our process (it is close-on-exec,
-//! and a child made by `fork` without exec lets go of its copy when it first uses a bundle),
-//! so end of file means exactly that. One guardian serves all bundles of the process, so
+//! and a child made by `fork` closes its copy at the fork, in a fork handler), so end of
+//! file means exactly that. One guardian serves all bundles of the process, so
 //! its start-up cost is paid once.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::cgroup::Cgroup;
 use crate::exec::MARKER_VAR;
+use crate::perprocess::PerProcess;
 
 mod table;
 use table::GroupTable;
@@ -127,22 +129,7 @@ struct Guardian {
     wake: Option<UnixStream>,
     /// Why the last restart failed, while no guardian runs.
     failure: Option<String>,
-    /// The process this state belongs to (0 before first use): a child made by `fork`
-    /// inherits it but neither the watcher thread nor the right to the parent's guardian.
-    owner: u32,
 }
-
-static GUARDIAN: Mutex<Guardian> = Mutex::new(Guardian {
-    running: None,
-    table: None,
-    groups: BTreeSet::new(),
-    later: String::new(),
-    runs: BTreeSet::new(),
-    cgroups: BTreeMap::new(),
-    wake: None,
-    failure: None,
-    owner: 0,
-});
 
 /// Services waiting to be moved into their run's cgroup, and the one being moved.
 struct Placements {
@@ -150,39 +137,64 @@ struct Placements {
     moving: Option<u32>,
 }
 
-static PLACEMENTS: Mutex<Placements> = Mutex::new(Placements {
-    queue: VecDeque::new(),
-    moving: None,
+/// A process's guardian state. A child made by `fork` makes its own (see `perprocess`): the
+/// parent's guardian, services and watcher thread are the parent's, and a lock a thread of
+/// the parent held at the fork would never be let go in the child.
+struct State {
+    guardian: Mutex<Guardian>,
+    placements: Mutex<Placements>,
+    placed: Condvar,
+}
+
+static STATE: PerProcess<State> = PerProcess::new(|| State {
+    guardian: Mutex::new(Guardian {
+        running: None,
+        table: None,
+        groups: BTreeSet::new(),
+        later: String::new(),
+        runs: BTreeSet::new(),
+        cgroups: BTreeMap::new(),
+        wake: None,
+        failure: None,
+    }),
+    placements: Mutex::new(Placements {
+        queue: VecDeque::new(),
+        moving: None,
+    }),
+    placed: Condvar::new(),
 });
-static PLACED: Condvar = Condvar::new();
+
+/// Our end of the running guardian's stdin, for the fork handler below (-1: none). Set
+/// once the guardian runs, and back to -1 before that end is closed.
+static STDIN_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// In a child made by `fork` (not by `posix_spawn`, which runs no fork handlers): close
+/// its copy of our end of the guardian's stdin at once, so our guardian still sees its end
+/// of file when we die while the child lives on. Only an atomic and `close`, both safe
+/// in a child of a threaded process.
+extern "C" fn close_guardian_stdin_in_child() {
+    let fd = STDIN_FD.swap(-1, Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: the descriptor was our guardian pipe's at the fork, in this process's
+        // copy of the table, and nothing here uses it.
+        unsafe { libc::close(fd) };
+    }
+}
 
 fn lock() -> MutexGuard<'static, Guardian> {
-    let mut g = GUARDIAN.lock().unwrap_or_else(|e| e.into_inner());
-    let me = std::process::id();
-    if g.owner != me {
-        if g.owner != 0 {
-            // Forked from a process that used bundles: its guardian, services and watcher
-            // thread are the parent's. Let go of our copies (closing our copy of its stdin
-            // is right: the parent still holds its own) and start afresh when needed.
-            g.running = None;
-            g.table = None;
-            g.groups.clear();
-            g.later.clear();
-            g.runs.clear();
-            g.cgroups.clear();
-            g.wake = None;
-            g.failure = None;
-            let mut p = lock_placements();
-            p.queue.clear();
-            p.moving = None;
-        }
-        g.owner = me;
-    }
-    g
+    STATE
+        .get()
+        .guardian
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 fn lock_placements() -> MutexGuard<'static, Placements> {
-    PLACEMENTS.lock().unwrap_or_else(|e| e.into_inner())
+    STATE
+        .get()
+        .placements
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 impl Guardian {
@@ -217,6 +229,7 @@ impl Guardian {
     /// Start a new guardian (reaping a dead one) and tell it everything it must watch.
     fn restart(&mut self) -> std::io::Result<()> {
         if let Some(mut old) = self.running.take() {
+            STDIN_FD.store(-1, Ordering::SeqCst);
             // Dropping its stdin ends it if it still runs; then it has exited or will.
             drop(old.stdin);
             let _ = old.child.wait();
@@ -241,6 +254,13 @@ impl Guardian {
             replay.push_str(&format!("+c {}\n", c.path().display()));
         }
         running.stdin.write_all(replay.as_bytes())?;
+        static HANDLER: Once = Once::new();
+        HANDLER.call_once(|| {
+            // SAFETY: registers a handler that only touches an atomic and closes a
+            // descriptor (see `close_guardian_stdin_in_child`).
+            unsafe { libc::pthread_atfork(None, None, Some(close_guardian_stdin_in_child)) };
+        });
+        STDIN_FD.store(running.stdin.as_raw_fd(), Ordering::SeqCst);
         self.running = Some(running);
         self.failure = None;
         self.start_watcher()
@@ -337,6 +357,7 @@ fn watch_guardian(wake: UnixStream) {
                     );
                     eprintln!("{message}");
                     g.failure = Some(message);
+                    STDIN_FD.store(-1, Ordering::SeqCst);
                     g.running = None;
                 }
             }
@@ -357,7 +378,7 @@ fn place_queued() {
         };
         cgroup.place(pid);
         lock_placements().moving = None;
-        PLACED.notify_all();
+        STATE.get().placed.notify_all();
     }
 }
 
@@ -436,7 +457,11 @@ pub(crate) fn forget(pgid: u32) {
         let mut p = lock_placements();
         p.queue.retain(|(pid, _)| *pid != pgid);
         while p.moving == Some(pgid) {
-            p = PLACED.wait(p).unwrap_or_else(|e| e.into_inner());
+            p = STATE
+                .get()
+                .placed
+                .wait(p)
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
     let mut g = lock();
@@ -465,6 +490,54 @@ mod tests {
     /// The guardian's own end, run for real: once its stdin ends it kills the groups marked
     /// `+` in its table, not the ones marked `-` (freed: their numbers may be reused), and
     /// removes the table.
+    /// A child forked while threads of its parent held the guardian's locks can still use
+    /// bundles (the locks are the parent's), and it holds no copy of the pipe to the
+    /// parent's guardian. (Failed before the fix, with: the child hung at its first use.)
+    #[test]
+    fn a_forked_child_has_a_guardian_state_of_its_own_and_no_copy_of_the_pipe() {
+        lock().keep_alive();
+        let parents_pipe = STDIN_FD.load(Ordering::SeqCst);
+        assert!(parents_pipe >= 0, "no guardian runs");
+        let held = (lock(), lock_placements());
+        // SAFETY: the child only looks at a descriptor, takes its own (fresh) locks and
+        // leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: a plain syscall on an integer.
+            let closed = unsafe { libc::fcntl(parents_pipe, libc::F_GETFD) } == -1;
+            let fresh = lock().running.is_none() && lock_placements().queue.is_empty();
+            let code = match (closed, fresh) {
+                (true, true) => 0,
+                (false, _) => 1,
+                (true, false) => 2,
+            };
+            // SAFETY: ends the child at once, as a child of fork should.
+            unsafe { libc::_exit(code) };
+        }
+        drop(held);
+        assert!(pid > 0, "fork failed");
+        let pidfd = pidfd_open(pid as u32).expect("a pidfd");
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        let ended = poll(&mut fds, PollTimeout::from(30_000u16));
+        if !matches!(ended, Ok(1)) {
+            // SAFETY: our own child, not reaped yet.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            matches!(ended, Ok(1)),
+            "the forked child hung at the guardian's lock"
+        );
+        assert!(libc::WIFEXITED(status), "status {status}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "1: the child kept the parent's pipe; 2: it saw the parent's state"
+        );
+    }
+
     #[test]
     fn at_its_end_the_guardian_kills_the_groups_its_table_watches() {
         /// A `sleep` in a group of its own, killed and reaped when dropped (a failing

@@ -37,8 +37,8 @@
 #![warn(missing_docs)]
 
 // Layers, each importing only from those below it (kept so by `tests/layers.rs`):
-// 1. leaves: error, signal, safepath, cgroup, process, pidwindow, rundir, ports, timetravel,
-//    exec, guardian;
+// 1. leaves: error, signal, safepath, perprocess, cgroup, process, pidwindow, rundir, ports,
+//    timetravel, exec, guardian;
 // 2. logs (store, splitter, sink, console, log files), subcommand;
 // 3. what the user declares: service, readiness (the `Ready` vocabulary), hooks;
 // 4. plan: definitions checked and resolved;
@@ -60,6 +60,7 @@ mod inspect;
 mod interrupt;
 mod kernel;
 mod logs;
+mod perprocess;
 mod pidwindow;
 mod plan;
 mod ports;

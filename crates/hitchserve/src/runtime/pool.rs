@@ -22,15 +22,16 @@
 //! Invariant: an idle thread is in its owner's list exactly while it waits there for a job;
 //! one that stops waiting (it waited long enough) first takes itself out under the lock —
 //! and if a caller took it out already, that caller's job is on its way, and the thread runs
-//! it. After a `fork`, the child makes a pool of its own (see `PerProcess`).
+//! it. After a `fork`, the child makes a pool of its own (see `perprocess`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::ThreadId;
 use std::time::Duration;
+
+use crate::perprocess::PerProcess;
 
 /// A job for a thread of the pool, and what tells its `Done` (dropped, never sent on).
 pub(crate) struct Job {
@@ -80,42 +81,11 @@ struct Idle {
     next_id: u64,
 }
 
-/// The pool of one process. A forked child makes its own: the parent's lock may have been
-/// held, at the fork, by a thread that doesn't exist in the child, and its lists name the
-/// parent's threads. (A child's copy of the parent's is left as it is: a few bytes.)
-struct PerProcess {
-    pid: u32,
-    idle: Mutex<Idle>,
-}
-
-static STATE: AtomicPtr<PerProcess> = AtomicPtr::new(std::ptr::null_mut());
-
-fn state() -> &'static PerProcess {
-    let me = std::process::id();
-    loop {
-        let current = STATE.load(Ordering::Acquire);
-        // SAFETY: what STATE points to comes from `Box::into_raw` below and is never freed.
-        if let Some(state) = unsafe { current.as_ref() } {
-            if state.pid == me {
-                return state;
-            }
-        }
-        let fresh = Box::into_raw(Box::new(PerProcess {
-            pid: me,
-            idle: Mutex::new(Idle::default()),
-        }));
-        match STATE.compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire) {
-            // SAFETY: just made, never freed.
-            Ok(_) => return unsafe { &*fresh },
-            // Another thread of this process made it first: use that one.
-            // SAFETY: ours was never shared; freed once.
-            Err(_) => drop(unsafe { Box::from_raw(fresh) }),
-        }
-    }
-}
+/// The pool of one process: a forked child makes its own (see `perprocess`).
+static STATE: PerProcess<Mutex<Idle>> = PerProcess::new(|| Mutex::new(Idle::default()));
 
 fn idle() -> MutexGuard<'static, Idle> {
-    let mut idle = state().idle.lock().unwrap_or_else(|e| e.into_inner());
+    let mut idle = STATE.get().lock().unwrap_or_else(|e| e.into_inner());
     // Owners gone: their idle threads end (their senders dropped).
     let before = idle.lists.len();
     idle.lists.retain(|_, (alive, _)| alive.strong_count() > 0);

@@ -11,6 +11,7 @@ const LAYERS: &[&[&str]] = &[
         "error",
         "signal",
         "safepath",
+        "perprocess",
         "cgroup",
         "process",
         "pidwindow",

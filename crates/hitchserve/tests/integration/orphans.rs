@@ -306,3 +306,59 @@ fn an_escapee_without_group_or_marker_dies_with_its_killed_owner() {
     );
     assert!(wait_gone(leader, PATIENCE));
 }
+
+/// Runs in a child process: starts a bundle, then forks a child of its own that lives on
+/// (as a `multiprocessing` worker does), says both, and waits to be killed.
+#[test]
+#[ignore = "helper: run by a_killed_owners_services_die_while_a_child_it_forked_lives_on"]
+fn helper_owner_that_forks() {
+    let Some(dir) = std::env::var_os(PROJECT_VAR) else {
+        return;
+    };
+    let mut b = hitchserve::Bundle::new(dir).startup_timeout(PATIENCE);
+    b.add("Sleeper", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    // SAFETY: the child only calls `pause` (async-signal-safe) until it is killed.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        loop {
+            // SAFETY: no preconditions.
+            unsafe { libc::pause() };
+        }
+    }
+    println!("CHILD {child}");
+    println!("RUN {}", crate::common::run_id(&b));
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A process forked by the owner after its bundle started holds no copy of the guardian's
+/// pipe, so the guardian still hears of the owner's death and kills the services.
+/// (Failed before the fix, with: the service outlived its killed owner as long as the
+/// forked child lived: the child's copy kept the pipe open.)
+#[test]
+fn a_killed_owners_services_die_while_a_child_it_forked_lives_on() {
+    /// The forked child: SIGKILLed on drop (it outlives the owner by design).
+    struct Forked(i32);
+    impl Drop for Forked {
+        fn drop(&mut self) {
+            // SAFETY: a plain syscall; the pid was our helper's child.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let p = Project::new("owner-forks");
+    let (mut owner, said) = start_owner("orphans::helper_owner_that_forks", &p);
+    let forked = Forked(said["CHILD"].parse().expect("the child's pid"));
+    assert!(is_alive(forked.0 as u32));
+    let pids = marked_pids(&said["RUN"]);
+    assert!(!pids.is_empty());
+    owner.kill();
+    for pid in &pids {
+        assert!(
+            wait_gone(*pid, PATIENCE),
+            "service process {pid} outlived its killed owner while the owner's forked child lived"
+        );
+    }
+    assert!(is_alive(forked.0 as u32), "the forked child was to live on");
+}

@@ -10,10 +10,12 @@
 //! guardian places services (off the spawn path) and kills the cgroup if our process dies;
 //! the runtime's `stop` kills it at shutdown.
 //!
-//! Placing happens after the spawn, because neither std nor glibc's `posix_spawn` can start
-//! a child in a cgroup (`clone3(CLONE_INTO_CGROUP)`) and a `pre_exec` would cost the fast
-//! spawn path. A move takes effect only after an RCU grace period when the kernel is idle
-//! (measured 7-12 ms here; 40 µs when warm), so it must never block a spawn.
+//! A service is born inside where the kernel lets us (`exec::clone`, through `birth_fd`):
+//! nothing to move, and nothing it forks can be born outside. Otherwise it is placed after
+//! the spawn, because neither std nor glibc's `posix_spawn` can start a child in a cgroup
+//! and a `pre_exec` would cost the fast spawn path. A move takes effect only after an RCU
+//! grace period when the kernel is idle (measured 7-12 ms here; 40 µs when warm), so it
+//! must never block a spawn.
 //!
 //! Invariant: a service's main process is written to `cgroup.procs` only while it is our
 //! unreaped child (see `guardian::forget`), so its reused pid is never moved in and killed.
@@ -23,7 +25,8 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -36,8 +39,12 @@ use nix::unistd::Pid;
 pub(crate) struct Cgroup {
     path: PathBuf,
     procs: File,
+    /// The directory itself (`O_PATH`), to start children in.
+    dir: Option<OwnedFd>,
     /// A move was refused (no permission to move out of our own cgroup, say): don't retry.
     refused: AtomicBool,
+    /// Starting a child inside was refused: start them outside and move them.
+    births_refused: AtomicBool,
 }
 
 impl Cgroup {
@@ -54,9 +61,16 @@ impl Cgroup {
         std::fs::create_dir(&path).ok()?;
         match File::options().write(true).open(path.join("cgroup.procs")) {
             Ok(procs) => Some(Cgroup {
+                dir: File::options()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                    .open(&path)
+                    .ok()
+                    .map(OwnedFd::from),
                 path,
                 procs,
                 refused: AtomicBool::new(false),
+                births_refused: AtomicBool::new(false),
             }),
             Err(_) => {
                 let _ = std::fs::remove_dir(&path);
@@ -67,6 +81,20 @@ impl Cgroup {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directory to start a child in (`clone3(CLONE_INTO_CGROUP)`), unless that was
+    /// refused before.
+    pub(crate) fn birth_fd(&self) -> Option<BorrowedFd<'_>> {
+        if self.births_refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.dir.as_ref().map(|d| d.as_fd())
+    }
+
+    /// Starting a child inside was refused: `birth_fd` says `None` from now on.
+    pub(crate) fn refuse_births(&self) {
+        self.births_refused.store(true, Ordering::Relaxed);
     }
 
     /// Move a service's main process in, then whatever it forked before the move.

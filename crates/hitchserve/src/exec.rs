@@ -4,8 +4,9 @@
 //! Owns `ExecEnv` (a service's directory, environment and user — used alike by the service
 //! itself, its sub-commands, its probe commands and its hooks), program resolution, the
 //! environment a service gets, how a service's main process is spawned (`spawn_service`:
-//! posix_spawn with an empty signal mask, see `spawn`), and `ProcessGroup`, the only kill
-//! target. It knows nothing of bundles or states.
+//! posix_spawn with an empty signal mask, see `spawn`, or born inside the run's cgroup, see
+//! `clone`), and `ProcessGroup`, the only kill target. It knows nothing of bundles or
+//! states.
 //!
 //! Invariant: a `ProcessGroup` is signalled only while its leader is our unreaped child (the
 //! caller's lock or ownership of the child guarantees it), so its pgid can't have been reused.
@@ -15,8 +16,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::cgroup::Cgroup;
 use crate::signal::Signal;
 
+mod clone;
 mod spawn;
 pub(crate) use spawn::ServiceChild;
 
@@ -81,24 +84,28 @@ impl ExecEnv {
     /// Without `fork()` even when the calling thread blocks signals (posix_spawn resets the
     /// mask itself). Only a service that runs as another user goes through std's `Command`:
     /// posix_spawn can't switch users, and std forks for that anyway.
+    /// Inside `cgroup` from birth where it can be (the flag says whether it was; see
+    /// `clone`).
     pub(crate) fn spawn_service(
         &self,
         program: &Path,
         arg0: &OsStr,
         args: &[OsString],
-    ) -> std::io::Result<ServiceChild> {
+        cgroup: Option<&Cgroup>,
+    ) -> std::io::Result<(ServiceChild, bool)> {
         let spawned = if self.run_as.is_none() && spawn::available() {
             let argv: Vec<&OsStr> = std::iter::once(arg0)
                 .chain(args.iter().map(OsString::as_os_str))
                 .collect();
-            spawn::posix_spawn_service(program, &argv, &self.dir, &self.env)
+            spawn::posix_spawn_service(program, &argv, &self.dir, &self.env, cgroup)
         } else {
             let mut cmd = self.command(program, arg0, args);
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .process_group(0);
-            cmd.spawn().map(ServiceChild::from_std)
+            cmd.spawn()
+                .map(|child| (ServiceChild::from_std(child), false))
         };
         spawned.map_err(|e| {
             // The directory is entered before the program is run: tell which one was missing.

@@ -384,14 +384,15 @@ fn place_queued() {
 
 /// Watch a run: its marker, and its cgroup if one can be made. Fails only if the guardian
 /// can't be started at all.
-pub(crate) fn add_run(run_id: &str) -> std::io::Result<()> {
+/// Returns the run's cgroup, to start its services in.
+pub(crate) fn add_run(run_id: &str) -> std::io::Result<Option<Arc<Cgroup>>> {
     let cgroup = Cgroup::create(run_id).map(Arc::new);
     let mut g = lock();
     g.runs.insert(run_id.to_owned());
     let mut line = format!("+r {run_id}\n");
-    if let Some(c) = cgroup {
+    if let Some(c) = &cgroup {
         line.push_str(&format!("+c {}\n", c.path().display()));
-        g.cgroups.insert(run_id.to_owned(), c);
+        g.cgroups.insert(run_id.to_owned(), Arc::clone(c));
     }
     let sent = g.send(&line);
     if sent.is_err() {
@@ -401,7 +402,7 @@ pub(crate) fn add_run(run_id: &str) -> std::io::Result<()> {
         }
         g.runs.remove(run_id);
     }
-    sent
+    sent.map(|()| cgroup)
 }
 
 /// SIGKILL whatever is left in the run's cgroup (processes that left their group and shed
@@ -431,14 +432,18 @@ pub(crate) fn remove_run(run_id: &str) {
     g.later.push_str(&line);
 }
 
-/// Watch a service's process group, and move it into its run's cgroup (off this thread).
-pub(crate) fn watch(run_id: &str, pgid: u32) {
+/// Watch a service's process group, and move it into its run's cgroup (off this thread)
+/// unless it was born there (`inside`).
+pub(crate) fn watch(run_id: &str, pgid: u32, inside: bool) {
     let mut g = lock();
     g.keep_alive();
     if !g.table.as_mut().is_some_and(|t| t.add(pgid)) {
         g.groups.insert(pgid);
         // If even a restart fails, the run's marker sweep at shutdown still finds it.
         let _ = g.send(&format!("+g {pgid}\n"));
+    }
+    if inside {
+        return;
     }
     let Some(cgroup) = g.cgroups.get(run_id).cloned() else {
         return;

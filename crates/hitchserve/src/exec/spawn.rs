@@ -11,8 +11,12 @@
 //! (`POSIX_SPAWN_SETSIGMASK`). It knows nothing of services, users or bundles: what to run
 //! as another user is the caller's (std's) business, since `posix_spawn` can't setuid.
 //!
-//! Invariant: no code of ours runs in the child: its whole set-up is what the attributes and
-//! file actions below describe, so it is safe from any thread at any time.
+//! When the run has a cgroup, the child is started inside it instead, by `clone` (the same
+//! set-up, written out by hand), where the kernel allows; else as above.
+//!
+//! Invariant: no code of ours runs in a child `posix_spawn` makes: its whole set-up is what
+//! the attributes and file actions below describe, so it is safe from any thread at any
+//! time (what runs in `clone`'s child is held to the same rules there).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -20,7 +24,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+
+use crate::cgroup::Cgroup;
+use crate::exec::clone::{self, CloneError};
 
 /// A service's main process, started but not yet reaped.
 #[derive(Debug)]
@@ -157,12 +165,15 @@ impl Drop for Actions {
 /// Start `program` (a path, not searched for) with `argv` (`argv[0]` first) in `dir` with
 /// exactly `env`: in a new process group it leads, stdin on `/dev/null`, stdout and stderr
 /// piped to us, no blocked signal, SIGPIPE at its default. Call `available` first.
+/// Inside `cgroup` from birth where the kernel lets us (see `clone`); the flag says
+/// whether it was.
 pub(crate) fn posix_spawn_service(
     program: &Path,
     argv: &[&OsStr],
     dir: &Path,
     env: &[(OsString, OsString)],
-) -> io::Result<ServiceChild> {
+    cgroup: Option<&Cgroup>,
+) -> io::Result<(ServiceChild, bool)> {
     let Some(addchdir) = addchdir() else {
         return Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -192,6 +203,32 @@ pub(crate) fn posix_spawn_service(
 
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
+
+    if let Some((cgroup, fd)) = cgroup.and_then(|c| c.birth_fd().map(|fd| (c, fd))) {
+        if !CLONE_UNUSABLE.load(Ordering::Relaxed) {
+            let (out, err) = (out_w.as_raw_fd(), err_w.as_raw_fd());
+            match clone::spawn_in_cgroup(&program, &arg_ptrs, &env_ptrs, &dir, out, err, fd) {
+                Ok(pid) => {
+                    drop((out_w, err_w));
+                    let child = ServiceChild {
+                        pid: pid as u32,
+                        stdout: Some(out_r),
+                        stderr: Some(err_r),
+                        reaped: None,
+                    };
+                    return Ok((child, true));
+                }
+                Err(CloneError::Failed(e)) => return Err(e),
+                // Not here: the other way, from now on (the system, or this cgroup).
+                Err(CloneError::Refused(e)) => match e.raw_os_error() {
+                    Some(libc::EPERM | libc::EACCES | libc::EBUSY | libc::EOPNOTSUPP) => {
+                        cgroup.refuse_births()
+                    }
+                    _ => CLONE_UNUSABLE.store(true, Ordering::Relaxed),
+                },
+            }
+        }
+    }
 
     // SAFETY: each posix_spawn* call gets a pointer to an object initialised by its `_init`
     // (destroyed once by its guard) and NUL-terminated strings and arrays that outlive the
@@ -255,11 +292,118 @@ pub(crate) fn posix_spawn_service(
         // The write ends are the child's now; ours close here (out_w, err_w dropped), so
         // the read ends see EOF once the service and its children are done.
         drop((out_w, err_w));
-        Ok(ServiceChild {
+        let child = ServiceChild {
             pid: pid as u32,
             stdout: Some(out_r),
             stderr: Some(err_r),
             reaped: None,
+        };
+        Ok((child, false))
+    }
+}
+
+/// `clone3` into a cgroup failed in a way that will fail again (no such system call, or a
+/// kernel before 5.7): don't try again.
+static CLONE_UNUSABLE: AtomicBool = AtomicBool::new(false);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A field of `/proc/<pid>/status`, as hex bits.
+    fn status_bits(pid: u32, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let value = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .expect("the field");
+        u64::from_str_radix(value.trim(), 16).expect("hex")
+    }
+
+    /// Both ways of starting a service, `posix_spawn` and (as root, where the kernel has
+    /// it) `clone3` into the run's cgroup, give it the same set-up whatever the calling
+    /// thread blocks; and both say why a program could not run.
+    #[test]
+    fn both_ways_of_starting_a_service_give_it_the_same_set_up() {
+        let run = format!("spawn-test-{}", crate::safepath::random_name());
+        let cgroup = Cgroup::create(&run);
+        std::thread::spawn(move || {
+            // SAFETY: blocks SIGTERM in this thread only, with a set we own.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTERM);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+            let dir = std::env::temp_dir().canonicalize().expect("the temp dir");
+            let env = [(OsString::from("PATH"), OsString::from("/usr/bin:/bin"))];
+            let sleep = Path::new("/bin/sleep");
+            let argv = [OsStr::new("sleep"), OsStr::new("1000")];
+            let mut ways = vec![("posix_spawn", None)];
+            match &cgroup {
+                Some(c) => ways.push(("clone3", Some(c))),
+                None => eprintln!("clone3 into a cgroup not tried: no cgroup here (not root)"),
+            }
+            for (way, cg) in ways {
+                let (mut child, inside) =
+                    posix_spawn_service(sleep, &argv, &dir, &env, cg).expect("spawn sleep");
+                let pid = child.id();
+                let check = || -> Result<(), String> {
+                    if status_bits(pid, "SigBlk") != 0 {
+                        return Err("blocked signals".into());
+                    }
+                    if status_bits(pid, "SigIgn") & (1 << (libc::SIGPIPE - 1)) != 0 {
+                        return Err("SIGPIPE ignored".into());
+                    }
+                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                        .map_err(|e| e.to_string())?;
+                    let after = &stat[stat.rfind(')').unwrap_or(0) + 2..];
+                    if after.split(' ').nth(2) != Some(pid.to_string().as_str()) {
+                        return Err(format!("not its own group's leader: {stat}"));
+                    }
+                    let link = |what: &str| {
+                        std::fs::read_link(format!("/proc/{pid}/{what}")).unwrap_or_default()
+                    };
+                    if link("cwd") != dir {
+                        return Err(format!("in {:?}", link("cwd")));
+                    }
+                    if link("fd/0") != Path::new("/dev/null") {
+                        return Err(format!("stdin {:?}", link("fd/0")));
+                    }
+                    for fd in ["fd/1", "fd/2"] {
+                        if !link(fd).to_string_lossy().starts_with("pipe:") {
+                            return Err(format!("{fd} {:?}", link(fd)));
+                        }
+                    }
+                    let cgroup_line = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                        .map_err(|e| e.to_string())?;
+                    if inside != cgroup_line.contains(&format!("hitchserve-{run}")) {
+                        return Err(format!("inside: {inside}, cgroup {cgroup_line}"));
+                    }
+                    Ok(())
+                };
+                let checked = check();
+                // SAFETY: our own unreaped child.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                let _ = child.wait();
+                checked.unwrap_or_else(|e| panic!("{way}: {e}"));
+                assert_eq!(inside, way == "clone3", "{way}: started inside");
+
+                let missing = Path::new("/nonexistent/program");
+                let e = posix_spawn_service(missing, &argv, &dir, &env, cg)
+                    .expect_err("a missing program");
+                assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{way}: {e}");
+                let e = posix_spawn_service(sleep, &argv, Path::new("/nonexistent"), &env, cg)
+                    .expect_err("a missing directory");
+                assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{way}: {e}");
+            }
+            if let Some(c) = cgroup {
+                let deadline = Instant::now().checked_add(Duration::from_secs(30));
+                assert!(c.remove(deadline), "the test's cgroup is removed");
+            }
         })
+        .join()
+        .expect("the spawning thread");
     }
 }

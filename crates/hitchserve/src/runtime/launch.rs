@@ -40,7 +40,7 @@ impl Runtime {
             clock.start(paths)?;
         }
         plan.prepare_users(&run.path)?;
-        guardian::add_run(&run.id).map_err(|source| Error::Io {
+        let cgroup = guardian::add_run(&run.id).map_err(|source| Error::Io {
             context:
                 "could not start the guardian process (/bin/sh) that cleans up after a killed test"
                     .into(),
@@ -78,6 +78,7 @@ impl Runtime {
             Arc::clone(sink),
             plan,
             run,
+            cgroup,
             t0,
             timeouts,
         )))

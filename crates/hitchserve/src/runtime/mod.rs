@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::cgroup::Cgroup;
 use crate::logs::Sink;
 use crate::pidwindow::PidMark;
 use crate::plan::{Plan, ServicePlan, Sources};
@@ -68,6 +69,8 @@ pub(crate) struct Runtime {
     user_code: UserCodes,
     /// The big read buffers its services' readers share.
     read_buffers: supervisor::ReadBuffers,
+    /// The run's cgroup, where there is one: services are started inside it.
+    cgroup: Option<Arc<Cgroup>>,
     /// The kernel's pid counters before its first service started: processes it made have
     /// pids in their window (see `pidwindow`), where the marker sweep looks first.
     born_after: Option<PidMark>,
@@ -86,7 +89,14 @@ pub(crate) fn deadline_after(from: Instant, d: Duration) -> Option<Instant> {
 }
 
 impl Runtime {
-    fn new(sink: Arc<Sink>, plan: Plan, run: RunDir, t0: Instant, timeouts: Timeouts) -> Runtime {
+    fn new(
+        sink: Arc<Sink>,
+        plan: Plan,
+        run: RunDir,
+        cgroup: Option<Arc<Cgroup>>,
+        t0: Instant,
+        timeouts: Timeouts,
+    ) -> Runtime {
         let n = plan.services.len();
         let sources = plan
             .services
@@ -105,6 +115,7 @@ impl Runtime {
             threads: Threads::new(n),
             user_code: UserCodes::new(n),
             read_buffers: supervisor::ReadBuffers::new(),
+            cgroup,
             born_after: PidMark::now(),
             plan,
         }

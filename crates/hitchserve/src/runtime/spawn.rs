@@ -17,6 +17,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cgroup::Cgroup;
 use crate::exec::ServiceChild;
 use crate::guardian;
 use crate::hooks::{Hook, HookContext};
@@ -229,10 +230,10 @@ impl Runtime {
         } else {
             self.sink.log(&format!("Starting {}", plan.name));
         }
-        match spawn_child(plan) {
-            Ok(child) => {
+        match spawn_child(plan, self.cgroup.as_deref()) {
+            Ok((child, inside)) => {
                 let pid = child.id();
-                guardian::watch(&self.run.id, pid);
+                guardian::watch(&self.run.id, pid, inside);
                 let at = Instant::now();
                 self.dispatch(idx, Event::Spawned { pid, at });
                 Some((child, sources))
@@ -411,11 +412,15 @@ impl Runtime {
     }
 }
 
-/// Spawn a service's main process in its own process group, with its pipes.
-fn spawn_child(plan: &ServicePlan) -> std::io::Result<ServiceChild> {
+/// Spawn a service's main process in its own process group, with its pipes, inside the
+/// run's cgroup if it can be born there (the flag says whether it was).
+fn spawn_child(
+    plan: &ServicePlan,
+    cgroup: Option<&Cgroup>,
+) -> std::io::Result<(ServiceChild, bool)> {
     // No `pre_exec` (e.g. for PR_SET_PDEATHSIG): it would force fork() instead of vfork-based
     // posix_spawn, which made starting 20 services 1.5x slower here. The guardian covers
     // the death of the bundle's process.
     plan.exec
-        .spawn_service(&plan.program, &plan.argv[0], &plan.argv[1..])
+        .spawn_service(&plan.program, &plan.argv[0], &plan.argv[1..], cgroup)
 }

@@ -460,7 +460,9 @@ impl Bundle {
     /// those still alive after the shutdown timeout, then every process that left its group.
     ///
     /// Returns an error for a crash after startup not yet reported. Also done on drop.
-    /// Only the first call stops anything; it may come from any thread.
+    /// Only the first call stops anything; it may come from any thread. In a child forked
+    /// (without exec) from the process that started the bundle, it does nothing, and
+    /// neither does dropping the bundle there: the services are the parent's.
     pub fn shutdown(&self) -> Result<()> {
         match self.begin_shutdown() {
             Some(runtime) => {
@@ -471,9 +473,13 @@ impl Bundle {
         }
     }
 
-    /// The runtime to stop, if this is the first call that stops it.
+    /// The runtime to stop, if this is the first call that stops it. None in a child forked
+    /// from the process that started it: the services are that process's to stop.
     pub(crate) fn begin_shutdown(&self) -> Option<Arc<Runtime>> {
         let runtime = self.runtime.as_ref()?;
+        if runtime.pid != std::process::id() {
+            return None;
+        }
         (!self.stopped.swap(true, Ordering::SeqCst)).then(|| Arc::clone(runtime))
     }
 
@@ -494,6 +500,9 @@ impl Bundle {
 impl Drop for Bundle {
     fn drop(&mut self) {
         match self.runtime.as_ref() {
+            // A child forked from the process that started it: its copy goes quietly (the
+            // services, and the threads a stop would wait for, are the parent's).
+            Some(runtime) if runtime.pid != std::process::id() => {}
             Some(runtime) if !self.stopped.swap(true, Ordering::SeqCst) => {
                 stop_all(runtime, self.shutdown_timeout);
                 self.clock.stop();

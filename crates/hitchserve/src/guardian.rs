@@ -253,14 +253,18 @@ impl Guardian {
         for c in self.cgroups.values() {
             replay.push_str(&format!("+c {}\n", c.path().display()));
         }
-        running.stdin.write_all(replay.as_bytes())?;
         static HANDLER: Once = Once::new();
         HANDLER.call_once(|| {
             // SAFETY: registers a handler that only touches an atomic and closes a
             // descriptor (see `close_guardian_stdin_in_child`).
             unsafe { libc::pthread_atfork(None, None, Some(close_guardian_stdin_in_child)) };
         });
+        // Known to the fork handler at once (a child forked during the replay lets go too).
         STDIN_FD.store(running.stdin.as_raw_fd(), Ordering::SeqCst);
+        if let Err(e) = running.stdin.write_all(replay.as_bytes()) {
+            STDIN_FD.store(-1, Ordering::SeqCst);
+            return Err(e);
+        }
         self.running = Some(running);
         self.failure = None;
         self.start_watcher()

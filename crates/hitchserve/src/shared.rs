@@ -92,6 +92,9 @@ pub struct SharedBundle {
     file: PathBuf,
     project: PathBuf,
     lease: u64,
+    /// The process that took the lease: a child forked from it holds a copy of this value,
+    /// not the lease, and never releases it.
+    holder: u32,
     /// The last line written before we attached: our view of the logs starts after it.
     seq: u64,
     all_log: Option<PathBuf>,
@@ -222,6 +225,7 @@ impl SharedBuilder {
             })?;
         Ok(SharedBundle {
             lease: said["lease"].as_u64().unwrap_or(0),
+            holder: std::process::id(),
             seq: said["seq"].as_u64().unwrap_or(0),
             all_log: said["all_log"].as_str().map(PathBuf::from),
             started: said["started"].as_bool().unwrap_or(false),
@@ -268,6 +272,7 @@ impl SharedBundle {
             file: self.file.clone(),
             project: self.project.clone(),
             lease: v["lease"].as_u64().unwrap_or(0),
+            holder: std::process::id(),
             seq: v["seq"].as_u64().unwrap_or(0),
             all_log: v["all_log"].as_str().map(PathBuf::from),
             started: false,
@@ -485,7 +490,8 @@ impl SharedBundle {
 
 impl Drop for SharedBundle {
     fn drop(&mut self) {
-        if self.lease != 0 {
+        // (In a child forked from the holder the lease is the holder's, which still runs.)
+        if self.lease != 0 && self.holder == std::process::id() {
             let _ = self.ask(json!({"cmd": "release", "lease": self.lease}));
         }
     }

@@ -2,8 +2,9 @@
 //!
 //! Owns the label width, per-service colours, the colour decision (`NO_COLOR`, not a terminal)
 //! and muting. It never stores anything: a muted line is still in the log store, so nothing is
-//! lost. Printing goes through `print!` so `cargo test` captures it per test; a closed stdout
-//! must never stop a reader thread, so a failed print is swallowed.
+//! lost. Printing goes through `print!` so `cargo test` captures it per test (except in a
+//! forked child: see `write_out`); a closed stdout must never stop a reader thread, so a
+//! failed print is swallowed.
 //!
 //! Also owns *whose* output the lines go to. Under `cargo test`, `print!` writes to the
 //! capture of the test whose thread spawned the printing thread — so a bundle kept in a
@@ -20,11 +21,12 @@
 //! saw.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Mutex;
 
 use crate::logs::line::LogLine;
+use crate::perprocess::PerProcess;
 
 const PALETTE: [&str; 6] = ["36", "32", "33", "34", "35", "96"];
 const RESET: &str = "\x1b[0m";
@@ -57,8 +59,40 @@ fn thread_token() -> usize {
     TOKEN.with(|t| *t)
 }
 
+/// The process that made the first console: it prints through `print!` (see `write_out`).
+static ORIGIN: AtomicU32 = AtomicU32::new(0);
+
+/// Print `out`; false if stdout is closed. Through `print!`, which `cargo test` captures per
+/// test (and which panics on a closed stdout: caught here), in the process that made the
+/// first console. A child forked from it (without exec) writes to fd 1 itself, one write at
+/// a time: `print!` holds std's process-wide stdout lock while it writes, and a child
+/// forked while one of the parent's readers was inside a slow write (a full pipe) inherits
+/// that lock held by a thread it doesn't have, so its first line would wait for ever.
+fn write_out(out: &str) -> bool {
+    if ORIGIN.load(Ordering::Relaxed) == std::process::id() {
+        return std::panic::catch_unwind(|| print!("{out}")).is_ok();
+    }
+    static ONE_AT_A_TIME: PerProcess<Mutex<()>> = PerProcess::new(|| Mutex::new(()));
+    let _one = ONE_AT_A_TIME
+        .get()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut rest = out.as_bytes();
+    while !rest.is_empty() {
+        // (`Stdout`'s descriptor, without std's lock.)
+        match nix::unistd::write(std::io::stdout(), rest) {
+            Ok(n) => rest = rest.get(n..).unwrap_or_default(),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 impl Console {
     pub(crate) fn new() -> Console {
+        let _ =
+            ORIGIN.compare_exchange(0, std::process::id(), Ordering::Relaxed, Ordering::Relaxed);
         let no_colour = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         Console {
             width: AtomicUsize::new("Hitch".len()),
@@ -100,7 +134,7 @@ impl Console {
                 for out in rx.into_iter().flatten() {
                     // As in `print`: a closed stdout must not end the thread with a panic —
                     // but once is enough: the printer ends, and the next send says so.
-                    if std::panic::catch_unwind(|| print!("{out}")).is_err() {
+                    if !write_out(&out) {
                         return;
                     }
                 }
@@ -186,9 +220,9 @@ impl Console {
             }
             return;
         }
-        // `print!` (which test harnesses capture) panics when stdout is closed; the reader
-        // thread calling us must live on, and one report of it is enough.
-        if std::panic::catch_unwind(|| print!("{out}")).is_err() {
+        // A closed stdout: the reader thread calling us must live on, and one report of it
+        // is enough.
+        if !write_out(&out) {
             self.closed.store(true, Ordering::Relaxed);
         }
     }

@@ -69,6 +69,9 @@ pub(crate) struct Runtime {
     user_code: UserCodes,
     /// The big read buffers its services' readers share.
     read_buffers: supervisor::ReadBuffers,
+    /// The process that started the run: its services, threads and guardian are that
+    /// process's (a child forked from it has a copy of this, and none of them).
+    pub pid: u32,
     /// The run's cgroup, where there is one: services are started inside it.
     cgroup: Option<Arc<Cgroup>>,
     /// The kernel's pid counters before its first service started: processes it made have
@@ -115,6 +118,7 @@ impl Runtime {
             threads: Threads::new(n),
             user_code: UserCodes::new(n),
             read_buffers: supervisor::ReadBuffers::new(),
+            pid: std::process::id(),
             cgroup,
             born_after: PidMark::now(),
             plan,

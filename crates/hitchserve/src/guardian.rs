@@ -79,6 +79,7 @@ done 2>/dev/null
 for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
 if [ -n "$table" ]; then
   while read -r v g; do
+    [ "$v" = . ] && break
     [ "$v" = + ] && kill -s KILL -- "-$g" 2>/dev/null
   done <&3
 fi

@@ -182,6 +182,21 @@ extern "C" fn close_guardian_stdin_in_child() {
     }
 }
 
+/// At a normal exit: tell the guardian what waited for the next command (the runs that
+/// ended), so at our end it doesn't look for their processes in every `/proc/*/environ`
+/// in vain. Skipped if another thread holds the lock (it may never let go now).
+extern "C" fn tell_at_exit() {
+    let mut g = match STATE.get().guardian.try_lock() {
+        Ok(g) => g,
+        Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    let later = std::mem::take(&mut g.later);
+    if let (false, Some(running)) = (later.is_empty(), g.running.as_mut()) {
+        let _ = running.stdin.write_all(later.as_bytes());
+    }
+}
+
 fn lock() -> MutexGuard<'static, Guardian> {
     STATE
         .get()
@@ -254,11 +269,15 @@ impl Guardian {
         for c in self.cgroups.values() {
             replay.push_str(&format!("+c {}\n", c.path().display()));
         }
-        static HANDLER: Once = Once::new();
-        HANDLER.call_once(|| {
+        static HANDLERS: Once = Once::new();
+        HANDLERS.call_once(|| {
             // SAFETY: registers a handler that only touches an atomic and closes a
-            // descriptor (see `close_guardian_stdin_in_child`).
-            unsafe { libc::pthread_atfork(None, None, Some(close_guardian_stdin_in_child)) };
+            // descriptor (see `close_guardian_stdin_in_child`), and one that runs at a
+            // normal exit, on the exiting thread, and never blocks (`tell_at_exit`).
+            unsafe {
+                libc::pthread_atfork(None, None, Some(close_guardian_stdin_in_child));
+                libc::atexit(tell_at_exit);
+            }
         });
         // Known to the fork handler at once (a child forked during the replay lets go too).
         STDIN_FD.store(running.stdin.as_raw_fd(), Ordering::SeqCst);

@@ -182,7 +182,30 @@ impl Cgroup {
                 }
             }
         }
-        std::fs::remove_dir(&self.path).is_ok() || !self.path.exists()
+        match std::fs::remove_dir(&self.path) {
+            Ok(()) => true,
+            // Cgroups made inside ours (a nested hitchserve's runs, killed with ours before
+            // it could remove them) keep it: they go first.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                remove_descendants(&self.path, 16);
+                std::fs::remove_dir(&self.path).is_ok() || !self.path.exists()
+            }
+            Err(_) => !self.path.exists(),
+        }
+    }
+}
+
+/// Remove the (empty) cgroups under `dir`, deepest first, `depth` levels down at most.
+/// Best effort: what can't be removed keeps `dir` for the guardian.
+fn remove_descendants(dir: &Path, depth: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if depth > 0 && entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_descendants(&entry.path(), depth - 1);
+            let _ = std::fs::remove_dir(entry.path());
+        }
     }
 }
 

@@ -97,6 +97,7 @@ fi
 for c in $cgroups; do
   i=0
   while [ -d "$c" ] && ! rmdir "$c" 2>/dev/null && [ $i -lt 100 ]; do
+    find "$c" -mindepth 1 -depth -type d -exec rmdir {} + 2>/dev/null
     sleep 0.05; i=$((i+1))
   done
 done

@@ -219,12 +219,18 @@ pub(crate) fn posix_spawn_service(
                     return Ok((child, true));
                 }
                 Err(CloneError::Failed(e)) => return Err(e),
-                // Not here: the other way, from now on (the system, or this cgroup).
                 Err(CloneError::Refused(e)) => match e.raw_os_error() {
-                    Some(libc::EPERM | libc::EACCES | libc::EBUSY | libc::EOPNOTSUPP) => {
-                        cgroup.refuse_births()
+                    // The system can't (no clone3, or one without CLONE_INTO_CGROUP): the
+                    // other way, from now on.
+                    Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL) => {
+                        CLONE_UNUSABLE.store(true, Ordering::Relaxed)
                     }
-                    _ => CLONE_UNUSABLE.store(true, Ordering::Relaxed),
+                    // The machine is short of processes or memory for now: posix_spawn
+                    // would be refused the same, and the next spawn may well be born inside.
+                    Some(libc::EAGAIN | libc::ENOMEM) => return Err(e),
+                    // This cgroup refuses (no permission, a threaded or dying cgroup, ...):
+                    // the other way for the rest of this run.
+                    _ => cgroup.refuse_births(),
                 },
             }
         }

@@ -43,6 +43,7 @@ mod review5_tails;
 mod review5_writer_wake;
 mod review5b_pool;
 mod review6_fork;
+mod review6b_clone;
 mod review_misc;
 mod review_tt;
 mod run_as_user;

@@ -152,6 +152,41 @@ fn shutdown_kills_an_escapee_without_group_or_marker() {
     assert!(!left, "the run's cgroup was not removed");
 }
 
+/// A cgroup made inside the run's (what a nested hitchserve does for its own runs, and
+/// leaves behind when the outer shutdown kills it first) doesn't keep the run's cgroup.
+/// (Failed before the fix, with: the run's cgroup was not removed: rmdir said EBUSY.)
+#[test]
+fn shutdown_removes_the_runs_cgroup_with_cgroups_made_inside_it() {
+    if !is_root() {
+        eprintln!("skipped: the bundle's cgroup needs root here (CI runs as root)");
+        return;
+    }
+    let p = Project::new("nested-cgroup");
+    let mut b = p.bundle();
+    // The service's own cgroup directory, from its /proc/self/cgroup and the cgroup2 mount.
+    b.add(
+        "Nester",
+        sh(concat!(
+            "own=$(sed -n 's/^0:://p' /proc/self/cgroup); ",
+            "mnt=$(awk '$3 == \"cgroup2\" {print $2; exit}' /proc/mounts); ",
+            "mkdir \"$mnt$own/inner\" && mkdir \"$mnt$own/inner/deeper\" && echo READY; ",
+            "exec sleep 1000"
+        )),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let run = run_id(&b);
+    b.shutdown().unwrap();
+    let cgroup = format!("/hitchserve-{run}");
+    let left = std::fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" cgroup2 "))
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        .any(|mount| walk_has(std::path::Path::new(&mount), &cgroup, 4));
+    assert!(!left, "the run's cgroup was not removed");
+}
+
 /// Whether a directory ending in `suffix` is under `dir`, `depth` levels down at most.
 fn walk_has(dir: &std::path::Path, suffix: &str, depth: usize) -> bool {
     if dir.to_str().is_some_and(|d| d.ends_with(suffix)) {

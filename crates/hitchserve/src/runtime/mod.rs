@@ -19,6 +19,9 @@
 //! one service's readiness starts the next without a thread hop (a scheduling round asked
 //! for during a round runs after it, not inside it, so a chain takes constant stack).
 //! It does not know the public API (`bundle`, `handle`) nor draw anything (`inspect`).
+//! Waits for one service wake at every change; waits for the whole run (startup, stopping
+//! everything) only at its milestones (`Tally`, kept by `apply_locked`).
+//!
 //! Invariant: a service's phase changes only in `apply_locked` (through `state::apply`);
 //! outside it only two marks change: a failure is taken from its mailbox by the wait that
 //! reports it, and `crash_reported` is set by the report of a crash.
@@ -36,7 +39,7 @@ mod supervisor;
 mod threads;
 mod usercode;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -60,7 +63,13 @@ pub(crate) struct Runtime {
     /// How long a start may take, and how long a stop may take before SIGKILL.
     pub timeouts: Timeouts,
     states: Mutex<Vec<ServiceState>>,
+    /// Woken at every change of a state.
     changed: Condvar,
+    /// Woken only at a milestone of the run as a whole (see `Tally`): what waits for every
+    /// service at once (startup, stopping everything) waits on it, so the many changes
+    /// between milestones wake nobody (a wake-up costs the machine tens of µs).
+    milestone: Condvar,
+    tally: Tally,
     /// Set under the state lock when the bundle begins to stop: nothing starts after that.
     stopping: AtomicBool,
     /// Per service, where its current start's lines go.
@@ -77,6 +86,64 @@ pub(crate) struct Runtime {
     /// The kernel's pid counters before its first service started: processes it made have
     /// pids in their window (see `pidwindow`), where the marker sweep looks first.
     born_after: Option<PidMark>,
+}
+
+/// What the waits for the whole run look at in one service's state.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Marks {
+    started_up: bool,
+    failed: bool,
+    exited: bool,
+    gone: bool,
+    settled: bool,
+}
+
+impl Marks {
+    fn of(st: &ServiceState, t: &crate::plan::Traits) -> Marks {
+        Marks {
+            started_up: st.started_up(t),
+            failed: st.failure.is_some(),
+            exited: matches!(st.phase, state::Phase::Exited { .. }),
+            gone: st.group_gone(),
+            settled: st.is_settled(),
+        }
+    }
+}
+
+/// How many services are started up, have no process group left, are settled: kept by
+/// `apply_locked`, under the state lock (atomics only to be shared). A milestone is a
+/// change after which a wait for the whole run may be over: the last service started up,
+/// the last group gone, the last service settled, or any service failing or exiting.
+#[derive(Default)]
+struct Tally {
+    started_up: AtomicUsize,
+    gone: AtomicUsize,
+    settled: AtomicUsize,
+}
+
+impl Tally {
+    /// Count `before` -> `after` for one of `n` services; whether that is a milestone.
+    fn count(&self, before: Marks, after: Marks, n: usize) -> bool {
+        let step = |count: &AtomicUsize, was: bool, is: bool| {
+            if was == is {
+                return false;
+            }
+            let now = if is {
+                count.fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                count.fetch_sub(1, Ordering::Relaxed) - 1
+            };
+            now == n
+        };
+        let all_started = step(&self.started_up, before.started_up, after.started_up);
+        let all_gone = step(&self.gone, before.gone, after.gone);
+        let all_settled = step(&self.settled, before.settled, after.settled);
+        all_started
+            || all_gone
+            || all_settled
+            || (after.failed && !before.failed)
+            || (after.exited && !before.exited)
+    }
 }
 
 /// The bundle's timeouts, as the runtime applies them to one service as to all.
@@ -106,12 +173,26 @@ impl Runtime {
             .iter()
             .map(|p| Arc::new(p.sources.clone()))
             .collect();
+        let states: Vec<ServiceState> = (0..n).map(|_| ServiceState::new()).collect();
+        let tally = Tally::default();
+        for (st, p) in states.iter().zip(&plan.services) {
+            let none = Marks {
+                started_up: false,
+                failed: false,
+                exited: false,
+                gone: false,
+                settled: false,
+            };
+            tally.count(none, Marks::of(st, &p.traits), n);
+        }
         Runtime {
             t0,
             sink,
             timeouts,
-            states: Mutex::new((0..n).map(|_| ServiceState::new()).collect()),
+            states: Mutex::new(states),
             changed: Condvar::new(),
+            milestone: Condvar::new(),
+            tally,
             stopping: AtomicBool::new(false),
             sources: Mutex::new(sources),
             run,
@@ -153,11 +234,33 @@ impl Runtime {
     pub(crate) fn wake(&self) {
         let _states = self.lock();
         self.changed.notify_all();
+        self.milestone.notify_all();
     }
 
     /// Wait until `done` holds or the deadline passes; returns the guard either way.
     pub(crate) fn wait_until<'a>(
         &'a self,
+        guard: MutexGuard<'a, Vec<ServiceState>>,
+        deadline: Option<Instant>,
+        done: impl FnMut(&[ServiceState]) -> bool,
+    ) -> (MutexGuard<'a, Vec<ServiceState>>, bool) {
+        self.wait_on(&self.changed, guard, deadline, done)
+    }
+
+    /// `wait_until` for a `done` about every service at once, that only a milestone (see
+    /// `Tally`) can make true: woken at those only.
+    pub(crate) fn wait_for_milestone<'a>(
+        &'a self,
+        guard: MutexGuard<'a, Vec<ServiceState>>,
+        deadline: Option<Instant>,
+        done: impl FnMut(&[ServiceState]) -> bool,
+    ) -> (MutexGuard<'a, Vec<ServiceState>>, bool) {
+        self.wait_on(&self.milestone, guard, deadline, done)
+    }
+
+    fn wait_on<'a>(
+        &'a self,
+        woken_by: &Condvar,
         mut guard: MutexGuard<'a, Vec<ServiceState>>,
         deadline: Option<Instant>,
         mut done: impl FnMut(&[ServiceState]) -> bool,
@@ -167,13 +270,13 @@ impl Runtime {
                 return (guard, true);
             }
             guard = match deadline {
-                None => self.changed.wait(guard).unwrap_or_else(|e| e.into_inner()),
+                None => woken_by.wait(guard).unwrap_or_else(|e| e.into_inner()),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return (guard, false);
                     }
-                    self.changed
+                    woken_by
                         .wait_timeout(guard, left)
                         .unwrap_or_else(|e| e.into_inner())
                         .0
@@ -186,14 +289,33 @@ impl Runtime {
     /// right now, while the lock keeps every leader unreaped (and end or reopen its logs, so
     /// that can't pass a transition that follows). The other actions are returned,
     /// to be carried out once the lock is let go; `signalled` says whether a signal was sent.
+    /// A milestone (see `Tally`) wakes its waiters here, under the lock.
     fn apply_locked(
         &self,
         states: &mut [ServiceState],
         idx: usize,
         event: Event,
     ) -> (Vec<Action>, bool) {
-        let mut actions =
-            state::apply::apply(&mut states[idx], &self.services()[idx].traits, event);
+        let (actions, signalled, milestone) = self.apply_locked_quietly(states, idx, event);
+        if milestone {
+            self.milestone.notify_all();
+        }
+        (actions, signalled)
+    }
+
+    /// `apply_locked`, but a milestone is returned for the caller to wake its waiters once
+    /// the lock is let go (a waiter woken under it would only wait again, for the lock).
+    fn apply_locked_quietly(
+        &self,
+        states: &mut [ServiceState],
+        idx: usize,
+        event: Event,
+    ) -> (Vec<Action>, bool, bool) {
+        let traits = &self.services()[idx].traits;
+        let before = Marks::of(&states[idx], traits);
+        let mut actions = state::apply::apply(&mut states[idx], traits, event);
+        let after = Marks::of(&states[idx], traits);
+        let milestone = before != after && self.tally.count(before, after, states.len());
         let mut signalled = false;
         actions.retain(|action| match action {
             Action::Signal(group, signal) => {
@@ -210,16 +332,19 @@ impl Runtime {
             }
             _ => true,
         });
-        (actions, signalled)
+        (actions, signalled, milestone)
     }
 
     /// Apply `event` to service `idx` and carry out what follows. Returns true if the
     /// caller is to spawn the service now (`Action::Spawn`).
     pub(crate) fn dispatch(self: &Arc<Self>, idx: usize, event: Event) -> bool {
-        let (actions, _) = {
+        let (actions, _, milestone) = {
             let mut states = self.lock();
-            self.apply_locked(&mut states, idx, event)
+            self.apply_locked_quietly(&mut states, idx, event)
         };
+        if milestone {
+            self.milestone.notify_all();
+        }
         // Ready but not yet announced: nobody waits for that. The `Announced` that follows
         // wakes the waiters, once (a wake-up is a good part of a ready line's way to the test
         // that waits for it). Invariant: `Announce` is carried out below, on this thread,

@@ -83,11 +83,16 @@ impl Runtime {
                     (Some(d), Some(p)) => Some(d.min(p)),
                     (d, p) => d.or(p),
                 };
+                // Only a milestone can end this wait: the last service started up, or one
+                // failing or exiting (an interrupt wakes it too).
                 states = match wake {
-                    None => self.changed.wait(states).unwrap_or_else(|e| e.into_inner()),
+                    None => self
+                        .milestone
+                        .wait(states)
+                        .unwrap_or_else(|e| e.into_inner()),
                     Some(wake) => {
                         let left = wake.saturating_duration_since(Instant::now());
-                        self.changed
+                        self.milestone
                             .wait_timeout(states, left)
                             .unwrap_or_else(|e| e.into_inner())
                             .0

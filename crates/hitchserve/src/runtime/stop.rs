@@ -74,7 +74,7 @@ impl Runtime {
                 .enumerate()
                 .all(|(idx, st)| st.is_settled() || stuck_and_gone(idx, st))
         };
-        let (states, done) = self.wait_stopped(deadline, groups_gone);
+        let (states, done) = self.wait_stopped(deadline, true, groups_gone);
         if !done {
             let mut killed = Vec::new();
             for (idx, st) in states.iter().enumerate() {
@@ -98,7 +98,7 @@ impl Runtime {
         guardian::kill_cgroup(&self.run.id);
         sweep(&self.run.id, self.born_after.as_ref());
         let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
-        drop(self.wait_stopped(grace, all_done));
+        drop(self.wait_stopped(grace, true, all_done));
         self.threads.release_workers();
         let stuck: Vec<(usize, UserCode)> = (0..self.services().len())
             .filter_map(|idx| self.user_code.get(idx).map(|what| (idx, what)))
@@ -164,7 +164,7 @@ impl Runtime {
         // a process to wait for, nor to kill.
         let old_gone =
             |st: &ServiceState| st.group_gone() || st.incarnation > before || stuck_and_gone(st);
-        let (states, gone) = self.wait_stopped(deadline, |s| old_gone(&s[idx]));
+        let (states, gone) = self.wait_stopped(deadline, false, |s| old_gone(&s[idx]));
         if !gone
             && states[idx].incarnation == before
             && states[idx]
@@ -182,7 +182,7 @@ impl Runtime {
         // Its group is gone: that is the stop (a restart's next start is not part of it).
         let stopped_in = t0.elapsed();
         let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
-        drop(self.wait_stopped(grace, |s| {
+        drop(self.wait_stopped(grace, false, |s| {
             let st = &s[idx];
             st.is_settled() || st.incarnation > before || stuck_and_gone(st)
         }));
@@ -196,20 +196,29 @@ impl Runtime {
     }
 
     /// `wait_until` for stopping: while a thread is stuck in user code, nobody will signal
-    /// that its group is gone, so look again every `GROUP_CHECK`.
+    /// that its group is gone, so look again every `GROUP_CHECK`. With `whole_run`, `done`
+    /// is about every service (all groups gone, all settled): woken at milestones only.
     fn wait_stopped(
         &self,
         deadline: Option<Instant>,
+        whole_run: bool,
         mut done: impl FnMut(&[ServiceState]) -> bool,
     ) -> (MutexGuard<'_, Vec<ServiceState>>, bool) {
+        let wait = |guard, deadline, done: &mut dyn FnMut(&[ServiceState]) -> bool| {
+            if whole_run {
+                self.wait_for_milestone(guard, deadline, done)
+            } else {
+                self.wait_until(guard, deadline, done)
+            }
+        };
         let mut guard = self.lock();
         loop {
             if !self.user_code.any() {
-                return self.wait_until(guard, deadline, done);
+                return wait(guard, deadline, &mut done);
             }
             let soon = Instant::now() + GROUP_CHECK;
             let wake = deadline.map_or(soon, |d| d.min(soon));
-            let (g, ok) = self.wait_until(guard, Some(wake), &mut done);
+            let (g, ok) = wait(guard, Some(wake), &mut done);
             if ok || deadline.is_some_and(|d| Instant::now() >= d) {
                 return (g, ok);
             }

@@ -1,5 +1,5 @@
 //! `NativeBundle`: the engine's `Bundle` as a Python class, from adding definitions through
-//! `startup` (on a thread of its own, Ctrl-C interrupting it) to shutdown when it is dropped;
+//! `startup` (on the startup runner's thread, Ctrl-C interrupting it) to shutdown when it is dropped;
 //! and what a started bundle hands out: service handles, log views, the ready-made services'
 //! handles, time travel, the kernel of a service.
 //!
@@ -142,14 +142,15 @@ impl NativeBundle {
             .detach(|| lock(&self.bundle).take())
             .ok_or_else(starting)?;
         let (tx, rx) = mpsc::channel();
-        // Its own thread, so this one can take Python's signals while the startup waits; the
-        // engine spawns services from its supervisor threads, so this thread may end.
-        let spawned = std::thread::Builder::new()
-            .name("hitchserve-startup".into())
-            .spawn(move || {
+        // On another thread (see `runner`), so this one can take Python's signals while the
+        // startup waits.
+        let spawned = crate::runner::run_startup(
+            py,
+            Box::new(move || {
                 let result = bundle.startup();
                 let _ = tx.send((bundle, result));
-            });
+            }),
+        );
         if let Err(e) = spawned {
             return Err(PyRuntimeError::new_err(format!(
                 "could not start the startup thread: {e}"

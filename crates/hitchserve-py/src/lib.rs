@@ -29,6 +29,7 @@ mod definition;
 mod errors;
 mod handle;
 mod logs;
+mod runner;
 mod services;
 mod shared;
 mod subcommand;

@@ -366,3 +366,25 @@ def test_services_of_a_bundle_never_shut_down_die_with_the_python_process(tmp_pa
         return
     gone, alive = psutil.wait_procs([orphan], timeout=PATIENCE)
     assert not alive
+
+
+def test_bundles_started_one_after_another_reuse_the_engines_threads(project):
+    """A test session starts a bundle per test: the threads that watched one bundle's services
+    watch the next one's (the engine keeps them a while), instead of new ones each time."""
+    import threading
+
+    def checker_thread(name: str) -> int:
+        seen = []
+
+        def ready(line: str) -> bool:
+            seen.append(threading.get_native_id())
+            return line == "READY"
+
+        bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+        bundle[name] = hitchserve.Service(command=py(READY_THEN_WAIT), log_line_ready_checker=ready)
+        bundle.startup()
+        bundle.shutdown()
+        return seen[0]
+
+    first = checker_thread("First")
+    assert checker_thread("Second") == first

@@ -193,8 +193,32 @@ extern "C" fn tell_at_exit() {
         Err(std::sync::TryLockError::WouldBlock) => return,
     };
     let later = std::mem::take(&mut g.later);
-    if let (false, Some(running)) = (later.is_empty(), g.running.as_mut()) {
-        let _ = running.stdin.write_all(later.as_bytes());
+    let Some(running) = g.running.as_mut().filter(|_| !later.is_empty()) else {
+        return;
+    };
+    // Best effort, and never a wait nor a signal at exit: the pipe made non-blocking (our
+    // end only), SIGPIPE (a guardian just died) blocked and taken back.
+    let fd = running.stdin.as_raw_fd();
+    // SAFETY: fcntl and sigmask calls on our own descriptor and on sets we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return;
+        }
+        let mut pipe: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut pipe);
+        libc::sigaddset(&mut pipe, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old);
+        let written = running.stdin.write(later.as_bytes());
+        if written.is_err_and(|e| e.raw_os_error() == Some(libc::EPIPE)) {
+            let none = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            libc::sigtimedwait(&pipe, std::ptr::null_mut(), &none);
+        }
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     }
 }
 

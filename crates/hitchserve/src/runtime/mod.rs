@@ -131,7 +131,9 @@ impl Tally {
             let now = if is {
                 count.fetch_add(1, Ordering::Relaxed) + 1
             } else {
-                count.fetch_sub(1, Ordering::Relaxed) - 1
+                let was = count.fetch_sub(1, Ordering::Relaxed);
+                debug_assert!(was > 0, "a tally went below zero");
+                was.wrapping_sub(1)
             };
             now == n
         };
@@ -313,9 +315,25 @@ impl Runtime {
     ) -> (Vec<Action>, bool, bool) {
         let traits = &self.services()[idx].traits;
         let before = Marks::of(&states[idx], traits);
+        #[cfg(debug_assertions)]
+        let views_before = self.whole_run_views(states);
         let mut actions = state::apply::apply(&mut states[idx], traits, event);
         let after = Marks::of(&states[idx], traits);
         let milestone = before != after && self.tally.count(before, after, states.len());
+        #[cfg(debug_assertions)]
+        {
+            // The waits for the whole run look only at milestones: any of what they wait for
+            // that comes true here must be one, or they'd sleep through it.
+            let views_after = self.whole_run_views(states);
+            let came_true = views_before
+                .iter()
+                .zip(&views_after)
+                .any(|(was, is)| !was && *is);
+            debug_assert!(
+                !came_true || milestone,
+                "a whole-run wait's condition came true without a milestone"
+            );
+        }
         let mut signalled = false;
         actions.retain(|action| match action {
             Action::Signal(group, signal) => {
@@ -333,6 +351,24 @@ impl Runtime {
             _ => true,
         });
         (actions, signalled, milestone)
+    }
+
+    /// What the waits for the whole run wait for (debug builds check that each comes true
+    /// only at a milestone): startup over (every service started up, or one failed), every
+    /// group gone, every service settled.
+    #[cfg(debug_assertions)]
+    fn whole_run_views(&self, states: &[ServiceState]) -> [bool; 3] {
+        let t = |idx: usize| &self.services()[idx].traits;
+        let all_up = states.iter().enumerate().all(|(i, st)| st.started_up(t(i)));
+        let a_failure = states
+            .iter()
+            .enumerate()
+            .any(|(i, st)| st.has_startup_failure(t(i)));
+        [
+            all_up || a_failure,
+            states.iter().all(ServiceState::group_gone),
+            states.iter().all(ServiceState::is_settled),
+        ]
     }
 
     /// Apply `event` to service `idx` and carry out what follows. Returns true if the

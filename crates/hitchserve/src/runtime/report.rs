@@ -289,6 +289,17 @@ pub(crate) enum StartupFailure {
 
 impl ServiceState {
     /// The failure that ends startup, if this service has one (taken: reported once).
+    /// Whether `take_startup_failure` would find one (without taking it).
+    #[cfg(debug_assertions)]
+    pub(crate) fn has_startup_failure(&self, t: &Traits) -> bool {
+        self.failure.is_some()
+            || match self.phase {
+                Phase::Exited { expected: true, .. } => false,
+                Phase::Exited { status, .. } => !(t.one_shot && status.success()),
+                _ => false,
+            }
+    }
+
     pub(crate) fn take_startup_failure(&mut self, t: &Traits) -> Option<StartupFailure> {
         if let Some(f) = self.failure.take() {
             return Some(StartupFailure::Failed(f));

@@ -20,7 +20,7 @@
 
 use std::ffi::{c_char, c_int, CStr};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, RawFd};
 
 /// Why no child was made.
 pub(crate) enum CloneError {
@@ -32,6 +32,7 @@ pub(crate) enum CloneError {
 
 /// What the child needs, prepared by the caller; all pointers outlive the call.
 #[repr(C)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct ChildArgs {
     program: *const c_char,
     argv: *const *mut c_char,
@@ -103,7 +104,7 @@ pub(crate) fn spawn_in_cgroup(
         tls: 0,
         set_tid: 0,
         set_tid_size: 0,
-        cgroup: cgroup.as_raw_fd() as u64,
+        cgroup: std::os::fd::AsRawFd::as_raw_fd(&cgroup) as u64,
     };
     // Every signal blocked (glibc's own two included) until the child has reset the
     // handlers: a handler of ours must never run in a child that shares our memory.

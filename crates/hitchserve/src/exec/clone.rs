@@ -9,8 +9,7 @@
 //! glibc: every signal at its default action, its own process group, stdin on `/dev/null`,
 //! stdout and stderr onto our pipes, its directory, an empty signal mask, exec — and, for a
 //! service that runs as another user (which posix_spawn can't do), what std's `Command`
-//! does for that: no supplementary groups (when we are root), its group, its user. That
-//! child gets a copy of our memory, as from `fork` (see `copy` in `spawn_in_cgroup`).
+//! does for that: no supplementary groups (when we are root), its group, its user.
 //!
 //! Owns that child's code and the system call. Anything this can't do says so
 //! (`Refused`) and the caller starts the service the other way: a kernel before 5.7 or a
@@ -19,8 +18,7 @@
 //!
 //! Invariant: the child runs only `child_main`, which calls nothing but system calls on
 //! memory the caller prepared (no allocation, no lock, no panic), with every signal blocked
-//! until its handlers are reset; our thread is stopped meanwhile (`CLONE_VFORK`); a child
-//! whose ids change never shares our memory.
+//! until its handlers are reset; our thread is stopped meanwhile (`CLONE_VFORK`).
 
 use std::ffi::{c_char, c_int, CStr};
 use std::io;
@@ -63,9 +61,6 @@ struct ChildArgs {
     gid: u32,
     /// Set by the child when a step fails: the error number (the child then exits 127).
     errno: c_int,
-    /// A child with a copy of our memory (not shared) writes that error number here too:
-    /// the write end of a close-on-exec pipe; -1 for a child that shares our memory.
-    report: c_int,
 }
 
 /// `ChildArgs::set_ids` bits.
@@ -128,27 +123,11 @@ pub(crate) fn spawn_in_cgroup(
         uid: run_as.map_or(0, |(uid, _)| uid),
         gid: run_as.map_or(0, |(_, gid)| gid),
         errno: 0,
-        report: -1,
     };
-    // A child that becomes another user gets a copy of our memory, not ours: the kernel
-    // makes the memory of a task whose ids change non-dumpable, and shared memory would
-    // leave the test process so (no core dumps, /proc files root's, no debugger) — and,
-    // where `fs.suid_dumpable` is 1, another user's task would share root's memory until
-    // exec. So it reports a failed step through a pipe, as std's fork does.
-    let copy = run_as.is_some();
-    let report = if copy {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| CloneError::Failed(io::Error::from(e)))?;
-        args.report = std::os::fd::AsRawFd::as_raw_fd(&w);
-        Some((r, w))
-    } else {
-        None
-    };
-    let vm = if copy { 0 } else { libc::CLONE_VM as u64 };
     // u128: 16-byte alignment, as the ABI wants the stack at a call.
     let mut stack = vec![0u128; STACK / 16];
     let mut clone_args = CloneArgs {
-        flags: vm | libc::CLONE_VFORK as u64 | CLONE_INTO_CGROUP,
+        flags: libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64 | CLONE_INTO_CGROUP,
         pidfd: 0,
         child_tid: 0,
         parent_tid: 0,
@@ -175,12 +154,12 @@ pub(crate) fn spawn_in_cgroup(
         )
     };
     let ret: i64;
-    // SAFETY: clone3 with CLONE_VFORK (and CLONE_VM, unless `copy`): the child starts at
-    // the instruction after `syscall` with rax = 0 and rsp at the top of `stack` (ours or
-    // its copy; 16-aligned: its size is a multiple of 16), and at once calls
-    // `child_main(&args)`, which never returns; it touches only `args` and its own stack.
-    // r12 and r13 survive the system call. We resume once it has exec'd or exited, so
-    // `args`, `stack` and everything they point to outlive its use of them.
+    // SAFETY: clone3 with CLONE_VM | CLONE_VFORK: the child starts at the instruction after
+    // `syscall` with rax = 0 and rsp at the top of `stack` (16-aligned: its size is a
+    // multiple of 16), and at once calls `child_main(&args)`, which never returns; it
+    // touches only `args` and its own stack. r12 and r13 survive the system call. We
+    // resume once it has exec'd or exited, so `args`, `stack` and everything they point
+    // to outlive its use of them.
     unsafe {
         std::arch::asm!(
             "syscall",
@@ -219,24 +198,7 @@ pub(crate) fn spawn_in_cgroup(
     let pid = ret as libc::pid_t;
     // The child is done with `args` (it exec'd or exited before we resumed).
     // SAFETY: a plain read of our own local, which the child may have written.
-    let mut errno = unsafe { std::ptr::read_volatile(&args.errno) };
-    if let Some((r, w)) = report {
-        // Its copy of the write end closes at exec (or exit): then the read ends, empty.
-        drop(w);
-        let mut bytes = [0u8; 4];
-        let mut got = 0;
-        while got < bytes.len() {
-            match nix::unistd::read(&r, &mut bytes[got..]) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => break,
-            }
-        }
-        if got == bytes.len() {
-            errno = c_int::from_ne_bytes(bytes);
-        }
-    }
+    let errno = unsafe { std::ptr::read_volatile(&args.errno) };
     if errno != 0 {
         let mut status = 0;
         // SAFETY: reaping our own child, which has exited.
@@ -313,8 +275,7 @@ unsafe extern "C" fn child_main(args: *mut ChildArgs) -> ! {
         }
         // Another user's, as std's `Command` does it (supplementary groups, group, user),
         // for this process alone: the raw calls change only the calling task, which is
-        // the child (glibc's wrappers would change every thread of ours), and its memory
-        // is a copy of ours (see `copy`).
+        // the child (glibc's wrappers would change every thread of ours).
         if e == 0 && a.set_ids & DROP_GROUPS != 0 {
             e = check(libc::syscall(
                 libc::SYS_setgroups,
@@ -345,16 +306,7 @@ unsafe extern "C" fn child_main(args: *mut ChildArgs) -> ! {
         if e == 0 {
             e = check(libc::syscall(libc::SYS_execve, a.program, a.argv, a.envp));
         }
-        let e = if e == 0 { libc::EINVAL } else { e };
-        std::ptr::write_volatile(&mut a.errno, e);
-        if a.report >= 0 {
-            libc::syscall(
-                libc::SYS_write,
-                a.report,
-                (&e as *const c_int).cast::<u8>(),
-                4,
-            );
-        }
+        std::ptr::write_volatile(&mut a.errno, if e == 0 { libc::EINVAL } else { e });
         libc::syscall(libc::SYS_exit_group, 127);
         // exit_group does not return.
         loop {

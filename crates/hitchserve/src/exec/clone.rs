@@ -7,9 +7,7 @@
 //! every fork on the machine: about 30 µs per service here, and a window in which a service
 //! can fork before it is moved. The child's set-up is what `posix_spawn_service` asks of
 //! glibc: every signal at its default action, its own process group, stdin on `/dev/null`,
-//! stdout and stderr onto our pipes, its directory, an empty signal mask, exec — and, for a
-//! service that runs as another user (which posix_spawn can't do), what std's `Command`
-//! does for that: no supplementary groups (when we are root), its group, its user.
+//! stdout and stderr onto our pipes, its directory, an empty signal mask, exec.
 //!
 //! Owns that child's code and the system call. Anything this can't do says so
 //! (`Refused`) and the caller starts the service the other way: a kernel before 5.7 or a
@@ -32,19 +30,6 @@ pub(crate) enum CloneError {
     Failed(io::Error),
 }
 
-/// The child to start: `program` with `argv` and `envp` (NULL-terminated) in `dir`;
-/// `out_w`/`err_w` become its stdout and stderr; as user and group `run_as` if given
-/// (without supplementary groups when we are root, as std's `Command` does).
-pub(crate) struct Child<'a> {
-    pub program: &'a CStr,
-    pub argv: &'a [*mut c_char],
-    pub envp: &'a [*mut c_char],
-    pub dir: &'a CStr,
-    pub out_w: RawFd,
-    pub err_w: RawFd,
-    pub run_as: Option<(u32, u32)>,
-}
-
 /// What the child needs, prepared by the caller; all pointers outlive the call.
 #[repr(C)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -55,33 +40,23 @@ struct ChildArgs {
     dir: *const c_char,
     out_w: c_int,
     err_w: c_int,
-    /// Switch to `uid` and `gid` (1), after dropping supplementary groups (2 as well).
-    set_ids: c_int,
-    uid: u32,
-    gid: u32,
     /// Set by the child when a step fails: the error number (the child then exits 127).
     errno: c_int,
 }
 
-/// `ChildArgs::set_ids` bits.
-const SET_IDS: c_int = 1;
-const DROP_GROUPS: c_int = 2;
-
-/// Start `child` in `cgroup` (an `O_PATH` descriptor of its directory). Returns its pid.
+/// Start `program` with `argv` and `envp` (NULL-terminated) in `dir`, in `cgroup` (an
+/// `O_PATH` descriptor of its directory); `out_w`/`err_w` become its stdout and stderr.
+/// Returns its pid.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn spawn_in_cgroup(
-    child: Child<'_>,
+    program: &CStr,
+    argv: &[*mut c_char],
+    envp: &[*mut c_char],
+    dir: &CStr,
+    out_w: RawFd,
+    err_w: RawFd,
     cgroup: BorrowedFd<'_>,
 ) -> Result<libc::pid_t, CloneError> {
-    let Child {
-        program,
-        argv,
-        envp,
-        dir,
-        out_w,
-        err_w,
-        run_as,
-    } = child;
     /// `struct clone_args` of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`).
     #[repr(C)]
     struct CloneArgs {
@@ -114,14 +89,6 @@ pub(crate) fn spawn_in_cgroup(
         dir: dir.as_ptr(),
         out_w,
         err_w,
-        set_ids: match run_as {
-            None => 0,
-            // SAFETY: getuid has no preconditions.
-            Some(_) if unsafe { libc::getuid() } == 0 => SET_IDS | DROP_GROUPS,
-            Some(_) => SET_IDS,
-        },
-        uid: run_as.map_or(0, |(uid, _)| uid),
-        gid: run_as.map_or(0, |(_, gid)| gid),
         errno: 0,
     };
     // u128: 16-byte alignment, as the ABI wants the stack at a call.
@@ -213,7 +180,12 @@ pub(crate) fn spawn_in_cgroup(
 /// Anywhere else: not available.
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) fn spawn_in_cgroup(
-    _child: Child<'_>,
+    _program: &CStr,
+    _argv: &[*mut c_char],
+    _envp: &[*mut c_char],
+    _dir: &CStr,
+    _out_w: RawFd,
+    _err_w: RawFd,
     _cgroup: BorrowedFd<'_>,
 ) -> Result<libc::pid_t, CloneError> {
     Err(CloneError::Refused(io::Error::from_raw_os_error(
@@ -273,23 +245,6 @@ unsafe extern "C" fn child_main(args: *mut ChildArgs) -> ! {
         if e == 0 {
             e = check(libc::syscall(libc::SYS_dup2, a.err_w, 2));
         }
-        // Another user's, as std's `Command` does it (supplementary groups, group, user),
-        // for this process alone: the raw calls change only the calling task, which is
-        // the child (glibc's wrappers would change every thread of ours).
-        if e == 0 && a.set_ids & DROP_GROUPS != 0 {
-            e = check(libc::syscall(
-                libc::SYS_setgroups,
-                0,
-                std::ptr::null::<u32>(),
-            ));
-        }
-        if e == 0 && a.set_ids & SET_IDS != 0 {
-            e = check(libc::syscall(libc::SYS_setgid, a.gid));
-            if e == 0 {
-                e = check(libc::syscall(libc::SYS_setuid, a.uid));
-            }
-        }
-        // As the service's user: a directory only it may enter is entered.
         if e == 0 {
             e = check(libc::syscall(libc::SYS_chdir, a.dir));
         }

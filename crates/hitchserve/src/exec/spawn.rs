@@ -167,17 +167,19 @@ impl Drop for Actions {
 /// piped to us, no blocked signal, SIGPIPE at its default. Call `available` first.
 /// Inside `cgroup` from birth where the kernel lets us (see `clone`); the flag says
 /// whether it was.
-///
-/// With `run_as` (uid, gid), only born inside: `posix_spawn` can't switch users. `None`
-/// when that can't be done here: the caller starts it the other way (std's `Command`).
 pub(crate) fn posix_spawn_service(
     program: &Path,
     argv: &[&OsStr],
     dir: &Path,
     env: &[(OsString, OsString)],
     cgroup: Option<&Cgroup>,
-    run_as: Option<(u32, u32)>,
-) -> io::Result<Option<(ServiceChild, bool)>> {
+) -> io::Result<(ServiceChild, bool)> {
+    let Some(addchdir) = addchdir() else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "posix_spawn_file_actions_addchdir_np is missing (glibc before 2.29)",
+        ));
+    };
     let program = c_string(program.as_os_str())?;
     let dir = c_string(dir.as_os_str())?;
     let args = argv
@@ -204,16 +206,8 @@ pub(crate) fn posix_spawn_service(
 
     if let Some((cgroup, fd)) = cgroup.and_then(|c| c.birth_fd().map(|fd| (c, fd))) {
         if !CLONE_UNUSABLE.load(Ordering::Relaxed) {
-            let child = clone::Child {
-                program: &program,
-                argv: &arg_ptrs,
-                envp: &env_ptrs,
-                dir: &dir,
-                out_w: out_w.as_raw_fd(),
-                err_w: err_w.as_raw_fd(),
-                run_as,
-            };
-            match clone::spawn_in_cgroup(child, fd) {
+            let (out, err) = (out_w.as_raw_fd(), err_w.as_raw_fd());
+            match clone::spawn_in_cgroup(&program, &arg_ptrs, &env_ptrs, &dir, out, err, fd) {
                 Ok(pid) => {
                     drop((out_w, err_w));
                     let child = ServiceChild {
@@ -222,7 +216,7 @@ pub(crate) fn posix_spawn_service(
                         stderr: Some(err_r),
                         reaped: None,
                     };
-                    return Ok(Some((child, true)));
+                    return Ok((child, true));
                 }
                 Err(CloneError::Failed(e)) => return Err(e),
                 Err(CloneError::Refused(e)) => match e.raw_os_error() {
@@ -241,15 +235,6 @@ pub(crate) fn posix_spawn_service(
             }
         }
     }
-    if run_as.is_some() {
-        return Ok(None);
-    }
-    let Some(addchdir) = addchdir() else {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "posix_spawn_file_actions_addchdir_np is missing (glibc before 2.29)",
-        ));
-    };
 
     // SAFETY: each posix_spawn* call gets a pointer to an object initialised by its `_init`
     // (destroyed once by its guard) and NUL-terminated strings and arrays that outlive the
@@ -319,7 +304,7 @@ pub(crate) fn posix_spawn_service(
             stderr: Some(err_r),
             reaped: None,
         };
-        Ok(Some((child, false)))
+        Ok((child, false))
     }
 }
 
@@ -340,80 +325,6 @@ mod tests {
             .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .expect("the field");
         u64::from_str_radix(value.trim(), 16).expect("hex")
-    }
-
-    /// As root: a service that runs as another user is born inside the cgroup too, as that
-    /// user and group with no supplementary group, in a directory only that user may enter;
-    /// and one that may not enter its directory is refused with the reason.
-    fn run_as_another_user_inside(
-        cgroup: &Cgroup,
-        run: &str,
-        env: &[(OsString, OsString)],
-        sleep: &Path,
-        argv: &[&OsStr],
-    ) {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        let (uid, gid) = (65534u32, 65534u32);
-        let base =
-            std::env::temp_dir().join(format!("spawn-user-{}", crate::safepath::random_name()));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&base)
-            .expect("a test directory");
-        let dir = base.join("own");
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .expect("its directory");
-        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("given to nobody");
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711)).expect("0711");
-        let started = posix_spawn_service(sleep, argv, &dir, env, Some(cgroup), Some((uid, gid)));
-        let (mut child, inside) = match started {
-            Ok(Some(s)) => s,
-            Ok(None) => {
-                // clone3 into a cgroup is not usable here: std's way (tested elsewhere).
-                let _ = std::fs::remove_dir_all(&base);
-                return;
-            }
-            Err(e) => panic!("another user's service: {e}"),
-        };
-        let pid = child.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
-                .unwrap_or_default()
-        };
-        let cgroup_line =
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
-        // SAFETY: our own unreaped child.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        let _ = child.wait();
-        assert!(inside, "born inside");
-        assert!(
-            cgroup_line.contains(&format!("hitchserve-{run}")),
-            "{cgroup_line}"
-        );
-        assert_eq!(field("Uid:"), "65534 65534 65534 65534");
-        assert_eq!(field("Gid:"), "65534 65534 65534 65534");
-        assert_eq!(field("Groups:"), "");
-        assert_eq!(cwd, dir);
-        // Root's directory, 0700: not for nobody.
-        let closed = base.join("closed");
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&closed)
-            .expect("root's directory");
-        let refused =
-            posix_spawn_service(sleep, argv, &closed, env, Some(cgroup), Some((uid, gid)));
-        let _ = std::fs::remove_dir_all(&base);
-        match refused {
-            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}"),
-            Ok(_) => panic!("nobody entered root's 0700 directory"),
-        }
     }
 
     /// Both ways of starting a service, `posix_spawn` and (as root, where the kernel has
@@ -441,9 +352,8 @@ mod tests {
                 None => eprintln!("clone3 into a cgroup not tried: no cgroup here (not root)"),
             }
             for (way, cg) in ways {
-                let (mut child, inside) = posix_spawn_service(sleep, &argv, &dir, &env, cg, None)
-                    .expect("spawn sleep")
-                    .expect("started without switching users");
+                let (mut child, inside) =
+                    posix_spawn_service(sleep, &argv, &dir, &env, cg).expect("spawn sleep");
                 let pid = child.id();
                 let check = || -> Result<(), String> {
                     if status_bits(pid, "SigBlk") != 0 {
@@ -487,24 +397,13 @@ mod tests {
                 assert_eq!(inside, way == "clone3", "{way}: started inside");
 
                 let missing = Path::new("/nonexistent/program");
-                let e = posix_spawn_service(missing, &argv, &dir, &env, cg, None)
+                let e = posix_spawn_service(missing, &argv, &dir, &env, cg)
                     .expect_err("a missing program");
                 assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{way}: {e}");
-                let e =
-                    posix_spawn_service(sleep, &argv, Path::new("/nonexistent"), &env, cg, None)
-                        .expect_err("a missing directory");
+                let e = posix_spawn_service(sleep, &argv, Path::new("/nonexistent"), &env, cg)
+                    .expect_err("a missing directory");
                 assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{way}: {e}");
             }
-            if let Some(c) = &cgroup {
-                run_as_another_user_inside(c, &run, &env, sleep, &argv);
-            }
-            let no_cgroup =
-                posix_spawn_service(sleep, &argv, &dir, &env, None, Some((65534, 65534)))
-                    .expect("no error");
-            assert!(
-                no_cgroup.is_none(),
-                "another user's service, not in a cgroup: std's way"
-            );
             if let Some(c) = cgroup {
                 let deadline = Instant::now().checked_add(Duration::from_secs(30));
                 assert!(c.remove(deadline), "the test's cgroup is removed");

@@ -8,21 +8,21 @@ import pytest
 import hitchserve
 from conftest import PATIENCE, py
 
-# Prints a numbered line (and a JSON line) for each line it reads on stdin... which it never
-# gets: the tests drive it with a sub-command that writes into a FIFO it reads.
+# Prints each line (and a JSON line) it reads from a FIFO the tests write into. Opened
+# read-write, once: it never sees an end of file, so it never closes and reopens it (a
+# FIFO closed while a writer's lines are in it loses them: a test then waited forever).
 ECHO = """
     import json, os, sys
     fifo = sys.argv[1]
     os.mkfifo(fifo)
+    f = os.fdopen(os.open(fifo, os.O_RDWR), "r")
     print("READY")
-    while True:
-        with open(fifo) as f:
-            for line in f:
-                line = line.rstrip("\\n")
-                print(line)
-                if line.startswith("{"):
-                    continue
-                print(json.dumps({"echo": line}))
+    for line in f:
+        line = line.rstrip("\\n")
+        print(line)
+        if line.startswith("{"):
+            continue
+        print(json.dumps({"echo": line}))
 """
 
 

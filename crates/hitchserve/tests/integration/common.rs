@@ -82,7 +82,7 @@ pub fn marked_pids(run_id: &str) -> Vec<u32> {
         else {
             continue;
         };
-        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+        let Some(env) = environ_of(pid) else {
             continue;
         };
         if env.split(|&b| b == 0).any(|v| v == needle.as_bytes()) && is_alive(pid) {
@@ -103,6 +103,26 @@ pub fn is_alive(pid: u32) -> bool {
                 .unwrap_or("X");
             state != "Z" && state != "X"
         }
+    }
+}
+
+/// A process's environment block. A process in the middle of an exec (a service's `sh`
+/// running `exec sleep` just after it printed READY) shows an empty one for a moment: a
+/// live user process with an empty one is looked at again, for up to 100 ms, so it
+/// is not taken for one without the marker. (Kernel threads and zombies have none.)
+fn environ_of(pid: u32) -> Option<Vec<u8>> {
+    const PF_KTHREAD: i64 = 0x0020_0000;
+    let deadline = std::time::Instant::now() + Duration::from_millis(100);
+    loop {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let settled = !env.is_empty()
+            || stat_field(pid, 9).is_none_or(|flags| flags & PF_KTHREAD != 0)
+            || !is_alive(pid)
+            || std::time::Instant::now() >= deadline;
+        if settled {
+            return Some(env);
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -82,10 +82,9 @@ impl ExecEnv {
     /// stdout and stderr piped, with no blocked signal. The error names the program.
     ///
     /// Without `fork()` even when the calling thread blocks signals (posix_spawn resets the
-    /// mask itself). Only a service that runs as another user goes through std's `Command`:
-    /// posix_spawn can't switch users, and std forks for that anyway.
-    /// Inside `cgroup` from birth where it can be (the flag says whether it was; see
-    /// `clone`).
+    /// mask itself). Inside `cgroup` from birth where it can be (the flag says whether it
+    /// was; see `clone`), also a service that runs as another user. Only where neither
+    /// can be done, std's `Command` (which forks): posix_spawn can't switch users.
     pub(crate) fn spawn_service(
         &self,
         program: &Path,
@@ -93,20 +92,26 @@ impl ExecEnv {
         args: &[OsString],
         cgroup: Option<&Cgroup>,
     ) -> std::io::Result<(ServiceChild, bool)> {
-        let spawned = if self.run_as.is_none() && spawn::available() {
+        let fast = if spawn::available() || self.run_as.is_some() {
             let argv: Vec<&OsStr> = std::iter::once(arg0)
                 .chain(args.iter().map(OsString::as_os_str))
                 .collect();
-            spawn::posix_spawn_service(program, &argv, &self.dir, &self.env, cgroup)
+            spawn::posix_spawn_service(program, &argv, &self.dir, &self.env, cgroup, self.run_as)
         } else {
-            let mut cmd = self.command(program, arg0, args);
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .process_group(0);
-            cmd.spawn()
-                .map(|child| (ServiceChild::from_std(child), false))
+            Ok(None)
         };
+        let spawned = fast.and_then(|fast| match fast {
+            Some(spawned) => Ok(spawned),
+            None => {
+                let mut cmd = self.command(program, arg0, args);
+                cmd.stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .process_group(0);
+                cmd.spawn()
+                    .map(|child| (ServiceChild::from_std(child), false))
+            }
+        });
         spawned.map_err(|e| {
             // The directory is entered before the program is run: tell which one was missing.
             let what = match std::fs::metadata(&self.dir) {

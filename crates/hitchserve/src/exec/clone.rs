@@ -1,26 +1,53 @@
 //! Starting a service's main process inside its run's cgroup from its first instruction:
 //! `clone3(CLONE_INTO_CGROUP)` in the `vfork` manner of glibc's `posix_spawn` (the child
-//! shares our memory on a stack of its own, and we wait until it has exec'd).
+//! shares our memory — or, for one that runs as another user, a copy of it — on a stack
+//! of its own, and we wait until it has exec'd).
 //!
 //! Why by hand: neither std nor glibc before 2.39 (`posix_spawnattr_setcgroup_np`) can
 //! start a child in a cgroup, and moving a process in afterwards takes a lock that holds up
 //! every fork on the machine: about 30 µs per service here, and a window in which a service
 //! can fork before it is moved. The child's set-up is what `posix_spawn_service` asks of
 //! glibc: every signal at its default action, its own process group, stdin on `/dev/null`,
-//! stdout and stderr onto our pipes, its directory, an empty signal mask, exec.
+//! stdout and stderr onto our pipes, its directory, an empty signal mask, exec — and, for a
+//! service that runs as another user (which posix_spawn can't do), what std's `Command`
+//! does for that: no supplementary groups (when we are root), its group, its user. That
+//! child gets a copy of our memory, as from `fork` (see `copy` in `spawn_in_cgroup`).
 //!
-//! Owns that child's code and the system call. Anything this can't do says so
+//! Owns that child's code and the system call, and the pipes made for children (`pipe`:
+//! never on 0, 1 or 2). Anything this can't do says so
 //! (`Refused`) and the caller starts the service the other way: a kernel before 5.7 or a
 //! seccomp filter without `clone3` (`ENOSYS`, `EINVAL`), a cgroup we may not start
 //! processes in (`EPERM`, `EACCES`, `EBUSY`), an architecture other than x86-64.
 //!
 //! Invariant: the child runs only `child_main`, which calls nothing but system calls on
 //! memory the caller prepared (no allocation, no lock, no panic), with every signal blocked
-//! until its handlers are reset; our thread is stopped meanwhile (`CLONE_VFORK`).
+//! until its handlers are reset; our thread is stopped meanwhile (`CLONE_VFORK`); a child
+//! whose ids change never shares our memory.
 
 use std::ffi::{c_char, c_int, CStr};
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// A pipe whose ends are close-on-exec (and `flags`) and not 0, 1 or 2: when our own stdio
+/// is closed, a new pipe may get those numbers, and a child's dup2 onto 1 and 2 would
+/// clobber them.
+pub(super) fn pipe(flags: nix::fcntl::OFlag) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | flags)?;
+    Ok((above_stdio(r)?, above_stdio(w)?))
+}
+
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC on a valid fd; on success the new fd is ours alone.
+    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
+}
 
 /// Why no child was made.
 pub(crate) enum CloneError {
@@ -28,6 +55,19 @@ pub(crate) enum CloneError {
     Refused(io::Error),
     /// The child was made but could not run the program: that is the spawn's error.
     Failed(io::Error),
+}
+
+/// The child to start: `program` with `argv` and `envp` (NULL-terminated) in `dir`;
+/// `out_w`/`err_w` become its stdout and stderr; as user and group `run_as` if given
+/// (without supplementary groups when we are root, as std's `Command` does).
+pub(crate) struct Child<'a> {
+    pub program: &'a CStr,
+    pub argv: &'a [*mut c_char],
+    pub envp: &'a [*mut c_char],
+    pub dir: &'a CStr,
+    pub out_w: RawFd,
+    pub err_w: RawFd,
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// What the child needs, prepared by the caller; all pointers outlive the call.
@@ -40,23 +80,41 @@ struct ChildArgs {
     dir: *const c_char,
     out_w: c_int,
     err_w: c_int,
+    /// Switch to `uid` and `gid` (1), after dropping supplementary groups (2 as well).
+    set_ids: c_int,
+    uid: u32,
+    gid: u32,
     /// Set by the child when a step fails: the error number (the child then exits 127).
     errno: c_int,
+    /// A child with a copy of our memory (not shared) writes that error number here too:
+    /// the write end of a close-on-exec pipe; -1 for a child that shares our memory.
+    report: c_int,
 }
 
-/// Start `program` with `argv` and `envp` (NULL-terminated) in `dir`, in `cgroup` (an
-/// `O_PATH` descriptor of its directory); `out_w`/`err_w` become its stdout and stderr.
-/// Returns its pid.
+/// How long a spawn waits for a copy child's exec to finish (see `spawn_in_cgroup`): only
+/// a process forked meanwhile by another thread, holding a copy of the pipe, makes it
+/// wait this long; then it goes on as if the exec had finished.
+const EXEC_PATIENCE_MS: u16 = 1000;
+
+/// `ChildArgs::set_ids` bits.
+const SET_IDS: c_int = 1;
+const DROP_GROUPS: c_int = 2;
+
+/// Start `child` in `cgroup` (an `O_PATH` descriptor of its directory). Returns its pid.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn spawn_in_cgroup(
-    program: &CStr,
-    argv: &[*mut c_char],
-    envp: &[*mut c_char],
-    dir: &CStr,
-    out_w: RawFd,
-    err_w: RawFd,
+    child: Child<'_>,
     cgroup: BorrowedFd<'_>,
 ) -> Result<libc::pid_t, CloneError> {
+    let Child {
+        program,
+        argv,
+        envp,
+        dir,
+        out_w,
+        err_w,
+        run_as,
+    } = child;
     /// `struct clone_args` of Linux 5.7 (`CLONE_ARGS_SIZE_VER2`).
     #[repr(C)]
     struct CloneArgs {
@@ -89,12 +147,38 @@ pub(crate) fn spawn_in_cgroup(
         dir: dir.as_ptr(),
         out_w,
         err_w,
+        set_ids: match run_as {
+            None => 0,
+            // SAFETY: getuid has no preconditions.
+            Some(_) if unsafe { libc::getuid() } == 0 => SET_IDS | DROP_GROUPS,
+            Some(_) => SET_IDS,
+        },
+        uid: run_as.map_or(0, |(uid, _)| uid),
+        gid: run_as.map_or(0, |(_, gid)| gid),
         errno: 0,
+        report: -1,
     };
+    // A child that becomes another user gets a copy of our memory, not ours: the kernel
+    // makes the memory of a task whose ids change non-dumpable, and shared memory would
+    // leave the test process so (no core dumps, /proc files root's, no debugger) — and,
+    // where `fs.suid_dumpable` is 1, another user's task would share root's memory until
+    // exec. So it reports a failed step through a pipe, as std's fork does.
+    let copy = run_as.is_some();
+    // Non-blocking, and waited on with a bound: a process another thread forks meanwhile
+    // and that never execs keeps a copy of the write end, so the pipe's end may not come.
+    // It normally comes within microseconds of our resuming (see below).
+    let report = if copy {
+        let (r, w) = pipe(nix::fcntl::OFlag::O_NONBLOCK).map_err(CloneError::Failed)?;
+        args.report = w.as_raw_fd();
+        Some((r, w))
+    } else {
+        None
+    };
+    let vm = if copy { 0 } else { libc::CLONE_VM as u64 };
     // u128: 16-byte alignment, as the ABI wants the stack at a call.
     let mut stack = vec![0u128; STACK / 16];
     let mut clone_args = CloneArgs {
-        flags: libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64 | CLONE_INTO_CGROUP,
+        flags: vm | libc::CLONE_VFORK as u64 | CLONE_INTO_CGROUP,
         pidfd: 0,
         child_tid: 0,
         parent_tid: 0,
@@ -104,7 +188,7 @@ pub(crate) fn spawn_in_cgroup(
         tls: 0,
         set_tid: 0,
         set_tid_size: 0,
-        cgroup: std::os::fd::AsRawFd::as_raw_fd(&cgroup) as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
     };
     // Every signal blocked (glibc's own two included) until the child has reset the
     // handlers: a handler of ours must never run in a child that shares our memory.
@@ -121,12 +205,12 @@ pub(crate) fn spawn_in_cgroup(
         )
     };
     let ret: i64;
-    // SAFETY: clone3 with CLONE_VM | CLONE_VFORK: the child starts at the instruction after
-    // `syscall` with rax = 0 and rsp at the top of `stack` (16-aligned: its size is a
-    // multiple of 16), and at once calls `child_main(&args)`, which never returns; it
-    // touches only `args` and its own stack. r12 and r13 survive the system call. We
-    // resume once it has exec'd or exited, so `args`, `stack` and everything they point
-    // to outlive its use of them.
+    // SAFETY: clone3 with CLONE_VFORK (and CLONE_VM, unless `copy`): the child starts at
+    // the instruction after `syscall` with rax = 0 and rsp at the top of `stack` (ours or
+    // its copy; 16-aligned: its size is a multiple of 16), and at once calls
+    // `child_main(&args)`, which never returns; it touches only `args` and its own stack.
+    // r12 and r13 survive the system call. We resume once it has exec'd or exited, so
+    // `args`, `stack` and everything they point to outlive its use of them.
     unsafe {
         std::arch::asm!(
             "syscall",
@@ -165,7 +249,33 @@ pub(crate) fn spawn_in_cgroup(
     let pid = ret as libc::pid_t;
     // The child is done with `args` (it exec'd or exited before we resumed).
     // SAFETY: a plain read of our own local, which the child may have written.
-    let errno = unsafe { std::ptr::read_volatile(&args.errno) };
+    let mut errno = unsafe { std::ptr::read_volatile(&args.errno) };
+    if let Some((r, w)) = report {
+        // Its copy of the write end closes once exec is done (or at exit). We resume a
+        // little earlier, when its old memory is let go: a copy child then still tears
+        // down its copy of ours before exec names the process and sets up its
+        // environment, so wait for the end (what std waits for too) — the service is then
+        // really its program when this returns (its /proc/<pid>/comm and environ).
+        drop(w);
+        let mut fds = [nix::poll::PollFd::new(
+            r.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let patience = nix::poll::PollTimeout::from(EXEC_PATIENCE_MS);
+        while let Err(nix::errno::Errno::EINTR) = nix::poll::poll(&mut fds, patience) {}
+        let mut bytes = [0u8; 4];
+        // 4 bytes (written at once: less than a pipe's atomic size) or none (EAGAIN).
+        let got = loop {
+            match nix::unistd::read(&r, &mut bytes) {
+                Err(nix::errno::Errno::EINTR) => {}
+                Ok(n) => break n,
+                Err(_) => break 0,
+            }
+        };
+        if got == bytes.len() {
+            errno = c_int::from_ne_bytes(bytes);
+        }
+    }
     if errno != 0 {
         let mut status = 0;
         // SAFETY: reaping our own child, which has exited.
@@ -180,12 +290,7 @@ pub(crate) fn spawn_in_cgroup(
 /// Anywhere else: not available.
 #[cfg(not(target_arch = "x86_64"))]
 pub(crate) fn spawn_in_cgroup(
-    _program: &CStr,
-    _argv: &[*mut c_char],
-    _envp: &[*mut c_char],
-    _dir: &CStr,
-    _out_w: RawFd,
-    _err_w: RawFd,
+    _child: Child<'_>,
     _cgroup: BorrowedFd<'_>,
 ) -> Result<libc::pid_t, CloneError> {
     Err(CloneError::Refused(io::Error::from_raw_os_error(
@@ -199,7 +304,8 @@ unsafe extern "C" fn child_main(args: *mut ChildArgs) -> ! {
     /// A raw system call's result: the error number, or 0.
     unsafe fn check(ret: libc::c_long) -> c_int {
         if ret < 0 {
-            // SAFETY: errno of the thread (ours, stopped), written by `syscall` just now.
+            // SAFETY: the errno `syscall` just wrote: of our stopped thread, shared with
+            // the child, or of the child's copy of it.
             unsafe { *libc::__errno_location() }
         } else {
             0
@@ -245,6 +351,24 @@ unsafe extern "C" fn child_main(args: *mut ChildArgs) -> ! {
         if e == 0 {
             e = check(libc::syscall(libc::SYS_dup2, a.err_w, 2));
         }
+        // Another user's, as std's `Command` does it (supplementary groups, group, user),
+        // for this process alone: the raw calls change only the calling task, which is
+        // the child (glibc's wrappers would change every thread of ours), and its memory
+        // is a copy of ours (see `copy`).
+        if e == 0 && a.set_ids & DROP_GROUPS != 0 {
+            e = check(libc::syscall(
+                libc::SYS_setgroups,
+                0,
+                std::ptr::null::<u32>(),
+            ));
+        }
+        if e == 0 && a.set_ids & SET_IDS != 0 {
+            e = check(libc::syscall(libc::SYS_setgid, a.gid));
+            if e == 0 {
+                e = check(libc::syscall(libc::SYS_setuid, a.uid));
+            }
+        }
+        // As the service's user: a directory only it may enter is entered.
         if e == 0 {
             e = check(libc::syscall(libc::SYS_chdir, a.dir));
         }
@@ -261,7 +385,16 @@ unsafe extern "C" fn child_main(args: *mut ChildArgs) -> ! {
         if e == 0 {
             e = check(libc::syscall(libc::SYS_execve, a.program, a.argv, a.envp));
         }
-        std::ptr::write_volatile(&mut a.errno, if e == 0 { libc::EINVAL } else { e });
+        let e = if e == 0 { libc::EINVAL } else { e };
+        std::ptr::write_volatile(&mut a.errno, e);
+        if a.report >= 0 {
+            libc::syscall(
+                libc::SYS_write,
+                a.report,
+                (&e as *const c_int).cast::<u8>(),
+                4,
+            );
+        }
         libc::syscall(libc::SYS_exit_group, 127);
         // exit_group does not return.
         loop {

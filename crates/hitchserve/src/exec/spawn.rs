@@ -8,11 +8,12 @@
 //! std's `Command`: std passes the caller's mask on to the child (on purpose: it no longer
 //! resets it), and a reset needs a `pre_exec` hook, which makes std `fork()` — 2-7x slower
 //! startup at 100-500 services. glibc's `posix_spawn` sets the mask in its `vfork`-like child itself
-//! (`POSIX_SPAWN_SETSIGMASK`). It knows nothing of services, users or bundles: what to run
-//! as another user is the caller's (std's) business, since `posix_spawn` can't setuid.
+//! (`POSIX_SPAWN_SETSIGMASK`). It knows nothing of services or bundles.
 //!
 //! When the run has a cgroup, the child is started inside it instead, by `clone` (the same
-//! set-up, written out by hand), where the kernel allows; else as above.
+//! set-up, written out by hand), where the kernel allows; else as above. A child that runs
+//! as another user is started only that way (`posix_spawn` can't switch users): where it
+//! can't be, the caller starts it with std's `Command`.
 //!
 //! Invariant: no code of ours runs in a child `posix_spawn` makes: its whole set-up is what
 //! the attributes and file actions below describe, so it is safe from any thread at any
@@ -20,7 +21,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -69,7 +70,8 @@ impl ServiceChild {
         }
     }
 
-    /// The same for a child std started (a service that runs as another user).
+    /// The same for a child std started (a service that runs as another user where `clone`
+    /// can't start it, or any service where `posix_spawn` lacks what we need).
     pub(crate) fn from_std(mut child: std::process::Child) -> ServiceChild {
         // Dropping std's `Child` neither kills nor reaps: the pid stays ours to reap.
         ServiceChild {
@@ -126,24 +128,9 @@ fn check(rc: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// A pipe whose ends are close-on-exec and not 0, 1 or 2 (when our own stdio is closed, a
-/// new pipe may get those numbers, and the child's dup2 onto 1 and 2 would clobber them).
+/// A pipe for a child's output (see `clone::pipe`).
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    Ok((above_stdio(r)?, above_stdio(w)?))
-}
-
-fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
-    if fd.as_raw_fd() > 2 {
-        return Ok(fd);
-    }
-    // SAFETY: F_DUPFD_CLOEXEC on a valid fd; on success the new fd is ours alone.
-    let dup = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-    if dup < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `dup` is a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(dup as RawFd) })
+    clone::pipe(nix::fcntl::OFlag::empty())
 }
 
 /// Destroys what `posix_spawn`'s set-up calls initialised, whichever way we leave.
@@ -167,19 +154,17 @@ impl Drop for Actions {
 /// piped to us, no blocked signal, SIGPIPE at its default. Call `available` first.
 /// Inside `cgroup` from birth where the kernel lets us (see `clone`); the flag says
 /// whether it was.
+///
+/// With `run_as` (uid, gid), only born inside: `posix_spawn` can't switch users. `None`
+/// when that can't be done here: the caller starts it the other way (std's `Command`).
 pub(crate) fn posix_spawn_service(
     program: &Path,
     argv: &[&OsStr],
     dir: &Path,
     env: &[(OsString, OsString)],
     cgroup: Option<&Cgroup>,
-) -> io::Result<(ServiceChild, bool)> {
-    let Some(addchdir) = addchdir() else {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "posix_spawn_file_actions_addchdir_np is missing (glibc before 2.29)",
-        ));
-    };
+    run_as: Option<(u32, u32)>,
+) -> io::Result<Option<(ServiceChild, bool)>> {
     let program = c_string(program.as_os_str())?;
     let dir = c_string(dir.as_os_str())?;
     let args = argv
@@ -206,8 +191,16 @@ pub(crate) fn posix_spawn_service(
 
     if let Some((cgroup, fd)) = cgroup.and_then(|c| c.birth_fd().map(|fd| (c, fd))) {
         if !CLONE_UNUSABLE.load(Ordering::Relaxed) {
-            let (out, err) = (out_w.as_raw_fd(), err_w.as_raw_fd());
-            match clone::spawn_in_cgroup(&program, &arg_ptrs, &env_ptrs, &dir, out, err, fd) {
+            let child = clone::Child {
+                program: &program,
+                argv: &arg_ptrs,
+                envp: &env_ptrs,
+                dir: &dir,
+                out_w: out_w.as_raw_fd(),
+                err_w: err_w.as_raw_fd(),
+                run_as,
+            };
+            match clone::spawn_in_cgroup(child, fd) {
                 Ok(pid) => {
                     drop((out_w, err_w));
                     let child = ServiceChild {
@@ -216,7 +209,7 @@ pub(crate) fn posix_spawn_service(
                         stderr: Some(err_r),
                         reaped: None,
                     };
-                    return Ok((child, true));
+                    return Ok(Some((child, true)));
                 }
                 Err(CloneError::Failed(e)) => return Err(e),
                 Err(CloneError::Refused(e)) => match e.raw_os_error() {
@@ -235,6 +228,15 @@ pub(crate) fn posix_spawn_service(
             }
         }
     }
+    if run_as.is_some() {
+        return Ok(None);
+    }
+    let Some(addchdir) = addchdir() else {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "posix_spawn_file_actions_addchdir_np is missing (glibc before 2.29)",
+        ));
+    };
 
     // SAFETY: each posix_spawn* call gets a pointer to an object initialised by its `_init`
     // (destroyed once by its guard) and NUL-terminated strings and arrays that outlive the
@@ -304,7 +306,7 @@ pub(crate) fn posix_spawn_service(
             stderr: Some(err_r),
             reaped: None,
         };
-        Ok((child, false))
+        Ok(Some((child, false)))
     }
 }
 
@@ -327,14 +329,125 @@ mod tests {
         u64::from_str_radix(value.trim(), 16).expect("hex")
     }
 
+    /// Removes a test directory whichever way the test ends.
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// As root: a service that runs as another user is born inside the cgroup too, as that
+    /// user and group without the supplementary groups of the thread that starts it, in a
+    /// directory only that user may enter, and the test process stays dumpable (its memory
+    /// is not the child's); one that may not enter its directory is refused with the
+    /// reason. Runs on a thread of its own: it gives that thread supplementary groups.
+    fn run_as_another_user_inside(
+        cgroup: &Cgroup,
+        run: &str,
+        env: &[(OsString, OsString)],
+        sleep: &Path,
+        argv: &[&OsStr],
+    ) {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let (uid, gid) = (65534u32, 65534u32);
+        let tmp = std::env::temp_dir().canonicalize().expect("the temp dir");
+        // Nobody must be able to pass through every directory above its own.
+        if tmp
+            .ancestors()
+            .any(|a| std::fs::metadata(a).map_or(true, |m| m.mode() & 0o001 == 0))
+        {
+            eprintln!("another user's service not tried: {tmp:?} is closed to other users");
+            return;
+        }
+        let base = tmp.join(format!("spawn-user-{}", crate::safepath::random_name()));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&base)
+            .expect("a test directory");
+        let _cleanup = Cleanup(base.clone());
+        let dir = base.join("own");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .expect("its directory");
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("given to nobody");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o711)).expect("0711");
+        // Groups for this thread alone (the raw call; glibc's would change every thread).
+        let groups: [libc::gid_t; 2] = [4, 27];
+        // SAFETY: setgroups of the calling task with a valid array of two ids.
+        let set = unsafe { libc::syscall(libc::SYS_setgroups, 2, groups.as_ptr()) };
+        assert_eq!(set, 0, "supplementary groups for the test thread");
+        // SAFETY: prctl without pointers.
+        let dumpable = || unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+        let before = dumpable();
+        let started = posix_spawn_service(sleep, argv, &dir, env, Some(cgroup), Some((uid, gid)));
+        let after = dumpable();
+        let (mut child, inside) = match started {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                eprintln!("clone3 into a cgroup is not usable here: std's way, tested elsewhere");
+                return;
+            }
+            Err(e) => panic!("another user's service: {e}"),
+        };
+        let pid = child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let cgroup_line =
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        // SAFETY: our own unreaped child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = child.wait();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        assert!(inside, "born inside");
+        assert!(
+            cgroup_line.contains(&format!("hitchserve-{run}")),
+            "{cgroup_line}"
+        );
+        assert_eq!(field("Uid:"), "65534 65534 65534 65534");
+        assert_eq!(field("Gid:"), "65534 65534 65534 65534");
+        assert_eq!(
+            field("Groups:"),
+            "",
+            "the starting thread's groups are dropped"
+        );
+        assert_eq!(cwd, dir);
+        assert_eq!((before, after), (1, 1), "the test process stays dumpable");
+        // Root's directory, 0700: not for nobody.
+        let closed = base.join("closed");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&closed)
+            .expect("root's directory");
+        match posix_spawn_service(sleep, argv, &closed, env, Some(cgroup), Some((uid, gid))) {
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}"),
+            Ok(started) => {
+                if let Some((mut child, _)) = started {
+                    // SAFETY: our own unreaped child.
+                    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+                    let _ = child.wait();
+                }
+                panic!("nobody entered root's 0700 directory")
+            }
+        }
+    }
+
     /// Both ways of starting a service, `posix_spawn` and (as root, where the kernel has
     /// it) `clone3` into the run's cgroup, give it the same set-up whatever the calling
     /// thread blocks; and both say why a program could not run.
     #[test]
     fn both_ways_of_starting_a_service_give_it_the_same_set_up() {
         let run = format!("spawn-test-{}", crate::safepath::random_name());
-        let cgroup = Cgroup::create(&run);
-        std::thread::spawn(move || {
+        let cgroup = Cgroup::create(&run).map(std::sync::Arc::new);
+        let kept = cgroup.clone();
+        let joined = std::thread::spawn(move || {
             // SAFETY: blocks SIGTERM in this thread only, with a set we own.
             unsafe {
                 let mut set: libc::sigset_t = std::mem::zeroed();
@@ -348,12 +461,13 @@ mod tests {
             let argv = [OsStr::new("sleep"), OsStr::new("1000")];
             let mut ways = vec![("posix_spawn", None)];
             match &cgroup {
-                Some(c) => ways.push(("clone3", Some(c))),
+                Some(c) => ways.push(("clone3", Some(&**c))),
                 None => eprintln!("clone3 into a cgroup not tried: no cgroup here (not root)"),
             }
             for (way, cg) in ways {
-                let (mut child, inside) =
-                    posix_spawn_service(sleep, &argv, &dir, &env, cg).expect("spawn sleep");
+                let (mut child, inside) = posix_spawn_service(sleep, &argv, &dir, &env, cg, None)
+                    .expect("spawn sleep")
+                    .expect("started without switching users");
                 let pid = child.id();
                 let check = || -> Result<(), String> {
                     if status_bits(pid, "SigBlk") != 0 {
@@ -397,19 +511,34 @@ mod tests {
                 assert_eq!(inside, way == "clone3", "{way}: started inside");
 
                 let missing = Path::new("/nonexistent/program");
-                let e = posix_spawn_service(missing, &argv, &dir, &env, cg)
+                let e = posix_spawn_service(missing, &argv, &dir, &env, cg, None)
                     .expect_err("a missing program");
                 assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{way}: {e}");
-                let e = posix_spawn_service(sleep, &argv, Path::new("/nonexistent"), &env, cg)
-                    .expect_err("a missing directory");
+                let e =
+                    posix_spawn_service(sleep, &argv, Path::new("/nonexistent"), &env, cg, None)
+                        .expect_err("a missing directory");
                 assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{way}: {e}");
             }
-            if let Some(c) = cgroup {
-                let deadline = Instant::now().checked_add(Duration::from_secs(30));
-                assert!(c.remove(deadline), "the test's cgroup is removed");
+            if let Some(c) = &cgroup {
+                run_as_another_user_inside(c, &run, &env, sleep, &argv);
             }
+            let no_cgroup =
+                posix_spawn_service(sleep, &argv, &dir, &env, None, Some((65534, 65534)))
+                    .expect("no error");
+            assert!(
+                no_cgroup.is_none(),
+                "another user's service, not in a cgroup: std's way"
+            );
         })
-        .join()
-        .expect("the spawning thread");
+        .join();
+        // Whichever way the test went, its cgroup goes (its processes were killed).
+        if let Some(c) = kept {
+            let deadline = Instant::now().checked_add(Duration::from_secs(30));
+            let removed = c.remove(deadline);
+            joined.expect("the spawning thread");
+            assert!(removed, "the test's cgroup is removed");
+        } else {
+            joined.expect("the spawning thread");
+        }
     }
 }

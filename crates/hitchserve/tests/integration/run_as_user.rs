@@ -25,6 +25,10 @@ fn a_service_and_its_subcommands_run_as_the_user_asked_for() {
         return;
     }
     started.unwrap();
+    // Starting it did not make the test process non-dumpable (as a child sharing its
+    // memory that switched users would: no core dumps, no debugger, /proc files root's).
+    // SAFETY: prctl without pointers.
+    assert_eq!(unsafe { libc::prctl(libc::PR_GET_DUMPABLE) }, 1);
     let svc = b.service("Nobody").unwrap();
     let first = svc.logs().lines().remove(0);
     assert!(first.starts_with("nobody "), "{first}");

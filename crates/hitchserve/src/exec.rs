@@ -83,8 +83,10 @@ impl ExecEnv {
     ///
     /// Without `fork()` even when the calling thread blocks signals (posix_spawn resets the
     /// mask itself). Inside `cgroup` from birth where it can be (the flag says whether it
-    /// was; see `clone`), also a service that runs as another user. Only where neither
-    /// can be done, std's `Command` (which forks): posix_spawn can't switch users.
+    /// was; see `clone`), a service that runs as another user too (as a copy of this
+    /// process, as from `fork`). std's `Command` (which forks) starts what neither way can:
+    /// a service that runs as another user where `clone` can't be used (posix_spawn can't
+    /// switch users), or any service without glibc 2.29's `posix_spawn`.
     pub(crate) fn spawn_service(
         &self,
         program: &Path,
@@ -221,7 +223,7 @@ impl ProcessGroup {
 /// and SIGQUIT ignored), would pass that on, and its services would ignore their stop
 /// signal. The reset needs a `pre_exec` hook, which makes std fork instead of using the
 /// faster posix_spawn, so it is added only when there is something to reset. (A service's
-/// main process doesn't come here unless it runs as another user: see
+/// main process comes here only where neither posix_spawn nor `clone` can start it: see
 /// `ExecEnv::spawn_service`.)
 pub(crate) fn unblock_signals_in_child(cmd: &mut Command) {
     // SAFETY: reading the calling thread's mask into a set we own.

@@ -26,7 +26,7 @@
 
 use std::ffi::{c_char, c_int, CStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// A pipe whose ends are close-on-exec (and `flags`) and not 0, 1 or 2: when our own stdio
 /// is closed, a new pipe may get those numbers, and a child's dup2 onto 1 and 2 would
@@ -60,6 +60,7 @@ pub(crate) enum CloneError {
 /// The child to start: `program` with `argv` and `envp` (NULL-terminated) in `dir`;
 /// `out_w`/`err_w` become its stdout and stderr; as user and group `run_as` if given
 /// (without supplementary groups when we are root, as std's `Command` does).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Child<'a> {
     pub program: &'a CStr,
     pub argv: &'a [*mut c_char],
@@ -91,13 +92,16 @@ struct ChildArgs {
     report: c_int,
 }
 
-/// How long a spawn waits for a copy child's exec to finish (see `spawn_in_cgroup`): only
-/// a process forked meanwhile by another thread, holding a copy of the pipe, makes it
-/// wait this long; then it goes on as if the exec had finished.
+/// How long a spawn waits, at most, for a copy child's exec to finish (see
+/// `spawn_in_cgroup`): only a process forked meanwhile by another thread, holding a copy
+/// of the pipe, makes it wait this long; then it goes on as if the exec had finished.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const EXEC_PATIENCE_MS: u16 = 1000;
 
 /// `ChildArgs::set_ids` bits.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const SET_IDS: c_int = 1;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const DROP_GROUPS: c_int = 2;
 
 /// Start `child` in `cgroup` (an `O_PATH` descriptor of its directory). Returns its pid.
@@ -254,15 +258,24 @@ pub(crate) fn spawn_in_cgroup(
         // Its copy of the write end closes once exec is done (or at exit). We resume a
         // little earlier, when its old memory is let go: a copy child then still tears
         // down its copy of ours before exec names the process and sets up its
-        // environment, so wait for the end (what std waits for too) — the service is then
-        // really its program when this returns (its /proc/<pid>/comm and environ).
+        // environment, so wait for the end (what std waits for too): the process then has
+        // its program's name (its environment follows within the exec's last steps).
+        // Within one deadline: a signal handled on this thread must not start it over.
         drop(w);
         let mut fds = [nix::poll::PollFd::new(
-            r.as_fd(),
+            std::os::fd::AsFd::as_fd(&r),
             nix::poll::PollFlags::POLLIN,
         )];
-        let patience = nix::poll::PollTimeout::from(EXEC_PATIENCE_MS);
-        while let Err(nix::errno::Errno::EINTR) = nix::poll::poll(&mut fds, patience) {}
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(EXEC_PATIENCE_MS.into());
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ms = u16::try_from(left.as_millis()).unwrap_or(EXEC_PATIENCE_MS);
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+                Err(nix::errno::Errno::EINTR) if !left.is_zero() => {}
+                _ => break,
+            }
+        }
         let mut bytes = [0u8; 4];
         // 4 bytes (written at once: less than a pipe's atomic size) or none (EAGAIN).
         let got = loop {
@@ -392,7 +405,7 @@ unsafe extern "C" fn child_main(args: *mut ChildArgs) -> ! {
                 libc::SYS_write,
                 a.report,
                 (&e as *const c_int).cast::<u8>(),
-                4,
+                std::mem::size_of::<c_int>(),
             );
         }
         libc::syscall(libc::SYS_exit_group, 127);

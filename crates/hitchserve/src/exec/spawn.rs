@@ -151,7 +151,8 @@ impl Drop for Actions {
 
 /// Start `program` (a path, not searched for) with `argv` (`argv[0]` first) in `dir` with
 /// exactly `env`: in a new process group it leads, stdin on `/dev/null`, stdout and stderr
-/// piped to us, no blocked signal, SIGPIPE at its default. Call `available` first.
+/// piped to us, no blocked signal, SIGPIPE at its default. Call `available` first
+/// (unless with `run_as`, which doesn't need it).
 /// Inside `cgroup` from birth where the kernel lets us (see `clone`); the flag says
 /// whether it was.
 ///

@@ -57,7 +57,8 @@ fn a_service_starts_with_an_empty_signal_mask_when_the_caller_blocks_signals() {
         .unwrap();
         let as_nobody = is_root();
         if as_nobody {
-            // std's path (posix_spawn can't switch users): the same guarantee.
+            // Another user's service (born inside by clone3 as a copy of this process, or
+            // std's `Command` where that can't be used): the same guarantee.
             b.add(
                 "Nobody",
                 Service::new(["sleep", "1000"])

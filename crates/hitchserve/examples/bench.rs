@@ -376,31 +376,31 @@ fn w5(dir: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Er
         "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
     ]
     .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .ok_or("W5 needs libfaketime (apt-get install faketime)")?;
+    .find(|p| std::path::Path::new(p).exists());
     let rc = dir.join("w5-faketime.rc");
     std::fs::write(&rc, "+172800\n")?;
     let (mut real, mut ours, mut cached) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..W5_RUNS {
         real.push(w5_once(dir, false, |s| s.no_libfaketime())?);
         ours.push(w5_once(dir, true, |s| s)?);
-        cached.push(w5_once(dir, false, |s| {
-            s.no_libfaketime()
-                .env("LD_PRELOAD", libfaketime)
-                .env("FAKETIME_TIMESTAMP_FILE", &rc)
-                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-        })?);
+        // The comparison with libfaketime only where it is installed: the rest still runs.
+        if let Some(libfaketime) = libfaketime {
+            cached.push(w5_once(dir, false, |s| {
+                s.no_libfaketime()
+                    .env("LD_PRELOAD", libfaketime)
+                    .env("FAKETIME_TIMESTAMP_FILE", &rc)
+                    .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            })?);
+        }
     }
-    let (r, o, c) = (
-        percentile(real, 0.5),
-        percentile(ours, 0.5),
-        percentile(cached, 0.5),
-    );
+    let (r, o) = (percentile(real, 0.5), percentile(ours, 0.5));
+    let c = (!cached.is_empty()).then(|| percentile(cached, 0.5));
     Ok(json!({
         "workload": "W5", "what": "1M time.time() calls in Python (median of runs, seconds)",
         "runs": W5_RUNS,
         "real_time_s": r, "hitchserve_faked_s": o, "libfaketime_cached_s": c,
-        "faked_vs_cached": o / c, "faked_vs_real": o / r,
+        "faked_vs_cached": c.map(|c| o / c), "faked_vs_real": o / r,
+        "libfaketime": if c.is_some() { "installed" } else { "not installed (apt-get install faketime): no comparison" },
         "target": "faked <= 2x libfaketime cached mode",
     }))
 }

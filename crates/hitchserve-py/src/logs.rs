@@ -15,7 +15,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
 use crate::errors::py_err;
-use crate::values::{json_to_py, secs};
+use crate::values::{json_line_to_py, secs};
 use crate::wait::{lock, SLICE};
 
 /// A log line for Python: `(text, service, stream, part, seq, unix time, console form,
@@ -153,10 +153,17 @@ impl Logs {
 
     fn json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let logs = self.logs.clone();
-        let values = py.detach(move || logs.json());
+        let texts: Vec<String> = py.detach(move || {
+            logs.entries()
+                .iter()
+                .map(|l| l.text().into_owned())
+                .collect()
+        });
         let list = PyList::empty(py);
-        for v in &values {
-            list.append(json_to_py(py, v)?)?;
+        for text in &texts {
+            if let Some(value) = json_line_to_py(py, text)? {
+                list.append(value)?;
+            }
         }
         Ok(list)
     }
@@ -257,13 +264,29 @@ impl Tail {
         Ok(entry(&line, self.width))
     }
 
-    /// Wait up to `timeout` seconds for a JSON line making `pred(value)` true; the value.
+    /// Wait up to `timeout` seconds for a JSON line making `pred(value)` true; the value,
+    /// as `json.loads` gives it.
     fn until_json(&self, py: Python<'_>, pred: Py<PyAny>, timeout: f64) -> PyResult<Py<PyAny>> {
         let raised = Mutex::new(None);
-        let value = self.wait(py, timeout, &raised, |tail, slice| {
-            tail.until_json(|v| ask(&pred, &raised, |py| json_to_py(py, v)), slice)
+        let found = self.wait(py, timeout, &raised, |tail, slice| {
+            tail.until(
+                |text| {
+                    Python::attach(|py| {
+                        let answer = json_line_to_py(py, text).and_then(|value| match value {
+                            // Not JSON: skipped.
+                            None => Ok(false),
+                            Some(v) => pred.call1(py, (v,))?.is_truthy(py),
+                        });
+                        answer.unwrap_or_else(|err| {
+                            *lock(&raised) = Some(err);
+                            true
+                        })
+                    })
+                },
+                slice,
+            )
         })?;
-        Ok(json_to_py(py, &value)?.unbind())
+        Ok(json_line_to_py(py, &found.text())?.map_or_else(|| py.None(), Bound::unbind))
     }
 
     /// Move the cursor `n` matching lines back.

@@ -18,7 +18,23 @@ pub(crate) fn secs(s: f64) -> PyResult<Duration> {
         .map_err(|_| PyValueError::new_err(format!("not a duration in seconds: {s}")))
 }
 
-/// A JSON value as the Python value `json.loads` would give.
+/// A line's text as the value Python's `json.loads` gives (its key order, integers of any
+/// size), or `None` if the line is not JSON (as the engine decides: `NaN` is not).
+pub(crate) fn json_line_to_py<'py>(
+    py: Python<'py>,
+    text: &str,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+        return Ok(None);
+    }
+    py.import("json")?
+        .getattr("loads")?
+        .call1((text,))
+        .map(Some)
+}
+
+/// A JSON value as a Python value: as `json.loads` would give it but for key order (the
+/// engine's is sorted) and integers past 64 bits (floats here); see `json_line_to_py`.
 pub(crate) fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
     Ok(match v {
         Value::Null => py.None().into_bound(py),

@@ -211,7 +211,7 @@ def test_a_startup_timeout_is_a_startup_error_and_a_timeout_error(project):
     assert isinstance(raised.value, hitchserve.StartupError)
     assert raised.value.service == "Slow"
     assert "`Slow` was waiting for" in str(raised.value)
-    assert "raise ServiceBundle(startup_timeout=...) if the services are just slow" in str(raised.value)
+    assert "increase ServiceBundle(startup_timeout=...) if the services are just slow" in str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -271,6 +271,12 @@ def test_a_command_given_as_one_string_is_a_type_error_suggesting_the_list():
     with pytest.raises(TypeError, match=r"command must be a list of arguments, not a str: "
                        r"write command=\['python3', '-c', 'print\(1\)'\]"):
         hitchserve.Service(command="python3 -c 'print(1)'")
+
+
+def test_a_ready_checker_that_is_not_a_function_is_a_type_error_at_once():
+    with pytest.raises(TypeError, match=r"log_line_ready_checker must be a function of a line .* "
+                       r"not a str: e.g. log_line_ready_checker=lambda line: 'READY' in line"):
+        hitchserve.Service(command=["true"], log_line_ready_checker="READY")
 
 
 def test_an_unknown_service_is_a_key_error_naming_the_known_ones(project):

@@ -2,6 +2,7 @@
 json(), and waits that fail clearly or with the predicate's own exception."""
 
 import collections.abc
+import json
 
 import pytest
 
@@ -213,3 +214,14 @@ def test_tail_until_sees_a_prompt_without_a_newline_then_the_rest_of_its_line(se
     assert tail.until(lambda l: True, timeout=PATIENCE) == "accepted"
     assert tail.until(lambda l: True, timeout=PATIENCE) == "welcome"
     assert logs.lines() == ["READY", "Password: accepted", "welcome"]
+
+
+def test_json_values_are_what_json_loads_gives_key_order_and_big_integers_kept(echo):
+    text = '{"z": 1, "a": [2, {"y": 3, "b": 4}], "big": 12345678901234567890123}'
+    echo.say(text)
+    value = echo.logs.out.tail.until_json(lambda d: "big" in d, timeout=PATIENCE, lines_back=5)
+    assert value == json.loads(text)
+    assert list(value) == ["z", "a", "big"] and list(value["a"][1]) == ["y", "b"]
+    assert value["big"] == 12345678901234567890123
+    stored = [v for v in echo.logs.json() if isinstance(v, dict) and "big" in v]
+    assert stored == [value] and list(stored[0]) == ["z", "a", "big"]

@@ -475,7 +475,7 @@ fn not_ready_section(not_ready: &[NotReady]) -> String {
             }
         }
     }
-    out.push_str("\n  raise Bundle::startup_timeout if the services are just slow");
+    out.push_str("\n  increase Bundle::startup_timeout if the services are just slow");
     out
 }
 

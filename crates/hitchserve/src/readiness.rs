@@ -72,7 +72,7 @@ impl Ready {
     pub fn line(pred: impl Fn(&str) -> bool + Send + Sync + 'static) -> Ready {
         Ready(Kind::Line {
             pred: Arc::new(pred),
-            what: "a log line that its ready_when check accepts".to_owned(),
+            what: "a log line that its readiness check accepts".to_owned(),
         })
     }
 

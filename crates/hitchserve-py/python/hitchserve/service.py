@@ -151,6 +151,12 @@ class Service:
                 f"command must be a list of arguments, not a {type(command).__name__}: "
                 f"write command={shlex.split(os.fsdecode(command))!r} (no shell runs it)"
             )
+        if log_line_ready_checker is not None and not callable(log_line_ready_checker):
+            raise TypeError(
+                "log_line_ready_checker must be a function of a line that returns true when "
+                f"the service is ready, not a {type(log_line_ready_checker).__name__}: e.g. "
+                f"log_line_ready_checker=lambda line: {log_line_ready_checker!r} in line"
+            )
         self.command = [str(c) for c in command] if command is not None else None
         self.log_line_ready_checker = log_line_ready_checker
         self.directory = directory

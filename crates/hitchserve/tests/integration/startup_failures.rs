@@ -86,7 +86,7 @@ fn timeout_names_what_each_service_waited_for_with_last_lines() {
     };
     assert_eq!(not_ready.len(), 2);
     assert_eq!(not_ready[0].service, "Slow");
-    assert!(not_ready[0].waiting_for.contains("ready_when"));
+    assert!(not_ready[0].waiting_for.contains("readiness check"));
     assert!(not_ready[0].last_lines[0].contains("still warming up"));
     assert_eq!(not_ready[1].service, "Waiting");
     assert!(not_ready[1].waiting_for.contains("`Slow`"));

@@ -289,8 +289,33 @@ fn command(cli: Cli, relaunch: &[OsString]) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("hitchserve: {message}");
+            eprintln!("hitchserve: {}", in_file_terms(&message));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The engine's advice names its Rust API; here it names what to write in the bundle file.
+const RUST_TO_FILE: &[(&str, &str)] = &[
+    ("Bundle::startup_timeout", "`startup_timeout` in [bundle]"),
+    (
+        "Bundle::without_time_travel()",
+        "`without_time_travel = true` in [bundle]",
+    ),
+    (
+        "Bundle::without_time_travel",
+        "`without_time_travel = true` in [bundle]",
+    ),
+    ("Service::new", "its `command`"),
+    ("Service::directory", "its `directory`"),
+    ("Service::no_libfaketime()", "`no_libfaketime = true`"),
+    ("Service::port(\"NAME\")", "`ports = [\"NAME\"]`"),
+    ("Postgres::bin_dir", "its `bin_dir`"),
+];
+
+/// `message` with the engine's Rust names put in bundle-file terms.
+fn in_file_terms(message: &str) -> String {
+    RUST_TO_FILE
+        .iter()
+        .fold(message.to_owned(), |m, (rust, file)| m.replace(rust, file))
 }

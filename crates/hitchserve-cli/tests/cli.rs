@@ -212,6 +212,34 @@ fn foreground_up_prints_logs_and_exits_0_after_down() {
     assert!(up.wait().unwrap().success());
 }
 
+/// The engine's advice is given in bundle-file terms, not its Rust API's: a startup
+/// timeout names `startup_timeout` in [bundle], a missing directory the service's
+/// `directory`, an undeclared port `ports = [...]`.
+#[test]
+fn errors_say_what_to_change_in_the_bundle_file() {
+    let p = Project::new(
+        "fileterms",
+        "[bundle]\nstartup_timeout = \"1s\"\n\n[services.Slow]\ncommand = [\"sh\", \"-c\", \"exec sleep 1000\"]\nready = { line_contains = \"never\" }\n",
+    );
+    let t = text(&p.run(&["up", "--detach"]));
+    assert!(t.contains("increase `startup_timeout` in [bundle]"), "{t}");
+    assert!(!t.contains("Bundle::"), "{t}");
+
+    let p = Project::new(
+        "fileterms-dir",
+        "[services.App]\ncommand = [\"true\"]\ndirectory = \"nope\"\n",
+    );
+    let t = text(&p.run(&["up", "--detach"]));
+    assert!(t.contains("fix its `directory`"), "{t}");
+
+    let p = Project::new(
+        "fileterms-port",
+        "[services.App]\ncommand = [\"sleep\", \"{port.http}\"]\n",
+    );
+    let t = text(&p.run(&["up", "--detach"]));
+    assert!(t.contains("add `ports = [\"NAME\"]`"), "{t}");
+}
+
 #[test]
 fn bad_toml_names_line_and_column_and_a_failed_startup_exits_non_zero() {
     let p = Project::new(

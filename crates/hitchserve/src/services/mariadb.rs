@@ -296,15 +296,27 @@ impl MariaDb {
                 // One script, on the client's stdin (never its command line, which every
                 // user sees in /proc): the client stops at the first error and names the
                 // statement's line, not its text.
+                // Once per data directory: a restart (the setup hook, and so the install or
+                // the template copy, not run again) finds them made, and a dump is not
+                // loaded twice.
+                let existing: Vec<String> = ctx
+                    .subcommand(admin_client(&client, &socket, &admin))
+                    .stdin("SELECT schema_name FROM information_schema.schemata;\n")
+                    .checked_output()?
+                    .stdout_text()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect();
+                let made = |name: &str| existing.iter().any(|e| e == name);
                 let mut script = String::new();
                 for (name, password) in &users {
                     script.push_str(&format!(
-                        "CREATE USER {}@'%' IDENTIFIED BY {};\n",
+                        "CREATE USER IF NOT EXISTS {}@'%' IDENTIFIED BY {};\n",
                         literal(name),
                         literal(password)
                     ));
                 }
-                for (name, owner, _) in &databases {
+                for (name, owner, _) in databases.iter().filter(|(name, ..)| !made(name)) {
                     script.push_str(&format!(
                         "CREATE DATABASE {};\nGRANT ALL PRIVILEGES ON {}.* TO {}@'%';\n",
                         ident(name),
@@ -315,7 +327,7 @@ impl MariaDb {
                 if !script.is_empty() {
                     ctx.run_command(admin_sql(None, script.into_bytes()))?;
                 }
-                for (name, _, dump) in &databases {
+                for (name, _, dump) in databases.iter().filter(|(name, ..)| !made(name)) {
                     if let Some(dump) = dump {
                         let path = ctx.directory().join(dump);
                         let sql = std::fs::read(&path).map_err(|source| Error::Io {

@@ -258,7 +258,36 @@ impl Postgres {
                         "SET log_min_error_statement TO panic;\n{statement};\n"
                     ))
                 };
+                // Once per data directory: a restart (the setup hook, and so initdb or the
+                // template copy, not run again) finds them made, and a dump is not loaded
+                // twice. Asked with the name as a literal in the statement psql reads.
+                let exists = |catalog: &str, column: &str, name: &str| -> Result<bool> {
+                    let query = format!(
+                        "SELECT 1 FROM {catalog} WHERE {column} = '{}'",
+                        name.replace('\'', "''")
+                    );
+                    let out = ctx
+                        .subcommand([
+                            psql.as_str(),
+                            "-X",
+                            "-q",
+                            "-t",
+                            "-A",
+                            "-v",
+                            "ON_ERROR_STOP=1",
+                            "-U",
+                            SUPERUSER,
+                            "-d",
+                            "postgres",
+                        ])
+                        .stdin(format!("{query};\n"))
+                        .checked_output()?;
+                    Ok(out.stdout_text().trim() == "1")
+                };
                 for (name, password) in &users {
+                    if exists("pg_roles", "rolname", name)? {
+                        continue;
+                    }
                     let statement = format!(
                         "CREATE USER {} PASSWORD '{}'",
                         ident(name),
@@ -267,6 +296,9 @@ impl Postgres {
                     ctx.run_command(sql("postgres", &statement))?;
                 }
                 for (name, owner, dump) in &databases {
+                    if exists("pg_database", "datname", name)? {
+                        continue;
+                    }
                     let statement =
                         format!("CREATE DATABASE {} OWNER {}", ident(name), ident(owner));
                     ctx.run_command(sql("postgres", &statement))?;

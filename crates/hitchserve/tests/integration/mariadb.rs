@@ -192,3 +192,50 @@ fn mariadb_startup_figures() {
     let fresh = time(true);
     println!("mariadb startup-to-ready: template {template:?}, mariadb-install-db {fresh:?}");
 }
+
+/// A restarted MariaDB keeps its data directory (its setup is not run again): the users
+/// and databases it was made with are there already, the restart succeeds and the SQL file
+/// is not loaded a second time (its INSERT would fail on the primary key).
+#[test]
+fn a_restarted_mariadb_keeps_its_users_databases_and_data() {
+    let p = Project::new("mariadb-restart");
+    p.write(
+        "seed.sql",
+        "CREATE TABLE notes (id int PRIMARY KEY, note text);\n\
+         INSERT INTO notes VALUES (1, 'call mum');\n",
+    );
+    let mut b = p.bundle();
+    b.add(
+        "MariaDb",
+        MariaDb::new()
+            .user("app", "s3cret")
+            .database_from_dump("app", "app", "seed.sql")
+            .service()
+            .unwrap(),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let count = |b: &hitchserve::Bundle| {
+        MariaDb::handle(b, "MariaDb")
+            .unwrap()
+            .mysql("app", "SELECT count(*) FROM notes")
+            .checked_output()
+            .unwrap()
+            .stdout_text()
+            .trim()
+            .to_owned()
+    };
+    MariaDb::handle(&b, "MariaDb")
+        .unwrap()
+        .mysql("app", "INSERT INTO notes VALUES (2, 'pay rent')")
+        .checked_output()
+        .unwrap();
+    assert_eq!(count(&b), "2");
+    b.service("MariaDb").unwrap().restart().unwrap();
+    assert_eq!(
+        count(&b),
+        "2",
+        "the data survives, the SQL file is not loaded again"
+    );
+    b.shutdown().unwrap();
+}

@@ -124,3 +124,49 @@ fn a_fresh_initdb_cluster_works_too() {
         .iter()
         .any(|l| l.contains("initdb") || l.contains("database cluster")));
 }
+
+/// A restarted PostgreSQL keeps its data directory (its setup is not run again), so the
+/// users and databases it was made with are there already: the restart succeeds, and a
+/// dump is not loaded a second time. (Failed before the fix with `role "app" already
+/// exists`, the service left starting.)
+#[test]
+fn a_restarted_postgres_keeps_its_users_databases_and_data() {
+    let p = Project::new("postgres-restart");
+    p.write(
+        "dump.sql",
+        "CREATE TABLE reminders (id int, note text);\nINSERT INTO reminders VALUES (1, 'call mum');\n",
+    );
+    let mut b = p.bundle();
+    b.add(
+        "Postgres",
+        Postgres::new()
+            .user("app", "s3cret")
+            .database_from_dump("seeded", "app", "dump.sql")
+            .service()
+            .unwrap(),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let count = |b: &hitchserve::Bundle| {
+        let pg = Postgres::handle(b, "Postgres").unwrap();
+        pg.psql("seeded", "SELECT count(*) FROM reminders")
+            .checked_output()
+            .unwrap()
+            .stdout_text()
+            .trim()
+            .to_owned()
+    };
+    Postgres::handle(&b, "Postgres")
+        .unwrap()
+        .psql("seeded", "INSERT INTO reminders VALUES (2, 'pay rent')")
+        .checked_output()
+        .unwrap();
+    assert_eq!(count(&b), "2");
+    b.service("Postgres").unwrap().restart().unwrap();
+    assert_eq!(
+        count(&b),
+        "2",
+        "the data survives, the dump is not loaded again"
+    );
+    b.shutdown().unwrap();
+}

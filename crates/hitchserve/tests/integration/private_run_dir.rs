@@ -137,14 +137,10 @@ fn a_failing_create_user_never_shows_the_password() {
     let p = Project::new("pg-secret");
     let mut b = p.bundle();
     let pw = "s3cret-Pa55word";
-    // The second CREATE USER fails: the role exists.
+    // CREATE USER fails: names starting with `pg_` are reserved.
     b.add(
         "Postgres",
-        Postgres::new()
-            .user("app", pw)
-            .user("app", pw)
-            .service()
-            .unwrap(),
+        Postgres::new().user("pg_app", pw).service().unwrap(),
     )
     .unwrap();
     let err = b.startup().unwrap_err();
@@ -156,7 +152,7 @@ fn a_failing_create_user_never_shows_the_password() {
     );
     let run = b.run_dir().unwrap().to_path_buf();
     let logged = b.logs().lines().join("\n");
-    assert!(logged.contains("already exists"), "{logged}");
+    assert!(logged.contains("is reserved"), "{logged}");
     assert!(
         !logged.contains(pw),
         "the password is in the logs: {logged}"
@@ -171,16 +167,10 @@ fn a_failing_mariadb_create_user_never_shows_the_password() {
     let p = Project::new("mariadb-secret");
     let mut b = p.bundle();
     let pw = "s3cret-Pa55word";
-    // The second CREATE USER fails: the user exists.
-    b.add(
-        "MariaDb",
-        MariaDb::new()
-            .user("app", pw)
-            .user("app", pw)
-            .service()
-            .unwrap(),
-    )
-    .unwrap();
+    // CREATE USER fails: the name is longer than MariaDB allows (128 characters).
+    let name = "a".repeat(300);
+    b.add("MariaDb", MariaDb::new().user(&name, pw).service().unwrap())
+        .unwrap();
     let err = b.startup().unwrap_err();
     let message = err.to_string();
     assert!(message.contains("MariaDb"), "{message}");
@@ -190,7 +180,7 @@ fn a_failing_mariadb_create_user_never_shows_the_password() {
     );
     let run = b.run_dir().unwrap().to_path_buf();
     let logged = b.logs().lines().join("\n");
-    assert!(logged.contains("CREATE USER failed"), "{logged}");
+    assert!(logged.contains("too long for user name"), "{logged}");
     assert!(
         !logged.contains(pw),
         "the password is in the logs: {logged}"

@@ -212,6 +212,24 @@ fn foreground_up_prints_logs_and_exits_0_after_down() {
     assert!(up.wait().unwrap().success());
 }
 
+/// `up --detach --timeline` prints the startup timeline (the detached bundle writes it to
+/// the pipe its starter reads; it was dropped there), then READY.
+#[test]
+fn a_detached_up_prints_the_timeline_it_was_asked_for() {
+    let p = Project::new("detach-timeline", DAYS);
+    let without = p.run(&["up", "--detach"]);
+    assert!(without.status.success(), "{}", text(&without));
+    let plain = String::from_utf8_lossy(&without.stdout).into_owned();
+    assert!(p.run(&["down"]).status.success());
+    let o = p.run(&["up", "--detach", "--timeline"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(p.run(&["down"]).status.success());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!plain.contains("Clock"), "{plain}");
+    assert!(out.contains("Clock") && out.contains("READY"), "{out}");
+    assert!(out.find("Clock") < out.find("READY (hitchserve"), "{out}");
+}
+
 /// The engine's advice is given in bundle-file terms, not its Rust API's: a startup
 /// timeout names `startup_timeout` in [bundle], a missing directory the service's
 /// `directory`, an undeclared port `ports = [...]`.

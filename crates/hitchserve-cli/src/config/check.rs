@@ -82,6 +82,13 @@ pub(super) fn restart_policy(name: &str, s: &ServiceConfig) -> Result<Restart, (
 /// than ignore them.
 pub(super) fn kind_options(name: &str, s: &ServiceConfig) -> Result<(), String> {
     let kind = s.kind.as_deref().unwrap_or("");
+    // A ready-made server runs its own program; only a cron runs the command it is given.
+    if s.command.is_some() && !kind.is_empty() && kind != "cron" {
+        return Err(format!(
+            "service `{name}`: `command` is not an option of kind `{kind}`, which runs its \
+             own server: remove `command`, or remove `kind` to run your own command"
+        ));
+    }
     let given: [(&str, bool, &[&str]); 13] = [
         ("bin_dir", s.bin_dir.is_some(), &["postgres"]),
         (
@@ -151,6 +158,24 @@ mod tests {
             let err = kind_options(name.as_str(), svc).unwrap_err();
             assert!(err.contains(&format!("`{key}` is an option of kind")), "{err}");
         }
+    }
+
+    #[test]
+    fn a_command_given_to_a_ready_made_server_is_an_error() {
+        let cfg: Config =
+            toml::from_str("[services.R]\nkind = \"redis\"\ncommand = [\"sleep\", \"100\"]\n")
+                .unwrap();
+        let (name, svc) = cfg.services.iter().next().unwrap();
+        let err = kind_options(name.as_str(), svc).unwrap_err();
+        assert!(
+            err.contains("`command` is not an option of kind `redis`"),
+            "{err}"
+        );
+        let cron: Config =
+            toml::from_str("[services.C]\nkind = \"cron\"\nevery = \"1h\"\ncommand = [\"true\"]\n")
+                .unwrap();
+        let (name, svc) = cron.services.iter().next().unwrap();
+        assert!(kind_options(name.as_str(), svc).is_ok());
     }
 
     #[test]

@@ -445,6 +445,14 @@ pub(super) fn detach_up(
             if first.starts_with("ok") || first.starts_with("failed") {
                 break;
             }
+            // Before its answer the bundle prints only what was asked (the startup
+            // timeline): pass it on — to stderr for a shared bundle, whose stdout may be
+            // JSON that a program reads.
+            if shared.is_some() {
+                eprint!("{first}");
+            } else {
+                print!("{first}");
+            }
         }
     }
     done.store(true, Ordering::SeqCst);

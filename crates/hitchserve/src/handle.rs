@@ -130,19 +130,28 @@ impl ServiceHandle {
     /// Start it again after it stopped (by [`stop`](Self::stop), a crash or a `kill`), with
     /// the same definition, reserved ports and environment, on the bundle's current fake
     /// time, and wait until it is ready (its readiness check and poststart hook, within the
-    /// bundle's startup timeout) — or an error as at startup. Its setup hook does not run
+    /// bundle's startup timeout) — or an error as at startup, its process then stopped. Its setup hook does not run
     /// again (see [`start_with_setup`](Self::start_with_setup)). A service that runs is left
     /// as it is (this waits until it is ready). Its log goes on: lines of this start have
     /// [`LogLine::incarnation`](crate::LogLine::incarnation) one more.
     pub fn start(&self) -> Result<()> {
-        self.runtime.start_again(self.idx, false)?;
-        self.runtime.wait_ready(self.idx)
+        self.start_as(false)
     }
 
     /// [`start`](Self::start), with its setup hook run again first.
     pub fn start_with_setup(&self) -> Result<()> {
-        self.runtime.start_again(self.idx, true)?;
-        self.runtime.wait_ready(self.idx)
+        self.start_as(true)
+    }
+
+    /// A start that fails leaves nothing running (see `Runtime::stop_if_failed`).
+    fn start_as(&self, setup: bool) -> Result<()> {
+        let started = self.runtime.start_again(self.idx, setup)?;
+        let result = self.runtime.wait_ready(self.idx);
+        if started {
+            self.runtime.stop_if_failed(self.idx, result)
+        } else {
+            result
+        }
     }
 
     /// [`stop`](Self::stop), then [`start`](Self::start): one call, waited on. Its logs

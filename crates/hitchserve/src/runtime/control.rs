@@ -16,7 +16,7 @@ use crate::runtime::Runtime;
 impl Runtime {
     /// Start service `idx` again if it has stopped (its setup hook too if `setup`); then the
     /// caller waits for it to be ready. A service that runs or is starting is left as it is.
-    pub(crate) fn start_again(self: &Arc<Self>, idx: usize, setup: bool) -> Result<()> {
+    pub(crate) fn start_again(self: &Arc<Self>, idx: usize, setup: bool) -> Result<bool> {
         let actions = {
             let mut states = self.lock();
             if self.is_stopping() {
@@ -28,7 +28,7 @@ impl Runtime {
                 Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. }
             );
             if !stopped {
-                return Ok(());
+                return Ok(false);
             }
             let at = Instant::now();
             self.apply_locked(&mut states, idx, Event::StartAgain { at, setup })
@@ -36,7 +36,22 @@ impl Runtime {
         };
         self.changed.notify_all();
         self.carry_out(idx, actions);
-        Ok(())
+        Ok(true)
+    }
+
+    /// The outcome of a start by hand (`result`): if it failed — its readiness check or
+    /// poststart hook failed, or it timed out — while its process still runs, stop that
+    /// process first, so a failed start leaves nothing running, as a failed startup does.
+    pub(crate) fn stop_if_failed(self: &Arc<Self>, idx: usize, result: Result<()>) -> Result<()> {
+        if result.is_err() && !self.is_stopping() {
+            let running = self.read(idx, |st| {
+                matches!(st.phase, Phase::Running { stop: None, .. })
+            });
+            if running {
+                self.stop_one(idx, None);
+            }
+        }
+        result
     }
 
     /// Stop service `idx` and start it again once reaped (its setup hook too if `setup`), or
@@ -46,7 +61,8 @@ impl Runtime {
         if !self.stop_one(idx, Some(setup)) {
             return Err(self.shut_down(idx));
         }
-        self.wait_ready_after(idx, before)
+        let result = self.wait_ready_after(idx, before);
+        self.stop_if_failed(idx, result)
     }
 
     /// SIGSTOP (`pause`) or SIGCONT its whole group; an error if its process isn't running

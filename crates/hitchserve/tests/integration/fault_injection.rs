@@ -486,3 +486,54 @@ fn a_policy_restart_the_os_refuses_is_reported_like_a_crash() {
     }
     let _ = b.shutdown();
 }
+
+/// A restart or start by hand whose poststart hook fails is an error, and leaves nothing
+/// running: the new process is stopped, as a failed startup stops its services (it was
+/// left alive, shown as starting for ever). Starting it again, once the hook succeeds, works.
+#[test]
+fn a_failed_start_by_hand_leaves_nothing_running() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    let p = Project::new("failed-restart");
+    let mut b = p.bundle();
+    let starts = Arc::new(AtomicU32::new(0));
+    let counted = Arc::clone(&starts);
+    b.add(
+        "App",
+        sh("echo READY; exec sleep 1000")
+            .ready_when(|l| l == "READY")
+            .poststart(move |_| {
+                // The second and third starts' hooks fail; the first and fourth succeed.
+                match counted.fetch_add(1, Ordering::SeqCst) {
+                    1 | 2 => Err("no luck this time".into()),
+                    _ => Ok(()),
+                }
+            }),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let app = b.service("App").unwrap();
+    let first = app.pid().unwrap();
+
+    let err = app.restart().unwrap_err();
+    assert!(err.to_string().contains("no luck this time"), "{err}");
+    assert!(
+        !app.is_running(),
+        "a failed restart left its process running"
+    );
+    assert!(crate::common::wait_gone(first, PATIENCE));
+    assert!(
+        marked_pids(&run_id(&b)).is_empty(),
+        "{:?}",
+        marked_pids(&run_id(&b))
+    );
+
+    let err = app.start().unwrap_err();
+    assert!(err.to_string().contains("no luck this time"), "{err}");
+    assert!(!app.is_running(), "a failed start left its process running");
+
+    app.start().unwrap();
+    assert!(app.is_running());
+    assert_eq!(starts.load(Ordering::SeqCst), 4);
+    b.shutdown().unwrap();
+}

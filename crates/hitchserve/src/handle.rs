@@ -130,7 +130,8 @@ impl ServiceHandle {
     /// Start it again after it stopped (by [`stop`](Self::stop), a crash or a `kill`), with
     /// the same definition, reserved ports and environment, on the bundle's current fake
     /// time, and wait until it is ready (its readiness check and poststart hook, within the
-    /// bundle's startup timeout) — or an error as at startup, its process then stopped. Its setup hook does not run
+    /// bundle's startup timeout) — or an error as at startup (a process this start made
+    /// that runs is then stopped). Its setup hook does not run
     /// again (see [`start_with_setup`](Self::start_with_setup)). A service that runs is left
     /// as it is (this waits until it is ready). Its log goes on: lines of this start have
     /// [`LogLine::incarnation`](crate::LogLine::incarnation) one more.
@@ -147,10 +148,9 @@ impl ServiceHandle {
     fn start_as(&self, setup: bool) -> Result<()> {
         let started = self.runtime.start_again(self.idx, setup)?;
         let result = self.runtime.wait_ready(self.idx);
-        if started {
-            self.runtime.stop_if_failed(self.idx, result)
-        } else {
-            result
+        match started {
+            Some(n) => self.runtime.stop_if_failed(self.idx, n, result),
+            None => result,
         }
     }
 

@@ -16,7 +16,9 @@ use crate::runtime::Runtime;
 impl Runtime {
     /// Start service `idx` again if it has stopped (its setup hook too if `setup`); then the
     /// caller waits for it to be ready. A service that runs or is starting is left as it is.
-    pub(crate) fn start_again(self: &Arc<Self>, idx: usize, setup: bool) -> Result<bool> {
+    /// Returns the number its start will have (its incarnation once spawned), if this
+    /// started it.
+    pub(crate) fn start_again(self: &Arc<Self>, idx: usize, setup: bool) -> Result<Option<u32>> {
         let actions = {
             let mut states = self.lock();
             if self.is_stopping() {
@@ -28,28 +30,34 @@ impl Runtime {
                 Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. }
             );
             if !stopped {
-                return Ok(false);
+                return Ok(None);
             }
             let at = Instant::now();
-            self.apply_locked(&mut states, idx, Event::StartAgain { at, setup })
-                .0
+            let next = states[idx].incarnation + 1;
+            let actions = self
+                .apply_locked(&mut states, idx, Event::StartAgain { at, setup })
+                .0;
+            (actions, next)
         };
+        let (actions, next) = actions;
         self.changed.notify_all();
         self.carry_out(idx, actions);
-        Ok(true)
+        Ok(Some(next))
     }
 
-    /// The outcome of a start by hand (`result`): if it failed — its readiness check or
-    /// poststart hook failed, or it timed out — while its process still runs, stop that
-    /// process first, so a failed start leaves nothing running, as a failed startup does.
-    pub(crate) fn stop_if_failed(self: &Arc<Self>, idx: usize, result: Result<()>) -> Result<()> {
-        if result.is_err() && !self.is_stopping() {
-            let running = self.read(idx, |st| {
-                matches!(st.phase, Phase::Running { stop: None, .. })
-            });
-            if running {
-                self.stop_one(idx, None);
-            }
+    /// The outcome of start number `started` made by hand (`result`): if it failed — its
+    /// readiness check or poststart hook failed, or it timed out — while its process runs,
+    /// stop that process, so the failed start leaves nothing running, as a failed startup
+    /// does. Not a start that was still setting up or spawning then, nor one a restart
+    /// policy made since.
+    pub(crate) fn stop_if_failed(
+        self: &Arc<Self>,
+        idx: usize,
+        started: u32,
+        result: Result<()>,
+    ) -> Result<()> {
+        if result.is_err() {
+            self.stop_one_if(idx, None, Some(started));
         }
         result
     }
@@ -62,7 +70,7 @@ impl Runtime {
             return Err(self.shut_down(idx));
         }
         let result = self.wait_ready_after(idx, before);
-        self.stop_if_failed(idx, result)
+        self.stop_if_failed(idx, before + 1, result)
     }
 
     /// SIGSTOP (`pause`) or SIGCONT its whole group; an error if its process isn't running

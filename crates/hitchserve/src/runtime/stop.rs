@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use crate::exec::MARKER_VAR;
 use crate::guardian;
 use crate::pidwindow::{PidMark, PidWindow};
-use crate::runtime::state::{Event, ServiceState};
+use crate::runtime::state::{Event, Phase, ServiceState};
 use crate::runtime::supervisor::{group_alive, has_exited, GROUP_CHECK, READER_DRAIN};
 use crate::runtime::usercode::UserCode;
 use crate::runtime::{deadline_after, Runtime};
@@ -132,12 +132,30 @@ impl Runtime {
     /// `Some(true)`) and this returns once the new start has begun. False if the bundle
     /// is stopping (then nothing was done).
     pub(crate) fn stop_one(self: &Arc<Self>, idx: usize, then_start: Option<bool>) -> bool {
+        self.stop_one_if(idx, then_start, None)
+    }
+
+    /// `stop_one`, with `only`: only if its process is start number `only` and runs with
+    /// no stop asked (decided under the lock the stop is made under: another thread's
+    /// later start is never stopped for this one's failure); else false and nothing done.
+    pub(crate) fn stop_one_if(
+        self: &Arc<Self>,
+        idx: usize,
+        then_start: Option<bool>,
+        only: Option<u32>,
+    ) -> bool {
         let t0 = Instant::now();
         let timeout = self.timeouts.shutdown;
         let deadline = deadline_after(t0, timeout);
         let (actions, signalled, before) = {
             let mut states = self.lock();
             if self.is_stopping() {
+                return false;
+            }
+            if only.is_some_and(|n| {
+                states[idx].incarnation != n
+                    || !matches!(states[idx].phase, Phase::Running { stop: None, .. })
+            }) {
                 return false;
             }
             let main_exited = states[idx].pid().is_some_and(has_exited);

@@ -432,11 +432,19 @@ pub struct NotReady {
     pub last_lines: Vec<String>,
 }
 
+/// "last line" or "last N lines".
+fn last_lines(n: usize) -> String {
+    match n {
+        1 => "last line".to_owned(),
+        n => format!("last {n} lines"),
+    }
+}
+
 fn lines_section(service: &str, lines: &[String]) -> String {
     if lines.is_empty() {
         return format!("; `{service}` printed nothing");
     }
-    let mut out = format!("; last {} lines of `{service}`:", lines.len());
+    let mut out = format!("; {} of `{service}`:", last_lines(lines.len()));
     for line in lines {
         let _ = write!(out, "\n    {line}");
     }
@@ -455,7 +463,10 @@ fn plain_lines(lines: &[String]) -> String {
     if lines.is_empty() {
         return "; nothing was logged there".to_owned();
     }
-    let mut out = format!("; the last {} lines were:", lines.len());
+    let mut out = match lines.len() {
+        1 => "; the last line was:".to_owned(),
+        n => format!("; the last {n} lines were:"),
+    };
     for line in lines {
         let _ = write!(out, "\n    {line}");
     }
@@ -469,7 +480,7 @@ fn not_ready_section(not_ready: &[NotReady]) -> String {
         if n.last_lines.is_empty() {
             out.push_str(" (it printed nothing)");
         } else {
-            let _ = write!(out, "; its last {} lines:", n.last_lines.len());
+            let _ = write!(out, "; its {}:", last_lines(n.last_lines.len()));
             for line in &n.last_lines {
                 let _ = write!(out, "\n      {line}");
             }

@@ -70,6 +70,16 @@ impl ServiceChild {
         }
     }
 
+    /// A child we started, with the read ends of its stdout and stderr pipes.
+    fn piped(pid: libc::pid_t, stdout: OwnedFd, stderr: OwnedFd) -> ServiceChild {
+        ServiceChild {
+            pid: pid as u32,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+            reaped: None,
+        }
+    }
+
     /// The same for a child std started (a service that runs as another user where `clone`
     /// can't start it, or any service where `posix_spawn` lacks what we need).
     pub(crate) fn from_std(mut child: std::process::Child) -> ServiceChild {
@@ -204,13 +214,7 @@ pub(crate) fn posix_spawn_service(
             match clone::spawn_in_cgroup(child, fd) {
                 Ok(pid) => {
                     drop((out_w, err_w));
-                    let child = ServiceChild {
-                        pid: pid as u32,
-                        stdout: Some(out_r),
-                        stderr: Some(err_r),
-                        reaped: None,
-                    };
-                    return Ok(Some((child, true)));
+                    return Ok(Some((ServiceChild::piped(pid, out_r, err_r), true)));
                 }
                 Err(CloneError::Failed(e)) => return Err(e),
                 Err(CloneError::Refused(e)) => match e.raw_os_error() {
@@ -301,13 +305,7 @@ pub(crate) fn posix_spawn_service(
         // The write ends are the child's now; ours close here (out_w, err_w dropped), so
         // the read ends see EOF once the service and its children are done.
         drop((out_w, err_w));
-        let child = ServiceChild {
-            pid: pid as u32,
-            stdout: Some(out_r),
-            stderr: Some(err_r),
-            reaped: None,
-        };
-        Ok(Some((child, false)))
+        Ok(Some((ServiceChild::piped(pid, out_r, err_r), false)))
     }
 }
 

@@ -109,7 +109,8 @@ pub fn is_alive(pid: u32) -> bool {
 /// A process's environment block. A process in the middle of an exec (a service's `sh`
 /// running `exec sleep` just after it printed READY) shows an empty one for a moment: a
 /// live user process with an empty one is looked at again, for up to 100 ms, so it
-/// is not taken for one without the marker. (Kernel threads and zombies have none.)
+/// is not taken for one without the marker. (Kernel threads and zombies have none.) A poll:
+/// nothing tells of another process's exec reaching its end.
 fn environ_of(pid: u32) -> Option<Vec<u8>> {
     const PF_KTHREAD: i64 = 0x0020_0000;
     let deadline = std::time::Instant::now() + Duration::from_millis(100);

@@ -340,6 +340,17 @@ fn time_travel_needs_the_shared_bundle_to_itself() {
     // The CLI's `time-travel` is refused alike (it speaks for its caller, this process).
     let out = p.run(&["release", "--pid", &other.pid().to_string()]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("released 1 lease\n"), "{}", text(&out));
+    // Again: nothing is left to release, and it says so (not an error: a teardown may
+    // release twice).
+    let out = p.run(&["release", "--pid", &other.pid().to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("holds no lease"), "{}", text(&out));
+    // A lease id nobody holds is an error: a mistyped id would leave the real one held.
+    let out = p.run(&["release", "--lease", "999"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("no lease 999"), "{}", text(&out));
+    assert!(text(&out).contains("hitchserve status"), "{}", text(&out));
     let before = mine.now().unwrap();
     mine.time_travel_by(hitchserve::jiff::SignedDuration::from_hours(24))
         .unwrap();
@@ -746,6 +757,11 @@ fn status_shows_the_shared_bundles_holders_and_idle_time() {
     assert!(
         said.contains("600") || said.contains("10m"),
         "`status` does not say the idle time (600 s):\n{said}"
+    );
+    // And each lease's id, for `release --lease`.
+    assert!(
+        said.contains(&format!("lease 1 held by pid {}", holder.pid())),
+        "`status` does not give the lease's id:\n{said}"
     );
 }
 

@@ -171,6 +171,68 @@ pub(super) fn down(project: &Path) -> Result<ExitCode, String> {
     }
 }
 
+/// `status`'s table: a row per service, each column as wide as its widest cell (a state
+/// such as "exited (killed by SIGKILL), restarts: 3" is long), then a shared bundle's
+/// leases.
+fn status_table(v: &Value) -> String {
+    let mut rows = vec![["SERVICE", "STATE", "PID", "RSS", "CPU", "PORTS"].map(str::to_owned)];
+    for s in v["services"].as_array().into_iter().flatten() {
+        let rss = s["rss"]
+            .as_u64()
+            .map_or("-".to_owned(), |r| format!("{:.1}M", r as f64 / 1048576.0));
+        let cpu = s["cpu_seconds"]
+            .as_f64()
+            .map_or("-".to_owned(), |c| format!("{c:.2}s"));
+        let pid = s["pid"].as_u64().map_or("-".to_owned(), |p| p.to_string());
+        let ports: Vec<String> = s["ports"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+            .unwrap_or_default();
+        rows.push([
+            s["name"].as_str().unwrap_or("").to_owned(),
+            one_service::state_column(s),
+            pid,
+            rss,
+            cpu,
+            ports.join(" "),
+        ]);
+    }
+    let width = |col: usize| {
+        rows.iter()
+            .map(|r| r[col].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
+    let (name, state, pid, rss, cpu) = (width(0), width(1), width(2), width(3), width(4));
+    let mut out = String::new();
+    for r in &rows {
+        let line = format!(
+            "{:<name$}  {:<state$}  {:>pid$}  {:>rss$}  {:>cpu$}  {}",
+            r[0], r[1], r[2], r[3], r[4], r[5]
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    // A shared bundle: its leases (ids for `release --lease`), and when it stops.
+    if let Some(shared) = v["shared"].as_object() {
+        let leases: Vec<String> = shared["leases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| format!("lease {} held by pid {}", l["lease"], l["pid"]))
+            .collect();
+        let idle = shared["idle_seconds"].as_f64().unwrap_or(0.0);
+        out.push_str(&format!(
+            "shared: {}; stops {idle:.1} s after the last one ends\n",
+            match leases.is_empty() {
+                true => "no lease".to_owned(),
+                false => leases.join(", "),
+            }
+        ));
+    }
+    out
+}
+
 /// Every command but `up`.
 pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
     match command {
@@ -183,48 +245,7 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
             if json {
                 println!("{v}");
             } else {
-                println!(
-                    "{:<16} {:<32} {:>8} {:>10} {:>8}  PORTS",
-                    "SERVICE", "STATE", "PID", "RSS", "CPU"
-                );
-                for s in v["services"].as_array().cloned().unwrap_or_default() {
-                    let rss = s["rss"]
-                        .as_u64()
-                        .map_or("-".to_owned(), |r| format!("{:.1}M", r as f64 / 1048576.0));
-                    let cpu = s["cpu_seconds"]
-                        .as_f64()
-                        .map_or("-".to_owned(), |c| format!("{c:.2}s"));
-                    let pid = s["pid"].as_u64().map_or("-".to_owned(), |p| p.to_string());
-                    let ports: Vec<String> = s["ports"]
-                        .as_object()
-                        .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
-                        .unwrap_or_default();
-                    println!(
-                        "{:<16} {:<32} {:>8} {:>10} {:>8}  {}",
-                        s["name"].as_str().unwrap_or(""),
-                        one_service::state_column(&s),
-                        pid,
-                        rss,
-                        cpu,
-                        ports.join(" ")
-                    );
-                }
-                // A shared bundle: who holds it, and when it stops.
-                if let Some(shared) = v["shared"].as_object() {
-                    let holders: Vec<String> = shared["holders"]
-                        .as_array()
-                        .map(|h| h.iter().map(|p| p.to_string()).collect())
-                        .unwrap_or_default();
-                    let idle = shared["idle_seconds"].as_f64().unwrap_or(0.0);
-                    println!(
-                        "shared: {} lease(s){}; stops {idle:.1} s after the last one ends",
-                        holders.len(),
-                        match holders.is_empty() {
-                            true => String::new(),
-                            false => format!(", held by pid(s) {}", holders.join(", ")),
-                        }
-                    );
-                }
+                print!("{}", status_table(&v));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -377,5 +398,32 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
             }
             Err("the bundle went away before answering (it stopped or crashed)".to_owned())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_columns_stay_aligned_whatever_the_states_length() {
+        let v = json!({"services": [
+            {"name": "Db", "state": "ready", "pid": 12, "rss": 1048576, "cpu_seconds": 0.5,
+             "ports": {"sql": 5432}},
+            {"name": "AVeryLongServiceName", "state": "exited (killed by SIGKILL)",
+             "restarts": 3, "pid": null, "ports": {}},
+        ]});
+        let table = status_table(&v);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        // Each row's PID (right-aligned) ends where the header's does, after the long state.
+        let pid_end = lines[0].find("PID").unwrap() + "PID".len();
+        assert!(lines[1][..pid_end].ends_with(" 12"), "{table}");
+        assert!(lines[2][..pid_end].ends_with(" -"), "{table}");
+        assert!(
+            lines[2][..pid_end].contains("exited (killed by SIGKILL), restarts: 3 "),
+            "{table}"
+        );
+        assert!(lines[1].ends_with("  sql=5432"), "{table}");
     }
 }

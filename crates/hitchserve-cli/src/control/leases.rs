@@ -398,7 +398,17 @@ impl Leases {
 
     /// What `status` says of the leases.
     pub fn status(&self) -> Value {
-        json!({"holders": self.holders(), "idle_seconds": self.idle.as_secs_f64()})
+        let holders = self.holders();
+        let mut leases: Vec<(u64, i32)> = {
+            let held = self.lock();
+            held.leases.iter().map(|(id, l)| (*id, l.pid)).collect()
+        };
+        leases.sort_unstable();
+        let leases: Vec<Value> = leases
+            .into_iter()
+            .map(|(id, pid)| json!({"lease": id, "pid": pid}))
+            .collect();
+        json!({"holders": holders, "leases": leases, "idle_seconds": self.idle.as_secs_f64()})
     }
 }
 

@@ -273,8 +273,28 @@ pub fn release(project: &Path, pid: Option<i32>, lease: Option<u64>) -> Result<E
         None => json!({"cmd": "release", "pid": holder(pid)?}),
     };
     let v = super::client::one_reply(project, &req)?;
-    println!("released {} lease(s)", v["released"]);
-    Ok(ExitCode::SUCCESS)
+    let released = v["released"].as_u64().unwrap_or(0);
+    match (lease, pid) {
+        // A mistyped id would leave the real lease held, and the bundle running, unseen.
+        (Some(id), _) if released == 0 => Err(format!(
+            "no lease {id} is held on the shared bundle in `{}`: `hitchserve status` lists the leases and their ids",
+            project.display()
+        )),
+        (None, _) if released == 0 => {
+            println!(
+                "process {} holds no lease on the shared bundle: nothing released",
+                holder(pid)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            println!(
+                "released {released} lease{}",
+                if released == 1 { "" } else { "s" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -128,7 +128,14 @@ impl Runtime {
                 return Err(self.shut_down(idx));
             }
             match st.take_startup_failure(t) {
-                Some(failure) => failure,
+                Some(failure) => {
+                    // The error tells of its exit: `shutdown` doesn't again (as after a
+                    // failed startup), though `check` does, as it does every time.
+                    if !matches!(failure, StartupFailure::Failed(_)) {
+                        st.crash_reported = true;
+                    }
+                    failure
+                }
                 None if st.is_settled() => {
                     let error = self.not_running(idx, st);
                     return Err(error);

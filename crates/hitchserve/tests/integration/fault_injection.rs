@@ -324,6 +324,43 @@ fn a_restart_policy_restarts_a_crashing_service_n_times_then_reports_it() {
     let _ = b.shutdown();
 }
 
+/// A start by hand whose restart policy gives up is an error telling of the exit, once:
+/// `shutdown` does not report the same exit again (it did, as `ServiceExited`).
+#[test]
+fn a_start_by_hand_that_its_policy_gives_up_on_is_reported_once() {
+    let p = Project::new("fi-policy-by-hand");
+    let mut b = p.bundle();
+    p.write("healthy", "");
+    b.add(
+        "Flaky",
+        sh("[ -e healthy ] || exit 3; echo READY; exec sleep 1000")
+            .ready_when(|l| l == "READY")
+            .restart(Restart::on_failure(2).backoff(Duration::from_millis(10))),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let flaky = b.service("Flaky").unwrap();
+    flaky.stop().unwrap();
+    std::fs::remove_file(p.path("healthy")).unwrap();
+    match flaky.start() {
+        Err(Error::ExitedBeforeReady {
+            service, status, ..
+        }) => {
+            assert_eq!((service.as_str(), status), ("Flaky", ExitStatus::Code(3)))
+        }
+        other => panic!("expected its exit before ready, got {other:?}"),
+    }
+    assert_eq!(
+        flaky.incarnation(),
+        4,
+        "the start by hand, and the policy's two restarts"
+    );
+    // `check` says what state it is in, every time it is asked...
+    assert!(matches!(b.check(), Err(Error::ServiceExited { .. })));
+    // ... but the exit was reported: the end of the test doesn't fail with it again.
+    b.shutdown().unwrap();
+}
+
 #[test]
 fn a_restart_policy_brings_a_crashed_service_back_ready() {
     let p = Project::new("fi-policy-back");

@@ -123,15 +123,16 @@ impl ServiceHandle {
     /// # Ok(()) }
     /// ```
     pub fn stop(&self) -> Result<()> {
-        self.runtime.stop_one(self.idx, None);
+        let _ = self.runtime.stop_one(self.idx, None);
         Ok(())
     }
 
     /// Start it again after it stopped (by [`stop`](Self::stop), a crash or a `kill`), with
     /// the same definition, reserved ports and environment, on the bundle's current fake
     /// time, and wait until it is ready (its readiness check and poststart hook, within the
-    /// bundle's startup timeout) — or an error as at startup (a process this start made
-    /// that runs is then stopped). Its setup hook does not run
+    /// bundle's startup timeout) — or an error as at startup, and then nothing of this
+    /// start is left running: its process is stopped, or not spawned once its setup hook
+    /// returns, and its restart policy does not restart it. Its setup hook does not run
     /// again (see [`start_with_setup`](Self::start_with_setup)). A service that runs is left
     /// as it is (this waits until it is ready). Its log goes on: lines of this start have
     /// [`LogLine::incarnation`](crate::LogLine::incarnation) one more.

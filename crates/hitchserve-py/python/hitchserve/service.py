@@ -339,10 +339,12 @@ class Service:
         command, environment and reserved ports, on the bundle's current fake time. Waits until
         it is ready (its ``log_line_ready_checker`` and ``poststart``) within the bundle's
         ``startup_timeout``, or raises as ``startup()`` does (:class:`StartupError`,
-        :class:`StartupTimeout`, or what your checker or hook raised). The ``setup`` hook runs
-        again only with ``setup=True``. A service that runs is left as it is. Its log goes on:
-        lines of the new process have ``incarnation`` one more. Ctrl-C stops the wait (the
-        service goes on starting)."""
+        :class:`StartupTimeout`, or what your checker or hook raised) and leaves nothing of
+        this start running (its process stopped; not started once a slow ``setup`` hook
+        returns; not restarted by its restart policy). The ``setup`` hook runs again only with
+        ``setup=True``. A service that runs is left as it is. Its log goes on: lines of the new
+        process have ``incarnation`` one more. Ctrl-C stops the wait (the service goes on
+        starting)."""
         self._handle().start(bool(setup))
 
     def restart(self, setup: bool = False) -> None:

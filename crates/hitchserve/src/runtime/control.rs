@@ -16,10 +16,10 @@ use crate::runtime::Runtime;
 impl Runtime {
     /// Start service `idx` again if it has stopped (its setup hook too if `setup`); then the
     /// caller waits for it to be ready. A service that runs or is starting is left as it is.
-    /// Returns the number its start will have (its incarnation once spawned), if this
+    /// Returns the number of this start by hand (see `ServiceState::hand_starts`), if this
     /// started it.
     pub(crate) fn start_again(self: &Arc<Self>, idx: usize, setup: bool) -> Result<Option<u32>> {
-        let actions = {
+        let (actions, started) = {
             let mut states = self.lock();
             if self.is_stopping() {
                 return Err(self.shut_down(idx));
@@ -33,23 +33,22 @@ impl Runtime {
                 return Ok(None);
             }
             let at = Instant::now();
-            let next = states[idx].incarnation + 1;
             let actions = self
                 .apply_locked(&mut states, idx, Event::StartAgain { at, setup })
                 .0;
-            (actions, next)
+            (actions, states[idx].hand_starts)
         };
-        let (actions, next) = actions;
         self.changed.notify_all();
         self.carry_out(idx, actions);
-        Ok(Some(next))
+        Ok(Some(started))
     }
 
-    /// The outcome of start number `started` made by hand (`result`): if it failed — its
-    /// readiness check or poststart hook failed, or it timed out — while its process runs,
-    /// stop that process, so the failed start leaves nothing running, as a failed startup
-    /// does. Not a start that was still setting up or spawning then, nor one a restart
-    /// policy made since.
+    /// The outcome of start by hand number `started` (`result`): if it failed — its
+    /// readiness check or poststart hook failed, or it timed out — call it off, so the
+    /// failed start leaves nothing running, as a failed startup does: its process is
+    /// stopped, or it is not spawned once its setup hook returns, or the restart its policy
+    /// was to make of it is not made. Never a later start (another thread's, or one that
+    /// `restart` asked since).
     pub(crate) fn stop_if_failed(
         self: &Arc<Self>,
         idx: usize,
@@ -66,11 +65,11 @@ impl Runtime {
     /// just start it if it isn't running; then wait until the new start is ready.
     pub(crate) fn restart_one(self: &Arc<Self>, idx: usize, setup: bool) -> Result<()> {
         let before = self.read(idx, |st| st.incarnation);
-        if !self.stop_one(idx, Some(setup)) {
+        let Some(awaited) = self.stop_one(idx, Some(setup)) else {
             return Err(self.shut_down(idx));
-        }
+        };
         let result = self.wait_ready_after(idx, before);
-        self.stop_if_failed(idx, before + 1, result)
+        self.stop_if_failed(idx, awaited, result)
     }
 
     /// SIGSTOP (`pause`) or SIGCONT its whole group; an error if its process isn't running

@@ -129,34 +129,33 @@ impl Runtime {
     /// Stop service `idx` alone: its stop signal to its group, SIGKILL to what is left after
     /// the shutdown timeout; returns once it is reaped. What needs it keeps running. With
     /// `then_start`, it is started again once reaped (a restart; its setup hook too if
-    /// `Some(true)`) and this returns once the new start has begun. False if the bundle
-    /// is stopping (then nothing was done).
-    pub(crate) fn stop_one(self: &Arc<Self>, idx: usize, then_start: Option<bool>) -> bool {
+    /// `Some(true)`) and this returns once the new start has begun. `None` if the bundle
+    /// is stopping (then nothing was done); else the number of the start by hand that a
+    /// restart waits for (see `ServiceState::awaited_hand_start`).
+    pub(crate) fn stop_one(self: &Arc<Self>, idx: usize, then_start: Option<bool>) -> Option<u32> {
         self.stop_one_if(idx, then_start, None)
     }
 
-    /// `stop_one`, with `only`: only if its process is start number `only` and runs with
-    /// no stop asked (decided under the lock the stop is made under: another thread's
-    /// later start is never stopped for this one's failure); else false and nothing done.
+    /// `stop_one`, with `only`: only if start by hand number `only` is what runs or starts
+    /// now, with no stop asked (decided under the lock the stop is made under: another
+    /// thread's later start is never stopped for this one's failure); else `None` and
+    /// nothing done. A start still in its setup hook is not waited for: it will not spawn.
     pub(crate) fn stop_one_if(
         self: &Arc<Self>,
         idx: usize,
         then_start: Option<bool>,
         only: Option<u32>,
-    ) -> bool {
+    ) -> Option<u32> {
         let t0 = Instant::now();
         let timeout = self.timeouts.shutdown;
         let deadline = deadline_after(t0, timeout);
-        let (actions, signalled, before) = {
+        let (actions, signalled, before, awaited) = {
             let mut states = self.lock();
             if self.is_stopping() {
-                return false;
+                return None;
             }
-            if only.is_some_and(|n| {
-                states[idx].incarnation != n
-                    || !matches!(states[idx].phase, Phase::Running { stop: None, .. })
-            }) {
-                return false;
+            if only.is_some_and(|n| !states[idx].is_unstopped_hand_start(n)) {
+                return None;
             }
             let main_exited = states[idx].pid().is_some_and(has_exited);
             let before = states[idx].incarnation;
@@ -166,7 +165,20 @@ impl Runtime {
                 then_start,
             };
             let (actions, signalled) = self.apply_locked(&mut states, idx, event);
-            (actions, signalled, before)
+            let awaited = states[idx].awaited_hand_start();
+            if only.is_some() && matches!(states[idx].phase, Phase::SettingUp { .. }) {
+                // Its setup hook (the test's code) may run a long while yet; it won't be
+                // spawned once it returns.
+                drop(states);
+                self.changed.notify_all();
+                self.carry_out(idx, actions);
+                self.sink.log(&format!(
+                    "{}'s failed start is called off: it won't be spawned once its setup hook returns",
+                    self.services()[idx].name
+                ));
+                return Some(awaited);
+            }
+            (actions, signalled, before, awaited)
         };
         self.changed.notify_all();
         let name = &self.services()[idx].name;
@@ -210,7 +222,7 @@ impl Runtime {
                 stopped_in.as_secs_f64()
             ));
         }
-        true
+        Some(awaited)
     }
 
     /// `wait_until` for stopping: while a thread is stuck in user code, nobody will signal

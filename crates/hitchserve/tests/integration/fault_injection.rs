@@ -324,24 +324,35 @@ fn a_restart_policy_restarts_a_crashing_service_n_times_then_reports_it() {
     let _ = b.shutdown();
 }
 
-/// A start by hand whose restart policy gives up is an error telling of the exit, once:
-/// `shutdown` does not report the same exit again (it did, as `ServiceExited`).
-#[test]
-fn a_start_by_hand_that_its_policy_gives_up_on_is_reported_once() {
-    let p = Project::new("fi-policy-by-hand");
-    let mut b = p.bundle();
+/// `Flaky` (restarted by `policy`) started up in `b`, then stopped; every later start of it
+/// exits with code 3 before it is ready.
+fn stopped_and_broken(
+    p: &Project,
+    mut b: hitchserve::Bundle,
+    policy: Restart,
+) -> (hitchserve::Bundle, hitchserve::ServiceHandle) {
     p.write("healthy", "");
     b.add(
         "Flaky",
         sh("[ -e healthy ] || exit 3; echo READY; exec sleep 1000")
             .ready_when(|l| l == "READY")
-            .restart(Restart::on_failure(2).backoff(Duration::from_millis(10))),
+            .restart(policy),
     )
     .unwrap();
     b.startup().unwrap();
     let flaky = b.service("Flaky").unwrap();
     flaky.stop().unwrap();
     std::fs::remove_file(p.path("healthy")).unwrap();
+    (b, flaky)
+}
+
+/// A start by hand whose restart policy gives up is an error telling of the exit, once:
+/// `shutdown` does not report the same exit again (it did, as `ServiceExited`).
+#[test]
+fn a_start_by_hand_that_its_policy_gives_up_on_is_reported_once() {
+    let p = Project::new("fi-policy-by-hand");
+    let policy = Restart::on_failure(2).backoff(Duration::from_millis(10));
+    let (b, flaky) = stopped_and_broken(&p, p.bundle(), policy);
     match flaky.start() {
         Err(Error::ExitedBeforeReady {
             service, status, ..
@@ -358,6 +369,82 @@ fn a_start_by_hand_that_its_policy_gives_up_on_is_reported_once() {
     // `check` says what state it is in, every time it is asked...
     assert!(matches!(b.check(), Err(Error::ServiceExited { .. })));
     // ... but the exit was reported: the end of the test doesn't fail with it again.
+    b.shutdown().unwrap();
+}
+
+/// A start by hand that times out in its setup hook is called off: once the hook returns,
+/// the service is not spawned (it was, and ran on after the test was told the start failed).
+#[test]
+fn a_start_by_hand_that_times_out_in_its_setup_hook_is_not_spawned_after() {
+    use std::sync::{mpsc, Mutex};
+    let p = Project::new("fi-slow-setup");
+    // Short, since this test waits it out on purpose: the hook blocks until let go.
+    let mut b = p.bundle().startup_timeout(Duration::from_secs(3));
+    let (let_go, wait) = mpsc::channel::<()>();
+    let (returned, hook_returned) = mpsc::channel::<()>();
+    let (wait, returned) = (Mutex::new(wait), Mutex::new(returned));
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    b.add(
+        "App",
+        sh("echo READY; exec sleep 1000")
+            .ready_when(|l| l == "READY")
+            .setup(move |_| {
+                // The first setup (startup's) returns at once; the next waits to be let go.
+                if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+                    let _ = wait.lock().unwrap().recv();
+                    let _ = returned.lock().unwrap().send(());
+                }
+                Ok(())
+            }),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let app = b.service("App").unwrap();
+    app.stop().unwrap();
+    match app.start_with_setup() {
+        Err(Error::StartupTimeout { .. }) => {}
+        other => panic!("expected the start to time out in its setup hook, got {other:?}"),
+    }
+    let_go.send(()).unwrap();
+    hook_returned.recv_timeout(PATIENCE).unwrap();
+    // Its start is over, not spawned: waiting for it to be ready says it isn't running.
+    match app.wait_until_ready() {
+        Err(Error::ServiceNotRunning { service, .. }) => assert_eq!(service, "App"),
+        other => panic!("the called-off start went on, got {other:?}"),
+    }
+    assert!(!app.is_running());
+    assert_eq!(app.incarnation(), 1, "spawned once, at startup");
+    assert!(b.logs().lines().iter().any(|l| l.contains("called off")));
+    assert!(
+        marked_pids(&run_id(&b)).is_empty(),
+        "{:?}",
+        marked_pids(&run_id(&b))
+    );
+    // A later start by hand is its own: it works.
+    app.start().unwrap();
+    assert!(app.is_running());
+    b.shutdown().unwrap();
+}
+
+/// A start by hand that times out while its restart policy waits to restart it is called
+/// off with the restart: nothing restarts it later (it did, after the test was told the
+/// start failed).
+#[test]
+fn a_start_by_hand_that_times_out_calls_off_its_policys_restart() {
+    let p = Project::new("fi-policy-timeout");
+    let b = p.bundle().startup_timeout(Duration::from_secs(3));
+    let policy = Restart::on_failure(5).backoff(Duration::from_secs(3600));
+    let (b, flaky) = stopped_and_broken(&p, b, policy);
+    // It exits at once; its policy's restart is an hour away: the start times out.
+    match flaky.start() {
+        Err(Error::StartupTimeout { .. }) => {}
+        other => panic!("expected the start to time out, got {other:?}"),
+    }
+    // Nothing is to restart it: a wait for it to be ready ends at once, not at the timeout.
+    match flaky.wait_until_ready() {
+        Err(Error::ServiceNotRunning { service, .. }) => assert_eq!(service, "Flaky"),
+        other => panic!("its policy's restart is still pending, got {other:?}"),
+    }
     b.shutdown().unwrap();
 }
 

@@ -348,6 +348,7 @@ fn start_again(
 
 /// A start by hand at `at`: a fresh count of restarts, no failure or crash kept.
 fn fresh_start(st: &mut ServiceState, at: Instant) {
+    st.hand_starts += 1;
     st.restarts = 0;
     st.failure = None;
     st.crash_reported = false;

@@ -18,7 +18,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::errors::{py_err, OrRaise};
-use crate::values::{json_to_py, secs};
+use crate::values::{json_line_to_py, json_to_py, secs};
 use crate::wait::{interruptible, lock};
 
 /// A shared bundle's log line for Python: `(service, text, console form, seq, incarnation)`.
@@ -301,10 +301,21 @@ impl NativeShared {
         let timeout = secs(timeout)?;
         let (value, position) = self.waiting(py, "tail", move |b| {
             let mut tail = b.service(&name)?.tail().from_position(after);
-            let value = tail.until_json(&expr, timeout)?;
+            let value = tail.until_json_line(&expr, timeout)?;
             Ok((value, tail.position()))
         })?;
-        Ok((json_to_py(py, &value)?.unbind(), position))
+        // From the line's text, as `json.loads` reads it (keys in its order, big integers),
+        // like a bundle's own tail; the engine's value if the text didn't come.
+        let (value, text) = value;
+        let from_text = match text {
+            Some(text) => json_line_to_py(py, &text)?,
+            None => None,
+        };
+        let value = match from_text {
+            Some(v) => v.unbind(),
+            None => json_to_py(py, &value)?.unbind(),
+        };
+        Ok((value, position))
     }
 
     /// Where a tail of `name` starts: just after the last line written before this holder

@@ -98,6 +98,13 @@ def test_a_tail_sees_the_lines_from_its_own_attach(file, project):
             texts = [line.text for line in second.logs()]
             assert "before-the-second" not in texts
             assert '{"after": "the-second"}' in texts
+            # As `json.loads` reads the line: its keys in their order, a big integer whole
+            # (they came sorted, the integer a float).
+            with said.open("a") as f:
+                f.write('{"z": 1, "big": 123456789012345678901234567890, "a": 2}\n')
+            value = tail.until_json("big", timeout=PATIENCE)
+            assert list(value) == ["z", "big", "a"]
+            assert value["big"] == 123456789012345678901234567890
             with pytest.raises(hitchserve.LogTimeout):
                 second.service("App").tail().until("before-the-second", timeout=0.2)
             assert "before-the-second" in [line.text for line in first.logs()]

@@ -655,11 +655,23 @@ impl SharedTail<'_> {
     /// Wait up to `timeout` for a JSON line that matches `field=value` (or has `field`;
     /// a dotted field looks inside objects), as the CLI's `logs --until-json` does.
     pub fn until_json(&mut self, expr: &str, timeout: Duration) -> Result<Value> {
-        let v = self.wait(json!({"until_json": expr}), timeout)?;
+        self.until_json_line(expr, timeout).map(|(value, _)| value)
+    }
+
+    /// [`until_json`](Self::until_json), with the text of the line it was read from: for
+    /// a caller that reads the JSON itself (keys in the line's order, numbers as written;
+    /// the Python package does). The text is `None` from a bundle too old to send it.
+    pub fn until_json_line(
+        &mut self,
+        expr: &str,
+        timeout: Duration,
+    ) -> Result<(Value, Option<String>)> {
+        let mut v = self.wait(json!({"until_json": expr}), timeout)?;
         if let Some(seq) = v["seq"].as_u64() {
             self.after = seq;
         }
-        Ok(v["json"].clone())
+        let text = v["text"].as_str().map(str::to_owned);
+        Ok((v["json"].take(), text))
     }
 
     fn wait(&self, what: Value, timeout: Duration) -> Result<Value> {

@@ -100,19 +100,22 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Bundle, req: &Value) -> std::i
         let found = across_restarts(bundle, req, timeout, |left| match after {
             None => tail
                 .until_json(|v| matcher.matches(v), left)
-                .map(|v| (v, None)),
+                .map(|v| (v, None, None)),
             // Line by line, to skip those before the holder's view begins.
             Some(_) => {
                 let until = Instant::now() + left;
                 loop {
                     let line = tail.next_line(until.saturating_duration_since(Instant::now()))?;
                     if let Some(v) = line.json().filter(|v| mine(&line) && matcher.matches(v)) {
-                        return Ok((v, Some(line.seq())));
+                        // Its text too: a client may read the JSON itself (keys in the
+                        // line's order, numbers as written).
+                        return Ok((v, Some(line.seq()), Some(line.text().into_owned())));
                     }
                 }
             }
         });
-        let written = found.map(|(v, seq)| reply(out, &json!({"json": v, "seq": seq})));
+        let written =
+            found.map(|(v, seq, text)| reply(out, &json!({"json": v, "seq": seq, "text": text})));
         return finish(out, written, timeout, &format!("`{expr}` (a JSON line)"));
     }
     let back = back.unwrap_or(usize::MAX);

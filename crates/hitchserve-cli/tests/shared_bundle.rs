@@ -852,7 +852,7 @@ fn a_travel_asked_with_no_lease_held_is_not_inherited_by_the_next_holder() {
 //   panicked at crates/hitchserve-cli/tests/user_review.rs:266:5:
 //   the session's own travel (+2 days) was undone with the view's: the clock is
 //   2026-12-01T12:40:51.126963714Z (90µs 886ns ago from real time)
-// (its log, seen from Python with the same calls: "[Hitch] Time travelling to 3 days ago";
+// (its log, seen from Python with the same calls: "[Hitch] Time traveling to 3 days ago";
 // "[Hitch] The clock is back to real time: process 18371, which moved it, holds the shared
 // bundle no more" — while that process's session lease still held it.)
 #[test]

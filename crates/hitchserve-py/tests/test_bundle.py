@@ -139,7 +139,7 @@ def test_interactive_mode_shows_what_the_user_asked_for_and_mutes_only_service_l
         bundle.warn("A bad thing just happened")
         out = capfd.readouterr().out.splitlines()
         # As the console prints them (the label padded to "Err Django").
-        assert out[0].startswith("[     Hitch] Time travelling to 2 days from now (")
+        assert out[0].startswith("[     Hitch] Time traveling to 2 days from now (")
         assert out[1:] == [
             "[     Hitch] Your message here",
             "[     Hitch] WARNING: A bad thing just happened",

@@ -54,7 +54,7 @@ def test_the_readmes_ten_line_example_runs(readme, hitchserve_project_directory,
     assert printed_now, out
     now = datetime.datetime.fromisoformat(printed_now.group(1))
     assert now - before >= datetime.timedelta(days=30)
-    assert "Time travelling to 30 days from now" in out
+    assert "Time traveling to 30 days from now" in out
 
 
 @pytest.mark.parametrize("readme", sorted(READMES))

@@ -58,7 +58,7 @@ def test_the_seeds_time_travel_session(started):
     before = bundle.now()
     bundle.time_travel(days=-1)
     assert bundle.now() < before - timedelta(hours=23)
-    printed = [l for l in bundle.logs.lines() if l.startswith("Time travelling to")]
+    printed = [l for l in bundle.logs.lines() if l.startswith("Time traveling to")]
     assert len(printed) == 5
 
 
@@ -69,11 +69,11 @@ def test_a_jump_back_is_said_exactly_as_asked(started):
     assert bundle.now() < before - timedelta(days=2, hours=23)
     bundle.time_travel(days=-1)
     bundle.time_travel(timedelta(hours=-2), minutes=-30)
-    said = [l.split(" (")[0] for l in bundle.logs.lines() if l.startswith("Time travelling")]
+    said = [l.split(" (")[0] for l in bundle.logs.lines() if l.startswith("Time traveling")]
     assert said == [
-        "Time travelling to 3 days ago",
-        "Time travelling to 1 day ago",
-        "Time travelling to 2 hours ago",
+        "Time traveling to 3 days ago",
+        "Time traveling to 1 day ago",
+        "Time traveling to 2 hours ago",
     ]
 
 
@@ -85,7 +85,7 @@ def test_a_timedelta_given_first_is_a_delta(started):
     assert bundle.now() - real >= timedelta(days=1)
     # Service lines may come after it: look at everything logged since.
     said = bundle.logs.lines()[before:]
-    assert any(l.startswith("Time travelling to 1 day from now") for l in said), said
+    assert any(l.startswith("Time traveling to 1 day from now") for l in said), said
 
 
 @pytest.mark.parametrize(
@@ -100,7 +100,7 @@ def test_time_travel_to_something_not_a_datetime_is_a_type_error(started, call, 
     before = len(started.logs)
     with pytest.raises(TypeError, match=words):
         call(started)
-    assert not [l for l in started.logs.lines()[before:] if l.startswith("Time travelling")]
+    assert not [l for l in started.logs.lines()[before:] if l.startswith("Time traveling")]
 
 
 def test_the_process_api_is_psutil(started):

@@ -57,7 +57,7 @@ def test_b_is_back_on_the_sessions_clock(shared_bundle):
 #   FAILED test_inner.py::test_b_is_back_on_the_sessions_clock - AssertionError: ...
 #   ========================= 1 failed, 1 passed in 0.12s ==========================
 # (and with the same calls made directly, the log:
-#   [Hitch] Time travelling to 366 days ago (...)
+#   [Hitch] Time traveling to 366 days ago (...)
 #   [Hitch] The clock is back to real time: process N, which moved it, holds the shared
 #   bundle no more — while its session lease still holds it.)
 def test_releasing_a_tests_view_undoes_only_the_tests_travel_not_the_sessions(pytester):

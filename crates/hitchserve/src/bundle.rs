@@ -338,7 +338,7 @@ impl Bundle {
         how(&self.clock)?;
         let to = self.clock.now();
         let jump = by_ns.map_or_else(|| describe_jump(from, to), describe_shift);
-        self.log(format!("Time travelling to {jump} ({})", show(to)));
+        self.log(format!("Time traveling to {jump} ({})", show(to)));
         Ok(())
     }
 

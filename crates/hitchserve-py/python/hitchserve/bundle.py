@@ -224,7 +224,7 @@ class ServiceBundle:
     ) -> None:
         """Move every service's clock: to ``datetime`` (naive means local time), or by
         ``timedelta`` plus ``days``/``hours``/``minutes``/``seconds`` (negative goes back).
-        The jump is logged ("Time travelling to 2 days from now"), in interactive mode too.
+        The jump is logged ("Time traveling to 2 days from now"), in interactive mode too.
         A ``timedelta`` given first, ``bundle.time_travel(timedelta(days=1))``, is a delta;
         with ``datetime``, the deltas are added to it."""
         moment, delta = _travel(datetime, timedelta, seconds, minutes, hours, days)

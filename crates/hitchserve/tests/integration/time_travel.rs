@@ -91,7 +91,7 @@ fn a_jump_forward_is_seen_by_the_service_and_its_clock_keeps_ticking() {
         .logs()
         .lines()
         .iter()
-        .any(|l| l.starts_with("Time travelling to 2 days from now (")));
+        .any(|l| l.starts_with("Time traveling to 2 days from now (")));
 }
 
 #[test]
@@ -122,16 +122,16 @@ fn a_signed_jump_back_is_seen_by_the_service_and_logged_as_asked() {
         .logs()
         .lines()
         .into_iter()
-        .filter(|l| l.starts_with("Time travelling to "))
+        .filter(|l| l.starts_with("Time traveling to "))
         .map(|l| l.split(" (").next().unwrap_or_default().to_owned())
         .collect();
     // Said as asked, not as two clock reads a moment apart measure it ("2 days ago").
     assert_eq!(
         said,
         [
-            "Time travelling to 3 days ago",
-            "Time travelling to 1 day ago",
-            "Time travelling to 4 days from now"
+            "Time traveling to 3 days ago",
+            "Time traveling to 1 day ago",
+            "Time traveling to 4 days from now"
         ]
     );
 }

@@ -15,20 +15,26 @@ use crate::runtime::Runtime;
 
 impl Runtime {
     /// Start service `idx` again if it has stopped (its setup hook too if `setup`); then the
-    /// caller waits for it to be ready. A service that runs or is starting is left as it is.
+    /// caller waits for it to be ready. A service that runs or is starting is left as it is,
+    /// but for a start called off (or stopped) before it was spawned: it goes on, as this.
     /// Returns the number of this start by hand (see `ServiceState::hand_starts`), if this
     /// started it.
     pub(crate) fn start_again(self: &Arc<Self>, idx: usize, setup: bool) -> Result<Option<u32>> {
-        let (actions, started) = {
+        let (actions, started, taken_back) = {
             let mut states = self.lock();
             if self.is_stopping() {
                 return Err(self.shut_down(idx));
             }
             // Waiting for its needs (a start during startup): the scheduler starts it.
-            let stopped = matches!(
+            let taken_back = matches!(
                 states[idx].phase,
-                Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. }
+                Phase::SettingUp { stop: Some(_) } | Phase::Spawning { stop: Some(_) }
             );
+            let stopped = taken_back
+                || matches!(
+                    states[idx].phase,
+                    Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. }
+                );
             if !stopped {
                 return Ok(None);
             }
@@ -36,9 +42,15 @@ impl Runtime {
             let actions = self
                 .apply_locked(&mut states, idx, Event::StartAgain { at, setup })
                 .0;
-            (actions, states[idx].hand_starts)
+            (actions, states[idx].hand_starts, taken_back)
         };
         self.changed.notify_all();
+        if taken_back {
+            self.sink.log(&format!(
+                "Starting {} again: the start under way goes on",
+                self.services()[idx].name
+            ));
+        }
         self.carry_out(idx, actions);
         Ok(Some(started))
     }

@@ -154,8 +154,11 @@ pub(crate) struct ServiceState {
     pub incarnation: u32,
     /// How many times its restart policy has restarted it (since it was last started by hand).
     pub restarts: u32,
-    /// How many starts by hand (`start`, `restart`) it has had: a failed one calls off only
-    /// its own start (and the restarts its policy made of it), never a later one.
+    /// How many starts by hand (`start`, `restart`) have been asked of it: each has its
+    /// number, taken under the lock when it is asked (a restart's, before its process is
+    /// even stopped; one that joins a start under way, or takes back a start called off,
+    /// has one too). A failed one calls off only its own start (and the restarts its
+    /// policy made of it), never a later one.
     pub hand_starts: u32,
 }
 
@@ -282,24 +285,9 @@ impl ServiceState {
         }
     }
 
-    /// The number of the start by hand that a start or restart asked just now waits for:
-    /// this one if it is starting (or is a stopped one's start just made), the next if it
-    /// starts once its process is reaped.
-    pub(crate) fn awaited_hand_start(&self) -> u32 {
-        let after = match self.phase {
-            Phase::Running { after, .. }
-            | Phase::Exiting { after, .. }
-            | Phase::Draining { after, .. } => after,
-            _ => AfterExit::Policy,
-        };
-        match after {
-            AfterExit::Start { .. } => self.hand_starts + 1,
-            _ => self.hand_starts,
-        }
-    }
-
-    /// Whether start by hand number `n` is what runs or starts now, with no stop asked:
-    /// what calling it off after it failed may stop (its policy's restarts included).
+    /// Whether start by hand number `n` is what runs or starts now and nobody has asked it
+    /// to stop (an exit seen already counts too: its policy may restart it): what calling
+    /// it off after it failed may stop (its policy's restarts included).
     pub(crate) fn is_unstopped_hand_start(&self, n: u32) -> bool {
         self.hand_starts == n
             && matches!(

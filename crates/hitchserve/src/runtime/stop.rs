@@ -131,7 +131,7 @@ impl Runtime {
     /// `then_start`, it is started again once reaped (a restart; its setup hook too if
     /// `Some(true)`) and this returns once the new start has begun. `None` if the bundle
     /// is stopping (then nothing was done); else the number of the start by hand that a
-    /// restart waits for (see `ServiceState::awaited_hand_start`).
+    /// restart waits for (see `ServiceState::hand_starts`).
     pub(crate) fn stop_one(self: &Arc<Self>, idx: usize, then_start: Option<bool>) -> Option<u32> {
         self.stop_one_if(idx, then_start, None)
     }
@@ -164,18 +164,28 @@ impl Runtime {
                 main_exited,
                 then_start,
             };
+            // What a call-off (`only`) does where no stop signal says it.
+            let called_off = match states[idx].phase {
+                _ if only.is_none() => None,
+                Phase::SettingUp { .. } => Some("it won't be spawned once its setup hook returns"),
+                Phase::Spawning { .. } => Some("it is killed as soon as it is spawned"),
+                Phase::Restarting { .. } => Some("its restart policy won't start it again"),
+                _ => None,
+            };
+            // Its setup hook (the test's code) may run a long while yet: not waited for.
+            let wait = !(only.is_some() && matches!(states[idx].phase, Phase::SettingUp { .. }));
             let (actions, signalled) = self.apply_locked(&mut states, idx, event);
-            let awaited = states[idx].awaited_hand_start();
-            if only.is_some() && matches!(states[idx].phase, Phase::SettingUp { .. }) {
-                // Its setup hook (the test's code) may run a long while yet; it won't be
-                // spawned once it returns.
-                drop(states);
-                self.changed.notify_all();
-                self.carry_out(idx, actions);
+            let awaited = states[idx].hand_starts;
+            drop(states);
+            if let Some(what) = called_off {
                 self.sink.log(&format!(
-                    "{}'s failed start is called off: it won't be spawned once its setup hook returns",
+                    "{}'s failed start is called off: {what}",
                     self.services()[idx].name
                 ));
+            }
+            if !wait {
+                self.changed.notify_all();
+                self.carry_out(idx, actions);
                 return Some(awaited);
             }
             (actions, signalled, before, awaited)
@@ -191,9 +201,10 @@ impl Runtime {
             self.user_code.get(idx).is_some() && st.group().is_none_or(|g| !group_alive(g.leader()))
         };
         // Its group as it was: with `then_start`, the next process may run by now — not
-        // a process to wait for, nor to kill.
-        let old_gone =
-            |st: &ServiceState| st.group_gone() || st.incarnation > before || stuck_and_gone(st);
+        // a process to wait for, nor to kill. (Without, a process spawned since is the one
+        // this stop kills: waited for.)
+        let restarted = |st: &ServiceState| then_start.is_some() && st.incarnation > before;
+        let old_gone = |st: &ServiceState| st.group_gone() || restarted(st) || stuck_and_gone(st);
         let (states, gone) = self.wait_stopped(deadline, false, |s| old_gone(&s[idx]));
         if !gone
             && states[idx].incarnation == before

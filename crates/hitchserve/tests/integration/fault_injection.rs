@@ -372,13 +372,17 @@ fn a_start_by_hand_that_its_policy_gives_up_on_is_reported_once() {
     b.shutdown().unwrap();
 }
 
-/// A start by hand that times out in its setup hook is called off: once the hook returns,
-/// the service is not spawned (it was, and ran on after the test was told the start failed).
-#[test]
-fn a_start_by_hand_that_times_out_in_its_setup_hook_is_not_spawned_after() {
+/// A bundle (startup timeout 3 s: the tests wait it out on purpose) with `App`, whose
+/// setup hook returns at once the first time (startup's) and later waits until let go
+/// (then says it returned).
+fn app_whose_later_setups_wait(
+    p: &Project,
+) -> (
+    hitchserve::Bundle,
+    std::sync::mpsc::Sender<()>,
+    std::sync::mpsc::Receiver<()>,
+) {
     use std::sync::{mpsc, Mutex};
-    let p = Project::new("fi-slow-setup");
-    // Short, since this test waits it out on purpose: the hook blocks until let go.
     let mut b = p.bundle().startup_timeout(Duration::from_secs(3));
     let (let_go, wait) = mpsc::channel::<()>();
     let (returned, hook_returned) = mpsc::channel::<()>();
@@ -389,7 +393,6 @@ fn a_start_by_hand_that_times_out_in_its_setup_hook_is_not_spawned_after() {
         sh("echo READY; exec sleep 1000")
             .ready_when(|l| l == "READY")
             .setup(move |_| {
-                // The first setup (startup's) returns at once; the next waits to be let go.
                 if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
                     let _ = wait.lock().unwrap().recv();
                     let _ = returned.lock().unwrap().send(());
@@ -398,6 +401,15 @@ fn a_start_by_hand_that_times_out_in_its_setup_hook_is_not_spawned_after() {
             }),
     )
     .unwrap();
+    (b, let_go, hook_returned)
+}
+
+/// A start by hand that times out in its setup hook is called off: once the hook returns,
+/// the service is not spawned (it was, and ran on after the test was told the start failed).
+#[test]
+fn a_start_by_hand_that_times_out_in_its_setup_hook_is_not_spawned_after() {
+    let p = Project::new("fi-slow-setup");
+    let (mut b, let_go, hook_returned) = app_whose_later_setups_wait(&p);
     b.startup().unwrap();
     let app = b.service("App").unwrap();
     app.stop().unwrap();
@@ -423,6 +435,34 @@ fn a_start_by_hand_that_times_out_in_its_setup_hook_is_not_spawned_after() {
     // A later start by hand is its own: it works.
     app.start().unwrap();
     assert!(app.is_running());
+    b.shutdown().unwrap();
+}
+
+/// A start asked while a called-off start is still in its setup hook takes it back: the
+/// start goes on, as the new one, and gets ready (it waited for the called-off start and
+/// reported "never started").
+#[test]
+fn a_start_asked_while_a_called_off_start_sets_up_takes_it_back() {
+    let p = Project::new("fi-take-back");
+    let (mut b, let_go, _) = app_whose_later_setups_wait(&p);
+    b.startup().unwrap();
+    let app = b.service("App").unwrap();
+    app.stop().unwrap();
+    assert!(matches!(
+        app.start_with_setup(),
+        Err(Error::StartupTimeout { .. })
+    ));
+    let mut said = b.logs().tail();
+    std::thread::scope(|s| {
+        let again = s.spawn(|| app.start());
+        // Taken back (the hook still runs): let the hook return.
+        said.until(|l| l.contains("the start under way goes on"), PATIENCE)
+            .unwrap();
+        let_go.send(()).unwrap();
+        again.join().unwrap().unwrap();
+    });
+    assert!(app.is_running());
+    assert_eq!(app.incarnation(), 2);
     b.shutdown().unwrap();
 }
 

@@ -166,6 +166,16 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. },
             Event::StartAgain { at, setup },
         ) => start_again(st, t, at, setup, &mut actions),
+        // A start called off (or stopped) before it was spawned, started again before it
+        // ended: it goes on, as this new start by hand.
+        (Phase::SettingUp { stop: Some(_) }, Event::StartAgain { .. }) => {
+            st.hand_starts += 1;
+            Phase::SettingUp { stop: None }
+        }
+        (Phase::Spawning { stop: Some(_) }, Event::StartAgain { .. }) => {
+            st.hand_starts += 1;
+            Phase::Spawning { stop: None }
+        }
         (Phase::Restarting { .. } | Phase::NotStarted, Event::GiveUp { status }) => {
             // (From `NotStarted`: its policy's start was refused; that error is in the
             // warning, not kept for a later start to report.)
@@ -336,6 +346,7 @@ fn start_again(
     setup: bool,
     actions: &mut Vec<Action>,
 ) -> Phase {
+    st.hand_starts += 1;
     fresh_start(st, at);
     actions.push(Action::LogsGoOn);
     actions.push(Action::Start);
@@ -346,9 +357,9 @@ fn start_again(
     }
 }
 
-/// A start by hand at `at`: a fresh count of restarts, no failure or crash kept.
+/// A start by hand at `at`: a fresh count of restarts, no failure or crash kept. (Its
+/// number, `hand_starts`, was taken when it was asked.)
 fn fresh_start(st: &mut ServiceState, at: Instant) {
-    st.hand_starts += 1;
     st.restarts = 0;
     st.failure = None;
     st.crash_reported = false;
@@ -409,6 +420,16 @@ fn stop(
     then: Option<bool>,
     actions: &mut Vec<Action>,
 ) -> Phase {
+    if then.is_some()
+        && matches!(
+            phase,
+            Phase::Running { .. } | Phase::Exiting { .. } | Phase::Draining { .. }
+        )
+    {
+        // A restart: its start comes once the process is reaped, but its number is taken
+        // now, so no other start (another thread's, made in between) can be taken for it.
+        st.hand_starts += 1;
+    }
     match phase {
         Phase::Waiting => {
             actions.push(Action::LogsEnded);
@@ -416,8 +437,14 @@ fn stop(
         }
         // A restart of a service being started is that start (a fresh one already); a stop
         // asked before is called off by it.
-        Phase::SettingUp { .. } if then.is_some() => Phase::SettingUp { stop: None },
-        Phase::Spawning { .. } if then.is_some() => Phase::Spawning { stop: None },
+        Phase::SettingUp { .. } if then.is_some() => {
+            st.hand_starts += 1;
+            Phase::SettingUp { stop: None }
+        }
+        Phase::Spawning { .. } if then.is_some() => {
+            st.hand_starts += 1;
+            Phase::Spawning { stop: None }
+        }
         Phase::SettingUp { stop } => Phase::SettingUp {
             stop: stop.or(Some(asked)),
         },

@@ -501,6 +501,137 @@ fn review3_cases() -> Vec<Case> {
     ]
 }
 
+/// Started up (without a setup hook), stopped, reaped: then `more`.
+fn after_a_stop<const N: usize>(more: [Event; N]) -> Vec<Event> {
+    let mut events = vec![
+        picked(),
+        spawned(),
+        stop(),
+        exit(0),
+        Event::GroupKilled,
+        reaped(0),
+    ];
+    events.extend(more);
+    events
+}
+
+/// `after_a_stop`, for a service with a setup hook.
+fn after_a_stop_with_setup<const N: usize>(more: [Event; N]) -> Vec<Event> {
+    let mut events = vec![picked(), setup(Ok(())), spawned(), stop(), exit(0)];
+    events.extend([Event::GroupKilled, reaped(0)]);
+    events.extend(more);
+    events
+}
+
+/// Each start by hand has its number, taken when it is asked: a failed one calls off only
+/// its own start (review of the call-off: rows that failed when they were written).
+fn hand_start_cases() -> Vec<Case> {
+    let start_again = |setup| Event::StartAgain { at: at(), setup };
+    vec![
+        Case {
+            what: "a start by hand is number 1; startup's start is none",
+            traits: plain(),
+            events: after_a_stop([start_again(false)]),
+            actions: vec![Action::LogsGoOn, Action::Start],
+            holds: |st, _| st.hand_starts == 1 && st.is_unstopped_hand_start(1),
+        },
+        Case {
+            what: "a restart of a running service takes its number when asked, before the reap",
+            traits: plain(),
+            events: vec![picked(), spawned(), restart(false)],
+            actions: vec![Action::Signal(group(), Signal::SIGTERM)],
+            holds: |st, _| {
+                st.hand_starts == 1
+                    && !st.is_unstopped_hand_start(0)
+                    && !st.is_unstopped_hand_start(1)
+            },
+        },
+        Case {
+            what: "... and its start, at the reap, is that number (no new one)",
+            traits: plain(),
+            events: vec![
+                picked(),
+                spawned(),
+                restart(false),
+                exit(0),
+                Event::GroupKilled,
+                reaped(0),
+            ],
+            actions: vec![Action::Spawn],
+            holds: |st, _| st.hand_starts == 1 && st.is_unstopped_hand_start(1),
+        },
+        Case {
+            what: "a restart cancelled by a stop keeps its number: a later start is another",
+            traits: plain(),
+            events: vec![
+                picked(),
+                spawned(),
+                restart(false),
+                stop(),
+                exit(0),
+                Event::GroupKilled,
+                reaped(0),
+                start_again(false),
+            ],
+            actions: vec![Action::LogsGoOn, Action::Start],
+            holds: |st, _| st.hand_starts == 2 && !st.is_unstopped_hand_start(1),
+        },
+        Case {
+            what: "a restart joining a start in its setup hook is a start of its own",
+            traits: with(|t| t.setup = true),
+            events: after_a_stop_with_setup([start_again(true), restart(false)]),
+            actions: vec![],
+            holds: |st, _| {
+                matches!(st.phase, Phase::SettingUp { stop: None })
+                    && st.hand_starts == 2
+                    && !st.is_unstopped_hand_start(1)
+            },
+        },
+        Case {
+            what: "a start called off in its setup hook, started again: it goes on, a new number",
+            traits: with(|t| t.setup = true),
+            events: after_a_stop_with_setup([start_again(true), stop(), start_again(false)]),
+            actions: vec![],
+            holds: |st, _| {
+                matches!(st.phase, Phase::SettingUp { stop: None })
+                    && st.hand_starts == 2
+                    && st.is_unstopped_hand_start(2)
+            },
+        },
+        Case {
+            what: "a start called off while spawning, started again: not killed once spawned",
+            traits: plain(),
+            events: after_a_stop([start_again(false), stop(), start_again(false), spawned()]),
+            actions: vec![],
+            holds: |st, _| {
+                st.hand_starts == 2 && st.is_unstopped_hand_start(2) && st.incarnation == 2
+            },
+        },
+        Case {
+            what: "its policy's pending restart belongs to the start it restarts",
+            traits: with(|t| t.restart = Restart::on_failure(2)),
+            events: after_a_stop([
+                start_again(false),
+                spawned(),
+                exit(1),
+                Event::GroupKilled,
+                reaped(1),
+            ]),
+            actions: vec![Action::RestartAfter(Duration::from_millis(100))],
+            holds: |st, _| st.restart_pending() && st.is_unstopped_hand_start(1),
+        },
+    ]
+}
+
+#[test]
+fn each_start_by_hand_has_its_own_number() {
+    for case in hand_start_cases() {
+        let (st, actions) = drive(&case.traits, case.events);
+        assert_eq!(actions, case.actions, "{}: actions", case.what);
+        assert!((case.holds)(&st, &case.traits), "{}: {:?}", case.what, st);
+    }
+}
+
 #[test]
 fn review3_transitions_follow_the_table() {
     let mut failed = Vec::new();

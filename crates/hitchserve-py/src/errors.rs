@@ -30,6 +30,7 @@ pub(crate) fn class_of(e: &Error) -> &'static str {
         | Error::ProjectDir { .. }
         | Error::LibfaketimeMissing { .. }
         | Error::NoSuchUser { .. }
+        | Error::ReadinessNeverPasses { .. }
         | Error::UnknownPort { .. }
         | Error::InvalidPattern { .. }
         | Error::Unpreloadable { .. }
@@ -94,6 +95,7 @@ pub(crate) fn context_of(e: &Error) -> (Option<String>, Vec<String>) {
         | Error::ReadinessPanicked { service, .. }
         | Error::NoSuchService { service, .. }
         | Error::NoSuchUser { service, .. }
+        | Error::ReadinessNeverPasses { service, .. }
         | Error::UnknownPort { service, .. }
         | Error::UnreachableForUser { service, .. }
         | Error::ServiceNotRunning { service, .. }

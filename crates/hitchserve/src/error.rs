@@ -279,6 +279,15 @@ pub enum Error {
         user: String,
     },
 
+    /// A part of the service's readiness check can never pass.
+    #[error("service `{service}`'s readiness check can never pass: {reason}")]
+    ReadinessNeverPasses {
+        /// The service.
+        service: String,
+        /// Which part, and what to do.
+        reason: String,
+    },
+
     /// A `{port.NAME}` or `{Service.port.NAME}` template names no port.
     #[error("service `{service}` uses {template}, but no such port was declared: add Service::port(\"NAME\") to the service that owns it")]
     UnknownPort {
@@ -518,6 +527,7 @@ impl Error {
             Error::EndedWhileWaiting { .. } => "EndedWhileWaiting",
             Error::LibfaketimeMissing { .. } => "LibfaketimeMissing",
             Error::NoSuchUser { .. } => "NoSuchUser",
+            Error::ReadinessNeverPasses { .. } => "ReadinessNeverPasses",
             Error::UnknownPort { .. } => "UnknownPort",
             Error::InvalidPattern { .. } => "InvalidPattern",
             Error::Unpreloadable { .. } => "Unpreloadable",

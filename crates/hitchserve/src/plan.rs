@@ -144,6 +144,12 @@ fn expand(name: &str, svc: &Service, run_dir: &Path, ports: &PortTable) -> Resul
         .map(|(k, v)| Ok((k.clone(), v.as_ref().map(os).transpose()?)))
         .collect::<Result<_>>()?;
     out.ready = svc.ready.expand(&f)?;
+    if let Some(reason) = out.ready.never_passes() {
+        return Err(Error::ReadinessNeverPasses {
+            service: name.to_owned(),
+            reason,
+        });
+    }
     Ok(out)
 }
 

@@ -240,20 +240,43 @@ impl Ready {
     pub(crate) fn checker(&self) -> Checker {
         let mut leaves = Vec::new();
         let tree = flatten(self, &mut leaves);
-        let n = leaves.len();
+        let passed = vec![false; leaves.len()];
+        // Met by the start alone (`started()`, also inside `all` / `any`): nothing to check.
+        let done = holds(&tree, &passed);
         Checker {
             tree,
             leaves,
             state: Mutex::new(CheckState {
-                passed: vec![false; n],
-                done: false,
+                passed,
+                done,
                 last_failure: None,
             }),
         }
     }
 
+    /// Whether the process starting is enough (`started()`, alone or in `all` / `any`):
+    /// the check holds with none of its other parts passed.
     pub(crate) fn is_immediate(&self) -> bool {
-        matches!(self.0, Kind::Started)
+        let mut leaves = Vec::new();
+        let tree = flatten(self, &mut leaves);
+        holds(&tree, &vec![false; leaves.len()])
+    }
+
+    /// Why a part of this check can never pass, if one can't: an `any` of nothing, an
+    /// HTTP check of a URL it can't ask. Found when the bundle starts, before anything runs.
+    pub(crate) fn never_passes(&self) -> Option<String> {
+        match &self.0 {
+            Kind::Any(v) if v.is_empty() => {
+                Some("`Ready::any` of no checks: give it at least one".to_owned())
+            }
+            Kind::Http(h) if !h.url.starts_with("http://") => Some(format!(
+                "`{}` is not an http:// URL, the only kind an HTTP check can ask \
+                 (check its TCP port, or a log line, instead)",
+                h.url
+            )),
+            Kind::All(v) | Kind::Any(v) => v.iter().find_map(Ready::never_passes),
+            _ => None,
+        }
     }
 }
 

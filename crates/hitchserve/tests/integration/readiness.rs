@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hitchserve::{Error, Ready, Service};
 
-use crate::common::{sh, Project};
+use crate::common::{sh, Project, PATIENCE};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -129,6 +129,60 @@ fn all_needs_every_part_and_any_needs_one() {
         ])),
     );
     drop(b);
+}
+
+/// `started()` inside `all` / `any` counts as soon as the process runs, and `all` of
+/// nothing holds at once (they timed out: only a bare `started()` was seen as met).
+#[test]
+fn started_inside_all_or_any_is_met_once_the_process_runs() {
+    let p = Project::new("ready-started-inside");
+    for (name, ready) in [
+        (
+            "AnyStarted",
+            Ready::any([Ready::started(), Ready::line_contains("never")]),
+        ),
+        ("AllStarted", Ready::all([Ready::started()])),
+        ("AllOfNothing", Ready::all([])),
+        (
+            "AnyProbeOrStarted",
+            Ready::any([Ready::file("never-there"), Ready::started()]),
+        ),
+    ] {
+        // Nothing it prints could pass a line check: only its start can make it ready.
+        let mut b = p.bundle().startup_timeout(PATIENCE);
+        b.add(name, sh("exec sleep 1000").ready(ready)).unwrap();
+        b.startup().unwrap();
+        assert!(b.service(name).unwrap().is_ready(), "{name}");
+        b.shutdown().unwrap();
+    }
+}
+
+/// A check that can never pass is an error before anything starts, naming the service
+/// (it waited out the startup timeout).
+#[test]
+fn a_readiness_check_that_can_never_pass_is_refused_before_anything_starts() {
+    let p = Project::new("ready-never");
+    for (ready, says) in [
+        (Ready::any([]), "`Ready::any` of no checks"),
+        (
+            Ready::all([
+                Ready::line_contains("x"),
+                Ready::http("https://127.0.0.1:1/"),
+            ]),
+            "not an http:// URL",
+        ),
+    ] {
+        let mut b = p.bundle().startup_timeout(PATIENCE);
+        b.add("Never", sh("echo READY; exec sleep 1000").ready(ready))
+            .unwrap();
+        match b.startup() {
+            Err(e @ Error::ReadinessNeverPasses { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("`Never`") && text.contains(says), "{text}");
+            }
+            other => panic!("expected ReadinessNeverPasses, got {other:?}"),
+        }
+    }
 }
 
 #[test]

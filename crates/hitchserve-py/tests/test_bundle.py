@@ -260,6 +260,60 @@ def test_bad_env_vars_are_refused_when_the_service_is_defined(env_vars, error, w
         hitchserve.Service(command=["true"], env_vars=env_vars)
 
 
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(needs=5), TypeError, "needs must be a list of services or their names, not a int"),
+        (dict(needs=[None]), TypeError, "needs: None is neither a service nor a service's name"),
+        (dict(env_vars="A=1"), TypeError, "env_vars must be a dict of names to values, not a str"),
+        (dict(directory=5), TypeError, "directory must be a path"),
+        (dict(stop_signal=999), ValueError, "stop_signal=999 is not a signal"),
+        (dict(stop_signal="SIGNOPE"), ValueError, "stop_signal='SIGNOPE' is not a signal"),
+        (dict(command=["echo", None]), TypeError, r"command\[1\] is None"),
+    ],
+)
+def test_arguments_of_the_wrong_kind_are_refused_naming_the_argument(kwargs, error, words):
+    kwargs.setdefault("command", ["true"])
+    with pytest.raises(error, match=words):
+        hitchserve.Service(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(startup_timeout=None), TypeError, "startup_timeout must be a number of seconds, not None"),
+        (dict(startup_timeout=-1), ValueError, "startup_timeout must be from 0 to a year"),
+        (dict(shutdown_timeout=1e300), ValueError, "shutdown_timeout must be from 0 to a year"),
+    ],
+)
+def test_bad_bundle_timeouts_are_refused_naming_the_argument(project, kwargs, error, words):
+    with pytest.raises(error, match=words):
+        hitchserve.ServiceBundle(str(project), **kwargs)
+
+
+def test_one_need_given_alone_and_signal_names_are_understood(project):
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Db"] = hitchserve.Service(command=py(READY_THEN_WAIT), log_line_ready_checker=lambda l: l == "READY")
+    bundle["App"] = hitchserve.Service(command=py(READY_THEN_WAIT), needs="Db", stop_signal="int")
+    assert bundle["App"].needs == ["Db"]
+    with bundle:
+        bundle.startup()
+
+
+def test_one_service_object_under_two_names_is_refused(project):
+    bundle = hitchserve.ServiceBundle(str(project))
+    service = hitchserve.Service(command=["true"])
+    bundle["A"] = service
+    with pytest.raises(hitchserve.DefinitionError, match="already in the bundle as 'A'"):
+        bundle["B"] = service
+    # A name given again is replaced, as in a dict; the old Service is free for another.
+    other = hitchserve.Service(command=["true"])
+    bundle["A"] = other
+    assert bundle["A"] is other
+    bundle["B"] = service
+    assert service.name == "B"
+
+
 def test_a_service_name_that_is_not_a_string_is_refused_when_added(project):
     bundle = hitchserve.ServiceBundle(str(project))
     with pytest.raises(TypeError, match="service names are strings, not int: 1"):

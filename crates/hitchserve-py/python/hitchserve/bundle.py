@@ -44,8 +44,8 @@ class ServiceBundle:
         if project_directory is None:
             project_directory = os.getcwd()
         self.project_directory = os.fspath(project_directory)
-        self.startup_timeout = float(startup_timeout)
-        self.shutdown_timeout = float(shutdown_timeout)
+        self.startup_timeout = _timeout("startup_timeout", startup_timeout)
+        self.shutdown_timeout = _timeout("shutdown_timeout", shutdown_timeout)
         self.hitch_dir = hitch_dir
         self._native = _native.NativeBundle(
             self.project_directory,
@@ -73,6 +73,16 @@ class ServiceBundle:
             )
         if service._bundle is not None and service._bundle is not self:
             raise DefinitionError(f"this service is already in another bundle as {service.name!r}")
+        if service._bundle is self and service.name != name:
+            # One object can't be two services: each name would act on the other's process.
+            raise DefinitionError(
+                f"this Service is already in the bundle as {service.name!r}: give {name!r} a "
+                "Service of its own"
+            )
+        # Like a dict, a name given again is replaced; the Service it had is free again.
+        replaced = self._services.get(name)
+        if replaced is not None and replaced is not service:
+            replaced._bundle = None
         service.name = name
         service._bundle = self
         self._services[name] = service
@@ -313,3 +323,15 @@ def _delta_micros(delta: _dt.timedelta) -> int:
 def _from_micros(us: int) -> _dt.datetime:
     aware = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(microseconds=us)
     return aware.astimezone().replace(tzinfo=None)
+
+
+def _timeout(what: str, value: Any) -> float:
+    """A timeout in seconds (or a ``timedelta``): a number from 0 to a year."""
+    if isinstance(value, _dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds, not {value!r}")
+    seconds = float(value)
+    if not 0 <= seconds <= 365 * 24 * 3600:
+        raise ValueError(f"{what} must be from 0 to a year (in seconds), not {value!r}")
+    return seconds

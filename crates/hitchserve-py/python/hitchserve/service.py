@@ -11,7 +11,7 @@ import datetime as _dt
 import os
 import shlex
 import subprocess
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import psutil
 
@@ -157,16 +157,28 @@ class Service:
                 f"the service is ready, not a {type(log_line_ready_checker).__name__}: e.g. "
                 f"log_line_ready_checker=lambda line: {log_line_ready_checker!r} in line"
             )
-        self.command = [str(c) for c in command] if command is not None else None
+        self.command = _checked_command(command) if command is not None else None
         self.log_line_ready_checker = log_line_ready_checker
+        if directory is not None and not isinstance(directory, (str, bytes, os.PathLike)):
+            raise TypeError(
+                f"directory must be a path (a str or pathlib.Path), not a {type(directory).__name__}: "
+                f"{directory!r}"
+            )
         self.directory = directory
         self.no_libfaketime = no_libfaketime
+        if env_vars is not None and not isinstance(env_vars, Mapping):
+            raise TypeError(
+                f"env_vars must be a dict of names to values, not a {type(env_vars).__name__}: "
+                f"e.g. env_vars={{'NAME': 'value'}}"
+            )
         self.env_vars = dict(env_vars or {})
         _check_env_vars(self.env_vars)
-        self.needs = list(needs or [])
-        self.needs_started = list(needs_started or [])
-        self.needs_completed = list(needs_completed or [])
+        self.needs = _checked_needs("needs", needs)
+        self.needs_started = _checked_needs("needs_started", needs_started)
+        self.needs_completed = _checked_needs("needs_completed", needs_completed)
         self.ports = list(ports or [])
+        if stop_signal is not None:
+            _signal_name(stop_signal)
         self.stop_signal = stop_signal
         self.user = user
         self.one_shot = one_shot
@@ -514,11 +526,66 @@ def _name_of(need: Union[Service, str]) -> str:
 
 
 def _signal_name(sig: Union[str, int]) -> str:
-    if isinstance(sig, int):
-        import signal
+    """``stop_signal`` as its name; one that is no signal is refused up front."""
+    import signal
 
-        return signal.Signals(sig).name
-    return str(sig)
+    if isinstance(sig, int) and not isinstance(sig, bool):
+        try:
+            return signal.Signals(sig).name
+        except ValueError:
+            pass
+    elif isinstance(sig, str):
+        name = sig.upper() if sig.upper().startswith("SIG") else "SIG" + sig.upper()
+        if name in signal.Signals.__members__:
+            return name
+    raise ValueError(
+        f"stop_signal={sig!r} is not a signal: give its name (e.g. 'SIGINT') or its number "
+        "(e.g. signal.SIGINT)"
+    )
+
+
+def _checked_command(command: Sequence[Any]) -> List[str]:
+    """``command`` as strings: each argument a string, a path or a number."""
+    try:
+        args = list(command)
+    except TypeError:
+        raise TypeError(
+            f"command must be a list of arguments, not a {type(command).__name__}: {command!r}"
+        ) from None
+    out = []
+    for i, arg in enumerate(args):
+        if isinstance(arg, (bytes, os.PathLike)):
+            out.append(os.fsdecode(arg))
+        elif isinstance(arg, (str, int, float)) and not isinstance(arg, bool):
+            out.append(str(arg))
+        else:
+            raise TypeError(
+                f"command[{i}] is {arg!r}: every argument must be a string (or a number, or a "
+                "path)"
+            )
+    return out
+
+
+def _checked_needs(what: str, needs: Any) -> List[Union["Service", str]]:
+    """``needs`` (or ``needs_started``, ``needs_completed``) as a list; one service or name
+    alone counts as one."""
+    if needs is None:
+        return []
+    if isinstance(needs, (str, Service)):
+        return [needs]
+    try:
+        items = list(needs)
+    except TypeError:
+        raise TypeError(
+            f"{what} must be a list of services or their names, not a {type(needs).__name__}: "
+            f"{needs!r}"
+        ) from None
+    for item in items:
+        if not isinstance(item, (str, Service)):
+            raise TypeError(
+                f"{what}: {item!r} is neither a service nor a service's name"
+            )
+    return items
 
 
 def _seconds(value: Union[float, _dt.timedelta]) -> float:

@@ -1,10 +1,11 @@
 //! `NativeBundle`: the engine's `Bundle` as a Python class, from adding definitions through
-//! `startup` (on the startup runner's thread, Ctrl-C interrupting it) to shutdown when it is dropped;
+//! `startup` (on the runner's thread, Ctrl-C interrupting it) to `shutdown` (there too, Ctrl-C
+//! cutting the grace short) or the shutdown when it is dropped;
 //! and what a started bundle hands out: service handles, log views, the ready-made services'
 //! handles, time travel, the kernel of a service.
 //!
-//! The engine's bundle is `None` while `startup` runs, and a call meanwhile raises "the bundle
-//! is starting up"; a call that waits releases the GIL (`with`), one that never waits keeps
+//! The engine's bundle is `None` while `startup` (or `shutdown`) runs, and a call meanwhile
+//! raises "the bundle is starting up"; a call that waits releases the GIL (`with`), one that never waits keeps
 //! it (`quick`). Invariant: the bundle is never dropped, nor stopped, with the GIL held.
 
 use std::path::PathBuf;
@@ -88,6 +89,39 @@ impl NativeBundle {
     }
 }
 
+impl NativeBundle {
+    /// Wait for the bundle (and the result of what ran on it) to come back from the thread
+    /// of `what`, taking Python's signals meanwhile: the first (Ctrl-C) interrupts the
+    /// bundle, and is returned for raising once the bundle is back.
+    fn wait_answering_ctrl_c(
+        &self,
+        py: Python<'_>,
+        rx: mpsc::Receiver<(Bundle, Result<(), Error>)>,
+        what: &str,
+    ) -> PyResult<(Bundle, Result<(), Error>, Option<PyErr>)> {
+        let rx = Mutex::new(rx);
+        let mut interrupted: Option<PyErr> = None;
+        loop {
+            match py.detach(|| lock(&rx).recv_timeout(SLICE)) {
+                Ok((bundle, result)) => return Ok((bundle, result, interrupted)),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if interrupted.is_none() {
+                        if let Err(signal) = py.check_signals() {
+                            self.interrupter.interrupt();
+                            interrupted = Some(signal);
+                        }
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(PyRuntimeError::new_err(format!(
+                        "the {what} thread ended without an answer"
+                    )))
+                }
+            }
+        }
+    }
+}
+
 fn starting() -> PyErr {
     Python::attach(|py| {
         let build = || -> PyResult<PyErr> {
@@ -156,36 +190,39 @@ impl NativeBundle {
                 "could not start the startup thread: {e}"
             )));
         }
-        let rx = Mutex::new(rx);
-        let mut interrupted: Option<PyErr> = None;
-        loop {
-            match py.detach(|| lock(&rx).recv_timeout(SLICE)) {
-                Ok((bundle, result)) => {
-                    py.detach(|| *lock(&self.bundle) = Some(bundle));
-                    if let Some(signal) = interrupted {
-                        return Err(signal);
-                    }
-                    return result.map_err(|e| self.startup_error(py, e));
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if interrupted.is_none() {
-                        if let Err(signal) = py.check_signals() {
-                            self.interrupter.interrupt();
-                            interrupted = Some(signal);
-                        }
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(PyRuntimeError::new_err(
-                        "the startup thread ended without an answer",
-                    ))
-                }
-            }
+        let (bundle, result, interrupted) = self.wait_answering_ctrl_c(py, rx, "startup")?;
+        py.detach(|| *lock(&self.bundle) = Some(bundle));
+        if let Some(signal) = interrupted {
+            return Err(signal);
         }
+        result.map_err(|e| self.startup_error(py, e))
     }
 
+    /// On the runner's thread, as `startup`: Ctrl-C (once) cuts the services' grace short —
+    /// what is left gets SIGKILL at once — and is raised once everything has stopped.
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
-        self.with(py, Bundle::shutdown)?.or_raise()
+        let bundle = py
+            .detach(|| lock(&self.bundle).take())
+            .ok_or_else(starting)?;
+        let (tx, rx) = mpsc::channel();
+        let spawned = crate::runner::run_startup(
+            py,
+            Box::new(move || {
+                let result = bundle.shutdown();
+                let _ = tx.send((bundle, result));
+            }),
+        );
+        if let Err(e) = spawned {
+            return Err(PyRuntimeError::new_err(format!(
+                "could not start the shutdown thread: {e}"
+            )));
+        }
+        let (bundle, result, interrupted) = self.wait_answering_ctrl_c(py, rx, "shutdown")?;
+        py.detach(|| *lock(&self.bundle) = Some(bundle));
+        match interrupted {
+            Some(signal) => Err(signal),
+            None => result.or_raise(),
+        }
     }
 
     fn check(&self) -> PyResult<()> {

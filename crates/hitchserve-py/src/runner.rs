@@ -1,4 +1,5 @@
-//! The thread that runs `startup`s: one, kept for the life of the process, so that the
+//! The thread that runs `startup`s (and `shutdown`s, so Ctrl-C is answered meanwhile): one,
+//! kept for the life of the process, so that the
 //! engine's thread pool — whose idle threads belong to the thread that started their bundle
 //! — keeps its threads from one bundle to the next (a Python test session starts a bundle per
 //! test). A startup begun while it is busy (bundles started from several Python threads at

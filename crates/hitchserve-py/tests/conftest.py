@@ -33,9 +33,10 @@ def project(hitchserve_project_directory):
     return pathlib.Path(hitchserve_project_directory)
 
 
-def interrupt_when_armed(code: str, project: str) -> "tuple[str, str]":
+def interrupt_when_armed(code: str, project: str, armed: str = "ARMED") -> "tuple[str, str]":
     """Run ``code`` (Python) in a child with ``project`` as its argument; once it prints
-    ``ARMED`` (the line before its blocking call), send it SIGINT; its (stdout, stderr)."""
+    ``armed`` (the line before its blocking call, or one the call prints once it waits),
+    send it SIGINT; its (stdout, stderr)."""
     import signal
     import subprocess
 
@@ -49,7 +50,7 @@ def interrupt_when_armed(code: str, project: str) -> "tuple[str, str]":
         assert child.stdout is not None
         # (The bundle prints its services' lines from other threads: ARMED may share a line.)
         for line in child.stdout:
-            if "ARMED" in line:
+            if armed in line:
                 break
         child.send_signal(signal.SIGINT)
         return child.communicate(timeout=PATIENCE)

@@ -4,6 +4,7 @@ Python process that gets a real SIGINT; and waiting for an embedded IPython kern
 import os
 import textwrap
 
+import psutil
 import pytest
 
 import hitchserve
@@ -40,6 +41,37 @@ def test_ctrl_c_interrupts_a_wait_in_rust(what, tmp_path):
     assert "KeyboardInterrupt" in err, err
     assert "INTERRUPTED" in out, out
     assert "LogTimeout" not in err and "StartupTimeout" not in err
+
+
+STUBBORN = """
+    import sys, hitchserve
+    bundle = hitchserve.ServiceBundle(sys.argv[1], startup_timeout=120, shutdown_timeout=30)
+    # It ignores its stop signal: only SIGKILL ends it.
+    bundle["Stubborn"] = hitchserve.Service(
+        command=[sys.executable, "-u", "-c",
+                 "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                 "print('up'); time.sleep(3600)"],
+        log_line_ready_checker=lambda line: line == "up",
+    )
+    bundle.startup()
+    print("PID", bundle["Stubborn"].pid, file=sys.stderr, flush=True)
+    try:
+        bundle.shutdown()
+    except KeyboardInterrupt:
+        print("INTERRUPTED", flush=True)
+        raise
+"""
+
+
+def test_ctrl_c_during_shutdown_kills_what_is_left_at_once(tmp_path):
+    # Interrupted once the shutdown has sent its stop signal (and waits for the grace).
+    out, err = interrupt_when_armed(textwrap.dedent(STUBBORN), str(tmp_path), "Stopping Stubborn")
+    assert "KeyboardInterrupt" in err, err
+    assert "INTERRUPTED" in out, out
+    # Not the end of the 30 s grace: the stop was cut short.
+    assert "had not stopped when the stop was interrupted: killed with SIGKILL" in out + err
+    pid = int(next(l for l in err.splitlines() if l.startswith("PID ")).split()[1])
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 KERNEL = """

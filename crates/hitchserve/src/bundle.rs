@@ -459,7 +459,8 @@ impl Bundle {
     /// Stop every service: the stop signal to each process group in parallel, SIGKILL to
     /// those still alive after the shutdown timeout, then every process that left its group.
     ///
-    /// Returns an error for a crash after startup not yet reported. Also done on drop.
+    /// Returns an error for a crash after startup not yet reported. Also done on drop. An
+    /// [`Interrupter`] cuts the grace short: what is left gets SIGKILL at once.
     /// Only the first call stops anything; it may come from any thread. In a child forked
     /// (without exec) from the process that started the bundle, it does nothing, and
     /// neither does dropping the bundle there: the services are the parent's.

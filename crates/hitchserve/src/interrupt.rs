@@ -47,7 +47,9 @@ impl Interrupter {
 
     /// Make the current (or next) `startup` fail with [`Error::Interrupted`](crate::Error::Interrupted) and stop what
     /// it started. It can't be taken back: every later `startup` of this bundle fails the
-    /// same way. No effect on a bundle that is already up: call `shutdown` for that.
+    /// same way. A bundle that is already up goes on (call `shutdown` for that), but its
+    /// stop — under way or to come — no longer waits out the shutdown timeout: what is
+    /// left of its services gets SIGKILL at once (Ctrl-C during a slow shutdown).
     pub fn interrupt(&self) {
         self.0.requested.store(true, Ordering::SeqCst);
         let run = self
@@ -58,7 +60,8 @@ impl Interrupter {
             .as_ref()
             .and_then(Weak::upgrade);
         if let Some(runtime) = run {
-            // Under the state lock, so the startup wait can't miss the flag.
+            runtime.hurry.store(true, Ordering::SeqCst);
+            // Under the state lock, so the startup wait (or a shutdown's) can't miss it.
             runtime.wake();
         }
     }

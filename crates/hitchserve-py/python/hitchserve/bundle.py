@@ -146,7 +146,9 @@ class ServiceBundle:
 
     def shutdown(self) -> None:
         """Stop every service (stop signal, then SIGKILL after ``shutdown_timeout``).
-        Raises :class:`ServiceExited` for a crash after startup not reported yet."""
+        Raises :class:`ServiceExited` for a crash after startup not reported yet. Ctrl-C
+        cuts the wait short: what is left gets SIGKILL at once, then ``KeyboardInterrupt``
+        is raised."""
         self._native.shutdown()
 
     def check(self) -> None:

@@ -74,8 +74,9 @@ impl Runtime {
                 .enumerate()
                 .all(|(idx, st)| st.is_settled() || stuck_and_gone(idx, st))
         };
-        let (states, done) = self.wait_stopped(deadline, true, groups_gone);
-        if !done {
+        let hurry = || self.hurry.load(std::sync::atomic::Ordering::SeqCst);
+        let (states, _) = self.wait_stopped(deadline, true, |s| groups_gone(s) || hurry());
+        if !groups_gone(&states) {
             let mut killed = Vec::new();
             for (idx, st) in states.iter().enumerate() {
                 if st.group().is_some_and(|g| g.signal(Signal::SIGKILL)) {
@@ -84,11 +85,12 @@ impl Runtime {
             }
             drop(states);
             if !killed.is_empty() {
-                self.sink.warn(&format!(
-                    "{} did not stop within {:.1} s: killed with SIGKILL",
-                    killed.join(", "),
-                    timeout.as_secs_f64()
-                ));
+                let why = match hurry() {
+                    true => "had not stopped when the stop was interrupted".to_owned(),
+                    false => format!("did not stop within {:.1} s", timeout.as_secs_f64()),
+                };
+                self.sink
+                    .warn(&format!("{} {why}: killed with SIGKILL", killed.join(", ")));
             }
         } else {
             drop(states);

@@ -38,6 +38,40 @@ fn a_service_that_ignores_the_stop_signal_is_killed_after_the_timeout() {
     assert_eq!(svc.exit_status().and_then(|s| s.signal()), Some(9));
 }
 
+/// An interrupt during the shutdown (Ctrl-C) cuts the grace short: what is left gets
+/// SIGKILL at once, not at the end of the shutdown timeout.
+#[test]
+fn an_interrupt_during_shutdown_kills_what_is_left_at_once() {
+    let p = Project::new("stubborn-interrupted");
+    let mut b = p.bundle().shutdown_timeout(Duration::from_secs(600));
+    b.add(
+        "Stubborn",
+        sh("trap '' TERM; echo $$ > pid; echo READY; while :; do sleep 0.05; done"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let pid = read_pid(&p, "pid");
+    let interrupter = b.interrupter();
+    let mut said = b.logs().tail();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // Once the stop signal is out (the shutdown then waits for the grace).
+            said.until(|l| l == "Stopping Stubborn", PATIENCE).unwrap();
+            interrupter.interrupt();
+        });
+        b.shutdown().unwrap();
+    });
+    assert!(!is_alive(pid));
+    let warnings = b.logs().err().lines();
+    assert!(
+        warnings
+            .iter()
+            .any(|l| l
+                == "Stubborn had not stopped when the stop was interrupted: killed with SIGKILL"),
+        "{warnings:?}"
+    );
+}
+
 #[test]
 fn output_written_while_stopping_is_stored() {
     let p = Project::new("goodbye");

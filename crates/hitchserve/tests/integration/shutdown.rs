@@ -14,17 +14,23 @@ fn read_pid(p: &Project, file: &str) -> u32 {
         .unwrap()
 }
 
-#[test]
-fn a_service_that_ignores_the_stop_signal_is_killed_after_the_timeout() {
-    let p = Project::new("stubborn");
-    let mut b = p.bundle().shutdown_timeout(Duration::from_secs(1));
+/// A started bundle (with this shutdown timeout) of `Stubborn`, which ignores its stop
+/// signal; and its pid.
+fn stubborn(p: &Project, shutdown_timeout: Duration) -> (hitchserve::Bundle, u32) {
+    let mut b = p.bundle().shutdown_timeout(shutdown_timeout);
     b.add(
         "Stubborn",
         sh("trap '' TERM; echo $$ > pid; echo READY; while :; do sleep 0.05; done"),
     )
     .unwrap();
     b.startup().unwrap();
-    let pid = read_pid(&p, "pid");
+    (b, read_pid(p, "pid"))
+}
+
+#[test]
+fn a_service_that_ignores_the_stop_signal_is_killed_after_the_timeout() {
+    let p = Project::new("stubborn");
+    let (b, pid) = stubborn(&p, Duration::from_secs(1));
     b.shutdown().unwrap();
     assert!(!is_alive(pid));
     let warnings = b.logs().err().lines();
@@ -43,14 +49,7 @@ fn a_service_that_ignores_the_stop_signal_is_killed_after_the_timeout() {
 #[test]
 fn an_interrupt_during_shutdown_kills_what_is_left_at_once() {
     let p = Project::new("stubborn-interrupted");
-    let mut b = p.bundle().shutdown_timeout(Duration::from_secs(600));
-    b.add(
-        "Stubborn",
-        sh("trap '' TERM; echo $$ > pid; echo READY; while :; do sleep 0.05; done"),
-    )
-    .unwrap();
-    b.startup().unwrap();
-    let pid = read_pid(&p, "pid");
+    let (b, pid) = stubborn(&p, Duration::from_secs(600));
     let interrupter = b.interrupter();
     let mut said = b.logs().tail();
     std::thread::scope(|s| {

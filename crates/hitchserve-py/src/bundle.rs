@@ -87,23 +87,40 @@ impl NativeBundle {
             "startup stopped every service it had started",
         )
     }
-}
 
-impl NativeBundle {
-    /// Wait for the bundle (and the result of what ran on it) to come back from the thread
-    /// of `what`, taking Python's signals meanwhile: the first (Ctrl-C) interrupts the
-    /// bundle, and is returned for raising once the bundle is back.
-    fn wait_answering_ctrl_c(
+    /// Run `job` on the bundle on the runner's thread (see `runner`), taking Python's
+    /// signals meanwhile: the first (Ctrl-C) interrupts the bundle, and is returned for
+    /// raising once the bundle is back in place. `what` names it in errors.
+    fn on_runner(
         &self,
         py: Python<'_>,
-        rx: mpsc::Receiver<(Bundle, Result<(), Error>)>,
         what: &str,
-    ) -> PyResult<(Bundle, Result<(), Error>, Option<PyErr>)> {
+        job: impl FnOnce(&mut Bundle) -> Result<(), Error> + Send + 'static,
+    ) -> PyResult<(Result<(), Error>, Option<PyErr>)> {
+        let mut bundle = py
+            .detach(|| lock(&self.bundle).take())
+            .ok_or_else(starting)?;
+        let (tx, rx) = mpsc::channel();
+        let spawned = crate::runner::run_startup(
+            py,
+            Box::new(move || {
+                let result = job(&mut bundle);
+                let _ = tx.send((bundle, result));
+            }),
+        );
+        if let Err(e) = spawned {
+            return Err(PyRuntimeError::new_err(format!(
+                "could not start the {what} thread: {e}"
+            )));
+        }
         let rx = Mutex::new(rx);
         let mut interrupted: Option<PyErr> = None;
         loop {
             match py.detach(|| lock(&rx).recv_timeout(SLICE)) {
-                Ok((bundle, result)) => return Ok((bundle, result, interrupted)),
+                Ok((bundle, result)) => {
+                    py.detach(|| *lock(&self.bundle) = Some(bundle));
+                    return Ok((result, interrupted));
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if interrupted.is_none() {
                         if let Err(signal) = py.check_signals() {
@@ -172,53 +189,18 @@ impl NativeBundle {
     /// Start every service and wait until all are ready; Ctrl-C interrupts it (everything
     /// started is stopped, then `KeyboardInterrupt` is raised).
     fn startup(&self, py: Python<'_>) -> PyResult<()> {
-        let mut bundle = py
-            .detach(|| lock(&self.bundle).take())
-            .ok_or_else(starting)?;
-        let (tx, rx) = mpsc::channel();
-        // On another thread (see `runner`), so this one can take Python's signals while the
-        // startup waits.
-        let spawned = crate::runner::run_startup(
-            py,
-            Box::new(move || {
-                let result = bundle.startup();
-                let _ = tx.send((bundle, result));
-            }),
-        );
-        if let Err(e) = spawned {
-            return Err(PyRuntimeError::new_err(format!(
-                "could not start the startup thread: {e}"
-            )));
+        // On another thread, so this one can take Python's signals while the startup waits.
+        let (result, interrupted) = self.on_runner(py, "startup", |b| b.startup())?;
+        match interrupted {
+            Some(signal) => Err(signal),
+            None => result.map_err(|e| self.startup_error(py, e)),
         }
-        let (bundle, result, interrupted) = self.wait_answering_ctrl_c(py, rx, "startup")?;
-        py.detach(|| *lock(&self.bundle) = Some(bundle));
-        if let Some(signal) = interrupted {
-            return Err(signal);
-        }
-        result.map_err(|e| self.startup_error(py, e))
     }
 
     /// On the runner's thread, as `startup`: Ctrl-C (once) cuts the services' grace short —
     /// what is left gets SIGKILL at once — and is raised once everything has stopped.
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
-        let bundle = py
-            .detach(|| lock(&self.bundle).take())
-            .ok_or_else(starting)?;
-        let (tx, rx) = mpsc::channel();
-        let spawned = crate::runner::run_startup(
-            py,
-            Box::new(move || {
-                let result = bundle.shutdown();
-                let _ = tx.send((bundle, result));
-            }),
-        );
-        if let Err(e) = spawned {
-            return Err(PyRuntimeError::new_err(format!(
-                "could not start the shutdown thread: {e}"
-            )));
-        }
-        let (bundle, result, interrupted) = self.wait_answering_ctrl_c(py, rx, "shutdown")?;
-        py.detach(|| *lock(&self.bundle) = Some(bundle));
+        let (result, interrupted) = self.on_runner(py, "shutdown", |b| b.shutdown())?;
         match interrupted {
             Some(signal) => Err(signal),
             None => result.or_raise(),

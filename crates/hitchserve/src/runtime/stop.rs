@@ -148,10 +148,20 @@ impl Runtime {
         then_start: Option<bool>,
         only: Option<u32>,
     ) -> Option<u32> {
+        let name = &self.services()[idx].name;
+        // Said before the stop signal goes (so before its supervisor can say "Stopped"), if
+        // it is one this stop will signal (looked at again under the lock below).
+        let running = self.read(idx, |st| {
+            matches!(st.phase, Phase::Running { stop: None, .. })
+                && only.is_none_or(|n| st.is_unstopped_hand_start(n))
+        });
+        if running && !self.is_stopping() {
+            self.sink.log(&format!("Stopping {name}"));
+        }
         let t0 = Instant::now();
         let timeout = self.timeouts.shutdown;
         let deadline = deadline_after(t0, timeout);
-        let (actions, signalled, before, awaited) = {
+        let (actions, before, awaited) = {
             let mut states = self.lock();
             if self.is_stopping() {
                 return None;
@@ -176,7 +186,7 @@ impl Runtime {
             };
             // Its setup hook (the test's code) may run a long while yet: not waited for.
             let wait = !(only.is_some() && matches!(states[idx].phase, Phase::SettingUp { .. }));
-            let (actions, signalled) = self.apply_locked(&mut states, idx, event);
+            let (actions, _) = self.apply_locked(&mut states, idx, event);
             let awaited = states[idx].hand_starts;
             drop(states);
             if let Some(what) = called_off {
@@ -190,13 +200,9 @@ impl Runtime {
                 self.carry_out(idx, actions);
                 return Some(awaited);
             }
-            (actions, signalled, before, awaited)
+            (actions, before, awaited)
         };
         self.changed.notify_all();
-        let name = &self.services()[idx].name;
-        if signalled {
-            self.sink.log(&format!("Stopping {name}"));
-        }
         // (Starting again a service that wasn't running.)
         self.carry_out(idx, actions);
         let stuck_and_gone = |st: &ServiceState| {
@@ -222,19 +228,13 @@ impl Runtime {
         } else {
             drop(states);
         }
-        // Its group is gone: that is the stop (a restart's next start is not part of it).
-        let stopped_in = t0.elapsed();
+        // Its group is gone; once it is reaped (its supervisor says "Stopped"), that is the
+        // stop (a restart's next start is not part of it).
         let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
         drop(self.wait_stopped(grace, false, |s| {
             let st = &s[idx];
             st.is_settled() || st.incarnation > before || stuck_and_gone(st)
         }));
-        if signalled {
-            self.sink.log(&format!(
-                "Stopped {name} in {:.2} s",
-                stopped_in.as_secs_f64()
-            ));
-        }
         Some(awaited)
     }
 

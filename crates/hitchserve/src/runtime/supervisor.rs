@@ -120,6 +120,19 @@ pub(crate) fn supervise(
     out.finish(&checker);
     err.finish(&checker);
     let status = child.wait().map(ExitStatus::from_std).unwrap_or(status);
+    // A stop by hand (`stop`, `restart`) ends here: said before the state changes, so it
+    // comes before the line of a restart's new start. (The bundle's own stop says it once,
+    // for every service.)
+    if expected && !runtime.is_stopping() {
+        // The stop's deadline is its shutdown timeout after it was asked.
+        let took = stop_deadline
+            .and_then(|d| d.checked_sub(runtime.timeouts.shutdown))
+            .map(|asked| asked.elapsed());
+        runtime.sink.log(&match took {
+            Some(took) => format!("Stopped {} in {:.2} s", plan.name, took.as_secs_f64()),
+            None => format!("Stopped {}", plan.name),
+        });
+    }
     // Said before the state changes, so whoever sees the crash (or the restart) also finds
     // this line.
     match runtime.read(idx, |st| st.on_reap(&plan.traits, status)) {

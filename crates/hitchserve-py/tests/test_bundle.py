@@ -103,6 +103,29 @@ def test_env_vars_are_converted_with_str_and_directory_is_relative_to_the_projec
         assert first == f"A=1 B=2.5 CWD={os.path.realpath(project / 'sub')}"
 
 
+def test_interactive_mode_still_says_a_crash_and_counts_only_the_service_lines_it_hid(project, capfd):
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Brief"] = hitchserve.Service(
+        command=py("import time; print('READY'); time.sleep(1000)"),
+        log_line_ready_checker=lambda l: l == "READY",
+    )
+    bundle.startup(interactive=True)
+    tail = bundle.logs.tail
+    for i in range(3):
+        bundle.log(f"note {i}")
+    bundle["Brief"].kill()
+    tail.until(lambda l: "exited unexpectedly" in l, timeout=PATIENCE)
+    out = capfd.readouterr().out
+    # The crash is said at once, muted console or not.
+    assert "WARNING: `Brief` exited unexpectedly" in out, out
+    bundle.stop_interactive_mode()
+    out = capfd.readouterr().out
+    # The notes were printed (by log()); only the service's line was hidden.
+    assert "1 service line was not printed during interactive mode" in out, out
+    with pytest.raises(hitchserve.ServiceExited):
+        bundle.shutdown()
+
+
 def test_the_original_keywords_hitch_dir_and_quiet_are_accepted(project, capfd):
     with django_bundle(project, hitch_dir=str(project / ".hitch"), quiet=True) as bundle:
         bundle.startup()

@@ -359,11 +359,13 @@ impl Bundle {
     pub fn warn(&self, message: impl AsRef<str>) {
         self.claim_console();
         self.sink.console.settle();
-        self.sink.warn(message.as_ref());
+        self.sink.warn_for_test(message.as_ref());
     }
 
     /// Stop printing log lines to the console (lines are still stored), e.g. to use a
-    /// debugger or REPL in the terminal.
+    /// debugger or REPL in the terminal. The bundle's own warnings (a service that crashed,
+    /// one that needed SIGKILL) are still printed at once; [`Bundle::log`] and
+    /// [`Bundle::warn`] are muted too.
     pub fn start_interactive_mode(&self) {
         self.sink.console.set_muted(true);
     }
@@ -378,7 +380,7 @@ impl Bundle {
                 "lines were"
             };
             self.log(format!(
-                "{missed} {lines} not printed during interactive mode; see the logs"
+                "{missed} service {lines} not printed during interactive mode; see the logs"
             ));
         }
     }

@@ -114,7 +114,7 @@ impl HookContext<'_> {
 
     /// Print and store a line under the hook's label.
     pub fn log(&self, message: &str) {
-        self.sink.message(self.out, message);
+        self.sink.message(self.out, message, false);
     }
 
     /// A command in the service's environment, directory and fake time, to run yourself

@@ -42,6 +42,17 @@ impl Sink {
         lines: &[(&[u8], End)],
         checking: bool,
     ) -> Vec<LogLine> {
+        self.emit_as(source, lines, checking, false)
+    }
+
+    /// `emit`; `loud`: printed in interactive mode too (the bundle's own warnings).
+    fn emit_as(
+        &self,
+        source: &Arc<Source>,
+        lines: &[(&[u8], End)],
+        checking: bool,
+        loud: bool,
+    ) -> Vec<LogLine> {
         if lines.is_empty() {
             return Vec::new();
         }
@@ -49,8 +60,9 @@ impl Sink {
         // printed later, after interactive mode ends.
         // Stored and printed as one step for `Console::settle`.
         let _printing = self.console.printing();
-        let muted = self.console.is_muted();
-        if muted {
+        let muted = !loud && self.console.is_muted();
+        // What interactive mode hid from the test: its services' lines.
+        if muted && source.service.is_some() {
             self.console.count_missed(lines.len());
         }
         let stored = self.store.append(source, lines, checking || !muted);
@@ -61,22 +73,29 @@ impl Sink {
     }
 
     /// Store and print a message (one line per `\n`) under `source`.
-    pub(crate) fn message(&self, source: &Arc<Source>, msg: &str) {
+    pub(crate) fn message(&self, source: &Arc<Source>, msg: &str, loud: bool) {
         let lines: Vec<(&[u8], End)> = msg
             .split('\n')
             .map(|l| (l.as_bytes(), End::Newline))
             .collect();
-        self.emit(source, &lines, false);
+        self.emit_as(source, &lines, false, loud);
     }
 
     /// `[Hitch] msg`.
     pub(crate) fn log(&self, msg: &str) {
-        self.message(&self.hitch_out, msg);
+        self.message(&self.hitch_out, msg, false);
     }
 
-    /// `[Hitch] WARNING: msg`.
+    /// `[Hitch] WARNING: msg`, printed in interactive mode too: what went wrong (a crash, a
+    /// stop that needed SIGKILL) is said at once, even to a test paused at a prompt.
     pub(crate) fn warn(&self, msg: &str) {
-        self.message(&self.hitch_err, msg);
+        self.message(&self.hitch_err, msg, true);
+    }
+
+    /// `[Hitch] WARNING: msg` for the test (`Bundle::warn`): muted in interactive mode, as
+    /// its `log` is (the Python package prints both itself there).
+    pub(crate) fn warn_for_test(&self, msg: &str) {
+        self.message(&self.hitch_err, msg, false);
     }
 
     /// The last `n` lines of service `idx`, in the console format, and the line it has

@@ -88,7 +88,7 @@ fn console_prints_aligned_prefixed_lines_and_interactive_mode_mutes_it() {
         "interactive mode must mute the console: {text}"
     );
     assert!(
-        has("[         Hitch] 2 lines were not printed during interactive mode; see the logs"),
+        has("[         Hitch] 2 service lines were not printed during interactive mode; see the logs"),
         "{text}"
     );
     assert!(

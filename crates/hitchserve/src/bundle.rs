@@ -266,7 +266,8 @@ impl Bundle {
     /// The port reserved as `name` for `service` (see [`Service::port`]); ports are
     /// reserved at startup.
     pub fn port(&self, service: &str, name: &str) -> Result<u16> {
-        self.claim_console();
+        // Not started (ports are reserved at startup), or no such service: said as such.
+        self.service(service)?;
         self.ports
             .get(&(service.to_owned(), name.to_owned()))
             .copied()

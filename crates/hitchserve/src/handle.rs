@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::logs::Logs;
 use crate::process::Process;
 use crate::runtime::report::report_crash;
@@ -76,10 +76,19 @@ impl ServiceHandle {
         self.runtime.services()[self.idx].exec.var(key)
     }
 
-    /// Its main process, to inspect or signal (see [`Process`]).
+    /// Its main process, to inspect or signal (see [`Process`]); an error
+    /// ([`Error::ServiceNotRunning`], saying why) if none runs.
     pub fn process(&self) -> Result<Process> {
-        let pid = self.pid().ok_or(Error::NotRunning)?;
+        let pid = self.runtime.read(self.idx, |st| {
+            st.pid()
+                .ok_or_else(|| self.runtime.not_running(self.idx, st))
+        })?;
         Process::new(pid)
+    }
+
+    /// The ready-made kind that made it (`"Redis"`...), if one did.
+    pub(crate) fn kind(&self) -> Option<&'static str> {
+        self.runtime.services()[self.idx].kind
     }
 
     /// Whether its main process is still running.

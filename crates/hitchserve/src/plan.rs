@@ -62,6 +62,8 @@ pub(crate) struct ServicePlan {
     pub setup: Option<Hook>,
     pub poststart: Option<Hook>,
     pub sources: Sources,
+    /// The ready-made kind that made it, if one did.
+    pub kind: Option<&'static str>,
 }
 
 /// Where a service's lines go, by what wrote them (for one start of it).
@@ -414,6 +416,7 @@ fn resolve_one(
         faked: time_travel && !svc.no_libfaketime,
         setup: svc.setup.clone(),
         poststart: svc.poststart.clone(),
+        kind: svc.kind,
         sources: Sources {
             out: source(Part::Main, Stream::Stdout),
             err: source(Part::Main, Stream::Stderr),

@@ -62,6 +62,8 @@ pub struct Service {
     pub(crate) restart: Restart,
     /// Set by a ready-made service whose program was not found when it was defined.
     pub(crate) install: Option<Install>,
+    /// The ready-made kind that made it (`"Redis"`...), for that kind's `handle`.
+    pub(crate) kind: Option<&'static str>,
 }
 
 /// How to get a ready-made service's missing program, for the startup error.
@@ -74,6 +76,12 @@ pub(crate) struct Install {
 }
 
 impl Service {
+    /// Marked as made by ready-made service `kind` (its `handle` checks it).
+    pub(crate) fn made_by(mut self, kind: &'static str) -> Service {
+        self.kind = Some(kind);
+        self
+    }
+
     /// A service running `argv`: the program (looked up on the service's `PATH`, or a path
     /// relative to its directory) and its arguments.
     pub fn new<I, S>(argv: I) -> Service
@@ -96,6 +104,7 @@ impl Service {
             poststart: None,
             restart: Restart::Never,
             install: None,
+            kind: None,
         }
     }
 

@@ -132,6 +132,11 @@ impl Chromium {
 
     /// The service to add to a bundle.
     pub fn service(self) -> Service {
+        self.unmarked().made_by("Chromium")
+    }
+
+    /// `service`, before it is marked as a Chromium (for `handle`).
+    fn unmarked(self) -> Service {
         let driver = self.driver.unwrap_or_else(|| DRIVER.into());
         // SAFETY: getuid has no preconditions.
         let root = unsafe { libc::getuid() } == 0;
@@ -210,7 +215,7 @@ impl Chromium {
 
     /// What a test uses of the running chromedriver named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<ChromiumHandle> {
-        let service = bundle.service(name)?;
+        let service = super::service_of_kind(bundle, name, "Chromium")?;
         let options = service
             .env_var(OPTIONS_VAR)
             .and_then(|o| serde_json::from_str::<Value>(&o).ok())

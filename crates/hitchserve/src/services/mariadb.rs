@@ -140,6 +140,11 @@ impl MariaDb {
 
     /// The service to add to a bundle. An error if MariaDB's programs can't be found.
     pub fn service(self) -> Result<Service> {
+        self.unmarked().map(|s| s.made_by("MariaDb"))
+    }
+
+    /// `service`, before it is marked as a MariaDb (for `handle`).
+    fn unmarked(self) -> Result<Service> {
         let basedir = self
             .basedir
             .clone()
@@ -349,7 +354,7 @@ impl MariaDb {
 
     /// What a test uses of the running MariaDB named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<MariaDbHandle> {
-        let service = bundle.service(name)?;
+        let service = super::service_of_kind(bundle, name, "MariaDb")?;
         let var = |key: &str| service.env_var(key).unwrap_or_default();
         Ok(MariaDbHandle {
             port: bundle.port(name, PORT)?,

@@ -101,6 +101,11 @@ impl Memcached {
 
     /// The service to add to a bundle.
     pub fn service(self) -> Service {
+        self.unmarked().made_by("Memcached")
+    }
+
+    /// `service`, before it is marked as a Memcached (for `handle`).
+    fn unmarked(self) -> Service {
         let mut argv: Vec<std::ffi::OsString> = vec![
             self.program.into_os_string(),
             "--listen=127.0.0.1".into(),
@@ -146,9 +151,10 @@ impl Memcached {
 
     /// What a test uses of the running memcached named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<MemcachedHandle> {
+        let service = super::service_of_kind(bundle, name, "Memcached")?;
         Ok(MemcachedHandle {
             port: bundle.port(name, PORT)?,
-            service: bundle.service(name)?,
+            service,
         })
     }
 }

@@ -169,6 +169,11 @@ impl Nginx {
 
     /// The service to add to a bundle.
     pub fn service(self) -> Service {
+        self.unmarked().made_by("Nginx")
+    }
+
+    /// `service`, before it is marked as a Nginx (for `handle`).
+    fn unmarked(self) -> Service {
         let template = self.template();
         let mut svc = Service::new([
             self.program.into_os_string(),
@@ -215,9 +220,10 @@ impl Nginx {
 
     /// What a test uses of the running nginx named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<NginxHandle> {
+        let service = super::service_of_kind(bundle, name, "Nginx")?;
         Ok(NginxHandle {
             port: bundle.port(name, PORT)?,
-            service: bundle.service(name)?,
+            service,
         })
     }
 }

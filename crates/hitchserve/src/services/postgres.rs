@@ -105,6 +105,11 @@ impl Postgres {
 
     /// The service to add to a bundle. An error if PostgreSQL's programs can't be found.
     pub fn service(self) -> Result<Service> {
+        self.unmarked().map(|s| s.made_by("Postgres"))
+    }
+
+    /// `service`, before it is marked as a Postgres (for `handle`).
+    fn unmarked(self) -> Result<Service> {
         let bin = match self.bin_dir.clone() {
             Some(dir) => dir,
             None => find_bin_dir().ok_or_else(|| Error::CommandNotFound {
@@ -325,7 +330,7 @@ impl Postgres {
 
     /// What a test uses of the running PostgreSQL named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<PostgresHandle> {
-        let service = bundle.service(name)?;
+        let service = super::service_of_kind(bundle, name, "Postgres")?;
         let argv0 = service
             .process()
             .ok()

@@ -162,6 +162,11 @@ impl RabbitMq {
 
     /// The service to add to a bundle. An error if RabbitMQ's scripts can't be found.
     pub fn service(self) -> Result<Service> {
+        self.unmarked().map(|s| s.made_by("RabbitMq"))
+    }
+
+    /// `service`, before it is marked as a RabbitMq (for `handle`).
+    fn unmarked(self) -> Result<Service> {
         let bin = self.bin_dir.clone().unwrap_or_else(|| DEBIAN_BIN.into());
         if !bin.join("rabbitmq-server").is_file() || !bin.join("rabbitmqctl").is_file() {
             return Err(Error::CommandNotFound {
@@ -285,7 +290,7 @@ impl RabbitMq {
 
     /// What a test uses of the running RabbitMQ named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<RabbitMqHandle> {
-        let service = bundle.service(name)?;
+        let service = super::service_of_kind(bundle, name, "RabbitMq")?;
         let var = |key: &str| service.env_var(key).unwrap_or_default();
         Ok(RabbitMqHandle {
             port: bundle.port(name, PORT)?,

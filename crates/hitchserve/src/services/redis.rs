@@ -65,6 +65,11 @@ impl Redis {
 
     /// The service to add to a bundle.
     pub fn service(self) -> Service {
+        self.unmarked().made_by("Redis")
+    }
+
+    /// `service`, before it is marked as a Redis (for `handle`).
+    fn unmarked(self) -> Service {
         let mut argv: Vec<std::ffi::OsString> = vec![self.program.into_os_string()];
         argv.extend(
             [
@@ -93,9 +98,10 @@ impl Redis {
 
     /// What a test uses of the running Redis named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<RedisHandle> {
+        let service = super::service_of_kind(bundle, name, "Redis")?;
         Ok(RedisHandle {
             port: bundle.port(name, PORT)?,
-            service: bundle.service(name)?,
+            service,
         })
     }
 }

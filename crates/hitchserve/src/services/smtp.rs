@@ -56,6 +56,11 @@ impl Smtp {
     /// The service to add to a bundle. If no `hitchsmtp` is found (see the module's
     /// documentation), the bundle's startup says how to install it.
     pub fn service(self) -> Service {
+        self.unmarked().made_by("Smtp")
+    }
+
+    /// `service`, before it is marked as a Smtp (for `handle`).
+    fn unmarked(self) -> Service {
         let (program, install) = match self.program {
             Some(program) => (program, None),
             None => match Places::from_env().find() {
@@ -85,9 +90,10 @@ impl Smtp {
 
     /// What a test uses of the running mock named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<SmtpHandle> {
+        let service = super::service_of_kind(bundle, name, "Smtp")?;
         Ok(SmtpHandle {
             port: bundle.port(name, PORT)?,
-            service: bundle.service(name)?,
+            service,
         })
     }
 }

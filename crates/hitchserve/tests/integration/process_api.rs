@@ -185,3 +185,55 @@ fn send_signal_reaches_the_process_and_a_gone_process_is_a_typed_error() {
     ));
     assert!(matches!(svc.process(), Err(Error::NotRunning)));
 }
+
+/// Asking a running bundle what only another state or kind of service has is an error
+/// that says which (each named the bundle as not running, or an undeclared port).
+#[test]
+fn questions_a_service_cant_answer_say_why() {
+    use hitchserve::services::{MariaDb, Memcached, Nginx, Postgres, RabbitMq, Redis, Smtp};
+    let p = Project::new("cant-answer");
+    let mut b = p.bundle();
+    b.add(
+        "Web",
+        crate::common::sh("echo READY; exec sleep 1000")
+            .port("http")
+            .ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    // Ports are reserved at startup.
+    assert!(matches!(b.port("Web", "http"), Err(Error::NotRunning)));
+    b.startup().unwrap();
+    assert!(b.port("Web", "http").is_ok());
+    match b.port("Nope", "http") {
+        Err(Error::NoSuchService { service, .. }) => assert_eq!(service, "Nope"),
+        other => panic!("expected NoSuchService, got {other:?}"),
+    }
+    // A ready-made kind's handle, of a service it didn't make.
+    let kinds = [
+        ("Postgres", Postgres::handle(&b, "Web").map(drop)),
+        ("Redis", Redis::handle(&b, "Web").map(drop)),
+        ("MariaDb", MariaDb::handle(&b, "Web").map(drop)),
+        ("Memcached", Memcached::handle(&b, "Web").map(drop)),
+        ("Nginx", Nginx::handle(&b, "Web").map(drop)),
+        ("RabbitMq", RabbitMq::handle(&b, "Web").map(drop)),
+        ("Smtp", Smtp::handle(&b, "Web").map(drop)),
+    ];
+    for (kind, got) in kinds {
+        match got {
+            Err(Error::NotAService { service, kind: k }) => {
+                assert_eq!((service.as_str(), k.as_str()), ("Web", kind))
+            }
+            other => panic!("{kind}::handle of a plain service: {other:?}"),
+        }
+    }
+    // Its process, once it was stopped.
+    let web = b.service("Web").unwrap();
+    web.stop().unwrap();
+    match web.process() {
+        Err(e @ Error::ServiceNotRunning { .. }) => {
+            assert!(e.to_string().contains("was stopped"), "{e}")
+        }
+        other => panic!("expected ServiceNotRunning, got {other:?}"),
+    }
+    b.shutdown().unwrap();
+}

@@ -194,9 +194,20 @@ pub(crate) fn raised_error(py: Python<'_>, raised: &Raised, e: Error, then: &str
     match service.and_then(|s| raised.take(&s)) {
         Some(original) => {
             let note = match &e {
-                Error::ReadinessPanicked { service, .. } => format!(
-                    "hitchserve: raised by the readiness check (log_line_ready_checker) of service `{service}`; {then}"
-                ),
+                Error::ReadinessPanicked {
+                    service,
+                    last_lines,
+                    ..
+                } => {
+                    let shown: String = last_lines.iter().map(|l| format!("\n    {l}")).collect();
+                    format!(
+                        "hitchserve: raised by the readiness check (log_line_ready_checker) of service `{service}`; {then}{}",
+                        match shown.is_empty() {
+                            true => String::new(),
+                            false => format!(". Its last lines:{shown}"),
+                        }
+                    )
+                }
                 other => format!("hitchserve: {other}"),
             };
             let _ = original.add_note(py, note);

@@ -2,6 +2,7 @@
 interactive mode, context manager, and the errors startup raises."""
 
 import os
+import re
 import time
 
 import pytest
@@ -378,6 +379,8 @@ def test_a_ready_checker_that_raises_fails_startup_with_that_exception(project):
     with pytest.raises(Boom, match="the checker broke on READY") as raised:
         bundle.startup()
     assert any("`App`" in note for note in raised.value.__notes__)
+    # With the lines it was shown.
+    assert any(re.search(r"\[ *App\] READY", note) for note in raised.value.__notes__), raised.value.__notes__
 
 
 def test_a_crash_after_startup_is_reported_by_check_and_shutdown(project):

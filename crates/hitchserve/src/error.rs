@@ -162,12 +162,20 @@ pub enum Error {
     },
 
     /// A readiness check panicked.
-    #[error("the readiness check of service `{service}` panicked: {message}")]
+    #[error(
+        "the readiness check of service `{service}` panicked: {message}{}{}",
+        lines_section(service, last_lines),
+        log_section(log)
+    )]
     ReadinessPanicked {
         /// The service.
         service: String,
         /// The panic message.
         message: String,
+        /// Its last log lines (stdout and stderr), oldest first: what the check was shown.
+        last_lines: Vec<String>,
+        /// The run's `all.log`, where every line is.
+        log: Option<PathBuf>,
     },
 
     /// A setup or poststart hook returned an error or panicked.

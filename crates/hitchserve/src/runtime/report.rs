@@ -194,9 +194,12 @@ impl Runtime {
     fn failure_error(&self, idx: usize, failure: StartupFailure) -> Error {
         let service = self.services()[idx].name.clone();
         match failure {
-            StartupFailure::Failed(Failure::CheckPanicked(message)) => {
-                Error::ReadinessPanicked { service, message }
-            }
+            StartupFailure::Failed(Failure::CheckPanicked(message)) => Error::ReadinessPanicked {
+                service,
+                message,
+                last_lines: self.sink.last_lines(idx, LAST_LINES),
+                log: self.sink.store.file_path(),
+            },
             StartupFailure::Failed(Failure::Spawn(source)) => Error::Spawn { service, source },
             StartupFailure::Failed(Failure::Hook(part, message)) => {
                 let filter = Filter {

@@ -117,7 +117,7 @@ fn a_panicking_readiness_check_fails_startup() {
     .unwrap();
     let err = b.startup().unwrap_err();
     assert!(
-        matches!(&err, Error::ReadinessPanicked { service, message } if service == "Odd" && message.contains("cannot parse hello")),
+        matches!(&err, Error::ReadinessPanicked { service, message, last_lines, .. } if service == "Odd" && message.contains("cannot parse hello") && last_lines.iter().any(|l| l.ends_with("hello"))),
         "{err:?}"
     );
     assert!(marked_pids(&run_id(&b)).is_empty());

@@ -61,6 +61,10 @@ def test_the_seeds_time_travel_session(started):
     printed = [l for l in bundle.logs.lines() if l.startswith("Time traveling to")]
     assert len(printed) == 5
 
+    # Back to the real time, as the seed does it: "Time traveling to now".
+    bundle.time_travel(datetime=datetime.now())
+    assert bundle.logs.lines()[-1].startswith("Time traveling to now ("), bundle.logs.lines()[-1]
+
 
 def test_a_jump_back_is_said_exactly_as_asked(started):
     bundle = started

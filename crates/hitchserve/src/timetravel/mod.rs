@@ -317,9 +317,14 @@ impl Drop for SharedOffset {
     }
 }
 
-/// "2 days from now", "3 hours ago": how a jump reads in the log.
-pub(crate) fn describe_jump(from: Timestamp, to: Timestamp) -> String {
-    describe_shift(to.as_nanosecond() - from.as_nanosecond())
+/// Where a travel to `moment` goes, as the seed says it: from real time (`now` within a
+/// minute of it, as for `datetime.now()`).
+pub(crate) fn describe_moment(moment: Timestamp) -> String {
+    let ns = moment.as_nanosecond() - Timestamp::now().as_nanosecond();
+    match ns.unsigned_abs() < 60_000_000_000 {
+        true => "now".to_owned(),
+        false => describe_shift(ns),
+    }
 }
 
 /// How a jump by `ns` nanoseconds reads: whole units, rounded towards zero.

@@ -29,11 +29,16 @@ fn crash_after_ready_is_reported_by_check_time_travel_and_shutdown_and_its_logs_
         .iter()
         .any(|l| l.contains("segfault")));
     assert!(b.service("Stable").unwrap().check().is_ok());
-    // The next time travel reports it, once; then the test may go on.
+    // The next time travel reports it, once, after its jump; then the test may go on.
+    let before = b.now();
     assert!(matches!(
-        b.time_travel(std::time::Duration::from_secs(60)),
+        b.time_travel(std::time::Duration::from_secs(3600)),
         Err(Error::ServiceExited { .. })
     ));
+    assert!(
+        b.now().duration_since(before) >= hitchserve::jiff::SignedDuration::from_secs(3600),
+        "the jump that reported the crash was not made"
+    );
     b.time_travel(std::time::Duration::from_secs(60)).unwrap();
     // check() reports it every time it is asked.
     for _ in 0..2 {

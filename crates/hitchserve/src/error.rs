@@ -258,10 +258,16 @@ pub enum Error {
     },
 
     /// The service exited (or the bundle stopped) while a wait on its logs was pending.
-    #[error("gave up waiting for {what}: the output ended because the service exited or the bundle stopped{}{}", plain_lines(last_lines), log_section(log))]
+    #[error(
+        "gave up waiting for {what}: the output ended: {why}{}{}",
+        plain_lines(last_lines),
+        log_section(log)
+    )]
     EndedWhileWaiting {
         /// What was awaited, and where.
         what: String,
+        /// Why it ended: "`Web` exited (exit code 3)", "the bundle stopped".
+        why: String,
         /// The last lines of the logs waited on, oldest first.
         last_lines: Vec<String>,
         /// The run's `all.log`, where every line is.

@@ -257,7 +257,8 @@ impl Tail {
                 store::read::Batch::Ended => {
                     return Err(Error::EndedWhileWaiting {
                         what: format!("{what} in {}", self.logs.describe()),
-                        last_lines: self.last_lines(),
+                        why: self.why_ended(),
+                        last_lines: self.last_lines_of_service(),
                         log: self.logs.store.file_path(),
                     })
                 }
@@ -266,7 +267,29 @@ impl Tail {
     }
 
     fn last_lines(&self) -> Vec<String> {
-        self.logs.store.last_lines(&self.logs.filter, 20, false)
+        self.logs.store.last_lines(&self.logs.filter, 20, true)
+    }
+
+    /// Why the output waited on ended: its service's end, or the bundle's.
+    fn why_ended(&self) -> String {
+        let store = &self.logs.store;
+        let ended = self.logs.filter.service.and_then(|idx| {
+            let how = store.how_ended(idx)?;
+            Some(format!("`{}` {how}", store.service_name(idx)?))
+        });
+        ended.unwrap_or_else(|| "the bundle stopped".to_owned())
+    }
+
+    /// The last lines of the service waited on, both streams (what it said as it ended),
+    /// or of what was waited on.
+    fn last_lines_of_service(&self) -> Vec<String> {
+        match self.logs.filter.service {
+            Some(idx) => {
+                let filter = crate::logs::line::Filter::service(Some(idx));
+                self.logs.store.last_lines(&filter, 20, true)
+            }
+            None => self.last_lines(),
+        }
     }
 }
 

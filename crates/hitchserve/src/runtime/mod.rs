@@ -345,7 +345,7 @@ impl Runtime {
                 false
             }
             Action::LogsEnded => {
-                self.sink.store.mark_ended(idx);
+                self.sink.store.mark_ended(idx, states[idx].how_it_ended());
                 false
             }
             Action::LogsGoOn => {

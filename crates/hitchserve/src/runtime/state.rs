@@ -285,6 +285,19 @@ impl ServiceState {
         }
     }
 
+    /// How its process ended, in words for a wait its end cut short ("exited (exit code
+    /// 3)", "was stopped", "was never started").
+    pub(crate) fn how_it_ended(&self) -> String {
+        match &self.phase {
+            Phase::Exited { expected: true, .. } => "was stopped".to_owned(),
+            Phase::Exited { status, .. } => format!("exited ({status})"),
+            _ => match &self.failure {
+                Some(failure) => format!("was not started: {}", failure.describe()),
+                None => "was not started".to_owned(),
+            },
+        }
+    }
+
     /// Whether start by hand number `n` is what runs or starts now and nobody has asked it
     /// to stop (an exit seen already counts too: its policy may restart it): what calling
     /// it off after it failed may stop (its policy's restarts included).

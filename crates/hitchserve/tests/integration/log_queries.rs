@@ -160,11 +160,12 @@ fn a_wait_ends_at_once_when_the_service_dies() {
     let mut b = p.bundle();
     b.add(
         "Doomed",
-        sh("echo READY; while [ ! -e die ]; do sleep 0.01; done; echo 'about to die'; exit 4"),
+        sh("echo READY; while [ ! -e die ]; do sleep 0.01; done; echo 'about to die'; echo dying >&2; exit 4"),
     )
     .unwrap();
     b.startup().unwrap();
-    let mut tail = b.service("Doomed").unwrap().logs().tail();
+    // A wait on its stdout: its stderr's last words are evidence too.
+    let mut tail = b.service("Doomed").unwrap().logs().out().tail();
     std::fs::write(p.path("die"), "").unwrap();
     // Far longer than the test may take: only the service's exit can end this wait.
     let err = tail
@@ -172,13 +173,26 @@ fn a_wait_ends_at_once_when_the_service_dies() {
         .unwrap_err();
     match &err {
         Error::EndedWhileWaiting {
-            what, last_lines, ..
+            what,
+            why,
+            last_lines,
+            ..
         } => {
             assert!(what.contains("`Doomed`"), "{what}");
+            assert_eq!(why, "`Doomed` exited (exit code 4)");
             assert!(last_lines.iter().any(|l| l.contains("about to die")));
+            assert!(
+                last_lines.iter().any(|l| l.contains("Err Doomed] dying")),
+                "{last_lines:?}"
+            );
         }
         other => panic!("wrong error: {other:?}"),
     }
+    assert!(
+        err.to_string()
+            .contains("the output ended: `Doomed` exited (exit code 4)"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -123,8 +123,9 @@ struct Inner {
     width: usize,
     /// Each source's all.log prefix (`[   Err Name] `), by source id.
     prefixes: Vec<Vec<u8>>,
-    /// Services whose output has ended for good (process exited, pipes drained).
-    ended: Vec<usize>,
+    /// Services whose output has ended for good (process exited, pipes drained), and how
+    /// ("exited (exit code 3)"), for a wait it ends.
+    ended: Vec<(usize, String)>,
     /// The bundle has shut down: no line will ever arrive again.
     closed: bool,
     /// `all.log` could not be written: lines past `durable` only live in memory.
@@ -264,13 +265,24 @@ impl LogStore {
 
     /// A service's output goes on (it was started again): waits on it block again.
     pub(crate) fn mark_restarted(&self, service: usize) {
-        self.lock().ended.retain(|&s| s != service);
+        self.lock().ended.retain(|&(s, _)| s != service);
     }
 
-    /// A service's output has ended for good: waits on it can stop.
-    pub(crate) fn mark_ended(&self, service: usize) {
-        self.lock().ended.push(service);
+    /// A service's output has ended for good (`how` it ended, in words): waits on it can
+    /// stop.
+    pub(crate) fn mark_ended(&self, service: usize, how: String) {
+        self.lock().ended.push((service, how));
         self.grown.notify_all();
+    }
+
+    /// How service `service`'s output ended, if it has.
+    pub(crate) fn how_ended(&self, service: usize) -> Option<String> {
+        let inner = self.lock();
+        inner
+            .ended
+            .iter()
+            .find(|(s, _)| *s == service)
+            .map(|(_, how)| how.clone())
     }
 }
 

@@ -211,7 +211,9 @@ impl LogStore {
                     return Batch::Partials(partials);
                 }
             }
-            let ended = filter.service.is_some_and(|s| inner.ended.contains(&s));
+            let ended = filter
+                .service
+                .is_some_and(|s| inner.ended.iter().any(|(e, _)| *e == s));
             if ended || inner.closed {
                 return Batch::Ended;
             }

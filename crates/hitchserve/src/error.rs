@@ -37,10 +37,8 @@ pub enum Error {
         service: String,
     },
 
-    /// `Service::new` was given no program.
-    #[error(
-        "service `{service}` has an empty command: give Service::new at least the program to run"
-    )]
+    /// A command (`Service::new`'s, or a sub-command's) has no program, or an empty one.
+    #[error("service `{service}`: a command is empty: give it at least the program to run")]
     EmptyCommand {
         /// The service.
         service: String,

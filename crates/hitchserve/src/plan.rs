@@ -303,7 +303,7 @@ fn resolve_one(
     store: &LogStore,
     lookups: &mut Lookups,
 ) -> Result<ServicePlan> {
-    let Some(program) = svc.argv.first() else {
+    let Some(program) = svc.argv.first().filter(|p| !p.is_empty()) else {
         return Err(Error::EmptyCommand {
             service: name.to_owned(),
         });

@@ -105,7 +105,7 @@ impl Subcommand {
     }
 
     fn command(&self) -> Result<Command> {
-        let Some(program) = self.argv.first() else {
+        let Some(program) = self.argv.first().filter(|p| !p.is_empty()) else {
             return Err(Error::EmptyCommand {
                 service: self.exec.service.clone(),
             });

@@ -153,6 +153,8 @@ impl Runtime {
     /// process can do.
     pub(crate) fn not_running(&self, idx: usize, st: &ServiceState) -> Error {
         let state = match &st.phase {
+            // Nothing starts any more: no advice to start it.
+            _ if self.is_stopping() => "is stopped: the bundle has been shut down".to_owned(),
             Phase::Exited { expected: true, .. } => {
                 "was stopped: start it again first (`start()`)".to_owned()
             }

@@ -184,6 +184,16 @@ fn an_empty_command_is_refused() {
         &mut b,
         |e| matches!(e, Error::EmptyCommand { service } if service == "Nothing"),
     );
+    // An empty program is no program either (it was "command `` was not found").
+    let p = Project::new("empty-program");
+    let mut b = p.bundle();
+    b.add("Good", starter(&p)).unwrap();
+    b.add("Blank", Service::new([""])).unwrap();
+    fails_before_starting(
+        &p,
+        &mut b,
+        |e| matches!(e, Error::EmptyCommand { service } if service == "Blank"),
+    );
 }
 
 #[test]

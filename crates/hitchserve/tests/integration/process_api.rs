@@ -236,4 +236,10 @@ fn questions_a_service_cant_answer_say_why() {
         other => panic!("expected ServiceNotRunning, got {other:?}"),
     }
     b.shutdown().unwrap();
+    // Once the bundle is down, nothing is to be started again: no advice to.
+    let err = web.pause().unwrap_err().to_string();
+    assert!(
+        err.contains("the bundle has been shut down") && !err.contains("start()"),
+        "{err}"
+    );
 }

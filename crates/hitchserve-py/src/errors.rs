@@ -38,6 +38,7 @@ pub(crate) fn class_of(e: &Error) -> &'static str {
         | Error::UnreachableForUser { .. }
         | Error::AlreadyStarted => "DefinitionError",
         Error::ExitedBeforeReady { .. }
+        | Error::OneShotFailed { .. }
         | Error::HookFailed { .. }
         | Error::ReadinessPanicked { .. }
         | Error::Spawn { .. }
@@ -73,6 +74,16 @@ pub(crate) fn context_of(e: &Error) -> (Option<String>, Vec<String>) {
             service,
             last_lines,
             ..
+        }
+        | Error::OneShotFailed {
+            service,
+            last_lines,
+            ..
+        }
+        | Error::ReadinessPanicked {
+            service,
+            last_lines,
+            ..
         } => (Some(service.clone()), last_lines.clone()),
         Error::StartupTimeout { not_ready, .. } => (
             not_ready.first().map(|n| n.service.clone()),
@@ -92,7 +103,6 @@ pub(crate) fn context_of(e: &Error) -> (Option<String>, Vec<String>) {
         | Error::DirectoryMissing { service, .. }
         | Error::UnknownNeed { service, .. }
         | Error::Spawn { service, .. }
-        | Error::ReadinessPanicked { service, .. }
         | Error::NoSuchService { service, .. }
         | Error::NoSuchUser { service, .. }
         | Error::ReadinessNeverPasses { service, .. }

@@ -131,6 +131,24 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A one-shot service (see `Service::one_shot`) exited with a failure: what needs it
+    /// completed can't start.
+    #[error(
+        "one-shot service `{service}` failed ({status}): it must exit 0{}{}",
+        lines_section(service, last_lines),
+        log_section(log)
+    )]
+    OneShotFailed {
+        /// The service.
+        service: String,
+        /// How it ended.
+        status: ExitStatus,
+        /// Its last log lines (stdout and stderr), oldest first.
+        last_lines: Vec<String>,
+        /// The run's `all.log`, where every line is.
+        log: Option<PathBuf>,
+    },
+
     /// The service exited while the bundle waited for it to become ready.
     #[error(
         "service `{service}` exited before it was ready ({status}){}{}",
@@ -529,6 +547,7 @@ impl Error {
             Error::Io { .. } => "Io",
             Error::Spawn { .. } => "Spawn",
             Error::ExitedBeforeReady { .. } => "ExitedBeforeReady",
+            Error::OneShotFailed { .. } => "OneShotFailed",
             Error::StartupTimeout { .. } => "StartupTimeout",
             Error::ReadinessPanicked { .. } => "ReadinessPanicked",
             Error::HookFailed { .. } => "HookFailed",

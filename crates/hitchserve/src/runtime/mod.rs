@@ -405,9 +405,16 @@ impl Runtime {
                 Action::Spawn => spawn = true,
                 Action::RunPoststart { start } => self.run_poststart(idx, start),
                 Action::Announce { took } => {
+                    let plan = &self.services()[idx];
+                    // A one-shot is not done until it exits 0 ("completed"): not "ready".
+                    let what = if plan.traits.one_shot {
+                        "running"
+                    } else {
+                        "ready"
+                    };
                     self.sink.log(&format!(
-                        "{} ready after {:.2} s",
-                        self.services()[idx].name,
+                        "{} {what} after {:.2} s",
+                        plan.name,
                         took.as_secs_f64()
                     ));
                     // Marked after the line above, so "READY" is never printed before it.

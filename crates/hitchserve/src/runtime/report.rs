@@ -221,6 +221,14 @@ impl Runtime {
                     log: self.sink.store.file_path(),
                 }
             }
+            StartupFailure::ExitedBeforeReady(status) if self.services()[idx].traits.one_shot => {
+                Error::OneShotFailed {
+                    service,
+                    status,
+                    last_lines: self.sink.last_lines(idx, LAST_LINES),
+                    log: self.sink.store.file_path(),
+                }
+            }
             StartupFailure::ExitedBeforeReady(status) => Error::ExitedBeforeReady {
                 service,
                 status,

@@ -137,6 +137,9 @@ pub(crate) fn supervise(
     // this line.
     match runtime.read(idx, |st| st.on_reap(&plan.traits, status)) {
         Reap::Quiet => {}
+        Reap::Crash { restarts: 0 } if plan.traits.one_shot => runtime
+            .sink
+            .warn(&format!("one-shot `{}` failed ({status})", plan.name)),
         Reap::Crash { restarts: 0 } => runtime
             .sink
             .warn(&format!("`{}` exited unexpectedly ({status})", plan.name)),

@@ -48,7 +48,7 @@ fn a_failing_migration_fails_startup_with_its_last_lines() {
     .unwrap();
     let err = b.startup().unwrap_err();
     match &err {
-        Error::ExitedBeforeReady {
+        Error::OneShotFailed {
             service,
             status,
             last_lines,
@@ -60,6 +60,27 @@ fn a_failing_migration_fails_startup_with_its_last_lines() {
         }
         other => panic!("wrong error: {other:?}"),
     }
+    // Said as what it is: a one-shot that failed (it read "ready", then "exited
+    // unexpectedly", then "exited before it was ready").
+    assert!(
+        err.to_string()
+            .starts_with("one-shot service `Migrate` failed (exit code 3)"),
+        "{err}"
+    );
+    let said = b.logs().lines();
+    assert!(
+        said.iter()
+            .any(|l| l == "one-shot `Migrate` failed (exit code 3)"),
+        "{said:?}"
+    );
+    assert!(
+        !said.iter().any(|l| l.contains("exited unexpectedly")),
+        "{said:?}"
+    );
+    assert!(
+        said.iter().any(|l| l.starts_with("Migrate running after ")),
+        "{said:?}"
+    );
     assert!(
         b.service("App").unwrap().exit_status().is_none(),
         "App never started"

@@ -215,7 +215,7 @@ impl Chromium {
 
     /// What a test uses of the running chromedriver named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<ChromiumHandle> {
-        let service = super::service_of_kind(bundle, name, "Chromium")?;
+        let service = super::kind::service_of_kind(bundle, name, "Chromium")?;
         let options = service
             .env_var(OPTIONS_VAR)
             .and_then(|o| serde_json::from_str::<Value>(&o).ok())

@@ -354,7 +354,7 @@ impl MariaDb {
 
     /// What a test uses of the running MariaDB named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<MariaDbHandle> {
-        let service = super::service_of_kind(bundle, name, "MariaDb")?;
+        let service = super::kind::service_of_kind(bundle, name, "MariaDb")?;
         let var = |key: &str| service.env_var(key).unwrap_or_default();
         Ok(MariaDbHandle {
             port: bundle.port(name, PORT)?,

@@ -151,7 +151,7 @@ impl Memcached {
 
     /// What a test uses of the running memcached named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<MemcachedHandle> {
-        let service = super::service_of_kind(bundle, name, "Memcached")?;
+        let service = super::kind::service_of_kind(bundle, name, "Memcached")?;
         Ok(MemcachedHandle {
             port: bundle.port(name, PORT)?,
             service,

@@ -7,6 +7,7 @@
 
 pub mod chromium;
 pub mod cron;
+mod kind;
 pub mod mariadb;
 pub mod memcached;
 pub mod nginx;
@@ -25,20 +26,3 @@ pub use postgres::{Postgres, PostgresHandle};
 pub use rabbitmq::{RabbitMq, RabbitMqHandle};
 pub use redis::{Redis, RedisHandle};
 pub use smtp::{Smtp, SmtpHandle};
-
-/// The service called `name`, if the ready-made `kind` made it: what each kind's `handle`
-/// stands on (a handle of another service would ask it what it can't answer).
-fn service_of_kind(
-    bundle: &crate::Bundle,
-    name: &str,
-    kind: &'static str,
-) -> crate::Result<crate::ServiceHandle> {
-    let service = bundle.service(name)?;
-    match service.kind() == Some(kind) {
-        true => Ok(service),
-        false => Err(crate::Error::NotAService {
-            service: name.to_owned(),
-            kind: kind.to_owned(),
-        }),
-    }
-}

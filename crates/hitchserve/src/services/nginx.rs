@@ -220,7 +220,7 @@ impl Nginx {
 
     /// What a test uses of the running nginx named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<NginxHandle> {
-        let service = super::service_of_kind(bundle, name, "Nginx")?;
+        let service = super::kind::service_of_kind(bundle, name, "Nginx")?;
         Ok(NginxHandle {
             port: bundle.port(name, PORT)?,
             service,

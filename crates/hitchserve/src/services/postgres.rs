@@ -330,7 +330,7 @@ impl Postgres {
 
     /// What a test uses of the running PostgreSQL named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<PostgresHandle> {
-        let service = super::service_of_kind(bundle, name, "Postgres")?;
+        let service = super::kind::service_of_kind(bundle, name, "Postgres")?;
         let argv0 = service
             .process()
             .ok()

@@ -290,7 +290,7 @@ impl RabbitMq {
 
     /// What a test uses of the running RabbitMQ named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<RabbitMqHandle> {
-        let service = super::service_of_kind(bundle, name, "RabbitMq")?;
+        let service = super::kind::service_of_kind(bundle, name, "RabbitMq")?;
         let var = |key: &str| service.env_var(key).unwrap_or_default();
         Ok(RabbitMqHandle {
             port: bundle.port(name, PORT)?,

@@ -98,7 +98,7 @@ impl Redis {
 
     /// What a test uses of the running Redis named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<RedisHandle> {
-        let service = super::service_of_kind(bundle, name, "Redis")?;
+        let service = super::kind::service_of_kind(bundle, name, "Redis")?;
         Ok(RedisHandle {
             port: bundle.port(name, PORT)?,
             service,

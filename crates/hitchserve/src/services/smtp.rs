@@ -90,7 +90,7 @@ impl Smtp {
 
     /// What a test uses of the running mock named `name`.
     pub fn handle(bundle: &Bundle, name: &str) -> Result<SmtpHandle> {
-        let service = super::service_of_kind(bundle, name, "Smtp")?;
+        let service = super::kind::service_of_kind(bundle, name, "Smtp")?;
         Ok(SmtpHandle {
             port: bundle.port(name, PORT)?,
             service,

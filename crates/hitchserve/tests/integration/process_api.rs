@@ -183,7 +183,10 @@ fn send_signal_reaches_the_process_and_a_gone_process_is_a_typed_error() {
         proc.send_signal(Signal::SIGTERM),
         Err(Error::NoSuchProcess { .. })
     ));
-    assert!(matches!(svc.process(), Err(Error::NotRunning)));
+    assert!(matches!(
+        svc.process(),
+        Err(Error::ServiceNotRunning { .. })
+    ));
 }
 
 /// Asking a running bundle what only another state or kind of service has is an error

@@ -40,7 +40,8 @@ pub const SUPERUSER: &str = "postgres";
 /// bundle.startup()?;
 /// let pg = Postgres::handle(&bundle, "Postgres")?;
 /// pg.psql("app", "CREATE TABLE t (x int)").run()?;
-/// println!("DATABASE_URL={}", pg.connection_url("app"));
+/// // The application connects over TCP as the user made above:
+/// println!("DATABASE_URL=postgresql://app:secret@127.0.0.1:{}/app", pg.port());
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Default)]

@@ -211,7 +211,11 @@ impl Service {
     /// # let _ = (web, client);
     /// ```
     pub fn port(mut self, name: impl Into<String>) -> Service {
-        self.ports.push(name.into());
+        let name = name.into();
+        // The same name again is the same port (not a second one reserved for nothing).
+        if !self.ports.contains(&name) {
+            self.ports.push(name);
+        }
         self
     }
 
@@ -366,5 +370,16 @@ impl Restart {
         }
         let doubled = backoff.saturating_mul(1u32 << n.min(16));
         Some(doubled.min(RESTART_BACKOFF_MAX.max(backoff)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_named_twice_is_one_port() {
+        let svc = Service::new(["true"]).port("http").port("admin").port("http");
+        assert_eq!(svc.ports, ["http", "admin"]);
     }
 }

@@ -93,3 +93,35 @@ def test_each_xdist_worker_gets_its_own_bundle_and_ports_and_stops_it(pytester):
     for _, pid in found:
         assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
 
+
+
+LATE = """
+import sys
+import pytest
+
+@pytest.fixture
+def app(service_bundle):
+    import hitchserve
+    service_bundle["App"] = hitchserve.Service(
+        command=[sys.executable, "-u", "-c", "import time; print('READY'); time.sleep(3600)"],
+        log_line_ready_checker=lambda line: line == "READY")
+    service_bundle.startup()
+    assert not service_bundle.interactive
+    yield service_bundle
+    # After the test (pytest's capture is off until the teardown's begins): not printing.
+    assert service_bundle.interactive
+
+def test_fails(app):
+    assert False
+
+def test_passes(app):
+    pass
+"""
+
+
+def test_after_the_test_its_bundles_stop_printing(pytester):
+    """Between a test and its teardown pytest's capture is off: a service line printed then
+    reached the terminal, outside the test's report (its lines are still stored)."""
+    pytester.makepyfile(test_inner=LATE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1, passed=1)

@@ -178,6 +178,22 @@ def _section(bundle: ServiceBundle) -> str:
     return "\n".join([f"last {len(lines)} lines:"] + lines + [f"all.log: {where}"])
 
 
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """Once the test itself is done, its bundles stop printing (their lines are still
+    stored, and a failed test's report shows them): between the test and its teardown
+    pytest's capture is off, and a line a service wrote then reached the terminal."""
+    try:
+        return (yield)
+    finally:
+        capturing = item.config.getoption("capture", "fd") != "no"
+        for bundle in item.stash.get(_BUNDLES, []) if capturing else []:
+            try:
+                bundle.start_interactive_mode()
+            except Exception:  # starting up on another thread: nothing to mute yet
+                pass
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
     report = yield

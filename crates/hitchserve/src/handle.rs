@@ -77,7 +77,7 @@ impl ServiceHandle {
     }
 
     /// Its main process, to inspect or signal (see [`Process`]); an error
-    /// ([`Error::ServiceNotRunning`], saying why) if none runs.
+    /// ([`Error::ServiceNotRunning`](crate::Error::ServiceNotRunning), saying why) if none runs.
     pub fn process(&self) -> Result<Process> {
         let pid = self.runtime.read(self.idx, |st| {
             st.pid()

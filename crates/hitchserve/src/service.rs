@@ -379,7 +379,10 @@ mod tests {
 
     #[test]
     fn a_port_named_twice_is_one_port() {
-        let svc = Service::new(["true"]).port("http").port("admin").port("http");
+        let svc = Service::new(["true"])
+            .port("http")
+            .port("admin")
+            .port("http");
         assert_eq!(svc.ports, ["http", "admin"]);
     }
 }

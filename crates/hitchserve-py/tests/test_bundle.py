@@ -116,6 +116,8 @@ def test_interactive_mode_still_says_a_crash_and_counts_only_the_service_lines_i
         bundle.log(f"note {i}")
     bundle["Brief"].kill()
     tail.until(lambda l: "exited unexpectedly" in l, timeout=PATIENCE)
+    # A line is stored, then printed: a message of ours comes after what was printed so far.
+    bundle.log("seen")
     out = capfd.readouterr().out
     # The crash is said at once, muted console or not.
     assert "WARNING: `Brief` exited unexpectedly" in out, out

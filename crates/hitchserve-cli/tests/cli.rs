@@ -410,6 +410,39 @@ fn sigterm_to_a_foreground_bundle_stops_it_and_its_services_keep_default_signals
     }
 }
 
+/// SIGTERM to a ready foreground `up` stops its services with their grace (from review: an
+/// interrupt had set the bundle to hurry, and every service got SIGKILL at once).
+#[test]
+fn sigterm_to_a_ready_foreground_bundle_gives_its_services_their_grace() {
+    let p = Project::new(
+        "grace",
+        "[bundle]\nstartup_timeout = \"30s\"\n\n[services.Graceful]\ncommand = [\"sh\", \"-c\", \"trap 'sleep 0.3; echo clean-exit; exit 0' TERM; echo READY; while :; do sleep 0.05; done\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    let mut up = p.cmd(&["up"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
+    assert!(lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("Hitch] READY in")));
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    // SAFETY: signalling the bundle process this test started.
+    unsafe {
+        libc::kill(up.id() as libc::pid_t, libc::SIGTERM);
+    }
+    assert!(up.wait().unwrap().success());
+    let out = drain.join().unwrap();
+    assert!(
+        out.iter().any(|l| l.contains("clean-exit")),
+        "the service got no grace:\n{}",
+        out.join("\n")
+    );
+    assert!(
+        !out.iter().any(|l| l.contains("SIGKILL")),
+        "{}",
+        out.join("\n")
+    );
+}
+
 /// A foreground `up` whose one service has started but will never be ready; the
 /// thread drains its console.
 fn starting_forever(tag: &str) -> (Project, std::process::Child, std::thread::JoinHandle<usize>) {

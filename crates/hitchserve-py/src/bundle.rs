@@ -4,16 +4,17 @@
 //! and what a started bundle hands out: service handles, log views, the ready-made services'
 //! handles, time travel, the kernel of a service.
 //!
-//! The engine's bundle is `None` while `startup` (or `shutdown`) runs, and a call meanwhile
-//! raises "the bundle is starting up"; a call that waits releases the GIL (`with`), one that never waits keeps
-//! it (`quick`). Invariant: the bundle is never dropped, nor stopped, with the GIL held.
+//! The engine's bundle is `None` while `startup` runs, and a call meanwhile raises "the
+//! bundle is starting up" (during `shutdown` it stays in place, locked: a call waits); a
+//! call that waits releases the GIL (`with`), one that never waits keeps it (`quick`).
+//! Invariant: the bundle is never dropped, nor stopped, with the GIL held.
 
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use hitchserve::services::{Postgres, Redis, Smtp};
-use hitchserve::{Bundle, Error, Interrupter};
+use hitchserve::{Bundle, Error, Interrupter, LogLine, Stream};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
@@ -29,7 +30,7 @@ use crate::wait::{lock, SLICE};
 #[pyclass(module = "hitchserve._native", frozen)]
 pub(crate) struct NativeBundle {
     /// `None` while `startup` runs (on its own thread).
-    bundle: Mutex<Option<Bundle>>,
+    bundle: Arc<Mutex<Option<Bundle>>>,
     interrupter: Interrupter,
     raised: Arc<Raised>,
 }
@@ -44,17 +45,32 @@ impl NativeBundle {
         .ok_or_else(starting)
     }
 
-    /// Run `f` on the bundle, for calls that never wait (the GIL stays held).
+    /// Run `f` on the bundle, for calls that never wait (the GIL stays held) — but for the
+    /// wait for the bundle itself while a `shutdown` holds it: that is done without the GIL
+    /// (held, it would stall the main thread's Ctrl-C and any Python code the stop runs).
     fn quick<R>(&self, f: impl FnOnce(&Bundle) -> R) -> PyResult<R> {
-        lock(&self.bundle).as_ref().map(f).ok_or_else(starting)
+        let guard = loop {
+            match self.bundle.try_lock() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
+                // Wait (without the GIL) until it is free, then take it with the GIL.
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    Python::attach(|py| py.detach(|| drop(lock(&self.bundle))))
+                }
+            }
+        };
+        guard.as_ref().map(f).ok_or_else(starting)
     }
 
     /// Run `f`, and in interactive mode (the console muted) also return the bundle's own
     /// lines it logged, in the console format, for Python to print: what the user asked for
     /// at the prompt (a time travel, a log message) is shown; only service lines stay muted.
+    /// Only the bundle's own lines that `mine` says are what `f` logged: other threads log
+    /// meanwhile (their lines stay muted, or — warnings — the console printed them).
     fn said<R: Send>(
         &self,
         py: Python<'_>,
+        mine: impl Fn(&LogLine) -> bool + Send + Sync,
         f: impl FnOnce(&Bundle) -> R + Send,
     ) -> PyResult<(R, Vec<String>)> {
         self.with(py, |b| {
@@ -67,11 +83,30 @@ impl NativeBundle {
             let said = tail
                 .grep(|_| true)
                 .iter()
-                .filter(|l| l.is_bundle_message())
+                .filter(|l| l.is_bundle_message() && mine(l))
                 .map(|l| format!("{l:width$}"))
                 .collect();
             (result, said)
         })
+    }
+
+    /// A time travel: its line, printed (in interactive mode) before its error if it has one
+    /// (the jump is made either way).
+    fn travel(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Bundle) -> Result<(), Error> + Send,
+    ) -> PyResult<Vec<String>> {
+        let mine = |l: &LogLine| l.text().starts_with("Time traveling to ");
+        let (result, said) = self.said(py, mine, f)?;
+        if result.is_err() {
+            let print = py.import("builtins")?.getattr("print")?;
+            for line in &said {
+                print.call1((line,))?;
+            }
+        }
+        result.or_raise()?;
+        Ok(said)
     }
 
     fn handle(&self, name: &str) -> PyResult<hitchserve::ServiceHandle> {
@@ -88,24 +123,22 @@ impl NativeBundle {
         )
     }
 
-    /// Run `job` on the bundle on the runner's thread (see `runner`), taking Python's
-    /// signals meanwhile: the first (Ctrl-C) interrupts the bundle, and is returned for
-    /// raising once the bundle is back in place. `what` names it in errors.
-    fn on_runner(
+    /// Run `job` on the runner's thread (see `runner`), taking Python's signals meanwhile:
+    /// each (Ctrl-C) interrupts the bundle (see `Interrupter::interrupt`: a startup ends, a
+    /// stop under way is cut short), and the first is returned for raising once `job` is
+    /// done. `what` names it in errors. (Signals reach only the main thread: elsewhere the
+    /// wait just waits.)
+    fn on_runner<R: Send + 'static>(
         &self,
         py: Python<'_>,
         what: &str,
-        job: impl FnOnce(&mut Bundle) -> Result<(), Error> + Send + 'static,
-    ) -> PyResult<(Result<(), Error>, Option<PyErr>)> {
-        let mut bundle = py
-            .detach(|| lock(&self.bundle).take())
-            .ok_or_else(starting)?;
+        job: impl FnOnce() -> R + Send + 'static,
+    ) -> PyResult<(R, Option<PyErr>)> {
         let (tx, rx) = mpsc::channel();
         let spawned = crate::runner::run_startup(
             py,
             Box::new(move || {
-                let result = job(&mut bundle);
-                let _ = tx.send((bundle, result));
+                let _ = tx.send(job());
             }),
         );
         if let Err(e) = spawned {
@@ -117,16 +150,11 @@ impl NativeBundle {
         let mut interrupted: Option<PyErr> = None;
         loop {
             match py.detach(|| lock(&rx).recv_timeout(SLICE)) {
-                Ok((bundle, result)) => {
-                    py.detach(|| *lock(&self.bundle) = Some(bundle));
-                    return Ok((result, interrupted));
-                }
+                Ok(answer) => return Ok((answer, interrupted)),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if interrupted.is_none() {
-                        if let Err(signal) = py.check_signals() {
-                            self.interrupter.interrupt();
-                            interrupted = Some(signal);
-                        }
+                    if let Err(signal) = py.check_signals() {
+                        self.interrupter.interrupt();
+                        interrupted.get_or_insert(signal);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -173,7 +201,7 @@ impl NativeBundle {
         }
         Ok(NativeBundle {
             interrupter: bundle.interrupter(),
-            bundle: Mutex::new(Some(bundle)),
+            bundle: Arc::new(Mutex::new(Some(bundle))),
             raised: Arc::default(),
         })
     }
@@ -189,18 +217,31 @@ impl NativeBundle {
     /// Start every service and wait until all are ready; Ctrl-C interrupts it (everything
     /// started is stopped, then `KeyboardInterrupt` is raised).
     fn startup(&self, py: Python<'_>) -> PyResult<()> {
-        // On another thread, so this one can take Python's signals while the startup waits.
-        let (result, interrupted) = self.on_runner(py, "startup", |b| b.startup())?;
+        // On another thread, so this one can take Python's signals while the startup waits;
+        // the bundle is out of its place meanwhile (a call then is told it is starting up).
+        let mut bundle = py
+            .detach(|| lock(&self.bundle).take())
+            .ok_or_else(starting)?;
+        let ((bundle, result), interrupted) = self.on_runner(py, "startup", move || {
+            let result = bundle.startup();
+            (bundle, result)
+        })?;
+        py.detach(|| *lock(&self.bundle) = Some(bundle));
         match interrupted {
             Some(signal) => Err(signal),
             None => result.map_err(|e| self.startup_error(py, e)),
         }
     }
 
-    /// On the runner's thread, as `startup`: Ctrl-C (once) cuts the services' grace short —
-    /// what is left gets SIGKILL at once — and is raised once everything has stopped.
+    /// On the runner's thread, as `startup`, the bundle locked in its place (another call
+    /// waits for the stop, as it would on this thread): Ctrl-C cuts the services' grace
+    /// short — what is left gets SIGKILL at once — and is raised once everything stopped.
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
-        let (result, interrupted) = self.on_runner(py, "shutdown", |b| b.shutdown())?;
+        let cell = Arc::clone(&self.bundle);
+        let (result, interrupted) = self.on_runner(py, "shutdown", move || {
+            lock(&cell).as_ref().map(Bundle::shutdown)
+        })?;
+        let result = result.ok_or_else(starting)?;
         match interrupted {
             Some(signal) => Err(signal),
             None => result.or_raise(),
@@ -216,9 +257,7 @@ impl NativeBundle {
     /// In interactive mode, the lines it logged (see `said`).
     fn time_travel_by(&self, py: Python<'_>, micros: i64) -> PyResult<Vec<String>> {
         let by = hitchserve::jiff::SignedDuration::from_micros(micros);
-        let (result, said) = self.said(py, |b| b.time_travel_by(by))?;
-        result.or_raise()?;
-        Ok(said)
+        self.travel(py, |b| b.time_travel_by(by))
     }
 
     /// Make the clocks say this moment (microseconds since the Unix epoch). In interactive
@@ -226,9 +265,7 @@ impl NativeBundle {
     fn time_travel_to(&self, py: Python<'_>, micros: i64) -> PyResult<Vec<String>> {
         let moment = hitchserve::jiff::Timestamp::from_microsecond(micros)
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        let (result, said) = self.said(py, |b| b.time_travel_to(moment))?;
-        result.or_raise()?;
-        Ok(said)
+        self.travel(py, |b| b.time_travel_to(moment))
     }
 
     /// What time the services think it is, in microseconds since the Unix epoch.
@@ -238,12 +275,18 @@ impl NativeBundle {
 
     /// Log `message`; in interactive mode, its lines to print (see `said`).
     fn log(&self, py: Python<'_>, message: &str) -> PyResult<Vec<String>> {
-        Ok(self.said(py, |b| b.log(message))?.1)
+        let mine = |l: &LogLine| {
+            l.stream() == Stream::Stdout && message.split('\n').any(|m| l.text() == m)
+        };
+        Ok(self.said(py, mine, |b| b.log(message))?.1)
     }
 
     /// Log `message` as a warning; in interactive mode, its lines to print (see `said`).
     fn warn(&self, py: Python<'_>, message: &str) -> PyResult<Vec<String>> {
-        Ok(self.said(py, |b| b.warn(message))?.1)
+        let mine = |l: &LogLine| {
+            l.stream() == Stream::Stderr && message.split('\n').any(|m| l.text() == m)
+        };
+        Ok(self.said(py, mine, |b| b.warn(message))?.1)
     }
 
     fn start_interactive_mode(&self) -> PyResult<()> {

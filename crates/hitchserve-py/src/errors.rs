@@ -133,6 +133,7 @@ pub(crate) fn py_err(e: Error) -> PyErr {
             exc.setattr("kind", kind.clone())?;
             if let Error::SubcommandFailed { status, .. }
             | Error::ExitedBeforeReady { status, .. }
+            | Error::OneShotFailed { status, .. }
             | Error::ServiceExited { status, .. } = &e
             {
                 exc.setattr("returncode", status.code())?;
@@ -207,14 +208,19 @@ pub(crate) fn raised_error(py: Python<'_>, raised: &Raised, e: Error, then: &str
                 Error::ReadinessPanicked {
                     service,
                     last_lines,
+                    log,
                     ..
                 } => {
                     let shown: String = last_lines.iter().map(|l| format!("\n    {l}")).collect();
                     format!(
-                        "hitchserve: raised by the readiness check (log_line_ready_checker) of service `{service}`; {then}{}",
+                        "hitchserve: raised by the readiness check (log_line_ready_checker) of service `{service}`; {then}{}{}",
                         match shown.is_empty() {
                             true => String::new(),
                             false => format!(". Its last lines:{shown}"),
+                        },
+                        match log {
+                            Some(log) => format!("\nevery line of the run: {}", log.display()),
+                            None => String::new(),
                         }
                     )
                 }

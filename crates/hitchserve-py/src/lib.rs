@@ -54,9 +54,17 @@ fn smtp_main(py: Python<'_>, args: Vec<String>) -> i32 {
 }
 
 /// The native half of the `hitchserve` package.
+/// The C name of a signal the engine can send (`"SIGINT"` from `"int"`, `"SIGINT"` or `"2"`),
+/// or `ValueError`: Python checks a signal with this when it is given, as the engine will.
+#[pyfunction]
+fn signal_name(name: &str) -> PyResult<&'static str> {
+    values::signal(name).map(hitchserve::Signal::name)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(smtp_main, m)?)?;
+    m.add_function(wrap_pyfunction!(signal_name, m)?)?;
     m.add_function(wrap_pyfunction!(shared::cli_main, m)?)?;
     m.add_class::<NativeShared>()?;
     m.add_class::<NativeBundle>()?;

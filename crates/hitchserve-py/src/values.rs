@@ -68,8 +68,8 @@ pub(crate) fn json_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py,
 
 /// A signal by name, with or without `SIG`, in any case (`"term"`, `"SIGTERM"`).
 pub(crate) fn signal(name: &str) -> PyResult<Signal> {
-    let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") {
+    let upper = name.trim().to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") || upper.parse::<i32>().is_ok() {
         upper
     } else {
         format!("SIG{upper}")

@@ -295,6 +295,7 @@ def test_bad_env_vars_are_refused_when_the_service_is_defined(env_vars, error, w
         (dict(directory=5), TypeError, "directory must be a path"),
         (dict(stop_signal=999), ValueError, "stop_signal=999 is not a signal"),
         (dict(stop_signal="SIGNOPE"), ValueError, "stop_signal='SIGNOPE' is not a signal"),
+        (dict(stop_signal="SIGIOT"), ValueError, "stop_signal='SIGIOT' is not a signal hitchserve can send"),
         (dict(command=["echo", None]), TypeError, r"command\[1\] is None"),
     ],
 )
@@ -315,6 +316,15 @@ def test_arguments_of_the_wrong_kind_are_refused_naming_the_argument(kwargs, err
 def test_bad_bundle_timeouts_are_refused_naming_the_argument(project, kwargs, error, words):
     with pytest.raises(error, match=words):
         hitchserve.ServiceBundle(str(project), **kwargs)
+
+
+def test_numbers_of_any_kind_are_taken_where_numbers_are_asked_for(project):
+    from decimal import Decimal
+    from fractions import Fraction
+
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=Decimal("15"), shutdown_timeout=Fraction(5))
+    assert (bundle.startup_timeout, bundle.shutdown_timeout) == (15.0, 5.0)
+    assert hitchserve.Service(command=["sleep", Decimal("0.5")]).command == ["sleep", "0.5"]
 
 
 def test_one_need_given_alone_and_signal_names_are_understood(project):

@@ -144,6 +144,41 @@ def test_kill_takes_a_signal_name_and_refuses_an_unknown_one(service_bundle):
     assert service_bundle["Victim"].is_running
 
 
+def test_kill_with_a_crash_signal_as_the_docs_show(project):
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Victim"] = hitchserve.Service(
+        command=py(READY_THEN_WAIT), log_line_ready_checker=lambda line: line == "READY"
+    )
+    bundle.startup()
+    bundle["Victim"].kill(signal.SIGSEGV)
+    assert bundle["Victim"].wait_exit(timeout=PATIENCE) is not None
+    with pytest.raises(hitchserve.ServiceExited, match="SIGSEGV"):
+        bundle.shutdown()
+
+
+def test_a_call_from_another_thread_during_shutdown_waits_for_it(project):
+    """The bundle stays in its place while it stops: another thread's call waits for the
+    stop (it was told the bundle was starting up), and a second shutdown does nothing."""
+    import threading
+
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE, shutdown_timeout=1)
+    bundle["Stubborn"] = hitchserve.Service(
+        command=py("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up'); time.sleep(3600)"),
+        log_line_ready_checker=lambda line: line == "up",
+    )
+    bundle.startup()
+    tail = bundle.logs.tail
+    stopping = threading.Thread(target=bundle.shutdown)
+    stopping.start()
+    tail.until(lambda l: l == "Stopping Stubborn", timeout=PATIENCE)
+    # Mid-stop (it waits out a 1 s grace): these wait for it, then answer.
+    assert isinstance(bundle.now(), object)
+    assert bundle["Stubborn"].pid is None
+    bundle.shutdown()
+    stopping.join(timeout=PATIENCE)
+    assert not stopping.is_alive()
+
+
 def test_stop_then_start_runs_the_same_service_again_and_only_setup_true_reruns_setup(project):
     class Counted(hitchserve.Service):
         def setup(self):

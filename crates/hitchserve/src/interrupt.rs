@@ -47,9 +47,9 @@ impl Interrupter {
 
     /// Make the current (or next) `startup` fail with [`Error::Interrupted`](crate::Error::Interrupted) and stop what
     /// it started. It can't be taken back: every later `startup` of this bundle fails the
-    /// same way. A bundle that is already up goes on (call `shutdown` for that), but its
-    /// stop — under way or to come — no longer waits out the shutdown timeout: what is
-    /// left of its services gets SIGKILL at once (Ctrl-C during a slow shutdown).
+    /// same way. A bundle that is already up goes on (call `shutdown` for that); but during
+    /// its shutdown (or the stop of a failed startup), it cuts the services' grace short:
+    /// what is left gets SIGKILL at once (a second Ctrl-C during a slow stop).
     pub fn interrupt(&self) {
         self.0.requested.store(true, Ordering::SeqCst);
         let run = self
@@ -60,7 +60,11 @@ impl Interrupter {
             .as_ref()
             .and_then(Weak::upgrade);
         if let Some(runtime) = run {
-            runtime.hurry.store(true, Ordering::SeqCst);
+            // Only a stop under way is hurried: the stop an interrupted startup makes, or
+            // a shutdown's, still gives the services their grace.
+            if runtime.is_stopping() {
+                runtime.hurry.store(true, Ordering::SeqCst);
+            }
             // Under the state lock, so the startup wait (or a shutdown's) can't miss it.
             runtime.wake();
         }

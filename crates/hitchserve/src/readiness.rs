@@ -274,7 +274,12 @@ impl Ready {
                  (check its TCP port, or a log line, instead)",
                 h.url
             )),
-            Kind::All(v) | Kind::Any(v) => v.iter().find_map(Ready::never_passes),
+            // All of them: none may be one that can't pass. Any: only if none can.
+            Kind::All(v) => v.iter().find_map(Ready::never_passes),
+            Kind::Any(v) => {
+                let reasons: Option<Vec<String>> = v.iter().map(Ready::never_passes).collect();
+                reasons.map(|r| r.join("; and "))
+            }
             _ => None,
         }
     }

@@ -36,9 +36,23 @@ pub enum Signal {
     SIGTSTP,
     /// Window size changed.
     SIGWINCH,
+    /// Abort, as `abort()` raises: a crash.
+    SIGABRT,
+    /// Segmentation fault: a crash.
+    SIGSEGV,
+    /// Bus error: a crash.
+    SIGBUS,
+    /// Floating-point exception: a crash.
+    SIGFPE,
+    /// Illegal instruction: a crash.
+    SIGILL,
+    /// Trace/breakpoint trap.
+    SIGTRAP,
+    /// Write to a pipe nobody reads.
+    SIGPIPE,
 }
 
-const ALL: [Signal; 12] = [
+const ALL: [Signal; 19] = [
     Signal::SIGHUP,
     Signal::SIGINT,
     Signal::SIGQUIT,
@@ -51,6 +65,13 @@ const ALL: [Signal; 12] = [
     Signal::SIGSTOP,
     Signal::SIGTSTP,
     Signal::SIGWINCH,
+    Signal::SIGABRT,
+    Signal::SIGSEGV,
+    Signal::SIGBUS,
+    Signal::SIGFPE,
+    Signal::SIGILL,
+    Signal::SIGTRAP,
+    Signal::SIGPIPE,
 ];
 
 impl Signal {
@@ -69,6 +90,13 @@ impl Signal {
             Signal::SIGSTOP => N::SIGSTOP,
             Signal::SIGTSTP => N::SIGTSTP,
             Signal::SIGWINCH => N::SIGWINCH,
+            Signal::SIGABRT => N::SIGABRT,
+            Signal::SIGSEGV => N::SIGSEGV,
+            Signal::SIGBUS => N::SIGBUS,
+            Signal::SIGFPE => N::SIGFPE,
+            Signal::SIGILL => N::SIGILL,
+            Signal::SIGTRAP => N::SIGTRAP,
+            Signal::SIGPIPE => N::SIGPIPE,
         }
     }
 

@@ -74,6 +74,21 @@ pub(super) fn next_signal(pipe: libc::c_int) -> libc::c_int {
     }
 }
 
+/// The next signal caught, or `None` once the pipe can't say any more (closed, or an error
+/// other than an interrupted read): for a loop that must end then, not spin.
+pub(super) fn another_signal(pipe: libc::c_int) -> Option<libc::c_int> {
+    let mut byte = [0u8; 1];
+    loop {
+        // SAFETY: reading one byte from the pipe's read end, which we own.
+        let n = unsafe { libc::read(pipe, byte.as_mut_ptr().cast(), 1) };
+        match n {
+            1 => return Some(libc::c_int::from(byte[0])),
+            -1 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return None,
+        }
+    }
+}
+
 /// The exit code of a process stopped by `sig`, as shells report it.
 pub(super) fn signal_exit(sig: libc::c_int) -> ExitCode {
     ExitCode::from((128 + sig).clamp(0, 255) as u8)

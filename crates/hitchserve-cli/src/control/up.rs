@@ -28,7 +28,7 @@ use super::leases::{definition, Definition, Leases};
 use super::logs::OpenStream;
 use super::protocol::reply;
 use super::server::serve;
-use super::signals::{install_signal_pipe, next_signal, signal_exit, RECEIVED};
+use super::signals::{another_signal, install_signal_pipe, next_signal, signal_exit, RECEIVED};
 use super::state_dir::{
     socket_dir, socket_path, state_dir, up_is_running, StateDir, SOCKET_STARTING,
 };
@@ -179,12 +179,16 @@ pub fn up(
     // everything has stopped).
     let (stop_tx, stop_rx) = mpsc::channel::<Option<UnixStream>>();
     {
-        // A signal during startup ends the startup; after it, the bundle.
+        // A signal during startup ends the startup; after it, the bundle. Another signal
+        // while it stops cuts the services' grace short (SIGKILL at once).
         let (interrupter, stop_tx) = (bundle.interrupter(), stop_tx.clone());
         std::thread::spawn(move || {
             RECEIVED.store(next_signal(signal_pipe), Ordering::SeqCst);
             interrupter.interrupt();
             let _ = stop_tx.send(None);
+            while another_signal(signal_pipe).is_some() {
+                interrupter.interrupt();
+            }
         });
     }
     if let Err(e) = bundle.startup() {
@@ -446,8 +450,8 @@ pub(super) fn detach_up(
                 break;
             }
             // Before its answer the bundle prints only what was asked (the startup
-            // timeline): pass it on — to stderr for a shared bundle, whose stdout may be
-            // JSON that a program reads.
+            // timeline) and its warnings (a service that crashed): pass them on — to stderr
+            // for a shared bundle, whose stdout may be JSON that a program reads.
             if shared.is_some() {
                 eprint!("{first}");
             } else {

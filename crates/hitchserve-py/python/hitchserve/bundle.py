@@ -328,12 +328,16 @@ def _from_micros(us: int) -> _dt.datetime:
 
 
 def _timeout(what: str, value: Any) -> float:
-    """A timeout in seconds (or a ``timedelta``): a number from 0 to a year."""
+    """A timeout in seconds (anything ``float()`` takes, or a ``timedelta``): from 0 to a
+    year."""
     if isinstance(value, _dt.timedelta):
         value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number of seconds, not {value!r}")
-    seconds = float(value)
+    try:
+        if value is None or isinstance(value, bool):
+            raise TypeError
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number of seconds, not {value!r}") from None
     if not 0 <= seconds <= 365 * 24 * 3600:
         raise ValueError(f"{what} must be from 0 to a year (in seconds), not {value!r}")
     return seconds

@@ -334,7 +334,7 @@ class Service:
 
     def signal(self, sig: Union[str, int]) -> None:
         """Send a signal (``"SIGHUP"``, ``signal.SIGHUP``) to its whole process group."""
-        self._handle().signal(_signal_name(sig))
+        self._handle().signal(_signal_name(sig, "signal"))
 
     # -- faults to inject: one service at a time ------------------------------------------
 
@@ -383,7 +383,7 @@ class Service:
         its exit *not* expected: the "crash" fault. If it dies, that is reported as any crash
         after readiness (:class:`ServiceExited` from ``check()``, the next time travel or
         ``shutdown()``), unless its restart policy or :meth:`start` starts it again."""
-        self._handle().kill(_signal_name(signal))
+        self._handle().kill(_signal_name(signal, "signal"))
 
     def wait_until_ready(self) -> None:
         """Wait until it is ready (after :meth:`start`, :meth:`restart` or a restart by its
@@ -525,23 +525,22 @@ def _name_of(need: Union[Service, str]) -> str:
     return str(need)
 
 
-def _signal_name(sig: Union[str, int]) -> str:
-    """``stop_signal`` as its name; one that is no signal is refused up front."""
-    import signal
-
+def _signal_name(sig: Union[str, int], what: str = "stop_signal") -> str:
+    """A signal (``"SIGINT"``, ``"int"``, ``2``, ``signal.SIGINT``) as its name, checked as the
+    engine will check it; one it can't send is refused up front, naming ``what``."""
     if isinstance(sig, int) and not isinstance(sig, bool):
-        try:
-            return signal.Signals(sig).name
-        except ValueError:
-            pass
+        text = str(int(sig))
     elif isinstance(sig, str):
-        name = sig.upper() if sig.upper().startswith("SIG") else "SIG" + sig.upper()
-        if name in signal.Signals.__members__:
-            return name
-    raise ValueError(
-        f"stop_signal={sig!r} is not a signal: give its name (e.g. 'SIGINT') or its number "
-        "(e.g. signal.SIGINT)"
-    )
+        text = sig
+    else:
+        raise TypeError(f"{what} must be a signal's name or number, not {sig!r}")
+    try:
+        return _native.signal_name(text)
+    except ValueError:
+        raise ValueError(
+            f"{what}={sig!r} is not a signal hitchserve can send: give its name (e.g. 'SIGINT') "
+            "or its number (e.g. signal.SIGINT)"
+        ) from None
 
 
 def _checked_command(command: Sequence[Any]) -> List[str]:
@@ -556,13 +555,14 @@ def _checked_command(command: Sequence[Any]) -> List[str]:
     for i, arg in enumerate(args):
         if isinstance(arg, (bytes, os.PathLike)):
             out.append(os.fsdecode(arg))
-        elif isinstance(arg, (str, int, float)) and not isinstance(arg, bool):
-            out.append(str(arg))
-        else:
+        elif arg is None or isinstance(arg, (bool, list, tuple, dict, set)):
+            # None (a setting that was never set) and containers are mistakes, not arguments.
             raise TypeError(
                 f"command[{i}] is {arg!r}: every argument must be a string (or a number, or a "
                 "path)"
             )
+        else:
+            out.append(str(arg))
     return out
 
 

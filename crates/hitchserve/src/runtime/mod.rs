@@ -72,8 +72,8 @@ pub(crate) struct Runtime {
     tally: Tally,
     /// Set under the state lock when the bundle begins to stop: nothing starts after that.
     stopping: AtomicBool,
-    /// Set by an interrupt (Ctrl-C): a stop of the whole run under way, or to come, doesn't
-    /// wait out the grace — what is left gets SIGKILL at once.
+    /// Set by an interrupt (Ctrl-C) during the stop of the whole run: it doesn't wait out the
+    /// grace — what is left gets SIGKILL at once.
     pub(crate) hurry: AtomicBool,
     /// Per service, where its current start's lines go.
     sources: Mutex<Vec<Arc<Sources>>>,

@@ -291,6 +291,13 @@ impl ServiceState {
         match &self.phase {
             Phase::Exited { expected: true, .. } => "was stopped".to_owned(),
             Phase::Exited { status, .. } => format!("exited ({status})"),
+            // Its restart (by its policy, or by hand) could not be made.
+            _ if self.incarnation > 0 => match &self.failure {
+                Some(failure) => {
+                    format!("exited, and was not started again: {}", failure.describe())
+                }
+                None => "exited, and was not started again".to_owned(),
+            },
             _ => match &self.failure {
                 Some(failure) => format!("was not started: {}", failure.describe()),
                 None => "was not started".to_owned(),

@@ -212,7 +212,12 @@ impl Runtime {
         // a process to wait for, nor to kill. (Without, a process spawned since is the one
         // this stop kills: waited for.)
         let restarted = |st: &ServiceState| then_start.is_some() && st.incarnation > before;
-        let old_gone = |st: &ServiceState| st.group_gone() || restarted(st) || stuck_and_gone(st);
+        // A later start by hand took it over (one taking back a stop made while it was
+        // spawned): nothing of this stop is left to wait for.
+        let overridden = |st: &ServiceState| st.hand_starts > awaited;
+        let old_gone = |st: &ServiceState| {
+            st.group_gone() || restarted(st) || overridden(st) || stuck_and_gone(st)
+        };
         let (states, gone) = self.wait_stopped(deadline, false, |s| old_gone(&s[idx]));
         if !gone
             && states[idx].incarnation == before

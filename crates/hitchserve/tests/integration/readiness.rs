@@ -147,6 +147,11 @@ fn started_inside_all_or_any_is_met_once_the_process_runs() {
             "AnyProbeOrStarted",
             Ready::any([Ready::file("never-there"), Ready::started()]),
         ),
+        // A part that can't pass, beside one that can: an `any` still can.
+        (
+            "AnyHttpsOrStarted",
+            Ready::any([Ready::http("https://127.0.0.1:1/"), Ready::started()]),
+        ),
     ] {
         // Nothing it prints could pass a line check: only its start can make it ready.
         let mut b = p.bundle().startup_timeout(PATIENCE);

@@ -71,6 +71,33 @@ fn an_interrupt_during_shutdown_kills_what_is_left_at_once() {
     );
 }
 
+/// An interrupt before the shutdown (a Ctrl-C that stopped the test while the bundle ran)
+/// leaves the services their grace: only one during the stop cuts it short (every later
+/// stop killed at once).
+#[test]
+fn an_interrupt_before_the_shutdown_leaves_the_services_their_grace() {
+    let p = Project::new("interrupted-before");
+    let mut b = p.bundle().shutdown_timeout(PATIENCE);
+    b.add(
+        "Tidy",
+        sh("trap 'echo bye; exit 0' TERM; echo READY; while :; do sleep 0.05; done")
+            .ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    b.interrupter().interrupt();
+    b.shutdown().unwrap();
+    let tidy = b.service("Tidy").unwrap();
+    assert_eq!(
+        tidy.exit_status(),
+        Some(hitchserve::ExitStatus::Code(0)),
+        "{:?}",
+        b.logs().lines()
+    );
+    assert!(tidy.logs().lines().contains(&"bye".to_owned()));
+    assert!(!b.logs().lines().iter().any(|l| l.contains("SIGKILL")));
+}
+
 #[test]
 fn output_written_while_stopping_is_stored() {
     let p = Project::new("goodbye");

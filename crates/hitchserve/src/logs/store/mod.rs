@@ -271,7 +271,11 @@ impl LogStore {
     /// A service's output has ended for good (`how` it ended, in words): waits on it can
     /// stop.
     pub(crate) fn mark_ended(&self, service: usize, how: String) {
-        self.lock().ended.push((service, how));
+        let mut inner = self.lock();
+        // The latest word on it (a restart refused after an exit says both, in turn).
+        inner.ended.retain(|&(s, _)| s != service);
+        inner.ended.push((service, how));
+        drop(inner);
         self.grown.notify_all();
     }
 

@@ -138,7 +138,11 @@ impl NativeBundle {
         let spawned = crate::runner::run_startup(
             py,
             Box::new(move || {
-                let _ = tx.send(job());
+                let answer = job();
+                let deliver: crate::runner::Deliver = Box::new(move || {
+                    let _ = tx.send(answer);
+                });
+                deliver
             }),
         );
         if let Err(e) = spawned {

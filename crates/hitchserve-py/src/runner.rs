@@ -16,7 +16,11 @@ use pyo3::Python;
 
 use crate::wait::lock;
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+/// A job: its work, which gives back how to deliver its answer — done once the runner is
+/// free again, so the caller that gets the answer and at once hands the runner the next job
+/// (a test's next bundle) finds it free, not busy (which made a thread of its own).
+pub(crate) type Job = Box<dyn FnOnce() -> Deliver + Send + 'static>;
+pub(crate) type Deliver = Box<dyn FnOnce() + Send + 'static>;
 
 struct Runner {
     /// The process it runs in.
@@ -56,7 +60,7 @@ pub(crate) fn run_startup(_gil: Python<'_>, job: Job) -> std::io::Result<()> {
     drop(runner);
     std::thread::Builder::new()
         .name("hitchserve-startup".into())
-        .spawn(job)
+        .spawn(move || job()())
         .map(drop)
 }
 
@@ -70,8 +74,11 @@ fn start() -> std::io::Result<Runner> {
             for job in rx {
                 // A panic is the job's (the startup's sender then drops, which its waiter
                 // reports); the runner goes on.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                let deliver = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 free.store(false, Ordering::Release);
+                if let Ok(deliver) = deliver {
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(deliver));
+                }
             }
         })?;
     Ok(Runner {

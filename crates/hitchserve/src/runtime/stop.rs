@@ -152,8 +152,14 @@ impl Runtime {
         // Said before the stop signal goes (so before its supervisor can say "Stopped"), if
         // it is one this stop will signal (looked at again under the lock below).
         let running = self.read(idx, |st| {
-            matches!(st.phase, Phase::Running { stop: None, .. })
-                && only.is_none_or(|n| st.is_unstopped_hand_start(n))
+            let signalled = match st.phase {
+                Phase::Running { stop: None, .. } => true,
+                // Killed once spawned (its supervisor then says "Stopped"); a restart joins
+                // it instead, and a call-off says so itself.
+                Phase::Spawning { stop: None } => then_start.is_none() && only.is_none(),
+                _ => false,
+            };
+            signalled && only.is_none_or(|n| st.is_unstopped_hand_start(n))
         });
         if running && !self.is_stopping() {
             self.sink.log(&format!("Stopping {name}"));

@@ -443,6 +443,50 @@ fn sigterm_to_a_ready_foreground_bundle_gives_its_services_their_grace() {
     );
 }
 
+/// A detached bundle whose `up` (the client waiting for its answer) is SIGKILLed while it
+/// starts goes on and starts up (it panicked writing its answer to the gone client, and was
+/// gone: `exec.CommandContext` and CI timeouts kill this way).
+#[test]
+fn a_detached_bundle_outlives_its_up_killed_during_startup() {
+    let p = Project::new(
+        "detached-orphaned",
+        "[bundle]\nstartup_timeout = \"5m\"\n\n[services.Slow]\ncommand = [\"sh\", \"-c\", \"echo $$ > booted; while [ ! -e go ]; do sleep 0.02; done; echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    let mut up = p
+        .cmd(&["up", "--detach"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let booted = Path::new(&p.0).join("booted");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !booted.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the service never started"
+        );
+        // A poll: nothing else tells of the file.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    up.kill().unwrap();
+    up.wait().unwrap();
+    std::fs::write(Path::new(&p.0).join("go"), "").unwrap();
+    // `status` waits for the startup under way, then answers.
+    let st = p.run(&["status", "--json"]);
+    assert!(st.status.success(), "{}", text(&st));
+    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(v["services"][0]["state"], "ready", "{v}");
+    // And it runs on, having answered nobody.
+    let st = p.run(&["status"]);
+    assert!(st.status.success(), "{}", text(&st));
+    let o = p.run(&["down"]);
+    assert!(
+        o.status.success() && !text(&o).contains("no bundle is running"),
+        "{}",
+        text(&o)
+    );
+}
+
 /// A foreground `up` whose one service has started but will never be ready; the
 /// thread drains its console.
 fn starting_forever(tag: &str) -> (Project, std::process::Child, std::thread::JoinHandle<usize>) {

@@ -81,7 +81,7 @@ pub fn up(
     // an early failure goes to the waiting parent on stdout, never into that log.
     let early = |why: String| -> Result<ExitCode, String> {
         if daemon_child {
-            println!("failed: {}", Value::from(why));
+            say(&format!("failed: {}\n", Value::from(why)));
             Ok(ExitCode::FAILURE)
         } else {
             Err(why)
@@ -135,8 +135,8 @@ pub fn up(
     let report = |line: &str| {
         if daemon_child {
             match line.strip_prefix("failed: ") {
-                Some(why) => println!("failed: {}", Value::from(why)),
-                None => println!("{line}"),
+                Some(why) => say(&format!("failed: {}\n", Value::from(why))),
+                None => say(&format!("{line}\n")),
             }
         }
     };
@@ -202,7 +202,7 @@ pub fn up(
     }
     if timeline {
         if let Ok(t) = bundle.timeline() {
-            print!("{t}");
+            say(&t.to_string());
         }
     }
     let bundle = Arc::new(bundle);
@@ -499,4 +499,13 @@ pub(super) fn detach_up(
         return Ok(signal_exit(received));
     }
     Err(why.to_owned())
+}
+
+/// Write to our stdout, whoever reads it: a detached bundle's is a pipe to the `up` that
+/// waits for its answer, and that may be gone (SIGKILLed): the bundle goes on (`println!`
+/// panicked on the broken pipe, and the bundle was gone).
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

@@ -239,6 +239,7 @@ impl MariaDb {
                 ctx.make_dir(&dir)?;
                 ctx.make_dir(&dir.join("tmp"))?;
                 let data = dir.join("data");
+                super::data_dir::clear_old_data(ctx, &data)?;
                 let install = |target: &Path| {
                     let mut argv = vec![
                         install_db.to_string_lossy().into_owned(),

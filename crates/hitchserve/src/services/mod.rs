@@ -7,6 +7,7 @@
 
 pub mod chromium;
 pub mod cron;
+mod data_dir;
 mod kind;
 pub mod mariadb;
 pub mod memcached;

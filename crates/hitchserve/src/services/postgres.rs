@@ -193,6 +193,7 @@ impl Postgres {
                 let dir = ctx.run_dir().join(ctx.service());
                 ctx.make_dir(&dir)?;
                 let data = dir.join("data");
+                super::data_dir::clear_old_data(ctx, &data)?;
                 let run_initdb = |target: &Path| {
                     ctx.run([
                         initdb.as_str(),

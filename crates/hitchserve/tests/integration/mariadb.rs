@@ -237,5 +237,8 @@ fn a_restarted_mariadb_keeps_its_users_databases_and_data() {
         "2",
         "the data survives, the SQL file is not loaded again"
     );
+    // Its setup hook run again makes a fresh data directory: the SQL file's data alone.
+    b.service("MariaDb").unwrap().restart_with_setup().unwrap();
+    assert_eq!(count(&b), "1", "restart with setup kept the old data");
     b.shutdown().unwrap();
 }

@@ -168,5 +168,19 @@ fn a_restarted_postgres_keeps_its_users_databases_and_data() {
         "2",
         "the data survives, the dump is not loaded again"
     );
+    // Its setup hook run again makes a fresh cluster, as it says: the dump's data alone
+    // (a copy went inside the old data directory, whose data stayed).
+    b.service("Postgres").unwrap().restart_with_setup().unwrap();
+    assert_eq!(count(&b), "1", "restart with setup kept the old data");
+    let data = b.run_dir().unwrap().join("Postgres").join("data");
+    let nested: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cluster-"))
+        .collect();
+    assert!(
+        nested.is_empty(),
+        "a cluster copied inside the data directory"
+    );
     b.shutdown().unwrap();
 }

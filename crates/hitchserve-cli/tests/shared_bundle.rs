@@ -887,3 +887,21 @@ fn dropping_a_view_undoes_its_own_travel_not_the_session_leases() {
             .join("\n")
     );
 }
+
+// From a new CLI user's scenarios: `up --shared --pid 1` (or a dead pid) failed, yet
+// started the shared bundle, held by nobody, and a later `up --shared` attached to it.
+#[test]
+fn up_shared_for_a_process_that_cant_hold_it_starts_nothing() {
+    let p = Project::new("bad-holder");
+    for pid in ["1", "999999999"] {
+        let out = p.run(&["up", "--shared", "--idle", "600s", "--pid", pid]);
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("can't hold a lease"), "{}", text(&out));
+        let st = p.run(&["status"]);
+        assert!(
+            text(&st).contains("no bundle is running"),
+            "a bundle was started for {pid}: {}",
+            text(&st)
+        );
+    }
+}

@@ -185,30 +185,10 @@ impl Leases {
     /// travel to end — a holder attaching meanwhile would see the clock jump back under it —
     /// then refuses, naming it.
     pub fn take(self: &Arc<Self>, pid: i32, wait: Duration) -> Result<u64, String> {
-        if pid <= 0 {
-            return Err(format!("`{pid}` is not a process id"));
+        if pid == std::process::id() as i32 {
+            return Err(cant_hold(pid));
         }
-        if pid == 1 || pid == std::process::id() as i32 {
-            return Err(format!(
-                "process {pid} can't hold a lease: it lives as long as the machine (or the \
-                 bundle) does, so the bundle would never stop; give the process of the test \
-                 or script (--pid)"
-            ));
-        }
-        // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(format!(
-                "process {pid} can't hold a lease: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: a descriptor the kernel just gave us, owned from here on.
-        let pidfd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        // A pidfd is readable once its process has exited — also before it is reaped.
-        if readable(&pidfd) {
-            return Err(format!("process {pid} can't hold a lease: it has exited"));
-        }
+        let pidfd = Arc::new(holder_pidfd(pid)?);
         let (wake, release) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| format!("cannot make a lease: {e}"))?;
         self.prune();
@@ -410,6 +390,40 @@ impl Leases {
             .collect();
         json!({"holders": holders, "leases": leases, "idle_seconds": self.idle.as_secs_f64()})
     }
+}
+
+/// Why `pid` can't hold a lease: it lives as long as the machine (or the bundle).
+fn cant_hold(pid: i32) -> String {
+    format!(
+        "process {pid} can't hold a lease: it lives as long as the machine (or the bundle) \
+         does, so the bundle would never stop; give the process of the test or script (--pid)"
+    )
+}
+
+/// A pidfd of `pid`, a process that can hold a lease (alive, not pid 1): checked by `take`,
+/// and by `up --shared` before it starts anything for it.
+pub fn holder_pidfd(pid: i32) -> Result<OwnedFd, String> {
+    if pid <= 0 {
+        return Err(format!("`{pid}` is not a process id"));
+    }
+    if pid == 1 {
+        return Err(cant_hold(pid));
+    }
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "process {pid} can't hold a lease: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a descriptor the kernel just gave us, owned from here on.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // A pidfd is readable once its process has exited — also before it is reaped.
+    if readable(&pidfd) {
+        return Err(format!("process {pid} can't hold a lease: it has exited"));
+    }
+    Ok(pidfd)
 }
 
 /// Whether a descriptor is readable now (for a pidfd: its process has exited).

@@ -194,6 +194,9 @@ pub fn up_shared(
     relaunch: &[OsString],
 ) -> Result<ExitCode, String> {
     let pid = holder(pid)?;
+    // Before anything starts for it: a process that can't hold the lease left a bundle
+    // running that nobody held.
+    super::leases::holder_pidfd(pid)?;
     let def = file_definition(file)?;
     // Checked before waiting on anyone: a broken file is the asker's to hear about.
     config::load(file)?;

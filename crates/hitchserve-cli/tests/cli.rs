@@ -860,6 +860,37 @@ fn down_with_nothing_running_is_not_an_error() {
     assert!(text(&o).contains("nothing to stop"), "{}", text(&o));
 }
 
+/// `logs NAME --until` on a service that has exited for good ends at once, saying how (it
+/// waited out its whole --timeout, as if a restart might come).
+#[test]
+fn logs_until_ends_when_its_service_has_exited_for_good() {
+    let p = Project::new(
+        "until-ended",
+        "[services.Late]\ncommand = [\"sh\", \"-c\", \"echo READY; read x < die.fifo; echo dying >&2; exit 4\"]\nready = { line_contains = \"READY\" }\n\n[services.Other]\ncommand = [\"sh\", \"-c\", \"echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    let fifo = std::ffi::CString::new(p.0.join("die.fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    std::fs::write(p.0.join("die.fifo"), "now\n").unwrap();
+    // Far longer than the test may take: only its end can end this wait.
+    let o = p.run(&["logs", "Late", "--until", "never", "--timeout", "3600s"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("`Late` exited (exit code 4)") && text(&o).contains("dying"),
+        "{}",
+        text(&o)
+    );
+    // (`down` says the crash, and exits 1.)
+    let o = p.run(&["down"]);
+    assert!(
+        text(&o).contains("`Late` exited unexpectedly"),
+        "{}",
+        text(&o)
+    );
+}
+
 #[test]
 fn status_right_after_a_crash_says_crashed() {
     let p = Project::new(

@@ -257,9 +257,10 @@ fn finish(
     }
 }
 
-/// A wait on one service's lines that goes on while the service is stopped, as `logs -f`
-/// does: its line may come once it is started again. It ends with the line, the timeout, or
-/// the bundle's end. (For the whole bundle's lines, the wait is just `wait`.)
+/// A wait on one service's lines that goes on while the service is started again — by its
+/// restart policy, or by hand while it waits: its line may come then. It ends with the line,
+/// the timeout, the bundle's end, or the service's end with no restart pending (at once, as
+/// the library's waits do). (For the whole bundle's lines, the wait is just `wait`.)
 fn across_restarts<T>(
     bundle: &Bundle,
     req: &Value,
@@ -272,7 +273,9 @@ fn across_restarts<T>(
     loop {
         let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
         match wait(left) {
-            Err(HsError::EndedWhileWaiting { .. }) if one_service && !left.is_zero() => {
+            Err(HsError::EndedWhileWaiting { .. })
+                if one_service && !left.is_zero() && coming_back(bundle, req) =>
+            {
                 // Stopped: wait for the bundle's next line (its start is one), then look again.
                 let whole = whole.get_or_insert_with(|| bundle.logs().tail().lines_back(0));
                 match whole.next_line(left.min(Duration::from_secs(1))) {
@@ -283,4 +286,15 @@ fn across_restarts<T>(
             other => return other,
         }
     }
+}
+
+/// Whether the service a wait is on will run again without anyone asking: its restart
+/// policy's restart is pending, or a start is under way.
+fn coming_back(bundle: &Bundle, req: &Value) -> bool {
+    let Some(name) = req["service"].as_str() else {
+        return false;
+    };
+    bundle
+        .service(name)
+        .is_ok_and(|svc| svc.restart_pending() || svc.exit_status().is_none())
 }

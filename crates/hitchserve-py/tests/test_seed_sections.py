@@ -77,7 +77,7 @@ def test_a_jump_back_is_said_exactly_as_asked(started):
     assert said == [
         "Time traveling to 3 days ago",
         "Time traveling to 1 day ago",
-        "Time traveling to 2 hours ago",
+        "Time traveling to 2 hours 30 minutes ago",
     ]
 
 

@@ -320,29 +320,44 @@ impl Drop for SharedOffset {
 /// Where a travel to `moment` goes, as the seed says it: from real time (`now` within a
 /// minute of it, as for `datetime.now()`).
 pub(crate) fn describe_moment(moment: Timestamp) -> String {
+    const MINUTE: i128 = 60_000_000_000;
     let ns = moment.as_nanosecond() - Timestamp::now().as_nanosecond();
-    match ns.unsigned_abs() < 60_000_000_000 {
+    match ns.unsigned_abs() < MINUTE as u128 {
         true => "now".to_owned(),
-        false => describe_shift(ns),
+        // To the nearest minute: real time moved on a little since the moment was chosen.
+        false => describe_shift((ns + ns.signum() * MINUTE / 2) / MINUTE * MINUTE),
     }
 }
 
-/// How a jump by `ns` nanoseconds reads: whole units, rounded towards zero.
+/// How a jump by `ns` nanoseconds reads: its largest unit and the next one if it has some
+/// ("1 hour 30 minutes from now", "2 days from now"), whole seconds.
 pub(crate) fn describe_shift(ns: i128) -> String {
+    const UNITS: [(u128, &str); 4] = [
+        (86_400, "day"),
+        (3600, "hour"),
+        (60, "minute"),
+        (1, "second"),
+    ];
     let secs = ns / 1_000_000_000;
     let (n, ago) = (secs.unsigned_abs(), secs < 0);
-    let (amount, unit) = match n {
-        0..=59 => (n, "second"),
-        60..=3599 => (n / 60, "minute"),
-        3600..=86_399 => (n / 3600, "hour"),
-        _ => (n / 86_400, "day"),
-    };
     if n == 0 {
         return "now".to_owned();
     }
-    let plural = if amount == 1 { "" } else { "s" };
+    let count =
+        |amount: u128, unit: &str| format!("{amount} {unit}{}", if amount == 1 { "" } else { "s" });
+    let Some(top) = UNITS.iter().position(|&(size, _)| n >= size) else {
+        return "now".to_owned();
+    };
+    let (size, unit) = UNITS[top];
+    let mut said = count(n / size, unit);
+    if let Some(&(next, next_unit)) = UNITS.get(top + 1) {
+        let rest = (n % size) / next;
+        if rest > 0 {
+            said = format!("{said} {}", count(rest, next_unit));
+        }
+    }
     let when = if ago { "ago" } else { "from now" };
-    format!("{amount} {unit}{plural} {when}")
+    format!("{said} {when}")
 }
 
 /// A moment as the log shows it: local time if the system knows its zone, else UTC.
@@ -354,6 +369,18 @@ pub(crate) fn show(moment: Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jump_is_said_as_asked_in_two_units_at_most() {
+        let h = 3_600_000_000_000_i128;
+        assert_eq!(describe_shift(23 * h), "23 hours from now");
+        assert_eq!(describe_shift(48 * h), "2 days from now");
+        assert_eq!(describe_shift(3 * h / 2), "1 hour 30 minutes from now");
+        assert_eq!(describe_shift(-(36 * h)), "1 day 12 hours ago");
+        assert_eq!(describe_shift(-(5 * h / 2)), "2 hours 30 minutes ago");
+        assert_eq!(describe_shift(61_000_000_000), "1 minute 1 second from now");
+        assert_eq!(describe_shift(0), "now");
+    }
 
     /// A shim found intact once is not read again while it is the same file unchanged; one
     /// replaced, or gone, is found out and written again.

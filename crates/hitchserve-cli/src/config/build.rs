@@ -30,6 +30,15 @@ fn ready(name: &str, r: &ReadyConfig) -> Result<Ready, String> {
         all.push(Ready::json(move |v| matcher.matches(v)));
     }
     if let Some(t) = &r.tcp {
+        // A port, or host:port, the port a number or a template: anything else can never
+        // be connected to (it waited out the startup timeout).
+        let port = t.as_str().rsplit(':').next().unwrap_or_default();
+        if !port.contains('{') && !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(format!(
+                "service `{name}`: `ready = {{ tcp = \"{t}\" }}` is not a port: give a port \
+                 number, \"{{port.NAME}}\", or host:port"
+            ));
+        }
         let addr = if t.as_str().contains(':') {
             t.to_string()
         } else {
@@ -325,6 +334,15 @@ mod kinds {
             (
                 "[services.N]\nkind = \"nginx\"\n",
                 "an nginx needs one of `proxy`",
+            ),
+            // (They were accepted, and waited out the startup timeout.)
+            (
+                "[services.A]\ncommand = [\"true\"]\nready = { tcp = \"abc\" }\n",
+                "`ready = { tcp = \"abc\" }` is not a port",
+            ),
+            (
+                "[services.A]\ncommand = [\"true\"]\nready = { tcp = \"localhost:0\" }\n",
+                "is not a port",
             ),
             (
                 "[services.N]\nkind = \"nginx\"\nservers = \"\"\nconfig_file = \"n.conf\"\n",

@@ -89,7 +89,8 @@ pub(super) fn kind_options(name: &str, s: &ServiceConfig) -> Result<(), String> 
              own server: remove `command`, or remove `kind` to run your own command"
         ));
     }
-    let given: [(&str, bool, &[&str]); 13] = [
+    let given: [(&str, bool, &[&str]); 14] = [
+        ("every", s.every.is_some(), &["cron"]),
         ("bin_dir", s.bin_dir.is_some(), &["postgres"]),
         (
             "users",
@@ -152,6 +153,9 @@ mod tests {
             ("[services.C]\nkind = \"redis\"\nvhosts = [\"v\"]\n", "vhosts"),
             ("[services.C]\nkind = \"postgres\"\ndriver = \"x\"\n", "driver"),
             ("[services.C]\ncommand = [\"true\"]\nbasedir = \"/usr\"\n", "basedir"),
+            // (It was ignored: a service with an `every` ran once.)
+            ("[services.C]\ncommand = [\"true\"]\nevery = \"5m\"\n", "every"),
+            ("[services.C]\nkind = \"redis\"\nevery = \"5m\"\n", "every"),
         ] {
             let cfg: Config = toml::from_str(toml).unwrap();
             let (name, svc) = cfg.services.iter().next().unwrap();

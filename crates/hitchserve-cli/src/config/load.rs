@@ -27,6 +27,12 @@ pub fn load(path: &Path) -> Result<Config, String> {
             e.message().trim_end()
         )
     })?;
+    if config.services.is_empty() {
+        return Err(format!(
+            "`{}` defines no services: add one as a [services.NAME] table (see the README)",
+            path.display()
+        ));
+    }
     // Checks across keys, placed as a parse error is.
     for (name, s) in &config.services {
         if let Err((why, at)) = restart_policy(name.as_str(), s) {
@@ -47,6 +53,17 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_without_services_is_an_error() {
+        let dir = crate::config::test_dir("empty");
+        let f = dir.join("hitchserve.toml");
+        for text in ["", "[bundle]\nstartup_timeout = \"30s\"\n"] {
+            std::fs::write(&f, text).unwrap();
+            let e = load(&f).unwrap_err();
+            assert!(e.contains("defines no services"), "{e}");
+        }
+    }
 
     #[test]
     fn unknown_keys_and_wrong_types_name_line_and_column() {

@@ -139,6 +139,16 @@ fn detached_bundle_answers_every_control_command_then_goes_down() {
     assert_eq!(killed.status.code(), Some(128 + 9), "as a shell reports it");
     let exec = p.run(&["exec", "Clock", "--", "sh", "-c", "pwd; exit 3"]);
     assert_eq!(exec.status.code(), Some(3));
+    // A command not found: 127, as a shell says it (it said "as `root`, ... (that takes
+    // root)" of a service that has no user, and exited 1).
+    let missing = p.run(&["exec", "Clock", "--", "no-such-program-hs"]);
+    assert_eq!(missing.status.code(), Some(127), "{}", text(&missing));
+    assert!(
+        text(&missing).contains("cannot run `no-such-program-hs`: ")
+            && !text(&missing).contains("takes root"),
+        "{}",
+        text(&missing)
+    );
     let dir = std::fs::canonicalize(&p.0).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&exec.stdout).trim(),

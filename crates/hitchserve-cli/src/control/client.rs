@@ -335,13 +335,26 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                     cmd.uid(uid).gid(gid);
                 }
             }
-            let status = cmd.status().map_err(|e| match v["user"].as_str() {
-                Some(user) if as_user.is_some() => format!(
-                    "cannot run `{}` as `{user}`, the service's user (that takes root): {e}",
-                    command[0]
-                ),
-                _ => format!("cannot run `{}`: {e}", command[0]),
-            })?;
+            let status = match cmd.status() {
+                Ok(status) => status,
+                // Like a shell: 127 for a command not found, 126 for one it can't run.
+                Err(e) => {
+                    let switched = as_user.is_some_and(|(uid, _)| uid != effective_uid());
+                    let why = match (v["user"].as_str(), switched) {
+                        (Some(user), true) => format!(
+                            "cannot run `{}` as `{user}`, the service's user: {e}",
+                            command[0]
+                        ),
+                        _ => format!("cannot run `{}`: {e}", command[0]),
+                    };
+                    eprintln!("hitchserve: {why}");
+                    let code = match e.kind() {
+                        std::io::ErrorKind::NotFound => 127,
+                        _ => 126,
+                    };
+                    return Ok(ExitCode::from(code));
+                }
+            };
             // Like a shell: the command's exit code, or 128 + the signal that killed it.
             let code = match (status.code(), status.signal()) {
                 (Some(code), _) => code,
@@ -399,6 +412,12 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
             Err("the bundle went away before answering (it stopped or crashed)".to_owned())
         }
     }
+}
+
+/// Our effective user id.
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
 }
 
 #[cfg(test)]

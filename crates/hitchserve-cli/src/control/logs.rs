@@ -257,10 +257,11 @@ fn finish(
     }
 }
 
-/// A wait on one service's lines that goes on while the service is started again — by its
-/// restart policy, or by hand while it waits: its line may come then. It ends with the line,
-/// the timeout, the bundle's end, or the service's end with no restart pending (at once, as
-/// the library's waits do). (For the whole bundle's lines, the wait is just `wait`.)
+/// A wait on one service's lines that goes on while the service is stopped by hand or is
+/// restarted by its policy, as `logs -f` does: its line may come once it runs again. It
+/// ends with the line, the timeout, the bundle's end, or the service's crash with no
+/// restart pending (at once, as the library's waits do). (For the whole bundle's lines,
+/// the wait is just `wait`.)
 fn across_restarts<T>(
     bundle: &Bundle,
     req: &Value,
@@ -288,13 +289,14 @@ fn across_restarts<T>(
     }
 }
 
-/// Whether the service a wait is on will run again without anyone asking: its restart
-/// policy's restart is pending, or a start is under way.
+/// Whether the service a wait is on may run again: its restart policy's restart is pending,
+/// a start is under way, or it was stopped by hand (`start` may come, as for `logs -f`).
+/// Not once it crashed (the library's own verdict): that is the end of its lines.
 fn coming_back(bundle: &Bundle, req: &Value) -> bool {
     let Some(name) = req["service"].as_str() else {
         return false;
     };
-    bundle
-        .service(name)
-        .is_ok_and(|svc| svc.restart_pending() || svc.exit_status().is_none())
+    bundle.service(name).is_ok_and(|svc| {
+        svc.restart_pending() || svc.exit_status().is_none() || svc.check().is_ok()
+    })
 }

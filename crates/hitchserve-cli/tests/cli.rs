@@ -901,6 +901,29 @@ fn logs_until_ends_when_its_service_has_exited_for_good() {
     );
 }
 
+/// A stop by hand, then a start: a `logs --until` waiting meanwhile finds the new start's
+/// line (from review: a stop by hand had ended it at once).
+#[test]
+fn logs_until_waits_through_a_stop_and_a_start_by_hand() {
+    let p = Project::new(
+        "until-by-hand",
+        "[services.Late]\ncommand = [\"sh\", \"-c\", \"if [ -e second ]; then echo SECOND; fi; echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    assert!(p.run(&["up", "--detach"]).status.success());
+    let logs = p
+        .cmd(&["logs", "Late", "--until", "SECOND", "--timeout", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(p.run(&["stop", "Late"]).status.success());
+    std::fs::write(p.0.join("second"), "").unwrap();
+    assert!(p.run(&["start", "Late"]).status.success());
+    let o = logs.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    down(&p);
+}
+
 #[test]
 fn status_right_after_a_crash_says_crashed() {
     let p = Project::new(

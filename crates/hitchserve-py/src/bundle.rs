@@ -306,7 +306,8 @@ impl NativeBundle {
     }
 
     fn is_starting(&self) -> bool {
-        lock(&self.bundle).is_none()
+        // Held by a shutdown: it is there (waited for, as `quick` does, without the GIL).
+        self.quick(|_| ()).is_err()
     }
 
     fn logs(&self) -> PyResult<Logs> {

@@ -335,6 +335,10 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                     cmd.uid(uid).gid(gid);
                 }
             }
+            if !std::path::Path::new(dir).is_dir() {
+                eprintln!("hitchserve: the service's directory `{dir}` is gone: cannot run a command in it");
+                return Ok(ExitCode::from(126));
+            }
             let status = match cmd.status() {
                 Ok(status) => status,
                 // Like a shell: 127 for a command not found, 126 for one it can't run.

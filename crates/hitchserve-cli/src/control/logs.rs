@@ -296,7 +296,11 @@ fn coming_back(bundle: &Bundle, req: &Value) -> bool {
     let Some(name) = req["service"].as_str() else {
         return false;
     };
+    // (Running again already: its lines go on. Not started — a start by hand that failed
+    // — has neither a process nor an exit: nothing will start it.)
     bundle.service(name).is_ok_and(|svc| {
-        svc.restart_pending() || svc.exit_status().is_none() || svc.check().is_ok()
+        svc.restart_pending()
+            || svc.pid().is_some()
+            || (svc.exit_status().is_some() && svc.check().is_ok())
     })
 }

@@ -350,11 +350,9 @@ pub(crate) fn describe_shift(ns: i128) -> String {
     };
     let (size, unit) = UNITS[top];
     let mut said = count(n / size, unit);
-    if let Some(&(next, next_unit)) = UNITS.get(top + 1) {
-        let rest = (n % size) / next;
-        if rest > 0 {
-            said = format!("{said} {}", count(rest, next_unit));
-        }
+    // The next smaller unit that has some ("1 day 30 minutes").
+    if let Some(&(next, next_unit)) = UNITS[top + 1..].iter().find(|&&(u, _)| (n % size) / u > 0) {
+        said = format!("{said} {}", count((n % size) / next, next_unit));
     }
     let when = if ago { "ago" } else { "from now" };
     format!("{said} {when}")
@@ -379,6 +377,7 @@ mod tests {
         assert_eq!(describe_shift(-(36 * h)), "1 day 12 hours ago");
         assert_eq!(describe_shift(-(5 * h / 2)), "2 hours 30 minutes ago");
         assert_eq!(describe_shift(61_000_000_000), "1 minute 1 second from now");
+        assert_eq!(describe_shift(24 * h + h / 2), "1 day 30 minutes from now");
         assert_eq!(describe_shift(0), "now");
     }
 

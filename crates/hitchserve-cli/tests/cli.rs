@@ -460,27 +460,22 @@ fn sigterm_to_a_ready_foreground_bundle_gives_its_services_their_grace() {
 fn a_detached_bundle_outlives_its_up_killed_during_startup() {
     let p = Project::new(
         "detached-orphaned",
-        "[bundle]\nstartup_timeout = \"5m\"\n\n[services.Slow]\ncommand = [\"sh\", \"-c\", \"echo $$ > booted; while [ ! -e go ]; do sleep 0.02; done; echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\n",
+        "[bundle]\nstartup_timeout = \"5m\"\n\n[services.Slow]\ncommand = [\"sh\", \"-c\", \"echo $$ > booted.fifo; read x < go.fifo; echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\n",
     );
+    mkfifo(&p, "booted.fifo");
+    mkfifo(&p, "go.fifo");
     let mut up = p
         .cmd(&["up", "--detach"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let booted = Path::new(&p.0).join("booted");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !booted.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the service never started"
-        );
-        // A poll: nothing else tells of the file.
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    // Reading blocks until the service, started, writes its pid.
+    std::fs::read_to_string(p.0.join("booted.fifo")).unwrap();
     up.kill().unwrap();
     up.wait().unwrap();
-    std::fs::write(Path::new(&p.0).join("go"), "").unwrap();
+    // Opening blocks until the service reads: then it says READY.
+    std::fs::write(p.0.join("go.fifo"), "go\n").unwrap();
     // `status` waits for the startup under way, then answers.
     let st = p.run(&["status", "--json"]);
     assert!(st.status.success(), "{}", text(&st));
@@ -878,9 +873,7 @@ fn logs_until_ends_when_its_service_has_exited_for_good() {
         "until-ended",
         "[services.Late]\ncommand = [\"sh\", \"-c\", \"echo READY; read x < die.fifo; echo dying >&2; exit 4\"]\nready = { line_contains = \"READY\" }\n\n[services.Other]\ncommand = [\"sh\", \"-c\", \"echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\n",
     );
-    let fifo = std::ffi::CString::new(p.0.join("die.fifo").to_str().unwrap()).unwrap();
-    // SAFETY: a valid C string.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    mkfifo(&p, "die.fifo");
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
     std::fs::write(p.0.join("die.fifo"), "now\n").unwrap();
@@ -930,9 +923,7 @@ fn status_right_after_a_crash_says_crashed() {
         "crashstatus",
         "[services.App]\ncommand = [\"sh\", \"-c\", \"echo READY; read x < crash.fifo; exit 3\"]\nready = { line_contains = \"READY\" }\n",
     );
-    let fifo = std::ffi::CString::new(p.0.join("crash.fifo").to_str().unwrap()).unwrap();
-    // SAFETY: a valid C string.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    mkfifo(&p, "crash.fifo");
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
     // Opening blocks until App reads; writing a line makes it exit 3.
@@ -1060,6 +1051,13 @@ fn loose_inputs_are_errors_before_anything_starts() {
 }
 
 /// `hitchserve down`, which must succeed.
+/// A named pipe `name` in the project, for a service and the test to meet at.
+fn mkfifo(p: &Project, name: &str) {
+    let path = std::ffi::CString::new(p.0.join(name).to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+}
+
 fn down(p: &Project) {
     let o = p.run(&["down"]);
     assert!(o.status.success(), "down: {}", text(&o));
@@ -1412,9 +1410,7 @@ command = ["sh", "-c", "echo READY; exec sleep 100000"]
 ready = { line_contains = "READY" }
 "#,
     );
-    let fifo = std::ffi::CString::new(p.0.join("crash.fifo").to_str().unwrap()).unwrap();
-    // SAFETY: a valid C string.
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    mkfifo(&p, "crash.fifo");
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
     let run = run_of(&p, "Other");

@@ -329,8 +329,7 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                 _ => None,
             };
             if let Some((uid, gid)) = as_user {
-                // SAFETY: geteuid has no preconditions.
-                if uid != unsafe { libc::geteuid() } {
+                if uid != effective_uid() {
                     use std::os::unix::process::CommandExt;
                     cmd.uid(uid).gid(gid);
                 }

@@ -380,11 +380,13 @@ fn a_start_by_hand_that_its_policy_gives_up_on_is_reported_once() {
 
 /// A bundle (startup timeout 3 s: the tests wait it out on purpose) with `App`, whose
 /// setup hook returns at once the first time (startup's) and later waits until let go
-/// (then says it returned).
-fn app_whose_later_setups_wait(
+/// (then says it returned); started up, `App` stopped, and a start of it with its setup
+/// hook timed out (the hook still waits).
+fn app_whose_start_timed_out_in_setup(
     p: &Project,
 ) -> (
     hitchserve::Bundle,
+    hitchserve::ServiceHandle,
     std::sync::mpsc::Sender<()>,
     std::sync::mpsc::Receiver<()>,
 ) {
@@ -407,15 +409,6 @@ fn app_whose_later_setups_wait(
             }),
     )
     .unwrap();
-    (b, let_go, hook_returned)
-}
-
-/// A start by hand that times out in its setup hook is called off: once the hook returns,
-/// the service is not spawned (it was, and ran on after the test was told the start failed).
-#[test]
-fn a_start_by_hand_that_times_out_in_its_setup_hook_is_not_spawned_after() {
-    let p = Project::new("fi-slow-setup");
-    let (mut b, let_go, hook_returned) = app_whose_later_setups_wait(&p);
     b.startup().unwrap();
     let app = b.service("App").unwrap();
     app.stop().unwrap();
@@ -423,6 +416,15 @@ fn a_start_by_hand_that_times_out_in_its_setup_hook_is_not_spawned_after() {
         Err(Error::StartupTimeout { .. }) => {}
         other => panic!("expected the start to time out in its setup hook, got {other:?}"),
     }
+    (b, app, let_go, hook_returned)
+}
+
+/// A start by hand that times out in its setup hook is called off: once the hook returns,
+/// the service is not spawned (it was, and ran on after the test was told the start failed).
+#[test]
+fn a_start_by_hand_that_times_out_in_its_setup_hook_is_not_spawned_after() {
+    let p = Project::new("fi-slow-setup");
+    let (b, app, let_go, hook_returned) = app_whose_start_timed_out_in_setup(&p);
     let_go.send(()).unwrap();
     hook_returned.recv_timeout(PATIENCE).unwrap();
     // Its start is over, not spawned: waiting for it to be ready says it isn't running.
@@ -450,14 +452,7 @@ fn a_start_by_hand_that_times_out_in_its_setup_hook_is_not_spawned_after() {
 #[test]
 fn a_start_asked_while_a_called_off_start_sets_up_takes_it_back() {
     let p = Project::new("fi-take-back");
-    let (mut b, let_go, _) = app_whose_later_setups_wait(&p);
-    b.startup().unwrap();
-    let app = b.service("App").unwrap();
-    app.stop().unwrap();
-    assert!(matches!(
-        app.start_with_setup(),
-        Err(Error::StartupTimeout { .. })
-    ));
+    let (b, app, let_go, _) = app_whose_start_timed_out_in_setup(&p);
     let mut said = b.logs().tail();
     std::thread::scope(|s| {
         let again = s.spawn(|| app.start());

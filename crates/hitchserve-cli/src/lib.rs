@@ -231,6 +231,7 @@ impl From<ExitCode> for std::process::ExitCode {
 /// installs signal handlers, and client commands die quietly on a closed pipe, as a Unix
 /// filter does).
 pub fn run(relaunch: Vec<OsString>, args: Vec<OsString>) -> ExitCode {
+    quiet_closed_stdout();
     let argv = std::iter::once(OsString::from("hitchserve")).chain(args);
     let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
@@ -247,9 +248,48 @@ pub fn run(relaunch: Vec<OsString>, args: Vec<OsString>) -> ExitCode {
     code
 }
 
+/// The engine prints service lines with `print!` (so that `cargo test` captures them), which
+/// panics once stdout is a closed pipe (`hitchserve up | head`); the engine catches that and
+/// stops printing, and the bundle runs on. Here the panic's message and backtrace are not
+/// printed either: a closed pipe is not a bug. Any other panic is reported as before.
+fn quiet_closed_stdout() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("");
+            if !text.starts_with("failed printing to stdout") {
+                report(info);
+            }
+        }));
+    });
+}
+
 fn command(cli: Cli, relaunch: &[OsString]) -> ExitCode {
     let project = project_dir(&cli.file);
-    let result = match cli.command {
+    // What is read there (a pid to signal, a socket to trust) must be ours: never a
+    // `.hitchserve` another user could have planted or swapped.
+    let result = match control::check_state_dir(&project) {
+        Err(e) => Err(e),
+        Ok(()) => run_command(cli, &project, relaunch),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("hitchserve: {}", in_file_terms(&message));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(cli: Cli, project: &Path, relaunch: &[OsString]) -> Result<ExitCode, String> {
+    let project = project.to_path_buf();
+    match cli.command {
         Command::Up {
             detach,
             timeline,
@@ -284,13 +324,6 @@ fn command(cli: Cli, relaunch: &[OsString]) -> ExitCode {
                 libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             }
             control::client(&project, other)
-        }
-    };
-    match result {
-        Ok(code) => code,
-        Err(message) => {
-            eprintln!("hitchserve: {}", in_file_terms(&message));
-            ExitCode::FAILURE
         }
     }
 }

@@ -1652,3 +1652,78 @@ ready = { line_contains = "READY" }
     down(&p);
     assert_nothing_left(&run);
 }
+
+/// Another user could have planted links in the project's `.hitchserve` (or could swap it,
+/// in a project everyone can write): `up` refuses, and nothing is made or changed through
+/// them.
+#[test]
+fn up_never_follows_a_link_planted_in_the_state_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let victim = std::env::temp_dir().join(format!("hitchserve-cli-victim-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&victim);
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = Project::new("planted", STARTER);
+    std::os::unix::fs::symlink(&victim, p.0.join(".hitchserve")).unwrap();
+    let o = p.run(&["up", "--detach"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("symbolic link"), "{}", text(&o));
+    let q = Project::new("planted-control", STARTER);
+    std::fs::create_dir(q.0.join(".hitchserve")).unwrap();
+    std::os::unix::fs::symlink(&victim, q.0.join(".hitchserve/control")).unwrap();
+    let o = q.run(&["up", "--detach"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("not a directory of yours"),
+        "{}",
+        text(&o)
+    );
+    let r = Project::new("open", STARTER);
+    std::fs::set_permissions(&r.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let o = r.run(&["up", "--detach"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("writable by every user"), "{}", text(&o));
+    assert!(!r.0.join(".hitchserve").exists());
+    let meta = std::fs::metadata(&victim).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o7777,
+        0o755,
+        "chmod through a link"
+    );
+    assert_eq!(
+        std::fs::read_dir(&victim).unwrap().count(),
+        0,
+        "made through a link"
+    );
+    std::fs::remove_dir_all(&victim).unwrap();
+}
+
+/// `hitchserve up | head -1`: once the reader has gone, the bundle runs on without printing,
+/// and says nothing about it (it printed a panic and a backtrace).
+#[test]
+fn up_into_a_pipe_that_closes_runs_on_quietly() {
+    let p = Project::new(
+        "closedpipe",
+        "[services.Chatty]\ncommand = [\"sh\", \"-c\", \"echo READY; i=0; while true; do i=$((i+1)); echo line $i; sleep 0.01; done\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    let mut up = p
+        .cmd(&["up"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(up.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("line 1") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "up ended");
+    }
+    drop(out);
+    // Lines written after the reader went: `up` tried to print them.
+    let seen = p.run(&["logs", "Chatty", "--until", "line 100", "--timeout", "60s"]);
+    assert!(seen.status.success(), "{}", text(&seen));
+    down(&p);
+    let o = up.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -75,7 +75,10 @@ fn ms(d: Duration) -> f64 {
 
 fn project() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("hitchserve-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create the bench project directory");
+    // New and ours (never one another user may have made in /tmp).
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&dir)
+        .expect("create the bench project directory");
     dir
 }
 

@@ -5,8 +5,10 @@ use std::time::Duration;
 use hitchserve::{Bundle, Service};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let project = std::env::temp_dir().join("hitchserve-demo");
-    std::fs::create_dir_all(&project)?;
+    // A directory of our own, new (never one another user may have made in /tmp).
+    let project = std::env::temp_dir().join(format!("hitchserve-demo-{}", std::process::id()));
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&project)?;
     let mut bundle = Bundle::new(&project).startup_timeout(Duration::from_secs(20));
     bundle.add(
         "Web",

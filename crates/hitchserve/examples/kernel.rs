@@ -5,8 +5,11 @@
 use hitchserve::{Bundle, Service};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let project = std::env::temp_dir().join("hitchserve-kernel-demo");
-    std::fs::create_dir_all(&project)?;
+    // A directory of our own, new (never one another user may have made in /tmp).
+    let project =
+        std::env::temp_dir().join(format!("hitchserve-kernel-demo-{}", std::process::id()));
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&project)?;
     std::fs::write(
         project.join("embed.py"),
         "import IPython\nx = 21\nprint('READY', flush=True)\nIPython.embed_kernel(local_ns={'x': x})\n",

@@ -225,6 +225,8 @@ impl Bundle {
             path: self.project.clone(),
             source,
         })?;
+        // Before anything is made in it: a project another user could redirect is refused.
+        crate::safepath::check_project(&self.project)?;
         let run = RunDir::allocate(&project);
         crate::plan::reserve_ports(&self.defs, &mut self.ports, &mut self.held_ports)?;
         let plan = Plan::resolve(

@@ -343,9 +343,10 @@ pub enum Error {
         path: PathBuf,
     },
 
-    /// A path under a shared directory (the temporary directory) is not safely ours: another
-    /// local user may have planted it to take over what we would write or load there.
-    #[error("refusing to use `{}`: it {problem}; another local user may be trying to take over this bundle. Remove or fix it (it may need root), or set TMPDIR to a directory only you (or root) can change", path.display())]
+    /// A path under a shared directory (the temporary directory), or a project directory or
+    /// its `.hitchserve`, is not safely ours: another local user may have planted it (or
+    /// could swap it) to take over what we would write or load there.
+    #[error("refusing to use `{}`: it {problem}; another local user may be trying to take over this bundle. Remove or fix it (it may need root), or use a directory only you (or root) can change (for temporary files: set TMPDIR)", path.display())]
     UnsafePath {
         /// The path.
         path: PathBuf,

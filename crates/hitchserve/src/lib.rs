@@ -91,6 +91,7 @@ pub use process::{
     Process, Resource, Rlimit, Status, ThreadInfo,
 };
 pub use readiness::Ready;
+pub use rundir::state_dir;
 pub use service::{Condition, Restart, Service};
 pub use shared::{SharedBuilder, SharedBundle, SharedLine, SharedService, SharedTail};
 pub use signal::{ExitStatus, ParseSignalError, Signal};

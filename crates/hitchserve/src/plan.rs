@@ -334,6 +334,17 @@ fn resolve_one(
                     service: name.to_owned(),
                     user: user.clone(),
                 })?;
+            if found.uid != nix::unistd::geteuid() {
+                // Across a user boundary the test's environment (CI tokens, cloud keys)
+                // stays behind: the service gets its locale, PATH and time zone, and what
+                // it was given.
+                let inherited: Vec<(OsString, OsString)> = base_env
+                    .iter()
+                    .filter(|(k, _)| crosses_to_another_user(k))
+                    .cloned()
+                    .collect();
+                env = service_env(&inherited, &svc.env, run_id);
+            }
             for (k, v) in [
                 ("HOME", found.dir.as_os_str().to_owned()),
                 ("USER", user.into()),
@@ -489,4 +500,14 @@ fn find_cycle(plans: &[ServicePlan]) -> Option<Vec<usize>> {
         }
     }
     None
+}
+
+/// Whether a variable of the test's environment goes to a service run as another user: only
+/// what locates programs and formats text, never what might be a secret.
+fn crosses_to_another_user(key: &OsStr) -> bool {
+    let key = key.to_string_lossy();
+    matches!(
+        &*key,
+        "PATH" | "LANG" | "LANGUAGE" | "TZ" | "TERM" | "COLORTERM" | "NO_COLOR" | "TMPDIR"
+    ) || key.starts_with("LC_")
 }

@@ -4,13 +4,20 @@
 //! `runs/` and the run are 0711, `logs/` 0700), the `latest` link and pruning of old runs (done by the log writer
 //! thread, off the startup path: directory operations are slow on some filesystems). Parallel bundles, in one
 //! process or many, never share a folder: the id holds the time, the pid and a counter.
-//! A run whose owning process is still alive is never pruned.
+//! A run whose owning process is still alive is never pruned; only names that are run ids
+//! are. Also owns the public `state_dir`: the project check (`safepath::check_project`)
+//! before `.hitchserve` is made or trusted, and every directory below it made or checked
+//! as ours, never followed through a link.
 
-use std::fs::DirBuilder;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::Result;
+use crate::safepath;
 
 /// Runs kept in `.hitchserve/runs` besides live ones.
 const KEEP: usize = 20;
@@ -42,32 +49,39 @@ impl RunDir {
     /// Create the run directory and its parents, `.hitchserve/` and `runs/`, with mode 0711:
     /// services that run as another user (a database under root, say) must pass through
     /// them to their own directory and the clock files, but nobody else may list or write
-    /// them. Safe to call from several threads.
-    pub(crate) fn create(&self) -> std::io::Result<()> {
+    /// them. Each is made, or checked to be a real directory of ours that nobody else can
+    /// write (never a link followed): the project was checked by `state_dir`'s rule, so
+    /// nobody else can swap one of them between the check and its use. Safe to call from
+    /// several threads.
+    pub(crate) fn create(&self) -> Result<()> {
         let runs = self.path.parent().unwrap_or(&self.path);
         let base = runs.parent().unwrap_or(runs);
-        if let Some(project) = base.parent() {
-            // The project itself is the user's: it must exist, we make nothing above it.
-            std::fs::metadata(project)?;
-        }
         for dir in [base, runs, self.path.as_path()] {
-            make_dir(dir, 0o711)?;
+            safepath::ensure_dir(dir, 0o711)?;
         }
         Ok(())
     }
 
     /// Create the directory (with `logs/`, private to us) and point `latest` at it.
-    pub(crate) fn set_up(&self) -> std::io::Result<()> {
+    pub(crate) fn set_up(&self) -> Result<()> {
         self.create()?;
-        make_dir(&self.logs(), 0o700)?;
+        safepath::ensure_dir(&self.logs(), 0o700)?;
         let Some(base) = self.path.parent().and_then(Path::parent) else {
             return Ok(());
         };
-        let ignore = base.join(".gitignore");
-        if !ignore.exists() {
-            // Logs are evidence for a person, not something to commit.
-            let _ = std::fs::write(ignore, "*\n");
+        // Logs are evidence for a person, not something to commit. Made only if nothing is
+        // there (never through a link).
+        if let Ok(mut ignore) = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(base.join(".gitignore"))
+        {
+            let _ = ignore.write_all(b"*\n");
         }
+        // A link made aside, then renamed over the old one (rename replaces a link, never
+        // follows it).
         let latest = base.join("latest");
         let tmp = base.join(format!(".latest-{}", self.id));
         if std::os::unix::fs::symlink(Path::new("runs").join(&self.id), &tmp).is_ok()
@@ -90,25 +104,47 @@ impl RunDir {
     }
 }
 
-/// `dir` with exactly `mode` (whatever the umask), if it is ours; an existing directory of
-/// another owner is left as it is.
-fn make_dir(dir: &Path, mode: u32) -> std::io::Result<()> {
-    match DirBuilder::new().mode(mode).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let meta = std::fs::metadata(dir)?;
-    if !meta.is_dir() {
-        return Err(std::io::Error::other(format!(
-            "`{}` is not a directory",
-            dir.display()
-        )));
-    }
-    if meta.uid() == crate::safepath::euid() && meta.permissions().mode() & 0o7777 != mode {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
-    }
-    Ok(())
+/// The directory where hitchserve keeps a project's runs (and the command line its control
+/// socket): `<project>/.hitchserve`, made (mode 0711) or checked, once the project directory
+/// is checked to be one no other local user could redirect — it and every directory above
+/// it owned by root or you, none writable by every user unless sticky (else another user
+/// could swap `.hitchserve` for a link and have your logs written, or modes changed, where
+/// they chose). `Bundle::startup` makes the same checks; tools built on the engine that
+/// keep their own state beside its runs call this first.
+///
+/// # Errors
+/// [`Error::ProjectDir`](crate::Error::ProjectDir) if the project directory can't be read;
+/// [`Error::UnsafePath`](crate::Error::UnsafePath) if it, a directory above it or
+/// `.hitchserve` could be changed by another user (or `.hitchserve` is not a directory of
+/// yours); [`Error::Io`](crate::Error::Io) if `.hitchserve` can't be made.
+///
+/// ```no_run
+/// let dir = hitchserve::state_dir(".")?;
+/// assert!(dir.ends_with(".hitchserve"));
+/// # Ok::<(), hitchserve::Error>(())
+/// ```
+pub fn state_dir(project: impl AsRef<Path>) -> Result<PathBuf> {
+    let project = project.as_ref();
+    safepath::check_project(project)?;
+    let dir = project.join(".hitchserve");
+    safepath::ensure_dir(&dir, 0o711)?;
+    Ok(dir)
+}
+
+/// Whether `name` is a run id (`RunDir::allocate`'s `<secs>.<micros>-<pid>-<n>`): only
+/// those are pruned.
+fn is_run_id(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mut parts = name.split('-');
+    let (Some(time), Some(pid), Some(n), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    time.split_once('.')
+        .is_some_and(|(s, us)| digits(s) && digits(us))
+        && digits(pid)
+        && digits(n)
 }
 
 fn prune(runs: &Path) {
@@ -117,6 +153,7 @@ fn prune(runs: &Path) {
     };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| is_run_id(name))
         .collect();
     // Ids start with a fixed-width timestamp, so name order is age order.
     names.sort();
@@ -124,11 +161,19 @@ fn prune(runs: &Path) {
     // Runs of older versions kept their logs in 0755 directories, in a `.hitchserve/` that
     // was then 0700 and is now 0711: close them.
     for name in names.iter().skip(excess) {
-        let logs = runs.join(name).join("logs");
-        if std::fs::metadata(&logs).is_ok_and(|m| {
-            m.uid() == crate::safepath::euid() && m.permissions().mode() & 0o077 != 0
-        }) {
-            let _ = std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o700));
+        // Through the opened directory, never a link: such an old run may have been open.
+        let Ok(logs) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(runs.join(name).join("logs"))
+        else {
+            continue;
+        };
+        if logs
+            .metadata()
+            .is_ok_and(|m| m.uid() == safepath::euid() && m.permissions().mode() & 0o077 != 0)
+        {
+            let _ = logs.set_permissions(std::fs::Permissions::from_mode(0o700));
         }
     }
     for name in names.into_iter().take(excess) {

@@ -105,6 +105,48 @@ fn check_shared_parent(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A project directory a bundle may keep its runs in (`.hitchserve/`: logs, sockets, the
+/// clock): it and every directory above it — as given, and once links are resolved — owned
+/// by root or us, and none writable by every user unless sticky. Else another local user
+/// could swap `.hitchserve` (or a directory above it) for a link to anywhere, and have us
+/// write our logs there, change its modes or prune what is below it. Group-writable
+/// directories are accepted: their group is who the administrator chose to trust with them.
+pub(crate) fn check_project(project: &Path) -> Result<()> {
+    let io = |source| Error::ProjectDir {
+        path: project.to_path_buf(),
+        source,
+    };
+    let given = std::path::absolute(project).map_err(io)?;
+    let real = std::fs::canonicalize(project).map_err(io)?;
+    if !real.is_dir() {
+        return Err(io(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "it is not a directory (give `Bundle::new` the directory the services run in)",
+        )));
+    }
+    for d in given.ancestors().chain(real.ancestors()) {
+        let meta = std::fs::metadata(d).map_err(io)?;
+        let mode = meta.permissions().mode();
+        if meta.uid() != 0 && meta.uid() != euid() {
+            return Err(unsafe_path(
+                d,
+                &format!(
+                    "is owned by uid {} (not by you, uid {}, nor root), who could swap the                      project's `.hitchserve` (its logs and sockets) for a link to anywhere;                      run as that user, or use a project directory of yours",
+                    meta.uid(),
+                    euid()
+                ),
+            ));
+        }
+        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+            return Err(unsafe_path(
+                d,
+                "is writable by every user and not sticky, so anyone could swap the                  project's `.hitchserve` (its logs and sockets) for a link to anywhere;                  `chmod o-w` it, or use a project directory only you can change",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Make `dir` with `mode` (its parent must exist), or check that the existing one is ours:
 /// a real directory, not a symlink, owned by us, writable by nobody else. Its mode is then
 /// set to `mode` exactly (the umask may have narrowed it).

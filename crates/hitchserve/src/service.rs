@@ -223,6 +223,11 @@ impl Service {
     /// that user's group), with `HOME`, `USER` and `LOGNAME` set to match. Needs root.
     /// Nothing is created: a user that doesn't exist is an error at startup. PostgreSQL,
     /// for one, refuses to run as root.
+    ///
+    /// Another user's service does not get the test's environment, which may hold secrets
+    /// (CI tokens, cloud keys) that user's other processes could read: only `PATH`, `TMPDIR`,
+    /// `TZ`, `TERM`, `NO_COLOR` and the locale (`LANG`, `LANGUAGE`, `LC_*`) cross over,
+    /// with what [`env`](Service::env) gives it — pass anything else it needs there.
     pub fn user(mut self, name: impl Into<String>) -> Service {
         self.user = Some(name.into());
         self

@@ -35,4 +35,5 @@ mod up;
 
 pub use client::client;
 pub use shared::{attach, idle_time, release, up_shared};
+pub use state_dir::check_state_dir;
 pub use up::up;

@@ -32,6 +32,42 @@ pub(super) fn socket_path(project: &Path) -> PathBuf {
     socket_dir(project).join(SOCKET)
 }
 
+/// The project's state directory, if there is one, checked to be ours (as
+/// `hitchserve::state_dir` checks it: the project no other user could redirect, `.hitchserve`
+/// a real directory of ours). None there is fine: nothing runs, and `up` makes it.
+pub fn check_state_dir(project: &Path) -> Result<(), String> {
+    match std::fs::symlink_metadata(state_dir(project)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        _ => hitchserve::state_dir(project)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// `dir` (in the state directory, which `hitchserve::state_dir` checked is ours and closed
+/// to others, so nothing can be swapped in meanwhile) made 0700, or the one there if it is
+/// a real directory of ours — never a link followed — made 0700.
+pub(super) fn private_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(format!("cannot create `{}`: {e}", dir.display()))
+        }
+        _ => {}
+    }
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("cannot inspect `{}`: {e}", dir.display()))?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        return Err(format!(
+            "refusing to use `{}`: it is not a directory of yours (a link, a file, or another \
+             user's); remove it",
+            dir.display()
+        ));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot make `{}` private: {e}", dir.display()))
+}
+
 /// The state directory, open, to reach its sockets by a path that fits in `sun_path`.
 pub(super) struct StateDir {
     path: PathBuf,

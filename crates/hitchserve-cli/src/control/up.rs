@@ -30,7 +30,7 @@ use super::protocol::reply;
 use super::server::serve;
 use super::signals::{another_signal, install_signal_pipe, next_signal, signal_exit, RECEIVED};
 use super::state_dir::{
-    socket_dir, socket_path, state_dir, up_is_running, StateDir, SOCKET_STARTING,
+    private_dir, socket_dir, socket_path, state_dir, up_is_running, StateDir, SOCKET_STARTING,
 };
 use crate::config;
 use crate::one_service::ServiceInfo;
@@ -53,14 +53,12 @@ pub fn up(
             dir.display()
         ));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+    // A project another user could redirect is refused before anything is made in it.
+    hitchserve::state_dir(project).map_err(|e| e.to_string())?;
     let sockets = socket_dir(project);
-    std::fs::create_dir_all(&sockets)
-        .map_err(|e| format!("cannot create `{}`: {e}", sockets.display()))?;
     // Nobody else may reach the socket, not even while it is being bound: a directory of
     // its own, 0700 (`.hitchserve/` is 0711: see the module header).
-    std::fs::set_permissions(&sockets, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("cannot make `{}` private: {e}", sockets.display()))?;
+    private_dir(&sockets)?;
     let refusal = || {
         format!(
             "a bundle is already running in `{}`: see `hitchserve status`, stop it with `hitchserve down`",
@@ -98,6 +96,7 @@ pub fn up(
         .truncate(false)
         .write(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&lock_path)
     {
         Ok(lock) => lock,
@@ -371,6 +370,7 @@ pub(super) fn detach_up(
         .create(true)
         .append(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&log_path)
         .map_err(|e| format!("cannot open `{}`: {e}", log_path.display()))?;
     // Also one made 0644 by an older version, in the 0700 directory of those days.

@@ -154,15 +154,19 @@ impl LogFiles {
                 lower_priority();
                 let path = run.logs().join("all.log");
                 // 0600 (in a 0700 directory): logs can hold secrets.
-                let file = run.set_up().and_then(|()| {
-                    OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&path)
-                });
+                let file = run
+                    .set_up()
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|()| {
+                        OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .create(true)
+                            .truncate(true)
+                            .mode(0o600)
+                            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                            .open(&path)
+                    });
                 // Only if nobody made it meanwhile (see `timeline`): never emptied here.
                 if file.is_ok() {
                     if let Ok(svg) = OpenOptions::new()

@@ -28,13 +28,7 @@ impl Runtime {
         timeouts: Timeouts,
     ) -> Result<Arc<Runtime>> {
         if plan.needs_run_dir() {
-            run.create().map_err(|source| Error::Io {
-                context: format!(
-                    "could not create the run directory `{}`",
-                    run.path.display()
-                ),
-                source,
-            })?;
+            run.create()?;
         }
         if let Some(paths) = &plan.clock {
             clock.start(paths)?;

@@ -238,3 +238,73 @@ fn a_supplementary_group_does_not_count_services_run_without_one() {
         "{err:?}"
     );
 }
+
+/// `startup`'s error for a bundle of one trivial service in `p`.
+fn startup_error(p: &Project) -> String {
+    let mut b = p.bundle();
+    b.add("App", sh("echo READY; exec sleep 1000")).unwrap();
+    let e = b.startup().unwrap_err();
+    assert!(matches!(e, Error::UnsafePath { .. }), "{e:?}");
+    e.to_string()
+}
+
+#[test]
+fn a_project_another_user_could_redirect_is_refused_before_anything_is_made() {
+    // Writable by everyone, not sticky: anyone could swap `.hitchserve` for a link.
+    let p = Project::new("open-project");
+    std::fs::set_permissions(&p.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = startup_error(&p);
+    assert!(e.contains("writable by every user and not sticky"), "{e}");
+    assert!(!p.path(".hitchserve").exists(), "nothing is made in it");
+    let e = hitchserve::state_dir(&p.dir).unwrap_err().to_string();
+    assert!(e.contains("writable by every user"), "{e}");
+    // Sticky, as /tmp is: others can't rename what is ours there.
+    std::fs::set_permissions(&p.dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let mut b = p.bundle();
+    b.add("App", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    b.shutdown().unwrap();
+    assert_eq!(mode(&p.path(".hitchserve")), 0o711);
+    if is_root() {
+        // Another user's project: its owner could swap what is below it.
+        let theirs = Project::new("their-project");
+        std::os::unix::fs::chown(&theirs.dir, Some(65534), Some(65534)).unwrap();
+        let e = startup_error(&theirs);
+        assert!(e.contains("is owned by uid 65534"), "{e}");
+        assert!(!theirs.path(".hitchserve").exists());
+    }
+}
+
+#[test]
+fn a_link_planted_in_the_state_directory_is_never_followed() {
+    let victim = Project::new("victim");
+    std::fs::create_dir(victim.path("keep")).unwrap();
+    std::fs::set_permissions(&victim.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // `.hitchserve` itself a link.
+    let p = Project::new("planted-state");
+    std::os::unix::fs::symlink(&victim.dir, p.path(".hitchserve")).unwrap();
+    let e = startup_error(&p);
+    assert!(e.contains("symbolic link"), "{e}");
+    // `runs` a link inside a real `.hitchserve`.
+    let p = Project::new("planted-runs");
+    std::fs::create_dir(p.path(".hitchserve")).unwrap();
+    std::os::unix::fs::symlink(&victim.dir, p.path(".hitchserve/runs")).unwrap();
+    let e = startup_error(&p);
+    assert!(e.contains("symbolic link"), "{e}");
+    assert_eq!(mode(&victim.dir), 0o755, "the link's target keeps its mode");
+    assert!(
+        victim.path("keep").is_dir(),
+        "nothing is pruned through the link"
+    );
+    assert_eq!(std::fs::read_dir(&victim.dir).unwrap().count(), 1);
+    // `.gitignore` a link to a file that doesn't exist yet: never created through it.
+    let p = Project::new("planted-ignore");
+    std::fs::create_dir(p.path(".hitchserve")).unwrap();
+    let target = victim.path("made-by-us");
+    std::os::unix::fs::symlink(&target, p.path(".hitchserve/.gitignore")).unwrap();
+    let mut b = p.bundle();
+    b.add("App", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    b.shutdown().unwrap();
+    assert!(!target.exists(), "written through the link");
+}

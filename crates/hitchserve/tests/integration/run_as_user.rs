@@ -53,3 +53,60 @@ fn an_unknown_user_is_refused_before_anything_starts() {
     );
     assert!(err.to_string().contains("useradd"), "{err}");
 }
+
+const SECRET_VAR: &str = "HITCHSERVE_TEST_CI_TOKEN";
+
+/// The test's environment holds a secret (a CI token): a service run as another user gets
+/// its locale and PATH and what it was given, never the rest (another local user who gets
+/// that user's code running could read its environment).
+#[test]
+fn a_service_run_as_another_user_does_not_get_the_tests_secrets() {
+    if !is_root() {
+        eprintln!("skipped: only root can run a service as another user");
+        return;
+    }
+    let out = crate::common::helper_process(
+        "run_as_user::helper_secret_environment",
+        &[(SECRET_VAR, "s3cret-token"), ("LC_TIME", "C.UTF-8")],
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("checked the environments"), "{text}");
+}
+
+#[test]
+#[ignore = "run by a_service_run_as_another_user_does_not_get_the_tests_secrets"]
+fn helper_secret_environment() {
+    let p = Project::new("run-as-env");
+    let mut b = p.bundle();
+    let script = "echo READY; exec sleep 1000";
+    b.add(
+        "Nobody",
+        sh(script).user("nobody").env("GIVEN", "on purpose"),
+    )
+    .unwrap();
+    b.add("Mine", sh(script)).unwrap();
+    b.startup().unwrap();
+    let env_of = |name: &str| {
+        let pid = b.service(name).unwrap().process().unwrap().pid();
+        std::fs::read(format!("/proc/{pid}/environ")).unwrap()
+    };
+    let has = |env: &[u8], entry: &str| env.split(|&c| c == 0).any(|e| e == entry.as_bytes());
+    let theirs = env_of("Nobody");
+    assert!(!has(&theirs, &format!("{SECRET_VAR}=s3cret-token")));
+    assert!(has(&theirs, "GIVEN=on purpose"));
+    assert!(has(&theirs, "LC_TIME=C.UTF-8"));
+    assert!(has(&theirs, "USER=nobody"));
+    let path = std::env::var("PATH").unwrap();
+    assert!(has(&theirs, &format!("PATH={path}")));
+    // The test's own user's services get the whole of it, as any child would.
+    assert!(has(&env_of("Mine"), &format!("{SECRET_VAR}=s3cret-token")));
+    b.shutdown().unwrap();
+    println!("checked the environments");
+}

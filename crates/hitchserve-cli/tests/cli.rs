@@ -421,7 +421,8 @@ fn sigterm_to_a_foreground_bundle_stops_it_and_its_services_keep_default_signals
 }
 
 /// SIGTERM to a ready foreground `up` stops its services with their grace (from review: an
-/// interrupt had set the bundle to hurry, and every service got SIGKILL at once).
+/// interrupt had set the bundle to hurry, and every service got SIGKILL at once), also when
+/// it comes twice at once (`timeout N hitchserve up`).
 #[test]
 fn sigterm_to_a_ready_foreground_bundle_gives_its_services_their_grace() {
     let p = Project::new(
@@ -435,8 +436,11 @@ fn sigterm_to_a_ready_foreground_bundle_gives_its_services_their_grace() {
         .map_while(Result::ok)
         .any(|l| l.contains("Hitch] READY in")));
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    // Twice at once, as `timeout` does (to its child, then to the child's group): one
+    // stop, not a second signal asking to hurry.
     // SAFETY: signalling the bundle process this test started.
     unsafe {
+        libc::kill(up.id() as libc::pid_t, libc::SIGTERM);
         libc::kill(up.id() as libc::pid_t, libc::SIGTERM);
     }
     assert!(up.wait().unwrap().success());

@@ -6,17 +6,21 @@
 //! is unchanged and remains the reference; these add nothing but the `await`.
 //!
 //! A future dropped before it is done leaves its wait running to its own end (its timeout,
-//! its line, or the bundle's stop), as a thread of the blocking pool.
+//! its line, or the bundle's stop), as a thread of the blocking pool — but for
+//! `startup_async`'s: dropping it cancels the startup (`CancelStartup`), which stops what it
+//! started, and a later shutdown waits for that stop (`StartupWait`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::bundle::{wait_started, Bundle};
+use crate::bundle::{wait_started, Bundle, StartupWait};
 use crate::error::Result;
 use crate::handle::ServiceHandle;
 use crate::logs::{LogLine, Tail};
+use crate::timetravel::Clock;
 
 /// Run `f` on tokio's blocking pool and await it; a panic in it is resumed here.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -34,6 +38,13 @@ impl Bundle {
     /// [`startup`](Bundle::startup) for async code: the same, but the wait does not block
     /// the runtime's thread (other tasks run meanwhile).
     ///
+    /// Dropping the future before it is done (a `tokio::time::timeout`, a `select!`)
+    /// cancels the startup, as [`Interrupter::interrupt`](crate::Interrupter::interrupt)
+    /// does a blocking one: what it started is stopped, and the bundle can't be started
+    /// again (a later [`shutdown_async`](Bundle::shutdown_async) waits for that stop). The
+    /// other async calls, dropped, leave their wait to end by itself (its timeout, its line,
+    /// or the bundle's stop) and change nothing.
+    ///
     /// ```no_run
     /// # async fn demo() -> hitchserve::Result<()> {
     /// use hitchserve::{Bundle, Service};
@@ -47,16 +58,31 @@ impl Bundle {
     pub async fn startup_async(&mut self) -> Result<()> {
         let (runtime, t0) = self.begin_startup()?;
         let (startup, shutdown, progress, interrupter) = self.startup_wait_args();
-        let waiting = Arc::clone(&runtime);
+        let wait = Arc::new(StartupWait::default());
+        self.set_startup_wait(Arc::clone(&wait));
+        let cancel = CancelStartup {
+            wait: Arc::clone(&wait),
+            interrupter: interrupter.clone(),
+            stopped: self.stopped_flag(),
+            clock: self.clock_ref(),
+            armed: true,
+        };
         let result = blocking(move || {
-            wait_started(&waiting, startup, shutdown, progress, interrupter.flag())
+            let result = wait_started(&runtime, startup, shutdown, progress, interrupter.flag());
+            wait.end(&runtime, &result, shutdown);
+            result
         })
         .await;
+        cancel.disarm();
         self.end_startup(t0, result)
     }
 
     /// [`shutdown`](Bundle::shutdown) for async code.
     pub async fn shutdown_async(&self) -> Result<()> {
+        if let Some(wait) = self.startup_wait() {
+            // A startup whose future was dropped is being stopped: once it has, so has this.
+            blocking(move || wait.wait_ended()).await;
+        }
         let Some(runtime) = self.begin_shutdown() else {
             return Ok(());
         };
@@ -64,6 +90,43 @@ impl Bundle {
         let stopping = Arc::clone(&runtime);
         blocking(move || crate::bundle::stop_all(&stopping, timeout)).await;
         self.end_shutdown(&runtime)
+    }
+}
+
+/// Dropping `startup_async`'s future cancels the startup, as Ctrl-C does a blocking one:
+/// it is interrupted, what it started is stopped (by its wait, on the blocking pool), and
+/// the bundle is shut down — a later `shutdown` waits for that stop and has nothing to add.
+/// A startup that had already succeeded when its future was dropped is left running, for
+/// `shutdown` (or the drop) to stop as usual.
+struct CancelStartup<'a> {
+    wait: Arc<StartupWait>,
+    interrupter: crate::Interrupter,
+    stopped: &'a AtomicBool,
+    clock: &'a Clock,
+    armed: bool,
+}
+
+impl CancelStartup<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelStartup<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        match self.wait.cancel() {
+            // Up and running: the bundle's shutdown stops it.
+            Some(true) => return,
+            // Failed, and stopped by its wait.
+            Some(false) => {}
+            None => self.interrupter.interrupt(),
+        }
+        // As `end_startup` after a failure: nothing runs any more (once the wait has ended).
+        self.stopped.store(true, Ordering::SeqCst);
+        self.clock.stop();
     }
 }
 

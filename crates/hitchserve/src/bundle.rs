@@ -57,6 +57,10 @@ pub struct Bundle {
     held_ports: Vec<HeldPort>,
     progress: Option<Duration>,
     interrupt: Arc<InterruptState>,
+    /// The wait of the last `startup_async`, for a shutdown to wait for if its future was
+    /// dropped (see `asynch`).
+    #[cfg(feature = "tokio")]
+    startup_wait: Option<Arc<StartupWait>>,
 }
 
 impl Bundle {
@@ -77,6 +81,8 @@ impl Bundle {
             held_ports: Vec::new(),
             progress: None,
             interrupt: Arc::default(),
+            #[cfg(feature = "tokio")]
+            startup_wait: None,
         }
     }
 
@@ -471,6 +477,7 @@ impl Bundle {
     /// (without exec) from the process that started the bundle, it does nothing, and
     /// neither does dropping the bundle there: the services are the parent's.
     pub fn shutdown(&self) -> Result<()> {
+        self.wait_for_cancelled_startup();
         match self.begin_shutdown() {
             Some(runtime) => {
                 stop_all(&runtime, self.shutdown_timeout);
@@ -497,6 +504,36 @@ impl Bundle {
         report_crash(runtime, None, true)
     }
 
+    /// What `startup_async` keeps for a shutdown, and lends its cancelling guard.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn set_startup_wait(&mut self, wait: Arc<StartupWait>) {
+        self.startup_wait = Some(wait);
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn startup_wait(&self) -> Option<Arc<StartupWait>> {
+        self.startup_wait.clone()
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn stopped_flag(&self) -> &AtomicBool {
+        &self.stopped
+    }
+
+    #[cfg(feature = "tokio")]
+    pub(crate) fn clock_ref(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// A startup whose async future was dropped stops what it started on the blocking
+    /// pool: a shutdown (or the drop) waits for that first.
+    fn wait_for_cancelled_startup(&self) {
+        #[cfg(feature = "tokio")]
+        if let Some(wait) = &self.startup_wait {
+            wait.wait_ended();
+        }
+    }
+
     /// The shutdown timeout, for the async version's thread.
     #[cfg(feature = "tokio")]
     pub(crate) fn shutdown_timeout_value(&self) -> Duration {
@@ -506,6 +543,7 @@ impl Bundle {
 
 impl Drop for Bundle {
     fn drop(&mut self) {
+        self.wait_for_cancelled_startup();
         match self.runtime.as_ref() {
             // A child forked from the process that started it: its copy goes quietly (the
             // services, and the threads a stop would wait for, are the parent's).
@@ -568,4 +606,55 @@ pub(crate) fn stop_all(runtime: &Arc<Runtime>, timeout: Duration) {
             let _ = runtime.sink.store.write_timeline(&path, svg.as_bytes());
         }));
     });
+}
+
+#[cfg(feature = "tokio")]
+/// The wait of one `startup_async` (see `asynch`), run on the blocking pool: whether it has ended (with
+/// everything it started stopped, if its future was dropped), for a shutdown to wait for.
+#[derive(Default)]
+pub(crate) struct StartupWait {
+    state: std::sync::Mutex<WaitState>,
+    ended: std::sync::Condvar,
+}
+
+#[cfg(feature = "tokio")]
+#[derive(Default)]
+struct WaitState {
+    /// Its future was dropped: what it started is to be stopped.
+    cancelled: bool,
+    /// The wait is over; `Some(true)` if every service started up.
+    ended: Option<bool>,
+}
+
+#[cfg(feature = "tokio")]
+impl StartupWait {
+    /// Its future was dropped: the wait's state then (`None`: still waiting, now cancelled).
+    pub(crate) fn cancel(&self) -> Option<bool> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.ended.is_none() {
+            state.cancelled = true;
+        }
+        state.ended
+    }
+
+    /// The wait is over with `result`: if its future was dropped meanwhile and the startup
+    /// succeeded all the same, stop what it started (a failed one stopped it already).
+    pub(crate) fn end(&self, runtime: &Arc<Runtime>, result: &Result<()>, shutdown: Duration) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.cancelled && result.is_ok() {
+            drop(state);
+            stop_all(runtime, shutdown);
+            state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        }
+        state.ended = Some(result.is_ok());
+        self.ended.notify_all();
+    }
+
+    /// Block until the wait is over (a dropped one ends promptly: it was interrupted).
+    pub(crate) fn wait_ended(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while state.ended.is_none() {
+            state = self.ended.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }

@@ -182,10 +182,18 @@ pub fn up(
         // while it stops cuts the services' grace short (SIGKILL at once).
         let (interrupter, stop_tx) = (bundle.interrupter(), stop_tx.clone());
         std::thread::spawn(move || {
-            RECEIVED.store(next_signal(signal_pipe), Ordering::SeqCst);
+            let first = next_signal(signal_pipe);
+            let at = std::time::Instant::now();
+            RECEIVED.store(first, Ordering::SeqCst);
             interrupter.interrupt();
             let _ = stop_tx.send(None);
-            while another_signal(signal_pipe).is_some() {
+            while let Some(sig) = another_signal(signal_pipe) {
+                // `timeout` (like other supervisors) signals its child, then the child's
+                // whole group: the same signal twice at once is one stop, not a second
+                // asking to hurry (a person's second Ctrl-C comes later than this).
+                if sig == first && at.elapsed() < SAME_SIGNAL_AGAIN {
+                    continue;
+                }
                 interrupter.interrupt();
             }
         });
@@ -314,6 +322,9 @@ pub fn up(
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// A signal again within this time of the first one that stopped `up` is the same request.
+const SAME_SIGNAL_AGAIN: Duration = Duration::from_millis(500);
 
 /// Files removed when `up` ends, however it ends (before its lock is released, so never a
 /// later `up`'s).

@@ -102,12 +102,19 @@ impl Clock {
 
     /// Move by `by_ns` nanoseconds (negative: back); returns the new offset.
     pub(crate) fn shift(&self, by_ns: i128) -> Result<i128> {
-        self.set_offset(self.offset().saturating_add(by_ns))
+        // Read and written under one lock: jumps from several threads add up.
+        self.change_offset(|current| current.saturating_add(by_ns))
     }
 
     fn set_offset(&self, offset: i128) -> Result<i128> {
-        let offset = i64::try_from(offset).map_err(|_| Error::TimeOutOfRange)?;
+        self.change_offset(|_| offset)
+    }
+
+    /// The offset made `to(current)`, under the lock; an offset out of range is refused and
+    /// leaves it as it was.
+    fn change_offset(&self, to: impl FnOnce(i128) -> i128) -> Result<i128> {
         let mut current = self.offset_ns.lock().unwrap_or_else(|e| e.into_inner());
+        let offset = i64::try_from(to(*current)).map_err(|_| Error::TimeOutOfRange)?;
         if let Some(map) = self.live.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             map.store(offset);
         }

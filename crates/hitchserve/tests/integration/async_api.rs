@@ -97,3 +97,48 @@ async fn an_async_restart_waits_until_the_service_is_ready_again() {
     assert_eq!(svc.incarnation(), 3);
     b.shutdown_async().await.unwrap();
 }
+
+/// Dropping `startup_async`'s future (a `tokio::time::timeout`, a `select!`) cancels the
+/// startup, as Ctrl-C does a blocking one: what it started is stopped without waiting for
+/// the startup timeout, and a shutdown afterwards has nothing left to do (its wait ran on
+/// until the timeout, holding the runtime's teardown, and a failure meanwhile was lost).
+#[tokio::test]
+async fn dropping_an_async_startup_cancels_it_and_stops_what_it_started() {
+    let p = Project::new("async-cancel");
+    let mut b = p
+        .bundle()
+        .startup_timeout(std::time::Duration::from_secs(600));
+    b.add("Up", sh("echo READY; echo PID $$; exec sleep 1000"))
+        .unwrap();
+    b.add(
+        "Never",
+        sh("echo PID $$; exec sleep 1000").needs_started(["Up"]),
+    )
+    .unwrap();
+    let mut tail = b.logs().tail();
+    let mut pids = Vec::new();
+    {
+        let startup = b.startup_async();
+        tokio::pin!(startup);
+        // Cancelled once both services have started (the second never becomes ready).
+        while pids.len() < 2 {
+            tokio::select! {
+                r = &mut startup => panic!("startup ended: {r:?}"),
+                line = tail.until_async(|l| l.starts_with("PID "), PATIENCE) => {
+                    let line = line.unwrap();
+                    pids.push(line.text()[4..].parse::<u32>().unwrap());
+                }
+            }
+        }
+    }
+    for pid in &pids {
+        assert!(
+            crate::common::wait_gone(*pid, PATIENCE),
+            "pid {pid} still runs after its startup was cancelled"
+        );
+    }
+    b.shutdown_async().await.unwrap();
+    assert!(b.check().is_ok());
+    let logged = b.logs().lines().join("\n");
+    assert!(logged.contains("Stopping"), "{logged}");
+}

@@ -387,3 +387,36 @@ while True:
         assert!(line["waited"].as_f64().unwrap() >= 0.4, "{line}");
     }
 }
+
+/// `Bundle` is `Sync` and `time_travel` takes `&self`: jumps made from several threads at
+/// once all count (each read the offset, then wrote its own: some were lost).
+#[test]
+fn jumps_from_several_threads_at_once_add_up() {
+    let p = Project::new("tt-threads");
+    let mut b = p.bundle();
+    b.add("App", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let before = b.now();
+    let b = std::sync::Arc::new(b);
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let b = std::sync::Arc::clone(&b);
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    b.time_travel(Duration::from_secs(3600)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let moved = b.now().duration_since(before);
+    // 400 hours, and the real time that passed meanwhile (far less than an hour).
+    assert!(
+        moved >= jiff::SignedDuration::from_hours(400)
+            && moved < jiff::SignedDuration::from_hours(401),
+        "moved {moved:?}"
+    );
+    b.shutdown().unwrap();
+}

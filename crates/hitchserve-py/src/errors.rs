@@ -20,6 +20,7 @@ use crate::wait::lock;
 pub(crate) fn class_of(e: &Error) -> &'static str {
     match e {
         Error::InvalidName { .. }
+        | Error::InvalidSetting { .. }
         | Error::DuplicateService { .. }
         | Error::EmptyCommand { .. }
         | Error::CommandNotFound { .. }
@@ -48,7 +49,7 @@ pub(crate) fn class_of(e: &Error) -> &'static str {
         Error::WaitTimeout { .. } => "LogTimeout",
         Error::EndedWhileWaiting { .. } => "LogEnded",
         Error::SubcommandFailed { .. } => "SubcommandFailed",
-        Error::NotRunning | Error::ServiceNotRunning { .. } => "NotRunning",
+        Error::NotRunning | Error::ServiceNotRunning { .. } | Error::ShutDown => "NotRunning",
         Error::NoSuchService { .. } => "NoSuchService",
         Error::TimeTravelDisabled | Error::TimeOutOfRange => "TimeTravelError",
         Error::NoSuchProcess { .. } => "NoSuchProcess",

@@ -105,9 +105,10 @@ impl Bundle {
     }
 
     /// While starting up, log which services are still starting every `every` (off by
-    /// default; `hitchserve up` turns it on on a terminal).
+    /// default; `hitchserve up` turns it on on a terminal). At most every 100 ms (a shorter
+    /// time is taken as that: a line per wake-up would flood the log); zero turns it off.
     pub fn progress_every(mut self, every: Duration) -> Bundle {
-        self.progress = Some(every);
+        self.progress = (!every.is_zero()).then(|| every.max(Duration::from_millis(100)));
         self
     }
 
@@ -129,6 +130,12 @@ impl Bundle {
             return Err(Error::AlreadyStarted);
         }
         crate::plan::check_name(&name)?;
+        if let Some(problem) = service.bad_setting() {
+            return Err(Error::InvalidSetting {
+                service: name,
+                problem,
+            });
+        }
         if self.defs.iter().any(|(n, _)| *n == name) {
             return Err(Error::DuplicateService { service: name });
         }
@@ -191,7 +198,10 @@ impl Bundle {
     /// run up, start nothing yet.
     pub(crate) fn begin_startup(&mut self) -> Result<(Arc<Runtime>, Instant)> {
         if self.runtime.is_some() {
-            return Err(Error::AlreadyStarted);
+            return Err(match self.stopped.load(Ordering::SeqCst) {
+                true => Error::ShutDown,
+                false => Error::AlreadyStarted,
+            });
         }
         // A startup that failed before starting anything (a bad definition, say) may be
         // tried again once the cause is fixed.
@@ -339,6 +349,10 @@ impl Bundle {
     fn jump(&self, by_ns: Option<i128>, how: impl FnOnce(&Clock) -> Result<i128>) -> Result<()> {
         if !self.time_travel {
             return Err(Error::TimeTravelDisabled);
+        }
+        if self.runtime.is_some() && self.stopped.load(Ordering::SeqCst) {
+            // Nothing runs on that clock any more (its files are gone).
+            return Err(Error::ShutDown);
         }
         how(&self.clock)?;
         let to = self.clock.now();

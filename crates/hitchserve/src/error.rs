@@ -30,6 +30,16 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A setting of a service that can't be used: an environment variable's name or value, an
+    /// argument of its command, a port's name.
+    #[error("service `{service}`: {problem}")]
+    InvalidSetting {
+        /// The service.
+        service: String,
+        /// What is wrong, and what to do.
+        problem: String,
+    },
+
     /// Two services with one name.
     #[error("service `{service}` is defined twice: give one of them another name")]
     DuplicateService {
@@ -408,6 +418,11 @@ pub enum Error {
         stderr: String,
     },
 
+    /// The bundle has stopped — shut down, or its startup failed — and what was asked needs
+    /// it running or to start again: a bundle runs once.
+    #[error("the bundle has stopped (it was shut down, or its startup failed): a bundle runs once; make a new one to start its services again")]
+    ShutDown,
+
     /// `startup` was called twice, or services were added after it.
     #[error("the bundle was already started: define every service before calling startup, and call it once")]
     AlreadyStarted,
@@ -536,6 +551,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::InvalidName { .. } => "InvalidName",
+            Error::InvalidSetting { .. } => "InvalidSetting",
             Error::DuplicateService { .. } => "DuplicateService",
             Error::EmptyCommand { .. } => "EmptyCommand",
             Error::CommandNotFound { .. } => "CommandNotFound",
@@ -571,6 +587,7 @@ impl Error {
             Error::ProcessInfo { .. } => "ProcessInfo",
             Error::SubcommandFailed { .. } => "SubcommandFailed",
             Error::AlreadyStarted => "AlreadyStarted",
+            Error::ShutDown => "ShutDown",
             Error::Interrupted => "Interrupted",
             Error::NotRunning => "NotRunning",
             Error::ServiceNotRunning { .. } => "ServiceNotRunning",

@@ -274,6 +274,19 @@ impl Ready {
                  (check its TCP port, or a log line, instead)",
                 h.url
             )),
+            Kind::Http(h) => {
+                let rest = h.url.strip_prefix("http://").unwrap_or_default();
+                let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+                bad_host_port(host, false).map(|why| format!("the URL `{}` {why}", h.url))
+            }
+            Kind::Tcp { addr } => bad_host_port(addr, true)
+                .map(|why| format!("the TCP address `{addr}` {why} (give `host:port`)")),
+            Kind::Exec { argv } if argv.first().is_none_or(|p| p.is_empty()) => {
+                Some("`Ready::exec` of an empty command: name the program to run".to_owned())
+            }
+            Kind::File { path } if path.as_os_str().is_empty() => {
+                Some("`Ready::file` of an empty path: name the file to wait for".to_owned())
+            }
             // All of them: none may be one that can't pass. Any: only if none can.
             Kind::All(v) => v.iter().find_map(Ready::never_passes),
             Kind::Any(v) => {
@@ -282,6 +295,36 @@ impl Ready {
             }
             _ => None,
         }
+    }
+}
+
+/// Why `host:port` (the port optional unless `port_needed`) can never be connected to, if
+/// it can't: no host, no port, a port that is not a number from 1 to 65535.
+fn bad_host_port(text: &str, port_needed: bool) -> Option<String> {
+    // `[::1]:80`: the port is after the bracket.
+    let (host, port) = match text.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, rest)) => (host, rest.strip_prefix(':')),
+            None => return Some("has a `[` without its `]`".to_owned()),
+        },
+        None => match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        },
+    };
+    if host.is_empty() {
+        return Some("names no host".to_owned());
+    }
+    match port {
+        None if port_needed => Some("has no port".to_owned()),
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(0) => Some("has port 0, which nothing listens on".to_owned()),
+            Ok(_) => None,
+            Err(_) => Some(format!(
+                "has `{p}` for a port, not a number from 1 to 65535"
+            )),
+        },
     }
 }
 

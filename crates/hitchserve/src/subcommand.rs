@@ -110,6 +110,17 @@ impl Subcommand {
                 service: self.exec.service.clone(),
             });
         };
+        let env = self
+            .exec
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_os_str(), Some(v.as_os_str())));
+        if let Some(problem) = crate::service::bad_command(&self.argv, env) {
+            return Err(Error::InvalidSetting {
+                service: self.exec.service.clone(),
+                problem: format!("a sub-command: {problem}"),
+            });
+        }
         let program = self
             .exec
             .resolve(program)

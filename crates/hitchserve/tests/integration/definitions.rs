@@ -227,3 +227,42 @@ fn startup_can_be_retried_after_a_bad_definition_is_fixed() {
     b.shutdown().unwrap();
     assert!(crate::common::wait_gone(pid, crate::common::PATIENCE));
 }
+
+/// What no program could be given — a NUL byte in an argument or an environment value, a
+/// variable name that is empty or holds `=`, a port with no name — is refused when the
+/// service is added, naming it (a name with `=` started, and the service read another
+/// variable than the one set; a NUL failed at spawn with "nul byte found in provided data").
+#[test]
+fn settings_no_program_could_be_given_are_refused_when_added() {
+    let p = Project::new("bad-settings");
+    for (service, says) in [
+        (Service::new(["echo", "a\0b"]), "argument 1 of the command"),
+        (sh("true").env("A=B", "x"), "`A=B` can't be the name"),
+        (sh("true").env("", "x"), "`` can't be the name"),
+        (
+            sh("true").env("A", "x\0y"),
+            "the value of the environment variable `A`",
+        ),
+        (sh("true").port(""), "a port's name is empty"),
+    ] {
+        let mut b = p.bundle();
+        let e = b.add("Odd", service).unwrap_err();
+        assert!(matches!(e, Error::InvalidSetting { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(text.contains("`Odd`") && text.contains(says), "{text}");
+        assert!(!text.contains("x\0y"), "a value is never shown: {text}");
+    }
+    // A sub-command's too: not "service could not be started".
+    let mut b = p.bundle();
+    b.add("Up", starter(&p)).unwrap();
+    b.startup().unwrap();
+    let svc = b.service("Up").unwrap();
+    let e = svc.subcommand(["echo", "a\0b"]).run().unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidSetting { problem, .. } if problem.contains("a sub-command")),
+        "{e:?}"
+    );
+    let e = svc.subcommand(["true"]).env("A=B", "1").run().unwrap_err();
+    assert!(matches!(e, Error::InvalidSetting { .. }), "{e:?}");
+    b.shutdown().unwrap();
+}

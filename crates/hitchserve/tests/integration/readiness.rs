@@ -176,6 +176,13 @@ fn a_readiness_check_that_can_never_pass_is_refused_before_anything_starts() {
             ]),
             "not an http:// URL",
         ),
+        (Ready::http("http://"), "names no host"),
+        (Ready::http("http://127.0.0.1:0/health"), "port 0"),
+        (Ready::tcp(0), "port 0"),
+        (Ready::tcp_addr("not an address"), "has no port"),
+        (Ready::tcp_addr("127.0.0.1:http"), "not a number"),
+        (Ready::exec(Vec::<&str>::new()), "empty command"),
+        (Ready::file(""), "empty path"),
     ] {
         let mut b = p.bundle().startup_timeout(PATIENCE);
         b.add("Never", sh("echo READY; exec sleep 1000").ready(ready))

@@ -212,3 +212,28 @@ fn a_long_chain_of_immediate_services_starts_on_a_2_mib_thread() {
             .join("; ")
     );
 }
+
+/// `progress_every(Duration::ZERO)` turns the progress lines off (it logged one per
+/// wake-up: 130,000 lines in 0.2 s).
+#[test]
+fn progress_every_zero_is_off() {
+    let p = Project::new("progress-zero");
+    let mut b = p.bundle().progress_every(std::time::Duration::ZERO);
+    b.add(
+        "Slow",
+        sh("until [ -e go ]; do sleep 0.01; done; echo READY; exec sleep 1000"),
+    )
+    .unwrap();
+    b.add(
+        "Opener",
+        sh("sleep 0.2; touch go; echo READY; exec sleep 1000"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let lines = b.logs().lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("still starting")),
+        "{lines:?}"
+    );
+    b.shutdown().unwrap();
+}

@@ -420,3 +420,54 @@ fn jumps_from_several_threads_at_once_add_up() {
     );
     b.shutdown().unwrap();
 }
+
+/// The moment in the "Time traveling" line is local time, as `now()` and the services show
+/// it, also when `TZ` names a zone (it was UTC then: the zone database was not read).
+#[test]
+fn the_time_travel_line_shows_the_moment_in_the_local_zone() {
+    let out = crate::common::helper_process(
+        "time_travel::helper_time_travel_line_in_tokyo",
+        &[("TZ", "Asia/Tokyo")],
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("checked the line"), "{text}");
+}
+
+#[test]
+#[ignore = "run by the_time_travel_line_shows_the_moment_in_the_local_zone"]
+fn helper_time_travel_line_in_tokyo() {
+    let p = Project::new("tt-tokyo");
+    let b = p.bundle();
+    let moment: Timestamp = "2030-06-01T00:00:00Z".parse().unwrap();
+    b.time_travel_to(moment).unwrap();
+    let lines = b.logs().lines();
+    assert!(
+        lines.iter().any(|l| l.contains("(2030-06-01 09:00:00")),
+        "{lines:?}"
+    );
+    println!("checked the line");
+}
+
+/// Once the bundle has been shut down, a time travel (nothing runs on that clock) and a
+/// second startup are `ShutDown` (the travel logged a jump; the startup's error was about
+/// defining services).
+#[test]
+fn after_shutdown_time_travel_and_startup_say_the_bundle_has_stopped() {
+    let p = Project::new("tt-after");
+    let mut b = p.bundle();
+    b.add("App", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    b.shutdown().unwrap();
+    let e = b.time_travel(Duration::from_secs(60)).unwrap_err();
+    assert!(matches!(e, hitchserve::Error::ShutDown), "{e:?}");
+    assert!(e.to_string().contains("make a new one"), "{e}");
+    let e = b.startup().unwrap_err();
+    assert!(matches!(e, hitchserve::Error::ShutDown), "{e:?}");
+}

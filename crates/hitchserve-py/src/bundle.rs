@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use hitchserve::services::{Postgres, Redis, Smtp};
 use hitchserve::{Bundle, Error, Interrupter, LogLine, Stream};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 use crate::definition::ServiceDef;
@@ -267,8 +267,9 @@ impl NativeBundle {
     /// Make the clocks say this moment (microseconds since the Unix epoch). In interactive
     /// mode, the lines it logged (see `said`).
     fn time_travel_to(&self, py: Python<'_>, micros: i64) -> PyResult<Vec<String>> {
+        // Beyond what a timestamp holds is beyond what a clock offset can reach.
         let moment = hitchserve::jiff::Timestamp::from_microsecond(micros)
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            .map_err(|_| crate::errors::py_err(hitchserve::Error::TimeOutOfRange))?;
         self.travel(py, |b| b.time_travel_to(moment))
     }
 

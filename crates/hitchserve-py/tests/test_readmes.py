@@ -10,19 +10,29 @@ import pytest
 import hitchserve
 from conftest import REPO
 
-# Plays `manage.py runserver` (requests keep coming, as from a browser) and `manage.py migrate`.
+# Plays `manage.py runserver PORT` (a real HTTP server that logs each request to stderr as
+# Django does) and `manage.py migrate`.
 MANAGE_PY = """\
     #!/usr/bin/env python3
-    import sys, time
+    import http.server, sys
     if sys.argv[1:] == ["migrate"]:
         print("No migrations to apply.")
         sys.exit(0)
     assert sys.argv[1] == "runserver", sys.argv
-    print("Starting development server at http://127.0.0.1:8000/")
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_request(self, code="-", size="-"):
+            print(f'[11/Jul/2015 10:36:59] "{self.requestline}" {code} 5', file=sys.stderr, flush=True)
+
+    server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[-1])), Page)
+    print(f"Starting development server at http://127.0.0.1:{sys.argv[-1]}/")
     print("Quit the server with CONTROL-C.")
-    while True:
-        print('[11/Jul/2015 10:36:59] "GET / HTTP/1.1" 200 1234', file=sys.stderr, flush=True)
-        time.sleep(0.1)
+    server.serve_forever()
 """
 
 READMES = {

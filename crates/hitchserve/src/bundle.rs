@@ -291,7 +291,7 @@ impl Bundle {
             .copied()
             .ok_or_else(|| Error::UnknownPort {
                 service: service.to_owned(),
-                template: format!("{{{service}.port.{name}}}"),
+                template: format!("the port `{name}`"),
             })
     }
 

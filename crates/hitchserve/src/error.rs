@@ -328,12 +328,13 @@ pub enum Error {
         reason: String,
     },
 
-    /// A `{port.NAME}` or `{Service.port.NAME}` template names no port.
-    #[error("service `{service}` uses {template}, but no such port was declared: add Service::port(\"NAME\") to the service that owns it")]
+    /// A `{port.NAME}` or `{Service.port.NAME}` template, or [`Bundle::port`](crate::Bundle::port),
+    /// names no port that was declared.
+    #[error("service `{service}`: {template} names no port that was declared: add Service::port(\"NAME\") to the service that owns it")]
     UnknownPort {
-        /// The service whose definition has the template.
+        /// The service whose definition has the template (or whose port was asked for).
         service: String,
-        /// The template.
+        /// The template, or the port's name in backquotes when it was asked for by name.
         template: String,
     },
 

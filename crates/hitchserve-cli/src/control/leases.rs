@@ -306,7 +306,8 @@ impl Leases {
             return Err(format!(
                 "time travel moves the clock of every holder of this shared bundle, and {} other \
                  process(es) hold it (pids {}): a test that travels in time needs a bundle to \
-                 itself (one of its own, or run it alone: e.g. a nextest test group of max-threads 1)",
+                 itself (one of its own — not shared — or run it when nothing else holds this one: \
+                 e.g. in a nextest test group of max-threads 1, or a pytest run of its own)",
                 others.len(),
                 others.join(", ")
             ));

@@ -163,6 +163,7 @@ class Tail:
         (default 60); start ``lines_back`` lines earlier. Raises :class:`LogTimeout` (with the
         last lines), :class:`LogEnded` if the service exits meanwhile, or whatever
         ``condition`` raised."""
+        _check_condition("until", condition, "lambda line: {!r} in line")
         if _count(lines_back, "lines_back"):
             self._native.back(lines_back)
         with self._naming_the_service():
@@ -176,6 +177,7 @@ class Tail:
     ) -> Any:
         """Wait for the next JSON line whose value makes ``condition(value)`` true, and
         return the value (lines that are not JSON are skipped)."""
+        _check_condition("until_json", condition, "lambda value: value.get('event') == {!r}")
         if _count(lines_back, "lines_back"):
             self._native.back(lines_back)
         with self._naming_the_service():
@@ -256,3 +258,13 @@ def _timeout(timeout: Optional[float]) -> float:
     if isinstance(timeout, _dt.timedelta):
         return timeout.total_seconds()
     return float(timeout)
+
+
+def _check_condition(call: str, condition: Any, example: str) -> None:
+    """A tail's condition is a function; anything else is refused before waiting (a string
+    waited out its whole timeout when no line came)."""
+    if not callable(condition):
+        raise TypeError(
+            f"{call}() takes a function that says whether a line is the one to wait for, not "
+            f"a {type(condition).__name__}: e.g. {call}({example.format(condition)})"
+        )

@@ -165,7 +165,7 @@ class Service:
                 f"{directory!r}"
             )
         self.directory = directory
-        self.no_libfaketime = no_libfaketime
+        self.no_libfaketime = _checked_flag("no_libfaketime", no_libfaketime)
         if env_vars is not None and not isinstance(env_vars, Mapping):
             raise TypeError(
                 f"env_vars must be a dict of names to values, not a {type(env_vars).__name__}: "
@@ -176,12 +176,12 @@ class Service:
         self.needs = _checked_needs("needs", needs)
         self.needs_started = _checked_needs("needs_started", needs_started)
         self.needs_completed = _checked_needs("needs_completed", needs_completed)
-        self.ports = list(ports or [])
+        self.ports = _checked_ports(ports)
         if stop_signal is not None:
             _signal_name(stop_signal)
         self.stop_signal = stop_signal
         self.user = user
-        self.one_shot = one_shot
+        self.one_shot = _checked_flag("one_shot", one_shot)
         # Not `self.restart`: that is the method that restarts it.
         self.restart_policy = restart
         self.max_restarts = max_restarts
@@ -446,6 +446,27 @@ class Service:
         return f"<{type(self).__name__} {name!r} (not started) command={self.command!r}>"
 
 
+def _checked_flag(what: str, value: Any) -> bool:
+    """A yes/no argument: True or False only (``"no"`` is a true string, not a no)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what}= is True or False, not a {type(value).__name__}: {value!r}")
+    return value
+
+
+def _checked_ports(ports: Any) -> List[str]:
+    """The names of the ports to reserve: a list of strings (one string is not a list of
+    its letters)."""
+    if ports is None:
+        return []
+    if isinstance(ports, (str, bytes)):
+        raise TypeError(f"ports= is a list of port names, not a string: write ports=[{ports!r}]")
+    names = list(ports)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"ports=: each port's name is a non-empty string, not {name!r}")
+    return names
+
+
 def _check_env_vars(env_vars: Dict[str, Any]) -> Dict[str, str]:
     """``env_vars`` as the strings to set; a name that is not one is refused up front."""
     checked = {}
@@ -458,6 +479,10 @@ def _check_env_vars(env_vars: Dict[str, Any]) -> Dict[str, str]:
             raise DefinitionError(
                 f"env_vars: {key!r} is not an environment variable name "
                 "(it must be non-empty, without '=' or NUL)"
+            )
+        if value is None:
+            raise TypeError(
+                f"env_vars: the value of {key!r} is None: give a string, or leave the variable out"
             )
         text = str(value)
         if "\0" in text:

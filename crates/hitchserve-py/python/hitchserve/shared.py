@@ -274,6 +274,7 @@ class SharedTail:
     def until(self, pattern: str, timeout: float = DEFAULT_TIMEOUT) -> SharedLine:
         """Wait up to ``timeout`` seconds for a line matching the regular expression
         ``pattern``; :class:`~hitchserve.LogTimeout` if none comes."""
+        _check_text("until", pattern, "a regular expression: until(r'GET /health')")
         native = self.service.bundle._native
         line = SharedLine(*native.until(self.service.name, self.position, pattern, timeout))
         self.position = line.seq
@@ -283,6 +284,17 @@ class SharedTail:
         """Wait up to ``timeout`` seconds for a JSON line matching ``field=value`` (or having
         ``field``; a dotted field looks inside objects), as ``hitchserve logs --until-json``;
         the line's value."""
+        _check_text("until_json", expr, "a `field=value` match: until_json('event=sent')")
         native = self.service.bundle._native
         value, self.position = native.until_json(self.service.name, self.position, expr, timeout)
         return value
+
+
+def _check_text(call: str, value: Any, example: str) -> None:
+    """A shared bundle matches lines in its own process, from text: a function (as a
+    ServiceBundle's tails take) is refused, saying what to give instead."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"a shared bundle's {call}() matches in the bundle's own process, so it takes "
+            f"{example}, not a {type(value).__name__}"
+        )

@@ -323,6 +323,8 @@ pub(crate) struct Filter {
     pub stderr: bool,
     /// `None`: every part.
     pub part: Option<Part>,
+    /// Only lines of this start of the service or later (0: of every start).
+    pub from_start: u32,
 }
 
 impl Filter {
@@ -332,6 +334,7 @@ impl Filter {
             stdout: true,
             stderr: true,
             part: None,
+            from_start: 0,
         }
     }
 
@@ -339,7 +342,7 @@ impl Filter {
         if self.service.is_some() && src.service != self.service {
             return false;
         }
-        if self.part.is_some_and(|p| p != src.part) {
+        if self.part.is_some_and(|p| p != src.part) || src.incarnation < self.from_start {
             return false;
         }
         match src.stream {

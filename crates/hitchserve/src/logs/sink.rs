@@ -100,8 +100,14 @@ impl Sink {
 
     /// The last `n` lines of service `idx`, in the console format, and the line it has
     /// started but not ended, if any: for error messages.
-    pub(crate) fn last_lines(&self, idx: usize, n: usize) -> Vec<String> {
-        self.store.last_lines(&Filter::service(Some(idx)), n, true)
+    /// `last_lines`, of start `start` of the service only (an error about that start shows
+    /// no line of an earlier one).
+    pub(crate) fn last_lines_of_start(&self, idx: usize, start: u32, n: usize) -> Vec<String> {
+        let filter = Filter {
+            from_start: start,
+            ..Filter::service(Some(idx))
+        };
+        self.store.last_lines(&filter, n, true)
     }
 
     /// Copy a pipe's lines into the logs under `source` until end of file.

@@ -199,7 +199,7 @@ impl Runtime {
             StartupFailure::Failed(Failure::CheckPanicked(message)) => Error::ReadinessPanicked {
                 service,
                 message,
-                last_lines: self.sink.last_lines(idx, LAST_LINES),
+                last_lines: self.lines_of_this_start(idx),
                 log: self.sink.store.file_path(),
             },
             StartupFailure::Failed(Failure::Spawn(source)) => Error::Spawn { service, source },
@@ -225,23 +225,30 @@ impl Runtime {
                 Error::OneShotFailed {
                     service,
                     status,
-                    last_lines: self.sink.last_lines(idx, LAST_LINES),
+                    last_lines: self.lines_of_this_start(idx),
                     log: self.sink.store.file_path(),
                 }
             }
             StartupFailure::ExitedBeforeReady(status) => Error::ExitedBeforeReady {
                 service,
                 status,
-                last_lines: self.sink.last_lines(idx, LAST_LINES),
+                last_lines: self.lines_of_this_start(idx),
                 log: self.sink.store.file_path(),
             },
             StartupFailure::ExitedAfterReady(status) => Error::ServiceExited {
                 service,
                 status,
-                last_lines: self.sink.last_lines(idx, LAST_LINES),
+                last_lines: self.lines_of_this_start(idx),
                 log: self.sink.store.file_path(),
             },
         }
+    }
+
+    /// Service `idx`'s last lines for an error about its current start: of that start only
+    /// (a failed start by hand showed the earlier start's lines as if they were its own).
+    fn lines_of_this_start(&self, idx: usize) -> Vec<String> {
+        let start = self.read(idx, |st| st.incarnation);
+        self.sink.last_lines_of_start(idx, start, LAST_LINES)
     }
 
     /// The startup timeout error for every service not ready yet (or only `only`).
@@ -291,7 +298,7 @@ impl Runtime {
                 .map(|(idx, waiting_for)| NotReady {
                     service: services[idx].name.clone(),
                     waiting_for,
-                    last_lines: self.sink.last_lines(idx, LAST_LINES),
+                    last_lines: self.lines_of_this_start(idx),
                 })
                 .collect(),
             log: self.sink.store.file_path(),
@@ -412,7 +419,7 @@ pub(crate) fn report_crash(runtime: &Runtime, only: Option<usize>, once: bool) -
         Some((idx, status)) => Err(Error::ServiceExited {
             service: services[idx].name.clone(),
             status,
-            last_lines: runtime.sink.last_lines(idx, LAST_LINES),
+            last_lines: runtime.lines_of_this_start(idx),
             log: runtime.sink.store.file_path(),
         }),
     }

@@ -702,3 +702,35 @@ fn a_failed_start_by_hand_leaves_nothing_running() {
     assert_eq!(starts.load(Ordering::SeqCst), 4);
     b.shutdown().unwrap();
 }
+
+/// An error about a start by hand shows that start's lines only: a start that exits (or
+/// hangs) after an earlier one printed `READY` showed that line as one of its own.
+#[test]
+fn a_failed_start_by_hand_shows_only_its_own_lines() {
+    let p = Project::new("own-lines");
+    p.write("mode", "ok");
+    let mut b = p.bundle();
+    b.add(
+        "Svc",
+        sh("if [ \"$(cat mode)\" = ok ]; then echo READY; exec sleep 1000; fi; echo broken >&2; exit 3"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let svc = b.service("Svc").unwrap();
+    svc.stop().unwrap();
+    p.write("mode", "broken");
+    match svc.start() {
+        Err(Error::ExitedBeforeReady { last_lines, .. }) => {
+            assert!(
+                !last_lines.iter().any(|l| l.contains("READY")),
+                "{last_lines:?}"
+            );
+            assert!(
+                last_lines.iter().any(|l| l.contains("broken")),
+                "{last_lines:?}"
+            );
+        }
+        other => panic!("expected ExitedBeforeReady, got {other:?}"),
+    }
+    b.shutdown().unwrap();
+}

@@ -1,0 +1,83 @@
+"""A seed user's review (session 9): arguments of the wrong kind refused naming what to give,
+errors of the right class, a tail's condition checked before the wait. Real processes."""
+
+import datetime
+
+import pytest
+
+import hitchserve
+from conftest import PATIENCE, READY_THEN_WAIT, py
+
+
+def test_a_moment_beyond_any_clock_is_a_time_travel_error(project):
+    """It was a ValueError with the date library's own words."""
+    bundle = hitchserve.ServiceBundle(str(project))
+    with pytest.raises(hitchserve.TimeTravelError):
+        bundle.time_travel(datetime=datetime.datetime(9999, 12, 31))
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"ports": "http"}, "ports=[ 'http' ]".replace(" ", "")),
+        ({"ports": ["http", ""]}, "non-empty string"),
+        ({"no_libfaketime": "no"}, "no_libfaketime= is True or False"),
+        ({"one_shot": 1}, "one_shot= is True or False"),
+        ({"env_vars": {"A": None}}, "the value of 'A' is None"),
+    ],
+)
+def test_arguments_that_would_be_misread_are_refused_when_defined(kwargs, words):
+    """`ports="http"` became four ports h, t, t, p; `no_libfaketime="no"` was true;
+    `env_vars={"A": None}` set A to the string "None"."""
+    with pytest.raises(TypeError) as raised:
+        hitchserve.Service(command=py(READY_THEN_WAIT), **kwargs)
+    assert words in str(raised.value)
+
+
+def test_a_tails_condition_that_is_not_a_function_is_refused_before_waiting(project):
+    """A string waited out the whole timeout when no line came."""
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Svc"] = hitchserve.Service(
+        command=py(READY_THEN_WAIT), log_line_ready_checker=lambda line: line == "READY"
+    )
+    with bundle:
+        bundle.startup()
+        tail = bundle["Svc"].logs.tail
+        with pytest.raises(TypeError) as raised:
+            tail.until("READY", timeout=PATIENCE)
+        assert "until(lambda line: 'READY' in line)" in str(raised.value)
+        with pytest.raises(TypeError):
+            tail.until_json("event", timeout=PATIENCE)
+
+
+def test_a_failed_start_by_hand_shows_only_its_own_lines(project):
+    """The error of a start by hand showed the first start's READY among its last lines."""
+    (project / "mode").write_text("ok")
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Svc"] = hitchserve.Service(
+        command=["sh", "-c", 'if [ "$(cat mode)" = ok ]; then echo READY; exec sleep 60; fi; '
+                 "echo broken >&2; exit 3"],
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    with bundle:
+        bundle.startup()
+        bundle["Svc"].stop()
+        (project / "mode").write_text("broken")
+        with pytest.raises(hitchserve.StartupError) as raised:
+            bundle["Svc"].start()
+        assert "broken" in str(raised.value)
+        assert "READY" not in str(raised.value)
+
+
+def test_after_shutdown_time_travel_and_startup_say_the_bundle_has_stopped(project):
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Svc"] = hitchserve.Service(
+        command=py(READY_THEN_WAIT), log_line_ready_checker=lambda line: line == "READY"
+    )
+    bundle.startup()
+    bundle.shutdown()
+    with pytest.raises(hitchserve.NotRunning) as raised:
+        bundle.time_travel(days=1)
+    assert "make a new one" in str(raised.value)
+    with pytest.raises(hitchserve.NotRunning):
+        bundle.startup()

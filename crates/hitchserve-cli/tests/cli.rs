@@ -480,7 +480,10 @@ fn a_detached_bundle_outlives_its_up_killed_during_startup() {
     up.wait().unwrap();
     // Opening blocks until the service reads: then it says READY.
     std::fs::write(p.0.join("go.fifo"), "go\n").unwrap();
-    // `status` waits for the startup under way, then answers.
+    // `exec` waits for the startup under way (only `status`, `logs` and `now` answer while
+    // it starts), then runs.
+    let ex = p.run(&["exec", "Slow", "true"]);
+    assert!(ex.status.success(), "{}", text(&ex));
     let st = p.run(&["status", "--json"]);
     assert!(st.status.success(), "{}", text(&st));
     let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
@@ -1730,4 +1733,62 @@ fn up_into_a_pipe_that_closes_runs_on_quietly() {
     let o = up.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// While a bundle starts, `status`, `logs` and `now` answer at once (they waited for the
+/// whole startup): which service is starting, which has not started, what each wrote.
+#[test]
+fn status_and_logs_answer_while_the_bundle_is_still_starting() {
+    let p = Project::new(
+        "whilestarting",
+        "[bundle]\nstartup_timeout = \"5m\"\n\n[services.Gate]\ncommand = [\"sh\", \"-c\", \"echo waiting for go; echo x > booted.fifo; read x < go.fifo; echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\n\n[services.After]\ncommand = [\"sh\", \"-c\", \"echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\nneeds = [\"Gate\"]\n",
+    );
+    mkfifo(&p, "booted.fifo");
+    mkfifo(&p, "go.fifo");
+    let mut up = p
+        .cmd(&["up", "--detach"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Reading blocks until Gate, started, writes: it then waits for `go`.
+    std::fs::read_to_string(p.0.join("booted.fifo")).unwrap();
+    let seen = p.run(&[
+        "logs",
+        "Gate",
+        "--until",
+        "waiting for go",
+        "-n",
+        "5",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(seen.status.success(), "{}", text(&seen));
+    let o = p.run(&["status"]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("still starting"), "{out}");
+    assert!(!state_of(&out, "Gate").contains("ready"), "{out}");
+    assert!(state_of(&out, "After").contains("not started"), "{out}");
+    let json = p.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["starting"], true, "{v}");
+    let now = p.run(&["now"]);
+    assert!(now.status.success(), "{}", text(&now));
+    // Opening blocks until Gate reads: then it says READY, and the startup ends.
+    std::fs::write(p.0.join("go.fifo"), "go\n").unwrap();
+    assert!(up.wait().unwrap().success());
+    let o = p.run(&["status"]);
+    let out = text(&o);
+    assert!(!out.contains("still starting"), "{out}");
+    assert!(state_of(&out, "After").contains("ready"), "{out}");
+    down(&p);
+}
+
+fn state_of(table: &str, name: &str) -> String {
+    table
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_default()
+        .to_owned()
 }

@@ -17,6 +17,7 @@ use crate::inspect::timeline::Timeline;
 use crate::inspect::ProcessTree;
 use crate::interrupt::{InterruptState, Interrupter};
 use crate::logs::{LogStats, Logs, Sink};
+use crate::observer::Observer;
 use crate::plan::Plan;
 use crate::ports::{HeldPort, PortTable};
 use crate::rundir::RunDir;
@@ -52,7 +53,7 @@ pub struct Bundle {
     runtime: Option<Arc<Runtime>>,
     stopped: AtomicBool,
     time_travel: bool,
-    clock: Clock,
+    clock: Arc<Clock>,
     ports: PortTable,
     held_ports: Vec<HeldPort>,
     progress: Option<Duration>,
@@ -76,7 +77,7 @@ impl Bundle {
             runtime: None,
             stopped: AtomicBool::new(false),
             time_travel: true,
-            clock: Clock::new(),
+            clock: Arc::new(Clock::new()),
             ports: PortTable::new(),
             held_ports: Vec::new(),
             progress: None,
@@ -281,6 +282,33 @@ impl Bundle {
         )
     }
 
+    /// A look at this bundle from another thread — also while [`startup`](Bundle::startup)
+    /// runs in this one, which holds the bundle: which services are up, their logs, their
+    /// processes (a status display, a progress bar). Get it before calling `startup`.
+    ///
+    /// ```no_run
+    /// # fn main() -> hitchserve::Result<()> {
+    /// use hitchserve::{Bundle, Service};
+    /// let mut bundle = Bundle::new(".");
+    /// bundle.add("Db", Service::new(["sleep", "1000"]))?;
+    /// let observer = bundle.observer();
+    /// std::thread::spawn(move || {
+    ///     // While startup runs: NotRunning until it has begun, then each service's handle.
+    ///     if let Ok(db) = observer.service("Db") {
+    ///         println!("Db: pid {:?}, ready: {}", db.pid(), db.is_ready());
+    ///     }
+    /// });
+    /// bundle.startup()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn observer(&self) -> Observer {
+        Observer::new(
+            Arc::clone(&self.interrupt),
+            Arc::clone(&self.sink),
+            Arc::clone(&self.clock),
+        )
+    }
+
     /// The port reserved as `name` for `service` (see [`Service::port`]); ports are
     /// reserved at startup.
     pub fn port(&self, service: &str, name: &str) -> Result<u16> {
@@ -449,19 +477,9 @@ impl Bundle {
     /// [`Bundle::check`], the next time travel, `signal` or `shutdown`).
     pub fn service(&self, name: &str) -> Result<ServiceHandle> {
         self.claim_console();
-        let runtime = self.running()?;
-        let idx = runtime.index(name).ok_or_else(|| Error::NoSuchService {
-            service: name.to_owned(),
-            known: runtime
-                .services()
-                .iter()
-                .map(|p| format!("`{}`", p.name))
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
         // No crash report here: after a crash the test wants exactly this handle, to read
         // the crashed service's logs (`check`, the next time travel or shutdown report it).
-        Ok(ServiceHandle::new(Arc::clone(runtime), idx))
+        ServiceHandle::of(self.running()?, name)
     }
 
     /// Wait until the service called `name` is ready: after a start, restart or a restart by

@@ -256,3 +256,38 @@ pub(crate) fn unblock_signals_in_child(cmd: &mut Command) {
         }
     }
 }
+
+/// What in a command line and its environment changes no program could be given, said for a
+/// person: the kernel passes names, values and arguments as NUL-terminated strings, and a
+/// name with `=` (or none) is not a variable the program could read back.
+pub(crate) fn bad_command<'a>(
+    argv: &[OsString],
+    env: impl IntoIterator<Item = (&'a std::ffi::OsStr, Option<&'a std::ffi::OsStr>)>,
+) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let nul = |s: &std::ffi::OsStr| s.as_bytes().contains(&0);
+    if let Some(i) = argv.iter().position(|a| nul(a)) {
+        return Some(format!(
+            "argument {i} of the command (`{}`) holds a NUL byte, which no program can be \
+             given: remove it",
+            argv[i].to_string_lossy().escape_debug()
+        ));
+    }
+    for (key, value) in env {
+        let name = key.to_string_lossy();
+        if key.is_empty() || key.as_bytes().contains(&b'=') || nul(key) {
+            return Some(format!(
+                "`{}` can't be the name of an environment variable: a name is not empty and \
+                 holds no `=` nor NUL byte",
+                name.escape_debug()
+            ));
+        }
+        if value.is_some_and(nul) {
+            return Some(format!(
+                "the value of the environment variable `{name}` holds a NUL byte, which no \
+                 program can be given: remove it"
+            ));
+        }
+    }
+    None
+}

@@ -29,6 +29,23 @@ impl ServiceHandle {
         ServiceHandle { runtime, idx }
     }
 
+    /// The handle of the service called `name` in `runtime`, or the error that lists the
+    /// services it has.
+    pub(crate) fn of(runtime: &Arc<Runtime>, name: &str) -> Result<ServiceHandle> {
+        let idx = runtime
+            .index(name)
+            .ok_or_else(|| crate::error::Error::NoSuchService {
+                service: name.to_owned(),
+                known: runtime
+                    .services()
+                    .iter()
+                    .map(|p| format!("`{}`", p.name))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        Ok(ServiceHandle::new(Arc::clone(runtime), idx))
+    }
+
     /// The service's name.
     pub fn name(&self) -> &str {
         &self.runtime.services()[self.idx].name

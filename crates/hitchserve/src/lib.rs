@@ -44,7 +44,7 @@
 // 4. plan: definitions checked and resolved;
 // 5. runtime: the running bundle, its state machine and its threads;
 // 6. inspect: read-only views (process tree, timeline);
-// 7. the public façade: bundle, handle, interrupt, and (feature `tokio`) asynch;
+// 7. the public façade: bundle, handle, interrupt, observer, and (feature `tokio`) asynch;
 // 8. built on the façade: kernel, services; and shared (a bundle run by the `hitchserve`
 //    command for many processes, through its control socket).
 #[cfg(feature = "tokio")]
@@ -60,6 +60,7 @@ mod inspect;
 mod interrupt;
 mod kernel;
 mod logs;
+mod observer;
 mod perprocess;
 mod pidwindow;
 mod plan;
@@ -86,6 +87,7 @@ pub use inspect::timeline::{ServiceTimeline, Timeline};
 pub use inspect::{ProcessTree, TreeProcess, TreeService};
 pub use interrupt::Interrupter;
 pub use logs::{Follow, LogLine, LogStats, Logs, Part, Stream, Tail};
+pub use observer::Observer;
 pub use process::{
     Connection, ConnectionKind, CpuTimes, CtxSwitches, Ids, IoCounters, MemoryInfo, OpenFile,
     Process, Resource, Rlimit, Status, ThreadInfo,

@@ -29,6 +29,8 @@ pub(crate) struct Plan {
     pub services: Vec<ServicePlan>,
     /// The fake clock's files, if any service runs on it.
     pub clock: Option<ClockPaths>,
+    /// The ports reserved for the run, by (service, port name).
+    pub ports: PortTable,
 }
 
 /// What the state machine needs to know of a service's definition.
@@ -218,7 +220,11 @@ impl Plan {
         } else {
             None
         };
-        Ok(Plan { services, clock })
+        Ok(Plan {
+            services,
+            clock,
+            ports: ports.clone(),
+        })
     }
 
     /// Whether the run directory must exist before anything starts.

@@ -115,7 +115,7 @@ impl Subcommand {
             .env
             .iter()
             .map(|(k, v)| (k.as_os_str(), Some(v.as_os_str())));
-        if let Some(problem) = crate::service::bad_command(&self.argv, env) {
+        if let Some(problem) = crate::exec::bad_command(&self.argv, env) {
             return Err(Error::InvalidSetting {
                 service: self.exec.service.clone(),
                 problem: format!("a sub-command: {problem}"),

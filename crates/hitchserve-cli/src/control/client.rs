@@ -26,8 +26,12 @@ use crate::one_service;
 use crate::Command;
 use crate::ExitCode;
 
-fn connect(project: &Path) -> Result<UnixStream, String> {
-    // A bundle still starting has no socket yet: wait for it while its `up` lives.
+/// The requests a bundle answers while it starts (on its `starting` socket): what only looks.
+const WHILE_STARTING: &[&str] = &["status", "logs", "now"];
+
+fn connect(project: &Path, cmd: &str) -> Result<UnixStream, String> {
+    // A bundle still starting answers only what looks (status, logs, now) on its `starting`
+    // socket; the rest waits for its socket while its `up` lives.
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut waited = false;
     let dir = socket_dir(project);
@@ -35,6 +39,11 @@ fn connect(project: &Path) -> Result<UnixStream, String> {
         if let Ok(state) = StateDir::open(project) {
             if let Ok(conn) = UnixStream::connect(state.address(SOCKET)) {
                 return Ok(conn);
+            }
+            if WHILE_STARTING.contains(&cmd) {
+                if let Ok(conn) = UnixStream::connect(state.address(SOCKET_STARTING)) {
+                    return Ok(conn);
+                }
             }
         }
         if !up_is_running(project) {
@@ -74,7 +83,7 @@ fn connect(project: &Path) -> Result<UnixStream, String> {
 }
 
 pub(super) fn request(project: &Path, req: &Value) -> Result<BufReader<UnixStream>, String> {
-    let mut conn = connect(project)?;
+    let mut conn = connect(project, req["cmd"].as_str().unwrap_or(""))?;
     conn.write_all(format!("{req}\n").as_bytes())
         .map_err(|e| e.to_string())?;
     Ok(BufReader::new(conn))
@@ -212,6 +221,9 @@ fn status_table(v: &Value) -> String {
         );
         out.push_str(line.trim_end());
         out.push('\n');
+    }
+    if v["starting"] == true {
+        out.push_str("the bundle is still starting (`hitchserve up` has not returned yet)\n");
     }
     // A shared bundle: its leases (ids for `release --lease`), and when it stops.
     if let Some(shared) = v["shared"].as_object() {

@@ -3,7 +3,8 @@
 //! through `one_service` the requests on one service; `logs` streams from `logs`; a shared
 //! bundle's `lease` and `release` go to `leases`).
 //!
-//! Owns the requests' parsing and their replies, not the socket (that is `up`'s).
+//! Owns the requests' parsing and their replies, not the socket (that is `up`'s); while the
+//! bundle starts, `serve_starting` answers what can be (status, logs, now) from its observer.
 //! Invariant: a bad request gets an error reply, never a panicked handler; a request line
 //! is at most [`MAX_REQUEST`] bytes.
 
@@ -14,7 +15,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 
 use hitchserve::jiff::Timestamp;
-use hitchserve::{Bundle, Error as HsError};
+use hitchserve::{Bundle, Error as HsError, Observer};
 use serde_json::{json, Value};
 
 use super::leases::{differences, Definition, Leases, STOPPING};
@@ -34,18 +35,8 @@ pub(super) fn serve(
     cfg_ports: &[ServiceInfo],
     shared: Option<&Arc<Leases>>,
 ) -> std::io::Result<()> {
-    let mut out = conn.try_clone()?;
-    let mut line = Vec::new();
-    // A request is small: a line without end can't grow without bound.
-    BufReader::new(std::io::Read::take(conn, MAX_REQUEST)).read_until(b'\n', &mut line)?;
-    let req: Value = match serde_json::from_slice(&line) {
-        Ok(req @ Value::Object(_)) => req,
-        _ => {
-            return reply(
-                &mut out,
-                &json!({"ok": false, "error": format!("a request is one JSON object on one line, of at most {MAX_REQUEST} bytes")}),
-            )
-        }
+    let Some((mut out, req)) = read_request(conn)? else {
+        return Ok(());
     };
     // A holder of a shared bundle names the run it attached to: another run (the bundle
     // was stopped, and maybe started again since) is not the one it holds.
@@ -194,6 +185,51 @@ pub(super) fn serve(
         }
         "logs" => return logs(&mut out, bundle, &req),
         other => json!({"ok": false, "error": format!("unknown request `{other}`")}),
+    };
+    reply(&mut out, &answer)
+}
+
+/// The request on `conn`, with the stream to answer on; `None` once a bad one was answered.
+fn read_request(conn: UnixStream) -> std::io::Result<Option<(UnixStream, Value)>> {
+    let mut out = conn.try_clone()?;
+    let mut line = Vec::new();
+    // A request is small: a line without end can't grow without bound.
+    BufReader::new(std::io::Read::take(conn, MAX_REQUEST)).read_until(b'\n', &mut line)?;
+    match serde_json::from_slice(&line) {
+        Ok(req @ Value::Object(_)) => Ok(Some((out, req))),
+        _ => {
+            reply(
+                &mut out,
+                &json!({"ok": false, "error": format!("a request is one JSON object on one line, of at most {MAX_REQUEST} bytes")}),
+            )?;
+            Ok(None)
+        }
+    }
+}
+
+/// One control connection while the bundle is still starting (on its `starting` socket):
+/// `status`, `logs` and `now` are answered from `observer`; anything else waits for the
+/// bundle to be up (the client does, on the other socket), so it is refused here.
+pub(super) fn serve_starting(
+    conn: UnixStream,
+    observer: &Observer,
+    cfg_ports: &[ServiceInfo],
+) -> std::io::Result<()> {
+    let Some((mut out, req)) = read_request(conn)? else {
+        return Ok(());
+    };
+    let answer = match req["cmd"].as_str().unwrap_or("") {
+        "status" => {
+            let mut status = one_service::status(observer, cfg_ports);
+            status["starting"] = json!(true);
+            status
+        }
+        "now" => json!({"ok": true, "now": observer.now().to_string()}),
+        "logs" => return logs(&mut out, observer, &req),
+        other => json!({
+            "ok": false,
+            "error": format!("the bundle is still starting: `{other}` is answered once it is up")
+        }),
     };
     reply(&mut out, &answer)
 }

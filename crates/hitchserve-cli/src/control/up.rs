@@ -18,16 +18,16 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use hitchserve::Error as HsError;
+use hitchserve::{Bundle, Error as HsError};
 use serde_json::{json, Value};
 
 use super::leases::{definition, Definition, Leases};
 use super::logs::OpenStream;
 use super::protocol::reply;
-use super::server::serve;
+use super::server::{serve, serve_starting};
 use super::signals::{another_signal, install_signal_pipe, next_signal, signal_exit, RECEIVED};
 use super::state_dir::{
     private_dir, socket_dir, socket_path, state_dir, up_is_running, StateDir, SOCKET_STARTING,
@@ -177,6 +177,43 @@ pub fn up(
     // What stops the bundle: a signal (None) or a `down` (its connection, answered once
     // everything has stopped).
     let (stop_tx, stop_rx) = mpsc::channel::<Option<UnixStream>>();
+    let cfg_ports: Arc<Vec<ServiceInfo>> = Arc::new(
+        cfg.services
+            .iter()
+            .map(|(n, s)| ServiceInfo {
+                name: n.to_string(),
+                ports: ports_of(s),
+                user: s.user.as_ref().map(|u| u.to_string()),
+                restarts: s.restarts(),
+            })
+            .collect(),
+    );
+    // The bundle once it is up (and its leases, if shared): until then, a connection (to
+    // the `starting` socket: `status`, `logs`, `now`) is answered from its observer.
+    let live: Arc<OnceLock<Live>> = Arc::default();
+    {
+        let (live, stop_tx, cfg_ports) =
+            (Arc::clone(&live), stop_tx.clone(), Arc::clone(&cfg_ports));
+        let observer = bundle.observer();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (live, stop_tx, cfg_ports, observer) = (
+                    Arc::clone(&live),
+                    stop_tx.clone(),
+                    Arc::clone(&cfg_ports),
+                    observer.clone(),
+                );
+                std::thread::spawn(move || {
+                    let _ = match live.get() {
+                        Some((bundle, leases)) => {
+                            serve(conn, bundle, &stop_tx, &cfg_ports, leases.as_ref())
+                        }
+                        None => serve_starting(conn, &observer, &cfg_ports),
+                    };
+                });
+            }
+        });
+    }
     {
         // A signal during startup ends the startup; after it, the bundle. Another signal
         // while it stops cuts the services' grace short (SIGKILL at once).
@@ -255,40 +292,15 @@ pub fn up(
             let _ = stop_tx.send(None);
         });
     }
-    // Clients wait for this name: from now on they are answered.
+    // From now on every request is answered by the bundle itself...
+    let _ = live.set((Arc::clone(&bundle), leases.clone()));
+    // ... and clients of the others wait for this name.
     std::fs::rename(&starting, &sock).map_err(|e| {
         format!(
             "cannot put the control socket in place at `{}`: {e}",
             sock.display()
         )
     })?;
-    {
-        let (bundle, stop_tx, leases) = (Arc::clone(&bundle), stop_tx.clone(), leases.clone());
-        let cfg_ports: Vec<ServiceInfo> = cfg
-            .services
-            .iter()
-            .map(|(n, s)| ServiceInfo {
-                name: n.to_string(),
-                ports: ports_of(s),
-                user: s.user.as_ref().map(|u| u.to_string()),
-                restarts: s.restarts(),
-            })
-            .collect();
-        let cfg_ports = Arc::new(cfg_ports);
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let (bundle, stop_tx, cfg_ports, leases) = (
-                    Arc::clone(&bundle),
-                    stop_tx.clone(),
-                    Arc::clone(&cfg_ports),
-                    leases.clone(),
-                );
-                std::thread::spawn(move || {
-                    let _ = serve(conn, &bundle, &stop_tx, &cfg_ports, leases.as_ref());
-                });
-            }
-        });
-    }
     report("ok");
     if daemon_child {
         // The parent has its answer; from now on nothing reads our stdout.
@@ -322,6 +334,9 @@ pub fn up(
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// The bundle once it is up, and its leases if it is shared.
+type Live = (Arc<Bundle>, Option<Arc<Leases>>);
 
 /// A signal again within this time of the first one that stopped `up` is the same request.
 const SAME_SIGNAL_AGAIN: Duration = Duration::from_millis(500);

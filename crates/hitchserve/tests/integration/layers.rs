@@ -26,7 +26,7 @@ const LAYERS: &[&[&str]] = &[
     &["plan"],
     &["runtime"],
     &["inspect"],
-    &["bundle", "handle", "interrupt", "asynch"],
+    &["bundle", "handle", "interrupt", "observer", "asynch"],
     &["kernel", "services", "shared"],
 ];
 

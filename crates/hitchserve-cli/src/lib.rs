@@ -138,6 +138,11 @@ enum Command {
         /// An absolute moment (RFC 3339, e.g. 2030-01-01T09:00:00Z).
         #[arg(long, conflicts_with = "by")]
         to: Option<String>,
+        /// On a shared bundle, the holder this travel is for (default: the process that ran
+        /// us, e.g. the shell; give the script's `$$` when a wrapper such as `timeout` runs
+        /// us).
+        #[arg(long)]
+        pid: Option<i32>,
     },
     /// The services' current (faked) time.
     Now {

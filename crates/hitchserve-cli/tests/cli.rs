@@ -1792,3 +1792,21 @@ fn state_of(table: &str, name: &str) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// `up --detach` says a failed startup on stderr only (a one-shot's failure warning went to
+/// stdout, where a script reads what `up` answers).
+#[test]
+fn a_detached_up_says_a_failed_one_shot_on_stderr_only() {
+    let p = Project::new(
+        "oneshotfail",
+        "[services.Migrate]\ncommand = [\"sh\", \"-c\", \"echo migrating; exit 2\"]\n\n[services.App]\ncommand = [\"sh\", \"-c\", \"echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\nneeds_completed = [\"Migrate\"]\n",
+    );
+    let o = p.run(&["up", "--detach"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "", "stdout");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("`Migrate` failed"),
+        "{}",
+        text(&o)
+    );
+}

@@ -482,6 +482,26 @@ fn cli_time_travel_by_the_only_holder_is_allowed() {
         "the only holder's time travel was refused: {}",
         text(&out)
     );
+    // Run through a wrapper (`timeout` forks it), the caller is the wrapper: `--pid` names
+    // the holder (the script's `$$`).
+    let me = std::process::id().to_string();
+    let wrapped = |args: &[&str]| {
+        std::process::Command::new("timeout")
+            .args(["600", BIN])
+            .args(args)
+            .current_dir(&p.dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = wrapped(&["time-travel", "+1h"]);
+    assert!(
+        !out.status.success(),
+        "the wrapper is no holder: {}",
+        text(&out)
+    );
+    let out = wrapped(&["time-travel", "+1h", "--pid", &me]);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 // Was: lease ids start at 1 in every bundle (leases.rs, `Held { next: 1 }`) and a

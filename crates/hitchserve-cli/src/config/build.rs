@@ -227,7 +227,13 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
             .needs(strings(&s.needs))
             .needs_started(strings(&s.needs_started))
             .needs_completed(strings(&s.needs_completed));
-        for p in &s.ports {
+        for (i, p) in s.ports.iter().enumerate() {
+            // Twice in one list is a slip (a copied line): said, not silently one port.
+            if s.ports[..i].iter().any(|q| q.as_str() == p.as_str()) {
+                return Err(format!(
+                    "service `{name}`: port `{p}` is listed twice in `ports`: name each port once"
+                ));
+            }
             svc = svc.port(p.to_string());
         }
         if s.no_libfaketime {
@@ -301,6 +307,13 @@ mod kinds {
     fn parse(toml: &str) -> Result<Bundle, String> {
         let cfg: Config = toml::from_str(toml).map_err(|e| e.to_string())?;
         bundle(&cfg, &crate::config::test_dir("parse"))
+    }
+
+    #[test]
+    fn a_port_listed_twice_is_an_error() {
+        let e = parse("[services.App]\ncommand = [\"true\"]\nports = [\"http\", \"http\"]\n")
+            .unwrap_err();
+        assert!(e.contains("port `http` is listed twice"), "{e}");
     }
 
     #[test]

@@ -270,7 +270,7 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::TimeTravel { by, to } => {
+        Command::TimeTravel { by, to, pid } => {
             let req = match (by, to) {
                 (_, Some(to)) => json!({"cmd": "time_travel", "to": to}),
                 (Some(by), None) => {
@@ -280,9 +280,10 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                 }
                 (None, None) => return Err("say how far (+2d) or to when (--to ...)".into()),
             };
-            // On a shared bundle, it speaks for our caller, as `attach` does: the holder.
+            // On a shared bundle, it speaks for the holder: our caller unless told, as for
+            // `attach`.
             let mut req = req;
-            req["pid"] = json!(nix::unistd::getppid().as_raw());
+            req["pid"] = json!(pid.unwrap_or_else(|| nix::unistd::getppid().as_raw()));
             let v = one_reply(project, &req)?;
             println!("{}", v["now"].as_str().unwrap_or(""));
             Ok(ExitCode::SUCCESS)

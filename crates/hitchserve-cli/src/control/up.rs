@@ -476,9 +476,10 @@ pub(super) fn detach_up(
                 break;
             }
             // Before its answer the bundle prints only what was asked (the startup
-            // timeline) and its warnings (a service that crashed): pass them on — to stderr
-            // for a shared bundle, whose stdout may be JSON that a program reads.
-            if shared.is_some() {
+            // timeline) and its warnings (a service that crashed): pass them on — warnings to
+            // stderr, as every other failure is said; everything to stderr for a shared
+            // bundle, whose stdout may be JSON that a program reads.
+            if shared.is_some() || first.contains("] WARNING: ") {
                 eprint!("{first}");
             } else {
                 print!("{first}");

@@ -164,14 +164,13 @@ impl HookContext<'_> {
             let (sink, source) = (Arc::clone(self.sink), Arc::clone(self.err));
             readers.push(std::thread::spawn(move || sink.pump(pipe, &source)));
         }
-        let pid = child.id();
-        let status = child.wait().map_err(|source| Error::Spawn {
-            service: self.service().to_owned(),
-            source,
-        })?;
         // A hook's command must finish: whatever it left running in the background would
         // hold its output open (and the hook) forever.
-        crate::subcommand::kill_group(pid);
+        let status =
+            crate::subcommand::reap_and_kill_group(&mut child).map_err(|source| Error::Spawn {
+                service: self.service().to_owned(),
+                source,
+            })?;
         for r in readers {
             let _ = r.join();
         }

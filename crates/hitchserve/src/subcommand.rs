@@ -234,11 +234,10 @@ impl Subcommand {
         if !crate::process::wait_pid(pid, limit) {
             let _ = child.kill();
         }
-        let status = child.wait().map_err(|source| Error::Spawn {
+        let status = reap_and_kill_group(&mut child).map_err(|source| Error::Spawn {
             service: self.exec.service.clone(),
             source,
         })?;
-        kill_group(pid);
         let mut outs = readers.into_iter().map(|r| r.join().unwrap_or_default());
         Ok(Output {
             status: ExitStatus::from_std(status),
@@ -300,9 +299,29 @@ impl Subcommand {
 
 /// SIGKILL what is left in the process group a piped sub-command led (background children
 /// that would keep its pipes open); its leader has been reaped already.
-pub(crate) fn kill_group(pgid: u32) {
+fn kill_group(pgid: u32) {
     // SAFETY: signalling a process group we created; ESRCH when it is empty is fine.
     unsafe {
         libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
     }
+}
+
+/// Wait for `child` (the leader of a process group of its own) to exit, SIGKILL what it left
+/// in its group, then reap it. The group is killed while its leader is still a zombie: its
+/// id can't be taken by a new group then (once reaped, with nothing else in the group, it
+/// could be, and the SIGKILL would go to that group).
+pub(crate) fn reap_and_kill_group(
+    child: &mut std::process::Child,
+) -> std::io::Result<std::process::ExitStatus> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    loop {
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            // Exited (still a zombie), or not ours to wait for any more: kill, then reap.
+            _ => break,
+        }
+    }
+    kill_group(child.id());
+    child.wait()
 }

@@ -32,6 +32,7 @@ pub const PORT: &str = "redis";
 pub struct Redis {
     program: PathBuf,
     args: Vec<String>,
+    os_user: Option<String>,
 }
 
 impl Default for Redis {
@@ -39,6 +40,7 @@ impl Default for Redis {
         Redis {
             program: PathBuf::from("redis-server"),
             args: Vec::new(),
+            os_user: None,
         }
     }
 }
@@ -63,6 +65,14 @@ impl Redis {
         self
     }
 
+    /// The operating-system user to run as (default when run as root: `redis`, or `nobody`
+    /// where there is no `redis` user: a server any local user can reach on its port never
+    /// runs as root).
+    pub fn os_user(mut self, name: &str) -> Redis {
+        self.os_user = Some(name.to_owned());
+        self
+    }
+
     /// The service to add to a bundle.
     pub fn service(self) -> Service {
         self.unmarked().made_by("Redis")
@@ -70,6 +80,17 @@ impl Redis {
 
     /// `service`, before it is marked as a Redis (for `handle`).
     fn unmarked(self) -> Service {
+        // SAFETY: getuid has no preconditions.
+        let root = unsafe { libc::getuid() } == 0;
+        let run_as = self.os_user.or_else(|| {
+            root.then(|| {
+                let has_redis = nix::unistd::User::from_name("redis")
+                    .ok()
+                    .flatten()
+                    .is_some();
+                if has_redis { "redis" } else { "nobody" }.to_owned()
+            })
+        });
         let mut argv: Vec<std::ffi::OsString> = vec![self.program.into_os_string()];
         argv.extend(
             [
@@ -87,13 +108,22 @@ impl Redis {
             .iter()
             .map(Into::into),
         );
+        if run_as.is_some() {
+            // A `SAVE` asked of it writes in its own directory (made for the user it runs
+            // as), not the project's.
+            argv.extend(["--dir", "{run}/{service}"].iter().map(Into::into));
+        }
         argv.extend(self.args.into_iter().map(Into::into));
-        Service::new(argv).port(PORT).ready(Ready::all([
+        let svc = Service::new(argv).port(PORT).ready(Ready::all([
             Ready::line_contains("Ready to accept connections"),
             Ready::tcp_addr("127.0.0.1:{port.redis}"),
-        ]))
+        ]));
         // Time travel reaches it (our shim: libfaketime, used before, made Debian's
         // jemalloc-built server fail or hang): a key's TTL runs out on a jump.
+        match run_as {
+            Some(user) => svc.user(user),
+            None => svc,
+        }
     }
 
     /// What a test uses of the running Redis named `name`.

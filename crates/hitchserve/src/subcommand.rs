@@ -315,13 +315,10 @@ pub(crate) fn reap_and_kill_group(
 ) -> std::io::Result<std::process::ExitStatus> {
     use nix::sys::wait::{waitid, Id, WaitPidFlag};
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    loop {
-        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            // Exited (still a zombie), or not ours to wait for any more: kill, then reap.
-            _ => break,
-        }
-    }
+    // Exited (still a zombie), or not ours to wait for any more: kill, then reap.
+    while let Err(nix::errno::Errno::EINTR) =
+        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+    {}
     kill_group(child.id());
     child.wait()
 }

@@ -55,6 +55,16 @@ impl HookCtx {
         self.with(|c| c.directory().to_path_buf())
     }
 
+    /// The port reserved for the service as `name`, or None if it declared none so named.
+    fn port(&self, name: &str) -> PyResult<Option<u16>> {
+        self.with(|c| c.port(name))
+    }
+
+    /// The pid of the service's main process (in a poststart hook), or None.
+    fn pid(&self) -> PyResult<Option<u32>> {
+        self.with(|c| c.pid())
+    }
+
     /// The run directory.
     fn run_dir(&self) -> PyResult<PathBuf> {
         self.with(|c| c.run_dir().to_path_buf())

@@ -81,3 +81,30 @@ def test_after_shutdown_time_travel_and_startup_say_the_bundle_has_stopped(proje
     assert "make a new one" in str(raised.value)
     with pytest.raises(hitchserve.NotRunning):
         bundle.startup()
+
+
+class Web(hitchserve.Service):
+    """A seed-style service whose poststart looks at itself: its port and pid."""
+
+    seen: dict = {}
+
+    def poststart(self) -> None:
+        Web.seen["port"] = self.port("http")
+        Web.seen["pid"] = self.pid
+        import urllib.request
+
+        urllib.request.urlopen(f"http://127.0.0.1:{self.port('http')}/")
+
+
+def test_a_poststart_hook_knows_its_services_port_and_pid(project):
+    """`self.port(...)` and `self.pid` inside a hook raised "the bundle is starting up"."""
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Web"] = Web(
+        command=["python3", "-u", "-m", "http.server", "{port.http}", "--bind", "127.0.0.1"],
+        ports=["http"],
+        log_line_ready_checker=lambda line: "Serving" in line,
+    )
+    with bundle:
+        bundle.startup()
+        assert Web.seen["port"] == bundle["Web"].port("http")
+        assert Web.seen["pid"] == bundle["Web"].pid

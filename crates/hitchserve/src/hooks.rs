@@ -74,6 +74,10 @@ pub struct HookContext<'a> {
     /// The hook's labels: what it runs and logs goes to the logs under these.
     pub(crate) out: &'a Arc<Source>,
     pub(crate) err: &'a Arc<Source>,
+    /// The run's reserved ports, by (service, name).
+    pub(crate) ports: &'a crate::ports::PortTable,
+    /// The service's main process, if it runs (in a poststart hook).
+    pub(crate) pid: Option<u32>,
 }
 
 impl HookContext<'_> {
@@ -90,6 +94,20 @@ impl HookContext<'_> {
     /// This run's directory (`.hitchserve/runs/<run>`): a place for per-run data.
     pub fn run_dir(&self) -> &Path {
         self.run_dir
+    }
+
+    /// The port reserved for the service as `name` (see
+    /// [`Service::port`](crate::Service::port)); `None` if it declared no such port.
+    pub fn port(&self, name: &str) -> Option<u16> {
+        self.ports
+            .get(&(self.exec.service.clone(), name.to_owned()))
+            .copied()
+    }
+
+    /// The pid of the service's main process: in a poststart hook (it runs then); `None` in
+    /// a setup hook (it has not started yet).
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
     }
 
     /// The uid and gid the service runs as, if another user's.

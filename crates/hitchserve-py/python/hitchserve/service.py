@@ -278,7 +278,11 @@ class Service:
 
     @property
     def pid(self) -> Optional[int]:
-        """The pid of its main process, while it runs."""
+        """The pid of its main process, while it runs (in ``poststart`` too; None in
+        ``setup``: it has not started yet)."""
+        if self._ctx is not None:
+            pid: Optional[int] = self._ctx.pid()
+            return pid
         return self._handle().pid()
 
     @property
@@ -399,7 +403,16 @@ class Service:
         return self._handle().incarnation()
 
     def port(self, name: str) -> int:
-        """The port reserved for it as ``name`` (see ``ports=``)."""
+        """The port reserved for it as ``name`` (see ``ports=``); also inside its ``setup``
+        and ``poststart``."""
+        if self._ctx is not None:
+            port = self._ctx.port(str(name))
+            if port is None:
+                raise DefinitionError(
+                    f"service {self.name!r} has no port named {name!r}: declare it with "
+                    f"Service(ports=[{name!r}])"
+                )
+            return int(port)
         return self._engine().port(str(self.name), name)
 
     def subcommand(self, *args: Any) -> Subcommand:

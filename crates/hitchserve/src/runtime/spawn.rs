@@ -375,12 +375,15 @@ impl Runtime {
         what: UserCode,
     ) -> Result<(), String> {
         let plan = &self.services()[idx];
+        let pid = self.read(idx, |st| st.pid());
         let ctx = HookContext {
             exec: &plan.exec,
             run_dir: &self.run.path,
             sink: &self.sink,
             out: &sources.0,
             err: &sources.1,
+            ports: &self.plan.ports,
+            pid,
         };
         let _user = self.user_code.entering(idx, what);
         hook.call(&ctx)

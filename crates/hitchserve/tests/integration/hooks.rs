@@ -171,3 +171,46 @@ fn a_hook_command_with_a_background_child_still_finishes() {
         vec!["started in background"]
     );
 }
+
+/// A hook knows the service's reserved ports by name, and (in poststart) its main pid.
+#[test]
+fn a_hook_knows_its_services_ports_and_its_pid_once_it_runs() {
+    let p = Project::new("hook-port");
+    let mut b = p.bundle();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (setup_seen, post_seen) = (std::sync::Arc::clone(&seen), std::sync::Arc::clone(&seen));
+    b.add(
+        "Web",
+        sh("echo READY; exec sleep 1000")
+            .port("http")
+            .setup(move |ctx| {
+                setup_seen.lock().unwrap().push((
+                    "setup",
+                    ctx.port("http"),
+                    ctx.pid(),
+                    ctx.port("none"),
+                ));
+                Ok(())
+            })
+            .poststart(move |ctx| {
+                post_seen
+                    .lock()
+                    .unwrap()
+                    .push(("post", ctx.port("http"), ctx.pid(), None));
+                Ok(())
+            }),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let port = b.port("Web", "http").unwrap();
+    let pid = b.service("Web").unwrap().pid();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [
+            ("setup", Some(port), None, None),
+            ("post", Some(port), pid, None)
+        ]
+    );
+    b.shutdown().unwrap();
+}

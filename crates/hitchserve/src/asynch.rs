@@ -68,9 +68,21 @@ impl Bundle {
             armed: true,
         };
         let result = blocking(move || {
-            let result = wait_started(&runtime, startup, shutdown, progress, interrupter.flag());
-            wait.end(&runtime, &result, shutdown);
-            result
+            let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                wait_started(&runtime, startup, shutdown, progress, interrupter.flag())
+            }));
+            // Ended either way (a panic in a progress line, say), or a shutdown would wait
+            // for it for ever.
+            match waited {
+                Ok(result) => {
+                    wait.end(&runtime, &result, shutdown);
+                    result
+                }
+                Err(panic) => {
+                    wait.end(&runtime, &Err(crate::Error::Interrupted), shutdown);
+                    std::panic::resume_unwind(panic)
+                }
+            }
         })
         .await;
         cancel.disarm();

@@ -238,12 +238,7 @@ impl Bundle {
     }
 
     fn launch(&mut self, t0: Instant) -> Result<Arc<Runtime>> {
-        let project = std::fs::canonicalize(&self.project).map_err(|source| Error::ProjectDir {
-            path: self.project.clone(),
-            source,
-        })?;
-        // Before anything is made in it: a project another user could redirect is refused.
-        crate::safepath::check_project(&self.project)?;
+        let project = crate::rundir::canonical_project(&self.project)?;
         let run = RunDir::allocate(&project);
         crate::plan::reserve_ports(&self.defs, &mut self.ports, &mut self.held_ports)?;
         let plan = Plan::resolve(
@@ -319,7 +314,7 @@ impl Bundle {
             .copied()
             .ok_or_else(|| Error::UnknownPort {
                 service: service.to_owned(),
-                template: format!("the port `{name}`"),
+                template: format!("`port(\"{name}\")`"),
             })
     }
 
@@ -562,7 +557,14 @@ impl Bundle {
     fn wait_for_cancelled_startup(&self) {
         #[cfg(feature = "tokio")]
         if let Some(wait) = &self.startup_wait {
-            wait.wait_ended();
+            // Not in a child forked from the process that started it: nothing there ends it.
+            if self
+                .runtime
+                .as_ref()
+                .is_some_and(|r| r.pid == std::process::id())
+            {
+                wait.wait_ended();
+            }
         }
     }
 

@@ -334,7 +334,7 @@ pub enum Error {
     UnknownPort {
         /// The service whose definition has the template (or whose port was asked for).
         service: String,
-        /// The template, or the port's name in backquotes when it was asked for by name.
+        /// The template, or `` `port("NAME")` `` when it was asked for by name.
         template: String,
     },
 

@@ -64,7 +64,7 @@ impl Observer {
             .copied()
             .ok_or_else(|| Error::UnknownPort {
                 service: service.to_owned(),
-                template: format!("the port `{name}`"),
+                template: format!("`port(\"{name}\")`"),
             })
     }
 

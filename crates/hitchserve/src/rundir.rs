@@ -5,9 +5,8 @@
 //! thread, off the startup path: directory operations are slow on some filesystems). Parallel bundles, in one
 //! process or many, never share a folder: the id holds the time, the pid and a counter.
 //! A run whose owning process is still alive is never pruned; only names that are run ids
-//! are. Also owns the public `state_dir`: the project check (`safepath::check_project`)
-//! before `.hitchserve` is made or trusted, and every directory below it made or checked
-//! as ours, never followed through a link.
+//! are. Also owns the public `state_dir`; `.hitchserve` and every directory below it are
+//! made or checked (`safepath::ensure_state_dir`), never followed through a link.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -56,8 +55,9 @@ impl RunDir {
     pub(crate) fn create(&self) -> Result<()> {
         let runs = self.path.parent().unwrap_or(&self.path);
         let base = runs.parent().unwrap_or(runs);
+        let owner = project_owner(base.parent().unwrap_or(base))?;
         for dir in [base, runs, self.path.as_path()] {
-            safepath::ensure_dir(dir, 0o711)?;
+            safepath::ensure_state_dir(dir, 0o711, owner)?;
         }
         Ok(())
     }
@@ -65,6 +65,7 @@ impl RunDir {
     /// Create the directory (with `logs/`, private to us) and point `latest` at it.
     pub(crate) fn set_up(&self) -> Result<()> {
         self.create()?;
+        // Ours alone: made by this run.
         safepath::ensure_dir(&self.logs(), 0o700)?;
         let Some(base) = self.path.parent().and_then(Path::parent) else {
             return Ok(());
@@ -104,19 +105,29 @@ impl RunDir {
     }
 }
 
+/// The owner of the project directory: trusted with what is below it (see
+/// `safepath::ensure_state_dir`).
+fn project_owner(project: &Path) -> Result<u32> {
+    std::fs::metadata(project)
+        .map(|m| m.uid())
+        .map_err(|source| crate::error::Error::ProjectDir {
+            path: project.to_path_buf(),
+            source,
+        })
+}
+
 /// The directory where hitchserve keeps a project's runs (and the command line its control
-/// socket): `<project>/.hitchserve`, made (mode 0711) or checked, once the project directory
-/// is checked to be one no other local user could redirect — it and every directory above
-/// it owned by root or you, none writable by every user unless sticky (else another user
-/// could swap `.hitchserve` for a link and have your logs written, or modes changed, where
-/// they chose). `Bundle::startup` makes the same checks; tools built on the engine that
-/// keep their own state beside its runs call this first.
+/// socket): `<project>/.hitchserve`, made (mode 0711) or checked to be a real directory —
+/// never a link followed — of yours, root's or the project owner's, that not every user can
+/// write. The path returned is through the project's canonical path (links resolved once).
+/// `Bundle::startup` makes the same check; tools built on the engine that keep their own
+/// state beside its runs call this first.
 ///
 /// # Errors
-/// [`Error::ProjectDir`](crate::Error::ProjectDir) if the project directory can't be read;
-/// [`Error::UnsafePath`](crate::Error::UnsafePath) if it, a directory above it or
-/// `.hitchserve` could be changed by another user (or `.hitchserve` is not a directory of
-/// yours); [`Error::Io`](crate::Error::Io) if `.hitchserve` can't be made.
+/// [`Error::ProjectDir`](crate::Error::ProjectDir) if the project directory can't be read
+/// or is not a directory; [`Error::UnsafePath`](crate::Error::UnsafePath) if `.hitchserve`
+/// is a link, not a directory, another user's or writable by every user;
+/// [`Error::Io`](crate::Error::Io) if it can't be made.
 ///
 /// ```no_run
 /// let dir = hitchserve::state_dir(".")?;
@@ -124,11 +135,26 @@ impl RunDir {
 /// # Ok::<(), hitchserve::Error>(())
 /// ```
 pub fn state_dir(project: impl AsRef<Path>) -> Result<PathBuf> {
-    let project = project.as_ref();
-    safepath::check_project(project)?;
+    let project = canonical_project(project.as_ref())?;
     let dir = project.join(".hitchserve");
-    safepath::ensure_dir(&dir, 0o711)?;
+    safepath::ensure_state_dir(&dir, 0o711, project_owner(&project)?)?;
     Ok(dir)
+}
+
+/// The project directory with its links resolved, checked to be a directory.
+pub(crate) fn canonical_project(project: &Path) -> Result<PathBuf> {
+    let io = |source| crate::error::Error::ProjectDir {
+        path: project.to_path_buf(),
+        source,
+    };
+    let real = std::fs::canonicalize(project).map_err(io)?;
+    if !real.is_dir() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "it is not a directory (give `Bundle::new` the directory the services run in)",
+        )));
+    }
+    Ok(real)
 }
 
 /// Whether `name` is a run id (`RunDir::allocate`'s `<secs>.<micros>-<pid>-<n>`): only

@@ -105,44 +105,59 @@ fn check_shared_parent(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A project directory a bundle may keep its runs in (`.hitchserve/`: logs, sockets, the
-/// clock): it and every directory above it — as given, and once links are resolved — owned
-/// by root or us, and none writable by every user unless sticky. Else another local user
-/// could swap `.hitchserve` (or a directory above it) for a link to anywhere, and have us
-/// write our logs there, change its modes or prune what is below it. Group-writable
-/// directories are accepted: their group is who the administrator chose to trust with them.
-pub(crate) fn check_project(project: &Path) -> Result<()> {
-    let io = |source| Error::ProjectDir {
-        path: project.to_path_buf(),
-        source,
-    };
-    let given = std::path::absolute(project).map_err(io)?;
-    let real = std::fs::canonicalize(project).map_err(io)?;
-    if !real.is_dir() {
-        return Err(io(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            "it is not a directory (give `Bundle::new` the directory the services run in)",
-        )));
+/// `dir` (a directory of a project's `.hitchserve/` tree) made with `mode`, or the one there
+/// if it is a real directory — never a link followed — of ours (its mode then set to `mode`),
+/// of root's, or of `project_owner` (who is trusted: whoever can write the project can
+/// change the code its services run anyway) and not writable by every user. A `.hitchserve`
+/// a previous run as another user (`sudo`) made is used, not refused.
+pub(crate) fn ensure_state_dir(dir: &Path, mode: u32, project_owner: u32) -> Result<()> {
+    match DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(Error::Io {
+                context: format!("could not create `{}`", dir.display()),
+                source,
+            })
+        }
     }
-    for d in given.ancestors().chain(real.ancestors()) {
-        let meta = std::fs::metadata(d).map_err(io)?;
-        let mode = meta.permissions().mode();
-        if meta.uid() != 0 && meta.uid() != euid() {
-            return Err(unsafe_path(
-                d,
-                &format!(
-                    "is owned by uid {} (not by you, uid {}, nor root), who could swap the                      project's `.hitchserve` (its logs and sockets) for a link to anywhere;                      run as that user, or use a project directory of yours",
-                    meta.uid(),
-                    euid()
-                ),
-            ));
+    let meta = std::fs::symlink_metadata(dir).map_err(|source| Error::Io {
+        context: format!("could not inspect `{}`", dir.display()),
+        source,
+    })?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_path(
+            dir,
+            "is a symbolic link, which we never follow there",
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_path(dir, "is not a directory"));
+    }
+    let current = meta.permissions().mode() & 0o7777;
+    if meta.uid() == euid() {
+        if current != mode {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(
+                |source| Error::Io {
+                    context: format!("could not set the mode of `{}`", dir.display()),
+                    source,
+                },
+            )?;
         }
-        if mode & 0o002 != 0 && mode & 0o1000 == 0 {
-            return Err(unsafe_path(
-                d,
-                "is writable by every user and not sticky, so anyone could swap the                  project's `.hitchserve` (its logs and sockets) for a link to anywhere;                  `chmod o-w` it, or use a project directory only you can change",
-            ));
-        }
+        return Ok(());
+    }
+    if meta.uid() != 0 && meta.uid() != project_owner {
+        return Err(unsafe_path(
+            dir,
+            &format!(
+                "is owned by uid {}, neither you (uid {}), root nor the project's owner",
+                meta.uid(),
+                euid()
+            ),
+        ));
+    }
+    if current & 0o002 != 0 {
+        return Err(unsafe_path(dir, "is writable by every user"));
     }
     Ok(())
 }

@@ -76,7 +76,6 @@ pub(crate) struct Install {
 }
 
 impl Service {
-    /// Marked as made by ready-made service `kind` (its `handle` checks it).
     /// What in it can't be used, said for a person, checked when it is added (see
     /// `exec::bad_command`); and a port with no name.
     pub(crate) fn bad_setting(&self) -> Option<String> {
@@ -90,6 +89,7 @@ impl Service {
         None
     }
 
+    /// Marked as made by ready-made service `kind` (its `handle` checks it).
     pub(crate) fn made_by(mut self, kind: &'static str) -> Service {
         self.kind = Some(kind);
         self
@@ -239,7 +239,7 @@ impl Service {
     ///
     /// Another user's service does not get the test's environment, which may hold secrets
     /// (CI tokens, cloud keys) that user's other processes could read: only `PATH`, `TMPDIR`,
-    /// `TZ`, `TERM`, `NO_COLOR` and the locale (`LANG`, `LANGUAGE`, `LC_*`) cross over,
+    /// `TZ`, `TERM`, `COLORTERM`, `NO_COLOR` and the locale (`LANG`, `LANGUAGE`, `LC_*`) cross over,
     /// with what [`env`](Service::env) gives it — pass anything else it needs there.
     pub fn user(mut self, name: impl Into<String>) -> Service {
         self.user = Some(name.into());

@@ -31,6 +31,9 @@ pub struct Subcommand {
     exec: ExecEnv,
     argv: Vec<OsString>,
     stdin: Option<Vec<u8>>,
+    /// The variables set with `env` (checked before it runs: the service's own were checked
+    /// when it was added, and what it inherited is not ours to judge).
+    set: Vec<OsString>,
 }
 
 /// What a finished sub-command left behind.
@@ -63,6 +66,7 @@ impl Subcommand {
             exec: exec.clone(),
             argv,
             stdin: None,
+            set: Vec::new(),
         }
     }
 
@@ -86,7 +90,8 @@ impl Subcommand {
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Subcommand {
         let key = key.into();
         self.exec.env.retain(|(k, _)| *k != key);
-        self.exec.env.push((key, value.into()));
+        self.exec.env.push((key.clone(), value.into()));
+        self.set.push(key);
         self
     }
 
@@ -114,6 +119,7 @@ impl Subcommand {
             .exec
             .env
             .iter()
+            .filter(|(k, _)| self.set.contains(k))
             .map(|(k, v)| (k.as_os_str(), Some(v.as_os_str())));
         if let Some(problem) = crate::exec::bad_command(&self.argv, env) {
             return Err(Error::InvalidSetting {

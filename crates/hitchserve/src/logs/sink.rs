@@ -98,10 +98,9 @@ impl Sink {
         self.message(&self.hitch_err, msg, false);
     }
 
-    /// The last `n` lines of service `idx`, in the console format, and the line it has
-    /// started but not ended, if any: for error messages.
-    /// `last_lines`, of start `start` of the service only (an error about that start shows
-    /// no line of an earlier one).
+    /// The last `n` lines of service `idx` written by its start number `start` or a later
+    /// one (an error about that start shows no line of an earlier one), in the console
+    /// format, and the line it has started but not ended, if any: for error messages.
     pub(crate) fn last_lines_of_start(&self, idx: usize, start: u32, n: usize) -> Vec<String> {
         let filter = Filter {
             from_start: start,

@@ -65,9 +65,10 @@ impl Redis {
         self
     }
 
-    /// The operating-system user to run as (default when run as root: `redis`, or `nobody`
-    /// where there is no `redis` user: a server any local user can reach on its port never
-    /// runs as root).
+    /// The operating-system user to run as (default: the test's own). Under root, `redis`
+    /// keeps a server any local user can reach on its port from running as root; it must
+    /// then be able to reach the project directory (not one in a private home such as
+    /// `/root`), and a `SAVE` writes in its own `<run>/<Name>/`.
     pub fn os_user(mut self, name: &str) -> Redis {
         self.os_user = Some(name.to_owned());
         self
@@ -80,17 +81,9 @@ impl Redis {
 
     /// `service`, before it is marked as a Redis (for `handle`).
     fn unmarked(self) -> Service {
-        // SAFETY: getuid has no preconditions.
-        let root = unsafe { libc::getuid() } == 0;
-        let run_as = self.os_user.or_else(|| {
-            root.then(|| {
-                let has_redis = nix::unistd::User::from_name("redis")
-                    .ok()
-                    .flatten()
-                    .is_some();
-                if has_redis { "redis" } else { "nobody" }.to_owned()
-            })
-        });
+        // Not another user by default: that user would need to reach the project, which a
+        // project in `/root` doesn't let it (a review found the switch broke those).
+        let run_as = self.os_user;
         let mut argv: Vec<std::ffi::OsString> = vec![self.program.into_os_string()];
         argv.extend(
             [
@@ -108,12 +101,13 @@ impl Redis {
             .iter()
             .map(Into::into),
         );
+        argv.extend(self.args.into_iter().map(Into::into));
         if run_as.is_some() {
             // A `SAVE` asked of it writes in its own directory (made for the user it runs
-            // as), not the project's.
+            // as), not the project's. Last, so that relative paths in `config(..)` resolve
+            // from the project as without it.
             argv.extend(["--dir", "{run}/{service}"].iter().map(Into::into));
         }
-        argv.extend(self.args.into_iter().map(Into::into));
         let svc = Service::new(argv).port(PORT).ready(Ready::all([
             Ready::line_contains("Ready to accept connections"),
             Ready::tcp_addr("127.0.0.1:{port.redis}"),

@@ -248,30 +248,41 @@ fn startup_error(p: &Project) -> String {
     e.to_string()
 }
 
+/// The project directory is trusted (whoever can write it can change what its services
+/// run): one writable by everyone (GitLab's runners clone with umask 0000) or, under root,
+/// one owned by a user (`sudo` in a checkout, a CI container on a mounted workspace) is used,
+/// with a `.hitchserve` of our own modes — or its owner's, left as it is. Another user's
+/// `.hitchserve` is not.
 #[test]
-fn a_project_another_user_could_redirect_is_refused_before_anything_is_made() {
-    // Writable by everyone, not sticky: anyone could swap `.hitchserve` for a link.
+fn a_project_of_any_mode_is_used_but_another_users_state_directory_is_not() {
     let p = Project::new("open-project");
     std::fs::set_permissions(&p.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let e = startup_error(&p);
-    assert!(e.contains("writable by every user and not sticky"), "{e}");
-    assert!(!p.path(".hitchserve").exists(), "nothing is made in it");
-    let e = hitchserve::state_dir(&p.dir).unwrap_err().to_string();
-    assert!(e.contains("writable by every user"), "{e}");
-    // Sticky, as /tmp is: others can't rename what is ours there.
-    std::fs::set_permissions(&p.dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let mut b = p.bundle();
     b.add("App", sh("echo READY; exec sleep 1000")).unwrap();
     b.startup().unwrap();
     b.shutdown().unwrap();
     assert_eq!(mode(&p.path(".hitchserve")), 0o711);
+    assert_eq!(
+        hitchserve::state_dir(&p.dir).unwrap(),
+        std::fs::canonicalize(&p.dir).unwrap().join(".hitchserve")
+    );
     if is_root() {
-        // Another user's project: its owner could swap what is below it.
+        // A user's checkout, where that user ran the tests before.
         let theirs = Project::new("their-project");
-        std::os::unix::fs::chown(&theirs.dir, Some(65534), Some(65534)).unwrap();
-        let e = startup_error(&theirs);
+        std::fs::create_dir(theirs.path(".hitchserve")).unwrap();
+        for d in [&theirs.dir, &theirs.path(".hitchserve")] {
+            std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap();
+        }
+        let mut b = theirs.bundle();
+        b.add("App", sh("echo READY; exec sleep 1000")).unwrap();
+        b.startup().unwrap();
+        b.shutdown().unwrap();
+        // A third user's `.hitchserve` in our project: refused.
+        let planted = Project::new("planted-owner");
+        std::fs::create_dir(planted.path(".hitchserve")).unwrap();
+        std::os::unix::fs::chown(planted.path(".hitchserve"), Some(65534), None).unwrap();
+        let e = startup_error(&planted);
         assert!(e.contains("is owned by uid 65534"), "{e}");
-        assert!(!theirs.path(".hitchserve").exists());
     }
 }
 

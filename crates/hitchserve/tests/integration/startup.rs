@@ -237,3 +237,50 @@ fn progress_every_zero_is_off() {
     );
     b.shutdown().unwrap();
 }
+
+/// An observer looks at a bundle from another thread while its startup runs: before it,
+/// nothing (NotRunning); during it, the services and their lines; after, the same handles.
+#[test]
+fn an_observer_sees_the_services_while_startup_runs_elsewhere() {
+    let p = Project::new("observer");
+    for fifo in ["booted.fifo", "go.fifo"] {
+        let path =
+            std::ffi::CString::new(p.path(fifo).into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    }
+    let mut b = p.bundle();
+    b.add(
+        "Gate",
+        sh("echo waiting; echo x > booted.fifo; read x < go.fifo; echo READY; exec sleep 1000"),
+    )
+    .unwrap();
+    let observer = b.observer();
+    assert!(matches!(
+        observer.service("Gate"),
+        Err(hitchserve::Error::NotRunning)
+    ));
+    let starting = std::thread::spawn(move || {
+        b.startup().unwrap();
+        b
+    });
+    // Reading blocks until Gate, started, writes: it then waits for `go`.
+    std::fs::read_to_string(p.path("booted.fifo")).unwrap();
+    assert_eq!(observer.service_names(), ["Gate"]);
+    let gate = observer.service("Gate").unwrap();
+    assert!(!gate.is_ready());
+    gate.logs()
+        .tail()
+        .lines_back(10)
+        .until(|l| l == "waiting", PATIENCE)
+        .unwrap();
+    assert!(matches!(
+        observer.service("Nope"),
+        Err(hitchserve::Error::NoSuchService { .. })
+    ));
+    // Opening blocks until Gate reads: then it says READY.
+    std::fs::write(p.path("go.fifo"), "go\n").unwrap();
+    let b = starting.join().unwrap();
+    assert!(observer.service("Gate").unwrap().is_ready());
+    b.shutdown().unwrap();
+}

@@ -356,6 +356,10 @@ fn resolve_one(
                 ("USER", user.into()),
                 ("LOGNAME", user.into()),
             ] {
+                // What the service was given wins (a `HOME` of its own, say).
+                if svc.env.iter().any(|(key, _)| key == k) {
+                    continue;
+                }
                 env.retain(|(key, _)| key != k);
                 env.push((k.into(), v));
             }

@@ -190,6 +190,11 @@ impl RabbitMq {
             .port(DIST_PORT)
             .port(EPMD_PORT)
             .env(HOME_VAR, dir)
+            // Where Erlang finds the cookie: for the server, and for a command run in its
+            // environment (`hitchserve exec Rabbit -- rabbitmqctl ...`), whose `rabbitmqctl`
+            // is the server's own (first on `PATH`; the node is `RABBITMQ_NODENAME`).
+            .env("HOME", dir)
+            .env("PATH", on_path_first(&bin))
             .env(BIN_VAR, bin.as_os_str())
             .env("RABBITMQ_NODENAME", node)
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
@@ -248,6 +253,14 @@ impl RabbitMq {
         Ok(svc
             .setup(move |ctx| {
                 let dir = ctx.run_dir().join(ctx.service());
+                // Run again (`start(setup)`): a fresh node, as at first (its files are made
+                // anew, never over old ones).
+                if std::fs::symlink_metadata(&dir).is_ok() {
+                    std::fs::remove_dir_all(&dir).map_err(|source| Error::Io {
+                        context: format!("removing the old `{}`", dir.display()),
+                        source,
+                    })?;
+                }
                 crate::safepath::make_dir_for(&dir, 0o700, ctx.run_as())?;
                 let owner = ctx.run_as();
                 // A cookie for this run only: whoever holds it controls the node.
@@ -261,12 +274,7 @@ impl RabbitMq {
                 write_private(&dir.join(".erlang.cookie"), cookie.as_bytes(), 0o400, owner)?;
                 let defs_path = dir.join("definitions.json");
                 write_private(&defs_path, definitions.as_bytes(), 0o600, owner)?;
-                let conf = format!(
-                    "log.console = true\nlog.console.level = info\n\
-                     log.console.use_colors = off\nlog.file = false\n\
-                     load_definitions = {}\n",
-                    defs_path.display()
-                );
+                let conf = format!("{CONF}load_definitions = {}\n", defs_path.display());
                 write_private(&dir.join("rabbitmq.conf"), conf.as_bytes(), 0o600, owner)?;
                 write_private(
                     &dir.join("enabled_plugins"),
@@ -277,8 +285,21 @@ impl RabbitMq {
                 Ok(())
             })
             .poststart(|ctx| {
-                // Loaded at boot: the passwords need not stay on disk.
-                let defs = ctx.run_dir().join(ctx.service()).join("definitions.json");
+                let dir = ctx.run_dir().join(ctx.service());
+                let defs = dir.join("definitions.json");
+                if std::fs::symlink_metadata(&defs).is_err() {
+                    // A start again without setup: its node keeps them.
+                    return Ok(());
+                }
+                // Loaded at boot, and kept by the node: the passwords need not stay on disk,
+                // and a start again must not look for them (its boot failed).
+                let conf = dir.join("rabbitmq.conf");
+                let fresh = dir.join("rabbitmq.conf.new");
+                write_private(&fresh, CONF.as_bytes(), 0o600, ctx.run_as())?;
+                std::fs::rename(&fresh, &conf).map_err(|source| Error::Io {
+                    context: format!("replacing `{}`", conf.display()),
+                    source,
+                })?;
                 std::fs::remove_file(&defs).map_err(|source| Error::Io {
                     context: format!("removing `{}`", defs.display()),
                     source,
@@ -340,6 +361,20 @@ fn definitions(users: &[User], vhosts: &[String]) -> String {
     })
     .to_string()
 }
+
+/// `PATH` (the test's) with `dir` first.
+fn on_path_first(dir: &Path) -> std::ffi::OsString {
+    let mut path = dir.as_os_str().to_owned();
+    if let Some(rest) = std::env::var_os("PATH").filter(|p| !p.is_empty()) {
+        path.push(":");
+        path.push(rest);
+    }
+    path
+}
+
+/// The server's configuration, but for where its first boot loads users and vhosts from.
+const CONF: &str = "log.console = true\nlog.console.level = info\n\
+                    log.console.use_colors = off\nlog.file = false\n";
 
 /// Create `path` (never through a symlink, never an existing file) with `mode`, owned by
 /// the server's user.

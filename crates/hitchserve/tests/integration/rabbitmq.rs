@@ -195,3 +195,44 @@ fn rabbitmq_startup_figures() {
         times[1]
     );
 }
+
+/// A RabbitMQ started again — restarted, or started again with its setup — comes up with
+/// its users (the restart's boot failed: its configuration pointed at definitions that were
+/// removed once loaded; a setup run again found its files there).
+#[test]
+fn rabbitmq_restarts_with_and_without_its_setup() {
+    let p = Project::new("rabbitmq-restart");
+    let mut b = p.bundle();
+    b.add(
+        "Rabbit",
+        RabbitMq::new().user("app", "secret").service().unwrap(),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let rabbit = RabbitMq::handle(&b, "Rabbit").unwrap();
+    let users = || {
+        rabbit
+            .rabbitmqctl(["list_users", "--silent"])
+            .checked_output()
+            .unwrap()
+            .stdout_text()
+    };
+    assert!(users().contains("app"));
+    // A plain `rabbitmqctl` in its environment (`hitchserve exec`) reaches the node.
+    let plain = rabbit
+        .service()
+        .subcommand(["rabbitmqctl", "list_users", "--silent"])
+        .checked_output()
+        .unwrap();
+    assert!(
+        plain.stdout_text().contains("app"),
+        "{}",
+        plain.stdout_text()
+    );
+    rabbit.service().restart().unwrap();
+    assert!(users().contains("app"), "after a restart: {}", users());
+    rabbit.service().stop().unwrap();
+    rabbit.service().start_with_setup().unwrap();
+    assert!(users().contains("app"), "after a setup again: {}", users());
+    b.shutdown().unwrap();
+}

@@ -88,7 +88,10 @@ fn helper_secret_environment() {
     let script = "echo READY; exec sleep 1000";
     b.add(
         "Nobody",
-        sh(script).user("nobody").env("GIVEN", "on purpose"),
+        sh(script)
+            .user("nobody")
+            .env("GIVEN", "on purpose")
+            .env("HOME", "/tmp"),
     )
     .unwrap();
     b.add("Mine", sh(script)).unwrap();
@@ -103,6 +106,8 @@ fn helper_secret_environment() {
     assert!(has(&theirs, "GIVEN=on purpose"));
     assert!(has(&theirs, "LC_TIME=C.UTF-8"));
     assert!(has(&theirs, "USER=nobody"));
+    // A `HOME` it was given wins over the user's.
+    assert!(has(&theirs, "HOME=/tmp"));
     let path = std::env::var("PATH").unwrap();
     assert!(has(&theirs, &format!("PATH={path}")));
     // The test's own user's services get the whole of it, as any child would.

@@ -133,7 +133,7 @@ enum Command {
     /// Move the services' clock: `+2d`, `+3h30m`, `-1h`, or `--to 2030-01-01T09:00:00Z`.
     TimeTravel {
         /// How far: forward (`+2d`, `2d`) or back (`-3h`, `3h ago`).
-        #[arg(allow_hyphen_values = true)]
+        #[arg(allow_hyphen_values = true, required_unless_present = "to")]
         by: Option<String>,
         /// An absolute moment (RFC 3339, e.g. 2030-01-01T09:00:00Z).
         #[arg(long, conflicts_with = "by")]

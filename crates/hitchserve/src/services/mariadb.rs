@@ -215,6 +215,10 @@ impl MariaDb {
             .port(PORT)
             .env("MYSQL_UNIX_PORT", &socket_text)
             .env("MYSQL_TCP_PORT", "{port.mariadb}")
+            // A client run in its environment (`hitchserve exec MariaDb -- mariadb`) reads
+            // `$MARIADB_HOME/my.cnf` after the machine's files: there, this server's socket.
+            .env("MARIADB_HOME", "{run}/{service}")
+            .env("MYSQL_HOME", "{run}/{service}")
             .env(ADMIN_VAR, &admin)
             .env(CLIENT_VAR, &client)
             .ready(Ready::all([
@@ -230,6 +234,7 @@ impl MariaDb {
         let databases = self.databases;
         let fresh = self.fresh;
         let setup_admin = admin.clone();
+        let socket_text_for_client = socket_text.clone();
         Ok(svc
             .setup(move |ctx| {
                 crate::safepath::user_subdir("mariadb-sock", 0o711)?;
@@ -238,6 +243,7 @@ impl MariaDb {
                 let dir = ctx.run_dir().join(ctx.service());
                 ctx.make_dir(&dir)?;
                 ctx.make_dir(&dir.join("tmp"))?;
+                client_options(&dir.join("my.cnf"), &socket_text_for_client, ctx)?;
                 let data = dir.join("data");
                 super::data_dir::clear_old_data(ctx, &data)?;
                 let install = |target: &Path| {
@@ -508,6 +514,34 @@ impl MariaDbHandle {
     pub fn service(&self) -> &ServiceHandle {
         &self.service
     }
+}
+
+/// `my.cnf` for clients run in the server's environment (see `MARIADB_HOME`): its socket and
+/// port, read after the machine's `/etc/mysql` (whose socket is the system server's). Made
+/// anew (never through a link: the directory is the server user's), readable by that user.
+fn client_options(path: &Path, socket: &str, ctx: &crate::hooks::HookContext<'_>) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| crate::error::Error::Io {
+        context: format!("writing `{}`", path.display()),
+        source,
+    };
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    let port = ctx
+        .port(PORT)
+        .map_or_else(String::new, |p| format!("port = {p}\n"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(format!("[client]\nsocket = {socket}\n{port}").as_bytes())
+        .map_err(io)
 }
 
 #[cfg(test)]

@@ -242,3 +242,30 @@ fn a_restarted_mariadb_keeps_its_users_databases_and_data() {
     assert_eq!(count(&b), "1", "restart with setup kept the old data");
     b.shutdown().unwrap();
 }
+
+/// A client run in the server's environment (`hitchserve exec MariaDb -- mariadb ...`)
+/// reaches this server, not the machine's (`/etc/mysql` names the system's socket, and it
+/// was read before our `MYSQL_UNIX_PORT`).
+#[test]
+fn a_client_in_its_environment_reaches_this_server() {
+    let p = Project::new("mariadb-exec");
+    let mut b = p.bundle();
+    b.add("Db", MariaDb::new().service().unwrap()).unwrap();
+    b.startup().unwrap();
+    let svc = b.service("Db").unwrap();
+    let out = svc
+        .subcommand(["mariadb", "-N", "-e", "select @@port"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    assert_eq!(
+        out.stdout_text().trim(),
+        b.port("Db", "mariadb").unwrap().to_string()
+    );
+    b.shutdown().unwrap();
+}

@@ -925,3 +925,39 @@ fn up_shared_for_a_process_that_cant_hold_it_starts_nothing() {
         );
     }
 }
+
+/// An `up --shared` that waits for another holder's time travel to end, and is killed
+/// meanwhile (a `timeout`), leaves no lease: its process never heard of one (it was granted
+/// once the travel ended, and held the bundle for a process that did not know it).
+#[test]
+fn a_holder_that_gave_up_waiting_gets_no_lease() {
+    let p = Project::new("gave-up");
+    p.define("READY");
+    let (traveller, late) = (Holder::new(), Holder::new());
+    up_shared(&p, traveller.pid(), "0");
+    let out = p.run(&["time-travel", "+1h", "--pid", &traveller.pid().to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut waiting = p
+        .command(&["up", "--shared", "--pid", &late.pid().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The bundle says when a lease waits: then the asker gives up.
+    let said = p.run(&[
+        "logs",
+        "--until",
+        "waits for the time travel",
+        "-n",
+        "50",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(said.status.success(), "{}", text(&said));
+    waiting.kill().unwrap();
+    waiting.wait().unwrap();
+    let out = p.run(&["release", "--pid", &traveller.pid().to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    // No lease left (the late one's included): the bundle stops at once (idle 0).
+    p.wait_down();
+}

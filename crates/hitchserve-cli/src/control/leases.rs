@@ -184,7 +184,13 @@ impl Leases {
     /// the clock (a test that travels, holding the bundle alone), waits up to `wait` for its
     /// travel to end — a holder attaching meanwhile would see the clock jump back under it —
     /// then refuses, naming it.
-    pub fn take(self: &Arc<Self>, pid: i32, wait: Duration) -> Result<u64, String> {
+    pub fn take(
+        self: &Arc<Self>,
+        pid: i32,
+        wait: Duration,
+        asker_gone: impl Fn() -> bool,
+        on_wait: impl FnOnce(&str),
+    ) -> Result<u64, String> {
         if pid == std::process::id() as i32 {
             return Err(cant_hold(pid));
         }
@@ -195,6 +201,7 @@ impl Leases {
         let id = {
             let mut held = self.lock();
             let deadline = Instant::now() + wait;
+            let mut on_wait = Some(on_wait);
             loop {
                 if held.closing {
                     return Err(STOPPING.to_owned());
@@ -218,11 +225,24 @@ impl Leases {
                         travellers.join(", ")
                     ));
                 }
+                if let Some(say) = on_wait.take() {
+                    say(&travellers.join(", "));
+                }
+                // The asker may give up meanwhile (a `timeout`, Ctrl-C): no lease for it then
+                // (one granted later would hold the bundle for a process that never heard of
+                // it). Looked at every quarter second: a closed connection has no event here.
+                if asker_gone() {
+                    return Err("the process that asked for this lease gave up waiting".into());
+                }
                 held = self
                     .changed
-                    .wait_timeout(held, left)
+                    .wait_timeout(held, left.min(Duration::from_millis(250)))
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
+            }
+            // Waited, and its asker gave up meanwhile.
+            if on_wait.is_none() && asker_gone() {
+                return Err("the process that asked for this lease gave up waiting".into());
             }
             held.taken = true;
             let id = held.next;

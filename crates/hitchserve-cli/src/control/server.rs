@@ -63,7 +63,7 @@ pub(super) fn serve(
             }
             status
         }
-        "lease" => lease(bundle, shared, &req),
+        "lease" => lease(bundle, shared, &req, &out),
         "release" => match shared {
             Some(leases) => {
                 let id = req["lease"].as_u64();
@@ -234,6 +234,20 @@ pub(super) fn serve_starting(
     reply(&mut out, &answer)
 }
 
+/// Whether the client on `conn` has closed its end (it sends nothing after its request, so
+/// anything to read is its end of file).
+fn hung_up(conn: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: conn.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: polling one descriptor we own, without waiting.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & (libc::POLLIN | libc::POLLRDHUP | libc::POLLHUP) != 0
+}
+
 fn not_shared() -> Value {
     json!({"ok": false, "kind": "not_shared", "error": "this bundle was started without `--shared`: it has no leases, and stops on `hitchserve down` only"})
 }
@@ -241,7 +255,7 @@ fn not_shared() -> Value {
 /// A `lease` request: `pid` (the holder) and `definition` (what the holder was given, see
 /// [`Definition`]), answered with the lease's id and where the bundle's lines stand now (a
 /// holder's own view of the logs starts after `seq`).
-fn lease(bundle: &Bundle, shared: Option<&Arc<Leases>>, req: &Value) -> Value {
+fn lease(bundle: &Bundle, shared: Option<&Arc<Leases>>, req: &Value, asker: &UnixStream) -> Value {
     let Some(leases) = shared else {
         return not_shared();
     };
@@ -282,7 +296,13 @@ fn lease(bundle: &Bundle, shared: Option<&Arc<Leases>>, req: &Value) -> Value {
         .map_or(std::time::Duration::ZERO, |w| {
             std::time::Duration::from_secs_f64(w.min(3600.0))
         });
-    match leases.take(pid, wait) {
+    let waiting = |travellers: &str| {
+        bundle.log(format!(
+            "Process {pid} waits for the time travel of process {travellers} to end before it \
+             holds this bundle"
+        ));
+    };
+    match leases.take(pid, wait, || hung_up(asker), waiting) {
         Ok(id) => {
             let seq = bundle.logs().last(1).first().map_or(0, |l| l.seq());
             let all_log = bundle.run_dir().map(|d| {

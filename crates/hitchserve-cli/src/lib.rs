@@ -15,6 +15,12 @@ mod config;
 mod control;
 mod one_service;
 
+/// How long a shared bundle runs on with no lease, as `--idle` reads it: `0`, or a number
+/// and a unit (`500ms`, `10s`, `2m`, `1h30m`, `2d`, `"5 minutes"`; a bare number is
+/// seconds). For hosts that take the same setting elsewhere (the Python package's pytest
+/// plugin).
+pub use control::idle_time;
+
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -61,9 +61,19 @@ fn signal_name(name: &str) -> PyResult<&'static str> {
     values::signal(name).map(hitchserve::Signal::name)
 }
 
+/// Seconds of a shared bundle's idle time written as the command line's `--idle` takes it
+/// (`0`, `10`, `1h30m`, `"5 minutes"`), or `ValueError` saying what is wrong.
+#[pyfunction]
+fn idle_seconds(text: &str) -> PyResult<f64> {
+    hitchserve_cli::idle_time(text)
+        .map(|d| d.as_secs_f64())
+        .map_err(pyo3::exceptions::PyValueError::new_err)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(smtp_main, m)?)?;
+    m.add_function(wrap_pyfunction!(idle_seconds, m)?)?;
     m.add_function(wrap_pyfunction!(signal_name, m)?)?;
     m.add_function(wrap_pyfunction!(shared::cli_main, m)?)?;
     m.add_class::<NativeShared>()?;

@@ -108,3 +108,34 @@ def test_a_poststart_hook_knows_its_services_port_and_pid(project):
         bundle.startup()
         assert Web.seen["port"] == bundle["Web"].port("http")
         assert Web.seen["pid"] == bundle["Web"].pid
+
+
+@pytest.mark.parametrize(
+    "text, seconds", [("0", 0.0), ("10", 10.0), ("1h30m", 5400.0), ("5 minutes", 300.0), ("2d", 172800.0)]
+)
+def test_the_plugins_idle_time_is_read_as_the_clis_idle_is(text, seconds):
+    """`hitchserve_shared_idle = 1h30m` (or `2d`, `5 minutes`) was a usage error, though
+    the CLI's `--idle` takes them."""
+    from hitchserve import _native
+
+    assert _native.idle_seconds(text) == seconds
+
+
+def test_an_idle_time_that_is_none_is_a_value_error_saying_why():
+    from hitchserve import _native
+
+    with pytest.raises(ValueError) as raised:
+        _native.idle_seconds("soon")
+    assert "soon" in str(raised.value)
+
+
+def test_a_bundle_check_tells_a_crash_once_for_shutdown(project):
+    """After `check()` raised a crash, `shutdown()` (a pytest teardown) raised it again."""
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Sleeper"] = hitchserve.Service(command=["sleep", "1000"])
+    bundle.startup()
+    bundle["Sleeper"].kill()
+    assert bundle["Sleeper"].wait_exit(timeout=PATIENCE) is not None
+    with pytest.raises(hitchserve.ServiceExited):
+        bundle.check()
+    bundle.shutdown()

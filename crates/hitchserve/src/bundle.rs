@@ -384,7 +384,7 @@ impl Bundle {
         // A crash not reported yet is, once: after the jump, which is made either way (a
         // test that expected the crash goes on at the time it asked for).
         match &self.runtime {
-            Some(runtime) => report_crash(runtime, None, true),
+            Some(runtime) => report_crash(runtime, None, true, true),
             None => Ok(()),
         }
     }
@@ -485,12 +485,13 @@ impl Bundle {
     }
 
     /// An error if any service exited after it was ready, or else if the run's `all.log`
-    /// could not be written (every time it is asked; the other calls that report these do
-    /// so once).
+    /// could not be written (every time it is asked; the other calls that report a crash —
+    /// the next time travel, `signal`, `shutdown` — do so once, and not one `check` has
+    /// already told).
     pub fn check(&self) -> Result<()> {
         self.claim_console();
         match &self.runtime {
-            Some(runtime) => report_crash(runtime, None, false),
+            Some(runtime) => report_crash(runtime, None, false, true),
             None => Ok(()),
         }
     }
@@ -528,7 +529,7 @@ impl Bundle {
     pub(crate) fn end_shutdown(&self, runtime: &Runtime) -> Result<()> {
         self.clock.stop();
         // After stopping, every exit is known and classified as asked for or not.
-        report_crash(runtime, None, true)
+        report_crash(runtime, None, true, true)
     }
 
     /// What `startup_async` keeps for a shutdown, and lends its cancelling guard.

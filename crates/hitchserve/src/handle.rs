@@ -129,9 +129,11 @@ impl ServiceHandle {
         states[idx].exit_status()
     }
 
-    /// An error if this service exited after it was ready (every time it is asked).
+    /// An error if this service exited after it was ready (every time it is asked). A look
+    /// only: `shutdown` still reports the crash ([`Bundle::check`](crate::Bundle::check)
+    /// counts as telling it).
     pub fn check(&self) -> Result<()> {
-        report_crash(&self.runtime, Some(self.idx), false)
+        report_crash(&self.runtime, Some(self.idx), false, false)
     }
 
     /// Stop it: its stop signal to its whole process group, `SIGKILL` to what is left after
@@ -231,7 +233,7 @@ impl ServiceHandle {
     /// [`pause`](Self::pause) and [`resume`](Self::resume), so that [`is_paused`](Self::is_paused)
     /// and a later stop stay true.
     pub fn signal(&self, signal: Signal) -> Result<()> {
-        report_crash(&self.runtime, Some(self.idx), true)?;
+        report_crash(&self.runtime, Some(self.idx), true, true)?;
         match signal {
             Signal::SIGSTOP => return self.pause(),
             Signal::SIGCONT => return self.resume(),

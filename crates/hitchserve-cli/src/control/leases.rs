@@ -320,7 +320,11 @@ impl Leases {
             .leases
             .values()
             .filter(|l| Some(l.pid) != pid)
-            .map(|l| l.pid.to_string())
+            .map(|l| l.pid)
+            // One process may hold several leases (a session's and a test's view).
+            .collect::<std::collections::BTreeSet<i32>>()
+            .into_iter()
+            .map(|p| p.to_string())
             .collect();
         if !others.is_empty() {
             return Err(format!(

@@ -9,6 +9,7 @@ _Path = Union[str, PathLike[str]]
 _Entry = Tuple[str, str, str, str, int, float, str, int]
 _Status = Tuple[str, Optional[int]]
 
+def idle_seconds(text: str) -> float: ...
 def signal_name(name: str) -> str: ...
 
 class ServiceDef:

@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
+from . import _native
 from .bundle import ServiceBundle
 from .shared import SharedBundle
 
@@ -78,30 +79,16 @@ def _shared_file(config: pytest.Config) -> str:
     return os.path.join(str(config.rootpath), name)
 
 
-#: Seconds in one of each unit ``hitchserve_shared_idle`` takes (as the CLI's ``--idle``).
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def _shared_idle(config: pytest.Config) -> Optional[float]:
-    """``hitchserve_shared_idle``: seconds (``10``, ``2.5``) or a number and a unit (``500ms``,
-    ``10s``, ``2m``, ``1h``), as the CLI's ``--idle`` takes."""
+    """``hitchserve_shared_idle``: what the CLI's ``--idle`` takes — ``0``, seconds (``10``)
+    or a number and a unit (``500ms``, ``2m``, ``1h30m``, ``2d``, ``5 minutes``)."""
     idle = str(config.getini("hitchserve_shared_idle") or "").strip()
     if not idle:
         return None
-    number, unit = idle, "s"
-    for suffix in sorted(_UNITS, key=len, reverse=True):
-        if idle.endswith(suffix):
-            number, unit = idle[: -len(suffix)].strip(), suffix
-            break
     try:
-        seconds = float(number) * _UNITS[unit]
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0 or seconds == float("inf"):
-        raise pytest.UsageError(
-            f"hitchserve_shared_idle = {idle!r}: give seconds (10, 2.5) or a number and a unit "
-            "(500ms, 10s, 2m, 1h), 0 or more"
-        )
+        seconds: float = _native.idle_seconds(idle)
+    except ValueError as e:
+        raise pytest.UsageError(f"hitchserve_shared_idle = {idle!r}: {e}") from None
     return seconds
 
 

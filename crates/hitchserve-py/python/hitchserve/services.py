@@ -81,6 +81,10 @@ class Postgres(_ReadyMade):
         return self._pg().port()
 
     def connection_url(self, database: str) -> str:
+        """The superuser's URL through the server's private Unix socket
+        (``postgresql://postgres@/DB?host=SOCKET_DIR&port=PORT``): for the test, run as root or
+        the server's user. An application connects over TCP as a user made with ``users=``:
+        ``postgresql://USER:PASSWORD@127.0.0.1:{postgres_port}/DB``."""
         return self._pg().connection_url(database)
 
     def psql(self, database: str, sql: str) -> Subcommand:

@@ -89,6 +89,8 @@ class SharedBundle:
 
     def __init__(self, file: Union[str, "os.PathLike[str]"], idle: Optional[float] = None) -> None:
         self.file = os.path.abspath(os.fspath(file))
+        # Until attached (a repr in a traceback of a failed attach must not fail itself).
+        self._native: Any = None
         program, *args = RELAUNCH
         self._native = _native.NativeShared(
             self.file, program, args, None if idle is None else float(idle)
@@ -196,6 +198,8 @@ class SharedBundle:
             # went with it).
 
     def __repr__(self) -> str:
+        if self._native is None:
+            return f"<SharedBundle {self.file!r} not attached>"
         state = "released" if self._native.released() else f"lease {self.lease}"
         return f"<SharedBundle {self.file!r} {state}>"
 

@@ -390,8 +390,15 @@ fn needs_met(st: &ServiceState, c: Condition) -> bool {
 
 /// The error for a service (or any, with `only == None`) that exited after readiness, or
 /// (for the whole bundle) for its log file failing.
-/// With `once`, a crash already reported is not reported again.
-pub(crate) fn report_crash(runtime: &Runtime, only: Option<usize>, once: bool) -> Result<()> {
+/// With `once`, a crash already reported is not reported again; with `mark`, what is
+/// reported counts as told (a service's own `check`, a look, doesn't: the command line's
+/// `status` uses it, and `down` still says the crash).
+pub(crate) fn report_crash(
+    runtime: &Runtime,
+    only: Option<usize>,
+    once: bool,
+    mark: bool,
+) -> Result<()> {
     let services = runtime.services();
     let found = {
         let mut states = runtime.lock();
@@ -404,7 +411,10 @@ pub(crate) fn report_crash(runtime: &Runtime, only: Option<usize>, once: bool) -
                 if once && st.crash_reported {
                     return None;
                 }
-                if once {
+                // Told now, also by the bundle's `check` (which tells it every time it is
+                // asked): the calls that report a crash once don't again (a test that checked
+                // for it, then shut down, failed its teardown with the crash it had handled).
+                if mark {
                     st.crash_reported = true;
                 }
                 Some((idx, status))

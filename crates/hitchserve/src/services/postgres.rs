@@ -417,9 +417,12 @@ impl PostgresHandle {
         &self.socket_dir
     }
 
-    /// `psql -c SQL` against `database`, as the superuser (stops at the first error).
+    /// `psql` running `sql` against `database`, as the superuser (stops at the first
+    /// error). The SQL goes on its standard input, never its command line: every local user
+    /// can read a process's arguments, and SQL may hold a password (`CREATE USER ...
+    /// PASSWORD`).
     pub fn psql(&self, database: &str, sql: &str) -> Subcommand {
-        self.psql_base(database).args(["-c", sql])
+        self.psql_base(database).stdin(sql.as_bytes().to_vec())
     }
 
     /// `psql -f FILE` against `database`, as the superuser (stops at the first error).

@@ -184,3 +184,43 @@ fn a_restarted_postgres_keeps_its_users_databases_and_data() {
     );
     b.shutdown().unwrap();
 }
+
+/// `psql`'s SQL goes on its standard input: every local user can read a process's command
+/// line, and SQL may hold a password (it was `psql -c SQL`).
+#[test]
+fn psqls_sql_is_never_on_its_command_line() {
+    let p = Project::new("postgres-argv");
+    let mut b = p.bundle();
+    b.add("Postgres", Postgres::new().service().unwrap())
+        .unwrap();
+    b.startup().unwrap();
+    let pg = Postgres::handle(&b, "Postgres").unwrap();
+    let running = pg.psql("postgres", "SELECT 'hidden-marker', pg_sleep(3)");
+    let client = std::thread::spawn(move || running.checked_output().unwrap());
+    let cmdlines = || -> Vec<String> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .collect()
+    };
+    // Looked at while it runs (it sleeps 3 s in the server).
+    assert!(crate::common::wait_for(crate::common::PATIENCE, || {
+        cmdlines()
+            .iter()
+            .any(|c| c.contains("psql") && c.contains("ON_ERROR_STOP"))
+    }));
+    let shown: Vec<String> = cmdlines()
+        .into_iter()
+        .filter(|c| c.contains("hidden-marker"))
+        .collect();
+    assert!(shown.is_empty(), "{shown:?}");
+    let out = client.join().unwrap();
+    assert!(
+        out.stdout_text().contains("hidden-marker"),
+        "{}",
+        out.stdout_text()
+    );
+    b.shutdown().unwrap();
+}

@@ -124,8 +124,8 @@ def test_the_process_api_is_psutil(started):
         started.check()
     with pytest.raises(hitchserve.NotRunning):
         django.process
-    with pytest.raises(hitchserve.ServiceExited):
-        started.shutdown()
+    # Told by check(): shutdown has nothing to add.
+    started.shutdown()
 
 
 def test_subcommands_run_in_the_services_environment_and_directory(service_bundle, project):

@@ -152,7 +152,8 @@ class ServiceBundle:
         self._native.shutdown()
 
     def check(self) -> None:
-        """Raise :class:`ServiceExited` if any service exited after it was ready."""
+        """Raise :class:`ServiceExited` if any service exited after it was ready (every time
+        it is called; once it has, ``shutdown()`` doesn't raise that crash again)."""
         self._native.check()
 
     def wait_until_ready(self, service: Union[str, Service]) -> None:

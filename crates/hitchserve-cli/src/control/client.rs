@@ -234,13 +234,20 @@ fn status_table(v: &Value) -> String {
             .map(|l| format!("lease {} held by pid {}", l["lease"], l["pid"]))
             .collect();
         let idle = shared["idle_seconds"].as_f64().unwrap_or(0.0);
-        out.push_str(&format!(
-            "shared: {}; stops {idle:.1} s after the last one ends\n",
-            match leases.is_empty() {
-                true => "no lease".to_owned(),
-                false => leases.join(", "),
-            }
-        ));
+        if shared["awaiting_first_lease"] == true {
+            out.push_str(&format!(
+                "shared: no lease yet; stops {idle:.1} s after it started unless its first \
+                 lease is taken\n"
+            ));
+        } else {
+            out.push_str(&format!(
+                "shared: {}; stops {idle:.1} s after the last one ends\n",
+                match leases.is_empty() {
+                    true => "no lease".to_owned(),
+                    false => leases.join(", "),
+                }
+            ));
+        }
     }
     out
 }

@@ -404,16 +404,23 @@ impl Leases {
     /// What `status` says of the leases.
     pub fn status(&self) -> Value {
         let holders = self.holders();
-        let mut leases: Vec<(u64, i32)> = {
+        let (mut leases, first): (Vec<(u64, i32)>, bool) = {
             let held = self.lock();
-            held.leases.iter().map(|(id, l)| (*id, l.pid)).collect()
+            let leases = held.leases.iter().map(|(id, l)| (*id, l.pid)).collect();
+            (leases, !held.taken)
         };
         leases.sort_unstable();
         let leases: Vec<Value> = leases
             .into_iter()
             .map(|(id, pid)| json!({"lease": id, "pid": pid}))
             .collect();
-        json!({"holders": holders, "leases": leases, "idle_seconds": self.idle.as_secs_f64()})
+        // Before its first lease, it waits at least the grace (its starter may be slow).
+        let idle = match first {
+            true => self.idle.max(FIRST_LEASE_GRACE),
+            false => self.idle,
+        };
+        json!({"holders": holders, "leases": leases, "idle_seconds": idle.as_secs_f64(),
+               "awaiting_first_lease": first})
     }
 }
 

@@ -75,8 +75,9 @@ fn ms(d: Duration) -> f64 {
 
 fn project() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("hitchserve-bench-{}", std::process::id()));
-    // New and ours (never one another user may have made in /tmp).
-    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+    // New and ours (never one another user may have made in /tmp); others may pass through
+    // (W6's PostgreSQL runs as `postgres`), not list it.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o711)
         .create(&dir)
         .expect("create the bench project directory");
     dir

@@ -150,6 +150,13 @@ enum Command {
         #[arg(long)]
         pid: Option<i32>,
     },
+    /// The port reserved for a service as NAME (`ports = ["NAME"]`, or its kind's own), for a
+    /// script: `PORT=$(hitchserve port App http)`.
+    Port {
+        service: String,
+        /// The port's name (default: the service's only port).
+        name: Option<String>,
+    },
     /// The services' current (faked) time.
     Now {
         /// Machine-readable output.

@@ -1803,3 +1803,46 @@ fn a_detached_up_says_a_failed_one_shot_on_stderr_only() {
         text(&o)
     );
 }
+
+/// `hitchserve port SERVICE [NAME]` prints a reserved port, for a script
+/// (`PORT=$(hitchserve port App http)`); a service with one port needs no name.
+#[test]
+fn port_prints_a_services_reserved_port() {
+    let p = Project::new(
+        "portcmd",
+        "[services.App]\ncommand = [\"sh\", \"-c\", \"echo READY $HTTP; exec sleep 1000\"]\nports = [\"http\", \"admin\"]\nenv = { HTTP = \"{port.http}\" }\nready = { line_contains = \"READY\" }\n\n[services.Cache]\nkind = \"redis\"\n",
+    );
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let o = p.run(&["port", "App", "http"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let port = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let said = p.run(&[
+        "logs",
+        "App",
+        "--until",
+        &format!("READY {port}"),
+        "-n",
+        "5",
+    ]);
+    assert!(said.status.success(), "port {port}: {}", text(&said));
+    let o = p.run(&["port", "Cache"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse::<u16>()
+        .is_ok());
+    let o = p.run(&["port", "App"]);
+    assert!(
+        !o.status.success() && text(&o).contains("several ports: name one"),
+        "{}",
+        text(&o)
+    );
+    let o = p.run(&["port", "App", "nope"]);
+    assert!(
+        !o.status.success() && text(&o).contains("has no port `nope`"),
+        "{}",
+        text(&o)
+    );
+    down(&p);
+}

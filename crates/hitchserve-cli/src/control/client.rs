@@ -268,6 +268,51 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Port { service, name } => {
+            let v = one_reply(project, &json!({"cmd": "status"}))?;
+            let services = v["services"].as_array().cloned().unwrap_or_default();
+            let Some(entry) = services.iter().find(|s| s["name"] == service.as_str()) else {
+                let known: Vec<&str> = services.iter().filter_map(|s| s["name"].as_str()).collect();
+                return Err(format!(
+                    "no service `{service}` in this bundle (it has {})",
+                    known.join(", ")
+                ));
+            };
+            let ports = entry["ports"].as_object().cloned().unwrap_or_default();
+            let port = match (&name, ports.len()) {
+                (Some(n), _) => ports.get(n.as_str()),
+                (None, 1) => ports.values().next(),
+                (None, _) => None,
+            };
+            match port {
+                Some(p) => {
+                    println!("{p}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    let names: Vec<&String> = ports.keys().collect();
+                    Err(match (&name, names.is_empty()) {
+                        (_, true) => format!("service `{service}` has no port"),
+                        (Some(n), false) => format!(
+                            "service `{service}` has no port `{n}` (its ports: {})",
+                            names
+                                .iter()
+                                .map(|n| n.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        (None, false) => format!(
+                            "service `{service}` has several ports: name one ({})",
+                            names
+                                .iter()
+                                .map(|n| n.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })
+                }
+            }
+        }
         Command::Now { json } => {
             let v = one_reply(project, &json!({"cmd": "now"}))?;
             if json {

@@ -1846,3 +1846,20 @@ fn port_prints_a_services_reserved_port() {
     );
     down(&p);
 }
+
+/// A `control/` directory another user's run left (a `sudo` run in a checkout, then its
+/// owner; or the reverse), empty once that run ended, is replaced by ours: `up` was refused.
+#[test]
+fn up_replaces_an_empty_control_directory_another_users_run_left() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can make a directory another user's");
+        return;
+    }
+    let p = Project::new("othercontrol", STARTER);
+    std::fs::create_dir_all(p.0.join(".hitchserve/control")).unwrap();
+    std::os::unix::fs::chown(p.0.join(".hitchserve/control"), Some(65534), Some(65534)).unwrap();
+    let o = p.run(&["up", "--detach"]);
+    assert!(o.status.success(), "{}", text(&o));
+    down(&p);
+}

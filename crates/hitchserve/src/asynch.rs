@@ -79,6 +79,10 @@ impl Bundle {
                     result
                 }
                 Err(panic) => {
+                    // As a failed startup: what it started is stopped (the panic skipped
+                    // `wait_started`'s own stop), then the wait is over.
+                    crate::bundle::stop_all(&runtime, shutdown);
+                    runtime.mark_crashes_reported();
                     wait.end(&runtime, &Err(crate::Error::Interrupted), shutdown);
                     std::panic::resume_unwind(panic)
                 }
@@ -91,7 +95,7 @@ impl Bundle {
 
     /// [`shutdown`](Bundle::shutdown) for async code.
     pub async fn shutdown_async(&self) -> Result<()> {
-        if let Some(wait) = self.startup_wait() {
+        if let Some(wait) = self.startup_wait_here() {
             // A startup whose future was dropped is being stopped: once it has, so has this.
             blocking(move || wait.wait_ended()).await;
         }

@@ -538,9 +538,15 @@ impl Bundle {
         self.startup_wait = Some(wait);
     }
 
+    /// The last `startup_async`'s wait, in the process that started the bundle (in a child
+    /// forked from it, nothing ends that wait).
     #[cfg(feature = "tokio")]
-    pub(crate) fn startup_wait(&self) -> Option<Arc<StartupWait>> {
-        self.startup_wait.clone()
+    pub(crate) fn startup_wait_here(&self) -> Option<Arc<StartupWait>> {
+        let here = self
+            .runtime
+            .as_ref()
+            .is_some_and(|r| r.pid == std::process::id());
+        self.startup_wait.clone().filter(|_| here)
     }
 
     #[cfg(feature = "tokio")]
@@ -557,15 +563,8 @@ impl Bundle {
     /// pool: a shutdown (or the drop) waits for that first.
     fn wait_for_cancelled_startup(&self) {
         #[cfg(feature = "tokio")]
-        if let Some(wait) = &self.startup_wait {
-            // Not in a child forked from the process that started it: nothing there ends it.
-            if self
-                .runtime
-                .as_ref()
-                .is_some_and(|r| r.pid == std::process::id())
-            {
-                wait.wait_ended();
-            }
+        if let Some(wait) = self.startup_wait_here() {
+            wait.wait_ended();
         }
     }
 

@@ -108,8 +108,9 @@ fn check_shared_parent(dir: &Path) -> Result<()> {
 /// `dir` (a directory of a project's `.hitchserve/` tree) made with `mode`, or the one there
 /// if it is a real directory — never a link followed — of ours (its mode then set to `mode`),
 /// of root's, or of `project_owner` (who is trusted: whoever can write the project can
-/// change the code its services run anyway) and not writable by every user. A `.hitchserve`
-/// a previous run as another user (`sudo`) made is used, not refused.
+/// change the code its services run anyway) and not writable by every user: a `.hitchserve`
+/// the checkout's owner made is used by root (`sudo`), and one root made by its owner if it
+/// can write there.
 pub(crate) fn ensure_state_dir(dir: &Path, mode: u32, project_owner: u32) -> Result<()> {
     match DirBuilder::new().mode(mode).create(dir) {
         Ok(()) => {}

@@ -236,7 +236,7 @@ fn status_table(v: &Value) -> String {
         let idle = shared["idle_seconds"].as_f64().unwrap_or(0.0);
         if shared["awaiting_first_lease"] == true {
             out.push_str(&format!(
-                "shared: no lease yet; stops {idle:.1} s after it started unless its first \
+                "shared: no lease yet; stops {idle:.1} s after it was ready unless its first \
                  lease is taken\n"
             ));
         } else {

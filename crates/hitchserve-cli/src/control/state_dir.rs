@@ -32,9 +32,9 @@ pub(super) fn socket_path(project: &Path) -> PathBuf {
     socket_dir(project).join(SOCKET)
 }
 
-/// The project's state directory, if there is one, checked to be ours (as
-/// `hitchserve::state_dir` checks it: the project no other user could redirect, `.hitchserve`
-/// a real directory of ours). None there is fine: nothing runs, and `up` makes it.
+/// The project's state directory, if there is one, checked as `hitchserve::state_dir` checks
+/// it (a real directory — never a link — of ours, root's or the project owner's). None there
+/// is fine: nothing runs, and `up` makes it.
 pub fn check_state_dir(project: &Path) -> Result<(), String> {
     match std::fs::symlink_metadata(state_dir(project)) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -44,23 +44,34 @@ pub fn check_state_dir(project: &Path) -> Result<(), String> {
     }
 }
 
-/// `dir` (in the state directory, which `hitchserve::state_dir` checked is ours and closed
-/// to others, so nothing can be swapped in meanwhile) made 0700, or the one there if it is
-/// a real directory of ours — never a link followed — made 0700.
+/// `dir` (in the state directory, which `hitchserve::state_dir` checked is a real directory
+/// of ours, root's or the project owner's) made 0700, or the one there if it is a real
+/// directory of ours — never a link followed — made 0700. One another user's run left there
+/// (a `sudo` run in a checkout, or the checkout's owner after one) is empty once its `up`
+/// has ended: it is replaced by ours.
 pub(super) fn private_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+    let me = nix::unistd::geteuid().as_raw();
+    let make = || match std::fs::DirBuilder::new().mode(0o700).create(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-            return Err(format!("cannot create `{}`: {e}", dir.display()))
+            Err(format!("cannot create `{}`: {e}", dir.display()))
         }
-        _ => {}
+        _ => Ok(()),
+    };
+    make()?;
+    let inspect = || {
+        std::fs::symlink_metadata(dir)
+            .map_err(|e| format!("cannot inspect `{}`: {e}", dir.display()))
+    };
+    let mut meta = inspect()?;
+    if meta.is_dir() && meta.uid() != me && std::fs::remove_dir(dir).is_ok() {
+        make()?;
+        meta = inspect()?;
     }
-    let meta = std::fs::symlink_metadata(dir)
-        .map_err(|e| format!("cannot inspect `{}`: {e}", dir.display()))?;
-    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+    if !meta.is_dir() || meta.uid() != me {
         return Err(format!(
             "refusing to use `{}`: it is not a directory of yours (a link, a file, or another \
-             user's); remove it",
+             user's that still holds something: a bundle of theirs may run here); remove it",
             dir.display()
         ));
     }

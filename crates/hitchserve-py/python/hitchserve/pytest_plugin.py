@@ -86,9 +86,17 @@ def _shared_idle(config: pytest.Config) -> Optional[float]:
     if not idle:
         return None
     try:
-        seconds: float = _native.idle_seconds(idle)
-    except ValueError as e:
-        raise pytest.UsageError(f"hitchserve_shared_idle = {idle!r}: {e}") from None
+        # A plain number of seconds as Python reads one (`.5`, `1e1`, `0.0`)...
+        seconds = float(idle)
+    except ValueError:
+        # ... or a duration as the CLI's --idle reads it.
+        try:
+            seconds = _native.idle_seconds(idle)
+        except ValueError as e:
+            why = str(e).removeprefix("--idle: ")
+            raise pytest.UsageError(f"hitchserve_shared_idle = {idle!r}: {why}") from None
+    if not 0 <= seconds < float("inf"):
+        raise pytest.UsageError(f"hitchserve_shared_idle = {idle!r}: give 0 or more seconds")
     return seconds
 
 

@@ -417,10 +417,13 @@ impl PostgresHandle {
         &self.socket_dir
     }
 
-    /// `psql` running `sql` against `database`, as the superuser (stops at the first
-    /// error). The SQL goes on its standard input, never its command line: every local user
-    /// can read a process's arguments, and SQL may hold a password (`CREATE USER ...
-    /// PASSWORD`).
+    /// `psql` running `sql` against `database`, as the superuser. The SQL goes on its
+    /// standard input, never its command line: every local user can read a process's
+    /// arguments, and SQL may hold a password (`CREATE USER ... PASSWORD`). So it runs as a
+    /// script: each statement commits as it runs (wrap them in `BEGIN; ... COMMIT;` for all
+    /// or nothing), the first error stops it (exit code 3), psql's variables are expanded,
+    /// and data for `COPY ... FROM STDIN` follows the statement in `sql`, ended by a line
+    /// `\.` (its stdin is the SQL: don't set another).
     pub fn psql(&self, database: &str, sql: &str) -> Subcommand {
         self.psql_base(database).stdin(sql.as_bytes().to_vec())
     }

@@ -62,8 +62,8 @@ const BIN_VAR: &str = "HITCHSERVE_RABBITMQ_BIN";
 
 /// Starts the run's own epmd in the service's process group, waits (bounded) until it
 /// answers — RabbitMQ checks epmd early in its boot and fails without one — then becomes
-/// the server. `HOME` is where Erlang looks for the cookie; it is set here because a service
-/// run as another user gets that user's `HOME`.
+/// the server. `HOME` is where Erlang looks for the cookie (also set in the service's
+/// environment, for commands run in it).
 const START: &str = r#"epmd &
 i=0
 until epmd -names >/dev/null 2>&1; do

@@ -68,7 +68,8 @@ impl Redis {
     /// The operating-system user to run as (default: the test's own). Under root, `redis`
     /// keeps a server any local user can reach on its port from running as root; it must
     /// then be able to reach the project directory (not one in a private home such as
-    /// `/root`), and a `SAVE` writes in its own `<run>/<Name>/`.
+    /// `/root`), and it works in its own `<run>/<Name>/` (a `SAVE` writes there; relative
+    /// paths of `config(..)` are inside it) unless `config("dir", ..)` names another.
     pub fn os_user(mut self, name: &str) -> Redis {
         self.os_user = Some(name.to_owned());
         self
@@ -101,11 +102,13 @@ impl Redis {
             .iter()
             .map(Into::into),
         );
+        let own_dir = self.args.iter().any(|a| a == "--dir");
         argv.extend(self.args.into_iter().map(Into::into));
-        if run_as.is_some() {
+        if run_as.is_some() && !own_dir {
             // A `SAVE` asked of it writes in its own directory (made for the user it runs
-            // as), not the project's. Last, so that relative paths in `config(..)` resolve
-            // from the project as without it.
+            // as, who may not write the project), unless `config("dir", ..)` chose one.
+            // Redis works in that directory: relative paths in `config(..)` are then
+            // inside it.
             argv.extend(["--dir", "{run}/{service}"].iter().map(Into::into));
         }
         let svc = Service::new(argv).port(PORT).ready(Ready::all([

@@ -125,3 +125,36 @@ fn redis_as_its_own_user_saves_in_its_own_directory() {
     assert!(!p.path("dump.rdb").exists());
     b.shutdown().unwrap();
 }
+
+/// A `config("dir", ..)` of one's own is kept with `os_user` (ours overrode it).
+#[test]
+fn redis_as_its_own_user_keeps_a_dir_of_ones_own() {
+    if !crate::common::is_root() {
+        eprintln!("skipped: only root runs services as another user");
+        return;
+    }
+    let p = Project::new("redis-own-dir");
+    let dir = p.path("redis-data");
+    std::fs::create_dir(&dir).unwrap();
+    let redis_user = nix::unistd::User::from_name("redis").unwrap().unwrap();
+    std::os::unix::fs::chown(&dir, Some(redis_user.uid.as_raw()), None).unwrap();
+    let mut b = p.bundle();
+    b.add(
+        "Redis",
+        Redis::new()
+            .os_user("redis")
+            .config("dir", &dir.to_string_lossy())
+            .service(),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let redis = Redis::handle(&b, "Redis").unwrap();
+    let got = redis
+        .cli(["CONFIG", "GET", "dir"])
+        .checked_output()
+        .unwrap()
+        .stdout_text();
+    let real = std::fs::canonicalize(&dir).unwrap();
+    assert!(got.contains(&*real.to_string_lossy()), "{got}");
+    b.shutdown().unwrap();
+}

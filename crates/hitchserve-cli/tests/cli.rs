@@ -1684,6 +1684,13 @@ fn up_never_follows_a_link_planted_in_the_state_directory() {
         "{}",
         text(&o)
     );
+    // A link planted as `up.lock`: said as a link, never followed.
+    let r = Project::new("planted-lock", STARTER);
+    std::fs::create_dir(r.0.join(".hitchserve")).unwrap();
+    std::os::unix::fs::symlink(victim.join("lock"), r.0.join(".hitchserve/up.lock")).unwrap();
+    let o = r.run(&["up"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("is a symbolic link"), "{}", text(&o));
     let meta = std::fs::metadata(&victim).unwrap();
     assert_eq!(
         meta.permissions().mode() & 0o7777,

@@ -500,6 +500,11 @@ fn cli_time_travel_by_the_only_holder_is_allowed() {
         "the wrapper is no holder: {}",
         text(&out)
     );
+    assert!(
+        text(&out).contains("holds no lease of this shared bundle"),
+        "{}",
+        text(&out)
+    );
     let out = wrapped(&["time-travel", "+1h", "--pid", &me]);
     assert!(out.status.success(), "{}", text(&out));
 }
@@ -940,7 +945,7 @@ fn a_holder_that_gave_up_waiting_gets_no_lease() {
     let mut waiting = p
         .command(&["up", "--shared", "--pid", &late.pid().to_string()])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     // The bundle says when a lease waits: then the asker gives up.
@@ -954,6 +959,11 @@ fn a_holder_that_gave_up_waiting_gets_no_lease() {
         "60s",
     ]);
     assert!(said.status.success(), "{}", text(&said));
+    // ... and so does the asker, rather than look hung.
+    let mut err = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut note = String::new();
+    std::io::BufRead::read_line(&mut err, &mut note).unwrap();
+    assert!(note.contains("waiting for the shared bundle"), "{note}");
     waiting.kill().unwrap();
     waiting.wait().unwrap();
     let out = p.run(&["release", "--pid", &traveller.pid().to_string()]);

@@ -139,3 +139,19 @@ def test_a_bundle_check_tells_a_crash_once_for_shutdown(project):
     with pytest.raises(hitchserve.ServiceExited):
         bundle.check()
     bundle.shutdown()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"timedelta": datetime.timedelta.max},
+        {"days": 999999999},
+        {"seconds": 1e308},
+        {"datetime": datetime.datetime.min},
+    ],
+)
+def test_a_travel_beyond_any_clock_is_a_time_travel_error(project, kwargs):
+    """They were OverflowError or ValueError from the conversions."""
+    bundle = hitchserve.ServiceBundle(str(project))
+    with pytest.raises(hitchserve.TimeTravelError):
+        bundle.time_travel(**kwargs)

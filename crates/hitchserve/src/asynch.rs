@@ -95,6 +95,7 @@ impl Bundle {
 
     /// [`shutdown`](Bundle::shutdown) for async code.
     pub async fn shutdown_async(&self) -> Result<()> {
+        self.mark_shut_down();
         if let Some(wait) = self.startup_wait_here() {
             // A startup whose future was dropped is being stopped: once it has, so has this.
             blocking(move || wait.wait_ended()).await;

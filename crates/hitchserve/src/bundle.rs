@@ -52,6 +52,8 @@ pub struct Bundle {
     sink: Arc<Sink>,
     runtime: Option<Arc<Runtime>>,
     stopped: AtomicBool,
+    /// `shutdown` was called (also before any startup): a bundle runs once.
+    shut_down: AtomicBool,
     time_travel: bool,
     clock: Arc<Clock>,
     ports: PortTable,
@@ -76,6 +78,7 @@ impl Bundle {
             sink: Arc::new(Sink::new()),
             runtime: None,
             stopped: AtomicBool::new(false),
+            shut_down: AtomicBool::new(false),
             time_travel: true,
             clock: Arc::new(Clock::new()),
             ports: PortTable::new(),
@@ -198,6 +201,9 @@ impl Bundle {
     /// The part of `startup` that doesn't wait: check and resolve the definitions, set the
     /// run up, start nothing yet.
     pub(crate) fn begin_startup(&mut self) -> Result<(Arc<Runtime>, Instant)> {
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(Error::ShutDown);
+        }
         if self.runtime.is_some() {
             return Err(match self.stopped.load(Ordering::SeqCst) {
                 true => Error::ShutDown,
@@ -505,6 +511,7 @@ impl Bundle {
     /// (without exec) from the process that started the bundle, it does nothing, and
     /// neither does dropping the bundle there: the services are the parent's.
     pub fn shutdown(&self) -> Result<()> {
+        self.mark_shut_down();
         self.wait_for_cancelled_startup();
         match self.begin_shutdown() {
             Some(runtime) => {
@@ -513,6 +520,11 @@ impl Bundle {
             }
             None => Ok(()),
         }
+    }
+
+    /// `shutdown` was asked: no startup after it (also when it came before any).
+    pub(crate) fn mark_shut_down(&self) {
+        self.shut_down.store(true, Ordering::SeqCst);
     }
 
     /// The runtime to stop, if this is the first call that stops it. None in a child forked

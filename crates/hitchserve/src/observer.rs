@@ -4,7 +4,7 @@
 //! when startup launches it), its log sink and its clock, and gives the handles of the
 //! run's services once there is a run.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::handle::ServiceHandle;
@@ -30,17 +30,22 @@ impl Observer {
 
     /// The run, once startup has begun it.
     fn runtime(&self) -> Result<Arc<Runtime>> {
-        self.state
+        match self
+            .state
             .run
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .and_then(Weak::upgrade)
-            .ok_or(Error::NotRunning)
+        {
+            None => Err(Error::NotRunning),
+            // It ran, and the bundle is gone (dropped).
+            Some(run) => run.upgrade().ok_or(Error::ShutDown),
+        }
     }
 
     /// The handle of the service called `name`: [`Error::NotRunning`] until startup has
-    /// begun (its handle then tells whether it has started, is ready, its pid and logs).
+    /// begun (its handle then tells whether it has started, is ready, its pid and logs),
+    /// [`Error::ShutDown`] once the bundle is gone.
     pub fn service(&self, name: &str) -> Result<ServiceHandle> {
         ServiceHandle::of(&self.runtime()?, name)
     }

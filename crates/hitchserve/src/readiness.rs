@@ -284,9 +284,19 @@ impl Ready {
             Kind::Exec { argv } if argv.first().is_none_or(|p| p.is_empty()) => {
                 Some("`Ready::exec` of an empty command: name the program to run".to_owned())
             }
+            Kind::Exec { argv } if argv.iter().any(|a| has_nul(a)) => Some(
+                "`Ready::exec` has an argument holding a NUL byte, which no program can be \
+                 given: remove it"
+                    .to_owned(),
+            ),
             Kind::File { path } if path.as_os_str().is_empty() => {
                 Some("`Ready::file` of an empty path: name the file to wait for".to_owned())
             }
+            Kind::File { path } if has_nul(path.as_os_str()) => Some(
+                "`Ready::file` of a path holding a NUL byte, which no file's path can: \
+                 remove it"
+                    .to_owned(),
+            ),
             // All of them: none may be one that can't pass. Any: only if none can.
             Kind::All(v) => v.iter().find_map(Ready::never_passes),
             Kind::Any(v) => {
@@ -296,6 +306,12 @@ impl Ready {
             _ => None,
         }
     }
+}
+
+/// Whether `text` holds a NUL byte (the kernel takes paths and arguments NUL-terminated).
+fn has_nul(text: &std::ffi::OsStr) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    text.as_bytes().contains(&0)
 }
 
 /// Why `host:port` (the port optional unless `port_needed`) can never be connected to, if

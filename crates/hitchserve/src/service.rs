@@ -86,6 +86,24 @@ impl Service {
         if self.ports.iter().any(String::is_empty) {
             return Some("a port's name is empty: name it (`port(\"http\")`)".to_owned());
         }
+        if let Some(user) = &self.user {
+            if user.is_empty() || user.contains('\0') {
+                return Some(format!(
+                    "`{}` can't be a user's name (`user(..)`): give the name of an existing \
+                     user, e.g. `postgres`",
+                    user.escape_debug()
+                ));
+            }
+        }
+        if let Some(dir) = &self.directory {
+            use std::os::unix::ffi::OsStrExt;
+            if dir.as_os_str().as_bytes().contains(&0) {
+                return Some(format!(
+                    "its directory `{}` holds a NUL byte, which no path can: remove it",
+                    dir.to_string_lossy().escape_debug()
+                ));
+            }
+        }
         None
     }
 

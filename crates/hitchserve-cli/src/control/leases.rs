@@ -316,6 +316,23 @@ impl Leases {
     ) -> Result<(), String> {
         self.prune();
         let mut held = self.lock();
+        if let Some(p) = pid.filter(|p| !held.leases.values().any(|l| l.pid == *p)) {
+            if !held.leases.is_empty() {
+                // Said first: the other holders are not the point, this one is no holder.
+                let holders: std::collections::BTreeSet<i32> =
+                    held.leases.values().map(|l| l.pid).collect();
+                return Err(format!(
+                    "process {p} holds no lease of this shared bundle (its holders: {}): travel \
+                     for a holder (`--pid`), or take a lease for {p} first (`hitchserve attach \
+                     --pid {p}`)",
+                    holders
+                        .iter()
+                        .map(i32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
         let others: Vec<String> = held
             .leases
             .values()

@@ -137,7 +137,31 @@ fn lease(
         false => Refused::Gone,
     })?;
     let mut line = String::new();
+    // A lease waits while another holder's time travel runs (up to CLOCK_PATIENCE): say so
+    // once it has taken a moment, rather than look hung.
+    let answered = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    if !wait.is_zero() {
+        let answered = std::sync::Arc::clone(&answered);
+        std::thread::spawn(move || {
+            let (done, cv) = &*answered;
+            let guard = done.lock().unwrap_or_else(|e| e.into_inner());
+            let (guard, _) = cv
+                .wait_timeout_while(guard, Duration::from_secs(2), |d| !*d)
+                .unwrap_or_else(|e| e.into_inner());
+            if !*guard {
+                eprintln!(
+                    "hitchserve: waiting for the shared bundle: another holder's time travel \
+                     must end first (`hitchserve logs` says whose)"
+                );
+            }
+        });
+    }
     let _ = std::io::BufRead::read_line(&mut r, &mut line);
+    {
+        let (done, cv) = &*answered;
+        *done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+    }
     let v: Value = match serde_json::from_str(&line) {
         Ok(v) => v,
         Err(_) if !up_is_running(project) => return Err(Refused::Gone),

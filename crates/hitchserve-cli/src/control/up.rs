@@ -100,7 +100,7 @@ pub fn up(
         .open(&lock_path)
     {
         Ok(lock) => lock,
-        Err(e) => return early(format!("cannot create `{}`: {e}", lock_path.display())),
+        Err(e) => return early(cannot_open(&lock_path, &e)),
     };
     let _ = lock.set_permissions(std::fs::Permissions::from_mode(0o600));
     // SAFETY: a valid descriptor we own.
@@ -335,6 +335,18 @@ pub fn up(
     }
 }
 
+/// Why a state file can't be opened: a link there (opened without following one) is said as
+/// such, not as "too many levels of symbolic links".
+fn cannot_open(path: &Path, e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => format!(
+            "refusing to use `{}`: it is a symbolic link, which we never follow there; remove it",
+            path.display()
+        ),
+        _ => format!("cannot open `{}`: {e}", path.display()),
+    }
+}
+
 /// The bundle once it is up, and its leases if it is shared.
 type Live = (Arc<Bundle>, Option<Arc<Leases>>);
 
@@ -398,7 +410,7 @@ pub(super) fn detach_up(
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&log_path)
-        .map_err(|e| format!("cannot open `{}`: {e}", log_path.display()))?;
+        .map_err(|e| cannot_open(&log_path, &e))?;
     // Also one made 0644 by an older version, in the 0700 directory of those days.
     log.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot make `{}` private: {e}", log_path.display()))?;

@@ -9,7 +9,7 @@ import os
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _native
-from .errors import DefinitionError, NoSuchService
+from .errors import DefinitionError, NoSuchService, TimeTravelError
 from .logs import Logs
 from .service import PathLike, Service, _name_of
 
@@ -241,11 +241,22 @@ class ServiceBundle:
         moment in local time), in interactive mode too.
         A ``timedelta`` given first, ``bundle.time_travel(timedelta(days=1))``, is a delta;
         with ``datetime``, the deltas are added to it."""
-        moment, delta = _travel(datetime, timedelta, seconds, minutes, hours, days)
+        try:
+            moment, delta = _travel(datetime, timedelta, seconds, minutes, hours, days)
+            micros = _micros(moment) if moment is not None else _delta_micros(delta)
+            if not -(2**63) <= micros < 2**63:
+                raise OverflowError(micros)
+        except (OverflowError, ValueError) as e:
+            if isinstance(e, ValueError) and "NaN" in str(e):
+                raise ValueError("time_travel: a NaN is no amount of time") from None
+            raise TimeTravelError(
+                "that moment is too far from now to travel to (at most about 292 years either "
+                "way)"
+            ) from None
         if moment is not None:
-            _print(self._native.time_travel_to(_micros(moment)))
+            _print(self._native.time_travel_to(micros))
         else:
-            _print(self._native.time_travel_by(_delta_micros(delta)))
+            _print(self._native.time_travel_by(micros))
 
     def now(self) -> _dt.datetime:
         """What time the services think it is (local time, naive, as ``datetime.now()``)."""

@@ -95,8 +95,11 @@ def _shared_idle(config: pytest.Config) -> Optional[float]:
         except ValueError as e:
             why = str(e).removeprefix("--idle: ")
             raise pytest.UsageError(f"hitchserve_shared_idle = {idle!r}: {why}") from None
-    if not 0 <= seconds < float("inf"):
-        raise pytest.UsageError(f"hitchserve_shared_idle = {idle!r}: give 0 or more seconds")
+    # As the CLI's --idle: 0 up to 100 years.
+    if not 0 <= seconds <= 36500 * 86400:
+        raise pytest.UsageError(
+            f"hitchserve_shared_idle = {idle!r}: give 0 or more seconds, at most 36500d"
+        )
     return seconds
 
 

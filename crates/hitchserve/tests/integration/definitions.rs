@@ -244,6 +244,9 @@ fn settings_no_program_could_be_given_are_refused_when_added() {
             "the value of the environment variable `A`",
         ),
         (sh("true").port(""), "a port's name is empty"),
+        (sh("true").user("no\0body"), "can't be a user's name"),
+        (sh("true").user(""), "can't be a user's name"),
+        (sh("true").directory("a\0b"), "holds a NUL byte"),
     ] {
         let mut b = p.bundle();
         let e = b.add("Odd", service).unwrap_err();

@@ -182,7 +182,9 @@ fn a_readiness_check_that_can_never_pass_is_refused_before_anything_starts() {
         (Ready::tcp_addr("not an address"), "has no port"),
         (Ready::tcp_addr("127.0.0.1:http"), "not a number"),
         (Ready::exec(Vec::<&str>::new()), "empty command"),
+        (Ready::exec(["tr\0ue"]), "NUL byte"),
         (Ready::file(""), "empty path"),
+        (Ready::file("a\0b"), "NUL byte"),
     ] {
         let mut b = p.bundle().startup_timeout(PATIENCE);
         b.add("Never", sh("echo READY; exec sleep 1000").ready(ready))

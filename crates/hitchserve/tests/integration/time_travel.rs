@@ -471,3 +471,14 @@ fn after_shutdown_time_travel_and_startup_say_the_bundle_has_stopped() {
     let e = b.startup().unwrap_err();
     assert!(matches!(e, hitchserve::Error::ShutDown), "{e:?}");
 }
+
+/// A bundle shut down before it ever started runs no more either (its startup went ahead).
+#[test]
+fn a_bundle_shut_down_before_its_startup_does_not_start() {
+    let p = Project::new("shut-first");
+    let mut b = p.bundle();
+    b.add("App", sh("echo READY; exec sleep 1000")).unwrap();
+    b.shutdown().unwrap();
+    let e = b.startup().unwrap_err();
+    assert!(matches!(e, hitchserve::Error::ShutDown), "{e:?}");
+}

@@ -83,6 +83,13 @@ impl ServiceHandle {
         &self.runtime.services()[self.idx].exec.dir
     }
 
+    /// Whether a start of it is under way: waiting for what it needs, in its setup hook,
+    /// being spawned, or running and not ready yet (a wait for its lines goes on through
+    /// such a start).
+    pub fn is_starting(&self) -> bool {
+        self.runtime.read(self.idx, |st| st.is_starting())
+    }
+
     /// Whether it is ready (its readiness check passed, and its poststart hook finished).
     pub fn is_ready(&self) -> bool {
         self.runtime.read(self.idx, |st| st.is_ready())

@@ -291,7 +291,8 @@ fn across_restarts<T>(
 }
 
 /// Whether the service a wait is on may run again: its restart policy's restart is pending,
-/// a start is under way, or it was stopped by hand (`start` may come, as for `logs -f`).
+/// a start is under way (also one not spawned yet: it ended the wait), or it was stopped by
+/// hand (`start` may come, as for `logs -f`).
 /// Not once it crashed (the library's own verdict): that is the end of its lines.
 fn coming_back(bundle: &impl Look, req: &Value) -> bool {
     let Some(name) = req["service"].as_str() else {
@@ -301,6 +302,7 @@ fn coming_back(bundle: &impl Look, req: &Value) -> bool {
     // — has neither a process nor an exit: nothing will start it.)
     bundle.handle(name).is_ok_and(|svc| {
         svc.restart_pending()
+            || svc.is_starting()
             || svc.pid().is_some()
             || (svc.exit_status().is_some() && svc.check().is_ok())
     })

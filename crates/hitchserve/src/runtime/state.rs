@@ -362,6 +362,19 @@ impl ServiceState {
     }
 
     /// Ready now (its main process runs and its check passed, poststart included).
+    /// A start of it is under way (and not called off): waiting for its needs, setting up,
+    /// being spawned, or running and not ready yet.
+    pub(crate) fn is_starting(&self) -> bool {
+        match &self.phase {
+            Phase::Waiting => true,
+            Phase::SettingUp { stop } | Phase::Spawning { stop } => stop.is_none(),
+            Phase::Running {
+                readiness, stop, ..
+            } => stop.is_none() && !matches!(readiness, Readiness::Ready { .. }),
+            _ => false,
+        }
+    }
+
     pub(crate) fn is_ready(&self) -> bool {
         matches!(
             self.phase,

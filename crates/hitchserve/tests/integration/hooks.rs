@@ -214,3 +214,50 @@ fn a_hook_knows_its_services_ports_and_its_pid_once_it_runs() {
     );
     b.shutdown().unwrap();
 }
+
+/// `is_starting` holds while a start is under way — in its setup hook, before any process —
+/// and not once it is ready (a wait for its lines goes on through such a start).
+#[test]
+fn a_service_in_its_setup_hook_is_starting() {
+    use std::sync::{Arc, Condvar, Mutex};
+    let p = Project::new("is-starting");
+    let gate = Arc::new((Mutex::new((false, false)), Condvar::new()));
+    let in_hook = Arc::clone(&gate);
+    let mut b = p.bundle();
+    b.add(
+        "Slow",
+        sh("echo READY; exec sleep 1000").setup(move |_| {
+            let (lock, cv) = &*in_hook;
+            let mut g = lock.lock().unwrap();
+            g.0 = true; // entered
+            cv.notify_all();
+            while !g.1 {
+                g = cv.wait(g).unwrap();
+            }
+            Ok(())
+        }),
+    )
+    .unwrap();
+    let observer = b.observer();
+    let starting = std::thread::spawn(move || {
+        b.startup().unwrap();
+        b
+    });
+    {
+        let (lock, cv) = &*gate;
+        let mut g = lock.lock().unwrap();
+        while !g.0 {
+            g = cv.wait(g).unwrap();
+        }
+    }
+    let slow = observer.service("Slow").unwrap();
+    assert!(slow.is_starting() && slow.pid().is_none());
+    {
+        let (lock, cv) = &*gate;
+        lock.lock().unwrap().1 = true;
+        cv.notify_all();
+    }
+    let b = starting.join().unwrap();
+    assert!(!slow.is_starting() && slow.is_ready());
+    b.shutdown().unwrap();
+}

@@ -11,55 +11,8 @@
 
 use std::time::{Duration, Instant};
 
-use hitchserve::jiff::Timestamp;
-use hitchserve::{Bundle, Error as HsError, Logs, Observer, ServiceHandle, Signal};
+use hitchserve::{Bundle, Error as HsError, Observer, ServiceHandle, Signal};
 use serde_json::{json, Value};
-
-/// What `status` and `logs` read of a bundle: the bundle once it is up, its observer while
-/// it starts.
-pub trait Look {
-    fn names(&self) -> Vec<String>;
-    fn handle(&self, name: &str) -> hitchserve::Result<ServiceHandle>;
-    fn port_of(&self, service: &str, port: &str) -> hitchserve::Result<u16>;
-    fn every_line(&self) -> Logs;
-    fn time(&self) -> Timestamp;
-}
-
-impl Look for Bundle {
-    fn names(&self) -> Vec<String> {
-        self.service_names()
-    }
-    fn handle(&self, name: &str) -> hitchserve::Result<ServiceHandle> {
-        self.service(name)
-    }
-    fn port_of(&self, service: &str, port: &str) -> hitchserve::Result<u16> {
-        self.port(service, port)
-    }
-    fn every_line(&self) -> Logs {
-        self.logs()
-    }
-    fn time(&self) -> Timestamp {
-        self.now()
-    }
-}
-
-impl Look for Observer {
-    fn names(&self) -> Vec<String> {
-        self.service_names()
-    }
-    fn handle(&self, name: &str) -> hitchserve::Result<ServiceHandle> {
-        self.service(name)
-    }
-    fn port_of(&self, service: &str, port: &str) -> hitchserve::Result<u16> {
-        self.port(service, port)
-    }
-    fn every_line(&self) -> Logs {
-        self.logs()
-    }
-    fn time(&self) -> Timestamp {
-        self.now()
-    }
-}
 
 /// What the control server knows of each service from the file.
 pub struct ServiceInfo {
@@ -123,7 +76,7 @@ pub fn serve(bundle: &Bundle, req: &Value, verb: &str, infos: &[ServiceInfo]) ->
         other => Err(format!("unknown request `{other}`")),
     };
     match done {
-        Ok(()) => json!({"ok": true, "service": entry(bundle, &svc, info)}),
+        Ok(()) => json!({"ok": true, "service": entry(&bundle.observer(), &svc, info)}),
         Err(why) => fail(why),
     }
 }
@@ -183,7 +136,7 @@ fn state(svc: &ServiceHandle) -> String {
 }
 
 /// One service as `status` (and every request of this module) reports it.
-fn entry(bundle: &impl Look, svc: &ServiceHandle, info: Option<&ServiceInfo>) -> Value {
+fn entry(bundle: &Observer, svc: &ServiceHandle, info: Option<&ServiceInfo>) -> Value {
     let name = svc.name();
     let proc = svc.process().ok();
     let rss = proc
@@ -198,7 +151,7 @@ fn entry(bundle: &impl Look, svc: &ServiceHandle, info: Option<&ServiceInfo>) ->
         .map(|i| {
             i.ports
                 .iter()
-                .filter_map(|p| bundle.port_of(name, p).ok().map(|n| (p.clone(), json!(n))))
+                .filter_map(|p| bundle.port(name, p).ok().map(|n| (p.clone(), json!(n))))
                 .collect()
         })
         .unwrap_or_default();
@@ -216,22 +169,22 @@ fn entry(bundle: &impl Look, svc: &ServiceHandle, info: Option<&ServiceInfo>) ->
     })
 }
 
-/// The `status` reply: every service, and the bundle's time. While the bundle starts, the
-/// services not begun yet are `not started` (before the run has begun, all of them, in the
-/// file's order).
-pub fn status(bundle: &impl Look, infos: &[ServiceInfo]) -> Value {
-    let mut names = bundle.names();
+/// The `status` reply: every service, and the bundle's time, through the bundle's observer
+/// (the same while it starts and once it is up). While the bundle starts, the services not
+/// begun yet are `not started` (before the run has begun, all of them, in the file's order).
+pub fn status(bundle: &Observer, infos: &[ServiceInfo]) -> Value {
+    let mut names = bundle.service_names();
     if names.is_empty() {
         names = infos.iter().map(|i| i.name.clone()).collect();
     }
     let services: Vec<Value> = names
         .iter()
-        .map(|name| match bundle.handle(name) {
+        .map(|name| match bundle.service(name) {
             Ok(svc) => entry(bundle, &svc, infos.iter().find(|i| i.name == *name)),
             Err(_) => json!({"name": name, "state": "not started"}),
         })
         .collect();
-    json!({"ok": true, "services": services, "now": bundle.time().to_string()})
+    json!({"ok": true, "services": services, "now": bundle.now().to_string()})
 }
 
 /// The state column of the `status` table: the state, and how many times it was started

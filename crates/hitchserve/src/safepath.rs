@@ -112,20 +112,7 @@ fn check_shared_parent(dir: &Path) -> Result<()> {
 /// the checkout's owner made is used by root (`sudo`), and one root made by its owner if it
 /// can write there.
 pub(crate) fn ensure_state_dir(dir: &Path, mode: u32, project_owner: u32) -> Result<()> {
-    match DirBuilder::new().mode(mode).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(source) => {
-            return Err(Error::Io {
-                context: format!("could not create `{}`", dir.display()),
-                source,
-            })
-        }
-    }
-    let meta = std::fs::symlink_metadata(dir).map_err(|source| Error::Io {
-        context: format!("could not inspect `{}`", dir.display()),
-        source,
-    })?;
+    let meta = made_or_there(dir, mode)?;
     if meta.file_type().is_symlink() {
         return Err(unsafe_path(
             dir,
@@ -138,12 +125,7 @@ pub(crate) fn ensure_state_dir(dir: &Path, mode: u32, project_owner: u32) -> Res
     let current = meta.permissions().mode() & 0o7777;
     if meta.uid() == euid() {
         if current != mode {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(
-                |source| Error::Io {
-                    context: format!("could not set the mode of `{}`", dir.display()),
-                    source,
-                },
-            )?;
+            set_mode(dir, mode)?;
         }
         return Ok(());
     }
@@ -167,6 +149,16 @@ pub(crate) fn ensure_state_dir(dir: &Path, mode: u32, project_owner: u32) -> Res
 /// a real directory, not a symlink, owned by us, writable by nobody else. Its mode is then
 /// set to `mode` exactly (the umask may have narrowed it).
 pub(crate) fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    let meta = made_or_there(dir, mode)?;
+    check_ours(dir, &meta, true)?;
+    if meta.permissions().mode() & 0o7777 != mode {
+        set_mode(dir, mode)?;
+    }
+    Ok(())
+}
+
+/// `dir` made with `mode` (its parent must exist) or already there: what `lstat` says of it.
+fn made_or_there(dir: &Path, mode: u32) -> Result<Metadata> {
     match DirBuilder::new().mode(mode).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -177,20 +169,21 @@ pub(crate) fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
             })
         }
     }
-    let meta = std::fs::symlink_metadata(dir).map_err(|source| Error::Io {
+    std::fs::symlink_metadata(dir).map_err(|source| Error::Io {
         context: format!("could not inspect `{}`", dir.display()),
         source,
-    })?;
-    check_ours(dir, &meta, true)?;
-    if meta.permissions().mode() & 0o7777 != mode {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-            Error::Io {
-                context: format!("could not set the mode of `{}`", dir.display()),
-                source,
-            }
-        })?;
-    }
-    Ok(())
+    })
+}
+
+/// Set `dir`'s mode to `mode` exactly (the umask may have narrowed it). Only on a directory
+/// just checked to be a real one of ours, in a parent nobody else can change.
+fn set_mode(dir: &Path, mode: u32) -> Result<()> {
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        Error::Io {
+            context: format!("could not set the mode of `{}`", dir.display()),
+            source,
+        }
+    })
 }
 
 /// Whether `meta` (from `lstat`) describes something of ours that nobody else can change.

@@ -11,21 +11,20 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use hitchserve::{Error as HsError, Logs};
+use hitchserve::{Error as HsError, Logs, Observer};
 use serde_json::{json, Value};
 
 use super::protocol::reply;
 use crate::config;
-use crate::one_service::Look;
 
 /// Stream log lines: the last N (or all), then, with follow or until, new ones.
-pub(super) fn logs(out: &mut UnixStream, bundle: &impl Look, req: &Value) -> std::io::Result<()> {
+pub(super) fn logs(out: &mut UnixStream, bundle: &Observer, req: &Value) -> std::io::Result<()> {
     let mut view: Logs = match req["service"].as_str() {
-        Some(name) => match bundle.handle(name) {
+        Some(name) => match bundle.service(name) {
             Ok(s) => s.logs(),
             Err(e) => return reply(out, &json!({"end": "error", "error": e.to_string()})),
         },
-        None => bundle.every_line(),
+        None => bundle.logs(),
     };
     match req["stream"].as_str() {
         Some("out") => view = view.out(),
@@ -150,7 +149,7 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &impl Look, req: &Value) -> std
             Err(HsError::WaitTimeout { .. }) if !peer_gone(out) => {}
             Err(HsError::WaitTimeout { .. }) => return Ok(()),
             Err(HsError::EndedWhileWaiting { .. }) if one_service => {
-                let whole = whole.get_or_insert_with(|| bundle.every_line().tail().lines_back(0));
+                let whole = whole.get_or_insert_with(|| bundle.logs().tail().lines_back(0));
                 // Any line may be its start; a second at most, for one logged before
                 // `whole` began.
                 match whole.next_line(Duration::from_secs(1)) {
@@ -264,7 +263,7 @@ fn finish(
 /// restart pending (at once, as the library's waits do). (For the whole bundle's lines,
 /// the wait is just `wait`.)
 fn across_restarts<T>(
-    bundle: &impl Look,
+    bundle: &Observer,
     req: &Value,
     timeout: Duration,
     mut wait: impl FnMut(Duration) -> hitchserve::Result<T>,
@@ -279,7 +278,7 @@ fn across_restarts<T>(
                 if one_service && !left.is_zero() && coming_back(bundle, req) =>
             {
                 // Stopped: wait for the bundle's next line (its start is one), then look again.
-                let whole = whole.get_or_insert_with(|| bundle.every_line().tail().lines_back(0));
+                let whole = whole.get_or_insert_with(|| bundle.logs().tail().lines_back(0));
                 match whole.next_line(left.min(Duration::from_secs(1))) {
                     Ok(_) | Err(HsError::WaitTimeout { .. }) => {}
                     Err(e) => return Err(e),
@@ -294,13 +293,13 @@ fn across_restarts<T>(
 /// a start is under way (also one not spawned yet: it ended the wait), or it was stopped by
 /// hand (`start` may come, as for `logs -f`).
 /// Not once it crashed (the library's own verdict): that is the end of its lines.
-fn coming_back(bundle: &impl Look, req: &Value) -> bool {
+fn coming_back(bundle: &Observer, req: &Value) -> bool {
     let Some(name) = req["service"].as_str() else {
         return false;
     };
     // (Running again already: its lines go on. Not started — a start by hand that failed
     // — has neither a process nor an exit: nothing will start it.)
-    bundle.handle(name).is_ok_and(|svc| {
+    bundle.service(name).is_ok_and(|svc| {
         svc.restart_pending()
             || svc.is_starting()
             || svc.pid().is_some()

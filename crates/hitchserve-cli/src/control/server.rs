@@ -57,7 +57,7 @@ pub(super) fn serve(
     let service = |key: &str| req[key].as_str().unwrap_or("").to_owned();
     let answer = match req["cmd"].as_str().unwrap_or("") {
         "status" => {
-            let mut status = one_service::status(bundle, cfg_ports);
+            let mut status = one_service::status(&bundle.observer(), cfg_ports);
             if let Some(leases) = shared {
                 status["shared"] = leases.status();
             }
@@ -183,7 +183,7 @@ pub(super) fn serve(
             }
             return Ok(());
         }
-        "logs" => return logs(&mut out, bundle, &req),
+        "logs" => return logs(&mut out, &bundle.observer(), &req),
         other => json!({"ok": false, "error": format!("unknown request `{other}`")}),
     };
     reply(&mut out, &answer)

@@ -170,6 +170,19 @@ pub fn helper_process(test: &str, env: &[(&str, &str)]) -> std::process::Command
     cmd
 }
 
+/// Run helper `test` (see [`helper_process`]) with `env` and check that it passed and
+/// printed `said` (the line it prints once its checks are done).
+pub fn helper_passes(test: &str, env: &[(&str, &str)], said: &str) {
+    let out = helper_process(test, env).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(said), "{text}");
+}
+
 /// A small tmpfs mounted for one test, unmounted (lazily: a service may still hold a file
 /// there) when dropped.
 pub struct Tmpfs {

@@ -425,19 +425,11 @@ fn jumps_from_several_threads_at_once_add_up() {
 /// it, also when `TZ` names a zone (it was UTC then: the zone database was not read).
 #[test]
 fn the_time_travel_line_shows_the_moment_in_the_local_zone() {
-    let out = crate::common::helper_process(
+    crate::common::helper_passes(
         "time_travel::helper_time_travel_line_in_tokyo",
         &[("TZ", "Asia/Tokyo")],
-    )
-    .output()
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+        "checked the line",
     );
-    assert!(text.contains("checked the line"), "{text}");
 }
 
 #[test]

@@ -1182,7 +1182,15 @@ fn status_of(p: &Project, name: &str) -> serde_json::Value {
 /// (not `.hitchserve/latest`: the log writer makes that link, in its own time).
 fn run_of(p: &Project, name: &str) -> String {
     let pid = status_of(p, name)["pid"].as_u64().unwrap();
-    let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = format!("/proc/{pid}/environ");
+    let mut env = std::fs::read(&environ).unwrap();
+    // A process in the middle of an exec (a shell's last command) shows an empty
+    // environment for a moment; the kernel has no event for its end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while env.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+        env = std::fs::read(&environ).unwrap();
+    }
     env.split(|&b| b == 0)
         .find_map(|v| v.strip_prefix(b"HITCHSERVE_RUN="))
         .map(|run| String::from_utf8_lossy(run).into_owned())

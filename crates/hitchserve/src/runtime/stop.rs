@@ -339,6 +339,7 @@ fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>) -> Vec<u32> {
     let mut out = Vec::new();
     let mut path = String::with_capacity(32);
     let mut buf = vec![0u8; 16 * 1024];
+    let mut stat_buf = Vec::with_capacity(1024);
     let finder = memchr::memmem::Finder::new(needle.as_bytes());
     for pid in candidates {
         if pid == me || ours.contains(&pid) {
@@ -351,15 +352,15 @@ fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>) -> Vec<u32> {
         let Ok(mut file) = std::fs::File::open(&path) else {
             continue;
         };
-        let mut len = 0;
-        loop {
-            if len == buf.len() {
-                buf.resize(buf.len() * 2, 0);
-            }
-            match std::io::Read::read(&mut file, &mut buf[len..]) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+        let mut len = read_all(&mut file, &mut buf);
+        // A process in the middle of an exec shows an empty environment for a moment (its
+        // new memory is in place, where its environment lies is not set yet): it could be
+        // ours, so look again until it is set — it is a matter of microseconds.
+        let exec_deadline = Instant::now() + EXEC_PATIENCE;
+        while len == 0 && Instant::now() < exec_deadline && is_mid_exec(pid, &mut stat_buf) {
+            std::thread::yield_now();
+            match std::fs::File::open(&path) {
+                Ok(mut again) => len = read_all(&mut again, &mut buf),
                 Err(_) => break,
             }
         }
@@ -374,6 +375,69 @@ fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>) -> Vec<u32> {
         }
     }
     out
+}
+
+/// How long the sweep looks again at a process that is in the middle of an exec.
+const EXEC_PATIENCE: Duration = Duration::from_millis(100);
+
+/// Read `file` whole into `buf` (grown as needed); returns the length read. A read error
+/// ends it (a process that died meanwhile shows what was read).
+fn read_all(file: &mut std::fs::File, buf: &mut Vec<u8>) -> usize {
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match std::io::Read::read(file, &mut buf[len..]) {
+            Ok(0) => return len,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return len,
+        }
+    }
+}
+
+/// Whether process `pid`, whose environment read empty, is in the middle of an exec (see
+/// [`stat_says_mid_exec`]). `buf` is reused from call to call.
+fn is_mid_exec(pid: u32, buf: &mut Vec<u8>) -> bool {
+    // Not `procfs`: this runs in the sweep's loop over every process, where the whole
+    // look is kept to an open and a read into a reused buffer.
+    buf.clear();
+    let Ok(mut file) = std::fs::File::open(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    if buf.capacity() == 0 {
+        buf.reserve(1024);
+    }
+    buf.resize(buf.capacity(), 0);
+    let len = read_all(&mut file, buf);
+    stat_says_mid_exec(&buf[..len])
+}
+
+/// From a `/proc/PID/stat` line: a process alive (not a zombie, not exiting), not a kernel
+/// thread, whose memory says nowhere where its environment ends — which only a process
+/// between the two halves of an exec shows (an empty environment of its own still has an
+/// end: its start). A process we may not look into shows 0 there too, but then its
+/// environment could not be read either, so it is not asked about.
+fn stat_says_mid_exec(stat: &[u8]) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    // The name (field 2) may hold spaces and parentheses: fields are counted after its
+    // last `)`.
+    let Some(close) = memchr::memrchr(b')', stat) else {
+        return false;
+    };
+    let Ok(rest) = std::str::from_utf8(&stat[close + 1..]) else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // fields[0] is field 3 (the state), so field N is fields[N - 3].
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    let state = fields.first().copied().unwrap_or("Z");
+    let (Some(flags), Some(env_end)) = (field(9), field(51)) else {
+        return false;
+    };
+    !matches!(state, "Z" | "X" | "x") && flags & (PF_EXITING | PF_KTHREAD) == 0 && env_end == 0
 }
 
 #[cfg(test)]
@@ -395,11 +459,9 @@ mod tests {
                 .expect("spawn sleep");
             // The spawn returns once exec has replaced the child's memory, a moment before
             // exec sets where its environment is: until then, /proc shows it empty.
-            let environ = format!("/proc/{}/environ", child.id());
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while std::fs::read(&environ).is_ok_and(|e| e.is_empty())
-                && std::time::Instant::now() < deadline
-            {
+            let mut buf = Vec::new();
+            while is_mid_exec(child.id(), &mut buf) && std::time::Instant::now() < deadline {
                 std::thread::yield_now();
             }
             Sleeper(child)
@@ -435,6 +497,39 @@ mod tests {
         );
         // Without a mark, every process is looked at.
         assert!(sweep(&run, None) >= 1);
+    }
+
+    /// Only a live user process with no end to its environment is in the middle of an
+    /// exec; kernel threads, zombies, exiting processes and a process whose environment is
+    /// empty (but set) are not waited on.
+    #[test]
+    fn the_sweep_looks_again_only_at_a_process_mid_exec() {
+        let line = |state: &str, flags: u64, env_end: u64| {
+            let mut fields = vec!["0".to_string(); 52];
+            fields[2] = state.to_string();
+            fields[8] = flags.to_string();
+            fields[50] = env_end.to_string();
+            format!("1234 (a (b) c) {}", fields[2..].join(" ")).into_bytes()
+        };
+        assert!(stat_says_mid_exec(&line("R", 0x40_0000, 0)));
+        assert!(stat_says_mid_exec(&line("D", 0, 0)));
+        assert!(!stat_says_mid_exec(&line(
+            "S",
+            0x40_0000,
+            140_733_913_993_195
+        )));
+        assert!(!stat_says_mid_exec(&line("S", 0x20_8040, 0)));
+        assert!(!stat_says_mid_exec(&line("Z", 0, 0)));
+        assert!(!stat_says_mid_exec(&line("R", 0x40_0044, 0)));
+        assert!(!stat_says_mid_exec(b"1234 (cut"));
+        assert!(!stat_says_mid_exec(b"1234 (short) S 1 2 3"));
+        // Real ones: this process, and a kernel thread (kthreadd is pid 2 on Linux).
+        let mut buf = Vec::new();
+        assert!(!is_mid_exec(std::process::id(), &mut buf));
+        assert!(!is_mid_exec(2, &mut buf));
+        // A process whose environment is empty is not waited on.
+        let empty = Sleeper::with(&[]);
+        assert!(!is_mid_exec(empty.0.id(), &mut buf));
     }
 
     #[test]

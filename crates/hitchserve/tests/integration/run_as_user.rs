@@ -77,7 +77,9 @@ fn a_service_run_as_another_user_does_not_get_the_tests_secrets() {
 fn helper_secret_environment() {
     let p = Project::new("run-as-env");
     let mut b = p.bundle();
-    let script = "echo READY; exec sleep 1000";
+    // No exec after READY (a shell execs its last command): a process in the middle of
+    // an exec shows an empty environment for a moment.
+    let script = "echo READY; while :; do sleep 1000; done";
     b.add(
         "Nobody",
         sh(script)

@@ -149,6 +149,35 @@ impl LogLine {
         }
     }
 
+    /// Make this line stand for another whole line (a waiting tail walks a batch with one
+    /// line it moves along, so a line it only looks at costs no reference counting).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub(crate) fn rebind(
+        &mut self,
+        seq: u64,
+        source: &Arc<Source>,
+        data: &Arc<Vec<u8>>,
+        start: u32,
+        len: u32,
+        newline: bool,
+        time: u64,
+    ) {
+        if !Arc::ptr_eq(&self.source, source) {
+            self.source = Arc::clone(source);
+        }
+        if !Arc::ptr_eq(&self.data, data) {
+            self.data = Arc::clone(data);
+        }
+        self.seq = seq;
+        self.start = start;
+        self.len = len;
+        self.newline = newline;
+        self.time = time;
+        self.lost = false;
+        self.shape = Shape::Whole;
+    }
+
     /// The start of a line that has not ended yet (`bytes`, from its `skip`th on), as a
     /// tail shows it.
     pub(crate) fn partial(

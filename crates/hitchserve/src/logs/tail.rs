@@ -225,6 +225,23 @@ impl Tail {
                     .next_batch(&self.logs.filter, &mut pos, &mut seen, deadline)
             };
             match batch {
+                store::read::Batch::Held(held) if self.taken.is_empty() => {
+                    if let Some((seq, hit)) = held.walk(|line| Some((line.seq(), found(line)?))) {
+                        self.pos = seq + 1;
+                        return Ok(hit);
+                    }
+                    self.pos = pos;
+                }
+                store::read::Batch::Held(held) => {
+                    for line in held.into_lines() {
+                        let line = rest_of(&mut self.taken, line);
+                        if let Some(hit) = found(&line) {
+                            self.pos = line.seq() + 1;
+                            return Ok(hit);
+                        }
+                    }
+                    self.pos = pos;
+                }
                 store::read::Batch::Lines(lines) => {
                     for line in lines {
                         let line = rest_of(&mut self.taken, line);
@@ -339,6 +356,9 @@ impl Iterator for Follow {
                 store::read::Batch::Lines(lines) => self
                     .pending
                     .extend(lines.into_iter().map(|l| rest_of(taken, l))),
+                store::read::Batch::Held(held) => self
+                    .pending
+                    .extend(held.into_lines().map(|l| rest_of(taken, l))),
                 store::read::Batch::Partials(partials) => self
                     .pending
                     .extend(partials.iter().filter_map(|p| unseen_part(taken, p, true))),

@@ -14,10 +14,136 @@ use super::*;
 /// What a waiter gets.
 pub(crate) enum Batch {
     Lines(Vec<LogLine>),
+    /// Lines held in memory, the usual case for a tail that keeps up: looked at through
+    /// [`Held::walk`] without a `LogLine` of its own each.
+    Held(Held),
     /// No line is waiting, but these lines have started (oldest publication first).
     Partials(Vec<Partial>),
     Ended,
     TimedOut,
+}
+
+/// Lines in memory handed to a waiter: the blocks and sources they are in (each once)
+/// and, per line, where.
+pub(crate) struct Held {
+    blocks: Vec<Arc<Vec<u8>>>,
+    sources: Vec<Arc<Source>>,
+    lines: Vec<HeldLine>,
+}
+
+/// Where one line of a [`Held`] batch is.
+struct HeldLine {
+    seq: u64,
+    time: u64,
+    start: u32,
+    len: u32,
+    /// Indexes into the batch's `blocks` and `sources`.
+    block: u16,
+    source: u16,
+    newline: bool,
+}
+
+impl Held {
+    fn new() -> Held {
+        Held {
+            blocks: Vec::new(),
+            sources: Vec::new(),
+            lines: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// Add line `i` of `inner` if it is an ordinary line held in memory (not one in pieces,
+    /// nor of a spilled block, nor kept after a failure); false if it is not.
+    #[inline]
+    fn push(&mut self, inner: &Inner, i: usize) -> bool {
+        let Known::Entry(e) = inner.index.known(i, |b| inner.blocks[b as usize].first) else {
+            return false;
+        };
+        if e.block == LONG {
+            return false;
+        }
+        let Some(data) = inner.blocks[e.block as usize].data.as_ref() else {
+            return false;
+        };
+        // A batch spans a few blocks and sources: the last one is almost always it.
+        let block = match self.blocks.iter().rposition(|b| Arc::ptr_eq(b, data)) {
+            Some(at) => at,
+            None => {
+                self.blocks.push(Arc::clone(data));
+                self.blocks.len() - 1
+            }
+        };
+        let source = &inner.sources[e.source as usize];
+        let source = match self.sources.iter().rposition(|s| Arc::ptr_eq(s, source)) {
+            Some(at) => at,
+            None => {
+                self.sources.push(Arc::clone(source));
+                self.sources.len() - 1
+            }
+        };
+        // (A batch holds at most `WAIT_BATCH` lines, so it has no more blocks or sources.)
+        self.lines.push(HeldLine {
+            seq: i as u64,
+            time: e.time,
+            start: e.start,
+            len: e.len,
+            block: block as u16,
+            source: source as u16,
+            newline: e.newline,
+        });
+        true
+    }
+
+    /// Line `l` of this batch as a `LogLine` of its own.
+    fn line(&self, l: &HeldLine) -> LogLine {
+        LogLine::new(
+            l.seq,
+            Arc::clone(&self.sources[l.source as usize]),
+            Arc::clone(&self.blocks[l.block as usize]),
+            l.start,
+            l.len,
+            l.newline,
+            l.time,
+        )
+    }
+
+    /// Look at each line in turn through one `LogLine` moved along the batch, until `f`
+    /// says to stop (`Some`); returns what it said.
+    pub(crate) fn walk<T>(&self, mut f: impl FnMut(&LogLine) -> Option<T>) -> Option<T> {
+        let mut lines = self.lines.iter();
+        let mut line = self.line(lines.next()?);
+        if let Some(hit) = f(&line) {
+            return Some(hit);
+        }
+        for l in lines {
+            line.rebind(
+                l.seq,
+                &self.sources[l.source as usize],
+                &self.blocks[l.block as usize],
+                l.start,
+                l.len,
+                l.newline,
+                l.time,
+            );
+            if let Some(hit) = f(&line) {
+                return Some(hit);
+            }
+        }
+        None
+    }
+
+    /// Each line as a `LogLine` of its own.
+    pub(crate) fn into_lines(self) -> impl Iterator<Item = LogLine> {
+        (0..self.lines.len()).map(move |i| self.line(&self.lines[i]))
+    }
 }
 
 /// A line picked under the lock, materialised after it (maybe from the file).
@@ -172,25 +298,30 @@ impl LogStore {
         loop {
             let end = inner.index.len();
             let mut picked = Vec::new();
-            // Lines still in memory, the usual case for a tail that keeps up, are made here
-            // at once (no `Picked`, no `materialise`): a batch of them ends at the first line
-            // that is not, and a batch of the others at the first that is.
-            let mut lines = Vec::new();
+            // Lines still in memory, the usual case for a tail that keeps up, are handed
+            // out as they are (no `Picked`, no `materialise`): a batch of them ends at the
+            // first line that is not, and a batch of the others at the first that is.
+            let mut held = Held::new();
             let mut i = *pos as usize;
-            while i < end && picked.len() + lines.len() < WAIT_BATCH {
+            while i < end && picked.len() + held.len() < WAIT_BATCH {
                 if filter.matches(&inner.sources[inner.index.source(i) as usize]) {
-                    match in_memory(&inner, i) {
-                        Some(line) if picked.is_empty() => lines.push(line),
-                        Some(_) => break,
-                        None if lines.is_empty() => picked.push(pick(&inner, i)),
-                        None => break,
+                    if !picked.is_empty() {
+                        if in_memory(&inner, i) {
+                            break;
+                        }
+                        picked.push(pick(&inner, i));
+                    } else if !held.push(&inner, i) {
+                        if !held.is_empty() {
+                            break;
+                        }
+                        picked.push(pick(&inner, i));
                     }
                 }
                 i += 1;
             }
             *pos = i as u64;
-            if !lines.is_empty() {
-                return Batch::Lines(lines);
+            if !held.is_empty() {
+                return Batch::Held(held);
             }
             if !picked.is_empty() {
                 let path = inner.files.clone();
@@ -325,26 +456,13 @@ impl LogStore {
     }
 }
 
-/// Line `i` made from memory, if it is an ordinary line held there (not one in pieces, nor
-/// of a spilled block, nor kept after a failure).
+/// Whether line `i` is an ordinary line held in memory (see [`Held::push`]).
 #[inline]
-fn in_memory(inner: &Inner, i: usize) -> Option<LogLine> {
-    let Known::Entry(e) = inner.index.known(i, |b| inner.blocks[b as usize].first) else {
-        return None;
-    };
-    if e.block == LONG {
-        return None;
+fn in_memory(inner: &Inner, i: usize) -> bool {
+    match inner.index.known(i, |b| inner.blocks[b as usize].first) {
+        Known::Entry(e) => e.block != LONG && inner.blocks[e.block as usize].data.is_some(),
+        Known::Old(..) => false,
     }
-    let data = inner.blocks[e.block as usize].data.as_ref()?;
-    Some(LogLine::new(
-        i as u64,
-        Arc::clone(&inner.sources[e.source as usize]),
-        Arc::clone(data),
-        e.start,
-        e.len,
-        e.newline,
-        e.time,
-    ))
 }
 
 #[inline]
@@ -463,5 +581,59 @@ fn read_back(file: Option<&std::fs::File>, from: u64, to: u64) -> Vec<u8> {
     match f.read_exact_at(&mut buf, from) {
         Ok(()) => buf,
         Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiter walks a batch through one line moved along it: each line it sees is the
+    /// line stored there (text, service, seq), across blocks and sources, and a batch
+    /// ends at the first line a filter leaves out of memory only.
+    #[test]
+    fn a_waiter_sees_each_line_of_a_batch_as_stored() {
+        let store = LogStore::new();
+        let a = store.source(Some(0), "A", Part::Main, Stream::Stdout);
+        let b = store.source(Some(1), "B", Part::Main, Stream::Stdout);
+        // Lines of 80 bytes: more than a block's worth, from both sources in turn.
+        let text = |i: usize| format!("{i:080}");
+        for i in 0..2_000 {
+            let line = text(i);
+            let source = if i % 3 == 0 { &b } else { &a };
+            store.append(source, &[(line.as_bytes(), End::Newline)], false);
+        }
+        let everything = Filter::service(None);
+        let want = store.select(&everything, 0, None);
+        let (mut pos, mut seen, mut got) = (0, 0, Vec::new());
+        while (pos as usize) < want.len() {
+            match store.next_batch(&everything, &mut pos, &mut seen, None) {
+                Batch::Held(held) => {
+                    let none: Option<()> = held.walk(|l| {
+                        got.push((l.seq(), l.service().to_owned(), l.text().into_owned()));
+                        None
+                    });
+                    assert!(none.is_none());
+                }
+                _ => panic!("lines in memory come as held"),
+            }
+        }
+        let want: Vec<_> = want
+            .iter()
+            .map(|l| (l.seq(), l.service().to_owned(), l.text().into_owned()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(got[3], (3, "B".to_owned(), text(3)));
+        // A walk stops at the first line that answers.
+        let mut pos = 0;
+        let Batch::Held(held) = store.next_batch(&everything, &mut pos, &mut 0, None) else {
+            panic!("lines in memory come as held");
+        };
+        assert_eq!(
+            held.walk(|l| (l.seq() == 7).then(|| l.text().into_owned())),
+            Some(text(7))
+        );
+        let lines: Vec<_> = held.into_lines().map(|l| l.seq()).collect();
+        assert_eq!(lines, (0..WAIT_BATCH as u64).collect::<Vec<_>>());
     }
 }

@@ -35,14 +35,17 @@ impl Sink {
         }
     }
 
-    /// Store and print lines from one source; returns them if `checking` or printed.
+    /// Store and print lines from one source; returns them if `checking` or printed. With
+    /// `wake`, tails waiting for them are woken now; without, the caller calls
+    /// `LogStore::wake_tails` once it has emitted what it has.
     pub(crate) fn emit(
         &self,
         source: &Arc<Source>,
         lines: &[(&[u8], End)],
         checking: bool,
+        wake: bool,
     ) -> Vec<LogLine> {
-        self.emit_as(source, lines, checking, false)
+        self.emit_as(source, lines, checking, false, wake)
     }
 
     /// `emit`; `loud`: printed in interactive mode too (the bundle's own warnings).
@@ -52,6 +55,7 @@ impl Sink {
         lines: &[(&[u8], End)],
         checking: bool,
         loud: bool,
+        wake: bool,
     ) -> Vec<LogLine> {
         if lines.is_empty() {
             return Vec::new();
@@ -65,7 +69,7 @@ impl Sink {
         if muted && source.service.is_some() {
             self.console.count_missed(lines.len());
         }
-        let stored = self.store.append(source, lines, checking || !muted);
+        let stored = self.store.append(source, lines, checking || !muted, wake);
         if !muted {
             self.console.print(&stored);
         }
@@ -78,7 +82,7 @@ impl Sink {
             .split('\n')
             .map(|l| (l.as_bytes(), End::Newline))
             .collect();
-        self.emit_as(source, &lines, false, loud);
+        self.emit_as(source, &lines, false, loud, true);
     }
 
     /// `[Hitch] msg`.
@@ -118,7 +122,7 @@ impl Sink {
                 Ok(0) => break,
                 Ok(n) => {
                     splitter.split(&buf[..n], |lines| {
-                        self.emit(source, lines, false);
+                        self.emit(source, lines, false, true);
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -126,7 +130,7 @@ impl Sink {
             }
         }
         if let Some(last) = splitter.finish() {
-            self.emit(source, &[(&last, End::Unterminated)], false);
+            self.emit(source, &[(&last, End::Unterminated)], false, true);
         }
     }
 }

@@ -457,8 +457,9 @@ impl<'a> StreamReader<'a> {
             Some(n) => {
                 let (runtime, source, who) = (self.runtime, self.source, self.who);
                 self.splitter.split(&buf[..n], |lines| {
-                    deliver(runtime, source, who, lines, checker);
+                    deliver(runtime, source, who, lines, checker, false);
                 });
+                runtime.sink.store.wake_tails();
                 self.partial_due = self
                     .splitter
                     .pending()
@@ -492,6 +493,7 @@ impl<'a> StreamReader<'a> {
                 self.who,
                 &[(&last, End::Unterminated)],
                 checker,
+                true,
             );
         }
     }
@@ -504,9 +506,10 @@ fn deliver(
     (idx, start): (usize, u32),
     lines: &[(&[u8], End)],
     checker: &Checker,
+    wake: bool,
 ) {
     let pending = checker.is_pending();
-    let stored = runtime.sink.emit(source, lines, pending);
+    let stored = runtime.sink.emit(source, lines, pending, wake);
     if !pending {
         return;
     }

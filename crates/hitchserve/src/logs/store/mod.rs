@@ -36,6 +36,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -201,6 +202,10 @@ pub(crate) struct Losses {
 pub(crate) struct LogStore {
     inner: Mutex<Inner>,
     grown: Condvar,
+    /// Lines were appended for sleeping tails without waking them (the reader wakes them
+    /// once it has stored all that one read brought: see `LogStore::wake_tails`). Set under
+    /// the lock, after the tails went to sleep on `grown`; read without it.
+    unwoken: AtomicBool,
     /// Notified when memory was released (lines reached all.log).
     relieved: Condvar,
 }
@@ -236,6 +241,7 @@ impl LogStore {
                 sleeping_tails: 0,
             }),
             grown: Condvar::new(),
+            unwoken: AtomicBool::new(false),
             relieved: Condvar::new(),
         }
     }

@@ -601,7 +601,7 @@ mod tests {
         for i in 0..2_000 {
             let line = text(i);
             let source = if i % 3 == 0 { &b } else { &a };
-            store.append(source, &[(line.as_bytes(), End::Newline)], false);
+            store.append(source, &[(line.as_bytes(), End::Newline)], false, true);
         }
         let everything = Filter::service(None);
         let want = store.select(&everything, 0, None);

@@ -115,12 +115,16 @@ impl LogStore {
     }
 
     /// Append lines from one source; returns them as stored if `want` (building them costs
-    /// time a fast producer would notice).
+    /// time a fast producer would notice). With `wake`, tails waiting for lines are woken
+    /// now; without, the caller calls [`LogStore::wake_tails`] once it has stored what it
+    /// has (a read of a chatty service's pipe is appended a group of lines at a time: one
+    /// wake-up for them all spares the tails and the reader a switch per group).
     pub(crate) fn append(
         &self,
         source: &Arc<Source>,
         lines: &[(&[u8], End)],
         want: bool,
+        wake: bool,
     ) -> Vec<LogLine> {
         if lines.is_empty() {
             return Vec::new();
@@ -211,12 +215,26 @@ impl LogStore {
             behind = over_bound(inner, written);
         }
         if inner.sleeping_tails > 0 {
-            self.grown.notify_all();
+            // (Woken before a wait for the writer too: the lines are there to see.)
+            if wake || behind {
+                self.grown.notify_all();
+            } else {
+                self.unwoken.store(true, Ordering::Relaxed);
+            }
         }
         if behind {
             self.wait_for_writer(guard);
         }
         stored
+    }
+
+    /// Wake the tails that lines appended without `wake` are for.
+    pub(crate) fn wake_tails(&self) {
+        // The tails were asleep when the flag was set (see `unwoken`): a notify without
+        // the lock reaches them.
+        if self.unwoken.swap(false, Ordering::Relaxed) {
+            self.grown.notify_all();
+        }
     }
 
     /// Show `bytes`, the start of a line `source` has not ended, to tails (replacing what

@@ -349,21 +349,10 @@ fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>) -> Vec<u32> {
         // (Writing to a String can't fail.)
         let _ = std::fmt::Write::write_fmt(&mut path, format_args!("/proc/{pid}/environ"));
         // Zombies and kernel threads have an empty environ: nothing to kill there.
-        let Ok(mut file) = std::fs::File::open(&path) else {
+        let Ok(file) = std::fs::File::open(&path) else {
             continue;
         };
-        let mut len = read_all(&mut file, &mut buf);
-        // A process in the middle of an exec shows an empty environment for a moment (its
-        // new memory is in place, where its environment lies is not set yet): it could be
-        // ours, so look again until it is set — it is a matter of microseconds.
-        let exec_deadline = Instant::now() + EXEC_PATIENCE;
-        while len == 0 && Instant::now() < exec_deadline && is_mid_exec(pid, &mut stat_buf) {
-            std::thread::yield_now();
-            match std::fs::File::open(&path) {
-                Ok(mut again) => len = read_all(&mut again, &mut buf),
-                Err(_) => break,
-            }
-        }
+        let len = read_environ(file, &path, pid, &mut buf, &mut stat_buf);
         let environ = &buf[..len];
         // A whole entry: at the start or after a NUL, and ending at a NUL or the end.
         let whole = finder.find_iter(environ).any(|at| {
@@ -380,13 +369,52 @@ fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>) -> Vec<u32> {
 /// How long the sweep looks again at a process that is in the middle of an exec.
 const EXEC_PATIENCE: Duration = Duration::from_millis(100);
 
+/// Read the environment of process `pid` into `buf` from `file` (its `/proc/PID/environ`,
+/// at `path`); returns its length.
+///
+/// An environment that reads empty is looked at again: a process in the middle of an exec
+/// shows none for a moment (its new memory is in place, where its environment lies is not
+/// set yet), and a read of a file opened before an exec finds the old memory gone. Either
+/// could be ours: read again, each time after `/proc/PID/stat` said what to expect — while
+/// the exec is under way, until its end (a matter of microseconds, `EXEC_PATIENCE` at
+/// most); once the environment is set, once more. A zombie, an exiting process, a kernel
+/// thread or a process whose environment is empty indeed is not looked at again.
+fn read_environ(
+    mut file: std::fs::File,
+    path: &str,
+    pid: u32,
+    buf: &mut Vec<u8>,
+    stat_buf: &mut Vec<u8>,
+) -> usize {
+    let len = read_all(&mut file, buf);
+    if len != 0 {
+        return len;
+    }
+    let deadline = Instant::now() + EXEC_PATIENCE;
+    loop {
+        let set = match environment_of(pid, stat_buf) {
+            Environment::None => return 0,
+            Environment::MidExec => false,
+            Environment::Set => true,
+        };
+        let len = match std::fs::File::open(path) {
+            Ok(mut again) => read_all(&mut again, buf),
+            Err(_) => return 0,
+        };
+        if len != 0 || set || Instant::now() >= deadline {
+            return len;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Read `file` whole into `buf` (grown as needed); returns the length read. A read error
 /// ends it (a process that died meanwhile shows what was read).
 fn read_all(file: &mut std::fs::File, buf: &mut Vec<u8>) -> usize {
     let mut len = 0;
     loop {
         if len == buf.len() {
-            buf.resize(buf.len() * 2, 0);
+            buf.resize(buf.len().max(1024) * 2, 0);
         }
         match std::io::Read::read(file, &mut buf[len..]) {
             Ok(0) => return len,
@@ -397,47 +425,61 @@ fn read_all(file: &mut std::fs::File, buf: &mut Vec<u8>) -> usize {
     }
 }
 
-/// Whether process `pid`, whose environment read empty, is in the middle of an exec (see
-/// [`stat_says_mid_exec`]). `buf` is reused from call to call.
-fn is_mid_exec(pid: u32, buf: &mut Vec<u8>) -> bool {
-    // Not `procfs`: this runs in the sweep's loop over every process, where the whole
-    // look is kept to an open and a read into a reused buffer.
-    buf.clear();
-    let Ok(mut file) = std::fs::File::open(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    if buf.capacity() == 0 {
-        buf.reserve(1024);
-    }
-    buf.resize(buf.capacity(), 0);
-    let len = read_all(&mut file, buf);
-    stat_says_mid_exec(&buf[..len])
+/// What `/proc/PID/stat` says of a process's environment.
+#[derive(Debug, PartialEq, Eq)]
+enum Environment {
+    /// None to look at: a zombie, an exiting process, a kernel thread, an environment that
+    /// is empty indeed — or no such process, or one we may not look into.
+    None,
+    /// The process is between the two halves of an exec: where its environment ends is not
+    /// set yet.
+    MidExec,
+    /// It has an environment with something in it.
+    Set,
 }
 
-/// From a `/proc/PID/stat` line: a process alive (not a zombie, not exiting), not a kernel
-/// thread, whose memory says nowhere where its environment ends — which only a process
-/// between the two halves of an exec shows (an empty environment of its own still has an
-/// end: its start). A process we may not look into shows 0 there too, but then its
-/// environment could not be read either, so it is not asked about.
-fn stat_says_mid_exec(stat: &[u8]) -> bool {
+/// What process `pid`'s `/proc/PID/stat` says of its environment. `buf` is reused from
+/// call to call.
+fn environment_of(pid: u32, buf: &mut Vec<u8>) -> Environment {
+    // Not `procfs`: this runs in the sweep's loop over every process, where the whole
+    // look is kept to an open and a read into a reused buffer.
+    let Ok(mut file) = std::fs::File::open(format!("/proc/{pid}/stat")) else {
+        return Environment::None;
+    };
+    let len = read_all(&mut file, buf);
+    environment_in_stat(&buf[..len])
+}
+
+/// [`environment_of`] from a `/proc/PID/stat` line. A process we may not look into shows
+/// 0 where its environment lies, but then its environment could not be opened either, so
+/// it is not asked about.
+fn environment_in_stat(stat: &[u8]) -> Environment {
     const PF_EXITING: u64 = 0x4;
     const PF_KTHREAD: u64 = 0x0020_0000;
     // The name (field 2) may hold spaces and parentheses: fields are counted after its
     // last `)`.
     let Some(close) = memchr::memrchr(b')', stat) else {
-        return false;
+        return Environment::None;
     };
     let Ok(rest) = std::str::from_utf8(&stat[close + 1..]) else {
-        return false;
+        return Environment::None;
     };
     let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
     // fields[0] is field 3 (the state), so field N is fields[N - 3].
     let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
     let state = fields.first().copied().unwrap_or("Z");
-    let (Some(flags), Some(env_end)) = (field(9), field(51)) else {
-        return false;
+    let (Some(flags), Some(env_start), Some(env_end)) = (field(9), field(50), field(51)) else {
+        return Environment::None;
     };
-    !matches!(state, "Z" | "X" | "x") && flags & (PF_EXITING | PF_KTHREAD) == 0 && env_end == 0
+    if matches!(state, "Z" | "X" | "x") || flags & (PF_EXITING | PF_KTHREAD) != 0 {
+        Environment::None
+    } else if env_end == 0 {
+        Environment::MidExec
+    } else if env_end == env_start {
+        Environment::None
+    } else {
+        Environment::Set
+    }
 }
 
 #[cfg(test)]
@@ -461,7 +503,9 @@ mod tests {
             // exec sets where its environment is: until then, /proc shows it empty.
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             let mut buf = Vec::new();
-            while is_mid_exec(child.id(), &mut buf) && std::time::Instant::now() < deadline {
+            while environment_of(child.id(), &mut buf) == Environment::MidExec
+                && std::time::Instant::now() < deadline
+            {
                 std::thread::yield_now();
             }
             Sleeper(child)
@@ -501,35 +545,84 @@ mod tests {
 
     /// Only a live user process with no end to its environment is in the middle of an
     /// exec; kernel threads, zombies, exiting processes and a process whose environment is
-    /// empty (but set) are not waited on.
+    /// empty indeed have none to look at again.
     #[test]
-    fn the_sweep_looks_again_only_at_a_process_mid_exec() {
-        let line = |state: &str, flags: u64, env_end: u64| {
+    fn the_sweep_looks_again_only_at_a_process_that_has_an_environment_to_show() {
+        use Environment::{MidExec, None, Set};
+        let line = |state: &str, flags: u64, env: (u64, u64)| {
             let mut fields = vec!["0".to_string(); 52];
             fields[2] = state.to_string();
             fields[8] = flags.to_string();
-            fields[50] = env_end.to_string();
+            fields[49] = env.0.to_string();
+            fields[50] = env.1.to_string();
             format!("1234 (a (b) c) {}", fields[2..].join(" ")).into_bytes()
         };
-        assert!(stat_says_mid_exec(&line("R", 0x40_0000, 0)));
-        assert!(stat_says_mid_exec(&line("D", 0, 0)));
-        assert!(!stat_says_mid_exec(&line(
-            "S",
-            0x40_0000,
-            140_733_913_993_195
-        )));
-        assert!(!stat_says_mid_exec(&line("S", 0x20_8040, 0)));
-        assert!(!stat_says_mid_exec(&line("Z", 0, 0)));
-        assert!(!stat_says_mid_exec(&line("R", 0x40_0044, 0)));
-        assert!(!stat_says_mid_exec(b"1234 (cut"));
-        assert!(!stat_says_mid_exec(b"1234 (short) S 1 2 3"));
-        // Real ones: this process, and a kernel thread (kthreadd is pid 2 on Linux).
+        let set = (140_733_913_991_721, 140_733_913_993_195);
+        assert_eq!(environment_in_stat(&line("R", 0x40_0000, (0, 0))), MidExec);
+        assert_eq!(environment_in_stat(&line("D", 0, (0, 0))), MidExec);
+        assert_eq!(environment_in_stat(&line("S", 0x40_0000, set)), Set);
+        assert_eq!(environment_in_stat(&line("S", 0, (set.1, set.1))), None);
+        assert_eq!(environment_in_stat(&line("S", 0x20_8040, (0, 0))), None);
+        assert_eq!(environment_in_stat(&line("Z", 0, (0, 0))), None);
+        assert_eq!(environment_in_stat(&line("R", 0x40_0044, (0, 0))), None);
+        assert_eq!(environment_in_stat(b"1234 (cut"), None);
+        assert_eq!(environment_in_stat(b"1234 (short) S 1 2 3"), None);
+        // Real ones: this process, and a process whose environment is empty.
         let mut buf = Vec::new();
-        assert!(!is_mid_exec(std::process::id(), &mut buf));
-        assert!(!is_mid_exec(2, &mut buf));
-        // A process whose environment is empty is not waited on.
+        assert_eq!(environment_of(std::process::id(), &mut buf), Set);
         let empty = Sleeper::with(&[]);
-        assert!(!is_mid_exec(empty.0.id(), &mut buf));
+        assert_eq!(environment_of(empty.0.id(), &mut buf), None);
+    }
+
+    /// The sweep opened a process's environment just before the process exec'd (a shell
+    /// running its last command): the read finds the old memory gone, and reads empty. The
+    /// sweep reads it again and finds the marker.
+    #[test]
+    fn the_sweep_finds_a_process_that_exec_d_as_it_was_looked_at() {
+        use std::io::Write;
+        let run = format!("sweep-exec-{}", std::process::id());
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "read x; exec /bin/sleep 1000"])
+            .env_clear()
+            .env(MARKER_VAR, &run)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id();
+        let comm = format!("/proc/{pid}/comm");
+        let mut stat_buf = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let settled = |stat_buf: &mut Vec<u8>| {
+            // (No event says an exec has ended: looked at until it has.)
+            while environment_of(pid, stat_buf) != Environment::Set && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+        };
+        settled(&mut stat_buf);
+        let path = format!("/proc/{pid}/environ");
+        let file = std::fs::File::open(&path).expect("open its environment");
+        child
+            .stdin
+            .as_mut()
+            .expect("piped")
+            .write_all(b"go\n")
+            .expect("let it exec");
+        while std::fs::read_to_string(&comm).is_ok_and(|c| c != "sleep\n")
+            && Instant::now() < deadline
+        {
+            std::thread::yield_now();
+        }
+        settled(&mut stat_buf);
+        let mut buf = Vec::new();
+        let len = read_environ(file, &path, pid, &mut buf, &mut stat_buf);
+        let _ = child.kill();
+        let _ = child.wait();
+        let needle = format!("{MARKER_VAR}={run}");
+        assert!(
+            memchr::memmem::find(&buf[..len], needle.as_bytes()).is_some(),
+            "{:?}",
+            String::from_utf8_lossy(&buf[..len])
+        );
     }
 
     #[test]

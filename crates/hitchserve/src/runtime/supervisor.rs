@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 
 use crate::exec::{ProcessGroup, ServiceChild};
 use crate::guardian;
-use crate::logs::{End, LineSplitter, Source};
+use crate::logs::{End, LineSplitter, LogStore, Source};
 use crate::plan::Sources;
 use crate::readiness::{Checker, Verdict};
 use crate::runtime::probe::probe_until_ready;
@@ -456,10 +456,12 @@ impl<'a> StreamReader<'a> {
             Some(0) => {}
             Some(n) => {
                 let (runtime, source, who) = (self.runtime, self.source, self.who);
+                // Tails are woken once for all the read's lines, also if delivering
+                // panicked on the way.
+                let _wake = WakeTails(&runtime.sink.store);
                 self.splitter.split(&buf[..n], |lines| {
                     deliver(runtime, source, who, lines, checker, false);
                 });
-                runtime.sink.store.wake_tails();
                 self.partial_due = self
                     .splitter
                     .pending()
@@ -496,6 +498,15 @@ impl<'a> StreamReader<'a> {
                 true,
             );
         }
+    }
+}
+
+/// Wakes the tails waiting for the lines stored without waking them, when dropped.
+struct WakeTails<'a>(&'a LogStore);
+
+impl Drop for WakeTails<'_> {
+    fn drop(&mut self) {
+        self.0.wake_tails();
     }
 }
 

@@ -31,6 +31,9 @@ pub(crate) struct Held {
     lines: Vec<HeldLine>,
 }
 
+// A batch's block and source indexes are `u16`: it has no more blocks or sources than lines.
+const _: () = assert!(WAIT_BATCH <= 1 << 16);
+
 /// Where one line of a [`Held`] batch is.
 struct HeldLine {
     seq: u64,

@@ -118,7 +118,9 @@ impl LogStore {
     /// time a fast producer would notice). With `wake`, tails waiting for lines are woken
     /// now; without, the caller calls [`LogStore::wake_tails`] once it has stored what it
     /// has (a read of a chatty service's pipe is appended a group of lines at a time: one
-    /// wake-up for them all spares the tails and the reader a switch per group).
+    /// wake-up for them all spares the tails and the reader a switch per group; the lines
+    /// of a read's first group then reach tails once the read's last is stored — one read,
+    /// 256 KiB at most, later).
     pub(crate) fn append(
         &self,
         source: &Arc<Source>,
@@ -219,7 +221,7 @@ impl LogStore {
             if wake || behind {
                 self.grown.notify_all();
             } else {
-                self.unwoken.store(true, Ordering::Relaxed);
+                self.unwoken.store(true, Ordering::Release);
             }
         }
         if behind {
@@ -232,7 +234,7 @@ impl LogStore {
     pub(crate) fn wake_tails(&self) {
         // The tails were asleep when the flag was set (see `unwoken`): a notify without
         // the lock reaches them.
-        if self.unwoken.swap(false, Ordering::Relaxed) {
+        if self.unwoken.swap(false, Ordering::AcqRel) {
             self.grown.notify_all();
         }
     }

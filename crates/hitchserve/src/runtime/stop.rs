@@ -394,6 +394,7 @@ fn read_environ(
     loop {
         let set = match environment_of(pid, stat_buf) {
             Environment::None => return 0,
+            Environment::InThreads => return read_through_threads(pid, buf),
             Environment::MidExec => false,
             Environment::Set => true,
         };
@@ -406,6 +407,23 @@ fn read_environ(
         }
         std::thread::yield_now();
     }
+}
+
+/// The environment of process `pid` whose first thread has ended (it shows none) while
+/// others run on, read through one of those.
+fn read_through_threads(pid: u32, buf: &mut Vec<u8>) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    for task in tasks.flatten() {
+        if let Ok(mut file) = std::fs::File::open(task.path().join("environ")) {
+            let len = read_all(&mut file, buf);
+            if len != 0 {
+                return len;
+            }
+        }
+    }
+    0
 }
 
 /// Read `file` whole into `buf` (grown as needed); returns the length read. A read error
@@ -436,6 +454,9 @@ enum Environment {
     MidExec,
     /// It has an environment with something in it.
     Set,
+    /// Its first thread has ended (a zombie, showing no environment) while others run on:
+    /// they show it.
+    InThreads,
 }
 
 /// What process `pid`'s `/proc/PID/stat` says of its environment. `buf` is reused from
@@ -468,10 +489,14 @@ fn environment_in_stat(stat: &[u8]) -> Environment {
     // fields[0] is field 3 (the state), so field N is fields[N - 3].
     let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
     let state = fields.first().copied().unwrap_or("Z");
-    let (Some(flags), Some(env_start), Some(env_end)) = (field(9), field(50), field(51)) else {
+    let (Some(flags), Some(threads), Some(env_start), Some(env_end)) =
+        (field(9), field(20), field(50), field(51))
+    else {
         return Environment::None;
     };
-    if matches!(state, "Z" | "X" | "x") || flags & (PF_EXITING | PF_KTHREAD) != 0 {
+    if state == "Z" && threads > 1 {
+        Environment::InThreads
+    } else if matches!(state, "Z" | "X" | "x") || flags & (PF_EXITING | PF_KTHREAD) != 0 {
         Environment::None
     } else if env_end == 0 {
         Environment::MidExec
@@ -548,11 +573,12 @@ mod tests {
     /// empty indeed have none to look at again.
     #[test]
     fn the_sweep_looks_again_only_at_a_process_that_has_an_environment_to_show() {
-        use Environment::{MidExec, None, Set};
+        use Environment::{InThreads, MidExec, None, Set};
         let line = |state: &str, flags: u64, env: (u64, u64)| {
             let mut fields = vec!["0".to_string(); 52];
             fields[2] = state.to_string();
             fields[8] = flags.to_string();
+            fields[19] = "1".to_string();
             fields[49] = env.0.to_string();
             fields[50] = env.1.to_string();
             format!("1234 (a (b) c) {}", fields[2..].join(" ")).into_bytes()
@@ -564,6 +590,9 @@ mod tests {
         assert_eq!(environment_in_stat(&line("S", 0, (set.1, set.1))), None);
         assert_eq!(environment_in_stat(&line("S", 0x20_8040, (0, 0))), None);
         assert_eq!(environment_in_stat(&line("Z", 0, (0, 0))), None);
+        let mut zombie_leader = String::from_utf8(line("Z", 0x40_0044, (0, 0))).unwrap();
+        zombie_leader = zombie_leader.replacen(" 0 1 0 ", " 0 3 0 ", 1);
+        assert_eq!(environment_in_stat(zombie_leader.as_bytes()), InThreads);
         assert_eq!(environment_in_stat(&line("R", 0x40_0044, (0, 0))), None);
         assert_eq!(environment_in_stat(b"1234 (cut"), None);
         assert_eq!(environment_in_stat(b"1234 (short) S 1 2 3"), None);

@@ -34,6 +34,17 @@ impl Project {
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.args(args).current_dir(&self.0).stdin(Stdio::null());
+        // The stop signals as a terminal gives them, whatever this test runner was given:
+        // the CLI keeps an ignored SIGINT it inherits (as `nohup` or `cmd &` leave it).
+        // SAFETY: `signal` is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+                for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+                Ok(())
+            });
+        }
         c
     }
 
@@ -305,12 +316,35 @@ fn marked(run: &str) -> Vec<u32> {
         .flatten()
         .filter_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let env = std::fs::read(e.path().join("environ")).ok()?;
+            let env = environ_of(pid)?;
             env.split(|&b| b == 0)
                 .any(|v| v == needle.as_bytes())
                 .then_some(pid)
         })
         .collect()
+}
+
+/// A process's environment. A process in the middle of an exec (a shell running its last
+/// command) shows an empty one for a moment: one whose `/proc/PID/stat` says so (alive, not
+/// a kernel thread, no end to its environment yet) is read again, for up to a second. A
+/// poll: nothing tells of another process's exec reaching its end.
+fn environ_of(pid: u32) -> Option<Vec<u8>> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let mid_exec = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+        let alive = !matches!(fields.first().copied(), Some("Z" | "X") | None);
+        Some(alive && field(9)? & PF_KTHREAD == 0 && field(51)? == 0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        if !env.is_empty() || mid_exec() != Some(true) || std::time::Instant::now() >= deadline {
+            return Some(env);
+        }
+        std::thread::yield_now();
+    }
 }
 
 fn wait_gone(pid: u32) -> bool {
@@ -910,8 +944,19 @@ fn logs_until_waits_through_a_stop_and_a_start_by_hand() {
         "[services.Late]\ncommand = [\"sh\", \"-c\", \"if [ -e second ]; then echo SECOND; fi; echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\n",
     );
     assert!(p.run(&["up", "--detach"]).status.success());
+    // Also the last lines: on a loaded machine the client may only attach once the new
+    // start has said SECOND (there is no event for its having attached).
     let logs = p
-        .cmd(&["logs", "Late", "--until", "SECOND", "--timeout", "60s"])
+        .cmd(&[
+            "logs",
+            "Late",
+            "--until",
+            "SECOND",
+            "-n",
+            "100",
+            "--timeout",
+            "60s",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1182,15 +1227,7 @@ fn status_of(p: &Project, name: &str) -> serde_json::Value {
 /// (not `.hitchserve/latest`: the log writer makes that link, in its own time).
 fn run_of(p: &Project, name: &str) -> String {
     let pid = status_of(p, name)["pid"].as_u64().unwrap();
-    let environ = format!("/proc/{pid}/environ");
-    let mut env = std::fs::read(&environ).unwrap();
-    // A process in the middle of an exec (a shell's last command) shows an empty
-    // environment for a moment; the kernel has no event for its end.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while env.is_empty() && std::time::Instant::now() < deadline {
-        std::thread::yield_now();
-        env = std::fs::read(&environ).unwrap();
-    }
+    let env = environ_of(pid as u32).expect("its environment");
     env.split(|&b| b == 0)
         .find_map(|v| v.strip_prefix(b"HITCHSERVE_RUN="))
         .map(|run| String::from_utf8_lossy(run).into_owned())

@@ -28,7 +28,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
@@ -110,7 +110,7 @@ const EMPTY_WAIT: Duration = Duration::from_secs(10);
 /// The guardian process and our end of its stdin.
 struct Running {
     child: Child,
-    stdin: ChildStdin,
+    stdin: std::fs::File,
     /// Readable once it has exited. `None` before Linux 5.3 (then it is only noticed at
     /// the next command).
     pidfd: Option<Arc<OwnedFd>>,
@@ -239,32 +239,49 @@ fn lock_placements() -> MutexGuard<'static, Placements> {
 }
 
 impl Guardian {
-    fn spawn(table: Option<&std::path::Path>) -> std::io::Result<Running> {
+    /// Start a guardian, with `first` in its stdin pipe before it runs (if the pipe holds
+    /// it, as it does in practice; returned if not, to be written once it runs): it can't
+    /// see the end of its input (our death) before it has read what it must watch.
+    fn spawn<'a>(
+        table: Option<&std::path::Path>,
+        first: &'a [u8],
+    ) -> std::io::Result<(Running, &'a [u8])> {
         debug_assert!(SCRIPT.contains(MARKER_VAR));
-        let mut child = Command::new("/bin/sh")
+        let (reader, stdin) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        let mut stdin = std::fs::File::from(stdin);
+        // Written only if it fits: with nobody reading yet, a write that does not would
+        // wait for ever.
+        let room = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_GETPIPE_SZ)
+            .map_or(0, |n| usize::try_from(n).unwrap_or(0));
+        let later = if first.len() <= room {
+            stdin.write_all(first)?;
+            &first[first.len()..]
+        } else {
+            first
+        };
+        let child = Command::new("/bin/sh")
             .arg("-c")
             .arg(SCRIPT)
             .arg("hitchserve-guardian")
             .args(table)
             .env_remove(MARKER_VAR)
-            .stdin(Stdio::piped())
+            .stdin(Stdio::from(reader))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             // Its own group, so a Ctrl-C meant for the test doesn't reach it first.
             .process_group(0)
             .current_dir("/")
             .spawn()?;
-        let stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| std::io::Error::other("no stdin pipe to the guardian"))?;
         // Unreaped, so the pid is still this child's.
         let pidfd = pidfd_open(child.id()).map(Arc::new);
-        Ok(Running {
-            child,
-            stdin,
-            pidfd,
-        })
+        Ok((
+            Running {
+                child,
+                stdin,
+                pidfd,
+            },
+            later,
+        ))
     }
 
     /// Start a new guardian (reaping a dead one) and tell it everything it must watch.
@@ -283,7 +300,6 @@ impl Guardian {
                 .ok()
                 .and_then(|dir| GroupTable::create(&dir).ok());
         }
-        let mut running = Self::spawn(self.table.as_ref().map(GroupTable::path))?;
         let mut replay = String::new();
         for g in &self.groups {
             replay.push_str(&format!("+g {g}\n"));
@@ -294,6 +310,8 @@ impl Guardian {
         for c in self.cgroups.values() {
             replay.push_str(&format!("+c {}\n", c.path().display()));
         }
+        let (mut running, later) =
+            Self::spawn(self.table.as_ref().map(GroupTable::path), replay.as_bytes())?;
         static HANDLERS: Once = Once::new();
         HANDLERS.call_once(|| {
             // SAFETY: registers a handler that only touches an atomic and closes a
@@ -306,7 +324,7 @@ impl Guardian {
         });
         // Known to the fork handler at once (a child forked during the replay lets go too).
         STDIN_FD.store(running.stdin.as_raw_fd(), Ordering::SeqCst);
-        if let Err(e) = running.stdin.write_all(replay.as_bytes()) {
+        if let Err(e) = running.stdin.write_all(later) {
             STDIN_FD.store(-1, Ordering::SeqCst);
             return Err(e);
         }
@@ -626,7 +644,7 @@ mod tests {
         let path = table.path().to_owned();
         // Ours is dropped below without removing the file: the guardian does.
         std::mem::forget(table);
-        let mut guardian = Guardian::spawn(Some(&path)).expect("spawn the guardian");
+        let (mut guardian, _) = Guardian::spawn(Some(&path), b"").expect("spawn the guardian");
         drop(guardian.stdin);
         let ended = guardian.child.wait().expect("the guardian ends");
         assert!(ended.success(), "{ended:?}");

@@ -366,8 +366,9 @@ fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>) -> Vec<u32> {
     out
 }
 
-/// How long the sweep looks again at a process that is in the middle of an exec.
-const EXEC_PATIENCE: Duration = Duration::from_millis(100);
+/// How long the sweep looks again at a process that is in the middle of an exec (a matter
+/// of microseconds, unless a loaded machine does not run it for a while).
+const EXEC_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Read the environment of process `pid` into `buf` from `file` (its `/proc/PID/environ`,
 /// at `path`); returns its length.

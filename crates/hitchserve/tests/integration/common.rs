@@ -11,6 +11,11 @@ use hitchserve::{Bundle, Service};
 /// Generous: the machine may be loaded; a wait only takes this long when something is wrong.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The startup timeout of a test's bundle: two Erlang nodes (RabbitMQ) or database servers
+/// booting side by side on a loaded 2-core machine take far longer than alone, and a
+/// longer timeout costs nothing when the startup succeeds.
+pub const STARTUP_PATIENCE: Duration = Duration::from_secs(120);
+
 /// A temporary project directory, removed on drop.
 pub struct Project {
     pub dir: PathBuf,
@@ -31,7 +36,7 @@ impl Project {
 
     pub fn bundle(&self) -> Bundle {
         Bundle::new(&self.dir)
-            .startup_timeout(PATIENCE)
+            .startup_timeout(STARTUP_PATIENCE)
             .shutdown_timeout(Duration::from_secs(10))
     }
 
@@ -108,12 +113,13 @@ pub fn is_alive(pid: u32) -> bool {
 
 /// A process's environment block. A process in the middle of an exec (a service's `sh`
 /// running `exec sleep` just after it printed READY) shows an empty one for a moment: a
-/// live user process with an empty one is looked at again, for up to 100 ms, so it
+/// live user process with an empty one is looked at again, for up to a second (a loaded
+/// machine may not run it for a while), so it
 /// is not taken for one without the marker. (Kernel threads and zombies have none.) A poll:
 /// nothing tells of another process's exec reaching its end.
 fn environ_of(pid: u32) -> Option<Vec<u8>> {
     const PF_KTHREAD: i64 = 0x0020_0000;
-    let deadline = std::time::Instant::now() + Duration::from_millis(100);
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
     loop {
         let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
         let settled = !env.is_empty()

@@ -394,7 +394,8 @@ fn app_whose_start_timed_out_in_setup(
     std::sync::mpsc::Receiver<()>,
 ) {
     use std::sync::{mpsc, Mutex};
-    let mut b = p.bundle().startup_timeout(Duration::from_secs(3));
+    // (Also the first, ordinary startup's timeout: long enough for a loaded machine.)
+    let mut b = p.bundle().startup_timeout(Duration::from_secs(10));
     let (let_go, wait) = mpsc::channel::<()>();
     let (returned, hook_returned) = mpsc::channel::<()>();
     let (wait, returned) = (Mutex::new(wait), Mutex::new(returned));
@@ -476,7 +477,8 @@ fn a_start_asked_while_a_called_off_start_sets_up_takes_it_back() {
 #[test]
 fn a_start_by_hand_that_times_out_calls_off_its_policys_restart() {
     let p = Project::new("fi-policy-timeout");
-    let b = p.bundle().startup_timeout(Duration::from_secs(3));
+    // (Also the first, ordinary startup's timeout: long enough for a loaded machine.)
+    let b = p.bundle().startup_timeout(Duration::from_secs(10));
     let policy = Restart::on_failure(5).backoff(Duration::from_secs(3600));
     let (b, flaky) = stopped_and_broken(&p, b, policy);
     // It exits at once; its policy's restart is an hour away: the start times out.

@@ -79,7 +79,8 @@ fn sigkilled_owner_leaves_no_process_behind() {
             "process {pid} outlived its killed owner"
         );
     }
-    assert!(marked_pids(&run).is_empty());
+    // A process forked late (the second sh's sleep) dies with its group, in its own time.
+    assert!(wait_for(PATIENCE, || marked_pids(&run).is_empty()));
 }
 
 /// A helper process that owns a bundle; killed on drop, so a failed test leaves no owner.
@@ -152,7 +153,8 @@ fn a_killed_guardian_is_replaced_and_still_cleans_up_after_a_killed_owner() {
     let p = Project::new("guardian-killed");
     let (mut owner, said) = start_owner("orphans::helper_bundle_owner", &p);
     let pids = marked_pids(&said["RUN"]);
-    assert!(pids.len() >= 5, "{pids:?}");
+    // (As above: the second sh's own sleep may not be forked yet.)
+    assert!(pids.len() >= 4, "{pids:?}");
 
     let first = guardian_of(owner.id()).expect("the owner has a guardian");
     nix::sys::signal::kill(
@@ -176,7 +178,7 @@ fn a_killed_guardian_is_replaced_and_still_cleans_up_after_a_killed_owner() {
             "process {pid} outlived its killed owner and guardian"
         );
     }
-    assert!(marked_pids(&said["RUN"]).is_empty());
+    assert!(wait_for(PATIENCE, || marked_pids(&said["RUN"]).is_empty()));
 }
 
 /// The groups the guardian of this test process would kill if it died, read from the table

@@ -10,7 +10,9 @@
 //! `+g PGID` / `-g PGID` lines once the table is full. End of file on stdin means our
 //! process is gone: it then kills every watched cgroup, SIGKILLs every watched group, kills
 //! every process whose `/proc/*/environ` carries a watched run's marker (which finds processes
-//! that left their group: setsid, double fork) and removes the cgroups.
+//! that left their group: setsid, double fork; until two looks 50 ms apart find none, as a
+//! process in the middle of an exec shows no environment for a moment) and removes the
+//! cgroups. A new guardian finds what it must watch in its stdin before it runs.
 //!
 //! One thread per process (not per bundle), the watcher, sleeps in `poll` on the guardian's
 //! pidfd: if the guardian dies (killed by someone, the OOM killer), it starts a new one at
@@ -86,10 +88,13 @@ fi
 set --
 for r in $runs; do set -- "$@" -e "HITCHSERVE_RUN=$r"; done
 if [ $# -gt 0 ]; then
-  i=0
+  i=0; none=0
   while [ $i -lt 50 ]; do
     found=$(grep -lsxzF "$@" /proc/[0-9]*/environ)
-    [ -n "$found" ] || break
+    if [ -z "$found" ]; then
+      none=$((none+1)); [ $none -lt 2 ] || break; sleep 0.05; continue
+    fi
+    none=0
     for f in $found; do p=${f#/proc/}; kill -s KILL "${p%/environ}" 2>/dev/null; done
     i=$((i+1))
   done

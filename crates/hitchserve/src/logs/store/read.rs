@@ -627,6 +627,23 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         assert_eq!(got[3], (3, "B".to_owned(), text(3)));
+        // A filter leaves the other source's lines out of the batch, not its seqs.
+        let only_b = Filter::service(Some(1));
+        let (mut pos, mut b_lines) = (0, Vec::new());
+        // (A deadline of now: past the last line of B, the wait ends rather than waits.)
+        while let Batch::Held(held) =
+            store.next_batch(&only_b, &mut pos, &mut 0, Some(Instant::now()))
+        {
+            held.walk(|l| {
+                b_lines.push((l.seq(), l.service().to_owned()));
+                None::<()>
+            });
+        }
+        let want_b: Vec<_> = (0..2_000u64)
+            .filter(|i| i % 3 == 0)
+            .map(|i| (i, "B".to_owned()))
+            .collect();
+        assert_eq!(b_lines, want_b);
         // A walk stops at the first line that answers.
         let mut pos = 0;
         let Batch::Held(held) = store.next_batch(&everything, &mut pos, &mut 0, None) else {

@@ -13,6 +13,28 @@ REPO = pathlib.Path(__file__).resolve().parents[3]
 PATIENCE = 60.0
 
 
+def gone(pids: "list[int]") -> bool:
+    """Whether every one of these processes has ended (waiting for it, generously)."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=PATIENCE)
+
+    def ended(p: "psutil.Process") -> bool:
+        # A zombie has ended; only its parent (init, or a subreaper) has not reaped it yet.
+        try:
+            return not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    return all(ended(p) for p in alive)
+
+
 def py(code: str) -> list:
     """The command of a service that runs this Python code (unbuffered)."""
     return [sys.executable, "-u", "-c", textwrap.dedent(code)]

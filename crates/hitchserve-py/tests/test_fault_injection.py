@@ -6,11 +6,10 @@ import signal
 import socket
 import textwrap
 
-import psutil
 import pytest
 
 import hitchserve
-from conftest import PATIENCE, READY_THEN_WAIT, interrupt_when_armed, py
+from conftest import PATIENCE, READY_THEN_WAIT, gone, interrupt_when_armed, py
 
 # Answers each connection's one line with its pid and that line, one connection at a time.
 # (No braces in it: the command is a template, `{port.line}` is the port.)
@@ -47,19 +46,6 @@ def ask(port, text, timeout=PATIENCE):
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
         conn.sendall(text.encode() + b"\n")
         return conn.makefile("rb").readline().decode()
-
-
-def gone(pids):
-    """Whether every one of these processes has ended (waiting for it, generously)."""
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=PATIENCE)
-    # A zombie has ended; only its parent (init, or a subreaper) has not reaped it yet.
-    return all(p.status() == psutil.STATUS_ZOMBIE for p in alive if p.is_running())
 
 
 def test_a_restart_keeps_the_port_and_a_client_reconnects_to_the_new_process(service_bundle):

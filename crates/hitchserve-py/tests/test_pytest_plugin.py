@@ -5,6 +5,7 @@ import os
 import re
 
 import pytest
+from conftest import gone
 
 INNER = '''
 import sys
@@ -89,9 +90,7 @@ def test_each_xdist_worker_gets_its_own_bundle_and_ports_and_stops_it(pytester):
     found = re.findall(r"PORT (\d+) PID (\d+)", result.stdout.str())
     assert len(found) == 2, result.stdout.str()
     assert found[0][0] != found[1][0]
-    import psutil
-    for _, pid in found:
-        assert not psutil.pid_exists(int(pid)) or psutil.Process(int(pid)).status() == psutil.STATUS_ZOMBIE
+    assert gone([int(pid) for _, pid in found])
 
 
 

@@ -118,7 +118,8 @@ if child == 0:
         os._exit(0)
 sys.stderr.write("FORKED\\n")
 fd = os.pidfd_open(child)
-ended = bool(select.select([fd], [], [], 20)[0])
+# (Longer than the child's own startup timeout: a loaded machine may take that long.)
+ended = bool(select.select([fd], [], [], 120)[0])
 if not ended:
     os.kill(child, signal.SIGKILL)
 os.waitpid(child, 0)

@@ -4,11 +4,10 @@ Python process that gets a real SIGINT; and waiting for an embedded IPython kern
 import os
 import textwrap
 
-import psutil
 import pytest
 
 import hitchserve
-from conftest import PATIENCE, interrupt_when_armed, py
+from conftest import PATIENCE, gone, interrupt_when_armed, py
 
 # The child prints ARMED just before the blocking call; a wait that did not answer Ctrl-C
 # would run into its 120 s timeout, past the parent's patience.
@@ -71,7 +70,7 @@ def test_ctrl_c_during_shutdown_kills_what_is_left_at_once(tmp_path):
     # Not the end of the 30 s grace: the stop was cut short.
     assert "had not stopped when the stop was interrupted: killed with SIGKILL" in out + err
     pid = int(next(l for l in err.splitlines() if l.startswith("PID ")).split()[1])
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert gone([pid])
 
 
 KERNEL = """

@@ -3,7 +3,8 @@
 //! stream of line objects ended by an `end` object.
 //!
 //! Owns the streaming, the wait that goes on across a service's stop and start, and the
-//! count of open follow streams that `up` waits on before it exits. Invariant: a stream
+//! count of open streams and requests being answered (`OpenStream`) that `up` waits on
+//! before it exits. Invariant: a stream
 //! ends with one `end` object unless the client left first; a follower whose client hung
 //! up is noticed within a second, even while the bundle is quiet.
 
@@ -195,12 +196,12 @@ fn logs_numbers(req: &Value) -> Result<(Duration, Option<usize>), String> {
     Ok((timeout, back))
 }
 
-/// `logs --follow` streams still being served: `up` lets them send their last line
-/// before it exits.
+/// `logs --follow` streams still being served, and requests still being answered: `up`
+/// lets them send their last line (their answer) before it exits.
 static OPEN_STREAMS: (std::sync::Mutex<usize>, std::sync::Condvar) =
     (std::sync::Mutex::new(0), std::sync::Condvar::new());
 
-/// Counts one open stream while it lives.
+/// Counts one open stream (or request being answered) while it lives.
 pub(super) struct OpenStream;
 
 impl OpenStream {

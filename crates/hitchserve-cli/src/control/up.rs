@@ -203,7 +203,12 @@ pub fn up(
                     Arc::clone(&cfg_ports),
                     observer.clone(),
                 );
+                // Counted from its acceptance: `up` waits for its answer before it exits (a
+                // `release` that ended the last lease of a bundle stopping when idle got
+                // none, the bundle stopped and gone before its thread answered).
+                let open = OpenStream::new();
                 std::thread::spawn(move || {
+                    let _open = open;
                     let _ = match live.get() {
                         Some((bundle, leases)) => {
                             serve(conn, bundle, &stop_tx, &cfg_ports, leases.as_ref())
@@ -325,7 +330,8 @@ pub fn up(
     for mut asker in first.into_iter().chain(stop_rx.try_iter().flatten()) {
         let _ = reply(&mut asker, &verdict);
     }
-    // Followers learn that the logs ended; give them the moment to say so.
+    // Followers learn that the logs ended, requests under way get their answers: give them
+    // the moment to say so.
     OpenStream::wait_all(Duration::from_secs(5));
     drop(_socket_file);
     drop(lock);

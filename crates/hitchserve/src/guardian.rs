@@ -9,8 +9,9 @@
 //! groups it finds in a table we keep in memory (`table`: changing it wakes nobody), or as
 //! `+g PGID` / `-g PGID` lines once the table is full. End of file on stdin means our
 //! process is gone: it then kills every watched cgroup, SIGKILLs every watched group, kills
-//! every process whose `/proc/*/environ` carries a watched run's marker (which finds processes
-//! that left their group: setsid, double fork; until two looks 50 ms apart find none, as a
+//! every process whose environment carries a watched run's marker (which finds processes
+//! that left their group: setsid, double fork; read through each thread, as a process whose
+//! first thread has ended shows none of its own; until two looks 50 ms apart find none, as a
 //! process in the middle of an exec shows no environment for a moment) and removes the
 //! cgroups. A new guardian finds what it must watch in its stdin before it runs.
 //!
@@ -90,12 +91,12 @@ for r in $runs; do set -- "$@" -e "HITCHSERVE_RUN=$r"; done
 if [ $# -gt 0 ]; then
   i=0; none=0
   while [ $i -lt 50 ]; do
-    found=$(grep -lsxzF "$@" /proc/[0-9]*/environ)
+    found=$(grep -lsxzF "$@" /proc/[0-9]*/task/[0-9]*/environ)
     if [ -z "$found" ]; then
       none=$((none+1)); [ $none -lt 2 ] || break; sleep 0.05; continue
     fi
     none=0
-    for f in $found; do p=${f#/proc/}; kill -s KILL "${p%/environ}" 2>/dev/null; done
+    for f in $found; do p=${f#/proc/}; kill -s KILL "${p%%/*}" 2>/dev/null; done
     i=$((i+1))
   done
 fi
@@ -243,17 +244,73 @@ fn lock_placements() -> MutexGuard<'static, Placements> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
+/// Register, once, the fork handler that lets a child go of our end of the guardian's
+/// stdin and the exit handler that tells the guardian we end.
+fn install_handlers() {
+    static HANDLERS: Once = Once::new();
+    HANDLERS.call_once(|| {
+        // SAFETY: registers a handler that only touches an atomic and closes a descriptor
+        // (see `close_guardian_stdin_in_child`), and one that runs at a normal exit, on the
+        // exiting thread, and never blocks (`tell_at_exit`).
+        unsafe {
+            libc::pthread_atfork(None, None, Some(close_guardian_stdin_in_child));
+            libc::atexit(tell_at_exit);
+        }
+    });
+}
+
 impl Guardian {
     /// Start a guardian, with `first` in its stdin pipe before it runs (if the pipe holds
     /// it, as it does in practice; returned if not, to be written once it runs): it can't
-    /// see the end of its input (our death) before it has read what it must watch.
+    /// see the end of its input (our death) before it has read what it must watch. With
+    /// `ours`, it is this process's guardian: our end of its stdin is known to the fork
+    /// handler from the moment it exists (a child forked without exec lets go of it).
     fn spawn<'a>(
         table: Option<&std::path::Path>,
         first: &'a [u8],
+        ours: bool,
     ) -> std::io::Result<(Running, &'a [u8])> {
         debug_assert!(SCRIPT.contains(MARKER_VAR));
+        if ours {
+            install_handlers();
+        }
         let (reader, stdin) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let mut stdin = std::fs::File::from(stdin);
+        if ours {
+            STDIN_FD.store(stdin.as_raw_fd(), Ordering::SeqCst);
+        }
+        let started = Self::start(table, first, &mut stdin, reader);
+        match started {
+            Ok((child, later)) => {
+                // Unreaped, so the pid is still this child's.
+                let pidfd = pidfd_open(child.id()).map(Arc::new);
+                Ok((
+                    Running {
+                        child,
+                        stdin,
+                        pidfd,
+                    },
+                    later,
+                ))
+            }
+            Err(e) => {
+                if ours {
+                    // Before our end closes: its number may be reused.
+                    STDIN_FD.store(-1, Ordering::SeqCst);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The guardian process of `spawn`, `first` written to its stdin (`stdin`, with `reader`
+    /// the other end) before it runs if it fits; what is left to write.
+    fn start<'a>(
+        table: Option<&std::path::Path>,
+        first: &'a [u8],
+        stdin: &mut std::fs::File,
+        reader: OwnedFd,
+    ) -> std::io::Result<(Child, &'a [u8])> {
         // Written only if it fits: with nobody reading yet, a write that does not would
         // wait for ever.
         let room = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_GETPIPE_SZ)
@@ -277,16 +334,7 @@ impl Guardian {
             .process_group(0)
             .current_dir("/")
             .spawn()?;
-        // Unreaped, so the pid is still this child's.
-        let pidfd = pidfd_open(child.id()).map(Arc::new);
-        Ok((
-            Running {
-                child,
-                stdin,
-                pidfd,
-            },
-            later,
-        ))
+        Ok((child, later))
     }
 
     /// Start a new guardian (reaping a dead one) and tell it everything it must watch.
@@ -315,20 +363,11 @@ impl Guardian {
         for c in self.cgroups.values() {
             replay.push_str(&format!("+c {}\n", c.path().display()));
         }
-        let (mut running, later) =
-            Self::spawn(self.table.as_ref().map(GroupTable::path), replay.as_bytes())?;
-        static HANDLERS: Once = Once::new();
-        HANDLERS.call_once(|| {
-            // SAFETY: registers a handler that only touches an atomic and closes a
-            // descriptor (see `close_guardian_stdin_in_child`), and one that runs at a
-            // normal exit, on the exiting thread, and never blocks (`tell_at_exit`).
-            unsafe {
-                libc::pthread_atfork(None, None, Some(close_guardian_stdin_in_child));
-                libc::atexit(tell_at_exit);
-            }
-        });
-        // Known to the fork handler at once (a child forked during the replay lets go too).
-        STDIN_FD.store(running.stdin.as_raw_fd(), Ordering::SeqCst);
+        let (mut running, later) = Self::spawn(
+            self.table.as_ref().map(GroupTable::path),
+            replay.as_bytes(),
+            true,
+        )?;
         if let Err(e) = running.stdin.write_all(later) {
             STDIN_FD.store(-1, Ordering::SeqCst);
             return Err(e);
@@ -649,7 +688,8 @@ mod tests {
         let path = table.path().to_owned();
         // Ours is dropped below without removing the file: the guardian does.
         std::mem::forget(table);
-        let (mut guardian, _) = Guardian::spawn(Some(&path), b"").expect("spawn the guardian");
+        let (mut guardian, _) =
+            Guardian::spawn(Some(&path), b"", false).expect("spawn the guardian");
         drop(guardian.stdin);
         let ended = guardian.child.wait().expect("the guardian ends");
         assert!(ended.success(), "{ended:?}");

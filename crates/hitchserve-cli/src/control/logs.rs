@@ -3,8 +3,8 @@
 //! stream of line objects ended by an `end` object.
 //!
 //! Owns the streaming, the wait that goes on across a service's stop and start, and the
-//! count of open streams and requests being answered (`OpenStream`) that `up` waits on
-//! before it exits. Invariant: a stream
+//! count of open streams and requests being answered (`OpenStream`, counted by the server
+//! for every request but a dump of logs) that `up` waits on before it exits. Invariant: a stream
 //! ends with one `end` object unless the client left first; a follower whose client hung
 //! up is noticed within a second, even while the bundle is quiet.
 

@@ -19,7 +19,7 @@ use hitchserve::{Bundle, Error as HsError, Observer};
 use serde_json::{json, Value};
 
 use super::leases::{differences, Definition, Leases, STOPPING};
-use super::logs::logs;
+use super::logs::{logs, OpenStream};
 use super::protocol::reply;
 use crate::config;
 use crate::one_service::{self, ServiceInfo};
@@ -38,6 +38,11 @@ pub(super) fn serve(
     let Some((mut out, req)) = read_request(conn)? else {
         return Ok(());
     };
+    // Counted once read, until answered: `up` waits for the answer before it exits (a
+    // `release` that ended the last lease of a bundle stopping when idle got none, the
+    // bundle stopped and gone before this thread answered). Not a client that sends
+    // nothing, nor a dump of logs: they would hold up every `down`.
+    let _answering = (req["cmd"].as_str() != Some("logs")).then(OpenStream::new);
     // A holder of a shared bundle names the run it attached to: another run (the bundle
     // was stopped, and maybe started again since) is not the one it holds.
     if let Some(run) = req["run"].as_str() {

@@ -203,12 +203,7 @@ pub fn up(
                     Arc::clone(&cfg_ports),
                     observer.clone(),
                 );
-                // Counted from its acceptance: `up` waits for its answer before it exits (a
-                // `release` that ended the last lease of a bundle stopping when idle got
-                // none, the bundle stopped and gone before its thread answered).
-                let open = OpenStream::new();
                 std::thread::spawn(move || {
-                    let _open = open;
                     let _ = match live.get() {
                         Some((bundle, leases)) => {
                             serve(conn, bundle, &stop_tx, &cfg_ports, leases.as_ref())

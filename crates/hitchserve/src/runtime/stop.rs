@@ -348,11 +348,19 @@ fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>) -> Vec<u32> {
         path.clear();
         // (Writing to a String can't fail.)
         let _ = std::fmt::Write::write_fmt(&mut path, format_args!("/proc/{pid}/environ"));
-        // Zombies and kernel threads have an empty environ: nothing to kill there.
-        let Ok(file) = std::fs::File::open(&path) else {
-            continue;
+        // Zombies and kernel threads have an empty environ: nothing to kill there. A
+        // process whose first thread has ended while others run on is a zombie too, whose
+        // environ recent kernels don't open (ESRCH): read through its other threads.
+        let len = match std::fs::File::open(&path) {
+            Ok(file) => read_environ(file, &path, pid, &mut buf, &mut stat_buf),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ESRCH)
+                    && environment_of(pid, &mut stat_buf) == Environment::InThreads =>
+            {
+                read_through_threads(pid, &mut buf)
+            }
+            Err(_) => continue,
         };
-        let len = read_environ(file, &path, pid, &mut buf, &mut stat_buf);
         let environ = &buf[..len];
         // A whole entry: at the start or after a NUL, and ending at a NUL or the end.
         let whole = finder.find_iter(environ).any(|at| {
@@ -406,7 +414,9 @@ fn read_environ(
         if len != 0 || set || Instant::now() >= deadline {
             return len;
         }
-        std::thread::yield_now();
+        // (A sleep, not a spin: on a loaded machine the spin would take the CPU from the
+        // very process whose exec it waits for.)
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 
@@ -653,6 +663,49 @@ mod tests {
             "{:?}",
             String::from_utf8_lossy(&buf[..len])
         );
+    }
+
+    /// A process whose first thread has ended while another runs on (a zombie leader:
+    /// `pthread_exit` in `main`) is found through that other thread.
+    #[test]
+    fn the_sweep_finds_a_process_whose_first_thread_has_ended() {
+        const SOURCE: &str = "#include <pthread.h>\n#include <unistd.h>\n\
+            static void *go_on(void *a) { (void)a; sleep(1000); return 0; }\n\
+            int main(void) { pthread_t t; pthread_create(&t, 0, go_on, 0); pthread_exit(0); }\n";
+        let dir = std::env::temp_dir().join(format!("hitchserve-zleader-{}", std::process::id()));
+        // (Made, never found: a directory planted there makes the test fail, not run it.)
+        std::fs::create_dir(&dir).expect("a fresh directory");
+        let (src, bin) = (dir.join("z.c"), dir.join("z"));
+        std::fs::write(&src, SOURCE).expect("write the program");
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+        let built = Command::new(cc)
+            .args(["-pthread", "-o"])
+            .arg(&bin)
+            .arg(&src)
+            .output()
+            .expect("a C compiler (CI installs one)");
+        assert!(built.status.success(), "{built:?}");
+        let run = format!("sweep-zleader-{}", std::process::id());
+        let mut child = Command::new(&bin)
+            .env_clear()
+            .env(MARKER_VAR, &run)
+            .spawn()
+            .expect("spawn it");
+        let pid = child.id();
+        let mut stat_buf = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // (No event says a thread has ended: looked at until it has.)
+        while environment_of(pid, &mut stat_buf) != Environment::InThreads
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let needle = format!("{MARKER_VAR}={run}");
+        let found = marked_pids(&needle, std::process::id(), None);
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(found, [pid]);
     }
 
     #[test]

@@ -591,6 +591,27 @@ fn read_back(file: Option<&std::fs::File>, from: u64, to: u64) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// Lines appended as one group are copied into blocks a run at a time: across block
+    /// ends, around a line bigger than a block, and back, each reads back as written.
+    #[test]
+    fn a_group_of_lines_reads_back_as_written_across_blocks() {
+        let store = LogStore::new();
+        let a = store.source(Some(0), "A", Part::Main, Stream::Stdout);
+        let text = |i: usize| match i {
+            500 => "x".repeat(BLOCK + 10),
+            _ => format!("{i:0w$}", w = 1 + i % 200),
+        };
+        let lines: Vec<String> = (0..3_000).map(text).collect();
+        let group: Vec<(&[u8], End)> = lines.iter().map(|l| (l.as_bytes(), End::Newline)).collect();
+        store.append(&a, &group, false, true);
+        let got: Vec<String> = store
+            .select(&Filter::service(None), 0, None)
+            .iter()
+            .map(|l| l.text().into_owned())
+            .collect();
+        assert_eq!(got, lines);
+    }
+
     /// A waiter walks a batch through one line moved along it: each line it sees is the
     /// line stored there (text, service, seq), across blocks and sources, and a batch
     /// ends at the first line a filter leaves out of memory only.

@@ -154,29 +154,36 @@ impl LogStore {
                 rest = &lines[1..];
             }
         }
-        for &(bytes, end) in rest {
-            let newline = end == End::Newline;
-            let (block, start) = put(inner, bytes);
-            let file = if writing {
-                let prefix = &inner.prefixes[source.id as usize];
-                render(&mut rendered, &mut inner.file_pos, prefix, bytes)
-            } else {
-                if inner.failure.is_some() {
-                    inner.unwritten.0 += 1;
-                    inner.unwritten.1 += bytes.len() as u64;
-                }
-                NO_FILE
-            };
-            note_file_range(&mut inner.blocks[block as usize], file, bytes.len() as u32);
-            inner.index.push(Entry {
-                block,
-                start,
-                len: bytes.len() as u32,
-                source: source.id,
-                newline,
-                file,
-                time,
-            });
+        // Copied into blocks a run at a time (see `place`), then indexed line by line.
+        let mut placed = [(0, 0); RUN];
+        let mut next = 0;
+        while next < rest.len() {
+            let n = place(inner, &rest[next..], &mut placed);
+            let run = &rest[next..next + n];
+            next += n;
+            for (&(bytes, end), &(block, start)) in run.iter().zip(&placed[..n]) {
+                let newline = end == End::Newline;
+                let file = if writing {
+                    let prefix = &inner.prefixes[source.id as usize];
+                    render(&mut rendered, &mut inner.file_pos, prefix, bytes)
+                } else {
+                    if inner.failure.is_some() {
+                        inner.unwritten.0 += 1;
+                        inner.unwritten.1 += bytes.len() as u64;
+                    }
+                    NO_FILE
+                };
+                note_file_range(&mut inner.blocks[block as usize], file, bytes.len() as u32);
+                inner.index.push(Entry {
+                    block,
+                    start,
+                    len: bytes.len() as u32,
+                    source: source.id,
+                    newline,
+                    file,
+                    time,
+                });
+            }
         }
         inner.note_peak();
         let wanted = if want {
@@ -483,6 +490,45 @@ pub(super) fn losses(inner: &Inner) -> Losses {
 
 /// Copy a line's bytes into the open block if there is room and nobody else holds it,
 /// else into a new block. Returns (block, start).
+/// Most lines copied into a block in one run (see `place`).
+const RUN: usize = 64;
+
+/// Copy the first of `lines` — and as many after it as the open block takes, `RUN` at most —
+/// into blocks; `placed` gets where each went, (block, start); returns how many. The open
+/// block is made sure of once for the run (`Arc::get_mut` is a locked instruction: once a
+/// line, it was most of the copying's cost for a fast producer). Lines whose seqs follow the
+/// index's end, in order.
+fn place(inner: &mut Inner, lines: &[(&[u8], End)], placed: &mut [(u32, u32); RUN]) -> usize {
+    let mut n = 0;
+    let id = inner.blocks.len().saturating_sub(1) as u32;
+    if let Some(Slot {
+        data: Some(data),
+        lines: in_it,
+        open: true,
+        ..
+    }) = inner.blocks.last_mut()
+    {
+        if let Some(v) = Arc::get_mut(data) {
+            for &(bytes, _) in lines.iter().take(RUN) {
+                if *in_it >= BLOCK_LINES || v.len() + bytes.len() > v.capacity() {
+                    break;
+                }
+                placed[n] = (id, v.len() as u32);
+                n += 1;
+                v.extend_from_slice(bytes);
+                *in_it += 1;
+            }
+        }
+    }
+    if n == 0 {
+        if let Some(&(bytes, _)) = lines.first() {
+            placed[0] = put(inner, bytes);
+            n = 1;
+        }
+    }
+    n
+}
+
 pub(super) fn put(inner: &mut Inner, bytes: &[u8]) -> (u32, u32) {
     let id = inner.blocks.len().saturating_sub(1) as u32;
     if let Some(slot) = inner.blocks.last_mut().filter(|s| s.open) {

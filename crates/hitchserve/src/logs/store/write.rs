@@ -488,8 +488,6 @@ pub(super) fn losses(inner: &Inner) -> Losses {
     }
 }
 
-/// Copy a line's bytes into the open block if there is room and nobody else holds it,
-/// else into a new block. Returns (block, start).
 /// Most lines copied into a block in one run (see `place`).
 const RUN: usize = 64;
 
@@ -529,6 +527,8 @@ fn place(inner: &mut Inner, lines: &[(&[u8], End)], placed: &mut [(u32, u32); RU
     n
 }
 
+/// Copy a line's bytes into the open block if there is room and nobody else holds it,
+/// else into a new block. Returns (block, start).
 pub(super) fn put(inner: &mut Inner, bytes: &[u8]) -> (u32, u32) {
     let id = inner.blocks.len().saturating_sub(1) as u32;
     if let Some(slot) = inner.blocks.last_mut().filter(|s| s.open) {

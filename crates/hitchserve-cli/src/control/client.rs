@@ -290,25 +290,19 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                     Ok(ExitCode::SUCCESS)
                 }
                 None => {
-                    let names: Vec<&String> = ports.keys().collect();
+                    let names = ports
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     Err(match (&name, names.is_empty()) {
                         (_, true) => format!("service `{service}` has no port"),
-                        (Some(n), false) => format!(
-                            "service `{service}` has no port `{n}` (its ports: {})",
-                            names
-                                .iter()
-                                .map(|n| n.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                        (None, false) => format!(
-                            "service `{service}` has several ports: name one ({})",
-                            names
-                                .iter()
-                                .map(|n| n.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
+                        (Some(n), false) => {
+                            format!("service `{service}` has no port `{n}` (its ports: {names})")
+                        }
+                        (None, false) => {
+                            format!("service `{service}` has several ports: name one ({names})")
+                        }
                     })
                 }
             }

@@ -7,9 +7,8 @@
 //! `status` right after is true. It only calls the library's public per-service API.
 //!
 //! Invariant: every request is bounded — by the library's startup and shutdown timeouts, or
-//! here by [`KILL_PATIENCE`] — and gets one reply, an error naming the service if it failed.
-
-use std::time::{Duration, Instant};
+//! its minute of patience after SIGKILL — and gets one reply, an error naming the service if
+//! it failed.
 
 use hitchserve::{Bundle, Error as HsError, Observer, ServiceHandle, Signal};
 use serde_json::{json, Value};
@@ -21,13 +20,7 @@ pub struct ServiceInfo {
     pub ports: Vec<String>,
     /// The user it was given (`user = ...`), if any.
     pub user: Option<String>,
-    /// Whether its restart policy starts it again after an exit.
-    pub restarts: bool,
 }
-
-/// How long `kill` with SIGKILL waits for the exit: SIGKILL can't be caught, so only a
-/// process stuck in the kernel (uninterruptible sleep) takes this long.
-const KILL_PATIENCE: Duration = Duration::from_secs(60);
 
 /// A request's verbs, as the control socket names them.
 pub const VERBS: [&str; 6] = ["stop", "start", "restart", "pause", "resume", "kill"];
@@ -71,7 +64,9 @@ pub fn serve(bundle: &Bundle, req: &Value, verb: &str, infos: &[ServiceInfo]) ->
         "kill" => match req["signal"].as_str().unwrap_or("KILL").parse::<Signal>() {
             Err(e) => Err(e.to_string()),
             Ok(_) if !svc.is_running() => Err(not_running()),
-            Ok(sig) => kill(&svc, sig, info.is_some_and(|i| i.restarts)),
+            // After SIGKILL the library returns once it has exited (or its restart policy
+            // took over), so that `status` right after shows the crash (or the restart).
+            Ok(sig) => svc.kill(sig).map_err(|e| e.to_string()),
         },
         other => Err(format!("unknown request `{other}`")),
     };
@@ -79,38 +74,6 @@ pub fn serve(bundle: &Bundle, req: &Value, verb: &str, infos: &[ServiceInfo]) ->
         Ok(()) => json!({"ok": true, "service": entry(&bundle.observer(), &svc, info)}),
         Err(why) => fail(why),
     }
-}
-
-/// `kill`: the signal, not an expected exit. After SIGKILL, which can't be caught, wait
-/// until the process has exited (and, without a restart policy, its exit is recorded), so
-/// that `status` right after shows the crash (or the restart).
-fn kill(svc: &ServiceHandle, sig: Signal, restarts: bool) -> Result<(), String> {
-    let name = svc.name();
-    let before = svc.pid();
-    svc.kill(sig).map_err(|e| e.to_string())?;
-    if sig != Signal::SIGKILL {
-        return Ok(());
-    }
-    let late = || {
-        format!(
-            "service `{name}` had not exited {} s after SIGKILL (stuck in the kernel?): see \
-             `hitchserve status`",
-            KILL_PATIENCE.as_secs()
-        )
-    };
-    if !restarts {
-        return svc.wait_exit(KILL_PATIENCE).map(|_| ()).ok_or_else(late);
-    }
-    // Its policy may start it again: the old process gone is the event (the library has no
-    // wait for "exited, restart pending"; a new pid or none both say it).
-    let deadline = Instant::now() + KILL_PATIENCE;
-    while svc.pid().is_some() && svc.pid() == before {
-        if Instant::now() > deadline {
-            return Err(late());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(())
 }
 
 /// A service's state in words.

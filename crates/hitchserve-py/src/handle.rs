@@ -168,9 +168,14 @@ impl ServiceHandle {
         self.handle.is_paused()
     }
 
-    /// A signal to its process group, its exit not expected (a crash is reported).
-    fn kill(&self, name: &str) -> PyResult<()> {
-        self.handle.kill(signal(name)?).or_raise()
+    /// A signal to its process group, its exit not expected (a crash is reported). After
+    /// SIGKILL, waits until it has exited (Ctrl-C answered).
+    fn kill(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        let sig = signal(name)?;
+        if sig != hitchserve::Signal::SIGKILL {
+            return self.handle.kill(sig).or_raise();
+        }
+        self.waiting(py, "kill", move |h| h.kill(sig))
     }
 
     /// Wait until it is ready, within the startup timeout. Ctrl-C answered.

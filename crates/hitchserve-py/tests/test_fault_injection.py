@@ -120,6 +120,29 @@ def test_kill_after_ready_is_reported_as_a_crash_by_check(project):
     assert gone([pid])
 
 
+def test_start_right_after_kill_starts_it_again(project):
+    # kill() (SIGKILL) returns once the exit is recorded: start() right after starts a new
+    # process. (Before, kill() returned once the signal was sent: start() found the dying
+    # process still running and did nothing, or raised its crash.)
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Victim"] = hitchserve.Service(
+        command=py(READY_THEN_WAIT), log_line_ready_checker=lambda line: line == "READY"
+    )
+    bundle.startup()
+    victim = bundle["Victim"]
+    pids = [victim.pid]
+    for round in (2, 3):
+        victim.kill()
+        assert not victim.is_running
+        victim.start()
+        assert victim.incarnation == round
+        assert victim.pid not in pids
+        pids.append(victim.pid)
+    bundle.check()
+    bundle.shutdown()
+    assert gone(pids)
+
+
 def test_kill_takes_a_signal_name_and_refuses_an_unknown_one(service_bundle):
     service_bundle["Victim"] = hitchserve.Service(
         command=py(READY_THEN_WAIT), log_line_ready_checker=lambda line: line == "READY"

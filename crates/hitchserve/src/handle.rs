@@ -17,6 +17,10 @@ use crate::runtime::{deadline_after, Runtime};
 use crate::signal::{ExitStatus, Signal};
 use crate::subcommand::Subcommand;
 
+/// How long `kill` with `SIGKILL` waits for the exit: SIGKILL can't be caught, so only a
+/// process stuck in the kernel (an NFS hang, say) takes more than a moment.
+const KILL_PATIENCE: Duration = Duration::from_secs(60);
+
 /// One service of a started bundle. Cheap to clone; usable after shutdown to read logs.
 #[derive(Clone)]
 pub struct ServiceHandle {
@@ -221,8 +225,37 @@ impl ServiceHandle {
     /// Deliver `signal` to its whole process group without making its exit expected — the
     /// "crash" fault: if it dies, the crash is reported as any crash after readiness is (by
     /// [`check`](Self::check), the next time travel or shutdown), unless it is started again.
+    /// With `SIGKILL`, which nothing can catch, it returns once the service has exited and
+    /// its exit is recorded (or its restart policy has taken over), so that
+    /// [`start`](Self::start) right after starts it again; with another signal, once the
+    /// signal is sent (the service may handle it: [`wait_exit`](Self::wait_exit) waits for
+    /// an exit). An error ([`Error::WaitTimeout`](crate::Error::WaitTimeout)) if it has not
+    /// exited a minute after `SIGKILL` (a process stuck in the kernel).
     pub fn kill(&self, signal: Signal) -> Result<()> {
-        self.signal(signal)
+        let before = self.signal_group(signal)?;
+        // A process forked from the test's has no supervisors to see the exit: the signal
+        // is all it can do.
+        if signal != Signal::SIGKILL || self.runtime.pid != std::process::id() {
+            return Ok(());
+        }
+        let idx = self.idx;
+        let deadline = deadline_after(Instant::now(), KILL_PATIENCE);
+        let (states, exited) = self.runtime.wait_until(self.runtime.lock(), deadline, |s| {
+            s[idx].exit_status().is_some() || s[idx].incarnation != before
+        });
+        drop(states);
+        match exited {
+            true => Ok(()),
+            false => Err(crate::Error::WaitTimeout {
+                what: format!(
+                    "service `{}` to exit after SIGKILL (a process stuck in the kernel?)",
+                    self.name()
+                ),
+                timeout: KILL_PATIENCE,
+                last_lines: Vec::new(),
+                log: self.runtime.sink.store.file_path(),
+            }),
+        }
     }
 
     /// Wait until it is ready (after a start, a restart, or a restart by its policy), within
@@ -240,17 +273,23 @@ impl ServiceHandle {
     /// [`pause`](Self::pause) and [`resume`](Self::resume), so that [`is_paused`](Self::is_paused)
     /// and a later stop stay true.
     pub fn signal(&self, signal: Signal) -> Result<()> {
+        self.signal_group(signal).map(|_| ())
+    }
+
+    /// `signal`; the start number of the process group it was sent to.
+    fn signal_group(&self, signal: Signal) -> Result<u32> {
         report_crash(&self.runtime, Some(self.idx), true, true)?;
         match signal {
-            Signal::SIGSTOP => return self.pause(),
-            Signal::SIGCONT => return self.resume(),
+            Signal::SIGSTOP => return self.pause().map(|()| self.incarnation()),
+            Signal::SIGCONT => return self.resume().map(|()| self.incarnation()),
             _ => {}
         }
         // Under the lock: it keeps the group's leader unreaped while the signal is sent.
         let states = self.runtime.lock();
-        match states[self.idx].group() {
-            Some(group) if group.signal(signal) => Ok(()),
-            _ => Err(self.runtime.not_running(self.idx, &states[self.idx])),
+        let st = &states[self.idx];
+        match st.group() {
+            Some(group) if group.signal(signal) => Ok(st.incarnation),
+            _ => Err(self.runtime.not_running(self.idx, st)),
         }
     }
 

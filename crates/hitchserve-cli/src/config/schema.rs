@@ -131,15 +131,6 @@ impl<'de> Deserialize<'de> for Backoff {
     }
 }
 
-impl ServiceConfig {
-    /// Whether it is started again when it exits unasked.
-    pub fn restarts(&self) -> bool {
-        self.restart
-            .as_ref()
-            .is_some_and(|p| *p.get_ref() != RestartPolicy::Never)
-    }
-}
-
 /// Where an nginx service proxies to: `{ service = "App", port = "http" }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

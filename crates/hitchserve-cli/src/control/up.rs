@@ -184,7 +184,6 @@ pub fn up(
                 name: n.to_string(),
                 ports: ports_of(s),
                 user: s.user.as_ref().map(|u| u.to_string()),
-                restarts: s.restarts(),
             })
             .collect(),
     );

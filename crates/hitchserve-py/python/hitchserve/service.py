@@ -386,7 +386,10 @@ class Service:
         """Send ``signal`` (``"SIGKILL"``, ``signal.SIGSEGV``...) to its whole process group,
         its exit *not* expected: the "crash" fault. If it dies, that is reported as any crash
         after readiness (:class:`ServiceExited` from ``check()``, the next time travel or
-        ``shutdown()``), unless its restart policy or :meth:`start` starts it again."""
+        ``shutdown()``), unless its restart policy or :meth:`start` starts it again. With
+        ``SIGKILL`` (the default), which nothing can catch, it returns once the service has
+        exited, so :meth:`start` right after starts it again; with another signal, once the
+        signal is sent (:meth:`wait_exit` waits for an exit). Ctrl-C stops the wait."""
         self._handle().kill(_signal_name(signal, "signal"))
 
     def wait_until_ready(self) -> None:

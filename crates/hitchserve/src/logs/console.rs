@@ -4,7 +4,7 @@
 //! and muting. It never stores anything: a muted line is still in the log store, so nothing is
 //! lost. Printing goes through `print!` so `cargo test` captures it per test (except in a
 //! forked child: see `write_out`); a closed stdout must never stop a reader thread, so a
-//! failed print is swallowed.
+//! failed print ends printing, said once on stderr (never as a panic's message).
 //!
 //! Also owns *whose* output the lines go to. Under `cargo test`, `print!` writes to the
 //! capture of the test whose thread spawned the printing thread — so a bundle kept in a
@@ -69,7 +69,20 @@ static ORIGIN: AtomicU32 = AtomicU32::new(0);
 /// forked while one of the parent's readers was inside a slow write (a full pipe) inherits
 /// that lock held by a thread it doesn't have, so its first line would wait for ever.
 fn write_out(out: &str) -> bool {
+    let written = write_or_fail(out);
+    if !written {
+        stdout_closed();
+    }
+    written
+}
+
+fn write_or_fail(out: &str) -> bool {
     if ORIGIN.load(Ordering::Relaxed) == std::process::id() {
+        // `print!` would panic on a pipe whose reader is gone (`pytest | head`), and the
+        // panic's message would reach stderr though the panic itself is caught: look first.
+        if reader_gone() {
+            return false;
+        }
         return std::panic::catch_unwind(|| print!("{out}")).is_ok();
     }
     static ONE_AT_A_TIME: PerProcess<Mutex<()>> = PerProcess::new(|| Mutex::new(()));
@@ -87,6 +100,35 @@ fn write_out(out: &str) -> bool {
         }
     }
     true
+}
+
+/// Whether stdout is a pipe or socket nobody reads any more (the kernel says so on a poll:
+/// an error or a hang-up).
+fn reader_gone() -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let stdout = std::io::stdout();
+    let mut fds = [PollFd::new(
+        std::os::fd::AsFd::as_fd(&stdout),
+        PollFlags::empty(),
+    )];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
+}
+
+/// Say once per process, on stderr, that the console stopped printing (and that nothing
+/// is lost).
+fn stdout_closed() {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "[Hitch] WARNING: stdout is closed (its reader has gone): service lines are no \
+             longer printed; every line is still stored (queries, all.log)"
+        );
+    }
 }
 
 impl Console {

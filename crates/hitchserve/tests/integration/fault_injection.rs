@@ -217,6 +217,59 @@ fn a_killed_service_started_again_is_no_longer_a_crash() {
     b.shutdown().unwrap();
 }
 
+/// `kill(SIGKILL)` returns once the exit is recorded: a `start` right after (no `wait_exit`)
+/// starts a new process rather than finding the dying one still running. (Failed before:
+/// `kill` returned once the signal was sent, and `start` was a no-op or raised the crash.)
+#[test]
+fn start_right_after_kill_with_sigkill_starts_it_again() {
+    let p = Project::new("fi-kill-then-start");
+    let mut b = p.bundle();
+    b.add("Victim", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let victim = b.service("Victim").unwrap();
+    for round in 1..=3 {
+        let old = victim.pid().unwrap();
+        victim.kill(Signal::SIGKILL).unwrap();
+        assert_eq!(
+            victim.exit_status(),
+            Some(ExitStatus::Signaled(9)),
+            "round {round}: kill returned before the exit was recorded"
+        );
+        assert!(!victim.is_running());
+        victim.start().unwrap();
+        assert_eq!(victim.incarnation(), round + 1);
+        let new = victim.pid().expect("running again");
+        assert_ne!(new, old);
+    }
+    b.check().unwrap();
+    b.shutdown().unwrap();
+}
+
+/// With a restart policy, `kill(SIGKILL)` returns once the policy has taken over (the old
+/// process is gone); the service comes back by itself.
+#[test]
+fn kill_with_sigkill_returns_once_a_restart_policy_has_taken_over() {
+    let p = Project::new("fi-kill-policy");
+    let mut b = p.bundle();
+    b.add(
+        "Victim",
+        sh("echo READY; exec sleep 1000").restart(Restart::always(3)),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let victim = b.service("Victim").unwrap();
+    let old = victim.pid().unwrap();
+    victim.kill(Signal::SIGKILL).unwrap();
+    assert!(
+        victim.restart_pending() || victim.incarnation() == 2,
+        "kill returned before its exit was seen"
+    );
+    assert_ne!(victim.pid(), Some(old));
+    victim.wait_until_ready().unwrap();
+    assert_eq!(victim.incarnation(), 2);
+    b.shutdown().unwrap();
+}
+
 #[test]
 fn a_restarted_service_sees_the_clock_as_time_travel_left_it() {
     let p = Project::new("fi-clock");

@@ -115,6 +115,11 @@ impl NativeBundle {
 
     /// The startup error, or the Python exception behind it (see `raised_error`).
     fn startup_error(&self, py: Python<'_>, e: Error) -> PyErr {
+        // A service that was ready and exited while others still started: the startup
+        // failed (a `StartupError`, as `startup()` promises) because a service exited.
+        if matches!(e, Error::ServiceExited { .. }) {
+            return crate::errors::py_err_as(e, "ExitedDuringStartup");
+        }
         raised_error(
             py,
             &self.raised,

@@ -11,7 +11,7 @@
 use std::sync::Mutex;
 
 use hitchserve::Error;
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyException, PyRuntimeError};
 use pyo3::prelude::*;
 
 use crate::wait::lock;
@@ -119,9 +119,15 @@ pub(crate) fn context_of(e: &Error) -> (Option<String>, Vec<String>) {
 /// engine's, word for word but for the advice naming its Rust API (see
 /// `hitchserve.errors._pythonic`); `service`, `last_lines` and `kind` are attributes.
 pub(crate) fn py_err(e: Error) -> PyErr {
+    let class = class_of(&e);
+    py_err_as(e, class)
+}
+
+/// `py_err` raising `class` (a `hitchserve.errors` class that fits the error better where
+/// it is raised).
+pub(crate) fn py_err_as(e: Error, class: &str) -> PyErr {
     Python::attach(|py| {
         let (service, last_lines) = context_of(&e);
-        let class = class_of(&e);
         let kind = e.kind().to_owned();
         let message = e.to_string();
         let build = || -> PyResult<PyErr> {
@@ -142,11 +148,17 @@ pub(crate) fn py_err(e: Error) -> PyErr {
             }
             Ok(PyErr::from_value(exc))
         };
-        build().unwrap_or_else(|import_failed| {
-            let err = PyRuntimeError::new_err(message);
-            err.set_cause(py, Some(import_failed));
-            err
-        })
+        match build() {
+            Ok(err) => err,
+            // A Ctrl-C that came while the exception was being made (the `KeyboardInterrupt`
+            // Python raised in `_pythonic`): the interrupt is what the caller gets.
+            Err(interrupt) if !interrupt.is_instance_of::<PyException>(py) => interrupt,
+            Err(import_failed) => {
+                let err = PyRuntimeError::new_err(message);
+                err.set_cause(py, Some(import_failed));
+                err
+            }
+        }
     })
 }
 

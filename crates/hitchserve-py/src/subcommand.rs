@@ -3,7 +3,8 @@
 //! the ready-made services (`psql`, `redis-cli`).
 //!
 //! Its builders return a new `Subcommand` and leave this one as it was (the engine's are by
-//! value). Running it releases the GIL: the command never calls into Python.
+//! value). Running it releases the GIL (the command never calls into Python) and answers
+//! Ctrl-C (see `wait::interruptible`).
 
 use std::ffi::OsString;
 
@@ -11,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::errors::OrRaise;
+use crate::wait::interruptible;
 
 /// A command run like its service (the engine's `Subcommand`).
 #[pyclass(module = "hitchserve._native", frozen)]
@@ -42,25 +44,27 @@ impl Subcommand {
         self.sub.argv().map(OsString::from).collect()
     }
 
-    /// Run it with its output going where the test's goes; raises on failure.
+    /// Run it with its output going where the test's goes; raises on failure. Ctrl-C raises
+    /// `KeyboardInterrupt` at once (as with `subprocess.run`, the command got the terminal's
+    /// SIGINT too; one that runs on is swept with the services at shutdown: it carries the
+    /// run's marker).
     fn run(&self, py: Python<'_>) -> PyResult<()> {
         let sub = self.sub.clone();
-        py.detach(move || sub.run()).or_raise()
+        interruptible(py, "sub-command", move || sub.run())?.or_raise()
     }
 
     /// Run it, capturing output: `(description, code or None, stdout, stderr)`.
     #[pyo3(signature = (check=false))]
     fn output<'py>(&self, py: Python<'py>, check: bool) -> PyResult<Captured<'py>> {
         let sub = self.sub.clone();
-        let out = py
-            .detach(move || {
-                if check {
-                    sub.checked_output()
-                } else {
-                    sub.output()
-                }
-            })
-            .or_raise()?;
+        let out = interruptible(py, "sub-command", move || {
+            if check {
+                sub.checked_output()
+            } else {
+                sub.output()
+            }
+        })?
+        .or_raise()?;
         Ok((
             out.status.to_string(),
             out.status.code(),

@@ -42,7 +42,12 @@ pub(crate) fn interruptible<R: Send + 'static>(
     let rx = Mutex::new(rx);
     loop {
         match py.detach(|| lock(&rx).recv_timeout(SLICE)) {
-            Ok(answer) => return Ok(answer),
+            // A Ctrl-C that came meanwhile wins over the answer (a sub-command it killed
+            // too answers "failed (SIGINT)"): Python raises it first.
+            Ok(answer) => {
+                py.check_signals()?;
+                return Ok(answer);
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return Err(PyRuntimeError::new_err(format!(

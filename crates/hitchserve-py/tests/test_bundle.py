@@ -8,7 +8,7 @@ import time
 import pytest
 
 import hitchserve
-from conftest import PATIENCE, READY_THEN_WAIT, py
+from conftest import PATIENCE, READY_THEN_WAIT, gone, py
 
 # The seed's Django console session, printed by a stand-in server.
 DJANGO = """
@@ -219,6 +219,33 @@ def test_a_service_that_exits_before_it_is_ready_fails_startup_with_its_last_lin
     assert "service `Broken` exited before it was ready" in str(err)
     assert any("ImproperlyConfigured: SECRET_KEY" in l for l in err.last_lines)
     assert "ImproperlyConfigured: SECRET_KEY" in str(err)
+
+
+def test_a_ready_service_that_exits_while_others_start_is_a_startup_error(project):
+    # `Early` is ready, then exits while `Late` still starts: `startup()` fails with an
+    # ExitedDuringStartup, both a StartupError (as `startup()` promises) and a
+    # ServiceExited. (Before, a plain ServiceExited, which `except StartupError` missed.)
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Early"] = hitchserve.Service(
+        command=["sh", "-c", "echo READY; sleep 0.5; echo crashing >&2; exit 1"],
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    bundle["Late"] = hitchserve.Service(
+        command=["sh", "-c", "echo never ready; exec sleep 3600"],
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    with pytest.raises(hitchserve.StartupError) as raised:
+        bundle.startup()
+    err = raised.value
+    assert err.service == "Early"
+    assert err.returncode == 1
+    if err.kind == "ServiceExited":
+        assert isinstance(err, hitchserve.ExitedDuringStartup)
+        assert isinstance(err, hitchserve.ServiceExited)
+    else:
+        # A machine too loaded to see READY within half a second: exited before ready.
+        assert err.kind == "ExitedBeforeReady"
+    assert not bundle["Late"].is_running
 
 
 def test_a_startup_timeout_is_a_startup_error_and_a_timeout_error(project):
@@ -489,3 +516,34 @@ def test_bundles_started_one_after_another_reuse_the_engines_threads(project):
 
     first = checker_thread("First")
     assert checker_thread("Second") == first
+
+
+def test_a_service_definition_serves_bundle_after_bundle_once_each_is_shut_down(tmp_path):
+    # A module-level Service reused by every test: each bundle in turn, once the one
+    # before has been shut down. (Before, the second bundle refused it for good.)
+    web = hitchserve.Service(
+        command=["sh", "-c", "echo READY; exec sleep 3600"],
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    pids = []
+    for i in range(2):
+        bundle = hitchserve.ServiceBundle(str(tmp_path), startup_timeout=PATIENCE)
+        bundle["Web"] = web
+        with bundle:
+            bundle.startup()
+            assert web.pid is not None and web.pid not in pids
+            pids.append(web.pid)
+            assert "READY" in web.logs.out.lines()
+    assert gone(pids)
+
+
+def test_a_service_in_a_bundle_still_running_is_refused_by_another(tmp_path):
+    web = hitchserve.Service(
+        command=["sh", "-c", "echo READY; exec sleep 3600"],
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    first = hitchserve.ServiceBundle(str(tmp_path), startup_timeout=PATIENCE)
+    first["Web"] = web
+    second = hitchserve.ServiceBundle(str(tmp_path), startup_timeout=PATIENCE)
+    with pytest.raises(hitchserve.DefinitionError, match="shut that one down first"):
+        second["Web"] = web

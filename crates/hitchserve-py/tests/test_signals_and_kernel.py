@@ -2,6 +2,8 @@
 Python process that gets a real SIGINT; and waiting for an embedded IPython kernel."""
 
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -29,6 +31,9 @@ BODIES = {
     "startup": "sys.stdout.write('ARMED\\n'); sys.stdout.flush(); bundle.startup()",
     "until": "bundle.startup(); sys.stdout.write('ARMED\\n'); sys.stdout.flush(); bundle['Quiet'].logs.tail.until(lambda l: l == 'never', timeout=120)",
     "follow": "bundle.startup(); sys.stdout.write('ARMED\\n'); sys.stdout.flush(); [l for l in bundle['Quiet'].logs.tail.follow()]",
+    # The sub-command says ARMED itself (its output goes where the test's goes), then runs on:
+    # SIGINT to the test's process alone must not wait for it to end.
+    "subcommand": "bundle.startup(); bundle['Quiet'].subcommand('sh', '-c', 'echo ARMED; exec sleep 3600').run()",
 }
 
 
@@ -40,6 +45,28 @@ def test_ctrl_c_interrupts_a_wait_in_rust(what, tmp_path):
     assert "KeyboardInterrupt" in err, err
     assert "INTERRUPTED" in out, out
     assert "LogTimeout" not in err and "StartupTimeout" not in err
+    assert "RuntimeError" not in err and "SubcommandFailed" not in err, err
+
+
+def test_ctrl_c_to_the_whole_group_during_a_subcommand_raises_keyboard_interrupt(tmp_path):
+    # A terminal's Ctrl-C reaches the whole process group: the sub-command dies of it too.
+    # KeyboardInterrupt is what the test gets — not `SubcommandFailed`, nor a RuntimeError
+    # caused by the interrupt landing while that error was made (as before). The child
+    # makes a process group of its own, so the SIGINT reaches it and its sub-command only.
+    body = (
+        "import os; os.setpgrp(); bundle.startup(); "
+        "bundle['Quiet'].subcommand('sh', '-c', 'kill -INT 0; exec sleep 3600').run()"
+    )
+    code = textwrap.dedent(CHILD).format(ready="up", body=body)
+    child = subprocess.run(
+        [sys.executable, "-u", "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+    )
+    assert "INTERRUPTED" in child.stdout, child.stdout + child.stderr
+    assert "KeyboardInterrupt" in child.stderr, child.stderr
+    assert "RuntimeError" not in child.stderr and "SubcommandFailed" not in child.stderr
 
 
 STUBBORN = """

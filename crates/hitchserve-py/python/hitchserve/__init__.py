@@ -23,6 +23,7 @@ from . import _native
 from .bundle import ServiceBundle
 from .errors import (
     DefinitionError,
+    ExitedDuringStartup,
     LogEnded,
     LogTimeout,
     NoSuchProcess,
@@ -57,6 +58,7 @@ __all__ = [
     "StartupError",
     "StartupTimeout",
     "ServiceExited",
+    "ExitedDuringStartup",
     "LogTimeout",
     "LogEnded",
     "SubcommandFailed",

@@ -57,6 +57,8 @@ class ServiceBundle:
         self._services: Dict[str, Service] = {}
         self._started = False
         self._added = False
+        # `shutdown()` was called: its services are free for another bundle.
+        self._shut_down = False
         if quiet:
             self._native.start_interactive_mode()
 
@@ -72,7 +74,16 @@ class ServiceBundle:
                 "the bundle was already started: define every service before calling startup"
             )
         if service._bundle is not None and service._bundle is not self:
-            raise DefinitionError(f"this service is already in another bundle as {service.name!r}")
+            if not service._bundle._shut_down:
+                raise DefinitionError(
+                    f"this service is already in another bundle as {service.name!r}, which has "
+                    "not been shut down: shut that one down first, or give this bundle a "
+                    "Service of its own"
+                )
+            # A definition kept for many tests (a module-level Service): the bundle it was
+            # in is over; from now on it stands for its service in this one.
+            service._bundle = None
+            service._native_handle = None
         if service._bundle is self and service.name != name:
             # One object can't be two services: each name would act on the other's process.
             raise DefinitionError(
@@ -132,7 +143,9 @@ class ServiceBundle:
         ``interactive=False`` (for tests) prints the logs as they come;
         ``interactive=True`` (in IPython) leaves the console alone. On failure everything
         already started is stopped and a :class:`StartupError` (or the exception a hook or
-        readiness check raised) says which service and why. Ctrl-C stops it too.
+        readiness check raised) says which service and why — for a service that was ready
+        and exited meanwhile, an :class:`ExitedDuringStartup` (also a :class:`ServiceExited`).
+        Ctrl-C stops it too.
         """
         if interactive:
             self._native.start_interactive_mode()
@@ -149,7 +162,10 @@ class ServiceBundle:
         Raises :class:`ServiceExited` for a crash after startup not reported yet. Ctrl-C
         cuts the wait short: what is left gets SIGKILL at once, then ``KeyboardInterrupt``
         is raised."""
-        self._native.shutdown()
+        try:
+            self._native.shutdown()
+        finally:
+            self._shut_down = True
 
     def check(self) -> None:
         """Raise :class:`ServiceExited` if any service exited after it was ready (every time

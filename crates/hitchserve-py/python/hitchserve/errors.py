@@ -70,6 +70,12 @@ class ServiceExited(ServiceError):
     status: Optional[str] = None
 
 
+class ExitedDuringStartup(ServiceExited, StartupError):
+    """A service that was ready exited while ``startup()`` still waited for others: the
+    startup failed (everything started has been stopped) because a service exited — so both
+    a :class:`StartupError` and a :class:`ServiceExited`."""
+
+
 class LogTimeout(ServiceError, TimeoutError):
     """A ``tail.until`` / ``until_json`` wait ran out of time."""
 

@@ -75,8 +75,15 @@ impl Runtime {
                 .all(|(idx, st)| st.is_settled() || stuck_and_gone(idx, st))
         };
         let hurry = || self.hurry.load(std::sync::atomic::Ordering::SeqCst);
-        let (states, _) = self.wait_stopped(deadline, true, |s| groups_gone(s) || hurry());
-        if !groups_gone(&states) {
+        // Whether the groups were gone when the wait ended, as the wait saw it: looked at
+        // again, a stuck hook or check that has returned meanwhile would make a group that
+        // is gone look alive, and its service would be "killed" with a false warning.
+        let mut gone = false;
+        let (states, _) = self.wait_stopped(deadline, true, |s| {
+            gone = groups_gone(s);
+            gone || hurry()
+        });
+        if !gone {
             let mut killed = Vec::new();
             for (idx, st) in states.iter().enumerate() {
                 if st.group().is_some_and(|g| g.signal(Signal::SIGKILL)) {

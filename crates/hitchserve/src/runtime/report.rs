@@ -38,7 +38,8 @@ impl Runtime {
         // While the first services start, make the threads the others will need.
         self.prepare_supervisors();
         let services = self.services();
-        let mut next_progress = progress.map(|every| Instant::now() + every);
+        // (A progress interval too long to add to now is never due: no line.)
+        let mut next_progress = progress.and_then(|every| Instant::now().checked_add(every));
         let failure = {
             let mut states = self.lock();
             loop {
@@ -71,7 +72,7 @@ impl Runtime {
                         drop(states);
                         self.sink.log(&line);
                         states = self.lock();
-                        next_progress = Some(Instant::now() + every);
+                        next_progress = Instant::now().checked_add(every);
                         continue;
                     }
                 }

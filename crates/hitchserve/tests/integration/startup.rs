@@ -238,6 +238,22 @@ fn progress_every_zero_is_off() {
     b.shutdown().unwrap();
 }
 
+/// `progress_every(Duration::MAX)` is a progress line never (it panicked: an interval too
+/// long to add to now).
+#[test]
+fn progress_every_longer_than_time_itself_is_never_due() {
+    let p = Project::new("progress-max");
+    let mut b = p.bundle().progress_every(std::time::Duration::MAX);
+    b.add("Svc", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let lines = b.logs().lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("still starting")),
+        "{lines:?}"
+    );
+    b.shutdown().unwrap();
+}
+
 /// An observer looks at a bundle from another thread while its startup runs: before it,
 /// nothing (NotRunning); during it, the services and their lines; after, the same handles.
 #[test]

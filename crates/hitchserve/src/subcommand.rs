@@ -1,9 +1,11 @@
 //! Sub-commands: programs run in a service's environment — its variables, directory, fake
 //! clock and marker — such as `manage.py`, `psql` or `redis-cli`.
 //!
-//! Owns the `Subcommand` builder. A sub-command carries the run's marker, so one still
-//! running at shutdown is swept with the services. The caller's working directory is never
-//! touched: only the child's is set.
+//! Owns the `Subcommand` builder. A sub-command runs in a process group of its own: what it
+//! leaves there (a background child) is killed once it exits, and a wait for its output
+//! never outlasts it by more than a moment. It carries the run's marker, so a process that
+//! left its group is swept with the services at shutdown. The caller's working directory
+//! is never touched: only the child's is set.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
@@ -140,11 +142,18 @@ impl Subcommand {
             .command(&program, program.as_os_str(), &self.argv[1..]))
     }
 
-    fn spawn_and_wait(&self, mut cmd: Command, capture: bool) -> Result<Output> {
+    /// Run it in a process group of its own, its output captured if `capture` (else where
+    /// the test's goes), and wait for it: once it has exited, whatever it left in its group
+    /// is killed, and what a process that left the group (`setsid`) still writes to its
+    /// pipes is read for `LEFTOVER_DRAIN` at most.
+    fn spawn_and_wait(&self, capture: bool) -> Result<Output> {
+        use std::os::unix::process::CommandExt;
         let spawn_err = |source| Error::Spawn {
             service: self.exec.service.clone(),
             source,
         };
+        let mut cmd = self.command()?;
+        cmd.process_group(0);
         cmd.stdin(if self.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -154,22 +163,29 @@ impl Subcommand {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
         let mut child = cmd.spawn().map_err(spawn_err)?;
-        let feeder = match (self.stdin.clone(), child.stdin.take()) {
-            // Fed from a thread: a child that writes a lot before reading must not deadlock.
+        let feeder = self.feed(&mut child);
+        let captured = Captured::start(&mut child);
+        let status = reap_and_kill_group(&mut child).map_err(spawn_err)?;
+        if let Some(f) = feeder {
+            let _ = f.join();
+        }
+        let (stdout, stderr) = captured.collect(LEFTOVER_DRAIN);
+        Ok(Output {
+            status: ExitStatus::from_std(status),
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Feed its stdin from a thread, if it has one: a child that writes a lot before
+    /// reading must not deadlock with us.
+    fn feed(&self, child: &mut std::process::Child) -> Option<std::thread::JoinHandle<()>> {
+        match (self.stdin.clone(), child.stdin.take()) {
             (Some(bytes), Some(mut pipe)) => Some(std::thread::spawn(move || {
                 let _ = pipe.write_all(&bytes);
             })),
             _ => None,
-        };
-        let out = child.wait_with_output().map_err(spawn_err)?;
-        if let Some(f) = feeder {
-            let _ = f.join();
         }
-        Ok(Output {
-            status: ExitStatus::from_std(out.status),
-            stdout: out.stdout,
-            stderr: out.stderr,
-        })
     }
 
     /// Start it with stdout and stderr piped (stdin fed from a thread if given), in a
@@ -189,17 +205,13 @@ impl Subcommand {
             service: self.exec.service.clone(),
             source,
         })?;
-        if let (Some(bytes), Some(mut pipe)) = (self.stdin.clone(), child.stdin.take()) {
-            std::thread::spawn(move || {
-                let _ = pipe.write_all(&bytes);
-            });
-        }
+        drop(self.feed(&mut child));
         Ok(child)
     }
 
     /// Run it with its output going where the test's goes; an error if it exits non-zero.
     pub fn run(&self) -> Result<()> {
-        let out = self.spawn_and_wait(self.command()?, false)?;
+        let out = self.spawn_and_wait(false)?;
         if out.status.success() {
             Ok(())
         } else {
@@ -215,27 +227,7 @@ impl Subcommand {
     /// Run it, capture what it wrote, and kill it if it takes longer than `limit`.
     pub(crate) fn output_within(&self, limit: std::time::Duration) -> Result<Output> {
         let mut child = self.spawn_piped()?;
-        let readers: Vec<_> = [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-        ]
-        .into_iter()
-        .map(|pipe| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                if let Some(mut p) = pipe {
-                    let _ = p.read_to_end(&mut buf);
-                }
-                buf
-            })
-        })
-        .collect();
+        let captured = Captured::start(&mut child);
         let pid = child.id();
         if !crate::process::wait_pid(pid, limit) {
             let _ = child.kill();
@@ -244,11 +236,11 @@ impl Subcommand {
             service: self.exec.service.clone(),
             source,
         })?;
-        let mut outs = readers.into_iter().map(|r| r.join().unwrap_or_default());
+        let (stdout, stderr) = captured.collect(LEFTOVER_DRAIN);
         Ok(Output {
             status: ExitStatus::from_std(status),
-            stdout: outs.next().unwrap_or_default(),
-            stderr: outs.next().unwrap_or_default(),
+            stdout,
+            stderr,
         })
     }
 
@@ -279,7 +271,7 @@ impl Subcommand {
 
     /// Run it and capture what it wrote, whatever its exit status.
     pub fn output(&self) -> Result<Output> {
-        self.spawn_and_wait(self.command()?, true)
+        self.spawn_and_wait(true)
     }
 
     /// Run it, capture what it wrote, and fail (with its stderr) unless it exits 0.
@@ -300,6 +292,83 @@ impl Subcommand {
     /// The program and arguments.
     pub fn argv(&self) -> impl Iterator<Item = &OsStr> {
         self.argv.iter().map(OsString::as_os_str)
+    }
+}
+
+/// How long the pipes of a sub-command that has exited are read once what it left in its
+/// group is killed: only a process that left the group (`setsid`) can still hold them.
+const LEFTOVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A sub-command's stdout and stderr, each read to its end by a thread of its own (so
+/// neither pipe can fill while we wait on the other) into a buffer taken when asked.
+struct Captured {
+    bufs: [std::sync::Arc<std::sync::Mutex<Vec<u8>>>; 2],
+    ended: std::sync::mpsc::Receiver<()>,
+    readers: usize,
+}
+
+impl Captured {
+    /// Start reading `child`'s piped stdout and stderr (nothing for one not piped).
+    fn start(child: &mut std::process::Child) -> Captured {
+        use std::io::Read;
+        use std::sync::{Arc, Mutex};
+        let (tx, ended) = std::sync::mpsc::channel();
+        let bufs = [
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+        ];
+        let pipes: [Option<Box<dyn Read + Send>>; 2] = [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ];
+        let mut readers = 0;
+        for (pipe, buf) in pipes.into_iter().zip(&bufs) {
+            let Some(mut pipe) = pipe else { continue };
+            let (buf, tx) = (Arc::clone(buf), tx.clone());
+            readers += 1;
+            std::thread::spawn(move || {
+                let mut chunk = vec![0u8; 64 * 1024];
+                loop {
+                    match pipe.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => buf
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = tx.send(());
+            });
+        }
+        Captured {
+            bufs,
+            ended,
+            readers,
+        }
+    }
+
+    /// What was read, once both pipes have ended or `patience` has passed (a reader still
+    /// blocked then, on a pipe an escaped process holds, ends when that process does).
+    fn collect(self, patience: std::time::Duration) -> (Vec<u8>, Vec<u8>) {
+        let deadline = std::time::Instant::now() + patience;
+        for _ in 0..self.readers {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if self.ended.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+        let [out, err] = self
+            .bufs
+            .map(|b| std::mem::take(&mut *b.lock().unwrap_or_else(|e| e.into_inner())));
+        (out, err)
     }
 }
 

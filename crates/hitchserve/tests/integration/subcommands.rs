@@ -89,3 +89,113 @@ fn run_fails_with_the_command_and_status_and_output_captures_whatever_happened()
         Err(Error::CommandNotFound { .. })
     ));
 }
+
+/// Makes `release` in the project when dropped — or after `PATIENCE` by itself, should a
+/// sub-command wait for what it left behind (it did: the bound keeps such a regression
+/// from hanging the suite).
+struct Release(
+    Option<std::sync::mpsc::Sender<()>>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+impl Release {
+    fn armed(p: &Project) -> Release {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let release = p.dir.join("release");
+        let watchdog = std::thread::spawn(move || {
+            let _ = wait.recv_timeout(crate::common::PATIENCE);
+            let _ = std::fs::write(release, "");
+        });
+        Release(Some(done), Some(watchdog))
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        if let Some(w) = self.1.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Run `script` as a sub-command of a started bundle's `Svc`, by `output()` (`capture`) or
+/// `run()`, with a `Release` armed; the pid the script wrote to `bgpid`, and what the call
+/// returned.
+fn leave_behind(
+    p: &Project,
+    b: &hitchserve::Bundle,
+    script: &str,
+    capture: bool,
+) -> (u32, hitchserve::Result<Option<hitchserve::Output>>, Release) {
+    let release = Release::armed(p);
+    let sub = b.service("Svc").unwrap().subcommand(["sh", "-c", script]);
+    let result = match capture {
+        true => sub.output().map(Some),
+        false => sub.run().map(|()| None),
+    };
+    let bg = std::fs::read_to_string(p.dir.join("bgpid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    (bg, result, release)
+}
+
+/// A background child a sub-command leaves in its process group dies when the sub-command
+/// exits, and `output()` returns then, not once the child lets go of its stdout. (Before:
+/// `output()` waited for the child, and after `run()` it lived on until shutdown.)
+#[test]
+fn a_subcommand_s_background_child_dies_with_it_and_does_not_hold_its_output() {
+    let p = Project::new("sub-leftover");
+    let mut b = p.bundle();
+    b.add("Svc", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let d = p.dir.display();
+    let script = format!(
+        "(until [ -e {d}/release ]; do sleep 0.05; done; echo x > {d}/released) & \
+         echo $! > {d}/bgpid; echo started"
+    );
+    for capture in [true, false] {
+        let _ = std::fs::remove_file(p.dir.join("release"));
+        let (bg, result, release) = leave_behind(&p, &b, &script, capture);
+        drop(release);
+        let out = result.unwrap();
+        if let Some(out) = out {
+            assert_eq!(out.stdout_text(), "started\n");
+        }
+        assert!(crate::common::wait_gone(bg, crate::common::PATIENCE));
+        assert!(
+            !p.dir.join("released").exists(),
+            "the background child outlived its sub-command (capture: {capture})"
+        );
+    }
+    b.shutdown().unwrap();
+}
+
+/// A process that left the sub-command's group (`setsid`) and holds its stdout: `output()`
+/// returns with what the sub-command wrote a moment after it exits; the process, which
+/// carries the run's marker, dies with the bundle.
+#[test]
+fn output_returns_though_a_process_that_left_the_group_holds_the_pipe() {
+    let p = Project::new("sub-escapee");
+    let mut b = p.bundle();
+    b.add("Svc", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let d = p.dir.display();
+    let script = format!(
+        "setsid sh -c 'echo $$ > {d}/bgpid.tmp; mv {d}/bgpid.tmp {d}/bgpid; \
+         until [ -e {d}/release ]; do sleep 0.05; done' & \
+         until [ -e {d}/bgpid ]; do sleep 0.01; done; echo started"
+    );
+    let (bg, result, release) = leave_behind(&p, &b, &script, true);
+    let out = result.unwrap().unwrap();
+    assert_eq!(out.stdout_text(), "started\n");
+    assert!(
+        crate::common::is_alive(bg),
+        "output() waited for the escaped process to end"
+    );
+    b.shutdown().unwrap();
+    assert!(crate::common::wait_gone(bg, crate::common::PATIENCE));
+    drop(release);
+}

@@ -379,6 +379,9 @@ impl Bundle {
         if !self.time_travel {
             return Err(Error::TimeTravelDisabled);
         }
+        if let Some(runtime) = &self.runtime {
+            runtime.here()?;
+        }
         if self.runtime.is_some() && self.stopped.load(Ordering::SeqCst) {
             // Nothing runs on that clock any more (its files are gone).
             return Err(Error::ShutDown);

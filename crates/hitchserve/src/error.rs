@@ -433,6 +433,17 @@ pub enum Error {
     #[error("startup was interrupted: every service started so far was stopped")]
     Interrupted,
 
+    /// A process forked (without exec) from the one that started the bundle asked to change
+    /// it: its services are that process's to stop, start, signal and time-travel (the
+    /// fork's copy of the bundle can read them).
+    #[error("this bundle was started by process {owner}, and this process ({pid}) is a fork of it: it can look at the services, not stop, start, signal or time-travel them; do that in process {owner}")]
+    ForkedChild {
+        /// The process that started the bundle.
+        owner: u32,
+        /// This process.
+        pid: u32,
+    },
+
     /// Something that needs running services was asked before `startup`.
     #[error("the bundle is not running: call startup first")]
     NotRunning,
@@ -589,6 +600,7 @@ impl Error {
             Error::SubcommandFailed { .. } => "SubcommandFailed",
             Error::AlreadyStarted => "AlreadyStarted",
             Error::ShutDown => "ShutDown",
+            Error::ForkedChild { .. } => "ForkedChild",
             Error::Interrupted => "Interrupted",
             Error::NotRunning => "NotRunning",
             Error::ServiceNotRunning { .. } => "ServiceNotRunning",

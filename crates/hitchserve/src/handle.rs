@@ -162,6 +162,7 @@ impl ServiceHandle {
     /// # Ok(()) }
     /// ```
     pub fn stop(&self) -> Result<()> {
+        self.runtime.here()?;
         let _ = self.runtime.stop_one(self.idx, None);
         Ok(())
     }
@@ -186,6 +187,7 @@ impl ServiceHandle {
 
     /// A start that fails leaves nothing running (see `Runtime::stop_if_failed`).
     fn start_as(&self, setup: bool) -> Result<()> {
+        self.runtime.here()?;
         let started = self.runtime.start_again(self.idx, setup)?;
         let result = self.runtime.wait_ready(self.idx);
         match started {
@@ -197,11 +199,13 @@ impl ServiceHandle {
     /// [`stop`](Self::stop), then [`start`](Self::start): one call, waited on. Its logs
     /// never end in between: a wait on its lines under way goes on with the new process's.
     pub fn restart(&self) -> Result<()> {
+        self.runtime.here()?;
         self.runtime.restart_one(self.idx, false)
     }
 
     /// [`restart`](Self::restart), with its setup hook run again before the new start.
     pub fn restart_with_setup(&self) -> Result<()> {
+        self.runtime.here()?;
         self.runtime.restart_one(self.idx, true)
     }
 
@@ -209,11 +213,13 @@ impl ServiceHandle {
     /// port still accepts connections; nothing answers). [`resume`](Self::resume) thaws it;
     /// stopping a paused service resumes it first.
     pub fn pause(&self) -> Result<()> {
+        self.runtime.here()?;
         self.runtime.pause(self.idx, true)
     }
 
     /// Thaw it after [`pause`](Self::pause): `SIGCONT` to its whole process group.
     pub fn resume(&self) -> Result<()> {
+        self.runtime.here()?;
         self.runtime.pause(self.idx, false)
     }
 
@@ -233,9 +239,7 @@ impl ServiceHandle {
     /// exited a minute after `SIGKILL` (a process stuck in the kernel).
     pub fn kill(&self, signal: Signal) -> Result<()> {
         let before = self.signal_group(signal)?;
-        // A process forked from the test's has no supervisors to see the exit: the signal
-        // is all it can do.
-        if signal != Signal::SIGKILL || self.runtime.pid != std::process::id() {
+        if signal != Signal::SIGKILL {
             return Ok(());
         }
         let idx = self.idx;
@@ -261,6 +265,7 @@ impl ServiceHandle {
     /// Wait until it is ready (after a start, a restart, or a restart by its policy), within
     /// the bundle's startup timeout; an error if it exits or fails first.
     pub fn wait_until_ready(&self) -> Result<()> {
+        self.runtime.here()?;
         self.runtime.wait_ready(self.idx)
     }
 
@@ -278,6 +283,7 @@ impl ServiceHandle {
 
     /// `signal`; the start number of the process group it was sent to.
     fn signal_group(&self, signal: Signal) -> Result<u32> {
+        self.runtime.here()?;
         report_crash(&self.runtime, Some(self.idx), true, true)?;
         match signal {
             Signal::SIGSTOP => return self.pause().map(|()| self.incarnation()),

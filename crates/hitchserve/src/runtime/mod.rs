@@ -212,6 +212,20 @@ impl Runtime {
         }
     }
 
+    /// An error unless this is the process that started the bundle: a fork's copy can
+    /// look, not act (its services are the parent's, and so are the threads that would
+    /// see what an act did).
+    pub(crate) fn here(&self) -> crate::error::Result<()> {
+        let me = std::process::id();
+        match self.pid == me {
+            true => Ok(()),
+            false => Err(crate::error::Error::ForkedChild {
+                owner: self.pid,
+                pid: me,
+            }),
+        }
+    }
+
     /// Every service's plan, in definition order.
     pub(crate) fn services(&self) -> &[ServicePlan] {
         &self.plan.services

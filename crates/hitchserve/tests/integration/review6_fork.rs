@@ -14,6 +14,12 @@ use crate::common::{is_alive, marked_pids, run_id, sh, Project};
 
 /// Whether our child `pid` ended within `timeout` (SIGKILLed if not); reaped either way.
 fn ended_within(pid: libc::pid_t, timeout: Duration) -> bool {
+    exit_code_within(pid, timeout).is_some()
+}
+
+/// Our child `pid`'s exit code if it exited within `timeout` (`Some(-1)` if a signal ended
+/// it; SIGKILLed, and `None`, if it had not ended); reaped either way.
+fn exit_code_within(pid: libc::pid_t, timeout: Duration) -> Option<i32> {
     // SAFETY: a plain syscall; on success we own the new descriptor.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     assert!(fd >= 0, "pidfd_open");
@@ -35,7 +41,10 @@ fn ended_within(pid: libc::pid_t, timeout: Duration) -> bool {
     let mut status = 0;
     // SAFETY: reaping our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    ended
+    ended.then(|| match libc::WIFEXITED(status) {
+        true => libc::WEXITSTATUS(status),
+        false => -1,
+    })
 }
 
 /// Failed before the fix, with:
@@ -76,4 +85,62 @@ fn a_forked_child_dropping_its_copy_of_a_running_bundle_neither_stops_the_parent
     assert_eq!(alive, pids, "the forked child stopped the parent's service");
     b.check()
         .expect("the parent's bundle still runs its service");
+}
+
+/// In a forked child, stopping, starting, signalling or time-travelling the parent's
+/// services is an error naming both processes; the parent's services and clock are as they
+/// were. (Before: the child's `stop` SIGTERMed the parent's service — a crash the parent
+/// reported — and waited 17 s for supervisors it doesn't have; its time travel moved the
+/// parent's services' clock, while the parent's `now()` said otherwise.)
+#[test]
+fn a_forked_child_can_look_at_the_parents_services_but_not_act_on_them() {
+    let p = Project::new("r6-fork-act");
+    let mut b = p.bundle().shutdown_timeout(Duration::from_secs(1));
+    b.add("Sleeper", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let before = b.now();
+    let pid = b.service("Sleeper").unwrap().pid().unwrap();
+    // SAFETY: the child only calls the bundle and leaves with _exit; glibc's allocator is
+    // ready for a fork.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let svc = b.service("Sleeper").unwrap();
+        let refused = |r: hitchserve::Result<()>| {
+            matches!(r, Err(hitchserve::Error::ForkedChild { owner, pid })
+                if owner != pid && pid == std::process::id())
+        };
+        let all = [
+            refused(b.time_travel(Duration::from_secs(365 * 86_400))),
+            refused(svc.stop()),
+            refused(svc.start()),
+            refused(svc.restart()),
+            refused(svc.pause()),
+            refused(svc.resume()),
+            refused(svc.kill(hitchserve::Signal::SIGKILL)),
+            refused(svc.signal(hitchserve::Signal::SIGTERM)),
+            refused(svc.wait_until_ready()),
+            // Looking is fine.
+            svc.pid() == Some(pid),
+        ];
+        let code = if all.iter().all(|&ok| ok) { 0 } else { 1 };
+        // SAFETY: ends the child at once, as a child of fork should.
+        unsafe { libc::_exit(code) };
+    }
+    assert!(child > 0, "fork failed");
+    assert_eq!(
+        exit_code_within(child, Duration::from_secs(20)),
+        Some(0),
+        "a call in the forked child was not refused (None: it hung)"
+    );
+    assert!(
+        is_alive(pid),
+        "the child's calls reached the parent's service"
+    );
+    b.check().expect("no crash in the parent");
+    let drift = b.now().duration_since(before);
+    assert!(
+        drift < hitchserve::jiff::SignedDuration::from_hours(1),
+        "the child's time travel moved the parent's clock: {drift}"
+    );
+    b.shutdown().unwrap();
 }

@@ -330,7 +330,7 @@ pub enum Error {
 
     /// A `{port.NAME}` or `{Service.port.NAME}` template, or [`Bundle::port`](crate::Bundle::port),
     /// names no port that was declared.
-    #[error("service `{service}`: {template} names no port that was declared: add Service::port(\"NAME\") to the service that owns it")]
+    #[error("service `{service}`: {template} names no port that was declared: check the service's name in it (a service of this bundle), and add Service::port(\"NAME\") to the service that owns the port")]
     UnknownPort {
         /// The service whose definition has the template (or whose port was asked for).
         service: String,

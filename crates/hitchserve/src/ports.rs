@@ -68,33 +68,21 @@ pub(crate) type PortTable = HashMap<(String, String), u16>;
 /// Replace `{port.NAME}` (of `service`) and `{Other.port.NAME}` in `text`. Anything else in
 /// braces is left alone, so JSON or shell arguments pass through.
 pub(crate) fn expand(text: &str, service: &str, ports: &PortTable) -> Result<String> {
-    let ident = |s: &str| {
-        !s.is_empty()
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
-    };
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        let inner = after.find('}').map(|close| &after[..close]);
-        let key = inner.and_then(|inner| {
-            let parts: Vec<&str> = inner.split('.').collect();
-            match parts.as_slice() {
-                ["port", name] if ident(name) => Some((service, *name, inner)),
-                [svc, "port", name] if ident(svc) && ident(name) => Some((*svc, *name, inner)),
-                _ => None,
-            }
-        });
-        match key {
-            Some((svc, name, inner)) => {
-                let port = ports
-                    .get(&(svc.to_owned(), name.to_owned()))
-                    .ok_or_else(|| Error::UnknownPort {
-                        service: service.to_owned(),
-                        template: format!("{{{inner}}}"),
-                    })?;
+        let inner = after
+            .find('}')
+            .map(|close| &after[..close])
+            .filter(|inner| is_name(inner));
+        match inner.and_then(|inner| port_template(inner, service, ports).map(|t| (inner, t))) {
+            Some((inner, found)) => {
+                let port = found.ok_or_else(|| Error::UnknownPort {
+                    service: service.to_owned(),
+                    template: format!("{{{inner}}}"),
+                })?;
                 out.push_str(&port.to_string());
                 rest = &after[inner.len() + 1..];
             }
@@ -108,6 +96,39 @@ pub(crate) fn expand(text: &str, service: &str, ports: &PortTable) -> Result<Str
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Letters, digits, `_`, `-` and `.`: what a service's or a port's name is made of.
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// `inner` (between the braces, made of name characters) as a port template of `service`:
+/// `port.NAME` (its own) or `OTHER.port.NAME`. Names may hold dots themselves (`api.v1`),
+/// so each way of reading it is tried against the ports reserved: `None` if it is no
+/// template at all, `Some(None)` if it is one naming no reserved port, else the port.
+fn port_template(inner: &str, service: &str, ports: &PortTable) -> Option<Option<u16>> {
+    let mut readings: Vec<(&str, &str)> = Vec::new();
+    if let Some(name) = inner.strip_prefix("port.") {
+        readings.push((service, name));
+    }
+    let mut from = 0;
+    while let Some(at) = inner[from..].find(".port.") {
+        let at = from + at;
+        readings.push((&inner[..at], &inner[at + ".port.".len()..]));
+        from = at + 1;
+    }
+    readings.retain(|(svc, name)| !svc.is_empty() && !name.is_empty());
+    if readings.is_empty() {
+        return None;
+    }
+    Some(
+        readings
+            .iter()
+            .find_map(|&(svc, name)| ports.get(&(svc.to_owned(), name.to_owned())).copied()),
+    )
 }
 
 #[cfg(test)]
@@ -138,6 +159,25 @@ mod tests {
             expand("{\"db.port.main\": 1}", "App", &ports).unwrap(),
             "{\"db.port.main\": 1}"
         );
+    }
+
+    /// Service and port names may hold dots (`api.v1`): each reading of a template is tried
+    /// against the reserved ports. (They were left as written, unfilled, before.)
+    #[test]
+    fn expands_templates_whose_names_hold_dots() {
+        let mut ports = PortTable::new();
+        ports.insert(("api.v1".into(), "http".into()), 8123);
+        ports.insert(("App".into(), "a.b".into()), 5499);
+        ports.insert(("port".into(), "x".into()), 7001);
+        assert_eq!(
+            expand("{api.v1.port.http} {port.a.b} {port.port.x}", "App", &ports).unwrap(),
+            "8123 5499 7001"
+        );
+        assert!(matches!(
+            expand("{api.v2.port.http}", "App", &ports),
+            Err(Error::UnknownPort { .. })
+        ));
+        assert_eq!(expand("{a.port.}", "App", &ports).unwrap(), "{a.port.}");
     }
 
     #[test]

@@ -86,6 +86,14 @@ impl Service {
         if self.ports.iter().any(String::is_empty) {
             return Some("a port's name is empty: name it (`port(\"http\")`)".to_owned());
         }
+        let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+        if let Some(bad) = self.ports.iter().find(|p| !p.chars().all(name_char)) {
+            return Some(format!(
+                "port name `{}` has a character other than letters, digits, `_`, `-` and `.`: \
+                 `{{port.NAME}}` could not name it; rename it",
+                bad.escape_debug()
+            ));
+        }
         if let Some(user) = &self.user {
             if user.is_empty() || user.contains('\0') {
                 return Some(format!(

@@ -109,3 +109,48 @@ fn an_unknown_port_template_is_refused_before_anything_starts() {
         "{err:?}"
     );
 }
+
+/// Service and port names may hold dots: `{api.v1.port.http}` and `{port.admin.v2}` are
+/// filled in like any template, in a command, an environment value and a readiness check.
+/// (They were left as written, silently, and a tcp check then failed.) A port name no
+/// template could name is refused when the service is added.
+#[test]
+fn templates_reach_services_and_ports_whose_names_hold_dots() {
+    let p = Project::new("ports-dotted");
+    let mut b = p.bundle();
+    b.add(
+        "api.v1",
+        Service::new([
+            "python3",
+            "-m",
+            "http.server",
+            "{port.admin.v2}",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .port("admin.v2")
+        .ready(Ready::tcp_addr("127.0.0.1:{port.admin.v2}")),
+    )
+    .unwrap();
+    b.add(
+        "Client",
+        sh("echo READY; exec sleep 1000")
+            .env("API", "http://127.0.0.1:{api.v1.port.admin.v2}/")
+            .needs(["api.v1"]),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let port = b.port("api.v1", "admin.v2").unwrap();
+    assert_eq!(
+        b.service("Client").unwrap().env_var("API").unwrap(),
+        format!("http://127.0.0.1:{port}/")
+    );
+    b.shutdown().unwrap();
+
+    let mut b = p.bundle();
+    let err = b.add("Bad", sh("exec sleep 1000").port("a b")).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidSetting { service, problem } if service == "Bad" && problem.contains("`a b`")),
+        "{err:?}"
+    );
+}

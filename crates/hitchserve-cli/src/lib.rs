@@ -71,6 +71,9 @@ enum Command {
         json: bool,
         #[arg(long, hide = true)]
         daemon_child: bool,
+        /// (The `up.lock` descriptor a detaching `up` locked and handed to its daemon child.)
+        #[arg(long, hide = true, requires = "daemon_child")]
+        lock_fd: Option<i32>,
     },
     /// Take a lease on the running shared bundle (see `up --shared`), for --pid.
     Attach {
@@ -316,6 +319,7 @@ fn run_command(cli: Cli, project: &Path, relaunch: &[OsString]) -> Result<ExitCo
             pid,
             json,
             daemon_child,
+            lock_fd,
         } => match (shared, control::idle_time(&idle)) {
             (_, Err(e)) => Err(e),
             (true, Ok(idle)) if !daemon_child => {
@@ -326,7 +330,7 @@ fn run_command(cli: Cli, project: &Path, relaunch: &[OsString]) -> Result<ExitCo
                 &project,
                 detach,
                 timeline,
-                daemon_child,
+                daemon_child.then_some(lock_fd),
                 shared.then_some(idle),
                 relaunch,
             ),

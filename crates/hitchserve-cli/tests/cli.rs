@@ -668,6 +668,59 @@ fn down_during_startup_ends_it_without_waiting_for_the_timeout() {
     assert!(err.contains("interrupted"), "{err}");
 }
 
+/// `down` and `status` while an `up --detach` (`up --detach &` in a script) has only just
+/// begun: from the moment the project's lock is held — by the `up` the script started, not
+/// only once its background bundle has started and taken it — `status` sees a bundle
+/// starting and `down` stops that startup at once, exit 0. (Before: `down` said nothing
+/// ran and the bundle started anyway, or waited for a readiness that never came and then
+/// said "the bundle stopped before it was ready", exit 1.)
+#[test]
+fn down_right_after_a_detached_up_began_stops_its_startup() {
+    let p = Project::new(
+        "downdetached",
+        "[bundle]\nstartup_timeout = \"10m\"\n\n[services.Slow]\ncommand = [\"sh\", \"-c\", \"echo started; exec tail -f /dev/null\"]\nready = { line_contains = \"never\" }\n",
+    );
+    let up = p
+        .cmd(&["up", "--detach"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The lock held is the event (`up` takes it first thing).
+    let lock = p.0.join(".hitchserve/up.lock");
+    let held = || {
+        std::fs::File::open(&lock).is_ok_and(|f| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a shared, non-blocking try on a descriptor we own.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !held() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "up never took its lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let status = output_within(p.cmd(&["status"]), std::time::Duration::from_secs(120));
+    assert!(
+        status.status.success() && text(&status).contains("Slow"),
+        "{}",
+        text(&status)
+    );
+    let down = output_within(p.cmd(&["down"]), std::time::Duration::from_secs(120));
+    assert!(down.status.success(), "{}", text(&down));
+    let out = up.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the startup was not stopped");
+    let after = p.run(&["status"]);
+    assert!(
+        text(&after).contains("no bundle is running"),
+        "{}",
+        text(&after)
+    );
+}
+
 /// examples/reminders/scenario.sh: the reminders scenario with the command line only.
 #[test]
 fn the_reminders_scenario_passes_with_the_command_line_only() {

@@ -120,15 +120,11 @@ pub(super) fn down(project: &Path) -> Result<ExitCode, String> {
     // The `up` that runs now, to wait for its own end below (its lock may be taken by the
     // next `up` at once: a shared bundle started again by a holder).
     let running = RunningUp::of(project);
-    let unreachable = !is_socket(&socket_path(project));
     let mut crashed = None;
-    match (unreachable, up_pid(project)) {
-        // Still starting, or its socket was removed: stop it as Ctrl-C would.
-        // SAFETY: signalling the `up` that holds the project's lock.
-        (true, Some(pid)) => unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        },
-        _ => {
+    // An `up` that has only just begun has neither its pid nor a socket yet: a moment.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if is_socket(&socket_path(project)) {
             // The reply comes once the bundle has stopped: with the error of a crash
             // it had not reported yet. No reply (it went away first) is no news.
             let mut r = request(project, &json!({"cmd": "down"}))?;
@@ -139,7 +135,21 @@ pub(super) fn down(project: &Path) -> Result<ExitCode, String> {
                 return Err(v["error"].as_str().unwrap_or("failed").to_owned());
             }
             crashed = v["error"].as_str().map(str::to_owned);
+            break;
         }
+        if let Some(pid) = up_pid(project) {
+            // Still starting, or its socket was removed: stop it as Ctrl-C would.
+            // SAFETY: signalling the `up` that holds the project's lock.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            break;
+        }
+        if !up_is_running(project) || Instant::now() > deadline {
+            // It ended meanwhile (or never got as far as its pid: the wait below says).
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
     // Shutdown is bounded by each service's stop timeout; this is a last resort.
     let patience = Duration::from_secs(600);

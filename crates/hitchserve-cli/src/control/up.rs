@@ -30,7 +30,7 @@ use super::protocol::reply;
 use super::server::{serve, serve_starting};
 use super::signals::{another_signal, install_signal_pipe, next_signal, signal_exit, RECEIVED};
 use super::state_dir::{
-    private_dir, socket_dir, socket_path, state_dir, up_is_running, StateDir, SOCKET_STARTING,
+    private_dir, socket_dir, socket_path, state_dir, StateDir, SOCKET_STARTING,
 };
 use crate::config;
 use crate::one_service::ServiceInfo;
@@ -42,10 +42,15 @@ pub fn up(
     project: &Path,
     detach: bool,
     timeline: bool,
-    daemon_child: bool,
+    daemon_child: Option<Option<i32>>,
     shared: Option<Duration>,
     relaunch: &[OsString],
 ) -> Result<ExitCode, String> {
+    // A daemon child, and the lock its parent took for it (if it was handed one).
+    let (daemon_child, handed_lock) = match daemon_child {
+        Some(fd) => (true, fd),
+        None => (false, None),
+    };
     let dir = state_dir(project);
     if dir.exists() && !dir.is_dir() {
         return Err(format!(
@@ -66,9 +71,6 @@ pub fn up(
         )
     };
     if detach && !daemon_child {
-        if up_is_running(project) {
-            return Err(refusal());
-        }
         return detach_up(file, project, timeline, shared, relaunch);
     }
     // Ctrl-C, SIGTERM and SIGHUP stop the bundle cleanly, from the start. A handler (not a
@@ -90,23 +92,20 @@ pub fn up(
         Err(e) => return early(e),
     };
     let lock_path = dir.join("up.lock");
-    // Not truncated before it is ours: a refused `up` must leave the running one's pid.
-    let lock = match std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&lock_path)
-    {
-        Ok(lock) => lock,
-        Err(e) => return early(cannot_open(&lock_path, &e)),
+    let lock = match handed_lock {
+        // Locked by the `up --detach` that started us, before it did: from its first
+        // moment a client sees a bundle starting (it said "nothing runs" until we had
+        // started and locked it ourselves).
+        Some(fd) => match take_handed_lock(fd, &lock_path) {
+            Ok(lock) => lock,
+            Err(e) => return early(e),
+        },
+        None => match lock_up(&lock_path) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return early(refusal()),
+            Err(e) => return early(e),
+        },
     };
-    let _ = lock.set_permissions(std::fs::Permissions::from_mode(0o600));
-    // SAFETY: a valid descriptor we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return early(refusal());
-    }
     let _ = lock.set_len(0);
     if daemon_child {
         // Our stderr is `up.log`, opened without truncating so that a refused second `up`
@@ -383,6 +382,68 @@ fn ports_of(s: &config::ServiceConfig) -> Vec<String> {
 
 /// Start `up` in the background and wait for its verdict. `relaunch` runs this command
 /// again (see [`crate::run`]); empty: this executable.
+/// Open `up.lock` (made if need be, private, never followed through a link) and take it
+/// for this `up`; `None` if another `up` holds it.
+fn lock_up(lock_path: &Path) -> Result<Option<std::fs::File>, String> {
+    // Not truncated before it is ours: a refused `up` must leave the running one's pid.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(lock_path)
+        .map_err(|e| cannot_open(lock_path, &e))?;
+    let _ = lock.set_permissions(std::fs::Permissions::from_mode(0o600));
+    // SAFETY: a valid descriptor we own.
+    let taken = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if taken {
+        // The last run's pid goes at once: a `down` that reads it now must not signal it.
+        let _ = lock.set_len(0);
+    }
+    Ok(taken.then_some(lock))
+}
+
+/// The lock a detaching `up` took and handed us as descriptor `fd`: checked to be
+/// `lock_path`'s file and locked (the lock is the descriptor's: ours now), and made
+/// close-on-exec again so that no service inherits it.
+fn take_handed_lock(fd: i32, lock_path: &Path) -> Result<std::fs::File, String> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let bad = || {
+        format!("--lock-fd {fd} is not the project's `up.lock`: this option is hitchserve's own")
+    };
+    // SAFETY: F_GETFD on an integer: only asks whether it is an open descriptor.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(bad());
+    }
+    // SAFETY: an open descriptor, handed to this process for it to own (our parent keeps
+    // its own copy of the same open file only until it has heard from us).
+    let lock = unsafe { std::fs::File::from_raw_fd(fd) };
+    let named = std::fs::symlink_metadata(lock_path).map_err(|e| cannot_open(lock_path, &e))?;
+    let held = lock.metadata().map_err(|e| cannot_open(lock_path, &e))?;
+    if (named.dev(), named.ino()) != (held.dev(), held.ino()) {
+        // Not ours to close: it was never ours.
+        std::mem::forget(lock);
+        return Err(bad());
+    }
+    // SAFETY: plain calls on the descriptor we now own.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        if libc::flock(fd, libc::LOCK_EX | libc::LOCK_NB) != 0 {
+            return Err(format!(
+                "a bundle is already running in `{}`: see `hitchserve status`",
+                lock_path
+                    .parent()
+                    .and_then(Path::parent)
+                    .unwrap_or(lock_path)
+                    .display()
+            ));
+        }
+    }
+    Ok(lock)
+}
+
 pub(super) fn detach_up(
     file: &Path,
     project: &Path,
@@ -391,6 +452,15 @@ pub(super) fn detach_up(
     relaunch: &[OsString],
 ) -> Result<ExitCode, String> {
     use std::os::unix::process::CommandExt;
+    // The lock first, handed to the bundle we start: from now on, not once that bundle has
+    // started, `status`, `logs` and `down` see a bundle starting.
+    let lock = lock_up(&state_dir(project).join("up.lock"))?.ok_or_else(|| {
+        format!(
+            "a bundle is already running in `{}`: see `hitchserve status`, stop it with `hitchserve down`",
+            project.display()
+        )
+    })?;
+    let lock_fd = lock.as_raw_fd();
     let (program, first_args) = match relaunch.split_first() {
         Some((program, args)) => (PathBuf::from(program), args),
         None => (
@@ -416,10 +486,12 @@ pub(super) fn detach_up(
         .map_err(|e| format!("cannot make `{}` private: {e}", log_path.display()))?;
     let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     let mut cmd = std::process::Command::new(program);
-    cmd.args(first_args)
-        .arg("-f")
-        .arg(&file)
-        .args(["up", "--daemon-child"]);
+    cmd.args(first_args).arg("-f").arg(&file).args([
+        "up",
+        "--daemon-child",
+        "--lock-fd",
+        &lock_fd.to_string(),
+    ]);
     if timeline {
         cmd.arg("--timeline");
     }
@@ -440,8 +512,9 @@ pub(super) fn detach_up(
     // close-on-exec (std's own included, which it needs open until exec), so that the
     // bundle, the long-lived daemon, holds none its caller inherited — a harness reading a
     // pipe until it closes (a make jobserver, a `pass_fds`) would wait for the bundle's end.
+    // The lock's descriptor alone is then left open across the exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setsid();
             // Linux 5.11+; on older kernels (EINVAL, ENOSYS) descriptors stay as they were.
             libc::syscall(
@@ -450,6 +523,9 @@ pub(super) fn detach_up(
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             );
+            if libc::fcntl(lock_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }

@@ -366,6 +366,15 @@ const RUST_TO_FILE: &[(&str, &str)] = &[
     ("Service::no_libfaketime()", "`no_libfaketime = true`"),
     ("Service::port(\"NAME\")", "`ports = [\"NAME\"]`"),
     ("Postgres::bin_dir", "its `bin_dir`"),
+    ("(`port(\"http\")`)", "(`ports = [\"http\"]`)"),
+    (
+        "start it again first (`start()`)",
+        "start it again first (`hitchserve start NAME`)",
+    ),
+    (
+        "a bundle runs once; make a new one to start its services again",
+        "it is going down: start a new one with `hitchserve up` once `down` is done",
+    ),
 ];
 
 /// `message` with the engine's Rust names put in bundle-file terms.

@@ -163,7 +163,17 @@ impl ServiceHandle {
     /// ```
     pub fn stop(&self) -> Result<()> {
         self.runtime.here()?;
-        let _ = self.runtime.stop_one(self.idx, None);
+        if self.runtime.stop_one(self.idx, None).is_none() && self.runtime.is_stopping() {
+            // The bundle's own stop is under way, and stops this one too: return once it
+            // has, as a stop does.
+            let idx = self.idx;
+            let patience = self.runtime.timeouts.shutdown + Duration::from_secs(5);
+            let deadline = deadline_after(Instant::now(), patience);
+            let (states, _) = self
+                .runtime
+                .wait_until(self.runtime.lock(), deadline, |s| s[idx].is_settled());
+            drop(states);
+        }
         Ok(())
     }
 

@@ -85,14 +85,28 @@ fn connect(project: &Path, cmd: &str) -> Result<UnixStream, String> {
 pub(super) fn request(project: &Path, req: &Value) -> Result<BufReader<UnixStream>, String> {
     let mut conn = connect(project, req["cmd"].as_str().unwrap_or(""))?;
     conn.write_all(format!("{req}\n").as_bytes())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| gone_meanwhile(&e))?;
     Ok(BufReader::new(conn))
+}
+
+/// A connection to the bundle that broke (a broken pipe, a reset): the bundle stopped while
+/// we asked — said in words, not as the system's error number.
+fn gone_meanwhile(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof => {
+            "the bundle stopped while the request was under way (a `down`, or a crash of \
+             `hitchserve up`): see `hitchserve status`"
+                .to_owned()
+        }
+        _ => format!("the connection to the bundle failed: {e}"),
+    }
 }
 
 pub(super) fn one_reply(project: &Path, req: &Value) -> Result<Value, String> {
     let mut r = request(project, req)?;
     let mut line = String::new();
-    r.read_line(&mut line).map_err(|e| e.to_string())?;
+    r.read_line(&mut line).map_err(|e| gone_meanwhile(&e))?;
     let v: Value =
         serde_json::from_str(&line).map_err(|_| "no answer from the bundle".to_owned())?;
     if v["ok"] == false {

@@ -18,10 +18,34 @@ use serde_json::{json, Value};
 use super::protocol::reply;
 use crate::config;
 
+/// How long a request for a service's lines waits for the bundle to begin its run: `up`
+/// begins it as soon as it has read its file and bound its socket (a moment), so only a
+/// machine that doesn't run it for a while takes this long.
+const RUN_BEGINS: Duration = Duration::from_secs(30);
+
+/// The handle of service `name`, once the bundle has begun its run: a `logs` that comes
+/// in the moment between `up` binding its socket and beginning the run (`up --detach &`,
+/// then `logs`) waits for it, rather than failing with the library's "not running".
+/// (Looked at every 5 ms: the library has no event for the run's beginning.)
+fn service_once_begun(
+    bundle: &Observer,
+    name: &str,
+) -> hitchserve::Result<hitchserve::ServiceHandle> {
+    let deadline = Instant::now() + RUN_BEGINS;
+    loop {
+        match bundle.service(name) {
+            Err(HsError::NotRunning) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Stream log lines: the last N (or all), then, with follow or until, new ones.
 pub(super) fn logs(out: &mut UnixStream, bundle: &Observer, req: &Value) -> std::io::Result<()> {
     let mut view: Logs = match req["service"].as_str() {
-        Some(name) => match bundle.service(name) {
+        Some(name) => match service_once_begun(bundle, name) {
             Ok(s) => s.logs(),
             Err(e) => return reply(out, &json!({"end": "error", "error": e.to_string()})),
         },

@@ -792,3 +792,33 @@ fn a_failed_start_by_hand_shows_only_its_own_lines() {
     }
     b.shutdown().unwrap();
 }
+
+/// `stop()` while the bundle itself is stopping returns once the service has exited, as a
+/// stop does (it returned at once, the service still running: the bundle's stop had
+/// taken it over).
+#[test]
+fn stop_during_shutdown_returns_once_the_service_has_exited() {
+    let p = Project::new("fi-stop-in-shutdown");
+    let mut b = p.bundle();
+    // Takes a while to stop: its stop signal starts a slow exit.
+    b.add(
+        "Slow",
+        sh("trap 'sleep 1; exit 0' TERM; echo READY; while :; do sleep 0.05; done"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let slow = b.service("Slow").unwrap();
+    let mut hitch = b.logs().tail();
+    std::thread::scope(|s| {
+        let shutdown = s.spawn(|| b.shutdown());
+        hitch
+            .until(|l| l.starts_with("Stopping "), PATIENCE)
+            .unwrap();
+        slow.stop().unwrap();
+        assert!(
+            slow.exit_status().is_some(),
+            "stop() returned while the service was still stopping"
+        );
+        shutdown.join().unwrap().unwrap();
+    });
+}

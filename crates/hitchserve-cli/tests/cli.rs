@@ -790,6 +790,31 @@ fn absurd_durations_in_the_file_are_errors_at_their_line_and_column() {
     }
 }
 
+/// A duration of the wrong TOML type (a boolean, an array, a table, a date) says what a
+/// duration is, at its line and column (it said "data did not match any variant of untagged
+/// enum DurationValue").
+#[test]
+fn a_duration_of_the_wrong_type_says_what_a_duration_is() {
+    for value in ["true", "[1]", "{ a = 1 }", "1979-05-27T07:32:00Z"] {
+        let toml = format!("[bundle]\nstartup_timeout = {value}\n");
+        let p = Project::new("durationtype", &format!("{STARTER}\n{toml}"));
+        let o = p.run(&["up", "--detach"]);
+        let t = text(&o);
+        assert!(!o.status.success(), "{toml}: {t}");
+        let line = STARTER.lines().count() + 3;
+        assert!(
+            t.contains(&format!("hitchserve.toml:{line}:19")),
+            "{toml}: {t}"
+        );
+        assert!(
+            t.contains("expected a duration: a number and a unit"),
+            "{toml}: {t}"
+        );
+        assert!(!t.contains("untagged"), "{t}");
+        assert!(!anything_started(&p));
+    }
+}
+
 #[test]
 fn absurd_durations_on_the_command_line_are_errors_before_asking_the_bundle() {
     // No bundle runs: a bad value must be named, not "no bundle is running" (nor a panic).

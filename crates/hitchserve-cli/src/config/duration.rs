@@ -9,28 +9,43 @@
 use std::time::Duration;
 
 use hitchserve::jiff::{self, SignedDuration, Span, SpanRelativeTo};
-use serde::Deserialize;
 
 use super::text::Text;
 
-/// A string that [`duration`] accepts.
 /// A duration as written in the file: a string (`"15s"`), or a bare number of seconds.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum DurationValue {
-    Text(Text),
-    Int(i64),
-    Float(f64),
+/// Anything else (a boolean, an array, a date) is an error saying what is accepted (an
+/// untagged enum said only "data did not match any variant").
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = String;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a duration: {ACCEPTED}")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+        // As every string of the file: no NUL byte (see `Text`).
+        Text::checked(v.to_owned()).map(|t| t.0).map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+        Ok(v.to_string())
+    }
 }
 
 pub(super) fn checked_duration<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Duration>, D::Error> {
-    let text = match DurationValue::deserialize(d)? {
-        DurationValue::Text(text) => text.0,
-        DurationValue::Int(n) => n.to_string(),
-        DurationValue::Float(f) => f.to_string(),
-    };
+    let text = d.deserialize_any(DurationVisitor)?;
     duration(&text).map(Some).map_err(serde::de::Error::custom)
 }
 

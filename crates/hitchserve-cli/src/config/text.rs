@@ -33,17 +33,23 @@ impl std::fmt::Display for Text {
     }
 }
 
-impl<'de> Deserialize<'de> for Text {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
-        let text = String::deserialize(d)?;
+impl Text {
+    /// `text` as a `Text`, or why it can't be one (a NUL byte).
+    pub(super) fn checked(text: String) -> Result<Text, String> {
         if text.contains('\0') {
-            return Err(serde::de::Error::custom(format!(
+            return Err(format!(
                 "{:?} holds a NUL byte (\\u0000), which no command, path or environment \
                  variable can carry: remove it",
                 text
-            )));
+            ));
         }
         Ok(Text(text))
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+        Text::checked(String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 

@@ -398,6 +398,26 @@ fn resolve_one(
             },
         }
     })?;
+    // A program it runs in turn (a cron's command) must be found as its own is.
+    if let Some(other) = svc.runs_too.and_then(|at| svc.argv.get(at)) {
+        let key = (
+            other.clone(),
+            exec.dir.clone(),
+            exec.path_var().map(OsStr::to_owned),
+        );
+        let found = lookups
+            .programs
+            .entry(key)
+            .or_insert_with(|| exec.resolve(other))
+            .clone();
+        if let Err(searched) = found {
+            return Err(Error::CommandNotFound {
+                service: name.to_owned(),
+                program: other.to_string_lossy().into_owned(),
+                searched,
+            });
+        }
+    }
     let mut needs: Vec<(usize, Condition)> = Vec::new();
     for (need, condition) in &svc.needs {
         let Some(&n) = index.get(need.as_str()) else {

@@ -64,6 +64,9 @@ pub struct Service {
     pub(crate) install: Option<Install>,
     /// The ready-made kind that made it (`"Redis"`...), for that kind's `handle`.
     pub(crate) kind: Option<&'static str>,
+    /// Where in `argv` a program it runs in turn starts (a cron's command): it must be
+    /// there, and found on the service's `PATH` at startup, as its own program is.
+    pub(crate) runs_too: Option<usize>,
 }
 
 /// How to get a ready-made service's missing program, for the startup error.
@@ -82,6 +85,15 @@ impl Service {
         let env = self.env.iter().map(|(k, v)| (k.as_os_str(), v.as_deref()));
         if let Some(problem) = crate::exec::bad_command(&self.argv, env) {
             return Some(problem);
+        }
+        if let Some(at) = self.runs_too {
+            if self.argv.get(at).is_none_or(|p| p.is_empty()) {
+                return Some(
+                    "the command it runs is empty: give it one (`Cron::every(interval, \
+                     [\"program\", ...])`)"
+                        .to_owned(),
+                );
+            }
         }
         if self.ports.iter().any(String::is_empty) {
             return Some("a port's name is empty: name it (`port(\"http\")`)".to_owned());
@@ -144,6 +156,7 @@ impl Service {
             restart: Restart::Never,
             install: None,
             kind: None,
+            runs_too: None,
         }
     }
 

@@ -72,7 +72,11 @@ impl Cron {
             LOOP.to_owned(),
             format!("{}", self.interval.as_secs_f64()),
         ];
+        let command_at = argv.len();
         argv.extend(self.argv);
-        Service::new(argv).ready(Ready::line_contains("cron: every"))
+        let mut service = Service::new(argv).ready(Ready::line_contains("cron: every"));
+        // Its command is checked as a service's own program: there, and on its PATH.
+        service.runs_too = Some(command_at);
+        service
     }
 }

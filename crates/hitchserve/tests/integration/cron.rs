@@ -38,3 +38,37 @@ fn a_time_jump_past_the_interval_runs_the_command() {
         "tick\ntick\n"
     );
 }
+
+/// A cron whose command is empty, or whose program is not on its PATH, is a bad definition
+/// refused before anything starts, as a service's own program is. (Both were accepted and
+/// crashed later, at the first jump, with a Python traceback.)
+#[test]
+fn a_cron_command_that_can_never_run_is_refused_before_anything_starts() {
+    let p = Project::new("cron-bad");
+    let mut b = p.bundle();
+    let err = b
+        .add(
+            "Empty",
+            Cron::every(Duration::from_secs(60), Vec::<String>::new()).service(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, hitchserve::Error::InvalidSetting { service, problem } if service == "Empty" && problem.contains("empty")),
+        "{err:?}"
+    );
+    b.add(
+        "Missing",
+        Cron::every(Duration::from_secs(60), ["no-such-program-hs", "--now"]).service(),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    assert!(
+        matches!(&err, hitchserve::Error::CommandNotFound { service, program, .. } if service == "Missing" && program == "no-such-program-hs"),
+        "{err:?}"
+    );
+    assert!(b
+        .logs()
+        .lines()
+        .iter()
+        .all(|l| !l.contains("Starting Missing")));
+}

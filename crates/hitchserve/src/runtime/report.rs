@@ -280,6 +280,11 @@ impl Runtime {
                             format!("{} (last try: {why})", plan.ready.describe())
                         }
                         Waiting::Check(None) => plan.ready.describe(),
+                        Waiting::Restart(status) => format!(
+                            "its restart: it exited ({status}), and its restart policy starts \
+                             it again once its backoff has passed (the lines below are of the \
+                             process that exited)"
+                        ),
                     };
                     let what = match self.user_code.get(idx) {
                         Some(code) => format!(
@@ -360,6 +365,7 @@ impl ServiceState {
                 ..
             } => return None,
             Phase::Exited { .. } if self.completed() && t.one_shot => return None,
+            Phase::Restarting { status } => Waiting::Restart(*status),
             Phase::Running {
                 readiness: Readiness::Checking { last_failure },
                 ..
@@ -377,6 +383,8 @@ pub(crate) enum Waiting {
     Check(Option<String>),
     Poststart,
     OneShot,
+    /// Its process exited (so), and its restart policy starts it again after its backoff.
+    Restart(ExitStatus),
 }
 
 /// Whether a need is met, in the words of a timeout message (ready means ready, whether or

@@ -822,3 +822,31 @@ fn stop_during_shutdown_returns_once_the_service_has_exited() {
         shutdown.join().unwrap().unwrap();
     });
 }
+
+/// A wait for readiness that times out while the service waits out its restart backoff
+/// says so — not "waiting for a log line containing READY" beside a READY line of the
+/// process that exited.
+#[test]
+fn a_wait_that_times_out_during_a_restart_backoff_says_so() {
+    let p = Project::new("fi-backoff-timeout");
+    let mut b = p
+        .bundle()
+        .startup_timeout(std::time::Duration::from_secs(10));
+    b.add(
+        "W",
+        sh("echo READY; exec sleep 1000")
+            .ready_when(|l| l.contains("READY"))
+            .restart(Restart::on_failure(2).backoff(std::time::Duration::from_secs(3600))),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let w = b.service("W").unwrap();
+    w.kill(Signal::SIGKILL).unwrap();
+    assert!(w.restart_pending());
+    let err = w.wait_until_ready().unwrap_err();
+    let said = err.to_string();
+    assert!(matches!(err, Error::StartupTimeout { .. }), "{said}");
+    assert!(said.contains("its restart"), "{said}");
+    assert!(said.contains("SIGKILL"), "{said}");
+    b.shutdown().unwrap();
+}

@@ -1993,3 +1993,39 @@ fn up_replaces_an_empty_control_directory_another_users_run_left() {
     assert!(o.status.success(), "{}", text(&o));
     down(&p);
 }
+
+/// `exec`'s command ends with `exec` itself: a SIGTERM to the `exec` process alone (a test
+/// runner's timeout, say) does not leave it running until `down`.
+#[test]
+fn a_killed_exec_takes_its_command_with_it() {
+    let p = Project::new("execkilled", DAYS);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let pidfile = p.0.join("exec-pid");
+    let script = format!(
+        "echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 1000",
+        pidfile.display()
+    );
+    let mut exec = p
+        .cmd(&["exec", "Clock", "--", "sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let pid: u32 = loop {
+        if let Ok(text) = std::fs::read_to_string(&pidfile) {
+            break text.trim().parse().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    // SAFETY: signalling the `exec` process this test started.
+    unsafe {
+        libc::kill(exec.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let _ = exec.wait();
+    assert!(wait_gone(pid), "the command outlived its exec");
+    down(&p);
+}

@@ -417,6 +417,24 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                     cmd.uid(uid).gid(gid);
                 }
             }
+            // The command ends with us: `exec` killed (a test runner's timeout, a SIGTERM
+            // to this process alone) must not leave it running until `down`. SIGTERM, as
+            // the signal to us most often is; checked against a parent that died before.
+            let parent = std::process::id() as libc::pid_t;
+            // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between
+            // fork and exec.
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(move || {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    if libc::getppid() != parent {
+                        libc::_exit(128 + libc::SIGTERM);
+                    }
+                    Ok(())
+                });
+            }
             if !std::path::Path::new(dir).is_dir() {
                 eprintln!("hitchserve: the service's directory `{dir}` is gone: cannot run a command in it");
                 return Ok(ExitCode::from(126));

@@ -398,6 +398,22 @@ fn resolve_one(
             },
         }
     })?;
+    // An `exec` readiness probe that must pass runs a program: one named bare must be on
+    // the service's PATH, or the check could never pass (it was tried until the startup
+    // timeout). One given by its path may be one the service makes as it starts: not
+    // looked for now.
+    let bare = |p: &&OsStr| !p.as_encoded_bytes().contains(&b'/');
+    for probe in svc.ready.required_programs().into_iter().filter(bare) {
+        if let Err(searched) = exec.resolve(probe) {
+            return Err(Error::ReadinessNeverPasses {
+                service: name.to_owned(),
+                reason: format!(
+                    "its `exec` check runs `{}`, which was not found ({searched})",
+                    probe.to_string_lossy()
+                ),
+            });
+        }
+    }
     // A program it runs in turn (a cron's command) must be found as its own is.
     if let Some(other) = svc.runs_too.and_then(|at| svc.argv.get(at)) {
         let key = (

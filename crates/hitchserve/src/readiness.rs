@@ -308,6 +308,18 @@ impl Ready {
     }
 }
 
+impl Ready {
+    /// The programs of the `exec` probes that must pass for this check to (those not
+    /// under an `any`, which may pass without them), for a look before anything starts.
+    pub(crate) fn required_programs(&self) -> Vec<&std::ffi::OsStr> {
+        match &self.0 {
+            Kind::Exec { argv } => argv.first().map(OsString::as_os_str).into_iter().collect(),
+            Kind::All(v) => v.iter().flat_map(Ready::required_programs).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// Whether `text` holds a NUL byte (the kernel takes paths and arguments NUL-terminated).
 fn has_nul(text: &std::ffi::OsStr) -> bool {
     use std::os::unix::ffi::OsStrExt;

@@ -183,6 +183,18 @@ fn a_readiness_check_that_can_never_pass_is_refused_before_anything_starts() {
         (Ready::tcp_addr("127.0.0.1:http"), "not a number"),
         (Ready::exec(Vec::<&str>::new()), "empty command"),
         (Ready::exec(["tr\0ue"]), "NUL byte"),
+        // A probe's program not on the service's PATH (it was tried until the timeout).
+        (
+            Ready::exec(["no-such-probe-hs", "--check"]),
+            "runs `no-such-probe-hs`, which was not found",
+        ),
+        (
+            Ready::all([
+                Ready::line_contains("READY"),
+                Ready::exec(["no-such-probe-hs"]),
+            ]),
+            "runs `no-such-probe-hs`",
+        ),
         (Ready::file(""), "empty path"),
         (Ready::file("a\0b"), "NUL byte"),
     ] {

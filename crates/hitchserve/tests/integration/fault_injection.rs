@@ -850,3 +850,37 @@ fn a_wait_that_times_out_during_a_restart_backoff_says_so() {
     assert!(said.contains("SIGKILL"), "{said}");
     b.shutdown().unwrap();
 }
+
+/// A one-shot whose run by hand fails says so once, from the call that ran it: `check()`
+/// does not report it again as a crash. (A user reported it did; not reproduced here, by
+/// `restart()` or `start()`, 20 rounds: kept as the check.)
+#[test]
+fn a_one_shot_whose_restart_fails_is_told_by_the_restart_alone() {
+    let p = Project::new("fi-oneshot-restart");
+    let mut b = p.bundle();
+    // Succeeds the first time, fails once the marker file exists.
+    let marker = p.dir.join("fail-now");
+    b.add(
+        "Mig",
+        sh(&format!(
+            "if [ -e {} ]; then exit 3; fi; exit 0",
+            marker.display()
+        ))
+        .one_shot(),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    std::fs::write(&marker, "").unwrap();
+    let mig = b.service("Mig").unwrap();
+    for round in 0..20 {
+        let err = match round % 2 {
+            0 => mig.restart().unwrap_err(),
+            _ => mig.start().unwrap_err(),
+        };
+        assert!(matches!(err, Error::OneShotFailed { .. }), "{err:?}");
+        if let Err(e) = b.check() {
+            panic!("round {round}: the failure told by restart() was reported again: {e}");
+        }
+    }
+    b.shutdown().unwrap();
+}

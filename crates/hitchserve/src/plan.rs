@@ -324,9 +324,20 @@ fn resolve_one(
         .or_insert_with(|| dir.is_dir())
     {
         let service = name.to_owned();
-        return Err(match dir.exists() {
-            true => Error::NotADirectory { service, path: dir },
-            false => Error::DirectoryMissing { service, path: dir },
+        return Err(match std::fs::metadata(&dir) {
+            Ok(_) => Error::NotADirectory { service, path: dir },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Error::DirectoryMissing { service, path: dir }
+            }
+            // There, maybe, but not ours to reach (a directory we may not search).
+            Err(source) => Error::Io {
+                context: format!(
+                    "service `{service}`: directory `{}` can't be reached: fix its \
+                     permissions (or those of a directory above it), or Service::directory",
+                    dir.display()
+                ),
+                source,
+            },
         });
     }
     let mut env = service_env(base_env, &svc.env, run_id);

@@ -109,6 +109,7 @@ enum Command {
         json: bool,
     },
     /// Print logs; wait for a line with --until / --until-json (exit 1 on timeout).
+    #[command(group(clap::ArgGroup::new("waiting").args(["until", "until_json"])))]
     Logs {
         /// One service (default: all, and the bundle's own lines).
         service: Option<String>,
@@ -128,15 +129,21 @@ enum Command {
         #[arg(short = 'f', long)]
         follow: bool,
         /// Wait until a line that comes next (or one of the last -n N) matches this regular
-        /// expression, print it, exit 0.
-        #[arg(long)]
+        /// expression, print it, exit 0. (Not with --json, which hides the lines that are
+        /// not JSON: use --until-json.)
+        #[arg(long, conflicts_with_all = ["until_json", "follow", "json"])]
         until: Option<String>,
         /// Wait until a JSON line that comes next (or one of the last -n N) matches
         /// `field=value` (or has `field`), print it, exit 0.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "follow")]
         until_json: Option<String>,
         /// How long --until / --until-json wait (e.g. 10s, 2m).
-        #[arg(long, default_value = "10s", allow_hyphen_values = true)]
+        #[arg(
+            long,
+            default_value = "10s",
+            allow_hyphen_values = true,
+            requires = "waiting"
+        )]
         timeout: String,
     },
     /// Move the services' clock: `+2d`, `+3h30m`, `-1h`, or `--to 2030-01-01T09:00:00Z`.

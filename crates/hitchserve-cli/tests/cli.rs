@@ -2029,3 +2029,22 @@ fn a_killed_exec_takes_its_command_with_it() {
     assert!(wait_gone(pid), "the command outlived its exec");
     down(&p);
 }
+
+/// `logs` options that can't work together are a usage error (exit 2) — they were taken
+/// silently: `--json --until` matched a line it then hid (printing nothing, exit 0),
+/// `--until` with `--until-json` dropped one, `-f` with `--until` was ignored, and
+/// `--timeout` alone meant nothing.
+#[test]
+fn logs_options_that_cannot_work_together_are_a_usage_error() {
+    let p = Project::new("logsconflicts", DAYS);
+    for args in [
+        &["logs", "Clock", "--json", "--until", "x"][..],
+        &["logs", "Clock", "--until", "x", "--until-json", "a=1"],
+        &["logs", "Clock", "-f", "--until", "x"],
+        &["logs", "Clock", "-f", "--until-json", "a"],
+        &["logs", "Clock", "--timeout", "1s"],
+    ] {
+        let o = p.run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+    }
+}

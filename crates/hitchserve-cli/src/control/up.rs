@@ -2,7 +2,9 @@
 //! (in the foreground, or `--detach`ed as a daemon child whose parent waits for its verdict),
 //! serve control connections, and stop cleanly on a signal or a `down`.
 //!
-//! Owns the state directory's making and permissions, the lock, the socket's life (bound as
+//! Owns the state directory's making and permissions, the lock (a detaching `up` takes it
+//! before it starts its daemon child and hands it over: a client sees a bundle starting
+//! from the first moment), the socket's life (bound as
 //! `control.sock.starting` before any service starts, renamed once all are ready, removed
 //! when `up` ends) and the detaching. Invariant: the socket and `up.log` are ours only
 //! (0600 in a 0700 directory), and a refused second `up` leaves the running one's lock

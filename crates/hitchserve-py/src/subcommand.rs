@@ -45,9 +45,8 @@ impl Subcommand {
     }
 
     /// Run it with its output going where the test's goes; raises on failure. Ctrl-C raises
-    /// `KeyboardInterrupt` at once; the command (in a process group of its own, which the
-    /// terminal's Ctrl-C does not reach) runs on to its end, or is swept with the services
-    /// at shutdown (it carries the run's marker).
+    /// `KeyboardInterrupt` at once (the terminal's Ctrl-C reaches the command too: it runs in
+    /// the test's process group; one that runs on is swept with the services at shutdown).
     fn run(&self, py: Python<'_>) -> PyResult<()> {
         let sub = self.sub.clone();
         interruptible(py, "sub-command", move || sub.run())?.or_raise()

@@ -184,7 +184,7 @@ impl HookContext<'_> {
         }
         // A hook's command must finish: whatever it left running in the background would
         // hold its output open (and the hook) forever.
-        let status =
+        let ended =
             crate::subcommand::reap_and_kill_group(&mut child).map_err(|source| Error::Spawn {
                 service: self.service().to_owned(),
                 source,
@@ -192,6 +192,12 @@ impl HookContext<'_> {
         for r in readers {
             let _ = r.join();
         }
-        Ok(ExitStatus::from_std(status))
+        let mut note = Vec::new();
+        let status = ended.status(&mut note);
+        if !note.is_empty() {
+            self.sink
+                .message(self.err, String::from_utf8_lossy(&note).trim(), false);
+        }
+        Ok(status)
     }
 }

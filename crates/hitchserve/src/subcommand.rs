@@ -1,11 +1,13 @@
 //! Sub-commands: programs run in a service's environment — its variables, directory, fake
 //! clock and marker — such as `manage.py`, `psql` or `redis-cli`.
 //!
-//! Owns the `Subcommand` builder. A sub-command runs in a process group of its own: what it
-//! leaves there (a background child) is killed once it exits, and a wait for its output
-//! never outlasts it by more than a moment. It carries the run's marker, so a process that
-//! left its group is swept with the services at shutdown. The caller's working directory
-//! is never touched: only the child's is set.
+//! Owns the `Subcommand` builder. `run()` runs it in the test's process group, as a shell
+//! runs a command (it may use the terminal); `output()` in a group of its own: what it
+//! leaves there (a background child) is killed once it exits, a wait for its output never
+//! outlasts it by more than a moment, and one stopped for using the terminal is killed, not
+//! waited for. It carries the run's marker, so what it left running elsewhere is swept with
+//! the services at shutdown. The caller's working directory is never touched: only the
+//! child's is set.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
@@ -142,10 +144,12 @@ impl Subcommand {
             .command(&program, program.as_os_str(), &self.argv[1..]))
     }
 
-    /// Run it in a process group of its own, its output captured if `capture` (else where
-    /// the test's goes), and wait for it: once it has exited, whatever it left in its group
-    /// is killed, and what a process that left the group (`setsid`) still writes to its
-    /// pipes is read for `LEFTOVER_DRAIN` at most.
+    /// Run it and wait for it. Captured (`output()`), in a process group of its own: once it
+    /// has exited, whatever it left in its group is killed, and what a process that left
+    /// the group (`setsid`) still writes to its pipes is read for `LEFTOVER_DRAIN` at most.
+    /// Not captured (`run()`), in the test's process group, as a shell runs a command: it may
+    /// use the terminal (a pager, a password prompt), and the terminal's Ctrl-C reaches it;
+    /// what it leaves running carries the run's marker and dies with the bundle.
     fn spawn_and_wait(&self, capture: bool) -> Result<Output> {
         use std::os::unix::process::CommandExt;
         let spawn_err = |source| Error::Spawn {
@@ -153,25 +157,33 @@ impl Subcommand {
             source,
         };
         let mut cmd = self.command()?;
-        cmd.process_group(0);
         cmd.stdin(if self.stdin.is_some() {
             Stdio::piped()
         } else {
             Stdio::null()
         });
         if capture {
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            cmd.process_group(0)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
         }
         let mut child = cmd.spawn().map_err(spawn_err)?;
-        let feeder = self.feed(&mut child);
-        let captured = Captured::start(&mut child);
-        let status = reap_and_kill_group(&mut child).map_err(spawn_err)?;
-        if let Some(f) = feeder {
-            let _ = f.join();
+        // Not joined: a process that left the group may hold its stdin unread; the feeder
+        // ends (a broken pipe) when that process does.
+        drop(self.feed(&mut child));
+        if !capture {
+            let status = child.wait().map_err(spawn_err)?;
+            return Ok(Output {
+                status: ExitStatus::from_std(status),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            });
         }
-        let (stdout, stderr) = captured.collect(LEFTOVER_DRAIN);
+        let captured = Captured::start(&mut child);
+        let ended = reap_and_kill_group(&mut child).map_err(spawn_err)?;
+        let (stdout, mut stderr) = captured.collect(LEFTOVER_DRAIN);
         Ok(Output {
-            status: ExitStatus::from_std(status),
+            status: ended.status(&mut stderr),
             stdout,
             stderr,
         })
@@ -232,13 +244,13 @@ impl Subcommand {
         if !crate::process::wait_pid(pid, limit) {
             let _ = child.kill();
         }
-        let status = reap_and_kill_group(&mut child).map_err(|source| Error::Spawn {
+        let ended = reap_and_kill_group(&mut child).map_err(|source| Error::Spawn {
             service: self.exec.service.clone(),
             source,
         })?;
-        let (stdout, stderr) = captured.collect(LEFTOVER_DRAIN);
+        let (stdout, mut stderr) = captured.collect(LEFTOVER_DRAIN);
         Ok(Output {
-            status: ExitStatus::from_std(status),
+            status: ended.status(&mut stderr),
             stdout,
             stderr,
         })
@@ -381,19 +393,73 @@ fn kill_group(pgid: u32) {
     }
 }
 
+/// How a command run in a process group of its own ended.
+pub(crate) enum Ended {
+    /// It exited (or a signal ended it).
+    Exited(std::process::ExitStatus),
+    /// It was stopped for using the terminal (SIGTTIN, SIGTTOU): a process group of its own
+    /// is not the terminal's; its group was killed rather than left stopped for ever.
+    UsedTerminal(nix::sys::signal::Signal),
+}
+
+impl Ended {
+    /// Its exit status; for one stopped for the terminal, that signal, with a note saying
+    /// why added to `stderr`.
+    pub(crate) fn status(&self, stderr: &mut Vec<u8>) -> ExitStatus {
+        match self {
+            Ended::Exited(status) => ExitStatus::from_std(*status),
+            Ended::UsedTerminal(sig) => {
+                stderr.extend_from_slice(
+                    format!(
+                        "\n[hitchserve: it was stopped by {sig} for using the terminal (a \
+                         password prompt, a pager), which a command whose output is captured \
+                         can't: it was killed. Give it its input with stdin(...), or options \
+                         that don't prompt or page.]\n"
+                    )
+                    .as_bytes(),
+                );
+                ExitStatus::Signaled(*sig as i32)
+            }
+        }
+    }
+}
+
 /// Wait for `child` (the leader of a process group of its own) to exit, SIGKILL what it left
 /// in its group, then reap it. The group is killed while its leader is still a zombie: its
 /// id can't be taken by a new group then (once reaped, with nothing else in the group, it
-/// could be, and the SIGKILL would go to that group).
-pub(crate) fn reap_and_kill_group(
-    child: &mut std::process::Child,
-) -> std::io::Result<std::process::ExitStatus> {
-    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+/// could be, and the SIGKILL would go to that group). A leader stopped for using the
+/// terminal (its group is not the terminal's) would wait for ever: its group is killed.
+pub(crate) fn reap_and_kill_group(child: &mut std::process::Child) -> std::io::Result<Ended> {
+    use nix::sys::signal::Signal;
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    // Exited (still a zombie), or not ours to wait for any more: kill, then reap.
-    while let Err(nix::errno::Errno::EINTR) =
-        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
-    {}
+    let mut terminal = None;
+    loop {
+        // Exited (still a zombie), or stopped; or not ours to wait for any more.
+        match waitid(
+            Id::Pid(pid),
+            WaitPidFlag::WEXITED | WaitPidFlag::WSTOPPED | WaitPidFlag::WNOWAIT,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Ok(WaitStatus::Stopped(_, sig @ (Signal::SIGTTIN | Signal::SIGTTOU))) => {
+                terminal = Some(sig);
+                kill_group(child.id());
+                // Consumed (without waiting: it may be gone already), so that the wait
+                // above sees the exit next.
+                let _ = waitid(Id::Pid(pid), WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG);
+            }
+            Ok(WaitStatus::Stopped(..)) => {
+                // Stopped by someone else (a SIGSTOP): it may be continued; wait on (the
+                // stop consumed, without waiting, so it isn't seen again).
+                let _ = waitid(Id::Pid(pid), WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG);
+            }
+            _ => break,
+        }
+    }
     kill_group(child.id());
-    child.wait()
+    let status = child.wait()?;
+    Ok(match terminal {
+        Some(sig) => Ended::UsedTerminal(sig),
+        None => Ended::Exited(status),
+    })
 }

@@ -119,21 +119,16 @@ impl Drop for Release {
     }
 }
 
-/// Run `script` as a sub-command of a started bundle's `Svc`, by `output()` (`capture`) or
-/// `run()`, with a `Release` armed; the pid the script wrote to `bgpid`, and what the call
-/// returned.
+/// Run `script` as a sub-command of a started bundle's `Svc` by `output()`, with a
+/// `Release` armed; the pid the script wrote to `bgpid`, and what the call returned.
 fn leave_behind(
     p: &Project,
     b: &hitchserve::Bundle,
     script: &str,
-    capture: bool,
-) -> (u32, hitchserve::Result<Option<hitchserve::Output>>, Release) {
+) -> (u32, hitchserve::Result<hitchserve::Output>, Release) {
     let release = Release::armed(p);
     let sub = b.service("Svc").unwrap().subcommand(["sh", "-c", script]);
-    let result = match capture {
-        true => sub.output().map(Some),
-        false => sub.run().map(|()| None),
-    };
+    let result = sub.output();
     let bg = std::fs::read_to_string(p.dir.join("bgpid"))
         .unwrap()
         .trim()
@@ -142,11 +137,11 @@ fn leave_behind(
     (bg, result, release)
 }
 
-/// A background child a sub-command leaves in its process group dies when the sub-command
-/// exits, and `output()` returns then, not once the child lets go of its stdout. (Before:
-/// `output()` waited for the child, and after `run()` it lived on until shutdown.)
+/// A background child an `output()` sub-command leaves in its process group dies when the
+/// sub-command exits, and `output()` returns then, not once the child lets go of its stdout
+/// (it waited for the child: as long as the child lived).
 #[test]
-fn a_subcommand_s_background_child_dies_with_it_and_does_not_hold_its_output() {
+fn an_output_subcommand_s_background_child_dies_with_it_and_does_not_hold_its_output() {
     let p = Project::new("sub-leftover");
     let mut b = p.bundle();
     b.add("Svc", sh("echo READY; exec sleep 1000")).unwrap();
@@ -156,20 +151,15 @@ fn a_subcommand_s_background_child_dies_with_it_and_does_not_hold_its_output() {
         "(until [ -e {d}/release ]; do sleep 0.05; done; echo x > {d}/released) & \
          echo $! > {d}/bgpid; echo started"
     );
-    for capture in [true, false] {
-        let _ = std::fs::remove_file(p.dir.join("release"));
-        let (bg, result, release) = leave_behind(&p, &b, &script, capture);
-        drop(release);
-        let out = result.unwrap();
-        if let Some(out) = out {
-            assert_eq!(out.stdout_text(), "started\n");
-        }
-        assert!(crate::common::wait_gone(bg, crate::common::PATIENCE));
-        assert!(
-            !p.dir.join("released").exists(),
-            "the background child outlived its sub-command (capture: {capture})"
-        );
-    }
+    let (bg, result, release) = leave_behind(&p, &b, &script);
+    drop(release);
+    let out = result.unwrap();
+    assert_eq!(out.stdout_text(), "started\n");
+    assert!(crate::common::wait_gone(bg, crate::common::PATIENCE));
+    assert!(
+        !p.dir.join("released").exists(),
+        "the background child outlived its sub-command"
+    );
     b.shutdown().unwrap();
 }
 
@@ -188,8 +178,8 @@ fn output_returns_though_a_process_that_left_the_group_holds_the_pipe() {
          until [ -e {d}/release ]; do sleep 0.05; done' & \
          until [ -e {d}/bgpid ]; do sleep 0.01; done; echo started"
     );
-    let (bg, result, release) = leave_behind(&p, &b, &script, true);
-    let out = result.unwrap().unwrap();
+    let (bg, result, release) = leave_behind(&p, &b, &script);
+    let out = result.unwrap();
     assert_eq!(out.stdout_text(), "started\n");
     assert!(
         crate::common::is_alive(bg),
@@ -198,4 +188,58 @@ fn output_returns_though_a_process_that_left_the_group_holds_the_pipe() {
     b.shutdown().unwrap();
     assert!(crate::common::wait_gone(bg, crate::common::PATIENCE));
     drop(release);
+}
+
+const TTY_VAR: &str = "HITCHSERVE_TEST_SUBCOMMAND_TTY";
+
+#[test]
+#[ignore = "helper: run by a_subcommand_that_uses_the_terminal_runs_by_run_and_is_killed_not_hung_by_output"]
+fn helper_subcommand_terminal() {
+    let Some(dir) = std::env::var_os(TTY_VAR) else {
+        return;
+    };
+    let mut b = hitchserve::Bundle::new(&dir).startup_timeout(crate::common::STARTUP_PATIENCE);
+    b.add("Svc", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let svc = b.service("Svc").unwrap();
+    let tty = "stty -echo </dev/tty && stty echo </dev/tty && echo used-the-terminal";
+    // run(): in the test's process group, the terminal's own, as a shell runs a command.
+    svc.subcommand(["sh", "-c", tty]).run().unwrap();
+    // output(): in a group of its own, which the terminal stops; killed and said, not hung.
+    let out = svc.subcommand(["sh", "-c", tty]).output().unwrap();
+    assert_eq!(out.status, ExitStatus::Signaled(libc::SIGTTOU), "{out:?}");
+    assert!(
+        out.stderr_text().contains("for using the terminal"),
+        "{out:?}"
+    );
+    b.shutdown().unwrap();
+    println!("terminal helper done");
+}
+
+/// Under a terminal (`script` gives the helper one, as IPython or `pytest -s` has): a
+/// sub-command that uses it (`stty`, a pager, a password prompt) works by `run()`, in the
+/// test's process group; by `output()`, in a group of its own, the terminal stops it, and
+/// it is killed and said rather than waited for for ever (it hung: a stopped process never
+/// exits).
+#[test]
+fn a_subcommand_that_uses_the_terminal_runs_by_run_and_is_killed_not_hung_by_output() {
+    let p = Project::new("sub-tty");
+    let exe = std::env::current_exe().unwrap();
+    let line = format!(
+        "'{}' --exact subcommands::helper_subcommand_terminal --ignored --nocapture --test-threads=1",
+        exe.display()
+    );
+    // A bound, should the wait hang again.
+    let out = std::process::Command::new("timeout")
+        .args(["-k", "5", "300", "script", "-qec", &line, "/dev/null"])
+        .env(TTY_VAR, &p.dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("terminal helper done"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

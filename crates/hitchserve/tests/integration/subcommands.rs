@@ -243,3 +243,41 @@ fn a_subcommand_that_uses_the_terminal_runs_by_run_and_is_killed_not_hung_by_out
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A process that left an `output()` sub-command's group and holds its stdin unread: with
+/// more input than a pipe holds, `output()` still returns once the sub-command has exited
+/// (it waited for the feeding of its stdin: as long as that process lived).
+#[test]
+fn output_with_a_large_stdin_returns_though_a_process_that_left_holds_it() {
+    let p = Project::new("sub-stdin-escapee");
+    let mut b = p.bundle();
+    b.add("Svc", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let d = p.dir.display();
+    let script = format!(
+        "exec 3<&0; setsid sh -c 'echo $$ > {d}/bgpid.tmp; mv {d}/bgpid.tmp {d}/bgpid; \
+         until [ -e {d}/release ]; do sleep 0.05; done' <&3 >/dev/null 2>&1 & \
+         until [ -e {d}/bgpid ]; do sleep 0.01; done; echo started"
+    );
+    let release = Release::armed(&p);
+    let out = b
+        .service("Svc")
+        .unwrap()
+        .subcommand(["sh", "-c", &script])
+        .stdin(vec![b'x'; 1 << 20])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout_text(), "started\n");
+    let bg: u32 = std::fs::read_to_string(p.dir.join("bgpid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        crate::common::is_alive(bg),
+        "output() waited for the process holding its stdin to end"
+    );
+    b.shutdown().unwrap();
+    assert!(crate::common::wait_gone(bg, crate::common::PATIENCE));
+    drop(release);
+}

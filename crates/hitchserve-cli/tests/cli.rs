@@ -2048,3 +2048,19 @@ fn logs_options_that_cannot_work_together_are_a_usage_error() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
     }
 }
+
+/// `up --shared` and `attach` say a broken file's line and column, as `up` does (they said
+/// the TOML parser's words alone).
+#[test]
+fn shared_commands_place_a_broken_file_s_error() {
+    let p = Project::new(
+        "sharedbroken",
+        "[services.A\ncommand = [\"sleep\", \"100\"]\n",
+    );
+    for args in [&["up", "--shared"][..], &["attach"]] {
+        let o = p.run(args);
+        let t = text(&o);
+        assert!(!o.status.success(), "{args:?}: {t}");
+        assert!(t.contains("hitchserve.toml:1:"), "{args:?}: {t}");
+    }
+}

@@ -220,9 +220,10 @@ pub fn up_shared(
     // Before anything starts for it: a process that can't hold the lease left a bundle
     // running that nobody held.
     super::leases::holder_pidfd(pid)?;
-    let def = file_definition(file)?;
-    // Checked before waiting on anyone: a broken file is the asker's to hear about.
+    // Checked before waiting on anyone: a broken file is the asker's to hear about (with
+    // its line and column: read first for that).
     config::load(file)?;
+    let def = file_definition(file)?;
     let _decide = SharedLock::take(project)?;
     // A few rounds: a bundle may stop for want of a lease (or be replaced) meanwhile.
     for _ in 0..4 {
@@ -267,6 +268,8 @@ pub fn attach(
     json_out: bool,
 ) -> Result<ExitCode, String> {
     let pid = holder(pid)?;
+    // A broken file said with its line and column (as `up` says it).
+    config::load(file)?;
     let def = file_definition(file)?;
     let _decide = SharedLock::take(project)?;
     match lease(project, pid, Some(&def), Duration::ZERO) {

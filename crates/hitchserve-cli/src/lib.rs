@@ -376,7 +376,7 @@ const RUST_TO_FILE: &[(&str, &str)] = &[
     ("(`port(\"http\")`)", "(`ports = [\"http\"]`)"),
     (
         "start it again first (`start()`)",
-        "start it again first (`hitchserve start NAME`)",
+        "start it again first (with `hitchserve start`)",
     ),
     (
         "a bundle runs once; make a new one to start its services again",

@@ -173,31 +173,41 @@ impl HookContext<'_> {
 
     fn run_labelled(&self, sub: &Subcommand) -> Result<ExitStatus> {
         let mut child = sub.spawn_piped()?;
-        let mut readers = Vec::with_capacity(2);
+        let (done, pumped) = std::sync::mpsc::channel::<()>();
+        let mut readers = 0;
         if let Some(pipe) = child.stdout.take() {
-            let (sink, source) = (Arc::clone(self.sink), Arc::clone(self.out));
-            readers.push(std::thread::spawn(move || sink.pump(pipe, &source)));
+            let (sink, source, done) = (Arc::clone(self.sink), Arc::clone(self.out), done.clone());
+            readers += 1;
+            std::thread::spawn(move || {
+                sink.pump(pipe, &source);
+                let _ = done.send(());
+            });
         }
         if let Some(pipe) = child.stderr.take() {
-            let (sink, source) = (Arc::clone(self.sink), Arc::clone(self.err));
-            readers.push(std::thread::spawn(move || sink.pump(pipe, &source)));
+            let (sink, source, done) = (Arc::clone(self.sink), Arc::clone(self.err), done);
+            readers += 1;
+            std::thread::spawn(move || {
+                sink.pump(pipe, &source);
+                let _ = done.send(());
+            });
         }
         // A hook's command must finish: whatever it left running in the background would
         // hold its output open (and the hook) forever.
-        let ended =
+        let status =
             crate::subcommand::reap_and_kill_group(&mut child).map_err(|source| Error::Spawn {
                 service: self.service().to_owned(),
                 source,
             })?;
-        for r in readers {
-            let _ = r.join();
+        // What it left in its group is dead; a process that left the group (`setsid`) may
+        // hold the pipes on: its lines are stored as they come, but the hook goes on after
+        // `LEFTOVER_DRAIN` (it waited for that process's whole life).
+        let deadline = std::time::Instant::now() + crate::subcommand::LEFTOVER_DRAIN;
+        for _ in 0..readers {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if pumped.recv_timeout(left).is_err() {
+                break;
+            }
         }
-        let mut note = Vec::new();
-        let status = ended.status(&mut note);
-        if !note.is_empty() {
-            self.sink
-                .message(self.err, String::from_utf8_lossy(&note).trim(), false);
-        }
-        Ok(status)
+        Ok(ExitStatus::from_std(status))
     }
 }

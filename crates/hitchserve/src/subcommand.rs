@@ -2,12 +2,12 @@
 //! clock and marker — such as `manage.py`, `psql` or `redis-cli`.
 //!
 //! Owns the `Subcommand` builder. `run()` runs it in the test's process group, as a shell
-//! runs a command (it may use the terminal); `output()` in a group of its own: what it
-//! leaves there (a background child) is killed once it exits, a wait for its output never
-//! outlasts it by more than a moment, and one stopped for using the terminal is killed, not
-//! waited for. It carries the run's marker, so what it left running elsewhere is swept with
-//! the services at shutdown. The caller's working directory is never touched: only the
-//! child's is set.
+//! runs a command (it may use the terminal); `output()` — and a hook's command, an exec
+//! probe — in a session of its own, with no terminal: what it leaves in its group (a
+//! background child) is killed once it exits, and a wait for its output never outlasts it
+//! by more than a moment. It carries the run's marker, so what it left running elsewhere is
+//! swept with the services at shutdown. The caller's working directory is never touched:
+//! only the child's is set.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
@@ -144,14 +144,14 @@ impl Subcommand {
             .command(&program, program.as_os_str(), &self.argv[1..]))
     }
 
-    /// Run it and wait for it. Captured (`output()`), in a process group of its own: once it
-    /// has exited, whatever it left in its group is killed, and what a process that left
-    /// the group (`setsid`) still writes to its pipes is read for `LEFTOVER_DRAIN` at most.
+    /// Run it and wait for it. Captured (`output()`), in a session of its own (see
+    /// `own_session`): once it has exited, whatever it left in its group is killed, and
+    /// what a process that left the group (`setsid`) still writes to its pipes is read for
+    /// `LEFTOVER_DRAIN` at most.
     /// Not captured (`run()`), in the test's process group, as a shell runs a command: it may
     /// use the terminal (a pager, a password prompt), and the terminal's Ctrl-C reaches it;
     /// what it leaves running carries the run's marker and dies with the bundle.
     fn spawn_and_wait(&self, capture: bool) -> Result<Output> {
-        use std::os::unix::process::CommandExt;
         let spawn_err = |source| Error::Spawn {
             service: self.exec.service.clone(),
             source,
@@ -163,9 +163,8 @@ impl Subcommand {
             Stdio::null()
         });
         if capture {
-            cmd.process_group(0)
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
+            own_session(&mut cmd);
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
         let mut child = cmd.spawn().map_err(spawn_err)?;
         // Not joined: a process that left the group may hold its stdin unread; the feeder
@@ -180,10 +179,10 @@ impl Subcommand {
             });
         }
         let captured = Captured::start(&mut child);
-        let ended = reap_and_kill_group(&mut child).map_err(spawn_err)?;
-        let (stdout, mut stderr) = captured.collect(LEFTOVER_DRAIN);
+        let status = reap_and_kill_group(&mut child).map_err(spawn_err)?;
+        let (stdout, stderr) = captured.collect(LEFTOVER_DRAIN);
         Ok(Output {
-            status: ended.status(&mut stderr),
+            status: ExitStatus::from_std(status),
             stdout,
             stderr,
         })
@@ -201,11 +200,11 @@ impl Subcommand {
     }
 
     /// Start it with stdout and stderr piped (stdin fed from a thread if given), in a
-    /// process group of its own so that what it leaves behind can be killed with it.
+    /// session of its own (see `own_session`) so that what it leaves behind can be killed
+    /// with it.
     pub(crate) fn spawn_piped(&self) -> Result<std::process::Child> {
-        use std::os::unix::process::CommandExt;
         let mut cmd = self.command()?;
-        cmd.process_group(0);
+        own_session(&mut cmd);
         cmd.stdin(if self.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -244,13 +243,13 @@ impl Subcommand {
         if !crate::process::wait_pid(pid, limit) {
             let _ = child.kill();
         }
-        let ended = reap_and_kill_group(&mut child).map_err(|source| Error::Spawn {
+        let status = reap_and_kill_group(&mut child).map_err(|source| Error::Spawn {
             service: self.exec.service.clone(),
             source,
         })?;
-        let (stdout, mut stderr) = captured.collect(LEFTOVER_DRAIN);
+        let (stdout, stderr) = captured.collect(LEFTOVER_DRAIN);
         Ok(Output {
-            status: ended.status(&mut stderr),
+            status: ExitStatus::from_std(status),
             stdout,
             stderr,
         })
@@ -309,7 +308,7 @@ impl Subcommand {
 
 /// How long the pipes of a sub-command that has exited are read once what it left in its
 /// group is killed: only a process that left the group (`setsid`) can still hold them.
-const LEFTOVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+pub(crate) const LEFTOVER_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A sub-command's stdout and stderr, each read to its end by a thread of its own (so
 /// neither pipe can fill while we wait on the other) into a buffer taken when asked.
@@ -393,73 +392,48 @@ fn kill_group(pgid: u32) {
     }
 }
 
-/// How a command run in a process group of its own ended.
-pub(crate) enum Ended {
-    /// It exited (or a signal ended it).
-    Exited(std::process::ExitStatus),
-    /// It was stopped for using the terminal (SIGTTIN, SIGTTOU): a process group of its own
-    /// is not the terminal's; its group was killed rather than left stopped for ever.
-    UsedTerminal(nix::sys::signal::Signal),
-}
-
-impl Ended {
-    /// Its exit status; for one stopped for the terminal, that signal, with a note saying
-    /// why added to `stderr`.
-    pub(crate) fn status(&self, stderr: &mut Vec<u8>) -> ExitStatus {
-        match self {
-            Ended::Exited(status) => ExitStatus::from_std(*status),
-            Ended::UsedTerminal(sig) => {
-                stderr.extend_from_slice(
-                    format!(
-                        "\n[hitchserve: it was stopped by {sig} for using the terminal (a \
-                         password prompt, a pager), which a command whose output is captured \
-                         can't: it was killed. Give it its input with stdin(...), or options \
-                         that don't prompt or page.]\n"
-                    )
-                    .as_bytes(),
-                );
-                ExitStatus::Signaled(*sig as i32)
-            }
-        }
+/// Run `cmd` in a session of its own: a process group of its own (what it leaves there is
+/// killed with it) with no controlling terminal. In a mere process group of its own, on the
+/// test's terminal (IPython, `pytest -s`), a command that touched the terminal (`stty`, a
+/// password prompt, a pager) was stopped by SIGTTOU/SIGTTIN — its leader, or a child it
+/// then waited for — and waited for for ever; without a terminal, opening `/dev/tty` fails
+/// at once and the command says so itself.
+fn own_session(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe; a child just forked is no group leader, so it
+    // can't fail.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
     }
 }
 
-/// Wait for `child` (the leader of a process group of its own) to exit, SIGKILL what it left
-/// in its group, then reap it. The group is killed while its leader is still a zombie: its
-/// id can't be taken by a new group then (once reaped, with nothing else in the group, it
-/// could be, and the SIGKILL would go to that group). A leader stopped for using the
-/// terminal (its group is not the terminal's) would wait for ever: its group is killed.
-pub(crate) fn reap_and_kill_group(child: &mut std::process::Child) -> std::io::Result<Ended> {
-    use nix::sys::signal::Signal;
-    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+/// Wait for `child` (the leader of a session of its own) to exit, SIGKILL what it left in
+/// its process group, then reap it. The group is killed while its leader is still a zombie:
+/// its id can't be taken by a new group then (once reaped, with nothing else in the group,
+/// it could be, and the SIGKILL would go to that group). A stop (a SIGSTOP) is waited
+/// through. Its exit collected elsewhere (SIGCHLD ignored, a `waitpid(-1)` in the process)
+/// is an error saying so, and nothing is signalled (its group id is no longer ours).
+pub(crate) fn reap_and_kill_group(
+    child: &mut std::process::Child,
+) -> std::io::Result<std::process::ExitStatus> {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let mut terminal = None;
     loop {
-        // Exited (still a zombie), or stopped; or not ours to wait for any more.
-        match waitid(
-            Id::Pid(pid),
-            WaitPidFlag::WEXITED | WaitPidFlag::WSTOPPED | WaitPidFlag::WNOWAIT,
-        ) {
+        // Exited, still a zombie (a stop is not asked for: waited through).
+        match waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) {
             Err(nix::errno::Errno::EINTR) => continue,
-            Ok(WaitStatus::Stopped(_, sig @ (Signal::SIGTTIN | Signal::SIGTTOU))) => {
-                terminal = Some(sig);
-                kill_group(child.id());
-                // Consumed (without waiting: it may be gone already), so that the wait
-                // above sees the exit next.
-                let _ = waitid(Id::Pid(pid), WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG);
-            }
-            Ok(WaitStatus::Stopped(..)) => {
-                // Stopped by someone else (a SIGSTOP): it may be continued; wait on (the
-                // stop consumed, without waiting, so it isn't seen again).
-                let _ = waitid(Id::Pid(pid), WaitPidFlag::WSTOPPED | WaitPidFlag::WNOHANG);
+            Err(nix::errno::Errno::ECHILD) => {
+                return Err(std::io::Error::other(
+                    "its exit was collected elsewhere in this process (is SIGCHLD ignored, \
+                     or does something wait for any child?): its status is unknown",
+                ))
             }
             _ => break,
         }
     }
     kill_group(child.id());
-    let status = child.wait()?;
-    Ok(match terminal {
-        Some(sig) => Ended::UsedTerminal(sig),
-        None => Ended::Exited(status),
-    })
+    child.wait()
 }

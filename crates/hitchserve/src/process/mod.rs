@@ -493,23 +493,50 @@ impl Process {
 }
 
 /// Block until process `pid` exits (it may stay a zombie) or `timeout` passes; true if it
-/// exited.
+/// exited. Woken by the exit itself through a pidfd; where the kernel gives none (before 5.3,
+/// a seccomp filter that refuses it), by a look every 10 ms — never "exited" at once for
+/// want of one (a probe then lost its time limit). A signal to this thread meanwhile does
+/// not cut the wait short.
 pub(crate) fn wait_pid(pid: u32, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now().checked_add(timeout);
+    let left = || {
+        deadline.map_or(Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(std::time::Instant::now())
+        })
+    };
     // SAFETY: plain syscalls on integers and a descriptor we own and close.
-    unsafe {
-        let fd = libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as libc::c_int;
-        if fd < 0 {
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) as libc::c_int };
+    if fd >= 0 {
+        let exited = loop {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = left().as_millis().min(i32::MAX as u128) as libc::c_int;
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break n == 1;
+        };
+        // SAFETY: ours, closed once.
+        unsafe { libc::close(fd) };
+        return exited;
+    }
+    loop {
+        let gone = procfs::process::Process::new(pid as i32)
+            .and_then(|p| p.stat())
+            .map_or(true, |st| matches!(st.state, 'Z' | 'X'));
+        if gone {
             return true;
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-        let n = libc::poll(&mut pfd, 1, ms);
-        libc::close(fd);
-        n == 1
+        let left = left();
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(10)));
     }
 }
 

@@ -172,6 +172,51 @@ fn a_hook_command_with_a_background_child_still_finishes() {
     );
 }
 
+/// A hook's command whose escaped child (`setsid`) holds its output: the hook goes on a
+/// moment after the command exits (it waited for the child's whole life, and a startup
+/// timeout then blamed the user's hook for "not returning"); the child, which carries the
+/// run's marker, dies with the bundle.
+#[test]
+fn a_hook_command_whose_escaped_child_holds_its_output_still_finishes() {
+    let p = Project::new("hooks-escapee");
+    let d = p.dir.display().to_string();
+    let mut b = p.bundle();
+    b.add(
+        "Svc",
+        sh("echo READY; exec sleep 1000").setup(move |ctx| {
+            let script = format!(
+                "setsid sh -c 'echo $$ > {d}/bgpid.tmp; mv {d}/bgpid.tmp {d}/bgpid; \
+                 until [ -e {d}/release ]; do sleep 0.05; done' & \
+                 until [ -e {d}/bgpid ]; do sleep 0.01; done; echo hook-done"
+            );
+            ctx.run(["sh", "-c", &script])?;
+            Ok(())
+        }),
+    )
+    .unwrap();
+    // A bound, should the hook wait for the child again: it is released after a while.
+    let release = p.dir.join("release");
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let _ = wait.recv_timeout(crate::common::PATIENCE);
+        let _ = std::fs::write(release, "");
+    });
+    b.startup().unwrap();
+    let bg: u32 = std::fs::read_to_string(p.dir.join("bgpid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        crate::common::is_alive(bg),
+        "the hook waited for its command's escaped child to end"
+    );
+    b.shutdown().unwrap();
+    assert!(crate::common::wait_gone(bg, crate::common::PATIENCE));
+    drop(done);
+    watchdog.join().unwrap();
+}
+
 /// A hook knows the service's reserved ports by name, and (in poststart) its main pid.
 #[test]
 fn a_hook_knows_its_services_ports_and_its_pid_once_it_runs() {

@@ -193,7 +193,7 @@ fn output_returns_though_a_process_that_left_the_group_holds_the_pipe() {
 const TTY_VAR: &str = "HITCHSERVE_TEST_SUBCOMMAND_TTY";
 
 #[test]
-#[ignore = "helper: run by a_subcommand_that_uses_the_terminal_runs_by_run_and_is_killed_not_hung_by_output"]
+#[ignore = "helper: run by a_subcommand_that_uses_the_terminal_runs_by_run_and_fails_not_hangs_by_output"]
 fn helper_subcommand_terminal() {
     let Some(dir) = std::env::var_os(TTY_VAR) else {
         return;
@@ -205,24 +205,27 @@ fn helper_subcommand_terminal() {
     let tty = "stty -echo </dev/tty && stty echo </dev/tty && echo used-the-terminal";
     // run(): in the test's process group, the terminal's own, as a shell runs a command.
     svc.subcommand(["sh", "-c", tty]).run().unwrap();
-    // output(): in a group of its own, which the terminal stops; killed and said, not hung.
+    // output(): in a session of its own, with no terminal: it fails at once, saying so
+    // itself — not stopped by the terminal and waited for for ever.
     let out = svc.subcommand(["sh", "-c", tty]).output().unwrap();
-    assert_eq!(out.status, ExitStatus::Signaled(libc::SIGTTOU), "{out:?}");
-    assert!(
-        out.stderr_text().contains("for using the terminal"),
-        "{out:?}"
-    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr_text().contains("/dev/tty"), "{out:?}");
+    // Also when the one that touches it is a child its leader waits for, the leader
+    // ignoring the terminal's stop signals (the group then hung on the stopped child).
+    let nested = "trap '' TTOU TTIN; sh -c 'stty -echo </dev/tty'; echo leader-done";
+    let out = svc.subcommand(["sh", "-c", nested]).output().unwrap();
+    assert_eq!(out.stdout_text(), "leader-done\n", "{out:?}");
     b.shutdown().unwrap();
     println!("terminal helper done");
 }
 
 /// Under a terminal (`script` gives the helper one, as IPython or `pytest -s` has): a
 /// sub-command that uses it (`stty`, a pager, a password prompt) works by `run()`, in the
-/// test's process group; by `output()`, in a group of its own, the terminal stops it, and
-/// it is killed and said rather than waited for for ever (it hung: a stopped process never
-/// exits).
+/// test's process group; by `output()`, in a session of its own with no terminal, it fails
+/// at once, saying so (in a mere process group of its own the terminal stopped it, and a
+/// stopped process never exits: it hung).
 #[test]
-fn a_subcommand_that_uses_the_terminal_runs_by_run_and_is_killed_not_hung_by_output() {
+fn a_subcommand_that_uses_the_terminal_runs_by_run_and_fails_not_hangs_by_output() {
     let p = Project::new("sub-tty");
     let exe = std::env::current_exe().unwrap();
     let line = format!(

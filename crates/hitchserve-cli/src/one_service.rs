@@ -20,6 +20,9 @@ pub struct ServiceInfo {
     pub ports: Vec<String>,
     /// The user it was given (`user = ...`), if any.
     pub user: Option<String>,
+    /// Another service needs it completed (`needs_completed`): a one-shot, whose run is not
+    /// "ready" but "running", and whose exit 0 is "completed".
+    pub one_shot: bool,
 }
 
 /// A request's verbs, as the control socket names them.
@@ -77,7 +80,7 @@ pub fn serve(bundle: &Bundle, req: &Value, verb: &str, infos: &[ServiceInfo]) ->
 }
 
 /// A service's state in words.
-fn state(svc: &ServiceHandle) -> String {
+fn state(svc: &ServiceHandle, one_shot: bool) -> String {
     if svc.restart_pending() {
         return "restarting".to_owned();
     }
@@ -86,11 +89,13 @@ fn state(svc: &ServiceHandle) -> String {
         // policy gave up) is a crash; one asked for (`stop`) is not.
         return match svc.check() {
             Err(_) => format!("crashed ({status})"),
+            Ok(()) if one_shot && status.success() => "completed".to_owned(),
             Ok(()) => format!("stopped ({status})"),
         };
     }
     match (svc.pid(), svc.is_ready(), svc.is_paused()) {
         (Some(_), _, true) => "paused".to_owned(),
+        (Some(_), true, false) if one_shot => "running".to_owned(),
         (Some(_), true, false) => "ready".to_owned(),
         (Some(_), false, false) => "starting".to_owned(),
         (None, _, _) if svc.incarnation() == 0 => "not started".to_owned(),
@@ -121,7 +126,7 @@ fn entry(bundle: &Observer, svc: &ServiceHandle, info: Option<&ServiceInfo>) -> 
     let incarnation = svc.incarnation();
     json!({
         "name": name,
-        "state": state(svc),
+        "state": state(svc, info.is_some_and(|i| i.one_shot)),
         "pid": svc.pid(),
         "paused": svc.is_paused(),
         "incarnation": incarnation,

@@ -2064,3 +2064,49 @@ fn shared_commands_place_a_broken_file_s_error() {
         assert!(t.contains("hitchserve.toml:1:"), "{args:?}: {t}");
     }
 }
+
+/// A one-shot (what another service `needs_completed`) shows as running while it runs, and
+/// as completed once it has exited 0 (it showed "ready", then "stopped (exit code 0)").
+#[test]
+fn status_shows_a_one_shot_as_running_then_completed() {
+    let p = Project::new(
+        "oneshotstatus",
+        "[services.Migrate]\ncommand = [\"sh\", \"-c\", \"echo migrating; until [ -e done ]; do sleep 0.02; done; echo migrated\"]\n\n[services.App]\ncommand = [\"sh\", \"-c\", \"echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\nneeds_completed = [\"Migrate\"]\n",
+    );
+    let mut up = p
+        .cmd(&["up", "--detach"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = p.run(&[
+        "logs",
+        "Migrate",
+        "--until",
+        "migrating",
+        "-n",
+        "10",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(seen.status.success(), "{}", text(&seen));
+    let status: serde_json::Value =
+        serde_json::from_slice(&p.run(&["status", "--json"]).stdout).unwrap();
+    let state = |v: &serde_json::Value, name: &str| {
+        v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["state"].as_str().unwrap_or("").to_owned())
+            .unwrap()
+    };
+    assert_eq!(state(&status, "Migrate"), "running", "{status}");
+    std::fs::write(p.0.join("done"), "").unwrap();
+    assert!(up.wait().unwrap().success());
+    let status: serde_json::Value =
+        serde_json::from_slice(&p.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(state(&status, "Migrate"), "completed", "{status}");
+    assert_eq!(state(&status, "App"), "ready", "{status}");
+    down(&p);
+}

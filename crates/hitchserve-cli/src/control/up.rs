@@ -185,6 +185,10 @@ pub fn up(
                 name: n.to_string(),
                 ports: ports_of(s),
                 user: s.user.as_ref().map(|u| u.to_string()),
+                one_shot: cfg
+                    .services
+                    .values()
+                    .any(|o| o.needs_completed.iter().any(|c| c.as_str() == n.as_str())),
             })
             .collect(),
     );

@@ -68,18 +68,22 @@ def test_the_seeds_time_travel_session(started):
     assert said.startswith("Time traveling to now ("), said
 
 
-def test_a_jump_back_is_said_exactly_as_asked(started):
+def test_a_jump_is_said_as_where_the_clock_now_is(started):
+    # As the seed's log says it: where the services' clock is, from real time (jumps add
+    # up: "2 days from now" after two jumps of a day), to the second.
     bundle = started
     before = bundle.now()
     bundle.time_travel(days=-3)
     assert bundle.now() < before - timedelta(days=2, hours=23)
     bundle.time_travel(days=-1)
     bundle.time_travel(timedelta(hours=-2), minutes=-30)
+    bundle.time_travel(days=6)
     said = [l.split(" (")[0] for l in bundle.logs.lines() if l.startswith("Time traveling")]
     assert said == [
         "Time traveling to 3 days ago",
-        "Time traveling to 1 day ago",
-        "Time traveling to 2 hours 30 minutes ago",
+        "Time traveling to 4 days ago",
+        "Time traveling to 4 days 2 hours ago",
+        "Time traveling to 1 day 21 hours from now",
     ]
 
 

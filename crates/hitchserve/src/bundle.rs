@@ -342,12 +342,12 @@ impl Bundle {
     /// ```
     pub fn time_travel(&self, by: Duration) -> Result<()> {
         let ns = i128::try_from(by.as_nanos()).unwrap_or(i128::MAX);
-        self.jump(Some(ns), |clock| clock.shift(ns))
+        self.jump(true, |clock| clock.shift(ns))
     }
 
     /// Move every faked service's clock by `by`: forward, or back when it is negative (jumps
-    /// add up). The log says the jump as asked ("3 days ago"), not as measured between two
-    /// clock reads.
+    /// add up). The log says where the clock now is, from real time ("Time traveling to 3
+    /// days ago", to the second), and the moment.
     ///
     /// ```no_run
     /// # fn demo(bundle: &hitchserve::Bundle) -> hitchserve::Result<()> {
@@ -358,7 +358,7 @@ impl Bundle {
     pub fn time_travel_by(&self, by: jiff::SignedDuration) -> Result<()> {
         self.claim_console();
         let ns = by.as_nanos();
-        self.jump(Some(ns), |clock| clock.shift(ns))
+        self.jump(true, |clock| clock.shift(ns))
     }
 
     /// Make every faked service's clock say `moment` now (and tick on from there).
@@ -371,11 +371,11 @@ impl Bundle {
     /// ```
     pub fn time_travel_to(&self, moment: jiff::Timestamp) -> Result<()> {
         self.claim_console();
-        self.jump(None, |clock| clock.set_now(moment))
+        self.jump(false, |clock| clock.set_now(moment))
     }
 
-    /// `by_ns`: the relative jump asked for, if it was one (said as asked in the log).
-    fn jump(&self, by_ns: Option<i128>, how: impl FnOnce(&Clock) -> Result<i128>) -> Result<()> {
+    /// `relative`: a jump by a duration (else to a moment).
+    fn jump(&self, relative: bool, how: impl FnOnce(&Clock) -> Result<i128>) -> Result<()> {
         if !self.time_travel {
             return Err(Error::TimeTravelDisabled);
         }
@@ -388,7 +388,17 @@ impl Bundle {
         }
         how(&self.clock)?;
         let to = self.clock.now();
-        let jump = by_ns.map_or_else(|| describe_moment(to), describe_shift);
+        // Where the services' clock now is, from real time, as the seed says it ("Time
+        // traveling to 2 days from now" after two jumps of a day). A relative jump to the
+        // nearest second (real time moved on a few microseconds since the clock was read);
+        // an absolute one to the nearest minute ("now" for `datetime.now()`).
+        let jump = match relative {
+            true => {
+                let ns = to.as_nanosecond() - jiff::Timestamp::now().as_nanosecond();
+                describe_shift(ns + ns.signum() * 500_000_000)
+            }
+            false => describe_moment(to),
+        };
         self.log(format!("Time traveling to {jump} ({})", show(to)));
         // A crash not reported yet is, once: after the jump, which is made either way (a
         // test that expected the crash goes on at the time it asked for).

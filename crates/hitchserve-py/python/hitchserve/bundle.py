@@ -253,8 +253,9 @@ class ServiceBundle:
     ) -> None:
         """Move every service's clock: to ``datetime`` (naive means local time), or by
         ``timedelta`` plus ``days``/``hours``/``minutes``/``seconds`` (negative goes back).
-        The jump is logged ("Time traveling to 2 days from now (2026-12-05 21:01:06)", the
-        moment in local time), in interactive mode too.
+        The jump is logged as where the clock now is, from real time ("Time traveling to 2
+        days from now (2026-12-05 21:01:06)" after two jumps of a day, the moment in local
+        time), in interactive mode too.
         A ``timedelta`` given first, ``bundle.time_travel(timedelta(days=1))``, is a delta;
         with ``datetime``, the deltas are added to it."""
         try:

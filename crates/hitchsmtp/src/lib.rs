@@ -211,6 +211,13 @@ fn links(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// A body as the original's mock gave it (Python's `smtpd` joined the lines with `\n`, and
+/// the line before the final `.` ended the data): `\n` line ends, no newline after the last.
+fn as_text(body: &str) -> String {
+    let text = body.replace("\r\n", "\n");
+    text.strip_suffix('\n').unwrap_or(&text).to_owned()
+}
+
 /// The JSON line for one message.
 fn describe(raw: &[u8], from: &str, to: &[String]) -> Value {
     let Some(message) = MessageParser::default().parse(raw) else {
@@ -263,7 +270,7 @@ fn describe(raw: &[u8], from: &str, to: &[String]) -> Value {
                     "contenttype": content_type(part.content_type()),
                     "filename": part.attachment_name(),
                     "headers": headers,
-                    "content": text.unwrap_or_else(|| String::from_utf8_lossy(part.contents()).into_owned()),
+                    "content": text.map_or_else(|| String::from_utf8_lossy(part.contents()).into_owned(), |t| as_text(&t)),
                     "links": part_links,
                 })
             })
@@ -277,7 +284,7 @@ fn describe(raw: &[u8], from: &str, to: &[String]) -> Value {
             .map(str::to_owned)
             .unwrap_or_else(|| String::from_utf8_lossy(root.contents()).into_owned());
         all_links = links(&text);
-        json!(text)
+        json!(as_text(&text))
     };
     json!({
         "sent_from": from,
@@ -289,8 +296,12 @@ fn describe(raw: &[u8], from: &str, to: &[String]) -> Value {
         "header_to_name": to_name,
         "header_to_email": to_email,
         "subject": message.subject(),
-        // Without a Date header, when it arrived (on the service's clock: fake time too).
-        "date": message.date().map_or_else(now_rfc822, |d| d.to_rfc822()),
+        // As sent (the original's); without one, when it arrived (on the service's clock:
+        // fake time too).
+        "date": message
+            .header_raw("Date")
+            .map(|d| d.trim().to_owned())
+            .unwrap_or_else(now_rfc822),
         "contenttype": content_type(message.content_type()),
         "multipart": multipart,
         "payload": payload,
@@ -313,6 +324,19 @@ mod tests {
             Some("451 try later")
         );
         assert_eq!(canned_error("someone@example.com"), None);
+    }
+
+    #[test]
+    fn a_message_reads_as_the_originals_mock_gave_it() {
+        let raw = b"From: webmaster@localhost\r\nTo: <x@example.com>\r\nDate: Tue, 14 Jul 2015 05:59:44 -0000\r\nSubject: Hi\r\n\r\nUser django has given this as an email address.\r\n\r\nTo confirm, go to http://x/\r\n";
+        let v = describe(raw, "webmaster@localhost", &["x@example.com".to_owned()]);
+        assert_eq!(
+            v["payload"],
+            "User django has given this as an email address.\n\nTo confirm, go to http://x/"
+        );
+        assert_eq!(v["date"], "Tue, 14 Jul 2015 05:59:44 -0000");
+        assert_eq!(v["header_to"], "<x@example.com>");
+        assert_eq!(v["links"][0], "http://x/");
     }
 
     #[test]

@@ -668,6 +668,28 @@ fn down_during_startup_ends_it_without_waiting_for_the_timeout() {
     assert!(err.contains("interrupted"), "{err}");
 }
 
+/// Wait until an `up` started in the background holds the project's lock (it takes it first
+/// thing: from then on the other commands see a bundle starting). Looked at every
+/// millisecond: nothing tells of a lock taken.
+fn wait_locked(p: &Project) {
+    let lock = p.0.join(".hitchserve/up.lock");
+    let held = || {
+        std::fs::File::open(&lock).is_ok_and(|f| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a shared, non-blocking try on a descriptor we own.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !held() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "up never took its lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// `down` and `status` while an `up --detach` (`up --detach &` in a script) has only just
 /// begun: from the moment the project's lock is held — by the `up` the script started, not
 /// only once its background bundle has started and taken it — `status` sees a bundle
@@ -686,23 +708,7 @@ fn down_right_after_a_detached_up_began_stops_its_startup() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The lock held is the event (`up` takes it first thing).
-    let lock = p.0.join(".hitchserve/up.lock");
-    let held = || {
-        std::fs::File::open(&lock).is_ok_and(|f| {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a shared, non-blocking try on a descriptor we own.
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
-        })
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !held() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "up never took its lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    wait_locked(&p);
     let status = output_within(p.cmd(&["status"]), std::time::Duration::from_secs(120));
     assert!(
         status.status.success() && text(&status).contains("Slow"),
@@ -2079,6 +2085,7 @@ fn status_shows_a_one_shot_as_running_then_completed() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    wait_locked(&p);
     let seen = p.run(&[
         "logs",
         "Migrate",

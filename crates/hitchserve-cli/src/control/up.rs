@@ -386,8 +386,6 @@ fn ports_of(s: &config::ServiceConfig) -> Vec<String> {
     ports
 }
 
-/// Start `up` in the background and wait for its verdict. `relaunch` runs this command
-/// again (see [`crate::run`]); empty: this executable.
 /// Open `up.lock` (made if need be, private, never followed through a link) and take it
 /// for this `up`; `None` if another `up` holds it.
 fn lock_up(lock_path: &Path) -> Result<Option<std::fs::File>, String> {
@@ -450,6 +448,8 @@ fn take_handed_lock(fd: i32, lock_path: &Path) -> Result<std::fs::File, String> 
     Ok(lock)
 }
 
+/// Start `up` in the background and wait for its verdict. `relaunch` runs this command
+/// again (see [`crate::run`]); empty: this executable.
 pub(super) fn detach_up(
     file: &Path,
     project: &Path,

@@ -334,3 +334,90 @@ fn a_silent_http_server_is_reported_as_no_response_within_the_probe_limit() {
     assert!(waiting.contains("no response within 2.0 s"), "{waiting}");
     assert!(!waiting.contains("os error"), "{waiting}");
 }
+
+/// A `syscall()` that refuses `pidfd_open` (ENOSYS), as a kernel before 5.3 or a seccomp
+/// filter does; everything else goes to the real one.
+const NO_PIDFD_C: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <sys/syscall.h>
+long syscall(long n, ...) {
+    va_list ap;
+    va_start(ap, n);
+    long a = va_arg(ap, long), b = va_arg(ap, long), c = va_arg(ap, long);
+    long d = va_arg(ap, long), e = va_arg(ap, long), f = va_arg(ap, long);
+    va_end(ap);
+    if (n == SYS_pidfd_open) {
+        errno = ENOSYS;
+        return -1;
+    }
+    static long (*real)(long, ...);
+    if (!real)
+        real = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+    return real(n, a, b, c, d, e, f);
+}
+"#;
+
+const NO_PIDFD_VAR: &str = "HITCHSERVE_TEST_NO_PIDFD_PROJECT";
+
+#[test]
+#[ignore = "helper: run by an_exec_probe_keeps_its_time_limit_without_pidfds"]
+fn helper_exec_probe_without_pidfds() {
+    let Some(dir) = std::env::var_os(NO_PIDFD_VAR) else {
+        return;
+    };
+    let mut b = hitchserve::Bundle::new(&dir).startup_timeout(Duration::from_secs(7));
+    b.add(
+        "Hung",
+        sh("echo started; exec sleep 1000").ready(Ready::exec(["sh", "-c", "exec sleep 1000"])),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err();
+    let said = err.to_string();
+    // Each try was killed at the probe's limit and tried again: the last one is said.
+    assert!(
+        matches!(err, Error::StartupTimeout { .. }) && said.contains("last try"),
+        "{said}"
+    );
+    println!("no-pidfd helper done");
+}
+
+/// Where the kernel gives no pidfd (before 5.3, a seccomp filter that refuses it), an exec
+/// probe still has its time limit: a probe that hangs is killed and tried again. (It counted
+/// as "exited" at once, and the one hung probe ran for the whole startup timeout.)
+#[test]
+fn an_exec_probe_keeps_its_time_limit_without_pidfds() {
+    let p = Project::new("ready-no-pidfd");
+    let src = p.write("no_pidfd.c", NO_PIDFD_C);
+    let lib = p.path("no_pidfd.so");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let built = std::process::Command::new(&cc)
+        .args(["-O2", "-Wall", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let out = crate::common::helper_process(
+        "readiness::helper_exec_probe_without_pidfds",
+        &[
+            (NO_PIDFD_VAR, p.dir.to_str().unwrap()),
+            ("LD_PRELOAD", lib.to_str().unwrap()),
+        ],
+    )
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("no-pidfd helper done"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -2007,26 +2007,24 @@ fn a_killed_exec_takes_its_command_with_it() {
     let p = Project::new("execkilled", DAYS);
     let up = p.run(&["up", "--detach"]);
     assert!(up.status.success(), "{}", text(&up));
-    let pidfile = p.0.join("exec-pid");
-    let script = format!(
-        "echo $$ > {0}.tmp; mv {0}.tmp {0}; exec sleep 1000",
-        pidfile.display()
-    );
+    // The command says its pid on exec's stdout, then runs on: that line is the event.
     let mut exec = p
-        .cmd(&["exec", "Clock", "--", "sh", "-c", &script])
+        .cmd(&[
+            "exec",
+            "Clock",
+            "--",
+            "sh",
+            "-c",
+            "echo $$; exec sleep 1000",
+        ])
+        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let pid: u32 = loop {
-        if let Ok(text) = std::fs::read_to_string(&pidfile) {
-            break text.trim().parse().unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the command never ran"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    };
+    let mut line = String::new();
+    BufReader::new(exec.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid: u32 = line.trim().parse().expect("the command's pid");
     // SAFETY: signalling the `exec` process this test started.
     unsafe {
         libc::kill(exec.id() as libc::pid_t, libc::SIGTERM);

@@ -265,14 +265,32 @@ pub fn has_env(pid: u32, entry: &str) -> bool {
 /// Compile the C program `source` (a test's own, as text) into the project as `name`, with
 /// pthreads and librt; its path.
 pub fn compile_c(p: &Project, name: &str, source: &str) -> PathBuf {
+    cc(p, name, source, &["-O2", "-Wall", "-pthread"], &["-lrt"])
+}
+
+/// [`compile_c`], as a shared library (`NAME.so`) to preload.
+pub fn compile_c_shared(p: &Project, name: &str, source: &str) -> PathBuf {
+    cc(
+        p,
+        &format!("{name}.so"),
+        source,
+        &["-O2", "-Wall", "-shared", "-fPIC"],
+        &["-ldl"],
+    )
+}
+
+/// `source` written as `NAME.c` in the project and built to `out` there with `cc`.
+fn cc(p: &Project, out: &str, source: &str, flags: &[&str], libs: &[&str]) -> PathBuf {
+    let name = out.trim_end_matches(".so");
     let src = p.write(&format!("{name}.c"), source);
-    let bin = p.path(name);
+    let bin = p.path(out);
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
     let built = std::process::Command::new(&cc)
-        .args(["-O2", "-Wall", "-pthread", "-o"])
+        .args(flags)
+        .arg("-o")
         .arg(&bin)
         .arg(&src)
-        .arg("-lrt")
+        .args(libs)
         .output()
         .unwrap();
     assert!(
@@ -281,4 +299,33 @@ pub fn compile_c(p: &Project, name: &str, source: &str) -> PathBuf {
         String::from_utf8_lossy(&built.stderr)
     );
     bin
+}
+
+/// Makes `release` in the project when dropped — or after `PATIENCE` by itself, should a
+/// test's call wait for what it left behind (it did: the bound keeps such a regression from
+/// hanging the suite). The script it releases waits for `release`.
+pub struct Release(
+    Option<std::sync::mpsc::Sender<()>>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+impl Release {
+    pub fn armed(p: &Project) -> Release {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let release = p.dir.join("release");
+        let watchdog = std::thread::spawn(move || {
+            let _ = wait.recv_timeout(PATIENCE);
+            let _ = std::fs::write(release, "");
+        });
+        Release(Some(done), Some(watchdog))
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        drop(self.0.take());
+        if let Some(w) = self.1.take() {
+            let _ = w.join();
+        }
+    }
 }

@@ -195,12 +195,7 @@ fn a_hook_command_whose_escaped_child_holds_its_output_still_finishes() {
     )
     .unwrap();
     // A bound, should the hook wait for the child again: it is released after a while.
-    let release = p.dir.join("release");
-    let (done, wait) = std::sync::mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        let _ = wait.recv_timeout(crate::common::PATIENCE);
-        let _ = std::fs::write(release, "");
-    });
+    let release = crate::common::Release::armed(&p);
     b.startup().unwrap();
     let bg: u32 = std::fs::read_to_string(p.dir.join("bgpid"))
         .unwrap()
@@ -213,8 +208,7 @@ fn a_hook_command_whose_escaped_child_holds_its_output_still_finishes() {
     );
     b.shutdown().unwrap();
     assert!(crate::common::wait_gone(bg, crate::common::PATIENCE));
-    drop(done);
-    watchdog.join().unwrap();
+    drop(release);
 }
 
 /// A hook knows the service's reserved ports by name, and (in poststart) its main pid.

@@ -390,21 +390,7 @@ fn helper_exec_probe_without_pidfds() {
 #[test]
 fn an_exec_probe_keeps_its_time_limit_without_pidfds() {
     let p = Project::new("ready-no-pidfd");
-    let src = p.write("no_pidfd.c", NO_PIDFD_C);
-    let lib = p.path("no_pidfd.so");
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-    let built = std::process::Command::new(&cc)
-        .args(["-O2", "-Wall", "-shared", "-fPIC", "-o"])
-        .arg(&lib)
-        .arg(&src)
-        .arg("-ldl")
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let lib = crate::common::compile_c_shared(&p, "no_pidfd", NO_PIDFD_C);
     let out = crate::common::helper_process(
         "readiness::helper_exec_probe_without_pidfds",
         &[

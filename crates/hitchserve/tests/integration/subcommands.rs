@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use hitchserve::{Error, ExitStatus};
 
-use crate::common::{sh, Project};
+use crate::common::{sh, Project, Release};
 
 const SHOW: &str = "import os, sys, time\nprint(os.environ.get('APP_MODE'), os.getcwd(), time.time(), sys.stdin.read())";
 
@@ -88,35 +88,6 @@ fn run_fails_with_the_command_and_status_and_output_captures_whatever_happened()
         app.subcommand(["no-such-tool-anywhere"]).run(),
         Err(Error::CommandNotFound { .. })
     ));
-}
-
-/// Makes `release` in the project when dropped — or after `PATIENCE` by itself, should a
-/// sub-command wait for what it left behind (it did: the bound keeps such a regression
-/// from hanging the suite).
-struct Release(
-    Option<std::sync::mpsc::Sender<()>>,
-    Option<std::thread::JoinHandle<()>>,
-);
-
-impl Release {
-    fn armed(p: &Project) -> Release {
-        let (done, wait) = std::sync::mpsc::channel::<()>();
-        let release = p.dir.join("release");
-        let watchdog = std::thread::spawn(move || {
-            let _ = wait.recv_timeout(crate::common::PATIENCE);
-            let _ = std::fs::write(release, "");
-        });
-        Release(Some(done), Some(watchdog))
-    }
-}
-
-impl Drop for Release {
-    fn drop(&mut self) {
-        drop(self.0.take());
-        if let Some(w) = self.1.take() {
-            let _ = w.join();
-        }
-    }
 }
 
 /// Run `script` as a sub-command of a started bundle's `Svc` by `output()`, with a

@@ -89,6 +89,9 @@ pub(crate) struct Runtime {
     /// The kernel's pid counters before its first service started: processes it made have
     /// pids in their window (see `pidwindow`), where the marker sweep looks first.
     born_after: Option<PidMark>,
+    /// The pids of its services' main processes that have exited (each recorded once dead,
+    /// before it is reaped): the marker sweep needn't look at them (see `stop::sweep`).
+    ended: Mutex<Vec<u32>>,
 }
 
 /// What the waits for the whole run look at in one service's state.
@@ -208,6 +211,7 @@ impl Runtime {
             pid: std::process::id(),
             cgroup,
             born_after: PidMark::now(),
+            ended: Mutex::new(Vec::new()),
             plan,
         }
     }
@@ -243,6 +247,21 @@ impl Runtime {
     /// Whether the bundle has begun to stop (read under the state lock to be sure).
     pub(crate) fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// A service's main process `pid` has exited (it may be unreaped yet).
+    pub(crate) fn record_ended(&self, pid: u32) {
+        self.ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pid);
+    }
+
+    /// The pids `record_ended` was told of, sorted.
+    pub(crate) fn ended_pids(&self) -> Vec<u32> {
+        let mut pids = self.ended.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        pids.sort_unstable();
+        pids
     }
 
     /// Read service `idx`'s state.

@@ -105,7 +105,8 @@ impl Runtime {
         // Processes that left their group (setsid, double fork) are still in the run's
         // cgroup, where there is one, and still carry the marker unless they cleared it.
         guardian::kill_cgroup(&self.run.id);
-        sweep(&self.run.id, self.born_after.as_ref());
+        let ended = self.ended_pids();
+        sweep(&self.run.id, self.born_after.as_ref(), &ended);
         let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
         drop(self.wait_stopped(grace, true, all_done));
         self.threads.release_workers();
@@ -291,14 +292,16 @@ impl Runtime {
 /// SIGKILL every process whose environment carries this run's marker; repeat until none is
 /// left (a process may fork between two scans). Returns how many were killed. Only the
 /// processes made since `born_after` can carry it: where the kernel's counters say which
-/// pids those have (see `pidwindow`), only those are looked at.
-fn sweep(run_id: &str, born_after: Option<&PidMark>) -> usize {
+/// pids those have (see `pidwindow`), only those are looked at, but for `ended` (sorted): pids
+/// of processes made since that are known to have exited. Within a window that holds, no pid
+/// has been handed out twice, so none of these is anyone's now.
+fn sweep(run_id: &str, born_after: Option<&PidMark>, ended: &[u32]) -> usize {
     let needle = format!("{MARKER_VAR}={run_id}");
     let me = std::process::id();
     let mut killed = 0;
     for _ in 0..50 {
         let window = born_after.and_then(PidMark::window);
-        let found = marked_pids(&needle, me, window.as_ref());
+        let found = marked_pids(&needle, me, window.as_ref(), ended);
         if found.is_empty() {
             break;
         }
@@ -316,13 +319,16 @@ fn sweep(run_id: &str, born_after: Option<&PidMark>) -> usize {
 const PROBE_AT_MOST: u32 = 1024;
 
 /// The processes (other than us) whose environment holds `needle` as a whole entry: every
-/// process on the machine, or those with a pid in `window`.
+/// process on the machine, or those with a pid in `window` but for `ended` (dead ones: see
+/// `sweep`; ignored without a window, where a pid may have been handed out again).
 ///
 /// Each look is kept to an open, a read into a buffer used for all of them, and a close: no
 /// per-process allocation or `stat`.
-fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>) -> Vec<u32> {
+fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>, ended: &[u32]) -> Vec<u32> {
     let candidates: Box<dyn Iterator<Item = u32>> = match window {
-        Some(w) if w.len() <= PROBE_AT_MOST => Box::new(w.pids()),
+        Some(w) if w.len() <= PROBE_AT_MOST => {
+            Box::new(w.pids().filter(|pid| ended.binary_search(pid).is_err()))
+        }
         _ => {
             let Ok(dir) = std::fs::read_dir("/proc") else {
                 return Vec::new();
@@ -330,26 +336,22 @@ fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>) -> Vec<u32> {
             Box::new(
                 dir.flatten()
                     .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-                    .filter(move |&pid| window.is_none_or(|w| w.contains(pid))),
+                    .filter(move |&pid| {
+                        window.is_none_or(|w| w.contains(pid) && ended.binary_search(&pid).is_err())
+                    }),
             )
         }
     };
-    // Our own threads' ids are in a window too (read by id, each shows our environment).
-    let ours: Vec<u32> = std::fs::read_dir("/proc/self/task")
-        .map(|tasks| {
-            tasks
-                .flatten()
-                .filter_map(|t| t.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    // Our own threads' ids are in a window too (read by id, each shows our environment):
+    // listed once there is something to look at.
+    let mut ours: Option<Vec<u32>> = None;
     let mut out = Vec::new();
     let mut path = String::with_capacity(32);
     let mut buf = vec![0u8; 16 * 1024];
     let mut stat_buf = Vec::with_capacity(1024);
     let finder = memchr::memmem::Finder::new(needle.as_bytes());
     for pid in candidates {
-        if pid == me || ours.contains(&pid) {
+        if pid == me || ours.get_or_insert_with(own_threads).contains(&pid) {
             continue;
         }
         path.clear();
@@ -379,6 +381,18 @@ fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>) -> Vec<u32> {
         }
     }
     out
+}
+
+/// The ids of our own threads.
+fn own_threads() -> Vec<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| t.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// How long the sweep looks again at a process that is in the middle of an exec (a matter
@@ -571,7 +585,7 @@ mod tests {
         let mark = PidMark::now().expect("the kernel's counters");
         let mut newer = Sleeper::with(&[(MARKER_VAR, &run)]);
         // (Counted per kill: a process is found again until it has died.)
-        assert!(sweep(&run, Some(&mark)) >= 1);
+        assert!(sweep(&run, Some(&mark), &[]) >= 1);
         let status = newer.0.wait().expect("reap it");
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
@@ -579,11 +593,35 @@ mod tests {
         );
         let needle = format!("{MARKER_VAR}={run}");
         assert_eq!(
-            marked_pids(&needle, std::process::id(), None),
+            marked_pids(&needle, std::process::id(), None, &[]),
             [older.0.id()]
         );
         // Without a mark, every process is looked at.
-        assert!(sweep(&run, None) >= 1);
+        assert!(sweep(&run, None, &[]) >= 1);
+    }
+
+    /// Pids known to have ended are passed over only inside a window that holds (where no
+    /// pid was handed out twice); without one, a pid may be anyone's again.
+    #[test]
+    fn the_sweep_passes_over_ended_pids_only_inside_a_window() {
+        let run = format!("sweep-ended-{}", std::process::id());
+        let needle = format!("{MARKER_VAR}={run}");
+        let mark = PidMark::now().expect("the kernel's counters");
+        let a = Sleeper::with(&[(MARKER_VAR, &run)]);
+        let b = Sleeper::with(&[(MARKER_VAR, &run)]);
+        let window = mark.window().expect("no wrap in a moment");
+        let me = std::process::id();
+        let mut both = [a.0.id(), b.0.id()];
+        both.sort_unstable();
+        assert_eq!(marked_pids(&needle, me, Some(&window), &[]), both);
+        // (Told, against the truth, that `a` has ended: to see it passed over.)
+        assert_eq!(
+            marked_pids(&needle, me, Some(&window), &[a.0.id()]),
+            [b.0.id()]
+        );
+        let mut found = marked_pids(&needle, me, None, &[a.0.id()]);
+        found.sort_unstable();
+        assert_eq!(found, both);
     }
 
     /// Only a live user process with no end to its environment is in the middle of an
@@ -708,7 +746,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         let needle = format!("{MARKER_VAR}={run}");
-        let found = marked_pids(&needle, std::process::id(), None);
+        let found = marked_pids(&needle, std::process::id(), None, &[]);
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&dir);
@@ -727,7 +765,7 @@ mod tests {
         // A big environment: read in more than one go.
         let big = "v".repeat(40 * 1024);
         let after_a_big_one = Sleeper::with(&[("BIG", &big), (MARKER_VAR, &run)]);
-        let mut found = marked_pids(&needle, std::process::id(), None);
+        let mut found = marked_pids(&needle, std::process::id(), None, &[]);
         found.sort_unstable();
         let mut want = vec![marked.0.id(), alone.0.id(), after_a_big_one.0.id()];
         want.sort_unstable();

@@ -82,6 +82,7 @@ pub(crate) fn supervise(
         }
     }
     let status = exit_status_unreaped(pid);
+    runtime.record_ended(pid);
     // Expected or not is decided now: a shutdown that starts during the drain below must
     // not turn a crash into a clean stop.
     runtime.dispatch(idx, Event::MainExited);

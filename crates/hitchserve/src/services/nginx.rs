@@ -193,21 +193,29 @@ impl Nginx {
             ctx.make_dir(&dir)?;
             let conf = ctx.env_var(CONF_ENV).unwrap_or_default();
             let path = dir.join("nginx.conf");
-            // create_new: O_EXCL, so a link planted at this path is an error, not followed.
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&path)
-                .and_then(|mut f| f.write_all(conf.as_bytes()))
-                .map_err(|source| Error::Io {
-                    context: format!(
-                        "service `{}`: writing nginx's configuration `{}`",
-                        ctx.service(),
-                        path.display()
-                    ),
-                    source,
-                })?;
+            // The last start's (a restart with its setup hook) goes first: unlinked, never
+            // followed. create_new: O_EXCL, so a link planted at this path meanwhile is an
+            // error, not followed.
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o644)
+                    .open(&path)
+            })
+            .and_then(|mut f| f.write_all(conf.as_bytes()))
+            .map_err(|source| Error::Io {
+                context: format!(
+                    "service `{}`: writing nginx's configuration `{}`",
+                    ctx.service(),
+                    path.display()
+                ),
+                source,
+            })?;
             Ok(())
         });
         // SAFETY: getuid has no preconditions.

@@ -108,6 +108,26 @@ fn nginx_proxies_to_the_app_and_leaves_no_worker() {
     }
 }
 
+/// A restart that runs its setup hook again writes its configuration afresh (it failed
+/// with "File exists": the last start's file was in the way, and nginx stayed stopped).
+#[test]
+fn nginx_restarts_with_its_setup_hook() {
+    let p = Project::new("nginx-setup");
+    let mut b = p.bundle();
+    b.add(
+        "Web",
+        Nginx::servers("server { listen 127.0.0.1:{port.http}; return 200 \"up\\n\"; }").service(),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let web = Nginx::handle(&b, "Web").unwrap();
+    let before = web.service().pid().unwrap();
+    web.service().restart_with_setup().unwrap();
+    assert_ne!(web.service().pid(), Some(before));
+    assert_eq!(get(web.port(), "/").1, "up\n");
+    b.shutdown().unwrap();
+}
+
 /// Startup-to-ready of nginx alone (its app already up), median of 3: `cargo test --release
 /// -p hitchserve --test integration nginx_startup_figures -- --ignored --nocapture`.
 #[test]

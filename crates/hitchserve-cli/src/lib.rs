@@ -373,6 +373,15 @@ const RUST_TO_FILE: &[(&str, &str)] = &[
     ("Service::no_libfaketime()", "`no_libfaketime = true`"),
     ("Service::port(\"NAME\")", "`ports = [\"NAME\"]`"),
     ("Postgres::bin_dir", "its `bin_dir`"),
+    ("MariaDb::basedir", "its `basedir`"),
+    (
+        "remove `user(..)`, or make it for another with `Postgres::os_user`",
+        "remove its `user`",
+    ),
+    (
+        "remove `user(..)`, or make it for another with `MariaDb::os_user`",
+        "remove its `user`",
+    ),
     ("(`port(\"http\")`)", "(`ports = [\"http\"]`)"),
     (
         "start it again first (`start()`)",

@@ -64,6 +64,11 @@ pub struct Service {
     pub(crate) install: Option<Install>,
     /// The ready-made kind that made it (`"Redis"`...), for that kind's `handle`.
     pub(crate) kind: Option<&'static str>,
+    /// The user that kind chose to run it as, as it made it.
+    kind_user: Option<String>,
+    /// What its ready-made builder found wrong (a builder that can't fail says it here, and
+    /// `Bundle::add` refuses it).
+    pub(crate) defect: Option<String>,
     /// Where in `argv` a program it runs in turn starts (a cron's command): it must be
     /// there, and found on the service's `PATH` at startup, as its own program is.
     pub(crate) runs_too: Option<usize>,
@@ -82,6 +87,9 @@ impl Service {
     /// What in it can't be used, said for a person, checked when it is added (see
     /// `exec::bad_command`); and a port with no name.
     pub(crate) fn bad_setting(&self) -> Option<String> {
+        if let Some(defect) = &self.defect {
+            return Some(defect.clone());
+        }
         let env = self.env.iter().map(|(k, v)| (k.as_os_str(), v.as_deref()));
         if let Some(problem) = crate::exec::bad_command(&self.argv, env) {
             return Some(problem);
@@ -115,6 +123,22 @@ impl Service {
                 ));
             }
         }
+        // Their data and template clusters belong to the user they were made for (and
+        // MariaDB's admin account is named after it): another one meets files it may not
+        // use.
+        if let Some(kind @ ("Postgres" | "MariaDb")) = self.kind {
+            if self.user != self.kind_user {
+                let chosen = match &self.kind_user {
+                    Some(user) => format!("`{user}`"),
+                    None => "the test's own user".to_owned(),
+                };
+                return Some(format!(
+                    "a ready-made {kind} runs as the user it was made for ({chosen}), which \
+                     owns its data: remove `user(..)`, or make it for another with \
+                     `{kind}::os_user`"
+                ));
+            }
+        }
         if let Some(dir) = &self.directory {
             use std::os::unix::ffi::OsStrExt;
             if dir.as_os_str().as_bytes().contains(&0) {
@@ -130,6 +154,7 @@ impl Service {
     /// Marked as made by ready-made service `kind` (its `handle` checks it).
     pub(crate) fn made_by(mut self, kind: &'static str) -> Service {
         self.kind = Some(kind);
+        self.kind_user = self.user.clone();
         self
     }
 
@@ -156,6 +181,8 @@ impl Service {
             restart: Restart::Never,
             install: None,
             kind: None,
+            kind_user: None,
+            defect: None,
             runs_too: None,
         }
     }

@@ -102,7 +102,7 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
                 if let Some(dir) = &s.bin_dir {
                     pg = pg.bin_dir(project.join(dir.as_str()));
                 }
-                pg.service().map_err(|e| format!("service `{name}`: {e}"))?
+                pg.service().map_err(|e| made_as(name.as_str(), e))?
             }
             Some("rabbitmq") => {
                 let mut rabbit = RabbitMq::new();
@@ -112,9 +112,7 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
                 for u in &s.users {
                     rabbit = rabbit.user(u.name.as_str(), u.password.as_str());
                 }
-                rabbit
-                    .service()
-                    .map_err(|e| format!("service `{name}`: {e}"))?
+                rabbit.service().map_err(|e| made_as(name.as_str(), e))?
             }
             Some("mariadb") => {
                 let mut db = MariaDb::new();
@@ -131,7 +129,7 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
                         None => db.database(name, owner),
                     };
                 }
-                db.service().map_err(|e| format!("service `{name}`: {e}"))?
+                db.service().map_err(|e| made_as(name.as_str(), e))?
             }
             Some("redis") => match &s.program {
                 Some(p) => Redis::new().program(program(project, p)),
@@ -251,6 +249,17 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
     Ok(b)
 }
 
+/// An error of a ready-made kind's builder, said of service `name`: the builder doesn't know
+/// the name yet and says the kind's (`service `mariadb`: ...`), which goes.
+fn made_as(name: &str, e: hitchserve::Error) -> String {
+    let text = e.to_string();
+    let said = text
+        .strip_prefix("service `")
+        .and_then(|rest| rest.split_once("`: "))
+        .map_or(text.as_str(), |(_, said)| said);
+    format!("service `{name}`: {said}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +282,38 @@ mod tests {
         // Built, not started (needs rabbitmq-server installed, as CI has it).
         let bundle = bundle(&config, &dir).unwrap();
         assert_eq!(bundle.service_names(), ["Rabbit"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `user` on a kind whose data belongs to the user it is made for is refused, in the
+    /// file's terms; a builder's error names the service once, by its name in the file.
+    #[test]
+    fn user_on_a_postgres_or_mariadb_kind_is_refused_in_the_files_terms() {
+        let dir = crate::config::test_dir("kind-user");
+        let f = dir.join("hitchserve.toml");
+        for kind in ["postgres", "mariadb"] {
+            std::fs::write(
+                &f,
+                format!("[services.Db]\nkind = \"{kind}\"\nuser = \"nobody\"\n"),
+            )
+            .unwrap();
+            let e = crate::in_file_terms(&bundle(&load(&f).unwrap(), &dir).unwrap_err());
+            assert!(
+                e.starts_with("service `Db`: ") && e.ends_with("remove its `user`"),
+                "{e}"
+            );
+        }
+        std::fs::write(
+            &f,
+            "[services.Db]\nkind = \"mariadb\"\nbasedir = \"/nonexistent\"\n",
+        )
+        .unwrap();
+        let e = crate::in_file_terms(&bundle(&load(&f).unwrap(), &dir).unwrap_err());
+        assert!(
+            e.starts_with("service `Db`: `mariadbd` is not installed"),
+            "{e}"
+        );
+        assert!(e.contains("its `basedir`"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -77,6 +77,13 @@ impl Cron {
         let mut service = Service::new(argv).ready(Ready::line_contains("cron: every"));
         // Its command is checked as a service's own program: there, and on its PATH.
         service.runs_too = Some(command_at);
+        if self.interval.is_zero() {
+            service.defect = Some(
+                "its interval is 0: a cron runs its command every so often, more than 0 s \
+                 apart (`Cron::every`)"
+                    .to_owned(),
+            );
+        }
         service
     }
 }

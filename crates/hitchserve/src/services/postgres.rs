@@ -59,7 +59,8 @@ impl Postgres {
         Postgres::default()
     }
 
-    /// Create this user (login, with this password) once the server is ready.
+    /// Create this user (login, with this password) once the server is ready; a user that
+    /// exists already (the `postgres` superuser) gets this password, for logins over TCP.
     pub fn user(mut self, name: &str, password: &str) -> Postgres {
         self.users.push((name.to_owned(), password.to_owned()));
         self
@@ -109,8 +110,46 @@ impl Postgres {
         self.unmarked().map(|s| s.made_by("Postgres"))
     }
 
+    /// What PostgreSQL can't take among the users and databases asked for, said without
+    /// any password.
+    fn bad_names(&self) -> Option<String> {
+        let nul = |text: &str| text.contains('\0');
+        for (name, password) in &self.users {
+            if nul(name) {
+                return Some(format!(
+                    "user name `{}` holds a NUL byte, which PostgreSQL can't take: remove it",
+                    name.escape_debug()
+                ));
+            }
+            if nul(password) {
+                return Some(format!(
+                    "the password of user `{name}` holds a NUL byte, which PostgreSQL can't \
+                     take: remove it"
+                ));
+            }
+        }
+        for (name, owner, _) in &self.databases {
+            if let Some(bad) = [name, owner].into_iter().find(|t| nul(t)) {
+                return Some(format!(
+                    "database `{}` (owner `{}`): `{}` holds a NUL byte, which PostgreSQL \
+                     can't take: remove it",
+                    name.escape_debug(),
+                    owner.escape_debug(),
+                    bad.escape_debug()
+                ));
+            }
+        }
+        None
+    }
+
     /// `service`, before it is marked as a Postgres (for `handle`).
     fn unmarked(self) -> Result<Service> {
+        if let Some(problem) = self.bad_names() {
+            return Err(Error::InvalidSetting {
+                service: "postgres".into(),
+                problem,
+            });
+        }
         let bin = match self.bin_dir.clone() {
             Some(dir) => dir,
             None => find_bin_dir().ok_or_else(|| Error::CommandNotFound {
@@ -292,11 +331,14 @@ impl Postgres {
                     Ok(out.stdout_text().trim() == "1")
                 };
                 for (name, password) in &users {
-                    if exists("pg_roles", "rolname", name)? {
-                        continue;
-                    }
+                    // One that exists (the superuser, or made by the last start) gets the
+                    // password asked for.
+                    let verb = match exists("pg_roles", "rolname", name)? {
+                        true => "ALTER",
+                        false => "CREATE",
+                    };
                     let statement = format!(
-                        "CREATE USER {} PASSWORD '{}'",
+                        "{verb} USER {} PASSWORD '{}'",
                         ident(name),
                         password.replace('\'', "''")
                     );

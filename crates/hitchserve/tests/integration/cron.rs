@@ -56,6 +56,14 @@ fn a_cron_command_that_can_never_run_is_refused_before_anything_starts() {
         matches!(&err, hitchserve::Error::InvalidSetting { service, problem } if service == "Empty" && problem.contains("empty")),
         "{err:?}"
     );
+    // Every 0 s would run it over and over: refused too.
+    let err = b
+        .add("Zero", Cron::every(Duration::ZERO, ["true"]).service())
+        .unwrap_err();
+    assert!(
+        matches!(&err, hitchserve::Error::InvalidSetting { service, problem } if service == "Zero" && problem.contains("interval is 0")),
+        "{err:?}"
+    );
     b.add(
         "Missing",
         Cron::every(Duration::from_secs(60), ["no-such-program-hs", "--now"]).service(),

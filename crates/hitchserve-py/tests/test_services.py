@@ -1,6 +1,7 @@
 """The ready-made services from hitchserve.services, real servers; the seed's HitchSMTP
 example; the reminders scenario as a Python team would write it."""
 
+import datetime
 import os
 import smtplib
 import sys
@@ -147,3 +148,11 @@ def test_the_reminders_scenario(service_bundle_factory):
     assert email["sent_to"] == ["ann@example.com"]
     assert email["links"]
     app.logs.tail.until(lambda l: l == "sent reminder 1 to ann@example.com", timeout=PATIENCE, lines_back=100)
+
+
+@pytest.mark.parametrize("every", [0, -5, 0.0, datetime.timedelta(0), float("inf")])
+def test_a_cron_interval_of_no_time_is_refused_where_it_is_given(every):
+    # 0 ran the command over and over; -5 raised a bare ValueError from inside startup().
+    with pytest.raises(ValueError, match="`every` must be a time of more than 0 seconds"):
+        Cron(every=every, command=["true"])
+

@@ -282,3 +282,26 @@ def test_ctrl_c_while_attaching_stops_the_bundle_it_was_starting(project):
         child.kill()
         child.wait()
         cli(file, "down")
+
+
+def test_the_command_runs_the_mock_smtp_this_package_installed(project, tmp_path):
+    # Nothing but the package, its venv not activated: no $HITCHSMTP, PATH without the
+    # directory the package's scripts went to, no cargo-built hitchsmtp.
+    file = project / "hitchserve.toml"
+    file.write_text('[services.Mail]\nkind = "smtp"\n')
+    env = {k: v for k, v in os.environ.items() if k != "HITCHSMTP"}
+    env.update(PATH="/usr/bin:/bin", CARGO_HOME=str(tmp_path))
+    try:
+        up = subprocess.run(
+            CLI + ["-f", str(file), "up", "--detach"],
+            capture_output=True,
+            text=True,
+            timeout=PATIENCE,
+            env=env,
+        )
+        assert up.returncode == 0, up.stderr
+        port = int(cli(file, "port", "Mail", "smtp").stdout)
+        assert port > 0
+    finally:
+        cli(file, "down", check=False)
+

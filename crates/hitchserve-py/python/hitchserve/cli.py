@@ -7,11 +7,13 @@ A bundle it starts in the background (``up --detach``, ``up --shared``: what
 Python, so the package needs no other install.
 """
 
+import os
 import signal
 import sys
 from typing import List, Optional
 
 from . import _native
+from .services import _packaged_hitchsmtp
 from .shared import RELAUNCH
 
 __all__ = ["main"]
@@ -28,7 +30,19 @@ def main(argv: Optional[List[str]] = None) -> None:
         # cleanly).
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     sys.stdout.flush()
-    code = _native.cli_main(RELAUNCH, list(sys.argv[1:] if argv is None else argv))
+    # A `kind = "smtp"` service runs the mock this package installed (the engine alone
+    # looks next to the interpreter and on PATH: not in a venv that isn't activated).
+    told = None
+    if not os.environ.get("HITCHSMTP"):
+        told = _packaged_hitchsmtp()
+        if told:
+            os.environ["HITCHSMTP"] = told
+    try:
+        code = _native.cli_main(RELAUNCH, list(sys.argv[1:] if argv is None else argv))
+    finally:
+        if told and argv is not None:
+            # Called from a Python program: its environment is left as it was.
+            os.environ.pop("HITCHSMTP", None)
     raise SystemExit(code)
 
 

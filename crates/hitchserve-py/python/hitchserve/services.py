@@ -9,6 +9,7 @@ Their hooks are the engine's: overriding ``setup``/``poststart`` on them is refu
 import datetime as _dt
 import functools
 import importlib.metadata
+import math
 import os
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
 
@@ -171,6 +172,11 @@ class Cron(_ReadyMade):
         self, every: Union[float, _dt.timedelta], command: Sequence[Any], **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
+        seconds = _seconds(every)
+        if not seconds > 0 or math.isinf(seconds):
+            raise ValueError(
+                f"Cron: `every` must be a time of more than 0 seconds, not {every!r}"
+            )
         self.every = every
         self.cron_command = [str(c) for c in command]
 

@@ -9,7 +9,11 @@
 //! is passed when handed out (at most the forks since, counted over all pid namespaces and
 //! threads included) or skipped because in use (at most the tasks alive at the moment; one
 //! made since was counted when handed out). Anything unreadable or out of bounds: no window,
-//! and the caller looks at every process.
+//! and the caller looks at every process. Not counted: a fork that fails once its pid is
+//! handed out (a pids cgroup at its limit) moves the pid on and counts no fork, nor do pids
+//! set by hand (`ns_last_pid`, `clone3`'s `set_tid`: root). A full cycle of those during a
+//! run shrinks the window: the sweep is a net under the process groups and the run's cgroup
+//! (which no pid count fools), not the only one.
 //!
 //! Why: the marker sweep at shutdown reads the environment of every process on the machine
 //! (an open, a read of another process's memory, a close: about 350 µs for 70 processes here,

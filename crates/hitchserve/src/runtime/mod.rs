@@ -90,7 +90,8 @@ pub(crate) struct Runtime {
     /// pids in their window (see `pidwindow`), where the marker sweep looks first.
     born_after: Option<PidMark>,
     /// The pids of its services' main processes that have exited (each recorded once dead,
-    /// before it is reaped): the marker sweep needn't look at them (see `stop::sweep`).
+    /// before it is reaped): the marker sweep passes over those still unreaped (see
+    /// `stop::sweep`).
     ended: Mutex<Vec<u32>>,
 }
 

@@ -292,9 +292,9 @@ impl Runtime {
 /// SIGKILL every process whose environment carries this run's marker; repeat until none is
 /// left (a process may fork between two scans). Returns how many were killed. Only the
 /// processes made since `born_after` can carry it: where the kernel's counters say which
-/// pids those have (see `pidwindow`), only those are looked at, but for `ended` (sorted): pids
-/// of processes made since that are known to have exited. Within a window that holds, no pid
-/// has been handed out twice, so none of these is anyone's now.
+/// pids those have (see `pidwindow`), only those are looked at. `ended` (sorted) are the pids
+/// of main processes that have exited: one that is still our unreaped child (a zombie holds
+/// its pid: nobody else can have it) is passed over.
 fn sweep(run_id: &str, born_after: Option<&PidMark>, ended: &[u32]) -> usize {
     let needle = format!("{MARKER_VAR}={run_id}");
     let me = std::process::id();
@@ -319,16 +319,16 @@ fn sweep(run_id: &str, born_after: Option<&PidMark>, ended: &[u32]) -> usize {
 const PROBE_AT_MOST: u32 = 1024;
 
 /// The processes (other than us) whose environment holds `needle` as a whole entry: every
-/// process on the machine, or those with a pid in `window` but for `ended` (dead ones: see
-/// `sweep`; ignored without a window, where a pid may have been handed out again).
+/// process on the machine, or those with a pid in `window`; but for our zombies among
+/// `ended` (see `sweep`): a zombie's environment is empty, and looking costs an open, a read
+/// and its `stat`, where asking the kernel whether it is our exited child costs one call.
 ///
 /// Each look is kept to an open, a read into a buffer used for all of them, and a close: no
 /// per-process allocation or `stat`.
 fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>, ended: &[u32]) -> Vec<u32> {
+    let passed_over = |pid: u32| ended.binary_search(&pid).is_ok() && our_zombie(pid);
     let candidates: Box<dyn Iterator<Item = u32>> = match window {
-        Some(w) if w.len() <= PROBE_AT_MOST => {
-            Box::new(w.pids().filter(|pid| ended.binary_search(pid).is_err()))
-        }
+        Some(w) if w.len() <= PROBE_AT_MOST => Box::new(w.pids()),
         _ => {
             let Ok(dir) = std::fs::read_dir("/proc") else {
                 return Vec::new();
@@ -336,12 +336,11 @@ fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>, ended: &[u32])
             Box::new(
                 dir.flatten()
                     .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-                    .filter(move |&pid| {
-                        window.is_none_or(|w| w.contains(pid) && ended.binary_search(&pid).is_err())
-                    }),
+                    .filter(move |&pid| window.is_none_or(|w| w.contains(pid))),
             )
         }
     };
+    let candidates = candidates.filter(|&pid| !passed_over(pid));
     // Our own threads' ids are in a window too (read by id, each shows our environment):
     // listed once there is something to look at.
     let mut ours: Option<Vec<u32>> = None;
@@ -381,6 +380,14 @@ fn marked_pids(needle: &str, me: u32, window: Option<&PidWindow>, ended: &[u32])
         }
     }
     out
+}
+
+/// Whether `pid` is our child, exited and not reaped yet (without reaping it).
+fn our_zombie(pid: u32) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    waitid(Id::Pid(Pid::from_raw(pid as i32)), flags)
+        .is_ok_and(|status| status != WaitStatus::StillAlive)
 }
 
 /// The ids of our own threads.
@@ -600,28 +607,32 @@ mod tests {
         assert!(sweep(&run, None, &[]) >= 1);
     }
 
-    /// Pids known to have ended are passed over only inside a window that holds (where no
-    /// pid was handed out twice); without one, a pid may be anyone's again.
+    /// An ended pid is passed over only while it is our zombie (it holds the pid): one that
+    /// is anything else (reaped, its pid anyone's again) is looked at. (It was passed over
+    /// inside any window said to hold, and failed forks at a task limit move the pid
+    /// counter without counting: a marked process that got such a pid again survived.)
     #[test]
-    fn the_sweep_passes_over_ended_pids_only_inside_a_window() {
+    fn the_sweep_passes_over_only_the_ended_pids_that_are_our_zombies() {
         let run = format!("sweep-ended-{}", std::process::id());
         let needle = format!("{MARKER_VAR}={run}");
         let mark = PidMark::now().expect("the kernel's counters");
         let a = Sleeper::with(&[(MARKER_VAR, &run)]);
-        let b = Sleeper::with(&[(MARKER_VAR, &run)]);
         let window = mark.window().expect("no wrap in a moment");
         let me = std::process::id();
-        let mut both = [a.0.id(), b.0.id()];
-        both.sort_unstable();
-        assert_eq!(marked_pids(&needle, me, Some(&window), &[]), both);
-        // (Told, against the truth, that `a` has ended: to see it passed over.)
+        // (Told, against the truth, that `a` has ended: it is alive, so not a zombie.)
         assert_eq!(
             marked_pids(&needle, me, Some(&window), &[a.0.id()]),
-            [b.0.id()]
+            [a.0.id()]
         );
-        let mut found = marked_pids(&needle, me, None, &[a.0.id()]);
-        found.sort_unstable();
-        assert_eq!(found, both);
+        assert_eq!(marked_pids(&needle, me, None, &[a.0.id()]), [a.0.id()]);
+        assert!(!our_zombie(a.0.id()));
+        // Killed, not reaped: our zombie.
+        kill(Pid::from_raw(a.0.id() as i32), NixSignal::SIGKILL).expect("kill it");
+        let patience = std::time::Instant::now() + Duration::from_secs(30);
+        while !our_zombie(a.0.id()) && std::time::Instant::now() < patience {
+            std::thread::yield_now();
+        }
+        assert!(our_zombie(a.0.id()));
     }
 
     /// Only a live user process with no end to its environment is in the middle of an

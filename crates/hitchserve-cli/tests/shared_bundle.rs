@@ -268,6 +268,34 @@ fn a_killed_holder_leaves_the_bundle_to_the_others_and_the_last_death_stops_it()
     assert_eq!(p.starts(), 1);
 }
 
+/// A holder that attaches to a bundle with a crashed service is told so (it was told
+/// "READY", exit 0, and met the crash later in a tail); once nobody holds it, `up --shared`
+/// replaces it.
+#[test]
+fn a_crashed_service_is_told_to_the_next_holder_and_replaced_once_nobody_holds_it() {
+    let p = Project::new("crashed");
+    let (mut a, b) = (Holder::new(), Holder::new());
+    up_shared(&p, a.pid(), "60s");
+    let killed = p.run(&["kill", "App"]);
+    assert!(killed.status.success(), "{}", text(&killed));
+    let refused = p.run(&["up", "--shared", "--pid", &b.pid().to_string()]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    let said = text(&refused);
+    assert!(
+        said.contains("not all ready")
+            && said.contains("App")
+            && said.contains(&a.pid().to_string()),
+        "{said}"
+    );
+    assert_eq!(p.holders(), [u64::from(a.pid())]);
+    a.kill();
+    // Nobody holds it (its idle time runs): replaced by a new run.
+    let v = up_shared(&p, b.pid(), "60s");
+    assert_eq!(v["started"], true);
+    assert_eq!(p.status()["services"][0]["state"], "ready");
+    assert_eq!(p.starts(), 2);
+}
+
 #[test]
 fn racing_first_users_start_one_bundle() {
     let p = Project::new("race");

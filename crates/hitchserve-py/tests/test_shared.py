@@ -305,3 +305,37 @@ def test_the_command_runs_the_mock_smtp_this_package_installed(project, tmp_path
     finally:
         cli(file, "down", check=False)
 
+
+
+def test_a_forked_child_leaving_the_with_block_leaves_the_parents_lease(file):
+    # The child's release (its `with` exit) ended the parent's lease: the bundle stopped
+    # under the parent, still inside its own `with` block.
+    with hitchserve.SharedBundle(file, idle=0) as shared:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                shared.release()
+            except BaseException:
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert shared.holders == [os.getpid()]
+        assert shared.service("App").state == "ready"
+
+
+def test_a_shared_travel_too_far_and_a_report_of_no_lines_are_clear_errors(file):
+    # Both came out of the package as OverflowError tracebacks.
+    with hitchserve.SharedBundle(file, idle=0) as shared:
+        with pytest.raises(hitchserve.TimeTravelError, match="too far from now"):
+            shared.time_travel(days=1e12)
+        with pytest.raises(ValueError, match="0 or more"):
+            shared.report(-1)
+        assert "all.log" in shared.report(0)
+
+
+def test_the_ready_made_services_are_there_after_a_plain_import():
+    code = "import hitchserve; print(hitchserve.services.Smtp.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PATIENCE)
+    assert out.stdout.strip() == "Smtp", out.stderr

@@ -471,8 +471,13 @@ impl SharedBundle {
     }
 
     /// End this lease now (dropping the `SharedBundle` does too, quietly). A bundle that has
-    /// stopped meanwhile holds no lease any more: that is not an error.
+    /// stopped meanwhile holds no lease any more: that is not an error. In a child forked
+    /// from the holder it does nothing: the lease is the holder's, which still runs (as
+    /// dropping it there does nothing).
     pub fn release(mut self) -> Result<()> {
+        if self.holder != std::process::id() {
+            return Ok(());
+        }
         let lease = std::mem::take(&mut self.lease);
         match self.ask(json!({"cmd": "release", "lease": lease})) {
             Ok(_) => Ok(()),

@@ -293,6 +293,29 @@ fn lease(bundle: &Bundle, shared: Option<&Arc<Leases>>, req: &Value, asker: &Uni
             });
         }
     }
+    // A lease is "all ready" (`up`'s exit 0): not while a service has crashed. A look only
+    // (`ServiceHandle::check`): `down` still reports the crash.
+    let crashed = bundle
+        .service_names()
+        .into_iter()
+        .find_map(|name| bundle.service(&name).and_then(|s| s.check()).err());
+    if let Some(crash) = crashed {
+        let holders = leases.holders();
+        return json!({
+            "ok": false, "kind": "crashed", "holders": holders,
+            "error": format!(
+                "the shared bundle is not all ready: {crash}{}",
+                match holders.len() {
+                    0 => String::new(),
+                    n => format!(
+                        "; {n} lease(s) hold it (pids {}): `hitchserve start NAME` starts the \
+                         service again, `hitchserve down` stops the bundle",
+                        holders.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+                    ),
+                }
+            ),
+        });
+    }
     // How long to wait for another process's travel to end: `up --shared` and views wait,
     // `attach` (a shell's) is told at once.
     let wait = req["wait"]

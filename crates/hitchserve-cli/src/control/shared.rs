@@ -107,7 +107,7 @@ fn wait_up_ended(project: &Path) -> Result<(), String> {
 
 /// Why a lease was refused, as the server said it.
 enum Refused {
-    /// Started from another definition; `holders` hold it.
+    /// Started from another definition, or a service of it has crashed; `holders` hold it.
     Changed {
         holders: usize,
         why: String,
@@ -172,7 +172,7 @@ fn lease(
     }
     let why = v["error"].as_str().unwrap_or("failed").to_owned();
     Err(match v["kind"].as_str() {
-        Some("changed") => Refused::Changed {
+        Some("changed" | "crashed") => Refused::Changed {
             holders: v["holders"].as_array().map_or(0, Vec::len),
             why,
         },
@@ -231,8 +231,14 @@ pub fn up_shared(
             match lease(project, pid, Some(&def), CLOCK_PATIENCE) {
                 Ok(v) => return Ok(said(&v, pid, json_out, false)),
                 Err(Refused::Changed { holders: 0, .. }) => {
-                    // Nobody holds the old one: replace it.
-                    down(project)?;
+                    // Nobody holds the old one (another definition's, or one with a crashed
+                    // service): replace it. Once it has stopped, the crash it reports as it
+                    // stops was the old bundle's (said in its logs).
+                    if let Err(why) = down(project) {
+                        if up_is_running(project) {
+                            return Err(why);
+                        }
+                    }
                     continue;
                 }
                 Err(Refused::Changed { why, .. }) => return Err(why),

@@ -41,6 +41,9 @@ from .logs import Follow, LogLine, Logs, Tail
 from .service import Service, Subcommand
 from .shared import SharedBundle, SharedLine, SharedService, SharedTail
 
+# `hitchserve.services.Smtp()` after a plain `import hitchserve`, as the README writes it.
+from . import services  # noqa: E402  (after the names it imports from this package)
+
 __all__ = [
     "ServiceBundle",
     "Service",
@@ -67,4 +70,5 @@ __all__ = [
     "NoSuchProcess",
     "TimeTravelError",
     "SharedBundleError",
+    "services",
 ]

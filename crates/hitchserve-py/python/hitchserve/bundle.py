@@ -258,19 +258,8 @@ class ServiceBundle:
         time), in interactive mode too.
         A ``timedelta`` given first, ``bundle.time_travel(timedelta(days=1))``, is a delta;
         with ``datetime``, the deltas are added to it."""
-        try:
-            moment, delta = _travel(datetime, timedelta, seconds, minutes, hours, days)
-            micros = _micros(moment) if moment is not None else _delta_micros(delta)
-            if not -(2**63) <= micros < 2**63:
-                raise OverflowError(micros)
-        except (OverflowError, ValueError) as e:
-            if isinstance(e, ValueError) and "NaN" in str(e):
-                raise ValueError("time_travel: a NaN is no amount of time") from None
-            raise TimeTravelError(
-                "that moment is too far from now to travel to (at most about 292 years either "
-                "way)"
-            ) from None
-        if moment is not None:
+        to_moment, micros = _travel_micros(datetime, timedelta, seconds, minutes, hours, days)
+        if to_moment:
             _print(self._native.time_travel_to(micros))
         else:
             _print(self._native.time_travel_by(micros))
@@ -331,6 +320,31 @@ def _travel(
     if timedelta is not None:
         delta += _check_delta(timedelta)
     return (None if datetime is None else datetime + delta), delta
+
+
+def _travel_micros(
+    datetime: Union[_dt.datetime, _dt.timedelta, None],
+    timedelta: Optional[_dt.timedelta],
+    seconds: float,
+    minutes: float,
+    hours: float,
+    days: float,
+) -> Tuple[bool, int]:
+    """``time_travel``'s arguments as the engine takes them: whether to travel to a moment
+    (else by a delta), and that moment or delta in microseconds. One too far away is a
+    :class:`TimeTravelError`."""
+    try:
+        moment, delta = _travel(datetime, timedelta, seconds, minutes, hours, days)
+        micros = _micros(moment) if moment is not None else _delta_micros(delta)
+        if not -(2**63) <= micros < 2**63:
+            raise OverflowError(micros)
+    except (OverflowError, ValueError) as e:
+        if isinstance(e, ValueError) and "NaN" in str(e):
+            raise ValueError("time_travel: a NaN is no amount of time") from None
+        raise TimeTravelError(
+            "that moment is too far from now to travel to (at most about 292 years either way)"
+        ) from None
+    return moment is not None, micros
 
 
 def _check_delta(delta: Any) -> _dt.timedelta:

@@ -34,7 +34,7 @@ import sys
 from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 from . import _native
-from .bundle import _delta_micros, _from_micros, _micros, _travel
+from .bundle import _from_micros, _travel_micros
 from .errors import ServiceError, SubcommandFailed
 
 __all__ = ["SharedBundle", "SharedService", "SharedTail", "SharedLine"]
@@ -152,6 +152,8 @@ class SharedBundle:
     def report(self, n: int = 40) -> str:
         """A failure report: this holder's last ``n`` lines, and the path of the run's
         ``all.log``."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"report(n): n is a number of lines, 0 or more, not {n!r}")
         return self._native.report(n)
 
     # -- the clock ------------------------------------------------------------------------
@@ -172,11 +174,11 @@ class SharedBundle:
         """Move every service's clock, as :meth:`hitchserve.ServiceBundle.time_travel` does.
         The clock is every holder's: refused (:class:`~hitchserve.SharedBundleError`) while
         another process holds the bundle."""
-        moment, delta = _travel(datetime, timedelta, seconds, minutes, hours, days)
-        if moment is not None:
-            self._native.time_travel_to(_micros(moment))
+        to_moment, micros = _travel_micros(datetime, timedelta, seconds, minutes, hours, days)
+        if to_moment:
+            self._native.time_travel_to(micros)
         else:
-            self._native.time_travel_by(_delta_micros(delta))
+            self._native.time_travel_by(micros)
 
     # -- the lease ------------------------------------------------------------------------
 

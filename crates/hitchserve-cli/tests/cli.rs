@@ -613,6 +613,40 @@ fn logs_follow_streams_new_lines_and_ends_when_the_bundle_goes_down() {
     assert!(follow.wait().unwrap().success(), "after {rest} more lines");
 }
 
+/// A follower behind a chatty service when `down` comes gets every line, then its end (it
+/// was cut off after 5 s with "the bundle went away", a third of the lines lost: a write
+/// per line, and a fixed wait for open streams).
+#[test]
+fn a_follower_behind_at_down_gets_every_line() {
+    const LINES: usize = 300_000;
+    let p = Project::new(
+        "follow-behind",
+        &format!(
+            "[services.Burst]\ncommand = [\"python3\", \"-c\", \"import sys\\nsys.stdout.write(''.join('line %d\\\\n' % i for i in range({LINES})))\\nprint('READY', flush=True)\\nimport time\\ntime.sleep(1000)\"]\nready = {{ line_contains = \"READY\" }}\n"
+        ),
+    );
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let mut follow = p
+        .cmd(&["logs", "Burst", "--out", "-f", "-n", "1000000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = follow.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.starts_with("[Burst] line "))
+            .count()
+    });
+    down(&p);
+    let got = reader.join().unwrap();
+    let status = follow.wait().unwrap();
+    assert_eq!(got, LINES);
+    assert!(status.success());
+}
+
 #[test]
 fn exec_runs_as_the_services_user() {
     // SAFETY: getuid has no preconditions.

@@ -57,24 +57,25 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Observer, req: &Value) -> std:
         _ => {}
     }
     let json_only = req["json"].as_bool().unwrap_or(false);
-    let emit = |out: &mut UnixStream, line: &hitchserve::LogLine| -> std::io::Result<()> {
+    // A line's object for the client (none for a line that isn't JSON, with `json`).
+    let render = |line: &hitchserve::LogLine| -> Option<Value> {
         // Which of the service's processes wrote it (1 until it is started again; 0 for the
         // bundle's own lines), for clients of the socket; the CLI prints the line as it was.
         let incarnation = line.incarnation();
         let seq = line.seq();
         if json_only {
-            match line.json() {
-                Some(v) => reply(
-                    out,
-                    &json!({"json": v, "incarnation": incarnation, "seq": seq}),
-                ),
-                None => Ok(()),
-            }
+            line.json()
+                .map(|v| json!({"json": v, "incarnation": incarnation, "seq": seq}))
         } else {
-            reply(
-                out,
-                &json!({"line": line.to_string(), "text": line.text(), "service": line.service(), "incarnation": incarnation, "seq": seq}),
+            Some(
+                json!({"line": line.to_string(), "text": line.text(), "service": line.service(), "incarnation": incarnation, "seq": seq}),
             )
+        }
+    };
+    let emit = |out: &mut UnixStream, line: &hitchserve::LogLine| -> std::io::Result<()> {
+        match render(line) {
+            Some(v) => reply(out, &v),
+            None => Ok(()),
         }
     };
     let (timeout, mut back) = match logs_numbers(req) {
@@ -166,10 +167,29 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Observer, req: &Value) -> std:
     // end is the bundle's.
     let mut whole: Option<hitchserve::Tail> = None;
     let one_service = req["service"].is_string();
+    // Lines stored already go out in one write (a write per line made a follower that fell
+    // behind a chatty service slower than the service): sent once none is waiting.
+    let mut batch = Vec::new();
     loop {
-        match tail.next_line(Duration::from_secs(1)) {
+        let wait = match batch.is_empty() {
+            true => Duration::from_secs(1),
+            false => Duration::ZERO,
+        };
+        let next = tail.next_line(wait);
+        if !batch.is_empty() && (next.is_err() || batch.len() >= BATCH_BYTES) {
+            std::io::Write::write_all(out, &batch)?;
+            batch.clear();
+        }
+        match next {
             Ok(line) if !mine(&line) => {}
-            Ok(line) => emit(out, &line)?,
+            Ok(line) => {
+                if let Some(v) = render(&line) {
+                    batch.extend_from_slice(format!("{v}\n").as_bytes());
+                }
+                SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // Nothing waiting: what was gathered went out above; wait for more.
+            Err(HsError::WaitTimeout { .. }) if wait.is_zero() => {}
             // Quiet for a while: go on following, as long as someone is listening.
             Err(HsError::WaitTimeout { .. }) if !peer_gone(out) => {}
             Err(HsError::WaitTimeout { .. }) => return Ok(()),
@@ -220,10 +240,17 @@ fn logs_numbers(req: &Value) -> Result<(Duration, Option<usize>), String> {
     Ok((timeout, back))
 }
 
+/// How many bytes of lines a follower gathers before it sends them.
+const BATCH_BYTES: usize = 64 * 1024;
+
 /// `logs --follow` streams still being served, and requests still being answered: `up`
 /// lets them send their last line (their answer) before it exits.
 static OPEN_STREAMS: (std::sync::Mutex<usize>, std::sync::Condvar) =
     (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// Lines sent by followers so far: a follower behind the bundle's end (its client reads
+/// slower than the service wrote) is waited for as long as it moves on.
+static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Counts one open stream (or request being answered) while it lives.
 pub(super) struct OpenStream;
@@ -234,12 +261,22 @@ impl OpenStream {
         OpenStream
     }
 
-    /// Wait, up to `patience`, until every stream has ended.
+    /// Wait until every stream has ended: while followers send lines, for as long as they
+    /// do (every line a service wrote reaches a client that keeps reading); once none is
+    /// sent for `patience`, no longer (a client that stopped reading).
     pub(super) fn wait_all(patience: Duration) {
-        let open = OPEN_STREAMS.0.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = OPEN_STREAMS
-            .1
-            .wait_timeout_while(open, patience, |n| *n > 0);
+        let mut open = OPEN_STREAMS.0.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let sent = SENT.load(std::sync::atomic::Ordering::Relaxed);
+            let (guard, waited) = OPEN_STREAMS
+                .1
+                .wait_timeout_while(open, patience, |n| *n > 0)
+                .unwrap_or_else(|e| e.into_inner());
+            open = guard;
+            if !waited.timed_out() || SENT.load(std::sync::atomic::Ordering::Relaxed) == sent {
+                return;
+            }
+        }
     }
 }
 

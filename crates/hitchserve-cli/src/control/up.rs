@@ -329,8 +329,8 @@ pub fn up(
     for mut asker in first.into_iter().chain(stop_rx.try_iter().flatten()) {
         let _ = reply(&mut asker, &verdict);
     }
-    // Followers learn that the logs ended, requests under way get their answers: give them
-    // the moment to say so.
+    // Followers learn that the logs ended (one behind gets every line first, as long as its
+    // client reads on), requests under way get their answers.
     OpenStream::wait_all(Duration::from_secs(5));
     drop(_socket_file);
     drop(lock);

@@ -254,3 +254,32 @@ fn the_superusers_password_can_be_set_and_what_postgres_cant_take_is_refused() {
     assert_eq!(over_tcp.stdout_text().trim(), "postgres");
     b.shutdown().unwrap();
 }
+
+/// A commit survives a kill of the server right after it (a crash test's case): with
+/// `synchronous_commit=off` the commits of the last ~0.2 s before a kill were lost (13 of
+/// 14 kills within 0.1 s of a commit).
+#[test]
+fn a_committed_row_survives_a_kill_right_after_it() {
+    let p = Project::new("postgres-kill");
+    let mut b = p.bundle();
+    b.add("Postgres", Postgres::new().service().unwrap())
+        .unwrap();
+    b.startup().unwrap();
+    let pg = Postgres::handle(&b, "Postgres").unwrap();
+    let sql = |statement: &str| {
+        let out = pg.psql("postgres", statement).checked_output().unwrap();
+        out.stdout_text().trim().to_owned()
+    };
+    sql("CREATE TABLE t (round int)");
+    for round in 0..3 {
+        sql(&format!("INSERT INTO t VALUES ({round})"));
+        pg.service().kill(hitchserve::Signal::SIGKILL).unwrap();
+        pg.service().start().unwrap();
+        assert_eq!(
+            sql(&format!("SELECT count(*) FROM t WHERE round = {round}")),
+            "1",
+            "round {round}: the committed row was lost"
+        );
+    }
+    b.shutdown().unwrap();
+}

@@ -243,6 +243,41 @@ fn a_restarted_mariadb_keeps_its_users_databases_and_data() {
     b.shutdown().unwrap();
 }
 
+/// A commit survives a kill of the server right after it (a crash test's case): with the
+/// log flushed once a second, the last second of commits was lost to a kill.
+#[test]
+fn a_committed_row_survives_a_kill_of_mariadb_right_after_it() {
+    let p = Project::new("mariadb-kill");
+    let mut b = p.bundle();
+    b.add(
+        "MariaDb",
+        MariaDb::new()
+            .user("app", "s3cret")
+            .database("app", "app")
+            .service()
+            .unwrap(),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let db = MariaDb::handle(&b, "MariaDb").unwrap();
+    let sql = |statement: &str| {
+        let out = db.mysql("app", statement).checked_output().unwrap();
+        out.stdout_text().trim().to_owned()
+    };
+    sql("CREATE TABLE t (round int) ENGINE=InnoDB");
+    for round in 0..3 {
+        sql(&format!("INSERT INTO t VALUES ({round})"));
+        db.service().kill(hitchserve::Signal::SIGKILL).unwrap();
+        db.service().start().unwrap();
+        assert_eq!(
+            sql(&format!("SELECT count(*) FROM t WHERE round = {round}")),
+            "1",
+            "round {round}: the committed row was lost"
+        );
+    }
+    b.shutdown().unwrap();
+}
+
 /// A client run in the server's environment (`hitchserve exec MariaDb -- mariadb ...`)
 /// reaches this server, not the machine's (`/etc/mysql` names the system's socket, and it
 /// was read before our `MYSQL_UNIX_PORT`).

@@ -93,6 +93,9 @@ fn state(svc: &ServiceHandle, one_shot: bool) -> String {
             Ok(()) => format!("stopped ({status})"),
         };
     }
+    if svc.is_stopping() {
+        return "stopping".to_owned();
+    }
     match (svc.pid(), svc.is_ready(), svc.is_paused()) {
         (Some(_), _, true) => "paused".to_owned(),
         (Some(_), true, false) if one_shot => "running".to_owned(),

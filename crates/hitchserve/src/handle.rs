@@ -94,9 +94,17 @@ impl ServiceHandle {
         self.runtime.read(self.idx, |st| st.is_starting())
     }
 
-    /// Whether it is ready (its readiness check passed, and its poststart hook finished).
+    /// Whether it is ready (its readiness check passed, and its poststart hook finished),
+    /// and not stopping (see [`is_stopping`](ServiceHandle::is_stopping)).
     pub fn is_ready(&self) -> bool {
         self.runtime.read(self.idx, |st| st.is_ready())
+    }
+
+    /// Whether it is stopping: a stop, a restart (before its new start) or the bundle's
+    /// shutdown was asked, and its process has not ended yet. A stopping service is not
+    /// ready.
+    pub fn is_stopping(&self) -> bool {
+        self.runtime.read(self.idx, |st| st.is_stopping())
     }
 
     /// A variable of the service's environment (as it was started with).

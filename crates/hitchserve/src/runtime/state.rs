@@ -375,13 +375,27 @@ impl ServiceState {
         }
     }
 
+    /// Ready now: its check passed and no stop is asked (a restart's old process, stopping,
+    /// is not the ready one).
     pub(crate) fn is_ready(&self) -> bool {
         matches!(
             self.phase,
             Phase::Running {
                 readiness: Readiness::Ready { .. },
+                stop: None,
                 ..
             }
+        )
+    }
+
+    /// Asked to stop (a stop, a restart, the bundle's shutdown), and its process not yet
+    /// reaped.
+    pub(crate) fn is_stopping(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Running { stop: Some(_), .. }
+                | Phase::Exiting { expected: true, .. }
+                | Phase::Draining { expected: true, .. }
         )
     }
 
@@ -450,6 +464,7 @@ impl ServiceState {
                 self.phase,
                 Phase::Running {
                     readiness: Readiness::Ready { announced: true },
+                    stop: None,
                     ..
                 }
             )

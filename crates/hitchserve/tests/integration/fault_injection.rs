@@ -884,3 +884,31 @@ fn a_one_shot_whose_restart_fails_is_told_by_the_restart_alone() {
     }
     b.shutdown().unwrap();
 }
+
+/// A wait for ready while another thread restarts the service waits for the new process:
+/// the old one, stopping, is not ready (the wait returned at once, with the old pid, and
+/// the test talked to a dying server). Status says it is stopping.
+#[test]
+fn waiting_for_ready_during_a_restart_waits_for_the_new_process() {
+    let p = Project::new("ready-during-restart");
+    let mut b = p.bundle();
+    b.add(
+        "Slow",
+        sh("trap 'sleep 0.5; exit 0' TERM; echo READY; while :; do sleep 0.05; done")
+            .ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let slow = b.service("Slow").unwrap();
+    let old = slow.pid().unwrap();
+    std::thread::scope(|s| {
+        let restarter = s.spawn(|| b.service("Slow").unwrap().restart());
+        assert!(crate::common::wait_for(PATIENCE, || slow.is_stopping()));
+        assert!(!slow.is_ready());
+        slow.wait_until_ready().unwrap();
+        assert_eq!(slow.incarnation(), 2);
+        assert!(slow.is_ready() && slow.pid() != Some(old));
+        restarter.join().unwrap().unwrap();
+    });
+    b.shutdown().unwrap();
+}

@@ -230,7 +230,9 @@ fn restart_cases() -> Vec<Case> {
                 restart(false),
             ],
             actions: vec![Action::Signal(group(), Signal::SIGTERM)],
-            holds: |st, _| st.is_ready(),
+            // The old process, stopping, is not the ready one (a wait for ready returned at
+            // once, and a test talked to the dying server).
+            holds: |st, t| !st.is_ready() && !st.started_up(t) && st.is_stopping(),
         },
         Case {
             what: "a restart by hand: spawned again on its supervisor's thread once reaped",

@@ -6,18 +6,19 @@
 //! is unchanged and remains the reference; these add nothing but the `await`.
 //!
 //! A future dropped before it is done leaves its wait running to its own end (its timeout,
-//! its line, or the bundle's stop), as a thread of the blocking pool — but for
+//! its line, or the bundle's stop), as a thread of the blocking pool — but for a tail's,
+//! which waits in pieces of `SLICE` (a dropped one ends with its piece), and for
 //! `startup_async`'s: dropping it cancels the startup (`CancelStartup`), which stops what it
 //! started, and a later shutdown waits for that stop (`StartupWait`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::bundle::{wait_started, Bundle, StartupWait};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::handle::ServiceHandle;
 use crate::logs::{LogLine, Tail};
 use crate::timetravel::Clock;
@@ -42,8 +43,8 @@ impl Bundle {
     /// cancels the startup, as [`Interrupter::interrupt`](crate::Interrupter::interrupt)
     /// does a blocking one: what it started is stopped, and the bundle can't be started
     /// again (a later [`shutdown_async`](Bundle::shutdown_async) waits for that stop). The
-    /// other async calls, dropped, leave their wait to end by itself (its timeout, its line,
-    /// or the bundle's stop) and change nothing.
+    /// other async calls, dropped, change nothing: a tail's wait ends within 0.1 s; the
+    /// others' waits end by themselves (their timeout, or the bundle's stop).
     ///
     /// ```no_run
     /// # async fn demo() -> hitchserve::Result<()> {
@@ -147,6 +148,56 @@ impl Drop for CancelStartup<'_> {
     }
 }
 
+/// How long each piece of a tail's async wait holds a thread of the blocking pool: a
+/// future dropped mid-wait (a `select!`, a `timeout`) leaves at most this much of it
+/// running — the end of the runtime (a `#[tokio::test]`'s) waited out its whole timeout.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// `wait` (a tail's `until` or `until_json`) for async code, in pieces of `SLICE` up to
+/// `timeout` in all, on a copy of `tail` put back once it is done: dropped, it changes
+/// nothing. Each piece looks at every line stored when it begins, as one wait would.
+async fn sliced<P: Send + 'static, T: Send + 'static>(
+    tail: &mut Tail,
+    mut pred: P,
+    timeout: Duration,
+    wait: fn(&mut Tail, &mut P, Duration) -> Result<T>,
+) -> Result<T> {
+    let deadline = Instant::now().checked_add(timeout);
+    let mut work = tail.clone();
+    let result = loop {
+        let left = deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let piece = left.min(SLICE);
+        let (back, given, result) = blocking(move || {
+            let result = wait(&mut work, &mut pred, piece);
+            (work, pred, result)
+        })
+        .await;
+        (work, pred) = (back, given);
+        match result {
+            Err(Error::WaitTimeout { .. }) if left > SLICE => {}
+            // The last piece: the error of the whole wait.
+            Err(Error::WaitTimeout {
+                what,
+                last_lines,
+                log,
+                ..
+            }) => {
+                break Err(Error::WaitTimeout {
+                    what,
+                    timeout,
+                    last_lines,
+                    log,
+                })
+            }
+            other => break other,
+        }
+    };
+    *tail = work;
+    result
+}
+
 impl Tail {
     /// [`until`](Tail::until) for async code.
     pub async fn until_async(
@@ -154,14 +205,10 @@ impl Tail {
         pred: impl FnMut(&str) -> bool + Send + 'static,
         timeout: Duration,
     ) -> Result<LogLine> {
-        let mut tail = self.clone();
-        let (tail, result) = blocking(move || {
-            let result = tail.until(pred, timeout);
-            (tail, result)
+        sliced(self, pred, timeout, |tail, pred, piece| {
+            tail.until(pred, piece)
         })
-        .await;
-        *self = tail;
-        result
+        .await
     }
 
     /// [`until_json`](Tail::until_json) for async code.
@@ -170,14 +217,10 @@ impl Tail {
         pred: impl FnMut(&Value) -> bool + Send + 'static,
         timeout: Duration,
     ) -> Result<Value> {
-        let mut tail = self.clone();
-        let (tail, result) = blocking(move || {
-            let result = tail.until_json(pred, timeout);
-            (tail, result)
+        sliced(self, pred, timeout, |tail, pred, piece| {
+            tail.until_json(pred, piece)
         })
-        .await;
-        *self = tail;
-        result
+        .await
     }
 
     /// [`next_line`](Tail::next_line) for async code.

@@ -140,3 +140,42 @@ async fn dropping_an_async_startup_cancels_it_and_stops_what_it_started() {
     let logged = b.logs().lines().join("\n");
     assert!(logged.contains("Stopping"), "{logged}");
 }
+
+/// A tail's async wait dropped mid-way (a `select!` against a timer) leaves no wait behind
+/// for the runtime's end to wait out (with a bundle kept for the whole test process, a
+/// `#[tokio::test]` ended only once the dropped wait's own timeout had passed), and leaves
+/// the tail where it was.
+#[test]
+fn a_dropped_async_tail_wait_holds_up_no_runtime() {
+    let p = Project::new("async-dropped");
+    let mut b = p.bundle();
+    b.add("Quiet", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let mut tail = b.service("Quiet").unwrap().logs().tail().lines_back(1);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // Polled first (its wait begins on the blocking pool), then dropped.
+        tokio::select! {
+            biased;
+            r = tail.until_async(|l| l == "never", std::time::Duration::from_secs(3600)) => {
+                panic!("{r:?}")
+            }
+            () = std::future::ready(()) => {}
+        }
+    });
+    // Dropped elsewhere: waited for here, generously (the wait it left was an hour).
+    let (done, dropped) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(runtime);
+        let _ = done.send(());
+    });
+    assert!(
+        dropped.recv_timeout(PATIENCE).is_ok(),
+        "the runtime's end waited for the dropped wait"
+    );
+    // The tail did not move: its one line back is still ahead of it.
+    assert_eq!(tail.next_line(PATIENCE).unwrap().text(), "READY");
+    b.shutdown().unwrap();
+}

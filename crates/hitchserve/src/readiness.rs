@@ -12,7 +12,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -163,7 +163,10 @@ impl Ready {
         })
     }
 
-    /// Ready when this file exists (a relative path is taken from the service's directory).
+    /// Ready when this file exists (a relative path is taken from the service's directory),
+    /// made or changed by this start: a file left by an earlier one (a pid file, a flag, a
+    /// socket of the process a restart stopped) counts once the new process makes it
+    /// again, or writes to it.
     pub fn file(path: impl Into<PathBuf>) -> Ready {
         Ready(Kind::File { path: path.into() })
     }
@@ -237,15 +240,26 @@ impl Ready {
         }))
     }
 
-    pub(crate) fn checker(&self) -> Checker {
+    /// The check for one start of a service whose directory is `dir`; made before its
+    /// process is spawned, as it notes which of its files are there already (see
+    /// [`Ready::file`]).
+    pub(crate) fn checker(&self, dir: &Path) -> Checker {
         let mut leaves = Vec::new();
         let tree = flatten(self, &mut leaves);
         let passed = vec![false; leaves.len()];
         // Met by the start alone (`started()`, also inside `all` / `any`): nothing to check.
         let done = holds(&tree, &passed);
+        let files_before = leaves
+            .iter()
+            .map(|leaf| match leaf {
+                Leaf::Probe(Kind::File { path }) => FileId::of(&dir.join(path)),
+                _ => None,
+            })
+            .collect();
         Checker {
             tree,
             leaves,
+            files_before,
             state: Mutex::new(CheckState {
                 passed,
                 done,
@@ -431,7 +445,32 @@ pub(crate) struct ProbeEnv<'a> {
 pub(crate) struct Checker {
     tree: Node,
     leaves: Vec<Leaf>,
+    /// For each file leaf, the file that was there before the start, if one was.
+    files_before: Vec<Option<FileId>>,
     state: Mutex<CheckState>,
+}
+
+/// Which file is at a path, and as of which change: a file made again or written to since
+/// is another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
 }
 
 impl Checker {
@@ -513,7 +552,8 @@ impl Checker {
             if self.lock().passed[i] {
                 continue;
             }
-            let result = catch_unwind(AssertUnwindSafe(|| run_probe(kind, env)));
+            let before = self.files_before.get(i).copied().flatten();
+            let result = catch_unwind(AssertUnwindSafe(|| run_probe(kind, env, before)));
             let mut st = self.lock();
             match result {
                 Ok(Ok(())) => {
@@ -533,7 +573,8 @@ impl Checker {
     }
 }
 
-fn run_probe(kind: &Kind, env: &ProbeEnv<'_>) -> Result<(), String> {
+/// One try of probe `kind`; `before`: for a file, the one that was there before the start.
+fn run_probe(kind: &Kind, env: &ProbeEnv<'_>, before: Option<FileId>) -> Result<(), String> {
     match kind {
         Kind::Tcp { addr } => connect(addr, env.limit).map(drop),
         Kind::Http(h) => http_get(h, env.limit),
@@ -552,10 +593,13 @@ fn run_probe(kind: &Kind, env: &ProbeEnv<'_>) -> Result<(), String> {
         }
         Kind::File { path } => {
             let path = env.exec.dir.join(path);
-            if path.exists() {
-                Ok(())
-            } else {
-                Err(format!("`{}` does not exist yet", path.display()))
+            match FileId::of(&path) {
+                None => Err(format!("`{}` does not exist yet", path.display())),
+                Some(now) if Some(now) == before => Err(format!(
+                    "`{}` is the one an earlier start left: not made or written by this one yet",
+                    path.display()
+                )),
+                Some(_) => Ok(()),
             }
         }
         _ => Ok(()),

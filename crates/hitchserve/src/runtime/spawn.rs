@@ -26,7 +26,7 @@ use crate::plan::{ServicePlan, Sources};
 use crate::runtime::schedule;
 use crate::runtime::state::{Event, Phase, ServiceState};
 use crate::runtime::supervisor::supervise;
-use crate::runtime::threads::Task;
+use crate::runtime::threads::{Started, Task};
 use crate::runtime::usercode::UserCode;
 use crate::runtime::{deadline_after, Runtime};
 use crate::signal::ExitStatus;
@@ -105,11 +105,11 @@ impl Runtime {
     /// supervisor thread. Spawning first hides that thread's wake-up or creation behind
     /// the program's own start-up, so a chain of services never waits on a thread.
     fn start_here(self: &Arc<Self>, idx: usize) {
-        let Some((child, sources)) = self.start(idx) else {
+        let Some(started) = self.start(idx) else {
             return;
         };
-        let pid = child.id();
-        if let Err(e) = self.give(idx, Task::Supervise(child, sources)) {
+        let pid = started.child.id();
+        if let Err(e) = self.give(idx, Task::Supervise(started)) {
             // Without its thread nobody would reap or read it: kill it, forget its pgid
             // (it is about to be reaped), reap it, report why.
             crate::exec::ProcessGroup::led_by(pid).kill();
@@ -179,8 +179,8 @@ impl Runtime {
     fn run_task(self: &Arc<Self>, idx: usize, task: Task) {
         let mut task = task;
         loop {
-            let (child, sources) = match task {
-                Task::Supervise(child, sources) => (child, sources),
+            let started = match task {
+                Task::Supervise(started) => started,
                 Task::Start => {
                     let Some(started) = self.start(idx) else {
                         return;
@@ -189,7 +189,7 @@ impl Runtime {
                 }
             };
             // A restart by hand starts the next process on this same thread.
-            if !supervise(self, idx, child, &sources) {
+            if !supervise(self, idx, started) {
                 return;
             }
             task = Task::Start;
@@ -198,7 +198,7 @@ impl Runtime {
 
     /// Run service `idx`'s setup hook if its phase says so, then spawn it. `None` if it is
     /// not to run (its state says why); else the child and where its lines go.
-    fn start(self: &Arc<Self>, idx: usize) -> Option<(ServiceChild, Arc<Sources>)> {
+    fn start(self: &Arc<Self>, idx: usize) -> Option<Started> {
         let plan = &self.services()[idx];
         let (setting_up, spawning, incarnation) = self.read(idx, |st| {
             (
@@ -230,13 +230,19 @@ impl Runtime {
         } else {
             self.sink.log(&format!("Starting {}", plan.name));
         }
+        // Before the spawn: what is there already is not this start's doing.
+        let checker = Arc::new(plan.ready.checker(&plan.exec.dir));
         match spawn_child(plan, self.cgroup.as_deref()) {
             Ok((child, inside)) => {
                 let pid = child.id();
                 guardian::watch(&self.run.id, pid, inside);
                 let at = Instant::now();
                 self.dispatch(idx, Event::Spawned { pid, at });
-                Some((child, sources))
+                Some(Started {
+                    child,
+                    sources,
+                    checker,
+                })
             }
             Err(e) => {
                 self.dispatch(idx, Event::SpawnFailed(e));
@@ -328,7 +334,7 @@ impl Runtime {
                 return;
             }
             match runtime.start(idx) {
-                Some((child, sources)) => runtime.run_task(idx, Task::Supervise(child, sources)),
+                Some(started) => runtime.run_task(idx, Task::Supervise(started)),
                 None => {
                     // Nobody waits for this start to hear that it failed: say so, and
                     // let the exit stand, reported like a crash.

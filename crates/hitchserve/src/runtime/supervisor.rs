@@ -20,13 +20,13 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::wait::{waitid, Id, WaitPidFlag};
 use nix::unistd::Pid;
 
-use crate::exec::{ProcessGroup, ServiceChild};
+use crate::exec::ProcessGroup;
 use crate::guardian;
 use crate::logs::{End, LineSplitter, LogStore, Source};
-use crate::plan::Sources;
 use crate::readiness::{Checker, Verdict};
 use crate::runtime::probe::probe_until_ready;
 use crate::runtime::state::{Event, Phase, Reap};
+use crate::runtime::threads::Started;
 use crate::runtime::usercode::UserCode;
 use crate::runtime::Runtime;
 use crate::signal::ExitStatus;
@@ -51,12 +51,12 @@ const PARTIAL_QUIET: Duration = Duration::from_millis(50);
 
 /// The body of a supervisor thread: read both pipes, notice the exit, reap, report. True
 /// if the service is to be started again on this thread (a restart by hand).
-pub(crate) fn supervise(
-    runtime: &Arc<Runtime>,
-    idx: usize,
-    mut child: ServiceChild,
-    sources: &Arc<Sources>,
-) -> bool {
+pub(crate) fn supervise(runtime: &Arc<Runtime>, idx: usize, started: Started) -> bool {
+    let Started {
+        mut child,
+        sources,
+        checker,
+    } = started;
     let plan = &runtime.services()[idx];
     let pid = child.id();
     let group = ProcessGroup::led_by(pid);
@@ -64,7 +64,6 @@ pub(crate) fn supervise(
     let start = runtime.read(idx, |st| st.incarnation);
     let mut out = StreamReader::new(runtime, (idx, start), child.stdout.take(), &sources.out);
     let mut err = StreamReader::new(runtime, (idx, start), child.stderr.take(), &sources.err);
-    let checker = Arc::new(plan.ready.checker());
     if checker.has_probes() {
         let (prober, prober_checker) = (Arc::clone(runtime), Arc::clone(&checker));
         let _ = runtime

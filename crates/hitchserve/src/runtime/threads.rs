@@ -7,14 +7,23 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::exec::ServiceChild;
 use crate::plan::Sources;
+use crate::readiness::Checker;
 use crate::runtime::pool::{self, Done};
+
+/// A service's process just spawned: the child, where its lines go, and its readiness
+/// check (made before the spawn: it notes the files there already, see `Ready::file`).
+pub(crate) struct Started {
+    pub child: ServiceChild,
+    pub sources: Arc<Sources>,
+    pub checker: Arc<Checker>,
+}
 
 /// What a supervisor thread is given to do.
 pub(crate) enum Task {
     /// Start the service (setup hook, spawn), then supervise it.
     Start,
-    /// Supervise a child already spawned, whose lines go to these sources.
-    Supervise(ServiceChild, Arc<Sources>),
+    /// Supervise a child already spawned.
+    Supervise(Started),
 }
 
 /// The threads of a run: every one made, and those made in advance waiting for a task.

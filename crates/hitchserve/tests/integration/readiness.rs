@@ -407,3 +407,28 @@ fn an_exec_probe_keeps_its_time_limit_without_pidfds() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A file check counts the file this start makes, not one an earlier start left: a restart
+/// returned at once, the old process's flag still there, before the new process was up.
+#[test]
+fn a_ready_file_left_by_the_last_start_does_not_make_a_restart_ready() {
+    let p = Project::new("ready-file-restart");
+    let mut b = p.bundle();
+    b.add(
+        "Flagged",
+        sh("sleep 0.3; echo $$ > ready.tmp && mv ready.tmp ready.flag; exec sleep 1000")
+            .ready(Ready::file("ready.flag")),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let svc = b.service("Flagged").unwrap();
+    let flag = || std::fs::read_to_string(p.path("ready.flag")).unwrap();
+    assert_eq!(flag().trim(), svc.pid().unwrap().to_string());
+    svc.restart().unwrap();
+    assert_eq!(
+        flag().trim(),
+        svc.pid().unwrap().to_string(),
+        "ready on the old flag"
+    );
+    b.shutdown().unwrap();
+}

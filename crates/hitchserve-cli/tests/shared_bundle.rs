@@ -296,6 +296,61 @@ fn a_crashed_service_is_told_to_the_next_holder_and_replaced_once_nobody_holds_i
     assert_eq!(p.starts(), 2);
 }
 
+/// Racing first users whose start fails all hear that failure: they tried again one after
+/// another, each waiting out the failure anew (with a startup timeout, the last of 8
+/// workers waited minutes).
+#[test]
+fn racing_first_users_of_a_start_that_fails_all_hear_its_failure() {
+    use std::os::unix::fs::MetadataExt;
+    let p = Project::new("race-fail");
+    let starts = p.dir.join("starts.txt");
+    let go = p.dir.join("go");
+    p.write(&format!(
+        r#"
+[services.App]
+command = ["sh", "-c", "echo start >> '{}'; until [ -e '{}' ]; do sleep 0.01; done; echo broken; exit 3"]
+ready = {{ line_contains = "READY" }}
+"#,
+        starts.display(),
+        go.display()
+    ));
+    let holder = Holder::new();
+    let racers: Vec<Child> = (0..3)
+        .map(|_| {
+            p.command(&["up", "--shared", "--pid", &holder.pid().to_string()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Once one has started it and the two others wait for the decision (their locks are
+    // blocked in /proc/locks), the start fails.
+    let lock = p.dir.join(".hitchserve/shared.lock");
+    wait_for("two racers waiting for the first one's start", || {
+        let Ok(ino) = std::fs::metadata(&lock).map(|m| m.ino()) else {
+            return false;
+        };
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        let waiting = locks
+            .lines()
+            .filter(|l| l.contains("->") && l.contains(&format!(":{ino} ")))
+            .count();
+        waiting == 2 && std::fs::read_to_string(&starts).is_ok()
+    });
+    std::fs::write(&go, "").unwrap();
+    for racer in racers {
+        let out = racer.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{}", text(&out));
+        assert!(
+            text(&out).contains("exited before it was ready"),
+            "{}",
+            text(&out)
+        );
+    }
+    assert_eq!(p.starts(), 1, "each racer started it again");
+}
+
 #[test]
 fn racing_first_users_start_one_bundle() {
     let p = Project::new("race");

@@ -56,23 +56,48 @@ fn file_definition(file: &Path) -> Result<Definition, String> {
     definition(&text).map_err(|e| format!("{}: {e}", file.display()))
 }
 
-/// The project's start-or-attach lock, held while one holder decides (and starts).
+/// The project's start-or-attach lock, held while one holder decides (and starts). The
+/// file also counts the starts that failed, with the last one's error: racing first users
+/// who waited for a start that failed hear its error rather than each try again in turn
+/// (each waiting out a startup timeout).
 struct SharedLock {
-    _held: File,
+    held: File,
+    /// The error of a start that failed while this holder waited for the lock, and how
+    /// many had failed by then.
+    failed_meanwhile: Option<String>,
+    failures: u64,
+}
+
+/// The lock file's count of failed starts and the last one's error.
+fn failed_starts(file: &File) -> (u64, String) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = std::os::unix::fs::FileExt::read_at(file, &mut buf, 0).unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let (count, why) = text.split_once('\n').unwrap_or((&text, ""));
+    (count.trim().parse().unwrap_or(0), why.to_owned())
 }
 
 impl SharedLock {
+    /// Note that the start this holder made failed, with `why`, for those waiting.
+    fn note_failed_start(&self, why: &str) {
+        let text = format!("{}\n{why}", self.failures + 1);
+        let _ = self.held.set_len(0);
+        let _ = std::os::unix::fs::FileExt::write_all_at(&self.held, text.as_bytes(), 0);
+    }
+
     fn take(project: &Path) -> Result<SharedLock, String> {
         let dir = hitchserve::state_dir(project).map_err(|e| e.to_string())?;
         let path = dir.join("shared.lock");
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| format!("cannot open `{}`: {e}", path.display()))?;
+        let (before, _) = failed_starts(&file);
         // Blocking: another holder is starting the bundle (bounded by its startup timeout).
         // SAFETY: a valid descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
@@ -82,7 +107,12 @@ impl SharedLock {
                 std::io::Error::last_os_error()
             ));
         }
-        Ok(SharedLock { _held: file })
+        let (failures, why) = failed_starts(&file);
+        Ok(SharedLock {
+            held: file,
+            failed_meanwhile: (failures > before).then_some(why),
+            failures,
+        })
     }
 }
 
@@ -224,7 +254,13 @@ pub fn up_shared(
     // its line and column: read first for that).
     config::load(file)?;
     let def = file_definition(file)?;
-    let _decide = SharedLock::take(project)?;
+    let decide = SharedLock::take(project)?;
+    if let Some(why) = &decide.failed_meanwhile {
+        return Err(format!(
+            "the shared bundle could not be started (another process started it while this \
+             one waited, and it failed): {why}"
+        ));
+    }
     // A few rounds: a bundle may stop for want of a lease (or be replaced) meanwhile.
     for _ in 0..4 {
         if up_is_running(project) {
@@ -249,7 +285,13 @@ pub fn up_shared(
                 Err(Refused::Other(why)) => return Err(why),
             }
         }
-        let started = detach_up(file, project, timeline, Some(idle), relaunch)?;
+        let started = match detach_up(file, project, timeline, Some(idle), relaunch) {
+            Ok(started) => started,
+            Err(why) => {
+                decide.note_failed_start(&why);
+                return Err(why);
+            }
+        };
         if started != ExitCode::SUCCESS {
             // Stopped by a signal while it started (Ctrl-C): not a bundle to start again.
             return Ok(started);

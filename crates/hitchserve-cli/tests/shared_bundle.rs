@@ -1047,6 +1047,8 @@ fn a_holder_that_gave_up_waiting_gets_no_lease() {
     let mut note = String::new();
     std::io::BufRead::read_line(&mut err, &mut note).unwrap();
     assert!(note.contains("waiting for the shared bundle"), "{note}");
+    // Whose travel, as the bundle says it (a bundle that says nothing gets another note).
+    assert!(note.contains(&traveller.pid().to_string()), "{note}");
     waiting.kill().unwrap();
     waiting.wait().unwrap();
     let out = p.run(&["release", "--pid", &traveller.pid().to_string()]);

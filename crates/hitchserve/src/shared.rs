@@ -314,10 +314,17 @@ impl SharedBundle {
         let lost = |e: std::io::Error| self.error(format!("the shared bundle went away: {e}"));
         conn.write_all(format!("{req}\n").as_bytes())
             .map_err(lost)?;
-        let mut line = String::new();
-        BufReader::new(conn).read_line(&mut line).map_err(lost)?;
-        let v: Value = serde_json::from_str(&line)
-            .map_err(|_| self.error("no answer from the shared bundle (it stopped?)"))?;
+        let mut reader = BufReader::new(conn);
+        let v = loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).map_err(lost)?;
+            let v: Value = serde_json::from_str(&line)
+                .map_err(|_| self.error("no answer from the shared bundle (it stopped?)"))?;
+            // Before a lease's answer, why it waits (another holder's time travel).
+            if v["waiting"].is_null() {
+                break v;
+            }
+        };
         if v["ok"] == true {
             Ok(v)
         } else {

@@ -329,6 +329,12 @@ fn lease(bundle: &Bundle, shared: Option<&Arc<Leases>>, req: &Value, asker: &Uni
             "Process {pid} waits for the time travel of process {travellers} to end before it \
              holds this bundle"
         ));
+        // The asker hears why its answer waits (a line before the answer).
+        let mut to_asker = asker;
+        let _ = std::io::Write::write_all(
+            &mut to_asker,
+            format!("{}\n", json!({"waiting": travellers})).as_bytes(),
+        );
     };
     match leases.take(pid, wait, || hung_up(asker), waiting) {
         Ok(id) => {

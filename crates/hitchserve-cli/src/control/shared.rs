@@ -149,6 +149,10 @@ enum Refused {
     Other(String),
 }
 
+/// How long a lease's asker waits for any word from the bundle before it says that the
+/// bundle may be stopped or stuck.
+const SILENCE: Duration = Duration::from_secs(10);
+
 /// How long `up --shared` waits for another process's time travel to end before its lease
 /// is refused (see `Leases::take`); `attach` doesn't wait.
 const CLOCK_PATIENCE: Duration = Duration::from_secs(600);
@@ -167,30 +171,48 @@ fn lease(
         false => Refused::Gone,
     })?;
     let mut line = String::new();
-    // A lease waits while another holder's time travel runs (up to CLOCK_PATIENCE): say so
-    // once it has taken a moment, rather than look hung.
+    // A lease waits while another holder's time travel runs (up to CLOCK_PATIENCE): the
+    // bundle says so in a line before its answer. A bundle that says nothing at all for a
+    // while may be stopped (SIGSTOP) or stuck: said once, then waited for on.
     let answered = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-    if !wait.is_zero() {
+    {
         let answered = std::sync::Arc::clone(&answered);
+        let pid = super::state_dir::up_pid(project);
         std::thread::spawn(move || {
             let (done, cv) = &*answered;
             let guard = done.lock().unwrap_or_else(|e| e.into_inner());
             let (guard, _) = cv
-                .wait_timeout_while(guard, Duration::from_secs(2), |d| !*d)
+                .wait_timeout_while(guard, SILENCE, |d| !*d)
                 .unwrap_or_else(|e| e.into_inner());
             if !*guard {
+                let who = pid.map_or_else(
+                    || "the bundle".to_owned(),
+                    |p| format!("the bundle (pid {p})"),
+                );
                 eprintln!(
-                    "hitchserve: waiting for the shared bundle: another holder's time travel \
-                     must end first (`hitchserve logs` says whose)"
+                    "hitchserve: {who} has not answered in {} s: it may be stopped (`kill -CONT`) \
+                     or stuck; still waiting",
+                    SILENCE.as_secs()
                 );
             }
         });
     }
-    let _ = std::io::BufRead::read_line(&mut r, &mut line);
-    {
-        let (done, cv) = &*answered;
-        *done.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        cv.notify_all();
+    loop {
+        line.clear();
+        let _ = std::io::BufRead::read_line(&mut r, &mut line);
+        {
+            let (done, cv) = &*answered;
+            *done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            cv.notify_all();
+        }
+        match serde_json::from_str::<Value>(&line) {
+            Ok(v) if !v["waiting"].is_null() => eprintln!(
+                "hitchserve: waiting for the shared bundle: the time travel of process {} must \
+                 end first",
+                v["waiting"].as_str().unwrap_or("?")
+            ),
+            _ => break,
+        }
     }
     let v: Value = match serde_json::from_str(&line) {
         Ok(v) => v,

@@ -3,7 +3,8 @@
 //! `cargo run --release -p hitchserve --example bench` prints one JSON line per workload:
 //! - W1: ready-detection latency, from the instant a service writes `READY` (it prints its
 //!   own clock in the line) to `startup()` returning; baseline: reading the same line from
-//!   a plain pipe.
+//!   a plain pipe (in Rust, this process), and the floor of a Python harness (a Python
+//!   process that starts the service with `subprocess` and reads the line).
 //! - W2: 20 services `sh -c 'echo READY; exec sleep 1000'` in 4 chains of 5: start-to-all-
 //!   ready and shutdown; baseline: 4 threads spawning their chain (own process group, stdout
 //!   and stderr piped, as a service is spawned) and reading each first line directly, then
@@ -98,9 +99,20 @@ fn quiet_bundle(dir: &std::path::Path, time_travel: bool) -> Bundle {
     b
 }
 
+/// W1's second floor, the one a Python harness meets (the original hitchserve, mirakuru,
+/// pytest-xprocess): a Python process that starts the same service with `subprocess` and
+/// reads its first line; prints the latency in ns.
+const PY_READER: &str = "import subprocess, sys, time\n\
+p = subprocess.Popen([sys.executable, '-c', sys.argv[1]], stdout=subprocess.PIPE)\n\
+line = p.stdout.readline()\n\
+now = time.time_ns()\n\
+print(now - int(line.split()[1]))\n\
+p.kill(); p.wait()\n";
+
 fn w1(dir: &std::path::Path, tt: bool) -> Result<serde_json::Value, hitchserve::Error> {
     let mut ours = Vec::new();
     let mut raw = Vec::new();
+    let mut python = Vec::new();
     for _ in 0..W1_RUNS {
         let mut b = quiet_bundle(dir, tt);
         b.add(
@@ -126,12 +138,21 @@ fn w1(dir: &std::path::Path, tt: bool) -> Result<serde_json::Value, hitchserve::
         raw.push((read - stamp(&line)) as f64 / 1e6);
         let _ = child.kill();
         let _ = child.wait();
+
+        let out = Command::new("python3")
+            .args(["-c", PY_READER, READY_PY])
+            .output()
+            .expect("run the Python reader");
+        if let Ok(ns) = String::from_utf8_lossy(&out.stdout).trim().parse::<f64>() {
+            python.push(ns / 1e6);
+        }
     }
     Ok(json!({
         "workload": "W1", "what": "ready-detection latency (write READY -> startup() returns)",
         "runs": W1_RUNS,
         "median_ms": percentile(ours.clone(), 0.5), "p95_ms": percentile(ours, 0.95),
         "baseline_median_ms": percentile(raw.clone(), 0.5), "baseline_p95_ms": percentile(raw, 0.95),
+        "python_floor_median_ms": (!python.is_empty()).then(|| percentile(python, 0.5)),
         "target": "median < 1 ms",
     }))
 }

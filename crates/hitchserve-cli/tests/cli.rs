@@ -633,13 +633,18 @@ fn a_follower_behind_at_down_gets_every_line() {
         .spawn()
         .unwrap();
     let out = follow.stdout.take().unwrap();
+    let (first, following) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
+        let mut lines = BufReader::new(out).lines().map_while(Result::ok);
+        let head = lines.next();
+        let _ = first.send(());
+        head.into_iter()
+            .chain(lines)
             .filter(|l| l.starts_with("[Burst] line "))
             .count()
     });
+    // Down once the follower streams (its first line is here), far behind the service.
+    following.recv().unwrap();
     down(&p);
     let got = reader.join().unwrap();
     let status = follow.wait().unwrap();

@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::bundle::{wait_started, Bundle, StartupWait};
 use crate::error::{Error, Result};
 use crate::handle::ServiceHandle;
-use crate::logs::{LogLine, Tail};
+use crate::logs::{LogLine, Tail, WaitPieces};
 use crate::timetravel::Clock;
 
 /// Run `f` on tokio's blocking pool and await it; a panic in it is resumed here.
@@ -155,26 +155,28 @@ const SLICE: Duration = Duration::from_millis(100);
 
 /// `wait` (a tail's `until` or `until_json`) for async code, in pieces of `SLICE` up to
 /// `timeout` in all, on a copy of `tail` put back once it is done: dropped, it changes
-/// nothing. Each piece looks at every line stored when it begins, as one wait would.
+/// nothing. The pieces share one wait's state (`WaitPieces`): the lines stored when it
+/// began are all looked at, and a partial line once until it changes, as in one wait.
 async fn sliced<P: Send + 'static, T: Send + 'static>(
     tail: &mut Tail,
     mut pred: P,
     timeout: Duration,
-    wait: fn(&mut Tail, &mut P, Duration) -> Result<T>,
+    wait: fn(&mut Tail, &mut P, Duration, &mut WaitPieces) -> Result<T>,
 ) -> Result<T> {
     let deadline = Instant::now().checked_add(timeout);
     let mut work = tail.clone();
+    let mut pieces = WaitPieces::default();
     let result = loop {
         let left = deadline.map_or(Duration::MAX, |d| {
             d.saturating_duration_since(Instant::now())
         });
         let piece = left.min(SLICE);
-        let (back, given, result) = blocking(move || {
-            let result = wait(&mut work, &mut pred, piece);
-            (work, pred, result)
+        let (back, given, state, result) = blocking(move || {
+            let result = wait(&mut work, &mut pred, piece, &mut pieces);
+            (work, pred, pieces, result)
         })
         .await;
-        (work, pred) = (back, given);
+        (work, pred, pieces) = (back, given, state);
         match result {
             Err(Error::WaitTimeout { .. }) if left > SLICE => {}
             // The last piece: the error of the whole wait.
@@ -205,8 +207,8 @@ impl Tail {
         pred: impl FnMut(&str) -> bool + Send + 'static,
         timeout: Duration,
     ) -> Result<LogLine> {
-        sliced(self, pred, timeout, |tail, pred, piece| {
-            tail.until(pred, piece)
+        sliced(self, pred, timeout, |tail, pred, piece, pieces| {
+            tail.until_piece(pred, piece, pieces)
         })
         .await
     }
@@ -217,8 +219,8 @@ impl Tail {
         pred: impl FnMut(&Value) -> bool + Send + 'static,
         timeout: Duration,
     ) -> Result<Value> {
-        sliced(self, pred, timeout, |tail, pred, piece| {
-            tail.until_json(pred, piece)
+        sliced(self, pred, timeout, |tail, pred, piece, pieces| {
+            tail.until_json_piece(pred, piece, pieces)
         })
         .await
     }

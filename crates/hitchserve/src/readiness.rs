@@ -451,25 +451,55 @@ pub(crate) struct Checker {
 }
 
 /// Which file is at a path, and as of which change: a file made again or written to since
-/// is another.
+/// is another. Of the file a symlink there points to, and of the link itself (made again,
+/// it may point to the same file).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileId {
+    target: Stamp,
+    link: Stamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
     dev: u64,
     ino: u64,
+    size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
 }
 
-impl FileId {
-    fn of(path: &Path) -> Option<FileId> {
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Stamp {
         use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
-        Some(FileId {
+        Stamp {
             dev: m.dev(),
             ino: m.ino(),
+            size: m.size(),
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+impl FileId {
+    fn of(path: &Path) -> Option<FileId> {
+        let target = std::fs::metadata(path).ok()?;
+        let link = std::fs::symlink_metadata(path).ok()?;
+        Some(FileId {
+            target: Stamp::of(&target),
+            link: Stamp::of(&link),
         })
+    }
+
+    /// Whether this file, the same as one noted before the start, may still have been made
+    /// or written by it: on a filesystem whose times are whole seconds (ext2, FAT, some
+    /// NFS), a rewrite in the same second as the last one changes nothing we can see —
+    /// counted as this start's then (as a file check was before it noted anything), rather
+    /// than never.
+    fn ambiguous(&self) -> bool {
+        [self.target, self.link]
+            .iter()
+            .all(|s| s.mtime.1 == 0 && s.ctime.1 == 0)
     }
 }
 
@@ -595,7 +625,7 @@ fn run_probe(kind: &Kind, env: &ProbeEnv<'_>, before: Option<FileId>) -> Result<
             let path = env.exec.dir.join(path);
             match FileId::of(&path) {
                 None => Err(format!("`{}` does not exist yet", path.display())),
-                Some(now) if Some(now) == before => Err(format!(
+                Some(now) if Some(now) == before && !now.ambiguous() => Err(format!(
                     "`{}` is the one an earlier start left: not made or written by this one yet",
                     path.display()
                 )),

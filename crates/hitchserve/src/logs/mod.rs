@@ -30,6 +30,8 @@ pub use line::{LogLine, Part, Stream};
 pub(crate) use sink::Sink;
 pub(crate) use split::{End, LineSplitter};
 pub(crate) use store::LogStore;
+#[cfg(feature = "tokio")]
+pub(crate) use tail::WaitPieces;
 pub use tail::{Follow, Tail};
 pub use view::Logs;
 

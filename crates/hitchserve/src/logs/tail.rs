@@ -13,6 +13,15 @@ use crate::logs::line::LogLine;
 use crate::logs::store;
 use crate::logs::view::Logs;
 
+/// Where a wait made in pieces stands between them (see `Tail::until_piece`).
+#[derive(Debug, Default)]
+pub(crate) struct WaitPieces {
+    /// How many lines were stored when its first piece began.
+    stored: Option<u64>,
+    /// Partials it has looked at (see `LogStore::next_batch`).
+    seen: u64,
+}
+
 /// A cursor over a [`Logs`] view that waits for lines as they arrive.
 ///
 /// A line is consumed once the cursor has looked at it: `until` moves past the line it
@@ -198,20 +207,66 @@ impl Tail {
         }
     }
 
+    /// [`until`](Tail::until) for one piece (up to `piece`) of a wait made in pieces (an
+    /// async one), whose state between them is `pieces`: a partial line is looked at once
+    /// until it changes, and the lines stored when the first piece began are all looked at,
+    /// as in one wait.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn until_piece(
+        &mut self,
+        mut pred: impl FnMut(&str) -> bool,
+        piece: Duration,
+        pieces: &mut WaitPieces,
+    ) -> Result<LogLine> {
+        self.wait_in(
+            |line| pred(&line.text()).then(|| line.clone()),
+            piece,
+            "a matching line",
+            pieces,
+        )
+    }
+
+    /// [`until_json`](Tail::until_json) for one piece of a wait made in pieces (see
+    /// `until_piece`).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn until_json_piece(
+        &mut self,
+        mut pred: impl FnMut(&Value) -> bool,
+        piece: Duration,
+        pieces: &mut WaitPieces,
+    ) -> Result<Value> {
+        self.wait_in(
+            |line| line.json().filter(|v| pred(v)),
+            piece,
+            "a matching JSON line",
+            pieces,
+        )
+    }
+
     fn wait<T>(
+        &mut self,
+        found: impl FnMut(&LogLine) -> Option<T>,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<T> {
+        self.wait_in(found, timeout, what, &mut WaitPieces::default())
+    }
+
+    fn wait_in<T>(
         &mut self,
         mut found: impl FnMut(&LogLine) -> Option<T>,
         timeout: Duration,
         what: &str,
+        pieces: &mut WaitPieces,
     ) -> Result<T> {
         let deadline = Instant::now().checked_add(timeout);
         // Lines stored before the wait began are all looked at, even with a zero timeout
         // (however many batches they take); lines that come later only until the deadline:
         // a service that keeps writing must not stretch the timeout.
-        let stored = self.logs.store.len();
+        let stored = *pieces.stored.get_or_insert_with(|| self.logs.store.len());
         let mut first = true;
         // Partials this wait has looked at: each is looked at again only once it changes.
-        let mut seen = 0;
+        let seen = &mut pieces.seen;
         loop {
             let mut pos = self.pos;
             let batch = if !std::mem::take(&mut first)
@@ -222,7 +277,7 @@ impl Tail {
             } else {
                 self.logs
                     .store
-                    .next_batch(&self.logs.filter, &mut pos, &mut seen, deadline)
+                    .next_batch(&self.logs.filter, &mut pos, seen, deadline)
             };
             match batch {
                 store::read::Batch::Held(held) if self.taken.is_empty() => {

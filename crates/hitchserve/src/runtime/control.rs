@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::Result;
-use crate::runtime::state::{Event, Phase};
+use crate::runtime::state::{AfterExit, Event, Phase};
 use crate::runtime::Runtime;
 
 impl Runtime {
@@ -30,7 +30,25 @@ impl Runtime {
                 states[idx].phase,
                 Phase::SettingUp { stop: Some(_) } | Phase::Spawning { stop: Some(_) }
             );
+            // A stop by hand under way: it starts again once reaped (as a restart).
+            let after_stop = matches!(
+                states[idx].phase,
+                Phase::Running {
+                    stop: Some(_),
+                    after: AfterExit::Stay,
+                    ..
+                } | Phase::Exiting {
+                    expected: true,
+                    after: AfterExit::Stay,
+                    ..
+                } | Phase::Draining {
+                    expected: true,
+                    after: AfterExit::Stay,
+                    ..
+                }
+            );
             let stopped = taken_back
+                || after_stop
                 || matches!(
                     states[idx].phase,
                     Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. }

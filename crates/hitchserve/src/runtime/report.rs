@@ -280,6 +280,9 @@ impl Runtime {
                             format!("{} (last try: {why})", plan.ready.describe())
                         }
                         Waiting::Check(None) => plan.ready.describe(),
+                        Waiting::Stop => "its stop (or restart) by hand to end: it is \
+                                          stopping"
+                            .to_owned(),
                         Waiting::Restart(status) => format!(
                             "its restart: it exited ({status}), and its restart policy starts \
                              it again once its backoff has passed (the lines below are of the \
@@ -359,6 +362,10 @@ impl ServiceState {
                 readiness: Readiness::PostStart,
                 ..
             } => Waiting::Poststart,
+            // A stop or restart by hand under way: not ready until it has started again.
+            Phase::Running { stop: Some(_), .. }
+            | Phase::Exiting { expected: true, .. }
+            | Phase::Draining { expected: true, .. } => Waiting::Stop,
             Phase::Running { .. } if t.one_shot => Waiting::OneShot,
             Phase::Running {
                 readiness: Readiness::Ready { .. },
@@ -385,6 +392,8 @@ pub(crate) enum Waiting {
     OneShot,
     /// Its process exited (so), and its restart policy starts it again after its backoff.
     Restart(ExitStatus),
+    /// A stop (or restart) by hand is under way.
+    Stop,
 }
 
 /// Whether a need is met, in the words of a timeout message (ready means ready, whether or

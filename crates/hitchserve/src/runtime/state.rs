@@ -442,10 +442,13 @@ impl ServiceState {
             // Announced too: its "ready" line comes before its dependents start. A one-shot
             // service that completed counts as ready too.
             Condition::Ready => {
+                // Not while it is stopping (a restart's old process): its dependents start
+                // once the new one is ready.
                 matches!(
                     self.phase,
                     Phase::Running {
                         readiness: Readiness::Ready { announced: true },
+                        stop: None,
                         ..
                     }
                 ) || (t.one_shot && self.completed())

@@ -179,3 +179,37 @@ fn a_dropped_async_tail_wait_holds_up_no_runtime() {
     assert_eq!(tail.next_line(PATIENCE).unwrap().text(), "READY");
     b.shutdown().unwrap();
 }
+
+/// An async wait looks at a partial line once until it changes, as a blocking one does
+/// (each 100 ms piece of the wait showed the prompt to the predicate again: a predicate
+/// counting lines returned the partial).
+#[tokio::test]
+async fn an_async_wait_looks_at_a_partial_line_once() {
+    let p = Project::new("async-partial");
+    let mut b = p.bundle();
+    // Its prompt stays unfinished across a few pieces of the wait.
+    b.add(
+        "Prompt",
+        sh("printf 'prompt> '; sleep 0.35; echo done; exec sleep 1000")
+            .ready(hitchserve::Ready::started()),
+    )
+    .unwrap();
+    b.startup_async().await.unwrap();
+    let mut tail = b.service("Prompt").unwrap().logs().tail();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let looked = std::sync::Arc::clone(&seen);
+    let line = tail
+        .until_async(
+            move |l| {
+                let mut looked = looked.lock().unwrap();
+                looked.push(l.to_owned());
+                looked.len() == 2
+            },
+            PATIENCE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["prompt> ", "prompt> done"]);
+    assert_eq!(line.text(), "prompt> done");
+    b.shutdown_async().await.unwrap();
+}

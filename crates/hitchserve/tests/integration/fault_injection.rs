@@ -912,3 +912,135 @@ fn waiting_for_ready_during_a_restart_waits_for_the_new_process() {
     });
     b.shutdown().unwrap();
 }
+
+/// The service `name` of the bundle `observer` watches, once it is ready (the bundle is
+/// starting on another thread).
+fn once_ready(observer: &hitchserve::Observer, name: &str) -> hitchserve::ServiceHandle {
+    let mut found = None;
+    assert!(crate::common::wait_for(PATIENCE, || {
+        found = observer.service(name).ok().filter(|s| s.is_ready());
+        found.is_some()
+    }));
+    found.unwrap()
+}
+
+/// A dependent is not started against a need that is stopping (a restart of it during the
+/// startup): it waits for the new process (it was started against the old, dying one).
+#[test]
+fn a_dependent_waits_for_a_need_restarted_during_startup() {
+    let p = Project::new("dep-stopping");
+    let mut b = p.bundle();
+    b.add(
+        "A",
+        sh("echo $$ > a.pid; trap 'sleep 1; exit 0' TERM; echo READY; while :; do sleep 0.05; done")
+            .ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    b.add(
+        "C",
+        sh("until [ -e gate ]; do sleep 0.02; done; echo READY; exec sleep 1000")
+            .ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    b.add(
+        "B",
+        sh("echo saw $(cat a.pid); echo READY; exec sleep 1000")
+            .ready_when(|l| l == "READY")
+            .needs(["A", "C"]),
+    )
+    .unwrap();
+    let observer = b.observer();
+    let starting = std::thread::spawn(move || {
+        let r = b.startup();
+        (b, r)
+    });
+    let a = once_ready(&observer, "A");
+    let old = a.pid().unwrap();
+    let restarting = a.clone();
+    let restarter = std::thread::spawn(move || restarting.restart());
+    assert!(crate::common::wait_for(PATIENCE, || a.is_stopping()));
+    std::fs::write(p.path("gate"), "").unwrap();
+    let (b, started) = starting.join().unwrap();
+    started.unwrap();
+    restarter.join().unwrap().unwrap();
+    let said = b.service("B").unwrap().logs().lines();
+    assert!(
+        !said.contains(&format!("saw {old}")),
+        "B started against the stopping A: {said:?}"
+    );
+    assert!(
+        said.contains(&format!("saw {}", a.pid().unwrap())),
+        "{said:?}"
+    );
+    b.shutdown().unwrap();
+}
+
+/// A startup that times out while a service is being stopped by hand names it, and why
+/// (it named no service at all).
+#[test]
+fn a_startup_timeout_during_a_stop_names_the_stopping_service() {
+    let p = Project::new("timeout-stopping");
+    let mut b = hitchserve::Bundle::new(&p.dir)
+        .startup_timeout(Duration::from_secs(2))
+        .shutdown_timeout(Duration::from_secs(20));
+    b.add(
+        "A",
+        sh("trap 'sleep 5; exit 0' TERM; echo READY; while :; do sleep 0.05; done")
+            .ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    b.add(
+        "C",
+        sh("until [ -e gate ]; do sleep 0.02; done; echo READY; exec sleep 1000")
+            .ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    let observer = b.observer();
+    let starting = std::thread::spawn(move || {
+        let r = b.startup();
+        (b, r)
+    });
+    let a = once_ready(&observer, "A");
+    let restarting = a.clone();
+    let restarter = std::thread::spawn(move || restarting.restart());
+    assert!(crate::common::wait_for(PATIENCE, || a.is_stopping()));
+    std::fs::write(p.path("gate"), "").unwrap();
+    let (b, started) = starting.join().unwrap();
+    match started.unwrap_err() {
+        Error::StartupTimeout { not_ready, .. } => assert!(
+            not_ready
+                .iter()
+                .any(|n| n.service == "A" && n.waiting_for.contains("stop")),
+            "{not_ready:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let _ = restarter.join();
+    let _ = b.shutdown();
+}
+
+/// `start()` while another thread's `stop()` is under way starts it again once it has
+/// stopped, and returns once it is ready (it returned an error telling to call `start()`).
+#[test]
+fn a_start_during_a_stop_starts_it_again_once_stopped() {
+    let p = Project::new("start-during-stop");
+    let mut b = p.bundle();
+    b.add(
+        "Slow",
+        sh("trap 'sleep 0.5; exit 0' TERM; echo READY; while :; do sleep 0.05; done")
+            .ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let slow = b.service("Slow").unwrap();
+    let old = slow.pid().unwrap();
+    std::thread::scope(|s| {
+        let stopper = s.spawn(|| b.service("Slow").unwrap().stop());
+        assert!(crate::common::wait_for(PATIENCE, || slow.is_stopping()));
+        slow.start().unwrap();
+        stopper.join().unwrap().unwrap();
+    });
+    assert!(slow.is_ready() && slow.pid() != Some(old));
+    assert_eq!(slow.incarnation(), 2);
+    b.shutdown().unwrap();
+}

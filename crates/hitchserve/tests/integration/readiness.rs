@@ -432,3 +432,23 @@ fn a_ready_file_left_by_the_last_start_does_not_make_a_restart_ready() {
     );
     b.shutdown().unwrap();
 }
+
+/// A ready file that is a symlink made again by the new start (`ln -sfn`, to the same
+/// target) counts: the link is another (the target's identity alone said "the old one").
+#[test]
+fn a_ready_symlink_made_again_makes_a_restart_ready() {
+    let p = Project::new("ready-symlink-restart");
+    p.write("target.txt", "x");
+    let mut b = p.bundle();
+    b.add(
+        "Linked",
+        sh("ln -sfn target.txt ready.link; echo $$ > linked.pid; exec sleep 1000")
+            .ready(Ready::file("ready.link")),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let svc = b.service("Linked").unwrap();
+    svc.restart().unwrap();
+    assert!(svc.is_ready());
+    b.shutdown().unwrap();
+}

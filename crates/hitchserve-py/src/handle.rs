@@ -87,6 +87,10 @@ impl ServiceHandle {
         self.handle.is_ready()
     }
 
+    fn is_stopping(&self) -> bool {
+        self.handle.is_stopping()
+    }
+
     fn is_running(&self) -> bool {
         self.handle.is_running()
     }

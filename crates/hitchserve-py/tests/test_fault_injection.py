@@ -418,3 +418,29 @@ def test_ctrl_c_interrupts_a_start_restart_or_wait_until_ready(what, tmp_path):
     assert "KeyboardInterrupt" in err, err
     assert "INTERRUPTED" in out, out
     assert "StartupTimeout" not in err
+
+
+def test_a_wait_for_ready_during_another_threads_restart_waits_for_the_new_process(service_bundle):
+    # It returned at once: the old process, stopping, counted as ready.
+    import threading
+
+    service_bundle["Slow"] = hitchserve.Service(
+        command=["sh", "-c", "trap 'sleep 0.5; exit 0' TERM; echo READY; while :; do sleep 0.05; done"],
+        log_line_ready_checker=lambda line: line == "READY",
+    )
+    service_bundle.startup()
+    slow = service_bundle["Slow"]
+    old = slow.pid
+    restarter = threading.Thread(target=slow.restart)
+    restarter.start()
+    stopping = threading.Event()
+    for _ in range(100_000):
+        if slow.is_stopping:
+            stopping.set()
+            break
+        stopping.wait(0.001)
+    assert stopping.is_set()
+    assert not slow.is_ready and "stopping" in repr(slow)
+    slow.wait_until_ready()
+    assert slow.is_ready and slow.pid != old
+    restarter.join(PATIENCE)

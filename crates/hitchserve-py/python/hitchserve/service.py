@@ -309,7 +309,14 @@ class Service:
 
     @property
     def is_ready(self) -> bool:
+        """Whether it is ready (its check passed, its poststart hook done), and not stopping."""
         return self._handle().is_ready()
+
+    @property
+    def is_stopping(self) -> bool:
+        """Whether a stop, a restart (before its new start) or the bundle's shutdown is under
+        way and its process has not ended yet."""
+        return self._handle().is_stopping()
 
     @property
     def is_running(self) -> bool:
@@ -452,6 +459,8 @@ class Service:
                 status = handle.exit_status()
                 if status:
                     state = status[0]
+                elif handle.is_stopping():
+                    state = f"stopping, pid {pid}"
                 elif handle.is_paused():
                     state = f"paused, pid {pid}"
                 elif handle.is_ready():

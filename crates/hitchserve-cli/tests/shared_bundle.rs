@@ -269,16 +269,18 @@ fn a_killed_holder_leaves_the_bundle_to_the_others_and_the_last_death_stops_it()
 }
 
 /// A holder that attaches to a bundle with a crashed service is told so (it was told
-/// "READY", exit 0, and met the crash later in a tail); once nobody holds it, `up --shared`
-/// replaces it.
+/// "READY", exit 0, and met the crash later in a tail); `up --shared` waits while others
+/// hold it (another test's fault injection starts it again), and replaces it once nobody
+/// does.
 #[test]
-fn a_crashed_service_is_told_to_the_next_holder_and_replaced_once_nobody_holds_it() {
+fn a_crashed_service_is_told_to_the_next_holder_waited_for_and_replaced_once_nobody_holds_it() {
     let p = Project::new("crashed");
-    let (mut a, b) = (Holder::new(), Holder::new());
+    let (mut a, b, c) = (Holder::new(), Holder::new(), Holder::new());
     up_shared(&p, a.pid(), "60s");
     let killed = p.run(&["kill", "App"]);
     assert!(killed.status.success(), "{}", text(&killed));
-    let refused = p.run(&["up", "--shared", "--pid", &b.pid().to_string()]);
+    // `attach` is told at once.
+    let refused = p.run(&["attach", "--pid", &b.pid().to_string()]);
     assert!(!refused.status.success(), "{}", text(&refused));
     let said = text(&refused);
     assert!(
@@ -287,13 +289,34 @@ fn a_crashed_service_is_told_to_the_next_holder_and_replaced_once_nobody_holds_i
             && said.contains(&a.pid().to_string()),
         "{said}"
     );
-    assert_eq!(p.holders(), [u64::from(a.pid())]);
+    // `up --shared` waits (saying why) until the holder that killed it starts it again.
+    let mut waiting = p
+        .command(&["up", "--shared", "--json", "--pid", &b.pid().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut note = String::new();
+    std::io::BufRead::read_line(&mut err, &mut note).unwrap();
+    assert!(
+        note.contains("waiting for the shared bundle") && note.contains("App"),
+        "{note}"
+    );
+    let started = p.run(&["start", "App"]);
+    assert!(started.status.success(), "{}", text(&started));
+    let out = waiting.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(p.holders().len(), 2);
+    // Crashed again, and nobody holds it: replaced by a new run.
+    let killed = p.run(&["kill", "App"]);
+    assert!(killed.status.success(), "{}", text(&killed));
     a.kill();
-    // Nobody holds it (its idle time runs): replaced by a new run.
-    let v = up_shared(&p, b.pid(), "60s");
+    drop(b);
+    let v = up_shared(&p, c.pid(), "60s");
     assert_eq!(v["started"], true);
     assert_eq!(p.status()["services"][0]["state"], "ready");
-    assert_eq!(p.starts(), 2);
+    assert_eq!(p.starts(), 3);
 }
 
 /// Racing first users whose start fails all hear that failure: they tried again one after

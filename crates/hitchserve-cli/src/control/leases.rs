@@ -298,6 +298,11 @@ impl Leases {
         ended.is_some()
     }
 
+    /// Whether the bundle is stopping (no lease is granted).
+    pub fn is_closing(&self) -> bool {
+        self.lock().closing
+    }
+
     /// No lease is granted from now on: the bundle is stopping.
     pub fn close(&self) {
         self.lock().closing = true;

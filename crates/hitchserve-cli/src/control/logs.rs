@@ -240,6 +240,10 @@ fn logs_numbers(req: &Value) -> Result<(Duration, Option<usize>), String> {
     Ok((timeout, back))
 }
 
+/// How long a stopping bundle waits at most for followers still sending what they are
+/// behind by (a client reading slower than that loses the rest: `down` must end).
+const FOLLOWERS_AT_MOST: Duration = Duration::from_secs(60);
+
 /// How many bytes of lines a follower gathers before it sends them.
 const BATCH_BYTES: usize = 64 * 1024;
 
@@ -262,18 +266,24 @@ impl OpenStream {
     }
 
     /// Wait until every stream has ended: while followers send lines, for as long as they
-    /// do (every line a service wrote reaches a client that keeps reading); once none is
-    /// sent for `patience`, no longer (a client that stopped reading).
+    /// do (every line a service wrote reaches a client that keeps reading), up to
+    /// `FOLLOWERS_AT_MOST` in all; once none is sent for `patience`, no longer (a client that
+    /// stopped reading).
     pub(super) fn wait_all(patience: Duration) {
+        let began = Instant::now();
         let mut open = OPEN_STREAMS.0.lock().unwrap_or_else(|e| e.into_inner());
         loop {
+            let patience = patience.min(FOLLOWERS_AT_MOST.saturating_sub(began.elapsed()));
             let sent = SENT.load(std::sync::atomic::Ordering::Relaxed);
             let (guard, waited) = OPEN_STREAMS
                 .1
                 .wait_timeout_while(open, patience, |n| *n > 0)
                 .unwrap_or_else(|e| e.into_inner());
             open = guard;
-            if !waited.timed_out() || SENT.load(std::sync::atomic::Ordering::Relaxed) == sent {
+            if !waited.timed_out()
+                || SENT.load(std::sync::atomic::Ordering::Relaxed) == sent
+                || began.elapsed() >= FOLLOWERS_AT_MOST
+            {
                 return;
             }
         }

@@ -260,6 +260,10 @@ fn not_shared() -> Value {
 /// A `lease` request: `pid` (the holder) and `definition` (what the holder was given, see
 /// [`Definition`]), answered with the lease's id and where the bundle's lines stand now (a
 /// holder's own view of the logs starts after `seq`).
+/// How long a new holder's lease waits for a crashed service to be started again while
+/// others hold the bundle (a test's fault injection) before it is refused.
+const CRASH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn lease(bundle: &Bundle, shared: Option<&Arc<Leases>>, req: &Value, asker: &UnixStream) -> Value {
     let Some(leases) = shared else {
         return not_shared();
@@ -293,29 +297,6 @@ fn lease(bundle: &Bundle, shared: Option<&Arc<Leases>>, req: &Value, asker: &Uni
             });
         }
     }
-    // A lease is "all ready" (`up`'s exit 0): not while a service has crashed. A look only
-    // (`ServiceHandle::check`): `down` still reports the crash.
-    let crashed = bundle
-        .service_names()
-        .into_iter()
-        .find_map(|name| bundle.service(&name).and_then(|s| s.check()).err());
-    if let Some(crash) = crashed {
-        let holders = leases.holders();
-        return json!({
-            "ok": false, "kind": "crashed", "holders": holders,
-            "error": format!(
-                "the shared bundle is not all ready: {crash}{}",
-                match holders.len() {
-                    0 => String::new(),
-                    n => format!(
-                        "; {n} lease(s) hold it (pids {}): `hitchserve start NAME` starts the \
-                         service again, `hitchserve down` stops the bundle",
-                        holders.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
-                    ),
-                }
-            ),
-        });
-    }
     // How long to wait for another process's travel to end: `up --shared` and views wait,
     // `attach` (a shell's) is told at once.
     let wait = req["wait"]
@@ -324,17 +305,65 @@ fn lease(bundle: &Bundle, shared: Option<&Arc<Leases>>, req: &Value, asker: &Uni
         .map_or(std::time::Duration::ZERO, |w| {
             std::time::Duration::from_secs_f64(w.min(3600.0))
         });
+    // Lines before the answer, saying why it waits: only for a client that asked for them.
+    let progress = req["progress"].as_bool().unwrap_or(false);
+    let tell = |what: Value| {
+        if progress {
+            let mut to_asker = asker;
+            let _ = std::io::Write::write_all(&mut to_asker, format!("{what}\n").as_bytes());
+        }
+    };
+    // A new holder's lease is "all ready" (`up`'s exit 0): not while a service has crashed.
+    // While others hold the bundle, the crash may be a test's fault injection (a `kill`,
+    // then a `start`): waited for, as a time travel is, for a while. Nobody holding it: said
+    // at once (`up --shared` replaces the bundle). A view (a holder's own lease, taken over
+    // the socket with no definition) is never refused for it. A look only
+    // (`ServiceHandle::check`): `down` still reports the crash.
+    if !req["definition"].is_null() {
+        let crashed = || {
+            bundle
+                .service_names()
+                .into_iter()
+                .find_map(|name| bundle.service(&name).and_then(|s| s.check()).err())
+        };
+        let deadline = std::time::Instant::now() + wait.min(CRASH_PATIENCE);
+        let mut told = false;
+        while !leases.is_closing() {
+            let Some(crash) = crashed() else { break };
+            let holders = leases.holders();
+            if holders.is_empty() || std::time::Instant::now() >= deadline {
+                return json!({
+                    "ok": false, "kind": "crashed", "holders": holders,
+                    "error": format!(
+                        "the shared bundle is not all ready: {crash}{}",
+                        match holders.len() {
+                            0 => String::new(),
+                            n => format!(
+                                "; {n} lease(s) hold it (pids {}): `hitchserve start NAME` \
+                                 starts the service again, `hitchserve down` stops the bundle",
+                                holders.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
+                            ),
+                        }
+                    ),
+                });
+            }
+            if !std::mem::replace(&mut told, true) {
+                tell(json!({"waiting": crash.to_string(), "for": "crash"}));
+            }
+            if hung_up(asker) {
+                return json!({"ok": false, "error": "the process that asked for this lease gave up waiting"});
+            }
+            // (No event says a crash is over: a service started again is looked at.)
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
     let waiting = |travellers: &str| {
         bundle.log(format!(
             "Process {pid} waits for the time travel of process {travellers} to end before it \
              holds this bundle"
         ));
         // The asker hears why its answer waits (a line before the answer).
-        let mut to_asker = asker;
-        let _ = std::io::Write::write_all(
-            &mut to_asker,
-            format!("{}\n", json!({"waiting": travellers})).as_bytes(),
-        );
+        tell(json!({"waiting": travellers, "for": "travel"}));
     };
     match leases.take(pid, wait, || hung_up(asker), waiting) {
         Ok(id) => {

@@ -80,7 +80,12 @@ fn failed_starts(file: &File) -> (u64, String) {
 impl SharedLock {
     /// Note that the start this holder made failed, with `why`, for those waiting.
     fn note_failed_start(&self, why: &str) {
-        let text = format!("{}\n{why}", self.failures + 1);
+        // Its end: what went wrong is said last (an error may carry a whole log before it).
+        let mut from = why.len().saturating_sub(4096);
+        while !why.is_char_boundary(from) {
+            from += 1;
+        }
+        let text = format!("{}\n{}", self.failures + 1, &why[from..]);
         let _ = self.held.set_len(0);
         let _ = std::os::unix::fs::FileExt::write_all_at(&self.held, text.as_bytes(), 0);
     }
@@ -163,7 +168,7 @@ fn lease(
     def: Option<&Definition>,
     wait: Duration,
 ) -> Result<Value, Refused> {
-    let req = json!({"cmd": "lease", "pid": pid, "definition": def, "wait": wait.as_secs_f64()});
+    let req = json!({"cmd": "lease", "pid": pid, "definition": def, "wait": wait.as_secs_f64(), "progress": true});
     // No socket while its `up` runs: it is in its last moments (the socket goes just before
     // the lock), so wait for the end as for a stop.
     let mut r = request(project, &req).map_err(|_| match up_is_running(project) {
@@ -206,6 +211,11 @@ fn lease(
             cv.notify_all();
         }
         match serde_json::from_str::<Value>(&line) {
+            Ok(v) if v["for"] == "crash" => eprintln!(
+                "hitchserve: waiting for the shared bundle: {} (another holder may start it \
+                 again)",
+                v["waiting"].as_str().unwrap_or("a service has crashed")
+            ),
             Ok(v) if !v["waiting"].is_null() => eprintln!(
                 "hitchserve: waiting for the shared bundle: the time travel of process {} must \
                  end first",
@@ -277,7 +287,13 @@ pub fn up_shared(
     config::load(file)?;
     let def = file_definition(file)?;
     let decide = SharedLock::take(project)?;
-    if let Some(why) = &decide.failed_meanwhile {
+    // (Unless a bundle runs by now: another process, come later, took the lock first and
+    // started one.)
+    if let Some(why) = decide
+        .failed_meanwhile
+        .as_ref()
+        .filter(|_| !up_is_running(project))
+    {
         return Err(format!(
             "the shared bundle could not be started (another process started it while this \
              one waited, and it failed): {why}"

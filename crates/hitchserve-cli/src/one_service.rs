@@ -87,10 +87,10 @@ fn state(svc: &ServiceHandle, one_shot: bool) -> String {
     if let Some(status) = svc.exit_status() {
         // The library's own verdict: an exit it reports (after ready, or once its restart
         // policy gave up) is a crash; one asked for (`stop`) is not.
-        return match svc.check() {
-            Err(_) => format!("crashed ({status})"),
-            Ok(()) if one_shot && status.success() => "completed".to_owned(),
-            Ok(()) => format!("stopped ({status})"),
+        return match svc.crashed() {
+            Some(_) => format!("crashed ({status})"),
+            None if one_shot && status.success() => "completed".to_owned(),
+            None => format!("stopped ({status})"),
         };
     }
     if svc.is_stopping() {

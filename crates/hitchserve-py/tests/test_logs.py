@@ -215,6 +215,16 @@ def test_tail_until_sees_a_prompt_without_a_newline_then_the_rest_of_its_line(se
     assert logs.lines() == ["READY", "Password: accepted", "welcome"]
 
 
+def test_json_lines_with_nan_and_infinity_are_what_json_loads_gives(echo):
+    # Python's json.dumps writes them; the lines were skipped as not JSON.
+    text = '{"latency": NaN, "peak": Infinity, "low": -Infinity, "event": "req"}'
+    echo.say(text)
+    value = echo.logs.out.tail.until_json(lambda d: d.get("event") == "req", timeout=PATIENCE, lines_back=5)
+    assert value["latency"] != value["latency"]  # NaN
+    assert (value["peak"], value["low"]) == (float("inf"), float("-inf"))
+    assert any(isinstance(v, dict) and v.get("event") == "req" for v in echo.logs.json())
+
+
 def test_json_values_are_what_json_loads_gives_key_order_and_big_integers_kept(echo):
     text = '{"z": 1, "a": [2, {"y": 3, "b": 4}], "big": 12345678901234567890123}'
     echo.say(text)

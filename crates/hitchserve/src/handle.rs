@@ -148,11 +148,19 @@ impl ServiceHandle {
         states[idx].exit_status()
     }
 
-    /// An error if this service exited after it was ready (every time it is asked). A look
-    /// only: `shutdown` still reports the crash ([`Bundle::check`](crate::Bundle::check)
-    /// counts as telling it).
+    /// An error if this service exited after it was ready (every time it is asked). Told
+    /// once, it is handled: `shutdown` doesn't report it again (as after
+    /// [`Bundle::check`](crate::Bundle::check)) — a test that killed it and checked the crash
+    /// doesn't fail its teardown with it. For a look that leaves it to `shutdown`, see
+    /// [`crashed`](Self::crashed).
     pub fn check(&self) -> Result<()> {
-        report_crash(&self.runtime, Some(self.idx), false, false)
+        report_crash(&self.runtime, Some(self.idx), false, true)
+    }
+
+    /// The crash [`check`](Self::check) would report, if any, without counting it as told:
+    /// `shutdown` still reports it (a status display's look).
+    pub fn crashed(&self) -> Option<crate::Error> {
+        report_crash(&self.runtime, Some(self.idx), false, false).err()
     }
 
     /// Stop it: its stop signal to its whole process group, `SIGKILL` to what is left after

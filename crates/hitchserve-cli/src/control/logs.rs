@@ -375,6 +375,6 @@ fn coming_back(bundle: &Observer, req: &Value) -> bool {
         svc.restart_pending()
             || svc.is_starting()
             || svc.pid().is_some()
-            || (svc.exit_status().is_some() && svc.check().is_ok())
+            || (svc.exit_status().is_some() && svc.crashed().is_none())
     })
 }

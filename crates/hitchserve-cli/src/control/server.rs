@@ -318,13 +318,13 @@ fn lease(bundle: &Bundle, shared: Option<&Arc<Leases>>, req: &Value, asker: &Uni
     // then a `start`): waited for, as a time travel is, for a while. Nobody holding it: said
     // at once (`up --shared` replaces the bundle). A view (a holder's own lease, taken over
     // the socket with no definition) is never refused for it. A look only
-    // (`ServiceHandle::check`): `down` still reports the crash.
+    // (`ServiceHandle::crashed`): `down` still reports the crash.
     if !req["definition"].is_null() {
         let crashed = || {
             bundle
                 .service_names()
                 .into_iter()
-                .find_map(|name| bundle.service(&name).and_then(|s| s.check()).err())
+                .find_map(|name| bundle.service(&name).ok().and_then(|s| s.crashed()))
         };
         let deadline = std::time::Instant::now() + wait.min(CRASH_PATIENCE);
         let mut told = false;

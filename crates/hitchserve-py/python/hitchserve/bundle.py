@@ -257,7 +257,8 @@ class ServiceBundle:
         days from now (2026-12-05 21:01:06)" after two jumps of a day, the moment in local
         time), in interactive mode too.
         A ``timedelta`` given first, ``bundle.time_travel(timedelta(days=1))``, is a delta;
-        with ``datetime``, the deltas are added to it."""
+        with ``datetime``, the deltas are added to it. A crash not reported yet is raised
+        (:class:`ServiceExited`) once the jump is made: the clock has moved all the same."""
         to_moment, micros = _travel_micros(datetime, timedelta, seconds, minutes, hours, days)
         if to_moment:
             _print(self._native.time_travel_to(micros))

@@ -5,6 +5,7 @@ waited for in Rust; these classes give them their Python shape.
 """
 
 import contextlib
+import json
 import datetime as _dt
 from typing import Any, Callable, Generator, Iterator, List, Optional, Tuple
 
@@ -119,8 +120,10 @@ class Logs:
         return [LogLine(e) for e in self._native.last(_count(n, "n"))]
 
     def json(self) -> List[Any]:
-        """Every line that parses as JSON, parsed (dicts, lists...), in order."""
-        return self._native.json()
+        """Every line that parses as JSON, parsed (dicts, lists...), in order: as
+        ``json.loads`` parses them (``NaN`` and ``Infinity`` included)."""
+        parsed = (_parsed(line) for line in self._native.lines())
+        return [value for ok, value in parsed if ok]
 
     def __len__(self) -> int:
         return len(self._native)
@@ -180,8 +183,20 @@ class Tail:
         _check_condition("until_json", condition, "lambda value: value.get('event') == {!r}")
         if _count(lines_back, "lines_back"):
             self._native.back(lines_back)
+        # Parsed here, as ``json.loads`` parses (the engine's parser refuses ``NaN`` and
+        # ``Infinity``, which Python's ``json.dumps`` writes).
+        found: List[Any] = []
+
+        def matches(line: str) -> bool:
+            ok, value = _parsed(line)
+            if ok and condition(value):
+                found.append(value)
+                return True
+            return False
+
         with self._naming_the_service():
-            return self._native.until_json(condition, _timeout(timeout))
+            self._native.until(matches, _timeout(timeout))
+        return found[-1]
 
     def follow(self, lines_back: int = 0) -> "Follow":
         """The lines as they arrive, starting ``lines_back`` lines earlier: iterate over it
@@ -268,3 +283,12 @@ def _check_condition(call: str, condition: Any, example: str) -> None:
             f"{call}() takes a function that says whether a line is the one to wait for, not "
             f"a {type(condition).__name__}: e.g. {call}({example.format(condition)})"
         )
+
+
+def _parsed(line: str) -> Tuple[bool, Any]:
+    """Whether ``line`` is JSON (as ``json.loads`` reads it), and its value."""
+    try:
+        return True, json.loads(line)
+    except ValueError:
+        return False, None
+

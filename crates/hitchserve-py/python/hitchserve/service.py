@@ -340,7 +340,8 @@ class Service:
         return status[0] if status else None
 
     def check(self) -> None:
-        """Raise :class:`ServiceExited` if it exited after it was ready."""
+        """Raise :class:`ServiceExited` if it exited after it was ready (every time it is
+        asked); once it has, ``shutdown()`` doesn't raise that crash again."""
         self._handle().check()
 
     def signal(self, sig: Union[str, int]) -> None:

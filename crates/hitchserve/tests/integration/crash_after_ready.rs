@@ -103,3 +103,27 @@ fn a_crash_just_before_shutdown_is_still_reported() {
         "check() reports it every time, also after shutdown"
     );
 }
+
+/// A crash the service's own `check()` told is handled: `shutdown` doesn't report it again
+/// (a test that killed a service and checked the crash failed its teardown with it, where
+/// the bundle's `check()` counted); `crashed()` only looks, and leaves it to `shutdown`.
+#[test]
+fn a_crash_told_by_the_services_check_is_not_reported_again_by_shutdown() {
+    for told in [true, false] {
+        let p = Project::new("crash-told");
+        let mut b = p.bundle();
+        b.add("Web", sh("echo READY; exec sleep 1000")).unwrap();
+        b.startup().unwrap();
+        let web = b.service("Web").unwrap();
+        web.kill(hitchserve::Signal::SIGKILL).unwrap();
+        assert!(web.crashed().is_some());
+        if told {
+            assert!(matches!(web.check(), Err(Error::ServiceExited { .. })));
+            // Every time it is asked.
+            assert!(web.check().is_err());
+            b.shutdown().unwrap();
+        } else {
+            assert!(matches!(b.shutdown(), Err(Error::ServiceExited { .. })));
+        }
+    }
+}

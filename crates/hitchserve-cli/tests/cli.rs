@@ -652,6 +652,32 @@ fn a_follower_behind_at_down_gets_every_line() {
     assert!(status.success());
 }
 
+/// A user's `FAKETIME*` variables reach no service, also not one on real time (they
+/// reached those: with the user's libfaketime preloaded, its clock moved).
+#[test]
+fn a_users_faketime_variables_reach_no_service() {
+    let p = Project::new(
+        "faketime-env",
+        "[services.Real]\ncommand = [\"sh\", \"-c\", \"echo \\\"seen:${FAKETIME:-none}:${FAKETIME_X:-none}\\\"; echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\nno_libfaketime = true\n[services.Faked]\ncommand = [\"sh\", \"-c\", \"echo \\\"seen:${FAKETIME:-none}:${FAKETIME_X:-none}\\\"; echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    let up = p
+        .cmd(&["up", "--detach"])
+        .env("FAKETIME", "+1y")
+        .env("FAKETIME_X", "1")
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "{}", text(&up));
+    for name in ["Real", "Faked"] {
+        let logs = p.run(&["logs", name, "--out"]);
+        assert!(
+            text(&logs).contains("seen:none:none"),
+            "{name}: {}",
+            text(&logs)
+        );
+    }
+    down(&p);
+}
+
 #[test]
 fn exec_runs_as_the_services_user() {
     // SAFETY: getuid has no preconditions.

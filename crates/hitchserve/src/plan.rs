@@ -211,6 +211,9 @@ impl Plan {
                     .collect(),
             });
         }
+        for plan in &mut services {
+            crate::timetravel::drop_foreign(&mut plan.exec.env);
+        }
         let clock = if services.iter().any(|p| p.faked) {
             let paths = Clock::plan(&run.path)?;
             for plan in services.iter_mut().filter(|p| p.faked) {

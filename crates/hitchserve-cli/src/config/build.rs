@@ -30,14 +30,9 @@ fn ready(name: &str, r: &ReadyConfig) -> Result<Ready, String> {
         all.push(Ready::json(move |v| matcher.matches(v)));
     }
     if let Some(t) = &r.tcp {
-        // A port, or host:port, the port a number or a template: anything else can never
-        // be connected to (it waited out the startup timeout).
-        let port = t.as_str().rsplit(':').next().unwrap_or_default();
-        if !port.contains('{') && !port.parse::<u16>().is_ok_and(|p| p > 0) {
-            return Err(format!(
-                "service `{name}`: `ready = {{ tcp = \"{t}\" }}` is not a port: give a port \
-                 number, \"{{port.NAME}}\", or host:port"
-            ));
+        // (Checked as the file is read; a config built another way is checked here.)
+        if let Some(problem) = super::schema::tcp_problem(t.as_str()) {
+            return Err(format!("service `{name}`: {problem}"));
         }
         let addr = if t.as_str().contains(':') {
             t.to_string()
@@ -282,6 +277,33 @@ mod tests {
         // Built, not started (needs rabbitmq-server installed, as CI has it).
         let bundle = bundle(&config, &dir).unwrap();
         assert_eq!(bundle.service_names(), ["Rabbit"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A `tcp` that is no port and a `line_regex` that is no regex are said at their line
+    /// and column, as the file is read (they were said after it, naming the service only).
+    #[test]
+    fn bad_ready_values_are_said_at_their_line_and_column() {
+        let dir = crate::config::test_dir("ready-values");
+        let f = dir.join("hitchserve.toml");
+        for (ready, said) in [
+            (
+                "tcp = \"notaport\"",
+                ":3:17: `ready = { tcp = \"notaport\" }` is not a port",
+            ),
+            (
+                "line_regex = \"(\"",
+                ":3:24: `line_regex = \"(\"` is not a regex",
+            ),
+        ] {
+            std::fs::write(
+                &f,
+                format!("[services.A]\ncommand = [\"true\"]\nready = {{ {ready} }}\n"),
+            )
+            .unwrap();
+            let e = load(&f).unwrap_err();
+            assert!(e.contains(said), "{e}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

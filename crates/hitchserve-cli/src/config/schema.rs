@@ -164,14 +164,48 @@ pub struct PgDatabase {
 #[serde(deny_unknown_fields)]
 pub struct ReadyConfig {
     pub line_contains: Option<Text>,
+    #[serde(default, deserialize_with = "checked_regex")]
     pub line_regex: Option<Text>,
     /// `field=value` on a JSON log line, or just `field` (present).
     #[serde(default, deserialize_with = "checked_json_match")]
     pub json: Option<Text>,
+    #[serde(default, deserialize_with = "checked_tcp")]
     pub tcp: Option<Text>,
     pub http: Option<Text>,
     pub exec: Option<Vec<Text>>,
     pub file: Option<Text>,
+}
+
+/// Why `ready = { tcp = .. }` can never be connected to, if it can't: a port, or
+/// host:port, the port a number or a template (anything else waited out the startup
+/// timeout).
+pub fn tcp_problem(t: &str) -> Option<String> {
+    let port = t.rsplit(':').next().unwrap_or_default();
+    (!port.contains('{') && !port.parse::<u16>().is_ok_and(|p| p > 0)).then(|| {
+        format!(
+            "`ready = {{ tcp = \"{t}\" }}` is not a port: give a port number, \"{{port.NAME}}\", \
+             or host:port"
+        )
+    })
+}
+
+fn checked_tcp<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Text>, D::Error> {
+    let text = Text::deserialize(d)?;
+    match tcp_problem(text.as_str()) {
+        Some(problem) => Err(serde::de::Error::custom(problem)),
+        None => Ok(Some(text)),
+    }
+}
+
+fn checked_regex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Text>, D::Error> {
+    let text = Text::deserialize(d)?;
+    regex_lite::Regex::new(text.as_str()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`line_regex = {:?}` is not a regex: {e}",
+            text.as_str()
+        ))
+    })?;
+    Ok(Some(text))
 }
 
 fn checked_json_match<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Text>, D::Error> {

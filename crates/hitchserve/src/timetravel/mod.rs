@@ -20,8 +20,9 @@
 //! monotonic time real, no rate) every call it still faked on glibc 2.33 and later is now
 //! the shim's (file times it never reached: glibc's `stat` family no longer goes through the
 //! `__xstat` calls it wrapped). Not offered as an opt-in: preloaded beside the shim, both
-//! would shift the same deadlines. Its `FAKETIME*` variables are still never inherited, so a
-//! user's libfaketime in `LD_PRELOAD` can't move a service's clock behind the bundle's back.
+//! would shift the same deadlines. Its `FAKETIME*` variables are still never inherited (by a
+//! service on real time either), so a user's libfaketime in `LD_PRELOAD` can't move a
+//! service's clock behind the bundle's back.
 //!
 //! Invariant: the offset file exists and says the current offset before any service starts.
 
@@ -43,11 +44,20 @@ use crate::error::{Error, Result};
 const SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hitchserve-timeshim.so"));
 
 /// Whether an inherited variable would change how a libfaketime the user preloads behaves:
-/// every `FAKETIME*` one and a few others. Never inherited by a faked service.
+/// every `FAKETIME*` one and a few others. Never inherited by any service (see
+/// `drop_foreign`).
 fn is_foreign(key: &OsStr) -> bool {
     let k = key.as_encoded_bytes();
     k.starts_with(b"FAKETIME")
         || matches!(k, b"NO_FAKE_STAT" | b"FAKE_UTIME" | b"DONT_FAKE_MONOTONIC")
+}
+
+/// Take the variables of a user's libfaketime out of a service's environment: a faked
+/// service's clock is the bundle's alone, and one on real time (`no_libfaketime`, a bundle
+/// without time travel) is on real time — the user's libfaketime in `LD_PRELOAD`, which is
+/// passed on, would otherwise move it.
+pub(crate) fn drop_foreign(env: &mut Vec<(OsString, OsString)>) {
+    env.retain(|(k, _)| !is_foreign(k));
 }
 
 /// The dynamic loader splits `LD_PRELOAD` on spaces and colons.
@@ -155,7 +165,7 @@ impl Clock {
 impl ClockPaths {
     /// Make `env` (a service's whole environment) run under the bundle's clock.
     pub(crate) fn apply(&self, env: &mut Vec<(OsString, OsString)>) {
-        env.retain(|(k, _)| !is_foreign(k));
+        drop_foreign(env);
         // Ours first, then whatever the service preloaded already.
         let mut preload = OsString::from(&self.shim);
         if let Some((_, user)) = env.iter().find(|(k, _)| k == "LD_PRELOAD") {

@@ -172,7 +172,10 @@ impl Plan {
             .enumerate()
             .map(|(i, (n, _))| (n.as_str(), i))
             .collect();
-        let base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let mut base_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        // A user's libfaketime settings reach no service (one on real time included); a
+        // service given one itself keeps it, unless it is faked (see `Clock::apply`).
+        crate::timetravel::drop_foreign(&mut base_env);
         let mut lookups = Lookups::default();
         let mut services = Vec::with_capacity(defs.len());
         for (idx, (name, svc)) in defs.iter().enumerate() {
@@ -210,9 +213,6 @@ impl Plan {
                     .map(|i| services[i].name.clone())
                     .collect(),
             });
-        }
-        for plan in &mut services {
-            crate::timetravel::drop_foreign(&mut plan.exec.env);
         }
         let clock = if services.iter().any(|p| p.faked) {
             let paths = Clock::plan(&run.path)?;

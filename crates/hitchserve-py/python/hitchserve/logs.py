@@ -289,6 +289,6 @@ def _parsed(line: str) -> Tuple[bool, Any]:
     """Whether ``line`` is JSON (as ``json.loads`` reads it), and its value."""
     try:
         return True, json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested deeper than Python parses)
         return False, None
 

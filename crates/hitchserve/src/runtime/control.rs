@@ -7,10 +7,10 @@
 //! behind.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
-use crate::runtime::state::{AfterExit, Event, Phase};
+use crate::runtime::state::{AfterExit, Event, Phase, ServiceState};
 use crate::runtime::Runtime;
 
 impl Runtime {
@@ -20,6 +20,14 @@ impl Runtime {
     /// Returns the number of this start by hand (see `ServiceState::hand_starts`), if this
     /// started it.
     pub(crate) fn start_again(self: &Arc<Self>, idx: usize, setup: bool) -> Result<Option<u32>> {
+        // A stop by hand under way (another thread's): it ends first, its own way (its
+        // deadline, its SIGKILL), then this starts it.
+        let patience = self
+            .timeouts
+            .shutdown
+            .saturating_add(Duration::from_secs(15));
+        let deadline = super::deadline_after(Instant::now(), patience);
+        drop(self.wait_until(self.lock(), deadline, |s| !stopping_by_hand(&s[idx])));
         let (actions, started, taken_back) = {
             let mut states = self.lock();
             if self.is_stopping() {
@@ -30,25 +38,7 @@ impl Runtime {
                 states[idx].phase,
                 Phase::SettingUp { stop: Some(_) } | Phase::Spawning { stop: Some(_) }
             );
-            // A stop by hand under way: it starts again once reaped (as a restart).
-            let after_stop = matches!(
-                states[idx].phase,
-                Phase::Running {
-                    stop: Some(_),
-                    after: AfterExit::Stay,
-                    ..
-                } | Phase::Exiting {
-                    expected: true,
-                    after: AfterExit::Stay,
-                    ..
-                } | Phase::Draining {
-                    expected: true,
-                    after: AfterExit::Stay,
-                    ..
-                }
-            );
             let stopped = taken_back
-                || after_stop
                 || matches!(
                     states[idx].phase,
                     Phase::Exited { .. } | Phase::NotStarted | Phase::Restarting { .. }
@@ -125,4 +115,24 @@ impl Runtime {
         });
         Ok(())
     }
+}
+
+/// A stop by hand is under way (asked, its process not reaped yet), with no start after it.
+fn stopping_by_hand(st: &ServiceState) -> bool {
+    matches!(
+        st.phase,
+        Phase::Running {
+            stop: Some(_),
+            after: AfterExit::Stay,
+            ..
+        } | Phase::Exiting {
+            expected: true,
+            after: AfterExit::Stay,
+            ..
+        } | Phase::Draining {
+            expected: true,
+            after: AfterExit::Stay,
+            ..
+        }
+    )
 }

@@ -44,7 +44,7 @@ use crate::error::{Error, Result};
 const SHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hitchserve-timeshim.so"));
 
 /// Whether an inherited variable would change how a libfaketime the user preloads behaves:
-/// every `FAKETIME*` one and a few others. Never inherited by any service (see
+/// every `FAKETIME*` one and a few others. Never inherited by a service (see
 /// `drop_foreign`).
 fn is_foreign(key: &OsStr) -> bool {
     let k = key.as_encoded_bytes();
@@ -52,10 +52,10 @@ fn is_foreign(key: &OsStr) -> bool {
         || matches!(k, b"NO_FAKE_STAT" | b"FAKE_UTIME" | b"DONT_FAKE_MONOTONIC")
 }
 
-/// Take the variables of a user's libfaketime out of a service's environment: a faked
-/// service's clock is the bundle's alone, and one on real time (`no_libfaketime`, a bundle
-/// without time travel) is on real time — the user's libfaketime in `LD_PRELOAD`, which is
-/// passed on, would otherwise move it.
+/// Take the variables of a user's libfaketime out of an environment: out of the one every
+/// service inherits (one on real time — `no_libfaketime`, a bundle without time travel — is
+/// on real time: the user's libfaketime in `LD_PRELOAD`, passed on, would move it), and out
+/// of a faked service's whole environment (its clock is the bundle's alone).
 pub(crate) fn drop_foreign(env: &mut Vec<(OsString, OsString)>) {
     env.retain(|(k, _)| !is_foreign(k));
 }

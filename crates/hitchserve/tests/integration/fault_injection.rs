@@ -1044,3 +1044,34 @@ fn a_start_during_a_stop_starts_it_again_once_stopped() {
     assert_eq!(slow.incarnation(), 2);
     b.shutdown().unwrap();
 }
+
+/// `start()` during another thread's `stop()` of a service that ignores its stop signal:
+/// the stop keeps its deadline and its SIGKILL (a start in between made the stop return
+/// with the old process alive, never killed), then the start starts it.
+#[test]
+fn a_start_during_the_stop_of_a_stubborn_service_lets_the_stop_kill_it_first() {
+    let p = Project::new("start-during-stubborn-stop");
+    let mut b = hitchserve::Bundle::new(&p.dir)
+        .startup_timeout(PATIENCE)
+        .shutdown_timeout(Duration::from_secs(1));
+    b.add(
+        "Stubborn",
+        sh("trap '' TERM; echo READY; while :; do sleep 0.05; done").ready_when(|l| l == "READY"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let svc = b.service("Stubborn").unwrap();
+    let old = svc.pid().unwrap();
+    std::thread::scope(|s| {
+        let stopper = s.spawn(|| b.service("Stubborn").unwrap().stop());
+        assert!(crate::common::wait_for(PATIENCE, || svc.is_stopping()));
+        svc.start().unwrap();
+        stopper.join().unwrap().unwrap();
+    });
+    assert!(
+        crate::common::wait_gone(old, PATIENCE),
+        "the old process lives on"
+    );
+    assert!(svc.is_ready() && svc.pid() != Some(old));
+    b.shutdown().unwrap();
+}

@@ -176,61 +176,6 @@ pub(crate) fn apply(st: &mut ServiceState, t: &Traits, event: Event) -> Vec<Acti
             st.hand_starts += 1;
             Phase::Spawning { stop: None }
         }
-        // Started by hand while a stop by hand is under way: it starts again once reaped,
-        // as a restart does (its stop goes on: no second stop signal).
-        (
-            Phase::Running {
-                group,
-                readiness,
-                stop: stop @ Some(_),
-                paused,
-                after: AfterExit::Stay,
-            },
-            Event::StartAgain { setup, .. },
-        ) => {
-            st.hand_starts += 1;
-            Phase::Running {
-                group,
-                readiness,
-                stop,
-                paused,
-                after: AfterExit::Start { setup },
-            }
-        }
-        (
-            Phase::Exiting {
-                group,
-                expected: true,
-                deadline,
-                readiness,
-                after: AfterExit::Stay,
-            },
-            Event::StartAgain { setup, .. },
-        ) => {
-            st.hand_starts += 1;
-            Phase::Exiting {
-                group,
-                expected: true,
-                deadline,
-                readiness,
-                after: AfterExit::Start { setup },
-            }
-        }
-        (
-            Phase::Draining {
-                expected: true,
-                readiness,
-                after: AfterExit::Stay,
-            },
-            Event::StartAgain { setup, .. },
-        ) => {
-            st.hand_starts += 1;
-            Phase::Draining {
-                expected: true,
-                readiness,
-                after: AfterExit::Start { setup },
-            }
-        }
         (Phase::Restarting { .. } | Phase::NotStarted, Event::GiveUp { status }) => {
             // (From `NotStarted`: its policy's start was refused; that error is in the
             // warning, not kept for a later start to report.)

@@ -299,30 +299,6 @@ def _print(said: List[str]) -> None:
         print(line, flush=True)
 
 
-def _travel(
-    datetime: Union[_dt.datetime, _dt.timedelta, None],
-    timedelta: Optional[_dt.timedelta],
-    seconds: float,
-    minutes: float,
-    hours: float,
-    days: float,
-) -> Tuple[Optional[_dt.datetime], _dt.timedelta]:
-    """``time_travel``'s arguments, checked: the moment to travel to (``datetime`` plus the
-    deltas), or ``None`` and the delta to travel by. A ``timedelta`` given first is a delta."""
-    if isinstance(datetime, _dt.timedelta):
-        timedelta = datetime if timedelta is None else _check_delta(timedelta) + datetime
-        datetime = None
-    if datetime is not None and not isinstance(datetime, _dt.datetime):
-        raise TypeError(
-            "time_travel(datetime=...) takes a datetime.datetime (or, first, a "
-            f"datetime.timedelta), not {type(datetime).__name__}: {datetime!r}"
-        )
-    delta = _dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    if timedelta is not None:
-        delta += _check_delta(timedelta)
-    return (None if datetime is None else datetime + delta), delta
-
-
 def _travel_micros(
     datetime: Union[_dt.datetime, _dt.timedelta, None],
     timedelta: Optional[_dt.timedelta],
@@ -331,11 +307,23 @@ def _travel_micros(
     hours: float,
     days: float,
 ) -> Tuple[bool, int]:
-    """``time_travel``'s arguments as the engine takes them: whether to travel to a moment
-    (else by a delta), and that moment or delta in microseconds. One too far away is a
+    """``time_travel``'s arguments, checked, as the engine takes them: whether to travel to a
+    moment (``datetime`` plus the deltas; a ``timedelta`` given first is a delta), else by a
+    delta, and that moment or delta in microseconds. One too far away is a
     :class:`TimeTravelError`."""
     try:
-        moment, delta = _travel(datetime, timedelta, seconds, minutes, hours, days)
+        if isinstance(datetime, _dt.timedelta):
+            timedelta = datetime if timedelta is None else _check_delta(timedelta) + datetime
+            datetime = None
+        if datetime is not None and not isinstance(datetime, _dt.datetime):
+            raise TypeError(
+                "time_travel(datetime=...) takes a datetime.datetime (or, first, a "
+                f"datetime.timedelta), not {type(datetime).__name__}: {datetime!r}"
+            )
+        delta = _dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        if timedelta is not None:
+            delta += _check_delta(timedelta)
+        moment = None if datetime is None else datetime + delta
         micros = _micros(moment) if moment is not None else _delta_micros(delta)
         if not -(2**63) <= micros < 2**63:
             raise OverflowError(micros)

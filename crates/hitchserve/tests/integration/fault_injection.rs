@@ -892,12 +892,7 @@ fn a_one_shot_whose_restart_fails_is_told_by_the_restart_alone() {
 fn waiting_for_ready_during_a_restart_waits_for_the_new_process() {
     let p = Project::new("ready-during-restart");
     let mut b = p.bundle();
-    b.add(
-        "Slow",
-        sh("trap 'sleep 0.5; exit 0' TERM; echo READY; while :; do sleep 0.05; done")
-            .ready_when(|l| l == "READY"),
-    )
-    .unwrap();
+    b.add("Slow", slow_to_stop("0.5", None)).unwrap();
     b.startup().unwrap();
     let slow = b.service("Slow").unwrap();
     let old = slow.pid().unwrap();
@@ -924,29 +919,35 @@ fn once_ready(observer: &hitchserve::Observer, name: &str) -> hitchserve::Servic
     found.unwrap()
 }
 
-/// A dependent is not started against a need that is stopping (a restart of it during the
-/// startup): it waits for the new process (it was started against the old, dying one).
-#[test]
-fn a_dependent_waits_for_a_need_restarted_during_startup() {
-    let p = Project::new("dep-stopping");
-    let mut b = p.bundle();
-    b.add(
-        "A",
-        sh("echo $$ > a.pid; trap 'sleep 1; exit 0' TERM; echo READY; while :; do sleep 0.05; done")
-            .ready_when(|l| l == "READY"),
-    )
-    .unwrap();
+/// A service that is ready at once and takes `grace` (sh's `sleep` words) to stop once
+/// asked, writing its pid to `pid_file` first if given.
+fn slow_to_stop(grace: &str, pid_file: Option<&str>) -> Service {
+    let pid = pid_file.map_or_else(String::new, |f| format!("echo $$ > {f}; "));
+    sh(&format!(
+        "{pid}trap 'sleep {grace}; exit 0' TERM; echo READY; while :; do sleep 0.05; done"
+    ))
+    .ready_when(|l| l == "READY")
+}
+
+/// Start `b` (its `A` is ready at once, its `C` waits for the file `gate`) on a thread of
+/// its own; once `A` is ready, restart it from another thread and, once it is stopping,
+/// open the gate. The bundle and its startup's result, `A`'s handle, its pid before, and
+/// the restarter.
+fn startup_with_a_restarted_meanwhile(
+    p: &Project,
+    b: hitchserve::Bundle,
+) -> (
+    hitchserve::Bundle,
+    hitchserve::Result<()>,
+    hitchserve::ServiceHandle,
+    u32,
+    std::thread::JoinHandle<hitchserve::Result<()>>,
+) {
+    let mut b = b;
     b.add(
         "C",
         sh("until [ -e gate ]; do sleep 0.02; done; echo READY; exec sleep 1000")
             .ready_when(|l| l == "READY"),
-    )
-    .unwrap();
-    b.add(
-        "B",
-        sh("echo saw $(cat a.pid); echo READY; exec sleep 1000")
-            .ready_when(|l| l == "READY")
-            .needs(["A", "C"]),
     )
     .unwrap();
     let observer = b.observer();
@@ -961,6 +962,24 @@ fn a_dependent_waits_for_a_need_restarted_during_startup() {
     assert!(crate::common::wait_for(PATIENCE, || a.is_stopping()));
     std::fs::write(p.path("gate"), "").unwrap();
     let (b, started) = starting.join().unwrap();
+    (b, started, a, old, restarter)
+}
+
+/// A dependent is not started against a need that is stopping (a restart of it during the
+/// startup): it waits for the new process (it was started against the old, dying one).
+#[test]
+fn a_dependent_waits_for_a_need_restarted_during_startup() {
+    let p = Project::new("dep-stopping");
+    let mut b = p.bundle();
+    b.add("A", slow_to_stop("1", Some("a.pid"))).unwrap();
+    b.add(
+        "B",
+        sh("echo saw $(cat a.pid); echo READY; exec sleep 1000")
+            .ready_when(|l| l == "READY")
+            .needs(["A", "C"]),
+    )
+    .unwrap();
+    let (b, started, a, old, restarter) = startup_with_a_restarted_meanwhile(&p, b);
     started.unwrap();
     restarter.join().unwrap().unwrap();
     let said = b.service("B").unwrap().logs().lines();
@@ -983,29 +1002,8 @@ fn a_startup_timeout_during_a_stop_names_the_stopping_service() {
     let mut b = hitchserve::Bundle::new(&p.dir)
         .startup_timeout(Duration::from_secs(2))
         .shutdown_timeout(Duration::from_secs(20));
-    b.add(
-        "A",
-        sh("trap 'sleep 5; exit 0' TERM; echo READY; while :; do sleep 0.05; done")
-            .ready_when(|l| l == "READY"),
-    )
-    .unwrap();
-    b.add(
-        "C",
-        sh("until [ -e gate ]; do sleep 0.02; done; echo READY; exec sleep 1000")
-            .ready_when(|l| l == "READY"),
-    )
-    .unwrap();
-    let observer = b.observer();
-    let starting = std::thread::spawn(move || {
-        let r = b.startup();
-        (b, r)
-    });
-    let a = once_ready(&observer, "A");
-    let restarting = a.clone();
-    let restarter = std::thread::spawn(move || restarting.restart());
-    assert!(crate::common::wait_for(PATIENCE, || a.is_stopping()));
-    std::fs::write(p.path("gate"), "").unwrap();
-    let (b, started) = starting.join().unwrap();
+    b.add("A", slow_to_stop("5", None)).unwrap();
+    let (b, started, _, _, restarter) = startup_with_a_restarted_meanwhile(&p, b);
     match started.unwrap_err() {
         Error::StartupTimeout { not_ready, .. } => assert!(
             not_ready
@@ -1025,12 +1023,7 @@ fn a_startup_timeout_during_a_stop_names_the_stopping_service() {
 fn a_start_during_a_stop_starts_it_again_once_stopped() {
     let p = Project::new("start-during-stop");
     let mut b = p.bundle();
-    b.add(
-        "Slow",
-        sh("trap 'sleep 0.5; exit 0' TERM; echo READY; while :; do sleep 0.05; done")
-            .ready_when(|l| l == "READY"),
-    )
-    .unwrap();
+    b.add("Slow", slow_to_stop("0.5", None)).unwrap();
     b.startup().unwrap();
     let slow = b.service("Slow").unwrap();
     let old = slow.pid().unwrap();

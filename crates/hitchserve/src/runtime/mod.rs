@@ -13,6 +13,9 @@
 //! threads of a run), `pool` (the process's spare threads, which a run's threads come
 //! from), and `schedule` (pure: what may start now).
 //!
+//! The leaves: `state` (a service's state and how an event changes it), `threads`,
+//! `usercode`, and `early` (the early wake of a startup wait).
+//!
 //! This file imports only the leaves of the runtime (`state`, `threads`, `usercode`); the
 //! files around it extend `Runtime` and import it. Carrying out an action calls their
 //! methods (`start_startable`, `run_poststart`), which dispatch events in turn: that is how
@@ -27,6 +30,7 @@
 //! reports it, and `crash_reported` is set by the report of a crash.
 
 mod control;
+mod early;
 mod launch;
 mod pool;
 mod probe;
@@ -70,6 +74,9 @@ pub(crate) struct Runtime {
     /// between milestones wake nobody (a wake-up costs the machine tens of µs).
     milestone: Condvar,
     tally: Tally,
+    /// Wakes a startup wait at the start of the work on its last service's ready line
+    /// rather than at its end (see `early`).
+    early: early::EarlyWake,
     /// Set under the state lock when the bundle begins to stop: nothing starts after that.
     stopping: AtomicBool,
     /// Set by an interrupt (Ctrl-C) during the stop of the whole run: it doesn't wait out the
@@ -202,6 +209,7 @@ impl Runtime {
             changed: Condvar::new(),
             milestone: Condvar::new(),
             tally,
+            early: early::EarlyWake::default(),
             stopping: AtomicBool::new(false),
             hurry: AtomicBool::new(false),
             sources: Mutex::new(sources),

@@ -41,8 +41,16 @@ impl Runtime {
         // (A progress interval too long to add to now is never due: no line.)
         let mut next_progress = progress.and_then(|every| Instant::now().checked_add(every));
         let failure = {
+            // Woken early by its last service's reader (see `early`).
+            let _waiting = self.early.waiting();
             let mut states = self.lock();
             loop {
+                if self.early.passing() {
+                    // Woken early: the read that woke it is being dealt with.
+                    drop(states);
+                    self.early.settle();
+                    states = self.lock();
+                }
                 if interrupted.load(Ordering::SeqCst) {
                     return Err(Error::Interrupted);
                 }

@@ -13,6 +13,7 @@
 
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use crate::exec::ProcessGroup;
 use crate::guardian;
 use crate::logs::{End, LineSplitter, LogStore, Source};
 use crate::readiness::{Checker, Verdict};
+use crate::runtime::early::Pass;
 use crate::runtime::probe::probe_until_ready;
 use crate::runtime::state::{Event, Phase, Reap};
 use crate::runtime::threads::Started;
@@ -456,6 +458,7 @@ impl<'a> StreamReader<'a> {
             Some(0) => {}
             Some(n) => {
                 let (runtime, source, who) = (self.runtime, self.source, self.who);
+                let _early = runtime.wake_early(who.0, n, checker);
                 // Tails are woken once for all the read's lines, also if delivering
                 // panicked on the way.
                 let _wake = WakeTails(&runtime.sink.store);
@@ -498,6 +501,26 @@ impl<'a> StreamReader<'a> {
                 true,
             );
         }
+    }
+}
+
+impl Runtime {
+    /// Service `idx`'s reader read `bytes`: if a startup waits for its ready line alone, wake
+    /// it now, while the read is dealt with (see `early`); that is over when the returned
+    /// guard is dropped.
+    fn wake_early(&self, idx: usize, bytes: usize, checker: &Checker) -> Option<Pass<'_>> {
+        let services = self.services();
+        let last_pending = || {
+            !services[idx].traits.one_shot
+                && self.tally.started_up.load(Ordering::Relaxed) + 1 == services.len()
+                && checker.is_pending()
+        };
+        if !self.early.worth_it(bytes, last_pending) {
+            return None;
+        }
+        let pass = self.early.pass();
+        self.milestone.notify_all();
+        Some(pass)
     }
 }
 

@@ -300,3 +300,45 @@ fn an_observer_sees_the_services_while_startup_runs_elsewhere() {
     assert!(observer.service("Gate").unwrap().is_ready());
     b.shutdown().unwrap();
 }
+
+/// A bundle whose last service writes 300 lines, one write each, then runs `end` (each
+/// read wakes the startup's wait early, see the runtime's `early`).
+fn many_small_writes_then(p: &Project, end: &str) -> hitchserve::Bundle {
+    let mut b = p.bundle();
+    b.add("First", sh("echo READY; exec sleep 1000")).unwrap();
+    let script = format!("i=0; while [ $i -lt 300 ]; do echo not yet $i; i=$((i+1)); done; {end}");
+    b.add("Last", sh(&script).needs(["First"])).unwrap();
+    b
+}
+
+/// The startup still ends only with the last service's ready line, once its "ready
+/// after" line is said, and every line before it is stored.
+#[test]
+fn startup_ends_at_the_last_services_ready_line_after_many_small_writes() {
+    let p = Project::new("early-wake");
+    let mut b = many_small_writes_then(&p, "echo READY; exec sleep 1000");
+    b.startup().unwrap();
+    let lines = b.service("Last").unwrap().logs().out().lines();
+    assert_eq!(lines.len(), 301, "{lines:?}");
+    assert_eq!(lines[299], "not yet 299");
+    assert_eq!(lines[300], "READY");
+    let log = b.logs().lines();
+    let ready_after = log.iter().position(|l| l.starts_with("Last ready after"));
+    let ready = log.iter().position(|l| l.starts_with("READY in"));
+    assert!(
+        matches!((ready_after, ready), (Some(a), Some(r)) if a < r),
+        "{log:#?}"
+    );
+    b.shutdown().unwrap();
+}
+
+/// The same, but the last service exits instead: its lines' early wakes never end the
+/// startup as a success.
+#[test]
+fn startup_fails_when_the_last_service_exits_after_many_small_writes() {
+    let p = Project::new("early-wake-exit");
+    let mut b = many_small_writes_then(&p, "exit 3");
+    let err = b.startup().unwrap_err().to_string();
+    assert!(err.contains("Last"), "{err}");
+    assert_eq!(b.service("Last").unwrap().logs().out().lines().len(), 300);
+}

@@ -3,6 +3,7 @@
 //! is a real second user, created here if missing, acting through `runuser`.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -385,4 +386,164 @@ user = "nobody"
     }
     drop(p);
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// A `.hitchserve` other users can write (chmod'ed by hand, a shared checkout) is refused,
+/// not quietly made private again: what they put in it meanwhile would be trusted.
+#[test]
+fn a_state_directory_others_can_write_is_refused_not_made_private_again() {
+    let work = fresh_dir("state-open", false);
+    let tmp = fresh_dir("state-open-tmp", true);
+    let p = Project::new(work.join("proj"), &tmp, CLOCK);
+    std::fs::create_dir(p.dir.join(".hitchserve")).unwrap();
+    std::fs::set_permissions(
+        p.dir.join(".hitchserve"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let up = p.run(&["up", "--detach"]);
+    let out = text(&up);
+    assert!(!up.status.success(), "{out}");
+    assert!(out.contains("writable by other users"), "{out}");
+    let mode = std::fs::metadata(p.dir.join(".hitchserve")).unwrap().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o777,
+        "left as it is, for its owner to remove"
+    );
+    drop(p);
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Files another user put in `.hitchserve` while it was open to them (the end state is made
+/// here by root: chown) are never trusted: a pid in their `up.lock` is not signalled by
+/// `down`, their `up.lock` and `up.log` are not used by `up`, and neither their control
+/// directory nor their process listening on a socket in ours is heard as the bundle.
+#[test]
+fn state_files_and_sockets_of_another_user_are_never_trusted() {
+    if !is_root() {
+        eprintln!("skipped: the attack needs a second user, made by root");
+        return;
+    }
+    let uid = attacker();
+    let work = fresh_dir("state-planted", false);
+    std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = fresh_dir("state-planted-tmp", true);
+    let p = Project::new(work.join("proj"), &tmp, CLOCK);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    assert!(p.run(&["down"]).status.success());
+    let state = p.dir.join(".hitchserve");
+    let plant = |name: &str, content: &str| {
+        let path = state.join(name);
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, content).unwrap();
+        std::os::unix::fs::chown(&path, Some(uid), None).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+
+    // Their up.lock names our process, and they hold its lock as a running `up` does.
+    let mut victim = Command::new("sleep").arg("1000").spawn().unwrap();
+    plant("up.lock", &victim.id().to_string());
+    // A group of its own, killed whole below (runuser passes no SIGKILL on).
+    let mut holder = Command::new("runuser")
+        .args(["-u", ATTACKER, "--", "flock", "-x"])
+        .arg(state.join("up.lock"))
+        .args(["-c", "echo LOCKED; exec sleep 1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let mut locked = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut locked,
+    )
+    .unwrap();
+    assert_eq!(locked.trim(), "LOCKED");
+    let _ = p.run(&["down"]);
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "`down` signalled their pid"
+    );
+    let up = p.run(&["up", "--detach"]);
+    let out = text(&up);
+    assert!(!up.status.success(), "{out}");
+    assert!(
+        out.contains("up.lock") && out.contains(&format!("uid {uid}")),
+        "{out}"
+    );
+    // SAFETY: a signal to the process group of a child we made.
+    unsafe { libc::kill(-(holder.id() as i32), libc::SIGKILL) };
+    let _ = holder.wait();
+    std::fs::remove_file(state.join("up.lock")).unwrap();
+
+    // Their up.log would get the bundle's whole console.
+    plant("up.log", "");
+    let up = p.run(&["up", "--detach"]);
+    let out = text(&up);
+    assert!(!up.status.success(), "{out}");
+    assert!(
+        out.contains("up.log") && out.contains(&format!("uid {uid}")),
+        "{out}"
+    );
+    std::fs::remove_file(state.join("up.log")).unwrap();
+
+    // A process of theirs listening on a socket in our own control directory (bound, then
+    // its user changed before `listen`, which is when the kernel notes who listens).
+    let control = state.join("control");
+    std::fs::create_dir_all(&control).unwrap();
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let server = format!(
+        "import os, socket\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.bind({sock:?})\n\
+         os.setgid({uid}); os.setuid({uid})\n\
+         s.listen(8)\n\
+         print('LISTENING', flush=True)\n\
+         while True:\n\
+         \x20   c, _ = s.accept()\n\
+         \x20   c.recv(65536)\n\
+         \x20   c.sendall(b'{{\"ok\": true, \"services\": [], \"PWNED\": true}}\\n')\n\
+         \x20   c.close()\n",
+        sock = control.join("control.sock").display().to_string(),
+    );
+    let mut fake = Command::new("python3")
+        .args(["-c", &server])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut listening = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(fake.stdout.take().unwrap()),
+        &mut listening,
+    )
+    .unwrap();
+    assert_eq!(listening.trim(), "LISTENING");
+    let status = p.run(&["status"]);
+    let out = text(&status);
+    assert!(!status.status.success(), "{out}");
+    assert!(!out.contains("PWNED"), "their answer was heard: {out}");
+    assert!(out.contains(&format!("uid {uid}")), "{out}");
+    let _ = fake.kill();
+    let _ = fake.wait();
+
+    // Their own control directory, with their socket in it.
+    std::fs::remove_dir_all(&control).unwrap();
+    std::fs::create_dir(&control).unwrap();
+    std::os::unix::fs::chown(&control, Some(uid), None).unwrap();
+    as_attacker(&format!(
+        "python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.bind(\"{}\"); s.listen(1)'",
+        control.join("control.sock").display()
+    ));
+    let status = p.run(&["status"]);
+    assert!(!status.status.success(), "{}", text(&status));
+    let _ = victim.kill();
+    let _ = victim.wait();
+    drop(p);
+    let _ = std::fs::remove_dir_all(&work);
+    let _ = std::fs::remove_dir_all(&tmp);
 }

@@ -118,7 +118,7 @@ fn project_owner(project: &Path) -> Result<u32> {
 
 /// The directory where hitchserve keeps a project's runs (and the command line its control
 /// socket): `<project>/.hitchserve`, made (mode 0711) or checked to be a real directory —
-/// never a link followed — of yours, root's or the project owner's, that not every user can
+/// never a link followed — of yours, root's or the project owner's, that no other user can
 /// write. The path returned is through the project's canonical path (links resolved once).
 /// `Bundle::startup` makes the same check; tools built on the engine that keep their own
 /// state beside its runs call this first.
@@ -126,7 +126,7 @@ fn project_owner(project: &Path) -> Result<u32> {
 /// # Errors
 /// [`Error::ProjectDir`](crate::Error::ProjectDir) if the project directory can't be read
 /// or is not a directory; [`Error::UnsafePath`](crate::Error::UnsafePath) if `.hitchserve`
-/// is a link, not a directory, another user's or writable by every user;
+/// is a link, not a directory, another user's or writable by other users;
 /// [`Error::Io`](crate::Error::Io) if it can't be made.
 ///
 /// ```no_run

@@ -108,9 +108,11 @@ fn check_shared_parent(dir: &Path) -> Result<()> {
 /// `dir` (a directory of a project's `.hitchserve/` tree) made with `mode`, or the one there
 /// if it is a real directory — never a link followed — of ours (its mode then set to `mode`),
 /// of root's, or of `project_owner` (who is trusted: whoever can write the project can
-/// change the code its services run anyway) and not writable by every user: a `.hitchserve`
+/// change the code its services run anyway), that no other user can write: a `.hitchserve`
 /// the checkout's owner made is used by root (`sudo`), and one root made by its owner if it
-/// can write there.
+/// can write there. One that others can write (or could: a mode is only ever narrowed by
+/// the umask, so a wider one was set by hand) is refused, not made private again: what they
+/// put in it meanwhile would be trusted.
 pub(crate) fn ensure_state_dir(dir: &Path, mode: u32, project_owner: u32) -> Result<()> {
     let meta = made_or_there(dir, mode)?;
     if meta.file_type().is_symlink() {
@@ -123,13 +125,7 @@ pub(crate) fn ensure_state_dir(dir: &Path, mode: u32, project_owner: u32) -> Res
         return Err(unsafe_path(dir, "is not a directory"));
     }
     let current = meta.permissions().mode() & 0o7777;
-    if meta.uid() == euid() {
-        if current != mode {
-            set_mode(dir, mode)?;
-        }
-        return Ok(());
-    }
-    if meta.uid() != 0 && meta.uid() != project_owner {
+    if meta.uid() != euid() && meta.uid() != 0 && meta.uid() != project_owner {
         return Err(unsafe_path(
             dir,
             &format!(
@@ -139,8 +135,17 @@ pub(crate) fn ensure_state_dir(dir: &Path, mode: u32, project_owner: u32) -> Res
             ),
         ));
     }
-    if current & 0o002 != 0 {
-        return Err(unsafe_path(dir, "is writable by every user"));
+    if current & 0o022 != 0 {
+        return Err(unsafe_path(
+            dir,
+            &format!(
+                "is writable by other users (mode {current:o}), who may have put files in it \
+                 that would be trusted; remove it (`rm -r`), and hitchserve makes it again"
+            ),
+        ));
+    }
+    if meta.uid() == euid() && current != mode {
+        set_mode(dir, mode)?;
     }
     Ok(())
 }

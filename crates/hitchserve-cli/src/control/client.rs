@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::state_dir::{
-    is_socket, socket_dir, socket_path, state_dir, up_is_running, up_pid, RunningUp, StateDir,
-    SOCKET, SOCKET_STARTING,
+    is_socket, open_state_file, socket_dir, socket_path, trusted, up_is_running, up_pid, RunningUp,
+    StateDir, SOCKET, SOCKET_STARTING,
 };
 use crate::config;
 use crate::one_service;
@@ -28,6 +28,24 @@ use crate::ExitCode;
 
 /// The requests a bundle answers while it starts (on its `starting` socket): what only looks.
 const WHILE_STARTING: &[&str] = &["status", "logs", "now"];
+
+/// `conn`, if the process listening at its other end runs as a trusted user (us, root, the
+/// project's owner): what a bundle answers is acted on (the environment `exec` runs a
+/// command with, a pid), so another user's process listening there must never be heard.
+fn trusted_peer(conn: UnixStream, project: &Path) -> Result<UnixStream, String> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let peer = getsockopt(&conn, PeerCredentials)
+        .map_err(|e| format!("cannot tell who answers on the bundle's socket: {e}"))?;
+    if !trusted(project).contains(&peer.uid()) {
+        return Err(format!(
+            "refusing the bundle's socket in `{}`: the process listening there runs as uid {}, \
+             neither you, root nor the project's owner; stop it, and remove `.hitchserve/control`",
+            project.display(),
+            peer.uid()
+        ));
+    }
+    Ok(conn)
+}
 
 fn connect(project: &Path, cmd: &str) -> Result<UnixStream, String> {
     // A bundle still starting answers only what looks (status, logs, now) on its `starting`
@@ -38,11 +56,11 @@ fn connect(project: &Path, cmd: &str) -> Result<UnixStream, String> {
     loop {
         if let Ok(state) = StateDir::open(project) {
             if let Ok(conn) = UnixStream::connect(state.address(SOCKET)) {
-                return Ok(conn);
+                return trusted_peer(conn, project);
             }
             if WHILE_STARTING.contains(&cmd) {
                 if let Ok(conn) = UnixStream::connect(state.address(SOCKET_STARTING)) {
-                    return Ok(conn);
+                    return trusted_peer(conn, project);
                 }
             }
         }
@@ -182,8 +200,7 @@ pub(super) fn down(project: &Path) -> Result<ExitCode, String> {
     }
     // No pid written yet (a bundle still starting): `up` holds its lock file (which is never
     // removed) until it has stopped.
-    let lock = std::fs::File::open(state_dir(project).join("up.lock"))
-        .map_err(|e| format!("cannot open the bundle's lock file: {e}"))?;
+    let lock = open_state_file(std::fs::OpenOptions::new().read(true), project, "up.lock")?;
     let (done_tx, done_rx) = mpsc::channel();
     std::thread::spawn(move || {
         // SAFETY: a blocking shared lock on a descriptor this thread owns.

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::client::{down, request};
 use super::leases::{definition, Definition};
-use super::state_dir::{up_is_running, RunningUp};
+use super::state_dir::{open_state_file, up_is_running, RunningUp};
 use super::up::detach_up;
 use crate::config;
 use crate::ExitCode;
@@ -93,15 +93,16 @@ impl SharedLock {
     fn take(project: &Path) -> Result<SharedLock, String> {
         let dir = hitchserve::state_dir(project).map_err(|e| e.to_string())?;
         let path = dir.join("shared.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| format!("cannot open `{}`: {e}", path.display()))?;
+        let file = open_state_file(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .mode(0o600),
+            project,
+            "shared.lock",
+        )?;
         let (before, _) = failed_starts(&file);
         // Blocking: another holder is starting the bundle (bounded by its startup timeout).
         // SAFETY: a valid descriptor we own.

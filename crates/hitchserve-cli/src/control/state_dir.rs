@@ -2,12 +2,19 @@
 //! there: the control sockets' private directory and names, the lock file that says an `up`
 //! is running, and the pid it writes there.
 //!
-//! Owns the names and the reading, not the making (that is `up`'s), and the wait for a
-//! running `up`'s end (`RunningUp`). Invariant: a socket is
-//! only ever reached inside the project's `.hitchserve/control/` (through `/proc/self/fd`
-//! when the path is too long for `sun_path`), never from a copy elsewhere.
+//! Owns the names and the reading, not the making (that is `up`'s), the wait for a
+//! running `up`'s end (`RunningUp`), and whom a state file, the control directory and the
+//! bundle answering on its socket are trusted from (`trusted`: us, root, the project's
+//! owner). Invariants: a socket is only ever reached inside the project's
+//! `.hitchserve/control/` (through `/proc/self/fd` when the path is too long for
+//! `sun_path`), never from a copy elsewhere; a state file is opened without following a
+//! link and used only if a trusted user owns it, it has one name and no one else can write
+//! it — one planted while `.hitchserve` was writable by others is refused, never written
+//! nor believed (a pid in it never signalled).
 
+use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -79,6 +86,73 @@ pub(super) fn private_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("cannot make `{}` private: {e}", dir.display()))
 }
 
+/// The users whose state files and bundle we trust: us, root, and the project directory's
+/// owner (whoever can write the project can change the code its services run anyway: the
+/// README's Security section).
+pub(super) fn trusted(project: &Path) -> Vec<u32> {
+    let mut uids = vec![nix::unistd::geteuid().as_raw(), 0];
+    if let Ok(meta) = std::fs::metadata(project) {
+        uids.push(meta.uid());
+    }
+    uids
+}
+
+/// Open the project's state file `name` (`up.lock`, `up.log`, `shared.lock`) with
+/// `options`, never through a link, and check it (see [`check_state_file`]).
+pub(super) fn open_state_file(
+    options: &mut OpenOptions,
+    project: &Path,
+    name: &str,
+) -> Result<File, String> {
+    let path = &state_dir(project).join(name);
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => format!(
+                "refusing to use `{}`: it is a symbolic link, which we never follow there; remove it",
+                path.display()
+            ),
+            _ => format!("cannot open `{}`: {e}", path.display()),
+        })?;
+    check_state_file(&file, path, project)?;
+    Ok(file)
+}
+
+/// Whether the opened state file at `path` may be used: a regular file of a trusted user (see
+/// [`trusted`]) with one name (a hard link of another file would be written through) that
+/// nobody else can write. One another user put there, while `.hitchserve` was writable by
+/// others, is refused with what to do.
+fn check_state_file(file: &File, path: &Path, project: &Path) -> Result<(), String> {
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot inspect `{}`: {e}", path.display()))?;
+    let problem = if !meta.is_file() {
+        Some("it is not a regular file".to_owned())
+    } else if !trusted(project).contains(&meta.uid()) {
+        Some(format!(
+            "it is owned by uid {}, neither you, root nor the project's owner",
+            meta.uid()
+        ))
+    } else if meta.nlink() != 1 {
+        Some(format!(
+            "it has {} names (a hard link to another file)",
+            meta.nlink()
+        ))
+    } else if meta.mode() & 0o022 != 0 {
+        Some("other users can write it".to_owned())
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(format!(
+            "refusing to use `{}`: {problem}: another user may have put it there; remove it",
+            path.display()
+        )),
+    }
+}
+
 /// The state directory, open, to reach its sockets by a path that fits in `sun_path`.
 pub(super) struct StateDir {
     path: PathBuf,
@@ -86,14 +160,28 @@ pub(super) struct StateDir {
 }
 
 impl StateDir {
+    /// The control directory, if it is a real directory (never a link followed) of a
+    /// trusted user that nobody else can write: a socket found anywhere else could be
+    /// another user's, answering as our bundle.
     pub(super) fn open(project: &Path) -> Result<StateDir, String> {
         let path = socket_dir(project);
         let fd = nix::fcntl::open(
             &path,
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .map_err(|e| format!("cannot open `{}`: {e}", path.display()))?;
+        let meta = nix::sys::stat::fstat(&fd)
+            .map_err(|e| format!("cannot inspect `{}`: {e}", path.display()))?;
+        if !trusted(project).contains(&meta.st_uid) || meta.st_mode & 0o022 != 0 {
+            return Err(format!(
+                "refusing to use `{}`: it is owned by uid {} (mode {:o}), not a private \
+                 directory of yours, root's or the project owner's; remove it",
+                path.display(),
+                meta.st_uid,
+                meta.st_mode & 0o7777
+            ));
+        }
         Ok(StateDir { path, fd })
     }
 
@@ -111,7 +199,7 @@ impl StateDir {
 
 /// Whether an `up` holds the project's lock (it may still be starting).
 pub(super) fn up_is_running(project: &Path) -> bool {
-    let Ok(lock) = std::fs::File::open(state_dir(project).join("up.lock")) else {
+    let Ok(lock) = open_state_file(OpenOptions::new().read(true), project, "up.lock") else {
         return false;
     };
     // SAFETY: a valid descriptor we own; a shared, non-blocking try.
@@ -125,8 +213,11 @@ pub(super) fn is_socket(path: &Path) -> bool {
 }
 
 /// The pid an `up` wrote in its lock file once its socket was bound (see [`up`](super::up::up)).
+/// Nothing from a lock file not to be trusted (see [`check_state_file`]): its pid is
+/// never signalled.
 pub(super) fn up_pid(project: &Path) -> Option<libc::pid_t> {
-    std::fs::read_to_string(state_dir(project).join("up.lock"))
+    let file = open_state_file(OpenOptions::new().read(true), project, "up.lock").ok()?;
+    std::io::read_to_string(file)
         .ok()
         .and_then(|p| p.trim().parse().ok())
         .filter(|&pid| pid > 0)

@@ -32,7 +32,7 @@ use super::protocol::reply;
 use super::server::{serve, serve_starting};
 use super::signals::{another_signal, install_signal_pipe, next_signal, signal_exit, RECEIVED};
 use super::state_dir::{
-    private_dir, socket_dir, socket_path, state_dir, StateDir, SOCKET_STARTING,
+    open_state_file, private_dir, socket_dir, socket_path, state_dir, StateDir, SOCKET_STARTING,
 };
 use crate::config;
 use crate::one_service::ServiceInfo;
@@ -102,7 +102,7 @@ pub fn up(
             Ok(lock) => lock,
             Err(e) => return early(e),
         },
-        None => match lock_up(&lock_path) {
+        None => match lock_up(project) {
             Ok(Some(lock)) => lock,
             Ok(None) => return early(refusal()),
             Err(e) => return early(e),
@@ -386,18 +386,19 @@ fn ports_of(s: &config::ServiceConfig) -> Vec<String> {
     ports
 }
 
-/// Open `up.lock` (made if need be, private, never followed through a link) and take it
-/// for this `up`; `None` if another `up` holds it.
-fn lock_up(lock_path: &Path) -> Result<Option<std::fs::File>, String> {
+/// Open `up.lock` (made if need be, private, never followed through a link, checked as
+/// every state file is) and take it for this `up`; `None` if another `up` holds it.
+fn lock_up(project: &Path) -> Result<Option<std::fs::File>, String> {
     // Not truncated before it is ours: a refused `up` must leave the running one's pid.
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(lock_path)
-        .map_err(|e| cannot_open(lock_path, &e))?;
+    let lock = open_state_file(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600),
+        project,
+        "up.lock",
+    )?;
     let _ = lock.set_permissions(std::fs::Permissions::from_mode(0o600));
     // SAFETY: a valid descriptor we own.
     let taken = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
@@ -406,6 +407,17 @@ fn lock_up(lock_path: &Path) -> Result<Option<std::fs::File>, String> {
         let _ = lock.set_len(0);
     }
     Ok(taken.then_some(lock))
+}
+
+/// What `file` holds, read from its start without moving its offset (shared with the
+/// bundle writing it).
+fn read_from_start(file: &std::fs::File) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+    let mut bytes = vec![0; len.min(1 << 20)];
+    let n = file.read_at(&mut bytes, 0)?;
+    bytes.truncate(n);
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// The lock a detaching `up` took and handed us as descriptor `fd`: checked to be
@@ -460,7 +472,7 @@ pub(super) fn detach_up(
     use std::os::unix::process::CommandExt;
     // The lock first, handed to the bundle we start: from now on, not once that bundle has
     // started, `status`, `logs` and `down` see a bundle starting.
-    let lock = lock_up(&state_dir(project).join("up.lock"))?.ok_or_else(|| {
+    let lock = lock_up(project)?.ok_or_else(|| {
         format!(
             "a bundle is already running in `{}`: see `hitchserve status`, stop it with `hitchserve down`",
             project.display()
@@ -480,13 +492,15 @@ pub(super) fn detach_up(
     };
     let log_path = state_dir(project).join("up.log");
     // The bundle's whole console, secrets included: ours only.
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&log_path)
-        .map_err(|e| cannot_open(&log_path, &e))?;
+    let log = open_state_file(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .mode(0o600),
+        project,
+        "up.log",
+    )?;
     // Also one made 0644 by an older version, in the 0700 directory of those days.
     log.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot make `{}` private: {e}", log_path.display()))?;
@@ -511,7 +525,10 @@ pub(super) fn detach_up(
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(log)
+        .stderr(
+            log.try_clone()
+                .map_err(|e| format!("cannot use `{}`: {e}", log_path.display()))?,
+        )
         .current_dir(project);
     // SAFETY: setsid and close_range are system calls, async-signal-safe. setsid detaches
     // the bundle from our terminal; close_range marks every descriptor past stdio
@@ -603,7 +620,8 @@ pub(super) fn detach_up(
         // an older run's words, so don't read it.
         (None, Some(sig)) => format!("the bundle was stopped by signal {sig} while starting"),
         (None, None) => {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            // Through the file checked and opened above, never the path again.
+            let log = read_from_start(&log).unwrap_or_default();
             match log.trim() {
                 "" => format!(
                     "the bundle exited ({}) without saying why",

@@ -5,25 +5,36 @@
 //! Why: waking a thread that sleeps on an idle core costs tens of µs (on a VM, the core's
 //! own wake-up); dealing with a read costs about as much. Woken at the start of the work,
 //! the waiting thread's wake-up overlaps it instead of following it. The woken wait then
-//! waits, briefly and bounded, for that read to be dealt with (`settle`), and looks at the
+//! spins, for a bounded time, until that read is dealt with (`settle`), and looks at the
 //! states again as after any wake-up.
 //!
 //! Only small reads wake early (a ready line comes alone, or nearly so; a big read is a
-//! chatty service, whose lines would only wake the wait for nothing), and only while a
-//! startup waits with every other service started up. An early wake is never the only
+//! chatty service, whose lines would only wake the wait for nothing), only while a startup
+//! waits with every other service started up, and only with more than one core (on one,
+//! the spinning wait would hold the core the reader needs). An early wake is never the only
 //! one: the milestone that ends the wait wakes it as before, so a missed or useless early
-//! wake costs nothing but itself.
+//! wake (a ready line whose service still has a poststart hook or a probe to pass) costs
+//! nothing but itself. It wakes the waits on the run's milestones, so a wait for every
+//! service to stop, during a startup, may wake for nothing too.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// Reads of at most this many bytes wake a startup wait early.
 pub(crate) const SMALL_READ: usize = 4096;
 
-/// How long a woken wait waits, at most, for the read that woke it to be dealt with before
+/// How long a woken wait spins, at most, for the read that woke it to be dealt with before
 /// it goes back to sleep on the states (dealing with a small read takes ~30-40 µs; more
 /// means its thread was preempted, and the milestone will wake the wait anyway).
 const SETTLE_AT_MOST: Duration = Duration::from_micros(300);
+
+/// Whether this process may use more than one core (asked once: the answer reads the
+/// affinity mask and the cgroup's CPU quota).
+fn several_cores() -> bool {
+    static SEVERAL: OnceLock<bool> = OnceLock::new();
+    *SEVERAL.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
+}
 
 /// The startup waits in progress, and the reads being dealt with after waking them early.
 #[derive(Default)]
@@ -41,8 +52,9 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// A read being dealt with after an early wake: over when dropped (once what it made
-/// happen, the milestone included, has happened).
+/// A read being dealt with after an early wake: over when dropped, once its lines are
+/// stored and checked and what that made happen on the reader's thread has happened (the
+/// milestone included, unless a poststart hook or a probe is still to pass).
 pub(crate) struct Pass<'a>(&'a EarlyWake);
 
 impl Drop for Pass<'_> {
@@ -61,7 +73,10 @@ impl EarlyWake {
     /// Whether a read of `bytes` is worth an early wake, given whether the service that
     /// read it is the last one a startup waits for and still waits for a line.
     pub(crate) fn worth_it(&self, bytes: usize, last_pending: impl FnOnce() -> bool) -> bool {
-        bytes <= SMALL_READ && self.waits.load(Ordering::Acquire) > 0 && last_pending()
+        bytes <= SMALL_READ
+            && self.waits.load(Ordering::Acquire) > 0
+            && several_cores()
+            && last_pending()
     }
 
     /// A read is about to be dealt with: counted before the caller wakes the waits, so a
@@ -76,13 +91,15 @@ impl EarlyWake {
         self.passes.load(Ordering::Acquire) > 0
     }
 
-    /// In a woken wait (without the states' lock): wait until the reads that woke it early
-    /// are dealt with, a short, bounded while at most. Yields the core meanwhile: on a busy
-    /// machine the thread dealing with them may need it.
+    /// In a woken wait (without the states' lock): spin until the reads that woke it early
+    /// are dealt with, `SETTLE_AT_MOST` at most. A spin, not a yield: a yield can give the
+    /// core away for a whole scheduler slice (milliseconds), which would bound nothing.
     pub(crate) fn settle(&self) {
         let until = Instant::now() + SETTLE_AT_MOST;
         while self.passes.load(Ordering::Acquire) > 0 && Instant::now() < until {
-            std::thread::yield_now();
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
         }
     }
 }
@@ -96,7 +113,7 @@ mod tests {
         let early = EarlyWake::default();
         assert!(!early.worth_it(10, || true), "nobody waits");
         let waiting = early.waiting();
-        assert!(early.worth_it(10, || true));
+        assert_eq!(early.worth_it(10, || true), several_cores());
         assert!(!early.worth_it(10, || false), "others are still starting");
         assert!(!early.worth_it(SMALL_READ + 1, || true), "a chatty read");
         drop(waiting);

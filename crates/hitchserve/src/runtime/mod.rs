@@ -16,14 +16,16 @@
 //! The leaves: `state` (a service's state and how an event changes it), `threads`,
 //! `usercode`, and `early` (the early wake of a startup wait).
 //!
-//! This file imports only the leaves of the runtime (`state`, `threads`, `usercode`); the
-//! files around it extend `Runtime` and import it. Carrying out an action calls their
-//! methods (`start_startable`, `run_poststart`), which dispatch events in turn: that is how
-//! one service's readiness starts the next without a thread hop (a scheduling round asked
-//! for during a round runs after it, not inside it, so a chain takes constant stack).
+//! This file imports only the leaves of the runtime (`state`, `threads`, `usercode`,
+//! `early`); the files around it extend `Runtime` and import it. Carrying out an action
+//! calls their methods (`start_startable`, `run_poststart`), which dispatch events in
+//! turn: that is how one service's readiness starts the next without a thread hop (a
+//! scheduling round asked for during a round runs after it, not inside it, so a chain
+//! takes constant stack).
 //! It does not know the public API (`bundle`, `handle`) nor draw anything (`inspect`).
 //! Waits for one service wake at every change; waits for the whole run (startup, stopping
-//! everything) only at its milestones (`Tally`, kept by `apply_locked`).
+//! everything) only at its milestones (`Tally`, kept by `apply_locked`), and during a
+//! startup at an early wake (`early`).
 //!
 //! Invariant: a service's phase changes only in `apply_locked` (through `state::apply`);
 //! outside it only two marks change: a failure is taken from its mailbox by the wait that
@@ -69,9 +71,10 @@ pub(crate) struct Runtime {
     states: Mutex<Vec<ServiceState>>,
     /// Woken at every change of a state.
     changed: Condvar,
-    /// Woken only at a milestone of the run as a whole (see `Tally`): what waits for every
-    /// service at once (startup, stopping everything) waits on it, so the many changes
-    /// between milestones wake nobody (a wake-up costs the machine tens of µs).
+    /// Woken only at a milestone of the run as a whole (see `Tally`), and by an early wake
+    /// of a startup (see `early`): what waits for every service at once (startup, stopping
+    /// everything) waits on it, so the many changes between milestones wake nobody (a
+    /// wake-up costs the machine tens of µs).
     milestone: Condvar,
     tally: Tally,
     /// Wakes a startup wait at the start of the work on its last service's ready line
@@ -296,7 +299,7 @@ impl Runtime {
     }
 
     /// `wait_until` for a `done` about every service at once, that only a milestone (see
-    /// `Tally`) can make true: woken at those only.
+    /// `Tally`) can make true: woken at those only (and by a startup's early wake).
     pub(crate) fn wait_for_milestone<'a>(
         &'a self,
         guard: MutexGuard<'a, Vec<ServiceState>>,

@@ -301,12 +301,20 @@ fn an_observer_sees_the_services_while_startup_runs_elsewhere() {
     b.shutdown().unwrap();
 }
 
-/// A bundle whose last service writes 300 lines, one write each, then runs `end` (each
-/// read wakes the startup's wait early, see the runtime's `early`).
-fn many_small_writes_then(p: &Project, end: &str) -> hitchserve::Bundle {
+/// A bundle whose last service writes `n` lines and then runs `end`; with `paced`, it
+/// writes each line only once the test has seen the one before (the test makes
+/// `ack<i>`), so each is a read of its own, and each wakes the startup's wait early (see
+/// the runtime's `early`).
+fn many_small_writes_then(p: &Project, n: usize, paced: bool, end: &str) -> hitchserve::Bundle {
     let mut b = p.bundle();
     b.add("First", sh("echo READY; exec sleep 1000")).unwrap();
-    let script = format!("i=0; while [ $i -lt 300 ]; do echo not yet $i; i=$((i+1)); done; {end}");
+    let wait = if paced {
+        "while [ ! -e ack$i ]; do sleep 0.001; done; "
+    } else {
+        ""
+    };
+    let script =
+        format!("i=0; while [ $i -lt {n} ]; do echo not yet $i; {wait}i=$((i+1)); done; {end}");
     b.add("Last", sh(&script).needs(["First"])).unwrap();
     b
 }
@@ -316,12 +324,23 @@ fn many_small_writes_then(p: &Project, end: &str) -> hitchserve::Bundle {
 #[test]
 fn startup_ends_at_the_last_services_ready_line_after_many_small_writes() {
     let p = Project::new("early-wake");
-    let mut b = many_small_writes_then(&p, "echo READY; exec sleep 1000");
-    b.startup().unwrap();
+    let mut b = many_small_writes_then(&p, 40, true, "echo READY; exec sleep 1000");
+    let mut tail = b.logs().out().tail();
+    std::thread::scope(|s| {
+        let acks = s.spawn(|| {
+            for i in 0..40 {
+                let want = format!("not yet {i}");
+                tail.until(|l| l == want, PATIENCE).unwrap();
+                std::fs::write(p.path(&format!("ack{i}")), "").unwrap();
+            }
+        });
+        b.startup().unwrap();
+        acks.join().unwrap();
+    });
     let lines = b.service("Last").unwrap().logs().out().lines();
-    assert_eq!(lines.len(), 301, "{lines:?}");
-    assert_eq!(lines[299], "not yet 299");
-    assert_eq!(lines[300], "READY");
+    assert_eq!(lines.len(), 41, "{lines:?}");
+    assert_eq!(lines[39], "not yet 39");
+    assert_eq!(lines[40], "READY");
     let log = b.logs().lines();
     let ready_after = log.iter().position(|l| l.starts_with("Last ready after"));
     let ready = log.iter().position(|l| l.starts_with("READY in"));
@@ -332,12 +351,12 @@ fn startup_ends_at_the_last_services_ready_line_after_many_small_writes() {
     b.shutdown().unwrap();
 }
 
-/// The same, but the last service exits instead: its lines' early wakes never end the
-/// startup as a success.
+/// The same, unpaced, but the last service exits instead: its lines' early wakes never end
+/// the startup as a success.
 #[test]
 fn startup_fails_when_the_last_service_exits_after_many_small_writes() {
     let p = Project::new("early-wake-exit");
-    let mut b = many_small_writes_then(&p, "exit 3");
+    let mut b = many_small_writes_then(&p, 300, false, "exit 3");
     let err = b.startup().unwrap_err().to_string();
     assert!(err.contains("Last"), "{err}");
     assert_eq!(b.service("Last").unwrap().logs().out().lines().len(), 300);

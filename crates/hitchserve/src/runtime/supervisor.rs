@@ -290,26 +290,48 @@ fn poll_once(
         .map(|(fd, &w)| (w, fd.revents().is_some_and(|r| !r.is_empty())))
         .collect();
     drop(fds);
-    let mut exited = false;
-    for (w, is_ready) in ready {
-        if !is_ready {
-            continue;
+    let is_ready = |w: usize| ready.iter().any(|&(x, r)| x == w && r);
+    let exited = is_ready(2);
+    match (is_ready(0), is_ready(1)) {
+        (true, true) => read_both(out, err, checker),
+        (true, false) => {
+            out.read_some(checker, false);
         }
-        match w {
-            0 => out.read_some(checker),
-            1 => err.read_some(checker),
-            _ => exited = true,
+        (false, true) => {
+            err.read_some(checker, false);
         }
+        (false, false) => {}
     }
-    if watch_exit && pidfd.is_none() {
-        exited = has_exited(pid);
-    }
+    let exited = if watch_exit && pidfd.is_none() {
+        has_exited(pid)
+    } else {
+        exited
+    };
     if partial_due.is_some() {
         let now = Instant::now();
         out.publish_partial_if_due(now);
         err.publish_partial_if_due(now);
     }
     exited
+}
+
+/// Bytes `read_both` reads at most before it lets tails see them and polls again.
+const BOTH_AT_MOST: usize = 4 * 1024 * 1024;
+
+/// Both pipes have something: read each until it is empty (for now), and let tails see the
+/// lines only then. A wait for a line of one stream then finds the lines the service wrote
+/// to the other before it (a test that waits for `done` on stdout and then looks for a
+/// traceback on stderr): they were in their pipe when this one's line was read.
+fn read_both(out: &mut StreamReader<'_>, err: &mut StreamReader<'_>, checker: &Checker) {
+    let _wake = WakeTails(&out.runtime.sink.store);
+    let mut total = 0;
+    loop {
+        let n = out.read_some(checker, true) + err.read_some(checker, true);
+        total += n;
+        if n == 0 || total >= BOTH_AT_MOST {
+            return;
+        }
+    }
 }
 
 /// Block until the process exits, leaving it unreaped (used when there is nothing to poll).
@@ -410,6 +432,12 @@ impl<'a> StreamReader<'a> {
             // lets us take its output in fewer, larger reads. Best effort: the system may
             // cap it (fs.pipe-max-size).
             let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+            // Non-blocking (our end only: the service's end is another open file), so a
+            // read to see whether more is there (`read_both`) never waits.
+            let _ = nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            );
         }
         StreamReader {
             runtime,
@@ -427,9 +455,11 @@ impl<'a> StreamReader<'a> {
         self.fd.is_some()
     }
 
-    /// One read: its lines are stored (and so written to `all.log`) and checked.
-    fn read_some(&mut self, checker: &Checker) {
-        let Some(fd) = self.fd.as_ref() else { return };
+    /// One read: its lines are stored (and so written to `all.log`) and checked; tails are
+    /// woken for them unless `hold_wake` (the caller wakes them). The bytes read (0: none
+    /// there now, or the end).
+    fn read_some(&mut self, checker: &Checker, hold_wake: bool) -> usize {
+        let Some(fd) = self.fd.as_ref() else { return 0 };
         let pool = &self.runtime.read_buffers;
         let mut big = if self.chatty { pool.take() } else { None };
         let buf = match big.as_mut() {
@@ -453,6 +483,7 @@ impl<'a> StreamReader<'a> {
             Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => Some(0),
             Err(_) => None,
         };
+        let got = n.unwrap_or(0);
         match n {
             None => self.finish(checker),
             Some(0) => {}
@@ -461,7 +492,7 @@ impl<'a> StreamReader<'a> {
                 let _early = runtime.wake_early(who.0, n, checker);
                 // Tails are woken once for all the read's lines, also if delivering
                 // panicked on the way.
-                let _wake = WakeTails(&runtime.sink.store);
+                let _wake = (!hold_wake).then(|| WakeTails(&runtime.sink.store));
                 self.splitter.split(&buf[..n], |lines| {
                     deliver(runtime, source, who, lines, checker, false);
                 });
@@ -474,6 +505,7 @@ impl<'a> StreamReader<'a> {
         if let Some(big) = big {
             pool.give_back(big);
         }
+        got
     }
 
     /// Show the held-back start of a line to tails once the stream has been quiet long

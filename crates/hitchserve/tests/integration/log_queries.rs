@@ -417,3 +417,47 @@ fn a_timeout_shows_the_line_the_service_has_started_but_not_ended() {
         other => panic!("wrong error: {other:?}"),
     }
 }
+
+/// A service writes many lines to stderr, then `DONE` to stdout: a wait for `DONE` finds
+/// every one of those stderr lines stored (a test that waits for the end and then looks
+/// for a traceback must not pass while it is still in the pipe).
+#[test]
+fn a_wait_for_a_stdout_line_finds_the_stderr_lines_written_before_it() {
+    const WRITER: &str = "import sys\n\
+        print('READY', flush=True)\n\
+        sys.stdin.readline()\n\
+        sys.stderr.write(''.join('e%d\\n' % i for i in range(60000)))\n\
+        sys.stderr.flush()\n\
+        print('DONE', flush=True)\n\
+        sys.stdin.readline()\n";
+    let p = Project::new("stderr-before-stdout");
+    for round in 0..5 {
+        let mut b = p.bundle();
+        // Its stdin a fifo the test opens: a line there starts the writing, after the tail
+        // below is taken.
+        let fifo = p.path(&format!("go-{round}"));
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let script = format!("exec python3 -c \"$0\" < {}", fifo.display());
+        b.add(
+            "Writer",
+            Service::new(["sh", "-c", &script, WRITER]).ready_when(|l| l == "READY"),
+        )
+        .unwrap();
+        // Kept open until the end: its end would end the service.
+        let go = std::thread::spawn(move || {
+            let mut fifo = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            std::io::Write::write_all(&mut fifo, b"go\n").unwrap();
+            fifo
+        });
+        b.startup().unwrap();
+        let _fifo = go.join().unwrap();
+        let svc = b.service("Writer").unwrap();
+        svc.logs()
+            .out()
+            .tail()
+            .until(|l| l == "DONE", PATIENCE)
+            .unwrap();
+        assert_eq!(svc.logs().err().len(), 60000, "round {round}");
+        b.shutdown().unwrap();
+    }
+}

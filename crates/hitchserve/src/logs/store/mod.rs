@@ -150,6 +150,11 @@ struct Inner {
     /// variable's notify is a system call even with nobody waiting, and the wake-up of a
     /// tail that has caught up with a chatty service costs its reader more).
     sleeping_tails: u32,
+    /// Lines tails may see: all but those of a read still being stored (see
+    /// `LogStore::wake_tails`), so that what one read brought — both pipes' lines, when
+    /// both had some — is seen whole, never a line of one pipe before the other's earlier
+    /// lines. Queries other than tails see every line stored.
+    published: usize,
 }
 
 /// The start of a line a source has not ended, as published after a quiet period.
@@ -239,6 +244,7 @@ impl LogStore {
                 partial_stamp: 0,
                 kept: HashMap::new(),
                 sleeping_tails: 0,
+                published: 0,
             }),
             grown: Condvar::new(),
             unwoken: AtomicBool::new(false),
@@ -255,6 +261,7 @@ impl LogStore {
     pub(crate) fn close(&self) {
         let mut inner = self.lock();
         inner.closed = true;
+        inner.published = inner.index.len();
         let files = inner.files.clone();
         drop(inner);
         self.grown.notify_all();
@@ -281,6 +288,7 @@ impl LogStore {
         // The latest word on it (a restart refused after an exit says both, in turn).
         inner.ended.retain(|&(s, _)| s != service);
         inner.ended.push((service, how));
+        inner.published = inner.index.len();
         drop(inner);
         self.grown.notify_all();
     }

@@ -299,7 +299,15 @@ impl LogStore {
     ) -> Batch {
         let mut inner = self.lock();
         loop {
-            let end = inner.index.len();
+            let ended = filter
+                .service
+                .is_some_and(|s| inner.ended.iter().any(|(e, _)| *e == s));
+            // What tails may see (see `published`); all, once nothing more comes.
+            let end = if ended || inner.closed {
+                inner.index.len()
+            } else {
+                inner.published
+            };
             let mut picked = Vec::new();
             // Lines still in memory, the usual case for a tail that keeps up, are handed
             // out as they are (no `Picked`, no `materialise`): a batch of them ends at the
@@ -345,9 +353,6 @@ impl LogStore {
                     return Batch::Partials(partials);
                 }
             }
-            let ended = filter
-                .service
-                .is_some_and(|s| inner.ended.iter().any(|(e, _)| *e == s));
             if ended || inner.closed {
                 return Batch::Ended;
             }

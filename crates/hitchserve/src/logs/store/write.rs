@@ -223,8 +223,11 @@ impl LogStore {
             spill(inner, written);
             behind = over_bound(inner, written);
         }
+        if wake || behind {
+            // (Shown before a wait for the writer too: the lines are there to see.)
+            inner.published = inner.index.len();
+        }
         if inner.sleeping_tails > 0 {
-            // (Woken before a wait for the writer too: the lines are there to see.)
             if wake || behind {
                 self.grown.notify_all();
             } else {
@@ -237,8 +240,11 @@ impl LogStore {
         stored
     }
 
-    /// Wake the tails that lines appended without `wake` are for.
+    /// Show tails the lines appended without `wake`, and wake those asleep.
     pub(crate) fn wake_tails(&self) {
+        let mut inner = self.lock();
+        inner.published = inner.index.len();
+        drop(inner);
         // The tails were asleep when the flag was set (see `unwoken`): a notify without
         // the lock reaches them.
         if self.unwoken.swap(false, Ordering::AcqRel) {

@@ -11,15 +11,30 @@
 //! The server is this library's [`run`], so that other programs can carry the mock in
 //! themselves (the Python package runs it as `python -m hitchserve.smtp`); the `hitchsmtp`
 //! binary is a `main` over it.
+//!
+//! Bounded, as anything on a port other local users can reach must be: a line longer than
+//! `MAX_LINE`, a message bigger than `MAX_MESSAGE` or a connection past `MAX_CONNECTIONS`
+//! is refused with an SMTP error and the connection closed (one client sending bytes
+//! without a newline grew the mock's memory without end).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use mail_parser::{MessageParser, MimeHeaders};
 use serde_json::{json, Value};
 
 /// The domain whose recipients get canned errors.
 const ERROR_DOMAIN: &str = "smtperrors.com";
+
+/// The longest line taken, newline included (RFC 5321 asks for 1,000 bytes; mail that
+/// breaks it, a long unwrapped line, is what a test may well send).
+const MAX_LINE: usize = 1024 * 1024;
+/// The biggest message taken.
+const MAX_MESSAGE: usize = 32 * 1024 * 1024;
+/// Conversations at once.
+const MAX_CONNECTIONS: usize = 64;
 
 /// Run the mock with the command line `args` (without the program name): listen and serve
 /// until the process is killed. Returns only on a failure, with the exit code to use (2 for
@@ -53,14 +68,25 @@ pub fn run(args: impl IntoIterator<Item = String>) -> i32 {
         .local_addr()
         .map_or_else(|_| format!("{host}:{port}"), |a| a.to_string());
     println!("hitchsmtp: listening on {addr}");
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         // `incoming()` never ends; a failed accept (out of descriptors...) is retried.
-        if let Ok((stream, _)) = listener.accept() {
-            std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                open.fetch_sub(1, Ordering::AcqRel);
+                let _ = stream.write_all(b"421 Too many connections, try again later\r\n");
+                continue;
+            }
+            let mine = Arc::clone(&open);
+            let spawned = std::thread::Builder::new().spawn(move || {
                 if let Err(e) = serve(stream) {
                     eprintln!("hitchsmtp: connection ended: {e}");
                 }
+                mine.fetch_sub(1, Ordering::AcqRel);
             });
+            if spawned.is_err() {
+                open.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 }
@@ -75,8 +101,10 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
     let mut raw_line = Vec::new();
     loop {
         raw_line.clear();
-        if input.read_until(b'\n', &mut raw_line)? == 0 {
-            return Ok(());
+        match read_line(&mut input, &mut raw_line)? {
+            Line::End => return Ok(()),
+            Line::TooLong => return refuse(&mut out, &mut input, "500 Line too long"),
+            Line::Read => {}
         }
         let line = String::from_utf8_lossy(&raw_line);
         let command = line.trim_end();
@@ -103,8 +131,17 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
         } else if upper == "DATA" {
             out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")?;
             // A client that hangs up before the final `.` sent no message.
-            let Some(raw) = read_data(&mut input)? else {
-                return Ok(());
+            let raw = match read_data(&mut input)? {
+                Data::Message(raw) => raw,
+                Data::End => return Ok(()),
+                Data::TooLong => return refuse(&mut out, &mut input, "500 Line too long"),
+                Data::TooBig => {
+                    return refuse(
+                        &mut out,
+                        &mut input,
+                        "552 Message size exceeds fixed maximum",
+                    )
+                }
             };
             let message = describe(&raw, &from, &to);
             let mut stdout = std::io::stdout().lock();
@@ -133,8 +170,10 @@ fn serve(stream: TcpStream) -> std::io::Result<()> {
             for challenge in challenges {
                 out.write_all(challenge)?;
                 let mut answer = Vec::new();
-                if input.read_until(b'\n', &mut answer)? == 0 {
-                    return Ok(());
+                match read_line(&mut input, &mut answer)? {
+                    Line::End => return Ok(()),
+                    Line::TooLong => return refuse(&mut out, &mut input, "500 Line too long"),
+                    Line::Read => {}
                 }
             }
             "235 Authentication successful".into()
@@ -172,24 +211,74 @@ fn canned_error(rcpt: &str) -> Option<String> {
     Some(format!("{code} {}", text.replace('-', " ")))
 }
 
-/// The message lines up to the lone `.`, dot-unstuffed, with CRLF endings; `None` if the
-/// client hung up first.
-fn read_data(input: &mut impl BufRead) -> std::io::Result<Option<Vec<u8>>> {
+/// What reading a line gave.
+enum Line {
+    Read,
+    /// The client hung up.
+    End,
+    /// No newline within `MAX_LINE` bytes.
+    TooLong,
+}
+
+/// Read one line (newline included) into `line`, `MAX_LINE` bytes at most.
+fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<Line> {
+    let n = input.take(MAX_LINE as u64).read_until(b'\n', line)?;
+    Ok(match n {
+        0 => Line::End,
+        _ if line.ends_with(b"\n") => Line::Read,
+        MAX_LINE => Line::TooLong,
+        // The last bytes before the client hung up, without a newline.
+        _ => Line::Read,
+    })
+}
+
+/// How long a refused client's remaining bytes are read (and dropped) after the refusal.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Say `reply` and end the conversation. What the client still sends is read and dropped
+/// for a while (`MAX_MESSAGE` bytes, `LINGER` of silence at most): closed with it unread,
+/// the socket would answer with a reset, and the client would see that, not the reply.
+fn refuse(out: &mut TcpStream, input: &mut impl Read, reply: &str) -> std::io::Result<()> {
+    out.write_all(reply.as_bytes())?;
+    out.write_all(b"\r\n")?;
+    out.shutdown(std::net::Shutdown::Write)?;
+    out.set_read_timeout(Some(LINGER))?;
+    let _ = std::io::copy(&mut input.take(MAX_MESSAGE as u64), &mut std::io::sink());
+    Ok(())
+}
+
+/// What reading a message gave.
+enum Data {
+    Message(Vec<u8>),
+    /// The client hung up before the final `.`: no message.
+    End,
+    TooLong,
+    /// Bigger than `MAX_MESSAGE`.
+    TooBig,
+}
+
+/// The message lines up to the lone `.`, dot-unstuffed, with CRLF endings.
+fn read_data(input: &mut impl BufRead) -> std::io::Result<Data> {
     let mut raw = Vec::new();
     let mut line = Vec::new();
     loop {
         line.clear();
-        if input.read_until(b'\n', &mut line)? == 0 {
-            return Ok(None);
+        match read_line(input, &mut line)? {
+            Line::End => return Ok(Data::End),
+            Line::TooLong => return Ok(Data::TooLong),
+            Line::Read => {}
         }
         let content = line.strip_suffix(b"\n").unwrap_or(&line);
         let content = content.strip_suffix(b"\r").unwrap_or(content);
         if content == b"." {
-            return Ok(Some(raw));
+            return Ok(Data::Message(raw));
         }
         // RFC 5321 4.5.2: a leading dot was added by the client; take it away.
         raw.extend_from_slice(content.strip_prefix(b".").unwrap_or(content));
         raw.extend_from_slice(b"\r\n");
+        if raw.len() > MAX_MESSAGE {
+            return Ok(Data::TooBig);
+        }
     }
 }
 

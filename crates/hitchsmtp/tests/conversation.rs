@@ -95,3 +95,78 @@ fn a_client_that_hangs_up_mid_message_sends_nothing() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Any local user can reach the port: a line without end, or a message without end, is
+/// refused and its connection closed (the mock's memory grew with it), and the mock goes
+/// on serving others.
+#[test]
+fn endless_lines_and_messages_are_refused_and_the_mock_goes_on() {
+    let (mut child, mut out, addr) = start();
+    let read_reply = |reader: &mut BufReader<TcpStream>| {
+        let mut r = String::new();
+        loop {
+            let mut l = String::new();
+            if reader.read_line(&mut l).unwrap() == 0 {
+                return r;
+            }
+            r.push_str(&l);
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return r;
+            }
+        }
+    };
+    // A command line of 2 MiB without a newline.
+    let stream = TcpStream::connect(&addr).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    assert!(read_reply(&mut reader).starts_with("220"));
+    // The mock may close before all is sent: a write error then is fine.
+    let _ = w.write_all(&vec![b'x'; 2 * 1024 * 1024]);
+    assert!(read_reply(&mut reader).starts_with("500"));
+    assert_eq!(read_reply(&mut reader), "", "the connection is closed");
+
+    // A message of 40 MiB in short lines.
+    let stream = TcpStream::connect(&addr).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    assert!(read_reply(&mut reader).starts_with("220"));
+    for cmd in [
+        "HELO t",
+        "MAIL FROM:<a@example.com>",
+        "RCPT TO:<b@example.com>",
+        "DATA",
+    ] {
+        write!(w, "{cmd}\r\n").unwrap();
+        read_reply(&mut reader);
+    }
+    let line = format!("{}\r\n", "y".repeat(1000));
+    for _ in 0..(40 * 1024) {
+        if w.write_all(line.as_bytes()).is_err() {
+            break;
+        }
+    }
+    assert!(read_reply(&mut reader).starts_with("552"));
+
+    // Someone else's mail still goes through.
+    let stream = TcpStream::connect(&addr).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut w = stream;
+    assert!(read_reply(&mut reader).starts_with("220"));
+    for cmd in [
+        "HELO t",
+        "MAIL FROM:<a@example.com>",
+        "RCPT TO:<b@example.com>",
+        "DATA",
+    ] {
+        write!(w, "{cmd}\r\n").unwrap();
+        read_reply(&mut reader);
+    }
+    write!(w, "Subject: Fine\r\n\r\nok\r\n.\r\n").unwrap();
+    assert!(read_reply(&mut reader).starts_with("250"));
+    let mut json = String::new();
+    out.read_line(&mut json).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["subject"], "Fine");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -496,6 +496,29 @@ def test_services_of_a_bundle_never_shut_down_die_with_the_python_process(tmp_pa
     assert not alive
 
 
+def test_a_bundle_left_running_at_exit_is_stopped_the_usual_way(tmp_path):
+    """A script (or IPython session) that ends without ``shutdown()``: its services get
+    their stop signal and the time to act on it, not the guardian's SIGKILL."""
+    import subprocess
+    import sys
+    import textwrap
+
+    flag = tmp_path / "got-term"
+    child = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import hitchserve
+            bundle = hitchserve.ServiceBundle({str(tmp_path)!r}, quiet=True)
+            bundle["Trap"] = hitchserve.Service(
+                command=["sh", "-c", "trap 'touch {flag}; exit 0' TERM; echo READY; while true; do sleep 0.1; done"],
+                log_line_ready_checker=lambda line: line == "READY")
+            bundle.startup()
+        """)],
+        capture_output=True, text=True, timeout=PATIENCE,
+    )
+    assert child.returncode == 0, child.stderr
+    assert flag.exists(), child.stderr
+
+
 def test_bundles_started_one_after_another_reuse_the_engines_threads(project):
     """A test session starts a bundle per test: the threads that watched one bundle's services
     watch the next one's (the engine keeps them a while), instead of new ones each time."""

@@ -4,8 +4,11 @@ A thin shape over the engine's ``Bundle`` (``hitchserve._native.NativeBundle``):
 readiness, logs, time travel, kernels and shutdown all happen in Rust.
 """
 
+import atexit
 import datetime as _dt
 import os
+import sys
+import weakref
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _native
@@ -14,6 +17,21 @@ from .logs import Logs
 from .service import PathLike, Service, _name_of
 
 __all__ = ["ServiceBundle"]
+
+# Bundles started and not yet shut down: stopped the usual way when the interpreter exits
+# (a script or an IPython session that ends without `shutdown()`, a session fixture that
+# returned its bundle). Left to the engine's guardian, their services would get SIGKILL
+# when this process ends, with no chance to flush or checkpoint.
+_LEFT_RUNNING: "weakref.WeakSet[ServiceBundle]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_bundles_left_running() -> None:
+    for bundle in list(_LEFT_RUNNING):
+        try:
+            bundle.shutdown()
+        except BaseException as e:  # noqa: BLE001 - at exit, say it and go on to the next
+            print(f"hitchserve: stopping a bundle left running at exit: {e}", file=sys.stderr)
 
 
 class ServiceBundle:
@@ -154,6 +172,7 @@ class ServiceBundle:
             self._added = True
             for name, definition in definitions:
                 self._native.add(name, definition)
+        _LEFT_RUNNING.add(self)
         self._native.startup()
         self._started = True
 
@@ -166,6 +185,7 @@ class ServiceBundle:
             self._native.shutdown()
         finally:
             self._shut_down = True
+            _LEFT_RUNNING.discard(self)
 
     def check(self) -> None:
         """Raise :class:`ServiceExited` if any service exited after it was ready (every time

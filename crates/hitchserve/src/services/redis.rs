@@ -68,8 +68,9 @@ impl Redis {
     /// The operating-system user to run as (default: the test's own). Under root, `redis`
     /// keeps a server any local user can reach on its port from running as root; it must
     /// then be able to reach the project directory (not one in a private home such as
-    /// `/root`), and it works in its own `<run>/<Name>/` (a `SAVE` writes there; relative
-    /// paths of `config(..)` are inside it) unless `config("dir", ..)` names another.
+    /// `/root`). Either way it works in its own private `<run>/<Name>/` (a `SAVE` writes
+    /// there; relative paths of `config(..)` are inside it) unless `config("dir", ..)`
+    /// names another.
     pub fn os_user(mut self, name: &str) -> Redis {
         self.os_user = Some(name.to_owned());
         self
@@ -104,17 +105,26 @@ impl Redis {
         );
         let own_dir = self.args.iter().any(|a| a == "--dir");
         argv.extend(self.args.into_iter().map(Into::into));
-        if run_as.is_some() && !own_dir {
-            // A `SAVE` asked of it writes in its own directory (made for the user it runs
-            // as, who may not write the project), unless `config("dir", ..)` chose one.
-            // Redis works in that directory: relative paths in `config(..)` are then
-            // inside it.
+        if !own_dir {
+            // Redis works in a directory of its own, private to the user it runs as: a
+            // `SAVE` (or `BGSAVE`, `CONFIG REWRITE`) asked of it — by anyone who can reach
+            // its port, as any local user can — writes there, never into the project
+            // (under root, a root-owned `dump.rdb` of their making). Relative paths in
+            // `config(..)` are inside it.
             argv.extend(["--dir", "{run}/{service}"].iter().map(Into::into));
         }
-        let svc = Service::new(argv).port(PORT).ready(Ready::all([
+        let mut svc = Service::new(argv).port(PORT).ready(Ready::all([
             Ready::line_contains("Ready to accept connections"),
             Ready::tcp_addr("127.0.0.1:{port.redis}"),
         ]));
+        if !own_dir && run_as.is_none() {
+            // (One run as another user has it already, made for that user.)
+            svc = svc.setup(|ctx| {
+                let dir = ctx.run_dir().join(ctx.service());
+                crate::safepath::make_dir_for(&dir, 0o700, None)?;
+                Ok(())
+            });
+        }
         // Time travel reaches it (our shim: libfaketime, used before, made Debian's
         // jemalloc-built server fail or hang): a key's TTL runs out on a jump.
         match run_as {

@@ -126,6 +126,29 @@ fn redis_as_its_own_user_saves_in_its_own_directory() {
     b.shutdown().unwrap();
 }
 
+/// A `SAVE` asked of a Redis run as the test's own user (root, in CI) — by anyone who can
+/// reach its port — writes in its private directory, never into the project.
+#[test]
+fn redis_saves_in_a_private_directory_of_its_own() {
+    let p = Project::new("redis-save");
+    let mut b = p.bundle();
+    b.add("Redis", Redis::new().service()).unwrap();
+    b.startup().unwrap();
+    let redis = Redis::handle(&b, "Redis").unwrap();
+    redis.cli(["SAVE"]).checked_output().unwrap();
+    let own = b.run_dir().unwrap().join("Redis");
+    assert!(
+        own.join("dump.rdb").exists(),
+        "no dump in {}",
+        own.display()
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&own).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700);
+    assert!(!p.path("dump.rdb").exists());
+    b.shutdown().unwrap();
+}
+
 /// A `config("dir", ..)` of one's own is kept with `os_user` (ours overrode it).
 #[test]
 fn redis_as_its_own_user_keeps_a_dir_of_ones_own() {

@@ -25,6 +25,14 @@ pub(crate) use spawn::ServiceChild;
 
 /// Environment variable that marks every process of a run, so escapees can be found.
 pub(crate) const MARKER_VAR: &str = "HITCHSERVE_RUN";
+/// Environment variable that marks every process of one service of a run
+/// (`<run id>/<name>`), so that a stop by hand finds what left its group.
+pub(crate) const SERVICE_MARKER_VAR: &str = "HITCHSERVE_SERVICE";
+
+/// The value of `SERVICE_MARKER_VAR` for service `name` of run `run_id`.
+pub(crate) fn service_marker(run_id: &str, name: &str) -> String {
+    format!("{run_id}/{name}")
+}
 
 /// Where and as whom a service's processes run, and with what environment.
 #[derive(Clone, Debug)]
@@ -128,11 +136,13 @@ impl ExecEnv {
     }
 }
 
-/// The service's whole environment: the test's, then its own changes, then the run marker.
+/// The service's whole environment: the test's, then its own changes, then the run's and
+/// the service's markers.
 pub(crate) fn service_env(
     base: &[(OsString, OsString)],
     changes: &[(OsString, Option<OsString>)],
     run_id: &str,
+    name: &str,
 ) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = base.to_vec();
     let mut set = |key: &OsStr, value: Option<&OsStr>| {
@@ -145,6 +155,10 @@ pub(crate) fn service_env(
         set(k, v.as_deref());
     }
     set(OsStr::new(MARKER_VAR), Some(OsStr::new(run_id)));
+    set(
+        OsStr::new(SERVICE_MARKER_VAR),
+        Some(OsStr::new(&service_marker(run_id, name))),
+    );
     env
 }
 

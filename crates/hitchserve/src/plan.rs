@@ -343,7 +343,7 @@ fn resolve_one(
             },
         });
     }
-    let mut env = service_env(base_env, &svc.env, run_id);
+    let mut env = service_env(base_env, &svc.env, run_id, name);
     let run_as = match &svc.user {
         None => None,
         Some(user) => {
@@ -363,7 +363,7 @@ fn resolve_one(
                     .filter(|(k, _)| crosses_to_another_user(k))
                     .cloned()
                     .collect();
-                env = service_env(&inherited, &svc.env, run_id);
+                env = service_env(&inherited, &svc.env, run_id, name);
             }
             for (k, v) in [
                 ("HOME", found.dir.as_os_str().to_owned()),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal as NixSignal};
 use nix::unistd::Pid;
 
-use crate::exec::MARKER_VAR;
+use crate::exec::{service_marker, MARKER_VAR, SERVICE_MARKER_VAR};
 use crate::guardian;
 use crate::pidwindow::{PidMark, PidWindow};
 use crate::runtime::state::{Event, Phase, ServiceState};
@@ -27,6 +27,17 @@ use crate::signal::Signal;
 const KILLED_GRACE: Duration = Duration::from_secs(10);
 
 impl Runtime {
+    /// Service `idx`, stopped by hand (`stop`, `restart`, `kill`), is gone: so is what it
+    /// started that left its group (`setsid`, a double fork), found by the service's marker
+    /// as the bundle's stop finds the run's (a worker left listening would take the port
+    /// its next start needs). Not at a crash: what a one-shot leaves behind may be meant to
+    /// run on; the bundle's stop ends it.
+    pub(crate) fn sweep_service(&self, idx: usize) {
+        let marker = service_marker(&self.run.id, &self.services()[idx].name);
+        let needle = format!("{SERVICE_MARKER_VAR}={marker}");
+        sweep(&needle, self.born_after.as_ref(), &self.ended_pids());
+    }
+
     /// Stop every service: stop signal to each group in parallel, SIGKILL to what is left
     /// of each group after `timeout` (the main process exiting first doesn't cut its group's
     /// grace short), then kill whatever left its group. Returns once all are reaped.
@@ -106,7 +117,8 @@ impl Runtime {
         // cgroup, where there is one, and still carry the marker unless they cleared it.
         guardian::kill_cgroup(&self.run.id);
         let ended = self.ended_pids();
-        sweep(&self.run.id, self.born_after.as_ref(), &ended);
+        let needle = format!("{MARKER_VAR}={}", self.run.id);
+        sweep(&needle, self.born_after.as_ref(), &ended);
         let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
         drop(self.wait_stopped(grace, true, all_done));
         self.threads.release_workers();
@@ -289,19 +301,18 @@ impl Runtime {
     }
 }
 
-/// SIGKILL every process whose environment carries this run's marker; repeat until none is
-/// left (a process may fork between two scans). Returns how many were killed. Only the
+/// SIGKILL every process whose environment holds `needle` (a marker, `VAR=value`) as a
+/// whole entry; repeat until none is left (a process may fork between two scans). Returns how many were killed. Only the
 /// processes made since `born_after` can carry it: where the kernel's counters say which
 /// pids those have (see `pidwindow`), only those are looked at. `ended` (sorted) are the pids
 /// of main processes that have exited: one that is still our unreaped child (a zombie holds
 /// its pid: nobody else can have it) is passed over.
-fn sweep(run_id: &str, born_after: Option<&PidMark>, ended: &[u32]) -> usize {
-    let needle = format!("{MARKER_VAR}={run_id}");
+fn sweep(needle: &str, born_after: Option<&PidMark>, ended: &[u32]) -> usize {
     let me = std::process::id();
     let mut killed = 0;
     for _ in 0..50 {
         let window = born_after.and_then(PidMark::window);
-        let found = marked_pids(&needle, me, window.as_ref(), ended);
+        let found = marked_pids(needle, me, window.as_ref(), ended);
         if found.is_empty() {
             break;
         }
@@ -592,7 +603,7 @@ mod tests {
         let mark = PidMark::now().expect("the kernel's counters");
         let mut newer = Sleeper::with(&[(MARKER_VAR, &run)]);
         // (Counted per kill: a process is found again until it has died.)
-        assert!(sweep(&run, Some(&mark), &[]) >= 1);
+        assert!(sweep(&format!("{MARKER_VAR}={run}"), Some(&mark), &[]) >= 1);
         let status = newer.0.wait().expect("reap it");
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
@@ -604,7 +615,7 @@ mod tests {
             [older.0.id()]
         );
         // Without a mark, every process is looked at.
-        assert!(sweep(&run, None, &[]) >= 1);
+        assert!(sweep(&format!("{MARKER_VAR}={run}"), None, &[]) >= 1);
     }
 
     /// An ended pid is passed over only while it is our zombie (it holds the pid): one that

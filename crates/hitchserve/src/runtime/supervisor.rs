@@ -111,6 +111,11 @@ pub(crate) fn supervise(runtime: &Arc<Runtime>, idx: usize, started: Started) ->
     // Whatever is left of its group dies now; the leader is still unreaped, so the pgid
     // can't have been reused.
     group.kill();
+    if expected && !runtime.is_stopping() {
+        // A stop by hand: also what left its group (before the drain: such a process may
+        // hold the pipes).
+        runtime.sweep_service(idx);
+    }
     guardian::forget(pid);
     runtime.dispatch(idx, Event::GroupKilled);
     // Drain what it wrote before it died. A process that escaped the group may hold a

@@ -1068,3 +1068,42 @@ fn a_start_during_the_stop_of_a_stubborn_service_lets_the_stop_kill_it_first() {
     assert!(svc.is_ready() && svc.pid() != Some(old));
     b.shutdown().unwrap();
 }
+
+/// A service whose worker left its process group (`setsid`, as daemons and some servers'
+/// workers do): `stop()` and `restart()` end that worker too (it held the port the next
+/// start needs), as the bundle's stop does.
+#[test]
+fn stop_and_restart_end_what_left_the_services_group() {
+    let p = Project::new("stop-setsid");
+    let mut b = p.bundle();
+    b.add(
+        "App",
+        sh("rm -f worker.pid; setsid sh -c 'echo $$ > worker.pid.new; mv worker.pid.new worker.pid; exec sleep 1000' & \
+            while [ ! -s worker.pid ]; do sleep 0.01; done; echo READY; exec sleep 1000"),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let worker = |p: &Project| -> u32 {
+        std::fs::read_to_string(p.path("worker.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let first = worker(&p);
+    assert!(crate::common::is_alive(first));
+    let app = b.service("App").unwrap();
+    app.restart().unwrap();
+    assert!(
+        crate::common::wait_gone(first, PATIENCE),
+        "restart left {first} running"
+    );
+    let second = worker(&p);
+    assert_ne!(first, second);
+    app.stop().unwrap();
+    assert!(
+        crate::common::wait_gone(second, PATIENCE),
+        "stop left {second} running"
+    );
+    b.shutdown().unwrap();
+}

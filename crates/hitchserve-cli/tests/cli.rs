@@ -693,6 +693,25 @@ fn exec_runs_as_the_services_user() {
     let id = p.run(&["exec", "Db", "--", "id", "-un"]);
     assert!(id.status.success(), "{}", text(&id));
     assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), "nobody");
+    // On a terminal (a pty from `script`), the other user's command is in a session of its
+    // own: the terminal is not its controlling one, so it can't push keystrokes into the
+    // input of the shell that ran `exec` (TIOCSTI). Field 7 of its stat: its terminal.
+    let on_tty = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{BIN} exec Db -- cat /proc/self/stat"),
+            "/dev/null",
+        ])
+        .current_dir(&p.0)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stat = String::from_utf8_lossy(&on_tty.stdout).into_owned();
+    let tty = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(4))
+        .unwrap_or_else(|| panic!("no stat in {stat:?} ({})", text(&on_tty)));
+    assert_eq!(tty, "0", "{stat}");
     down(&p);
 }
 

@@ -150,7 +150,9 @@ impl Subcommand {
     /// `LEFTOVER_DRAIN` at most.
     /// Not captured (`run()`), in the test's process group, as a shell runs a command: it may
     /// use the terminal (a pager, a password prompt), and the terminal's Ctrl-C reaches it;
-    /// what it leaves running carries the run's marker and dies with the bundle.
+    /// what it leaves running carries the run's marker and dies with the bundle. Run as
+    /// another user, it gets a session of its own all the same (the terminal is not its
+    /// controlling one: see `spawn_and_wait`).
     fn spawn_and_wait(&self, capture: bool) -> Result<Output> {
         let spawn_err = |source| Error::Spawn {
             service: self.exec.service.clone(),
@@ -165,6 +167,15 @@ impl Subcommand {
         if capture {
             own_session(&mut cmd);
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        } else if self
+            .exec
+            .run_as
+            .is_some_and(|(uid, _)| uid != crate::safepath::euid())
+        {
+            // Another user's command on our terminal: never as its controlling terminal,
+            // or it could push keystrokes into our shell's input (TIOCSTI) — a root shell,
+            // under root. It still writes there.
+            own_session(&mut cmd);
         }
         let mut child = cmd.spawn().map_err(spawn_err)?;
         // Not joined: a process that left the group may hold its stdin unread; the feeder

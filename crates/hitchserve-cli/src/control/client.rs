@@ -428,11 +428,10 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                 (Some(uid), Some(gid)) => Some((uid as u32, gid as u32)),
                 _ => None,
             };
-            if let Some((uid, gid)) = as_user {
-                if uid != effective_uid() {
-                    use std::os::unix::process::CommandExt;
-                    cmd.uid(uid).gid(gid);
-                }
+            let switched = as_user.is_some_and(|(uid, _)| uid != effective_uid());
+            if let Some((uid, gid)) = as_user.filter(|_| switched) {
+                use std::os::unix::process::CommandExt;
+                cmd.uid(uid).gid(gid);
             }
             // The command ends with us: `exec` killed (a test runner's timeout, a SIGTERM
             // to this process alone) must not leave it running until `down`. SIGTERM, as
@@ -443,6 +442,14 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
             unsafe {
                 use std::os::unix::process::CommandExt;
                 cmd.pre_exec(move || {
+                    // Another user's command on our terminal: in a session of its own, so
+                    // that the terminal is not its controlling one and it can't push
+                    // keystrokes into our shell's input (TIOCSTI: a root shell, under
+                    // root). It still reads and writes the terminal; Ctrl-C reaches us,
+                    // and our end ends it (below).
+                    if switched {
+                        libc::setsid();
+                    }
                     if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -460,7 +467,6 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                 Ok(status) => status,
                 // Like a shell: 127 for a command not found, 126 for one it can't run.
                 Err(e) => {
-                    let switched = as_user.is_some_and(|(uid, _)| uid != effective_uid());
                     let why = match (v["user"].as_str(), switched) {
                         (Some(user), true) => format!(
                             "cannot run `{}` as `{user}`, the service's user: {e}",

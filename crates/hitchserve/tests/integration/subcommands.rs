@@ -255,3 +255,59 @@ fn output_with_a_large_stdin_returns_though_a_process_that_left_holds_it() {
     assert!(crate::common::wait_gone(bg, crate::common::PATIENCE));
     drop(release);
 }
+
+/// Helper for the test below: run, on whatever terminal it was given, a sub-command of a
+/// service run as `nobody` that prints its own stat line.
+#[test]
+#[ignore = "helper, run on a terminal by the test below"]
+fn helper_another_users_run_on_a_terminal() {
+    let p = Project::new("run-tty-helper");
+    std::fs::set_permissions(&p.dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut b = p.bundle();
+    b.add("Db", sh("echo READY; exec sleep 1000").user("nobody"))
+        .unwrap();
+    b.startup().unwrap();
+    let svc = b.service("Db").unwrap();
+    svc.subcommand(["sh", "-c", "echo STAT $(cat /proc/self/stat)"])
+        .run()
+        .unwrap();
+    b.shutdown().unwrap();
+}
+
+/// `run()` of another user's sub-command (`psql` as `postgres`, under root) on the test's
+/// terminal: in a session of its own, the terminal not its controlling one, so it can't
+/// push keystrokes into the input of the shell the tests run from (TIOCSTI).
+#[test]
+fn another_users_run_never_gets_the_terminal_as_its_own() {
+    if !crate::common::is_root() {
+        eprintln!("skipped: only root runs services as another user");
+        return;
+    }
+    let helper =
+        crate::common::helper_process("subcommands::helper_another_users_run_on_a_terminal", &[]);
+    let line = format!(
+        "{} {}",
+        helper.get_program().to_string_lossy(),
+        helper
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    let stat = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("STAT "))
+        .unwrap_or_else(|| panic!("no stat line in {text}"));
+    let tty = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(4))
+        .unwrap();
+    assert_eq!(tty, "0", "{stat}");
+}

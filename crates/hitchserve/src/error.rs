@@ -161,7 +161,8 @@ pub enum Error {
 
     /// The service exited while the bundle waited for it to become ready.
     #[error(
-        "service `{service}` exited before it was ready ({status}){}{}",
+        "service `{service}` exited before it was ready ({status}){}{}{}",
+        daemon_hint(status),
         lines_section(service, last_lines),
         log_section(log)
     )]
@@ -221,7 +222,8 @@ pub enum Error {
 
     /// A service that was ready has exited on its own.
     #[error(
-        "service `{service}` exited unexpectedly ({status}){}{}",
+        "service `{service}` exited unexpectedly ({status}){}{}{}",
+        daemon_hint(status),
         lines_section(service, last_lines),
         log_section(log)
     )]
@@ -504,6 +506,19 @@ fn last_lines(n: usize) -> String {
     match n {
         1 => "last line".to_owned(),
         n => format!("last {n} lines"),
+    }
+}
+
+/// For a server that exited 0 on its own: it has most likely gone to the background, which
+/// hitchserve can't watch (what it left running dies with the bundle).
+fn daemon_hint(status: &ExitStatus) -> &'static str {
+    match status {
+        ExitStatus::Code(0) => {
+            ": a server that exits 0 on its own has usually gone to the background (daemonized); \
+             run it in the foreground (redis-server `--daemonize no`, nginx `-g 'daemon off;'`, \
+             a `--foreground` or `--no-daemon` option)"
+        }
+        _ => "",
     }
 }
 

@@ -229,3 +229,26 @@ fn an_error_debug_prints_the_human_message_a_failing_test_shows() {
     assert!(debug.contains(&all_log.display().to_string()), "{debug}");
     assert_eq!(err.kind(), "ExitedBeforeReady");
 }
+
+/// A server that goes to the background (its main process exits 0 at once, as
+/// `redis-server --daemonize yes` does): the error says what probably happened and what to
+/// do, and what it left running dies with the bundle.
+#[test]
+fn a_server_that_daemonizes_is_told_to_run_in_the_foreground() {
+    let p = Project::new("daemonizes");
+    let mut b = p.bundle();
+    b.add(
+        "Daemon",
+        sh("setsid sh -c 'exec sleep 1000' > /dev/null 2>&1 < /dev/null & exit 0"),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err().to_string();
+    assert!(
+        err.contains("exited before it was ready (exit code 0)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("daemonized") && err.contains("foreground"),
+        "{err}"
+    );
+}

@@ -357,7 +357,7 @@ impl LogStore {
         let path = inner.file_path.as_deref().unwrap_or(Path::new("all.log"));
         let f = inner.failure.as_ref().map_or("", |f| f.reason.as_str());
         format!(
-            "could not write `{}` ({f}): {} missing from it so far; later lines are kept in memory only, and beyond the log memory limit ({}) the oldest of them are dropped (Bundle::log_stats counts them)",
+            "could not write `{}` ({f}): {} missing from it so far; later lines are kept in memory only, and beyond the log memory limit ({}) the oldest of them are dropped (the log stats count them)",
             path.display(),
             amount(inner.unwritten.0, inner.unwritten.1),
             bytes(inner.limit as u64),

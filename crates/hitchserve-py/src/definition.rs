@@ -26,6 +26,8 @@ use crate::wait::lock;
 pub(crate) struct ServiceDef {
     service: Mutex<Option<Service>>,
     ready: Mutex<Option<Py<PyAny>>>,
+    /// Probes that must pass too (`ready_tcp`, `ready_http`, `ready_file` of a `Service`).
+    probes: Mutex<Vec<hitchserve::Ready>>,
     setup: Mutex<Option<Py<PyAny>>>,
     poststart: Mutex<Option<Py<PyAny>>>,
 }
@@ -35,6 +37,7 @@ impl ServiceDef {
         ServiceDef {
             service: Mutex::new(Some(service)),
             ready: Mutex::new(None),
+            probes: Mutex::new(Vec::new()),
             setup: Mutex::new(None),
             poststart: Mutex::new(None),
         }
@@ -55,8 +58,17 @@ impl ServiceDef {
         let mut svc = lock(&self.service)
             .take()
             .ok_or_else(|| PyRuntimeError::new_err("this definition was already added"))?;
-        if let Some(pred) = lock(&self.ready).take() {
-            svc = svc.ready_when(ready_check(pred, Arc::clone(raised), name.to_owned()));
+        let pred = lock(&self.ready).take();
+        let mut checks = std::mem::take(&mut *lock(&self.probes));
+        if let Some(pred) = pred {
+            let line = ready_check(pred, Arc::clone(raised), name.to_owned());
+            checks.insert(0, hitchserve::Ready::line(line));
+        }
+        // The line check and every probe must pass (one alone is itself).
+        match checks.len() {
+            0 => {}
+            1 => svc = svc.ready(checks.remove(0)),
+            _ => svc = svc.ready(hitchserve::Ready::all(checks)),
         }
         if let Some(hook) = lock(&self.setup).take() {
             let raised = Arc::clone(raised);
@@ -151,6 +163,22 @@ impl ServiceDef {
     /// Ready when the TCP address (`host:port`, templates allowed) accepts connections.
     fn ready_tcp(&self, addr: String) -> PyResult<()> {
         self.update(|s| s.ready(hitchserve::Ready::tcp_addr(addr)))
+    }
+
+    /// Also ready only once the TCP address (`host:port`, templates allowed) accepts a
+    /// connection.
+    fn probe_tcp(&self, addr: String) {
+        lock(&self.probes).push(hitchserve::Ready::tcp_addr(addr));
+    }
+
+    /// Also ready only once an HTTP GET of `url` answers with a status below 500.
+    fn probe_http(&self, url: String) {
+        lock(&self.probes).push(hitchserve::Ready::http(url));
+    }
+
+    /// Also ready only once this start has made (or written) the file `path`.
+    fn probe_file(&self, path: PathBuf) {
+        lock(&self.probes).push(hitchserve::Ready::file(path));
     }
 
     /// Run `hook(ctx)` before the service starts.

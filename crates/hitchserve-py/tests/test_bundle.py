@@ -570,3 +570,61 @@ def test_a_service_in_a_bundle_still_running_is_refused_by_another(tmp_path):
     second = hitchserve.ServiceBundle(str(tmp_path), startup_timeout=PATIENCE)
     with pytest.raises(hitchserve.DefinitionError, match="shut that one down first"):
         second["Web"] = web
+
+
+# A server that says nothing, and listens only a moment after it starts.
+SILENT_SERVER = """
+    import http.server, sys, time
+    time.sleep(0.3)
+    class Quiet(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.end_headers(); self.wfile.write(b"ok")
+        def log_message(self, *args):
+            pass
+    http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Quiet).serve_forever()
+"""
+
+
+@pytest.mark.parametrize("probe", ["tcp", "http"])
+def test_a_silent_server_is_waited_for_with_a_probe(project, probe):
+    """memcached or nginx say nothing when ready: ``ready_tcp`` / ``ready_http`` wait for
+    the port (without one, ``startup()`` returned before it listened)."""
+    import urllib.request
+
+    kwargs = (
+        {"ready_tcp": "127.0.0.1:{port.http}"}
+        if probe == "tcp"
+        else {"ready_http": "http://127.0.0.1:{port.http}/"}
+    )
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE, quiet=True)
+    bundle["Web"] = hitchserve.Service(
+        command=py(SILENT_SERVER) + ["{port.http}"], ports=["http"], **kwargs
+    )
+    with bundle:
+        bundle.startup()
+        port = bundle["Web"].port("http")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=PATIENCE) as r:
+            assert r.read() == b"ok"
+
+
+def test_a_ready_file_and_a_line_check_must_both_pass(project):
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE, quiet=True)
+    bundle["Flag"] = hitchserve.Service(
+        command=["sh", "-c", "echo STARTING; echo READY; touch flag; exec sleep 1000"],
+        log_line_ready_checker=lambda line: line == "READY",
+        ready_file="flag",
+    )
+    with bundle:
+        bundle.startup()
+        assert (project / "flag").exists()
+        assert bundle["Flag"].logs.out.lines() == ["STARTING", "READY"]
+
+
+def test_probes_that_are_no_address_are_refused_where_given():
+    with pytest.raises(ValueError, match="host:port"):
+        hitchserve.Service(command=["true"], ready_tcp="8080x")
+    with pytest.raises(ValueError, match="1 to 65535"):
+        hitchserve.Service(command=["true"], ready_tcp=0)
+    with pytest.raises(TypeError, match="http://"):
+        hitchserve.Service(command=["true"], ready_http="localhost:8080")
+    assert hitchserve.Service(command=["true"], ready_tcp=8080).ready_tcp == "127.0.0.1:8080"

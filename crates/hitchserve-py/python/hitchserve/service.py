@@ -97,6 +97,27 @@ class Subcommand:
         return f"Subcommand({self.argv!r})"
 
 
+def _checked_tcp(value: Union[None, int, str]) -> Optional[str]:
+    """``ready_tcp`` as the engine takes it: ``"host:port"``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(
+            f"ready_tcp must be a port number or 'host:port', not a {type(value).__name__}: "
+            f"e.g. ready_tcp='127.0.0.1:{{port.http}}'"
+        )
+    if isinstance(value, int):
+        if not 0 < value < 65536:
+            raise ValueError(f"ready_tcp must be a port from 1 to 65535, not {value}")
+        return f"127.0.0.1:{value}"
+    if ":" not in value:
+        raise ValueError(
+            f"ready_tcp must be 'host:port' (or a port number), not {value!r}: "
+            f"e.g. ready_tcp='127.0.0.1:{{port.http}}'"
+        )
+    return value
+
+
 class Service:
     """A service to run in a :class:`~hitchserve.ServiceBundle`.
 
@@ -110,6 +131,13 @@ class Service:
     Beyond the original's arguments: ``ports`` (names of ports to reserve, used as
     ``{port.NAME}`` in the command and environment), ``needs_started``,
     ``needs_completed``, ``stop_signal`` (e.g. ``"SIGINT"``), ``user`` and ``one_shot``.
+
+    Readiness probes, for a service that says nothing when it is ready (memcached, nginx):
+    ``ready_tcp`` (a port number on 127.0.0.1, or ``"host:port"``: ready once it accepts a
+    connection), ``ready_http`` (a ``http://`` URL: ready once a GET answers with a status
+    below 500) and ``ready_file`` (a path: ready once this start has made or written it).
+    Each takes templates (``"127.0.0.1:{port.http}"``); with ``log_line_ready_checker``
+    too, all must pass.
 
     ``restart`` is what happens when it exits unasked after startup: ``"never"`` (the
     default: the exit is reported by ``check()``, the next time travel or ``shutdown()``,
@@ -145,6 +173,9 @@ class Service:
         restart: str = "never",
         max_restarts: Optional[int] = None,
         restart_backoff: Union[None, float, _dt.timedelta] = None,
+        ready_tcp: Union[None, int, str] = None,
+        ready_http: Optional[str] = None,
+        ready_file: Optional[PathLike] = None,
     ) -> None:
         if isinstance(command, (str, bytes)):
             raise TypeError(
@@ -187,6 +218,20 @@ class Service:
         self.max_restarts = max_restarts
         self.restart_backoff = restart_backoff
         _check_restart(restart, max_restarts, restart_backoff)
+        self.ready_tcp = _checked_tcp(ready_tcp)
+        if ready_http is not None and not (
+            isinstance(ready_http, str) and ready_http.startswith("http://")
+        ):
+            raise TypeError(
+                f"ready_http must be a plain http:// URL (a str), not {ready_http!r}: "
+                f"e.g. ready_http='http://127.0.0.1:{{port.http}}/health'"
+            )
+        self.ready_http = ready_http
+        if ready_file is not None and not isinstance(ready_file, (str, os.PathLike)):
+            raise TypeError(
+                f"ready_file must be a path (a str or pathlib.Path), not a {type(ready_file).__name__}"
+            )
+        self.ready_file = ready_file
         self.name: Optional[str] = None
         self._bundle: Any = None
         self._ctx: Any = None
@@ -214,6 +259,12 @@ class Service:
         d = self._base_definition()
         if self.log_line_ready_checker is not None:
             d.ready_when(self.log_line_ready_checker)
+        if self.ready_tcp is not None:
+            d.probe_tcp(self.ready_tcp)
+        if self.ready_http is not None:
+            d.probe_http(self.ready_http)
+        if self.ready_file is not None:
+            d.probe_file(os.fspath(self.ready_file))
         if self.directory is not None:
             d.directory(os.fspath(self.directory))
         for key, value in _check_env_vars(self.env_vars).items():

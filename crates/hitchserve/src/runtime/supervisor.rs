@@ -328,7 +328,9 @@ const BOTH_AT_MOST: usize = 4 * 1024 * 1024;
 /// to the other before it (a test that waits for `done` on stdout and then looks for a
 /// traceback on stderr): they were in their pipe when this one's line was read.
 fn read_both(out: &mut StreamReader<'_>, err: &mut StreamReader<'_>, checker: &Checker) {
-    let _wake = WakeTails(&out.runtime.sink.store);
+    // Held back from tails even if another service's reader or the bundle publishes
+    // meanwhile; shown (and tails woken) when dropped.
+    let _hold = Hold::new(&out.runtime.sink.store);
     let mut total = 0;
     loop {
         let n = out.read_some(checker, true) + err.read_some(checker, true);
@@ -558,6 +560,28 @@ impl Runtime {
         let pass = self.early.pass();
         self.milestone.notify_all();
         Some(pass)
+    }
+}
+
+/// A hold of the store's publishing (see `LogStore::hold`), let go when dropped, also if
+/// delivering panicked on the way.
+struct Hold<'a> {
+    store: &'a LogStore,
+    at: usize,
+}
+
+impl<'a> Hold<'a> {
+    fn new(store: &'a LogStore) -> Hold<'a> {
+        Hold {
+            at: store.hold(),
+            store,
+        }
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.store.release(self.at);
     }
 }
 

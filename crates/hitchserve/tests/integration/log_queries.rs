@@ -418,9 +418,10 @@ fn a_timeout_shows_the_line_the_service_has_started_but_not_ended() {
     }
 }
 
-/// A service writes many lines to stderr, then `DONE` to stdout: a wait for `DONE` finds
-/// every one of those stderr lines stored (a test that waits for the end and then looks
-/// for a traceback must not pass while it is still in the pipe).
+/// A service writes many lines to stderr, then `DONE` to stdout, beside a service that
+/// writes without pause (whose reader shows tails its own lines all the time): a wait for
+/// `DONE` finds every one of those stderr lines stored (a test that waits for the end and
+/// then looks for a traceback must not pass while it is still in the pipe).
 #[test]
 fn a_wait_for_a_stdout_line_finds_the_stderr_lines_written_before_it() {
     const WRITER: &str = "import sys\n\
@@ -430,11 +431,15 @@ fn a_wait_for_a_stdout_line_finds_the_stderr_lines_written_before_it() {
         sys.stderr.flush()\n\
         print('DONE', flush=True)\n\
         sys.stdin.readline()\n";
+    const CHATTY: &str = "import sys, os\n\
+        print('READY', flush=True)\n\
+        while True:\n    os.write(1, b'chat\\n')\n";
     let p = Project::new("stderr-before-stdout");
+    let mut short = Vec::new();
     for round in 0..5 {
         let mut b = p.bundle();
-        // Its stdin a fifo the test opens: a line there starts the writing, after the tail
-        // below is taken.
+        // Its stdin a fifo the test opens: a line there starts the writing, once the tail
+        // below is taken. Kept open until the end: its end would end the service.
         let fifo = p.path(&format!("go-{round}"));
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let script = format!("exec python3 -c \"$0\" < {}", fifo.display());
@@ -443,21 +448,27 @@ fn a_wait_for_a_stdout_line_finds_the_stderr_lines_written_before_it() {
             Service::new(["sh", "-c", &script, WRITER]).ready_when(|l| l == "READY"),
         )
         .unwrap();
-        // Kept open until the end: its end would end the service.
-        let go = std::thread::spawn(move || {
-            let mut fifo = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
-            std::io::Write::write_all(&mut fifo, b"go\n").unwrap();
-            fifo
-        });
+        b.add(
+            "Chatty",
+            Service::new(["python3", "-c", CHATTY]).ready_when(|l| l == "READY"),
+        )
+        .unwrap();
+        let go =
+            std::thread::spawn(move || std::fs::OpenOptions::new().write(true).open(fifo).unwrap());
         b.startup().unwrap();
-        let _fifo = go.join().unwrap();
+        let mut fifo = go.join().unwrap();
         let svc = b.service("Writer").unwrap();
-        svc.logs()
-            .out()
-            .tail()
-            .until(|l| l == "DONE", PATIENCE)
-            .unwrap();
-        assert_eq!(svc.logs().err().len(), 60000, "round {round}");
+        let mut tail = svc.logs().out().tail();
+        std::io::Write::write_all(&mut fifo, b"go\n").unwrap();
+        tail.until(|l| l == "DONE", PATIENCE).unwrap();
+        let n = svc.logs().err().len();
+        if n != 60000 {
+            short.push((round, n));
+        }
         b.shutdown().unwrap();
     }
+    assert!(
+        short.is_empty(),
+        "stderr lines seen when DONE was: {short:?}"
+    );
 }

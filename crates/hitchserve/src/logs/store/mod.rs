@@ -151,10 +151,33 @@ struct Inner {
     /// tail that has caught up with a chatty service costs its reader more).
     sleeping_tails: u32,
     /// Lines tails may see: all but those of a read still being stored (see
-    /// `LogStore::wake_tails`), so that what one read brought — both pipes' lines, when
-    /// both had some — is seen whole, never a line of one pipe before the other's earlier
-    /// lines. Queries other than tails see every line stored.
+    /// `LogStore::wake_tails`) and those from the start of a read held back (`holds`), so
+    /// that what one read of both pipes brought is seen whole, never a line of one pipe
+    /// before the other's earlier lines — whoever else publishes meanwhile. Queries other
+    /// than tails see every line stored.
     published: usize,
+    /// Where each read held back (see `LogStore::hold`) began: nothing from there on is
+    /// published until it is let go.
+    holds: Vec<usize>,
+}
+
+impl Inner {
+    /// Publish what may be (everything before the first held-back read); whether that
+    /// showed tails more.
+    fn publish(&mut self) -> bool {
+        let upto = self
+            .holds
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(usize::MAX)
+            .min(self.index.len());
+        let moved = upto > self.published;
+        if moved {
+            self.published = upto;
+        }
+        moved
+    }
 }
 
 /// The start of a line a source has not ended, as published after a quiet period.
@@ -245,6 +268,7 @@ impl LogStore {
                 kept: HashMap::new(),
                 sleeping_tails: 0,
                 published: 0,
+                holds: Vec::new(),
             }),
             grown: Condvar::new(),
             unwoken: AtomicBool::new(false),

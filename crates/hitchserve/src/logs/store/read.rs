@@ -682,4 +682,35 @@ mod tests {
         let lines: Vec<_> = held.into_lines().map(|l| l.seq()).collect();
         assert_eq!(lines, (0..WAIT_BATCH as u64).collect::<Vec<_>>());
     }
+
+    /// A tail that looks after a reader's append of part of a read (nobody asleep then,
+    /// so nobody to wake) and falls asleep before the read's end publishes it: the end
+    /// wakes it.
+    #[test]
+    fn a_tail_asleep_since_a_reads_append_is_woken_by_its_end() {
+        use std::sync::Arc;
+        let store = Arc::new(LogStore::new());
+        let a = store.source(Some(0), "A", Part::Main, Stream::Stdout);
+        store.append(&a, &[(b"DONE".as_slice(), End::Newline)], false, false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s2 = Arc::clone(&store);
+        std::thread::spawn(move || {
+            let (mut pos, mut seen) = (0, 0);
+            let got = matches!(
+                s2.next_batch(&Filter::service(None), &mut pos, &mut seen, None),
+                Batch::Held(_) | Batch::Lines(_)
+            );
+            tx.send(got).unwrap();
+        });
+        // Until the tail is asleep (a state nothing announces: polled).
+        while store.lock().sleeping_tails == 0 {
+            std::thread::yield_now();
+        }
+        store.wake_tails();
+        assert_eq!(
+            rx.recv_timeout(std::time::Duration::from_secs(30)),
+            Ok(true),
+            "the tail was never woken for the line published to it"
+        );
+    }
 }

@@ -225,7 +225,7 @@ impl LogStore {
         }
         if wake || behind {
             // (Shown before a wait for the writer too: the lines are there to see.)
-            inner.published = inner.index.len();
+            inner.publish();
         }
         if inner.sleeping_tails > 0 {
             if wake || behind {
@@ -240,16 +240,39 @@ impl LogStore {
         stored
     }
 
-    /// Show tails the lines appended without `wake`, and wake those asleep.
+    /// Show tails the lines appended without `wake`, and wake those asleep: those that were
+    /// when the lines came (`unwoken`), and those that fell asleep since, having seen only
+    /// what was published.
     pub(crate) fn wake_tails(&self) {
         let mut inner = self.lock();
-        inner.published = inner.index.len();
+        let moved = inner.publish();
+        let sleepers = inner.sleeping_tails > 0;
         drop(inner);
-        // The tails were asleep when the flag was set (see `unwoken`): a notify without
-        // the lock reaches them.
-        if self.unwoken.swap(false, Ordering::AcqRel) {
+        // The tails were asleep when the flag was set (see `unwoken`), or were just now:
+        // a notify without the lock reaches them.
+        if self.unwoken.swap(false, Ordering::AcqRel) || (moved && sleepers) {
             self.grown.notify_all();
         }
+    }
+
+    /// Hold back from tails every line appended from now on (by anyone) until `release`:
+    /// what one read of both pipes brings is then seen whole. Returns the hold, for
+    /// `release`.
+    pub(crate) fn hold(&self) -> usize {
+        let mut inner = self.lock();
+        let at = inner.index.len();
+        inner.holds.push(at);
+        at
+    }
+
+    /// Let go of the hold `at` (see `hold`), and show tails what may be shown now.
+    pub(crate) fn release(&self, at: usize) {
+        let mut inner = self.lock();
+        if let Some(i) = inner.holds.iter().position(|&h| h == at) {
+            inner.holds.swap_remove(i);
+        }
+        drop(inner);
+        self.wake_tails();
     }
 
     /// Show `bytes`, the start of a line `source` has not ended, to tails (replacing what

@@ -77,9 +77,14 @@ impl ServiceHandle {
         )
     }
 
-    /// The service's whole environment (as it was started with: fake time included).
+    /// The service's whole environment (as it was started with: fake time included), for
+    /// a command run beside it: without the service's own marker, which a stop of the
+    /// service by hand looks for (the run's marker stays: such a command dies with the
+    /// bundle).
     pub fn environment(&self) -> Vec<(OsString, OsString)> {
-        self.runtime.services()[self.idx].exec.env.clone()
+        let mut env = self.runtime.services()[self.idx].exec.env.clone();
+        env.retain(|(k, _)| k != crate::exec::SERVICE_MARKER_VAR);
+        env
     }
 
     /// The service's working directory.

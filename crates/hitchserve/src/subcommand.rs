@@ -64,10 +64,16 @@ impl Output {
 }
 
 impl Subcommand {
-    /// `argv` run like the service `exec` describes (its user included).
+    /// `argv` run like the service `exec` describes (its user included), but not as part
+    /// of it: without the service's own marker, so that a stop of the service by hand
+    /// doesn't end a command run beside it (the run's marker stays: it dies with the
+    /// bundle).
     pub(crate) fn new(exec: &ExecEnv, argv: Vec<OsString>) -> Subcommand {
+        let mut exec = exec.clone();
+        exec.env
+            .retain(|(k, _)| k != crate::exec::SERVICE_MARKER_VAR);
         Subcommand {
-            exec: exec.clone(),
+            exec,
             argv,
             stdin: None,
             set: Vec::new(),

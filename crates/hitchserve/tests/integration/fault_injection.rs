@@ -1093,11 +1093,25 @@ fn stop_and_restart_end_what_left_the_services_group() {
     let first = worker(&p);
     assert!(crate::common::is_alive(first));
     let app = b.service("App").unwrap();
+    // A client the test runs beside it, in its environment, is not the service's: it
+    // lives through the restart.
+    let mut beside = std::process::Command::new("sleep")
+        .arg("1000")
+        .env_clear()
+        .envs(app.environment())
+        .spawn()
+        .unwrap();
     app.restart().unwrap();
     assert!(
         crate::common::wait_gone(first, PATIENCE),
         "restart left {first} running"
     );
+    assert!(
+        beside.try_wait().unwrap().is_none(),
+        "restart ended a command beside it"
+    );
+    let _ = beside.kill();
+    let _ = beside.wait();
     let second = worker(&p);
     assert_ne!(first, second);
     app.stop().unwrap();

@@ -712,6 +712,33 @@ fn exec_runs_as_the_services_user() {
         .and_then(|(_, rest)| rest.split_whitespace().nth(4))
         .unwrap_or_else(|| panic!("no stat in {stat:?} ({})", text(&on_tty)));
     assert_eq!(tty, "0", "{stat}");
+    // The terminal's Ctrl-C reaches the command all the same (passed on by `exec`): it
+    // stops a query, not the session.
+    let mut on_tty = Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "{BIN} exec Db -- sh -c 'trap \"echo GOT-INT; exit 0\" INT; echo WAITING; \
+                 while true; do sleep 0.1; done'"
+            ),
+            "/dev/null",
+        ])
+        .current_dir(&p.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(on_tty.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("WAITING") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no WAITING");
+    }
+    std::io::Write::write_all(on_tty.stdin.as_mut().unwrap(), b"\x03").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(rest.contains("GOT-INT"), "{rest}");
+    assert!(on_tty.wait().unwrap().success());
     down(&p);
 }
 

@@ -29,6 +29,50 @@ use crate::ExitCode;
 /// The requests a bundle answers while it starts (on its `starting` socket): what only looks.
 const WHILE_STARTING: &[&str] = &["status", "logs", "now"];
 
+/// The pid `ForwardSignals` passes SIGINT and SIGQUIT on to (0: none).
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+/// While it lives, SIGINT and SIGQUIT sent to us (the terminal's Ctrl-C and Ctrl-\) go to
+/// the child `pid` instead; as before once dropped.
+struct ForwardSignals(Vec<(libc::c_int, libc::sighandler_t)>);
+
+impl ForwardSignals {
+    fn to(pid: u32) -> ForwardSignals {
+        FORWARD_TO.store(pid as i32, std::sync::atomic::Ordering::SeqCst);
+        let handler = forward_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: installing a handler that only calls kill (async-signal-safe); `signal`
+        // on Linux (glibc) restarts interrupted calls, so the wait goes on.
+        ForwardSignals(
+            [libc::SIGINT, libc::SIGQUIT]
+                .into_iter()
+                .map(|sig| (sig, unsafe { libc::signal(sig, handler) }))
+                .collect(),
+        )
+    }
+}
+
+impl Drop for ForwardSignals {
+    fn drop(&mut self) {
+        for &(sig, before) in &self.0 {
+            // SAFETY: putting back the disposition `signal` returned.
+            unsafe {
+                libc::signal(sig, before);
+            }
+        }
+        FORWARD_TO.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// `conn`, if the process listening at its other end runs as a trusted user (us, root, the
 /// project's owner): what a bundle answers is acted on (the environment `exec` runs a
 /// command with, a pid), so another user's process listening there must never be heard.
@@ -463,7 +507,12 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                 eprintln!("hitchserve: the service's directory `{dir}` is gone: cannot run a command in it");
                 return Ok(ExitCode::from(126));
             }
-            let status = match cmd.status() {
+            let status = match cmd.spawn().and_then(|mut child| {
+                // In a session of its own (another user's), the terminal's Ctrl-C and Ctrl-\
+                // reach only us: passed on, so that they stop a query, not the session.
+                let _forwarding = switched.then(|| ForwardSignals::to(child.id()));
+                child.wait()
+            }) {
                 Ok(status) => status,
                 // Like a shell: 127 for a command not found, 126 for one it can't run.
                 Err(e) => {

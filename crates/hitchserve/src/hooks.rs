@@ -32,6 +32,20 @@ impl Hook {
         Hook(Arc::new(f))
     }
 
+    /// `hook` run after `before`, if there is one (and if it succeeded).
+    pub(crate) fn after(
+        before: Option<Hook>,
+        hook: impl Fn(&HookContext<'_>) -> HookResult + Send + Sync + 'static,
+    ) -> Hook {
+        match before {
+            None => Hook::new(hook),
+            Some(before) => Hook::new(move |ctx| {
+                (before.0)(ctx)?;
+                hook(ctx)
+            }),
+        }
+    }
+
     /// Run it; a panic becomes an error message.
     pub(crate) fn call(&self, ctx: &HookContext<'_>) -> std::result::Result<(), String> {
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(ctx))) {

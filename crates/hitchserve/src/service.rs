@@ -322,23 +322,26 @@ impl Service {
 
     /// Code to run before the service starts (e.g. `initdb`), in the startup timeout and in
     /// the service's environment; see [`HookContext`] for what it can do. Its output is
-    /// labelled `Setup Name`. An error or a panic fails startup.
+    /// labelled `Setup Name`. An error or a panic fails startup. Given again (a setup of
+    /// yours on a ready-made service, whose own makes its directories), it runs after the
+    /// one given before, if that succeeded.
     pub fn setup(
         mut self,
         hook: impl Fn(&HookContext<'_>) -> HookResult + Send + Sync + 'static,
     ) -> Service {
-        self.setup = Some(Hook::new(hook));
+        self.setup = Some(Hook::after(self.setup.take(), hook));
         self
     }
 
     /// Code to run once the service is ready (e.g. `CREATE USER`); services that need this
     /// one start only after it has finished. Its output is labelled `Post Name`. An error
-    /// or a panic fails startup.
+    /// or a panic fails startup. Given again, it runs after the one given before, if that
+    /// succeeded.
     pub fn poststart(
         mut self,
         hook: impl Fn(&HookContext<'_>) -> HookResult + Send + Sync + 'static,
     ) -> Service {
-        self.poststart = Some(Hook::new(hook));
+        self.poststart = Some(Hook::after(self.poststart.take(), hook));
         self
     }
 

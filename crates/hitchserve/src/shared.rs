@@ -351,28 +351,59 @@ impl SharedBundle {
     }
 
     /// The control socket, reached inside the project's private directory (through our
-    /// descriptor of it when the path is too long for `sun_path`).
+    /// descriptor of it when the path is too long for `sun_path`), never through a link,
+    /// and heard only if the directory and the process listening are a trusted user's (us,
+    /// root, the project's owner: as the CLI checks them) — what it answers is acted on.
     fn connect(&self) -> Result<UnixStream> {
         let dir = self.project.join(".hitchserve").join("control");
         let fd: OwnedFd = nix::fcntl::open(
             &dir,
             nix::fcntl::OFlag::O_PATH
                 | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_NOFOLLOW
                 | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .map_err(|e| self.error(format!("cannot open `{}`: {e}", dir.display())))?;
+        let trusted = |uid: u32| {
+            uid == crate::safepath::euid()
+                || uid == 0
+                || std::fs::metadata(&self.project)
+                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == uid)
+        };
+        let meta = nix::sys::stat::fstat(&fd)
+            .map_err(|e| self.error(format!("cannot inspect `{}`: {e}", dir.display())))?;
+        if !trusted(meta.st_uid) || meta.st_mode & 0o022 != 0 {
+            return Err(self.error(format!(
+                "refusing `{}`: owned by uid {} (mode {:o}), not a private directory of \
+                 yours, root's or the project owner's; remove it",
+                dir.display(),
+                meta.st_uid,
+                meta.st_mode & 0o7777
+            )));
+        }
         let direct = dir.join("control.sock");
         let address = match direct.as_os_str().len() {
             ..=107 => direct,
             _ => PathBuf::from(format!("/proc/self/fd/{}/control.sock", fd.as_raw_fd())),
         };
-        UnixStream::connect(&address).map_err(|e| {
+        let conn = UnixStream::connect(&address).map_err(|e| {
             self.error(format!(
                 "the shared bundle is not running (any more): {e}; see `{}`",
                 self.project.join(".hitchserve").join("up.log").display()
             ))
-        })
+        })?;
+        let peer = nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(|e| self.error(format!("cannot tell who answers on its socket: {e}")))?;
+        if !trusted(peer.uid()) {
+            return Err(self.error(format!(
+                "refusing its socket: the process listening there runs as uid {}, neither you, \
+                 root nor the project's owner; stop it, and remove `{}`",
+                peer.uid(),
+                dir.display()
+            )));
+        }
+        Ok(conn)
     }
 
     /// A service of the bundle.

@@ -15,7 +15,8 @@
 //! Bounded, as anything on a port other local users can reach must be: a line longer than
 //! `MAX_LINE`, a message bigger than `MAX_MESSAGE` or a connection past `MAX_CONNECTIONS`
 //! is refused with an SMTP error and the connection closed (one client sending bytes
-//! without a newline grew the mock's memory without end).
+//! without a newline grew the mock's memory without end), and a client silent for `IDLE`
+//! is let go.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -93,6 +94,7 @@ pub fn run(args: impl IntoIterator<Item = String>) -> i32 {
 
 /// One SMTP conversation.
 fn serve(stream: TcpStream) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(IDLE))?;
     let mut out = stream.try_clone()?;
     let mut input = BufReader::new(stream);
     let mut from = String::new();
@@ -232,8 +234,12 @@ fn read_line(input: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<Li
     })
 }
 
-/// How long a refused client's remaining bytes are read (and dropped) after the refusal.
+/// How long a refused client's remaining bytes are read (and dropped) after the refusal,
+/// at most.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a client may stay silent before its connection is closed (a place among
+/// `MAX_CONNECTIONS` is not held for ever).
+const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Say `reply` and end the conversation. What the client still sends is read and dropped
 /// for a while (`MAX_MESSAGE` bytes, `LINGER` of silence at most): closed with it unread,
@@ -243,7 +249,15 @@ fn refuse(out: &mut TcpStream, input: &mut impl Read, reply: &str) -> std::io::R
     out.write_all(b"\r\n")?;
     out.shutdown(std::net::Shutdown::Write)?;
     out.set_read_timeout(Some(LINGER))?;
-    let _ = std::io::copy(&mut input.take(MAX_MESSAGE as u64), &mut std::io::sink());
+    let until = std::time::Instant::now() + LINGER;
+    let mut buf = [0u8; 64 * 1024];
+    let mut left = MAX_MESSAGE;
+    while left > 0 && std::time::Instant::now() < until {
+        match input.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
     Ok(())
 }
 

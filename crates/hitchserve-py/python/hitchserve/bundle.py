@@ -31,7 +31,7 @@ def _stop_bundles_left_running() -> None:
         try:
             bundle.shutdown()
         except BaseException as e:  # noqa: BLE001 - at exit, say it and go on to the next
-            print(f"hitchserve: stopping a bundle left running at exit: {e}", file=sys.stderr)
+            print(f"hitchserve: stopping a bundle left running at exit: {e!r}", file=sys.stderr)
 
 
 class ServiceBundle:

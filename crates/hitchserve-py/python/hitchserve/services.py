@@ -29,6 +29,12 @@ class _ReadyMade(Service):
                 raise TypeError(
                     f"{type(self).__name__} has its own {hook} hook: wrap a plain Service instead of overriding it"
                 )
+        for check in ("log_line_ready_checker", "ready_tcp", "ready_http", "ready_file"):
+            if getattr(self, check, None) is not None:
+                raise TypeError(
+                    f"{type(self).__name__} has its own readiness check: {check} would replace it "
+                    f"(it is ready once it answers); wait for more in a test of your own"
+                )
         return super()._definition()
 
 

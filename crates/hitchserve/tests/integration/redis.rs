@@ -181,3 +181,24 @@ fn redis_as_its_own_user_keeps_a_dir_of_ones_own() {
     assert!(got.contains(&*real.to_string_lossy()), "{got}");
     b.shutdown().unwrap();
 }
+
+/// A setup of the test's own on the ready-made Redis runs after Redis's own (which makes
+/// its private directory): given again, a hook runs after the one before.
+#[test]
+fn a_setup_of_ones_own_on_a_ready_made_service_runs_after_its_own() {
+    let p = Project::new("redis-own-setup");
+    let mut b = p.bundle();
+    b.add(
+        "Redis",
+        Redis::new().service().setup(|ctx| {
+            let own = ctx.run_dir().join(ctx.service());
+            assert!(own.is_dir(), "Redis's own setup had not run");
+            ctx.log("mine ran");
+            Ok(())
+        }),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    assert!(b.logs().lines().iter().any(|l| l == "mine ran"));
+    b.shutdown().unwrap();
+}

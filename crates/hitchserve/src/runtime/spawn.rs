@@ -321,6 +321,10 @@ impl Runtime {
                     then_start: None,
                 }
             } else {
+                // What the crashed process started that left its group (a `setsid` worker)
+                // would hold the port the new one needs: it goes now, under the lock, so no
+                // new process of the service (a start by hand) can be among those found.
+                runtime.sweep_service(idx);
                 Event::RestartDue { at: Instant::now() }
             };
             let exited = match states[idx].phase {

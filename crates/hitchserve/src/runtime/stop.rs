@@ -27,11 +27,12 @@ use crate::signal::Signal;
 const KILLED_GRACE: Duration = Duration::from_secs(10);
 
 impl Runtime {
-    /// Service `idx`, stopped by hand (`stop`, `restart`, `kill`), is gone: so is what it
-    /// started that left its group (`setsid`, a double fork), found by the service's marker
-    /// as the bundle's stop finds the run's (a worker left listening would take the port
-    /// its next start needs). Not at a crash: what a one-shot leaves behind may be meant to
-    /// run on; the bundle's stop ends it.
+    /// Service `idx`, stopped by hand (`stop`, `restart`) or about to be restarted by its
+    /// policy, is gone: so is what it started that left its group (`setsid`, a double
+    /// fork), found by the service's marker as the bundle's stop finds the run's (a worker
+    /// left listening would take the port its next start needs). Not at a crash without a
+    /// restart: what a one-shot leaves behind may be meant to run on; the bundle's stop
+    /// ends it.
     pub(crate) fn sweep_service(&self, idx: usize) {
         let marker = service_marker(&self.run.id, &self.services()[idx].name);
         let needle = format!("{SERVICE_MARKER_VAR}={marker}");

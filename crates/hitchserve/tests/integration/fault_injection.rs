@@ -1121,3 +1121,37 @@ fn stop_and_restart_end_what_left_the_services_group() {
     );
     b.shutdown().unwrap();
 }
+
+/// A service with a restart policy whose worker left its group crashes: the worker goes
+/// before the policy's restart (it would hold the port the new process needs).
+#[test]
+fn a_restart_by_policy_ends_what_the_crashed_process_left_outside_its_group() {
+    let p = Project::new("policy-setsid");
+    let mut b = p.bundle();
+    b.add(
+        "App",
+        sh("rm -f worker.pid; setsid sh -c 'echo $$ > worker.pid.new; mv worker.pid.new worker.pid; exec sleep 1000' & \
+            while [ ! -s worker.pid ]; do sleep 0.01; done; echo READY; \
+            until [ -e crash ]; do sleep 0.01; done; rm -f crash; exit 3")
+        .restart(Restart::on_failure(1).backoff(Duration::from_millis(10))),
+    )
+    .unwrap();
+    b.startup().unwrap();
+    let first: u32 = std::fs::read_to_string(p.path("worker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let app = b.service("App").unwrap();
+    let mut tail = b.logs().tail();
+    p.write("crash", "");
+    tail.until(|l| l.starts_with("App ready after"), PATIENCE)
+        .expect("restarted by its policy");
+    assert!(
+        crate::common::wait_gone(first, PATIENCE),
+        "the policy's restart left {first} running"
+    );
+    assert_eq!(app.incarnation(), 2);
+    let _ = b.check();
+    let _ = b.shutdown();
+}

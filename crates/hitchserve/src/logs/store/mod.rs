@@ -312,7 +312,9 @@ impl LogStore {
         // The latest word on it (a restart refused after an exit says both, in turn).
         inner.ended.retain(|&(s, _)| s != service);
         inner.ended.push((service, how));
-        inner.published = inner.index.len();
+        // (Its own lines are all shown to its tails once it has ended: see `next_batch`;
+        // another service's read held back stays so.)
+        inner.publish();
         drop(inner);
         self.grown.notify_all();
     }

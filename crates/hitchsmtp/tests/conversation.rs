@@ -115,6 +115,23 @@ fn endless_lines_and_messages_are_refused_and_the_mock_goes_on() {
             }
         }
     };
+    // A new conversation, up to the message's data.
+    let at_data = |read_reply: &dyn Fn(&mut BufReader<TcpStream>) -> String| {
+        let stream = TcpStream::connect(&addr).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut w = stream;
+        assert!(read_reply(&mut reader).starts_with("220"));
+        for cmd in [
+            "HELO t",
+            "MAIL FROM:<a@example.com>",
+            "RCPT TO:<b@example.com>",
+            "DATA",
+        ] {
+            write!(w, "{cmd}\r\n").unwrap();
+            read_reply(&mut reader);
+        }
+        (reader, w)
+    };
     // A command line of 2 MiB without a newline.
     let stream = TcpStream::connect(&addr).unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -126,19 +143,7 @@ fn endless_lines_and_messages_are_refused_and_the_mock_goes_on() {
     assert_eq!(read_reply(&mut reader), "", "the connection is closed");
 
     // A message of 40 MiB in short lines.
-    let stream = TcpStream::connect(&addr).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut w = stream;
-    assert!(read_reply(&mut reader).starts_with("220"));
-    for cmd in [
-        "HELO t",
-        "MAIL FROM:<a@example.com>",
-        "RCPT TO:<b@example.com>",
-        "DATA",
-    ] {
-        write!(w, "{cmd}\r\n").unwrap();
-        read_reply(&mut reader);
-    }
+    let (mut reader, mut w) = at_data(&read_reply);
     let line = format!("{}\r\n", "y".repeat(1000));
     for _ in 0..(40 * 1024) {
         if w.write_all(line.as_bytes()).is_err() {
@@ -148,19 +153,7 @@ fn endless_lines_and_messages_are_refused_and_the_mock_goes_on() {
     assert!(read_reply(&mut reader).starts_with("552"));
 
     // Someone else's mail still goes through.
-    let stream = TcpStream::connect(&addr).unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut w = stream;
-    assert!(read_reply(&mut reader).starts_with("220"));
-    for cmd in [
-        "HELO t",
-        "MAIL FROM:<a@example.com>",
-        "RCPT TO:<b@example.com>",
-        "DATA",
-    ] {
-        write!(w, "{cmd}\r\n").unwrap();
-        read_reply(&mut reader);
-    }
+    let (mut reader, mut w) = at_data(&read_reply);
     write!(w, "Subject: Fine\r\n\r\nok\r\n.\r\n").unwrap();
     assert!(read_reply(&mut reader).starts_with("250"));
     let mut json = String::new();

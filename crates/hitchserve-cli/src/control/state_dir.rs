@@ -108,15 +108,21 @@ pub(super) fn open_state_file(
     let file = options
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => format!(
-                "refusing to use `{}`: it is a symbolic link, which we never follow there; remove it",
-                path.display()
-            ),
-            _ => format!("cannot open `{}`: {e}", path.display()),
-        })?;
+        .map_err(|e| cannot_open(path, &e))?;
     check_state_file(&file, path, project)?;
     Ok(file)
+}
+
+/// Why a state file can't be opened: a link there (opened without following one) is said as
+/// such, not as "too many levels of symbolic links".
+pub(super) fn cannot_open(path: &Path, e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ELOOP) => format!(
+            "refusing to use `{}`: it is a symbolic link, which we never follow there; remove it",
+            path.display()
+        ),
+        _ => format!("cannot open `{}`: {e}", path.display()),
+    }
 }
 
 /// Whether the opened state file at `path` may be used: a regular file of a trusted user (see

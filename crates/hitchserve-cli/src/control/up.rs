@@ -32,7 +32,8 @@ use super::protocol::reply;
 use super::server::{serve, serve_starting};
 use super::signals::{another_signal, install_signal_pipe, next_signal, signal_exit, RECEIVED};
 use super::state_dir::{
-    open_state_file, private_dir, socket_dir, socket_path, state_dir, StateDir, SOCKET_STARTING,
+    cannot_open, open_state_file, private_dir, socket_dir, socket_path, state_dir, StateDir,
+    SOCKET_STARTING,
 };
 use crate::config;
 use crate::one_service::ServiceInfo;
@@ -337,18 +338,6 @@ pub fn up(
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e.to_string()),
-    }
-}
-
-/// Why a state file can't be opened: a link there (opened without following one) is said as
-/// such, not as "too many levels of symbolic links".
-fn cannot_open(path: &Path, e: &std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::ELOOP) => format!(
-            "refusing to use `{}`: it is a symbolic link, which we never follow there; remove it",
-            path.display()
-        ),
-        _ => format!("cannot open `{}`: {e}", path.display()),
     }
 }
 

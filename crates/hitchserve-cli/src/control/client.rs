@@ -29,35 +29,55 @@ use crate::ExitCode;
 /// The requests a bundle answers while it starts (on its `starting` socket): what only looks.
 const WHILE_STARTING: &[&str] = &["status", "logs", "now"];
 
-/// The pid `ForwardSignals` passes SIGINT and SIGQUIT on to (0: none).
+/// The pid `ForwardSignals` passes SIGINT and SIGQUIT on to (0: none yet), and a signal
+/// that came before it was known (0: none).
 static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+static FORWARD_PENDING: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 extern "C" fn forward_signal(sig: libc::c_int) {
-    let pid = FORWARD_TO.load(std::sync::atomic::Ordering::SeqCst);
+    use std::sync::atomic::Ordering::SeqCst;
+    let pid = FORWARD_TO.load(SeqCst);
     if pid > 0 {
         // SAFETY: kill is async-signal-safe.
         unsafe {
             libc::kill(pid, sig);
         }
+    } else {
+        FORWARD_PENDING.store(sig, SeqCst);
     }
 }
 
-/// While it lives, SIGINT and SIGQUIT sent to us (the terminal's Ctrl-C and Ctrl-\) go to
-/// the child `pid` instead; as before once dropped.
+/// While it lives, SIGINT and SIGQUIT sent to us (the terminal's Ctrl-C and Ctrl-\\) go to
+/// the child given to `to` instead; as before once dropped.
 struct ForwardSignals(Vec<(libc::c_int, libc::sighandler_t)>);
 
 impl ForwardSignals {
-    fn to(pid: u32) -> ForwardSignals {
-        FORWARD_TO.store(pid as i32, std::sync::atomic::Ordering::SeqCst);
+    fn install() -> ForwardSignals {
+        FORWARD_TO.store(0, std::sync::atomic::Ordering::SeqCst);
+        FORWARD_PENDING.store(0, std::sync::atomic::Ordering::SeqCst);
         let handler = forward_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        // SAFETY: installing a handler that only calls kill (async-signal-safe); `signal`
-        // on Linux (glibc) restarts interrupted calls, so the wait goes on.
+        // SAFETY: installing a handler that only calls kill or stores an atomic
+        // (async-signal-safe); `signal` on Linux (glibc) restarts interrupted calls, so the
+        // wait goes on.
         ForwardSignals(
             [libc::SIGINT, libc::SIGQUIT]
                 .into_iter()
                 .map(|sig| (sig, unsafe { libc::signal(sig, handler) }))
                 .collect(),
         )
+    }
+
+    /// Pass signals on to `pid` from now on, and one that came before.
+    fn to(&self, pid: u32) {
+        use std::sync::atomic::Ordering::SeqCst;
+        FORWARD_TO.store(pid as i32, SeqCst);
+        let pending = FORWARD_PENDING.swap(0, SeqCst);
+        if pending > 0 {
+            // SAFETY: a signal to the child we just started.
+            unsafe {
+                libc::kill(pid as i32, pending);
+            }
+        }
     }
 }
 
@@ -507,10 +527,14 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
                 eprintln!("hitchserve: the service's directory `{dir}` is gone: cannot run a command in it");
                 return Ok(ExitCode::from(126));
             }
+            // In a session of its own (another user's), the terminal's Ctrl-C and Ctrl-\
+            // reach only us: passed on, so that they stop a query, not the session (taken
+            // from before the spawn: one that comes meanwhile is passed on once it runs).
+            let forwarding = switched.then(ForwardSignals::install);
             let status = match cmd.spawn().and_then(|mut child| {
-                // In a session of its own (another user's), the terminal's Ctrl-C and Ctrl-\
-                // reach only us: passed on, so that they stop a query, not the session.
-                let _forwarding = switched.then(|| ForwardSignals::to(child.id()));
+                if let Some(f) = &forwarding {
+                    f.to(child.id());
+                }
                 child.wait()
             }) {
                 Ok(status) => status,

@@ -713,12 +713,14 @@ fn exec_runs_as_the_services_user() {
         .unwrap_or_else(|| panic!("no stat in {stat:?} ({})", text(&on_tty)));
     assert_eq!(tty, "0", "{stat}");
     // The terminal's Ctrl-C reaches the command all the same (passed on by `exec`): it
-    // stops a query, not the session.
+    // stops a query, not the session. `script` runs its command with `$SHELL -c` (`sh`
+    // when unset, as in CI): a shell left waiting in the terminal's foreground would die of
+    // the Ctrl-C itself, as it does when any program handles one, so it is replaced.
     let mut on_tty = Command::new("script")
         .args([
             "-qec",
             &format!(
-                "{BIN} exec Db -- sh -c 'trap \"echo GOT-INT; exit 0\" INT; echo WAITING; \
+                "exec {BIN} exec Db -- sh -c 'trap \"echo GOT-INT; exit 0\" INT; echo WAITING; \
                  while true; do sleep 0.1; done'"
             ),
             "/dev/null",

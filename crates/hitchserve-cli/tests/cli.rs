@@ -693,43 +693,63 @@ fn exec_runs_as_the_services_user() {
     let id = p.run(&["exec", "Db", "--", "id", "-un"]);
     assert!(id.status.success(), "{}", text(&id));
     assert_eq!(String::from_utf8_lossy(&id.stdout).trim(), "nobody");
-    // On a terminal (a pty from `script`), the other user's command is in a session of its
-    // own: the terminal is not its controlling one, so it can't push keystrokes into the
-    // input of the shell that ran `exec` (TIOCSTI). Field 7 of its stat: its terminal.
-    let on_tty = Command::new("script")
-        .args([
-            "-qec",
-            &format!("{BIN} exec Db -- cat /proc/self/stat"),
-            "/dev/null",
-        ])
-        .current_dir(&p.0)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stat = String::from_utf8_lossy(&on_tty.stdout).into_owned();
+    // On a terminal (a pty from `script`), the other user's command gets a terminal of
+    // its own, relayed: not the caller's, which a process it left running could read from
+    // once it ended (nor push keystrokes into: TIOCSTI), yet its controlling one (field 7
+    // of its stat is a terminal), so that what needs a terminal (a password prompt) works.
+    let mut on_tty = on_a_terminal(
+        &p,
+        &format!(
+            "readlink /proc/self/fd/0; exec {BIN} exec Db -- sh -c \
+             'readlink /proc/self/fd/0 /proc/self/fd/1; cat /proc/self/stat'"
+        ),
+    );
+    // Its input held open until it has ended: at the end of its input, `script` types an
+    // end-of-file character, which would reach the command.
+    let input = on_tty.stdin.take();
+    let mut said = String::new();
+    std::io::Read::read_to_string(on_tty.stdout.as_mut().unwrap(), &mut said).unwrap();
+    drop(input);
+    let on_tty = on_tty.wait_with_output().unwrap();
+    let mut lines = said.lines().map(str::trim);
+    let (ours, its_in, its_out, stat) = (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    );
+    assert!(ours.starts_with("/dev/pts/"), "{said} ({})", text(&on_tty));
+    assert!(its_in.starts_with("/dev/pts/") && its_in != ours, "{said}");
+    assert_eq!(its_in, its_out, "{said}");
     let tty = stat
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().nth(4))
-        .unwrap_or_else(|| panic!("no stat in {stat:?} ({})", text(&on_tty)));
-    assert_eq!(tty, "0", "{stat}");
+        .unwrap_or_else(|| panic!("no stat in {said:?}"));
+    assert_ne!(tty, "0", "{stat}");
+    // What is typed reaches it, and its exit code is ours.
+    let mut typed = on_a_terminal(
+        &p,
+        &format!("exec {BIN} exec Db -- sh -c 'read word; echo \"got $word\"; exit 3'"),
+    );
+    std::io::Write::write_all(typed.stdin.as_mut().unwrap(), b"hello\r").unwrap();
+    let out = typed.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("got hello"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     // The terminal's Ctrl-C reaches the command all the same (passed on by `exec`): it
     // stops a query, not the session. `script` runs its command with `$SHELL -c` (`sh`
     // when unset, as in CI): a shell left waiting in the terminal's foreground would die of
     // the Ctrl-C itself, as it does when any program handles one, so it is replaced.
-    let mut on_tty = Command::new("script")
-        .args([
-            "-qec",
-            &format!(
-                "exec {BIN} exec Db -- sh -c 'trap \"echo GOT-INT; exit 0\" INT; echo WAITING; \
-                 while true; do sleep 0.1; done'"
-            ),
-            "/dev/null",
-        ])
-        .current_dir(&p.0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut on_tty = on_a_terminal(
+        &p,
+        &format!(
+            "exec {BIN} exec Db -- sh -c 'trap \"echo GOT-INT; exit 0\" INT; echo WAITING; \
+             while true; do sleep 0.1; done'"
+        ),
+    );
     let mut out = BufReader::new(on_tty.stdout.take().unwrap());
     let mut line = String::new();
     while !line.contains("WAITING") {
@@ -742,6 +762,19 @@ fn exec_runs_as_the_services_user() {
     assert!(rest.contains("GOT-INT"), "{rest}");
     assert!(on_tty.wait().unwrap().success());
     down(&p);
+}
+
+/// `line` run by a shell on a terminal of its own (a pty from `script`), in the project;
+/// its input, output and errors piped.
+fn on_a_terminal(p: &Project, line: &str) -> std::process::Child {
+    Command::new("script")
+        .args(["-qec", line, "/dev/null"])
+        .current_dir(&p.0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 #[test]

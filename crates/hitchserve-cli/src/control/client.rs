@@ -1,7 +1,7 @@
 //! Every command but `up`: each a client of the control socket, which it connects to
 //! (waiting while a bundle is still starting), sends one request and prints the reply.
 //!
-//! Owns the commands' output (the `status` table, `now`, `exec`'s exit code as a shell's)
+//! Owns the commands' output (the `status` table, `now`; `exec`'s command is `exec`'s)
 //! and the checks made before asking a bundle (durations, signals, patterns), not what the
 //! bundle does. Invariant: `down` returns only once the bundle has stopped (its `up` has
 //! released the lock), and says a crash it had not reported.
@@ -9,7 +9,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 
 use std::sync::mpsc;
@@ -28,70 +27,6 @@ use crate::ExitCode;
 
 /// The requests a bundle answers while it starts (on its `starting` socket): what only looks.
 const WHILE_STARTING: &[&str] = &["status", "logs", "now"];
-
-/// The pid `ForwardSignals` passes SIGINT and SIGQUIT on to (0: none yet), and a signal
-/// that came before it was known (0: none).
-static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-static FORWARD_PENDING: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
-
-extern "C" fn forward_signal(sig: libc::c_int) {
-    use std::sync::atomic::Ordering::SeqCst;
-    let pid = FORWARD_TO.load(SeqCst);
-    if pid > 0 {
-        // SAFETY: kill is async-signal-safe.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    } else {
-        FORWARD_PENDING.store(sig, SeqCst);
-    }
-}
-
-/// While it lives, SIGINT and SIGQUIT sent to us (the terminal's Ctrl-C and Ctrl-\\) go to
-/// the child given to `to` instead; as before once dropped.
-struct ForwardSignals(Vec<(libc::c_int, libc::sighandler_t)>);
-
-impl ForwardSignals {
-    fn install() -> ForwardSignals {
-        FORWARD_TO.store(0, std::sync::atomic::Ordering::SeqCst);
-        FORWARD_PENDING.store(0, std::sync::atomic::Ordering::SeqCst);
-        let handler = forward_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        // SAFETY: installing a handler that only calls kill or stores an atomic
-        // (async-signal-safe); `signal` on Linux (glibc) restarts interrupted calls, so the
-        // wait goes on.
-        ForwardSignals(
-            [libc::SIGINT, libc::SIGQUIT]
-                .into_iter()
-                .map(|sig| (sig, unsafe { libc::signal(sig, handler) }))
-                .collect(),
-        )
-    }
-
-    /// Pass signals on to `pid` from now on, and one that came before.
-    fn to(&self, pid: u32) {
-        use std::sync::atomic::Ordering::SeqCst;
-        FORWARD_TO.store(pid as i32, SeqCst);
-        let pending = FORWARD_PENDING.swap(0, SeqCst);
-        if pending > 0 {
-            // SAFETY: a signal to the child we just started.
-            unsafe {
-                libc::kill(pid as i32, pending);
-            }
-        }
-    }
-}
-
-impl Drop for ForwardSignals {
-    fn drop(&mut self) {
-        for &(sig, before) in &self.0 {
-            // SAFETY: putting back the disposition `signal` returned.
-            unsafe {
-                libc::signal(sig, before);
-            }
-        }
-        FORWARD_TO.store(0, std::sync::atomic::Ordering::SeqCst);
-    }
-}
 
 /// `conn`, if the process listening at its other end runs as a trusted user (us, root, the
 /// project's owner): what a bundle answers is acted on (the environment `exec` runs a
@@ -475,93 +410,7 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
         }
         Command::Exec { service, command } => {
             let v = one_reply(project, &json!({"cmd": "exec_env", "service": service}))?;
-            let env: Vec<(String, String)> = v["env"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|p| Some((p[0].as_str()?.to_owned(), p[1].as_str()?.to_owned())))
-                .collect();
-            let dir = v["dir"].as_str().unwrap_or(".");
-            let mut cmd = std::process::Command::new(&command[0]);
-            cmd.args(&command[1..])
-                .env_clear()
-                .envs(env)
-                .current_dir(dir);
-            let as_user = match (v["ids"][0].as_u64(), v["ids"][1].as_u64()) {
-                (Some(uid), Some(gid)) => Some((uid as u32, gid as u32)),
-                _ => None,
-            };
-            let switched = as_user.is_some_and(|(uid, _)| uid != effective_uid());
-            if let Some((uid, gid)) = as_user.filter(|_| switched) {
-                use std::os::unix::process::CommandExt;
-                cmd.uid(uid).gid(gid);
-            }
-            // The command ends with us: `exec` killed (a test runner's timeout, a SIGTERM
-            // to this process alone) must not leave it running until `down`. SIGTERM, as
-            // the signal to us most often is; checked against a parent that died before.
-            let parent = std::process::id() as libc::pid_t;
-            // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between
-            // fork and exec.
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                cmd.pre_exec(move || {
-                    // Another user's command on our terminal: in a session of its own, so
-                    // that the terminal is not its controlling one and it can't push
-                    // keystrokes into our shell's input (TIOCSTI: a root shell, under
-                    // root). It still reads and writes the terminal; Ctrl-C reaches us,
-                    // and our end ends it (below).
-                    if switched {
-                        libc::setsid();
-                    }
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    if libc::getppid() != parent {
-                        libc::_exit(128 + libc::SIGTERM);
-                    }
-                    Ok(())
-                });
-            }
-            if !std::path::Path::new(dir).is_dir() {
-                eprintln!("hitchserve: the service's directory `{dir}` is gone: cannot run a command in it");
-                return Ok(ExitCode::from(126));
-            }
-            // In a session of its own (another user's), the terminal's Ctrl-C and Ctrl-\
-            // reach only us: passed on, so that they stop a query, not the session (taken
-            // from before the spawn: one that comes meanwhile is passed on once it runs).
-            let forwarding = switched.then(ForwardSignals::install);
-            let status = match cmd.spawn().and_then(|mut child| {
-                if let Some(f) = &forwarding {
-                    f.to(child.id());
-                }
-                child.wait()
-            }) {
-                Ok(status) => status,
-                // Like a shell: 127 for a command not found, 126 for one it can't run.
-                Err(e) => {
-                    let why = match (v["user"].as_str(), switched) {
-                        (Some(user), true) => format!(
-                            "cannot run `{}` as `{user}`, the service's user: {e}",
-                            command[0]
-                        ),
-                        _ => format!("cannot run `{}`: {e}", command[0]),
-                    };
-                    eprintln!("hitchserve: {why}");
-                    let code = match e.kind() {
-                        std::io::ErrorKind::NotFound => 127,
-                        _ => 126,
-                    };
-                    return Ok(ExitCode::from(code));
-                }
-            };
-            // Like a shell: the command's exit code, or 128 + the signal that killed it.
-            let code = match (status.code(), status.signal()) {
-                (Some(code), _) => code,
-                (None, Some(sig)) => 128 + sig,
-                (None, None) => 1,
-            };
-            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+            super::exec::exec(&command, &v)
         }
         Command::Logs {
             service,
@@ -615,11 +464,6 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
 }
 
 /// Our effective user id.
-fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

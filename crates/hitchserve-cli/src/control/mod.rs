@@ -19,14 +19,17 @@
 //! One file per idea, importing each other only downwards: the state directory's names,
 //! lock and pid (`state_dir`), the stop signals' pipe (`signals`), the wire format
 //! (`protocol`), a shared bundle's leases and definition (`leases`), the `logs` stream
-//! (`logs`), one connection's request and reply (`server`), `up` itself (`up`), every other
+//! (`logs`), one connection's request and reply (`server`), `up` itself (`up`), `exec`'s
+//! command (`exec`) and the terminal it relays for another user's (`relay`), every other
 //! command (`client`) and the holders' side of a shared bundle (`shared`). This file only
 //! re-exports the entry points.
 
 mod client;
+mod exec;
 mod leases;
 mod logs;
 mod protocol;
+mod relay;
 mod server;
 mod shared;
 mod signals;

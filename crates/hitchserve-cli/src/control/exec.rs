@@ -1,0 +1,198 @@
+//! `exec`: a command run in a service's environment (its variables, its directory, its
+//! user), ended with us, its exit code ours as a shell's.
+//!
+//! Run as another user (a root caller, a service with `user`), the command is in a session
+//! of its own, so that our terminal is never its controlling one (it could push keystrokes
+//! into our shell's input: TIOCSTI); on a terminal it gets a pseudo-terminal of ours, relayed
+//! (`relay`), so that nothing of that user ever holds our terminal — what it left running
+//! after the command ended could read what is typed next. Off a terminal, the terminal's
+//! signals to us (SIGINT, SIGQUIT) are passed on to it: in its own session, only we get them.
+
+use std::os::unix::process::ExitStatusExt;
+
+use serde_json::Value;
+
+use super::relay::Pty;
+use crate::ExitCode;
+
+/// The pid `ForwardSignals` passes signals on to (0: none yet), and a signal that came
+/// before it was known (0: none).
+static FORWARD_TO: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+static FORWARD_PENDING: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let pid = FORWARD_TO.load(SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    } else {
+        FORWARD_PENDING.store(sig, SeqCst);
+    }
+}
+
+/// While it lives, the signals it was installed for go to the child given to `to`
+/// instead of us; as before once dropped.
+struct ForwardSignals(Vec<(libc::c_int, libc::sighandler_t)>);
+
+impl ForwardSignals {
+    fn install(signals: &[libc::c_int]) -> ForwardSignals {
+        FORWARD_TO.store(0, std::sync::atomic::Ordering::SeqCst);
+        FORWARD_PENDING.store(0, std::sync::atomic::Ordering::SeqCst);
+        let handler = forward_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: installing a handler that only calls kill or stores an atomic
+        // (async-signal-safe); `signal` on Linux (glibc) restarts interrupted calls, so the
+        // wait goes on.
+        ForwardSignals(
+            signals
+                .iter()
+                .map(|&sig| (sig, unsafe { libc::signal(sig, handler) }))
+                .collect(),
+        )
+    }
+
+    /// Pass signals on to `pid` from now on, and one that came before.
+    fn to(&self, pid: u32) {
+        use std::sync::atomic::Ordering::SeqCst;
+        FORWARD_TO.store(pid as i32, SeqCst);
+        let pending = FORWARD_PENDING.swap(0, SeqCst);
+        if pending > 0 {
+            // SAFETY: a signal to the child we just started.
+            unsafe {
+                libc::kill(pid as i32, pending);
+            }
+        }
+    }
+}
+
+impl Drop for ForwardSignals {
+    fn drop(&mut self) {
+        for &(sig, before) in &self.0 {
+            // SAFETY: putting back the disposition `signal` returned.
+            unsafe {
+                libc::signal(sig, before);
+            }
+        }
+        FORWARD_TO.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Run `command` in the service whose `exec_env` reply is `v`; its exit code.
+pub(super) fn exec(command: &[String], v: &Value) -> Result<ExitCode, String> {
+    let env: Vec<(String, String)> = v["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| Some((p[0].as_str()?.to_owned(), p[1].as_str()?.to_owned())))
+        .collect();
+    let dir = v["dir"].as_str().unwrap_or(".");
+    let mut cmd = std::process::Command::new(&command[0]);
+    cmd.args(&command[1..])
+        .env_clear()
+        .envs(env)
+        .current_dir(dir);
+    let as_user = match (v["ids"][0].as_u64(), v["ids"][1].as_u64()) {
+        (Some(uid), Some(gid)) => Some((uid as u32, gid as u32)),
+        _ => None,
+    };
+    let switched = as_user.is_some_and(|(uid, _)| uid != effective_uid());
+    if let Some((uid, gid)) = as_user.filter(|_| switched) {
+        use std::os::unix::process::CommandExt;
+        cmd.uid(uid).gid(gid);
+    }
+    // Another user's command on our terminal: a terminal of its own (see the header).
+    let pty = if switched {
+        Pty::for_our_terminal()?
+    } else {
+        None
+    };
+    // The command ends with us: `exec` killed (a test runner's timeout, a SIGTERM to this
+    // process alone) must not leave it running until `down`. SIGTERM, as the signal to us
+    // most often is; checked against a parent that died before.
+    let parent = std::process::id() as libc::pid_t;
+    let attach = pty.as_ref().map(Pty::for_child);
+    // SAFETY: prctl, getppid, setsid, ioctl and dup2 are async-signal-safe; nothing else
+    // runs between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            if switched {
+                libc::setsid();
+            }
+            if let Some(attach) = &attach {
+                attach.attach()?;
+            }
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(128 + libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+    if !std::path::Path::new(dir).is_dir() {
+        eprintln!(
+            "hitchserve: the service's directory `{dir}` is gone: cannot run a command in it"
+        );
+        return Ok(ExitCode::from(126));
+    }
+    // In a session of its own, the terminal's Ctrl-C and Ctrl-\ reach only us: passed on,
+    // so that they stop a query, not the session (taken from before the spawn: one that
+    // comes meanwhile is passed on once it runs). With a pty, they reach it through it (our
+    // terminal is raw meanwhile); a SIGTERM or SIGHUP to us is passed on too, so that we
+    // put our terminal back once it has ended.
+    let forwarding = match (&pty, switched) {
+        (Some(_), _) => Some(ForwardSignals::install(&[
+            libc::SIGINT,
+            libc::SIGQUIT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+        ])),
+        (None, true) => Some(ForwardSignals::install(&[libc::SIGINT, libc::SIGQUIT])),
+        (None, false) => None,
+    };
+    let status = match cmd.spawn().and_then(|mut child| {
+        if let Some(f) = &forwarding {
+            f.to(child.id());
+        }
+        match pty {
+            Some(pty) => pty.relay(&mut child),
+            None => child.wait(),
+        }
+    }) {
+        Ok(status) => status,
+        // Like a shell: 127 for a command not found, 126 for one it can't run.
+        Err(e) => {
+            let why = match (v["user"].as_str(), switched) {
+                (Some(user), true) => format!(
+                    "cannot run `{}` as `{user}`, the service's user: {e}",
+                    command[0]
+                ),
+                _ => format!("cannot run `{}`: {e}", command[0]),
+            };
+            eprintln!("hitchserve: {why}");
+            let code = match e.kind() {
+                std::io::ErrorKind::NotFound => 127,
+                _ => 126,
+            };
+            return Ok(ExitCode::from(code));
+        }
+    };
+    drop(forwarding);
+    // Like a shell: the command's exit code, or 128 + the signal that killed it.
+    let code = match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 1,
+    };
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}

@@ -162,7 +162,7 @@ pub fn bundle(config: &Config, project: &Path) -> Result<Bundle, String> {
                     }
                     _ => {
                         return Err(format!(
-                            "service `{name}`: an nginx needs one of `proxy` (e.g. \
+                            "service `{name}`: an nginx needs exactly one of `proxy` (e.g. \
                              {{ service = \"App\", port = \"http\" }}), `servers` or `config_file`"
                         ))
                     }
@@ -295,6 +295,11 @@ mod tests {
                 "line_regex = \"(\"",
                 ":3:24: `line_regex = \"(\"` is not a regex",
             ),
+            (
+                "tcp = 70000",
+                ":3:17: `ready = { tcp = \"70000\" }` is not a port",
+            ),
+            ("tcp = true", "expected a port number"),
         ] {
             std::fs::write(
                 &f,
@@ -304,6 +309,14 @@ mod tests {
             let e = load(&f).unwrap_err();
             assert!(e.contains(said), "{e}");
         }
+        // A port is also a number, as the error asks for.
+        std::fs::write(
+            &f,
+            "[services.A]\ncommand = [\"true\"]\nready = { tcp = 18765 }\n",
+        )
+        .unwrap();
+        let config = load(&f).unwrap();
+        assert!(bundle(&config, &dir).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -409,7 +422,7 @@ mod kinds {
             ),
             (
                 "[services.N]\nkind = \"nginx\"\n",
-                "an nginx needs one of `proxy`",
+                "an nginx needs exactly one of `proxy`",
             ),
             // (They were accepted, and waited out the startup timeout.)
             (
@@ -422,7 +435,7 @@ mod kinds {
             ),
             (
                 "[services.N]\nkind = \"nginx\"\nservers = \"\"\nconfig_file = \"n.conf\"\n",
-                "an nginx needs one of `proxy`",
+                "an nginx needs exactly one of `proxy`",
             ),
             (
                 "[services.N]\nkind = \"nginx\"\nconfig_file = \"no-such-nginx.conf\"\n",

@@ -190,7 +190,24 @@ pub fn tcp_problem(t: &str) -> Option<String> {
 }
 
 fn checked_tcp<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Text>, D::Error> {
-    let text = Text::deserialize(d)?;
+    /// A port as a number (`tcp = 5432`) or any text (`"5432"`, `"{port.db}"`, host:port).
+    struct PortOrText;
+    impl serde::de::Visitor<'_> for PortOrText {
+        type Value = Text;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a port number, \"{port.NAME}\" or \"host:port\"")
+        }
+        fn visit_i64<E: serde::de::Error>(self, port: i64) -> Result<Text, E> {
+            Ok(Text(port.to_string()))
+        }
+        fn visit_u64<E: serde::de::Error>(self, port: u64) -> Result<Text, E> {
+            Ok(Text(port.to_string()))
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Text, E> {
+            Text::checked(text.to_owned()).map_err(E::custom)
+        }
+    }
+    let text = d.deserialize_any(PortOrText)?;
     match tcp_problem(text.as_str()) {
         Some(problem) => Err(serde::de::Error::custom(problem)),
         None => Ok(Some(text)),

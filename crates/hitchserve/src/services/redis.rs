@@ -117,11 +117,12 @@ impl Redis {
             Ready::line_contains("Ready to accept connections"),
             Ready::tcp_addr("127.0.0.1:{port.redis}"),
         ]));
-        if !own_dir && run_as.is_none() {
-            // (One run as another user has it already, made for that user.)
+        if !own_dir {
+            // Private to the user it runs as: one run as another user (`os_user`, or a
+            // `user` given to the service) has it already, made for that user.
             svc = svc.setup(|ctx| {
                 let dir = ctx.run_dir().join(ctx.service());
-                crate::safepath::make_dir_for(&dir, 0o700, None)?;
+                crate::safepath::make_dir_for(&dir, 0o700, ctx.run_as())?;
                 Ok(())
             });
         }

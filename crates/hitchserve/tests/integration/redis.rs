@@ -104,26 +104,32 @@ fn a_keys_ttl_runs_out_when_the_bundle_travels_in_time() {
 }
 
 /// Under root, `os_user("redis")` keeps Redis (which any local user can reach on its port)
-/// from running as root, and a `SAVE` writes in its own directory, not in the project.
+/// from running as root, and a `SAVE` writes in its own directory, not in the project. So
+/// does a `user` given to its service (the bundle file's `user = "redis"`): its directory,
+/// made for that user, was refused as another user's.
 #[test]
 fn redis_as_its_own_user_saves_in_its_own_directory() {
     if !crate::common::is_root() {
         eprintln!("skipped: only root runs services as another user");
         return;
     }
-    let p = Project::new("redis-user");
-    let mut b = p.bundle();
-    b.add("Redis", Redis::new().os_user("redis").service())
-        .unwrap();
-    b.startup().unwrap();
-    let redis = Redis::handle(&b, "Redis").unwrap();
-    let user = redis.service().process().unwrap().username().unwrap();
-    assert_eq!(user, "redis");
-    redis.cli(["SAVE"]).checked_output().unwrap();
-    let own = b.run_dir().unwrap().join("Redis").join("dump.rdb");
-    assert!(own.exists(), "no {}", own.display());
-    assert!(!p.path("dump.rdb").exists());
-    b.shutdown().unwrap();
+    for (how, svc) in [
+        ("os_user", Redis::new().os_user("redis").service()),
+        ("user", Redis::new().service().user("redis")),
+    ] {
+        let p = Project::new(&format!("redis-{how}"));
+        let mut b = p.bundle();
+        b.add("Redis", svc).unwrap();
+        b.startup().unwrap_or_else(|e| panic!("{how}: {e}"));
+        let redis = Redis::handle(&b, "Redis").unwrap();
+        let user = redis.service().process().unwrap().username().unwrap();
+        assert_eq!(user, "redis", "{how}");
+        redis.cli(["SAVE"]).checked_output().unwrap();
+        let own = b.run_dir().unwrap().join("Redis").join("dump.rdb");
+        assert!(own.exists(), "{how}: no {}", own.display());
+        assert!(!p.path("dump.rdb").exists());
+        b.shutdown().unwrap();
+    }
 }
 
 /// A `SAVE` asked of a Redis run as the test's own user (root, in CI) — by anyone who can

@@ -1332,6 +1332,63 @@ fn loose_inputs_are_errors_before_anything_starts() {
     );
 }
 
+/// A stopped bundle (Ctrl-Z on its `up`, a SIGSTOP) takes requests and never answers: the
+/// commands said nothing and waited for ever. They say so at once, or — stopped while a
+/// `logs -f` waits — within a moment, and work again once it goes on.
+#[test]
+fn a_stopped_bundle_is_said_not_waited_for() {
+    let p = Project::new(
+        "stopped",
+        "[services.A]\ncommand = [\"sh\", \"-c\", \"echo READY; exec sleep 1000\"]\n\
+         ready = { line_contains = \"READY\" }\n",
+    );
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let pid: i32 = std::fs::read_to_string(p.0.join(".hitchserve/up.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    /// Lets the bundle go on however the test ends (its `down` can't stop a stopped one).
+    struct GoOn(i32);
+    impl Drop for GoOn {
+        fn drop(&mut self) {
+            // SAFETY: a signal to the test's bundle.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let go_on = GoOn(pid);
+    let mut follow = p
+        .cmd(&["logs", "-f", "A"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(follow.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("READY"), "{line}");
+    // SAFETY: a signal to the test's bundle.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let followed = follow.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&followed.stderr);
+    assert!(!followed.status.success(), "{err}");
+    assert!(err.contains(&format!("kill -CONT {pid}")), "{err}");
+    for cmd in [&["status"][..], &["down"], &["now"]] {
+        let o = p.run(cmd);
+        assert!(!o.status.success(), "{cmd:?}: {}", text(&o));
+        assert!(
+            text(&o).contains("the bundle is stopped"),
+            "{cmd:?}: {}",
+            text(&o)
+        );
+    }
+    drop(go_on);
+    let status = p.run(&["status"]);
+    assert!(status.status.success(), "{}", text(&status));
+    down(&p);
+}
+
 /// `hitchserve down`, which must succeed.
 /// A named pipe `name` in the project, for a service and the test to meet at.
 fn mkfifo(p: &Project, name: &str) {

@@ -99,17 +99,99 @@ fn connect(project: &Path, cmd: &str) -> Result<UnixStream, String> {
     }
 }
 
-pub(super) fn request(project: &Path, req: &Value) -> Result<BufReader<UnixStream>, String> {
+pub(super) fn request(project: &Path, req: &Value) -> Result<BufReader<Reply>, String> {
+    // A stopped bundle (Ctrl-Z on its `up`, a SIGSTOP) would take the request and never
+    // answer: said at once, before asking anything of it.
+    let up = up_pid(project);
+    if let Some(pid) = up.filter(|&pid| is_stopped(pid)) {
+        return Err(stopped(pid, false));
+    }
     let mut conn = connect(project, req["cmd"].as_str().unwrap_or(""))?;
     conn.write_all(format!("{req}\n").as_bytes())
         .map_err(|e| gone_meanwhile(&e))?;
-    Ok(BufReader::new(conn))
+    let _ = conn.set_read_timeout(Some(LOOK_AGAIN));
+    Ok(BufReader::new(Reply { conn, up }))
+}
+
+/// How often a wait for the bundle's answer looks whether the bundle was stopped.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
+
+/// The bundle's answer to a request, read as long as it takes — unless its `up` is found
+/// stopped meanwhile (then the read fails, saying so: see `Stopped`).
+pub(super) struct Reply {
+    conn: UnixStream,
+    up: Option<libc::pid_t>,
+}
+
+impl std::io::Read for Reply {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.conn.read(buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if let Some(pid) = self.up.filter(|&pid| is_stopped(pid)) {
+                        return Err(std::io::Error::other(Stopped(pid)));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// The bundle's `up` (this pid) was found stopped while we waited for its answer.
+#[derive(Debug)]
+struct Stopped(libc::pid_t);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&stopped(self.0, true))
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Whether a read of a `Reply` failed because the bundle was found stopped.
+pub(super) fn is_stopped_error(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Stopped>())
+}
+
+/// Whether process `pid` is stopped (a SIGSTOP, a terminal's Ctrl-Z, a debugger).
+fn is_stopped(pid: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state == "T" || state == "t")
+    })
+}
+
+/// What to say of a bundle whose `up` (`pid`) is stopped; `asked`: the request was sent.
+fn stopped(pid: libc::pid_t, asked: bool) -> String {
+    let then = if asked {
+        "; the request was sent, and is carried out once it goes on"
+    } else {
+        ""
+    };
+    format!(
+        "the bundle is stopped (its `hitchserve up`, pid {pid}, got a Ctrl-Z or a SIGSTOP), so \
+         it can't answer: let it go on with `fg` in its shell or `kill -CONT {pid}`{then}"
+    )
 }
 
 /// A connection to the bundle that broke (a broken pipe, a reset): the bundle stopped while
 /// we asked — said in words, not as the system's error number.
-fn gone_meanwhile(e: &std::io::Error) -> String {
+pub(super) fn gone_meanwhile(e: &std::io::Error) -> String {
     use std::io::ErrorKind as K;
+    if let Some(stopped) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<Stopped>())
+    {
+        return stopped.to_string();
+    }
     match e.kind() {
         K::BrokenPipe | K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof => {
             "the bundle stopped while the request was under way (a `down`, or a crash of \
@@ -160,7 +242,11 @@ pub(super) fn down(project: &Path) -> Result<ExitCode, String> {
             // it had not reported yet. No reply (it went away first) is no news.
             let mut r = request(project, &json!({"cmd": "down"}))?;
             let mut line = String::new();
-            let _ = r.read_line(&mut line);
+            if let Err(e) = r.read_line(&mut line) {
+                if is_stopped_error(&e) {
+                    return Err(gone_meanwhile(&e));
+                }
+            }
             let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
             if v["ok"] == false {
                 return Err(v["error"].as_str().unwrap_or("failed").to_owned());
@@ -445,7 +531,7 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
             });
             let r = request(project, &req)?;
             for line in r.lines() {
-                let line = line.map_err(|e| e.to_string())?;
+                let line = line.map_err(|e| gone_meanwhile(&e))?;
                 let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
                 if let Some(text) = v["line"].as_str() {
                     println!("{text}");
@@ -463,7 +549,6 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
     }
 }
 
-/// Our effective user id.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -205,7 +205,11 @@ fn lease(
     }
     loop {
         line.clear();
-        let _ = std::io::BufRead::read_line(&mut r, &mut line);
+        if let Err(e) = std::io::BufRead::read_line(&mut r, &mut line) {
+            if super::client::is_stopped_error(&e) {
+                return Err(Refused::Other(super::client::gone_meanwhile(&e)));
+            }
+        }
         {
             let (done, cv) = &*answered;
             *done.lock().unwrap_or_else(|e| e.into_inner()) = true;

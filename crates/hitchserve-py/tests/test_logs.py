@@ -55,6 +55,24 @@ def test_tail_until_returns_the_matching_line_and_moves_past_it(echo):
     assert tail.until(lambda l: l.startswith("t"), timeout=PATIENCE) == "three"
 
 
+def test_a_line_copies_and_pickles_whole(echo):
+    import copy
+    import pickle
+
+    echo.say("keep me")
+    line = echo.logs.out.tail.until(lambda l: l == "keep me", timeout=PATIENCE, lines_back=5)
+    for again in (copy.copy(line), copy.deepcopy(line), pickle.loads(pickle.dumps(line))):
+        assert isinstance(again, hitchserve.LogLine)
+        assert again == "keep me"
+        assert (again.service, again.stream, again.seq, again.time, again.console) == (
+            line.service,
+            line.stream,
+            line.seq,
+            line.time,
+            line.console,
+        )
+
+
 def test_tail_until_with_lines_back_sees_lines_already_there(echo):
     echo.say("early bird")
     echo.logs.tail.until(lambda l: l == '{"echo": "early bird"}', timeout=PATIENCE, lines_back=5)

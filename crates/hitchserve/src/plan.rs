@@ -66,6 +66,9 @@ pub(crate) struct ServicePlan {
     pub sources: Sources,
     /// The ready-made kind that made it, if one did.
     pub kind: Option<&'static str>,
+    /// Its definition names `{run}`: the run directory, and its own `<run>/<Name>/`, must
+    /// exist before it starts.
+    pub uses_run: bool,
 }
 
 /// Where a service's lines go, by what wrote them (for one start of it).
@@ -127,10 +130,15 @@ pub(crate) fn reserve_ports(
     Ok(())
 }
 
-/// The service with its templates (`{port.x}`, `{Svc.port.x}`, `{run}`, `{service}`) filled in.
-fn expand(name: &str, svc: &Service, run_dir: &Path, ports: &PortTable) -> Result<Service> {
+/// The service with its templates (`{port.x}`, `{Svc.port.x}`, `{run}`, `{service}`) filled
+/// in, and whether it names `{run}`.
+fn expand(name: &str, svc: &Service, run_dir: &Path, ports: &PortTable) -> Result<(Service, bool)> {
     let run = run_dir.to_string_lossy();
+    let uses_run = std::cell::Cell::new(false);
     let f = |text: &str| {
+        if text.contains("{run}") {
+            uses_run.set(true);
+        }
         crate::ports::expand(text, name, ports)
             .map(|t| t.replace("{run}", &run).replace("{service}", name))
     };
@@ -154,7 +162,7 @@ fn expand(name: &str, svc: &Service, run_dir: &Path, ports: &PortTable) -> Resul
             reason,
         });
     }
-    Ok(out)
+    Ok((out, uses_run.get()))
 }
 
 impl Plan {
@@ -179,7 +187,7 @@ impl Plan {
         let mut lookups = Lookups::default();
         let mut services = Vec::with_capacity(defs.len());
         for (idx, (name, svc)) in defs.iter().enumerate() {
-            let svc = expand(name, svc, &run.path, ports)?;
+            let (svc, uses_run) = expand(name, svc, &run.path, ports)?;
             services.push(resolve_one(
                 idx,
                 name,
@@ -192,6 +200,9 @@ impl Plan {
                 store,
                 &mut lookups,
             )?);
+            if let Some(plan) = services.last_mut() {
+                plan.uses_run = uses_run;
+            }
         }
         // A service others wait on to complete is one-shot; one others wait on to start
         // tells the scheduler when its process is up.
@@ -232,11 +243,17 @@ impl Plan {
 
     /// Whether the run directory must exist before anything starts.
     pub(crate) fn needs_run_dir(&self) -> bool {
-        self.clock.is_some() || self.services.iter().any(|p| p.exec.run_as.is_some())
+        self.clock.is_some()
+            || self
+                .services
+                .iter()
+                .any(|p| p.exec.run_as.is_some() || p.uses_run)
     }
 
-    /// For each service that runs as another user: its own directory `<run>/<Name>/` (mode
-    /// 0700, owned by that user, inside a run directory it can only pass through), and a
+    /// For each service whose definition names `{run}`: its own directory `<run>/<Name>/`
+    /// (mode 0700), for `{run}/{service}` to name a directory that is there. For each
+    /// service that runs as another user: that directory (owned by that user, inside a run
+    /// directory it can only pass through), and a
     /// check that it can reach its program, its working directory, that directory and, if
     /// its clock is faked, the shim and the clock offset — so a blocked path is
     /// an error before anything starts, not a "Permission denied" later or, worse, a service
@@ -251,10 +268,13 @@ impl Plan {
             .map(PathBuf::as_path)
             .collect();
         for plan in &self.services {
+            let own = run_dir.join(&plan.name);
             let Some((uid, gid)) = plan.exec.run_as else {
+                if plan.uses_run {
+                    crate::safepath::make_dir_for(&own, 0o700, None)?;
+                }
                 continue;
             };
-            let own = run_dir.join(&plan.name);
             crate::safepath::make_dir_for(&own, 0o700, Some((uid, gid)))?;
             let user_name = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
                 .ok()
@@ -488,6 +508,7 @@ fn resolve_one(
         setup: svc.setup.clone(),
         poststart: svc.poststart.clone(),
         kind: svc.kind,
+        uses_run: false,
         sources: Sources {
             out: source(Part::Main, Stream::Stdout),
             err: source(Part::Main, Stream::Stderr),

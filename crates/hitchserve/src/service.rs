@@ -272,7 +272,9 @@ impl Service {
     }
 
     /// Reserve a free TCP port named `name` for this service. (Besides port templates,
-    /// `{run}` stands for the run directory and `{service}` for the service's name.)
+    /// `{run}` stands for the run directory and `{service}` for the service's name; a
+    /// service that names `{run}` finds `{run}/{service}/` made for it, private, before it
+    /// starts.)
     /// Its number goes wherever
     /// `{port.NAME}` appears in this service's command, environment values and readiness
     /// check, and wherever `{Service.port.NAME}` appears in another service's; the bundle

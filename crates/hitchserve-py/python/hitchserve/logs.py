@@ -49,6 +49,21 @@ class LogLine(str):
         self.console = console
         return self
 
+    def __getnewargs__(self) -> Tuple[Tuple[str, str, str, str, int, float, str, int]]:  # type: ignore[override]
+        # What `copy`, `deepcopy` and `pickle` make it again from (str's own: the text alone).
+        return (
+            (
+                str(self),
+                self.service,
+                self.stream,
+                self.part,
+                self.seq,
+                self._time,
+                self.console,
+                self.incarnation,
+            ),
+        )
+
     @property
     def time(self) -> _dt.datetime:
         return _dt.datetime.fromtimestamp(self._time)

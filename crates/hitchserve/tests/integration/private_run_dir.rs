@@ -93,6 +93,32 @@ fn a_service_run_as_another_user_has_its_own_directory_and_fake_time() {
     );
 }
 
+/// `{run}/{service}` is a directory of the service's own, there before it starts, for any
+/// service that names `{run}` — with time travel off too (then nothing else made the run
+/// directory before the services started: it was the log writer's, made meanwhile).
+#[test]
+fn a_service_that_names_its_run_directory_finds_its_own_directory_there() {
+    for time_travel in [true, false] {
+        let p = Project::new("own-dir");
+        let mut b = p.bundle();
+        if !time_travel {
+            b = b.without_time_travel();
+        }
+        b.add(
+            "Flag",
+            sh("touch {run}/{service}/ready.flag && echo MADE; exec sleep 1000")
+                .ready(hitchserve::Ready::file("{run}/{service}/ready.flag")),
+        )
+        .unwrap();
+        b.startup()
+            .unwrap_or_else(|e| panic!("time travel {time_travel}: {e}"));
+        let own = b.run_dir().unwrap().join("Flag");
+        assert_eq!(mode(&own), 0o700);
+        assert!(own.join("ready.flag").exists());
+        b.shutdown().unwrap();
+    }
+}
+
 #[test]
 fn a_project_the_service_user_cannot_reach_is_refused_before_anything_starts() {
     if !is_root() {

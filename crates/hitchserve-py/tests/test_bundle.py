@@ -288,9 +288,14 @@ def test_bad_definitions_are_definition_errors_before_anything_starts(project, d
     [
         (hitchserve.Service(command=["true"], directory="missing"), "or fix Service(directory=...)"),
         (hitchserve.Service(command=["true", "{port.web}"]), 'add Service(ports=["NAME"]) to the service'),
+        (hitchserve.Service(command=["true"]), "give `ServiceBundle(project_directory=...)` the directory"),
     ],
 )
 def test_error_advice_names_the_python_arguments_not_the_rust_api(project, service, advice):
+    if "project_directory" in advice:
+        # A file where the project's directory should be.
+        project = project / "a-file"
+        project.write_text("")
     bundle = hitchserve.ServiceBundle(str(project))
     bundle["A"] = service
     with pytest.raises(hitchserve.DefinitionError) as raised:
@@ -324,6 +329,7 @@ def test_bad_env_vars_are_refused_when_the_service_is_defined(env_vars, error, w
         (dict(stop_signal="SIGNOPE"), ValueError, "stop_signal='SIGNOPE' is not a signal"),
         (dict(stop_signal="SIGIOT"), ValueError, "stop_signal='SIGIOT' is not a signal hitchserve can send"),
         (dict(command=["echo", None]), TypeError, r"command\[1\] is None"),
+        (dict(user=1000), TypeError, "user must be a user's name"),
     ],
 )
 def test_arguments_of_the_wrong_kind_are_refused_naming_the_argument(kwargs, error, words):
@@ -338,11 +344,56 @@ def test_arguments_of_the_wrong_kind_are_refused_naming_the_argument(kwargs, err
         (dict(startup_timeout=None), TypeError, "startup_timeout must be a number of seconds, not None"),
         (dict(startup_timeout=-1), ValueError, "startup_timeout must be from 0 to a year"),
         (dict(shutdown_timeout=1e300), ValueError, "shutdown_timeout must be from 0 to a year"),
+        (dict(log_memory_limit=-1), ValueError, "log_memory_limit must be a number of bytes"),
     ],
 )
 def test_bad_bundle_timeouts_are_refused_naming_the_argument(project, kwargs, error, words):
     with pytest.raises(error, match=words):
         hitchserve.ServiceBundle(str(project), **kwargs)
+
+
+def test_a_wait_given_a_bad_timeout_names_it(project):
+    bundle = hitchserve.ServiceBundle(str(project))
+    bundle["A"] = hitchserve.Service(command=py(READY_THEN_WAIT), log_line_ready_checker=lambda l: l == "READY")
+    with bundle:
+        bundle.startup()
+        for bad, error in (("abc", TypeError), (-1, ValueError)):
+            with pytest.raises(error, match="timeout must be"):
+                bundle["A"].logs.tail.until(lambda l: False, timeout=bad)
+            with pytest.raises(error, match="timeout must be"):
+                bundle["A"].wait_exit(bad)
+
+
+def test_after_startup_refused_for_its_definitions_what_was_missing_can_be_added(project):
+    # As in IPython: a need forgotten, said by startup(), added, and startup() again.
+    bundle = hitchserve.ServiceBundle(str(project))
+    bundle["App"] = hitchserve.Service(
+        command=py(READY_THEN_WAIT), log_line_ready_checker=lambda l: l == "READY", needs=["Db"]
+    )
+    with pytest.raises(hitchserve.DefinitionError, match="needs `Db`"):
+        bundle.startup()
+    with pytest.raises(hitchserve.DefinitionError, match="make a new ServiceBundle"):
+        bundle["App"] = hitchserve.Service(command=["true"])
+    bundle["Db"] = hitchserve.Service(command=py(READY_THEN_WAIT), log_line_ready_checker=lambda l: l == "READY")
+    with bundle:
+        bundle.startup()
+        assert bundle["App"].is_ready and bundle["Db"].is_ready
+
+
+def test_an_empty_command_is_a_definition_error(project):
+    bundle = hitchserve.ServiceBundle(str(project))
+    bundle["A"] = hitchserve.Service(command=[])
+    with pytest.raises(hitchserve.DefinitionError, match="needs a command"):
+        bundle.startup()
+
+
+def test_a_cron_command_given_as_one_string_or_empty_is_refused():
+    from hitchserve.services import Cron
+
+    with pytest.raises(TypeError, match=r"write command=\['echo', 'hello'\]"):
+        Cron(every=60, command="echo hello")
+    with pytest.raises(ValueError, match="runs nothing"):
+        Cron(every=60, command=[])
 
 
 def test_numbers_of_any_kind_are_taken_where_numbers_are_asked_for(project):

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _native
 from .errors import DefinitionError, NoSuchService, TimeTravelError
-from .logs import Logs
+from .logs import Logs, _checked_timeout
 from .service import PathLike, Service, _name_of
 
 __all__ = ["ServiceBundle"]
@@ -62,9 +62,17 @@ class ServiceBundle:
         if project_directory is None:
             project_directory = os.getcwd()
         self.project_directory = os.fspath(project_directory)
-        self.startup_timeout = _timeout("startup_timeout", startup_timeout)
-        self.shutdown_timeout = _timeout("shutdown_timeout", shutdown_timeout)
+        self.startup_timeout = _checked_timeout("startup_timeout", startup_timeout)
+        self.shutdown_timeout = _checked_timeout("shutdown_timeout", shutdown_timeout)
         self.hitch_dir = hitch_dir
+        if log_memory_limit is not None and (
+            isinstance(log_memory_limit, bool)
+            or not isinstance(log_memory_limit, int)
+            or log_memory_limit < 0
+        ):
+            raise ValueError(
+                f"log_memory_limit must be a number of bytes, 0 or more, not {log_memory_limit!r}"
+            )
         self._native = _native.NativeBundle(
             self.project_directory,
             self.startup_timeout,
@@ -75,6 +83,8 @@ class ServiceBundle:
         self._services: Dict[str, Service] = {}
         self._started = False
         self._added = False
+        # The last startup() was refused for its definitions: nothing started.
+        self._redefinable = False
         # `shutdown()` was called: its services are free for another bundle.
         self._shut_down = False
         if quiet:
@@ -87,7 +97,15 @@ class ServiceBundle:
             raise TypeError(f"service names are strings, not {type(name).__name__}: {name!r}")
         if not isinstance(service, Service):
             raise TypeError(f"bundle[{name!r}] must be a hitchserve.Service, not {type(service).__name__}")
-        if self._added:
+        # After a startup refused for its definitions (nothing started), what was missing
+        # may still be added; what was defined stays as it was.
+        if self._added and (not self._redefinable or name in self._services):
+            if self._redefinable:
+                raise DefinitionError(
+                    f"startup() was refused for its definitions, and `{name}` was given to it "
+                    "already: add what was missing, or make a new ServiceBundle to change a "
+                    "service"
+                )
             raise DefinitionError(
                 "the bundle was already started: define every service before calling startup"
             )
@@ -112,6 +130,14 @@ class ServiceBundle:
         replaced = self._services.get(name)
         if replaced is not None and replaced is not service:
             replaced._bundle = None
+        if self._added:
+            before = service.name
+            service.name = name
+            try:
+                self._native.add(name, service._definition())
+            except BaseException:
+                service.name = before
+                raise
         service.name = name
         service._bundle = self
         self._services[name] = service
@@ -173,7 +199,12 @@ class ServiceBundle:
             for name, definition in definitions:
                 self._native.add(name, definition)
         _LEFT_RUNNING.add(self)
-        self._native.startup()
+        try:
+            self._native.startup()
+        except DefinitionError:
+            self._redefinable = True
+            raise
+        self._redefinable = False
         self._started = True
 
     def shutdown(self) -> None:
@@ -378,19 +409,3 @@ def _delta_micros(delta: _dt.timedelta) -> int:
 def _from_micros(us: int) -> _dt.datetime:
     aware = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc) + _dt.timedelta(microseconds=us)
     return aware.astimezone().replace(tzinfo=None)
-
-
-def _timeout(what: str, value: Any) -> float:
-    """A timeout in seconds (anything ``float()`` takes, or a ``timedelta``): from 0 to a
-    year."""
-    if isinstance(value, _dt.timedelta):
-        value = value.total_seconds()
-    try:
-        if value is None or isinstance(value, bool):
-            raise TypeError
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what} must be a number of seconds, not {value!r}") from None
-    if not 0 <= seconds <= 365 * 24 * 3600:
-        raise ValueError(f"{what} must be from 0 to a year (in seconds), not {value!r}")
-    return seconds

@@ -125,6 +125,8 @@ _RUST_TO_PYTHON: Tuple[Tuple[str, str], ...] = (
     ("Service::no_libfaketime()", "Service(no_libfaketime=True)"),
     ('Service::port("NAME")', 'Service(ports=["NAME"])'),
     ("Postgres::bin_dir", "Postgres(bin_dir=...)"),
+    ("Bundle::new", "ServiceBundle(project_directory=...)"),
+    ("Ready::file", "ready_file"),
 )
 
 

@@ -282,12 +282,26 @@ def _count(n: int, what: str) -> int:
     return n
 
 
-def _timeout(timeout: Optional[float]) -> float:
+def _checked_timeout(what: str, value: Any) -> float:
+    """A timeout in seconds (anything ``float()`` takes, or a ``timedelta``): from 0 to a
+    year."""
+    if isinstance(value, _dt.timedelta):
+        value = value.total_seconds()
+    try:
+        if value is None or isinstance(value, bool):
+            raise TypeError
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} must be a number of seconds, not {value!r}") from None
+    if not 0 <= seconds <= 365 * 24 * 3600:
+        raise ValueError(f"{what} must be from 0 to a year (in seconds), not {value!r}")
+    return seconds
+
+
+def _timeout(timeout: Any) -> float:
     if timeout is None:
         return DEFAULT_TIMEOUT
-    if isinstance(timeout, _dt.timedelta):
-        return timeout.total_seconds()
-    return float(timeout)
+    return _checked_timeout("timeout", timeout)
 
 
 def _check_condition(call: str, condition: Any, example: str) -> None:

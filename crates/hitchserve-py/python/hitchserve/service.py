@@ -17,7 +17,7 @@ import psutil
 
 from . import _native
 from .errors import DefinitionError, NotRunning
-from .logs import Logs
+from .logs import Logs, _checked_timeout
 
 __all__ = ["Service", "Subcommand"]
 
@@ -211,6 +211,8 @@ class Service:
         if stop_signal is not None:
             _signal_name(stop_signal)
         self.stop_signal = stop_signal
+        if user is not None and not isinstance(user, str):
+            raise TypeError(f"user must be a user's name (a str), not {user!r}")
         self.user = user
         self.one_shot = _checked_flag("one_shot", one_shot)
         # Not `self.restart`: that is the method that restarts it.
@@ -249,7 +251,10 @@ class Service:
 
     def _base_definition(self) -> "_native.ServiceDef":
         if not self.command:
-            raise TypeError(f"service {self.name!r} needs a command=[...] to run")
+            raise DefinitionError(
+                f"service {self.name!r} needs a command=[...] to run: give it the program and its "
+                "arguments"
+            )
         return _native.ServiceDef(self.command)
 
     def _overrides(self, hook: str) -> bool:
@@ -387,7 +392,7 @@ class Service:
 
     def wait_exit(self, timeout: float = 10.0) -> Optional[str]:
         """Wait up to ``timeout`` seconds for it to exit; how it ended, or ``None``."""
-        status = self._handle().wait_exit(float(timeout))
+        status = self._handle().wait_exit(_checked_timeout("timeout", timeout))
         return status[0] if status else None
 
     def check(self) -> None:

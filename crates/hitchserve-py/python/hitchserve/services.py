@@ -11,10 +11,11 @@ import functools
 import importlib.metadata
 import math
 import os
+import shlex
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
 
 from . import _native
-from .service import PathLike, Service, Subcommand, _seconds
+from .service import PathLike, Service, Subcommand, _checked_command, _seconds
 
 __all__ = ["Postgres", "PostgresUser", "PostgresDatabase", "Redis", "Smtp", "Cron"]
 
@@ -184,7 +185,14 @@ class Cron(_ReadyMade):
                 f"Cron: `every` must be a time of more than 0 seconds, not {every!r}"
             )
         self.every = every
-        self.cron_command = [str(c) for c in command]
+        if isinstance(command, (str, bytes)):
+            raise TypeError(
+                f"Cron: command must be a list of arguments, not a {type(command).__name__}: "
+                f"write command={shlex.split(os.fsdecode(command))!r} (no shell runs it)"
+            )
+        self.cron_command = _checked_command(command)
+        if not self.cron_command:
+            raise ValueError("Cron: command=[] runs nothing: give the program and its arguments")
 
     def _base_definition(self) -> "_native.ServiceDef":
         return _native.ServiceDef.cron(_seconds(self.every), self.cron_command)

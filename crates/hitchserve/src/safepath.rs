@@ -114,7 +114,20 @@ fn check_shared_parent(dir: &Path) -> Result<()> {
 /// the umask, so a wider one was set by hand) is refused, not made private again: what they
 /// put in it meanwhile would be trusted.
 pub(crate) fn ensure_state_dir(dir: &Path, mode: u32, project_owner: u32) -> Result<()> {
-    let meta = made_or_there(dir, mode)?;
+    let meta = made_or_there(dir, mode).map_err(|e| match e {
+        Error::Io { context, source }
+            if matches!(source.raw_os_error(), Some(libc::EROFS | libc::EACCES)) =>
+        {
+            Error::Io {
+                context: format!(
+                    "{context} (a bundle keeps its runs and logs in the project's `.hitchserve/`: \
+                     run it in a project directory you can write)"
+                ),
+                source,
+            }
+        }
+        other => other,
+    })?;
     if meta.file_type().is_symlink() {
         return Err(unsafe_path(
             dir,

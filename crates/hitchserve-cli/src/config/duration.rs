@@ -82,7 +82,15 @@ pub fn signed_duration(text: &str) -> Result<SignedDuration, String> {
         t
     };
     // Jiff's own words name units (years) and formats (ISO 8601) we don't take here.
-    let span: Span = t.parse().map_err(|_: jiff::Error| bad(""))?;
+    let too_long = || format!("`{text}` is too long: at most {LONGEST_DAYS}d (100 years)");
+    let span: Span = t.parse().map_err(|e: jiff::Error| {
+        // A number past what a span holds is still a length of time: a too long one.
+        let e = e.to_string();
+        match e.contains("not in the required range") || e.contains("number too big") {
+            true => too_long(),
+            false => bad(""),
+        }
+    })?;
     if span.get_years() != 0 || span.get_months() != 0 {
         return Err(bad(" (months and years have no fixed length)"));
     }
@@ -90,9 +98,7 @@ pub fn signed_duration(text: &str) -> Result<SignedDuration, String> {
         .to_duration(SpanRelativeTo::days_are_24_hours())
         .map_err(|e| bad(&format!(" ({e})")))?;
     if d.abs() > SignedDuration::from_hours(24 * LONGEST_DAYS) {
-        return Err(format!(
-            "`{text}` is too long: at most {LONGEST_DAYS}d (100 years)"
-        ));
+        return Err(too_long());
     }
     Ok(d)
 }
@@ -132,6 +138,16 @@ mod tests {
             err.contains("not a duration") && err.contains("15s"),
             "{err}"
         );
+        // Past what a span holds (it was "not a duration"), and past our 100 years.
+        for text in [
+            "99999999d",
+            "+99999999999d",
+            "99999999999999999999s",
+            "36501d",
+        ] {
+            let err = signed_duration(text).unwrap_err();
+            assert!(err.contains("too long: at most 36500d"), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -17,8 +17,17 @@ pub fn load(path: &Path) -> Result<Config, String> {
             path.display()
         ));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let whole = std::env::current_dir().map_or_else(|_| path.to_path_buf(), |d| d.join(path));
+        match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "cannot read `{}`: there is no such file: write the bundle's services there \
+                 (see the README's \"The bundle file\"), or give another with --file",
+                whole.display()
+            ),
+            _ => format!("cannot read `{}`: {e}", whole.display()),
+        }
+    })?;
     let config: Config = toml::from_str(&text).map_err(|e| {
         let (line, col) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
         format!(
@@ -53,6 +62,17 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_file_is_said_with_its_whole_path_and_what_to_do() {
+        let dir = crate::config::test_dir("missing");
+        let e = load(&dir.join("hitchserve.toml")).unwrap_err();
+        assert!(
+            e.contains(&format!("`{}/hitchserve.toml`", dir.display())) && e.contains("--file"),
+            "{e}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_file_without_services_is_an_error() {

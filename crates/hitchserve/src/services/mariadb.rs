@@ -148,6 +148,15 @@ impl MariaDb {
 
     /// `service`, before it is marked as a MariaDb (for `handle`).
     fn unmarked(self) -> Result<Service> {
+        if let Some(problem) = super::accounts::given_twice(
+            self.users.iter().map(|(n, _)| n.as_str()),
+            self.databases.iter().map(|(n, _, _)| n.as_str()),
+        ) {
+            return Err(Error::InvalidSetting {
+                service: "mariadb".into(),
+                problem,
+            });
+        }
         let basedir = self
             .basedir
             .clone()

@@ -5,6 +5,7 @@
 //! server. Ports are reserved with [`Service::port`](crate::Service::port), so parallel
 //! tests never collide.
 
+mod accounts;
 pub mod chromium;
 pub mod cron;
 mod data_dir;

@@ -113,6 +113,12 @@ impl Postgres {
     /// What PostgreSQL can't take among the users and databases asked for, said without
     /// any password.
     fn bad_names(&self) -> Option<String> {
+        if let Some(twice) = super::accounts::given_twice(
+            self.users.iter().map(|(n, _)| n.as_str()),
+            self.databases.iter().map(|(n, _, _)| n.as_str()),
+        ) {
+            return Some(twice);
+        }
         let nul = |text: &str| text.contains('\0');
         for (name, password) in &self.users {
             if nul(name) {

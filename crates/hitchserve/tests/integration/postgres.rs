@@ -236,6 +236,22 @@ fn the_superusers_password_can_be_set_and_what_postgres_cant_take_is_refused() {
         said.contains("NUL") && !said.contains("TOPSECRET"),
         "{said}"
     );
+    // A user or database given twice (the later password silently won), in both kinds.
+    let twice = Postgres::new()
+        .user("app", "one")
+        .user("app", "two")
+        .service()
+        .unwrap_err()
+        .to_string();
+    assert!(twice.contains("user `app` is given twice"), "{twice}");
+    let twice = hitchserve::services::MariaDb::new()
+        .user("app", "one")
+        .database("shop", "app")
+        .database("shop", "app")
+        .service()
+        .unwrap_err()
+        .to_string();
+    assert!(twice.contains("database `shop` is given twice"), "{twice}");
     let other_user = Postgres::new().service().unwrap().user("nobody");
     let p = Project::new("postgres-superuser");
     let mut b = p.bundle();

@@ -16,6 +16,28 @@ def test_a_moment_beyond_any_clock_is_a_time_travel_error(project):
         bundle.time_travel(datetime=datetime.datetime(9999, 12, 31))
 
 
+def test_an_amount_of_time_of_the_wrong_kind_is_refused_naming_it(project):
+    bundle = hitchserve.ServiceBundle(str(project))
+    with pytest.raises(TypeError, match=r"time_travel\(days=...\) takes a number, not '2'"):
+        bundle.time_travel(days="2")
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"users": "app"}, "users= takes a list of entries"),
+        ({"users": ("app", "pw")}, "users= takes a list of entries"),
+        ({"users": ["app"]}, r"users: each entry is \(name, password\), not 'app'"),
+        ({"databases": [("shop",)]}, r"databases: each entry is \(name, owner, dump\)"),
+    ],
+)
+def test_postgres_users_and_databases_of_the_wrong_shape_are_refused_saying_the_shape(kwargs, words):
+    from hitchserve.services import Postgres
+
+    with pytest.raises(TypeError, match=words):
+        Postgres(**kwargs)
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [

@@ -90,12 +90,12 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
     } else if name.len() > 64 {
         Some("it is longer than 64 characters")
     } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        Some("it must start with a letter or digit")
+        Some("it must start with an ASCII letter (a-z, A-Z) or digit")
     } else if !name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
     {
-        Some("use only letters, digits, `_`, `-` and `.`")
+        Some("use only ASCII letters (a-z, A-Z), digits, `_`, `-` and `.`")
     } else if name == "Hitch" {
         Some("`Hitch` is the bundle's own name in the logs")
     } else {

@@ -371,7 +371,13 @@ def _travel_micros(
                 "time_travel(datetime=...) takes a datetime.datetime (or, first, a "
                 f"datetime.timedelta), not {type(datetime).__name__}: {datetime!r}"
             )
-        delta = _dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+        amounts = {"days": days, "hours": hours, "minutes": minutes, "seconds": seconds}
+        for name, amount in amounts.items():
+            try:
+                _dt.timedelta(**{name: amount})
+            except TypeError:
+                raise TypeError(f"time_travel({name}=...) takes a number, not {amount!r}") from None
+        delta = _dt.timedelta(**amounts)
         if timedelta is not None:
             delta += _check_delta(timedelta)
         moment = None if datetime is None else datetime + delta

@@ -410,7 +410,8 @@ class Service:
         """Stop it: its stop signal to its whole process group, SIGKILL to what is left after
         the bundle's ``shutdown_timeout``; returns once it has exited and its last lines are
         stored (a ``[Hitch] Stopping ...`` line says so). Its exit is expected: no crash is
-        reported. Services that need it keep running. Nothing happens if it isn't running.
+        reported. Services that need it keep running. Nothing happens if it has stopped or
+        exited already (before ``startup()`` there is nothing to stop: :class:`NotRunning`).
         Ctrl-C stops the wait (the stop goes on)."""
         self._handle().stop()
 

@@ -50,6 +50,31 @@ class PostgresDatabase(NamedTuple):
     dump: Optional[PathLike] = None
 
 
+def _entries(what: str, given: Any) -> List[Any]:
+    """``users=`` or ``databases=``: a list of entries (one entry alone, or a string, is a
+    mistake said here rather than as a tuple's)."""
+    if isinstance(given, (str, bytes)) or (
+        isinstance(given, tuple) and given and not isinstance(given[0], (tuple, list))
+    ):
+        raise TypeError(
+            f"{what}= takes a list of entries, e.g. [PostgresUser('app', 'secret')], not {given!r}"
+        )
+    return list(given)
+
+
+def _entry(kind: Any, what: str, entry: Any) -> Any:
+    """One entry of ``users=`` or ``databases=``, as ``kind`` (a named tuple)."""
+    if isinstance(entry, kind):
+        return entry
+    fields = ", ".join(kind._fields)
+    if isinstance(entry, (str, bytes)) or not isinstance(entry, (tuple, list)):
+        raise TypeError(f"{what}: each entry is ({fields}), not {entry!r}")
+    try:
+        return kind(*entry)
+    except TypeError:
+        raise TypeError(f"{what}: each entry is ({fields}), not {entry!r}") from None
+
+
 class Postgres(_ReadyMade):
     """PostgreSQL: a fresh cluster per run on a free port, with these users and databases
     (``PostgresUser(name, password)``, ``PostgresDatabase(name, owner, dump=None)``, or
@@ -66,8 +91,10 @@ class Postgres(_ReadyMade):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.users = [PostgresUser(*u) for u in users]
-        self.databases = [PostgresDatabase(*d) for d in databases]
+        self.users = [_entry(PostgresUser, "users", u) for u in _entries("users", users)]
+        self.databases = [
+            _entry(PostgresDatabase, "databases", d) for d in _entries("databases", databases)
+        ]
         self.bin_dir = bin_dir
         self.fresh_initdb = fresh_initdb
         self.os_user = os_user

@@ -144,6 +144,13 @@ fn detached_bundle_answers_every_control_command_then_goes_down() {
         "300ms",
     ]);
     assert!(!missing.status.success() && text(&missing).contains("nothing matched"));
+    // With the last lines, as the library's timeout shows them: they often say why.
+    assert!(
+        text(&missing).contains("the last line"),
+        "{}",
+        text(&missing)
+    );
+    assert!(text(&missing).contains("READY"), "{}", text(&missing));
 
     // exec passes the exit code through and runs in the service's directory.
     let killed = p.run(&["exec", "Clock", "--", "sh", "-c", "kill -KILL $$"]);

@@ -321,10 +321,30 @@ fn finish(
             written?;
             reply(out, &json!({"end": "ok"}))
         }
-        Err(HsError::WaitTimeout { what, .. }) => reply(
-            out,
-            &json!({"end": "timeout", "error": format!("nothing matched {looked_for} within {:.1} s (waited for {what})", timeout.as_secs_f64())}),
-        ),
+        Err(HsError::WaitTimeout {
+            what, last_lines, ..
+        }) => {
+            // As the library's own timeout says it: the last lines, which often say why.
+            let last = match last_lines.as_slice() {
+                [] => " (no line yet)".to_owned(),
+                lines => format!(
+                    "; the last line{}:\n{}",
+                    if lines.len() == 1 { "" } else { "s" },
+                    lines
+                        .iter()
+                        .map(|l| format!("    {l}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                ),
+            };
+            reply(
+                out,
+                &json!({"end": "timeout", "error": format!(
+                    "nothing matched {looked_for} within {:.1} s (waited for {what}){last}",
+                    timeout.as_secs_f64()
+                )}),
+            )
+        }
         Err(e) => reply(out, &json!({"end": "error", "error": e.to_string()})),
     }
 }

@@ -15,6 +15,8 @@ use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::cgroup::Cgroup;
 use crate::signal::Signal;
@@ -43,6 +45,12 @@ pub(crate) struct ExecEnv {
     pub env: Vec<(OsString, OsString)>,
     /// Uid and gid to run as (see `Service::user`).
     pub run_as: Option<(u32, u32)>,
+    /// Shared by the run's services: set once a process carrying the run's marker was
+    /// started outside the run's cgroup (a hook's, a sub-command's or a probe's command, a
+    /// service that could not be born inside, what a caller starts with the environment
+    /// it was handed). Until then a cgroup holds everything of the run, and its stop needs
+    /// no marker sweep through `/proc`.
+    pub outside: Arc<AtomicBool>,
 }
 
 impl ExecEnv {
@@ -71,6 +79,7 @@ impl ExecEnv {
     /// A command running `program` (already resolved) as `arg0` with `args` in this
     /// directory, environment and user, with no blocked signals.
     pub(crate) fn command(&self, program: &Path, arg0: &OsStr, args: &[OsString]) -> Command {
+        self.outside.store(true, Ordering::SeqCst);
         let mut cmd = Command::new(program);
         if let Some((uid, gid)) = self.run_as {
             // (std then drops root's supplementary groups too.)

@@ -82,7 +82,11 @@ impl ServiceHandle {
     /// service by hand looks for (the run's marker stays: such a command dies with the
     /// bundle).
     pub fn environment(&self) -> Vec<(OsString, OsString)> {
-        let mut env = self.runtime.services()[self.idx].exec.env.clone();
+        let exec = &self.runtime.services()[self.idx].exec;
+        // What is started with it carries the run's marker, outside the run's cgroup.
+        exec.outside
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut env = exec.env.clone();
         env.retain(|(k, _)| k != crate::exec::SERVICE_MARKER_VAR);
         env
     }

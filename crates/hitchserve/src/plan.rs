@@ -217,6 +217,10 @@ impl Plan {
                 Condition::Ready => {}
             }
         }
+        let outside: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        for plan in &mut services {
+            plan.exec.outside = Arc::clone(&outside);
+        }
         if let Some(cycle) = find_cycle(&services) {
             return Err(Error::NeedsCycle {
                 cycle: cycle
@@ -405,6 +409,8 @@ fn resolve_one(
         dir,
         env,
         run_as,
+        // (One for the whole run: see `Plan::resolve`.)
+        outside: Arc::default(),
     };
     let key = (
         program.clone(),

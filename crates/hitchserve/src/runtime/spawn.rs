@@ -235,6 +235,11 @@ impl Runtime {
         match spawn_child(plan, self.cgroup.as_deref()) {
             Ok((child, inside)) => {
                 let pid = child.id();
+                if !inside {
+                    plan.exec
+                        .outside
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 guardian::watch(&self.run.id, pid, inside);
                 let at = Instant::now();
                 self.dispatch(idx, Event::Spawned { pid, at });

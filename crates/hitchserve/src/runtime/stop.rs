@@ -1,5 +1,6 @@
 //! Stopping a run: every service's stop signal in parallel, SIGKILL to what is left after
-//! the grace, then whatever left its group (the run's cgroup, the marker sweep), then waiting
+//! the grace, then whatever left its group (the run's cgroup; the marker sweep through
+//! `/proc` without one, or once something marked was started outside it), then waiting
 //! until every supervisor has drained and reaped.
 //!
 //! Owns the shutdown order, stopping one service (`stop_one`: the same steps for its group
@@ -117,9 +118,18 @@ impl Runtime {
         // Processes that left their group (setsid, double fork) are still in the run's
         // cgroup, where there is one, and still carry the marker unless they cleared it.
         guardian::kill_cgroup(&self.run.id);
-        let ended = self.ended_pids();
-        let needle = format!("{MARKER_VAR}={}", self.run.id);
-        sweep(&needle, self.born_after.as_ref(), &ended);
+        // Everything marked was born in the cgroup (see `ExecEnv::outside`): killed with it,
+        // no process can have left it (but by moving itself to another cgroup, as root: not
+        // covered). Else those that left their group are found by the marker.
+        let outside = self
+            .services()
+            .iter()
+            .any(|p| p.exec.outside.load(std::sync::atomic::Ordering::SeqCst));
+        if self.cgroup.is_none() || outside {
+            let ended = self.ended_pids();
+            let needle = format!("{MARKER_VAR}={}", self.run.id);
+            sweep(&needle, self.born_after.as_ref(), &ended);
+        }
         let grace = deadline_after(Instant::now(), KILLED_GRACE + READER_DRAIN);
         drop(self.wait_stopped(grace, true, all_done));
         self.threads.release_workers();

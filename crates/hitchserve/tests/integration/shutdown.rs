@@ -139,6 +139,31 @@ fn the_stop_signal_can_be_chosen() {
     assert!(!lines.contains(&"got TERM".to_owned()));
 }
 
+/// A command the test runs beside a service in its `environment()` dies with the bundle
+/// (it carries the run's marker) — also where the run has a cgroup, which holds everything
+/// the services started but not this (so the marker sweep, spared when nothing marked was
+/// started outside the cgroup, is made).
+#[test]
+fn a_command_run_beside_a_service_in_its_environment_dies_with_the_bundle() {
+    let p = Project::new("beside");
+    let mut b = p.bundle();
+    b.add("Svc", sh("echo READY; exec sleep 1000")).unwrap();
+    b.startup().unwrap();
+    let mut beside = std::process::Command::new("setsid")
+        .args(["sleep", "1000"])
+        .env_clear()
+        .envs(b.service("Svc").unwrap().environment())
+        .spawn()
+        .unwrap();
+    b.shutdown().unwrap();
+    let gone = wait_gone(beside.id(), PATIENCE);
+    if !gone {
+        let _ = beside.kill();
+    }
+    let _ = beside.wait();
+    assert!(gone, "the command beside it outlived the bundle");
+}
+
 /// Children, grandchildren and a double-forked `setsid` daemon all die with the bundle.
 #[test]
 fn shutdown_leaves_no_process_behind() {

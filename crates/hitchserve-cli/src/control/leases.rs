@@ -54,8 +54,34 @@ pub fn definition(text: &str) -> Result<Definition, String> {
     Ok(def)
 }
 
+/// Keys whose value is a duration: compared as lengths of time (`"2s"` is `"2000ms"`).
+const DURATION_KEYS: &[&str] = &[
+    "startup_timeout",
+    "shutdown_timeout",
+    "every",
+    "restart_backoff",
+];
+
 fn canonical(v: &toml::Value) -> String {
-    serde_json::to_string(v).unwrap_or_else(|e| format!("(unreadable: {e})"))
+    let mut v = v.clone();
+    if let Some(table) = v.as_table_mut() {
+        for key in DURATION_KEYS {
+            let Some(value) = table.get_mut(*key) else {
+                continue;
+            };
+            let text = match &*value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                _ => continue,
+            };
+            // (One that is no duration stays as written: the file's check says so.)
+            if let Ok(d) = crate::config::duration(&text) {
+                *value = toml::Value::String(format!("{}ns", d.as_nanos()));
+            }
+        }
+    }
+    serde_json::to_string(&v).unwrap_or_else(|e| format!("(unreadable: {e})"))
 }
 
 /// How two definitions differ, in words: the services added, removed and changed.
@@ -512,5 +538,30 @@ fn wait_either(pidfd: &OwnedFd, wake: &OwnedFd) {
         if n > 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A duration written another way is the same definition (a holder's `"2s"` against
+    /// the running `"2000ms"` was refused as a change); another length is a change.
+    #[test]
+    fn durations_are_compared_as_lengths_of_time() {
+        let def = |timeout: &str, every: &str| {
+            definition(&format!(
+                "[bundle]\nstartup_timeout = {timeout}\n\n[services.Tick]\nkind = \"cron\"\n\
+                 every = {every}\ncommand = [\"true\"]\n"
+            ))
+            .unwrap()
+        };
+        let running = def("\"2s\"", "\"1m\"");
+        assert!(differences(&running, &def("\"2000ms\"", "\"60s\"")).is_empty());
+        assert!(differences(&running, &def("2", "60")).is_empty());
+        assert_eq!(
+            differences(&running, &def("\"3s\"", "\"1m\"")),
+            vec!["`[bundle]` changed".to_owned()]
+        );
     }
 }

@@ -740,20 +740,13 @@ fn exec_runs_as_the_services_user() {
     // its own, relayed: not the caller's, which a process it left running could read from
     // once it ended (nor push keystrokes into: TIOCSTI), yet its controlling one (field 7
     // of its stat is a terminal), so that what needs a terminal (a password prompt) works.
-    let mut on_tty = on_a_terminal(
+    let said = said_on_a_terminal(
         &p,
         &format!(
             "readlink /proc/self/fd/0; exec {BIN} exec Db -- sh -c \
              'readlink /proc/self/fd/0 /proc/self/fd/1; cat /proc/self/stat'"
         ),
     );
-    // Its input held open until it has ended: at the end of its input, `script` types an
-    // end-of-file character, which would reach the command.
-    let input = on_tty.stdin.take();
-    let mut said = String::new();
-    std::io::Read::read_to_string(on_tty.stdout.as_mut().unwrap(), &mut said).unwrap();
-    drop(input);
-    let on_tty = on_tty.wait_with_output().unwrap();
     let mut lines = said.lines().map(str::trim);
     let (ours, its_in, its_out, stat) = (
         lines.next().unwrap_or_default(),
@@ -761,7 +754,7 @@ fn exec_runs_as_the_services_user() {
         lines.next().unwrap_or_default(),
         lines.next().unwrap_or_default(),
     );
-    assert!(ours.starts_with("/dev/pts/"), "{said} ({})", text(&on_tty));
+    assert!(ours.starts_with("/dev/pts/"), "{said}");
     assert!(its_in.starts_with("/dev/pts/") && its_in != ours, "{said}");
     assert_eq!(its_in, its_out, "{said}");
     let tty = stat
@@ -769,6 +762,53 @@ fn exec_runs_as_the_services_user() {
         .and_then(|(_, rest)| rest.split_whitespace().nth(4))
         .unwrap_or_else(|| panic!("no stat in {said:?}"));
     assert_ne!(tty, "0", "{stat}");
+    // Nor does it get a descriptor of it past stdin, stdout and stderr (a shell's `3<>`).
+    let said = said_on_a_terminal(
+        &p,
+        &format!(
+            "exec 3<>/dev/tty; {BIN} exec Db -- sh -c 'readlink /proc/$$/fd/3 || echo no-fd-3'"
+        ),
+    );
+    assert!(said.contains("no-fd-3"), "{said}");
+    // In the background (not the terminal's foreground group: `timeout`'s child), it
+    // leaves the terminal alone: setting it raw stopped it for good.
+    let said = said_on_a_terminal(
+        &p,
+        &format!("timeout 60 {BIN} exec Db -- echo in-the-background; echo rc=$?"),
+    );
+    assert!(
+        said.contains("in-the-background") && said.contains("rc=0"),
+        "{said}"
+    );
+    // A SIGTERM to `exec` (a runner's timeout) ends it as before, of the signal, with the
+    // caller's terminal put back as it was (not raw) — also when the command ignores it.
+    let mut ended = on_a_terminal(
+        &p,
+        &format!(
+            "{BIN} exec Db -- sh -c 'trap \"\" TERM; echo EXEC=$PPID; exec sleep 1000'; \
+             echo rc=$?; stty -a"
+        ),
+    );
+    let mut out = BufReader::new(ended.stdout.take().unwrap());
+    let mut line = String::new();
+    let exec: i32 = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no EXEC line");
+        if let Some(pid) = line.trim().strip_prefix("EXEC=") {
+            break pid.parse().unwrap();
+        }
+    };
+    // SAFETY: a signal to the `exec` this test started.
+    unsafe { libc::kill(exec, libc::SIGTERM) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    drop(ended.stdin.take());
+    let _ = ended.wait();
+    assert!(rest.contains("rc=143"), "{rest}");
+    assert!(
+        rest.contains(" icanon") && rest.contains(" echo "),
+        "{rest}"
+    );
     // What is typed reaches it, and its exit code is ours.
     let mut typed = on_a_terminal(
         &p,
@@ -805,6 +845,19 @@ fn exec_runs_as_the_services_user() {
     assert!(rest.contains("GOT-INT"), "{rest}");
     assert!(on_tty.wait().unwrap().success());
     down(&p);
+}
+
+/// What `line` says on a terminal of its own (see `on_a_terminal`), once it has ended. Its
+/// input is held open until then: at the end of its input, `script` types an end-of-file
+/// character, which would reach the command.
+fn said_on_a_terminal(p: &Project, line: &str) -> String {
+    let mut child = on_a_terminal(p, line);
+    let input = child.stdin.take();
+    let mut said = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut said).unwrap();
+    drop(input);
+    let _ = child.wait();
+    said
 }
 
 /// `line` run by a shell on a terminal of its own (a pty from `script`), in the project;
@@ -1430,6 +1483,20 @@ fn a_stopped_bundle_is_said_not_waited_for() {
     let status = p.run(&["status"]);
     assert!(status.status.success(), "{}", text(&status));
     down(&p);
+    // The lock file keeps the last `up`'s pid: once nobody holds the lock, a stopped process
+    // that has that pid now (reused) is no bundle.
+    let mut other = Command::new("sleep").arg("1000").spawn().unwrap();
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(other.id() as i32, libc::SIGSTOP) };
+    std::fs::write(p.0.join(".hitchserve/up.lock"), other.id().to_string()).unwrap();
+    let status = p.run(&["status"]);
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(
+        text(&status).contains("no bundle is running"),
+        "{}",
+        text(&status)
+    );
 }
 
 /// `hitchserve down`, which must succeed.

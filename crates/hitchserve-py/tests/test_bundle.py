@@ -378,6 +378,12 @@ def test_after_startup_refused_for_its_definitions_what_was_missing_can_be_added
     with bundle:
         bundle.startup()
         assert bundle["App"].is_ready and bundle["Db"].is_ready
+        # A second startup() of the running bundle is refused, and adding stays refused
+        # as for any started bundle (not "add what was missing").
+        with pytest.raises(hitchserve.DefinitionError):
+            bundle.startup()
+        with pytest.raises(hitchserve.DefinitionError, match="already started"):
+            bundle["Late"] = hitchserve.Service(command=["true"])
 
 
 def test_an_empty_command_is_a_definition_error(project):
@@ -394,6 +400,11 @@ def test_a_cron_command_given_as_one_string_or_empty_is_refused():
         Cron(every=60, command="echo hello")
     with pytest.raises(ValueError, match="runs nothing"):
         Cron(every=60, command=[])
+    # A quote left open is still the advice, not shlex's own error.
+    with pytest.raises(TypeError, match="command must be a list of arguments"):
+        Cron(every=60, command="echo 'hi")
+    with pytest.raises(TypeError, match="command must be a list of arguments"):
+        hitchserve.Service(command="echo 'hi")
 
 
 def test_numbers_of_any_kind_are_taken_where_numbers_are_asked_for(project):

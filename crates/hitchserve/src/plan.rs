@@ -66,8 +66,8 @@ pub(crate) struct ServicePlan {
     pub sources: Sources,
     /// The ready-made kind that made it, if one did.
     pub kind: Option<&'static str>,
-    /// Its definition names `{run}`: the run directory, and its own `<run>/<Name>/`, must
-    /// exist before it starts.
+    /// Its definition names `{run}`: the run directory must exist before it starts (it
+    /// would be the log writer's to make, meanwhile).
     pub uses_run: bool,
 }
 
@@ -254,10 +254,8 @@ impl Plan {
                 .any(|p| p.exec.run_as.is_some() || p.uses_run)
     }
 
-    /// For each service whose definition names `{run}`: its own directory `<run>/<Name>/`
-    /// (mode 0700), for `{run}/{service}` to name a directory that is there. For each
-    /// service that runs as another user: that directory (owned by that user, inside a run
-    /// directory it can only pass through), and a
+    /// For each service that runs as another user: its own directory `<run>/<Name>/` (mode
+    /// 0700, owned by that user, inside a run directory it can only pass through), and a
     /// check that it can reach its program, its working directory, that directory and, if
     /// its clock is faked, the shim and the clock offset — so a blocked path is
     /// an error before anything starts, not a "Permission denied" later or, worse, a service
@@ -274,9 +272,6 @@ impl Plan {
         for plan in &self.services {
             let own = run_dir.join(&plan.name);
             let Some((uid, gid)) = plan.exec.run_as else {
-                if plan.uses_run {
-                    crate::safepath::make_dir_for(&own, 0o700, None)?;
-                }
                 continue;
             };
             crate::safepath::make_dir_for(&own, 0o700, Some((uid, gid)))?;

@@ -272,9 +272,8 @@ impl Service {
     }
 
     /// Reserve a free TCP port named `name` for this service. (Besides port templates,
-    /// `{run}` stands for the run directory and `{service}` for the service's name; a
-    /// service that names `{run}` finds `{run}/{service}/` made for it, private, before it
-    /// starts.)
+    /// `{run}` stands for the run directory, there before a service that names it starts,
+    /// and `{service}` for the service's name.)
     /// Its number goes wherever
     /// `{port.NAME}` appears in this service's command, environment values and readiness
     /// check, and wherever `{Service.port.NAME}` appears in another service's; the bundle

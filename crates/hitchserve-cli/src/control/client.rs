@@ -101,11 +101,22 @@ fn connect(project: &Path, cmd: &str) -> Result<UnixStream, String> {
 
 pub(super) fn request(project: &Path, req: &Value) -> Result<BufReader<Reply>, String> {
     // A stopped bundle (Ctrl-Z on its `up`, a SIGSTOP) would take the request and never
-    // answer: said at once, before asking anything of it.
-    let up = up_pid(project);
+    // answer: said at once, before asking anything of it. (The pid only while an `up` holds
+    // the lock: the file keeps the last one's.)
+    let up = up_pid(project).filter(|_| up_is_running(project));
     if let Some(pid) = up.filter(|&pid| is_stopped(pid)) {
         return Err(stopped(pid, false));
     }
+    request_patiently(project, req, up)
+}
+
+/// `request`, its answer waited for however long it takes, even from a stopped bundle
+/// unless `up` (the pid of the bundle's `up`, to look at while waiting).
+pub(super) fn request_patiently(
+    project: &Path,
+    req: &Value,
+    up: Option<libc::pid_t>,
+) -> Result<BufReader<Reply>, String> {
     let mut conn = connect(project, req["cmd"].as_str().unwrap_or(""))?;
     conn.write_all(format!("{req}\n").as_bytes())
         .map_err(|e| gone_meanwhile(&e))?;
@@ -156,7 +167,7 @@ impl std::fmt::Display for Stopped {
 impl std::error::Error for Stopped {}
 
 /// Whether a read of a `Reply` failed because the bundle was found stopped.
-pub(super) fn is_stopped_error(e: &std::io::Error) -> bool {
+fn is_stopped_error(e: &std::io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<Stopped>())
 }
 
@@ -184,7 +195,7 @@ fn stopped(pid: libc::pid_t, asked: bool) -> String {
 
 /// A connection to the bundle that broke (a broken pipe, a reset): the bundle stopped while
 /// we asked — said in words, not as the system's error number.
-pub(super) fn gone_meanwhile(e: &std::io::Error) -> String {
+fn gone_meanwhile(e: &std::io::Error) -> String {
     use std::io::ErrorKind as K;
     if let Some(stopped) = e
         .get_ref()

@@ -12,7 +12,7 @@ use std::os::unix::process::ExitStatusExt;
 
 use serde_json::Value;
 
-use super::relay::Pty;
+use super::relay::{Pty, Relayed};
 use crate::ExitCode;
 
 /// The pid `ForwardSignals` passes signals on to (0: none yet), and a signal that came
@@ -79,6 +79,15 @@ impl Drop for ForwardSignals {
     }
 }
 
+/// Wait until child `pid` has exited, leaving it unreaped.
+fn wait_unreaped(pid: u32) {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    while let Err(nix::errno::Errno::EINTR) =
+        waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT)
+    {}
+}
+
 fn effective_uid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
@@ -126,6 +135,15 @@ pub(super) fn exec(command: &[String], v: &Value) -> Result<ExitCode, String> {
         cmd.pre_exec(move || {
             if switched {
                 libc::setsid();
+                // Nothing of ours past stdin, stdout and stderr reaches another user's
+                // command (a descriptor of our terminal a shell opened, say): each is
+                // closed at the exec (Linux 5.11+; else as they were).
+                libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
             }
             if let Some(attach) = &attach {
                 attach.attach()?;
@@ -148,28 +166,35 @@ pub(super) fn exec(command: &[String], v: &Value) -> Result<ExitCode, String> {
     // In a session of its own, the terminal's Ctrl-C and Ctrl-\ reach only us: passed on,
     // so that they stop a query, not the session (taken from before the spawn: one that
     // comes meanwhile is passed on once it runs). With a pty, they reach it through it (our
-    // terminal is raw meanwhile); a SIGTERM or SIGHUP to us is passed on too, so that we
-    // put our terminal back once it has ended.
-    let forwarding = match (&pty, switched) {
-        (Some(_), _) => Some(ForwardSignals::install(&[
-            libc::SIGINT,
-            libc::SIGQUIT,
-            libc::SIGTERM,
-            libc::SIGHUP,
-        ])),
-        (None, true) => Some(ForwardSignals::install(&[libc::SIGINT, libc::SIGQUIT])),
-        (None, false) => None,
-    };
+    // terminal is raw meanwhile), and a SIGTERM or SIGHUP ends the relay (see `relay`).
+    let forwarding = switched.then(|| ForwardSignals::install(&[libc::SIGINT, libc::SIGQUIT]));
+    // Once it has exited, before it is reaped: its pid is not ours to signal any more.
+    let exited = || FORWARD_TO.store(0, std::sync::atomic::Ordering::SeqCst);
     let status = match cmd.spawn().and_then(|mut child| {
         if let Some(f) = &forwarding {
             f.to(child.id());
         }
         match pty {
-            Some(pty) => pty.relay(&mut child),
-            None => child.wait(),
+            Some(pty) => pty.relay(&mut child, &exited),
+            None => {
+                wait_unreaped(child.id());
+                exited();
+                child.wait().map(Relayed::Exited)
+            }
         }
     }) {
-        Ok(status) => status,
+        Ok(Relayed::Exited(status)) => status,
+        Ok(Relayed::EndedBy(sig)) => {
+            // Our terminal is as it was: die of the signal, as before the relay (the
+            // command gets its SIGTERM from our end).
+            drop(forwarding);
+            // SAFETY: the default action again, then the signal to ourselves.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+            }
+            return Ok(ExitCode::from((128 + sig) as u8));
+        }
         // Like a shell: 127 for a command not found, 126 for one it can't run.
         Err(e) => {
             let why = match (v["user"].as_str(), switched) {

@@ -8,14 +8,18 @@
 //! command has exited; then our terminal is as it was and the pty is closed, so a process
 //! the command left running reads nothing more. The pty starts with our terminal's settings
 //! and size, and follows its size. Ctrl-Z is not job control through `exec`: a command that
-//! stops (its own SIGTSTP included) is continued at once.
+//! stops (its own SIGTSTP included) is continued at once. Run in the background (not the
+//! terminal's foreground process group: `cmd &`, `timeout`'s child), we leave the terminal's
+//! mode alone and read nothing from it — the terminal would stop us for trying — and the
+//! command reads no input. A SIGTERM or SIGHUP to us ends the relay: our terminal is put
+//! back, and we die of the signal (the command then gets its SIGTERM, as any `exec`'s does).
 //!
 //! Hand-written rather than a crate: the pty and the terminal modes are nix's; what is left
 //! is this loop, which must also end with the command and never block on either side.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::{Child, ExitStatus};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
@@ -24,12 +28,25 @@ use nix::sys::termios::{self, SetArg, SpecialCharacterIndices, Termios};
 
 /// Our terminal's size changed (SIGWINCH).
 static RESIZED: AtomicBool = AtomicBool::new(false);
+/// A SIGTERM or SIGHUP came (its number; 0: none).
+static ENDED_BY: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn note_signal(sig: libc::c_int) {
-    if sig == libc::SIGWINCH {
-        RESIZED.store(true, Ordering::SeqCst);
+    match sig {
+        libc::SIGWINCH => RESIZED.store(true, Ordering::SeqCst),
+        libc::SIGTERM | libc::SIGHUP => ENDED_BY.store(sig, Ordering::SeqCst),
+        // SIGCHLD: only wakes the wait (the loop looks at the child each time).
+        _ => {}
     }
-    // SIGCHLD: only wakes the wait (the loop looks at the child each time).
+}
+
+/// How the relay ended.
+pub(super) enum Relayed {
+    /// The command exited so (reaped).
+    Exited(ExitStatus),
+    /// We got this signal (SIGTERM, SIGHUP) first: our terminal is put back; the caller
+    /// dies of it.
+    EndedBy(libc::c_int),
 }
 
 /// Most bytes typed ahead that the command has not read yet, before we stop reading ours.
@@ -142,7 +159,9 @@ impl Pty {
 
     /// Relay between our terminal and the pty until `child` (started with `for_child`'s
     /// `attach`) has exited; its exit status.
-    pub(super) fn relay(self, child: &mut Child) -> std::io::Result<ExitStatus> {
+    /// `exited` is called once the command has exited, before it is reaped (its pid is
+    /// then no longer to be signalled).
+    pub(super) fn relay(self, child: &mut Child, exited: &dyn Fn()) -> std::io::Result<Relayed> {
         let Pty {
             master,
             slave,
@@ -162,6 +181,8 @@ impl Pty {
         } else {
             0
         };
+        // In the background, the terminal is not ours to set or read (see the header).
+        let ttys = [ttys[0] && in_foreground(), ttys[1], ttys[2]];
         let _raw = if ttys[0] {
             let before = termios::tcgetattr(fd(0)).ok();
             if let Some(b) = &before {
@@ -175,7 +196,12 @@ impl Pty {
         };
         // SIGCHLD and SIGWINCH are blocked but while waiting (`ppoll`), so that neither is
         // missed between a look and the wait.
-        let handled = [Signal::SIGCHLD, Signal::SIGWINCH];
+        let handled = [
+            Signal::SIGCHLD,
+            Signal::SIGWINCH,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+        ];
         let mut mask = SigSet::empty();
         for s in handled {
             mask.add(s);
@@ -202,7 +228,8 @@ impl Pty {
             })
             .collect();
         RESIZED.store(false, Ordering::SeqCst);
-        let status = pump(&master, ttys, out, child, &during);
+        ENDED_BY.store(0, Ordering::SeqCst);
+        let status = pump(&master, ttys, out, child, &during, exited);
         for (s, action) in before {
             // SAFETY: putting back what was there.
             let _ = unsafe { nix::sys::signal::sigaction(s, &action) };
@@ -219,18 +246,24 @@ fn pump(
     out: RawFd,
     child: &mut Child,
     during: &SigSet,
-) -> std::io::Result<ExitStatus> {
+    exited: &dyn Fn(),
+) -> std::io::Result<Relayed> {
     let pidfd = pidfd_open(child.id());
     let mut typed: Vec<u8> = Vec::new();
     let mut reading = ttys[0];
     let mut showing = true;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        if let Some(status) = child.try_wait()? {
+        if has_exited(child.id()) {
+            exited();
             if showing {
                 show_all(master, out, &mut buf);
             }
-            return Ok(status);
+            return child.wait().map(Relayed::Exited);
+        }
+        let sig = ENDED_BY.load(Ordering::SeqCst);
+        if sig != 0 {
+            return Ok(Relayed::EndedBy(sig));
         }
         continue_if_stopped(child.id());
         if RESIZED.swap(false, Ordering::SeqCst) {
@@ -269,7 +302,8 @@ fn pump(
             Err(Errno::EINTR) => continue,
             Err(_) => {
                 // Nothing to relay with: wait for the command alone.
-                return child.wait();
+                exited();
+                return child.wait().map(Relayed::Exited);
             }
         }
         let ready = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
@@ -325,6 +359,25 @@ fn write_all(out: RawFd, mut bytes: &[u8]) {
             Err(_) => return,
         }
     }
+}
+
+/// Whether we are in our terminal's foreground process group (stdin's terminal).
+fn in_foreground() -> bool {
+    // SAFETY: tcgetpgrp and getpgrp only look.
+    unsafe { libc::tcgetpgrp(0) == libc::getpgrp() }
+}
+
+/// Whether child `pid` has exited, left unreaped (so its pid stays ours meanwhile).
+fn has_exited(pid: u32) -> bool {
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    !matches!(
+        waitid(
+            Id::Pid(pid),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ),
+        Ok(WaitStatus::StillAlive)
+    )
 }
 
 /// A stopped command is continued at once (see the header).

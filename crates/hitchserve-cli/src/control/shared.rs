@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::client::{down, request};
+use super::client::{down, request_patiently};
 use super::leases::{definition, Definition};
 use super::state_dir::{open_state_file, up_is_running, RunningUp};
 use super::up::detach_up;
@@ -172,10 +172,13 @@ fn lease(
     let req = json!({"cmd": "lease", "pid": pid, "definition": def, "wait": wait.as_secs_f64(), "progress": true});
     // No socket while its `up` runs: it is in its last moments (the socket goes just before
     // the lock), so wait for the end as for a stop.
-    let mut r = request(project, &req).map_err(|_| match up_is_running(project) {
-        true => Refused::Stopping,
-        false => Refused::Gone,
-    })?;
+    // A stopped bundle (a debugger, a SIGSTOP) is waited for, said after a while (below):
+    // every holder of a shared bundle would fail at once for a pause.
+    let mut r =
+        request_patiently(project, &req, None).map_err(|_| match up_is_running(project) {
+            true => Refused::Stopping,
+            false => Refused::Gone,
+        })?;
     let mut line = String::new();
     // A lease waits while another holder's time travel runs (up to CLOCK_PATIENCE): the
     // bundle says so in a line before its answer. A bundle that says nothing at all for a
@@ -205,11 +208,7 @@ fn lease(
     }
     loop {
         line.clear();
-        if let Err(e) = std::io::BufRead::read_line(&mut r, &mut line) {
-            if super::client::is_stopped_error(&e) {
-                return Err(Refused::Other(super::client::gone_meanwhile(&e)));
-            }
-        }
+        let _ = std::io::BufRead::read_line(&mut r, &mut line);
         {
             let (done, cv) = &*answered;
             *done.lock().unwrap_or_else(|e| e.into_inner()) = true;

@@ -202,7 +202,8 @@ class ServiceBundle:
         try:
             self._native.startup()
         except DefinitionError:
-            self._redefinable = True
+            # (Not a second startup() of a running bundle: that is refused the same way.)
+            self._redefinable = not self._started
             raise
         self._redefinable = False
         self._started = True

@@ -180,7 +180,7 @@ class Service:
         if isinstance(command, (str, bytes)):
             raise TypeError(
                 f"command must be a list of arguments, not a {type(command).__name__}: "
-                f"write command={shlex.split(os.fsdecode(command))!r} (no shell runs it)"
+                f"write command={_words(command)!r} (no shell runs it)"
             )
         if log_line_ready_checker is not None and not callable(log_line_ready_checker):
             raise TypeError(
@@ -649,6 +649,16 @@ def _signal_name(sig: Union[str, int], what: str = "stop_signal") -> str:
             f"{what}={sig!r} is not a signal hitchserve can send: give its name (e.g. 'SIGINT') "
             "or its number (e.g. signal.SIGINT)"
         ) from None
+
+
+def _words(command: Union[str, bytes]) -> List[str]:
+    """A command line given as one string, as the list it was probably meant to be (for an
+    error's advice: split as a shell would, or at spaces if it can't be)."""
+    text = os.fsdecode(command)
+    try:
+        return shlex.split(text)
+    except ValueError:
+        return text.split()
 
 
 def _checked_command(command: Sequence[Any]) -> List[str]:

@@ -11,11 +11,10 @@ import functools
 import importlib.metadata
 import math
 import os
-import shlex
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
 
 from . import _native
-from .service import PathLike, Service, Subcommand, _checked_command, _seconds
+from .service import PathLike, Service, Subcommand, _checked_command, _seconds, _words
 
 __all__ = ["Postgres", "PostgresUser", "PostgresDatabase", "Redis", "Smtp", "Cron"]
 
@@ -215,7 +214,7 @@ class Cron(_ReadyMade):
         if isinstance(command, (str, bytes)):
             raise TypeError(
                 f"Cron: command must be a list of arguments, not a {type(command).__name__}: "
-                f"write command={shlex.split(os.fsdecode(command))!r} (no shell runs it)"
+                f"write command={_words(command)!r} (no shell runs it)"
             )
         self.cron_command = _checked_command(command)
         if not self.cron_command:

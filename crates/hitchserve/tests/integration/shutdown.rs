@@ -308,11 +308,13 @@ fn the_group_keeps_its_grace_when_the_main_process_exits_first() {
     let mut b = p.bundle();
     b.add(
         "Wrapped",
-        // The server under the wrapper is one process, so no fork can race the signal.
+        // The server under the wrapper is one process, so no fork can race the signal. It
+        // writes with `os.write`: the stop may come while `print` is still in its READY line,
+        // and a `print` in the handler then failed as a reentrant call.
         sh(concat!(
-            "python3 -c 'import signal, sys, time\n",
-            "def bye(*a):\n    time.sleep(0.2); print(\"graceful goodbye\", flush=True); sys.exit(0)\n",
-            "signal.signal(signal.SIGTERM, bye)\nprint(\"READY\", flush=True)\n",
+            "python3 -c 'import os, signal, sys, time\n",
+            "def bye(*a):\n    time.sleep(0.2); os.write(1, b\"graceful goodbye\\n\"); os._exit(0)\n",
+            "signal.signal(signal.SIGTERM, bye)\nos.write(1, b\"READY\\n\")\n",
             "while True: time.sleep(1)' & wait"
         )),
     )

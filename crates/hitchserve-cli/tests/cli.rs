@@ -412,42 +412,6 @@ fn kill_9_of_a_detached_bundle_leaves_no_service_behind() {
     }
 }
 
-/// The `up --detach` waiting for a bundle's startup SIGKILLed (a test runner's timeout): nobody
-/// will know of that bundle, so it stops as a SIGTERM to that `up` stops it (it went on
-/// in the background, its services with it).
-#[test]
-fn kill_9_of_a_detaching_up_during_startup_leaves_nothing_behind() {
-    let p = Project::new(
-        "kill9-detaching",
-        "[bundle]\nstartup_timeout = \"10m\"\n\n[services.Slow]\n\
-         command = [\"sh\", \"-c\", \"echo $$ > started.fifo; exec sleep 1000\"]\n\
-         ready = { line_contains = \"never\" }\n",
-    );
-    mkfifo(&p, "started.fifo");
-    let mut up = p
-        .cmd(&["up", "--detach"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The service has started (it says its pid in the FIFO): the startup is under way.
-    let service: u32 = std::fs::read_to_string(p.0.join("started.fifo"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let daemon: u32 = std::fs::read_to_string(p.0.join(".hitchserve/up.lock"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    up.kill().unwrap();
-    up.wait().unwrap();
-    assert!(wait_gone(service), "the service {service} went on");
-    assert!(wait_gone(daemon), "the bundle {daemon} went on");
-    let log = std::fs::read_to_string(p.0.join(".hitchserve/up.log")).unwrap();
-    assert!(log.contains("was killed while it started"), "{log}");
-}
-
 #[test]
 fn sigterm_to_a_foreground_bundle_stops_it_and_its_services_keep_default_signals() {
     let p = Project::new("sigterm", DAYS);

@@ -12,7 +12,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::ExitStatusExt;
@@ -132,12 +132,8 @@ pub fn up(
     // Our pid, for a `down` that comes while we are still starting (no socket yet). Once
     // it is written, a client that finds neither socket knows that ours was removed.
     let _ = (&lock).write_all(std::process::id().to_string().as_bytes());
-    // The `up --detach` that started us waits for our verdict: until it has it, its end is
-    // the startup's (see `watch_waiter`).
-    let waited_for = Arc::new(AtomicBool::new(daemon_child));
     // To the waiting parent, one line: `ok`, or `failed: "<the error as a JSON string>"`.
     let report = |line: &str| {
-        waited_for.store(false, Ordering::SeqCst);
         if daemon_child {
             match line.strip_prefix("failed: ") {
                 Some(why) => say(&format!("failed: {}\n", Value::from(why))),
@@ -176,7 +172,6 @@ pub fn up(
     };
     if daemon_child {
         bundle.start_interactive_mode();
-        watch_waiter(bundle.interrupter(), Arc::clone(&waited_for));
     } else if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         // On a terminal, say now and then which services are still starting.
         bundle = bundle.progress_every(Duration::from_secs(1));
@@ -632,40 +627,6 @@ pub(super) fn detach_up(
         return Ok(signal_exit(received));
     }
     Err(why.to_owned())
-}
-
-/// A daemon child's `up --detach`, which reads its stdout until the verdict, killed before
-/// it (a test runner's timeout SIGKILLs it): nobody will know of this bundle, so its startup
-/// ends as a signal would end it, and nothing is left running. Once the verdict is given,
-/// its end (it exits) means nothing.
-fn watch_waiter(interrupter: hitchserve::Interrupter, waited_for: Arc<AtomicBool>) {
-    // Our own descriptor of the pipe: stdout becomes /dev/null once the verdict is given.
-    let Ok(pipe) = std::io::stdout().as_fd().try_clone_to_owned() else {
-        return;
-    };
-    std::thread::spawn(move || {
-        let mut pfd = libc::pollfd {
-            fd: pipe.as_raw_fd(),
-            events: 0,
-            revents: 0,
-        };
-        loop {
-            // SAFETY: polling one descriptor we own. A pipe's writing end reports POLLERR
-            // once its reading end is closed.
-            let n = unsafe { libc::poll(&mut pfd, 1, -1) };
-            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            if n > 0 && waited_for.load(Ordering::SeqCst) {
-                eprintln!(
-                    "hitchserve: the `hitchserve up --detach` waiting for this bundle was \
-                     killed while it started: stopping it"
-                );
-                interrupter.interrupt();
-            }
-            return;
-        }
-    });
 }
 
 /// Write to our stdout, whoever reads it: a detached bundle's is a pipe to the `up` that

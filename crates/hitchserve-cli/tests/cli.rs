@@ -773,6 +773,24 @@ fn exec_runs_as_the_services_user() {
         rest.contains(" icanon") && rest.contains(" echo "),
         "{rest}"
     );
+    // On a terminal that is not its controlling one (`setsid`), the terminal is still its
+    // to read (it took that for the background, and the command never got its input).
+    let mut no_ctty = on_a_terminal(
+        &p,
+        &format!(
+            "timeout 60 setsid -w {BIN} exec Db -- sh -c 'read x; echo got=$x; exit 4'; \
+             echo rc=$?"
+        ),
+    );
+    std::io::Write::write_all(no_ctty.stdin.as_mut().unwrap(), b"hello\r").unwrap();
+    let mut said = String::new();
+    std::io::Read::read_to_string(no_ctty.stdout.as_mut().unwrap(), &mut said).unwrap();
+    drop(no_ctty.stdin.take());
+    let _ = no_ctty.wait();
+    assert!(
+        said.contains("got=hello") && said.contains("rc=4"),
+        "{said}"
+    );
     // What is typed reaches it, and its exit code is ours.
     let mut typed = on_a_terminal(
         &p,

@@ -24,9 +24,10 @@ extern "C" fn forward_signal(sig: libc::c_int) {
     use std::sync::atomic::Ordering::SeqCst;
     let pid = FORWARD_TO.load(SeqCst);
     if pid > 0 {
+        // To its whole group (it leads one: its session), as the terminal would send it.
         // SAFETY: kill is async-signal-safe.
         unsafe {
-            libc::kill(pid, sig);
+            libc::kill(-pid, sig);
         }
     } else {
         FORWARD_PENDING.store(sig, SeqCst);
@@ -59,9 +60,10 @@ impl ForwardSignals {
         FORWARD_TO.store(pid as i32, SeqCst);
         let pending = FORWARD_PENDING.swap(0, SeqCst);
         if pending > 0 {
-            // SAFETY: a signal to the child we just started.
+            // SAFETY: a signal to the group of the child we just started (it leads it once
+            // spawned: its `setsid` ran before its exec).
             unsafe {
-                libc::kill(pid as i32, pending);
+                libc::kill(-(pid as i32), pending);
             }
         }
     }

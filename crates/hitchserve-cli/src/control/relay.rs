@@ -10,8 +10,8 @@
 //! and size, and follows its size. Ctrl-Z is not job control through `exec`: a command that
 //! stops (its own SIGTSTP included) is continued at once. Run in the background (not the
 //! terminal's foreground process group: `cmd &`, `timeout`'s child), we leave the terminal's
-//! mode alone and read nothing from it — the terminal would stop us for trying — and the
-//! command reads no input. A SIGTERM or SIGHUP to us ends the relay: our terminal is put
+//! mode alone and read nothing from it — the terminal would stop us for trying — until we
+//! are brought to the foreground (`fg` continues us); meanwhile the command gets no input. A SIGTERM or SIGHUP to us ends the relay: our terminal is put
 //! back, and we die of the signal (the command then gets its SIGTERM, as any `exec`'s does).
 //!
 //! Hand-written rather than a crate: the pty and the terminal modes are nix's; what is left
@@ -26,14 +26,15 @@ use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{self, SetArg, SpecialCharacterIndices, Termios};
 
-/// Our terminal's size changed (SIGWINCH).
+/// Our terminal's size changed (SIGWINCH), or we were continued (SIGCONT: `fg` may have
+/// brought us to the foreground, and the shell may have set the terminal's mode meanwhile).
 static RESIZED: AtomicBool = AtomicBool::new(false);
 /// A SIGTERM or SIGHUP came (its number; 0: none).
 static ENDED_BY: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn note_signal(sig: libc::c_int) {
     match sig {
-        libc::SIGWINCH => RESIZED.store(true, Ordering::SeqCst),
+        libc::SIGWINCH | libc::SIGCONT => RESIZED.store(true, Ordering::SeqCst),
         libc::SIGTERM | libc::SIGHUP => ENDED_BY.store(sig, Ordering::SeqCst),
         // SIGCHLD: only wakes the wait (the loop looks at the child each time).
         _ => {}
@@ -109,12 +110,43 @@ fn set_window_size(to: RawFd, size: &libc::winsize) {
     }
 }
 
-/// Our stdin as it was before it was made raw; put back when dropped.
-struct RawMode(Option<Termios>);
+/// Our stdin's terminal: as it was before we made it raw, and raw; put back when dropped.
+#[derive(Default)]
+struct Terminal(Option<(Termios, Termios)>);
 
-impl Drop for RawMode {
+impl Terminal {
+    /// Make it raw if we are in its foreground now (at once if it is already); whether it is
+    /// ours to read.
+    fn take_if_foreground(&mut self) -> bool {
+        if !in_foreground() {
+            return false;
+        }
+        if self.0.is_none() {
+            let Ok(before) = termios::tcgetattr(fd(0)) else {
+                return false;
+            };
+            let mut raw = before.clone();
+            termios::cfmakeraw(&mut raw);
+            let _ = termios::tcsetattr(fd(0), SetArg::TCSANOW, &raw);
+            self.0 = Some((before, raw));
+        }
+        true
+    }
+
+    /// Raw again if we took it and are in its foreground (continued after a stop, a shell
+    /// may have set its own mode).
+    fn again(&self) {
+        if let Some((_, raw)) = &self.0 {
+            if in_foreground() {
+                let _ = termios::tcsetattr(fd(0), SetArg::TCSANOW, raw);
+            }
+        }
+    }
+}
+
+impl Drop for Terminal {
     fn drop(&mut self) {
-        if let Some(before) = &self.0 {
+        if let Some((before, _)) = &self.0 {
             let _ = termios::tcsetattr(fd(0), SetArg::TCSANOW, before);
         }
     }
@@ -181,24 +213,13 @@ impl Pty {
         } else {
             0
         };
-        // In the background, the terminal is not ours to set or read (see the header).
-        let ttys = [ttys[0] && in_foreground(), ttys[1], ttys[2]];
-        let _raw = if ttys[0] {
-            let before = termios::tcgetattr(fd(0)).ok();
-            if let Some(b) = &before {
-                let mut raw = b.clone();
-                termios::cfmakeraw(&mut raw);
-                let _ = termios::tcsetattr(fd(0), SetArg::TCSANOW, &raw);
-            }
-            RawMode(before)
-        } else {
-            RawMode(None)
-        };
-        // SIGCHLD and SIGWINCH are blocked but while waiting (`ppoll`), so that neither is
-        // missed between a look and the wait.
+        // The signals the loop looks after are blocked but while it waits (`ppoll`), so that
+        // none is missed between a look and the wait — and from before our terminal is made
+        // raw until after it is put back, so that none kills us with it raw.
         let handled = [
             Signal::SIGCHLD,
             Signal::SIGWINCH,
+            Signal::SIGCONT,
             Signal::SIGTERM,
             Signal::SIGHUP,
         ];
@@ -250,10 +271,14 @@ fn pump(
 ) -> std::io::Result<Relayed> {
     let pidfd = pidfd_open(child.id());
     let mut typed: Vec<u8> = Vec::new();
-    let mut reading = ttys[0];
+    // Our stdin, a terminal, taken (raw) while we are in its foreground (see the header);
+    // put back as it was when this returns.
+    let mut terminal = Terminal::default();
+    let mut input_ended = false;
     let mut showing = true;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        let reading = ttys[0] && !input_ended && terminal.take_if_foreground();
         if has_exited(child.id()) {
             exited();
             if showing {
@@ -267,6 +292,7 @@ fn pump(
         }
         continue_if_stopped(child.id());
         if RESIZED.swap(false, Ordering::SeqCst) {
+            terminal.again();
             let first = ttys.iter().position(|&t| t).unwrap_or(0) as RawFd;
             if let Some(size) = window_size(first) {
                 set_window_size(master.as_raw_fd(), &size);
@@ -289,14 +315,17 @@ fn pump(
         if read_stdin {
             fds.push(PollFd::new(fd(0), PollFlags::POLLIN));
         }
-        // Without a pidfd (an old kernel) the child is looked at every 100 ms.
-        let timeout = if pidfd.is_some() {
-            None
-        } else {
-            Some(nix::sys::time::TimeSpec::from_duration(
-                std::time::Duration::from_millis(100),
-            ))
+        // Without a pidfd (an old kernel) the child is looked at every 100 ms; in the
+        // background, whether we are in the foreground now every 200 ms (nothing says so:
+        // `fg` continues only a stopped job).
+        let look_again = match (pidfd.is_some(), ttys[0] && !input_ended && !reading) {
+            (false, _) => Some(100),
+            (true, true) => Some(200),
+            (true, false) => None,
         };
+        let timeout = look_again.map(|ms| {
+            nix::sys::time::TimeSpec::from_duration(std::time::Duration::from_millis(ms))
+        });
         match nix::poll::ppoll(&mut fds, timeout, Some(*during)) {
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
@@ -309,10 +338,10 @@ fn pump(
         let ready = |i: usize| fds[i].revents().unwrap_or(PollFlags::empty());
         if read_stdin && !ready(stdin_at).is_empty() {
             match nix::unistd::read(fd(0), &mut buf) {
-                Ok(0) => reading = false,
+                Ok(0) => input_ended = true,
                 Ok(n) => typed.extend_from_slice(&buf[..n]),
                 Err(Errno::EINTR | Errno::EAGAIN) => {}
-                Err(_) => reading = false,
+                Err(_) => input_ended = true,
             }
         }
         if showing {
@@ -339,13 +368,21 @@ fn pump(
     }
 }
 
+/// Most bytes shown from the pty after the command's exit: what it wrote last is there
+/// (a pty holds a few KiB), and a process it left running may write for ever.
+const SHOWN_AFTER_EXIT: usize = 256 * 1024;
+
 /// Show what the pty still has, after the command's exit.
 fn show_all(master: &OwnedFd, out: RawFd, buf: &mut [u8]) {
-    while let Ok(n) = nix::unistd::read(master, buf) {
-        if n == 0 {
-            break;
+    let mut shown = 0;
+    while shown < SHOWN_AFTER_EXIT {
+        match nix::unistd::read(master, buf) {
+            Ok(n) if n > 0 => {
+                write_all(out, &buf[..n]);
+                shown += n;
+            }
+            _ => break,
         }
-        write_all(out, &buf[..n]);
     }
 }
 
@@ -361,10 +398,12 @@ fn write_all(out: RawFd, mut bytes: &[u8]) {
     }
 }
 
-/// Whether we are in our terminal's foreground process group (stdin's terminal).
+/// Whether we are in our terminal's foreground process group (stdin's terminal). A terminal
+/// that is not our controlling one (`setsid`) has no foreground of ours: it is ours to use.
 fn in_foreground() -> bool {
     // SAFETY: tcgetpgrp and getpgrp only look.
-    unsafe { libc::tcgetpgrp(0) == libc::getpgrp() }
+    let foreground = unsafe { libc::tcgetpgrp(0) };
+    foreground < 0 || foreground == unsafe { libc::getpgrp() }
 }
 
 /// Whether child `pid` has exited, left unreaped (so its pid stays ours meanwhile).

@@ -150,7 +150,7 @@ fn detached_bundle_answers_every_control_command_then_goes_down() {
         "{}",
         text(&missing)
     );
-    assert!(text(&missing).contains("READY"), "{}", text(&missing));
+    assert!(text(&missing).contains("\"day\""), "{}", text(&missing));
 
     // exec passes the exit code through and runs in the service's directory.
     let killed = p.run(&["exec", "Clock", "--", "sh", "-c", "kill -KILL $$"]);

@@ -829,6 +829,40 @@ fn exec_runs_as_the_services_user() {
     down(&p);
 }
 
+/// A command looked for on a PATH with a directory the service's user may not search (root's
+/// `~/.cargo/bin`, in CI) fails "Permission denied" rather than "not found": said so, with
+/// the PATH and what to do.
+#[test]
+fn exec_as_another_user_says_why_a_command_on_path_cannot_run() {
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        return; // only root can start a service as another user
+    }
+    let dir = std::env::temp_dir().join(format!("hs-private-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let p = Project::new(
+        "execpath",
+        &format!(
+            "[services.Db]\ncommand = [\"sh\", \"-c\", \"echo READY; exec sleep 1000\"]\n\
+             ready = {{ line_contains = \"READY\" }}\nuser = \"nobody\"\n\
+             env = {{ PATH = \"{}:/usr/bin:/bin\" }}\n",
+            dir.display()
+        ),
+    );
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let o = p.run(&["exec", "Db", "--", "no-such-program-hs"]);
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(o.status.code(), Some(126), "{}", text(&o));
+    assert!(
+        text(&o).contains("give its whole path") && text(&o).contains(&dir.display().to_string()),
+        "{}",
+        text(&o)
+    );
+    down(&p);
+}
+
 /// What `line` says on a terminal of its own (see `on_a_terminal`), once it has ended. Its
 /// input is held open until then: at the end of its input, `script` types an end-of-file
 /// character, which would reach the command.

@@ -200,6 +200,24 @@ pub(super) fn exec(command: &[String], v: &Value) -> Result<ExitCode, String> {
         // Like a shell: 127 for a command not found, 126 for one it can't run.
         Err(e) => {
             let why = match (v["user"].as_str(), switched) {
+                // Looked for on PATH, a directory the user may not search (root's
+                // `~/.cargo/bin`, say) made "not found" a "Permission denied".
+                (Some(user), true)
+                    if e.kind() == std::io::ErrorKind::PermissionDenied
+                        && !command[0].contains('/') =>
+                {
+                    let path = v["env"]
+                        .as_array()
+                        .and_then(|env| env.iter().find(|p| p[0] == "PATH"))
+                        .and_then(|p| p[1].as_str())
+                        .unwrap_or("");
+                    format!(
+                        "cannot run `{}` as `{user}`, the service's user: {e} — it is not in \
+                         a directory of PATH that `{user}` may search, or `{user}` may not run \
+                         it (PATH={path}); give its whole path",
+                        command[0]
+                    )
+                }
                 (Some(user), true) => format!(
                     "cannot run `{}` as `{user}`, the service's user: {e}",
                     command[0]

@@ -7,6 +7,7 @@
 //! (`relay`), so that nothing of that user ever holds our terminal — what it left running
 //! after the command ended could read what is typed next. Off a terminal, the terminal's
 //! signals to us (SIGINT, SIGQUIT) are passed on to it: in its own session, only we get them.
+//! Also owns `close_past_stdio_at_exec`, which `up --detach` uses for its daemon too.
 
 use std::os::unix::process::ExitStatusExt;
 
@@ -81,6 +82,22 @@ impl Drop for ForwardSignals {
     }
 }
 
+/// Mark every descriptor past stdin, stdout and stderr close-on-exec (std's own included,
+/// which it needs open until the exec): the program a child of ours runs holds none of ours.
+/// Linux 5.11+; on older kernels (EINVAL, ENOSYS) descriptors stay as they were. Called
+/// between fork and exec: a system call, async-signal-safe.
+pub(super) fn close_past_stdio_at_exec() {
+    // SAFETY: close_range only changes descriptor flags.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+}
+
 /// Wait until child `pid` has exited, leaving it unreaped.
 fn wait_unreaped(pid: u32) {
     use nix::sys::wait::{waitid, Id, WaitPidFlag};
@@ -138,14 +155,8 @@ pub(super) fn exec(command: &[String], v: &Value) -> Result<ExitCode, String> {
             if switched {
                 libc::setsid();
                 // Nothing of ours past stdin, stdout and stderr reaches another user's
-                // command (a descriptor of our terminal a shell opened, say): each is
-                // closed at the exec (Linux 5.11+; else as they were).
-                libc::syscall(
-                    libc::SYS_close_range,
-                    3u32,
-                    u32::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC,
-                );
+                // command (a descriptor of our terminal a shell opened, say).
+                close_past_stdio_at_exec();
             }
             if let Some(attach) = &attach {
                 attach.attach()?;

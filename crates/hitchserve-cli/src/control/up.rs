@@ -528,13 +528,7 @@ pub(super) fn detach_up(
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            // Linux 5.11+; on older kernels (EINVAL, ENOSYS) descriptors stay as they were.
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
+            super::exec::close_past_stdio_at_exec();
             if libc::fcntl(lock_fd, libc::F_SETFD, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -47,11 +47,13 @@ struct HeldLine {
 }
 
 impl Held {
-    fn new() -> Held {
+    /// A batch of up to `lines` lines (its list is sized once: grown by doubling, it was
+    /// a fast tail's main cost after the lines themselves).
+    fn with_capacity(lines: usize) -> Held {
         Held {
             blocks: Vec::new(),
             sources: Vec::new(),
-            lines: Vec::new(),
+            lines: Vec::with_capacity(lines),
         }
     }
 
@@ -64,15 +66,13 @@ impl Held {
     }
 
     /// Add line `i` of `inner` if it is an ordinary line held in memory (not one in pieces,
-    /// nor of a spilled block, nor kept after a failure); false if it is not.
+    /// nor of a spilled block, nor kept after a failure); false if it is not. `e` is its
+    /// entry, if it has one.
     #[inline]
-    fn push(&mut self, inner: &Inner, i: usize) -> bool {
-        let Known::Entry(e) = inner.index.known(i, |b| inner.blocks[b as usize].first) else {
+    fn push(&mut self, inner: &Inner, i: usize, e: Option<&Entry>) -> bool {
+        let Some(e) = e.filter(|e| e.block != LONG) else {
             return false;
         };
-        if e.block == LONG {
-            return false;
-        }
         let Some(data) = inner.blocks[e.block as usize].data.as_ref() else {
             return false;
         };
@@ -312,16 +312,31 @@ impl LogStore {
             // Lines still in memory, the usual case for a tail that keeps up, are handed
             // out as they are (no `Picked`, no `materialise`): a batch of them ends at the
             // first line that is not, and a batch of the others at the first that is.
-            let mut held = Held::new();
             let mut i = *pos as usize;
+            let mut held = Held::with_capacity(end.saturating_sub(i).min(WAIT_BATCH));
+            // Whether the last source looked at matches: lines come in runs of one source.
+            let mut last: Option<(u16, bool)> = None;
             while i < end && picked.len() + held.len() < WAIT_BATCH {
-                if filter.matches(&inner.sources[inner.index.source(i) as usize]) {
+                let entry = inner.index.entry(i);
+                let source = match entry {
+                    Some(e) => e.source,
+                    None => inner.index.source(i),
+                };
+                let matches = match last {
+                    Some((s, m)) if s == source => m,
+                    _ => {
+                        let m = filter.matches(&inner.sources[source as usize]);
+                        last = Some((source, m));
+                        m
+                    }
+                };
+                if matches {
                     if !picked.is_empty() {
                         if in_memory(&inner, i) {
                             break;
                         }
                         picked.push(pick(&inner, i));
-                    } else if !held.push(&inner, i) {
+                    } else if !held.push(&inner, i, entry) {
                         if !held.is_empty() {
                             break;
                         }
@@ -595,26 +610,42 @@ fn read_back(file: Option<&std::fs::File>, from: u64, to: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logs::split::LineSplitter;
 
     /// Lines appended as one group are copied into blocks a run at a time: across block
-    /// ends, around a line bigger than a block, and back, each reads back as written.
+    /// ends, around a line bigger than a block, and back, each reads back as written — as
+    /// one group, and as the splitter hands them on from reads cut anywhere.
     #[test]
     fn a_group_of_lines_reads_back_as_written_across_blocks() {
-        let store = LogStore::new();
-        let a = store.source(Some(0), "A", Part::Main, Stream::Stdout);
         let text = |i: usize| match i {
             500 => "x".repeat(BLOCK + 10),
             _ => format!("{i:0w$}", w = 1 + i % 200),
         };
         let lines: Vec<String> = (0..3_000).map(text).collect();
+        let read_back = |store: &LogStore| -> Vec<String> {
+            store
+                .select(&Filter::service(None), 0, None)
+                .iter()
+                .map(|l| l.text().into_owned())
+                .collect()
+        };
+        let store = LogStore::new();
+        let a = store.source(Some(0), "A", Part::Main, Stream::Stdout);
         let group: Vec<(&[u8], End)> = lines.iter().map(|l| (l.as_bytes(), End::Newline)).collect();
         store.append(&a, &group, false, true);
-        let got: Vec<String> = store
-            .select(&Filter::service(None), 0, None)
-            .iter()
-            .map(|l| l.text().into_owned())
-            .collect();
-        assert_eq!(got, lines);
+        assert_eq!(read_back(&store), lines);
+        let stream = lines.join("\n") + "\n";
+        for cut in [stream.len(), 100_003, 4_097, 81] {
+            let store = LogStore::new();
+            let a = store.source(Some(0), "A", Part::Main, Stream::Stdout);
+            let mut splitter = LineSplitter::new(1 << 20);
+            for chunk in stream.as_bytes().chunks(cut) {
+                splitter.split(chunk, |lines| {
+                    store.append(&a, lines, false, true);
+                });
+            }
+            assert_eq!(read_back(&store), lines, "reads of {cut} bytes");
+        }
     }
 
     /// A waiter walks a batch through one line moved along it: each line it sees is the

@@ -520,6 +520,12 @@ fn each_holder_sees_the_lines_since_it_attached() {
             .incarnation,
         3
     );
+    // A pattern that doesn't parse is said at once, as a bad pattern.
+    let bad = tail.until("(unclosed", Duration::from_secs(30));
+    assert!(
+        matches!(bad, Err(hitchserve::Error::InvalidPattern { .. })),
+        "{bad:?}"
+    );
     let report = late.report(40);
     assert!(report.contains("App] READY"), "{report}");
     assert!(report.contains("all.log: "), "{report}");

@@ -108,6 +108,9 @@ def test_a_tail_sees_the_lines_from_its_own_attach(file, project):
             with pytest.raises(hitchserve.LogTimeout):
                 second.service("App").tail().until("before-the-second", timeout=0.2)
             assert "before-the-second" in [line.text for line in first.logs()]
+            # A pattern that doesn't parse is a bad definition of the wait, said at once.
+            with pytest.raises(hitchserve.DefinitionError, match="invalid regular expression"):
+                second.service("App").tail().until("(unclosed", timeout=PATIENCE)
 
 
 def test_a_changed_definition_is_an_error_naming_the_service(file, project):

@@ -686,8 +686,14 @@ impl SharedTail<'_> {
         self
     }
 
-    /// Wait up to `timeout` for a line that matches the regular expression `pattern`.
+    /// Wait up to `timeout` for a line that matches the regular expression `pattern`
+    /// (`regex-lite` syntax; [`Error::InvalidPattern`] at once if it doesn't parse).
     pub fn until(&mut self, pattern: &str, timeout: Duration) -> Result<SharedLine> {
+        // Refused here, as a bad pattern (the bundle would refuse it as a bad request).
+        regex_lite::Regex::new(pattern).map_err(|e| Error::InvalidPattern {
+            pattern: pattern.to_owned(),
+            message: e.to_string(),
+        })?;
         let v = self.wait(json!({"until": pattern}), timeout)?;
         let found =
             line(&v).ok_or_else(|| self.service.bundle.error("a line without its fields"))?;

@@ -279,7 +279,8 @@ class SharedTail:
 
     def until(self, pattern: str, timeout: float = DEFAULT_TIMEOUT) -> SharedLine:
         """Wait up to ``timeout`` seconds for a line matching the regular expression
-        ``pattern``; :class:`~hitchserve.LogTimeout` if none comes."""
+        ``pattern``; :class:`~hitchserve.LogTimeout` if none comes,
+        :class:`~hitchserve.DefinitionError` at once if ``pattern`` doesn't parse."""
         _check_text("until", pattern, "a regular expression: until(r'GET /health')")
         native = self.service.bundle._native
         line = SharedLine(*native.until(self.service.name, self.position, pattern, timeout))

@@ -826,7 +826,55 @@ fn exec_runs_as_the_services_user() {
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     assert!(rest.contains("GOT-INT"), "{rest}");
     assert!(on_tty.wait().unwrap().success());
+    // A signal `exec` was started ignoring stays ignored, as a shell's commands leave it:
+    // SIGHUP under `nohup` (on a terminal, where a SIGHUP ends the relay otherwise), and
+    // SIGINT for a command run with `&` by a shell without job control (not passed on).
+    let mut nohup = on_a_terminal(
+        &p,
+        &format!(
+            "trap '' HUP; {BIN} exec Db -- sh -c 'echo EXEC=$PPID; sleep 3; echo survived'; \
+             echo rc=$?"
+        ),
+    );
+    let rest = signalled_exec(nohup.stdout.take().unwrap(), libc::SIGHUP);
+    drop(nohup.stdin.take());
+    let _ = nohup.wait();
+    assert!(rest.contains("survived") && rest.contains("rc=0"), "{rest}");
+    let mut no_tty = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "trap '' INT; exec {BIN} exec Db -- sh -c 'echo EXEC=$PPID; sleep 3; echo survived'"
+            ),
+        ])
+        .current_dir(&p.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rest = signalled_exec(no_tty.stdout.take().unwrap(), libc::SIGINT);
+    assert!(rest.contains("survived"), "{rest}");
+    assert!(no_tty.wait().unwrap().success());
     down(&p);
+}
+
+/// Read `out` up to the `EXEC=pid` line a command run by `exec` says, send `sig` to that
+/// `exec`, and return the rest of what is said.
+fn signalled_exec(out: impl std::io::Read, sig: libc::c_int) -> String {
+    let mut out = BufReader::new(out);
+    let mut line = String::new();
+    let exec: i32 = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no EXEC line");
+        if let Some(pid) = line.trim().strip_prefix("EXEC=") {
+            break pid.parse().unwrap();
+        }
+    };
+    // SAFETY: a signal to the `exec` this test started.
+    unsafe { libc::kill(exec, sig) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    rest
 }
 
 /// A command looked for on a PATH with a directory the service's user may not search (root's

@@ -6,7 +6,8 @@
 //! into our shell's input: TIOCSTI); on a terminal it gets a pseudo-terminal of ours, relayed
 //! (`relay`), so that nothing of that user ever holds our terminal — what it left running
 //! after the command ended could read what is typed next. Off a terminal, the terminal's
-//! signals to us (SIGINT, SIGQUIT) are passed on to it: in its own session, only we get them.
+//! signals to us (SIGINT, SIGQUIT) are passed on to it: in its own session, only we get them
+//! (not those we were started ignoring: a command run with `&` without job control).
 //! Also owns `close_past_stdio_at_exec`, which `up --detach` uses for its daemon too.
 
 use std::os::unix::process::ExitStatusExt;
@@ -14,6 +15,7 @@ use std::os::unix::process::ExitStatusExt;
 use serde_json::Value;
 
 use super::relay::{Pty, Relayed};
+use super::signals::ignored;
 use crate::ExitCode;
 
 /// The pid `ForwardSignals` passes signals on to (0: none yet), and a signal that came
@@ -47,9 +49,12 @@ impl ForwardSignals {
         // SAFETY: installing a handler that only calls kill or stores an atomic
         // (async-signal-safe); `signal` on Linux (glibc) restarts interrupted calls, so the
         // wait goes on.
+        // A signal our parent set us to ignore (a command run with `&` by a shell without
+        // job control ignores SIGINT and SIGQUIT) stays ignored: not passed on.
         ForwardSignals(
             signals
                 .iter()
+                .filter(|&&sig| !ignored(sig))
                 .map(|&sig| (sig, unsafe { libc::signal(sig, handler) }))
                 .collect(),
         )

@@ -11,8 +11,10 @@
 //! stops (its own SIGTSTP included) is continued at once. Run in the background (not the
 //! terminal's foreground process group: `cmd &`, `timeout`'s child), we leave the terminal's
 //! mode alone and read nothing from it — the terminal would stop us for trying — until we
-//! are brought to the foreground (`fg` continues us); meanwhile the command gets no input. A SIGTERM or SIGHUP to us ends the relay: our terminal is put
-//! back, and we die of the signal (the command then gets its SIGTERM, as any `exec`'s does).
+//! are brought to the foreground (`fg` continues us); meanwhile the command gets no input.
+//! A SIGTERM or SIGHUP to us ends the relay: our terminal is put back, and we die of the
+//! signal (the command then gets its SIGTERM, as any `exec`'s does) — unless we were started
+//! ignoring it (`nohup`): then it stays ignored.
 //!
 //! Hand-written rather than a crate: the pty and the terminal modes are nix's; what is left
 //! is this loop, which must also end with the command and never block on either side.
@@ -25,6 +27,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::termios::{self, SetArg, SpecialCharacterIndices, Termios};
+
+use super::signals::ignored;
 
 /// Our terminal's size changed (SIGWINCH), or we were continued (SIGCONT: `fg` may have
 /// brought us to the foreground, and the shell may have set the terminal's mode meanwhile).
@@ -216,22 +220,26 @@ impl Pty {
         // The signals the loop looks after are blocked but while it waits (`ppoll`), so that
         // none is missed between a look and the wait — and from before our terminal is made
         // raw until after it is put back, so that none kills us with it raw.
-        let handled = [
+        // A SIGTERM or SIGHUP our parent set us to ignore (`nohup`) stays ignored.
+        let handled: Vec<Signal> = [
             Signal::SIGCHLD,
             Signal::SIGWINCH,
             Signal::SIGCONT,
             Signal::SIGTERM,
             Signal::SIGHUP,
-        ];
+        ]
+        .into_iter()
+        .filter(|&s| !matches!(s, Signal::SIGTERM | Signal::SIGHUP) || !ignored(s as i32))
+        .collect();
         let mut mask = SigSet::empty();
-        for s in handled {
+        for &s in &handled {
             mask.add(s);
         }
         let old_mask = mask
             .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
             .unwrap_or_else(|_| SigSet::empty());
         let mut during = old_mask;
-        for s in handled {
+        for &s in &handled {
             during.remove(s);
         }
         let handler = nix::sys::signal::SigAction::new(

@@ -28,6 +28,17 @@ extern "C" fn on_signal(sig: libc::c_int) {
     }
 }
 
+/// Whether `sig` is ignored now — as our parent left it (`nohup` ignores SIGHUP, a shell
+/// without job control SIGINT and SIGQUIT for a command run with `&`): such a signal is
+/// left ignored, never handled, as a shell's commands do.
+pub(super) fn ignored(sig: libc::c_int) -> bool {
+    // SAFETY: a query (no new action): fills `old` with the current one.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
 /// Route SIGINT, SIGTERM and SIGHUP to a pipe; returns its read end (see [`next_signal`]).
 /// A signal our parent set to be ignored (`nohup`, a background job) stays ignored.
 pub(super) fn install_signal_pipe() -> Result<libc::c_int, String> {
@@ -49,9 +60,7 @@ pub(super) fn install_signal_pipe() -> Result<libc::c_int, String> {
         libc::sigemptyset(&mut action.sa_mask);
         action.sa_flags = libc::SA_RESTART;
         for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(s, std::ptr::null(), &mut old);
-            if old.sa_sigaction != libc::SIG_IGN {
+            if !ignored(s) {
                 libc::sigaction(s, &action, std::ptr::null_mut());
             }
         }

@@ -753,19 +753,7 @@ fn exec_runs_as_the_services_user() {
              echo rc=$?; stty -a"
         ),
     );
-    let mut out = BufReader::new(ended.stdout.take().unwrap());
-    let mut line = String::new();
-    let exec: i32 = loop {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "no EXEC line");
-        if let Some(pid) = line.trim().strip_prefix("EXEC=") {
-            break pid.parse().unwrap();
-        }
-    };
-    // SAFETY: a signal to the `exec` this test started.
-    unsafe { libc::kill(exec, libc::SIGTERM) };
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let rest = signalled_exec(ended.stdout.take().unwrap(), libc::SIGTERM);
     drop(ended.stdin.take());
     let _ = ended.wait();
     assert!(rest.contains("rc=143"), "{rest}");

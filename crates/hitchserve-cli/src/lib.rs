@@ -372,6 +372,10 @@ const RUST_TO_FILE: &[(&str, &str)] = &[
     ("Service::directory", "its `directory`"),
     ("Service::no_libfaketime()", "`no_libfaketime = true`"),
     ("Service::port(\"NAME\")", "`ports = [\"NAME\"]`"),
+    (
+        "is a `Service::one_shot()`",
+        "is one the services after it list in `needs_completed`",
+    ),
     ("Postgres::bin_dir", "its `bin_dir`"),
     ("MariaDb::basedir", "its `basedir`"),
     (

@@ -2480,3 +2480,21 @@ fn status_shows_a_one_shot_as_running_then_completed() {
     assert_eq!(state(&status, "App"), "ready", "{status}");
     down(&p);
 }
+
+/// A service that exits 0 before it is ready (gone to the background, or a job that ends):
+/// the advice says what to write in the bundle file, not the Rust API.
+#[test]
+fn up_of_a_service_that_exits_0_before_ready_says_what_to_write() {
+    let p = Project::new(
+        "exits0",
+        "[services.Migrate]\ncommand = [\"true\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    let up = p.run(&["up", "--detach"]);
+    assert!(!up.status.success(), "{}", text(&up));
+    let said = text(&up);
+    assert!(
+        said.contains("daemonized") && said.contains("`needs_completed`"),
+        "{said}"
+    );
+    assert!(!said.contains("::"), "{said}");
+}

@@ -221,6 +221,20 @@ def test_a_service_that_exits_before_it_is_ready_fails_startup_with_its_last_lin
     assert "ImproperlyConfigured: SECRET_KEY" in str(err)
 
 
+def test_a_service_that_exits_0_before_it_is_ready_is_told_what_to_do_in_python_terms(project):
+    # A server gone to the background, or a job that ends: the advice names this package's
+    # API, not the engine's.
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    bundle["Migrate"] = hitchserve.Service(
+        command=["true"], log_line_ready_checker=lambda line: line == "READY"
+    )
+    with pytest.raises(hitchserve.StartupError) as raised:
+        bundle.startup()
+    said = str(raised.value)
+    assert "daemonized" in said and "Service(one_shot=True)" in said, said
+    assert "::" not in said, said
+
+
 def test_a_ready_service_that_exits_while_others_start_is_a_startup_error(project):
     # `Early` is ready, then exits while `Late` still starts: `startup()` fails with an
     # ExitedDuringStartup, both a StartupError (as `startup()` promises) and a

@@ -516,7 +516,8 @@ fn daemon_hint(status: &ExitStatus) -> &'static str {
         ExitStatus::Code(0) => {
             ": a server that exits 0 on its own has usually gone to the background (daemonized); \
              run it in the foreground (redis-server `--daemonize no`, nginx `-g 'daemon off;'`, \
-             a `--foreground` or `--no-daemon` option)"
+             a `--foreground` or `--no-daemon` option); a job that does its work and exits 0 (a \
+             migration) is a `Service::one_shot()`"
         }
         _ => "",
     }

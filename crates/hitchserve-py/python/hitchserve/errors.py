@@ -124,6 +124,7 @@ _RUST_TO_PYTHON: Tuple[Tuple[str, str], ...] = (
     ("Service::directory", "Service(directory=...)"),
     ("Service::no_libfaketime()", "Service(no_libfaketime=True)"),
     ('Service::port("NAME")', 'Service(ports=["NAME"])'),
+    ("Service::one_shot()", "Service(one_shot=True)"),
     ("Postgres::bin_dir", "Postgres(bin_dir=...)"),
     ("Bundle::new", "ServiceBundle(project_directory=...)"),
     ("Ready::file", "ready_file"),

@@ -251,4 +251,6 @@ fn a_server_that_daemonizes_is_told_to_run_in_the_foreground() {
         err.contains("daemonized") && err.contains("foreground"),
         "{err}"
     );
+    // Or it was a job that ends: said how to define one.
+    assert!(err.contains("one_shot"), "{err}");
 }

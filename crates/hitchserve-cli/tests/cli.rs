@@ -1641,6 +1641,28 @@ fn plain_logs_show_a_prompt_still_waiting_for_its_newline() {
     down(&p);
 }
 
+/// A line that is not UTF-8 (Latin-1, a binary dump) is printed by `logs` exactly as the
+/// service wrote it, as all.log has it, not with U+FFFD in place of its bytes.
+#[test]
+fn logs_print_a_line_that_is_not_utf8_as_its_bytes() {
+    let p = Project::new(
+        "latin1",
+        "[services.Old]\ncommand = [\"sh\", \"-c\", \"printf 'caf\\\\351 cr\\\\r\\\\n'; echo READY; exec tail -f /dev/null\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let o = p.run(&["logs", "Old"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Its bytes, the `\r` of its `\r\n` left out as for any line; the next line as text.
+    let want: &[u8] = b"[Old] caf\xe9 cr\n[Old] READY\n";
+    assert!(
+        o.stdout.windows(want.len()).any(|w| w == want),
+        "{:?}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    down(&p);
+}
+
 /// A web server and a service that needs it, for the one-service commands.
 const WEB_AND_DEP: &str = r#"
 [bundle]

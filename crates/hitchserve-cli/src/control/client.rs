@@ -544,7 +544,16 @@ pub fn client(project: &Path, command: Command) -> Result<ExitCode, String> {
             for line in r.lines() {
                 let line = line.map_err(|e| gone_meanwhile(&e))?;
                 let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-                if let Some(text) = v["line"].as_str() {
+                if let Some(raw) = v["raw"].as_array() {
+                    // A line that is not UTF-8, printed exactly as it was written.
+                    let mut bytes: Vec<u8> = raw
+                        .iter()
+                        .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                        .collect();
+                    bytes.push(b'\n');
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = std::io::Write::write_all(&mut stdout, &bytes);
+                } else if let Some(text) = v["line"].as_str() {
                     println!("{text}");
                 } else if !v["json"].is_null() {
                     println!("{}", v["json"]);

@@ -42,6 +42,20 @@ fn service_once_begun(
     }
 }
 
+/// `line` as the console shows it (`shown`: its label, then its text), with its exact bytes
+/// for its text.
+fn console_bytes(line: &hitchserve::LogLine, shown: &str) -> Vec<u8> {
+    let text = line.text();
+    let label = shown.strip_suffix(text.as_ref()).unwrap_or_default();
+    let bytes = line.bytes();
+    // As `text` has it: without the `\r` of a line that ended with `\r\n`.
+    let bytes = match line.had_newline() {
+        true => bytes.strip_suffix(b"\r").unwrap_or(bytes),
+        false => bytes,
+    };
+    [label.as_bytes(), bytes].concat()
+}
+
 /// Stream log lines: the last N (or all), then, with follow or until, new ones.
 pub(super) fn logs(out: &mut UnixStream, bundle: &Observer, req: &Value) -> std::io::Result<()> {
     let mut view: Logs = match req["service"].as_str() {
@@ -67,9 +81,14 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Observer, req: &Value) -> std:
             line.json()
                 .map(|v| json!({"json": v, "incarnation": incarnation, "seq": seq}))
         } else {
-            Some(
-                json!({"line": line.to_string(), "text": line.text(), "service": line.service(), "incarnation": incarnation, "seq": seq}),
-            )
+            let shown = line.to_string();
+            let mut v = json!({"line": shown, "text": line.text(), "service": line.service(), "incarnation": incarnation, "seq": seq});
+            if std::str::from_utf8(line.bytes()).is_err() {
+                // JSON carries text only: the line's exact bytes, as all.log has them, for
+                // the CLI to print (`line` has U+FFFD where they are not UTF-8).
+                v["raw"] = json!(console_bytes(line, &shown));
+            }
+            Some(v)
         }
     };
     let emit = |out: &mut UnixStream, line: &hitchserve::LogLine| -> std::io::Result<()> {

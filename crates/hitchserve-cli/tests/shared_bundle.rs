@@ -659,6 +659,53 @@ fn dropping_a_holder_of_a_stopped_bundle_leaves_the_next_bundles_leases_alone() 
 // its holder is left attached to a dead bundle.
 // Failed with: "`up --shared` said READY during a `down`, and its bundle is gone:
 // {.."holders":[<first>,<second>],"lease":2,..,"started":false}; left: [], right: [<second>]".
+/// The crash an `up --shared` waits on is said in the file's terms, as every error of
+/// the command is (a service that exits 0 is told how to be a job that ends).
+#[test]
+fn a_crash_waited_on_is_said_in_the_files_terms() {
+    let p = Project::new("crash-terms");
+    let go = p.dir.join("go.fifo");
+    assert!(Command::new("mkfifo").arg(&go).status().unwrap().success());
+    p.write(&format!(
+        r#"
+[services.App]
+command = ["sh", "-c", "echo READY; read x < '{go}'; exit 0"]
+ready = {{ line_contains = "READY" }}
+"#,
+        go = go.display()
+    ));
+    let (a, b) = (Holder::new(), Holder::new());
+    up_shared(&p, a.pid(), "60s");
+    // Opened and closed: the service reads the end and exits 0, after it was ready.
+    drop(std::fs::OpenOptions::new().write(true).open(&go).unwrap());
+    let crashed = p.run(&[
+        "logs",
+        "--until",
+        "exited unexpectedly",
+        "-n",
+        "100",
+        "--timeout",
+        "60s",
+    ]);
+    assert!(crashed.status.success(), "{}", text(&crashed));
+    let mut waiting = p
+        .command(&["up", "--shared", "--pid", &b.pid().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(waiting.stderr.take().unwrap());
+    let mut note = String::new();
+    std::io::BufRead::read_line(&mut err, &mut note).unwrap();
+    let _ = waiting.kill();
+    let _ = waiting.wait();
+    assert!(
+        note.contains("waiting for the shared bundle") && note.contains("`needs_completed`"),
+        "{note}"
+    );
+    assert!(!note.contains("::"), "{note}");
+}
+
 #[test]
 fn up_shared_during_a_down_gets_a_running_bundle() {
     let p = Project::new("down-race");

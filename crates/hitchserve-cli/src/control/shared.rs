@@ -218,7 +218,7 @@ fn lease(
             Ok(v) if v["for"] == "crash" => eprintln!(
                 "hitchserve: waiting for the shared bundle: {} (another holder may start it \
                  again)",
-                v["waiting"].as_str().unwrap_or("a service has crashed")
+                crate::in_file_terms(v["waiting"].as_str().unwrap_or("a service has crashed"))
             ),
             Ok(v) if !v["waiting"].is_null() => eprintln!(
                 "hitchserve: waiting for the shared bundle: the time travel of process {} must \

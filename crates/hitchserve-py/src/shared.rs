@@ -235,14 +235,15 @@ impl NativeShared {
     }
 
     /// Run `args` in the service's environment, directory and fake time, as its user:
-    /// `(returncode or None if killed by a signal, stdout, stderr)`.
+    /// `(returncode, stdout, stderr)`: the returncode as `subprocess` has it (minus the signal
+    /// that ended it).
     fn run(
         &self,
         py: Python<'_>,
         name: String,
         args: Vec<OsString>,
         input: Option<Vec<u8>>,
-    ) -> PyResult<(Option<i32>, Vec<u8>, Vec<u8>)> {
+    ) -> PyResult<(i32, Vec<u8>, Vec<u8>)> {
         let (program, rest) = args
             .split_first()
             .ok_or_else(|| PyValueError::new_err("run() needs a command"))?;
@@ -263,7 +264,15 @@ impl NativeShared {
                 Some(data) => feed(cmd, data),
             }
             .map_err(failed)?;
-            Ok((out.status.code(), out.stdout, out.stderr))
+            // As `subprocess` has it: minus the signal that ended it.
+            let returncode = {
+                use std::os::unix::process::ExitStatusExt;
+                out.status
+                    .code()
+                    .or(out.status.signal().map(|s| -s))
+                    .unwrap_or(-1)
+            };
+            Ok((returncode, out.stdout, out.stderr))
         })
     }
 

@@ -52,7 +52,7 @@ impl Subcommand {
         interruptible(py, "sub-command", move || sub.run())?.or_raise()
     }
 
-    /// Run it, capturing output: `(description, code or None, stdout, stderr)`.
+    /// Run it, capturing output: `(description, returncode, stdout, stderr)`.
     #[pyo3(signature = (check=false))]
     fn output<'py>(&self, py: Python<'py>, check: bool) -> PyResult<Captured<'py>> {
         let sub = self.sub.clone();
@@ -66,17 +66,21 @@ impl Subcommand {
         .or_raise()?;
         Ok((
             out.status.to_string(),
-            out.status.code(),
+            returncode(out.status),
             PyBytes::new(py, &out.stdout),
             PyBytes::new(py, &out.stderr),
         ))
     }
 }
 
-/// A finished sub-command: how it ended, its code, its stdout and stderr.
-type Captured<'py> = (
-    String,
-    Option<i32>,
-    Bound<'py, PyBytes>,
-    Bound<'py, PyBytes>,
-);
+/// As `subprocess` gives it: the exit code, or minus the number of the signal that ended it.
+pub(crate) fn returncode(status: hitchserve::ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => -signal,
+        (None, None) => -1,
+    }
+}
+
+/// A finished sub-command: how it ended, its returncode, its stdout and stderr.
+type Captured<'py> = (String, i32, Bound<'py, PyBytes>, Bound<'py, PyBytes>);

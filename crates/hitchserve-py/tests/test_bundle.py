@@ -478,6 +478,23 @@ def test_an_unknown_service_is_a_key_error_naming_the_known_ones(project):
         bundle["Celery"]
     assert isinstance(raised.value, hitchserve.NoSuchService)
     assert "it has: `Django`" in str(raised.value)
+    # hitchserve 0.5.x raised IndexError there: code that catches it still does.
+    with pytest.raises(IndexError):
+        bundle["Celery"]
+
+
+def test_a_relative_project_directory_is_where_it_was_when_the_bundle_was_made(project, monkeypatch):
+    # As hitchserve 0.5.x: made absolute at once, so a later chdir doesn't move the services.
+    monkeypatch.chdir(project)
+    (project / "here").mkdir()
+    bundle = hitchserve.ServiceBundle(".", startup_timeout=PATIENCE)
+    assert bundle.project_directory == os.path.abspath(project)
+    bundle["Where"] = hitchserve.Service(command=["sh", "-c", "pwd; echo READY; exec sleep 100"],
+                                         log_line_ready_checker=lambda line: line == "READY")
+    monkeypatch.chdir(project / "here")
+    with bundle:
+        bundle.startup()
+        assert bundle["Where"].logs.out.lines()[0] == os.path.realpath(project)
 
 
 def test_a_ready_checker_that_raises_fails_startup_with_that_exception(project):

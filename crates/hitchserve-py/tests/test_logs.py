@@ -77,6 +77,9 @@ def test_tail_until_with_lines_back_sees_lines_already_there(echo):
     echo.say("early bird")
     echo.logs.tail.until(lambda l: l == '{"echo": "early bird"}', timeout=PATIENCE, lines_back=5)
     assert echo.logs.tail.until(lambda l: l == "early bird", timeout=PATIENCE, lines_back=5) == "early bird"
+    # More lines back than there are, however many: all of them.
+    assert echo.logs.tail.until(lambda l: l == "READY", timeout=PATIENCE, lines_back=2**64) == "READY"
+    assert echo.logs.last(2**70)[0] == "READY"
 
 
 def test_until_json_returns_the_dict(echo):
@@ -85,6 +88,14 @@ def test_until_json_returns_the_dict(echo):
     email = tail.until_json(lambda d: d.get("subject") == "Reminder", timeout=PATIENCE)
     assert email == {"subject": "Reminder", "payload": "Remind me about upcoming gig."}
     assert {"echo": "hello"} in echo.logs.json()
+
+
+def test_until_json_looks_only_at_objects_and_arrays(echo):
+    # `200` and `true` are JSON too, but not what a condition that looks inside can take.
+    tail = echo.logs.out.tail
+    echo.say("200", "true", '"text"', '{"subject": "Reminder"}')
+    email = tail.until_json(lambda email: "subject" in email, timeout=PATIENCE)
+    assert email == {"subject": "Reminder"}
 
 
 def test_follow_lines_back_2_is_a_generator_of_the_two_last_lines_then_new_ones(echo):

@@ -155,6 +155,8 @@ def test_subcommands_run_in_the_services_environment_and_directory(service_bundl
     assert out.strip() == f"manage help remindme.settings {os.path.realpath(project)}"
     done = django.subcommand("./manage.py", "fail").output()
     assert done.returncode == 2
+    # Ended by a signal: minus its number, as `subprocess.run` says it.
+    assert django.subcommand("sh", "-c", "kill -TERM $$").output().returncode == -15
     with pytest.raises(hitchserve.SubcommandFailed) as raised:
         django.subcommand("./manage.py", "fail").run()
     assert raised.value.returncode == 2

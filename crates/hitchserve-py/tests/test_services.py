@@ -156,3 +156,10 @@ def test_a_cron_interval_of_no_time_is_refused_where_it_is_given(every):
     with pytest.raises(ValueError, match="`every` must be a time of more than 0 seconds"):
         Cron(every=every, command=["true"])
 
+
+
+@pytest.mark.parametrize("every", ["5m", None, True, [300]])
+def test_a_cron_interval_that_is_not_a_time_is_refused_naming_it(every):
+    # "5m" (the bundle file's way) raised float()'s bare ValueError, naming nothing.
+    with pytest.raises(TypeError, match="`every` must be a number of seconds or a timedelta"):
+        Cron(every=every, command=["true"])

@@ -75,6 +75,9 @@ def test_attach_starts_the_bundle_and_says_its_services(file, project):
         with pytest.raises(hitchserve.SubcommandFailed) as failed:
             app.run("sh", "-c", "echo nope >&2; exit 3")
         assert failed.value.returncode == 3 and failed.value.service == "App"
+        # A signal's end as `subprocess` says it: minus its number.
+        killed = app.run("sh", "-c", "kill -TERM $$", check=False)
+        assert killed.returncode == -15
         with pytest.raises(hitchserve.NoSuchService):
             shared.service("Nope")
         # A second attach from this process finds it running.

@@ -276,6 +276,15 @@ impl Ready {
         holds(&tree, &vec![false; leaves.len()])
     }
 
+    /// Whether a part of this check looks at the service's lines.
+    pub(crate) fn reads_lines(&self) -> bool {
+        match &self.0 {
+            Kind::Line { .. } | Kind::Json { .. } => true,
+            Kind::All(v) | Kind::Any(v) => v.iter().any(Ready::reads_lines),
+            _ => false,
+        }
+    }
+
     /// Why a part of this check can never pass, if one can't: an `any` of nothing, an
     /// HTTP check of a URL it can't ask. Found when the bundle starts, before anything runs.
     pub(crate) fn never_passes(&self) -> Option<String> {

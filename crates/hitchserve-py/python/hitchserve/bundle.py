@@ -61,14 +61,16 @@ class ServiceBundle:
     ) -> None:
         if project_directory is None:
             project_directory = os.getcwd()
-        self.project_directory = os.fspath(project_directory)
+        # Made absolute now, as hitchserve 0.5.x did: an `os.chdir` before `startup()` does
+        # not move the services.
+        self.project_directory = os.path.abspath(os.fspath(project_directory))
         self.startup_timeout = _checked_timeout("startup_timeout", startup_timeout)
         self.shutdown_timeout = _checked_timeout("shutdown_timeout", shutdown_timeout)
         self.hitch_dir = hitch_dir
         if log_memory_limit is not None and (
             isinstance(log_memory_limit, bool)
             or not isinstance(log_memory_limit, int)
-            or log_memory_limit < 0
+            or not 0 <= log_memory_limit < 2**64
         ):
             raise ValueError(
                 f"log_memory_limit must be a number of bytes, 0 or more, not {log_memory_limit!r}"

@@ -97,8 +97,9 @@ class NotRunning(ServiceError):
     that is not running)."""
 
 
-class NoSuchService(ServiceError, KeyError):
-    """No service of that name in the bundle."""
+class NoSuchService(ServiceError, KeyError, IndexError):
+    """No service of that name in the bundle. A ``KeyError`` (the bundle is a dict of
+    services), and an ``IndexError`` as hitchserve 0.5.x raised for it."""
 
 
 class NoSuchProcess(ServiceError):

@@ -5,8 +5,9 @@ waited for in Rust; these classes give them their Python shape.
 """
 
 import contextlib
-import json
 import datetime as _dt
+import json
+import sys
 from typing import Any, Callable, Generator, Iterator, List, Optional, Tuple
 
 from . import _native
@@ -182,8 +183,9 @@ class Tail:
         last lines), :class:`LogEnded` if the service exits meanwhile, or whatever
         ``condition`` raised."""
         _check_condition("until", condition, "lambda line: {!r} in line")
-        if _count(lines_back, "lines_back"):
-            self._native.back(lines_back)
+        back = _count(lines_back, "lines_back")
+        if back:
+            self._native.back(back)
         with self._naming_the_service():
             return LogLine(self._native.until(condition, _timeout(timeout)))
 
@@ -194,17 +196,20 @@ class Tail:
         lines_back: int = 0,
     ) -> Any:
         """Wait for the next JSON line whose value makes ``condition(value)`` true, and
-        return the value (lines that are not JSON are skipped)."""
+        return the value. Only objects and arrays are looked at: other lines are skipped,
+        also those that are bare JSON values (``200``, ``true``, ``"text"``), which a
+        condition such as ``lambda email: email["subject"] == ...`` can't look into."""
         _check_condition("until_json", condition, "lambda value: value.get('event') == {!r}")
-        if _count(lines_back, "lines_back"):
-            self._native.back(lines_back)
+        back = _count(lines_back, "lines_back")
+        if back:
+            self._native.back(back)
         # Parsed here, as ``json.loads`` parses (the engine's parser refuses ``NaN`` and
         # ``Infinity``, which Python's ``json.dumps`` writes).
         found: List[Any] = []
 
         def matches(line: str) -> bool:
             ok, value = _parsed(line)
-            if ok and condition(value):
+            if ok and isinstance(value, (dict, list)) and condition(value):
                 found.append(value)
                 return True
             return False
@@ -217,8 +222,9 @@ class Tail:
         """The lines as they arrive, starting ``lines_back`` lines earlier: iterate over it
         (it ends when the service's output ends; Ctrl-C raises ``KeyboardInterrupt``), or
         show it in IPython to print lines until Ctrl-C."""
-        if _count(lines_back, "lines_back"):
-            self._native.back(lines_back)
+        back = _count(lines_back, "lines_back")
+        if back:
+            self._native.back(back)
         return Follow(self._native)
 
     @contextlib.contextmanager
@@ -279,7 +285,8 @@ def _count(n: int, what: str) -> int:
         raise TypeError(f"{what} is a number of lines, not {type(n).__name__}: {n!r}")
     if n < 0:
         raise ValueError(f"{what} is a number of lines, 0 or more, not {n}")
-    return n
+    # More lines than any log holds are all of them (the engine counts in 64 bits).
+    return min(n, sys.maxsize)
 
 
 def _checked_timeout(what: str, value: Any) -> float:

@@ -89,8 +89,8 @@ class Subcommand:
         return self._native.stdin(data)
 
     def _output(self, native: "_native.Subcommand", check: bool) -> "subprocess.CompletedProcess[bytes]":
-        status, code, out, err = native.output(check)
-        returncode = code if code is not None else -1
+        # `returncode` as `subprocess` has it: minus the signal that ended it, if one did.
+        status, returncode, out, err = native.output(check)
         return subprocess.CompletedProcess(self.argv, returncode, bytes(out), bytes(err))
 
     def __repr__(self) -> str:

@@ -205,7 +205,15 @@ class Cron(_ReadyMade):
         self, every: Union[float, _dt.timedelta], command: Sequence[Any], **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        seconds = _seconds(every)
+        try:
+            if every is None or isinstance(every, (bool, str, bytes)):
+                raise TypeError
+            seconds = _seconds(every)
+        except (TypeError, ValueError, OverflowError):
+            raise TypeError(
+                f"Cron: `every` must be a number of seconds or a timedelta, not {every!r}: "
+                f"e.g. every=300 or every=timedelta(minutes=5)"
+            ) from None
         if not seconds > 0 or math.isinf(seconds):
             raise ValueError(
                 f"Cron: `every` must be a time of more than 0 seconds, not {every!r}"

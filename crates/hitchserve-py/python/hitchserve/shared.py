@@ -249,11 +249,12 @@ class SharedService:
         :class:`~hitchserve.SubcommandFailed` if it fails, unless ``check=False``."""
         argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args]
         data = input.encode() if isinstance(input, str) else input
+        # `code` as `subprocess` has it: minus the signal that ended it, if one did.
         code, out, err = self.bundle._native.run(self.name, argv, data)
-        result = subprocess.CompletedProcess(argv, -1 if code is None else code, out, err)
+        result = subprocess.CompletedProcess(argv, code, out, err)
         if check and code != 0:
             said = err.decode(errors="replace").strip().splitlines()[-10:]
-            how = "was killed by a signal" if code is None else f"exited with {code}"
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
             failed = SubcommandFailed(
                 f"service `{self.name}`: `{' '.join(argv)}` {how}"
                 + "".join(f"\n  {line}" for line in said)

@@ -263,14 +263,17 @@ impl Runtime {
     /// The startup timeout error for every service not ready yet (or only `only`).
     fn timeout_error_for(&self, timeout: Duration, only: Option<usize>) -> Error {
         let services = self.services();
-        let waiting: Vec<(usize, String)> = {
+        // Each service not ready, what it waits for, and whether that is its readiness check.
+        let waiting: Vec<(usize, String, bool)> = {
             let states = self.lock();
             services
                 .iter()
                 .enumerate()
                 .filter(|(idx, _)| only.is_none_or(|o| o == *idx))
                 .filter_map(|(idx, plan)| {
-                    let what = match states[idx].waiting_for(&plan.traits)? {
+                    let waiting = states[idx].waiting_for(&plan.traits)?;
+                    let checking = matches!(waiting, Waiting::Check(_));
+                    let what = match waiting {
                         Waiting::OneShot => "its one-shot run to complete".to_owned(),
                         Waiting::Needs => {
                             let pending: Vec<String> = plan
@@ -304,7 +307,7 @@ impl Runtime {
                         ),
                         None => what,
                     };
-                    Some((idx, what))
+                    Some((idx, what, checking))
                 })
                 .collect()
         };
@@ -312,10 +315,24 @@ impl Runtime {
             timeout,
             not_ready: waiting
                 .into_iter()
-                .map(|(idx, waiting_for)| NotReady {
-                    service: services[idx].name.clone(),
-                    waiting_for,
-                    last_lines: self.lines_of_this_start(idx),
+                .map(|(idx, waiting_for, checking)| {
+                    let last_lines = self.lines_of_this_start(idx);
+                    let waiting_for = match checking && last_lines.is_empty() {
+                        // Its lines may be there, unwritten: a program's output to a pipe
+                        // waits in its buffer until that is full.
+                        true if services[idx].ready.reads_lines() => format!(
+                            "{waiting_for} — a line it printed may still wait in its output \
+                             buffer, as a program's output to a pipe does until the buffer \
+                             fills (Python: `python3 -u` or PYTHONUNBUFFERED=1; C programs: \
+                             `stdbuf -oL`)"
+                        ),
+                        _ => waiting_for,
+                    };
+                    NotReady {
+                        service: services[idx].name.clone(),
+                        waiting_for,
+                        last_lines,
+                    }
                 })
                 .collect(),
             log: self.sink.store.file_path(),

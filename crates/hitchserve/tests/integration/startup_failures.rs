@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use hitchserve::{Error, ExitStatus, Service};
+use hitchserve::{Error, ExitStatus, Ready, Service};
 
 use crate::common::{is_alive, marked_pids, run_id, sh, wait_gone, Project, PATIENCE};
 
@@ -80,11 +80,22 @@ fn timeout_names_what_each_service_waited_for_with_last_lines() {
         .unwrap();
     b.add("Waiting", sh("echo READY; exec sleep 1000").needs(["Slow"]))
         .unwrap();
+    // Quiet while a line is awaited: maybe its lines wait in its output buffer (said).
+    b.add("Quiet", sh("exec sleep 1000")).unwrap();
+    b.add(
+        "QuietPort",
+        Service::new(["sleep", "1000"]).ready(Ready::tcp(1)),
+    )
+    .unwrap();
     let err = b.startup().unwrap_err();
     let Error::StartupTimeout { not_ready, .. } = &err else {
         panic!("wrong error: {err:?}");
     };
-    assert_eq!(not_ready.len(), 2);
+    assert_eq!(not_ready.len(), 4);
+    let buffer = |n: &hitchserve::NotReady| n.waiting_for.contains("PYTHONUNBUFFERED");
+    assert!(buffer(&not_ready[2]), "{:?}", not_ready[2]);
+    // Not for a service that printed lines, nor one waiting for others or for a port.
+    assert!(!buffer(&not_ready[0]) && !buffer(&not_ready[1]) && !buffer(&not_ready[3]));
     assert_eq!(not_ready[0].service, "Slow");
     assert!(not_ready[0].waiting_for.contains("readiness check"));
     assert!(not_ready[0].last_lines[0].contains("still warming up"));

@@ -2251,6 +2251,63 @@ fn up_into_a_pipe_that_closes_runs_on_quietly() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `up` printing into a pipe nobody reads any more (`up | less` left paused): the services
+/// go on (their lines are stored, not printed), `down` works, and once the pipe is read
+/// again a line says how many lines were not printed.
+#[test]
+fn up_into_a_pipe_nobody_reads_never_stops_its_services() {
+    let p = Project::new(
+        "stalledpipe",
+        "[services.Chatty]\ncommand = [\"sh\", \"-c\", \"echo READY; i=0; while true; do i=$((i+1)); echo line $i of a service that writes a lot, lots and lots of it; done\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    let mut up = p
+        .cmd(&["up"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(up.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("READY") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "up ended");
+    }
+    // Not read from now on: far more than the pipes hold is written all the same.
+    let seen = p.run(&[
+        "logs",
+        "Chatty",
+        "--until",
+        "^line 100000 ",
+        "--timeout",
+        "120s",
+    ]);
+    assert!(seen.status.success(), "{}", text(&seen));
+    // Read again: printing resumes, saying what it left out.
+    let reader = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        rest
+    });
+    let seen = p.run(&[
+        "logs",
+        "Chatty",
+        "--until",
+        "^line 200000 ",
+        "--timeout",
+        "120s",
+    ]);
+    assert!(seen.status.success(), "{}", text(&seen));
+    let down = p.cmd(&["down"]).output().unwrap();
+    assert!(down.status.success(), "{}", text(&down));
+    let printed = reader.join().unwrap();
+    let _ = up.wait();
+    assert!(
+        printed.contains("lines were not printed while stdout was not being read"),
+        "{}",
+        printed.lines().take(5).collect::<Vec<_>>().join("\n")
+    );
+}
+
 /// While a bundle starts, `status`, `logs` and `now` answer at once (they waited for the
 /// whole startup): which service is starting, which has not started, what each wrote.
 #[test]

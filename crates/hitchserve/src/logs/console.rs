@@ -4,7 +4,10 @@
 //! and muting. It never stores anything: a muted line is still in the log store, so nothing is
 //! lost. Printing goes through `print!` so `cargo test` captures it per test (except in a
 //! forked child: see `write_out`); a closed stdout must never stop a reader thread, so a
-//! failed print ends printing, said once on stderr (never as a panic's message).
+//! failed print ends printing, said once on stderr (never as a panic's message) — nor must
+//! a stdout nobody reads any more (a full pipe: `up | less` left paused), so a print waits
+//! a second at most for room, then lines are not printed until stdout takes writes again,
+//! and a line says how many were not.
 //!
 //! Also owns *whose* output the lines go to. Under `cargo test`, `print!` writes to the
 //! capture of the test whose thread spawned the printing thread — so a bundle kept in a
@@ -68,6 +71,12 @@ static ORIGIN: AtomicU32 = AtomicU32::new(0);
 /// a time: `print!` holds std's process-wide stdout lock while it writes, and a child
 /// forked while one of the parent's readers was inside a slow write (a full pipe) inherits
 /// that lock held by a thread it doesn't have, so its first line would wait for ever.
+///
+/// A reader of stdout that stops reading (`hitchserve up | less` left paused, a stalled log
+/// collector) must never stop the services: their reader threads print. So `out` is written
+/// a piece at a time, each once stdout can take it without blocking; if it can't for
+/// `STALL`, the rest is not printed, nor is anything more until stdout takes writes again —
+/// then a line says how many lines were not printed (they are stored all the same).
 fn write_out(out: &str) -> bool {
     let written = write_or_fail(out);
     if !written {
@@ -76,21 +85,86 @@ fn write_out(out: &str) -> bool {
     written
 }
 
+/// How long a print waits for stdout's reader to make room before printing stops until it
+/// does: a slow terminal keeps up, a reader that stopped reading does not.
+const STALL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// At most this much is written at once: a pipe that polls writable takes a write of a
+/// page without blocking.
+const PIECE: usize = 4096;
+
+/// Lines not printed since stdout stopped taking writes, if it did.
+static UNPRINTED: AtomicU64 = AtomicU64::new(0);
+/// Stdout stopped taking writes (see `write_out`): nothing is printed until it takes them.
+static STALLED: AtomicBool = AtomicBool::new(false);
+
 fn write_or_fail(out: &str) -> bool {
-    if ORIGIN.load(Ordering::Relaxed) == std::process::id() {
-        // `print!` would panic on a pipe whose reader is gone (`pytest | head`), and the
-        // panic's message would reach stderr though the panic itself is caught: look first.
-        if reader_gone() {
+    if STALLED.load(Ordering::Relaxed) {
+        match writable(std::time::Duration::ZERO) {
+            Room::Gone => return false,
+            Room::Full => {
+                UNPRINTED.fetch_add(out.matches('\n').count() as u64, Ordering::Relaxed);
+                return true;
+            }
+            Room::Some => {
+                STALLED.store(false, Ordering::Relaxed);
+                let missed = UNPRINTED.swap(0, Ordering::Relaxed);
+                let note = format!(
+                    "[Hitch] WARNING: {missed} line{} not printed while stdout was not being \
+                     read; every line is stored (queries, all.log)\n",
+                    if missed == 1 { " was" } else { "s were" }
+                );
+                if !write_pieces(&note) {
+                    return false;
+                }
+            }
+        }
+    }
+    write_pieces(out)
+}
+
+/// `write_or_fail`'s pieces: false if stdout is closed.
+fn write_pieces(out: &str) -> bool {
+    let mut rest = out;
+    while !rest.is_empty() {
+        // Whole lines, up to a piece's size (a longer line alone).
+        let cut = match rest
+            .get(..PIECE.min(rest.len()))
+            .and_then(|p| p.rfind('\n'))
+        {
+            Some(nl) if rest.len() > PIECE => nl + 1,
+            _ if rest.len() <= PIECE => rest.len(),
+            _ => rest.find('\n').map_or(rest.len(), |nl| nl + 1),
+        };
+        let (piece, after) = rest.split_at(cut);
+        match writable(STALL) {
+            Room::Gone => return false,
+            Room::Full => {
+                STALLED.store(true, Ordering::Relaxed);
+                UNPRINTED.fetch_add(rest.matches('\n').count() as u64, Ordering::Relaxed);
+                return true;
+            }
+            Room::Some => {}
+        }
+        if !write_piece(piece) {
             return false;
         }
-        return std::panic::catch_unwind(|| print!("{out}")).is_ok();
+        rest = after;
+    }
+    true
+}
+
+/// Write one piece (see `write_out`); false if stdout is closed.
+fn write_piece(piece: &str) -> bool {
+    if ORIGIN.load(Ordering::Relaxed) == std::process::id() {
+        return std::panic::catch_unwind(|| print!("{piece}")).is_ok();
     }
     static ONE_AT_A_TIME: PerProcess<Mutex<()>> = PerProcess::new(|| Mutex::new(()));
     let _one = ONE_AT_A_TIME
         .get()
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    let mut rest = out.as_bytes();
+    let mut rest = piece.as_bytes();
     while !rest.is_empty() {
         // (`Stdout`'s descriptor, without std's lock.)
         match nix::unistd::write(std::io::stdout(), rest) {
@@ -102,19 +176,43 @@ fn write_or_fail(out: &str) -> bool {
     true
 }
 
-/// Whether stdout is a pipe or socket nobody reads any more (the kernel says so on a poll:
-/// an error or a hang-up).
-fn reader_gone() -> bool {
+/// What stdout can take now.
+enum Room {
+    /// A write (of a piece) without blocking.
+    Some,
+    /// Nothing within the time given: its reader is not reading.
+    Full,
+    /// Its reader has gone (a pipe or socket nobody reads any more), or it is closed.
+    Gone,
+}
+
+/// Wait up to `within` for stdout to take a write.
+fn writable(within: std::time::Duration) -> Room {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let stdout = std::io::stdout();
-    let mut fds = [PollFd::new(
-        std::os::fd::AsFd::as_fd(&stdout),
-        PollFlags::empty(),
-    )];
-    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
-        && fds[0]
-            .revents()
-            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&stdout),
+            PollFlags::POLLOUT,
+        )];
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(0) => return Room::Full,
+            Ok(_) => {
+                let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+                if revents.intersects(PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL)
+                {
+                    return Room::Gone;
+                }
+                return Room::Some;
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            // Can't tell: write, as before.
+            Err(_) => return Room::Some,
+        }
+    }
 }
 
 /// Say once per process, on stderr, that the console stopped printing (and that nothing

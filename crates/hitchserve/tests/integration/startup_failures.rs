@@ -265,3 +265,28 @@ fn a_server_that_daemonizes_is_told_to_run_in_the_foreground() {
     // Or it was a job that ends: said how to define one.
     assert!(err.contains("one_shot"), "{err}");
 }
+
+/// A service's megabyte-long line (a dump, a minified bundle) is quoted cut short by an
+/// error, saying how much more there is and where: it must not flood a CI log.
+#[test]
+fn an_error_quotes_a_huge_line_cut_short() {
+    let p = Project::new("hugeline");
+    let mut b = p.bundle();
+    b.add(
+        "Dumper",
+        sh("head -c 1000000 /dev/zero | tr '\\0' x; echo; echo fatal: bad dump; exit 1"),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err().to_string();
+    assert!(err.len() < 10_000, "{} bytes", err.len());
+    assert!(
+        err.contains("more bytes of this line are in all.log"),
+        "{}",
+        &err[..err.len().min(3000)]
+    );
+    assert!(
+        err.contains("fatal: bad dump"),
+        "{}",
+        &err[..err.len().min(3000)]
+    );
+}

@@ -149,6 +149,28 @@ impl Held {
     }
 }
 
+/// The longest line an error quotes whole: a service's megabyte-long line (a dump, a
+/// minified bundle) must not flood the test's output or a CI log.
+const QUOTED_AT_MOST: usize = 2000;
+
+/// `line` as an error quotes it: cut past `QUOTED_AT_MOST` bytes, saying how much more
+/// there is, and where.
+fn shortened(mut line: String) -> String {
+    if line.len() <= QUOTED_AT_MOST {
+        return line;
+    }
+    let mut cut = QUOTED_AT_MOST;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let more = line.len() - cut;
+    line.truncate(cut);
+    line.push_str(&format!(
+        " [hitchserve: {more} more bytes of this line are in all.log]"
+    ));
+    line
+}
+
 /// A line picked under the lock, materialised after it (maybe from the file).
 pub(super) struct Picked {
     seq: u64,
@@ -195,10 +217,10 @@ impl LogStore {
         } else {
             0
         };
-        let whole = lines.iter().map(|l| format!("{l:width$}"));
+        let whole = lines.iter().map(|l| shortened(format!("{l:width$}")));
         let started = partials
             .iter()
-            .map(|l| format!("{l:width$} [hitchserve: no newline yet]"));
+            .map(|l| shortened(format!("{l:width$}")) + " [hitchserve: no newline yet]");
         whole.chain(started).collect()
     }
 

@@ -2251,6 +2251,42 @@ fn up_into_a_pipe_that_closes_runs_on_quietly() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `down` after two services crashed says both (shutdown reports one crash, the first not
+/// reported before).
+#[test]
+fn down_says_every_service_that_crashed() {
+    let p = Project::new(
+        "twocrashes",
+        "[services.A]\ncommand = [\"sh\", \"-c\", \"echo READY; read x < A.fifo; exit 3\"]\nready = { line_contains = \"READY\" }\n\n[services.B]\ncommand = [\"sh\", \"-c\", \"echo READY; read x < B.fifo; exit 4\"]\nready = { line_contains = \"READY\" }\n",
+    );
+    mkfifo(&p, "A.fifo");
+    mkfifo(&p, "B.fifo");
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    for service in ["A", "B"] {
+        // Opened and closed: the service reads the end and exits.
+        let fifo = p.0.join(format!("{service}.fifo"));
+        drop(std::fs::OpenOptions::new().write(true).open(fifo).unwrap());
+        let crashed = p.run(&[
+            "logs",
+            "--until",
+            &format!("`{service}` exited unexpectedly"),
+            "-n",
+            "100",
+            "--timeout",
+            "60s",
+        ]);
+        assert!(crashed.status.success(), "{}", text(&crashed));
+    }
+    let down = p.run(&["down"]);
+    assert!(!down.status.success(), "{}", text(&down));
+    let said = text(&down);
+    assert!(
+        said.contains("exit code 3") && said.contains("exit code 4"),
+        "{said}"
+    );
+}
+
 /// `up` printing into a pipe nobody reads any more (`up | less` left paused): the services
 /// go on (their lines are stored, not printed), `down` works, and once the pipe is read
 /// again a line says how many lines were not printed.

@@ -321,11 +321,23 @@ pub fn up(
         // Stopping: a holder asking now waits for the stop and starts a new bundle.
         leases.close();
     }
+    // Every service that crashed, as the crash shutdown reports (the first not reported
+    // before) is one of them: the others are said with it.
+    let crashed: Vec<(String, String)> = bundle
+        .service_names()
+        .iter()
+        .filter_map(|name| match bundle.service(name).ok()?.crashed()? {
+            hitchserve::Error::ServiceExited {
+                service, status, ..
+            } => Some((service, status.to_string())),
+            _ => None,
+        })
+        .collect();
     let result = bundle.shutdown();
     // Each `down` hears how the bundle ended: a crash not reported before is its error too.
     let verdict = match &result {
         Ok(()) => json!({"ok": true}),
-        Err(e) => json!({"ok": true, "error": e.to_string()}),
+        Err(e) => json!({"ok": true, "error": with_other_crashes(e, &crashed)}),
     };
     for mut asker in first.into_iter().chain(stop_rx.try_iter().flatten()) {
         let _ = reply(&mut asker, &verdict);
@@ -337,12 +349,27 @@ pub fn up(
     drop(lock);
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(with_other_crashes(&e, &crashed)),
     }
 }
 
 /// The bundle once it is up, and its leases if it is shared.
 type Live = (Arc<Bundle>, Option<Arc<Leases>>);
+
+/// The error shutdown reported, and each other service that `crashed` (name, how it
+/// ended) after it: shutdown reports one crash, the first not reported before.
+fn with_other_crashes(e: &hitchserve::Error, crashed: &[(String, String)]) -> String {
+    let mut said = e.to_string();
+    if let hitchserve::Error::ServiceExited { service: first, .. } = e {
+        for (service, status) in crashed.iter().filter(|(s, _)| s != first) {
+            said.push_str(&format!(
+                "\n  `{service}` exited unexpectedly too ({status}): `hitchserve logs {service}` \
+                 shows its lines"
+            ));
+        }
+    }
+    said
+}
 
 /// A signal again within this time of the first one that stopped `up` is the same request.
 const SAME_SIGNAL_AGAIN: Duration = Duration::from_millis(500);

@@ -2252,7 +2252,7 @@ fn up_into_a_pipe_that_closes_runs_on_quietly() {
 }
 
 /// `down` after two services crashed says both (shutdown reports one crash, the first not
-/// reported before).
+/// reported before), also when a time travel reported one (saying its jump was made).
 #[test]
 fn down_says_every_service_that_crashed() {
     let p = Project::new(
@@ -2278,6 +2278,15 @@ fn down_says_every_service_that_crashed() {
         ]);
         assert!(crashed.status.success(), "{}", text(&crashed));
     }
+    // A time travel reports a crash after its jump: it says the jump was made.
+    let travel = p.run(&["time-travel", "+1d"]);
+    assert!(!travel.status.success(), "{}", text(&travel));
+    assert!(
+        text(&travel).contains("the time travel was made")
+            && text(&travel).contains("exited unexpectedly"),
+        "{}",
+        text(&travel)
+    );
     let down = p.run(&["down"]);
     assert!(!down.status.success(), "{}", text(&down));
     let said = text(&down);

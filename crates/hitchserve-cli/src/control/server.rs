@@ -119,6 +119,14 @@ pub(super) fn serve(
             };
             match r {
                 Ok(()) => json!({"ok": true, "now": bundle.now().to_string()}),
+                // Reported after the jump, which was made: said, so that nobody travels twice.
+                Err(
+                    e @ (hitchserve::Error::ServiceExited { .. }
+                    | hitchserve::Error::LogFileFailed { .. }),
+                ) => json!({"ok": false, "error": format!(
+                    "the time travel was made (the services' clock is now {}), but {e}",
+                    bundle.now()
+                )}),
                 Err(e) => err(e),
             }
         }

@@ -2489,6 +2489,43 @@ fn up_replaces_an_empty_control_directory_another_users_run_left() {
     down(&p);
 }
 
+/// A bundle another user started here (root's `up` in a user's project) can't be reached
+/// by this user: `status` and `down` say so and fail — `down` said "nothing to stop", exit
+/// 0, and the whole bundle ran on.
+#[test]
+fn a_bundle_another_user_started_is_said_not_taken_for_none() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can act as another user");
+        return;
+    }
+    let p = Project::new("otheruser", STARTER);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    // The command where that user can run it (the build's directory may be closed to it).
+    let bin = p.0.join("hitchserve-copy");
+    std::fs::copy(BIN, &bin).unwrap();
+    for verb in ["status", "down"] {
+        let o = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin)
+            .arg(verb)
+            .current_dir(&p.0)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{verb}: {}", text(&o));
+        assert!(
+            text(&o).contains("started by uid 0")
+                && text(&o).contains("run this command as that user"),
+            "{verb}: {}",
+            text(&o)
+        );
+    }
+    // Still running: its own user stops it.
+    down(&p);
+}
+
 /// `exec`'s command ends with `exec` itself: a SIGTERM to the `exec` process alone (a test
 /// runner's timeout, say) does not leave it running until `down`.
 #[test]

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::state_dir::{
-    is_socket, open_state_file, socket_dir, socket_path, trusted, up_is_running, up_pid, RunningUp,
-    StateDir, SOCKET, SOCKET_STARTING,
+    closed_to_us, is_socket, open_state_file, socket_dir, socket_path, trusted, up_is_running,
+    up_pid, RunningUp, StateDir, SOCKET, SOCKET_STARTING,
 };
 use crate::config;
 use crate::one_service;
@@ -64,6 +64,9 @@ fn connect(project: &Path, cmd: &str) -> Result<UnixStream, String> {
             }
         }
         if !up_is_running(project) {
+            if let Some(why) = closed_to_us(project) {
+                return Err(why);
+            }
             return Err(if waited {
                 "the bundle stopped before it was ready: its error is in `.hitchserve/up.log` \
                  (or on the console of `hitchserve up`)"
@@ -235,6 +238,9 @@ fn one_service(project: &Path, req: Value) -> Result<ExitCode, String> {
 /// Stop the running bundle, and wait until it has: `down`.
 pub(super) fn down(project: &Path) -> Result<ExitCode, String> {
     if !up_is_running(project) {
+        if let Some(why) = closed_to_us(project) {
+            return Err(why);
+        }
         println!(
             "no bundle is running in `{}`: nothing to stop",
             project.display()

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::client::{down, request_patiently};
 use super::leases::{definition, Definition};
-use super::state_dir::{open_state_file, up_is_running, RunningUp};
+use super::state_dir::{closed_to_us, open_state_file, up_is_running, RunningUp};
 use super::up::detach_up;
 use crate::config;
 use crate::ExitCode;
@@ -381,6 +381,9 @@ pub fn attach(
 /// `release`: end a lease (by id), or every lease of a process (by default, ours).
 pub fn release(project: &Path, pid: Option<i32>, lease: Option<u64>) -> Result<ExitCode, String> {
     if !up_is_running(project) {
+        if let Some(why) = closed_to_us(project) {
+            return Err(why);
+        }
         println!(
             "no bundle is running in `{}`: nothing to release",
             project.display()

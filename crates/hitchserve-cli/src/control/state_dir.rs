@@ -213,6 +213,34 @@ pub(super) fn up_is_running(project: &Path) -> bool {
     !free
 }
 
+/// Why we can't tell whether a bundle runs: its lock is another user's, closed to us (a
+/// bundle root started in a user's project, asked by that user). `None` if we can tell.
+/// Said rather than taken for "nothing runs": a `down` that said so and exited 0 left
+/// the whole bundle running.
+pub(super) fn closed_to_us(project: &Path) -> Option<String> {
+    let dir = state_dir(project);
+    let lock = dir.join("up.lock");
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&lock);
+    match opened {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            let owner = std::fs::symlink_metadata(&lock)
+                .or_else(|_| std::fs::symlink_metadata(&dir))
+                .map(|m| m.uid())
+                .ok()?;
+            Some(format!(
+                "a bundle may be running in `{}`, started by uid {owner}: its `{}` is that \
+                 user's, closed to you; run this command as that user (e.g. with sudo)",
+                project.display(),
+                dir.display()
+            ))
+        }
+        _ => None,
+    }
+}
+
 pub(super) fn is_socket(path: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())

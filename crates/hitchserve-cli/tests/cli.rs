@@ -372,6 +372,27 @@ fn wait_gone(pid: u32) -> bool {
     }
 }
 
+/// `.hitchserve` removed under a detached bundle (`git clean -fdX`): nothing could find it
+/// any more (commands said "no bundle is running", a next `up` started another beside it),
+/// so it stops, and its services with it.
+#[test]
+fn a_detached_bundle_whose_state_directory_is_removed_stops() {
+    let p = Project::new("statermrf", STARTER);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let daemon: u32 = std::fs::read_to_string(p.0.join(".hitchserve/up.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_slice(&p.run(&["status", "--json"]).stdout).unwrap();
+    let service = status["services"][0]["pid"].as_u64().unwrap() as u32;
+    std::fs::remove_dir_all(p.0.join(".hitchserve")).unwrap();
+    assert!(wait_gone(daemon), "the bundle ran on, unreachable");
+    assert!(wait_gone(service), "its service ran on");
+}
+
 #[test]
 fn kill_9_of_a_detached_bundle_leaves_no_service_behind() {
     let p = Project::new("kill9", DAYS);

@@ -297,6 +297,34 @@ pub fn up(
             let _ = stop_tx.send(None);
         });
     }
+    // Once nothing can find this bundle any more (its state directory removed: `rm -rf
+    // .hitchserve`, `git clean -fdX`), a detached one stops — it would run on, unreachable,
+    // and a next `up` would start another beside it; a foreground one says so (Ctrl-C still
+    // stops it).
+    {
+        let (bundle, stop_tx, dir) = (Arc::clone(&bundle), stop_tx.clone(), state_dir(project));
+        let detached = daemon_child;
+        std::thread::spawn(move || {
+            if !wait_until_removed(&dir) {
+                return;
+            }
+            match detached {
+                true => {
+                    bundle.warn(format!(
+                        "`{}` was removed: no command can reach this bundle any more, so it \
+                         stops",
+                        dir.display()
+                    ));
+                    let _ = stop_tx.send(None);
+                }
+                false => bundle.warn(format!(
+                    "`{}` was removed: no command can reach this bundle any more (`status`, \
+                     `logs`, `down`...); Ctrl-C stops it",
+                    dir.display()
+                )),
+            }
+        });
+    }
     // From now on every request is answered by the bundle itself...
     let _ = live.set((Arc::clone(&bundle), leases.clone()));
     // ... and clients of the others wait for this name.
@@ -355,6 +383,39 @@ pub fn up(
 
 /// The bundle once it is up, and its leases if it is shared.
 type Live = (Arc<Bundle>, Option<Arc<Leases>>);
+
+/// Block until the state directory `dir`, or its lock file (by which commands find a
+/// running bundle), is removed or moved away; false if that can't be watched. Told by the
+/// kernel (inotify), not looked for.
+fn wait_until_removed(dir: &Path) -> bool {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let Ok(inotify) = Inotify::init(InitFlags::IN_CLOEXEC) else {
+        return false;
+    };
+    let flags = AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVE_SELF
+        | AddWatchFlags::IN_ONLYDIR;
+    if inotify.add_watch(dir, flags).is_err() {
+        return false;
+    }
+    loop {
+        let events = match inotify.read_events() {
+            Ok(events) => events,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        };
+        let gone = events.iter().any(|e| {
+            e.mask
+                .intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)
+                || e.name.as_deref() == Some(std::ffi::OsStr::new("up.lock"))
+        });
+        if gone {
+            return true;
+        }
+    }
+}
 
 /// The error shutdown reported, and each other service that `crashed` (name, how it
 /// ended) after it: shutdown reports one crash, the first not reported before.

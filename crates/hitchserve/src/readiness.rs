@@ -187,7 +187,7 @@ impl Ready {
             Kind::Started => "its process to start".to_owned(),
             Kind::Line { what, .. } | Kind::Json { what, .. } => what.clone(),
             Kind::Tcp { addr } => format!("a TCP connection to {addr}"),
-            Kind::Http(h) => format!("an HTTP answer from {}", h.url),
+            Kind::Http(h) => format!("an HTTP answer from {}", http::shown(&h.url)),
             Kind::Exec { argv } => format!(
                 "`{}` to exit 0",
                 argv.iter()
@@ -292,15 +292,15 @@ impl Ready {
             Kind::Any(v) if v.is_empty() => {
                 Some("`Ready::any` of no checks: give it at least one".to_owned())
             }
-            Kind::Http(h) if !h.url.starts_with("http://") => Some(format!(
+            Kind::Http(h) if http::Url::parse(&h.url).is_none() => Some(format!(
                 "`{}` is not an http:// URL, the only kind an HTTP check can ask \
                  (check its TCP port, or a log line, instead)",
-                h.url
+                http::shown(&h.url)
             )),
             Kind::Http(h) => {
-                let rest = h.url.strip_prefix("http://").unwrap_or_default();
-                let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-                bad_host_port(host, false).map(|why| format!("the URL `{}` {why}", h.url))
+                let host = http::Url::parse(&h.url).map_or("", |u| u.host);
+                bad_host_port(host, false)
+                    .map(|why| format!("the URL `{}` {why}", http::shown(&h.url)))
             }
             Kind::Tcp { addr } => bad_host_port(addr, true)
                 .map(|why| format!("the TCP address `{addr}` {why} (give `host:port`)")),
@@ -668,14 +668,10 @@ fn connect(addr: &str, limit: Duration) -> Result<TcpStream, String> {
 }
 
 fn http_get(h: &Http, limit: Duration) -> Result<(), String> {
-    let rest = h
-        .url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("only http:// URLs can be checked, not {}", h.url))?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
+    let url = http::shown(&h.url);
+    let parts = http::Url::parse(&h.url)
+        .ok_or_else(|| format!("only http:// URLs can be checked, not {url}"))?;
+    let hostport = parts.host;
     // A port is what follows the last `:`, unless that is inside an IPv6 `[..]`.
     let addr = if hostport
         .rsplit_once(':')
@@ -695,21 +691,21 @@ fn http_get(h: &Http, limit: Duration) -> Result<(), String> {
     let response = http::get(
         &mut stream,
         hostport,
-        path,
+        &parts.path,
+        &parts.authorization().unwrap_or_default(),
         h.body.is_some(),
         deadline,
         limit,
     )
-    .map_err(|e| format!("{}: {e}", h.url))?;
+    .map_err(|e| format!("{url}: {e}"))?;
     let status = response.status;
     if !(h.status)(status) {
-        return Err(format!("{} answered {status}", h.url));
+        return Err(format!("{url} answered {status}"));
     }
     if let (Some(body_ok), Some(body)) = (&h.body, response.body) {
         if !body_ok(&String::from_utf8_lossy(&body)) {
             return Err(format!(
-                "{} answered {status} with a body its check refused",
-                h.url
+                "{url} answered {status} with a body its check refused"
             ));
         }
     }

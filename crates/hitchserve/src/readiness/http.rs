@@ -43,33 +43,146 @@ impl Source for std::net::TcpStream {
     }
 }
 
-/// Send `GET path` on `stream` and read the answer, all before `deadline`.
+/// An `http://` URL's parts (the scheme in any case, as URLs have it).
+pub(crate) struct Url<'a> {
+    /// `user:password` before an `@`, as written (percent-encoded).
+    pub credentials: Option<&'a str>,
+    /// `host[:port]`.
+    pub host: &'a str,
+    /// What to ask for: from the first `/` on (`/` if none), without a `#fragment`.
+    pub path: String,
+}
+
+impl<'a> Url<'a> {
+    /// `url`'s parts, if it is an `http://` URL.
+    pub(crate) fn parse(url: &'a str) -> Option<Url<'a>> {
+        let rest = url
+            .get(..7)
+            .filter(|s| s.eq_ignore_ascii_case("http://"))
+            .map(|_| &url[7..])?;
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, after) = rest.split_at(end);
+        // A fragment is not sent; a query without a path asks for `/` with it.
+        let after = after.split('#').next().unwrap_or_default();
+        let path = match after {
+            "" => "/".to_owned(),
+            q if q.starts_with('?') => format!("/{q}"),
+            p => p.to_owned(),
+        };
+        let (credentials, host) = match authority.rsplit_once('@') {
+            Some((c, h)) => (Some(c), h),
+            None => (None, authority),
+        };
+        Some(Url {
+            credentials,
+            host,
+            path,
+        })
+    }
+
+    /// The `Authorization` header its credentials make (HTTP basic), if it has any.
+    pub(crate) fn authorization(&self) -> Option<String> {
+        let decoded = percent_decoded(self.credentials?);
+        Some(format!("Authorization: Basic {}\r\n", base64(&decoded)))
+    }
+}
+
+/// `url` (of any scheme) as messages show it: a password it holds replaced by `***`.
+pub(crate) fn shown(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some(start) = url.find("://").map(|at| at + 3) else {
+        return url.into();
+    };
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    let password = url[start..end]
+        .rsplit_once('@')
+        .and_then(|(credentials, _)| credentials.split_once(':'));
+    match password {
+        Some((user, _)) => {
+            let host = url[start..end].rsplit_once('@').map_or("", |(_, h)| h);
+            format!("{}{user}:***@{host}{}", &url[..start], &url[end..]).into()
+        }
+        None => url.into(),
+    }
+}
+
+/// `%XX` escapes decoded (a malformed one is kept as written).
+fn percent_decoded(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64 with padding. Written here: one header's worth, not a dependency's.
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for k in 0..4 {
+            if k <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * k) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Send `GET path` on `stream` (with `extra` header lines, each ending in CRLF) and read the
+/// answer, all before `deadline`.
 pub(crate) fn get(
     stream: &mut (impl Source + Write),
     host: &str,
     path: &str,
+    extra: &str,
     want_body: bool,
     deadline: Instant,
     limit: Duration,
 ) -> Result<Response, String> {
-    request(stream, "GET", host, path, None, want_body, deadline, limit)
+    request(
+        stream, "GET", host, path, extra, None, want_body, deadline, limit,
+    )
 }
 
-/// Send `method path` (with `json` as an `application/json` body, if any) on `stream` and
-/// read the answer, all before `deadline`.
+/// Send `method path` (with `extra` header lines, and `json` as an `application/json`
+/// body, if any) on `stream` and read the answer, all before `deadline`.
 #[expect(clippy::too_many_arguments, reason = "one call's parts, each plain")]
 pub(crate) fn request(
     stream: &mut (impl Source + Write),
     method: &str,
     host: &str,
     path: &str,
+    extra: &str,
     json: Option<&[u8]>,
     want_body: bool,
     deadline: Instant,
     limit: Duration,
 ) -> Result<Response, String> {
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: hitchserve\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: hitchserve\r\n{extra}"
     );
     if let Some(body) = json {
         head.push_str(&format!(
@@ -394,6 +507,43 @@ mod tests {
     fn body(data: &str, hang: bool) -> String {
         let r = read(data, hang).unwrap();
         String::from_utf8(r.body.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_urls_parts_credentials_and_shown_form() {
+        let u = Url::parse("HTTP://us%3Aer:p%40ss@h:8080/a/b?q=1#frag").unwrap();
+        assert_eq!(
+            (u.credentials, u.host, u.path.as_str()),
+            (Some("us%3Aer:p%40ss"), "h:8080", "/a/b?q=1")
+        );
+        assert_eq!(
+            u.authorization().unwrap(),
+            format!("Authorization: Basic {}\r\n", base64(b"us:er:p@ss"))
+        );
+        let u = Url::parse("http://h?q=1").unwrap();
+        assert_eq!(
+            (u.credentials, u.host, u.path.as_str()),
+            (None, "h", "/?q=1")
+        );
+        assert_eq!(Url::parse("http://h").unwrap().path, "/");
+        assert!(Url::parse("https://h/").is_none() && Url::parse("http:/h").is_none());
+        assert_eq!(shown("http://admin:s3cret@h/x"), "http://admin:***@h/x");
+        assert_eq!(shown("https://admin:s3cret@h"), "https://admin:***@h");
+        assert_eq!(shown("http://token@h/x"), "http://token@h/x");
+        assert_eq!(shown("http://h/a@b:c"), "http://h/a@b:c");
+        // RFC 4648's test vectors.
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), coded);
+        }
+        assert_eq!(percent_decoded("a%2Fb%zz%4"), b"a/b%zz%4");
     }
 
     #[test]

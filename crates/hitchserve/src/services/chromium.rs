@@ -482,6 +482,7 @@ impl Client {
             method,
             &host,
             path,
+            "",
             json.as_deref(),
             true,
             deadline,

@@ -59,6 +59,59 @@ fn http_readiness_checks_status_and_body() {
     drop(b);
 }
 
+/// A server that answers 200 only to `Authorization: Basic` of `admin:p@ss w` (401
+/// otherwise), on `port`.
+fn server_with_basic_auth(port: u16) -> Service {
+    const SERVER: &str = concat!(
+        "import base64, http.server, sys\n",
+        "want = 'Basic ' + base64.b64encode(b'admin:p@ss w').decode()\n",
+        "class H(http.server.BaseHTTPRequestHandler):\n",
+        "    def do_GET(self):\n",
+        "        ok = self.headers.get('Authorization') == want and self.path == '/health?x=1'\n",
+        "        self.send_response(200 if ok else 401)\n",
+        "        self.end_headers()\n",
+        "http.server.HTTPServer(('127.0.0.1', int(sys.argv[1])), H).serve_forever()\n",
+    );
+    Service::new(["python3", "-c", SERVER, &port.to_string()])
+}
+
+/// An HTTP check's URL may hold credentials (basic auth, percent-encoded, any case of
+/// `http://`): they are sent, and never shown — the password is `***` in every message.
+#[test]
+fn http_readiness_sends_the_urls_credentials_and_never_shows_its_password() {
+    let p = Project::new("ready-http-auth");
+    let port = free_port();
+    let b = started(
+        &p,
+        "Guarded",
+        server_with_basic_auth(port).ready(
+            Ready::http(format!(
+                "HTTP://admin:p%40ss%20w@127.0.0.1:{port}/health?x=1#top"
+            ))
+            .status(|s| s == 200),
+        ),
+    );
+    drop(b);
+    let port = free_port();
+    let mut b = p.bundle().startup_timeout(Duration::from_secs(2));
+    b.add(
+        "Refused",
+        server_with_basic_auth(port).ready(
+            Ready::http(format!(
+                "http://admin:wrong-secret@127.0.0.1:{port}/health?x=1"
+            ))
+            .status(|s| s == 200),
+        ),
+    )
+    .unwrap();
+    let err = b.startup().unwrap_err().to_string();
+    assert!(
+        err.contains("admin:***@") && err.contains("answered 401"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-secret"), "{err}");
+}
+
 #[test]
 fn exec_and_file_readiness() {
     let p = Project::new("ready-exec-file");

@@ -2680,3 +2680,17 @@ fn up_of_a_service_that_exits_0_before_ready_says_what_to_write() {
     );
     assert!(!said.contains("::"), "{said}");
 }
+
+/// `up` where there is no bundle file (the wrong directory) says so and leaves nothing
+/// behind: it made `.hitchserve` there first.
+#[test]
+fn up_without_a_bundle_file_leaves_nothing_behind() {
+    let p = Project::new("nofile", STARTER);
+    std::fs::remove_file(p.0.join("hitchserve.toml")).unwrap();
+    for args in [&["up"][..], &["up", "--detach"]] {
+        let o = p.run(args);
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("there is no such file"), "{}", text(&o));
+        assert!(!p.0.join(".hitchserve").exists(), "{args:?} made .hitchserve");
+    }
+}

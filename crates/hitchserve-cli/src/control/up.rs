@@ -54,6 +54,11 @@ pub fn up(
         Some(fd) => (true, fd),
         None => (false, None),
     };
+    // A missing or broken bundle file is said before anything is made in the project (`up`
+    // in the wrong directory left a `.hitchserve` there). Read again below, under the lock.
+    if !daemon_child {
+        config::load(file)?;
+    }
     let dir = state_dir(project);
     if dir.exists() && !dir.is_dir() {
         return Err(format!(

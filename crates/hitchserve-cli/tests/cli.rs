@@ -2694,3 +2694,24 @@ fn up_without_a_bundle_file_leaves_nothing_behind() {
         assert!(!p.0.join(".hitchserve").exists(), "{args:?} made .hitchserve");
     }
 }
+
+/// Output that can't be written (a full disk) is an error said on stderr, exit 1: it was a
+/// panic's exit 101 with nothing said.
+#[test]
+fn output_that_cannot_be_written_is_said() {
+    let p = Project::new("devfull", STARTER);
+    let up = p.run(&["up", "--detach"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = p.cmd(&["now"]).stdout(full).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("cannot write its output"),
+        "{}",
+        text(&o)
+    );
+    down(&p);
+}

@@ -272,25 +272,24 @@ pub fn run(relaunch: Vec<OsString>, args: Vec<OsString>) -> ExitCode {
     // Output that can't be written (a full disk: `hitchserve status > /dev/full`) makes
     // `println!` panic, silently (see `quiet_closed_stdout`): said as an error, exit 1 —
     // it exited 101 with nothing said. (A closed pipe ends us by SIGPIPE, as any command.)
-    let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        command(cli, &relaunch)
-    })) {
-        Ok(code) => code,
-        Err(panic) => {
-            let text = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("");
-            match text.strip_prefix("failed printing to stdout: ") {
-                Some(why) => {
-                    eprintln!("hitchserve: cannot write its output: {why}");
-                    ExitCode::FAILURE
+    let code =
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| command(cli, &relaunch))) {
+            Ok(code) => code,
+            Err(panic) => {
+                let text = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("");
+                match text.strip_prefix("failed printing to stdout: ") {
+                    Some(why) => {
+                        eprintln!("hitchserve: cannot write its output: {why}");
+                        ExitCode::FAILURE
+                    }
+                    None => std::panic::resume_unwind(panic),
                 }
-                None => std::panic::resume_unwind(panic),
             }
-        }
-    };
+        };
     // Printed lines must be out before a host process (Python) goes on or exits: a process
     // that is not a Rust `main` never flushes Rust's stdout for us.
     let _ = std::io::stdout().flush();
@@ -393,6 +392,8 @@ const RUST_TO_FILE: &[(&str, &str)] = &[
     ("Service::directory", "its `directory`"),
     ("Service::no_libfaketime()", "`no_libfaketime = true`"),
     ("Service::port(\"NAME\")", "`ports = [\"NAME\"]`"),
+    ("remove its `user(..)`", "remove its `user`"),
+    ("(`user(..)`)", "(`user`)"),
     (
         "is a `Service::one_shot()`",
         "is one the services after it list in `needs_completed`",

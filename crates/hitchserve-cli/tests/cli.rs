@@ -2691,7 +2691,10 @@ fn up_without_a_bundle_file_leaves_nothing_behind() {
         let o = p.run(args);
         assert!(!o.status.success(), "{}", text(&o));
         assert!(text(&o).contains("there is no such file"), "{}", text(&o));
-        assert!(!p.0.join(".hitchserve").exists(), "{args:?} made .hitchserve");
+        assert!(
+            !p.0.join(".hitchserve").exists(),
+            "{args:?} made .hitchserve"
+        );
     }
 }
 
@@ -2714,4 +2717,39 @@ fn output_that_cannot_be_written_is_said() {
         text(&o)
     );
     down(&p);
+}
+
+/// A service with a `user`, started by someone who is not root: said before anything runs,
+/// in the file's terms (it failed giving the run directory to that user).
+#[test]
+fn a_user_needs_root_and_says_so() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: only root can act as another user");
+        return;
+    }
+    let p = Project::new(
+        "usernotroot",
+        "[services.W]\ncommand = [\"sh\", \"-c\", \"echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\nuser = \"daemon\"\n",
+    );
+    let bin = p.0.join("hitchserve-copy");
+    std::fs::copy(BIN, &bin).unwrap();
+    std::os::unix::fs::chown(&p.0, Some(65534), Some(65534)).unwrap();
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["up", "--detach"])
+        .current_dir(&p.0)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("only root can start a process as another user")
+            && text(&o).contains("remove its `user`")
+            && !text(&o).contains("::")
+            && !text(&o).contains("(..)"),
+        "{}",
+        text(&o)
+    );
 }

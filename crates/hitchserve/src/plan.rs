@@ -373,6 +373,15 @@ fn resolve_one(
                     service: name.to_owned(),
                     user: user.clone(),
                 })?;
+            if found.uid != nix::unistd::geteuid() && !nix::unistd::geteuid().is_root() {
+                return Err(Error::InvalidSetting {
+                    service: name.to_owned(),
+                    problem: format!(
+                        "it runs as user `{user}`, and only root can start a process as \
+                         another user: run the tests as root, or remove its `user(..)`"
+                    ),
+                });
+            }
             if found.uid != nix::unistd::geteuid() {
                 // Across a user boundary the test's environment (CI tokens, cloud keys)
                 // stays behind: the service gets its locale, PATH and time zone, and what

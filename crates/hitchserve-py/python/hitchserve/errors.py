@@ -126,6 +126,8 @@ _RUST_TO_PYTHON: Tuple[Tuple[str, str], ...] = (
     ("Service::no_libfaketime()", "Service(no_libfaketime=True)"),
     ('Service::port("NAME")', 'Service(ports=["NAME"])'),
     ("Service::one_shot()", "Service(one_shot=True)"),
+    ("remove its `user(..)`", "remove its `user=`"),
+    ("(`user(..)`)", "(`user=`)"),
     ("Postgres::bin_dir", "Postgres(bin_dir=...)"),
     ("Bundle::new", "ServiceBundle(project_directory=...)"),
     ("Ready::file", "ready_file"),

@@ -208,6 +208,9 @@ impl Postgres {
         .port(PORT)
         .env("PGHOST", &socket_dir_text)
         .env("PGPORT", "{port.postgres}")
+        // So that `psql` in its environment (`hitchserve exec Pg -- psql`, a sub-command)
+        // is the superuser whatever user runs it (it took the caller's name for the role).
+        .env("PGUSER", SUPERUSER)
         .ready(Ready::all([
             Ready::line_contains("database system is ready to accept connections"),
             Ready::tcp_addr("127.0.0.1:{port.postgres}"),

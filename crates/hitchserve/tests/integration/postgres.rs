@@ -42,6 +42,15 @@ fn postgres_starts_with_users_databases_and_a_dump_and_follows_time_travel() {
         .checked_output()
         .unwrap();
     assert_eq!(count.stdout_text().trim(), "2");
+    // `psql` in its environment, whoever runs it, is the superuser (not the caller's name).
+    assert!(
+        pg.service()
+            .environment()
+            .iter()
+            .any(|(k, v)| k == "PGUSER" && v == "postgres"),
+        "{:?}",
+        pg.service().environment()
+    );
     let owner = pg
         .psql(
             "postgres",

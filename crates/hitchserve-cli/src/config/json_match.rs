@@ -39,7 +39,12 @@ impl JsonMatch {
     pub fn matches(&self, v: &serde_json::Value) -> bool {
         match (&self.want, v.pointer(&self.pointer)) {
             (None, found) => found.is_some(),
-            (Some(want), Some(serde_json::Value::String(s))) => s == want,
+            // `event=tick`, or the string as JSON writes it: `event="tick"`.
+            (Some(want), Some(serde_json::Value::String(s))) => {
+                s == want
+                    || serde_json::from_str::<serde_json::Value>(want)
+                        .is_ok_and(|w| w.as_str() == Some(s))
+            }
             (Some(want), Some(other)) => {
                 serde_json::from_str::<serde_json::Value>(want).is_ok_and(|w| w == *other)
             }
@@ -48,18 +53,40 @@ impl JsonMatch {
     }
 }
 
-/// `a.b` or `/a/b` as a JSON pointer.
+/// `a.b` or `/a/b` as a JSON pointer (a dotted path's steps escaped as a pointer's are:
+/// a key may hold `/` or `~`).
 pub fn pointer(field: &str) -> String {
     if field.starts_with('/') {
         field.to_owned()
     } else {
-        format!("/{}", field.replace('.', "/"))
+        field
+            .split('.')
+            .map(|step| format!("/{}", step.replace('~', "~0").replace('/', "~1")))
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_string_value_matches_bare_or_quoted_and_keys_may_hold_slashes() {
+        let v: serde_json::Value =
+            serde_json::json!({"event": "tick", "n": 3, "a/b": {"c~d": true}});
+        for expr in [
+            "event=tick",
+            "event=\"tick\"",
+            "n=3",
+            "a/b.c~d=true",
+            "/a~1b/c~0d",
+        ] {
+            assert!(JsonMatch::parse(expr).unwrap().matches(&v), "{expr}");
+        }
+        for expr in ["event=tock", "event=\"tock\"", "n=\"4\"", "a/b.c~d=false"] {
+            assert!(!JsonMatch::parse(expr).unwrap().matches(&v), "{expr}");
+        }
+    }
 
     #[test]
     fn json_matches_need_a_field() {

@@ -58,6 +58,9 @@ fn console_bytes(line: &hitchserve::LogLine, shown: &str) -> Vec<u8> {
 
 /// Stream log lines: the last N (or all), then, with follow or until, new ones.
 pub(super) fn logs(out: &mut UnixStream, bundle: &Observer, req: &Value) -> std::io::Result<()> {
+    // Counted until answered, `--until` waits too: a bundle that stops meanwhile answers
+    // them before it exits (they heard only that it went away).
+    let _open = OpenStream::new();
     let mut view: Logs = match req["service"].as_str() {
         Some(name) => match service_once_begun(bundle, name) {
             Ok(s) => s.logs(),
@@ -178,7 +181,6 @@ pub(super) fn logs(out: &mut UnixStream, bundle: &Observer, req: &Value) -> std:
         }
         return reply(out, &json!({"end": "ok"}));
     }
-    let _open = OpenStream::new();
     // One cursor for the old lines and the new, so none is lost or repeated in between.
     let mut tail = view.tail().lines_back(back);
     // Following one service: its output ends when it stops, and goes on if it is started
@@ -385,13 +387,15 @@ fn across_restarts<T>(
     loop {
         let left = deadline.map_or(timeout, |d| d.saturating_duration_since(Instant::now()));
         match wait(left) {
-            Err(HsError::EndedWhileWaiting { .. })
+            Err(ended @ HsError::EndedWhileWaiting { .. })
                 if one_service && !left.is_zero() && coming_back(bundle, req) =>
             {
                 // Stopped: wait for the bundle's next line (its start is one), then look again.
                 let whole = whole.get_or_insert_with(|| bundle.logs().tail().lines_back(0));
                 match whole.next_line(left.min(Duration::from_secs(1))) {
                     Ok(_) | Err(HsError::WaitTimeout { .. }) => {}
+                    // The bundle's end: said as the service's (its lines were waited on).
+                    Err(HsError::EndedWhileWaiting { .. }) => return Err(ended),
                     Err(e) => return Err(e),
                 }
             }

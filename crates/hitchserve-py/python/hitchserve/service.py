@@ -139,15 +139,19 @@ class Service:
     Each takes templates (``"127.0.0.1:{port.http}"``); with ``log_line_ready_checker``
     too, all must pass.
 
-    ``restart`` is what happens when it exits unasked after startup: ``"never"`` (the
-    default: the exit is reported by ``check()``, the next time travel or ``shutdown()``,
-    which is what a test wants), ``"on-failure"`` (after an exit with a non-zero status or by
-    a signal) or ``"always"``, at most ``max_restarts`` times (required with those two), the
-    first after ``restart_backoff`` seconds (default 0.1; a ``timedelta`` works too), doubled
-    after each up to 30 s. Each restart is logged and keeps its ports, environment and the
-    bundle's fake time; its setup hook does not run again; services that need it are not
-    restarted. Past ``max_restarts`` the exit is reported like any crash. Kept as the
-    attributes ``restart_policy``, ``max_restarts`` and ``restart_backoff``.
+    ``restart`` is what happens when it exits unasked: ``"never"`` (the default: an exit
+    before it is ready fails ``startup()``, one after is reported by ``check()``, the next
+    time travel or ``shutdown()``, which is what a test wants), ``"on-failure"`` (after an
+    exit with a non-zero status or by a signal) or ``"always"``, at most ``max_restarts``
+    times (required with those two), the first after ``restart_backoff`` seconds (default
+    0.1; a ``timedelta`` works too), doubled after each up to 30 s. A policy also restarts a
+    service that exits before it is ready (a server that needs a moment for what it
+    connects to): ``startup()`` waits for its restarts, within ``startup_timeout``, whose
+    error then says it was waiting for a restart. Each restart is logged and keeps its
+    ports, environment and the bundle's fake time; its setup hook does not run again;
+    services that need it are not restarted. Past ``max_restarts`` the exit is reported like
+    any crash. Kept as the attributes ``restart_policy``, ``max_restarts`` and
+    ``restart_backoff``.
 
     Subclass it and override ``setup(self)`` (before the service starts) or
     ``poststart(self)`` (once it is ready); inside them, ``self.log(...)``,

@@ -721,3 +721,27 @@ def test_probes_that_are_no_address_are_refused_where_given():
     with pytest.raises(TypeError, match="http://"):
         hitchserve.Service(command=["true"], ready_http="localhost:8080")
     assert hitchserve.Service(command=["true"], ready_tcp=8080).ready_tcp == "127.0.0.1:8080"
+
+
+def test_a_service_in_a_bundle_copies_as_a_definition_of_its_own(project):
+    import copy
+
+    bundle = hitchserve.ServiceBundle(str(project), startup_timeout=PATIENCE)
+    first = hitchserve.Service(command=["sh", "-c", "echo READY $NAME; exec sleep 100"],
+                               log_line_ready_checker=lambda line: line.startswith("READY"),
+                               env_vars={"NAME": "first"})
+    bundle["First"] = first
+    # A copy (shallow or deep) is a definition, not the service `First`: it can be added
+    # under another name (it claimed to be `First`, or could not be made).
+    second, third = copy.copy(first), copy.deepcopy(first)
+    third.env_vars["NAME"] = "third"
+    bundle["Second"] = second
+    bundle["Third"] = third
+    assert first.env_vars["NAME"] == "first"
+    with bundle:
+        bundle.startup()
+        assert bundle["Second"].logs.out.lines() == ["READY first"]
+        assert bundle["Third"].logs.out.lines() == ["READY third"]
+        # Copied once started too: still a definition of its own.
+        fourth = copy.deepcopy(bundle["First"])
+        assert fourth.name is None

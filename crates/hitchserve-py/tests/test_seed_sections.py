@@ -208,6 +208,25 @@ def test_a_subclassed_service_runs_setup_before_and_poststart_after_it_is_ready(
     )
 
 
+class Reconfiguring(Service):
+    """Changes what starts in setup(): fixed when startup() began, so refused (it was
+    silently not used)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(command=py(READY_THEN_WAIT), log_line_ready_checker=lambda l: l == "READY", **kwargs)
+
+    def setup(self):
+        self.env_vars["CONFIG"] = "/path/app.cfg"
+
+
+def test_a_setup_that_changes_the_command_or_environment_is_refused_saying_where_to_set_them(service_bundle):
+    service_bundle["App"] = Reconfiguring()
+    with pytest.raises(hitchserve.DefinitionError) as raised:
+        service_bundle.startup()
+    assert "setup() changed its env_vars" in str(raised.value)
+    assert "in __init__" in str(raised.value)
+
+
 class Exploding(Service):
     def __init__(self, **kwargs):
         super().__init__(command=py(READY_THEN_WAIT), log_line_ready_checker=lambda l: l == "READY", **kwargs)

@@ -7,6 +7,7 @@ A definition becomes the engine's ``Service`` at ``startup()``; hooks and readin
 are Python callables the engine calls (on its own threads, taking the GIL for the call).
 """
 
+import copy
 import datetime as _dt
 import os
 import shlex
@@ -301,10 +302,31 @@ class Service:
         if self.restart_policy != "never":
             d.restart(self.restart_policy, max_restarts, backoff)
         if self._overrides("setup"):
-            d.set_setup(self._hook(lambda: self.setup()))
+            d.set_setup(self._hook(self._setup_keeping_the_definition))
         if self._overrides("poststart"):
             d.set_poststart(self._hook(lambda: self.poststart()))
         return d
+
+    def _setup_keeping_the_definition(self) -> None:
+        """``setup()``, refusing a change it makes to what starts: the command and
+        environment were fixed when ``startup()`` began (silently, they were not used)."""
+        before = (list(self.command or []), dict(self.env_vars))
+        self.setup()
+        changed = [
+            what
+            for what, was, now in (
+                ("command", before[0], list(self.command or [])),
+                ("env_vars", before[1], dict(self.env_vars)),
+            )
+            if was != now
+        ]
+        if changed:
+            raise DefinitionError(
+                f"service {self.name!r}: setup() changed its {' and '.join(changed)}, which "
+                "were fixed when startup() began: set them before startup() (in __init__, or "
+                "on the Service before it is added), and keep setup() for work to do before "
+                "it starts"
+            )
 
     def _hook(self, method: Callable[[], Any]) -> Callable[[Any], None]:
         def call(ctx: Any) -> None:
@@ -508,6 +530,32 @@ class Service:
             self._bundle.log(f"{self.name}: {message}")
         else:
             print(message)
+
+    # -- copies: the definition, not its place in a bundle --------------------------------
+
+    #: What ties a service to the bundle it was added to: a copy starts without it.
+    _BOUND = ("name", "_bundle", "_ctx", "_native_handle")
+
+    def __copy__(self) -> "Service":
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        for key in self._BOUND:
+            setattr(new, key, None)
+        return new
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "Service":
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            if key in self._BOUND:
+                value = None
+            elif key in ("needs", "needs_started", "needs_completed"):
+                # The services it needs are those of the bundle, not copies of them.
+                value = list(value)
+            else:
+                value = copy.deepcopy(value, memo)
+            setattr(new, key, value)
+        return new
 
     def __repr__(self) -> str:
         name = self.name or "(unnamed)"

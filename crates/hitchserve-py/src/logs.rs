@@ -29,6 +29,7 @@ type Entry = (
     f64,
     String,
     u32,
+    &'static str,
 );
 
 /// The console's label width for a bundle with these services: room for "Err NAME" (the
@@ -70,6 +71,12 @@ fn entry(line: &LogLine, width: usize) -> Entry {
         time,
         format!("{line:width$}"),
         line.incarnation(),
+        // What a tail handed out: a whole line, the start of one not ended yet, or its rest.
+        match (line.is_partial(), line.is_rest()) {
+            (true, _) => "partial",
+            (_, true) => "rest",
+            _ => "whole",
+        },
     )
 }
 

@@ -235,13 +235,20 @@ def test_tail_until_sees_a_prompt_without_a_newline_then_the_rest_of_its_line(se
     service_bundle.startup()
     logs = service_bundle["Login"].logs.out
     tail = logs.tail
-    assert tail.until(lambda l: l.startswith("Password:"), timeout=PATIENCE) == "Password: "
+    prompt = tail.until(lambda l: l.startswith("Password:"), timeout=PATIENCE)
+    assert prompt == "Password: "
+    assert prompt.is_partial and not prompt.is_rest
     assert logs.lines() == ["READY"]
     answer.touch()
     # The same tail goes on with the rest of the prompt's line, not the prompt again.
-    assert tail.until(lambda l: True, timeout=PATIENCE) == "accepted"
-    assert tail.until(lambda l: True, timeout=PATIENCE) == "welcome"
+    rest = tail.until(lambda l: True, timeout=PATIENCE)
+    assert rest == "accepted" and rest.is_rest and not rest.is_partial
+    welcome = tail.until(lambda l: True, timeout=PATIENCE)
+    assert welcome == "welcome" and not (welcome.is_partial or welcome.is_rest)
     assert logs.lines() == ["READY", "Password: accepted", "welcome"]
+    # Copied and pickled with its shape.
+    import copy, pickle
+    assert pickle.loads(pickle.dumps(prompt)).is_partial and copy.copy(rest).is_rest
 
 
 def test_json_lines_with_nan_and_infinity_are_what_json_loads_gives(echo):

@@ -6,7 +6,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 _Path = Union[str, PathLike[str]]
 # (text, service, stream, part, seq, unix time, console form, incarnation)
-_Entry = Tuple[str, str, str, str, int, float, str, int]
+_Entry = Tuple[str, str, str, str, int, float, str, int, str]
 _Status = Tuple[str, Optional[int]]
 
 def idle_seconds(text: str) -> float: ...

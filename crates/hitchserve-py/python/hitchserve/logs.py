@@ -27,7 +27,9 @@ class LogLine(str):
     (which start of its service wrote it: 1 for the first, 2 after one restart...; 0 for the
     bundle's own lines), ``seq`` (its place among all lines of the bundle), ``time`` (a
     ``datetime``, real time) and ``console`` (the line as the console prints it, the label
-    padded: ``[    Django] text``).
+    padded: ``[    Django] text``). From a tail, ``is_partial`` says it is the start of a
+    line not ended yet (a ``Password: `` prompt), ``is_rest`` that it is what came after
+    such a start (see :class:`Tail`).
     """
 
     service: str
@@ -37,9 +39,10 @@ class LogLine(str):
     seq: int
     console: str
     _time: float
+    _shape: str
 
-    def __new__(cls, entry: Tuple[str, str, str, str, int, float, str, int]) -> "LogLine":
-        text, service, stream, part, seq, time, console, incarnation = entry
+    def __new__(cls, entry: Tuple[Any, ...]) -> "LogLine":
+        text, service, stream, part, seq, time, console, incarnation = entry[:8]
         self = super().__new__(cls, text)
         self.service = service
         self.stream = stream
@@ -48,9 +51,11 @@ class LogLine(str):
         self.seq = seq
         self._time = time
         self.console = console
+        # (A line pickled before lines said their shape is whole.)
+        self._shape = entry[8] if len(entry) > 8 else "whole"
         return self
 
-    def __getnewargs__(self) -> Tuple[Tuple[str, str, str, str, int, float, str, int]]:  # type: ignore[override]
+    def __getnewargs__(self) -> Tuple[Tuple[Any, ...]]:  # type: ignore[override]
         # What `copy`, `deepcopy` and `pickle` make it again from (str's own: the text alone).
         return (
             (
@@ -62,6 +67,7 @@ class LogLine(str):
                 self._time,
                 self.console,
                 self.incarnation,
+                self._shape,
             ),
         )
 
@@ -72,6 +78,16 @@ class LogLine(str):
     @property
     def text(self) -> str:
         return str(self)
+
+    @property
+    def is_partial(self) -> bool:
+        """The start of a line its service has not ended yet, handed out by a tail."""
+        return self._shape == "partial"
+
+    @property
+    def is_rest(self) -> bool:
+        """The rest of a line whose start a tail handed out as a partial line."""
+        return self._shape == "rest"
 
     def __repr__(self) -> str:
         return f"LogLine({self.console!r})"

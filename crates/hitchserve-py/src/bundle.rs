@@ -31,6 +31,9 @@ use crate::wait::{lock, SLICE};
 pub(crate) struct NativeBundle {
     /// `None` while `startup` runs (on its own thread).
     bundle: Arc<Mutex<Option<Bundle>>>,
+    /// A look at it meanwhile: a setup or poststart hook (Python code the startup runs)
+    /// reads its service's logs, the run directory, ports, through it.
+    observer: hitchserve::Observer,
     interrupter: Interrupter,
     raised: Arc<Raised>,
 }
@@ -110,7 +113,20 @@ impl NativeBundle {
     }
 
     fn handle(&self, name: &str) -> PyResult<hitchserve::ServiceHandle> {
-        self.quick(|b| b.service(name))?.or_raise()
+        match self.quick(|b| b.service(name)) {
+            Ok(found) => found.or_raise(),
+            // Starting up (a hook asks): through the look at it.
+            Err(starting) => match self.observer.service(name) {
+                Err(Error::NotRunning) => Err(starting),
+                found => found.or_raise(),
+            },
+        }
+    }
+
+    /// The services' names, also while starting up.
+    fn names(&self) -> Vec<String> {
+        self.quick(Bundle::service_names)
+            .unwrap_or_else(|_| self.observer.service_names())
     }
 
     /// The startup error, or the Python exception behind it (see `raised_error`).
@@ -210,6 +226,7 @@ impl NativeBundle {
         }
         Ok(NativeBundle {
             interrupter: bundle.interrupter(),
+            observer: bundle.observer(),
             bundle: Arc::new(Mutex::new(Some(bundle))),
             raised: Arc::default(),
         })
@@ -317,16 +334,18 @@ impl NativeBundle {
     }
 
     fn logs(&self) -> PyResult<Logs> {
-        self.quick(|b| Logs {
-            logs: b.logs(),
-            width: console_width(&b.service_names()),
+        Ok(Logs {
+            logs: self
+                .quick(Bundle::logs)
+                .unwrap_or_else(|_| self.observer.logs()),
+            width: console_width(&self.names()),
         })
     }
 
     fn service(&self, name: &str) -> PyResult<ServiceHandle> {
         Ok(ServiceHandle {
             handle: self.handle(name)?,
-            width: self.quick(|b| console_width(&b.service_names()))?,
+            width: console_width(&self.names()),
             raised: Arc::clone(&self.raised),
         })
     }
@@ -338,7 +357,7 @@ impl NativeBundle {
     }
 
     fn service_names(&self) -> PyResult<Vec<String>> {
-        self.quick(Bundle::service_names)
+        Ok(self.names())
     }
 
     fn project_dir(&self) -> PyResult<PathBuf> {
@@ -346,11 +365,16 @@ impl NativeBundle {
     }
 
     fn run_dir(&self) -> PyResult<Option<PathBuf>> {
-        self.quick(|b| b.run_dir().map(PathBuf::from))
+        Ok(self
+            .quick(|b| b.run_dir().map(PathBuf::from))
+            .unwrap_or_else(|_| self.observer.run_dir()))
     }
 
     fn port(&self, service: &str, name: &str) -> PyResult<u16> {
-        self.quick(|b| b.port(service, name))?.or_raise()
+        match self.quick(|b| b.port(service, name)) {
+            Ok(port) => port.or_raise(),
+            Err(_) => self.observer.port(service, name).or_raise(),
+        }
     }
 
     fn pstree(&self) -> PyResult<String> {

@@ -254,3 +254,31 @@ def test_a_hook_context_is_only_usable_during_the_hook(service_bundle):
     service_bundle.startup()
     with pytest.raises(RuntimeError, match="hook that has returned"):
         kept[0].log("too late")
+
+
+class Migrating(Service):
+    """Reads its own logs and the run's directory in its hooks (a poststart waiting for a
+    second line after readiness; a setup writing where `{run}` points)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(
+            command=["sh", "-c", "echo READY; cat {run}/seed.txt; echo migrated; exec sleep 1000"],
+            log_line_ready_checker=lambda l: l == "READY",
+            **kwargs,
+        )
+
+    def setup(self):
+        with open(os.path.join(self.run_directory, "seed.txt"), "w") as f:
+            f.write("seeded from setup\n")
+
+    def poststart(self):
+        self.migrated = self.logs.out.tail.until(lambda l: l == "migrated", timeout=PATIENCE, lines_back=10)
+
+
+def test_hooks_read_the_services_logs_and_the_run_directory(service_bundle):
+    service_bundle["Db"] = Migrating()
+    service_bundle.startup()
+    db = service_bundle["Db"]
+    assert db.migrated == "migrated"
+    assert db.logs.out.lines()[:3] == ["READY", "seeded from setup", "migrated"]
+    assert db.run_directory == service_bundle.run_directory

@@ -73,6 +73,12 @@ impl Observer {
             })
     }
 
+    /// The run's directory, once startup has begun it (see
+    /// [`Bundle::run_dir`](crate::Bundle::run_dir)).
+    pub fn run_dir(&self) -> Option<std::path::PathBuf> {
+        self.runtime().ok().map(|r| r.run.path.clone())
+    }
+
     /// Every line of the bundle so far (see [`Bundle::logs`](crate::Bundle::logs)).
     pub fn logs(&self) -> Logs {
         Logs::new(Arc::clone(&self.sink.store), None)

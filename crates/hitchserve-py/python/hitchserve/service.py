@@ -354,8 +354,20 @@ class Service:
         return handle
 
     @property
+    def run_directory(self) -> Optional[str]:
+        """The run's directory (``.hitchserve/runs/<run>``, what ``{run}`` names), once its
+        bundle's startup has begun: also in ``setup()`` and ``poststart()``."""
+        if self._ctx is not None:
+            return os.fspath(self._ctx.run_dir())
+        if self._bundle is None:
+            return None
+        run: Optional[str] = self._bundle.run_directory
+        return run
+
+    @property
     def logs(self) -> Logs:
-        """Its log lines (``.out``, ``.err``, ``.tail``, ``.json()``...)."""
+        """Its log lines (``.out``, ``.err``, ``.tail``, ``.json()``...); in ``setup()`` and
+        ``poststart()`` too (a poststart that waits for a line after readiness)."""
         return Logs(self._handle().logs(), f"{self.name}.logs", self.name)
 
     @property

@@ -2753,3 +2753,20 @@ fn a_user_needs_root_and_says_so() {
         text(&o)
     );
 }
+
+/// A mistyped template is an error saying what was meant (the service got it literally: a
+/// database URL with `{Db.prot.pg}` in it).
+#[test]
+fn a_mistyped_template_says_what_was_meant() {
+    let p = Project::new(
+        "typo",
+        "[services.Db]\ncommand = [\"sh\", \"-c\", \"echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\nports = [\"pg\"]\n\n[services.App]\ncommand = [\"sh\", \"-c\", \"echo READY; exec sleep 1000\"]\nready = { line_contains = \"READY\" }\nenv = { DATABASE_URL = \"postgresql://app@127.0.0.1:{Db.prot.pg}/app\" }\nneeds = [\"Db\"]\n",
+    );
+    let o = p.run(&["up", "--detach"]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("service `App`") && text(&o).contains("did you mean `{Db.port.pg}`"),
+        "{}",
+        text(&o)
+    );
+}

@@ -139,6 +139,12 @@ fn expand(name: &str, svc: &Service, run_dir: &Path, ports: &PortTable) -> Resul
         if text.contains("{run}") {
             uses_run.set(true);
         }
+        if let Some(problem) = crate::ports::mistyped_template(text) {
+            return Err(Error::InvalidSetting {
+                service: name.to_owned(),
+                problem,
+            });
+        }
         crate::ports::expand(text, name, ports)
             .map(|t| t.replace("{run}", &run).replace("{service}", name))
     };

@@ -98,6 +98,78 @@ pub(crate) fn expand(text: &str, service: &str, ports: &PortTable) -> Result<Str
     Ok(out)
 }
 
+/// A template mistyped in `text`, said with what was meant: `{Run}`, `{servce}`,
+/// `{Db.prot.pg}`, `{port.}` were passed on as they were, and the service got them
+/// literally (a database URL with `{Db.prot.pg}` in it). Only what can't be meant
+/// otherwise: other braces (JSON, a shell's, a format string's) pass through as ever.
+pub(crate) fn mistyped_template(text: &str) -> Option<String> {
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        rest = after;
+        let Some(inner) = after.find('}').map(|close| &after[..close]) else {
+            break;
+        };
+        if !is_name(inner) {
+            continue;
+        }
+        let meant = match inner {
+            "run" | "service" => continue,
+            _ if inner.eq_ignore_ascii_case("run") => "{run}".to_owned(),
+            // (Not `{services}`: a word a format string may well hold.)
+            _ if inner.eq_ignore_ascii_case("service")
+                || (matches!(inner.len(), 6 | 7) && one_edit_apart(inner, "service")) =>
+            {
+                "{service}".to_owned()
+            }
+            _ => {
+                // `[OTHER.]port.NAME`, with its `port` mistyped or its name missing. (Not any
+                // word one letter from `port` — `{post.title}` is a format string's.)
+                let steps: Vec<&str> = inner.split('.').collect();
+                let at = steps.iter().position(|s| {
+                    *s != "port"
+                        && (s.eq_ignore_ascii_case("port")
+                            || matches!(*s, "prot" | "potr" | "oprt" | "prt" | "ports"))
+                });
+                match at {
+                    Some(at) if at + 1 < steps.len() && at <= 1 => {
+                        let mut fixed = steps.clone();
+                        fixed[at] = "port";
+                        format!("{{{}}}", fixed.join("."))
+                    }
+                    _ if inner.ends_with(".port.") || inner == "port." => {
+                        format!("{{{inner}NAME}}")
+                    }
+                    _ => continue,
+                }
+            }
+        };
+        return Some(format!(
+            "`{{{inner}}}` is no template (they are {{port.NAME}}, {{OTHER.port.NAME}}, {{run}} \
+             and {{service}}): did you mean `{meant}`?"
+        ));
+    }
+    None
+}
+
+/// Whether `a` becomes `b` by one letter changed, added, removed, or two swapped.
+fn one_edit_apart(a: &str, b: &str) -> bool {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    if a == b {
+        return false;
+    }
+    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let (a, b) = (&a[prefix..], &b[prefix..]);
+    match (a.len(), b.len()) {
+        (x, y) if x == y => {
+            a[1..] == b[1..] || (x >= 2 && a[0] == b[1] && a[1] == b[0] && a[2..] == b[2..])
+        }
+        (x, y) if x + 1 == y => a == &b[1..],
+        (x, y) if x == y + 1 => &a[1..] == b,
+        _ => false,
+    }
+}
+
 /// Letters, digits, `_`, `-` and `.`: what a service's or a port's name is made of.
 fn is_name(s: &str) -> bool {
     !s.is_empty()
@@ -134,6 +206,48 @@ fn port_template(inner: &str, service: &str, ports: &PortTable) -> Option<Option
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mistyped_templates_are_said_with_what_was_meant() {
+        for (text, meant) in [
+            (
+                "postgresql://app@127.0.0.1:{Db.prot.pg}/app",
+                "{Db.port.pg}",
+            ),
+            ("{Run}/data", "{run}"),
+            ("{RUN}", "{run}"),
+            ("{servce}.log", "{service}"),
+            ("{Service}", "{service}"),
+            ("--port={prot.http}", "{port.http}"),
+            ("{Port.http}", "{port.http}"),
+            ("{port.}", "{port.NAME}"),
+            ("{Web.port.}", "{Web.port.NAME}"),
+            ("{Web.ports.http}", "{Web.port.http}"),
+        ] {
+            let said = mistyped_template(text).unwrap_or_else(|| panic!("{text}: not said"));
+            assert!(said.contains(meant), "{text}: {said}");
+        }
+        for fine in [
+            "{port.http}",
+            "{Web.port.http}",
+            "{run}/{service}",
+            "{\"port\": 1}",
+            "awk '{print $1}'",
+            "${HOME}",
+            "{x}",
+            "{server}",
+            "{}",
+            "{{.State.Running}}",
+            "{a.b.c}",
+            "{report.port}",
+            "{sport.x}",
+            "{post.title}",
+            "{services}",
+            "{version}",
+        ] {
+            assert_eq!(mistyped_template(fine), None, "{fine}");
+        }
+    }
 
     #[test]
     fn expands_own_and_other_ports_and_leaves_other_braces() {

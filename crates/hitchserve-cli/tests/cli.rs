@@ -2319,13 +2319,38 @@ fn down_says_every_service_that_crashed() {
 
 /// `up` printing into a pipe nobody reads any more (`up | less` left paused): the services
 /// go on (their lines are stored, not printed), `down` works, and once the pipe is read
-/// again a line says how many lines were not printed.
+/// again a line says how many lines were not printed. Also with a line far longer than a
+/// pipe holds (it was written whole, and blocked), and with two services writing lines of
+/// about a page at once (two readers told of one free page both wrote; the second blocked).
 #[test]
 fn up_into_a_pipe_nobody_reads_never_stops_its_services() {
-    let p = Project::new(
-        "stalledpipe",
-        "[services.Chatty]\ncommand = [\"sh\", \"-c\", \"echo READY; i=0; while true; do i=$((i+1)); echo line $i of a service that writes a lot, lots and lots of it; done\"]\nready = { line_contains = \"READY\" }\n",
+    // Each waits for its fifo, opened once nobody reads stdout any more.
+    let page_lines = |c: char| {
+        format!(
+            "echo READY; cat {c}.fifo; yes $(head -c 4000 /dev/zero | tr '\\\\0' {c}) | head -n 3000; echo PAGES DONE; exec sleep 1000"
+        )
+    };
+    let toml = format!(
+        "[services.Chatty]\ncommand = [\"sh\", \"-c\", \"echo READY; cat c.fifo; i=0; while [ $i -lt 150000 ]; do i=$((i+1)); echo line $i of a service that writes a lot, lots and lots of it; done; exec sleep 1000\"]\nready = {{ line_contains = \"READY\" }}\n\
+         \n[services.Big]\ncommand = [\"sh\", \"-c\", \"echo READY; cat x.fifo; head -c 300000 /dev/zero | tr '\\\\0' x; echo; echo BIG DONE; exec sleep 1000\"]\nready = {{ line_contains = \"READY\" }}\n\
+         \n[services.Pages1]\ncommand = [\"sh\", \"-c\", \"{}\"]\nready = {{ line_contains = \"READY\" }}\n\
+         \n[services.Pages2]\ncommand = [\"sh\", \"-c\", \"{}\"]\nready = {{ line_contains = \"READY\" }}\n",
+        page_lines('a'),
+        page_lines('b'),
     );
+    let p = Project::new("stalledpipe", &toml);
+    for fifo in ["a.fifo", "b.fifo", "c.fifo", "x.fifo"] {
+        mkfifo(&p, fifo);
+    }
+    // Opened and closed: the service waiting for it goes on.
+    let go = |fifo: &str| {
+        drop(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p.0.join(fifo))
+                .unwrap(),
+        )
+    };
     let mut up = p
         .cmd(&["up"])
         .stdout(Stdio::piped())
@@ -2338,40 +2363,57 @@ fn up_into_a_pipe_nobody_reads_never_stops_its_services() {
         line.clear();
         assert!(out.read_line(&mut line).unwrap() > 0, "up ended");
     }
-    // Not read from now on: far more than the pipes hold is written all the same.
-    let seen = p.run(&[
-        "logs",
-        "Chatty",
-        "--until",
-        "^line 100000 ",
-        "--timeout",
-        "120s",
-    ]);
-    assert!(seen.status.success(), "{}", text(&seen));
-    // Read again: printing resumes, saying what it left out.
+    // Not read from now on. A line far longer than the pipe holds, while it has room: it
+    // was written whole, and blocked for good. (Looked for among every line: `--until`
+    // alone looks only at lines to come.)
+    let until = |service: &str, last: &str| {
+        let seen = p.run(&[
+            "logs",
+            service,
+            "--until",
+            last,
+            "-n",
+            "1000000",
+            "--timeout",
+            "120s",
+        ]);
+        assert!(seen.status.success(), "{service}: {}", text(&seen));
+    };
+    go("x.fifo");
+    until("Big", "^BIG DONE$");
+    // Lines of about a page from two services at once, and far more than the pipe holds.
+    go("a.fifo");
+    go("b.fifo");
+    go("c.fifo");
+    until("Pages1", "^PAGES DONE$");
+    until("Pages2", "^PAGES DONE$");
+    until("Chatty", "^line 150000 ");
+    // Read again: the next line printed (a time travel's) comes after a note of what was
+    // not printed.
+    let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
-        rest
+        for line in out.lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
-    let seen = p.run(&[
-        "logs",
-        "Chatty",
-        "--until",
-        "^line 200000 ",
-        "--timeout",
-        "120s",
-    ]);
-    assert!(seen.status.success(), "{}", text(&seen));
+    let travel = p.run(&["time-travel", "+1h"]);
+    assert!(travel.status.success(), "{}", text(&travel));
+    let noted = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(line) if line.contains("not printed while stdout was not being read") => break line,
+            Ok(_) => {}
+            Err(e) => panic!("no note of the lines not printed: {e}"),
+        }
+    };
+    assert!(noted.contains("lines were not printed"), "{noted}");
     let down = p.cmd(&["down"]).output().unwrap();
     assert!(down.status.success(), "{}", text(&down));
-    let printed = reader.join().unwrap();
+    drop(rx);
     let _ = up.wait();
-    assert!(
-        printed.contains("lines were not printed while stdout was not being read"),
-        "{}",
-        printed.lines().take(5).collect::<Vec<_>>().join("\n")
-    );
+    let _ = reader.join();
 }
 
 /// While a bundle starts, `status`, `logs` and `now` answer at once (they waited for the

@@ -90,58 +90,81 @@ fn write_out(out: &str) -> bool {
 const STALL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// At most this much is written at once: a pipe that polls writable takes a write of a
-/// page without blocking.
+/// page without blocking. A longer line is written in pieces of this size.
 const PIECE: usize = 4096;
 
-/// Lines not printed since stdout stopped taking writes, if it did.
-static UNPRINTED: AtomicU64 = AtomicU64::new(0);
-/// Stdout stopped taking writes (see `write_out`): nothing is printed until it takes them.
-static STALLED: AtomicBool = AtomicBool::new(false);
+/// Where printing stands, for every thread of the process (stdout is the process's). Held
+/// across each look at stdout and the write that follows: two threads told of the same
+/// free page would otherwise both write, and the second block.
+struct Printing {
+    /// Stdout stopped taking writes (see `write_out`): nothing is printed until it does.
+    stalled: bool,
+    /// Lines not printed since it stopped.
+    unprinted: u64,
+    /// It stopped in the middle of a line (the note starts on a line of its own).
+    mid_line: bool,
+}
+
+static PRINTING: PerProcess<Mutex<Printing>> = PerProcess::new(|| {
+    Mutex::new(Printing {
+        stalled: false,
+        unprinted: 0,
+        mid_line: false,
+    })
+});
 
 fn write_or_fail(out: &str) -> bool {
-    if STALLED.load(Ordering::Relaxed) {
+    let mut printing = PRINTING.get().lock().unwrap_or_else(|e| e.into_inner());
+    if printing.stalled {
         match writable(std::time::Duration::ZERO) {
             Room::Gone => return false,
             Room::Full => {
-                UNPRINTED.fetch_add(out.matches('\n').count() as u64, Ordering::Relaxed);
+                printing.unprinted += out.matches('\n').count() as u64;
                 return true;
             }
             Room::Some => {
-                STALLED.store(false, Ordering::Relaxed);
-                let missed = UNPRINTED.swap(0, Ordering::Relaxed);
+                let missed = std::mem::take(&mut printing.unprinted);
                 let note = format!(
-                    "[Hitch] WARNING: {missed} line{} not printed while stdout was not being \
+                    "{}[Hitch] WARNING: {missed} line{} not printed while stdout was not being \
                      read; every line is stored (queries, all.log)\n",
+                    if printing.mid_line { "\n" } else { "" },
                     if missed == 1 { " was" } else { "s were" }
                 );
-                if !write_pieces(&note) {
+                printing.stalled = false;
+                printing.mid_line = false;
+                if !write_pieces(&mut printing, &note) {
                     return false;
                 }
             }
         }
     }
-    write_pieces(out)
+    write_pieces(&mut printing, out)
 }
 
-/// `write_or_fail`'s pieces: false if stdout is closed.
-fn write_pieces(out: &str) -> bool {
+/// `write_or_fail`'s pieces, under `printing`: false if stdout is closed.
+fn write_pieces(printing: &mut Printing, out: &str) -> bool {
     let mut rest = out;
     while !rest.is_empty() {
-        // Whole lines, up to a piece's size (a longer line alone).
-        let cut = match rest
-            .get(..PIECE.min(rest.len()))
-            .and_then(|p| p.rfind('\n'))
-        {
-            Some(nl) if rest.len() > PIECE => nl + 1,
+        // Whole lines up to a piece's size; a longer line in pieces of that size.
+        let cut = match rest.get(..PIECE.min(rest.len())) {
             _ if rest.len() <= PIECE => rest.len(),
-            _ => rest.find('\n').map_or(rest.len(), |nl| nl + 1),
+            Some(head) => head.rfind('\n').map_or(PIECE, |nl| nl + 1),
+            None => PIECE,
         };
+        // (At a character's boundary: `print!` takes text.)
+        let mut cut = cut.min(rest.len());
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
         let (piece, after) = rest.split_at(cut);
         match writable(STALL) {
             Room::Gone => return false,
             Room::Full => {
-                STALLED.store(true, Ordering::Relaxed);
-                UNPRINTED.fetch_add(rest.matches('\n').count() as u64, Ordering::Relaxed);
+                printing.stalled = true;
+                printing.mid_line = !out[..out.len() - rest.len()].is_empty()
+                    && !out[..out.len() - rest.len()].ends_with('\n');
+                // The lines begun or not: none of them is printed whole.
+                printing.unprinted += rest.matches('\n').count() as u64;
                 return true;
             }
             Room::Some => {}
@@ -157,13 +180,14 @@ fn write_pieces(out: &str) -> bool {
 /// Write one piece (see `write_out`); false if stdout is closed.
 fn write_piece(piece: &str) -> bool {
     if ORIGIN.load(Ordering::Relaxed) == std::process::id() {
-        return std::panic::catch_unwind(|| print!("{piece}")).is_ok();
+        // Through `print!` (`cargo test` captures it); flushed, as a piece of a long line
+        // has no newline to make it written.
+        return std::panic::catch_unwind(|| {
+            print!("{piece}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        })
+        .is_ok();
     }
-    static ONE_AT_A_TIME: PerProcess<Mutex<()>> = PerProcess::new(|| Mutex::new(()));
-    let _one = ONE_AT_A_TIME
-        .get()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
     let mut rest = piece.as_bytes();
     while !rest.is_empty() {
         // (`Stdout`'s descriptor, without std's lock.)

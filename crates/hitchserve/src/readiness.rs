@@ -297,6 +297,9 @@ impl Ready {
                  (check its TCP port, or a log line, instead)",
                 http::shown(&h.url)
             )),
+            Kind::Http(h) if http::unencoded_password(&h.url).is_some() => {
+                http::unencoded_password(&h.url)
+            }
             Kind::Http(h) => {
                 let host = http::Url::parse(&h.url).map_or("", |u| u.host);
                 bad_host_port(host, false)

@@ -87,7 +87,9 @@ impl<'a> Url<'a> {
     }
 }
 
-/// `url` (of any scheme) as messages show it: a password it holds replaced by `***`.
+/// `url` (of any scheme) as messages show it: a password it holds replaced by `***` —
+/// also one written with an unencoded `/`, `?` or `#` (`admin:p#ss@host`), which ends the
+/// URL's authority early.
 pub(crate) fn shown(url: &str) -> std::borrow::Cow<'_, str> {
     let Some(start) = url.find("://").map(|at| at + 3) else {
         return url.into();
@@ -95,16 +97,47 @@ pub(crate) fn shown(url: &str) -> std::borrow::Cow<'_, str> {
     let end = url[start..]
         .find(['/', '?', '#'])
         .map_or(url.len(), |i| start + i);
-    let password = url[start..end]
-        .rsplit_once('@')
-        .and_then(|(credentials, _)| credentials.split_once(':'));
-    match password {
-        Some((user, _)) => {
-            let host = url[start..end].rsplit_once('@').map_or("", |(_, h)| h);
-            format!("{}{user}:***@{host}{}", &url[..start], &url[end..]).into()
-        }
+    let at = match url[start..end].rfind('@') {
+        Some(at) => Some(start + at),
+        None => mistyped_credentials(url, start),
+    };
+    let Some(at) = at else {
+        return url.into();
+    };
+    match url[start..at].split_once(':') {
+        Some((user, _)) => format!("{}{user}:***{}", &url[..start], &url[at..]).into(),
         None => url.into(),
     }
+}
+
+/// Where the `@` ends credentials whose password holds an unencoded `/`, `?` or `#`
+/// (`http://admin:p#ss@host/`): `user:` first, then the first `@` of the URL.
+fn mistyped_credentials(url: &str, start: usize) -> Option<usize> {
+    let at = start + url[start..].find('@')?;
+    let (user, password) = url[start..at].split_once(':')?;
+    let plain = |s: &str| !s.is_empty() && !s.contains(['/', '?', '#']);
+    // `host:port/path@...` is a port and a path with an `@`, not credentials.
+    let before_path = password.split(['/', '?', '#']).next().unwrap_or_default();
+    let port = !before_path.is_empty() && before_path.bytes().all(|b| b.is_ascii_digit());
+    (plain(user) && !port).then_some(at)
+}
+
+/// Why `url`'s credentials can't be sent, if they can't: a password with an unencoded
+/// `/`, `?` or `#` (the URL's authority ends there).
+pub(crate) fn unencoded_password(url: &str) -> Option<String> {
+    let start = url.find("://")? + 3;
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    if url[start..end].contains('@') {
+        return None;
+    }
+    mistyped_credentials(url, start)?;
+    Some(format!(
+        "the password in the URL `{}` holds a `/`, `?` or `#`, which end a URL's host: \
+         write them percent-encoded (%2F, %3F, %23)",
+        shown(url)
+    ))
 }
 
 /// `%XX` escapes decoded (a malformed one is kept as written).
@@ -531,6 +564,28 @@ mod tests {
         assert_eq!(shown("https://admin:s3cret@h"), "https://admin:***@h");
         assert_eq!(shown("http://token@h/x"), "http://token@h/x");
         assert_eq!(shown("http://h/a@b:c"), "http://h/a@b:c");
+        // A password with an unencoded `#`, `/` or `?` ends the host early: masked all the
+        // same, and refused saying how to write it.
+        for url in [
+            "http://admin:p#ss@h:1/",
+            "http://admin:p/ss@h/",
+            "http://admin:s3?cret@h",
+        ] {
+            assert!(
+                shown(url).starts_with("http://admin:***@h"),
+                "{}",
+                shown(url)
+            );
+            let why = unencoded_password(url).unwrap();
+            assert!(!why.contains("ss@") && !why.contains("cret"), "{why}");
+        }
+        assert_eq!(unencoded_password("http://h/users/a@b.com"), None);
+        assert_eq!(unencoded_password("http://h:8080/users/a@b.com"), None);
+        assert_eq!(
+            shown("http://h:8080/users/a@b.com"),
+            "http://h:8080/users/a@b.com"
+        );
+        assert_eq!(unencoded_password("http://admin:pw@h/"), None);
         // RFC 4648's test vectors.
         for (plain, coded) in [
             ("", ""),

@@ -230,6 +230,10 @@ fn a_readiness_check_that_can_never_pass_is_refused_before_anything_starts() {
             "not an http:// URL",
         ),
         (Ready::http("http://"), "names no host"),
+        (
+            Ready::http("http://admin:p#ss@127.0.0.1:1/"),
+            "write them percent-encoded",
+        ),
         (Ready::http("http://127.0.0.1:0/health"), "port 0"),
         (Ready::tcp(0), "port 0"),
         (Ready::tcp_addr("not an address"), "has no port"),

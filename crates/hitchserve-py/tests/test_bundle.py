@@ -734,6 +734,8 @@ def test_a_service_in_a_bundle_copies_as_a_definition_of_its_own(project):
     # A copy (shallow or deep) is a definition, not the service `First`: it can be added
     # under another name (it claimed to be `First`, or could not be made).
     second, third = copy.copy(first), copy.deepcopy(first)
+    second.env_vars["EXTRA"] = "only the copy's"
+    assert "EXTRA" not in first.env_vars
     third.env_vars["NAME"] = "third"
     bundle["Second"] = second
     bundle["Third"] = third

@@ -553,6 +553,11 @@ class Service:
         new.__dict__.update(self.__dict__)
         for key in self._BOUND:
             setattr(new, key, None)
+        # Its own command, environment, ports and needs (a definition of its own), sharing
+        # only what they hold.
+        for key, value in self.__dict__.items():
+            if isinstance(value, (list, dict)):
+                setattr(new, key, copy.copy(value))
         return new
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> "Service":

@@ -230,6 +230,11 @@ pub(super) fn closed_to_us(project: &Path) -> Option<String> {
                 .or_else(|_| std::fs::symlink_metadata(&dir))
                 .map(|m| m.uid())
                 .ok()?;
+            // Left by one that ended (root's `up` once ran here): no `hitchserve` of that
+            // user runs at all, so none runs here. (Unknown if `/proc` hides their processes.)
+            if runs_a_hitchserve(owner) == Some(false) {
+                return None;
+            }
             Some(format!(
                 "a bundle may be running in `{}`, started by uid {owner}: its `{}` is that \
                  user's, closed to you; run this command as that user (e.g. with sudo)",
@@ -239,6 +244,36 @@ pub(super) fn closed_to_us(project: &Path) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// Whether a process of `uid` may be a `hitchserve up` (or the Python package's `-m
+/// hitchserve.cli up`); `None` if `/proc` shows none of that user's processes at all
+/// (mounted with `hidepid`). Read from each process's owner and command line.
+fn runs_a_hitchserve(uid: u32) -> Option<bool> {
+    let mut seen_any = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let is_pid = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        if !is_pid || entry.metadata().map(|m| m.uid()).ok() != Some(uid) {
+            continue;
+        }
+        seen_any = true;
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        // Whatever the executable is called: any command with an `up` argument counts (a
+        // `docker compose up` too — said "may be running", the safe side).
+        if cmdline
+            .split(|&b| b == 0)
+            .skip(1)
+            .any(|arg| arg == b"up" || arg == b"--daemon-child")
+        {
+            return Some(true);
+        }
+    }
+    seen_any.then_some(false)
 }
 
 pub(super) fn is_socket(path: &Path) -> bool {

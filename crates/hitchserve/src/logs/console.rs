@@ -123,18 +123,29 @@ fn write_or_fail(out: &str) -> bool {
                 return true;
             }
             Room::Some => {
-                let missed = std::mem::take(&mut printing.unprinted);
+                let missed = printing.unprinted;
                 let note = format!(
                     "{}[Hitch] WARNING: {missed} line{} not printed while stdout was not being \
                      read; every line is stored (queries, all.log)\n",
                     if printing.mid_line { "\n" } else { "" },
                     if missed == 1 { " was" } else { "s were" }
                 );
-                printing.stalled = false;
-                printing.mid_line = false;
-                if !write_pieces(&mut printing, &note) {
+                // Said once it is written: a note that stalls leaves the count (and these
+                // lines) for the next.
+                let mut trying = Printing {
+                    stalled: false,
+                    unprinted: 0,
+                    mid_line: false,
+                };
+                if !write_pieces(&mut trying, &note) {
                     return false;
                 }
+                if trying.stalled {
+                    printing.unprinted += out.matches('\n').count() as u64;
+                    printing.mid_line |= trying.mid_line;
+                    return true;
+                }
+                *printing = trying;
             }
         }
     }

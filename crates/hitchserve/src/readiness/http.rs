@@ -113,12 +113,17 @@ pub(crate) fn shown(url: &str) -> std::borrow::Cow<'_, str> {
 /// Where the `@` ends credentials whose password holds an unencoded `/`, `?` or `#`
 /// (`http://admin:p#ss@host/`): `user:` first, then the first `@` of the URL.
 fn mistyped_credentials(url: &str, start: usize) -> Option<usize> {
+    // An IPv6 host (`[::1]:8080/a@b`) holds colons of its own: no credentials before it.
+    if url[start..].starts_with('[') {
+        return None;
+    }
     let at = start + url[start..].find('@')?;
     let (user, password) = url[start..at].split_once(':')?;
     let plain = |s: &str| !s.is_empty() && !s.contains(['/', '?', '#']);
-    // `host:port/path@...` is a port and a path with an `@`, not credentials.
+    // `host:port/path@...` (the port maybe empty) is a port and a path with an `@`, not
+    // credentials.
     let before_path = password.split(['/', '?', '#']).next().unwrap_or_default();
-    let port = !before_path.is_empty() && before_path.bytes().all(|b| b.is_ascii_digit());
+    let port = before_path.bytes().all(|b| b.is_ascii_digit());
     (plain(user) && !port).then_some(at)
 }
 
@@ -581,6 +586,14 @@ mod tests {
         }
         assert_eq!(unencoded_password("http://h/users/a@b.com"), None);
         assert_eq!(unencoded_password("http://h:8080/users/a@b.com"), None);
+        for url in [
+            "http://[::1]:8080/users/a@b.com",
+            "http://[::1]/a@b",
+            "http://h:/users/a@b.com",
+        ] {
+            assert_eq!(unencoded_password(url), None, "{url}");
+            assert_eq!(shown(url), url);
+        }
         assert_eq!(
             shown("http://h:8080/users/a@b.com"),
             "http://h:8080/users/a@b.com"

@@ -1580,6 +1580,37 @@ fn mkfifo(p: &Project, name: &str) {
     assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
 }
 
+/// Open the fifo `name` of the project for writing and close it: the service reading it
+/// sees its end and goes on.
+fn open_and_close(p: &Project, name: &str) {
+    drop(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(p.0.join(name))
+            .unwrap(),
+    );
+}
+
+/// `up` in the foreground, its output piped and read up to a line holding `marker`.
+fn up_printed(
+    p: &Project,
+    marker: &str,
+) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let mut up = p
+        .cmd(&["up"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(up.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains(marker) {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "up ended");
+    }
+    (up, out)
+}
+
 fn down(p: &Project) {
     let o = p.run(&["down"]);
     assert!(o.status.success(), "down: {}", text(&o));
@@ -2250,18 +2281,7 @@ fn up_into_a_pipe_that_closes_runs_on_quietly() {
         "closedpipe",
         "[services.Chatty]\ncommand = [\"sh\", \"-c\", \"echo READY; i=0; while true; do i=$((i+1)); echo line $i; sleep 0.01; done\"]\nready = { line_contains = \"READY\" }\n",
     );
-    let mut up = p
-        .cmd(&["up"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(up.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("line 1") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "up ended");
-    }
+    let (up, out) = up_printed(&p, "line 1");
     drop(out);
     // Lines written after the reader went: `up` tried to print them.
     let seen = p.run(&["logs", "Chatty", "--until", "line 100", "--timeout", "60s"]);
@@ -2286,8 +2306,7 @@ fn down_says_every_service_that_crashed() {
     assert!(up.status.success(), "{}", text(&up));
     for service in ["A", "B"] {
         // Opened and closed: the service reads the end and exits.
-        let fifo = p.0.join(format!("{service}.fifo"));
-        drop(std::fs::OpenOptions::new().write(true).open(fifo).unwrap());
+        open_and_close(&p, &format!("{service}.fifo"));
         let crashed = p.run(&[
             "logs",
             "--until",
@@ -2343,26 +2362,8 @@ fn up_into_a_pipe_nobody_reads_never_stops_its_services() {
         mkfifo(&p, fifo);
     }
     // Opened and closed: the service waiting for it goes on.
-    let go = |fifo: &str| {
-        drop(
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(p.0.join(fifo))
-                .unwrap(),
-        )
-    };
-    let mut up = p
-        .cmd(&["up"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(up.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("READY") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "up ended");
-    }
+    let go = |fifo: &str| open_and_close(&p, fifo);
+    let (mut up, out) = up_printed(&p, "READY");
     // Not read from now on. A line far longer than the pipe holds, while it has room: it
     // was written whole, and blocked for good. (Looked for among every line: `--until`
     // alone looks only at lines to come.)

@@ -25,8 +25,13 @@
 //! `Partial`, one per source at most), for tails only. It is never an entry nor in all.log,
 //! and the source's next append (the line ending, or a piece of it) withdraws it.
 //!
+//! A line's place in all.log is fixed when it is appended; its bytes there are rendered
+//! later, by the log writer, from its block (`render_for_file`), which is why a block is
+//! only spilled once all.log holds its lines.
+//!
 //! This file holds the store's data and its life (made, closed, reopened, a service's output
-//! ended or going on); `write` appending, sources, long lines' pieces and spilling; `read`
+//! ended or going on); `write` appending, sources, long lines' pieces, rendering for
+//! all.log and spilling; `read`
 //! the queries and the batches tails take; `index` what is known of each line by seq.
 //!
 //! Invariants: `index` knows the line with seq `i` as the `i`th; what the store counts

@@ -1,11 +1,15 @@
 //! The write side of the log store: sources, appending lines (copying them into blocks,
-//! long lines in pieces, rendering them as `all.log` has them), publishing partial lines,
+//! long lines in pieces, giving each its place in `all.log`; the writer renders them there
+//! through `render_for_file`), publishing partial lines,
 //! holding readers back when the writer is far behind, and spilling the oldest blocks once
 //! the writer has them on disk (or, once `all.log` failed, dropping them and counting the
 //! loss).
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, MutexGuard};
+
+use crate::logs::files::RENDER_SLICE;
 
 use super::read::pick;
 use super::*;
@@ -138,13 +142,9 @@ impl LogStore {
         inner.partials[source.id as usize] = None;
         let first_seq = inner.index.len() as u64;
         let writing = inner.files.is_some() && inner.failure.is_none();
-        // Sized once: grown by doubling, it would leave a trail of freed buffers behind.
-        let mut rendered = Vec::with_capacity(if writing {
-            let prefix = inner.prefixes[source.id as usize].len();
-            lines.iter().map(|(b, _)| prefix + b.len() + 1).sum()
-        } else {
-            0
-        });
+        // A piece of a long line, rendered here; other lines the writer renders from their
+        // blocks (see `render_for_file`).
+        let mut rendered = Vec::new();
         // Only the first of them can be (or end) a long line: a piece comes alone, and
         // after the end of a long line comes a newline.
         let mut rest = lines;
@@ -154,6 +154,8 @@ impl LogStore {
                 rest = &lines[1..];
             }
         }
+        let first_whole = inner.index.len() as u64;
+        let prefix = inner.prefixes[source.id as usize].len() as u64;
         // Copied into blocks a run at a time (see `place`), then indexed line by line.
         let mut placed = [(0, 0); RUN];
         let mut next = 0;
@@ -164,8 +166,10 @@ impl LogStore {
             for (&(bytes, end), &(block, start)) in run.iter().zip(&placed[..n]) {
                 let newline = end == End::Newline;
                 let file = if writing {
-                    let prefix = &inner.prefixes[source.id as usize];
-                    render(&mut rendered, &mut inner.file_pos, prefix, bytes)
+                    // Where `render_for_file` will put it.
+                    let at = inner.file_pos + prefix;
+                    inner.file_pos = at + bytes.len() as u64 + 1;
+                    at
                 } else {
                     if inner.failure.is_some() {
                         inner.unwritten.0 += 1;
@@ -219,6 +223,9 @@ impl LogStore {
         if let Some(files) = inner.files.as_ref() {
             // Sent under the lock, so all.log keeps the arrival order the offsets assume.
             files.write(rendered);
+            if writing {
+                files.write_lines(first_whole..inner.index.len() as u64);
+            }
             let written = files.written();
             spill(inner, written);
             behind = over_bound(inner, written);
@@ -606,6 +613,34 @@ pub(super) fn prefix(source: &Source, width: usize) -> Vec<u8> {
 }
 
 /// Render a line as all.log has it; returns the offset of its bytes in the file.
+impl LogStore {
+    /// Render lines `seqs` into `buf` for all.log, as `append` placed them there (a long
+    /// line's pieces and lines not to be written are not among them: skipped); about
+    /// `RENDER_SLICE` bytes at most, under the lock. Returns the seq after the last line
+    /// rendered. The writer calls it (see `LogFiles::write_lines`): a line's block is still
+    /// in memory then, as a block is only spilled once all.log holds its lines.
+    pub(crate) fn render_for_file(&self, seqs: Range<u64>, buf: &mut Vec<u8>) -> u64 {
+        let inner = self.lock();
+        let until = buf.len() + RENDER_SLICE;
+        let mut seq = seqs.start;
+        while seq < seqs.end && buf.len() < until {
+            if let Some(e) = inner.index.entry(seq as usize) {
+                let data = inner
+                    .blocks
+                    .get(e.block as usize)
+                    .and_then(|b| b.data.as_ref());
+                if let (Some(data), true) = (data, e.file != NO_FILE) {
+                    let bytes = &data[e.start as usize..(e.start + e.len) as usize];
+                    let mut pos = 0;
+                    render(buf, &mut pos, &inner.prefixes[e.source as usize], bytes);
+                }
+            }
+            seq += 1;
+        }
+        seq
+    }
+}
+
 pub(super) fn render(out: &mut Vec<u8>, pos: &mut u64, prefix: &[u8], bytes: &[u8]) -> u64 {
     out.extend_from_slice(prefix);
     out.extend_from_slice(bytes);

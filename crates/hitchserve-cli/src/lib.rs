@@ -48,7 +48,7 @@ enum Command {
     Up {
         /// Return once every service is ready, leaving the bundle running in the background
         /// (its logs are in .hitchserve/latest/logs/all.log). Exit code 0 means ready.
-        #[arg(long)]
+        #[arg(short, long)]
         detach: bool,
         /// Print the startup timeline once ready (an SVG is written to the run directory when the bundle stops).
         #[arg(long)]
@@ -151,7 +151,8 @@ enum Command {
         /// How far: forward (`+2d`, `2d`) or back (`-3h`, `3h ago`).
         #[arg(allow_hyphen_values = true, required_unless_present = "to")]
         by: Option<String>,
-        /// An absolute moment (RFC 3339, e.g. 2030-01-01T09:00:00Z).
+        /// An absolute moment (RFC 3339, e.g. 2030-01-01T09:00:00Z; a date alone is its
+        /// midnight, UTC).
         #[arg(long, conflicts_with = "by")]
         to: Option<String>,
         /// On a shared bundle, the holder this travel is for (default: the process that ran

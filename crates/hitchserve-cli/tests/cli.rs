@@ -68,6 +68,15 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// `o` failed, saying `said`.
+fn refused(o: &Output, said: &str) {
+    assert!(
+        !o.status.success() && text(o).contains(said),
+        "not refused with {said:?}: {}",
+        text(o)
+    );
+}
+
 const DAYS: &str = r#"
 [bundle]
 startup_timeout = "30s"
@@ -129,6 +138,19 @@ fn detached_bundle_answers_every_control_command_then_goes_down() {
         serde_json::from_slice(&p.run(&["now", "--json"]).stdout).unwrap();
     let then = &then["now"].as_str().unwrap()[..10];
     assert!(then < day, "{then} is not before {day}");
+
+    // To a date alone: its midnight, UTC. Past what a moment can be: said so.
+    let to_date = p.run(&["time-travel", "--to", "2031-02-03"]);
+    assert!(to_date.status.success(), "{}", text(&to_date));
+    let now: serde_json::Value = serde_json::from_slice(&p.run(&["now", "--json"]).stdout).unwrap();
+    assert!(
+        now["now"].as_str().unwrap().starts_with("2031-02-03T00:00"),
+        "{now}"
+    );
+    refused(
+        &p.run(&["time-travel", "--to", "9999-12-31T00:00:00Z"]),
+        "out of range",
+    );
 
     // --until: found (exit 0, among the old lines with -n) and not found (exit non-zero).
     assert!(p
@@ -245,7 +267,8 @@ fn foreground_up_prints_logs_and_exits_0_after_down() {
 #[test]
 fn a_detached_up_prints_the_timeline_it_was_asked_for() {
     let p = Project::new("detach-timeline", DAYS);
-    let without = p.run(&["up", "--detach"]);
+    // (`-d` as docker compose has it.)
+    let without = p.run(&["up", "-d"]);
     assert!(without.status.success(), "{}", text(&without));
     let plain = String::from_utf8_lossy(&without.stdout).into_owned();
     assert!(p.run(&["down"]).status.success());
@@ -1493,12 +1516,7 @@ fn loose_inputs_are_errors_before_anything_starts() {
             "{expr:?}: {t}"
         );
     }
-    let o = p.run(&["logs", "--until", "("]);
-    assert!(
-        !o.status.success() && text(&o).contains("--until"),
-        "{}",
-        text(&o)
-    );
+    refused(&p.run(&["logs", "--until", "("]), "--until");
 }
 
 /// A stopped bundle (Ctrl-Z on its `up`, a SIGSTOP) takes requests and never answers: the

@@ -288,22 +288,28 @@ mod tests {
         let f = dir.join("hitchserve.toml");
         for (ready, said) in [
             (
-                "tcp = \"notaport\"",
+                "{ tcp = \"notaport\" }",
                 ":3:17: `ready = { tcp = \"notaport\" }` is not a port",
             ),
             (
-                "line_regex = \"(\"",
+                "{ line_regex = \"(\" }",
                 ":3:24: `line_regex = \"(\"` is not a regex",
             ),
             (
-                "tcp = 70000",
+                "{ tcp = 70000 }",
                 ":3:17: `ready = { tcp = \"70000\" }` is not a port",
             ),
-            ("tcp = true", "expected a port number"),
+            ("{ tcp = true }", "expected a port number"),
+            // Not a table: what to write instead.
+            (
+                "\"READY\"",
+                ":3:9: `ready` is a table of checks: write `ready = { line_contains = \"READY\" }`",
+            ),
+            ("5", "expected a table of checks"),
         ] {
             std::fs::write(
                 &f,
-                format!("[services.A]\ncommand = [\"true\"]\nready = {{ {ready} }}\n"),
+                format!("[services.A]\ncommand = [\"true\"]\nready = {ready}\n"),
             )
             .unwrap();
             let e = load(&f).unwrap_err();

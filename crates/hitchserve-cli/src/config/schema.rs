@@ -46,6 +46,7 @@ pub struct ServiceConfig {
     #[serde(default, deserialize_with = "checked_duration")]
     pub every: Option<Duration>,
     pub command: Option<Vec<Text>>,
+    #[serde(default, deserialize_with = "ready_table")]
     pub ready: Option<ReadyConfig>,
     pub directory: Option<Text>,
     #[serde(default)]
@@ -187,6 +188,27 @@ pub fn tcp_problem(t: &str) -> Option<String> {
              or host:port"
         )
     })
+}
+
+/// `ready` is a table; a plain value (`ready = "READY"`) is refused with what to write.
+fn ready_table<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ReadyConfig>, D::Error> {
+    struct Table;
+    impl<'de> serde::de::Visitor<'de> for Table {
+        type Value = ReadyConfig;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a table of checks")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ReadyConfig, A::Error> {
+            ReadyConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ReadyConfig, E> {
+            Err(E::custom(format!(
+                "`ready` is a table of checks: write `ready = {{ line_contains = {text:?} }}` \
+                 (or line_regex, json, tcp, http, exec, file)"
+            )))
+        }
+    }
+    d.deserialize_any(Table).map(Some)
 }
 
 fn checked_tcp<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Text>, D::Error> {

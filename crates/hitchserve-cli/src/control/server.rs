@@ -94,14 +94,9 @@ pub(super) fn serve(
                 return reply(&mut out, &json!({"ok": false, "error": refused}));
             }
             let r = if let Some(to) = req["to"].as_str() {
-                match to.parse::<Timestamp>() {
+                match moment(to) {
                     Ok(ts) => bundle.time_travel_to(ts),
-                    Err(e) => {
-                        return reply(
-                            &mut out,
-                            &json!({"ok": false, "error": format!("`{to}` is not a moment (RFC 3339, e.g. 2030-01-01T09:00:00Z): {e}")}),
-                        )
-                    }
+                    Err(e) => return reply(&mut out, &json!({"ok": false, "error": e})),
                 }
             } else {
                 let by = match req["by"].as_f64().map(config::from_seconds) {
@@ -398,4 +393,27 @@ fn run_id(bundle: &Bundle) -> Option<String> {
         .run_dir()
         .and_then(|d| d.file_name())
         .map(|n| n.to_string_lossy().into_owned())
+}
+
+/// The moment `time-travel --to` names: RFC 3339, or a date alone (its midnight, UTC).
+fn moment(to: &str) -> Result<Timestamp, String> {
+    let parsed = to.parse::<Timestamp>().or_else(|e| {
+        to.parse::<hitchserve::jiff::civil::Date>()
+            .map_err(|_| e)
+            .and_then(|d| {
+                let midnight = d.to_datetime(hitchserve::jiff::civil::Time::midnight());
+                hitchserve::jiff::tz::Offset::UTC.to_timestamp(midnight)
+            })
+    });
+    parsed.map_err(|e| {
+        if e.to_string().contains("range") {
+            format!(
+                "`{to}` is out of range: a moment lies between {} and {}",
+                Timestamp::MIN.strftime("%Y-%m-%d"),
+                Timestamp::MAX.strftime("%Y-%m-%d")
+            )
+        } else {
+            format!("`{to}` is not a moment (RFC 3339, e.g. 2030-01-01T09:00:00Z, or a date): {e}")
+        }
+    })
 }

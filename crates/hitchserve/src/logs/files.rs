@@ -695,4 +695,59 @@ mod tests {
             assert_eq!(std::fs::read_to_string(&log).unwrap(), written);
         }
     }
+
+    /// A whole line may be far longer than a write (up to a quarter of the log memory limit:
+    /// 16 MiB by default) and is rendered into the writer's buffer whole. Once it is on
+    /// disk, the buffer must not keep that memory for the rest of the run: it is counted
+    /// against no limit (the store spills the line's block, the writer would still hold a
+    /// copy). Failed before the fix with: the writer keeps a buffer of 33554432 bytes.
+    #[test]
+    fn a_huge_line_leaves_no_huge_buffer_behind_in_the_writer() {
+        const HUGE: usize = 16 << 20;
+        let project = Project::new("hs-files-huge-line");
+        let run = RunDir::allocate(&project.0);
+        let log = run.logs().join("all.log");
+        let (tx, rx) = mpsc::channel();
+        // Seq 0 is the huge line, the others short ones (as the store renders them: a
+        // slice ends after the line that reaches `RENDER_SLICE`, however long it is).
+        let render: Render = Box::new(|seqs: Range<u64>, buf: &mut Vec<u8>| {
+            let mut n = seqs.start;
+            let until = buf.len() + RENDER_SLICE;
+            while n < seqs.end && buf.len() < until {
+                match n {
+                    0 => buf.resize(buf.len() + HUGE, b'x'),
+                    _ => buf.extend_from_slice(format!("seq {n}").as_bytes()),
+                }
+                buf.push(b'\n');
+                n += 1;
+            }
+            n
+        });
+        let files = LogFiles::start(
+            run,
+            |why| panic!("all.log failed: {why}"),
+            move || {
+                let _ = tx.send(());
+            },
+            render,
+        )
+        .expect("start the writer");
+        files.write_lines(0..3);
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the batch was never written");
+        // (Taken once the batch that reported is over: the writer holds this through it.)
+        let kept = match &*lock_writer(&files.state) {
+            Writer::Writing(batches) => batches.buf.capacity(),
+            _ => panic!("the writer stopped"),
+        };
+        assert!(
+            kept <= 2 * WRITE_SIZE,
+            "the writer keeps a buffer of {kept} bytes"
+        );
+        files.close();
+        assert_eq!(
+            std::fs::metadata(&log).unwrap().len(),
+            (HUGE + 1 + "seq 1\nseq 2\n".len()) as u64
+        );
+    }
 }

@@ -231,6 +231,11 @@ impl Batches {
                         }
                         result = self.w.write_all(&self.buf);
                         total += self.buf.len() as u64;
+                        if self.buf.capacity() > 2 * WRITE_SIZE {
+                            // A line longer than a write (up to a quarter of the limit)
+                            // grew it: not kept for the rest of the run, outside the limit.
+                            self.buf = Vec::new();
+                        }
                         if total >= MAX_BATCH && start < end {
                             // The rest comes first in the next batch.
                             lock(queue).chunks.push_front(Chunk::Lines(start..end));

@@ -36,6 +36,7 @@ mod rabbitmq;
 mod readiness;
 mod redis;
 mod reminders;
+mod review16_logs;
 mod review17_logs;
 mod review17_spawn;
 mod review5_guardian;

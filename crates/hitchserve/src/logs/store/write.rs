@@ -612,7 +612,6 @@ pub(super) fn prefix(source: &Source, width: usize) -> Vec<u8> {
     format!("[{:>width$}] {warning}", source.label).into_bytes()
 }
 
-/// Render a line as all.log has it; returns the offset of its bytes in the file.
 impl LogStore {
     /// Render lines `seqs` into `buf` for all.log, as `append` placed them there (a long
     /// line's pieces and lines not to be written are not among them: skipped); about
@@ -641,6 +640,7 @@ impl LogStore {
     }
 }
 
+/// Render a line as all.log has it; returns the offset of its bytes in the file.
 pub(super) fn render(out: &mut Vec<u8>, pos: &mut u64, prefix: &[u8], bytes: &[u8]) -> u64 {
     out.extend_from_slice(prefix);
     out.extend_from_slice(bytes);

@@ -11,13 +11,14 @@
 //! deletions), and a file per stream made starting 20 services measurably slower.
 //!
 //! The queue holds bytes rendered by the store (a long line's pieces, the lines stored before
-//! the file was made) and, for every other line, ranges of the store's seqs that the writer
-//! renders itself from the store's blocks, a slice at a time under the store's lock (see
-//! `Render`): a chatty service's reader then copies each line once, not twice, and takes no
-//! fresh memory for all.log (rendered by the reader, 200,000 lines of a fast producer took
-//! some 6 MB of fresh pages: with the copy, over a quarter of the reader's time).
+//! the file was made) and, for every other line, a stretch of a store's block — its lines,
+//! each followed by a newline there — that the writer copies out after the lines' prefix
+//! (`write_lines`). A block is shared while it fills (see `block`), so the writer takes no
+//! lock of the store's, and a chatty service's reader copies each line once, not twice, and
+//! takes no fresh memory for all.log (rendered by the reader, 200,000 lines of a fast
+//! producer took some 6 MB of fresh pages: with the copy, over a quarter of its time).
 //!
-//! Writing happens on a dedicated, low-priority thread fed by a queue, so no reader and no
+//! Writing happens on a dedicated thread fed by a queue, so no reader and no
 //! readiness check waits for the disk — unless memory is past the log memory limit with the
 //! writer behind: then the store holds the readers back, at most a second per stall (see the
 //! store), and batches end at `MAX_BATCH` so progress is published meanwhile. Lines reach
@@ -66,15 +67,8 @@ const MAX_BATCH: u64 = 4 << 20;
 /// The startup timeline's file name in the run directory.
 pub(crate) const TIMELINE: &str = "timeline.svg";
 
+use crate::logs::block::Block;
 use crate::rundir::RunDir;
-
-/// Renders the store's lines with seqs in a range into a buffer for all.log, as many as
-/// fit in about `RENDER_SLICE` bytes (the store is locked meanwhile); returns the seq after
-/// the last one rendered (the range's start if the store is gone).
-pub(crate) type Render = Box<dyn Fn(Range<u64>, &mut Vec<u8>) -> u64 + Send>;
-
-/// About how many bytes of lines one `Render` call copies, under the store's lock.
-pub(crate) const RENDER_SLICE: usize = 64 * 1024;
 
 /// Bytes rendered before they are written out (the writer's own buffer, reused).
 const WRITE_SIZE: usize = 256 * 1024;
@@ -83,8 +77,13 @@ const WRITE_SIZE: usize = 256 * 1024;
 enum Chunk {
     /// Bytes rendered by the sender.
     Bytes(Vec<u8>),
-    /// The store's lines with these seqs, for the writer to render (see `Render`).
-    Lines(Range<u64>),
+    /// Lines of a block of the store, each followed by a newline there, for the writer to
+    /// write each after `prefix` (see `LogFiles::write_lines`).
+    Lines {
+        block: Arc<Block>,
+        bytes: Range<usize>,
+        prefix: Arc<[u8]>,
+    },
 }
 
 /// What the store has sent and the writer not yet taken.
@@ -166,7 +165,6 @@ struct Batches {
     on_failed: Option<Box<dyn FnOnce(String) + Send>>,
     on_written: Box<dyn Fn() + Send>,
     written: Arc<AtomicU64>,
-    render: Render,
     /// Where lines are rendered before they are written (kept: fresh memory for every
     /// batch cost a chatty service's reader more than the copy).
     buf: Vec<u8>,
@@ -215,19 +213,22 @@ impl Batches {
                 }
                 // Drained only, once writing failed: nothing more is written, and the
                 // store keeps these lines in memory.
-                Chunk::Lines(_) if !writing => {}
-                Chunk::Lines(Range { mut start, end }) => {
-                    // The store's lock is taken a slice at a time, so its readers wait
-                    // little for us; a slice's lines are written a buffer's worth at a time.
-                    while start < end && result.is_ok() {
+                Chunk::Lines { .. } if !writing => {}
+                Chunk::Lines {
+                    block,
+                    bytes,
+                    prefix,
+                } => {
+                    let lines = block.get(bytes.clone()).unwrap_or_default();
+                    let mut at = 0;
+                    while at < lines.len() && result.is_ok() {
                         self.buf.clear();
-                        while start < end && self.buf.len() < WRITE_SIZE - RENDER_SLICE {
-                            let next = (self.render)(start..end, &mut self.buf);
-                            if next == start {
-                                // The store is gone: nobody can read these lines anyway.
-                                start = end;
-                            }
-                            start = next.max(start);
+                        while at < lines.len() && self.buf.len() < WRITE_SIZE {
+                            let end = memchr::memchr(b'\n', &lines[at..])
+                                .map_or(lines.len(), |nl| at + nl + 1);
+                            self.buf.extend_from_slice(&prefix);
+                            self.buf.extend_from_slice(&lines[at..end]);
+                            at = end;
                         }
                         result = self.w.write_all(&self.buf);
                         total += self.buf.len() as u64;
@@ -236,9 +237,14 @@ impl Batches {
                             // grew it: not kept for the rest of the run, outside the limit.
                             self.buf = Vec::new();
                         }
-                        if total >= MAX_BATCH && start < end {
+                        if total >= MAX_BATCH && at < lines.len() {
                             // The rest comes first in the next batch.
-                            lock(queue).chunks.push_front(Chunk::Lines(start..end));
+                            let rest = bytes.start + at..bytes.end;
+                            lock(queue).chunks.push_front(Chunk::Lines {
+                                block,
+                                bytes: rest,
+                                prefix,
+                            });
                             break;
                         }
                     }
@@ -320,9 +326,8 @@ impl LogFiles {
         run: RunDir,
         on_failed: impl FnOnce(String) + Send + 'static,
         on_written: impl Fn() + Send + 'static,
-        render: Render,
     ) -> std::io::Result<LogFiles> {
-        Self::start_awake_for(run, on_failed, on_written, render, AWAKE_FOR)
+        Self::start_awake_for(run, on_failed, on_written, AWAKE_FOR)
     }
 
     /// `start`, with the writer looking for lines by itself for `awake_for` after a batch.
@@ -330,7 +335,6 @@ impl LogFiles {
         run: RunDir,
         on_failed: impl FnOnce(String) + Send + 'static,
         on_written: impl Fn() + Send + 'static,
-        render: Render,
         awake_for: Duration,
     ) -> std::io::Result<LogFiles> {
         let queue = Arc::new(Mutex::new(Queue::default()));
@@ -350,7 +354,6 @@ impl LogFiles {
         let writer = std::thread::Builder::new()
             .name("hitchserve:logfiles".into())
             .spawn(move || {
-                lower_priority();
                 let path = run.logs().join("all.log");
                 // 0600 (in a 0700 directory): logs can hold secrets.
                 let file = run
@@ -401,7 +404,6 @@ impl LogFiles {
                             on_failed: Some(Box::new(on_failed)),
                             on_written: Box::new(on_written),
                             written: written_w,
-                            render,
                             buf: Vec::new(),
                         });
                     }
@@ -460,12 +462,18 @@ impl LogFiles {
         }
     }
 
-    /// Append the store's lines `seqs` to all.log, for the writer to render when it writes
-    /// them (so a chatty service's reader doesn't copy every line twice); wakes the writer
-    /// as `write` does.
-    pub(crate) fn write_lines(&self, seqs: Range<u64>) {
-        if !seqs.is_empty() {
-            self.send(Chunk::Lines(seqs));
+    /// Append lines of a store's block to all.log — `bytes` of `block`, each line followed
+    /// by a newline there — each after `prefix`: the writer copies them out when it writes
+    /// them (so a chatty service's reader doesn't copy every line twice), with no lock of the
+    /// store's (a block is only appended to, and shared as it fills). Wakes the writer as
+    /// `write` does.
+    pub(crate) fn write_lines(&self, block: &Arc<Block>, bytes: Range<usize>, prefix: &Arc<[u8]>) {
+        if !bytes.is_empty() {
+            self.send(Chunk::Lines {
+                block: Arc::clone(block),
+                bytes,
+                prefix: Arc::clone(prefix),
+            });
         }
     }
 
@@ -475,9 +483,23 @@ impl LogFiles {
             return;
         }
         match (q.chunks.back_mut(), chunk) {
-            // Following on: one range.
-            (Some(Chunk::Lines(last)), Chunk::Lines(seqs)) if last.end == seqs.start => {
-                last.end = seqs.end;
+            // Following on in the same block, with the same prefix: one stretch.
+            (
+                Some(Chunk::Lines {
+                    block: last_block,
+                    bytes: last,
+                    prefix: last_prefix,
+                }),
+                Chunk::Lines {
+                    block,
+                    bytes,
+                    prefix,
+                },
+            ) if Arc::ptr_eq(last_block, &block)
+                && Arc::ptr_eq(last_prefix, &prefix)
+                && last.end == bytes.start =>
+            {
+                last.end = bytes.end;
             }
             (_, chunk) => q.chunks.push_back(chunk),
         }
@@ -555,15 +577,6 @@ fn unlinked(file: &File) -> bool {
     file.metadata().is_ok_and(|m| m.nlink() == 0)
 }
 
-/// Make the calling thread yield to services and readers: on Linux, nice applies per thread.
-fn lower_priority() {
-    // SAFETY: plain syscalls on our own thread id.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -593,18 +606,14 @@ mod tests {
         }
     }
 
-    /// A stand-in for the store's `Render`: line `n` is `seq n`, and a call renders about
-    /// `RENDER_SLICE` bytes at most, as the store's does.
-    fn numbered() -> Render {
-        Box::new(|seqs: Range<u64>, buf: &mut Vec<u8>| {
-            let mut n = seqs.start;
-            let until = buf.len() + RENDER_SLICE;
-            while n < seqs.end && buf.len() < until {
-                buf.extend_from_slice(format!("seq {n} {}\n", "y".repeat(40)).as_bytes());
-                n += 1;
-            }
-            n
-        })
+    /// A block as the store fills it: `lines` each followed by a newline.
+    fn block_of(lines: &[String]) -> Arc<Block> {
+        let block = Block::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for line in lines {
+            // SAFETY: this thread is its only appender.
+            unsafe { block.append(&[line.as_bytes(), b"\n"]) };
+        }
+        Arc::new(block)
     }
 
     /// Everything sent before `close` is in the file, in order, when it returns: sent
@@ -624,7 +633,6 @@ mod tests {
                 move || {
                     let _ = tx.send(());
                 },
-                numbered(),
             )
             .expect("start the writer");
             if round > 0 {
@@ -638,16 +646,33 @@ mod tests {
             } else {
                 String::new()
             };
-            for i in 0..lines {
+            // Lines of blocks go in stretches of 100 between rendered ones (in round 3, all
+            // of them in one block: one stretch, longer than a batch).
+            let prefix: Arc<[u8]> = Arc::from(&b"[P] "[..]);
+            let stretch = if round == 3 { lines } else { 100 };
+            let mut i = 0;
+            while i < lines {
+                let n = stretch.min(lines - i);
                 if round == 3 || (i / 100) % 2 == 1 {
-                    // Consecutive seqs: one range for the writer to render.
-                    expected.push_str(&format!("seq {i} {}\n", "y".repeat(40)));
-                    files.write_lines(i..i + 1);
-                    continue;
+                    let texts: Vec<String> = (i..i + n)
+                        .map(|k| format!("seq {k} {}", "y".repeat(40)))
+                        .collect();
+                    let block = block_of(&texts);
+                    let mut at = 0;
+                    for text in &texts {
+                        expected.push_str(&format!("[P] {text}\n"));
+                        // A line at a time: following on, they make one stretch.
+                        files.write_lines(&block, at..at + text.len() + 1, &prefix);
+                        at += text.len() + 1;
+                    }
+                } else {
+                    for k in i..i + n {
+                        let line = format!("line {k:06} of round {round} {}\n", "x".repeat(40));
+                        expected.push_str(&line);
+                        files.write(line.into_bytes());
+                    }
                 }
-                let line = format!("line {i:06} of round {round} {}\n", "x".repeat(40));
-                expected.push_str(&line);
-                files.write(line.into_bytes());
+                i += n;
             }
             files.close();
             let written = std::fs::read_to_string(&log).expect("read all.log");
@@ -672,7 +697,6 @@ mod tests {
                 move || {
                     let _ = tx.send(());
                 },
-                numbered(),
                 awake_for,
             )
             .expect("start the writer");
@@ -713,31 +737,19 @@ mod tests {
         let run = RunDir::allocate(&project.0);
         let log = run.logs().join("all.log");
         let (tx, rx) = mpsc::channel();
-        // Seq 0 is the huge line, the others short ones (as the store renders them: a
-        // slice ends after the line that reaches `RENDER_SLICE`, however long it is).
-        let render: Render = Box::new(|seqs: Range<u64>, buf: &mut Vec<u8>| {
-            let mut n = seqs.start;
-            let until = buf.len() + RENDER_SLICE;
-            while n < seqs.end && buf.len() < until {
-                match n {
-                    0 => buf.resize(buf.len() + HUGE, b'x'),
-                    _ => buf.extend_from_slice(format!("seq {n}").as_bytes()),
-                }
-                buf.push(b'\n');
-                n += 1;
-            }
-            n
-        });
+        // The huge line, then short ones, in one block (as the store keeps a line longer
+        // than a block: in a block of its own).
+        let lines = ["x".repeat(HUGE), "seq 1".to_owned(), "seq 2".to_owned()];
+        let block = block_of(&lines);
         let files = LogFiles::start(
             run,
             |why| panic!("all.log failed: {why}"),
             move || {
                 let _ = tx.send(());
             },
-            render,
         )
         .expect("start the writer");
-        files.write_lines(0..3);
+        files.write_lines(&block, 0..block.len(), &Arc::from(&b""[..]));
         rx.recv_timeout(Duration::from_secs(30))
             .expect("the batch was never written");
         // (Taken once the batch that reported is over: the writer holds this through it.)

@@ -4,6 +4,7 @@
 //! Owns how a line reads (text, bytes, JSON, label, the console format) and which lines a
 //! filter matches. Lines are made only by the store.
 
+use crate::logs::block::Block;
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
@@ -107,7 +108,7 @@ impl Source {
 pub struct LogLine {
     seq: u64,
     source: Arc<Source>,
-    data: Arc<Vec<u8>>,
+    data: Arc<Block>,
     start: u32,
     len: u32,
     newline: bool,
@@ -130,7 +131,7 @@ impl LogLine {
     pub(crate) fn new(
         seq: u64,
         source: Arc<Source>,
-        data: Arc<Vec<u8>>,
+        data: Arc<Block>,
         start: u32,
         len: u32,
         newline: bool,
@@ -157,7 +158,7 @@ impl LogLine {
         &mut self,
         seq: u64,
         source: &Arc<Source>,
-        data: &Arc<Vec<u8>>,
+        data: &Arc<Block>,
         start: u32,
         len: u32,
         newline: bool,
@@ -183,7 +184,7 @@ impl LogLine {
     pub(crate) fn partial(
         seq: u64,
         source: Arc<Source>,
-        bytes: Arc<Vec<u8>>,
+        bytes: Arc<Block>,
         skip: usize,
         time: u64,
     ) -> LogLine {

@@ -16,6 +16,7 @@
 //! the same bytes twice: after a partial, it hands out only the rest of that line. Stored
 //! lines, queries on them and readiness only ever see whole lines.
 
+pub(crate) mod block;
 pub(crate) mod console;
 pub(crate) mod files;
 pub(crate) mod line;

@@ -53,13 +53,7 @@ impl Runtime {
                 sink.warn(&warning);
             }
         };
-        let store = Arc::downgrade(&sink.store);
-        let render = Box::new(move |seqs: std::ops::Range<u64>, buf: &mut Vec<u8>| {
-            store
-                .upgrade()
-                .map_or(seqs.start, |store| store.render_for_file(seqs, buf))
-        });
-        let files = match LogFiles::start(run.clone(), on_failed, on_written, render) {
+        let files = match LogFiles::start(run.clone(), on_failed, on_written) {
             Ok(files) => files,
             Err(source) => {
                 guardian::remove_run(&run.id);

@@ -23,6 +23,9 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+/// Entries past which the index grows by a quarter at a time (see `Index::push`).
+const GROW_BY_QUARTER_FROM: usize = 16 * 1024;
+
 /// `Entry::block` of a line stored in pieces; its `start` indexes `Inner::longs`.
 pub(super) const LONG: u32 = u32::MAX;
 
@@ -97,6 +100,13 @@ impl Index {
     }
 
     pub(super) fn push(&mut self, e: Entry) {
+        // Grown by a quarter once large, not doubled: the index counts against the memory
+        // limit by its capacity, and a doubling (4 MB more at 131,072 entries) took a store
+        // of tiny lines half past its limit in one step.
+        let cap = self.recent.capacity();
+        if self.recent.len() == cap && cap >= GROW_BY_QUARTER_FROM {
+            self.recent.reserve_exact(cap / 4);
+        }
         self.recent.push_back(e);
     }
 

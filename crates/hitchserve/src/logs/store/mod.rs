@@ -25,9 +25,10 @@
 //! `Partial`, one per source at most), for tails only. It is never an entry nor in all.log,
 //! and the source's next append (the line ending, or a piece of it) withdraws it.
 //!
-//! A line's place in all.log is fixed when it is appended; its bytes there are rendered
-//! later, by the log writer, from its block (`render_for_file`), which is why a block is
-//! only spilled once all.log holds its lines.
+//! A line's place in all.log is fixed when it is appended; its bytes there are copied later,
+//! by the log writer, from its block (each line is followed by a newline in its block, so
+//! the writer needs no index: see `LogFiles::write_lines`), which is why a block is only
+//! spilled once all.log holds its lines.
 //!
 //! This file holds the store's data and its life (made, closed, reopened, a service's output
 //! ended or going on); `write` appending, sources, long lines' pieces, rendering for
@@ -39,6 +40,7 @@
 //! store holds its only reference (`Arc::get_mut`); a block is only spilled once the log
 //! writer reports its bytes written; user code (predicates) never runs under the lock.
 
+use crate::logs::block::Block;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,7 +83,7 @@ struct Slot {
     /// Seq of its first line (its lines have consecutive seqs).
     first: u64,
     /// `None` once spilled.
-    data: Option<Arc<Vec<u8>>>,
+    data: Option<Arc<Block>>,
     /// Lines in it: bounded, so the file range read back for one spilled line stays small
     /// even when lines are short or empty.
     lines: u32,
@@ -128,7 +130,7 @@ struct Inner {
     file_pos: u64,
     width: usize,
     /// Each source's all.log prefix (`[   Err Name] `), by source id.
-    prefixes: Vec<Vec<u8>>,
+    prefixes: Vec<Arc<[u8]>>,
     /// Services whose output has ended for good (process exited, pipes drained), and how
     /// ("exited (exit code 3)"), for a wait it ends.
     ended: Vec<(usize, String)>,
@@ -150,7 +152,7 @@ struct Inner {
     /// The bundle's own lines (its warnings, "Starting X") from blocks dropped from memory
     /// while all.log could not take them: never lost — they are few, small, and say what
     /// happened (the warning about all.log among them). By seq.
-    kept: HashMap<u64, Arc<Vec<u8>>>,
+    kept: HashMap<u64, Arc<Block>>,
     /// Tails asleep on `grown`: an append wakes them only if there are any (a condition
     /// variable's notify is a system call even with nobody waiting, and the wake-up of a
     /// tail that has caught up with a chatty service costs its reader more).
@@ -189,7 +191,7 @@ impl Inner {
 #[derive(Clone)]
 pub(crate) struct Partial {
     pub source: Arc<Source>,
-    pub bytes: Arc<Vec<u8>>,
+    pub bytes: Arc<Block>,
     /// Lines stored when it was published: the line it starts is the first line of its
     /// source stored at or after this seq.
     pub from_seq: u64,

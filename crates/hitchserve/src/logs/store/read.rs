@@ -5,6 +5,7 @@
 //! Lines are picked under the store's lock and materialised after it, so a read from the
 //! file never holds up a service's reader.
 
+use crate::logs::block::Block;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ pub(crate) enum Batch {
 /// Lines in memory handed to a waiter: the blocks and sources they are in (each once)
 /// and, per line, where.
 pub(crate) struct Held {
-    blocks: Vec<Arc<Vec<u8>>>,
+    blocks: Vec<Arc<Block>>,
     sources: Vec<Arc<Source>>,
     lines: Vec<HeldLine>,
 }
@@ -176,7 +177,7 @@ pub(super) struct Picked {
     seq: u64,
     entry: Entry,
     source: Arc<Source>,
-    data: Option<Arc<Vec<u8>>>,
+    data: Option<Arc<Block>>,
     /// The part of all.log to read back for it (up to what is readable there).
     file_range: (u64, u64),
     /// Neither in memory nor in all.log.
@@ -192,7 +193,7 @@ pub(super) struct Picked {
 type Cuts = Vec<(u32, u32)>;
 
 /// A piece's bytes if in memory, and its range in all.log.
-type PickedPiece = (Option<Arc<Vec<u8>>>, (u64, u64));
+type PickedPiece = (Option<Arc<Block>>, (u64, u64));
 
 const LOST_UNWRITTEN: &str = "all.log could not be written and the log memory limit was reached";
 const LOST_UNREADABLE: &str = "it was moved to all.log to save memory and could not be read back";
@@ -201,7 +202,16 @@ const LOST_UNREADABLE: &str = "it was moved to all.log to save memory and could 
 fn lost_line(e: &Entry, seq: u64, source: Arc<Source>, why: &str) -> LogLine {
     let note = format!("[hitchserve: this line ({} bytes) is lost: {why}]", e.len).into_bytes();
     let len = note.len() as u32;
-    LogLine::new(seq, source, Arc::new(note), 0, len, e.newline, e.time).into_lost()
+    LogLine::new(
+        seq,
+        source,
+        Arc::new(Block::copied(&note)),
+        0,
+        len,
+        e.newline,
+        e.time,
+    )
+    .into_lost()
 }
 
 impl LogStore {
@@ -432,7 +442,7 @@ impl LogStore {
         files: Option<Arc<LogFiles>>,
     ) -> Vec<LogLine> {
         // The last block read back, and (once needed) where its lines are in it.
-        let mut loaded: Option<(u64, Arc<Vec<u8>>)> = None;
+        let mut loaded: Option<(u64, Arc<Block>)> = None;
         let mut cuts: Option<(u64, Option<Cuts>)> = None;
         let file = files.as_deref().and_then(LogFiles::file);
         picked
@@ -457,7 +467,7 @@ impl LogStore {
                     if joined.len() != e.len as usize {
                         return lost_line(&p.entry, p.seq, source, LOST_UNREADABLE);
                     }
-                    let data = Arc::new(joined);
+                    let data = Arc::new(Block::copied(&joined));
                     return LogLine::new(p.seq, source, data, 0, e.len, e.newline, e.time);
                 }
                 if p.lost {
@@ -467,7 +477,7 @@ impl LogStore {
                 let block = match &loaded {
                     Some((start, data)) if *start == from => Arc::clone(data),
                     _ => {
-                        let data = Arc::new(read_back(file, from, to));
+                        let data = Arc::new(Block::copied(&read_back(file, from, to)));
                         loaded = Some((from, Arc::clone(&data)));
                         data
                     }

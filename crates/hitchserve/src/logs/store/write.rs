@@ -1,6 +1,6 @@
 //! The write side of the log store: sources, appending lines (copying them into blocks,
-//! long lines in pieces, giving each its place in `all.log`; the writer renders them there
-//! through `render_for_file`), publishing partial lines,
+//! long lines in pieces, giving each its place in `all.log` and handing the writer the
+//! blocks' stretches that hold them), publishing partial lines,
 //! holding readers back when the writer is far behind, and spilling the oldest blocks once
 //! the writer has them on disk (or, once `all.log` failed, dropping them and counting the
 //! loss).
@@ -8,8 +8,6 @@
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, MutexGuard};
-
-use crate::logs::files::RENDER_SLICE;
 
 use super::read::pick;
 use super::*;
@@ -105,9 +103,8 @@ impl LogStore {
                 Some(d) => d[e.start as usize..(e.start + e.len) as usize].to_vec(),
                 None => Vec::new(),
             };
-            let prefix = std::mem::take(&mut inner.prefixes[e.source as usize]);
+            let prefix = Arc::clone(&inner.prefixes[e.source as usize]);
             let file = render(&mut rendered, &mut inner.file_pos, &prefix, &bytes);
-            inner.prefixes[e.source as usize] = prefix;
             if let Some(entry) = inner.index.entry_mut(i) {
                 entry.file = file;
             }
@@ -143,7 +140,7 @@ impl LogStore {
         let first_seq = inner.index.len() as u64;
         let writing = inner.files.is_some() && inner.failure.is_none();
         // A piece of a long line, rendered here; other lines the writer renders from their
-        // blocks (see `render_for_file`).
+        // blocks (see `LogFiles::write_lines`).
         let mut rendered = Vec::new();
         // Only the first of them can be (or end) a long line: a piece comes alone, and
         // after the end of a long line comes a newline.
@@ -154,8 +151,9 @@ impl LogStore {
                 rest = &lines[1..];
             }
         }
-        let first_whole = inner.index.len() as u64;
         let prefix = inner.prefixes[source.id as usize].len() as u64;
+        // The stretches of blocks the lines went to, for the writer: (block, bytes).
+        let mut stretches: Vec<(u32, Range<usize>)> = Vec::new();
         // Copied into blocks a run at a time (see `place`), then indexed line by line.
         let mut placed = [(0, 0); RUN];
         let mut next = 0;
@@ -165,8 +163,16 @@ impl LogStore {
             next += n;
             for (&(bytes, end), &(block, start)) in run.iter().zip(&placed[..n]) {
                 let newline = end == End::Newline;
+                // (Its newline after it in the block: see `place`.)
+                let until = start as usize + bytes.len() + 1;
+                match stretches.last_mut() {
+                    Some((b, range)) if *b == block && range.end == start as usize => {
+                        range.end = until;
+                    }
+                    _ => stretches.push((block, start as usize..until)),
+                }
                 let file = if writing {
-                    // Where `render_for_file` will put it.
+                    // Where the writer will put it.
                     let at = inner.file_pos + prefix;
                     inner.file_pos = at + bytes.len() as u64 + 1;
                     at
@@ -224,7 +230,12 @@ impl LogStore {
             // Sent under the lock, so all.log keeps the arrival order the offsets assume.
             files.write(rendered);
             if writing {
-                files.write_lines(first_whole..inner.index.len() as u64);
+                let prefix = &inner.prefixes[source.id as usize];
+                for (block, range) in stretches {
+                    if let Some(data) = inner.blocks[block as usize].data.as_ref() {
+                        files.write_lines(data, range, prefix);
+                    }
+                }
             }
             let written = files.written();
             spill(inner, written);
@@ -290,7 +301,7 @@ impl LogStore {
         inner.partial_stamp += 1;
         let partial = Partial {
             source: Arc::clone(source),
-            bytes: Arc::new(bytes.to_vec()),
+            bytes: Arc::new(Block::copied(bytes)),
             from_seq: inner.index.len() as u64,
             stamp: inner.partial_stamp,
             time,
@@ -455,7 +466,7 @@ pub(super) fn append_piece(
     };
     let mut slot = Slot {
         first: inner.index.len() as u64,
-        data: Some(Arc::new(bytes.to_vec())),
+        data: Some(Arc::new(Block::copied(bytes))),
         lines: 0,
         open: false,
         file_start: NO_FILE,
@@ -528,10 +539,9 @@ pub(super) fn losses(inner: &Inner) -> Losses {
 const RUN: usize = 64;
 
 /// Copy the first of `lines` — and as many after it as the open block takes, `RUN` at most —
-/// into blocks; `placed` gets where each went, (block, start); returns how many. The open
-/// block is made sure of once for the run (`Arc::get_mut` is a locked instruction: once a
-/// line, it was most of the copying's cost for a fast producer). Lines whose seqs follow the
-/// index's end, in order.
+/// into blocks, each followed by a newline (so the all.log writer finds them in the block
+/// without the index: see `LogFiles::write_lines`); `placed` gets where each went, (block,
+/// start); returns how many. Lines whose seqs follow the index's end, in order.
 fn place(inner: &mut Inner, lines: &[(&[u8], End)], placed: &mut [(u32, u32); RUN]) -> usize {
     let mut n = 0;
     let id = inner.blocks.len().saturating_sub(1) as u32;
@@ -542,16 +552,17 @@ fn place(inner: &mut Inner, lines: &[(&[u8], End)], placed: &mut [(u32, u32); RU
         ..
     }) = inner.blocks.last_mut()
     {
-        if let Some(v) = Arc::get_mut(data) {
-            for &(bytes, _) in lines.iter().take(RUN) {
-                if *in_it >= BLOCK_LINES || v.len() + bytes.len() > v.capacity() {
-                    break;
-                }
-                placed[n] = (id, v.len() as u32);
-                n += 1;
-                v.extend_from_slice(bytes);
-                *in_it += 1;
+        for &(bytes, _) in lines.iter().take(RUN) {
+            if *in_it >= BLOCK_LINES {
+                break;
             }
+            // SAFETY: the store appends only under its lock (we have `&mut Inner`).
+            let Some(start) = (unsafe { data.append(&[bytes, b"\n"]) }) else {
+                break;
+            };
+            placed[n] = (id, start as u32);
+            n += 1;
+            *in_it += 1;
         }
     }
     if n == 0 {
@@ -563,31 +574,31 @@ fn place(inner: &mut Inner, lines: &[(&[u8], End)], placed: &mut [(u32, u32); RU
     n
 }
 
-/// Copy a line's bytes into the open block if there is room and nobody else holds it,
+/// Copy a line's bytes (and a newline: see `place`) into the open block if there is room,
 /// else into a new block. Returns (block, start).
 pub(super) fn put(inner: &mut Inner, bytes: &[u8]) -> (u32, u32) {
     let id = inner.blocks.len().saturating_sub(1) as u32;
     if let Some(slot) = inner.blocks.last_mut().filter(|s| s.open) {
         if slot.lines < BLOCK_LINES {
-            if let Some(v) = slot.data.as_mut().and_then(Arc::get_mut) {
-                if v.len() + bytes.len() <= v.capacity() {
-                    let start = v.len() as u32;
-                    v.extend_from_slice(bytes);
+            if let Some(data) = slot.data.as_ref() {
+                // SAFETY: the store appends only under its lock (we have `&mut Inner`).
+                if let Some(start) = unsafe { data.append(&[bytes, b"\n"]) } {
                     slot.lines += 1;
-                    return (id, start);
+                    return (id, start as u32);
                 }
             }
         }
         slot.open = false;
     }
-    let capacity = BLOCK.max(bytes.len());
-    let mut v = Vec::with_capacity(capacity);
-    v.extend_from_slice(bytes);
+    let capacity = BLOCK.max(bytes.len() + 1);
+    let block = Block::with_capacity(capacity);
+    // SAFETY: nobody else has it yet. (It fits: made for it.)
+    let _ = unsafe { block.append(&[bytes, b"\n"]) };
     inner.held += capacity;
     inner.note_peak();
     inner.blocks.push(Slot {
         first: inner.index.len() as u64,
-        data: Some(Arc::new(v)),
+        data: Some(Arc::new(block)),
         lines: 1,
         open: true,
         file_start: NO_FILE,
@@ -607,37 +618,11 @@ pub(super) fn note_file_range(slot: &mut Slot, file: u64, len: u32) {
 }
 
 /// A source's all.log prefix for labels padded to `width`: `[   Err Name] `.
-pub(super) fn prefix(source: &Source, width: usize) -> Vec<u8> {
+pub(super) fn prefix(source: &Source, width: usize) -> Arc<[u8]> {
     let warning = if source.is_warning() { "WARNING: " } else { "" };
-    format!("[{:>width$}] {warning}", source.label).into_bytes()
-}
-
-impl LogStore {
-    /// Render lines `seqs` into `buf` for all.log, as `append` placed them there (a long
-    /// line's pieces and lines not to be written are not among them: skipped); about
-    /// `RENDER_SLICE` bytes at most, under the lock. Returns the seq after the last line
-    /// rendered. The writer calls it (see `LogFiles::write_lines`): a line's block is still
-    /// in memory then, as a block is only spilled once all.log holds its lines.
-    pub(crate) fn render_for_file(&self, seqs: Range<u64>, buf: &mut Vec<u8>) -> u64 {
-        let inner = self.lock();
-        let until = buf.len() + RENDER_SLICE;
-        let mut seq = seqs.start;
-        while seq < seqs.end && buf.len() < until {
-            if let Some(e) = inner.index.entry(seq as usize) {
-                let data = inner
-                    .blocks
-                    .get(e.block as usize)
-                    .and_then(|b| b.data.as_ref());
-                if let (Some(data), true) = (data, e.file != NO_FILE) {
-                    let bytes = &data[e.start as usize..(e.start + e.len) as usize];
-                    let mut pos = 0;
-                    render(buf, &mut pos, &inner.prefixes[e.source as usize], bytes);
-                }
-            }
-            seq += 1;
-        }
-        seq
-    }
+    format!("[{:>width$}] {warning}", source.label)
+        .into_bytes()
+        .into()
 }
 
 /// Render a line as all.log has it; returns the offset of its bytes in the file.
@@ -689,7 +674,7 @@ pub(super) fn spill(inner: &mut Inner, written: u64) {
                             let bytes = data
                                 .get(e.start as usize..e.start as usize + e.len as usize)
                                 .unwrap_or_default();
-                            inner.kept.insert(seq, Arc::new(bytes.to_vec()));
+                            inner.kept.insert(seq, Arc::new(Block::copied(bytes)));
                         } else {
                             inner.lost.0 += 1;
                             inner.lost.1 += u64::from(e.len);

@@ -146,4 +146,50 @@ mod tests {
         assert!(unsafe { block.append(&[b"x"]) }.is_none());
         assert_eq!(Block::copied(b"ab").capacity(), 2);
     }
+
+    /// Small enough for Miri (`cargo +nightly miri test -p hitchserve --lib block`): two
+    /// readers hold slices of a block while it is appended to in parts past them, on another
+    /// thread; empty and zero-capacity blocks.
+    #[test]
+    fn small_block_shared_while_it_fills() {
+        let block = Arc::new(Block::with_capacity(300));
+        let reader = {
+            let block = Arc::clone(&block);
+            std::thread::spawn(move || {
+                let mut held: Vec<&[u8]> = Vec::new();
+                // (Borrowed from the Arc kept alive below, for the whole loop.)
+                let block: &Block = &block;
+                loop {
+                    let bytes: &[u8] = block;
+                    // Slices taken before stay as they were while the block fills.
+                    for (k, old) in held.iter().enumerate() {
+                        assert!(old.iter().enumerate().all(|(i, &b)| b == i as u8), "{k}");
+                    }
+                    assert!(bytes.iter().enumerate().all(|(i, &b)| b == i as u8));
+                    let done = bytes.len() == 300;
+                    held.push(bytes);
+                    if done {
+                        break;
+                    }
+                    std::thread::yield_now();
+                }
+            })
+        };
+        let all: Vec<u8> = (0..300).map(|i| i as u8).collect();
+        for chunk in all.chunks(30) {
+            let (a, b) = chunk.split_at(7);
+            // SAFETY: this thread is the only appender.
+            assert!(unsafe { block.append(&[a, b"", b]) }.is_some());
+            std::thread::yield_now();
+        }
+        reader.join().expect("the reader saw something wrong");
+        let empty = Block::with_capacity(0);
+        assert!(empty.is_empty() && empty.fits(0) && !empty.fits(1));
+        // SAFETY: nobody else has it.
+        assert_eq!(unsafe { empty.append(&[]) }, Some(0));
+        assert_eq!(unsafe { empty.append(&[b"x"]) }, None);
+        assert!(Block::default().is_empty());
+        assert!(Block::copied(b"").is_empty());
+        assert_eq!(&Block::copied(b"abc")[..], b"abc");
+    }
 }

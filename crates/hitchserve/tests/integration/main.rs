@@ -37,6 +37,7 @@ mod readiness;
 mod redis;
 mod reminders;
 mod review16_logs;
+mod review16b_logs;
 mod review17_logs;
 mod review17_spawn;
 mod review5_guardian;

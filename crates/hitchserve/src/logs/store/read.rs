@@ -746,6 +746,50 @@ mod tests {
         assert_eq!(lines, (0..WAIT_BATCH as u64).collect::<Vec<_>>());
     }
 
+    /// A tail on another thread reads the lines of the block being filled (held, as
+    /// `LogLine`s) while a reader goes on appending to that block: each reads back as
+    /// stored. Small enough for Miri.
+    #[test]
+    fn a_tail_reads_the_open_block_while_it_fills() {
+        use std::sync::Arc;
+        let store = Arc::new(LogStore::new());
+        let a = store.source(Some(0), "A", Part::Main, Stream::Stdout);
+        let text = |i: usize| "y".repeat(i % 7);
+        let tail = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let (mut pos, mut seen, mut got) = (0, 0, Vec::new());
+                let mut kept = Vec::new();
+                while got.len() < 60 {
+                    match store.next_batch(&Filter::service(None), &mut pos, &mut seen, None) {
+                        Batch::Held(held) => {
+                            for line in held.into_lines() {
+                                got.push(line.bytes().to_vec());
+                                kept.push(line);
+                            }
+                        }
+                        Batch::Lines(lines) => got.extend(lines.iter().map(|l| l.bytes().to_vec())),
+                        _ => {}
+                    }
+                    // Lines handed out before still read as they were.
+                    for (k, line) in kept.iter().enumerate() {
+                        assert_eq!(line.bytes(), text(k).as_bytes());
+                    }
+                }
+                got
+            })
+        };
+        for group in 0..6 {
+            let lines: Vec<String> = (group * 10..group * 10 + 10).map(text).collect();
+            let lines: Vec<(&[u8], End)> =
+                lines.iter().map(|l| (l.as_bytes(), End::Newline)).collect();
+            store.append(&a, &lines, false, true);
+        }
+        let got = tail.join().expect("the tail saw something wrong");
+        let want: Vec<Vec<u8>> = (0..60).map(|i| text(i).into_bytes()).collect();
+        assert_eq!(got, want);
+    }
+
     /// A tail that looks after a reader's append of part of a read (nobody asleep then,
     /// so nobody to wake) and falls asleep before the read's end publishes it: the end
     /// wakes it.

@@ -205,7 +205,7 @@ fn lost_line(e: &Entry, seq: u64, source: Arc<Source>, why: &str) -> LogLine {
     LogLine::new(
         seq,
         source,
-        Arc::new(Block::copied(&note)),
+        Arc::new(Block::from_vec(note)),
         0,
         len,
         e.newline,
@@ -467,7 +467,7 @@ impl LogStore {
                     if joined.len() != e.len as usize {
                         return lost_line(&p.entry, p.seq, source, LOST_UNREADABLE);
                     }
-                    let data = Arc::new(Block::copied(&joined));
+                    let data = Arc::new(Block::from_vec(joined));
                     return LogLine::new(p.seq, source, data, 0, e.len, e.newline, e.time);
                 }
                 if p.lost {
@@ -477,7 +477,7 @@ impl LogStore {
                 let block = match &loaded {
                     Some((start, data)) if *start == from => Arc::clone(data),
                     _ => {
-                        let data = Arc::new(Block::copied(&read_back(file, from, to)));
+                        let data = Arc::new(Block::from_vec(read_back(file, from, to)));
                         loaded = Some((from, Arc::clone(&data)));
                         data
                     }

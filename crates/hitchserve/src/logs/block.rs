@@ -80,8 +80,9 @@ impl Block {
     /// Append `parts` one after the other, if they fit; returns where the first starts.
     ///
     /// # Safety
-    /// No other thread may append to this block at the same time (the store appends only
-    /// under its lock).
+    /// Appends to a block must be ordered one after the other (each happens before the
+    /// next, as under a lock: the store appends only under its own), not merely never at
+    /// the same time: `len` is read here without synchronising with an earlier appender.
     pub(crate) unsafe fn append(&self, parts: &[&[u8]]) -> Option<usize> {
         let start = self.len.load(Ordering::Relaxed);
         let total = parts.iter().map(|p| p.len()).sum::<usize>();

@@ -36,9 +36,10 @@
 //! the queries and the batches tails take; `index` what is known of each line by seq.
 //!
 //! Invariants: `index` knows the line with seq `i` as the `i`th; what the store counts
-//! against the limit (`Inner::memory`) is every byte it holds per line or block; a block is only appended to while the
-//! store holds its only reference (`Arc::get_mut`); a block is only spilled once the log
-//! writer reports its bytes written; user code (predicates) never runs under the lock.
+//! against the limit (`Inner::memory`) is every byte it holds per line or block; a block is
+//! only appended to under the lock (it is shared meanwhile: see `block`), each line followed
+//! by a newline; a block is only spilled once the log writer reports its bytes written;
+//! user code (predicates) never runs under the lock.
 
 use crate::logs::block::Block;
 use std::collections::HashMap;

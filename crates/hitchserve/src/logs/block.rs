@@ -28,6 +28,11 @@ pub(crate) struct Block {
 // `append`'s contract requires, and read by nobody until published.
 unsafe impl Sync for Block {}
 
+// A panic cannot leave a block half-changed for anyone to see: what `append` writes is only
+// seen once `len` is stored, after the copy (which does not panic). So lines, and all that
+// holds them, stay usable across `catch_unwind` as they were with `Vec<u8>` blocks.
+impl std::panic::RefUnwindSafe for Block {}
+
 impl Block {
     /// An empty block for `capacity` bytes (not touched: pages are faulted in as they fill).
     pub(crate) fn with_capacity(capacity: usize) -> Block {

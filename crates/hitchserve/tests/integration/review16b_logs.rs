@@ -242,3 +242,53 @@ fn memchr_nl(b: &[u8]) -> Option<usize> {
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..b.len().min(60)]).into_owned()
 }
+
+/// Whether `T` is `UnwindSafe` and `RefUnwindSafe`, found at run time (method resolution
+/// prefers the impl on `Probe<T>` when its bounds hold, else takes the one on `&Probe<T>`),
+/// so that a type losing them fails this test rather than the whole suite's build.
+struct Probe<T>(std::marker::PhantomData<T>);
+
+trait UnwindSafeYes {
+    fn unwind_safe(&self) -> bool {
+        true
+    }
+}
+
+impl<T: std::panic::UnwindSafe + std::panic::RefUnwindSafe> UnwindSafeYes for Probe<T> {}
+
+#[allow(dead_code)] // (used only while some type is not unwind safe)
+trait UnwindSafeNo {
+    fn unwind_safe(&self) -> bool {
+        false
+    }
+}
+
+impl<T> UnwindSafeNo for &Probe<T> {}
+
+macro_rules! unwind_safe {
+    ($t:ty) => {
+        (&Probe::<$t>(std::marker::PhantomData)).unwind_safe()
+    };
+}
+
+/// Log lines (and what holds them) stay usable across `catch_unwind`, as they were before
+/// e902b24: a test that checks a panic (`catch_unwind(|| assert!(...lines...))`) must not
+/// stop compiling because a line's bytes are now in a `Block` (`UnsafeCell`s).
+#[test]
+fn review16b_log_lines_are_unwind_safe() {
+    let not: Vec<&str> = [
+        ("LogLine", unwind_safe!(hitchserve::LogLine)),
+        ("Vec<LogLine>", unwind_safe!(Vec<hitchserve::LogLine>)),
+        ("Follow", unwind_safe!(hitchserve::Follow)),
+        ("Tail", unwind_safe!(hitchserve::Tail)),
+        ("Logs", unwind_safe!(hitchserve::Logs)),
+    ]
+    .into_iter()
+    .filter(|&(_, yes)| !yes)
+    .map(|(name, _)| name)
+    .collect();
+    assert!(
+        not.is_empty(),
+        "not UnwindSafe + RefUnwindSafe any more: {not:?}"
+    );
+}

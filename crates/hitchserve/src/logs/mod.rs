@@ -2,7 +2,8 @@
 //!
 //! One file per idea: a line and where it came from (`line`), [`Logs`] views (`view`: a
 //! service or the whole bundle, both streams or one, JSON), [`Tail`] cursors that wait for
-//! lines (`tail`: `until`, `until_json`, `follow`, `grep`), the store (`store`), the line
+//! lines (`tail`: `until`, `until_json`, `follow`, `grep`), the store (`store`) and the
+//! append-only blocks its line bytes live in, shared while they fill (`block`), the line
 //! splitter (`split`), the sink that stores and prints (`sink`), live printing (`console`)
 //! and the run's `all.log` (`files`); this file re-exports them and owns `LogStats`. The
 //! files import each other only downwards, never through these re-exports. It does not read

@@ -606,6 +606,22 @@ mod tests {
         }
     }
 
+    /// A writer for `run` that fails the test if all.log fails, and says on the returned
+    /// channel each time a batch is written.
+    fn writer(run: RunDir, awake_for: Duration) -> (LogFiles, mpsc::Receiver<()>) {
+        let (tx, rx) = mpsc::channel();
+        let files = LogFiles::start_awake_for(
+            run,
+            |why| panic!("all.log failed: {why}"),
+            move || {
+                let _ = tx.send(());
+            },
+            awake_for,
+        )
+        .expect("start the writer");
+        (files, rx)
+    }
+
     /// A block as the store fills it: `lines` each followed by a newline.
     fn block_of(lines: &[String]) -> Arc<Block> {
         let block = Block::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
@@ -626,15 +642,7 @@ mod tests {
             let project = Project::new(&format!("hs-files-close-{round}"));
             let run = RunDir::allocate(&project.0);
             let log = run.logs().join("all.log");
-            let (tx, rx) = mpsc::channel();
-            let files = LogFiles::start(
-                run,
-                |why| panic!("all.log failed: {why}"),
-                move || {
-                    let _ = tx.send(());
-                },
-            )
-            .expect("start the writer");
+            let (files, rx) = writer(run, AWAKE_FOR);
             if round > 0 {
                 // Once the file is made and a batch written: `close` finds it writing.
                 files.write(b"first\n".to_vec());
@@ -690,16 +698,7 @@ mod tests {
             let project = Project::new(&format!("hs-files-{mode}"));
             let run = RunDir::allocate(&project.0);
             let log = run.logs().join("all.log");
-            let (tx, rx) = mpsc::channel();
-            let files = LogFiles::start_awake_for(
-                run,
-                |why| panic!("all.log failed: {why}"),
-                move || {
-                    let _ = tx.send(());
-                },
-                awake_for,
-            )
-            .expect("start the writer");
+            let (files, rx) = writer(run, awake_for);
             let patience = Duration::from_secs(30);
             for (i, line) in ["first\n", "second\n"].into_iter().enumerate() {
                 if awake_for.is_zero() {

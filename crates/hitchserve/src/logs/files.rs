@@ -735,19 +735,11 @@ mod tests {
         let project = Project::new("hs-files-huge-line");
         let run = RunDir::allocate(&project.0);
         let log = run.logs().join("all.log");
-        let (tx, rx) = mpsc::channel();
         // The huge line, then short ones, in one block (as the store keeps a line longer
         // than a block: in a block of its own).
         let lines = ["x".repeat(HUGE), "seq 1".to_owned(), "seq 2".to_owned()];
         let block = block_of(&lines);
-        let files = LogFiles::start(
-            run,
-            |why| panic!("all.log failed: {why}"),
-            move || {
-                let _ = tx.send(());
-            },
-        )
-        .expect("start the writer");
+        let (files, rx) = writer(run, AWAKE_FOR);
         files.write_lines(&block, 0..block.len(), &Arc::from(&b""[..]));
         rx.recv_timeout(Duration::from_secs(30))
             .expect("the batch was never written");
